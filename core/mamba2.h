@@ -1,0 +1,52 @@
+/* mamba2.h — the Mamba2 (SSD) mixer (SPEC.md §4), HF Mamba2Mixer semantics.
+ *
+ * in_proj rows [z | x | B | C | dt]; depthwise causal conv1d (+bias) and SiLU over [x|B|C];
+ * dt = clamp(softplus(dt + dt_bias)); A = -exp(A_log); per head h:
+ *   S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,  y_t = S_t C_t + D x_t
+ * then gated RMSNorm of y * silu(z) per norm_group channels, weight, out_proj.
+ * Training: chunked SSD (chunk from dims); generation: one-token recurrence with a conv
+ * state and an SSM state per sequence. */
+#ifndef ZB_MAMBA2_H
+#define ZB_MAMBA2_H
+
+#include <stddef.h>
+#include "config.h"
+
+typedef struct {
+    float *in_proj;    /* [d_inner + x_groups*headdim + (b_groups+c_groups)*d_state + nheads, d] */
+    float *conv_w;     /* [conv_dim, 1, K]  conv_dim = x_groups*headdim + (b_groups+c_groups)*d_state */
+    float *conv_b;     /* [conv_dim] (NULL if !conv_bias) */
+    float *dt_bias;    /* [nheads] */
+    float *A_log;      /* [nheads] */
+    float *D;          /* [nheads] */
+    float *norm_w;     /* [d_inner] */
+    float *out_proj;   /* [d, d_inner] */
+} zb_mamba2_weights;
+
+int zb_mamba2_in_proj_rows(const zb_mamba2_dims *m);
+int zb_mamba2_conv_dim(const zb_mamba2_dims *m);
+
+size_t zb_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T);
+size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
+/* out[B*T,d] = Mamba2(x[B*T,d]) by the chunked SSD algorithm. */
+void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                       const float *x, float *out, float *acts, int B, int T);
+/* Views into acts after zb_mamba2_forward (tests, debugging): the SSD output y (D x included,
+ * before the gate and norm) [B*T, d_inner], and the conv+SiLU output [x|B|C] [B*T, conv_dim]. */
+float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T);
+float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T);
+/* dx += ; g += parameter gradients. */
+void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                        zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
+                        float *acts, float *scratch, int B, int T);
+
+/* Per-sequence generation state: conv state [conv_dim, K-1] + SSM state [nheads, headdim, d_state]. */
+size_t zb_mamba2_state_floats(const zb_mamba2_dims *m);
+size_t zb_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n);
+/* Process n new tokens x[B*n, d] for B sequences, continuing from state[B * state_floats]
+ * (zeroed by the caller before the first call) and updating it. Prefill (n > 1) may use the
+ * chunked form with an initial state; n == 1 is the recurrent step. */
+void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                    const float *x, float *out, float *state, int n, int B, float *scratch);
+
+#endif

@@ -1,0 +1,48 @@
+/* mla.h — Multi-head Latent Attention (SPEC.md §3; DeepSeek-V2/V3 form, Zebra options).
+ *
+ * Training path: full-sequence forward (expanded K/V, causal softmax) with backward.
+ * Generation path: the cache holds only the normalised latent c (kv_lora_rank) and the
+ * roped shared key k_pe (qk_rope) per token; decode absorbs W_UK into the query and W_UV
+ * into the output so that K and V are never expanded. */
+#ifndef ZB_MLA_H
+#define ZB_MLA_H
+
+#include <stddef.h>
+#include "config.h"
+#include "ops.h"
+
+/* Pointers into the model's parameter buffer (HF DeepSeek names under self_attn.). NULL for
+ * the ones the dims do not use (q_proj vs q_a/q_b; norms when off). */
+typedef struct {
+    float *q_proj;        /* [H*(nope+rope), d]               (q_lora_rank == 0) */
+    float *q_a_proj;      /* [q_lora_rank, d]                 (q_lora_rank > 0) */
+    float *q_a_norm;      /* [q_lora_rank]                    (q_norm) */
+    float *q_b_proj;      /* [H*(nope+rope), q_lora_rank] */
+    float *kv_a_proj;     /* [kv_lora_rank + rope, d]  (kv_a_proj_with_mqa) */
+    float *kv_a_norm;     /* [kv_lora_rank]                   (kv_norm) */
+    float *kv_b_proj;     /* [kv_heads*(nope+v), kv_lora_rank] */
+    float *o_proj;        /* [d, H*v] */
+} zb_mla_weights;
+
+/* Floats of saved activations for a [B,T] forward (training) and of backward scratch. */
+size_t zb_mla_act_floats(const zb_mla_dims *m, int d, int B, int T);
+size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T);
+/* out[B*T, d] = MLA(x[B*T, d]); positions 0..T-1. acts: zb_mla_act_floats floats. */
+void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                    const zb_rope *rope, const float *x, float *out, float *acts, int B, int T);
+/* dx[B*T,d] += d/dx; g (same layout as w) += parameter gradients. acts from the forward. */
+void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                     zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout,
+                     float *dx, float *acts, float *scratch, int B, int T);
+
+/* Latent cache of one layer: for each sequence b, rows [max_T, kv_lora_rank + qk_rope]. */
+size_t zb_mla_cache_floats(const zb_mla_dims *m, int B, int max_T);
+size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T);
+/* Process n new tokens x[B*n, d] of every sequence starting at position pos (prefill: n =
+ * prompt length, pos = 0; decode: n = 1). Appends their latents to cache and writes out
+ * [B*n, d]. Uses absorbed weights (never expands K/V). */
+void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                 const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
+                 int pos, int n, int B, float *scratch);
+
+#endif

@@ -1,0 +1,630 @@
+/* model.c — parameter layout, loading, forward/backward and cached generation of a stack
+ * of attention / MLA / Mamba2 blocks. See model.h. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+/* ---- parameter layout ------------------------------------------------------------------ */
+
+/* Where a parameter's view lives: a field of zb_weights (layer < 0) or of zb_block. */
+typedef struct { int layer; size_t field; } slot_t;
+
+typedef struct {
+    zb_model *m;
+    slot_t *slots;
+    int cap;
+    size_t off;
+} layout_t;
+
+static int add(layout_t *L, int layer, size_t field, const char *name, int no_decay, int ndim,
+               int64_t s0, int64_t s1, int64_t s2) {
+    zb_model *m = L->m;
+    if (m->n_params == L->cap) {
+        L->cap = L->cap ? 2 * L->cap : 64;
+        zb_param *p = realloc(m->params, sizeof(zb_param) * L->cap);
+        slot_t *s = realloc(L->slots, sizeof(slot_t) * L->cap);
+        if (!p || !s) { free(p); free(s); return zb_fail(ZB_ENOMEM, "out of memory (parameter list)"); }
+        m->params = p;
+        L->slots = s;
+    }
+    zb_param *p = &m->params[m->n_params];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    int64_t sh[3] = {s0, s1, s2};
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) { p->shape[i] = sh[i]; p->numel *= (size_t)sh[i]; }
+    p->offset = L->off;
+    p->no_decay = no_decay;
+    p->layer = layer;
+    L->slots[m->n_params] = (slot_t){layer, field};
+    L->off += p->numel;
+    m->n_params++;
+    return ZB_OK;
+}
+
+#define BF(f) offsetof(zb_block, f)
+#define WF(f) offsetof(zb_weights, f)
+
+static void bind(const zb_model *m, const slot_t *slots, zb_weights *w, float *base) {
+    for (int i = 0; i < m->n_params; i++) {
+        const slot_t *s = &slots[i];
+        char *obj = s->layer < 0 ? (char *)w : (char *)&w->blocks[s->layer];
+        *(float **)(obj + s->field) = base + m->params[i].offset;
+    }
+    if (m->cfg.tie_embeddings) w->lm_head = w->embed;
+    for (int l = 0; l < m->cfg.n_layers; l++) w->blocks[l].kind = m->cfg.kinds[l];
+}
+
+static int build_layout(zb_model *m, slot_t **slots_out) {
+    const zb_config *c = &m->cfg;
+    layout_t L = {m, NULL, 0, 0};
+    char nm[ZB_PARAM_NAME];
+    int64_t d = c->d_model, V = c->vocab, F = c->ffn;
+#define ADD(layer, field, nd, s0, s1, s2, nodecay, ...) do { \
+        snprintf(nm, sizeof nm, __VA_ARGS__); \
+        int rc_ = add(&L, layer, field, nm, nodecay, nd, s0, s1, s2); \
+        if (rc_) { free(L.slots); return rc_; } } while (0)
+    ADD(-1, WF(embed), 2, V, d, 0, 0, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        const char *pre = "model.layers";
+        ADD(l, BF(attn_norm), 1, d, 0, 0, 1, "%s.%d.input_layernorm.weight", pre, l);
+        if (c->kinds[l] == ZB_LAYER_ATTN) {
+            int64_t H = c->n_heads, Hk = c->n_kv_heads, hd = c->head_dim;
+            ADD(l, BF(wq), 2, H * hd, d, 0, 0, "%s.%d.self_attn.q_proj.weight", pre, l);
+            ADD(l, BF(wk), 2, Hk * hd, d, 0, 0, "%s.%d.self_attn.k_proj.weight", pre, l);
+            ADD(l, BF(wv), 2, Hk * hd, d, 0, 0, "%s.%d.self_attn.v_proj.weight", pre, l);
+            ADD(l, BF(wo), 2, d, H * hd, 0, 0, "%s.%d.self_attn.o_proj.weight", pre, l);
+        } else if (c->kinds[l] == ZB_LAYER_MLA) {
+            const zb_mla_dims *a = &c->mla;
+            int64_t H = a->n_heads, qk = a->qk_nope + a->qk_rope;
+            if (a->q_lora_rank == 0) {
+                ADD(l, BF(mla.q_proj), 2, H * qk, d, 0, 0, "%s.%d.self_attn.q_proj.weight", pre, l);
+            } else {
+                ADD(l, BF(mla.q_a_proj), 2, a->q_lora_rank, d, 0, 0, "%s.%d.self_attn.q_a_proj.weight", pre, l);
+                if (a->q_norm)
+                    ADD(l, BF(mla.q_a_norm), 1, a->q_lora_rank, 0, 0, 1, "%s.%d.self_attn.q_a_layernorm.weight", pre, l);
+                ADD(l, BF(mla.q_b_proj), 2, H * qk, a->q_lora_rank, 0, 0, "%s.%d.self_attn.q_b_proj.weight", pre, l);
+            }
+            ADD(l, BF(mla.kv_a_proj), 2, a->kv_lora_rank + a->qk_rope, d, 0, 0,
+                "%s.%d.self_attn.kv_a_proj_with_mqa.weight", pre, l);
+            if (a->kv_norm)
+                ADD(l, BF(mla.kv_a_norm), 1, a->kv_lora_rank, 0, 0, 1, "%s.%d.self_attn.kv_a_layernorm.weight", pre, l);
+            ADD(l, BF(mla.kv_b_proj), 2, (int64_t)a->kv_heads * (a->qk_nope + a->v_head_dim), a->kv_lora_rank, 0, 0,
+                "%s.%d.self_attn.kv_b_proj.weight", pre, l);
+            ADD(l, BF(mla.o_proj), 2, d, H * a->v_head_dim, 0, 0, "%s.%d.self_attn.o_proj.weight", pre, l);
+        } else {
+            const zb_mamba2_dims *s = &c->mamba;
+            int64_t rows = zb_mamba2_in_proj_rows(s), cd = zb_mamba2_conv_dim(s);
+            ADD(l, BF(mamba.in_proj), 2, rows, d, 0, 0, "%s.%d.mamba.in_proj.weight", pre, l);
+            ADD(l, BF(mamba.conv_w), 3, cd, 1, s->conv_k, 0, "%s.%d.mamba.conv1d.weight", pre, l);
+            if (s->conv_bias)
+                ADD(l, BF(mamba.conv_b), 1, cd, 0, 0, 1, "%s.%d.mamba.conv1d.bias", pre, l);
+            ADD(l, BF(mamba.dt_bias), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.dt_bias", pre, l);
+            ADD(l, BF(mamba.A_log), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.A_log", pre, l);
+            ADD(l, BF(mamba.D), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.D", pre, l);
+            ADD(l, BF(mamba.norm_w), 1, s->d_inner, 0, 0, 1, "%s.%d.mamba.norm.weight", pre, l);
+            ADD(l, BF(mamba.out_proj), 2, d, s->d_inner, 0, 0, "%s.%d.mamba.out_proj.weight", pre, l);
+        }
+        ADD(l, BF(mlp_norm), 1, d, 0, 0, 1, "%s.%d.post_attention_layernorm.weight", pre, l);
+        ADD(l, BF(w_gate), 2, F, d, 0, 0, "%s.%d.mlp.gate_proj.weight", pre, l);
+        ADD(l, BF(w_up), 2, F, d, 0, 0, "%s.%d.mlp.up_proj.weight", pre, l);
+        ADD(l, BF(w_down), 2, d, F, 0, 0, "%s.%d.mlp.down_proj.weight", pre, l);
+    }
+    ADD(-1, WF(final_norm), 1, d, 0, 0, 1, "model.norm.weight");
+    if (!c->tie_embeddings) ADD(-1, WF(lm_head), 2, V, d, 0, 0, "lm_head.weight");
+#undef ADD
+    m->n_floats = L.off;
+    *slots_out = L.slots;
+    return ZB_OK;
+}
+
+int zb_model_init(zb_model *m, const zb_config *cfg) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    ZB_TRY(zb_config_validate(cfg, cfg->model_type));
+    slot_t *slots = NULL;
+    ZB_TRY(build_layout(m, &slots));
+    m->data = zb_calloc(m->n_floats, sizeof(float), "model parameters");
+    m->w.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
+    m->g.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
+    if (!m->data || !m->w.blocks || !m->g.blocks) { free(slots); zb_model_free(m); return ZB_ENOMEM; }
+    bind(m, slots, &m->w, m->data);
+    m->slots = slots;   /* kept to bind the gradient views in zb_model_alloc_grad */
+    if (cfg->n_heads > 0 && cfg->head_dim > 0) zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
+    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->rope);
+    return ZB_OK;
+}
+
+void zb_model_free(zb_model *m) {
+    free(m->params);
+    free(m->data);
+    free(m->grad);
+    free(m->w.blocks);
+    free(m->g.blocks);
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+int zb_model_alloc_grad(zb_model *m) {
+    if (m->grad) return ZB_OK;
+    m->grad = zb_calloc(m->n_floats, sizeof(float), "parameter gradients");
+    if (!m->grad) return ZB_ENOMEM;
+    bind(m, m->slots, &m->g, m->grad);
+    return ZB_OK;
+}
+
+void zb_model_zero_grad(zb_model *m) {
+    if (m->grad) memset(m->grad, 0, sizeof(float) * m->n_floats);
+}
+
+const zb_param *zb_model_param(const zb_model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (!strcmp(m->params[i].name, name)) return &m->params[i];
+    return NULL;
+}
+
+size_t zb_model_num_params(const zb_model *m) { return m->n_floats; }
+
+int zb_model_load(zb_model *m, const char *path) {
+    zb_store *st = NULL;
+    ZB_TRY(zb_store_open(&st, path));
+    int rc = zb_model_init(m, zb_store_config(st));
+    if (rc) { zb_fail_prefix(rc, path); zb_store_close(st); return rc; }
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        const zb_param *p = &m->params[i];
+        rc = zb_store_read(st, p->name, m->data + p->offset, p->ndim, p->shape);
+        if (rc == ZB_ENOTFOUND) rc = zb_fail(ZB_ENOTFOUND, "%s: missing tensor '%s'", path, p->name);
+    }
+    zb_store_close(st);
+    if (rc) zb_model_free(m);
+    return rc;
+}
+
+void zb_model_init_random(zb_model *m, uint64_t seed, float std) {
+    zb_rng rng;
+    zb_rng_seed(&rng, seed);
+    for (int i = 0; i < m->n_params; i++) {
+        const zb_param *p = &m->params[i];
+        float *x = m->data + p->offset;
+        const char *leaf = strrchr(p->name, '.');
+        leaf = leaf ? leaf + 1 : p->name;
+        const char *tail = p->name + strlen(p->name);
+        (void)tail;
+        if (p->ndim == 1 && strstr(p->name, "norm")) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
+        } else if (strstr(p->name, "mamba.dt_bias")) {
+            /* dt ~ log-uniform [1e-3, 1e-1]; store softplus^-1(dt) (SPEC §5) */
+            for (size_t j = 0; j < p->numel; j++) {
+                double dt = exp(log(1e-3) + zb_rng_uniform(&rng) * (log(1e-1) - log(1e-3)));
+                x[j] = (float)(dt + log(-expm1(-dt)));
+            }
+        } else if (strstr(p->name, "mamba.A_log")) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = logf(1.0f + 15.0f * zb_rng_uniform(&rng));
+        } else if (strstr(p->name, "mamba.D")) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
+        } else if (strstr(p->name, "conv1d.bias")) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = 0.0f;
+        } else if (strstr(p->name, "conv1d.weight")) {
+            float bound = 1.0f / sqrtf((float)p->shape[2]);
+            for (size_t j = 0; j < p->numel; j++) x[j] = bound * (2.0f * zb_rng_uniform(&rng) - 1.0f);
+        } else {
+            for (size_t j = 0; j < p->numel; j++) x[j] = std * zb_rng_normal(&rng);
+        }
+    }
+}
+
+/* ---- activations -------------------------------------------------------------------------- */
+
+static size_t attn_act_floats(const zb_config *c, int B, int T) {
+    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    return N * (2 * qd + 2 * kd) + (size_t)B * c->n_heads * T * T;
+}
+static size_t attn_scratch_floats(const zb_config *c, int B, int T) {
+    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    return N * (2 * qd + 2 * kd);
+}
+
+static size_t mixer_act_floats(const zb_config *c, zb_layer_kind k, int B, int T) {
+    switch (k) {
+    case ZB_LAYER_ATTN: return attn_act_floats(c, B, T);
+    case ZB_LAYER_MLA: return zb_mla_act_floats(&c->mla, c->d_model, B, T);
+    default: return zb_mamba2_act_floats(&c->mamba, c->d_model, B, T);
+    }
+}
+static size_t mixer_scratch_floats(const zb_config *c, zb_layer_kind k, int B, int T) {
+    switch (k) {
+    case ZB_LAYER_ATTN: return attn_scratch_floats(c, B, T);
+    case ZB_LAYER_MLA: return zb_mla_scratch_floats(&c->mla, c->d_model, B, T);
+    default: return zb_mamba2_scratch_floats(&c->mamba, c->d_model, B, T);
+    }
+}
+
+int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
+    const zb_config *c = &m->cfg;
+    memset(a, 0, sizeof *a);
+    a->B = B;
+    a->T = T;
+    a->n_layers = c->n_layers;
+    size_t N = (size_t)B * T, d = c->d_model, F = c->ffn, L = c->n_layers, V = c->vocab;
+    size_t scratch = 0;
+    ZB_ALLOC(a->mix_acts, L, "activations");
+    for (size_t l = 0; l < L; l++) {
+        size_t s = mixer_scratch_floats(c, c->kinds[l], B, T);
+        if (s > scratch) scratch = s;
+        ZB_ALLOC(a->mix_acts[l], mixer_act_floats(c, c->kinds[l], B, T), "mixer activations");
+    }
+    ZB_ALLOC(a->res, (L + 1) * N * d, "activations");
+    ZB_ALLOC(a->mid, L * N * d, "activations");
+    ZB_ALLOC(a->ln1, L * N * d, "activations");
+    ZB_ALLOC(a->ln2, L * N * d, "activations");
+    ZB_ALLOC(a->rstd1, L * N, "activations");
+    ZB_ALLOC(a->rstd2, L * N, "activations");
+    ZB_ALLOC(a->mix_out, N * d, "activations");
+    ZB_ALLOC(a->gate, L * N * F, "activations");
+    ZB_ALLOC(a->up, L * N * F, "activations");
+    ZB_ALLOC(a->hmlp, L * N * F, "activations");
+    ZB_ALLOC(a->lnf, N * d, "activations");
+    ZB_ALLOC(a->rstdf, N, "activations");
+    ZB_ALLOC(a->logits, N * V, "logits");
+    ZB_ALLOC(a->dres, N * d, "gradients");
+    ZB_ALLOC(a->dtmp, N * d, "gradients");
+    ZB_ALLOC(a->dln, N * d, "gradients");
+    ZB_ALLOC(a->dgate, N * F, "gradients");
+    ZB_ALLOC(a->dup, N * F, "gradients");
+    ZB_ALLOC(a->dh, N * F, "gradients");
+    ZB_ALLOC(a->mix_scratch, scratch, "mixer scratch");
+    ZB_ALLOC(a->targets, N, "targets");
+    return ZB_OK;
+}
+
+void zb_acts_free(zb_acts *a) {
+    if (a->mix_acts)
+        for (int l = 0; l < a->n_layers; l++) free(a->mix_acts[l]);
+    free(a->mix_acts);
+    free(a->res); free(a->mid); free(a->ln1); free(a->ln2); free(a->rstd1); free(a->rstd2);
+    free(a->mix_out); free(a->gate); free(a->up); free(a->hmlp); free(a->lnf); free(a->rstdf);
+    free(a->logits); free(a->dres); free(a->dtmp); free(a->dln); free(a->dgate); free(a->dup);
+    free(a->dh); free(a->mix_scratch); free(a->targets);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- GQA attention mixer (SPEC §2) ---------------------------------------------------- */
+/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T] */
+
+static zb_attn_shape attn_shape(const zb_config *c, int B, int T) {
+    zb_attn_shape s = {B, T, c->n_heads, c->n_kv_heads, c->head_dim, c->head_dim,
+                       c->n_heads * c->head_dim, c->n_kv_heads * c->head_dim,
+                       c->n_kv_heads * c->head_dim, 1.0f / sqrtf((float)c->head_dim)};
+    return s;
+}
+
+static void attn_forward(const zb_model *m, const zb_block *w, const float *x, float *out,
+                         float *acts, int B, int T) {
+    const zb_config *c = &m->cfg;
+    int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
+    float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
+    float *probs = att + (size_t)N * qd;
+    zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
+    zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
+    zb_matmul_forward(v, x, w->wv, NULL, N, d, kd);
+    zb_rope_apply_seq(&m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
+    zb_rope_apply_seq(&m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
+    zb_attn_shape s = attn_shape(c, B, T);
+    zb_attention_forward(att, probs, q, k, v, &s);
+    zb_matmul_forward(out, att, w->wo, NULL, N, qd, d);
+}
+
+static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, const float *x,
+                          const float *dout, float *dx, const float *acts, float *scratch,
+                          int B, int T) {
+    const zb_config *c = &m->cfg;
+    int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
+    const float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
+    const float *probs = att + (size_t)N * qd;
+    float *datt = scratch, *dq = datt + (size_t)N * qd, *dk = dq + (size_t)N * qd, *dv = dk + (size_t)N * kd;
+    memset(datt, 0, sizeof(float) * N * qd);
+    zb_matmul_backward(datt, g->wo, NULL, dout, att, w->wo, N, qd, d);
+    zb_attn_shape s = attn_shape(c, B, T);
+    zb_attention_backward(dq, dk, dv, datt, probs, q, k, v, &s);
+    /* back through the rotation (its transpose) to the projections */
+    zb_rope_apply_seq(&m->rope, dq, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 1);
+    zb_rope_apply_seq(&m->rope, dk, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    zb_matmul_backward(dx, g->wq, NULL, dq, x, w->wq, N, d, qd);
+    zb_matmul_backward(dx, g->wk, NULL, dk, x, w->wk, N, d, kd);
+    zb_matmul_backward(dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
+}
+
+static void mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts,
+                          int B, int T) {
+    const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
+    switch (c->kinds[l]) {
+    case ZB_LAYER_ATTN: attn_forward(m, w, x, out, acts, B, T); break;
+    case ZB_LAYER_MLA:
+        zb_mla_forward(&c->mla, c->d_model, c->rms_eps, &w->mla, &m->rope_mla, x, out, acts, B, T);
+        break;
+    default:
+        zb_mamba2_forward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, x, out, acts, B, T);
+    }
+}
+
+static void mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
+                           float *acts, float *scratch, int B, int T) {
+    const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
+    zb_block *g = &m->g.blocks[l];
+    switch (c->kinds[l]) {
+    case ZB_LAYER_ATTN: attn_backward(m, w, g, x, dout, dx, acts, scratch, B, T); break;
+    case ZB_LAYER_MLA:
+        zb_mla_backward(&c->mla, c->d_model, c->rms_eps, &w->mla, &g->mla, &m->rope_mla, x, dout,
+                        dx, acts, scratch, B, T);
+        break;
+    default:
+        zb_mamba2_backward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, &g->mamba, x, dout, dx,
+                           acts, scratch, B, T);
+    }
+}
+
+/* ---- the stack ------------------------------------------------------------------------------ */
+
+void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
+    const zb_config *c = &m->cfg;
+    int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
+    size_t Nd = (size_t)N * d, NF = (size_t)N * F;
+    zb_embedding_forward(a->res, ids, m->w.embed, N, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const zb_block *w = &m->w.blocks[l];
+        float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
+        float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+        float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
+        zb_rmsnorm_forward(ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
+        mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
+        for (size_t i = 0; i < Nd; i++) mid[i] = x[i] + a->mix_out[i];
+        zb_rmsnorm_forward(ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
+        zb_matmul_forward(gt, ln2, w->w_gate, NULL, N, d, F);
+        zb_matmul_forward(up, ln2, w->w_up, NULL, N, d, F);
+        zb_swiglu_forward(h, gt, up, NF);
+        zb_matmul_forward(a->mix_out, h, w->w_down, NULL, N, F, d);
+        for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
+    }
+    zb_rmsnorm_forward(a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
+    zb_matmul_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
+}
+
+double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_grad) {
+    int B = a->B, T = a->T;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            a->targets[b * T + t] = t + 1 < T ? ids[b * T + t + 1] : -1;
+    int nv = 0;
+    /* count first so that the gradient carries 1/n_valid */
+    for (int i = 0; i < B * T; i++) nv += a->targets[i] >= 0;
+    double sum = zb_cross_entropy(want_grad ? a->logits : NULL, a->logits, a->targets, B * T,
+                                  m->cfg.vocab, nv ? 1.0f / nv : 0.0f, NULL);
+    return nv ? sum / nv : 0.0;
+}
+
+void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
+    const zb_config *c = &m->cfg;
+    int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
+    size_t Nd = (size_t)N * d, NF = (size_t)N * F;
+    /* head and final norm */
+    memset(a->dln, 0, sizeof(float) * Nd);
+    zb_matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, d, c->vocab);
+    memset(a->dres, 0, sizeof(float) * Nd);
+    zb_rmsnorm_backward(a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
+                        m->w.final_norm, a->rstdf, N, d);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const zb_block *w = &m->w.blocks[l];
+        zb_block *g = &m->g.blocks[l];
+        float *x = a->res + l * Nd, *mid = a->mid + l * Nd;
+        float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+        float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
+        /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
+        memset(a->dh, 0, sizeof(float) * NF);
+        zb_matmul_backward(a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
+        zb_swiglu_backward(a->dgate, a->dup, a->dh, gt, up, NF);
+        memset(a->dln, 0, sizeof(float) * Nd);
+        zb_matmul_backward(a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
+        zb_matmul_backward(a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
+        zb_rmsnorm_backward(a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
+                            a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
+        /* mixer: mid = x + mixer(ln1) */
+        memset(a->dln, 0, sizeof(float) * Nd);
+        mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
+        zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
+                            a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+    }
+    zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
+}
+
+/* ---- generation ------------------------------------------------------------------------------ */
+
+void zb_cache_sizes(const zb_config *c, size_t *kv_per_token, size_t *state_per_seq) {
+    size_t kv = 0, st = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (c->kinds[l] == ZB_LAYER_ATTN) kv += 2 * (size_t)c->n_kv_heads * c->head_dim;
+        else if (c->kinds[l] == ZB_LAYER_MLA) kv += (size_t)c->mla.kv_lora_rank + c->mla.qk_rope;
+        else st += zb_mamba2_state_floats(&c->mamba);
+    }
+    if (kv_per_token) *kv_per_token = kv;
+    if (state_per_seq) *state_per_seq = st;
+}
+
+#define ZB_GEN_CHUNK 64   /* prefill is processed this many tokens at a time */
+
+int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
+    const zb_config *c = &m->cfg;
+    memset(s, 0, sizeof *s);
+    s->B = B;
+    s->max_T = max_T;
+    s->chunk = ZB_GEN_CHUNK;
+    size_t n = (size_t)B * s->chunk, d = c->d_model, F = c->ffn;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    size_t scratch = (size_t)max_T + n * (qd + 2 * kd + qd);   /* attention: probs row + q,k,v,att */
+    ZB_ALLOC(s->cache, c->n_layers, "caches");
+    ZB_ALLOC(s->cache_floats, c->n_layers, "caches");
+    s->n_layers = c->n_layers;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t floats, sc = 0;
+        if (c->kinds[l] == ZB_LAYER_ATTN) floats = (size_t)B * max_T * 2 * kd;
+        else if (c->kinds[l] == ZB_LAYER_MLA) {
+            floats = zb_mla_cache_floats(&c->mla, B, max_T);
+            sc = zb_mla_decode_scratch_floats(&c->mla, c->d_model, max_T) * (size_t)B * s->chunk;
+        } else {
+            floats = (size_t)B * zb_mamba2_state_floats(&c->mamba);
+            sc = zb_mamba2_step_scratch_floats(&c->mamba, c->d_model, s->chunk) * (size_t)B;
+        }
+        if (sc > scratch) scratch = sc;
+        ZB_ALLOC(s->cache[l], floats, "generation cache");
+        s->cache_floats[l] = floats;
+    }
+    zb_cache_sizes(c, &s->cache_bytes_per_token, &s->state_bytes_per_seq);
+    s->cache_bytes_per_token *= sizeof(float);
+    s->state_bytes_per_seq *= sizeof(float);
+    ZB_ALLOC(s->x, n * d, "generation buffers");
+    ZB_ALLOC(s->ln, n * d, "generation buffers");
+    ZB_ALLOC(s->mo, n * d, "generation buffers");
+    ZB_ALLOC(s->g, n * F, "generation buffers");
+    ZB_ALLOC(s->u, n * F, "generation buffers");
+    ZB_ALLOC(s->lnf, (size_t)B * d, "generation buffers");
+    ZB_ALLOC(s->scratch, scratch, "generation scratch");
+    ZB_ALLOC(s->logits, (size_t)B * c->vocab, "logits");
+    ZB_ALLOC(s->ids, n, "generation buffers");
+    return ZB_OK;
+}
+
+void zb_gen_free(zb_gen *s) {
+    for (int l = 0; s->cache && l < s->n_layers; l++) free(s->cache[l]);
+    free(s->cache); free(s->cache_floats); free(s->ids);
+    free(s->x); free(s->ln); free(s->mo); free(s->g); free(s->u); free(s->lnf);
+    free(s->scratch); free(s->logits);
+    memset(s, 0, sizeof *s);
+}
+
+void zb_gen_reset(zb_gen *s) {
+    for (int l = 0; l < s->n_layers; l++) memset(s->cache[l], 0, sizeof(float) * s->cache_floats[l]);
+    s->pos = 0;
+}
+
+/* n new tokens per sequence at positions pos..pos+n-1 against the K/V cache. */
+static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache,
+                      const float *x, float *out, int n) {
+    const zb_config *c = &m->cfg;
+    int B = s->B, N = B * n, d = c->d_model, hd = c->head_dim;
+    int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
+    float *probs = s->scratch, *q = probs + s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
+    float *att = v + (size_t)N * kd;
+    zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
+    zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
+    zb_matmul_forward(v, x, w->wv, NULL, N, d, kd);
+    zb_rope_apply_seq(&m->rope, q, B, n, qd, c->n_heads, hd, 0, s->pos, 0, 0);
+    zb_rope_apply_seq(&m->rope, k, B, n, kd, c->n_kv_heads, hd, 0, s->pos, 0, 0);
+    float *K = cache, *Vc = cache + (size_t)B * s->max_T * kd;
+    for (int b = 0; b < B; b++) {
+        float *Kb = K + (size_t)b * s->max_T * kd, *Vb = Vc + (size_t)b * s->max_T * kd;
+        for (int t = 0; t < n; t++) {
+            size_t r = (size_t)b * n + t;
+            memcpy(Kb + (size_t)(s->pos + t) * kd, k + r * kd, sizeof(float) * kd);
+            memcpy(Vb + (size_t)(s->pos + t) * kd, v + r * kd, sizeof(float) * kd);
+        }
+        for (int t = 0; t < n; t++) {
+            size_t r = (size_t)b * n + t;
+            zb_attention_decode(att + r * qd, q + r * qd, Kb, Vb, s->pos + t + 1, c->n_heads,
+                                c->n_kv_heads, hd, hd, kd, kd, 1.0f / sqrtf((float)hd), probs);
+        }
+    }
+    zb_matmul_forward(out, att, w->wo, NULL, N, qd, d);
+}
+
+static void gen_chunk(const zb_model *m, zb_gen *s, const int *ids, int n) {
+    const zb_config *c = &m->cfg;
+    int B = s->B, N = B * n, d = c->d_model, F = c->ffn;
+    size_t Nd = (size_t)N * d;
+    zb_embedding_forward(s->x, ids, m->w.embed, N, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const zb_block *w = &m->w.blocks[l];
+        zb_rmsnorm_forward(s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], s->ln, s->mo, n);
+        else if (c->kinds[l] == ZB_LAYER_MLA)
+            zb_mla_step(&c->mla, d, c->rms_eps, &w->mla, &m->rope_mla, s->ln, s->mo, s->cache[l],
+                        s->max_T, s->pos, n, B, s->scratch);
+        else
+            zb_mamba2_step(&c->mamba, d, c->rms_eps, &w->mamba, s->ln, s->mo, s->cache[l], n, B,
+                           s->scratch);
+        for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
+        zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
+        zb_matmul_forward(s->g, s->ln, w->w_gate, NULL, N, d, F);
+        zb_matmul_forward(s->u, s->ln, w->w_up, NULL, N, d, F);
+        zb_swiglu_forward(s->g, s->g, s->u, (size_t)N * F);
+        zb_matmul_forward(s->mo, s->g, w->w_down, NULL, N, F, d);
+        for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
+    }
+    /* logits of the last new token of each sequence only */
+    for (int b = 0; b < B; b++)
+        zb_rmsnorm_forward(s->lnf + (size_t)b * d, NULL, s->x + ((size_t)b * n + n - 1) * d,
+                           m->w.final_norm, 1, d, c->rms_eps);
+    zb_matmul_forward(s->logits, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+    s->pos += n;
+}
+
+int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n) {
+    if (n <= 0) return zb_fail(ZB_EARG, "generation step with %d tokens", n);
+    if (s->pos + n > s->max_T)
+        return zb_fail(ZB_EARG, "context full: %d + %d tokens exceed the cache of %d", s->pos, n, s->max_T);
+    for (int t0 = 0; t0 < n; t0 += s->chunk) {
+        int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
+        for (int b = 0; b < s->B; b++)
+            memcpy(s->ids + (size_t)b * nc, ids + (size_t)b * n + t0, sizeof(int) * nc);
+        gen_chunk(m, s, s->ids, nc);
+    }
+    return ZB_OK;
+}
+
+/* ---- sampling --------------------------------------------------------------------------------- */
+
+typedef struct { float p; int i; } zb_pi;
+static int cmp_desc(const void *a, const void *b) {
+    const zb_pi *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->i - y->i;
+}
+
+int zb_sample(const float *logits, int V, const zb_sampler *sp, zb_rng *rng, float *scratch) {
+    (void)scratch;
+    if (sp->temperature <= 0.0f) {
+        int best = 0;
+        for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+        return best;
+    }
+    /* temperature, then top-k, then top-p (the order HF's generate applies them) */
+    zb_pi *a = malloc(sizeof(zb_pi) * V);
+    if (!a) return 0;
+    for (int v = 0; v < V; v++) { a[v].p = logits[v] / sp->temperature; a[v].i = v; }
+    qsort(a, V, sizeof *a, cmp_desc);
+    int keep = V;
+    if (sp->top_k > 0 && sp->top_k < keep) keep = sp->top_k;
+    double mx = a[0].p, sum = 0;
+    for (int j = 0; j < keep; j++) { a[j].p = (float)exp(a[j].p - mx); sum += a[j].p; }
+    for (int j = 0; j < keep; j++) a[j].p = (float)(a[j].p / sum);
+    if (sp->top_p > 0.0f && sp->top_p < 1.0f) {
+        double cum = 0;
+        int j = 0;
+        for (; j < keep; j++) { cum += a[j].p; if (cum >= sp->top_p) { j++; break; } }
+        keep = j < 1 ? 1 : j;
+        sum = 0;
+        for (j = 0; j < keep; j++) sum += a[j].p;
+        for (j = 0; j < keep; j++) a[j].p = (float)(a[j].p / sum);
+    }
+    double r = zb_rng_uniform(rng), cum = 0;
+    int pick = a[keep - 1].i;
+    for (int j = 0; j < keep; j++) { cum += a[j].p; if (r < cum) { pick = a[j].i; break; } }
+    free(a);
+    return pick;
+}

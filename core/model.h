@@ -1,0 +1,136 @@
+/* model.h — a decoder stack whose mixers are GQA attention, MLA or Mamba2 per layer
+ * (a Llama teacher, an all-MLA DeepSeek-style model, or a Zebra hybrid), as in llm.c:
+ * one struct for the weights (one flat buffer + named views), one for activations
+ * (allocated once for a B x T shape), forward / backward pairs, and a cached decoder.
+ *
+ * Block i (pre-norm, SPEC §2):  h += Mixer_i(RMSNorm(h));  h += MLP(RMSNorm(h))
+ * Output: logits = head(RMSNorm(h)), head tied to the embedding when the config says so. */
+#ifndef ZB_MODEL_H
+#define ZB_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "mamba2.h"
+#include "mla.h"
+#include "ops.h"
+#include "zb_common.h"
+
+#define ZB_PARAM_NAME 128
+
+/* One named tensor of the parameter buffer, with its HF name. */
+typedef struct {
+    char name[ZB_PARAM_NAME];
+    int ndim;
+    int64_t shape[4];
+    size_t offset, numel;   /* in floats, within the flat buffer */
+    int no_decay;           /* norms, biases, A_log, D, dt_bias: no weight decay */
+    int layer;              /* -1 for embedding / final norm / head */
+} zb_param;
+
+/* Views of one block's weights (all pointers into one flat buffer). */
+typedef struct {
+    zb_layer_kind kind;
+    float *attn_norm, *mlp_norm;          /* input_layernorm, post_attention_layernorm */
+    float *wq, *wk, *wv, *wo;             /* GQA attention: [H*hd,d] [Hkv*hd,d] [Hkv*hd,d] [d,H*hd] */
+    zb_mla_weights mla;
+    zb_mamba2_weights mamba;
+    float *w_gate, *w_up, *w_down;        /* [F,d] [F,d] [d,F] */
+} zb_block;
+
+typedef struct {
+    float *embed;       /* [V, d] */
+    float *final_norm;  /* [d] */
+    float *lm_head;     /* [V, d]; == embed when tied */
+    zb_block *blocks;   /* [n_layers] */
+} zb_weights;
+
+typedef struct {
+    zb_config cfg;
+    int n_params;
+    zb_param *params;
+    size_t n_floats;
+    float *data;        /* the parameters */
+    float *grad;        /* same layout; NULL until zb_model_alloc_grad */
+    zb_weights w, g;    /* views into data and grad */
+    zb_rope rope;       /* attention layers: rotary dim = head_dim */
+    zb_rope rope_mla;   /* MLA layers: rotary dim = qk_rope */
+    void *slots;        /* private: where each parameter's view lives */
+} zb_model;
+
+/* Build the parameter list of a config (HF names and shapes) and allocate the buffer
+ * (zeros). Used by loading, random init, import checks and compose. */
+int zb_model_init(zb_model *m, const zb_config *cfg);
+void zb_model_free(zb_model *m);
+int zb_model_alloc_grad(zb_model *m);
+void zb_model_zero_grad(zb_model *m);
+const zb_param *zb_model_param(const zb_model *m, const char *name);
+/* Load from an HF directory or a native .h5 checkpoint: every expected tensor must be present
+ * with its exact shape. */
+int zb_model_load(zb_model *m, const char *path);
+/* Random init (N(0, std) for matrices, ones for norms, Mamba2 defaults of SPEC §5). */
+void zb_model_init_random(zb_model *m, uint64_t seed, float std);
+/* Number of parameters. */
+size_t zb_model_num_params(const zb_model *m);
+
+/* ---- training-shaped forward / backward --------------------------------------------- */
+typedef struct {
+    int B, T, n_layers;
+    float *res;        /* [(L+1), N, d] residual stream: res[i] = input of layer i; res[L] = final pre-norm */
+    float *mid;        /* [L, N, d] residual after the mixer of layer i */
+    float *ln1, *ln2;  /* [L, N, d] normed inputs of mixer / MLP */
+    float *rstd1, *rstd2;   /* [L, N] */
+    float *mix_out;    /* [N, d] scratch: mixer output (recomputed nothing: used as temp) */
+    float **mix_acts;  /* [L] per-layer saved mixer activations */
+    float *gate, *up, *hmlp;   /* [L, N, F] */
+    float *lnf;        /* [N, d] final normed */
+    float *rstdf;      /* [N] */
+    float *logits;     /* [N, V] */
+    /* backward scratch */
+    float *dres, *dtmp, *dln; /* [N, d] */
+    float *dgate, *dup, *dh;  /* [N, F] */
+    float *mix_scratch;       /* max over layers of the mixer backward scratch */
+    int *targets;      /* [N] */
+} zb_acts;
+
+int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T);
+void zb_acts_free(zb_acts *a);
+/* Forward over ids [B*T]; fills a->logits [B*T, V] and the saved activations. */
+void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids);
+/* Mean next-token cross-entropy with labels = ids shifted by one (HF convention: the last
+ * position of each sequence has no target). targets_out may be NULL. Returns the mean loss;
+ * when want_grad, a->logits is overwritten by dloss/dlogits. */
+double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_grad);
+/* Backward from dlogits (in a->logits) to every parameter gradient (accumulated into m->grad). */
+void zb_model_backward(zb_model *m, zb_acts *a, const int *ids);
+
+/* ---- generation with caches ---------------------------------------------------------- */
+typedef struct {
+    int B, max_T, pos, n_layers;
+    size_t *cache_floats;
+    int *ids;          /* [B*chunk] */
+    float **cache;     /* [L]: attention K|V, MLA latent, or Mamba2 state, per layer kind */
+    size_t cache_bytes_per_token, state_bytes_per_seq;
+    float *x, *ln, *mo, *g, *u, *lnf;   /* [B*chunk, ...] */
+    float *scratch;
+    float *logits;     /* [B, V] for the last new token of each sequence */
+    int chunk;         /* max tokens processed per step call */
+} zb_gen;
+
+int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T);
+void zb_gen_free(zb_gen *s);
+void zb_gen_reset(zb_gen *s);
+/* Feed n tokens per sequence (ids [B*n]); leaves the last position's logits in s->logits.
+ * Returns ZB_EARG if the cache would overflow. */
+int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
+
+/* Sampling: temperature 0 = greedy (lowest id on ties, as torch.argmax); top_k 0 = off;
+ * top_p 1 = off. */
+typedef struct { float temperature; int top_k; float top_p; } zb_sampler;
+int zb_sample(const float *logits, int V, const zb_sampler *sp, zb_rng *rng, float *scratch);
+
+/* KV/latent cache bytes per token and fixed state bytes per sequence (float32 storage). */
+void zb_cache_sizes(const zb_config *c, size_t *kv_numbers_per_token, size_t *state_numbers_per_seq);
+
+#endif

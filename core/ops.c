@@ -1,0 +1,317 @@
+/* ops.c — layer kernels on one rank; see ops.h for conventions. */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- linear ------------------------------------------------------------------------- */
+
+void zb_matmul_forward(float *out, const float *inp, const float *W, const float *bias,
+                       int N, int C, int OC) {
+    if (N == 1) {   /* decode: a matrix-vector product reads W once */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, W, C, inp, 1, 0.0f, out, 1);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, W, C,
+                    0.0f, out, OC);
+    }
+    if (bias)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
+}
+
+void zb_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout,
+                        const float *inp, const float *W, int N, int C, int OC) {
+    if (dinp)   /* dinp[N,C] += dout[N,OC] @ W[OC,C] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, W, C,
+                    1.0f, dinp, C);
+    if (dW)     /* dW[OC,C] += dout^T @ inp */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
+                    1.0f, dW, C);
+    if (dbias)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OC; o++) dbias[o] += dout[(size_t)n * OC + o];
+}
+
+/* ---- RMSNorm ------------------------------------------------------------------------ */
+
+void zb_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
+                        int N, int C, float eps) {
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)xr[i] * xr[i];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        if (rstd) rstd[n] = r;
+        for (int i = 0; i < C; i++) o[i] = w[i] * (xr[i] * r);
+    }
+}
+
+/* y_i = w_i x_i r, r = (mean x^2 + eps)^-1/2:
+ * dx_i = r (w_i dy_i) - r^3/C x_i sum_j (w_j dy_j x_j),  dw_i = sum_n dy_i x_i r. */
+void zb_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                         const float *w, const float *rstd, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float r = rstd[n];
+        double dot = 0;
+        for (int i = 0; i < C; i++) dot += (double)w[i] * dy[i] * xr[i];
+        float k = (float)(dot * r * r * r / C);
+        if (dx) {
+            float *d = dx + (size_t)n * C;
+            for (int i = 0; i < C; i++) d[i] += r * w[i] * dy[i] - k * xr[i];
+        }
+        if (dw)
+            for (int i = 0; i < C; i++) dw[i] += dy[i] * xr[i] * r;
+    }
+}
+
+/* ---- RoPE --------------------------------------------------------------------------- */
+
+void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg) {
+    r->dim = dim;
+    for (int i = 0; i < dim / 2; i++) {
+        /* inv_freq_i = theta^(-2i/dim), in float32 as HF computes it */
+        float f = (float)(1.0 / pow((double)cfg->theta, (double)(2 * i) / dim));
+        if (cfg->type == ZB_ROPE_LLAMA3) {
+            /* Llama-3 scaling (SPEC §2): long wavelengths divided by factor, short ones kept,
+             * a smooth blend in between. */
+            double orig = cfg->original_max_pos;
+            double low_wl = orig / cfg->low_freq_factor, high_wl = orig / cfg->high_freq_factor;
+            double wl = 2.0 * M_PI / f;
+            if (wl > low_wl) f = f / cfg->factor;
+            else if (wl >= high_wl) {
+                double smooth = (orig / wl - cfg->low_freq_factor) /
+                                (cfg->high_freq_factor - cfg->low_freq_factor);
+                f = (float)((1.0 - smooth) * f / cfg->factor + smooth * f);
+            }
+        }
+        r->inv_freq[i] = f;
+    }
+}
+
+void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int offset,
+                   int pos, int interleave, int inverse) {
+    int D = r->dim, half = D / 2;
+    float c[ZB_ROPE_MAX_DIM / 2], s[ZB_ROPE_MAX_DIM / 2], tmp[ZB_ROPE_MAX_DIM];
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * r->inv_freq[i];   /* float32 angle, as HF */
+        c[i] = cosf(a);
+        s[i] = inverse ? -sinf(a) : sinf(a);
+    }
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_stride + offset;
+        if (interleave && !inverse) {   /* (2i, 2i+1) pairs -> [evens | odds] */
+            for (int i = 0; i < half; i++) { tmp[i] = v[2 * i]; tmp[half + i] = v[2 * i + 1]; }
+            memcpy(v, tmp, sizeof(float) * D);
+        }
+        for (int i = 0; i < half; i++) {
+            float x1 = v[i], x2 = v[i + half];
+            v[i] = x1 * c[i] - x2 * s[i];
+            v[i + half] = x2 * c[i] + x1 * s[i];
+        }
+        if (interleave && inverse) {    /* the transpose of the permutation */
+            for (int i = 0; i < half; i++) { tmp[2 * i] = v[i]; tmp[2 * i + 1] = v[half + i]; }
+            memcpy(v, tmp, sizeof(float) * D);
+        }
+    }
+}
+
+void zb_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
+                       int head_stride, int offset, int pos0, int interleave, int inverse) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            zb_rope_apply(r, x + ((size_t)b * T + t) * row_stride, n_heads, head_stride, offset,
+                          pos0 + t, interleave, inverse);
+}
+
+/* ---- causal GQA attention ------------------------------------------------------------ */
+
+void zb_attention_forward(float *out, float *probs, const float *q, const float *k,
+                          const float *v, const zb_attn_shape *s) {
+    int B = s->B, T = s->T, H = s->H, rep = s->H / s->Hkv;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / rep;
+            const float *qh = q + (size_t)b * T * s->q_stride + (size_t)h * s->dqk;
+            const float *kg = k + (size_t)b * T * s->k_stride + (size_t)g * s->dqk;
+            const float *vg = v + (size_t)b * T * s->v_stride + (size_t)g * s->dv;
+            float *P = probs + ((size_t)b * H + h) * T * T;
+            /* S = scale * Q K^T, then causal softmax row by row (masked entries = 0) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, s->dqk, s->scale, qh,
+                        s->q_stride, kg, s->k_stride, 0.0f, P, T);
+            for (int t = 0; t < T; t++) {
+                float *row = P + (size_t)t * T, mx = -INFINITY;
+                for (int u = 0; u <= t; u++) if (row[u] > mx) mx = row[u];
+                double sum = 0;
+                for (int u = 0; u <= t; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
+                float inv = (float)(1.0 / sum);
+                for (int u = 0; u <= t; u++) row[u] *= inv;
+                for (int u = t + 1; u < T; u++) row[u] = 0.0f;
+            }
+            float *oh = out + (size_t)b * T * H * s->dv + (size_t)h * s->dv;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, s->dv, T, 1.0f, P, T, vg,
+                        s->v_stride, 0.0f, oh, H * s->dv);
+        }
+}
+
+/* dP = dO V^T; dS = P ⊙ (dP - rowsum(dP ⊙ P)); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO. */
+void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                           const float *probs, const float *q, const float *k, const float *v,
+                           const zb_attn_shape *s) {
+    int B = s->B, T = s->T, H = s->H, rep = s->H / s->Hkv;
+    /* one T x T scratch for dP per call */
+    float *buf = (float *)malloc((size_t)T * T * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        /* zero this batch's dk/dv head columns: heads of a group accumulate into them */
+        for (int t = 0; t < T; t++) {
+            memset(dk + ((size_t)b * T + t) * s->k_stride, 0, sizeof(float) * s->Hkv * s->dqk);
+            memset(dv + ((size_t)b * T + t) * s->v_stride, 0, sizeof(float) * s->Hkv * s->dv);
+        }
+        for (int h = 0; h < H; h++) {
+            int g = h / rep;
+            size_t qo = (size_t)b * T * s->q_stride + (size_t)h * s->dqk;
+            size_t ko = (size_t)b * T * s->k_stride + (size_t)g * s->dqk;
+            size_t vo = (size_t)b * T * s->v_stride + (size_t)g * s->dv;
+            const float *P = probs + ((size_t)b * H + h) * T * T;
+            const float *dO = dout + (size_t)b * T * H * s->dv + (size_t)h * s->dv;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, s->dv, 1.0f, dO, H * s->dv,
+                        v + vo, s->v_stride, 0.0f, buf, T);
+            for (int t = 0; t < T; t++) {
+                float *row = buf + (size_t)t * T;
+                const float *pr = P + (size_t)t * T;
+                double dot = 0;
+                for (int u = 0; u <= t; u++) dot += (double)row[u] * pr[u];
+                for (int u = 0; u <= t; u++) row[u] = pr[u] * (row[u] - (float)dot);
+                for (int u = t + 1; u < T; u++) row[u] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, s->dqk, T, s->scale, buf, T,
+                        k + ko, s->k_stride, 0.0f, dq + qo, s->q_stride);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, s->dqk, T, s->scale, buf, T,
+                        q + qo, s->q_stride, 1.0f, dk + ko, s->k_stride);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, s->dv, T, 1.0f, P, T, dO,
+                        H * s->dv, 1.0f, dv + vo, s->v_stride);
+        }
+    }
+    free(buf);
+}
+
+void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
+                         int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
+                         float scale, float *scratch) {
+    int rep = H / Hkv;
+    for (int h = 0; h < H; h++) {
+        int g = h / rep;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, dqk, scale, kc + (size_t)g * dqk, k_stride,
+                    q + (size_t)h * dqk, 1, 0.0f, scratch, 1);
+        float mx = -INFINITY;
+        for (int u = 0; u < Tc; u++) if (scratch[u] > mx) mx = scratch[u];
+        double sum = 0;
+        for (int u = 0; u < Tc; u++) { scratch[u] = expf(scratch[u] - mx); sum += scratch[u]; }
+        float inv = (float)(1.0 / sum);
+        for (int u = 0; u < Tc; u++) scratch[u] *= inv;
+        cblas_sgemv(CblasRowMajor, CblasTrans, Tc, dv, 1.0f, vc + (size_t)g * dv, v_stride,
+                    scratch, 1, 0.0f, out + (size_t)h * dv, 1);
+    }
+}
+
+/* ---- SwiGLU ----------------------------------------------------------------------------- */
+
+void zb_swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = zb_silu(g[i]) * u[i];
+}
+
+/* silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
+void zb_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u,
+                        size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float s = zb_sigmoid(g[i]);
+        du[i] = dh[i] * g[i] * s;
+        dg[i] = dh[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+    }
+}
+
+/* ---- embedding ---------------------------------------------------------------------------- */
+
+void zb_embedding_forward(float *out, const int *ids, const float *table, int N, int C) {
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, sizeof(float) * C);
+}
+
+void zb_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        float *d = dtable + (size_t)ids[n] * C;
+        const float *g = dout + (size_t)n * C;
+        for (int i = 0; i < C; i++) d[i] += g[i];
+    }
+}
+
+/* ---- losses ------------------------------------------------------------------------------ */
+
+double zb_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V,
+                        float scale, int *n_valid) {
+    double total = 0;
+    int nv = 0;
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        float *d = dlogits ? dlogits + (size_t)n * V : NULL;
+        int y = targets[n];
+        if (y < 0 || y >= V) {
+            if (d) memset(d, 0, sizeof(float) * V);
+            continue;
+        }
+        nv++;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) if (row[v] > mx) mx = row[v];
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx);
+        double lse = mx + log(sum);
+        total += lse - row[y];
+        if (d) {
+            for (int v = 0; v < V; v++) d[v] = (float)(scale * exp((double)row[v] - lse));
+            d[y] -= scale;
+        }
+    }
+    if (n_valid) *n_valid = nv;
+    return total;
+}
+
+double zb_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask,
+                 int N, int V, float tau, float scale) {
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const float *s = student + (size_t)n * V, *t = teacher + (size_t)n * V;
+        float *d = dstudent ? dstudent + (size_t)n * V : NULL;
+        if (mask && !mask[n]) {
+            if (d) memset(d, 0, sizeof(float) * V);
+            continue;
+        }
+        double ms = -INFINITY, mt = -INFINITY;
+        for (int v = 0; v < V; v++) {
+            if (s[v] / tau > ms) ms = s[v] / tau;
+            if (t[v] / tau > mt) mt = t[v] / tau;
+        }
+        double zs = 0, zt = 0;
+        for (int v = 0; v < V; v++) { zs += exp(s[v] / tau - ms); zt += exp(t[v] / tau - mt); }
+        double lzs = ms + log(zs), lzt = mt + log(zt), kl = 0;
+        for (int v = 0; v < V; v++) {
+            double lpt = t[v] / tau - lzt, lps = s[v] / tau - lzs, pt = exp(lpt);
+            kl += pt * (lpt - lps);
+            if (d) d[v] = (float)(scale * (exp(lps) - pt) / tau);
+        }
+        total += kl;
+    }
+    return total;
+}
+
+double zb_mse(float *da, const float *a, const float *b, size_t n, float scale) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)a[i] - b[i];
+        s += e * e;
+        if (da) da[i] = (float)(scale * 2.0 * e / n);
+    }
+    return s / n;
+}

@@ -1,0 +1,26 @@
+/* commands.h — the driver's subcommands. Each lives in launch/cmd_<name>.c, takes the
+ * arguments after the subcommand name (argv[0] is the subcommand) and returns a zb status;
+ * on failure it has recorded a one-line message with zb_fail(). */
+#ifndef ZB_COMMANDS_H
+#define ZB_COMMANDS_H
+
+int zb_cmd_import(int argc, char **argv);
+int zb_cmd_tokenize(int argc, char **argv);
+int zb_cmd_dump(int argc, char **argv);
+int zb_cmd_generate(int argc, char **argv);
+int zb_cmd_info(int argc, char **argv);
+
+/* Small helpers for argument parsing shared by the commands. */
+/* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */
+const char *zb_arg_str(int argc, char **argv, const char *name, const char *dflt);
+int zb_arg_int(int argc, char **argv, const char *name, int dflt);
+double zb_arg_double(int argc, char **argv, const char *name, double dflt);
+int zb_arg_flag(int argc, char **argv, const char *name);
+/* Every argument must be a known flag (known: NULL-terminated list of "--name" or
+ * "--name=" for flags that take a value) or a positional; else ZB_EARG naming it. */
+int zb_args_check(int argc, char **argv, const char *const *known_value_flags,
+                  const char *const *known_bool_flags, int max_positional);
+/* The i-th positional argument (not a flag nor a flag's value), or NULL. */
+const char *zb_arg_pos(int argc, char **argv, const char *const *known_value_flags, int i);
+
+#endif

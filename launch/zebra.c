@@ -1,0 +1,63 @@
+/* zebra — the one driver. `zebra <command> [options]`, under mpirun or alone.
+ *
+ * A command returns a status; on failure the failing rank prints its one-line message and,
+ * when more than one rank runs, calls MPI_Abort so that no other rank waits forever. */
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "zb_common.h"
+
+/* Commands are linked in from launch/cmd_*.c; one not built into this binary is absent. */
+#pragma weak zb_cmd_info
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} zb_command;
+
+static const zb_command commands[] = {
+    {"import", zb_cmd_import, "import DIR -o model.h5: HF checkpoint -> native HDF5"},
+    {"tokenize", zb_cmd_tokenize, "tokenize --tokenizer tokenizer.json [--text T | stdin]: print ids"},
+    {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
+    {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},
+    {"info", zb_cmd_info, "info [--json] MODEL_OR_CONFIG: parameters, cache bytes"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: zebra <command> [options]\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (commands[i].fn) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    int rank = 0, size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        if (rank == 0) usage(argc < 2 ? stderr : stdout);
+        MPI_Finalize();
+        return argc < 2 ? 2 : 0;
+    }
+    const zb_command *cmd = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (commands[i].fn && !strcmp(argv[1], commands[i].name)) cmd = &commands[i];
+    if (!cmd) {
+        if (rank == 0) { fprintf(stderr, "zebra: unknown command '%s'\n", argv[1]); usage(stderr); }
+        MPI_Finalize();
+        return 2;
+    }
+    int rc = cmd->fn(argc - 1, argv + 1);
+    if (rc != ZB_OK) {
+        fprintf(stderr, "zebra %s: error: %s\n", cmd->name, zb_errmsg());
+        fflush(stderr);
+        if (size > 1) MPI_Abort(MPI_COMM_WORLD, rc);   /* stop every rank, never hang */
+        MPI_Finalize();
+        return rc;
+    }
+    MPI_Finalize();
+    return 0;
+}

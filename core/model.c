@@ -8,45 +8,12 @@
 #include <string.h>
 
 #include "store.h"
+#include "tensor_names.h"
 
 /* ---- parameter layout ------------------------------------------------------------------ */
 
 /* Where a parameter's view lives: a field of zb_weights (layer < 0) or of zb_block. */
 typedef struct { int layer; size_t field; } slot_t;
-
-typedef struct {
-    zb_model *m;
-    slot_t *slots;
-    int cap;
-    size_t off;
-} layout_t;
-
-static int add(layout_t *L, int layer, size_t field, const char *name, int no_decay, int ndim,
-               int64_t s0, int64_t s1, int64_t s2) {
-    zb_model *m = L->m;
-    if (m->n_params == L->cap) {
-        L->cap = L->cap ? 2 * L->cap : 64;
-        zb_param *p = realloc(m->params, sizeof(zb_param) * L->cap);
-        slot_t *s = realloc(L->slots, sizeof(slot_t) * L->cap);
-        if (!p || !s) { free(p); free(s); return zb_fail(ZB_ENOMEM, "out of memory (parameter list)"); }
-        m->params = p;
-        L->slots = s;
-    }
-    zb_param *p = &m->params[m->n_params];
-    memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->ndim = ndim;
-    int64_t sh[3] = {s0, s1, s2};
-    p->numel = 1;
-    for (int i = 0; i < ndim; i++) { p->shape[i] = sh[i]; p->numel *= (size_t)sh[i]; }
-    p->offset = L->off;
-    p->no_decay = no_decay;
-    p->layer = layer;
-    L->slots[m->n_params] = (slot_t){layer, field};
-    L->off += p->numel;
-    m->n_params++;
-    return ZB_OK;
-}
 
 #define BF(f) offsetof(zb_block, f)
 #define WF(f) offsetof(zb_weights, f)
@@ -61,66 +28,67 @@ static void bind(const zb_model *m, const slot_t *slots, zb_weights *w, float *b
     for (int l = 0; l < m->cfg.n_layers; l++) w->blocks[l].kind = m->cfg.kinds[l];
 }
 
-static int build_layout(zb_model *m, slot_t **slots_out) {
-    const zb_config *c = &m->cfg;
-    layout_t L = {m, NULL, 0, 0};
-    char nm[ZB_PARAM_NAME];
-    int64_t d = c->d_model, V = c->vocab, F = c->ffn;
-#define ADD(layer, field, nd, s0, s1, s2, nodecay, ...) do { \
-        snprintf(nm, sizeof nm, __VA_ARGS__); \
-        int rc_ = add(&L, layer, field, nm, nodecay, nd, s0, s1, s2); \
-        if (rc_) { free(L.slots); return rc_; } } while (0)
-    ADD(-1, WF(embed), 2, V, d, 0, 0, "model.embed_tokens.weight");
-    for (int l = 0; l < c->n_layers; l++) {
-        const char *pre = "model.layers";
-        ADD(l, BF(attn_norm), 1, d, 0, 0, 1, "%s.%d.input_layernorm.weight", pre, l);
-        if (c->kinds[l] == ZB_LAYER_ATTN) {
-            int64_t H = c->n_heads, Hk = c->n_kv_heads, hd = c->head_dim;
-            ADD(l, BF(wq), 2, H * hd, d, 0, 0, "%s.%d.self_attn.q_proj.weight", pre, l);
-            ADD(l, BF(wk), 2, Hk * hd, d, 0, 0, "%s.%d.self_attn.k_proj.weight", pre, l);
-            ADD(l, BF(wv), 2, Hk * hd, d, 0, 0, "%s.%d.self_attn.v_proj.weight", pre, l);
-            ADD(l, BF(wo), 2, d, H * hd, 0, 0, "%s.%d.self_attn.o_proj.weight", pre, l);
-        } else if (c->kinds[l] == ZB_LAYER_MLA) {
-            const zb_mla_dims *a = &c->mla;
-            int64_t H = a->n_heads, qk = a->qk_nope + a->qk_rope;
-            if (a->q_lora_rank == 0) {
-                ADD(l, BF(mla.q_proj), 2, H * qk, d, 0, 0, "%s.%d.self_attn.q_proj.weight", pre, l);
-            } else {
-                ADD(l, BF(mla.q_a_proj), 2, a->q_lora_rank, d, 0, 0, "%s.%d.self_attn.q_a_proj.weight", pre, l);
-                if (a->q_norm)
-                    ADD(l, BF(mla.q_a_norm), 1, a->q_lora_rank, 0, 0, 1, "%s.%d.self_attn.q_a_layernorm.weight", pre, l);
-                ADD(l, BF(mla.q_b_proj), 2, H * qk, a->q_lora_rank, 0, 0, "%s.%d.self_attn.q_b_proj.weight", pre, l);
-            }
-            ADD(l, BF(mla.kv_a_proj), 2, a->kv_lora_rank + a->qk_rope, d, 0, 0,
-                "%s.%d.self_attn.kv_a_proj_with_mqa.weight", pre, l);
-            if (a->kv_norm)
-                ADD(l, BF(mla.kv_a_norm), 1, a->kv_lora_rank, 0, 0, 1, "%s.%d.self_attn.kv_a_layernorm.weight", pre, l);
-            ADD(l, BF(mla.kv_b_proj), 2, (int64_t)a->kv_heads * (a->qk_nope + a->v_head_dim), a->kv_lora_rank, 0, 0,
-                "%s.%d.self_attn.kv_b_proj.weight", pre, l);
-            ADD(l, BF(mla.o_proj), 2, d, H * a->v_head_dim, 0, 0, "%s.%d.self_attn.o_proj.weight", pre, l);
-        } else {
-            const zb_mamba2_dims *s = &c->mamba;
-            int64_t rows = zb_mamba2_in_proj_rows(s), cd = zb_mamba2_conv_dim(s);
-            ADD(l, BF(mamba.in_proj), 2, rows, d, 0, 0, "%s.%d.mamba.in_proj.weight", pre, l);
-            ADD(l, BF(mamba.conv_w), 3, cd, 1, s->conv_k, 0, "%s.%d.mamba.conv1d.weight", pre, l);
-            if (s->conv_bias)
-                ADD(l, BF(mamba.conv_b), 1, cd, 0, 0, 1, "%s.%d.mamba.conv1d.bias", pre, l);
-            ADD(l, BF(mamba.dt_bias), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.dt_bias", pre, l);
-            ADD(l, BF(mamba.A_log), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.A_log", pre, l);
-            ADD(l, BF(mamba.D), 1, s->nheads, 0, 0, 1, "%s.%d.mamba.D", pre, l);
-            ADD(l, BF(mamba.norm_w), 1, s->d_inner, 0, 0, 1, "%s.%d.mamba.norm.weight", pre, l);
-            ADD(l, BF(mamba.out_proj), 2, d, s->d_inner, 0, 0, "%s.%d.mamba.out_proj.weight", pre, l);
-        }
-        ADD(l, BF(mlp_norm), 1, d, 0, 0, 1, "%s.%d.post_attention_layernorm.weight", pre, l);
-        ADD(l, BF(w_gate), 2, F, d, 0, 0, "%s.%d.mlp.gate_proj.weight", pre, l);
-        ADD(l, BF(w_up), 2, F, d, 0, 0, "%s.%d.mlp.up_proj.weight", pre, l);
-        ADD(l, BF(w_down), 2, d, F, 0, 0, "%s.%d.mlp.down_proj.weight", pre, l);
+/* The view a tensor name binds to: the names and shapes come from zb_expected_tensors (the
+ * one enumeration shared with import), this maps each to its field. */
+static int field_of(const zb_tensor_spec *t, zb_layer_kind kind, size_t *field) {
+    static const struct { const char *suffix; size_t field; } global[] = {
+        {"model.embed_tokens.weight", WF(embed)}, {"model.norm.weight", WF(final_norm)},
+        {"lm_head.weight", WF(lm_head)}};
+    static const struct { const char *suffix; size_t field; } block[] = {
+        {"input_layernorm.weight", BF(attn_norm)}, {"post_attention_layernorm.weight", BF(mlp_norm)},
+        {"self_attn.k_proj.weight", BF(wk)}, {"self_attn.v_proj.weight", BF(wv)},
+        {"self_attn.q_a_proj.weight", BF(mla.q_a_proj)}, {"self_attn.q_a_layernorm.weight", BF(mla.q_a_norm)},
+        {"self_attn.q_b_proj.weight", BF(mla.q_b_proj)},
+        {"self_attn.kv_a_proj_with_mqa.weight", BF(mla.kv_a_proj)},
+        {"self_attn.kv_a_layernorm.weight", BF(mla.kv_a_norm)},
+        {"self_attn.kv_b_proj.weight", BF(mla.kv_b_proj)},
+        {"mamba.in_proj.weight", BF(mamba.in_proj)}, {"mamba.conv1d.weight", BF(mamba.conv_w)},
+        {"mamba.conv1d.bias", BF(mamba.conv_b)}, {"mamba.dt_bias", BF(mamba.dt_bias)},
+        {"mamba.A_log", BF(mamba.A_log)}, {"mamba.D", BF(mamba.D)},
+        {"mamba.norm.weight", BF(mamba.norm_w)}, {"mamba.out_proj.weight", BF(mamba.out_proj)},
+        {"mlp.gate_proj.weight", BF(w_gate)}, {"mlp.up_proj.weight", BF(w_up)},
+        {"mlp.down_proj.weight", BF(w_down)}};
+    if (t->layer < 0) {
+        for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
+            if (!strcmp(t->name, global[i].suffix)) { *field = global[i].field; return ZB_OK; }
+        return zb_fail(ZB_EFORMAT, "no view for tensor '%s'", t->name);
     }
-    ADD(-1, WF(final_norm), 1, d, 0, 0, 1, "model.norm.weight");
-    if (!c->tie_embeddings) ADD(-1, WF(lm_head), 2, V, d, 0, 0, "lm_head.weight");
-#undef ADD
-    m->n_floats = L.off;
-    *slots_out = L.slots;
+    const char *sfx = strchr(t->name + strlen("model.layers."), '.') + 1;
+    /* q_proj and o_proj exist in both attention kinds */
+    if (!strcmp(sfx, "self_attn.q_proj.weight")) { *field = kind == ZB_LAYER_MLA ? BF(mla.q_proj) : BF(wq); return ZB_OK; }
+    if (!strcmp(sfx, "self_attn.o_proj.weight")) { *field = kind == ZB_LAYER_MLA ? BF(mla.o_proj) : BF(wo); return ZB_OK; }
+    for (size_t i = 0; i < sizeof block / sizeof block[0]; i++)
+        if (!strcmp(sfx, block[i].suffix)) { *field = block[i].field; return ZB_OK; }
+    return zb_fail(ZB_EFORMAT, "no view for tensor '%s'", t->name);
+}
+
+static int build_layout(zb_model *m, slot_t **slots_out) {
+    zb_tensor_spec *spec = NULL;
+    int n = 0;
+    ZB_TRY(zb_expected_tensors(&m->cfg, &spec, &n));
+    m->params = zb_calloc(n, sizeof(zb_param), "parameter list");
+    slot_t *slots = zb_calloc(n, sizeof(slot_t), "parameter list");
+    int rc = (!m->params || !slots) ? ZB_ENOMEM : ZB_OK;
+    size_t off = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        const zb_tensor_spec *t = &spec[i];
+        zb_param *p = &m->params[i];
+        snprintf(p->name, sizeof p->name, "%s", t->name);
+        p->ndim = t->ndim;
+        p->numel = 1;
+        for (int k = 0; k < t->ndim; k++) { p->shape[k] = t->shape[k]; p->numel *= (size_t)t->shape[k]; }
+        p->offset = off;
+        p->no_decay = t->ndim == 1;   /* norms, biases, A_log, D, dt_bias */
+        p->layer = t->layer;
+        slots[i].layer = t->layer;
+        rc = field_of(t, t->layer >= 0 ? m->cfg.kinds[t->layer] : ZB_LAYER_ATTN, &slots[i].field);
+        off += p->numel;
+    }
+    free(spec);
+    if (rc) { free(slots); return rc; }
+    m->n_params = n;
+    m->n_floats = off;
+    *slots_out = slots;
     return ZB_OK;
 }
 

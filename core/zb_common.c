@@ -26,8 +26,15 @@ const char *zb_errmsg(void) { return zb_msg; }
 
 int zb_fail_prefix(int code, const char *prefix) {
     char tmp[sizeof zb_msg];
-    snprintf(tmp, sizeof tmp, "%s: %s", prefix, zb_msg);
-    memcpy(zb_msg, tmp, sizeof zb_msg);
+    memcpy(tmp, zb_msg, sizeof tmp);
+    size_t n = strlen(prefix);
+    if (n > sizeof zb_msg / 2) n = sizeof zb_msg / 2;   /* keep room for the message */
+    memcpy(zb_msg, prefix, n);
+    zb_msg[n] = ':';
+    zb_msg[n + 1] = ' ';
+    size_t rest = sizeof zb_msg - n - 3, len = strlen(tmp);
+    memcpy(zb_msg + n + 2, tmp, len < rest ? len : rest);
+    zb_msg[n + 2 + (len < rest ? len : rest)] = 0;
     return code;
 }
 

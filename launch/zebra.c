@@ -9,8 +9,6 @@
 #include "commands.h"
 #include "zb_common.h"
 
-/* Commands are linked in from launch/cmd_*.c; one not built into this binary is absent. */
-#pragma weak zb_cmd_info
 
 typedef struct {
     const char *name;
@@ -24,6 +22,7 @@ static const zb_command commands[] = {
     {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
     {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},
     {"info", zb_cmd_info, "info [--json] MODEL_OR_CONFIG: parameters, cache bytes"},
+    {"init", zb_cmd_init, "init --random --config C.json -o model.h5 [--seed S] [--dtype bf16|f32]"},
 };
 
 static void usage(FILE *f) {

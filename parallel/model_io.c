@@ -1,0 +1,34 @@
+#include "model_io.h"
+
+#include <stdlib.h>
+
+#include "checkpoint.h"
+#include "zb_common.h"
+
+int zb_model_save(const zb_model *m, const char *path, zb_dtype dtype, MPI_Comm comm) {
+    if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)
+        return zb_fail(ZB_EARG, "%s: checkpoints are stored as F32 or BF16", path);
+    char *json = zb_config_to_json(&m->cfg);
+    if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
+    zb_ckpt_writer *w = NULL;
+    int rc = zb_ckpt_writer_open(&w, path, comm);
+    if (!rc) rc = zb_ckpt_set_config(w, json);
+    free(json);
+    uint16_t *tmp = NULL;
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        const zb_param *p = &m->params[i];
+        const float *x = m->data + p->offset;
+        if (dtype == ZB_DT_BF16) {
+            uint16_t *t = realloc(tmp, sizeof(uint16_t) * p->numel);
+            if (!t) { rc = zb_fail(ZB_ENOMEM, "%s: out of memory converting '%s'", path, p->name); break; }
+            tmp = t;
+            for (size_t j = 0; j < p->numel; j++) tmp[j] = zb_f32_to_bf16(x[j]);
+            rc = zb_ckpt_write_tensor(w, p->name, dtype, p->ndim, p->shape, tmp);
+        } else {
+            rc = zb_ckpt_write_tensor(w, p->name, dtype, p->ndim, p->shape, x);
+        }
+    }
+    free(tmp);
+    if (rc) { if (w) zb_ckpt_abort(w); return rc; }
+    return zb_ckpt_close(w);
+}

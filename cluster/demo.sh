@@ -5,7 +5,7 @@
 # HDF5 round trip, and generates with both through their caches under MPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-Z=build/zebra
+Z=${ZEBRA:-build/zebra}
 out=${ZB_DEMO_DIR:-out/demo}
 mkdir -p "$out"
 MPIRUN="mpirun --oversubscribe -n 1"

@@ -308,7 +308,7 @@ static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, con
     zb_matmul_backward(dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
 }
 
-static void mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts,
+void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts,
                           int B, int T) {
     const zb_config *c = &m->cfg;
     const zb_block *w = &m->w.blocks[l];
@@ -322,7 +322,7 @@ static void mixer_forward(const zb_model *m, int l, const float *x, float *out, 
     }
 }
 
-static void mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
+void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
                            float *acts, float *scratch, int B, int T) {
     const zb_config *c = &m->cfg;
     const zb_block *w = &m->w.blocks[l];
@@ -352,7 +352,7 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
         float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
         float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
         zb_rmsnorm_forward(ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
-        mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
+        zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
         for (size_t i = 0; i < Nd; i++) mid[i] = x[i] + a->mix_out[i];
         zb_rmsnorm_forward(ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
         zb_matmul_forward(gt, ln2, w->w_gate, NULL, N, d, F);
@@ -370,6 +370,12 @@ double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             a->targets[b * T + t] = t + 1 < T ? ids[b * T + t + 1] : -1;
+    return zb_model_ce_loss(m, a, a->targets, want_grad);
+}
+
+double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int want_grad) {
+    int B = a->B, T = a->T;
+    if (targets != a->targets) memcpy(a->targets, targets, sizeof(int) * B * T);
     int nv = 0;
     /* count first so that the gradient carries 1/n_valid */
     for (int i = 0; i < B * T; i++) nv += a->targets[i] >= 0;
@@ -405,7 +411,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
                             a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
         /* mixer: mid = x + mixer(ln1) */
         memset(a->dln, 0, sizeof(float) * Nd);
-        mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
+        zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
         zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                             a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
     }

@@ -102,8 +102,17 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids);
  * position of each sequence has no target). targets_out may be NULL. Returns the mean loss;
  * when want_grad, a->logits is overwritten by dloss/dlogits. */
 double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_grad);
+/* Mean cross-entropy against explicit targets [B*T] (target < 0: no loss there). */
+double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int want_grad);
 /* Backward from dlogits (in a->logits) to every parameter gradient (accumulated into m->grad). */
 void zb_model_backward(zb_model *m, zb_acts *a, const int *ids);
+
+/* One block's mixer alone (used by intermediate-layer distillation): out[B*T,d] =
+ * Mixer_l(x); acts = a->mix_acts[l] of acts allocated for this B x T. Backward accumulates
+ * into dx and into m->grad. */
+void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts, int B, int T);
+void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
+                       float *acts, float *scratch, int B, int T);
 
 /* ---- generation with caches ---------------------------------------------------------- */
 typedef struct {

@@ -4,6 +4,11 @@
 #include "commands.h"
 #include "zb_common.h"
 
+/* "-o", "--model": a flag; "-3" (a negative number) and "-" (stdin) are values. */
+static int is_flag(const char *a) {
+    return a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9') && a[1] != '.';
+}
+
 static int in_list(const char *s, const char *const *list) {
     for (int i = 0; list && list[i]; i++)
         if (strcmp(s, list[i]) == 0) return 1;
@@ -37,7 +42,7 @@ int zb_args_check(int argc, char **argv, const char *const *value_flags,
     int npos = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (a[0] == '-' && a[1] == '-') {
+        if (is_flag(a)) {
             if (in_list(a, value_flags)) {
                 if (i + 1 >= argc) return zb_fail(ZB_EARG, "%s: option %s needs a value", argv[0], a);
                 i++;
@@ -54,7 +59,7 @@ int zb_args_check(int argc, char **argv, const char *const *value_flags,
 const char *zb_arg_pos(int argc, char **argv, const char *const *value_flags, int idx) {
     int npos = 0;
     for (int i = 1; i < argc; i++) {
-        if (argv[i][0] == '-' && argv[i][1] == '-') {
+        if (is_flag(argv[i])) {
             if (in_list(argv[i], value_flags)) i++;
             continue;
         }

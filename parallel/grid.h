@@ -1,0 +1,24 @@
+/* grid.h — the DP x PP x TP process grid (Megatron order: TP fastest, then PP, then DP).
+ *
+ * world rank = (dp * pp_size + pp) * tp_size + tp, so the ranks of one TP group are
+ * consecutive — with mpirun's default by-core placement they share a node, which the
+ * tensor-parallel all-reduces (one per block in forward and in backward) need. */
+#ifndef ZB_GRID_H
+#define ZB_GRID_H
+
+#include <mpi.h>
+
+typedef struct {
+    MPI_Comm world, tp, pp, dp;
+    int rank, size;
+    int tp_rank, tp_size, pp_rank, pp_size, dp_rank, dp_size;
+    int tp_on_one_node;   /* 1 if every TP group shares a node (MPI_COMM_TYPE_SHARED) */
+} zb_grid;
+
+/* tp * pp must divide the world size; the rest is data parallel. Collective. */
+int zb_grid_init(zb_grid *g, MPI_Comm world, int tp, int pp);
+void zb_grid_free(zb_grid *g);
+/* A one-line description: "world 8 = dp 2 x pp 2 x tp 2; rank 5 = (dp 1, pp 0, tp 1)". */
+const char *zb_grid_describe(const zb_grid *g, char *buf, int cap);
+
+#endif

@@ -1,0 +1,341 @@
+/* test_mla.c — the MLA layer (SPEC.md §3): finite-difference gradients of every weight and of
+ * x for the option combinations, absorbed latent-cache decode == expanded training forward,
+ * cache size, and each decoder layer of the HF fixture hf-mla-tiny against its hidden_states
+ * (layer i: hidden_states.i -> hidden_states.i+1; the last one is after the final norm).
+ * Usage: test_mla [fixtures_dir] */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mla.h"
+#include "ops.h"
+#include "safetensors.h"
+#include "zb_common.h"
+#include "zb_test.h"
+
+typedef struct {
+    const char *name;
+    zb_mla_dims m;
+    int d;
+} combo;
+
+/* Point w's members into base (NULL base: just count). Returns floats used. */
+static size_t weights_layout(const zb_mla_dims *m, int d, float *base, zb_mla_weights *w) {
+    int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, rq = m->q_lora_rank;
+    size_t off = 0;
+    memset(w, 0, sizeof(*w));
+#define TAKE(p, n) do { (p) = base ? base + off : NULL; off += (size_t)(n); } while (0)
+    if (rq == 0) TAKE(w->q_proj, (size_t)H * dqk * d);
+    else {
+        TAKE(w->q_a_proj, (size_t)rq * d);
+        if (m->q_norm) TAKE(w->q_a_norm, rq);
+        TAKE(w->q_b_proj, (size_t)H * dqk * rq);
+    }
+    TAKE(w->kv_a_proj, (size_t)(r + m->qk_rope) * d);
+    if (m->kv_norm) TAKE(w->kv_a_norm, r);
+    TAKE(w->kv_b_proj, (size_t)m->kv_heads * (m->qk_nope + m->v_head_dim) * r);
+    TAKE(w->o_proj, (size_t)d * H * m->v_head_dim);
+#undef TAKE
+    return off;
+}
+
+static void fill_normal(zb_rng *rng, float *p, size_t n, float scale, float shift) {
+    for (size_t i = 0; i < n; i++) p[i] = shift + scale * zb_rng_normal(rng);
+}
+
+static void init_weights(zb_rng *rng, const zb_mla_dims *m, int d, zb_mla_weights *w) {
+    int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, rq = m->q_lora_rank;
+    if (w->q_proj) fill_normal(rng, w->q_proj, (size_t)H * dqk * d, 1.0f / sqrtf((float)d), 0);
+    if (w->q_a_proj) fill_normal(rng, w->q_a_proj, (size_t)rq * d, 1.0f / sqrtf((float)d), 0);
+    if (w->q_a_norm) fill_normal(rng, w->q_a_norm, rq, 0.2f, 1.0f);
+    if (w->q_b_proj) fill_normal(rng, w->q_b_proj, (size_t)H * dqk * rq, 1.0f / sqrtf((float)rq), 0);
+    fill_normal(rng, w->kv_a_proj, (size_t)(r + m->qk_rope) * d, 1.0f / sqrtf((float)d), 0);
+    if (w->kv_a_norm) fill_normal(rng, w->kv_a_norm, r, 0.2f, 1.0f);
+    fill_normal(rng, w->kv_b_proj, (size_t)m->kv_heads * (m->qk_nope + m->v_head_dim) * r,
+                1.0f / sqrtf((float)r), 0);
+    fill_normal(rng, w->o_proj, (size_t)d * H * m->v_head_dim,
+                1.0f / sqrtf((float)(H * m->v_head_dim)), 0);
+}
+
+static double dot_loss(const float *out, const float *R, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)out[i] * R[i];
+    return s;
+}
+
+/* 1. central-difference check of dx and of every weight tensor, loss = sum(out * R). */
+static void grad_check(const combo *c) {
+    const zb_mla_dims *m = &c->m;
+    int d = c->d, B = 2, T = 6, N = B * T;
+    float eps = 1e-5f, fd = 1e-2f;
+    zb_rng rng;
+    zb_rng_seed(&rng, 1234);
+    zb_rope rope;
+    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, 10000.0f, 1, 1, 4, 8192};
+    zb_rope_init(&rope, m->qk_rope, &rc);
+
+    zb_mla_weights w, g;
+    size_t nw = weights_layout(m, d, NULL, &w);
+    float *wb = calloc(nw, sizeof(float)), *gb = calloc(nw, sizeof(float));
+    weights_layout(m, d, wb, &w);
+    weights_layout(m, d, gb, &g);
+    init_weights(&rng, m, d, &w);
+    float *x = malloc(sizeof(float) * N * d), *R = malloc(sizeof(float) * N * d);
+    float *out = malloc(sizeof(float) * N * d), *dx = calloc((size_t)N * d, sizeof(float));
+    fill_normal(&rng, x, (size_t)N * d, 1.0f, 0);
+    fill_normal(&rng, R, (size_t)N * d, 1.0f, 0);
+    float *acts = malloc(sizeof(float) * zb_mla_act_floats(m, d, B, T));
+    float *scr = malloc(sizeof(float) * zb_mla_scratch_floats(m, d, B, T));
+
+    zb_mla_forward(m, d, eps, &w, &rope, x, out, acts, B, T);
+    zb_mla_backward(m, d, eps, &w, &g, &rope, x, R, dx, acts, scr, B, T);
+
+    /* the tensors to check: x, then each weight (pointer pairs into the buffers) */
+    struct { const char *name; float *p, *grad; size_t n; } t[9];
+    int nt = 0;
+    t[nt].name = "x"; t[nt].p = x; t[nt].grad = dx; t[nt].n = (size_t)N * d; nt++;
+    const char *names[8] = {"q_proj", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj",
+                            "kv_a_norm", "kv_b_proj", "o_proj"};
+    int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, rq = m->q_lora_rank;
+    float *wp[8] = {w.q_proj, w.q_a_proj, w.q_a_norm, w.q_b_proj, w.kv_a_proj, w.kv_a_norm,
+                    w.kv_b_proj, w.o_proj};
+    float *gp[8] = {g.q_proj, g.q_a_proj, g.q_a_norm, g.q_b_proj, g.kv_a_proj, g.kv_a_norm,
+                    g.kv_b_proj, g.o_proj};
+    size_t sz[8] = {(size_t)H * dqk * d, (size_t)rq * d, (size_t)rq, (size_t)H * dqk * rq,
+                    (size_t)(r + m->qk_rope) * d, (size_t)r,
+                    (size_t)m->kv_heads * (m->qk_nope + m->v_head_dim) * r,
+                    (size_t)d * H * m->v_head_dim};
+    for (int i = 0; i < 8; i++) {
+        if (!wp[i]) continue;
+        t[nt].name = names[i]; t[nt].p = wp[i]; t[nt].grad = gp[i]; t[nt].n = sz[i];
+        nt++;
+    }
+
+    double worst = 0;
+    for (int k = 0; k < nt; k++) {
+        float *num = malloc(sizeof(float) * t[k].n);
+        for (size_t i = 0; i < t[k].n; i++) {
+            float save = t[k].p[i];
+            t[k].p[i] = save + fd;
+            zb_mla_forward(m, d, eps, &w, &rope, x, out, acts, B, T);
+            double lp = dot_loss(out, R, (size_t)N * d);
+            t[k].p[i] = save - fd;
+            zb_mla_forward(m, d, eps, &w, &rope, x, out, acts, B, T);
+            double lm = dot_loss(out, R, (size_t)N * d);
+            t[k].p[i] = save;
+            num[i] = (float)((lp - lm) / (2.0 * fd));
+        }
+        char what[160];
+        snprintf(what, sizeof what, "[%s] grad %s (%zu) vs central diff", c->name, t[k].name, t[k].n);
+        double e = zb_norm_rel(t[k].grad, num, t[k].n);
+        if (e > worst) worst = e;
+        zb_check_norm_rel(what, t[k].grad, num, t[k].n, 1e-3);
+        free(num);
+    }
+    printf("[%s] gradient check: worst ||analytic-numeric||/||numeric|| = %.3g over %d tensors\n",
+           c->name, worst, nt);
+    free(wb); free(gb); free(x); free(R); free(out); free(dx); free(acts); free(scr);
+}
+
+/* Run the generation path: prefill n0 tokens, then 1-token steps; out_step[B*T, d]. */
+static void run_steps(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                      const zb_rope *rope, const float *x, float *out_step, int B, int T, int n0,
+                      float *cache, int max_T) {
+    float *scr = malloc(sizeof(float) * zb_mla_decode_scratch_floats(m, d, max_T));
+    float *xs = malloc(sizeof(float) * (size_t)B * T * d), *os = malloc(sizeof(float) * (size_t)B * T * d);
+    for (int pos = 0; pos < T;) {
+        int n = pos == 0 ? n0 : 1;
+        for (int b = 0; b < B; b++)
+            memcpy(xs + (size_t)b * n * d, x + ((size_t)b * T + pos) * d, sizeof(float) * n * d);
+        zb_mla_step(m, d, eps, w, rope, xs, os, cache, max_T, pos, n, B, scr);
+        for (int b = 0; b < B; b++)
+            memcpy(out_step + ((size_t)b * T + pos) * d, os + (size_t)b * n * d, sizeof(float) * n * d);
+        pos += n;
+    }
+    free(scr); free(xs); free(os);
+}
+
+/* 2. absorbed decode (prefill + steps) reproduces the expanded training forward. */
+static void decode_check(const combo *c) {
+    const zb_mla_dims *m = &c->m;
+    int d = c->d, B = 2, T = 21, max_T = 24;
+    float eps = 1e-5f;
+    zb_rng rng;
+    zb_rng_seed(&rng, 99);
+    zb_rope rope;
+    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, 10000.0f, 1, 1, 4, 8192};
+    zb_rope_init(&rope, m->qk_rope, &rc);
+    zb_mla_weights w;
+    size_t nw = weights_layout(m, d, NULL, &w);
+    float *wb = calloc(nw, sizeof(float));
+    weights_layout(m, d, wb, &w);
+    init_weights(&rng, m, d, &w);
+    size_t nx = (size_t)B * T * d;
+    float *x = malloc(sizeof(float) * nx), *ref = malloc(sizeof(float) * nx);
+    float *got = malloc(sizeof(float) * nx);
+    fill_normal(&rng, x, nx, 1.0f, 0);
+    float *acts = malloc(sizeof(float) * zb_mla_act_floats(m, d, B, T));
+    zb_mla_forward(m, d, eps, &w, &rope, x, ref, acts, B, T);
+
+    size_t ncache = zb_mla_cache_floats(m, B, max_T);
+    zb_check(ncache == (size_t)B * max_T * (m->kv_lora_rank + m->qk_rope),
+             "[%s] cache floats %zu == B*max_T*(kv_lora_rank+qk_rope) = %d", c->name, ncache,
+             B * max_T * (m->kv_lora_rank + m->qk_rope));
+    float *cache = calloc(ncache, sizeof(float));
+    int n0s[3] = {T, 18, 1};   /* full prefill; prefill across a chunk boundary + steps; all steps */
+    for (int k = 0; k < 3; k++) {
+        memset(cache, 0, sizeof(float) * ncache);
+        run_steps(m, d, eps, &w, &rope, x, got, B, T, n0s[k], cache, max_T);
+        char what[160];
+        snprintf(what, sizeof what, "[%s] step(prefill %d + 1-token steps) == training forward",
+                 c->name, n0s[k]);
+        zb_check_max_rel(what, got, ref, nx, 1e-5);
+    }
+    free(cache); free(wb); free(x); free(ref); free(got); free(acts);
+}
+
+/* ---- 3. layer 0 of hf-mla-tiny ------------------------------------------------------------ */
+static int load(zb_safetensors *st, const char *name, float **out, size_t expect) {
+    const zb_st_tensor *t = zb_st_get(st, name);
+    if (!t) return zb_fail(ZB_ENOTFOUND, "%s: missing", name);
+    if (expect && (size_t)t->numel != expect)
+        return zb_fail(ZB_ESHAPE, "%s: %lld elements, expected %zu", name, (long long)t->numel, expect);
+    *out = malloc(sizeof(float) * (size_t)t->numel);
+    return zb_st_to_f32(t, *out);
+}
+
+static int jint(const cJSON *j, const char *k, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return cJSON_IsNumber(v) ? v->valueint : dflt;
+}
+
+static int fixture_layer(const char *fix, int layer, int *n_layers) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/hf-mla-tiny/config.json", fix);
+    char *txt;
+    size_t len;
+    ZB_TRY(zb_read_file(path, &txt, &len));
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    if (!j) return zb_fail(ZB_EFORMAT, "%s: bad JSON", path);
+    int d = jint(j, "hidden_size", 0), ffn = jint(j, "intermediate_size", 0);
+    *n_layers = jint(j, "num_hidden_layers", 0);
+    zb_mla_dims m = {0};
+    m.n_heads = jint(j, "num_attention_heads", 0);
+    m.q_lora_rank = jint(j, "q_lora_rank", 0);   /* null -> 0 */
+    m.q_norm = m.q_lora_rank > 0;
+    m.kv_lora_rank = jint(j, "kv_lora_rank", 0);
+    m.kv_norm = 1;
+    m.qk_nope = jint(j, "qk_nope_head_dim", 0);
+    m.qk_rope = jint(j, "qk_rope_head_dim", 0);
+    m.v_head_dim = jint(j, "v_head_dim", 0);
+    m.kv_heads = m.n_heads;                      /* HF kv_b_proj has H heads */
+    m.rope_interleave = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "rope_interleave"));
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(j, "rope_parameters");
+    const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
+    float theta = cJSON_IsNumber(th) ? (float)th->valuedouble : 10000.0f;
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "rms_norm_eps");
+    float eps = cJSON_IsNumber(ep) ? (float)ep->valuedouble : 1e-6f;
+    cJSON_Delete(j);
+    if (m.q_lora_rank != 0) return zb_fail(ZB_EARG, "test expects q_lora_rank null in the fixture");
+
+    zb_safetensors *st, *rf;
+    snprintf(path, sizeof path, "%s/hf-mla-tiny/model.safetensors", fix);
+    ZB_TRY(zb_st_open(&st, path));
+    snprintf(path, sizeof path, "%s/hf-mla-tiny/ref.safetensors", fix);
+    ZB_TRY(zb_st_open(&rf, path));
+    char hin[64], hout[64];
+    snprintf(hin, sizeof hin, "hidden_states.%d", layer);
+    snprintf(hout, sizeof hout, "hidden_states.%d", layer + 1);
+    const zb_st_tensor *h0t = zb_st_get(rf, hin);
+    if (!h0t || h0t->ndim != 3) return zb_fail(ZB_ENOTFOUND, "%s", hin);
+    int B = (int)h0t->shape[0], T = (int)h0t->shape[1], N = B * T;
+    int H = m.n_heads, dqk = m.qk_nope + m.qk_rope, r = m.kv_lora_rank;
+
+    zb_mla_weights w = {0};
+    float *ln1, *ln2, *wg, *wu, *wd, *h0, *h1, *fnorm = NULL;
+    char p[64];
+    snprintf(p, sizeof p, "model.layers.%d.", layer);
+    char nm[256];
+#define LD(dst, suffix, n) do { snprintf(nm, sizeof nm, "%s%s", p, suffix); ZB_TRY(load(st, nm, &(dst), (n))); } while (0)
+    LD(w.q_proj, "self_attn.q_proj.weight", (size_t)H * dqk * d);
+    LD(w.kv_a_proj, "self_attn.kv_a_proj_with_mqa.weight", (size_t)(r + m.qk_rope) * d);
+    LD(w.kv_a_norm, "self_attn.kv_a_layernorm.weight", (size_t)r);
+    LD(w.kv_b_proj, "self_attn.kv_b_proj.weight", (size_t)H * (m.qk_nope + m.v_head_dim) * r);
+    LD(w.o_proj, "self_attn.o_proj.weight", (size_t)d * H * m.v_head_dim);
+    LD(ln1, "input_layernorm.weight", (size_t)d);
+    LD(ln2, "post_attention_layernorm.weight", (size_t)d);
+    LD(wg, "mlp.gate_proj.weight", (size_t)ffn * d);
+    LD(wu, "mlp.up_proj.weight", (size_t)ffn * d);
+    LD(wd, "mlp.down_proj.weight", (size_t)d * ffn);
+#undef LD
+    ZB_TRY(load(rf, hin, &h0, (size_t)N * d));
+    ZB_TRY(load(rf, hout, &h1, (size_t)N * d));
+    if (layer == *n_layers - 1) ZB_TRY(load(st, "model.norm.weight", &fnorm, (size_t)d));
+
+    zb_rope rope;
+    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, theta, 1, 1, 4, 8192};
+    zb_rope_init(&rope, m.qk_rope, &rc);
+
+    size_t nx = (size_t)N * d;
+    float *xn = malloc(sizeof(float) * nx), *att = malloc(sizeof(float) * nx);
+    float *h = malloc(sizeof(float) * nx), *hn = malloc(sizeof(float) * nx);
+    float *gg = malloc(sizeof(float) * (size_t)N * ffn), *uu = malloc(sizeof(float) * (size_t)N * ffn);
+    float *ss = malloc(sizeof(float) * (size_t)N * ffn), *mo = malloc(sizeof(float) * nx);
+    float *acts = malloc(sizeof(float) * zb_mla_act_floats(&m, d, B, T));
+    float *att_step = malloc(sizeof(float) * nx);
+
+    /* the whole decoder layer: h1 = h + MLP(norm(h)), h = h0 + MLA(norm(h0)) (SPEC §2/§3) */
+    zb_rmsnorm_forward(xn, NULL, h0, ln1, N, d, eps);
+    zb_mla_forward(&m, d, eps, &w, &rope, xn, att, acts, B, T);
+    for (int pass = 0; pass < 2; pass++) {
+        const float *a = pass == 0 ? att : att_step;
+        for (size_t i = 0; i < nx; i++) h[i] = h0[i] + a[i];
+        zb_rmsnorm_forward(hn, NULL, h, ln2, N, d, eps);
+        zb_matmul_forward(gg, hn, wg, NULL, N, d, ffn);
+        zb_matmul_forward(uu, hn, wu, NULL, N, d, ffn);
+        zb_swiglu_forward(ss, gg, uu, (size_t)N * ffn);
+        zb_matmul_forward(mo, ss, wd, NULL, N, ffn, d);
+        for (size_t i = 0; i < nx; i++) h[i] += mo[i];
+        if (fnorm) { memcpy(hn, h, sizeof(float) * nx); zb_rmsnorm_forward(h, NULL, hn, fnorm, N, d, eps); }
+        char what[200];
+        snprintf(what, sizeof what, "[hf-mla-tiny] layer %d%s (%s) vs %s", layer,
+                 fnorm ? " + final norm" : "",
+                 pass == 0 ? "training forward" : "latent-cache prefill 7 + 1-token steps", hout);
+        zb_check_max_rel(what, h, h1, nx, 1e-4);
+        if (pass == 0) {
+            int max_T = T;
+            float *cache = calloc(zb_mla_cache_floats(&m, B, max_T), sizeof(float));
+            run_steps(&m, d, eps, &w, &rope, xn, att_step, B, T, 7, cache, max_T);
+            snprintf(what, sizeof what,
+                     "[hf-mla-tiny] layer %d MLA: latent-cache steps vs training forward", layer);
+            zb_check_max_rel(what, att_step, att, nx, 1e-5);
+            free(cache);
+        }
+    }
+    free(xn); free(att); free(h); free(hn); free(gg); free(uu); free(ss); free(mo); free(acts);
+    free(att_step); free(ln1); free(ln2); free(wg); free(wu); free(wd); free(h0); free(h1); free(fnorm);
+    free(w.q_proj); free(w.kv_a_proj); free(w.kv_a_norm); free(w.kv_b_proj); free(w.o_proj);
+    zb_st_close(st);
+    zb_st_close(rf);
+    return ZB_OK;
+}
+
+int main(int argc, char **argv) {
+    zb_test_init(&argc, &argv);
+    const char *fix = argc > 1 ? argv[1] : "../shared/fixtures";
+    /* {H, q_lora_rank, q_norm, kv_lora_rank, kv_norm, nope, rope, v, kv_heads, interleave} */
+    combo combos[] = {
+        {"q_proj,kv_norm,rotate-half,kv_heads=H", {4, 0, 0, 8, 1, 6, 4, 5, 4, 0}, 16},
+        {"q_lora+q_norm,no kv_norm,kv_heads=H/2,interleaved", {4, 12, 1, 8, 0, 6, 4, 5, 2, 1}, 16},
+        {"q_lora no q_norm,kv_norm,kv_heads=1,interleaved", {4, 12, 0, 8, 1, 6, 4, 5, 1, 1}, 16},
+    };
+    int nc = (int)(sizeof combos / sizeof combos[0]);
+    for (int i = 0; i < nc; i++) grad_check(&combos[i]);
+    for (int i = 0; i < nc; i++) decode_check(&combos[i]);
+    int n_layers = 1;
+    for (int l = 0; l < n_layers; l++) ZB_TEST_OK(fixture_layer(fix, l, &n_layers));
+    return zb_test_finish();
+}

@@ -28,14 +28,16 @@ int zb_mamba2_conv_dim(const zb_mamba2_dims *m);
 
 size_t zb_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T);
 size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
-/* out[B*T,d] = Mamba2(x[B*T,d]) by the chunked SSD algorithm. */
+/* out[B*T,d] = Mamba2(x[B*T,d]) by the chunked SSD algorithm (ragged last chunk allowed).
+ * acts (act_floats) keeps what the backward needs, incl. the SSM state at each chunk start. */
 void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                        const float *x, float *out, float *acts, int B, int T);
 /* Views into acts after zb_mamba2_forward (tests, debugging): the SSD output y (D x included,
  * before the gate and norm) [B*T, d_inner], and the conv+SiLU output [x|B|C] [B*T, conv_dim]. */
 float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T);
 float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T);
-/* dx += ; g += parameter gradients. */
+/* dx += ; g += parameter gradients. acts as left by the forward; scratch (scratch_floats)
+ * is overwritten. */
 void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                         zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
                         float *acts, float *scratch, int B, int T);
@@ -44,8 +46,9 @@ void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamb
 size_t zb_mamba2_state_floats(const zb_mamba2_dims *m);
 size_t zb_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n);
 /* Process n new tokens x[B*n, d] for B sequences, continuing from state[B * state_floats]
- * (zeroed by the caller before the first call) and updating it. Prefill (n > 1) may use the
- * chunked form with an initial state; n == 1 is the recurrent step. */
+ * (zeroed by the caller before the first call) and updating it. Prefill (n > 1) uses the
+ * chunked form with the state as initial state; n == 1 is the recurrent step. Sequences are
+ * processed one after another (scratch is sized for n tokens, not B*n). */
 void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                     const float *x, float *out, float *state, int n, int B, float *scratch);
 

@@ -487,6 +487,14 @@ void zb_gen_reset(zb_gen *s) {
     s->pos = 0;
 }
 
+void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
+    zb_rng r;
+    zb_rng_seed(&r, seed);
+    for (int l = 0; l < s->n_layers; l++)
+        for (size_t i = 0; i < s->cache_floats[l]; i++) s->cache[l][i] = 0.1f * zb_rng_normal(&r);
+    s->pos = pos;
+}
+
 /* n new tokens per sequence at positions pos..pos+n-1 against the K/V cache. */
 static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache,
                       const float *x, float *out, int n) {

@@ -134,6 +134,10 @@ void zb_gen_reset(zb_gen *s);
  * Returns ZB_EARG if the cache would overflow. */
 int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
 
+/* Benchmarks: pretend pos tokens are cached (caches and states filled with small random
+ * values) so that decode speed at a long context can be measured without the prefill. */
+void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed);
+
 /* Sampling: temperature 0 = greedy (lowest id on ties, as torch.argmax); top_k 0 = off;
  * top_p 1 = off. */
 typedef struct { float temperature; int top_k; float top_p; } zb_sampler;

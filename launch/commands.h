@@ -10,6 +10,7 @@ int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);
 int zb_cmd_info(int argc, char **argv);
 int zb_cmd_init(int argc, char **argv);
+int zb_cmd_bench(int argc, char **argv);
 
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */

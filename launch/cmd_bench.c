@@ -1,0 +1,210 @@
+/* zebra bench — prefill and decode tokens/s of a teacher and its hybrid over context lengths
+ * and batch sizes, each as a fraction of this machine's own ceilings, measured first in the
+ * same run: OpenBLAS sgemm GFLOP/s (prefill is GEMM-bound) and memory bandwidth (batch-1
+ * decode must stream every weight and the cache once per token).
+ *
+ *   zebra bench --teacher T --hybrid H [--contexts 1024,4096,8192] [--batches 1,4]
+ *               [--decode-steps 16] [--prefill-len 256] [--md out.md] [--svg out.svg]
+ * T and H are checkpoints/HF directories, or configs (.json) initialised with random weights.
+ * Decode at context c runs on caches filled with synthetic values (speed does not depend on
+ * their contents), so long contexts need no prefill. */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "model.h"
+
+#define MAXL 16
+
+static int parse_list(const char *s, int *v, int cap) {
+    int n = 0;
+    while (s && *s && n < cap) {
+        v[n++] = atoi(s);
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+    return n;
+}
+
+/* Best of a few runs of an n x n x n sgemm. */
+static double sgemm_gflops(int n) {
+    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n), *c = malloc(sizeof(float) * n * n);
+    if (!a || !b || !c) { free(a); free(b); free(c); return 0; }
+    for (int i = 0; i < n * n; i++) { a[i] = 1e-3f * (i % 7); b[i] = 1e-3f * (i % 5); }
+    double best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        double t = zb_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        t = zb_now() - t;
+        if (t < best) best = t;
+    }
+    free(a); free(b); free(c);
+    return 2.0 * n * n * n / best / 1e9;
+}
+
+/* Read bandwidth (GB/s): the best of a few sums over a buffer much larger than the caches,
+ * which is what batch-1 decode does with the weights. */
+static double read_bandwidth(size_t bytes) {
+    size_t n = bytes / sizeof(float);
+    float *x = malloc(bytes);
+    if (!x) return 0;
+    for (size_t i = 0; i < n; i++) x[i] = 1.0f;
+    double best = 1e30;
+    volatile float sink = 0;
+    for (int r = 0; r < 5; r++) {
+        double t = zb_now();
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = 0; i + 3 < n; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }
+        sink += s0 + s1 + s2 + s3;
+        t = zb_now() - t;
+        if (t < best) best = t;
+    }
+    free(x);
+    return bytes / best / 1e9;
+}
+
+static int load_any(zb_model *m, const char *path) {
+    size_t len = strlen(path);
+    if (len > 5 && !strcmp(path + len - 5, ".json")) {
+        zb_config c;
+        ZB_TRY(zb_config_load(path, &c));
+        ZB_TRY(zb_model_init(m, &c));
+        zb_model_init_random(m, 7, 0.02f);
+        return ZB_OK;
+    }
+    return zb_model_load(m, path);
+}
+
+typedef struct { double prefill_tps, decode_tps, decode_gbs; } bench_row;
+
+static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill_len,
+                       bench_row *r) {
+    zb_gen g;
+    int max_T = ctx + steps + 1;
+    if (max_T < prefill_len + 1) max_T = prefill_len + 1;
+    ZB_TRY(zb_gen_init(&g, m, B, max_T));
+    int *ids = malloc(sizeof(int) * (size_t)B * prefill_len);
+    if (!ids) { zb_gen_free(&g); return zb_fail(ZB_ENOMEM, "out of memory (bench)"); }
+    for (int i = 0; i < B * prefill_len; i++) ids[i] = (i * 31 + 7) % m->cfg.vocab;
+    int rc = ZB_OK;
+    double t = zb_now();
+    rc = zb_gen_step(m, &g, ids, prefill_len);
+    r->prefill_tps = (double)B * prefill_len / (zb_now() - t);
+    zb_gen_fill_synthetic(&g, ctx, 3);
+    int tok[64];
+    for (int b = 0; b < B && b < 64; b++) tok[b] = b + 1;
+    t = zb_now();
+    for (int s = 0; s < steps && !rc; s++) rc = zb_gen_step(m, &g, tok, 1);
+    double dt = zb_now() - t;
+    r->decode_tps = (double)B * steps / dt;
+    /* bytes streamed per decode step: every weight once + each sequence's cache and state */
+    double bytes = (double)m->n_floats * sizeof(float) +
+                   (double)B * ((double)ctx * g.cache_bytes_per_token + g.state_bytes_per_seq);
+    r->decode_gbs = bytes * steps / dt / 1e9;
+    free(ids);
+    zb_gen_free(&g);
+    return rc;
+}
+
+static void svg_plot(FILE *f, const int *ctx, int nc, double (*tps)[MAXL], const char **names, int nm) {
+    double ymax = 0;
+    for (int k = 0; k < nm; k++)
+        for (int i = 0; i < nc; i++) if (tps[k][i] > ymax) ymax = tps[k][i];
+    const int W = 640, H = 400, L = 70, R = 20, T = 30, Bm = 50;
+    const char *col[2] = {"#d62728", "#1f77b4"};
+    fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='12'>\n", W, H);
+    fprintf(f, "<rect width='100%%' height='100%%' fill='white'/>\n");
+    fprintf(f, "<text x='%d' y='18' font-size='14'>batch-1 decode tokens/s vs context</text>\n", L);
+    fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, H - Bm, W - R, H - Bm);
+    fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, T, L, H - Bm);
+    for (int i = 0; i < nc; i++) {
+        double x = L + (nc > 1 ? (double)i / (nc - 1) : 0.5) * (W - L - R);
+        fprintf(f, "<text x='%.0f' y='%d' text-anchor='middle'>%d</text>\n", x, H - Bm + 16, ctx[i]);
+    }
+    for (int j = 0; j <= 4; j++) {
+        double y = H - Bm - j / 4.0 * (H - Bm - T);
+        fprintf(f, "<text x='%d' y='%.0f' text-anchor='end'>%.3g</text>\n", L - 4, y + 4, ymax * j / 4.0);
+    }
+    for (int k = 0; k < nm; k++) {
+        fprintf(f, "<polyline fill='none' stroke='%s' stroke-width='2' points='", col[k % 2]);
+        for (int i = 0; i < nc; i++) {
+            double x = L + (nc > 1 ? (double)i / (nc - 1) : 0.5) * (W - L - R);
+            double y = H - Bm - (ymax > 0 ? tps[k][i] / ymax : 0) * (H - Bm - T);
+            fprintf(f, "%.1f,%.1f ", x, y);
+        }
+        fprintf(f, "'/>\n<text x='%d' y='%d' fill='%s'>%s</text>\n", W - R - 150, T + 16 * (k + 1), col[k % 2], names[k]);
+    }
+    fprintf(f, "<text x='%d' y='%d' text-anchor='middle'>context (tokens)</text>\n</svg>\n", (L + W - R) / 2, H - 10);
+}
+
+int zb_cmd_bench(int argc, char **argv) {
+    static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
+                                       "--decode-steps", "--prefill-len", "--md", "--svg", NULL};
+    static const char *const flags[] = {NULL};
+    ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
+    const char *paths[2] = {zb_arg_str(argc, argv, "--teacher", NULL), zb_arg_str(argc, argv, "--hybrid", NULL)};
+    const char *names[2] = {"teacher", "hybrid"};
+    if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
+    int ctx[MAXL], bat[MAXL];
+    int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
+    int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
+    int steps = zb_arg_int(argc, argv, "--decode-steps", 16);
+    int plen = zb_arg_int(argc, argv, "--prefill-len", 256);
+    for (int i = 0; i < nc; i++) if (ctx[i] < 1) return zb_fail(ZB_EARG, "bench: contexts must be >= 1");
+    for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 64) return zb_fail(ZB_EARG, "bench: batches in [1, 64]");
+    if (steps < 1 || plen < 1) return zb_fail(ZB_EARG, "bench: --decode-steps and --prefill-len must be >= 1");
+
+    double gf = sgemm_gflops(1024), bw = read_bandwidth((size_t)512 << 20);
+    FILE *md = stdout, *mdf = NULL;
+    const char *md_path = zb_arg_str(argc, argv, "--md", NULL);
+    if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
+    if (mdf) md = mdf;
+    fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (1024^3), read bandwidth %.1f GB/s (512 MiB sum)\n\n", gf, bw);
+    fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
+    fprintf(md, "|---|---|---|---|---|---|---|---|---|---|\n");
+    double tps1[2][MAXL] = {{0}};
+    int rc = ZB_OK, have[2] = {0, 0};
+    for (int k = 0; k < 2 && !rc; k++) {
+        if (!paths[k]) continue;
+        zb_model m;
+        rc = load_any(&m, paths[k]);
+        if (rc) break;
+        have[k] = 1;
+        size_t kvtok = 0;
+        zb_cache_sizes(&m.cfg, &kvtok, NULL);
+        for (int bi = 0; bi < nb && !rc; bi++)
+            for (int ci = 0; ci < nc && !rc; ci++) {
+                bench_row r = {0, 0, 0};
+                rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, &r);
+                if (rc) break;
+                double pf = 2.0 * m.n_floats * r.prefill_tps / 1e9;   /* ~2 flops per weight per token */
+                fprintf(md, "| %s | %.3gM | %zu | %d | %d | %.1f | %.0f%% | %.2f | %.2f | %.0f%% |\n",
+                        names[k], m.n_floats / 1e6, kvtok * sizeof(float), bat[bi], ctx[ci],
+                        r.prefill_tps, 100 * pf / gf, r.decode_tps, r.decode_gbs, 100 * r.decode_gbs / bw);
+                fflush(md);
+                if (bat[bi] == 1 || bi == 0) tps1[k][ci] = r.decode_tps;
+            }
+        zb_model_free(&m);
+    }
+    if (!rc && have[0] && have[1]) {
+        fprintf(md, "\nhybrid / teacher decode speed-up (batch %d):", bat[0]);
+        for (int i = 0; i < nc; i++) fprintf(md, " %d: %.2fx", ctx[i], tps1[0][i] > 0 ? tps1[1][i] / tps1[0][i] : 0);
+        fprintf(md, "\n");
+    }
+    if (mdf) fclose(mdf);
+    const char *svg = zb_arg_str(argc, argv, "--svg", NULL);
+    if (!rc && svg) {
+        FILE *f = fopen(svg, "w");
+        if (!f) return zb_fail(ZB_EIO, "%s: cannot write", svg);
+        double sel[2][MAXL];
+        const char *nm[2];
+        int n = 0;
+        for (int k = 0; k < 2; k++)
+            if (have[k]) { memcpy(sel[n], tps1[k], sizeof sel[n]); nm[n++] = names[k]; }
+        svg_plot(f, ctx, nc, sel, nm, n);
+        fclose(f);
+    }
+    return rc;
+}

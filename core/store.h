@@ -28,5 +28,11 @@ int zb_store_count(const zb_store *s);
 const char *zb_store_name_at(const zb_store *s, int i);
 /* Shape and dtype of tensor i. */
 int zb_store_info_at(const zb_store *s, int i, int *ndim, int64_t *shape, zb_dtype *dtype);
+/* Index of tensor `name` (for zb_store_info_at), or -1. */
+int zb_store_find(const zb_store *s, const char *name);
+/* The file holding tensor `name` (its shard for an HF directory), for messages. */
+const char *zb_store_file_of(const zb_store *s, const char *name);
+/* The whole tensor in its stored dtype (zb_dtype_size(dtype) * numel bytes), no conversion. */
+int zb_store_read_raw(const zb_store *s, const char *name, void *dst);
 
 #endif

@@ -1,0 +1,163 @@
+/* store.c — one interface over an HF directory (config.json + safetensors) and the native
+ * HDF5 checkpoint. The config is parsed and validated on open. */
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoint.h"
+#include "tensor_names.h"
+#include "zb_common.h"
+
+struct zb_store {
+    char *path;
+    zb_config cfg;
+    zb_safetensors *st;     /* HF directory */
+    zb_ckpt_reader *ck;     /* native .h5 */
+};
+
+static int is_hdf5_file(const char *p) {
+    static const uint8_t sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    uint8_t b[8];
+    FILE *f = fopen(p, "rb");
+    if (!f) return 0;
+    size_t n = fread(b, 1, 8, f);
+    fclose(f);
+    return n == 8 && !memcmp(b, sig, 8);
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+void zb_store_close(zb_store *s) {
+    if (!s) return;
+    zb_st_close(s->st);
+    zb_ckpt_reader_close(s->ck);
+    free(s->path);
+    free(s);
+}
+
+int zb_store_open(zb_store **out, const char *path) {
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
+    zb_store *s = zb_calloc(1, sizeof *s, "store");
+    if (!s) return ZB_ENOMEM;
+    int rc = ZB_OK;
+    if (!(s->path = zb_malloc(strlen(path) + 1, "path"))) { rc = ZB_ENOMEM; goto done; }
+    strcpy(s->path, path);
+    if (S_ISDIR(sb.st_mode)) {
+        char cp[4096 + 16];
+        snprintf(cp, sizeof cp, "%s/config.json", path);
+        if ((rc = zb_config_load(cp, &s->cfg))) goto done;
+        if ((rc = zb_config_validate(&s->cfg, cp))) goto done;
+        rc = zb_st_open(&s->st, path);
+    } else if (is_hdf5_file(path) || ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
+        if ((rc = zb_ckpt_reader_open(&s->ck, path))) goto done;
+        if ((rc = zb_config_parse(zb_ckpt_config_json(s->ck), path, &s->cfg))) goto done;
+        rc = zb_config_validate(&s->cfg, path);
+    } else {
+        rc = zb_fail(ZB_EARG, "%s: not a model directory (config.json + safetensors) nor a .h5 checkpoint", path);
+    }
+done:
+    if (rc) { zb_store_close(s); return rc; }
+    *out = s;
+    return ZB_OK;
+}
+
+const zb_config *zb_store_config(const zb_store *s) { return &s->cfg; }
+const char *zb_store_path(const zb_store *s) { return s->path; }
+
+int zb_store_count(const zb_store *s) { return s->st ? zb_st_count(s->st) : zb_ckpt_count(s->ck); }
+
+const char *zb_store_name_at(const zb_store *s, int i) {
+    if (s->st) { const zb_st_tensor *t = zb_st_at(s->st, i); return t ? t->name : NULL; }
+    const zb_ckpt_entry *e = zb_ckpt_entry_at(s->ck, i);
+    return e ? e->name : NULL;
+}
+
+int zb_store_info_at(const zb_store *s, int i, int *ndim, int64_t *shape, zb_dtype *dtype) {
+    if (s->st) {
+        const zb_st_tensor *t = zb_st_at(s->st, i);
+        if (!t) return zb_fail(ZB_ENOTFOUND, "%s: no tensor #%d", s->path, i);
+        *ndim = t->ndim;
+        memcpy(shape, t->shape, (size_t)t->ndim * sizeof *shape);
+        *dtype = t->dtype;
+        return ZB_OK;
+    }
+    const zb_ckpt_entry *e = zb_ckpt_entry_at(s->ck, i);
+    if (!e) return zb_fail(ZB_ENOTFOUND, "%s: no tensor #%d", s->path, i);
+    *ndim = e->ndim;
+    memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
+    *dtype = e->dtype;
+    return ZB_OK;
+}
+
+int zb_store_find(const zb_store *s, const char *name) {
+    if (s->st) {
+        const zb_st_tensor *t = zb_st_get(s->st, name);
+        return t ? (int)(t - zb_st_at(s->st, 0)) : -1;
+    }
+    return zb_ckpt_find(s->ck, name);
+}
+
+int zb_store_has(const zb_store *s, const char *name) { return zb_store_find(s, name) >= 0; }
+
+const char *zb_store_file_of(const zb_store *s, const char *name) {
+    if (s->st) {
+        const zb_st_tensor *t = zb_st_get(s->st, name);
+        return t ? zb_st_file_of(s->st, t) : s->path;
+    }
+    return s->path;
+}
+
+int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, const int64_t *shape) {
+    int i = zb_store_find(s, name);
+    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
+    int nd;
+    int64_t sh[ZB_MAX_DIMS];
+    zb_dtype dt;
+    ZB_TRY(zb_store_info_at(s, i, &nd, sh, &dt));
+    int same = nd == ndim;
+    for (int k = 0; same && k < nd; k++) same = sh[k] == shape[k];
+    if (!same) {
+        char a[160], b[160];
+        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': expected shape %s, found %s", zb_store_file_of(s, name), name,
+                       zb_shape_str(a, sizeof a, ndim, shape), zb_shape_str(b, sizeof b, nd, sh));
+    }
+    return zb_store_read_rows(s, name, dst, 0, nd ? sh[0] : 1);
+}
+
+int zb_store_read_rows(const zb_store *s, const char *name, float *dst, int64_t row0, int64_t nrows) {
+    int i = zb_store_find(s, name);
+    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
+    if (s->ck) return zb_ckpt_read_f32(s->ck, i, row0, nrows, dst);
+    const zb_st_tensor *t = zb_st_at(s->st, i);
+    int64_t nlead = t->ndim ? t->shape[0] : 1, rowel = 1;
+    for (int k = 1; k < t->ndim; k++) rowel *= t->shape[k];
+    if (row0 < 0 || nrows < 0 || row0 + nrows > nlead)
+        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': rows [%lld, %lld) outside [0, %lld)", zb_st_file_of(s->st, t),
+                       name, (long long)row0, (long long)(row0 + nrows), (long long)nlead);
+    const uint8_t *src = (const uint8_t *)t->data + (size_t)(row0 * rowel) * zb_dtype_size(t->dtype);
+    int rc = zb_dtype_convert_f32(t->dtype, src, nrows * rowel, dst);
+    if (rc) return zb_fail(rc, "%s: tensor '%s': dtype %s is not a float type", zb_st_file_of(s->st, t), name,
+                           zb_dtype_name(t->dtype));
+    return ZB_OK;
+}
+
+int zb_store_read_raw(const zb_store *s, const char *name, void *dst) {
+    int i = zb_store_find(s, name);
+    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
+    if (s->ck) {
+        const zb_ckpt_entry *e = zb_ckpt_entry_at(s->ck, i);
+        return zb_ckpt_read_raw(s->ck, i, 0, e->ndim ? e->shape[0] : 1, dst);
+    }
+    const zb_st_tensor *t = zb_st_at(s->st, i);
+    if (t->nbytes) memcpy(dst, t->data, t->nbytes);
+    return ZB_OK;
+}

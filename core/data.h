@@ -30,8 +30,58 @@ void zb_loader_close(zb_loader *l);
 int zb_loader_next(zb_loader *l, int *ids, int *targets);
 zb_loader_pos zb_loader_tell(const zb_loader *l);
 int zb_loader_seek(zb_loader *l, zb_loader_pos p);
-/* Rows per epoch for the whole world (all ranks), and total tokens in the split. */
+/* Rows per epoch for the whole world (all ranks), and total tokens in the split. Row k is
+ * tokens [k*T, k*T+T] (consecutive rows share one token), so rows = (tokens-1)/T; the loader
+ * reads rows in order, rank r of R taking rows p+r, p+R+r, ... of each batch. */
 uint64_t zb_loader_rows(const zb_loader *l);
 uint64_t zb_loader_tokens(const zb_loader *l);
+
+/* ---- On-disk format (version 1), for readers other than the loader ------------------------
+ * manifest.json: {"format": "zebra-shards", "version": 1, "kind": "text" | "chat" | "pref",
+ *   "tokenizer": path, "vocab_size", "bos_id", "eos_id", "val_fraction", "seed",
+ *   "splits": {"train": {"docs", "tokens"}, "val": {...}},
+ *   "files": {"train.bin": {"bytes", "fnv64": "16 hex digits"}, ...}}
+ * <split>.bin   uint32 LE ids. Text/chat documents are stored as BOS, tokens, EOS; the
+ *               training order of the train split is shuffled by --seed at write time.
+ * <split>.idx   uint64 LE, docs+1 offsets in tokens (doc i = [idx[i], idx[i+1]), last = tokens).
+ * <split>.mask  (chat only) one byte per token of <split>.bin: 1 on assistant content tokens
+ *               and their <|eot_id|>; the loader sets targets whose token has mask 0 to -1.
+ * <split>.prefs.bin / .prefs.idx  (pref only) uint32 ids; uint64 offsets, 3*pairs+1 of them:
+ *               pair i = prompt [o[3i], o[3i+1]), chosen [o[3i+1], o[3i+2]),
+ *               rejected [o[3i+2], o[3i+3]).
+ * The hash is 64-bit FNV-1a over the whole file. Writers go to a temporary directory that
+ * is renamed into place, so a shard set is never seen half-written. */
+
+/* 64-bit FNV-1a; start with h = ZB_FNV64_INIT, chain calls for streaming. */
+#define ZB_FNV64_INIT 0xcbf29ce484222325ull
+uint64_t zb_fnv64(const void *p, size_t n, uint64_t h);
+
+/* One split of a text/chat shard set, mmap'd read-only. */
+typedef struct zb_shard zb_shard;
+int zb_shard_open(zb_shard **out, const char *dir, const char *split);
+void zb_shard_close(zb_shard *s);
+const uint32_t *zb_shard_tokens(const zb_shard *s, uint64_t *n_tokens);
+const uint8_t *zb_shard_mask(const zb_shard *s);   /* NULL when every token counts */
+uint64_t zb_shard_docs(const zb_shard *s);
+/* Document i spans tokens [*start, *end). */
+int zb_shard_doc(const zb_shard *s, uint64_t i, uint64_t *start, uint64_t *end);
+/* Recompute every file's size and hash against manifest.json (reads all the data). */
+int zb_shards_verify(const char *dir);
+
+/* ---- Preference pairs (DPO) ------------------------------------------------------------------
+ * The prompt is rendered with the Llama-3 chat template up to and including the assistant
+ * header ("<|begin_of_text|>...<|start_header_id|>assistant<|end_header_id|>\n\n"); chosen
+ * and rejected are the two completions, each ending with <|eot_id|>. The DPO loss scores
+ * log p(chosen | prompt) and log p(rejected | prompt): feed prompt+chosen and take the
+ * log-probs of the chosen tokens only. Pairs are in input order; pick i = r, r+R, ... per rank. */
+typedef struct zb_prefs zb_prefs;
+typedef struct {
+    const uint32_t *prompt, *chosen, *rejected;   /* point into the mapping; valid until close */
+    size_t n_prompt, n_chosen, n_rejected;
+} zb_pref_pair;
+int zb_pref_open(zb_prefs **out, const char *dir, const char *split);
+void zb_pref_close(zb_prefs *p);
+uint64_t zb_pref_count(const zb_prefs *p);
+int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out);
 
 #endif

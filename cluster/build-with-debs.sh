@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# cluster/build-with-debs.sh DEBS_DIR [BUILD_DIR]
+# Build zebra on a machine where the Debian -dev packages cannot be installed system-wide
+# (e.g. a lent benchmark node): unpack the .deb files of cluster/debs.txt with `dpkg -x` into
+# a private root and point pkg-config and the loader at it. Prints the env to source.
+set -euo pipefail
+debs=$(cd "$1" && pwd)
+build=${2:-build}
+root=$debs/root
+mkdir -p "$root"
+for d in "$debs"/*.deb; do dpkg -x "$d" "$root"; done
+lib=$root/usr/lib/x86_64-linux-gnu
+# the unpacked .pc files say /usr/...: point them into the private root
+for pc in "$lib"/pkgconfig/*.pc; do sed -i "s|\([= ]-\?[IL]\?\)/usr/|\1$root/usr/|g" "$pc"; done
+export PKG_CONFIG_PATH=$lib/pkgconfig:/usr/lib/x86_64-linux-gnu/pkgconfig:/usr/share/pkgconfig
+export LD_LIBRARY_PATH=$lib:$lib/hdf5/openmpi:${LD_LIBRARY_PATH:-}
+# unversioned .so links of the dev packages point at absolute /usr paths: relink them
+for l in $(find "$lib" -maxdepth 3 -type l -name '*.so'); do
+  t=$(readlink "$l"); case "$t" in /*) ln -sf "$root$t" "$l";; esac
+done
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "error|warning" >&2 || true
+echo "export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

@@ -205,7 +205,7 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, dr = m->qk_rope;
     int rq = m->q_lora_rank;
     return C * ((size_t)H * dqk + 2 * (size_t)rq + (r + dr) + (size_t)H * (r + dr)
-                + (size_t)H * r + (size_t)H * m->v_head_dim) + (size_t)max_T;
+                + (size_t)H * r + (size_t)H * m->v_head_dim) + (size_t)H * max_T;
 }
 
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,

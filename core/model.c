@@ -9,6 +9,7 @@
 
 #include "store.h"
 #include "tensor_names.h"
+#include "tp.h"   /* TP hooks (m->tp != NULL): parallel/tp.h, SPEC §9 */
 
 /* ---- parameter layout ------------------------------------------------------------------ */
 
@@ -116,6 +117,7 @@ void zb_model_free(zb_model *m) {
     free(m->w.blocks);
     free(m->g.blocks);
     free(m->slots);
+    zb_tp_free(m->tp);
     memset(m, 0, sizeof *m);
 }
 
@@ -320,6 +322,8 @@ void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, floa
     default:
         zb_mamba2_forward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, x, out, acts, B, T);
     }
+    /* TP: the mixer's out projection is row-parallel -> sum the partial outputs (Megatron) */
+    if (m->tp) zb_tp_allreduce(m->tp, out, (size_t)B * T * c->d_model);
 }
 
 void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
@@ -327,6 +331,8 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
     const zb_config *c = &m->cfg;
     const zb_block *w = &m->w.blocks[l];
     zb_block *g = &m->g.blocks[l];
+    /* TP: dx (and the MLA latent-projection grads) are partial sums over local heads */
+    if (m->tp) zb_tp_mixer_grad_begin(m, l, dx, (size_t)B * T * c->d_model);
     switch (c->kinds[l]) {
     case ZB_LAYER_ATTN: attn_backward(m, w, g, x, dout, dx, acts, scratch, B, T); break;
     case ZB_LAYER_MLA:
@@ -337,6 +343,7 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
         zb_mamba2_backward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, &g->mamba, x, dout, dx,
                            acts, scratch, B, T);
     }
+    if (m->tp) zb_tp_mixer_grad_end(m, l, dx, (size_t)B * T * c->d_model);
 }
 
 /* ---- the stack ------------------------------------------------------------------------------ */
@@ -345,7 +352,8 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     const zb_config *c = &m->cfg;
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
-    zb_embedding_forward(a->res, ids, m->w.embed, N, d);
+    if (m->tp) zb_tp_embedding_forward(m, a->res, ids, N);   /* TP: vocab-parallel + all-reduce */
+    else zb_embedding_forward(a->res, ids, m->w.embed, N, d);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
         float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
@@ -359,6 +367,7 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
         zb_matmul_forward(up, ln2, w->w_up, NULL, N, d, F);
         zb_swiglu_forward(h, gt, up, NF);
         zb_matmul_forward(a->mix_out, h, w->w_down, NULL, N, F, d);
+        if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
     }
     zb_rmsnorm_forward(a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
@@ -379,8 +388,11 @@ double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int w
     int nv = 0;
     /* count first so that the gradient carries 1/n_valid */
     for (int i = 0; i < B * T; i++) nv += a->targets[i] >= 0;
-    double sum = zb_cross_entropy(want_grad ? a->logits : NULL, a->logits, a->targets, B * T,
-                                  m->cfg.vocab, nv ? 1.0f / nv : 0.0f, NULL);
+    /* TP: logits hold this rank's vocabulary columns; the loss is reduced across the group */
+    double sum = m->tp ? zb_tp_cross_entropy(m->tp, want_grad ? a->logits : NULL, a->logits, a->targets,
+                                             B * T, m->cfg.vocab, nv ? 1.0f / nv : 0.0f)
+                       : zb_cross_entropy(want_grad ? a->logits : NULL, a->logits, a->targets, B * T,
+                                          m->cfg.vocab, nv ? 1.0f / nv : 0.0f, NULL);
     return nv ? sum / nv : 0.0;
 }
 
@@ -391,6 +403,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     /* head and final norm */
     memset(a->dln, 0, sizeof(float) * Nd);
     zb_matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, d, c->vocab);
+    if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: the head is column-parallel (vocab) */
     memset(a->dres, 0, sizeof(float) * Nd);
     zb_rmsnorm_backward(a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                         m->w.final_norm, a->rstdf, N, d);
@@ -407,6 +420,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
         memset(a->dln, 0, sizeof(float) * Nd);
         zb_matmul_backward(a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
         zb_matmul_backward(a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
+        if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
         zb_rmsnorm_backward(a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
                             a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
         /* mixer: mid = x + mixer(ln1) */
@@ -415,7 +429,8 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
         zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                             a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
     }
-    zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
+    if (m->tp) zb_tp_embedding_backward(m, a->dres, ids, N);   /* TP: this rank's rows only */
+    else zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
 }
 
 /* ---- generation ------------------------------------------------------------------------------ */
@@ -441,7 +456,8 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     s->chunk = ZB_GEN_CHUNK;
     size_t n = (size_t)B * s->chunk, d = c->d_model, F = c->ffn;
     size_t qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
-    size_t scratch = (size_t)max_T + n * (qd + 2 * kd + qd);   /* attention: probs row + q,k,v,att */
+    size_t rep = c->n_kv_heads ? (size_t)c->n_heads / c->n_kv_heads : 1;
+    size_t scratch = rep * max_T + n * (qd + 2 * kd + qd);   /* attention: probs rows + q,k,v,att */
     ZB_ALLOC(s->cache, c->n_layers, "caches");
     ZB_ALLOC(s->cache_floats, c->n_layers, "caches");
     s->n_layers = c->n_layers;
@@ -469,7 +485,9 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     ZB_ALLOC(s->u, n * F, "generation buffers");
     ZB_ALLOC(s->lnf, (size_t)B * d, "generation buffers");
     ZB_ALLOC(s->scratch, scratch, "generation scratch");
-    ZB_ALLOC(s->logits, (size_t)B * c->vocab, "logits");
+    /* TP: logits are gathered over the vocabulary for sampling (s->logits is [B, full V]) */
+    ZB_ALLOC(s->logits, (size_t)B * zb_model_full_config(m)->vocab, "logits");
+    if (m->tp) ZB_ALLOC(s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
     ZB_ALLOC(s->ids, n, "generation buffers");
     return ZB_OK;
 }
@@ -478,7 +496,7 @@ void zb_gen_free(zb_gen *s) {
     for (int l = 0; s->cache && l < s->n_layers; l++) free(s->cache[l]);
     free(s->cache); free(s->cache_floats); free(s->ids);
     free(s->x); free(s->ln); free(s->mo); free(s->g); free(s->u); free(s->lnf);
-    free(s->scratch); free(s->logits);
+    free(s->scratch); free(s->logits); free(s->tp_buf);
     memset(s, 0, sizeof *s);
 }
 
@@ -501,7 +519,7 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
     const zb_config *c = &m->cfg;
     int B = s->B, N = B * n, d = c->d_model, hd = c->head_dim;
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
-    float *probs = s->scratch, *q = probs + s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
+    float *probs = s->scratch, *q = probs + (size_t)(c->n_heads / c->n_kv_heads) * s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
     float *att = v + (size_t)N * kd;
     zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
     zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
@@ -529,7 +547,8 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *ids, int n) {
     const zb_config *c = &m->cfg;
     int B = s->B, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
-    zb_embedding_forward(s->x, ids, m->w.embed, N, d);
+    if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
+    else zb_embedding_forward(s->x, ids, m->w.embed, N, d);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
@@ -540,19 +559,26 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *ids, int n) {
         else
             zb_mamba2_step(&c->mamba, d, c->rms_eps, &w->mamba, s->ln, s->mo, s->cache[l], n, B,
                            s->scratch);
+        if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
         zb_matmul_forward(s->g, s->ln, w->w_gate, NULL, N, d, F);
         zb_matmul_forward(s->u, s->ln, w->w_up, NULL, N, d, F);
         zb_swiglu_forward(s->g, s->g, s->u, (size_t)N * F);
         zb_matmul_forward(s->mo, s->g, w->w_down, NULL, N, F, d);
+        if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
     }
     /* logits of the last new token of each sequence only */
     for (int b = 0; b < B; b++)
         zb_rmsnorm_forward(s->lnf + (size_t)b * d, NULL, s->x + ((size_t)b * n + n - 1) * d,
                            m->w.final_norm, 1, d, c->rms_eps);
-    zb_matmul_forward(s->logits, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+    if (m->tp) {   /* TP: local vocabulary columns, then gathered to [B, V] */
+        zb_matmul_forward(s->tp_buf, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+        zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+    } else {
+        zb_matmul_forward(s->logits, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+    }
     s->pos += n;
 }
 

@@ -201,19 +201,22 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          float scale, float *scratch) {
+    /* One GEMM per KV group for all of its query heads, so that the cache is streamed once
+     * per token (not once per query head): S[rep,Tc] = Q_g K_g^T, O_g = softmax(S) V_g. */
     int rep = H / Hkv;
-    for (int h = 0; h < H; h++) {
-        int g = h / rep;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, dqk, scale, kc + (size_t)g * dqk, k_stride,
-                    q + (size_t)h * dqk, 1, 0.0f, scratch, 1);
-        float mx = -INFINITY;
-        for (int u = 0; u < Tc; u++) if (scratch[u] > mx) mx = scratch[u];
-        double sum = 0;
-        for (int u = 0; u < Tc; u++) { scratch[u] = expf(scratch[u] - mx); sum += scratch[u]; }
-        float inv = (float)(1.0 / sum);
-        for (int u = 0; u < Tc; u++) scratch[u] *= inv;
-        cblas_sgemv(CblasRowMajor, CblasTrans, Tc, dv, 1.0f, vc + (size_t)g * dv, v_stride,
-                    scratch, 1, 0.0f, out + (size_t)h * dv, 1);
+    for (int g = 0; g < Hkv; g++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rep, Tc, dqk, scale,
+                    q + (size_t)g * rep * dqk, dqk, kc + (size_t)g * dqk, k_stride, 0.0f, scratch, Tc);
+        for (int h = 0; h < rep; h++) {
+            float *row = scratch + (size_t)h * Tc, mx = -INFINITY;
+            for (int u = 0; u < Tc; u++) if (row[u] > mx) mx = row[u];
+            double sum = 0;
+            for (int u = 0; u < Tc; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
+            float inv = (float)(1.0 / sum);
+            for (int u = 0; u < Tc; u++) row[u] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rep, dv, Tc, 1.0f, scratch, Tc,
+                    vc + (size_t)g * dv, v_stride, 0.0f, out + (size_t)g * rep * dv, dv);
     }
 }
 

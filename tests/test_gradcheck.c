@@ -192,7 +192,7 @@ static void test_attention(void) {
     fd_check("attention dk", at_d, &s, in, sz, 3, 1, no, R, dk);
     fd_check("attention dv", at_d, &s, in, sz, 3, 2, no, R, dv);
     /* decode of the last token against the full cache equals the last row of the forward */
-    float od[4 * 3], scr[8];
+    float od[4 * 3], scr[2 * 6];   /* (H/Hkv) x Tc */
     for (int b = 0; b < s.B; b++) {
         const float *ql = q + ((size_t)b * s.T + s.T - 1) * s.q_stride;
         zb_attention_decode(od, ql, k + (size_t)b * s.T * s.k_stride, v + (size_t)b * s.T * s.v_stride, s.T,

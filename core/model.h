@@ -19,6 +19,8 @@
 
 #define ZB_PARAM_NAME 128
 
+typedef struct zb_tp zb_tp;   /* parallel/tp.h */
+
 /* One named tensor of the parameter buffer, with its HF name. */
 typedef struct {
     char name[ZB_PARAM_NAME];
@@ -57,6 +59,10 @@ typedef struct {
     zb_rope rope;       /* attention layers: rotary dim = head_dim */
     zb_rope rope_mla;   /* MLA layers: rotary dim = qk_rope */
     void *slots;        /* private: where each parameter's view lives */
+    /* Tensor parallelism (parallel/tp.h): NULL on one rank. When set, this model is one TP
+     * shard: cfg holds the LOCAL dims (heads, groups, ffn, vocab divided by tp), params the
+     * local shapes; tp has the full config, names/shapes and this rank's slices. */
+    zb_tp *tp;
 } zb_model;
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
@@ -86,7 +92,7 @@ typedef struct {
     float *gate, *up, *hmlp;   /* [L, N, F] */
     float *lnf;        /* [N, d] final normed */
     float *rstdf;      /* [N] */
-    float *logits;     /* [N, V] */
+    float *logits;     /* [N, V] ([N, V/tp]: this rank's vocabulary columns, under TP) */
     /* backward scratch */
     float *dres, *dtmp, *dln; /* [N, d] */
     float *dgate, *dup, *dh;  /* [N, F] */
@@ -123,7 +129,8 @@ typedef struct {
     size_t cache_bytes_per_token, state_bytes_per_seq;
     float *x, *ln, *mo, *g, *u, *lnf;   /* [B*chunk, ...] */
     float *scratch;
-    float *logits;     /* [B, V] for the last new token of each sequence */
+    float *logits;     /* [B, V] for the last new token of each sequence (full V under TP) */
+    float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] */
     int chunk;         /* max tokens processed per step call */
 } zb_gen;
 

@@ -5,9 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mpi.h>
+
 #include "commands.h"
+#include "grid.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tp.h"
 
 static int read_ids(const char *path, int **ids, int *B, int *T) {
     zb_safetensors *st = NULL;
@@ -36,25 +40,34 @@ static int check_ids(const int *ids, size_t n, int V, const char *path) {
     return ZB_OK;
 }
 
-static int dump(const char *model_path, const char *in, const char *out, int grads) {
+/* grid != NULL: the model is split over the TP group (parallel/tp.h); logits and gradients
+ * are gathered to full tensors and world rank 0 writes the file. */
+static int dump(const char *model_path, const char *in, const char *out, int grads, const zb_grid *grid) {
     int *ids = NULL, B = 0, T = 0, rc;
     zb_model m;
     zb_acts a;
     memset(&a, 0, sizeof a);
     ZB_TRY(read_ids(in, &ids, &B, &T));
-    rc = zb_model_load(&m, model_path);
+    rc = grid ? zb_model_load_tp(&m, model_path, grid) : zb_model_load(&m, model_path);
     if (rc) { free(ids); return rc; }
-    const zb_config *c = &m.cfg;
+    const zb_config *c = zb_model_full_config(&m);
+    int writer = !grid || grid->rank == 0;
+    float *full = NULL;   /* TP: gathered logits, then gathered gradients */
+    size_t full_n = (size_t)B * T * c->vocab;
+    for (int i = 0; i < m.n_params; i++)
+        if (m.tp && m.tp->full_params[i].numel > full_n) full_n = m.tp->full_params[i].numel;
+    if (m.tp && !(full = zb_malloc(sizeof(float) * full_n, "gathered tensors"))) rc = ZB_ENOMEM;
     rc = check_ids(ids, (size_t)B * T, c->vocab, in);
     if (!rc) rc = zb_acts_alloc(&a, &m, B, T);
     if (!rc && grads) rc = zb_model_alloc_grad(&m);
-    zb_st_writer *w = rc ? NULL : zb_st_writer_new();
+    zb_st_writer *w = rc ? NULL : zb_st_writer_new();   /* (unused off rank 0 under TP) */
     if (!rc && !w) rc = zb_fail(ZB_ENOMEM, "out of memory (writer)");
     if (!rc) {
         zb_model_forward(&m, &a, ids);
         size_t Nd = (size_t)B * T * c->d_model;
         int64_t shl[3] = {B, T, c->vocab}, shh[3] = {B, T, c->d_model}, one = 1;
-        rc = zb_st_writer_add(w, "logits", ZB_DT_F32, 3, shl, a.logits);
+        if (m.tp) rc = zb_tp_gather_vocab(m.tp, a.logits, NULL, full, B * T, m.cfg.vocab);
+        if (!rc) rc = zb_st_writer_add(w, "logits", ZB_DT_F32, 3, shl, m.tp ? full : a.logits);
         char name[ZB_PARAM_NAME + 8];
         for (int i = 0; i <= c->n_layers && !rc; i++) {
             snprintf(name, sizeof name, "hidden_states.%d", i);
@@ -68,15 +81,18 @@ static int dump(const char *model_path, const char *in, const char *out, int gra
             zb_model_zero_grad(&m);
             zb_model_backward(&m, &a, ids);
             for (int i = 0; i < m.n_params && !rc; i++) {
-                const zb_param *p = &m.params[i];
+                const zb_param *p = m.tp ? &m.tp->full_params[i] : &m.params[i];
                 snprintf(name, sizeof name, "grad.%s", p->name);
-                rc = zb_st_writer_add(w, name, ZB_DT_F32, p->ndim, p->shape, m.grad + p->offset);
+                if (m.tp) rc = zb_tp_gather_param(&m, i, m.grad + m.params[i].offset, full);
+                if (!rc) rc = zb_st_writer_add(w, name, ZB_DT_F32, p->ndim, p->shape,
+                                               m.tp ? full : m.grad + p->offset);
             }
         }
-        fprintf(stderr, "dump: B=%d T=%d loss=%.6f\n", B, T, loss);
-        if (!rc) rc = zb_st_writer_save(w, out);
+        if (writer) fprintf(stderr, "dump: B=%d T=%d loss=%.6f\n", B, T, loss);
+        if (!rc && writer) rc = zb_st_writer_save(w, out);
     }
     zb_st_writer_free(w);
+    free(full);
     zb_acts_free(&a);
     zb_model_free(&m);
     free(ids);
@@ -84,7 +100,7 @@ static int dump(const char *model_path, const char *in, const char *out, int gra
 }
 
 int zb_cmd_dump(int argc, char **argv) {
-    static const char *const vals[] = {"--model", "--input", "--out", NULL};
+    static const char *const vals[] = {"--model", "--input", "--out", "--tp", NULL};
     static const char *const flags[] = {"--grads", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *model = zb_arg_str(argc, argv, "--model", NULL);
@@ -92,5 +108,11 @@ int zb_cmd_dump(int argc, char **argv) {
     const char *out = zb_arg_str(argc, argv, "--out", NULL);
     if (!model || !in || !out)
         return zb_fail(ZB_EARG, "dump: needs --model M --input F.safetensors --out O.safetensors");
-    return dump(model, in, out, zb_arg_flag(argc, argv, "--grads"));
+    int tp = zb_arg_int(argc, argv, "--tp", 1);
+    if (tp <= 1) return dump(model, in, out, zb_arg_flag(argc, argv, "--grads"), NULL);
+    zb_grid grid;
+    ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, 1));
+    int rc = dump(model, in, out, zb_arg_flag(argc, argv, "--grads"), &grid);
+    zb_grid_free(&grid);
+    return rc;
 }

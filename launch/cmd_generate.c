@@ -6,8 +6,10 @@
 #include <string.h>
 
 #include "commands.h"
+#include "grid.h"
 #include "model.h"
 #include "tokenizer.h"
+#include "tp.h"
 
 /* "1,2,3" or "1 2 3" -> ids */
 static int parse_ids(const char *s, int **ids, int *n) {
@@ -48,7 +50,7 @@ static void emit(const zb_tokenizer *tok, int id) {
 int zb_cmd_generate(int argc, char **argv) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
-                                       "--seed", "--stop", NULL};
+                                       "--seed", "--stop", "--tp", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *model_path = zb_arg_str(argc, argv, "--model", NULL);
@@ -65,6 +67,12 @@ int zb_cmd_generate(int argc, char **argv) {
     if (!pids == !text) return zb_fail(ZB_EARG, "generate: give exactly one of --prompt-ids or --prompt");
     if (text && !tok_path) return zb_fail(ZB_EARG, "generate: --prompt needs --tokenizer");
     if (max_new < 0) return zb_fail(ZB_EARG, "generate: --max-new must be >= 0");
+    /* --tp N: the model is split over TP groups of N ranks (parallel/tp.h); world rank 0
+     * samples from the gathered logits and broadcasts the token to its group */
+    int tp = zb_arg_int(argc, argv, "--tp", 1), rank = 0;
+    zb_grid grid;
+    memset(&grid, 0, sizeof grid);
+    if (tp > 1) { ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, 1)); rank = grid.rank; }
 
     int rc = ZB_OK, *prompt = NULL, n_prompt = 0;
     zb_tokenizer *tok = NULL;
@@ -88,8 +96,8 @@ int zb_cmd_generate(int argc, char **argv) {
         }
         free(ids32);
     }
-    if (!rc) rc = zb_model_load(&m, model_path);
-    const zb_config *c = &m.cfg;
+    if (!rc) rc = tp > 1 ? zb_model_load_tp(&m, model_path, &grid) : zb_model_load(&m, model_path);
+    const zb_config *c = zb_model_full_config(&m);   /* full vocabulary and eos under TP */
     for (int i = 0; !rc && i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= c->vocab)
             rc = zb_fail(ZB_EARG, "generate: prompt token %d is outside the vocabulary [0, %d)", prompt[i], c->vocab);
@@ -105,22 +113,26 @@ int zb_cmd_generate(int argc, char **argv) {
     if (!rc) {
         zb_rng rng;
         zb_rng_seed(&rng, seed);
-        if (!quiet && !tok) { for (int i = 0; i < n_prompt; i++) printf("%d ", prompt[i]); printf("| "); }
+        if (!quiet && !tok && rank == 0) { for (int i = 0; i < n_prompt; i++) printf("%d ", prompt[i]); printf("| "); }
         double t0 = zb_now();
         rc = zb_gen_step(&m, &g, prompt, n_prompt);
         double t1 = zb_now();
         int n_out = 0;
         for (; !rc && n_out < max_new; n_out++) {
             int next = zb_sample(g.logits, c->vocab, &sp, &rng, NULL);
-            emit(tok, next);
+            if (tp > 1 && MPI_Bcast(&next, 1, MPI_INT, 0, grid.tp) != MPI_SUCCESS) {
+                rc = zb_fail(ZB_EMPI, "generate: MPI_Bcast of the sampled token failed");
+                break;
+            }
+            if (rank == 0) emit(tok, next);
             int is_stop = 0;
             for (int i = 0; i < n_stop; i++) is_stop |= next == stop[i];
             if (is_stop) { n_out++; break; }
             if (n_out + 1 < max_new) rc = zb_gen_step(&m, &g, &next, 1);
         }
         double t2 = zb_now();
-        printf("\n");
-        fprintf(stderr, "prefill %d tokens %.1f tok/s | decode %d tokens %.1f tok/s | "
+        if (rank == 0) printf("\n");
+        if (rank == 0) fprintf(stderr, "prefill %d tokens %.1f tok/s | decode %d tokens %.1f tok/s | "
                 "cache %zu bytes/token, state %zu bytes/seq\n", n_prompt,
                 n_prompt / (t1 - t0 + 1e-12), n_out, n_out > 1 ? (n_out - 1) / (t2 - t1 + 1e-12) : 0.0,
                 g.cache_bytes_per_token, g.state_bytes_per_seq);
@@ -129,5 +141,6 @@ int zb_cmd_generate(int argc, char **argv) {
     zb_model_free(&m);
     zb_tokenizer_free(tok);
     free(prompt);
+    if (tp > 1) zb_grid_free(&grid);
     return rc;
 }

@@ -10,7 +10,13 @@ int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);
 int zb_cmd_info(int argc, char **argv);
 int zb_cmd_init(int argc, char **argv);
+int zb_cmd_compose(int argc, char **argv);
+int zb_cmd_smart(int argc, char **argv);
 int zb_cmd_bench(int argc, char **argv);
+int zb_cmd_eval(int argc, char **argv);
+int zb_cmd_data(int argc, char **argv);
+int zb_cmd_train(int argc, char **argv);
+int zb_cmd_plot(int argc, char **argv);
 
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */

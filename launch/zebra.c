@@ -17,13 +17,19 @@ typedef struct {
 } zb_command;
 
 static const zb_command commands[] = {
+    {"data", zb_cmd_data, "data --tokenizer F --input PATH... -o SHARDS [--val-fraction 0.01] [--format text|jsonl|chat|pref]"},
     {"import", zb_cmd_import, "import DIR -o model.h5: HF checkpoint -> native HDF5"},
     {"tokenize", zb_cmd_tokenize, "tokenize --tokenizer tokenizer.json [--text T | stdin]: print ids"},
     {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
     {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},
     {"info", zb_cmd_info, "info [--json] MODEL_OR_CONFIG: parameters, cache bytes"},
+    {"eval", zb_cmd_eval, "eval --model M (--data SHARDS | --tasks F.jsonl [--tokenizer F]) [--json out]"},
     {"bench", zb_cmd_bench, "bench --teacher T --hybrid H [--contexts 1024,4096] [--batches 1,4] [--svg F]"},
     {"init", zb_cmd_init, "init --random --config C.json -o model.h5 [--seed S] [--dtype bf16|f32]"},
+    {"compose", zb_cmd_compose, "compose --teacher T --config C.json [--plan P.json] -o student.h5 [--dtype f32|bf16]"},
+    {"smart", zb_cmd_smart, "smart --teacher T --data D --mla-layers K -o plan.json [--svg plan.svg]"},
+    {"train", zb_cmd_train, "train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5] [--stop-after STEP]"},
+    {"plot", zb_cmd_plot, "plot LOG.jsonl -o loss.svg: loss and tokens/s curves of a training log"},
 };
 
 static void usage(FILE *f) {

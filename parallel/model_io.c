@@ -3,9 +3,12 @@
 #include <stdlib.h>
 
 #include "checkpoint.h"
+#include "tp.h"
 #include "zb_common.h"
 
 int zb_model_save(const zb_model *m, const char *path, zb_dtype dtype, MPI_Comm comm) {
+    /* a tensor-parallel shard writes its slices into the full tensors (parallel/tp.h) */
+    if (m->tp) return zb_tp_save(m, path, (int)dtype, comm);
     if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)
         return zb_fail(ZB_EARG, "%s: checkpoints are stored as F32 or BF16", path);
     char *json = zb_config_to_json(&m->cfg);

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libopenblas-dev liblapacke-dev
-      libhdf5-openmpi-dev libcjson-dev libpcre2-dev"
+      libhdf5-openmpi-dev libcjson-dev libpcre2-dev python3.11-doc"
 
 missing=""
 for p in $PKGS; do

@@ -10,11 +10,6 @@
 #include "zb_common.h"
 
 
-/* Commands still being written are linked weakly: a binary without one lists it as absent. */
-#pragma weak zb_cmd_compose
-#pragma weak zb_cmd_smart
-#pragma weak zb_cmd_train
-#pragma weak zb_cmd_plot
 
 typedef struct {
     const char *name;

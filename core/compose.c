@@ -1,0 +1,286 @@
+/* compose.c — mixer initialisation from a Llama target (SPEC.md §5). See compose.h.
+ *
+ * MLA (X-EcoMLA): with P the row selection of compose.h (kept teacher dims per head),
+ *   q rows  Q = sqrt((nope+rope)/hd) P W_q     (the MLA scores scale by 1/sqrt(nope+rope))
+ *   q_lora_rank = 0: q_proj = Q;   else Q = U S Vt, q_a = diag(S_rq) Vt_rq, q_b = U_rq
+ *   kv rows M = per kv head [nope key rows ; value rows] = U S Vt,
+ *   kv_a latent rows = diag(S_r) Vt_r, kv_b = U_r, kv_a rope rows = mean over kv heads of
+ *   the rope key rows, o_proj = W_o.
+ * Mamba2 (MambaInLlama): in_proj = [z | W_v | W_k | W_q | dt], out_proj = W_o. */
+#include "compose.h"
+
+#include <lapacke.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zb_common.h"
+
+/* ---- which teacher dims an MLA head keeps ------------------------------------------------ */
+
+int zb_mla_head_dims(int hd, const zb_mla_dims *m, int *dims) {
+    int nope = m->qk_nope, rope = m->qk_rope, half = hd / 2, rh = rope / 2;
+    if (nope + rope > hd || rope % 2 || hd % 2 || hd > ZB_ROPE_MAX_DIM)
+        return zb_fail(ZB_ESHAPE, "MLA qk_nope %d + qk_rope %d must be <= the teacher head_dim %d (even rope)",
+                       nope, rope, hd);
+    char *used = calloc((size_t)half, 1);
+    if (!used) return zb_fail(ZB_ENOMEM, "out of memory");
+    /* rope: MLA pair j <- teacher pair i_j = j*hd/rope (same inv_freq, SPEC §2/§3) */
+    for (int j = 0; j < rh; j++) {
+        int i = (int)((long)j * hd / rope);
+        used[i] = 1;
+        int a = m->rope_interleave ? nope + 2 * j : nope + j;
+        int b = m->rope_interleave ? nope + 2 * j + 1 : nope + rh + j;
+        dims[a] = i;
+        dims[b] = i + half;
+    }
+    /* nope: the unused pairs, lowest frequency (largest i) first, then sorted */
+    int k = 0;
+    for (int i = half - 1; i >= 0 && k < nope; i--) {
+        if (used[i]) continue;
+        dims[k++] = i;
+        if (k < nope) dims[k++] = i + half;
+    }
+    free(used);
+    for (int a = 1; a < nope; a++)   /* insertion sort: teacher order inside the nope part */
+        for (int b = a; b > 0 && dims[b - 1] > dims[b]; b--) { int t = dims[b]; dims[b] = dims[b - 1]; dims[b - 1] = t; }
+    return ZB_OK;
+}
+
+/* ---- truncated SVD ---------------------------------------------------------------------- */
+
+int zb_svd_lowrank(const float *A, int m, int n, int r, float *U, float *SVt, double *sigma) {
+    int k = m < n ? m : n;
+    double *a = malloc(sizeof(double) * (size_t)m * n), *s = malloc(sizeof(double) * k);
+    double *u = malloc(sizeof(double) * (size_t)m * k), *vt = malloc(sizeof(double) * (size_t)k * n);
+    int rc = ZB_OK;
+    if (!a || !s || !u || !vt) { rc = zb_fail(ZB_ENOMEM, "SVD of [%d x %d]: out of memory", m, n); goto done; }
+    for (size_t i = 0; i < (size_t)m * n; i++) a[i] = A[i];
+    int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
+    if (info != 0) { rc = zb_fail(ZB_ELAPACK, "LAPACKE_dgesdd [%d x %d]: info=%d", m, n, info); goto done; }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < r; j++) U[(size_t)i * r + j] = j < k ? (float)u[(size_t)i * k + j] : 0.0f;
+    for (int j = 0; j < r; j++)
+        for (int c = 0; c < n; c++) SVt[(size_t)j * n + c] = j < k ? (float)(s[j] * vt[(size_t)j * n + c]) : 0.0f;
+    if (sigma) memcpy(sigma, s, sizeof(double) * k);
+done:
+    free(a); free(s); free(u); free(vt);
+    return rc;
+}
+
+void zb_svd_energy(const double *s, int k, int r, double target, double *energy,
+                   double *discarded, int *rank_target) {
+    double tot = 0, kept = 0, run = 0;
+    for (int i = 0; i < k; i++) { tot += s[i] * s[i]; if (i < r) kept += s[i] * s[i]; }
+    if (energy) *energy = tot > 0 ? kept / tot : 1.0;
+    if (discarded) *discarded = sqrt(tot - kept > 0 ? tot - kept : 0);
+    if (rank_target) {
+        int rt = k;
+        for (int i = 0; i < k; i++) {
+            run += s[i] * s[i];
+            if (tot <= 0 || run >= target * tot) { rt = i + 1; break; }
+        }
+        *rank_target = (rt + 7) / 8 * 8;   /* SPEC §5: rounded up to a multiple of 8 */
+    }
+}
+
+/* ---- MLA -------------------------------------------------------------------------------- */
+
+/* Teacher KV head serving MLA kv head j (kv_heads == Hkv: j; == H: the GQA group of head j). */
+static int teacher_kv_head(const zb_attn_src *s, const zb_mla_dims *m, int j) {
+    return m->kv_heads == s->Hkv ? j : j / (s->H / s->Hkv);
+}
+
+static int check_mla(const zb_attn_src *s, const zb_mla_dims *m) {
+    if (m->n_heads != s->H)
+        return zb_fail(ZB_ESHAPE, "MLA n_heads %d != teacher heads %d", m->n_heads, s->H);
+    if (m->kv_heads != s->Hkv && m->kv_heads != s->H)
+        return zb_fail(ZB_ESHAPE, "MLA kv_heads %d must be the teacher's KV heads %d or heads %d",
+                       m->kv_heads, s->Hkv, s->H);
+    if (m->v_head_dim != s->hd)
+        return zb_fail(ZB_ESHAPE, "MLA v_head_dim %d != teacher head_dim %d", m->v_head_dim, s->hd);
+    return ZB_OK;
+}
+
+int zb_mla_kv_rows(const zb_attn_src *s, const zb_mla_dims *m, float *M) {
+    ZB_TRY(check_mla(s, m));
+    int dims[ZB_ROPE_MAX_DIM], nope = m->qk_nope, hd = s->hd, d = s->d;
+    ZB_TRY(zb_mla_head_dims(hd, m, dims));
+    size_t row = 0;
+    for (int j = 0; j < m->kv_heads; j++) {
+        int t = teacher_kv_head(s, m, j);
+        for (int k = 0; k < nope; k++, row++)
+            memcpy(M + row * d, s->wk + ((size_t)t * hd + dims[k]) * d, sizeof(float) * d);
+        memcpy(M + row * d, s->wv + (size_t)t * hd * d, sizeof(float) * (size_t)hd * d);
+        row += hd;
+    }
+    return ZB_OK;
+}
+
+int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, const zb_mla_weights *w,
+                   zb_mla_init_stats *st) {
+    ZB_TRY(check_mla(s, m));
+    int H = s->H, hd = s->hd, d = s->d, nope = m->qk_nope, rope = m->qk_rope, dqk = nope + rope;
+    int r = m->kv_lora_rank, rq = m->q_lora_rank, kvh = m->kv_heads;
+    int dims[ZB_ROPE_MAX_DIM];
+    ZB_TRY(zb_mla_head_dims(hd, m, dims));
+    zb_mla_init_stats z = {1.0, 1.0, 0.0, 0.0, 0, 0};
+    int rows_q = H * dqk, rows_kv = kvh * (nope + hd);
+    int kq = rows_q < d ? rows_q : d, kkv = rows_kv < d ? rows_kv : d;
+    float *Q = malloc(sizeof(float) * (size_t)rows_q * d), *M = malloc(sizeof(float) * (size_t)rows_kv * d);
+    float *Uk = malloc(sizeof(float) * (size_t)rows_kv * r), *Sk = malloc(sizeof(float) * (size_t)r * d);
+    double *sg = malloc(sizeof(double) * (size_t)(kq > kkv ? kq : kkv));
+    int rc = ZB_OK;
+    if (!Q || !M || !Uk || !Sk || !sg) { rc = zb_fail(ZB_ENOMEM, "MLA init: out of memory"); goto done; }
+
+    /* query rows, rescaled so that 1/sqrt(nope+rope) scores equal the teacher's 1/sqrt(hd) */
+    float qs = sqrtf((float)dqk / (float)hd);
+    for (int h = 0; h < H; h++)
+        for (int k = 0; k < dqk; k++) {
+            const float *src = s->wq + ((size_t)h * hd + dims[k]) * d;
+            float *dst = Q + ((size_t)h * dqk + k) * d;
+            for (int c = 0; c < d; c++) dst[c] = qs * src[c];
+        }
+    if (rq == 0) {
+        memcpy(w->q_proj, Q, sizeof(float) * (size_t)rows_q * d);
+    } else {
+        if ((rc = zb_svd_lowrank(Q, rows_q, d, rq, w->q_b_proj, w->q_a_proj, sg))) goto done;
+        zb_svd_energy(sg, kq, rq, 0.99, &z.q_energy, &z.q_discarded, &z.q_rank_99);
+        if (w->q_a_norm) for (int i = 0; i < rq; i++) w->q_a_norm[i] = 1.0f;
+    }
+
+    /* kv: latent rows of kv_a and kv_b from the SVD of M */
+    if ((rc = zb_mla_kv_rows(s, m, M))) goto done;
+    if ((rc = zb_svd_lowrank(M, rows_kv, d, r, Uk, Sk, sg))) goto done;
+    zb_svd_energy(sg, kkv, r, 0.99, &z.kv_energy, &z.kv_discarded, &z.kv_rank_99);
+    memcpy(w->kv_b_proj, Uk, sizeof(float) * (size_t)rows_kv * r);
+    memcpy(w->kv_a_proj, Sk, sizeof(float) * (size_t)r * d);
+    if (w->kv_a_norm) for (int i = 0; i < r; i++) w->kv_a_norm[i] = 1.0f;
+    /* rope key rows: mean over the teacher's KV heads of each head's rope rows (SPEC §5) */
+    for (int k = 0; k < rope; k++) {
+        float *dst = w->kv_a_proj + ((size_t)r + k) * d;
+        memset(dst, 0, sizeof(float) * d);
+        for (int t = 0; t < s->Hkv; t++) {
+            const float *src = s->wk + ((size_t)t * hd + dims[nope + k]) * d;
+            for (int c = 0; c < d; c++) dst[c] += src[c];
+        }
+        for (int c = 0; c < d; c++) dst[c] /= (float)s->Hkv;
+    }
+    memcpy(w->o_proj, s->wo, sizeof(float) * (size_t)d * H * hd);
+    if (st) *st = z;
+done:
+    free(Q); free(M); free(Uk); free(Sk); free(sg);
+    return rc;
+}
+
+/* ---- Mamba2 ----------------------------------------------------------------------------- */
+
+int zb_compose_mamba2(const zb_attn_src *s, const zb_mamba2_dims *m, const zb_mamba2_weights *w) {
+    size_t kd = (size_t)s->Hkv * s->hd, qd = (size_t)s->H * s->hd, d = (size_t)s->d;
+    if ((size_t)m->x_groups * m->headdim != kd || (size_t)m->b_groups * m->d_state != kd ||
+        (size_t)m->c_groups * m->d_state != qd || (size_t)m->d_inner != qd)
+        return zb_fail(ZB_ESHAPE,
+                       "Mamba2 dims (d_inner %d, x %dx%d, B %dx%d, C %dx%d) do not match the teacher's "
+                       "attention (q %zu, k/v %zu rows): SPEC §4 wants x/B = Hkv*hd, C = d_inner = H*hd",
+                       m->d_inner, m->x_groups, m->headdim, m->b_groups, m->d_state, m->c_groups,
+                       m->d_state, qd, kd);
+    float *x = w->in_proj + (size_t)m->d_inner * d, *B = x + kd * d, *C = B + kd * d;
+    memcpy(x, s->wv, sizeof(float) * kd * d);
+    memcpy(B, s->wk, sizeof(float) * kd * d);
+    memcpy(C, s->wq, sizeof(float) * qd * d);
+    memcpy(w->out_proj, s->wo, sizeof(float) * d * qd);
+    return ZB_OK;
+}
+
+/* ---- blocks and whole models ------------------------------------------------------------- */
+
+int zb_compose_check(const zb_config *tc, const zb_config *sc, const char *src) {
+    if (tc->d_model != sc->d_model || tc->ffn != sc->ffn || tc->vocab != sc->vocab)
+        return zb_fail(ZB_ESHAPE, "%s: teacher (d %d, ffn %d, vocab %d) and student (d %d, ffn %d, vocab %d) differ",
+                       src, tc->d_model, tc->ffn, tc->vocab, sc->d_model, sc->ffn, sc->vocab);
+    if (tc->n_layers != sc->n_layers)
+        return zb_fail(ZB_ESHAPE, "%s: teacher has %d layers, the student config %d", src, tc->n_layers,
+                       sc->n_layers);
+    for (int l = 0; l < tc->n_layers; l++)
+        if (tc->kinds[l] != ZB_LAYER_ATTN)
+            return zb_fail(ZB_EARG, "%s: teacher layer %d is %s, not attention", src, l,
+                           zb_layer_kind_name(tc->kinds[l]));
+    return ZB_OK;
+}
+
+int zb_compose_block(const zb_config *tc, const zb_block *t, const zb_config *sc, int sl,
+                     const zb_block *s, zb_mla_init_stats *st) {
+    size_t d = (size_t)tc->d_model, F = (size_t)tc->ffn;
+    zb_attn_src a = {tc->d_model, tc->n_heads, tc->n_kv_heads, tc->head_dim, t->wq, t->wk, t->wv, t->wo};
+    zb_layer_kind kind = sc->kinds[sl];
+    if (st) { memset(st, 0, sizeof *st); st->kv_energy = st->q_energy = 1.0; }
+    if (kind == ZB_LAYER_MLA) {
+        ZB_TRY(zb_compose_mla(&a, &sc->mla, &s->mla, st));
+    } else if (kind == ZB_LAYER_MAMBA2) {
+        ZB_TRY(zb_compose_mamba2(&a, &sc->mamba, &s->mamba));
+    } else {
+        if (sc->n_heads != tc->n_heads || sc->n_kv_heads != tc->n_kv_heads || sc->head_dim != tc->head_dim)
+            return zb_fail(ZB_ESHAPE, "attention layer %d: student heads differ from the teacher's", sl);
+        size_t qd = (size_t)tc->n_heads * tc->head_dim, kd = (size_t)tc->n_kv_heads * tc->head_dim;
+        memcpy(s->wq, t->wq, sizeof(float) * qd * d);
+        memcpy(s->wk, t->wk, sizeof(float) * kd * d);
+        memcpy(s->wv, t->wv, sizeof(float) * kd * d);
+        memcpy(s->wo, t->wo, sizeof(float) * qd * d);
+    }
+    memcpy(s->attn_norm, t->attn_norm, sizeof(float) * d);
+    memcpy(s->mlp_norm, t->mlp_norm, sizeof(float) * d);
+    memcpy(s->w_gate, t->w_gate, sizeof(float) * F * d);
+    memcpy(s->w_up, t->w_up, sizeof(float) * F * d);
+    memcpy(s->w_down, t->w_down, sizeof(float) * F * d);
+    return ZB_OK;
+}
+
+int zb_compose_layer(const zb_config *tc, const zb_block *t, const zb_config *sc, int l,
+                     uint64_t seed, zb_model *one, zb_mla_init_stats *st) {
+    zb_config c1 = zb_config_one_layer(sc, sc->kinds[l]);
+    ZB_TRY(zb_model_init(one, &c1));
+    zb_model_init_random(one, seed + 7919u * (uint64_t)(l + 1), 0.02f);
+    int rc = zb_compose_block(tc, t, &c1, 0, &one->w.blocks[0], st);
+    if (rc) zb_model_free(one);
+    return rc;
+}
+
+int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed,
+                     zb_mla_init_stats *stats) {
+    const zb_config *tc = &teacher->cfg, *sc = &student->cfg;
+    ZB_TRY(zb_compose_check(tc, sc, "compose"));
+    size_t Vd = (size_t)tc->vocab * tc->d_model;
+    memcpy(student->w.embed, teacher->w.embed, sizeof(float) * Vd);
+    memcpy(student->w.final_norm, teacher->w.final_norm, sizeof(float) * tc->d_model);
+    if (!sc->tie_embeddings) memcpy(student->w.lm_head, teacher->w.lm_head, sizeof(float) * Vd);
+    for (int l = 0; l < tc->n_layers; l++) {
+        zb_model one;
+        ZB_TRY(zb_compose_layer(tc, &teacher->w.blocks[l], sc, l, seed, &one, stats ? &stats[l] : NULL));
+        /* the same tensors as the streaming `zebra compose` writes, by name */
+        int rc = ZB_OK;
+        char name[ZB_PARAM_NAME + 16];
+        for (int i = 0; i < one.n_params && !rc; i++) {
+            const zb_param *p = &one.params[i];
+            if (p->layer != 0) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, p->name + strlen("model.layers.0."));
+            const zb_param *q = zb_model_param(student, name);
+            if (!q || q->numel != p->numel) rc = zb_fail(ZB_ESHAPE, "compose: student has no tensor '%s' of %zu values", name, p->numel);
+            else memcpy(student->data + q->offset, one.data + p->offset, sizeof(float) * p->numel);
+        }
+        zb_model_free(&one);
+        ZB_TRY(rc);
+    }
+    return ZB_OK;
+}
+
+zb_config zb_config_one_layer(const zb_config *c, zb_layer_kind kind) {
+    zb_config o = *c;
+    o.n_layers = 1;
+    o.kinds[0] = kind;
+    o.vocab = 1;
+    o.tie_embeddings = 1;
+    o.bos_id = 0;
+    o.n_eos = 0;
+    return o;
+}

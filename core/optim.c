@@ -1,0 +1,107 @@
+/* optim.c — see optim.h. */
+#include "optim.h"
+
+#include <fnmatch.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+zb_optim_cfg zb_optim_defaults(void) {
+    zb_optim_cfg c = {3e-4f, 3e-5f, 0, 1000, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    return c;
+}
+
+int zb_adamw_init(zb_adamw *o, const zb_model *m, const zb_optim_cfg *cfg) {
+    memset(o, 0, sizeof *o);
+    o->cfg = *cfg;
+    o->n_params = m->n_params;
+    o->n_floats = m->n_floats;
+    ZB_ALLOC(o->m, m->n_floats, "optimizer first moments");
+    ZB_ALLOC(o->v, m->n_floats, "optimizer second moments");
+    ZB_ALLOC(o->lr_mult, m->n_params, "optimizer groups");
+    ZB_ALLOC(o->wd, m->n_params, "optimizer groups");
+    ZB_ALLOC(o->trainable, m->n_params, "optimizer groups");
+    for (int i = 0; i < m->n_params; i++) {
+        o->lr_mult[i] = 1.0f;
+        o->wd[i] = m->params[i].no_decay ? 0.0f : cfg->weight_decay;
+        o->trainable[i] = 1;
+    }
+    return ZB_OK;
+}
+
+void zb_adamw_free(zb_adamw *o) {
+    free(o->m); free(o->v); free(o->lr_mult); free(o->wd); free(o->trainable);
+    memset(o, 0, sizeof *o);
+}
+
+int zb_param_match(const char *pattern, const char *name) {
+    if (strpbrk(pattern, "*?[")) return fnmatch(pattern, name, 0) == 0;
+    return strstr(name, pattern) != NULL;
+}
+
+int zb_adamw_set_group(zb_adamw *o, const zb_model *m, const char *pattern, float lr_mult,
+                       float wd, int trainable) {
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        if (!zb_param_match(pattern, m->params[i].name)) continue;
+        if (lr_mult >= 0) o->lr_mult[i] = lr_mult;
+        if (wd >= 0) o->wd[i] = wd;
+        if (trainable >= 0) o->trainable[i] = (unsigned char)(trainable != 0);
+        n++;
+    }
+    return n;
+}
+
+void zb_adamw_set_all_trainable(zb_adamw *o, int v) {
+    for (int i = 0; i < o->n_params; i++) o->trainable[i] = (unsigned char)(v != 0);
+}
+
+size_t zb_adamw_trainable_floats(const zb_adamw *o, const zb_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_params; i++) if (o->trainable[i]) n += m->params[i].numel;
+    return n;
+}
+
+float zb_lr_at(const zb_optim_cfg *c, int64_t step) {
+    if (c->warmup > 0 && step < c->warmup) return c->lr * (float)(step + 1) / (float)c->warmup;
+    int64_t span = (int64_t)c->total_steps - c->warmup;
+    if (span <= 0) return c->lr;
+    double p = (double)(step - c->warmup) / (double)span;
+    if (p > 1) p = 1;
+    return (float)(c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * p)));
+}
+
+double zb_grad_norm(const zb_adamw *o, const zb_model *m) {
+    double s = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        if (!o->trainable[i]) continue;
+        const float *g = m->grad + m->params[i].offset;
+        for (size_t j = 0; j < m->params[i].numel; j++) s += (double)g[j] * g[j];
+    }
+    return sqrt(s);
+}
+
+float zb_clip_scale(const zb_optim_cfg *c, double norm) {
+    if (c->clip <= 0 || !(norm > c->clip)) return 1.0f;
+    return (float)(c->clip / (norm + 1e-6));
+}
+
+void zb_adamw_step(zb_adamw *o, zb_model *m, float lr, float grad_scale) {
+    const float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
+    double t = (double)(o->step + 1);
+    float bc1 = (float)(1.0 - pow(b1, t)), bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+    for (int i = 0; i < m->n_params; i++) {
+        if (!o->trainable[i]) continue;
+        const zb_param *p = &m->params[i];
+        float *w = m->data + p->offset, *g = m->grad + p->offset;
+        float *mm = o->m + p->offset, *vv = o->v + p->offset;
+        float lri = lr * o->lr_mult[i], decay = 1.0f - lri * o->wd[i], step_size = lri / bc1;
+        for (size_t j = 0; j < p->numel; j++) {
+            float gj = g[j] * grad_scale;
+            mm[j] = b1 * mm[j] + (1.0f - b1) * gj;
+            vv[j] = b2 * vv[j] + (1.0f - b2) * gj * gj;
+            w[j] = w[j] * decay - step_size * mm[j] / (sqrtf(vv[j]) / bc2_sqrt + eps);
+        }
+    }
+    o->step++;
+}

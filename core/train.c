@@ -1,0 +1,204 @@
+/* train.c — see train.h. */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const stage_names[] = {"pretrain", "ild", "kd", "sft", "dpo"};
+
+int zb_stage_parse(const char *s) {
+    for (int i = 0; i < 5; i++) if (!strcmp(s, stage_names[i])) return i;
+    return -1;
+}
+const char *zb_stage_name(zb_stage s) { return (unsigned)s < 5 ? stage_names[s] : "?"; }
+
+int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_model *student,
+                    const zb_model *teacher, int B, int T) {
+    memset(tr, 0, sizeof *tr);
+    tr->stage = stage;
+    tr->cfg = *cfg;
+    tr->student = student;
+    tr->teacher = teacher;
+    tr->B = B;
+    tr->T = T;
+    tr->rows = stage == ZB_STAGE_DPO ? 2 * B : B;
+    const zb_config *c = &student->cfg;
+    size_t N = (size_t)tr->rows * T;
+    int need_teacher = stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD || stage == ZB_STAGE_DPO;
+    if (need_teacher && !teacher)
+        return zb_fail(ZB_EARG, "stage %s needs a teacher / reference model", zb_stage_name(stage));
+    if (need_teacher) {
+        const zb_config *tc = &teacher->cfg;
+        if (tc->vocab != c->vocab)
+            return zb_fail(ZB_ESHAPE, "teacher vocabulary %d != student vocabulary %d", tc->vocab, c->vocab);
+        if (stage == ZB_STAGE_ILD && (tc->d_model != c->d_model || tc->n_layers != c->n_layers))
+            return zb_fail(ZB_ESHAPE, "ILD needs the teacher's layer count and width (teacher %d x %d, "
+                           "student %d x %d)", tc->n_layers, tc->d_model, c->n_layers, c->d_model);
+    }
+    ZB_TRY(zb_model_alloc_grad(student));
+    ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
+    if (need_teacher) ZB_TRY(zb_acts_alloc(&tr->ta, teacher, tr->rows, T));
+    ZB_ALLOC(tr->mask, N, "trainer mask");
+    ZB_ALLOC(tr->ild_layer, c->n_layers, "trainer layers");
+    if (stage == ZB_STAGE_KD && cfg->ce_weight != 0.0f) ZB_ALLOC(tr->tmp, N * c->vocab, "kd CE gradient");
+    if (stage == ZB_STAGE_ILD) {
+        ZB_ALLOC(tr->tmp, N * c->d_model, "ild mixer output");
+        for (int l = 0; l < c->n_layers; l++) {
+            tr->ild_layer[l] = c->kinds[l] != teacher->cfg.kinds[l];
+            tr->n_ild += tr->ild_layer[l];
+        }
+        if (tr->n_ild == 0)
+            return zb_fail(ZB_EARG, "ILD: the student has no layer whose mixer differs from the teacher's");
+    }
+    if (stage == ZB_STAGE_DPO) ZB_ALLOC(tr->lp, 2 * tr->rows, "dpo log-probabilities");
+    return ZB_OK;
+}
+
+void zb_trainer_free(zb_trainer *tr) {
+    zb_acts_free(&tr->a);
+    if (tr->ta.logits) zb_acts_free(&tr->ta);
+    free(tr->mask); free(tr->tmp); free(tr->lp); free(tr->ild_layer);
+    memset(tr, 0, sizeof *tr);
+}
+
+/* "model.layers.<l>.self_attn." or "model.layers.<l>.mamba." */
+static int is_mixer_param(const zb_param *p) {
+    return p->layer >= 0 && (strstr(p->name, ".self_attn.") || strstr(p->name, ".mamba."));
+}
+
+void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out) {
+    const zb_model *m = tr->student;
+    for (int i = 0; i < m->n_params; i++) {
+        const zb_param *p = &m->params[i];
+        out[i] = tr->stage == ZB_STAGE_ILD ? (is_mixer_param(p) && tr->ild_layer[p->layer]) : 1;
+    }
+}
+
+/* ---- the stages ------------------------------------------------------------------------- */
+
+static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                     float gs, zb_loss_parts *o) {
+    zb_model *m = tr->student;
+    int N = tr->rows * tr->T, nv = 0;
+    for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < m->cfg.vocab;
+    zb_model_forward(m, &tr->a, ids);
+    double sum = zb_cross_entropy(want_grad ? tr->a.logits : NULL, tr->a.logits, targets, N,
+                                  m->cfg.vocab, nv ? gs / nv : 0.0f, NULL);
+    o->ce = o->loss = nv ? sum / nv : 0.0;
+    o->tokens = nv;
+    if (want_grad) zb_model_backward(m, &tr->a, ids);
+}
+
+static void stage_kd(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                     float gs, zb_loss_parts *o) {
+    zb_model *m = tr->student;
+    int N = tr->rows * tr->T, V = m->cfg.vocab, nm = 0;
+    for (int i = 0; i < N; i++) { tr->mask[i] = targets[i] >= 0 && targets[i] < V; nm += tr->mask[i]; }
+    zb_model_forward(tr->teacher, &tr->ta, ids);
+    zb_model_forward(m, &tr->a, ids);
+    const zb_loss_cfg *c = &tr->cfg;
+    double ce = 0;
+    if (tr->tmp) {   /* CE first: the KL gradient overwrites the student logits */
+        memcpy(tr->tmp, tr->a.logits, sizeof(float) * (size_t)N * V);
+        ce = zb_cross_entropy(want_grad ? tr->tmp : NULL, tr->tmp, targets, N, V,
+                              nm ? gs * c->ce_weight / nm : 0.0f, NULL);
+        ce = nm ? ce / nm : 0.0;
+    }
+    double kl = zb_kl_div(want_grad ? tr->a.logits : NULL, tr->a.logits, tr->ta.logits, tr->mask,
+                          N, V, c->temperature, nm ? gs * c->kl_weight / nm : 0.0f);
+    kl = nm ? kl / nm : 0.0;
+    o->kl = kl;
+    o->ce = ce;
+    o->loss = c->kl_weight * kl + c->ce_weight * ce;
+    o->tokens = nm;
+    if (want_grad) {
+        if (tr->tmp) {
+            size_t n = (size_t)N * V;
+            for (size_t i = 0; i < n; i++) tr->a.logits[i] += tr->tmp[i];
+        }
+        zb_model_backward(m, &tr->a, ids);
+    }
+}
+
+static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, zb_loss_parts *o) {
+    zb_model *m = tr->student;
+    const zb_config *c = &m->cfg;
+    int B = tr->rows, T = tr->T, N = B * T, d = c->d_model;
+    size_t Nd = (size_t)N * d;
+    zb_model_forward(tr->teacher, &tr->ta, ids);   /* once per batch: every layer's input/output */
+    double total = 0;
+    float *y = tr->a.mix_out, *target = tr->tmp;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!tr->ild_layer[l]) continue;
+        const float *x = tr->ta.ln1 + l * Nd;    /* the teacher's normed input of layer l */
+        const float *res = tr->ta.res + l * Nd, *mid = tr->ta.mid + l * Nd;
+        for (size_t i = 0; i < Nd; i++) target[i] = mid[i] - res[i];   /* teacher mixer output */
+        zb_mixer_forward(m, l, x, y, tr->a.mix_acts[l], B, T);
+        double mse = zb_mse(want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
+        total += mse;
+        if (want_grad) {
+            memset(tr->a.dln, 0, sizeof(float) * Nd);
+            zb_mixer_backward(m, l, x, tr->a.dtmp, tr->a.dln, tr->a.mix_acts[l], tr->a.mix_scratch, B, T);
+        }
+    }
+    o->mse = o->loss = total / tr->n_ild;
+    o->tokens = N;
+}
+
+/* Sum of the target log-probabilities of each row of logits [rows, T, V]. */
+static void row_logprobs(const float *logits, const int *targets, int rows, int T, int V, double *lp) {
+    for (int r = 0; r < rows; r++)
+        lp[r] = -zb_cross_entropy(NULL, logits + (size_t)r * T * V, targets + (size_t)r * T, T, V, 0.0f, NULL);
+}
+
+static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                      float gs, zb_loss_parts *o) {
+    zb_model *m = tr->student;
+    int B = tr->B, T = tr->T, V = m->cfg.vocab;
+    double *lp = tr->lp, *lr = tr->lp + tr->rows, beta = tr->cfg.beta;
+    zb_model_forward(tr->teacher, &tr->ta, ids);
+    row_logprobs(tr->ta.logits, targets, tr->rows, T, V, lr);
+    zb_model_forward(m, &tr->a, ids);
+    row_logprobs(tr->a.logits, targets, tr->rows, T, V, lp);
+    double loss = 0, acc = 0, margin = 0, ntok = 0;
+    for (int i = 0; i < tr->rows * T; i++) ntok += targets[i] >= 0 && targets[i] < V;
+    for (int b = 0; b < B; b++) {
+        double h = (lp[b] - lr[b]) - (lp[B + b] - lr[B + b]);
+        double z = beta * h;
+        /* -log sigmoid(z) = softplus(-z), stable */
+        loss += z > 0 ? log1p(exp(-z)) : -z + log1p(exp(z));
+        acc += z > 0;
+        margin += h;
+        if (want_grad) {
+            /* dL/dlp_c = -beta sigmoid(-z); d lp / d logits = -(softmax - onehot) */
+            double s = beta / (1.0 + exp(z)) / B * gs;
+            float *lc = tr->a.logits + (size_t)b * T * V, *lrj = tr->a.logits + (size_t)(B + b) * T * V;
+            zb_cross_entropy(lc, lc, targets + (size_t)b * T, T, V, (float)s, NULL);
+            zb_cross_entropy(lrj, lrj, targets + (size_t)(B + b) * T, T, V, (float)-s, NULL);
+        }
+    }
+    o->loss = loss / B;
+    o->reward_acc = acc / B;
+    o->margin = margin / B;
+    o->tokens = ntok;
+    if (want_grad) zb_model_backward(m, &tr->a, ids);
+}
+
+int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                    float grad_scale, zb_loss_parts *out) {
+    zb_loss_parts o;
+    memset(&o, 0, sizeof o);
+    switch (tr->stage) {
+    case ZB_STAGE_PRETRAIN:
+    case ZB_STAGE_SFT: stage_ce(tr, ids, targets, want_grad, grad_scale, &o); break;
+    case ZB_STAGE_KD: stage_kd(tr, ids, targets, want_grad, grad_scale, &o); break;
+    case ZB_STAGE_ILD: stage_ild(tr, ids, want_grad, grad_scale, &o); break;
+    case ZB_STAGE_DPO: stage_dpo(tr, ids, targets, want_grad, grad_scale, &o); break;
+    default: return zb_fail(ZB_EARG, "unknown stage %d", (int)tr->stage);
+    }
+    if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
+    if (out) *out = o;
+    return ZB_OK;
+}

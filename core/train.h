@@ -1,0 +1,75 @@
+/* train.h — the loss of each training stage on one micro-batch, with its gradient
+ * accumulated into the student's m->grad (SPEC §6). The driver (launch/cmd_train.c) owns the
+ * loop, the optimizer, data parallelism and checkpoints; this file is the math, so that each
+ * stage can be tested against a hand computation and by finite differences.
+ *
+ *   pretrain, sft  mean next-token cross-entropy over the targets >= 0 (sft: the loader's
+ *                  loss mask leaves only the assistant tokens)
+ *   kd             kl_weight * KL(teacher || student) at temperature tau, mean over the rows
+ *                  with a target (no tau^2 factor), + ce_weight * CE; the teacher runs forward
+ *                  on the same ids in the same step (online distillation)
+ *   ild            intermediate layer distillation: for every layer l whose student mixer is a
+ *                  new one (MLA or Mamba2), the student mixer gets the TEACHER's normed layer
+ *                  input ln1_l and is trained to reproduce the teacher's mixer output
+ *                  (res_{l} -> mid_{l}); loss = mean over those layers of the MSE (mean over
+ *                  B*T*d). Only those mixers receive gradients.
+ *   dpo            batches of B preference pairs: rows [0, B) chosen, rows [B, 2B) rejected,
+ *                  targets >= 0 on the continuation tokens only. log pi(y) = sum of the
+ *                  target log-probabilities of the row; z = beta[(lp_c - lr_c) - (lp_r - lr_r)]
+ *                  with lr from the frozen reference model; loss = mean -log sigmoid(z). */
+#ifndef ZB_TRAIN_H
+#define ZB_TRAIN_H
+
+#include "model.h"
+
+typedef enum { ZB_STAGE_PRETRAIN = 0, ZB_STAGE_ILD, ZB_STAGE_KD, ZB_STAGE_SFT, ZB_STAGE_DPO } zb_stage;
+
+/* "pretrain" ... "dpo" -> stage; -1 if unknown. */
+int zb_stage_parse(const char *s);
+const char *zb_stage_name(zb_stage s);
+
+typedef struct {
+    float kl_weight, ce_weight, temperature;   /* kd */
+    float beta;                                /* dpo */
+} zb_loss_cfg;
+
+/* The parts of a stage loss, for logging. */
+typedef struct {
+    double loss;        /* what is minimised */
+    double ce, kl, mse; /* components (0 when not part of the stage) */
+    double reward_acc, margin;   /* dpo: fraction of pairs with z > 0, mean z / beta */
+    double tokens;      /* tokens that carried the loss */
+} zb_loss_parts;
+
+typedef struct {
+    zb_stage stage;
+    zb_loss_cfg cfg;
+    zb_model *student;        /* the model trained (the policy for dpo) */
+    const zb_model *teacher;  /* kd/ild teacher, dpo reference; NULL otherwise */
+    int B, T;                 /* micro-batch rows (dpo: pairs) and sequence length */
+    int rows;                 /* rows of the activations: B, or 2B for dpo */
+    zb_acts a, ta;            /* student and teacher activations */
+    int *mask;                /* [rows*T] */
+    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] */
+    double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
+    unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
+    int n_ild;
+} zb_trainer;
+
+/* Allocate everything for micro-batches of B rows (pairs for dpo) of T tokens. The student
+ * gets its gradient buffer. ILD distils every layer whose student kind differs from the
+ * teacher's (the new mixers); error if there is none. */
+int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_model *student,
+                    const zb_model *teacher, int B, int T);
+void zb_trainer_free(zb_trainer *tr);
+
+/* The parameters that a stage trains by default: ILD only the mixers of the distilled layers
+ * (names "model.layers.<l>.self_attn." / ".mamba."), others all. out[n_params]. */
+void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
+
+/* Loss of one micro-batch: ids and targets [rows*T]. When want_grad the gradient of the loss
+ * (times grad_scale) is ACCUMULATED into student->grad. */
+int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                    float grad_scale, zb_loss_parts *out);
+
+#endif

@@ -1,0 +1,194 @@
+/* zebra compose --teacher T --config C.json [--plan plan.json] -o student.h5 [--dtype f32|bf16]
+ *               [--seed S]
+ * A Zebra hybrid from a Llama target (SPEC.md §5): per layer the plan (or the config's
+ * layer_kinds) says MLA or Mamba2; MLA by truncated SVD, Mamba2 by the MambaInLlama mapping;
+ * norms, MLPs, embedding and head copied.
+ *
+ * Streams layer by layer: one teacher layer is read (through zb_store, any stored dtype) into
+ * a one-layer working model, the student layer is built in another one-layer model and each
+ * of its tensors is written to the checkpoint at once; the embedding / head go straight from
+ * the teacher to the file. Peak memory is about one layer of each plus the embedding, so the
+ * 8B composes in a few GB. */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "compose.h"
+#include "model.h"
+#include "store.h"
+
+/* Plan JSON {"mla_layers": [..]}: those layers MLA, every other Mamba2 (overrides layer_kinds). */
+static int read_plan(const char *path, zb_config *c) {
+    char *text = NULL;
+    size_t len = 0;
+    ZB_TRY(zb_read_file(path, &text, &len));
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) return zb_fail(ZB_EFORMAT, "%s: not valid JSON", path);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "mla_layers");
+    int rc = ZB_OK;
+    if (!cJSON_IsArray(a)) rc = zb_fail(ZB_EFORMAT, "%s: needs an array \"mla_layers\"", path);
+    for (int l = 0; l < c->n_layers && !rc; l++) c->kinds[l] = ZB_LAYER_MAMBA2;
+    const cJSON *e;
+    if (!rc) cJSON_ArrayForEach(e, a) {
+        if (!cJSON_IsNumber(e) || e->valueint < 0 || e->valueint >= c->n_layers) {
+            rc = zb_fail(ZB_EFORMAT, "%s: mla_layers entries must be layer indices in [0, %d)", path, c->n_layers);
+            break;
+        }
+        c->kinds[e->valueint] = ZB_LAYER_MLA;
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* Write one tensor (f32 source) as dtype; tmp is a growing bf16 buffer. */
+static int put(zb_ckpt_writer *w, const char *name, zb_dtype dt, int ndim, const int64_t *shape,
+               const float *x, uint16_t **tmp, size_t *cap) {
+    size_t n = 1;
+    for (int k = 0; k < ndim; k++) n *= (size_t)shape[k];
+    if (dt == ZB_DT_F32) return zb_ckpt_write_tensor(w, name, dt, ndim, shape, x);
+    if (n > *cap) {
+        uint16_t *t = realloc(*tmp, sizeof(uint16_t) * n);
+        if (!t) return zb_fail(ZB_ENOMEM, "out of memory converting '%s'", name);
+        *tmp = t;
+        *cap = n;
+    }
+    for (size_t i = 0; i < n; i++) (*tmp)[i] = zb_f32_to_bf16(x[i]);
+    return zb_ckpt_write_tensor(w, name, dt, ndim, shape, *tmp);
+}
+
+/* A global tensor (embedding, final norm, head) straight from the teacher to the file. */
+static int copy_global(const zb_store *st, zb_ckpt_writer *w, const char *src_name, const char *dst_name,
+                       int ndim, const int64_t *shape, zb_dtype dt, uint16_t **tmp, size_t *cap) {
+    size_t n = 1;
+    for (int k = 0; k < ndim; k++) n *= (size_t)shape[k];
+    float *x = zb_malloc(sizeof(float) * n, dst_name);
+    if (!x) return ZB_ENOMEM;
+    int rc = zb_store_read(st, src_name, x, ndim, shape);
+    if (!rc) rc = put(w, dst_name, dt, ndim, shape, x, tmp, cap);
+    free(x);
+    return rc;
+}
+
+/* "model.layers.<l>.<rest>" for the working model's "model.layers.0.<rest>". */
+static void layer_name(char *out, size_t cap, const char *name0, int l) {
+    const char *rest = name0 + strlen("model.layers.0.");
+    snprintf(out, cap, "model.layers.%d.%s", l, rest);
+}
+
+static int compose(const char *tpath, zb_config *sc, const char *out, zb_dtype dt, uint64_t seed) {
+    zb_store *st = NULL;
+    ZB_TRY(zb_store_open(&st, tpath));
+    const zb_config *tc = zb_store_config(st);
+    int rc = zb_compose_check(tc, sc, tpath);
+    if (!sc->teacher_layers && !rc) {   /* so that `zebra info` of the result counts against it */
+        sc->teacher_layers = tc->n_layers;
+        sc->teacher_kv_heads = tc->n_kv_heads;
+        sc->teacher_head_dim = tc->head_dim;
+    }
+    if (!rc) rc = zb_config_validate(sc, "student config");
+    zb_ckpt_writer *w = NULL;
+    char *json = rc ? NULL : zb_config_to_json(sc);
+    if (!rc && !json) rc = zb_fail(ZB_ENOMEM, "cannot serialise the config");
+    if (!rc) rc = zb_ckpt_writer_open(&w, out, MPI_COMM_SELF);
+    if (!rc) rc = zb_ckpt_set_config(w, json);
+    free(json);
+    uint16_t *tmp = NULL;
+    size_t cap = 0;
+    int64_t emb[2] = {tc->vocab, tc->d_model}, dvec[1] = {tc->d_model};
+    if (!rc) rc = copy_global(st, w, "model.embed_tokens.weight", "model.embed_tokens.weight", 2, emb, dt, &tmp, &cap);
+
+    printf("compose %s -> %s (%s)\n", tpath, out, dt == ZB_DT_BF16 ? "bf16" : "f32");
+    printf("layer  kind     kv energy  (rank, 99%% at)  q energy  (rank, 99%% at)  cache B/token  state B/seq\n");
+    zb_config tone = zb_config_one_layer(tc, ZB_LAYER_ATTN);
+    zb_model tm;
+    memset(&tm, 0, sizeof tm);
+    if (!rc) rc = zb_model_init(&tm, &tone);
+    double t0 = zb_now();
+    for (int l = 0; l < sc->n_layers && !rc; l++) {
+        char name[ZB_PARAM_NAME + 16];
+        /* the teacher's layer l */
+        for (int i = 0; i < tm.n_params && !rc; i++) {
+            const zb_param *p = &tm.params[i];
+            if (p->layer != 0) continue;
+            layer_name(name, sizeof name, p->name, l);
+            rc = zb_store_read(st, name, tm.data + p->offset, p->ndim, p->shape);
+        }
+        if (rc) break;
+        /* the student's layer l: fresh values, then the composed ones */
+        zb_config sone = zb_config_one_layer(sc, sc->kinds[l]);
+        zb_model sm;
+        zb_mla_init_stats s;
+        if ((rc = zb_compose_layer(tc, &tm.w.blocks[0], sc, l, seed, &sm, &s))) break;
+        for (int i = 0; i < sm.n_params && !rc; i++) {
+            const zb_param *p = &sm.params[i];
+            if (p->layer != 0) continue;
+            layer_name(name, sizeof name, p->name, l);
+            rc = put(w, name, dt, p->ndim, p->shape, sm.data + p->offset, &tmp, &cap);
+        }
+        zb_model_free(&sm);
+        if (rc) break;
+        size_t kv = 0, stt = 0;
+        zb_cache_sizes(&sone, &kv, &stt);
+        if (sc->kinds[l] == ZB_LAYER_MLA) {
+            printf("%5d  %-7s  %9.4f  (%4d, %4d)     ", l, "mla", s.kv_energy, sc->mla.kv_lora_rank, s.kv_rank_99);
+            if (sc->mla.q_lora_rank > 0)
+                printf("%8.4f  (%4d, %4d)     ", s.q_energy, sc->mla.q_lora_rank, s.q_rank_99);
+            else
+                printf("%8s  %-16s", "-", "(q_proj)");
+        } else {
+            printf("%5d  %-7s  %9s  %-16s %8s  %-16s", l, zb_layer_kind_name(sc->kinds[l]), "-", "", "-", "");
+        }
+        printf("%13zu  %11zu\n", kv * sizeof(float), stt * sizeof(float));
+        fflush(stdout);
+    }
+    zb_model_free(&tm);
+    if (!rc) rc = copy_global(st, w, "model.norm.weight", "model.norm.weight", 1, dvec, dt, &tmp, &cap);
+    if (!rc && !sc->tie_embeddings)
+        rc = copy_global(st, w, tc->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                         "lm_head.weight", 2, emb, dt, &tmp, &cap);
+    free(tmp);
+    zb_store_close(st);
+    if (rc) { if (w) zb_ckpt_abort(w); return rc; }
+    ZB_TRY(zb_ckpt_close(w));
+    size_t kv = 0, stt = 0;
+    zb_cache_sizes(sc, &kv, &stt);
+    double teacher = 2.0 * sc->teacher_layers * sc->teacher_kv_heads * sc->teacher_head_dim;
+    int n_mla = 0;
+    for (int l = 0; l < sc->n_layers; l++) n_mla += sc->kinds[l] == ZB_LAYER_MLA;
+    printf("total: %d MLA + %d Mamba2 layers; cache %zu numbers/token (%zu B f32) = %.2f%% of the teacher's "
+           "%.0f (SPEC §7); Mamba2 state %zu B/seq; %.1f s\n",
+           n_mla, sc->n_layers - n_mla, kv, kv * sizeof(float), teacher > 0 ? 100.0 * kv / teacher : 0.0,
+           teacher, stt * sizeof(float), zb_now() - t0);
+    return ZB_OK;
+}
+
+int zb_cmd_compose(int argc, char **argv) {
+    static const char *const vals[] = {"--teacher", "--config", "--plan", "-o", "--dtype", "--seed", NULL};
+    static const char *const flags[] = {NULL};
+    ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
+    const char *teacher = zb_arg_str(argc, argv, "--teacher", NULL);
+    const char *cfg_path = zb_arg_str(argc, argv, "--config", NULL);
+    const char *plan = zb_arg_str(argc, argv, "--plan", NULL);
+    const char *out = zb_arg_str(argc, argv, "-o", NULL);
+    const char *dts = zb_arg_str(argc, argv, "--dtype", "f32");
+    if (!teacher || !cfg_path || !out)
+        return zb_fail(ZB_EARG, "compose: needs --teacher T --config C.json -o student.h5");
+    zb_dtype dt;
+    if (!strcmp(dts, "f32")) dt = ZB_DT_F32;
+    else if (!strcmp(dts, "bf16")) dt = ZB_DT_BF16;
+    else return zb_fail(ZB_EARG, "compose: --dtype must be f32 or bf16, not '%s'", dts);
+    int size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) return zb_fail(ZB_EARG, "compose: run it on one rank (it streams one layer at a time)");
+    zb_config c;
+    ZB_TRY(zb_config_load(cfg_path, &c));
+    if (plan) ZB_TRY(read_plan(plan, &c));
+    ZB_TRY(zb_config_validate(&c, cfg_path));
+    return compose(teacher, &c, out, dt, (uint64_t)zb_arg_int(argc, argv, "--seed", 1));
+}

@@ -1,0 +1,585 @@
+/* zebra train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5]
+ *             [--tp N --pp M] [--stop-after STEP]
+ *
+ * One driver for every training stage (SPEC §6; the math of each stage is core/train.c).
+ * run.json keys (defaults in parentheses; paths relative to the working directory):
+ *   model        pretrain: a config .json (random init) or a model; other stages: the model
+ *   teacher      kd / ild: the teacher (an HF dir or .h5)
+ *   reference    dpo: the frozen reference (model)
+ *   data         shard directory written by `zebra data`
+ *   out          output directory (out/train): train.jsonl, ckpt-<step>.h5, model.h5
+ *   seq_len (256) micro_batch (4) grad_accum (1) steps (100) seed (1) init_std (0.02)
+ *   lr (3e-4) min_lr (lr/10) warmup (0; < 1 = a fraction of steps) weight_decay (0.1)
+ *   beta1 (0.9) beta2 (0.95) eps (1e-8) clip (1.0)
+ *   kl_weight (1) ce_weight (0) temperature (1)     kd
+ *   beta (0.1)                                      dpo
+ *   log_every (10) eval_every (0: only at the end) eval_batches (8) save_every (0: only at
+ *   the end) keep_last (2)
+ *   train: ["pattern", ...]   only these parameters train (default: all; ild: new mixers)
+ *   freeze: ["pattern", ...]  these do not train
+ *   groups: [{"match": "mamba.A_log", "lr_mult": 1, "weight_decay": 0}, ...]
+ * Patterns: a substring of the HF name, or a glob with '*'.
+ *
+ * One step = grad_accum micro-batches of micro_batch rows on every data-parallel rank, the
+ * gradient averaged over them and over the ranks (parallel/dp.c), clipped by its global norm,
+ * one AdamW update (core/optim.c). The checkpoint holds the model, the optimizer moments
+ * (optim.m.<name>, optim.v.<name>), train.state (step, loader row and epoch, RNG state,
+ * tokens) and the run config, in one HDF5 file written under a temporary name and renamed:
+ * --resume continues bit-for-bit (same ranks). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "commands.h"
+#include "data.h"
+#include "dp.h"
+#include "grid.h"
+#include "model.h"
+#include "model_io.h"
+#include "optim.h"
+#include "train.h"
+
+#define PATHLEN 1024
+
+typedef struct {
+    char model[PATHLEN], teacher[PATHLEN], reference[PATHLEN], data[PATHLEN], out[PATHLEN];
+    int seq_len, micro_batch, grad_accum, steps, log_every, eval_every, eval_batches;
+    int save_every, keep_last;
+    double warmup;
+    float init_std;
+    uint64_t seed;
+    zb_optim_cfg opt;
+    zb_loss_cfg loss;
+    cJSON *root;   /* kept for train / freeze / groups */
+    char *text;
+} run_cfg;
+
+static double jnum(const cJSON *o, const char *k, double d) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : d;
+}
+static void jstr(const cJSON *o, const char *k, char *dst, const char *d) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    snprintf(dst, PATHLEN, "%s", cJSON_IsString(v) ? v->valuestring : d);
+}
+
+static int run_cfg_load(run_cfg *r, const char *path) {
+    memset(r, 0, sizeof *r);
+    size_t len = 0;
+    ZB_TRY(zb_read_file(path, &r->text, &len));
+    r->root = cJSON_Parse(r->text);
+    if (!r->root || !cJSON_IsObject(r->root))
+        return zb_fail(ZB_EFORMAT, "%s: not a JSON object", path);
+    const cJSON *o = r->root;
+    jstr(o, "model", r->model, "");
+    jstr(o, "teacher", r->teacher, "");
+    jstr(o, "reference", r->reference, "");
+    jstr(o, "data", r->data, "");
+    jstr(o, "out", r->out, "out/train");
+    r->seq_len = (int)jnum(o, "seq_len", 256);
+    r->micro_batch = (int)jnum(o, "micro_batch", 4);
+    r->grad_accum = (int)jnum(o, "grad_accum", 1);
+    r->steps = (int)jnum(o, "steps", 100);
+    r->log_every = (int)jnum(o, "log_every", 10);
+    r->eval_every = (int)jnum(o, "eval_every", 0);
+    r->eval_batches = (int)jnum(o, "eval_batches", 8);
+    r->save_every = (int)jnum(o, "save_every", 0);
+    r->keep_last = (int)jnum(o, "keep_last", 2);
+    r->seed = (uint64_t)jnum(o, "seed", 1);
+    r->init_std = (float)jnum(o, "init_std", 0.02);
+    r->warmup = jnum(o, "warmup", 0);
+    zb_optim_cfg *c = &r->opt;
+    *c = zb_optim_defaults();
+    c->lr = (float)jnum(o, "lr", c->lr);
+    c->min_lr = (float)jnum(o, "min_lr", c->lr * 0.1);
+    c->weight_decay = (float)jnum(o, "weight_decay", c->weight_decay);
+    c->beta1 = (float)jnum(o, "beta1", c->beta1);
+    c->beta2 = (float)jnum(o, "beta2", c->beta2);
+    c->eps = (float)jnum(o, "eps", c->eps);
+    c->clip = (float)jnum(o, "clip", c->clip);
+    c->total_steps = r->steps;
+    c->warmup = r->warmup > 0 && r->warmup < 1 ? (int)ceil(r->warmup * r->steps) : (int)r->warmup;
+    r->loss.kl_weight = (float)jnum(o, "kl_weight", 1.0);
+    r->loss.ce_weight = (float)jnum(o, "ce_weight", 0.0);
+    r->loss.temperature = (float)jnum(o, "temperature", 1.0);
+    r->loss.beta = (float)jnum(o, "beta", 0.1);
+    if (r->seq_len < 2 || r->micro_batch < 1 || r->grad_accum < 1 || r->steps < 1 ||
+        r->log_every < 1 || r->loss.temperature <= 0)
+        return zb_fail(ZB_EARG, "%s: seq_len >= 2, micro_batch, grad_accum, steps, log_every >= 1 "
+                       "and temperature > 0 are required", path);
+    if (!r->data[0]) return zb_fail(ZB_EARG, "%s: 'data' (a shard directory) is required", path);
+    return ZB_OK;
+}
+
+static void run_cfg_free(run_cfg *r) {
+    cJSON_Delete(r->root);
+    free(r->text);
+}
+
+/* Parameter selection and groups of run.json on top of the stage's default. */
+static int apply_groups(const run_cfg *r, zb_adamw *o, const zb_model *m, int rank) {
+    const cJSON *train = cJSON_GetObjectItemCaseSensitive(r->root, "train");
+    const cJSON *freeze = cJSON_GetObjectItemCaseSensitive(r->root, "freeze");
+    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(r->root, "groups");
+    const cJSON *it;
+    if (cJSON_IsArray(train)) {
+        zb_adamw_set_all_trainable(o, 0);
+        cJSON_ArrayForEach(it, train) {
+            if (!cJSON_IsString(it)) return zb_fail(ZB_EARG, "run config: 'train' holds strings");
+            if (!zb_adamw_set_group(o, m, it->valuestring, -1, -1, 1))
+                return zb_fail(ZB_EARG, "run config: train pattern '%s' matches no parameter", it->valuestring);
+        }
+    }
+    if (cJSON_IsArray(freeze))
+        cJSON_ArrayForEach(it, freeze) {
+            if (!cJSON_IsString(it)) return zb_fail(ZB_EARG, "run config: 'freeze' holds strings");
+            zb_adamw_set_group(o, m, it->valuestring, -1, -1, 0);
+        }
+    if (cJSON_IsArray(groups))
+        cJSON_ArrayForEach(it, groups) {
+            const cJSON *mt = cJSON_GetObjectItemCaseSensitive(it, "match");
+            if (!cJSON_IsString(mt)) return zb_fail(ZB_EARG, "run config: every group needs a 'match' string");
+            const cJSON *tr = cJSON_GetObjectItemCaseSensitive(it, "trainable");
+            int n = zb_adamw_set_group(o, m, mt->valuestring, (float)jnum(it, "lr_mult", -1),
+                                       (float)jnum(it, "weight_decay", -1),
+                                       cJSON_IsBool(tr) ? cJSON_IsTrue(tr) : -1);
+            if (rank == 0) fprintf(stderr, "train: group '%s': %d tensors\n", mt->valuestring, n);
+        }
+    return ZB_OK;
+}
+
+static int is_config_json(const char *path) {
+    size_t n = strlen(path);
+    struct stat st;
+    return n > 5 && !strcmp(path + n - 5, ".json") && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+enum { ST_STEP, ST_ROW, ST_EPOCH, ST_RNG, ST_TOKENS, ST_STAGE, ST_DP, ST_N };
+
+static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, const int64_t *state,
+                     const char *run_text, MPI_Comm comm) {
+    char *json = zb_config_to_json(&m->cfg);
+    if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
+    zb_ckpt_writer *w = NULL;
+    int rc = zb_ckpt_writer_open(&w, path, comm);
+    if (!rc) rc = zb_ckpt_set_config(w, json);
+    free(json);
+    char name[ZB_PARAM_NAME + 16];
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        const zb_param *p = &m->params[i];
+        rc = zb_ckpt_write_tensor(w, p->name, ZB_DT_F32, p->ndim, p->shape, m->data + p->offset);
+        if (!rc && o->trainable[i]) {   /* moments of frozen parameters are zero: not stored */
+            snprintf(name, sizeof name, "optim.m.%s", p->name);
+            rc = zb_ckpt_write_tensor(w, name, ZB_DT_F32, p->ndim, p->shape, o->m + p->offset);
+            snprintf(name, sizeof name, "optim.v.%s", p->name);
+            if (!rc) rc = zb_ckpt_write_tensor(w, name, ZB_DT_F32, p->ndim, p->shape, o->v + p->offset);
+        }
+    }
+    int64_t sh = ST_N;
+    if (!rc) rc = zb_ckpt_write_tensor(w, "train.state", ZB_DT_I64, 1, &sh, state);
+    int64_t tl = (int64_t)strlen(run_text);
+    if (!rc && tl > 0) rc = zb_ckpt_write_tensor(w, "train.run_json", ZB_DT_U8, 1, &tl, run_text);
+    if (rc) { if (w) zb_ckpt_abort(w); return rc; }
+    return zb_ckpt_close(w);
+}
+
+static int load_ckpt_state(const char *path, const zb_model *m, zb_adamw *o, int64_t *state) {
+    zb_ckpt_reader *r = NULL;
+    ZB_TRY(zb_ckpt_reader_open(&r, path));
+    int rc = ZB_OK, i = zb_ckpt_find(r, "train.state");
+    if (i < 0 || zb_ckpt_entry_at(r, i)->numel != ST_N)
+        rc = zb_fail(ZB_EFORMAT, "%s: not a training checkpoint (no train.state[%d])", path, ST_N);
+    if (!rc) rc = zb_ckpt_read_raw(r, i, 0, ST_N, state);
+    char name[ZB_PARAM_NAME + 16];
+    for (int p = 0; p < m->n_params && !rc; p++) {
+        const zb_param *pp = &m->params[p];
+        for (int k = 0; k < 2 && !rc; k++) {
+            snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', pp->name);
+            int j = zb_ckpt_find(r, name);
+            float *dst = (k ? o->v : o->m) + pp->offset;
+            if (j < 0) { memset(dst, 0, sizeof(float) * pp->numel); continue; }
+            if ((size_t)zb_ckpt_entry_at(r, j)->numel != pp->numel)
+                rc = zb_fail(ZB_ESHAPE, "%s: '%s' has the wrong size", path, name);
+            else
+                rc = zb_ckpt_read_f32(r, j, 0, pp->ndim ? pp->shape[0] : 1, dst);
+        }
+    }
+    zb_ckpt_reader_close(r);
+    return rc;
+}
+
+/* ---- the JSONL log ------------------------------------------------------------------------- */
+
+/* On resume keep the records up to the checkpoint's step (a crash may have left later ones). */
+static int log_open(FILE **f, const char *path, int64_t keep_upto, int resume) {
+    if (resume) {
+        char *text = NULL;
+        size_t len = 0;
+        if (zb_read_file(path, &text, &len) == ZB_OK) {
+            FILE *w = fopen(path, "w");
+            if (!w) { free(text); return zb_fail(ZB_EIO, "%s: cannot write: %s", path, strerror(errno)); }
+            for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+                cJSON *j = cJSON_Parse(line);
+                const cJSON *s = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
+                if (cJSON_IsNumber(s) && s->valuedouble <= (double)keep_upto) fprintf(w, "%s\n", line);
+                cJSON_Delete(j);
+            }
+            free(text);
+            *f = w;
+            return ZB_OK;
+        }
+    }
+    *f = fopen(path, "w");
+    if (!*f) return zb_fail(ZB_EIO, "%s: cannot write: %s", path, strerror(errno));
+    return ZB_OK;
+}
+
+static void fmt_time(char *buf, size_t cap, double s) {
+    if (s < 0 || !isfinite(s)) { snprintf(buf, cap, "?"); return; }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, cap, "%lds", t);
+}
+
+/* ---- batches: the token loader, or preference pairs for dpo -------------------------------- */
+
+typedef struct {
+    zb_loader *ld;
+    zb_prefs *pf;
+    uint64_t next, npairs;   /* dpo: next global pair index (across epochs) */
+    int B, T, rank, size;
+} batch_src;
+
+static int src_open(batch_src *s, const char *dir, const char *split, zb_stage stage, int B, int T,
+                    int rank, int size) {
+    memset(s, 0, sizeof *s);
+    s->B = B; s->T = T; s->rank = rank; s->size = size;
+    if (stage != ZB_STAGE_DPO) return zb_loader_open(&s->ld, dir, split, B, T, rank, size);
+    ZB_TRY(zb_pref_open(&s->pf, dir, split));
+    s->npairs = zb_pref_count(s->pf);
+    if (s->npairs == 0) return zb_fail(ZB_EFORMAT, "%s: no preference pairs in split %s", dir, split);
+    return ZB_OK;
+}
+
+static void src_close(batch_src *s) {
+    if (s->ld) zb_loader_close(s->ld);
+    if (s->pf) zb_pref_close(s->pf);
+    memset(s, 0, sizeof *s);
+}
+
+/* One row of a pair: prompt ++ completion in T tokens (the prompt is cut from the left, then the
+ * completion from the right, when too long); targets only where the next token is part of the
+ * completion (SPEC §6 DPO: log pi(y | x) over the continuation tokens). */
+static void pref_row(const uint32_t *pr, size_t np, const uint32_t *c, size_t nc, int T, int *ids, int *tg) {
+    size_t keep_p = np, over = np + nc > (size_t)T ? np + nc - (size_t)T : 0;
+    size_t cut = over < (np > 0 ? np - 1 : 0) ? over : (np > 0 ? np - 1 : 0);
+    keep_p = np - cut;
+    const uint32_t *p0 = pr + cut;
+    size_t n = keep_p + nc > (size_t)T ? (size_t)T : keep_p + nc;
+    for (int t = 0; t < T; t++) {
+        size_t i = (size_t)t;
+        ids[t] = i < n ? (int)(i < keep_p ? p0[i] : c[i - keep_p]) : 0;
+        size_t j = i + 1;   /* the token predicted at t */
+        tg[t] = (j < n && j >= keep_p) ? (int)c[j - keep_p] : -1;
+    }
+}
+
+static int src_next(batch_src *s, int *ids, int *tg) {
+    if (s->ld) return zb_loader_next(s->ld, ids, tg);
+    /* rank r of R takes pairs next + b*R + r; rows [0,B) chosen, [B,2B) rejected */
+    for (int b = 0; b < s->B; b++) {
+        uint64_t i = (s->next + (uint64_t)b * s->size + s->rank) % s->npairs;
+        zb_pref_pair pp;
+        ZB_TRY(zb_pref_get(s->pf, i, &pp));
+        pref_row(pp.prompt, pp.n_prompt, pp.chosen, pp.n_chosen, s->T, ids + (size_t)b * s->T, tg + (size_t)b * s->T);
+        pref_row(pp.prompt, pp.n_prompt, pp.rejected, pp.n_rejected, s->T, ids + (size_t)(s->B + b) * s->T,
+                 tg + (size_t)(s->B + b) * s->T);
+    }
+    s->next += (uint64_t)s->B * s->size;
+    return ZB_OK;
+}
+
+static zb_loader_pos src_tell(const batch_src *s) {
+    if (s->ld) return zb_loader_tell(s->ld);
+    zb_loader_pos p = {s->next % s->npairs, s->next / s->npairs};
+    return p;
+}
+
+static int src_seek(batch_src *s, zb_loader_pos p) {
+    if (s->ld) return zb_loader_seek(s->ld, p);
+    s->next = p.epoch * s->npairs + p.row;
+    return ZB_OK;
+}
+
+/* ---- evaluation on the validation split --------------------------------------------------- */
+
+static int evaluate(zb_trainer *tr, const run_cfg *r, const zb_grid *g, int *ids, int *tg,
+                    zb_loss_parts *out) {
+    batch_src ld;
+    ZB_TRY(src_open(&ld, r->data, "val", tr->stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
+    double acc[5] = {0, 0, 0, 0, 0};
+    int rc = ZB_OK;
+    for (int b = 0; b < r->eval_batches && !rc; b++) {
+        zb_loss_parts p;
+        rc = src_next(&ld, ids, tg);
+        if (!rc) rc = zb_trainer_step(tr, ids, tg, 0, 1.0f, &p);
+        if (!rc) { acc[0] += p.loss; acc[1] += p.ce; acc[2] += p.kl; acc[3] += p.mse; acc[4] += 1; }
+    }
+    src_close(&ld);
+    ZB_TRY(rc);
+    ZB_TRY(zb_dp_sum(acc, 5, g->dp));
+    memset(out, 0, sizeof *out);
+    if (acc[4] > 0) {
+        out->loss = acc[0] / acc[4]; out->ce = acc[1] / acc[4];
+        out->kl = acc[2] / acc[4]; out->mse = acc[3] / acc[4];
+    }
+    return ZB_OK;
+}
+
+/* ---- the command ---------------------------------------------------------------------------- */
+
+typedef struct {
+    run_cfg r;
+    zb_grid g;
+    zb_model m, t;
+    int have_t, have_grid;
+    zb_trainer tr;
+    zb_adamw o;
+    batch_src ld;
+    int *ids, *tg;
+    FILE *log;
+} train_state;
+
+static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const char *resume,
+                     int tp, int pp, long stop_after) {
+    run_cfg *r = &S->r;
+    ZB_TRY(run_cfg_load(r, cfg_path));
+    ZB_TRY(zb_grid_init(&S->g, MPI_COMM_WORLD, tp, pp));
+    S->have_grid = 1;
+    zb_grid *g = &S->g;
+    int rank = g->rank;
+    if (tp * pp > 1)
+        return zb_fail(ZB_EARG, "train: --tp/--pp > 1 are not implemented yet (data parallel only)");
+
+    /* the model: resumed, a random init from a config (pretrain), or loaded */
+    if (resume) {
+        ZB_TRY(zb_model_load(&S->m, resume));
+    } else if (is_config_json(r->model)) {
+        if (stage != ZB_STAGE_PRETRAIN)
+            return zb_fail(ZB_EARG, "train: a config as 'model' (random init) only for --stage pretrain");
+        zb_config c;
+        ZB_TRY(zb_config_load(r->model, &c));
+        ZB_TRY(zb_model_init(&S->m, &c));
+        zb_model_init_random(&S->m, r->seed, r->init_std);
+    } else {
+        if (!r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
+        ZB_TRY(zb_model_load(&S->m, r->model));
+    }
+    if (stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD) {
+        if (!r->teacher[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
+        ZB_TRY(zb_model_load(&S->t, r->teacher));
+        S->have_t = 1;
+    } else if (stage == ZB_STAGE_DPO) {
+        /* the reference is the initial policy, frozen (also when resuming) */
+        ZB_TRY(zb_model_load(&S->t, r->reference[0] ? r->reference : r->model));
+        S->have_t = 1;
+    }
+    ZB_TRY(zb_trainer_init(&S->tr, stage, &r->loss, &S->m, S->have_t ? &S->t : NULL,
+                           r->micro_batch, r->seq_len));
+    zb_trainer *tr = &S->tr;
+    ZB_TRY(zb_adamw_init(&S->o, &S->m, &r->opt));
+    zb_trainer_default_trainable(tr, S->o.trainable);
+    ZB_TRY(apply_groups(r, &S->o, &S->m, rank));
+    size_t n_train = zb_adamw_trainable_floats(&S->o, &S->m);
+    if (n_train == 0) return zb_fail(ZB_EARG, "train: no trainable parameter");
+
+    size_t N = (size_t)tr->rows * r->seq_len;
+    ZB_ALLOC(S->ids, N, "batch ids");
+    ZB_ALLOC(S->tg, N, "batch targets");
+    ZB_TRY(src_open(&S->ld, r->data, "train", stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
+
+    int64_t state[ST_N] = {0};
+    zb_rng rng;
+    zb_rng_seed(&rng, r->seed);
+    if (resume) {
+        ZB_TRY(load_ckpt_state(resume, &S->m, &S->o, state));
+        if (state[ST_STAGE] != stage || state[ST_DP] != g->dp_size) {
+            if (rank == 0)
+                fprintf(stderr, "train: note: checkpoint was stage %s on %lld DP ranks; now %s on %d "
+                        "(the data order changes)\n", zb_stage_name((zb_stage)state[ST_STAGE]),
+                        (long long)state[ST_DP], zb_stage_name(stage), g->dp_size);
+        }
+        S->o.step = state[ST_STEP];
+        rng.s = (uint64_t)state[ST_RNG];
+        zb_loader_pos pos = {(uint64_t)state[ST_ROW], (uint64_t)state[ST_EPOCH]};
+        ZB_TRY(src_seek(&S->ld, pos));
+    }
+    int64_t step = S->o.step;
+    double tokens_seen = (double)state[ST_TOKENS];
+
+    if (rank == 0) {
+        if (mkdir(r->out, 0777) && errno != EEXIST)
+            return zb_fail(ZB_EIO, "%s: cannot create: %s", r->out, strerror(errno));
+        char p[PATHLEN + 32];
+        snprintf(p, sizeof p, "%s/train.jsonl", r->out);
+        ZB_TRY(log_open(&S->log, p, step, resume != NULL));
+        char gd[160];
+        fprintf(stderr, "train: stage %s, %zu parameters (%zu trainable), %s\n", zb_stage_name(stage),
+                zb_model_num_params(&S->m), n_train, zb_grid_describe(g, gd, sizeof gd));
+        fprintf(stderr, "train: %d steps x %d accum x %d ranks x %d rows x %d tokens; lr %g -> %g, "
+                "warmup %d; %s at step %lld\n", r->steps, r->grad_accum, g->dp_size, tr->rows,
+                r->seq_len, r->opt.lr, r->opt.min_lr, r->opt.warmup, resume ? "resumed" : "starting",
+                (long long)step);
+    }
+    MPI_Barrier(g->world);
+
+    const double tok_per_step = (double)r->grad_accum * g->dp_size * tr->B * r->seq_len *
+                                (stage == ZB_STAGE_DPO ? 2 : 1);
+    double t_interval = 0, acc[6] = {0}, gn_sum = 0;
+    int n_interval = 0;
+    double t_run = 0;
+    int64_t steps_run = 0;
+    char saved[16][PATHLEN + 32];
+    int n_saved = 0;
+    const float gs = 1.0f / (float)r->grad_accum;
+    int eval_ok = 1;
+    while (step < r->steps) {
+        double t0 = zb_now();
+        zb_model_zero_grad(&S->m);
+        double part[6] = {0};
+        for (int k = 0; k < r->grad_accum; k++) {
+            zb_loss_parts p;
+            ZB_TRY(src_next(&S->ld, S->ids, S->tg));
+            ZB_TRY(zb_trainer_step(tr, S->ids, S->tg, 1, gs, &p));
+            part[0] += p.loss; part[1] += p.ce; part[2] += p.kl; part[3] += p.mse;
+            part[4] += p.reward_acc; part[5] += p.tokens;
+        }
+        ZB_TRY(zb_dp_reduce_grads(&S->m, S->o.trainable, 1.0f, g->dp));
+        double gnorm = zb_grad_norm(&S->o, &S->m);
+        float lr = zb_lr_at(&S->o.cfg, step);
+        zb_adamw_step(&S->o, &S->m, lr, zb_clip_scale(&S->o.cfg, gnorm));
+        step++;
+        ZB_TRY(zb_dp_sum(part, 6, g->dp));   /* sums over ranks of the per-rank sums */
+        double denom = (double)r->grad_accum * g->dp_size;
+        for (int i = 0; i < 5; i++) acc[i] += part[i] / denom;
+        acc[5] += part[5];
+        tokens_seen += tok_per_step;
+        gn_sum += gnorm;
+        n_interval++;
+        double dt = zb_now() - t0;
+        t_interval += dt;
+        t_run += dt;
+        steps_run++;
+
+        if (step % r->log_every == 0 || step == r->steps || step == stop_after) {
+            double tps = t_interval > 0 ? n_interval * tok_per_step / t_interval : 0;
+            double eta = (double)(r->steps - step) * (t_run / (double)steps_run);
+            if (rank == 0) {
+                char es[32];
+                fmt_time(es, sizeof es, eta);
+                double L = acc[0] / n_interval;
+                fprintf(stderr, "step %6lld/%d | loss %.4f", (long long)step, r->steps, L);
+                if (stage == ZB_STAGE_KD) fprintf(stderr, " (kl %.4f ce %.4f)", acc[2] / n_interval, acc[1] / n_interval);
+                fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, gn_sum / n_interval, tps, es);
+                fprintf(S->log, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%.17g,\"ce\":%.17g,\"kl\":%.17g,"
+                        "\"mse\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%.0f,\"tokens_per_s\":%.1f,"
+                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f}\n", zb_stage_name(stage), (long long)step, L,
+                        acc[1] / n_interval, acc[2] / n_interval, acc[3] / n_interval, lr, gn_sum / n_interval,
+                        tokens_seen, tps, t_run, eta);
+                fflush(S->log);
+            }
+            memset(acc, 0, sizeof acc);
+            gn_sum = 0; n_interval = 0; t_interval = 0;
+        }
+        int last = step == r->steps;
+        if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && step % r->eval_every == 0) || last)) {
+            zb_loss_parts ev;
+            if (evaluate(tr, r, g, S->ids, S->tg, &ev) != ZB_OK) {
+                /* every rank reads the same files, so every rank fails alike: no hang */
+                if (rank == 0) fprintf(stderr, "train: evaluation off: %s\n", zb_errmsg());
+                eval_ok = 0;
+            } else if (rank == 0) {
+                double ppl = stage == ZB_STAGE_PRETRAIN || stage == ZB_STAGE_SFT ? exp(ev.ce) : 0;
+                fprintf(stderr, "eval %6lld | val loss %.4f", (long long)step, ev.loss);
+                if (ppl > 0) fprintf(stderr, " | val ppl %.3f", ppl);
+                fprintf(stderr, "\n");
+                fprintf(S->log, "{\"stage\":\"%s\",\"step\":%lld,\"val_loss\":%.17g,\"val_ce\":%.17g,"
+                        "\"val_kl\":%.17g,\"val_mse\":%.17g,\"val_ppl\":%.9g}\n", zb_stage_name(stage),
+                        (long long)step, ev.loss, ev.ce, ev.kl, ev.mse, ppl);
+                fflush(S->log);
+            }
+        }
+        if ((r->save_every > 0 && step % r->save_every == 0) || last || step == stop_after) {
+            zb_loader_pos pos = src_tell(&S->ld);
+            state[ST_STEP] = step;
+            state[ST_ROW] = (int64_t)pos.row;
+            state[ST_EPOCH] = (int64_t)pos.epoch;
+            state[ST_RNG] = (int64_t)rng.s;
+            state[ST_TOKENS] = (int64_t)tokens_seen;
+            state[ST_STAGE] = stage;
+            state[ST_DP] = g->dp_size;
+            char path[PATHLEN + 32];
+            snprintf(path, sizeof path, "%s/ckpt-%06lld.h5", r->out, (long long)step);
+            double ts = zb_now();
+            ZB_TRY(save_ckpt(path, &S->m, &S->o, state, r->text, g->world));
+            if (rank == 0) {
+                fprintf(stderr, "save  %6lld | %s (%.2fs)\n", (long long)step, path, zb_now() - ts);
+                if (r->keep_last > 0) {   /* drop the oldest beyond keep_last */
+                    int cap = r->keep_last < 16 ? r->keep_last : 16;
+                    if (n_saved == cap) {
+                        if (strcmp(saved[0], path)) unlink(saved[0]);
+                        memmove(saved[0], saved[1], sizeof saved[0] * (size_t)(cap - 1));
+                        n_saved--;
+                    }
+                    snprintf(saved[n_saved++], sizeof saved[0], "%s", path);
+                }
+            }
+        }
+        if (step == stop_after) break;
+    }
+    if (step == r->steps) {
+        char path[PATHLEN + 32];
+        snprintf(path, sizeof path, "%s/model.h5", r->out);
+        ZB_TRY(zb_model_save(&S->m, path, ZB_DT_F32, g->world));
+        if (rank == 0)
+            fprintf(stderr, "train: done, %lld steps, %.0f tokens in %.1fs (%.0f tok/s); model %s\n",
+                    (long long)step, tokens_seen, t_run, t_run > 0 ? steps_run * tok_per_step / t_run : 0, path);
+    }
+    return ZB_OK;
+}
+
+int zb_cmd_train(int argc, char **argv) {
+    static const char *const vals[] = {"--stage", "--config", "--resume", "--tp", "--pp", "--stop-after", NULL};
+    ZB_TRY(zb_args_check(argc, argv, vals, NULL, 0));
+    const char *st = zb_arg_str(argc, argv, "--stage", NULL);
+    const char *cfg = zb_arg_str(argc, argv, "--config", NULL);
+    if (!st || !cfg)
+        return zb_fail(ZB_EARG, "train: needs --stage pretrain|ild|kd|sft|dpo --config run.json");
+    int stage = zb_stage_parse(st);
+    if (stage < 0) return zb_fail(ZB_EARG, "train: unknown stage '%s' (pretrain, ild, kd, sft, dpo)", st);
+    train_state S;
+    memset(&S, 0, sizeof S);
+    int rc = train_run(&S, (zb_stage)stage, cfg, zb_arg_str(argc, argv, "--resume", NULL),
+                       zb_arg_int(argc, argv, "--tp", 1), zb_arg_int(argc, argv, "--pp", 1),
+                       zb_arg_int(argc, argv, "--stop-after", -1));
+    if (S.log) fclose(S.log);
+    src_close(&S.ld);
+    free(S.ids); free(S.tg);
+    if (S.o.m) zb_adamw_free(&S.o);
+    if (S.tr.mask) zb_trainer_free(&S.tr);
+    if (S.have_t) zb_model_free(&S.t);
+    if (S.m.data) zb_model_free(&S.m);
+    if (S.have_grid) zb_grid_free(&S.g);
+    run_cfg_free(&S.r);
+    return rc;
+}

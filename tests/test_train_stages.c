@@ -1,0 +1,258 @@
+/* test_train_stages — the loss of every training stage (core/train.c, SPEC §6) against an
+ * independent double-precision computation from the models' logits / mixer outputs, and
+ * the KD, ILD and DPO gradients against central finite differences of the stage loss.
+ * Models: configs/tiny-llama.json (teacher) and configs/tiny-zebra.json (student, random).
+ * args: CONFIG_DIR */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "train.h"
+#include "zb_test.h"
+
+enum { B = 2, T = 12 };
+
+/* log-softmax of row (double) */
+static void log_softmax(const float *row, int V, double tau, double *out) {
+    double mx = -INFINITY, s = 0;
+    for (int v = 0; v < V; v++) if (row[v] / tau > mx) mx = row[v] / tau;
+    for (int v = 0; v < V; v++) s += exp(row[v] / tau - mx);
+    for (int v = 0; v < V; v++) out[v] = row[v] / tau - mx - log(s);
+}
+
+/* logits of m on ids [rows*T] into a fresh copy */
+static float *logits_of(const zb_model *m, const int *ids, int rows) {
+    zb_acts a;
+    if (zb_acts_alloc(&a, m, rows, T)) return NULL;
+    zb_model_forward(m, &a, ids);
+    size_t n = (size_t)rows * T * m->cfg.vocab;
+    float *l = malloc(sizeof(float) * n);
+    memcpy(l, a.logits, sizeof(float) * n);
+    zb_acts_free(&a);
+    return l;
+}
+
+static double ref_ce(const float *lg, const int *tg, int N, int V) {
+    double *ls = malloc(sizeof(double) * V), s = 0;
+    int n = 0;
+    for (int i = 0; i < N; i++) {
+        if (tg[i] < 0) continue;
+        log_softmax(lg + (size_t)i * V, V, 1.0, ls);
+        s -= ls[tg[i]];
+        n++;
+    }
+    free(ls);
+    return s / n;
+}
+
+static double ref_kl(const float *ls_, const float *lt_, const int *tg, int N, int V, double tau) {
+    double *ls = malloc(sizeof(double) * V), *lt = malloc(sizeof(double) * V), s = 0;
+    int n = 0;
+    for (int i = 0; i < N; i++) {
+        if (tg[i] < 0) continue;
+        log_softmax(ls_ + (size_t)i * V, V, tau, ls);
+        log_softmax(lt_ + (size_t)i * V, V, tau, lt);
+        for (int v = 0; v < V; v++) s += exp(lt[v]) * (lt[v] - ls[v]);
+        n++;
+    }
+    free(ls); free(lt);
+    return s / n;
+}
+
+static double stage_loss(zb_trainer *tr, const int *ids, const int *tg) {
+    zb_loss_parts p;
+    if (zb_trainer_step(tr, ids, tg, 0, 1.0f, &p)) return NAN;
+    return p.loss;
+}
+
+/* Central differences of the stage loss at a few entries of each trainable tensor with a
+ * large enough gradient; compare with the analytic gradient. */
+static void fd_check(const char *what, zb_trainer *tr, const int *ids, const int *tg,
+                     const unsigned char *trainable) {
+    zb_model *m = tr->student;
+    zb_model_zero_grad(m);
+    zb_loss_parts p;
+    if (zb_trainer_step(tr, ids, tg, 1, 1.0f, &p)) { zb_check(0, "%s: step", what); return; }
+    float *g = malloc(sizeof(float) * m->n_floats);
+    memcpy(g, m->grad, sizeof(float) * m->n_floats);
+    int checked = 0, bad = 0, frozen_bad = 0;
+    double worst = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const zb_param *pp = &m->params[i];
+        if (!trainable[i]) {   /* frozen parameters get no gradient in ILD */
+            for (size_t j = 0; j < pp->numel; j++) frozen_bad += tr->stage == ZB_STAGE_ILD && g[pp->offset + j] != 0;
+            continue;
+        }
+        /* the 2 largest-gradient entries of the tensor */
+        size_t best[2] = {0, 0};
+        for (size_t j = 0; j < pp->numel; j++) {
+            float a = fabsf(g[pp->offset + j]);
+            if (a > fabsf(g[pp->offset + best[0]])) { best[1] = best[0]; best[0] = j; }
+            else if (j != best[0] && a > fabsf(g[pp->offset + best[1]])) best[1] = j;
+        }
+        for (int k = 0; k < 2; k++) {
+            size_t j = pp->offset + best[k];
+            if (fabsf(g[j]) < 1e-4f) continue;
+            float x0 = m->data[j], h = 1e-2f * fmaxf(1.0f, fabsf(x0));
+            m->data[j] = x0 + h; double lp = stage_loss(tr, ids, tg);
+            m->data[j] = x0 - h; double lm = stage_loss(tr, ids, tg);
+            m->data[j] = x0;
+            double fd = (lp - lm) / ((double)(x0 + h) - (double)(x0 - h));
+            double err = fabs(fd - g[j]) / fmax(fabs(fd), 1e-3);
+            if (err > worst) worst = err;
+            if (err > 1e-2) {
+                bad++;
+                fprintf(stderr, "  %s: %s[%zu]: analytic %.6g fd %.6g\n", what, pp->name, best[k], g[j], fd);
+            }
+            checked++;
+        }
+    }
+    zb_check(checked > 4 && bad == 0 && frozen_bad == 0,
+             "%s gradient vs central differences: %d entries, worst rel err %.2e (tol 1e-2), "
+             "%d nonzero frozen grads", what, checked, worst, frozen_bad);
+    free(g);
+}
+
+int main(int argc, char **argv) {
+    zb_test_init(&argc, &argv);
+    const char *dir = argc > 1 ? argv[1] : "configs";
+    char p1[512], p2[512];
+    snprintf(p1, sizeof p1, "%s/tiny-llama.json", dir);
+    snprintf(p2, sizeof p2, "%s/tiny-zebra.json", dir);
+    zb_config ct, cs;
+    ZB_TEST_OK(zb_config_load(p1, &ct));
+    ZB_TEST_OK(zb_config_load(p2, &cs));
+    zb_model t, s;
+    ZB_TEST_OK(zb_model_init(&t, &ct));
+    ZB_TEST_OK(zb_model_init(&s, &cs));
+    zb_model_init_random(&t, 11, 0.1f);
+    zb_model_init_random(&s, 12, 0.1f);
+    const int V = ct.vocab;
+    zb_rng rng;
+    zb_rng_seed(&rng, 5);
+    int ids[2 * B * T], tg[2 * B * T];
+    for (int i = 0; i < 2 * B * T; i++) { ids[i] = (int)(zb_rng_u64(&rng) % V); tg[i] = (int)(zb_rng_u64(&rng) % V); }
+    tg[3] = -1; tg[T + 5] = -1;   /* a few masked targets */
+    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f};
+
+    /* ---- pretrain / sft: CE ---- */
+    {
+        zb_trainer tr;
+        ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_SFT, &lc, &t, NULL, B, T));
+        double got = stage_loss(&tr, ids, tg);
+        float *lg = logits_of(&t, ids, B);
+        double ref = ref_ce(lg, tg, B * T, V);
+        zb_check(fabs(got - ref) < 1e-5 * fabs(ref), "sft/pretrain CE %.8f vs hand %.8f", got, ref);
+        free(lg);
+        zb_trainer_free(&tr);
+    }
+    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE ---- */
+    {
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0};
+        zb_trainer tr;
+        ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_KD, &k, &s, &t, B, T));
+        zb_loss_parts p;
+        ZB_TEST_OK(zb_trainer_step(&tr, ids, tg, 0, 1.0f, &p));
+        float *ls = logits_of(&s, ids, B), *lt = logits_of(&t, ids, B);
+        double kl = ref_kl(ls, lt, tg, B * T, V, 2.0), ce = ref_ce(ls, tg, B * T, V);
+        double ref = 0.7 * kl + 0.3 * ce;
+        zb_check(fabs(p.loss - ref) < 1e-5 * fabs(ref) && fabs(p.kl - kl) < 1e-5 * kl,
+                 "kd loss %.8f (kl %.8f) vs hand %.8f (kl %.8f)", p.loss, p.kl, ref, kl);
+        free(ls); free(lt);
+        unsigned char *tm = malloc(s.n_params);
+        zb_trainer_default_trainable(&tr, tm);
+        fd_check("kd", &tr, ids, tg, tm);
+        free(tm);
+        zb_trainer_free(&tr);
+    }
+    /* ---- ild: student mixers on the teacher's normed inputs, MSE to the teacher's mixer outputs ---- */
+    {
+        zb_trainer tr;
+        ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_ILD, &lc, &s, &t, B, T));
+        double got = stage_loss(&tr, ids, tg);
+        /* independent: teacher forward, then per layer its own mixer forward as the target */
+        zb_acts a, sa;
+        ZB_TEST_OK(zb_acts_alloc(&a, &t, B, T));
+        ZB_TEST_OK(zb_acts_alloc(&sa, &s, B, T));
+        zb_model_forward(&t, &a, ids);
+        size_t Nd = (size_t)B * T * ct.d_model;
+        float *y = malloc(sizeof(float) * Nd), *yt = malloc(sizeof(float) * Nd);
+        double ref = 0;
+        int n = 0;
+        for (int l = 0; l < cs.n_layers; l++) {
+            if (cs.kinds[l] == ct.kinds[l]) continue;
+            zb_mixer_forward(&t, l, a.ln1 + l * Nd, yt, a.mix_acts[l], B, T);
+            zb_mixer_forward(&s, l, a.ln1 + l * Nd, y, sa.mix_acts[l], B, T);
+            double e = 0;
+            for (size_t i = 0; i < Nd; i++) e += ((double)y[i] - yt[i]) * ((double)y[i] - yt[i]);
+            ref += e / Nd;
+            n++;
+        }
+        ref /= n;
+        zb_check(n == 4 && fabs(got - ref) < 1e-4 * ref, "ild loss %.8f vs hand %.8f over %d layers", got, ref, n);
+        free(y); free(yt);
+        zb_acts_free(&a); zb_acts_free(&sa);
+        unsigned char *tm = malloc(s.n_params);
+        zb_trainer_default_trainable(&tr, tm);
+        int n_tr = 0;
+        for (int i = 0; i < s.n_params; i++) n_tr += tm[i];
+        zb_check(n_tr > 0 && !tm[0], "ild trains only the new mixers (%d of %d tensors)", n_tr, s.n_params);
+        fd_check("ild", &tr, ids, tg, tm);
+        free(tm);
+        zb_trainer_free(&tr);
+    }
+    /* ---- dpo: rows [0,B) chosen, [B,2B) rejected; reference = a copy of the initial policy,
+     * policy perturbed so that the loss is not log 2 ---- */
+    {
+        zb_model ref;
+        ZB_TEST_OK(zb_model_init(&ref, &ct));
+        memcpy(ref.data, t.data, sizeof(float) * t.n_floats);
+        zb_model pol;
+        ZB_TEST_OK(zb_model_init(&pol, &ct));
+        memcpy(pol.data, t.data, sizeof(float) * t.n_floats);
+        zb_rng r2;
+        zb_rng_seed(&r2, 9);
+        for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
+        int dtg[2 * B * T];
+        for (int i = 0; i < 2 * B * T; i++) dtg[i] = (i % T) >= 5 ? tg[i] : -1;   /* continuation only */
+        zb_loss_cfg k = {0, 0, 1, 0.5f};
+        zb_trainer tr;
+        ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_DPO, &k, &pol, &ref, B, T));
+        double got = stage_loss(&tr, ids, dtg);
+        float *lp = logits_of(&pol, ids, 2 * B), *lr = logits_of(&ref, ids, 2 * B);
+        double *ls = malloc(sizeof(double) * V), lpr[2 * B], lrr[2 * B], hand = 0;
+        for (int r = 0; r < 2 * B; r++) {
+            lpr[r] = lrr[r] = 0;
+            for (int t_ = 0; t_ < T; t_++) {
+                int i = r * T + t_;
+                if (dtg[i] < 0) continue;
+                log_softmax(lp + (size_t)i * V, V, 1, ls); lpr[r] += ls[dtg[i]];
+                log_softmax(lr + (size_t)i * V, V, 1, ls); lrr[r] += ls[dtg[i]];
+            }
+        }
+        for (int b = 0; b < B; b++) {
+            double z = 0.5 * ((lpr[b] - lrr[b]) - (lpr[B + b] - lrr[B + b]));
+            hand += -log(1.0 / (1.0 + exp(-z)));
+        }
+        hand /= B;
+        zb_check(fabs(got - hand) < 1e-4 * fabs(hand) && fabs(hand - log(2.0)) > 1e-3,
+                 "dpo loss %.8f vs hand %.8f", got, hand);
+        /* at policy == reference the loss is log 2 */
+        memcpy(pol.data, t.data, sizeof(float) * t.n_floats);
+        double l0 = stage_loss(&tr, ids, dtg);
+        zb_check(fabs(l0 - log(2.0)) < 1e-6, "dpo loss at policy == reference %.8f = log 2", l0);
+        for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
+        unsigned char *tm = malloc(pol.n_params);
+        zb_trainer_default_trainable(&tr, tm);
+        fd_check("dpo", &tr, ids, dtg, tm);
+        free(tm); free(ls); free(lp); free(lr);
+        zb_trainer_free(&tr);
+        zb_model_free(&ref);
+        zb_model_free(&pol);
+    }
+    zb_model_free(&t);
+    zb_model_free(&s);
+    return zb_test_finish();
+}

@@ -52,9 +52,6 @@ else
   cp "$out/pretrain/model.h5" "$out/teacher.h5"
 fi
 
-has() { $Z help 2>/dev/null | grep -q "^  $1 "; }
-# TODO(lead): smart/compose are weak links in launch/zebra.c until their commit; the demo needs both.
-for c in smart compose; do has $c || { echo "demo: this zebra binary has no '$c' command (not linked yet)" >&2; exit 1; }; done
 stamp "3. SMART: which 2 of 4 layers stay MLA"
 head -c 200000 "$(bash cluster/corpus.sh)/tutorial/classes.rst.txt" > "$out/smart.txt" 2>/dev/null ||
   find "$(bash cluster/corpus.sh)" -name '*.txt' | head -1 | xargs head -c 200000 > "$out/smart.txt"

@@ -210,7 +210,7 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
 
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
-                 int pos, int n, int B, float *scratch) {
+                 const int *pos_b, int n, int B, float *scratch) {
     const int C = ZB_MLA_STEP_CHUNK;
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
@@ -224,6 +224,7 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
 
     for (int b = 0; b < B; b++) {
         float *cb = cache + (size_t)b * max_T * W;
+        int pos = pos_b[b];
         for (int i0 = 0; i0 < n; i0 += C) {
             int nc = n - i0 < C ? n - i0 : C;
             const float *xr = x + ((size_t)b * n + i0) * d;

@@ -38,11 +38,12 @@ void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 /* Latent cache of one layer: for each sequence b, rows [max_T, kv_lora_rank + qk_rope]. */
 size_t zb_mla_cache_floats(const zb_mla_dims *m, int B, int max_T);
 size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T);
-/* Process n new tokens x[B*n, d] of every sequence starting at position pos (prefill: n =
- * prompt length, pos = 0; decode: n = 1). Appends their latents to cache and writes out
+/* Process n new tokens x[B*n, d] of each sequence b, sequence b starting at its own position
+ * pos[b] (prefill: n = prompt length, pos[b] = 0; decode: n = 1; sequences of a batch may sit
+ * at different positions). Appends their latents to sequence b's rows of cache and writes out
  * [B*n, d]. Uses absorbed weights (never expands K/V). */
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
-                 int pos, int n, int B, float *scratch);
+                 const int *pos, int n, int B, float *scratch);
 
 #endif

@@ -428,9 +428,11 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
         zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
         zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                             a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+        if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
     }
     if (m->tp) zb_tp_embedding_backward(m, a->dres, ids, N);   /* TP: this rank's rows only */
     else zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
 }
 
 /* ---- generation ------------------------------------------------------------------------------ */
@@ -489,6 +491,10 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     ZB_ALLOC(s->logits, (size_t)B * zb_model_full_config(m)->vocab, "logits");
     if (m->tp) ZB_ALLOC(s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
     ZB_ALLOC(s->ids, n, "generation buffers");
+    ZB_ALLOC(s->pos, B, "generation positions");
+    ZB_ALLOC(s->seqs, B, "generation positions");
+    ZB_ALLOC(s->kinds, c->n_layers, "caches");
+    for (int l = 0; l < c->n_layers; l++) s->kinds[l] = c->kinds[l];
     return ZB_OK;
 }
 
@@ -496,13 +502,29 @@ void zb_gen_free(zb_gen *s) {
     for (int l = 0; s->cache && l < s->n_layers; l++) free(s->cache[l]);
     free(s->cache); free(s->cache_floats); free(s->ids);
     free(s->x); free(s->ln); free(s->mo); free(s->g); free(s->u); free(s->lnf);
-    free(s->scratch); free(s->logits); free(s->tp_buf);
+    free(s->scratch); free(s->logits); free(s->tp_buf); free(s->pos); free(s->seqs); free(s->kinds);
     memset(s, 0, sizeof *s);
 }
 
 void zb_gen_reset(zb_gen *s) {
     for (int l = 0; l < s->n_layers; l++) memset(s->cache[l], 0, sizeof(float) * s->cache_floats[l]);
-    s->pos = 0;
+    for (int b = 0; b < s->B; b++) s->pos[b] = 0;
+}
+
+void zb_gen_reset_seq(zb_gen *s, int b) {
+    if (b < 0 || b >= s->B) return;
+    /* every layer's cache is [B, per-sequence floats] (K and V halves for attention) */
+    for (int l = 0; l < s->n_layers; l++) {
+        size_t per = s->cache_floats[l] / (size_t)s->B;
+        if (s->kinds[l] == ZB_LAYER_ATTN) {
+            size_t half = per / 2, Bh = (size_t)s->B * half;
+            memset(s->cache[l] + (size_t)b * half, 0, sizeof(float) * half);
+            memset(s->cache[l] + Bh + (size_t)b * half, 0, sizeof(float) * half);
+        } else {
+            memset(s->cache[l] + (size_t)b * per, 0, sizeof(float) * per);
+        }
+    }
+    s->pos[b] = 0;
 }
 
 void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
@@ -510,55 +532,64 @@ void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
     zb_rng_seed(&r, seed);
     for (int l = 0; l < s->n_layers; l++)
         for (size_t i = 0; i < s->cache_floats[l]; i++) s->cache[l][i] = 0.1f * zb_rng_normal(&r);
-    s->pos = pos;
+    for (int b = 0; b < s->B; b++) s->pos[b] = pos;
 }
 
-/* n new tokens per sequence at positions pos..pos+n-1 against the K/V cache. */
+/* n new tokens for each of the nb sequences seqs[i] (rows i*n.. of x), sequence b at
+ * positions pos[b]..pos[b]+n-1, against its rows of the K/V cache. */
 static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache,
-                      const float *x, float *out, int n) {
+                      const int *seqs, int nb, const float *x, float *out, int n) {
     const zb_config *c = &m->cfg;
-    int B = s->B, N = B * n, d = c->d_model, hd = c->head_dim;
+    int N = nb * n, d = c->d_model, hd = c->head_dim;
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
     float *probs = s->scratch, *q = probs + (size_t)(c->n_heads / c->n_kv_heads) * s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
     float *att = v + (size_t)N * kd;
     zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
     zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
     zb_matmul_forward(v, x, w->wv, NULL, N, d, kd);
-    zb_rope_apply_seq(&m->rope, q, B, n, qd, c->n_heads, hd, 0, s->pos, 0, 0);
-    zb_rope_apply_seq(&m->rope, k, B, n, kd, c->n_kv_heads, hd, 0, s->pos, 0, 0);
-    float *K = cache, *Vc = cache + (size_t)B * s->max_T * kd;
-    for (int b = 0; b < B; b++) {
+    float *K = cache, *Vc = cache + (size_t)s->B * s->max_T * kd;
+    for (int i = 0; i < nb; i++) {
+        int b = seqs[i], p0 = s->pos[b];
         float *Kb = K + (size_t)b * s->max_T * kd, *Vb = Vc + (size_t)b * s->max_T * kd;
+        zb_rope_apply_seq(&m->rope, q + (size_t)i * n * qd, 1, n, qd, c->n_heads, hd, 0, p0, 0, 0);
+        zb_rope_apply_seq(&m->rope, k + (size_t)i * n * kd, 1, n, kd, c->n_kv_heads, hd, 0, p0, 0, 0);
         for (int t = 0; t < n; t++) {
-            size_t r = (size_t)b * n + t;
-            memcpy(Kb + (size_t)(s->pos + t) * kd, k + r * kd, sizeof(float) * kd);
-            memcpy(Vb + (size_t)(s->pos + t) * kd, v + r * kd, sizeof(float) * kd);
+            size_t r = (size_t)i * n + t;
+            memcpy(Kb + (size_t)(p0 + t) * kd, k + r * kd, sizeof(float) * kd);
+            memcpy(Vb + (size_t)(p0 + t) * kd, v + r * kd, sizeof(float) * kd);
         }
         for (int t = 0; t < n; t++) {
-            size_t r = (size_t)b * n + t;
-            zb_attention_decode(att + r * qd, q + r * qd, Kb, Vb, s->pos + t + 1, c->n_heads,
+            size_t r = (size_t)i * n + t;
+            zb_attention_decode(att + r * qd, q + r * qd, Kb, Vb, p0 + t + 1, c->n_heads,
                                 c->n_kv_heads, hd, hd, kd, kd, 1.0f / sqrtf((float)hd), probs);
         }
     }
     zb_matmul_forward(out, att, w->wo, NULL, N, qd, d);
 }
 
-static void gen_chunk(const zb_model *m, zb_gen *s, const int *ids, int n) {
+static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
     const zb_config *c = &m->cfg;
-    int B = s->B, N = B * n, d = c->d_model, F = c->ffn;
+    int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
     if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
     else zb_embedding_forward(s->x, ids, m->w.embed, N, d);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
-        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], s->ln, s->mo, n);
-        else if (c->kinds[l] == ZB_LAYER_MLA)
-            zb_mla_step(&c->mla, d, c->rms_eps, &w->mla, &m->rope_mla, s->ln, s->mo, s->cache[l],
-                        s->max_T, s->pos, n, B, s->scratch);
-        else
-            zb_mamba2_step(&c->mamba, d, c->rms_eps, &w->mamba, s->ln, s->mo, s->cache[l], n, B,
-                           s->scratch);
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], seqs, nb, s->ln, s->mo, n);
+        else if (c->kinds[l] == ZB_LAYER_MLA) {
+            size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
+            for (int i = 0; i < nb; i++)
+                zb_mla_step(&c->mla, d, c->rms_eps, &w->mla, &m->rope_mla, s->ln + (size_t)i * n * d,
+                            s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per,
+                            s->max_T, &s->pos[seqs[i]], n, 1, s->scratch);
+        } else {
+            size_t per = zb_mamba2_state_floats(&c->mamba);
+            for (int i = 0; i < nb; i++)
+                zb_mamba2_step(&c->mamba, d, c->rms_eps, &w->mamba, s->ln + (size_t)i * n * d,
+                               s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per, n, 1,
+                               s->scratch);
+        }
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
@@ -579,20 +610,36 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *ids, int n) {
     } else {
         zb_matmul_forward(s->logits, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
     }
-    s->pos += n;
+    for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
+}
+
+int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
+    if (n <= 0) return zb_fail(ZB_EARG, "generation step with %d tokens", n);
+    if (nb <= 0 || nb > s->B) return zb_fail(ZB_EARG, "generation step for %d of %d sequences", nb, s->B);
+    if (!seqs) {
+        for (int i = 0; i < nb; i++) s->seqs[i] = i;
+        seqs = s->seqs;
+    }
+    for (int i = 0; i < nb; i++) {
+        int b = seqs[i];
+        if (b < 0 || b >= s->B) return zb_fail(ZB_EARG, "generation step: sequence %d outside [0, %d)", b, s->B);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == b) return zb_fail(ZB_EARG, "generation step: sequence %d given twice", b);
+        if (s->pos[b] + n > s->max_T)
+            return zb_fail(ZB_EARG, "context full: sequence %d has %d + %d tokens, more than the cache of %d",
+                           b, s->pos[b], n, s->max_T);
+    }
+    for (int t0 = 0; t0 < n; t0 += s->chunk) {
+        int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
+        for (int i = 0; i < nb; i++)
+            memcpy(s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+        gen_chunk(m, s, seqs, nb, s->ids, nc);
+    }
+    return ZB_OK;
 }
 
 int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n) {
-    if (n <= 0) return zb_fail(ZB_EARG, "generation step with %d tokens", n);
-    if (s->pos + n > s->max_T)
-        return zb_fail(ZB_EARG, "context full: %d + %d tokens exceed the cache of %d", s->pos, n, s->max_T);
-    for (int t0 = 0; t0 < n; t0 += s->chunk) {
-        int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        for (int b = 0; b < s->B; b++)
-            memcpy(s->ids + (size_t)b * nc, ids + (size_t)b * n + t0, sizeof(int) * nc);
-        gen_chunk(m, s, s->ids, nc);
-    }
-    return ZB_OK;
+    return zb_gen_step_seqs(m, s, NULL, s->B, ids, n);
 }
 
 /* ---- sampling --------------------------------------------------------------------------------- */

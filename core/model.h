@@ -63,6 +63,12 @@ typedef struct {
      * shard: cfg holds the LOCAL dims (heads, groups, ffn, vocab divided by tp), params the
      * local shapes; tp has the full config, names/shapes and this rank's slices. */
     zb_tp *tp;
+    /* DP: optional hook called by zb_model_backward after block l's gradients are final
+     * (l = n_layers-1 .. 0), then once with l = -1 after the embedding / final norm / head:
+     * the data-parallel reducer (parallel/dp.h) starts the all-reduce of that layer's bucket
+     * while the backward goes on (overlap, as PyTorch DDP / Megatron's grad buckets). */
+    void (*grad_hook)(void *ctx, int layer);
+    void *grad_hook_ctx;
 } zb_model;
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
@@ -122,24 +128,40 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
 
 /* ---- generation with caches ---------------------------------------------------------- */
 typedef struct {
-    int B, max_T, pos, n_layers;
+    int B, max_T, n_layers;
+    int *pos;          /* [B]: tokens cached so far by each sequence (its next position) */
+    int *seqs;         /* [B] scratch: the identity list of zb_gen_step */
+    zb_layer_kind *kinds;   /* [L] the layer kinds (cache layout of each layer) */
     size_t *cache_floats;
     int *ids;          /* [B*chunk] */
     float **cache;     /* [L]: attention K|V, MLA latent, or Mamba2 state, per layer kind */
     size_t cache_bytes_per_token, state_bytes_per_seq;
     float *x, *ln, *mo, *g, *u, *lnf;   /* [B*chunk, ...] */
     float *scratch;
-    float *logits;     /* [B, V] for the last new token of each sequence (full V under TP) */
+    float *logits;     /* [B, V] for the last new token of each sequence fed (full V under
+                        * TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
     float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] */
     int chunk;         /* max tokens processed per step call */
 } zb_gen;
 
+/* B sequences (slots) of up to max_T tokens each; every cache is allocated here. */
 int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T);
 void zb_gen_free(zb_gen *s);
+/* Empty every sequence (caches and states zeroed, positions 0). */
 void zb_gen_reset(zb_gen *s);
-/* Feed n tokens per sequence (ids [B*n]); leaves the last position's logits in s->logits.
- * Returns ZB_EARG if the cache would overflow. */
+/* Empty sequence b only (its cache rows, its Mamba2 states, pos[b] = 0), e.g. to reuse its
+ * slot for the next prompt while the other sequences keep decoding. */
+void zb_gen_reset_seq(zb_gen *s, int b);
+/* Feed n tokens to every sequence (ids [B*n]), sequence b at positions pos[b]..pos[b]+n-1;
+ * leaves each sequence's last-position logits in s->logits [B, V]. Returns ZB_EARG if a
+ * cache would overflow. */
 int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
+/* The same for the nb sequences seqs[0..nb) only (distinct slot indices < B, any order;
+ * seqs NULL = 0..nb-1), ids [nb*n] in that order: prefill one prompt (nb = 1, n = its
+ * length) into its own slot, or decode the active sequences together (n = 1), each at its own
+ * position. Row i of s->logits is then sequence seqs[i]'s. Under TP every rank of the group
+ * must make the same calls. */
+int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n);
 
 /* Benchmarks: pretend pos tokens are cached (caches and states filled with small random
  * values) so that decode speed at a long context can be measured without the prefill. */

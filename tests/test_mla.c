@@ -149,7 +149,9 @@ static void run_steps(const zb_mla_dims *m, int d, float eps, const zb_mla_weigh
         int n = pos == 0 ? n0 : 1;
         for (int b = 0; b < B; b++)
             memcpy(xs + (size_t)b * n * d, x + ((size_t)b * T + pos) * d, sizeof(float) * n * d);
-        zb_mla_step(m, d, eps, w, rope, xs, os, cache, max_T, pos, n, B, scr);
+        int pb[8];
+        for (int b = 0; b < B && b < 8; b++) pb[b] = pos;
+        zb_mla_step(m, d, eps, w, rope, xs, os, cache, max_T, pb, n, B, scr);
         for (int b = 0; b < B; b++)
             memcpy(out_step + ((size_t)b * T + pos) * d, os + (size_t)b * n * d, sizeof(float) * n * d);
         pos += n;
@@ -192,6 +194,45 @@ static void decode_check(const combo *c) {
         snprintf(what, sizeof what, "[%s] step(prefill %d + 1-token steps) == training forward",
                  c->name, n0s[k]);
         zb_check_max_rel(what, got, ref, nx, 1e-5);
+    }
+    /* sequences at different positions in one call: sequence b is prefilled alone (B = 1 on
+     * its cache slice) with n0[b] tokens, then all advance together by one token per call,
+     * each at its own position, until each has T tokens (a finished one drops out). */
+    {
+        int n0[2] = {17, 5}, pos[2], W = m->kv_lora_rank + m->qk_rope;
+        float *scr = malloc(sizeof(float) * zb_mla_decode_scratch_floats(m, d, max_T));
+        float xs[2 * 256], os[2 * 256];
+        memset(cache, 0, sizeof(float) * ncache);
+        for (int b = 0; b < B; b++) {
+            pos[b] = 0;
+            zb_mla_step(m, d, eps, &w, &rope, x + (size_t)b * T * d, got + (size_t)b * T * d,
+                        cache + (size_t)b * max_T * W, max_T, &pos[b], n0[b], 1, scr);
+            pos[b] = n0[b];
+        }
+        for (;;) {
+            int sel[2], nb = 0;
+            for (int b = 0; b < B; b++)
+                if (pos[b] < T) sel[nb++] = b;
+            if (!nb) break;
+            if (nb == B) {   /* all together: one call at positions {pos[0], pos[1]} */
+                for (int b = 0; b < B; b++)
+                    memcpy(xs + (size_t)b * d, x + ((size_t)b * T + pos[b]) * d, sizeof(float) * d);
+                zb_mla_step(m, d, eps, &w, &rope, xs, os, cache, max_T, pos, 1, B, scr);
+                for (int b = 0; b < B; b++)
+                    memcpy(got + ((size_t)b * T + pos[b]) * d, os + (size_t)b * d, sizeof(float) * d);
+            } else {
+                int b = sel[0];
+                zb_mla_step(m, d, eps, &w, &rope, x + ((size_t)b * T + pos[b]) * d,
+                            got + ((size_t)b * T + pos[b]) * d, cache + (size_t)b * max_T * W,
+                            max_T, &pos[b], 1, 1, scr);
+            }
+            for (int i = 0; i < nb; i++) pos[sel[i]]++;
+        }
+        char what[160];
+        snprintf(what, sizeof what, "[%s] per-sequence positions (prefill %d and %d alone, then "
+                 "joint steps) == training forward", c->name, n0[0], n0[1]);
+        zb_check_max_rel(what, got, ref, nx, 1e-5);
+        free(scr);
     }
     free(cache); free(wb); free(x); free(ref); free(got); free(acts);
 }

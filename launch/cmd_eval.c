@@ -7,6 +7,8 @@
  *       (the continuation's tokens are those of encode(context + choice) past encode(context));
  *       acc = argmax of the log-likelihood, acc_norm = argmax of it divided by the choice's
  *       length in bytes. Without --tokenizer, ids are the UTF-8 bytes (byte-level models).
+ *       Pre-tokenised tasks: {"context_ids": [...], "choices_ids": [[...], ...], "gold"}
+ *       (acc_norm then divides by the choice's token count).
  *   [--json out.json] writes the report. */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -105,71 +107,123 @@ static int score(zb_model *m, toks *seq, const int *start, int nseq, int B, doub
     return rc;
 }
 
+/* Reads an int array (JSON) into t. */
+static int json_ids(const cJSON *a, toks *t, const char *path, int lineno) {
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+    if (n < 0) return zb_fail(ZB_EFORMAT, "%s:%d: expected an array of token ids", path, lineno);
+    t->ids = malloc(sizeof(int) * (n + 1));
+    if (!t->ids) return zb_fail(ZB_ENOMEM, "out of memory (eval)");
+    t->n = n;
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsNumber(v)) return zb_fail(ZB_EFORMAT, "%s:%d: token id %d is not a number", path, lineno, i);
+        t->ids[i] = v->valueint;
+    }
+    return ZB_OK;
+}
+
+/* One example -> nc scored sequences: seq[k] = context + choice k, scored from start[k];
+ * len[k] = the choice's length for acc_norm (bytes for text, tokens for ids). Two forms:
+ * {"context": str, "choices": [str...], "gold": i} (tokenised, BOS prepended when the
+ * tokenizer has one) or {"context_ids": [...], "choices_ids": [[...]...], "gold": i}. */
+static int parse_example(const cJSON *j, const zb_tokenizer *tok, const char *path, int lineno,
+                         toks **seq_out, int **start_out, double **len_out, int *nc_out, int *gold) {
+    const cJSON *ctx = cJSON_GetObjectItem(j, "context"), *ch = cJSON_GetObjectItem(j, "choices");
+    const cJSON *cids = cJSON_GetObjectItem(j, "context_ids"), *chids = cJSON_GetObjectItem(j, "choices_ids");
+    const cJSON *g = cJSON_GetObjectItem(j, "gold");
+    int ids_form = cids != NULL;
+    const cJSON *list = ids_form ? chids : ch;
+    int nc = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
+    if ((ids_form ? !cJSON_IsArray(cids) : !cJSON_IsString(ctx)) || nc < 2 || !cJSON_IsNumber(g) ||
+        g->valueint < 0 || g->valueint >= nc)
+        return zb_fail(ZB_EFORMAT, "%s:%d: expected {\"context\": str, \"choices\": [>= 2 str], \"gold\": index} "
+                       "or {\"context_ids\": [...], \"choices_ids\": [[...], ...], \"gold\": index}", path, lineno);
+    toks *seq = calloc(nc, sizeof(toks)), c0 = {0};
+    int *start = calloc(nc, sizeof(int));
+    double *len = calloc(nc, sizeof(double));
+    *seq_out = seq; *start_out = start; *len_out = len; *nc_out = nc; *gold = g->valueint;
+    if (!seq || !start || !len) return zb_fail(ZB_ENOMEM, "out of memory (eval)");
+    int rc = ids_form ? json_ids(cids, &c0, path, lineno) : encode(tok, ctx->valuestring, &c0);
+    int bos = (!ids_form && tok) ? zb_tokenizer_bos_id(tok) : -1, off = bos >= 0;
+    for (int k = 0; k < nc && !rc; k++) {
+        const cJSON *c = cJSON_GetArrayItem(list, k);
+        toks w = {0};
+        if (ids_form) {
+            toks ci = {0};
+            rc = json_ids(c, &ci, path, lineno);
+            if (!rc) {
+                w.ids = malloc(sizeof(int) * (c0.n + ci.n + 1));
+                if (!w.ids) rc = zb_fail(ZB_ENOMEM, "out of memory (eval)");
+                else {
+                    memcpy(w.ids, c0.ids, sizeof(int) * c0.n);
+                    memcpy(w.ids + c0.n, ci.ids, sizeof(int) * ci.n);
+                    w.n = c0.n + ci.n;
+                    len[k] = ci.n;
+                }
+            }
+            free(ci.ids);
+        } else {
+            if (!cJSON_IsString(c)) { rc = zb_fail(ZB_EFORMAT, "%s:%d: choice %d is not a string", path, lineno, k); break; }
+            size_t lc = strlen(ctx->valuestring), lk = strlen(c->valuestring);
+            char *whole = malloc(lc + lk + 1);
+            if (!whole) { rc = zb_fail(ZB_ENOMEM, "out of memory (eval)"); break; }
+            memcpy(whole, ctx->valuestring, lc);
+            memcpy(whole + lc, c->valuestring, lk + 1);
+            rc = encode(tok, whole, &w);   /* continuation = tokens past encode(context) */
+            free(whole);
+            len[k] = (double)lk;
+        }
+        if (rc) { free(w.ids); break; }
+        seq[k].ids = malloc(sizeof(int) * (w.n + 1));
+        if (!seq[k].ids) { free(w.ids); rc = zb_fail(ZB_ENOMEM, "out of memory (eval)"); break; }
+        if (off) seq[k].ids[0] = bos;
+        memcpy(seq[k].ids + off, w.ids, sizeof(int) * w.n);
+        seq[k].n = w.n + off;
+        start[k] = c0.n + off;
+        if (start[k] < 1) start[k] = 1;
+        free(w.ids);
+        if (start[k] >= seq[k].n) rc = zb_fail(ZB_EFORMAT, "%s:%d: choice %d adds no token", path, lineno, k);
+    }
+    free(c0.ids);
+    return rc;
+}
+
 static int eval_mc(zb_model *m, const char *path, const zb_tokenizer *tok, int B, int *n_out,
-                   double *acc, double *acc_norm) {
+                   double *acc, double *acc_norm, cJSON *lls) {
     FILE *f = fopen(path, "r");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open", path);
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, n = 0, rc = ZB_OK;
     double hit = 0, hitn = 0;
-    int bos = tok ? zb_tokenizer_bos_id(tok) : -1;
     while (!rc && getline(&line, &cap, f) > 0) {
         lineno++;
         if (line[strspn(line, " \t\r\n")] == 0) continue;
         cJSON *j = cJSON_Parse(line);
-        cJSON *ctx = j ? cJSON_GetObjectItem(j, "context") : NULL;
-        cJSON *ch = j ? cJSON_GetObjectItem(j, "choices") : NULL;
-        cJSON *gold = j ? cJSON_GetObjectItem(j, "gold") : NULL;
-        int nc = cJSON_IsArray(ch) ? cJSON_GetArraySize(ch) : 0;
-        if (!cJSON_IsString(ctx) || nc < 2 || !cJSON_IsNumber(gold) || gold->valueint < 0 || gold->valueint >= nc) {
-            cJSON_Delete(j);
-            rc = zb_fail(ZB_EFORMAT, "%s:%d: expected {\"context\": str, \"choices\": [>= 2 str], \"gold\": index}", path, lineno);
-            break;
-        }
-        toks c0 = {0}, *seq = calloc(nc, sizeof(toks));
-        int *start = calloc(nc, sizeof(int));
-        double *ll = calloc(nc, sizeof(double));
-        rc = encode(tok, ctx->valuestring, &c0);
-        for (int k = 0; k < nc && !rc; k++) {
-            cJSON *c = cJSON_GetArrayItem(ch, k);
-            if (!cJSON_IsString(c)) { rc = zb_fail(ZB_EFORMAT, "%s:%d: choice %d is not a string", path, lineno, k); break; }
-            size_t lc = strlen(ctx->valuestring), lk = strlen(c->valuestring);
-            char *whole = malloc(lc + lk + 1);
-            memcpy(whole, ctx->valuestring, lc);
-            memcpy(whole + lc, c->valuestring, lk + 1);
-            toks w = {0};
-            rc = encode(tok, whole, &w);
-            free(whole);
-            if (rc) break;
-            /* prepend BOS; the continuation = tokens past the context's encoding */
-            int off = bos >= 0 ? 1 : 0;
-            seq[k].ids = malloc(sizeof(int) * (w.n + 1));
-            if (off) seq[k].ids[0] = bos;
-            memcpy(seq[k].ids + off, w.ids, sizeof(int) * w.n);
-            seq[k].n = w.n + off;
-            start[k] = c0.n + off;
-            if (start[k] < 1) start[k] = 1;
-            if (start[k] >= seq[k].n) rc = zb_fail(ZB_EFORMAT, "%s:%d: choice %d adds no token", path, lineno, k);
+        if (!j) { rc = zb_fail(ZB_EFORMAT, "%s:%d: malformed JSON", path, lineno); break; }
+        toks *seq = NULL;
+        int *start = NULL, nc = 0, gold = 0;
+        double *len = NULL, *ll = NULL;
+        rc = parse_example(j, tok, path, lineno, &seq, &start, &len, &nc, &gold);
+        for (int k = 0; k < nc && !rc; k++)
             for (int t = 0; t < seq[k].n && !rc; t++)
-                if (seq[k].ids[t] >= m->cfg.vocab) rc = zb_fail(ZB_EARG, "%s:%d: token %d outside the model's vocabulary", path, lineno, seq[k].ids[t]);
-            free(w.ids);
-        }
+                if (seq[k].ids[t] < 0 || seq[k].ids[t] >= m->cfg.vocab)
+                    rc = zb_fail(ZB_EARG, "%s:%d: token %d outside the model's vocabulary", path, lineno, seq[k].ids[t]);
+        if (!rc && !(ll = calloc(nc, sizeof(double)))) rc = zb_fail(ZB_ENOMEM, "out of memory (eval)");
         if (!rc) rc = score(m, seq, start, nc, B, ll);
         if (!rc) {
             int best = 0, bestn = 0;
             for (int k = 1; k < nc; k++) {
                 if (ll[k] > ll[best]) best = k;
-                double lk = (double)strlen(cJSON_GetArrayItem(ch, k)->valuestring);
-                double lb = (double)strlen(cJSON_GetArrayItem(ch, bestn)->valuestring);
-                if (ll[k] / (lk > 0 ? lk : 1) > ll[bestn] / (lb > 0 ? lb : 1)) bestn = k;
+                if (ll[k] / (len[k] > 0 ? len[k] : 1) > ll[bestn] / (len[bestn] > 0 ? len[bestn] : 1)) bestn = k;
             }
-            hit += best == gold->valueint;
-            hitn += bestn == gold->valueint;
+            hit += best == gold;
+            hitn += bestn == gold;
             n++;
+            if (lls) cJSON_AddItemToArray(lls, cJSON_CreateDoubleArray(ll, nc));
         }
-        for (int k = 0; k < nc; k++) free(seq[k].ids);
-        free(seq); free(start); free(ll); free(c0.ids);
+        for (int k = 0; seq && k < nc; k++) free(seq[k].ids);
+        free(seq); free(start); free(len); free(ll);
         cJSON_Delete(j);
     }
     free(line);
@@ -211,11 +265,13 @@ int zb_cmd_eval(int argc, char **argv) {
     if (!rc && tasks) {
         int n = 0;
         double acc = 0, accn = 0;
-        if (m.cfg.vocab < 256 && !tok) rc = zb_fail(ZB_EARG, "eval: byte-level tasks need a vocabulary >= 256");
-        if (!rc) rc = eval_mc(&m, tasks, tok, B, &n, &acc, &accn);
+        cJSON *lls = cJSON_CreateArray();
+        if (!rc) rc = eval_mc(&m, tasks, tok, B, &n, &acc, &accn, lls);
+        if (rc) cJSON_Delete(lls);
         if (!rc) {
             printf("%s: n=%d acc=%.4f acc_norm=%.4f\n", tasks, n, acc, accn);
             cJSON *t = cJSON_AddObjectToObject(rep, "tasks");
+            cJSON_AddItemToObject(t, "loglikelihoods", lls);
             cJSON_AddNumberToObject(t, "n", n);
             cJSON_AddNumberToObject(t, "acc", acc);
             cJSON_AddNumberToObject(t, "acc_norm", accn);

@@ -74,7 +74,9 @@ $Z plot $logs -o "$out/loss.svg"
 
 stamp "7. evaluation"
 ppl() { $Z eval --model "$1" --data "$out/shards" --split val --seq 128 --batch 8 --max-batches 24 | sed -n 's/^perplexity \([0-9.]*\).*/\1/p'; }
-ppl_t=$(ppl "$out/teacher.h5"); ppl_c=$(ppl "$out/composed.h5"); ppl_h=$(ppl "$out/hybrid.h5")
+# a randomly initialised hybrid of the same shape: what compose's initialisation is worth
+$Z init --random --config configs/demo-zebra.json -o "$out/random.h5" --seed 5 2>/dev/null
+ppl_t=$(ppl "$out/teacher.h5"); ppl_r=$(ppl "$out/random.h5"); ppl_c=$(ppl "$out/composed.h5"); ppl_h=$(ppl "$out/hybrid.h5")
 echo "-- generation from the hybrid (temperature 0.7, top-k 20)"
 $Z generate --model "$out/hybrid.h5" --tokenizer $TOK --prompt "The Python tutorial" --max-new 160 --temperature 0.7 --top-k 20 --seed 3 || true
 echo
@@ -87,6 +89,7 @@ stamp "done: table (validation perplexity on held-out corpus bytes)"
 {
   printf '| model | val ppl | KV bytes/token | KV ratio | decode tok/s @256 | decode tok/s @2048 |\n|---|---|---|---|---|---|\n'
   printf '| teacher (Llama, 4 attention) | %s | %s | 100%% | %s | %s |\n' "$ppl_t" "$kvt" "$(dec teacher 256)" "$(dec teacher 2048)"
+  printf '| hybrid, random init (same shape) | %s | %s | %s%% | | |\n' "$ppl_r" "$kvh" "$(awk "BEGIN{printf \"%.2f\", 100*$kvh/$kvt}")"
   printf '| hybrid after compose only | %s | %s | %s%% | | |\n' "$ppl_c" "$kvh" "$(awk "BEGIN{printf \"%.2f\", 100*$kvh/$kvt}")"
   printf '| hybrid after ILD + KD | %s | %s | %s%% | %s | %s |\n' "$ppl_h" "$kvh" "$(awk "BEGIN{printf \"%.2f\", 100*$kvh/$kvt}")" "$(dec hybrid 256)" "$(dec hybrid 2048)"
 } | tee "$out/summary.md"

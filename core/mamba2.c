@@ -426,6 +426,13 @@ void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamb
 
 void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                     const float *x, float *out, float *state, int n, int B, float *scratch) {
+    zb_mamba2_lin lin = {zb_wt_of_f32(w->in_proj), zb_wt_of_f32(w->out_proj)};
+    zb_mamba2_step_lin(m, d, eps, w, &lin, x, out, state, n, B, scratch);
+}
+
+void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                        const zb_mamba2_lin *lin, const float *x, float *out, float *state, int n,
+                        int B, float *scratch) {
     int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
         nh = m->nheads, hd = m->headdim, ds = m->d_state, K = m->conv_k, ng = norm_groups(m);
     int xo = 0, bo = m->x_groups * hd, co = bo + m->b_groups * ds;
@@ -435,7 +442,7 @@ void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_w
           *tmp = rstd + (size_t)n * ng;
     for (int b = 0; b < B; b++) {
         float *cst = state + (size_t)b * sf, *S = cst + (size_t)cd * (K - 1);
-        zb_matmul_forward(proj, x + (size_t)b * n * d, w->in_proj, NULL, n, d, P);
+        zb_linear_forward(proj, x + (size_t)b * n * d, lin->in_proj, n, d, P);
         dt_forward(m, w, proj, dt, n);
         conv_forward(m, w, proj + di, P, cst, NULL, xbc, n);
         /* conv state <- the last K-1 inputs of [state | new inputs] */
@@ -468,6 +475,6 @@ void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_w
             ssd_forward(m, w, xbc, dt, y, S, NULL, n, tmp);
         }
         gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, n);
-        zb_matmul_forward(out + (size_t)b * n * d, o, w->out_proj, NULL, n, di, d);
+        zb_linear_forward(out + (size_t)b * n * d, o, lin->out_proj, n, di, d);
     }
 }

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include "config.h"
+#include "linear.h"
 
 typedef struct {
     float *in_proj;    /* [d_inner + x_groups*headdim + (b_groups+c_groups)*d_state + nheads, d] */
@@ -22,6 +23,9 @@ typedef struct {
     float *norm_w;     /* [d_inner] */
     float *out_proj;   /* [d, d_inner] */
 } zb_mamba2_weights;
+
+/* in_proj / out_proj as tagged views (f32 or bf16 storage, linear.h), for generation. */
+typedef struct { zb_wt in_proj, out_proj; } zb_mamba2_lin;
 
 int zb_mamba2_in_proj_rows(const zb_mamba2_dims *m);
 int zb_mamba2_conv_dim(const zb_mamba2_dims *m);
@@ -51,5 +55,9 @@ size_t zb_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n);
  * processed one after another (scratch is sized for n tokens, not B*n). */
 void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                     const float *x, float *out, float *state, int n, int B, float *scratch);
+/* The same with in_proj / out_proj taken from lin (f32 or bf16); w gives the rest. */
+void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                        const zb_mamba2_lin *lin, const float *x, float *out, float *state, int n,
+                        int B, float *scratch);
 
 #endif

@@ -79,17 +79,30 @@ static zb_attn_shape zb_mla_attn_shape(const zb_mla_dims *m, int B, int T) {
 }
 
 /* q[N, H*dqk] = q_proj x, or q_b(norm?(q_a x)) (SPEC §3). Writes the q-latent buffers given. */
-static void zb_mla_query(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
-                         const float *x, float *q, float *qa, float *qan, float *rstd_q, int N) {
+static void zb_mla_query_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                             const zb_mla_lin *lin, const float *x, float *q, float *qa, float *qan,
+                             float *rstd_q, int N) {
     int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, rq = m->q_lora_rank;
     if (rq == 0) {
-        zb_matmul_forward(q, x, w->q_proj, NULL, N, d, H * dqk);
+        zb_linear_forward(q, x, lin->q_proj, N, d, H * dqk);
         return;
     }
-    zb_matmul_forward(qa, x, w->q_a_proj, NULL, N, d, rq);
+    zb_linear_forward(qa, x, lin->q_a_proj, N, d, rq);
     const float *ql = qa;
     if (m->q_norm) { zb_rmsnorm_forward(qan, rstd_q, qa, w->q_a_norm, N, rq, eps); ql = qan; }
-    zb_matmul_forward(q, ql, w->q_b_proj, NULL, N, rq, H * dqk);
+    zb_linear_forward(q, ql, lin->q_b_proj, N, rq, H * dqk);
+}
+
+zb_mla_lin zb_mla_lin_of(const zb_mla_weights *w) {
+    zb_mla_lin l = {zb_wt_of_f32(w->q_proj), zb_wt_of_f32(w->q_a_proj), zb_wt_of_f32(w->q_b_proj),
+                    zb_wt_of_f32(w->kv_a_proj), zb_wt_of_f32(w->kv_b_proj), zb_wt_of_f32(w->o_proj)};
+    return l;
+}
+
+static void zb_mla_query(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                         const float *x, float *q, float *qa, float *qan, float *rstd_q, int N) {
+    zb_mla_lin lin = zb_mla_lin_of(w);
+    zb_mla_query_lin(m, d, eps, w, &lin, x, q, qa, qan, rstd_q, N);
 }
 
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
@@ -205,12 +218,20 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, dr = m->qk_rope;
     int rq = m->q_lora_rank;
     return C * ((size_t)H * dqk + 2 * (size_t)rq + (r + dr) + (size_t)H * (r + dr)
-                + (size_t)H * r + (size_t)H * m->v_head_dim) + (size_t)H * max_T;
+                + (size_t)H * r + (size_t)H * m->v_head_dim) + (size_t)H * max_T
+           + (size_t)(m->qk_nope + m->v_head_dim) * r;   /* one KV head of a bf16 kv_b_proj, as f32 */
 }
 
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
                  const int *pos_b, int n, int B, float *scratch) {
+    zb_mla_lin lin = zb_mla_lin_of(w);
+    zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
+}
+
+void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                     const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
+                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch) {
     const int C = ZB_MLA_STEP_CHUNK;
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
@@ -221,6 +242,7 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
     float *kva = qan + (size_t)C * rq, *qlat = kva + (size_t)C * W;
     float *chat = qlat + (size_t)C * H * W, *vcat = chat + (size_t)C * H * r;
     float *sc = vcat + (size_t)C * H * dv;
+    float *kvb_head = sc + (size_t)H * max_T;   /* [dn+dv, r]: a bf16 kv_b_proj head as f32 */
 
     for (int b = 0; b < B; b++) {
         float *cb = cache + (size_t)b * max_T * W;
@@ -231,8 +253,8 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
             float *orow = out + ((size_t)b * n + i0) * d;
 
             /* projections for the chunk; latents [norm(c) | rope(k_pe)] appended to the cache */
-            zb_mla_query(m, d, eps, w, xr, q, qa, qan, NULL, nc);
-            zb_matmul_forward(kva, xr, w->kv_a_proj, NULL, nc, d, W);
+            zb_mla_query_lin(m, d, eps, w, lin, xr, q, qa, qan, NULL, nc);
+            zb_linear_forward(kva, xr, lin->kv_a_proj, nc, d, W);
             for (int i = 0; i < nc; i++) {
                 int t = pos + i0 + i;
                 float *crow = cb + (size_t)t * W, *kr = kva + (size_t)i * W;
@@ -244,8 +266,21 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
             }
 
             /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r]) */
+            /* the absorbed products use kv_b_proj per head as a small matrix (W_UK_h is
+             * applied untransposed): bf16 storage converts one KV head's block at a time */
+            const float *kvb = lin->kv_b_proj.f32;
+            int kvb_head_of = -1;
             for (int h = 0; h < H; h++) {
-                const float *wuk = w->kv_b_proj + (size_t)(h / rep) * (dn + dv) * r;
+                const float *wuk;
+                if (kvb) wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
+                else {
+                    if (kvb_head_of != h / rep) {
+                        kvb_head_of = h / rep;
+                        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
+                                         (size_t)(dn + dv) * r);
+                    }
+                    wuk = kvb_head;
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, r, dn, 1.0f,
                             q + (size_t)h * dqk, H * dqk, wuk, r, 0.0f,
                             qlat + (size_t)h * W, H * W);
@@ -259,12 +294,21 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
                                     pos + i0 + i + 1, H, 1, W, r, W, W, scale, sc);
             /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
             for (int h = 0; h < H; h++) {
-                const float *wuv = w->kv_b_proj + ((size_t)(h / rep) * (dn + dv) + dn) * r;
+                const float *wuv;
+                if (kvb) wuv = kvb + ((size_t)(h / rep) * (dn + dv) + dn) * r;
+                else {
+                    if (kvb_head_of != h / rep) {
+                        kvb_head_of = h / rep;
+                        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
+                                         (size_t)(dn + dv) * r);
+                    }
+                    wuv = kvb_head + (size_t)dn * r;
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, dv, r, 1.0f,
                             chat + (size_t)h * r, H * r, wuv, r, 0.0f,
                             vcat + (size_t)h * dv, H * dv);
             }
-            zb_matmul_forward(orow, vcat, w->o_proj, NULL, nc, H * dv, d);
+            zb_linear_forward(orow, vcat, lin->o_proj, nc, H * dv, d);
         }
     }
 }

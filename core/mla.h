@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include "config.h"
+#include "linear.h"
 #include "ops.h"
 
 /* Pointers into the model's parameter buffer (HF DeepSeek names under self_attn.). NULL for
@@ -23,6 +24,12 @@ typedef struct {
     float *kv_b_proj;     /* [kv_heads*(nope+v), kv_lora_rank] */
     float *o_proj;        /* [d, H*v] */
 } zb_mla_weights;
+
+/* The same matrices as tagged views (f32 or bf16 storage, linear.h): the generation path
+ * reads these, so that a model held in bf16 (--weights bf16) needs no f32 copy. */
+typedef struct { zb_wt q_proj, q_a_proj, q_b_proj, kv_a_proj, kv_b_proj, o_proj; } zb_mla_lin;
+/* Views of w's f32 matrices. */
+zb_mla_lin zb_mla_lin_of(const zb_mla_weights *w);
 
 /* Floats of saved activations for a [B,T] forward (training) and of backward scratch. */
 size_t zb_mla_act_floats(const zb_mla_dims *m, int d, int B, int T);
@@ -45,5 +52,9 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T);
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
                  const int *pos, int n, int B, float *scratch);
+/* The same with the matrices taken from lin (f32 or bf16); w gives the norms. */
+void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                     const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
+                     float *cache, int max_T, const int *pos, int n, int B, float *scratch);
 
 #endif

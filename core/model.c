@@ -13,21 +13,58 @@
 
 /* ---- parameter layout ------------------------------------------------------------------ */
 
-/* Where a parameter's view lives: a field of zb_weights (layer < 0) or of zb_block. */
-typedef struct { int layer; size_t field; } slot_t;
+/* Where a parameter's view lives: a field of zb_weights (layer < 0) or of zb_block; lin is
+ * the field of its tagged view (zb_wt) for matrices, NO_LIN otherwise. */
+typedef struct { int layer; size_t field, lin; } slot_t;
 
 #define BF(f) offsetof(zb_block, f)
 #define WF(f) offsetof(zb_weights, f)
+#define NO_LIN ((size_t)-1)
 
-static void bind(const zb_model *m, const slot_t *slots, zb_weights *w, float *base) {
+/* base: the f32 buffer, base16 the bf16 one (params flagged bf16 get a NULL float* view and a
+ * bf16 tagged view). */
+static void bind(const zb_model *m, const slot_t *slots, zb_weights *w, float *base, uint16_t *base16) {
     for (int i = 0; i < m->n_params; i++) {
         const slot_t *s = &slots[i];
+        const zb_param *p = &m->params[i];
         char *obj = s->layer < 0 ? (char *)w : (char *)&w->blocks[s->layer];
-        *(float **)(obj + s->field) = base + m->params[i].offset;
+        float *f = p->bf16 ? NULL : base + p->offset;
+        *(float **)(obj + s->field) = f;
+        if (s->lin != NO_LIN)
+            *(zb_wt *)(obj + s->lin) = p->bf16 ? zb_wt_of_bf16(base16 + p->offset) : zb_wt_of_f32(f);
     }
-    if (m->cfg.tie_embeddings) w->lm_head = w->embed;
+    if (m->cfg.tie_embeddings) { w->lm_head = w->embed; w->lm_head_lin = w->embed_lin; }
     for (int l = 0; l < m->cfg.n_layers; l++) w->blocks[l].kind = m->cfg.kinds[l];
 }
+
+/* The tagged view of the matrix whose float* view is `field` (NO_LIN for 1-D / conv). */
+static size_t lin_of(int layer, size_t field) {
+    static const size_t global[][2] = {{WF(embed), WF(embed_lin)}, {WF(lm_head), WF(lm_head_lin)}};
+    static const size_t block[][2] = {
+        {BF(wq), BF(lin.wq)}, {BF(wk), BF(lin.wk)}, {BF(wv), BF(lin.wv)}, {BF(wo), BF(lin.wo)},
+        {BF(w_gate), BF(lin.w_gate)}, {BF(w_up), BF(lin.w_up)}, {BF(w_down), BF(lin.w_down)},
+        {BF(mla.q_proj), BF(mla_lin.q_proj)}, {BF(mla.q_a_proj), BF(mla_lin.q_a_proj)},
+        {BF(mla.q_b_proj), BF(mla_lin.q_b_proj)}, {BF(mla.kv_a_proj), BF(mla_lin.kv_a_proj)},
+        {BF(mla.kv_b_proj), BF(mla_lin.kv_b_proj)}, {BF(mla.o_proj), BF(mla_lin.o_proj)},
+        {BF(mamba.in_proj), BF(mamba_lin.in_proj)}, {BF(mamba.out_proj), BF(mamba_lin.out_proj)}};
+    if (layer < 0) {
+        for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
+            if (global[i][0] == field) return global[i][1];
+        return NO_LIN;
+    }
+    for (size_t i = 0; i < sizeof block / sizeof block[0]; i++)
+        if (block[i][0] == field) return block[i][1];
+    return NO_LIN;
+}
+
+int zb_wdtype_parse(const char *s, zb_wdtype *out, const char *what) {
+    if (!strcmp(s, "f32")) *out = ZB_WEIGHTS_F32;
+    else if (!strcmp(s, "bf16")) *out = ZB_WEIGHTS_BF16;
+    else return zb_fail(ZB_EARG, "%s must be f32 or bf16, not '%s'", what, s);
+    return ZB_OK;
+}
+
+const char *zb_wdtype_name(zb_wdtype t) { return t == ZB_WEIGHTS_BF16 ? "bf16" : "f32"; }
 
 /* The view a tensor name binds to: the names and shapes come from zb_expected_tensors (the
  * one enumeration shared with import), this maps each to its field. */
@@ -63,14 +100,14 @@ static int field_of(const zb_tensor_spec *t, zb_layer_kind kind, size_t *field) 
     return zb_fail(ZB_EFORMAT, "no view for tensor '%s'", t->name);
 }
 
-static int build_layout(zb_model *m, slot_t **slots_out) {
+static int build_layout(zb_model *m, slot_t **slots_out, zb_wdtype wt) {
     zb_tensor_spec *spec = NULL;
     int n = 0;
     ZB_TRY(zb_expected_tensors(&m->cfg, &spec, &n));
     m->params = zb_calloc(n, sizeof(zb_param), "parameter list");
     slot_t *slots = zb_calloc(n, sizeof(slot_t), "parameter list");
     int rc = (!m->params || !slots) ? ZB_ENOMEM : ZB_OK;
-    size_t off = 0;
+    size_t off = 0, off16 = 0;
     for (int i = 0; i < n && !rc; i++) {
         const zb_tensor_spec *t = &spec[i];
         zb_param *p = &m->params[i];
@@ -78,32 +115,46 @@ static int build_layout(zb_model *m, slot_t **slots_out) {
         p->ndim = t->ndim;
         p->numel = 1;
         for (int k = 0; k < t->ndim; k++) { p->shape[k] = t->shape[k]; p->numel *= (size_t)t->shape[k]; }
-        p->offset = off;
         p->no_decay = t->ndim == 1;   /* norms, biases, A_log, D, dt_bias */
         p->layer = t->layer;
+        p->bf16 = wt == ZB_WEIGHTS_BF16 && t->ndim == 2;   /* the matrices */
+        p->offset = p->bf16 ? off16 : off;
+        if (p->bf16) off16 += p->numel;
+        else off += p->numel;
         slots[i].layer = t->layer;
         rc = field_of(t, t->layer >= 0 ? m->cfg.kinds[t->layer] : ZB_LAYER_ATTN, &slots[i].field);
-        off += p->numel;
+        if (!rc) slots[i].lin = lin_of(t->layer, slots[i].field);
+        if (!rc && p->bf16 && slots[i].lin == NO_LIN)
+            rc = zb_fail(ZB_EFORMAT, "'%s': a matrix without a tagged view cannot be held in bf16", t->name);
     }
     free(spec);
     if (rc) { free(slots); return rc; }
     m->n_params = n;
     m->n_floats = off;
+    m->n_bf16 = off16;
+    m->wdtype = wt;
     *slots_out = slots;
     return ZB_OK;
 }
 
-int zb_model_init(zb_model *m, const zb_config *cfg) {
+int zb_model_init(zb_model *m, const zb_config *cfg) { return zb_model_init_ex(m, cfg, ZB_WEIGHTS_F32); }
+
+int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     ZB_TRY(zb_config_validate(cfg, cfg->model_type));
     slot_t *slots = NULL;
-    ZB_TRY(build_layout(m, &slots));
+    ZB_TRY(build_layout(m, &slots, wt));
     m->data = zb_calloc(m->n_floats, sizeof(float), "model parameters");
+    if (m->n_bf16) m->data16 = zb_calloc(m->n_bf16, sizeof(uint16_t), "model parameters (bf16)");
     m->w.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
     m->g.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
-    if (!m->data || !m->w.blocks || !m->g.blocks) { free(slots); zb_model_free(m); return ZB_ENOMEM; }
-    bind(m, slots, &m->w, m->data);
+    if (!m->data || (m->n_bf16 && !m->data16) || !m->w.blocks || !m->g.blocks) {
+        free(slots);
+        zb_model_free(m);
+        return ZB_ENOMEM;
+    }
+    bind(m, slots, &m->w, m->data, m->data16);
     m->slots = slots;   /* kept to bind the gradient views in zb_model_alloc_grad */
     if (cfg->n_heads > 0 && cfg->head_dim > 0) zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
     if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->rope);
@@ -113,6 +164,7 @@ int zb_model_init(zb_model *m, const zb_config *cfg) {
 void zb_model_free(zb_model *m) {
     free(m->params);
     free(m->data);
+    free(m->data16);
     free(m->grad);
     free(m->w.blocks);
     free(m->g.blocks);
@@ -123,9 +175,12 @@ void zb_model_free(zb_model *m) {
 
 int zb_model_alloc_grad(zb_model *m) {
     if (m->grad) return ZB_OK;
+    if (m->wdtype != ZB_WEIGHTS_F32)
+        return zb_fail(ZB_EARG, "training needs float32 weights: this model holds its matrices in %s "
+                       "(--weights bf16 is for inference)", zb_wdtype_name(m->wdtype));
     m->grad = zb_calloc(m->n_floats, sizeof(float), "parameter gradients");
     if (!m->grad) return ZB_ENOMEM;
-    bind(m, m->slots, &m->g, m->grad);
+    bind(m, m->slots, &m->g, m->grad, NULL);
     return ZB_OK;
 }
 
@@ -139,16 +194,21 @@ const zb_param *zb_model_param(const zb_model *m, const char *name) {
     return NULL;
 }
 
-size_t zb_model_num_params(const zb_model *m) { return m->n_floats; }
+size_t zb_model_num_params(const zb_model *m) { return m->n_floats + m->n_bf16; }
 
-int zb_model_load(zb_model *m, const char *path) {
+size_t zb_model_param_bytes(const zb_model *m) { return m->n_floats * sizeof(float) + m->n_bf16 * sizeof(uint16_t); }
+
+int zb_model_load(zb_model *m, const char *path) { return zb_model_load_ex(m, path, ZB_WEIGHTS_F32); }
+
+int zb_model_load_ex(zb_model *m, const char *path, zb_wdtype wt) {
     zb_store *st = NULL;
     ZB_TRY(zb_store_open(&st, path));
-    int rc = zb_model_init(m, zb_store_config(st));
+    int rc = zb_model_init_ex(m, zb_store_config(st), wt);
     if (rc) { zb_fail_prefix(rc, path); zb_store_close(st); return rc; }
     for (int i = 0; i < m->n_params && !rc; i++) {
         const zb_param *p = &m->params[i];
-        rc = zb_store_read(st, p->name, m->data + p->offset, p->ndim, p->shape);
+        rc = p->bf16 ? zb_store_read_bf16(st, p->name, m->data16 + p->offset, p->ndim, p->shape)
+                     : zb_store_read(st, p->name, m->data + p->offset, p->ndim, p->shape);
         if (rc == ZB_ENOTFOUND) rc = zb_fail(ZB_ENOTFOUND, "%s: missing tensor '%s'", path, p->name);
     }
     zb_store_close(st);
@@ -156,35 +216,41 @@ int zb_model_load(zb_model *m, const char *path) {
     return rc;
 }
 
+void zb_param_fill_random(const zb_param *p, float std, zb_rng *rng, float *x, size_t n) {
+    if (p->ndim == 1 && strstr(p->name, "norm")) {
+        for (size_t j = 0; j < n; j++) x[j] = 1.0f;
+    } else if (strstr(p->name, "mamba.dt_bias")) {
+        /* dt ~ log-uniform [1e-3, 1e-1]; store softplus^-1(dt) (SPEC §5) */
+        for (size_t j = 0; j < n; j++) {
+            double dt = exp(log(1e-3) + zb_rng_uniform(rng) * (log(1e-1) - log(1e-3)));
+            x[j] = (float)(dt + log(-expm1(-dt)));
+        }
+    } else if (strstr(p->name, "mamba.A_log")) {
+        for (size_t j = 0; j < n; j++) x[j] = logf(1.0f + 15.0f * zb_rng_uniform(rng));
+    } else if (strstr(p->name, "mamba.D")) {
+        for (size_t j = 0; j < n; j++) x[j] = 1.0f;
+    } else if (strstr(p->name, "conv1d.bias")) {
+        for (size_t j = 0; j < n; j++) x[j] = 0.0f;
+    } else if (strstr(p->name, "conv1d.weight")) {
+        float bound = 1.0f / sqrtf((float)p->shape[2]);
+        for (size_t j = 0; j < n; j++) x[j] = bound * (2.0f * zb_rng_uniform(rng) - 1.0f);
+    } else {
+        for (size_t j = 0; j < n; j++) x[j] = std * zb_rng_normal(rng);
+    }
+}
+
 void zb_model_init_random(zb_model *m, uint64_t seed, float std) {
     zb_rng rng;
     zb_rng_seed(&rng, seed);
+    float tmp[1024];
     for (int i = 0; i < m->n_params; i++) {
         const zb_param *p = &m->params[i];
-        float *x = m->data + p->offset;
-        const char *leaf = strrchr(p->name, '.');
-        leaf = leaf ? leaf + 1 : p->name;
-        const char *tail = p->name + strlen(p->name);
-        (void)tail;
-        if (p->ndim == 1 && strstr(p->name, "norm")) {
-            for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
-        } else if (strstr(p->name, "mamba.dt_bias")) {
-            /* dt ~ log-uniform [1e-3, 1e-1]; store softplus^-1(dt) (SPEC §5) */
-            for (size_t j = 0; j < p->numel; j++) {
-                double dt = exp(log(1e-3) + zb_rng_uniform(&rng) * (log(1e-1) - log(1e-3)));
-                x[j] = (float)(dt + log(-expm1(-dt)));
-            }
-        } else if (strstr(p->name, "mamba.A_log")) {
-            for (size_t j = 0; j < p->numel; j++) x[j] = logf(1.0f + 15.0f * zb_rng_uniform(&rng));
-        } else if (strstr(p->name, "mamba.D")) {
-            for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
-        } else if (strstr(p->name, "conv1d.bias")) {
-            for (size_t j = 0; j < p->numel; j++) x[j] = 0.0f;
-        } else if (strstr(p->name, "conv1d.weight")) {
-            float bound = 1.0f / sqrtf((float)p->shape[2]);
-            for (size_t j = 0; j < p->numel; j++) x[j] = bound * (2.0f * zb_rng_uniform(&rng) - 1.0f);
-        } else {
-            for (size_t j = 0; j < p->numel; j++) x[j] = std * zb_rng_normal(&rng);
+        if (!p->bf16) { zb_param_fill_random(p, std, &rng, m->data + p->offset, p->numel); continue; }
+        /* the same draws, rounded to bf16: a bf16 model is the f32 one of the same seed, rounded */
+        for (size_t j = 0; j < p->numel; j += 1024) {
+            size_t k = p->numel - j < 1024 ? p->numel - j : 1024;
+            zb_param_fill_random(p, std, &rng, tmp, k);
+            zb_f32_to_bf16_n(tmp, m->data16 + p->offset + j, k);
         }
     }
 }
@@ -544,9 +610,9 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
     float *probs = s->scratch, *q = probs + (size_t)(c->n_heads / c->n_kv_heads) * s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
     float *att = v + (size_t)N * kd;
-    zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
-    zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
-    zb_matmul_forward(v, x, w->wv, NULL, N, d, kd);
+    zb_linear_forward(q, x, w->lin.wq, N, d, qd);
+    zb_linear_forward(k, x, w->lin.wk, N, d, kd);
+    zb_linear_forward(v, x, w->lin.wv, N, d, kd);
     float *K = cache, *Vc = cache + (size_t)s->B * s->max_T * kd;
     for (int i = 0; i < nb; i++) {
         int b = seqs[i], p0 = s->pos[b];
@@ -564,7 +630,7 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
                                 c->n_kv_heads, hd, hd, kd, kd, 1.0f / sqrtf((float)hd), probs);
         }
     }
-    zb_matmul_forward(out, att, w->wo, NULL, N, qd, d);
+    zb_linear_forward(out, att, w->lin.wo, N, qd, d);
 }
 
 static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
@@ -572,6 +638,9 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
     if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
+    else if (m->w.embed_lin.bf16)   /* bf16 rows, converted as they are looked up */
+        for (int i = 0; i < N; i++)
+            zb_bf16_to_f32_n(m->w.embed_lin.bf16 + (size_t)ids[i] * d, s->x + (size_t)i * d, (size_t)d);
     else zb_embedding_forward(s->x, ids, m->w.embed, N, d);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
@@ -580,23 +649,23 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
             for (int i = 0; i < nb; i++)
-                zb_mla_step(&c->mla, d, c->rms_eps, &w->mla, &m->rope_mla, s->ln + (size_t)i * n * d,
+                zb_mla_step_lin(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln + (size_t)i * n * d,
                             s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per,
                             s->max_T, &s->pos[seqs[i]], n, 1, s->scratch);
         } else {
             size_t per = zb_mamba2_state_floats(&c->mamba);
             for (int i = 0; i < nb; i++)
-                zb_mamba2_step(&c->mamba, d, c->rms_eps, &w->mamba, s->ln + (size_t)i * n * d,
+                zb_mamba2_step_lin(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln + (size_t)i * n * d,
                                s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per, n, 1,
                                s->scratch);
         }
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
-        zb_matmul_forward(s->g, s->ln, w->w_gate, NULL, N, d, F);
-        zb_matmul_forward(s->u, s->ln, w->w_up, NULL, N, d, F);
+        zb_linear_forward(s->g, s->ln, w->lin.w_gate, N, d, F);
+        zb_linear_forward(s->u, s->ln, w->lin.w_up, N, d, F);
         zb_swiglu_forward(s->g, s->g, s->u, (size_t)N * F);
-        zb_matmul_forward(s->mo, s->g, w->w_down, NULL, N, F, d);
+        zb_linear_forward(s->mo, s->g, w->lin.w_down, N, F, d);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
     }
@@ -605,10 +674,10 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
         zb_rmsnorm_forward(s->lnf + (size_t)b * d, NULL, s->x + ((size_t)b * n + n - 1) * d,
                            m->w.final_norm, 1, d, c->rms_eps);
     if (m->tp) {   /* TP: local vocabulary columns, then gathered to [B, V] */
-        zb_matmul_forward(s->tp_buf, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+        zb_linear_forward(s->tp_buf, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
         zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
     } else {
-        zb_matmul_forward(s->logits, s->lnf, m->w.lm_head, NULL, B, d, c->vocab);
+        zb_linear_forward(s->logits, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
     }
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "linear.h"
 #include "mamba2.h"
 #include "mla.h"
 #include "ops.h"
@@ -29,7 +30,17 @@ typedef struct {
     size_t offset, numel;   /* in floats, within the flat buffer */
     int no_decay;           /* norms, biases, A_log, D, dt_bias: no weight decay */
     int layer;              /* -1 for embedding / final norm / head */
+    int bf16;               /* held in zb_model.data16 (offset counts its uint16 elements) */
 } zb_param;
+
+/* How a model holds its weight matrices (every 2-D parameter: projections, embedding, head).
+ * bf16 is for inference only (generation): half the memory and half the bytes read per
+ * decode step, float32 accumulation (linear.h); 1-D / 3-D parameters (norms, biases, A_log,
+ * D, dt_bias, conv1d) stay float32. Training needs float32 (gradients, optimizer). */
+typedef enum { ZB_WEIGHTS_F32 = 0, ZB_WEIGHTS_BF16 = 1 } zb_wdtype;
+/* "f32" / "bf16" -> the value; ZB_EARG naming `what` otherwise. */
+int zb_wdtype_parse(const char *s, zb_wdtype *out, const char *what);
+const char *zb_wdtype_name(zb_wdtype t);
 
 /* Views of one block's weights (all pointers into one flat buffer). */
 typedef struct {
@@ -39,12 +50,18 @@ typedef struct {
     zb_mla_weights mla;
     zb_mamba2_weights mamba;
     float *w_gate, *w_up, *w_down;        /* [F,d] [F,d] [d,F] */
+    /* The same matrices as tagged views (f32 or bf16 storage, linear.h): the generation path
+     * reads these. The float* views above are NULL for matrices held in bf16. */
+    struct { zb_wt wq, wk, wv, wo, w_gate, w_up, w_down; } lin;
+    zb_mla_lin mla_lin;
+    zb_mamba2_lin mamba_lin;
 } zb_block;
 
 typedef struct {
     float *embed;       /* [V, d] */
     float *final_norm;  /* [d] */
     float *lm_head;     /* [V, d]; == embed when tied */
+    zb_wt embed_lin, lm_head_lin;   /* tagged views of embed / lm_head (see zb_block.lin) */
     zb_block *blocks;   /* [n_layers] */
 } zb_weights;
 
@@ -53,7 +70,10 @@ typedef struct {
     int n_params;
     zb_param *params;
     size_t n_floats;
-    float *data;        /* the parameters */
+    float *data;        /* the parameters (the float32 ones: all of them unless wdtype is bf16) */
+    zb_wdtype wdtype;   /* storage of the 2-D parameters */
+    size_t n_bf16;
+    uint16_t *data16;   /* [n_bf16] the bf16 parameters (wdtype bf16), NULL otherwise */
     float *grad;        /* same layout; NULL until zb_model_alloc_grad */
     zb_weights w, g;    /* views into data and grad */
     zb_rope rope;       /* attention layers: rotary dim = head_dim */
@@ -74,6 +94,8 @@ typedef struct {
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
  * (zeros). Used by loading, random init, import checks and compose. */
 int zb_model_init(zb_model *m, const zb_config *cfg);
+/* The same with the 2-D parameters held as wt (zb_model_init is wt = f32). */
+int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt);
 void zb_model_free(zb_model *m);
 int zb_model_alloc_grad(zb_model *m);
 void zb_model_zero_grad(zb_model *m);
@@ -81,10 +103,18 @@ const zb_param *zb_model_param(const zb_model *m, const char *name);
 /* Load from an HF directory or a native .h5 checkpoint: every expected tensor must be present
  * with its exact shape. */
 int zb_model_load(zb_model *m, const char *path);
+/* The same with the 2-D parameters held as wt: bf16 tensors of a bf16 checkpoint are read
+ * raw, f32 ones are converted one tensor at a time (never an f32 copy of the model). */
+int zb_model_load_ex(zb_model *m, const char *path, zb_wdtype wt);
 /* Random init (N(0, std) for matrices, ones for norms, Mamba2 defaults of SPEC §5). */
 void zb_model_init_random(zb_model *m, uint64_t seed, float std);
+/* The init rule of parameter p (by its name), n values drawn from rng into x: what
+ * zb_model_init_random does per tensor; `zebra init` streams it row block by row block. */
+void zb_param_fill_random(const zb_param *p, float std, zb_rng *rng, float *x, size_t n);
 /* Number of parameters. */
 size_t zb_model_num_params(const zb_model *m);
+/* Bytes held by the parameters (f32 + bf16). */
+size_t zb_model_param_bytes(const zb_model *m);
 
 /* ---- training-shaped forward / backward --------------------------------------------- */
 typedef struct {

@@ -86,22 +86,30 @@ float zb_clip_scale(const zb_optim_cfg *c, double norm) {
     return (float)(c->clip / (norm + 1e-6));
 }
 
-void zb_adamw_step(zb_adamw *o, zb_model *m, float lr, float grad_scale) {
+void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi, const float *g,
+                           float *mm, float *vv, float lr, float grad_scale) {
     const float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
     double t = (double)(o->step + 1);
     float bc1 = (float)(1.0 - pow(b1, t)), bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
     for (int i = 0; i < m->n_params; i++) {
         if (!o->trainable[i]) continue;
         const zb_param *p = &m->params[i];
-        float *w = m->data + p->offset, *g = m->grad + p->offset;
-        float *mm = o->m + p->offset, *vv = o->v + p->offset;
+        size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        if (a >= b) continue;
+        float *w = m->data + a;
+        const float *gp = g + (a - lo);
+        float *mp = mm + (a - lo), *vp = vv + (a - lo);
         float lri = lr * o->lr_mult[i], decay = 1.0f - lri * o->wd[i], step_size = lri / bc1;
-        for (size_t j = 0; j < p->numel; j++) {
-            float gj = g[j] * grad_scale;
-            mm[j] = b1 * mm[j] + (1.0f - b1) * gj;
-            vv[j] = b2 * vv[j] + (1.0f - b2) * gj * gj;
-            w[j] = w[j] * decay - step_size * mm[j] / (sqrtf(vv[j]) / bc2_sqrt + eps);
+        for (size_t j = 0; j < b - a; j++) {
+            float gj = gp[j] * grad_scale;
+            mp[j] = b1 * mp[j] + (1.0f - b1) * gj;
+            vp[j] = b2 * vp[j] + (1.0f - b2) * gj * gj;
+            w[j] = w[j] * decay - step_size * mp[j] / (sqrtf(vp[j]) / bc2_sqrt + eps);
         }
     }
+}
+
+void zb_adamw_step(zb_adamw *o, zb_model *m, float lr, float grad_scale) {
+    zb_adamw_update_range(o, m, 0, m->n_floats, m->grad, o->m, o->v, lr, grad_scale);
     o->step++;
 }

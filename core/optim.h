@@ -69,5 +69,10 @@ float zb_clip_scale(const zb_optim_cfg *c, double norm);
 /* One AdamW update of every trainable parameter with learning rate lr, gradients multiplied
  * by grad_scale first (the clipping factor). Increments o->step. */
 void zb_adamw_step(zb_adamw *o, zb_model *m, float lr, float grad_scale);
+/* The same update restricted to the floats [lo, hi) of the flat buffer (ZeRO-1: a DP rank's
+ * shard, parallel/dp.h): g, mm, vv hold the gradient and moments of [lo, hi) only (index 0 =
+ * float lo). Does not increment o->step. zb_adamw_step is this over [0, n_floats). */
+void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi, const float *g,
+                           float *mm, float *vv, float lr, float grad_scale);
 
 #endif

@@ -133,6 +133,57 @@ int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, con
     return zb_store_read_rows(s, name, dst, 0, nd ? sh[0] : 1);
 }
 
+int zb_store_read_bf16(const zb_store *s, const char *name, uint16_t *dst, int ndim, const int64_t *shape) {
+    int i = zb_store_find(s, name);
+    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
+    int nd;
+    int64_t sh[ZB_MAX_DIMS];
+    zb_dtype dt;
+    ZB_TRY(zb_store_info_at(s, i, &nd, sh, &dt));
+    int same = nd == ndim;
+    for (int k = 0; same && k < nd; k++) same = sh[k] == shape[k];
+    if (!same) {
+        char a[160], b[160];
+        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': expected shape %s, found %s", zb_store_file_of(s, name), name,
+                       zb_shape_str(a, sizeof a, ndim, shape), zb_shape_str(b, sizeof b, nd, sh));
+    }
+    return zb_store_read_rows_bf16(s, name, dst, 0, nd ? sh[0] : 1);
+}
+
+int zb_store_read_rows_bf16(const zb_store *s, const char *name, uint16_t *dst, int64_t row0, int64_t nrows) {
+    int i = zb_store_find(s, name);
+    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
+    int nd;
+    int64_t sh[ZB_MAX_DIMS], rowel = 1;
+    zb_dtype dt;
+    ZB_TRY(zb_store_info_at(s, i, &nd, sh, &dt));
+    for (int k = 1; k < nd; k++) rowel *= sh[k];
+    int64_t nlead = nd ? sh[0] : 1;
+    if (row0 < 0 || nrows < 0 || row0 + nrows > nlead)
+        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': rows [%lld, %lld) outside [0, %lld)", zb_store_file_of(s, name),
+                       name, (long long)row0, (long long)(row0 + nrows), (long long)nlead);
+    if (dt == ZB_DT_BF16) {   /* as stored: no conversion, no f32 copy */
+        if (s->ck) return zb_ckpt_read_raw(s->ck, i, row0, nrows, dst);
+        const zb_st_tensor *t = zb_st_at(s->st, i);
+        memcpy(dst, (const uint8_t *)t->data + (size_t)(row0 * rowel) * 2, (size_t)(nrows * rowel) * 2);
+        return ZB_OK;
+    }
+    /* other dtypes: f32 through a buffer of at most ~4M values, then rounded */
+    int64_t blk = rowel > 0 ? ((int64_t)1 << 22) / rowel : nrows;
+    if (blk < 1) blk = 1;
+    if (blk > nrows) blk = nrows;
+    float *tmp = blk ? zb_malloc(sizeof(float) * (size_t)(blk * rowel), "bf16 conversion buffer") : NULL;
+    if (blk && !tmp) return ZB_ENOMEM;
+    int rc = ZB_OK;
+    for (int64_t r = 0; r < nrows && !rc; r += blk) {
+        int64_t nr = nrows - r < blk ? nrows - r : blk;
+        rc = zb_store_read_rows(s, name, tmp, row0 + r, nr);
+        for (int64_t j = 0; !rc && j < nr * rowel; j++) dst[r * rowel + j] = zb_f32_to_bf16(tmp[j]);
+    }
+    free(tmp);
+    return rc;
+}
+
 int zb_store_read_rows(const zb_store *s, const char *name, float *dst, int64_t row0, int64_t nrows) {
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);

@@ -23,6 +23,10 @@ int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, con
 /* Read rows [row0, row0+nrows) of a 2-D (or the leading dim of an N-D) tensor: used to load
  * a tensor-parallel slice without holding the whole tensor. */
 int zb_store_read_rows(const zb_store *s, const char *name, float *dst, int64_t row0, int64_t nrows);
+/* The same into bf16 (raw bits): a BF16 tensor is copied as stored, any other float dtype is
+ * converted (round to nearest even) through a bounded f32 buffer. For --weights bf16. */
+int zb_store_read_bf16(const zb_store *s, const char *name, uint16_t *dst, int ndim, const int64_t *shape);
+int zb_store_read_rows_bf16(const zb_store *s, const char *name, uint16_t *dst, int64_t row0, int64_t nrows);
 /* Names of all tensors (for "no unexpected tensor" checks and import). */
 int zb_store_count(const zb_store *s);
 const char *zb_store_name_at(const zb_store *s, int i);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tp.h"
+
 static const char *const stage_names[] = {"pretrain", "ild", "kd", "sft", "dpo"};
 
 int zb_stage_parse(const char *s) {
@@ -78,14 +80,28 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out) {
 
 /* ---- the stages ------------------------------------------------------------------------- */
 
+/* TP (parallel/tp.h): under tensor parallelism the logits are [N, V/tp] on each rank and the
+ * losses are reduced over the vocabulary without gathering them (Megatron's vocab-parallel
+ * cross-entropy); token ids and targets stay global, so validity is checked against the FULL
+ * vocabulary. Both functions are collective over the TP group when m is a shard. */
+static int full_vocab(const zb_model *m) { return zb_model_full_config(m)->vocab; }
+static double ce_sum(const zb_model *m, float *d, const float *logits, const int *tg, int N, float scale) {
+    if (m->tp) return zb_tp_cross_entropy(m->tp, d, logits, tg, N, m->cfg.vocab, scale);
+    return zb_cross_entropy(d, logits, tg, N, m->cfg.vocab, scale, NULL);
+}
+static double kl_sum(const zb_model *m, float *d, const float *s, const float *t, const int *mask, int N,
+                     float tau, float scale) {
+    if (m->tp) return zb_tp_kl_div(m->tp, d, s, t, mask, N, m->cfg.vocab, tau, scale);
+    return zb_kl_div(d, s, t, mask, N, m->cfg.vocab, tau, scale);
+}
+
 static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                      float gs, zb_loss_parts *o) {
     zb_model *m = tr->student;
     int N = tr->rows * tr->T, nv = 0;
-    for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < m->cfg.vocab;
+    for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < full_vocab(m);
     zb_model_forward(m, &tr->a, ids);
-    double sum = zb_cross_entropy(want_grad ? tr->a.logits : NULL, tr->a.logits, targets, N,
-                                  m->cfg.vocab, nv ? gs / nv : 0.0f, NULL);
+    double sum = ce_sum(m, want_grad ? tr->a.logits : NULL, tr->a.logits, targets, N, nv ? gs / nv : 0.0f);
     o->ce = o->loss = nv ? sum / nv : 0.0;
     o->tokens = nv;
     if (want_grad) zb_model_backward(m, &tr->a, ids);
@@ -94,20 +110,19 @@ static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int wan
 static void stage_kd(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                      float gs, zb_loss_parts *o) {
     zb_model *m = tr->student;
-    int N = tr->rows * tr->T, V = m->cfg.vocab, nm = 0;
-    for (int i = 0; i < N; i++) { tr->mask[i] = targets[i] >= 0 && targets[i] < V; nm += tr->mask[i]; }
+    int N = tr->rows * tr->T, V = m->cfg.vocab, nm = 0, Vf = full_vocab(m);
+    for (int i = 0; i < N; i++) { tr->mask[i] = targets[i] >= 0 && targets[i] < Vf; nm += tr->mask[i]; }
     zb_model_forward(tr->teacher, &tr->ta, ids);
     zb_model_forward(m, &tr->a, ids);
     const zb_loss_cfg *c = &tr->cfg;
     double ce = 0;
     if (tr->tmp) {   /* CE first: the KL gradient overwrites the student logits */
         memcpy(tr->tmp, tr->a.logits, sizeof(float) * (size_t)N * V);
-        ce = zb_cross_entropy(want_grad ? tr->tmp : NULL, tr->tmp, targets, N, V,
-                              nm ? gs * c->ce_weight / nm : 0.0f, NULL);
+        ce = ce_sum(m, want_grad ? tr->tmp : NULL, tr->tmp, targets, N, nm ? gs * c->ce_weight / nm : 0.0f);
         ce = nm ? ce / nm : 0.0;
     }
-    double kl = zb_kl_div(want_grad ? tr->a.logits : NULL, tr->a.logits, tr->ta.logits, tr->mask,
-                          N, V, c->temperature, nm ? gs * c->kl_weight / nm : 0.0f);
+    double kl = kl_sum(m, want_grad ? tr->a.logits : NULL, tr->a.logits, tr->ta.logits, tr->mask,
+                       N, c->temperature, nm ? gs * c->kl_weight / nm : 0.0f);
     kl = nm ? kl / nm : 0.0;
     o->kl = kl;
     o->ce = ce;
@@ -148,9 +163,10 @@ static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, z
 }
 
 /* Sum of the target log-probabilities of each row of logits [rows, T, V]. */
-static void row_logprobs(const float *logits, const int *targets, int rows, int T, int V, double *lp) {
+static void row_logprobs(const zb_model *m, const float *logits, const int *targets, int rows, int T, int V,
+                         double *lp) {
     for (int r = 0; r < rows; r++)
-        lp[r] = -zb_cross_entropy(NULL, logits + (size_t)r * T * V, targets + (size_t)r * T, T, V, 0.0f, NULL);
+        lp[r] = -ce_sum(m, NULL, logits + (size_t)r * T * V, targets + (size_t)r * T, T, 0.0f);
 }
 
 static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
@@ -159,11 +175,11 @@ static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int wa
     int B = tr->B, T = tr->T, V = m->cfg.vocab;
     double *lp = tr->lp, *lr = tr->lp + tr->rows, beta = tr->cfg.beta;
     zb_model_forward(tr->teacher, &tr->ta, ids);
-    row_logprobs(tr->ta.logits, targets, tr->rows, T, V, lr);
+    row_logprobs(tr->teacher, tr->ta.logits, targets, tr->rows, T, V, lr);
     zb_model_forward(m, &tr->a, ids);
-    row_logprobs(tr->a.logits, targets, tr->rows, T, V, lp);
+    row_logprobs(m, tr->a.logits, targets, tr->rows, T, V, lp);
     double loss = 0, acc = 0, margin = 0, ntok = 0;
-    for (int i = 0; i < tr->rows * T; i++) ntok += targets[i] >= 0 && targets[i] < V;
+    for (int i = 0; i < tr->rows * T; i++) ntok += targets[i] >= 0 && targets[i] < full_vocab(m);
     for (int b = 0; b < B; b++) {
         double h = (lp[b] - lr[b]) - (lp[B + b] - lr[B + b]);
         double z = beta * h;
@@ -175,8 +191,8 @@ static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int wa
             /* dL/dlp_c = -beta sigmoid(-z); d lp / d logits = -(softmax - onehot) */
             double s = beta / (1.0 + exp(z)) / B * gs;
             float *lc = tr->a.logits + (size_t)b * T * V, *lrj = tr->a.logits + (size_t)(B + b) * T * V;
-            zb_cross_entropy(lc, lc, targets + (size_t)b * T, T, V, (float)s, NULL);
-            zb_cross_entropy(lrj, lrj, targets + (size_t)(B + b) * T, T, V, (float)-s, NULL);
+            ce_sum(m, lc, lc, targets + (size_t)b * T, T, (float)s);
+            ce_sum(m, lrj, lrj, targets + (size_t)(B + b) * T, T, (float)-s);
         }
     }
     o->loss = loss / B;

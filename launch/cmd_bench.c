@@ -5,6 +5,7 @@
  *
  *   zebra bench --teacher T --hybrid H [--contexts 1024,4096,8192] [--batches 1,4]
  *               [--decode-steps 16] [--prefill-len 256] [--md out.md] [--svg out.svg]
+ *               [--weights f32|bf16]   (bf16: matrices held in bf16, model.h zb_wdtype)
  * T and H are checkpoints/HF directories, or configs (.json) initialised with random weights.
  * Decode at context c runs on caches filled with synthetic values (speed does not depend on
  * their contents), so long contexts need no prefill. */
@@ -72,16 +73,16 @@ static double read_bandwidth(size_t bytes, double *one_core) {
     return all > *one_core ? all : *one_core;
 }
 
-static int load_any(zb_model *m, const char *path) {
+static int load_any(zb_model *m, const char *path, zb_wdtype wt) {
     size_t len = strlen(path);
     if (len > 5 && !strcmp(path + len - 5, ".json")) {
         zb_config c;
         ZB_TRY(zb_config_load(path, &c));
-        ZB_TRY(zb_model_init(m, &c));
+        ZB_TRY(zb_model_init_ex(m, &c, wt));
         zb_model_init_random(m, 7, 0.02f);
         return ZB_OK;
     }
-    return zb_model_load(m, path);
+    return zb_model_load_ex(m, path, wt);
 }
 
 typedef struct { double prefill_tps, decode_tps, decode_gbs; } bench_row;
@@ -107,7 +108,7 @@ static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill
     double dt = zb_now() - t;
     r->decode_tps = (double)B * steps / dt;
     /* bytes streamed per decode step: every weight once + each sequence's cache and state */
-    double bytes = (double)m->n_floats * sizeof(float) +
+    double bytes = (double)zb_model_param_bytes(m) +
                    (double)B * ((double)ctx * g.cache_bytes_per_token + g.state_bytes_per_seq);
     r->decode_gbs = bytes * steps / dt / 1e9;
     free(ids);
@@ -148,12 +149,14 @@ static void svg_plot(FILE *f, const int *ctx, int nc, double (*tps)[MAXL], const
 
 int zb_cmd_bench(int argc, char **argv) {
     static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
-                                       "--decode-steps", "--prefill-len", "--md", "--svg", NULL};
+                                       "--decode-steps", "--prefill-len", "--md", "--svg", "--weights", NULL};
     static const char *const flags[] = {NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *paths[2] = {zb_arg_str(argc, argv, "--teacher", NULL), zb_arg_str(argc, argv, "--hybrid", NULL)};
     const char *names[2] = {"teacher", "hybrid"};
     if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
+    zb_wdtype wt;
+    ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
     int ctx[MAXL], bat[MAXL];
     int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
@@ -168,6 +171,9 @@ int zb_cmd_bench(int argc, char **argv) {
     const char *md_path = zb_arg_str(argc, argv, "--md", NULL);
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
+    int threads = zb_threads_auto(MPI_COMM_WORLD);
+    fprintf(md, "weights: %s (%s, %d OpenMP threads)\n\n", zb_wdtype_name(wt),
+            wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads);
     fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
                 "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
@@ -177,7 +183,7 @@ int zb_cmd_bench(int argc, char **argv) {
     for (int k = 0; k < 2 && !rc; k++) {
         if (!paths[k]) continue;
         zb_model m;
-        rc = load_any(&m, paths[k]);
+        rc = load_any(&m, paths[k], wt);
         if (rc) break;
         have[k] = 1;
         size_t kvtok = 0;
@@ -187,9 +193,9 @@ int zb_cmd_bench(int argc, char **argv) {
                 bench_row r = {0, 0, 0};
                 rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, &r);
                 if (rc) break;
-                double pf = 2.0 * m.n_floats * r.prefill_tps / 1e9;   /* ~2 flops per weight per token */
+                double pf = 2.0 * zb_model_num_params(&m) * r.prefill_tps / 1e9;   /* ~2 flops per weight per token */
                 fprintf(md, "| %s | %.3gM | %zu | %d | %d | %.1f | %.0f%% | %.2f | %.2f | %.0f%% |\n",
-                        names[k], m.n_floats / 1e6, kvtok * sizeof(float), bat[bi], ctx[ci],
+                        names[k], zb_model_num_params(&m) / 1e6, kvtok * sizeof(float), bat[bi], ctx[ci],
                         r.prefill_tps, 100 * pf / gf, r.decode_tps, r.decode_gbs, 100 * r.decode_gbs / bw);
                 fflush(md);
                 if (bat[bi] == 1 || bi == 0) tps1[k][ci] = r.decode_tps;

@@ -12,7 +12,10 @@
  * index from 0). The last line on stderr has prefill / decode tokens/s and cache bytes.
  * Sampling: sequence i draws from its own RNG stream seeded by (--seed, i), so its tokens do
  * not depend on --batch, on the other prompts or on the TP layout. Under --tp N every rank
- * runs the same schedule; TP rank 0 samples from the gathered logits and broadcasts. */
+ * runs the same schedule; TP rank 0 samples from the gathered logits and broadcasts.
+ * --weights bf16 holds the weight matrices in bf16 (half the memory and bytes per decode step,
+ * f32 accumulation; model.h); the final line then also has every rank's peak resident
+ * memory (VmHWM) and the bf16 kernel and threads used. */
 #include <ctype.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -308,7 +311,7 @@ static void on_token(zb_run *r, int b, int tkn) {
 int zb_cmd_generate(int argc, char **argv) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
-                                       "--seed", "--stop", "--tp", "--batch", "--ctx", NULL};
+                                       "--seed", "--stop", "--tp", "--batch", "--ctx", "--weights", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *model_path = zb_arg_str(argc, argv, "--model", NULL);
@@ -321,6 +324,8 @@ int zb_cmd_generate(int argc, char **argv) {
                      (float)zb_arg_double(argc, argv, "--top-p", 1.0)};
     uint64_t seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1234);
     int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
+    zb_wdtype wt;
+    ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
     int n_sources = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--prompt-ids") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompts")) n_sources++;
@@ -451,7 +456,8 @@ int zb_cmd_generate(int argc, char **argv) {
         }
     }
     int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
-    rc = tp > 1 ? zb_model_load_tp(&m, model_path, &grid) : zb_model_load(&m, model_path);
+    int threads = zb_threads_auto(MPI_COMM_WORLD);
+    rc = tp > 1 ? zb_model_load_tp_ex(&m, model_path, &grid, wt) : zb_model_load_ex(&m, model_path, wt);
     if (rc) goto done;
     const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
     rc = zb_gen_init(&g, &m, B, max_T);
@@ -525,14 +531,30 @@ int zb_cmd_generate(int argc, char **argv) {
         n_decode += na;
         for (int k = 0; k < na; k++) on_token(&run, act[k], act_tok[k]);
     }
+    /* every rank's peak resident memory (the 8B-on-24GB check): gathered to rank 0 */
+    long hwm = zb_vm_hwm_kb(), *hwms = NULL;
+    int nr = tp > 1 ? grid.tp_size : 1;
+    if (!rc && tp > 1) {
+        hwms = rank == 0 ? zb_calloc((size_t)nr, sizeof(long), "stats") : NULL;
+        if (MPI_Gather(&hwm, 1, MPI_LONG, hwms, 1, MPI_LONG, 0, grid.tp) != MPI_SUCCESS)
+            rc = zb_fail(ZB_EMPI, "generate: MPI_Gather of the memory stats failed");
+    }
     if (!rc && run.out) {
         if (run.single) printf("\n");
         fflush(stdout);
+        char mem[512];
+        int k = snprintf(mem, sizeof mem, " | weights %s (%s, %d thread%s), %.2f GB/rank | peak RSS (VmHWM)",
+                         zb_wdtype_name(wt), wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "sgemm",
+                         threads, threads == 1 ? "" : "s", zb_model_param_bytes(&m) / 1e9);
+        for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
+            k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GB", r ? "," : "",
+                          (hwms ? hwms[r] : hwm) / 1048576.0);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
-                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s\n",
+                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
                 n_prefill, n_prefill / (t_prefill + 1e-12), n_decode, n_decode / (t_decode + 1e-12),
-                P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc, tp > 1 ? " (per rank)" : "");
+                P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc, tp > 1 ? " (per rank)" : "", mem);
     }
+    free(hwms);
 done:
     zb_gen_free(&g);
     zb_model_free(&m);

@@ -15,17 +15,27 @@
  *   beta (0.1)                                      dpo
  *   log_every (10) eval_every (0: only at the end) eval_batches (8) save_every (0: only at
  *   the end) keep_last (2)
+ *   zero (false)  ZeRO-1: AdamW moments sharded over the data-parallel ranks (parallel/dp.h)
+ *   bucket_mb (25) size of the gradient buckets all-reduced during the backward
  *   train: ["pattern", ...]   only these parameters train (default: all; ild: new mixers)
  *   freeze: ["pattern", ...]  these do not train
  *   groups: [{"match": "mamba.A_log", "lr_mult": 1, "weight_decay": 0}, ...]
  * Patterns: a substring of the HF name, or a glob with '*'.
  *
  * One step = grad_accum micro-batches of micro_batch rows on every data-parallel rank, the
- * gradient averaged over them and over the ranks (parallel/dp.c), clipped by its global norm,
- * one AdamW update (core/optim.c). The checkpoint holds the model, the optimizer moments
+ * gradient averaged over them and over the ranks (parallel/dp.c: buckets all-reduced during
+ * the last micro-batch's backward, or ZeRO-1), clipped by its global norm, one AdamW update
+ * (core/optim.c). The checkpoint holds the model, the optimizer moments
  * (optim.m.<name>, optim.v.<name>), train.state (step, loader row and epoch, RNG state,
  * tokens) and the run config, in one HDF5 file written under a temporary name and renamed:
- * --resume continues bit-for-bit (same ranks). */
+ * --resume continues bit-for-bit (same ranks).
+ *
+ * --tp N (SPEC §9, Megatron-LM tensor parallelism, parallel/tp.h): every rank holds a TP shard
+ * (the student, and the KD/ILD teacher or DPO reference sharded the same way); the losses are
+ * vocabulary-parallel (never gathering the logits); the clipping norm is the global one; AdamW
+ * runs on the local slices; every tensor of the checkpoint, the moments included, is written
+ * by slices with its full shape, so a checkpoint resumes / loads at any TP and DP layout
+ * (the full moments are gathered from the ZeRO shards on save and scattered on load). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -44,6 +54,7 @@
 #include "model.h"
 #include "model_io.h"
 #include "optim.h"
+#include "tp.h"
 #include "train.h"
 
 #define PATHLEN 1024
@@ -52,6 +63,8 @@ typedef struct {
     char model[PATHLEN], teacher[PATHLEN], reference[PATHLEN], data[PATHLEN], out[PATHLEN];
     int seq_len, micro_batch, grad_accum, steps, log_every, eval_every, eval_batches;
     int save_every, keep_last;
+    int zero;          /* ZeRO-1 */
+    double bucket_mb;  /* gradient bucket size */
     double warmup;
     float init_std;
     uint64_t seed;
@@ -95,6 +108,9 @@ static int run_cfg_load(run_cfg *r, const char *path) {
     r->seed = (uint64_t)jnum(o, "seed", 1);
     r->init_std = (float)jnum(o, "init_std", 0.02);
     r->warmup = jnum(o, "warmup", 0);
+    r->bucket_mb = jnum(o, "bucket_mb", 25);
+    const cJSON *zr = cJSON_GetObjectItemCaseSensitive(o, "zero");
+    r->zero = cJSON_IsTrue(zr) || (cJSON_IsNumber(zr) && zr->valuedouble != 0);
     zb_optim_cfg *c = &r->opt;
     *c = zb_optim_defaults();
     c->lr = (float)jnum(o, "lr", c->lr);
@@ -165,25 +181,64 @@ static int is_config_json(const char *path) {
 
 enum { ST_STEP, ST_ROW, ST_EPOCH, ST_RNG, ST_TOKENS, ST_STAGE, ST_DP, ST_N };
 
-static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, const int64_t *state,
-                     const char *run_text, MPI_Comm comm) {
-    char *json = zb_config_to_json(&m->cfg);
+/* Parameter i as a part of its full tensor: the TP slice (parallel/tp.h), or the whole tensor
+ * on one rank. *writes: whether this rank writes it (TP: DP replica 0, replicated tensors by
+ * TP rank 0; otherwise world rank 0). */
+static const zb_param *param_part(const zb_model *m, int i, int world_rank, zb_tp_slice *s, int *writes) {
+    if (m->tp) {
+        *s = m->tp->slices[i];
+        *writes = m->tp->writer && !(s->replicated && m->tp->rank != 0);
+        return &m->tp->full_params[i];
+    }
+    const zb_param *p = &m->params[i];
+    memset(s, 0, sizeof *s);
+    s->nseg = 1;
+    s->nrows[0] = p->ndim ? p->shape[0] : 1;
+    s->width = s->ncols = s->nrows[0] ? (int64_t)p->numel / s->nrows[0] : 0;
+    s->replicated = 1;
+    *writes = world_rank == 0;
+    return p;
+}
+
+static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, const zb_dp *dp,
+                     const int64_t *state, const char *run_text, const zb_grid *g) {
+    char *json = zb_config_to_json(zb_model_full_config(m));
     if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
+    /* ZeRO-1: the checkpoint holds the full moments of the shard (gathered over DP) */
+    const float *fm = o->m, *fv = o->v;
+    float *gm = NULL, *gv = NULL;
+    int rc = ZB_OK;
+    if (dp->zero) {
+        gm = zb_malloc(sizeof(float) * m->n_floats, "gathered moments");
+        gv = zb_malloc(sizeof(float) * m->n_floats, "gathered moments");
+        rc = gm && gv ? zb_dp_gather_moments(dp, o, gm, gv) : ZB_ENOMEM;
+        fm = gm;
+        fv = gv;
+    }
     zb_ckpt_writer *w = NULL;
-    int rc = zb_ckpt_writer_open(&w, path, comm);
+    if (!rc) rc = zb_ckpt_writer_open(&w, path, g->world);
     if (!rc) rc = zb_ckpt_set_config(w, json);
     free(json);
     char name[ZB_PARAM_NAME + 16];
     for (int i = 0; i < m->n_params && !rc; i++) {
-        const zb_param *p = &m->params[i];
-        rc = zb_ckpt_write_tensor(w, p->name, ZB_DT_F32, p->ndim, p->shape, m->data + p->offset);
+        zb_tp_slice s;
+        int writes;
+        const zb_param *fp = param_part(m, i, g->rank, &s, &writes);
+        size_t off = m->params[i].offset;
+        int ns = writes ? s.nseg : 0;
+        rc = zb_ckpt_write_slab(w, fp->name, ZB_DT_F32, fp->ndim, fp->shape, ns, s.row0, s.nrows, s.col0, s.ncols,
+                                m->data + off);
         if (!rc && o->trainable[i]) {   /* moments of frozen parameters are zero: not stored */
-            snprintf(name, sizeof name, "optim.m.%s", p->name);
-            rc = zb_ckpt_write_tensor(w, name, ZB_DT_F32, p->ndim, p->shape, o->m + p->offset);
-            snprintf(name, sizeof name, "optim.v.%s", p->name);
-            if (!rc) rc = zb_ckpt_write_tensor(w, name, ZB_DT_F32, p->ndim, p->shape, o->v + p->offset);
+            snprintf(name, sizeof name, "optim.m.%s", fp->name);
+            rc = zb_ckpt_write_slab(w, name, ZB_DT_F32, fp->ndim, fp->shape, ns, s.row0, s.nrows, s.col0, s.ncols,
+                                    fm + off);
+            snprintf(name, sizeof name, "optim.v.%s", fp->name);
+            if (!rc) rc = zb_ckpt_write_slab(w, name, ZB_DT_F32, fp->ndim, fp->shape, ns, s.row0, s.nrows, s.col0,
+                                             s.ncols, fv + off);
         }
     }
+    free(gm);
+    free(gv);
     int64_t sh = ST_N;
     if (!rc) rc = zb_ckpt_write_tensor(w, "train.state", ZB_DT_I64, 1, &sh, state);
     int64_t tl = (int64_t)strlen(run_text);
@@ -192,27 +247,59 @@ static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, con
     return zb_ckpt_close(w);
 }
 
-static int load_ckpt_state(const char *path, const zb_model *m, zb_adamw *o, int64_t *state) {
+/* This rank's slice of checkpoint entry j (full shape fp). */
+static int read_part(const zb_ckpt_reader *r, int j, const zb_param *fp, const zb_tp_slice *s, float *dst) {
+    const zb_ckpt_entry *e = zb_ckpt_entry_at(r, j);
+    int same = e->ndim == fp->ndim;
+    for (int k = 0; same && k < fp->ndim; k++) same = e->shape[k] == fp->shape[k];
+    if (!same) return zb_fail(ZB_ESHAPE, "%s: '%s' has the wrong shape", zb_ckpt_path(r), e->name);
+    for (int k = 0; k < s->nseg; k++) {
+        if (s->ncols == s->width) {
+            ZB_TRY(zb_ckpt_read_f32(r, j, s->row0[k], s->nrows[k], dst));
+            dst += s->nrows[k] * s->width;
+            continue;
+        }
+        float *tmp = zb_malloc(sizeof(float) * (size_t)(s->nrows[k] * s->width), "checkpoint read buffer");
+        if (!tmp) return ZB_ENOMEM;
+        int rc = zb_ckpt_read_f32(r, j, s->row0[k], s->nrows[k], tmp);
+        for (int64_t q = 0; q < s->nrows[k] && !rc; q++, dst += s->ncols)
+            memcpy(dst, tmp + q * s->width + s->col0, sizeof(float) * (size_t)s->ncols);
+        free(tmp);
+        ZB_TRY(rc);
+    }
+    return ZB_OK;
+}
+
+/* The optimizer moments (this rank's slices; ZeRO: then its DP range) and train.state. */
+static int load_ckpt_state(const char *path, const zb_model *m, zb_adamw *o, const zb_dp *dp, int64_t *state) {
     zb_ckpt_reader *r = NULL;
     ZB_TRY(zb_ckpt_reader_open(&r, path));
     int rc = ZB_OK, i = zb_ckpt_find(r, "train.state");
     if (i < 0 || zb_ckpt_entry_at(r, i)->numel != ST_N)
         rc = zb_fail(ZB_EFORMAT, "%s: not a training checkpoint (no train.state[%d])", path, ST_N);
     if (!rc) rc = zb_ckpt_read_raw(r, i, 0, ST_N, state);
+    float *fm = o->m, *fv = o->v;
+    if (!rc && dp->zero) {
+        fm = zb_calloc(m->n_floats, sizeof(float), "moments");
+        fv = zb_calloc(m->n_floats, sizeof(float), "moments");
+        if (!fm || !fv) rc = ZB_ENOMEM;
+    }
     char name[ZB_PARAM_NAME + 16];
     for (int p = 0; p < m->n_params && !rc; p++) {
-        const zb_param *pp = &m->params[p];
+        zb_tp_slice s;
+        int writes;
+        const zb_param *fp = param_part(m, p, 0, &s, &writes);
+        size_t off = m->params[p].offset;
         for (int k = 0; k < 2 && !rc; k++) {
-            snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', pp->name);
+            snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', fp->name);
             int j = zb_ckpt_find(r, name);
-            float *dst = (k ? o->v : o->m) + pp->offset;
-            if (j < 0) { memset(dst, 0, sizeof(float) * pp->numel); continue; }
-            if ((size_t)zb_ckpt_entry_at(r, j)->numel != pp->numel)
-                rc = zb_fail(ZB_ESHAPE, "%s: '%s' has the wrong size", path, name);
-            else
-                rc = zb_ckpt_read_f32(r, j, 0, pp->ndim ? pp->shape[0] : 1, dst);
+            float *dst = (k ? fv : fm) + off;
+            if (j < 0) memset(dst, 0, sizeof(float) * m->params[p].numel);
+            else rc = read_part(r, j, fp, &s, dst);
         }
     }
+    if (!rc && dp->zero) rc = zb_dp_scatter_moments(dp, o, fm, fv);
+    if (dp->zero) { free(fm); free(fv); }
     zb_ckpt_reader_close(r);
     return rc;
 }
@@ -355,10 +442,18 @@ typedef struct {
     int have_t, have_grid;
     zb_trainer tr;
     zb_adamw o;
+    zb_dp dp;
     batch_src ld;
     int *ids, *tg;
     FILE *log;
 } train_state;
+
+/* A model from an HF directory or .h5: this rank's TP shard under --tp > 1 (zb_model_load_tp
+ * reads only its slices, whatever layout wrote the file). */
+static int load_model(zb_model *m, const char *path, const zb_grid *g) {
+    if (g->tp_size > 1) return zb_model_load_tp(m, path, g);
+    return zb_model_load(m, path);
+}
 
 static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const char *resume,
                      int tp, int pp, long stop_after) {
@@ -368,12 +463,12 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     S->have_grid = 1;
     zb_grid *g = &S->g;
     int rank = g->rank;
-    if (tp * pp > 1)
-        return zb_fail(ZB_EARG, "train: --tp/--pp > 1 are not implemented yet (data parallel only)");
+    if (pp > 1)
+        return zb_fail(ZB_EARG, "train: --pp > 1 is not implemented yet (tensor and data parallel only)");
 
     /* the model: resumed, a random init from a config (pretrain), or loaded */
     if (resume) {
-        ZB_TRY(zb_model_load(&S->m, resume));
+        ZB_TRY(load_model(&S->m, resume, g));
     } else if (is_config_json(r->model)) {
         if (stage != ZB_STAGE_PRETRAIN)
             return zb_fail(ZB_EARG, "train: a config as 'model' (random init) only for --stage pretrain");
@@ -381,17 +476,27 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         ZB_TRY(zb_config_load(r->model, &c));
         ZB_TRY(zb_model_init(&S->m, &c));
         zb_model_init_random(&S->m, r->seed, r->init_std);
+        if (g->tp_size > 1) {
+            /* TP: the same random model as one rank, then this rank's slices of it (every rank
+             * holds the full model for a moment: fine for the sizes trained from scratch here) */
+            zb_model full = S->m;
+            memset(&S->m, 0, sizeof S->m);
+            int rc = zb_model_init_tp(&S->m, &c, g);
+            if (!rc) rc = zb_tp_copy_from_full(&S->m, &full);
+            zb_model_free(&full);
+            ZB_TRY(rc);
+        }
     } else {
         if (!r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
-        ZB_TRY(zb_model_load(&S->m, r->model));
+        ZB_TRY(load_model(&S->m, r->model, g));
     }
     if (stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD) {
         if (!r->teacher[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
-        ZB_TRY(zb_model_load(&S->t, r->teacher));
+        ZB_TRY(load_model(&S->t, r->teacher, g));   /* TP: the teacher is sharded the same way */
         S->have_t = 1;
     } else if (stage == ZB_STAGE_DPO) {
         /* the reference is the initial policy, frozen (also when resuming) */
-        ZB_TRY(zb_model_load(&S->t, r->reference[0] ? r->reference : r->model));
+        ZB_TRY(load_model(&S->t, r->reference[0] ? r->reference : r->model, g));
         S->have_t = 1;
     }
     ZB_TRY(zb_trainer_init(&S->tr, stage, &r->loss, &S->m, S->have_t ? &S->t : NULL,
@@ -402,6 +507,9 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     ZB_TRY(apply_groups(r, &S->o, &S->m, rank));
     size_t n_train = zb_adamw_trainable_floats(&S->o, &S->m);
     if (n_train == 0) return zb_fail(ZB_EARG, "train: no trainable parameter");
+    /* data parallel: gradient buckets overlapped with the backward, or ZeRO-1 */
+    ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, g->dp, r->bucket_mb, r->zero));
+    ZB_TRY(zb_dp_zero_attach(&S->dp, &S->o));
 
     size_t N = (size_t)tr->rows * r->seq_len;
     ZB_ALLOC(S->ids, N, "batch ids");
@@ -412,7 +520,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     zb_rng rng;
     zb_rng_seed(&rng, r->seed);
     if (resume) {
-        ZB_TRY(load_ckpt_state(resume, &S->m, &S->o, state));
+        ZB_TRY(load_ckpt_state(resume, &S->m, &S->o, &S->dp, state));
         if (state[ST_STAGE] != stage || state[ST_DP] != g->dp_size) {
             if (rank == 0)
                 fprintf(stderr, "train: note: checkpoint was stage %s on %lld DP ranks; now %s on %d "
@@ -445,7 +553,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
 
     const double tok_per_step = (double)r->grad_accum * g->dp_size * tr->B * r->seq_len *
                                 (stage == ZB_STAGE_DPO ? 2 : 1);
-    double t_interval = 0, acc[6] = {0}, gn_sum = 0;
+    double t_interval = 0, acc[6] = {0}, gn_sum = 0, comm_interval = 0;
     int n_interval = 0;
     double t_run = 0;
     int64_t steps_run = 0;
@@ -455,21 +563,26 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     int eval_ok = 1;
     while (step < r->steps) {
         double t0 = zb_now();
+        zb_comm_seconds = 0;
         zb_model_zero_grad(&S->m);
         double part[6] = {0};
         for (int k = 0; k < r->grad_accum; k++) {
             zb_loss_parts p;
             ZB_TRY(src_next(&S->ld, S->ids, S->tg));
+            if (k == r->grad_accum - 1) zb_dp_arm(&S->dp);   /* last backward: buckets overlap it */
             ZB_TRY(zb_trainer_step(tr, S->ids, S->tg, 1, gs, &p));
             part[0] += p.loss; part[1] += p.ce; part[2] += p.kl; part[3] += p.mse;
             part[4] += p.reward_acc; part[5] += p.tokens;
         }
-        ZB_TRY(zb_dp_reduce_grads(&S->m, S->o.trainable, 1.0f, g->dp));
-        double gnorm = zb_grad_norm(&S->o, &S->m);
+        ZB_TRY(zb_dp_finish(&S->dp));
+        double gsq;
+        ZB_TRY(zb_dp_grad_sq_norm(&S->dp, &S->o, &gsq));   /* global: over TP and ZeRO shards */
+        double gnorm = sqrt(gsq);
         float lr = zb_lr_at(&S->o.cfg, step);
-        zb_adamw_step(&S->o, &S->m, lr, zb_clip_scale(&S->o.cfg, gnorm));
+        ZB_TRY(zb_dp_optim_step(&S->dp, &S->o, lr, zb_clip_scale(&S->o.cfg, gnorm)));
         step++;
         ZB_TRY(zb_dp_sum(part, 6, g->dp));   /* sums over ranks of the per-rank sums */
+        comm_interval += zb_comm_seconds;
         double denom = (double)r->grad_accum * g->dp_size;
         for (int i = 0; i < 5; i++) acc[i] += part[i] / denom;
         acc[5] += part[5];
@@ -493,13 +606,14 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
                 fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, gn_sum / n_interval, tps, es);
                 fprintf(S->log, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%.17g,\"ce\":%.17g,\"kl\":%.17g,"
                         "\"mse\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%.0f,\"tokens_per_s\":%.1f,"
-                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f}\n", zb_stage_name(stage), (long long)step, L,
+                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f,\"step_s\":%.6f,\"comm_s\":%.6f}\n",
+                        zb_stage_name(stage), (long long)step, L,
                         acc[1] / n_interval, acc[2] / n_interval, acc[3] / n_interval, lr, gn_sum / n_interval,
-                        tokens_seen, tps, t_run, eta);
+                        tokens_seen, tps, t_run, eta, t_interval / n_interval, comm_interval / n_interval);
                 fflush(S->log);
             }
             memset(acc, 0, sizeof acc);
-            gn_sum = 0; n_interval = 0; t_interval = 0;
+            gn_sum = 0; n_interval = 0; t_interval = 0; comm_interval = 0;
         }
         int last = step == r->steps;
         if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && step % r->eval_every == 0) || last)) {
@@ -531,7 +645,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             char path[PATHLEN + 32];
             snprintf(path, sizeof path, "%s/ckpt-%06lld.h5", r->out, (long long)step);
             double ts = zb_now();
-            ZB_TRY(save_ckpt(path, &S->m, &S->o, state, r->text, g->world));
+            ZB_TRY(save_ckpt(path, &S->m, &S->o, &S->dp, state, r->text, g));
             if (rank == 0) {
                 fprintf(stderr, "save  %6lld | %s (%.2fs)\n", (long long)step, path, zb_now() - ts);
                 if (r->keep_last > 0) {   /* drop the oldest beyond keep_last */
@@ -575,6 +689,7 @@ int zb_cmd_train(int argc, char **argv) {
     if (S.log) fclose(S.log);
     src_close(&S.ld);
     free(S.ids); free(S.tg);
+    zb_dp_free(&S.dp);
     if (S.o.m) zb_adamw_free(&S.o);
     if (S.tr.mask) zb_trainer_free(&S.tr);
     if (S.have_t) zb_model_free(&S.t);

@@ -18,6 +18,13 @@ int zb_cmd_data(int argc, char **argv);
 int zb_cmd_train(int argc, char **argv);
 int zb_cmd_plot(int argc, char **argv);
 
+/* Inference runtime (cmd_runtime.c): OpenMP threads of the bf16 kernels = the node's cores /
+ * its MPI ranks unless OMP_NUM_THREADS is set (returns the count); the process's peak
+ * resident memory (VmHWM of /proc/self/status) in kB, -1 if unknown. */
+#include <mpi.h>
+int zb_threads_auto(MPI_Comm comm);
+long zb_vm_hwm_kb(void);
+
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */
 const char *zb_arg_str(int argc, char **argv, const char *name, const char *dflt);

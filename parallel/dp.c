@@ -1,17 +1,28 @@
-/* dp.c — see dp.h. Plain blocking MPI_Allreduce per run of contiguous trainable parameters. */
+/* dp.c — see dp.h. Bucketed non-blocking gradient all-reduce and ZeRO-1. */
 #include "dp.h"
 
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tp.h"
 #include "zb_common.h"
+
+double zb_comm_seconds = 0;
 
 static int reduce_range(float *g, size_t n, float scale, MPI_Comm dp, int size) {
     if (n == 0) return ZB_OK;
     if (size > 1) {
         /* MPI counts are int: chunk large ranges */
         const size_t chunk = (size_t)1 << 30;
+        double t0 = MPI_Wtime();
         for (size_t o = 0; o < n; o += chunk) {
             size_t c = n - o < chunk ? n - o : chunk;
             ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, g + o, (int)c, MPI_FLOAT, MPI_SUM, dp));
         }
+        zb_comm_seconds += MPI_Wtime() - t0;
     }
     float s = scale / (float)size;
     if (s != 1.0f)
@@ -35,6 +46,201 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
 }
 
 int zb_dp_sum(double *x, int n, MPI_Comm comm) {
+    double t0 = MPI_Wtime();
     ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, comm));
+    zb_comm_seconds += MPI_Wtime() - t0;
+    return ZB_OK;
+}
+
+/* ---- buckets -------------------------------------------------------------------------------- */
+
+/* A failure inside the backward hook (a void callback): this rank's message, then stop all. */
+static void dp_die(void) {
+    fprintf(stderr, "zebra: data parallel: %s\n", zb_errmsg());
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, ZB_EMPI);
+}
+
+static int launch(zb_dp *d, zb_dp_bucket *b) {
+    double t0 = MPI_Wtime();
+    ZB_MPI(MPI_Iallreduce(MPI_IN_PLACE, d->m->grad + b->off, (int)b->n, MPI_FLOAT, MPI_SUM, d->comm, &b->req));
+    b->launched = 1;
+    /* poke the buckets in flight so that MPI progresses them while we compute */
+    for (int k = 0; k < d->nb; k++) {
+        int flag;
+        if (d->b[k].launched && d->b[k].req != MPI_REQUEST_NULL)
+            ZB_MPI(MPI_Test(&d->b[k].req, &flag, MPI_STATUS_IGNORE));
+    }
+    zb_comm_seconds += MPI_Wtime() - t0;
+    return ZB_OK;
+}
+
+/* zb_model.grad_hook: block `layer` (or, with -1, everything) has its final gradient. */
+static void dp_hook(void *ctx, int layer) {
+    zb_dp *d = ctx;
+    if (!d->armed || d->zero || d->size == 1) return;
+    for (int k = 0; k < d->nb; k++)
+        if (!d->b[k].launched && d->b[k].ready >= layer && launch(d, &d->b[k])) dp_die();
+}
+
+int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm comm, double bucket_mb, int zero) {
+    memset(d, 0, sizeof *d);
+    d->m = m;
+    d->comm = comm;
+    d->zero = zero;
+    ZB_MPI(MPI_Comm_rank(comm, &d->rank));
+    ZB_MPI(MPI_Comm_size(comm, &d->size));
+    if (!m->grad) return zb_fail(ZB_EARG, "data parallel: the model has no gradient buffer");
+    if (bucket_mb <= 0) bucket_mb = 25;
+    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
+    if (cap < 1) cap = 1;
+    if (cap > ((size_t)1 << 30)) cap = (size_t)1 << 30;
+    /* walk the parameters from the last (head, final norm, top layers) to the first, the order
+     * in which the backward finishes them; a bucket is a contiguous run of trainable floats */
+    ZB_ALLOC(d->b, (size_t)m->n_params + (m->n_floats / cap) + 2, "gradient buckets");
+    zb_dp_bucket *cur = NULL;
+    for (int i = m->n_params - 1; i >= 0; i--) {
+        const zb_param *p = &m->params[i];
+        if (trainable && !trainable[i]) { cur = NULL; continue; }
+        size_t off = p->offset, n = p->numel;
+        while (n > 0) {
+            /* the run grows downwards: [off + n - take, off + n) joins cur if contiguous */
+            int group = p->layer < 0;
+            if (!cur || cur->off != off + n || cur->n >= cap || (cur->ready < 0) != group) {
+                cur = &d->b[d->nb++];
+                memset(cur, 0, sizeof *cur);
+                cur->off = off + n;
+                cur->ready = p->layer;
+                cur->req = MPI_REQUEST_NULL;
+            }
+            size_t take = cap - cur->n < n ? cap - cur->n : n;
+            cur->off -= take;
+            cur->n += take;
+            n -= take;
+            if (p->layer < cur->ready) cur->ready = p->layer;
+        }
+    }
+    if (zero) {
+        size_t N = m->n_floats, q = N / (size_t)d->size, r = N % (size_t)d->size;
+        if (N > INT_MAX)
+            return zb_fail(ZB_EARG, "ZeRO-1: the shard has %zu floats, more than MPI's int counts (use --tp)", N);
+        ZB_ALLOC(d->counts, d->size, "ZeRO ranges");
+        ZB_ALLOC(d->displs, d->size, "ZeRO ranges");
+        size_t o = 0;
+        for (int k = 0; k < d->size; k++) {
+            size_t c = q + ((size_t)k < r);
+            d->counts[k] = (int)c;
+            d->displs[k] = (int)o;
+            if (k == d->rank) { d->lo = o; d->hi = o + c; }
+            o += c;
+        }
+        ZB_ALLOC(d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
+    }
+    m->grad_hook = dp_hook;
+    m->grad_hook_ctx = d;
+    return ZB_OK;
+}
+
+void zb_dp_free(zb_dp *d) {
+    if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
+    free(d->b); free(d->counts); free(d->displs); free(d->gshard);
+    memset(d, 0, sizeof *d);
+}
+
+void zb_dp_arm(zb_dp *d) {
+    d->armed = 1;
+    for (int k = 0; k < d->nb; k++) { d->b[k].launched = 0; d->b[k].req = MPI_REQUEST_NULL; }
+}
+
+int zb_dp_finish(zb_dp *d) {
+    d->armed = 0;
+    float s = 1.0f / (float)d->size;
+    if (d->zero) {
+        /* ZeRO-1: each rank receives the summed gradient of its range only */
+        double t0 = MPI_Wtime();
+        if (d->size > 1)
+            ZB_MPI(MPI_Reduce_scatter(d->m->grad, d->gshard, d->counts, MPI_FLOAT, MPI_SUM, d->comm));
+        else
+            memcpy(d->gshard, d->m->grad, sizeof(float) * (d->hi - d->lo));
+        zb_comm_seconds += MPI_Wtime() - t0;
+        if (s != 1.0f)
+            for (size_t i = 0; i < d->hi - d->lo; i++) d->gshard[i] *= s;
+        return ZB_OK;
+    }
+    if (d->size == 1) return ZB_OK;
+    for (int k = 0; k < d->nb; k++)
+        if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
+    double t0 = MPI_Wtime();
+    for (int k = 0; k < d->nb; k++) ZB_MPI(MPI_Wait(&d->b[k].req, MPI_STATUS_IGNORE));
+    zb_comm_seconds += MPI_Wtime() - t0;
+    for (int k = 0; k < d->nb; k++) {
+        float *g = d->m->grad + d->b[k].off;
+        for (size_t i = 0; i < d->b[k].n; i++) g[i] *= s;
+    }
+    return ZB_OK;
+}
+
+int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
+    const zb_model *m = d->m;
+    size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
+    const float *g = d->zero ? d->gshard : m->grad;
+    double s[2] = {0, 0};   /* TP-split, replicated */
+    for (int i = 0; i < m->n_params; i++) {
+        if (!o->trainable[i]) continue;
+        const zb_param *p = &m->params[i];
+        size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
+        for (size_t j = a; j < b; j++) s[k] += (double)g[j - lo] * g[j - lo];
+    }
+    double t0 = MPI_Wtime();
+    if (d->zero && d->size > 1) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, d->comm));
+    if (m->tp && m->tp->size > 1) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, s, 1, MPI_DOUBLE, MPI_SUM, m->tp->comm));
+    zb_comm_seconds += MPI_Wtime() - t0;
+    *out = s[0] + s[1];
+    return ZB_OK;
+}
+
+int zb_dp_zero_attach(zb_dp *d, zb_adamw *o) {
+    if (!d->zero) return ZB_OK;
+    free(o->m); free(o->v);
+    o->m = o->v = NULL;
+    size_t n = d->hi - d->lo + 1;
+    o->m = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
+    o->v = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
+    if (!o->m || !o->v) return ZB_ENOMEM;
+    o->n_floats = d->hi - d->lo;
+    return ZB_OK;
+}
+
+int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
+    if (!d->zero) { zb_adamw_step(o, d->m, lr, grad_scale); return ZB_OK; }
+    zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
+    o->step++;
+    if (d->size > 1) {
+        double t0 = MPI_Wtime();
+        ZB_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d->m->data, d->counts, d->displs, MPI_FLOAT,
+                              d->comm));
+        zb_comm_seconds += MPI_Wtime() - t0;
+    }
+    return ZB_OK;
+}
+
+int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float *full_v) {
+    size_t n = d->m->n_floats;
+    if (!d->zero) {
+        memcpy(full_m, o->m, sizeof(float) * n);
+        memcpy(full_v, o->v, sizeof(float) * n);
+        return ZB_OK;
+    }
+    int c = (int)(d->hi - d->lo);
+    ZB_MPI(MPI_Allgatherv(o->m, c, MPI_FLOAT, full_m, d->counts, d->displs, MPI_FLOAT, d->comm));
+    ZB_MPI(MPI_Allgatherv(o->v, c, MPI_FLOAT, full_v, d->counts, d->displs, MPI_FLOAT, d->comm));
+    return ZB_OK;
+}
+
+int zb_dp_scatter_moments(const zb_dp *d, zb_adamw *o, const float *full_m, const float *full_v) {
+    size_t lo = d->zero ? d->lo : 0, n = d->zero ? d->hi - d->lo : d->m->n_floats;
+    memcpy(o->m, full_m + lo, sizeof(float) * n);
+    memcpy(o->v, full_v + lo, sizeof(float) * n);
     return ZB_OK;
 }

@@ -1,8 +1,25 @@
-/* dp.h — data-parallel gradient reduction (SPEC §9: every DP rank holds a full replica of its
- * TP/PP shard; gradients are averaged over the DP communicator before the optimizer step).
+/* dp.h — data parallelism (SPEC §9: every DP rank holds a full replica of its TP/PP shard;
+ * gradients are averaged over the DP communicator before the optimizer step).
  *
- * This is the ONE place where gradients cross ranks, so that it can later be replaced by a
- * bucketed non-blocking reduction with ZeRO-1 optimizer sharding without touching the driver. */
+ * Two ways:
+ *   zb_dp_reduce_grads  one blocking MPI_Allreduce per run of trainable parameters (simple).
+ *   zb_dp (below)       what the trainer uses: gradients reduced in BUCKETS of ~bucket_mb MB
+ *                       with non-blocking MPI_Iallreduce, each bucket started as soon as the
+ *                       backward has finished the layers it holds (zb_model.grad_hook, called by
+ *                       zb_model_backward after each block from the top), so that communication
+ *                       overlaps the rest of the backward (PyTorch DDP / Megatron-LM gradient
+ *                       buckets); zb_dp_finish waits for all of them before the optimizer.
+ *                       With zero = 1, ZeRO stage 1 (Rajbhandari et al., "ZeRO: memory
+ *                       optimizations toward training trillion parameter models", 2020): the
+ *                       flat buffer of the shard is cut into dp contiguous ranges; DP rank r
+ *                       keeps AdamW's m and v of its range only, receives the reduced gradient
+ *                       of its range (MPI_Reduce_scatter), updates those parameters, and the
+ *                       parameters are all-gathered (MPI_Allgatherv) after the step. The
+ *                       arithmetic of each float is that of zb_adamw_step: the loss curve is
+ *                       the non-ZeRO one (up to the summation order of the reduction).
+ *
+ * Every MPI call is checked; a failure inside the backward hook (a void callback) prints the
+ * rank's message and aborts every rank. */
 #ifndef ZB_DP_H
 #define ZB_DP_H
 
@@ -10,6 +27,7 @@
 #include <stddef.h>
 
 #include "model.h"
+#include "optim.h"
 
 /* grad <- scale * mean over the ranks of dp of grad, for the parameters whose trainable[i] is
  * nonzero (trainable may be NULL: all). Contiguous trainable parameters are reduced in one
@@ -18,5 +36,57 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
 
 /* In place sums of a few doubles over comm (losses, token counts). */
 int zb_dp_sum(double *x, int n, MPI_Comm comm);
+
+/* Seconds spent inside MPI communication calls of the training step (TP all-reduces, DP
+ * reductions and waits, ZeRO gathers, PP sends), for cluster/scaling.sh: read and reset by the
+ * driver each step. */
+extern double zb_comm_seconds;
+
+typedef struct {
+    size_t off, n;        /* floats [off, off+n) of the flat gradient buffer */
+    int ready;            /* the lowest layer it holds (-1: embedding / final norm / head) */
+    int launched;
+    MPI_Request req;
+} zb_dp_bucket;
+
+typedef struct {
+    zb_model *m;
+    MPI_Comm comm;
+    int rank, size;
+    int nb;
+    zb_dp_bucket *b;
+    int armed;            /* the hook launches buckets (set for the last micro-batch only) */
+    int zero;
+    /* ZeRO-1: this rank's range [lo, hi) of the flat buffer; counts / displs of every rank */
+    size_t lo, hi;
+    int *counts, *displs;
+    float *gshard;        /* [hi - lo] the reduced gradient of the range */
+} zb_dp;
+
+/* Buckets of ~bucket_mb MB over the trainable parameters (contiguous runs, cut at layer
+ * boundaries of the -1 group and at frozen parameters). zero: ZeRO-1 (also sets up the
+ * ranges). Installs m->grad_hook (disarmed). Collective-free; every rank computes the same. */
+int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm comm, double bucket_mb, int zero);
+void zb_dp_free(zb_dp *d);
+/* Arm before the backward of the LAST micro-batch of a step (earlier micro-batches only
+ * accumulate): the hook then starts each bucket when its layers are done. */
+void zb_dp_arm(zb_dp *d);
+/* Start what the hook has not (stages whose backward does not go through zb_model_backward,
+ * e.g. ILD), wait for every bucket, scale by 1/dp (the mean). ZeRO: reduce-scatter into
+ * d->gshard instead (the full m->grad is then not meaningful). Collective over comm. */
+int zb_dp_finish(zb_dp *d);
+/* The squared global gradient norm of the trainable parameters after zb_dp_finish, identical
+ * on every rank of the grid: TP-split tensors summed over the TP group, replicated ones once;
+ * under ZeRO each DP rank sums its range and the parts are summed over DP. */
+int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out);
+/* ZeRO-1: give o shard-sized moments (frees the full ones). */
+int zb_dp_zero_attach(zb_dp *d, zb_adamw *o);
+/* One AdamW update: plain zb_adamw_step, or under ZeRO the update of this rank's range then
+ * an all-gather of the parameters. Increments o->step. Collective under ZeRO. */
+int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale);
+/* ZeRO-1 checkpoints hold FULL moments: gather them (full_m, full_v [n_floats], on every
+ * rank) / scatter full ones into the shard. Without ZeRO plain copies. Collective. */
+int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float *full_v);
+int zb_dp_scatter_moments(const zb_dp *d, zb_adamw *o, const float *full_m, const float *full_v);
 
 #endif

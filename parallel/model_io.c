@@ -7,6 +7,9 @@
 #include "zb_common.h"
 
 int zb_model_save(const zb_model *m, const char *path, zb_dtype dtype, MPI_Comm comm) {
+    if (m->wdtype != ZB_WEIGHTS_F32)   /* m->data lacks the bf16 matrices (inference-only model) */
+        return zb_fail(ZB_EARG, "%s: a model loaded with --weights %s cannot be saved; load it as f32", path,
+                       zb_wdtype_name(m->wdtype));
     /* a tensor-parallel shard writes its slices into the full tensors (parallel/tp.h) */
     if (m->tp) return zb_tp_save(m, path, (int)dtype, comm);
     if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)

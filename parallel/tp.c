@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "dp.h"
 #include "store.h"
 #include "tensor_names.h"
 #include "zb_common.h"
@@ -29,12 +30,14 @@ static void tp_die(void) {
 /* In-place all-reduce in pieces of at most 2^30 elements (MPI counts are int). */
 static int allreduce_rc(MPI_Comm comm, void *x, size_t n, MPI_Datatype t, size_t elsz, MPI_Op op) {
     char *p = x;
+    double t0 = MPI_Wtime();
     while (n) {
         int k = n > ((size_t)1 << 30) ? (1 << 30) : (int)n;
         ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, p, k, t, op, comm));
         p += (size_t)k * elsz;
         n -= (size_t)k;
     }
+    zb_comm_seconds += MPI_Wtime() - t0;   /* cluster/scaling.sh: communication share */
     return ZB_OK;
 }
 
@@ -229,6 +232,10 @@ void zb_tp_free(zb_tp *tp) {
 const zb_config *zb_model_full_config(const zb_model *m) { return m->tp ? &m->tp->full : &m->cfg; }
 
 int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g) {
+    return zb_model_init_tp_ex(m, cfg, g, ZB_WEIGHTS_F32);
+}
+
+int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_wdtype wt) {
     memset(m, 0, sizeof *m);
     int n = g->tp_size;
     if (g->pp_size != 1)
@@ -240,7 +247,7 @@ int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g) {
     /* token ids are global: bos/eos may lie outside the local vocabulary rows */
     local.bos_id = -1;
     local.n_eos = 0;
-    ZB_TRY(zb_model_init(m, &local));
+    ZB_TRY(zb_model_init_ex(m, &local, wt));
     m->cfg.bos_id = cfg->bos_id;
     m->cfg.n_eos = cfg->n_eos;
     memcpy(m->cfg.eos_ids, cfg->eos_ids, sizeof cfg->eos_ids);
@@ -273,6 +280,7 @@ int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g) {
         p->layer = spec[i].layer;
         p->no_decay = m->params[i].no_decay;
         p->offset = m->params[i].offset;   /* of the local slice in the shard's buffer */
+        p->bf16 = m->params[i].bf16;
         if (strcmp(p->name, m->params[i].name))
             rc = zb_fail(ZB_EFORMAT, "tensor parallel: tensor #%d is '%s' in the full layout, '%s' locally", i,
                          p->name, m->params[i].name);
@@ -289,7 +297,14 @@ int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g) {
 
 /* Read this rank's slice of one tensor: whole rows go straight through zb_store_read_rows;
  * column slices (row-parallel weights) read blocks of full rows and keep the columns. */
-static int read_slice(const zb_store *st, const char *path, const zb_param *p, const zb_tp_slice *s, float *dst) {
+/* rows into f32 or, for a parameter held in bf16, into raw bf16 (store.h) */
+static int read_rows_as(const zb_store *st, const char *name, int bf16, void *dst, int64_t row0, int64_t nrows) {
+    return bf16 ? zb_store_read_rows_bf16(st, name, dst, row0, nrows) : zb_store_read_rows(st, name, dst, row0, nrows);
+}
+
+static int read_slice(const zb_store *st, const char *path, const zb_param *p, const zb_tp_slice *s, void *dst_) {
+    char *dst = dst_;
+    size_t esz = p->bf16 ? sizeof(uint16_t) : sizeof(float);
     int idx = zb_store_find(st, p->name);
     if (idx < 0) return zb_fail(ZB_ENOTFOUND, "%s: missing tensor '%s'", path, p->name);
     int nd;
@@ -305,23 +320,23 @@ static int read_slice(const zb_store *st, const char *path, const zb_param *p, c
     }
     if (s->ncols == s->width) {
         for (int k = 0; k < s->nseg; k++) {
-            ZB_TRY(zb_store_read_rows(st, p->name, dst, s->row0[k], s->nrows[k]));
-            dst += s->nrows[k] * s->width;
+            ZB_TRY(read_rows_as(st, p->name, p->bf16, dst, s->row0[k], s->nrows[k]));
+            dst += (size_t)(s->nrows[k] * s->width) * esz;
         }
         return ZB_OK;
     }
     int64_t blk = ((int64_t)1 << 22) / s->width;
     if (blk < 1) blk = 1;
-    float *tmp = zb_malloc(sizeof(float) * (size_t)(blk * s->width), "checkpoint read buffer");
+    char *tmp = zb_malloc(esz * (size_t)(blk * s->width), "checkpoint read buffer");
     if (!tmp) return ZB_ENOMEM;
     int rc = ZB_OK;
     for (int k = 0; k < s->nseg && !rc; k++)
         for (int64_t r0 = s->row0[k]; r0 < s->row0[k] + s->nrows[k] && !rc; r0 += blk) {
             int64_t nr = s->row0[k] + s->nrows[k] - r0 < blk ? s->row0[k] + s->nrows[k] - r0 : blk;
-            rc = zb_store_read_rows(st, p->name, tmp, r0, nr);
+            rc = read_rows_as(st, p->name, p->bf16, tmp, r0, nr);
             for (int64_t r = 0; r < nr && !rc; r++) {
-                memcpy(dst, tmp + r * s->width + s->col0, sizeof(float) * (size_t)s->ncols);
-                dst += s->ncols;
+                memcpy(dst, tmp + (size_t)(r * s->width + s->col0) * esz, esz * (size_t)s->ncols);
+                dst += esz * (size_t)s->ncols;
             }
         }
     free(tmp);
@@ -329,13 +344,20 @@ static int read_slice(const zb_store *st, const char *path, const zb_param *p, c
 }
 
 int zb_model_load_tp(zb_model *m, const char *path, const zb_grid *g) {
+    return zb_model_load_tp_ex(m, path, g, ZB_WEIGHTS_F32);
+}
+
+int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdtype wt) {
     memset(m, 0, sizeof *m);
     zb_store *st = NULL;
     ZB_TRY(zb_store_open(&st, path));
-    int rc = zb_model_init_tp(m, zb_store_config(st), g);
+    int rc = zb_model_init_tp_ex(m, zb_store_config(st), g, wt);
     if (rc) { zb_fail_prefix(rc, path); zb_store_close(st); return rc; }
-    for (int i = 0; i < m->n_params && !rc; i++)
-        rc = read_slice(st, path, &m->tp->full_params[i], &m->tp->slices[i], m->data + m->params[i].offset);
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        const zb_param *p = &m->params[i];
+        void *dst = p->bf16 ? (void *)(m->data16 + p->offset) : (void *)(m->data + p->offset);
+        rc = read_slice(st, path, &m->tp->full_params[i], &m->tp->slices[i], dst);
+    }
     zb_store_close(st);
     if (rc) zb_model_free(m);
     return rc;
@@ -456,7 +478,9 @@ void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int 
     int64_t Vl = m->cfg.vocab;
     for (int n = 0; n < N; n++) {
         int64_t v = (int64_t)ids[n] - tp->vocab0;
-        if (v >= 0 && v < Vl) memcpy(out + (size_t)n * d, m->w.embed + v * d, sizeof(float) * d);
+        if (v >= 0 && v < Vl && m->w.embed_lin.bf16)   /* bf16 embedding (--weights bf16) */
+            zb_bf16_to_f32_n(m->w.embed_lin.bf16 + v * d, out + (size_t)n * d, (size_t)d);
+        else if (v >= 0 && v < Vl) memcpy(out + (size_t)n * d, m->w.embed + v * d, sizeof(float) * d);
         else memset(out + (size_t)n * d, 0, sizeof(float) * d);
     }
     zb_tp_allreduce(tp, out, (size_t)N * d);   /* exactly one rank contributes each row */

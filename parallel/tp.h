@@ -77,8 +77,13 @@ int zb_tp_slice_of(const zb_config *full, const zb_param *p, int r, int tp, zb_t
  * (the whole model, m->tp set). Refuses pp > 1. Collective only in the sense that every rank
  * checks the same config. */
 int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g);
+/* The same with the 2-D parameters held as wt (bf16: inference only, see model.h). */
+int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_wdtype wt);
 /* Load this rank's slices from an HF directory or a native .h5 (whatever layout wrote it). */
 int zb_model_load_tp(zb_model *m, const char *path, const zb_grid *g);
+/* The same with the 2-D parameters held as wt: each rank reads only its slices, bf16 tensors
+ * of a bf16 checkpoint raw (no f32 copy of the shard). */
+int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdtype wt);
 /* Copy this rank's slices out of a full (1-rank) model of the same config. */
 int zb_tp_copy_from_full(zb_model *shard, const zb_model *full);
 /* The full config of a model (m->cfg when m is not a shard). */

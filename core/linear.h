@@ -1,0 +1,58 @@
+/* linear.h — linear layers whose weights are stored in float32 or bfloat16 (inference).
+ *
+ * A weight matrix is passed as a tagged view zb_wt: exactly one of f32 / bf16 is set. The
+ * float32 path is zb_matmul_forward (OpenBLAS). The bf16 path halves the bytes read per
+ * decode step (decode is bound by memory bandwidth: every weight is read once per token)
+ * and accumulates in float32:
+ *   N <= ZB_BF16_GEMV_MAX_N (decode)  each weight row is converted on the fly and dotted
+ *        with the N inputs, output rows split over OpenMP threads. Kernels: AVX512-BF16
+ *        (vdpbf16ps) where the CPU has it, AVX2+FMA, plain C; chosen at run time.
+ *        The AVX512-BF16 dot takes bf16 on both sides, so the f32 input is split exactly
+ *        into three bf16 parts (x = hi + mid + lo, each a truncation of the remainder):
+ *        every product w * part is exact in f32, so the result equals an f32 dot product up
+ *        to the order of f32 additions, not the 3-significant-digit bf16 rounding of x.
+ *   N > ZB_BF16_GEMV_MAX_N (prefill)  tiles of rows are converted to f32 (OpenMP), then
+ *        OpenBLAS sgemm runs on each tile (BLAS is never called inside an OpenMP region). */
+#ifndef ZB_LINEAR_H
+#define ZB_LINEAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const float *f32;      /* float32 storage, or NULL */
+    const uint16_t *bf16;  /* raw bfloat16 bits, or NULL */
+} zb_wt;
+
+static inline zb_wt zb_wt_of_f32(const float *w) { zb_wt t = {w, 0}; return t; }
+static inline zb_wt zb_wt_of_bf16(const uint16_t *w) { zb_wt t = {0, w}; return t; }
+/* The view advanced by k elements (a row block or a head's rows of a matrix). */
+static inline zb_wt zb_wt_offset(zb_wt t, size_t k) {
+    if (t.f32) t.f32 += k;
+    if (t.bf16) t.bf16 += k;
+    return t;
+}
+
+#define ZB_BF16_GEMV_MAX_N 4
+
+/* out[N,OC] = inp[N,C] @ W[OC,C]^T, float32 accumulation. Overwrites out. */
+void zb_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);
+
+/* The bf16 kernels, selectable (tests compare each to sgemm). */
+typedef enum { ZB_BF16_AUTO = 0, ZB_BF16_SCALAR, ZB_BF16_AVX2, ZB_BF16_AVX512 } zb_bf16_impl;
+/* 1 if this CPU (and this build) can run impl. */
+int zb_bf16_impl_available(zb_bf16_impl impl);
+/* The kernel AUTO picks here ("avx512bf16", "avx2", "scalar"). */
+const char *zb_bf16_impl_name(zb_bf16_impl impl);
+void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl);
+
+/* n bf16 values to f32 (exact). */
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n);
+/* n f32 values to bf16, round to nearest even (as torch). */
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n);
+
+/* OpenMP threads used by the bf16 kernels (1 without OpenMP). */
+int zb_linear_threads(void);
+void zb_linear_set_threads(int n);
+
+#endif

@@ -1,0 +1,38 @@
+/* cmd_runtime.c — process-level helpers of the inference commands: thread counts for the
+ * bf16 kernels under MPI, and the resident-memory high-water mark for the final stats. */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "linear.h"
+
+int zb_threads_auto(MPI_Comm comm) {
+    /* OMP_NUM_THREADS wins; otherwise the node's cores shared by its ranks, so that
+     * `mpirun -n 2` on 2 cores runs 1 thread per rank instead of 4 threads fighting */
+    if (!getenv("OMP_NUM_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int local = 1;
+        MPI_Comm node;
+        if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_size(node, &local);
+            MPI_Comm_free(&node);
+        }
+        long n = cores > 0 ? cores / local : 1;
+        zb_linear_set_threads(n < 1 ? 1 : (int)n);
+    }
+    return zb_linear_threads();
+}
+
+long zb_vm_hwm_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) { kb = strtol(line + 6, NULL, 10); break; }
+    fclose(f);
+    return kb;
+}

@@ -1,0 +1,55 @@
+/* pp.h — pipeline parallelism: the cost model and the partition of layers into stages
+ * (SPEC §9, issue 6; Megatron-LM / GPipe style contiguous stages; 1F1B schedule: PipeDream-
+ * Flush, Narayanan et al. 2021).
+ *
+ * STATUS: the cost model and the partitioner are done and tested (tests/test_pp.c); the
+ * schedule (stage-local models, point-to-point activation / gradient sends, 1F1B over the
+ * grad_accum micro-batches) is NOT implemented yet: `zebra train --pp M` (M > 1) is refused
+ * with a clear error.
+ *
+ * Cost of one layer, per token, for forward + backward (backward = 2 x forward, as in the
+ * usual 6·N·tokens rule), as a roofline time on one rank:
+ *     t = 3 * flops / flop_rate + bytes / mem_rate
+ *   flops (forward, per token; a multiply-add = 2):
+ *     MLP      2·3·d·F
+ *     GQA      2·d·(H + 2·Hkv)·hd + 2·H·hd·d  +  2·T·H·hd        (causal: QK^T and PV over T/2 each)
+ *     MLA      q: 2·d·r_q + 2·r_q·H·(nope+rope) (or 2·d·H·(nope+rope) without r_q);
+ *              kv_a: 2·d·(r_kv+rope); kv_b: 2·r_kv·Hkv·(nope+v); o: 2·H·v·d;
+ *              attention 2·(T/2)·H·(nope+rope+v)
+ *     Mamba2   in_proj 2·d·(2·d_inner + x_w + b_w + c_w + nheads); conv 2·K·(x_w + b_w + c_w);
+ *              SSD: intra-chunk 2·Q·nheads·(d_state + headdim) (Q = min(chunk, T)),
+ *              state pass 4·nheads·headdim·d_state; out_proj 2·d_inner·d
+ *   bytes (per token): the layer's parameters read in forward and backward and their gradient
+ *   written (3·4·params / tokens-per-micro-batch, passed in as `tokens`), plus the saved
+ *   activations written and read (2·4·acts per token, acts = what zb_acts keeps for the layer).
+ * First stage also pays the embedding (a row gather: 3·4·d bytes per token), the last stage the
+ * final norm, the LM head (2·d·V flops) and the loss (≈ 5·V flops).
+ * Mamba2 layers cost less than attention / MLA ones at long T (no T-proportional term), MLA's
+ * low-rank projections make it cheaper than GQA's, which the partition exploits. */
+#ifndef ZB_PP_H
+#define ZB_PP_H
+
+#include "config.h"
+
+typedef struct {
+    double flop_rate;   /* FLOP/s of one rank (default 5e10: one AVX2 core with OpenBLAS) */
+    double mem_rate;    /* bytes/s of one rank (default 1e10) */
+    int T;              /* sequence length */
+    int tokens;         /* tokens per micro-batch (B*T) */
+} zb_pp_cost_cfg;
+
+zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T);
+/* Forward FLOPs per token of layer l (mixer + MLP). */
+double zb_pp_layer_flops(const zb_config *c, int l, int T);
+/* Modelled seconds per token, forward + backward, of layer l / of the embedding / of the
+ * final norm + head + loss. */
+double zb_pp_layer_cost(const zb_config *c, int l, const zb_pp_cost_cfg *k);
+double zb_pp_embed_cost(const zb_config *c, const zb_pp_cost_cfg *k);
+double zb_pp_head_cost(const zb_config *c, const zb_pp_cost_cfg *k);
+/* Contiguous stages minimising the most expensive stage (exact dynamic programme): stage s
+ * holds layers [first[s], first[s+1]) (first[0] = 0, first[stages] = n_layers, at least one
+ * layer each), stage 0 also the embedding, the last stage the head and loss. cost[s] (may be
+ * NULL) receives each stage's modelled cost. Error if stages < 1 or > n_layers. */
+int zb_pp_partition(const zb_config *c, int stages, const zb_pp_cost_cfg *k, int *first, double *cost);
+
+#endif

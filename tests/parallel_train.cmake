@@ -1,0 +1,8 @@
+# Training across ranks (issue 6, SPEC §9): `zebra train --tp N` and data parallelism with
+# bucketed overlapped reduction and ZeRO-1, on 2 and 4 ranks; per-step losses against 1 rank.
+zb_cli_test(cli_train_parallel_np2 cli_train_parallel.sh ${CMAKE_SOURCE_DIR} ${ZB_MPIEXEC} 2)
+zb_cli_test(cli_train_parallel_np4 cli_train_parallel.sh ${CMAKE_SOURCE_DIR} ${ZB_MPIEXEC} 4)
+set_tests_properties(cli_train_parallel_np2 PROPERTIES PROCESSORS 2)
+set_tests_properties(cli_train_parallel_np4 PROPERTIES PROCESSORS 4)
+# Pipeline parallel: the layer cost model and the optimal contiguous partition (parallel/pp.h).
+zb_test(test_pp test_pp.c ${CMAKE_SOURCE_DIR}/configs ${CMAKE_CURRENT_SOURCE_DIR})

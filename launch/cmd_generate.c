@@ -543,11 +543,11 @@ int zb_cmd_generate(int argc, char **argv) {
         if (run.single) printf("\n");
         fflush(stdout);
         char mem[512];
-        int k = snprintf(mem, sizeof mem, " | weights %s (%s, %d thread%s), %.2f GB/rank | peak RSS (VmHWM)",
+        int k = snprintf(mem, sizeof mem, " | weights %s (%s, %d thread%s), %.2f GiB/rank | peak RSS (VmHWM)",
                          zb_wdtype_name(wt), wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "sgemm",
-                         threads, threads == 1 ? "" : "s", zb_model_param_bytes(&m) / 1e9);
+                         threads, threads == 1 ? "" : "s", zb_model_param_bytes(&m) / 1073741824.0);
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
-            k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GB", r ? "," : "",
+            k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
                 "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",

@@ -30,11 +30,11 @@ want=$(st_ints "$m/ref.safetensors" greedy_tokens)
 n=$(echo "$want" | wc -w)
 got=$("$zebra" generate --weights bf16 --model "$m" --prompt-ids "$prompt" --max-new "$n" --ignore-eos --quiet 2>"$tmp/err" | sed 's/ $//')
 same "hf-llama-tiny --weights bf16 greedy == HF ($n tokens)" "$got" "$want"
-if grep -q "weights bf16 (.*peak RSS (VmHWM) [0-9.]* GB" "$tmp/err"; then ok "stats line: $(grep -o 'weights bf16.*' "$tmp/err")"
+if grep -q "weights bf16 (.*peak RSS (VmHWM) [0-9.]* GiB" "$tmp/err"; then ok "stats line: $(grep -o 'weights bf16.*' "$tmp/err")"
 else bad "stats line lacks weights / VmHWM: $(tail -1 "$tmp/err")"; fi
 got=$(mpi 2 "$zebra" generate --tp 2 --weights bf16 --model "$m" --prompt-ids "$prompt" --max-new "$n" --ignore-eos --quiet 2>"$tmp/err" | sed 's/ $//')
 same "hf-llama-tiny --weights bf16 --tp 2 greedy == HF" "$got" "$want"
-if grep -q "peak RSS (VmHWM) [0-9.]* GB, [0-9.]* GB" "$tmp/err"; then ok "--tp 2 stats: both ranks' VmHWM"
+if grep -q "peak RSS (VmHWM) [0-9.]* GiB, [0-9.]* GiB" "$tmp/err"; then ok "--tp 2 stats: both ranks' VmHWM"
 else bad "--tp 2 stats line lacks 2 ranks' VmHWM: $(tail -1 "$tmp/err")"; fi
 
 "$zebra" init --random --config "$hybrid" -o "$tmp/h1.h5" --seed 3 --std 0.08 --dtype bf16 >/dev/null 2>&1 || bad "init bf16 (1 rank)"

@@ -60,7 +60,7 @@ done
 
 # the final stderr line
 "$zebra" generate --model "$tmp/hybrid.h5" "${pargs[@]}" --quiet --batch 3 --max-new 4 > /dev/null 2> "$tmp/err"
-if tail -1 "$tmp/err" | grep -Eq '^prefill 91 tokens [0-9.]+ tok/s \| decode [0-9]+ tokens [0-9.]+ tok/s \| 5 prompts, batch 3 \| cache [0-9]+ bytes/token, state [0-9]+ bytes/seq \| cache in use [0-9]+ bytes \(peak\), allocated [0-9]+ bytes \| weights f32 \(sgemm, [0-9]+ threads?\), [0-9.]+ GB/rank \| peak RSS \(VmHWM\) [0-9.]+ GB$'
+if tail -1 "$tmp/err" | grep -Eq '^prefill 91 tokens [0-9.]+ tok/s \| decode [0-9]+ tokens [0-9.]+ tok/s \| 5 prompts, batch 3 \| cache [0-9]+ bytes/token, state [0-9]+ bytes/seq \| cache in use [0-9]+ bytes \(peak\), allocated [0-9]+ bytes \| weights f32 \(sgemm, [0-9]+ threads?\), [0-9.]+ GiB/rank \| peak RSS \(VmHWM\) [0-9.]+ GiB$'
 then ok "stats line: $(tail -1 "$tmp/err")"; else bad "stats line: $(tail -1 "$tmp/err")"; fi
 
 # HF greedy reference through the CLI (ids of a safetensors int32 tensor with od)

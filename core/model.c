@@ -100,6 +100,13 @@ static int field_of(const zb_tensor_spec *t, zb_layer_kind kind, size_t *field) 
     return zb_fail(ZB_EFORMAT, "no view for tensor '%s'", t->name);
 }
 
+/* PP: whether this stage holds the non-layer tensor `name` (see zb_model.pp_first). */
+static int zb_stage_holds(const zb_model *m, const char *name) {
+    if (!strcmp(name, "model.embed_tokens.weight"))
+        return !m->pp_no_embed || (!m->pp_no_head && m->cfg.tie_embeddings);
+    return !m->pp_no_head;   /* model.norm.weight, lm_head.weight */
+}
+
 static int build_layout(zb_model *m, slot_t **slots_out, zb_wdtype wt) {
     zb_tensor_spec *spec = NULL;
     int n = 0;
@@ -108,10 +115,16 @@ static int build_layout(zb_model *m, slot_t **slots_out, zb_wdtype wt) {
     slot_t *slots = zb_calloc(n, sizeof(slot_t), "parameter list");
     int rc = (!m->params || !slots) ? ZB_ENOMEM : ZB_OK;
     size_t off = 0, off16 = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        const zb_tensor_spec *t = &spec[i];
+    int kept = 0;   /* PP: a stage keeps only the tensors it holds */
+    for (int j = 0; j < n && !rc; j++) {
+        const zb_tensor_spec *t = &spec[j];
+        if (t->layer < 0 && !zb_stage_holds(m, t->name)) continue;   /* PP */
+        int i = kept++;
         zb_param *p = &m->params[i];
-        snprintf(p->name, sizeof p->name, "%s", t->name);
+        if (t->layer >= 0 && m->pp_first)   /* PP: the global layer index in the name */
+            snprintf(p->name, sizeof p->name, "model.layers.%d.%s", t->layer + m->pp_first,
+                     strchr(t->name + strlen("model.layers."), '.') + 1);
+        else snprintf(p->name, sizeof p->name, "%s", t->name);
         p->ndim = t->ndim;
         p->numel = 1;
         for (int k = 0; k < t->ndim; k++) { p->shape[k] = t->shape[k]; p->numel *= (size_t)t->shape[k]; }
@@ -129,7 +142,7 @@ static int build_layout(zb_model *m, slot_t **slots_out, zb_wdtype wt) {
     }
     free(spec);
     if (rc) { free(slots); return rc; }
-    m->n_params = n;
+    m->n_params = kept;
     m->n_floats = off;
     m->n_bf16 = off16;
     m->wdtype = wt;
@@ -140,8 +153,15 @@ static int build_layout(zb_model *m, slot_t **slots_out, zb_wdtype wt) {
 int zb_model_init(zb_model *m, const zb_config *cfg) { return zb_model_init_ex(m, cfg, ZB_WEIGHTS_F32); }
 
 int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt) {
+    return zb_model_init_stage(m, cfg, wt, 0, 0, 0);
+}
+
+int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int first, int no_embed, int no_head) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    m->pp_first = first;   /* PP: which part of the stack this model holds (all of it: 0, 0, 0) */
+    m->pp_no_embed = no_embed;
+    m->pp_no_head = no_head;
     ZB_TRY(zb_config_validate(cfg, cfg->model_type));
     slot_t *slots = NULL;
     ZB_TRY(build_layout(m, &slots, wt));
@@ -307,7 +327,7 @@ int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
     ZB_ALLOC(a->hmlp, L * N * F, "activations");
     ZB_ALLOC(a->lnf, N * d, "activations");
     ZB_ALLOC(a->rstdf, N, "activations");
-    ZB_ALLOC(a->logits, N * V, "logits");
+    ZB_ALLOC(a->logits, m->pp_no_head ? 1 : N * V, "logits");   /* PP: no head, no logits */
     ZB_ALLOC(a->dres, N * d, "gradients");
     ZB_ALLOC(a->dtmp, N * d, "gradients");
     ZB_ALLOC(a->dln, N * d, "gradients");
@@ -418,7 +438,8 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     const zb_config *c = &m->cfg;
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
-    if (m->tp) zb_tp_embedding_forward(m, a->res, ids, N);   /* TP: vocab-parallel + all-reduce */
+    if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
+    else if (m->tp) zb_tp_embedding_forward(m, a->res, ids, N);   /* TP: vocab-parallel + all-reduce */
     else zb_embedding_forward(a->res, ids, m->w.embed, N, d);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
@@ -436,6 +457,7 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
         if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
     }
+    if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
     zb_rmsnorm_forward(a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
     zb_matmul_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
 }
@@ -466,13 +488,15 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     const zb_config *c = &m->cfg;
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
-    /* head and final norm */
+    /* head and final norm (PP: not the last stage: a->dres = d(res[L]) from the next stage) */
+    if (!m->pp_no_head) {
     memset(a->dln, 0, sizeof(float) * Nd);
     zb_matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, d, c->vocab);
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: the head is column-parallel (vocab) */
     memset(a->dres, 0, sizeof(float) * Nd);
     zb_rmsnorm_backward(a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                         m->w.final_norm, a->rstdf, N, d);
+    }
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const zb_block *w = &m->w.blocks[l];
         zb_block *g = &m->g.blocks[l];
@@ -496,7 +520,8 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
                             a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
         if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
     }
-    if (m->tp) zb_tp_embedding_backward(m, a->dres, ids, N);   /* TP: this rank's rows only */
+    if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }
+    else if (m->tp) zb_tp_embedding_backward(m, a->dres, ids, N);   /* TP: this rank's rows only */
     else zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
     if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
 }

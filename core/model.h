@@ -89,6 +89,16 @@ typedef struct {
      * while the backward goes on (overlap, as PyTorch DDP / Megatron's grad buckets). */
     void (*grad_hook)(void *ctx, int layer);
     void *grad_hook_ctx;
+    /* PP: a pipeline stage (parallel/pp.h) holds layers [pp_first, pp_first + cfg.n_layers) of
+     * the full model: cfg.n_layers / kinds are the stage's, tensor names keep the GLOBAL layer
+     * index (params[i].layer is local). pp_no_embed (not the first stage): no embedding lookup;
+     * zb_model_forward starts from a->res[0] (the residual received from the previous stage) and
+     * zb_model_backward stops with d(res[0]) in a->dres. pp_no_head (not the last stage): no
+     * final norm / head / logits; forward stops at a->res[L], backward starts from d(res[L])
+     * put in a->dres by the caller. Parameters held: the embedding on the first stage (and on
+     * the last when tied: it is the head there), final norm + lm_head on the last. All 0 for
+     * a whole model. Set by zb_model_init_stage. */
+    int pp_first, pp_no_embed, pp_no_head;
 } zb_model;
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
@@ -96,6 +106,10 @@ typedef struct {
 int zb_model_init(zb_model *m, const zb_config *cfg);
 /* The same with the 2-D parameters held as wt (zb_model_init is wt = f32). */
 int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt);
+/* PP: the model of one pipeline stage: cfg is the stage's config (n_layers = its layer count,
+ * kinds its layers'), which are layers [first, first + cfg->n_layers) of the full model; see
+ * zb_model.pp_first. zb_model_init_ex is (first 0, no_embed 0, no_head 0). */
+int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int first, int no_embed, int no_head);
 void zb_model_free(zb_model *m);
 int zb_model_alloc_grad(zb_model *m);
 void zb_model_zero_grad(zb_model *m);

@@ -237,8 +237,8 @@ int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
         dims[i] = count[i] = (hsize_t)shape[i];
         if (i) rowel *= (hsize_t)shape[i];
     }
-    if (ndim == 2 ? (col0 < 0 || ncols < 0 || (hsize_t)(col0 + ncols) > dims[1])
-                  : (col0 != 0 || (hsize_t)ncols != rowel))
+    if (nseg && (ndim == 2 ? (col0 < 0 || ncols < 0 || (hsize_t)(col0 + ncols) > dims[1])
+                           : (col0 != 0 || (hsize_t)ncols != rowel)))   /* nseg 0: writes nothing */
         return zb_fail(ZB_EARG, "%s: tensor '%s': bad column range [%lld, %lld)", w->path, name,
                        (long long)col0, (long long)(col0 + ncols));
     hsize_t nel = 0;

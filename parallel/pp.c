@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tp.h"
+#include "dp.h"
 #include "zb_common.h"
 
 zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T) {
@@ -102,4 +104,102 @@ int zb_pp_partition(const zb_config *c, int S, const zb_pp_cost_cfg *k, int *fir
 #undef C_
     free(pre); free(best); free(cut);
     return ZB_OK;
+}
+
+/* ---- stages ------------------------------------------------------------------------------ */
+
+int zb_pp_seq_len = 2048;
+
+int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1) {
+    if (stages < 1 || stages > c->n_layers)
+        return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
+                       "needs at least one layer)", stages, c->n_layers);
+    if (stage < 0 || stage >= stages) return zb_fail(ZB_EARG, "pipeline parallel: stage %d of %d", stage, stages);
+    int *first = zb_calloc((size_t)stages + 1, sizeof(int), "pipeline partition");
+    if (!first) return ZB_ENOMEM;
+    zb_pp_cost_cfg k = zb_pp_cost_defaults(1, zb_pp_seq_len > 0 ? zb_pp_seq_len : 2048);
+    int rc = zb_pp_partition(c, stages, &k, first, NULL);
+    if (!rc) { *l0 = first[stage]; *l1 = first[stage + 1]; }
+    free(first);
+    return rc;
+}
+
+int zb_pp_is_first(const zb_model *m) { return !m->pp_no_embed; }
+int zb_pp_is_last(const zb_model *m) { return !m->pp_no_head; }
+
+/* MPI counts are int: residuals [B*T, d] beyond 2^31 floats are refused (a micro-batch of
+ * 2^31 floats is 8 GB: far beyond what a stage holds). */
+static int pp_count(size_t n, int *out) {
+    if (n > (size_t)1 << 30) return zb_fail(ZB_EARG, "pipeline parallel: a message of %zu floats is too large", n);
+    *out = (int)n;
+    return ZB_OK;
+}
+
+enum { ZB_PP_TAG_ACT = 71, ZB_PP_TAG_GRAD = 72, ZB_PP_TAG_TIED = 73 };
+
+int zb_pp_wait(MPI_Request *req) {
+    if (*req == MPI_REQUEST_NULL) return ZB_OK;
+    double t0 = MPI_Wtime();
+    ZB_MPI(MPI_Wait(req, MPI_STATUS_IGNORE));
+    zb_comm_seconds += MPI_Wtime() - t0;
+    return ZB_OK;
+}
+
+int zb_pp_forward(const zb_model *m, zb_acts *a, const int *ids, MPI_Request *req) {
+    const zb_tp *tp = m->tp;
+    size_t Nd = (size_t)a->B * a->T * m->cfg.d_model;
+    int cnt = 0;
+    *req = MPI_REQUEST_NULL;
+    ZB_TRY(pp_count(Nd, &cnt));
+    if (tp && tp->pp_size > 1 && tp->pp_rank > 0) {
+        double t0 = MPI_Wtime();
+        ZB_MPI(MPI_Recv(a->res, cnt, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_TAG_ACT, tp->pp, MPI_STATUS_IGNORE));
+        zb_comm_seconds += MPI_Wtime() - t0;
+    }
+    zb_model_forward(m, a, ids);
+    if (tp && tp->pp_size > 1 && tp->pp_rank < tp->pp_size - 1)
+        ZB_MPI(MPI_Isend(a->res + (size_t)m->cfg.n_layers * Nd, cnt, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_TAG_ACT,
+                         tp->pp, req));
+    return ZB_OK;
+}
+
+int zb_pp_backward(zb_model *m, zb_acts *a, const int *ids, MPI_Request *req) {
+    const zb_tp *tp = m->tp;
+    size_t Nd = (size_t)a->B * a->T * m->cfg.d_model;
+    int cnt = 0;
+    *req = MPI_REQUEST_NULL;
+    ZB_TRY(pp_count(Nd, &cnt));
+    if (tp && tp->pp_size > 1 && tp->pp_rank < tp->pp_size - 1) {
+        double t0 = MPI_Wtime();
+        ZB_MPI(MPI_Recv(a->dres, cnt, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_TAG_GRAD, tp->pp, MPI_STATUS_IGNORE));
+        zb_comm_seconds += MPI_Wtime() - t0;
+    }
+    zb_model_backward(m, a, ids);
+    if (tp && tp->pp_size > 1 && tp->pp_rank > 0)
+        ZB_MPI(MPI_Isend(a->dres, cnt, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_TAG_GRAD, tp->pp, req));
+    return ZB_OK;
+}
+
+int zb_pp_tied_grad_sum(zb_model *m) {
+    const zb_tp *tp = m->tp;
+    if (!tp || tp->pp_size < 2 || !m->cfg.tie_embeddings || !m->grad) return ZB_OK;
+    int first = tp->pp_rank == 0, last = tp->pp_rank == tp->pp_size - 1;
+    if (!first && !last) return ZB_OK;
+    const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
+    if (!p) return zb_fail(ZB_EFORMAT, "pipeline parallel: stage %d holds no embedding", tp->pp_rank);
+    float *g = m->grad + p->offset;
+    float *buf = zb_malloc(sizeof(float) * p->numel, "tied embedding gradient");
+    if (!buf) return ZB_ENOMEM;
+    int peer = first ? tp->pp_size - 1 : 0, rc = ZB_OK;
+    double t0 = MPI_Wtime();
+    for (size_t off = 0; off < p->numel && !rc; off += (size_t)1 << 30) {
+        size_t n = p->numel - off < ((size_t)1 << 30) ? p->numel - off : (size_t)1 << 30;
+        if (MPI_Sendrecv(g + off, (int)n, MPI_FLOAT, peer, ZB_PP_TAG_TIED, buf + off, (int)n, MPI_FLOAT, peer,
+                         ZB_PP_TAG_TIED, tp->pp, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            rc = zb_fail(ZB_EMPI, "pipeline parallel: MPI_Sendrecv of the tied embedding gradient failed");
+    }
+    zb_comm_seconds += MPI_Wtime() - t0;
+    if (!rc) for (size_t i = 0; i < p->numel; i++) g[i] += buf[i];
+    free(buf);
+    return rc;
 }

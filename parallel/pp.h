@@ -29,7 +29,10 @@
 #ifndef ZB_PP_H
 #define ZB_PP_H
 
+#include <mpi.h>
+
 #include "config.h"
+#include "model.h"
 
 typedef struct {
     double flop_rate;   /* FLOP/s of one rank (default 5e10: one AVX2 core with OpenBLAS) */
@@ -51,5 +54,39 @@ double zb_pp_head_cost(const zb_config *c, const zb_pp_cost_cfg *k);
  * layer each), stage 0 also the embedding, the last stage the head and loss. cost[s] (may be
  * NULL) receives each stage's modelled cost. Error if stages < 1 or > n_layers. */
 int zb_pp_partition(const zb_config *c, int stages, const zb_pp_cost_cfg *k, int *first, double *cost);
+
+/* ---- the pipeline schedule's pieces (stage-local models: tp.h zb_model_init_tp with --pp) ----
+ *
+ * Stage s of a grid with pp > 1 holds layers [l0, l1) (zb_pp_stage_layers), the embedding on
+ * the first stage, final norm + head on the last; tied embeddings: a copy on both first and last
+ * stage (it is the head there), whose gradients are summed between them after the last
+ * backward of a step (zb_pp_tied_grad_sum; Megatron-LM does the same). Activations: stage s
+ * receives the residual stream [B*T, d] of each micro-batch from s-1 and sends its output to
+ * s+1; backward, d(residual) flows back the same way (point-to-point over grid->pp, between
+ * ranks of the same TP and DP coordinates; the residual is replicated over TP). */
+
+/* The partition used by the stage-local models: zb_pp_partition with the cost model at
+ * B = 1, T = zb_pp_seq_len (default 2048; the training driver sets its sequence length).
+ * Stage `stage` holds layers [*l0, *l1). Clear error if stages > layers. */
+extern int zb_pp_seq_len;
+int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1);
+
+/* One micro-batch forward on this stage: receive res[0] from the previous stage (unless
+ * first), zb_model_forward, send res[L] to the next (unless last) with MPI_Isend into *req
+ * (complete it — zb_pp_wait — before a is reused; MPI_REQUEST_NULL when nothing was sent).
+ * Collective along the pipeline. Models without PP: just zb_model_forward. */
+int zb_pp_forward(const zb_model *m, zb_acts *a, const int *ids, MPI_Request *req);
+/* Backward of the same micro-batch: receive d(res[L]) from the next stage (unless last; the
+ * last stage must have put dlogits in a->logits, as for zb_model_backward), zb_model_backward,
+ * send d(res[0]) to the previous stage (unless first) into *req. */
+int zb_pp_backward(zb_model *m, zb_acts *a, const int *ids, MPI_Request *req);
+int zb_pp_wait(MPI_Request *req);
+/* Tied embeddings: first and last stage exchange their embedding gradient (this TP rank's
+ * vocabulary rows) and both keep the sum (identical on both: float addition commutes). No-op
+ * without PP or without tying. */
+int zb_pp_tied_grad_sum(zb_model *m);
+/* 1 if this model is the first / last pipeline stage (also without PP). */
+int zb_pp_is_first(const zb_model *m);
+int zb_pp_is_last(const zb_model *m);
 
 #endif

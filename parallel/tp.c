@@ -15,6 +15,7 @@
 
 #include "checkpoint.h"
 #include "dp.h"
+#include "pp.h"
 #include "store.h"
 #include "tensor_names.h"
 #include "zb_common.h"
@@ -238,16 +239,19 @@ int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g) {
 int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_wdtype wt) {
     memset(m, 0, sizeof *m);
     int n = g->tp_size;
-    if (g->pp_size != 1)
-        return zb_fail(ZB_EARG, "pipeline parallelism is not implemented yet (--pp %d); use --pp 1", g->pp_size);
     ZB_TRY(zb_config_validate(cfg, cfg->model_type));
     ZB_TRY(zb_tp_check(cfg, n));
+    /* PP: this stage's layers [l0, l1) (the same partition on every rank) */
+    int l0 = 0, l1 = cfg->n_layers;
+    if (g->pp_size > 1) ZB_TRY(zb_pp_stage_layers(cfg, g->pp_size, g->pp_rank, &l0, &l1));
     zb_config local;
     zb_tp_local_config(cfg, n, &local);
     /* token ids are global: bos/eos may lie outside the local vocabulary rows */
     local.bos_id = -1;
     local.n_eos = 0;
-    ZB_TRY(zb_model_init_ex(m, &local, wt));
+    local.n_layers = l1 - l0;   /* PP: the stage's layers only */
+    memmove(local.kinds, cfg->kinds + l0, sizeof(local.kinds[0]) * (size_t)(l1 - l0));
+    ZB_TRY(zb_model_init_stage(m, &local, wt, l0, g->pp_rank > 0, g->pp_rank < g->pp_size - 1));
     m->cfg.bos_id = cfg->bos_id;
     m->cfg.n_eos = cfg->n_eos;
     memcpy(m->cfg.eos_ids, cfg->eos_ids, sizeof cfg->eos_ids);
@@ -262,10 +266,21 @@ int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_
         tp->writer = g->dp_rank == 0;
         tp->full = *cfg;
         tp->vocab0 = (int64_t)g->tp_rank * local.vocab;
+        tp->pp = g->pp;
+        tp->pp_rank = g->pp_rank;
+        tp->pp_size = g->pp_size;
+        tp->pp_l0 = l0;
+        tp->pp_l1 = l1;
         rc = zb_expected_tensors(cfg, &spec, &ns);
     }
-    if (!rc && ns != m->n_params)
-        rc = zb_fail(ZB_EFORMAT, "tensor parallel: %d full tensors but %d local ones", ns, m->n_params);
+    /* PP: keep the full tensors this stage holds (its local list, in the same order) */
+    int kept = 0;
+    for (int j = 0; j < ns && !rc; j++)
+        if (kept < m->n_params && !strcmp(spec[j].name, m->params[kept].name)) spec[kept++] = spec[j];
+    if (!rc && kept != m->n_params)
+        rc = zb_fail(ZB_EFORMAT, "tensor parallel: %d of %d local tensors found in the full layout", kept,
+                     m->n_params);
+    ns = m->n_params;
     if (!rc) {
         tp->full_params = zb_calloc((size_t)ns, sizeof(zb_param), "tensor-parallel layout");
         tp->slices = zb_calloc((size_t)ns, sizeof(zb_tp_slice), "tensor-parallel layout");
@@ -366,10 +381,12 @@ int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdty
 int zb_tp_copy_from_full(zb_model *shard, const zb_model *full) {
     const zb_tp *tp = shard->tp;
     if (!tp) return zb_fail(ZB_EARG, "zb_tp_copy_from_full: not a tensor-parallel shard");
-    if (full->tp || full->n_params != shard->n_params)
+    if (full->tp || (tp->pp_size <= 1 && full->n_params != shard->n_params))
         return zb_fail(ZB_EARG, "zb_tp_copy_from_full: the full model has another layout");
     for (int i = 0; i < shard->n_params; i++) {
-        const zb_param *p = &tp->full_params[i], *q = &full->params[i];
+        /* PP: a stage holds a subset of the tensors: found by name */
+        const zb_param *p = &tp->full_params[i], *q = tp->pp_size > 1 ? zb_model_param(full, p->name) : &full->params[i];
+        if (!q) return zb_fail(ZB_ESHAPE, "zb_tp_copy_from_full: tensor '%s' missing", p->name);
         int same = !strcmp(p->name, q->name) && p->ndim == q->ndim;
         for (int k = 0; same && k < p->ndim; k++) same = p->shape[k] == q->shape[k];
         if (!same) return zb_fail(ZB_ESHAPE, "zb_tp_copy_from_full: tensor '%s' differs", p->name);
@@ -447,13 +464,28 @@ int zb_tp_save(const zb_model *m, const char *path, int dtype_i, MPI_Comm comm) 
     if (!rc) rc = zb_ckpt_set_config(w, json);
     free(json);
     uint16_t *tmp = NULL;
-    for (int i = 0; i < m->n_params && !rc; i++) {
+    /* PP: every rank walks every tensor of the full model (the writer is collective); a stage
+     * writes the ones it holds (the tied embedding: the first stage), nothing for the others */
+    zb_tensor_spec *spec = NULL;
+    int ns = 0;
+    if (!rc) rc = zb_expected_tensors(&tp->full, &spec, &ns);
+    for (int j = 0, i = 0; j < ns && !rc; j++) {
+        if (i >= m->n_params || strcmp(spec[j].name, tp->full_params[i].name)) {
+            int64_t shape[4] = {0};
+            for (int k = 0; k < spec[j].ndim; k++) shape[k] = spec[j].shape[k];
+            int64_t z = 0;
+            rc = zb_ckpt_write_slab(w, spec[j].name, dtype, spec[j].ndim, shape, 0, &z, &z, 0, 0, NULL);
+            continue;
+        }
         const zb_param *p = &tp->full_params[i];
         const zb_tp_slice *s = &tp->slices[i];
         size_t L = m->params[i].numel;
         const float *x = m->data + m->params[i].offset;
+        i++;
         /* replicated tensors: TP rank 0 writes; other DP replicas write nothing */
         int nseg = (!tp->writer || (s->replicated && tp->rank != 0)) ? 0 : s->nseg;
+        if (tp->pp_size > 1 && p->layer < 0 && tp->pp_rank > 0 && !strcmp(p->name, "model.embed_tokens.weight"))
+            nseg = 0;   /* PP: the tied copy on the last stage */
         const void *data = x;
         if (dtype == ZB_DT_BF16 && nseg) {
             uint16_t *t = realloc(tmp, sizeof(uint16_t) * L);
@@ -465,6 +497,7 @@ int zb_tp_save(const zb_model *m, const char *path, int dtype_i, MPI_Comm comm) 
         rc = zb_ckpt_write_slab(w, p->name, dtype, p->ndim, p->shape, nseg, s->row0, s->nrows, s->col0, s->ncols,
                                 data);
     }
+    free(spec);
     free(tmp);
     if (rc) { if (w) zb_ckpt_abort(w); return rc; }
     return zb_ckpt_close(w);

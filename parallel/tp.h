@@ -63,6 +63,10 @@ struct zb_tp {
     int64_t vocab0;       /* first vocabulary row held by this rank */
     zb_param *full_params;   /* [n_params]: full HF names and shapes, same order as m->params */
     zb_tp_slice *slices;     /* [n_params]: this rank's slice */
+    /* PP: the pipeline (grid->pp, not owned): this shard is stage pp_rank of pp_size and holds
+     * layers [pp_l0, pp_l1) of the full model (pp.h: zb_pp_stage_layers); m->pp_first etc. */
+    MPI_Comm pp;
+    int pp_rank, pp_size, pp_l0, pp_l1;
 };
 
 /* Check that a config can be split tp ways: a clear error (naming the dimension) otherwise.
@@ -74,7 +78,9 @@ void zb_tp_local_config(const zb_config *full, int tp, zb_config *local);
 int zb_tp_slice_of(const zb_config *full, const zb_param *p, int r, int tp, zb_tp_slice *s);
 
 /* A shard of config cfg on grid g (zeros). With g->tp_size == 1 this is still a valid "shard"
- * (the whole model, m->tp set). Refuses pp > 1. Collective only in the sense that every rank
+ * (the whole model, m->tp set). With g->pp_size > 1 it is the shard of pipeline stage
+ * g->pp_rank only (its layers, + embedding / head; pp.h): full_params then lists the stage's
+ * tensors (global names and full shapes). Collective only in the sense that every rank
  * checks the same config. */
 int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g);
 /* The same with the 2-D parameters held as wt (bf16: inference only, see model.h). */

@@ -116,7 +116,8 @@ const char *zb_store_file_of(const zb_store *s, const char *name) {
     return s->path;
 }
 
-int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, const int64_t *shape) {
+/* Error unless tensor `name` is stored with exactly this shape; *nlead = its leading dim. */
+static int check_shape(const zb_store *s, const char *name, int ndim, const int64_t *shape, int64_t *nlead) {
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
     int nd;
@@ -130,24 +131,20 @@ int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, con
         return zb_fail(ZB_ESHAPE, "%s: tensor '%s': expected shape %s, found %s", zb_store_file_of(s, name), name,
                        zb_shape_str(a, sizeof a, ndim, shape), zb_shape_str(b, sizeof b, nd, sh));
     }
-    return zb_store_read_rows(s, name, dst, 0, nd ? sh[0] : 1);
+    *nlead = nd ? sh[0] : 1;
+    return ZB_OK;
+}
+
+int zb_store_read(const zb_store *s, const char *name, float *dst, int ndim, const int64_t *shape) {
+    int64_t n;
+    ZB_TRY(check_shape(s, name, ndim, shape, &n));
+    return zb_store_read_rows(s, name, dst, 0, n);
 }
 
 int zb_store_read_bf16(const zb_store *s, const char *name, uint16_t *dst, int ndim, const int64_t *shape) {
-    int i = zb_store_find(s, name);
-    if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
-    int nd;
-    int64_t sh[ZB_MAX_DIMS];
-    zb_dtype dt;
-    ZB_TRY(zb_store_info_at(s, i, &nd, sh, &dt));
-    int same = nd == ndim;
-    for (int k = 0; same && k < nd; k++) same = sh[k] == shape[k];
-    if (!same) {
-        char a[160], b[160];
-        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': expected shape %s, found %s", zb_store_file_of(s, name), name,
-                       zb_shape_str(a, sizeof a, ndim, shape), zb_shape_str(b, sizeof b, nd, sh));
-    }
-    return zb_store_read_rows_bf16(s, name, dst, 0, nd ? sh[0] : 1);
+    int64_t n;
+    ZB_TRY(check_shape(s, name, ndim, shape, &n));
+    return zb_store_read_rows_bf16(s, name, dst, 0, n);
 }
 
 int zb_store_read_rows_bf16(const zb_store *s, const char *name, uint16_t *dst, int64_t row0, int64_t nrows) {

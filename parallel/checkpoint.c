@@ -164,6 +164,19 @@ int zb_ckpt_set_config(zb_ckpt_writer *w, const char *config_json) {
     return ZB_OK;
 }
 
+/* Close what a tensor write opened; on failure prefix the message with file and tensor. */
+static int write_done(const zb_ckpt_writer *w, const char *name, int rc, hid_t ms, hid_t ds, hid_t sp) {
+    if (ms >= 0) H5Sclose(ms);
+    if (ds >= 0) H5Dclose(ds);
+    if (sp >= 0) H5Sclose(sp);
+    if (rc) {
+        char pre[1200];
+        snprintf(pre, sizeof pre, "%s: tensor '%s'", w->path, name);
+        zb_fail_prefix(rc, pre);
+    }
+    return rc;
+}
+
 int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
                        int64_t row0, int64_t nrows, const void *data) {
     if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
@@ -204,15 +217,7 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
     static const char dummy[8];
     H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, (nel && nrows) ? data : dummy));
 done:
-    if (ms >= 0) H5Sclose(ms);
-    if (ds >= 0) H5Dclose(ds);
-    if (sp >= 0) H5Sclose(sp);
-    if (rc) {
-        char pre[1200];
-        snprintf(pre, sizeof pre, "%s: tensor '%s'", w->path, name);
-        zb_fail_prefix(rc, pre);
-    }
-    return rc;
+    return write_done(w, name, rc, ms, ds, sp);
 }
 
 int zb_ckpt_write_tensor(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
@@ -274,15 +279,7 @@ int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
     static const char dummy[8];
     H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
 done:
-    if (ms >= 0) H5Sclose(ms);
-    if (ds >= 0) H5Dclose(ds);
-    if (sp >= 0) H5Sclose(sp);
-    if (rc) {
-        char pre[1200];
-        snprintf(pre, sizeof pre, "%s: tensor '%s'", w->path, name);
-        zb_fail_prefix(rc, pre);
-    }
-    return rc;
+    return write_done(w, name, rc, ms, ds, sp);
 }
 
 static void writer_free(zb_ckpt_writer *w) {

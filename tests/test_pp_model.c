@@ -29,19 +29,7 @@
 
 static int rank0;
 
-static int is_dir(const char *p) {
-    size_t n = strlen(p);
-    return !(n > 5 && !strcmp(p + n - 5, ".json"));
-}
-
-static int load_full(zb_model *m, const char *src) {
-    if (is_dir(src)) return zb_model_load(m, src);
-    zb_config c;
-    ZB_TRY(zb_config_load(src, &c));
-    ZB_TRY(zb_model_init(m, &c));
-    zb_model_init_random(m, 7, 0.08f);
-    return ZB_OK;
-}
+static int is_dir(const char *p) { return !zb_test_src_is_config(p); }
 
 static void random_ids(int *ids, int n, int V, unsigned seed) {
     zb_rng r;
@@ -54,7 +42,7 @@ static void random_ids(int *ids, int n, int V, unsigned seed) {
 static double *grad_floor(const char *src, const zb_model *f, int *const *ids, int nmb, int B, int T) {
     zb_model r;
     zb_acts a;
-    if (load_full(&r, src) || zb_acts_alloc(&a, &r, B, T) || zb_model_alloc_grad(&r)) return NULL;
+    if (zb_test_load_model(&r, src) || zb_acts_alloc(&a, &r, B, T) || zb_model_alloc_grad(&r)) return NULL;
     int *sw = malloc(sizeof(int) * B * T);
     zb_model_zero_grad(&r);
     for (int k = 0; k < nmb; k++) {
@@ -88,7 +76,7 @@ int main(int argc, char **argv) {
     zb_grid grid;
     ZB_TEST_OK(zb_grid_init(&grid, MPI_COMM_WORLD, TP, PP));
     zb_model ref, sh;
-    ZB_TEST_OK(load_full(&ref, src));
+    ZB_TEST_OK(zb_test_load_model(&ref, src));
     const zb_config *c = &ref.cfg;
 
     /* ---- the stage: loaded by slices ------------------------------------------------------- */

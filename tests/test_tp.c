@@ -34,19 +34,7 @@ static double worst_grad;
  * there the TP gradient is held to 2x that floor instead of 1e-5. */
 static double *grad_floor;
 
-static int is_dir(const char *p) {
-    size_t n = strlen(p);
-    return !(n > 5 && !strcmp(p + n - 5, ".json"));
-}
-
-static int load_full(zb_model *m, const char *src) {
-    if (is_dir(src)) return zb_model_load(m, src);
-    zb_config c;
-    ZB_TRY(zb_config_load(src, &c));
-    ZB_TRY(zb_model_init(m, &c));
-    zb_model_init_random(m, 7, 0.08f);
-    return ZB_OK;
-}
+static int is_dir(const char *p) { return !zb_test_src_is_config(p); }
 
 /* every parameter of shard s, gathered, bitwise equal to full model f */
 static int same_params_bitwise(const zb_model *s, const zb_model *f, const char *what) {
@@ -93,7 +81,7 @@ static void compare_grads(const zb_model *s, const zb_model *f, const char *what
 static int measure_floor(const char *src, const zb_model *f, const int *ids, int B, int T) {
     zb_model r2;
     zb_acts a2;
-    ZB_TRY(load_full(&r2, src));
+    ZB_TRY(zb_test_load_model(&r2, src));
     ZB_TRY(zb_acts_alloc(&a2, &r2, B, T));
     ZB_TRY(zb_model_alloc_grad(&r2));
     int *sw = malloc(sizeof(int) * B * T);
@@ -141,7 +129,7 @@ int main(int argc, char **argv) {
     zb_grid grid;
     ZB_TEST_OK(zb_grid_init(&grid, MPI_COMM_WORLD, TP, 1));
     zb_model ref, sh;
-    ZB_TEST_OK(load_full(&ref, src));
+    ZB_TEST_OK(zb_test_load_model(&ref, src));
     const zb_config *c = &ref.cfg;
     if (rank0) printf("test_tp %s: world %d, tp %d, dp %d, %zu parameters\n", src, world, TP, grid.dp_size,
                       zb_model_num_params(&ref));

@@ -4,6 +4,7 @@
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "zb_common.h"
 
@@ -80,4 +81,18 @@ int zb_check_max_rel(const char *what, const float *got, const float *ref, size_
 int zb_check_norm_rel(const char *what, const float *got, const float *ref, size_t n, double tol) {
     double e = zb_norm_rel(got, ref, n);
     return zb_check(e <= tol, "%s: ||d||/||ref|| = %.3g (tol %.1g)", what, e, tol);
+}
+
+int zb_test_src_is_config(const char *src) {
+    size_t n = strlen(src);
+    return n > 5 && !strcmp(src + n - 5, ".json");
+}
+
+int zb_test_load_model(zb_model *m, const char *src) {
+    if (!zb_test_src_is_config(src)) return zb_model_load(m, src);
+    zb_config c;
+    ZB_TRY(zb_config_load(src, &c));
+    ZB_TRY(zb_model_init(m, &c));
+    zb_model_init_random(m, 7, 0.08f);
+    return ZB_OK;
 }

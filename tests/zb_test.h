@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "model.h"
+
 void zb_test_init(int *argc, char ***argv);
 /* Prints "N passed, N failed" on rank 0, finalizes MPI; returns the process exit code. */
 int zb_test_finish(void);
@@ -26,5 +28,10 @@ int zb_check_norm_rel(const char *what, const float *got, const float *ref, size
 #define ZB_TEST_OK(expr) do { int rc_ = (expr); if (rc_) { \
     fprintf(stderr, "FATAL %s:%d: %s -> %d: %s\n", __FILE__, __LINE__, #expr, rc_, zb_errmsg()); \
     zb_check(0, "%s", #expr); return zb_test_finish(); } } while (0)
+
+/* A test model source: an HF directory or .h5 (loaded), or a config .json (random weights,
+ * seed 7, std 0.08). zb_test_src_is_config: 1 for the .json form. */
+int zb_test_src_is_config(const char *src);
+int zb_test_load_model(zb_model *m, const char *src);
 
 #endif

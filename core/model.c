@@ -658,11 +658,26 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
     zb_linear_forward(out, att, w->lin.wo, N, qd, d);
 }
 
+/* PP generation: the residual [N, d] of the chunk goes point-to-point from stage s to s+1
+ * (same TP coordinate, over m->tp->pp; replicated over TP). Blocking: the stages run the
+ * chunk one after the other. An MPI failure stops every rank (like the TP hooks). */
+#define ZB_PP_GEN_TAG 7301
+static void pp_gen_xfer(const zb_model *m, float *x, size_t n, int send) {
+    const zb_tp *tp = m->tp;
+    int rc = send ? MPI_Send(x, (int)n, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_GEN_TAG, tp->pp)
+                  : MPI_Recv(x, (int)n, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_GEN_TAG, tp->pp, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+        zb_fail(ZB_EMPI, "pipeline generation: MPI_%s of the residual failed", send ? "Send" : "Recv");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+}
+
 static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
     const zb_config *c = &m->cfg;
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
-    if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
+    if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
+    else if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
     else if (m->w.embed_lin.bf16)   /* bf16 rows, converted as they are looked up */
         for (int i = 0; i < N; i++)
             zb_bf16_to_f32_n(m->w.embed_lin.bf16 + (size_t)ids[i] * d, s->x + (size_t)i * d, (size_t)d);
@@ -693,6 +708,11 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
         zb_linear_forward(s->mo, s->g, w->lin.w_down, N, F, d);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
+    }
+    if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
+        pp_gen_xfer(m, s->x, Nd, 1);
+        for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
+        return;
     }
     /* logits of the last new token of each sequence only */
     for (int b = 0; b < B; b++)

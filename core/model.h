@@ -204,7 +204,10 @@ int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
  * seqs NULL = 0..nb-1), ids [nb*n] in that order: prefill one prompt (nb = 1, n = its
  * length) into its own slot, or decode the active sequences together (n = 1), each at its own
  * position. Row i of s->logits is then sequence seqs[i]'s. Under TP every rank of the group
- * must make the same calls. */
+ * must make the same calls. PP (a stage-local model): every stage makes the same calls; a
+ * stage without embedding receives the residual [nb*n, d] of each chunk from the previous
+ * stage, a stage without head sends its output to the next and leaves no logits (only the
+ * last stage has them); the caches hold the stage's layers only. */
 int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n);
 
 /* Benchmarks: pretend pos tokens are cached (caches and states filled with small random

@@ -11,8 +11,12 @@
  * several prompts print each completion when it finishes as one block "[i] ..." (i = prompt
  * index from 0). The last line on stderr has prefill / decode tokens/s and cache bytes.
  * Sampling: sequence i draws from its own RNG stream seeded by (--seed, i), so its tokens do
- * not depend on --batch, on the other prompts or on the TP layout. Under --tp N every rank
- * runs the same schedule; TP rank 0 samples from the gathered logits and broadcasts.
+ * not depend on --batch, on the other prompts or on the TP / PP layout. Under --tp N every
+ * rank runs the same schedule; TP rank 0 samples from the gathered logits and broadcasts.
+ * Under --pp M (parallel/pp.h; with --tp N: N*M ranks) each stage holds its layers and their
+ * caches; every step (prefill chunk or decode) runs stage after stage, the residual sent
+ * point-to-point to the next, the last stage's TP rank 0 samples and the tokens are broadcast
+ * to its TP group, then from the last stage to every stage over the pipeline.
  * --weights bf16 holds the weight matrices in bf16 (half the memory and bytes per decode step,
  * f32 accumulation; model.h); the final line then also has every rank's peak resident
  * memory (VmHWM) and the bf16 kernel and threads used. */
@@ -307,11 +311,22 @@ static void on_token(zb_run *r, int b, int tkn) {
     if (st || r->n_out[i] >= r->max_new || r->g->pos[b] >= r->g->max_T) finish(r, b);
 }
 
+/* The sampled tokens, from the sampler (TP rank 0 of the last stage) to every rank: over the
+ * last stage's TP group, then from the last stage to every stage over the pipeline (the ranks
+ * of the other stages get it from the last-stage rank of their own TP coordinate). */
+static int share_tokens(const zb_grid *grid, int tp, int pp, int *tok, int n) {
+    if (tp > 1 && (pp == 1 || grid->pp_rank == pp - 1) && MPI_Bcast(tok, n, MPI_INT, 0, grid->tp) != MPI_SUCCESS)
+        return zb_fail(ZB_EMPI, "generate: MPI_Bcast of the sampled tokens (TP) failed");
+    if (pp > 1 && MPI_Bcast(tok, n, MPI_INT, pp - 1, grid->pp) != MPI_SUCCESS)
+        return zb_fail(ZB_EMPI, "generate: MPI_Bcast of the sampled tokens (PP) failed");
+    return ZB_OK;
+}
+
 /* ---- the command --------------------------------------------------------------------------- */
 int zb_cmd_generate(int argc, char **argv) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
-                                       "--seed", "--stop", "--tp", "--batch", "--ctx", "--weights", NULL};
+                                       "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *model_path = zb_arg_str(argc, argv, "--model", NULL);
@@ -338,13 +353,15 @@ int zb_cmd_generate(int argc, char **argv) {
         return zb_fail(ZB_EARG, "generate: need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1");
     /* --tp N: the model is split over TP groups of N ranks (parallel/tp.h); TP rank 0 samples
      * from the gathered logits and broadcasts the tokens to its group */
-    int tp = zb_arg_int(argc, argv, "--tp", 1), rank = 0, world = 1;
-    if (print_ids) tp = 1;
+    int tp = zb_arg_int(argc, argv, "--tp", 1), pp = zb_arg_int(argc, argv, "--pp", 1), rank = 0, world = 1;
+    if (print_ids) tp = pp = 1;
+    if (tp < 1 || pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
+    int grid_on = tp > 1 || pp > 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     if (print_ids) world = 1;   /* no collectives: each rank would print; run it on one */
     zb_grid grid;
     memset(&grid, 0, sizeof grid);
-    if (tp > 1) { ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, 1)); rank = grid.rank; }
+    if (grid_on) { ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, pp)); rank = grid.rank; }
     else if (world > 1) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
 
     int rc = ZB_OK;
@@ -457,7 +474,7 @@ int zb_cmd_generate(int argc, char **argv) {
     }
     int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
     int threads = zb_threads_auto(MPI_COMM_WORLD);
-    rc = tp > 1 ? zb_model_load_tp_ex(&m, model_path, &grid, wt) : zb_model_load_ex(&m, model_path, wt);
+    rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt) : zb_model_load_ex(&m, model_path, wt);
     if (rc) goto done;
     const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
     rc = zb_gen_init(&g, &m, B, max_T);
@@ -482,11 +499,18 @@ int zb_cmd_generate(int argc, char **argv) {
         for (int k = 0; k < prompt_len(&pr, 0); k++) printf("%d ", prompt_ids(&pr, 0)[k]);
         printf("| ");
     }
-    int sampler_rank = tp == 1 || grid.tp_rank == 0;
+    int last_stage = pp == 1 || grid.pp_rank == pp - 1;
+    int sampler_rank = (tp == 1 || grid.tp_rank == 0) && last_stage;
     double t_prefill = 0, t_decode = 0;
     long n_prefill = 0, n_decode = 0;
     size_t bpt = g.cache_bytes_per_token, bps = g.state_bytes_per_seq, peak = 0, alloc = 0;
     for (int l = 0; l < g.n_layers; l++) alloc += g.cache_floats[l] * sizeof(float);
+    if (pp > 1) {   /* PP: each stage caches its own layers: the model's sizes are the sums */
+        unsigned long long sz[3] = {bpt, bps, alloc};
+        if (MPI_Allreduce(MPI_IN_PLACE, sz, 3, MPI_UNSIGNED_LONG_LONG, MPI_SUM, grid.pp) != MPI_SUCCESS)
+            rc = zb_fail(ZB_EMPI, "generate: MPI_Allreduce of the cache sizes failed");
+        bpt = (size_t)sz[0]; bps = (size_t)sz[1]; alloc = (size_t)sz[2];
+    }
     int next_prompt = 0;
     while (!rc) {
         /* 1. fill the free slots: prefill each new prompt alone into its slot and sample its
@@ -502,8 +526,7 @@ int zb_cmd_generate(int argc, char **argv) {
                 slot_prompt[b] = i;
                 if (max_new == 0) { finish(&run, b); t_prefill += zb_now() - t0; continue; }
                 if (sampler_rank) tkn = zb_sample(g.logits, c->vocab, &sp, &rngs[i], NULL);
-                if (tp > 1 && MPI_Bcast(&tkn, 1, MPI_INT, 0, grid.tp) != MPI_SUCCESS)
-                    rc = zb_fail(ZB_EMPI, "generate: MPI_Bcast of the sampled token failed");
+                rc = share_tokens(&grid, tp, pp, &tkn, 1);
                 t_prefill += zb_now() - t0;
                 if (!rc) on_token(&run, b, tkn);
             }
@@ -523,20 +546,19 @@ int zb_cmd_generate(int argc, char **argv) {
         if (sampler_rank)
             for (int k = 0; k < na; k++)
                 act_tok[k] = zb_sample(g.logits + (size_t)k * c->vocab, c->vocab, &sp, &rngs[slot_prompt[act[k]]], NULL);
-        if (tp > 1 && MPI_Bcast(act_tok, na, MPI_INT, 0, grid.tp) != MPI_SUCCESS) {
-            rc = zb_fail(ZB_EMPI, "generate: MPI_Bcast of the sampled tokens failed");
-            break;
-        }
+        if ((rc = share_tokens(&grid, tp, pp, act_tok, na))) break;
         t_decode += zb_now() - t0;
         n_decode += na;
         for (int k = 0; k < na; k++) on_token(&run, act[k], act_tok[k]);
     }
     /* every rank's peak resident memory (the 8B-on-24GB check): gathered to rank 0 */
     long hwm = zb_vm_hwm_kb(), *hwms = NULL;
-    int nr = tp > 1 ? grid.tp_size : 1;
-    if (!rc && tp > 1) {
+    /* TP only: the ranks of TP group 0; PP: every rank of the grid (world rank order) */
+    MPI_Comm hcomm = pp > 1 ? grid.world : grid.tp;
+    int nr = pp > 1 ? grid.size : tp > 1 ? grid.tp_size : 1;
+    if (!rc && grid_on) {
         hwms = rank == 0 ? zb_calloc((size_t)nr, sizeof(long), "stats") : NULL;
-        if (MPI_Gather(&hwm, 1, MPI_LONG, hwms, 1, MPI_LONG, 0, grid.tp) != MPI_SUCCESS)
+        if (MPI_Gather(&hwm, 1, MPI_LONG, hwms, 1, MPI_LONG, 0, hcomm) != MPI_SUCCESS)
             rc = zb_fail(ZB_EMPI, "generate: MPI_Gather of the memory stats failed");
     }
     if (!rc && run.out) {
@@ -552,7 +574,9 @@ int zb_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
                 "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
                 n_prefill, n_prefill / (t_prefill + 1e-12), n_decode, n_decode / (t_decode + 1e-12),
-                P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc, tp > 1 ? " (per rank)" : "", mem);
+                P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc,
+                tp > 1 ? (pp > 1 ? " (per TP rank, summed over the stages)" : " (per rank)")
+                       : pp > 1 ? " (summed over the stages)" : "", mem);
     }
     free(hwms);
 done:
@@ -561,6 +585,6 @@ done:
     zb_tokenizer_free(tok);
     free(pr.ids.v); free(pr.off.v); free(stops.v);
     free(slot_prompt); free(n_out); free(last); free(act); free(act_tok); free(outbuf); free(rngs);
-    if (tp > 1) zb_grid_free(&grid);
+    if (grid_on) zb_grid_free(&grid);
     return rc;
 }

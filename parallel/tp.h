@@ -31,8 +31,8 @@
  * Checkpoints are layout free: a shard loads only its slices from an HF directory or a .h5
  * (any layout wrote it), and zb_model_save of a shard writes every slice into one file with
  * full shapes (collective; parallel/checkpoint.h). Generation: caches are per local head,
- * logits are gathered over the vocabulary for sampling. Pipeline parallelism is not done yet:
- * a grid with pp > 1 is refused. */
+ * logits are gathered over the vocabulary for sampling. With pp > 1 a shard is also one
+ * pipeline stage's part of the stack (parallel/pp.h). */
 #ifndef ZB_TP_H
 #define ZB_TP_H
 

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dp.h"
+#include "pp.h"
 #include "tp.h"
 
 static const char *const stage_names[] = {"pretrain", "ild", "kd", "sft", "dpo"};
@@ -59,6 +61,9 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
 }
 
 void zb_trainer_free(zb_trainer *tr) {
+    for (int k = 1; k < tr->pp_k; k++) zb_acts_free(&tr->pp_acts[k]);   /* [0] is tr->a */
+    free(tr->pp_acts);
+    free(tr->pp_parts);
     zb_acts_free(&tr->a);
     if (tr->ta.logits) zb_acts_free(&tr->ta);
     free(tr->mask); free(tr->tmp); free(tr->lp); free(tr->ild_layer);
@@ -214,6 +219,66 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
     case ZB_STAGE_DPO: stage_dpo(tr, ids, targets, want_grad, grad_scale, &o); break;
     default: return zb_fail(ZB_EARG, "unknown stage %d", (int)tr->stage);
     }
+    if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
+    if (out) *out = o;
+    return ZB_OK;
+}
+
+/* ---- pipeline parallel -------------------------------------------------------------------- */
+
+int zb_trainer_pp_init(zb_trainer *tr, int M) {
+    zb_model *m = tr->student;
+    if (tr->stage != ZB_STAGE_PRETRAIN && tr->stage != ZB_STAGE_SFT)
+        return zb_fail(ZB_EARG, "train: stage %s is not implemented with --pp (pretrain and sft only)",
+                       zb_stage_name(tr->stage));
+    int P = m->tp ? m->tp->pp_size : 1, K = P < M ? P : M;
+    if (K < 1) K = 1;
+    tr->pp_acts = zb_calloc((size_t)K, sizeof(zb_acts), "pipeline activations");
+    tr->pp_parts = zb_calloc((size_t)M, sizeof(zb_loss_parts), "pipeline losses");
+    if (!tr->pp_acts || !tr->pp_parts) return ZB_ENOMEM;
+    tr->pp_acts[0] = tr->a;
+    tr->pp_k = 1;
+    for (; tr->pp_k < K; tr->pp_k++) ZB_TRY(zb_acts_alloc(&tr->pp_acts[tr->pp_k], m, tr->rows, tr->T));
+    tr->pp_m = M;
+    return ZB_OK;
+}
+
+/* The last stage's loss of micro-batch k (stage_ce after the forward). */
+static int pp_ce(void *ctx, zb_acts *a, int k) {
+    zb_trainer *tr = ctx;
+    const zb_model *m = tr->student;
+    int N = tr->rows * tr->T, nv = 0;
+    const int *tg = tr->pp_targets + (size_t)k * N;
+    for (int i = 0; i < N; i++) nv += tg[i] >= 0 && tg[i] < full_vocab(m);
+    double sum = ce_sum(m, tr->pp_want_grad ? a->logits : NULL, a->logits, tg, N, nv ? tr->pp_gs / nv : 0.0f);
+    zb_loss_parts *o = &tr->pp_parts[k];
+    memset(o, 0, sizeof *o);
+    o->ce = o->loss = nv ? sum / nv : 0.0;
+    o->tokens = nv;
+    return ZB_OK;
+}
+
+int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
+                       float grad_scale, zb_loss_parts *out) {
+    zb_model *m = tr->student;
+    if (!tr->pp_acts || M > tr->pp_m)
+        return zb_fail(ZB_EARG, "pipeline parallel: %d micro-batches, zb_trainer_pp_init was for %d", M, tr->pp_m);
+    size_t N = (size_t)tr->rows * tr->T;
+    tr->pp_targets = targets;
+    tr->pp_gs = grad_scale;
+    tr->pp_want_grad = want_grad;
+    ZB_TRY(zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, pp_ce, tr));
+    double v[3] = {0, 0, 0};
+    if (zb_pp_is_last(m))
+        for (int k = 0; k < M; k++) { v[0] += tr->pp_parts[k].loss; v[1] += tr->pp_parts[k].ce; v[2] += tr->pp_parts[k].tokens; }
+    if (m->tp && m->tp->pp_size > 1) {
+        double t0 = MPI_Wtime();
+        ZB_MPI(MPI_Bcast(v, 3, MPI_DOUBLE, m->tp->pp_size - 1, m->tp->pp));
+        zb_comm_seconds += MPI_Wtime() - t0;
+    }
+    zb_loss_parts o;
+    memset(&o, 0, sizeof o);
+    o.loss = v[0]; o.ce = v[1]; o.tokens = v[2];
     if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
     if (out) *out = o;
     return ZB_OK;

@@ -54,6 +54,15 @@ typedef struct {
     double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
     unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
     int n_ild;
+    /* pipeline parallel (zb_trainer_pp_init): activations of the micro-batches in flight,
+     * pp_acts[0] is `a` (shared buffers), the others owned; per-micro-batch loss parts */
+    zb_acts *pp_acts;
+    int pp_k;
+    zb_loss_parts *pp_parts;
+    int pp_m;
+    const int *pp_targets;
+    float pp_gs;
+    int pp_want_grad;
 } zb_trainer;
 
 /* Allocate everything for micro-batches of B rows (pairs for dpo) of T tokens. The student
@@ -71,5 +80,19 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
  * (times grad_scale) is ACCUMULATED into student->grad. */
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
+
+/* Pipeline parallel (parallel/pp.h; stage-local student with --pp > 1): pretrain and sft only
+ * (other stages: a clear error). Allocates the activations of min(pp_size, M) micro-batches in
+ * flight, once; M = the most micro-batches a zb_trainer_step_pp call gets (grad_accum). */
+int zb_trainer_pp_init(zb_trainer *tr, int M);
+/* One step's M micro-batches through the 1F1B schedule (zb_pp_1f1b): ids / targets
+ * [M * rows*T] (micro-batch k at k * rows*T; every stage gets them, only the first uses the ids
+ * and the last the targets). The CE of each micro-batch (mean over its targets, gradient
+ * times grad_scale ACCUMULATED into the stage's m->grad) is computed on the last stage; *out
+ * holds the SUMS over the M micro-batches of the parts, broadcast from the last stage to every
+ * stage of the pipeline. want_grad = 0: forwards only. The tied embedding gradient sum
+ * (zb_pp_tied_grad_sum) is left to the caller. Collective over the pipeline (and TP). */
+int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
+                       float grad_scale, zb_loss_parts *out);
 
 #endif

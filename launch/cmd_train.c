@@ -35,7 +35,15 @@
  * vocabulary-parallel (never gathering the logits); the clipping norm is the global one; AdamW
  * runs on the local slices; every tensor of the checkpoint, the moments included, is written
  * by slices with its full shape, so a checkpoint resumes / loads at any TP and DP layout
- * (the full moments are gathered from the ZeRO shards on save and scattered on load). */
+ * (the full moments are gathered from the ZeRO shards on save and scattered on load).
+ *
+ * --pp M (pretrain and sft only; other stages are refused): pipeline parallel (parallel/pp.h,
+ * docs/PARALLEL.md): each rank holds the layers of its stage (partitioned by the cost model at
+ * seq_len), the step's grad_accum micro-batches run through a 1F1B schedule (use grad_accum >= M),
+ * the loss is computed on the last stage and broadcast over the pipeline, a tied embedding's
+ * gradient is summed between first and last stage and counted once in the clipping norm, which
+ * sums over the stages; the DP reduction (or ZeRO-1) follows the backward. Checkpoints are
+ * written by stages and slices, with full shapes: they resume at any TP x PP x DP layout. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -53,7 +61,9 @@
 #include "grid.h"
 #include "model.h"
 #include "model_io.h"
+#include "tensor_names.h"
 #include "optim.h"
+#include "pp.h"
 #include "tp.h"
 #include "train.h"
 
@@ -200,6 +210,63 @@ static const zb_param *param_part(const zb_model *m, int i, int world_rank, zb_t
     return p;
 }
 
+/* PP: the checkpoint writer is collective over every rank, but each stage holds only its
+ * tensors: every rank walks every tensor of the full model (as zb_tp_save) and writes its
+ * slices of the ones it holds (the tied embedding: the first stage's copy), nothing for the
+ * others; the moments of a tensor are written when the stage holding it trains it. */
+static int save_pp_tensors(zb_ckpt_writer *w, const zb_model *m, const zb_adamw *o, const float *fm,
+                           const float *fv, const zb_grid *g) {
+    const zb_tp *tp = m->tp;
+    zb_tensor_spec *spec = NULL;
+    int ns = 0;
+    ZB_TRY(zb_expected_tensors(&tp->full, &spec, &ns));
+    int *loc = zb_malloc(sizeof(int) * 2 * (size_t)(ns + 1), "checkpoint tensor map");
+    if (!loc) { free(spec); return ZB_ENOMEM; }
+    int *tr = loc + ns + 1, rc = ZB_OK;
+    for (int j = 0, i = 0; j < ns; j++) {   /* the stage's tensors come in the full model's order */
+        loc[j] = -1;
+        tr[j] = 0;
+        if (i < m->n_params && !strcmp(spec[j].name, tp->full_params[i].name)) {
+            loc[j] = i;
+            tr[j] = o->trainable[i] != 0;
+            i++;
+        }
+    }
+    if (MPI_Allreduce(MPI_IN_PLACE, tr, ns, MPI_INT, MPI_MAX, g->world) != MPI_SUCCESS)
+        rc = zb_fail(ZB_EMPI, "train: MPI_Allreduce of the trainable flags failed");
+    char name[ZB_PARAM_NAME + 16];
+    int64_t z = 0;
+    for (int j = 0; j < ns && !rc; j++) {
+        int64_t shape[4] = {0};
+        for (int k = 0; k < spec[j].ndim; k++) shape[k] = spec[j].shape[k];
+        int i = loc[j], nseg = 0;
+        const zb_tp_slice *s = NULL;
+        size_t off = 0;
+        if (i >= 0) {
+            s = &tp->slices[i];
+            nseg = (!tp->writer || (s->replicated && tp->rank != 0)) ? 0 : s->nseg;
+            if (tp->pp_rank > 0 && !strcmp(spec[j].name, "model.embed_tokens.weight")) nseg = 0;   /* tied copy */
+            off = m->params[i].offset;
+        }
+        const int64_t *r0 = nseg ? s->row0 : &z, *nr = nseg ? s->nrows : &z;
+        int64_t c0 = nseg ? s->col0 : 0, nc = nseg ? s->ncols : 0;
+        rc = zb_ckpt_write_slab(w, spec[j].name, ZB_DT_F32, spec[j].ndim, shape, nseg, r0, nr, c0, nc,
+                                nseg ? m->data + off : NULL);
+        if (!rc && tr[j]) {
+            int mseg = nseg && o->trainable[i] ? nseg : 0;
+            snprintf(name, sizeof name, "optim.m.%s", spec[j].name);
+            rc = zb_ckpt_write_slab(w, name, ZB_DT_F32, spec[j].ndim, shape, mseg, mseg ? r0 : &z, mseg ? nr : &z,
+                                    mseg ? c0 : 0, mseg ? nc : 0, mseg ? fm + off : NULL);
+            snprintf(name, sizeof name, "optim.v.%s", spec[j].name);
+            if (!rc) rc = zb_ckpt_write_slab(w, name, ZB_DT_F32, spec[j].ndim, shape, mseg, mseg ? r0 : &z,
+                                             mseg ? nr : &z, mseg ? c0 : 0, mseg ? nc : 0, mseg ? fv + off : NULL);
+        }
+    }
+    free(loc);
+    free(spec);
+    return rc;
+}
+
 static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, const zb_dp *dp,
                      const int64_t *state, const char *run_text, const zb_grid *g) {
     char *json = zb_config_to_json(zb_model_full_config(m));
@@ -220,7 +287,13 @@ static int save_ckpt(const char *path, const zb_model *m, const zb_adamw *o, con
     if (!rc) rc = zb_ckpt_set_config(w, json);
     free(json);
     char name[ZB_PARAM_NAME + 16];
-    for (int i = 0; i < m->n_params && !rc; i++) {
+    if (!rc && m->tp && m->tp->pp_size > 1) {
+        rc = save_pp_tensors(w, m, o, fm, fv, g);
+        free(gm);
+        free(gv);
+        gm = gv = NULL;
+    }
+    for (int i = 0; i < m->n_params && !rc && !(m->tp && m->tp->pp_size > 1); i++) {
         zb_tp_slice s;
         int writes;
         const zb_param *fp = param_part(m, i, g->rank, &s, &writes);
@@ -410,6 +483,28 @@ static int src_seek(batch_src *s, zb_loader_pos p) {
 
 /* ---- evaluation on the validation split --------------------------------------------------- */
 
+/* The global squared gradient norm: zb_dp_grad_sq_norm (TP, ZeRO), then summed over the
+ * pipeline stages, the tied embedding counted once (the last stage's copy left out: after
+ * zb_pp_tied_grad_sum it equals the first stage's). */
+static int pp_grad_sq_norm(const zb_dp *dp, zb_adamw *o, const zb_grid *g, double *out) {
+    const zb_model *m = dp->m;
+    if (g->pp_size < 2) return zb_dp_grad_sq_norm(dp, o, out);
+    int tied = -1;
+    if (m->cfg.tie_embeddings && g->pp_rank == g->pp_size - 1) {
+        const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
+        if (p) tied = (int)(p - m->params);
+    }
+    unsigned char keep = tied >= 0 ? o->trainable[tied] : 0;
+    if (tied >= 0) o->trainable[tied] = 0;
+    int rc = zb_dp_grad_sq_norm(dp, o, out);
+    if (tied >= 0) o->trainable[tied] = keep;
+    ZB_TRY(rc);
+    double t0 = MPI_Wtime();
+    ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, out, 1, MPI_DOUBLE, MPI_SUM, g->pp));
+    zb_comm_seconds += MPI_Wtime() - t0;
+    return ZB_OK;
+}
+
 static int evaluate(zb_trainer *tr, const run_cfg *r, const zb_grid *g, int *ids, int *tg,
                     zb_loss_parts *out) {
     batch_src ld;
@@ -419,7 +514,8 @@ static int evaluate(zb_trainer *tr, const run_cfg *r, const zb_grid *g, int *ids
     for (int b = 0; b < r->eval_batches && !rc; b++) {
         zb_loss_parts p;
         rc = src_next(&ld, ids, tg);
-        if (!rc) rc = zb_trainer_step(tr, ids, tg, 0, 1.0f, &p);
+        if (!rc) rc = g->pp_size > 1 ? zb_trainer_step_pp(tr, 1, ids, tg, 0, 1.0f, &p)
+                                     : zb_trainer_step(tr, ids, tg, 0, 1.0f, &p);
         if (!rc) { acc[0] += p.loss; acc[1] += p.ce; acc[2] += p.kl; acc[3] += p.mse; acc[4] += 1; }
     }
     src_close(&ld);
@@ -451,7 +547,7 @@ typedef struct {
 /* A model from an HF directory or .h5: this rank's TP shard under --tp > 1 (zb_model_load_tp
  * reads only its slices, whatever layout wrote the file). */
 static int load_model(zb_model *m, const char *path, const zb_grid *g) {
-    if (g->tp_size > 1) return zb_model_load_tp(m, path, g);
+    if (g->tp_size > 1 || g->pp_size > 1) return zb_model_load_tp(m, path, g);
     return zb_model_load(m, path);
 }
 
@@ -463,8 +559,11 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     S->have_grid = 1;
     zb_grid *g = &S->g;
     int rank = g->rank;
-    if (pp > 1)
-        return zb_fail(ZB_EARG, "train: --pp > 1 is not implemented yet (tensor and data parallel only)");
+    const int PP = g->pp_size > 1;
+    if (PP && stage != ZB_STAGE_PRETRAIN && stage != ZB_STAGE_SFT)
+        return zb_fail(ZB_EARG, "train: stage %s is not implemented with --pp (pretrain and sft only)",
+                       zb_stage_name(stage));
+    zb_pp_seq_len = r->seq_len;   /* the partition's cost model at the training length */
 
     /* the model: resumed, a random init from a config (pretrain), or loaded */
     if (resume) {
@@ -476,8 +575,8 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         ZB_TRY(zb_config_load(r->model, &c));
         ZB_TRY(zb_model_init(&S->m, &c));
         zb_model_init_random(&S->m, r->seed, r->init_std);
-        if (g->tp_size > 1) {
-            /* TP: the same random model as one rank, then this rank's slices of it (every rank
+        if (g->tp_size > 1 || PP) {
+            /* TP / PP: the same random model as one rank, then this rank's slices of it (every rank
              * holds the full model for a moment: fine for the sizes trained from scratch here) */
             zb_model full = S->m;
             memset(&S->m, 0, sizeof S->m);
@@ -510,8 +609,11 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     /* data parallel: gradient buckets overlapped with the backward, or ZeRO-1 */
     ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, g->dp, r->bucket_mb, r->zero));
     ZB_TRY(zb_dp_zero_attach(&S->dp, &S->o));
+    if (PP) ZB_TRY(zb_trainer_pp_init(tr, r->grad_accum));
 
-    size_t N = (size_t)tr->rows * r->seq_len;
+    /* PP: the step's grad_accum micro-batches are read up front (every stage reads them, so that
+     * the loader positions agree; the first stage uses the ids, the last the targets) */
+    size_t N = (size_t)tr->rows * r->seq_len * (PP ? r->grad_accum : 1);
     ZB_ALLOC(S->ids, N, "batch ids");
     ZB_ALLOC(S->tg, N, "batch targets");
     ZB_TRY(src_open(&S->ld, r->data, "train", stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
@@ -566,7 +668,19 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         zb_comm_seconds = 0;
         zb_model_zero_grad(&S->m);
         double part[6] = {0};
-        for (int k = 0; k < r->grad_accum; k++) {
+        if (PP) {
+            size_t Nm = (size_t)tr->rows * r->seq_len;
+            for (int k = 0; k < r->grad_accum; k++)
+                ZB_TRY(src_next(&S->ld, S->ids + k * Nm, S->tg + k * Nm));
+            zb_loss_parts p;
+            ZB_TRY(zb_trainer_step_pp(tr, r->grad_accum, S->ids, S->tg, 1, gs, &p));
+            part[0] = p.loss; part[1] = p.ce; part[5] = p.tokens;
+            /* the tied copies' gradients summed before the DP reduction (which then runs in
+             * zb_dp_finish, not overlapped with the backward: ZeRO reduces m->grad there) */
+            ZB_TRY(zb_pp_tied_grad_sum(&S->m));
+            zb_dp_arm(&S->dp);   /* after the backward: resets the buckets; zb_dp_finish starts them all */
+        }
+        for (int k = 0; k < r->grad_accum && !PP; k++) {
             zb_loss_parts p;
             ZB_TRY(src_next(&S->ld, S->ids, S->tg));
             if (k == r->grad_accum - 1) zb_dp_arm(&S->dp);   /* last backward: buckets overlap it */
@@ -576,7 +690,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         }
         ZB_TRY(zb_dp_finish(&S->dp));
         double gsq;
-        ZB_TRY(zb_dp_grad_sq_norm(&S->dp, &S->o, &gsq));   /* global: over TP and ZeRO shards */
+        ZB_TRY(pp_grad_sq_norm(&S->dp, &S->o, g, &gsq));   /* global: over TP, PP and ZeRO shards */
         double gnorm = sqrt(gsq);
         float lr = zb_lr_at(&S->o.cfg, step);
         ZB_TRY(zb_dp_optim_step(&S->dp, &S->o, lr, zb_clip_scale(&S->o.cfg, gnorm)));

@@ -203,3 +203,55 @@ int zb_pp_tied_grad_sum(zb_model *m) {
     free(buf);
     return rc;
 }
+
+/* ---- 1F1B ------------------------------------------------------------------------------- */
+
+/* One forward of micro-batch k (+ the loss on the last stage) / one backward, in slot k % K;
+ * fr / br: the slot's pending activation / gradient sends. */
+static int pp_fwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
+                  size_t stride, zb_pp_loss_fn loss, void *ctx) {
+    int q = k % K;
+    ZB_TRY(zb_pp_wait(&fr[q]));   /* the slot's previous micro-batch is done with its buffers */
+    ZB_TRY(zb_pp_wait(&br[q]));
+    ZB_TRY(zb_pp_forward(m, &acts[q], ids + (size_t)k * stride, &fr[q]));
+    return zb_pp_is_last(m) ? loss(ctx, &acts[q], k) : ZB_OK;
+}
+
+static int pp_bwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
+                  size_t stride) {
+    int q = k % K;
+    ZB_TRY(zb_pp_wait(&fr[q]));
+    return zb_pp_backward(m, &acts[q], ids + (size_t)k * stride, &br[q]);
+}
+
+int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
+               zb_pp_loss_fn loss, void *ctx) {
+    int P = m->tp ? m->tp->pp_size : 1, s = m->tp ? m->tp->pp_rank : 0;
+    int need = P < M ? P : M, rc = ZB_OK;
+    if (K < need) return zb_fail(ZB_EARG, "pipeline parallel: %d activation sets for %d in flight", K, need);
+    MPI_Request *fr = zb_malloc(sizeof(MPI_Request) * 2 * (size_t)K, "pipeline requests");
+    if (!fr) return ZB_ENOMEM;
+    MPI_Request *br = fr + K;
+    for (int i = 0; i < 2 * K; i++) fr[i] = MPI_REQUEST_NULL;
+#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, loss, ctx)
+#define BWD(k) pp_bwd(m, acts, K, fr, br, (k), ids, ids_stride)
+    if (!want_grad) {
+        for (int k = 0; k < M && !rc; k++) rc = FWD(k);
+    } else {
+        int warm = P - s - 1 < M ? P - s - 1 : M;
+        for (int k = 0; k < warm && !rc; k++) rc = FWD(k);              /* warm-up */
+        for (int j = 0; j < M - warm && !rc; j++) {                      /* steady state: 1F1B */
+            rc = FWD(warm + j);
+            if (!rc) rc = BWD(j);
+        }
+        for (int j = M - warm; j < M && !rc; j++) rc = BWD(j);          /* cool-down */
+    }
+#undef FWD
+#undef BWD
+    for (int i = 0; i < 2 * K; i++) {
+        int r2 = zb_pp_wait(&fr[i]);
+        if (!rc) rc = r2;
+    }
+    free(fr);
+    return rc;
+}

@@ -2,10 +2,10 @@
  * (SPEC §9, issue 6; Megatron-LM / GPipe style contiguous stages; 1F1B schedule: PipeDream-
  * Flush, Narayanan et al. 2021).
  *
- * STATUS: the cost model and the partitioner are done and tested (tests/test_pp.c); the
- * schedule (stage-local models, point-to-point activation / gradient sends, 1F1B over the
- * grad_accum micro-batches) is NOT implemented yet: `zebra train --pp M` (M > 1) is refused
- * with a clear error.
+ * STATUS: the cost model and the partitioner (tests/test_pp.c), stage-local models with
+ * point-to-point activation / gradient sends (tests/test_pp_model.c) and the 1F1B schedule over
+ * the grad_accum micro-batches (zb_pp_1f1b; `zebra train --pp M`, pretrain / sft,
+ * tests/cli_train_parallel.sh) are done.
  *
  * Cost of one layer, per token, for forward + backward (backward = 2 x forward, as in the
  * usual 6·N·tokens rule), as a roofline time on one rank:
@@ -90,3 +90,17 @@ int zb_pp_is_first(const zb_model *m);
 int zb_pp_is_last(const zb_model *m);
 
 #endif
+
+/* ---- the 1F1B schedule (PipeDream-Flush) over the micro-batches of one step ----
+ *
+ * M micro-batches; micro-batch k's ids are ids + k * ids_stride. acts[K] (K >= min(pp_size, M)
+ * on every stage; micro-batch k uses acts[k % K]) are allocated by the caller for this stage's
+ * model. Stage s runs min(pp_size - s - 1, M) warm-up forwards, then alternates one forward and
+ * one backward, then the remaining backwards (at most pp_size - s micro-batches in flight). On the
+ * last stage loss(ctx, a, k) is called right after the forward of micro-batch k: it computes the
+ * loss from a->logits and, when want_grad, puts dlogits in a->logits (as for zb_model_backward).
+ * want_grad = 0: forwards only, in order. Gradients accumulate into m->grad; the tied embedding
+ * gradient sum (zb_pp_tied_grad_sum) is left to the caller. Collective along the pipeline. */
+typedef int (*zb_pp_loss_fn)(void *ctx, zb_acts *a, int k);
+int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
+               zb_pp_loss_fn loss, void *ctx);

@@ -10,6 +10,10 @@
 #         DP=4 ZeRO == DP=4 (<= 1e-6); the ZeRO DP=4 checkpoint resumed at TP=2 x DP=2 == A;
 #         TP=4 == A; sizes that do not divide: one clear error, every rank stops.
 #   NP=2 also: KD with the teacher TP-sharded (TP=2 == 1 rank).
+#   PP (1F1B over grad_accum micro-batches): NP=2: PP=2 == A (<= 1e-5); stop at 10 + resume ==
+#         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A; kd --pp: clear error.
+#         NP=4: TP=2 x PP=2 == A; PP=2 x DP=2 == A; tied embeddings: PP=4 == 1 rank, PP=2 x DP=2
+#         ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
 # args: ZEBRA FIXTURES SRCDIR MPIEXEC NP
 set -euo pipefail
 Z=$1; SRC=$3; MPIEXEC=$4; NP=$5
@@ -25,9 +29,10 @@ same() {   # name A B tol: both 20 steps and max rel diff <= tol
   local m; m=$(maxrel "$2" "$3")
   check "$1: max rel diff $m (tol $4)" "[ \"\$(wc -l < $2)\" = 20 ] && [ \"\$(wc -l < $3)\" = 20 ] && awk 'BEGIN{exit !($m <= $4)}'"
 }
-run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args...]
+run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args...]; env GA: grad_accum (1), MODEL (hyb.json)
   local np=$1 out=$2 mb=$3 extra=$4; shift 4
-  printf '%s\n' "$(sed "s/\"micro_batch\": 4/\"micro_batch\": $mb/" base.json)$extra, \"out\": \"$out\"}" > "$out.json"
+  printf '%s\n' "$(sed -e "s/\"micro_batch\": 4/\"micro_batch\": $mb/" -e "s/\"grad_accum\": 1/\"grad_accum\": ${GA:-1}/" \
+    -e "s/\"hyb.json\"/\"${MODEL:-hyb.json}\"/" base.json)$extra, \"out\": \"$out\"}" > "$out.json"
   if [ "$np" = 1 ]; then $Z train --stage pretrain --config "$out.json" "$@" >> "$out.log" 2>&1 || true
   else $MPI -n "$np" $Z train --stage pretrain --config "$out.json" "$@" >> "$out.log" 2>&1 || true; fi
   losses "$out/train.jsonl" > "$out.txt" 2>/dev/null || true
@@ -57,8 +62,20 @@ if [ "$NP" = 2 ]; then
   run 2 ZR 2 ", \"zero\": true" --stop-after 10
   run 1 ZR 4 "" --resume ZR/ckpt-000010.h5
   same "ZeRO DP=2 checkpoint (full moments) resumed at DP=1 == 1 rank" A.txt ZR.txt 1e-5
-  run 2 G 2 ", \"grad_accum\": 2" --tp 2
+  GA=2 run 2 G 2 "" --tp 2
   check "TP=2 with grad_accum 2 runs: $(tail -1 G.txt)" '[ "$(wc -l < G.txt)" = 20 ]'
+  # pipeline parallel: 2 stages, 1F1B over 4 micro-batches of 1 row == 1 rank x 4 rows
+  GA=4 run 2 PP 1 "" --pp 2
+  same "PP=2 (1F1B, 4 micro-batches) == 1 rank" A.txt PP.txt 1e-5
+  GA=4 run 2 PR 1 "" --pp 2 --stop-after 10
+  GA=4 run 2 PR 1 "" --pp 2 --resume PR/ckpt-000010.h5
+  same "PP=2: 10 steps + resume == 20 steps" PP.txt PR.txt 1e-6
+  GA=4 run 2 PX 1 "" --pp 2 --stop-after 10
+  run 1 PX 4 "" --resume PX/ckpt-000010.h5
+  same "PP=2 checkpoint (stage-local model + moments) resumed at 1 rank == 1 rank" A.txt PX.txt 1e-5
+  printf '%s\n' "$(cat base.json), \"out\": \"PK\"}" > PK.json
+  if $MPI -n 2 $Z train --stage kd --config PK.json --pp 2 > PK.log 2>&1; then rc=0; else rc=$?; fi
+  check "kd with --pp 2: clear error (rc $rc)" '[ $rc != 0 ] && grep -q "not implemented with --pp" PK.log'
   # KD with the teacher TP-sharded too (vocab-parallel KL + CE): TP=2 == 1 rank
   $Z init --random --config hyb.json -o student.h5 --seed 4 >/dev/null 2>&1
   sed 's#"hyb.json"#"student.h5"#' base.json > kdbase.json
@@ -82,6 +99,20 @@ if [ "$NP" = 4 ]; then
   run 4 QR 1 ", \"zero\": true" --stop-after 10
   run 4 QR 2 "" --tp 2 --resume QR/ckpt-000010.h5
   same "ZeRO DP=4 checkpoint resumed at TP=2 x DP=2 == 1 rank" A.txt QR.txt 1e-5
+  # pipeline parallel x TP / DP (1F1B with grad_accum 2), tied embeddings (copy on first and last stage)
+  GA=2 run 4 PT 2 "" --tp 2 --pp 2
+  same "TP=2 x PP=2 == 1 rank" A.txt PT.txt 1e-5
+  GA=2 run 4 PD 1 ", \"bucket_mb\": 0.002" --pp 2
+  same "PP=2 x DP=2 == 1 rank" A.txt PD.txt 1e-5
+  sed 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' hyb.json > tied.json
+  MODEL=tied.json run 1 TA 4 ""
+  MODEL=tied.json GA=4 run 4 TQ 1 "" --pp 4
+  same "tied embeddings: PP=4 == 1 rank" TA.txt TQ.txt 1e-5
+  MODEL=tied.json GA=2 run 4 TZ 1 ", \"zero\": true" --pp 2
+  same "tied embeddings: PP=2 x DP=2 ZeRO-1 == 1 rank" TA.txt TZ.txt 1e-5
+  MODEL=tied.json GA=2 run 4 TR 1 ", \"zero\": true" --pp 2 --stop-after 10
+  MODEL=tied.json GA=2 run 4 TR 2 "" --tp 2 --pp 2 --resume TR/ckpt-000010.h5
+  same "tied: PP=2 x DP=2 ZeRO checkpoint resumed at TP=2 x PP=2 == 1 rank" TA.txt TR.txt 1e-5
   # sizes that do not divide: one clear error, every rank stops
   printf '%s\n' "$(cat base.json), \"out\": \"E\"}" > E.json
   if $MPI -n 4 $Z train --stage pretrain --config E.json --tp 4 > E.log 2>&1; then rc=0; else rc=$?; fi

@@ -8,7 +8,7 @@
 # only add memory), sequence SEQ (512). Strong scaling: every run does GLOBAL (16) rows per step
 #   dp  N ranks x GLOBAL/N rows          (bucketed overlapped all-reduce; ZERO=1 adds ZeRO-1)
 #   tp  --tp N, GLOBAL rows               (Megatron tensor parallel, all ranks one TP group)
-#   pp  --pp N, GLOBAL rows as N micro-batches (reported "not available" while --pp is refused)
+#   pp  --pp N, GLOBAL rows as N micro-batches
 # STEPS (4) steps per run; the first is dropped (warm-up); reported: mean step time, mean time
 # inside MPI calls (zebra counts MPI_Wtime around every collective / wait it makes: the TP
 # all-reduces, the DP bucket waits and reductions, ZeRO's reduce-scatter / all-gather, the loss

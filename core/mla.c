@@ -218,7 +218,7 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     int H = m->n_heads, dqk = m->qk_nope + m->qk_rope, r = m->kv_lora_rank, dr = m->qk_rope;
     int rq = m->q_lora_rank;
     return C * ((size_t)H * dqk + 2 * (size_t)rq + (r + dr) + (size_t)H * (r + dr)
-                + (size_t)H * r + (size_t)H * m->v_head_dim) + (size_t)H * max_T
+                + (size_t)H * r + (size_t)H * m->v_head_dim) + zb_attention_decode_scratch(H, r, max_T)
            + (size_t)(m->qk_nope + m->v_head_dim) * r;   /* one KV head of a bf16 kv_b_proj, as f32 */
 }
 
@@ -242,7 +242,7 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     float *kva = qan + (size_t)C * rq, *qlat = kva + (size_t)C * W;
     float *chat = qlat + (size_t)C * H * W, *vcat = chat + (size_t)C * H * r;
     float *sc = vcat + (size_t)C * H * dv;
-    float *kvb_head = sc + (size_t)H * max_T;   /* [dn+dv, r]: a bf16 kv_b_proj head as f32 */
+    float *kvb_head = sc + zb_attention_decode_scratch(H, r, max_T);   /* [dn+dv, r]: a bf16 kv_b_proj head as f32 */
 
     for (int b = 0; b < B; b++) {
         float *cb = cache + (size_t)b * max_T * W;

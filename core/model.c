@@ -549,8 +549,7 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     s->chunk = ZB_GEN_CHUNK;
     size_t n = (size_t)B * s->chunk, d = c->d_model, F = c->ffn;
     size_t qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
-    size_t rep = c->n_kv_heads ? (size_t)c->n_heads / c->n_kv_heads : 1;
-    size_t scratch = rep * max_T + n * (qd + 2 * kd + qd);   /* attention: probs rows + q,k,v,att */
+    size_t scratch = zb_attention_decode_scratch(c->n_heads, c->head_dim, max_T) + n * (qd + 2 * kd + qd);   /* attention: decode scratch + q,k,v,att */
     ZB_ALLOC(s->cache, c->n_layers, "caches");
     ZB_ALLOC(s->cache_floats, c->n_layers, "caches");
     s->n_layers = c->n_layers;
@@ -633,7 +632,7 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
     const zb_config *c = &m->cfg;
     int N = nb * n, d = c->d_model, hd = c->head_dim;
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
-    float *probs = s->scratch, *q = probs + (size_t)(c->n_heads / c->n_kv_heads) * s->max_T, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
+    float *probs = s->scratch, *q = probs + zb_attention_decode_scratch(c->n_heads, hd, s->max_T), *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
     float *att = v + (size_t)N * kd;
     zb_linear_forward(q, x, w->lin.wq, N, d, qd);
     zb_linear_forward(k, x, w->lin.wk, N, d, kd);

@@ -198,25 +198,79 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
     free(buf);
 }
 
+/* Split-K decode attention (the "flash-decoding" idea): the cache is cut into chunks of
+ * ZB_DEC_CHUNK positions; each (KV group, chunk) task computes, for every query head of the
+ * group, its scores, their max m, sum l of exp(s - m) and o = sum exp(s - m) v over the chunk,
+ * reading each cached key and value row once for all heads of the group. Tasks run in parallel
+ * (OpenMP) when the cache is long; the partial results are merged exactly:
+ * out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c. */
+#define ZB_DEC_CHUNK 256
+
+size_t zb_attention_decode_scratch(int H, int dv, int Tc) {
+    size_t nc = ((size_t)Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK;
+    return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);
+}
+
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          float scale, float *scratch) {
-    /* One GEMM per KV group for all of its query heads, so that the cache is streamed once
-     * per token (not once per query head): S[rep,Tc] = Q_g K_g^T, O_g = softmax(S) V_g. */
-    int rep = H / Hkv;
-    for (int g = 0; g < Hkv; g++) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rep, Tc, dqk, scale,
-                    q + (size_t)g * rep * dqk, dqk, kc + (size_t)g * dqk, k_stride, 0.0f, scratch, Tc);
-        for (int h = 0; h < rep; h++) {
-            float *row = scratch + (size_t)h * Tc, mx = -INFINITY;
-            for (int u = 0; u < Tc; u++) if (row[u] > mx) mx = row[u];
-            double sum = 0;
-            for (int u = 0; u < Tc; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
-            float inv = (float)(1.0 / sum);
-            for (int u = 0; u < Tc; u++) row[u] *= inv;
+    int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
+    float *S = scratch;                                            /* [task][rep][CHUNK] */
+    float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
+    int par = (double)Tc * H * (dqk + dv) >= 1 << 17;               /* worth waking threads */
+#pragma omp parallel for schedule(static) if (par)
+    for (int task = 0; task < ntask; task++) {
+        int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
+        int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
+        float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
+        const float *qg = q + (size_t)g * rep * dqk;
+        for (int u = 0; u < len; u++) {   /* scores: each key row read once for the group */
+            const float *k = kc + (size_t)(u0 + u) * k_stride + (size_t)g * dqk;
+            for (int h = 0; h < rep; h++) {
+                const float *qh = qg + (size_t)h * dqk;
+                float acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int j = 0; j < dqk; j++) acc += qh[j] * k[j];
+                s[(size_t)h * ZB_DEC_CHUNK + u] = acc * scale;
+            }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rep, dv, Tc, 1.0f, scratch, Tc,
-                    vc + (size_t)g * dv, v_stride, 0.0f, out + (size_t)g * rep * dv, dv);
+        for (int h = 0; h < rep; h++) {
+            float *sh = s + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
+            for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
+            double l = 0;
+            for (int u = 0; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
+            float *o = part + (size_t)h * (dv + 2);
+            memset(o, 0, sizeof(float) * dv);
+            o[dv] = mx;
+            o[dv + 1] = (float)l;
+        }
+        for (int u = 0; u < len; u++) {   /* values: each row read once for the group */
+            const float *v = vc + (size_t)(u0 + u) * v_stride + (size_t)g * dv;
+            for (int h = 0; h < rep; h++) {
+                float p = s[(size_t)h * ZB_DEC_CHUNK + u], *o = part + (size_t)h * (dv + 2);
+#pragma omp simd
+                for (int j = 0; j < dv; j++) o[j] += p * v[j];
+            }
+        }
+    }
+    for (int h = 0; h < H; h++) {   /* merge the chunks of each head */
+        int g = h / rep, hh = h % rep;
+        float M = -INFINITY;
+        for (int c = 0; c < nc; c++) {
+            float m = P[((size_t)(g * nc + c) * rep + hh) * (dv + 2) + dv];
+            if (m > M) M = m;
+        }
+        float *oh = out + (size_t)h * dv;
+        memset(oh, 0, sizeof(float) * dv);
+        double L = 0;
+        for (int c = 0; c < nc; c++) {
+            const float *o = P + ((size_t)(g * nc + c) * rep + hh) * (dv + 2);
+            float w = expf(o[dv] - M);
+            L += (double)w * o[dv + 1];
+            for (int j = 0; j < dv; j++) oh[j] += w * o[j];
+        }
+        float inv = (float)(1.0 / L);
+        for (int j = 0; j < dv; j++) oh[j] *= inv;
     }
 }
 

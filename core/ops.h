@@ -58,7 +58,9 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                            const float *probs, const float *q, const float *k, const float *v,
                            const zb_attn_shape *s);
 /* One query token against a cache of Tc tokens: q [H*dqk], kc rows [Tc, k_stride],
- * vc rows [Tc, v_stride]; out [H*dv]; scratch >= (H/Hkv)*Tc floats. */
+ * vc rows [Tc, v_stride]; out [H*dv]; scratch >= zb_attention_decode_scratch(H, dv, Tc)
+ * floats (about H*Tc). Threaded over (KV group, cache chunk) for long caches. */
+size_t zb_attention_decode_scratch(int H, int dv, int Tc);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          float scale, float *scratch);

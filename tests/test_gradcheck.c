@@ -192,13 +192,43 @@ static void test_attention(void) {
     fd_check("attention dk", at_d, &s, in, sz, 3, 1, no, R, dk);
     fd_check("attention dv", at_d, &s, in, sz, 3, 2, no, R, dv);
     /* decode of the last token against the full cache equals the last row of the forward */
-    float od[4 * 3], scr[2 * 6];   /* (H/Hkv) x Tc */
+    float od[4 * 3], *scr = zerov(zb_attention_decode_scratch(s.H, s.dv, s.T));
     for (int b = 0; b < s.B; b++) {
         const float *ql = q + ((size_t)b * s.T + s.T - 1) * s.q_stride;
         zb_attention_decode(od, ql, k + (size_t)b * s.T * s.k_stride, v + (size_t)b * s.T * s.v_stride, s.T,
                             s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.scale, scr);
         zb_check_max_rel("attention decode == forward last row", od,
                          out + ((size_t)b * s.T + s.T - 1) * s.H * s.dv, (size_t)s.H * s.dv, 1e-6);
+    }
+    free(scr);
+    /* a long cache (several split-K chunks, the last ragged, threaded): decode == a direct
+     * softmax-weighted sum in double precision */
+    {
+        int Tc = 1000, H = 8, Hkv = 2, dq = 16, dvv = 12, ks = Hkv * dq, vs = Hkv * dvv;
+        float *qq = randv((size_t)H * dq, 1), *kk = randv((size_t)Tc * ks, 1), *vv = randv((size_t)Tc * vs, 1);
+        float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
+        float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
+        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);
+        double *w = malloc(sizeof(double) * Tc);
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / Hkv);
+            double mx = -1e300, l = 0;
+            for (int u = 0; u < Tc; u++) {
+                double a = 0;
+                for (int j = 0; j < dq; j++) a += (double)qq[h * dq + j] * kk[(size_t)u * ks + g * dq + j];
+                w[u] = 0.25 * a;
+                if (w[u] > mx) mx = w[u];
+            }
+            for (int u = 0; u < Tc; u++) { w[u] = exp(w[u] - mx); l += w[u]; }
+            for (int j = 0; j < dvv; j++) {
+                double a = 0;
+                for (int u = 0; u < Tc; u++) a += w[u] * vv[(size_t)u * vs + g * dvv + j];
+                ref[h * dvv + j] = (float)(a / l);
+            }
+        }
+        zb_check_max_rel("attention decode, 1000-token cache in 4 chunks == direct (double)", o, ref,
+                         (size_t)H * dvv, 1e-5);
+        free(w); free(qq); free(kk); free(vv); free(o); free(ref); free(sc);
     }
     free(q); free(k); free(v); free(R); free(out); free(P); free(dq); free(dk); free(dv);
 }

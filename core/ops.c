@@ -208,12 +208,12 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 
 size_t zb_attention_decode_scratch(int H, int dv, int Tc) {
     size_t nc = ((size_t)Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK;
-    return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);
+    return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);   /* >= the BLAS path's (H/Hkv) x Tc */
 }
 
-void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
-                         int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                         float scale, float *scratch) {
+static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
+                           int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
+                           float scale, float *scratch) {
     int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][CHUNK] */
     float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
@@ -272,6 +272,42 @@ void zb_attention_decode(float *out, const float *q, const float *kc, const floa
         float inv = (float)(1.0 / L);
         for (int j = 0; j < dv; j++) oh[j] *= inv;
     }
+}
+
+/* Which decode attention runs: the BLAS one (a GEMM per KV group, OpenBLAS's threads) or the
+ * split-K one threaded by OpenMP. One process should use one thread pool for everything: with
+ * f32 weights the weight GEMVs run on OpenBLAS's pthreads, and OpenMP workers spinning after
+ * an attention region slow them down (measured: 1k-context decode of the 1B teacher fell from
+ * 17 to 7 tok/s); with bf16 weights every matrix product is ours under OpenMP and split-K is
+ * 3.4x faster at 8k (docs/BENCHMARKS.md). Set per run by the inference commands. */
+static int zb_decode_omp;
+void zb_attention_decode_use_omp(int on) { zb_decode_omp = on; }
+
+static void decode_blas(float *out, const float *q, const float *kc, const float *vc, int Tc, int H, int Hkv,
+                        int dqk, int dv, int k_stride, int v_stride, float scale, float *scratch) {
+    /* one GEMM per KV group for all of its query heads: the cache is streamed once per token */
+    int rep = H / Hkv;
+    for (int g = 0; g < Hkv; g++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rep, Tc, dqk, scale,
+                    q + (size_t)g * rep * dqk, dqk, kc + (size_t)g * dqk, k_stride, 0.0f, scratch, Tc);
+        for (int h = 0; h < rep; h++) {
+            float *row = scratch + (size_t)h * Tc, mx = -INFINITY;
+            for (int u = 0; u < Tc; u++) if (row[u] > mx) mx = row[u];
+            double sum = 0;
+            for (int u = 0; u < Tc; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
+            float inv = (float)(1.0 / sum);
+            for (int u = 0; u < Tc; u++) row[u] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rep, dv, Tc, 1.0f, scratch, Tc,
+                    vc + (size_t)g * dv, v_stride, 0.0f, out + (size_t)g * rep * dv, dv);
+    }
+}
+
+void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
+                         int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
+                         float scale, float *scratch) {
+    if (zb_decode_omp) decode_split_k(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, scale, scratch);
+    else decode_blas(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, scale, scratch);
 }
 
 /* ---- SwiGLU ----------------------------------------------------------------------------- */

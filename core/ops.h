@@ -59,8 +59,11 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                            const zb_attn_shape *s);
 /* One query token against a cache of Tc tokens: q [H*dqk], kc rows [Tc, k_stride],
  * vc rows [Tc, v_stride]; out [H*dv]; scratch >= zb_attention_decode_scratch(H, dv, Tc)
- * floats (about H*Tc). Threaded over (KV group, cache chunk) for long caches. */
+ * floats (about H*Tc). */
 size_t zb_attention_decode_scratch(int H, int dv, int Tc);
+/* 1: split-K over cache chunks threaded by OpenMP (use with bf16 weights); 0 (default): a GEMM
+ * per KV group on OpenBLAS (f32 weights). Same result to rounding; see ops.c for why both. */
+void zb_attention_decode_use_omp(int on);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          float scale, float *scratch);

@@ -157,6 +157,7 @@ int zb_cmd_bench(int argc, char **argv) {
     if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
+    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16);   /* one thread pool per run (core/ops.c) */
     int ctx[MAXL], bat[MAXL];
     int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);

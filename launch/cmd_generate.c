@@ -341,6 +341,7 @@ int zb_cmd_generate(int argc, char **argv) {
     int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
+    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16);   /* one thread pool per run (core/ops.c) */
     int n_sources = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--prompt-ids") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompts")) n_sources++;

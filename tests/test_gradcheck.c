@@ -208,7 +208,11 @@ static void test_attention(void) {
         float *qq = randv((size_t)H * dq, 1), *kk = randv((size_t)Tc * ks, 1), *vv = randv((size_t)Tc * vs, 1);
         float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
-        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);
+        float *o2 = zerov((size_t)H * dvv);
+        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* BLAS path */
+        zb_attention_decode_use_omp(1);
+        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* split-K */
+        zb_attention_decode_use_omp(0);
         double *w = malloc(sizeof(double) * Tc);
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hkv);
@@ -226,9 +230,10 @@ static void test_attention(void) {
                 ref[h * dvv + j] = (float)(a / l);
             }
         }
-        zb_check_max_rel("attention decode, 1000-token cache in 4 chunks == direct (double)", o, ref,
+        zb_check_max_rel("attention decode split-K, 1000-token cache in 4 chunks == direct (double)", o, ref,
                          (size_t)H * dvv, 1e-5);
-        free(w); free(qq); free(kk); free(vv); free(o); free(ref); free(sc);
+        zb_check_max_rel("attention decode BLAS, 1000-token cache == direct (double)", o2, ref, (size_t)H * dvv, 1e-5);
+        free(w); free(o2); free(qq); free(kk); free(vv); free(o); free(ref); free(sc);
     }
     free(q); free(k); free(v); free(R); free(out); free(P); free(dq); free(dk); free(dv);
 }

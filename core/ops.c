@@ -276,8 +276,8 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
 
 /* Which decode attention runs: the BLAS one (a GEMM per KV group, OpenBLAS's threads) or the
  * split-K one threaded by OpenMP. One process should use one thread pool for everything: with
- * f32 weights the weight GEMVs run on OpenBLAS's pthreads, and OpenMP workers spinning after
- * an attention region slow them down (measured: 1k-context decode of the 1B teacher fell from
+ * f32 weights the weight GEMVs run on OpenBLAS's pthreads, and (most likely) OpenMP workers
+ * spinning after an attention region slow them down (measured: 1k-context decode of the 1B teacher fell from
  * 17 to 7 tok/s); with bf16 weights every matrix product is ours under OpenMP and split-K is
  * 3.4x faster at 8k (docs/BENCHMARKS.md). Set per run by the inference commands. */
 static int zb_decode_omp;

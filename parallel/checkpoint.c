@@ -164,6 +164,22 @@ int zb_ckpt_set_config(zb_ckpt_writer *w, const char *config_json) {
     return ZB_OK;
 }
 
+int zb_ckpt_open_model(zb_ckpt_writer **out, const char *path, const zb_config *cfg, zb_dtype dtype,
+                       MPI_Comm comm) {
+    *out = NULL;
+    if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)
+        return zb_fail(ZB_EARG, "%s: checkpoints are stored as F32 or BF16", path);
+    char *json = zb_config_to_json(cfg);
+    if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
+    zb_ckpt_writer *w = NULL;
+    int rc = zb_ckpt_writer_open(&w, path, comm);
+    if (!rc) rc = zb_ckpt_set_config(w, json);
+    free(json);
+    if (rc && w) zb_ckpt_abort(w);
+    else *out = w;
+    return rc;
+}
+
 /* Close what a tensor write opened; on failure prefix the message with file and tensor. */
 static int write_done(const zb_ckpt_writer *w, const char *name, int rc, hid_t ms, hid_t ds, hid_t sp) {
     if (ms >= 0) H5Sclose(ms);

@@ -18,6 +18,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "safetensors.h"
 
 typedef struct zb_ckpt_writer zb_ckpt_writer;
@@ -26,6 +27,9 @@ typedef struct zb_ckpt_writer zb_ckpt_writer;
 int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm);
 /* Store the config JSON text (and the scalar attributes read from it). Collective. */
 int zb_ckpt_set_config(zb_ckpt_writer *w, const char *config_json);
+/* A model checkpoint's writer: dtype must be F32 or BF16 (checked before any collective), then
+ * zb_ckpt_writer_open + zb_ckpt_set_config(cfg as JSON). On failure *out is NULL. Collective. */
+int zb_ckpt_open_model(zb_ckpt_writer **out, const char *path, const zb_config *cfg, zb_dtype dtype, MPI_Comm comm);
 /* Create dataset `name` and write it; rank 0's data is written, other ranks may pass NULL.
  * Collective. */
 int zb_ckpt_write_tensor(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim,

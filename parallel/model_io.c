@@ -12,14 +12,8 @@ int zb_model_save(const zb_model *m, const char *path, zb_dtype dtype, MPI_Comm 
                        zb_wdtype_name(m->wdtype));
     /* a tensor-parallel shard writes its slices into the full tensors (parallel/tp.h) */
     if (m->tp) return zb_tp_save(m, path, (int)dtype, comm);
-    if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)
-        return zb_fail(ZB_EARG, "%s: checkpoints are stored as F32 or BF16", path);
-    char *json = zb_config_to_json(&m->cfg);
-    if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
     zb_ckpt_writer *w = NULL;
-    int rc = zb_ckpt_writer_open(&w, path, comm);
-    if (!rc) rc = zb_ckpt_set_config(w, json);
-    free(json);
+    int rc = zb_ckpt_open_model(&w, path, &m->cfg, dtype, comm);
     uint16_t *tmp = NULL;
     for (int i = 0; i < m->n_params && !rc; i++) {
         const zb_param *p = &m->params[i];

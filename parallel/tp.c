@@ -455,14 +455,8 @@ int zb_tp_grad_sq_norm(const zb_model *m, double *out) {
 int zb_tp_save(const zb_model *m, const char *path, int dtype_i, MPI_Comm comm) {
     zb_dtype dtype = (zb_dtype)dtype_i;
     const zb_tp *tp = m->tp;
-    if (dtype != ZB_DT_F32 && dtype != ZB_DT_BF16)
-        return zb_fail(ZB_EARG, "%s: checkpoints are stored as F32 or BF16", path);
-    char *json = zb_config_to_json(&tp->full);
-    if (!json) return zb_fail(ZB_ENOMEM, "%s: cannot serialise the config", path);
     zb_ckpt_writer *w = NULL;
-    int rc = zb_ckpt_writer_open(&w, path, comm);
-    if (!rc) rc = zb_ckpt_set_config(w, json);
-    free(json);
+    int rc = zb_ckpt_open_model(&w, path, &tp->full, dtype, comm);
     uint16_t *tmp = NULL;
     /* PP: every rank walks every tensor of the full model (the writer is collective); a stage
      * writes the ones it holds (the tied embedding: the first stage), nothing for the others */

@@ -37,9 +37,14 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
         const zb_config *tc = &teacher->cfg;
         if (tc->vocab != c->vocab)
             return zb_fail(ZB_ESHAPE, "teacher vocabulary %d != student vocabulary %d", tc->vocab, c->vocab);
-        if (stage == ZB_STAGE_ILD && (tc->d_model != c->d_model || tc->n_layers != c->n_layers))
+        const zb_config *tf = zb_model_full_config(teacher), *sf = zb_model_full_config(student);
+        if (stage == ZB_STAGE_ILD && (tc->d_model != c->d_model || tf->n_layers != sf->n_layers))
             return zb_fail(ZB_ESHAPE, "ILD needs the teacher's layer count and width (teacher %d x %d, "
-                           "student %d x %d)", tc->n_layers, tc->d_model, c->n_layers, c->d_model);
+                           "student %d x %d)", tf->n_layers, tc->d_model, sf->n_layers, c->d_model);
+        if (stage == ZB_STAGE_ILD && student->tp && student->tp->pp_size > 1 &&
+            (!teacher->tp || teacher->tp->pp_l0 != student->tp->pp_l0 || teacher->tp->pp_l1 != student->tp->pp_l1))
+            return zb_fail(ZB_EARG, "ILD with --pp: the teacher's stage holds other layers than the student's "
+                           "(set one partition for both: zb_pp_set_partition)");
     }
     ZB_TRY(zb_model_alloc_grad(student));
     ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
@@ -53,6 +58,8 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
             tr->ild_layer[l] = c->kinds[l] != teacher->cfg.kinds[l];
             tr->n_ild += tr->ild_layer[l];
         }
+        if (student->tp && student->tp->pp_size > 1)   /* the loss is the mean over ALL stages' layers */
+            ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, &tr->n_ild, 1, MPI_INT, MPI_SUM, student->tp->pp));
         if (tr->n_ild == 0)
             return zb_fail(ZB_EARG, "ILD: the student has no layer whose mixer differs from the teacher's");
     }
@@ -112,42 +119,48 @@ static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int wan
     if (want_grad) zb_model_backward(m, &tr->a, ids);
 }
 
-static void stage_kd(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
-                     float gs, zb_loss_parts *o) {
+/* KD loss of one micro-batch from the student's logits a->logits and the teacher's tr->ta.logits;
+ * when want_grad, a->logits becomes d(loss)/d(logits) (for zb_model_backward). */
+static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
     zb_model *m = tr->student;
     int N = tr->rows * tr->T, V = m->cfg.vocab, nm = 0, Vf = full_vocab(m);
     for (int i = 0; i < N; i++) { tr->mask[i] = targets[i] >= 0 && targets[i] < Vf; nm += tr->mask[i]; }
-    zb_model_forward(tr->teacher, &tr->ta, ids);
-    zb_model_forward(m, &tr->a, ids);
     const zb_loss_cfg *c = &tr->cfg;
     double ce = 0;
     if (tr->tmp) {   /* CE first: the KL gradient overwrites the student logits */
-        memcpy(tr->tmp, tr->a.logits, sizeof(float) * (size_t)N * V);
+        memcpy(tr->tmp, a->logits, sizeof(float) * (size_t)N * V);
         ce = ce_sum(m, want_grad ? tr->tmp : NULL, tr->tmp, targets, N, nm ? gs * c->ce_weight / nm : 0.0f);
         ce = nm ? ce / nm : 0.0;
     }
-    double kl = kl_sum(m, want_grad ? tr->a.logits : NULL, tr->a.logits, tr->ta.logits, tr->mask,
+    double kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask,
                        N, c->temperature, nm ? gs * c->kl_weight / nm : 0.0f);
     kl = nm ? kl / nm : 0.0;
     o->kl = kl;
     o->ce = ce;
     o->loss = c->kl_weight * kl + c->ce_weight * ce;
     o->tokens = nm;
-    if (want_grad) {
-        if (tr->tmp) {
-            size_t n = (size_t)N * V;
-            for (size_t i = 0; i < n; i++) tr->a.logits[i] += tr->tmp[i];
-        }
-        zb_model_backward(m, &tr->a, ids);
+    if (want_grad && tr->tmp) {
+        size_t n = (size_t)N * V;
+        for (size_t i = 0; i < n; i++) a->logits[i] += tr->tmp[i];
     }
 }
 
-static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, zb_loss_parts *o) {
+static void stage_kd(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                     float gs, zb_loss_parts *o) {
+    zb_model_forward(tr->teacher, &tr->ta, ids);
+    zb_model_forward(tr->student, &tr->a, ids);
+    kd_loss(tr, &tr->a, targets, want_grad, gs, o);
+    if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
+}
+
+/* ILD loss of this model's distilled layers, from the teacher activations tr->ta (forward done):
+ * the SUM over those layers of each layer's MSE / n_ild (n_ild: over the whole model, all
+ * pipeline stages), the gradient times gs accumulated into the student's mixers. */
+static double ild_loss(zb_trainer *tr, int want_grad, float gs) {
     zb_model *m = tr->student;
     const zb_config *c = &m->cfg;
     int B = tr->rows, T = tr->T, N = B * T, d = c->d_model;
     size_t Nd = (size_t)N * d;
-    zb_model_forward(tr->teacher, &tr->ta, ids);   /* once per batch: every layer's input/output */
     double total = 0;
     float *y = tr->a.mix_out, *target = tr->tmp;
     for (int l = 0; l < c->n_layers; l++) {
@@ -163,8 +176,13 @@ static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, z
             zb_mixer_backward(m, l, x, tr->a.dtmp, tr->a.dln, tr->a.mix_acts[l], tr->a.mix_scratch, B, T);
         }
     }
-    o->mse = o->loss = total / tr->n_ild;
-    o->tokens = N;
+    return total / tr->n_ild;
+}
+
+static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, zb_loss_parts *o) {
+    zb_model_forward(tr->teacher, &tr->ta, ids);   /* once per batch: every layer's input/output */
+    o->mse = o->loss = ild_loss(tr, want_grad, gs);
+    o->tokens = tr->rows * tr->T;
 }
 
 /* Sum of the target log-probabilities of each row of logits [rows, T, V]. */
@@ -174,15 +192,14 @@ static void row_logprobs(const zb_model *m, const float *logits, const int *targ
         lp[r] = -ce_sum(m, NULL, logits + (size_t)r * T * V, targets + (size_t)r * T, T, 0.0f);
 }
 
-static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
-                      float gs, zb_loss_parts *o) {
+/* DPO loss of one micro-batch of pairs from the policy's logits a->logits and the reference's
+ * tr->ta.logits; when want_grad, a->logits becomes d(loss)/d(logits). */
+static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
     zb_model *m = tr->student;
     int B = tr->B, T = tr->T, V = m->cfg.vocab;
     double *lp = tr->lp, *lr = tr->lp + tr->rows, beta = tr->cfg.beta;
-    zb_model_forward(tr->teacher, &tr->ta, ids);
     row_logprobs(tr->teacher, tr->ta.logits, targets, tr->rows, T, V, lr);
-    zb_model_forward(m, &tr->a, ids);
-    row_logprobs(m, tr->a.logits, targets, tr->rows, T, V, lp);
+    row_logprobs(m, a->logits, targets, tr->rows, T, V, lp);
     double loss = 0, acc = 0, margin = 0, ntok = 0;
     for (int i = 0; i < tr->rows * T; i++) ntok += targets[i] >= 0 && targets[i] < full_vocab(m);
     for (int b = 0; b < B; b++) {
@@ -195,7 +212,7 @@ static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int wa
         if (want_grad) {
             /* dL/dlp_c = -beta sigmoid(-z); d lp / d logits = -(softmax - onehot) */
             double s = beta / (1.0 + exp(z)) / B * gs;
-            float *lc = tr->a.logits + (size_t)b * T * V, *lrj = tr->a.logits + (size_t)(B + b) * T * V;
+            float *lc = a->logits + (size_t)b * T * V, *lrj = a->logits + (size_t)(B + b) * T * V;
             ce_sum(m, lc, lc, targets + (size_t)b * T, T, (float)s);
             ce_sum(m, lrj, lrj, targets + (size_t)(B + b) * T, T, (float)-s);
         }
@@ -204,7 +221,14 @@ static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int wa
     o->reward_acc = acc / B;
     o->margin = margin / B;
     o->tokens = ntok;
-    if (want_grad) zb_model_backward(m, &tr->a, ids);
+}
+
+static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                      float gs, zb_loss_parts *o) {
+    zb_model_forward(tr->teacher, &tr->ta, ids);
+    zb_model_forward(tr->student, &tr->a, ids);
+    dpo_loss(tr, &tr->a, targets, want_grad, gs, o);
+    if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
 }
 
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
@@ -224,61 +248,107 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
     return ZB_OK;
 }
 
-/* ---- pipeline parallel -------------------------------------------------------------------- */
+/* ---- pipeline parallel ------------------------------------------------------------------ */
+
+static int pp_size_of(const zb_model *m) { return m->tp ? m->tp->pp_size : 1; }
 
 int zb_trainer_pp_init(zb_trainer *tr, int M) {
     zb_model *m = tr->student;
-    if (tr->stage != ZB_STAGE_PRETRAIN && tr->stage != ZB_STAGE_SFT)
-        return zb_fail(ZB_EARG, "train: stage %s is not implemented with --pp (pretrain and sft only)",
-                       zb_stage_name(tr->stage));
-    int P = m->tp ? m->tp->pp_size : 1, K = P < M ? P : M;
+    int P = pp_size_of(m), K = P < M ? P : M;
+    if (tr->teacher && pp_size_of(tr->teacher) != P)
+        return zb_fail(ZB_EARG, "pipeline parallel: the teacher / reference is cut into %d stages, the student "
+                       "into %d", pp_size_of(tr->teacher), P);
     if (K < 1) K = 1;
-    tr->pp_acts = zb_calloc((size_t)K, sizeof(zb_acts), "pipeline activations");
+    tr->t_req = MPI_REQUEST_NULL;
     tr->pp_parts = zb_calloc((size_t)M, sizeof(zb_loss_parts), "pipeline losses");
-    if (!tr->pp_acts || !tr->pp_parts) return ZB_ENOMEM;
+    if (!tr->pp_parts) return ZB_ENOMEM;
+    tr->pp_m = M;
+    if (tr->stage == ZB_STAGE_ILD) return ZB_OK;   /* layer-local: no student pipeline */
+    tr->pp_acts = zb_calloc((size_t)K, sizeof(zb_acts), "pipeline activations");
+    if (!tr->pp_acts) return ZB_ENOMEM;
     tr->pp_acts[0] = tr->a;
     tr->pp_k = 1;
     for (; tr->pp_k < K; tr->pp_k++) ZB_TRY(zb_acts_alloc(&tr->pp_acts[tr->pp_k], m, tr->rows, tr->T));
-    tr->pp_m = M;
     return ZB_OK;
 }
 
-/* The last stage's loss of micro-batch k (stage_ce after the forward). */
-static int pp_ce(void *ctx, zb_acts *a, int k) {
+/* Before the student's forward of micro-batch k on this stage: the teacher's (one activation
+ * set: its previous send must be complete before its buffers are reused). */
+static int pp_teacher_forward(void *ctx, int k) {
     zb_trainer *tr = ctx;
-    const zb_model *m = tr->student;
-    int N = tr->rows * tr->T, nv = 0;
-    const int *tg = tr->pp_targets + (size_t)k * N;
-    for (int i = 0; i < N; i++) nv += tg[i] >= 0 && tg[i] < full_vocab(m);
-    double sum = ce_sum(m, tr->pp_want_grad ? a->logits : NULL, a->logits, tg, N, nv ? tr->pp_gs / nv : 0.0f);
+    ZB_TRY(zb_pp_wait(&tr->t_req));
+    return zb_pp_forward(tr->teacher, &tr->ta, tr->pp_ids + (size_t)k * tr->rows * tr->T, &tr->t_req);
+}
+
+/* The last stage's loss of micro-batch k, right after its forward (the teacher's forward of the
+ * same micro-batch ran just before: tr->ta holds its logits). */
+static int pp_loss(void *ctx, zb_acts *a, int k) {
+    zb_trainer *tr = ctx;
+    const int *tg = tr->pp_targets + (size_t)k * tr->rows * tr->T;
     zb_loss_parts *o = &tr->pp_parts[k];
     memset(o, 0, sizeof *o);
-    o->ce = o->loss = nv ? sum / nv : 0.0;
-    o->tokens = nv;
+    switch (tr->stage) {
+    case ZB_STAGE_KD: kd_loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o); break;
+    case ZB_STAGE_DPO: dpo_loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o); break;
+    default: {   /* pretrain, sft: stage_ce after the forward */
+        const zb_model *m = tr->student;
+        int N = tr->rows * tr->T, nv = 0;
+        for (int i = 0; i < N; i++) nv += tg[i] >= 0 && tg[i] < full_vocab(m);
+        double sum = ce_sum(m, tr->pp_want_grad ? a->logits : NULL, a->logits, tg, N, nv ? tr->pp_gs / nv : 0.0f);
+        o->ce = o->loss = nv ? sum / nv : 0.0;
+        o->tokens = nv;
+    }
+    }
+    return ZB_OK;
+}
+
+/* ILD under PP: the teacher's forward goes through the pipeline micro-batch by micro-batch;
+ * each stage distils its own layers from the teacher activations it holds (the student mixers
+ * take the teacher's inputs, so nothing of the student crosses stages). Each stage's parts are
+ * its layers' share; zb_trainer_step_pp sums them over the stages. */
+static int pp_ild(zb_trainer *tr, int M) {
+    for (int k = 0; k < M; k++) {
+        ZB_TRY(pp_teacher_forward(tr, k));
+        zb_loss_parts *o = &tr->pp_parts[k];
+        memset(o, 0, sizeof *o);
+        o->mse = o->loss = ild_loss(tr, tr->pp_want_grad, tr->pp_gs);
+    }
     return ZB_OK;
 }
 
 int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
                        float grad_scale, zb_loss_parts *out) {
     zb_model *m = tr->student;
-    if (!tr->pp_acts || M > tr->pp_m)
+    if (!tr->pp_parts || M > tr->pp_m)
         return zb_fail(ZB_EARG, "pipeline parallel: %d micro-batches, zb_trainer_pp_init was for %d", M, tr->pp_m);
     size_t N = (size_t)tr->rows * tr->T;
+    tr->pp_ids = ids;
     tr->pp_targets = targets;
     tr->pp_gs = grad_scale;
     tr->pp_want_grad = want_grad;
-    ZB_TRY(zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, pp_ce, tr));
-    double v[3] = {0, 0, 0};
-    if (zb_pp_is_last(m))
-        for (int k = 0; k < M; k++) { v[0] += tr->pp_parts[k].loss; v[1] += tr->pp_parts[k].ce; v[2] += tr->pp_parts[k].tokens; }
-    if (m->tp && m->tp->pp_size > 1) {
+    int rc = tr->stage == ZB_STAGE_ILD
+                 ? pp_ild(tr, M)
+                 : zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, pp_loss,
+                              tr->teacher ? pp_teacher_forward : NULL, tr);
+    int r2 = zb_pp_wait(&tr->t_req);
+    ZB_TRY(rc);
+    ZB_TRY(r2);
+    /* the parts summed over the micro-batches: on the last stage (ILD: every stage its share) */
+    double v[7] = {0, 0, 0, 0, 0, 0, 0};
+    if (zb_pp_is_last(m) || tr->stage == ZB_STAGE_ILD)
+        for (int k = 0; k < M; k++) {
+            const zb_loss_parts *p = &tr->pp_parts[k];
+            v[0] += p->loss; v[1] += p->ce; v[2] += p->kl; v[3] += p->mse;
+            v[4] += p->reward_acc; v[5] += p->margin; v[6] += p->tokens;
+        }
+    if (pp_size_of(m) > 1) {
         double t0 = MPI_Wtime();
-        ZB_MPI(MPI_Bcast(v, 3, MPI_DOUBLE, m->tp->pp_size - 1, m->tp->pp));
+        if (tr->stage == ZB_STAGE_ILD) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, v, 7, MPI_DOUBLE, MPI_SUM, m->tp->pp));
+        else ZB_MPI(MPI_Bcast(v, 7, MPI_DOUBLE, m->tp->pp_size - 1, m->tp->pp));
         zb_comm_seconds += MPI_Wtime() - t0;
     }
-    zb_loss_parts o;
-    memset(&o, 0, sizeof o);
-    o.loss = v[0]; o.ce = v[1]; o.tokens = v[2];
+    if (tr->stage == ZB_STAGE_ILD) v[6] = (double)M * N;
+    zb_loss_parts o = {v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
     if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
     if (out) *out = o;
     return ZB_OK;

@@ -20,6 +20,8 @@
 #ifndef ZB_TRAIN_H
 #define ZB_TRAIN_H
 
+#include <mpi.h>
+
 #include "model.h"
 
 typedef enum { ZB_STAGE_PRETRAIN = 0, ZB_STAGE_ILD, ZB_STAGE_KD, ZB_STAGE_SFT, ZB_STAGE_DPO } zb_stage;
@@ -60,7 +62,8 @@ typedef struct {
     int pp_k;
     zb_loss_parts *pp_parts;
     int pp_m;
-    const int *pp_targets;
+    const int *pp_ids, *pp_targets;
+    MPI_Request t_req;        /* the teacher's pending activation send */
     float pp_gs;
     int pp_want_grad;
 } zb_trainer;
@@ -81,17 +84,22 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
 
-/* Pipeline parallel (parallel/pp.h; stage-local student with --pp > 1): pretrain and sft only
- * (other stages: a clear error). Allocates the activations of min(pp_size, M) micro-batches in
- * flight, once; M = the most micro-batches a zb_trainer_step_pp call gets (grad_accum). */
+/* Pipeline parallel (parallel/pp.h; stage-local student with --pp > 1), every stage. The
+ * teacher / reference (kd, ild, dpo) is a stage-local model of the same pipeline, run forward
+ * just before the student on each stage (zb_pp_1f1b's pre hook), one activation set; ILD needs
+ * it cut at the same layers as the student (zb_pp_set_partition) and runs no student pipeline:
+ * each stage distils its own layers from the teacher activations it holds. Allocates the
+ * activations of min(pp_size, M) micro-batches in flight, once; M = the most micro-batches a
+ * zb_trainer_step_pp call gets (grad_accum). Collective over the pipeline. */
 int zb_trainer_pp_init(zb_trainer *tr, int M);
 /* One step's M micro-batches through the 1F1B schedule (zb_pp_1f1b): ids / targets
  * [M * rows*T] (micro-batch k at k * rows*T; every stage gets them, only the first uses the ids
- * and the last the targets). The CE of each micro-batch (mean over its targets, gradient
+ * and the last the targets). The stage loss of each micro-batch (as zb_trainer_step, gradient
  * times grad_scale ACCUMULATED into the stage's m->grad) is computed on the last stage; *out
  * holds the SUMS over the M micro-batches of the parts, broadcast from the last stage to every
- * stage of the pipeline. want_grad = 0: forwards only. The tied embedding gradient sum
- * (zb_pp_tied_grad_sum) is left to the caller. Collective over the pipeline (and TP). */
+ * stage of the pipeline (ILD: each stage's share, summed over the stages). want_grad = 0:
+ * forwards only. The tied embedding gradient sum (zb_pp_tied_grad_sum) is left to the caller.
+ * Collective over the pipeline (and TP). */
 int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
                        float grad_scale, zb_loss_parts *out);
 

@@ -37,13 +37,15 @@
  * by slices with its full shape, so a checkpoint resumes / loads at any TP and DP layout
  * (the full moments are gathered from the ZeRO shards on save and scattered on load).
  *
- * --pp M (pretrain and sft only; other stages are refused): pipeline parallel (parallel/pp.h,
+ * --pp M: pipeline parallel (parallel/pp.h,
  * docs/PARALLEL.md): each rank holds the layers of its stage (partitioned by the cost model at
  * seq_len), the step's grad_accum micro-batches run through a 1F1B schedule (use grad_accum >= M),
  * the loss is computed on the last stage and broadcast over the pipeline, a tied embedding's
  * gradient is summed between first and last stage and counted once in the clipping norm, which
  * sums over the stages; the DP reduction (or ZeRO-1) follows the backward. Checkpoints are
- * written by stages and slices, with full shapes: they resume at any TP x PP x DP layout. */
+ * written by stages and slices, with full shapes: they resume at any TP x PP x DP layout.
+ * kd / ild / dpo: the teacher (reference) is cut at the student's layers and runs forward in
+ * the same pipeline, just ahead of the student (core/train.h zb_trainer_pp_init). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -65,6 +67,7 @@
 #include "optim.h"
 #include "pp.h"
 #include "tp.h"
+#include "store.h"
 #include "train.h"
 
 #define PATHLEN 1024
@@ -551,6 +554,31 @@ static int load_model(zb_model *m, const char *path, const zb_grid *g) {
     return zb_model_load(m, path);
 }
 
+/* The config of a model path (HF directory, .h5, or a config .json). */
+static int path_config(const char *path, zb_config *c) {
+    if (is_config_json(path)) return zb_config_load(path, c);
+    zb_store *st = NULL;
+    ZB_TRY(zb_store_open(&st, path));
+    *c = *zb_store_config(st);
+    zb_store_close(st);
+    return ZB_OK;
+}
+
+/* PP with a teacher / reference in the pipeline: one partition for both models, balancing the
+ * student's forward + backward plus the teacher's forward of each layer (pp.h), so that stage s
+ * holds the same layers of both (ILD distils layer l from the teacher's layer l). */
+static int set_shared_partition(const char *student, const char *teacher, const zb_grid *g, int T) {
+    zb_config sc, tc;
+    ZB_TRY(path_config(student, &sc));
+    ZB_TRY(path_config(teacher, &tc));
+    if (tc.n_layers != sc.n_layers) return ZB_OK;   /* KD across depths: each its own cut */
+    int first[ZB_MAX_LAYERS + 1];
+    zb_pp_cost_cfg k = zb_pp_cost_defaults(1, T);
+    k.teacher = &tc;
+    ZB_TRY(zb_pp_partition(&sc, g->pp_size, &k, first, NULL));
+    return zb_pp_set_partition(first, g->pp_size, sc.n_layers);
+}
+
 static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const char *resume,
                      int tp, int pp, long stop_after) {
     run_cfg *r = &S->r;
@@ -560,10 +588,12 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     zb_grid *g = &S->g;
     int rank = g->rank;
     const int PP = g->pp_size > 1;
-    if (PP && stage != ZB_STAGE_PRETRAIN && stage != ZB_STAGE_SFT)
-        return zb_fail(ZB_EARG, "train: stage %s is not implemented with --pp (pretrain and sft only)",
-                       zb_stage_name(stage));
     zb_pp_seq_len = r->seq_len;   /* the partition's cost model at the training length */
+    const int with_t = stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD || stage == ZB_STAGE_DPO;
+    const char *t_path = stage == ZB_STAGE_DPO ? (r->reference[0] ? r->reference : r->model) : r->teacher;
+    if (with_t && !t_path[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
+    if (!resume && !r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
+    if (PP && with_t) ZB_TRY(set_shared_partition(resume ? resume : r->model, t_path, g, r->seq_len));
 
     /* the model: resumed, a random init from a config (pretrain), or loaded */
     if (resume) {
@@ -589,13 +619,10 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         if (!r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
         ZB_TRY(load_model(&S->m, r->model, g));
     }
-    if (stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD) {
-        if (!r->teacher[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
-        ZB_TRY(load_model(&S->t, r->teacher, g));   /* TP: the teacher is sharded the same way */
-        S->have_t = 1;
-    } else if (stage == ZB_STAGE_DPO) {
-        /* the reference is the initial policy, frozen (also when resuming) */
-        ZB_TRY(load_model(&S->t, r->reference[0] ? r->reference : r->model, g));
+    if (with_t) {
+        /* TP / PP: the teacher is sharded the same way; dpo: the reference is the initial policy,
+         * frozen (also when resuming) */
+        ZB_TRY(load_model(&S->t, t_path, g));
         S->have_t = 1;
     }
     ZB_TRY(zb_trainer_init(&S->tr, stage, &r->loss, &S->m, S->have_t ? &S->t : NULL,

@@ -10,7 +10,7 @@
 #include "zb_common.h"
 
 zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T) {
-    zb_pp_cost_cfg k = {5e10, 1e10, T, B * T};
+    zb_pp_cost_cfg k = {5e10, 1e10, T, B * T, NULL};
     return k;
 }
 
@@ -55,7 +55,19 @@ double zb_pp_layer_cost(const zb_config *c, int l, const zb_pp_cost_cfg *k) {
     p += 3 * d * F + 2 * d;
     a += 4 * d + 3 * F;
     double bytes = 3.0 * 4 * p / (k->tokens > 0 ? k->tokens : 1) + 2.0 * 4 * a;
-    return 3 * f / k->flop_rate + bytes / k->mem_rate;
+    double t = 3 * f / k->flop_rate + bytes / k->mem_rate;
+    if (k->teacher && l < k->teacher->n_layers) {
+        /* the teacher's forward of layer l: its flops once, its parameters read once, its
+         * activations written once (it has no backward) */
+        const zb_config *tc = k->teacher;
+        double tf, tp, ta;
+        mixer_model(tc, l, k->T, &tf, &tp, &ta);
+        tf += 2 * 3 * (double)tc->d_model * tc->ffn;
+        tp += 3 * (double)tc->d_model * tc->ffn + 2 * (double)tc->d_model;
+        ta += 4 * (double)tc->d_model + 3 * (double)tc->ffn;
+        t += tf / k->flop_rate + (4 * tp / (k->tokens > 0 ? k->tokens : 1) + 4 * ta) / k->mem_rate;
+    }
+    return t;
 }
 
 double zb_pp_embed_cost(const zb_config *c, const zb_pp_cost_cfg *k) {
@@ -65,7 +77,11 @@ double zb_pp_embed_cost(const zb_config *c, const zb_pp_cost_cfg *k) {
 double zb_pp_head_cost(const zb_config *c, const zb_pp_cost_cfg *k) {
     double d = c->d_model, V = c->vocab;
     double f = 2 * d * V + 5 * V, bytes = 3.0 * 4 * d * V / (k->tokens > 0 ? k->tokens : 1) + 2.0 * 4 * V;
-    return 3 * f / k->flop_rate + bytes / k->mem_rate;
+    double t = 3 * f / k->flop_rate + bytes / k->mem_rate;
+    if (k->teacher)   /* the teacher's head forward (its logits feed the KD / DPO loss) */
+        t += 2.0 * k->teacher->d_model * V / k->flop_rate +
+             (4.0 * k->teacher->d_model * V / (k->tokens > 0 ? k->tokens : 1) + 4.0 * V) / k->mem_rate;
+    return t;
 }
 
 int zb_pp_partition(const zb_config *c, int S, const zb_pp_cost_cfg *k, int *first, double *cost) {
@@ -110,11 +126,32 @@ int zb_pp_partition(const zb_config *c, int S, const zb_pp_cost_cfg *k, int *fir
 
 int zb_pp_seq_len = 2048;
 
+/* the explicit partition of zb_pp_set_partition (fixed_stages 0: none) */
+static int fixed_stages, fixed_layers, fixed_first[ZB_MAX_LAYERS + 1];
+
+int zb_pp_set_partition(const int *first, int stages, int n_layers) {
+    fixed_stages = 0;
+    if (!first) return ZB_OK;
+    if (stages < 1 || stages > n_layers || n_layers > ZB_MAX_LAYERS || first[0] != 0 || first[stages] != n_layers)
+        return zb_fail(ZB_EARG, "pipeline parallel: invalid partition of %d layers into %d stages", n_layers, stages);
+    for (int s = 0; s < stages; s++)
+        if (first[s + 1] <= first[s]) return zb_fail(ZB_EARG, "pipeline parallel: stage %d has no layer", s);
+    memcpy(fixed_first, first, sizeof(int) * (size_t)(stages + 1));
+    fixed_stages = stages;
+    fixed_layers = n_layers;
+    return ZB_OK;
+}
+
 int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1) {
     if (stages < 1 || stages > c->n_layers)
         return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
                        "needs at least one layer)", stages, c->n_layers);
     if (stage < 0 || stage >= stages) return zb_fail(ZB_EARG, "pipeline parallel: stage %d of %d", stage, stages);
+    if (fixed_stages == stages && fixed_layers == c->n_layers) {
+        *l0 = fixed_first[stage];
+        *l1 = fixed_first[stage + 1];
+        return ZB_OK;
+    }
     int *first = zb_calloc((size_t)stages + 1, sizeof(int), "pipeline partition");
     if (!first) return ZB_ENOMEM;
     zb_pp_cost_cfg k = zb_pp_cost_defaults(1, zb_pp_seq_len > 0 ? zb_pp_seq_len : 2048);
@@ -209,10 +246,11 @@ int zb_pp_tied_grad_sum(zb_model *m) {
 /* One forward of micro-batch k (+ the loss on the last stage) / one backward, in slot k % K;
  * fr / br: the slot's pending activation / gradient sends. */
 static int pp_fwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
-                  size_t stride, zb_pp_loss_fn loss, void *ctx) {
+                  size_t stride, zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx) {
     int q = k % K;
     ZB_TRY(zb_pp_wait(&fr[q]));   /* the slot's previous micro-batch is done with its buffers */
     ZB_TRY(zb_pp_wait(&br[q]));
+    if (pre) ZB_TRY(pre(ctx, k));
     ZB_TRY(zb_pp_forward(m, &acts[q], ids + (size_t)k * stride, &fr[q]));
     return zb_pp_is_last(m) ? loss(ctx, &acts[q], k) : ZB_OK;
 }
@@ -225,7 +263,7 @@ static int pp_bwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Reques
 }
 
 int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               zb_pp_loss_fn loss, void *ctx) {
+               zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx) {
     int P = m->tp ? m->tp->pp_size : 1, s = m->tp ? m->tp->pp_rank : 0;
     int need = P < M ? P : M, rc = ZB_OK;
     if (K < need) return zb_fail(ZB_EARG, "pipeline parallel: %d activation sets for %d in flight", K, need);
@@ -233,7 +271,7 @@ int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t 
     if (!fr) return ZB_ENOMEM;
     MPI_Request *br = fr + K;
     for (int i = 0; i < 2 * K; i++) fr[i] = MPI_REQUEST_NULL;
-#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, loss, ctx)
+#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, loss, pre, ctx)
 #define BWD(k) pp_bwd(m, acts, K, fr, br, (k), ids, ids_stride)
     if (!want_grad) {
         for (int k = 0; k < M && !rc; k++) rc = FWD(k);

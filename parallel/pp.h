@@ -4,8 +4,8 @@
  *
  * STATUS: the cost model and the partitioner (tests/test_pp.c), stage-local models with
  * point-to-point activation / gradient sends (tests/test_pp_model.c) and the 1F1B schedule over
- * the grad_accum micro-batches (zb_pp_1f1b; `zebra train --pp M`, pretrain / sft,
- * tests/cli_train_parallel.sh) are done.
+ * the grad_accum micro-batches (zb_pp_1f1b; `zebra train --pp M`, every stage, the KD / ILD
+ * teacher and DPO reference pipelined with the student; tests/cli_train_parallel.sh) are done.
  *
  * Cost of one layer, per token, for forward + backward (backward = 2 x forward, as in the
  * usual 6·N·tokens rule), as a roofline time on one rank:
@@ -39,6 +39,9 @@ typedef struct {
     double mem_rate;    /* bytes/s of one rank (default 1e10) */
     int T;              /* sequence length */
     int tokens;         /* tokens per micro-batch (B*T) */
+    const zb_config *teacher;   /* a frozen model run forward in the same pipeline (KD / ILD
+                                 * teacher, DPO reference), or NULL: each layer's and the head's
+                                 * cost then adds the teacher's forward of the same layer */
 } zb_pp_cost_cfg;
 
 zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T);
@@ -70,6 +73,12 @@ int zb_pp_partition(const zb_config *c, int stages, const zb_pp_cost_cfg *k, int
  * Stage `stage` holds layers [*l0, *l1). Clear error if stages > layers. */
 extern int zb_pp_seq_len;
 int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1);
+/* An explicit partition (first[stages + 1], as zb_pp_partition gives) that zb_pp_stage_layers
+ * returns for every config of n_layers layers cut into `stages` stages, until cleared (first
+ * NULL). The training driver sets it when a teacher runs in the same pipeline as the student:
+ * both are then cut at the same layers (ILD needs the teacher's layer l on the stage of the
+ * student's layer l), and the cut balances student forward + backward + teacher forward. */
+int zb_pp_set_partition(const int *first, int stages, int n_layers);
 
 /* One micro-batch forward on this stage: receive res[0] from the previous stage (unless
  * first), zb_model_forward, send res[L] to the next (unless last) with MPI_Isend into *req
@@ -102,5 +111,10 @@ int zb_pp_is_last(const zb_model *m);
  * want_grad = 0: forwards only, in order. Gradients accumulate into m->grad; the tied embedding
  * gradient sum (zb_pp_tied_grad_sum) is left to the caller. Collective along the pipeline. */
 typedef int (*zb_pp_loss_fn)(void *ctx, zb_acts *a, int k);
+/* pre (may be NULL) is called on every stage right before the forward of micro-batch k: the
+ * trainer runs the teacher's stage forward there (zb_pp_forward of the teacher: its residual
+ * travels to the next stage just ahead of the student's, on the same communicator and tag, so
+ * the non-overtaking order of MPI pairs each receive with its send). */
+typedef int (*zb_pp_pre_fn)(void *ctx, int k);
 int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               zb_pp_loss_fn loss, void *ctx);
+               zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx);

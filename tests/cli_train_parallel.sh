@@ -11,7 +11,10 @@
 #         TP=4 == A; sizes that do not divide: one clear error, every rank stops.
 #   NP=2 also: KD with the teacher TP-sharded (TP=2 == 1 rank).
 #   PP (1F1B over grad_accum micro-batches): NP=2: PP=2 == A (<= 1e-5); stop at 10 + resume ==
-#         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A; kd --pp: clear error.
+#         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A.
+#   Distillation under PP (teacher / reference pipelined), each == its 1-rank run (<= 1e-5):
+#         NP=2: KD PP=2 (+ resume), ILD PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
+#         ZeRO and TP2xPP2, DPO TP2xPP2.
 #         NP=4: TP=2 x PP=2 == A; PP=2 x DP=2 == A; tied embeddings: PP=4 == 1 rank, PP=2 x DP=2
 #         ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
 # args: ZEBRA FIXTURES SRCDIR MPIEXEC NP
@@ -29,12 +32,13 @@ same() {   # name A B tol: both 20 steps and max rel diff <= tol
   local m; m=$(maxrel "$2" "$3")
   check "$1: max rel diff $m (tol $4)" "[ \"\$(wc -l < $2)\" = 20 ] && [ \"\$(wc -l < $3)\" = 20 ] && awk 'BEGIN{exit !($m <= $4)}'"
 }
-run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args...]; env GA: grad_accum (1), MODEL (hyb.json)
+run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args...]; env GA: grad_accum (1), MODEL (hyb.json),
+          # STAGE (pretrain), DATA (shards)
   local np=$1 out=$2 mb=$3 extra=$4; shift 4
   printf '%s\n' "$(sed -e "s/\"micro_batch\": 4/\"micro_batch\": $mb/" -e "s/\"grad_accum\": 1/\"grad_accum\": ${GA:-1}/" \
-    -e "s/\"hyb.json\"/\"${MODEL:-hyb.json}\"/" base.json)$extra, \"out\": \"$out\"}" > "$out.json"
-  if [ "$np" = 1 ]; then $Z train --stage pretrain --config "$out.json" "$@" >> "$out.log" 2>&1 || true
-  else $MPI -n "$np" $Z train --stage pretrain --config "$out.json" "$@" >> "$out.log" 2>&1 || true; fi
+    -e "s/\"hyb.json\"/\"${MODEL:-hyb.json}\"/" -e "s/\"shards\"/\"${DATA:-shards}\"/" -e "s/\"lr\": 3e-3/\"lr\": ${LR:-3e-3}/" base.json)$extra, \"out\": \"$out\"}" > "$out.json"
+  if [ "$np" = 1 ]; then $Z train --stage "${STAGE:-pretrain}" --config "$out.json" "$@" >> "$out.log" 2>&1 || true
+  else $MPI -n "$np" $Z train --stage "${STAGE:-pretrain}" --config "$out.json" "$@" >> "$out.log" 2>&1 || true; fi
   losses "$out/train.jsonl" > "$out.txt" 2>/dev/null || true
 }
 
@@ -45,6 +49,22 @@ cat > base.json <<J
  "steps": 20, "lr": 3e-3, "min_lr": 3e-4, "warmup": 2, "log_every": 1, "eval_batches": 0, "seed": 3
 J
 run 1 A 4 ""
+# distillation stages under PP: a random student hybrid, the trained A as KD teacher / DPO
+# reference, a random all-attention model of the same shape as ILD teacher; preference pairs
+$Z init --random --config hyb.json -o student.h5 --seed 4 >/dev/null 2>&1
+sed 's/"layer_kinds": \[[^]]*\]/"layer_kinds": ["attention", "attention", "attention", "attention", "attention"]/' hyb.json > att.json
+$Z init --random --config att.json -o att.h5 --seed 5 >/dev/null 2>&1
+for i in $(seq 1 40); do
+  echo "{\"prompt\": \"what is $i squared?\", \"chosen\": \"$((i*i))\", \"rejected\": \"no idea, sorry\"}"
+done > pref.jsonl
+$Z data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input pref.jsonl --format pref -o pref --val-fraction 0.2 >/dev/null 2>&1
+KD=', "teacher": "A/model.h5", "kl_weight": 1, "ce_weight": 0.5'
+ILD=', "teacher": "att.h5"'
+DPO=', "beta": 0.5'   # at lr 1e-4: at 3e-3 the loss falls to 1e-7 within 4 steps, where its
+                      # relative value is the rounding of z = beta * (sums of ~100 log-probs)
+MODEL=student.h5 STAGE=kd run 1 KA 4 "$KD"
+MODEL=student.h5 STAGE=ild run 1 IA 4 "$ILD"
+MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref run 1 DA 2 "$DPO"
 
 if [ "$NP" = 2 ]; then
   run 2 T 4 "" --tp 2
@@ -73,19 +93,19 @@ if [ "$NP" = 2 ]; then
   GA=4 run 2 PX 1 "" --pp 2 --stop-after 10
   run 1 PX 4 "" --resume PX/ckpt-000010.h5
   same "PP=2 checkpoint (stage-local model + moments) resumed at 1 rank == 1 rank" A.txt PX.txt 1e-5
-  printf '%s\n' "$(cat base.json), \"out\": \"PK\"}" > PK.json
-  if $MPI -n 2 $Z train --stage kd --config PK.json --pp 2 > PK.log 2>&1; then rc=0; else rc=$?; fi
-  check "kd with --pp 2: clear error (rc $rc)" '[ $rc != 0 ] && grep -q "not implemented with --pp" PK.log'
   # KD with the teacher TP-sharded too (vocab-parallel KL + CE): TP=2 == 1 rank
-  $Z init --random --config hyb.json -o student.h5 --seed 4 >/dev/null 2>&1
-  sed 's#"hyb.json"#"student.h5"#' base.json > kdbase.json
-  for k in K1 K2; do
-    printf '%s\n' "$(cat kdbase.json), \"teacher\": \"A/model.h5\", \"kl_weight\": 1, \"ce_weight\": 0.5, \"out\": \"$k\"}" > $k.json
-  done
-  $Z train --stage kd --config K1.json > K1.log 2>&1 || true
-  $MPI -n 2 $Z train --stage kd --config K2.json --tp 2 > K2.log 2>&1 || true
-  losses K1/train.jsonl > K1.txt || true; losses K2/train.jsonl > K2.txt || true
-  same "KD (teacher TP-sharded) at TP=2 == 1 rank" K1.txt K2.txt 1e-5
+  MODEL=student.h5 STAGE=kd run 2 KT 4 "$KD" --tp 2
+  same "KD (teacher TP-sharded) at TP=2 == 1 rank" KA.txt KT.txt 1e-5
+  # the teacher pipelined with the student (its stage forward ahead of the student's, same cut)
+  MODEL=student.h5 STAGE=kd GA=4 run 2 KP 1 "$KD" --pp 2
+  same "KD, teacher pipelined: PP=2 == 1 rank" KA.txt KP.txt 1e-5
+  MODEL=student.h5 STAGE=kd GA=4 run 2 KR 1 "$KD" --pp 2 --stop-after 10
+  MODEL=student.h5 STAGE=kd GA=4 run 2 KR 1 "$KD" --pp 2 --resume KR/ckpt-000010.h5
+  same "KD PP=2: 10 steps + resume == 20 steps" KP.txt KR.txt 1e-6
+  MODEL=student.h5 STAGE=ild GA=4 run 2 IP 1 "$ILD" --pp 2
+  same "ILD, teacher pipelined, each stage its layers: PP=2 == 1 rank" IA.txt IP.txt 1e-5
+  MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref GA=2 run 2 DP 1 "$DPO" --pp 2
+  same "DPO, reference pipelined: PP=2 == 1 rank" DA.txt DP.txt 1e-5
 fi
 if [ "$NP" = 4 ]; then
   run 4 P 2 "" --tp 2
@@ -113,6 +133,17 @@ if [ "$NP" = 4 ]; then
   MODEL=tied.json GA=2 run 4 TR 1 ", \"zero\": true" --pp 2 --stop-after 10
   MODEL=tied.json GA=2 run 4 TR 2 "" --tp 2 --pp 2 --resume TR/ckpt-000010.h5
   same "tied: PP=2 x DP=2 ZeRO checkpoint resumed at TP=2 x PP=2 == 1 rank" TA.txt TR.txt 1e-5
+  # distillation stages with the teacher / reference pipelined, with TP and DP
+  MODEL=student.h5 STAGE=kd GA=2 run 4 KQ 2 "$KD" --tp 2 --pp 2
+  same "KD, teacher pipelined: TP=2 x PP=2 == 1 rank" KA.txt KQ.txt 1e-5
+  MODEL=student.h5 STAGE=kd GA=4 run 4 K4 1 "$KD" --pp 4
+  same "KD, teacher pipelined: PP=4 == 1 rank" KA.txt K4.txt 1e-5
+  MODEL=student.h5 STAGE=ild GA=2 run 4 IQ 1 "$ILD, \"zero\": true" --pp 2
+  same "ILD: PP=2 x DP=2 ZeRO-1 == 1 rank" IA.txt IQ.txt 1e-5
+  MODEL=student.h5 STAGE=ild GA=2 run 4 IT 2 "$ILD" --tp 2 --pp 2
+  same "ILD: TP=2 x PP=2 == 1 rank" IA.txt IT.txt 1e-5
+  MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref run 4 DQ 2 "$DPO" --tp 2 --pp 2
+  same "DPO, reference pipelined: TP=2 x PP=2 == 1 rank" DA.txt DQ.txt 1e-5
   # sizes that do not divide: one clear error, every rank stops
   printf '%s\n' "$(cat base.json), \"out\": \"E\"}" > E.json
   if $MPI -n 4 $Z train --stage pretrain --config E.json --tp 4 > E.log 2>&1; then rc=0; else rc=$?; fi

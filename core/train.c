@@ -302,6 +302,13 @@ static int pp_loss(void *ctx, zb_acts *a, int k) {
     return ZB_OK;
 }
 
+/* Before the backward of micro-batch k: the DP buckets armed for the step's last one. */
+static int pp_arm_dp(void *ctx, int k) {
+    zb_trainer *tr = ctx;
+    if (k == tr->pp_m_now - 1) zb_dp_arm(tr->pp_dp);
+    return ZB_OK;
+}
+
 /* ILD under PP: the teacher's forward goes through the pipeline micro-batch by micro-batch;
  * each stage distils its own layers from the teacher activations it holds (the student mixers
  * take the teacher's inputs, so nothing of the student crosses stages). Each stage's parts are
@@ -326,10 +333,10 @@ int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets
     tr->pp_targets = targets;
     tr->pp_gs = grad_scale;
     tr->pp_want_grad = want_grad;
-    int rc = tr->stage == ZB_STAGE_ILD
-                 ? pp_ild(tr, M)
-                 : zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, pp_loss,
-                              tr->teacher ? pp_teacher_forward : NULL, tr);
+    zb_pp_hooks h = {pp_loss, tr->teacher ? pp_teacher_forward : NULL, tr->pp_dp ? pp_arm_dp : NULL, tr};
+    tr->pp_m_now = M;
+    int rc = tr->stage == ZB_STAGE_ILD ? pp_ild(tr, M)
+                                       : zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, &h);
     int r2 = zb_pp_wait(&tr->t_req);
     ZB_TRY(rc);
     ZB_TRY(r2);

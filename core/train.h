@@ -64,6 +64,10 @@ typedef struct {
     int pp_m;
     const int *pp_ids, *pp_targets;
     MPI_Request t_req;        /* the teacher's pending activation send */
+    int pp_m_now;             /* micro-batches of the current zb_trainer_step_pp call */
+    struct zb_dp *pp_dp;      /* set by the driver (may stay NULL): armed before the last
+                               * backward of a step, so that the DP gradient buckets are
+                               * reduced while that backward runs (parallel/dp.h) */
     float pp_gs;
     int pp_want_grad;
 } zb_trainer;

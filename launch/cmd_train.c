@@ -637,6 +637,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, g->dp, r->bucket_mb, r->zero));
     ZB_TRY(zb_dp_zero_attach(&S->dp, &S->o));
     if (PP) ZB_TRY(zb_trainer_pp_init(tr, r->grad_accum));
+    if (PP && !r->zero) tr->pp_dp = &S->dp;   /* buckets overlap each stage's last backward */
 
     /* PP: the step's grad_accum micro-batches are read up front (every stage reads them, so that
      * the loader positions agree; the first stage uses the ids, the last the targets) */
@@ -701,11 +702,19 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
                 ZB_TRY(src_next(&S->ld, S->ids + k * Nm, S->tg + k * Nm));
             zb_loss_parts p;
             ZB_TRY(zb_trainer_step_pp(tr, r->grad_accum, S->ids, S->tg, 1, gs, &p));
-            part[0] = p.loss; part[1] = p.ce; part[5] = p.tokens;
-            /* the tied copies' gradients summed before the DP reduction (which then runs in
-             * zb_dp_finish, not overlapped with the backward: ZeRO reduces m->grad there) */
-            ZB_TRY(zb_pp_tied_grad_sum(&S->m));
-            zb_dp_arm(&S->dp);   /* after the backward: resets the buckets; zb_dp_finish starts them all */
+            part[0] = p.loss; part[1] = p.ce; part[2] = p.kl; part[3] = p.mse;
+            part[4] = p.reward_acc; part[5] = p.tokens;
+            if (S->dp.zero) {
+                /* ZeRO reduce-scatters m->grad in zb_dp_finish: the tied copies' gradients are
+                 * summed first (the two stages' ZeRO ranges differ) */
+                ZB_TRY(zb_pp_tied_grad_sum(&S->m));
+                ZB_TRY(zb_dp_finish(&S->dp));
+            } else {
+                /* the buckets were armed before each stage's last backward (tr->pp_dp) and run
+                 * while it did; the DP mean and the tied sum are both linear: either order */
+                ZB_TRY(zb_dp_finish(&S->dp));
+                ZB_TRY(zb_pp_tied_grad_sum(&S->m));
+            }
         }
         for (int k = 0; k < r->grad_accum && !PP; k++) {
             zb_loss_parts p;
@@ -715,7 +724,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             part[0] += p.loss; part[1] += p.ce; part[2] += p.kl; part[3] += p.mse;
             part[4] += p.reward_acc; part[5] += p.tokens;
         }
-        ZB_TRY(zb_dp_finish(&S->dp));
+        if (!PP) ZB_TRY(zb_dp_finish(&S->dp));
         double gsq;
         ZB_TRY(pp_grad_sq_norm(&S->dp, &S->o, g, &gsq));   /* global: over TP, PP and ZeRO shards */
         double gnorm = sqrt(gsq);

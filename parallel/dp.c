@@ -176,6 +176,7 @@ int zb_dp_finish(zb_dp *d) {
     for (int k = 0; k < d->nb; k++) {
         float *g = d->m->grad + d->b[k].off;
         for (size_t i = 0; i < d->b[k].n; i++) g[i] *= s;
+        d->b[k].launched = 0;   /* the next step starts from nothing launched, armed or not */
     }
     return ZB_OK;
 }

@@ -49,7 +49,7 @@ typedef struct {
     MPI_Request req;
 } zb_dp_bucket;
 
-typedef struct {
+typedef struct zb_dp {
     zb_model *m;
     MPI_Comm comm;
     int rank, size;
@@ -69,7 +69,8 @@ typedef struct {
 int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm comm, double bucket_mb, int zero);
 void zb_dp_free(zb_dp *d);
 /* Arm before the backward of the LAST micro-batch of a step (earlier micro-batches only
- * accumulate): the hook then starts each bucket when its layers are done. */
+ * accumulate): the hook then starts each bucket when its layers are done. Optional: what
+ * the hook has not started, zb_dp_finish starts. */
 void zb_dp_arm(zb_dp *d);
 /* Start what the hook has not (stages whose backward does not go through zb_model_backward,
  * e.g. ILD), wait for every bucket, scale by 1/dp (the mean). ZeRO: reduce-scatter into

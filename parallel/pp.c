@@ -246,24 +246,25 @@ int zb_pp_tied_grad_sum(zb_model *m) {
 /* One forward of micro-batch k (+ the loss on the last stage) / one backward, in slot k % K;
  * fr / br: the slot's pending activation / gradient sends. */
 static int pp_fwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
-                  size_t stride, zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx) {
+                  size_t stride, const zb_pp_hooks *h) {
     int q = k % K;
     ZB_TRY(zb_pp_wait(&fr[q]));   /* the slot's previous micro-batch is done with its buffers */
     ZB_TRY(zb_pp_wait(&br[q]));
-    if (pre) ZB_TRY(pre(ctx, k));
+    if (h->pre_forward) ZB_TRY(h->pre_forward(h->ctx, k));
     ZB_TRY(zb_pp_forward(m, &acts[q], ids + (size_t)k * stride, &fr[q]));
-    return zb_pp_is_last(m) ? loss(ctx, &acts[q], k) : ZB_OK;
+    return zb_pp_is_last(m) ? h->loss(h->ctx, &acts[q], k) : ZB_OK;
 }
 
 static int pp_bwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
-                  size_t stride) {
+                  size_t stride, const zb_pp_hooks *h) {
     int q = k % K;
     ZB_TRY(zb_pp_wait(&fr[q]));
+    if (h->pre_backward) ZB_TRY(h->pre_backward(h->ctx, k));
     return zb_pp_backward(m, &acts[q], ids + (size_t)k * stride, &br[q]);
 }
 
 int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx) {
+               const zb_pp_hooks *h) {
     int P = m->tp ? m->tp->pp_size : 1, s = m->tp ? m->tp->pp_rank : 0;
     int need = P < M ? P : M, rc = ZB_OK;
     if (K < need) return zb_fail(ZB_EARG, "pipeline parallel: %d activation sets for %d in flight", K, need);
@@ -271,8 +272,8 @@ int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t 
     if (!fr) return ZB_ENOMEM;
     MPI_Request *br = fr + K;
     for (int i = 0; i < 2 * K; i++) fr[i] = MPI_REQUEST_NULL;
-#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, loss, pre, ctx)
-#define BWD(k) pp_bwd(m, acts, K, fr, br, (k), ids, ids_stride)
+#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, h)
+#define BWD(k) pp_bwd(m, acts, K, fr, br, (k), ids, ids_stride, h)
     if (!want_grad) {
         for (int k = 0; k < M && !rc; k++) rc = FWD(k);
     } else {

@@ -106,15 +106,24 @@ int zb_pp_is_last(const zb_model *m);
  * on every stage; micro-batch k uses acts[k % K]) are allocated by the caller for this stage's
  * model. Stage s runs min(pp_size - s - 1, M) warm-up forwards, then alternates one forward and
  * one backward, then the remaining backwards (at most pp_size - s micro-batches in flight). On the
- * last stage loss(ctx, a, k) is called right after the forward of micro-batch k: it computes the
+ * last stage h->loss(h->ctx, a, k) is called right after the forward of micro-batch k: it computes the
  * loss from a->logits and, when want_grad, puts dlogits in a->logits (as for zb_model_backward).
  * want_grad = 0: forwards only, in order. Gradients accumulate into m->grad; the tied embedding
  * gradient sum (zb_pp_tied_grad_sum) is left to the caller. Collective along the pipeline. */
 typedef int (*zb_pp_loss_fn)(void *ctx, zb_acts *a, int k);
-/* pre (may be NULL) is called on every stage right before the forward of micro-batch k: the
- * trainer runs the teacher's stage forward there (zb_pp_forward of the teacher: its residual
- * travels to the next stage just ahead of the student's, on the same communicator and tag, so
- * the non-overtaking order of MPI pairs each receive with its send). */
-typedef int (*zb_pp_pre_fn)(void *ctx, int k);
+typedef int (*zb_pp_hook_fn)(void *ctx, int k);
+typedef struct {
+    zb_pp_loss_fn loss;          /* the last stage's loss (required) */
+    /* called on every stage right before the forward of micro-batch k (may be NULL): the trainer
+     * runs the teacher's stage forward there (zb_pp_forward of the teacher: its residual travels
+     * to the next stage just ahead of the student's, on the same communicator and tag, so the
+     * non-overtaking order of MPI pairs each receive with its send) */
+    zb_pp_hook_fn pre_forward;
+    /* called on every stage right before the backward of micro-batch k (may be NULL): the
+     * trainer arms the DP gradient buckets before the last one (k = M - 1), so that their
+     * reduction overlaps that backward */
+    zb_pp_hook_fn pre_backward;
+    void *ctx;
+} zb_pp_hooks;
 int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               zb_pp_loss_fn loss, zb_pp_pre_fn pre, void *ctx);
+               const zb_pp_hooks *h);

@@ -13,10 +13,10 @@
 #   PP (1F1B over grad_accum micro-batches): NP=2: PP=2 == A (<= 1e-5); stop at 10 + resume ==
 #         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A.
 #   Distillation under PP (teacher / reference pipelined), each == its 1-rank run (<= 1e-5):
-#         NP=2: KD PP=2 (+ resume), ILD PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
+#         NP=2: KD PP=2 (+ resume), ILD PP=2, SFT PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
 #         ZeRO and TP2xPP2, DPO TP2xPP2.
 #         NP=4: TP=2 x PP=2 == A; PP=2 x DP=2 == A; tied embeddings: PP=4 == 1 rank, PP=2 x DP=2
-#         ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
+#         (buckets) and PP=2 x DP=2 ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
 # args: ZEBRA FIXTURES SRCDIR MPIEXEC NP
 set -euo pipefail
 Z=$1; SRC=$3; MPIEXEC=$4; NP=$5
@@ -65,6 +65,13 @@ DPO=', "beta": 0.5'   # at lr 1e-4: at 3e-3 the loss falls to 1e-7 within 4 step
 MODEL=student.h5 STAGE=kd run 1 KA 4 "$KD"
 MODEL=student.h5 STAGE=ild run 1 IA 4 "$ILD"
 MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref run 1 DA 2 "$DPO"
+for i in $(seq 1 40); do
+  echo "{\"messages\": [{\"role\": \"user\", \"content\": \"say $i\"}, {\"role\": \"assistant\", \"content\": \"number $i is $((i*i))\"}]}"
+done > chat.jsonl
+$Z data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input chat.jsonl --format chat -o chat --val-fraction 0.2 >/dev/null 2>&1
+# (sft: each micro-batch's loss is the mean over ITS unmasked tokens, so the reference is
+# 1 rank with the same 4 micro-batches of 1 row)
+MODEL='A\/model.h5' STAGE=sft DATA=chat GA=4 run 1 SA 1 ""
 
 if [ "$NP" = 2 ]; then
   run 2 T 4 "" --tp 2
@@ -104,6 +111,8 @@ if [ "$NP" = 2 ]; then
   same "KD PP=2: 10 steps + resume == 20 steps" KP.txt KR.txt 1e-6
   MODEL=student.h5 STAGE=ild GA=4 run 2 IP 1 "$ILD" --pp 2
   same "ILD, teacher pipelined, each stage its layers: PP=2 == 1 rank" IA.txt IP.txt 1e-5
+  MODEL='A\/model.h5' STAGE=sft DATA=chat GA=4 run 2 SP 1 "" --pp 2
+  same "SFT (masked chat turns): PP=2 == 1 rank" SA.txt SP.txt 1e-5
   MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref GA=2 run 2 DP 1 "$DPO" --pp 2
   same "DPO, reference pipelined: PP=2 == 1 rank" DA.txt DP.txt 1e-5
 fi
@@ -128,6 +137,8 @@ if [ "$NP" = 4 ]; then
   MODEL=tied.json run 1 TA 4 ""
   MODEL=tied.json GA=4 run 4 TQ 1 "" --pp 4
   same "tied embeddings: PP=4 == 1 rank" TA.txt TQ.txt 1e-5
+  MODEL=tied.json GA=2 run 4 TD 1 ", \"bucket_mb\": 0.002" --pp 2
+  same "tied embeddings: PP=2 x DP=2, buckets overlapping the last backward, then the tied sum == 1 rank" TA.txt TD.txt 1e-5
   MODEL=tied.json GA=2 run 4 TZ 1 ", \"zero\": true" --pp 2
   same "tied embeddings: PP=2 x DP=2 ZeRO-1 == 1 rank" TA.txt TZ.txt 1e-5
   MODEL=tied.json GA=2 run 4 TR 1 ", \"zero\": true" --pp 2 --stop-after 10

@@ -17,6 +17,9 @@
  *   the end) keep_last (2)
  *   zero (false)  ZeRO-1: AdamW moments sharded over the data-parallel ranks (parallel/dp.h)
  *   bucket_mb (25) size of the gradient buckets all-reduced during the backward
+ *   pp_balance ("model")  --pp: cut the layers into stages by the cost model (parallel/pp.h)
+ *                or "measured": rank 0 times one layer of each kind and the head at the run's
+ *                micro-batch shape (zb_pp_measure) and every rank uses that cut
  *   train: ["pattern", ...]   only these parameters train (default: all; ild: new mixers)
  *   freeze: ["pattern", ...]  these do not train
  *   groups: [{"match": "mamba.A_log", "lr_mult": 1, "weight_decay": 0}, ...]
@@ -78,6 +81,7 @@ typedef struct {
     int save_every, keep_last;
     int zero;          /* ZeRO-1 */
     double bucket_mb;  /* gradient bucket size */
+    int pp_measured;   /* pp_balance "measured": partition by timed layers, not the cost model */
     double warmup;
     float init_std;
     uint64_t seed;
@@ -122,6 +126,11 @@ static int run_cfg_load(run_cfg *r, const char *path) {
     r->init_std = (float)jnum(o, "init_std", 0.02);
     r->warmup = jnum(o, "warmup", 0);
     r->bucket_mb = jnum(o, "bucket_mb", 25);
+    char bal[32];
+    jstr(o, "pp_balance", bal, "model");
+    if (strcmp(bal, "model") && strcmp(bal, "measured"))
+        return zb_fail(ZB_EARG, "%s: pp_balance is \"model\" or \"measured\", not \"%s\"", path, bal);
+    r->pp_measured = !strcmp(bal, "measured");
     const cJSON *zr = cJSON_GetObjectItemCaseSensitive(o, "zero");
     r->zero = cJSON_IsTrue(zr) || (cJSON_IsNumber(zr) && zr->valuedouble != 0);
     zb_optim_cfg *c = &r->opt;
@@ -564,19 +573,63 @@ static int path_config(const char *path, zb_config *c) {
     return ZB_OK;
 }
 
-/* PP with a teacher / reference in the pipeline: one partition for both models, balancing the
- * student's forward + backward plus the teacher's forward of each layer (pp.h), so that stage s
- * holds the same layers of both (ILD distils layer l from the teacher's layer l). */
-static int set_shared_partition(const char *student, const char *teacher, const zb_grid *g, int T) {
+/* PP: the cut of the layers into stages, set for every model loaded after it (zb_pp_set_partition).
+ * By the cost model (pp.h) unless measured; with a teacher / reference in the pipeline both are
+ * cut at the same layers, balancing the student's forward + backward plus the teacher's forward
+ * (ILD distils layer l from the teacher's layer l). Measured: rank 0 times the layers
+ * (zb_pp_measure, on the TP-local dims) and broadcasts the cut. Prints the cut on rank 0. */
+static int set_partition(const run_cfg *r, const zb_grid *g, const char *student, const char *teacher, int rows) {
     zb_config sc, tc;
     ZB_TRY(path_config(student, &sc));
-    ZB_TRY(path_config(teacher, &tc));
-    if (tc.n_layers != sc.n_layers) return ZB_OK;   /* KD across depths: each its own cut */
-    int first[ZB_MAX_LAYERS + 1];
-    zb_pp_cost_cfg k = zb_pp_cost_defaults(1, T);
-    k.teacher = &tc;
-    ZB_TRY(zb_pp_partition(&sc, g->pp_size, &k, first, NULL));
-    return zb_pp_set_partition(first, g->pp_size, sc.n_layers);
+    ZB_TRY(zb_tp_check(&sc, g->tp_size));   /* before the local dims are used */
+    if (teacher) {
+        ZB_TRY(path_config(teacher, &tc));
+        ZB_TRY(zb_tp_check(&tc, g->tp_size));
+        if (tc.n_layers != sc.n_layers) teacher = NULL;   /* KD across depths: each its own cut */
+    }
+    int L = sc.n_layers, S = g->pp_size, first[ZB_MAX_LAYERS + 1];
+    double cost[ZB_MAX_LAYERS];
+    int rc = ZB_OK;
+    if (S > L) return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
+                              "needs at least one layer)", S, L);
+    if (r->pp_measured) {
+        if (g->rank == 0) {
+            zb_config ls, lt;
+            zb_pp_measured ms, mt;
+            zb_tp_local_config(&sc, g->tp_size, &ls);
+            rc = zb_pp_measure(&ls, rows, r->seq_len, &ms);
+            if (!rc && teacher) {
+                zb_tp_local_config(&tc, g->tp_size, &lt);
+                rc = zb_pp_measure(&lt, rows, r->seq_len, &mt);
+            }
+            double lc[ZB_MAX_LAYERS], head = rc ? 0 : ms.head_fwd + ms.head_bwd + (teacher ? mt.head_fwd : 0);
+            for (int l = 0; l < L && !rc; l++) lc[l] = ms.layer_fwd[l] + ms.layer_bwd[l] + (teacher ? mt.layer_fwd[l] : 0);
+            if (!rc) rc = zb_pp_partition_costs(lc, L, 0, head, S, first, cost);
+            if (!rc) {
+                fprintf(stderr, "train: pp_balance measured (s per micro-batch of %d x %d, forward + backward%s):",
+                        rows, r->seq_len, teacher ? " + teacher forward" : "");
+                for (int l = 0; l < L; l++) fprintf(stderr, " %s %.3g", zb_layer_kind_name(sc.kinds[l]), lc[l]);
+                fprintf(stderr, "; head %.3g\n", head);
+            }
+        }
+        /* rank 0's status and cut to every rank (an error there stops all ranks here) */
+        int buf[ZB_MAX_LAYERS + 2];
+        buf[0] = rc;
+        memcpy(buf + 1, first, sizeof(int) * (size_t)(S + 1));
+        ZB_MPI(MPI_Bcast(buf, S + 2, MPI_INT, 0, g->world));
+        if (buf[0]) return g->rank == 0 ? rc : zb_fail(ZB_EARG, "pipeline parallel: rank 0 could not time the layers");
+        memcpy(first, buf + 1, sizeof(int) * (size_t)(S + 1));
+    } else {
+        zb_pp_cost_cfg k = zb_pp_cost_defaults(1, r->seq_len);
+        if (teacher) k.teacher = &tc;
+        ZB_TRY(zb_pp_partition(&sc, S, &k, first, cost));
+    }
+    if (g->rank == 0) {
+        fprintf(stderr, "train: pipeline stages (%s):", r->pp_measured ? "measured" : "cost model");
+        for (int s2 = 0; s2 < S; s2++) fprintf(stderr, " [%d,%d)", first[s2], first[s2 + 1]);
+        fprintf(stderr, "\n");
+    }
+    return zb_pp_set_partition(first, S, L);
 }
 
 static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const char *resume,
@@ -593,7 +646,8 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     const char *t_path = stage == ZB_STAGE_DPO ? (r->reference[0] ? r->reference : r->model) : r->teacher;
     if (with_t && !t_path[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
     if (!resume && !r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
-    if (PP && with_t) ZB_TRY(set_shared_partition(resume ? resume : r->model, t_path, g, r->seq_len));
+    if (PP) ZB_TRY(set_partition(r, g, resume ? resume : r->model, with_t ? t_path : NULL,
+                                 stage == ZB_STAGE_DPO ? 2 * r->micro_batch : r->micro_batch));
 
     /* the model: resumed, a random init from a config (pretrain), or loaded */
     if (resume) {
@@ -683,7 +737,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
 
     const double tok_per_step = (double)r->grad_accum * g->dp_size * tr->B * r->seq_len *
                                 (stage == ZB_STAGE_DPO ? 2 : 1);
-    double t_interval = 0, acc[6] = {0}, gn_sum = 0, comm_interval = 0;
+    double t_interval = 0, acc[6] = {0}, gn_sum = 0, comm_interval = 0, busy_interval = 0;
     int n_interval = 0;
     double t_run = 0;
     int64_t steps_run = 0;
@@ -740,12 +794,23 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         gn_sum += gnorm;
         n_interval++;
         double dt = zb_now() - t0;
+        busy_interval += dt - zb_comm_seconds;   /* this rank's compute: the step less its MPI time */
         t_interval += dt;
         t_run += dt;
         steps_run++;
 
         if (step % r->log_every == 0 || step == r->steps || step == stop_after) {
             double tps = t_interval > 0 ? n_interval * tok_per_step / t_interval : 0;
+            /* PP: each stage's compute time per step (the balance of the cut), to rank 0 */
+            char busy[ZB_MAX_LAYERS * 16 + 32] = "";
+            if (PP) {
+                double mine = busy_interval / n_interval, all[ZB_MAX_LAYERS];
+                ZB_MPI(MPI_Gather(&mine, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0, g->pp));
+                size_t o = (size_t)snprintf(busy, sizeof busy, ",\"stage_busy_s\":[");
+                for (int q = 0; q < g->pp_size && o < sizeof busy; q++)
+                    o += (size_t)snprintf(busy + o, sizeof busy - o, "%s%.4f", q ? "," : "", all[q]);
+                if (o < sizeof busy) snprintf(busy + o, sizeof busy - o, "]");
+            }
             double eta = (double)(r->steps - step) * (t_run / (double)steps_run);
             if (rank == 0) {
                 char es[32];
@@ -756,14 +821,14 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
                 fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, gn_sum / n_interval, tps, es);
                 fprintf(S->log, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%.17g,\"ce\":%.17g,\"kl\":%.17g,"
                         "\"mse\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%.0f,\"tokens_per_s\":%.1f,"
-                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f,\"step_s\":%.6f,\"comm_s\":%.6f}\n",
+                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f,\"step_s\":%.6f,\"comm_s\":%.6f%s}\n",
                         zb_stage_name(stage), (long long)step, L,
                         acc[1] / n_interval, acc[2] / n_interval, acc[3] / n_interval, lr, gn_sum / n_interval,
-                        tokens_seen, tps, t_run, eta, t_interval / n_interval, comm_interval / n_interval);
+                        tokens_seen, tps, t_run, eta, t_interval / n_interval, comm_interval / n_interval, busy);
                 fflush(S->log);
             }
             memset(acc, 0, sizeof acc);
-            gn_sum = 0; n_interval = 0; t_interval = 0; comm_interval = 0;
+            gn_sum = 0; n_interval = 0; t_interval = 0; comm_interval = 0; busy_interval = 0;
         }
         int last = step == r->steps;
         if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && step % r->eval_every == 0) || last)) {

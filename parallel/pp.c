@@ -88,12 +88,23 @@ int zb_pp_partition(const zb_config *c, int S, const zb_pp_cost_cfg *k, int *fir
     int L = c->n_layers;
     if (S < 1 || S > L)
         return zb_fail(ZB_EARG, "pipeline parallel: --pp %d needs 1 <= stages <= the %d layers", S, L);
+    double *lc = zb_calloc((size_t)L, sizeof(double), "pipeline partition");
+    if (!lc) return ZB_ENOMEM;
+    for (int l = 0; l < L; l++) lc[l] = zb_pp_layer_cost(c, l, k);
+    int rc = zb_pp_partition_costs(lc, L, zb_pp_embed_cost(c, k), zb_pp_head_cost(c, k), S, first, cost);
+    free(lc);
+    return rc;
+}
+
+int zb_pp_partition_costs(const double *layer_cost, int L, double emb, double head, int S, int *first,
+                          double *cost) {
+    if (S < 1 || S > L)
+        return zb_fail(ZB_EARG, "pipeline parallel: --pp %d needs 1 <= stages <= the %d layers", S, L);
     double *pre = zb_calloc((size_t)L + 1, sizeof(double), "pipeline partition");
     double *best = zb_calloc((size_t)(S + 1) * (L + 1), sizeof(double), "pipeline partition");
     int *cut = zb_calloc((size_t)(S + 1) * (L + 1), sizeof(int), "pipeline partition");
     if (!pre || !best || !cut) { free(pre); free(best); free(cut); return ZB_ENOMEM; }
-    for (int l = 0; l < L; l++) pre[l + 1] = pre[l] + zb_pp_layer_cost(c, l, k);
-    double emb = zb_pp_embed_cost(c, k), head = zb_pp_head_cost(c, k);
+    for (int l = 0; l < L; l++) pre[l + 1] = pre[l] + layer_cost[l];
     /* best[s][j]: the least max-stage cost of layers [0, j) in s stages (stage s-1 ends at j) */
 #define B_(s, j) best[(size_t)(s) * (L + 1) + (j)]
 #define C_(s, j) cut[(size_t)(s) * (L + 1) + (j)]
@@ -120,6 +131,82 @@ int zb_pp_partition(const zb_config *c, int S, const zb_pp_cost_cfg *k, int *fir
 #undef C_
     free(pre); free(best); free(cut);
     return ZB_OK;
+}
+
+/* ---- measured costs ------------------------------------------------------------------------ */
+
+/* Seconds of the forward and the backward of model m (one stage: input residual in a->res[0],
+ * output gradient in a->dres or dlogits in a->logits, all set once), the best of `reps`. */
+static void time_stage(zb_model *m, zb_acts *a, const int *ids, const float *seed_top, size_t n_top, int reps,
+                       double *tf, double *tb) {
+    *tf = *tb = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = MPI_Wtime();
+        zb_model_forward(m, a, ids);
+        double t1 = MPI_Wtime();
+        memcpy(m->pp_no_head ? a->dres : a->logits, seed_top, sizeof(float) * n_top);
+        double t2 = MPI_Wtime();
+        zb_model_backward(m, a, ids);
+        double t3 = MPI_Wtime();
+        if (t1 - t0 < *tf) *tf = t1 - t0;
+        if (t3 - t2 < *tb) *tb = t3 - t2;
+    }
+}
+
+/* A one-layer stage of config c with layer kind `kind` (a middle stage, or a last one with the
+ * head when with_head), random weights and input, timed. */
+static int measure_one(const zb_config *c, zb_layer_kind kind, int with_head, int B, int T, const int *ids,
+                       const float *top, zb_rng *r, double *tf, double *tb) {
+    zb_config one = *c;
+    one.n_layers = 1;
+    one.kinds[0] = kind;
+    zb_model m;
+    zb_acts a;
+    memset(&a, 0, sizeof a);
+    ZB_TRY(zb_model_init_stage(&m, &one, ZB_WEIGHTS_F32, 0, 1, !with_head));
+    zb_model_init_random(&m, 1, 0.02f);
+    int rc = zb_model_alloc_grad(&m);
+    if (!rc) rc = zb_acts_alloc(&a, &m, B, T);
+    if (!rc) {
+        size_t Nd = (size_t)B * T * c->d_model;
+        for (size_t i = 0; i < Nd; i++) a.res[i] = zb_rng_uniform(r) - 0.5f;
+        time_stage(&m, &a, ids, top, with_head ? (size_t)B * T * c->vocab : Nd, 3, tf, tb);
+    }
+    if (a.res) zb_acts_free(&a);
+    zb_model_free(&m);
+    return rc;
+}
+
+int zb_pp_measure(const zb_config *c, int B, int T, zb_pp_measured *out) {
+    memset(out, 0, sizeof *out);
+    size_t N = (size_t)B * T, Nd = N * c->d_model, NV = N * c->vocab, nt = NV > Nd ? NV : Nd;
+    int *ids = zb_calloc(N, sizeof(int), "pipeline measurement");
+    float *top = zb_malloc(sizeof(float) * nt, "pipeline measurement");
+    if (!ids || !top) { free(ids); free(top); return ZB_ENOMEM; }
+    zb_rng r;
+    zb_rng_seed(&r, 7);
+    for (size_t i = 0; i < nt; i++) top[i] = (zb_rng_uniform(&r) - 0.5f) * 1e-3f;   /* d(output) */
+    int rc = ZB_OK, have[3] = {0, 0, 0};
+    double f[3] = {0, 0, 0}, b[3] = {0, 0, 0};   /* per layer kind */
+    for (int l = 0; l < c->n_layers && !rc; l++) {
+        int k = (int)c->kinds[l];
+        if (!have[k]) {
+            rc = measure_one(c, c->kinds[l], 0, B, T, ids, top, &r, &f[k], &b[k]);
+            have[k] = 1;
+        }
+        out->layer_fwd[l] = f[k];
+        out->layer_bwd[l] = b[k];
+    }
+    if (!rc) {   /* the head: the last layer's kind + head, minus that layer alone */
+        int k = (int)c->kinds[c->n_layers - 1];
+        double hf, hb;
+        rc = measure_one(c, c->kinds[c->n_layers - 1], 1, B, T, ids, top, &r, &hf, &hb);
+        out->head_fwd = hf > f[k] ? hf - f[k] : 0;
+        out->head_bwd = hb > b[k] ? hb - b[k] : 0;
+    }
+    free(ids);
+    free(top);
+    return rc;
 }
 
 /* ---- stages ------------------------------------------------------------------------------ */

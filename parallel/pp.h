@@ -57,6 +57,21 @@ double zb_pp_head_cost(const zb_config *c, const zb_pp_cost_cfg *k);
  * layer each), stage 0 also the embedding, the last stage the head and loss. cost[s] (may be
  * NULL) receives each stage's modelled cost. Error if stages < 1 or > n_layers. */
 int zb_pp_partition(const zb_config *c, int stages, const zb_pp_cost_cfg *k, int *first, double *cost);
+/* The same from given costs: layer_cost[L], the embedding's (first stage) and the head's (last). */
+int zb_pp_partition_costs(const double *layer_cost, int L, double emb, double head, int stages, int *first,
+                          double *cost);
+
+/* Measured costs (the alternative to the model): seconds of one micro-batch of B x T tokens on
+ * THIS rank, forward and backward, of each layer (a one-layer model of its kind, random weights,
+ * run as a middle stage; every layer of a kind gets that kind's time) and of the final norm +
+ * LM head (a one-layer last stage minus the layer alone). Best of 3 runs each. c is what one
+ * rank runs (under TP: zb_tp_local_config's dims, without the all-reduces). Cheap next to
+ * training (3 x 2 x one layer per kind), but holds one layer of each kind with gradients. */
+typedef struct {
+    double layer_fwd[ZB_MAX_LAYERS], layer_bwd[ZB_MAX_LAYERS];
+    double head_fwd, head_bwd;
+} zb_pp_measured;
+int zb_pp_measure(const zb_config *c, int B, int T, zb_pp_measured *out);
 
 /* ---- the pipeline schedule's pieces (stage-local models: tp.h zb_model_init_tp with --pp) ----
  *

@@ -94,6 +94,12 @@ if [ "$NP" = 2 ]; then
   # pipeline parallel: 2 stages, 1F1B over 4 micro-batches of 1 row == 1 rank x 4 rows
   GA=4 run 2 PP 1 "" --pp 2
   same "PP=2 (1F1B, 4 micro-batches) == 1 rank" A.txt PP.txt 1e-5
+  GA=4 run 2 PM 1 ", \"pp_balance\": \"measured\"" --pp 2
+  same "PP=2 cut by measured layer times (rank 0 times, every rank uses its cut) == 1 rank" A.txt PM.txt 1e-5
+  check "PP logs each stage's compute time per step: $(grep -o '"stage_busy_s":[^]]*]' PM/train.jsonl | tail -1)" \
+    'grep -q "\"stage_busy_s\":\[[0-9.]*,[0-9.]*\]" PM/train.jsonl && grep -q "pipeline stages (measured)" PM.log'
+  GA=4 run 2 PB 1 ", \"pp_balance\": \"fast\"" --pp 2
+  check "pp_balance \"fast\": one clear error" 'grep -q "pp_balance is \"model\" or \"measured\"" PB.log && [ ! -s PB.txt ]'
   GA=4 run 2 PR 1 "" --pp 2 --stop-after 10
   GA=4 run 2 PR 1 "" --pp 2 --resume PR/ckpt-000010.h5
   same "PP=2: 10 steps + resume == 20 steps" PP.txt PR.txt 1e-6

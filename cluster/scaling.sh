@@ -8,7 +8,9 @@
 # only add memory), sequence SEQ (512). Strong scaling: every run does GLOBAL (16) rows per step
 #   dp  N ranks x GLOBAL/N rows          (bucketed overlapped all-reduce; ZERO=1 adds ZeRO-1)
 #   tp  --tp N, GLOBAL rows               (Megatron tensor parallel, all ranks one TP group)
-#   pp  --pp N, GLOBAL rows as N micro-batches
+#   pp  --pp N, GLOBAL rows as PPM x N micro-batches (PPM 1; more micro-batches shrink the
+#       bubble (N-1)/(M+N-1)), cut by BALANCE ("model": the cost model, or "measured" layer
+#       times); also prints the stages' mean compute time per step (min / max: the balance)
 # STEPS (4) steps per run; the first is dropped (warm-up); reported: mean step time, mean time
 # inside MPI calls (zebra counts MPI_Wtime around every collective / wait it makes: the TP
 # all-reduces, the DP bucket waits and reductions, ZeRO's reduce-scatter / all-gather, the loss
@@ -22,7 +24,7 @@ Z=${1:-build/zebra}; shift || true
 RANKS=${*:-1 2 4 8 16}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 LAYERS=${LAYERS:-4}; VOCAB=${VOCAB:-32768}; SEQ=${SEQ:-512}; GLOBAL=${GLOBAL:-16}; STEPS=${STEPS:-4}
-D=${D:-2048}; ZERO=${ZERO:-0}; KINDS=${KINDS:-dp tp pp}
+D=${D:-2048}; ZERO=${ZERO:-0}; KINDS=${KINDS:-dp tp pp}; PPM=${PPM:-1}; BALANCE=${BALANCE:-model}
 MPIEXEC=${MPIEXEC:-mpiexec}
 W=${WORKDIR:-$(mktemp -d)}
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
@@ -52,12 +54,13 @@ measure() {
     dp) if [ $((GLOBAL % n)) != 0 ]; then echo "refused: $GLOBAL rows do not split over $n ranks"; return; fi
         mb=$((GLOBAL / n));;
     tp) args=(--tp "$n");;
-    pp) args=(--pp "$n"); ga=$n; mb=$((GLOBAL / n));;
+    pp) args=(--pp "$n"); ga=$((n * PPM)); mb=$((GLOBAL / ga))
+        if [ $((GLOBAL % ga)) != 0 ] || [ $mb -lt 1 ]; then echo "refused: $GLOBAL rows do not split into $ga micro-batches"; return; fi;;
   esac
   cat > "$out.json" <<J
 {"model": "model.json", "data": "shards", "seq_len": $SEQ, "micro_batch": $mb, "grad_accum": $ga,
  "steps": $STEPS, "lr": 1e-4, "warmup": 0, "log_every": 1, "eval_batches": 0, "save_every": 100000,
- "zero": $([ "$ZERO" = 1 ] && [ "$kind" = dp ] && echo true || echo false), "out": "$out"}
+ "zero": $([ "$ZERO" = 1 ] && [ "$kind" = dp ] && echo true || echo false), "pp_balance": "$BALANCE", "out": "$out"}
 J
   rm -rf "$out"
   if ! $MPIEXEC -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1; then
@@ -66,22 +69,28 @@ J
   # mean over the steps after the first (warm-up)
   awk -F'[:,}]' '/"step_s"/ { for (i = 1; i < NF; i++) { if ($i == "\"step\"") s = $(i+1); if ($i == "\"step_s\"") t = $(i+1);
       if ($i == "\"comm_s\"") c = $(i+1) } if (s > 1) { T += t; C += c; k++ } }
-      END { if (k == 0) print "refused: no step logged"; else printf "%.4f %.4f %.1f\n", T/k, C/k, '"$GLOBAL * $SEQ"'/(T/k) }' \
+      END { if (k == 0) print "refused: no step logged"; else printf "%.4f %.4f %.1f ", T/k, C/k, '"$GLOBAL * $SEQ"'/(T/k) }' \
     "$out/train.jsonl"
+  # PP: the stages' mean compute time per step (after the first step), min / max
+  { grep '"step_s"' "$out/train.jsonl" | tail -n +2 | grep -o '"stage_busy_s":\[[^]]*\]' || true; } | sed 's/.*\[//; s/\]//' |
+    awk -F, '{ for (i = 1; i <= NF; i++) s[i] += $i; n = NF; k++ }
+      END { if (k == 0) { print "—"; exit } mn = 1e30; mx = 0
+            for (i = 1; i <= n; i++) { v = s[i] / k; if (v < mn) mn = v; if (v > mx) mx = v }
+            printf "%.2f/%.2f\n", mn, mx }'
 }
 
-echo "| kind | ranks | step (s) | in MPI (s) | comm share | tokens/s | speed-up |"
-echo "|---|---|---|---|---|---|---|"
+echo "| kind | ranks | step (s) | in MPI (s) | comm share | tokens/s | speed-up | stage compute min/max (s) |"
+echo "|---|---|---|---|---|---|---|---|"
 for kind in $KINDS; do
   base=""
   for n in $RANKS; do
     r=$(measure "$kind" "$n")
-    case $r in refused*) echo "| $kind | $n | — | — | — | — | ${r} |"; continue;; esac
+    case $r in refused*) echo "| $kind | $n | — | — | — | — | ${r} | |"; continue;; esac
     set -- $r
     [ -z "$base" ] && base=$1
-    awk -v k="$kind" -v n="$n" -v t="$1" -v c="$2" -v tps="$3" -v b="$base" \
-      'BEGIN { printf "| %s | %d | %.3f | %.3f | %.1f%% | %.0f | %.2fx |\n", k, n, t, c, 100*c/t, tps, b/t }'
+    awk -v k="$kind" -v n="$n" -v t="$1" -v c="$2" -v tps="$3" -v b="$base" -v st="${4:-—}" \
+      'BEGIN { printf "| %s | %d | %.3f | %.3f | %.1f%% | %.0f | %.2fx | %s |\n", k, n, t, c, 100*c/t, tps, b/t, st }'
   done
 done
 echo
-echo "model: zebra-1b shrunk to $LAYERS layers, d $D, vocab $VOCAB; seq $SEQ; $GLOBAL rows per step; $STEPS steps (first dropped); ZERO=$ZERO; $(getconf _NPROCESSORS_ONLN) cores"
+echo "model: zebra-1b shrunk to $LAYERS layers, d $D, vocab $VOCAB; seq $SEQ; $GLOBAL rows per step; $STEPS steps (first dropped); ZERO=$ZERO; pp: $PPM x N micro-batches, cut by $BALANCE; $(getconf _NPROCESSORS_ONLN) cores"

@@ -145,14 +145,6 @@ static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
     }
 }
 
-static void stage_kd(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
-                     float gs, zb_loss_parts *o) {
-    zb_model_forward(tr->teacher, &tr->ta, ids);
-    zb_model_forward(tr->student, &tr->a, ids);
-    kd_loss(tr, &tr->a, targets, want_grad, gs, o);
-    if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
-}
-
 /* ILD loss of this model's distilled layers, from the teacher activations tr->ta (forward done):
  * the SUM over those layers of each layer's MSE / n_ild (n_ild: over the whole model, all
  * pipeline stages), the gradient times gs accumulated into the student's mixers. */
@@ -223,11 +215,15 @@ static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
     o->tokens = ntok;
 }
 
-static void stage_dpo(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
-                      float gs, zb_loss_parts *o) {
+/* kd, dpo: the teacher (reference) forward, the student forward, the loss from both logits,
+ * the student backward. */
+typedef void (*pair_loss_fn)(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs,
+                             zb_loss_parts *o);
+static void stage_pair(zb_trainer *tr, const int *ids, const int *targets, int want_grad, float gs,
+                       zb_loss_parts *o, pair_loss_fn loss) {
     zb_model_forward(tr->teacher, &tr->ta, ids);
     zb_model_forward(tr->student, &tr->a, ids);
-    dpo_loss(tr, &tr->a, targets, want_grad, gs, o);
+    loss(tr, &tr->a, targets, want_grad, gs, o);
     if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
 }
 
@@ -238,9 +234,9 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
     switch (tr->stage) {
     case ZB_STAGE_PRETRAIN:
     case ZB_STAGE_SFT: stage_ce(tr, ids, targets, want_grad, grad_scale, &o); break;
-    case ZB_STAGE_KD: stage_kd(tr, ids, targets, want_grad, grad_scale, &o); break;
+    case ZB_STAGE_KD: stage_pair(tr, ids, targets, want_grad, grad_scale, &o, kd_loss); break;
     case ZB_STAGE_ILD: stage_ild(tr, ids, want_grad, grad_scale, &o); break;
-    case ZB_STAGE_DPO: stage_dpo(tr, ids, targets, want_grad, grad_scale, &o); break;
+    case ZB_STAGE_DPO: stage_pair(tr, ids, targets, want_grad, grad_scale, &o, dpo_loss); break;
     default: return zb_fail(ZB_EARG, "unknown stage %d", (int)tr->stage);
     }
     if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);

@@ -54,7 +54,13 @@ void zb_linear_set_threads(int n) {
 #endif
 }
 
-/* ---- decode kernels: rows [o0, o1) of out[n, o] = W[o] . x[n], n < N <= GEMV_MAX_N ---------- */
+/* ---- direct kernels: rows [o0, o1) of out[n, o] = W[o] . x[n] for every n < N ------------
+ * A micro-kernel computes R <= 4 weight rows against NI <= 4 inputs (R*NI accumulators): each
+ * weight vector loaded (and widened bf16 -> f32, a 16-bit left shift) is used NI times, each
+ * input vector R times. The inputs are walked in groups of 4, so the R rows (R * C * 2 bytes,
+ * L1/L2-resident) are re-read from cache, never from memory: every weight row comes from
+ * memory once for all N inputs. Products and sums in f32 (FMA): the result is an f32 dot
+ * product up to the order of the additions. */
 
 static void rows_scalar(const uint16_t *W, const float *x, int N, int C, int o0, int o1, float *out, int OC) {
     for (int o = o0; o < o1; o++) {
@@ -79,78 +85,106 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* bf16 -> f32 is a 16-bit left shift of the bits: 16 weights per iteration, two FMA chains */
-__attribute__((target("avx2,fma")))
-static void rows_avx2(const uint16_t *W, const float *x, int N, int C, int o0, int o1, float *out, int OC) {
-    for (int o = o0; o < o1; o++) {
-        const uint16_t *w = W + (size_t)o * C;
-        __m256 a0[ZB_BF16_GEMV_MAX_N], a1[ZB_BF16_GEMV_MAX_N];
-        for (int n = 0; n < N; n++) { a0[n] = _mm256_setzero_ps(); a1[n] = _mm256_setzero_ps(); }
-        int i = 0;
-        for (; i + 16 <= C; i += 16) {
-            __m256i h = _mm256_loadu_si256((const __m256i *)(w + i));
-            __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
-            __m256 w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
-            for (int n = 0; n < N; n++) {
-                const float *xn = x + (size_t)n * C + i;
-                a0[n] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xn), a0[n]);
-                a1[n] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xn + 8), a1[n]);
-            }
-        }
-        for (int n = 0; n < N; n++) {
-            const float *xn = x + (size_t)n * C;
-            float s = hsum256(_mm256_add_ps(a0[n], a1[n]));
-            for (int j = i; j < C; j++) s += bf16f(w[j]) * xn[j];
-            out[(size_t)n * OC + o] = s;
-        }
-    }
+/* the scalar tail (C not a multiple of the vector width) of row w against input xn */
+static inline float tail_dot(const uint16_t *w, const float *xn, int i, int C) {
+    float s = 0;
+    for (; i < C; i++) s += bf16f(w[i]) * xn[i];
+    return s;
 }
 
-/* x (f32) -> three bf16 rows hi | mid | lo with x == hi + mid + lo exactly: each part is the
- * truncation of what is left, so each remainder is exact in f32 (24 = 8 + 8 + 8 bits). */
-static void split3(const float *x, uint16_t *hi, uint16_t *mid, uint16_t *lo, int C) {
-    for (int i = 0; i < C; i++) {
-        uint32_t b = f32bits(x[i]);
-        hi[i] = (uint16_t)(b >> 16);
-        float r1 = x[i] - bf16f(hi[i]);
-        mid[i] = (uint16_t)(f32bits(r1) >> 16);
-        float r2 = r1 - bf16f(mid[i]);
-        lo[i] = (uint16_t)(f32bits(r2) >> 16);
+#define MK_ATTR(t) __attribute__((target(t), always_inline)) static inline
+
+/* AVX2: 8 weights per vector */
+MK_ATTR("avx2,fma") void mk_avx2(const uint16_t *W, const float *x, int C, int o, int n, float *out, int OC,
+                                 const int R, const int NI) {
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++) acc[r][j] = _mm256_setzero_ps();
+    const uint16_t *w = W + (size_t)o * C;
+    const float *xn = x + (size_t)n * C;
+    int i = 0;
+    for (; i + 8 <= C; i += 8) {
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + (size_t)r * C + i))), 16));
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++) {
+            __m256 xv = _mm256_loadu_ps(xn + (size_t)j * C + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][j] = _mm256_fmadd_ps(wv[r], xv, acc[r][j]);
+        }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++)
+            out[(size_t)(n + j) * OC + o + r] =
+                hsum256(acc[r][j]) + tail_dot(w + (size_t)r * C, xn + (size_t)j * C, i, C);
 }
 
-/* vdpbf16ps: 32 bf16 products per instruction, summed in f32; xs holds [N][3][C] parts. */
-__attribute__((target("avx512f,avx512bf16")))
-static void rows_avx512bf16(const uint16_t *W, const uint16_t *xs, const float *x, int N, int C, int o0,
-                            int o1, float *out, int OC) {
-    for (int o = o0; o < o1; o++) {
-        const uint16_t *w = W + (size_t)o * C;
-        __m512 acc[ZB_BF16_GEMV_MAX_N];
-        for (int n = 0; n < N; n++) acc[n] = _mm512_setzero_ps();
-        int i = 0;
-        for (; i + 32 <= C; i += 32) {
-            __m512bh wv = (__m512bh)_mm512_loadu_si512((const void *)(w + i));
-            for (int n = 0; n < N; n++) {
-                const uint16_t *p = xs + (size_t)n * 3 * C + i;
-                acc[n] = _mm512_dpbf16_ps(acc[n], wv, (__m512bh)_mm512_loadu_si512((const void *)p));
-                acc[n] = _mm512_dpbf16_ps(acc[n], wv, (__m512bh)_mm512_loadu_si512((const void *)(p + C)));
-                acc[n] = _mm512_dpbf16_ps(acc[n], wv, (__m512bh)_mm512_loadu_si512((const void *)(p + 2 * (size_t)C)));
-            }
-        }
-        for (int n = 0; n < N; n++) {
-            const float *xn = x + (size_t)n * C;
-            float s = _mm512_reduce_add_ps(acc[n]);
-            for (int j = i; j < C; j++) s += bf16f(w[j]) * xn[j];
-            out[(size_t)n * OC + o] = s;
+/* AVX-512F: 16 weights per vector */
+MK_ATTR("avx512f") void mk_avx512(const uint16_t *W, const float *x, int C, int o, int n, float *out, int OC,
+                                  const int R, const int NI) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++) acc[r][j] = _mm512_setzero_ps();
+    const uint16_t *w = W + (size_t)o * C;
+    const float *xn = x + (size_t)n * C;
+    int i = 0;
+    for (; i + 16 <= C; i += 16) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + (size_t)r * C + i))), 16));
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++) {
+            __m512 xv = _mm512_loadu_ps(xn + (size_t)j * C + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(wv[r], xv, acc[r][j]);
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NI; j++)
+            out[(size_t)(n + j) * OC + o + r] =
+                _mm512_reduce_add_ps(acc[r][j]) + tail_dot(w + (size_t)r * C, xn + (size_t)j * C, i, C);
 }
+
+/* rows [o0, o1) x all N inputs with a micro-kernel of every (R, NI) in 1..4 x 1..4, the
+ * constants resolved at compile time (so the accumulators stay in registers) */
+#define MK_CASE(fn, R, NI) case (R - 1) * 4 + NI - 1: fn(W, x, C, o, n, out, OC, R, NI); break;
+#define MK_ROWS(name, fn, attr)                                                                  \
+    attr static void name(const uint16_t *W, const float *x, int N, int C, int o0, int o1,      \
+                          float *out, int OC) {                                                  \
+        for (int o = o0; o < o1; o += 4) {                                                       \
+            int R = o1 - o < 4 ? o1 - o : 4;                                                     \
+            for (int n = 0; n < N; n += 4) {                                                     \
+                int NI = N - n < 4 ? N - n : 4;                                                  \
+                switch ((R - 1) * 4 + NI - 1) {                                                  \
+                MK_CASE(fn, 1, 1) MK_CASE(fn, 1, 2) MK_CASE(fn, 1, 3) MK_CASE(fn, 1, 4)          \
+                MK_CASE(fn, 2, 1) MK_CASE(fn, 2, 2) MK_CASE(fn, 2, 3) MK_CASE(fn, 2, 4)          \
+                MK_CASE(fn, 3, 1) MK_CASE(fn, 3, 2) MK_CASE(fn, 3, 3) MK_CASE(fn, 3, 4)          \
+                MK_CASE(fn, 4, 1) MK_CASE(fn, 4, 2) MK_CASE(fn, 4, 3) MK_CASE(fn, 4, 4)          \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }
+MK_ROWS(rows_avx2, mk_avx2, __attribute__((target("avx2,fma"))))
+MK_ROWS(rows_avx512, mk_avx512, __attribute__((target("avx512f"))))
 
 int zb_bf16_impl_available(zb_bf16_impl impl) {
     switch (impl) {
     case ZB_BF16_AUTO: case ZB_BF16_SCALAR: return 1;
     case ZB_BF16_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case ZB_BF16_AVX512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    case ZB_BF16_AVX512: return __builtin_cpu_supports("avx512f");
     }
     return 0;
 }
@@ -164,48 +198,37 @@ static zb_bf16_impl resolve(zb_bf16_impl impl) {
 
 const char *zb_bf16_impl_name(zb_bf16_impl impl) {
     switch (resolve(impl)) {
-    case ZB_BF16_AVX512: return "avx512bf16";
+    case ZB_BF16_AVX512: return "avx512";
     case ZB_BF16_AVX2: return "avx2";
     default: return "scalar";
     }
 }
 
-/* N <= GEMV_MAX_N inputs: every weight row read once, output row blocks over the threads */
-static void bf16_gemv(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl) {
-    uint16_t *xs = NULL;
-    if (impl == ZB_BF16_AVX512) {
-        xs = malloc(sizeof(uint16_t) * 3 * (size_t)N * C);
-        if (!xs) impl = zb_bf16_impl_available(ZB_BF16_AVX2) ? ZB_BF16_AVX2 : ZB_BF16_SCALAR;
-        else
-            for (int n = 0; n < N; n++) {
-                uint16_t *p = xs + (size_t)n * 3 * C;
-                split3(inp + (size_t)n * C, p, p + C, p + 2 * (size_t)C, C);
-            }
-    }
+/* N <= ZB_BF16_DIRECT_MAX_N inputs: every weight row read from memory once, blocks of output
+ * rows over the threads */
+static void bf16_direct(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl) {
     int nblk = (OC + ZB_BF16_ROWBLK - 1) / ZB_BF16_ROWBLK;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
     for (int b = 0; b < nblk; b++) {
         int o0 = b * ZB_BF16_ROWBLK, o1 = o0 + ZB_BF16_ROWBLK < OC ? o0 + ZB_BF16_ROWBLK : OC;
-        if (impl == ZB_BF16_AVX512) rows_avx512bf16(W, xs, inp, N, C, o0, o1, out, OC);
+        if (impl == ZB_BF16_AVX512) rows_avx512(W, inp, N, C, o0, o1, out, OC);
         else if (impl == ZB_BF16_AVX2) rows_avx2(W, inp, N, C, o0, o1, out, OC);
         else rows_scalar(W, inp, N, C, o0, o1, out, OC);
     }
-    free(xs);
 }
 
 void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl) {
     impl = resolve(impl);
-    float *tile = N > ZB_BF16_GEMV_MAX_N ? malloc(sizeof(float) * ZB_BF16_TILE * (size_t)C) : NULL;
+    float *tile = N > ZB_BF16_DIRECT_MAX_N ? malloc(sizeof(float) * ZB_BF16_TILE * (size_t)C) : NULL;
     if (!tile) {
-        /* decode (or no memory for a tile): GEMV_MAX_N inputs at a time */
-        for (int n0 = 0; n0 < N; n0 += ZB_BF16_GEMV_MAX_N) {
-            int nn = N - n0 < ZB_BF16_GEMV_MAX_N ? N - n0 : ZB_BF16_GEMV_MAX_N;
-            float *o = out + (size_t)n0 * OC;
-            if (nn == N) { bf16_gemv(o, inp, W, nn, C, OC, impl); continue; }
+        /* decode, short prefill (or no memory for a tile): the direct kernel, at most
+         * ZB_BF16_DIRECT_MAX_N inputs per pass over the weights */
+        for (int n0 = 0; n0 < N; n0 += ZB_BF16_DIRECT_MAX_N) {
+            int nn = N - n0 < ZB_BF16_DIRECT_MAX_N ? N - n0 : ZB_BF16_DIRECT_MAX_N;
             /* rows of out for inputs n0.. are contiguous: [nn, OC] with stride OC */
-            bf16_gemv(o, inp + (size_t)n0 * C, W, nn, C, OC, impl);
+            bf16_direct(out + (size_t)n0 * OC, inp + (size_t)n0 * C, W, nn, C, OC, impl);
         }
         return;
     }

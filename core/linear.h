@@ -4,14 +4,13 @@
  * float32 path is zb_matmul_forward (OpenBLAS). The bf16 path halves the bytes read per
  * decode step (decode is bound by memory bandwidth: every weight is read once per token)
  * and accumulates in float32:
- *   N <= ZB_BF16_GEMV_MAX_N (decode)  each weight row is converted on the fly and dotted
- *        with the N inputs, output rows split over OpenMP threads. Kernels: AVX512-BF16
- *        (vdpbf16ps) where the CPU has it, AVX2+FMA, plain C; chosen at run time.
- *        The AVX512-BF16 dot takes bf16 on both sides, so the f32 input is split exactly
- *        into three bf16 parts (x = hi + mid + lo, each a truncation of the remainder):
- *        every product w * part is exact in f32, so the result equals an f32 dot product up
- *        to the order of f32 additions, not the 3-significant-digit bf16 rounding of x.
- *   N > ZB_BF16_GEMV_MAX_N (prefill)  tiles of rows are converted to f32 (OpenMP), then
+ *   N <= ZB_BF16_DIRECT_MAX_N (decode, batched decode, short prefill)  the weights are widened
+ *        to f32 in registers (a 16-bit shift, exact) and multiplied with FMAs by a 4-row x
+ *        4-input register-blocked micro-kernel; each weight row comes from memory once for
+ *        all N inputs, blocks of output rows run on OpenMP threads (no BLAS call, so no
+ *        second thread pool wakes up). Kernels: AVX-512F, AVX2+FMA, plain C; chosen at run
+ *        time. The result is an f32 dot product up to the order of the f32 additions.
+ *   N > ZB_BF16_DIRECT_MAX_N (long prefill)  tiles of rows are converted to f32 (OpenMP), then
  *        OpenBLAS sgemm runs on each tile (BLAS is never called inside an OpenMP region). */
 #ifndef ZB_LINEAR_H
 #define ZB_LINEAR_H
@@ -33,7 +32,7 @@ static inline zb_wt zb_wt_offset(zb_wt t, size_t k) {
     return t;
 }
 
-#define ZB_BF16_GEMV_MAX_N 4
+#define ZB_BF16_DIRECT_MAX_N 64
 
 /* out[N,OC] = inp[N,C] @ W[OC,C]^T, float32 accumulation. Overwrites out. */
 void zb_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);
@@ -42,7 +41,7 @@ void zb_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int 
 typedef enum { ZB_BF16_AUTO = 0, ZB_BF16_SCALAR, ZB_BF16_AVX2, ZB_BF16_AVX512 } zb_bf16_impl;
 /* 1 if this CPU (and this build) can run impl. */
 int zb_bf16_impl_available(zb_bf16_impl impl);
-/* The kernel AUTO picks here ("avx512bf16", "avx2", "scalar"). */
+/* The kernel AUTO picks here ("avx512", "avx2", "scalar"). */
 const char *zb_bf16_impl_name(zb_bf16_impl impl);
 void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl);
 

@@ -430,51 +430,77 @@ void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_w
     zb_mamba2_step_lin(m, d, eps, w, &lin, x, out, state, n, B, scratch);
 }
 
-void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
-                        const zb_mamba2_lin *lin, const float *x, float *out, float *state, int n,
-                        int B, float *scratch) {
+/* Everything between in_proj and out_proj for one sequence: proj [n, P] (this sequence's
+ * rows) -> o [n, di], state cst updated. t: scratch for xbc, dt, y, rstd and chunk temps. */
+static void step_mid(const zb_mamba2_dims *m, float eps, const zb_mamba2_weights *w, const float *proj,
+                     float *o, float *cst, int n, float *t) {
     int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
         nh = m->nheads, hd = m->headdim, ds = m->d_state, K = m->conv_k, ng = norm_groups(m);
     int xo = 0, bo = m->x_groups * hd, co = bo + m->b_groups * ds;
-    size_t sf = zb_mamba2_state_floats(m), hs = (size_t)hd * ds;
-    float *proj = scratch, *xbc = proj + (size_t)n * P, *dt = xbc + (size_t)n * cd,
-          *y = dt + (size_t)n * nh, *o = y + (size_t)n * di, *rstd = o + (size_t)n * di,
+    size_t hs = (size_t)hd * ds;
+    float *xbc = t, *dt = xbc + (size_t)n * cd, *y = dt + (size_t)n * nh, *rstd = y + (size_t)n * di,
           *tmp = rstd + (size_t)n * ng;
-    for (int b = 0; b < B; b++) {
-        float *cst = state + (size_t)b * sf, *S = cst + (size_t)cd * (K - 1);
-        zb_linear_forward(proj, x + (size_t)b * n * d, lin->in_proj, n, d, P);
-        dt_forward(m, w, proj, dt, n);
-        conv_forward(m, w, proj + di, P, cst, NULL, xbc, n);
-        /* conv state <- the last K-1 inputs of [state | new inputs] */
-        for (int c = 0; c < cd; c++) {
-            float *hc = cst + (size_t)c * (K - 1);
-            for (int k = 0; k < K - 1; k++) {
-                int s = n - (K - 1) + k;   /* index into the new inputs; < 0: old state */
-                hc[k] = s >= 0 ? proj[(size_t)s * P + di + c] : hc[k + n];
-            }
+    float *S = cst + (size_t)cd * (K - 1);
+    dt_forward(m, w, proj, dt, n);
+    conv_forward(m, w, proj + di, P, cst, NULL, xbc, n);
+    /* conv state <- the last K-1 inputs of [state | new inputs] */
+    for (int c = 0; c < cd; c++) {
+        float *hc = cst + (size_t)c * (K - 1);
+        for (int k = 0; k < K - 1; k++) {
+            int s = n - (K - 1) + k;   /* index into the new inputs; < 0: old state */
+            hc[k] = s >= 0 ? proj[(size_t)s * P + di + c] : hc[k + n];
         }
-        if (n == 1) {
-            /* S = exp(dt A) S + dt x B^T;  y = S C + D x */
-            for (int h = 0; h < nh; h++) {
-                int xg = h / (nh / m->x_groups), bg = h / (nh / m->b_groups),
-                    cg = h / (nh / m->c_groups);
-                float dth = dt[h], e = expf(dth * -expf(w->A_log[h]));
-                const float *X = xbc + xo + xg * hd, *Bv = xbc + bo + bg * ds, *Cv = xbc + co + cg * ds;
-                float *Sh = S + (size_t)h * hs;
-                for (int p = 0; p < hd; p++) {
-                    float *Sr = Sh + (size_t)p * ds, xp = dth * X[p];
-                    double acc = 0;
-                    for (int s = 0; s < ds; s++) {
-                        Sr[s] = e * Sr[s] + xp * Bv[s];
-                        acc += (double)Sr[s] * Cv[s];
-                    }
-                    y[h * hd + p] = (float)acc + w->D[h] * X[p];
+    }
+    if (n == 1) {
+        /* S = exp(dt A) S + dt x B^T;  y = S C + D x. Heads are independent (own state rows,
+         * own outputs): threaded when the run decodes on OpenMP (ops.h zb_decode_omp_on) */
+        int par = zb_decode_omp_on() && (size_t)nh * hs >= (1u << 15);
+#pragma omp parallel for schedule(static) if (par)
+        for (int h = 0; h < nh; h++) {
+            int xg = h / (nh / m->x_groups), bg = h / (nh / m->b_groups),
+                cg = h / (nh / m->c_groups);
+            float dth = dt[h], e = expf(dth * -expf(w->A_log[h]));
+            const float *X = xbc + xo + xg * hd, *Bv = xbc + bo + bg * ds, *Cv = xbc + co + cg * ds;
+            float *Sh = S + (size_t)h * hs;
+            for (int p = 0; p < hd; p++) {
+                float *Sr = Sh + (size_t)p * ds, xp = dth * X[p];
+                double acc = 0;
+                for (int s = 0; s < ds; s++) {
+                    Sr[s] = e * Sr[s] + xp * Bv[s];
+                    acc += (double)Sr[s] * Cv[s];
                 }
+                y[h * hd + p] = (float)acc + w->D[h] * X[p];
             }
-        } else {
-            ssd_forward(m, w, xbc, dt, y, S, NULL, n, tmp);
         }
-        gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, n);
+    } else {
+        ssd_forward(m, w, xbc, dt, y, S, NULL, n, tmp);
+    }
+    gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, n);
+}
+
+void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                        const zb_mamba2_lin *lin, const float *x, float *out, float *state, int n,
+                        int B, float *scratch) {
+    int P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
+    size_t sf = zb_mamba2_state_floats(m);
+    /* proj [n,P] | o [n,di] | the rest (step_mid) */
+    float *proj = scratch, *o = proj + (size_t)n * P, *t = o + (size_t)n * di;
+    for (int b = 0; b < B; b++) {
+        zb_linear_forward(proj, x + (size_t)b * n * d, lin->in_proj, n, d, P);
+        step_mid(m, eps, w, proj, o, state + (size_t)b * sf, n, t);
         zb_linear_forward(out + (size_t)b * n * d, o, lin->out_proj, n, di, d);
     }
+}
+
+void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                           const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                           const int *seqs, int nb, float *scratch) {
+    int P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
+    size_t sf = zb_mamba2_state_floats(m);
+    /* proj [nb,P] | o [nb,di] | the rest (step_mid, one token) */
+    float *proj = scratch, *o = proj + (size_t)nb * P, *t = o + (size_t)nb * di;
+    zb_linear_forward(proj, x, lin->in_proj, nb, d, P);
+    for (int i = 0; i < nb; i++)
+        step_mid(m, eps, w, proj + (size_t)i * P, o + (size_t)i * di, state + (size_t)seqs[i] * sf, 1, t);
+    zb_linear_forward(out, o, lin->out_proj, nb, di, d);
 }

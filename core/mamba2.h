@@ -59,5 +59,12 @@ void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_w
 void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                         const zb_mamba2_lin *lin, const float *x, float *out, float *state, int n,
                         int B, float *scratch);
+/* Decode: one new token x[i] (row i of x[nb, d]) for each sequence seqs[i], whose state is
+ * state + seqs[i] * state_floats; writes out[nb, d]. Same result as zb_mamba2_step_lin per
+ * sequence with n = 1, but in_proj / out_proj run on all nb rows at once (every weight read
+ * once per step). scratch: zb_mamba2_step_scratch_floats(m, d, nb) floats. */
+void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                           const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                           const int *seqs, int nb, float *scratch);
 
 #endif

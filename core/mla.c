@@ -229,9 +229,13 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
     zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
 }
 
-void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
-                     const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
-                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch) {
+/* nc <= ZB_MLA_STEP_CHUNK rows: row i is a token at position ts[i] of the sequence whose
+ * latent cache is cbs[i] (rows of one sequence in order, or one decode token of each of nc
+ * sequences). The projections run once for all rows (every weight read once), the attention
+ * per row against its own cache. */
+static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                     const zb_mla_lin *lin, const zb_rope *rope, const float *xr, float *orow,
+                     float *const *cbs, const int *ts, int nc, int max_T, float *scratch) {
     const int C = ZB_MLA_STEP_CHUNK;
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
@@ -244,71 +248,97 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     float *sc = vcat + (size_t)C * H * dv;
     float *kvb_head = sc + zb_attention_decode_scratch(H, r, max_T);   /* [dn+dv, r]: a bf16 kv_b_proj head as f32 */
 
+    /* projections for the rows; latents [norm(c) | rope(k_pe)] appended to each cache */
+    zb_mla_query_lin(m, d, eps, w, lin, xr, q, qa, qan, NULL, nc);
+    zb_linear_forward(kva, xr, lin->kv_a_proj, nc, d, W);
+    for (int i = 0; i < nc; i++) {
+        int t = ts[i];
+        float *crow = cbs[i] + (size_t)t * W, *kr = kva + (size_t)i * W;
+        if (m->kv_norm) zb_rmsnorm_forward(crow, NULL, kr, w->kv_a_norm, 1, r, eps);
+        else memcpy(crow, kr, sizeof(float) * r);
+        memcpy(crow + r, kr + r, sizeof(float) * dr);
+        zb_rope_apply(rope, crow, 1, 0, r, t, il, 0);
+        zb_rope_apply(rope, q + (size_t)i * H * dqk, H, dqk, dn, t, il, 0);
+    }
+
+    /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r]) */
+    /* the absorbed products use kv_b_proj per head as a small matrix (W_UK_h is
+     * applied untransposed): bf16 storage converts one KV head's block at a time */
+    const float *kvb = lin->kv_b_proj.f32;
+    int kvb_head_of = -1;
+    for (int h = 0; h < H; h++) {
+        const float *wuk;
+        if (kvb) wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
+        else {
+            if (kvb_head_of != h / rep) {
+                kvb_head_of = h / rep;
+                zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
+                                 (size_t)(dn + dv) * r);
+            }
+            wuk = kvb_head;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, r, dn, 1.0f,
+                    q + (size_t)h * dqk, H * dqk, wuk, r, 0.0f,
+                    qlat + (size_t)h * W, H * W);
+        for (int i = 0; i < nc; i++)
+            memcpy(qlat + (size_t)i * H * W + (size_t)h * W + r,
+                   q + (size_t)i * H * dqk + (size_t)h * dqk + dn, sizeof(float) * dr);
+    }
+    /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
+    for (int i = 0; i < nc; i++)
+        zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cbs[i], cbs[i],
+                            ts[i] + 1, H, 1, W, r, W, W, scale, sc);
+    /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
+    for (int h = 0; h < H; h++) {
+        const float *wuv;
+        if (kvb) wuv = kvb + ((size_t)(h / rep) * (dn + dv) + dn) * r;
+        else {
+            if (kvb_head_of != h / rep) {
+                kvb_head_of = h / rep;
+                zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
+                                 (size_t)(dn + dv) * r);
+            }
+            wuv = kvb_head + (size_t)dn * r;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, dv, r, 1.0f,
+                    chat + (size_t)h * r, H * r, wuv, r, 0.0f,
+                    vcat + (size_t)h * dv, H * dv);
+    }
+    zb_linear_forward(orow, vcat, lin->o_proj, nc, H * dv, d);
+}
+
+void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                     const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
+                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch) {
+    const int C = ZB_MLA_STEP_CHUNK;
+    int W = m->kv_lora_rank + m->qk_rope;
+    float *cbs[ZB_MLA_STEP_CHUNK];
+    int ts[ZB_MLA_STEP_CHUNK];
     for (int b = 0; b < B; b++) {
         float *cb = cache + (size_t)b * max_T * W;
-        int pos = pos_b[b];
         for (int i0 = 0; i0 < n; i0 += C) {
             int nc = n - i0 < C ? n - i0 : C;
-            const float *xr = x + ((size_t)b * n + i0) * d;
-            float *orow = out + ((size_t)b * n + i0) * d;
-
-            /* projections for the chunk; latents [norm(c) | rope(k_pe)] appended to the cache */
-            zb_mla_query_lin(m, d, eps, w, lin, xr, q, qa, qan, NULL, nc);
-            zb_linear_forward(kva, xr, lin->kv_a_proj, nc, d, W);
-            for (int i = 0; i < nc; i++) {
-                int t = pos + i0 + i;
-                float *crow = cb + (size_t)t * W, *kr = kva + (size_t)i * W;
-                if (m->kv_norm) zb_rmsnorm_forward(crow, NULL, kr, w->kv_a_norm, 1, r, eps);
-                else memcpy(crow, kr, sizeof(float) * r);
-                memcpy(crow + r, kr + r, sizeof(float) * dr);
-                zb_rope_apply(rope, crow, 1, 0, r, t, il, 0);
-                zb_rope_apply(rope, q + (size_t)i * H * dqk, H, dqk, dn, t, il, 0);
-            }
-
-            /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r]) */
-            /* the absorbed products use kv_b_proj per head as a small matrix (W_UK_h is
-             * applied untransposed): bf16 storage converts one KV head's block at a time */
-            const float *kvb = lin->kv_b_proj.f32;
-            int kvb_head_of = -1;
-            for (int h = 0; h < H; h++) {
-                const float *wuk;
-                if (kvb) wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
-                else {
-                    if (kvb_head_of != h / rep) {
-                        kvb_head_of = h / rep;
-                        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
-                                         (size_t)(dn + dv) * r);
-                    }
-                    wuk = kvb_head;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, r, dn, 1.0f,
-                            q + (size_t)h * dqk, H * dqk, wuk, r, 0.0f,
-                            qlat + (size_t)h * W, H * W);
-                for (int i = 0; i < nc; i++)
-                    memcpy(qlat + (size_t)i * H * W + (size_t)h * W + r,
-                           q + (size_t)i * H * dqk + (size_t)h * dqk + dn, sizeof(float) * dr);
-            }
-            /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
-            for (int i = 0; i < nc; i++)
-                zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cb, cb,
-                                    pos + i0 + i + 1, H, 1, W, r, W, W, scale, sc);
-            /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
-            for (int h = 0; h < H; h++) {
-                const float *wuv;
-                if (kvb) wuv = kvb + ((size_t)(h / rep) * (dn + dv) + dn) * r;
-                else {
-                    if (kvb_head_of != h / rep) {
-                        kvb_head_of = h / rep;
-                        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
-                                         (size_t)(dn + dv) * r);
-                    }
-                    wuv = kvb_head + (size_t)dn * r;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, dv, r, 1.0f,
-                            chat + (size_t)h * r, H * r, wuv, r, 0.0f,
-                            vcat + (size_t)h * dv, H * dv);
-            }
-            zb_linear_forward(orow, vcat, lin->o_proj, nc, H * dv, d);
+            for (int i = 0; i < nc; i++) { cbs[i] = cb; ts[i] = pos_b[b] + i0 + i; }
+            mla_rows(m, d, eps, w, lin, rope, x + ((size_t)b * n + i0) * d, out + ((size_t)b * n + i0) * d,
+                     cbs, ts, nc, max_T, scratch);
         }
+    }
+}
+
+void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                        const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
+                        float *cache, size_t seq_floats, int max_T, const int *seqs,
+                        const int *pos, int nb, float *scratch) {
+    const int C = ZB_MLA_STEP_CHUNK;
+    float *cbs[ZB_MLA_STEP_CHUNK];
+    int ts[ZB_MLA_STEP_CHUNK];
+    for (int i0 = 0; i0 < nb; i0 += C) {
+        int nc = nb - i0 < C ? nb - i0 : C;
+        for (int i = 0; i < nc; i++) {
+            cbs[i] = cache + (size_t)seqs[i0 + i] * seq_floats;
+            ts[i] = pos[seqs[i0 + i]];
+        }
+        mla_rows(m, d, eps, w, lin, rope, x + (size_t)i0 * d, out + (size_t)i0 * d, cbs, ts, nc, max_T,
+                 scratch);
     }
 }

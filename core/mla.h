@@ -56,5 +56,13 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
 void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
                      float *cache, int max_T, const int *pos, int n, int B, float *scratch);
+/* Decode: one new token x[i] (row i of x[nb, d]) for each sequence seqs[i], at its position
+ * pos[seqs[i]], against its rows cache + seqs[i] * seq_floats; writes out[nb, d]. Same result
+ * as zb_mla_step_lin per sequence with n = 1, but the projections run on all nb rows at once
+ * (every weight read once per step, not once per sequence). */
+void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                        const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
+                        float *cache, size_t seq_floats, int max_T, const int *seqs,
+                        const int *pos, int nb, float *scratch);
 
 #endif

@@ -687,16 +687,25 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
         if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], seqs, nb, s->ln, s->mo, n);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
-            for (int i = 0; i < nb; i++)
-                zb_mla_step_lin(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln + (size_t)i * n * d,
-                            s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per,
-                            s->max_T, &s->pos[seqs[i]], n, 1, s->scratch);
+            if (n == 1)   /* decode: the projections once for all sequences */
+                zb_mla_decode_seqs(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln, s->mo,
+                                   s->cache[l], per, s->max_T, seqs, s->pos, nb, s->scratch);
+            else
+                for (int i = 0; i < nb; i++)
+                    zb_mla_step_lin(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla,
+                                    s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
+                                    s->cache[l] + (size_t)seqs[i] * per, s->max_T, &s->pos[seqs[i]], n, 1,
+                                    s->scratch);
         } else {
             size_t per = zb_mamba2_state_floats(&c->mamba);
-            for (int i = 0; i < nb; i++)
-                zb_mamba2_step_lin(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln + (size_t)i * n * d,
-                               s->mo + (size_t)i * n * d, s->cache[l] + (size_t)seqs[i] * per, n, 1,
-                               s->scratch);
+            if (n == 1)   /* decode: in_proj / out_proj once for all sequences */
+                zb_mamba2_decode_seqs(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln, s->mo,
+                                      s->cache[l], seqs, nb, s->scratch);
+            else
+                for (int i = 0; i < nb; i++)
+                    zb_mamba2_step_lin(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin,
+                                       s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
+                                       s->cache[l] + (size_t)seqs[i] * per, n, 1, s->scratch);
         }
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];

@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,9 +212,79 @@ size_t zb_attention_decode_scratch(int H, int dv, int Tc) {
     return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);   /* >= the BLAS path's (H/Hkv) x Tc */
 }
 
+/* The two inner loops of a split-K task: a score (dot product of a query head and a cached
+ * key) and the accumulation of a weighted value row. Portable forms (omp simd) and AVX2+FMA /
+ * AVX-512F forms chosen at run time (the build targets x86-64-v2: SSE, no FMA). */
+typedef float (*dec_dot_fn)(const float *a, const float *b, int n);
+typedef void (*dec_axpy_fn)(float *o, float p, const float *v, int n);
+
+static float dot_plain(const float *a, const float *b, int n) {
+    float acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int j = 0; j < n; j++) acc += a[j] * b[j];
+    return acc;
+}
+static void axpy_plain(float *o, float p, const float *v, int n) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) o[j] += p * v[j];
+}
+
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+    }
+    for (; j + 8 <= n; j += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    float acc = _mm_cvtss_f32(h);
+    for (; j < n; j++) acc += a[j] * b[j];
+    return acc;
+}
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *o, float p, const float *v, int n) {
+    __m256 pv = _mm256_set1_ps(p);
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(o + j, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + j), _mm256_loadu_ps(o + j)));
+    for (; j < n; j++) o[j] += p * v[j];
+}
+
+__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
+    }
+    for (; j + 16 <= n; j += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+    float acc = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; j < n; j++) acc += a[j] * b[j];
+    return acc;
+}
+__attribute__((target("avx512f"))) static void axpy_avx512(float *o, float p, const float *v, int n) {
+    __m512 pv = _mm512_set1_ps(p);
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(o + j, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + j), _mm512_loadu_ps(o + j)));
+    for (; j < n; j++) o[j] += p * v[j];
+}
+
+static int zb_decode_simd = 1;
+void zb_attention_decode_simd(int on) { zb_decode_simd = on; }
+
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                            float scale, float *scratch) {
+    dec_dot_fn dot = dot_plain;
+    dec_axpy_fn axpy = axpy_plain;
+    if (zb_decode_simd && __builtin_cpu_supports("avx512f")) { dot = dot_avx512; axpy = axpy_avx512; }
+    else if (zb_decode_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        dot = dot_avx2; axpy = axpy_avx2;
+    }
     int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][CHUNK] */
     float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
@@ -226,13 +297,8 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
         const float *qg = q + (size_t)g * rep * dqk;
         for (int u = 0; u < len; u++) {   /* scores: each key row read once for the group */
             const float *k = kc + (size_t)(u0 + u) * k_stride + (size_t)g * dqk;
-            for (int h = 0; h < rep; h++) {
-                const float *qh = qg + (size_t)h * dqk;
-                float acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int j = 0; j < dqk; j++) acc += qh[j] * k[j];
-                s[(size_t)h * ZB_DEC_CHUNK + u] = acc * scale;
-            }
+            for (int h = 0; h < rep; h++)
+                s[(size_t)h * ZB_DEC_CHUNK + u] = dot(qg + (size_t)h * dqk, k, dqk) * scale;
         }
         for (int h = 0; h < rep; h++) {
             float *sh = s + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
@@ -246,11 +312,8 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
         }
         for (int u = 0; u < len; u++) {   /* values: each row read once for the group */
             const float *v = vc + (size_t)(u0 + u) * v_stride + (size_t)g * dv;
-            for (int h = 0; h < rep; h++) {
-                float p = s[(size_t)h * ZB_DEC_CHUNK + u], *o = part + (size_t)h * (dv + 2);
-#pragma omp simd
-                for (int j = 0; j < dv; j++) o[j] += p * v[j];
-            }
+            for (int h = 0; h < rep; h++)
+                axpy(part + (size_t)h * (dv + 2), s[(size_t)h * ZB_DEC_CHUNK + u], v, dv);
         }
     }
     for (int h = 0; h < H; h++) {   /* merge the chunks of each head */
@@ -282,6 +345,7 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
  * 3.4x faster at 8k (docs/BENCHMARKS.md). Set per run by the inference commands. */
 static int zb_decode_omp;
 void zb_attention_decode_use_omp(int on) { zb_decode_omp = on; }
+int zb_decode_omp_on(void) { return zb_decode_omp; }
 
 static void decode_blas(float *out, const float *q, const float *kc, const float *vc, int Tc, int H, int Hkv,
                         int dqk, int dv, int k_stride, int v_stride, float scale, float *scratch) {

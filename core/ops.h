@@ -64,6 +64,12 @@ size_t zb_attention_decode_scratch(int H, int dv, int Tc);
 /* 1: split-K over cache chunks threaded by OpenMP (use with bf16 weights); 0 (default): a GEMM
  * per KV group on OpenBLAS (f32 weights). Same result to rounding; see ops.c for why both. */
 void zb_attention_decode_use_omp(int on);
+/* 1 when the run uses OpenMP for its decode kernels (set by zb_attention_decode_use_omp): the
+ * other per-sequence decode loops (Mamba2's recurrent step) thread under the same switch. */
+int zb_decode_omp_on(void);
+/* The split-K kernel's inner loops: 1 (default) AVX-512F / AVX2+FMA where the CPU has them,
+ * 0 the portable loops (tests and tools/bench_attn compare the two). */
+void zb_attention_decode_simd(int on);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          float scale, float *scratch);

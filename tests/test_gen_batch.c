@@ -3,7 +3,8 @@
  * prefilled alone into a slot of a batch of 3, then decoded together one token per step at
  * different positions, finished sequences dropping out and their slots reused
  * (zb_gen_reset_seq) for the next prompts. Every step's logits must equal those of generating
- * the prompt alone (B = 1), and the greedy tokens must be identical.
+ * the prompt alone (B = 1), and the greedy tokens must be identical; with f32 weights and
+ * again with bf16 weights and the OpenMP decode kernels, as --weights bf16 runs them.
  * Args: models (an HF folder / .h5, or a zebra config .json initialised at random). */
 #include <math.h>
 #include <stdio.h>
@@ -22,19 +23,19 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-static int load(zb_model *m, const char *path) {
-    if (!ends_with(path, ".json")) return zb_model_load(m, path);
+static int load(zb_model *m, const char *path, zb_wdtype wt) {
+    if (!ends_with(path, ".json")) return zb_model_load_ex(m, path, wt);
     zb_config c;
     ZB_TRY(zb_config_load(path, &c));
-    ZB_TRY(zb_model_init(m, &c));
+    ZB_TRY(zb_model_init_ex(m, &c, wt));
     zb_model_init_random(m, 11, 0.08f);
     return ZB_OK;
 }
 
-static int check_model(const char *path) {
+static int check_model(const char *path, zb_wdtype wt) {
     zb_model m;
-    int rc = load(&m, path);
-    if (!zb_check(rc == ZB_OK, "load %s%s%s", path, rc ? ": " : "", rc ? zb_errmsg() : "")) return 1;
+    int rc = load(&m, path, wt);
+    if (!zb_check(rc == ZB_OK, "load %s (%s)%s%s", path, zb_wdtype_name(wt), rc ? ": " : "", rc ? zb_errmsg() : "")) return 1;
     int V = m.cfg.vocab, lens[NP] = {5, 1, 70, 12, 3}, max_T = 70 + NEW;
     int *prompts[NP];
     zb_rng r;
@@ -103,16 +104,16 @@ static int check_model(const char *path) {
     int same = 1;
     for (int i = 0; i < NP; i++)
         for (int t = 0; t < NEW - i % 3; t++) same &= tok[i][t] == ref_tok[i][t];
-    zb_check(worst < 1e-4, "[%s] batched logits == alone (max abs diff %.3g, %d joint steps)", path, worst, steps);
-    zb_check(same, "[%s] batched greedy tokens == alone for %d prompts of lengths 5,1,70,12,3", path, NP);
-    zb_check(steps < NP * NEW, "[%s] sequences decoded together (%d joint steps)", path, steps);
+    zb_check(worst < 1e-4, "[%s %s] batched logits == alone (max abs diff %.3g, %d joint steps)", path, zb_wdtype_name(wt), worst, steps);
+    zb_check(same, "[%s %s] batched greedy tokens == alone for %d prompts of lengths 5,1,70,12,3", path, zb_wdtype_name(wt), NP);
+    zb_check(steps < NP * NEW, "[%s %s] sequences decoded together (%d joint steps)", path, zb_wdtype_name(wt), steps);
 
     /* misuse is refused with a message, nothing written */
     int b0 = 0, two[2] = {1, 1}, x[2] = {0, 0};
     zb_gen_reset_seq(&g, 0);
     g.pos[0] = max_T;
-    zb_check(zb_gen_step_seqs(&m, &g, &b0, 1, x, 1) == ZB_EARG, "[%s] a full sequence is refused: %s", path, zb_errmsg());
-    zb_check(zb_gen_step_seqs(&m, &g, two, 2, x, 1) == ZB_EARG, "[%s] a sequence twice is refused: %s", path, zb_errmsg());
+    zb_check(zb_gen_step_seqs(&m, &g, &b0, 1, x, 1) == ZB_EARG, "[%s %s] a full sequence is refused: %s", path, zb_wdtype_name(wt), zb_errmsg());
+    zb_check(zb_gen_step_seqs(&m, &g, two, 2, x, 1) == ZB_EARG, "[%s %s] a sequence twice is refused: %s", path, zb_wdtype_name(wt), zb_errmsg());
     zb_gen_free(&g);
     for (int i = 0; i < NP; i++) free(prompts[i]);
     free(ref);
@@ -122,6 +123,9 @@ static int check_model(const char *path) {
 
 int main(int argc, char **argv) {
     zb_test_init(&argc, &argv);
-    for (int i = 1; i < argc; i++) check_model(argv[i]);
+    /* f32 weights, then bf16 (decode batches go through the direct bf16 kernel, N = batch) */
+    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_F32);
+    zb_attention_decode_use_omp(1);   /* as `--weights bf16` runs: split-K attention, threaded Mamba2 step */
+    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_BF16);
     return zb_test_finish();
 }

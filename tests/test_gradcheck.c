@@ -203,8 +203,9 @@ static void test_attention(void) {
     free(scr);
     /* a long cache (several split-K chunks, the last ragged, threaded): decode == a direct
      * softmax-weighted sum in double precision */
-    {
-        int Tc = 1000, H = 8, Hkv = 2, dq = 16, dvv = 12, ks = Hkv * dq, vs = Hkv * dvv;
+    /* head sizes 16/12 and 72/40: the SIMD inner loops' full vectors and scalar tails */
+    for (int shp = 0; shp < 2; shp++) {
+        int Tc = 1000, H = 8, Hkv = 2, dq = shp ? 72 : 16, dvv = shp ? 40 : 12, ks = Hkv * dq, vs = Hkv * dvv;
         float *qq = randv((size_t)H * dq, 1), *kk = randv((size_t)Tc * ks, 1), *vv = randv((size_t)Tc * vs, 1);
         float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
@@ -212,6 +213,10 @@ static void test_attention(void) {
         zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* BLAS path */
         zb_attention_decode_use_omp(1);
         zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* split-K */
+        float *o3 = zerov((size_t)H * dvv);
+        zb_attention_decode_simd(0);   /* split-K with the portable inner loops */
+        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);
+        zb_attention_decode_simd(1);
         zb_attention_decode_use_omp(0);
         double *w = malloc(sizeof(double) * Tc);
         for (int h = 0; h < H; h++) {
@@ -230,8 +235,13 @@ static void test_attention(void) {
                 ref[h * dvv + j] = (float)(a / l);
             }
         }
-        zb_check_max_rel("attention decode split-K, 1000-token cache in 4 chunks == direct (double)", o, ref,
-                         (size_t)H * dvv, 1e-5);
+        zb_check_max_rel(shp ? "attention decode split-K (SIMD), dqk 72 dv 40 == direct (double)"
+                             : "attention decode split-K (SIMD), 1000-token cache in 4 chunks == direct (double)",
+                         o, ref, (size_t)H * dvv, 1e-5);
+        zb_check_max_rel(shp ? "attention decode split-K (portable), dqk 72 dv 40 == direct (double)"
+                             : "attention decode split-K (portable), 1000-token cache == direct (double)",
+                         o3, ref, (size_t)H * dvv, 1e-5);
+        free(o3);
         zb_check_max_rel("attention decode BLAS, 1000-token cache == direct (double)", o2, ref, (size_t)H * dvv, 1e-5);
         free(w); free(o2); free(qq); free(kk); free(vv); free(o); free(ref); free(sc);
     }

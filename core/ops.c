@@ -212,65 +212,171 @@ size_t zb_attention_decode_scratch(int H, int dv, int Tc) {
     return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);   /* >= the BLAS path's (H/Hkv) x Tc */
 }
 
-/* The two inner loops of a split-K task: a score (dot product of a query head and a cached
- * key) and the accumulation of a weighted value row. Portable forms (omp simd) and AVX2+FMA /
- * AVX-512F forms chosen at run time (the build targets x86-64-v2: SSE, no FMA). */
-typedef float (*dec_dot_fn)(const float *a, const float *b, int n);
-typedef void (*dec_axpy_fn)(float *o, float p, const float *v, int n);
-
-static float dot_plain(const float *a, const float *b, int n) {
-    float acc = 0;
+/* One split-K task, portable: per position the scores of every head of the group (a dot
+ * product each), the chunk softmax, then each value row added into every head's sum. */
+static void task_plain(const float *qg, const float *kc, const float *vc, int u0, int len, int rep, int dqk,
+                       int dv, int k_stride, int v_stride, float scale, float *s, float *part) {
+    for (int u = 0; u < len; u++) {
+        const float *k = kc + (size_t)(u0 + u) * k_stride;
+        for (int h = 0; h < rep; h++) {
+            const float *qh = qg + (size_t)h * dqk;
+            float acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int j = 0; j < n; j++) acc += a[j] * b[j];
-    return acc;
-}
-static void axpy_plain(float *o, float p, const float *v, int n) {
+            for (int j = 0; j < dqk; j++) acc += qh[j] * k[j];
+            s[(size_t)h * ZB_DEC_CHUNK + u] = acc * scale;
+        }
+    }
+    for (int h = 0; h < rep; h++) {
+        float *sh = s + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
+        for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
+        double l = 0;
+        for (int u = 0; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
+        float *o = part + (size_t)h * (dv + 2);
+        memset(o, 0, sizeof(float) * dv);
+        o[dv] = mx;
+        o[dv + 1] = (float)l;
+    }
+    for (int u = 0; u < len; u++) {
+        const float *v = vc + (size_t)(u0 + u) * v_stride;
+        for (int h = 0; h < rep; h++) {
+            float p = s[(size_t)h * ZB_DEC_CHUNK + u], *o = part + (size_t)h * (dv + 2);
 #pragma omp simd
-    for (int j = 0; j < n; j++) o[j] += p * v[j];
+            for (int j = 0; j < dv; j++) o[j] += p * v[j];
+        }
+    }
 }
 
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
-    }
-    for (; j + 8 <= n; j += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
-    s0 = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    float acc = _mm_cvtss_f32(h);
-    for (; j < n; j++) acc += a[j] * b[j];
-    return acc;
-}
-__attribute__((target("avx2,fma"))) static void axpy_avx2(float *o, float p, const float *v, int n) {
-    __m256 pv = _mm256_set1_ps(p);
-    int j = 0;
-    for (; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(o + j, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + j), _mm256_loadu_ps(o + j)));
-    for (; j < n; j++) o[j] += p * v[j];
+/* exp(x) for x <= 0, 8 lanes (AVX2 + FMA): x = n ln2 + r, |r| <= ln2/2 (ln2 in two parts),
+ * e^r by its degree-6 Taylor polynomial (relative error < 2e-7 on that range), 2^n by the
+ * exponent field; x < -87 gives 0 (e^-87 is below the smallest normal float). */
+__attribute__((target("avx2,fma"))) static inline __m256 exp_avx2(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);        /* ln2 high part: exact product */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);             /* ln2 low part */
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 32 <= n; j += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
-    }
-    for (; j + 16 <= n; j += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
-    float acc = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-    for (; j < n; j++) acc += a[j] * b[j];
-    return acc;
+/* The 8 sums of 8 vectors: lane i = the sum of the lanes of ai. */
+__attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, __m256 a1, __m256 a2, __m256 a3,
+                                                                    __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+    __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
+    __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
+    t0 = _mm256_hadd_ps(t0, t1);   /* [a0 a1 a2 a3 | a0 a1 a2 a3] halves of each sum */
+    t2 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
 }
-__attribute__((target("avx512f"))) static void axpy_avx512(float *o, float p, const float *v, int n) {
-    __m512 pv = _mm512_set1_ps(p);
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        _mm512_storeu_ps(o + j, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + j), _mm512_loadu_ps(o + j)));
-    for (; j < n; j++) o[j] += p * v[j];
+
+/* One split-K task, AVX2 + FMA, for dqk a multiple of 8. Scores in blocks of 8 positions: a
+ * query chunk of 8 floats is loaded once and multiplied into 8 accumulators (one per position),
+ * the 8 sums come out of one transposing reduction (no horizontal sum per score); the softmax
+ * with a vector exp; values: one head's sum over a 64-column block kept in 8 registers while
+ * the chunk's rows stream through (each row read once per head from L1/L2, the cache row once
+ * from memory per group). */
+__attribute__((target("avx2,fma"))) static void task_avx2(const float *qg, const float *kc, const float *vc,
+                                                           int u0, int len, int rep, int dqk, int dv,
+                                                           int k_stride, int v_stride, float scale, float *s,
+                                                           float *part) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    int u8 = len & ~7;
+    for (int h = 0; h < rep; h++) {
+        const float *qh = qg + (size_t)h * dqk;
+        float *sh = s + (size_t)h * ZB_DEC_CHUNK;
+        for (int u = 0; u < u8; u += 8) {
+            /* 8 named accumulators (an array of them is kept in memory by gcc, which chains every
+             * FMA through a store and a load) */
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            const float *k = kc + (size_t)(u0 + u) * k_stride;
+            const size_t ks = (size_t)k_stride;
+            if (h == 0 && u + 16 < len)   /* the group's slice of rows two blocks on: the rows are
+                                           * k_stride apart, which the hardware prefetchers miss */
+                for (int i = 0; i < 8; i++)
+                    for (int j = 0; j < dqk; j += 16) _mm_prefetch((const char *)(k + (16 + i) * ks + j), _MM_HINT_T0);
+            for (int j = 0; j < dqk; j += 8) {
+                __m256 qv = _mm256_loadu_ps(qh + j);
+                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j), a0);
+                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + ks + j), a1);
+                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * ks + j), a2);
+                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * ks + j), a3);
+                a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 4 * ks + j), a4);
+                a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 5 * ks + j), a5);
+                a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 6 * ks + j), a6);
+                a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 7 * ks + j), a7);
+            }
+            _mm256_storeu_ps(sh + u, _mm256_mul_ps(hsum8_avx2(a0, a1, a2, a3, a4, a5, a6, a7), sc));
+        }
+        for (int u = u8; u < len; u++) {   /* the chunk's last positions */
+            const float *k = kc + (size_t)(u0 + u) * k_stride;
+            __m256 a = _mm256_setzero_ps();
+            for (int j = 0; j < dqk; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + j), _mm256_loadu_ps(k + j), a);
+            __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+            x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+            sh[u] = _mm_cvtss_f32(x) * scale;
+        }
+        /* softmax of the chunk: max, e^(s - max) in place, their sum (in double across blocks) */
+        float mx = -INFINITY;
+        for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
+        __m256 m8 = _mm256_set1_ps(mx), l8 = _mm256_setzero_ps();
+        for (int u = 0; u < u8; u += 8) {
+            __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sh + u), m8));
+            _mm256_storeu_ps(sh + u, e);
+            l8 = _mm256_add_ps(l8, e);
+        }
+        float l8s[8];
+        _mm256_storeu_ps(l8s, l8);
+        double l = 0;
+        for (int i = 0; i < 8; i++) l += l8s[i];
+        for (int u = u8; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
+        float *o = part + (size_t)h * (dv + 2);
+        o[dv] = mx;
+        o[dv + 1] = (float)l;
+        /* values: columns in blocks of 64 (8 registers), the rest 8 or 1 at a time */
+        int j0 = 0;
+        for (; j0 + 64 <= dv; j0 += 64) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            for (int u = 0; u < len; u++) {
+                const float *v = vc + (size_t)(u0 + u) * v_stride + j0;
+                if (h == 0 && u + 16 < len)
+                    for (int j = 0; j < 64; j += 16) _mm_prefetch((const char *)(v + (size_t)16 * v_stride + j), _MM_HINT_T0);
+                __m256 p = _mm256_broadcast_ss(sh + u);
+                a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), a0);
+                a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), a1);
+                a2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), a2);
+                a3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), a3);
+                a4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), a4);
+                a5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), a5);
+                a6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), a6);
+                a7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), a7);
+            }
+            _mm256_storeu_ps(o + j0, a0); _mm256_storeu_ps(o + j0 + 8, a1);
+            _mm256_storeu_ps(o + j0 + 16, a2); _mm256_storeu_ps(o + j0 + 24, a3);
+            _mm256_storeu_ps(o + j0 + 32, a4); _mm256_storeu_ps(o + j0 + 40, a5);
+            _mm256_storeu_ps(o + j0 + 48, a6); _mm256_storeu_ps(o + j0 + 56, a7);
+        }
+        for (; j0 + 8 <= dv; j0 += 8) {
+            __m256 a = _mm256_setzero_ps();
+            for (int u = 0; u < len; u++)
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(sh + u), _mm256_loadu_ps(vc + (size_t)(u0 + u) * v_stride + j0), a);
+            _mm256_storeu_ps(o + j0, a);
+        }
+        for (; j0 < dv; j0++) {
+            float a = 0;
+            for (int u = 0; u < len; u++) a += sh[u] * vc[(size_t)(u0 + u) * v_stride + j0];
+            o[j0] = a;
+        }
+    }
 }
 
 static int zb_decode_simd = 1;
@@ -279,12 +385,7 @@ void zb_attention_decode_simd(int on) { zb_decode_simd = on; }
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                            float scale, float *scratch) {
-    dec_dot_fn dot = dot_plain;
-    dec_axpy_fn axpy = axpy_plain;
-    if (zb_decode_simd && __builtin_cpu_supports("avx512f")) { dot = dot_avx512; axpy = axpy_avx512; }
-    else if (zb_decode_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        dot = dot_avx2; axpy = axpy_avx2;
-    }
+    int simd = zb_decode_simd && dqk % 8 == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][CHUNK] */
     float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
@@ -294,27 +395,9 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
         int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
         int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
         float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
-        const float *qg = q + (size_t)g * rep * dqk;
-        for (int u = 0; u < len; u++) {   /* scores: each key row read once for the group */
-            const float *k = kc + (size_t)(u0 + u) * k_stride + (size_t)g * dqk;
-            for (int h = 0; h < rep; h++)
-                s[(size_t)h * ZB_DEC_CHUNK + u] = dot(qg + (size_t)h * dqk, k, dqk) * scale;
-        }
-        for (int h = 0; h < rep; h++) {
-            float *sh = s + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
-            for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
-            double l = 0;
-            for (int u = 0; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
-            float *o = part + (size_t)h * (dv + 2);
-            memset(o, 0, sizeof(float) * dv);
-            o[dv] = mx;
-            o[dv + 1] = (float)l;
-        }
-        for (int u = 0; u < len; u++) {   /* values: each row read once for the group */
-            const float *v = vc + (size_t)(u0 + u) * v_stride + (size_t)g * dv;
-            for (int h = 0; h < rep; h++)
-                axpy(part + (size_t)h * (dv + 2), s[(size_t)h * ZB_DEC_CHUNK + u], v, dv);
-        }
+        const float *qg = q + (size_t)g * rep * dqk, *kg = kc + (size_t)g * dqk, *vg = vc + (size_t)g * dv;
+        if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
+        else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
     }
     for (int h = 0; h < H; h++) {   /* merge the chunks of each head */
         int g = h / rep, hh = h % rep;

@@ -67,7 +67,8 @@ void zb_attention_decode_use_omp(int on);
 /* 1 when the run uses OpenMP for its decode kernels (set by zb_attention_decode_use_omp): the
  * other per-sequence decode loops (Mamba2's recurrent step) thread under the same switch. */
 int zb_decode_omp_on(void);
-/* The split-K kernel's inner loops: 1 (default) AVX-512F / AVX2+FMA where the CPU has them,
+/* The split-K kernel's tasks: 1 (default) the AVX2+FMA task where the CPU has it and dqk is a
+ * multiple of 8 (score blocks of 8 positions, vector exp, values in register blocks; ops.c),
  * 0 the portable loops (tests and tools/bench_attn compare the two). */
 void zb_attention_decode_simd(int on);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,

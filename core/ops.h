@@ -69,7 +69,7 @@ void zb_attention_decode_use_omp(int on);
 int zb_decode_omp_on(void);
 /* The split-K kernel's tasks: 1 (default) the AVX2+FMA task where the CPU has it and dqk is a
  * multiple of 8 (score blocks of 8 positions, vector exp, values in register blocks; ops.c),
- * 0 the portable loops (tests and tools/bench_attn compare the two). */
+ * 0 the portable loops (tests and cluster/bench_attn compare the two). */
 void zb_attention_decode_simd(int on);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,

@@ -122,6 +122,11 @@ int zb_model_load(zb_model *m, const char *path);
 int zb_model_load_ex(zb_model *m, const char *path, zb_wdtype wt);
 /* Random init (N(0, std) for matrices, ones for norms, Mamba2 defaults of SPEC §5). */
 void zb_model_init_random(zb_model *m, uint64_t seed, float std);
+/* Weights for benchmarks, where the values do not matter but the time to draw them does: the
+ * 2-D matrices uniform with standard deviation std from a counter-based hash (threaded), the
+ * other tensors by their init rule (norms ones, Mamba2 defaults). Not the draws of
+ * zb_model_init_random. */
+void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std);
 /* The init rule of parameter p (by its name), n values drawn from rng into x: what
  * zb_model_init_random does per tensor; `zebra init` streams it row block by row block. */
 void zb_param_fill_random(const zb_param *p, float std, zb_rng *rng, float *x, size_t n);

@@ -145,6 +145,14 @@ uint64_t zb_rng_u64(zb_rng *r) {
 
 float zb_rng_uniform(zb_rng *r) { return (float)((zb_rng_u64(r) >> 40) * (1.0 / 16777216.0)); }
 
+float zb_hash_uniform(uint64_t seed, uint64_t i) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;   /* splitmix64's finaliser */
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)((z >> 40) * (1.0 / 16777216.0));
+}
+
 float zb_rng_normal(zb_rng *r) {
     double u1 = ((zb_rng_u64(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
     double u2 = (zb_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);

@@ -65,5 +65,8 @@ void zb_rng_seed(zb_rng *r, uint64_t seed);
 uint64_t zb_rng_u64(zb_rng *r);
 float zb_rng_uniform(zb_rng *r);   /* [0, 1) */
 float zb_rng_normal(zb_rng *r);    /* N(0, 1) */
+/* A counter-based uniform in [0, 1): value i of stream `seed` (splitmix64 of both), so that a
+ * fill split over threads gives the same values in any order (benchmark fills, not training). */
+float zb_hash_uniform(uint64_t seed, uint64_t i);
 
 #endif

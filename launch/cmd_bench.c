@@ -79,7 +79,7 @@ static int load_any(zb_model *m, const char *path, zb_wdtype wt) {
         zb_config c;
         ZB_TRY(zb_config_load(path, &c));
         ZB_TRY(zb_model_init_ex(m, &c, wt));
-        zb_model_init_random(m, 7, 0.02f);
+        zb_model_init_synthetic(m, 7, 0.02f);   /* speed does not depend on the values */
         return ZB_OK;
     }
     return zb_model_load_ex(m, path, wt);

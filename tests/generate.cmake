@@ -6,3 +6,5 @@ zb_test(test_gen_batch test_gen_batch.c ${ZB_FIXTURES}/hf-llama-tiny ${ZB_FIXTUR
         ${CMAKE_SOURCE_DIR}/configs/tiny-zebra.json ${CMAKE_CURRENT_SOURCE_DIR}/tp-hybrid.json)
 # The CLI: batched == alone (greedy, sampled, --tp 2), HF greedy tokens, chat ids, bad input.
 zb_cli_test(cli_generate cli_generate.sh ${ZB_MPIEXEC} ${CMAKE_SOURCE_DIR}/configs/tiny-zebra.json)
+# zebra bench on the demo teacher / hybrid: table rows, ceilings, cache bytes == zebra info, SVG.
+zb_cli_test(cli_bench cli_bench.sh ${CMAKE_SOURCE_DIR})

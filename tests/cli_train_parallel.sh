@@ -13,7 +13,7 @@
 #   PP (1F1B over grad_accum micro-batches): NP=2: PP=2 == A (<= 1e-5); stop at 10 + resume ==
 #         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A.
 #   Distillation under PP (teacher / reference pipelined), each == its 1-rank run (<= 1e-5):
-#         NP=2: KD PP=2 (+ resume), ILD PP=2, SFT PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
+#         NP=2: KD PP=2 (+ resume), KD from a shallower teacher PP=2, ILD PP=2, SFT PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
 #         ZeRO and TP2xPP2, DPO TP2xPP2.
 #         NP=4: TP=2 x PP=2 == A; PP=2 x DP=2 == A; tied embeddings: PP=4 == 1 rank, PP=2 x DP=2
 #         (buckets) and PP=2 x DP=2 ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
@@ -115,6 +115,13 @@ if [ "$NP" = 2 ]; then
   MODEL=student.h5 STAGE=kd GA=4 run 2 KR 1 "$KD" --pp 2 --stop-after 10
   MODEL=student.h5 STAGE=kd GA=4 run 2 KR 1 "$KD" --pp 2 --resume KR/ckpt-000010.h5
   same "KD PP=2: 10 steps + resume == 20 steps" KP.txt KR.txt 1e-6
+  # a teacher of another depth (3 attention layers for the 5-layer student): each model its own cut
+  sed 's/"num_hidden_layers": 5/"num_hidden_layers": 3/; s/"layer_kinds": \[[^]]*\]/"layer_kinds": ["attention", "attention", "attention"]/' hyb.json > t3.json
+  $Z init --random --config t3.json -o t3.h5 --seed 5 >/dev/null 2>&1
+  KD3=', "teacher": "t3.h5", "kl_weight": 1, "ce_weight": 0.5'
+  MODEL=student.h5 STAGE=kd run 1 K3A 4 "$KD3"
+  MODEL=student.h5 STAGE=kd GA=4 run 2 K3P 1 "$KD3" --pp 2
+  same "KD from a 3-layer teacher to the 5-layer student, both pipelined (own cuts): PP=2 == 1 rank" K3A.txt K3P.txt 1e-5
   MODEL=student.h5 STAGE=ild GA=4 run 2 IP 1 "$ILD" --pp 2
   same "ILD, teacher pipelined, each stage its layers: PP=2 == 1 rank" IA.txt IP.txt 1e-5
   MODEL='A\/model.h5' STAGE=sft DATA=chat GA=4 run 2 SP 1 "" --pp 2

@@ -94,68 +94,43 @@ static inline float tail_dot(const uint16_t *w, const float *xn, int i, int C) {
 
 #define MK_ATTR(t) __attribute__((target(t), always_inline)) static inline
 
+/* The micro-kernel, one body for both instruction sets: VEC the vector type of WIDTH floats,
+ * ZERO() a zero vector, WIDEN(p) WIDTH bf16 weights at p as f32 (a 16-bit left shift of the
+ * zero-extended halves), LOAD(p) WIDTH floats, FMA(a, b, c) = a * b + c, HSUM(v) the sum of v. */
+#define MK_BODY(VEC, WIDTH, ZERO, WIDEN, LOAD, FMA, HSUM)                                           \
+    VEC acc[4][4];                                                                                  \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                             \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NI; j++) acc[r][j] = ZERO();                   \
+    const uint16_t *w = W + (size_t)o * C;                                                          \
+    const float *xn = x + (size_t)n * C;                                                            \
+    int i = 0;                                                                                      \
+    for (; i + WIDTH <= C; i += WIDTH) {                                                            \
+        VEC wv[4];                                                                                  \
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) wv[r] = WIDEN(w + (size_t)r * C + i);  \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NI; j++) {                                      \
+            VEC xv = LOAD(xn + (size_t)j * C + i);                                                  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r][j] = FMA(wv[r], xv, acc[r][j]); \
+        }                                                                                           \
+    }                                                                                               \
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)                                             \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NI; j++)                                        \
+            out[(size_t)(n + j) * OC + o + r] =                                                     \
+                HSUM(acc[r][j]) + tail_dot(w + (size_t)r * C, xn + (size_t)j * C, i, C);
+
+#define WIDEN_AVX2(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define WIDEN_AVX512(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+
 /* AVX2: 8 weights per vector */
 MK_ATTR("avx2,fma") void mk_avx2(const uint16_t *W, const float *x, int C, int o, int n, float *out, int OC,
                                  const int R, const int NI) {
-    __m256 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++) acc[r][j] = _mm256_setzero_ps();
-    const uint16_t *w = W + (size_t)o * C;
-    const float *xn = x + (size_t)n * C;
-    int i = 0;
-    for (; i + 8 <= C; i += 8) {
-        __m256 wv[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
-                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + (size_t)r * C + i))), 16));
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++) {
-            __m256 xv = _mm256_loadu_ps(xn + (size_t)j * C + i);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][j] = _mm256_fmadd_ps(wv[r], xv, acc[r][j]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++)
-            out[(size_t)(n + j) * OC + o + r] =
-                hsum256(acc[r][j]) + tail_dot(w + (size_t)r * C, xn + (size_t)j * C, i, C);
+    MK_BODY(__m256, 8, _mm256_setzero_ps, WIDEN_AVX2, _mm256_loadu_ps, _mm256_fmadd_ps, hsum256)
 }
 
 /* AVX-512F: 16 weights per vector */
 MK_ATTR("avx512f") void mk_avx512(const uint16_t *W, const float *x, int C, int o, int n, float *out, int OC,
                                   const int R, const int NI) {
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++) acc[r][j] = _mm512_setzero_ps();
-    const uint16_t *w = W + (size_t)o * C;
-    const float *xn = x + (size_t)n * C;
-    int i = 0;
-    for (; i + 16 <= C; i += 16) {
-        __m512 wv[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + (size_t)r * C + i))), 16));
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++) {
-            __m512 xv = _mm512_loadu_ps(xn + (size_t)j * C + i);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(wv[r], xv, acc[r][j]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NI; j++)
-            out[(size_t)(n + j) * OC + o + r] =
-                _mm512_reduce_add_ps(acc[r][j]) + tail_dot(w + (size_t)r * C, xn + (size_t)j * C, i, C);
+    MK_BODY(__m512, 16, _mm512_setzero_ps, WIDEN_AVX512, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps)
 }
 
 /* rows [o0, o1) x all N inputs with a micro-kernel of every (R, NI) in 1..4 x 1..4, the

@@ -229,6 +229,17 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
     zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
 }
 
+/* KV head g's [dn + dv, r] block of kv_b_proj as f32: in place for f32 storage; bf16 storage is
+ * converted into buf (kept while the same head is asked for again: *held). */
+static const float *kvb_block(const zb_mla_lin *lin, int g, int floats, float *buf, int *held) {
+    if (lin->kv_b_proj.f32) return lin->kv_b_proj.f32 + (size_t)g * floats;
+    if (*held != g) {
+        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)g * floats, buf, (size_t)floats);
+        *held = g;
+    }
+    return buf;
+}
+
 /* nc <= ZB_MLA_STEP_CHUNK rows: row i is a token at position ts[i] of the sequence whose
  * latent cache is cbs[i] (rows of one sequence in order, or one decode token of each of nc
  * sequences). The projections run once for all rows (every weight read once), the attention
@@ -264,19 +275,9 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r]) */
     /* the absorbed products use kv_b_proj per head as a small matrix (W_UK_h is
      * applied untransposed): bf16 storage converts one KV head's block at a time */
-    const float *kvb = lin->kv_b_proj.f32;
     int kvb_head_of = -1;
     for (int h = 0; h < H; h++) {
-        const float *wuk;
-        if (kvb) wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
-        else {
-            if (kvb_head_of != h / rep) {
-                kvb_head_of = h / rep;
-                zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
-                                 (size_t)(dn + dv) * r);
-            }
-            wuk = kvb_head;
-        }
+        const float *wuk = kvb_block(lin, h / rep, (dn + dv) * r, kvb_head, &kvb_head_of);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, r, dn, 1.0f,
                     q + (size_t)h * dqk, H * dqk, wuk, r, 0.0f,
                     qlat + (size_t)h * W, H * W);
@@ -290,16 +291,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
                             ts[i] + 1, H, 1, W, r, W, W, scale, sc);
     /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
     for (int h = 0; h < H; h++) {
-        const float *wuv;
-        if (kvb) wuv = kvb + ((size_t)(h / rep) * (dn + dv) + dn) * r;
-        else {
-            if (kvb_head_of != h / rep) {
-                kvb_head_of = h / rep;
-                zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)kvb_head_of * (dn + dv) * r, kvb_head,
-                                 (size_t)(dn + dv) * r);
-            }
-            wuv = kvb_head + (size_t)dn * r;
-        }
+        const float *wuv = kvb_block(lin, h / rep, (dn + dv) * r, kvb_head, &kvb_head_of) + (size_t)dn * r;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, dv, r, 1.0f,
                     chat + (size_t)h * r, H * r, wuv, r, 0.0f,
                     vcat + (size_t)h * dv, H * dv);

@@ -275,6 +275,9 @@ void zb_model_init_random(zb_model *m, uint64_t seed, float std) {
     }
 }
 
+/* value i of a benchmark fill: uniform on [-a, a] from stream sd */
+static inline float synth(uint64_t sd, long long i, float a) { return a * (2.0f * zb_hash_uniform(sd, (uint64_t)i) - 1.0f); }
+
 void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
     zb_rng rng;
     zb_rng_seed(&rng, seed);
@@ -290,11 +293,11 @@ void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
         if (p->bf16) {
             uint16_t *w = m->data16 + p->offset;
 #pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = zb_f32_to_bf16(a * (2.0f * zb_hash_uniform(sd, (uint64_t)j) - 1.0f));
+            for (long long j = 0; j < n; j++) w[j] = zb_f32_to_bf16(synth(sd, j, a));
         } else {
             float *w = m->data + p->offset;
 #pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = a * (2.0f * zb_hash_uniform(sd, (uint64_t)j) - 1.0f);
+            for (long long j = 0; j < n; j++) w[j] = synth(sd, j, a);
         }
     }
 }
@@ -649,7 +652,7 @@ void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
         long long n = (long long)s->cache_floats[l];
         uint64_t sd = seed * 1000003u + (uint64_t)l;
 #pragma omp parallel for schedule(static)
-        for (long long i = 0; i < n; i++) c[i] = 0.1732f * (2.0f * zb_hash_uniform(sd, (uint64_t)i) - 1.0f);
+        for (long long i = 0; i < n; i++) c[i] = synth(sd, i, 0.1732f);
     }
     for (int b = 0; b < s->B; b++) s->pos[b] = pos;
 }

@@ -107,16 +107,27 @@ static double kl_sum(const zb_model *m, float *d, const float *s, const float *t
     return zb_kl_div(d, s, t, mask, N, m->cfg.vocab, tau, scale);
 }
 
-static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
-                     float gs, zb_loss_parts *o) {
-    zb_model *m = tr->student;
+/* A stage's loss from the logits of the student's forward (a->logits) and, for kd / dpo, the
+ * teacher's (tr->ta.logits); when want_grad, a->logits becomes d(loss)/d(logits). */
+typedef void (*stage_loss_fn)(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs,
+                             zb_loss_parts *o);
+
+/* pretrain / sft loss of one micro-batch from the student's logits a->logits: the mean CE over
+ * the valid targets; when want_grad, a->logits becomes d(loss)/d(logits). */
+static void ce_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
+    const zb_model *m = tr->student;
     int N = tr->rows * tr->T, nv = 0;
     for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < full_vocab(m);
-    zb_model_forward(m, &tr->a, ids);
-    double sum = ce_sum(m, want_grad ? tr->a.logits : NULL, tr->a.logits, targets, N, nv ? gs / nv : 0.0f);
+    double sum = ce_sum(m, want_grad ? a->logits : NULL, a->logits, targets, N, nv ? gs / nv : 0.0f);
     o->ce = o->loss = nv ? sum / nv : 0.0;
     o->tokens = nv;
-    if (want_grad) zb_model_backward(m, &tr->a, ids);
+}
+
+static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
+                     float gs, zb_loss_parts *o) {
+    zb_model_forward(tr->student, &tr->a, ids);
+    ce_loss(tr, &tr->a, targets, want_grad, gs, o);
+    if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
 }
 
 /* KD loss of one micro-batch from the student's logits a->logits and the teacher's tr->ta.logits;
@@ -217,10 +228,8 @@ static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
 
 /* kd, dpo: the teacher (reference) forward, the student forward, the loss from both logits,
  * the student backward. */
-typedef void (*pair_loss_fn)(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs,
-                             zb_loss_parts *o);
 static void stage_pair(zb_trainer *tr, const int *ids, const int *targets, int want_grad, float gs,
-                       zb_loss_parts *o, pair_loss_fn loss) {
+                       zb_loss_parts *o, stage_loss_fn loss) {
     zb_model_forward(tr->teacher, &tr->ta, ids);
     zb_model_forward(tr->student, &tr->a, ids);
     loss(tr, &tr->a, targets, want_grad, gs, o);
@@ -283,18 +292,8 @@ static int pp_loss(void *ctx, zb_acts *a, int k) {
     const int *tg = tr->pp_targets + (size_t)k * tr->rows * tr->T;
     zb_loss_parts *o = &tr->pp_parts[k];
     memset(o, 0, sizeof *o);
-    switch (tr->stage) {
-    case ZB_STAGE_KD: kd_loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o); break;
-    case ZB_STAGE_DPO: dpo_loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o); break;
-    default: {   /* pretrain, sft: stage_ce after the forward */
-        const zb_model *m = tr->student;
-        int N = tr->rows * tr->T, nv = 0;
-        for (int i = 0; i < N; i++) nv += tg[i] >= 0 && tg[i] < full_vocab(m);
-        double sum = ce_sum(m, tr->pp_want_grad ? a->logits : NULL, a->logits, tg, N, nv ? tr->pp_gs / nv : 0.0f);
-        o->ce = o->loss = nv ? sum / nv : 0.0;
-        o->tokens = nv;
-    }
-    }
+    stage_loss_fn loss = tr->stage == ZB_STAGE_KD ? kd_loss : tr->stage == ZB_STAGE_DPO ? dpo_loss : ce_loss;
+    loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o);
     return ZB_OK;
 }
 

@@ -588,7 +588,6 @@ static int set_partition(const run_cfg *r, const zb_grid *g, const char *student
         if (tc.n_layers != sc.n_layers) teacher = NULL;   /* KD across depths: each its own cut */
     }
     int L = sc.n_layers, S = g->pp_size, first[ZB_MAX_LAYERS + 1];
-    double cost[ZB_MAX_LAYERS];
     int rc = ZB_OK;
     if (S > L) return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
                               "needs at least one layer)", S, L);
@@ -604,7 +603,7 @@ static int set_partition(const run_cfg *r, const zb_grid *g, const char *student
             }
             double lc[ZB_MAX_LAYERS], head = rc ? 0 : ms.head_fwd + ms.head_bwd + (teacher ? mt.head_fwd : 0);
             for (int l = 0; l < L && !rc; l++) lc[l] = ms.layer_fwd[l] + ms.layer_bwd[l] + (teacher ? mt.layer_fwd[l] : 0);
-            if (!rc) rc = zb_pp_partition_costs(lc, L, 0, head, S, first, cost);
+            if (!rc) rc = zb_pp_partition_costs(lc, L, 0, head, S, first, NULL);
             if (!rc) {
                 fprintf(stderr, "train: pp_balance measured (s per micro-batch of %d x %d, forward + backward%s):",
                         rows, r->seq_len, teacher ? " + teacher forward" : "");
@@ -622,7 +621,7 @@ static int set_partition(const run_cfg *r, const zb_grid *g, const char *student
     } else {
         zb_pp_cost_cfg k = zb_pp_cost_defaults(1, r->seq_len);
         if (teacher) k.teacher = &tc;
-        ZB_TRY(zb_pp_partition(&sc, S, &k, first, cost));
+        ZB_TRY(zb_pp_partition(&sc, S, &k, first, NULL));
     }
     if (g->rank == 0) {
         fprintf(stderr, "train: pipeline stages (%s):", r->pp_measured ? "measured" : "cost model");
@@ -641,7 +640,6 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     zb_grid *g = &S->g;
     int rank = g->rank;
     const int PP = g->pp_size > 1;
-    zb_pp_seq_len = r->seq_len;   /* the partition's cost model at the training length */
     const int with_t = stage == ZB_STAGE_KD || stage == ZB_STAGE_ILD || stage == ZB_STAGE_DPO;
     const char *t_path = stage == ZB_STAGE_DPO ? (r->reference[0] ? r->reference : r->model) : r->teacher;
     if (with_t && !t_path[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));

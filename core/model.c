@@ -703,19 +703,32 @@ static void pp_gen_xfer(const zb_model *m, float *x, size_t n, int send) {
     }
 }
 
+const char *const zb_prof_names[ZB_PROF_N] = {"embed", "attention", "mla", "mamba2", "mlp", "head", "other"};
+
+/* profiling: the time since the last mark goes to part k (nothing when s->profile is off) */
+static inline void prof_mark(zb_gen *s, double *t, int k) {
+    if (!s->profile) return;
+    double now = zb_now();
+    s->prof[k] += now - *t;
+    *t = now;
+}
+
 static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
     const zb_config *c = &m->cfg;
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
+    double t = s->profile ? zb_now() : 0;
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
     else if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
     else if (m->w.embed_lin.bf16)   /* bf16 rows, converted as they are looked up */
         for (int i = 0; i < N; i++)
             zb_bf16_to_f32_n(m->w.embed_lin.bf16 + (size_t)ids[i] * d, s->x + (size_t)i * d, (size_t)d);
     else zb_embedding_forward(s->x, ids, m->w.embed, N, d);
+    prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
+        prof_mark(s, &t, ZB_PROF_OTHER);
         if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], seqs, nb, s->ln, s->mo, n);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
@@ -739,15 +752,20 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
                                        s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
                                        s->cache[l] + (size_t)seqs[i] * per, n, 1, s->scratch);
         }
+        prof_mark(s, &t, c->kinds[l] == ZB_LAYER_ATTN ? ZB_PROF_ATTN : c->kinds[l] == ZB_LAYER_MLA ? ZB_PROF_MLA
+                                                                                                 : ZB_PROF_MAMBA);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
         zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
+        prof_mark(s, &t, ZB_PROF_OTHER);
         zb_linear_forward(s->g, s->ln, w->lin.w_gate, N, d, F);
         zb_linear_forward(s->u, s->ln, w->lin.w_up, N, d, F);
         zb_swiglu_forward(s->g, s->g, s->u, (size_t)N * F);
         zb_linear_forward(s->mo, s->g, w->lin.w_down, N, F, d);
+        prof_mark(s, &t, ZB_PROF_MLP);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
         for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
+        prof_mark(s, &t, ZB_PROF_OTHER);
     }
     if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
         pp_gen_xfer(m, s->x, Nd, 1);
@@ -764,6 +782,7 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
     } else {
         zb_linear_forward(s->logits, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
     }
+    prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }
 

@@ -176,6 +176,10 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
                        float *acts, float *scratch, int B, int T);
 
 /* ---- generation with caches ---------------------------------------------------------- */
+/* Parts of a generation step, timed when zb_gen.profile is set: where decode time goes. */
+enum { ZB_PROF_EMBED, ZB_PROF_ATTN, ZB_PROF_MLA, ZB_PROF_MAMBA, ZB_PROF_MLP, ZB_PROF_HEAD,
+       ZB_PROF_OTHER, ZB_PROF_N };
+extern const char *const zb_prof_names[ZB_PROF_N];
 typedef struct {
     int B, max_T, n_layers;
     int *pos;          /* [B]: tokens cached so far by each sequence (its next position) */
@@ -191,6 +195,8 @@ typedef struct {
                         * TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
     float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] */
     int chunk;         /* max tokens processed per step call */
+    int profile;       /* 1: add each part's wall time of every step to prof[] (zebra bench) */
+    double prof[ZB_PROF_N];
 } zb_gen;
 
 /* B sequences (slots) of up to max_T tokens each; every cache is allocated here. */

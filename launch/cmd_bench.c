@@ -6,6 +6,7 @@
  *   zebra bench --teacher T --hybrid H [--contexts 1024,4096,8192] [--batches 1,4]
  *               [--decode-steps 16] [--prefill-len 256] [--md out.md] [--svg out.svg]
  *               [--weights f32|bf16]   (bf16: matrices held in bf16, model.h zb_wdtype)
+ *               [--breakdown]          (a second table: decode ms per step by part)
  * T and H are checkpoints/HF directories, or configs (.json) initialised with random weights.
  * Decode at context c runs on caches filled with synthetic values (speed does not depend on
  * their contents), so long contexts need no prefill. */
@@ -85,9 +86,9 @@ static int load_any(zb_model *m, const char *path, zb_wdtype wt) {
     return zb_model_load_ex(m, path, wt);
 }
 
-typedef struct { double prefill_tps, decode_tps, decode_gbs; } bench_row;
+typedef struct { double prefill_tps, decode_tps, decode_gbs, prof_ms[ZB_PROF_N]; } bench_row;
 
-static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill_len,
+static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill_len, int breakdown,
                        bench_row *r) {
     zb_gen g;
     int max_T = ctx + steps + 1;
@@ -103,9 +104,11 @@ static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill
     zb_gen_fill_synthetic(&g, ctx, 3);
     int tok[64];
     for (int b = 0; b < B && b < 64; b++) tok[b] = b + 1;
+    g.profile = breakdown;   /* decode steps only */
     t = zb_now();
     for (int s = 0; s < steps && !rc; s++) rc = zb_gen_step(m, &g, tok, 1);
     double dt = zb_now() - t;
+    for (int k = 0; k < ZB_PROF_N; k++) r->prof_ms[k] = 1e3 * g.prof[k] / steps;
     r->decode_tps = (double)B * steps / dt;
     /* bytes streamed per decode step: every weight once + each sequence's cache and state */
     double bytes = (double)zb_model_param_bytes(m) +
@@ -116,7 +119,7 @@ static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill
     return rc;
 }
 
-static void svg_plot(FILE *f, const int *ctx, int nc, double (*tps)[MAXL], const char **names, int nm) {
+static void svg_plot(FILE *f, int batch, const int *ctx, int nc, double (*tps)[MAXL], const char **names, int nm) {
     double ymax = 0;
     for (int k = 0; k < nm; k++)
         for (int i = 0; i < nc; i++) if (tps[k][i] > ymax) ymax = tps[k][i];
@@ -124,7 +127,7 @@ static void svg_plot(FILE *f, const int *ctx, int nc, double (*tps)[MAXL], const
     const char *col[2] = {"#d62728", "#1f77b4"};
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='12'>\n", W, H);
     fprintf(f, "<rect width='100%%' height='100%%' fill='white'/>\n");
-    fprintf(f, "<text x='%d' y='18' font-size='14'>batch-1 decode tokens/s vs context</text>\n", L);
+    fprintf(f, "<text x='%d' y='18' font-size='14'>batch-%d decode tokens/s vs context</text>\n", L, batch);
     fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, H - Bm, W - R, H - Bm);
     fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, T, L, H - Bm);
     for (int i = 0; i < nc; i++) {
@@ -150,7 +153,7 @@ static void svg_plot(FILE *f, const int *ctx, int nc, double (*tps)[MAXL], const
 int zb_cmd_bench(int argc, char **argv) {
     static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
                                        "--decode-steps", "--prefill-len", "--md", "--svg", "--weights", NULL};
-    static const char *const flags[] = {NULL};
+    static const char *const flags[] = {"--breakdown", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *paths[2] = {zb_arg_str(argc, argv, "--teacher", NULL), zb_arg_str(argc, argv, "--hybrid", NULL)};
     const char *names[2] = {"teacher", "hybrid"};
@@ -163,6 +166,7 @@ int zb_cmd_bench(int argc, char **argv) {
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
     int steps = zb_arg_int(argc, argv, "--decode-steps", 16);
     int plen = zb_arg_int(argc, argv, "--prefill-len", 256);
+    int breakdown = zb_arg_flag(argc, argv, "--breakdown");
     for (int i = 0; i < nc; i++) if (ctx[i] < 1) return zb_fail(ZB_EARG, "bench: contexts must be >= 1");
     for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 64) return zb_fail(ZB_EARG, "bench: batches in [1, 64]");
     if (steps < 1 || plen < 1) return zb_fail(ZB_EARG, "bench: --decode-steps and --prefill-len must be >= 1");
@@ -179,7 +183,8 @@ int zb_cmd_bench(int argc, char **argv) {
                 "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|\n");
-    double tps1[2][MAXL] = {{0}};
+    double tps[2][MAXL][MAXL] = {{{0}}};   /* [model][batch][context] decode tok/s */
+    static bench_row rows[2][MAXL][MAXL];
     int rc = ZB_OK, have[2] = {0, 0};
     for (int k = 0; k < 2 && !rc; k++) {
         if (!paths[k]) continue;
@@ -191,34 +196,54 @@ int zb_cmd_bench(int argc, char **argv) {
         zb_cache_sizes(&m.cfg, &kvtok, NULL);
         for (int bi = 0; bi < nb && !rc; bi++)
             for (int ci = 0; ci < nc && !rc; ci++) {
-                bench_row r = {0, 0, 0};
-                rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, &r);
+                bench_row *r = &rows[k][bi][ci];
+                rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, breakdown, r);
                 if (rc) break;
-                double pf = 2.0 * zb_model_num_params(&m) * r.prefill_tps / 1e9;   /* ~2 flops per weight per token */
+                double pf = 2.0 * zb_model_num_params(&m) * r->prefill_tps / 1e9;   /* ~2 flops per weight per token */
                 fprintf(md, "| %s | %.3gM | %zu | %d | %d | %.1f | %.0f%% | %.2f | %.2f | %.0f%% |\n",
                         names[k], zb_model_num_params(&m) / 1e6, kvtok * sizeof(float), bat[bi], ctx[ci],
-                        r.prefill_tps, 100 * pf / gf, r.decode_tps, r.decode_gbs, 100 * r.decode_gbs / bw);
+                        r->prefill_tps, 100 * pf / gf, r->decode_tps, r->decode_gbs, 100 * r->decode_gbs / bw);
                 fflush(md);
-                if (bat[bi] == 1 || bi == 0) tps1[k][ci] = r.decode_tps;
+                tps[k][bi][ci] = r->decode_tps;
             }
         zb_model_free(&m);
     }
-    if (!rc && have[0] && have[1]) {
-        fprintf(md, "\nhybrid / teacher decode speed-up (batch %d):", bat[0]);
-        for (int i = 0; i < nc; i++) fprintf(md, " %d: %.2fx", ctx[i], tps1[0][i] > 0 ? tps1[1][i] / tps1[0][i] : 0);
+    if (!rc && have[0] && have[1])
+        for (int bi = 0; bi < nb; bi++) {
+            fprintf(md, "\nhybrid / teacher decode speed-up (batch %d):", bat[bi]);
+            for (int i = 0; i < nc; i++)
+                fprintf(md, " %d: %.2fx", ctx[i], tps[0][bi][i] > 0 ? tps[1][bi][i] / tps[0][bi][i] : 0);
+            fprintf(md, "\n");
+        }
+    if (!rc && breakdown) {   /* where a decode step's time goes */
+        fprintf(md, "\ndecode ms per step by part:\n\n| model | batch | context |");
+        for (int p = 0; p < ZB_PROF_N; p++) fprintf(md, " %s |", zb_prof_names[p]);
+        fprintf(md, " total |\n|---|---|---|");
+        for (int p = 0; p <= ZB_PROF_N; p++) fprintf(md, "---|");
         fprintf(md, "\n");
+        for (int k = 0; k < 2; k++)
+            for (int bi = 0; have[k] && bi < nb; bi++)
+                for (int ci = 0; ci < nc; ci++) {
+                    double tot = 0;
+                    fprintf(md, "| %s | %d | %d |", names[k], bat[bi], ctx[ci]);
+                    for (int p = 0; p < ZB_PROF_N; p++) {
+                        fprintf(md, " %.2f |", rows[k][bi][ci].prof_ms[p]);
+                        tot += rows[k][bi][ci].prof_ms[p];
+                    }
+                    fprintf(md, " %.2f |\n", tot);
+                }
     }
     if (mdf) fclose(mdf);
     const char *svg = zb_arg_str(argc, argv, "--svg", NULL);
     if (!rc && svg) {
         FILE *f = fopen(svg, "w");
         if (!f) return zb_fail(ZB_EIO, "%s: cannot write", svg);
-        double sel[2][MAXL];
+        double sel[2][MAXL];   /* the first batch size's curve of each model */
         const char *nm[2];
         int n = 0;
         for (int k = 0; k < 2; k++)
-            if (have[k]) { memcpy(sel[n], tps1[k], sizeof sel[n]); nm[n++] = names[k]; }
-        svg_plot(f, ctx, nc, sel, nm, n);
+            if (have[k]) { memcpy(sel[n], tps[k][0], sizeof sel[n]); nm[n++] = names[k]; }
+        svg_plot(f, bat[0], ctx, nc, sel, nm, n);
         fclose(f);
     }
     return rc;

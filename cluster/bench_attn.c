@@ -1,8 +1,9 @@
 /* bench_attn — time the decode attention (core/ops.c zb_attention_decode) alone over a cache of
  * one sequence at 8k context, in the shapes of the 1B teacher (16 layers, 32 heads, 8 KV heads
- * of 64) and of Zebra-1B's MLA layers (4 layers, 32 heads over one 160-float latent row, values
- * the first 128), split-K (OpenMP; SIMD and portable inner loops) and BLAS kernels; GB/s = cache bytes read / time, beside a
- * plain OpenMP sum over the same bytes. Usage: bench_attn [context] */
+ * of 64; the cache in interleaved rows or head-major as zebra generate keeps it) and of
+ * Zebra-1B's MLA layers (4 layers, 32 heads over one 160-float latent row, values the first
+ * 128), split-K (OpenMP; SIMD and portable inner loops) and BLAS kernels; GB/s = cache bytes
+ * read / time, beside a plain OpenMP sum over the same bytes. Usage: bench_attn [context] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,8 @@ static double sum_read(float *const *bufs, int n, size_t floats) {
     return best;
 }
 
-static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int dv, int stride, int shared_kv) {
+static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int dv, int stride, int shared_kv,
+                  int major) {
     size_t floats = (size_t)Tc * stride;
     float *K[16], *V[16], *all[32];
     int nb = 0;
@@ -44,8 +46,8 @@ static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int 
     for (int i = 0; i < H * dqk; i++) q[i] = 0.01f * (i % 17);
     float *scratch = malloc(sizeof(float) * zb_attention_decode_scratch(H, dv, Tc) + sizeof(float) * (size_t)H * Tc);
     double bytes = (double)nb * floats * sizeof(float);
-    printf("%s: %d layers, context %d, H %d, Hkv %d, dqk %d, dv %d, row stride %d floats: %.1f MB per step\n",
-           name, L, Tc, H, Hkv, dqk, dv, stride, bytes / 1e6);
+    printf("%s: %d layers, context %d, H %d, Hkv %d, dqk %d, dv %d, %s: %.1f MB per step\n",
+           name, L, Tc, H, Hkv, dqk, dv, major ? "head-major [Hkv, T, d]" : "interleaved rows", bytes / 1e6);
     for (int v = 0; v < 3; v++) {   /* split-K SIMD, split-K portable loops, BLAS */
         int omp = v < 2;
         zb_attention_decode_use_omp(omp);
@@ -54,8 +56,9 @@ static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int 
         for (int r = 0; r < 4; r++) {
             double t = zb_now();
             for (int l = 0; l < L; l++)
-                zb_attention_decode(out, q, K[l], V[l], Tc, H, Hkv, dqk, dv, stride, stride,
-                                    1.0f / sqrtf((float)dqk), scratch);
+                zb_attention_decode(out, q, K[l], V[l], Tc, H, Hkv, dqk, dv, major ? dqk : stride,
+                                    major ? dv : stride, major ? (size_t)Tc * dqk : (size_t)dqk,
+                                    major ? (size_t)Tc * dv : (size_t)dv, 1.0f / sqrtf((float)dqk), scratch);
             t = zb_now() - t;
             if (r && t < best) best = t;
         }
@@ -70,9 +73,11 @@ static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int 
 
 int main(int argc, char **argv) {
     int Tc = argc > 1 ? atoi(argv[1]) : 8192;
-    /* teacher: K and V caches [Tc, 8 * 64] per layer, a KV group's row is 64 of the 512 floats */
-    shape("teacher (Llama-3.2-1B)", 16, Tc, 32, 8, 64, 64, 512, 0);
+    /* teacher: K and V caches per layer, [Tc, 8 * 64] rows (a KV group's row is 64 of the 512
+     * floats) or head-major [8, Tc, 64] (zebra generate's layout) */
+    shape("teacher (Llama-3.2-1B)", 16, Tc, 32, 8, 64, 64, 512, 0, 0);
+    shape("teacher (Llama-3.2-1B)", 16, Tc, 32, 8, 64, 64, 512, 0, 1);
     /* MLA: latent rows [Tc, 128 + 32]; scores over all 160, values the first 128 */
-    shape("MLA (Zebra-1B)", 4, Tc, 32, 1, 160, 128, 160, 1);
+    shape("MLA (Zebra-1B)", 4, Tc, 32, 1, 160, 128, 160, 1, 0);
     return 0;
 }

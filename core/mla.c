@@ -288,7 +288,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
     for (int i = 0; i < nc; i++)
         zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cbs[i], cbs[i],
-                            ts[i] + 1, H, 1, W, r, W, W, scale, sc);
+                            ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc);
     /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
     for (int h = 0; h < H; h++) {
         const float *wuv = kvb_block(lin, h / rep, (dn + dv) * r, kvb_head, &kvb_head_of) + (size_t)dn * r;

@@ -675,15 +675,20 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
         float *Kb = K + (size_t)b * s->max_T * kd, *Vb = Vc + (size_t)b * s->max_T * kd;
         zb_rope_apply_seq(&m->rope, q + (size_t)i * n * qd, 1, n, qd, c->n_heads, hd, 0, p0, 0, 0);
         zb_rope_apply_seq(&m->rope, k + (size_t)i * n * kd, 1, n, kd, c->n_kv_heads, hd, 0, p0, 0, 0);
+        /* head-major cache [Hkv, max_T, hd] per sequence: a KV head's rows are contiguous, so
+         * its decode reads one stream the prefetchers follow (not hd of every kd floats) */
+        size_t gs = (size_t)s->max_T * hd;
         for (int t = 0; t < n; t++) {
             size_t r = (size_t)i * n + t;
-            memcpy(Kb + (size_t)(p0 + t) * kd, k + r * kd, sizeof(float) * kd);
-            memcpy(Vb + (size_t)(p0 + t) * kd, v + r * kd, sizeof(float) * kd);
+            for (int g = 0; g < c->n_kv_heads; g++) {
+                memcpy(Kb + g * gs + (size_t)(p0 + t) * hd, k + r * kd + (size_t)g * hd, sizeof(float) * hd);
+                memcpy(Vb + g * gs + (size_t)(p0 + t) * hd, v + r * kd + (size_t)g * hd, sizeof(float) * hd);
+            }
         }
         for (int t = 0; t < n; t++) {
             size_t r = (size_t)i * n + t;
             zb_attention_decode(att + r * qd, q + r * qd, Kb, Vb, p0 + t + 1, c->n_heads,
-                                c->n_kv_heads, hd, hd, kd, kd, 1.0f / sqrtf((float)hd), probs);
+                                c->n_kv_heads, hd, hd, hd, hd, gs, gs, 1.0f / sqrtf((float)hd), probs);
         }
     }
     zb_linear_forward(out, att, w->lin.wo, N, qd, d);

@@ -278,103 +278,99 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
-/* One split-K task, AVX2 + FMA, for dqk a multiple of 8. Scores in blocks of 8 positions: a
- * query chunk of 8 floats is loaded once and multiplied into 8 accumulators (one per position),
- * the 8 sums come out of one transposing reduction (no horizontal sum per score); the softmax
- * with a vector exp; values: one head's sum over a 64-column block kept in 8 registers while
- * the chunk's rows stream through (each row read once per head from L1/L2, the cache row once
- * from memory per group). */
+/* One split-K task, AVX2 + FMA, for dqk a multiple of 8, in blocks of HB <= 4 heads of the
+ * group (an inlined body per HB, so the accumulators stay in registers):
+ * - scores: HB heads x 2 positions per pass over dqk: 2 key loads and HB query loads feed
+ *   2 HB FMAs (the key rows are read once per head block, from L1/L2 after the first);
+ *   the 8 sums leave through one transposing reduction;
+ * - the chunk's softmax per head with a vector exp;
+ * - values: HB heads x 16 columns in registers while the chunk's rows stream through: 2 value
+ *   loads and HB broadcasts feed 2 HB FMAs.
+ * A group of 32 heads over one 160-float row (MLA's latent) is then a small register-blocked
+ * GEMM rather than 32 dot-product sweeps. */
+#define TASK_ATTR __attribute__((target("avx2,fma"), always_inline)) static inline
+TASK_ATTR void heads_avx2(const float *qh, const float *kc, const float *vc, int u0, int len, int dqk, int dv,
+                          int k_stride, int v_stride, float scale, float *sh, float *part, const int HB) {
+    const __m256 sc = _mm256_set1_ps(scale), z = _mm256_setzero_ps();
+    const size_t ks = (size_t)k_stride;
+    float t[8];
+    for (int u = 0; u < len; u += 2) {   /* scores, 2 positions (the last alone when len is odd) */
+        int two = u + 1 < len;
+        const float *k0 = kc + (size_t)(u0 + u) * ks, *k1 = two ? k0 + ks : k0;
+        __m256 a[4][2];
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;
+        for (int j = 0; j < dqk; j += 8) {
+            __m256 kv0 = _mm256_loadu_ps(k0 + j), kv1 = _mm256_loadu_ps(k1 + j);
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
+                __m256 qv = _mm256_loadu_ps(qh + (size_t)h * dqk + j);
+                a[h][0] = _mm256_fmadd_ps(qv, kv0, a[h][0]);
+                a[h][1] = _mm256_fmadd_ps(qv, kv1, a[h][1]);
+            }
+        }
+        _mm256_storeu_ps(t, _mm256_mul_ps(hsum8_avx2(a[0][0], a[1][0], a[2][0], a[3][0],
+                                                     a[0][1], a[1][1], a[2][1], a[3][1]), sc));
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
+            sh[(size_t)h * ZB_DEC_CHUNK + u] = t[h];
+            if (two) sh[(size_t)h * ZB_DEC_CHUNK + u + 1] = t[4 + h];
+        }
+    }
+    int u8 = len & ~7;
+    for (int h = 0; h < HB; h++) {   /* softmax of the chunk: max, e^(s - max) in place, sum */
+        float *s = sh + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
+        for (int u = 0; u < len; u++) if (s[u] > mx) mx = s[u];
+        __m256 m8 = _mm256_set1_ps(mx), l8 = z;
+        for (int u = 0; u < u8; u += 8) {
+            __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + u), m8));
+            _mm256_storeu_ps(s + u, e);
+            l8 = _mm256_add_ps(l8, e);
+        }
+        _mm256_storeu_ps(t, l8);
+        double l = 0;
+        for (int i = 0; i < 8; i++) l += t[i];
+        for (int u = u8; u < len; u++) { s[u] = expf(s[u] - mx); l += s[u]; }
+        float *o = part + (size_t)h * (dv + 2);
+        o[dv] = mx;
+        o[dv + 1] = (float)l;
+    }
+    int j0 = 0;
+    for (; j0 + 16 <= dv; j0 += 16) {   /* values: HB heads x 16 columns */
+        __m256 a[4][2];
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;
+        for (int u = 0; u < len; u++) {
+            const float *v = vc + (size_t)(u0 + u) * v_stride + j0;
+            __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
+                __m256 p = _mm256_broadcast_ss(sh + (size_t)h * ZB_DEC_CHUNK + u);
+                a[h][0] = _mm256_fmadd_ps(p, v0, a[h][0]);
+                a[h][1] = _mm256_fmadd_ps(p, v1, a[h][1]);
+            }
+        }
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
+            _mm256_storeu_ps(part + (size_t)h * (dv + 2) + j0, a[h][0]);
+            _mm256_storeu_ps(part + (size_t)h * (dv + 2) + j0 + 8, a[h][1]);
+        }
+    }
+    for (; j0 < dv; j0++)   /* the columns past the last 16 */
+        for (int h = 0; h < HB; h++) {
+            const float *s = sh + (size_t)h * ZB_DEC_CHUNK;
+            float a = 0;
+            for (int u = 0; u < len; u++) a += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];
+            part[(size_t)h * (dv + 2) + j0] = a;
+        }
+}
+
 __attribute__((target("avx2,fma"))) static void task_avx2(const float *qg, const float *kc, const float *vc,
                                                            int u0, int len, int rep, int dqk, int dv,
                                                            int k_stride, int v_stride, float scale, float *s,
                                                            float *part) {
-    const __m256 sc = _mm256_set1_ps(scale);
-    int u8 = len & ~7;
-    for (int h = 0; h < rep; h++) {
+    for (int h = 0; h < rep; h += 4) {
         const float *qh = qg + (size_t)h * dqk;
-        float *sh = s + (size_t)h * ZB_DEC_CHUNK;
-        for (int u = 0; u < u8; u += 8) {
-            /* 8 named accumulators (an array of them is kept in memory by gcc, which chains every
-             * FMA through a store and a load) */
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            const float *k = kc + (size_t)(u0 + u) * k_stride;
-            const size_t ks = (size_t)k_stride;
-            if (h == 0 && u + 16 < len)   /* the group's slice of rows two blocks on: the rows are
-                                           * k_stride apart, which the hardware prefetchers miss */
-                for (int i = 0; i < 8; i++)
-                    for (int j = 0; j < dqk; j += 16) _mm_prefetch((const char *)(k + (16 + i) * ks + j), _MM_HINT_T0);
-            for (int j = 0; j < dqk; j += 8) {
-                __m256 qv = _mm256_loadu_ps(qh + j);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + ks + j), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * ks + j), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * ks + j), a3);
-                a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 4 * ks + j), a4);
-                a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 5 * ks + j), a5);
-                a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 6 * ks + j), a6);
-                a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 7 * ks + j), a7);
-            }
-            _mm256_storeu_ps(sh + u, _mm256_mul_ps(hsum8_avx2(a0, a1, a2, a3, a4, a5, a6, a7), sc));
-        }
-        for (int u = u8; u < len; u++) {   /* the chunk's last positions */
-            const float *k = kc + (size_t)(u0 + u) * k_stride;
-            __m256 a = _mm256_setzero_ps();
-            for (int j = 0; j < dqk; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + j), _mm256_loadu_ps(k + j), a);
-            __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-            x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
-            sh[u] = _mm_cvtss_f32(x) * scale;
-        }
-        /* softmax of the chunk: max, e^(s - max) in place, their sum (in double across blocks) */
-        float mx = -INFINITY;
-        for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
-        __m256 m8 = _mm256_set1_ps(mx), l8 = _mm256_setzero_ps();
-        for (int u = 0; u < u8; u += 8) {
-            __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sh + u), m8));
-            _mm256_storeu_ps(sh + u, e);
-            l8 = _mm256_add_ps(l8, e);
-        }
-        float l8s[8];
-        _mm256_storeu_ps(l8s, l8);
-        double l = 0;
-        for (int i = 0; i < 8; i++) l += l8s[i];
-        for (int u = u8; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
-        float *o = part + (size_t)h * (dv + 2);
-        o[dv] = mx;
-        o[dv + 1] = (float)l;
-        /* values: columns in blocks of 64 (8 registers), the rest 8 or 1 at a time */
-        int j0 = 0;
-        for (; j0 + 64 <= dv; j0 += 64) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            for (int u = 0; u < len; u++) {
-                const float *v = vc + (size_t)(u0 + u) * v_stride + j0;
-                if (h == 0 && u + 16 < len)
-                    for (int j = 0; j < 64; j += 16) _mm_prefetch((const char *)(v + (size_t)16 * v_stride + j), _MM_HINT_T0);
-                __m256 p = _mm256_broadcast_ss(sh + u);
-                a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), a0);
-                a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), a1);
-                a2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), a2);
-                a3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), a3);
-                a4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), a4);
-                a5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), a5);
-                a6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), a6);
-                a7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), a7);
-            }
-            _mm256_storeu_ps(o + j0, a0); _mm256_storeu_ps(o + j0 + 8, a1);
-            _mm256_storeu_ps(o + j0 + 16, a2); _mm256_storeu_ps(o + j0 + 24, a3);
-            _mm256_storeu_ps(o + j0 + 32, a4); _mm256_storeu_ps(o + j0 + 40, a5);
-            _mm256_storeu_ps(o + j0 + 48, a6); _mm256_storeu_ps(o + j0 + 56, a7);
-        }
-        for (; j0 + 8 <= dv; j0 += 8) {
-            __m256 a = _mm256_setzero_ps();
-            for (int u = 0; u < len; u++)
-                a = _mm256_fmadd_ps(_mm256_broadcast_ss(sh + u), _mm256_loadu_ps(vc + (size_t)(u0 + u) * v_stride + j0), a);
-            _mm256_storeu_ps(o + j0, a);
-        }
-        for (; j0 < dv; j0++) {
-            float a = 0;
-            for (int u = 0; u < len; u++) a += sh[u] * vc[(size_t)(u0 + u) * v_stride + j0];
-            o[j0] = a;
+        float *sh = s + (size_t)h * ZB_DEC_CHUNK, *ph = part + (size_t)h * (dv + 2);
+        switch (rep - h < 4 ? rep - h : 4) {
+        case 1: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 1); break;
+        case 2: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 2); break;
+        case 3: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 3); break;
+        default: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 4); break;
         }
     }
 }
@@ -384,7 +380,7 @@ void zb_attention_decode_simd(int on) { zb_decode_simd = on; }
 
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                           float scale, float *scratch) {
+                           size_t k_group, size_t v_group, float scale, float *scratch) {
     int simd = zb_decode_simd && dqk % 8 == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][CHUNK] */
@@ -395,7 +391,7 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
         int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
         int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
         float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
-        const float *qg = q + (size_t)g * rep * dqk, *kg = kc + (size_t)g * dqk, *vg = vc + (size_t)g * dv;
+        const float *qg = q + (size_t)g * rep * dqk, *kg = kc + g * k_group, *vg = vc + g * v_group;
         if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
         else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
     }
@@ -431,12 +427,13 @@ void zb_attention_decode_use_omp(int on) { zb_decode_omp = on; }
 int zb_decode_omp_on(void) { return zb_decode_omp; }
 
 static void decode_blas(float *out, const float *q, const float *kc, const float *vc, int Tc, int H, int Hkv,
-                        int dqk, int dv, int k_stride, int v_stride, float scale, float *scratch) {
+                        int dqk, int dv, int k_stride, int v_stride, size_t k_group, size_t v_group,
+                        float scale, float *scratch) {
     /* one GEMM per KV group for all of its query heads: the cache is streamed once per token */
     int rep = H / Hkv;
     for (int g = 0; g < Hkv; g++) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rep, Tc, dqk, scale,
-                    q + (size_t)g * rep * dqk, dqk, kc + (size_t)g * dqk, k_stride, 0.0f, scratch, Tc);
+                    q + (size_t)g * rep * dqk, dqk, kc + g * k_group, k_stride, 0.0f, scratch, Tc);
         for (int h = 0; h < rep; h++) {
             float *row = scratch + (size_t)h * Tc, mx = -INFINITY;
             for (int u = 0; u < Tc; u++) if (row[u] > mx) mx = row[u];
@@ -446,15 +443,16 @@ static void decode_blas(float *out, const float *q, const float *kc, const float
             for (int u = 0; u < Tc; u++) row[u] *= inv;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rep, dv, Tc, 1.0f, scratch, Tc,
-                    vc + (size_t)g * dv, v_stride, 0.0f, out + (size_t)g * rep * dv, dv);
+                    vc + g * v_group, v_stride, 0.0f, out + (size_t)g * rep * dv, dv);
     }
 }
 
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                         float scale, float *scratch) {
-    if (zb_decode_omp) decode_split_k(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, scale, scratch);
-    else decode_blas(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, scale, scratch);
+                         size_t k_group, size_t v_group, float scale, float *scratch) {
+    if (zb_decode_omp)
+        decode_split_k(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, k_group, v_group, scale, scratch);
+    else decode_blas(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, k_group, v_group, scale, scratch);
 }
 
 /* ---- SwiGLU ----------------------------------------------------------------------------- */

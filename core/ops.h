@@ -57,8 +57,11 @@ void zb_attention_forward(float *out, float *probs, const float *q, const float 
 void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                            const float *probs, const float *q, const float *k, const float *v,
                            const zb_attn_shape *s);
-/* One query token against a cache of Tc tokens: q [H*dqk], kc rows [Tc, k_stride],
- * vc rows [Tc, v_stride]; out [H*dv]; scratch >= zb_attention_decode_scratch(H, dv, Tc)
+/* One query token against a cache of Tc tokens: q [H*dqk]; KV group g's key of position u at
+ * kc + g*k_group + u*k_stride (dqk floats), its value at vc + g*v_group + u*v_stride (dv
+ * floats): interleaved rows [Tc, Hkv*dqk] are k_group = dqk, k_stride = Hkv*dqk; a head-major
+ * cache [Hkv, T, dqk] is k_group = T*dqk, k_stride = dqk (each group's rows contiguous, which
+ * the hardware prefetchers follow); out [H*dv]; scratch >= zb_attention_decode_scratch(H, dv, Tc)
  * floats (about H*Tc). */
 size_t zb_attention_decode_scratch(int H, int dv, int Tc);
 /* 1: split-K over cache chunks threaded by OpenMP (use with bf16 weights); 0 (default): a GEMM
@@ -73,7 +76,7 @@ int zb_decode_omp_on(void);
 void zb_attention_decode_simd(int on);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                         float scale, float *scratch);
+                         size_t k_group, size_t v_group, float scale, float *scratch);
 
 /* ---- SwiGLU MLP pieces ------------------------------------------------------------------- */
 /* h = silu(g) * u, elementwise over n. */

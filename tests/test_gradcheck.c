@@ -196,29 +196,41 @@ static void test_attention(void) {
     for (int b = 0; b < s.B; b++) {
         const float *ql = q + ((size_t)b * s.T + s.T - 1) * s.q_stride;
         zb_attention_decode(od, ql, k + (size_t)b * s.T * s.k_stride, v + (size_t)b * s.T * s.v_stride, s.T,
-                            s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.scale, scr);
+                            s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.dqk, s.dv, s.scale, scr);
         zb_check_max_rel("attention decode == forward last row", od,
                          out + ((size_t)b * s.T + s.T - 1) * s.H * s.dv, (size_t)s.H * s.dv, 1e-6);
     }
     free(scr);
     /* a long cache (several split-K chunks, the last ragged, threaded): decode == a direct
      * softmax-weighted sum in double precision */
-    /* head sizes (dqk/dv) 16/12, 72/40, 64/136, 20/24: the AVX2 task's 8-position score blocks with
-     * a 3-position tail (1003 = 3 x 256 + 235), its 64-column value blocks, 8-column and scalar
-     * tails; dqk 20 is not a multiple of 8: the portable task even with SIMD on */
-    static const int dqs[4] = {16, 72, 64, 20}, dvs[4] = {12, 40, 136, 24};
-    for (int shp = 0; shp < 4; shp++) {
-        int Tc = 1003, H = 8, Hkv = 2, dq = dqs[shp], dvv = dvs[shp], ks = Hkv * dq, vs = Hkv * dvv;
-        float *qq = randv((size_t)H * dq, 1), *kk = randv((size_t)Tc * ks, 1), *vv = randv((size_t)Tc * vs, 1);
+    /* head sizes (dqk/dv) 16/12, 72/40, 64/136, 20/24: the AVX2 task's 2-position score steps with
+     * an odd tail (1003 = 3 x 256 + 235), its 16-column value blocks and scalar column tails; dqk
+     * 20 is not a multiple of 8: the portable task even with SIMD on. Groups of 4, 3 and 1 query
+     * heads per KV head (the task's head blocks of 4 and its 3- and 1-head bodies), the cache in
+     * interleaved rows [Tc, Hkv*d] or head-major [Hkv, Tc, d]; last, MLA's shape: 32 heads over
+     * one 160-float latent row whose first 128 floats are the values (K and V the same rows). */
+    static const int dqs[5] = {16, 72, 64, 20, 160}, dvs[5] = {12, 40, 136, 24, 128};
+    static const int Hs[4] = {8, 6, 5, 32}, Hkvs[4] = {2, 2, 5, 1};
+    for (int shp = 0; shp < 5; shp++)
+        for (int hc = 0; hc < 3; hc++) {
+        int mla = shp == 4, Tc = 1003, dq = dqs[shp], dvv = dvs[shp];
+        int H = mla ? Hs[3] : Hs[hc], Hkv = mla ? Hkvs[3] : Hkvs[hc], major = (shp + hc) % 2;
+        if (mla && hc) break;
+        /* interleaved: group g at +g*d, rows Hkv*d apart; head-major: group g at +g*Tc*d, rows d apart */
+        int ks = major ? dq : Hkv * dq, vs = major ? dvv : Hkv * dvv;
+        size_t kg = major ? (size_t)Tc * dq : (size_t)dq, vg = major ? (size_t)Tc * dvv : (size_t)dvv;
+        if (mla) { ks = vs = dq; kg = vg = 0; }
+        float *qq = randv((size_t)H * dq, 1), *kk = randv((size_t)Tc * Hkv * dq, 1);
+        float *vv = mla ? kk : randv((size_t)Tc * Hkv * dvv, 1);
         float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
         float *o2 = zerov((size_t)H * dvv);
-        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* BLAS path */
+        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* BLAS path */
         zb_attention_decode_use_omp(1);
-        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);   /* split-K */
+        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* split-K */
         float *o3 = zerov((size_t)H * dvv);
         zb_attention_decode_simd(0);   /* split-K with the portable inner loops */
-        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, 0.25f, sc);
+        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
         zb_attention_decode_simd(1);
         zb_attention_decode_use_omp(0);
         double *w = malloc(sizeof(double) * Tc);
@@ -227,27 +239,29 @@ static void test_attention(void) {
             double mx = -1e300, l = 0;
             for (int u = 0; u < Tc; u++) {
                 double a = 0;
-                for (int j = 0; j < dq; j++) a += (double)qq[h * dq + j] * kk[(size_t)u * ks + g * dq + j];
+                for (int j = 0; j < dq; j++) a += (double)qq[h * dq + j] * kk[g * kg + (size_t)u * ks + j];
                 w[u] = 0.25 * a;
                 if (w[u] > mx) mx = w[u];
             }
             for (int u = 0; u < Tc; u++) { w[u] = exp(w[u] - mx); l += w[u]; }
             for (int j = 0; j < dvv; j++) {
                 double a = 0;
-                for (int u = 0; u < Tc; u++) a += w[u] * vv[(size_t)u * vs + g * dvv + j];
+                for (int u = 0; u < Tc; u++) a += w[u] * vv[g * vg + (size_t)u * vs + j];
                 ref[h * dvv + j] = (float)(a / l);
             }
         }
-        char nm[160];
-        snprintf(nm, sizeof nm, "attention decode split-K (SIMD), 1003-token cache, dqk %d dv %d == direct (double)", dq, dvv);
+        char nm[200];
+        const char *lay = mla ? "MLA latent" : major ? "head-major" : "interleaved";
+        snprintf(nm, sizeof nm, "attention decode split-K (SIMD), 1003-token cache, H %d Hkv %d dqk %d dv %d %s == direct (double)",
+                 H, Hkv, dq, dvv, lay);
         zb_check_max_rel(nm, o, ref, (size_t)H * dvv, 1e-5);
-        snprintf(nm, sizeof nm, "attention decode split-K (portable), dqk %d dv %d == direct (double)", dq, dvv);
+        snprintf(nm, sizeof nm, "attention decode split-K (portable), H %d Hkv %d dqk %d dv %d %s == direct (double)", H, Hkv, dq, dvv, lay);
         zb_check_max_rel(nm, o3, ref, (size_t)H * dvv, 1e-5);
         free(o3);
-        snprintf(nm, sizeof nm, "attention decode BLAS, dqk %d dv %d == direct (double)", dq, dvv);
+        snprintf(nm, sizeof nm, "attention decode BLAS, H %d Hkv %d dqk %d dv %d %s == direct (double)", H, Hkv, dq, dvv, lay);
         zb_check_max_rel(nm, o2, ref, (size_t)H * dvv, 1e-5);
-        free(w); free(o2); free(qq); free(kk); free(vv); free(o); free(ref); free(sc);
-    }
+        free(w); free(o2); free(qq); free(kk); if (!mla) free(vv); free(o); free(ref); free(sc);
+        }
     free(q); free(k); free(v); free(R); free(out); free(P); free(dq); free(dk); free(dv);
 }
 

@@ -278,141 +278,177 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
-/* One split-K task, AVX2 + FMA, for dqk a multiple of 8, in blocks of HB <= 4 heads of the
- * group (an inlined body per HB, so the accumulators stay in registers):
+/* One split-K task with SIMD, in blocks of HB <= 4 heads of the group (an inlined body per HB,
+ * so the accumulators stay in registers); WIDTH floats per vector (AVX2 8, AVX-512 16), dqk a
+ * multiple of WIDTH:
  * - scores: HB heads x 2 positions per pass over dqk: 2 key loads and HB query loads feed
- *   2 HB FMAs (the key rows are read once per head block, from L1/L2 after the first);
- *   the 8 sums leave through one transposing reduction;
- * - the chunk's softmax per head with a vector exp;
- * - values: HB heads x 16 columns in registers while the chunk's rows stream through: 2 value
- *   loads and HB broadcasts feed 2 HB FMAs.
+ *   2 HB FMAs (the key rows are read once per head block, from L1/L2 after the first); the
+ *   8 sums leave through one transposing reduction. The first head block also prefetches the
+ *   value rows of the positions it scores, so that their fetch overlaps the score arithmetic;
+ * - the chunk's softmax per head (AVX2 vector exp);
+ * - values: HB heads x 2 WIDTH columns in registers while the chunk's rows stream through:
+ *   2 value loads and HB broadcasts feed 2 HB FMAs.
  * A group of 32 heads over one 160-float row (MLA's latent) is then a small register-blocked
- * GEMM rather than 32 dot-product sweeps. */
-#define TASK_ATTR __attribute__((target("avx2,fma"), always_inline)) static inline
-TASK_ATTR void heads_avx2(const float *qh, const float *kc, const float *vc, int u0, int len, int dqk, int dv,
-                          int k_stride, int v_stride, float scale, float *sh, float *part, const int HB) {
-    const __m256 sc = _mm256_set1_ps(scale), z = _mm256_setzero_ps();
-    const size_t ks = (size_t)k_stride;
-    float t[8];
-    for (int u = 0; u < len; u += 2) {   /* scores, 2 positions (the last alone when len is odd) */
-        int two = u + 1 < len;
-        const float *k0 = kc + (size_t)(u0 + u) * ks, *k1 = two ? k0 + ks : k0;
-        __m256 a[4][2];
-        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;
-        for (int j = 0; j < dqk; j += 8) {
-            __m256 kv0 = _mm256_loadu_ps(k0 + j), kv1 = _mm256_loadu_ps(k1 + j);
-            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
-                __m256 qv = _mm256_loadu_ps(qh + (size_t)h * dqk + j);
-                a[h][0] = _mm256_fmadd_ps(qv, kv0, a[h][0]);
-                a[h][1] = _mm256_fmadd_ps(qv, kv1, a[h][1]);
-            }
+ * GEMM rather than 32 dot-product sweeps.
+ * VEC the vector type, ZERO() a zero vector, LOAD(p), FMA(a, b, c) = a * b + c, BCAST(p) *p
+ * in every lane, STORE(p, v), RED8(t, a0..a7): t[i] = scale * (the sum of the lanes of ai). */
+#define HEADS_BODY(VEC, WIDTH, ZERO, LOAD, FMA, BCAST, STORE, RED8)                                    \
+    const VEC z = ZERO();                                                                              \
+    const size_t ks = (size_t)k_stride;                                                                \
+    float t[8];                                                                                        \
+    for (int u = 0; u < len; u += 2) {   /* scores, 2 positions (the last alone when len is odd) */   \
+        int two = u + 1 < len;                                                                         \
+        const float *k0 = kc + (size_t)(u0 + u) * ks, *k1 = two ? k0 + ks : k0;                        \
+        if (first)                                                                                     \
+            for (int j = 0; j < dv; j += 16) {                                                         \
+                _mm_prefetch((const char *)(vc + (size_t)(u0 + u) * v_stride + j), _MM_HINT_T0);      \
+                _mm_prefetch((const char *)(vc + (size_t)(u0 + u + two) * v_stride + j), _MM_HINT_T0); \
+            }                                                                                          \
+        VEC a[4][2];                                                                                   \
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                     \
+        for (int j = 0; j < dqk; j += WIDTH) {                                                         \
+            VEC kv0 = LOAD(k0 + j), kv1 = LOAD(k1 + j);                                                \
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                     \
+                VEC qv = LOAD(qh + (size_t)h * dqk + j);                                               \
+                a[h][0] = FMA(qv, kv0, a[h][0]);                                                       \
+                a[h][1] = FMA(qv, kv1, a[h][1]);                                                       \
+            }                                                                                          \
+        }                                                                                              \
+        RED8(t, a[0][0], a[1][0], a[2][0], a[3][0], a[0][1], a[1][1], a[2][1], a[3][1]);              \
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                         \
+            sh[(size_t)h * ZB_DEC_CHUNK + u] = t[h];                                                   \
+            if (two) sh[(size_t)h * ZB_DEC_CHUNK + u + 1] = t[4 + h];                                  \
+        }                                                                                              \
+    }                                                                                                  \
+    for (int h = 0; h < HB; h++) chunk_softmax(sh + (size_t)h * ZB_DEC_CHUNK, len, part + (size_t)h * (dv + 2) + dv); \
+    int j0 = 0;                                                                                        \
+    for (; j0 + 2 * WIDTH <= dv; j0 += 2 * WIDTH) {   /* values: HB heads x 2 WIDTH columns */        \
+        VEC a[4][2];                                                                                   \
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                     \
+        for (int u = 0; u < len; u++) {                                                                \
+            const float *v = vc + (size_t)(u0 + u) * v_stride + j0;                                    \
+            VEC v0 = LOAD(v), v1 = LOAD(v + WIDTH);                                                    \
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                     \
+                VEC p = BCAST(sh + (size_t)h * ZB_DEC_CHUNK + u);                                      \
+                a[h][0] = FMA(p, v0, a[h][0]);                                                         \
+                a[h][1] = FMA(p, v1, a[h][1]);                                                         \
+            }                                                                                          \
+        }                                                                                              \
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                         \
+            STORE(part + (size_t)h * (dv + 2) + j0, a[h][0]);                                          \
+            STORE(part + (size_t)h * (dv + 2) + j0 + WIDTH, a[h][1]);                                  \
+        }                                                                                              \
+    }                                                                                                  \
+    for (; j0 < dv; j0++)   /* the columns past the last 2 WIDTH */                                    \
+        for (int h = 0; h < HB; h++) {                                                                 \
+            const float *s = sh + (size_t)h * ZB_DEC_CHUNK;                                            \
+            float acc = 0;                                                                             \
+            for (int u = 0; u < len; u++) acc += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];          \
+            part[(size_t)h * (dv + 2) + j0] = acc;                                                     \
         }
-        _mm256_storeu_ps(t, _mm256_mul_ps(hsum8_avx2(a[0][0], a[1][0], a[2][0], a[3][0],
-                                                     a[0][1], a[1][1], a[2][1], a[3][1]), sc));
-        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
-            sh[(size_t)h * ZB_DEC_CHUNK + u] = t[h];
-            if (two) sh[(size_t)h * ZB_DEC_CHUNK + u + 1] = t[4 + h];
-        }
-    }
+
+/* the softmax of one head's chunk of scores s[0..len): e^(s - max) in place; mlv = {max, sum} */
+__attribute__((target("avx2,fma"))) static void chunk_softmax(float *s, int len, float *mlv) {
     int u8 = len & ~7;
-    for (int h = 0; h < HB; h++) {   /* softmax of the chunk: max, e^(s - max) in place, sum */
-        float *s = sh + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
-        for (int u = 0; u < len; u++) if (s[u] > mx) mx = s[u];
-        __m256 m8 = _mm256_set1_ps(mx), l8 = z;
-        for (int u = 0; u < u8; u += 8) {
-            __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + u), m8));
-            _mm256_storeu_ps(s + u, e);
-            l8 = _mm256_add_ps(l8, e);
-        }
-        _mm256_storeu_ps(t, l8);
-        double l = 0;
-        for (int i = 0; i < 8; i++) l += t[i];
-        for (int u = u8; u < len; u++) { s[u] = expf(s[u] - mx); l += s[u]; }
-        float *o = part + (size_t)h * (dv + 2);
-        o[dv] = mx;
-        o[dv + 1] = (float)l;
+    float mx = -INFINITY, t[8];
+    for (int u = 0; u < len; u++) if (s[u] > mx) mx = s[u];
+    __m256 m8 = _mm256_set1_ps(mx), l8 = _mm256_setzero_ps();
+    for (int u = 0; u < u8; u += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + u), m8));
+        _mm256_storeu_ps(s + u, e);
+        l8 = _mm256_add_ps(l8, e);
     }
-    int j0 = 0;
-    for (; j0 + 16 <= dv; j0 += 16) {   /* values: HB heads x 16 columns */
-        __m256 a[4][2];
-        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;
-        for (int u = 0; u < len; u++) {
-            const float *v = vc + (size_t)(u0 + u) * v_stride + j0;
-            __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
-            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
-                __m256 p = _mm256_broadcast_ss(sh + (size_t)h * ZB_DEC_CHUNK + u);
-                a[h][0] = _mm256_fmadd_ps(p, v0, a[h][0]);
-                a[h][1] = _mm256_fmadd_ps(p, v1, a[h][1]);
-            }
-        }
-        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {
-            _mm256_storeu_ps(part + (size_t)h * (dv + 2) + j0, a[h][0]);
-            _mm256_storeu_ps(part + (size_t)h * (dv + 2) + j0 + 8, a[h][1]);
-        }
-    }
-    for (; j0 < dv; j0++)   /* the columns past the last 16 */
-        for (int h = 0; h < HB; h++) {
-            const float *s = sh + (size_t)h * ZB_DEC_CHUNK;
-            float a = 0;
-            for (int u = 0; u < len; u++) a += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];
-            part[(size_t)h * (dv + 2) + j0] = a;
-        }
+    _mm256_storeu_ps(t, l8);
+    double l = 0;
+    for (int i = 0; i < 8; i++) l += t[i];
+    for (int u = u8; u < len; u++) { s[u] = expf(s[u] - mx); l += s[u]; }
+    mlv[0] = mx;
+    mlv[1] = (float)l;
 }
 
-__attribute__((target("avx2,fma"))) static void task_avx2(const float *qg, const float *kc, const float *vc,
-                                                           int u0, int len, int rep, int dqk, int dv,
-                                                           int k_stride, int v_stride, float scale, float *s,
-                                                           float *part) {
-    for (int h = 0; h < rep; h += 4) {
-        const float *qh = qg + (size_t)h * dqk;
-        float *sh = s + (size_t)h * ZB_DEC_CHUNK, *ph = part + (size_t)h * (dv + 2);
-        switch (rep - h < 4 ? rep - h : 4) {
-        case 1: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 1); break;
-        case 2: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 2); break;
-        case 3: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 3); break;
-        default: heads_avx2(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, 4); break;
-        }
-    }
+#define RED8_AVX2(t, a0, a1, a2, a3, a4, a5, a6, a7) \
+    _mm256_storeu_ps(t, _mm256_mul_ps(hsum8_avx2(a0, a1, a2, a3, a4, a5, a6, a7), _mm256_set1_ps(scale)))
+/* 16 lanes to 8 (the two halves added), then the AVX2 reduction */
+#define HALF512(a) _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))
+#define RED8_AVX512(t, a0, a1, a2, a3, a4, a5, a6, a7) \
+    RED8_AVX2(t, HALF512(a0), HALF512(a1), HALF512(a2), HALF512(a3), HALF512(a4), HALF512(a5), HALF512(a6), HALF512(a7))
+#define BCAST_AVX2(p) _mm256_broadcast_ss(p)
+#define BCAST_AVX512(p) _mm512_set1_ps(*(p))
+
+#define HEADS_ARGS const float *qh, const float *kc, const float *vc, int u0, int len, int dqk, int dv, int k_stride, \
+                   int v_stride, float scale, float *sh, float *part, int first, const int HB
+__attribute__((target("avx2,fma"), always_inline)) static inline void heads_avx2(HEADS_ARGS) {
+    HEADS_BODY(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, BCAST_AVX2, _mm256_storeu_ps, RED8_AVX2)
+}
+__attribute__((target("avx512f,avx2,fma"), always_inline)) static inline void heads_avx512(HEADS_ARGS) {
+    HEADS_BODY(__m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, BCAST_AVX512, _mm512_storeu_ps,
+               RED8_AVX512)
 }
 
-static int zb_decode_simd = 1;
-void zb_attention_decode_simd(int on) { zb_decode_simd = on; }
+/* the task: the group's heads in blocks of 4 (then 3, 2 or 1), each block inlined with its HB */
+#define TASK_SIMD(name, heads, attr)                                                                   \
+    attr static void name(const float *qg, const float *kc, const float *vc, int u0, int len, int rep, \
+                          int dqk, int dv, int k_stride, int v_stride, float scale, float *s, float *part) { \
+        for (int h = 0; h < rep; h += 4) {                                                             \
+            const float *qh = qg + (size_t)h * dqk;                                                    \
+            float *sh = s + (size_t)h * ZB_DEC_CHUNK, *ph = part + (size_t)h * (dv + 2);              \
+            int f = h == 0;                                                                            \
+            switch (rep - h < 4 ? rep - h : 4) {                                                       \
+            case 1: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 1); break; \
+            case 2: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 2); break; \
+            case 3: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 3); break; \
+            default: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 4); break; \
+            }                                                                                          \
+        }                                                                                              \
+    }
+TASK_SIMD(task_avx2, heads_avx2, __attribute__((target("avx2,fma"))))
+TASK_SIMD(task_avx512, heads_avx512, __attribute__((target("avx512f,avx2,fma"))))
+
+static int zb_decode_simd = 2;
+void zb_attention_decode_simd(int level) { zb_decode_simd = level; }
 
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                            size_t k_group, size_t v_group, float scale, float *scratch) {
-    int simd = zb_decode_simd && dqk % 8 == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int simd = !avx2 || dqk % 8 ? 0 : zb_decode_simd >= 2 && dqk % 16 == 0 && __builtin_cpu_supports("avx512f") ? 2
+                                                                                                   : zb_decode_simd > 0;
     int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][CHUNK] */
     float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
     int par = (double)Tc * H * (dqk + dv) >= 1 << 17;               /* worth waking threads */
-#pragma omp parallel for schedule(static) if (par)
-    for (int task = 0; task < ntask; task++) {
-        int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
-        int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
-        float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
-        const float *qg = q + (size_t)g * rep * dqk, *kg = kc + g * k_group, *vg = vc + g * v_group;
-        if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
-        else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
-    }
-    for (int h = 0; h < H; h++) {   /* merge the chunks of each head */
-        int g = h / rep, hh = h % rep;
-        float M = -INFINITY;
-        for (int c = 0; c < nc; c++) {
-            float m = P[((size_t)(g * nc + c) * rep + hh) * (dv + 2) + dv];
-            if (m > M) M = m;
+#pragma omp parallel if (par)
+    {
+#pragma omp for schedule(static)
+        for (int task = 0; task < ntask; task++) {
+            int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
+            int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
+            float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
+            const float *qg = q + (size_t)g * rep * dqk, *kg = kc + g * k_group, *vg = vc + g * v_group;
+            if (simd == 2) task_avx512(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
+            else if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
+            else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
         }
-        float *oh = out + (size_t)h * dv;
-        memset(oh, 0, sizeof(float) * dv);
-        double L = 0;
-        for (int c = 0; c < nc; c++) {
-            const float *o = P + ((size_t)(g * nc + c) * rep + hh) * (dv + 2);
-            float w = expf(o[dv] - M);
-            L += (double)w * o[dv + 1];
-            for (int j = 0; j < dv; j++) oh[j] += w * o[j];
+#pragma omp for schedule(static)
+        for (int h = 0; h < H; h++) {   /* merge the chunks of each head (in the same threads) */
+            int g = h / rep, hh = h % rep;
+            float M = -INFINITY;
+            for (int c = 0; c < nc; c++) {
+                float m = P[((size_t)(g * nc + c) * rep + hh) * (dv + 2) + dv];
+                if (m > M) M = m;
+            }
+            float *oh = out + (size_t)h * dv;
+            memset(oh, 0, sizeof(float) * dv);
+            double L = 0;
+            for (int c = 0; c < nc; c++) {
+                const float *o = P + ((size_t)(g * nc + c) * rep + hh) * (dv + 2);
+                float w = expf(o[dv] - M);
+                L += (double)w * o[dv + 1];
+                for (int j = 0; j < dv; j++) oh[j] += w * o[j];
+            }
+            float inv = (float)(1.0 / L);
+            for (int j = 0; j < dv; j++) oh[j] *= inv;
         }
-        float inv = (float)(1.0 / L);
-        for (int j = 0; j < dv; j++) oh[j] *= inv;
     }
 }
 

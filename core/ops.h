@@ -70,10 +70,10 @@ void zb_attention_decode_use_omp(int on);
 /* 1 when the run uses OpenMP for its decode kernels (set by zb_attention_decode_use_omp): the
  * other per-sequence decode loops (Mamba2's recurrent step) thread under the same switch. */
 int zb_decode_omp_on(void);
-/* The split-K kernel's tasks: 1 (default) the AVX2+FMA task where the CPU has it and dqk is a
- * multiple of 8 (score blocks of 8 positions, vector exp, values in register blocks; ops.c),
- * 0 the portable loops (tests and cluster/bench_attn compare the two). */
-void zb_attention_decode_simd(int on);
+/* The split-K kernel's tasks: 2 (default) AVX-512 where the CPU has it and dqk is a multiple of
+ * 16, else AVX2+FMA where dqk is a multiple of 8 (register blocks of 4 heads, vector exp; ops.c);
+ * 1 AVX2 at most; 0 the portable loops (tests and cluster/bench_attn compare them). */
+void zb_attention_decode_simd(int level);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          size_t k_group, size_t v_group, float scale, float *scratch);

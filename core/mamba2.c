@@ -432,18 +432,13 @@ void zb_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_w
 
 /* Everything between in_proj and out_proj for one sequence: proj [n, P] (this sequence's
  * rows) -> o [n, di], state cst updated. t: scratch for xbc, dt, y, rstd and chunk temps. */
-static void step_mid(const zb_mamba2_dims *m, float eps, const zb_mamba2_weights *w, const float *proj,
-                     float *o, float *cst, int n, float *t) {
-    int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
-        nh = m->nheads, hd = m->headdim, ds = m->d_state, K = m->conv_k, ng = norm_groups(m);
-    int xo = 0, bo = m->x_groups * hd, co = bo + m->b_groups * ds;
-    size_t hs = (size_t)hd * ds;
-    float *xbc = t, *dt = xbc + (size_t)n * cd, *y = dt + (size_t)n * nh, *rstd = y + (size_t)n * di,
-          *tmp = rstd + (size_t)n * ng;
-    float *S = cst + (size_t)cd * (K - 1);
+/* One step's input side for n tokens of one sequence: dt, the causal conv over [conv state |
+ * new inputs] into xbc, and the conv state moved on to the last K-1 inputs. */
+static void step_pre(const zb_mamba2_dims *m, const zb_mamba2_weights *w, const float *proj, float *cst,
+                     float *xbc, float *dt, int n) {
+    int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner, K = m->conv_k;
     dt_forward(m, w, proj, dt, n);
     conv_forward(m, w, proj + di, P, cst, NULL, xbc, n);
-    /* conv state <- the last K-1 inputs of [state | new inputs] */
     for (int c = 0; c < cd; c++) {
         float *hc = cst + (size_t)c * (K - 1);
         for (int k = 0; k < K - 1; k++) {
@@ -451,30 +446,41 @@ static void step_mid(const zb_mamba2_dims *m, float eps, const zb_mamba2_weights
             hc[k] = s >= 0 ? proj[(size_t)s * P + di + c] : hc[k + n];
         }
     }
-    if (n == 1) {
-        /* S = exp(dt A) S + dt x B^T;  y = S C + D x. Heads are independent (own state rows,
-         * own outputs): threaded when the run decodes on OpenMP (ops.h zb_decode_omp_on) */
-        int par = zb_decode_omp_on() && (size_t)nh * hs >= (1u << 15);
-#pragma omp parallel for schedule(static) if (par)
-        for (int h = 0; h < nh; h++) {
-            int xg = h / (nh / m->x_groups), bg = h / (nh / m->b_groups),
-                cg = h / (nh / m->c_groups);
-            float dth = dt[h], e = expf(dth * -expf(w->A_log[h]));
-            const float *X = xbc + xo + xg * hd, *Bv = xbc + bo + bg * ds, *Cv = xbc + co + cg * ds;
-            float *Sh = S + (size_t)h * hs;
-            for (int p = 0; p < hd; p++) {
-                float *Sr = Sh + (size_t)p * ds, xp = dth * X[p];
-                double acc = 0;
-                for (int s = 0; s < ds; s++) {
-                    Sr[s] = e * Sr[s] + xp * Bv[s];
-                    acc += (double)Sr[s] * Cv[s];
-                }
-                y[h * hd + p] = (float)acc + w->D[h] * X[p];
-            }
+}
+
+/* The recurrent step of head h for one token: S = exp(dt A) S + dt x B^T;  y = S C + D x
+ * (SPEC §4, the one-token form of the SSD scan). S is the sequence's SSM state [nh, hd, ds]. */
+static void step_head(const zb_mamba2_dims *m, const zb_mamba2_weights *w, const float *xbc, const float *dt,
+                      float *S, float *y, int h) {
+    int nh = m->nheads, hd = m->headdim, ds = m->d_state;
+    int bo = m->x_groups * hd, co = bo + m->b_groups * ds;
+    int xg = h / (nh / m->x_groups), bg = h / (nh / m->b_groups), cg = h / (nh / m->c_groups);
+    float dth = dt[h], e = expf(dth * -expf(w->A_log[h]));
+    const float *X = xbc + xg * hd, *Bv = xbc + bo + bg * ds, *Cv = xbc + co + cg * ds;
+    float *Sh = S + (size_t)h * hd * ds;
+    for (int p = 0; p < hd; p++) {
+        float *Sr = Sh + (size_t)p * ds, xp = dth * X[p];
+        double acc = 0;
+        for (int s = 0; s < ds; s++) {
+            Sr[s] = e * Sr[s] + xp * Bv[s];
+            acc += (double)Sr[s] * Cv[s];
         }
-    } else {
-        ssd_forward(m, w, xbc, dt, y, S, NULL, n, tmp);
+        y[h * hd + p] = (float)acc + w->D[h] * X[p];
     }
+}
+
+static void step_mid(const zb_mamba2_dims *m, float eps, const zb_mamba2_weights *w, const float *proj,
+                     float *o, float *cst, int n, float *t) {
+    int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
+        nh = m->nheads, K = m->conv_k, ng = norm_groups(m);
+    float *xbc = t, *dt = xbc + (size_t)n * cd, *y = dt + (size_t)n * nh, *rstd = y + (size_t)n * di,
+          *tmp = rstd + (size_t)n * ng;
+    float *S = cst + (size_t)cd * (K - 1);
+    step_pre(m, w, proj, cst, xbc, dt, n);
+    if (n == 1)   /* heads are independent (own state rows, own outputs) */
+        for (int h = 0; h < nh; h++) step_head(m, w, xbc, dt, S, y, h);
+    else
+        ssd_forward(m, w, xbc, dt, y, S, NULL, n, tmp);
     gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, n);
 }
 
@@ -495,12 +501,23 @@ void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamb
 void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                            const zb_mamba2_lin *lin, const float *x, float *out, float *state,
                            const int *seqs, int nb, float *scratch) {
-    int P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
-    size_t sf = zb_mamba2_state_floats(m);
-    /* proj [nb,P] | o [nb,di] | the rest (step_mid, one token) */
-    float *proj = scratch, *o = proj + (size_t)nb * P, *t = o + (size_t)nb * di;
+    int P = zb_mamba2_in_proj_rows(m), di = m->d_inner, cd = zb_mamba2_conv_dim(m), nh = m->nheads;
+    size_t sf = zb_mamba2_state_floats(m), conv = (size_t)cd * (m->conv_k - 1);
+    /* proj [nb,P] | o [nb,di] | xbc [nb,cd] | dt [nb,nh] | y [nb,di] | rstd [nb,ng] */
+    float *proj = scratch, *o = proj + (size_t)nb * P, *xbc = o + (size_t)nb * di;
+    float *dt = xbc + (size_t)nb * cd, *y = dt + (size_t)nb * nh, *rstd = y + (size_t)nb * di;
     zb_linear_forward(proj, x, lin->in_proj, nb, d, P);
     for (int i = 0; i < nb; i++)
-        step_mid(m, eps, w, proj + (size_t)i * P, o + (size_t)i * di, state + (size_t)seqs[i] * sf, 1, t);
+        step_pre(m, w, proj + (size_t)i * P, state + (size_t)seqs[i] * sf, xbc + (size_t)i * cd, dt + (size_t)i * nh, 1);
+    /* the state updates of every (sequence, head) in one threaded loop (when the run decodes on
+     * OpenMP, ops.h zb_decode_omp_on): one fork per layer, not one per sequence */
+    int par = zb_decode_omp_on() && (size_t)nb * sf >= (1u << 15);
+#pragma omp parallel for schedule(static) if (par)
+    for (int k = 0; k < nb * nh; k++) {
+        int i = k / nh;
+        step_head(m, w, xbc + (size_t)i * cd, dt + (size_t)i * nh, state + (size_t)seqs[i] * sf + conv,
+                  y + (size_t)i * di, k % nh);
+    }
+    gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, nb);
     zb_linear_forward(out, o, lin->out_proj, nb, di, d);
 }

@@ -2,6 +2,9 @@
 #include "ops.h"
 
 #include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -199,23 +202,41 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
     free(buf);
 }
 
-/* Split-K decode attention (the "flash-decoding" idea): the cache is cut into chunks of
- * ZB_DEC_CHUNK positions; each (KV group, chunk) task computes, for every query head of the
- * group, its scores, their max m, sum l of exp(s - m) and o = sum exp(s - m) v over the chunk,
- * reading each cached key and value row once for all heads of the group. Tasks run in parallel
- * (OpenMP) when the cache is long; the partial results are merged exactly:
- * out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c. */
+/* Split-K decode attention (the "flash-decoding" idea): the cache is cut into chunks of cs
+ * positions; each (KV group, chunk) task computes, for every query head of the group, its
+ * scores, their max m, sum l of exp(s - m) and o = sum exp(s - m) v over the chunk, reading each
+ * cached key and value row once for all heads of the group. Tasks run in parallel (OpenMP) when
+ * the cache is long; the partial results are merged exactly:
+ * out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
+ * The chunk length (ZB_DEC_MIN..ZB_DEC_CHUNK, a multiple of 8) is chosen per call so that the
+ * tasks fill the threads' rounds: one KV group (MLA) at 8k in chunks of 256 is 33 tasks, three
+ * rounds of 16 threads for two rounds' work. */
 #define ZB_DEC_CHUNK 256
+#define ZB_DEC_MIN 64
 
 size_t zb_attention_decode_scratch(int H, int dv, int Tc) {
-    size_t nc = ((size_t)Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK;
-    return (size_t)H * nc * (ZB_DEC_CHUNK + (size_t)dv + 2);   /* >= the BLAS path's (H/Hkv) x Tc */
+    /* scores [tasks][rep][cs] + partial sums [tasks][rep][dv + 2], for the most tasks (cs = ZB_DEC_MIN) */
+    size_t nc = (size_t)Tc / ZB_DEC_MIN + 1;
+    return (size_t)H * ((size_t)Tc + ZB_DEC_CHUNK + nc * ((size_t)dv + 2));   /* >= the BLAS path's (H/Hkv) x Tc */
+}
+
+/* the chunk length for Hkv groups over Tc positions on T threads: the fewest rounds of tasks
+ * (a round = T tasks at once), each task costing its length plus a fixed 16 positions' worth */
+static int decode_chunk(int Tc, int Hkv, int T) {
+    int best = ZB_DEC_CHUNK;
+    double cost = 1e300;
+    for (int cs = ZB_DEC_CHUNK; cs >= ZB_DEC_MIN; cs -= 8) {
+        long ntask = (long)Hkv * ((Tc + cs - 1) / cs), rounds = (ntask + T - 1) / T;
+        double c = (double)rounds * (cs + 16);
+        if (c < cost - 1e-9) { cost = c; best = cs; }
+    }
+    return best;
 }
 
 /* One split-K task, portable: per position the scores of every head of the group (a dot
  * product each), the chunk softmax, then each value row added into every head's sum. */
 static void task_plain(const float *qg, const float *kc, const float *vc, int u0, int len, int rep, int dqk,
-                       int dv, int k_stride, int v_stride, float scale, float *s, float *part) {
+                       int dv, int k_stride, int v_stride, float scale, float *s, int cs, float *part) {
     for (int u = 0; u < len; u++) {
         const float *k = kc + (size_t)(u0 + u) * k_stride;
         for (int h = 0; h < rep; h++) {
@@ -223,11 +244,11 @@ static void task_plain(const float *qg, const float *kc, const float *vc, int u0
             float acc = 0;
 #pragma omp simd reduction(+ : acc)
             for (int j = 0; j < dqk; j++) acc += qh[j] * k[j];
-            s[(size_t)h * ZB_DEC_CHUNK + u] = acc * scale;
+            s[(size_t)h * cs + u] = acc * scale;
         }
     }
     for (int h = 0; h < rep; h++) {
-        float *sh = s + (size_t)h * ZB_DEC_CHUNK, mx = -INFINITY;
+        float *sh = s + (size_t)h * cs, mx = -INFINITY;
         for (int u = 0; u < len; u++) if (sh[u] > mx) mx = sh[u];
         double l = 0;
         for (int u = 0; u < len; u++) { sh[u] = expf(sh[u] - mx); l += sh[u]; }
@@ -239,7 +260,7 @@ static void task_plain(const float *qg, const float *kc, const float *vc, int u0
     for (int u = 0; u < len; u++) {
         const float *v = vc + (size_t)(u0 + u) * v_stride;
         for (int h = 0; h < rep; h++) {
-            float p = s[(size_t)h * ZB_DEC_CHUNK + u], *o = part + (size_t)h * (dv + 2);
+            float p = s[(size_t)h * cs + u], *o = part + (size_t)h * (dv + 2);
 #pragma omp simd
             for (int j = 0; j < dv; j++) o[j] += p * v[j];
         }
@@ -316,11 +337,11 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
         }                                                                                              \
         RED8(t, a[0][0], a[1][0], a[2][0], a[3][0], a[0][1], a[1][1], a[2][1], a[3][1]);              \
         _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                         \
-            sh[(size_t)h * ZB_DEC_CHUNK + u] = t[h];                                                   \
-            if (two) sh[(size_t)h * ZB_DEC_CHUNK + u + 1] = t[4 + h];                                  \
+            sh[(size_t)h * cs + u] = t[h];                                                   \
+            if (two) sh[(size_t)h * cs + u + 1] = t[4 + h];                                  \
         }                                                                                              \
     }                                                                                                  \
-    for (int h = 0; h < HB; h++) chunk_softmax(sh + (size_t)h * ZB_DEC_CHUNK, len, part + (size_t)h * (dv + 2) + dv); \
+    for (int h = 0; h < HB; h++) chunk_softmax(sh + (size_t)h * cs, len, part + (size_t)h * (dv + 2) + dv); \
     int j0 = 0;                                                                                        \
     for (; j0 + 2 * WIDTH <= dv; j0 += 2 * WIDTH) {   /* values: HB heads x 2 WIDTH columns */        \
         VEC a[4][2];                                                                                   \
@@ -329,7 +350,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
             const float *v = vc + (size_t)(u0 + u) * v_stride + j0;                                    \
             VEC v0 = LOAD(v), v1 = LOAD(v + WIDTH);                                                    \
             _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                     \
-                VEC p = BCAST(sh + (size_t)h * ZB_DEC_CHUNK + u);                                      \
+                VEC p = BCAST(sh + (size_t)h * cs + u);                                      \
                 a[h][0] = FMA(p, v0, a[h][0]);                                                         \
                 a[h][1] = FMA(p, v1, a[h][1]);                                                         \
             }                                                                                          \
@@ -341,7 +362,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
     }                                                                                                  \
     for (; j0 < dv; j0++)   /* the columns past the last 2 WIDTH */                                    \
         for (int h = 0; h < HB; h++) {                                                                 \
-            const float *s = sh + (size_t)h * ZB_DEC_CHUNK;                                            \
+            const float *s = sh + (size_t)h * cs;                                            \
             float acc = 0;                                                                             \
             for (int u = 0; u < len; u++) acc += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];          \
             part[(size_t)h * (dv + 2) + j0] = acc;                                                     \
@@ -376,7 +397,7 @@ __attribute__((target("avx2,fma"))) static void chunk_softmax(float *s, int len,
 #define BCAST_AVX512(p) _mm512_set1_ps(*(p))
 
 #define HEADS_ARGS const float *qh, const float *kc, const float *vc, int u0, int len, int dqk, int dv, int k_stride, \
-                   int v_stride, float scale, float *sh, float *part, int first, const int HB
+                   int v_stride, float scale, float *sh, int cs, float *part, int first, const int HB
 __attribute__((target("avx2,fma"), always_inline)) static inline void heads_avx2(HEADS_ARGS) {
     HEADS_BODY(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, BCAST_AVX2, _mm256_storeu_ps, RED8_AVX2)
 }
@@ -388,16 +409,17 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) static inline void he
 /* the task: the group's heads in blocks of 4 (then 3, 2 or 1), each block inlined with its HB */
 #define TASK_SIMD(name, heads, attr)                                                                   \
     attr static void name(const float *qg, const float *kc, const float *vc, int u0, int len, int rep, \
-                          int dqk, int dv, int k_stride, int v_stride, float scale, float *s, float *part) { \
+                          int dqk, int dv, int k_stride, int v_stride, float scale, float *s, int cs,  \
+                          float *part) {                                                                \
         for (int h = 0; h < rep; h += 4) {                                                             \
             const float *qh = qg + (size_t)h * dqk;                                                    \
-            float *sh = s + (size_t)h * ZB_DEC_CHUNK, *ph = part + (size_t)h * (dv + 2);              \
+            float *sh = s + (size_t)h * cs, *ph = part + (size_t)h * (dv + 2);              \
             int f = h == 0;                                                                            \
             switch (rep - h < 4 ? rep - h : 4) {                                                       \
-            case 1: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 1); break; \
-            case 2: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 2); break; \
-            case 3: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 3); break; \
-            default: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, ph, f, 4); break; \
+            case 1: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 1); break; \
+            case 2: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 2); break; \
+            case 3: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 3); break; \
+            default: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 4); break; \
             }                                                                                          \
         }                                                                                              \
     }
@@ -406,6 +428,10 @@ TASK_SIMD(task_avx512, heads_avx512, __attribute__((target("avx512f,avx2,fma")))
 
 static int zb_decode_simd = 2;
 void zb_attention_decode_simd(int level) { zb_decode_simd = level; }
+static int zb_decode_cs;
+void zb_attention_decode_chunk(int cs) {
+    zb_decode_cs = cs <= 0 ? 0 : cs < ZB_DEC_MIN ? ZB_DEC_MIN : cs > ZB_DEC_CHUNK ? ZB_DEC_CHUNK : cs;
+}
 
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
@@ -413,21 +439,27 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int simd = !avx2 || dqk % 8 ? 0 : zb_decode_simd >= 2 && dqk % 16 == 0 && __builtin_cpu_supports("avx512f") ? 2
                                                                                                    : zb_decode_simd > 0;
-    int rep = H / Hkv, nc = (Tc + ZB_DEC_CHUNK - 1) / ZB_DEC_CHUNK, ntask = Hkv * nc;
-    float *S = scratch;                                            /* [task][rep][CHUNK] */
-    float *P = scratch + (size_t)ntask * rep * ZB_DEC_CHUNK;       /* [task][rep][dv + 2] */
     int par = (double)Tc * H * (dqk + dv) >= 1 << 17;               /* worth waking threads */
+#ifdef _OPENMP
+    int cs = decode_chunk(Tc, Hkv, par ? omp_get_max_threads() : 1);
+#else
+    int cs = ZB_DEC_CHUNK;
+#endif
+    if (zb_decode_cs) cs = zb_decode_cs;
+    int rep = H / Hkv, nc = (Tc + cs - 1) / cs, ntask = Hkv * nc;
+    float *S = scratch;                                            /* [task][rep][cs] */
+    float *P = scratch + (size_t)ntask * rep * cs;                 /* [task][rep][dv + 2] */
 #pragma omp parallel if (par)
     {
 #pragma omp for schedule(static)
         for (int task = 0; task < ntask; task++) {
-            int g = task / nc, u0 = (task % nc) * ZB_DEC_CHUNK;
-            int len = Tc - u0 < ZB_DEC_CHUNK ? Tc - u0 : ZB_DEC_CHUNK;
-            float *s = S + (size_t)task * rep * ZB_DEC_CHUNK, *part = P + (size_t)task * rep * (dv + 2);
+            int g = task / nc, u0 = (task % nc) * cs;
+            int len = Tc - u0 < cs ? Tc - u0 : cs;
+            float *s = S + (size_t)task * rep * cs, *part = P + (size_t)task * rep * (dv + 2);
             const float *qg = q + (size_t)g * rep * dqk, *kg = kc + g * k_group, *vg = vc + g * v_group;
-            if (simd == 2) task_avx512(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
-            else if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
-            else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, part);
+            if (simd == 2) task_avx512(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, cs, part);
+            else if (simd) task_avx2(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, cs, part);
+            else task_plain(qg, kg, vg, u0, len, rep, dqk, dv, k_stride, v_stride, scale, s, cs, part);
         }
 #pragma omp for schedule(static)
         for (int h = 0; h < H; h++) {   /* merge the chunks of each head (in the same threads) */

@@ -74,6 +74,9 @@ int zb_decode_omp_on(void);
  * 16, else AVX2+FMA where dqk is a multiple of 8 (register blocks of 4 heads, vector exp; ops.c);
  * 1 AVX2 at most; 0 the portable loops (tests and cluster/bench_attn compare them). */
 void zb_attention_decode_simd(int level);
+/* Tests: the split-K chunk length (clamped to 64..256); 0 (default) chosen per call for the
+ * thread count. */
+void zb_attention_decode_chunk(int cs);
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
                          size_t k_group, size_t v_group, float scale, float *scratch);

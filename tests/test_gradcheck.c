@@ -231,8 +231,10 @@ static void test_attention(void) {
         float *o3 = zerov((size_t)H * dvv), *o4 = zerov((size_t)H * dvv);
         zb_attention_decode_simd(0);   /* split-K with the portable inner loops */
         zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
-        zb_attention_decode_simd(1);   /* AVX2 even where AVX-512 is present */
+        zb_attention_decode_simd(1);   /* AVX2 even where AVX-512 is present, in chunks of 72 */
+        zb_attention_decode_chunk(72);   /* (1003 = 13 x 72 + 67) */
         zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
+        zb_attention_decode_chunk(0);
         zb_attention_decode_simd(2);
         zb_attention_decode_use_omp(0);
         double *w = malloc(sizeof(double) * Tc);
@@ -257,7 +259,7 @@ static void test_attention(void) {
         snprintf(nm, sizeof nm, "attention decode split-K (SIMD%s), 1003-token cache, H %d Hkv %d dqk %d dv %d %s == direct (double)",
                  __builtin_cpu_supports("avx512f") && dq % 16 == 0 ? ", AVX-512" : "", H, Hkv, dq, dvv, lay);
         zb_check_max_rel(nm, o, ref, (size_t)H * dvv, 1e-5);
-        snprintf(nm, sizeof nm, "attention decode split-K (AVX2), H %d Hkv %d dqk %d dv %d %s == direct (double)", H, Hkv, dq, dvv, lay);
+        snprintf(nm, sizeof nm, "attention decode split-K (AVX2, chunks of 72), H %d Hkv %d dqk %d dv %d %s == direct (double)", H, Hkv, dq, dvv, lay);
         zb_check_max_rel(nm, o4, ref, (size_t)H * dvv, 1e-5);
         free(o4);
         snprintf(nm, sizeof nm, "attention decode split-K (portable), H %d Hkv %d dqk %d dv %d %s == direct (double)", H, Hkv, dq, dvv, lay);

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libopenblas-dev liblapacke-dev
+# libopenblas-openmp-dev: OpenBLAS on OpenMP's threads, one pool with our kernels (CMakeLists.txt)
+PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libopenblas-openmp-dev liblapacke-dev
       libhdf5-openmpi-dev libcjson-dev libpcre2-dev python3.11-doc"
 
 missing=""

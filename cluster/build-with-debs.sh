@@ -11,11 +11,13 @@ mkdir -p "$root"
 for d in "$debs"/*.deb; do dpkg -x "$d" "$root"; done
 lib=$root/usr/lib/x86_64-linux-gnu
 # the unpacked .pc files say prefix=/usr and -I/usr/...: point them into the private root
-for pc in "$lib"/pkgconfig/*.pc; do
+for pc in "$lib"/pkgconfig/*.pc "$lib"/openblas-*/pkgconfig/*.pc; do
+  [ -e "$pc" ] || continue
   sed -i -e "s|\([= ]-\?[IL]\?\)/usr/|\1$root/usr/|g" -e "s|=/usr\$|=$root/usr|" "$pc"
 done
 export PKG_CONFIG_PATH=$lib/pkgconfig:/usr/lib/x86_64-linux-gnu/pkgconfig:/usr/share/pkgconfig
-export LD_LIBRARY_PATH=$lib:$lib/hdf5/openmpi:${LD_LIBRARY_PATH:-}
+# OpenBLAS's OpenMP build when its .deb is among them (cluster/debs.txt): CMake finds it there
+export LD_LIBRARY_PATH=$lib/openblas-openmp:$lib:$lib/hdf5/openmpi:${LD_LIBRARY_PATH:-}
 # unversioned .so links of the dev packages that point at absolute /usr paths: relink them
 for l in $(find "$lib" -maxdepth 3 -type l -name '*.so'); do
   t=$(readlink "$l"); case "$t" in /*) ln -sf "$root$t" "$l";; esac

@@ -38,6 +38,8 @@ void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = zb_f32_to_bf16(src[i]);
 }
 
+int zb_blas_uses_openmp(void) { return openblas_get_parallel() == 2; }
+
 int zb_linear_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();

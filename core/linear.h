@@ -45,6 +45,11 @@ int zb_bf16_impl_available(zb_bf16_impl impl);
 const char *zb_bf16_impl_name(zb_bf16_impl impl);
 void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl);
 
+/* 1 when OpenBLAS is its OpenMP build (CMakeLists.txt prefers it): BLAS calls then run on
+ * the same libgomp threads as our kernels (one pool), and inside our parallel regions on one
+ * thread; 0 for the pthreads build (a second pool, which must not run beside OpenMP regions). */
+int zb_blas_uses_openmp(void);
+
 /* n bf16 values to f32 (exact). */
 void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n);
 /* n f32 values to bf16, round to nearest even (as torch). */

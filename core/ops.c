@@ -486,10 +486,11 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
 
 /* Which decode attention runs: the BLAS one (a GEMM per KV group, OpenBLAS's threads) or the
  * split-K one threaded by OpenMP. One process should use one thread pool for everything: with
- * f32 weights the weight GEMVs run on OpenBLAS's pthreads, and (most likely) OpenMP workers
- * spinning after an attention region slow them down (measured: 1k-context decode of the 1B teacher fell from
- * 17 to 7 tok/s); with bf16 weights every matrix product is ours under OpenMP and split-K is
- * 3.4x faster at 8k (docs/BENCHMARKS.md). Set per run by the inference commands. */
+ * OpenBLAS's pthreads build and f32 weights, the weight GEMVs run on OpenBLAS's threads, and
+ * OpenMP workers spinning after an attention region slowed them down (1k-context decode of the
+ * 1B teacher fell from 17 to 7 tok/s); with bf16 weights every product is ours under OpenMP,
+ * and with OpenBLAS's OpenMP build (linear.h zb_blas_uses_openmp) both share libgomp's pool,
+ * so split-K is on. Set per run by the inference commands. */
 static int zb_decode_omp;
 void zb_attention_decode_use_omp(int on) { zb_decode_omp = on; }
 int zb_decode_omp_on(void) { return zb_decode_omp; }

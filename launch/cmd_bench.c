@@ -161,7 +161,9 @@ int zb_cmd_bench(int argc, char **argv) {
     if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
-    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16);   /* one thread pool per run (core/ops.c) */
+    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
+     * when OpenBLAS itself runs on OpenMP */
+    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
     int ctx[MAXL], bat[MAXL];
     int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
@@ -177,9 +179,10 @@ int zb_cmd_bench(int argc, char **argv) {
     const char *md_path = zb_arg_str(argc, argv, "--md", NULL);
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
-    int threads = zb_threads_auto(MPI_COMM_WORLD);
-    fprintf(md, "weights: %s (%s, %d OpenMP threads)\n\n", zb_wdtype_name(wt),
-            wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads);
+    int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
+    fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build)\n\n", zb_wdtype_name(wt),
+            wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
+            zb_blas_uses_openmp() ? "OpenMP" : "pthreads");
     fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
                 "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");

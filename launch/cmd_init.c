@@ -73,7 +73,6 @@ int zb_cmd_init(int argc, char **argv) {
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    zb_threads_auto(MPI_COMM_WORLD);
 
     zb_tensor_spec *spec = NULL;
     int n = 0;

@@ -10,9 +10,16 @@
 #include "linear.h"
 
 int zb_threads_auto(MPI_Comm comm) {
-    /* OMP_NUM_THREADS wins; otherwise the node's cores shared by its ranks, so that
-     * `mpirun -n 2` on 2 cores runs 1 thread per rank instead of 4 threads fighting */
+    /* OMP_NUM_THREADS wins. When OpenBLAS is its OpenMP build it follows OpenMP's count and
+     * ignores OPENBLAS_NUM_THREADS, so that variable (one core per rank in tests, the demo and
+     * cluster/scaling.sh) sets the one pool. Otherwise the node's cores shared by its ranks,
+     * so that `mpirun -n 2` on 2 cores runs 1 thread per rank instead of 4 threads fighting. */
     if (!getenv("OMP_NUM_THREADS")) {
+        const char *ob = getenv("OPENBLAS_NUM_THREADS");
+        if (ob && atoi(ob) > 0 && zb_blas_uses_openmp()) {
+            zb_linear_set_threads(atoi(ob));
+            return zb_linear_threads();
+        }
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         int local = 1;
         MPI_Comm node;

@@ -18,8 +18,9 @@ int zb_cmd_data(int argc, char **argv);
 int zb_cmd_train(int argc, char **argv);
 int zb_cmd_plot(int argc, char **argv);
 
-/* Inference runtime (cmd_runtime.c): OpenMP threads of the bf16 kernels = the node's cores /
- * its MPI ranks unless OMP_NUM_THREADS is set (returns the count); the process's peak
+/* Runtime (cmd_runtime.c), called by main for every command: OpenMP threads (the bf16 kernels,
+ * and OpenBLAS when it is its OpenMP build) = OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS with
+ * OpenBLAS on OpenMP, else the node's cores / its MPI ranks (returns the count); the process's peak
  * resident memory (VmHWM of /proc/self/status) in kB, -1 if unknown. */
 #include <mpi.h>
 int zb_threads_auto(MPI_Comm comm);

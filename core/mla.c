@@ -9,7 +9,6 @@
  * (one shared "kv head" of width r + dr, values = c); then v_h = W_UV_h ĉ_h. */
 #include "mla.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -219,7 +218,7 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     int rq = m->q_lora_rank;
     return C * ((size_t)H * dqk + 2 * (size_t)rq + (r + dr) + (size_t)H * (r + dr)
                 + (size_t)H * r + (size_t)H * m->v_head_dim) + zb_attention_decode_scratch(H, r, max_T)
-           + (size_t)(m->qk_nope + m->v_head_dim) * r;   /* one KV head of a bf16 kv_b_proj, as f32 */
+           + (size_t)m->kv_heads * (m->qk_nope + m->v_head_dim) * r;   /* a bf16 kv_b_proj, as f32 */
 }
 
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
@@ -231,12 +230,10 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
 
 /* KV head g's [dn + dv, r] block of kv_b_proj as f32: in place for f32 storage; bf16 storage is
  * converted into buf (kept while the same head is asked for again: *held). */
-static const float *kvb_block(const zb_mla_lin *lin, int g, int floats, float *buf, int *held) {
-    if (lin->kv_b_proj.f32) return lin->kv_b_proj.f32 + (size_t)g * floats;
-    if (*held != g) {
-        zb_bf16_to_f32_n(lin->kv_b_proj.bf16 + (size_t)g * floats, buf, (size_t)floats);
-        *held = g;
-    }
+/* kv_b_proj [Hk, dn + dv, r] as f32: the weights themselves, or a bf16 matrix converted into buf */
+static const float *kvb_f32(const zb_mla_lin *lin, size_t floats, float *buf) {
+    if (lin->kv_b_proj.f32) return lin->kv_b_proj.f32;
+    zb_bf16_to_f32_n(lin->kv_b_proj.bf16, buf, floats);
     return buf;
 }
 
@@ -257,7 +254,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     float *kva = qan + (size_t)C * rq, *qlat = kva + (size_t)C * W;
     float *chat = qlat + (size_t)C * H * W, *vcat = chat + (size_t)C * H * r;
     float *sc = vcat + (size_t)C * H * dv;
-    float *kvb_head = sc + zb_attention_decode_scratch(H, r, max_T);   /* [dn+dv, r]: a bf16 kv_b_proj head as f32 */
+    float *kvb_head = sc + zb_attention_decode_scratch(H, r, max_T);   /* [Hk, dn+dv, r]: a bf16 kv_b_proj as f32 */
 
     /* projections for the rows; latents [norm(c) | rope(k_pe)] appended to each cache */
     zb_mla_query_lin(m, d, eps, w, lin, xr, q, qa, qan, NULL, nc);
@@ -272,29 +269,43 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
         zb_rope_apply(rope, q + (size_t)i * H * dqk, H, dqk, dn, t, il, 0);
     }
 
-    /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r]) */
-    /* the absorbed products use kv_b_proj per head as a small matrix (W_UK_h is
-     * applied untransposed): bf16 storage converts one KV head's block at a time */
-    int kvb_head_of = -1;
+    /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r], applied
+     * untransposed), and after the attention v_h = W_UV_h ĉ_h (W_UV_h: [dv, r]): small products
+     * per head, threaded over the heads when the run decodes on OpenMP (ops.h) */
+    const float *kvb = kvb_f32(lin, (size_t)Hk * (dn + dv) * r, kvb_head);
+    int par = zb_decode_omp_on();
+#pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
-        const float *wuk = kvb_block(lin, h / rep, (dn + dv) * r, kvb_head, &kvb_head_of);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, r, dn, 1.0f,
-                    q + (size_t)h * dqk, H * dqk, wuk, r, 0.0f,
-                    qlat + (size_t)h * W, H * W);
-        for (int i = 0; i < nc; i++)
-            memcpy(qlat + (size_t)i * H * W + (size_t)h * W + r,
-                   q + (size_t)i * H * dqk + (size_t)h * dqk + dn, sizeof(float) * dr);
+        const float *wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
+        for (int i = 0; i < nc; i++) {
+            const float *qh = q + (size_t)i * H * dqk + (size_t)h * dqk;
+            float *ql = qlat + (size_t)i * H * W + (size_t)h * W;
+            memset(ql, 0, sizeof(float) * r);
+            for (int j = 0; j < dn; j++) {
+                float a = qh[j];
+                const float *wr = wuk + (size_t)j * r;
+                for (int c = 0; c < r; c++) ql[c] += a * wr[c];
+            }
+            memcpy(ql + r, qh + dn, sizeof(float) * dr);
+        }
     }
     /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
     for (int i = 0; i < nc; i++)
         zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cbs[i], cbs[i],
                             ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc);
-    /* v_h = W_UV_h ĉ_h  (W_UV_h: [dv, r]); then o_proj */
+#pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
-        const float *wuv = kvb_block(lin, h / rep, (dn + dv) * r, kvb_head, &kvb_head_of) + (size_t)dn * r;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nc, dv, r, 1.0f,
-                    chat + (size_t)h * r, H * r, wuv, r, 0.0f,
-                    vcat + (size_t)h * dv, H * dv);
+        const float *wuv = kvb + (size_t)(h / rep) * (dn + dv) * r + (size_t)dn * r;
+        for (int i = 0; i < nc; i++) {
+            const float *ch = chat + (size_t)i * H * r + (size_t)h * r;
+            float *vo = vcat + (size_t)i * H * dv + (size_t)h * dv;
+            for (int o = 0; o < dv; o++) {
+                const float *wr = wuv + (size_t)o * r;
+                float a = 0;
+                for (int c = 0; c < r; c++) a += ch[c] * wr[c];
+                vo[o] = a;
+            }
+        }
     }
     zb_linear_forward(orow, vcat, lin->o_proj, nc, H * dv, d);
 }

@@ -47,13 +47,16 @@ static double sgemm_gflops(int n) {
 }
 
 /* Read bandwidth (GB/s): the best of a few passes over a buffer much larger than the caches,
- * which is what batch-1 decode does with the weights. cblas_sasum is memory-bound and uses
- * OpenBLAS's threads, as the decode GEMVs do; a plain loop gives the one-core figure. */
+ * which is what batch-1 decode does with the weights: a sum over all the run's OpenMP threads
+ * (the decode kernels' threads; also OpenBLAS's in its OpenMP build), and cblas_sasum (OpenBLAS's
+ * threads; some versions run it on one), the higher of the two; a plain loop on one core gives
+ * the one-core figure. The first touch is threaded, so that pages spread as the weights' do. */
 static double read_bandwidth(size_t bytes, double *one_core) {
-    size_t n = bytes / sizeof(float);
+    long n = (long)(bytes / sizeof(float));
     float *x = malloc(bytes);
     if (!x) return 0;
-    for (size_t i = 0; i < n; i++) x[i] = 1.0f;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) x[i] = 1.0f;
     double best = 1e30, best1 = 1e30;
     volatile float sink = 0;
     for (int r = 0; r < 5; r++) {
@@ -62,8 +65,15 @@ static double read_bandwidth(size_t bytes, double *one_core) {
         t = zb_now() - t;
         if (t < best) best = t;
         t = zb_now();
+        float s = 0;
+#pragma omp parallel for simd schedule(static) reduction(+ : s)
+        for (long i = 0; i < n; i++) s += x[i];
+        sink += s;
+        t = zb_now() - t;
+        if (t < best) best = t;
+        t = zb_now();
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        for (size_t i = 0; i + 3 < n; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }
+        for (long i = 0; i + 3 < n; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }
         sink += s0 + s1 + s2 + s3;
         t = zb_now() - t;
         if (t < best1) best1 = t;
@@ -180,9 +190,9 @@ int zb_cmd_bench(int argc, char **argv) {
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
-    fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build)\n\n", zb_wdtype_name(wt),
+    fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
             wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
-            zb_blas_uses_openmp() ? "OpenMP" : "pthreads");
+            zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
     fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
                 "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");

@@ -1,9 +1,11 @@
 /* cmd_runtime.c — process-level helpers of the inference commands: thread counts for the
  * bf16 kernels under MPI, and the resident-memory high-water mark for the final stats. */
+#include <cblas.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -31,6 +33,17 @@ int zb_threads_auto(MPI_Comm comm) {
         zb_linear_set_threads(n < 1 ? 1 : (int)n);
     }
     return zb_linear_threads();
+}
+
+void zb_blas_check_core(int rank) {
+    /* OpenBLAS builds older than the CPU fall back to an SSE3 core (Debian 12's 0.3.21 picks
+     * "Prescott" on Sapphire Rapids): its sgemm then runs at a fifth of the AVX-512 one */
+    const char *core = openblas_get_corename();
+    if (rank == 0 && core && !strcasecmp(core, "Prescott") && __builtin_cpu_supports("avx2"))
+        fprintf(stderr, "zebra: warning: OpenBLAS chose its generic core (%s) on a CPU with %s; set "
+                        "OPENBLAS_CORETYPE=%s for its fast kernels\n", core,
+                __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2",
+                __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
 }
 
 long zb_vm_hwm_kb(void) {

@@ -24,6 +24,8 @@ int zb_cmd_plot(int argc, char **argv);
  * resident memory (VmHWM of /proc/self/status) in kB, -1 if unknown. */
 #include <mpi.h>
 int zb_threads_auto(MPI_Comm comm);
+/* Rank 0 warns (one line) when OpenBLAS runs its generic core on a CPU with AVX2/AVX-512. */
+void zb_blas_check_core(int rank);
 long zb_vm_hwm_kb(void);
 
 /* Small helpers for argument parsing shared by the commands. */

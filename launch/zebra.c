@@ -58,6 +58,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     zb_threads_auto(MPI_COMM_WORLD);   /* every rank: its share of the node's cores (cmd_runtime.c) */
+    zb_blas_check_core(rank);
     int rc = cmd->fn(argc - 1, argv + 1);
     if (rc != ZB_OK) {
         fprintf(stderr, "zebra %s: error: %s\n", cmd->name, zb_errmsg());

@@ -228,8 +228,6 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
     zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
 }
 
-/* KV head g's [dn + dv, r] block of kv_b_proj as f32: in place for f32 storage; bf16 storage is
- * converted into buf (kept while the same head is asked for again: *held). */
 /* kv_b_proj [Hk, dn + dv, r] as f32: the weights themselves, or a bf16 matrix converted into buf */
 static const float *kvb_f32(const zb_mla_lin *lin, size_t floats, float *buf) {
     if (lin->kv_b_proj.f32) return lin->kv_b_proj.f32;

@@ -313,59 +313,59 @@ __attribute__((target("avx2,fma"))) static inline __m256 hsum8_avx2(__m256 a0, _
  * GEMM rather than 32 dot-product sweeps.
  * VEC the vector type, ZERO() a zero vector, LOAD(p), FMA(a, b, c) = a * b + c, BCAST(p) *p
  * in every lane, STORE(p, v), RED8(t, a0..a7): t[i] = scale * (the sum of the lanes of ai). */
-#define HEADS_BODY(VEC, WIDTH, ZERO, LOAD, FMA, BCAST, STORE, RED8)                                    \
-    const VEC z = ZERO();                                                                              \
-    const size_t ks = (size_t)k_stride;                                                                \
-    float t[8];                                                                                        \
-    for (int u = 0; u < len; u += 2) {   /* scores, 2 positions (the last alone when len is odd) */   \
-        int two = u + 1 < len;                                                                         \
-        const float *k0 = kc + (size_t)(u0 + u) * ks, *k1 = two ? k0 + ks : k0;                        \
-        if (first)                                                                                     \
-            for (int j = 0; j < dv; j += 16) {                                                         \
-                _mm_prefetch((const char *)(vc + (size_t)(u0 + u) * v_stride + j), _MM_HINT_T0);      \
-                _mm_prefetch((const char *)(vc + (size_t)(u0 + u + two) * v_stride + j), _MM_HINT_T0); \
-            }                                                                                          \
-        VEC a[4][2];                                                                                   \
-        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                     \
-        for (int j = 0; j < dqk; j += WIDTH) {                                                         \
-            VEC kv0 = LOAD(k0 + j), kv1 = LOAD(k1 + j);                                                \
-            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                     \
-                VEC qv = LOAD(qh + (size_t)h * dqk + j);                                               \
-                a[h][0] = FMA(qv, kv0, a[h][0]);                                                       \
-                a[h][1] = FMA(qv, kv1, a[h][1]);                                                       \
-            }                                                                                          \
-        }                                                                                              \
-        RED8(t, a[0][0], a[1][0], a[2][0], a[3][0], a[0][1], a[1][1], a[2][1], a[3][1]);              \
-        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                         \
-            sh[(size_t)h * cs + u] = t[h];                                                   \
-            if (two) sh[(size_t)h * cs + u + 1] = t[4 + h];                                  \
-        }                                                                                              \
-    }                                                                                                  \
+#define HEADS_BODY(VEC, WIDTH, ZERO, LOAD, FMA, BCAST, STORE, RED8)                                     \
+    const VEC z = ZERO();                                                                               \
+    const size_t ks = (size_t)k_stride;                                                                 \
+    float t[8];                                                                                         \
+    for (int u = 0; u < len; u += 2) {   /* scores, 2 positions (the last alone when len is odd) */     \
+        int two = u + 1 < len;                                                                          \
+        const float *k0 = kc + (size_t)(u0 + u) * ks, *k1 = two ? k0 + ks : k0;                         \
+        if (first)                                                                                      \
+            for (int j = 0; j < dv; j += 16) {                                                          \
+                _mm_prefetch((const char *)(vc + (size_t)(u0 + u) * v_stride + j), _MM_HINT_T0);        \
+                _mm_prefetch((const char *)(vc + (size_t)(u0 + u + two) * v_stride + j), _MM_HINT_T0);  \
+            }                                                                                           \
+        VEC a[4][2];                                                                                    \
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                      \
+        for (int j = 0; j < dqk; j += WIDTH) {                                                          \
+            VEC kv0 = LOAD(k0 + j), kv1 = LOAD(k1 + j);                                                 \
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                      \
+                VEC qv = LOAD(qh + (size_t)h * dqk + j);                                                \
+                a[h][0] = FMA(qv, kv0, a[h][0]);                                                        \
+                a[h][1] = FMA(qv, kv1, a[h][1]);                                                        \
+            }                                                                                           \
+        }                                                                                               \
+        RED8(t, a[0][0], a[1][0], a[2][0], a[3][0], a[0][1], a[1][1], a[2][1], a[3][1]);                \
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                          \
+            sh[(size_t)h * cs + u] = t[h];                                                              \
+            if (two) sh[(size_t)h * cs + u + 1] = t[4 + h];                                             \
+        }                                                                                               \
+    }                                                                                                   \
     for (int h = 0; h < HB; h++) chunk_softmax(sh + (size_t)h * cs, len, part + (size_t)h * (dv + 2) + dv); \
-    int j0 = 0;                                                                                        \
-    for (; j0 + 2 * WIDTH <= dv; j0 += 2 * WIDTH) {   /* values: HB heads x 2 WIDTH columns */        \
-        VEC a[4][2];                                                                                   \
-        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                     \
-        for (int u = 0; u < len; u++) {                                                                \
-            const float *v = vc + (size_t)(u0 + u) * v_stride + j0;                                    \
-            VEC v0 = LOAD(v), v1 = LOAD(v + WIDTH);                                                    \
-            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                     \
-                VEC p = BCAST(sh + (size_t)h * cs + u);                                      \
-                a[h][0] = FMA(p, v0, a[h][0]);                                                         \
-                a[h][1] = FMA(p, v1, a[h][1]);                                                         \
-            }                                                                                          \
-        }                                                                                              \
-        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                         \
-            STORE(part + (size_t)h * (dv + 2) + j0, a[h][0]);                                          \
-            STORE(part + (size_t)h * (dv + 2) + j0 + WIDTH, a[h][1]);                                  \
-        }                                                                                              \
-    }                                                                                                  \
-    for (; j0 < dv; j0++)   /* the columns past the last 2 WIDTH */                                    \
-        for (int h = 0; h < HB; h++) {                                                                 \
-            const float *s = sh + (size_t)h * cs;                                            \
-            float acc = 0;                                                                             \
-            for (int u = 0; u < len; u++) acc += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];          \
-            part[(size_t)h * (dv + 2) + j0] = acc;                                                     \
+    int j0 = 0;                                                                                         \
+    for (; j0 + 2 * WIDTH <= dv; j0 += 2 * WIDTH) {   /* values: HB heads x 2 WIDTH columns */          \
+        VEC a[4][2];                                                                                    \
+        _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) a[h][0] = a[h][1] = z;                      \
+        for (int u = 0; u < len; u++) {                                                                 \
+            const float *v = vc + (size_t)(u0 + u) * v_stride + j0;                                     \
+            VEC v0 = LOAD(v), v1 = LOAD(v + WIDTH);                                                     \
+            _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                      \
+                VEC p = BCAST(sh + (size_t)h * cs + u);                                                 \
+                a[h][0] = FMA(p, v0, a[h][0]);                                                          \
+                a[h][1] = FMA(p, v1, a[h][1]);                                                          \
+            }                                                                                           \
+        }                                                                                               \
+        _Pragma("GCC unroll 4") for (int h = 0; h < HB; h++) {                                          \
+            STORE(part + (size_t)h * (dv + 2) + j0, a[h][0]);                                           \
+            STORE(part + (size_t)h * (dv + 2) + j0 + WIDTH, a[h][1]);                                   \
+        }                                                                                               \
+    }                                                                                                   \
+    for (; j0 < dv; j0++)   /* the columns past the last 2 WIDTH */                                     \
+        for (int h = 0; h < HB; h++) {                                                                  \
+            const float *s = sh + (size_t)h * cs;                                                       \
+            float acc = 0;                                                                              \
+            for (int u = 0; u < len; u++) acc += s[u] * vc[(size_t)(u0 + u) * v_stride + j0];           \
+            part[(size_t)h * (dv + 2) + j0] = acc;                                                      \
         }
 
 /* the softmax of one head's chunk of scores s[0..len): e^(s - max) in place; mlv = {max, sum} */
@@ -407,21 +407,21 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) static inline void he
 }
 
 /* the task: the group's heads in blocks of 4 (then 3, 2 or 1), each block inlined with its HB */
-#define TASK_SIMD(name, heads, attr)                                                                   \
-    attr static void name(const float *qg, const float *kc, const float *vc, int u0, int len, int rep, \
-                          int dqk, int dv, int k_stride, int v_stride, float scale, float *s, int cs,  \
+#define TASK_SIMD(name, heads, attr)                                                                    \
+    attr static void name(const float *qg, const float *kc, const float *vc, int u0, int len, int rep,  \
+                          int dqk, int dv, int k_stride, int v_stride, float scale, float *s, int cs,   \
                           float *part) {                                                                \
-        for (int h = 0; h < rep; h += 4) {                                                             \
-            const float *qh = qg + (size_t)h * dqk;                                                    \
-            float *sh = s + (size_t)h * cs, *ph = part + (size_t)h * (dv + 2);              \
-            int f = h == 0;                                                                            \
-            switch (rep - h < 4 ? rep - h : 4) {                                                       \
+        for (int h = 0; h < rep; h += 4) {                                                              \
+            const float *qh = qg + (size_t)h * dqk;                                                     \
+            float *sh = s + (size_t)h * cs, *ph = part + (size_t)h * (dv + 2);                          \
+            int f = h == 0;                                                                             \
+            switch (rep - h < 4 ? rep - h : 4) {                                                        \
             case 1: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 1); break; \
             case 2: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 2); break; \
             case 3: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 3); break; \
             default: heads(qh, kc, vc, u0, len, dqk, dv, k_stride, v_stride, scale, sh, cs, ph, f, 4); break; \
-            }                                                                                          \
-        }                                                                                              \
+            }                                                                                           \
+        }                                                                                               \
     }
 TASK_SIMD(task_avx2, heads_avx2, __attribute__((target("avx2,fma"))))
 TASK_SIMD(task_avx512, heads_avx512, __attribute__((target("avx512f,avx2,fma"))))

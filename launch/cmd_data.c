@@ -316,17 +316,12 @@ static int collect(strvec *files, const strvec *inputs) {
     return ZB_OK;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static int process_file(sink *k, seq *s, const char *path, int fmt) {
     char *buf = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &buf, &len));
     int f = fmt;
-    if (f == FMT_AUTO) f = ends_with(path, ".jsonl") || ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
+    if (f == FMT_AUTO) f = zb_ends_with(path, ".jsonl") || zb_ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
     int rc = ZB_OK;
     if (f == FMT_TEXT) {
         if (memchr(buf, 0, len < 4096 ? len : 4096)) k->skipped++;   /* NUL bytes: not text */

@@ -29,6 +29,9 @@ void zb_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
 void zb_cuda_gemm_strided(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                           long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                           int ldc, long long strideC, int batch);
+/* Row-major C[M,N] = A[M,K] @ B[N,K]^T with bf16 A and B, float32 C (benchmarks: the tensor
+ * cores' rate on bf16 data). */
+void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, const void *B, float *C);
 void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N, int C, int OC);
 void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                              const float *W, int N, int C, int OC);

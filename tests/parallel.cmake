@@ -1,4 +1,4 @@
-# Tensor parallelism (parallel/tp.h, SPEC §9, issue 6): logits, loss, every gradient, KL,
+# Tensor parallelism (parallel/tp.h, SPEC §9): logits, loss, every gradient, KL,
 # greedy generation and the checkpoint round trip across layouts against the 1-rank model.
 # A hybrid (attention + MLA + Mamba2, dims divisible by 4) at TP=2 and TP=4; the HF llama
 # fixture at TP=2 (and TP=2 x DP=2 on 4 ranks; TP=4 must be refused: 2 KV heads); the HF

@@ -33,6 +33,7 @@ static const key_spec keys[] = {
     {"eps", T_NUM, 0, BIG, 1, 0, NULL},        {"clip", T_NUM, 0, BIG, 0, 0, NULL},
     {"kl_weight", T_NUM, 0, BIG, 0, 0, NULL},  {"ce_weight", T_NUM, 0, BIG, 0, 0, NULL},
     {"temperature", T_NUM, 0, BIG, 1, 0, NULL}, {"beta", T_NUM, 0, BIG, 1, 0, NULL},
+    {"ild_loss", T_CHOICE, 0, 0, 0, 0, "release|mixer_mse"},
     {"log_every", T_INT, 1, 2147483647, 0, 0, NULL}, {"eval_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"eval_batches", T_INT, 0, 2147483647, 0, 0, NULL}, {"save_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"keep_last", T_INT, 0, 2147483647, 0, 0, NULL}, {"nonfinite", T_CHOICE, 0, 0, 0, 0, "stop|skip"},
@@ -249,6 +250,8 @@ static int parse_root(zb_run_cfg *r, const cJSON *o) {
     r->loss.ce_weight = (float)num(o, "ce_weight", 0.0);
     r->loss.temperature = (float)num(o, "temperature", 1.0);
     r->loss.beta = (float)num(o, "beta", 0.1);
+    v = get(o, "ild_loss");
+    r->loss.ild_mode = v && !strcmp(v->valuestring, "mixer_mse") ? ZB_ILD_MIXER_MSE : ZB_ILD_RELEASE;
     /* float32 lr of a tiny double rounds to 0 (or a huge one to inf): still checked */
     if (!(c->lr > 0) || !isfinite(c->lr))
         return zb_fail(ZB_EARG, "%s: key 'lr' must be > 0 as a float32 (got %g)", path, num(o, "lr", 0));

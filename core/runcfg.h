@@ -15,6 +15,7 @@
  *   clip (1.0) >= 0 (0: off)
  *   kl_weight (1) >= 0, ce_weight (0) >= 0, temperature (1) > 0     kd
  *   beta (0.1) > 0                                                  dpo
+ *   ild_loss ("release" | "mixer_mse")                              ild (train.h)
  *   log_every (10) >= 1, eval_every (0: only at the end), eval_batches (8), save_every (0:
  *   only at the end), keep_last (2; 0: keep all) — all >= 0
  *   nonfinite ("stop")  a step whose loss or gradient norm is inf / NaN is never applied nor

@@ -451,18 +451,22 @@ static int report(train_run *S, interval *v, float lr) {
     if (S->g.rank == 0) {
         double tps = v->t > 0 ? v->n * S->tok_per_step / v->t : 0, L = v->parts.loss / v->n;
         double eta = (double)(r->steps - S->step) * (v->t_run / (double)v->steps_run);
-        char es[32], b[6][40], line[2048 + sizeof busy];
+        char es[32], b[8][40], line[2048 + sizeof busy];
         fmt_time(es, sizeof es, eta);
         fprintf(stderr, "step %6lld/%d | loss %.4f", (long long)S->step, r->steps, L);
         if (S->stage == ZB_STAGE_KD) fprintf(stderr, " (kl %.4f ce %.4f)", v->parts.kl / v->n, v->parts.ce / v->n);
+        if (S->stage == ZB_STAGE_ILD && r->loss.ild_mode == ZB_ILD_RELEASE)
+            fprintf(stderr, " (block %.4f mixer %.4f)", v->parts.ild_block / v->n, v->parts.ild_mixer / v->n);
         fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, v->gnorm / v->n, tps, es);
         snprintf(line, sizeof line, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%s,\"ce\":%s,\"kl\":%s,\"mse\":%s,"
                  "\"lr\":%.9g,\"grad_norm\":%s,\"tokens\":%.0f,\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,"
-                 "\"eta_s\":%s,\"step_s\":%.6f,\"comm_s\":%.6f,\"skipped\":%lld%s}\n", zb_stage_name(S->stage),
+                 "\"eta_s\":%s,\"step_s\":%.6f,\"comm_s\":%.6f,\"ild_block\":%s,\"ild_mixer\":%s,\"skipped\":%lld%s}\n",
+                 zb_stage_name(S->stage),
                  (long long)S->step, jnum(b[0], 40, "%.17g", L), jnum(b[1], 40, "%.17g", v->parts.ce / v->n),
                  jnum(b[2], 40, "%.17g", v->parts.kl / v->n), jnum(b[3], 40, "%.17g", v->parts.mse / v->n), lr,
                  jnum(b[4], 40, "%.9g", v->gnorm / v->n), S->tokens_seen, tps, v->t_run,
-                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n, (long long)S->skipped, busy);
+                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n, jnum(b[6], 40, "%.17g", v->parts.ild_block / v->n),
+                 jnum(b[7], 40, "%.17g", v->parts.ild_mixer / v->n), (long long)S->skipped, busy);
         ZB_TRY(log_line(S->log_fd, line));
     }
     double t_run = v->t_run;

@@ -7,6 +7,7 @@
 #  - smart writes a plan with K layers incl. the first and last, and an SVG; compose --plan
 #    reads it; a mismatched config fails with a one-line error and no output file.
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1 fx=$2 src=$3
 bindir=$(dirname "$zebra")
 tc=$bindir/tests/test_compose; [ -x "$tc" ] || tc=$bindir/test_compose
@@ -38,7 +39,7 @@ grep -q "<svg" "$tmp/plan.svg" && grep -q "</svg>" "$tmp/plan.svg"; ok $? "smart
 
 if "$zebra" compose --teacher "$T" --config "$src/configs/tiny-zebra.json" -o "$tmp/x.h5" 2> "$tmp/err" > /dev/null; then r=1; else r=0; fi
 ok $r "mismatched config (4 layers vs 3) refused"
-[ "$(wc -l < "$tmp/err")" -le 2 ] && grep -q "layers" "$tmp/err"; ok $? "one-line error naming the problem: $(head -1 "$tmp/err")"
+[ "$(err_file_lines "$tmp/err")" = 1 ] && grep -q "layers" "$tmp/err"; ok $? "one-line error naming the problem: $(head -1 "$tmp/err")"
 [ ! -e "$tmp/x.h5" ]; ok $? "no output file on error"
 echo "$((n - fail)) passed, $fail failed"
 [ $fail = 0 ]

@@ -137,12 +137,15 @@ double zb_ops_mamba2(const zb_mamba2_dims *m, int d, int T, int fwd) {
     return fwd ? p : p + ssd + sq(zb_mamba2_in_proj_rows(m)) + sq(m->conv_k) + sq(d);
 }
 
-/* one block: two RMSNorms (sum of squares, rsqrt) and residual adds, the mixer, the SwiGLU
- * MLP (gate/up, silu * up, down) */
+/* one block: two RMSNorms (sum of squares, rsqrt) and residual adds, the SwiGLU MLP (gate/up,
+ * silu * up, down), and the mixer */
+double zb_ops_norms_mlp(int d, int F, int fwd) {
+    return 2 * (sq(d) + 1) + 2 + (fwd ? sq(d) + 3 + sq(F) : sq(d) + 3 + sq(F) + sq(F) + 3 + 2 * sq(d));
+}
+
 static double block_path(const zb_config *c, zb_layer_kind k, int T, int fwd) {
-    int d = c->d_model, F = c->ffn;
-    double p = 2 * (sq(d) + 1) + 2;
-    p += fwd ? sq(d) + 3 + sq(F) : sq(F) + 3 + 2 * sq(d);
+    int d = c->d_model;
+    double p = zb_ops_norms_mlp(d, c->ffn, fwd);
     if (k == ZB_LAYER_ATTN) p += zb_ops_attn(d, c->n_heads, c->head_dim, T, fwd);
     else if (k == ZB_LAYER_MLA) p += zb_ops_mla(&c->mla, d, T, fwd);
     else p += zb_ops_mamba2(&c->mamba, d, T, fwd);
@@ -158,11 +161,13 @@ static double path_fwd_n(const zb_config *c, int T) {
 double zb_model_path_fwd(const zb_config *c, int T) { return sqrt(path_fwd_n(c, T)); }
 
 double zb_model_path_bwd(const zb_config *c, int T, int N) {
-    /* the forward, the loss (log-sum-exp over V, softmax), the head's dx (over V), every
-     * block's backward, and the final sum of each parameter's gradient over the N tokens */
-    double p = path_fwd_n(c, T) + sq(c->vocab) + 2 + sq(c->vocab) + sq(c->d_model) + 1;
+    /* every block forward and backward (block_path with fwd 0 counts both), the embedding, the
+     * final norm and head forward, the loss (log-sum-exp over V, softmax), the head's and the
+     * final norm's backward, and the final sum of each parameter's gradient over the N tokens */
+    int d = c->d_model;
+    double p = 1 + sq(d) + 1 + sq(d) + sq(c->vocab) + 2 + sq(c->vocab) + sq(d) + 1 + sq(N);
     for (int l = 0; l < c->n_layers; l++) p += block_path(c, c->kinds[l], T, 0);
-    return sqrt(p + sq(N));
+    return sqrt(p);
 }
 
 void zb_mag_matmul(float *mag, const float *x, const float *w, int N, int V, int K) {
@@ -232,4 +237,46 @@ int zb_check_elem_bound(const char *what, const float *got, const float *ref, co
     }
     return zb_check(worst <= 1, "%s: |d| <= %.3g x magnitude per element (worst %.2g of its bound, at %zu)", what,
                     scale, worst, wi);
+}
+
+/* ---- finite differences (zb_test.h) ---------------------------------------------------------- */
+static double fd_at(zb_loss_fn f, void *ctx, float *p, double h, double *step) {
+    float save = *p, up = (float)(save + h), dn = (float)(save - h);
+    *p = up;
+    double lp = f(ctx);
+    *p = dn;
+    double lm = f(ctx);
+    *p = save;
+    *step = (double)up - dn;
+    return (lp - lm) / *step;
+}
+
+void zb_fd_grad(zb_loss_fn f, void *ctx, float *p, size_t n, double h, double ef, float *num, float *tol) {
+    for (size_t i = 0; i < n; i++) {
+        double s1, s2;
+        double d1 = fd_at(f, ctx, p + i, h, &s1), d2 = fd_at(f, ctx, p + i, 2 * h, &s2);
+        num[i] = (float)d1;
+        /* 2 ef / s: the two evaluations of each difference over its whole step */
+        tol[i] = (float)(2 * fabs(d2 - d1) / 3 + 2 * ef / s1 + 2 * ef / s2 / 3);
+    }
+}
+
+double zb_loss_ef(const float *R, const float *mag, size_t n, double n_ops) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)R[i] * R[i] * (double)mag[i] * mag[i];
+    return ZB_LAMBDA * ZB_U32 * sqrt(n_ops) * sqrt(s);
+}
+
+int zb_check_fd(const char *what, const float *an, const float *num, const float *tol, size_t n, double abound) {
+    double dd = 0, tt = 0, nn = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)an[i] - num[i];
+        dd += d * d;
+        tt += (double)tol[i] * tol[i];
+        nn += (double)num[i] * num[i];
+    }
+    double e = sqrt(dd), b = sqrt(tt) + abound;
+    if (isnan(e)) e = INFINITY;
+    return zb_check(e <= b, "%s: ||an - fd|| %.3g <= %.3g (fd %.3g + float32 %.3g; bound %.2g of ||fd||)", what, e,
+                    b, sqrt(tt), abound, nn > 0 ? b / sqrt(nn) : b);
 }

@@ -61,6 +61,8 @@ double zb_model_path_fwd(const zb_config *c, int T);
 double zb_ops_attn(int d, int H, int hd, int T, int fwd);
 double zb_ops_mla(const zb_mla_dims *a, int d, int T, int fwd);
 double zb_ops_mamba2(const zb_mamba2_dims *m, int d, int T, int fwd);
+/* a block's two RMSNorms, residual adds and SwiGLU MLP (d -> F -> d), without the mixer */
+double zb_ops_norms_mlp(int d, int F, int fwd);
 double zb_model_path_bwd(const zb_config *c, int T, int N);
 
 /* Magnitude of the summed terms of each logit, logits = lnf W^T:
@@ -87,6 +89,23 @@ int zb_check_elem_bound(const char *what, const float *got, const float *ref, co
                         double scale);
 /* max of |x_i| */
 double zb_max_abs(const float *x, size_t n);
+
+/* ---- finite differences ------------------------------------------------------------------
+ * A central difference D_h = (f(p + h) - f(p - h)) / 2h errs by h^2 f'''/6 + O(h^4) (truncation)
+ * plus the rounding of f: each evaluation off by at most ef gives ef / h. D_2h's truncation
+ * error is 4 times D_h's, so |D_2h - D_h| / 3 estimates D_h's (Richardson extrapolation).
+ * zb_fd_grad gives num = D_h and its bound tol = 2 |D_2h - D_h| / 3 + 2 ef / h (2x on the
+ * estimate for the O(h^4) terms it leaves out; the rounding of D_2h's evaluations counted
+ * too). The steps are those float32 takes (fl(p + h) - p). f returns the loss (in double). */
+typedef double (*zb_loss_fn)(void *ctx);
+void zb_fd_grad(zb_loss_fn f, void *ctx, float *p, size_t n, double h, double ef, float *num, float *tol);
+/* The float32 error of one evaluation of L = sum_i out_i R_i (summed in double) when each
+ * out_i has summed terms of magnitude mag_i along n_ops: lambda u sqrt(n_ops) ||R o mag||_2
+ * (all the roundings behind L as one Hoeffding sum, see above). */
+double zb_loss_ef(const float *R, const float *mag, size_t n, double n_ops);
+/* An analytic gradient against central differences: ||an - num||_2 <= ||tol||_2 + abound,
+ * abound the analytic gradient's own float32 bound (2-norm). */
+int zb_check_fd(const char *what, const float *an, const float *num, const float *tol, size_t n, double abound);
 
 /* Fail the test binary with the current zb_errmsg() if rc != 0. */
 #define ZB_TEST_OK(expr) do { int rc_ = (expr); if (rc_) { \

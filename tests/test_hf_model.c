@@ -181,35 +181,12 @@ int main(int argc, char **argv) {
         const zb_st_tensor *tp = zb_st_get(ref, "greedy_prompt"), *tg = zb_st_get(ref, "greedy_tokens");
         if (zb_check(tp && tg, "greedy_prompt / greedy_tokens present")) {
             int np = (int)tp->numel, ng = (int)tg->numel;
-            int *p = malloc(sizeof(int) * np), *gt = malloc(sizeof(int) * ng), *out = malloc(sizeof(int) * ng);
+            int *p = malloc(sizeof(int) * np), *gt = malloc(sizeof(int) * ng);
             ZB_TEST_OK(zb_st_to_i32(tp, p));
             ZB_TEST_OK(zb_st_to_i32(tg, gt));
-            zb_gen g;
-            ZB_TEST_OK(zb_gen_init(&g, &m, 1, np + ng));
-            zb_sampler greedy = {0, 0, 1};
-            ZB_TEST_OK(zb_gen_step(&m, &g, p, np));
-            int same = 1, k;
-            double gap = 0, gb = 0;
-            float *gm = malloc(sizeof(float) * V);
-            for (k = 0; k < ng; k++) {
-                out[k] = zb_sample(g.logits, c->vocab, &greedy, NULL, NULL);
-                if (out[k] != gt[k]) {
-                    /* a near-tie: HF's token and ours within both logits' float32 bounds is the
-                     * same greedy choice up to rounding; the continuations part there */
-                    zb_mag_matmul(gm, g.lnf, m.w.lm_head, 1, V, d);
-                    gap = g.logits[out[k]] - g.logits[gt[k]];
-                    gb = zb_bound_scale(zb_model_path_fwd(c, np + k)) * (gm[out[k]] + gm[gt[k]]);
-                    same = gap <= gb ? 2 : 0;
-                    break;
-                }
-                if (k + 1 < ng) ZB_TEST_OK(zb_gen_step(&m, &g, &out[k], 1));
-            }
-            if (same == 2) printf("  greedy: HF's token %d and ours %d tie within rounding at step %d (gap %.3g <= %.3g)\n",
-                                  gt[k], out[k], k, gap, gb);
+            int k, same = zb_greedy_check(&m, m.w.lm_head, p, np, gt, ng, &k);
             zb_check(same, "greedy tokens identical (%d of %d matched%s)", k, ng, same == 2 ? ", then a tie" : "");
-            free(gm);
-            zb_gen_free(&g);
-            free(p); free(gt); free(out);
+            free(p); free(gt);
         }
     }
     free(own.logits); free(own.hidden); free(mag.logits); free(mag.grads); free(acc); free(lbound); free(ids);

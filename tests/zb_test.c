@@ -280,3 +280,34 @@ int zb_check_fd(const char *what, const float *an, const float *num, const float
     return zb_check(e <= b, "%s: ||an - fd|| %.3g <= %.3g (fd %.3g + float32 %.3g; bound %.2g of ||fd||)", what, e,
                     b, sqrt(tt), abound, nn > 0 ? b / sqrt(nn) : b);
 }
+
+int zb_greedy_check(const zb_model *m, const float *head, const int *p, int np, const int *want, int ng, int *matched) {
+    const zb_config *c = &m->cfg;
+    int V = c->vocab, d = c->d_model, res = 1, k;
+    zb_gen g;
+    int *tok = malloc(sizeof(int) * (ng > 0 ? ng : 1));
+    float *mag = malloc(sizeof(float) * V);
+    if (!tok || !mag || zb_gen_init(&g, m, 1, np + ng) || zb_gen_step(m, &g, p, np)) {
+        free(tok); free(mag);
+        *matched = 0;
+        return 0;
+    }
+    zb_sampler greedy = {0, 0, 1};
+    for (k = 0; k < ng; k++) {
+        tok[k] = zb_sample(g.logits, V, &greedy, NULL, NULL);
+        if (tok[k] != want[k]) {
+            zb_mag_matmul(mag, g.lnf, head, 1, V, d);
+            double gap = g.logits[tok[k]] - g.logits[want[k]];
+            double b = zb_bound_scale(zb_model_path_fwd(c, np + k)) * ((double)mag[tok[k]] + mag[want[k]]);
+            res = gap <= b ? 2 : 0;
+            printf("  greedy step %d: token %d, expected %d: logit gap %.3g %s its float32 bound %.3g\n", k, tok[k],
+                   want[k], gap, gap <= b ? "within" : "beyond", b);
+            break;
+        }
+        if (k + 1 < ng && zb_gen_step(m, &g, &tok[k], 1)) { res = 0; break; }
+    }
+    *matched = k;
+    zb_gen_free(&g);
+    free(tok); free(mag);
+    return res;
+}

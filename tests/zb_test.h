@@ -82,6 +82,13 @@ double zb_bound_scale(double path);
 int zb_tensor_within(const float *got, const float *ref, const float *mag, size_t n, double path, double *ratio,
                      int *sensitive);
 
+/* Greedy continuation of the prompt p[np] on m with its cache, against want[ng]. At the first
+ * token that differs, the two candidates' logits are compared: within both logits' float32
+ * bounds (forward path, magnitudes |lnf| |head|) it is a tie up to rounding, not an error, and
+ * the continuations part there. head: the LM head's values in f32 [V, d]. Returns 1 when every
+ * token matches, 2 for such a tie, 0 otherwise; *matched = tokens equal before that. */
+int zb_greedy_check(const zb_model *m, const float *head, const int *p, int np, const int *want, int ng, int *matched);
+
 /* max_i |got_i - ref_i| <= bound; prints err, bound and their ratio. */
 int zb_check_bound(const char *what, const float *got, const float *ref, size_t n, double bound);
 /* |got_i - ref_i| <= scale * mag_i for every i; prints the worst ratio. */

@@ -311,3 +311,12 @@ int zb_greedy_check(const zb_model *m, const float *head, const int *p, int np, 
     free(tok); free(mag);
     return res;
 }
+
+float *zb_test_head_f32(const zb_model *m) {
+    size_t n = (size_t)m->cfg.vocab * m->cfg.d_model;
+    float *h = malloc(sizeof(float) * n);
+    if (!h) return NULL;
+    zb_wt w = m->w.lm_head_lin;
+    for (size_t i = 0; i < n; i++) h[i] = w.f32 ? w.f32[i] : zb_bf16_to_f32(w.bf16[i]);
+    return h;
+}

@@ -82,6 +82,9 @@ double zb_bound_scale(double path);
 int zb_tensor_within(const float *got, const float *ref, const float *mag, size_t n, double path, double *ratio,
                      int *sensitive);
 
+/* The LM head of m as float32 [V, d] (a copy, malloc'd; from bf16 storage when held so). */
+float *zb_test_head_f32(const zb_model *m);
+
 /* Greedy continuation of the prompt p[np] on m with its cache, against want[ng]. At the first
  * token that differs, the two candidates' logits are compared: within both logits' float32
  * bounds (forward path, magnitudes |lnf| |head|) it is a tie up to rounding, not an error, and

@@ -179,16 +179,17 @@ void zb_mag_matmul(float *mag, const float *x, const float *w, int N, int V, int
         }
 }
 
-int zb_mag_lm_grad(zb_model *m, const int *ids, int B, int T, float *mag) {
+int zb_mag_ce_grad(zb_model *m, const int *ids, const int *targets, int B, int T, float *mag) {
     zb_acts a;
     ZB_TRY(zb_acts_alloc(&a, m, B, T));
-    int N = B * T, nt = B * (T - 1), rc = ZB_OK;
+    int N = B * T, nt = 0;
     int *tg = malloc(sizeof(int) * N);
     if (!tg) { zb_acts_free(&a); return zb_fail(ZB_ENOMEM, "magnitudes"); }
-    for (int k = 0; k < N && nt > 0; k++) {
-        if (k % T == T - 1) continue;   /* the last position of a sequence has no target */
+    for (int k = 0; k < N; k++) nt += targets[k] >= 0;
+    for (int k = 0; k < N; k++) {
+        if (targets[k] < 0) continue;
         for (int n = 0; n < N; n++) tg[n] = -1;
-        tg[k] = ids[k + 1];
+        tg[k] = targets[k];
         zb_model_zero_grad(m);
         zb_model_forward(m, &a, ids);
         zb_model_ce_loss(m, &a, tg, 1);
@@ -198,6 +199,16 @@ int zb_mag_lm_grad(zb_model *m, const int *ids, int B, int T, float *mag) {
     zb_model_zero_grad(m);
     free(tg);
     zb_acts_free(&a);
+    return ZB_OK;
+}
+
+int zb_mag_lm_grad(zb_model *m, const int *ids, int B, int T, float *mag) {
+    int N = B * T;
+    int *tg = malloc(sizeof(int) * N);
+    if (!tg) return zb_fail(ZB_ENOMEM, "magnitudes");
+    for (int k = 0; k < N; k++) tg[k] = k % T < T - 1 ? ids[k + 1] : -1;   /* labels shifted by one */
+    int rc = zb_mag_ce_grad(m, ids, tg, B, T, mag);
+    free(tg);
     return rc;
 }
 

@@ -73,6 +73,8 @@ void zb_mag_matmul(float *mag, const float *x, const float *w, int N, int V, int
  * m (1 rank, its grad buffer is used and left zeroed) and mag[i] += sum_t |d loss_t/d p_i| / n.
  * ids [B*T]; mag has m->n_floats values. */
 int zb_mag_lm_grad(zb_model *m, const int *ids, int B, int T, float *mag);
+/* The same for the cross-entropy against explicit targets [B*T] (target < 0: no loss term). */
+int zb_mag_ce_grad(zb_model *m, const int *ids, const int *targets, int B, int T, float *mag);
 
 /* 2 lambda u path: the bound per unit of magnitude of two float32 evaluations along path */
 double zb_bound_scale(double path);

@@ -104,6 +104,12 @@ static void zb_mla_query(const zb_mla_dims *m, int d, float eps, const zb_mla_we
     zb_mla_query_lin(m, d, eps, w, &lin, x, q, qa, qan, rstd_q, N);
 }
 
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T) {
+    zb_mla_acts a;
+    zb_mla_layout(m, B, T, acts, &a);
+    return a.att;
+}
+
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                     const zb_rope *rope, const float *x, float *out, float *acts, int B, int T) {
     zb_mla_acts a;

@@ -37,6 +37,9 @@ size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T);
 /* out[B*T, d] = MLA(x[B*T, d]); positions 0..T-1. acts: zb_mla_act_floats floats. */
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                     const zb_rope *rope, const float *x, float *out, float *acts, int B, int T);
+/* View into acts after zb_mla_forward (tests): the attention output, the input of o_proj
+ * [B*T, H*v_head_dim]. */
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T);
 /* dx[B*T,d] += d/dx; g (same layout as w) += parameter gradients. acts from the forward. */
 void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout,

@@ -23,7 +23,7 @@
 #include "store.h"
 
 /* Plan JSON {"mla_layers": [..]}: those layers MLA, every other Mamba2 (overrides layer_kinds). */
-static int read_plan(const char *path, zb_config *c) {
+int zb_plan_read(const char *path, zb_config *c) {
     char *text = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &text, &len));
@@ -188,7 +188,7 @@ int zb_cmd_compose(int argc, char **argv) {
     if (size > 1) return zb_fail(ZB_EARG, "compose: run it on one rank (it streams one layer at a time)");
     zb_config c;
     ZB_TRY(zb_config_load(cfg_path, &c));
-    if (plan) ZB_TRY(read_plan(plan, &c));
+    if (plan) ZB_TRY(zb_plan_read(plan, &c));
     ZB_TRY(zb_config_validate(&c, cfg_path));
     return compose(teacher, &c, out, dt, (uint64_t)zb_arg_int(argc, argv, "--seed", 1));
 }

@@ -471,7 +471,19 @@ int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
         H5Sclose(sp);
         e->ndim = nd;
         e->numel = 1;
-        for (int k = 0; k < nd; k++) { e->shape[k] = (int64_t)dims[k]; e->numel *= e->shape[k]; }
+        /* a dataspace may claim any dims (chunked storage need not exist): its bytes must fit
+         * int64, or every size computed from it overflows */
+        uint64_t lim = (uint64_t)INT64_MAX / zb_dtype_size(e->dtype);
+        for (int k = 0; k < nd; k++) {
+            if (dims[k] && (uint64_t)e->numel > lim / dims[k]) {
+                rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': dimension %d of %llu elements: the tensor does not fit "
+                             "in 2^63 bytes (corrupt or not a zebra checkpoint)", path, e->name, k,
+                             (unsigned long long)dims[k]);
+                goto done;
+            }
+            e->shape[k] = (int64_t)dims[k];
+            e->numel *= e->shape[k];
+        }
     }
 done:
     for (int i = 0; i < l.n; i++) free(l.names[i]);

@@ -209,7 +209,7 @@ static int assemble(const char *mpath, const char *apath, const char *plan, cons
     int rc = zb_store_open(&sa, apath);
     zb_config hc, pc = rc ? (zb_config){0} : *zb_store_config(sm);
     unsigned char is_mla[ZB_MAX_LAYERS] = {0};
-    if (!rc) rc = read_plan(plan, &pc);
+    if (!rc) rc = zb_plan_read(plan, &pc);
     for (int l = 0; !rc && l < pc.n_layers; l++) is_mla[l] = pc.kinds[l] == ZB_LAYER_MLA;
     if (!rc) rc = zb_assemble_config(zb_store_config(sm), zb_store_config(sa), is_mla, &hc, plan);
     zb_ckpt_writer *w = NULL;

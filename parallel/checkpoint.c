@@ -430,6 +430,18 @@ int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
     strcpy(r->path, path);
     r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (r->file < 0) { rc = zb_fail(ZB_EFORMAT, "%s: cannot open as HDF5 (truncated or corrupt)", path); goto done; }
+    /* zebra writes the root links compactly (or, before, as a symbol table); the dense form keeps
+     * them in a fractal heap without checksums, where libhdf5 1.10.8 crashes on damage (fuzzing) */
+    H5G_info_t gi;
+    if (H5Gget_info(r->file, &gi) < 0) {
+        rc = zb_fail(ZB_EFORMAT, "%s: cannot read the root group (truncated or corrupt)", path);
+        goto done;
+    }
+    if (gi.storage_type == H5G_STORAGE_TYPE_DENSE) {
+        rc = zb_fail(ZB_EFORMAT, "%s: root links in HDF5's dense storage, which zebra never writes (corrupt or "
+                     "not a zebra checkpoint)", path);
+        goto done;
+    }
     if (H5Aexists(r->file, "config_json") <= 0) {
         rc = zb_fail(ZB_EFORMAT, "%s: not a zebra checkpoint (no 'config_json' attribute)", path);
         goto done;

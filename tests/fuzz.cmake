@@ -2,11 +2,7 @@
 # seeds, the seeds made from the fixtures (test fuzz_seeds) and every input that once crashed
 # its parser (tests/fuzz/regress/<format>/), so that the fixes stay fixed in every build; label
 # badinput: tests/run-tests replays them under ASan + UBSan too (UB stops the run there).
-set(ZB_FUZZ_FORMATS safetensors config tokenizer encode plan hdf5 shards)
-# run.json's reader (core/runcfg.c) joins once it is in the tree
-if(EXISTS ${CMAKE_SOURCE_DIR}/core/runcfg.h)
-  list(APPEND ZB_FUZZ_FORMATS runcfg)
-endif()
+include(${CMAKE_CURRENT_SOURCE_DIR}/fuzz/formats.cmake)
 add_executable(zb_make_seeds ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/make_seeds.c)
 target_link_libraries(zb_make_seeds PRIVATE zebra_lib)
 add_test(NAME fuzz_seeds COMMAND zb_make_seeds ${ZB_FIXTURES} ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/fuzz-seeds)

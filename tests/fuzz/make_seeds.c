@@ -300,7 +300,7 @@ int main(int argc, char **argv) {
     srcdir = argv[2];
     out = argv[3];
     if (mkdir(out, 0755) != 0 && errno != EEXIST) { fprintf(stderr, "make_seeds: cannot create %s\n", out); return 1; }
-    static const char *const subs[] = {"safetensors", "config", "tokenizer", "encode", "plan", "hdf5", "shards"};
+    static const char *const subs[] = {"safetensors", "config", "tokenizer", "encode", "plan", "hdf5", "shards", "runcfg"};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) mkdir_p(subs[i]);
 
     static const char *const st[][2] = {

@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
             sprintf(names[nn++], "%s/%s", argv[i], e->d_name);
         }
         closedir(d);
-        qsort(names, (size_t)nn, sizeof *names, cmp_str);
+        if (nn > 1) qsort(names, (size_t)nn, sizeof *names, cmp_str); /* qsort(NULL, 0) is UB */
         for (int k = 0; k < nn; k++) {
             if (stat(names[k], &sb) == 0 && S_ISREG(sb.st_mode)) { bad |= replay_file(names[k]); n++; }
             free(names[k]);

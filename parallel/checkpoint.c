@@ -242,62 +242,6 @@ int zb_ckpt_write_tensor(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
     return zb_ckpt_write_rows(w, name, dtype, ndim, shape, 0, w->rank == 0 ? nlead : 0, data);
 }
 
-/* Added for tensor parallelism (parallel/tp.c): a union of row-range x column-range
- * hyperslabs per rank; HDF5 maps the contiguous memory buffer onto the selection in file
- * (row-major) order, which is the order of the rank's local tensor. */
-int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
-                       int nseg, const int64_t *row0, const int64_t *nrows, int64_t col0, int64_t ncols,
-                       const void *data) {
-    if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
-        return zb_fail(ZB_EARG, "%s: tensor '%s': names with '/' cannot be stored", w->path, name);
-    if (ndim < 1 || ndim > ZB_MAX_DIMS || file_type(dtype) < 0)
-        return zb_fail(ZB_EARG, "%s: tensor '%s': bad ndim %d or dtype", w->path, name, ndim);
-    hsize_t dims[ZB_MAX_DIMS], start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
-    hsize_t rowel = 1;
-    for (int i = 0; i < ndim; i++) {
-        dims[i] = count[i] = (hsize_t)shape[i];
-        if (i) rowel *= (hsize_t)shape[i];
-    }
-    if (nseg && (ndim == 2 ? (col0 < 0 || ncols < 0 || (hsize_t)(col0 + ncols) > dims[1])
-                           : (col0 != 0 || (hsize_t)ncols != rowel)))   /* nseg 0: writes nothing */
-        return zb_fail(ZB_EARG, "%s: tensor '%s': bad column range [%lld, %lld)", w->path, name,
-                       (long long)col0, (long long)(col0 + ncols));
-    hsize_t nel = 0;
-    for (int k = 0; k < nseg; k++) {
-        if (row0[k] < 0 || nrows[k] < 0 || (hsize_t)(row0[k] + nrows[k]) > dims[0] ||
-            (k && row0[k] < row0[k - 1] + nrows[k - 1]))
-            return zb_fail(ZB_EARG, "%s: tensor '%s': bad row segment [%lld, %lld)", w->path, name,
-                           (long long)row0[k], (long long)(row0[k] + nrows[k]));
-        nel += (hsize_t)nrows[k] * (hsize_t)ncols;
-    }
-    int rc = ZB_OK, first = 1;
-    hid_t sp = -1, ds = -1, ms = -1;
-    H5GO(sp = H5Screate_simple(ndim, dims, NULL));
-    H5GO(ds = H5Dcreate2(w->file, name, file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
-    H5GO(H5Sselect_none(sp));
-    if (nel) {
-        for (int k = 0; k < nseg; k++) {
-            if (!nrows[k]) continue;
-            start[0] = (hsize_t)row0[k];
-            count[0] = (hsize_t)nrows[k];
-            if (ndim == 2) { start[1] = (hsize_t)col0; count[1] = (hsize_t)ncols; }
-            H5GO(H5Sselect_hyperslab(sp, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL));
-            first = 0;
-        }
-        H5GO(ms = H5Screate_simple(1, &nel, NULL));
-    } else {
-        hsize_t one = 1;
-        H5GO(ms = H5Screate_simple(1, &one, NULL));
-        H5GO(H5Sselect_none(ms));
-    }
-    /* a rank with nothing to write still takes part in the collective write */
-    static const char dummy[8];
-    H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
-done:
-    return write_done(w, name, rc, ms, ds, sp);
-}
-
 /* OR into sp the boxes covering elements [a, b) of the trailing dims k.. of one index of the
  * leading ones (start[0..k), count[0..k) already set): full runs of dim k as one box, the
  * partial ends recursively. */

@@ -38,14 +38,6 @@ int zb_ckpt_write_tensor(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
  * nrows may be 0); data holds those rows contiguously. Collective. */
 int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim,
                        const int64_t *shape, int64_t row0, int64_t nrows, const void *data);
-/* General slice (tensor parallelism, parallel/tp.h): the tensor is viewed as rows of the
- * leading dimension; this rank writes the rows of nseg segments [row0[k], row0[k]+nrows[k])
- * (increasing, disjoint), and of each row the columns [col0, col0+ncols) of dim 1 (2-D only;
- * otherwise col0 = 0 and ncols = the product of the trailing dims). data holds the selected
- * values in row-major order ([sum nrows, ncols]). nseg 0 writes nothing. Collective. */
-int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim,
-                       const int64_t *shape, int nseg, const int64_t *row0, const int64_t *nrows,
-                       int64_t col0, int64_t ncols, const void *data);
 /* The most general write: the tensor viewed as [shape[0], width] (width = the product of the
  * trailing dims); this rank writes nblk blocks, rows [row0, row0+nrows) x columns
  * [col0, col0+ncols) of that view (a column range inside a row of an N-D tensor, N > 2, is

@@ -4,6 +4,7 @@
 #include "ckpt_read.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,18 @@ int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
     strcpy(r->path, path);
     r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (r->file < 0) { rc = zb_fail(ZB_EFORMAT, "%s: cannot open as HDF5 (truncated or corrupt)", path); goto done; }
+    /* zebra writes the root links compactly (or, before, as a symbol table); the dense form keeps
+     * them in a fractal heap without checksums, where libhdf5 1.10.8 crashes on damage (fuzzing) */
+    H5G_info_t gi;
+    if (H5Gget_info(r->file, &gi) < 0) {
+        rc = zb_fail(ZB_EFORMAT, "%s: cannot read the root group (truncated or corrupt)", path);
+        goto done;
+    }
+    if (gi.storage_type == H5G_STORAGE_TYPE_DENSE) {
+        rc = zb_fail(ZB_EFORMAT, "%s: root links in HDF5's dense storage, which zebra never writes (corrupt or "
+                     "not a zebra checkpoint)", path);
+        goto done;
+    }
     if (H5Aexists(r->file, "config_json") <= 0) {
         rc = zb_fail(ZB_EFORMAT, "%s: not a zebra checkpoint (no 'config_json' attribute)", path);
         goto done;
@@ -197,7 +210,19 @@ int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
         H5Sclose(sp);
         e->ndim = nd;
         e->numel = 1;
-        for (int k = 0; k < nd; k++) { e->shape[k] = (int64_t)dims[k]; e->numel *= e->shape[k]; }
+        /* a dataspace may claim any dims (chunked storage need not exist): its bytes must fit
+         * int64, or every size computed from it overflows */
+        uint64_t lim = (uint64_t)INT64_MAX / zb_dtype_size(e->dtype);
+        for (int k = 0; k < nd; k++) {
+            if (dims[k] && (uint64_t)e->numel > lim / dims[k]) {
+                rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': dimension %d of %llu elements: the tensor does not fit "
+                             "in 2^63 bytes (corrupt or not a zebra checkpoint)", path, e->name, k,
+                             (unsigned long long)dims[k]);
+                goto done;
+            }
+            e->shape[k] = (int64_t)dims[k];
+            e->numel *= e->shape[k];
+        }
     }
 done:
     for (int i = 0; i < l.n; i++) free(l.names[i]);

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "checkpoint.h"
+#include "ckpt_read.h"
 #include "tensor_names.h"
 #include "zb_common.h"
 

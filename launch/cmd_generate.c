@@ -30,6 +30,7 @@
 #include <cjson/cJSON.h>
 
 #include "commands.h"
+#include "linear.h"
 #include "grid.h"
 #include "model.h"
 #include "store.h"
@@ -341,9 +342,7 @@ int zb_cmd_generate(int argc, char **argv) {
     int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
-    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
-     * when OpenBLAS itself runs on OpenMP */
-    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
+    zb_backend be = zb_infer_backend(wt);   /* the run's decode switches */
     int n_sources = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--prompt-ids") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompts")) n_sources++;
@@ -478,6 +477,7 @@ int zb_cmd_generate(int argc, char **argv) {
     int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
     rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt) : zb_model_load_ex(&m, model_path, wt);
+    if (!rc) rc = zb_model_set_backend(&m, &be);
     if (rc) goto done;
     const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
     rc = zb_gen_init(&g, &m, B, max_T);

@@ -7,20 +7,20 @@
 
 #include "zb_common.h"
 
-#ifdef ZB_WITH_CUDA
-const zb_backend *zb_backend_cuda(void);   /* core/cuda/ */
-#endif
+/* The CUDA backend's table (core/cuda/, built with -DZB_CUDA=ON): a weak reference, NULL in a
+ * build without it. It returns NULL after zb_fail when no GPU can be used. (A weak reference
+ * does not pull a member out of the static library: the file defining it must be linked for
+ * another reason, or this becomes a plain declaration under ZB_HAVE_CUDA once it exists.) */
+const zb_backend *zb_backend_cuda(void) __attribute__((weak));
 
 const zb_backend *zb_backend_get(const char *name) {
     if (!name || !strcmp(name, "cpu")) return zb_backend_cpu();
-#ifdef ZB_WITH_CUDA
-    if (!strcmp(name, "cuda")) return zb_backend_cuda();
-    zb_fail(ZB_EARG, "unknown device '%s' (this build has cpu and cuda)", name);
-#else
-    if (!strcmp(name, "cuda"))
-        zb_fail(ZB_EARG, "device 'cuda': this build has no CUDA backend (built without the CUDA toolkit)");
-    else zb_fail(ZB_EARG, "unknown device '%s' (this build has cpu)", name);
-#endif
+    if (!strcmp(name, "cuda")) {
+        if (zb_backend_cuda) return zb_backend_cuda();
+        zb_fail(ZB_EARG, "device 'cuda': this build has no CUDA backend (configure with -DZB_CUDA=ON)");
+        return NULL;
+    }
+    zb_fail(ZB_EARG, "unknown device '%s' (cpu%s)", name, zb_backend_cuda ? " or cuda" : "");
     return NULL;
 }
 

@@ -304,7 +304,8 @@ struct zb_backend {
 
 /* The CPU backend (core/cpu/): OpenBLAS + OpenMP, host memory, default options. */
 const zb_backend *zb_backend_cpu(void);
-/* "cpu", or "cuda" when built with it; NULL after zb_fail(ZB_EARG, ...) naming what exists. */
+/* "cpu", or "cuda" when built with it (-DZB_CUDA=ON: core/cuda/ defines zb_backend_cuda); NULL
+ * after zb_fail(ZB_EARG, ...) naming what exists. */
 const zb_backend *zb_backend_get(const char *name);
 /* The name of the first NULL entry of be, or NULL when the table is complete. */
 const char *zb_backend_missing(const zb_backend *be);

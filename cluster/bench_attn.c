@@ -50,7 +50,7 @@ static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int 
            name, L, Tc, H, Hkv, dqk, dv, major ? "head-major [Hkv, T, d]" : "interleaved rows", bytes / 1e6);
     static const char *const names[4] = {"split-K best", "split-K AVX2", "split-K portable", "BLAS"};
     for (int v = 0; v < 4; v++) {   /* split-K with the best SIMD (AVX-512 where present), AVX2, portable loops; BLAS */
-        zb_backend_opts o = {v < 3, v == 0 ? ZB_SIMD_BEST : v == 1 ? ZB_SIMD_AVX2 : ZB_SIMD_PORTABLE, 0};
+        zb_backend_opts o = {.decode_omp = v < 3, .decode_simd = v == 0 ? ZB_SIMD_BEST : v == 1 ? ZB_SIMD_AVX2 : ZB_SIMD_PORTABLE};
         double best = 1e30;
         for (int r = 0; r < 4; r++) {
             double t = zb_now();

@@ -7,11 +7,15 @@
 
 #include "zb_common.h"
 
-/* The CUDA backend's table (core/cuda/, built with -DZB_CUDA=ON): a weak reference, NULL in a
- * build without it. It returns NULL after zb_fail when no GPU can be used. (A weak reference
- * does not pull a member out of the static library: the file defining it must be linked for
- * another reason, or this becomes a plain declaration under ZB_HAVE_CUDA once it exists.) */
+/* The CUDA backend's table (core/cuda/cuda_backend.c, built with -DZB_CUDA=ON); it returns NULL
+ * after zb_fail when no GPU can be used. A plain reference where that file compiles its table
+ * (the same condition as its own guard), so that the linker takes it out of the static
+ * library; elsewhere a weak one, NULL. */
+#if defined(ZB_HAVE_CUDA) && __has_include("mamba2_cuda.h")
+const zb_backend *zb_backend_cuda(void);
+#else
 const zb_backend *zb_backend_cuda(void) __attribute__((weak));
+#endif
 
 const zb_backend *zb_backend_get(const char *name) {
     if (!name || !strcmp(name, "cpu")) return zb_backend_cpu();

@@ -140,6 +140,9 @@ typedef struct {
     int decode_simd;
     /* CPU split-K chunk length (tests: 64..256); 0 = chosen per call for the thread count. */
     int decode_chunk;
+    /* CUDA: 1 = matrix products with bf16 operands and float32 accumulation (the weights stay
+     * float32); 0 = float32 products. */
+    int gpu_bf16;
 } zb_backend_opts;
 
 /* AdamW hyper-parameters of one parameter range for one update (optim.h has the formula). */

@@ -226,13 +226,13 @@ static void test_attention(void) {
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
         float *o2 = zerov((size_t)H * dvv);
         zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, NULL);   /* BLAS path */
-        zb_backend_opts best = {1, ZB_SIMD_BEST, 0};   /* split-K */
+        zb_backend_opts best = {.decode_omp = 1, .decode_simd = ZB_SIMD_BEST};   /* split-K */
         zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &best);
         float *o3 = zerov((size_t)H * dvv), *o4 = zerov((size_t)H * dvv);
-        zb_backend_opts plain = {1, ZB_SIMD_PORTABLE, 0};   /* split-K with the portable inner loops */
+        zb_backend_opts plain = {.decode_omp = 1, .decode_simd = ZB_SIMD_PORTABLE};   /* split-K with the portable inner loops */
         zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &plain);
         /* AVX2 even where AVX-512 is present, in chunks of 72 (1003 = 13 x 72 + 67) */
-        zb_backend_opts avx2 = {1, ZB_SIMD_AVX2, 72};
+        zb_backend_opts avx2 = {.decode_omp = 1, .decode_simd = ZB_SIMD_AVX2, .decode_chunk = 72};
         zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &avx2);
         double *w = malloc(sizeof(double) * Tc);
         for (int h = 0; h < H; h++) {

@@ -243,12 +243,18 @@ struct zb_backend {
      * kl_div: KL(teacher || student) at temperature tau, rows with mask[r] == 0 skipped (mask
      *   may be NULL); dstudent (may be NULL, may alias student) OVERWRITTEN with
      *   scale * (ps - pt) / tau, zero rows where skipped.
-     * mse: returns sum((a-b)^2) / n (the mean); da (may be NULL) OVERWRITTEN with scale*2(a-b)/n. */
+     * mse: returns sum((a-b)^2) / n (the mean); da (may be NULL) OVERWRITTEN with scale*2(a-b)/n.
+     * Every loss returns only when its value is known (the host reads it). */
     double (*cross_entropy)(const zb_backend *be, float *dlogits, const float *logits, const int *targets,
                             int N, int V, float scale, int *n_valid);
     double (*kl_div)(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
                      const int *mask, int N, int V, float tau, float scale);
     double (*mse)(const zb_backend *be, float *da, const float *a, const float *b, size_t n, float scale);
+    /* mean_row_dist: the mean over N rows of ||s_n - t_n||_2 (rows of d, each norm in double);
+     *   g (may be NULL) OVERWRITTEN with scale * (s_n - t_n) / (||s_n - t_n|| N), 0 where the
+     *   rows are equal (ILD as the release). */
+    double (*mean_row_dist)(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
+                            float scale);
 
     /* -- the MLA mixer (SPEC §3), whole, so that a backend fuses freely. Training: x, out
      * [B*T, d], positions 0..T-1; acts (mla_act_floats) saved by the forward for the backward;

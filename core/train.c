@@ -196,25 +196,6 @@ static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
     return total / tr->n_ild;
 }
 
-/* mean over the N rows of ||s_n - t_n||_2 (rows of d); when g != NULL, g = scale * d/ds of it
- * (the unit error vector / N; 0 where s_n == t_n, the subgradient). The norm of each row is
- * summed in double. */
-static double mean_row_norm(float *g, const float *s, const float *t, int N, int d, float scale) {
-    double total = 0;
-    for (int n = 0; n < N; n++) {
-        const float *a = s + (size_t)n * d, *b = t + (size_t)n * d;
-        double q = 0;
-        for (int i = 0; i < d; i++) { double e = (double)a[i] - b[i]; q += e * e; }
-        double r = sqrt(q);
-        total += r;
-        if (g) {
-            double k = r > 0 ? scale / (r * N) : 0.0;
-            for (int i = 0; i < d; i++) g[(size_t)n * d + i] = (float)(k * ((double)a[i] - b[i]));
-        }
-    }
-    return total / N;
-}
-
 /* ILD as the release (SPEC §6): every distilled block l of this model is fed the teacher's
  * hidden state at its input (res[l]) and its loss is mean_n ||block out - teacher's||_2 +
  * mean_n ||mixer out - teacher's attention out||_2 (unsquared, mean over the tokens); the loss is
@@ -223,6 +204,7 @@ static double mean_row_norm(float *g, const float *s, const float *t, int N, int
  * would (its buckets start while the lower layers run). tr->parts: the two terms summed. */
 static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, double *mix) {
     zb_model *m = tr->student;
+    const zb_backend *be = m->be;
     zb_acts *a = &tr->a;
     const zb_config *c = &m->cfg;
     int N = tr->rows * tr->T, d = c->d_model;
@@ -232,14 +214,15 @@ static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         if (!tr->ild_layer[l]) continue;
         const float *tres = tr->ta.res + l * Nd, *tmid = tr->ta.mid + l * Nd, *tout = tr->ta.res + (l + 1) * Nd;
-        memcpy(a->res + l * Nd, tres, sizeof(float) * Nd);
+        be->copy(be, a->res + l * Nd, tres, sizeof(float) * Nd);
         zb_block_forward(m, a, l);
         /* mixer outputs: mid - input, of the student and of the teacher */
         const float *smid = a->mid + l * Nd;
         float *ms = a->mix_out, *mt = tr->tmp;
-        for (size_t i = 0; i < Nd; i++) { ms[i] = smid[i] - tres[i]; mt[i] = tmid[i] - tres[i]; }
-        double lm = mean_row_norm(want_grad ? a->dtmp : NULL, ms, mt, N, d, gs);
-        double lb = mean_row_norm(want_grad ? a->dres : NULL, a->res + (l + 1) * Nd, tout, N, d, gs);
+        be->sub(be, ms, smid, tres, Nd);
+        be->sub(be, mt, tmid, tres, Nd);
+        double lm = be->mean_row_dist(be, want_grad ? a->dtmp : NULL, ms, mt, N, d, gs);
+        double lb = be->mean_row_dist(be, want_grad ? a->dres : NULL, a->res + (l + 1) * Nd, tout, N, d, gs);
         *blk += lb;
         *mix += lm;
         total += lb + lm;

@@ -185,6 +185,24 @@ static void check_losses(const zb_backend *be, zb_rng *r) {
     zb_check(fabs(mse - mse_ref) <= n * DBL_EPSILON * mse_ref, "[%s] mse %.12g vs %.12g", be->name, mse, mse_ref);
     zb_check(zb_max_rel(h, ref, n) <= 4 * FLT_EPSILON, "[%s] mse gradient (max rel %.3g)", be->name, zb_max_rel(h, ref, n));
     free(h);
+    /* mean row distance: per row d terms in double, then sqrt; the gradient one division and
+     * product per element in double, rounded once to float */
+    int d = 43, R = (int)(n / d);
+    double want = 0;
+    for (int r = 0; r < R; r++) {
+        double q = 0;
+        for (int i = 0; i < d; i++) { double e = (double)s[(size_t)r * d + i] - t[(size_t)r * d + i]; q += e * e; }
+        want += sqrt(q);
+        for (int i = 0; i < d; i++)
+            ref[(size_t)r * d + i] = (float)((double)0.3f / (sqrt(q) * R) * ((double)s[(size_t)r * d + i] - t[(size_t)r * d + i]));
+    }
+    want /= R;
+    double got = be->mean_row_dist(be, dd, ds, dt, R, d, 0.3f);
+    h = host_of(be, dd, (size_t)R * d);
+    zb_check(fabs(got - want) <= 4 * d * DBL_EPSILON * want, "[%s] mean_row_dist %.12g vs %.12g", be->name, got, want);
+    zb_check(zb_max_rel(h, ref, (size_t)R * d) <= 2 * FLT_EPSILON, "[%s] mean_row_dist gradient (max rel %.3g)",
+             be->name, zb_max_rel(h, ref, (size_t)R * d));
+    free(h);
     be->free(be, ds); be->free(be, dt); be->free(be, dd); be->free(be, dtg); be->free(be, dmask);
     free(s); free(t); free(ref);
 }

@@ -169,6 +169,12 @@ static double cpu_mse(const zb_backend *be, float *da, const float *a, const flo
     return zb_mse(da, a, b, n, scale);
 }
 
+static double cpu_mean_row_dist(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
+                                float scale) {
+    (void)be;
+    return zb_mean_row_dist(g, s, t, N, d, scale);
+}
+
 /* ---- mixers (mla.c, mamba2.c) --------------------------------------------------------------------- */
 
 static size_t cpu_mla_act_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
@@ -278,7 +284,7 @@ static const zb_backend cpu_backend = {
     .attention_step_scratch = cpu_attention_step_scratch, .attention_step = cpu_attention_step,
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
-    .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse,
+    .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,

@@ -597,3 +597,19 @@ double zb_mse(float *da, const float *a, const float *b, size_t n, float scale) 
     }
     return s / n;
 }
+
+double zb_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale) {
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const float *a = s + (size_t)n * d, *b = t + (size_t)n * d;
+        double q = 0;
+        for (int i = 0; i < d; i++) { double e = (double)a[i] - b[i]; q += e * e; }
+        double r = sqrt(q);
+        total += r;
+        if (g) {
+            double k = r > 0 ? scale / (r * N) : 0.0;
+            for (int i = 0; i < d; i++) g[(size_t)n * d + i] = (float)(k * ((double)a[i] - b[i]));
+        }
+    }
+    return total / N;
+}

@@ -85,6 +85,10 @@ double zb_kl_div(float *dstudent, const float *student, const float *teacher, co
                  int N, int V, float tau, float scale);
 /* Mean squared error sum((a-b)^2)/n; da (may be NULL) OVERWRITTEN with scale*2(a-b)/n. */
 double zb_mse(float *da, const float *a, const float *b, size_t n, float scale);
+/* Mean over the N rows of ||s_n - t_n||_2 (rows of d, each norm summed in double); g (may be
+ * NULL) OVERWRITTEN with scale * d/ds: the unit error vector / N (0 where s_n == t_n, the
+ * subgradient). */
+double zb_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale);
 
 /* ---- small elementwise helpers --------------------------------------------------------- */
 static inline float zb_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,16 @@ static int missing(const zb_ctx *x, const char *key) {
     return zb_fail(ZB_EFORMAT, "%s: missing required key '%s%s'", x->src, x->where, key);
 }
 
+/* A JSON number that is an integer within int's range (a cast of anything else is undefined). */
+static int is_int32(const cJSON *j) {
+    return cJSON_IsNumber(j) && j->valuedouble == floor(j->valuedouble) && fabs(j->valuedouble) <= 2147483647.0;
+}
+
+/* A JSON number that is finite as a float (1e39 would become inf, which no JSON can hold). */
+static int is_float(const cJSON *j) {
+    return cJSON_IsNumber(j) && fabs(j->valuedouble) <= FLT_MAX;
+}
+
 /* required: 1 → error if absent (or null when null_ok == 0). Null with null_ok gives null_val. */
 static int get_int_ex(const zb_ctx *x, const cJSON *o, const char *key, int required, int dflt, int null_ok,
                       int null_val, int *out) {
@@ -41,8 +52,7 @@ static int get_int_ex(const zb_ctx *x, const cJSON *o, const char *key, int requ
         return ZB_OK;
     }
     if (cJSON_IsNull(j) && null_ok) { *out = null_val; return ZB_OK; }
-    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || fabs(j->valuedouble) > 2147483647.0)
-        return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be an integer", x->src, x->where, key);
+    if (!is_int32(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be an integer", x->src, x->where, key);
     *out = (int)j->valuedouble;
     return ZB_OK;
 }
@@ -57,7 +67,7 @@ static int get_float(const zb_ctx *x, const cJSON *o, const char *key, int requi
         *out = dflt;
         return ZB_OK;
     }
-    if (!cJSON_IsNumber(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be a number", x->src, x->where, key);
+    if (!is_float(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be a finite float number", x->src, x->where, key);
     *out = (float)j->valuedouble;
     return ZB_OK;
 }
@@ -146,11 +156,10 @@ static int parse_common(const zb_ctx *x, const cJSON *j, zb_config *c) {
         if (n > ZB_MAX_EOS) return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' has %d ids (at most %d)", x->src, n, ZB_MAX_EOS);
         for (int i = 0; i < n; i++) {
             const cJSON *v = cJSON_GetArrayItem(e, i);
-            if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-                return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must hold integers", x->src);
+            if (!is_int32(v)) return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must hold integers", x->src);
             c->eos_ids[c->n_eos++] = (int)v->valuedouble;
         }
-    } else if (e && cJSON_IsNumber(e)) {
+    } else if (e && is_int32(e)) {
         c->eos_ids[c->n_eos++] = (int)e->valuedouble;
     } else if (e && !cJSON_IsNull(e)) {
         return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must be an integer or a list of integers", x->src);
@@ -195,10 +204,10 @@ static int parse_mamba2(const zb_ctx *x0, const cJSON *m, zb_mamba2_dims *d) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(m, "time_step_limit");
     if (t && !cJSON_IsNull(t)) {
         const cJSON *a = cJSON_GetArrayItem(t, 0), *b = cJSON_GetArrayItem(t, 1);
-        if (!cJSON_IsArray(t) || cJSON_GetArraySize(t) < 1 || cJSON_GetArraySize(t) > 2 || !cJSON_IsNumber(a))
-            return zb_fail(ZB_EFORMAT, "%s: key 'mamba2.time_step_limit' must be [min, max]", x.src);
+        if (!cJSON_IsArray(t) || cJSON_GetArraySize(t) < 1 || cJSON_GetArraySize(t) > 2 || !is_float(a))
+            return zb_fail(ZB_EFORMAT, "%s: key 'mamba2.time_step_limit' must be [min, max] (finite min)", x.src);
         d->dt_min = (float)a->valuedouble;
-        if (b && cJSON_IsNumber(b)) d->dt_max = (float)b->valuedouble;
+        if (b && is_float(b)) d->dt_max = (float)b->valuedouble;
         else if (b && cJSON_IsString(b) && (!strcmp(b->valuestring, "inf") || !strcmp(b->valuestring, "Infinity")))
             d->dt_max = INFINITY;
         else if (b && !cJSON_IsNull(b))

@@ -18,6 +18,11 @@ int zb_cmd_data(int argc, char **argv);
 int zb_cmd_train(int argc, char **argv);
 int zb_cmd_plot(int argc, char **argv);
 
+/* The plan JSON of `zebra compose --plan` (written by `zebra smart`): its "mla_layers" become
+ * MLA in c->kinds, every other layer of c Mamba2 (cmd_compose.c; the fuzz harness calls it). */
+#include "config.h"
+int zb_plan_read(const char *path, zb_config *c);
+
 /* Runtime (cmd_runtime.c), called by main for every command: OpenMP threads (the bf16 kernels,
  * and OpenBLAS when it is its OpenMP build) = OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS with
  * OpenBLAS on OpenMP, else the node's cores / its MPI ranks (returns the count); the process's peak

@@ -109,6 +109,14 @@ uint16_t zb_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_bf16_to_f32(src[i]);
+}
+
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_f32_to_bf16(src[i]);
+}
+
 float zb_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;

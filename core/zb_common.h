@@ -68,6 +68,9 @@ float zb_bf16_to_f32(uint16_t h);
 uint16_t zb_f32_to_bf16(float f);   /* round to nearest even, as torch */
 float zb_f16_to_f32(uint16_t h);
 uint16_t zb_f32_to_f16(float f);
+/* n values: bf16 to f32 (exact); f32 to bf16 (round to nearest even) */
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n);
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n);
 
 /* Deterministic RNG (xorshift64*), one state per user; no hidden globals. */
 typedef struct { uint64_t s; } zb_rng;

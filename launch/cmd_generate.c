@@ -31,6 +31,7 @@
 
 #include "chat.h"
 #include "commands.h"
+#include "linear.h"
 #include "grid.h"
 #include "model.h"
 #include "store.h"
@@ -318,6 +319,7 @@ typedef struct {
     zb_prompts pr;
     zb_ivec stops;
     int max_T;          /* the cache length: the longest prompt + max_new, within the context */
+    zb_backend be;      /* the run's backend and decode switches */
     zb_model m;
     zb_gen g;
     int *slot_prompt, *n_out, *last, *act, *act_tok, *outbuf;
@@ -484,6 +486,7 @@ static int setup_model(gen_state *S, int B) {
     int P = n_prompts(&S->pr), out_cap = a->max_new > 0 ? a->max_new : 1;
     ZB_TRY(S->grid_on ? zb_model_load_tp_ex(&S->m, a->model_path, &S->grid, a->wt, NULL)
                       : zb_model_load_ex(&S->m, a->model_path, a->wt));
+    ZB_TRY(zb_model_set_backend(&S->m, &S->be));
     ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
@@ -618,9 +621,7 @@ int zb_cmd_generate(int argc, char **argv) {
     gen_state S;
     memset(&S, 0, sizeof S);
     ZB_TRY(parse_args(argc, argv, &S.a));
-    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
-     * when OpenBLAS itself runs on OpenMP */
-    zb_attention_decode_use_omp(S.a.wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
+    S.be = zb_infer_backend(S.a.wt);   /* the run's decode switches */
     S.grid_on = S.a.tp > 1 || S.a.pp > 1;
     S.world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &S.world);

@@ -176,8 +176,10 @@ int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int fir
     }
     bind(m, slots, &m->w, m->data, m->data16);
     m->slots = slots;   /* kept to bind the gradient views in zb_model_alloc_grad */
-    if (cfg->n_heads > 0 && cfg->head_dim > 0) zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
-    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->rope);
+    if (cfg->n_heads > 0 && cfg->head_dim > 0 && cfg->head_dim <= ZB_ROPE_MAX_DIM)
+        zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
+    /* MLA rotates its rope dims with its own rope (the release: YaRN), SPEC §3 */
+    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->mla.rope);
     return ZB_OK;
 }
 

@@ -25,17 +25,18 @@ void zb_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
 void zb_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                          const float *w, const float *rstd, int N, int C);
 
-/* ---- RoPE (SPEC §2, rotate-half layout; llama3 frequency scaling) ----------------------- */
-#define ZB_ROPE_MAX_DIM 512
+/* ---- RoPE (SPEC §2, rotate-half layout; llama3 or YaRN frequency scaling, SPEC §3) ------- */
 typedef struct {
-    int dim;                                /* rotary dimension (even) */
+    int dim;                                /* rotary dimension (even, <= ZB_ROPE_MAX_DIM of config.h) */
     float inv_freq[ZB_ROPE_MAX_DIM / 2];
+    float mscale;                           /* cos and sin are multiplied by it (YaRN; else 1) */
 } zb_rope;
 void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg);
 /* Rotate in place the `r->dim` values at x + h*head_stride + offset for h < n_heads, for one
- * token at position pos. interleave: the values are stored as pairs (2i, 2i+1) and are first
+ * token at position pos (and scale them by r->mscale). interleave: the values are stored as pairs (2i, 2i+1) and are first
  * permuted to [evens | odds] (HF apply_rotary_pos_emb_interleave), then rotated.
- * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes). */
+ * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes; the
+ * mscale is its own transpose). */
 void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int offset,
                    int pos, int interleave, int inverse);
 /* Rows: x is [B*T, row_stride]; token (b, t) has position t + pos0. */

@@ -288,9 +288,9 @@ int zb_release_check(const zb_config *c) {
     if (any_mla) {
         const zb_mla_dims *m = &c->mla;
         if (m->rope.type == ZB_ROPE_LLAMA3)
-            return zb_fail(ZB_EARG, "the MLA layers use llama3-scaled RoPE (a checkpoint made before MLA had its own "
-                           "YaRN rope): the release computes YaRN (SPEC §3), so this model would change function; "
-                           "set mla.rope_scaling to yarn in its config and retrain, or keep it in zebra's format");
+            return zb_fail(ZB_EARG, "the MLA layers use llama3-scaled RoPE (a model made before zebra's MLA had its "
+                           "own YaRN rope): the release's MLA rotates with YaRN, so this model would compute another "
+                           "function there; keep it in zebra's format, or retrain it with mla.rope_scaling yarn");
         if (!m->rope_interleave)
             return zb_fail(ZB_EARG, "mla.rope_interleave is false: the release always stores the rope dims interleaved");
         if (m->q_lora_rank == 0 || m->q_lora_rank % 8 || m->kv_lora_rank % 8)

@@ -3,6 +3,8 @@
 #   ./setup.sh              install + build + run the demo (no file from outside the repo)
 #   ./setup.sh --deps-only  install the packages only
 #   ./setup.sh --build-only install + build
+#   ./setup.sh --cuda       install + build with the CUDA backend (needs nvcc and the CUDA
+#                           libraries, e.g. /usr/local/cuda; no GPU needed to build)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,9 +24,11 @@ if [ -n "$missing" ]; then
 fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+CUDA_FLAG=""
+[ "${1:-}" = "--cuda" ] && CUDA_FLAG="-DZB_CUDA=ON"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $CUDA_FLAG >/dev/null
 cmake --build build -j"$(nproc)"
-[ "${1:-}" = "--build-only" ] && exit 0
+[ "${1:-}" = "--build-only" ] || [ "${1:-}" = "--cuda" ] && exit 0
 
 # Running as root (CI, containers) needs Open MPI's consent.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

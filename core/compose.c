@@ -10,6 +10,7 @@
  * Mamba2 (MambaInLlama): in_proj = [z | W_v | W_k | W_q | dt], out_proj = W_o. */
 #include "compose.h"
 
+#include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
@@ -104,10 +105,31 @@ static int check_mla(const zb_attn_src *s, const zb_mla_dims *m) {
     return ZB_OK;
 }
 
-int zb_mla_kv_rows(const zb_attn_src *s, const zb_mla_dims *m, float *M) {
+/* ||A - U SVt||_F / ||A||_F for A [m, n], U [m, r], SVt [r, n] (the factors' own error). */
+static double factor_rel_err(const float *A, const float *U, const float *SVt, int m, int r, int n, float *tmp) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, 1.0f, U, r, SVt, n, 0.0f, tmp, n);
+    double e = 0, a = 0;
+    for (size_t i = 0; i < (size_t)m * n; i++) {
+        double x = A[i], y = (double)A[i] - tmp[i];
+        a += x * x;
+        e += y * y;
+    }
+    return a > 0 ? sqrt(e / a) : 0.0;
+}
+
+/* The teacher rows of head h (q) or KV head t (k) that MLA dim k comes from. Default
+ * (ZB_MLA_INIT_ROPE_PAIRS): zb_mla_head_dims. Release: the first nope and the last rope rows. */
+static void head_rows(const zb_mla_dims *m, int hd, zb_mla_init init, int *rows) {
+    if (init == ZB_MLA_INIT_ROPE_PAIRS) { zb_mla_head_dims(hd, m, rows); return; }
+    for (int k = 0; k < m->qk_nope; k++) rows[k] = k;
+    for (int k = 0; k < m->qk_rope; k++) rows[m->qk_nope + k] = hd - m->qk_rope + k;
+}
+
+int zb_mla_kv_rows_ex(const zb_attn_src *s, const zb_mla_dims *m, zb_mla_init init, float *M) {
     ZB_TRY(check_mla(s, m));
     int dims[ZB_ROPE_MAX_DIM], nope = m->qk_nope, hd = s->hd, d = s->d;
     ZB_TRY(zb_mla_head_dims(hd, m, dims));
+    head_rows(m, hd, init, dims);
     size_t row = 0;
     for (int j = 0; j < m->kv_heads; j++) {
         int t = teacher_kv_head(s, m, j);
@@ -119,28 +141,42 @@ int zb_mla_kv_rows(const zb_attn_src *s, const zb_mla_dims *m, float *M) {
     return ZB_OK;
 }
 
-int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, const zb_mla_weights *w,
+int zb_mla_kv_rows(const zb_attn_src *s, const zb_mla_dims *m, float *M) {
+    return zb_mla_kv_rows_ex(s, m, ZB_MLA_INIT_ROPE_PAIRS, M);
+}
+
+int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, zb_mla_init init, const zb_mla_weights *w,
                    zb_mla_init_stats *st) {
     ZB_TRY(check_mla(s, m));
+    if (init != ZB_MLA_INIT_ROPE_PAIRS && init != ZB_MLA_INIT_RELEASE)
+        return zb_fail(ZB_EARG, "MLA init: unknown mode %d", (int)init);
     int H = s->H, hd = s->hd, d = s->d, nope = m->qk_nope, rope = m->qk_rope, dqk = nope + rope;
-    int r = m->kv_lora_rank, rq = m->q_lora_rank, kvh = m->kv_heads;
+    int r = m->kv_lora_rank, rq = m->q_lora_rank, kvh = m->kv_heads, rel = init == ZB_MLA_INIT_RELEASE;
     int dims[ZB_ROPE_MAX_DIM];
-    ZB_TRY(zb_mla_head_dims(hd, m, dims));
-    zb_mla_init_stats z = {1.0, 1.0, 0.0, 0.0, 0, 0};
+    ZB_TRY(zb_mla_head_dims(hd, m, dims));   /* also the shape check */
+    head_rows(m, hd, init, dims);
+    zb_mla_init_stats z;
+    memset(&z, 0, sizeof z);
+    z.kv_energy = z.q_energy = 1.0;
     int rows_q = H * dqk, rows_kv = kvh * (nope + hd);
-    int kq = rows_q < d ? rows_q : d, kkv = rows_kv < d ? rows_kv : d;
+    /* what the SVDs factor: default the used rows (so the error is the discarded energy);
+     * release the whole W_q and the whole repeated [W_k; W_v] (SPEC §5, as the release does) */
+    int svd_q = rel ? H * hd : rows_q, svd_kv = rel ? 2 * kvh * hd : rows_kv;
+    int kq = svd_q < d ? svd_q : d, kkv = svd_kv < d ? svd_kv : d, big = svd_q > svd_kv ? svd_q : svd_kv;
     float *Q = malloc(sizeof(float) * (size_t)rows_q * d), *M = malloc(sizeof(float) * (size_t)rows_kv * d);
-    float *Uk = malloc(sizeof(float) * (size_t)rows_kv * r), *Sk = malloc(sizeof(float) * (size_t)r * d);
+    float *S = malloc(sizeof(float) * (size_t)big * d), *Uf = malloc(sizeof(float) * (size_t)big * (rq > r ? rq : r));
+    float *tmp = malloc(sizeof(float) * (size_t)(rows_q > rows_kv ? rows_q : rows_kv) * d);
     double *sg = malloc(sizeof(double) * (size_t)(kq > kkv ? kq : kkv));
     int rc = ZB_OK;
-    if (!Q || !M || !Uk || !Sk || !sg) { rc = zb_fail(ZB_ENOMEM, "MLA init: out of memory"); goto done; }
+    if (!Q || !M || !S || !Uf || !tmp || !sg) { rc = zb_fail(ZB_ENOMEM, "MLA init: out of memory"); goto done; }
 
-    /* query rows, rescaled so that the MLA's scores (softmax scale 1/sqrt(nope+rope)) equal the
-     * teacher's 1/sqrt(hd); with YaRN the rope part of every score is also multiplied by mscale^2
-     * (cos and sin both carry mscale, SPEC §3): the rope rows undo it (test_compose: KL to the
-     * teacher 0.279 instead of 0.308 at full rank) */
-    float qs = sqrtf((float)dqk / (float)hd), qs_rope = qs;
-    if (m->rope.type == ZB_ROPE_YARN) {
+    /* query: the used rows Q; default rescaled so that the MLA's scores (softmax scale
+     * 1/sqrt(nope+rope)) equal the teacher's 1/sqrt(hd), and with YaRN, whose cos and sin both
+     * carry mscale (SPEC §3), the rope rows also undo the mscale^2 of the rope part of every score
+     * (test_compose: KL to the teacher 0.279 instead of 0.308 at full rank); the release does not
+     * rescale */
+    float qs = rel ? 1.0f : sqrtf((float)dqk / (float)hd), qs_rope = qs;
+    if (!rel && m->rope.type == ZB_ROPE_YARN) {
         const zb_rope_cfg *y = &m->rope;
         double all = zb_yarn_get_mscale(y->factor, y->mscale_all_dim), ms = zb_yarn_get_mscale(y->factor, y->mscale) / all;
         if (y->mscale_all_dim != 0) qs = (float)(qs / (all * all));   /* the softmax scale's factor */
@@ -155,19 +191,38 @@ int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, const zb_mla_weig
     if (rq == 0) {
         memcpy(w->q_proj, Q, sizeof(float) * (size_t)rows_q * d);
     } else {
-        if ((rc = zb_svd_lowrank(Q, rows_q, d, rq, w->q_b_proj, w->q_a_proj, sg))) goto done;
+        const float *A = rel ? s->wq : Q;
+        if ((rc = zb_svd_lowrank(A, svd_q, d, rq, Uf, w->q_a_proj, sg))) goto done;
         zb_svd_energy(sg, kq, rq, 0.99, &z.q_energy, &z.q_discarded, &z.q_rank_99);
+        for (int h = 0; h < H; h++)   /* q_b = the used rows of U */
+            for (int k = 0; k < dqk; k++)
+                memcpy(w->q_b_proj + ((size_t)h * dqk + k) * rq,
+                       Uf + ((size_t)(rel ? h * hd + dims[k] : h * dqk + k)) * rq, sizeof(float) * rq);
+        z.q_rel_err = factor_rel_err(Q, w->q_b_proj, w->q_a_proj, rows_q, rq, d, tmp);
         if (w->q_a_norm) for (int i = 0; i < rq; i++) w->q_a_norm[i] = 1.0f;
     }
 
-    /* kv: latent rows of kv_a and kv_b from the SVD of M */
-    if ((rc = zb_mla_kv_rows(s, m, M))) goto done;
-    if ((rc = zb_svd_lowrank(M, rows_kv, d, r, Uk, Sk, sg))) goto done;
+    /* kv: M = per kv head its nope key rows then its value rows (kv_b's order) */
+    if ((rc = zb_mla_kv_rows_ex(s, m, init, M))) goto done;
+    if (rel) {   /* the SVD of [K; V], every key row (rope ones too), KV heads repeated to kvh */
+        for (int j = 0; j < kvh; j++) {
+            int t = teacher_kv_head(s, m, j);
+            memcpy(S + (size_t)j * hd * d, s->wk + (size_t)t * hd * d, sizeof(float) * (size_t)hd * d);
+            memcpy(S + ((size_t)kvh + j) * hd * d, s->wv + (size_t)t * hd * d, sizeof(float) * (size_t)hd * d);
+        }
+    }
+    if ((rc = zb_svd_lowrank(rel ? S : M, svd_kv, d, r, Uf, w->kv_a_proj, sg))) goto done;
     zb_svd_energy(sg, kkv, r, 0.99, &z.kv_energy, &z.kv_discarded, &z.kv_rank_99);
-    memcpy(w->kv_b_proj, Uk, sizeof(float) * (size_t)rows_kv * r);
-    memcpy(w->kv_a_proj, Sk, sizeof(float) * (size_t)r * d);
+    for (int j = 0; j < kvh; j++)   /* kv_b = the used rows of U */
+        for (int k = 0; k < nope + hd; k++) {
+            size_t src = rel ? (k < nope ? (size_t)j * hd + dims[k] : ((size_t)kvh + j) * hd + (k - nope))
+                             : (size_t)j * (nope + hd) + k;
+            memcpy(w->kv_b_proj + ((size_t)j * (nope + hd) + k) * r, Uf + src * r, sizeof(float) * r);
+        }
+    z.kv_rel_err = factor_rel_err(M, w->kv_b_proj, w->kv_a_proj, rows_kv, r, d, tmp);
     if (w->kv_a_norm) for (int i = 0; i < r; i++) w->kv_a_norm[i] = 1.0f;
     /* rope key rows: mean over the teacher's KV heads of each head's rope rows (SPEC §5) */
+    double re = 0, rn = 0;
     for (int k = 0; k < rope; k++) {
         float *dst = w->kv_a_proj + ((size_t)r + k) * d;
         memset(dst, 0, sizeof(float) * d);
@@ -176,11 +231,16 @@ int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, const zb_mla_weig
             for (int c = 0; c < d; c++) dst[c] += src[c];
         }
         for (int c = 0; c < d; c++) dst[c] /= (float)s->Hkv;
+        for (int t = 0; t < s->Hkv; t++) {   /* how far the shared key is from each head's */
+            const float *src = s->wk + ((size_t)t * hd + dims[nope + k]) * d;
+            for (int c = 0; c < d; c++) { re += ((double)src[c] - dst[c]) * ((double)src[c] - dst[c]); rn += (double)src[c] * src[c]; }
+        }
     }
+    z.rope_rel_err = rn > 0 ? sqrt(re / rn) : 0.0;
     memcpy(w->o_proj, s->wo, sizeof(float) * (size_t)d * H * hd);
     if (st) *st = z;
 done:
-    free(Q); free(M); free(Uk); free(Sk); free(sg);
+    free(Q); free(M); free(S); free(Uf); free(tmp); free(sg);
     return rc;
 }
 
@@ -220,13 +280,13 @@ int zb_compose_check(const zb_config *tc, const zb_config *sc, const char *src) 
 }
 
 int zb_compose_block(const zb_config *tc, const zb_block *t, const zb_config *sc, int sl,
-                     const zb_block *s, zb_mla_init_stats *st) {
+                     zb_mla_init init, const zb_block *s, zb_mla_init_stats *st) {
     size_t d = (size_t)tc->d_model, F = (size_t)tc->ffn;
     zb_attn_src a = {tc->d_model, tc->n_heads, tc->n_kv_heads, tc->head_dim, t->wq, t->wk, t->wv, t->wo};
     zb_layer_kind kind = sc->kinds[sl];
     if (st) { memset(st, 0, sizeof *st); st->kv_energy = st->q_energy = 1.0; }
     if (kind == ZB_LAYER_MLA) {
-        ZB_TRY(zb_compose_mla(&a, &sc->mla, &s->mla, st));
+        ZB_TRY(zb_compose_mla(&a, &sc->mla, init, &s->mla, st));
     } else if (kind == ZB_LAYER_MAMBA2) {
         ZB_TRY(zb_compose_mamba2(&a, &sc->mamba, &s->mamba));
     } else {
@@ -247,16 +307,16 @@ int zb_compose_block(const zb_config *tc, const zb_block *t, const zb_config *sc
 }
 
 int zb_compose_layer(const zb_config *tc, const zb_block *t, const zb_config *sc, int l,
-                     uint64_t seed, zb_model *one, zb_mla_init_stats *st) {
+                     uint64_t seed, zb_mla_init init, zb_model *one, zb_mla_init_stats *st) {
     zb_config c1 = zb_config_one_layer(sc, sc->kinds[l]);
     ZB_TRY(zb_model_init(one, &c1));
     zb_model_init_random(one, seed + 7919u * (uint64_t)(l + 1), 0.02f);
-    int rc = zb_compose_block(tc, t, &c1, 0, &one->w.blocks[0], st);
+    int rc = zb_compose_block(tc, t, &c1, 0, init, &one->w.blocks[0], st);
     if (rc) zb_model_free(one);
     return rc;
 }
 
-int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed,
+int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed, zb_mla_init init,
                      zb_mla_init_stats *stats) {
     const zb_config *tc = &teacher->cfg, *sc = &student->cfg;
     ZB_TRY(zb_compose_check(tc, sc, "compose"));
@@ -266,7 +326,7 @@ int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed,
     if (!sc->tie_embeddings) memcpy(student->w.lm_head, teacher->w.lm_head, sizeof(float) * Vd);
     for (int l = 0; l < tc->n_layers; l++) {
         zb_model one;
-        ZB_TRY(zb_compose_layer(tc, &teacher->w.blocks[l], sc, l, seed, &one, stats ? &stats[l] : NULL));
+        ZB_TRY(zb_compose_layer(tc, &teacher->w.blocks[l], sc, l, seed, init, &one, stats ? &stats[l] : NULL));
         /* the same tensors as the streaming `zebra compose` writes, by name */
         int rc = ZB_OK;
         char name[ZB_PARAM_NAME + 16];
@@ -280,6 +340,47 @@ int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed,
         }
         zb_model_free(&one);
         ZB_TRY(rc);
+    }
+    return ZB_OK;
+}
+
+/* ---- assembly from the two ILD models (SPEC §6) ------------------------------------------ */
+
+int zb_assemble_config(const zb_config *mc, const zb_config *ac, const unsigned char *is_mla, zb_config *out,
+                       const char *src) {
+    if (mc->n_layers != ac->n_layers || mc->d_model != ac->d_model || mc->ffn != ac->ffn || mc->vocab != ac->vocab ||
+        mc->tie_embeddings != ac->tie_embeddings)
+        return zb_fail(ZB_ESHAPE, "%s: the Mamba2 model (%d layers, d %d, ffn %d, vocab %d) and the MLA model (%d layers, "
+                       "d %d, ffn %d, vocab %d) are not of one teacher", src, mc->n_layers, mc->d_model, mc->ffn,
+                       mc->vocab, ac->n_layers, ac->d_model, ac->ffn, ac->vocab);
+    for (int l = 0; l < mc->n_layers; l++) {
+        const zb_config *from = is_mla[l] ? ac : mc;
+        zb_layer_kind want = is_mla[l] ? ZB_LAYER_MLA : ZB_LAYER_MAMBA2;
+        if (from->kinds[l] != want)
+            return zb_fail(ZB_EARG, "%s: layer %d should come from the %s model, whose layer %d is %s", src, l,
+                           is_mla[l] ? "MLA" : "Mamba2", l, zb_layer_kind_name(from->kinds[l]));
+    }
+    *out = *ac;   /* the MLA settings (dims, rope) are the MLA model's */
+    out->mamba = mc->mamba;
+    snprintf(out->model_type, sizeof out->model_type, "zebra");
+    for (int l = 0; l < mc->n_layers; l++) out->kinds[l] = is_mla[l] ? ZB_LAYER_MLA : ZB_LAYER_MAMBA2;
+    if (!out->teacher_layers) {
+        out->teacher_layers = mc->teacher_layers ? mc->teacher_layers : mc->n_layers;
+        out->teacher_kv_heads = mc->teacher_kv_heads ? mc->teacher_kv_heads : mc->n_kv_heads;
+        out->teacher_head_dim = mc->teacher_head_dim ? mc->teacher_head_dim : mc->head_dim;
+    }
+    return zb_config_validate(out, src);
+}
+
+int zb_assemble_model(const zb_model *M, const zb_model *A, zb_model *h) {
+    for (int i = 0; i < h->n_params; i++) {
+        const zb_param *p = &h->params[i];
+        const zb_model *src = p->layer >= 0 && h->cfg.kinds[p->layer] == ZB_LAYER_MLA ? A : M;
+        const zb_param *q = zb_model_param(src, p->name);
+        if (!q || q->numel != p->numel)
+            return zb_fail(ZB_ESHAPE, "assemble: the %s model has no tensor '%s' of %zu values",
+                           src == A ? "MLA" : "Mamba2", p->name, p->numel);
+        memcpy(h->data + p->offset, src->data + q->offset, sizeof(float) * p->numel);
     }
     return ZB_OK;
 }

@@ -13,7 +13,10 @@
  *    position 0 (or with rotation off), the MLA reproduces the attention exactly.
  *  - The SVD is taken of exactly the rows the factor reproduces (query: the kept q rows; kv:
  *    per kv head the nope key rows then the value rows, i.e. kv_b's row order), so that the
- *    discarded energy is the reconstruction error of those rows. */
+ *    discarded energy is the reconstruction error of those rows.
+ * The release's own choice (first nope / last rope rows, SVDs of the whole W_q and [W_k; W_v])
+ * is ZB_MLA_INIT_RELEASE (`zebra compose --init release`). The assembly of a hybrid from two
+ * ILD'd models (SPEC §6) is zb_assemble_*. */
 #ifndef ZB_COMPOSE_H
 #define ZB_COMPOSE_H
 
@@ -30,11 +33,28 @@ typedef struct {
     const float *wq, *wk, *wv, *wo;
 } zb_attn_src;
 
-/* What the SVD kept, per MLA layer. Energy = sum of kept sigma^2 / sum of all sigma^2. */
+/* How the MLA is initialised from the attention (SPEC §5 leaves the row choice open):
+ *  ZB_MLA_INIT_ROPE_PAIRS (default) the rope dims are teacher rotate-half pairs of the MLA's
+ *     frequencies (zb_mla_head_dims), the query rescaled to the teacher's score scale, and
+ *     each SVD is of exactly the rows the factor reproduces;
+ *  ZB_MLA_INIT_RELEASE as the authors' release: SVD of the whole W_q, q_b = per head the first
+ *     nope and the last rope rows of U; SVD of the whole [W_k; W_v] (KV heads repeated to
+ *     kv_heads, key rope rows included), kv_b = per head the first nope key rows and all value
+ *     rows of U; kv_a's rope rows = the mean over the teacher's KV heads of the last rope rows
+ *     of W_k; no query rescaling. */
+typedef enum { ZB_MLA_INIT_ROPE_PAIRS = 0, ZB_MLA_INIT_RELEASE = 1 } zb_mla_init;
+
+/* What the SVD kept, per MLA layer. Energy = sum of kept sigma^2 / sum of all sigma^2 of the
+ * matrix the SVD factored (the used rows, or the whole W_q / [W_k; W_v] for the release init). */
 typedef struct {
     double kv_energy, q_energy;        /* q: 1 when q_lora_rank == 0 */
-    double kv_discarded, q_discarded;  /* sqrt(sum of discarded sigma^2) = Frobenius error */
+    double kv_discarded, q_discarded;  /* sqrt(sum of discarded sigma^2) */
     int kv_rank_99, q_rank_99;         /* smallest multiple of 8 keeping >= 99% of the energy */
+    /* reconstruction errors of what the MLA computes, ||rows - factors||_F / ||rows||_F:
+     * kv: the teacher rows kv_b reproduces (nope key rows, value rows) vs kv_b kv_a(latent);
+     * q: the teacher's query rows used vs q_b q_a (0 when q_lora_rank == 0);
+     * rope: each teacher KV head's rope key rows vs the shared mean rope key. */
+    double kv_rel_err, q_rel_err, rope_rel_err;
 } zb_mla_init_stats;
 
 /* Teacher dim (0..hd-1) of each MLA q/k dim of a head, in MLA storage order:
@@ -52,11 +72,12 @@ void zb_svd_energy(const double *s, int k, int r, double target, double *energy,
                    double *discarded, int *rank_target);
 
 /* The rows kv_b reproduces, [kv_heads * (nope + v), d]: per MLA kv head its teacher KV head's
- * nope key rows (zb_mla_head_dims order), then its value rows. */
+ * nope key rows (zb_mla_head_dims order; _ex: the init's choice), then its value rows. */
 int zb_mla_kv_rows(const zb_attn_src *s, const zb_mla_dims *m, float *M);
+int zb_mla_kv_rows_ex(const zb_attn_src *s, const zb_mla_dims *m, zb_mla_init init, float *M);
 
-/* MLA weights from one attention layer (SPEC §5). st may be NULL. */
-int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, const zb_mla_weights *w,
+/* MLA weights from one attention layer (SPEC §5) by `init`. st may be NULL. */
+int zb_compose_mla(const zb_attn_src *s, const zb_mla_dims *m, zb_mla_init init, const zb_mla_weights *w,
                    zb_mla_init_stats *st);
 /* Mamba2 mapping (SPEC §5): x <- W_v, B <- W_k, C <- W_q rows of in_proj, out_proj <- W_o.
  * The z and dt rows, conv, dt_bias, A_log, D and norm are left as they are (fresh values). */
@@ -68,17 +89,28 @@ int zb_compose_check(const zb_config *tc, const zb_config *sc, const char *src);
 /* Block l of the student (kind from sc->kinds[sl]) from teacher block t: mixer by kind, norms
  * and MLP copied. The student block must already hold fresh values (zb_model_init_random). */
 int zb_compose_block(const zb_config *tc, const zb_block *t, const zb_config *sc, int sl,
-                     const zb_block *s, zb_mla_init_stats *st);
+                     zb_mla_init init, const zb_block *s, zb_mla_init_stats *st);
 /* Student layer l as a one-layer model `one` (zb_config_one_layer(sc, kind of l); caller
  * frees): fresh values by zb_model_init_random(seed + 7919 (l+1), 0.02), then
  * zb_compose_block from teacher block t. The streaming `zebra compose` writes its tensors. */
 int zb_compose_layer(const zb_config *tc, const zb_block *t, const zb_config *sc, int l,
-                     uint64_t seed, zb_model *one, zb_mla_init_stats *st);
+                     uint64_t seed, zb_mla_init init, zb_model *one, zb_mla_init_stats *st);
 /* Whole student in memory (zb_model_init'd with its hybrid config) from a loaded teacher:
  * every layer by zb_compose_layer (so the same values as `zebra compose` with that seed), the
  * embedding, final norm and head copied. stats [n_layers] may be NULL. */
-int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed,
+int zb_compose_model(const zb_model *teacher, zb_model *student, uint64_t seed, zb_mla_init init,
                      zb_mla_init_stats *stats);
+
+/* Assembly (SPEC §6): the hybrid takes whole decoder layers (mixer, MLP, norms) from the
+ * ILD'd all-MLA model A where is_mla[l], from the ILD'd all-Mamba2 model M elsewhere; the
+ * embedding, final norm and head are M's (ILD leaves them as the teacher's).
+ * zb_assemble_config: the hybrid's config from M's (mc) and A's (ac): A's MLA settings and rope,
+ * M's Mamba2 dims, the kinds of is_mla; checks that M and A come from one teacher and have the
+ * right kind at every position taken from them (a message naming src otherwise).
+ * zb_assemble_model: copies the tensors by name into h (zb_model_init'd with that config). */
+int zb_assemble_config(const zb_config *mc, const zb_config *ac, const unsigned char *is_mla, zb_config *out,
+                       const char *src);
+int zb_assemble_model(const zb_model *M, const zb_model *A, zb_model *h);
 
 /* A config with one layer of kind `kind` of c's shapes and a vocabulary of 1 (the per-layer
  * working model of the streaming compose and of SMART). */

@@ -463,29 +463,74 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
 
 /* ---- the stack ------------------------------------------------------------------------------ */
 
-void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
+void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
+    float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
+    float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+    float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
+    zb_rmsnorm_forward(ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
+    zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
+    for (size_t i = 0; i < Nd; i++) mid[i] = x[i] + a->mix_out[i];
+    zb_rmsnorm_forward(ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
+    zb_matmul_forward(gt, ln2, w->w_gate, NULL, N, d, F);
+    zb_matmul_forward(up, ln2, w->w_up, NULL, N, d, F);
+    zb_swiglu_forward(h, gt, up, NF);
+    zb_matmul_forward(a->mix_out, h, w->w_down, NULL, N, F, d);
+    if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
+    for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
+}
+
+int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
+    const zb_config *c = &m->cfg;
+    size_t N = (size_t)B * T, acts = 0;
+    memset(w, 0, sizeof *w);
+    w->B = B;
+    w->T = T;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t s = mixer_act_floats(c, c->kinds[l], B, T);
+        if (s > acts) acts = s;
+    }
+    ZB_ALLOC(w->ln, N * c->d_model, "block buffers");
+    ZB_ALLOC(w->mo, N * c->d_model, "block buffers");
+    ZB_ALLOC(w->g, N * c->ffn, "block buffers");
+    ZB_ALLOC(w->u, N * c->ffn, "block buffers");
+    ZB_ALLOC(w->mix_acts, acts, "block buffers");
+    return ZB_OK;
+}
+
+void zb_block_ws_free(zb_block_ws *w) {
+    free(w->ln); free(w->mo); free(w->g); free(w->u); free(w->mix_acts);
+    memset(w, 0, sizeof *w);
+}
+
+void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
+    const zb_config *c = &m->cfg;
+    const zb_block *b = &m->w.blocks[l];
+    int N = B * w->T, d = c->d_model, F = c->ffn;
+    size_t Nd = (size_t)N * d;
+    zb_rmsnorm_forward(w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
+    zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
+    for (size_t i = 0; i < Nd; i++) x[i] += w->mo[i];
+    zb_rmsnorm_forward(w->ln, NULL, x, b->mlp_norm, N, d, c->rms_eps);
+    zb_matmul_forward(w->g, w->ln, b->w_gate, NULL, N, d, F);
+    zb_matmul_forward(w->u, w->ln, b->w_up, NULL, N, d, F);
+    zb_swiglu_forward(w->g, w->g, w->u, (size_t)N * F);
+    zb_matmul_forward(w->mo, w->g, b->w_down, NULL, N, F, d);
+    if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
+    for (size_t i = 0; i < Nd; i++) x[i] += w->mo[i];
+}
+
+void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
+    const zb_config *c = &m->cfg;
+    int N = a->B * a->T, d = c->d_model;
+    size_t Nd = (size_t)N * d;
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
     else if (m->tp) zb_tp_embedding_forward(m, a->res, ids, N);   /* TP: vocab-parallel + all-reduce */
     else zb_embedding_forward(a->res, ids, m->w.embed, N, d);
-    for (int l = 0; l < c->n_layers; l++) {
-        const zb_block *w = &m->w.blocks[l];
-        float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
-        float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
-        float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
-        zb_rmsnorm_forward(ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
-        zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
-        for (size_t i = 0; i < Nd; i++) mid[i] = x[i] + a->mix_out[i];
-        zb_rmsnorm_forward(ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
-        zb_matmul_forward(gt, ln2, w->w_gate, NULL, N, d, F);
-        zb_matmul_forward(up, ln2, w->w_up, NULL, N, d, F);
-        zb_swiglu_forward(h, gt, up, NF);
-        zb_matmul_forward(a->mix_out, h, w->w_down, NULL, N, F, d);
-        if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
-        for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
-    }
+    for (int l = 0; l < c->n_layers; l++) zb_block_forward(m, a, l);
     if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
     zb_rmsnorm_forward(a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
     zb_matmul_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
@@ -513,10 +558,37 @@ double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int w
     return nv ? sum / nv : 0.0;
 }
 
-void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
+void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
+    zb_block *g = &m->g.blocks[l];
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
+    float *x = a->res + l * Nd, *mid = a->mid + l * Nd;
+    float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+    float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
+    /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
+    memset(a->dh, 0, sizeof(float) * NF);
+    zb_matmul_backward(a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
+    zb_swiglu_backward(a->dgate, a->dup, a->dh, gt, up, NF);
+    memset(a->dln, 0, sizeof(float) * Nd);
+    zb_matmul_backward(a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
+    zb_matmul_backward(a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
+    if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
+    zb_rmsnorm_backward(a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
+                        a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
+    if (dmix) for (size_t i = 0; i < Nd; i++) a->dres[i] += dmix[i];   /* d/d mixer out = d/d mid + dmix */
+    /* mixer: mid = x + mixer(ln1) */
+    memset(a->dln, 0, sizeof(float) * Nd);
+    zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
+    zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
+                        a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+}
+
+void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
+    const zb_config *c = &m->cfg;
+    int N = a->B * a->T, d = c->d_model;
+    size_t Nd = (size_t)N * d;
     /* head and final norm (PP: not the last stage: a->dres = d(res[L]) from the next stage) */
     if (!m->pp_no_head) {
     memset(a->dln, 0, sizeof(float) * Nd);
@@ -527,26 +599,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
                         m->w.final_norm, a->rstdf, N, d);
     }
     for (int l = c->n_layers - 1; l >= 0; l--) {
-        const zb_block *w = &m->w.blocks[l];
-        zb_block *g = &m->g.blocks[l];
-        float *x = a->res + l * Nd, *mid = a->mid + l * Nd;
-        float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
-        float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
-        /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
-        memset(a->dh, 0, sizeof(float) * NF);
-        zb_matmul_backward(a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
-        zb_swiglu_backward(a->dgate, a->dup, a->dh, gt, up, NF);
-        memset(a->dln, 0, sizeof(float) * Nd);
-        zb_matmul_backward(a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
-        zb_matmul_backward(a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
-        if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
-        zb_rmsnorm_backward(a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
-                            a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
-        /* mixer: mid = x + mixer(ln1) */
-        memset(a->dln, 0, sizeof(float) * Nd);
-        zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
-        zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
-                            a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+        zb_block_backward(m, a, l, NULL);
         if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
     }
     if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }

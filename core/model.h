@@ -168,6 +168,23 @@ double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int w
 /* Backward from dlogits (in a->logits) to every parameter gradient (accumulated into m->grad). */
 void zb_model_backward(zb_model *m, zb_acts *a, const int *ids);
 
+/* Block l alone on the saved activations: forward reads a->res[l] and writes a->mid[l],
+ * a->res[l+1] and the layer's saved activations; backward takes d/d res[l+1] in a->dres and
+ * leaves d/d res[l] there, accumulating block l's parameter gradients. dmix (may be NULL) is an
+ * extra gradient on the mixer's output (ILD's mixer term). zb_model_forward / _backward are
+ * the embedding, these over every layer, and the head. */
+void zb_block_forward(const zb_model *m, zb_acts *a, int l);
+void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix);
+
+/* Inference-only block (no saved activations, no gradients): x[B*T, d] <- block l of m
+ * applied to x, B <= the ws's rows, with the working buffers of zb_block_ws_alloc (sized for
+ * every layer kind of m; on error zb_block_ws_free frees what was allocated). SMART
+ * (core/smart.c) scores layer swaps with it. */
+typedef struct { int B, T; float *ln, *mo, *g, *u, *mix_acts; } zb_block_ws;
+int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T);
+void zb_block_ws_free(zb_block_ws *w);
+void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w);
+
 /* One block's mixer alone (used by intermediate-layer distillation): out[B*T,d] =
  * Mixer_l(x); acts = a->mix_acts[l] of acts allocated for this B x T. Backward accumulates
  * into dx and into m->grad. */

@@ -21,6 +21,7 @@ enum {
     ZB_EHDF5 = 7,
     ZB_ELAPACK = 8,
     ZB_ENOTFOUND = 9, /* a named tensor / key is absent */
+    ZB_EDEVICE = 10,  /* the GPU: no device, a CUDA / cuBLAS error, out of device memory */
 };
 
 /* Record a formatted one-line message; returns code so that `return zb_fail(...)` works. */

@@ -1,381 +1,298 @@
-/* zebra smart --teacher T --data D --mla-layers K -o plan.json [--svg plan.svg]
- *             [--config C.json] [--student-init S] [--tokenizer tokenizer.json] [--seq 256]
- *             [--max-rows 8] [--batch 4] [--terminal-window 0] [--seed 1]
+/* zebra smart --teacher T --mamba M --mla A --data D --mla-layers K -o plan.json [--svg plan.svg]
+ *             [--to-last] [--tokens 65536] [--seq 512] [--batch 4] [--split val]
+ *             [--tokenizer tokenizer.json]
  *
- * SMART (SPEC.md §6): the sensitivity of layer l = the mean KL(teacher || student) per token on
- * held-out tokens, where the student is the teacher with only layer l replaced by a Mamba2
- * mixer (composed from that layer's attention, SPEC §5, or taken from --student-init S, e.g. an
- * ILD-trained all-Mamba2 model). Choice of the K MLA layers:
- *   - terminal rule: layer 0 and layer L-1 are MLA (with --terminal-window W: the most
- *     sensitive layer of [0, W] and of [L-1-W, L-1], "first and last regions");
- *   - the other K-2 are spread evenly: slot k has the ideal position k (L-1)/(K-1) and may move
- *     by at most a quarter of that gap, so that every gap stays about equal;
- *   - within its window each slot takes the most sensitive layer not yet taken.
- * Writes the plan JSON (scores, windows, chosen layers: `zebra compose --plan` reads its
- * "mla_layers") and an SVG bar chart of the scores with the windows and the chosen layers.
+ * SMART as the paper runs it (SPEC.md §6, core/smart.h): M is the ILD'd all-Mamba2 model, A the
+ * ILD'd all-MLA model (both `zebra train --stage ild` from the teacher). The score of layer l is
+ *     KL(teacher || M) - KL(teacher || M with block l from A),
+ * KL per token, mean over at least --tokens held-out tokens (rows of --seq, batches of --batch;
+ * under mpirun the rows are split across the ranks and the sums reduced). Placement: K layers
+ * holding 0 and L-2 (--to-last: L-1), every gap floor(g) or ceil(g), g = last / (K-1), the one
+ * of highest total score found exactly (zb_smart_place). The plan JSON lists the KLs, the
+ * scores, the chosen layers ("mla_layers": `zebra compose --plan` reads it) and the control
+ * without scores ("even_layers": K layers evenly over [0, L-1]); the SVG shows both.
  *
- * Data D: a safetensors file with input_ids [B,T] (as `zebra dump` reads), or a text file
- * with --tokenizer (tokenized, cut into rows of --seq tokens). Only --max-rows rows are used. */
+ * Data D: a shard set of `zebra data` (the --split, default val: held out), a .safetensors with
+ * input_ids [B,T] (its rows as they are), or a text file with --tokenizer. */
 #include <math.h>
+#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "commands.h"
-#include "compose.h"
+#include "data.h"
 #include "model.h"
 #include "safetensors.h"
-#include "store.h"
+#include "smart.h"
 #include "tokenizer.h"
 
-/* ---- data ------------------------------------------------------------------------------- */
+/* ---- data: *R rows of *T ids ------------------------------------------------------------ */
 
-static int load_ids(const char *path, const char *tok_path, int seq, int max_rows, int V,
+/* Rows of seq tokens cut from a token stream, as many as cover `want` tokens (fewer if short). */
+static int cut_rows(const char *src, const uint32_t *tok, size_t n, int seq, long want, int V, int **ids,
+                    int *R) {
+    if ((long)n < seq) return zb_fail(ZB_EARG, "%s: %zu tokens, fewer than one row of --seq %d", src, n, seq);
+    long need = (want + seq - 1) / seq, have = (long)(n / (size_t)seq);
+    *R = (int)(need < have ? need : have);
+    *ids = zb_malloc(sizeof(int) * (size_t)*R * seq, "SMART ids");
+    if (!*ids) return ZB_ENOMEM;
+    for (size_t i = 0; i < (size_t)*R * seq; i++) {
+        if (tok[i] >= (uint32_t)V) {
+            free(*ids);
+            *ids = NULL;
+            return zb_fail(ZB_EARG, "%s: token id %u outside the teacher's vocabulary [0, %d)", src, tok[i], V);
+        }
+        (*ids)[i] = (int)tok[i];
+    }
+    return ZB_OK;
+}
+
+static int load_ids(const char *path, const char *split, const char *tok_path, int seq, long want, int V,
                     int **ids, int *R, int *T) {
+    struct stat sb;
     size_t len = strlen(path);
     int rc = ZB_OK;
     *ids = NULL;
+    *T = seq;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {   /* a shard set */
+        zb_shard *sh = NULL;
+        ZB_TRY(zb_shard_open(&sh, path, split));
+        uint64_t n = 0;
+        const uint32_t *tok = zb_shard_tokens(sh, &n);
+        rc = cut_rows(path, tok, (size_t)n, seq, want, V, ids, R);
+        zb_shard_close(sh);
+        return rc;
+    }
     if (len > 12 && !strcmp(path + len - 12, ".safetensors")) {
         zb_safetensors *st = NULL;
         ZB_TRY(zb_st_open(&st, path));
         const zb_st_tensor *t = zb_st_get(st, "input_ids");
-        if (!t || (t->ndim != 1 && t->ndim != 2))
-            rc = zb_fail(ZB_EFORMAT, "%s: needs a tensor input_ids [B,T]", path);
+        if (!t || t->ndim != 2) rc = zb_fail(ZB_EFORMAT, "%s: needs a tensor input_ids [B,T]", path);
+        int32_t *all = NULL;
         if (!rc) {
-            int B = t->ndim == 2 ? (int)t->shape[0] : 1;
-            *T = (int)t->shape[t->ndim - 1];
-            int32_t *all = zb_malloc(sizeof(int32_t) * (size_t)t->numel, "input ids");
-            if (!all) rc = ZB_ENOMEM;
-            else rc = zb_st_to_i32(t, all);
-            *R = B < max_rows ? B : max_rows;
-            if (!rc) {
-                *ids = zb_malloc(sizeof(int) * (size_t)*R * *T, "input ids");
-                if (!*ids) rc = ZB_ENOMEM;
-                else for (size_t i = 0; i < (size_t)*R * *T; i++) (*ids)[i] = all[i];
-            }
-            free(all);
+            *R = (int)t->shape[0];
+            *T = (int)t->shape[1];
+            all = zb_malloc(sizeof(int32_t) * (size_t)t->numel, "input ids");
+            *ids = zb_malloc(sizeof(int) * (size_t)t->numel, "input ids");
+            rc = !all || !*ids ? ZB_ENOMEM : zb_st_to_i32(t, all);
         }
+        for (size_t i = 0; !rc && i < (size_t)t->numel; i++) {
+            if (all[i] < 0 || all[i] >= V)
+                rc = zb_fail(ZB_EARG, "%s: token id %d outside the teacher's vocabulary [0, %d)", path, all[i], V);
+            else (*ids)[i] = all[i];
+        }
+        free(all);
         zb_st_close(st);
-    } else {
-        if (!tok_path) return zb_fail(ZB_EARG, "smart: %s is not .safetensors; a text file needs --tokenizer", path);
-        zb_tokenizer *tk = NULL;
-        ZB_TRY(zb_tokenizer_load(&tk, tok_path));
-        char *text = NULL;
-        size_t n = 0, nt = 0;
-        int32_t *tid = NULL;
-        rc = zb_read_file(path, &text, &n);
-        if (!rc) rc = zb_tokenizer_encode(tk, text, n, &tid, &nt);
-        free(text);
-        zb_tokenizer_free(tk);
-        if (!rc && (int)nt < seq) rc = zb_fail(ZB_EARG, "%s: %zu tokens, fewer than --seq %d", path, nt, seq);
-        if (!rc) {
-            *T = seq;
-            *R = (int)(nt / seq) < max_rows ? (int)(nt / seq) : max_rows;
-            *ids = zb_malloc(sizeof(int) * (size_t)*R * seq, "input ids");
-            if (!*ids) rc = ZB_ENOMEM;
-            else for (size_t i = 0; i < (size_t)*R * seq; i++) (*ids)[i] = tid[i];
-        }
-        free(tid);
+        if (rc) { free(*ids); *ids = NULL; }
+        return rc;
     }
-    for (size_t i = 0; !rc && i < (size_t)*R * *T; i++)
-        if ((*ids)[i] < 0 || (*ids)[i] >= V)
-            rc = zb_fail(ZB_EARG, "%s: token id %d outside the teacher's vocabulary [0, %d)", path, (*ids)[i], V);
-    if (rc) { free(*ids); *ids = NULL; }
+    if (!tok_path) return zb_fail(ZB_EARG, "smart: %s is neither a shard set nor .safetensors; a text file needs --tokenizer", path);
+    zb_tokenizer *tk = NULL;
+    ZB_TRY(zb_tokenizer_load(&tk, tok_path));
+    char *text = NULL;
+    size_t n = 0, nt = 0;
+    int32_t *tid = NULL;
+    rc = zb_read_file(path, &text, &n);
+    if (!rc) rc = zb_tokenizer_encode(tk, text, n, &tid, &nt);
+    free(text);
+    zb_tokenizer_free(tk);
+    for (size_t i = 0; !rc && i < nt; i++)
+        if (tid[i] < 0) rc = zb_fail(ZB_EARG, "%s: negative token id", path);
+    if (!rc) rc = cut_rows(path, (const uint32_t *)tid, nt, seq, want, V, ids, R);
+    free(tid);
     return rc;
 }
 
-/* The Mamba2 shape of SPEC §4 derived from the teacher (when no --config gives one). */
-static zb_mamba2_dims mamba_from_teacher(const zb_config *t, int T) {
-    zb_mamba2_dims m;
-    memset(&m, 0, sizeof m);
-    m.nheads = t->n_heads;
-    m.headdim = m.d_state = t->head_dim;
-    m.d_inner = t->n_heads * t->head_dim;
-    m.x_groups = m.b_groups = t->n_kv_heads;
-    m.c_groups = t->n_heads;
-    m.conv_k = 4;
-    m.chunk = T < 256 ? T : 256;
-    m.norm_group = t->head_dim;
-    m.dt_min = 0.0f;
-    m.dt_max = INFINITY;
-    m.conv_bias = 1;
-    return m;
-}
+/* ---- outputs ---------------------------------------------------------------------------- */
 
-/* ---- forward pieces ---------------------------------------------------------------------- */
+static void put_ints(FILE *f, const char *key, const int *v, int n, const char *end) {
+    fprintf(f, "  \"%s\": [", key);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? ", " : "", v[i]);
+    fprintf(f, "]%s\n", end);
+}
+static void put_doubles(FILE *f, const char *key, const double *v, int n) {
+    fprintf(f, "  \"%s\": [", key);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%.9g", i ? ", " : "", v[i]);
+    fprintf(f, "],\n");
+}
 
 typedef struct {
-    float *ln, *mo, *g, *u;   /* [N,d] [N,d] [N,F] [N,F] */
-    float *mix_acts;          /* the Mamba2 working model's activations */
-} smart_buf;
+    const char *teacher, *mamba, *mla;
+    int L, K, to_last;
+    long tokens;
+    double kl_m, *kl_swap, *score;
+    int chosen[ZB_MAX_LAYERS], even[ZB_MAX_LAYERS];
+    double total, even_total, count;
+} smart_plan;
 
-/* x[N,d] += mixer(norm(x)); x += MLP(norm(x)) with the teacher's block l, the mixer from
- * model mm's layer ml (the teacher itself or a one-layer Mamba2 model). */
-static void block_forward(const zb_model *t, int l, const zb_model *mm, int ml, float *acts,
-                          float *x, smart_buf *b, int B, int T) {
-    const zb_config *c = &t->cfg;
-    const zb_block *w = &t->w.blocks[l];
-    int N = B * T, d = c->d_model, F = c->ffn;
-    size_t Nd = (size_t)N * d;
-    zb_rmsnorm_forward(b->ln, NULL, x, w->attn_norm, N, d, c->rms_eps);
-    zb_mixer_forward(mm, ml, b->ln, b->mo, acts, B, T);
-    for (size_t i = 0; i < Nd; i++) x[i] += b->mo[i];
-    zb_rmsnorm_forward(b->ln, NULL, x, w->mlp_norm, N, d, c->rms_eps);
-    zb_matmul_forward(b->g, b->ln, w->w_gate, NULL, N, d, F);
-    zb_matmul_forward(b->u, b->ln, w->w_up, NULL, N, d, F);
-    zb_swiglu_forward(b->g, b->g, b->u, (size_t)N * F);
-    zb_matmul_forward(b->mo, b->g, w->w_down, NULL, N, F, d);
-    for (size_t i = 0; i < Nd; i++) x[i] += b->mo[i];
-}
-
-/* ---- choice ------------------------------------------------------------------------------- */
-
-/* Most sensitive untaken layer in [lo, hi] (clipped); -1 if none. */
-static int best_in(const double *score, const int *taken, int L, int lo, int hi) {
-    int best = -1;
-    if (lo < 0) lo = 0;
-    if (hi > L - 1) hi = L - 1;
-    for (int l = lo; l <= hi; l++)
-        if (!taken[l] && (best < 0 || score[l] > score[best])) best = l;
-    return best;
-}
-
-/* Fills chosen[K] (sorted) and windows[K][2]. */
-static int choose(const double *score, int L, int K, int tw, int *chosen, int (*win)[2]) {
-    if (K < 1 || K > L) return zb_fail(ZB_EARG, "smart: --mla-layers %d must be in [1, %d]", K, L);
-    int *taken = calloc((size_t)L, sizeof(int));
-    if (!taken) return zb_fail(ZB_ENOMEM, "out of memory");
-    double gap = K > 1 ? (double)(L - 1) / (K - 1) : 0;
-    /* terminal slots first, then the interior ones */
-    int order[ZB_MAX_LAYERS], n = 0;
-    order[n++] = 0;
-    if (K > 1) order[n++] = K - 1;
-    for (int k = 1; k < K - 1; k++) order[n++] = k;
-    for (int oi = 0; oi < K; oi++) {
-        int k = order[oi], lo, hi;
-        if (k == 0) { lo = 0; hi = tw; }
-        else if (k == K - 1) { lo = L - 1 - tw; hi = L - 1; }
-        else {
-            double c = k * gap;
-            lo = (int)ceil(c - gap / 4);
-            hi = (int)floor(c + gap / 4);
-            if (hi < lo) lo = hi = (int)lround(c);
-        }
-        win[k][0] = lo < 0 ? 0 : lo;
-        win[k][1] = hi > L - 1 ? L - 1 : hi;
-        int b = best_in(score, taken, L, lo, hi);
-        for (int wdn = 1; b < 0 && wdn < L; wdn++)   /* window exhausted: nearest free layer */
-            b = best_in(score, taken, L, lo - wdn, hi + wdn);
-        taken[b] = 1;
-        chosen[k] = b;
-    }
-    free(taken);
-    for (int a = 1; a < K; a++)
-        for (int b = a; b > 0 && chosen[b - 1] > chosen[b]; b--) { int t = chosen[b]; chosen[b] = chosen[b - 1]; chosen[b - 1] = t; }
-    return ZB_OK;
-}
-
-/* ---- outputs ------------------------------------------------------------------------------- */
-
-static int write_json(const char *path, const char *teacher, const double *score, int L, int K,
-                      const int *chosen, int (*win)[2], int tw, long tokens) {
+static int write_json(const char *path, const smart_plan *p) {
     FILE *f = fopen(path, "w");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot write", path);
-    fprintf(f, "{\n  \"method\": \"SMART (SPEC.md §6): per-layer mean KL(teacher || student) per token, "
-               "student = teacher with that layer replaced by Mamba2\",\n");
-    fprintf(f, "  \"teacher\": \"%s\",\n  \"layers\": %d,\n  \"tokens\": %ld,\n  \"terminal_window\": %d,\n",
-            teacher, L, tokens, tw);
-    fprintf(f, "  \"scores\": [");
-    for (int l = 0; l < L; l++) fprintf(f, "%s%.9g", l ? ", " : "", score[l]);
-    fprintf(f, "],\n  \"windows\": [");
-    for (int k = 0; k < K; k++) fprintf(f, "%s[%d, %d]", k ? ", " : "", win[k][0], win[k][1]);
-    fprintf(f, "],\n  \"mla_layers\": [");
-    for (int k = 0; k < K; k++) fprintf(f, "%s%d", k ? ", " : "", chosen[k]);
-    fprintf(f, "]\n}\n");
+    int last = zb_smart_last(p->L, p->to_last);
+    fprintf(f, "{\n  \"method\": \"SMART (SPEC.md §6): score[l] = KL(teacher || M) - KL(teacher || M with block l "
+               "from A), KL per token; K layers holding 0 and %d, gaps floor/ceil of %d/%d, highest total score\",\n",
+            last, last, p->K - 1);
+    fprintf(f, "  \"teacher\": \"%s\",\n  \"mamba\": \"%s\",\n  \"mla\": \"%s\",\n", p->teacher, p->mamba, p->mla);
+    fprintf(f, "  \"layers\": %d,\n  \"tokens\": %ld,\n  \"last_layer\": %d,\n  \"placements\": %.0f,\n", p->L, p->tokens,
+            last, p->count);
+    fprintf(f, "  \"kl_mamba\": %.9g,\n", p->kl_m);
+    put_doubles(f, "kl_swap", p->kl_swap, p->L);
+    put_doubles(f, "scores", p->score, p->L);
+    fprintf(f, "  \"total_score\": %.9g,\n  \"even_total_score\": %.9g,\n", p->total, p->even_total);
+    put_ints(f, "even_layers", p->even, p->K, ",");
+    put_ints(f, "mla_layers", p->chosen, p->K, "");
+    fprintf(f, "}\n");
     return fclose(f) == 0 ? ZB_OK : zb_fail(ZB_EIO, "%s: write failed", path);
 }
 
-static int write_svg(const char *path, const double *score, int L, int K, const int *chosen,
-                     int (*win)[2]) {
+static int member(const int *v, int n, int x) {
+    for (int i = 0; i < n; i++) if (v[i] == x) return 1;
+    return 0;
+}
+
+static int write_svg(const char *path, const smart_plan *p) {
     FILE *f = fopen(path, "w");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot write", path);
-    int bw = L > 40 ? 16 : 28, left = 70, top = 50, H = 260, W = left + L * bw + 30, Ht = top + H + 70;
-    double mx = 0;
-    for (int l = 0; l < L; l++) if (score[l] > mx) mx = score[l];
-    if (mx <= 0) mx = 1;
+    int L = p->L, bw = L > 40 ? 16 : 28, left = 80, top = 64, H = 260, W = left + L * bw + 30, Ht = top + H + 84;
+    double hi = 0, lo = 0;
+    for (int l = 0; l < L; l++) { if (p->score[l] > hi) hi = p->score[l]; if (p->score[l] < lo) lo = p->score[l]; }
+    if (hi - lo <= 0) hi = 1;
+    int y0 = top + (int)(H * hi / (hi - lo));   /* the zero line */
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"11\">\n", W, Ht);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%d\" y=\"20\" font-size=\"14\">SMART: KL to the teacher when one layer becomes Mamba2</text>\n", left);
-    fprintf(f, "<text x=\"%d\" y=\"38\" fill=\"#555\">orange = chosen MLA (%d); shaded = the window each MLA slot may take (even spread, terminal rule)</text>\n", left, K);
-    for (int k = 0; k < K; k++)   /* windows */
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#f3e3c8\"/>\n",
-                left + win[k][0] * bw, top, (win[k][1] - win[k][0] + 1) * bw, H);
-    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", left, top + H, left + L * bw, top + H);
+    fprintf(f, "<text x=\"%d\" y=\"20\" font-size=\"14\">SMART: KL(teacher||M) - KL(teacher||M with layer l from the MLA model)</text>\n", left);
+    fprintf(f, "<text x=\"%d\" y=\"38\" fill=\"#555\">orange = chosen MLA (%d, total %.4g; rule: 0 and %d, gaps floor/ceil); "
+               "triangles = evenly spaced control (total %.4g)</text>\n", left, p->K, p->total, zb_smart_last(L, p->to_last),
+            p->even_total);
+    fprintf(f, "<text x=\"%d\" y=\"54\" fill=\"#555\">KL(teacher||M) = %.5g per token on %ld tokens; %.0f placements allowed</text>\n",
+            left, p->kl_m, p->tokens, p->count);
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", left, y0, left + L * bw, y0);
     fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", left, top, left, top + H);
     for (int i = 0; i <= 4; i++) {
-        double v = mx * i / 4;
+        double v = lo + (hi - lo) * i / 4;
         int y = top + H - (int)(H * i / 4.0);
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", left - 4, y + 4, v);
     }
     for (int l = 0; l < L; l++) {
-        int sel = 0;
-        for (int k = 0; k < K; k++) sel |= chosen[k] == l;
-        int h = (int)(H * score[l] / mx + 0.5);
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d: KL %.6g%s</title></rect>\n",
-                left + l * bw + 3, top + H - h, bw - 6, h, sel ? "#e07b00" : "#4a7ab5", l, score[l],
+        int sel = member(p->chosen, p->K, l), ev = member(p->even, p->K, l);
+        int h = (int)(H * fabs(p->score[l]) / (hi - lo) + 0.5), y = p->score[l] >= 0 ? y0 - h : y0;
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d: score %.6g, "
+                   "KL with A's layer %.6g%s</title></rect>\n",
+                left + l * bw + 3, y, bw - 6, h, sel ? "#e07b00" : "#4a7ab5", l, p->score[l], p->kl_swap[l],
                 sel ? " (MLA)" : "");
-        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n", left + l * bw + bw / 2, top + H + 14, l);
-        if (sel) fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#e07b00\">MLA</text>\n",
-                         left + l * bw + bw / 2, top + H + 28);
+        int cx = left + l * bw + bw / 2, by = top + H;
+        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n", cx, by + 14, l);
+        if (sel) fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#e07b00\">MLA</text>\n", cx, by + 28);
+        if (ev) fprintf(f, "<path d=\"M %d %d l 5 9 l -10 0 z\" fill=\"#333\"/>\n", cx, by + 34);
     }
-    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">layer</text>\n", left + L * bw / 2, top + H + 48);
-    fprintf(f, "<text x=\"16\" y=\"%d\" transform=\"rotate(-90 16 %d)\" text-anchor=\"middle\">mean KL / token</text>\n",
+    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">layer</text>\n", left + L * bw / 2, top + H + 62);
+    fprintf(f, "<text x=\"16\" y=\"%d\" transform=\"rotate(-90 16 %d)\" text-anchor=\"middle\">score (KL per token)</text>\n",
             top + H / 2, top + H / 2);
     fprintf(f, "</svg>\n");
     return fclose(f) == 0 ? ZB_OK : zb_fail(ZB_EIO, "%s: write failed", path);
 }
 
-/* ---- the command ------------------------------------------------------------------------------ */
-
-/* Layer l's Mamba2 mixer as a one-layer model: from --student-init (if it has Mamba2 there)
- * or composed from the teacher's layer l. */
-static int mamba_layer(const zb_model *t, const zb_config *mc, const zb_store *init, int l,
-                       uint64_t seed, zb_model *one) {
-    zb_config c1 = zb_config_one_layer(mc, ZB_LAYER_MAMBA2);
-    c1.ffn = 1;   /* the MLP is the teacher's; keep the working model small */
-    ZB_TRY(zb_model_init(one, &c1));
-    zb_model_init_random(one, seed + 7919u * (uint64_t)(l + 1), 0.02f);
-    int rc = ZB_OK;
-    if (init && zb_store_config(init)->kinds[l] == ZB_LAYER_MAMBA2) {
-        char name[ZB_PARAM_NAME + 16];
-        for (int i = 0; i < one->n_params && !rc; i++) {
-            const zb_param *p = &one->params[i];
-            if (p->layer != 0 || !strstr(p->name, ".mamba.")) continue;
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, p->name + strlen("model.layers.0."));
-            rc = zb_store_read(init, name, one->data + p->offset, p->ndim, p->shape);
-        }
-    } else {
-        const zb_block *b = &t->w.blocks[l];
-        zb_attn_src a = {t->cfg.d_model, t->cfg.n_heads, t->cfg.n_kv_heads, t->cfg.head_dim, b->wq, b->wk, b->wv, b->wo};
-        rc = zb_compose_mamba2(&a, &c1.mamba, &one->w.blocks[0].mamba);
-    }
-    if (rc) zb_model_free(one);
-    return rc;
-}
+/* ---- the command -------------------------------------------------------------------------- */
 
 static int smart(int argc, char **argv) {
-    const char *tpath = zb_arg_str(argc, argv, "--teacher", NULL);
-    const char *data = zb_arg_str(argc, argv, "--data", NULL);
-    const char *out = zb_arg_str(argc, argv, "-o", NULL);
-    const char *svg = zb_arg_str(argc, argv, "--svg", NULL);
-    const char *cfg_path = zb_arg_str(argc, argv, "--config", NULL);
-    const char *init_path = zb_arg_str(argc, argv, "--student-init", NULL);
-    int K = zb_arg_int(argc, argv, "--mla-layers", 0), tw = zb_arg_int(argc, argv, "--terminal-window", 0);
-    int seq = zb_arg_int(argc, argv, "--seq", 256), max_rows = zb_arg_int(argc, argv, "--max-rows", 8);
-    int batch = zb_arg_int(argc, argv, "--batch", 4);
-    uint64_t seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1);
-    if (!tpath || !data || !out || K <= 0)
-        return zb_fail(ZB_EARG, "smart: needs --teacher T --data D --mla-layers K -o plan.json");
-    if (seq <= 0 || max_rows <= 0 || batch <= 0 || tw < 0)
-        return zb_fail(ZB_EARG, "smart: --seq, --max-rows, --batch must be positive, --terminal-window >= 0");
+    const char *tpath = zb_arg_str(argc, argv, "--teacher", NULL), *mpath = zb_arg_str(argc, argv, "--mamba", NULL);
+    const char *apath = zb_arg_str(argc, argv, "--mla", NULL), *data = zb_arg_str(argc, argv, "--data", NULL);
+    const char *out = zb_arg_str(argc, argv, "-o", NULL), *svg = zb_arg_str(argc, argv, "--svg", NULL);
+    const char *split = zb_arg_str(argc, argv, "--split", "val");
+    int K = zb_arg_int(argc, argv, "--mla-layers", 0), seq = zb_arg_int(argc, argv, "--seq", 512);
+    int batch = zb_arg_int(argc, argv, "--batch", 4), to_last = zb_arg_flag(argc, argv, "--to-last");
+    double want = zb_arg_double(argc, argv, "--tokens", 65536);
+    if (!tpath || !mpath || !apath || !data || !out || K <= 0)
+        return zb_fail(ZB_EARG, "smart: needs --teacher T --mamba M --mla A --data D --mla-layers K -o plan.json");
+    if (seq <= 0 || batch <= 0 || !(want >= 1))
+        return zb_fail(ZB_EARG, "smart: --seq, --batch and --tokens must be positive");
+    int rank = 0, P = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &P);
 
-    zb_model t;
+    zb_model t, M, A;
+    memset(&M, 0, sizeof M);
+    memset(&A, 0, sizeof A);
     ZB_TRY(zb_model_load(&t, tpath));
-    const zb_config *tc = &t.cfg;
-    int L = tc->n_layers, d = tc->d_model, V = tc->vocab, F = tc->ffn;
-    int rc = ZB_OK, *ids = NULL, R = 0, T = 0;
-    zb_store *init = NULL;
-    zb_model *minis = NULL;
-    double *score = NULL;
-    float *tlog = NULL, *x = NULL, *mix_acts = NULL;
-    smart_buf b = {0};
-    zb_acts a;
-    memset(&a, 0, sizeof a);
-    for (int l = 0; l < L && !rc; l++)
-        if (tc->kinds[l] != ZB_LAYER_ATTN) rc = zb_fail(ZB_EARG, "%s: layer %d is not attention", tpath, l);
-    if (!rc && K > L) rc = zb_fail(ZB_EARG, "smart: --mla-layers %d > %d layers", K, L);
-    if (!rc) rc = load_ids(data, zb_arg_str(argc, argv, "--tokenizer", NULL), seq, max_rows, V, &ids, &R, &T);
+    int L = t.cfg.n_layers, rc = ZB_OK, *ids = NULL, R = 0, T = 0;
+    smart_plan p;
+    memset(&p, 0, sizeof p);
+    if (!zb_smart_count(L, K, to_last))   /* before the expensive part */
+        rc = zb_smart_place(NULL, L, K, to_last, p.chosen, NULL);
+    if (!rc) rc = zb_model_load(&M, mpath);
+    if (!rc) rc = zb_model_load(&A, apath);
+    if (!rc) rc = load_ids(data, split, zb_arg_str(argc, argv, "--tokenizer", NULL), seq, (long)want, t.cfg.vocab,
+                           &ids, &R, &T);
     if (!rc && R < 1) rc = zb_fail(ZB_EARG, "%s: no complete row of tokens", data);
-    /* the Mamba2 shape: --config, --student-init's, or SPEC §4 from the teacher */
-    zb_config mc = *tc;
-    mc.mamba = mamba_from_teacher(tc, T);
-    if (!rc && cfg_path) {
-        zb_config c;
-        rc = zb_config_load(cfg_path, &c);
-        if (!rc) mc.mamba = c.mamba;
-    }
-    if (!rc && init_path) {
-        rc = zb_store_open(&init, init_path);
-        if (!rc) rc = zb_compose_check(tc, zb_store_config(init), init_path);
-        if (!rc) mc.mamba = zb_store_config(init)->mamba;
-    }
-    if (!rc && !(minis = calloc((size_t)L, sizeof(zb_model)))) rc = zb_fail(ZB_ENOMEM, "out of memory");
-    for (int l = 0; l < L && !rc; l++) rc = mamba_layer(&t, &mc, init, l, seed, &minis[l]);
-    int Bb = batch < R ? batch : R, N = Bb * T;
-    if (!rc) rc = zb_acts_alloc(&a, &t, Bb, T);
-    if (!rc) {
-        score = calloc((size_t)L, sizeof(double));
-        tlog = malloc(sizeof(float) * (size_t)N * V);
-        x = malloc(sizeof(float) * (size_t)N * d);
-        b.ln = malloc(sizeof(float) * (size_t)N * d);
-        b.mo = malloc(sizeof(float) * (size_t)N * d);
-        b.g = malloc(sizeof(float) * (size_t)N * F);
-        b.u = malloc(sizeof(float) * (size_t)N * F);
-        mix_acts = malloc(sizeof(float) * zb_mamba2_act_floats(&mc.mamba, d, Bb, T));
-        if (!score || !tlog || !x || !b.ln || !b.mo || !b.g || !b.u || !mix_acts)
-            rc = zb_fail(ZB_ENOMEM, "smart: out of memory for %d x %d tokens", Bb, T);
-    }
-    long tokens = 0;
+    zb_smart s;
+    memset(&s, 0, sizeof s);
+    int Bb = batch < R ? batch : R;
+    if (!rc) rc = zb_smart_init(&s, &t, &M, &A, Bb, T);
+    double *kl = calloc((size_t)L + 2, sizeof(double));
+    p.kl_swap = calloc((size_t)L, sizeof(double));
+    p.score = calloc((size_t)L, sizeof(double));
+    if (!rc && (!kl || !p.kl_swap || !p.score)) rc = zb_fail(ZB_ENOMEM, "smart: out of memory");
+    if (!rc && rank == 0 && (long)R * T < (long)want)
+        printf("smart: %s holds %d rows of %d = %ld tokens, fewer than --tokens %.0f: using them all\n", data, R, T,
+               (long)R * T, want);
+    /* this rank's rows: r, r + P, ... in batches of Bb */
+    int mine = R > rank ? (R - rank + P - 1) / P : 0, done = 0;
+    int *bid = rc ? NULL : malloc(sizeof(int) * (size_t)Bb * T);
+    if (!rc && !bid) rc = zb_fail(ZB_ENOMEM, "smart: out of memory");
     double t0 = zb_now();
-    for (int r0 = 0; r0 + Bb <= R && !rc; r0 += Bb) {
-        const int *bid = ids + (size_t)r0 * T;
-        zb_model_forward(&t, &a, bid);
-        memcpy(tlog, a.logits, sizeof(float) * (size_t)N * V);
-        for (int l = 0; l < L; l++) {
-            /* layer l by Mamba2, layers after it by the teacher */
-            memcpy(x, a.res + (size_t)l * N * d, sizeof(float) * (size_t)N * d);
-            block_forward(&t, l, &minis[l], 0, mix_acts, x, &b, Bb, T);
-            for (int k = l + 1; k < L; k++) block_forward(&t, k, &t, k, a.mix_acts[k], x, &b, Bb, T);
-            zb_rmsnorm_forward(b.ln, NULL, x, t.w.final_norm, N, d, tc->rms_eps);
-            zb_matmul_forward(a.logits, b.ln, t.w.lm_head, NULL, N, d, V);
-            score[l] += zb_kl_div(NULL, a.logits, tlog, NULL, N, V, 1.0f, 0.0f);
-        }
-        tokens += N;
+    while (!rc && done < mine) {
+        int nb = mine - done < Bb ? mine - done : Bb;
+        for (int b = 0; b < nb; b++)
+            memcpy(bid + (size_t)b * T, ids + (size_t)(rank + (done + b) * P) * T, sizeof(int) * T);
+        zb_smart_batch(&s, bid, nb, kl);
+        kl[L + 1] += (double)nb * T;
+        done += nb;
+        if (rank == 0)
+            printf("smart: rank 0 %d/%d rows, %.1f s\n", done, mine, zb_now() - t0), fflush(stdout);
     }
+    if (!rc && MPI_Allreduce(MPI_IN_PLACE, kl, L + 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        rc = zb_fail(ZB_EMPI, "smart: MPI_Allreduce of the KL sums failed");
     if (!rc) {
-        for (int l = 0; l < L; l++) score[l] /= (double)tokens;
-        int chosen[ZB_MAX_LAYERS], win[ZB_MAX_LAYERS][2];
-        rc = choose(score, L, K, tw, chosen, win);
-        if (!rc) {
-            printf("SMART on %ld tokens (%d x %d), %.1f s; mean KL per token when the layer is Mamba2:\n",
-                   tokens, R / Bb * Bb, T, zb_now() - t0);
-            for (int l = 0; l < L; l++) {
-                int sel = 0;
-                for (int k = 0; k < K; k++) sel |= chosen[k] == l;
-                printf("  layer %3d  %.6g%s\n", l, score[l], sel ? "  MLA" : "");
-            }
-            printf("mla_layers:");
-            for (int k = 0; k < K; k++) printf(" %d", chosen[k]);
-            printf("\n");
-            rc = write_json(out, tpath, score, L, K, chosen, win, tw, tokens);
-        }
-        if (!rc && svg) rc = write_svg(svg, score, L, K, chosen, win);
+        double n = kl[L + 1];
+        p.teacher = tpath; p.mamba = mpath; p.mla = apath;
+        p.L = L; p.K = K; p.to_last = to_last; p.tokens = (long)n;
+        p.kl_m = kl[L] / n;
+        for (int l = 0; l < L; l++) { p.kl_swap[l] = kl[l] / n; p.score[l] = p.kl_m - p.kl_swap[l]; }
+        p.count = zb_smart_count(L, K, to_last);
+        rc = zb_smart_place(p.score, L, K, to_last, p.chosen, &p.total);
+        zb_smart_even(L, K, p.even);
+        for (int k = 0; k < K; k++) p.even_total += p.score[p.even[k]];
     }
-    for (int l = 0; minis && l < L; l++) if (minis[l].data) zb_model_free(&minis[l]);
-    free(minis);
-    zb_store_close(init);
-    zb_acts_free(&a);
-    free(score); free(tlog); free(x); free(b.ln); free(b.mo); free(b.g); free(b.u); free(mix_acts);
-    free(ids);
+    if (!rc && rank == 0) {
+        printf("SMART on %ld tokens (%d rows of %d, %d rank%s), %.1f s; KL(teacher || all-Mamba2) = %.6g per token\n",
+               p.tokens, R, T, P, P > 1 ? "s" : "", zb_now() - t0, p.kl_m);
+        printf("layer  KL with the MLA layer  score\n");
+        for (int l = 0; l < L; l++)
+            printf("%5d  %21.6g  %.6g%s%s\n", l, p.kl_swap[l], p.score[l], member(p.chosen, K, l) ? "  MLA" : "",
+                   member(p.even, K, l) ? "  (even)" : "");
+        printf("mla_layers:");
+        for (int k = 0; k < K; k++) printf(" %d", p.chosen[k]);
+        printf("  (total score %.6g, best of %.0f placements holding 0 and %d)\neven_layers:", p.total, p.count,
+               zb_smart_last(L, to_last));
+        for (int k = 0; k < K; k++) printf(" %d", p.even[k]);
+        printf("  (total score %.6g)\n", p.even_total);
+        rc = write_json(out, &p);
+        if (!rc && svg) rc = write_svg(svg, &p);
+    }
+    free(bid); free(kl); free(p.kl_swap); free(p.score); free(ids);
+    zb_smart_free(&s);
+    if (A.data) zb_model_free(&A);
+    if (M.data) zb_model_free(&M);
     zb_model_free(&t);
     return rc;
 }
 
 int zb_cmd_smart(int argc, char **argv) {
-    static const char *const vals[] = {"--teacher", "--data", "--mla-layers", "-o", "--svg", "--config",
-                                       "--student-init", "--tokenizer", "--seq", "--max-rows", "--batch",
-                                       "--terminal-window", "--seed", NULL};
-    static const char *const flags[] = {NULL};
+    static const char *const vals[] = {"--teacher", "--mamba", "--mla", "--data", "--mla-layers", "-o", "--svg",
+                                       "--tokens", "--seq", "--batch", "--split", "--tokenizer", NULL};
+    static const char *const flags[] = {"--to-last", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     return smart(argc, argv);
 }

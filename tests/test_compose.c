@@ -21,6 +21,15 @@
  *     models the full-rank ratio is still 0.20); a fresh Mamba2 layer's gated RMSNorm rescales
  *     its output to unit RMS per head, a large change against this teacher's tiny random-weight
  *     attention outputs, so the hybrid's margin is the smallest.
+ *  5. --init release: q_a spans the top right singular vectors of the WHOLE W_q (what lies
+ *     outside its rows == the discarded sigma), q_b = per head the first nope and last rope rows
+ *     of U = W_q V S^-1; the same for kv_a / kv_b with the whole [W_k; W_v]; kv_a's rope rows =
+ *     the mean over KV heads of W_k's last rope rows; exact vs attention at full rank with one
+ *     KV head and rotation off. Tolerances: float factors divided by sigma_j^2, so
+ *     4 d eps (sigma_1 / sigma_r)^2.
+ *  6. Assembly: the hybrid from untrained all-Mamba2 / all-MLA compositions == the composition
+ *     from the teacher, bit for bit; after changing M and A every tensor comes from its layer's
+ *     source; a source of the wrong kind is refused.
  *  With a 3rd argument student.h5 (written by `zebra compose`, f32, seed 1): its tensors equal
  *  the in-memory composition bit for bit (the streaming path == zb_compose_model).
  * Usage: test_compose FIXTURES TESTS_DIR [student.h5] */
@@ -84,7 +93,7 @@ static int test_lowrank(void) {
     zb_model_init_random(&t, 11, 0.1f);
     zb_model_init_random(&s, 12, 0.02f);
     zb_mla_init_stats st;
-    ZB_TEST_OK(zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, &s.w.blocks[0], &st));
+    ZB_TEST_OK(zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, ZB_MLA_INIT_ROPE_PAIRS, &s.w.blocks[0], &st));
     const zb_block *tb = &t.w.blocks[0];
     const zb_mla_weights *w = &s.w.blocks[0].mla;
     zb_attn_src a = {d, H, Hkv, hd, tb->wq, tb->wk, tb->wv, tb->wo};
@@ -104,6 +113,8 @@ static int test_lowrank(void) {
              st.kv_discarded);
     zb_check(fabs(nMh * nMh / (nM * nM) - st.kv_energy) < 1e-5, "kv: energy matches the kept norm");
     zb_check(st.kv_energy > 0.3 && st.kv_energy < 1.0, "kv: energy in (0,1) at low rank: %.4f", st.kv_energy);
+    zb_check(fabs(st.kv_rel_err - err / nM) <= 1e-5, "kv: reported relative error %.6f == ||M - kv_b kv_a|| / ||M|| %.6f",
+             st.kv_rel_err, err / nM);
     /* query factors against the kept, rescaled q rows */
     int dims[16], dqk = 16, rq = 24;
     ZB_TEST_OK(zb_mla_head_dims(hd, &sc.mla, dims));
@@ -135,7 +146,7 @@ static int test_lowrank(void) {
 
 /* ---- 2 ---------------------------------------------------------------------------------- */
 /* MLA-from-attention vs attention on random x [B*T, d]; returns max_rel. */
-static double mla_vs_attn(int Hkv, zb_mla_dims md, int rope_off, const char *what, double tol) {
+static double mla_vs_attn_init(int Hkv, zb_mla_dims md, int rope_off, zb_mla_init init, const char *what, double tol) {
     int d = 64, H = 4, hd = 16, B = 2, T = 8, N = B * T;
     zb_config tc = one_layer(d, H, Hkv, hd, ZB_LAYER_ATTN);
     zb_config sc = one_layer(d, H, Hkv, hd, ZB_LAYER_MLA);
@@ -148,7 +159,7 @@ static double mla_vs_attn(int Hkv, zb_mla_dims md, int rope_off, const char *wha
     zb_model_init_random(&t, 21, 0.15f);
     zb_model_init_random(&s, 22, 0.02f);
     zb_mla_init_stats st;
-    if (zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, &s.w.blocks[0], &st)) {
+    if (zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, init, &s.w.blocks[0], &st)) {
         zb_check(0, "%s: compose: %s", what, zb_errmsg()); return 1;
     }
     if (rope_off) {
@@ -167,6 +178,10 @@ static double mla_vs_attn(int Hkv, zb_mla_dims md, int rope_off, const char *wha
     zb_acts_free(&at); zb_acts_free(&as);
     zb_model_free(&t); zb_model_free(&s);
     return e;
+}
+
+static double mla_vs_attn(int Hkv, zb_mla_dims md, int rope_off, const char *what, double tol) {
+    return mla_vs_attn_init(Hkv, md, rope_off, ZB_MLA_INIT_ROPE_PAIRS, what, tol);
 }
 
 static void test_mla_exact(void) {
@@ -206,7 +221,8 @@ static int test_mamba_linear_attention(void) {
     zb_model_init_random(&t, 31, 0.2f);
     zb_model_init_random(&s, 32, 0.02f);
     zb_mla_init_stats st;
-    if (zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, &s.w.blocks[0], &st)) return zb_check(0, "%s", zb_errmsg());
+    if (zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, ZB_MLA_INIT_ROPE_PAIRS, &s.w.blocks[0], &st))
+        return zb_check(0, "%s", zb_errmsg());
     const zb_mamba2_weights *w = &s.w.blocks[0].mamba;
     int P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m);
     /* A -> 0, dt = softplus(0 + log(e-1)) = 1, identity conv, D = 0 */
@@ -264,6 +280,171 @@ static int test_mamba_linear_attention(void) {
     return 0;
 }
 
+/* ---- 5: the release's initialisation (--init release) ------------------------------------ */
+
+/* || F - G diag(1/sigma^2) ||_F / ||F||_F with G = R V^T-rows products: checks that the factor F
+ * [m, r] holds the rows R [m, n] of a matrix expressed in the latent basis SVt [r, n] whose rows
+ * are orthogonal with norms sigma (F = R SVt^T diag(1/sigma^2), i.e. U = A V S^-1). cond
+ * receives sigma_1 / sigma_r. */
+static double rows_in_basis(const float *F, const float *R, const float *SVt, int m, int r, int n, double *cond) {
+    double *s2 = calloc((size_t)r, sizeof(double)), e = 0, f = 0;
+    for (int j = 0; j < r; j++)
+        for (int c = 0; c < n; c++) s2[j] += (double)SVt[(size_t)j * n + c] * SVt[(size_t)j * n + c];
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < r; j++) {
+            double g = 0;
+            for (int c = 0; c < n; c++) g += (double)R[(size_t)i * n + c] * SVt[(size_t)j * n + c];
+            double ref = g / s2[j], x = F[(size_t)i * r + j];
+            e += (x - ref) * (x - ref);
+            f += x * x;
+        }
+    *cond = sqrt(s2[0] / s2[r - 1]);
+    free(s2);
+    return sqrt(e / f);
+}
+
+/* sum over rows of A [m, n] of the squared distance to the row space of SVt [r, n] (orthogonal
+ * rows): what a rank-r SVD of A discards when SVt holds its top right singular vectors */
+static double outside_rowspace(const float *A, const float *SVt, int m, int r, int n) {
+    double out = 0;
+    double *p = malloc(sizeof(double) * n), *s2 = calloc((size_t)r, sizeof(double));
+    for (int j = 0; j < r; j++)
+        for (int c = 0; c < n; c++) s2[j] += (double)SVt[(size_t)j * n + c] * SVt[(size_t)j * n + c];
+    for (int i = 0; i < m; i++) {
+        for (int c = 0; c < n; c++) p[c] = A[(size_t)i * n + c];
+        for (int j = 0; j < r; j++) {
+            double g = 0;
+            for (int c = 0; c < n; c++) g += (double)A[(size_t)i * n + c] * SVt[(size_t)j * n + c];
+            for (int c = 0; c < n; c++) p[c] -= g / s2[j] * SVt[(size_t)j * n + c];
+        }
+        for (int c = 0; c < n; c++) out += p[c] * p[c];
+    }
+    free(p); free(s2);
+    return out;
+}
+
+static int test_release_init(void) {
+    int d = 64, H = 4, Hkv = 2, hd = 16, nope = 8, rope = 8, rq = 24, r = 12;
+    zb_config tc = one_layer(d, H, Hkv, hd, ZB_LAYER_ATTN);
+    zb_config sc = one_layer(d, H, Hkv, hd, ZB_LAYER_MLA);
+    sc.mla = mla_dims(H, Hkv, rq, r, nope, rope, 16, 1);
+    zb_model t, s;
+    ZB_TEST_OK(zb_model_init(&t, &tc));
+    ZB_TEST_OK(zb_model_init(&s, &sc));
+    zb_model_init_random(&t, 41, 0.1f);
+    zb_model_init_random(&s, 42, 0.02f);
+    zb_mla_init_stats st;
+    ZB_TEST_OK(zb_compose_block(&tc, &t.w.blocks[0], &sc, 0, ZB_MLA_INIT_RELEASE, &s.w.blocks[0], &st));
+    const zb_block *tb = &t.w.blocks[0];
+    const zb_mla_weights *w = &s.w.blocks[0].mla;
+    double eps = 5.96e-8, cond = 0;
+    /* q: q_a spans the top-rq right singular vectors of the WHOLE W_q ... */
+    double wq2 = 0;
+    for (int i = 0; i < H * hd * d; i++) wq2 += (double)tb->wq[i] * tb->wq[i];
+    double outq = outside_rowspace(tb->wq, w->q_a_proj, H * hd, rq, d);
+    zb_check(fabs(sqrt(outq) - st.q_discarded) <= 1e-5 * sqrt(wq2),
+             "release q: W_q outside q_a's rows %.6g == the discarded sigma of the whole W_q %.6g", sqrt(outq), st.q_discarded);
+    /* ... and q_b holds, per head, the first nope and the last rope rows of U = W_q V S^-1 */
+    int dqk = nope + rope;
+    float *R = malloc(sizeof(float) * (size_t)2 * Hkv * hd * d);
+    for (int h = 0; h < H; h++)
+        for (int k = 0; k < dqk; k++) {
+            int row = k < nope ? k : hd - rope + (k - nope);
+            memcpy(R + ((size_t)h * dqk + k) * d, tb->wq + ((size_t)h * hd + row) * d, sizeof(float) * d);
+        }
+    double eqb = rows_in_basis(w->q_b_proj, R, w->q_a_proj, H * dqk, rq, d, &cond);
+    double tol = 4.0 * d * eps * cond * cond;   /* float factors, divided by sigma_j^2 */
+    zb_check(eqb <= tol, "release q_b == first %d and last %d rows of U per head: rel %.3g (tol %.3g, cond %.2f)", nope,
+             rope, eqb, tol, cond);
+    /* kv: kv_a latent spans the top-r right singular vectors of the whole [W_k; W_v] ... */
+    memcpy(R, tb->wk, sizeof(float) * (size_t)Hkv * hd * d);
+    memcpy(R + (size_t)Hkv * hd * d, tb->wv, sizeof(float) * (size_t)Hkv * hd * d);
+    double kv2 = 0;
+    for (int i = 0; i < 2 * Hkv * hd * d; i++) kv2 += (double)R[i] * R[i];
+    double outkv = outside_rowspace(R, w->kv_a_proj, 2 * Hkv * hd, r, d);
+    zb_check(fabs(sqrt(outkv) - st.kv_discarded) <= 1e-5 * sqrt(kv2),
+             "release kv: [W_k; W_v] outside kv_a's latent rows %.6g == discarded %.6g (rope key rows in the SVD)",
+             sqrt(outkv), st.kv_discarded);
+    /* ... kv_b = per head its first nope key rows and its value rows of U */
+    float *Rk = malloc(sizeof(float) * (size_t)Hkv * (nope + hd) * d);
+    for (int j = 0; j < Hkv; j++) {
+        for (int k = 0; k < nope; k++)
+            memcpy(Rk + ((size_t)j * (nope + hd) + k) * d, tb->wk + ((size_t)j * hd + k) * d, sizeof(float) * d);
+        memcpy(Rk + ((size_t)j * (nope + hd) + nope) * d, tb->wv + (size_t)j * hd * d, sizeof(float) * (size_t)hd * d);
+    }
+    double ekb = rows_in_basis(w->kv_b_proj, Rk, w->kv_a_proj, Hkv * (nope + hd), r, d, &cond);
+    tol = 4.0 * d * eps * cond * cond;
+    zb_check(ekb <= tol, "release kv_b == first %d key rows and the value rows of U per head: rel %.3g (tol %.3g)", nope,
+             ekb, tol);
+    /* rope rows of kv_a = mean over the KV heads of the last rope rows of W_k */
+    double re = 0, rn = 0;
+    for (int k = 0; k < rope; k++)
+        for (int c = 0; c < d; c++) {
+            double m = 0;
+            for (int j = 0; j < Hkv; j++) m += tb->wk[((size_t)j * hd + hd - rope + k) * d + c];
+            m /= Hkv;
+            double x = w->kv_a_proj[((size_t)r + k) * d + c];
+            re += (x - m) * (x - m);
+            rn += m * m;
+        }
+    zb_check(sqrt(re / rn) <= 2 * Hkv * eps, "release rope key rows == mean over KV heads of W_k's last %d rows (rel %.3g)",
+             rope, sqrt(re / rn));
+    printf("release init: kv err %.4f, q err %.4f, rope err %.4f (energy kv %.4f, q %.4f)\n", st.kv_rel_err,
+           st.q_rel_err, st.rope_rel_err, st.kv_energy, st.q_energy);
+    free(R); free(Rk);
+    zb_model_free(&t); zb_model_free(&s);
+    /* exact at full rank with one KV head, nope + rope = hd, rotation off */
+    for (int il = 0; il < 2; il++) {
+        char what[96];
+        snprintf(what, sizeof what, "release init, 1 kv head, full rank, rotation off, interleave %d", il);
+        mla_vs_attn_init(1, mla_dims(4, 1, 64, 32, 8, 8, 16, il), 1, ZB_MLA_INIT_RELEASE, what, 2e-5);
+    }
+    return 0;
+}
+
+/* ---- 6: assembly from the two ILD models ------------------------------------------------ */
+
+static int test_assembly(const char *fx) {
+    char p[4096];
+    zb_model t, M, A, h, ref;
+    snprintf(p, sizeof p, "%s/hf-llama-tiny", fx);
+    ZB_TEST_OK(zb_model_load(&t, p));
+    zb_config mc = g_base, ac = g_base, hc;
+    int L = g_base.n_layers;
+    for (int l = 0; l < L; l++) { mc.kinds[l] = ZB_LAYER_MAMBA2; ac.kinds[l] = ZB_LAYER_MLA; }
+    ZB_TEST_OK(zb_model_init(&M, &mc));
+    ZB_TEST_OK(zb_model_init(&A, &ac));
+    ZB_TEST_OK(zb_compose_model(&t, &M, 1, ZB_MLA_INIT_ROPE_PAIRS, NULL));
+    ZB_TEST_OK(zb_compose_model(&t, &A, 1, ZB_MLA_INIT_ROPE_PAIRS, NULL));
+    unsigned char is_mla[ZB_MAX_LAYERS] = {0};
+    for (int l = 0; l < L; l++) is_mla[l] = g_base.kinds[l] == ZB_LAYER_MLA;   /* [mla, mamba2, mla] */
+    ZB_TEST_OK(zb_assemble_config(&mc, &ac, is_mla, &hc, "test"));
+    ZB_TEST_OK(zb_model_init(&h, &hc));
+    ZB_TEST_OK(zb_assemble_model(&M, &A, &h));
+    /* untrained M and A: the assembly is the composition from the teacher, bit for bit */
+    ZB_TEST_OK(zb_model_init(&ref, &g_base));
+    ZB_TEST_OK(zb_compose_model(&t, &ref, 1, ZB_MLA_INIT_ROPE_PAIRS, NULL));
+    zb_check(h.n_floats == ref.n_floats && !memcmp(h.data, ref.data, sizeof(float) * h.n_floats),
+             "assembly of the untrained all-Mamba2 and all-MLA models == compose from the teacher");
+    /* whole layers: after changing every tensor of M and A, each layer is its source's */
+    for (size_t i = 0; i < M.n_floats; i++) M.data[i] += 1.0f;
+    for (size_t i = 0; i < A.n_floats; i++) A.data[i] += 2.0f;
+    ZB_TEST_OK(zb_assemble_model(&M, &A, &h));
+    int bad = 0;
+    for (int i = 0; i < h.n_params; i++) {
+        const zb_param *q = &h.params[i];
+        int mla = q->layer >= 0 && is_mla[q->layer];
+        const zb_param *src = zb_model_param(mla ? &A : &M, q->name);
+        bad += !src || memcmp(h.data + q->offset, (mla ? A.data : M.data) + src->offset, sizeof(float) * q->numel);
+    }
+    zb_check(bad == 0, "every tensor (mixer, MLP, norms; globals from M) comes from its layer's source model");
+    /* a Mamba2 position whose source has MLA there (the MLA model passed as M) is refused */
+    zb_check(zb_assemble_config(&ac, &ac, is_mla, &hc, "plan.json") == ZB_EARG, "wrong source kind refused: %s",
+             zb_errmsg());
+    zb_model_free(&t); zb_model_free(&M); zb_model_free(&A); zb_model_free(&h); zb_model_free(&ref);
+    return 0;
+}
+
 /* ---- 4 ---------------------------------------------------------------------------------- */
 static int read_ids(const char *path, int **ids, int *B, int *T) {
     zb_safetensors *st = NULL;
@@ -298,7 +479,7 @@ static int compose_kl(const zb_model *t, const zb_config *c, const float *tlog, 
     zb_model s, rm, tmp;
     zb_mla_init_stats st[ZB_MAX_LAYERS];
     ZB_TRY(zb_model_init(&s, c));
-    ZB_TRY(zb_compose_model(t, &s, 1, st));
+    ZB_TRY(zb_compose_model(t, &s, 1, ZB_MLA_INIT_ROPE_PAIRS, st));
     ZB_TRY(zb_model_init(&rm, c));
     ZB_TRY(zb_model_init(&tmp, c));
     memcpy(rm.data, s.data, sizeof(float) * s.n_floats);
@@ -389,6 +570,8 @@ int main(int argc, char **argv) {
         test_lowrank();
         test_mla_exact();
         test_mamba_linear_attention();
+        test_release_init();
+        test_assembly(argv[1]);
     }
     test_compose_fixture(argv[1], argc > 3 ? argv[3] : NULL);
     return zb_test_finish();

@@ -1,0 +1,198 @@
+/* cuda_common.cu — device selection, stream, handles, memory, scratch; see cuda_common.h. */
+#include "cuda_common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int ready, device, sm_count;
+    size_t mem_total;
+    char name[256];
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cublasLtHandle_t cublaslt;
+    void *cublas_ws;              /* cuBLAS workspace (set once, so that no call allocates) */
+    zb_cuda_prec prec;
+    zb_cuda_bf16_gemm bf16_gemm;
+    void *ws[ZB_WS_N];
+    size_t ws_bytes[ZB_WS_N];
+    int err;                      /* a recorded error is pending */
+    char errmsg[512];
+} zb_cuda_state;
+
+/* The process's one device context (see the header: one GPU per process). */
+static zb_cuda_state g_dev = {0, 0, 0, 0, {0}, 0, 0, 0, 0, ZB_PREC_F32, ZB_BF16_GEMM_FAST, {0}, {0}, 0, {0}};
+
+#define ZB_CUBLAS_WS_BYTES ((size_t)64 << 20)
+
+extern "C" void zb_cuda_note_error2(const char *what, const char *why, const char *file, int line) {
+    if (g_dev.err) return;
+    g_dev.err = 1;
+    snprintf(g_dev.errmsg, sizeof g_dev.errmsg, "%s failed: %s (%s:%d)", what, why, file, line);
+}
+
+extern "C" void zb_cuda_note_error(const char *what, const char *file, int line) {
+    zb_cuda_note_error2(what, "error", file, line);
+}
+
+extern "C" int zb_cuda_device_count(char *why, size_t why_len) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        if (why) snprintf(why, why_len, "no usable CUDA device (%s)", cudaGetErrorString(e));
+        cudaGetLastError();   /* clear it */
+        return 0;
+    }
+    if (n == 0 && why) snprintf(why, why_len, "no CUDA device visible");
+    return n;
+}
+
+extern "C" int zb_cuda_env_local_rank(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                                 "SLURM_LOCALID", "LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
+extern "C" int zb_cuda_init(int local_rank) {
+    if (g_dev.ready) return ZB_OK;
+    char why[256];
+    int n = zb_cuda_device_count(why, sizeof why);
+    if (n <= 0) return zb_fail(ZB_EDEVICE, "--device cuda: %s", why);
+    if (local_rank < 0) local_rank = zb_cuda_env_local_rank();
+    g_dev.device = local_rank % n;
+    ZB_CUDA(cudaSetDevice(g_dev.device));
+    cudaDeviceProp p;
+    ZB_CUDA(cudaGetDeviceProperties(&p, g_dev.device));
+    snprintf(g_dev.name, sizeof g_dev.name, "%s", p.name);
+    g_dev.sm_count = p.multiProcessorCount;
+    g_dev.mem_total = p.totalGlobalMem;
+    ZB_CUDA(cudaStreamCreateWithFlags(&g_dev.stream, cudaStreamNonBlocking));
+    if (cublasCreate(&g_dev.cublas) != CUBLAS_STATUS_SUCCESS) return zb_fail(ZB_EDEVICE, "cublasCreate failed");
+    if (cublasLtCreate(&g_dev.cublaslt) != CUBLAS_STATUS_SUCCESS) return zb_fail(ZB_EDEVICE, "cublasLtCreate failed");
+    cublasSetStream(g_dev.cublas, g_dev.stream);
+    /* exact float32 unless a call asks otherwise: no TF32 (CUBLAS_DEFAULT_MATH) */
+    cublasSetMathMode(g_dev.cublas, CUBLAS_DEFAULT_MATH);
+    ZB_CUDA(cudaMalloc(&g_dev.cublas_ws, ZB_CUBLAS_WS_BYTES));
+    cublasSetWorkspace(g_dev.cublas, g_dev.cublas_ws, ZB_CUBLAS_WS_BYTES);
+    g_dev.ready = 1;
+    return ZB_OK;
+}
+
+extern "C" void zb_cuda_shutdown(void) {
+    if (!g_dev.ready) return;
+    cudaStreamSynchronize(g_dev.stream);
+    for (int i = 0; i < ZB_WS_N; i++) cudaFree(g_dev.ws[i]);
+    cudaFree(g_dev.cublas_ws);
+    cublasLtDestroy(g_dev.cublaslt);
+    cublasDestroy(g_dev.cublas);
+    cudaStreamDestroy(g_dev.stream);
+    memset(&g_dev, 0, sizeof g_dev);
+}
+
+extern "C" int zb_cuda_ready(void) { return g_dev.ready; }
+extern "C" int zb_cuda_device(void) { return g_dev.device; }
+extern "C" const char *zb_cuda_device_name(void) { return g_dev.name; }
+extern "C" int zb_cuda_sm_count(void) { return g_dev.sm_count; }
+extern "C" size_t zb_cuda_mem_total(void) { return g_dev.mem_total; }
+extern "C" cudaStream_t zb_cuda_stream(void) { return g_dev.stream; }
+extern "C" cublasHandle_t zb_cuda_cublas(void) { return g_dev.cublas; }
+extern "C" cublasLtHandle_t zb_cuda_cublaslt(void) { return g_dev.cublaslt; }
+extern "C" void zb_cuda_set_precision(zb_cuda_prec p) { g_dev.prec = p; }
+extern "C" zb_cuda_prec zb_cuda_precision(void) { return g_dev.prec; }
+extern "C" void zb_cuda_set_bf16_gemm(zb_cuda_bf16_gemm g) { g_dev.bf16_gemm = g; }
+extern "C" zb_cuda_bf16_gemm zb_cuda_bf16_gemm_impl(void) { return g_dev.bf16_gemm; }
+
+extern "C" int zb_cuda_alloc(void **p, size_t bytes, const char *what) {
+    *p = NULL;
+    if (bytes == 0) bytes = 16;   /* a valid, distinct pointer for empty buffers */
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        *p = NULL;
+        return zb_fail(ZB_EDEVICE, "out of GPU memory: %s needs %.2f GiB, %.2f of %.2f GiB free", what,
+                       bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
+    }
+    ZB_CUDA(cudaMemsetAsync(*p, 0, bytes, g_dev.stream));
+    return ZB_OK;
+}
+
+extern "C" void zb_cuda_free(void *p) {
+    if (!p) return;
+    cudaStreamSynchronize(g_dev.stream);
+    cudaFree(p);
+}
+
+static int pending_error(void) {
+    if (g_dev.err) {
+        g_dev.err = 0;
+        return zb_fail(ZB_EDEVICE, "GPU: %s", g_dev.errmsg);
+    }
+    return ZB_OK;
+}
+
+extern "C" int zb_cuda_upload(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return ZB_OK;
+    ZB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_dev.stream));
+    ZB_CUDA(cudaStreamSynchronize(g_dev.stream));   /* src may be freed by the caller next */
+    return pending_error();
+}
+
+extern "C" int zb_cuda_download(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return ZB_OK;
+    ZB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_dev.stream));
+    ZB_CUDA(cudaStreamSynchronize(g_dev.stream));
+    return pending_error();
+}
+
+extern "C" void zb_cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaMemcpyAsync (device)", cudaGetErrorString(e), __FILE__, __LINE__);
+}
+
+extern "C" void zb_cuda_zero(void *p, size_t bytes) {
+    if (!bytes) return;
+    cudaError_t e = cudaMemsetAsync(p, 0, bytes, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaMemsetAsync", cudaGetErrorString(e), __FILE__, __LINE__);
+}
+
+extern "C" void zb_cuda_zero_2d(void *p, size_t pitch, size_t width, size_t rows) {
+    if (!width || !rows) return;
+    cudaError_t e = cudaMemset2DAsync(p, pitch, 0, width, rows, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaMemset2DAsync", cudaGetErrorString(e), __FILE__, __LINE__);
+}
+
+extern "C" int zb_cuda_sync(void) {
+    ZB_CUDA(cudaStreamSynchronize(g_dev.stream));
+    ZB_CUDA(cudaGetLastError());
+    return pending_error();
+}
+
+extern "C" int zb_cuda_status(void) { return pending_error(); }
+
+extern "C" void *zb_cuda_scratch(int slot, size_t bytes) {
+    if (slot < 0 || slot >= ZB_WS_N) return NULL;
+    if (bytes <= g_dev.ws_bytes[slot] && g_dev.ws[slot]) return g_dev.ws[slot];
+    cudaStreamSynchronize(g_dev.stream);   /* the old buffer may still be in use */
+    cudaFree(g_dev.ws[slot]);
+    g_dev.ws[slot] = NULL;
+    g_dev.ws_bytes[slot] = 0;
+    size_t want = bytes + bytes / 8 + 256;   /* some headroom: fewer regrowths */
+    cudaError_t e = cudaMalloc(&g_dev.ws[slot], want);
+    if (e != cudaSuccess) {
+        g_dev.ws[slot] = NULL;
+        char why[160];
+        snprintf(why, sizeof why, "%s (%.2f GiB of scratch)", cudaGetErrorString(e), want / 1073741824.0);
+        zb_cuda_note_error2("scratch allocation", why, __FILE__, __LINE__);
+        return NULL;
+    }
+    g_dev.ws_bytes[slot] = want;
+    return g_dev.ws[slot];
+}

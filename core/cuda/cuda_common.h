@@ -1,0 +1,118 @@
+/* cuda_common.h — the device layer of the CUDA backend: one GPU per process (the local rank
+ * picks it), one stream, the cuBLAS / cuBLASLt handles, device memory, growable scratch and
+ * the precision mode. C interface (the .cu files compile as CUDA C; host code stays C11).
+ *
+ * Errors: functions returning int give ZB_OK or ZB_EDEVICE with a zb_fail message naming the
+ * call. Kernel launchers return void like the CPU kernels of ops.h; a failed launch or library
+ * call is recorded (the first one wins) and reported by the next zb_cuda_sync / download, so
+ * that a step fails with one clear line instead of computing on garbage.
+ *
+ * The device state (stream, handles, scratch) is one struct per process, like the cuBLAS
+ * handle of llm.c: a process drives exactly one GPU. */
+#ifndef ZB_CUDA_COMMON_H
+#define ZB_CUDA_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "zb_common.h"
+
+/* Arithmetic of the matrix products (and of the attention's products, which run on cuBLAS):
+ *   F32   plain float32 (CUBLAS_COMPUTE_32F_PEDANTIC: no TF32, no reduced-precision path);
+ *         the exactness mode, compared with the CPU kernels in the tests;
+ *   BF16  mixed: float32 storage of weights (the master copy) and activations, bf16 operands
+ *         on the tensor cores with float32 accumulation; every reduction outside the
+ *         products (norms, softmax, losses, optimizer) stays float32 / double. */
+typedef enum { ZB_PREC_F32 = 0, ZB_PREC_BF16 = 1 } zb_cuda_prec;
+
+/* How BF16 feeds the tensor cores (a benchmark picks; both give bf16 operands, f32 sums):
+ *   FAST   cuBLAS converts the float32 operands itself (CUBLAS_COMPUTE_32F_FAST_16BF);
+ *   CONVERT both operands are rounded to bf16 into scratch by our kernel, then a bf16 GEMM. */
+typedef enum { ZB_BF16_GEMM_FAST = 0, ZB_BF16_GEMM_CONVERT = 1 } zb_cuda_bf16_gemm;
+
+/* Devices visible to this process; 0 with the reason in why (no driver, no device). */
+int zb_cuda_device_count(char *why, size_t why_len);
+/* The local rank of this process on its node from the launcher's environment
+ * (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, MV2_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+ * LOCAL_RANK), 0 when none is set. */
+int zb_cuda_env_local_rank(void);
+/* Select device (local_rank % devices; local_rank < 0: from the environment), create the
+ * stream and the handles. Idempotent. ZB_EDEVICE when there is no usable GPU. */
+int zb_cuda_init(int local_rank);
+void zb_cuda_shutdown(void);
+int zb_cuda_ready(void);          /* 1 after a successful zb_cuda_init */
+int zb_cuda_device(void);         /* the device index chosen */
+const char *zb_cuda_device_name(void);
+/* Multiprocessors and total memory of the device (after init). */
+int zb_cuda_sm_count(void);
+size_t zb_cuda_mem_total(void);
+
+void zb_cuda_set_precision(zb_cuda_prec p);
+zb_cuda_prec zb_cuda_precision(void);
+void zb_cuda_set_bf16_gemm(zb_cuda_bf16_gemm g);
+zb_cuda_bf16_gemm zb_cuda_bf16_gemm_impl(void);
+
+/* Device memory. zb_cuda_alloc zero-fills. */
+int zb_cuda_alloc(void **p, size_t bytes, const char *what);
+void zb_cuda_free(void *p);
+/* Host <-> device (synchronous with respect to the stream: downloads wait for it). */
+int zb_cuda_upload(void *dst_dev, const void *src_host, size_t bytes);
+int zb_cuda_download(void *dst_host, const void *src_dev, size_t bytes);
+/* Device-side, ordered on the stream. */
+void zb_cuda_copy(void *dst_dev, const void *src_dev, size_t bytes);
+void zb_cuda_zero(void *p_dev, size_t bytes);
+/* Zero `width` bytes at the start of each of `rows` rows `pitch` bytes apart. */
+void zb_cuda_zero_2d(void *p_dev, size_t pitch, size_t width, size_t rows);
+/* Wait for the stream; ZB_EDEVICE with the first recorded or pending error. */
+int zb_cuda_sync(void);
+/* The first recorded error since the last sync (ZB_OK if none); does not wait. */
+int zb_cuda_status(void);
+
+/* Scratch slots: device buffers that grow to the largest request (a free + alloc, which waits
+ * for the device) and are reused; a slot's contents are valid until the next request of the
+ * same slot. Distinct users take distinct slots so that nested calls never share one. */
+enum { ZB_WS_GEMM_A = 0, ZB_WS_GEMM_B, ZB_WS_ATTN, ZB_WS_ATTN2, ZB_WS_LOSS, ZB_WS_PTRS, ZB_WS_MLA,
+       ZB_WS_MISC, ZB_WS_SSM, ZB_WS_N };
+void *zb_cuda_scratch(int slot, size_t bytes);
+
+/* Record an error (kernel launch, library status); the first one is kept. */
+void zb_cuda_note_error(const char *what, const char *file, int line);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- for the .cu files only ------------------------------------------------------------ */
+#ifdef __CUDACC__
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" cudaStream_t zb_cuda_stream(void);
+extern "C" cublasHandle_t zb_cuda_cublas(void);
+extern "C" cublasLtHandle_t zb_cuda_cublaslt(void);
+
+/* In an int-returning function: a failed CUDA runtime call returns ZB_EDEVICE with its text. */
+#define ZB_CUDA(call) do { cudaError_t zb_e_ = (call); if (zb_e_ != cudaSuccess) \
+    return zb_fail(ZB_EDEVICE, "CUDA error '%s' in %s (%s:%d)", cudaGetErrorString(zb_e_), #call, __FILE__, __LINE__); } while (0)
+/* After a kernel launch in a void launcher: record a launch error. */
+#define ZB_CUDA_LAUNCHED(name) do { cudaError_t zb_e_ = cudaGetLastError(); if (zb_e_ != cudaSuccess) \
+    zb_cuda_note_error2(name, cudaGetErrorString(zb_e_), __FILE__, __LINE__); } while (0)
+/* A cuBLAS call in a void function: record a failure. */
+#define ZB_CUBLAS(call) do { cublasStatus_t zb_s_ = (call); if (zb_s_ != CUBLAS_STATUS_SUCCESS) \
+    zb_cuda_note_error2(#call, cublasGetStatusString(zb_s_), __FILE__, __LINE__); } while (0)
+extern "C" void zb_cuda_note_error2(const char *what, const char *why, const char *file, int line);
+
+/* Blocks of `threads` covering n items. */
+static inline unsigned zb_cuda_blocks(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : (b > 1048576u ? 1048576u : b));
+}
+#endif
+
+#endif

@@ -1,0 +1,133 @@
+/* cuda_gemm.cu — matrix products on cuBLAS (row-major wrappers), bf16 conversions, the linear
+ * layers of ops.h / linear.h. See cuda_ops.h and, for the precision modes, cuda_common.h. */
+#include "cuda_ops.h"
+
+/* ---- conversions ------------------------------------------------------------------------ */
+
+__global__ void k_f32_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+__global__ void k_bf16_to_f32(float *dst, const __nv_bfloat16 *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+extern "C" void zb_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
+    if (!n) return;
+    k_f32_to_bf16<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>((__nv_bfloat16 *)dst, src, n);
+    ZB_CUDA_LAUNCHED("f32_to_bf16");
+}
+
+extern "C" void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+    if (!n) return;
+    k_bf16_to_f32<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(dst, (const __nv_bfloat16 *)src, n);
+    ZB_CUDA_LAUNCHED("bf16_to_f32");
+}
+
+/* ---- the one cuBLAS entry --------------------------------------------------------------- */
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C over `batch` problems. cuBLAS is column-major:
+ * a row-major X [r, c] with leading dimension ld is the column-major X^T, so C^T = op(B)^T op(A)^T
+ * is one column-major product with the operands swapped. */
+static void gemm_ex(int tA, int tB, int M, int N, int K, float alpha, const void *A, cudaDataType_t at, int lda,
+                    long long sA, const void *B, cudaDataType_t bt, int ldb, long long sB, float beta, float *C,
+                    int ldc, long long sC, int batch, cublasComputeType_t ct) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    cublasOperation_t oA = tA ? CUBLAS_OP_T : CUBLAS_OP_N, oB = tB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch == 1)
+        ZB_CUBLAS(cublasGemmEx(zb_cuda_cublas(), oB, oA, N, M, K, &alpha, B, bt, ldb, A, at, lda, &beta, C,
+                               CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));
+    else
+        ZB_CUBLAS(cublasGemmStridedBatchedEx(zb_cuda_cublas(), oB, oA, N, M, K, &alpha, B, bt, ldb, sB, A, at, lda,
+                                             sA, &beta, C, CUDA_R_32F, ldc, sC, batch, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+/* Elements spanned by `batch` stored matrices of rows x cols, leading dimension ld, stride s. */
+static size_t span(int rows, int cols, int ld, long long s, int batch) {
+    size_t one = (size_t)(rows - 1) * ld + cols;
+    return (size_t)(batch - 1) * (size_t)s + one;
+}
+
+extern "C" void zb_cuda_gemm_strided(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                                     long long sA, const float *B, int ldb, long long sB, float beta, float *C,
+                                     int ldc, long long sC, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    if (K <= 0) {   /* an empty sum: C = beta C */
+        for (int i = 0; i < batch; i++)
+            for (int r = 0; r < M; r++) zb_cuda_scale(C + i * sC + (size_t)r * ldc, beta, (size_t)N);
+        return;
+    }
+    if (zb_cuda_precision() == ZB_PREC_F32) {
+        gemm_ex(tA, tB, M, N, K, alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb, sB, beta, C, ldc, sC, batch,
+                CUBLAS_COMPUTE_32F_PEDANTIC);
+    } else if (zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_FAST) {
+        gemm_ex(tA, tB, M, N, K, alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb, sB, beta, C, ldc, sC, batch,
+                CUBLAS_COMPUTE_32F_FAST_16BF);
+    } else {   /* CONVERT: both operands rounded to bf16 (same layout) in scratch */
+        size_t na = tA ? span(K, M, lda, sA, batch) : span(M, K, lda, sA, batch);
+        size_t nb = tB ? span(N, K, ldb, sB, batch) : span(K, N, ldb, sB, batch);
+        uint16_t *a16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, na * 2);
+        uint16_t *b16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, nb * 2);
+        if (!a16 || !b16) return;
+        zb_cuda_f32_to_bf16(a16, A, na);
+        zb_cuda_f32_to_bf16(b16, B, nb);
+        gemm_ex(tA, tB, M, N, K, alpha, a16, CUDA_R_16BF, lda, sA, b16, CUDA_R_16BF, ldb, sB, beta, C, ldc, sC,
+                batch, CUBLAS_COMPUTE_32F);
+    }
+}
+
+extern "C" void zb_cuda_gemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                             const float *B, int ldb, float beta, float *C, int ldc) {
+    zb_cuda_gemm_strided(tA, tB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+/* ---- linear layers ------------------------------------------------------------------------ */
+
+__global__ void k_add_bias(float *out, const float *bias, size_t N, int OC) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N * OC; i += (size_t)gridDim.x * blockDim.x)
+        out[i] += bias[i % OC];
+}
+
+/* column sums of dout [N, OC] into dbias: blocks of 256 columns x a slice of rows, atomics */
+__global__ void k_colsum(float *dbias, const float *dout, int N, int OC, int rows_per) {
+    int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= OC) return;
+    int r0 = blockIdx.y * rows_per, r1 = min(N, r0 + rows_per);
+    float s = 0;
+    for (int r = r0; r < r1; r++) s += dout[(size_t)r * OC + o];
+    atomicAdd(&dbias[o], s);
+}
+
+static void colsum_add(float *dst, const float *src, int N, int C) {
+    int rows_per = 64;
+    dim3 grid((C + 255) / 256, (N + rows_per - 1) / rows_per);
+    k_colsum<<<grid, 256, 0, zb_cuda_stream()>>>(dst, src, N, C, rows_per);
+    ZB_CUDA_LAUNCHED("colsum");
+}
+
+extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N,
+                                       int C, int OC) {
+    zb_cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, W, C, 0.0f, out, OC);
+    if (bias) {
+        k_add_bias<<<zb_cuda_blocks((size_t)N * OC, 256), 256, 0, zb_cuda_stream()>>>(out, bias, (size_t)N, OC);
+        ZB_CUDA_LAUNCHED("add_bias");
+    }
+}
+
+extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
+                                        const float *W, int N, int C, int OC) {
+    if (dinp) zb_cuda_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 1.0f, dinp, C);     /* += dout @ W */
+    if (dW) zb_cuda_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dW, C);       /* += dout^T @ inp */
+    if (dbias) colsum_add(dbias, dout, N, OC);
+}
+
+extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC) {
+    if (W.f32) { zb_cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, W.f32, C, 0.0f, out, OC); return; }
+    uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
+    if (!x16) return;
+    zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);
+    gemm_ex(0, 1, N, OC, C, 1.0f, x16, CUDA_R_16BF, C, 0, W.bf16, CUDA_R_16BF, C, 0, 0.0f, out, OC, 0, 1,
+            CUBLAS_COMPUTE_32F);
+}

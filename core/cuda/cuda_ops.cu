@@ -1,0 +1,258 @@
+/* cuda_ops.cu — RMSNorm, RoPE, SwiGLU, embedding and small elementwise kernels; see cuda_ops.h.
+ * Row kernels accumulate their sums in double, as the CPU kernels do, so the two agree to a few
+ * float32 roundings of the result. */
+#include "cuda_ops.h"
+#include "cuda_reduce.cuh"
+
+#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
+                               i += (size_t)gridDim.x * blockDim.x)
+
+/* threads for a row kernel over C columns: a multiple of 32, 32..256 */
+static unsigned row_threads(int C) {
+    unsigned t = 32;
+    while (t < 256 && t < (unsigned)C) t *= 2;
+    return t;
+}
+
+/* ---- RMSNorm --------------------------------------------------------------------------- */
+
+__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    size_t row = blockIdx.x;
+    const float *xr = x + row * C;
+    float *o = out + row * C;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = zb_block_sum_d(ss);
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    if (rstd && threadIdx.x == 0) rstd[row] = r;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+}
+
+extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                                        float eps) {
+    if (N <= 0) return;
+    k_rmsnorm_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, rstd, x, w, C, eps);
+    ZB_CUDA_LAUNCHED("rmsnorm_forward");
+}
+
+/* dx_i += r w_i dy_i - (r^3 / C) x_i sum_j w_j dy_j x_j (ops.c) */
+__global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, const float *w, const float *rstd,
+                                 int C) {
+    size_t row = blockIdx.x;
+    const float *xr = x + row * C, *dy = dout + row * C;
+    float r = rstd[row];
+    double dot = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) dot += (double)w[i] * dy[i] * xr[i];
+    dot = zb_block_sum_d(dot);
+    float k = (float)(dot * r * r * r / C);
+    float *d = dx + row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) d[i] += r * w[i] * dy[i] - k * xr[i];
+}
+
+/* dw_i += sum_n dy_ni x_ni r_n: 256 columns x a slice of rows per block, atomics across slices */
+__global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, const float *rstd, int N, int C,
+                                 int rows_per) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= C) return;
+    int r0 = blockIdx.y * rows_per, r1 = min(N, r0 + rows_per);
+    float s = 0;
+    for (int n = r0; n < r1; n++) s += dout[(size_t)n * C + i] * x[(size_t)n * C + i] * rstd[n];
+    atomicAdd(&dw[i], s);
+}
+
+extern "C" void zb_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                                         const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    if (dx) {
+        k_rmsnorm_bwd_dx<<<N, row_threads(C), 0, zb_cuda_stream()>>>(dx, dout, x, w, rstd, C);
+        ZB_CUDA_LAUNCHED("rmsnorm_backward dx");
+    }
+    if (dw) {
+        int rows_per = 64;
+        dim3 grid((C + 255) / 256, (N + rows_per - 1) / rows_per);
+        k_rmsnorm_bwd_dw<<<grid, 256, 0, zb_cuda_stream()>>>(dw, dout, x, rstd, N, C, rows_per);
+        ZB_CUDA_LAUNCHED("rmsnorm_backward dw");
+    }
+}
+
+/* ---- RoPE -------------------------------------------------------------------------------- */
+
+/* The table travels by value (dim + inv_freq: about 1 KB of kernel arguments). */
+typedef struct { int dim; float inv_freq[ZB_ROPE_MAX_DIM / 2]; float mscale; } rope_arg;
+
+static rope_arg rope_arg_of(const zb_rope *r) {
+    rope_arg a;
+    a.dim = r->dim;
+    for (int i = 0; i < r->dim / 2; i++) a.inv_freq[i] = r->inv_freq[i];
+    a.mscale = r->mscale;   /* YaRN (SPEC §3); 1 otherwise */
+    return a;
+}
+
+#define ROPE_WARPS 8
+/* One warp per (row, head): the head's rotary values staged in shared memory (the interleaved
+ * layout reads and writes different places), then each lane rotates pairs. Row i is at position
+ * pos0 + i % T (pos == NULL) or pos[i / T] + i % T. Same arithmetic as zb_rope_apply: a float32
+ * angle pos * inv_freq, cosf / sinf. */
+__global__ void k_rope(rope_arg r, float *x, int nrows, int T, int pos0, const int *pos, int row_stride,
+                       int n_heads, int head_stride, int offset, int interleave, int inverse) {
+    __shared__ float st[ROPE_WARPS][ZB_ROPE_MAX_DIM];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, D = r.dim, half = D / 2;
+    float *buf = st[warp];
+    size_t items = (size_t)nrows * n_heads;
+    for (size_t it = (size_t)blockIdx.x * ROPE_WARPS + warp; it < items; it += (size_t)gridDim.x * ROPE_WARPS) {
+        int row = (int)(it / n_heads), h = (int)(it % n_heads);
+        int p = (pos ? pos[row / T] : pos0) + row % T;
+        float *v = x + (size_t)row * row_stride + (size_t)h * head_stride + offset;
+        for (int j = lane; j < D; j += 32) buf[j] = v[j];
+        __syncwarp();
+        for (int i = lane; i < half; i += 32) {
+            float a = (float)p * r.inv_freq[i];
+            float c = cosf(a) * r.mscale, s = sinf(a) * r.mscale;
+            if (inverse) s = -s;
+            float x1, x2;
+            if (interleave && !inverse) { x1 = buf[2 * i]; x2 = buf[2 * i + 1]; }
+            else { x1 = buf[i]; x2 = buf[i + half]; }
+            float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+            if (interleave && inverse) { v[2 * i] = y1; v[2 * i + 1] = y2; }
+            else { v[i] = y1; v[i + half] = y2; }
+        }
+        __syncwarp();
+    }
+}
+
+static void rope_launch(const zb_rope *r, float *x, int nrows, int T, int pos0, const int *pos, int row_stride,
+                        int n_heads, int head_stride, int offset, int interleave, int inverse) {
+    size_t items = (size_t)nrows * n_heads;
+    if (!items || r->dim <= 0) return;
+    rope_arg a = rope_arg_of(r);
+    k_rope<<<zb_cuda_blocks(items, ROPE_WARPS), ROPE_WARPS * 32, 0, zb_cuda_stream()>>>(
+        a, x, nrows, T, pos0, pos, row_stride, n_heads, head_stride, offset, interleave, inverse);
+    ZB_CUDA_LAUNCHED("rope");
+}
+
+extern "C" void zb_cuda_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
+                                       int head_stride, int offset, int pos0, int interleave, int inverse) {
+    rope_launch(r, x, B * T, T, pos0, NULL, row_stride, n_heads, head_stride, offset, interleave, inverse);
+}
+
+extern "C" void zb_cuda_rope_apply_rows(const zb_rope *r, float *x, int nrows, int per_seq, const int *pos_dev,
+                                        int row_stride, int n_heads, int head_stride, int offset, int interleave,
+                                        int inverse) {
+    rope_launch(r, x, nrows, per_seq, 0, pos_dev, row_stride, n_heads, head_stride, offset, interleave, inverse);
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------------- */
+
+__global__ void k_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = g[i];
+        h[i] = x / (1.0f + expf(-x)) * u[i];
+    }
+}
+
+/* silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
+__global__ void k_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = dh[i], uu = u[i];
+        du[i] = d * x * s;
+        dg[i] = d * uu * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+extern "C" void zb_cuda_swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+    if (!n) return;
+    k_swiglu_fwd<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(h, g, u, n);
+    ZB_CUDA_LAUNCHED("swiglu_forward");
+}
+
+extern "C" void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u,
+                                        size_t n) {
+    if (!n) return;
+    k_swiglu_bwd<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(dg, du, dh, g, u, n);
+    ZB_CUDA_LAUNCHED("swiglu_backward");
+}
+
+/* ---- embedding ---------------------------------------------------------------------------- */
+
+__global__ void k_embed_fwd(float *out, const int *ids, const float *table, int C) {
+    size_t n = blockIdx.x;
+    const float *src = table + (size_t)ids[n] * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = src[i];
+}
+
+__global__ void k_embed_fwd_bf16(float *out, const int *ids, const __nv_bfloat16 *table, int C) {
+    size_t n = blockIdx.x;
+    const __nv_bfloat16 *src = table + (size_t)ids[n] * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = __bfloat162float(src[i]);
+}
+
+__global__ void k_embed_bwd(float *dtable, const float *dout, const int *ids, int C) {
+    size_t n = blockIdx.x;
+    float *d = dtable + (size_t)ids[n] * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) atomicAdd(&d[i], dout[n * C + i]);
+}
+
+extern "C" void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int C) {
+    if (N <= 0) return;
+    k_embed_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, ids, table, C);
+    ZB_CUDA_LAUNCHED("embedding_forward");
+}
+
+extern "C" void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C) {
+    if (N <= 0) return;
+    k_embed_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, ids, (const __nv_bfloat16 *)table, C);
+    ZB_CUDA_LAUNCHED("embedding_forward_bf16");
+}
+
+extern "C" void zb_cuda_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C) {
+    if (N <= 0) return;
+    k_embed_bwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(dtable, dout, ids, C);
+    ZB_CUDA_LAUNCHED("embedding_backward");
+}
+
+/* ---- elementwise -------------------------------------------------------------------------- */
+
+__global__ void k_add(float *out, const float *a, const float *b, size_t n) { GRID_STRIDE(i, n) out[i] = a[i] + b[i]; }
+__global__ void k_axpy(float *y, float a, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+__global__ void k_scale(float *x, float a, size_t n) { GRID_STRIDE(i, n) x[i] *= a; }
+
+extern "C" void zb_cuda_add(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    k_add<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(out, a, b, n);
+    ZB_CUDA_LAUNCHED("add");
+}
+
+extern "C" void zb_cuda_axpy(float *y, float a, const float *x, size_t n) {
+    if (!n) return;
+    k_axpy<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(y, a, x, n);
+    ZB_CUDA_LAUNCHED("axpy");
+}
+
+extern "C" void zb_cuda_scale(float *x, float a, size_t n) {
+    if (!n) return;
+    k_scale<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(x, a, n);
+    ZB_CUDA_LAUNCHED("scale");
+}
+
+__global__ void k_copy_cols(float *dst, int ds, const float *src, int ss, int rows, int cols, int add) {
+    size_t n = (size_t)rows * cols;
+    GRID_STRIDE(i, n) {
+        size_t r = i / cols, c = i % cols;
+        if (add) dst[r * ds + c] += src[r * ss + c];
+        else dst[r * ds + c] = src[r * ss + c];
+    }
+}
+
+extern "C" void zb_cuda_copy_cols(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    k_copy_cols<<<zb_cuda_blocks((size_t)rows * cols, 256), 256, 0, zb_cuda_stream()>>>(dst, dst_stride, src,
+                                                                                      src_stride, rows, cols, 0);
+    ZB_CUDA_LAUNCHED("copy_cols");
+}
+
+extern "C" void zb_cuda_add_cols(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    k_copy_cols<<<zb_cuda_blocks((size_t)rows * cols, 256), 256, 0, zb_cuda_stream()>>>(dst, dst_stride, src,
+                                                                                      src_stride, rows, cols, 1);
+    ZB_CUDA_LAUNCHED("add_cols");
+}

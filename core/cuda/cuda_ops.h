@@ -1,0 +1,133 @@
+/* cuda_ops.h — the layer kernels of ops.h / linear.h / optim.h on the GPU.
+ *
+ * Same names with zb_cuda_, same arguments and the same semantics as the CPU kernels (row-major,
+ * [N, C] activations, weights [out, in], backward ACCUMULATES unless "overwrites"), every
+ * pointer a DEVICE pointer. The matrix products follow the precision mode of cuda_common.h.
+ * Where the GPU form differs it says so: attention saves a logsumexp per row instead of the
+ * probabilities (no T x T matrix is kept), the losses take device targets and return the sum on
+ * the host (one synchronisation). */
+#ifndef ZB_CUDA_OPS_H
+#define ZB_CUDA_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cuda_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "linear.h"
+#include "ops.h"
+
+/* ---- matrix products (cuBLAS) --------------------------------------------------------- */
+/* Row-major C[M,N] = alpha op(A)[M,K] op(B)[K,N] + beta C; op = transpose when trans. */
+void zb_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+/* The same over `batch` problems, operand i at A + i*strideA etc. (in floats). */
+void zb_cuda_gemm_strided(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                          long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
+                          int ldc, long long strideC, int batch);
+void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N, int C, int OC);
+void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
+                             const float *W, int N, int C, int OC);
+/* out[N,OC] = inp[N,C] @ W^T with W float32 (precision mode) or bf16 (bf16 operands, the input
+ * rounded to bf16 on the fly, float32 accumulation): generation with bf16 weights. */
+void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);
+
+/* ---- conversions ---------------------------------------------------------------------- */
+void zb_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n);   /* round to nearest even */
+void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+
+/* ---- RMSNorm, RoPE, SwiGLU, embedding ------------------------------------------------ */
+void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps);
+void zb_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                              const float *rstd, int N, int C);
+/* r is the HOST table (zb_rope_init); it travels as a kernel argument. */
+void zb_cuda_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
+                            int head_stride, int offset, int pos0, int interleave, int inverse);
+/* Rows i < nrows at positions pos[i / per_seq] + i % per_seq (pos: device ints, one per
+ * sequence): generation, where each sequence of a batch sits at its own position. */
+void zb_cuda_rope_apply_rows(const zb_rope *r, float *x, int nrows, int per_seq, const int *pos_dev,
+                             int row_stride, int n_heads, int head_stride, int offset, int interleave,
+                             int inverse);
+void zb_cuda_swiglu_forward(float *h, const float *g, const float *u, size_t n);
+void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
+/* ids: device ints. The backward adds with atomics (the order of the additions varies). */
+void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int C);
+void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C);
+void zb_cuda_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C);
+
+/* ---- small elementwise helpers ---------------------------------------------------------- */
+void zb_cuda_add(float *out, const float *a, const float *b, size_t n);     /* out = a + b */
+void zb_cuda_axpy(float *y, float a, const float *x, size_t n);              /* y += a x */
+void zb_cuda_scale(float *x, float a, size_t n);                             /* x *= a */
+/* Copy `cols` floats of each of `rows` rows: dst row i at dst + i*dst_stride, src likewise. */
+void zb_cuda_copy_cols(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols);
+/* dst row i += src row i over cols floats (strided rows). */
+void zb_cuda_add_cols(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols);
+
+/* ---- causal GQA attention, flash-style --------------------------------------------------
+ * Same shapes and strides as zb_attention_forward (zb_attn_shape); instead of the
+ * probabilities it saves lse [B, H, T] (the log of each row's softmax denominator, scaled
+ * scores). The products run on cuBLAS in blocks of query rows against the keys up to the block's
+ * end (causal), so the memory is a [H, rows, T] block, never [B, H, T, T]; the backward
+ * recomputes each block's probabilities from lse. dq, dk, dv OVERWRITTEN (head columns). */
+void zb_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const zb_attn_shape *s);
+void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *lse,
+                                const float *q, const float *k, const float *v, const zb_attn_shape *s);
+/* Query rows per block (tests force small blocks to exercise the seams; 0 = by memory). */
+void zb_cuda_attention_block_rows(int rows);
+
+/* ---- attention over caches (generation) ---------------------------------------------------
+ * nb sequences, n new query rows each (row t of sequence i at position pos[i] + t, already in
+ * the cache); sequence i's cache rows are K/V base + seq[i] * seq_stride (elements), KV group g
+ * at + g * group_stride, position u at + u * row_stride. q [nb*n, H*dqk], out [nb*n, H*dv]
+ * (float32). Keys of positions <= pos + t are attended. The cache is float32 (cache_bf16 0) or
+ * bf16 (1, then q and the probabilities are rounded to bf16 for the products). seq_dev, pos_dev:
+ * device ints [nb]; max_len: the largest pos[i] + n over the batch (host). */
+typedef struct {
+    int H, Hkv, dqk, dv;
+    long long seq_stride, group_stride, row_stride;   /* elements of the cache */
+    float scale;
+    int cache_bf16;
+} zb_cuda_cache_attn;
+void zb_cuda_attention_cached(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
+                              const int *pos_dev, int nb, int n, int max_len, const zb_cuda_cache_attn *a);
+/* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n
+ * tokens) at src + r * src_stride, its `groups` runs of `width` floats go to sequence seq[i]'s
+ * group g at position pos[i] + t (strides in elements, as zb_cuda_cache_attn). */
+void zb_cuda_cache_store(void *cache, int cache_bf16, const float *src, int src_stride, const int *seq_dev,
+                         const int *pos_dev, int nb, int n, int groups, int width, long long seq_stride,
+                         long long group_stride, long long row_stride);
+
+/* ---- losses (device logits, device targets / mask; sums returned to the host) ---------------- */
+double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V, float scale);
+double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
+                      float tau, float scale);
+double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
+/* Per-row target log-probabilities logp[r] = logits[r, y_r] - logsumexp(row r) (0 where the
+ * target is < 0), double, device output: DPO's sequence log-likelihoods. */
+void zb_cuda_target_logprobs(double *logp_dev, const float *logits, const int *targets, int N, int V);
+
+/* ---- optimizer ------------------------------------------------------------------------------
+ * A list of parameter segments [off, off + n) of the flat float32 buffers with their learning
+ * rate multiplier and weight decay (the trainable parameters of a zb_adamw), held on the device. */
+typedef struct zb_cuda_segs zb_cuda_segs;
+int zb_cuda_segs_create(zb_cuda_segs **s, int n, const size_t *off, const size_t *len, const float *lr_mult,
+                        const float *wd);
+void zb_cuda_segs_free(zb_cuda_segs *s);
+/* sum of g^2 over the segments (double), returned to the host. */
+double zb_cuda_sumsq(const zb_cuda_segs *s, const float *g);
+/* One AdamW update (optim.h's formula, torch.optim.AdamW) of every segment: w, g, m, v are the
+ * flat buffers; t = the step number (1-based) of the bias corrections. */
+void zb_cuda_adamw(const zb_cuda_segs *s, float *w, const float *g, float *m, float *v, float lr, float beta1,
+                   float beta2, float eps, float grad_scale, long long t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

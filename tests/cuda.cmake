@@ -1,0 +1,17 @@
+# GPU tests (label "gpu"): built with -DZB_CUDA=ON; each exits 77 with "SKIP: <reason>" where no
+# GPU is present, which ctest reports as skipped. cluster/gpu-check.sh runs them on a GPU node.
+if(ZB_CUDA)
+  function(zb_cuda_test name src)
+    if(NOT TARGET ${name})
+      add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/${src} ${CMAKE_CURRENT_SOURCE_DIR}/zb_test.c
+                             ${CMAKE_CURRENT_SOURCE_DIR}/zb_cuda_test.c)
+      target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+      target_link_libraries(${name} PRIVATE zebra_lib)
+    endif()
+    add_test(NAME ${name} COMMAND ${name} ${ARGN})
+    set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OPENBLAS_NUM_THREADS=1")
+  endfunction()
+  # every kernel of core/cuda/cuda_ops.h against its CPU kernel (f32 and bf16 modes)
+  zb_cuda_test(test_cuda_ops test_cuda_ops.c ${ZB_FIXTURES})
+endif()

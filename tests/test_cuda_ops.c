@@ -1,0 +1,759 @@
+/* test_cuda_ops.c — every kernel of core/cuda/cuda_ops.h against the CPU kernel of ops.h /
+ * linear.h / optim.h on random inputs with ragged sizes, in the float32 mode and (for the
+ * products) the bf16 mode. Each bound is derived per element from the arithmetic: the length
+ * of the reduction times the unit roundoff (ZB_U32 = 2^-24; bf16 operands add 2^-8 per
+ * product) times the magnitude of the summed terms, computed on the host. Skipped (exit 77)
+ * without a GPU. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_train.h"
+#include "zb_cuda_test.h"
+
+#define U ZB_U32
+
+static double op_rel(void) { return zb_cuda_precision() == ZB_PREC_BF16 ? 2 * ZB_U16 : 0.0; }
+
+static float *fabs_copy(const float *x, size_t n) {
+    float *a = zb_falloc(n);
+    for (size_t i = 0; i < n; i++) a[i] = fabsf(x[i]);
+    return a;
+}
+
+static const char *mode_name(void) {
+    if (zb_cuda_precision() == ZB_PREC_F32) return "f32";
+    return zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_FAST ? "bf16-fast" : "bf16-convert";
+}
+
+/* ---- matmul forward / backward, linear with bf16 weights ------------------------------ */
+static void test_matmul(zb_rng *rng, int N, int C, int OC, int with_bias, int backward) {
+    char what[160];
+    size_t nx = (size_t)N * C, nw = (size_t)OC * C, no = (size_t)N * OC;
+    float *x = zb_falloc(nx), *W = zb_falloc(nw), *b = zb_falloc(OC), *out = zb_falloc(no), *got = zb_falloc(no);
+    zb_fill_uniform(x, nx, 1.0f, rng);
+    zb_fill_uniform(W, nw, 0.5f, rng);
+    zb_fill_uniform(b, OC, 0.5f, rng);
+    zb_matmul_forward(out, x, W, with_bias ? b : NULL, N, C, OC);
+    /* magnitude of the summed terms: |x| |W|^T + |b| */
+    float *ax = fabs_copy(x, nx), *aw = fabs_copy(W, nw), *ab = fabs_copy(b, OC), *mag = zb_falloc(no);
+    zb_matmul_forward(mag, ax, aw, with_bias ? ab : NULL, N, C, OC);
+    double *md = zb_dalloc(no);
+    for (size_t i = 0; i < no; i++) md[i] = mag[i];
+    float *dx = zb_dev_f(x, nx), *dW = zb_dev_f(W, nw), *db = zb_dev_f(b, OC), *dout = zb_dev_f(NULL, no);
+    zb_cuda_matmul_forward(dout, dx, dW, with_bias ? db : NULL, N, C, OC);
+    zb_host_f(got, dout, no);
+    /* each side: (C + 2) roundings of the sum (with the bias); bf16 operands: 2^-8 per product */
+    double rel = 2 * (C + 2) * U + op_rel();
+    snprintf(what, sizeof what, "matmul_forward %s N=%d C=%d OC=%d%s", mode_name(), N, C, OC, with_bias ? " +bias" : "");
+    zb_check_mag(what, got, out, md, rel, 1e-30, no);
+
+    if (backward) {
+        float *go = zb_falloc(no), *gi0 = zb_falloc(nx), *gw0 = zb_falloc(nw), *gb0 = zb_falloc(OC);
+        zb_fill_uniform(go, no, 1.0f, rng);
+        zb_fill_uniform(gi0, nx, 1.0f, rng);
+        zb_fill_uniform(gw0, nw, 1.0f, rng);
+        zb_fill_uniform(gb0, OC, 1.0f, rng);
+        float *gi = zb_falloc(nx), *gw = zb_falloc(nw), *gb = zb_falloc(OC);
+        memcpy(gi, gi0, nx * 4); memcpy(gw, gw0, nw * 4); memcpy(gb, gb0, OC * 4);
+        zb_matmul_backward(gi, gw, gb, go, x, W, N, C, OC);
+        float *mi = fabs_copy(gi0, nx), *mw = fabs_copy(gw0, nw), *mb = fabs_copy(gb0, OC), *ago = fabs_copy(go, no);
+        zb_matmul_backward(mi, mw, mb, ago, ax, aw, N, C, OC);
+        float *d_go = zb_dev_f(go, no), *d_gi = zb_dev_f(gi0, nx), *d_gw = zb_dev_f(gw0, nw), *d_gb = zb_dev_f(gb0, OC);
+        zb_cuda_matmul_backward(d_gi, d_gw, d_gb, d_go, dx, dW, N, C, OC);
+        float *hi = zb_falloc(nx), *hw = zb_falloc(nw), *hb = zb_falloc(OC);
+        zb_host_f(hi, d_gi, nx); zb_host_f(hw, d_gw, nw); zb_host_f(hb, d_gb, OC);
+        double *m1 = zb_dalloc(nx), *m2 = zb_dalloc(nw), *m3 = zb_dalloc(OC);
+        for (size_t i = 0; i < nx; i++) m1[i] = mi[i];
+        for (size_t i = 0; i < nw; i++) m2[i] = mw[i];
+        for (int i = 0; i < OC; i++) m3[i] = mb[i];
+        snprintf(what, sizeof what, "matmul_backward dinp %s", mode_name());
+        zb_check_mag(what, hi, gi, m1, 2 * (OC + 2) * U + op_rel(), 1e-30, nx);
+        snprintf(what, sizeof what, "matmul_backward dW %s", mode_name());
+        zb_check_mag(what, hw, gw, m2, 2 * (N + 2) * U + op_rel(), 1e-30, nw);
+        snprintf(what, sizeof what, "matmul_backward dbias %s", mode_name());
+        zb_check_mag(what, hb, gb, m3, 2 * (N + 2) * U, 1e-30, OC);   /* a plain column sum */
+        free(go); free(gi0); free(gw0); free(gb0); free(gi); free(gw); free(gb);
+        free(mi); free(mw); free(mb); free(ago); free(hi); free(hw); free(hb); free(m1); free(m2); free(m3);
+        zb_cuda_free(d_go); zb_cuda_free(d_gi); zb_cuda_free(d_gw); zb_cuda_free(d_gb);
+    }
+    free(x); free(W); free(b); free(out); free(got); free(ax); free(aw); free(ab); free(mag); free(md);
+    zb_cuda_free(dx); zb_cuda_free(dW); zb_cuda_free(db); zb_cuda_free(dout);
+}
+
+/* bf16 weights (generation): the CPU widens them exactly and keeps x in float32; the GPU also
+ * rounds x to bf16 (2^-9 per product) */
+static void test_linear_bf16(zb_rng *rng, int N, int C, int OC) {
+    size_t nx = (size_t)N * C, nw = (size_t)OC * C, no = (size_t)N * OC;
+    float *x = zb_falloc(nx), *W = zb_falloc(nw), *Wr = zb_falloc(nw), *out = zb_falloc(no), *got = zb_falloc(no);
+    uint16_t *W16 = malloc(nw * 2);
+    zb_fill_uniform(x, nx, 1.0f, rng);
+    zb_fill_uniform(W, nw, 0.5f, rng);
+    zb_f32_to_bf16_n(W, W16, nw);
+    zb_bf16_to_f32_n(W16, Wr, nw);
+    zb_linear_forward(out, x, zb_wt_of_bf16(W16), N, C, OC);
+    float *ax = fabs_copy(x, nx), *aw = fabs_copy(Wr, nw), *mag = zb_falloc(no);
+    zb_matmul_forward(mag, ax, aw, NULL, N, C, OC);
+    double *md = zb_dalloc(no);
+    for (size_t i = 0; i < no; i++) md[i] = mag[i];
+    float *dx = zb_dev_f(x, nx), *dout = zb_dev_f(NULL, no);
+    uint16_t *dW16 = zb_dev_bytes(W16, nw * 2);
+    zb_cuda_linear_forward(dout, dx, zb_wt_of_bf16(dW16), N, C, OC);
+    zb_host_f(got, dout, no);
+    char what[96];
+    snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d", N, C, OC);
+    zb_check_mag(what, got, out, md, ZB_U16 + 2 * (C + 2) * U, 1e-30, no);
+    /* the conversions: bf16 -> f32 exact, f32 -> bf16 round to nearest even like the CPU */
+    float *back = zb_falloc(nw), *dback = zb_dev_f(NULL, nw);
+    zb_cuda_bf16_to_f32(dback, dW16, nw);
+    zb_host_f(back, dback, nw);
+    zb_check_mag("bf16_to_f32 (exact)", back, Wr, NULL, 0, 0, nw);
+    float *dWf = zb_dev_f(W, nw);
+    uint16_t *r16 = malloc(nw * 2);
+    zb_cuda_f32_to_bf16(dW16, dWf, nw);
+    zb_cuda_download(r16, dW16, nw * 2);
+    size_t bad = 0;
+    for (size_t i = 0; i < nw; i++) bad += r16[i] != W16[i];
+    zb_check(bad == 0, "f32_to_bf16: %zu of %zu differ from zb_f32_to_bf16_n", bad, nw);
+    free(x); free(W); free(Wr); free(out); free(got); free(W16); free(ax); free(aw); free(mag); free(md);
+    free(back); free(r16);
+    zb_cuda_free(dx); zb_cuda_free(dout); zb_cuda_free(dW16); zb_cuda_free(dback); zb_cuda_free(dWf);
+}
+
+/* ---- RMSNorm ---------------------------------------------------------------------------- */
+static void test_rmsnorm(zb_rng *rng, int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = zb_falloc(n), *w = zb_falloc(C), *out = zb_falloc(n), *rstd = zb_falloc(N);
+    float *got = zb_falloc(n), *grstd = zb_falloc(N);
+    zb_fill_uniform(x, n, 2.0f, rng);
+    zb_fill_uniform(w, C, 1.5f, rng);
+    zb_rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    float *dx = zb_dev_f(x, n), *dw = zb_dev_f(w, C), *dout = zb_dev_f(NULL, n), *dr = zb_dev_f(NULL, N);
+    zb_cuda_rmsnorm_forward(dout, dr, dx, dw, N, C, 1e-5f);
+    zb_host_f(got, dout, n);
+    zb_host_f(grstd, dr, N);
+    char what[96];
+    /* r from a double sum (one rounding to float each side); y = w (x r): two more roundings */
+    snprintf(what, sizeof what, "rmsnorm_forward N=%d C=%d", N, C);
+    zb_check_mag(what, got, out, NULL, 8 * U, 1e-38, n);
+    zb_check_mag("rmsnorm_forward rstd", grstd, rstd, NULL, 4 * U, 0, N);
+    /* backward, accumulating into nonzero dx, dw */
+    float *dy = zb_falloc(n), *gx = zb_falloc(n), *gw = zb_falloc(C), *gx0 = zb_falloc(n), *gw0 = zb_falloc(C);
+    zb_fill_uniform(dy, n, 1.0f, rng);
+    zb_fill_uniform(gx0, n, 1.0f, rng);
+    zb_fill_uniform(gw0, C, 1.0f, rng);
+    memcpy(gx, gx0, n * 4);
+    memcpy(gw, gw0, C * 4);
+    zb_rmsnorm_backward(gx, gw, dy, x, w, rstd, N, C);
+    double *mx = zb_dalloc(n), *mw = zb_dalloc(C);
+    for (int r = 0; r < N; r++) {
+        double dot = 0;
+        for (int i = 0; i < C; i++) dot += (double)w[i] * dy[(size_t)r * C + i] * x[(size_t)r * C + i];
+        double k = fabs(dot) * rstd[r] * rstd[r] * rstd[r] / C;
+        for (int i = 0; i < C; i++) {
+            size_t j = (size_t)r * C + i;
+            mx[j] = fabs(gx0[j]) + fabs(rstd[r] * w[i] * dy[j]) + k * fabs(x[j]);
+            mw[i] += fabs((double)dy[j] * x[j] * rstd[r]);
+        }
+    }
+    for (int i = 0; i < C; i++) mw[i] += fabs(gw0[i]);
+    float *d_dy = zb_dev_f(dy, n), *d_gx = zb_dev_f(gx0, n), *d_gw = zb_dev_f(gw0, C);
+    /* the GPU uses its own rstd (equal to the CPU's within 4u, included in the bound below) */
+    zb_cuda_rmsnorm_backward(d_gx, d_gw, d_dy, dx, dw, dr, N, C);
+    float *hx = zb_falloc(n), *hw = zb_falloc(C);
+    zb_host_f(hx, d_gx, n);
+    zb_host_f(hw, d_gw, C);
+    zb_check_mag("rmsnorm_backward dx", hx, gx, mx, 20 * U, 1e-38, n);
+    zb_check_mag("rmsnorm_backward dw", hw, gw, mw, 2 * (N + 8) * U, 1e-38, C);
+    free(x); free(w); free(out); free(rstd); free(got); free(grstd); free(dy); free(gx); free(gw); free(gx0);
+    free(gw0); free(mx); free(mw); free(hx); free(hw);
+    zb_cuda_free(dx); zb_cuda_free(dw); zb_cuda_free(dout); zb_cuda_free(dr); zb_cuda_free(d_dy);
+    zb_cuda_free(d_gx); zb_cuda_free(d_gw);
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------- */
+static void test_rope(zb_rng *rng, int interleave, int inverse, int llama3) {
+    zb_rope_cfg cfg = {llama3 ? ZB_ROPE_LLAMA3 : ZB_ROPE_DEFAULT, 500000.0f, 32.0f, 1.0f, 4.0f, 8192};
+    zb_rope r;
+    int D = 24, H = 3, head_stride = 40, offset = 8, row_stride = H * head_stride + 5, B = 2, T = 19, pos0 = 1000;
+    zb_rope_init(&r, D, &cfg);
+    size_t n = (size_t)B * T * row_stride;
+    float *x = zb_falloc(n), *ref = zb_falloc(n), *got = zb_falloc(n);
+    zb_fill_uniform(x, n, 1.0f, rng);
+    memcpy(ref, x, n * 4);
+    zb_rope_apply_seq(&r, ref, B, T, row_stride, H, head_stride, offset, pos0, interleave, inverse);
+    float *dx = zb_dev_f(x, n);
+    zb_cuda_rope_apply_seq(&r, dx, B, T, row_stride, H, head_stride, offset, pos0, interleave, inverse);
+    zb_host_f(got, dx, n);
+    /* each output mixes two inputs with cos / sin (CUDA's within 2 ulp, glibc's 1): the bound is
+     * 8u times the largest |x| of its head (untouched values must be equal) */
+    double *mag = zb_dalloc(n);
+    for (int row = 0; row < B * T; row++)
+        for (int h = 0; h < H; h++) {
+            size_t o = (size_t)row * row_stride + (size_t)h * head_stride + offset;
+            double mx = 0;
+            for (int j = 0; j < D; j++) mx = fmax(mx, fabs(x[o + j]));
+            for (int j = 0; j < D; j++) mag[o + j] = mx;
+        }
+    char what[96];
+    snprintf(what, sizeof what, "rope_apply_seq interleave=%d inverse=%d %s", interleave, inverse,
+             llama3 ? "llama3" : "default");
+    zb_check_mag(what, got, ref, mag, 8 * U, 0, n);
+    /* rows at per-sequence positions (generation): 3 sequences of 4 rows */
+    int nseq = 3, per = 4, pos[3] = {0, 5000, 31};
+    size_t nr = (size_t)nseq * per * row_stride;
+    memcpy(ref, x, nr * 4);
+    for (int i = 0; i < nseq * per; i++)
+        zb_rope_apply(&r, ref + (size_t)i * row_stride, H, head_stride, offset, pos[i / per] + i % per, interleave,
+                      inverse);
+    zb_cuda_upload(dx, x, nr * 4);
+    int *dpos = zb_dev_i(pos, nseq);
+    zb_cuda_rope_apply_rows(&r, dx, nseq * per, per, dpos, row_stride, H, head_stride, offset, interleave, inverse);
+    zb_host_f(got, dx, nr);
+    snprintf(what, sizeof what, "rope_apply_rows interleave=%d inverse=%d", interleave, inverse);
+    zb_check_mag(what, got, ref, mag, 8 * U, 0, nr);
+    free(x); free(ref); free(got); free(mag);
+    zb_cuda_free(dx); zb_cuda_free(dpos);
+}
+
+/* ---- SwiGLU, embedding, elementwise ------------------------------------------------------- */
+static void test_swiglu(zb_rng *rng, size_t n) {
+    float *g = zb_falloc(n), *u = zb_falloc(n), *h = zb_falloc(n), *got = zb_falloc(n), *dh = zb_falloc(n);
+    zb_fill_uniform(g, n, 8.0f, rng);
+    zb_fill_uniform(u, n, 2.0f, rng);
+    zb_fill_uniform(dh, n, 1.0f, rng);
+    zb_swiglu_forward(h, g, u, n);
+    float *dg = zb_dev_f(g, n), *du = zb_dev_f(u, n), *dhh = zb_dev_f(NULL, n), *ddh = zb_dev_f(dh, n);
+    zb_cuda_swiglu_forward(dhh, dg, du, n);
+    zb_host_f(got, dhh, n);
+    zb_check_mag("swiglu_forward", got, h, NULL, 12 * U, 1e-38, n);   /* exp (2 ulp), add, div, mul */
+    float *rg = zb_falloc(n), *ru = zb_falloc(n), *hg = zb_falloc(n), *hu = zb_falloc(n);
+    zb_swiglu_backward(rg, ru, dh, g, u, n);
+    float *d_rg = zb_dev_f(NULL, n), *d_ru = zb_dev_f(NULL, n);
+    zb_cuda_swiglu_backward(d_rg, d_ru, ddh, dg, du, n);
+    zb_host_f(hg, d_rg, n);
+    zb_host_f(hu, d_ru, n);
+    double *mg = zb_dalloc(n);
+    for (size_t i = 0; i < n; i++) {   /* 1 + g (1 - s) cancels near g = -1.28: its terms' size */
+        double s = 1.0 / (1.0 + exp(-(double)g[i]));
+        mg[i] = fabs((double)dh[i] * u[i] * s) * (2.0 + fabs(g[i]));
+    }
+    zb_check_mag("swiglu_backward du", hu, ru, NULL, 12 * U, 1e-38, n);
+    zb_check_mag("swiglu_backward dg", hg, rg, mg, 16 * U, 1e-38, n);
+    free(g); free(u); free(h); free(got); free(dh); free(rg); free(ru); free(hg); free(hu); free(mg);
+    zb_cuda_free(dg); zb_cuda_free(du); zb_cuda_free(dhh); zb_cuda_free(ddh); zb_cuda_free(d_rg); zb_cuda_free(d_ru);
+}
+
+static void test_embedding(zb_rng *rng) {
+    int V = 50, C = 70, N = 37;
+    int ids[37];
+    for (int i = 0; i < N; i++) ids[i] = (int)(zb_rng_u64(rng) % 7) * 7;   /* repeated rows */
+    size_t nt = (size_t)V * C, no = (size_t)N * C;
+    float *tab = zb_falloc(nt), *out = zb_falloc(no), *got = zb_falloc(no);
+    zb_fill_uniform(tab, nt, 1.0f, rng);
+    zb_embedding_forward(out, ids, tab, N, C);
+    float *dtab = zb_dev_f(tab, nt), *dout = zb_dev_f(NULL, no);
+    int *dids = zb_dev_i(ids, N);
+    zb_cuda_embedding_forward(dout, dids, dtab, N, C);
+    zb_host_f(got, dout, no);
+    zb_check_mag("embedding_forward (exact)", got, out, NULL, 0, 0, no);
+    uint16_t *t16 = malloc(nt * 2);
+    float *tr = zb_falloc(nt);
+    zb_f32_to_bf16_n(tab, t16, nt);
+    zb_bf16_to_f32_n(t16, tr, nt);
+    zb_embedding_forward(out, ids, tr, N, C);
+    uint16_t *d16 = zb_dev_bytes(t16, nt * 2);
+    zb_cuda_embedding_forward_bf16(dout, dids, d16, N, C);
+    zb_host_f(got, dout, no);
+    zb_check_mag("embedding_forward bf16 table (exact)", got, out, NULL, 0, 0, no);
+    /* backward: sums over the repeated ids, in another order (atomics) */
+    float *g = zb_falloc(no), *gt = zb_falloc(nt), *gt0 = zb_falloc(nt), *hg = zb_falloc(nt);
+    zb_fill_uniform(g, no, 1.0f, rng);
+    zb_fill_uniform(gt0, nt, 1.0f, rng);
+    memcpy(gt, gt0, nt * 4);
+    zb_embedding_backward(gt, g, ids, N, C);
+    float *mt = fabs_copy(gt0, nt), *ag = fabs_copy(g, no);
+    zb_embedding_backward(mt, ag, ids, N, C);
+    double *md = zb_dalloc(nt);
+    for (size_t i = 0; i < nt; i++) md[i] = mt[i];
+    float *dg = zb_dev_f(g, no), *dgt = zb_dev_f(gt0, nt);
+    zb_cuda_embedding_backward(dgt, dg, dids, N, C);
+    zb_host_f(hg, dgt, nt);
+    zb_check_mag("embedding_backward", hg, gt, md, 2 * (N + 1) * U, 0, nt);
+    free(tab); free(out); free(got); free(t16); free(tr); free(g); free(gt); free(gt0); free(hg); free(mt); free(ag);
+    free(md);
+    zb_cuda_free(dtab); zb_cuda_free(dout); zb_cuda_free(dids); zb_cuda_free(d16); zb_cuda_free(dg); zb_cuda_free(dgt);
+}
+
+static void test_elementwise(zb_rng *rng) {
+    size_t n = 1003;
+    float *a = zb_falloc(n), *b = zb_falloc(n), *ref = zb_falloc(n), *got = zb_falloc(n);
+    zb_fill_uniform(a, n, 1.0f, rng);
+    zb_fill_uniform(b, n, 1.0f, rng);
+    float *da = zb_dev_f(a, n), *db = zb_dev_f(b, n), *dc = zb_dev_f(NULL, n);
+    for (size_t i = 0; i < n; i++) ref[i] = a[i] + b[i];
+    zb_cuda_add(dc, da, db, n);
+    zb_host_f(got, dc, n);
+    zb_check_mag("add (exact)", got, ref, NULL, 0, 0, n);
+    for (size_t i = 0; i < n; i++) ref[i] = ref[i] + 0.5f * a[i];
+    zb_cuda_axpy(dc, 0.5f, da, n);
+    zb_host_f(got, dc, n);
+    double *m = zb_dalloc(n);
+    for (size_t i = 0; i < n; i++) m[i] = fabs(ref[i]) + fabs(a[i]);
+    zb_check_mag("axpy", got, ref, m, 2 * U, 0, n);   /* an FMA may round once instead of twice */
+    /* strided columns: rows of 10 with stride 13 -> stride 11 */
+    int rows = 7, cols = 10;
+    float *dst = zb_falloc(rows * 11), *src = zb_falloc(rows * 13), *hd = zb_falloc(rows * 11);
+    zb_fill_uniform(dst, rows * 11, 1.0f, rng);
+    zb_fill_uniform(src, rows * 13, 1.0f, rng);
+    float *ddst = zb_dev_f(dst, rows * 11), *dsrc = zb_dev_f(src, rows * 13);
+    zb_cuda_add_cols(ddst, 11, dsrc, 13, rows, cols);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[r * 11 + c] += src[r * 13 + c];
+    zb_host_f(hd, ddst, rows * 11);
+    zb_check_mag("add_cols (exact)", hd, dst, NULL, 0, 0, rows * 11);
+    zb_cuda_copy_cols(ddst, 11, dsrc, 13, rows, cols);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[r * 11 + c] = src[r * 13 + c];
+    zb_host_f(hd, ddst, rows * 11);
+    zb_check_mag("copy_cols (exact)", hd, dst, NULL, 0, 0, rows * 11);
+    free(a); free(b); free(ref); free(got); free(m); free(dst); free(src); free(hd);
+    zb_cuda_free(da); zb_cuda_free(db); zb_cuda_free(dc); zb_cuda_free(ddst); zb_cuda_free(dsrc);
+}
+
+/* ---- attention (training) ------------------------------------------------------------------- */
+/* Double-precision probabilities and the magnitudes of the summed terms of out, dq, dk, dv. */
+static void attn_mags(const zb_attn_shape *s, const float *q, const float *k, const float *v, const float *dout,
+                      double *P, double *lse, double *eps_row, double *m_out, double *m_dq, double *m_dk,
+                      double *m_dv, double orel) {
+    int B = s->B, T = s->T, H = s->H, rep = H / s->Hkv, dqk = s->dqk, dv = s->dv;
+    size_t nk = (size_t)B * T * s->k_stride, nv = (size_t)B * T * s->v_stride, nq = (size_t)B * T * s->q_stride;
+    memset(m_dq, 0, nq * 8); memset(m_dk, 0, nk * 8); memset(m_dv, 0, nv * 8);
+    double *dP = malloc(sizeof(double) * T), *mS = malloc(sizeof(double) * T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / rep;
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + ((size_t)b * T + t) * s->q_stride + (size_t)h * dqk;
+                double *Pr = P + (((size_t)b * H + h) * T + t) * T, mx = -INFINITY, sum = 0, emax = 0;
+                for (int u = 0; u <= t; u++) {
+                    const float *ku = k + ((size_t)b * T + u) * s->k_stride + (size_t)g * dqk;
+                    double a = 0, am = 0;
+                    for (int j = 0; j < dqk; j++) { a += (double)qt[j] * ku[j]; am += fabs((double)qt[j] * ku[j]); }
+                    Pr[u] = a * s->scale;
+                    emax = fmax(emax, am * s->scale);
+                    mx = fmax(mx, Pr[u]);
+                }
+                for (int u = 0; u <= t; u++) sum += exp(Pr[u] - mx);
+                lse[((size_t)b * H + h) * T + t] = mx + log(sum);
+                for (int u = 0; u <= t; u++) Pr[u] = exp(Pr[u] - mx) / sum;
+                for (int u = t + 1; u < T; u++) Pr[u] = 0;
+                /* a score is off by at most (2 (dqk + 2) u + bf16's 2^-8) x its summed terms */
+                eps_row[((size_t)b * H + h) * T + t] = (2 * (dqk + 2) * U + orel) * emax;
+                /* out: sum_u P |v| */
+                for (int c = 0; c < dv; c++) {
+                    double a = 0;
+                    for (int u = 0; u <= t; u++) a += Pr[u] * fabs(v[((size_t)b * T + u) * s->v_stride + (size_t)g * dv + c]);
+                    m_out[((size_t)b * T + t) * H * dv + (size_t)h * dv + c] = a;
+                }
+                /* backward: dP, D = sum P dP, |dS| <= P (|dP| + |D| + error of dP) */
+                const float *dot = dout + ((size_t)b * T + t) * H * dv + (size_t)h * dv;
+                double D = 0;
+                for (int u = 0; u <= t; u++) {
+                    const float *vu = v + ((size_t)b * T + u) * s->v_stride + (size_t)g * dv;
+                    double a = 0, am = 0;
+                    for (int j = 0; j < dv; j++) { a += (double)dot[j] * vu[j]; am += fabs((double)dot[j] * vu[j]); }
+                    dP[u] = a;
+                    mS[u] = am * (1 + 2 * (dv + 2) * U + orel);
+                    D += Pr[u] * a;
+                }
+                for (int u = 0; u <= t; u++) {
+                    double ms = Pr[u] * (fabs(dP[u]) + fabs(D) + mS[u]);
+                    const float *ku = k + ((size_t)b * T + u) * s->k_stride + (size_t)g * dqk;
+                    double *mq = m_dq + ((size_t)b * T + t) * s->q_stride + (size_t)h * dqk;
+                    double *mk = m_dk + ((size_t)b * T + u) * s->k_stride + (size_t)g * dqk;
+                    double *mv = m_dv + ((size_t)b * T + u) * s->v_stride + (size_t)g * dv;
+                    for (int j = 0; j < dqk; j++) {
+                        mq[j] += s->scale * ms * fabs(ku[j]);
+                        mk[j] += s->scale * ms * fabs(qt[j]);
+                    }
+                    for (int j = 0; j < dv; j++) mv[j] += Pr[u] * fabs(dot[j]);
+                }
+            }
+        }
+    free(dP);
+    free(mS);
+}
+
+static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, int dv, int pad, int block) {
+    zb_attn_shape s = {B, T, H, Hkv, dqk, dv, H * dqk + pad, Hkv * dqk + pad, Hkv * dv + pad, 1.0f / sqrtf((float)dqk)};
+    size_t nq = (size_t)B * T * s.q_stride, nk = (size_t)B * T * s.k_stride, nv = (size_t)B * T * s.v_stride;
+    size_t no = (size_t)B * T * H * dv, nl = (size_t)B * H * T;
+    float *q = zb_falloc(nq), *k = zb_falloc(nk), *v = zb_falloc(nv), *out = zb_falloc(no), *probs = zb_falloc(nl * T);
+    zb_fill_uniform(q, nq, 1.5f, rng);
+    zb_fill_uniform(k, nk, 1.5f, rng);
+    zb_fill_uniform(v, nv, 1.0f, rng);
+    zb_attention_forward(out, probs, q, k, v, &s);
+    float *dout = zb_falloc(no);
+    zb_fill_uniform(dout, no, 1.0f, rng);
+    /* CPU backward; dq/dk/dv overwrite head columns: start from a pattern the padding keeps */
+    float *rq = zb_falloc(nq), *rk = zb_falloc(nk), *rv = zb_falloc(nv);
+    zb_attention_backward(rq, rk, rv, dout, probs, q, k, v, &s);
+
+    double orel = op_rel();
+    double *P = zb_dalloc(nl * T), *lse = zb_dalloc(nl), *eps = zb_dalloc(nl), *mo = zb_dalloc(no);
+    double *mq = zb_dalloc(nq), *mk = zb_dalloc(nk), *mv = zb_dalloc(nv);
+    attn_mags(&s, q, k, v, dout, P, lse, eps, mo, mq, mk, mv, orel);
+    float *dq_ = zb_dev_f(q, nq), *dk_ = zb_dev_f(k, nk), *dv_ = zb_dev_f(v, nv), *dout_ = zb_dev_f(NULL, no);
+    float *dlse = zb_dev_f(NULL, nl), *ddo = zb_dev_f(dout, no);
+    zb_cuda_attention_block_rows(block);
+    zb_cuda_attention_forward(dout_, dlse, dq_, dk_, dv_, &s);
+    float *got = zb_falloc(no), *glse = zb_falloc(nl);
+    zb_host_f(got, dout_, no);
+    zb_host_f(glse, dlse, nl);
+    /* out: every score off by <= eps (both sides), so each probability by a factor e^(2 eps);
+     * the sums over T positions and the products P v (bf16: 2^-8) add their roundings */
+    double *bo = zb_dalloc(no);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                double e = eps[((size_t)b * H + h) * T + t];
+                for (int c = 0; c < dv; c++) {
+                    size_t i = ((size_t)b * T + t) * H * dv + (size_t)h * dv + c;
+                    bo[i] = (4 * e + orel + 4 * (T + dv + 8) * U) * mo[i] + 1e-30;
+                }
+            }
+    char what[160];
+    snprintf(what, sizeof what, "attention_forward %s B=%d T=%d H=%d Hkv=%d dqk=%d dv=%d block=%d", mode_name(), B, T,
+             H, Hkv, dqk, dv, block);
+    zb_check_bound(what, got, out, bo, no);
+    float *lref = zb_falloc(nl);
+    double *bl = zb_dalloc(nl);
+    for (size_t i = 0; i < nl; i++) { lref[i] = (float)lse[i]; bl[i] = eps[i] + 8 * U * (fabs(lse[i]) + 1); }
+    snprintf(what, sizeof what, "attention_forward lse %s (vs double)", mode_name());
+    zb_check_bound(what, glse, lref, bl, nl);
+    /* backward: the GPU's dq / dk / dv buffers hold garbage outside the head columns; only the
+     * head columns are compared */
+    float *gq = zb_dev_f(NULL, nq), *gk = zb_dev_f(NULL, nk), *gv = zb_dev_f(NULL, nv);
+    zb_cuda_attention_backward(gq, gk, gv, ddo, dlse, dq_, dk_, dv_, &s);
+    float *hq = zb_falloc(nq), *hk = zb_falloc(nk), *hv = zb_falloc(nv);
+    zb_host_f(hq, gq, nq);
+    zb_host_f(hk, gk, nk);
+    zb_host_f(hv, gv, nv);
+    double emax = 0;
+    for (size_t i = 0; i < nl; i++) emax = fmax(emax, eps[i]);
+    double rel = 4 * emax + 3 * orel + 4 * (T + dqk + dv + 8) * U;
+    double *b1 = zb_dalloc(nq), *b2 = zb_dalloc(nk), *b3 = zb_dalloc(nv);
+    for (size_t i = 0; i < nq; i++) b1[i] = rel * mq[i] + 1e-30;
+    for (size_t i = 0; i < nk; i++) b2[i] = rel * mk[i] + 1e-30;
+    for (size_t i = 0; i < nv; i++) b3[i] = rel * mv[i] + 1e-30;
+    /* zero the padding columns on both sides so that they compare equal */
+    for (int r = 0; r < B * T; r++) {
+        for (int j = H * dqk; j < s.q_stride; j++) hq[(size_t)r * s.q_stride + j] = rq[(size_t)r * s.q_stride + j] = 0;
+        for (int j = Hkv * dqk; j < s.k_stride; j++) hk[(size_t)r * s.k_stride + j] = rk[(size_t)r * s.k_stride + j] = 0;
+        for (int j = Hkv * dv; j < s.v_stride; j++) hv[(size_t)r * s.v_stride + j] = rv[(size_t)r * s.v_stride + j] = 0;
+    }
+    snprintf(what, sizeof what, "attention_backward dq %s block=%d", mode_name(), block);
+    zb_check_bound(what, hq, rq, b1, nq);
+    snprintf(what, sizeof what, "attention_backward dk %s block=%d", mode_name(), block);
+    zb_check_bound(what, hk, rk, b2, nk);
+    snprintf(what, sizeof what, "attention_backward dv %s block=%d", mode_name(), block);
+    zb_check_bound(what, hv, rv, b3, nv);
+    zb_cuda_attention_block_rows(0);
+    free(q); free(k); free(v); free(out); free(probs); free(dout); free(rq); free(rk); free(rv); free(P); free(lse);
+    free(eps); free(mo); free(mq); free(mk); free(mv); free(got); free(glse); free(bo); free(lref); free(bl);
+    free(hq); free(hk); free(hv); free(b1); free(b2); free(b3);
+    zb_cuda_free(dq_); zb_cuda_free(dk_); zb_cuda_free(dv_); zb_cuda_free(dout_); zb_cuda_free(dlse);
+    zb_cuda_free(ddo); zb_cuda_free(gq); zb_cuda_free(gk); zb_cuda_free(gv);
+}
+
+/* ---- attention over caches (generation) ------------------------------------------------------ */
+/* GQA head-major cache [slots][Hkv][maxT][hd] (K and V), or MLA's latent rows [slots][maxT][W]
+ * with values = the first dv columns (mla = 1: Hkv = 1, K = V). n new rows per sequence. */
+static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
+    int slots = 4, maxT = 50, H = 4, Hkv = mla ? 1 : 2, dqk = mla ? 40 : 24, dv = mla ? 32 : 24;
+    int nb = 3, seqs[3] = {2, 0, 3}, pos[3] = {10, 37, 0};
+    for (int i = 0; i < nb; i++) if (pos[i] + n > maxT) pos[i] = maxT - n;
+    long long row = mla ? dqk : dqk, grp = mla ? 0 : (long long)maxT * dqk, seqs_stride = (long long)Hkv * maxT * dqk;
+    size_t nc = (size_t)slots * seqs_stride;
+    float *K = zb_falloc(nc), *V = mla ? K : zb_falloc(nc);
+    zb_fill_uniform(K, nc, 1.5f, rng);
+    if (!mla) zb_fill_uniform(V, nc, 1.0f, rng);
+    uint16_t *K16 = malloc(nc * 2), *V16 = malloc(nc * 2);
+    if (bf16) {   /* the CPU reads the same rounded values */
+        zb_f32_to_bf16_n(K, K16, nc); zb_bf16_to_f32_n(K16, K, nc);
+        if (!mla) { zb_f32_to_bf16_n(V, V16, nc); zb_bf16_to_f32_n(V16, V, nc); }
+    }
+    size_t nq = (size_t)nb * n * H * dqk, no = (size_t)nb * n * H * dv;
+    float *q = zb_falloc(nq), *out = zb_falloc(no), *got = zb_falloc(no);
+    zb_fill_uniform(q, nq, 1.5f, rng);
+    float scale = 1.0f / sqrtf((float)dqk);
+    float *sc = zb_falloc(zb_attention_decode_scratch(H, dv, maxT));
+    double *bound = zb_dalloc(no), orel = bf16 ? 2 * ZB_U16 : op_rel();
+    int max_len = 0;
+    for (int i = 0; i < nb; i++) {
+        if (pos[i] + n > max_len) max_len = pos[i] + n;
+        const float *Kb = K + (size_t)seqs[i] * seqs_stride, *Vb = V + (size_t)seqs[i] * seqs_stride;
+        for (int t = 0; t < n; t++) {
+            size_t r = (size_t)i * n + t;
+            int Tc = pos[i] + t + 1;
+            zb_attention_decode(out + r * H * dv, q + r * H * dqk, Kb, Vb, Tc, H, Hkv, dqk, dv, (int)row, (int)row,
+                                (size_t)grp, (size_t)grp, scale, sc);
+            /* bound: scores off by eps, products P v (bf16 P and v: 2^-8) */
+            for (int h = 0; h < H; h++) {
+                int g = h / (H / Hkv);
+                const float *qh = q + r * H * dqk + (size_t)h * dqk;
+                double emax = 0, mx = -INFINITY, sum = 0;
+                double *sv = zb_dalloc(Tc);
+                for (int u = 0; u < Tc; u++) {
+                    const float *ku = Kb + g * grp + u * row;
+                    double a = 0, am = 0;
+                    for (int j = 0; j < dqk; j++) { a += (double)qh[j] * ku[j]; am += fabs((double)qh[j] * ku[j]); }
+                    sv[u] = a * scale;
+                    emax = fmax(emax, am * scale);
+                    mx = fmax(mx, sv[u]);
+                }
+                for (int u = 0; u < Tc; u++) sum += exp(sv[u] - mx);
+                double e = (2 * (dqk + 2) * U + orel) * emax;
+                for (int c = 0; c < dv; c++) {
+                    double m = 0;
+                    for (int u = 0; u < Tc; u++) m += exp(sv[u] - mx) / sum * fabs(Vb[g * grp + u * row + c]);
+                    bound[r * H * dv + (size_t)h * dv + c] = (4 * e + 2 * orel + 4 * (Tc + dv + 8) * U) * m + 1e-30;
+                }
+                free(sv);
+            }
+        }
+    }
+    void *dK, *dV;
+    if (bf16) {
+        dK = zb_dev_bytes(K16, nc * 2);
+        dV = mla ? dK : zb_dev_bytes(V16, nc * 2);
+    } else {
+        dK = zb_dev_f(K, nc);
+        dV = mla ? dK : zb_dev_f(V, nc);
+    }
+    int *dseq = zb_dev_i(seqs, nb), *dpos = zb_dev_i(pos, nb);
+    float *dq = zb_dev_f(q, nq), *dout = zb_dev_f(NULL, no);
+    zb_cuda_cache_attn a = {H, Hkv, dqk, dv, seqs_stride, grp, row, scale, bf16};
+    zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, max_len, &a);
+    zb_host_f(got, dout, no);
+    char what[128];
+    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s", mla ? "mla" : "gqa", bf16 ? "bf16" : "f32",
+             n, mode_name());
+    zb_check_bound(what, got, out, bound, no);
+    /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
+    if (!mla && !bf16) {
+        size_t ns = (size_t)nb * n * Hkv * dqk;
+        float *src = zb_falloc(ns), *ref = zb_falloc(nc), *hc = zb_falloc(nc);
+        zb_fill_uniform(src, ns, 1.0f, rng);
+        memcpy(ref, K, nc * 4);
+        for (int i = 0; i < nb; i++)
+            for (int t = 0; t < n; t++)
+                for (int g = 0; g < Hkv; g++)
+                    memcpy(ref + seqs[i] * seqs_stride + g * grp + (pos[i] + t) * row,
+                           src + ((size_t)i * n + t) * Hkv * dqk + (size_t)g * dqk, sizeof(float) * dqk);
+        float *dsrc = zb_dev_f(src, ns);
+        zb_cuda_cache_store(dK, 0, dsrc, Hkv * dqk, dseq, dpos, nb, n, Hkv, dqk, seqs_stride, grp, row);
+        zb_host_f(hc, dK, nc);
+        zb_check_mag("cache_store (exact)", hc, ref, NULL, 0, 0, nc);
+        free(src); free(ref); free(hc);
+        zb_cuda_free(dsrc);
+    }
+    free(K); if (!mla) free(V); free(K16); free(V16); free(q); free(out); free(got); free(sc); free(bound);
+    zb_cuda_free(dK); if (!mla) zb_cuda_free(dV); zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dq);
+    zb_cuda_free(dout);
+}
+
+/* ---- losses ------------------------------------------------------------------------------------ */
+static void test_losses(zb_rng *rng, int N, int V) {
+    size_t n = (size_t)N * V;
+    float *lg = zb_falloc(n), *tg = zb_falloc(n), *d = zb_falloc(n), *got = zb_falloc(n);
+    int *y = malloc(sizeof(int) * N), *mask = malloc(sizeof(int) * N);
+    zb_fill_uniform(lg, n, 6.0f, rng);
+    zb_fill_uniform(tg, n, 6.0f, rng);
+    int nv = 0;
+    for (int i = 0; i < N; i++) {
+        y[i] = i % 5 == 3 ? -1 : (int)(zb_rng_u64(rng) % V);
+        mask[i] = y[i] >= 0;
+        nv += y[i] >= 0;
+    }
+    float scale = 1.0f / nv;
+    double ref = zb_cross_entropy(d, lg, y, N, V, scale, NULL);
+    float *dl = zb_dev_f(lg, n), *dd = zb_dev_f(NULL, n), *dt = zb_dev_f(tg, n);
+    int *dy = zb_dev_i(y, N), *dm = zb_dev_i(mask, N);
+    double g = zb_cuda_cross_entropy(dd, dl, dy, N, V, scale);
+    zb_host_f(got, dd, n);
+    /* per row: the sum of exps to 2 ulp each, lse within 4u (1 + |lse|) */
+    double bl = 0, *bd = zb_dalloc(n);
+    for (int r = 0; r < N; r++) {
+        const float *row = lg + (size_t)r * V;
+        double mx = -INFINITY, s = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, row[v]);
+        for (int v = 0; v < V; v++) s += exp(row[v] - mx);
+        double lse = mx + log(s);
+        if (y[r] >= 0) bl += 8 * U * (1 + fabs(lse) + fabs(row[y[r]]));
+        for (int v = 0; v < V; v++)
+            bd[(size_t)r * V + v] = y[r] < 0 ? 0 : scale * (exp(row[v] - lse) * (2 * U * (fabs(lse) + fabs(row[v] - lse)) + 8 * U) + 2 * U);
+    }
+    zb_check(fabs(g - ref) <= bl, "cross_entropy sum: gpu %.12g cpu %.12g |d| %.3g bound %.3g", g, ref, fabs(g - ref), bl);
+    zb_check_bound("cross_entropy dlogits", got, d, bd, n);
+    /* in place (dlogits == logits) */
+    double g2 = zb_cuda_cross_entropy(dl, dl, dy, N, V, scale);
+    zb_host_f(got, dl, n);
+    zb_check(fabs(g2 - ref) <= bl, "cross_entropy in place sum: gpu %.12g cpu %.12g", g2, ref);
+    zb_check_bound("cross_entropy dlogits in place", got, d, bd, n);
+    zb_cuda_upload(dl, lg, n * 4);
+    /* target log-probabilities */
+    double *dlp = (double *)zb_dev_bytes(NULL, sizeof(double) * N), *lp = zb_dalloc(N);
+    zb_cuda_target_logprobs(dlp, dl, dy, N, V);
+    zb_cuda_download(lp, dlp, sizeof(double) * N);
+    int badlp = 0;
+    for (int r = 0; r < N; r++) {
+        double want = 0;
+        if (y[r] >= 0) {
+            const float *row = lg + (size_t)r * V;
+            double mx = -INFINITY, s = 0;
+            for (int v = 0; v < V; v++) mx = fmax(mx, row[v]);
+            for (int v = 0; v < V; v++) s += exp(row[v] - mx);
+            want = row[y[r]] - mx - log(s);
+            if (fabs(lp[r] - want) > 8 * U * (1 + fabs(mx) + fabs(want))) {
+                printf("  MISMATCH target_logprobs [%d]: gpu %.12g double %.12g\n", r, lp[r], want);
+                badlp++;
+            }
+        } else if (lp[r] != 0) badlp++;
+    }
+    zb_check(badlp == 0, "target_logprobs: %d rows off", badlp);
+    /* KL at tau 2 */
+    float tau = 2.0f;
+    double kref = zb_kl_div(d, lg, tg, mask, N, V, tau, scale);
+    double kg = zb_cuda_kl_div(dd, dl, dt, dm, N, V, tau, scale);
+    zb_host_f(got, dd, n);
+    double bk = 0;
+    for (int r = 0; r < N; r++) {
+        if (!mask[r]) { for (int v = 0; v < V; v++) bd[(size_t)r * V + v] = 0; continue; }
+        const float *s = lg + (size_t)r * V, *t = tg + (size_t)r * V;
+        double ms = -INFINITY, mt = -INFINITY, zs = 0, zt = 0, acc = 0;
+        for (int v = 0; v < V; v++) { ms = fmax(ms, s[v] / tau); mt = fmax(mt, t[v] / tau); }
+        for (int v = 0; v < V; v++) { zs += exp(s[v] / tau - ms); zt += exp(t[v] / tau - mt); }
+        double lzs = ms + log(zs), lzt = mt + log(zt);
+        for (int v = 0; v < V; v++) {
+            double lpt = t[v] / tau - lzt, lps = s[v] / tau - lzs, pt = exp(lpt), ps = exp(lps);
+            acc += pt * (fabs(lpt - lps) + 1);
+            bd[(size_t)r * V + v] = scale / tau * 8 * U * (ps + pt + fabs(lps) * ps + fabs(lpt) * pt) + 1e-30;
+        }
+        bk += 8 * U * (acc + fabs(ms) + fabs(mt));
+    }
+    zb_check(fabs(kg - kref) <= bk, "kl_div sum: gpu %.12g cpu %.12g |d| %.3g bound %.3g", kg, kref, fabs(kg - kref), bk);
+    zb_check_bound("kl_div dstudent", got, d, bd, n);
+    /* MSE */
+    double mref = zb_mse(d, lg, tg, n, 0.5f);
+    double mg = zb_cuda_mse(dd, dl, dt, n, 0.5f);
+    zb_host_f(got, dd, n);
+    zb_check(fabs(mg - mref) <= 1e-12 * mref, "mse: gpu %.15g cpu %.15g", mg, mref);
+    zb_check_mag("mse grad", got, d, NULL, 2 * U, 0, n);
+    free(lg); free(tg); free(d); free(got); free(y); free(mask); free(bd); free(lp);
+    zb_cuda_free(dl); zb_cuda_free(dd); zb_cuda_free(dt); zb_cuda_free(dy); zb_cuda_free(dm); zb_cuda_free(dlp);
+}
+
+/* ---- AdamW and the gradient norm on a small model's layout ------------------------------------- */
+static void test_adamw(zb_rng *rng, const char *fixtures) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/hf-llama-tiny/config.json", fixtures);
+    zb_config c;
+    if (zb_config_load(path, &c)) { zb_check(0, "load %s: %s", path, zb_errmsg()); return; }
+    zb_model m;
+    if (zb_model_init(&m, &c) || zb_model_alloc_grad(&m)) { zb_check(0, "model: %s", zb_errmsg()); return; }
+    zb_model_init_random(&m, 3, 0.1f);
+    zb_optim_cfg oc = zb_optim_defaults();
+    zb_adamw o;
+    zb_adamw_init(&o, &m, &oc);
+    zb_adamw_set_group(&o, &m, "mlp", 0.5f, -1, -1);
+    zb_adamw_set_group(&o, &m, "model.layers.1.", -1, -1, 0);   /* frozen */
+    size_t n = m.n_floats;
+    zb_fill_uniform(m.grad, n, 0.1f, rng);
+    for (size_t i = 0; i < n; i++) { o.m[i] = 0.01f * m.grad[i]; o.v[i] = 0.001f * fabsf(m.grad[i]); }
+    o.step = 2;
+    float *w0 = zb_falloc(n), *m0 = zb_falloc(n), *v0 = zb_falloc(n);
+    memcpy(w0, m.data, n * 4); memcpy(m0, o.m, n * 4); memcpy(v0, o.v, n * 4);
+    double norm = zb_grad_norm(&o, &m);
+    float lr = 1e-3f, gs = 0.7f;
+    float *dw = zb_dev_f(m.data, n), *dg = zb_dev_f(m.grad, n), *dm = zb_dev_f(o.m, n), *dv = zb_dev_f(o.v, n);
+    zb_cuda_segs *segs = NULL;
+    if (zb_cuda_segs_from_adamw(&segs, &o, &m)) { zb_check(0, "segments: %s", zb_errmsg()); return; }
+    double ss = zb_cuda_sumsq(segs, dg);
+    zb_check(fabs(sqrt(ss) - norm) <= 1e-12 * norm, "grad norm: gpu %.15g cpu %.15g", sqrt(ss), norm);
+    zb_adamw_update_range(&o, &m, 0, n, m.grad, o.m, o.v, lr, gs);
+    zb_cuda_adamw(segs, dw, dg, dm, dv, lr, oc.beta1, oc.beta2, oc.eps, gs, o.step + 1);
+    float *hw = zb_falloc(n), *hm = zb_falloc(n), *hv = zb_falloc(n);
+    zb_host_f(hw, dw, n); zb_host_f(hm, dm, n); zb_host_f(hv, dv, n);
+    double *bw = zb_dalloc(n), *bm = zb_dalloc(n), *bv = zb_dalloc(n);
+    double bc1 = 1 - pow(oc.beta1, 3.0), bc2 = sqrt(1 - pow(oc.beta2, 3.0));
+    for (size_t i = 0; i < n; i++) {
+        double g = fabs((double)m.grad[i] * gs);
+        bm[i] = 4 * U * (oc.beta1 * fabs(m0[i]) + (1 - oc.beta1) * g);
+        bv[i] = 4 * U * (oc.beta2 * fabs(v0[i]) + (1 - oc.beta2) * g * g);
+        double upd = lr / bc1 * fabs(o.m[i]) / (sqrt(o.v[i]) / bc2 + oc.eps);
+        /* the update's quotient inherits m's and v's differences (bm, bv) */
+        bw[i] = 8 * U * (fabs(w0[i]) + upd) + upd * (bm[i] / (fabs(o.m[i]) + 1e-30) + bv[i] / (o.v[i] + 1e-30));
+    }
+    zb_check_bound("adamw weights", hw, m.data, bw, n);
+    zb_check_bound("adamw first moments", hm, o.m, bm, n);
+    zb_check_bound("adamw second moments", hv, o.v, bv, n);
+    zb_cuda_segs_free(segs);
+    free(w0); free(m0); free(v0); free(hw); free(hm); free(hv); free(bw); free(bm); free(bv);
+    zb_cuda_free(dw); zb_cuda_free(dg); zb_cuda_free(dm); zb_cuda_free(dv);
+    zb_adamw_free(&o);
+    zb_model_free(&m);
+}
+
+int main(int argc, char **argv) {
+    int rc = zb_cuda_test_init(&argc, &argv);
+    if (rc) return rc;
+    const char *fixtures = argc > 1 ? argv[1] : "../shared/fixtures";
+    zb_rng rng;
+    zb_rng_seed(&rng, 20251201);
+
+    zb_cuda_set_precision(ZB_PREC_F32);
+    test_matmul(&rng, 37, 67, 45, 1, 1);
+    test_matmul(&rng, 1, 67, 45, 0, 1);
+    test_matmul(&rng, 300, 1027, 515, 0, 1);
+    test_linear_bf16(&rng, 37, 67, 45);
+    test_linear_bf16(&rng, 1, 1027, 515);
+    test_rmsnorm(&rng, 37, 200);
+    test_rmsnorm(&rng, 5, 2051);
+    for (int il = 0; il < 2; il++)
+        for (int inv = 0; inv < 2; inv++) test_rope(&rng, il, inv, il);
+    test_swiglu(&rng, 1003);
+    test_embedding(&rng);
+    test_elementwise(&rng);
+    test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 0);
+    test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
+    test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 32);
+    test_attention(&rng, 2, 33, 6, 1, 32, 32, 0, 0);
+    for (int bf = 0; bf < 2; bf++) {
+        test_cached(&rng, 0, bf, 1);
+        test_cached(&rng, 0, bf, 5);
+        test_cached(&rng, 1, bf, 1);
+        test_cached(&rng, 1, bf, 5);
+    }
+    test_losses(&rng, 37, 1003);
+    test_adamw(&rng, fixtures);
+
+    /* the mixed mode: bf16 operands of the products, both ways of feeding them */
+    zb_cuda_set_precision(ZB_PREC_BF16);
+    for (int impl = 0; impl < 2; impl++) {
+        zb_cuda_set_bf16_gemm(impl ? ZB_BF16_GEMM_CONVERT : ZB_BF16_GEMM_FAST);
+        test_matmul(&rng, 37, 67, 45, 1, 1);
+        test_matmul(&rng, 300, 1027, 515, 0, 1);
+    }
+    zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
+    test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
+    test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
+    test_cached(&rng, 0, 0, 1);
+    test_cached(&rng, 1, 0, 5);
+    zb_cuda_set_precision(ZB_PREC_F32);
+    int st = zb_cuda_sync();
+    zb_check(st == ZB_OK, "no pending device error (%s)", st ? zb_errmsg() : "none");
+    return zb_test_finish();
+}

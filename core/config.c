@@ -493,10 +493,11 @@ char *zb_config_to_json(const zb_config *c) {
                       m->n_heads, m->q_lora_rank, m->q_norm ? "true" : "false", m->kv_lora_rank,
                       m->kv_norm ? "true" : "false", m->qk_nope, m->qk_rope, m->v_head_dim, m->kv_heads,
                       m->rope_interleave ? "true" : "false");
-            char th[64];   /* the MLA's own rope, always explicit */
-            zb_float_text(th, sizeof th, m->rope.theta);
+            char th[64];   /* the MLA's own rope, always explicit (unset: the model's) */
+            const zb_rope_cfg *mr = m->rope.theta != 0 ? &m->rope : &c->rope;
+            zb_float_text(th, sizeof th, mr->theta);
             sb_printf(&b, ", \"rope_theta\": %s, \"rope_scaling\": ", th);
-            sb_rope_scaling(&b, &m->rope);
+            sb_rope_scaling(&b, mr);
             sb_printf(&b, "}");
         }
         if (any_kind(c, ZB_LAYER_MAMBA2) || s->nheads) {
@@ -581,7 +582,7 @@ int zb_config_validate(const zb_config *c, const char *src) {
         ZB_CHECK(m->v_head_dim > 0, "%s: mla.v_head_dim must be positive", src);
         ZB_CHECK(m->kv_heads > 0 && m->n_heads % m->kv_heads == 0,
                  "%s: mla.n_heads %d is not a multiple of mla.kv_heads %d", src, m->n_heads, m->kv_heads);
-        ZB_TRY(rope_validate(&m->rope, src, "mla."));
+        if (m->rope.theta != 0) ZB_TRY(rope_validate(&m->rope, src, "mla."));   /* 0: unset, the model's */
     }
     if (any_mamba) {
         const zb_mamba2_dims *s = &c->mamba;

@@ -43,7 +43,9 @@ typedef struct {
     int rope_interleave;  /* 1: the rope part is stored interleaved (DeepSeek/Zebra release) */
     zb_rope_cfg rope;     /* the RoPE of the rope dims: the Zebra release's YaRN, or (configs
                              without mla.rope_scaling / mla.rope_theta, our older checkpoints)
-                             a copy of the model's rope (llama3) */
+                             a copy of the model's rope (llama3). theta 0 (a config built in
+                             code that never set it): the model's rope, filled in by
+                             zb_model_init */
 } zb_mla_dims;
 
 /* Mamba2 / SSD mixer (SPEC.md §4). in_proj rows: [z | x | B | C | dt] with widths

@@ -10,3 +10,7 @@ zb_mpi_test(test_release_pp 2 test_release.c ${ZB_FIXTURES}/zebra-release-tiny 1
 zb_cli_test(cli_release cli_release.sh ${CMAKE_SOURCE_DIR} $<TARGET_FILE:zb_store_compare> ${ZB_MPIEXEC} good)
 zb_cli_test(cli_release_bad cli_release.sh ${CMAKE_SOURCE_DIR} $<TARGET_FILE:zb_store_compare> ${ZB_MPIEXEC} bad)
 set_tests_properties(cli_release_bad PROPERTIES LABELS badinput)
+# YaRN MLA in training under TP and PP: the release checkpoint (loaded by slices, names mapped)
+# at TP=2 and PP=2 against 1 rank: logits, loss, every gradient, generation, checkpoint round trips.
+zb_mpi_test(test_tp_release 2 test_tp.c ${ZB_FIXTURES}/zebra-release-tiny 2)
+zb_mpi_test(test_pp_model_release 2 test_pp_model.c ${ZB_FIXTURES}/zebra-release-tiny 1 2)

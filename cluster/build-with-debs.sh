@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# cluster/build-with-debs.sh DEBS_DIR [BUILD_DIR]
+# cluster/build-with-debs.sh DEBS_DIR [BUILD_DIR [CMAKE_ARGS...]]
 # Build zebra on a machine where the Debian -dev packages cannot be installed system-wide
 # (e.g. a lent benchmark node): unpack the .deb files of cluster/debs.txt with `dpkg -x` into
 # a private root and point pkg-config and the loader at it. Prints the env to source.
 set -euo pipefail
 debs=$(cd "$1" && pwd)
 build=${2:-build}
+shift $(( $# < 2 ? $# : 2 ))   # the rest goes to cmake (e.g. -DZB_CUDA=ON)
 root=$debs/root
 mkdir -p "$root"
 for d in "$debs"/*.deb; do dpkg -x "$d" "$root"; done
@@ -22,6 +23,6 @@ export LD_LIBRARY_PATH=$lib/openblas-openmp:$lib:$lib/hdf5/openmpi:${LD_LIBRARY_
 for l in $(find "$lib" -maxdepth 3 -type l -name '*.so'); do
   t=$(readlink "$l"); case "$t" in /*) ln -sf "$root$t" "$l";; esac
 done
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
 cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "error|warning" >&2 || true
 echo "export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

@@ -9,7 +9,7 @@
 
 #include "store.h"
 #include "tensor_names.h"
-#include "tp.h"   /* TP hooks (m->tp != NULL): parallel/tp.h, SPEC §9 */
+#include "shard.h"   /* TP hooks (m->tp != NULL), SPEC §9 */
 
 /* ---- parameter layout ------------------------------------------------------------------ */
 
@@ -751,16 +751,16 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
 }
 
 /* PP generation: the residual [N, d] of the chunk goes point-to-point from stage s to s+1
- * (same TP coordinate, over m->tp->pp; replicated over TP). Blocking: the stages run the
- * chunk one after the other. An MPI failure stops every rank (like the TP hooks). */
+ * (same TP coordinate, over the PP group; replicated over TP). Blocking: the stages run the
+ * chunk one after the other. A failure stops every rank (like the TP hooks). */
 #define ZB_PP_GEN_TAG 7301
 static void pp_gen_xfer(const zb_model *m, float *x, size_t n, int send) {
     const zb_tp *tp = m->tp;
-    int rc = send ? MPI_Send(x, (int)n, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_GEN_TAG, tp->pp)
-                  : MPI_Recv(x, (int)n, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_GEN_TAG, tp->pp, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) {
-        zb_fail(ZB_EMPI, "pipeline generation: MPI_%s of the residual failed", send ? "Send" : "Recv");
-        MPI_Abort(MPI_COMM_WORLD, 1);
+    int rc = send ? zb_comm_send(tp->comm, ZB_GROUP_PP, x, n, ZB_CT_F32, tp->pp_rank + 1, ZB_PP_GEN_TAG)
+                  : zb_comm_recv(tp->comm, ZB_GROUP_PP, x, n, ZB_CT_F32, tp->pp_rank - 1, ZB_PP_GEN_TAG);
+    if (rc) {
+        zb_fail_prefix(rc, send ? "sending the residual" : "receiving the residual");
+        zb_comm_die(tp->comm, "pipeline generation");
     }
 }
 

@@ -6,9 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
-#include "pp.h"
-#include "tp.h"
+#include "shard.h"
 
 static const char *const stage_names[] = {"pretrain", "ild", "kd", "sft", "dpo"};
 
@@ -44,7 +42,7 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
         if (stage == ZB_STAGE_ILD && student->tp && student->tp->pp_size > 1 &&
             (!teacher->tp || teacher->tp->pp_l0 != student->tp->pp_l0 || teacher->tp->pp_l1 != student->tp->pp_l1))
             return zb_fail(ZB_EARG, "ILD with --pp: the teacher's stage holds other layers than the student's "
-                           "(set one partition for both: zb_pp_set_partition)");
+                           "(build both with one cut)");
     }
     ZB_TRY(zb_model_alloc_grad(student));
     ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
@@ -59,7 +57,7 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
             tr->n_ild += tr->ild_layer[l];
         }
         if (student->tp && student->tp->pp_size > 1)   /* the loss is the mean over ALL stages' layers */
-            ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, &tr->n_ild, 1, MPI_INT, MPI_SUM, student->tp->pp));
+            ZB_TRY(zb_comm_allreduce(student->tp->comm, ZB_GROUP_PP, &tr->n_ild, 1, ZB_CT_I32, ZB_RED_SUM));
         if (tr->n_ild == 0)
             return zb_fail(ZB_EARG, "ILD: the student has no layer whose mixer differs from the teacher's");
     }
@@ -68,9 +66,6 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
 }
 
 void zb_trainer_free(zb_trainer *tr) {
-    for (int k = 1; k < tr->pp_k; k++) zb_acts_free(&tr->pp_acts[k]);   /* [0] is tr->a */
-    free(tr->pp_acts);
-    free(tr->pp_parts);
     zb_acts_free(&tr->a);
     if (tr->ta.logits) zb_acts_free(&tr->ta);
     free(tr->mask); free(tr->tmp); free(tr->lp); free(tr->ild_layer);
@@ -92,7 +87,7 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out) {
 
 /* ---- the stages ------------------------------------------------------------------------- */
 
-/* TP (parallel/tp.h): under tensor parallelism the logits are [N, V/tp] on each rank and the
+/* TP (shard.h): under tensor parallelism the logits are [N, V/tp] on each rank and the
  * losses are reduced over the vocabulary without gathering them (Megatron's vocab-parallel
  * cross-entropy); token ids and targets stay global, so validity is checked against the FULL
  * vocabulary. Both functions are collective over the TP group when m is a shard. */
@@ -159,7 +154,7 @@ static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
 /* ILD loss of this model's distilled layers, from the teacher activations tr->ta (forward done):
  * the SUM over those layers of each layer's MSE / n_ild (n_ild: over the whole model, all
  * pipeline stages), the gradient times gs accumulated into the student's mixers. */
-static double ild_loss(zb_trainer *tr, int want_grad, float gs) {
+double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float gs) {
     zb_model *m = tr->student;
     const zb_config *c = &m->cfg;
     int B = tr->rows, T = tr->T, N = B * T, d = c->d_model;
@@ -184,7 +179,7 @@ static double ild_loss(zb_trainer *tr, int want_grad, float gs) {
 
 static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, zb_loss_parts *o) {
     zb_model_forward(tr->teacher, &tr->ta, ids);   /* once per batch: every layer's input/output */
-    o->mse = o->loss = ild_loss(tr, want_grad, gs);
+    o->mse = o->loss = zb_trainer_ild_loss(tr, want_grad, gs);
     o->tokens = tr->rows * tr->T;
 }
 
@@ -253,105 +248,54 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
     return ZB_OK;
 }
 
-/* ---- pipeline parallel ------------------------------------------------------------------ */
-
-static int pp_size_of(const zb_model *m) { return m->tp ? m->tp->pp_size : 1; }
-
-int zb_trainer_pp_init(zb_trainer *tr, int M) {
-    zb_model *m = tr->student;
-    int P = pp_size_of(m), K = P < M ? P : M;
-    if (tr->teacher && pp_size_of(tr->teacher) != P)
-        return zb_fail(ZB_EARG, "pipeline parallel: the teacher / reference is cut into %d stages, the student "
-                       "into %d", pp_size_of(tr->teacher), P);
-    if (K < 1) K = 1;
-    tr->t_req = MPI_REQUEST_NULL;
-    tr->pp_parts = zb_calloc((size_t)M, sizeof(zb_loss_parts), "pipeline losses");
-    if (!tr->pp_parts) return ZB_ENOMEM;
-    tr->pp_m = M;
-    if (tr->stage == ZB_STAGE_ILD) return ZB_OK;   /* layer-local: no student pipeline */
-    tr->pp_acts = zb_calloc((size_t)K, sizeof(zb_acts), "pipeline activations");
-    if (!tr->pp_acts) return ZB_ENOMEM;
-    tr->pp_acts[0] = tr->a;
-    tr->pp_k = 1;
-    for (; tr->pp_k < K; tr->pp_k++) ZB_TRY(zb_acts_alloc(&tr->pp_acts[tr->pp_k], m, tr->rows, tr->T));
-    return ZB_OK;
-}
-
-/* Before the student's forward of micro-batch k on this stage: the teacher's (one activation
- * set: its previous send must be complete before its buffers are reused). */
-static int pp_teacher_forward(void *ctx, int k) {
-    zb_trainer *tr = ctx;
-    ZB_TRY(zb_pp_wait(&tr->t_req));
-    return zb_pp_forward(tr->teacher, &tr->ta, tr->pp_ids + (size_t)k * tr->rows * tr->T, &tr->t_req);
-}
-
-/* The last stage's loss of micro-batch k, right after its forward (the teacher's forward of the
- * same micro-batch ran just before: tr->ta holds its logits). */
-static int pp_loss(void *ctx, zb_acts *a, int k) {
-    zb_trainer *tr = ctx;
-    const int *tg = tr->pp_targets + (size_t)k * tr->rows * tr->T;
-    zb_loss_parts *o = &tr->pp_parts[k];
-    memset(o, 0, sizeof *o);
+void zb_trainer_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float grad_scale,
+                     zb_loss_parts *out) {
+    memset(out, 0, sizeof *out);
     stage_loss_fn loss = tr->stage == ZB_STAGE_KD ? kd_loss : tr->stage == ZB_STAGE_DPO ? dpo_loss : ce_loss;
-    loss(tr, a, tg, tr->pp_want_grad, tr->pp_gs, o);
+    loss(tr, a, targets, want_grad, grad_scale, out);
+}
+
+/* ---- loss parts --------------------------------------------------------------------------- */
+
+enum { NPARTS = 7 };
+
+static void parts_pack(const zb_loss_parts *p, double *v) {
+    v[0] = p->loss; v[1] = p->ce; v[2] = p->kl; v[3] = p->mse;
+    v[4] = p->reward_acc; v[5] = p->margin; v[6] = p->tokens;
+}
+
+static void parts_unpack(const double *v, zb_loss_parts *p) {
+    p->loss = v[0]; p->ce = v[1]; p->kl = v[2]; p->mse = v[3];
+    p->reward_acc = v[4]; p->margin = v[5]; p->tokens = v[6];
+}
+
+void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p) {
+    double a[NPARTS], b[NPARTS];
+    parts_pack(acc, a);
+    parts_pack(p, b);
+    for (int i = 0; i < NPARTS; i++) a[i] += b[i];
+    parts_unpack(a, acc);
+}
+
+void zb_loss_parts_scale(zb_loss_parts *p, double s) {
+    double a[NPARTS];
+    parts_pack(p, a);
+    for (int i = 0; i < NPARTS; i++) a[i] *= s;
+    parts_unpack(a, p);
+}
+
+int zb_loss_parts_sum(zb_comm *c, zb_group g, zb_loss_parts *p) {
+    double a[NPARTS];
+    parts_pack(p, a);
+    ZB_TRY(zb_comm_sum_f64(c, g, a, NPARTS));
+    parts_unpack(a, p);
     return ZB_OK;
 }
 
-/* Before the backward of micro-batch k: the DP buckets armed for the step's last one. */
-static int pp_arm_dp(void *ctx, int k) {
-    zb_trainer *tr = ctx;
-    if (k == tr->pp_m_now - 1) zb_dp_arm(tr->pp_dp);
-    return ZB_OK;
-}
-
-/* ILD under PP: the teacher's forward goes through the pipeline micro-batch by micro-batch;
- * each stage distils its own layers from the teacher activations it holds (the student mixers
- * take the teacher's inputs, so nothing of the student crosses stages). Each stage's parts are
- * its layers' share; zb_trainer_step_pp sums them over the stages. */
-static int pp_ild(zb_trainer *tr, int M) {
-    for (int k = 0; k < M; k++) {
-        ZB_TRY(pp_teacher_forward(tr, k));
-        zb_loss_parts *o = &tr->pp_parts[k];
-        memset(o, 0, sizeof *o);
-        o->mse = o->loss = ild_loss(tr, tr->pp_want_grad, tr->pp_gs);
-    }
-    return ZB_OK;
-}
-
-int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
-                       float grad_scale, zb_loss_parts *out) {
-    zb_model *m = tr->student;
-    if (!tr->pp_parts || M > tr->pp_m)
-        return zb_fail(ZB_EARG, "pipeline parallel: %d micro-batches, zb_trainer_pp_init was for %d", M, tr->pp_m);
-    size_t N = (size_t)tr->rows * tr->T;
-    tr->pp_ids = ids;
-    tr->pp_targets = targets;
-    tr->pp_gs = grad_scale;
-    tr->pp_want_grad = want_grad;
-    zb_pp_hooks h = {pp_loss, tr->teacher ? pp_teacher_forward : NULL, tr->pp_dp ? pp_arm_dp : NULL, tr};
-    tr->pp_m_now = M;
-    int rc = tr->stage == ZB_STAGE_ILD ? pp_ild(tr, M)
-                                       : zb_pp_1f1b(m, tr->pp_acts, tr->pp_k, M, ids, N, want_grad, &h);
-    int r2 = zb_pp_wait(&tr->t_req);
-    ZB_TRY(rc);
-    ZB_TRY(r2);
-    /* the parts summed over the micro-batches: on the last stage (ILD: every stage its share) */
-    double v[7] = {0, 0, 0, 0, 0, 0, 0};
-    if (zb_pp_is_last(m) || tr->stage == ZB_STAGE_ILD)
-        for (int k = 0; k < M; k++) {
-            const zb_loss_parts *p = &tr->pp_parts[k];
-            v[0] += p->loss; v[1] += p->ce; v[2] += p->kl; v[3] += p->mse;
-            v[4] += p->reward_acc; v[5] += p->margin; v[6] += p->tokens;
-        }
-    if (pp_size_of(m) > 1) {
-        double t0 = MPI_Wtime();
-        if (tr->stage == ZB_STAGE_ILD) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, v, 7, MPI_DOUBLE, MPI_SUM, m->tp->pp));
-        else ZB_MPI(MPI_Bcast(v, 7, MPI_DOUBLE, m->tp->pp_size - 1, m->tp->pp));
-        zb_comm_seconds += MPI_Wtime() - t0;
-    }
-    if (tr->stage == ZB_STAGE_ILD) v[6] = (double)M * N;
-    zb_loss_parts o = {v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
-    if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
-    if (out) *out = o;
+int zb_loss_parts_bcast(zb_comm *c, zb_group g, zb_loss_parts *p, int root) {
+    double a[NPARTS];
+    parts_pack(p, a);
+    ZB_TRY(zb_comm_bcast(c, g, a, NPARTS, ZB_CT_F64, root));
+    parts_unpack(a, p);
     return ZB_OK;
 }

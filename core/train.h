@@ -1,7 +1,8 @@
 /* train.h — the loss of each training stage on one micro-batch, with its gradient
  * accumulated into the student's m->grad (SPEC §6). The driver (launch/cmd_train.c) owns the
- * loop, the optimizer, data parallelism and checkpoints; this file is the math, so that each
- * stage can be tested against a hand computation and by finite differences.
+ * loop and the optimizer, parallel/ data parallelism, the pipeline schedule
+ * (parallel/pipeline.h) and checkpoints; this file is the math, so that each stage can be
+ * tested against a hand computation and by finite differences.
  *
  *   pretrain, sft  mean next-token cross-entropy over the targets >= 0 (sft: the loader's
  *                  loss mask leaves only the assistant tokens)
@@ -20,8 +21,7 @@
 #ifndef ZB_TRAIN_H
 #define ZB_TRAIN_H
 
-#include <mpi.h>
-
+#include "comm.h"
 #include "model.h"
 
 typedef enum { ZB_STAGE_PRETRAIN = 0, ZB_STAGE_ILD, ZB_STAGE_KD, ZB_STAGE_SFT, ZB_STAGE_DPO } zb_stage;
@@ -43,6 +43,14 @@ typedef struct {
     double tokens;      /* tokens that carried the loss */
 } zb_loss_parts;
 
+/* acc += p, part by part. */
+void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p);
+/* Every part times s. */
+void zb_loss_parts_scale(zb_loss_parts *p, double s);
+/* Sums over a group (in place) / rank root's parts to every rank of the group. Collective. */
+int zb_loss_parts_sum(zb_comm *c, zb_group g, zb_loss_parts *p);
+int zb_loss_parts_bcast(zb_comm *c, zb_group g, zb_loss_parts *p, int root);
+
 typedef struct {
     zb_stage stage;
     zb_loss_cfg cfg;
@@ -56,20 +64,6 @@ typedef struct {
     double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
     unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
     int n_ild;
-    /* pipeline parallel (zb_trainer_pp_init): activations of the micro-batches in flight,
-     * pp_acts[0] is `a` (shared buffers), the others owned; per-micro-batch loss parts */
-    zb_acts *pp_acts;
-    int pp_k;
-    zb_loss_parts *pp_parts;
-    int pp_m;
-    const int *pp_ids, *pp_targets;
-    MPI_Request t_req;        /* the teacher's pending activation send */
-    int pp_m_now;             /* micro-batches of the current zb_trainer_step_pp call */
-    struct zb_dp *pp_dp;      /* set by the driver (may stay NULL): armed before the last
-                               * backward of a step, so that the DP gradient buckets are
-                               * reduced while that backward runs (parallel/dp.h) */
-    float pp_gs;
-    int pp_want_grad;
 } zb_trainer;
 
 /* Allocate everything for micro-batches of B rows (pairs for dpo) of T tokens. The student
@@ -88,23 +82,14 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
 
-/* Pipeline parallel (parallel/pp.h; stage-local student with --pp > 1), every stage. The
- * teacher / reference (kd, ild, dpo) is a stage-local model of the same pipeline, run forward
- * just before the student on each stage (zb_pp_1f1b's pre hook), one activation set; ILD needs
- * it cut at the same layers as the student (zb_pp_set_partition) and runs no student pipeline:
- * each stage distils its own layers from the teacher activations it holds. Allocates the
- * activations of min(pp_size, M) micro-batches in flight, once; M = the most micro-batches a
- * zb_trainer_step_pp call gets (grad_accum). Collective over the pipeline. */
-int zb_trainer_pp_init(zb_trainer *tr, int M);
-/* One step's M micro-batches through the 1F1B schedule (zb_pp_1f1b): ids / targets
- * [M * rows*T] (micro-batch k at k * rows*T; every stage gets them, only the first uses the ids
- * and the last the targets). The stage loss of each micro-batch (as zb_trainer_step, gradient
- * times grad_scale ACCUMULATED into the stage's m->grad) is computed on the last stage; *out
- * holds the SUMS over the M micro-batches of the parts, broadcast from the last stage to every
- * stage of the pipeline (ILD: each stage's share, summed over the stages). want_grad = 0:
- * forwards only. The tied embedding gradient sum (zb_pp_tied_grad_sum) is left to the caller.
- * Collective over the pipeline (and TP). */
-int zb_trainer_step_pp(zb_trainer *tr, int M, const int *ids, const int *targets, int want_grad,
-                       float grad_scale, zb_loss_parts *out);
+/* The pieces a pipeline step (parallel/pipeline.h) runs on its stages: the stage loss of one
+ * micro-batch from the student's logits a->logits (and, for kd / dpo, the teacher's,
+ * tr->ta.logits, of the same micro-batch), the gradient times grad_scale left in a->logits
+ * when want_grad (for zb_model_backward); and the ILD loss of the distilled layers this model
+ * holds from the teacher activations tr->ta (forward done): the SUM over those layers of each
+ * layer's MSE / n_ild, the gradient accumulated into the student's mixers. */
+void zb_trainer_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float grad_scale,
+                     zb_loss_parts *out);
+double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float grad_scale);
 
 #endif

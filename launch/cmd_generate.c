@@ -477,7 +477,7 @@ int zb_cmd_generate(int argc, char **argv) {
     }
     int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
-    rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt) : zb_model_load_ex(&m, model_path, wt);
+    rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt, NULL) : zb_model_load_ex(&m, model_path, wt);
     if (rc) goto done;
     const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
     rc = zb_gen_init(&g, &m, B, max_T);

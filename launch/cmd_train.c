@@ -68,6 +68,7 @@
 #include "model_io.h"
 #include "tensor_names.h"
 #include "optim.h"
+#include "pipeline.h"
 #include "pp.h"
 #include "tp.h"
 #include "store.h"
@@ -511,13 +512,10 @@ static int pp_grad_sq_norm(const zb_dp *dp, zb_adamw *o, const zb_grid *g, doubl
     int rc = zb_dp_grad_sq_norm(dp, o, out);
     if (tied >= 0) o->trainable[tied] = keep;
     ZB_TRY(rc);
-    double t0 = MPI_Wtime();
-    ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, out, 1, MPI_DOUBLE, MPI_SUM, g->pp));
-    zb_comm_seconds += MPI_Wtime() - t0;
-    return ZB_OK;
+    return zb_comm_sum_f64(g->comm, ZB_GROUP_PP, out, 1);
 }
 
-static int evaluate(zb_trainer *tr, const run_cfg *r, const zb_grid *g, int *ids, int *tg,
+static int evaluate(zb_trainer *tr, zb_pp_trainer *pt, const run_cfg *r, const zb_grid *g, int *ids, int *tg,
                     zb_loss_parts *out) {
     batch_src ld;
     ZB_TRY(src_open(&ld, r->data, "val", tr->stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
@@ -526,13 +524,13 @@ static int evaluate(zb_trainer *tr, const run_cfg *r, const zb_grid *g, int *ids
     for (int b = 0; b < r->eval_batches && !rc; b++) {
         zb_loss_parts p;
         rc = src_next(&ld, ids, tg);
-        if (!rc) rc = g->pp_size > 1 ? zb_trainer_step_pp(tr, 1, ids, tg, 0, 1.0f, &p)
+        if (!rc) rc = g->pp_size > 1 ? zb_pp_trainer_step(pt, 1, ids, tg, 0, 1.0f, &p)
                                      : zb_trainer_step(tr, ids, tg, 0, 1.0f, &p);
         if (!rc) { acc[0] += p.loss; acc[1] += p.ce; acc[2] += p.kl; acc[3] += p.mse; acc[4] += 1; }
     }
     src_close(&ld);
     ZB_TRY(rc);
-    ZB_TRY(zb_dp_sum(acc, 5, g->dp));
+    ZB_TRY(zb_comm_sum_f64(g->comm, ZB_GROUP_DP, acc, 5));
     memset(out, 0, sizeof *out);
     if (acc[4] > 0) {
         out->loss = acc[0] / acc[4]; out->ce = acc[1] / acc[4];
@@ -549,6 +547,8 @@ typedef struct {
     zb_model m, t;
     int have_t, have_grid;
     zb_trainer tr;
+    zb_pp_trainer pt;
+    int cut[ZB_MAX_LAYERS + 1], cut_t;   /* PP: the stages' first layers; cut_t: the teacher's too */
     zb_adamw o;
     zb_dp dp;
     batch_src ld;
@@ -558,8 +558,8 @@ typedef struct {
 
 /* A model from an HF directory or .h5: this rank's TP shard under --tp > 1 (zb_model_load_tp
  * reads only its slices, whatever layout wrote the file). */
-static int load_model(zb_model *m, const char *path, const zb_grid *g) {
-    if (g->tp_size > 1 || g->pp_size > 1) return zb_model_load_tp(m, path, g);
+static int load_model(zb_model *m, const char *path, const zb_grid *g, const int *cut) {
+    if (g->tp_size > 1 || g->pp_size > 1) return zb_model_load_tp_ex(m, path, g, ZB_WEIGHTS_F32, cut);
     return zb_model_load(m, path);
 }
 
@@ -573,12 +573,13 @@ static int path_config(const char *path, zb_config *c) {
     return ZB_OK;
 }
 
-/* PP: the cut of the layers into stages, set for every model loaded after it (zb_pp_set_partition).
+/* PP: the cut of the layers into stages, first[S + 1] (the teacher's too when *same).
  * By the cost model (pp.h) unless measured; with a teacher / reference in the pipeline both are
  * cut at the same layers, balancing the student's forward + backward plus the teacher's forward
  * (ILD distils layer l from the teacher's layer l). Measured: rank 0 times the layers
  * (zb_pp_measure, on the TP-local dims) and broadcasts the cut. Prints the cut on rank 0. */
-static int set_partition(const run_cfg *r, const zb_grid *g, const char *student, const char *teacher, int rows) {
+static int set_partition(const run_cfg *r, const zb_grid *g, const char *student, const char *teacher, int rows,
+                         int *first, int *same) {
     zb_config sc, tc;
     ZB_TRY(path_config(student, &sc));
     ZB_TRY(zb_tp_check(&sc, g->tp_size));   /* before the local dims are used */
@@ -587,7 +588,8 @@ static int set_partition(const run_cfg *r, const zb_grid *g, const char *student
         ZB_TRY(zb_tp_check(&tc, g->tp_size));
         if (tc.n_layers != sc.n_layers) teacher = NULL;   /* KD across depths: each its own cut */
     }
-    int L = sc.n_layers, S = g->pp_size, first[ZB_MAX_LAYERS + 1];
+    *same = teacher != NULL;
+    int L = sc.n_layers, S = g->pp_size;
     int rc = ZB_OK;
     if (S > L) return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
                               "needs at least one layer)", S, L);
@@ -628,7 +630,7 @@ static int set_partition(const run_cfg *r, const zb_grid *g, const char *student
         for (int s2 = 0; s2 < S; s2++) fprintf(stderr, " [%d,%d)", first[s2], first[s2 + 1]);
         fprintf(stderr, "\n");
     }
-    return zb_pp_set_partition(first, S, L);
+    return ZB_OK;
 }
 
 static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const char *resume,
@@ -644,12 +646,16 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     const char *t_path = stage == ZB_STAGE_DPO ? (r->reference[0] ? r->reference : r->model) : r->teacher;
     if (with_t && !t_path[0]) return zb_fail(ZB_EARG, "%s: stage %s needs 'teacher'", cfg_path, zb_stage_name(stage));
     if (!resume && !r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
-    if (PP) ZB_TRY(set_partition(r, g, resume ? resume : r->model, with_t ? t_path : NULL,
-                                 stage == ZB_STAGE_DPO ? 2 * r->micro_batch : r->micro_batch));
+    const int *cut = NULL;
+    if (PP) {
+        ZB_TRY(set_partition(r, g, resume ? resume : r->model, with_t ? t_path : NULL,
+                             stage == ZB_STAGE_DPO ? 2 * r->micro_batch : r->micro_batch, S->cut, &S->cut_t));
+        cut = S->cut;
+    }
 
     /* the model: resumed, a random init from a config (pretrain), or loaded */
     if (resume) {
-        ZB_TRY(load_model(&S->m, resume, g));
+        ZB_TRY(load_model(&S->m, resume, g, cut));
     } else if (is_config_json(r->model)) {
         if (stage != ZB_STAGE_PRETRAIN)
             return zb_fail(ZB_EARG, "train: a config as 'model' (random init) only for --stage pretrain");
@@ -662,19 +668,19 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
              * holds the full model for a moment: fine for the sizes trained from scratch here) */
             zb_model full = S->m;
             memset(&S->m, 0, sizeof S->m);
-            int rc = zb_model_init_tp(&S->m, &c, g);
+            int rc = zb_model_init_tp_ex(&S->m, &c, g, ZB_WEIGHTS_F32, cut);
             if (!rc) rc = zb_tp_copy_from_full(&S->m, &full);
             zb_model_free(&full);
             ZB_TRY(rc);
         }
     } else {
         if (!r->model[0]) return zb_fail(ZB_EARG, "%s: 'model' is required", cfg_path);
-        ZB_TRY(load_model(&S->m, r->model, g));
+        ZB_TRY(load_model(&S->m, r->model, g, cut));
     }
     if (with_t) {
         /* TP / PP: the teacher is sharded the same way; dpo: the reference is the initial policy,
          * frozen (also when resuming) */
-        ZB_TRY(load_model(&S->t, t_path, g));
+        ZB_TRY(load_model(&S->t, t_path, g, S->cut_t ? cut : NULL));
         S->have_t = 1;
     }
     ZB_TRY(zb_trainer_init(&S->tr, stage, &r->loss, &S->m, S->have_t ? &S->t : NULL,
@@ -686,10 +692,10 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     size_t n_train = zb_adamw_trainable_floats(&S->o, &S->m);
     if (n_train == 0) return zb_fail(ZB_EARG, "train: no trainable parameter");
     /* data parallel: gradient buckets overlapped with the backward, or ZeRO-1 */
-    ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, g->dp, r->bucket_mb, r->zero));
+    ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, g->comm, r->bucket_mb, r->zero));
     ZB_TRY(zb_dp_zero_attach(&S->dp, &S->o));
-    if (PP) ZB_TRY(zb_trainer_pp_init(tr, r->grad_accum));
-    if (PP && !r->zero) tr->pp_dp = &S->dp;   /* buckets overlap each stage's last backward */
+    if (PP) ZB_TRY(zb_pp_trainer_init(&S->pt, tr, r->grad_accum));
+    if (PP && !r->zero) S->pt.dp = &S->dp;   /* buckets overlap each stage's last backward */
 
     /* PP: the step's grad_accum micro-batches are read up front (every stage reads them, so that
      * the loader positions agree; the first stage uses the ids, the last the targets) */
@@ -731,7 +737,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
                 r->seq_len, r->opt.lr, r->opt.min_lr, r->opt.warmup, resume ? "resumed" : "starting",
                 (long long)step);
     }
-    MPI_Barrier(g->world);
+    ZB_TRY(zb_comm_barrier(g->comm, ZB_GROUP_WORLD));
 
     const double tok_per_step = (double)r->grad_accum * g->dp_size * tr->B * r->seq_len *
                                 (stage == ZB_STAGE_DPO ? 2 : 1);
@@ -745,7 +751,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     int eval_ok = 1;
     while (step < r->steps) {
         double t0 = zb_now();
-        zb_comm_seconds = 0;
+        g->comm->seconds = 0;
         zb_model_zero_grad(&S->m);
         double part[6] = {0};
         if (PP) {
@@ -753,7 +759,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             for (int k = 0; k < r->grad_accum; k++)
                 ZB_TRY(src_next(&S->ld, S->ids + k * Nm, S->tg + k * Nm));
             zb_loss_parts p;
-            ZB_TRY(zb_trainer_step_pp(tr, r->grad_accum, S->ids, S->tg, 1, gs, &p));
+            ZB_TRY(zb_pp_trainer_step(&S->pt, r->grad_accum, S->ids, S->tg, 1, gs, &p));
             part[0] = p.loss; part[1] = p.ce; part[2] = p.kl; part[3] = p.mse;
             part[4] = p.reward_acc; part[5] = p.tokens;
             if (S->dp.zero) {
@@ -783,8 +789,8 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         float lr = zb_lr_at(&S->o.cfg, step);
         ZB_TRY(zb_dp_optim_step(&S->dp, &S->o, lr, zb_clip_scale(&S->o.cfg, gnorm)));
         step++;
-        ZB_TRY(zb_dp_sum(part, 6, g->dp));   /* sums over ranks of the per-rank sums */
-        comm_interval += zb_comm_seconds;
+        ZB_TRY(zb_comm_sum_f64(g->comm, ZB_GROUP_DP, part, 6));   /* sums over ranks of the per-rank sums */
+        comm_interval += g->comm->seconds;
         double denom = (double)r->grad_accum * g->dp_size;
         for (int i = 0; i < 5; i++) acc[i] += part[i] / denom;
         acc[5] += part[5];
@@ -792,7 +798,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         gn_sum += gnorm;
         n_interval++;
         double dt = zb_now() - t0;
-        busy_interval += dt - zb_comm_seconds;   /* this rank's compute: the step less its MPI time */
+        busy_interval += dt - g->comm->seconds;   /* this rank's compute: the step less its MPI time */
         t_interval += dt;
         t_run += dt;
         steps_run++;
@@ -803,7 +809,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             char busy[ZB_MAX_LAYERS * 16 + 32] = "";
             if (PP) {
                 double mine = busy_interval / n_interval, all[ZB_MAX_LAYERS];
-                ZB_MPI(MPI_Gather(&mine, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0, g->pp));
+                ZB_TRY(zb_comm_gather(g->comm, ZB_GROUP_PP, &mine, 1, all, ZB_CT_F64, 0));
                 size_t o = (size_t)snprintf(busy, sizeof busy, ",\"stage_busy_s\":[");
                 for (int q = 0; q < g->pp_size && o < sizeof busy; q++)
                     o += (size_t)snprintf(busy + o, sizeof busy - o, "%s%.4f", q ? "," : "", all[q]);
@@ -831,7 +837,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         int last = step == r->steps;
         if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && step % r->eval_every == 0) || last)) {
             zb_loss_parts ev;
-            if (evaluate(tr, r, g, S->ids, S->tg, &ev) != ZB_OK) {
+            if (evaluate(tr, &S->pt, r, g, S->ids, S->tg, &ev) != ZB_OK) {
                 /* every rank reads the same files, so every rank fails alike: no hang */
                 if (rank == 0) fprintf(stderr, "train: evaluation off: %s\n", zb_errmsg());
                 eval_ok = 0;
@@ -904,6 +910,7 @@ int zb_cmd_train(int argc, char **argv) {
     free(S.ids); free(S.tg);
     zb_dp_free(&S.dp);
     if (S.o.m) zb_adamw_free(&S.o);
+    zb_pp_trainer_free(&S.pt);
     if (S.tr.mask) zb_trainer_free(&S.tr);
     if (S.have_t) zb_model_free(&S.t);
     if (S.m.data) zb_model_free(&S.m);

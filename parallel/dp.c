@@ -7,71 +7,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tp.h"
+#include "shard.h"
 #include "zb_common.h"
 
-double zb_comm_seconds = 0;
-
-static int reduce_range(float *g, size_t n, float scale, MPI_Comm dp, int size) {
+static int reduce_range(float *g, size_t n, float scale, zb_comm *c) {
     if (n == 0) return ZB_OK;
-    if (size > 1) {
-        /* MPI counts are int: chunk large ranges */
-        const size_t chunk = (size_t)1 << 30;
-        double t0 = MPI_Wtime();
-        for (size_t o = 0; o < n; o += chunk) {
-            size_t c = n - o < chunk ? n - o : chunk;
-            ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, g + o, (int)c, MPI_FLOAT, MPI_SUM, dp));
-        }
-        zb_comm_seconds += MPI_Wtime() - t0;
-    }
-    float s = scale / (float)size;
+    ZB_TRY(zb_comm_sum_f32(c, ZB_GROUP_DP, g, n));
+    float s = scale / (float)zb_comm_size(c, ZB_GROUP_DP);
     if (s != 1.0f)
         for (size_t i = 0; i < n; i++) g[i] *= s;
     return ZB_OK;
 }
 
-int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale, MPI_Comm dp) {
-    int size = 1;
-    ZB_MPI(MPI_Comm_size(dp, &size));
+int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale, zb_comm *c) {
     size_t start = 0, len = 0;   /* current run [start, start+len) in floats */
     for (int i = 0; i < m->n_params; i++) {
         const zb_param *p = &m->params[i];
         if (trainable && !trainable[i]) continue;
         if (len > 0 && start + len == p->offset) { len += p->numel; continue; }
-        ZB_TRY(reduce_range(m->grad + start, len, scale, dp, size));
+        ZB_TRY(reduce_range(m->grad + start, len, scale, c));
         start = p->offset;
         len = p->numel;
     }
-    return reduce_range(m->grad + start, len, scale, dp, size);
-}
-
-int zb_dp_sum(double *x, int n, MPI_Comm comm) {
-    double t0 = MPI_Wtime();
-    ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, comm));
-    zb_comm_seconds += MPI_Wtime() - t0;
-    return ZB_OK;
+    return reduce_range(m->grad + start, len, scale, c);
 }
 
 /* ---- buckets -------------------------------------------------------------------------------- */
 
-/* A failure inside the backward hook (a void callback): this rank's message, then stop all. */
-static void dp_die(void) {
-    fprintf(stderr, "zebra: data parallel: %s\n", zb_errmsg());
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, ZB_EMPI);
-}
-
 static int launch(zb_dp *d, zb_dp_bucket *b) {
-    double t0 = MPI_Wtime();
-    ZB_MPI(MPI_Iallreduce(MPI_IN_PLACE, d->m->grad + b->off, (int)b->n, MPI_FLOAT, MPI_SUM, d->comm, &b->req));
+    ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32, ZB_RED_SUM, &b->req));
     b->launched = 1;
-    /* poke the buckets in flight so that MPI progresses them while we compute */
+    /* poke the buckets in flight so that the library progresses them while we compute */
     for (int k = 0; k < d->nb; k++) {
         int flag;
-        if (d->b[k].launched && d->b[k].req != MPI_REQUEST_NULL)
-            ZB_MPI(MPI_Test(&d->b[k].req, &flag, MPI_STATUS_IGNORE));
+        if (d->b[k].launched) ZB_TRY(zb_comm_test(d->comm, &d->b[k].req, &flag));
     }
-    zb_comm_seconds += MPI_Wtime() - t0;
     return ZB_OK;
 }
 
@@ -80,16 +50,16 @@ static void dp_hook(void *ctx, int layer) {
     zb_dp *d = ctx;
     if (!d->armed || d->zero || d->size == 1) return;
     for (int k = 0; k < d->nb; k++)
-        if (!d->b[k].launched && d->b[k].ready >= layer && launch(d, &d->b[k])) dp_die();
+        if (!d->b[k].launched && d->b[k].ready >= layer && launch(d, &d->b[k])) zb_comm_die(d->comm, "data parallel");
 }
 
-int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm comm, double bucket_mb, int zero) {
+int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *comm, double bucket_mb, int zero) {
     memset(d, 0, sizeof *d);
     d->m = m;
     d->comm = comm;
     d->zero = zero;
-    ZB_MPI(MPI_Comm_rank(comm, &d->rank));
-    ZB_MPI(MPI_Comm_size(comm, &d->size));
+    d->rank = zb_comm_rank(comm, ZB_GROUP_DP);
+    d->size = zb_comm_size(comm, ZB_GROUP_DP);
     if (!m->grad) return zb_fail(ZB_EARG, "data parallel: the model has no gradient buffer");
     if (bucket_mb <= 0) bucket_mb = 25;
     size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
@@ -111,7 +81,6 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm c
                 memset(cur, 0, sizeof *cur);
                 cur->off = off + n;
                 cur->ready = p->layer;
-                cur->req = MPI_REQUEST_NULL;
             }
             size_t take = cap - cur->n < n ? cap - cur->n : n;
             cur->off -= take;
@@ -123,14 +92,14 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm c
     if (zero) {
         size_t N = m->n_floats, q = N / (size_t)d->size, r = N % (size_t)d->size;
         if (N > INT_MAX)
-            return zb_fail(ZB_EARG, "ZeRO-1: the shard has %zu floats, more than MPI's int counts (use --tp)", N);
+            return zb_fail(ZB_EARG, "ZeRO-1: the shard has %zu floats, more than int counts (use --tp)", N);
         ZB_ALLOC(d->counts, d->size, "ZeRO ranges");
         ZB_ALLOC(d->displs, d->size, "ZeRO ranges");
         size_t o = 0;
         for (int k = 0; k < d->size; k++) {
             size_t c = q + ((size_t)k < r);
-            d->counts[k] = (int)c;
-            d->displs[k] = (int)o;
+            d->counts[k] = c;
+            d->displs[k] = o;
             if (k == d->rank) { d->lo = o; d->hi = o + c; }
             o += c;
         }
@@ -149,7 +118,7 @@ void zb_dp_free(zb_dp *d) {
 
 void zb_dp_arm(zb_dp *d) {
     d->armed = 1;
-    for (int k = 0; k < d->nb; k++) { d->b[k].launched = 0; d->b[k].req = MPI_REQUEST_NULL; }
+    for (int k = 0; k < d->nb; k++) { d->b[k].launched = 0; d->b[k].req.pending = 0; }
 }
 
 int zb_dp_finish(zb_dp *d) {
@@ -157,12 +126,7 @@ int zb_dp_finish(zb_dp *d) {
     float s = 1.0f / (float)d->size;
     if (d->zero) {
         /* ZeRO-1: each rank receives the summed gradient of its range only */
-        double t0 = MPI_Wtime();
-        if (d->size > 1)
-            ZB_MPI(MPI_Reduce_scatter(d->m->grad, d->gshard, d->counts, MPI_FLOAT, MPI_SUM, d->comm));
-        else
-            memcpy(d->gshard, d->m->grad, sizeof(float) * (d->hi - d->lo));
-        zb_comm_seconds += MPI_Wtime() - t0;
+        ZB_TRY(zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32));
         if (s != 1.0f)
             for (size_t i = 0; i < d->hi - d->lo; i++) d->gshard[i] *= s;
         return ZB_OK;
@@ -170,9 +134,7 @@ int zb_dp_finish(zb_dp *d) {
     if (d->size == 1) return ZB_OK;
     for (int k = 0; k < d->nb; k++)
         if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
-    double t0 = MPI_Wtime();
-    for (int k = 0; k < d->nb; k++) ZB_MPI(MPI_Wait(&d->b[k].req, MPI_STATUS_IGNORE));
-    zb_comm_seconds += MPI_Wtime() - t0;
+    for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
     for (int k = 0; k < d->nb; k++) {
         float *g = d->m->grad + d->b[k].off;
         for (size_t i = 0; i < d->b[k].n; i++) g[i] *= s;
@@ -193,10 +155,8 @@ int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
         int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
         for (size_t j = a; j < b; j++) s[k] += (double)g[j - lo] * g[j - lo];
     }
-    double t0 = MPI_Wtime();
-    if (d->zero && d->size > 1) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, s, 2, MPI_DOUBLE, MPI_SUM, d->comm));
-    if (m->tp && m->tp->size > 1) ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, s, 1, MPI_DOUBLE, MPI_SUM, m->tp->comm));
-    zb_comm_seconds += MPI_Wtime() - t0;
+    if (d->zero) ZB_TRY(zb_comm_sum_f64(d->comm, ZB_GROUP_DP, s, 2));
+    if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_TP, s, 1));
     *out = s[0] + s[1];
     return ZB_OK;
 }
@@ -217,12 +177,7 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
     if (!d->zero) { zb_adamw_step(o, d->m, lr, grad_scale); return ZB_OK; }
     zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
     o->step++;
-    if (d->size > 1) {
-        double t0 = MPI_Wtime();
-        ZB_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d->m->data, d->counts, d->displs, MPI_FLOAT,
-                              d->comm));
-        zb_comm_seconds += MPI_Wtime() - t0;
-    }
+    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data, d->counts, d->displs, ZB_CT_F32));
     return ZB_OK;
 }
 
@@ -233,9 +188,10 @@ int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float
         memcpy(full_v, o->v, sizeof(float) * n);
         return ZB_OK;
     }
-    int c = (int)(d->hi - d->lo);
-    ZB_MPI(MPI_Allgatherv(o->m, c, MPI_FLOAT, full_m, d->counts, d->displs, MPI_FLOAT, d->comm));
-    ZB_MPI(MPI_Allgatherv(o->v, c, MPI_FLOAT, full_v, d->counts, d->displs, MPI_FLOAT, d->comm));
+    memcpy(full_m + d->lo, o->m, sizeof(float) * (d->hi - d->lo));
+    memcpy(full_v + d->lo, o->v, sizeof(float) * (d->hi - d->lo));
+    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_m, d->counts, d->displs, ZB_CT_F32));
+    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_v, d->counts, d->displs, ZB_CT_F32));
     return ZB_OK;
 }
 

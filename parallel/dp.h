@@ -2,9 +2,9 @@
  * gradients are averaged over the DP communicator before the optimizer step).
  *
  * Two ways:
- *   zb_dp_reduce_grads  one blocking MPI_Allreduce per run of trainable parameters (simple).
+ *   zb_dp_reduce_grads  one blocking all-reduce per run of trainable parameters (simple).
  *   zb_dp (below)       what the trainer uses: gradients reduced in BUCKETS of ~bucket_mb MB
- *                       with non-blocking MPI_Iallreduce, each bucket started as soon as the
+ *                       with non-blocking all-reduces, each bucket started as soon as the
  *                       backward has finished the layers it holds (zb_model.grad_hook, called by
  *                       zb_model_backward after each block from the top), so that communication
  *                       overlaps the rest of the backward (PyTorch DDP / Megatron-LM gradient
@@ -13,45 +13,37 @@
  *                       optimizations toward training trillion parameter models", 2020): the
  *                       flat buffer of the shard is cut into dp contiguous ranges; DP rank r
  *                       keeps AdamW's m and v of its range only, receives the reduced gradient
- *                       of its range (MPI_Reduce_scatter), updates those parameters, and the
- *                       parameters are all-gathered (MPI_Allgatherv) after the step. The
+ *                       of its range (a reduce-scatter), updates those parameters, and the
+ *                       parameters are all-gathered after the step. The
  *                       arithmetic of each float is that of zb_adamw_step: the loss curve is
  *                       the non-ZeRO one (up to the summation order of the reduction).
  *
- * Every MPI call is checked; a failure inside the backward hook (a void callback) prints the
- * rank's message and aborts every rank. */
+ * Communication goes through core/comm.h (the DP group); every call is checked, a failure
+ * inside the backward hook (a void callback) prints the rank's message and stops every rank. */
 #ifndef ZB_DP_H
 #define ZB_DP_H
 
-#include <mpi.h>
 #include <stddef.h>
 
+#include "comm.h"
 #include "model.h"
 #include "optim.h"
 
-/* grad <- scale * mean over the ranks of dp of grad, for the parameters whose trainable[i] is
+/* grad <- scale * mean over the DP group of grad, for the parameters whose trainable[i] is
  * nonzero (trainable may be NULL: all). Contiguous trainable parameters are reduced in one
- * call. Collective over dp (all ranks, same trainable mask). With one rank only the scaling. */
-int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale, MPI_Comm dp);
-
-/* In place sums of a few doubles over comm (losses, token counts). */
-int zb_dp_sum(double *x, int n, MPI_Comm comm);
-
-/* Seconds spent inside MPI communication calls of the training step (TP all-reduces, DP
- * reductions and waits, ZeRO gathers, PP sends), for cluster/scaling.sh: read and reset by the
- * driver each step. */
-extern double zb_comm_seconds;
+ * call. Collective over DP (all ranks, same trainable mask). With one rank only the scaling. */
+int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale, zb_comm *c);
 
 typedef struct {
     size_t off, n;        /* floats [off, off+n) of the flat gradient buffer */
     int ready;            /* the lowest layer it holds (-1: embedding / final norm / head) */
     int launched;
-    MPI_Request req;
+    zb_comm_req req;
 } zb_dp_bucket;
 
 typedef struct zb_dp {
     zb_model *m;
-    MPI_Comm comm;
+    zb_comm *comm;        /* the DP group (not owned) */
     int rank, size;
     int nb;
     zb_dp_bucket *b;
@@ -59,14 +51,14 @@ typedef struct zb_dp {
     int zero;
     /* ZeRO-1: this rank's range [lo, hi) of the flat buffer; counts / displs of every rank */
     size_t lo, hi;
-    int *counts, *displs;
+    size_t *counts, *displs;
     float *gshard;        /* [hi - lo] the reduced gradient of the range */
 } zb_dp;
 
 /* Buckets of ~bucket_mb MB over the trainable parameters (contiguous runs, cut at layer
  * boundaries of the -1 group and at frozen parameters). zero: ZeRO-1 (also sets up the
  * ranges). Installs m->grad_hook (disarmed). Collective-free; every rank computes the same. */
-int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, MPI_Comm comm, double bucket_mb, int zero);
+int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *comm, double bucket_mb, int zero);
 void zb_dp_free(zb_dp *d);
 /* Arm before the backward of the LAST micro-batch of a step (earlier micro-batches only
  * accumulate): the hook then starts each bucket when its layers are done. Optional: what

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "comm_mpi.h"
 #include "zb_common.h"
 
 int zb_grid_init(zb_grid *g, MPI_Comm world, int tp, int pp) {
@@ -37,10 +38,11 @@ int zb_grid_init(zb_grid *g, MPI_Comm world, int tp, int pp) {
     ZB_MPI(MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_LAND, world));
     g->tp_on_one_node = all;
     MPI_Comm_free(&node);
-    return ZB_OK;
+    return zb_comm_mpi_new(&g->comm, world, g->tp, g->pp, g->dp);
 }
 
 void zb_grid_free(zb_grid *g) {
+    zb_comm_mpi_free(g->comm);
     if (g->tp != MPI_COMM_NULL && g->tp) MPI_Comm_free(&g->tp);
     if (g->pp != MPI_COMM_NULL && g->pp) MPI_Comm_free(&g->pp);
     if (g->dp != MPI_COMM_NULL && g->dp) MPI_Comm_free(&g->dp);

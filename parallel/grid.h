@@ -8,14 +8,18 @@
 
 #include <mpi.h>
 
+#include "comm.h"
+
 typedef struct {
     MPI_Comm world, tp, pp, dp;
+    zb_comm *comm;        /* the groups as core/comm.h sees them (comm_mpi.c); owned */
     int rank, size;
     int tp_rank, tp_size, pp_rank, pp_size, dp_rank, dp_size;
     int tp_on_one_node;   /* 1 if every TP group shares a node (MPI_COMM_TYPE_SHARED) */
 } zb_grid;
 
-/* tp * pp must divide the world size; the rest is data parallel. Collective. */
+/* tp * pp must divide the world size; the rest is data parallel. Collective. Models built on
+ * the grid point to g->comm: free the grid after them. */
 int zb_grid_init(zb_grid *g, MPI_Comm world, int tp, int pp);
 void zb_grid_free(zb_grid *g);
 /* A one-line description: "world 8 = dp 2 x pp 2 x tp 2; rank 5 = (dp 1, pp 0, tp 1)". */

@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tp.h"
-#include "dp.h"
+#include "model.h"
 #include "zb_common.h"
 
 zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T) {
@@ -138,13 +137,13 @@ static void time_stage(zb_model *m, zb_acts *a, const int *ids, const float *see
                        double *tf, double *tb) {
     *tf = *tb = 1e30;
     for (int r = 0; r < reps; r++) {
-        double t0 = MPI_Wtime();
+        double t0 = zb_now();
         zb_model_forward(m, a, ids);
-        double t1 = MPI_Wtime();
+        double t1 = zb_now();
         memcpy(m->pp_no_head ? a->dres : a->logits, seed_top, sizeof(float) * n_top);
-        double t2 = MPI_Wtime();
+        double t2 = zb_now();
         zb_model_backward(m, a, ids);
-        double t3 = MPI_Wtime();
+        double t3 = zb_now();
         if (t1 - t0 < *tf) *tf = t1 - t0;
         if (t3 - t2 < *tb) *tb = t3 - t2;
     }
@@ -208,173 +207,26 @@ int zb_pp_measure(const zb_config *c, int B, int T, zb_pp_measured *out) {
 
 /* ---- stages ------------------------------------------------------------------------------ */
 
-int zb_pp_seq_len = 2048;
-
-/* the explicit partition of zb_pp_set_partition (fixed_stages 0: none) */
-static int fixed_stages, fixed_layers, fixed_first[ZB_MAX_LAYERS + 1];
-
-int zb_pp_set_partition(const int *first, int stages, int n_layers) {
-    fixed_stages = 0;
-    if (!first) return ZB_OK;
-    if (stages < 1 || stages > n_layers || n_layers > ZB_MAX_LAYERS || first[0] != 0 || first[stages] != n_layers)
-        return zb_fail(ZB_EARG, "pipeline parallel: invalid partition of %d layers into %d stages", n_layers, stages);
-    for (int s = 0; s < stages; s++)
-        if (first[s + 1] <= first[s]) return zb_fail(ZB_EARG, "pipeline parallel: stage %d has no layer", s);
-    memcpy(fixed_first, first, sizeof(int) * (size_t)(stages + 1));
-    fixed_stages = stages;
-    fixed_layers = n_layers;
-    return ZB_OK;
-}
-
-int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1) {
+int zb_pp_stage_layers(const zb_config *c, int stages, int stage, const int *cut, int *l0, int *l1) {
     if (stages < 1 || stages > c->n_layers)
         return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
                        "needs at least one layer)", stages, c->n_layers);
     if (stage < 0 || stage >= stages) return zb_fail(ZB_EARG, "pipeline parallel: stage %d of %d", stage, stages);
-    if (fixed_stages == stages && fixed_layers == c->n_layers) {
-        *l0 = fixed_first[stage];
-        *l1 = fixed_first[stage + 1];
+    if (cut) {
+        if (cut[0] != 0 || cut[stages] != c->n_layers)
+            return zb_fail(ZB_EARG, "pipeline parallel: a cut of layers [%d, %d) for a model of %d layers", cut[0],
+                           cut[stages], c->n_layers);
+        for (int s = 0; s < stages; s++)
+            if (cut[s + 1] <= cut[s]) return zb_fail(ZB_EARG, "pipeline parallel: stage %d has no layer", s);
+        *l0 = cut[stage];
+        *l1 = cut[stage + 1];
         return ZB_OK;
     }
     int *first = zb_calloc((size_t)stages + 1, sizeof(int), "pipeline partition");
     if (!first) return ZB_ENOMEM;
-    zb_pp_cost_cfg k = zb_pp_cost_defaults(1, zb_pp_seq_len > 0 ? zb_pp_seq_len : 2048);
+    zb_pp_cost_cfg k = zb_pp_cost_defaults(1, ZB_PP_DEFAULT_T);
     int rc = zb_pp_partition(c, stages, &k, first, NULL);
     if (!rc) { *l0 = first[stage]; *l1 = first[stage + 1]; }
     free(first);
-    return rc;
-}
-
-int zb_pp_is_first(const zb_model *m) { return !m->pp_no_embed; }
-int zb_pp_is_last(const zb_model *m) { return !m->pp_no_head; }
-
-/* MPI counts are int: residuals [B*T, d] beyond 2^31 floats are refused (a micro-batch of
- * 2^31 floats is 8 GB: far beyond what a stage holds). */
-static int pp_count(size_t n, int *out) {
-    if (n > (size_t)1 << 30) return zb_fail(ZB_EARG, "pipeline parallel: a message of %zu floats is too large", n);
-    *out = (int)n;
-    return ZB_OK;
-}
-
-enum { ZB_PP_TAG_ACT = 71, ZB_PP_TAG_GRAD = 72, ZB_PP_TAG_TIED = 73 };
-
-int zb_pp_wait(MPI_Request *req) {
-    if (*req == MPI_REQUEST_NULL) return ZB_OK;
-    double t0 = MPI_Wtime();
-    ZB_MPI(MPI_Wait(req, MPI_STATUS_IGNORE));
-    zb_comm_seconds += MPI_Wtime() - t0;
-    return ZB_OK;
-}
-
-int zb_pp_forward(const zb_model *m, zb_acts *a, const int *ids, MPI_Request *req) {
-    const zb_tp *tp = m->tp;
-    size_t Nd = (size_t)a->B * a->T * m->cfg.d_model;
-    int cnt = 0;
-    *req = MPI_REQUEST_NULL;
-    ZB_TRY(pp_count(Nd, &cnt));
-    if (tp && tp->pp_size > 1 && tp->pp_rank > 0) {
-        double t0 = MPI_Wtime();
-        ZB_MPI(MPI_Recv(a->res, cnt, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_TAG_ACT, tp->pp, MPI_STATUS_IGNORE));
-        zb_comm_seconds += MPI_Wtime() - t0;
-    }
-    zb_model_forward(m, a, ids);
-    if (tp && tp->pp_size > 1 && tp->pp_rank < tp->pp_size - 1)
-        ZB_MPI(MPI_Isend(a->res + (size_t)m->cfg.n_layers * Nd, cnt, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_TAG_ACT,
-                         tp->pp, req));
-    return ZB_OK;
-}
-
-int zb_pp_backward(zb_model *m, zb_acts *a, const int *ids, MPI_Request *req) {
-    const zb_tp *tp = m->tp;
-    size_t Nd = (size_t)a->B * a->T * m->cfg.d_model;
-    int cnt = 0;
-    *req = MPI_REQUEST_NULL;
-    ZB_TRY(pp_count(Nd, &cnt));
-    if (tp && tp->pp_size > 1 && tp->pp_rank < tp->pp_size - 1) {
-        double t0 = MPI_Wtime();
-        ZB_MPI(MPI_Recv(a->dres, cnt, MPI_FLOAT, tp->pp_rank + 1, ZB_PP_TAG_GRAD, tp->pp, MPI_STATUS_IGNORE));
-        zb_comm_seconds += MPI_Wtime() - t0;
-    }
-    zb_model_backward(m, a, ids);
-    if (tp && tp->pp_size > 1 && tp->pp_rank > 0)
-        ZB_MPI(MPI_Isend(a->dres, cnt, MPI_FLOAT, tp->pp_rank - 1, ZB_PP_TAG_GRAD, tp->pp, req));
-    return ZB_OK;
-}
-
-int zb_pp_tied_grad_sum(zb_model *m) {
-    const zb_tp *tp = m->tp;
-    if (!tp || tp->pp_size < 2 || !m->cfg.tie_embeddings || !m->grad) return ZB_OK;
-    int first = tp->pp_rank == 0, last = tp->pp_rank == tp->pp_size - 1;
-    if (!first && !last) return ZB_OK;
-    const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
-    if (!p) return zb_fail(ZB_EFORMAT, "pipeline parallel: stage %d holds no embedding", tp->pp_rank);
-    float *g = m->grad + p->offset;
-    float *buf = zb_malloc(sizeof(float) * p->numel, "tied embedding gradient");
-    if (!buf) return ZB_ENOMEM;
-    int peer = first ? tp->pp_size - 1 : 0, rc = ZB_OK;
-    double t0 = MPI_Wtime();
-    for (size_t off = 0; off < p->numel && !rc; off += (size_t)1 << 30) {
-        size_t n = p->numel - off < ((size_t)1 << 30) ? p->numel - off : (size_t)1 << 30;
-        if (MPI_Sendrecv(g + off, (int)n, MPI_FLOAT, peer, ZB_PP_TAG_TIED, buf + off, (int)n, MPI_FLOAT, peer,
-                         ZB_PP_TAG_TIED, tp->pp, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-            rc = zb_fail(ZB_EMPI, "pipeline parallel: MPI_Sendrecv of the tied embedding gradient failed");
-    }
-    zb_comm_seconds += MPI_Wtime() - t0;
-    if (!rc) for (size_t i = 0; i < p->numel; i++) g[i] += buf[i];
-    free(buf);
-    return rc;
-}
-
-/* ---- 1F1B ------------------------------------------------------------------------------- */
-
-/* One forward of micro-batch k (+ the loss on the last stage) / one backward, in slot k % K;
- * fr / br: the slot's pending activation / gradient sends. */
-static int pp_fwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
-                  size_t stride, const zb_pp_hooks *h) {
-    int q = k % K;
-    ZB_TRY(zb_pp_wait(&fr[q]));   /* the slot's previous micro-batch is done with its buffers */
-    ZB_TRY(zb_pp_wait(&br[q]));
-    if (h->pre_forward) ZB_TRY(h->pre_forward(h->ctx, k));
-    ZB_TRY(zb_pp_forward(m, &acts[q], ids + (size_t)k * stride, &fr[q]));
-    return zb_pp_is_last(m) ? h->loss(h->ctx, &acts[q], k) : ZB_OK;
-}
-
-static int pp_bwd(zb_model *m, zb_acts *acts, int K, MPI_Request *fr, MPI_Request *br, int k, const int *ids,
-                  size_t stride, const zb_pp_hooks *h) {
-    int q = k % K;
-    ZB_TRY(zb_pp_wait(&fr[q]));
-    if (h->pre_backward) ZB_TRY(h->pre_backward(h->ctx, k));
-    return zb_pp_backward(m, &acts[q], ids + (size_t)k * stride, &br[q]);
-}
-
-int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               const zb_pp_hooks *h) {
-    int P = m->tp ? m->tp->pp_size : 1, s = m->tp ? m->tp->pp_rank : 0;
-    int need = P < M ? P : M, rc = ZB_OK;
-    if (K < need) return zb_fail(ZB_EARG, "pipeline parallel: %d activation sets for %d in flight", K, need);
-    MPI_Request *fr = zb_malloc(sizeof(MPI_Request) * 2 * (size_t)K, "pipeline requests");
-    if (!fr) return ZB_ENOMEM;
-    MPI_Request *br = fr + K;
-    for (int i = 0; i < 2 * K; i++) fr[i] = MPI_REQUEST_NULL;
-#define FWD(k) pp_fwd(m, acts, K, fr, br, (k), ids, ids_stride, h)
-#define BWD(k) pp_bwd(m, acts, K, fr, br, (k), ids, ids_stride, h)
-    if (!want_grad) {
-        for (int k = 0; k < M && !rc; k++) rc = FWD(k);
-    } else {
-        int warm = P - s - 1 < M ? P - s - 1 : M;
-        for (int k = 0; k < warm && !rc; k++) rc = FWD(k);              /* warm-up */
-        for (int j = 0; j < M - warm && !rc; j++) {                      /* steady state: 1F1B */
-            rc = FWD(warm + j);
-            if (!rc) rc = BWD(j);
-        }
-        for (int j = M - warm; j < M && !rc; j++) rc = BWD(j);          /* cool-down */
-    }
-#undef FWD
-#undef BWD
-    for (int i = 0; i < 2 * K; i++) {
-        int r2 = zb_pp_wait(&fr[i]);
-        if (!rc) rc = r2;
-    }
-    free(fr);
     return rc;
 }

@@ -1,11 +1,6 @@
-/* pp.h — pipeline parallelism: the cost model and the partition of layers into stages
- * (SPEC §9, issue 6; Megatron-LM / GPipe style contiguous stages; 1F1B schedule: PipeDream-
- * Flush, Narayanan et al. 2021).
- *
- * STATUS: the cost model and the partitioner (tests/test_pp.c), stage-local models with
- * point-to-point activation / gradient sends (tests/test_pp_model.c) and the 1F1B schedule over
- * the grad_accum micro-batches (zb_pp_1f1b; `zebra train --pp M`, every stage, the KD / ILD
- * teacher and DPO reference pipelined with the student; tests/cli_train_parallel.sh) are done.
+/* pp.h — pipeline parallelism: the cost model and the cut of the layers into stages
+ * (SPEC §9; Megatron-LM / GPipe style contiguous stages). The stages' models are tp.h shards
+ * built with a cut; the schedule that runs them is pipeline.h.
  *
  * Cost of one layer, per token, for forward + backward (backward = 2 x forward, as in the
  * usual 6·N·tokens rule), as a roofline time on one rank:
@@ -29,10 +24,7 @@
 #ifndef ZB_PP_H
 #define ZB_PP_H
 
-#include <mpi.h>
-
 #include "config.h"
-#include "model.h"
 
 typedef struct {
     double flop_rate;   /* FLOP/s of one rank (default 5e10: one AVX2 core with OpenBLAS) */
@@ -73,72 +65,12 @@ typedef struct {
 } zb_pp_measured;
 int zb_pp_measure(const zb_config *c, int B, int T, zb_pp_measured *out);
 
-/* ---- the pipeline schedule's pieces (stage-local models: tp.h zb_model_init_tp with --pp) ----
- *
- * Stage s of a grid with pp > 1 holds layers [l0, l1) (zb_pp_stage_layers), the embedding on
- * the first stage, final norm + head on the last; tied embeddings: a copy on both first and last
- * stage (it is the head there), whose gradients are summed between them after the last
- * backward of a step (zb_pp_tied_grad_sum; Megatron-LM does the same). Activations: stage s
- * receives the residual stream [B*T, d] of each micro-batch from s-1 and sends its output to
- * s+1; backward, d(residual) flows back the same way (point-to-point over grid->pp, between
- * ranks of the same TP and DP coordinates; the residual is replicated over TP). */
-
-/* The partition used by the stage-local models: zb_pp_partition with the cost model at
- * B = 1, T = zb_pp_seq_len (default 2048; the training driver sets its sequence length).
- * Stage `stage` holds layers [*l0, *l1). Clear error if stages > layers. */
-extern int zb_pp_seq_len;
-int zb_pp_stage_layers(const zb_config *c, int stages, int stage, int *l0, int *l1);
-/* An explicit partition (first[stages + 1], as zb_pp_partition gives) that zb_pp_stage_layers
- * returns for every config of n_layers layers cut into `stages` stages, until cleared (first
- * NULL). The training driver sets it when a teacher runs in the same pipeline as the student:
- * both are then cut at the same layers (ILD needs the teacher's layer l on the stage of the
- * student's layer l), and the cut balances student forward + backward + teacher forward. */
-int zb_pp_set_partition(const int *first, int stages, int n_layers);
-
-/* One micro-batch forward on this stage: receive res[0] from the previous stage (unless
- * first), zb_model_forward, send res[L] to the next (unless last) with MPI_Isend into *req
- * (complete it — zb_pp_wait — before a is reused; MPI_REQUEST_NULL when nothing was sent).
- * Collective along the pipeline. Models without PP: just zb_model_forward. */
-int zb_pp_forward(const zb_model *m, zb_acts *a, const int *ids, MPI_Request *req);
-/* Backward of the same micro-batch: receive d(res[L]) from the next stage (unless last; the
- * last stage must have put dlogits in a->logits, as for zb_model_backward), zb_model_backward,
- * send d(res[0]) to the previous stage (unless first) into *req. */
-int zb_pp_backward(zb_model *m, zb_acts *a, const int *ids, MPI_Request *req);
-int zb_pp_wait(MPI_Request *req);
-/* Tied embeddings: first and last stage exchange their embedding gradient (this TP rank's
- * vocabulary rows) and both keep the sum (identical on both: float addition commutes). No-op
- * without PP or without tying. */
-int zb_pp_tied_grad_sum(zb_model *m);
-/* 1 if this model is the first / last pipeline stage (also without PP). */
-int zb_pp_is_first(const zb_model *m);
-int zb_pp_is_last(const zb_model *m);
+/* The layers [*l0, *l1) of stage `stage` of `stages`: cut[stage] .. cut[stage + 1] when a cut
+ * is given (first layer of each stage, cut[stages] = n_layers, as zb_pp_partition gives: every
+ * model built with it is cut there, e.g. a teacher with its student, ILD needing the teacher's
+ * layer l on the stage of the student's layer l), otherwise zb_pp_partition with the cost
+ * model at B = 1, T = ZB_PP_DEFAULT_T. Clear error if stages > layers or the cut is not one. */
+#define ZB_PP_DEFAULT_T 2048
+int zb_pp_stage_layers(const zb_config *c, int stages, int stage, const int *cut, int *l0, int *l1);
 
 #endif
-
-/* ---- the 1F1B schedule (PipeDream-Flush) over the micro-batches of one step ----
- *
- * M micro-batches; micro-batch k's ids are ids + k * ids_stride. acts[K] (K >= min(pp_size, M)
- * on every stage; micro-batch k uses acts[k % K]) are allocated by the caller for this stage's
- * model. Stage s runs min(pp_size - s - 1, M) warm-up forwards, then alternates one forward and
- * one backward, then the remaining backwards (at most pp_size - s micro-batches in flight). On the
- * last stage h->loss(h->ctx, a, k) is called right after the forward of micro-batch k: it computes the
- * loss from a->logits and, when want_grad, puts dlogits in a->logits (as for zb_model_backward).
- * want_grad = 0: forwards only, in order. Gradients accumulate into m->grad; the tied embedding
- * gradient sum (zb_pp_tied_grad_sum) is left to the caller. Collective along the pipeline. */
-typedef int (*zb_pp_loss_fn)(void *ctx, zb_acts *a, int k);
-typedef int (*zb_pp_hook_fn)(void *ctx, int k);
-typedef struct {
-    zb_pp_loss_fn loss;          /* the last stage's loss (required) */
-    /* called on every stage right before the forward of micro-batch k (may be NULL): the trainer
-     * runs the teacher's stage forward there (zb_pp_forward of the teacher: its residual travels
-     * to the next stage just ahead of the student's, on the same communicator and tag, so the
-     * non-overtaking order of MPI pairs each receive with its send) */
-    zb_pp_hook_fn pre_forward;
-    /* called on every stage right before the backward of micro-batch k (may be NULL): the
-     * trainer arms the DP gradient buckets before the last one (k = M - 1), so that their
-     * reduction overlaps that backward */
-    zb_pp_hook_fn pre_backward;
-    void *ctx;
-} zb_pp_hooks;
-int zb_pp_1f1b(zb_model *m, zb_acts *acts, int K, int M, const int *ids, size_t ids_stride, int want_grad,
-               const zb_pp_hooks *h);

@@ -1,141 +1,49 @@
-/* tp.h — tensor parallelism of the model (Megatron-LM rules, SPEC.md §9).
+/* tp.h — building tensor-parallel shards and pipeline stages of a model (Megatron-LM rules,
+ * SPEC.md §9; what splits how and what one rank's math does with it: core/shard.h).
  *
- * A TP shard is an ordinary zb_model whose m->cfg holds the LOCAL dims (heads / KV heads /
- * latent heads / SSM heads and groups / FFN / vocabulary divided by tp), so that every kernel
- * of core/ runs unchanged on the shard; m->tp (this struct) keeps the full config, the
- * communicator and, per parameter, its full HF name and shape and which part of it this rank
- * holds (row segments x a column range):
- *
- *   column-parallel (rows split)   attention q/k/v_proj by head; MLA q_proj / q_b_proj by
- *                                  query head, kv_b_proj by KV head; Mamba2 in_proj PER SEGMENT
- *                                  z | x | B | C | dt (local rows = this rank's rows of each
- *                                  segment, concatenated), conv1d weight/bias per segment
- *                                  x | B | C, dt_bias / A_log / D / norm.weight by head;
- *                                  MLP gate/up; embedding and LM head by vocabulary row.
- *   row-parallel (columns split)   attention / MLA o_proj, Mamba2 out_proj, MLP down_proj.
- *   replicated                     RMSNorm weights of the residual stream, the final norm, and
- *                                  the MLA latent projections q_a_proj, q_a_layernorm,
- *                                  kv_a_proj_with_mqa, kv_a_layernorm.
- *
- * Communication (all sums over the TP group):
- *   forward   embedding (vocab-parallel lookup: rows of other ranks give zeros), after each
- *             row-parallel output (mixer out, MLP down): 1 + 2 per layer;
- *             the loss: max / sum-exp / target logit per row (never the full logits).
- *   backward  the input gradient of each column-parallel block (head -> final norm, MLP
- *             gate/up -> dln, mixer -> dln): 1 + 2 per layer; plus the gradients of the
- *             replicated MLA latent projections and their norms (q_a_proj, q_a_layernorm,
- *             kv_a_proj_with_mqa, kv_a_layernorm): they feed rank-local heads, so each rank
- *             holds a partial sum. Residual-stream norm gradients are computed from replicated
- *             tensors and are identical on every rank: no reduction.
- *
- * Checkpoints are layout free: a shard loads only its slices from an HF directory or a .h5
- * (any layout wrote it), and zb_model_save of a shard writes every slice into one file with
- * full shapes (collective; parallel/checkpoint.h). Generation: caches are per local head,
- * logits are gathered over the vocabulary for sampling. With pp > 1 a shard is also one
- * pipeline stage's part of the stack (parallel/pp.h). */
+ * This file holds the slice tables: which part of each full tensor a rank holds
+ * (zb_tp_slice_of), and everything expressed with them: a shard built on a grid, loaded by
+ * slices from an HF directory or a .h5 (whatever layout wrote it), copied out of a full model,
+ * gathered back. Checkpoints are layout free: zb_model_save of a shard writes every slice
+ * into one file with full shapes (collective; parallel/ckpt_io.h). With pp > 1 a shard is
+ * also one pipeline stage's part of the stack (pp.h: the cut; pipeline.h: the schedule). */
 #ifndef ZB_TP_H
 #define ZB_TP_H
 
-#include <mpi.h>
 #include <stdint.h>
 
 #include "grid.h"
 #include "model.h"
+#include "shard.h"
 
-#define ZB_TP_MAX_SEG 5
-
-/* The part of one full tensor held by one rank. The full tensor is viewed as rows of
- * `width` floats (leading dim x product of the others); the rank holds the rows of each
- * segment (increasing order), and of each row the columns [col0, col0 + ncols). */
-typedef struct {
-    int nseg;
-    int64_t row0[ZB_TP_MAX_SEG], nrows[ZB_TP_MAX_SEG];
-    int64_t col0, ncols, width;
-    int replicated;     /* every rank holds all of it */
-    int partial_grad;   /* replicated, but each rank's gradient is a partial sum */
-} zb_tp_slice;
-
-struct zb_tp {
-    MPI_Comm comm;        /* the TP group (grid->tp, not owned) */
-    int rank, size;
-    int writer;           /* 1 on the ranks that write checkpoints (DP replica 0) */
-    zb_config full;       /* the model's config (m->cfg holds the local dims) */
-    int64_t vocab0;       /* first vocabulary row held by this rank */
-    zb_param *full_params;   /* [n_params]: full HF names and shapes, same order as m->params */
-    zb_tp_slice *slices;     /* [n_params]: this rank's slice */
-    /* PP: the pipeline (grid->pp, not owned): this shard is stage pp_rank of pp_size and holds
-     * layers [pp_l0, pp_l1) of the full model (pp.h: zb_pp_stage_layers); m->pp_first etc. */
-    MPI_Comm pp;
-    int pp_rank, pp_size, pp_l0, pp_l1;
-};
-
-/* Check that a config can be split tp ways: a clear error (naming the dimension) otherwise.
- * Deterministic: every rank gets the same answer before any work starts. */
-int zb_tp_check(const zb_config *full, int tp);
-/* The local dims of one shard (after zb_tp_check). */
-void zb_tp_local_config(const zb_config *full, int tp, zb_config *local);
 /* Which part of tensor `p` (full name and shape) rank r of tp holds. */
 int zb_tp_slice_of(const zb_config *full, const zb_param *p, int r, int tp, zb_tp_slice *s);
 
 /* A shard of config cfg on grid g (zeros). With g->tp_size == 1 this is still a valid "shard"
  * (the whole model, m->tp set). With g->pp_size > 1 it is the shard of pipeline stage
- * g->pp_rank only (its layers, + embedding / head; pp.h): full_params then lists the stage's
+ * g->pp_rank only (its layers, + embedding / head): full_params then lists the stage's
  * tensors (global names and full shapes). Collective only in the sense that every rank
- * checks the same config. */
+ * checks the same config. The grid must outlive the model (m->tp->comm is g->comm). */
 int zb_model_init_tp(zb_model *m, const zb_config *cfg, const zb_grid *g);
-/* The same with the 2-D parameters held as wt (bf16: inference only, see model.h). */
-int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_wdtype wt);
+/* The same with the 2-D parameters held as wt (bf16: inference only, see model.h) and, with
+ * pp > 1, the stages cut at `cut` (first layer of each stage, cut[pp_size] = n_layers; the
+ * same on every rank; NULL: the cost model's cut, pp.h zb_pp_stage_layers). */
+int zb_model_init_tp_ex(zb_model *m, const zb_config *cfg, const zb_grid *g, zb_wdtype wt, const int *cut);
 /* Load this rank's slices from an HF directory or a native .h5 (whatever layout wrote it). */
 int zb_model_load_tp(zb_model *m, const char *path, const zb_grid *g);
-/* The same with the 2-D parameters held as wt: each rank reads only its slices, bf16 tensors
- * of a bf16 checkpoint raw (no f32 copy of the shard). */
-int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdtype wt);
+/* The same with wt and cut as zb_model_init_tp_ex: each rank reads only its slices, bf16
+ * tensors of a bf16 checkpoint raw (no f32 copy of the shard). */
+int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdtype wt, const int *cut);
 /* Copy this rank's slices out of a full (1-rank) model of the same config. */
 int zb_tp_copy_from_full(zb_model *shard, const zb_model *full);
-/* The full config of a model (m->cfg when m is not a shard). */
-const zb_config *zb_model_full_config(const zb_model *m);
 
 /* Gather parameter i's full tensor from its slices: src is this rank's local tensor (e.g.
  * m->data + p->offset or m->grad + p->offset), dst receives the full tensor on every rank
  * (numel of the full shape). Collective over the TP group. */
 int zb_tp_gather_param(const zb_model *m, int i, const float *src, float *dst);
-/* Gather vocabulary-parallel rows: local [N, V/tp] -> full [N, V] on every rank; tmp holds
- * N * V floats (NULL: allocated here). Aborts every rank on an MPI failure. */
-int zb_tp_gather_vocab(const zb_tp *tp, const float *local, float *tmp, float *full, int N, int Vl);
 /* Write a shard's parameters as one checkpoint with full shapes (every rank its slices;
  * replicated tensors by TP rank 0; DP replicas other than 0 write nothing). Collective over
  * comm, which must hold every rank of the grid. zb_model_save dispatches here for shards. */
 int zb_tp_save(const zb_model *m, const char *path, int dtype, MPI_Comm comm);
-
-/* The full model's sum of squared gradients (for global-norm clipping), identical on every TP
- * rank: split tensors summed over the group, replicated ones counted once. Works on a model
- * without TP too. Collective over the TP group. */
-int zb_tp_grad_sq_norm(const zb_model *m, double *out);
-
-/* ---- hooks called by core/model.c (each aborts every rank on an MPI failure) ---------------- */
-/* x[n] = sum over the TP group (in place). */
-void zb_tp_allreduce(const zb_tp *tp, float *x, size_t n);
-/* Vocabulary-parallel embedding: ids of this rank's rows are looked up, others give zeros;
- * then summed over the group. */
-void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int N);
-/* Gradient of this rank's rows only (dout is replicated). */
-void zb_tp_embedding_backward(zb_model *m, const float *dout, const int *ids, int N);
-/* zb_cross_entropy over vocabulary-parallel logits [N, Vl]: the per-row max, sum of
- * exponentials and target logit are all-reduced; dlogits (local columns) as zb_cross_entropy.
- * Returns the SUM of the row losses (identical on every rank). */
-double zb_tp_cross_entropy(const zb_tp *tp, float *dlogits, const float *logits, const int *targets,
-                           int N, int Vl, float scale);
-/* zb_kl_div over vocabulary-parallel student and teacher logits [N, Vl] (both split the same
- * way). Returns the sum over rows (identical on every rank). */
-double zb_tp_kl_div(const zb_tp *tp, float *dstudent, const float *student, const float *teacher,
-                    const int *mask, int N, int Vl, float tau, float scale);
-/* Around a mixer backward of layer l whose input gradient dx[n] is replicated on entry:
- * begin zeroes, on TP ranks other than 0, dx and the layer's partial-gradient parameters;
- * end sums them over the group. The result: dx and those gradients hold the previous value
- * plus the full contribution, identical on every rank (accumulation keeps working). */
-void zb_tp_mixer_grad_begin(zb_model *m, int l, float *dx, size_t n);
-void zb_tp_mixer_grad_end(zb_model *m, int l, float *dx, size_t n);
-/* Free what zb_model_init_tp allocated (called by zb_model_free). */
-void zb_tp_free(zb_tp *tp);
 
 #endif

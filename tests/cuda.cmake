@@ -14,4 +14,6 @@ if(ZB_CUDA)
   endfunction()
   # every kernel of core/cuda/cuda_ops.h against its CPU kernel (f32 and bf16 modes)
   zb_cuda_test(test_cuda_ops test_cuda_ops.c ${ZB_FIXTURES})
+  # the MLA mixer (training and latent-cache generation) against core/mla.c
+  zb_cuda_test(test_cuda_mla test_cuda_mla.c)
 endif()

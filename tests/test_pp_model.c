@@ -1,4 +1,4 @@
-/* test_pp_model MODEL TP PP — pipeline parallelism of the model (parallel/pp.h) against the
+/* test_pp_model MODEL TP PP — pipeline parallelism of the model (parallel/pipeline.h) against the
  * 1-rank model, with TP inside each stage and DP = the rest of the world.
  *
  * MODEL is an HF directory (loaded by slices) or a config .json (random weights, seed fixed;
@@ -23,6 +23,7 @@
 #include "grid.h"
 #include "model.h"
 #include "model_io.h"
+#include "pipeline.h"
 #include "pp.h"
 #include "tp.h"
 #include "zb_test.h"
@@ -127,16 +128,16 @@ int main(int argc, char **argv) {
         zb_model_backward(&ref, &ar, ids[k]);
     }
     /* both forwards, then both backwards (GPipe order: two activation sets in flight) */
-    MPI_Request rq[2];
+    zb_comm_req rq[2];
     for (int k = 0; k < nmb; k++) {
         ZB_TEST_OK(zb_pp_forward(&sh, &as[k], ids[k], &rq[k]));
         if (last) lpp[k] = zb_model_lm_loss(&sh, &as[k], ids[k], 1);
     }
     for (int k = nmb - 1; k >= 0; k--) {
-        ZB_TEST_OK(zb_pp_wait(&rq[k]));
+        ZB_TEST_OK(zb_pp_wait(&sh, &rq[k]));
         ZB_TEST_OK(zb_pp_backward(&sh, &as[k], ids[k], &rq[k]));
     }
-    for (int k = 0; k < nmb; k++) ZB_TEST_OK(zb_pp_wait(&rq[k]));
+    for (int k = 0; k < nmb; k++) ZB_TEST_OK(zb_pp_wait(&sh, &rq[k]));
     ZB_TEST_OK(zb_pp_tied_grad_sum(&sh));
     double lerr = 0;
     if (last)

@@ -26,7 +26,7 @@
 
 #include "grid.h"
 #include "model.h"
-#include "pp.h"
+#include "pipeline.h"
 #include "safetensors.h"
 #include "tp.h"
 #include "zb_test.h"
@@ -104,9 +104,9 @@ int main(int argc, char **argv) {
     ZB_TEST_OK(zb_st_to_i32(ti, ids));
     zb_acts a;
     ZB_TEST_OK(zb_acts_alloc(&a, &m, B, T));
-    MPI_Request req = MPI_REQUEST_NULL;
+    zb_comm_req req;
     ZB_TEST_OK(zb_pp_forward(&m, &a, ids, &req));
-    ZB_TEST_OK(zb_pp_wait(&req));
+    ZB_TEST_OK(zb_pp_wait(&m, &req));
     size_t n, Nd = (size_t)N * d;
     float *hs = ref_f32(ref, "hidden_states", &n);
     if (!zb_check(hs && n == (size_t)(L + 1) * Nd, "hidden_states [L+1, B, T, d]")) return zb_test_finish();

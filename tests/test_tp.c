@@ -239,7 +239,7 @@ int main(int argc, char **argv) {
                 /* the TP path: rank 0 of the group samples from the gathered logits, broadcasts */
                 ts[b] = zb_sample(gs.logits + (size_t)b * V, V, &sp, NULL, NULL);
             }
-            MPI_Bcast(ts, G, MPI_INT, 0, sh.tp->comm);
+            MPI_Bcast(ts, G, MPI_INT, 0, grid.tp);
             same &= tr[0] == ts[0] && tr[1] == ts[1];
             if (rank0) printf(" %d/%d", ts[0], ts[1]);
             if (k + 1 < NEW) {

@@ -102,6 +102,8 @@ extern "C" size_t zb_cuda_mem_total(void) { return g_dev.mem_total; }
 extern "C" cudaStream_t zb_cuda_stream(void) { return g_dev.stream; }
 extern "C" cublasHandle_t zb_cuda_cublas(void) { return g_dev.cublas; }
 extern "C" cublasLtHandle_t zb_cuda_cublaslt(void) { return g_dev.cublaslt; }
+extern "C" void *zb_cuda_stream_handle(void) { return (void *)g_dev.stream; }
+extern "C" void *zb_cuda_cublas_handle(void) { return (void *)g_dev.cublas; }
 extern "C" void zb_cuda_set_precision(zb_cuda_prec p) { g_dev.prec = p; }
 extern "C" zb_cuda_prec zb_cuda_precision(void) { return g_dev.prec; }
 extern "C" void zb_cuda_set_bf16_gemm(zb_cuda_bf16_gemm g) { g_dev.bf16_gemm = g; }
@@ -161,6 +163,13 @@ extern "C" void zb_cuda_zero(void *p, size_t bytes) {
     if (!bytes) return;
     cudaError_t e = cudaMemsetAsync(p, 0, bytes, g_dev.stream);
     if (e != cudaSuccess) zb_cuda_note_error2("cudaMemsetAsync", cudaGetErrorString(e), __FILE__, __LINE__);
+}
+
+extern "C" void zb_cuda_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                                size_t rows) {
+    if (!width || !rows) return;
+    cudaError_t e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaMemcpy2DAsync", cudaGetErrorString(e), __FILE__, __LINE__);
 }
 
 extern "C" void zb_cuda_zero_2d(void *p, size_t pitch, size_t width, size_t rows) {

@@ -65,6 +65,8 @@ int zb_cuda_download(void *dst_host, const void *src_dev, size_t bytes);
 /* Device-side, ordered on the stream. */
 void zb_cuda_copy(void *dst_dev, const void *src_dev, size_t bytes);
 void zb_cuda_zero(void *p_dev, size_t bytes);
+/* rows x width bytes, rows dpitch / spitch bytes apart, device -> device. */
+void zb_cuda_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t rows);
 /* Zero `width` bytes at the start of each of `rows` rows `pitch` bytes apart. */
 void zb_cuda_zero_2d(void *p_dev, size_t pitch, size_t width, size_t rows);
 /* Wait for the stream; ZB_EDEVICE with the first recorded or pending error. */
@@ -78,6 +80,11 @@ int zb_cuda_status(void);
 enum { ZB_WS_GEMM_A = 0, ZB_WS_GEMM_B, ZB_WS_ATTN, ZB_WS_ATTN2, ZB_WS_LOSS, ZB_WS_PTRS, ZB_WS_MLA,
        ZB_WS_MISC, ZB_WS_SSM, ZB_WS_N };
 void *zb_cuda_scratch(int slot, size_t bytes);
+
+/* The stream (cudaStream_t) and cuBLAS handle (cublasHandle_t) as plain pointers, for C code
+ * that hands them to another module. */
+void *zb_cuda_stream_handle(void);
+void *zb_cuda_cublas_handle(void);
 
 /* Record an error (kernel launch, library status); the first one is kept. */
 void zb_cuda_note_error(const char *what, const char *file, int line);

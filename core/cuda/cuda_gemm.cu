@@ -83,6 +83,10 @@ extern "C" void zb_cuda_gemm(int tA, int tB, int M, int N, int K, float alpha, c
     zb_cuda_gemm_strided(tA, tB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
+extern "C" void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, const void *B, float *C) {
+    gemm_ex(0, 1, M, N, K, 1.0f, A, CUDA_R_16BF, K, 0, B, CUDA_R_16BF, K, 0, 0.0f, C, N, 0, 1, CUBLAS_COMPUTE_32F);
+}
+
 /* ---- linear layers ------------------------------------------------------------------------ */
 
 __global__ void k_add_bias(float *out, const float *bias, size_t N, int OC) {

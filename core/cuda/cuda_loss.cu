@@ -61,14 +61,36 @@ __global__ void k_ce(double *loss, float *d, const float *logits, const int *tar
     }
 }
 
-extern "C" double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V,
-                                        float scale) {
+__global__ void k_count_valid(int *count, const int *targets, int N, int V) {
+    int c = 0;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) c += targets[i] >= 0 && targets[i] < V;
+    double s = zb_block_sum_d((double)c);
+    if (threadIdx.x == 0) *count = (int)s;
+}
+
+extern "C" double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *targets, int N, int V,
+                                          float scale, int *n_valid) {
+    if (n_valid) *n_valid = 0;
     if (N <= 0) return 0;
     double *loss = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
     if (!loss) return NAN;
     k_ce<<<N, vthreads(V), 0, zb_cuda_stream()>>>(loss, dlogits, logits, targets, V, scale);
     ZB_CUDA_LAUNCHED("cross_entropy");
+    if (n_valid) {
+        int *cnt = (int *)zb_cuda_scratch(ZB_WS_MISC, sizeof(double) + sizeof(int));
+        if (cnt) {
+            cnt += 2;   /* after the double of sum_to_host */
+            k_count_valid<<<1, 512, 0, zb_cuda_stream()>>>(cnt, targets, N, V);
+            ZB_CUDA_LAUNCHED("count_valid");
+            zb_cuda_download(n_valid, cnt, sizeof(int));
+        }
+    }
     return sum_to_host(loss, (size_t)N);
+}
+
+extern "C" double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V,
+                                        float scale) {
+    return zb_cuda_cross_entropy_n(dlogits, logits, targets, N, V, scale, NULL);
 }
 
 __global__ void k_target_logp(double *logp, const float *logits, const int *targets, int V) {
@@ -165,6 +187,48 @@ extern "C" double zb_cuda_mse(float *da, const float *a, const float *b, size_t 
     double h = NAN;
     if (zb_cuda_download(&h, acc, sizeof h) != ZB_OK) return NAN;
     return h / n;
+}
+
+__global__ void k_adamw_range(float *w, const float *g, float *m, float *v, size_t n, float b1, float b2, float eps,
+                              float decay, float step, float bc2s, float gs) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float gj = g[i] * gs;
+        float mj = b1 * m[i] + (1.0f - b1) * gj;
+        float vj = b2 * v[i] + (1.0f - b2) * gj * gj;
+        m[i] = mj;
+        v[i] = vj;
+        w[i] = w[i] * decay - step * mj / (sqrtf(vj) / bc2s + eps);
+    }
+}
+
+extern "C" void zb_cuda_adamw_range(float *w, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
+                                    float eps, float decay, float step_size, float bc2s, float grad_scale) {
+    if (!n) return;
+    k_adamw_range<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(w, g, m, v, n, beta1, beta2, eps, decay,
+                                                                       step_size, bc2s, grad_scale);
+    ZB_CUDA_LAUNCHED("adamw_range");
+}
+
+__global__ void k_sumsq_range(double *acc, const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = zb_block_sum_d(s);
+    if (threadIdx.x == 0) atomicAdd(acc, s);
+}
+
+extern "C" double zb_cuda_sumsq_range(const float *x, size_t n) {
+    if (!n) return 0;
+    double *acc = (double *)zb_cuda_scratch(ZB_WS_MISC, sizeof(double) + sizeof(int) * 4);
+    if (!acc) return NAN;
+    zb_cuda_zero(acc, sizeof(double));
+    unsigned blocks = zb_cuda_blocks(n, 256);
+    if (blocks > 2048) blocks = 2048;
+    k_sumsq_range<<<blocks, 256, 0, zb_cuda_stream()>>>(acc, x, n);
+    ZB_CUDA_LAUNCHED("sumsq_range");
+    double h = NAN;
+    if (zb_cuda_download(&h, acc, sizeof h) != ZB_OK) return NAN;
+    return h;
 }
 
 /* ---- parameter segments, AdamW, sum of squares ------------------------------------------------- */

@@ -213,6 +213,7 @@ extern "C" void zb_cuda_embedding_backward(float *dtable, const float *dout, con
 /* ---- elementwise -------------------------------------------------------------------------- */
 
 __global__ void k_add(float *out, const float *a, const float *b, size_t n) { GRID_STRIDE(i, n) out[i] = a[i] + b[i]; }
+__global__ void k_sub(float *out, const float *a, const float *b, size_t n) { GRID_STRIDE(i, n) out[i] = a[i] - b[i]; }
 __global__ void k_axpy(float *y, float a, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
 __global__ void k_scale(float *x, float a, size_t n) { GRID_STRIDE(i, n) x[i] *= a; }
 
@@ -220,6 +221,34 @@ extern "C" void zb_cuda_add(float *out, const float *a, const float *b, size_t n
     if (!n) return;
     k_add<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(out, a, b, n);
     ZB_CUDA_LAUNCHED("add");
+}
+
+extern "C" void zb_cuda_sub(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    k_sub<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(out, a, b, n);
+    ZB_CUDA_LAUNCHED("sub");
+}
+
+__global__ void k_gather_i(int *out, const int *src, const int *idx, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = src[idx ? idx[i] : i];
+}
+
+extern "C" void zb_cuda_gather_int(int *out, const int *src, const int *idx, int n) {
+    if (n <= 0) return;
+    k_gather_i<<<zb_cuda_blocks((size_t)n, 128), 128, 0, zb_cuda_stream()>>>(out, src, idx, n);
+    ZB_CUDA_LAUNCHED("gather_int");
+}
+
+__global__ void k_iota(int *out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = i;
+}
+
+extern "C" void zb_cuda_iota(int *out, int n) {
+    if (n <= 0) return;
+    k_iota<<<zb_cuda_blocks((size_t)n, 128), 128, 0, zb_cuda_stream()>>>(out, n);
+    ZB_CUDA_LAUNCHED("iota");
 }
 
 extern "C" void zb_cuda_axpy(float *y, float a, const float *x, size_t n) {

@@ -29,6 +29,9 @@ void zb_cuda_gemm(int transA, int transB, int M, int N, int K, float alpha, cons
 void zb_cuda_gemm_strided(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                           long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                           int ldc, long long strideC, int batch);
+/* Row-major C[M,N] = A[M,K] @ B[N,K]^T with bf16 A and B, float32 C (benchmarks: the tensor
+ * cores' rate on bf16 data). */
+void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, const void *B, float *C);
 void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N, int C, int OC);
 void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                              const float *W, int N, int C, int OC);
@@ -61,7 +64,11 @@ void zb_cuda_embedding_backward(float *dtable, const float *dout, const int *ids
 
 /* ---- small elementwise helpers ---------------------------------------------------------- */
 void zb_cuda_add(float *out, const float *a, const float *b, size_t n);     /* out = a + b */
+void zb_cuda_sub(float *out, const float *a, const float *b, size_t n);     /* out = a - b */
 void zb_cuda_axpy(float *y, float a, const float *x, size_t n);              /* y += a x */
+/* out[i] = src[idx[i]] (idx NULL: src[i]) for i < n, device ints; out[i] = i. */
+void zb_cuda_gather_int(int *out, const int *src, const int *idx, int n);
+void zb_cuda_iota(int *out, int n);
 void zb_cuda_scale(float *x, float a, size_t n);                             /* x *= a */
 /* Copy `cols` floats of each of `rows` rows: dst row i at dst + i*dst_stride, src likewise. */
 void zb_cuda_copy_cols(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols);
@@ -105,12 +112,22 @@ void zb_cuda_cache_store(void *cache, int cache_bf16, const float *src, int src_
 
 /* ---- losses (device logits, device targets / mask; sums returned to the host) ---------------- */
 double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V, float scale);
+/* The same, also counting the rows with a target in [0, V) (*n_valid, host; may be NULL). */
+double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *targets, int N, int V, float scale,
+                               int *n_valid);
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* Per-row target log-probabilities logp[r] = logits[r, y_r] - logsumexp(row r) (0 where the
  * target is < 0), double, device output: DPO's sequence log-likelihoods. */
 void zb_cuda_target_logprobs(double *logp_dev, const float *logits, const int *targets, int N, int V);
+
+/* AdamW over one contiguous range of n floats with the per-range constants of optim.h:
+ * decay = 1 - lr_i wd_i, step_size = lr_i / (1 - beta1^t), bc2s = sqrt(1 - beta2^t). */
+void zb_cuda_adamw_range(float *w, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
+                         float eps, float decay, float step_size, float bc2s, float grad_scale);
+/* sum of x^2 over n floats (double), returned to the host. */
+double zb_cuda_sumsq_range(const float *x, size_t n);
 
 /* ---- optimizer ------------------------------------------------------------------------------
  * A list of parameter segments [off, off + n) of the flat float32 buffers with their learning

@@ -1,0 +1,253 @@
+/* bench_cuda.c — the GPU's ceilings and the CUDA backend's kernels alone, for docs/BENCHMARKS.md
+ * (a benchmark, not a test): cuBLAS matrix products in each precision mode (and the bf16 tensor
+ * rate on bf16 inputs, the ceiling that MFU is measured against), the device copy bandwidth,
+ * the Llama-3.2-1B training shapes (linear layers, attention forward + backward) and the decode
+ * attention of the 8B teacher over a bf16 cache. Prints one table; --json FILE writes it too.
+ * Usage: bench_cuda [--json FILE] [--quick] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_ops.h"
+
+static FILE *g_json;
+static int g_first = 1;
+
+static void row(const char *what, double ms, double rate, const char *unit) {
+    printf("%-58s %10.3f ms %12.1f %s\n", what, ms, rate, unit);
+    if (g_json) {
+        fprintf(g_json, "%s{\"what\": \"%s\", \"ms\": %.4f, \"rate\": %.2f, \"unit\": \"%s\"}", g_first ? "" : ",\n",
+                what, ms, rate, unit);
+        g_first = 0;
+    }
+    fflush(stdout);
+}
+
+static void *dev(size_t bytes) {
+    void *p = NULL;
+    if (zb_cuda_alloc(&p, bytes, "benchmark buffer")) {
+        fprintf(stderr, "bench_cuda: %s\n", zb_errmsg());
+        exit(1);
+    }
+    return p;
+}
+
+/* random uniform values on the device: filled on the host in slabs, uploaded */
+static void fill(float *d, size_t n, float a, unsigned seed) {
+    size_t slab = (size_t)1 << 24;
+    float *h = malloc(slab * sizeof(float));
+    for (size_t o = 0; o < n; o += slab) {
+        size_t k = n - o < slab ? n - o : slab;
+        for (size_t i = 0; i < k; i++) h[i] = a * (2.0f * zb_hash_uniform(seed, o + i) - 1.0f);
+        zb_cuda_upload(d + o, h, k * sizeof(float));
+    }
+    free(h);
+}
+
+typedef void (*work_fn)(void *ctx);
+
+/* median of reps timings (ms), after warm-up calls */
+static double timeit(work_fn f, void *ctx, int warm, int reps) {
+    for (int i = 0; i < warm; i++) f(ctx);
+    zb_cuda_sync();
+    double t[64];
+    if (reps > 64) reps = 64;
+    for (int i = 0; i < reps; i++) {
+        double t0 = zb_now();
+        f(ctx);
+        zb_cuda_sync();
+        t[i] = (zb_now() - t0) * 1e3;
+    }
+    for (int i = 1; i < reps; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
+    return t[reps / 2];
+}
+
+typedef struct { int M, N, K; float *A, *B, *C; const void *A16, *B16; int native; } gemm_ctx;
+
+static void run_gemm(void *p) {
+    gemm_ctx *g = p;
+    zb_cuda_gemm(0, 1, g->M, g->N, g->K, 1.0f, g->A, g->K, g->B, g->K, 0.0f, g->C, g->N);
+}
+
+/* bf16 inputs, float32 output: the tensor cores' rate on bf16 data (the MFU ceiling) */
+static void run_gemm_bf16(void *p) {
+    gemm_ctx *g = p;
+    zb_cuda_gemm_bf16_native(g->M, g->N, g->K, g->A16, g->B16, g->C);
+}
+
+typedef struct { void *dst; const void *src; size_t bytes; } copy_ctx;
+static void run_copy(void *p) {
+    copy_ctx *c = p;
+    zb_cuda_copy(c->dst, c->src, c->bytes);
+}
+
+typedef struct {
+    zb_attn_shape s;
+    float *q, *k, *v, *o, *lse, *dout, *dq, *dk, *dv;
+    int bwd;
+} attn_ctx;
+static void run_attn(void *p) {
+    attn_ctx *a = p;
+    zb_cuda_attention_forward(a->o, a->lse, a->q, a->k, a->v, &a->s);
+    if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->lse, a->q, a->k, a->v, &a->s);
+}
+
+typedef struct {
+    float *out, *q;
+    void *kc, *vc;
+    int *seq, *pos, nb, max_len;
+    zb_cuda_cache_attn a;
+} dec_ctx;
+static void run_dec(void *p) {
+    dec_ctx *d = p;
+    zb_cuda_attention_cached(d->out, d->q, d->kc, d->vc, d->seq, d->pos, d->nb, 1, d->max_len, &d->a);
+}
+
+int main(int argc, char **argv) {
+    const char *json = NULL;
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+    }
+    if (zb_cuda_init(-1)) { fprintf(stderr, "bench_cuda: %s\n", zb_errmsg()); return 1; }
+    if (json) { g_json = fopen(json, "w"); if (g_json) fprintf(g_json, "{\"device\": \"%s\", \"rows\": [\n", zb_cuda_device_name()); }
+    printf("device %s, %d SMs, %.1f GiB\n", zb_cuda_device_name(), zb_cuda_sm_count(), zb_cuda_mem_total() / 1073741824.0);
+    char what[160];
+
+    /* ---- ceilings */
+    {
+        size_t bytes = (size_t)4 << 30;
+        copy_ctx c = {dev(bytes), dev(bytes), bytes};
+        double ms = timeit(run_copy, &c, 2, 10);
+        row("device copy 4 GiB (read + write)", ms, 2.0 * bytes / (ms * 1e-3) / 1e9, "GB/s");
+        zb_cuda_free(c.dst);
+        zb_cuda_free((void *)c.src);
+    }
+    int S = quick ? 4096 : 8192;
+    {
+        size_t n = (size_t)S * S;
+        gemm_ctx g = {S, S, S, dev(n * 4), dev(n * 4), dev(n * 4), NULL, NULL, 0};
+        fill(g.A, n, 1.0f, 1);
+        fill(g.B, n, 1.0f, 2);
+        void *a16 = dev(n * 2), *b16 = dev(n * 2);
+        zb_cuda_f32_to_bf16(a16, g.A, n);
+        zb_cuda_f32_to_bf16(b16, g.B, n);
+        g.A16 = a16;
+        g.B16 = b16;
+        double fl = 2.0 * S * S * S;
+        double ms = timeit(run_gemm_bf16, &g, 3, 10);
+        snprintf(what, sizeof what, "cuBLAS bf16 GEMM %d^3 (bf16 in, f32 out)", S);
+        row(what, ms, fl / (ms * 1e-3) / 1e12, "TFLOP/s");
+        zb_cuda_set_precision(ZB_PREC_BF16);
+        zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
+        ms = timeit(run_gemm, &g, 3, 10);
+        snprintf(what, sizeof what, "GEMM %d^3 bf16 mode FAST (f32 in, COMPUTE_32F_FAST_16BF)", S);
+        row(what, ms, fl / (ms * 1e-3) / 1e12, "TFLOP/s");
+        zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_CONVERT);
+        ms = timeit(run_gemm, &g, 3, 10);
+        snprintf(what, sizeof what, "GEMM %d^3 bf16 mode CONVERT (incl. both conversions)", S);
+        row(what, ms, fl / (ms * 1e-3) / 1e12, "TFLOP/s");
+        zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
+        zb_cuda_set_precision(ZB_PREC_F32);
+        ms = timeit(run_gemm, &g, 1, 3);
+        snprintf(what, sizeof what, "GEMM %d^3 f32 mode (COMPUTE_32F_PEDANTIC)", S);
+        row(what, ms, fl / (ms * 1e-3) / 1e12, "TFLOP/s");
+        zb_cuda_free(g.A); zb_cuda_free(g.B); zb_cuda_free(g.C); zb_cuda_free(a16); zb_cuda_free(b16);
+    }
+
+    /* ---- Llama-3.2-1B training shapes: 8 x 2048 tokens */
+    {
+        int N = 16384, d = 2048, F = 8192, V = 128256;
+        int shapes[4][2] = {{d, d}, {512, d}, {F, d}, {d, F}};   /* (OC, C): q/o, k/v, gate/up, down */
+        const char *nm[4] = {"q/o proj", "k/v proj", "gate/up", "down"};
+        size_t big = (size_t)N * F;
+        float *A = dev(big * 4), *W = dev((size_t)F * d * 4), *C = dev(big * 4);
+        fill(A, big, 1.0f, 3);
+        fill(W, (size_t)F * d, 0.02f, 4);
+        zb_cuda_set_precision(ZB_PREC_BF16);
+        for (int impl = 0; impl < 2; impl++) {
+            zb_cuda_set_bf16_gemm(impl ? ZB_BF16_GEMM_CONVERT : ZB_BF16_GEMM_FAST);
+            for (int i = 0; i < 4; i++) {
+                gemm_ctx g = {N, shapes[i][0], shapes[i][1], A, W, C, NULL, NULL, 0};
+                double ms = timeit(run_gemm, &g, 2, 5);
+                snprintf(what, sizeof what, "1B %s fwd N=%d OC=%d C=%d (%s)", nm[i], N, g.N, g.K,
+                         impl ? "convert" : "fast");
+                row(what, ms, 2.0 * N * g.N * g.K / (ms * 1e-3) / 1e12, "TFLOP/s");
+            }
+        }
+        zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
+        zb_cuda_free(A); zb_cuda_free(W); zb_cuda_free(C);
+        (void)V;
+        /* attention forward + backward, B=8 T=2048 H=32 Hkv=8 hd=64 */
+        attn_ctx a;
+        memset(&a, 0, sizeof a);
+        zb_attn_shape s = {8, 2048, 32, 8, 64, 64, 32 * 64, 8 * 64, 8 * 64, 0.125f};
+        a.s = s;
+        size_t nq = (size_t)N * 2048, nk = (size_t)N * 512;
+        a.q = dev(nq * 4); a.k = dev(nk * 4); a.v = dev(nk * 4); a.o = dev(nq * 4); a.lse = dev((size_t)8 * 32 * 2048 * 4);
+        a.dout = dev(nq * 4); a.dq = dev(nq * 4); a.dk = dev(nk * 4); a.dv = dev(nk * 4);
+        fill(a.q, nq, 1.0f, 5); fill(a.k, nk, 1.0f, 6); fill(a.v, nk, 1.0f, 7); fill(a.dout, nq, 1.0f, 8);
+        double causal = 0.5 * 8.0 * 32 * 2048.0 * 2048.0 * 64 * 2;   /* one causal product */
+        for (int p = 0; p < 2; p++) {
+            zb_cuda_set_precision(p ? ZB_PREC_BF16 : ZB_PREC_F32);
+            a.bwd = 0;
+            double ms = timeit(run_attn, &a, 1, 3);
+            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", p ? "bf16" : "f32");
+            row(what, ms, 2 * causal / (ms * 1e-3) / 1e12, "TFLOP/s");
+            a.bwd = 1;
+            double ms2 = timeit(run_attn, &a, 1, 3);
+            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", p ? "bf16" : "f32");
+            row(what, ms2, 7 * causal / (ms2 * 1e-3) / 1e12, "TFLOP/s");
+        }
+        zb_cuda_set_precision(ZB_PREC_F32);
+        zb_cuda_free(a.q); zb_cuda_free(a.k); zb_cuda_free(a.v); zb_cuda_free(a.o); zb_cuda_free(a.lse);
+        zb_cuda_free(a.dout); zb_cuda_free(a.dq); zb_cuda_free(a.dk); zb_cuda_free(a.dv);
+    }
+
+    /* ---- decode attention over a bf16 cache: the 8B teacher (32 heads, 8 kv heads, hd 128) and
+     * Zebra-8B's MLA (32 heads over one latent row of 512 + 64), one layer, 8k context */
+    for (int kind = 0; kind < 2; kind++) {
+        int batches[2] = {1, 48};
+        for (int bi = 0; bi < 2; bi++) {
+            int nb = batches[bi], T = 8192, H = 32, Hkv = kind ? 1 : 8, hd = kind ? 576 : 128, dv = kind ? 512 : 128;
+            size_t per = (size_t)Hkv * T * hd, n = per * nb;
+            dec_ctx d;
+            d.kc = dev(n * 2);
+            d.vc = kind ? d.kc : dev(n * 2);
+            float *tmp = dev(n * 4);
+            fill(tmp, n, 0.5f, 9);
+            zb_cuda_f32_to_bf16(d.kc, tmp, n);
+            if (!kind) zb_cuda_f32_to_bf16(d.vc, tmp, n);
+            zb_cuda_free(tmp);
+            d.q = dev((size_t)nb * H * hd * 4);
+            fill(d.q, (size_t)nb * H * hd, 1.0f, 10);
+            d.out = dev((size_t)nb * H * dv * 4);
+            int *hs = malloc(sizeof(int) * nb), *hp = malloc(sizeof(int) * nb);
+            for (int i = 0; i < nb; i++) { hs[i] = i; hp[i] = T - 1; }
+            d.seq = dev(sizeof(int) * nb);
+            d.pos = dev(sizeof(int) * nb);
+            zb_cuda_upload(d.seq, hs, sizeof(int) * nb);
+            zb_cuda_upload(d.pos, hp, sizeof(int) * nb);
+            d.nb = nb;
+            d.max_len = T;
+            zb_cuda_cache_attn ca = {H, Hkv, hd, dv, (long long)per, (long long)T * hd, hd, 1.0f / sqrtf(192.0f), 1};
+            if (kind) ca.group_stride = 0;
+            d.a = ca;
+            double ms = timeit(run_dec, &d, 2, 10);
+            double bytes = (double)n * 2 * (kind ? 1 : 2);
+            snprintf(what, sizeof what, "decode attention %s batch %d ctx 8k, one layer (bf16 cache)",
+                     kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb);
+            row(what, ms, bytes / (ms * 1e-3) / 1e9, "GB/s");
+            zb_cuda_free(d.kc); if (!kind) zb_cuda_free(d.vc); zb_cuda_free(d.q); zb_cuda_free(d.out);
+            zb_cuda_free(d.seq); zb_cuda_free(d.pos);
+            free(hs); free(hp);
+        }
+    }
+    if (g_json) { fprintf(g_json, "\n]}\n"); fclose(g_json); }
+    int rc = zb_cuda_sync();
+    if (rc) { fprintf(stderr, "bench_cuda: %s\n", zb_errmsg()); return 1; }
+    return 0;
+}

@@ -1,0 +1,93 @@
+/* comm.h — how one rank's code talks to the other ranks. core/ knows nothing else of them:
+ * no MPI type appears here, so that parallel/comm_mpi.c fills this table with MPI and a later
+ * backend with NCCL (buffers then live where the model's tensors live: host memory today,
+ * device memory with NCCL).
+ *
+ * Ranks form a DP x PP x TP grid (parallel/grid.h); every call names the group it runs over:
+ *   ZB_GROUP_TP     the ranks holding the other slices of the same pipeline stage
+ *   ZB_GROUP_PP     the stages of one pipeline (same TP and DP coordinates)
+ *   ZB_GROUP_DP     the replicas of one shard (same TP and PP coordinates)
+ *   ZB_GROUP_WORLD  every rank
+ * Ranks in a call (root, peer) are ranks within that group. Collectives must be made by every
+ * rank of the group in the same order. Every call returns ZB_OK or a code with its message
+ * recorded (zb_fail). A NULL comm is one process alone: collectives are copies or no-ops.
+ *
+ * The wrappers below time every call into c->seconds (the communication share of a training
+ * step: cluster/scaling.sh), and skip groups of one rank. */
+#ifndef ZB_COMM_H
+#define ZB_COMM_H
+
+#include <stddef.h>
+
+typedef enum { ZB_GROUP_WORLD = 0, ZB_GROUP_TP, ZB_GROUP_PP, ZB_GROUP_DP, ZB_NGROUPS } zb_group;
+typedef enum { ZB_CT_F32 = 0, ZB_CT_F64, ZB_CT_I32, ZB_CT_I64, ZB_CT_U64 } zb_ctype;
+typedef enum { ZB_RED_SUM = 0, ZB_RED_MAX, ZB_RED_MIN } zb_redop;
+
+/* A pending non-blocking operation (isend, iallreduce); pending 0: nothing to wait for. The
+ * implementation keeps its handle in h. */
+typedef struct {
+    int pending;
+    _Alignas(8) unsigned char h[24];
+} zb_comm_req;
+
+/* The implementation's table; impl is its state. Counts are elements of type t. */
+typedef struct {
+    int (*allreduce)(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op);
+    int (*iallreduce)(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r);
+    int (*bcast)(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int root);
+    /* out [size * n]: rank r's x at r * n */
+    int (*allgather)(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t);
+    /* in place: rank r's part x[displs[r] .. + counts[r]) to every rank */
+    int (*allgatherv_inplace)(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                              zb_ctype t);
+    /* out [counts[rank]]: this rank's part of the sum of every rank's x [sum counts] */
+    int (*reduce_scatter)(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t);
+    /* out [size * n] on root only */
+    int (*gather)(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root);
+    int (*send)(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag);
+    int (*recv)(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag);
+    int (*isend)(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag, zb_comm_req *r);
+    int (*wait)(void *impl, zb_comm_req *r);
+    int (*test)(void *impl, zb_comm_req *r, int *done);
+    int (*barrier)(void *impl, zb_group g);
+    /* bring every rank down now (never returns) */
+    void (*abort)(void *impl, int code);
+} zb_comm_ops;
+
+typedef struct zb_comm {
+    const zb_comm_ops *ops;
+    void *impl;
+    int rank[ZB_NGROUPS], size[ZB_NGROUPS];
+    double seconds;   /* time inside the calls below since the caller last reset it */
+} zb_comm;
+
+size_t zb_ctype_size(zb_ctype t);
+
+int zb_comm_rank(const zb_comm *c, zb_group g);
+int zb_comm_size(const zb_comm *c, zb_group g);
+
+int zb_comm_allreduce(zb_comm *c, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op);
+/* in-place sums, the common cases */
+int zb_comm_sum_f32(zb_comm *c, zb_group g, float *x, size_t n);
+int zb_comm_sum_f64(zb_comm *c, zb_group g, double *x, size_t n);
+int zb_comm_iallreduce(zb_comm *c, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r);
+int zb_comm_bcast(zb_comm *c, zb_group g, void *x, size_t n, zb_ctype t, int root);
+int zb_comm_allgather(zb_comm *c, zb_group g, const void *x, size_t n, void *out, zb_ctype t);
+int zb_comm_allgatherv_inplace(zb_comm *c, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                               zb_ctype t);
+int zb_comm_reduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t);
+int zb_comm_gather(zb_comm *c, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root);
+int zb_comm_send(zb_comm *c, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag);
+int zb_comm_recv(zb_comm *c, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag);
+int zb_comm_isend(zb_comm *c, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag,
+                  zb_comm_req *r);
+/* Both: nothing to do when r is not pending. */
+int zb_comm_wait(zb_comm *c, zb_comm_req *r);
+int zb_comm_test(zb_comm *c, zb_comm_req *r, int *done);
+int zb_comm_barrier(zb_comm *c, zb_group g);
+
+/* A failure where no status can be returned (inside forward / backward): print this rank's
+ * message as "zebra: <what>: <message>" and bring every rank down. */
+void zb_comm_die(zb_comm *c, const char *what) __attribute__((noreturn));
+
+#endif

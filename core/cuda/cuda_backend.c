@@ -1,0 +1,355 @@
+/* cuda_backend.c — the CUDA backend's table (backend.h): device memory, the kernels of
+ * cuda_ops.h, MLA of cuda_mla.h, Mamba2 of mamba2_cuda.h.
+ *
+ * Precision: be->opts.gpu_bf16 = 1 runs the matrix products with bf16 operands and float32
+ * accumulation (the weights stay float32, the master copy; cuda_common.h), 0 in float32. Every
+ * entry that multiplies matrices sets the mode from its table first, so two models on one GPU
+ * may differ. Errors: a failed kernel or library call is recorded and the next synchronising
+ * entry (to_host, sync, the losses, sumsq) stops the process with one line naming it — a device
+ * fault leaves nothing to recover, and under mpirun the other ranks stop with it. */
+#if __has_include("backend.h") && __has_include("mamba2_cuda.h")   /* the seam and the Mamba2 kernels */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda_mla.h"
+#include "cuda_ops.h"
+#include "mamba2_cuda.h"
+
+static void stop_on_error(void) {
+    if (zb_cuda_status() != ZB_OK) {
+        fprintf(stderr, "zebra: %s\n", zb_errmsg());
+        fflush(stderr);
+        exit(1);
+    }
+}
+
+static void mode(const zb_backend *be) {
+    zb_cuda_set_precision(be->opts.gpu_bf16 ? ZB_PREC_BF16 : ZB_PREC_F32);
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+static void *cu_alloc(const zb_backend *be, size_t bytes, const char *what) {
+    (void)be;
+    void *p = NULL;
+    if (zb_cuda_alloc(&p, bytes, what) != ZB_OK) return NULL;
+    return p;
+}
+static void cu_free(const zb_backend *be, void *p) { (void)be; zb_cuda_free(p); }
+static void cu_zero(const zb_backend *be, void *p, size_t bytes) { (void)be; zb_cuda_zero(p, bytes); }
+static void cu_copy(const zb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    zb_cuda_copy(dst, src, bytes);
+}
+static void cu_to_device(const zb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (zb_cuda_upload(dst, src, bytes) != ZB_OK) stop_on_error();
+    stop_on_error();
+}
+static void cu_to_host(const zb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (zb_cuda_download(dst, src, bytes) != ZB_OK) {
+        fprintf(stderr, "zebra: %s\n", zb_errmsg());
+        exit(1);
+    }
+}
+static void cu_copy_2d(const zb_backend *be, float *dst, size_t dst_ld, const float *src, size_t src_ld,
+                       size_t rows, size_t cols) {
+    (void)be;
+    zb_cuda_copy_2d(dst, dst_ld * sizeof(float), src, src_ld * sizeof(float), cols * sizeof(float), rows);
+}
+static void cu_sync(const zb_backend *be) {
+    (void)be;
+    if (zb_cuda_sync() != ZB_OK) {
+        fprintf(stderr, "zebra: %s\n", zb_errmsg());
+        exit(1);
+    }
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------ */
+
+static void cu_add(const zb_backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
+    zb_cuda_add(out, a, b, n);
+}
+static void cu_sub(const zb_backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
+    zb_cuda_sub(out, a, b, n);
+}
+static void cu_scale(const zb_backend *be, float *x, float s, size_t n) { (void)be; zb_cuda_scale(x, s, n); }
+
+/* ---- layer kernels ------------------------------------------------------------------------------ */
+
+static void cu_matmul_forward(const zb_backend *be, float *out, const float *inp, const float *W,
+                              const float *bias, int N, int C, int OC) {
+    mode(be);
+    zb_cuda_matmul_forward(out, inp, W, bias, N, C, OC);
+}
+static void cu_matmul_backward(const zb_backend *be, float *dinp, float *dW, float *dbias, const float *dout,
+                               const float *inp, const float *W, int N, int C, int OC) {
+    mode(be);
+    zb_cuda_matmul_backward(dinp, dW, dbias, dout, inp, W, N, C, OC);
+}
+static void cu_linear_forward(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC) {
+    mode(be);
+    zb_cuda_linear_forward(out, inp, W, N, C, OC);
+}
+static void cu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
+                               int N, int C, float eps) {
+    (void)be;
+    zb_cuda_rmsnorm_forward(out, rstd, x, w, N, C, eps);
+}
+static void cu_rmsnorm_backward(const zb_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                                const float *w, const float *rstd, int N, int C) {
+    (void)be;
+    zb_cuda_rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+}
+static void cu_rope(const zb_backend *be, const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
+                    int head_stride, int offset, int pos0, int interleave, int inverse) {
+    (void)be;
+    zb_cuda_rope_apply_seq(r, x, B, T, row_stride, n_heads, head_stride, offset, pos0, interleave, inverse);
+}
+
+/* a logsumexp per (sequence, head, row) instead of the probabilities */
+static size_t cu_attention_saved_floats(const zb_backend *be, const zb_attn_shape *s) {
+    (void)be;
+    return (size_t)s->B * s->H * s->T;
+}
+static void cu_attention_forward(const zb_backend *be, float *out, float *saved, const float *q, const float *k,
+                                 const float *v, const zb_attn_shape *s) {
+    mode(be);
+    zb_cuda_attention_forward(out, saved, q, k, v, s);
+}
+static void cu_attention_backward(const zb_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                  const float *out, const float *saved, const float *q, const float *k,
+                                  const float *v, const zb_attn_shape *s) {
+    (void)out;
+    mode(be);
+    zb_cuda_attention_backward(dq, dk, dv, dout, saved, q, k, v, s);
+}
+
+/* The positions of the step's sequences (pos[seqs[i]]) gathered on the device, and the
+ * longest row the products must cover: max pos + n, read back (the caches are [max_T] long,
+ * the step needs only the used part). */
+static int step_positions(int *posi, const int *pos, const int *seqs, int nb, int n, int max_T) {
+    zb_cuda_gather_int(posi, pos, seqs, nb);
+    int host[256], *h = nb <= 256 ? host : malloc(sizeof(int) * nb);
+    int max_len = max_T;
+    if (h && zb_cuda_download(h, posi, sizeof(int) * nb) == ZB_OK) {
+        max_len = 0;
+        for (int i = 0; i < nb; i++) if (h[i] + n > max_len) max_len = h[i] + n;
+        if (max_len > max_T) max_len = max_T;
+    }
+    if (h != host) free(h);
+    stop_on_error();
+    return max_len;
+}
+
+static size_t cu_attention_step_scratch(const zb_backend *be, int H, int Hkv, int hd, int max_T, int ntok) {
+    (void)be; (void)H; (void)Hkv; (void)hd; (void)max_T;
+    return (size_t)ntok + 64;   /* the gathered positions; the products use the device's scratch */
+}
+static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att, float *q, float *k, const float *v,
+                              float *kc, float *vc, int max_T, const int *seqs, const int *pos, int nb, int n,
+                              int H, int Hkv, int hd, float *scratch) {
+    mode(be);
+    int *posi = (int *)scratch;
+    int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
+    int qd = H * hd, kd = Hkv * hd;
+    zb_cuda_rope_apply_rows(r, q, nb * n, n, posi, qd, H, hd, 0, 0, 0);
+    zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
+    /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
+    long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
+    zb_cuda_cache_store(kc, 0, k, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
+    zb_cuda_cache_store(vc, 0, v, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), 0};
+    zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_len, &a);
+}
+
+static void cu_swiglu_forward(const zb_backend *be, float *h, const float *g, const float *u, size_t n) {
+    (void)be;
+    zb_cuda_swiglu_forward(h, g, u, n);
+}
+static void cu_swiglu_backward(const zb_backend *be, float *dg, float *du, const float *dh, const float *g,
+                               const float *u, size_t n) {
+    (void)be;
+    zb_cuda_swiglu_backward(dg, du, dh, g, u, n);
+}
+static void cu_embedding_forward(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C) {
+    (void)be;
+    if (table.bf16) zb_cuda_embedding_forward_bf16(out, ids, table.bf16, N, C);
+    else zb_cuda_embedding_forward(out, ids, table.f32, N, C);
+}
+static void cu_embedding_backward(const zb_backend *be, float *dtable, const float *dout, const int *ids, int N,
+                                  int C) {
+    (void)be;
+    zb_cuda_embedding_backward(dtable, dout, ids, N, C);
+}
+
+static double cu_cross_entropy(const zb_backend *be, float *dlogits, const float *logits, const int *targets, int N,
+                               int V, float scale, int *n_valid) {
+    (void)be;
+    double r = zb_cuda_cross_entropy_n(dlogits, logits, targets, N, V, scale, n_valid);
+    stop_on_error();
+    return r;
+}
+static double cu_kl_div(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
+                        const int *mask, int N, int V, float tau, float scale) {
+    (void)be;
+    double r = zb_cuda_kl_div(dstudent, student, teacher, mask, N, V, tau, scale);
+    stop_on_error();
+    return r;
+}
+static double cu_mse(const zb_backend *be, float *da, const float *a, const float *b, size_t n, float scale) {
+    (void)be;
+    double r = zb_cuda_mse(da, a, b, n, scale);
+    stop_on_error();
+    return r;
+}
+
+/* ---- MLA ------------------------------------------------------------------------------------------ */
+
+static size_t cu_mla_act_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_cuda_mla_act_floats(m, d, B, T);
+}
+static size_t cu_mla_scratch_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_cuda_mla_scratch_floats(m, d, B, T);
+}
+static void cu_mla_forward(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                           const zb_rope *rope, const float *x, float *out, float *acts, int B, int T) {
+    mode(be);
+    zb_cuda_mla_forward(m, d, eps, w, rope, x, out, acts, B, T);
+}
+static void cu_mla_backward(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                            zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout, float *dx,
+                            float *acts, float *scratch, int B, int T) {
+    mode(be);
+    zb_cuda_mla_backward(m, d, eps, w, g, rope, x, dout, dx, acts, scratch, B, T);
+}
+/* the step's working set, then 2 * ntok ints (slot list, gathered positions), aligned */
+static size_t cu_mla_step_scratch(const zb_backend *be, const zb_mla_dims *m, int d, int max_T, int ntok) {
+    (void)be;
+    (void)max_T;
+    return zb_cuda_mla_gen_scratch_floats(m, d, ntok) + 2 * (size_t)ntok + 128;
+}
+static void cu_mla_step(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                        const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out, float *cache,
+                        int max_T, const int *pos, int n, int B, float *scratch) {
+    mode(be);
+    size_t work = zb_cuda_mla_gen_scratch_floats(m, d, B * n);
+    int *slots = (int *)(scratch + (work + 63) / 64 * 64), *posi = slots + B;
+    zb_cuda_iota(slots, B);   /* sequence b's rows at cache + b * max_T * (r + dr) */
+    int max_len = step_positions(posi, pos, NULL, B, n, max_T);
+    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, 0, max_T, slots, posi, B, n, max_len, scratch);
+}
+static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d, float eps,
+                               const zb_mla_weights *w, const zb_mla_lin *lin, const zb_rope *rope, const float *x,
+                               float *out, float *cache, size_t seq_floats, int max_T, const int *seqs,
+                               const int *pos, int nb, float *scratch) {
+    mode(be);
+    (void)seq_floats;   /* == max_T * (r + dr): the layout of zb_mla_cache_floats */
+    size_t work = zb_cuda_mla_gen_scratch_floats(m, d, nb);
+    int *posi = (int *)(scratch + (work + 63) / 64 * 64);
+    int max_len = step_positions(posi, pos, seqs, nb, 1, max_T);
+    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, 0, max_T, seqs, posi, nb, 1, max_len, scratch);
+}
+
+/* ---- Mamba2 (mamba2_cuda.h) ---------------------------------------------------------------------- */
+
+static void mamba_blas(void) { zb_cuda_mamba2_set_blas(zb_cuda_cublas_handle(), zb_cuda_stream_handle()); }
+
+static size_t cu_mamba2_act_floats(const zb_backend *be, const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_cuda_mamba2_act_floats(m, d, B, T);
+}
+static size_t cu_mamba2_scratch_floats(const zb_backend *be, const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_cuda_mamba2_scratch_floats(m, d, B, T);
+}
+static void cu_mamba2_forward(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                              const zb_mamba2_weights *w, const float *x, float *out, float *acts, int B, int T) {
+    mode(be);
+    mamba_blas();
+    zb_cuda_mamba2_forward(m, d, eps, w, x, out, acts, B, T);
+}
+static void cu_mamba2_backward(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                               const zb_mamba2_weights *w, zb_mamba2_weights *g, const float *x, const float *dout,
+                               float *dx, float *acts, float *scratch, int B, int T) {
+    mode(be);
+    mamba_blas();
+    zb_cuda_mamba2_backward(m, d, eps, w, g, x, dout, dx, acts, scratch, B, T);
+}
+/* one sequence of ntok tokens (mamba2_step) or ntok sequences of one (decode_seqs) */
+static size_t cu_mamba2_step_scratch(const zb_backend *be, const zb_mamba2_dims *m, int d, int ntok) {
+    (void)be;
+    size_t a = zb_cuda_mamba2_step_scratch_floats(m, d, ntok, 1), b = zb_cuda_mamba2_step_scratch_floats(m, d, 1, ntok);
+    return a > b ? a : b;
+}
+static void cu_mamba2_step(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                           const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
+                           float *state, int n, int B, float *scratch) {
+    mode(be);
+    mamba_blas();
+    zb_cuda_mamba2_step_lin(m, d, eps, w, lin, x, out, state, n, B, scratch);
+}
+static void cu_mamba2_decode_seqs(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                                  const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
+                                  float *state, const int *seqs, int nb, float *scratch) {
+    mode(be);
+    mamba_blas();
+    zb_cuda_mamba2_decode_seqs(m, d, eps, w, lin, x, out, state, seqs, nb, scratch);
+}
+
+/* ---- optimizer ----------------------------------------------------------------------------------- */
+
+static void cu_adamw(const zb_backend *be, float *w, const float *g, float *m, float *v, size_t n,
+                     const zb_adamw_hp *hp) {
+    (void)be;
+    zb_cuda_adamw_range(w, g, m, v, n, hp->beta1, hp->beta2, hp->eps, hp->decay, hp->step_size, hp->bc2_sqrt,
+                        hp->grad_scale);
+}
+static double cu_sumsq(const zb_backend *be, const float *x, size_t n) {
+    (void)be;
+    double r = zb_cuda_sumsq_range(x, n);
+    stop_on_error();
+    return r;
+}
+
+static zb_backend cuda_backend = {
+    .name = "cuda",
+    .host_memory = 0,
+    .alloc = cu_alloc, .free = cu_free, .zero = cu_zero, .copy = cu_copy,
+    .to_device = cu_to_device, .to_host = cu_to_host, .copy_2d = cu_copy_2d, .sync = cu_sync,
+    .add = cu_add, .sub = cu_sub, .scale = cu_scale,
+    .matmul_forward = cu_matmul_forward, .matmul_backward = cu_matmul_backward,
+    .linear_forward = cu_linear_forward,
+    .rmsnorm_forward = cu_rmsnorm_forward, .rmsnorm_backward = cu_rmsnorm_backward,
+    .rope = cu_rope,
+    .attention_saved_floats = cu_attention_saved_floats, .attention_forward = cu_attention_forward,
+    .attention_backward = cu_attention_backward,
+    .attention_step_scratch = cu_attention_step_scratch, .attention_step = cu_attention_step,
+    .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
+    .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
+    .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse,
+    .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
+    .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
+    .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,
+    .mamba2_act_floats = cu_mamba2_act_floats, .mamba2_scratch_floats = cu_mamba2_scratch_floats,
+    .mamba2_forward = cu_mamba2_forward, .mamba2_backward = cu_mamba2_backward,
+    .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
+    .mamba2_decode_seqs = cu_mamba2_decode_seqs,
+    .adamw = cu_adamw, .sumsq = cu_sumsq,
+};
+
+/* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when
+ * no GPU can be used. */
+const zb_backend *zb_backend_cuda(void) {
+    if (zb_cuda_init(-1) != ZB_OK) return NULL;
+    return &cuda_backend;
+}
+#endif

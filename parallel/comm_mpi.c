@@ -1,0 +1,199 @@
+/* comm_mpi.c — the MPI implementation of core/comm.h. MPI counts are int: blocking calls on
+ * more than 2^30 elements go in pieces, non-blocking ones and the v-collectives refuse them. */
+#include "comm_mpi.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zb_common.h"
+
+typedef struct { MPI_Comm g[ZB_NGROUPS]; } mpi_impl;
+
+_Static_assert(sizeof(MPI_Request) <= sizeof(((zb_comm_req *)0)->h), "zb_comm_req cannot hold an MPI_Request");
+
+#define PIECE ((size_t)1 << 30)
+
+static MPI_Comm grp(void *impl, zb_group g) { return ((mpi_impl *)impl)->g[g]; }
+
+static MPI_Datatype dtype(zb_ctype t) {
+    switch (t) {
+    case ZB_CT_F32: return MPI_FLOAT;
+    case ZB_CT_F64: return MPI_DOUBLE;
+    case ZB_CT_I32: return MPI_INT;
+    case ZB_CT_I64: return MPI_LONG_LONG;
+    default: return MPI_UNSIGNED_LONG_LONG;
+    }
+}
+
+static MPI_Op op_of(zb_redop op) { return op == ZB_RED_MAX ? MPI_MAX : op == ZB_RED_MIN ? MPI_MIN : MPI_SUM; }
+
+static int count_of(size_t n, int *out) {
+    if (n > PIECE) return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large (at most 2^30)", n);
+    *out = (int)n;
+    return ZB_OK;
+}
+
+static int m_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
+    char *p = x;
+    size_t es = zb_ctype_size(t);
+    for (size_t o = 0; o < n; o += PIECE) {
+        int k = (int)(n - o < PIECE ? n - o : PIECE);
+        ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, p + o * es, k, dtype(t), op_of(op), grp(impl, g)));
+    }
+    return ZB_OK;
+}
+
+static MPI_Request *req_of(zb_comm_req *r) { return (MPI_Request *)(void *)r->h; }
+
+static int m_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Iallreduce(MPI_IN_PLACE, x, k, dtype(t), op_of(op), grp(impl, g), req_of(r)));
+    r->pending = 1;
+    return ZB_OK;
+}
+
+static int m_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int root) {
+    char *p = x;
+    size_t es = zb_ctype_size(t);
+    for (size_t o = 0; o < n; o += PIECE) {
+        int k = (int)(n - o < PIECE ? n - o : PIECE);
+        ZB_MPI(MPI_Bcast(p + o * es, k, dtype(t), root, grp(impl, g)));
+    }
+    return ZB_OK;
+}
+
+static int m_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Allgather(x, k, dtype(t), out, k, dtype(t), grp(impl, g)));
+    return ZB_OK;
+}
+
+/* size_t counts / displacements -> int ones (malloc'd pair) */
+static int int_counts(void *impl, zb_group g, const size_t *counts, const size_t *displs, int **out) {
+    int size;
+    ZB_MPI(MPI_Comm_size(grp(impl, g), &size));
+    int *v = zb_malloc(sizeof(int) * 2 * (size_t)size, "MPI counts");
+    if (!v) return ZB_ENOMEM;
+    for (int r = 0; r < size; r++) {
+        if (counts[r] > INT_MAX || (displs && displs[r] > INT_MAX)) {
+            free(v);
+            return zb_fail(ZB_EARG, "MPI: a part of %zu elements is beyond int counts", counts[r]);
+        }
+        v[r] = (int)counts[r];
+        v[size + r] = displs ? (int)displs[r] : 0;
+    }
+    *out = v;
+    return ZB_OK;
+}
+
+static int m_allgatherv_inplace(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                              zb_ctype t) {
+    int *v, size, rc = ZB_OK;
+    ZB_MPI(MPI_Comm_size(grp(impl, g), &size));
+    ZB_TRY(int_counts(impl, g, counts, displs, &v));
+    if (MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, dtype(t), grp(impl, g)) != MPI_SUCCESS)
+        rc = zb_fail(ZB_EMPI, "MPI_Allgatherv failed");
+    free(v);
+    return rc;
+}
+
+static int m_reduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t) {
+    int *v, rc = ZB_OK;
+    ZB_TRY(int_counts(impl, g, counts, NULL, &v));
+    if (MPI_Reduce_scatter(x, out, v, dtype(t), MPI_SUM, grp(impl, g)) != MPI_SUCCESS)
+        rc = zb_fail(ZB_EMPI, "MPI_Reduce_scatter failed");
+    free(v);
+    return rc;
+}
+
+static int m_gather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Gather(x, k, dtype(t), out, k, dtype(t), root, grp(impl, g)));
+    return ZB_OK;
+}
+
+static int m_send(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Send(x, k, dtype(t), peer, tag, grp(impl, g)));
+    return ZB_OK;
+}
+
+static int m_recv(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Recv(x, k, dtype(t), peer, tag, grp(impl, g), MPI_STATUS_IGNORE));
+    return ZB_OK;
+}
+
+static int m_isend(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag, zb_comm_req *r) {
+    int k = 0;
+    ZB_TRY(count_of(n, &k));
+    ZB_MPI(MPI_Isend(x, k, dtype(t), peer, tag, grp(impl, g), req_of(r)));
+    r->pending = 1;
+    return ZB_OK;
+}
+
+static int m_wait(void *impl, zb_comm_req *r) {
+    (void)impl;
+    r->pending = 0;
+    ZB_MPI(MPI_Wait(req_of(r), MPI_STATUS_IGNORE));
+    return ZB_OK;
+}
+
+static int m_test(void *impl, zb_comm_req *r, int *done) {
+    (void)impl;
+    ZB_MPI(MPI_Test(req_of(r), done, MPI_STATUS_IGNORE));
+    if (*done) r->pending = 0;
+    return ZB_OK;
+}
+
+static int m_barrier(void *impl, zb_group g) {
+    ZB_MPI(MPI_Barrier(grp(impl, g)));
+    return ZB_OK;
+}
+
+static void abort_all(void *impl, int code) {
+    (void)impl;
+    MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code);
+}
+
+static const zb_comm_ops mpi_ops = {m_allreduce, m_iallreduce, m_bcast, m_allgather, m_allgatherv_inplace,
+                                    m_reduce_scatter, m_gather, m_send, m_recv, m_isend, m_wait, m_test,
+                                    m_barrier, abort_all};
+
+int zb_comm_mpi_new(zb_comm **out, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
+    *out = NULL;
+    zb_comm *c = zb_calloc(1, sizeof *c, "communication table");
+    mpi_impl *im = zb_calloc(1, sizeof *im, "communication table");
+    if (!c || !im) { free(c); free(im); return ZB_ENOMEM; }
+    im->g[ZB_GROUP_WORLD] = world;
+    im->g[ZB_GROUP_TP] = tp;
+    im->g[ZB_GROUP_PP] = pp;
+    im->g[ZB_GROUP_DP] = dp;
+    c->ops = &mpi_ops;
+    c->impl = im;
+    for (int g = 0; g < ZB_NGROUPS; g++) {
+        int rc = MPI_Comm_rank(im->g[g], &c->rank[g]);
+        if (rc == MPI_SUCCESS) rc = MPI_Comm_size(im->g[g], &c->size[g]);
+        if (rc != MPI_SUCCESS) {
+            free(c); free(im);
+            return zb_fail(ZB_EMPI, "MPI error %d reading a communicator's rank and size", rc);
+        }
+    }
+    *out = c;
+    return ZB_OK;
+}
+
+void zb_comm_mpi_free(zb_comm *c) {
+    if (!c) return;
+    free(c->impl);
+    free(c);
+}
+
+MPI_Comm zb_comm_mpi_group(const zb_comm *c, zb_group g) { return ((const mpi_impl *)c->impl)->g[g]; }

@@ -16,6 +16,9 @@
 #   8. eval           validation perplexity of every model, a short generation, and the table:
 #                     perplexity, KV-cache bytes per token and ratio (SPEC §7), decode tokens/s.
 # Sized for < 10 minutes on 2 cores (2 data-parallel ranks). ZB_DEMO_FAST=1: a smoke run.
+# Variants (docs/COMPOSE.md measures them with this script on the same teacher: copy
+# teacher.h5 and shards/ into another ZB_DEMO_DIR): ZB_DEMO_INIT=release (the authors' MLA row
+# choice, compose --init), ZB_DEMO_ILD_LOSS=mixer_mse (the earlier ILD form).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Z=${ZEBRA:-build/zebra}
@@ -30,6 +33,7 @@ TEACHER_CFG=configs/demo-teacher.json; HYB_CFG=configs/demo-hybrid.json; K=3
 # steps per stage (micro-batch 8 x 128 tokens per rank)
 PT=${ZB_DEMO_PT_STEPS:-400}; ILD=${ZB_DEMO_ILD_STEPS:-60}; KD=${ZB_DEMO_KD_STEPS:-150}
 SMART_TOKENS=${ZB_DEMO_SMART_TOKENS:-65536}
+INIT=${ZB_DEMO_INIT:-rope-pairs}; ILD_LOSS=${ZB_DEMO_ILD_LOSS:-release}
 if [ "${ZB_DEMO_FAST:-0}" = 1 ]; then PT=20; ILD=10; KD=10; SMART_TOKENS=4096; fi
 t_start=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t_start ))s] $*"; }
@@ -63,13 +67,13 @@ fi
 stamp "3. compose the teacher into an all-MLA and an all-Mamba2 model (SVD init, MambaInLlama mapping)"
 echo '{"mla_layers": [0, 1, 2, 3, 4, 5, 6]}' > "$out/all-mla.json"
 echo '{"mla_layers": []}' > "$out/all-m2.json"
-$Z compose --teacher "$out/teacher.h5" --config $HYB_CFG --plan "$out/all-mla.json" -o "$out/mla0.h5"
+$Z compose --teacher "$out/teacher.h5" --config $HYB_CFG --plan "$out/all-mla.json" -o "$out/mla0.h5" --init $INIT
 $Z compose --teacher "$out/teacher.h5" --config $HYB_CFG --plan "$out/all-m2.json" -o "$out/m2-0.h5" > /dev/null
 
 stamp "4. ILD: every layer fed the teacher's hidden state, trained to its block and mixer outputs"
 for m in mla m2; do
   init=$out/mla0.h5; [ $m = m2 ] && init=$out/m2-0.h5
-  run_json ild-$m $ILD 3e-3 ", \"model\": \"$init\", \"teacher\": \"$out/teacher.h5\""
+  run_json ild-$m $ILD 3e-3 ", \"model\": \"$init\", \"teacher\": \"$out/teacher.h5\", \"ild_loss\": \"$ILD_LOSS\""
   train ild ild-$m
 done
 
@@ -97,7 +101,7 @@ stamp "8. evaluation"
 ppl() { $Z eval --model "$1" --data "$out/shards" --split val --seq 128 --batch 8 --max-batches 24 | sed -n 's/^perplexity \([0-9.]*\).*/\1/p'; }
 # a randomly initialised hybrid of the same size, and the plain composition from the teacher at
 # SMART's plan: what each step is worth
-$Z compose --teacher "$out/teacher.h5" --config $HYB_CFG --plan "$out/plan.json" -o "$out/composed.h5" > /dev/null
+$Z compose --teacher "$out/teacher.h5" --config $HYB_CFG --plan "$out/plan.json" -o "$out/composed.h5" --init $INIT > /dev/null
 $Z init --random --config $HYB_CFG -o "$out/random.h5" --seed 5 2>/dev/null
 ppl_t=$(ppl "$out/teacher.h5"); ppl_r=$(ppl "$out/random.h5"); ppl_c=$(ppl "$out/composed.h5")
 ppl_ma=$(ppl "$out/ild-mla/model.h5"); ppl_m2=$(ppl "$out/ild-m2/model.h5")
@@ -128,4 +132,9 @@ stamp "done: table (validation perplexity on held-out corpus bytes)"
   printf '| control: evenly spaced, after KD | %s | %s | %s | %s%% | | |\n' "$el" "$ppl_e" "$kvh" "$(pct $kvh)"
   printf '| SMART hybrid after ILD + KD | %s | %s | %s | %s%% | %s | %s |\n' "$sl" "$ppl_h" "$kvh" "$(pct $kvh)" "$(dec hybrid 256)" "$(dec hybrid 2048)"
 } | tee "$out/summary.md"
+first_last() { printf '%.4f -> %.4f' "$(grep '"loss"' "$1" | head -1 | sed 's/.*"loss":\([^,]*\),.*/\1/')" \
+  "$(grep '"val_loss"' "$1" | tail -1 | sed 's/.*"val_loss":\([^,]*\),.*/\1/')"; }
+echo "ILD loss ($ILD_LOSS, MLA init $INIT), first logged interval (train) -> after $ILD steps (held out):" \
+  "all-MLA $(first_last "$out/ild-mla/train.jsonl"), all-Mamba2 $(first_last "$out/ild-m2/train.jsonl")"
+echo "SMART scores: $(sed -n 's/.*"scores": \[\(.*\)\].*/\1/p' "$out/plan.json"); plan [$sl] (total $(sed -n 's/.*"total_score": \([^,]*\),.*/\1/p' "$out/plan.json")), even [$el] (total $(sed -n 's/.*"even_total_score": \([^,]*\),.*/\1/p' "$out/plan.json"))"
 echo "logs: $out/{pretrain,ild-mla,ild-m2,kd-smart,kd-even}/train.jsonl, curves: $out/loss.svg, SMART plan: $out/plan.json, $out/plan.svg"

@@ -81,7 +81,9 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out) {
     const zb_model *m = tr->student;
     for (int i = 0; i < m->n_params; i++) {
         const zb_param *p = &m->params[i];
-        out[i] = tr->stage == ZB_STAGE_ILD ? (is_mixer_param(p) && tr->ild_layer[p->layer]) : 1;
+        if (tr->stage != ZB_STAGE_ILD) out[i] = 1;
+        else out[i] = p->layer >= 0 && tr->ild_layer[p->layer] &&
+                      (tr->cfg.ild_mode == ZB_ILD_RELEASE || is_mixer_param(p));
     }
 }
 
@@ -151,10 +153,10 @@ static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
     }
 }
 
-/* ILD loss of this model's distilled layers, from the teacher activations tr->ta (forward done):
- * the SUM over those layers of each layer's MSE / n_ild (n_ild: over the whole model, all
- * pipeline stages), the gradient times gs accumulated into the student's mixers. */
-double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float gs) {
+/* ILD, mixer_mse mode: this model's distilled layers, from the teacher activations tr->ta
+ * (forward done): the SUM over those layers of each layer's MSE / n_ild (n_ild: over the whole
+ * model, all pipeline stages), the gradient times gs accumulated into the student's mixers. */
+static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
     zb_model *m = tr->student;
     const zb_config *c = &m->cfg;
     int B = tr->rows, T = tr->T, N = B * T, d = c->d_model;
@@ -177,9 +179,77 @@ double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float gs) {
     return total / tr->n_ild;
 }
 
+/* mean over the N rows of ||s_n - t_n||_2 (rows of d); when g != NULL, g = scale * d/ds of it
+ * (the unit error vector / N; 0 where s_n == t_n, the subgradient). The norm of each row is
+ * summed in double. */
+static double mean_row_norm(float *g, const float *s, const float *t, int N, int d, float scale) {
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const float *a = s + (size_t)n * d, *b = t + (size_t)n * d;
+        double q = 0;
+        for (int i = 0; i < d; i++) { double e = (double)a[i] - b[i]; q += e * e; }
+        double r = sqrt(q);
+        total += r;
+        if (g) {
+            double k = r > 0 ? scale / (r * N) : 0.0;
+            for (int i = 0; i < d; i++) g[(size_t)n * d + i] = (float)(k * ((double)a[i] - b[i]));
+        }
+    }
+    return total / N;
+}
+
+/* ILD as the release (SPEC §6): every distilled block l of this model is fed the teacher's
+ * hidden state at its input (res[l]) and its loss is mean_n ||block out - teacher's||_2 +
+ * mean_n ||mixer out - teacher's attention out||_2 (unsquared, mean over the tokens); the loss is
+ * the SUM over the layers. Blocks are independent (each starts from the teacher's state), so
+ * each is forward-backwarded alone, from the top, and the DP hook is told as the full backward
+ * would (its buckets start while the lower layers run). tr->parts: the two terms summed. */
+static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, double *mix) {
+    zb_model *m = tr->student;
+    zb_acts *a = &tr->a;
+    const zb_config *c = &m->cfg;
+    int N = tr->rows * tr->T, d = c->d_model;
+    size_t Nd = (size_t)N * d;
+    double total = 0;
+    *blk = *mix = 0;
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        if (!tr->ild_layer[l]) continue;
+        const float *tres = tr->ta.res + l * Nd, *tmid = tr->ta.mid + l * Nd, *tout = tr->ta.res + (l + 1) * Nd;
+        memcpy(a->res + l * Nd, tres, sizeof(float) * Nd);
+        zb_block_forward(m, a, l);
+        /* mixer outputs: mid - input, of the student and of the teacher */
+        const float *smid = a->mid + l * Nd;
+        float *ms = a->mix_out, *mt = tr->tmp;
+        for (size_t i = 0; i < Nd; i++) { ms[i] = smid[i] - tres[i]; mt[i] = tmid[i] - tres[i]; }
+        double lm = mean_row_norm(want_grad ? a->dtmp : NULL, ms, mt, N, d, gs);
+        double lb = mean_row_norm(want_grad ? a->dres : NULL, a->res + (l + 1) * Nd, tout, N, d, gs);
+        *blk += lb;
+        *mix += lm;
+        total += lb + lm;
+        if (want_grad) {
+            zb_block_backward(m, a, l, a->dtmp);
+            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);
+        }
+    }
+    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);
+    return total;
+}
+
+double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float gs, zb_loss_parts *o) {
+    if (tr->cfg.ild_mode == ZB_ILD_MIXER_MSE) {
+        double l = ild_mixer_mse(tr, want_grad, gs);
+        o->mse += l;
+        return l;
+    }
+    double blk = 0, mix = 0, l = ild_release(tr, want_grad, gs, &blk, &mix);
+    o->ild_block += blk;
+    o->ild_mixer += mix;
+    return l;
+}
+
 static void stage_ild(zb_trainer *tr, const int *ids, int want_grad, float gs, zb_loss_parts *o) {
     zb_model_forward(tr->teacher, &tr->ta, ids);   /* once per batch: every layer's input/output */
-    o->mse = o->loss = zb_trainer_ild_loss(tr, want_grad, gs);
+    o->loss = zb_trainer_ild_loss(tr, want_grad, gs, o);
     o->tokens = tr->rows * tr->T;
 }
 
@@ -257,16 +327,18 @@ void zb_trainer_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
 
 /* ---- loss parts --------------------------------------------------------------------------- */
 
-enum { NPARTS = 7 };
+enum { NPARTS = 9 };
 
 static void parts_pack(const zb_loss_parts *p, double *v) {
     v[0] = p->loss; v[1] = p->ce; v[2] = p->kl; v[3] = p->mse;
     v[4] = p->reward_acc; v[5] = p->margin; v[6] = p->tokens;
+    v[7] = p->ild_block; v[8] = p->ild_mixer;
 }
 
 static void parts_unpack(const double *v, zb_loss_parts *p) {
     p->loss = v[0]; p->ce = v[1]; p->kl = v[2]; p->mse = v[3];
     p->reward_acc = v[4]; p->margin = v[5]; p->tokens = v[6];
+    p->ild_block = v[7]; p->ild_mixer = v[8];
 }
 
 void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p) {

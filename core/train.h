@@ -9,11 +9,17 @@
  *   kd             kl_weight * KL(teacher || student) at temperature tau, mean over the rows
  *                  with a target (no tau^2 factor), + ce_weight * CE; the teacher runs forward
  *                  on the same ids in the same step (online distillation)
- *   ild            intermediate layer distillation: for every layer l whose student mixer is a
- *                  new one (MLA or Mamba2), the student mixer gets the TEACHER's normed layer
- *                  input ln1_l and is trained to reproduce the teacher's mixer output
- *                  (res_{l} -> mid_{l}); loss = mean over those layers of the MSE (mean over
- *                  B*T*d). Only those mixers receive gradients.
+ *   ild            intermediate layer distillation of every layer l whose mixer differs from the
+ *                  teacher's (all of them for an all-MLA or all-Mamba2 student). Default
+ *                  (ild_mode release, SPEC §6 as the release runs it): the student's BLOCK l is
+ *                  fed the teacher's hidden state res_l; loss = sum over those layers of
+ *                  mean_n ||block_l out - teacher res_{l+1}||_2 + mean_n ||mixer_l out - teacher
+ *                  attention out (mid_l - res_l)||_2 (unsquared L2 norms over d, mean over the
+ *                  B*T tokens); every parameter of those blocks trains (mixer, MLP, norms; the
+ *                  embedding, final norm and head get no gradient and stay frozen).
+ *                  ild_mode mixer_mse (the earlier form): the student MIXER gets the teacher's
+ *                  normed input ln1_l, loss = mean over the layers of the MSE (mean over B*T*d)
+ *                  to the teacher's mixer output; only those mixers train.
  *   dpo            batches of B preference pairs: rows [0, B) chosen, rows [B, 2B) rejected,
  *                  targets >= 0 on the continuation tokens only. log pi(y) = sum of the
  *                  target log-probabilities of the row; z = beta[(lp_c - lr_c) - (lp_r - lr_r)]
@@ -30,9 +36,12 @@ typedef enum { ZB_STAGE_PRETRAIN = 0, ZB_STAGE_ILD, ZB_STAGE_KD, ZB_STAGE_SFT, Z
 int zb_stage_parse(const char *s);
 const char *zb_stage_name(zb_stage s);
 
+typedef enum { ZB_ILD_RELEASE = 0, ZB_ILD_MIXER_MSE = 1 } zb_ild_mode;
+
 typedef struct {
     float kl_weight, ce_weight, temperature;   /* kd */
     float beta;                                /* dpo */
+    zb_ild_mode ild_mode;                      /* ild */
 } zb_loss_cfg;
 
 /* The parts of a stage loss, for logging. */
@@ -41,6 +50,7 @@ typedef struct {
     double ce, kl, mse; /* components (0 when not part of the stage) */
     double reward_acc, margin;   /* dpo: fraction of pairs with z > 0, mean z / beta */
     double tokens;      /* tokens that carried the loss */
+    double ild_block, ild_mixer;   /* ild (release): the block-output and the mixer-output terms */
 } zb_loss_parts;
 
 /* acc += p, part by part. */
@@ -73,8 +83,9 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
                     const zb_model *teacher, int B, int T);
 void zb_trainer_free(zb_trainer *tr);
 
-/* The parameters that a stage trains by default: ILD only the mixers of the distilled layers
- * (names "model.layers.<l>.self_attn." / ".mamba."), others all. out[n_params]. */
+/* The parameters that a stage trains by default: ILD every parameter of the distilled layers
+ * (mixer_mse: only their mixers, names "model.layers.<l>.self_attn." / ".mamba."),
+ * others all. out[n_params]. */
 void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 
 /* Loss of one micro-batch: ids and targets [rows*T]. When want_grad the gradient of the loss
@@ -86,10 +97,11 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
  * micro-batch from the student's logits a->logits (and, for kd / dpo, the teacher's,
  * tr->ta.logits, of the same micro-batch), the gradient times grad_scale left in a->logits
  * when want_grad (for zb_model_backward); and the ILD loss of the distilled layers this model
- * holds from the teacher activations tr->ta (forward done): the SUM over those layers of each
- * layer's MSE / n_ild, the gradient accumulated into the student's mixers. */
+ * holds from the teacher activations tr->ta (forward done), by cfg.ild_mode (this model's share:
+ * release, the sum over its layers; mixer_mse, the sum of its layers' MSE / n_ild), the gradient
+ * accumulated into the student; its parts (ild_block, ild_mixer or mse) ADDED to *out. */
 void zb_trainer_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float grad_scale,
                      zb_loss_parts *out);
-double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float grad_scale);
+double zb_trainer_ild_loss(zb_trainer *tr, int want_grad, float grad_scale, zb_loss_parts *out);
 
 #endif

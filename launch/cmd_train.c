@@ -13,6 +13,7 @@
  *   beta1 (0.9) beta2 (0.95) eps (1e-8) clip (1.0)
  *   kl_weight (1) ce_weight (0) temperature (1)     kd
  *   beta (0.1)                                      dpo
+ *   ild_loss ("release" | "mixer_mse")              ild (train.h)
  *   log_every (10) eval_every (0: only at the end) eval_batches (8) save_every (0: only at
  *   the end) keep_last (2)
  *   zero (false)  ZeRO-1: AdamW moments sharded over the data-parallel ranks (parallel/dp.h)
@@ -127,7 +128,7 @@ static int run_cfg_load(run_cfg *r, const char *path) {
     r->init_std = (float)jnum(o, "init_std", 0.02);
     r->warmup = jnum(o, "warmup", 0);
     r->bucket_mb = jnum(o, "bucket_mb", 25);
-    char bal[32];
+    char bal[PATHLEN];
     jstr(o, "pp_balance", bal, "model");
     if (strcmp(bal, "model") && strcmp(bal, "measured"))
         return zb_fail(ZB_EARG, "%s: pp_balance is \"model\" or \"measured\", not \"%s\"", path, bal);
@@ -149,6 +150,11 @@ static int run_cfg_load(run_cfg *r, const char *path) {
     r->loss.ce_weight = (float)jnum(o, "ce_weight", 0.0);
     r->loss.temperature = (float)jnum(o, "temperature", 1.0);
     r->loss.beta = (float)jnum(o, "beta", 0.1);
+    char ild[PATHLEN];
+    jstr(o, "ild_loss", ild, "release");
+    if (strcmp(ild, "release") && strcmp(ild, "mixer_mse"))
+        return zb_fail(ZB_EARG, "%s: ild_loss is \"release\" or \"mixer_mse\", not \"%s\"", path, ild);
+    r->loss.ild_mode = strcmp(ild, "release") ? ZB_ILD_MIXER_MSE : ZB_ILD_RELEASE;
     if (r->seq_len < 2 || r->micro_batch < 1 || r->grad_accum < 1 || r->steps < 1 ||
         r->log_every < 1 || r->loss.temperature <= 0)
         return zb_fail(ZB_EARG, "%s: seq_len >= 2, micro_batch, grad_accum, steps, log_every >= 1 "
@@ -741,7 +747,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
 
     const double tok_per_step = (double)r->grad_accum * g->dp_size * tr->B * r->seq_len *
                                 (stage == ZB_STAGE_DPO ? 2 : 1);
-    double t_interval = 0, acc[6] = {0}, gn_sum = 0, comm_interval = 0, busy_interval = 0;
+    double t_interval = 0, acc[8] = {0}, gn_sum = 0, comm_interval = 0, busy_interval = 0;
     int n_interval = 0;
     double t_run = 0;
     int64_t steps_run = 0;
@@ -753,7 +759,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         double t0 = zb_now();
         g->comm->seconds = 0;
         zb_model_zero_grad(&S->m);
-        double part[6] = {0};
+        double part[8] = {0};
         if (PP) {
             size_t Nm = (size_t)tr->rows * r->seq_len;
             for (int k = 0; k < r->grad_accum; k++)
@@ -761,7 +767,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             zb_loss_parts p;
             ZB_TRY(zb_pp_trainer_step(&S->pt, r->grad_accum, S->ids, S->tg, 1, gs, &p));
             part[0] = p.loss; part[1] = p.ce; part[2] = p.kl; part[3] = p.mse;
-            part[4] = p.reward_acc; part[5] = p.tokens;
+            part[4] = p.reward_acc; part[5] = p.tokens; part[6] = p.ild_block; part[7] = p.ild_mixer;
             if (S->dp.zero) {
                 /* ZeRO reduce-scatters m->grad in zb_dp_finish: the tied copies' gradients are
                  * summed first (the two stages' ZeRO ranges differ) */
@@ -780,7 +786,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
             if (k == r->grad_accum - 1) zb_dp_arm(&S->dp);   /* last backward: buckets overlap it */
             ZB_TRY(zb_trainer_step(tr, S->ids, S->tg, 1, gs, &p));
             part[0] += p.loss; part[1] += p.ce; part[2] += p.kl; part[3] += p.mse;
-            part[4] += p.reward_acc; part[5] += p.tokens;
+            part[4] += p.reward_acc; part[5] += p.tokens; part[6] += p.ild_block; part[7] += p.ild_mixer;
         }
         if (!PP) ZB_TRY(zb_dp_finish(&S->dp));
         double gsq;
@@ -789,11 +795,10 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
         float lr = zb_lr_at(&S->o.cfg, step);
         ZB_TRY(zb_dp_optim_step(&S->dp, &S->o, lr, zb_clip_scale(&S->o.cfg, gnorm)));
         step++;
-        ZB_TRY(zb_comm_sum_f64(g->comm, ZB_GROUP_DP, part, 6));   /* sums over ranks of the per-rank sums */
+        ZB_TRY(zb_comm_sum_f64(g->comm, ZB_GROUP_DP, part, 8));   /* sums over ranks of the per-rank sums */
         comm_interval += g->comm->seconds;
         double denom = (double)r->grad_accum * g->dp_size;
-        for (int i = 0; i < 5; i++) acc[i] += part[i] / denom;
-        acc[5] += part[5];
+        for (int i = 0; i < 8; i++) acc[i] += i == 5 ? part[i] : part[i] / denom;
         tokens_seen += tok_per_step;
         gn_sum += gnorm;
         n_interval++;
@@ -822,13 +827,17 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
                 double L = acc[0] / n_interval;
                 fprintf(stderr, "step %6lld/%d | loss %.4f", (long long)step, r->steps, L);
                 if (stage == ZB_STAGE_KD) fprintf(stderr, " (kl %.4f ce %.4f)", acc[2] / n_interval, acc[1] / n_interval);
+                if (stage == ZB_STAGE_ILD && r->loss.ild_mode == ZB_ILD_RELEASE)
+                    fprintf(stderr, " (block %.4f mixer %.4f)", acc[6] / n_interval, acc[7] / n_interval);
                 fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, gn_sum / n_interval, tps, es);
                 fprintf(S->log, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%.17g,\"ce\":%.17g,\"kl\":%.17g,"
                         "\"mse\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%.0f,\"tokens_per_s\":%.1f,"
-                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f,\"step_s\":%.6f,\"comm_s\":%.6f%s}\n",
+                        "\"elapsed_s\":%.3f,\"eta_s\":%.1f,\"step_s\":%.6f,\"comm_s\":%.6f,\"ild_block\":%.17g,"
+                        "\"ild_mixer\":%.17g%s}\n",
                         zb_stage_name(stage), (long long)step, L,
                         acc[1] / n_interval, acc[2] / n_interval, acc[3] / n_interval, lr, gn_sum / n_interval,
-                        tokens_seen, tps, t_run, eta, t_interval / n_interval, comm_interval / n_interval, busy);
+                        tokens_seen, tps, t_run, eta, t_interval / n_interval, comm_interval / n_interval,
+                        acc[6] / n_interval, acc[7] / n_interval, busy);
                 fflush(S->log);
             }
             memset(acc, 0, sizeof acc);

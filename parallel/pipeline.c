@@ -188,7 +188,7 @@ static int pp_ild(zb_pp_trainer *p, int M) {
         ZB_TRY(pp_teacher_forward(p, k));
         zb_loss_parts *o = &p->parts[k];
         memset(o, 0, sizeof *o);
-        o->mse = o->loss = zb_trainer_ild_loss(p->tr, p->want_grad, p->gs);
+        o->loss = zb_trainer_ild_loss(p->tr, p->want_grad, p->gs, o);
     }
     return ZB_OK;
 }

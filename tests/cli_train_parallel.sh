@@ -13,7 +13,8 @@
 #   PP (1F1B over grad_accum micro-batches): NP=2: PP=2 == A (<= 1e-5); stop at 10 + resume ==
 #         straight (<= 1e-6); the PP checkpoint resumed on 1 rank == A.
 #   Distillation under PP (teacher / reference pipelined), each == its 1-rank run (<= 1e-5):
-#         NP=2: KD PP=2 (+ resume), KD from a shallower teacher PP=2, ILD PP=2, SFT PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
+#         NP=2: KD PP=2 (+ resume), KD from a shallower teacher PP=2, ILD PP=2, DP=2 and TP=2 (and
+#         DP=2 of the mixer_mse form), SFT PP=2, DPO PP=2; NP=4: KD TP2xPP2 and PP=4, ILD PP2xDP2
 #         ZeRO and TP2xPP2, DPO TP2xPP2.
 #         NP=4: TP=2 x PP=2 == A; PP=2 x DP=2 == A; tied embeddings: PP=4 == 1 rank, PP=2 x DP=2
 #         (buckets) and PP=2 x DP=2 ZeRO == 1 rank, its checkpoint resumed at TP=2 x PP=2 == 1 rank (all <= 1e-5).
@@ -127,6 +128,13 @@ if [ "$NP" = 2 ]; then
   same "KD from a 3-layer teacher to the 5-layer student, both pipelined (own cuts): PP=2 == 1 rank" K3A.txt K3P.txt 1e-5
   MODEL=student.h5 STAGE=ild GA=4 run 2 IP 1 "$ILD" --pp 2
   same "ILD, teacher pipelined, each stage its layers: PP=2 == 1 rank" IA.txt IP.txt 1e-5
+  MODEL=student.h5 STAGE=ild run 2 ID 2 "$ILD, \"bucket_mb\": 0.002"
+  same "ILD: DP=2, buckets started as each block's backward ends == 1 rank" IA.txt ID.txt 1e-5
+  MODEL=student.h5 STAGE=ild run 2 IT2 4 "$ILD" --tp 2
+  same "ILD: TP=2 == 1 rank" IA.txt IT2.txt 1e-5
+  MODEL=student.h5 STAGE=ild run 1 IMA 4 "$ILD, \"ild_loss\": \"mixer_mse\""
+  MODEL=student.h5 STAGE=ild run 2 IMD 2 "$ILD, \"ild_loss\": \"mixer_mse\""
+  same "ILD (mixer_mse): DP=2 == 1 rank" IMA.txt IMD.txt 1e-5
   MODEL='A\/model.h5' STAGE=sft DATA=chat GA=4 run 2 SP 1 "" --pp 2
   same "SFT (masked chat turns): PP=2 == 1 rank" SA.txt SP.txt 1e-5
   MODEL='A\/model.h5' LR=1e-4 STAGE=dpo DATA=pref GA=2 run 1 DG 1 "$DPO"   # the same micro-batches, as K3A

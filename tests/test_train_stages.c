@@ -1,6 +1,7 @@
 /* test_train_stages — the loss of every training stage (core/train.c, SPEC §6) against an
  * independent double-precision computation from the models' logits / mixer outputs, and
- * the KD, ILD and DPO gradients against central finite differences of the stage loss.
+ * the KD, ILD (both modes: the release's block + mixer norms, and the mixer MSE) and DPO
+ * gradients against central finite differences of the stage loss.
  * Models: configs/tiny-llama.json (teacher) and configs/tiny-zebra.json (student, random).
  * args: CONFIG_DIR */
 #include <math.h>
@@ -135,7 +136,7 @@ int main(int argc, char **argv) {
     int ids[2 * B * T], tg[2 * B * T];
     for (int i = 0; i < 2 * B * T; i++) { ids[i] = (int)(zb_rng_u64(&rng) % V); tg[i] = (int)(zb_rng_u64(&rng) % V); }
     tg[3] = -1; tg[T + 5] = -1;   /* a few masked targets */
-    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f};
+    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE};
 
     /* ---- pretrain / sft: CE ---- */
     {
@@ -150,7 +151,7 @@ int main(int argc, char **argv) {
     }
     /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE ---- */
     {
-        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0};
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_KD, &k, &s, &t, B, T));
         zb_loss_parts p;
@@ -167,10 +168,81 @@ int main(int argc, char **argv) {
         free(tm);
         zb_trainer_free(&tr);
     }
-    /* ---- ild: student mixers on the teacher's normed inputs, MSE to the teacher's mixer outputs ---- */
+    /* ---- ild (release): every new block on the teacher's hidden state; per layer the mean over
+     * tokens of ||block out - teacher's||_2 + ||mixer out - teacher's attention out||_2, summed ---- */
     {
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_ILD, &lc, &s, &t, B, T));
+        zb_loss_parts p;
+        ZB_TEST_OK(zb_trainer_step(&tr, ids, tg, 0, 1.0f, &p));
+        /* independent: the teacher's forward, then each student block by the inference path
+         * (zb_block_apply) on the teacher's res[l], norms in double */
+        zb_acts a;
+        zb_block_ws ws;
+        ZB_TEST_OK(zb_acts_alloc(&a, &t, B, T));
+        ZB_TEST_OK(zb_block_ws_alloc(&ws, &s, B, T));
+        zb_model_forward(&t, &a, ids);
+        int N = B * T, d = ct.d_model, n = 0;
+        size_t Nd = (size_t)N * d;
+        float *x = malloc(sizeof(float) * Nd), *ln = malloc(sizeof(float) * Nd), *mo = malloc(sizeof(float) * Nd);
+        double rb = 0, rm = 0;
+        for (int l = 0; l < cs.n_layers; l++) {
+            if (cs.kinds[l] == ct.kinds[l]) continue;
+            const float *res = a.res + l * Nd, *mid = a.mid + l * Nd, *out = a.res + (l + 1) * Nd;
+            memcpy(x, res, sizeof(float) * Nd);
+            zb_block_apply(&s, l, x, B, &ws);
+            zb_rmsnorm_forward(ln, NULL, res, s.w.blocks[l].attn_norm, N, d, cs.rms_eps);
+            zb_mixer_forward(&s, l, ln, mo, ws.mix_acts, B, T);
+            for (int r = 0; r < N; r++) {
+                double eb = 0, em = 0;
+                for (int i = 0; i < d; i++) {
+                    size_t k = (size_t)r * d + i;
+                    double e1 = (double)x[k] - out[k], e2 = (double)mo[k] - ((double)mid[k] - res[k]);
+                    eb += e1 * e1;
+                    em += e2 * e2;
+                }
+                rb += sqrt(eb) / N;
+                rm += sqrt(em) / N;
+            }
+            n++;
+        }
+        /* The block outputs are the same floats (same kernels, same order): equal up to the
+         * double sums. The trainer measures each mixer output as (mid - input) in float, the hand
+         * as the mixer's own output (student) and in double (teacher): per entry two roundings
+         * (mid = in + out, then mid - in) of at most eps/2 |mid| each, for the student and the
+         * teacher, so per token |difference of the norms| <= ||rounding|| <= 2 sqrt(d) eps
+         * max|mid|; summed over the n layers; x4 for the student's mid exceeding the teacher's. */
+        double mx = 0;
+        for (size_t i = 0; i < (size_t)cs.n_layers * Nd; i++) mx = fmax(mx, fabs(a.mid[i]));
+        double tol = 4 * 2.0 * n * sqrt((double)d) * 5.96e-8 * mx;
+        zb_check(n == 4 && fabs(p.ild_block - rb) <= 1e-9 * rb && fabs(p.ild_mixer - rm) <= tol &&
+                 fabs(p.loss - (p.ild_block + p.ild_mixer)) <= 1e-12 * p.loss,
+                 "ild (release) loss %.8f = block %.8f (hand %.8f) + mixer %.8f (hand %.8f, tol %.2g) over %d layers",
+                 p.loss, p.ild_block, rb, p.ild_mixer, rm, tol, n);
+        free(x); free(ln); free(mo);
+        zb_block_ws_free(&ws);
+        zb_acts_free(&a);
+        unsigned char *tm = malloc(s.n_params);
+        zb_trainer_default_trainable(&tr, tm);
+        int n_tr = 0, mlp = 0, glob = 0;
+        for (int i = 0; i < s.n_params; i++) {
+            n_tr += tm[i];
+            mlp += tm[i] && strstr(s.params[i].name, ".mlp.") != NULL;
+            glob += tm[i] && s.params[i].layer < 0;
+        }
+        zb_check(n_tr > 0 && mlp > 0 && glob == 0, "ild trains the distilled blocks whole (%d tensors, %d MLP), "
+                 "no embedding / final norm / head", n_tr, mlp);
+        fd_check("ild (release)", &tr, ids, tg, tm);
+        free(tm);
+        zb_trainer_free(&tr);
+    }
+    /* ---- ild (mixer_mse): student mixers on the teacher's normed inputs, MSE to the teacher's
+     * mixer outputs ---- */
+    {
+        zb_loss_cfg km = lc;
+        km.ild_mode = ZB_ILD_MIXER_MSE;
+        zb_trainer tr;
+        ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_ILD, &km, &s, &t, B, T));
         double got = stage_loss(&tr, ids, tg);
         /* independent: teacher forward, then per layer its own mixer forward as the target */
         zb_acts a, sa;
@@ -191,15 +263,15 @@ int main(int argc, char **argv) {
             n++;
         }
         ref /= n;
-        zb_check(n == 4 && fabs(got - ref) < 1e-4 * ref, "ild loss %.8f vs hand %.8f over %d layers", got, ref, n);
+        zb_check(n == 4 && fabs(got - ref) < 1e-4 * ref, "ild (mixer_mse) loss %.8f vs hand %.8f over %d layers", got, ref, n);
         free(y); free(yt);
         zb_acts_free(&a); zb_acts_free(&sa);
         unsigned char *tm = malloc(s.n_params);
         zb_trainer_default_trainable(&tr, tm);
         int n_tr = 0;
         for (int i = 0; i < s.n_params; i++) n_tr += tm[i];
-        zb_check(n_tr > 0 && !tm[0], "ild trains only the new mixers (%d of %d tensors)", n_tr, s.n_params);
-        fd_check("ild", &tr, ids, tg, tm);
+        zb_check(n_tr > 0 && !tm[0], "ild (mixer_mse) trains only the new mixers (%d of %d tensors)", n_tr, s.n_params);
+        fd_check("ild (mixer_mse)", &tr, ids, tg, tm);
         free(tm);
         zb_trainer_free(&tr);
     }
@@ -217,7 +289,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
         int dtg[2 * B * T];
         for (int i = 0; i < 2 * B * T; i++) dtg[i] = (i % T) >= 5 ? tg[i] : -1;   /* continuation only */
-        zb_loss_cfg k = {0, 0, 1, 0.5f};
+        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_DPO, &k, &pol, &ref, B, T));
         double got = stage_loss(&tr, ids, dtg);

@@ -126,9 +126,8 @@ static void cu_attention_forward(const zb_backend *be, float *out, float *saved,
 static void cu_attention_backward(const zb_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                   const float *out, const float *saved, const float *q, const float *k,
                                   const float *v, const zb_attn_shape *s) {
-    (void)out;
     mode(be);
-    zb_cuda_attention_backward(dq, dk, dv, dout, saved, q, k, v, s);
+    zb_cuda_attention_backward(dq, dk, dv, dout, out, saved, q, k, v, s);
 }
 
 /* The positions of the step's sequences (pos[seqs[i]]) gathered on the device, and the

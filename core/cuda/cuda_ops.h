@@ -83,10 +83,20 @@ void zb_cuda_add_cols(float *dst, int dst_stride, const float *src, int src_stri
  * recomputes each block's probabilities from lse. dq, dk, dv OVERWRITTEN (head columns). */
 void zb_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                const zb_attn_shape *s);
-void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                                const float *q, const float *k, const float *v, const zb_attn_shape *s);
+/* out: the forward's output (the flash backward's D = rowsum(dO * O)). */
+void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *lse, const float *q, const float *k, const float *v,
+                                const zb_attn_shape *s);
 /* Query rows per block (tests force small blocks to exercise the seams; 0 = by memory). */
 void zb_cuda_attention_block_rows(int rows);
+/* In the bf16 mode, head dims 64 / 128 (dqk == dv), aligned rows: the fused tensor-core flash
+ * kernels of cuda_flash.cu (1, the default) or the blocked cuBLAS path (0; tests compare them). */
+void zb_cuda_attention_use_flash(int on);
+int zb_cuda_flash_supported(const zb_attn_shape *s, const void *q, const void *k, const void *v);
+void zb_cuda_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const zb_attn_shape *s);
+void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                            const float *q, const float *k, const float *v, const zb_attn_shape *s);
 
 /* ---- attention over caches (generation) ---------------------------------------------------
  * nb sequences, n new query rows each (row t of sequence i at position pos[i] + t, already in

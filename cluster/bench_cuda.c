@@ -94,6 +94,12 @@ static void run_attn(void *p) {
     if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->o, a->lse, a->q, a->k, a->v, &a->s);
 }
 
+typedef struct { float *y; const float *x; const void *W; int N, C, OC; } gemv_ctx;
+static void run_gemv(void *p) {
+    gemv_ctx *g = p;
+    zb_cuda_linear_forward(g->y, g->x, zb_wt_of_bf16((const uint16_t *)g->W), g->N, g->C, g->OC);
+}
+
 typedef struct {
     float *out, *q;
     void *kc, *vc;
@@ -219,6 +225,26 @@ int main(int argc, char **argv) {
         zb_cuda_set_precision(ZB_PREC_F32);
         zb_cuda_free(a.q); zb_cuda_free(a.k); zb_cuda_free(a.v); zb_cuda_free(a.o); zb_cuda_free(a.lse);
         zb_cuda_free(a.dout); zb_cuda_free(a.dq); zb_cuda_free(a.dk); zb_cuda_free(a.dv);
+    }
+
+    /* ---- decode GEMV on bf16 weights (the 8B's matrices, batch 1 and 8): GB/s of weights */
+    {
+        int shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};   /* (OC, C): q/o, gate/up, down */
+        size_t nmax = (size_t)14336 * 4096;
+        void *W = dev(nmax * 2);
+        float *tmp = dev(nmax * 4), *x = dev((size_t)8 * 14336 * 4), *y = dev((size_t)8 * 14336 * 4);
+        fill(tmp, nmax, 0.02f, 11);
+        zb_cuda_f32_to_bf16(W, tmp, nmax);
+        zb_cuda_free(tmp);
+        fill(x, (size_t)8 * 14336, 1.0f, 12);
+        for (int bi = 0; bi < 2; bi++)
+            for (int i = 0; i < 3; i++) {
+                gemv_ctx gc = {y, x, W, bi ? 8 : 1, shapes[i][1], shapes[i][0]};
+                double ms = timeit(run_gemv, &gc, 3, 20);
+                snprintf(what, sizeof what, "decode GEMV bf16 W %dx%d, batch %d", gc.OC, gc.C, gc.N);
+                row(what, ms, (double)gc.OC * gc.C * 2 / (ms * 1e-3) / 1e9, "GB/s");
+            }
+        zb_cuda_free(W); zb_cuda_free(x); zb_cuda_free(y);
     }
 
     /* ---- decode attention over a bf16 cache: the 8B teacher (32 heads, 8 kv heads, hd 128) and

@@ -106,7 +106,8 @@ static void test_linear_bf16(zb_rng *rng, int N, int C, int OC) {
     zb_cuda_linear_forward(dout, dx, zb_wt_of_bf16(dW16), N, C, OC);
     zb_host_f(got, dout, no);
     char what[96];
-    snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d", N, C, OC);
+    snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d (%s)", N, C, OC,
+             zb_cuda_gemv_ok(dx, dW16, N, C) ? "gemv" : "cuBLAS");
     zb_check_mag(what, got, out, md, ZB_U16 + 2 * (C + 2) * U, 1e-30, no);
     /* the conversions: bf16 -> f32 exact, f32 -> bf16 round to nearest even like the CPU */
     float *back = zb_falloc(nw), *dback = zb_dev_f(NULL, nw);
@@ -555,9 +556,16 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
     zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, max_len, &a);
     zb_host_f(got, dout, no);
     char what[128];
-    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s", mla ? "mla" : "gqa", bf16 ? "bf16" : "f32",
-             n, mode_name());
+    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s (%s)", mla ? "mla" : "gqa",
+             bf16 ? "bf16" : "f32", n, mode_name(), n == 1 ? "flash-decoding" : "cuBLAS blocks");
     zb_check_bound(what, got, out, bound, no);
+    if (n == 1) {   /* the decode kernel given only the cache length as its bound (as the backend does) */
+        zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, maxT, &a);
+        zb_host_f(got, dout, no);
+        snprintf(what, sizeof what, "attention_cached %s cache=%s decode bounded by max_T", mla ? "mla" : "gqa",
+                 bf16 ? "bf16" : "f32");
+        zb_check_bound(what, got, out, bound, no);
+    }
     /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
     if (!mla && !bf16) {
         size_t ns = (size_t)nb * n * Hkv * dqk;
@@ -740,6 +748,8 @@ int main(int argc, char **argv) {
     test_matmul(&rng, 300, 1027, 515, 0, 1);
     test_linear_bf16(&rng, 37, 67, 45);
     test_linear_bf16(&rng, 1, 1027, 515);
+    test_linear_bf16(&rng, 3, 1032, 77);    /* the decode GEMV (N <= 8, C % 8 == 0), its ragged tail */
+    test_linear_bf16(&rng, 8, 4096, 100);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
     for (int il = 0; il < 2; il++)

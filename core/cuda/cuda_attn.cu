@@ -284,6 +284,10 @@ extern "C" void zb_cuda_attention_cached(float *out, const float *q, const void 
                                          const int *seq_dev, const int *pos_dev, int nb, int n, int max_len,
                                          const zb_cuda_cache_attn *a) {
     if (nb <= 0 || n <= 0 || max_len <= 0) return;
+    if (n == 1 && zb_cuda_decode_attn_ok(a->H, a->Hkv, a->dqk)) {   /* decode: flash-decoding, lengths on the device */
+        zb_cuda_decode_attn(out, q, kc, vc, seq_dev, pos_dev, nb, max_len, a);
+        return;
+    }
     int H = a->H, rep = H / a->Hkv, gm = n == 1, per = gm ? a->Hkv : H, count = nb * per;
     int M = gm ? rep : n, ld = max_len;   /* rows of each problem; S row length */
     size_t rows = (size_t)nb * H * n;

@@ -196,6 +196,7 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
 
 extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC) {
     if (W.f32) { zb_cuda_matmul_forward(out, inp, W.f32, NULL, N, C, OC); return; }
+    if (zb_cuda_gemv_ok(inp, W.bf16, N, C)) { zb_cuda_gemv_bf16(out, inp, W.bf16, N, C, OC); return; }   /* decode */
     uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
     if (!x16) return;
     zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);

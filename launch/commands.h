@@ -5,6 +5,7 @@
 #define ZB_COMMANDS_H
 
 int zb_cmd_import(int argc, char **argv);
+int zb_cmd_export(int argc, char **argv);
 int zb_cmd_tokenize(int argc, char **argv);
 int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);

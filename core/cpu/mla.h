@@ -16,6 +16,11 @@
 /* Views of w's f32 matrices. */
 zb_mla_lin zb_mla_lin_of(const zb_mla_weights *w);
 
+/* The softmax scale of the scores: 1/sqrt(nope + rope) (SPEC §3), times YaRN's
+ * get_mscale(factor, mscale_all_dim)^2 when the MLA's rope sets mscale_all_dim (DeepSeek; the
+ * Zebra release leaves it 0). */
+float zb_mla_softmax_scale(const zb_mla_dims *m);
+
 /* Floats of saved activations for a [B,T] forward (training) and of backward scratch. */
 size_t zb_mla_act_floats(const zb_mla_dims *m, int d, int B, int T);
 size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T);

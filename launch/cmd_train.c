@@ -12,7 +12,8 @@
  *   lr (3e-4) min_lr (lr/10) warmup (0; < 1 = a fraction of steps) weight_decay (0.1)
  *   beta1 (0.9) beta2 (0.95) eps (1e-8) clip (1.0)
  *   kl_weight (1) ce_weight (0) temperature (1)     kd
- *   beta (0.1)                                      dpo
+ *   kl_reduction ("batchmean" | "token")            kd: KL per row (the release) or per token
+ *   beta (0.01)                                     dpo
  *   ild_loss ("release" | "mixer_mse")              ild (train.h)
  *   log_every (10) eval_every (0: only at the end) eval_batches (8) save_every (0: only at
  *   the end) keep_last (2)
@@ -149,7 +150,12 @@ static int run_cfg_load(run_cfg *r, const char *path) {
     r->loss.kl_weight = (float)jnum(o, "kl_weight", 1.0);
     r->loss.ce_weight = (float)jnum(o, "ce_weight", 0.0);
     r->loss.temperature = (float)jnum(o, "temperature", 1.0);
-    r->loss.beta = (float)jnum(o, "beta", 0.1);
+    r->loss.beta = (float)jnum(o, "beta", 0.01);   /* the release's DPO beta (SPEC §6) */
+    char klr[PATHLEN];
+    jstr(o, "kl_reduction", klr, "batchmean");
+    if (strcmp(klr, "batchmean") && strcmp(klr, "token"))
+        return zb_fail(ZB_EARG, "%s: kl_reduction is \"batchmean\" or \"token\", not \"%s\"", path, klr);
+    r->loss.kl_token_mean = !strcmp(klr, "token");
     char ild[PATHLEN];
     jstr(o, "ild_loss", ild, "release");
     if (strcmp(ild, "release") && strcmp(ild, "mixer_mse"))

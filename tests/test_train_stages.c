@@ -136,7 +136,7 @@ int main(int argc, char **argv) {
     int ids[2 * B * T], tg[2 * B * T];
     for (int i = 0; i < 2 * B * T; i++) { ids[i] = (int)(zb_rng_u64(&rng) % V); tg[i] = (int)(zb_rng_u64(&rng) % V); }
     tg[3] = -1; tg[T + 5] = -1;   /* a few masked targets */
-    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE};
+    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE, 0};
 
     /* ---- pretrain / sft: CE ---- */
     {
@@ -149,22 +149,27 @@ int main(int argc, char **argv) {
         free(lg);
         zb_trainer_free(&tr);
     }
-    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE ---- */
-    {
-        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE};
+    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE; the KL per row (batchmean, the
+     * release's reduction) and per token ---- */
+    for (int per_token = 0; per_token < 2; per_token++) {
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE, per_token};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_KD, &k, &s, &t, B, T));
         zb_loss_parts p;
         ZB_TEST_OK(zb_trainer_step(&tr, ids, tg, 0, 1.0f, &p));
         float *ls = logits_of(&s, ids, B), *lt = logits_of(&t, ids, B);
+        int nt = 0;
+        for (int i = 0; i < B * T; i++) nt += tg[i] >= 0;
         double kl = ref_kl(ls, lt, tg, B * T, V, 2.0), ce = ref_ce(ls, tg, B * T, V);
+        if (!per_token) kl = kl * nt / B;   /* sum over the tokens / rows */
         double ref = 0.7 * kl + 0.3 * ce;
         zb_check(fabs(p.loss - ref) < 1e-5 * fabs(ref) && fabs(p.kl - kl) < 1e-5 * kl,
-                 "kd loss %.8f (kl %.8f) vs hand %.8f (kl %.8f)", p.loss, p.kl, ref, kl);
+                 "kd (%s) loss %.8f (kl %.8f) vs hand %.8f (kl %.8f)", per_token ? "per token" : "batchmean",
+                 p.loss, p.kl, ref, kl);
         free(ls); free(lt);
         unsigned char *tm = malloc(s.n_params);
         zb_trainer_default_trainable(&tr, tm);
-        fd_check("kd", &tr, ids, tg, tm);
+        fd_check(per_token ? "kd (per token)" : "kd (batchmean)", &tr, ids, tg, tm);
         free(tm);
         zb_trainer_free(&tr);
     }
@@ -289,7 +294,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
         int dtg[2 * B * T];
         for (int i = 0; i < 2 * B * T; i++) dtg[i] = (i % T) >= 5 ? tg[i] : -1;   /* continuation only */
-        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE};
+        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE, 0};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_DPO, &k, &pol, &ref, B, T));
         double got = stage_loss(&tr, ids, dtg);

@@ -315,7 +315,6 @@ int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want
     case ZB_STAGE_DPO: stage_pair(tr, ids, targets, want_grad, grad_scale, &o, dpo_loss); break;
     default: return zb_fail(ZB_EARG, "unknown stage %d", (int)tr->stage);
     }
-    if (!isfinite(o.loss)) return zb_fail(ZB_EARG, "%s loss is not finite (%g)", zb_stage_name(tr->stage), o.loss);
     if (out) *out = o;
     return ZB_OK;
 }
@@ -351,10 +350,10 @@ void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p) {
     parts_unpack(a, acc);
 }
 
-void zb_loss_parts_scale(zb_loss_parts *p, double s) {
+void zb_loss_parts_div(zb_loss_parts *p, double d) {
     double a[NPARTS];
     parts_pack(p, a);
-    for (int i = 0; i < NPARTS; i++) a[i] *= s;
+    for (int i = 0; i < NPARTS; i++) a[i] /= d;
     parts_unpack(a, p);
 }
 

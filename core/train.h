@@ -59,8 +59,8 @@ typedef struct {
 
 /* acc += p, part by part. */
 void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p);
-/* Every part times s. */
-void zb_loss_parts_scale(zb_loss_parts *p, double s);
+/* Every part divided by d (a mean from sums). */
+void zb_loss_parts_div(zb_loss_parts *p, double d);
 /* Sums over a group (in place) / rank root's parts to every rank of the group. Collective. */
 int zb_loss_parts_sum(zb_comm *c, zb_group g, zb_loss_parts *p);
 int zb_loss_parts_bcast(zb_comm *c, zb_group g, zb_loss_parts *p, int root);
@@ -93,7 +93,8 @@ void zb_trainer_free(zb_trainer *tr);
 void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 
 /* Loss of one micro-batch: ids and targets [rows*T]. When want_grad the gradient of the loss
- * (times grad_scale) is ACCUMULATED into student->grad. */
+ * (times grad_scale) is ACCUMULATED into student->grad. The loss may come out inf / NaN (a
+ * diverging run): the caller decides what to do with such a step. */
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
 

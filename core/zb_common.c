@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* The one piece of module state: the last error message of this process (each MPI rank
@@ -48,6 +49,16 @@ void *zb_calloc(size_t n, size_t size, const char *what) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) zb_fail(ZB_ENOMEM, "out of memory allocating %zu x %zu bytes for %s", n, size, what);
     return p;
+}
+
+int zb_ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+int zb_is_config_json(const char *path) {
+    struct stat st;
+    return zb_ends_with(path, ".json") && strlen(path) > 5 && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 int zb_read_file(const char *path, char **out, size_t *len) {

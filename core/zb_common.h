@@ -49,6 +49,11 @@ void *zb_calloc(size_t n, size_t size, const char *what);
 #define ZB_ALLOC(ptr, n, what) do { (ptr) = zb_calloc((size_t)(n), sizeof(*(ptr)), (what)); \
     if (!(ptr)) return ZB_ENOMEM; } while (0)
 
+/* 1 if s ends with suffix. */
+int zb_ends_with(const char *s, const char *suffix);
+/* 1 if path is a regular file named *.json (a model config, where a model is expected). */
+int zb_is_config_json(const char *path);
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 int zb_read_file(const char *path, char **out, size_t *len);
 

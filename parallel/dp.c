@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "shard.h"
+#include "tensor_names.h"
 #include "zb_common.h"
 
 static int reduce_range(float *g, size_t n, float scale, zb_comm *c) {
@@ -143,13 +144,22 @@ int zb_dp_finish(zb_dp *d) {
     return ZB_OK;
 }
 
+/* PP: the last stage's copy of a tied embedding (its gradient equals the first stage's after
+ * zb_pp_tied_grad_sum: counted once), or -1. */
+static int tied_copy(const zb_model *m) {
+    if (!m->tp || m->tp->pp_size < 2 || m->tp->pp_rank != m->tp->pp_size - 1 || !m->cfg.tie_embeddings) return -1;
+    const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
+    return p ? (int)(p - m->params) : -1;
+}
+
 int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
     const zb_model *m = d->m;
     size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
     const float *g = d->zero ? d->gshard : m->grad;
     double s[2] = {0, 0};   /* TP-split, replicated */
+    int skip = tied_copy(m);
     for (int i = 0; i < m->n_params; i++) {
-        if (!o->trainable[i]) continue;
+        if (!o->trainable[i] || i == skip) continue;
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
@@ -158,7 +168,31 @@ int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
     if (d->zero) ZB_TRY(zb_comm_sum_f64(d->comm, ZB_GROUP_DP, s, 2));
     if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_TP, s, 1));
     *out = s[0] + s[1];
+    if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_PP, out, 1));   /* over the stages */
     return ZB_OK;
+}
+
+int zb_dp_first_nonfinite(const zb_dp *d, const zb_adamw *o, char *name, size_t cap) {
+    const zb_model *m = d->m;
+    const zb_config *full = zb_model_full_config(m);
+    size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
+    const float *g = d->zero ? d->gshard : m->grad;
+    zb_tensor_spec *spec = NULL;
+    int ns = 0, first = INT_MAX;
+    ZB_TRY(zb_expected_tensors(full, &spec, &ns));
+    for (int i = 0, j = 0; i < m->n_params && first == INT_MAX; i++) {
+        const char *nm = m->tp ? m->tp->full_params[i].name : m->params[i].name;
+        while (j < ns && strcmp(spec[j].name, nm)) j++;   /* its place in the full model */
+        if (!o->trainable[i]) continue;
+        const zb_param *p = &m->params[i];
+        size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        for (size_t k = a; k < b; k++)
+            if (!isfinite(g[k - lo])) { first = j; break; }
+    }
+    int rc = zb_comm_allreduce(d->comm, ZB_GROUP_WORLD, &first, 1, ZB_CT_I32, ZB_RED_MIN);
+    snprintf(name, cap, "%s", !rc && first < ns ? spec[first].name : "");
+    free(spec);
+    return rc;
 }
 
 int zb_dp_zero_attach(zb_dp *d, zb_adamw *o) {
@@ -178,26 +212,5 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
     zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
     o->step++;
     ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data, d->counts, d->displs, ZB_CT_F32));
-    return ZB_OK;
-}
-
-int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float *full_v) {
-    size_t n = d->m->n_floats;
-    if (!d->zero) {
-        memcpy(full_m, o->m, sizeof(float) * n);
-        memcpy(full_v, o->v, sizeof(float) * n);
-        return ZB_OK;
-    }
-    memcpy(full_m + d->lo, o->m, sizeof(float) * (d->hi - d->lo));
-    memcpy(full_v + d->lo, o->v, sizeof(float) * (d->hi - d->lo));
-    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_m, d->counts, d->displs, ZB_CT_F32));
-    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_v, d->counts, d->displs, ZB_CT_F32));
-    return ZB_OK;
-}
-
-int zb_dp_scatter_moments(const zb_dp *d, zb_adamw *o, const float *full_m, const float *full_v) {
-    size_t lo = d->zero ? d->lo : 0, n = d->zero ? d->hi - d->lo : d->m->n_floats;
-    memcpy(o->m, full_m + lo, sizeof(float) * n);
-    memcpy(o->v, full_v + lo, sizeof(float) * n);
     return ZB_OK;
 }

@@ -113,7 +113,7 @@ void zb_cuda_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_w
     zb_cuda_zero(datt, sizeof(float) * N * H * dv);
     zb_cuda_matmul_backward(datt, g->o_proj, NULL, dout, a.att, w->o_proj, (int)N, H * dv, d);
     zb_attn_shape s = attn_shape(m, B, T);
-    zb_cuda_attention_backward(dq, dK, dV, datt, a.lse, a.q, a.K, a.V, &s);
+    zb_cuda_attention_backward(dq, dK, dV, datt, a.att, a.lse, a.q, a.K, a.V, &s);
     /* dK, dV -> d(kv_b output) and d(k_pe) (summed over the kv heads) */
     zb_cuda_zero(dkva, sizeof(float) * N * W);
     for (int j = 0; j < Hk; j++) {

@@ -175,7 +175,7 @@ int main(int argc, char **argv) {
     int ids[2 * B * T], tg[2 * B * T];
     for (int i = 0; i < 2 * B * T; i++) { ids[i] = (int)(zb_rng_u64(&rng) % V); tg[i] = (int)(zb_rng_u64(&rng) % V); }
     tg[3] = -1; tg[T + 5] = -1;   /* a few masked targets */
-    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE};
+    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE, 0};
 
     /* ---- pretrain / sft: CE ---- */
     {
@@ -191,15 +191,19 @@ int main(int argc, char **argv) {
         free(lg);
         zb_trainer_free(&tr);
     }
-    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE ---- */
-    {
-        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE};
+    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE; the KL per row (batchmean, the
+     * release's reduction) and per token ---- */
+    for (int per_token = 0; per_token < 2; per_token++) {
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE, per_token};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_KD, &k, &s, &t, B, T));
         zb_loss_parts p;
         ZB_TEST_OK(zb_trainer_step(&tr, ids, tg, 0, 1.0f, &p));
         float *ls = logits_of(&s, ids, B), *lt = logits_of(&t, ids, B);
+        int nt = 0;
+        for (int i = 0; i < B * T; i++) nt += tg[i] >= 0;
         double kl = ref_kl(ls, lt, tg, B * T, V, 2.0), ce = ref_ce(ls, tg, B * T, V);
+        if (!per_token) kl = kl * nt / B;   /* sum over the tokens / rows */
         double ref = 0.7 * kl + 0.3 * ce;
         /* KL(pt || ps) at tau moves by at most (2 / tau) e_s for student logits off by e_s, and by
          * (1 / tau)(2 + max_v |log pt - log ps|) e_t for teacher logits off by e_t (d KL / d t_v =
@@ -218,15 +222,16 @@ int main(int argc, char **argv) {
             klb += (2 / 2.0) * es[i] + (2 + mx) / 2.0 * et[i];
             nv++;
         }
-        klb /= nv;
+        klb = per_token ? klb / nv : klb / B;   /* the KL's own reduction: per token, or the sum / rows */
         free(a1); free(a2);
         double kb = 0.7 * klb + 0.3 * ce_bound(es, tg, B * T);
         zb_check(fabs(p.loss - ref) <= kb && fabs(p.kl - kl) <= klb,
-                 "kd loss %.8f (kl %.8f) vs hand %.8f (kl %.8f) (bounds %.2g, %.2g)", p.loss, p.kl, ref, kl, kb, klb);
+                 "kd (%s) loss %.8f (kl %.8f) vs hand %.8f (kl %.8f) (bounds %.2g, %.2g)",
+                 per_token ? "per token" : "batchmean", p.loss, p.kl, ref, kl, kb, klb);
         free(ls); free(lt);
         unsigned char *tm = malloc(s.n_params);
         zb_trainer_default_trainable(&tr, tm);
-        fd_check("kd", &tr, ids, tg, tm, kb);
+        fd_check(per_token ? "kd (per token)" : "kd (batchmean)", &tr, ids, tg, tm, kb);
         free(tm);
         zb_trainer_free(&tr);
     }
@@ -377,7 +382,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
         int dtg[2 * B * T];
         for (int i = 0; i < 2 * B * T; i++) dtg[i] = (i % T) >= 5 ? tg[i] : -1;   /* continuation only */
-        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE};
+        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE, 0};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_DPO, &k, &pol, &ref, B, T));
         double got = stage_loss(&tr, ids, dtg);

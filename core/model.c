@@ -483,27 +483,6 @@ static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, con
     be->matmul_backward(be, dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
 }
 
-const float *zb_mixer_out_proj_input(const zb_model *m, int l, float *acts, int B, int T, int *width,
-                                     const float **w_out) {
-    const zb_config *c = &m->cfg;
-    const zb_block *w = &m->w.blocks[l];
-    size_t N = (size_t)B * T;
-    switch (c->kinds[l]) {
-    case ZB_LAYER_ATTN:   /* acts: q k v att probs (attn_forward) */
-        *width = c->n_heads * c->head_dim;
-        *w_out = w->wo;
-        return acts + N * (c->n_heads * c->head_dim + 2 * c->n_kv_heads * c->head_dim);
-    case ZB_LAYER_MLA:
-        *width = c->mla.n_heads * c->mla.v_head_dim;
-        *w_out = w->mla.o_proj;
-        return zb_mla_acts_att(&c->mla, acts, B, T);
-    default:
-        *width = c->mamba.d_inner;
-        *w_out = w->mamba.out_proj;
-        return zb_mamba2_acts_o(&c->mamba, acts, B, T);
-    }
-}
-
 void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts,
                           int B, int T) {
     const zb_config *c = &m->cfg;

@@ -207,11 +207,6 @@ void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w);
 void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts, int B, int T);
 void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
                        float *acts, float *scratch, int B, int T);
-/* After zb_mixer_forward: the input of block l's output projection (attention / MLA: the
- * attention output, Mamba2: the gated-norm output) [B*T, *width] in acts, and that projection's
- * f32 weight [d, *width] in *w_out (tests: the magnitudes of the output's summed terms). */
-const float *zb_mixer_out_proj_input(const zb_model *m, int l, float *acts, int B, int T, int *width,
-                                     const float **w_out);
 
 /* ---- generation with caches ---------------------------------------------------------- */
 /* Parts of a generation step, timed when zb_gen.profile is set: where decode time goes. */

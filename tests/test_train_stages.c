@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mamba2.h"
+#include "mla.h"
 #include "model.h"
 #include "ops.h"
 #include "train.h"
@@ -17,6 +19,29 @@
 enum { B = 2, T = 12 };
 
 /* log-softmax of row (double) */
+/* The input of mixer l's output projection inside its saved activations (the CPU backend's
+ * layouts) and that projection's width and weights. */
+static const float *mixer_out_proj_input(const zb_model *m, int l, float *acts, int B, int T, int *width,
+                                        const float **w_out) {
+    const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
+    size_t N = (size_t)B * T;
+    switch (c->kinds[l]) {
+    case ZB_LAYER_ATTN:   /* acts: q k v att probs (attn_forward) */
+        *width = c->n_heads * c->head_dim;
+        *w_out = w->wo;
+        return acts + N * (c->n_heads * c->head_dim + 2 * c->n_kv_heads * c->head_dim);
+    case ZB_LAYER_MLA:
+        *width = c->mla.n_heads * c->mla.v_head_dim;
+        *w_out = w->mla.o_proj;
+        return zb_mla_acts_att(&c->mla, acts, B, T);
+    default:
+        *width = c->mamba.d_inner;
+        *w_out = w->mamba.out_proj;
+        return zb_mamba2_acts_o(&c->mamba, acts, B, T);
+    }
+}
+
 static void log_softmax(const float *row, int V, double tau, double *out) {
     double mx = -INFINITY, s = 0;
     for (int v = 0; v < V; v++) if (row[v] / tau > mx) mx = row[v] / tau;
@@ -336,8 +361,8 @@ int main(int argc, char **argv) {
              * (y - yt)^2 moves by at most 2 |y - yt| (e_y + e_yt) */
             int wy, wt;
             const float *wo_s, *wo_t;
-            const float *ay = zb_mixer_out_proj_input(&s, l, sa.mix_acts[l], B, T, &wy, &wo_s);
-            const float *at = zb_mixer_out_proj_input(&t, l, a.mix_acts[l], B, T, &wt, &wo_t);
+            const float *ay = mixer_out_proj_input(&s, l, sa.mix_acts[l], B, T, &wy, &wo_s);
+            const float *at = mixer_out_proj_input(&t, l, a.mix_acts[l], B, T, &wt, &wo_t);
             zb_mag_matmul(my, ay, wo_s, B * T, ct.d_model, wy);
             zb_mag_matmul(myt, at, wo_t, B * T, ct.d_model, wt);
             double ops_s = cs.kinds[l] == ZB_LAYER_MLA ? zb_ops_mla(&cs.mla, cs.d_model, T, 1)

@@ -324,4 +324,16 @@ const char *zb_backend_missing(const zb_backend *be);
 #define ZB_BE_ALLOC(be, ptr, n, what) do { (ptr) = (be)->alloc((be), (size_t)(n) * sizeof(*(ptr)), (what)); \
     if (!(ptr)) return ZB_ENOMEM; } while (0)
 
+/* The CPU backend's process-wide settings (core/cpu/linear.c), which the driver sets at start
+ * and prints. zb_blas_uses_openmp: 1 when OpenBLAS is its OpenMP build (CMakeLists.txt prefers
+ * it): BLAS calls then run on the same libgomp threads as our kernels (one pool), and inside
+ * our parallel regions on one thread; 0 for the pthreads build (a second pool, which must not
+ * run beside OpenMP regions). zb_linear_threads: the OpenMP threads of the CPU kernels (1
+ * without OpenMP). zb_cpu_bf16_kernel: the bf16 matrix kernel picked for this CPU ("avx512",
+ * "avx2", "scalar"). */
+int zb_blas_uses_openmp(void);
+int zb_linear_threads(void);
+void zb_linear_set_threads(int n);
+const char *zb_cpu_bf16_kernel(void);
+
 #endif

@@ -23,8 +23,6 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "mamba2.h"
-#include "mla.h"
 #include "model.h"
 
 /* One teacher attention layer, HF layout: wq [H*hd, d], wk/wv [Hkv*hd, d], wo [d, H*hd]. */

@@ -11,7 +11,10 @@
  * generation step only do pointer arithmetic on them and call m->be's entries. A model is
  * built, loaded and initialised on the host (the CPU backend); zb_model_set_backend moves it.
  * Host-side code (loading, saving, TP slicing, sampling) reads m->data directly, which needs
- * m->be->host_memory. */
+ * m->be->host_memory.
+ *
+ * Implemented in weights.c (the parameter buffer: layout, allocation, loading, init, the move to
+ * a backend) and model.c (forward / backward, generation, sampling). */
 #ifndef ZB_MODEL_H
 #define ZB_MODEL_H
 

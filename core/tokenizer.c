@@ -8,7 +8,9 @@
  * adjacent pair is merged until none is left.
  *
  * The vocab is keyed twice: by its byte-level string ("Ġthe") for zb_tokenizer_token_id,
- * and by the raw bytes it stands for (" the") so that pieces need no byte->unicode step. */
+ * and by the raw bytes it stands for (" the") so that pieces need no byte->unicode step.
+ * This file loads tokenizer.json and decodes; tokenizer_encode.c encodes; the layout they
+ * share is tokenizer_impl.h. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
 
@@ -18,14 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenizer_impl.h"
 #include "zb_common.h"
 
 #define MAX_IDS (1 << 24)   /* sanity bound on ids in the file, not a real limit */
 
 /* ---------------------------------------------------------------- arena of strings */
-/* Every string the tokenizer keeps lives in a few big blocks, freed at once. */
-typedef struct blk { struct blk *next; size_t used, cap; char data[]; } blk;
-
 static char *arena_put(blk **a, const char *s, size_t n) {
     if (!*a || (*a)->cap - (*a)->used < n + 1) {
         size_t cap = n + 1 > (1u << 20) ? n + 1 : (1u << 20);
@@ -46,16 +46,6 @@ static void arena_free(blk *a) {
 }
 
 /* ---------------------------------------------------------------- string -> id map */
-/* Open addressing, linear probing; keys point into the arena. */
-typedef struct { const char *key; uint32_t len; int32_t val; } sslot;
-typedef struct { sslot *s; size_t mask, n; } smap;
-
-static uint64_t hash_bytes(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;   /* FNV-1a */
-    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ull; }
-    return h ^ (h >> 29);
-}
-
 static int smap_init(smap *m, size_t n) {
     size_t cap = 16;
     while (cap < 2 * n) cap <<= 1;
@@ -63,14 +53,6 @@ static int smap_init(smap *m, size_t n) {
     if (!m->s) return ZB_ENOMEM;
     m->mask = cap - 1; m->n = 0;
     return ZB_OK;
-}
-
-static int32_t smap_get(const smap *m, const char *k, size_t n) {
-    for (size_t i = hash_bytes(k, n) & m->mask;; i = (i + 1) & m->mask) {
-        const sslot *s = &m->s[i];
-        if (!s->key) return -1;
-        if (s->len == n && memcmp(s->key, k, n) == 0) return s->val;
-    }
 }
 
 /* Insert or overwrite; the map is sized up front so it never fills (checked anyway). */
@@ -87,15 +69,6 @@ static int smap_put(smap *m, const char *k, size_t n, int32_t val) {
 }
 
 /* ---------------------------------------------------------------- (id, id) -> merge map */
-typedef struct { uint64_t key; int32_t rank, id; } mslot;   /* key == EMPTY: free slot */
-typedef struct { mslot *s; size_t mask; } mmap_;
-#define MEMPTY UINT64_MAX
-
-static size_t mhash(uint64_t k, size_t mask) {
-    k *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(k ^ (k >> 32)) & mask;
-}
-
 static int mmap_init(mmap_ *m, size_t n) {
     size_t cap = 16;
     while (cap < 2 * n) cap <<= 1;
@@ -106,14 +79,6 @@ static int mmap_init(mmap_ *m, size_t n) {
     return ZB_OK;
 }
 
-static const mslot *mmap_get(const mmap_ *m, int32_t a, int32_t b) {
-    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    for (size_t i = mhash(k, m->mask);; i = (i + 1) & m->mask) {
-        if (m->s[i].key == k) return &m->s[i];
-        if (m->s[i].key == MEMPTY) return NULL;
-    }
-}
-
 /* A repeated pair takes the later rank, as HF's map collect does. */
 static void mmap_put(mmap_ *m, int32_t a, int32_t b, int32_t rank, int32_t id) {
     uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
@@ -121,41 +86,6 @@ static void mmap_put(mmap_ *m, int32_t a, int32_t b, int32_t rank, int32_t id) {
     while (m->s[i].key != MEMPTY && m->s[i].key != k) i = (i + 1) & m->mask;
     m->s[i].key = k; m->s[i].rank = rank; m->s[i].id = id;
 }
-
-/* ---------------------------------------------------------------- the tokenizer */
-typedef struct {
-    const char *s; uint32_t len; int32_t id;
-    unsigned char lstrip, rstrip, single_word, normalized;
-} added_tok;
-
-/* A byte trie over the added tokens, so that finding the longest one at a position costs
- * the length of the match, not the number of tokens. tok[c]: the added token (index) of
- * class c (normalized 0/1) ending here, -1 if none. */
-typedef struct { int32_t child, sibling, tok[2]; unsigned char byte; } trie_node;
-
-struct zb_tokenizer {
-    char *path;                /* for error messages */
-    int n_slots;               /* highest id + 1 */
-    const char **str;          /* id -> vocab string (NULL: no such id) */
-    const char **bytes;        /* id -> raw bytes */
-    uint32_t *nbytes;
-    unsigned char *special;    /* id -> is an added token */
-    smap by_str, by_bytes;     /* vocab string -> id; raw bytes -> id (model vocab only) */
-    mmap_ merges;
-    int32_t byte_id[256];      /* id of each single byte, -1 if absent */
-    int32_t unk_id;
-    int ignore_merges;
-    added_tok *added;
-    int n_added;
-    trie_node *trie;           /* the added tokens' bytes; node 0 is the root */
-    int n_trie;
-    pcre2_code *re;            /* the pre-tokenizer split; NULL: no split */
-    pcre2_code *re_ws, *re_word;     /* \s and \w, for lstrip/rstrip/single_word */
-    int jit;
-    int32_t bos, eos[4];
-    int n_eos;
-    blk *arena;
-};
 
 /* GPT-2's byte <-> printable unicode map: printable latin-1 bytes stand for themselves, the
  * other 68 bytes get code points 256.. in byte order. cp_byte[cp] = byte, -1 if unmapped. */
@@ -167,27 +97,6 @@ static void byte_map(int cp_byte[N_CP]) {
         int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         cp_byte[keep ? b : 256 + n++] = b;
     }
-}
-
-/* Length of the well-formed UTF-8 char at s (n > 0 bytes left), 0 if malformed (overlong,
- * surrogate, > U+10FFFF, truncated). PCRE2 runs with NO_UTF_CHECK, so this must be strict. */
-static size_t utf8_char(const unsigned char *s, size_t n, uint32_t *cp) {
-    unsigned c = s[0];
-    if (c < 0x80) { *cp = c; return 1; }
-    size_t len;
-    uint32_t v, min;
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; v = c & 0x1F; min = 0x80; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; v = c & 0x0F; min = 0x800; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; v = c & 0x07; min = 0x10000; }
-    else return 0;
-    if (len > n) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        v = v << 6 | (s[i] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-    *cp = v;
-    return len;
 }
 
 /* Raw bytes of a byte-level vocab string into out (at most n bytes); -1 if some char is not
@@ -420,12 +329,6 @@ static int load_vocab_merges(zb_tokenizer *t, const cJSON *model, const char *pa
     return ZB_OK;
 }
 
-static int32_t trie_child(const trie_node *tr, int32_t node, unsigned char b) {
-    for (int32_t c = tr[node].child; c >= 0; c = tr[c].sibling)
-        if (tr[c].byte == b) return c;
-    return -1;
-}
-
 /* Nodes are preallocated (1 + total bytes), so insertion can't fail. A repeated content of
  * the same class keeps its first token. */
 static void trie_insert(zb_tokenizer *t, const added_tok *a, int idx) {
@@ -593,225 +496,6 @@ int zb_tokenizer_load(zb_tokenizer **out, const char *path) {
     if (!rc) rc = load_config(t, path);
     if (rc) { zb_tokenizer_free(t); return rc; }
     *out = t;
-    return ZB_OK;
-}
-
-/* ---------------------------------------------------------------- encoding */
-typedef struct { int32_t id, prev, next; } sym;
-typedef struct { int32_t rank, pos, a, b; } cand;   /* a merge candidate at symbol pos */
-
-/* Per-call scratch, so that a loaded tokenizer stays read-only. */
-typedef struct {
-    int32_t *ids; size_t n, cap;
-    sym *sy; size_t sycap;
-    cand *hp; size_t hn, hcap;
-    pcre2_match_data *md;
-    uint32_t mopts;
-} enc;
-
-static int push_id(enc *e, int32_t id) {
-    if (e->n == e->cap) {
-        size_t cap = e->cap ? 2 * e->cap : 256;
-        int32_t *p = realloc(e->ids, cap * sizeof *p);
-        if (!p) return zb_fail(ZB_ENOMEM, "out of memory (token ids)");
-        e->ids = p; e->cap = cap;
-    }
-    e->ids[e->n++] = id;
-    return ZB_OK;
-}
-
-static int cand_less(const cand *x, const cand *y) {
-    return x->rank != y->rank ? x->rank < y->rank : x->pos < y->pos;
-}
-
-static int heap_push(enc *e, cand c) {
-    if (e->hn == e->hcap) {
-        size_t cap = e->hcap ? 2 * e->hcap : 64;
-        cand *p = realloc(e->hp, cap * sizeof *p);
-        if (!p) return zb_fail(ZB_ENOMEM, "out of memory (bpe heap)");
-        e->hp = p; e->hcap = cap;
-    }
-    size_t i = e->hn++;
-    while (i > 0 && cand_less(&c, &e->hp[(i - 1) / 2])) { e->hp[i] = e->hp[(i - 1) / 2]; i = (i - 1) / 2; }
-    e->hp[i] = c;
-    return ZB_OK;
-}
-
-static cand heap_pop(enc *e) {
-    cand top = e->hp[0], last = e->hp[--e->hn];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= e->hn) break;
-        if (c + 1 < e->hn && cand_less(&e->hp[c + 1], &e->hp[c])) c++;
-        if (!cand_less(&e->hp[c], &last)) break;
-        e->hp[i] = e->hp[c]; i = c;
-    }
-    if (e->hn) e->hp[i] = last;
-    return top;
-}
-
-static int push_pair(const zb_tokenizer *t, enc *e, int32_t pos) {
-    int32_t nx = e->sy[pos].next;
-    if (nx < 0) return ZB_OK;
-    const mslot *m = mmap_get(&t->merges, e->sy[pos].id, e->sy[nx].id);
-    if (!m) return ZB_OK;
-    cand c = {m->rank, pos, e->sy[pos].id, e->sy[nx].id};
-    return heap_push(e, c);
-}
-
-/* One pre-token. BPE with a heap of candidate merges (lowest rank, then leftmost, as HF):
- * n log n, so that even a megabyte-long run of spaces stays cheap. */
-static int encode_piece(const zb_tokenizer *t, enc *e, const char *p, size_t n) {
-    if (n == 0) return ZB_OK;
-    if (n > INT32_MAX) return zb_fail(ZB_EARG, "tokenize: a single %zu-byte word is too long", n);
-    if (t->ignore_merges || n == 1) {
-        int32_t id = smap_get(&t->by_bytes, p, n);
-        if (id >= 0) return push_id(e, id);
-    }
-    if (n > e->sycap) {
-        sym *s = realloc(e->sy, n * sizeof *s);
-        if (!s) return zb_fail(ZB_ENOMEM, "out of memory (bpe symbols)");
-        e->sy = s; e->sycap = n;
-    }
-    /* One symbol per byte; a byte missing from the vocab becomes unk or is dropped (HF). */
-    int32_t ns = 0;
-    for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_id[(unsigned char)p[i]];
-        if (id < 0) id = t->unk_id;
-        if (id < 0) continue;
-        e->sy[ns].id = id; e->sy[ns].prev = ns - 1; e->sy[ns].next = ns + 1;
-        ns++;
-    }
-    if (!ns) return ZB_OK;
-    e->sy[ns - 1].next = -1;
-    e->hn = 0;
-    for (int32_t i = 0; i + 1 < ns; i++) ZB_TRY(push_pair(t, e, i));
-    while (e->hn) {
-        cand c = heap_pop(e);
-        sym *s = &e->sy[c.pos];
-        if (s->id != c.a || s->next < 0 || e->sy[s->next].id != c.b) continue;   /* stale */
-        int32_t nx = s->next;
-        s->id = mmap_get(&t->merges, c.a, c.b)->id;
-        s->next = e->sy[nx].next;
-        if (s->next >= 0) e->sy[s->next].prev = c.pos;
-        e->sy[nx].id = -1;
-        if (s->prev >= 0) ZB_TRY(push_pair(t, e, s->prev));
-        ZB_TRY(push_pair(t, e, c.pos));
-    }
-    for (int32_t i = 0; i >= 0; i = e->sy[i].next) ZB_TRY(push_id(e, e->sy[i].id));
-    return ZB_OK;
-}
-
-static size_t utf8_len(const char *s, size_t i, size_t n) {
-    size_t j = i + 1;
-    while (j < n && ((unsigned char)s[j] & 0xC0) == 0x80) j++;
-    return j - i;
-}
-
-/* Split valid UTF-8 s[0..n) by the regex; matches and the gaps between them are pieces. */
-static int split_valid(const zb_tokenizer *t, enc *e, const char *s, size_t n) {
-    size_t gap = 0, pos = 0;
-    while (pos < n) {
-        int rc = pcre2_match(t->re, (PCRE2_SPTR)s, n, pos, e->mopts | PCRE2_NO_UTF_CHECK, e->md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH) break;
-        if (rc < 0) {
-            if (!(e->mopts & PCRE2_NO_JIT)) { e->mopts |= PCRE2_NO_JIT; continue; }   /* e.g. JIT stack: retry interpreted */
-            char msg[256];
-            pcre2_get_error_message(rc, (PCRE2_UCHAR *)msg, sizeof msg);
-            return zb_fail(ZB_EFORMAT, "%s: pre-tokenizer regex failed: %s", t->path, msg);
-        }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-        size_t ms = ov[0], me = ov[1];
-        if (me == ms) { pos = ms + utf8_len(s, ms, n); continue; }   /* empty match: no cut */
-        if (ms > gap) ZB_TRY(encode_piece(t, e, s + gap, ms - gap));
-        ZB_TRY(encode_piece(t, e, s + ms, me - ms));
-        gap = pos = me;
-    }
-    if (gap < n) ZB_TRY(encode_piece(t, e, s + gap, n - gap));
-    return ZB_OK;
-}
-
-/* HF only sees valid UTF-8; we also take raw bytes: each run of malformed bytes is a piece
- * of its own, the valid runs between are split by the regex. Checking once here lets PCRE2
- * skip its own check, which would rescan the rest of the text on every match. */
-static int encode_split(const zb_tokenizer *t, enc *e, const char *s, size_t n) {
-    if (!t->re) return encode_piece(t, e, s, n);
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        size_t j = i;
-        uint32_t cp;
-        while (j < n) {
-            if (u[j] < 0x80) { j++; continue; }   /* ASCII fast path */
-            size_t l = utf8_char(u + j, n - j, &cp);
-            if (!l) break;
-            j += l;
-        }
-        if (j > i) ZB_TRY(split_valid(t, e, s + i, j - i));
-        size_t k = j;
-        while (k < n && !utf8_char(u + k, n - k, &cp)) k++;
-        if (k > j) ZB_TRY(encode_piece(t, e, s + j, k - j));
-        i = k;
-    }
-    return ZB_OK;
-}
-
-/* Is s[i..end) one well-formed char matching re (\s or \w)? */
-static int char_is(const pcre2_code *re, enc *e, const char *s, size_t i, size_t end) {
-    uint32_t cp;
-    if (utf8_char((const unsigned char *)s + i, end - i, &cp) != end - i) return 0;
-    return pcre2_match(re, (PCRE2_SPTR)s + i, end - i, 0, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, e->md, NULL) > 0;
-}
-
-/* Start of the char before offset i (i > 0). */
-static size_t prev_char(const char *s, size_t i) {
-    do i--; while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80);
-    return i;
-}
-
-/* Cut the added tokens of one class (normalized == cls) out of s[0..n), recursing into
- * the gaps with the next class, then the regex split. As HF: leftmost-longest matches,
- * scanning on after the end of each match, even one rejected by single_word. */
-static int encode_added(const zb_tokenizer *t, enc *e, const char *s, size_t n, int cls) {
-    if (cls > 1 || !t->n_added) return encode_split(t, e, s, n);
-    size_t done = 0, i = 0;
-    while (i < n) {
-        const added_tok *a = NULL;
-        int32_t node = 0;
-        for (size_t j = i; j < n && (node = trie_child(t->trie, node, (unsigned char)s[j])) >= 0; j++)
-            if (t->trie[node].tok[cls] >= 0) a = &t->added[t->trie[node].tok[cls]];   /* longest so far */
-        if (!a) { i++; continue; }
-        size_t start = i, stop = i + a->len;
-        i = stop;
-        if (a->single_word && ((start > 0 && char_is(t->re_word, e, s, prev_char(s, start), start)) ||
-                               (stop < n && char_is(t->re_word, e, s, stop, stop + utf8_len(s, stop, n)))))
-            continue;
-        if (a->lstrip)
-            while (start > done && char_is(t->re_ws, e, s, prev_char(s, start), start)) start = prev_char(s, start);
-        if (a->rstrip)
-            while (stop < n && char_is(t->re_ws, e, s, stop, stop + utf8_len(s, stop, n))) stop += utf8_len(s, stop, n);
-        if (start > done) ZB_TRY(encode_added(t, e, s + done, start - done, cls + 1));
-        ZB_TRY(push_id(e, a->id));
-        done = i = stop;
-    }
-    if (done < n) ZB_TRY(encode_added(t, e, s + done, n - done, cls + 1));
-    return ZB_OK;
-}
-
-int zb_tokenizer_encode(const zb_tokenizer *t, const char *text, size_t len,
-                        int32_t **ids, size_t *n_ids) {
-    *ids = NULL; *n_ids = 0;
-    enc e = {0};
-    e.mopts = t->jit ? 0 : PCRE2_NO_JIT;
-    /* Match data sized for the split regex (2 pairs cover the \s / \w probes too). */
-    e.md = t->re ? pcre2_match_data_create_from_pattern(t->re, NULL) : pcre2_match_data_create(2, NULL);
-    if (!e.md) return zb_fail(ZB_ENOMEM, "out of memory (pcre2 match data)");
-    int rc = encode_added(t, &e, text, len, 0);
-    pcre2_match_data_free(e.md);
-    free(e.sy); free(e.hp);
-    if (rc) { free(e.ids); return rc; }
-    *ids = e.ids; *n_ids = e.n;
     return ZB_OK;
 }
 

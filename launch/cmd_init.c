@@ -15,7 +15,6 @@
 
 #include "checkpoint.h"
 #include "commands.h"
-#include "linear.h"
 #include "model.h"
 #include "tensor_names.h"
 

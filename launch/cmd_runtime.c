@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "commands.h"
-#include "linear.h"
 
 int zb_threads_auto(MPI_Comm comm) {
     /* OMP_NUM_THREADS wins. When OpenBLAS is its OpenMP build it follows OpenMP's count and

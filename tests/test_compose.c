@@ -39,6 +39,8 @@
 #include <string.h>
 
 #include "compose.h"
+#include "mamba2.h"
+#include "mla.h"
 #include "model.h"
 #include "safetensors.h"
 #include "zb_common.h"

@@ -19,6 +19,7 @@
 
 #include "compose.h"
 #include "model.h"
+#include "ops.h"
 #include "safetensors.h"
 #include "smart.h"
 #include "zb_common.h"

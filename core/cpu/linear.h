@@ -35,13 +35,7 @@ int zb_bf16_impl_available(zb_bf16_impl impl);
 const char *zb_bf16_impl_name(zb_bf16_impl impl);
 void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl);
 
-/* 1 when OpenBLAS is its OpenMP build (CMakeLists.txt prefers it): BLAS calls then run on
- * the same libgomp threads as our kernels (one pool), and inside our parallel regions on one
- * thread; 0 for the pthreads build (a second pool, which must not run beside OpenMP regions). */
-int zb_blas_uses_openmp(void);
-
-/* OpenMP threads used by the bf16 kernels (1 without OpenMP). */
-int zb_linear_threads(void);
-void zb_linear_set_threads(int n);
+/* zb_blas_uses_openmp, zb_linear_threads / _set_threads, zb_cpu_bf16_kernel: backend.h (the
+ * CPU backend's process settings, which the driver sets and prints). */
 
 #endif

@@ -68,6 +68,24 @@ int zb_is_config_json(const char *path) {
     return zb_ends_with(path, ".json") && strlen(path) > 5 && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+int zb_mkdir_p(const char *path) {
+    char p[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof p) return zb_fail(ZB_EARG, "'%s': not a directory name", path);
+    memcpy(p, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != 0) continue;
+        char c = p[i];
+        p[i] = 0;
+        struct stat sb;
+        if (mkdir(p, 0777) && (errno != EEXIST || stat(p, &sb) || !S_ISDIR(sb.st_mode)))
+            return zb_fail(ZB_EIO, "%s: cannot create the directory %s (%s)", path, p,
+                           errno == EEXIST ? "a file has that name" : strerror(errno));
+        p[i] = c;
+    }
+    return ZB_OK;
+}
+
 int zb_read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));

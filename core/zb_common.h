@@ -60,6 +60,9 @@ const char *zb_json_str(const struct cJSON *o, const char *key);
 
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 int zb_read_file(const char *path, char **out, size_t *len);
+/* Create directory `path` and its missing parents (as mkdir -p); ZB_EIO naming the path when a
+ * component cannot be made or is not a directory. */
+int zb_mkdir_p(const char *path);
 
 double zb_now(void);   /* monotonic seconds */
 

@@ -1,4 +1,5 @@
-/* cmd_export.c — `zebra export MODEL -o DIR [--dtype bf16|f32] [--max-shard-size 5GB]`:
+/* cmd_export.c — `zebra export MODEL -o DIR [--dtype bf16|f32] [--max-shard-size 5GB]
+ *                [--tokenizer DIR|tokenizer.json]`:
  * a model (HF directory, release directory or .h5) written for the outside world:
  *   - a hybrid (MLA / Mamba2 layers) in the authors' Zebra-Llama release layout (release.h):
  *     config.json (the Llama base), hybrid_config.json, model.safetensors with the release's
@@ -8,7 +9,7 @@
  * Tensors keep their stored dtype unless --dtype converts them (f32 -> bf16 rounds to nearest
  * even, as torch). Above --max-shard-size (HF's default 5 GB = 5e9 bytes) the weights are split
  * as HF does: model-0000k-of-0000n.safetensors + model.safetensors.index.json. The tokenizer
- * files beside a MODEL directory come along. Everything is written into a temporary directory
+ * files beside a MODEL directory come along, or those of --tokenizer (a .h5 has none beside it). Everything is written into a temporary directory
  * beside DIR and renamed into place at the end: on any error nothing is left. A model that the
  * release would compute differently (an MLA with llama3-scaled RoPE, attention layers in a
  * hybrid, ...) is refused with one line saying why. */
@@ -77,13 +78,24 @@ static int write_text(const char *dir, const char *name, const char *text) {
     return ok ? ZB_OK : zb_fail(ZB_EIO, "%s: write failed (%s)", p, strerror(errno));
 }
 
-/* The tokenizer files HF loaders read, copied from a MODEL directory when present. */
-static int copy_side_files(const char *from, const char *to, int *copied) {
+/* The tokenizer files HF loaders read, copied from a MODEL directory when present (from is then
+ * the model; a .h5 has none beside it), or from --tokenizer (required: a directory holding
+ * tokenizer.json, or a tokenizer.json file, which is copied alone). */
+static int copy_side_files(const char *from, int required, const char *to, int *copied) {
     static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                         "generation_config.json", "chat_template.jinja"};
     struct stat sb;
     *copied = 0;
-    if (stat(from, &sb) || !S_ISDIR(sb.st_mode)) return ZB_OK;
+    int isdir = !stat(from, &sb) && S_ISDIR(sb.st_mode);
+    if (required && !isdir) {   /* a tokenizer.json file */
+        char *txt = NULL;
+        ZB_TRY(zb_read_file(from, &txt, NULL));
+        int rc = write_text(to, "tokenizer.json", txt);
+        free(txt);
+        *copied = !rc;
+        return rc;
+    }
+    if (!isdir) return ZB_OK;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char p[4096 + 64];
         snprintf(p, sizeof p, "%s/%s", from, names[i]);
@@ -95,6 +107,7 @@ static int copy_side_files(const char *from, const char *to, int *copied) {
         ZB_TRY(rc);
         ++*copied;
     }
+    if (required && !*copied) return zb_fail(ZB_EARG, "export: --tokenizer %s: no tokenizer.json there", from);
     return ZB_OK;
 }
 
@@ -198,7 +211,7 @@ static int write_weights(const zb_store *st, const out_tensor *t, int n, const c
     return rc;
 }
 
-static int export_model(const char *in, const char *out, int force_dt, zb_dtype dt, size_t max_shard) {
+static int export_model(const char *in, const char *out, int force_dt, zb_dtype dt, size_t max_shard, const char *tok) {
     struct stat sb;
     if (!stat(out, &sb)) {   /* never write into (or over) something that holds files; an empty
                               * directory is replaced by the final rename */
@@ -229,7 +242,7 @@ static int export_model(const char *in, const char *out, int force_dt, zb_dtype 
     if (!rc) rc = write_text(tmp, "config.json", base);
     if (!rc && !llama && !(hyb = zb_release_hybrid_json(c))) rc = ZB_ENOMEM;
     if (!rc && !llama) rc = write_text(tmp, "hybrid_config.json", hyb);
-    if (!rc) rc = copy_side_files(in, tmp, &side);
+    if (!rc) rc = copy_side_files(tok ? tok : in, tok != NULL, tmp, &side);
     if (!rc) rc = write_weights(st, t, n, tmp, max_shard, &shards);
     if (!rc && rename(tmp, out)) rc = zb_fail(ZB_EIO, "export: cannot rename %s to %s (%s)", tmp, out, strerror(errno));
     if (rc) rm_tree(tmp);
@@ -249,8 +262,9 @@ static int export_model(const char *in, const char *out, int force_dt, zb_dtype 
 }
 
 int zb_cmd_export(int argc, char **argv) {
-    static const char *const vals[] = {"-o", "--out", "--dtype", "--max-shard-size", NULL};
-    static const char *const usage = "usage: zebra export MODEL -o DIR [--dtype bf16|f32] [--max-shard-size 5GB]";
+    static const char *const vals[] = {"-o", "--out", "--dtype", "--max-shard-size", "--tokenizer", NULL};
+    static const char *const usage =
+        "usage: zebra export MODEL -o DIR [--dtype bf16|f32] [--max-shard-size 5GB] [--tokenizer DIR|tokenizer.json]";
     ZB_TRY(zb_args_check(argc, argv, vals, NULL, 1));
     const char *in = zb_arg_pos(argc, argv, vals, 0);
     const char *out = zb_arg_str(argc, argv, "-o", zb_arg_str(argc, argv, "--out", NULL));
@@ -266,5 +280,5 @@ int zb_cmd_export(int argc, char **argv) {
     int size = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (size > 1) return zb_fail(ZB_EARG, "export: run it on one rank (it streams one tensor at a time)");
-    return export_model(in, out, dts != NULL, dt, max_shard);
+    return export_model(in, out, dts != NULL, dt, max_shard, zb_arg_str(argc, argv, "--tokenizer", NULL));
 }

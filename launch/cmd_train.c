@@ -531,8 +531,7 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
     zb_rng_seed(&S->rng, r->seed);
     if (resume) ZB_TRY(resume_state(S, resume));
     if (S->g.rank == 0) {
-        if (mkdir(r->out, 0777) && errno != EEXIST)
-            return zb_fail(ZB_EIO, "%s: cannot create: %s", r->out, strerror(errno));
+        ZB_TRY(zb_mkdir_p(r->out));   /* "out": "runs/sft" with runs/ not made yet */
         ZB_TRY(log_open(S, resume != NULL));
         ZB_TRY(ckpt_list_init(S));
         fprintf(stderr, "train: %d steps x %d accum x %d ranks x %d rows x %d tokens; lr %g -> %g, warmup %d; %s at "

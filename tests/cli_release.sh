@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # cli_release.sh ZEBRA FIXTURES SRC COMPARE MPIEXEC [PART] — the authors' Zebra-Llama release format
 # through the driver (core/release.h, issue 14), on fixtures/zebra-release-tiny:
-#  1. the README's user guide, run as written: info, generate with the chat template, eval,
-#     continue training (sft) from the release directory, export the result, generate with the
-#     export (same tokens as the trained .h5); a 256-id tokenizer with the Llama-3 chat tokens
-#     made from configs/bytes-tokenizer.json (bytes 0xFB-0xFF, never in UTF-8, give their ids);
+#  1. the README's user guide, its commands as written on Z1B/ (the release directory with a
+#     tokenizer.json beside it; tiny sizes in run.json): info, generate with the chat template,
+#     eval, data, continue training (sft) into out/sft, export the result (bf16, with the
+#     tokenizer), import; an f32 export holds the trained tensors bit for bit and generates the
+#     same tokens. The tokenizer: 256 ids with the Llama-3 chat tokens, made from
+#     configs/bytes-tokenizer.json (bytes 0xFB-0xFF, never in UTF-8, give their ids);
 #  2. the release's 16 greedy tokens from `zebra generate` at 1 rank, --tp 2 and --pp 2;
 #  3. export / import: the fixture exported again has the same tensor names, shapes, dtypes and
 #     bytes (both ways) and the same hybrid_config.json keys; import -> export -> import gives
@@ -45,32 +47,42 @@ cat > mc.jsonl <<'J'
 {"context": "Two plus two is", "choices": [" four", " five", " six"], "gold": 0}
 J
 if [ "$PART" != bad ]; then
-# ---- 1. the user guide (README) on the tiny release ----
-"$Z" info "$R" > info.txt 2>&1
+# ---- 1. the user guide (README) on the tiny release, its commands as written ----
+# Z1B/: the release directory with the tokenizer beside it, as a downloaded checkpoint has it
+mkdir Z1B && for f in config.json hybrid_config.json model.safetensors; do ln -s "$R/$f" Z1B/; done
+cp tok.json Z1B/tokenizer.json && cp mc.jsonl arc_easy.jsonl
+"$Z" info Z1B > info.txt 2>&1
 check "info: $(grep layers info.txt | tr -s ' ')" 'grep -q "4: 0 attention, 2 MLA, 2 Mamba2" info.txt'
-"$Z" generate --model "$R" --tokenizer tok.json --chat --prompt "What is a hybrid model?" --max-new 8 \
+"$Z" generate --model Z1B --chat --prompt "What are the benefits of hybrid language models?" --max-new 8 \
   --temperature 0.7 --seed 1 --print-ids > chat.txt 2> chat.err
-check "generate --chat on the release directory ($(head -c 60 chat.txt | tr '\n' ' '))" '[ -s chat.txt ]'
-"$Z" eval --model "$R" --tasks mc.jsonl --tokenizer tok.json --json eval.json > eval.txt 2>&1
-check "eval --tasks: $(tail -1 eval.txt)" 'grep -q "n=2 acc=" eval.txt && [ -s eval.json ]'
+check "generate --chat on the release directory, its tokenizer.json ($(head -c 60 chat.txt | tr '\n' ' '))" '[ -s chat.txt ]'
+"$Z" eval --model Z1B --tasks arc_easy.jsonl --tokenizer Z1B/tokenizer.json --json report.json > eval.txt 2>&1
+check "eval --tasks: $(tail -1 eval.txt)" 'grep -q "n=2 acc=" eval.txt && [ -s report.json ]'
 for i in $(seq 1 24); do
   echo "{\"messages\": [{\"role\": \"user\", \"content\": \"say $i\"}, {\"role\": \"assistant\", \"content\": \"number $i\"}]}"
 done > chat.jsonl
-"$Z" data --tokenizer tok.json --input chat.jsonl --format chat -o chat --val-fraction 0.2 > data.txt 2>&1
-cat > sft.json <<J
-{"model": "$R", "data": "chat", "seq_len": 32, "micro_batch": 2, "steps": 4, "lr": 1e-3,
- "log_every": 1, "eval_every": 0, "eval_batches": 1, "out": "sft"}
-J
+"$Z" data --tokenizer Z1B/tokenizer.json --input chat.jsonl --format chat -o chat/ --val-fraction 0.2 > data.txt 2>&1
+# the guide's run.json with the tiny sizes ("out" in a directory not made yet, as the guide's)
+echo '{"model": "Z1B", "data": "chat", "seq_len": 32, "micro_batch": 2, "steps": 4,
+       "lr": 1e-3, "log_every": 1, "eval_every": 0, "out": "out/sft"}' > sft.json
 "$Z" train --stage sft --config sft.json > sft.log 2>&1
-check "train --stage sft continues the release checkpoint: $(grep -c '"loss"' sft/train.jsonl 2>/dev/null) logged steps" \
-  '[ -f sft/model.h5 ] && [ "$(grep -c "\"loss\"" sft/train.jsonl)" -ge 4 ]'
-"$Z" export sft/model.h5 -o my-zebra --dtype f32 > export.txt 2>&1
-check "export the trained model: $(cat export.txt)" '[ -f my-zebra/hybrid_config.json ] && [ -f my-zebra/model.safetensors ]'
-"$CMP" my-zebra sft/model.h5 > cmp1.txt 2>&1   # (the export also holds the tied lm_head.weight)
-check "the export holds the trained tensors bit for bit: $(tail -1 cmp1.txt)" 'grep -q " 0 failed" cmp1.txt'
-a=$("$Z" generate --model sft/model.h5 --prompt-ids 41,240,144,165 --max-new 12 --ignore-eos --quiet 2>/dev/null)
+check "train --stage sft continues the release checkpoint: $(grep -c '"loss"' out/sft/train.jsonl 2>/dev/null) logged steps" \
+  '[ -f out/sft/model.h5 ] && [ "$(grep -c "\"loss\"" out/sft/train.jsonl)" -ge 4 ]'
+"$Z" export out/sft/model.h5 -o my-zebra-1b --dtype bf16 --tokenizer Z1B > export.txt 2>&1
+check "export the trained model, bf16, with the tokenizer: $(cat export.txt)" \
+  '[ -f my-zebra-1b/hybrid_config.json ] && [ -f my-zebra-1b/model.safetensors ] && cmp -s my-zebra-1b/tokenizer.json tok.json'
+"$Z" import Z1B -o z1b.h5 > import.txt 2>&1
+"$CMP" "$R" z1b.h5 > cmp0.txt 2>&1
+check "import of the release directory: $(tail -1 cmp0.txt)" 'grep -q " 0 failed" cmp0.txt'
+"$Z" export out/sft/model.h5 -o my-zebra --dtype f32 > export32.txt 2>&1
+"$CMP" my-zebra out/sft/model.h5 > cmp1.txt 2>&1   # (the export also holds the tied lm_head.weight)
+check "an f32 export holds the trained tensors bit for bit: $(tail -1 cmp1.txt)" 'grep -q " 0 failed" cmp1.txt'
+a=$("$Z" generate --model out/sft/model.h5 --prompt-ids 41,240,144,165 --max-new 12 --ignore-eos --quiet 2>/dev/null)
 b=$("$Z" generate --model my-zebra --prompt-ids 41,240,144,165 --max-new 12 --ignore-eos --quiet 2>/dev/null)
 check "generate with the export == with the trained .h5: $b" '[ -n "$a" ] && [ "$a" = "$b" ]'
+"$Z" export out/sft/model.h5 -o notok --tokenizer out/sft > /dev/null 2> notok.err; rc=$?
+check "export --tokenizer DIR without tokenizer.json refused: $(cat notok.err)" \
+  '[ $rc -ne 0 ] && [ "$(wc -l < notok.err)" = 1 ] && grep -q "no tokenizer.json" notok.err && ! ls -d notok* 2>/dev/null | grep -qv err'
 
 # ---- 2. the release's greedy tokens through the driver, 1 rank / --tp 2 / --pp 2 ----
 want=$(st_i64 "$R/ref.safetensors" greedy)

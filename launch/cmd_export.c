@@ -68,14 +68,18 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 }
 static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
-static int write_text(const char *dir, const char *name, const char *text) {
+/* dir/name <- n bytes of data (a copied file), then a newline when nl (a JSON text made here) */
+static int write_file(const char *dir, const char *name, const char *data, size_t n, int nl) {
     char p[4096 + 64];
     snprintf(p, sizeof p, "%s/%s", dir, name);
     FILE *f = fopen(p, "w");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot create (%s)", p, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fputs("\n", f) >= 0;
+    int ok = fwrite(data, 1, n, f) == n && (!nl || fputs("\n", f) >= 0);
     if (fclose(f) != 0) ok = 0;
     return ok ? ZB_OK : zb_fail(ZB_EIO, "%s: write failed (%s)", p, strerror(errno));
+}
+static int write_text(const char *dir, const char *name, const char *text) {
+    return write_file(dir, name, text, strlen(text), 1);
 }
 
 /* The tokenizer files HF loaders read, copied from a MODEL directory when present (from is then
@@ -89,8 +93,9 @@ static int copy_side_files(const char *from, int required, const char *to, int *
     int isdir = !stat(from, &sb) && S_ISDIR(sb.st_mode);
     if (required && !isdir) {   /* a tokenizer.json file */
         char *txt = NULL;
-        ZB_TRY(zb_read_file(from, &txt, NULL));
-        int rc = write_text(to, "tokenizer.json", txt);
+        size_t len = 0;
+        ZB_TRY(zb_read_file(from, &txt, &len));
+        int rc = write_file(to, "tokenizer.json", txt, len, 0);
         free(txt);
         *copied = !rc;
         return rc;
@@ -101,8 +106,9 @@ static int copy_side_files(const char *from, int required, const char *to, int *
         snprintf(p, sizeof p, "%s/%s", from, names[i]);
         if (stat(p, &sb)) continue;
         char *txt = NULL;
-        ZB_TRY(zb_read_file(p, &txt, NULL));
-        int rc = write_text(to, names[i], txt);
+        size_t len = 0;
+        ZB_TRY(zb_read_file(p, &txt, &len));
+        int rc = write_file(to, names[i], txt, len, 0);   /* as it is */
         free(txt);
         ZB_TRY(rc);
         ++*copied;

@@ -53,10 +53,11 @@ static int select_gpu(zb_grid *g) {
     char why[256] = "";
     int n = zb_cuda_device_count(why, sizeof why);
     if (n == 0) rc = zb_fail(ZB_EDEVICE, "--device cuda: no GPU on this node (%s)", why);
-    else if (g->local_size > n)   /* NCCL refuses two ranks on one GPU */
-        rc = zb_fail(ZB_EDEVICE, "--device cuda: %d ranks on this node but %d GPU%s visible: start one rank per GPU "
-                     "(cluster/launch.sh; CUDA_VISIBLE_DEVICES)", g->local_size, n, n == 1 ? "" : "s");
-    else rc = zb_cuda_init(g->local_rank);
+    else if (g->local_size > n && n > 1)   /* NCCL refuses two ranks on one GPU */
+        rc = zb_fail(ZB_EDEVICE, "--device cuda: %d ranks on this node but %d GPUs visible: start one rank per GPU "
+                     "(cluster/launch.sh; CUDA_VISIBLE_DEVICES)", g->local_size, n);
+    else   /* one GPU visible to each of several ranks: the launcher gave each its own (srun --gpus-per-task=1) */
+        rc = zb_cuda_init(n == 1 ? 0 : g->local_rank);
 #else
     rc = zb_fail(ZB_EARG, "--device cuda: this build has no CUDA backend (configure with -DZB_CUDA=ON)");
 #endif

@@ -329,11 +329,12 @@ const char *zb_backend_missing(const zb_backend *be);
  * it): BLAS calls then run on the same libgomp threads as our kernels (one pool), and inside
  * our parallel regions on one thread; 0 for the pthreads build (a second pool, which must not
  * run beside OpenMP regions). zb_linear_threads: the OpenMP threads of the CPU kernels (1
- * without OpenMP). zb_cpu_bf16_kernel: the bf16 matrix kernel picked for this CPU ("avx512",
- * "avx2", "scalar"). */
+ * without OpenMP). zb_bf16_impl_name: the bf16 matrix kernel of that choice, ZB_BF16_AUTO: the
+ * one picked for this CPU ("avx512", "avx2", "scalar"; core/cpu/linear.h runs them). */
 int zb_blas_uses_openmp(void);
 int zb_linear_threads(void);
 void zb_linear_set_threads(int n);
-const char *zb_cpu_bf16_kernel(void);
+typedef enum { ZB_BF16_AUTO = 0, ZB_BF16_SCALAR, ZB_BF16_AVX2, ZB_BF16_AVX512 } zb_bf16_impl;
+const char *zb_bf16_impl_name(zb_bf16_impl impl);
 
 #endif

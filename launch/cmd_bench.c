@@ -189,7 +189,7 @@ int zb_cmd_bench(int argc, char **argv) {
     if (mdf) md = mdf;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
     fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
-            wt == ZB_WEIGHTS_BF16 ? zb_cpu_bf16_kernel() : "OpenBLAS", threads,
+            wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
             zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
     fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
                 "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);

@@ -590,7 +590,7 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         fflush(stdout);
         char mem[512];
         int k = snprintf(mem, sizeof mem, " | weights %s (%s, %d thread%s), %.2f GiB/rank | peak RSS (VmHWM)",
-                         zb_wdtype_name(a->wt), a->wt == ZB_WEIGHTS_BF16 ? zb_cpu_bf16_kernel() : "sgemm",
+                         zb_wdtype_name(a->wt), a->wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "sgemm",
                          threads, threads == 1 ? "" : "s", zb_model_param_bytes(&S->m) / 1073741824.0);
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",

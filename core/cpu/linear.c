@@ -173,8 +173,6 @@ const char *zb_bf16_impl_name(zb_bf16_impl impl) {
     }
 }
 
-const char *zb_cpu_bf16_kernel(void) { return zb_bf16_impl_name(ZB_BF16_AUTO); }
-
 /* N <= ZB_BF16_DIRECT_MAX_N inputs: every weight row read from memory once, blocks of output
  * rows over the threads */
 static void bf16_direct(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl) {

@@ -27,15 +27,12 @@
 /* out[N,OC] = inp[N,C] @ W[OC,C]^T, float32 accumulation. Overwrites out. */
 void zb_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);
 
-/* The bf16 kernels, selectable (tests compare each to sgemm). */
-typedef enum { ZB_BF16_AUTO = 0, ZB_BF16_SCALAR, ZB_BF16_AVX2, ZB_BF16_AVX512 } zb_bf16_impl;
-/* 1 if this CPU (and this build) can run impl. */
+/* The bf16 kernels, selectable (tests compare each to sgemm): zb_bf16_impl and its names are in
+ * backend.h. 1 if this CPU (and this build) can run impl. */
 int zb_bf16_impl_available(zb_bf16_impl impl);
-/* The kernel AUTO picks here ("avx512", "avx2", "scalar"). */
-const char *zb_bf16_impl_name(zb_bf16_impl impl);
 void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int C, int OC, zb_bf16_impl impl);
 
-/* zb_blas_uses_openmp, zb_linear_threads / _set_threads, zb_cpu_bf16_kernel: backend.h (the
- * CPU backend's process settings, which the driver sets and prints). */
+/* zb_blas_uses_openmp, zb_linear_threads / _set_threads, zb_bf16_impl_name: backend.h (the CPU
+ * backend's process settings, which the driver sets and prints). */
 
 #endif

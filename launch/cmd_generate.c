@@ -388,7 +388,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
 static int gen_backend(const gen_args *a, zb_backend *be) {
     if (!a->gpu) { *be = zb_infer_backend(a->wt); return ZB_OK; }
     const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate: --device cuda");
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate");
     *be = *b;
     be->opts.gpu_bf16 = a->gpu_bf16;
     return ZB_OK;

@@ -171,10 +171,10 @@ cd "$SRC"
 # ---- 4. benchmarks
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
   stamp "benchmarks: scaling.sh on the GPUs"
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG=configs/zebra-1b.json LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
     ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
     MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG=configs/zebra-1b.json LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
     ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
     MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
   stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2"

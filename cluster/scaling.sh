@@ -63,7 +63,7 @@ c.pop("teacher", None)
 print(json.dumps(c, indent=1))
 PY
 [ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" --input "$SRC/parallel" \
-  --input "$SRC/launch" --input "$SRC/docs" -o shards --val-fraction 0.05 --seed 1 >/dev/null
+  --input "$SRC/launch" -o shards --val-fraction 0.05 --seed 1 >/dev/null
 
 machine() {
   local cpu gpu

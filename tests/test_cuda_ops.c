@@ -677,6 +677,28 @@ static void test_losses(zb_rng *rng, int N, int V) {
     zb_host_f(got, dd, n);
     zb_check(fabs(mg - mref) <= 1e-12 * mref, "mse: gpu %.15g cpu %.15g", mg, mref);
     zb_check_mag("mse grad", got, d, NULL, 2 * U, 0, n);
+    /* mean row distance (ILD as the release) against double sums: rows of V values */
+    {
+        double ref = 0;
+        float *gr = zb_falloc(n);
+        double *bg = zb_dalloc(n);
+        for (int r = 0; r < N; r++) {
+            double ss = 0;
+            for (int v = 0; v < V; v++) { double e = (double)lg[(size_t)r * V + v] - tg[(size_t)r * V + v]; ss += e * e; }
+            double nr = sqrt(ss);
+            ref += nr / N;
+            for (int v = 0; v < V; v++) {
+                double e = (double)lg[(size_t)r * V + v] - tg[(size_t)r * V + v];
+                gr[(size_t)r * V + v] = (float)(0.5 * e / (nr * N));
+                bg[(size_t)r * V + v] = 4 * U * fabs(0.5 * e / (nr * N)) + 1e-30;   /* one float rounding each side */
+            }
+        }
+        double gm = zb_cuda_mean_row_dist(dd, dl, dt, N, V, 0.5f);
+        zb_host_f(got, dd, n);
+        zb_check(fabs(gm - ref) <= 1e-12 * ref, "mean_row_dist: gpu %.15g double %.15g", gm, ref);
+        zb_check_bound("mean_row_dist grad", got, gr, bg, n);
+        free(gr); free(bg);
+    }
     free(lg); free(tg); free(d); free(got); free(y); free(mask); free(bd); free(lp);
     zb_cuda_free(dl); zb_cuda_free(dd); zb_cuda_free(dt); zb_cuda_free(dy); zb_cuda_free(dm); zb_cuda_free(dlp);
 }

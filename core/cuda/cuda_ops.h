@@ -139,6 +139,9 @@ double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *t
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
+/* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
+ * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */
+double zb_cuda_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale);
 /* Per-row target log-probabilities logp[r] = logits[r, y_r] - logsumexp(row r) (0 where the
  * target is < 0), double, device output: DPO's sequence log-likelihoods. */
 void zb_cuda_target_logprobs(double *logp_dev, const float *logits, const int *targets, int N, int V);

@@ -273,11 +273,6 @@ static int exists(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0;
 }
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static int open_index(zb_safetensors *st, const char *ipath) {
     char *txt = NULL;
     ZB_TRY(zb_read_file(ipath, &txt, NULL));
@@ -342,7 +337,7 @@ int zb_st_open(zb_safetensors **out, const char *path) {
             if (!exists(p)) rc = zb_fail(ZB_EIO, "%s: no model.safetensors or model.safetensors.index.json", path);
             else if ((rc = open_one(st, p)) == ZB_OK) rc = build_index(st);
         }
-    } else if (ends_with(path, ".json")) {
+    } else if (zb_ends_with(path, ".json")) {
         rc = open_index(st, path);
     } else if (!exists(path)) {
         rc = zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(ENOENT));

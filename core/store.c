@@ -29,11 +29,6 @@ static int is_hdf5_file(const char *p) {
     return n == 8 && !memcmp(b, sig, 8);
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 void zb_store_close(zb_store *s) {
     if (!s) return;
     zb_st_close(s->st);
@@ -57,7 +52,7 @@ int zb_store_open(zb_store **out, const char *path) {
         if ((rc = zb_config_load(cp, &s->cfg))) goto done;
         if ((rc = zb_config_validate(&s->cfg, cp))) goto done;
         rc = zb_st_open(&s->st, path);
-    } else if (is_hdf5_file(path) || ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
+    } else if (is_hdf5_file(path) || zb_ends_with(path, ".h5") || zb_ends_with(path, ".hdf5")) {
         if ((rc = zb_ckpt_reader_open(&s->ck, path))) goto done;
         if ((rc = zb_config_parse(zb_ckpt_config_json(s->ck), path, &s->cfg))) goto done;
         rc = zb_config_validate(&s->cfg, path);

@@ -55,8 +55,8 @@ typedef struct {
 
 /* acc += p, part by part. */
 void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p);
-/* Every part times s. */
-void zb_loss_parts_scale(zb_loss_parts *p, double s);
+/* Every part divided by d (a mean from sums). */
+void zb_loss_parts_div(zb_loss_parts *p, double d);
 /* Sums over a group (in place) / rank root's parts to every rank of the group. Collective. */
 int zb_loss_parts_sum(zb_comm *c, zb_group g, zb_loss_parts *p);
 int zb_loss_parts_bcast(zb_comm *c, zb_group g, zb_loss_parts *p, int root);
@@ -69,8 +69,9 @@ typedef struct {
     int B, T;                 /* micro-batch rows (dpo: pairs) and sequence length */
     int rows;                 /* rows of the activations: B, or 2B for dpo */
     zb_acts a, ta;            /* student and teacher activations */
-    int *mask;                /* [rows*T] */
-    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] */
+    int *mask;                /* [rows*T] host, and its device copy */
+    int *mask_dev;
+    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] (the student's backend memory) */
     double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
     unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
     int n_ild;
@@ -89,7 +90,8 @@ void zb_trainer_free(zb_trainer *tr);
 void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 
 /* Loss of one micro-batch: ids and targets [rows*T]. When want_grad the gradient of the loss
- * (times grad_scale) is ACCUMULATED into student->grad. */
+ * (times grad_scale) is ACCUMULATED into student->grad. The loss may come out inf / NaN (a
+ * diverging run): the caller decides what to do with such a step. */
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
 

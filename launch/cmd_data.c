@@ -30,6 +30,7 @@
 
 #include <cJSON.h>
 
+#include "chat.h"
 #include "commands.h"
 #include "data.h"
 #include "tokenizer.h"
@@ -105,7 +106,7 @@ typedef struct {
 typedef struct {
     const zb_tokenizer *tok;
     int fmt;
-    int32_t bos, eos, sh, eh, eot;
+    int32_t bos, eos;
     double val_frac;
     uint64_t seed;
     FILE *raw, *rawm;
@@ -149,14 +150,6 @@ static void progress(sink *k, uint64_t done_in_file) {
 
 /* ---- documents of each format ---- */
 
-static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-/* The chat template trims each content (as Llama-3's jinja template does). */
-static void trim(const char **s, size_t *n) {
-    while (*n && is_ws(**s)) { (*s)++; (*n)--; }
-    while (*n && is_ws((*s)[*n - 1])) (*n)--;
-}
-
 static int text_doc(sink *k, seq *s, const char *text, size_t len) {
     s->n = 0;
     if (len == 0) return ZB_OK;   /* empty documents carry nothing */
@@ -182,33 +175,39 @@ static int do_text_file(sink *k, seq *s, const char *path, const char *buf, size
     return ZB_OK;
 }
 
-/* One chat message: header, "\n\n", content, <|eot_id|>; mask on content + eot if asked. */
-static int chat_msg(sink *k, seq *s, const char *role, const char *content, int mask) {
-    ZB_TRY(seq_put(s, k->sh, 0));
-    ZB_TRY(seq_text(s, k->tok, role, strlen(role), 0));
-    ZB_TRY(seq_put(s, k->eh, 0));
-    ZB_TRY(seq_text(s, k->tok, "\n\n", 2, 0));
-    size_t n = strlen(content);
-    trim(&content, &n);
-    ZB_TRY(seq_text(s, k->tok, content, n, mask));
-    return seq_put(s, k->eot, mask);
-}
-
 static const char *jstr(const cJSON *o, const char *key) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(j) ? j->valuestring : NULL;
 }
 
-/* messages array -> template; *why set when malformed. */
-static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int mask_assistant, const char **why) {
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) { *why = "\"messages\" must be a non-empty array"; return ZB_OK; }
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
-        const char *role = jstr(m, "role"), *content = jstr(m, "content");
-        if (!role || !content) { *why = "each message needs \"role\" and \"content\" strings"; return ZB_OK; }
-        ZB_TRY(chat_msg(k, s, role, content, mask_assistant && !strcmp(role, "assistant")));
-    }
+/* ids (and their mask) of the chat template appended to s */
+static int seq_chat(seq *s, const zb_chat_ids *c) {
+    ZB_TRY(seq_reserve(s, c->n));
+    for (size_t i = 0; i < c->n; i++) { s->id[s->n] = (uint32_t)c->ids[i]; s->m[s->n] = c->mask[i]; s->n++; }
     return ZB_OK;
+}
+
+/* A messages array through the Llama-3 chat template (core/chat.h), appended to s: the turns
+ * (reply_header 0, masks on the assistant contents) or a prompt (reply_header 1); *why set
+ * when malformed. */
+static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int reply_header, const char **why) {
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) { *why = "\"messages\" must be a non-empty array"; return ZB_OK; }
+    int n = cJSON_GetArraySize(msgs), i = 0;
+    zb_chat_msg *m = zb_calloc((size_t)n, sizeof *m, "messages");
+    if (!m) return ZB_ENOMEM;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, msgs) {
+        m[i].role = jstr(x, "role");
+        m[i].content = jstr(x, "content");
+        if (!m[i].role || !m[i].content) { *why = "each message needs \"role\" and \"content\" strings"; break; }
+        i++;
+    }
+    zb_chat_ids c = {0};
+    int rc = *why ? ZB_OK : zb_chat_encode(k->tok, m, n, reply_header, &c);
+    if (!rc && !*why) rc = seq_chat(s, &c);
+    zb_chat_ids_free(&c);
+    free(m);
+    return rc;
 }
 
 /* chosen / rejected: a string, or messages whose last content is the completion. */
@@ -231,8 +230,7 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
         if (!t) why = "no \"text\" string";
         else rc = text_doc(k, s, t, strlen(t));
     } else if (k->fmt == FMT_CHAT) {
-        rc = seq_put(s, k->bos, 0);
-        if (!rc) rc = chat_msgs(k, s, cJSON_GetObjectItemCaseSensitive(j, "messages"), 1, &why);
+        rc = chat_msgs(k, s, cJSON_GetObjectItemCaseSensitive(j, "messages"), 0, &why);
         if (!rc && !why) rc = seq_put(s, k->eos, 0);
         if (!rc && !why) rc = sink_add(k, s, 0, 0, line, len);
     } else {   /* pref */
@@ -240,23 +238,25 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
         const char *ch = completion(cJSON_GetObjectItemCaseSensitive(j, "chosen"));
         const char *rj = completion(cJSON_GetObjectItemCaseSensitive(j, "rejected"));
         if (!p || !ch || !rj) why = "needs \"prompt\", \"chosen\" and \"rejected\"";
-        if (!why) rc = seq_put(s, k->bos, 0);
-        if (!rc && !why) {
-            if (cJSON_IsString(p)) rc = chat_msg(k, s, "user", p->valuestring, 0);
-            else rc = chat_msgs(k, s, p, 0, &why);
+        if (!why) {   /* the prompt with the reply header, then each completion and its <|eot_id|> */
+            cJSON *one = NULL;
+            if (cJSON_IsString(p)) {
+                one = cJSON_CreateArray();
+                cJSON *msg = cJSON_CreateObject();
+                if (!one || !msg || !cJSON_AddStringToObject(msg, "role", "user") ||
+                    !cJSON_AddStringToObject(msg, "content", p->valuestring)) rc = zb_fail(ZB_ENOMEM, "out of memory");
+                cJSON_AddItemToArray(one, msg);
+            }
+            if (!rc) rc = chat_msgs(k, s, one ? one : p, 1, &why);
+            cJSON_Delete(one);
         }
         uint64_t np = 0, nc = 0;
-        if (!rc && !why) rc = seq_put(s, k->sh, 0);
-        if (!rc && !why) rc = seq_text(s, k->tok, "assistant", 9, 0);
-        if (!rc && !why) rc = seq_put(s, k->eh, 0);
-        if (!rc && !why) rc = seq_text(s, k->tok, "\n\n", 2, 0);
         for (int c = 0; c < 2 && !rc && !why; c++) {
             if (c == 0) np = s->n; else nc = s->n - np;
-            const char *t = c ? rj : ch;
-            size_t n = strlen(t);
-            trim(&t, &n);
-            rc = seq_text(s, k->tok, t, n, 1);
-            if (!rc) rc = seq_put(s, k->eot, 1);
+            zb_chat_ids ci = {0};
+            rc = zb_chat_encode_content(k->tok, c ? rj : ch, 1, &ci);
+            if (!rc) rc = seq_chat(s, &ci);
+            zb_chat_ids_free(&ci);
         }
         if (!rc && !why) rc = sink_add(k, s, np, nc, line, len);
     }
@@ -264,6 +264,8 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
     if (!rc && why) rc = zb_fail(ZB_EFORMAT, "%s:%zu: %s", path, lineno, why);
     return rc;
 }
+
+static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
 static int do_jsonl_file(sink *k, seq *s, const char *path, const char *buf, size_t len) {
     size_t pos = 0, lineno = 0;
@@ -316,17 +318,12 @@ static int collect(strvec *files, const strvec *inputs) {
     return ZB_OK;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static int process_file(sink *k, seq *s, const char *path, int fmt) {
     char *buf = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &buf, &len));
     int f = fmt;
-    if (f == FMT_AUTO) f = ends_with(path, ".jsonl") || ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
+    if (f == FMT_AUTO) f = zb_ends_with(path, ".jsonl") || zb_ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
     int rc = ZB_OK;
     if (f == FMT_TEXT) {
         if (memchr(buf, 0, len < 4096 ? len : 4096)) k->skipped++;   /* NUL bytes: not text */
@@ -558,9 +555,9 @@ static int run(const data_args *a) {
         }
     }
     if (!rc && (a->fmt == FMT_CHAT || a->fmt == FMT_PREF)) {
-        rc = special(tok, "<|start_header_id|>", &k.sh);
-        if (!rc) rc = special(tok, "<|end_header_id|>", &k.eh);
-        if (!rc) rc = special(tok, "<|eot_id|>", &k.eot);
+        static const char *const sp[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+        int32_t id;   /* the chat template's tokens, checked before any input is read */
+        for (int i = 0; i < 3 && !rc; i++) rc = special(tok, sp[i], &id);
     }
     /* temp dir next to -o so the final rename stays on one file system */
     if (!rc) {

@@ -29,7 +29,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "chat.h"
 #include "commands.h"
+#include "linear.h"
 #include "grid.h"
 #include "model.h"
 #include "store.h"
@@ -85,39 +87,13 @@ static int encode_into(const zb_tokenizer *tok, const char *text, size_t len, zb
     return rc;
 }
 
-static int special_id(const zb_tokenizer *tok, const char *name, int *id) {
-    *id = zb_tokenizer_token_id(tok, name);
-    if (*id < 0) return zb_fail(ZB_EARG, "generate: the chat template needs the Llama-3 token %s, absent from the tokenizer", name);
-    return ZB_OK;
-}
-
-/* Llama-3 chat turns: <|start_header_id|>{role}<|end_header_id|>\n\n{content, trimmed}<|eot_id|>,
- * after <|begin_of_text|>, and the assistant header to complete (as HF's chat_template with
- * add_generation_prompt). Specials are added by id, so text cannot inject them. */
-typedef struct { const char *role, *content; } zb_turn;
-
-static int chat_ids(const zb_tokenizer *tok, const zb_turn *turns, int n, zb_ivec *out) {
-    int bos, sh, eh, eot;
-    ZB_TRY(special_id(tok, "<|begin_of_text|>", &bos));
-    ZB_TRY(special_id(tok, "<|start_header_id|>", &sh));
-    ZB_TRY(special_id(tok, "<|end_header_id|>", &eh));
-    ZB_TRY(special_id(tok, "<|eot_id|>", &eot));
-    ZB_TRY(iv_push(out, bos));
-    for (int i = 0; i <= n; i++) {
-        const char *role = i < n ? turns[i].role : "assistant";
-        ZB_TRY(iv_push(out, sh));
-        ZB_TRY(encode_into(tok, role, strlen(role), out));
-        ZB_TRY(iv_push(out, eh));
-        ZB_TRY(encode_into(tok, "\n\n", 2, out));
-        if (i == n) break;
-        const char *c = turns[i].content;
-        size_t len = strlen(c);
-        while (len && isspace((unsigned char)*c)) { c++; len--; }
-        while (len && isspace((unsigned char)c[len - 1])) len--;
-        ZB_TRY(encode_into(tok, c, len, out));
-        ZB_TRY(iv_push(out, eot));
-    }
-    return ZB_OK;
+/* The Llama-3 chat template's ids (core/chat.h) with the reply header, appended. */
+static int chat_ids(const zb_tokenizer *tok, const zb_chat_msg *turns, int n, zb_ivec *out) {
+    zb_chat_ids c = {0};
+    int rc = zb_chat_encode(tok, turns, n, 1, &c);
+    for (size_t i = 0; !rc && i < c.n; i++) rc = iv_push(out, c.ids[i]);
+    zb_chat_ids_free(&c);
+    return rc;
 }
 
 typedef struct {
@@ -132,7 +108,7 @@ static int add_text(zb_prompts *p, const zb_prompt_opts *o, const char *text, si
         if (!t) return ZB_ENOMEM;
         memcpy(t, text, len);
         t[len] = 0;
-        zb_turn turn = {"user", t};
+        zb_chat_msg turn = {"user", t};
         int rc = chat_ids(o->tok, &turn, 1, &p->ids);
         free(t);
         ZB_TRY(rc);
@@ -154,7 +130,7 @@ static int add_json(zb_prompts *p, const zb_prompt_opts *o, const char *line, co
         rc = add_text(p, o, pr->valuestring, strlen(pr->valuestring), where);
     } else if (cJSON_IsArray(ms)) {
         int n = cJSON_GetArraySize(ms);
-        zb_turn *t = n ? zb_calloc((size_t)n, sizeof *t, "messages") : NULL;
+        zb_chat_msg *t = n ? zb_calloc((size_t)n, sizeof *t, "messages") : NULL;
         if (n && !t) rc = ZB_ENOMEM;
         for (int i = 0; !rc && i < n; i++) {
             const cJSON *m = cJSON_GetArrayItem(ms, i);
@@ -341,9 +317,7 @@ int zb_cmd_generate(int argc, char **argv) {
     int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
-    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
-     * when OpenBLAS itself runs on OpenMP */
-    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
+    zb_backend be = zb_infer_backend(wt);   /* the run's decode switches */
     int n_sources = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--prompt-ids") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompts")) n_sources++;
@@ -478,6 +452,7 @@ int zb_cmd_generate(int argc, char **argv) {
     int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
     rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt, NULL) : zb_model_load_ex(&m, model_path, wt);
+    if (!rc) rc = zb_model_set_backend(&m, &be);
     if (rc) goto done;
     const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
     rc = zb_gen_init(&g, &m, B, max_T);

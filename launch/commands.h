@@ -23,10 +23,16 @@ int zb_cmd_plot(int argc, char **argv);
  * OpenBLAS on OpenMP, else the node's cores / its MPI ranks (returns the count); the process's peak
  * resident memory (VmHWM of /proc/self/status) in kB, -1 if unknown. */
 #include <mpi.h>
+
+#include "model.h"
 int zb_threads_auto(MPI_Comm comm);
 /* Rank 0 warns (one line) when OpenBLAS runs its generic core on a CPU with AVX2/AVX-512. */
 void zb_blas_check_core(int rank);
 long zb_vm_hwm_kb(void);
+/* The backend an inference command runs its models on: the CPU table with this run's decode
+ * switch (backend.h zb_backend_opts.decode_omp): the OpenMP decode kernels with bf16 weights, or
+ * always when OpenBLAS itself runs on OpenMP (one thread pool per run, core/cpu/ops.c). */
+zb_backend zb_infer_backend(zb_wdtype wt);
 
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */

@@ -29,7 +29,7 @@ static const zb_command commands[] = {
     {"init", zb_cmd_init, "init --random --config C.json -o model.h5 [--seed S] [--dtype bf16|f32]"},
     {"compose", zb_cmd_compose, "compose --teacher T --config C.json [--plan P.json] -o student.h5 [--dtype f32|bf16]"},
     {"smart", zb_cmd_smart, "smart --teacher T --mamba M --mla A --data D --mla-layers K -o plan.json [--svg plan.svg]"},
-    {"train", zb_cmd_train, "train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5] [--stop-after STEP]"},
+    {"train", zb_cmd_train, "train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP]"},
     {"plot", zb_cmd_plot, "plot LOG.jsonl -o loss.svg: loss and tokens/s curves of a training log"},
 };
 

@@ -298,6 +298,97 @@ done:
     return write_done(w, name, rc, ms, ds, sp);
 }
 
+/* OR into sp the boxes covering elements [a, b) of the trailing dims k.. of one index of the
+ * leading ones (start[0..k), count[0..k) already set): full runs of dim k as one box, the
+ * partial ends recursively. */
+static int select_range(hid_t sp, int *first, int nd, const hsize_t *dims, hsize_t *start, hsize_t *count, int k,
+                        hsize_t a, hsize_t b) {
+    if (a >= b) return ZB_OK;
+    hsize_t s = 1;
+    for (int j = k + 1; j < nd; j++) s *= dims[j];
+    if (a % s == 0 && b % s == 0) {   /* whole sub-blocks of dim k: one box */
+        start[k] = a / s;
+        count[k] = b / s - a / s;
+        for (int j = k + 1; j < nd; j++) { start[j] = 0; count[j] = dims[j]; }
+        if (H5Sselect_hyperslab(sp, *first ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL) < 0)
+            return zb_fail(ZB_EHDF5, "HDF5 call failed: H5Sselect_hyperslab");
+        *first = 0;
+        return ZB_OK;
+    }
+    hsize_t ia = a / s, ib = b / s;
+    start[k] = ia;
+    count[k] = 1;
+    if (ia == ib) return select_range(sp, first, nd, dims, start, count, k + 1, a - ia * s, b - ia * s);
+    if (a % s) {   /* the head inside index ia */
+        ZB_TRY(select_range(sp, first, nd, dims, start, count, k + 1, a % s, s));
+        a = (ia + 1) * s;
+    }
+    ZB_TRY(select_range(sp, first, nd, dims, start, count, k, a, ib * s));   /* whole indices */
+    start[k] = ib;
+    count[k] = 1;
+    return select_range(sp, first, nd, dims, start, count, k + 1, 0, b - ib * s);   /* the tail */
+}
+
+int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                         int nblk, const zb_ckpt_block *bl, const void *data) {
+    if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
+        return zb_fail(ZB_EARG, "%s: tensor '%s': names with '/' cannot be stored", w->path, name);
+    if (ndim < 1 || ndim > ZB_MAX_DIMS || file_type(dtype) < 0)
+        return zb_fail(ZB_EARG, "%s: tensor '%s': bad ndim %d or dtype", w->path, name, ndim);
+    hsize_t dims[ZB_MAX_DIMS], start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
+    hsize_t width = 1, nel = 0;
+    for (int i = 0; i < ndim; i++) {
+        dims[i] = (hsize_t)shape[i];
+        if (i) width *= dims[i];
+    }
+    for (int k = 0; k < nblk; k++) {
+        const zb_ckpt_block *b = &bl[k];
+        if (b->row0 < 0 || b->nrows < 0 || (hsize_t)(b->row0 + b->nrows) > dims[0] || b->col0 < 0 || b->ncols < 0 ||
+            (hsize_t)(b->col0 + b->ncols) > width)
+            return zb_fail(ZB_EARG, "%s: tensor '%s': bad block rows [%lld, %lld) x columns [%lld, %lld)", w->path,
+                           name, (long long)b->row0, (long long)(b->row0 + b->nrows), (long long)b->col0,
+                           (long long)(b->col0 + b->ncols));
+        nel += (hsize_t)b->nrows * (hsize_t)b->ncols;
+    }
+    int rc = ZB_OK, first = 1;
+    hid_t sp = -1, ds = -1, ms = -1;
+    H5GO(sp = H5Screate_simple(ndim, dims, NULL));
+    H5GO(ds = H5Dcreate2(w->file, name, file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
+    H5GO(H5Sselect_none(sp));
+    for (int k = 0; k < nblk && nel; k++) {
+        const zb_ckpt_block *b = &bl[k];
+        if (!b->nrows || !b->ncols) continue;
+        if ((hsize_t)b->ncols == width || ndim <= 2) {   /* one box */
+            start[0] = (hsize_t)b->row0;
+            count[0] = (hsize_t)b->nrows;
+            for (int j = 1; j < ndim; j++) { start[j] = 0; count[j] = dims[j]; }
+            if (ndim == 2) { start[1] = (hsize_t)b->col0; count[1] = (hsize_t)b->ncols; }
+            H5GO(H5Sselect_hyperslab(sp, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL));
+            first = 0;
+            continue;
+        }
+        for (int64_t r = b->row0; r < b->row0 + b->nrows && !rc; r++) {   /* a column range of an N-D row */
+            start[0] = (hsize_t)r;
+            count[0] = 1;
+            rc = select_range(sp, &first, ndim, dims, start, count, 1, (hsize_t)b->col0, (hsize_t)(b->col0 + b->ncols));
+        }
+        if (rc) goto done;
+    }
+    if (nel) {
+        H5GO(ms = H5Screate_simple(1, &nel, NULL));
+    } else {
+        hsize_t one = 1;
+        H5GO(ms = H5Screate_simple(1, &one, NULL));
+        H5GO(H5Sselect_none(ms));
+    }
+    /* a rank with nothing to write still takes part in the collective write */
+    static const char dummy[8];
+    H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
+done:
+    return write_done(w, name, rc, ms, ds, sp);
+}
+
 static void writer_free(zb_ckpt_writer *w) {
     free(w->path);
     free(w->tmp);

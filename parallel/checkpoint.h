@@ -46,6 +46,14 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
 int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim,
                        const int64_t *shape, int nseg, const int64_t *row0, const int64_t *nrows,
                        int64_t col0, int64_t ncols, const void *data);
+/* The most general write: the tensor viewed as [shape[0], width] (width = the product of the
+ * trailing dims); this rank writes nblk blocks, rows [row0, row0+nrows) x columns
+ * [col0, col0+ncols) of that view (a column range inside a row of an N-D tensor, N > 2, is
+ * split into boxes of its trailing dims), disjoint and in increasing file order; data holds
+ * their values in that order. nblk 0 writes nothing. Collective. */
+typedef struct { int64_t row0, nrows, col0, ncols; } zb_ckpt_block;
+int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                         int nblk, const zb_ckpt_block *b, const void *data);
 /* Close and rename into place. Collective. Frees w whatever the outcome; on failure the
  * temporary file is removed. */
 int zb_ckpt_close(zb_ckpt_writer *w);

@@ -513,7 +513,7 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
             size_t r = (size_t)i * n + t;
             int Tc = pos[i] + t + 1;
             zb_attention_decode(out + r * H * dv, q + r * H * dqk, Kb, Vb, Tc, H, Hkv, dqk, dv, (int)row, (int)row,
-                                (size_t)grp, (size_t)grp, scale, sc);
+                                (size_t)grp, (size_t)grp, scale, sc, NULL);
             /* bound: scores off by eps, products P v (bf16 P and v: 2^-8) */
             for (int h = 0; h < H; h++) {
                 int g = h / (H / Hkv);

@@ -196,7 +196,7 @@ static void test_attention(void) {
     for (int b = 0; b < s.B; b++) {
         const float *ql = q + ((size_t)b * s.T + s.T - 1) * s.q_stride;
         zb_attention_decode(od, ql, k + (size_t)b * s.T * s.k_stride, v + (size_t)b * s.T * s.v_stride, s.T,
-                            s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.dqk, s.dv, s.scale, scr);
+                            s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.dqk, s.dv, s.scale, scr, NULL);
         zb_check_max_rel("attention decode == forward last row", od,
                          out + ((size_t)b * s.T + s.T - 1) * s.H * s.dv, (size_t)s.H * s.dv, 1e-6);
     }
@@ -225,18 +225,15 @@ static void test_attention(void) {
         float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
         float *o2 = zerov((size_t)H * dvv);
-        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* BLAS path */
-        zb_attention_decode_use_omp(1);
-        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* split-K */
+        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, NULL);   /* BLAS path */
+        zb_backend_opts best = {.decode_omp = 1, .decode_simd = ZB_SIMD_BEST};   /* split-K */
+        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &best);
         float *o3 = zerov((size_t)H * dvv), *o4 = zerov((size_t)H * dvv);
-        zb_attention_decode_simd(0);   /* split-K with the portable inner loops */
-        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
-        zb_attention_decode_simd(1);   /* AVX2 even where AVX-512 is present, in chunks of 72 */
-        zb_attention_decode_chunk(72);   /* (1003 = 13 x 72 + 67) */
-        zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
-        zb_attention_decode_chunk(0);
-        zb_attention_decode_simd(2);
-        zb_attention_decode_use_omp(0);
+        zb_backend_opts plain = {.decode_omp = 1, .decode_simd = ZB_SIMD_PORTABLE};   /* split-K with the portable inner loops */
+        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &plain);
+        /* AVX2 even where AVX-512 is present, in chunks of 72 (1003 = 13 x 72 + 67) */
+        zb_backend_opts avx2 = {.decode_omp = 1, .decode_simd = ZB_SIMD_AVX2, .decode_chunk = 72};
+        zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &avx2);
         double *w = malloc(sizeof(double) * Tc);
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hkv);

@@ -1,10 +1,13 @@
-/* test_hf_model FIXTURE_DIR [DUMP.safetensors]
+/* test_hf_model FIXTURE_DIR [DUMP.safetensors | --backend NAME]
  *
  * Loads the HF checkpoint in FIXTURE_DIR as a user's model directory and checks zebra against
  * the numbers HF transformers produced (FIXTURE_DIR/ref.safetensors): logits and hidden
  * states (max|d|/max|ref| <= 1e-4), the LM loss (|d| <= 1e-5), every parameter gradient
  * (||d||/||ref|| <= 1e-3) and the greedy continuation with the KV cache (identical).
- * With DUMP, the same comparisons are made on a file written by `zebra dump --grads`. */
+ * With DUMP, the same comparisons are made on a file written by `zebra dump --grads`.
+ * With --backend NAME the model runs on zb_backend_get(NAME) (backend.h; the CPU one with its
+ * OpenMP decode kernels on), every number read back through the backend's to_host; a backend
+ * not built in is skipped with a line saying so. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,13 @@ static float *get_f32(const zb_safetensors *st, const char *name, size_t *n) {
     if (zb_st_to_f32(t, x)) { free(x); return NULL; }
     if (n) *n = (size_t)t->numel;
     return x;
+}
+
+/* n floats of backend memory, as a malloc'd host copy */
+static float *host_copy(const zb_backend *be, const float *x, size_t n) {
+    float *h = malloc(sizeof(float) * n);
+    be->to_host(be, h, x, sizeof(float) * n);
+    return h;
 }
 
 static void compare_file(const zb_safetensors *ref, const zb_safetensors *got, const zb_model *m) {
@@ -57,6 +67,22 @@ int main(int argc, char **argv) {
     zb_model m;
     ZB_TEST_OK(zb_model_load(&m, argv[1]));
     const zb_config *c = &m.cfg;
+    zb_backend be;
+    if (argc >= 4 && !strcmp(argv[2], "--backend")) {
+        const zb_backend *b = zb_backend_get(argv[3]);
+        if (!b) {
+            printf("SKIP backend %s: %s\n", argv[3], zb_errmsg());
+            zb_model_free(&m);
+            zb_st_close(ref);
+            return zb_test_finish();
+        }
+        be = *b;
+        be.opts.decode_omp = 1;   /* the CPU's split-K decode attention and threaded decode loops */
+        ZB_TEST_OK(zb_model_set_backend(&m, &be));
+        zb_check(m.be == &be, "model runs on backend %s", be.name);
+        argc = 2;
+    }
+    const zb_backend *B_ = m.be;
 
     if (argc >= 3) {
         zb_safetensors *got = NULL;
@@ -77,16 +103,17 @@ int main(int argc, char **argv) {
         size_t n;
         float *r = get_f32(ref, "logits", &n);
         zb_check(n == (size_t)B * T * c->vocab, "logits size");
-        zb_check_max_rel("logits", a.logits, r, n, 1e-4);
-        free(r);
+        float *h = host_copy(B_, a.logits, n);
+        zb_check_max_rel("logits", h, r, n, 1e-4);
+        free(r); free(h);
         size_t Nd = (size_t)B * T * c->d_model;
         for (int i = 0; i <= c->n_layers; i++) {
             char nm[64];
             snprintf(nm, sizeof nm, "hidden_states.%d", i);
             r = get_f32(ref, nm, &n);
-            if (zb_check(r && n == Nd, "%s present", nm))
-                zb_check_max_rel(nm, i < c->n_layers ? a.res + i * Nd : a.lnf, r, n, 1e-4);
-            free(r);
+            h = host_copy(B_, i < c->n_layers ? a.res + i * Nd : a.lnf, Nd);
+            if (zb_check(r && n == Nd, "%s present", nm)) zb_check_max_rel(nm, h, r, n, 1e-4);
+            free(r); free(h);
         }
         double loss = zb_model_lm_loss(&m, &a, ids, 1);
         r = get_f32(ref, "loss", NULL);
@@ -98,9 +125,9 @@ int main(int argc, char **argv) {
             char nm[ZB_PARAM_NAME + 8];
             snprintf(nm, sizeof nm, "grad.%s", m.params[i].name);
             r = get_f32(ref, nm, &n);
-            if (zb_check(r && n == m.params[i].numel, "%s present", nm))
-                zb_check_norm_rel(nm, m.grad + m.params[i].offset, r, n, 1e-3);
-            free(r);
+            h = host_copy(B_, m.grad + m.params[i].offset, m.params[i].numel);
+            if (zb_check(r && n == m.params[i].numel, "%s present", nm)) zb_check_norm_rel(nm, h, r, n, 1e-3);
+            free(r); free(h);
         }
         zb_acts_free(&a);
         free(ids);

@@ -22,6 +22,7 @@
 #include "grid.h"
 #include "model.h"
 #include "model_io.h"
+#include "ops.h"
 #include "tp.h"
 #include "zb_test.h"
 

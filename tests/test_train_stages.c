@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "ops.h"
 #include "train.h"
 #include "zb_test.h"
 

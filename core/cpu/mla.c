@@ -207,9 +207,6 @@ void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 }
 
 /* ---- generation: latent cache + absorbed weights ------------------------------------------ */
-size_t zb_mla_cache_floats(const zb_mla_dims *m, int B, int max_T) {
-    return (size_t)B * max_T * (m->kv_lora_rank + m->qk_rope);
-}
 
 size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     (void)d;
@@ -225,7 +222,7 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
                  const int *pos_b, int n, int B, float *scratch) {
     zb_mla_lin lin = zb_mla_lin_of(w);
-    zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
+    zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch, NULL);
 }
 
 /* kv_b_proj [Hk, dn + dv, r] as f32: the weights themselves, or a bf16 matrix converted into buf */
@@ -241,7 +238,8 @@ static const float *kvb_f32(const zb_mla_lin *lin, size_t floats, float *buf) {
  * per row against its own cache. */
 static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *xr, float *orow,
-                     float *const *cbs, const int *ts, int nc, int max_T, float *scratch) {
+                     float *const *cbs, const int *ts, int nc, int max_T, float *scratch,
+                     const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
@@ -269,9 +267,9 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 
     /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r], applied
      * untransposed), and after the attention v_h = W_UV_h ĉ_h (W_UV_h: [dv, r]): small products
-     * per head, threaded over the heads when the run decodes on OpenMP (ops.h) */
+     * per head, threaded over the heads when the run decodes on OpenMP (o->decode_omp) */
     const float *kvb = kvb_f32(lin, (size_t)Hk * (dn + dv) * r, kvb_head);
-    int par = zb_decode_omp_on();
+    int par = o && o->decode_omp;
 #pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
         const float *wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
@@ -290,7 +288,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
     for (int i = 0; i < nc; i++)
         zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cbs[i], cbs[i],
-                            ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc);
+                            ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc, o);
 #pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
         const float *wuv = kvb + (size_t)(h / rep) * (dn + dv) * r + (size_t)dn * r;
@@ -310,7 +308,8 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 
 void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
-                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch) {
+                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch,
+                     const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     int W = m->kv_lora_rank + m->qk_rope;
     float *cbs[ZB_MLA_STEP_CHUNK];
@@ -321,7 +320,7 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
             int nc = n - i0 < C ? n - i0 : C;
             for (int i = 0; i < nc; i++) { cbs[i] = cb; ts[i] = pos_b[b] + i0 + i; }
             mla_rows(m, d, eps, w, lin, rope, x + ((size_t)b * n + i0) * d, out + ((size_t)b * n + i0) * d,
-                     cbs, ts, nc, max_T, scratch);
+                     cbs, ts, nc, max_T, scratch, o);
         }
     }
 }
@@ -329,7 +328,7 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                         const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
                         float *cache, size_t seq_floats, int max_T, const int *seqs,
-                        const int *pos, int nb, float *scratch) {
+                        const int *pos, int nb, float *scratch, const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     float *cbs[ZB_MLA_STEP_CHUNK];
     int ts[ZB_MLA_STEP_CHUNK];
@@ -340,6 +339,6 @@ void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_wei
             ts[i] = pos[seqs[i0 + i]];
         }
         mla_rows(m, d, eps, w, lin, rope, x + (size_t)i0 * d, out + (size_t)i0 * d, cbs, ts, nc, max_T,
-                 scratch);
+                 scratch, o);
     }
 }

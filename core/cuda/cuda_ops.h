@@ -62,6 +62,10 @@ void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, i
 void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C);
 void zb_cuda_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C);
 
+/* n values a (2 zb_hash_uniform(seed, i) - 1) into x (float32, or bf16 when bf16): the host's
+ * synthetic fills (benchmark weights and caches) made on the device. */
+void zb_cuda_fill_uniform(void *x, int bf16, size_t n, uint64_t seed, float a);
+
 /* ---- small elementwise helpers ---------------------------------------------------------- */
 void zb_cuda_add(float *out, const float *a, const float *b, size_t n);     /* out = a + b */
 void zb_cuda_sub(float *out, const float *a, const float *b, size_t n);     /* out = a - b */

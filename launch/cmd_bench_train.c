@@ -95,7 +95,11 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
         if (!rc) { have_t = 1; rc = zb_model_set_backend(&t, be); }
     }
     zb_trainer tr;
-    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.1f};   /* KD: KL only, tau 1 (SPEC §6 defaults) */
+    zb_loss_cfg lc;   /* KD: KL only, tau 1 */
+    memset(&lc, 0, sizeof lc);
+    lc.kl_weight = 1.0f;
+    lc.temperature = 1.0f;
+    lc.beta = 0.1f;
     int tr_ok = 0;
     if (!rc) rc = zb_trainer_init(&tr, have_t ? ZB_STAGE_KD : ZB_STAGE_PRETRAIN, &lc, &m, have_t ? &t : NULL, B, T);
     if (!rc) tr_ok = 1;

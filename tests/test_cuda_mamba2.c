@@ -874,7 +874,7 @@ static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16) {
     CU(cudaMemcpy(dseq, seqs, sizeof seqs, cudaMemcpyHostToDevice));
     for (int r = 0; r < ROUNDS; r++) {
         fill(rng, x, (size_t)NB * d, 1.0f);
-        zb_mamba2_decode_seqs(m, d, 1e-5f, &L->w, &lc, x, o, st, seqs, NB, scr);
+        zb_mamba2_decode_seqs(m, d, 1e-5f, &L->w, &lc, x, o, st, seqs, NB, scr, NULL);
         dput(gx, x, (size_t)NB * d);
         zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, gst, dseq, NB, gscr);
         float *h = dget(go, (size_t)NB * d, "decode_seqs");

@@ -59,8 +59,25 @@ const char *zb_backend_missing(const zb_backend *be) {
 
 /* ---- RoPE ----------------------------------------------------------------------------------- */
 
+/* YaRN's ramp ends (DeepSeek's yarn_find_correction_range, SPEC §3): the rotary pair whose
+ * wavelength turns `rot` times over the original context, floor for beta_fast / ceil for
+ * beta_slow, clamped to [0, dim - 1]. */
+static double yarn_corr_dim(double rot, int dim, double base, double orig) {
+    return (dim * log(orig / (rot * 2.0 * M_PI))) / (2.0 * log(base));
+}
+
 void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg) {
     r->dim = dim;
+    r->mscale = 1.0f;
+    int low = 0, high = 0;
+    if (cfg->type == ZB_ROPE_YARN) {
+        low = (int)floor(yarn_corr_dim(cfg->beta_fast, dim, cfg->theta, cfg->original_max_pos));
+        high = (int)ceil(yarn_corr_dim(cfg->beta_slow, dim, cfg->theta, cfg->original_max_pos));
+        if (low < 0) low = 0;
+        if (high > dim - 1) high = dim - 1;
+        r->mscale = (float)(zb_yarn_get_mscale(cfg->factor, cfg->mscale) /
+                            zb_yarn_get_mscale(cfg->factor, cfg->mscale_all_dim));
+    }
     for (int i = 0; i < dim / 2; i++) {
         /* inv_freq_i = theta^(-2i/dim), in float32 as HF computes it */
         float f = (float)(1.0 / pow((double)cfg->theta, (double)(2 * i) / dim));
@@ -76,6 +93,17 @@ void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg) {
                                 (cfg->high_freq_factor - cfg->low_freq_factor);
                 f = (float)((1.0 - smooth) * f / cfg->factor + smooth * f);
             }
+        } else if (cfg->type == ZB_ROPE_YARN) {
+            /* YaRN (SPEC §3, DeepSeek's DeepseekV3YarnRotaryEmbedding, float32 like it): pairs
+             * below `low` keep theta^(-2i/dim) (extrapolated), pairs above `high` are divided by
+             * factor (interpolated), a linear ramp between; mask = 1 - ramp. */
+            float pw = (float)pow((double)cfg->theta, (double)((float)(2 * i) / (float)dim));
+            float extra = 1.0f / pw, inter = 1.0f / (cfg->factor * pw);
+            float span = low == high ? 0.001f : (float)(high - low);   /* their singularity guard */
+            float ramp = ((float)i - (float)low) / span;
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            float mask = 1.0f - ramp;
+            f = inter * (1.0f - mask) + extra * mask;
         }
         r->inv_freq[i] = f;
     }

@@ -63,13 +63,14 @@ static inline zb_wt zb_wt_offset(zb_wt t, size_t k) {
     return t;
 }
 
-/* RoPE (SPEC §2, rotate-half layout; llama3 frequency scaling): the float32 inverse
+/* RoPE (SPEC §2, rotate-half layout; llama3 or YaRN frequency scaling, SPEC §3): the float32 inverse
  * frequencies, computed on the host by zb_rope_init. The angle of pair i at position p is the
  * float32 product p * inv_freq[i] (as HF). */
-#define ZB_ROPE_MAX_DIM 512
+/* ZB_ROPE_MAX_DIM: config.h */
 typedef struct {
     int dim;                                /* rotary dimension (even) */
     float inv_freq[ZB_ROPE_MAX_DIM / 2];
+    float mscale;                           /* cos and sin are multiplied by it (YaRN; else 1) */
 } zb_rope;
 void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg);
 

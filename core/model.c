@@ -159,6 +159,7 @@ int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt) {
 int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int first, int no_embed, int no_head) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    if (m->cfg.mla.rope.theta == 0) m->cfg.mla.rope = cfg->rope;   /* unset: the model's (config.h) */
     m->pp_first = first;   /* PP: which part of the stack this model holds (all of it: 0, 0, 0) */
     m->pp_no_embed = no_embed;
     m->pp_no_head = no_head;
@@ -177,8 +178,10 @@ int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int fir
     }
     bind(m, slots, &m->w, m->data, m->data16);
     m->slots = slots;   /* kept to bind the gradient views in zb_model_alloc_grad */
-    if (cfg->n_heads > 0 && cfg->head_dim > 0) zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
-    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->rope);
+    if (cfg->n_heads > 0 && cfg->head_dim > 0 && cfg->head_dim <= ZB_ROPE_MAX_DIM)
+        zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
+    /* MLA rotates its rope dims with its own rope (the release: YaRN), SPEC §3 */
+    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &m->cfg.mla.rope);
     return ZB_OK;
 }
 

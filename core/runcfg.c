@@ -34,6 +34,7 @@ static const key_spec keys[] = {
     {"kl_weight", T_NUM, 0, BIG, 0, 0, NULL},  {"ce_weight", T_NUM, 0, BIG, 0, 0, NULL},
     {"temperature", T_NUM, 0, BIG, 1, 0, NULL}, {"beta", T_NUM, 0, BIG, 1, 0, NULL},
     {"ild_loss", T_CHOICE, 0, 0, 0, 0, "release|mixer_mse"},
+    {"kl_reduction", T_CHOICE, 0, 0, 0, 0, "batchmean|token"}, {"comment", T_STR, 0, 0, 0, 0, NULL},
     {"log_every", T_INT, 1, 2147483647, 0, 0, NULL}, {"eval_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"eval_batches", T_INT, 0, 2147483647, 0, 0, NULL}, {"save_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"keep_last", T_INT, 0, 2147483647, 0, 0, NULL}, {"nonfinite", T_CHOICE, 0, 0, 0, 0, "stop|skip"},
@@ -181,7 +182,8 @@ static int read_groups(zb_run_cfg *r, const cJSON *v) {
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(g, "match");
         if (!mt) return zb_fail(ZB_EARG, "%s: groups[%d] needs a 'match' string", r->path, r->n_groups);
         zb_run_group *q = &r->groups[r->n_groups++];
-        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(g, "lr_mult"), *wd = cJSON_GetObjectItemCaseSensitive(g, "weight_decay");
+        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(g, "lr_mult");
+        const cJSON *wd = cJSON_GetObjectItemCaseSensitive(g, "weight_decay");
         const cJSON *tr = cJSON_GetObjectItemCaseSensitive(g, "trainable");
         q->lr_mult = lm ? (float)lm->valuedouble : -1.0f;
         q->weight_decay = wd ? (float)wd->valuedouble : -1.0f;
@@ -192,7 +194,10 @@ static int read_groups(zb_run_cfg *r, const cJSON *v) {
 }
 
 static const cJSON *get(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
-static double num(const cJSON *o, const char *k, double d) { const cJSON *v = get(o, k); return v ? v->valuedouble : d; }
+static double num(const cJSON *o, const char *k, double d) {
+    const cJSON *v = get(o, k);
+    return v ? v->valuedouble : d;
+}
 static void str(const cJSON *o, const char *k, char *dst, const char *d) {
     const cJSON *v = get(o, k);
     snprintf(dst, ZB_RUN_PATH, "%s", v ? v->valuestring : d);
@@ -249,7 +254,9 @@ static int parse_root(zb_run_cfg *r, const cJSON *o) {
     r->loss.kl_weight = (float)num(o, "kl_weight", 1.0);
     r->loss.ce_weight = (float)num(o, "ce_weight", 0.0);
     r->loss.temperature = (float)num(o, "temperature", 1.0);
-    r->loss.beta = (float)num(o, "beta", 0.1);
+    r->loss.beta = (float)num(o, "beta", 0.01);   /* the release's DPO beta (SPEC §6) */
+    v = get(o, "kl_reduction");
+    r->loss.kl_token_mean = v && !strcmp(v->valuestring, "token");
     v = get(o, "ild_loss");
     r->loss.ild_mode = v && !strcmp(v->valuestring, "mixer_mse") ? ZB_ILD_MIXER_MSE : ZB_ILD_RELEASE;
     /* float32 lr of a tiny double rounds to 0 (or a huge one to inf): still checked */

@@ -14,8 +14,10 @@
  *   weight_decay (0.1) >= 0, beta1 (0.9) and beta2 (0.95) in [0, 1), eps (1e-8) > 0,
  *   clip (1.0) >= 0 (0: off)
  *   kl_weight (1) >= 0, ce_weight (0) >= 0, temperature (1) > 0     kd
- *   beta (0.1) > 0                                                  dpo
+ *   kl_reduction ("batchmean" | "token")    kd: the KL per row as the release, or per token
+ *   beta (0.01) > 0                                                 dpo (the release's)
  *   ild_loss ("release" | "mixer_mse")                              ild (train.h)
+ *   comment      any text, not read (the configs/run-*.json examples say where they come from)
  *   log_every (10) >= 1, eval_every (0: only at the end), eval_batches (8), save_every (0:
  *   only at the end), keep_last (2; 0: keep all) — all >= 0
  *   nonfinite ("stop")  a step whose loss or gradient norm is inf / NaN is never applied nor
@@ -26,7 +28,8 @@
  *   bucket_mb (25) > 0  size of the gradient buckets all-reduced during the backward
  *   pp_balance ("model")  --pp: cut the layers into stages by the cost model (parallel/pp.h)
  *                or "measured": rank 0 times one layer of each kind and the head
- *   train: ["pattern", ...]   only these parameters train (default: all; ild: new mixers)
+ *   train: ["pattern", ...]   only these parameters train (default: all; ild: the distilled
+ *                layers' blocks, zb_trainer_default_trainable)
  *   freeze: ["pattern", ...]  these do not train
  *   groups: [{"match": "mamba.A_log", "lr_mult": 1, "weight_decay": 0, "trainable": true}, ...]
  * Patterns: a substring of the HF name, or a glob with '*'. */

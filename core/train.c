@@ -160,9 +160,11 @@ static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
                     nm ? gs * c->ce_weight / nm : 0.0f);
         ce = nm ? ce / nm : 0.0;
     }
+    /* batchmean (the release): the KL summed over the tokens / the rows; or per token */
+    double kden = c->kl_token_mean ? nm : (nm ? tr->rows : 0);
     double kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask_dev,
-                       N, c->temperature, nm ? gs * c->kl_weight / nm : 0.0f);
-    kl = nm ? kl / nm : 0.0;
+                       N, c->temperature, kden > 0 ? (float)(gs * c->kl_weight / kden) : 0.0f);
+    kl = kden > 0 ? kl / kden : 0.0;
     o->kl = kl;
     o->ce = ce;
     o->loss = c->kl_weight * kl + c->ce_weight * ce;

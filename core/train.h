@@ -6,9 +6,12 @@
  *
  *   pretrain, sft  mean next-token cross-entropy over the targets >= 0 (sft: the loader's
  *                  loss mask leaves only the assistant tokens)
- *   kd             kl_weight * KL(teacher || student) at temperature tau, mean over the rows
- *                  with a target (no tau^2 factor), + ce_weight * CE; the teacher runs forward
- *                  on the same ids in the same step (online distillation)
+ *   kd             kl_weight * KL(teacher || student) at temperature tau (no tau^2 factor)
+ *                  over the positions with a target, reduced as the release's
+ *                  F.kl_div(..., reduction="batchmean") does: summed over the tokens and divided
+ *                  by the micro-batch's rows (kl_token_mean: divided by the tokens instead),
+ *                  + ce_weight * CE (mean over the tokens); the teacher runs forward on the same
+ *                  ids in the same step (online distillation)
  *   ild            intermediate layer distillation of every layer l whose mixer differs from the
  *                  teacher's (all of them for an all-MLA or all-Mamba2 student). Default
  *                  (ild_mode release, SPEC §6 as the release runs it): the student's BLOCK l is
@@ -42,6 +45,7 @@ typedef struct {
     float kl_weight, ce_weight, temperature;   /* kd */
     float beta;                                /* dpo */
     zb_ild_mode ild_mode;                      /* ild */
+    int kl_token_mean;                         /* kd: 0 = batchmean (per row), 1 = per token */
 } zb_loss_cfg;
 
 /* The parts of a stage loss, for logging. */

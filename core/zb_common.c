@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <cjson/cJSON.h>
+
 /* The one piece of module state: the last error message of this process (each MPI rank
  * is its own process). */
 static char zb_msg[1024];
@@ -49,6 +51,11 @@ void *zb_calloc(size_t n, size_t size, const char *what) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) zb_fail(ZB_ENOMEM, "out of memory allocating %zu x %zu bytes for %s", n, size, what);
     return p;
+}
+
+const char *zb_json_str(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 int zb_ends_with(const char *s, const char *suf) {

@@ -54,6 +54,10 @@ int zb_ends_with(const char *s, const char *suffix);
 /* 1 if path is a regular file named *.json (a model config, where a model is expected). */
 int zb_is_config_json(const char *path);
 
+/* The string member `key` of a JSON object (cJSON), or NULL when absent or not a string. */
+struct cJSON;
+const char *zb_json_str(const struct cJSON *o, const char *key);
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 int zb_read_file(const char *path, char **out, size_t *len);
 

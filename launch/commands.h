@@ -5,6 +5,7 @@
 #define ZB_COMMANDS_H
 
 int zb_cmd_import(int argc, char **argv);
+int zb_cmd_export(int argc, char **argv);
 int zb_cmd_tokenize(int argc, char **argv);
 int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);
@@ -17,6 +18,11 @@ int zb_cmd_eval(int argc, char **argv);
 int zb_cmd_data(int argc, char **argv);
 int zb_cmd_train(int argc, char **argv);
 int zb_cmd_plot(int argc, char **argv);
+
+/* The plan JSON of `zebra compose --plan` (written by `zebra smart`): its "mla_layers" become
+ * MLA in c->kinds, every other layer of c Mamba2 (cmd_compose.c; the fuzz harness calls it). */
+#include "config.h"
+int zb_plan_read(const char *path, zb_config *c);
 
 /* Runtime (cmd_runtime.c), called by main for every command: OpenMP threads (the bf16 kernels,
  * and OpenBLAS when it is its OpenMP build) = OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS with

@@ -200,6 +200,9 @@ float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T) {
 float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T) {
     return acts_layout(m, acts, B, T).xbc;
 }
+float *zb_mamba2_acts_o(const zb_mamba2_dims *m, float *acts, int B, int T) {
+    return acts_layout(m, acts, B, T).o;
+}
 
 void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                        const float *x, float *out, float *acts, int B, int T) {

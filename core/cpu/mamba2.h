@@ -22,9 +22,11 @@ size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
 void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                        const float *x, float *out, float *acts, int B, int T);
 /* Views into acts after zb_mamba2_forward (tests, debugging): the SSD output y (D x included,
- * before the gate and norm) [B*T, d_inner], and the conv+SiLU output [x|B|C] [B*T, conv_dim]. */
+ * before the gate and norm) [B*T, d_inner], the conv+SiLU output [x|B|C] [B*T, conv_dim], and
+ * the gated-norm output o (the input of out_proj) [B*T, d_inner]. */
 float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T);
 float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T);
+float *zb_mamba2_acts_o(const zb_mamba2_dims *m, float *acts, int B, int T);
 /* dx += ; g += parameter gradients. acts as left by the forward; scratch (scratch_floats)
  * is overwritten. */
 void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,

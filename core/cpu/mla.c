@@ -66,6 +66,16 @@ size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T) {
                 + (size_t)Hk * (dn + dv) + 2 * (size_t)r + (r + dr) + 2 * (size_t)rq);
 }
 
+float zb_mla_softmax_scale(const zb_mla_dims *m) {
+    double s = 1.0 / sqrt((double)(m->qk_nope + m->qk_rope));
+    const zb_rope_cfg *r = &m->rope;
+    if (r->type == ZB_ROPE_YARN && r->mscale_all_dim != 0) {
+        double k = zb_yarn_get_mscale(r->factor, r->mscale_all_dim);
+        s *= k * k;
+    }
+    return (float)s;
+}
+
 static zb_attn_shape zb_mla_attn_shape(const zb_mla_dims *m, int B, int T) {
     zb_attn_shape s;
     int dqk = m->qk_nope + m->qk_rope;
@@ -73,7 +83,7 @@ static zb_attn_shape zb_mla_attn_shape(const zb_mla_dims *m, int B, int T) {
     s.q_stride = m->n_heads * dqk;
     s.k_stride = m->kv_heads * dqk;
     s.v_stride = m->kv_heads * m->v_head_dim;
-    s.scale = 1.0f / sqrtf((float)dqk);
+    s.scale = zb_mla_softmax_scale(m);
     return s;
 }
 
@@ -102,6 +112,12 @@ static void zb_mla_query(const zb_mla_dims *m, int d, float eps, const zb_mla_we
                          const float *x, float *q, float *qa, float *qan, float *rstd_q, int N) {
     zb_mla_lin lin = zb_mla_lin_of(w);
     zb_mla_query_lin(m, d, eps, w, &lin, x, q, qa, qan, rstd_q, N);
+}
+
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T) {
+    zb_mla_acts a;
+    zb_mla_layout(m, B, T, acts, &a);
+    return a.att;
 }
 
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
@@ -244,7 +260,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
     int rep = H / Hk, il = m->rope_interleave;
-    float scale = 1.0f / sqrtf((float)dqk);   /* as the expanded score, SPEC §3 */
+    float scale = zb_mla_softmax_scale(m);   /* as the expanded score, SPEC §3 */
 
     float *q = scratch, *qa = q + (size_t)C * H * dqk, *qan = qa + (size_t)C * rq;
     float *kva = qan + (size_t)C * rq, *qlat = kva + (size_t)C * W;

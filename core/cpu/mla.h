@@ -16,12 +16,20 @@
 /* Views of w's f32 matrices. */
 zb_mla_lin zb_mla_lin_of(const zb_mla_weights *w);
 
+/* The softmax scale of the scores: 1/sqrt(nope + rope) (SPEC §3), times YaRN's
+ * get_mscale(factor, mscale_all_dim)^2 when the MLA's rope sets mscale_all_dim (DeepSeek; the
+ * Zebra release leaves it 0). */
+float zb_mla_softmax_scale(const zb_mla_dims *m);
+
 /* Floats of saved activations for a [B,T] forward (training) and of backward scratch. */
 size_t zb_mla_act_floats(const zb_mla_dims *m, int d, int B, int T);
 size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T);
 /* out[B*T, d] = MLA(x[B*T, d]); positions 0..T-1. acts: zb_mla_act_floats floats. */
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                     const zb_rope *rope, const float *x, float *out, float *acts, int B, int T);
+/* View into acts after zb_mla_forward (tests): the attention output, the input of o_proj
+ * [B*T, H*v_head_dim]. */
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T);
 /* dx[B*T,d] += d/dx; g (same layout as w) += parameter gradients. acts from the forward. */
 void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout,

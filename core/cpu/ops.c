@@ -80,8 +80,8 @@ void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int
     float c[ZB_ROPE_MAX_DIM / 2], s[ZB_ROPE_MAX_DIM / 2], tmp[ZB_ROPE_MAX_DIM];
     for (int i = 0; i < half; i++) {
         float a = (float)pos * r->inv_freq[i];   /* float32 angle, as HF */
-        c[i] = cosf(a);
-        s[i] = inverse ? -sinf(a) : sinf(a);
+        c[i] = cosf(a) * r->mscale;   /* YaRN scales cos and sin alike (SPEC §3) */
+        s[i] = (inverse ? -sinf(a) : sinf(a)) * r->mscale;
     }
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * head_stride + offset;

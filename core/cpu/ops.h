@@ -26,11 +26,12 @@ void zb_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
 void zb_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                          const float *w, const float *rstd, int N, int C);
 
-/* ---- RoPE (SPEC §2, rotate-half layout; llama3 frequency scaling; zb_rope in backend.h) -- */
+/* ---- RoPE (SPEC §2, rotate-half layout; llama3 or YaRN frequency scaling, SPEC §3; zb_rope in backend.h) -- */
 /* Rotate in place the `r->dim` values at x + h*head_stride + offset for h < n_heads, for one
- * token at position pos. interleave: the values are stored as pairs (2i, 2i+1) and are first
+ * token at position pos (and scale them by r->mscale). interleave: the values are stored as pairs (2i, 2i+1) and are first
  * permuted to [evens | odds] (HF apply_rotary_pos_emb_interleave), then rotated.
- * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes). */
+ * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes; the
+ * mscale is its own transpose). */
 void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int offset,
                    int pos, int interleave, int inverse);
 /* Rows: x is [B*T, row_stride]; token (b, t) has position t + pos0. */

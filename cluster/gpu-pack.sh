@@ -45,11 +45,11 @@ cp "$(readlink -f /usr/bin/orted)" "$dest/root/usr/bin/orted"
 cp "$(readlink -f /usr/bin/mpirun)" "$dest/root/usr/bin/orterun"
 ln -sf orterun "$dest/root/usr/bin/mpirun"
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libcuda\.|libcublas|libcublasLt|libnvidia)'
-{ ldd "$dest"/build/zebra "$dest"/build/bench_cuda "$dest"/build/tests/* /usr/bin/orted
-  find "$ompi" -name '*.so' -exec ldd {} \; ; } 2>/dev/null |
-  awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
-  while read -r name path; do
-    [[ $name =~ $skip ]] && continue
-    cp -L "$path" "$lib/$name"
-  done
+libs=$( { ldd "$dest"/build/zebra "$dest"/build/bench_cuda "$dest"/build/tests/* /usr/bin/orted
+          find "$ompi" -name "*.so" -exec ldd {} \; ; } 2>/dev/null |
+        awk '$2 == "=>" && $3 ~ /^\// {print $1 "=" $3}' | sort -u || true)
+for l in $libs; do
+  name=${l%%=*}
+  if [[ ! $name =~ $skip ]]; then cp -L "${l#*=}" "$lib/$name"; fi
+done
 du -sh "$dest"

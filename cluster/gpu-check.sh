@@ -32,6 +32,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}   # Debian 12's OpenBLAS misreads newer Xeons
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 export NCCL_NVLS_ENABLE=0
+export PMIX_MCA_pcompress_base_silence_warning=1 PMIX_MCA_mca_base_component_show_load_errors=0
 
 {
   echo "== environment"
@@ -90,17 +91,20 @@ if [ -z "$build" ]; then
   stamp "built"
 fi
 
-stamp "GPU tests (ctest -L gpu)"
-ZB_TEST_VERBOSE=1 timeout "$(lim "${ZB_TEST_TIMEOUT:-360}")" ctest --test-dir "$build" -L gpu -V --timeout 300 > "$out/log-tests.txt" 2>&1
+# ZB_STAGES: which stages run (default all four)
+stages=" ${ZB_STAGES:-tests bench_cuda zebra torch} "
+on() { [[ $stages == *" $1 "* ]]; }
+on tests && stamp "GPU tests (ctest -L gpu)"
+on tests && ZB_TEST_VERBOSE=1 timeout "$(lim "${ZB_TEST_TIMEOUT:-360}")" ctest --test-dir "$build" -L gpu -V --timeout 300 > "$out/log-tests.txt" 2>&1
 stamp "tests done"
 
-stamp "bench_cuda (ceilings, kernels)"
-timeout "$(lim 120)" "$build/bench_cuda" --json "$out/bench_cuda.json" > "$out/log-bench.txt" 2>&1
-if [ -f cluster/gpu-bench.sh ]; then
+on bench_cuda && stamp "bench_cuda (ceilings, kernels)"
+on bench_cuda && timeout "$(lim 120)" "$build/bench_cuda" --json "$out/bench_cuda.json" > "$out/log-bench.txt" 2>&1
+if on zebra && [ -f cluster/gpu-bench.sh ]; then
   stamp "zebra bench --device cuda (cluster/gpu-bench.sh)"
   timeout "$(lim "${ZB_BENCH_TIMEOUT:-300}")" bash cluster/gpu-bench.sh "$build/zebra" > "$out/log-zebra.txt" 2>&1
 fi
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+if on torch && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   stamp "bench_torch.py (PyTorch + HF transformers)"
   PYTHONUNBUFFERED=1 timeout "$(lim "${ZB_TORCH_TIMEOUT:-240}")" python3 cluster/bench_torch.py --json "$out/bench_torch.json" \
     > "$out/log-torch.txt" 2>&1

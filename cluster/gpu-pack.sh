@@ -9,7 +9,8 @@
 #                  (cuBLAS is the node's: hundreds of MB), and OpenMPI's plugins, help files and
 #                  orted, relocated with OPAL_PREFIX=DEST/root/usr;
 #   DEST/fixtures  the fixtures (ZB_FIXTURES, default ../shared/fixtures);
-#   DEST/src       cluster/ and configs/ (the scripts and the benchmarks' model shapes).
+#   DEST/src       cluster/, configs/, core/ and the tests' scripts (the benchmarks' model shapes,
+#                  the end-to-end test's data).
 # Then on the node: DEST/src/cluster/gpu-check.sh --packed DEST [OUT_DIR].
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +20,8 @@ fix=$(cd "${ZB_FIXTURES:-$src/../shared/fixtures}" && pwd)
 fix_cfg=$(grep -E "^ZB_FIXTURES:" "$bld/CMakeCache.txt" | cut -d= -f2-)
 rm -rf "$dest/build" "$dest/fixtures" "$dest/root" "$dest/src"
 mkdir -p "$dest/build/tests" "$dest/fixtures" "$dest/src"
-cp -r "$src/cluster" "$src/configs" "$dest/src/"
+cp -r "$src/cluster" "$src/configs" "$src/core" "$dest/src/"
+mkdir -p "$dest/src/tests" && cp "$src"/tests/cli_*.sh "$dest/src/tests/"
 cp "$bld/zebra" "$bld/bench_cuda" "$dest/build/"
 # the GPU tests: their add_test / set_tests_properties lines and the executables they name
 tests=$(grep -oE "^add_test\((test_[a-z0-9_]+)" "$bld/tests/CTestTestfile.cmake" | sed 's/add_test(//')
@@ -28,8 +30,9 @@ for t in $tests; do
   grep -qE "set_tests_properties\($t PROPERTIES.*LABELS \"gpu\"" "$bld/tests/CTestTestfile.cmake" || continue
   grep -E "^(add_test|set_tests_properties)\($t " "$bld/tests/CTestTestfile.cmake" >> "$dest/build/tests/CTestTestfile.cmake"
   exe=$(grep -E "^add_test\($t " "$bld/tests/CTestTestfile.cmake" | sed -E 's/^add_test\([^ ]+ "([^"]+)".*/\1/')
-  cp "$exe" "$dest/build/tests/"
+  case "$exe" in "$bld"/*) cp "$exe" "$dest/build/tests/";; esac   # not bash (the cli_ scripts)
 done
+[ -x "$bld/tests/zb_path" ] && cp "$bld/tests/zb_path" "$dest/build/tests/"   # cli_lib.sh's bound tool
 printf 'subdirs("tests")\n' > "$dest/build/CTestTestfile.cmake"
 sed -i -e "s|$fix_cfg|@FIX@|g" -e "s|$fix|@FIX@|g" -e "s|$bld|@BUILD@|g" -e "s|$src|@SRC@|g" \
     "$dest/build/tests/CTestTestfile.cmake"

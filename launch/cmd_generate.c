@@ -19,7 +19,9 @@
  * to its TP group, then from the last stage to every stage over the pipeline.
  * --weights bf16 holds the weight matrices in bf16 (half the memory and bytes per decode step,
  * f32 accumulation; model.h); the final line then also has every rank's peak resident
- * memory (VmHWM) and the bf16 kernel and threads used. */
+ * memory (VmHWM) and the bf16 kernel and threads used.
+ * --device cuda (one GPU, no --tp / --pp): the model, its caches (bf16 unless --cache f32) and
+ * the decode steps on the GPU; sampling reads the logits back (commands.h zb_backend_from_args). */
 #include <ctype.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -333,7 +335,8 @@ typedef struct {
 static int parse_args(int argc, char **argv, gen_args *a) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
-                                       "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", NULL};
+                                       "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights",
+                                       ZB_DEVICE_ARGS, NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     memset(a, 0, sizeof *a);
@@ -621,8 +624,10 @@ int zb_cmd_generate(int argc, char **argv) {
     gen_state S;
     memset(&S, 0, sizeof S);
     ZB_TRY(parse_args(argc, argv, &S.a));
-    S.be = zb_infer_backend(S.a.wt);   /* the run's decode switches */
+    ZB_TRY(zb_backend_from_args(argc, argv, S.a.wt, &S.be));   /* the device, the run's decode switches */
     S.grid_on = S.a.tp > 1 || S.a.pp > 1;
+    if (!S.be.host_memory && S.grid_on)
+        return zb_fail(ZB_EARG, "generate --device cuda: one GPU per run for now (no --tp or --pp)");
     S.world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &S.world);
     if (S.a.print_ids) S.world = 1;   /* no collectives: each rank would print; run it on one */

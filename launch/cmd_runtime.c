@@ -69,7 +69,7 @@ int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out) {
         return zb_fail(ZB_EARG, "--precision bf16 and --cache bf16 need --device cuda (the CPU computes in float32)");
     if (!gpu) { *out = zb_infer_backend(wt); return ZB_OK; }
     const zb_backend *b = zb_backend_get("cuda");   /* this process's GPU: its local rank picks it */
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "--device cuda");
+    if (!b) return ZB_EDEVICE;   /* zb_backend_get said why */
     *out = *b;
     out->opts.gpu_bf16 = !strcmp(prec, "bf16");
     out->opts.cache_bf16 = !strcmp(cache, "bf16");

@@ -1,5 +1,7 @@
 /* zebra train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5]
- *             [--tp N] [--pp M] [--stop-after STEP]
+ *             [--tp N] [--pp M] [--stop-after STEP] [--device cuda [--precision bf16|f32]]
+ * --device cuda: one rank, one GPU; the student and the teacher / reference on it, the same
+ * checkpoints (written from host copies: the CPU build reads them and resumes them).
  *
  * One driver for every training stage (SPEC §6; the math of each stage: core/train.c; the
  * run.json keys: core/runcfg.h; docs/TRAINING.md). The loop, as llm.c's main:
@@ -55,6 +57,7 @@ typedef struct {
     int have_grid, have_t, pp;
     int cut[ZB_MAX_LAYERS + 1], cut_t;   /* --pp: the stages' first layers; cut_t: the teacher's too */
     zb_model m, t;
+    zb_backend be;              /* --device: the models' backend (the CPU's by default) */
     zb_trainer tr;
     zb_pp_trainer pt;
     zb_adamw o;
@@ -527,6 +530,13 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
     S->pp = S->g.pp_size > 1;
     S->log_fd = -1;
     ZB_TRY(setup_models(S, resume));
+    if (!S->be.host_memory) {   /* --device cuda: one GPU, the models moved onto it */
+        if (S->g.tp_size > 1 || S->pp || S->g.dp_size > 1)
+            return zb_fail(ZB_EARG, "train --device cuda: one rank and one GPU per run for now (no --tp, --pp or "
+                           "several ranks: the gradients' reductions are host MPI)");
+        ZB_TRY(zb_model_set_backend(&S->m, &S->be));
+        if (S->have_t) ZB_TRY(zb_model_set_backend(&S->t, &S->be));
+    }
     ZB_TRY(setup_training(S));
     zb_rng_seed(&S->rng, r->seed);
     if (resume) ZB_TRY(resume_state(S, resume));
@@ -606,19 +616,22 @@ static void train_free(train_run *S) {
 }
 
 int zb_cmd_train(int argc, char **argv) {
-    static const char *const vals[] = {"--stage", "--config", "--resume", "--tp", "--pp", "--stop-after", NULL};
+    static const char *const vals[] = {"--stage", "--config", "--resume", "--tp", "--pp", "--stop-after",
+                                       ZB_DEVICE_ARGS, NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, NULL, 0));
     const char *st = zb_arg_str(argc, argv, "--stage", NULL);
     const char *cfg = zb_arg_str(argc, argv, "--config", NULL);
     if (!st || !cfg)
         return zb_fail(ZB_EARG, "train: needs --stage pretrain|ild|kd|sft|dpo --config run.json "
-                       "[--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP]");
+                       "[--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP] [--device cpu|cuda "
+                       "[--precision bf16|f32]]");
     int stage = zb_stage_parse(st);
     if (stage < 0) return zb_fail(ZB_EARG, "train: unknown stage '%s' (pretrain, ild, kd, sft, dpo)", st);
     train_run S;
     memset(&S, 0, sizeof S);
     S.stage = (zb_stage)stage;
     S.log_fd = -1;
+    ZB_TRY(zb_backend_from_args(argc, argv, ZB_WEIGHTS_F32, &S.be));
     int rc = train_setup(&S, cfg, zb_arg_str(argc, argv, "--resume", NULL), zb_arg_int(argc, argv, "--tp", 1),
                          zb_arg_int(argc, argv, "--pp", 1));
     if (!rc) rc = train_loop(&S, zb_arg_int(argc, argv, "--stop-after", -1));

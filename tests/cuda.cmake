@@ -26,4 +26,9 @@ if(ZB_CUDA)
   zb_cuda_model_test(test_backend_cuda test_backend cuda)
   zb_cuda_model_test(test_hf_llama_cuda test_hf_llama_backend ${ZB_FIXTURES}/hf-llama-tiny --backend cuda)
   zb_cuda_model_test(test_hf_mla_cuda test_hf_llama_backend ${ZB_FIXTURES}/hf-mla-tiny --backend cuda)
+  # the driver end to end on the GPU: train (CPU <-> GPU checkpoints), eval, generate
+  add_test(NAME cli_cuda COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_cuda.sh $<TARGET_FILE:zebra> ${ZB_FIXTURES}
+                                 ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cli_cuda PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OPENBLAS_NUM_THREADS=1")
 endif()

@@ -24,7 +24,7 @@ cp -r "$src/cluster" "$src/configs" "$src/core" "$dest/src/"
 mkdir -p "$dest/src/tests" && cp "$src"/tests/cli_*.sh "$dest/src/tests/"
 cp "$bld/zebra" "$bld/bench_cuda" "$dest/build/"
 # the GPU tests: their add_test / set_tests_properties lines and the executables they name
-tests=$(grep -oE "^add_test\((test_[a-z0-9_]+)" "$bld/tests/CTestTestfile.cmake" | sed 's/add_test(//')
+tests=$(grep -oE "^add_test\(([a-z0-9_]+)" "$bld/tests/CTestTestfile.cmake" | sed 's/add_test(//')
 : > "$dest/build/tests/CTestTestfile.cmake"
 for t in $tests; do
   grep -qE "set_tests_properties\($t PROPERTIES.*LABELS \"gpu\"" "$bld/tests/CTestTestfile.cmake" || continue

@@ -26,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cuda_common.h"
+#include "cuda_ops.h"
 #include "mamba2_cuda.h"
 #include "mamba2_tile.cuh"
 
@@ -110,6 +112,13 @@ static void linear(float *out, const float *in, zb_wt W, int N, int C, int OC) {
     if (N <= 0) return;
     if (W.f32) {
         gemm_rm(false, true, N, OC, C, 1.0f, in, C, W.f32, C, 0.0f, out, OC);
+        return;
+    }
+    if (s_stream == zb_cuda_stream() && zb_cuda_gemv_ok(in, W.bf16, N, C)) {
+        /* decode (<= 8 rows): the backend's GEMV, a warp per output row reading the weights at
+         * the memory's rate (the tiled kernel below leaves most of the GPU idle at one row);
+         * the same arithmetic: float32 input, bf16 weights, float32 sums */
+        zb_cuda_gemv_bf16(out, in, W.bf16, N, C, OC);
         return;
     }
     k_linear_bf16<<<dim3(cdiv(N, M2_TB), cdiv(OC, M2_TB)), M2_NT, 0, s_stream>>>(out, in, W.bf16, N, C, OC);

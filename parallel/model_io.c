@@ -142,47 +142,10 @@ static int write_tensors(zb_ckpt_writer *w, const zb_model *m, const save_how *h
     return rc;
 }
 
-/* A device's model (and moments) as host copies for the writer: *hm a shallow copy of m whose
- * data is a host buffer, *ho (when h has moments) one of the optimizer with host m / v. */
-static int stage_on_host(const zb_model *m, const save_how *h, zb_model *hm, zb_adamw *ho, zb_train_ckpt *ht) {
-    const zb_backend *be = m->be;
-    *hm = *m;
-    hm->data = zb_malloc(sizeof(float) * m->n_floats, "checkpoint: host copy of the weights");
-    if (!hm->data) return ZB_ENOMEM;
-    be->to_host(be, hm->data, m->data, sizeof(float) * m->n_floats);
-    if (!h->t || !h->t->o) return ZB_OK;
-    *ht = *h->t;
-    *ho = *h->t->o;
-    size_t n = ht->zero ? ht->hi - ht->lo : m->n_floats;
-    ho->m = zb_malloc(sizeof(float) * (n ? 2 * n : 1), "checkpoint: host copy of the moments");
-    if (!ho->m) return ZB_ENOMEM;
-    ho->v = ho->m + n;
-    if (n) {
-        be->to_host(be, ho->m, h->t->o->m, sizeof(float) * n);
-        be->to_host(be, ho->v, h->t->o->v, sizeof(float) * n);
-    }
-    ht->o = ho;
-    return ZB_OK;
-}
-
 static int save(const zb_model *m, const char *path, const save_how *h, MPI_Comm comm) {
     if (m->wdtype != ZB_WEIGHTS_F32)   /* m->data lacks the bf16 matrices (inference-only model) */
         return zb_fail(ZB_EARG, "%s: a model loaded with --weights %s cannot be saved; load it as f32", path,
                        zb_wdtype_name(m->wdtype));
-    if (!m->be->host_memory) {   /* a GPU's model: written from host copies, the same file */
-        zb_model hm;
-        zb_adamw ho;
-        zb_train_ckpt ht;
-        memset(&ho, 0, sizeof ho);
-        save_how hh = *h;
-        int rc = stage_on_host(m, h, &hm, &ho, &ht);
-        if (!rc && h->t && h->t->o) hh.t = &ht;
-        hm.be = zb_backend_cpu();
-        if (!rc) rc = save(&hm, path, &hh, comm);
-        free(hm.data);
-        free(ho.m);
-        return rc;
-    }
     zb_ckpt_writer *w = NULL;
     ZB_TRY(zb_ckpt_open_model(&w, path, zb_model_full_config(m), h->dtype, comm));
     int rc = write_tensors(w, m, h, comm);
@@ -245,14 +208,6 @@ int zb_train_load(const zb_model *m, const char *path, zb_adamw *o, int zero, si
         rc = zb_fail(ZB_EFORMAT, "%s: not a training checkpoint (no train.state[%d])", path, n_state);
     if (!rc) rc = zb_ckpt_read_raw(r, i, 0, n_state, state);
     if (!zero) { lo = 0; hi = m->n_floats; }
-    /* a GPU's moments: read into host arrays, then uploaded */
-    const zb_backend *be = o->be ? o->be : m->be;
-    float *dev_m = o->m, *dev_v = o->v, *host = NULL;
-    if (!be->host_memory && !rc) {
-        host = zb_malloc(sizeof(float) * (hi > lo ? 2 * (hi - lo) : 1), "resume: host copy of the moments");
-        if (!host) rc = ZB_ENOMEM;
-        else { o->m = host; o->v = host + (hi - lo); }
-    }
     float *tmp = NULL;
     char name[ZB_PARAM_NAME + 16];
     for (int p = 0; p < m->n_params && !rc; p++) {
@@ -277,14 +232,5 @@ int zb_train_load(const zb_model *m, const char *path, zb_adamw *o, int zero, si
     }
     free(tmp);
     zb_ckpt_reader_close(r);
-    if (host) {
-        o->m = dev_m;
-        o->v = dev_v;
-        if (!rc && hi > lo) {
-            be->to_device(be, dev_m, host, sizeof(float) * (hi - lo));
-            be->to_device(be, dev_v, host + (hi - lo), sizeof(float) * (hi - lo));
-        }
-        free(host);
-    }
     return rc;
 }

@@ -321,7 +321,7 @@ int zb_cmd_bench(int argc, char **argv) {
             }
         zb_model_free(&m);
     }
-    if (!rc && have[0] && have[1])
+    if (!rc && have[0] && have[1] && fit <= 0)   /* --fit measured no speeds */
         for (int bi = 0; bi < nb; bi++) {
             fprintf(md, "\nhybrid / teacher decode speed-up (batch %d):", bat[bi]);
             for (int i = 0; i < nc; i++)

@@ -54,9 +54,11 @@ if [ -n "$packed" ]; then
   cublas=$(dirname "$( (ldconfig -p | awk '/libcublasLt\.so\.13 /{print $NF}';
                         find /usr/local/cuda*/ /usr/lib /opt -name 'libcublasLt.so.13*' 2>/dev/null) | head -1)")
   export OPAL_PREFIX=$root/usr PATH=$root/usr/bin:$PATH
-  export LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu/openmpi/lib:$cublas:${LD_LIBRARY_PATH:-}
+  nccl=$(dirname "$( (ldconfig -p | awk '/libnccl\.so\.2 /{print $NF}';
+                      find /usr/local/cuda*/ /usr/lib /opt -name 'libnccl.so.2*' 2>/dev/null) | head -1)")
+  export LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu/openmpi/lib:$cublas:$nccl:${LD_LIBRARY_PATH:-}
   export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_mtl=^ofi,psm,psm2 OMPI_MCA_osc=^ucx
-  echo "cuBLAS: $cublas" >> "$out/log-build.txt"
+  echo "cuBLAS: $cublas; NCCL: $nccl" >> "$out/log-build.txt"
   ldd "$build/zebra" | grep "not found" >> "$out/log-build.txt"
   stamp "using the packed binaries of $packed"
 elif [ -n "$build" ] && [ -x "$build/zebra" ]; then

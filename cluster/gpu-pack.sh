@@ -5,8 +5,8 @@
 #   DEST/build     the driver, bench_cuda and the GPU tests (ctest label gpu) with their ctest
 #                  files, absolute paths replaced by @BUILD@ / @SRC@ / @FIX@ (gpu-check.sh fills
 #                  them in on the node);
-#   DEST/root      every shared library they load except the C library, the driver and cuBLAS
-#                  (cuBLAS is the node's: hundreds of MB), and OpenMPI's plugins, help files and
+#   DEST/root      every shared library they load except the C library, the driver, cuBLAS and
+#                  NCCL (the node's: hundreds of MB), and OpenMPI's plugins, help files and
 #                  orted, relocated with OPAL_PREFIX=DEST/root/usr;
 #   DEST/fixtures  the fixtures (ZB_FIXTURES, default ../shared/fixtures);
 #   DEST/src       cluster/, configs/, core/ and the tests' scripts (the benchmarks' model shapes,
@@ -29,9 +29,13 @@ tests=$(grep -oE "^add_test\(([a-z0-9_]+)" "$bld/tests/CTestTestfile.cmake" | se
 for t in $tests; do
   grep -qE "set_tests_properties\($t PROPERTIES.*LABELS \"gpu\"" "$bld/tests/CTestTestfile.cmake" || continue
   grep -E "^(add_test|set_tests_properties)\($t " "$bld/tests/CTestTestfile.cmake" >> "$dest/build/tests/CTestTestfile.cmake"
-  exe=$(grep -E "^add_test\($t " "$bld/tests/CTestTestfile.cmake" | sed -E 's/^add_test\([^ ]+ "([^"]+)".*/\1/')
-  case "$exe" in "$bld"/*) cp "$exe" "$dest/build/tests/";; esac   # not bash (the cli_ scripts)
+  # the build's executables among its arguments (not bash or mpiexec)
+  for exe in $(grep -E "^add_test\($t " "$bld/tests/CTestTestfile.cmake" | grep -oE "\"$bld/tests/[^\"]+\"" | tr -d '"'); do
+    [ -x "$exe" ] && [ -f "$exe" ] && cp "$exe" "$dest/build/tests/"
+  done
 done
+# mpiexec: the packed OpenMPI's (gpu-check.sh puts it first on PATH)
+sed -i -E 's#"/[^"]*/(mpiexec|mpirun)"#"\1"#g' "$dest/build/tests/CTestTestfile.cmake"
 [ -x "$bld/tests/zb_path" ] && cp "$bld/tests/zb_path" "$dest/build/tests/"   # cli_lib.sh's bound tool
 printf 'subdirs("tests")\n' > "$dest/build/CTestTestfile.cmake"
 sed -i -e "s|$fix_cfg|@FIX@|g" -e "s|$fix|@FIX@|g" -e "s|$bld|@BUILD@|g" -e "s|$src|@SRC@|g" \
@@ -47,7 +51,8 @@ cp -r /usr/share/openmpi "$dest/root/usr/share/"
 cp "$(readlink -f /usr/bin/orted)" "$dest/root/usr/bin/orted"
 cp "$(readlink -f /usr/bin/mpirun)" "$dest/root/usr/bin/orterun"
 ln -sf orterun "$dest/root/usr/bin/mpirun"
-skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libcuda\.|libcublas|libcublasLt|libnvidia)'
+ln -sf orterun "$dest/root/usr/bin/mpiexec"
+skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libcuda\.|libcublas|libcublasLt|libnccl|libnvidia)'
 libs=$( { ldd "$dest"/build/zebra "$dest"/build/bench_cuda "$dest"/build/tests/* /usr/bin/orted
           find "$ompi" -name "*.so" -exec ldd {} \; ; } 2>/dev/null |
         awk '$2 == "=>" && $3 ~ /^\// {print $1 "=" $3}' | sort -u || true)

@@ -226,6 +226,46 @@ static void svg_plot(FILE *f, int batch, const int *ctx, int nc, double (*tps)[M
     fprintf(f, "<text x='%d' y='%d' text-anchor='middle'>context (tokens)</text>\n</svg>\n", (L + W - R) / 2, H - 10);
 }
 
+/* The run's device and its ceilings, above the table. */
+static void print_machine(FILE *md, const zb_backend *be, zb_wdtype wt, double gf, double bw, double bw1) {
+    int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
+    if (!be->host_memory) {
+#ifdef ZB_HAVE_CUDA
+        fprintf(md, "weights: %s on %s (products %s, caches %s)\n\n", zb_wdtype_name(wt), zb_cuda_device_name(),
+                be->opts.gpu_bf16 ? "bf16 operands" : "float32", be->opts.cache_bf16 ? "bf16" : "float32");
+#endif
+        fprintf(md, "machine: bf16 matmul %.1f TFLOP/s (cuBLAS 8192^3), device copy %.1f GB/s (read + write)\n\n",
+                gf / 1e3, bw);
+    } else {
+        fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
+                wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
+                zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
+        fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
+                    "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
+    }
+}
+
+/* Decode ms per step by part (--breakdown). */
+static void print_breakdown(FILE *md, bench_row rows[2][MAXL][MAXL], const char *names[2], const int have[2],
+                            const int *bat, int nb, const int *ctx, int nc) {
+    fprintf(md, "\ndecode ms per step by part:\n\n| model | batch | context |");
+    for (int p = 0; p < ZB_PROF_N; p++) fprintf(md, " %s |", zb_prof_names[p]);
+    fprintf(md, " total |\n|---|---|---|");
+    for (int p = 0; p <= ZB_PROF_N; p++) fprintf(md, "---|");
+    fprintf(md, "\n");
+    for (int k = 0; k < 2; k++)
+        for (int bi = 0; have[k] && bi < nb; bi++)
+            for (int ci = 0; ci < nc; ci++) {
+                double tot = 0;
+                fprintf(md, "| %s | %d | %d |", names[k], bat[bi], ctx[ci]);
+                for (int p = 0; p < ZB_PROF_N; p++) {
+                    fprintf(md, " %.2f |", rows[k][bi][ci].prof_ms[p]);
+                    tot += rows[k][bi][ci].prof_ms[p];
+                }
+                fprintf(md, " %.2f |\n", tot);
+            }
+}
+
 int zb_cmd_bench(int argc, char **argv) {
     static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
                                        "--decode-steps", "--prefill-len", "--md", "--svg", "--weights",
@@ -268,21 +308,7 @@ int zb_cmd_bench(int argc, char **argv) {
     const char *md_path = zb_arg_str(argc, argv, "--md", NULL);
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
-    int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
-    if (gpu) {
-#ifdef ZB_HAVE_CUDA
-        fprintf(md, "weights: %s on %s (products %s, caches %s)\n\n", zb_wdtype_name(wt), zb_cuda_device_name(),
-                be.opts.gpu_bf16 ? "bf16 operands" : "float32", be.opts.cache_bf16 ? "bf16" : "float32");
-#endif
-        fprintf(md, "machine: bf16 matmul %.1f TFLOP/s (cuBLAS 8192^3), device copy %.1f GB/s (read + write)\n\n",
-                gf / 1e3, bw);
-    } else {
-        fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
-                wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
-                zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
-        fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
-                    "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
-    }
+    print_machine(md, &be, wt, gf, bw, bw1);
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|\n");
     double tps[2][MAXL][MAXL] = {{{0}}};   /* [model][batch][context] decode tok/s */
@@ -327,24 +353,7 @@ int zb_cmd_bench(int argc, char **argv) {
                 fprintf(md, " %d: %.2fx", ctx[i], tps[0][bi][i] > 0 ? tps[1][bi][i] / tps[0][bi][i] : 0);
             fprintf(md, "\n");
         }
-    if (!rc && breakdown) {   /* where a decode step's time goes */
-        fprintf(md, "\ndecode ms per step by part:\n\n| model | batch | context |");
-        for (int p = 0; p < ZB_PROF_N; p++) fprintf(md, " %s |", zb_prof_names[p]);
-        fprintf(md, " total |\n|---|---|---|");
-        for (int p = 0; p <= ZB_PROF_N; p++) fprintf(md, "---|");
-        fprintf(md, "\n");
-        for (int k = 0; k < 2; k++)
-            for (int bi = 0; have[k] && bi < nb; bi++)
-                for (int ci = 0; ci < nc; ci++) {
-                    double tot = 0;
-                    fprintf(md, "| %s | %d | %d |", names[k], bat[bi], ctx[ci]);
-                    for (int p = 0; p < ZB_PROF_N; p++) {
-                        fprintf(md, " %.2f |", rows[k][bi][ci].prof_ms[p]);
-                        tot += rows[k][bi][ci].prof_ms[p];
-                    }
-                    fprintf(md, " %.2f |\n", tot);
-                }
-    }
+    if (!rc && breakdown) print_breakdown(md, rows, names, have, bat, nb, ctx, nc);   /* where a decode step's time goes */
     if (mdf) fclose(mdf);
     const char *svg = zb_arg_str(argc, argv, "--svg", NULL);
     if (!rc && svg) {

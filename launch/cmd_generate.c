@@ -21,6 +21,8 @@
  * f32 accumulation; model.h); the final line then also has every rank's peak resident
  * memory (VmHWM) and the bf16 kernel and threads used. */
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,9 +68,12 @@ static int parse_ids(const char *s, zb_ivec *out, const char *what) {
         while (*s == ',' || isspace((unsigned char)*s)) s++;
         if (!*s) break;
         char *end;
+        errno = 0;
         long x = strtol(s, &end, 10);
         if (end == s || (*end && *end != ',' && !isspace((unsigned char)*end)))
             return zb_fail(ZB_EARG, "%s: '%s' is not a list of integers", what, s);
+        if (errno == ERANGE || x < INT_MIN || x > INT_MAX)   /* no wrap-around into a valid id */
+            return zb_fail(ZB_EARG, "%s: token id %.*s is outside the vocabulary", what, (int)(end - s), s);
         ZB_TRY(iv_push(out, (int)x));
         s = end;
     }
@@ -173,8 +178,9 @@ static int add_json(zb_prompts *p, const zb_prompt_opts *o, const char *line, co
         int n = cJSON_GetArraySize(ids);
         for (int i = 0; !rc && i < n; i++) {
             const cJSON *v = cJSON_GetArrayItem(ids, i);
-            if (!cJSON_IsNumber(v)) rc = zb_fail(ZB_EFORMAT, "%s: \"prompt_ids\" must hold integers", where);
-            else rc = iv_push(&p->ids, v->valueint);
+            long x;
+            if (!zb_json_int(v, INT_MIN, INT_MAX, &x)) rc = zb_fail(ZB_EFORMAT, "%s: \"prompt_ids\" must hold integers", where);
+            else rc = iv_push(&p->ids, (int)x);
         }
         if (!rc && n == 0) rc = zb_fail(ZB_EFORMAT, "%s: empty \"prompt_ids\"", where);
         if (!rc) rc = prompt_end(p);
@@ -212,6 +218,7 @@ static int add_file(zb_prompts *p, const zb_prompt_opts *o, const char *path) {
     char *buf = NULL;
     size_t len = 0;
     int is_stdin = !strcmp(path, "-");
+    if (!is_stdin) ZB_TRY(zb_path_is_file(path, 0));   /* a pipe streams; a directory is refused */
     FILE *f = is_stdin ? stdin : fopen(path, "rb");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open", path);
     int rc = read_all(f, is_stdin ? "stdin" : path, &buf, &len);
@@ -274,6 +281,7 @@ typedef struct {
     int *n_out, *last;  /* [P]: tokens produced, the last one */
     int *outbuf;        /* [P, out_cap] */
     int out_cap, max_new, single, out, quiet;
+    int n_full, first_full;   /* sequences cut by a full context before --max-new, the first one */
 } zb_run;
 
 static int is_stop(const zb_run *r, int id) {
@@ -308,7 +316,9 @@ static void on_token(zb_run *r, int b, int tkn) {
     r->outbuf[(size_t)i * r->out_cap + r->n_out[i]++] = tkn;
     r->last[i] = tkn;
     if (r->single && r->out) { put_token(r->tok, tkn, st); fflush(stdout); }
-    if (st || r->n_out[i] >= r->max_new || r->g->pos[b] >= r->g->max_T) finish(r, b);
+    int full = !st && r->n_out[i] < r->max_new && r->g->pos[b] >= r->g->max_T;
+    if (full && r->n_full++ == 0) r->first_full = i;   /* said at the end: never a silent cut */
+    if (st || r->n_out[i] >= r->max_new || full) finish(r, b);
 }
 
 /* The sampled tokens, from the sampler (TP rank 0 of the last stage) to every rank: over the
@@ -331,13 +341,17 @@ int zb_cmd_generate(int argc, char **argv) {
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *model_path = zb_arg_str(argc, argv, "--model", NULL);
     const char *tok_path = zb_arg_str(argc, argv, "--tokenizer", NULL);
-    int max_new = zb_arg_int(argc, argv, "--max-new", 32);
-    int max_batch = zb_arg_int(argc, argv, "--batch", 8);
-    int ctx_arg = zb_arg_int(argc, argv, "--ctx", 0);
-    zb_sampler sp = {(float)zb_arg_double(argc, argv, "--temperature", 0.0),
-                     zb_arg_int(argc, argv, "--top-k", 0),
-                     (float)zb_arg_double(argc, argv, "--top-p", 1.0)};
-    uint64_t seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1234);
+    int max_new, max_batch, ctx_arg, top_k;
+    double temp, top_p;
+    uint64_t seed;
+    ZB_TRY(zb_arg_int(argc, argv, "--max-new", 32, 0, INT_MAX, &max_new));
+    ZB_TRY(zb_arg_int(argc, argv, "--batch", 8, 1, 1 << 16, &max_batch));
+    ZB_TRY(zb_arg_int(argc, argv, "--ctx", 0, 0, INT_MAX, &ctx_arg));
+    ZB_TRY(zb_arg_double(argc, argv, "--temperature", 0.0, 0.0, 1e6, &temp));
+    ZB_TRY(zb_arg_int(argc, argv, "--top-k", 0, 0, INT_MAX, &top_k));
+    ZB_TRY(zb_arg_double(argc, argv, "--top-p", 1.0, 0.0, 1.0, &top_p));
+    ZB_TRY(zb_arg_u64(argc, argv, "--seed", 1234, &seed));
+    zb_sampler sp = {(float)temp, top_k, (float)top_p};
     int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
@@ -356,7 +370,9 @@ int zb_cmd_generate(int argc, char **argv) {
         return zb_fail(ZB_EARG, "generate: need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1");
     /* --tp N: the model is split over TP groups of N ranks (parallel/tp.h); TP rank 0 samples
      * from the gathered logits and broadcasts the tokens to its group */
-    int tp = zb_arg_int(argc, argv, "--tp", 1), pp = zb_arg_int(argc, argv, "--pp", 1), rank = 0, world = 1;
+    int tp, pp, rank = 0, world = 1;
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 16, &tp));
+    ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 16, &pp));
     if (print_ids) tp = pp = 1;
     if (tp < 1 || pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
     int grid_on = tp > 1 || pp > 1;
@@ -497,7 +513,7 @@ int zb_cmd_generate(int argc, char **argv) {
     for (int b = 0; b < B; b++) slot_prompt[b] = -1;
 
     zb_run run = {&pr, &g, tok, &stops, slot_prompt, n_out, last, outbuf, out_cap, max_new,
-                  P == 1, rank == 0, quiet};
+                  P == 1, rank == 0, quiet, 0, -1};
     if (run.single && run.out && !quiet && !tok) {   /* the 1-prompt layout of before: "ids | new ids" */
         for (int k = 0; k < prompt_len(&pr, 0); k++) printf("%d ", prompt_ids(&pr, 0)[k]);
         printf("| ");
@@ -574,12 +590,17 @@ int zb_cmd_generate(int argc, char **argv) {
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
+        if (run.n_full)
+            fprintf(stderr, "generate: note: %d prompt%s stopped at the full context of %d tokens before --max-new %d "
+                    "(prompt %d first; --ctx sets the context, up to max_position_embeddings %d)\n", run.n_full,
+                    run.n_full == 1 ? "" : "s", g.max_T, max_new, run.first_full, c->max_pos);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
-                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
+                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s"
+                " | %d stopped at the full context\n",
                 n_prefill, n_prefill / (t_prefill + 1e-12), n_decode, n_decode / (t_decode + 1e-12),
                 P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc,
                 tp > 1 ? (pp > 1 ? " (per TP rank, summed over the stages)" : " (per rank)")
-                       : pp > 1 ? " (summed over the stages)" : "", mem);
+                       : pp > 1 ? " (summed over the stages)" : "", mem, run.n_full);
     }
     free(hwms);
 done:

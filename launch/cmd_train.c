@@ -52,6 +52,7 @@
  * the same pipeline, just ahead of the student (core/train.h zb_trainer_pp_init). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -450,6 +451,15 @@ static int src_open(batch_src *s, const char *dir, const char *split, zb_stage s
     return ZB_OK;
 }
 
+/* The data's ids must index the models that read them: the student's (full) vocabulary and the
+ * teacher's / reference's (every id outside is one error naming the file, data.h). */
+static void src_limit_vocab(batch_src *s, const zb_trainer *tr) {
+    int v = zb_model_full_config(tr->student)->vocab;
+    if (tr->teacher && zb_model_full_config(tr->teacher)->vocab < v) v = zb_model_full_config(tr->teacher)->vocab;
+    if (s->ld) zb_loader_limit_vocab(s->ld, v, "the model's vocabulary");
+    if (s->pf) zb_pref_limit_vocab(s->pf, v, "the model's vocabulary");
+}
+
 static void src_close(batch_src *s) {
     if (s->ld) zb_loader_close(s->ld);
     if (s->pf) zb_pref_close(s->pf);
@@ -525,6 +535,7 @@ static int evaluate(zb_trainer *tr, zb_pp_trainer *pt, const run_cfg *r, const z
                     zb_loss_parts *out) {
     batch_src ld;
     ZB_TRY(src_open(&ld, r->data, "val", tr->stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
+    src_limit_vocab(&ld, tr);
     double acc[5] = {0, 0, 0, 0, 0};
     int rc = ZB_OK;
     for (int b = 0; b < r->eval_batches && !rc; b++) {
@@ -709,6 +720,7 @@ static int train_run(train_state *S, zb_stage stage, const char *cfg_path, const
     ZB_ALLOC(S->ids, N, "batch ids");
     ZB_ALLOC(S->tg, N, "batch targets");
     ZB_TRY(src_open(&S->ld, r->data, "train", stage, tr->B, r->seq_len, g->dp_rank, g->dp_size));
+    src_limit_vocab(&S->ld, tr);
 
     int64_t state[ST_N] = {0};
     zb_rng rng;
@@ -909,11 +921,14 @@ int zb_cmd_train(int argc, char **argv) {
         return zb_fail(ZB_EARG, "train: needs --stage pretrain|ild|kd|sft|dpo --config run.json");
     int stage = zb_stage_parse(st);
     if (stage < 0) return zb_fail(ZB_EARG, "train: unknown stage '%s' (pretrain, ild, kd, sft, dpo)", st);
+    int tp, pp, stop_after;
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 16, &tp));
+    ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 16, &pp));
+    ZB_TRY(zb_arg_int(argc, argv, "--stop-after", -1, -1, INT_MAX, &stop_after));
     train_state S;
     memset(&S, 0, sizeof S);
     int rc = train_run(&S, (zb_stage)stage, cfg, zb_arg_str(argc, argv, "--resume", NULL),
-                       zb_arg_int(argc, argv, "--tp", 1), zb_arg_int(argc, argv, "--pp", 1),
-                       zb_arg_int(argc, argv, "--stop-after", -1));
+                       tp, pp, stop_after);
     if (S.log) fclose(S.log);
     src_close(&S.ld);
     free(S.ids); free(S.tg);

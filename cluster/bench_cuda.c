@@ -91,7 +91,13 @@ typedef struct {
 static void run_attn(void *p) {
     attn_ctx *a = p;
     zb_cuda_attention_forward(a->o, a->lse, a->q, a->k, a->v, &a->s);
-    if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->lse, a->q, a->k, a->v, &a->s);
+    if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->o, a->lse, a->q, a->k, a->v, &a->s);
+}
+
+typedef struct { float *y; const float *x; const void *W; int N, C, OC; } gemv_ctx;
+static void run_gemv(void *p) {
+    gemv_ctx *g = p;
+    zb_cuda_linear_forward(g->y, g->x, zb_wt_of_bf16((const uint16_t *)g->W), g->N, g->C, g->OC);
 }
 
 typedef struct {
@@ -191,20 +197,54 @@ int main(int argc, char **argv) {
         a.dout = dev(nq * 4); a.dq = dev(nq * 4); a.dk = dev(nk * 4); a.dv = dev(nk * 4);
         fill(a.q, nq, 1.0f, 5); fill(a.k, nk, 1.0f, 6); fill(a.v, nk, 1.0f, 7); fill(a.dout, nq, 1.0f, 8);
         double causal = 0.5 * 8.0 * 32 * 2048.0 * 2048.0 * 64 * 2;   /* one causal product */
-        for (int p = 0; p < 2; p++) {
+        /* f32 (cuBLAS blocks), bf16 on the blocked path, bf16 flash (tensor-core kernels) */
+        const char *nm3[3] = {"f32 blocked", "bf16 blocked", "bf16 flash"};
+        for (int p = 0; p < 3; p++) {
             zb_cuda_set_precision(p ? ZB_PREC_BF16 : ZB_PREC_F32);
+            zb_cuda_attention_use_flash(p == 2);
             a.bwd = 0;
             double ms = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", p ? "bf16" : "f32");
+            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", nm3[p]);
             row(what, ms, 2 * causal / (ms * 1e-3) / 1e12, "TFLOP/s");
             a.bwd = 1;
             double ms2 = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", p ? "bf16" : "f32");
+            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", nm3[p]);
             row(what, ms2, 7 * causal / (ms2 * 1e-3) / 1e12, "TFLOP/s");
+        }
+        /* the 8B shape (head dim 128) on the flash kernels: B=4 T=2048 H=32/8 */
+        {
+            zb_attn_shape s8 = {4, 2048, 32, 8, 128, 128, 32 * 128, 8 * 128, 8 * 128, 0.08838834764f};
+            a.s = s8;
+            a.bwd = 1;
+            double c8 = 0.5 * 4.0 * 32 * 2048.0 * 2048.0 * 128 * 2;
+            double ms = timeit(run_attn, &a, 1, 3);
+            row("8B-shape attention fwd+bwd B=4 T=2048 H=32/8 hd=128 (bf16 flash)", ms, 7 * c8 / (ms * 1e-3) / 1e12,
+                "TFLOP/s");
+            a.s = s;
         }
         zb_cuda_set_precision(ZB_PREC_F32);
         zb_cuda_free(a.q); zb_cuda_free(a.k); zb_cuda_free(a.v); zb_cuda_free(a.o); zb_cuda_free(a.lse);
         zb_cuda_free(a.dout); zb_cuda_free(a.dq); zb_cuda_free(a.dk); zb_cuda_free(a.dv);
+    }
+
+    /* ---- decode GEMV on bf16 weights (the 8B's matrices, batch 1 and 8): GB/s of weights */
+    {
+        int shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};   /* (OC, C): q/o, gate/up, down */
+        size_t nmax = (size_t)14336 * 4096;
+        void *W = dev(nmax * 2);
+        float *tmp = dev(nmax * 4), *x = dev((size_t)8 * 14336 * 4), *y = dev((size_t)8 * 14336 * 4);
+        fill(tmp, nmax, 0.02f, 11);
+        zb_cuda_f32_to_bf16(W, tmp, nmax);
+        zb_cuda_free(tmp);
+        fill(x, (size_t)8 * 14336, 1.0f, 12);
+        for (int bi = 0; bi < 2; bi++)
+            for (int i = 0; i < 3; i++) {
+                gemv_ctx gc = {y, x, W, bi ? 8 : 1, shapes[i][1], shapes[i][0]};
+                double ms = timeit(run_gemv, &gc, 3, 20);
+                snprintf(what, sizeof what, "decode GEMV bf16 W %dx%d, batch %d", gc.OC, gc.C, gc.N);
+                row(what, ms, (double)gc.OC * gc.C * 2 / (ms * 1e-3) / 1e9, "GB/s");
+            }
+        zb_cuda_free(W); zb_cuda_free(x); zb_cuda_free(y);
     }
 
     /* ---- decode attention over a bf16 cache: the 8B teacher (32 heads, 8 kv heads, hd 128) and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scaling.sh — step time and communication share of each kind of parallelism (issue 6, SPEC §9).
+# scaling.sh — step time and communication share of each kind of parallelism (SPEC §9).
 #
 #   cluster/scaling.sh [ZEBRA] [RANKS...]      e.g. cluster/scaling.sh build/zebra 1 2 4 8 16
 #

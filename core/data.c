@@ -363,3 +363,80 @@ int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out) {
     out->rejected = t + o[2]; out->n_rejected = (size_t)(o[3] - o[2]);
     return idlimit_check(&p->ids, t + o[0], (size_t)(o[3] - o[0]), o[0]);
 }
+
+/* ---- batches of a training stage ------------------------------------------------------------ */
+
+void zb_pref_row(const uint32_t *pr, size_t np, const uint32_t *c, size_t nc, int T, int *ids, int *tg) {
+    size_t keep_p = np, over = np + nc > (size_t)T ? np + nc - (size_t)T : 0;
+    size_t cut = over < (np > 0 ? np - 1 : 0) ? over : (np > 0 ? np - 1 : 0);
+    keep_p = np - cut;
+    const uint32_t *p0 = pr + cut;
+    size_t n = keep_p + nc > (size_t)T ? (size_t)T : keep_p + nc;
+    for (int t = 0; t < T; t++) {
+        size_t i = (size_t)t;
+        ids[t] = i < n ? (int)(i < keep_p ? p0[i] : c[i - keep_p]) : 0;
+        size_t j = i + 1;   /* the token predicted at t */
+        tg[t] = (j < n && j >= keep_p) ? (int)c[j - keep_p] : -1;
+    }
+}
+
+struct zb_batches {
+    zb_loader *ld;
+    zb_prefs *pf;
+    uint64_t next, npairs;   /* pairs: next global pair index (across epochs) */
+    int B, T, rank, size;
+};
+
+int zb_batches_open(zb_batches **out, const char *dir, const char *split, int pairs, int B, int T, int dp_rank,
+                    int dp_size) {
+    zb_batches *s = zb_calloc(1, sizeof *s, "batches");
+    if (!s) return ZB_ENOMEM;
+    s->B = B; s->T = T; s->rank = dp_rank; s->size = dp_size;
+    int rc = pairs ? zb_pref_open(&s->pf, dir, split) : zb_loader_open(&s->ld, dir, split, B, T, dp_rank, dp_size);
+    if (!rc && pairs) {
+        s->npairs = zb_pref_count(s->pf);
+        if (s->npairs == 0) rc = zb_fail(ZB_EFORMAT, "%s: no preference pairs in split %s", dir, split);
+    }
+    if (rc) { zb_batches_close(s); *out = NULL; return rc; }
+    *out = s;
+    return ZB_OK;
+}
+
+void zb_batches_limit_vocab(zb_batches *s, int vocab, const char *who) {
+    if (s->ld) zb_loader_limit_vocab(s->ld, vocab, who);
+    if (s->pf) zb_pref_limit_vocab(s->pf, vocab, who);
+}
+
+void zb_batches_close(zb_batches *s) {
+    if (!s) return;
+    if (s->ld) zb_loader_close(s->ld);
+    if (s->pf) zb_pref_close(s->pf);
+    free(s);
+}
+
+int zb_batches_next(zb_batches *s, int *ids, int *tg) {
+    if (s->ld) return zb_loader_next(s->ld, ids, tg);
+    for (int b = 0; b < s->B; b++) {
+        uint64_t i = (s->next + (uint64_t)b * s->size + s->rank) % s->npairs;
+        zb_pref_pair pp;
+        ZB_TRY(zb_pref_get(s->pf, i, &pp));
+        zb_pref_row(pp.prompt, pp.n_prompt, pp.chosen, pp.n_chosen, s->T, ids + (size_t)b * s->T,
+                    tg + (size_t)b * s->T);
+        zb_pref_row(pp.prompt, pp.n_prompt, pp.rejected, pp.n_rejected, s->T, ids + (size_t)(s->B + b) * s->T,
+                    tg + (size_t)(s->B + b) * s->T);
+    }
+    s->next += (uint64_t)s->B * s->size;
+    return ZB_OK;
+}
+
+zb_loader_pos zb_batches_tell(const zb_batches *s) {
+    if (s->ld) return zb_loader_tell(s->ld);
+    zb_loader_pos p = {s->next % s->npairs, s->next / s->npairs};
+    return p;
+}
+
+int zb_batches_seek(zb_batches *s, zb_loader_pos p) {
+    if (s->ld) return zb_loader_seek(s->ld, p);
+    s->next = p.epoch * s->npairs + p.row;
+    return ZB_OK;
+}

@@ -90,5 +90,26 @@ uint64_t zb_pref_count(const zb_prefs *p);
 void zb_pref_limit_vocab(zb_prefs *p, int vocab, const char *who);
 /* Pair i; its ids checked as zb_loader_next's. */
 int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out);
+/* One DPO row of T tokens: prompt ++ completion (the prompt is cut from the left, keeping at
+ * least its last token, then the completion from the right, when too long; zeros after);
+ * targets tg[t] = the next token where that token is part of the completion, -1 elsewhere
+ * (SPEC §6 DPO: log pi(y | x) over the continuation tokens). */
+void zb_pref_row(const uint32_t *prompt, size_t n_prompt, const uint32_t *completion, size_t n_completion, int T,
+                 int *ids, int *tg);
+
+/* ---- Batches of a training stage --------------------------------------------------------
+ * The token loader, or, for pairs (DPO), B preference pairs per batch as 2B rows: rows [0, B)
+ * chosen, [B, 2B) rejected; data-parallel rank r of R takes pairs next + b*R + r, so that the
+ * union over the ranks is the one-rank order; positions as the loader's. */
+typedef struct zb_batches zb_batches;
+int zb_batches_open(zb_batches **out, const char *dir, const char *split, int pairs, int B, int T, int dp_rank,
+                    int dp_size);
+void zb_batches_close(zb_batches *b);
+/* The models' vocabulary: every id handed out below it (zb_loader_limit_vocab). */
+void zb_batches_limit_vocab(zb_batches *b, int vocab, const char *who);
+/* ids, targets [rows * T] (rows = B, or 2B for pairs). */
+int zb_batches_next(zb_batches *b, int *ids, int *targets);
+zb_loader_pos zb_batches_tell(const zb_batches *b);
+int zb_batches_seek(zb_batches *b, zb_loader_pos p);
 
 #endif

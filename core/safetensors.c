@@ -274,11 +274,6 @@ static int exists(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0;
 }
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static int open_index(zb_safetensors *st, const char *ipath) {
     char *txt = NULL;
     ZB_TRY(zb_read_file(ipath, &txt, NULL));
@@ -343,7 +338,7 @@ int zb_st_open(zb_safetensors **out, const char *path) {
             if (!exists(p)) rc = zb_fail(ZB_EIO, "%s: no model.safetensors or model.safetensors.index.json", path);
             else if ((rc = open_one(st, p)) == ZB_OK) rc = build_index(st);
         }
-    } else if (ends_with(path, ".json")) {
+    } else if (zb_ends_with(path, ".json")) {
         rc = open_index(st, path);
     } else if (!exists(path)) {
         rc = zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(ENOENT));
@@ -427,7 +422,9 @@ typedef struct {
     int ndim;
     int64_t shape[ZB_MAX_DIMS];
     size_t nbytes;
-    void *data;
+    void *data;          /* a copy, or NULL for a tensor filled at save time */
+    zb_st_fill fill;
+    void *fill_ctx;
 } zb_st_wentry;
 
 struct zb_st_writer {
@@ -444,8 +441,8 @@ void zb_st_writer_free(zb_st_writer *w) {
     free(w);
 }
 
-int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
-                     const void *data) {
+static int writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                      const void *data, zb_st_fill fill, void *fill_ctx) {
     if (ndim < 0 || ndim > ZB_MAX_DIMS || !zb_dtype_size(dtype) || !name[0] || !strcmp(name, "__metadata__"))
         return zb_fail(ZB_EARG, "safetensors writer: tensor '%s': bad dtype, name or ndim %d", name, ndim);
     for (int i = 0; i < w->n; i++)
@@ -469,11 +466,29 @@ int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim
     e->dtype = dtype;
     e->nbytes = numel * zb_dtype_size(dtype);
     e->name = zb_strdup(name);
-    e->data = zb_malloc(e->nbytes, name);
-    if (!e->name || !e->data) { free(e->name); free(e->data); return ZB_ENOMEM; }
-    if (e->nbytes) memcpy(e->data, data, e->nbytes);
+    e->fill = fill;
+    e->fill_ctx = fill_ctx;
+    if (!fill) e->data = zb_malloc(e->nbytes, name);
+    if (!e->name || (!fill && !e->data)) { free(e->name); free(e->data); return ZB_ENOMEM; }
+    if (!fill && e->nbytes) memcpy(e->data, data, e->nbytes);
     w->n++;
     return ZB_OK;
+}
+
+int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                     const void *data) {
+    return writer_add(w, name, dtype, ndim, shape, data, NULL, NULL);
+}
+
+int zb_st_writer_add_fill(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                          zb_st_fill fill, void *ctx) {
+    return writer_add(w, name, dtype, ndim, shape, NULL, fill, ctx);
+}
+
+size_t zb_st_writer_bytes(const zb_st_writer *w) {
+    size_t b = 0;
+    for (int i = 0; i < w->n; i++) b += w->e[i].nbytes;
+    return b;
 }
 
 typedef struct { char *p; size_t n, cap; int oom; } zb_buf;
@@ -535,14 +550,22 @@ int zb_st_writer_save(zb_st_writer *w, const char *path) {
     uint8_t len8[8];
     uint64_t hl = h.n;
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hl >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.p, 1, h.n, f) == h.n;
-    for (int i = 0; ok && i < w->n; i++)
-        if (w->e[i].nbytes) ok = fwrite(w->e[i].data, 1, w->e[i].nbytes, f) == w->e[i].nbytes;
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.p, 1, h.n, f) == h.n, rc = ZB_OK;
+    for (int i = 0; ok && !rc && i < w->n; i++) {
+        const zb_st_wentry *e = &w->e[i];
+        if (!e->nbytes) continue;
+        if (!e->fill) { ok = fwrite(e->data, 1, e->nbytes, f) == e->nbytes; continue; }
+        void *buf = zb_malloc(e->nbytes, e->name);   /* one filled tensor at a time */
+        if (!buf) rc = ZB_ENOMEM;
+        else if (!(rc = e->fill(e->fill_ctx, e->name, buf, e->nbytes))) ok = fwrite(buf, 1, e->nbytes, f) == e->nbytes;
+        free(buf);
+    }
     free(h.p);
     /* on disk before the name points at it (a crash leaves the old file or the whole new one) */
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) ok = 0;
     int er = errno;
     if (fclose(f) != 0 && ok) { ok = 0; er = errno; }
+    if (rc) { unlink(tmp); return rc; }
     if (!ok) { unlink(tmp); return zb_fail(ZB_EIO, "%s: write failed (%s)", tmp, strerror(er)); }
     if (rename(tmp, path) != 0) {
         er = errno;

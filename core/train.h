@@ -6,9 +6,12 @@
  *
  *   pretrain, sft  mean next-token cross-entropy over the targets >= 0 (sft: the loader's
  *                  loss mask leaves only the assistant tokens)
- *   kd             kl_weight * KL(teacher || student) at temperature tau, mean over the rows
- *                  with a target (no tau^2 factor), + ce_weight * CE; the teacher runs forward
- *                  on the same ids in the same step (online distillation)
+ *   kd             kl_weight * KL(teacher || student) at temperature tau (no tau^2 factor)
+ *                  over the positions with a target, reduced as the release's
+ *                  F.kl_div(..., reduction="batchmean") does: summed over the tokens and divided
+ *                  by the micro-batch's rows (kl_token_mean: divided by the tokens instead),
+ *                  + ce_weight * CE (mean over the tokens); the teacher runs forward on the same
+ *                  ids in the same step (online distillation)
  *   ild            intermediate layer distillation of every layer l whose mixer differs from the
  *                  teacher's (all of them for an all-MLA or all-Mamba2 student). Default
  *                  (ild_mode release, SPEC §6 as the release runs it): the student's BLOCK l is
@@ -42,6 +45,7 @@ typedef struct {
     float kl_weight, ce_weight, temperature;   /* kd */
     float beta;                                /* dpo */
     zb_ild_mode ild_mode;                      /* ild */
+    int kl_token_mean;                         /* kd: 0 = batchmean (per row), 1 = per token */
 } zb_loss_cfg;
 
 /* The parts of a stage loss, for logging. */
@@ -55,8 +59,8 @@ typedef struct {
 
 /* acc += p, part by part. */
 void zb_loss_parts_add(zb_loss_parts *acc, const zb_loss_parts *p);
-/* Every part times s. */
-void zb_loss_parts_scale(zb_loss_parts *p, double s);
+/* Every part divided by d (a mean from sums). */
+void zb_loss_parts_div(zb_loss_parts *p, double d);
 /* Sums over a group (in place) / rank root's parts to every rank of the group. Collective. */
 int zb_loss_parts_sum(zb_comm *c, zb_group g, zb_loss_parts *p);
 int zb_loss_parts_bcast(zb_comm *c, zb_group g, zb_loss_parts *p, int root);
@@ -69,8 +73,9 @@ typedef struct {
     int B, T;                 /* micro-batch rows (dpo: pairs) and sequence length */
     int rows;                 /* rows of the activations: B, or 2B for dpo */
     zb_acts a, ta;            /* student and teacher activations */
-    int *mask;                /* [rows*T] */
-    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] */
+    int *mask;                /* [rows*T] host, and its device copy */
+    int *mask_dev;
+    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] (the student's backend memory) */
     double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
     unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
     int n_ild;
@@ -89,7 +94,8 @@ void zb_trainer_free(zb_trainer *tr);
 void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out);
 
 /* Loss of one micro-batch: ids and targets [rows*T]. When want_grad the gradient of the loss
- * (times grad_scale) is ACCUMULATED into student->grad. */
+ * (times grad_scale) is ACCUMULATED into student->grad. The loss may come out inf / NaN (a
+ * diverging run): the caller decides what to do with such a step. */
 int zb_trainer_step(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                     float grad_scale, zb_loss_parts *out);
 

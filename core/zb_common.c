@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 /* The one piece of module state: the last error message of this process (each MPI rank
  * is its own process). */
 static char zb_msg[1024];
@@ -97,6 +99,21 @@ int zb_write_all_fsync(int fd, const void *p, size_t n, const char *path) {
     return ZB_OK;
 }
 
+const char *zb_json_str(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int zb_ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+int zb_is_config_json(const char *path) {
+    struct stat st;
+    return zb_ends_with(path, ".json") && strlen(path) > 5 && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
 int zb_read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
@@ -139,6 +156,14 @@ uint16_t zb_f32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
     u += 0x7fffu + ((u >> 16) & 1u);   /* round to nearest even */
     return (uint16_t)(u >> 16);
+}
+
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_bf16_to_f32(src[i]);
+}
+
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_f32_to_bf16(src[i]);
 }
 
 float zb_f16_to_f32(uint16_t h) {

@@ -64,7 +64,7 @@ int zb_parse_double(const char *s, const char *what, double lo, double hi, doubl
     return ZB_OK;
 }
 
-int zb_json_int(const struct cJSON *v, long lo, long hi, long *out) {
+int zb_json_value_int(const struct cJSON *v, long lo, long hi, long *out) {
     if (!cJSON_IsNumber(v)) return 0;
     double x = v->valuedouble;
     if (!(x >= (double)lo && x <= (double)hi) || x != floor(x)) return 0;

@@ -28,7 +28,7 @@
 #include "store.h"
 
 /* Plan JSON {"mla_layers": [..]}: those layers MLA, every other Mamba2 (overrides layer_kinds). */
-static int read_plan(const char *path, zb_config *c) {
+int zb_plan_read(const char *path, zb_config *c) {
     char *text = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &text, &len));
@@ -42,7 +42,7 @@ static int read_plan(const char *path, zb_config *c) {
     const cJSON *e;
     if (!rc) cJSON_ArrayForEach(e, a) {
         long l;
-        if (!zb_json_int(e, 0, c->n_layers - 1, &l)) {
+        if (!zb_json_value_int(e, 0, c->n_layers - 1, &l)) {
             rc = zb_fail(ZB_EFORMAT, "%s: mla_layers entries must be layer indices in [0, %d)", path, c->n_layers);
             break;
         }
@@ -91,6 +91,18 @@ static void layer_name(char *out, size_t cap, const char *name0, int l) {
     snprintf(out, cap, "model.layers.%d.%s", l, rest);
 }
 
+/* Layer l's tensors from store st into the one-layer model `one` (names of layer 0 there). */
+static int read_layer(const zb_store *st, zb_model *one, int l) {
+    char name[ZB_PARAM_NAME + 16];
+    for (int i = 0; i < one->n_params; i++) {
+        const zb_param *p = &one->params[i];
+        if (p->layer != 0) continue;
+        layer_name(name, sizeof name, p->name, l);
+        ZB_TRY(zb_store_read(st, name, one->data + p->offset, p->ndim, p->shape));
+    }
+    return ZB_OK;
+}
+
 static int compose(const char *tpath, zb_config *sc, const char *out, zb_dtype dt, uint64_t seed, zb_mla_init init) {
     zb_store *st = NULL;
     ZB_TRY(zb_store_open(&st, tpath));
@@ -126,14 +138,7 @@ static int compose(const char *tpath, zb_config *sc, const char *out, zb_dtype d
     double t0 = zb_now();
     for (int l = 0; l < sc->n_layers && !rc; l++) {
         char name[ZB_PARAM_NAME + 16];
-        /* the teacher's layer l */
-        for (int i = 0; i < tm.n_params && !rc; i++) {
-            const zb_param *p = &tm.params[i];
-            if (p->layer != 0) continue;
-            layer_name(name, sizeof name, p->name, l);
-            rc = zb_store_read(st, name, tm.data + p->offset, p->ndim, p->shape);
-        }
-        if (rc) break;
+        if ((rc = read_layer(st, &tm, l))) break;   /* the teacher's layer l */
         /* the student's layer l: fresh values, then the composed ones */
         zb_config sone = zb_config_one_layer(sc, sc->kinds[l]);
         zb_model sm;
@@ -189,20 +194,19 @@ static int compose(const char *tpath, zb_config *sc, const char *out, zb_dtype d
     return ZB_OK;
 }
 
-/* One layer l of the hybrid, kind k, read from store st (same names) and written to w. */
+/* One layer l of the hybrid (its kind's tensors), read from store st and written to w. */
 static int copy_layer(const zb_store *st, zb_ckpt_writer *w, const zb_config *hc, int l, zb_dtype dt,
                       uint16_t **tmp, size_t *cap) {
     zb_config c1 = zb_config_one_layer(hc, hc->kinds[l]);
     zb_model one;
     ZB_TRY(zb_model_init(&one, &c1));
-    int rc = ZB_OK;
+    int rc = read_layer(st, &one, l);
     char name[ZB_PARAM_NAME + 16];
     for (int i = 0; i < one.n_params && !rc; i++) {
         const zb_param *p = &one.params[i];
         if (p->layer != 0) continue;
         layer_name(name, sizeof name, p->name, l);
-        rc = zb_store_read(st, name, one.data + p->offset, p->ndim, p->shape);
-        if (!rc) rc = put(w, name, dt, p->ndim, p->shape, one.data + p->offset, tmp, cap);
+        rc = put(w, name, dt, p->ndim, p->shape, one.data + p->offset, tmp, cap);
     }
     zb_model_free(&one);
     return rc;
@@ -214,7 +218,7 @@ static int assemble(const char *mpath, const char *apath, const char *plan, cons
     int rc = zb_store_open(&sa, apath);
     zb_config hc, pc = rc ? (zb_config){0} : *zb_store_config(sm);
     unsigned char is_mla[ZB_MAX_LAYERS] = {0};
-    if (!rc) rc = read_plan(plan, &pc);
+    if (!rc) rc = zb_plan_read(plan, &pc);
     for (int l = 0; !rc && l < pc.n_layers; l++) is_mla[l] = pc.kinds[l] == ZB_LAYER_MLA;
     if (!rc) rc = zb_assemble_config(zb_store_config(sm), zb_store_config(sa), is_mla, &hc, plan);
     zb_ckpt_writer *w = NULL;
@@ -285,7 +289,7 @@ int zb_cmd_compose(int argc, char **argv) {
     if (asm_mode) return assemble(mamba, mla, plan, out, dt);
     zb_config c;
     ZB_TRY(zb_config_load(cfg_path, &c));
-    if (plan) ZB_TRY(read_plan(plan, &c));
+    if (plan) ZB_TRY(zb_plan_read(plan, &c));
     ZB_TRY(zb_config_validate(&c, cfg_path));
     return compose(teacher, &c, out, dt, seed, init);
 }

@@ -30,6 +30,7 @@
 
 #include <cJSON.h>
 
+#include "chat.h"
 #include "commands.h"
 #include "data.h"
 #include "tokenizer.h"
@@ -105,7 +106,7 @@ typedef struct {
 typedef struct {
     const zb_tokenizer *tok;
     int fmt;
-    int32_t bos, eos, sh, eh, eot;
+    int32_t bos, eos;
     double val_frac;
     uint64_t seed;
     FILE *raw, *rawm;
@@ -151,14 +152,6 @@ static void progress(sink *k, uint64_t done_in_file) {
 
 /* ---- documents of each format ---- */
 
-static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-/* The chat template trims each content (as Llama-3's jinja template does). */
-static void trim(const char **s, size_t *n) {
-    while (*n && is_ws(**s)) { (*s)++; (*n)--; }
-    while (*n && is_ws((*s)[*n - 1])) (*n)--;
-}
-
 static int text_doc(sink *k, seq *s, const char *text, size_t len) {
     s->n = 0;
     if (len == 0) return ZB_OK;   /* empty documents carry nothing */
@@ -184,40 +177,44 @@ static int do_text_file(sink *k, seq *s, const char *path, const char *buf, size
     return ZB_OK;
 }
 
-/* One chat message: header, "\n\n", content, <|eot_id|>; mask on content + eot if asked. */
-static int chat_msg(sink *k, seq *s, const char *role, const char *content, int mask) {
-    ZB_TRY(seq_put(s, k->sh, 0));
-    ZB_TRY(seq_text(s, k->tok, role, strlen(role), 0));
-    ZB_TRY(seq_put(s, k->eh, 0));
-    ZB_TRY(seq_text(s, k->tok, "\n\n", 2, 0));
-    size_t n = strlen(content);
-    trim(&content, &n);
-    ZB_TRY(seq_text(s, k->tok, content, n, mask));
-    return seq_put(s, k->eot, mask);
-}
-
-static const char *jstr(const cJSON *o, const char *key) {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(j) ? j->valuestring : NULL;
-}
-
-/* messages array -> template; *why set when malformed. */
-static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int mask_assistant, const char **why) {
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) { *why = "\"messages\" must be a non-empty array"; return ZB_OK; }
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
-        const char *role = jstr(m, "role"), *content = jstr(m, "content");
-        if (!role || !content) { *why = "each message needs \"role\" and \"content\" strings"; return ZB_OK; }
-        ZB_TRY(chat_msg(k, s, role, content, mask_assistant && !strcmp(role, "assistant")));
-    }
+/* ids (and their mask) of the chat template appended to s */
+static int seq_chat(seq *s, const zb_chat_ids *c) {
+    ZB_TRY(seq_reserve(s, c->n));
+    for (size_t i = 0; i < c->n; i++) { s->id[s->n] = (uint32_t)c->ids[i]; s->m[s->n] = c->mask[i]; s->n++; }
     return ZB_OK;
+}
+
+/* A messages array through the Llama-3 chat template (core/chat.h), appended to s: the turns
+ * (reply_header 0, masks on the assistant contents) or a prompt (reply_header 1); *why set
+ * when malformed. */
+static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int reply_header, const char **why) {
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
+        *why = "\"messages\" must be a non-empty array";
+        return ZB_OK;
+    }
+    int n = cJSON_GetArraySize(msgs), i = 0;
+    zb_chat_msg *m = zb_calloc((size_t)n, sizeof *m, "messages");
+    if (!m) return ZB_ENOMEM;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, msgs) {
+        m[i].role = zb_json_str(x, "role");
+        m[i].content = zb_json_str(x, "content");
+        if (!m[i].role || !m[i].content) { *why = "each message needs \"role\" and \"content\" strings"; break; }
+        i++;
+    }
+    zb_chat_ids c = {0};
+    int rc = *why ? ZB_OK : zb_chat_encode(k->tok, m, n, reply_header, &c);
+    if (!rc && !*why) rc = seq_chat(s, &c);
+    zb_chat_ids_free(&c);
+    free(m);
+    return rc;
 }
 
 /* chosen / rejected: a string, or messages whose last content is the completion. */
 static const char *completion(const cJSON *j) {
     if (cJSON_IsString(j)) return j->valuestring;
     if (cJSON_IsArray(j) && cJSON_GetArraySize(j) > 0)
-        return jstr(cJSON_GetArrayItem(j, cJSON_GetArraySize(j) - 1), "content");
+        return zb_json_str(cJSON_GetArrayItem(j, cJSON_GetArraySize(j) - 1), "content");
     return NULL;
 }
 
@@ -229,12 +226,11 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
     s->n = 0;
     if (!cJSON_IsObject(j)) why = "not a JSON object";
     else if (k->fmt == FMT_JSONL) {
-        const char *t = jstr(j, "text");
+        const char *t = zb_json_str(j, "text");
         if (!t) why = "no \"text\" string";
         else rc = text_doc(k, s, t, strlen(t));
     } else if (k->fmt == FMT_CHAT) {
-        rc = seq_put(s, k->bos, 0);
-        if (!rc) rc = chat_msgs(k, s, cJSON_GetObjectItemCaseSensitive(j, "messages"), 1, &why);
+        rc = chat_msgs(k, s, cJSON_GetObjectItemCaseSensitive(j, "messages"), 0, &why);
         if (!rc && !why) rc = seq_put(s, k->eos, 0);
         if (!rc && !why) rc = sink_add(k, s, 0, 0, line, len);
     } else {   /* pref */
@@ -242,23 +238,25 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
         const char *ch = completion(cJSON_GetObjectItemCaseSensitive(j, "chosen"));
         const char *rj = completion(cJSON_GetObjectItemCaseSensitive(j, "rejected"));
         if (!p || !ch || !rj) why = "needs \"prompt\", \"chosen\" and \"rejected\"";
-        if (!why) rc = seq_put(s, k->bos, 0);
-        if (!rc && !why) {
-            if (cJSON_IsString(p)) rc = chat_msg(k, s, "user", p->valuestring, 0);
-            else rc = chat_msgs(k, s, p, 0, &why);
+        if (!why) {   /* the prompt with the reply header, then each completion and its <|eot_id|> */
+            cJSON *one = NULL;
+            if (cJSON_IsString(p)) {
+                one = cJSON_CreateArray();
+                cJSON *msg = cJSON_CreateObject();
+                if (!one || !msg || !cJSON_AddStringToObject(msg, "role", "user") ||
+                    !cJSON_AddStringToObject(msg, "content", p->valuestring)) rc = zb_fail(ZB_ENOMEM, "out of memory");
+                cJSON_AddItemToArray(one, msg);
+            }
+            if (!rc) rc = chat_msgs(k, s, one ? one : p, 1, &why);
+            cJSON_Delete(one);
         }
         uint64_t np = 0, nc = 0;
-        if (!rc && !why) rc = seq_put(s, k->sh, 0);
-        if (!rc && !why) rc = seq_text(s, k->tok, "assistant", 9, 0);
-        if (!rc && !why) rc = seq_put(s, k->eh, 0);
-        if (!rc && !why) rc = seq_text(s, k->tok, "\n\n", 2, 0);
         for (int c = 0; c < 2 && !rc && !why; c++) {
             if (c == 0) np = s->n; else nc = s->n - np;
-            const char *t = c ? rj : ch;
-            size_t n = strlen(t);
-            trim(&t, &n);
-            rc = seq_text(s, k->tok, t, n, 1);
-            if (!rc) rc = seq_put(s, k->eot, 1);
+            zb_chat_ids ci = {0};
+            rc = zb_chat_encode_content(k->tok, c ? rj : ch, 1, &ci);
+            if (!rc) rc = seq_chat(s, &ci);
+            zb_chat_ids_free(&ci);
         }
         if (!rc && !why) rc = sink_add(k, s, np, nc, line, len);
     }
@@ -266,6 +264,8 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
     if (!rc && why) rc = zb_fail(ZB_EFORMAT, "%s:%zu: %s", path, lineno, why);
     return rc;
 }
+
+static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
 static int do_jsonl_file(sink *k, seq *s, const char *path, const char *buf, size_t len) {
     size_t pos = 0, lineno = 0;
@@ -319,17 +319,12 @@ static int collect(strvec *files, const strvec *inputs) {
     return ZB_OK;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static int process_file(sink *k, seq *s, const char *path, int fmt) {
     char *buf = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &buf, &len));
     int f = fmt;
-    if (f == FMT_AUTO) f = ends_with(path, ".jsonl") || ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
+    if (f == FMT_AUTO) f = zb_ends_with(path, ".jsonl") || zb_ends_with(path, ".json") ? FMT_JSONL : FMT_TEXT;
     int rc = ZB_OK;
     if (f == FMT_TEXT) {
         if (memchr(buf, 0, len < 4096 ? len : 4096)) k->skipped++;   /* NUL bytes: not text */
@@ -529,6 +524,80 @@ static int special(const zb_tokenizer *t, const char *s, int32_t *id) {
     return *id >= 0 ? ZB_OK : zb_fail(ZB_EFORMAT, "the tokenizer has no %s token (needed by the Llama-3 chat template)", s);
 }
 
+/* manifest.json's object, with the "splits" and "files" members that write_split fills. */
+static cJSON *manifest_new(const data_args *a, const sink *k, const zb_tokenizer *tok, size_t n_files,
+                           cJSON **files_j, cJSON **splits_j) {
+    cJSON *man = cJSON_CreateObject();
+    if (!man) return NULL;
+    cJSON_AddStringToObject(man, "format", "zebra-shards");
+    cJSON_AddNumberToObject(man, "version", 1);
+    static const char *const kinds[] = {"text", "text", "text", "chat", "pref"};
+    cJSON_AddStringToObject(man, "kind", kinds[a->fmt]);
+    char *rp = realpath(a->tok_path, NULL);
+    cJSON_AddStringToObject(man, "tokenizer", rp ? rp : a->tok_path);
+    free(rp);
+    cJSON_AddNumberToObject(man, "vocab_size", zb_tokenizer_vocab_size(tok));
+    cJSON_AddNumberToObject(man, "bos_id", k->bos);
+    cJSON_AddNumberToObject(man, "eos_id", k->eos);
+    cJSON_AddNumberToObject(man, "val_fraction", a->val_frac);
+    cJSON_AddNumberToObject(man, "seed", (double)a->seed);
+    cJSON_AddBoolToObject(man, "shuffled", a->shuffle);
+    cJSON *in = cJSON_AddArrayToObject(man, "inputs");
+    for (size_t i = 0; i < a->inputs.n; i++) cJSON_AddItemToArray(in, cJSON_CreateString(a->inputs.v[i]));
+    cJSON_AddNumberToObject(man, "input_files", (double)n_files);
+    cJSON_AddNumberToObject(man, "input_bytes", (double)k->bytes_done);
+    *splits_j = cJSON_AddObjectToObject(man, "splits");
+    *files_j = cJSON_AddObjectToObject(man, "files");
+    return man;
+}
+
+/* A non-zero fraction gets at least one val document, and train is never empty, so tiny
+ * inputs still give both splits (picked by hash: deterministic). Returns the val count. */
+static size_t pick_val(sink *k, double val_frac) {
+    size_t nval = 0;
+    for (size_t i = 0; i < k->nd; i++) nval += k->d[i].val;
+    if (val_frac > 0 && nval == 0 && k->nd >= 2) {
+        size_t lo = 0;
+        for (size_t i = 1; i < k->nd; i++) if (k->d[i].h < k->d[lo].h) lo = i;
+        k->d[lo].val = 1; nval = 1;
+    }
+    if (nval == k->nd) {
+        size_t hi = 0;
+        for (size_t i = 1; i < k->nd; i++) if (k->d[i].h > k->d[hi].h) hi = i;
+        k->d[hi].val = 0; nval--;
+    }
+    return nval;
+}
+
+/* The sink's tokens: BOS, EOS (--eos, else <|end_of_text|> or the tokenizer's first), and for
+ * chat / pref the chat template's, checked before any input is read. */
+static int sink_tokens(sink *k, const data_args *a, const zb_tokenizer *tok) {
+    k->tok = tok; k->fmt = a->fmt; k->val_frac = a->val_frac; k->seed = a->seed;
+    k->bos = zb_tokenizer_bos_id(tok);
+    if (k->bos < 0) return zb_fail(ZB_EFORMAT, "%s: no BOS token", a->tok_path);
+    if (a->eos) {
+        /* a token id (digits) or a token's text */
+        long v = -1;
+        int digits = *a->eos != 0;
+        for (const char *c = a->eos; *c; c++) digits &= *c >= '0' && *c <= '9';
+        if (digits && zb_parse_long(a->eos, "data: --eos", 0, INT32_MAX, &v)) v = -1;
+        k->eos = digits ? (int32_t)v : zb_tokenizer_token_id(tok, a->eos);
+        if (k->eos < 0 || k->eos >= zb_tokenizer_vocab_size(tok))
+            return zb_fail(ZB_EARG, "data: --eos '%s' is not a token of %s", a->eos, a->tok_path);
+    } else {
+        const int32_t *e = NULL;
+        k->eos = zb_tokenizer_token_id(tok, "<|end_of_text|>");
+        if (k->eos < 0 && zb_tokenizer_eos_ids(tok, &e) > 0) k->eos = e[0];
+        if (k->eos < 0) return zb_fail(ZB_EFORMAT, "%s: no EOS token (give --eos)", a->tok_path);
+    }
+    if (a->fmt == FMT_CHAT || a->fmt == FMT_PREF) {
+        static const char *const sp[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+        int32_t id;   /* the chat template's tokens, checked before any input is read */
+        for (int i = 0; i < 3; i++) ZB_TRY(special(tok, sp[i], &id));
+    }
+    return ZB_OK;
+}
+
 static int run(const data_args *a) {
     double t0 = zb_now();
     sink k = {0};
@@ -544,31 +613,7 @@ static int run(const data_args *a) {
 
     int rc = collect(&files, &a->inputs);
     if (!rc) rc = zb_tokenizer_load(&tok, a->tok_path);
-    if (!rc) {
-        k.tok = tok; k.fmt = a->fmt; k.val_frac = a->val_frac; k.seed = a->seed;
-        k.bos = zb_tokenizer_bos_id(tok);
-        if (k.bos < 0) rc = zb_fail(ZB_EFORMAT, "%s: no BOS token", a->tok_path);
-        if (a->eos) {
-            /* a token id (digits) or a token's text */
-            long v = -1;
-            int digits = *a->eos != 0;
-            for (const char *c = a->eos; *c; c++) digits &= *c >= '0' && *c <= '9';
-            if (digits && zb_parse_long(a->eos, "data: --eos", 0, INT32_MAX, &v)) v = -1;
-            k.eos = digits ? (int32_t)v : zb_tokenizer_token_id(tok, a->eos);
-            if (!rc && (k.eos < 0 || k.eos >= zb_tokenizer_vocab_size(tok)))
-                rc = zb_fail(ZB_EARG, "data: --eos '%s' is not a token of %s", a->eos, a->tok_path);
-        } else {
-            const int32_t *e = NULL;
-            k.eos = zb_tokenizer_token_id(tok, "<|end_of_text|>");
-            if (k.eos < 0 && zb_tokenizer_eos_ids(tok, &e) > 0) k.eos = e[0];
-            if (!rc && k.eos < 0) rc = zb_fail(ZB_EFORMAT, "%s: no EOS token (give --eos)", a->tok_path);
-        }
-    }
-    if (!rc && (a->fmt == FMT_CHAT || a->fmt == FMT_PREF)) {
-        rc = special(tok, "<|start_header_id|>", &k.sh);
-        if (!rc) rc = special(tok, "<|end_header_id|>", &k.eh);
-        if (!rc) rc = special(tok, "<|eot_id|>", &k.eot);
-    }
+    if (!rc) rc = sink_tokens(&k, a, tok);
     /* temp dir next to -o so the final rename stays on one file system */
     if (!rc) {
         size_t L = strlen(a->out);
@@ -597,20 +642,7 @@ static int run(const data_args *a) {
     if (!rc && k.nd == 0) rc = zb_fail(ZB_EARG, "data: the inputs hold no documents");
     if (!rc && (fflush(k.raw) || fflush(k.rawm))) rc = zb_fail(ZB_EIO, "%s: write error (disk full?)", tmp);
 
-    /* A non-zero fraction gets at least one val document, and train is never empty, so
-     * tiny inputs still give both splits (picked by hash: deterministic). */
-    size_t nval = 0;
-    for (size_t i = 0; !rc && i < k.nd; i++) nval += k.d[i].val;
-    if (!rc && a->val_frac > 0 && nval == 0 && k.nd >= 2) {
-        size_t lo = 0;
-        for (size_t i = 1; i < k.nd; i++) if (k.d[i].h < k.d[lo].h) lo = i;
-        k.d[lo].val = 1; nval = 1;
-    }
-    if (!rc && nval == k.nd) {
-        size_t hi = 0;
-        for (size_t i = 1; i < k.nd; i++) if (k.d[i].h > k.d[hi].h) hi = i;
-        k.d[hi].val = 0; nval--;
-    }
+    size_t nval = rc ? 0 : pick_val(&k, a->val_frac);
     if (!rc) {
         snprintf(path, sizeof path, "%s/raw.tmp", tmp);
         rc = map_ro(path, &raw, &nraw);
@@ -619,28 +651,8 @@ static int run(const data_args *a) {
     }
     if (!rc && !(ord = malloc((k.nd + 1) * sizeof *ord))) rc = zb_fail(ZB_ENOMEM, "out of memory (order)");
     cJSON *files_j = NULL, *splits_j = NULL;
-    if (!rc) {
-        man = cJSON_CreateObject();
-        cJSON_AddStringToObject(man, "format", "zebra-shards");
-        cJSON_AddNumberToObject(man, "version", 1);
-        static const char *const kinds[] = {"text", "text", "text", "chat", "pref"};
-        cJSON_AddStringToObject(man, "kind", kinds[a->fmt]);
-        char *rp = realpath(a->tok_path, NULL);
-        cJSON_AddStringToObject(man, "tokenizer", rp ? rp : a->tok_path);
-        free(rp);
-        cJSON_AddNumberToObject(man, "vocab_size", zb_tokenizer_vocab_size(tok));
-        cJSON_AddNumberToObject(man, "bos_id", k.bos);
-        cJSON_AddNumberToObject(man, "eos_id", k.eos);
-        cJSON_AddNumberToObject(man, "val_fraction", a->val_frac);
-        cJSON_AddNumberToObject(man, "seed", (double)a->seed);
-        cJSON_AddBoolToObject(man, "shuffled", a->shuffle);
-        cJSON *in = cJSON_AddArrayToObject(man, "inputs");
-        for (size_t i = 0; i < a->inputs.n; i++) cJSON_AddItemToArray(in, cJSON_CreateString(a->inputs.v[i]));
-        cJSON_AddNumberToObject(man, "input_files", (double)files.n);
-        cJSON_AddNumberToObject(man, "input_bytes", (double)k.bytes_done);
-        splits_j = cJSON_AddObjectToObject(man, "splits");
-        files_j = cJSON_AddObjectToObject(man, "files");
-    }
+    if (!rc && !(man = manifest_new(a, &k, tok, files.n, &files_j, &splits_j)))
+        rc = zb_fail(ZB_ENOMEM, "out of memory (manifest)");
     for (int sp = 0; sp < 2 && !rc; sp++) {
         size_t n = 0;
         for (size_t i = 0; i < k.nd; i++) if (k.d[i].val == sp) ord[n++] = i;

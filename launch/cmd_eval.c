@@ -42,7 +42,8 @@ static int eval_ppl(zb_model *m, const char *data, const char *split, int T, int
         if (rc) break;
         zb_model_forward(m, &a, ids);
         int nv = 0;
-        sum += zb_cross_entropy(NULL, a.logits, tg, B * T, m->cfg.vocab, 0.0f, &nv);
+        m->be->to_device(m->be, a.targets_dev, tg, sizeof(int) * B * T);
+        sum += m->be->cross_entropy(m->be, NULL, a.logits, a.targets_dev, B * T, m->cfg.vocab, 0.0f, &nv);
         n += nv;
     }
     if (!rc) { *ppl = n > 0 ? exp(sum / n) : 0; *tokens = n; }
@@ -119,7 +120,7 @@ static int json_ids(const cJSON *a, toks *t, const char *path, int lineno) {
     for (int i = 0; i < n; i++) {
         const cJSON *v = cJSON_GetArrayItem(a, i);
         long x;
-        if (!zb_json_int(v, INT_MIN, INT_MAX, &x))
+        if (!zb_json_value_int(v, INT_MIN, INT_MAX, &x))
             return zb_fail(ZB_EFORMAT, "%s:%d: token id %d is not an integer", path, lineno, i);
         t->ids[i] = (int)x;
     }
@@ -139,7 +140,7 @@ static int parse_example(const cJSON *j, const zb_tokenizer *tok, const char *pa
     const cJSON *list = ids_form ? chids : ch;
     int nc = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
     long gi = -1;
-    if ((ids_form ? !cJSON_IsArray(cids) : !cJSON_IsString(ctx)) || nc < 2 || !zb_json_int(g, 0, nc - 1, &gi))
+    if ((ids_form ? !cJSON_IsArray(cids) : !cJSON_IsString(ctx)) || nc < 2 || !zb_json_value_int(g, 0, nc - 1, &gi))
         return zb_fail(ZB_EFORMAT, "%s:%d: expected {\"context\": str, \"choices\": [>= 2 str], \"gold\": index} "
                        "or {\"context_ids\": [...], \"choices_ids\": [[...], ...], \"gold\": index}", path, lineno);
     toks *seq = calloc(nc, sizeof(toks)), c0 = {0};

@@ -52,6 +52,12 @@ void zb_blas_check_core(int rank) {
                 __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
 }
 
+zb_backend zb_infer_backend(zb_wdtype wt) {
+    zb_backend be = *zb_backend_cpu();
+    be.opts.decode_omp = wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp();
+    return be;
+}
+
 long zb_vm_hwm_kb(void) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return -1;

@@ -20,7 +20,8 @@ typedef struct {
 
 static const zb_command commands[] = {
     {"data", zb_cmd_data, "data --tokenizer F --input PATH... -o SHARDS [--val-fraction 0.01] [--format text|jsonl|chat|pref]"},
-    {"import", zb_cmd_import, "import DIR -o model.h5: HF checkpoint -> native HDF5"},
+    {"import", zb_cmd_import, "import DIR -o model.h5: HF or Zebra-Llama release checkpoint -> native HDF5"},
+    {"export", zb_cmd_export, "export MODEL -o DIR [--dtype bf16|f32]: Zebra-Llama release layout (hybrid) or HF Llama dir"},
     {"tokenize", zb_cmd_tokenize, "tokenize --tokenizer tokenizer.json [--text T | stdin]: print ids"},
     {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
     {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},
@@ -30,7 +31,7 @@ static const zb_command commands[] = {
     {"init", zb_cmd_init, "init --random --config C.json -o model.h5 [--seed S] [--dtype bf16|f32]"},
     {"compose", zb_cmd_compose, "compose --teacher T --config C.json [--plan P.json] -o student.h5 [--dtype f32|bf16]"},
     {"smart", zb_cmd_smart, "smart --teacher T --mamba M --mla A --data D --mla-layers K -o plan.json [--svg plan.svg]"},
-    {"train", zb_cmd_train, "train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5] [--stop-after STEP]"},
+    {"train", zb_cmd_train, "train --stage pretrain|ild|kd|sft|dpo --config run.json [--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP]"},
     {"plot", zb_cmd_plot, "plot LOG.jsonl -o loss.svg: loss and tokens/s curves of a training log"},
 };
 

@@ -8,14 +8,15 @@
 #include <string.h>
 
 #include "shard.h"
+#include "tensor_names.h"
 #include "zb_common.h"
 
-static int reduce_range(float *g, size_t n, float scale, zb_comm *c) {
+/* g: the model's backend memory (be) */
+static int reduce_range(const zb_backend *be, float *g, size_t n, float scale, zb_comm *c) {
     if (n == 0) return ZB_OK;
     ZB_TRY(zb_comm_sum_f32(c, ZB_GROUP_DP, g, n));
     float s = scale / (float)zb_comm_size(c, ZB_GROUP_DP);
-    if (s != 1.0f)
-        for (size_t i = 0; i < n; i++) g[i] *= s;
+    if (s != 1.0f) be->scale(be, g, s, n);
     return ZB_OK;
 }
 
@@ -25,11 +26,11 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
         const zb_param *p = &m->params[i];
         if (trainable && !trainable[i]) continue;
         if (len > 0 && start + len == p->offset) { len += p->numel; continue; }
-        ZB_TRY(reduce_range(m->grad + start, len, scale, c));
+        ZB_TRY(reduce_range(m->be, m->grad + start, len, scale, c));
         start = p->offset;
         len = p->numel;
     }
-    return reduce_range(m->grad + start, len, scale, c);
+    return reduce_range(m->be, m->grad + start, len, scale, c);
 }
 
 /* ---- buckets -------------------------------------------------------------------------------- */
@@ -103,7 +104,7 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
             if (k == d->rank) { d->lo = o; d->hi = o + c; }
             o += c;
         }
-        ZB_ALLOC(d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
+        ZB_BE_ALLOC(m->be, d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
     }
     m->grad_hook = dp_hook;
     m->grad_hook_ctx = d;
@@ -112,7 +113,8 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
 
 void zb_dp_free(zb_dp *d) {
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
-    free(d->b); free(d->counts); free(d->displs); free(d->gshard);
+    if (d->m) d->m->be->free(d->m->be, d->gshard);
+    free(d->b); free(d->counts); free(d->displs);
     memset(d, 0, sizeof *d);
 }
 
@@ -122,13 +124,13 @@ void zb_dp_arm(zb_dp *d) {
 }
 
 int zb_dp_finish(zb_dp *d) {
+    const zb_backend *be = d->m->be;
     d->armed = 0;
     float s = 1.0f / (float)d->size;
     if (d->zero) {
         /* ZeRO-1: each rank receives the summed gradient of its range only */
         ZB_TRY(zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32));
-        if (s != 1.0f)
-            for (size_t i = 0; i < d->hi - d->lo; i++) d->gshard[i] *= s;
+        if (s != 1.0f) be->scale(be, d->gshard, s, d->hi - d->lo);
         return ZB_OK;
     }
     if (d->size == 1) return ZB_OK;
@@ -136,11 +138,18 @@ int zb_dp_finish(zb_dp *d) {
         if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
     for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
     for (int k = 0; k < d->nb; k++) {
-        float *g = d->m->grad + d->b[k].off;
-        for (size_t i = 0; i < d->b[k].n; i++) g[i] *= s;
+        be->scale(be, d->m->grad + d->b[k].off, s, d->b[k].n);
         d->b[k].launched = 0;   /* the next step starts from nothing launched, armed or not */
     }
     return ZB_OK;
+}
+
+/* PP: the last stage's copy of a tied embedding (its gradient equals the first stage's after
+ * zb_pp_tied_grad_sum: counted once), or -1. */
+static int tied_copy(const zb_model *m) {
+    if (!m->tp || m->tp->pp_size < 2 || m->tp->pp_rank != m->tp->pp_size - 1 || !m->cfg.tie_embeddings) return -1;
+    const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
+    return p ? (int)(p - m->params) : -1;
 }
 
 int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
@@ -148,27 +157,62 @@ int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
     size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
     const float *g = d->zero ? d->gshard : m->grad;
     double s[2] = {0, 0};   /* TP-split, replicated */
+    int skip = tied_copy(m);
     for (int i = 0; i < m->n_params; i++) {
-        if (!o->trainable[i]) continue;
+        if (!o->trainable[i] || i == skip) continue;
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
-        for (size_t j = a; j < b; j++) s[k] += (double)g[j - lo] * g[j - lo];
+        if (a < b) s[k] += m->be->sumsq(m->be, g + (a - lo), b - a);
     }
     if (d->zero) ZB_TRY(zb_comm_sum_f64(d->comm, ZB_GROUP_DP, s, 2));
     if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_TP, s, 1));
     *out = s[0] + s[1];
+    if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_PP, out, 1));   /* over the stages */
     return ZB_OK;
+}
+
+int zb_dp_first_nonfinite(const zb_dp *d, const zb_adamw *o, char *name, size_t cap) {
+    const zb_model *m = d->m;
+    const zb_config *full = zb_model_full_config(m);
+    size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
+    const float *g = d->zero ? d->gshard : m->grad;
+    zb_tensor_spec *spec = NULL;
+    int ns = 0, first = INT_MAX;
+    ZB_TRY(zb_expected_tensors(full, &spec, &ns));
+    for (int i = 0, j = 0; i < m->n_params && first == INT_MAX; i++) {
+        const char *nm = m->tp ? m->tp->full_params[i].name : m->params[i].name;
+        while (j < ns && strcmp(spec[j].name, nm)) j++;   /* its place in the full model */
+        if (!o->trainable[i]) continue;
+        const zb_param *p = &m->params[i];
+        size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        if (a >= b) continue;
+        const float *h = g + (a - lo);
+        float *tmp = NULL;
+        if (!m->be->host_memory) {   /* an error path: the range read back to the host */
+            if (!(tmp = zb_malloc(sizeof(float) * (b - a), "gradient check"))) { free(spec); return ZB_ENOMEM; }
+            m->be->to_host(m->be, tmp, h, sizeof(float) * (b - a));
+            h = tmp;
+        }
+        for (size_t k = 0; k < b - a; k++)
+            if (!isfinite(h[k])) { first = j; break; }
+        free(tmp);
+    }
+    int rc = zb_comm_allreduce(d->comm, ZB_GROUP_WORLD, &first, 1, ZB_CT_I32, ZB_RED_MIN);
+    snprintf(name, cap, "%s", !rc && first < ns ? spec[first].name : "");
+    free(spec);
+    return rc;
 }
 
 int zb_dp_zero_attach(zb_dp *d, zb_adamw *o) {
     if (!d->zero) return ZB_OK;
-    free(o->m); free(o->v);
+    const zb_backend *be = o->be;
+    be->free(be, o->m);
+    be->free(be, o->v);
     o->m = o->v = NULL;
     size_t n = d->hi - d->lo + 1;
-    o->m = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
-    o->v = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
-    if (!o->m || !o->v) return ZB_ENOMEM;
+    ZB_BE_ALLOC(be, o->m, n, "ZeRO optimizer moments");
+    ZB_BE_ALLOC(be, o->v, n, "ZeRO optimizer moments");
     o->n_floats = d->hi - d->lo;
     return ZB_OK;
 }
@@ -178,26 +222,5 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
     zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
     o->step++;
     ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data, d->counts, d->displs, ZB_CT_F32));
-    return ZB_OK;
-}
-
-int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float *full_v) {
-    size_t n = d->m->n_floats;
-    if (!d->zero) {
-        memcpy(full_m, o->m, sizeof(float) * n);
-        memcpy(full_v, o->v, sizeof(float) * n);
-        return ZB_OK;
-    }
-    memcpy(full_m + d->lo, o->m, sizeof(float) * (d->hi - d->lo));
-    memcpy(full_v + d->lo, o->v, sizeof(float) * (d->hi - d->lo));
-    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_m, d->counts, d->displs, ZB_CT_F32));
-    ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, full_v, d->counts, d->displs, ZB_CT_F32));
-    return ZB_OK;
-}
-
-int zb_dp_scatter_moments(const zb_dp *d, zb_adamw *o, const float *full_m, const float *full_v) {
-    size_t lo = d->zero ? d->lo : 0, n = d->zero ? d->hi - d->lo : d->m->n_floats;
-    memcpy(o->m, full_m + lo, sizeof(float) * n);
-    memcpy(o->v, full_v + lo, sizeof(float) * n);
     return ZB_OK;
 }

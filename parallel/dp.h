@@ -70,16 +70,15 @@ void zb_dp_arm(zb_dp *d);
 int zb_dp_finish(zb_dp *d);
 /* The squared global gradient norm of the trainable parameters after zb_dp_finish, identical
  * on every rank of the grid: TP-split tensors summed over the TP group, replicated ones once;
- * under ZeRO each DP rank sums its range and the parts are summed over DP. */
+ * under ZeRO each DP rank sums its range and the parts are summed over DP; pipeline stages
+ * summed over PP, a tied embedding counted once (after zb_pp_tied_grad_sum). */
 int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out);
+/* After zb_dp_finish: the full HF name of the first tensor (in the full model's order) whose
+ * gradient holds an inf or NaN on any rank, or "" when none does. Collective over the world. */
+int zb_dp_first_nonfinite(const zb_dp *d, const zb_adamw *o, char *name, size_t cap);
 /* ZeRO-1: give o shard-sized moments (frees the full ones). */
 int zb_dp_zero_attach(zb_dp *d, zb_adamw *o);
 /* One AdamW update: plain zb_adamw_step, or under ZeRO the update of this rank's range then
  * an all-gather of the parameters. Increments o->step. Collective under ZeRO. */
 int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale);
-/* ZeRO-1 checkpoints hold FULL moments: gather them (full_m, full_v [n_floats], on every
- * rank) / scatter full ones into the shard. Without ZeRO plain copies. Collective. */
-int zb_dp_gather_moments(const zb_dp *d, const zb_adamw *o, float *full_m, float *full_v);
-int zb_dp_scatter_moments(const zb_dp *d, zb_adamw *o, const float *full_m, const float *full_v);
-
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "shard.h"
 #include "zb_common.h"
 
 zb_pp_cost_cfg zb_pp_cost_defaults(int B, int T) {
@@ -229,4 +230,42 @@ int zb_pp_stage_layers(const zb_config *c, int stages, int stage, const int *cut
     if (!rc) { *l0 = first[stage]; *l1 = first[stage + 1]; }
     free(first);
     return rc;
+}
+
+int zb_pp_choose_cut(const zb_config *sc, const zb_config *tc, int stages, int tp, int measured, int rows, int T,
+                     zb_comm *c, int *cut, double *costs) {
+    ZB_TRY(zb_tp_check(sc, tp));   /* before the local dims are used */
+    if (tc) ZB_TRY(zb_tp_check(tc, tp));
+    int L = sc->n_layers, rc = ZB_OK;
+    if (stages > L) return zb_fail(ZB_EARG, "pipeline parallel: --pp %d stages for a model of %d layers (every stage "
+                                   "needs at least one layer)", stages, L);
+    if (!measured) {
+        zb_pp_cost_cfg k = zb_pp_cost_defaults(1, T);
+        k.teacher = tc;
+        return zb_pp_partition(sc, stages, &k, cut, NULL);
+    }
+    double lc[ZB_MAX_LAYERS + 1] = {0};
+    if (zb_comm_rank(c, ZB_GROUP_WORLD) == 0) {   /* rank 0 times the layers of its (TP-local) dims */
+        zb_config ls, lt;
+        zb_pp_measured ms, mt;
+        zb_tp_local_config(sc, tp, &ls);
+        rc = zb_pp_measure(&ls, rows, T, &ms);
+        if (!rc && tc) {
+            zb_tp_local_config(tc, tp, &lt);
+            rc = zb_pp_measure(&lt, rows, T, &mt);
+        }
+        for (int l = 0; l < L && !rc; l++) lc[l] = ms.layer_fwd[l] + ms.layer_bwd[l] + (tc ? mt.layer_fwd[l] : 0);
+        if (!rc) lc[L] = ms.head_fwd + ms.head_bwd + (tc ? mt.head_fwd : 0);
+        if (!rc) rc = zb_pp_partition_costs(lc, L, 0, lc[L], stages, cut, NULL);
+    }
+    /* rank 0's status, cut and costs to every rank (an error there stops all ranks here) */
+    double buf[2 * ZB_MAX_LAYERS + 4];
+    buf[0] = rc;
+    for (int s = 0; s <= stages; s++) buf[1 + s] = cut[s];
+    memcpy(buf + stages + 2, lc, sizeof(double) * (size_t)(L + 1));
+    ZB_TRY(zb_comm_bcast(c, ZB_GROUP_WORLD, buf, (size_t)(stages + L + 3), ZB_CT_F64, 0));
+    if (buf[0] != 0) return rc ? rc : zb_fail(ZB_EARG, "pipeline parallel: rank 0 could not time the layers");
+    for (int s = 0; s <= stages; s++) cut[s] = (int)buf[1 + s];
+    if (costs) memcpy(costs, buf + stages + 2, sizeof(double) * (size_t)(L + 1));
+    return ZB_OK;
 }

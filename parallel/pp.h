@@ -24,6 +24,7 @@
 #ifndef ZB_PP_H
 #define ZB_PP_H
 
+#include "comm.h"
 #include "config.h"
 
 typedef struct {
@@ -72,5 +73,16 @@ int zb_pp_measure(const zb_config *c, int B, int T, zb_pp_measured *out);
  * model at B = 1, T = ZB_PP_DEFAULT_T. Clear error if stages > layers or the cut is not one. */
 #define ZB_PP_DEFAULT_T 2048
 int zb_pp_stage_layers(const zb_config *c, int stages, int stage, const int *cut, int *l0, int *l1);
+
+/* The cut of a training run: student config sc and, when a teacher / reference of the same
+ * depth runs in the same pipeline, its config tc (both are cut at the same layers: ILD needs
+ * the teacher's layer l on the stage of the student's layer l; the cut balances the student's
+ * forward + backward plus the teacher's forward; NULL: the student alone), at tp-way tensor
+ * parallelism. By the cost model at micro-batches of rows x T, or measured: rank 0 times one
+ * layer of each kind and the head (zb_pp_measure, on the TP-local dims), costs[n_layers + 1]
+ * (may be NULL) receives those seconds (layers, then the head), and every rank gets rank 0's
+ * cut. cut[stages + 1]. Collective over the world when measured. */
+int zb_pp_choose_cut(const zb_config *sc, const zb_config *tc, int stages, int tp, int measured, int rows, int T,
+                     zb_comm *c, int *cut, double *costs);
 
 #endif

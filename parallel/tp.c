@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
 #include "pp.h"
 #include "store.h"
 #include "tensor_names.h"
@@ -29,11 +28,7 @@ static void seg_add(zb_tp_slice *s, int64_t off, int64_t total, int r, int n) {
     s->nseg++;
 }
 
-static int ends(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
+#define ENDS(suf) zb_ends_with(nm, suf)
 int zb_tp_slice_of(const zb_config *c, const zb_param *p, int r, int n, zb_tp_slice *s) {
     memset(s, 0, sizeof *s);
     int64_t rows = p->ndim ? p->shape[0] : 1, width = 1;
@@ -47,22 +42,22 @@ int zb_tp_slice_of(const zb_config *c, const zb_param *p, int r, int n, zb_tp_sl
         else if (strcmp(nm, "model.norm.weight")) return zb_fail(ZB_EFORMAT, "tensor parallel: no split rule for '%s'", nm);
     } else {
         zb_layer_kind kind = c->kinds[p->layer];
-        if (ends(nm, "input_layernorm.weight") || ends(nm, "post_attention_layernorm.weight")) how = REP;
-        else if (ends(nm, "mlp.gate_proj.weight") || ends(nm, "mlp.up_proj.weight")) how = ROWS;   /* column-parallel */
-        else if (ends(nm, "mlp.down_proj.weight")) how = COLS;                                       /* row-parallel */
-        else if (kind == ZB_LAYER_ATTN && (ends(nm, "self_attn.q_proj.weight") || ends(nm, "self_attn.k_proj.weight") ||
-                                           ends(nm, "self_attn.v_proj.weight"))) how = ROWS;      /* by head */
-        else if (kind == ZB_LAYER_MLA && (ends(nm, "self_attn.q_proj.weight") || ends(nm, "self_attn.q_b_proj.weight") ||
-                                          ends(nm, "self_attn.kv_b_proj.weight"))) how = ROWS;    /* by (KV) head */
-        else if (kind == ZB_LAYER_MLA && (ends(nm, "self_attn.q_a_proj.weight") || ends(nm, "self_attn.q_a_layernorm.weight") ||
-                                          ends(nm, "self_attn.kv_a_proj_with_mqa.weight") ||
-                                          ends(nm, "self_attn.kv_a_layernorm.weight"))) how = PARTIAL;  /* latent: replicated */
-        else if (kind != ZB_LAYER_MAMBA2 && ends(nm, "self_attn.o_proj.weight")) how = COLS;
+        if (ENDS("input_layernorm.weight") || ENDS("post_attention_layernorm.weight")) how = REP;
+        else if (ENDS("mlp.gate_proj.weight") || ENDS("mlp.up_proj.weight")) how = ROWS;   /* column-parallel */
+        else if (ENDS("mlp.down_proj.weight")) how = COLS;                                       /* row-parallel */
+        else if (kind == ZB_LAYER_ATTN && (ENDS("self_attn.q_proj.weight") || ENDS("self_attn.k_proj.weight") ||
+                                           ENDS("self_attn.v_proj.weight"))) how = ROWS;      /* by head */
+        else if (kind == ZB_LAYER_MLA && (ENDS("self_attn.q_proj.weight") || ENDS("self_attn.q_b_proj.weight") ||
+                                          ENDS("self_attn.kv_b_proj.weight"))) how = ROWS;    /* by (KV) head */
+        else if (kind == ZB_LAYER_MLA && (ENDS("self_attn.q_a_proj.weight") || ENDS("self_attn.q_a_layernorm.weight") ||
+                                          ENDS("self_attn.kv_a_proj_with_mqa.weight") ||
+                                          ENDS("self_attn.kv_a_layernorm.weight"))) how = PARTIAL;  /* latent: replicated */
+        else if (kind != ZB_LAYER_MAMBA2 && ENDS("self_attn.o_proj.weight")) how = COLS;
         else if (kind == ZB_LAYER_MAMBA2) {
             const zb_mamba2_dims *m = &c->mamba;
             int64_t di = m->d_inner, xw = (int64_t)m->x_groups * m->headdim, bw = (int64_t)m->b_groups * m->d_state,
                     cw = (int64_t)m->c_groups * m->d_state, nh = m->nheads;
-            if (ends(nm, "mamba.in_proj.weight")) {
+            if (ENDS("mamba.in_proj.weight")) {
                 /* column-parallel PER SEGMENT: z | x | B | C | dt, each split by head / group */
                 seg_add(s, 0, di, r, n);
                 seg_add(s, di, xw, r, n);
@@ -71,15 +66,15 @@ int zb_tp_slice_of(const zb_config *c, const zb_param *p, int r, int n, zb_tp_sl
                 seg_add(s, di + xw + bw + cw, nh, r, n);
                 return ZB_OK;
             }
-            if (ends(nm, "mamba.conv1d.weight") || ends(nm, "mamba.conv1d.bias")) {
+            if (ENDS("mamba.conv1d.weight") || ENDS("mamba.conv1d.bias")) {
                 seg_add(s, 0, xw, r, n);
                 seg_add(s, xw, bw, r, n);
                 seg_add(s, xw + bw, cw, r, n);
                 return ZB_OK;
             }
-            if (ends(nm, "mamba.dt_bias") || ends(nm, "mamba.A_log") || ends(nm, "mamba.D") ||
-                ends(nm, "mamba.norm.weight")) how = ROWS;
-            else if (ends(nm, "mamba.out_proj.weight")) how = COLS;
+            if (ENDS("mamba.dt_bias") || ENDS("mamba.A_log") || ENDS("mamba.D") ||
+                ENDS("mamba.norm.weight")) how = ROWS;
+            else if (ENDS("mamba.out_proj.weight")) how = COLS;
             else return zb_fail(ZB_EFORMAT, "tensor parallel: no split rule for '%s'", nm);
         } else {
             return zb_fail(ZB_EFORMAT, "tensor parallel: no split rule for '%s'", nm);
@@ -103,6 +98,7 @@ int zb_tp_slice_of(const zb_config *c, const zb_param *p, int r, int n, zb_tp_sl
     }
     return ZB_OK;
 }
+#undef ENDS
 
 static size_t slice_numel(const zb_tp_slice *s) {
     size_t k = 0;
@@ -313,51 +309,3 @@ int zb_tp_gather_param(const zb_model *m, int i, const float *src, float *dst) {
     free(buf);
     return rc;
 }
-
-/* ---- saving ----------------------------------------------------------------------------- */
-
-int zb_tp_save(const zb_model *m, const char *path, int dtype_i, MPI_Comm comm) {
-    zb_dtype dtype = (zb_dtype)dtype_i;
-    const zb_tp *tp = m->tp;
-    zb_ckpt_writer *w = NULL;
-    int rc = zb_ckpt_open_model(&w, path, &tp->full, dtype, comm);
-    uint16_t *tmp = NULL;
-    /* PP: every rank walks every tensor of the full model (the writer is collective); a stage
-     * writes the ones it holds (the tied embedding: the first stage), nothing for the others */
-    zb_tensor_spec *spec = NULL;
-    int ns = 0;
-    if (!rc) rc = zb_expected_tensors(&tp->full, &spec, &ns);
-    for (int j = 0, i = 0; j < ns && !rc; j++) {
-        if (i >= m->n_params || strcmp(spec[j].name, tp->full_params[i].name)) {
-            int64_t shape[4] = {0};
-            for (int k = 0; k < spec[j].ndim; k++) shape[k] = spec[j].shape[k];
-            int64_t z = 0;
-            rc = zb_ckpt_write_slab(w, spec[j].name, dtype, spec[j].ndim, shape, 0, &z, &z, 0, 0, NULL);
-            continue;
-        }
-        const zb_param *p = &tp->full_params[i];
-        const zb_tp_slice *s = &tp->slices[i];
-        size_t L = m->params[i].numel;
-        const float *x = m->data + m->params[i].offset;
-        i++;
-        /* replicated tensors: TP rank 0 writes; other DP replicas write nothing */
-        int nseg = (!tp->writer || (s->replicated && tp->rank != 0)) ? 0 : s->nseg;
-        if (tp->pp_size > 1 && p->layer < 0 && tp->pp_rank > 0 && !strcmp(p->name, "model.embed_tokens.weight"))
-            nseg = 0;   /* PP: the tied copy on the last stage */
-        const void *data = x;
-        if (dtype == ZB_DT_BF16 && nseg) {
-            uint16_t *t = realloc(tmp, sizeof(uint16_t) * L);
-            if (!t) { rc = zb_fail(ZB_ENOMEM, "%s: out of memory converting '%s'", path, p->name); break; }
-            tmp = t;
-            for (size_t j = 0; j < L; j++) tmp[j] = zb_f32_to_bf16(x[j]);
-            data = tmp;
-        }
-        rc = zb_ckpt_write_slab(w, p->name, dtype, p->ndim, p->shape, nseg, s->row0, s->nrows, s->col0, s->ncols,
-                                data);
-    }
-    free(spec);
-    free(tmp);
-    if (rc) { if (w) zb_ckpt_abort(w); return rc; }
-    return zb_ckpt_close(w);
-}
-

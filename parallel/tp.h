@@ -5,7 +5,7 @@
  * (zb_tp_slice_of), and everything expressed with them: a shard built on a grid, loaded by
  * slices from an HF directory or a .h5 (whatever layout wrote it), copied out of a full model,
  * gathered back. Checkpoints are layout free: zb_model_save of a shard writes every slice
- * into one file with full shapes (collective; parallel/ckpt_io.h). With pp > 1 a shard is
+ * into one file with full shapes (collective; parallel/model_io.h). With pp > 1 a shard is
  * also one pipeline stage's part of the stack (pp.h: the cut; pipeline.h: the schedule). */
 #ifndef ZB_TP_H
 #define ZB_TP_H
@@ -41,9 +41,4 @@ int zb_tp_copy_from_full(zb_model *shard, const zb_model *full);
  * m->data + p->offset or m->grad + p->offset), dst receives the full tensor on every rank
  * (numel of the full shape). Collective over the TP group. */
 int zb_tp_gather_param(const zb_model *m, int i, const float *src, float *dst);
-/* Write a shard's parameters as one checkpoint with full shapes (every rank its slices;
- * replicated tensors by TP rank 0; DP replicas other than 0 write nothing). Collective over
- * comm, which must hold every rank of the grid. zb_model_save dispatches here for shards. */
-int zb_tp_save(const zb_model *m, const char *path, int dtype, MPI_Comm comm);
-
 #endif

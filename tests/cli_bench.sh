@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_bench — `zebra bench` end to end on the small demo teacher / hybrid (issue 7): ceilings,
+# cli_bench — `zebra bench` end to end on the small demo teacher / hybrid: ceilings,
 # one row per (model, batch, context) with positive speeds, the cache bytes per token of each
 # model equal to what `zebra info` computes, a speed-up line per batch size, an SVG with both
 # curves, the --breakdown table (parts of a decode step add up to no more than the step); f32

@@ -80,6 +80,13 @@ losses P/train.jsonl > p.txt
 check "dpo: first loss log 2 = $(head -1 p.txt | cut -d' ' -f2), falls to $(tail -1 p.txt | cut -d' ' -f2)" \
   'awk "NR==1{a=\$2} END{exit !(\$2 < a && a > 0.6931 && a < 0.6932)}" p.txt'
 
+# the release's run.json examples (configs/run-*.json) parse: the run stops at the missing model
+for f in "$SRC"/configs/run-*.json; do
+  st=$(basename "$f" .json); st=${st##*-}
+  $Z train --stage "$st" --config "$f" > rj.log 2>&1 || true
+  check "$(basename "$f") parses (stage $st): $(tail -1 rj.log)" 'grep -q "\.h5: cannot open" rj.log'
+done
+
 $Z plot A/train.jsonl I/train.jsonl -o loss.svg
 check "plot writes an SVG with curves" 'grep -q "<polyline" loss.svg && grep -q "</svg>" loss.svg'
 if [ $fail != 0 ]; then for f in *.log; do echo "== $f"; tail -5 "$f"; done; fi

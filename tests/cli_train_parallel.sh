@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_train_parallel — `zebra train` across ranks (SPEC §9, issue 6) on a hybrid model
+# cli_train_parallel — `zebra train` across ranks (SPEC §9) on a hybrid model
 # (MLA + Mamba2 + attention, tests/tp-hybrid.json with a 264-token vocabulary), 20 steps each,
 # losses from the JSONL logs compared per step with the 1-rank run A (1 rank x 4 rows):
 #   NP=2: TP=2 (within the split-run floor, below); TP=2 stop at 10 + --resume == straight TP=2;

@@ -1,4 +1,4 @@
-# Generation for a batch of prompts (issue 7): per-sequence positions in the caches, and the
+# Generation for a batch of prompts: per-sequence positions in the caches, and the
 # `zebra generate` command (prompt files, chat template, stop tokens, sampling streams, TP).
 # zb_gen: prompts of different lengths batched == each alone (logits and greedy tokens), for
 # the HF llama, the HF all-MLA model and a random attention-free hybrid (MLA + Mamba2).

@@ -1,4 +1,4 @@
-# Tensor parallelism (parallel/tp.h, SPEC §9, issue 6): logits, loss, every gradient, KL,
+# Tensor parallelism (parallel/tp.h, SPEC §9): logits, loss, every gradient, KL,
 # greedy generation and the checkpoint round trip across layouts against the 1-rank model.
 # A hybrid (attention + MLA + Mamba2, dims divisible by 4) at TP=2 and TP=4; the HF llama
 # fixture at TP=2 (and TP=2 x DP=2 on 4 ranks; TP=4 must be refused: 2 KV heads); the HF
@@ -18,3 +18,8 @@ zb_mpi_test(test_pp_model 2 test_pp_model.c ${CMAKE_CURRENT_SOURCE_DIR}/tp-hybri
 zb_mpi_test(test_pp_model 4 test_pp_model.c ${CMAKE_CURRENT_SOURCE_DIR}/tp-hybrid.json 2 2)
 zb_mpi_test(test_pp_model_llama 2 test_pp_model.c ${ZB_FIXTURES}/hf-llama-tiny 1 2)
 zb_mpi_test(test_pp_model_llama 4 test_pp_model.c ${ZB_FIXTURES}/hf-llama-tiny 2 2)
+# Checkpoints of training (parallel/model_io.h): weights and AdamW moments by one slice writer,
+# the moments ZeRO-1-sharded (each DP rank its range, ranges ending inside 2-D and 3-D rows) or
+# not, at DP=3 and TP=2 x DP=2; loaded at 1 rank and on the grid, bitwise.
+zb_mpi_test(test_ckpt_io 3 test_ckpt_io.c ${CMAKE_CURRENT_SOURCE_DIR}/tp-hybrid.json 1)
+zb_mpi_test(test_ckpt_io 4 test_ckpt_io.c ${CMAKE_CURRENT_SOURCE_DIR}/tp-hybrid.json 2)

@@ -1,4 +1,4 @@
-# Training across ranks (issue 6, SPEC §9): `zebra train --tp N` and data parallelism with
+# Training across ranks (SPEC §9): `zebra train --tp N` and data parallelism with
 # bucketed overlapped reduction and ZeRO-1, on 2 and 4 ranks; per-step losses against 1 rank.
 zb_cli_test(cli_train_parallel_np2 cli_train_parallel.sh ${CMAKE_SOURCE_DIR} ${ZB_MPIEXEC} 2)
 zb_cli_test(cli_train_parallel_np4 cli_train_parallel.sh ${CMAKE_SOURCE_DIR} ${ZB_MPIEXEC} 4)

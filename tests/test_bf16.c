@@ -1,4 +1,4 @@
-/* test_bf16 — bf16 weight storage for inference (core/linear.h, model.h zb_wdtype):
+/* test_bf16 — bf16 weight storage for inference (core/cpu/linear.h, model.h zb_wdtype):
  *  1. the bf16 kernels (each one this CPU has: scalar, AVX2, AVX-512F) against f32 sgemm on
  *     the same bf16-representable weights, f32 inputs: decode / batched decode (N 1..16),
  *     short prefill (direct kernel, N <= 64) and tiled-sgemm (N > 64) shapes, ragged sizes;

@@ -27,6 +27,10 @@ static const char *mode_name(void) {
     return zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_FAST ? "bf16-fast" : "bf16-convert";
 }
 
+static const char *attn_path(const zb_attn_shape *s, const void *q, const void *k, const void *v) {
+    return zb_cuda_precision() == ZB_PREC_BF16 && zb_cuda_flash_supported(s, q, k, v) ? "flash" : "blocked";
+}
+
 /* ---- matmul forward / backward, linear with bf16 weights ------------------------------ */
 static void test_matmul(zb_rng *rng, int N, int C, int OC, int with_bias, int backward) {
     char what[160];
@@ -102,7 +106,8 @@ static void test_linear_bf16(zb_rng *rng, int N, int C, int OC) {
     zb_cuda_linear_forward(dout, dx, zb_wt_of_bf16(dW16), N, C, OC);
     zb_host_f(got, dout, no);
     char what[96];
-    snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d", N, C, OC);
+    snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d (%s)", N, C, OC,
+             zb_cuda_gemv_ok(dx, dW16, N, C) ? "gemv" : "cuBLAS");
     zb_check_mag(what, got, out, md, ZB_U16 + 2 * (C + 2) * U, 1e-30, no);
     /* the conversions: bf16 -> f32 exact, f32 -> bf16 round to nearest even like the CPU */
     float *back = zb_falloc(nw), *dback = zb_dev_f(NULL, nw);
@@ -173,8 +178,11 @@ static void test_rmsnorm(zb_rng *rng, int N, int C) {
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------- */
-static void test_rope(zb_rng *rng, int interleave, int inverse, int llama3) {
-    zb_rope_cfg cfg = {llama3 ? ZB_ROPE_LLAMA3 : ZB_ROPE_DEFAULT, 500000.0f, 32.0f, 1.0f, 4.0f, 8192};
+/* scaling 0: default, 1: llama3, 2: YaRN (the release's MLA rope: cos / sin x mscale 1.3466) */
+static void test_rope(zb_rng *rng, int interleave, int inverse, int scaling) {
+    zb_rope_cfg cfg = {.type = scaling == 2 ? ZB_ROPE_YARN : scaling ? ZB_ROPE_LLAMA3 : ZB_ROPE_DEFAULT,
+                       .theta = 500000.0f, .factor = 32.0f, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+                       .original_max_pos = 8192, .beta_fast = 32.0f, .beta_slow = 1.0f, .mscale = 1.0f};
     zb_rope r;
     int D = 24, H = 3, head_stride = 40, offset = 8, row_stride = H * head_stride + 5, B = 2, T = 19, pos0 = 1000;
     zb_rope_init(&r, D, &cfg);
@@ -195,11 +203,11 @@ static void test_rope(zb_rng *rng, int interleave, int inverse, int llama3) {
             size_t o = (size_t)row * row_stride + (size_t)h * head_stride + offset;
             double mx = 0;
             for (int j = 0; j < D; j++) mx = fmax(mx, fabs(x[o + j]));
-            for (int j = 0; j < D; j++) mag[o + j] = mx;
+            for (int j = 0; j < D; j++) mag[o + j] = mx * r.mscale;
         }
     char what[96];
     snprintf(what, sizeof what, "rope_apply_seq interleave=%d inverse=%d %s", interleave, inverse,
-             llama3 ? "llama3" : "default");
+             scaling == 2 ? "yarn" : scaling ? "llama3" : "default");
     zb_check_mag(what, got, ref, mag, 20 * U, 0, n);
     /* rows at per-sequence positions (generation): 3 sequences of 4 rows */
     int nseq = 3, per = 4, pos[3] = {0, 5000, 31};
@@ -364,7 +372,7 @@ static void attn_mags(const zb_attn_shape *s, const float *q, const float *k, co
                 }
                 /* backward: dP, D = sum P dP, |dS| <= P (|dP| + |D| + error of dP) */
                 const float *dot = dout + ((size_t)b * T + t) * H * dv + (size_t)h * dv;
-                double D = 0;
+                double D = 0, DM = 0;
                 for (int u = 0; u <= t; u++) {
                     const float *vu = v + ((size_t)b * T + u) * s->v_stride + (size_t)g * dv;
                     double a = 0, am = 0;
@@ -372,9 +380,12 @@ static void attn_mags(const zb_attn_shape *s, const float *q, const float *k, co
                     dP[u] = a;
                     mS[u] = am * (1 + 2 * (dv + 2) * U + orel);
                     D += Pr[u] * a;
+                    DM += Pr[u] * am;
                 }
+                /* the flash backward takes D = rowsum(dO O) from the forward's output, whose
+                 * error is (4 eps + bf16's) x sum_u P_u |dO||v_u|: DM joins the magnitude */
                 for (int u = 0; u <= t; u++) {
-                    double ms = Pr[u] * (fabs(dP[u]) + fabs(D) + mS[u]);
+                    double ms = Pr[u] * (fabs(dP[u]) + fabs(D) + mS[u] + DM);
                     const float *ku = k + ((size_t)b * T + u) * s->k_stride + (size_t)g * dqk;
                     double *mq = m_dq + ((size_t)b * T + t) * s->q_stride + (size_t)h * dqk;
                     double *mk = m_dk + ((size_t)b * T + u) * s->k_stride + (size_t)g * dqk;
@@ -430,8 +441,9 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
                 }
             }
     char what[160];
-    snprintf(what, sizeof what, "attention_forward %s B=%d T=%d H=%d Hkv=%d dqk=%d dv=%d block=%d", mode_name(), B, T,
-             H, Hkv, dqk, dv, block);
+    const char *path = attn_path(&s, dq_, dk_, dv_);
+    snprintf(what, sizeof what, "attention_forward %s %s B=%d T=%d H=%d Hkv=%d dqk=%d dv=%d block=%d", mode_name(), path,
+             B, T, H, Hkv, dqk, dv, block);
     zb_check_bound(what, got, out, bo, no);
     float *lref = zb_falloc(nl);
     double *bl = zb_dalloc(nl);
@@ -441,7 +453,7 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
     /* backward: the GPU's dq / dk / dv buffers hold garbage outside the head columns; only the
      * head columns are compared */
     float *gq = zb_dev_f(NULL, nq), *gk = zb_dev_f(NULL, nk), *gv = zb_dev_f(NULL, nv);
-    zb_cuda_attention_backward(gq, gk, gv, ddo, dlse, dq_, dk_, dv_, &s);
+    zb_cuda_attention_backward(gq, gk, gv, ddo, dout_, dlse, dq_, dk_, dv_, &s);
     float *hq = zb_falloc(nq), *hk = zb_falloc(nk), *hv = zb_falloc(nv);
     zb_host_f(hq, gq, nq);
     zb_host_f(hk, gk, nk);
@@ -459,11 +471,11 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
         for (int j = Hkv * dqk; j < s.k_stride; j++) hk[(size_t)r * s.k_stride + j] = rk[(size_t)r * s.k_stride + j] = 0;
         for (int j = Hkv * dv; j < s.v_stride; j++) hv[(size_t)r * s.v_stride + j] = rv[(size_t)r * s.v_stride + j] = 0;
     }
-    snprintf(what, sizeof what, "attention_backward dq %s block=%d", mode_name(), block);
+    snprintf(what, sizeof what, "attention_backward dq %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
     zb_check_bound(what, hq, rq, b1, nq);
-    snprintf(what, sizeof what, "attention_backward dk %s block=%d", mode_name(), block);
+    snprintf(what, sizeof what, "attention_backward dk %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
     zb_check_bound(what, hk, rk, b2, nk);
-    snprintf(what, sizeof what, "attention_backward dv %s block=%d", mode_name(), block);
+    snprintf(what, sizeof what, "attention_backward dv %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
     zb_check_bound(what, hv, rv, b3, nv);
     zb_cuda_attention_block_rows(0);
     free(q); free(k); free(v); free(out); free(probs); free(dout); free(rq); free(rk); free(rv); free(P); free(lse);
@@ -504,7 +516,7 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
             size_t r = (size_t)i * n + t;
             int Tc = pos[i] + t + 1;
             zb_attention_decode(out + r * H * dv, q + r * H * dqk, Kb, Vb, Tc, H, Hkv, dqk, dv, (int)row, (int)row,
-                                (size_t)grp, (size_t)grp, scale, sc);
+                                (size_t)grp, (size_t)grp, scale, sc, NULL);
             /* bound: scores off by eps, products P v (bf16 P and v: 2^-8) */
             for (int h = 0; h < H; h++) {
                 int g = h / (H / Hkv);
@@ -544,9 +556,16 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
     zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, max_len, &a);
     zb_host_f(got, dout, no);
     char what[128];
-    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s", mla ? "mla" : "gqa", bf16 ? "bf16" : "f32",
-             n, mode_name());
+    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s (%s)", mla ? "mla" : "gqa",
+             bf16 ? "bf16" : "f32", n, mode_name(), n == 1 ? "flash-decoding" : "cuBLAS blocks");
     zb_check_bound(what, got, out, bound, no);
+    if (n == 1) {   /* the decode kernel given only the cache length as its bound (as the backend does) */
+        zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, maxT, &a);
+        zb_host_f(got, dout, no);
+        snprintf(what, sizeof what, "attention_cached %s cache=%s decode bounded by max_T", mla ? "mla" : "gqa",
+                 bf16 ? "bf16" : "f32");
+        zb_check_bound(what, got, out, bound, no);
+    }
     /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
     if (!mla && !bf16) {
         size_t ns = (size_t)nb * n * Hkv * dqk;
@@ -729,10 +748,15 @@ int main(int argc, char **argv) {
     test_matmul(&rng, 300, 1027, 515, 0, 1);
     test_linear_bf16(&rng, 37, 67, 45);
     test_linear_bf16(&rng, 1, 1027, 515);
+    test_linear_bf16(&rng, 3, 1032, 77);    /* the decode GEMV (N <= 8, C % 8 == 0), its ragged tail */
+    test_linear_bf16(&rng, 8, 4096, 100);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
     for (int il = 0; il < 2; il++)
-        for (int inv = 0; inv < 2; inv++) test_rope(&rng, il, inv, il);
+        for (int inv = 0; inv < 2; inv++) {
+            test_rope(&rng, il, inv, il);
+            test_rope(&rng, il, inv, 2);
+        }
     test_swiglu(&rng, 1003);
     test_embedding(&rng);
     test_elementwise(&rng);
@@ -759,6 +783,13 @@ int main(int argc, char **argv) {
     zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
     test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
+    /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows */
+    test_attention(&rng, 2, 100, 8, 2, 64, 64, 0, 0);
+    test_attention(&rng, 1, 130, 4, 4, 128, 128, 8, 0);
+    test_attention(&rng, 1, 64, 4, 1, 64, 64, 4, 0);
+    zb_cuda_attention_use_flash(0);   /* the same shapes on the blocked path in bf16 */
+    test_attention(&rng, 2, 100, 8, 2, 64, 64, 0, 0);
+    zb_cuda_attention_use_flash(1);
     test_cached(&rng, 0, 0, 1);
     test_cached(&rng, 1, 0, 5);
     zb_cuda_set_precision(ZB_PREC_F32);

@@ -42,9 +42,10 @@ static double bound_ratio(const float *a, const float *b, const float *mag, int 
     return w;
 }
 
-static int check_model(const char *path, zb_wdtype wt) {
+static int check_model(const char *path, zb_wdtype wt, const zb_backend *be) {
     zb_model m;
     int rc = load(&m, path, wt);
+    if (!rc) rc = zb_model_set_backend(&m, be);
     if (!zb_check(rc == ZB_OK, "load %s (%s)%s%s", path, zb_wdtype_name(wt), rc ? ": " : "", rc ? zb_errmsg() : "")) return 1;
     int V = m.cfg.vocab, lens[NP] = {5, 1, 70, 12, 3}, max_T = 70 + NEW;
     int *prompts[NP];
@@ -141,8 +142,9 @@ static int check_model(const char *path, zb_wdtype wt) {
 int main(int argc, char **argv) {
     zb_test_init(&argc, &argv);
     /* f32 weights, then bf16 (decode batches go through the direct bf16 kernel, N = batch) */
-    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_F32);
-    zb_attention_decode_use_omp(1);   /* as `--weights bf16` runs: split-K attention, threaded Mamba2 step */
-    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_BF16);
+    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_F32, zb_backend_cpu());
+    zb_backend omp = *zb_backend_cpu();
+    omp.opts.decode_omp = 1;   /* as `--weights bf16` runs: split-K attention, threaded Mamba2 step */
+    for (int i = 1; i < argc; i++) check_model(argv[i], ZB_WEIGHTS_BF16, &omp);
     return zb_test_finish();
 }

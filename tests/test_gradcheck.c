@@ -2,6 +2,7 @@
  * (1) the float forward equals the double forward; (2) the float backward equals central
  * finite differences of the double forward of L = sum(out * R), R random. Bounds: see
  * fwd_check / fd_check (float32 rounding of each kernel x its condition, zb_test.h). */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,11 +175,12 @@ static void test_rmsnorm(void) {
     free(x); free(w); free(R); free(out); free(rs); free(dx); free(dw);
 }
 
-/* ---- rope (rotate-half and interleaved; llama3 scaling) ---- */
+/* ---- rope (rotate-half and interleaved; llama3 and YaRN scaling) ---- */
 typedef struct { const zb_rope *r; int B, T, H, hs, off, inter; } rp_ctx;
 static void rp_d(double *out, double **in, const void *cv) {
     const rp_ctx *c = cv;
     int D = c->r->dim, half = D / 2, row = c->H * c->hs;
+    double ms = c->r->mscale;
     for (int i = 0; i < c->B * c->T * row; i++) out[i] = in[0][i];
     for (int b = 0; b < c->B; b++)
         for (int t = 0; t < c->T; t++)
@@ -191,26 +193,57 @@ static void rp_d(double *out, double **in, const void *cv) {
                 for (int i = 0; i < half; i++) {
                     double a = (double)(float)((float)t * c->r->inv_freq[i]);
                     double x1 = v[i], x2 = v[i + half];
-                    v[i] = x1 * cos(a) - x2 * sin(a);
-                    v[i + half] = x2 * cos(a) + x1 * sin(a);
+                    v[i] = ms * (x1 * cos(a) - x2 * sin(a));
+                    v[i + half] = ms * (x2 * cos(a) + x1 * sin(a));
                 }
             }
 }
-static void test_rope(int inter) {
-    zb_rope_cfg cfg = {ZB_ROPE_LLAMA3, 500000.0f, 32.0f, 1.0f, 4.0f, 8192};
+static void test_rope(int inter, const zb_rope_cfg *cfg, const char *name) {
     zb_rope r;
-    zb_rope_init(&r, 8, &cfg);
+    zb_rope_init(&r, 8, cfg);
     rp_ctx c = {&r, 2, 5, 3, 12, 4, inter};
     size_t n = (size_t)c.B * c.T * c.H * c.hs, sz[1] = {n};
     float *x = randv(n, 1), *R = randv(n, 1), *y = malloc(sizeof(float) * n), *in[1] = {x};
+    char what[96];
     memcpy(y, x, sizeof(float) * n);
     zb_rope_apply_seq(&r, y, c.B, c.T, c.H * c.hs, c.H, c.hs, c.off, 0, inter, 0);
+    snprintf(what, sizeof what, "rope fwd (%s%s)", name, inter ? ", interleaved" : "");
     /* cosf / sinf of the same float angle (1 ulp), two products and a sum */
-    fwd_check(inter ? "rope fwd (interleaved)" : "rope fwd", rp_d, &c, in, sz, 1, y, n, 4);
-    memcpy(y, R, sizeof(float) * n);   /* backward of a rotation = its transpose applied to dout */
+    fwd_check(what, rp_d, &c, in, sz, 1, y, n, 4);
+    memcpy(y, R, sizeof(float) * n);   /* backward of a (scaled) rotation = its transpose applied to dout */
     zb_rope_apply_seq(&r, y, c.B, c.T, c.H * c.hs, c.H, c.hs, c.off, 0, inter, 1);
-    fd_check(inter ? "rope dx (interleaved)" : "rope dx", rp_d, &c, in, sz, 1, 0, n, R, y, 4);
+    snprintf(what, sizeof what, "rope dx (%s%s)", name, inter ? ", interleaved" : "");
+    fd_check(what, rp_d, &c, in, sz, 1, 0, n, R, y, 4);
     free(x); free(R); free(y);
+}
+
+/* The YaRN frequencies and mscale from SPEC §3's formula in double (DeepSeek's
+ * yarn_find_correction_range / linear ramp / get_mscale), against zb_rope_init (float32 like
+ * the release): each inv_freq within 4 float32 ulps (pow, two divisions and the blend round),
+ * mscale = 0.1 ln(factor) + 1 (SPEC: 1.3466 at 32, 1.2079 at 8). */
+static void test_yarn_table(int dim, float theta, float factor, int orig) {
+    zb_rope_cfg cfg = {.type = ZB_ROPE_YARN, .theta = theta, .factor = factor, .original_max_pos = orig,
+                       .beta_fast = 32, .beta_slow = 1, .mscale = 1, .mscale_all_dim = 0};
+    zb_rope r;
+    zb_rope_init(&r, dim, &cfg);
+    double cd_fast = dim * log(orig / (32 * 2 * M_PI)) / (2 * log(theta));
+    double cd_slow = dim * log(orig / (1 * 2 * M_PI)) / (2 * log(theta));
+    int lo = (int)floor(cd_fast), hi = (int)ceil(cd_slow);
+    if (lo < 0) lo = 0;
+    if (hi > dim - 1) hi = dim - 1;
+    double worst = 0;
+    for (int i = 0; i < dim / 2; i++) {
+        double extra = pow(theta, -2.0 * i / dim), ramp = (i - lo) / (hi == lo ? 0.001 : (double)(hi - lo));
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        double want = extra / factor * ramp + extra * (1 - ramp);
+        double e = fabs(r.inv_freq[i] - want) / want;
+        if (e > worst) worst = e;
+    }
+    zb_check(worst <= 4 * FLT_EPSILON, "YaRN inv_freq (dim %d, theta %g, factor %g, original %d, ramp %d..%d): "
+             "max rel %.3g vs the double formula (tol 4 eps = %.3g)", dim, theta, factor, orig, lo, hi, worst,
+             4 * FLT_EPSILON);
+    double ms = 0.1 * log(factor) + 1;
+    zb_check(fabs(r.mscale - ms) <= FLT_EPSILON * ms, "YaRN mscale %.7f == 0.1 ln(%g) + 1 = %.7f", r.mscale, factor, ms);
 }
 
 /* ---- attention ---- */
@@ -288,7 +321,7 @@ static void test_attention(void) {
         const float *ql = q + ((size_t)b * s.T + s.T - 1) * s.q_stride;
         const float *kb0 = k + (size_t)b * s.T * s.k_stride, *vb0 = v + (size_t)b * s.T * s.v_stride;
         zb_attention_decode(od, ql, kb0, vb0, s.T, s.H, s.Hkv, s.dqk, s.dv, s.k_stride, s.v_stride, s.dqk, s.dv,
-                            s.scale, scr);
+                            s.scale, scr, NULL);
         for (int h = 0; h < s.H; h++) {
             int g = h / (s.H / s.Hkv);
             double bb[3];
@@ -324,18 +357,15 @@ static void test_attention(void) {
         float *o = zerov((size_t)H * dvv), *ref = zerov((size_t)H * dvv);
         float *sc = zerov(zb_attention_decode_scratch(H, dvv, Tc));
         float *o2 = zerov((size_t)H * dvv);
-        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* BLAS path */
-        zb_attention_decode_use_omp(1);
-        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);   /* split-K */
+        zb_attention_decode(o2, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, NULL);   /* BLAS path */
+        zb_backend_opts best = {.decode_omp = 1, .decode_simd = ZB_SIMD_BEST};   /* split-K */
+        zb_attention_decode(o, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &best);
         float *o3 = zerov((size_t)H * dvv), *o4 = zerov((size_t)H * dvv);
-        zb_attention_decode_simd(0);   /* split-K with the portable inner loops */
-        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
-        zb_attention_decode_simd(1);   /* AVX2 even where AVX-512 is present, in chunks of 72 */
-        zb_attention_decode_chunk(72);   /* (1003 = 13 x 72 + 67) */
-        zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc);
-        zb_attention_decode_chunk(0);
-        zb_attention_decode_simd(2);
-        zb_attention_decode_use_omp(0);
+        zb_backend_opts plain = {.decode_omp = 1, .decode_simd = ZB_SIMD_PORTABLE};   /* split-K with the portable inner loops */
+        zb_attention_decode(o3, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &plain);
+        /* AVX2 even where AVX-512 is present, in chunks of 72 (1003 = 13 x 72 + 67) */
+        zb_backend_opts avx2 = {.decode_omp = 1, .decode_simd = ZB_SIMD_AVX2, .decode_chunk = 72};
+        zb_attention_decode(o4, qq, kk, vv, Tc, H, Hkv, dq, dvv, ks, vs, kg, vg, 0.25f, sc, &avx2);
         double *w = malloc(sizeof(double) * Tc), *bb = malloc(sizeof(double) * dvv);
         float *bnd = malloc(sizeof(float) * (size_t)H * dvv);
         for (int h = 0; h < H; h++) {
@@ -478,8 +508,25 @@ int main(int argc, char **argv) {
     test_matmul(3);
     test_matmul(1);
     test_rmsnorm();
-    test_rope(0);
-    test_rope(1);
+    zb_rope_cfg llama3 = {.type = ZB_ROPE_LLAMA3, .theta = 500000.0f, .factor = 32.0f, .low_freq_factor = 1.0f,
+                          .high_freq_factor = 4.0f, .original_max_pos = 8192};
+    /* the release's MLA rope (SPEC §3) at a small original context, so that the 5 positions of
+     * the test turn the ramped pairs visibly; and at the release's own settings */
+    zb_rope_cfg yarn = {.type = ZB_ROPE_YARN, .theta = 10000.0f, .factor = 32.0f, .original_max_pos = 64,
+                        .beta_fast = 32.0f, .beta_slow = 1.0f, .mscale = 1.0f, .mscale_all_dim = 0.0f};
+    zb_rope_cfg yarn_rel = yarn;
+    yarn_rel.theta = 500000.0f;
+    yarn_rel.original_max_pos = 8192;
+    for (int inter = 0; inter < 2; inter++) {
+        test_rope(inter, &llama3, "llama3");
+        test_rope(inter, &yarn, "YaRN 32, original 64");
+        test_rope(inter, &yarn_rel, "YaRN 32, release");
+    }
+    test_yarn_table(8, 500000.0f, 32.0f, 8192);     /* the fixture's rope 8 */
+    test_yarn_table(32, 500000.0f, 32.0f, 8192);    /* 1B: rope 32 */
+    test_yarn_table(64, 500000.0f, 32.0f, 8192);    /* 3B */
+    test_yarn_table(64, 500000.0f, 8.0f, 8192);     /* 8B */
+    test_yarn_table(8, 10000.0f, 4.0f, 4);          /* ramp clamped at 0, a one-pair ramp */
     test_attention();
     test_swiglu();
     test_embedding();

@@ -4,7 +4,10 @@
  * the numbers HF transformers produced (FIXTURE_DIR/ref.safetensors): logits and hidden
  * states, the LM loss, every parameter gradient (each within the float32 bound of two
  * summation orders, see compare()) and the greedy continuation with the KV cache (identical).
- * With DUMP, the same comparisons are made on a file written by `zebra dump --grads`. */
+ * With DUMP, the same comparisons are made on a file written by `zebra dump --grads`.
+ * With --backend NAME the model runs on zb_backend_get(NAME) (backend.h; the CPU one with its
+ * OpenMP decode kernels on), every number read back through the backend's to_host; a backend
+ * not built in is skipped with a line saying so. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +40,13 @@ typedef struct {
     float *logits, **hidden, *grads;   /* hidden[0..L] */
     double loss;
 } run_out;
+
+/* n floats of backend memory, as a malloc'd host copy */
+static float *host_copy(const zb_backend *be, const float *x, size_t n) {
+    float *h = malloc(sizeof(float) * n);
+    be->to_host(be, h, x, sizeof(float) * n);
+    return h;
+}
 
 static int hidden_name(char *nm, size_t n, int i) { return snprintf(nm, n, "hidden_states.%d", i); }
 
@@ -90,6 +100,22 @@ int main(int argc, char **argv) {
     ZB_TEST_OK(zb_model_load(&m, argv[1]));
     const zb_config *c = &m.cfg;
     int L = c->n_layers, d = c->d_model, V = c->vocab;
+    zb_backend be;
+    if (argc >= 4 && !strcmp(argv[2], "--backend")) {
+        const zb_backend *b = zb_backend_get(argv[3]);
+        if (!b) {
+            printf("SKIP backend %s: %s\n", argv[3], zb_errmsg());
+            zb_model_free(&m);
+            zb_st_close(ref);
+            return zb_test_finish();
+        }
+        be = *b;
+        be.opts.decode_omp = 1;   /* the CPU's split-K decode attention and threaded decode loops */
+        ZB_TEST_OK(zb_model_set_backend(&m, &be));
+        zb_check(m.be == &be, "model runs on backend %s", be.name);
+        argc = 2;
+    }
+    const zb_backend *B_ = m.be;
 
     const zb_st_tensor *ti = zb_st_get(ref, "input_ids");
     zb_check(ti && ti->ndim == 2, "input_ids [B,T]");
@@ -101,40 +127,43 @@ int main(int argc, char **argv) {
     ZB_TEST_OK(zb_acts_alloc(&a, &m, B, T));
     ZB_TEST_OK(zb_model_alloc_grad(&m));
     zb_model_forward(&m, &a, ids);
+    /* the forward's numbers on the host (the backend's memory may be a device's) */
+    float *h_res = host_copy(B_, a.res, (size_t)(L + 1) * Nd), *h_mid = host_copy(B_, a.mid, (size_t)L * Nd);
+    float *h_lnf = host_copy(B_, a.lnf, Nd), *h_rstdf = host_copy(B_, a.rstdf, (size_t)N);
+    float *h_head = host_copy(B_, m.w.lm_head, (size_t)V * d), *h_fnorm = host_copy(B_, m.w.final_norm, (size_t)d);
 
     /* our run, and the magnitudes of its summed terms */
     run_out own = {0}, mag = {0};
     double sf = zb_bound_scale(zb_model_path_fwd(c, T));
     double *lbound = calloc((size_t)L + 2, sizeof(double));   /* [0] loss, [1 + i] hidden_states.i */
-    own.logits = malloc(sizeof(float) * (size_t)N * V);
-    memcpy(own.logits, a.logits, sizeof(float) * (size_t)N * V);
+    own.logits = host_copy(B_, a.logits, (size_t)N * V);
     mag.logits = malloc(sizeof(float) * (size_t)N * V);
-    zb_mag_matmul(mag.logits, a.lnf, m.w.lm_head, N, V, d);
+    zb_mag_matmul(mag.logits, h_lnf, h_head, N, V, d);
     for (int n = 0; n < N; n++)
         if (n % T < T - 1) lbound[0] += 2 * sf * zb_max_abs(mag.logits + (size_t)n * V, V) / (B * (T - 1));
     own.hidden = calloc((size_t)L + 1, sizeof(float *));
     float *acc = malloc(sizeof(float) * Nd);   /* sum of |addends| of the residual stream */
-    for (size_t q = 0; q < Nd; q++) acc[q] = fabsf(a.res[q]);
+    for (size_t q = 0; q < Nd; q++) acc[q] = fabsf(h_res[q]);
     double er = 0;
     for (int i = 0; i <= L; i++) {
         if (i > 0)
             for (size_t q = 0; q < Nd; q++) {
-                const float *r0 = a.res + (i - 1) * Nd, *mi = a.mid + (i - 1) * Nd, *r1 = a.res + i * Nd;
+                const float *r0 = h_res + (i - 1) * Nd, *mi = h_mid + (i - 1) * Nd, *r1 = h_res + i * Nd;
                 acc[q] += fabsf(mi[q] - r0[q]) + fabsf(r1[q] - mi[q]);
             }
         er = sf * zb_max_abs(acc, Nd);
-        own.hidden[i] = i < L ? a.res + i * Nd : a.lnf;
+        own.hidden[i] = i < L ? h_res + i * Nd : h_lnf;
         lbound[1 + i] = er;
     }
     {   /* the last hidden state is lnf = RMSNorm(res[L]) */
         double rs = 0;
-        for (int n = 0; n < N; n++) if (a.rstdf[n] > rs) rs = a.rstdf[n];
-        lbound[1 + L] = 2 * zb_max_abs(m.w.final_norm, d) * er * rs;
+        for (int n = 0; n < N; n++) if (h_rstdf[n] > rs) rs = h_rstdf[n];
+        lbound[1 + L] = 2 * zb_max_abs(h_fnorm, d) * er * rs;
     }
     own.loss = zb_model_lm_loss(&m, &a, ids, 1);
     zb_model_zero_grad(&m);
     zb_model_backward(&m, &a, ids);
-    own.grads = m.grad;
+    own.grads = host_copy(B_, m.grad, m.n_floats);
     {
         zb_model mr;
         ZB_TEST_OK(zb_model_load(&mr, argv[1]));
@@ -184,12 +213,13 @@ int main(int argc, char **argv) {
             int *p = malloc(sizeof(int) * np), *gt = malloc(sizeof(int) * ng);
             ZB_TEST_OK(zb_st_to_i32(tp, p));
             ZB_TEST_OK(zb_st_to_i32(tg, gt));
-            int k, same = zb_greedy_check(&m, m.w.lm_head, p, np, gt, ng, &k);
+            int k, same = zb_greedy_check(&m, h_head, p, np, gt, ng, &k);
             zb_check(same, "greedy tokens identical (%d of %d matched%s)", k, ng, same == 2 ? ", then a tie" : "");
             free(p); free(gt);
         }
     }
-    free(own.logits); free(own.hidden); free(mag.logits); free(mag.grads); free(acc); free(lbound); free(ids);
+    free(own.logits); free(own.hidden); free(own.grads);
+    free(h_res); free(h_mid); free(h_lnf); free(h_rstdf); free(h_head); free(h_fnorm); free(mag.logits); free(mag.grads); free(acc); free(lbound); free(ids);
     zb_acts_free(&a);
     zb_model_free(&m);
     zb_st_close(ref);

@@ -91,8 +91,7 @@ static void grad_check(const combo *c) {
     zb_rng rng;
     zb_rng_seed(&rng, 1234);
     zb_rope rope;
-    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, 10000.0f, 1, 1, 4, 8192};
-    zb_rope_init(&rope, m->qk_rope, &rc);
+    zb_rope_init(&rope, m->qk_rope, &m->rope);
 
     zb_mla_weights w, g;
     size_t nw = weights_layout(m, d, NULL, &w);
@@ -195,8 +194,7 @@ static void decode_check(const combo *c) {
     zb_rng rng;
     zb_rng_seed(&rng, 99);
     zb_rope rope;
-    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, 10000.0f, 1, 1, 4, 8192};
-    zb_rope_init(&rope, m->qk_rope, &rc);
+    zb_rope_init(&rope, m->qk_rope, &m->rope);
     zb_mla_weights w;
     size_t nw = weights_layout(m, d, NULL, &w);
     float *wb = calloc(nw, sizeof(float));
@@ -351,7 +349,7 @@ static int fixture_layer(const char *fix, int layer, int *n_layers) {
     if (layer == *n_layers - 1) ZB_TRY(load(st, "model.norm.weight", &fnorm, (size_t)d));
 
     zb_rope rope;
-    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, theta, 1, 1, 4, 8192};
+    zb_rope_cfg rc = {.type = ZB_ROPE_DEFAULT, .theta = theta};
     zb_rope_init(&rope, m.qk_rope, &rc);
 
     size_t nx = (size_t)N * d;
@@ -421,11 +419,21 @@ static int fixture_layer(const char *fix, int layer, int *n_layers) {
 int main(int argc, char **argv) {
     zb_test_init(&argc, &argv);
     const char *fix = argc > 1 ? argv[1] : "../shared/fixtures";
-    /* {H, q_lora_rank, q_norm, kv_lora_rank, kv_norm, nope, rope, v, kv_heads, interleave} */
+    /* {H, q_lora_rank, q_norm, kv_lora_rank, kv_norm, nope, rope, v, kv_heads, interleave, RoPE}
+     * RoPE of the rope dims: default (theta 1e4); the release's YaRN (SPEC §3: factor 32, original
+     * 8192, theta 5e5, betas 32 / 1, cos/sin x 1.3466), whose ramp at rope 8 runs over pairs 1..3;
+     * DeepSeek-V3's mscale = mscale_all_dim = 0.707 (cos/sin x 1, softmax scale x 1.19^2) */
+    const zb_rope_cfg dflt = {.type = ZB_ROPE_DEFAULT, .theta = 10000.0f};
+    const zb_rope_cfg yarn = {.type = ZB_ROPE_YARN, .theta = 500000.0f, .factor = 32.0f, .original_max_pos = 8192,
+                              .beta_fast = 32.0f, .beta_slow = 1.0f, .mscale = 1.0f, .mscale_all_dim = 0.0f};
+    const zb_rope_cfg yarn_all = {.type = ZB_ROPE_YARN, .theta = 10000.0f, .factor = 40.0f, .original_max_pos = 64,
+                                  .beta_fast = 32.0f, .beta_slow = 1.0f, .mscale = 0.707f, .mscale_all_dim = 0.707f};
     combo combos[] = {
-        {"q_proj,kv_norm,rotate-half,kv_heads=H", {4, 0, 0, 8, 1, 6, 4, 5, 4, 0}, 16},
-        {"q_lora+q_norm,no kv_norm,kv_heads=H/2,interleaved", {4, 12, 1, 8, 0, 6, 4, 5, 2, 1}, 16},
-        {"q_lora no q_norm,kv_norm,kv_heads=1,interleaved", {4, 12, 0, 8, 1, 6, 4, 5, 1, 1}, 16},
+        {"q_proj,kv_norm,rotate-half,kv_heads=H", {4, 0, 0, 8, 1, 6, 4, 5, 4, 0, dflt}, 16},
+        {"q_lora+q_norm,no kv_norm,kv_heads=H/2,interleaved", {4, 12, 1, 8, 0, 6, 4, 5, 2, 1, dflt}, 16},
+        {"q_lora no q_norm,kv_norm,kv_heads=1,interleaved", {4, 12, 0, 8, 1, 6, 4, 5, 1, 1, dflt}, 16},
+        {"release: q_lora,no norms,kv_heads=H/2,interleaved,YaRN 32", {4, 12, 0, 8, 0, 6, 8, 5, 2, 1, yarn}, 16},
+        {"YaRN mscale_all_dim (softmax scale x mscale^2)", {4, 12, 1, 8, 1, 6, 8, 5, 4, 1, yarn_all}, 16},
     };
     int nc = (int)(sizeof combos / sizeof combos[0]);
     for (int i = 0; i < nc; i++) grad_check(&combos[i]);

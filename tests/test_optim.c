@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
         enum { Bm = 2, Tm = 6 };
         int ids[2 * Bm * Tm], tg[2 * Bm * Tm];
         for (int i = 0; i < 2 * Bm * Tm; i++) { ids[i] = (int)(zb_rng_u64(&rng) % 32); tg[i] = (int)(zb_rng_u64(&rng) % 32); }
-        zb_loss_cfg lc = {1, 0, 1, 0.1f, ZB_ILD_RELEASE};
+        zb_loss_cfg lc = {1, 0, 1, 0.1f, ZB_ILD_RELEASE, 0};
         zb_trainer a, b;
         ZB_TEST_OK(zb_trainer_init(&a, ZB_STAGE_PRETRAIN, &lc, &m, NULL, Bm, Tm));
         zb_model_zero_grad(&m);

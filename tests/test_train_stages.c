@@ -9,13 +9,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mamba2.h"
+#include "mla.h"
 #include "model.h"
+#include "ops.h"
 #include "train.h"
 #include "zb_test.h"
 
 enum { B = 2, T = 12 };
 
 /* log-softmax of row (double) */
+/* The input of mixer l's output projection inside its saved activations (the CPU backend's
+ * layouts) and that projection's width and weights. */
+static const float *mixer_out_proj_input(const zb_model *m, int l, float *acts, int B, int T, int *width,
+                                        const float **w_out) {
+    const zb_config *c = &m->cfg;
+    const zb_block *w = &m->w.blocks[l];
+    size_t N = (size_t)B * T;
+    switch (c->kinds[l]) {
+    case ZB_LAYER_ATTN:   /* acts: q k v att probs (attn_forward) */
+        *width = c->n_heads * c->head_dim;
+        *w_out = w->wo;
+        return acts + N * (c->n_heads * c->head_dim + 2 * c->n_kv_heads * c->head_dim);
+    case ZB_LAYER_MLA:
+        *width = c->mla.n_heads * c->mla.v_head_dim;
+        *w_out = w->mla.o_proj;
+        return zb_mla_acts_att(&c->mla, acts, B, T);
+    default:
+        *width = c->mamba.d_inner;
+        *w_out = w->mamba.out_proj;
+        return zb_mamba2_acts_o(&c->mamba, acts, B, T);
+    }
+}
+
 static void log_softmax(const float *row, int V, double tau, double *out) {
     double mx = -INFINITY, s = 0;
     for (int v = 0; v < V; v++) if (row[v] / tau > mx) mx = row[v] / tau;
@@ -174,7 +200,7 @@ int main(int argc, char **argv) {
     int ids[2 * B * T], tg[2 * B * T];
     for (int i = 0; i < 2 * B * T; i++) { ids[i] = (int)(zb_rng_u64(&rng) % V); tg[i] = (int)(zb_rng_u64(&rng) % V); }
     tg[3] = -1; tg[T + 5] = -1;   /* a few masked targets */
-    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE};
+    zb_loss_cfg lc = {1.0f, 0.0f, 1.0f, 0.5f, ZB_ILD_RELEASE, 0};
 
     /* ---- pretrain / sft: CE ---- */
     {
@@ -190,15 +216,19 @@ int main(int argc, char **argv) {
         free(lg);
         zb_trainer_free(&tr);
     }
-    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE ---- */
-    {
-        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE};
+    /* ---- kd: KL(teacher || student) at tau 2 + 0.3 CE; the KL per row (batchmean, the
+     * release's reduction) and per token ---- */
+    for (int per_token = 0; per_token < 2; per_token++) {
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE, per_token};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_KD, &k, &s, &t, B, T));
         zb_loss_parts p;
         ZB_TEST_OK(zb_trainer_step(&tr, ids, tg, 0, 1.0f, &p));
         float *ls = logits_of(&s, ids, B), *lt = logits_of(&t, ids, B);
+        int nt = 0;
+        for (int i = 0; i < B * T; i++) nt += tg[i] >= 0;
         double kl = ref_kl(ls, lt, tg, B * T, V, 2.0), ce = ref_ce(ls, tg, B * T, V);
+        if (!per_token) kl = kl * nt / B;   /* sum over the tokens / rows */
         double ref = 0.7 * kl + 0.3 * ce;
         /* KL(pt || ps) at tau moves by at most (2 / tau) e_s for student logits off by e_s, and by
          * (1 / tau)(2 + max_v |log pt - log ps|) e_t for teacher logits off by e_t (d KL / d t_v =
@@ -217,15 +247,16 @@ int main(int argc, char **argv) {
             klb += (2 / 2.0) * es[i] + (2 + mx) / 2.0 * et[i];
             nv++;
         }
-        klb /= nv;
+        klb = per_token ? klb / nv : klb / B;   /* the KL's own reduction: per token, or the sum / rows */
         free(a1); free(a2);
         double kb = 0.7 * klb + 0.3 * ce_bound(es, tg, B * T);
         zb_check(fabs(p.loss - ref) <= kb && fabs(p.kl - kl) <= klb,
-                 "kd loss %.8f (kl %.8f) vs hand %.8f (kl %.8f) (bounds %.2g, %.2g)", p.loss, p.kl, ref, kl, kb, klb);
+                 "kd (%s) loss %.8f (kl %.8f) vs hand %.8f (kl %.8f) (bounds %.2g, %.2g)",
+                 per_token ? "per token" : "batchmean", p.loss, p.kl, ref, kl, kb, klb);
         free(ls); free(lt);
         unsigned char *tm = malloc(s.n_params);
         zb_trainer_default_trainable(&tr, tm);
-        fd_check("kd", &tr, ids, tg, tm, kb);
+        fd_check(per_token ? "kd (per token)" : "kd (batchmean)", &tr, ids, tg, tm, kb);
         free(tm);
         zb_trainer_free(&tr);
     }
@@ -330,8 +361,8 @@ int main(int argc, char **argv) {
              * (y - yt)^2 moves by at most 2 |y - yt| (e_y + e_yt) */
             int wy, wt;
             const float *wo_s, *wo_t;
-            const float *ay = zb_mixer_out_proj_input(&s, l, sa.mix_acts[l], B, T, &wy, &wo_s);
-            const float *at = zb_mixer_out_proj_input(&t, l, a.mix_acts[l], B, T, &wt, &wo_t);
+            const float *ay = mixer_out_proj_input(&s, l, sa.mix_acts[l], B, T, &wy, &wo_s);
+            const float *at = mixer_out_proj_input(&t, l, a.mix_acts[l], B, T, &wt, &wo_t);
             zb_mag_matmul(my, ay, wo_s, B * T, ct.d_model, wy);
             zb_mag_matmul(myt, at, wo_t, B * T, ct.d_model, wt);
             double ops_s = cs.kinds[l] == ZB_LAYER_MLA ? zb_ops_mla(&cs.mla, cs.d_model, T, 1)
@@ -376,7 +407,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < pol.n_floats; i++) pol.data[i] += 0.02f * zb_rng_normal(&r2);
         int dtg[2 * B * T];
         for (int i = 0; i < 2 * B * T; i++) dtg[i] = (i % T) >= 5 ? tg[i] : -1;   /* continuation only */
-        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE};
+        zb_loss_cfg k = {0, 0, 1, 0.5f, ZB_ILD_RELEASE, 0};
         zb_trainer tr;
         ZB_TEST_OK(zb_trainer_init(&tr, ZB_STAGE_DPO, &k, &pol, &ref, B, T));
         double got = stage_loss(&tr, ids, dtg);

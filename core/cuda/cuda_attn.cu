@@ -14,6 +14,13 @@
 #include "cuda_reduce.cuh"
 
 static int g_block_rows = 0;   /* forced query-block rows (tests); 0 = from the budget */
+static int g_flash = 1;        /* bf16 mode: the fused flash kernels where they apply */
+
+extern "C" void zb_cuda_attention_use_flash(int on) { g_flash = on; }
+
+static int use_flash(const zb_attn_shape *s, const void *q, const void *k, const void *v) {
+    return g_flash && zb_cuda_precision() == ZB_PREC_BF16 && zb_cuda_flash_supported(s, q, k, v);
+}
 #define ZB_ATTN_BUDGET ((size_t)512 << 20)   /* bytes of one [B, H, Tq, T] score block */
 
 extern "C" void zb_cuda_attention_block_rows(int rows) { g_block_rows = rows > 0 ? rows : 0; }
@@ -127,6 +134,7 @@ static unsigned len_threads(int L) {
 
 extern "C" void zb_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                           const zb_attn_shape *s) {
+    if (use_flash(s, q, k, v)) { zb_cuda_flash_forward(out, lse, q, k, v, s); return; }
     int B = s->B, T = s->T, H = s->H, rep = H / s->Hkv, BH = B * H;
     int Tq = block_rows(B, H, T);
     float *S = (float *)zb_cuda_scratch(ZB_WS_ATTN, (size_t)BH * Tq * T * sizeof(float));
@@ -152,8 +160,10 @@ extern "C" void zb_cuda_attention_forward(float *out, float *lse, const float *q
     }
 }
 
-extern "C" void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                                           const float *q, const float *k, const float *v, const zb_attn_shape *s) {
+extern "C" void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                           const float *lse, const float *q, const float *k, const float *v,
+                                           const zb_attn_shape *s) {
+    if (use_flash(s, q, k, v)) { zb_cuda_flash_backward(dq, dk, dv, dout, out, lse, q, k, v, s); return; }
     int B = s->B, T = s->T, H = s->H, Hkv = s->Hkv, rep = H / Hkv, BH = B * H, BG = B * Hkv;
     int Tq = block_rows(B, H, T), dqk = s->dqk, dvh = s->dv, od = H * dvh;
     size_t blk = (size_t)BH * Tq * T * sizeof(float);
@@ -274,6 +284,10 @@ extern "C" void zb_cuda_attention_cached(float *out, const float *q, const void 
                                          const int *seq_dev, const int *pos_dev, int nb, int n, int max_len,
                                          const zb_cuda_cache_attn *a) {
     if (nb <= 0 || n <= 0 || max_len <= 0) return;
+    if (n == 1 && zb_cuda_decode_attn_ok(a->H, a->Hkv, a->dqk)) {   /* decode: flash-decoding, lengths on the device */
+        zb_cuda_decode_attn(out, q, kc, vc, seq_dev, pos_dev, nb, max_len, a);
+        return;
+    }
     int H = a->H, rep = H / a->Hkv, gm = n == 1, per = gm ? a->Hkv : H, count = nb * per;
     int M = gm ? rep : n, ld = max_len;   /* rows of each problem; S row length */
     size_t rows = (size_t)nb * H * n;

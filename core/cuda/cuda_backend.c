@@ -126,16 +126,18 @@ static void cu_attention_forward(const zb_backend *be, float *out, float *saved,
 static void cu_attention_backward(const zb_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                   const float *out, const float *saved, const float *q, const float *k,
                                   const float *v, const zb_attn_shape *s) {
-    (void)out;
     mode(be);
-    zb_cuda_attention_backward(dq, dk, dv, dout, saved, q, k, v, s);
+    zb_cuda_attention_backward(dq, dk, dv, dout, out, saved, q, k, v, s);
 }
 
 /* The positions of the step's sequences (pos[seqs[i]]) gathered on the device, and the
- * longest row the products must cover: max pos + n, read back (the caches are [max_T] long,
- * the step needs only the used part). */
+ * longest row the products must cover. Decode (n == 1) reads each length on the device (the
+ * flash-decoding kernel): max_T bounds it, no host round trip. A prefill's products (cuBLAS)
+ * need it on the host: max pos + n, read back (the caches are [max_T] long, the step needs only
+ * the used part). */
 static int step_positions(int *posi, const int *pos, const int *seqs, int nb, int n, int max_T) {
     zb_cuda_gather_int(posi, pos, seqs, nb);
+    if (n == 1) return max_T;
     int host[256], *h = nb <= 256 ? host : malloc(sizeof(int) * nb);
     int max_len = max_T;
     if (h && zb_cuda_download(h, posi, sizeof(int) * nb) == ZB_OK) {

@@ -19,10 +19,16 @@ typedef struct {
     size_t ws_bytes[ZB_WS_N];
     int err;                      /* a recorded error is pending */
     char errmsg[512];
+    unsigned long long wversion;  /* bumped whenever device memory may have changed outside a kernel
+                                   * that writes activations (optimizer, uploads, copies): the bf16
+                                   * weight copies of cuda_gemm.cu convert again after it */
 } zb_cuda_state;
 
 /* The process's one device context (see the header: one GPU per process). */
-static zb_cuda_state g_dev = {0, 0, 0, 0, {0}, 0, 0, 0, 0, ZB_PREC_F32, ZB_BF16_GEMM_FAST, {0}, {0}, 0, {0}};
+static zb_cuda_state g_dev = {0, 0, 0, 0, {0}, 0, 0, 0, 0, ZB_PREC_F32, ZB_BF16_GEMM_CONVERT, {0}, {0}, 0, {0}, 1};
+
+extern "C" void zb_cuda_weights_changed(void) { g_dev.wversion++; }
+extern "C" unsigned long long zb_cuda_weights_version(void) { return g_dev.wversion; }
 
 #define ZB_CUBLAS_WS_BYTES ((size_t)64 << 20)
 
@@ -127,6 +133,7 @@ extern "C" int zb_cuda_alloc(void **p, size_t bytes, const char *what) {
 
 extern "C" void zb_cuda_free(void *p) {
     if (!p) return;
+    g_dev.wversion++;   /* the address may come back for other weights */
     cudaStreamSynchronize(g_dev.stream);
     cudaFree(p);
 }
@@ -141,6 +148,7 @@ static int pending_error(void) {
 
 extern "C" int zb_cuda_upload(void *dst, const void *src, size_t bytes) {
     if (!bytes) return ZB_OK;
+    g_dev.wversion++;
     ZB_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_dev.stream));
     ZB_CUDA(cudaStreamSynchronize(g_dev.stream));   /* src may be freed by the caller next */
     return pending_error();
@@ -155,6 +163,7 @@ extern "C" int zb_cuda_download(void *dst, const void *src, size_t bytes) {
 
 extern "C" void zb_cuda_copy(void *dst, const void *src, size_t bytes) {
     if (!bytes || dst == src) return;
+    g_dev.wversion++;
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_dev.stream);
     if (e != cudaSuccess) zb_cuda_note_error2("cudaMemcpyAsync (device)", cudaGetErrorString(e), __FILE__, __LINE__);
 }
@@ -168,6 +177,7 @@ extern "C" void zb_cuda_zero(void *p, size_t bytes) {
 extern "C" void zb_cuda_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
                                 size_t rows) {
     if (!width || !rows) return;
+    g_dev.wversion++;
     cudaError_t e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, g_dev.stream);
     if (e != cudaSuccess) zb_cuda_note_error2("cudaMemcpy2DAsync", cudaGetErrorString(e), __FILE__, __LINE__);
 }

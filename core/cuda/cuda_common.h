@@ -29,9 +29,12 @@ extern "C" {
  *         products (norms, softmax, losses, optimizer) stays float32 / double. */
 typedef enum { ZB_PREC_F32 = 0, ZB_PREC_BF16 = 1 } zb_cuda_prec;
 
-/* How BF16 feeds the tensor cores (a benchmark picks; both give bf16 operands, f32 sums):
- *   FAST   cuBLAS converts the float32 operands itself (CUBLAS_COMPUTE_32F_FAST_16BF);
- *   CONVERT both operands are rounded to bf16 into scratch by our kernel, then a bf16 GEMM. */
+/* How BF16 feeds the tensor cores (both give bf16 operands, f32 sums):
+ *   FAST    cuBLAS converts the float32 operands itself (CUBLAS_COMPUTE_32F_FAST_16BF);
+ *   CONVERT (the default) the operands are rounded to bf16 by our kernel, then a bf16 GEMM; the
+ *           weight operand of the linear layers is converted once and reused until the weights
+ *           change (zb_cuda_weights_changed). Measured on an H200 (cluster/bench_cuda, 8192^3):
+ *           FAST 397 TFLOP/s, CONVERT 582 with both conversions, bf16 inputs 761. */
 typedef enum { ZB_BF16_GEMM_FAST = 0, ZB_BF16_GEMM_CONVERT = 1 } zb_cuda_bf16_gemm;
 
 /* Devices visible to this process; 0 with the reason in why (no driver, no device). */
@@ -85,6 +88,11 @@ void *zb_cuda_scratch(int slot, size_t bytes);
  * that hands them to another module. */
 void *zb_cuda_stream_handle(void);
 void *zb_cuda_cublas_handle(void);
+
+/* The weights may have changed (an optimizer step, an upload): the cached bf16 copies of weight
+ * matrices are converted again at their next use. Uploads, device copies and frees call it. */
+void zb_cuda_weights_changed(void);
+unsigned long long zb_cuda_weights_version(void);
 
 /* Record an error (kernel launch, library status); the first one is kept. */
 void zb_cuda_note_error(const char *what, const char *file, int line);

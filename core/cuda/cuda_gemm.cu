@@ -87,6 +87,69 @@ extern "C" void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, con
     gemm_ex(0, 1, M, N, K, 1.0f, A, CUDA_R_16BF, K, 0, B, CUDA_R_16BF, K, 0, 0.0f, C, N, 0, 1, CUBLAS_COMPUTE_32F);
 }
 
+/* ---- bf16 copies of weight matrices (CONVERT) ---------------------------------------------
+ * Keyed by the float32 address and length; converted again when zb_cuda_weights_version moved
+ * (the optimizer changed the weights) or the slot is taken by another matrix. */
+#define ZB_SHADOWS 2048
+typedef struct { const float *w; size_t n; unsigned long long version; uint16_t *b; size_t cap; } shadow_t;
+static shadow_t g_shadow[ZB_SHADOWS];
+
+static const uint16_t *weight_bf16(const float *W, size_t n) {
+    size_t hsh = ((uintptr_t)W >> 8) * 0x9E3779B97F4A7C15ull;
+    unsigned long long ver = zb_cuda_weights_version();
+    shadow_t *free_slot = NULL;
+    for (int probe = 0; probe < 16; probe++) {
+        shadow_t *s = &g_shadow[(hsh + probe) % ZB_SHADOWS];
+        if (s->w == W && s->n == n) {
+            if (s->version != ver) {
+                zb_cuda_f32_to_bf16(s->b, W, n);
+                s->version = ver;
+            }
+            return s->b;
+        }
+        if (!s->w && !free_slot) free_slot = s;
+    }
+    shadow_t *s = free_slot ? free_slot : &g_shadow[hsh % ZB_SHADOWS];   /* evict the home slot */
+    if (s->cap < n) {
+        cudaFree(s->b);
+        s->b = NULL;
+        s->cap = 0;
+        if (cudaMalloc((void **)&s->b, n * 2) != cudaSuccess) {
+            cudaGetLastError();
+            s->w = NULL;
+            return NULL;   /* no room: the caller converts into scratch */
+        }
+        s->cap = n;
+    }
+    s->w = W;
+    s->n = n;
+    s->version = ver;
+    zb_cuda_f32_to_bf16(s->b, W, n);
+    return s->b;
+}
+
+/* out[M, N] (+)= A[M, K] @ W^T (transW) or A @ W (W [K, N]) with W a weight matrix: the
+ * activation rounded to bf16 in scratch, the weight's cached bf16 copy (CONVERT mode). */
+static void gemm_weight_bf16(int tW, int M, int N, int K, const float *A, const float *W, size_t wn, float beta,
+                             float *C) {
+    const uint16_t *w16 = weight_bf16(W, wn);
+    uint16_t *a16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)M * K * 2);
+    if (!a16) return;
+    if (!w16) {   /* no memory for a copy: convert into scratch each time */
+        uint16_t *b16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, wn * 2);
+        if (!b16) return;
+        zb_cuda_f32_to_bf16(b16, W, wn);
+        w16 = b16;
+    }
+    zb_cuda_f32_to_bf16(a16, A, (size_t)M * K);
+    gemm_ex(0, tW, M, N, K, 1.0f, a16, CUDA_R_16BF, K, 0, w16, CUDA_R_16BF, tW ? K : N, 0, beta, C, N, 0, 1,
+            CUBLAS_COMPUTE_32F);
+}
+
+static int convert_mode(void) {
+    return zb_cuda_precision() == ZB_PREC_BF16 && zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_CONVERT;
+}
+
 /* ---- linear layers ------------------------------------------------------------------------ */
 
 __global__ void k_add_bias(float *out, const float *bias, size_t N, int OC) {
@@ -113,7 +176,8 @@ static void colsum_add(float *dst, const float *src, int N, int C) {
 
 extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N,
                                        int C, int OC) {
-    zb_cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, W, C, 0.0f, out, OC);
+    if (convert_mode() && N > 0 && OC > 0 && C > 0) gemm_weight_bf16(1, N, OC, C, inp, W, (size_t)OC * C, 0.0f, out);
+    else zb_cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, W, C, 0.0f, out, OC);
     if (bias) {
         k_add_bias<<<zb_cuda_blocks((size_t)N * OC, 256), 256, 0, zb_cuda_stream()>>>(out, bias, (size_t)N, OC);
         ZB_CUDA_LAUNCHED("add_bias");
@@ -122,13 +186,17 @@ extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float
 
 extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                                         const float *W, int N, int C, int OC) {
-    if (dinp) zb_cuda_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 1.0f, dinp, C);     /* += dout @ W */
+    if (dinp) {   /* += dout @ W */
+        if (convert_mode() && N > 0 && OC > 0 && C > 0) gemm_weight_bf16(0, N, C, OC, dout, W, (size_t)OC * C, 1.0f, dinp);
+        else zb_cuda_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 1.0f, dinp, C);
+    }
     if (dW) zb_cuda_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dW, C);       /* += dout^T @ inp */
     if (dbias) colsum_add(dbias, dout, N, OC);
 }
 
 extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC) {
-    if (W.f32) { zb_cuda_gemm(0, 1, N, OC, C, 1.0f, inp, C, W.f32, C, 0.0f, out, OC); return; }
+    if (W.f32) { zb_cuda_matmul_forward(out, inp, W.f32, NULL, N, C, OC); return; }
+    if (zb_cuda_gemv_ok(inp, W.bf16, N, C)) { zb_cuda_gemv_bf16(out, inp, W.bf16, N, C, OC); return; }   /* decode */
     uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
     if (!x16) return;
     zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);

@@ -204,6 +204,7 @@ __global__ void k_adamw_range(float *w, const float *g, float *m, float *v, size
 extern "C" void zb_cuda_adamw_range(float *w, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
                                     float eps, float decay, float step_size, float bc2s, float grad_scale) {
     if (!n) return;
+    zb_cuda_weights_changed();
     k_adamw_range<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(w, g, m, v, n, beta1, beta2, eps, decay,
                                                                        step_size, bc2s, grad_scale);
     ZB_CUDA_LAUNCHED("adamw_range");
@@ -339,6 +340,7 @@ __global__ void k_adamw(const long long *off, const long long *len, const long l
 extern "C" void zb_cuda_adamw(const zb_cuda_segs *s, float *w, const float *g, float *m, float *v, float lr,
                               float beta1, float beta2, float eps, float grad_scale, long long t) {
     if (s->total_blocks <= 0) return;
+    zb_cuda_weights_changed();
     /* the bias corrections as optim.c computes them (double, then float) */
     float bc1 = (float)(1.0 - pow(beta1, (double)t)), bc2s = (float)sqrt(1.0 - pow(beta2, (double)t));
     k_adamw<<<(unsigned)s->total_blocks, 256, 0, zb_cuda_stream()>>>(s->off, s->len, s->first, s->lr_mult, s->wd,

@@ -83,10 +83,20 @@ void zb_cuda_add_cols(float *dst, int dst_stride, const float *src, int src_stri
  * recomputes each block's probabilities from lse. dq, dk, dv OVERWRITTEN (head columns). */
 void zb_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                const zb_attn_shape *s);
-void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                                const float *q, const float *k, const float *v, const zb_attn_shape *s);
+/* out: the forward's output (the flash backward's D = rowsum(dO * O)). */
+void zb_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *lse, const float *q, const float *k, const float *v,
+                                const zb_attn_shape *s);
 /* Query rows per block (tests force small blocks to exercise the seams; 0 = by memory). */
 void zb_cuda_attention_block_rows(int rows);
+/* In the bf16 mode, head dims 64 / 128 (dqk == dv), aligned rows: the fused tensor-core flash
+ * kernels of cuda_flash.cu (1, the default) or the blocked cuBLAS path (0; tests compare them). */
+void zb_cuda_attention_use_flash(int on);
+int zb_cuda_flash_supported(const zb_attn_shape *s, const void *q, const void *k, const void *v);
+void zb_cuda_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const zb_attn_shape *s);
+void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                            const float *q, const float *k, const float *v, const zb_attn_shape *s);
 
 /* ---- attention over caches (generation) ---------------------------------------------------
  * nb sequences, n new query rows each (row t of sequence i at position pos[i] + t, already in
@@ -103,6 +113,17 @@ typedef struct {
 } zb_cuda_cache_attn;
 void zb_cuda_attention_cached(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
                               const int *pos_dev, int nb, int n, int max_len, const zb_cuda_cache_attn *a);
+/* One new token per sequence (n = 1) by flash-decoding (cuda_decode.cu): each sequence's length
+ * is read on the device from pos (pos[i] + 1 keys), so no host round trip; max_T bounds the
+ * positions. zb_cuda_decode_attn_ok: at most 64 heads per group, their queries in 96 KB.
+ * zb_cuda_attention_cached takes this path for n = 1 by itself. */
+int zb_cuda_decode_attn_ok(int H, int Hkv, int dqk);
+void zb_cuda_decode_attn(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
+                         const int *pos_dev, int nb, int max_T, const zb_cuda_cache_attn *a);
+/* out[N, OC] = x[N, C] @ W^T for bf16 W and 1 <= N <= 8 (zb_cuda_gemv_ok: C % 8 == 0, 16-byte
+ * aligned x and W): a warp per output row streaming W (decode with bf16 weights). */
+int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C);
+void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int C, int OC);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n
  * tokens) at src + r * src_stride, its `groups` runs of `width` floats go to sequence seq[i]'s
  * group g at position pos[i] + t (strides in elements, as zb_cuda_cache_attn). */

@@ -72,45 +72,37 @@ int zb_json_value_int(const struct cJSON *v, long lo, long hi, long *out) {
     return 1;
 }
 
-/* "generate: --max-new" for the messages */
-static void opt_name(char *buf, size_t n, char **argv, const char *name) {
-    snprintf(buf, n, "%s: %s", argv && argv[0] ? argv[0] : "zebra", name);
+/* The value of option `name`, or NULL when absent; what: "generate: --max-new" for messages. */
+static const char *arg_value(int argc, char **argv, const char *name, char *what, size_t n) {
+    snprintf(what, n, "%s: %s", argv && argv[0] ? argv[0] : "zebra", name);
+    return zb_arg_str(argc, argv, name, NULL);
+}
+
+int zb_arg_long(int argc, char **argv, const char *name, long dflt, long lo, long hi, long *out) {
+    char what[128];
+    const char *s = arg_value(argc, argv, name, what, sizeof what);
+    if (!s) { *out = dflt; return ZB_OK; }
+    return zb_parse_long(s, what, lo, hi, out);
 }
 
 int zb_arg_int(int argc, char **argv, const char *name, int dflt, long lo, long hi, int *out) {
-    const char *s = zb_arg_str(argc, argv, name, NULL);
-    if (!s) { *out = dflt; return ZB_OK; }
-    char what[128];
-    opt_name(what, sizeof what, argv, name);
     long v;
-    if (lo < INT_MIN) lo = INT_MIN;
-    if (hi > INT_MAX) hi = INT_MAX;
-    ZB_TRY(zb_parse_long(s, what, lo, hi, &v));
+    ZB_TRY(zb_arg_long(argc, argv, name, dflt, lo < INT_MIN ? INT_MIN : lo, hi > INT_MAX ? INT_MAX : hi, &v));
     *out = (int)v;
     return ZB_OK;
 }
 
-int zb_arg_long(int argc, char **argv, const char *name, long dflt, long lo, long hi, long *out) {
-    const char *s = zb_arg_str(argc, argv, name, NULL);
-    if (!s) { *out = dflt; return ZB_OK; }
-    char what[128];
-    opt_name(what, sizeof what, argv, name);
-    return zb_parse_long(s, what, lo, hi, out);
-}
-
 int zb_arg_u64(int argc, char **argv, const char *name, uint64_t dflt, uint64_t *out) {
-    const char *s = zb_arg_str(argc, argv, name, NULL);
-    if (!s) { *out = dflt; return ZB_OK; }
     char what[128];
-    opt_name(what, sizeof what, argv, name);
+    const char *s = arg_value(argc, argv, name, what, sizeof what);
+    if (!s) { *out = dflt; return ZB_OK; }
     return zb_parse_u64(s, what, out);
 }
 
 int zb_arg_double(int argc, char **argv, const char *name, double dflt, double lo, double hi, double *out) {
-    const char *s = zb_arg_str(argc, argv, name, NULL);
-    if (!s) { *out = dflt; return ZB_OK; }
     char what[128];
-    opt_name(what, sizeof what, argv, name);
+    const char *s = arg_value(argc, argv, name, what, sizeof what);
+    if (!s) { *out = dflt; return ZB_OK; }
     return zb_parse_double(s, what, lo, hi, out);
 }
 

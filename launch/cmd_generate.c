@@ -592,12 +592,11 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
                     run->n_full == 1 ? "" : "s", S->g.max_T, a->max_new, run->first_full,
                     zb_model_full_config(&S->m)->max_pos);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
-                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s"
-                " | %d stopped at the full context\n",
+                "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
                 S->n_prefill, S->n_prefill / (S->t_prefill + 1e-12), S->n_decode, S->n_decode / (S->t_decode + 1e-12),
                 P, P == 1 ? "" : "s", B, bpt, bps, S->peak, alloc,
                 tp > 1 ? (pp > 1 ? " (per TP rank, summed over the stages)" : " (per rank)")
-                       : pp > 1 ? " (summed over the stages)" : "", mem, run->n_full);
+                       : pp > 1 ? " (summed over the stages)" : "", mem);
     }
     free(hwms);
     return ZB_OK;

@@ -58,7 +58,7 @@ no_tmp() {   # no_tmp NAME DIR: nothing half-written left in DIR
 }
 
 TOK=$SRC/configs/bytes-tokenizer.json
-$Z data --tokenizer "$TOK" --input "$SRC/core/data.c" "$SRC/core/ops.c" -o sh --val-fraction 0.3 --seed 1 > /dev/null 2>&1 \
+$Z data --tokenizer "$TOK" --input "$SRC/core/data.c" "$SRC/core/cpu/ops.c" -o sh --val-fraction 0.3 --seed 1 > /dev/null 2>&1 \
   || bad "make a shard set"
 $Z init --random --config "$SRC/configs/demo-llama.json" -o m.h5 --seed 3 > /dev/null 2>&1 || bad "init demo-llama"
 run() {   # run NAME DATA [extra json]: a run.json of 4 steps on m.h5
@@ -95,6 +95,31 @@ no_tmp "save on a full disk (1 rank)" F
 ( ulimit -f $lim; mpi_fails "save on a full disk (2 ranks, --tp 2)" "no room to write tensor" 2 $Z train --stage pretrain --config F.json --resume F/ckpt-000002.h5 --tp 2 )
 [ "$(cksum < F/ckpt-000002.h5)" = "$sum0" ] && ok "2 ranks: the previous checkpoint is untouched" || bad "2 ranks: ckpt-000002.h5 changed"
 no_tmp "save on a full disk (2 ranks)" F
+# The same on a real full file system (ENOSPC, not EFBIG): a tmpfs just big enough for the
+# previous checkpoint, mounted in a private mount namespace (gone when the namespace ends;
+# needs root: skipped otherwise). The checks run inside, their results come back as files.
+if unshare -m --propagation private true 2>/dev/null; then
+  sed 's/"out": "F"/"out": "tf"/' F.json > TF.json
+  kb=$(( $(stat -c %s F/ckpt-000002.h5) / 1024 + 512 ))
+  for np in 1 2; do
+    rm -f tf.res
+    if [ $np = 1 ]; then launch="$Z"; else launch="$MPI -n 2 $Z"; fi
+    extra=; [ $np = 2 ] && extra="--tp 2"
+    unshare -m --propagation private bash -c "
+      mkdir -p tf && mount -t tmpfs -o size=${kb}k tmpfs tf && cp F/ckpt-000002.h5 tf/ || exit 99
+      t0=\$SECONDS
+      $launch train --stage pretrain --config TF.json --resume tf/ckpt-000002.h5 $extra > tf$np.out 2> tf$np.err
+      echo \"rc=\$? secs=\$((SECONDS - t0)) sum=\$(cksum < tf/ckpt-000002.h5 | cut -d' ' -f1) left=\$(ls tf | grep -c '\.tmp') new=\$(ls tf | grep -c 'ckpt-000004')\" > tf.res"
+    res=$(cat tf.res 2>/dev/null)
+    sum2=$(cksum < F/ckpt-000002.h5 | cut -d' ' -f1)
+    if [[ "$res" =~ rc=([0-9]+)\ secs=([0-9]+)\ sum=([0-9]+)\ left=0\ new=0 ]] && [ "${BASH_REMATCH[1]}" != 0 ] \
+       && [ "${BASH_REMATCH[1]}" -lt 124 ] && [ "${BASH_REMATCH[3]}" = "$sum2" ] && grep -q "No space left on device" tf$np.err; then
+      ok "tmpfs full ($np rank(s)): $res: $(grep -m1 'No space' tf$np.err)"
+    else bad "tmpfs full ($np rank(s)): ${res:-no result}: $(head -c 600 tf$np.err)"; fi
+  done
+else
+  echo "SKIP tmpfs disk-full checks: no private mount namespace here (not root)"
+fi
 ( ulimit -f 6000; fails "zebra data on a full disk" "write error" $Z data --tokenizer "$TOK" --input "$FX/llama3-tokenizer/tokenizer.json" -o full --format text )
 [ ! -e full ] && ! ls -d full.tmp* > /dev/null 2>&1 && ok "zebra data: no output, no temporary directory" || bad "zebra data left $(ls -d full* 2>/dev/null)"
 sed 's/"hidden_size": [0-9]*/"hidden_size": 512/; s/"intermediate_size": [0-9]*/"intermediate_size": 1024/' "$SRC/configs/demo-llama.json" > wide.json
@@ -161,8 +186,58 @@ fails "a directory as --tasks" "adir: is a directory, expected a file" $Z eval -
 fails "a directory as run.json" "adir: is a directory, expected a file" $Z train --stage pretrain --config adir
 fails "an empty input directory" "empty: a directory with no files to read" $Z data --tokenizer "$TOK" --input empty -o x
 $Z generate --model m.h5 --prompt-ids 1,2,3 --ctx 6 --max-new 10 --quiet > out.txt 2> err.txt
-grep -q "1 prompt stopped at the full context of 6 tokens before --max-new 10" err.txt && grep -q "| 1 stopped at the full context" err.txt \
+grep -q "1 prompt stopped at the full context of 6 tokens before --max-new 10" err.txt \
   && ok "generate says it stopped at the full context" || bad "full context not said: $(cat err.txt)"
+
+# ---- run.json: wrong types, typos, out-of-range values (core/runcfg.c) ------------------------
+for kv in '"lerning_rate": 1|unknown key '"'"'lerning_rate'"'"'' '"lr": "abc"|key '"'"'lr'"'"' must be a number' \
+          '"lr": -1|key '"'"'lr'"'"' must be > 0' '"beta2": 1.5|key '"'"'beta2'"'"' must be >= 0 and < 1' \
+          '"weight_decay": -0.1|key '"'"'weight_decay'"'"' must be >= 0' '"steps": 1.5|key '"'"'steps'"'"' must be an integer'; do
+  printf '{"model": "m.h5", "data": "sh", "out": "X", %s}\n' "${kv%%|*}" > X.json
+  fails "run.json ${kv%%|*}" "X.json: ${kv#*|}" $Z train --stage pretrain --config X.json
+done
+[ ! -e X ] && ok "run.json errors: no output directory" || bad "a refused run.json made X/"
+
+# ---- numerical blow-up: a non-finite step is never applied nor saved ---------------------------
+run N sh ', "nonfinite": "stop"'; sed -i 's/"lr": 1e-3/"lr": 1e6/' N.json
+fails_run "lr 1e6, nonfinite stop" "step 2: the gradient norm is NaN (the first tensor whose gradient is not finite: '" \
+  $Z train --stage pretrain --config N.json
+[ ! -e N/ckpt-000002.h5 ] && [ ! -e N/model.h5 ] && ok "nonfinite stop: nothing saved" || bad "nonfinite stop saved: $(ls N)"
+grep -q '"grad_norm":inf\|"grad_norm":nan\|NaN' N/train.jsonl && bad "train.jsonl holds a non-JSON number" || ok "nonfinite stop: train.jsonl is JSON"
+run Sk sh ', "nonfinite": "skip"'; sed -i 's/"lr": 1e-3/"lr": 1e6/' Sk.json
+$Z train --stage pretrain --config Sk.json > Sk.log 2>&1
+if [ $? = 0 ] && grep -q 'train: step 2 skipped: the gradient norm is NaN' Sk.log \
+   && python3 -c "
+import json, sys
+r = [json.loads(l) for l in open('Sk/train.jsonl')]
+sys.exit(not (r[-1]['skipped'] == 3 and all(x['grad_norm'] is None for x in r[1:])))" \
+   && $Z generate --model Sk/model.h5 --prompt-ids 1,2 --max-new 2 --quiet > /dev/null 2>&1; then
+  ok "nonfinite skip: 3 of 4 steps skipped and counted (grad_norm null in JSONL), the saved model finite"
+else bad "nonfinite skip: $(tail -3 Sk.log)"; fi
+
+# ---- the log and checkpoints across resumes and a kill -----------------------------------------
+run L sh ', "keep_last": 2'; sed -i 's/"steps": 4/"steps": 8/' L.json
+$Z train --stage pretrain --config L.json --stop-after 4 > /dev/null 2>&1
+$Z train --stage pretrain --config L.json --resume L/ckpt-000004.h5 > /dev/null 2>&1
+[ "$(cd L && ls ckpt-*.h5 | tr '\n' ' ')" = "ckpt-000006.h5 ckpt-000008.h5 " ] \
+  && ok "keep_last 2 after --resume: the checkpoints of before counted" || bad "keep_last after resume: $(ls L)"
+$Z train --stage pretrain --config L.json --resume L/ckpt-000006.h5 > /dev/null 2>&1
+steps() { python3 -c "import json, sys; print(' '.join(str(json.loads(l)['step']) for l in open(sys.argv[1])))" "$1"; }
+[ "$(steps L/train.jsonl)" = "1 2 3 4 5 6 7 8" ] && ok "resume from step 6: steps 7-8 of before dropped, logged once" \
+  || bad "log after resume: $(steps L/train.jsonl 2>&1)"
+run KL sh ', "keep_last": 2'; sed -i 's/"steps": 4/"steps": 100000/; s/"save_every": 2/"save_every": 3/' KL.json
+$Z train --stage pretrain --config KL.json > KL.log 2>&1 &
+kp=$!
+for i in $(seq 1 300); do grep -q '"step":8,' KL/train.jsonl 2>/dev/null && break; sleep 0.1; done
+kill -9 $kp; wait $kp 2>/dev/null
+last=$(cd KL && ls ckpt-*.h5 | tail -1)
+n=$(wc -l < KL/train.jsonl)
+if steps KL/train.jsonl > /dev/null 2>&1; then ok "killed run: all $n lines of train.jsonl whole JSON"; else bad "killed run: a torn line: $(tail -c 300 KL/train.jsonl)"; fi
+ls KL/*.tmp* > /dev/null 2>&1 && bad "killed run left $(ls KL/*.tmp*)"
+s0=$(echo "$last" | sed 's/ckpt-0*\([0-9]*\).h5/\1/')
+$Z train --stage pretrain --config KL.json --resume "KL/$last" --stop-after $((s0 + 2)) > /dev/null 2>&1
+[ "$(steps KL/train.jsonl)" = "$(seq -s ' ' 1 $((s0 + 2)))" ] && ok "killed at step >= 8, resumed from $last: steps 1..$((s0 + 2)) once each" \
+  || bad "resume after kill: $(steps KL/train.jsonl 2>&1)"
 
 # ---- one rank's error, a killed rank: every rank down within the time bound -------------------
 mkdir tp1 && cp "$FX"/hf-llama-tiny/* tp1/

@@ -162,6 +162,8 @@ fails "init --std -1" "init: --std must be a number" $Z init --random --config "
 fails "data --val-fraction empty" "data: --val-fraction must be a number" $Z data --tokenizer "$TOK" --input "$SRC/core/data.c" -o x --val-fraction ""
 fails "data --seed -5" "data: --seed must be an integer in [0," $Z data --tokenizer "$TOK" --input "$SRC/core/data.c" -o x --seed -5
 fails "bench --batches 2,x" "bench: --batches must be an integer" $Z bench --teacher "$SRC/configs/demo-llama.json" --batches 2,x
+fails "plan --ranks 8x" "plan: --ranks must be an integer" $Z plan "$SRC/configs/demo-llama.json" --ranks 8x
+fails "plan --tp 2^16 x --pp 2^16 (no product overflow)" "plan: --tp must be an integer in [1, 4096]" $Z plan "$SRC/configs/demo-llama.json" --ranks 8 --tp 65536 --pp 65536
 fails "train --stop-after 1e3" "train: --stop-after must be an integer" $Z train --stage pretrain --config F.json --stop-after 1e3
 
 # ---- tokenizer, plans, configs, paths ----------------------------------------------------------

@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +214,27 @@ static int ckpt_list_init(train_run *S) {
     }
     free(found);
     return rc;
+}
+
+/* Rank 0: the temporaries of saves that never finished (a run killed while writing: nothing
+ * ran to remove them; parallel/checkpoint.c names them NAME.h5.tmp.PID) are removed before this
+ * run writes into `out`. A name whose PID is a live process of this node is kept. */
+static void remove_stale_tmp(const char *out) {
+    DIR *d = opendir(out);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        long long st;
+        long pid;
+        int end = 0;
+        if ((sscanf(e->d_name, "ckpt-%lld.h5.tmp.%ld%n", &st, &pid, &end) != 2 &&
+             sscanf(e->d_name, "model.h5.tmp.%ld%n", &pid, &end) != 1) || e->d_name[end])
+            continue;
+        if (pid > 0 && pid <= INT_MAX && (kill((pid_t)pid, 0) == 0 || errno == EPERM)) continue;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", out, e->d_name);
+        if (unlink(path) == 0) fprintf(stderr, "train: removed %s, a save of an earlier run that never finished\n", path);
+    }
+    closedir(d);
 }
 
 /* Rank 0, after `path` was written: forget it if listed, append it, drop the oldest beyond keep_last. */
@@ -598,6 +620,7 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
             return zb_fail(ZB_EIO, "%s: cannot create: %s", r->out, strerror(errno));
         ZB_TRY(log_open(S, resume != NULL));
         ZB_TRY(ckpt_list_init(S));
+        remove_stale_tmp(r->out);
         fprintf(stderr, "train: %d steps x %d accum x %d ranks x %d rows x %d tokens; lr %g -> %g, warmup %d; %s at "
                 "step %lld\n", r->steps, r->grad_accum, S->g.dp_size, S->tr.rows, r->seq_len, r->opt.lr, r->opt.min_lr,
                 r->opt.warmup, resume ? "resumed" : "starting", (long long)S->step);

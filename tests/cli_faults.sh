@@ -235,9 +235,12 @@ kill -9 $kp; wait $kp 2>/dev/null
 last=$(cd KL && ls ckpt-*.h5 | tail -1)
 n=$(wc -l < KL/train.jsonl)
 if steps KL/train.jsonl > /dev/null 2>&1; then ok "killed run: all $n lines of train.jsonl whole JSON"; else bad "killed run: a torn line: $(tail -c 300 KL/train.jsonl)"; fi
-ls KL/*.tmp* > /dev/null 2>&1 && bad "killed run left $(ls KL/*.tmp*)"
+# a kill during a save leaves its temporary (nothing runs to remove it): the next run removes it
+stale=KL/ckpt-999999.h5.tmp.999999999; : > $stale
 s0=$(echo "$last" | sed 's/ckpt-0*\([0-9]*\).h5/\1/')
-$Z train --stage pretrain --config KL.json --resume "KL/$last" --stop-after $((s0 + 2)) > /dev/null 2>&1
+$Z train --stage pretrain --config KL.json --resume "KL/$last" --stop-after $((s0 + 2)) > KL2.log 2>&1
+! ls KL/*.tmp* > /dev/null 2>&1 && grep -q "train: removed $stale, a save of an earlier run that never finished" KL2.log \
+  && ok "resume removes the killed run's unfinished save" || bad "after resume: $(ls KL) $(grep removed KL2.log)"
 [ "$(steps KL/train.jsonl)" = "$(seq -s ' ' 1 $((s0 + 2)))" ] && ok "killed at step >= 8, resumed from $last: steps 1..$((s0 + 2)) once each" \
   || bad "resume after kill: $(steps KL/train.jsonl 2>&1)"
 

@@ -254,7 +254,8 @@ int zb_cmd_bench(int argc, char **argv) {
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
     zb_backend be;
     ZB_TRY(zb_backend_from_args(argc, argv, wt, &be));   /* the device, the run's decode switches */
-    int gpu = !be.host_memory, fit = zb_arg_int(argc, argv, "--fit", 0);
+    int gpu = !be.host_memory, fit;
+    ZB_TRY(zb_arg_int(argc, argv, "--fit", 0, 0, 1 << 24, &fit));   /* a context length */
     int ctx[MAXL], bat[MAXL];
     int nc, nb, steps, plen;
     ZB_TRY(parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), "bench: --contexts", 1, 1 << 24, ctx,

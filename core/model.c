@@ -78,6 +78,9 @@ int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     memset(a, 0, sizeof *a);
+    /* the kernels count the B*T rows in an int and form rows x width products */
+    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 24))
+        return zb_fail(ZB_EARG, "activations: %d rows x %d tokens: need 1 <= rows x tokens <= %d", B, T, 1 << 24);
     a->be = be;
     a->B = B;
     a->T = T;
@@ -391,6 +394,8 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     const zb_backend *be = m->be;
     memset(s, 0, sizeof *s);
     s->be = be;
+    if (B < 1 || max_T < 1 || (int64_t)B * max_T > ((int64_t)1 << 31) / 2)
+        return zb_fail(ZB_EARG, "generation: %d sequences x %d positions: out of range", B, max_T);
     s->B = B;
     s->max_T = max_T;
     s->chunk = ZB_GEN_CHUNK;

@@ -9,8 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # libopenblas-openmp-dev: OpenBLAS on OpenMP's threads, one pool with our kernels (CMakeLists.txt)
+# clang-14 + libclang-rt-14-dev: libFuzzer with ASan/UBSan for the fuzz harnesses (tests/fuzz)
 PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libopenblas-openmp-dev liblapacke-dev
-      libhdf5-openmpi-dev libcjson-dev libpcre2-dev python3.11-doc"
+      libhdf5-openmpi-dev libcjson-dev libpcre2-dev python3.11-doc
+      clang-14 libclang-rt-14-dev"
 
 missing=""
 for p in $PKGS; do

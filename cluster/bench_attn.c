@@ -1,4 +1,4 @@
-/* bench_attn — time the decode attention (core/ops.c zb_attention_decode) alone over a cache of
+/* bench_attn — time the decode attention (core/cpu/ops.c zb_attention_decode) alone over a cache of
  * one sequence at 8k context, in the shapes of the 1B teacher (16 layers, 32 heads, 8 KV heads
  * of 64; the cache in interleaved rows or head-major as zebra generate keeps it) and of
  * Zebra-1B's MLA layers (4 layers, 32 heads over one 160-float latent row, values the first
@@ -50,15 +50,14 @@ static void shape(const char *name, int L, int Tc, int H, int Hkv, int dqk, int 
            name, L, Tc, H, Hkv, dqk, dv, major ? "head-major [Hkv, T, d]" : "interleaved rows", bytes / 1e6);
     static const char *const names[4] = {"split-K best", "split-K AVX2", "split-K portable", "BLAS"};
     for (int v = 0; v < 4; v++) {   /* split-K with the best SIMD (AVX-512 where present), AVX2, portable loops; BLAS */
-        zb_attention_decode_use_omp(v < 3);
-        zb_attention_decode_simd(v == 0 ? 2 : v == 1 ? 1 : 0);
+        zb_backend_opts o = {.decode_omp = v < 3, .decode_simd = v == 0 ? ZB_SIMD_BEST : v == 1 ? ZB_SIMD_AVX2 : ZB_SIMD_PORTABLE};
         double best = 1e30;
         for (int r = 0; r < 4; r++) {
             double t = zb_now();
             for (int l = 0; l < L; l++)
                 zb_attention_decode(out, q, K[l], V[l], Tc, H, Hkv, dqk, dv, major ? dqk : stride,
                                     major ? dv : stride, major ? (size_t)Tc * dqk : (size_t)dqk,
-                                    major ? (size_t)Tc * dv : (size_t)dv, 1.0f / sqrtf((float)dqk), scratch);
+                                    major ? (size_t)Tc * dv : (size_t)dv, 1.0f / sqrtf((float)dqk), scratch, &o);
             t = zb_now() - t;
             if (r && t < best) best = t;
         }

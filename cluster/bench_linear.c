@@ -1,4 +1,4 @@
-/* bench_linear — the bf16 linear kernel (core/linear.c zb_linear_bf16) alone, at the shapes of
+/* bench_linear — the bf16 linear kernel (core/cpu/linear.c zb_linear_bf16) alone, at the shapes of
  * the 1B models' decode (MLP up/gate 2048 -> 8192, down 8192 -> 2048, the head 2048 -> 128256)
  * for N = 1..64 inputs (the batch of a decode step), beside OpenBLAS sgemm on the same product
  * in f32. GFLOP/s = 2 N C OC / time; GB/s = the bf16 weight bytes / time (what bounds N = 1).

@@ -112,7 +112,8 @@ static int push_text(const zb_tokenizer *t, const char *s, size_t n, int mask, z
 
 static int special(const zb_tokenizer *t, const char *name, int32_t *id) {
     *id = zb_tokenizer_token_id(t, name);
-    if (*id < 0) return zb_fail(ZB_EFORMAT, "the tokenizer has no %s token (needed by the Llama-3 chat template)", name);
+    if (*id < 0)
+        return zb_fail(ZB_EFORMAT, "the tokenizer has no %s token (needed by the Llama-3 chat template)", name);
     return ZB_OK;
 }
 

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,16 @@ static int missing(const zb_ctx *x, const char *key) {
     return zb_fail(ZB_EFORMAT, "%s: missing required key '%s%s'", x->src, x->where, key);
 }
 
+/* A JSON number that is an integer within int's range (a cast of anything else is undefined). */
+static int is_int32(const cJSON *j) {
+    return cJSON_IsNumber(j) && j->valuedouble == floor(j->valuedouble) && fabs(j->valuedouble) <= 2147483647.0;
+}
+
+/* A JSON number that is finite as a float (1e39 would become inf, which no JSON can hold). */
+static int is_float(const cJSON *j) {
+    return cJSON_IsNumber(j) && fabs(j->valuedouble) <= FLT_MAX;
+}
+
 /* required: 1 → error if absent (or null when null_ok == 0). Null with null_ok gives null_val. */
 static int get_int_ex(const zb_ctx *x, const cJSON *o, const char *key, int required, int dflt, int null_ok,
                       int null_val, int *out) {
@@ -41,8 +52,7 @@ static int get_int_ex(const zb_ctx *x, const cJSON *o, const char *key, int requ
         return ZB_OK;
     }
     if (cJSON_IsNull(j) && null_ok) { *out = null_val; return ZB_OK; }
-    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || fabs(j->valuedouble) > 2147483647.0)
-        return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be an integer", x->src, x->where, key);
+    if (!is_int32(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be an integer", x->src, x->where, key);
     *out = (int)j->valuedouble;
     return ZB_OK;
 }
@@ -57,7 +67,7 @@ static int get_float(const zb_ctx *x, const cJSON *o, const char *key, int requi
         *out = dflt;
         return ZB_OK;
     }
-    if (!cJSON_IsNumber(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be a number", x->src, x->where, key);
+    if (!is_float(j)) return zb_fail(ZB_EFORMAT, "%s: key '%s%s' must be a finite float number", x->src, x->where, key);
     *out = (float)j->valuedouble;
     return ZB_OK;
 }
@@ -80,12 +90,35 @@ static int get_obj(const zb_ctx *x, const cJSON *o, const char *key, const cJSON
     return ZB_OK;
 }
 
+int zb_json_int(const cJSON *o, const char *key, const char *src, int required, int dflt, int null_ok, int null_val,
+                int *out) {
+    zb_ctx x = {src, ""};
+    return get_int_ex(&x, o, key, required, dflt, null_ok, null_val, out);
+}
+int zb_json_float(const cJSON *o, const char *key, const char *src, int required, float dflt, float *out) {
+    zb_ctx x = {src, ""};
+    return get_float(&x, o, key, required, dflt, out);
+}
+int zb_json_bool(const cJSON *o, const char *key, const char *src, int dflt, int *out) {
+    zb_ctx x = {src, ""};
+    return get_bool(&x, o, key, dflt, out);
+}
+
 /* ---------------------------------------------------------------- pieces */
 
-/* The llama3 extras of a rope_scaling / rope_parameters object. */
-static int parse_rope_obj(const zb_ctx *x0, const cJSON *r, const char *name, zb_rope_cfg *rc) {
-    char where[64];
-    snprintf(where, sizeof where, "%s.", name);
+const char *zb_rope_type_name(zb_rope_type t) {
+    switch (t) {
+    case ZB_ROPE_DEFAULT: return "default";
+    case ZB_ROPE_LLAMA3: return "llama3";
+    case ZB_ROPE_YARN: return "yarn";
+    }
+    return "?";
+}
+
+double zb_yarn_get_mscale(double factor, double m) { return factor <= 1 ? 1.0 : 0.1 * m * log(factor) + 1.0; }
+
+/* The type and extras of a rope_scaling / rope_parameters object (theta is the caller's). */
+static int parse_rope_obj(const zb_ctx *x0, const cJSON *r, const char *where, zb_rope_cfg *rc) {
     zb_ctx x = {x0->src, where};
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(r, "rope_type");
     if (!t) t = cJSON_GetObjectItemCaseSensitive(r, "type");
@@ -98,32 +131,54 @@ static int parse_rope_obj(const zb_ctx *x0, const cJSON *r, const char *name, zb
         rc->type = ZB_ROPE_DEFAULT;
         return ZB_OK;
     }
-    if (strcmp(type, "llama3"))
-        return zb_fail(ZB_EFORMAT, "%s: key '%srope_type': rope type '%s' is not supported (default, llama3)",
-                       x.src, where, type);
-    rc->type = ZB_ROPE_LLAMA3;
-    ZB_TRY(get_float(&x, r, "factor", 1, 0, &rc->factor));
-    ZB_TRY(get_float(&x, r, "low_freq_factor", 1, 0, &rc->low_freq_factor));
-    ZB_TRY(get_float(&x, r, "high_freq_factor", 1, 0, &rc->high_freq_factor));
-    ZB_TRY(get_int(&x, r, "original_max_position_embeddings", 1, 0, &rc->original_max_pos));
+    if (!strcmp(type, "llama3")) {
+        rc->type = ZB_ROPE_LLAMA3;
+        ZB_TRY(get_float(&x, r, "factor", 1, 0, &rc->factor));
+        ZB_TRY(get_float(&x, r, "low_freq_factor", 1, 0, &rc->low_freq_factor));
+        ZB_TRY(get_float(&x, r, "high_freq_factor", 1, 0, &rc->high_freq_factor));
+        ZB_TRY(get_int(&x, r, "original_max_position_embeddings", 1, 0, &rc->original_max_pos));
+        return ZB_OK;
+    }
+    if (!strcmp(type, "yarn")) {   /* DeepSeek's YaRN keys and defaults (SPEC §3) */
+        rc->type = ZB_ROPE_YARN;
+        ZB_TRY(get_float(&x, r, "factor", 1, 0, &rc->factor));
+        ZB_TRY(get_int(&x, r, "original_max_position_embeddings", 1, 0, &rc->original_max_pos));
+        ZB_TRY(get_float(&x, r, "beta_fast", 0, 32.0f, &rc->beta_fast));
+        ZB_TRY(get_float(&x, r, "beta_slow", 0, 1.0f, &rc->beta_slow));
+        ZB_TRY(get_float(&x, r, "mscale", 0, 1.0f, &rc->mscale));
+        ZB_TRY(get_float(&x, r, "mscale_all_dim", 0, 0.0f, &rc->mscale_all_dim));
+        return ZB_OK;
+    }
+    return zb_fail(ZB_EFORMAT, "%s: key '%srope_type': rope type '%s' is not supported (default, llama3, yarn)",
+                   x.src, where, type);
+}
+
+int zb_rope_scaling_parse(const struct cJSON *obj, const char *src, const char *where, zb_rope_cfg *rc) {
+    zb_ctx x = {src, ""};
+    return parse_rope_obj(&x, obj, where, rc);
+}
+
+/* rope_parameters (transformers >= 5) wins over rope_theta + rope_scaling. `pre` prefixes the
+ * keys' names in messages ("" at top level, "mla." inside the mla object). */
+static int parse_rope_in(const zb_ctx *x, const cJSON *j, const char *pre, float theta0, zb_rope_cfg *rc) {
+    const cJSON *rp, *rs;
+    char where[64];
+    memset(rc, 0, sizeof *rc);
+    ZB_TRY(get_float(x, j, "rope_theta", 0, theta0, &rc->theta));
+    ZB_TRY(get_obj(x, j, "rope_parameters", &rp));
+    if (rp) {
+        snprintf(where, sizeof where, "%srope_parameters.", pre);
+        zb_ctx xr = {x->src, where};
+        ZB_TRY(get_float(&xr, rp, "rope_theta", 0, rc->theta, &rc->theta));
+        return parse_rope_obj(x, rp, where, rc);
+    }
+    ZB_TRY(get_obj(x, j, "rope_scaling", &rs));
+    snprintf(where, sizeof where, "%srope_scaling.", pre);
+    if (rs) return parse_rope_obj(x, rs, where, rc);
     return ZB_OK;
 }
 
-/* rope_parameters (transformers >= 5) wins over rope_theta + rope_scaling. */
-static int parse_rope(const zb_ctx *x, const cJSON *j, zb_rope_cfg *rc) {
-    const cJSON *rp, *rs;
-    memset(rc, 0, sizeof *rc);
-    ZB_TRY(get_float(x, j, "rope_theta", 0, 10000.0f, &rc->theta));
-    ZB_TRY(get_obj(x, j, "rope_parameters", &rp));
-    if (rp) {
-        zb_ctx xr = {x->src, "rope_parameters."};
-        ZB_TRY(get_float(&xr, rp, "rope_theta", 0, rc->theta, &rc->theta));
-        return parse_rope_obj(x, rp, "rope_parameters", rc);
-    }
-    ZB_TRY(get_obj(x, j, "rope_scaling", &rs));
-    if (rs) return parse_rope_obj(x, rs, "rope_scaling", rc);
-    return ZB_OK;
-}
+static int parse_rope(const zb_ctx *x, const cJSON *j, zb_rope_cfg *rc) { return parse_rope_in(x, j, "", 10000.0f, rc); }
 
 /* Keys shared by every form. */
 static int parse_common(const zb_ctx *x, const cJSON *j, zb_config *c) {
@@ -146,11 +201,10 @@ static int parse_common(const zb_ctx *x, const cJSON *j, zb_config *c) {
         if (n > ZB_MAX_EOS) return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' has %d ids (at most %d)", x->src, n, ZB_MAX_EOS);
         for (int i = 0; i < n; i++) {
             const cJSON *v = cJSON_GetArrayItem(e, i);
-            if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-                return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must hold integers", x->src);
+            if (!is_int32(v)) return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must hold integers", x->src);
             c->eos_ids[c->n_eos++] = (int)v->valuedouble;
         }
-    } else if (e && cJSON_IsNumber(e)) {
+    } else if (e && is_int32(e)) {
         c->eos_ids[c->n_eos++] = (int)e->valuedouble;
     } else if (e && !cJSON_IsNull(e)) {
         return zb_fail(ZB_EFORMAT, "%s: key 'eos_token_id' must be an integer or a list of integers", x->src);
@@ -172,6 +226,14 @@ static int parse_mla(const zb_ctx *x0, const cJSON *m, const zb_config *c, zb_ml
     ZB_TRY(get_int(&x, m, "v_head_dim", 1, 0, &d->v_head_dim));
     ZB_TRY(get_int(&x, m, "kv_heads", 0, d->n_heads, &d->kv_heads));
     ZB_TRY(get_bool(&x, m, "rope_interleave", 0, &d->rope_interleave));
+    /* The MLA rope dims' own RoPE (the release: YaRN): mla.rope_theta / mla.rope_scaling
+     * (null: unscaled); neither key: the model's rope (configs and checkpoints written before
+     * MLA had its own, whose MLA used the llama3 scaling of the model). */
+    if (cJSON_GetObjectItemCaseSensitive(m, "rope_scaling") || cJSON_GetObjectItemCaseSensitive(m, "rope_theta") ||
+        cJSON_GetObjectItemCaseSensitive(m, "rope_parameters"))
+        ZB_TRY(parse_rope_in(&x, m, "mla.", c->rope.theta, &d->rope));
+    else
+        d->rope = c->rope;
     return ZB_OK;
 }
 
@@ -195,10 +257,10 @@ static int parse_mamba2(const zb_ctx *x0, const cJSON *m, zb_mamba2_dims *d) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(m, "time_step_limit");
     if (t && !cJSON_IsNull(t)) {
         const cJSON *a = cJSON_GetArrayItem(t, 0), *b = cJSON_GetArrayItem(t, 1);
-        if (!cJSON_IsArray(t) || cJSON_GetArraySize(t) < 1 || cJSON_GetArraySize(t) > 2 || !cJSON_IsNumber(a))
-            return zb_fail(ZB_EFORMAT, "%s: key 'mamba2.time_step_limit' must be [min, max]", x.src);
+        if (!cJSON_IsArray(t) || cJSON_GetArraySize(t) < 1 || cJSON_GetArraySize(t) > 2 || !is_float(a))
+            return zb_fail(ZB_EFORMAT, "%s: key 'mamba2.time_step_limit' must be [min, max] (finite min)", x.src);
         d->dt_min = (float)a->valuedouble;
-        if (b && cJSON_IsNumber(b)) d->dt_max = (float)b->valuedouble;
+        if (b && is_float(b)) d->dt_max = (float)b->valuedouble;
         else if (b && cJSON_IsString(b) && (!strcmp(b->valuestring, "inf") || !strcmp(b->valuestring, "Infinity")))
             d->dt_max = INFINITY;
         else if (b && !cJSON_IsNull(b))
@@ -248,6 +310,7 @@ static int parse_obj(const cJSON *j, const char *src, zb_config *c) {
         ZB_TRY(get_int(&x, j, "v_head_dim", 1, 0, &d->v_head_dim));
         ZB_TRY(get_bool(&x, j, "rope_interleave", 1, &d->rope_interleave));
         d->kv_heads = c->n_heads;
+        d->rope = c->rope;   /* DeepSeek's rope_scaling (yarn) is the MLA's */
         /* HF DeepseekV3Config: head_dim = qk_rope_head_dim unless given */
         const cJSON *hd = cJSON_GetObjectItemCaseSensitive(j, "head_dim");
         if (!hd || cJSON_IsNull(hd)) c->head_dim = d->qk_rope;
@@ -332,7 +395,7 @@ static void sb_printf(zb_sb *b, const char *fmt, ...) {
 }
 
 /* Shortest decimal text that reads back as the same float. */
-static void fmt_float(char *buf, size_t n, float v) {
+void zb_float_text(char *buf, size_t n, float v) {
     for (int prec = 6; prec <= 9; prec++) {
         snprintf(buf, n, "%.*g", prec, (double)v);
         if (strtof(buf, NULL) == v) break;
@@ -342,22 +405,36 @@ static void fmt_float(char *buf, size_t n, float v) {
 
 static void sb_float(zb_sb *b, const char *key, float v) {
     char t[64];
-    fmt_float(t, sizeof t, v);
+    zb_float_text(t, sizeof t, v);
     sb_printf(b, ",\n  \"%s\": %s", key, t);
+}
+
+/* The rope_scaling value of r: null, or the object of its type. */
+static void sb_rope_scaling(zb_sb *b, const zb_rope_cfg *r) {
+    char f[64], lo[64], hi[64], bf[64], bs[64], ms[64], ma[64];
+    zb_float_text(f, sizeof f, r->factor);
+    if (r->type == ZB_ROPE_LLAMA3) {
+        zb_float_text(lo, sizeof lo, r->low_freq_factor);
+        zb_float_text(hi, sizeof hi, r->high_freq_factor);
+        sb_printf(b, "{\"rope_type\": \"llama3\", \"factor\": %s, \"low_freq_factor\": %s, "
+                  "\"high_freq_factor\": %s, \"original_max_position_embeddings\": %d}", f, lo, hi, r->original_max_pos);
+    } else if (r->type == ZB_ROPE_YARN) {
+        zb_float_text(bf, sizeof bf, r->beta_fast);
+        zb_float_text(bs, sizeof bs, r->beta_slow);
+        zb_float_text(ms, sizeof ms, r->mscale);
+        zb_float_text(ma, sizeof ma, r->mscale_all_dim);
+        sb_printf(b, "{\"rope_type\": \"yarn\", \"factor\": %s, \"original_max_position_embeddings\": %d, "
+                  "\"beta_fast\": %s, \"beta_slow\": %s, \"mscale\": %s, \"mscale_all_dim\": %s}",
+                  f, r->original_max_pos, bf, bs, ms, ma);
+    } else {
+        sb_printf(b, "null");
+    }
 }
 
 static void sb_rope(zb_sb *b, const zb_rope_cfg *r) {
     sb_float(b, "rope_theta", r->theta);
-    if (r->type == ZB_ROPE_LLAMA3) {
-        char f[64], lo[64], hi[64];
-        fmt_float(f, sizeof f, r->factor);
-        fmt_float(lo, sizeof lo, r->low_freq_factor);
-        fmt_float(hi, sizeof hi, r->high_freq_factor);
-        sb_printf(b, ",\n  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %s, \"low_freq_factor\": %s, "
-                  "\"high_freq_factor\": %s, \"original_max_position_embeddings\": %d}", f, lo, hi, r->original_max_pos);
-    } else {
-        sb_printf(b, ",\n  \"rope_scaling\": null");
-    }
+    sb_printf(b, ",\n  \"rope_scaling\": ");
+    sb_rope_scaling(b, r);
 }
 
 static void sb_common(zb_sb *b, const zb_config *c, const char *type) {
@@ -401,6 +478,7 @@ char *zb_config_to_json(const zb_config *c) {
     if (!strcmp(c->model_type, "llama") && all_kind(c, ZB_LAYER_ATTN) && !m->n_heads && !s->nheads && !teacher) {
         sb_common(&b, c, "llama");
     } else if (!strcmp(c->model_type, "deepseek_v3") && all_kind(c, ZB_LAYER_MLA) && m->n_heads == c->n_heads &&
+               !memcmp(&m->rope, &c->rope, sizeof m->rope) &&
                m->kv_heads == c->n_heads && m->kv_norm == 1 && m->q_norm == (m->q_lora_rank > 0) && !s->nheads &&
                !teacher) {
         /* the HF DeepSeek-V3 keys, dense layers only */
@@ -417,18 +495,25 @@ char *zb_config_to_json(const zb_config *c) {
         for (int i = 0; i < c->n_layers; i++)
             sb_printf(&b, "%s\"%s\"", i ? ", " : "", zb_layer_kind_name(c->kinds[i]));
         sb_printf(&b, "]");
-        if (any_kind(c, ZB_LAYER_MLA) || m->n_heads)
+        if (any_kind(c, ZB_LAYER_MLA) || m->n_heads) {
             sb_printf(&b, ",\n  \"mla\": {\"n_heads\": %d, \"q_lora_rank\": %d, \"q_norm\": %s, \"kv_lora_rank\": %d, "
                       "\"kv_norm\": %s, \"qk_nope_head_dim\": %d, \"qk_rope_head_dim\": %d, \"v_head_dim\": %d, "
-                      "\"kv_heads\": %d, \"rope_interleave\": %s}",
+                      "\"kv_heads\": %d, \"rope_interleave\": %s",
                       m->n_heads, m->q_lora_rank, m->q_norm ? "true" : "false", m->kv_lora_rank,
                       m->kv_norm ? "true" : "false", m->qk_nope, m->qk_rope, m->v_head_dim, m->kv_heads,
                       m->rope_interleave ? "true" : "false");
+            char th[64];   /* the MLA's own rope, always explicit (unset: the model's) */
+            const zb_rope_cfg *mr = m->rope.theta != 0 ? &m->rope : &c->rope;
+            zb_float_text(th, sizeof th, mr->theta);
+            sb_printf(&b, ", \"rope_theta\": %s, \"rope_scaling\": ", th);
+            sb_rope_scaling(&b, mr);
+            sb_printf(&b, "}");
+        }
         if (any_kind(c, ZB_LAYER_MAMBA2) || s->nheads) {
             char lo[64], hi[64];
-            fmt_float(lo, sizeof lo, s->dt_min);
+            zb_float_text(lo, sizeof lo, s->dt_min);
             if (isinf(s->dt_max)) snprintf(hi, sizeof hi, "null");
-            else fmt_float(hi, sizeof hi, s->dt_max);
+            else zb_float_text(hi, sizeof hi, s->dt_max);
             sb_printf(&b, ",\n  \"mamba2\": {\"d_inner\": %d, \"nheads\": %d, \"headdim\": %d, \"d_state\": %d, "
                       "\"x_groups\": %d, \"b_groups\": %d, \"c_groups\": %d, \"conv_kernel\": %d, \"chunk_size\": %d, "
                       "\"norm_group_size\": %d, \"time_step_limit\": [%s, %s], \"conv_bias\": %s}",
@@ -448,6 +533,22 @@ char *zb_config_to_json(const zb_config *c) {
 
 #define ZB_CHECK(cond, ...) do { if (!(cond)) return zb_fail(ZB_EARG, __VA_ARGS__); } while (0)
 
+/* pre: "" for the model's rope, "mla." for the MLA's. */
+static int rope_validate(const zb_rope_cfg *r, const char *src, const char *pre) {
+    ZB_CHECK(r->theta > 0, "%s: %srope_theta must be positive", src, pre);
+    if (r->type == ZB_ROPE_LLAMA3)
+        ZB_CHECK(r->factor > 0 && r->low_freq_factor > 0 && r->high_freq_factor > r->low_freq_factor &&
+                 r->original_max_pos > 0,
+                 "%s: %sllama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor, "
+                 "original_max_position_embeddings > 0", src, pre);
+    if (r->type == ZB_ROPE_YARN)
+        ZB_CHECK(r->factor >= 1 && r->original_max_pos > 0 && r->beta_fast > 0 && r->beta_slow > 0 &&
+                 r->mscale >= 0 && r->mscale_all_dim >= 0,
+                 "%s: %syarn rope scaling needs factor >= 1, original_max_position_embeddings > 0, "
+                 "beta_fast and beta_slow > 0, mscale and mscale_all_dim >= 0", src, pre);
+    return ZB_OK;
+}
+
 int zb_config_validate(const zb_config *c, const char *src) {
     ZB_CHECK(c->n_layers > 0 && c->n_layers <= ZB_MAX_LAYERS, "%s: num_hidden_layers %d out of range 1..%d", src,
              c->n_layers, ZB_MAX_LAYERS);
@@ -465,13 +566,7 @@ int zb_config_validate(const zb_config *c, const char *src) {
     for (int i = 0; i < c->n_eos; i++)
         ZB_CHECK(c->eos_ids[i] >= 0 && c->eos_ids[i] < c->vocab, "%s: eos_token_id %d outside the vocabulary (%d)",
                  src, c->eos_ids[i], c->vocab);
-    const zb_rope_cfg *r = &c->rope;
-    ZB_CHECK(r->theta > 0, "%s: rope_theta must be positive", src);
-    if (r->type == ZB_ROPE_LLAMA3)
-        ZB_CHECK(r->factor > 0 && r->low_freq_factor > 0 && r->high_freq_factor > r->low_freq_factor &&
-                 r->original_max_pos > 0,
-                 "%s: llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor, "
-                 "original_max_position_embeddings > 0", src);
+    ZB_TRY(rope_validate(&c->rope, src, ""));
     int any_attn = 0, any_mla = 0, any_mamba = 0;
     for (int i = 0; i < c->n_layers; i++) {
         ZB_CHECK(c->kinds[i] == ZB_LAYER_ATTN || c->kinds[i] == ZB_LAYER_MLA || c->kinds[i] == ZB_LAYER_MAMBA2,
@@ -480,19 +575,23 @@ int zb_config_validate(const zb_config *c, const char *src) {
         any_mla |= c->kinds[i] == ZB_LAYER_MLA;
         any_mamba |= c->kinds[i] == ZB_LAYER_MAMBA2;
     }
-    if (any_attn) ZB_CHECK(c->head_dim % 2 == 0, "%s: head_dim %d must be even for RoPE", src, c->head_dim);
+    if (any_attn)
+        ZB_CHECK(c->head_dim % 2 == 0 && c->head_dim <= ZB_ROPE_MAX_DIM,
+                 "%s: head_dim %d must be even and at most %d for RoPE", src, c->head_dim, ZB_ROPE_MAX_DIM);
     if (any_mla) {
         const zb_mla_dims *m = &c->mla;
         ZB_CHECK(m->n_heads > 0, "%s: mla.n_heads must be positive", src);
         ZB_CHECK(m->kv_lora_rank > 0, "%s: mla.kv_lora_rank must be positive", src);
         ZB_CHECK(m->q_lora_rank >= 0, "%s: mla.q_lora_rank must be >= 0", src);
         ZB_CHECK(!m->q_norm || m->q_lora_rank > 0, "%s: mla.q_norm needs q_lora_rank > 0", src);
-        ZB_CHECK(m->qk_rope > 0 && m->qk_rope % 2 == 0, "%s: mla.qk_rope_head_dim %d must be positive and even", src,
-                 m->qk_rope);
+        ZB_CHECK(m->qk_rope > 0 && m->qk_rope % 2 == 0 && m->qk_rope <= ZB_ROPE_MAX_DIM,
+                 "%s: mla.qk_rope_head_dim %d must be positive, even and at most %d", src, m->qk_rope,
+                 ZB_ROPE_MAX_DIM);
         ZB_CHECK(m->qk_nope >= 0, "%s: mla.qk_nope_head_dim must be >= 0", src);
         ZB_CHECK(m->v_head_dim > 0, "%s: mla.v_head_dim must be positive", src);
         ZB_CHECK(m->kv_heads > 0 && m->n_heads % m->kv_heads == 0,
                  "%s: mla.n_heads %d is not a multiple of mla.kv_heads %d", src, m->n_heads, m->kv_heads);
+        if (m->rope.theta != 0) ZB_TRY(rope_validate(&m->rope, src, "mla."));   /* 0: unset, the model's */
     }
     if (any_mamba) {
         const zb_mamba2_dims *s = &c->mamba;

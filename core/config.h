@@ -7,19 +7,27 @@
 #ifndef ZB_CONFIG_H
 #define ZB_CONFIG_H
 
+#include <stddef.h>
+
 #define ZB_MAX_LAYERS 256
 #define ZB_MAX_EOS 8
+#define ZB_ROPE_MAX_DIM 512   /* the widest rotary dim (head_dim, mla.qk_rope_head_dim); ops.h */
 
 typedef enum { ZB_LAYER_ATTN = 0, ZB_LAYER_MLA = 1, ZB_LAYER_MAMBA2 = 2 } zb_layer_kind;
 
-typedef enum { ZB_ROPE_DEFAULT = 0, ZB_ROPE_LLAMA3 = 1 } zb_rope_type;
+typedef enum { ZB_ROPE_DEFAULT = 0, ZB_ROPE_LLAMA3 = 1, ZB_ROPE_YARN = 2 } zb_rope_type;
 
 typedef struct {
     zb_rope_type type;
     float theta;               /* rope_theta */
-    float factor;              /* llama3: factor, low_freq_factor, high_freq_factor, original */
-    float low_freq_factor, high_freq_factor;
+    float factor;              /* llama3 / yarn: factor, original_max_position_embeddings */
+    float low_freq_factor, high_freq_factor;   /* llama3 */
     int original_max_pos;
+    /* yarn (DeepSeek / Zebra release, SPEC §3): the ramp between beta_fast and beta_slow
+     * rotations (32, 1), and cos/sin x get_mscale(factor, mscale) / get_mscale(factor,
+     * mscale_all_dim) with get_mscale(f, m) = 0.1 m ln f + 1 (1, 0: the release's 0.1 ln f + 1);
+     * mscale_all_dim != 0 also multiplies the softmax scale by get_mscale(f, mscale_all_dim)^2. */
+    float beta_fast, beta_slow, mscale, mscale_all_dim;
 } zb_rope_cfg;
 
 /* Multi-head Latent Attention (SPEC.md §3). */
@@ -33,6 +41,11 @@ typedef struct {
     int kv_heads;         /* heads produced by kv_b_proj (H for DeepSeek, target Hkv for Zebra);
                              query head h uses kv head h / (H / kv_heads) */
     int rope_interleave;  /* 1: the rope part is stored interleaved (DeepSeek/Zebra release) */
+    zb_rope_cfg rope;     /* the RoPE of the rope dims: the Zebra release's YaRN, or (configs
+                             without mla.rope_scaling / mla.rope_theta, our older checkpoints)
+                             a copy of the model's rope (llama3). theta 0 (a config built in
+                             code that never set it): the model's rope, filled in by
+                             zb_model_init */
 } zb_mla_dims;
 
 /* Mamba2 / SSD mixer (SPEC.md §4). in_proj rows: [z | x | B | C | dt] with widths
@@ -80,5 +93,21 @@ char *zb_config_to_json(const zb_config *c);
 int zb_config_validate(const zb_config *c, const char *src);
 
 const char *zb_layer_kind_name(zb_layer_kind k);   /* "attention", "mla", "mamba2" */
+const char *zb_rope_type_name(zb_rope_type t);     /* "default", "llama3", "yarn" */
+/* YaRN's attention factor (DeepSeek's yarn_get_mscale): 0.1 m ln(factor) + 1, 1 for factor <= 1. */
+double zb_yarn_get_mscale(double factor, double m);
+/* Parse a rope_scaling / rope_parameters object (llama3, yarn, default) into rc (its theta kept);
+ * `where` names it in messages ("rope_scaling.", "mla.rope_scaling."). Used by the release reader. */
+struct cJSON;
+/* Typed keys of a JSON object, errors naming src and the key (as zb_config_parse's): an integer
+ * (null allowed when null_ok: then null_val), a number, a boolean (true/false or 0/1; null or
+ * absent: dflt). Absent and not required: dflt. */
+int zb_json_int(const struct cJSON *o, const char *key, const char *src, int required, int dflt, int null_ok,
+                int null_val, int *out);
+int zb_json_float(const struct cJSON *o, const char *key, const char *src, int required, float dflt, float *out);
+int zb_json_bool(const struct cJSON *o, const char *key, const char *src, int dflt, int *out);
+/* The shortest decimal text of v that reads back as the same float ("1e-05", "500000"). */
+void zb_float_text(char *buf, size_t n, float v);
+int zb_rope_scaling_parse(const struct cJSON *obj, const char *src, const char *where, zb_rope_cfg *rc);
 
 #endif

@@ -159,14 +159,16 @@ int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt) {
 int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int first, int no_embed, int no_head) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    if (m->cfg.mla.rope.theta == 0) m->cfg.mla.rope = cfg->rope;   /* unset: the model's (config.h) */
     m->pp_first = first;   /* PP: which part of the stack this model holds (all of it: 0, 0, 0) */
     m->pp_no_embed = no_embed;
     m->pp_no_head = no_head;
     ZB_TRY(zb_config_validate(cfg, cfg->model_type));
     slot_t *slots = NULL;
     ZB_TRY(build_layout(m, &slots, wt));
-    m->data = zb_calloc(m->n_floats, sizeof(float), "model parameters");
-    if (m->n_bf16) m->data16 = zb_calloc(m->n_bf16, sizeof(uint16_t), "model parameters (bf16)");
+    m->be = zb_backend_cpu();   /* built, loaded and initialised on the host (zb_model_set_backend moves it) */
+    m->data = m->be->alloc(m->be, m->n_floats * sizeof(float), "model parameters");
+    if (m->n_bf16) m->data16 = m->be->alloc(m->be, m->n_bf16 * sizeof(uint16_t), "model parameters (bf16)");
     m->w.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
     m->g.blocks = zb_calloc(cfg->n_layers, sizeof(zb_block), "blocks");
     if (!m->data || (m->n_bf16 && !m->data16) || !m->w.blocks || !m->g.blocks) {
@@ -176,16 +178,20 @@ int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int fir
     }
     bind(m, slots, &m->w, m->data, m->data16);
     m->slots = slots;   /* kept to bind the gradient views in zb_model_alloc_grad */
-    if (cfg->n_heads > 0 && cfg->head_dim > 0) zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
-    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &cfg->rope);
+    if (cfg->n_heads > 0 && cfg->head_dim > 0 && cfg->head_dim <= ZB_ROPE_MAX_DIM)
+        zb_rope_init(&m->rope, cfg->head_dim, &cfg->rope);
+    /* MLA rotates its rope dims with its own rope (the release: YaRN), SPEC §3 */
+    if (cfg->mla.qk_rope > 0) zb_rope_init(&m->rope_mla, cfg->mla.qk_rope, &m->cfg.mla.rope);
     return ZB_OK;
 }
 
 void zb_model_free(zb_model *m) {
     free(m->params);
-    free(m->data);
-    free(m->data16);
-    free(m->grad);
+    if (m->be) {
+        m->be->free(m->be, m->data);
+        m->be->free(m->be, m->data16);
+        m->be->free(m->be, m->grad);
+    }
     free(m->w.blocks);
     free(m->g.blocks);
     free(m->slots);
@@ -198,14 +204,56 @@ int zb_model_alloc_grad(zb_model *m) {
     if (m->wdtype != ZB_WEIGHTS_F32)
         return zb_fail(ZB_EARG, "training needs float32 weights: this model holds its matrices in %s "
                        "(--weights bf16 is for inference)", zb_wdtype_name(m->wdtype));
-    m->grad = zb_calloc(m->n_floats, sizeof(float), "parameter gradients");
-    if (!m->grad) return ZB_ENOMEM;
+    ZB_BE_ALLOC(m->be, m->grad, m->n_floats, "parameter gradients");
     bind(m, m->slots, &m->g, m->grad, NULL);
     return ZB_OK;
 }
 
 void zb_model_zero_grad(zb_model *m) {
-    if (m->grad) memset(m->grad, 0, sizeof(float) * m->n_floats);
+    if (m->grad) m->be->zero(m->be, m->grad, sizeof(float) * m->n_floats);
+}
+
+/* n bytes from memory of backend a to memory of backend b (staged through the host when
+ * neither is host memory). */
+static int copy_across(const zb_backend *a, const zb_backend *b, void *dst, const void *src, size_t n) {
+    if (a->host_memory) b->to_device(b, dst, src, n);
+    else if (b->host_memory) a->to_host(a, dst, src, n);
+    else {
+        void *h = zb_malloc(n, "host staging buffer");
+        if (!h) return ZB_ENOMEM;
+        a->to_host(a, h, src, n);
+        b->to_device(b, dst, h, n);
+        free(h);
+    }
+    return ZB_OK;
+}
+
+int zb_model_set_backend(zb_model *m, const zb_backend *be) {
+    const zb_backend *old = m->be;
+    if (!be) return zb_fail(ZB_EARG, "no backend");
+    if (be->host_memory && old->host_memory) { m->be = be; return ZB_OK; }   /* one memory: the table only */
+    void *src[3] = {m->data, m->data16, m->grad}, *dst[3] = {NULL, NULL, NULL};
+    size_t bytes[3] = {m->n_floats * sizeof(float), m->n_bf16 * sizeof(uint16_t), m->n_floats * sizeof(float)};
+    int rc = ZB_OK;
+    for (int i = 0; i < 3 && !rc; i++) {   /* everything allocated first: a failure leaves m as it was */
+        if (!src[i]) continue;
+        dst[i] = be->alloc(be, bytes[i], "model parameters");
+        if (!dst[i]) rc = ZB_ENOMEM;
+    }
+    for (int i = 0; i < 3 && !rc; i++)
+        if (src[i]) rc = copy_across(old, be, dst[i], src[i], bytes[i]);
+    for (int i = 0; i < 3; i++) {
+        if (!rc) old->free(old, src[i]);
+        else be->free(be, dst[i]);
+    }
+    if (rc) return rc;
+    m->data = dst[0];
+    m->data16 = dst[1];
+    m->grad = dst[2];
+    m->be = be;
+    bind(m, m->slots, &m->w, m->data, m->data16);
+    if (m->grad) bind(m, m->slots, &m->g, m->grad, NULL);
+    return ZB_OK;
 }
 
 const zb_param *zb_model_param(const zb_model *m, const char *name) {
@@ -304,82 +352,6 @@ void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
 
 /* ---- activations -------------------------------------------------------------------------- */
 
-static size_t attn_act_floats(const zb_config *c, int B, int T) {
-    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
-    return N * (2 * qd + 2 * kd) + (size_t)B * c->n_heads * T * T;
-}
-static size_t attn_scratch_floats(const zb_config *c, int B, int T) {
-    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
-    return N * (2 * qd + 2 * kd);
-}
-
-static size_t mixer_act_floats(const zb_config *c, zb_layer_kind k, int B, int T) {
-    switch (k) {
-    case ZB_LAYER_ATTN: return attn_act_floats(c, B, T);
-    case ZB_LAYER_MLA: return zb_mla_act_floats(&c->mla, c->d_model, B, T);
-    default: return zb_mamba2_act_floats(&c->mamba, c->d_model, B, T);
-    }
-}
-static size_t mixer_scratch_floats(const zb_config *c, zb_layer_kind k, int B, int T) {
-    switch (k) {
-    case ZB_LAYER_ATTN: return attn_scratch_floats(c, B, T);
-    case ZB_LAYER_MLA: return zb_mla_scratch_floats(&c->mla, c->d_model, B, T);
-    default: return zb_mamba2_scratch_floats(&c->mamba, c->d_model, B, T);
-    }
-}
-
-int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
-    const zb_config *c = &m->cfg;
-    memset(a, 0, sizeof *a);
-    a->B = B;
-    a->T = T;
-    a->n_layers = c->n_layers;
-    size_t N = (size_t)B * T, d = c->d_model, F = c->ffn, L = c->n_layers, V = c->vocab;
-    size_t scratch = 0;
-    ZB_ALLOC(a->mix_acts, L, "activations");
-    for (size_t l = 0; l < L; l++) {
-        size_t s = mixer_scratch_floats(c, c->kinds[l], B, T);
-        if (s > scratch) scratch = s;
-        ZB_ALLOC(a->mix_acts[l], mixer_act_floats(c, c->kinds[l], B, T), "mixer activations");
-    }
-    ZB_ALLOC(a->res, (L + 1) * N * d, "activations");
-    ZB_ALLOC(a->mid, L * N * d, "activations");
-    ZB_ALLOC(a->ln1, L * N * d, "activations");
-    ZB_ALLOC(a->ln2, L * N * d, "activations");
-    ZB_ALLOC(a->rstd1, L * N, "activations");
-    ZB_ALLOC(a->rstd2, L * N, "activations");
-    ZB_ALLOC(a->mix_out, N * d, "activations");
-    ZB_ALLOC(a->gate, L * N * F, "activations");
-    ZB_ALLOC(a->up, L * N * F, "activations");
-    ZB_ALLOC(a->hmlp, L * N * F, "activations");
-    ZB_ALLOC(a->lnf, N * d, "activations");
-    ZB_ALLOC(a->rstdf, N, "activations");
-    ZB_ALLOC(a->logits, m->pp_no_head ? 1 : N * V, "logits");   /* PP: no head, no logits */
-    ZB_ALLOC(a->dres, N * d, "gradients");
-    ZB_ALLOC(a->dtmp, N * d, "gradients");
-    ZB_ALLOC(a->dln, N * d, "gradients");
-    ZB_ALLOC(a->dgate, N * F, "gradients");
-    ZB_ALLOC(a->dup, N * F, "gradients");
-    ZB_ALLOC(a->dh, N * F, "gradients");
-    ZB_ALLOC(a->mix_scratch, scratch, "mixer scratch");
-    ZB_ALLOC(a->targets, N, "targets");
-    return ZB_OK;
-}
-
-void zb_acts_free(zb_acts *a) {
-    if (a->mix_acts)
-        for (int l = 0; l < a->n_layers; l++) free(a->mix_acts[l]);
-    free(a->mix_acts);
-    free(a->res); free(a->mid); free(a->ln1); free(a->ln2); free(a->rstd1); free(a->rstd2);
-    free(a->mix_out); free(a->gate); free(a->up); free(a->hmlp); free(a->lnf); free(a->rstdf);
-    free(a->logits); free(a->dres); free(a->dtmp); free(a->dln); free(a->dgate); free(a->dup);
-    free(a->dh); free(a->mix_scratch); free(a->targets);
-    memset(a, 0, sizeof *a);
-}
-
-/* ---- GQA attention mixer (SPEC §2) ---------------------------------------------------- */
-/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T] */
-
 static zb_attn_shape attn_shape(const zb_config *c, int B, int T) {
     zb_attn_shape s = {B, T, c->n_heads, c->n_kv_heads, c->head_dim, c->head_dim,
                        c->n_heads * c->head_dim, c->n_kv_heads * c->head_dim,
@@ -387,53 +359,142 @@ static zb_attn_shape attn_shape(const zb_config *c, int B, int T) {
     return s;
 }
 
+/* attention: q, k, v, att, then what the backend saves for its backward */
+static size_t attn_act_floats(const zb_backend *be, const zb_config *c, int B, int T) {
+    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    zb_attn_shape s = attn_shape(c, B, T);
+    return N * (2 * qd + 2 * kd) + be->attention_saved_floats(be, &s);
+}
+static size_t attn_scratch_floats(const zb_config *c, int B, int T) {
+    size_t N = (size_t)B * T, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    return N * (2 * qd + 2 * kd);
+}
+
+static size_t mixer_act_floats(const zb_backend *be, const zb_config *c, zb_layer_kind k, int B, int T) {
+    switch (k) {
+    case ZB_LAYER_ATTN: return attn_act_floats(be, c, B, T);
+    case ZB_LAYER_MLA: return be->mla_act_floats(be, &c->mla, c->d_model, B, T);
+    default: return be->mamba2_act_floats(be, &c->mamba, c->d_model, B, T);
+    }
+}
+static size_t mixer_scratch_floats(const zb_backend *be, const zb_config *c, zb_layer_kind k, int B, int T) {
+    switch (k) {
+    case ZB_LAYER_ATTN: return attn_scratch_floats(c, B, T);
+    case ZB_LAYER_MLA: return be->mla_scratch_floats(be, &c->mla, c->d_model, B, T);
+    default: return be->mamba2_scratch_floats(be, &c->mamba, c->d_model, B, T);
+    }
+}
+
+int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
+    const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
+    memset(a, 0, sizeof *a);
+    a->be = be;
+    a->B = B;
+    a->T = T;
+    a->n_layers = c->n_layers;
+    size_t N = (size_t)B * T, d = c->d_model, F = c->ffn, L = c->n_layers, V = c->vocab;
+    size_t scratch = 0;
+    ZB_ALLOC(a->mix_acts, L, "activations");
+    for (size_t l = 0; l < L; l++) {
+        size_t s = mixer_scratch_floats(be, c, c->kinds[l], B, T);
+        if (s > scratch) scratch = s;
+        ZB_BE_ALLOC(be, a->mix_acts[l], mixer_act_floats(be, c, c->kinds[l], B, T), "mixer activations");
+    }
+    ZB_BE_ALLOC(be, a->res, (L + 1) * N * d, "activations");
+    ZB_BE_ALLOC(be, a->mid, L * N * d, "activations");
+    ZB_BE_ALLOC(be, a->ln1, L * N * d, "activations");
+    ZB_BE_ALLOC(be, a->ln2, L * N * d, "activations");
+    ZB_BE_ALLOC(be, a->rstd1, L * N, "activations");
+    ZB_BE_ALLOC(be, a->rstd2, L * N, "activations");
+    ZB_BE_ALLOC(be, a->mix_out, N * d, "activations");
+    ZB_BE_ALLOC(be, a->gate, L * N * F, "activations");
+    ZB_BE_ALLOC(be, a->up, L * N * F, "activations");
+    ZB_BE_ALLOC(be, a->hmlp, L * N * F, "activations");
+    ZB_BE_ALLOC(be, a->lnf, N * d, "activations");
+    ZB_BE_ALLOC(be, a->rstdf, N, "activations");
+    ZB_BE_ALLOC(be, a->logits, m->pp_no_head ? 1 : N * V, "logits");   /* PP: no head, no logits */
+    ZB_BE_ALLOC(be, a->dres, N * d, "gradients");
+    ZB_BE_ALLOC(be, a->dtmp, N * d, "gradients");
+    ZB_BE_ALLOC(be, a->dln, N * d, "gradients");
+    ZB_BE_ALLOC(be, a->dgate, N * F, "gradients");
+    ZB_BE_ALLOC(be, a->dup, N * F, "gradients");
+    ZB_BE_ALLOC(be, a->dh, N * F, "gradients");
+    ZB_BE_ALLOC(be, a->mix_scratch, scratch, "mixer scratch");
+    ZB_BE_ALLOC(be, a->ids, N, "token ids");
+    ZB_BE_ALLOC(be, a->targets_dev, N, "targets");
+    ZB_ALLOC(a->targets, N, "targets");
+    return ZB_OK;
+}
+
+void zb_acts_free(zb_acts *a) {
+    const zb_backend *be = a->be;
+    if (!be) { free(a->mix_acts); free(a->targets); memset(a, 0, sizeof *a); return; }
+    if (a->mix_acts)
+        for (int l = 0; l < a->n_layers; l++) be->free(be, a->mix_acts[l]);
+    free(a->mix_acts);
+    float *f[] = {a->res, a->mid, a->ln1, a->ln2, a->rstd1, a->rstd2, a->mix_out, a->gate, a->up, a->hmlp,
+                  a->lnf, a->rstdf, a->logits, a->dres, a->dtmp, a->dln, a->dgate, a->dup, a->dh, a->mix_scratch};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) be->free(be, f[i]);
+    be->free(be, a->ids);
+    be->free(be, a->targets_dev);
+    free(a->targets);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- GQA attention mixer (SPEC §2) ---------------------------------------------------- */
+/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T] */
+
 static void attn_forward(const zb_model *m, const zb_block *w, const float *x, float *out,
                          float *acts, int B, int T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
     float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
-    float *probs = att + (size_t)N * qd;
-    zb_matmul_forward(q, x, w->wq, NULL, N, d, qd);
-    zb_matmul_forward(k, x, w->wk, NULL, N, d, kd);
-    zb_matmul_forward(v, x, w->wv, NULL, N, d, kd);
-    zb_rope_apply_seq(&m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
-    zb_rope_apply_seq(&m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
+    float *saved = att + (size_t)N * qd;
+    be->matmul_forward(be, q, x, w->wq, NULL, N, d, qd);
+    be->matmul_forward(be, k, x, w->wk, NULL, N, d, kd);
+    be->matmul_forward(be, v, x, w->wv, NULL, N, d, kd);
+    be->rope(be, &m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
+    be->rope(be, &m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     zb_attn_shape s = attn_shape(c, B, T);
-    zb_attention_forward(att, probs, q, k, v, &s);
-    zb_matmul_forward(out, att, w->wo, NULL, N, qd, d);
+    be->attention_forward(be, att, saved, q, k, v, &s);
+    be->matmul_forward(be, out, att, w->wo, NULL, N, qd, d);
 }
 
 static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, const float *x,
                           const float *dout, float *dx, const float *acts, float *scratch,
                           int B, int T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
     const float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
-    const float *probs = att + (size_t)N * qd;
+    const float *saved = att + (size_t)N * qd;
     float *datt = scratch, *dq = datt + (size_t)N * qd, *dk = dq + (size_t)N * qd, *dv = dk + (size_t)N * kd;
-    memset(datt, 0, sizeof(float) * N * qd);
-    zb_matmul_backward(datt, g->wo, NULL, dout, att, w->wo, N, qd, d);
+    be->zero(be, datt, sizeof(float) * N * qd);
+    be->matmul_backward(be, datt, g->wo, NULL, dout, att, w->wo, N, qd, d);
     zb_attn_shape s = attn_shape(c, B, T);
-    zb_attention_backward(dq, dk, dv, datt, probs, q, k, v, &s);
+    be->attention_backward(be, dq, dk, dv, datt, att, saved, q, k, v, &s);
     /* back through the rotation (its transpose) to the projections */
-    zb_rope_apply_seq(&m->rope, dq, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 1);
-    zb_rope_apply_seq(&m->rope, dk, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
-    zb_matmul_backward(dx, g->wq, NULL, dq, x, w->wq, N, d, qd);
-    zb_matmul_backward(dx, g->wk, NULL, dk, x, w->wk, N, d, kd);
-    zb_matmul_backward(dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
+    be->rope(be, &m->rope, dq, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 1);
+    be->rope(be, &m->rope, dk, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    be->matmul_backward(be, dx, g->wq, NULL, dq, x, w->wq, N, d, qd);
+    be->matmul_backward(be, dx, g->wk, NULL, dk, x, w->wk, N, d, kd);
+    be->matmul_backward(be, dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
 }
 
 void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, float *acts,
                           int B, int T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     const zb_block *w = &m->w.blocks[l];
     switch (c->kinds[l]) {
     case ZB_LAYER_ATTN: attn_forward(m, w, x, out, acts, B, T); break;
     case ZB_LAYER_MLA:
-        zb_mla_forward(&c->mla, c->d_model, c->rms_eps, &w->mla, &m->rope_mla, x, out, acts, B, T);
+        be->mla_forward(be, &c->mla, c->d_model, c->rms_eps, &w->mla, &m->rope_mla, x, out, acts, B, T);
         break;
     default:
-        zb_mamba2_forward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, x, out, acts, B, T);
+        be->mamba2_forward(be, &c->mamba, c->d_model, c->rms_eps, &w->mamba, x, out, acts, B, T);
     }
     /* TP: the mixer's out projection is row-parallel -> sum the partial outputs (Megatron) */
     if (m->tp) zb_tp_allreduce(m->tp, out, (size_t)B * T * c->d_model);
@@ -442,6 +503,7 @@ void zb_mixer_forward(const zb_model *m, int l, const float *x, float *out, floa
 void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, float *dx,
                            float *acts, float *scratch, int B, int T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     const zb_block *w = &m->w.blocks[l];
     zb_block *g = &m->g.blocks[l];
     /* TP: dx (and the MLA latent-projection grads) are partial sums over local heads */
@@ -449,12 +511,12 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
     switch (c->kinds[l]) {
     case ZB_LAYER_ATTN: attn_backward(m, w, g, x, dout, dx, acts, scratch, B, T); break;
     case ZB_LAYER_MLA:
-        zb_mla_backward(&c->mla, c->d_model, c->rms_eps, &w->mla, &g->mla, &m->rope_mla, x, dout,
-                        dx, acts, scratch, B, T);
+        be->mla_backward(be, &c->mla, c->d_model, c->rms_eps, &w->mla, &g->mla, &m->rope_mla, x, dout,
+                         dx, acts, scratch, B, T);
         break;
     default:
-        zb_mamba2_backward(&c->mamba, c->d_model, c->rms_eps, &w->mamba, &g->mamba, x, dout, dx,
-                           acts, scratch, B, T);
+        be->mamba2_backward(be, &c->mamba, c->d_model, c->rms_eps, &w->mamba, &g->mamba, x, dout, dx,
+                            acts, scratch, B, T);
     }
     if (m->tp) zb_tp_mixer_grad_end(m, l, dx, (size_t)B * T * c->d_model);
 }
@@ -463,75 +525,84 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
 
 void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     const zb_block *w = &m->w.blocks[l];
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
     float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
     float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
-    zb_rmsnorm_forward(ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
+    be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
     zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
-    for (size_t i = 0; i < Nd; i++) mid[i] = x[i] + a->mix_out[i];
-    zb_rmsnorm_forward(ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
-    zb_matmul_forward(gt, ln2, w->w_gate, NULL, N, d, F);
-    zb_matmul_forward(up, ln2, w->w_up, NULL, N, d, F);
-    zb_swiglu_forward(h, gt, up, NF);
-    zb_matmul_forward(a->mix_out, h, w->w_down, NULL, N, F, d);
+    be->add(be, mid, x, a->mix_out, Nd);
+    be->rmsnorm_forward(be, ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
+    be->matmul_forward(be, gt, ln2, w->w_gate, NULL, N, d, F);
+    be->matmul_forward(be, up, ln2, w->w_up, NULL, N, d, F);
+    be->swiglu_forward(be, h, gt, up, NF);
+    be->matmul_forward(be, a->mix_out, h, w->w_down, NULL, N, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
-    for (size_t i = 0; i < Nd; i++) next[i] = mid[i] + a->mix_out[i];
+    be->add(be, next, mid, a->mix_out, Nd);
 }
 
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     size_t N = (size_t)B * T, acts = 0;
     memset(w, 0, sizeof *w);
+    w->be = be;
     w->B = B;
     w->T = T;
     for (int l = 0; l < c->n_layers; l++) {
-        size_t s = mixer_act_floats(c, c->kinds[l], B, T);
+        size_t s = mixer_act_floats(be, c, c->kinds[l], B, T);
         if (s > acts) acts = s;
     }
-    ZB_ALLOC(w->ln, N * c->d_model, "block buffers");
-    ZB_ALLOC(w->mo, N * c->d_model, "block buffers");
-    ZB_ALLOC(w->g, N * c->ffn, "block buffers");
-    ZB_ALLOC(w->u, N * c->ffn, "block buffers");
-    ZB_ALLOC(w->mix_acts, acts, "block buffers");
+    ZB_BE_ALLOC(be, w->ln, N * c->d_model, "block buffers");
+    ZB_BE_ALLOC(be, w->mo, N * c->d_model, "block buffers");
+    ZB_BE_ALLOC(be, w->g, N * c->ffn, "block buffers");
+    ZB_BE_ALLOC(be, w->u, N * c->ffn, "block buffers");
+    ZB_BE_ALLOC(be, w->mix_acts, acts, "block buffers");
     return ZB_OK;
 }
 
 void zb_block_ws_free(zb_block_ws *w) {
-    free(w->ln); free(w->mo); free(w->g); free(w->u); free(w->mix_acts);
+    if (w->be) {
+        float *f[] = {w->ln, w->mo, w->g, w->u, w->mix_acts};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) w->be->free(w->be, f[i]);
+    }
     memset(w, 0, sizeof *w);
 }
 
 void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     const zb_block *b = &m->w.blocks[l];
     int N = B * w->T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
-    zb_rmsnorm_forward(w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
+    be->rmsnorm_forward(be, w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
     zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
-    for (size_t i = 0; i < Nd; i++) x[i] += w->mo[i];
-    zb_rmsnorm_forward(w->ln, NULL, x, b->mlp_norm, N, d, c->rms_eps);
-    zb_matmul_forward(w->g, w->ln, b->w_gate, NULL, N, d, F);
-    zb_matmul_forward(w->u, w->ln, b->w_up, NULL, N, d, F);
-    zb_swiglu_forward(w->g, w->g, w->u, (size_t)N * F);
-    zb_matmul_forward(w->mo, w->g, b->w_down, NULL, N, F, d);
+    be->add(be, x, x, w->mo, Nd);
+    be->rmsnorm_forward(be, w->ln, NULL, x, b->mlp_norm, N, d, c->rms_eps);
+    be->matmul_forward(be, w->g, w->ln, b->w_gate, NULL, N, d, F);
+    be->matmul_forward(be, w->u, w->ln, b->w_up, NULL, N, d, F);
+    be->swiglu_forward(be, w->g, w->g, w->u, (size_t)N * F);
+    be->matmul_forward(be, w->mo, w->g, b->w_down, NULL, N, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
-    for (size_t i = 0; i < Nd; i++) x[i] += w->mo[i];
+    be->add(be, x, x, w->mo, Nd);
 }
 
 void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int N = a->B * a->T, d = c->d_model;
     size_t Nd = (size_t)N * d;
+    if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
-    else if (m->tp) zb_tp_embedding_forward(m, a->res, ids, N);   /* TP: vocab-parallel + all-reduce */
-    else zb_embedding_forward(a->res, ids, m->w.embed, N, d);
+    else if (m->tp) zb_tp_embedding_forward(m, a->res, a->ids, N);   /* TP: vocab-parallel + all-reduce */
+    else be->embedding_forward(be, a->res, a->ids, m->w.embed_lin, N, d);
     for (int l = 0; l < c->n_layers; l++) zb_block_forward(m, a, l);
     if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
-    zb_rmsnorm_forward(a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
-    zb_matmul_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
+    be->rmsnorm_forward(be, a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
+    be->matmul_forward(be, a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
 }
 
 double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_grad) {
@@ -543,21 +614,24 @@ double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_
 }
 
 double zb_model_ce_loss(const zb_model *m, zb_acts *a, const int *targets, int want_grad) {
+    const zb_backend *be = m->be;
     int B = a->B, T = a->T;
     if (targets != a->targets) memcpy(a->targets, targets, sizeof(int) * B * T);
     int nv = 0;
     /* count first so that the gradient carries 1/n_valid */
     for (int i = 0; i < B * T; i++) nv += a->targets[i] >= 0;
+    be->to_device(be, a->targets_dev, a->targets, sizeof(int) * B * T);
     /* TP: logits hold this rank's vocabulary columns; the loss is reduced across the group */
-    double sum = m->tp ? zb_tp_cross_entropy(m->tp, want_grad ? a->logits : NULL, a->logits, a->targets,
+    double sum = m->tp ? zb_tp_cross_entropy(m->tp, want_grad ? a->logits : NULL, a->logits, a->targets_dev,
                                              B * T, m->cfg.vocab, nv ? 1.0f / nv : 0.0f)
-                       : zb_cross_entropy(want_grad ? a->logits : NULL, a->logits, a->targets, B * T,
-                                          m->cfg.vocab, nv ? 1.0f / nv : 0.0f, NULL);
+                       : be->cross_entropy(be, want_grad ? a->logits : NULL, a->logits, a->targets_dev, B * T,
+                                           m->cfg.vocab, nv ? 1.0f / nv : 0.0f, NULL);
     return nv ? sum / nv : 0.0;
 }
 
 void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     const zb_block *w = &m->w.blocks[l];
     zb_block *g = &m->g.blocks[l];
     int B = a->B, T = a->T, N = B * T, d = c->d_model, F = c->ffn;
@@ -566,43 +640,45 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
     float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
-    memset(a->dh, 0, sizeof(float) * NF);
-    zb_matmul_backward(a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
-    zb_swiglu_backward(a->dgate, a->dup, a->dh, gt, up, NF);
-    memset(a->dln, 0, sizeof(float) * Nd);
-    zb_matmul_backward(a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
-    zb_matmul_backward(a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
+    be->zero(be, a->dh, sizeof(float) * NF);
+    be->matmul_backward(be, a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
+    be->swiglu_backward(be, a->dgate, a->dup, a->dh, gt, up, NF);
+    be->zero(be, a->dln, sizeof(float) * Nd);
+    be->matmul_backward(be, a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
+    be->matmul_backward(be, a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
-    zb_rmsnorm_backward(a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
-                        a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
-    if (dmix) for (size_t i = 0; i < Nd; i++) a->dres[i] += dmix[i];   /* d/d mixer out = d/d mid + dmix */
+    be->rmsnorm_backward(be, a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
+                         a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
+    if (dmix) be->add(be, a->dres, a->dres, dmix, Nd);   /* d/d mixer out = d/d mid + dmix */
     /* mixer: mid = x + mixer(ln1) */
-    memset(a->dln, 0, sizeof(float) * Nd);
+    be->zero(be, a->dln, sizeof(float) * Nd);
     zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
-    zb_rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm,
-                        a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+    be->rmsnorm_backward(be, a->dres, g->attn_norm, a->dln, x, w->attn_norm,
+                         a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
 }
 
 void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int N = a->B * a->T, d = c->d_model;
     size_t Nd = (size_t)N * d;
+    if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
     /* head and final norm (PP: not the last stage: a->dres = d(res[L]) from the next stage) */
     if (!m->pp_no_head) {
-    memset(a->dln, 0, sizeof(float) * Nd);
-    zb_matmul_backward(a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, d, c->vocab);
+    be->zero(be, a->dln, sizeof(float) * Nd);
+    be->matmul_backward(be, a->dln, m->g.lm_head, NULL, a->logits, a->lnf, m->w.lm_head, N, d, c->vocab);
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: the head is column-parallel (vocab) */
-    memset(a->dres, 0, sizeof(float) * Nd);
-    zb_rmsnorm_backward(a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
-                        m->w.final_norm, a->rstdf, N, d);
+    be->zero(be, a->dres, sizeof(float) * Nd);
+    be->rmsnorm_backward(be, a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
+                         m->w.final_norm, a->rstdf, N, d);
     }
     for (int l = c->n_layers - 1; l >= 0; l--) {
         zb_block_backward(m, a, l, NULL);
         if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
     }
     if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }
-    else if (m->tp) zb_tp_embedding_backward(m, a->dres, ids, N);   /* TP: this rank's rows only */
-    else zb_embedding_backward(m->g.embed, a->dres, ids, N, d);
+    else if (m->tp) zb_tp_embedding_backward(m, a->dres, a->ids, N);   /* TP: this rank's rows only */
+    else be->embedding_backward(be, m->g.embed, a->dres, a->ids, N, d);
     if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
 }
 
@@ -623,44 +699,55 @@ void zb_cache_sizes(const zb_config *c, size_t *kv_per_token, size_t *state_per_
 
 int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     memset(s, 0, sizeof *s);
+    s->be = be;
     s->B = B;
     s->max_T = max_T;
     s->chunk = ZB_GEN_CHUNK;
     size_t n = (size_t)B * s->chunk, d = c->d_model, F = c->ffn;
+    int ntok = B > s->chunk ? B : s->chunk;   /* the most tokens of one mixer call: a prefill chunk or a decode batch */
     size_t qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
-    size_t scratch = zb_attention_decode_scratch(c->n_heads, c->head_dim, max_T) + n * (qd + 2 * kd + qd);   /* attention: decode scratch + q,k,v,att */
+    size_t scratch = n * (qd + 2 * kd + qd);   /* attention: q, k, v, att, then the backend's scratch */
+    int any_attn = 0;
     ZB_ALLOC(s->cache, c->n_layers, "caches");
     ZB_ALLOC(s->cache_floats, c->n_layers, "caches");
     s->n_layers = c->n_layers;
     for (int l = 0; l < c->n_layers; l++) {
         size_t floats, sc = 0;
-        if (c->kinds[l] == ZB_LAYER_ATTN) floats = (size_t)B * max_T * 2 * kd;
-        else if (c->kinds[l] == ZB_LAYER_MLA) {
+        if (c->kinds[l] == ZB_LAYER_ATTN) {
+            floats = (size_t)B * max_T * 2 * kd;
+            any_attn = 1;
+        } else if (c->kinds[l] == ZB_LAYER_MLA) {
             floats = zb_mla_cache_floats(&c->mla, B, max_T);
-            sc = zb_mla_decode_scratch_floats(&c->mla, c->d_model, max_T) * (size_t)B * s->chunk;
+            sc = be->mla_step_scratch(be, &c->mla, c->d_model, max_T, ntok);
         } else {
             floats = (size_t)B * zb_mamba2_state_floats(&c->mamba);
-            sc = zb_mamba2_step_scratch_floats(&c->mamba, c->d_model, s->chunk) * (size_t)B;
+            sc = be->mamba2_step_scratch(be, &c->mamba, c->d_model, ntok);
         }
         if (sc > scratch) scratch = sc;
-        ZB_ALLOC(s->cache[l], floats, "generation cache");
+        ZB_BE_ALLOC(be, s->cache[l], floats, "generation cache");
         s->cache_floats[l] = floats;
     }
+    if (any_attn) scratch += be->attention_step_scratch(be, c->n_heads, c->n_kv_heads, c->head_dim, max_T, ntok);
     zb_cache_sizes(c, &s->cache_bytes_per_token, &s->state_bytes_per_seq);
     s->cache_bytes_per_token *= sizeof(float);
     s->state_bytes_per_seq *= sizeof(float);
-    ZB_ALLOC(s->x, n * d, "generation buffers");
-    ZB_ALLOC(s->ln, n * d, "generation buffers");
-    ZB_ALLOC(s->mo, n * d, "generation buffers");
-    ZB_ALLOC(s->g, n * F, "generation buffers");
-    ZB_ALLOC(s->u, n * F, "generation buffers");
-    ZB_ALLOC(s->lnf, (size_t)B * d, "generation buffers");
-    ZB_ALLOC(s->scratch, scratch, "generation scratch");
+    ZB_BE_ALLOC(be, s->x, n * d, "generation buffers");
+    ZB_BE_ALLOC(be, s->ln, n * d, "generation buffers");
+    ZB_BE_ALLOC(be, s->mo, n * d, "generation buffers");
+    ZB_BE_ALLOC(be, s->g, n * F, "generation buffers");
+    ZB_BE_ALLOC(be, s->u, n * F, "generation buffers");
+    ZB_BE_ALLOC(be, s->lnf, (size_t)B * d, "generation buffers");
+    ZB_BE_ALLOC(be, s->scratch, scratch, "generation scratch");
     /* TP: logits are gathered over the vocabulary for sampling (s->logits is [B, full V]) */
     ZB_ALLOC(s->logits, (size_t)B * zb_model_full_config(m)->vocab, "logits");
-    if (m->tp) ZB_ALLOC(s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
-    ZB_ALLOC(s->ids, n, "generation buffers");
+    if (be->host_memory) s->logits_dev = s->logits;   /* the head writes the host's logits directly */
+    else ZB_BE_ALLOC(be, s->logits_dev, (size_t)B * c->vocab, "logits");
+    if (m->tp) ZB_BE_ALLOC(be, s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
+    ZB_BE_ALLOC(be, s->ids, n, "generation buffers");
+    ZB_BE_ALLOC(be, s->pos_dev, B, "generation positions");
+    ZB_BE_ALLOC(be, s->seqs_dev, B, "generation positions");
     ZB_ALLOC(s->pos, B, "generation positions");
     ZB_ALLOC(s->seqs, B, "generation positions");
     ZB_ALLOC(s->kinds, c->n_layers, "caches");
@@ -669,29 +756,38 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
 }
 
 void zb_gen_free(zb_gen *s) {
-    for (int l = 0; s->cache && l < s->n_layers; l++) free(s->cache[l]);
-    free(s->cache); free(s->cache_floats); free(s->ids);
-    free(s->x); free(s->ln); free(s->mo); free(s->g); free(s->u); free(s->lnf);
-    free(s->scratch); free(s->logits); free(s->tp_buf); free(s->pos); free(s->seqs); free(s->kinds);
+    const zb_backend *be = s->be;
+    if (be) {
+        for (int l = 0; s->cache && l < s->n_layers; l++) be->free(be, s->cache[l]);
+        float *f[] = {s->x, s->ln, s->mo, s->g, s->u, s->lnf, s->scratch, s->tp_buf};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) be->free(be, f[i]);
+        if (s->logits_dev != s->logits) be->free(be, s->logits_dev);
+        be->free(be, s->ids);
+        be->free(be, s->pos_dev);
+        be->free(be, s->seqs_dev);
+    }
+    free(s->cache); free(s->cache_floats);
+    free(s->logits); free(s->pos); free(s->seqs); free(s->kinds);
     memset(s, 0, sizeof *s);
 }
 
 void zb_gen_reset(zb_gen *s) {
-    for (int l = 0; l < s->n_layers; l++) memset(s->cache[l], 0, sizeof(float) * s->cache_floats[l]);
+    for (int l = 0; l < s->n_layers; l++) s->be->zero(s->be, s->cache[l], sizeof(float) * s->cache_floats[l]);
     for (int b = 0; b < s->B; b++) s->pos[b] = 0;
 }
 
 void zb_gen_reset_seq(zb_gen *s, int b) {
     if (b < 0 || b >= s->B) return;
+    const zb_backend *be = s->be;
     /* every layer's cache is [B, per-sequence floats] (K and V halves for attention) */
     for (int l = 0; l < s->n_layers; l++) {
         size_t per = s->cache_floats[l] / (size_t)s->B;
         if (s->kinds[l] == ZB_LAYER_ATTN) {
             size_t half = per / 2, Bh = (size_t)s->B * half;
-            memset(s->cache[l] + (size_t)b * half, 0, sizeof(float) * half);
-            memset(s->cache[l] + Bh + (size_t)b * half, 0, sizeof(float) * half);
+            be->zero(be, s->cache[l] + (size_t)b * half, sizeof(float) * half);
+            be->zero(be, s->cache[l] + Bh + (size_t)b * half, sizeof(float) * half);
         } else {
-            memset(s->cache[l] + (size_t)b * per, 0, sizeof(float) * per);
+            be->zero(be, s->cache[l] + (size_t)b * per, sizeof(float) * per);
         }
     }
     s->pos[b] = 0;
@@ -699,52 +795,43 @@ void zb_gen_reset_seq(zb_gen *s, int b) {
 
 void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
     /* uniform with standard deviation 0.1, counter-based and threaded: a batch-16 8k cache of
-     * the 1B teacher is 2e9 floats, which a serial normal generator fills in about a minute */
-    for (int l = 0; l < s->n_layers; l++) {
-        float *c = s->cache[l];
+     * the 1B teacher is 2e9 floats, which a serial normal generator fills in about a minute.
+     * Filled on the host (a device backend: in blocks, staged). */
+    const zb_backend *be = s->be;
+    const long long blk = 1 << 22;
+    float *stage = be->host_memory ? NULL : zb_malloc(sizeof(float) * blk, "cache fill");
+    for (int l = 0; l < s->n_layers && (be->host_memory || stage); l++) {
         long long n = (long long)s->cache_floats[l];
         uint64_t sd = seed * 1000003u + (uint64_t)l;
+        for (long long i0 = 0; i0 < n; i0 += be->host_memory ? n : blk) {
+            long long k = be->host_memory ? n : (n - i0 < blk ? n - i0 : blk);
+            float *c = be->host_memory ? s->cache[l] : stage;
 #pragma omp parallel for schedule(static)
-        for (long long i = 0; i < n; i++) c[i] = synth(sd, i, 0.1732f);
+            for (long long i = 0; i < k; i++) c[i] = synth(sd, i0 + i, 0.1732f);
+            if (!be->host_memory) be->to_device(be, s->cache[l] + i0, stage, sizeof(float) * k);
+        }
     }
+    free(stage);
     for (int b = 0; b < s->B; b++) s->pos[b] = pos;
 }
 
-/* n new tokens for each of the nb sequences seqs[i] (rows i*n.. of x), sequence b at
- * positions pos[b]..pos[b]+n-1, against its rows of the K/V cache. */
-static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache,
-                      const int *seqs, int nb, const float *x, float *out, int n) {
+/* n new tokens for each of the nb sequences seqs (rows i*n.. of x; s->seqs_dev / s->pos_dev
+ * hold them on the device), sequence b at positions pos[b]..pos[b]+n-1, against its rows of
+ * the K/V cache. */
+static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache, int nb,
+                      const float *x, float *out, int n) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int N = nb * n, d = c->d_model, hd = c->head_dim;
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
-    float *probs = s->scratch, *q = probs + zb_attention_decode_scratch(c->n_heads, hd, s->max_T), *k = q + (size_t)N * qd, *v = k + (size_t)N * kd;
-    float *att = v + (size_t)N * kd;
-    zb_linear_forward(q, x, w->lin.wq, N, d, qd);
-    zb_linear_forward(k, x, w->lin.wk, N, d, kd);
-    zb_linear_forward(v, x, w->lin.wv, N, d, kd);
-    float *K = cache, *Vc = cache + (size_t)s->B * s->max_T * kd;
-    for (int i = 0; i < nb; i++) {
-        int b = seqs[i], p0 = s->pos[b];
-        float *Kb = K + (size_t)b * s->max_T * kd, *Vb = Vc + (size_t)b * s->max_T * kd;
-        zb_rope_apply_seq(&m->rope, q + (size_t)i * n * qd, 1, n, qd, c->n_heads, hd, 0, p0, 0, 0);
-        zb_rope_apply_seq(&m->rope, k + (size_t)i * n * kd, 1, n, kd, c->n_kv_heads, hd, 0, p0, 0, 0);
-        /* head-major cache [Hkv, max_T, hd] per sequence: a KV head's rows are contiguous, so
-         * its decode reads one stream the prefetchers follow (not hd of every kd floats) */
-        size_t gs = (size_t)s->max_T * hd;
-        for (int t = 0; t < n; t++) {
-            size_t r = (size_t)i * n + t;
-            for (int g = 0; g < c->n_kv_heads; g++) {
-                memcpy(Kb + g * gs + (size_t)(p0 + t) * hd, k + r * kd + (size_t)g * hd, sizeof(float) * hd);
-                memcpy(Vb + g * gs + (size_t)(p0 + t) * hd, v + r * kd + (size_t)g * hd, sizeof(float) * hd);
-            }
-        }
-        for (int t = 0; t < n; t++) {
-            size_t r = (size_t)i * n + t;
-            zb_attention_decode(att + r * qd, q + r * qd, Kb, Vb, p0 + t + 1, c->n_heads,
-                                c->n_kv_heads, hd, hd, hd, hd, gs, gs, 1.0f / sqrtf((float)hd), probs);
-        }
-    }
-    zb_linear_forward(out, att, w->lin.wo, N, qd, d);
+    float *q = s->scratch, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
+    float *sc = s->scratch + (size_t)s->B * s->chunk * (2 * qd + 2 * kd);   /* after the largest q, k, v, att */
+    be->linear_forward(be, q, x, w->lin.wq, N, d, qd);
+    be->linear_forward(be, k, x, w->lin.wk, N, d, kd);
+    be->linear_forward(be, v, x, w->lin.wv, N, d, kd);
+    be->attention_step(be, &m->rope, att, q, k, v, cache, cache + (size_t)s->B * s->max_T * kd, s->max_T,
+                       s->seqs_dev, s->pos_dev, nb, n, c->n_heads, c->n_kv_heads, hd, sc);
+    be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
 
 /* PP generation: the residual [N, d] of the chunk goes point-to-point from stage s to s+1
@@ -766,63 +853,65 @@ const char *const zb_prof_names[ZB_PROF_N] = {"embed", "attention", "mla", "mamb
 /* profiling: the time since the last mark goes to part k (nothing when s->profile is off) */
 static inline void prof_mark(zb_gen *s, double *t, int k) {
     if (!s->profile) return;
+    s->be->sync(s->be);   /* a device backend runs asynchronously */
     double now = zb_now();
     s->prof[k] += now - *t;
     *t = now;
 }
 
-static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
+static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n) {
     const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
     double t = s->profile ? zb_now() : 0;
+    /* the sequences and their positions, for the entries that index caches by them */
+    be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
+    be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
-    else if (m->tp) zb_tp_embedding_forward(m, s->x, ids, N);   /* TP: vocab-parallel + all-reduce */
-    else if (m->w.embed_lin.bf16)   /* bf16 rows, converted as they are looked up */
-        for (int i = 0; i < N; i++)
-            zb_bf16_to_f32_n(m->w.embed_lin.bf16 + (size_t)ids[i] * d, s->x + (size_t)i * d, (size_t)d);
-    else zb_embedding_forward(s->x, ids, m->w.embed, N, d);
+    else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
+    else be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);   /* f32 or bf16 rows */
     prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
-        zb_rmsnorm_forward(s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
+        be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
-        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], seqs, nb, s->ln, s->mo, n);
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], nb, s->ln, s->mo, n);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
             if (n == 1)   /* decode: the projections once for all sequences */
-                zb_mla_decode_seqs(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln, s->mo,
-                                   s->cache[l], per, s->max_T, seqs, s->pos, nb, s->scratch);
+                be->mla_decode_seqs(be, &c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln, s->mo,
+                                    s->cache[l], per, s->max_T, s->seqs_dev, s->pos_dev, nb, s->scratch);
             else
                 for (int i = 0; i < nb; i++)
-                    zb_mla_step_lin(&c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla,
-                                    s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
-                                    s->cache[l] + (size_t)seqs[i] * per, s->max_T, &s->pos[seqs[i]], n, 1,
-                                    s->scratch);
+                    be->mla_step(be, &c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla,
+                                 s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
+                                 s->cache[l] + (size_t)seqs[i] * per, s->max_T, s->pos_dev + seqs[i], n, 1,
+                                 s->scratch);
         } else {
             size_t per = zb_mamba2_state_floats(&c->mamba);
             if (n == 1)   /* decode: in_proj / out_proj once for all sequences */
-                zb_mamba2_decode_seqs(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln, s->mo,
-                                      s->cache[l], seqs, nb, s->scratch);
+                be->mamba2_decode_seqs(be, &c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln, s->mo,
+                                       s->cache[l], s->seqs_dev, nb, s->scratch);
             else
                 for (int i = 0; i < nb; i++)
-                    zb_mamba2_step_lin(&c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin,
-                                       s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
-                                       s->cache[l] + (size_t)seqs[i] * per, n, 1, s->scratch);
+                    be->mamba2_step(be, &c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin,
+                                    s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
+                                    s->cache[l] + (size_t)seqs[i] * per, n, 1, s->scratch);
         }
         prof_mark(s, &t, c->kinds[l] == ZB_LAYER_ATTN ? ZB_PROF_ATTN : c->kinds[l] == ZB_LAYER_MLA ? ZB_PROF_MLA
                                                                                                  : ZB_PROF_MAMBA);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
-        for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
-        zb_rmsnorm_forward(s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
+        be->add(be, s->x, s->x, s->mo, Nd);
+        be->rmsnorm_forward(be, s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
-        zb_linear_forward(s->g, s->ln, w->lin.w_gate, N, d, F);
-        zb_linear_forward(s->u, s->ln, w->lin.w_up, N, d, F);
-        zb_swiglu_forward(s->g, s->g, s->u, (size_t)N * F);
-        zb_linear_forward(s->mo, s->g, w->lin.w_down, N, F, d);
+        be->linear_forward(be, s->g, s->ln, w->lin.w_gate, N, d, F);
+        be->linear_forward(be, s->u, s->ln, w->lin.w_up, N, d, F);
+        be->swiglu_forward(be, s->g, s->g, s->u, (size_t)N * F);
+        be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
         prof_mark(s, &t, ZB_PROF_MLP);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
-        for (size_t i = 0; i < Nd; i++) s->x[i] += s->mo[i];
+        be->add(be, s->x, s->x, s->mo, Nd);
         prof_mark(s, &t, ZB_PROF_OTHER);
     }
     if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
@@ -831,14 +920,18 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, con
         return;
     }
     /* logits of the last new token of each sequence only */
-    for (int b = 0; b < B; b++)
-        zb_rmsnorm_forward(s->lnf + (size_t)b * d, NULL, s->x + ((size_t)b * n + n - 1) * d,
-                           m->w.final_norm, 1, d, c->rms_eps);
+    const float *last = s->x + (size_t)(n - 1) * d;
+    if (n > 1) {   /* gather row n-1 of each sequence */
+        be->copy_2d(be, s->lnf, (size_t)d, last, (size_t)n * d, (size_t)B, (size_t)d);
+        last = s->lnf;
+    }
+    be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
     if (m->tp) {   /* TP: local vocabulary columns, then gathered to [B, V] */
-        zb_linear_forward(s->tp_buf, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+        be->linear_forward(be, s->tp_buf, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
         zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
     } else {
-        zb_linear_forward(s->logits, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+        be->linear_forward(be, s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+        be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
     }
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
@@ -863,8 +956,8 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
         for (int i = 0; i < nb; i++)
-            memcpy(s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
-        gen_chunk(m, s, seqs, nb, s->ids, nc);
+            s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+        gen_chunk(m, s, seqs, nb, nc);
     }
     return ZB_OK;
 }

@@ -4,18 +4,22 @@
  * (allocated once for a B x T shape), forward / backward pairs, and a cached decoder.
  *
  * Block i (pre-norm, SPEC §2):  h += Mixer_i(RMSNorm(h));  h += MLP(RMSNorm(h))
- * Output: logits = head(RMSNorm(h)), head tied to the embedding when the config says so. */
+ * Output: logits = head(RMSNorm(h)), head tied to the embedding when the config says so.
+ *
+ * Where tensors live: a model's parameters, gradients, activations (zb_acts) and generation
+ * caches (zb_gen) are memory of its backend m->be (backend.h); forward, backward and the
+ * generation step only do pointer arithmetic on them and call m->be's entries. A model is
+ * built, loaded and initialised on the host (the CPU backend); zb_model_set_backend moves it.
+ * Host-side code (loading, saving, TP slicing, sampling) reads m->data directly, which needs
+ * m->be->host_memory. */
 #ifndef ZB_MODEL_H
 #define ZB_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "config.h"
-#include "linear.h"
-#include "mamba2.h"
-#include "mla.h"
-#include "ops.h"
 #include "zb_common.h"
 
 #define ZB_PARAM_NAME 128
@@ -67,6 +71,7 @@ typedef struct {
 
 typedef struct {
     zb_config cfg;
+    const zb_backend *be;   /* where data, data16, grad live and whose kernels run (CPU after init) */
     int n_params;
     zb_param *params;
     size_t n_floats;
@@ -111,6 +116,10 @@ int zb_model_init_ex(zb_model *m, const zb_config *cfg, zb_wdtype wt);
  * zb_model.pp_first. zb_model_init_ex is (first 0, no_embed 0, no_head 0). */
 int zb_model_init_stage(zb_model *m, const zb_config *cfg, zb_wdtype wt, int first, int no_embed, int no_head);
 void zb_model_free(zb_model *m);
+/* Run m on backend be from now on: its parameters (and gradients) move to be's memory when be's
+ * memory is not m's (with be->host_memory on both sides only the table changes: its options).
+ * be must outlive m. Activations and generation state are allocated on m->be: make them after. */
+int zb_model_set_backend(zb_model *m, const zb_backend *be);
 int zb_model_alloc_grad(zb_model *m);
 void zb_model_zero_grad(zb_model *m);
 const zb_param *zb_model_param(const zb_model *m, const char *name);
@@ -137,6 +146,7 @@ size_t zb_model_param_bytes(const zb_model *m);
 
 /* ---- training-shaped forward / backward --------------------------------------------- */
 typedef struct {
+    const zb_backend *be;   /* the model's backend at zb_acts_alloc: every buffer below but targets is its memory */
     int B, T, n_layers;
     float *res;        /* [(L+1), N, d] residual stream: res[i] = input of layer i; res[L] = final pre-norm */
     float *mid;        /* [L, N, d] residual after the mixer of layer i */
@@ -152,7 +162,9 @@ typedef struct {
     float *dres, *dtmp, *dln; /* [N, d] */
     float *dgate, *dup, *dh;  /* [N, F] */
     float *mix_scratch;       /* max over layers of the mixer backward scratch */
-    int *targets;      /* [N] */
+    int *ids;          /* [N] the token ids of the last forward (device copy) */
+    int *targets_dev;  /* [N] the targets of the last loss (device copy of targets) */
+    int *targets;      /* [N] host */
 } zb_acts;
 
 int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T);
@@ -180,7 +192,11 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix);
  * applied to x, B <= the ws's rows, with the working buffers of zb_block_ws_alloc (sized for
  * every layer kind of m; on error zb_block_ws_free frees what was allocated). SMART
  * (core/smart.c) scores layer swaps with it. */
-typedef struct { int B, T; float *ln, *mo, *g, *u, *mix_acts; } zb_block_ws;
+typedef struct {
+    const zb_backend *be;   /* m->be at zb_block_ws_alloc: the buffers are its memory */
+    int B, T;
+    float *ln, *mo, *g, *u, *mix_acts;
+} zb_block_ws;
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T);
 void zb_block_ws_free(zb_block_ws *w);
 void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w);
@@ -198,19 +214,22 @@ enum { ZB_PROF_EMBED, ZB_PROF_ATTN, ZB_PROF_MLA, ZB_PROF_MAMBA, ZB_PROF_MLP, ZB_
        ZB_PROF_OTHER, ZB_PROF_N };
 extern const char *const zb_prof_names[ZB_PROF_N];
 typedef struct {
+    const zb_backend *be;   /* the model's backend at zb_gen_init: caches and buffers are its memory */
     int B, max_T, n_layers;
-    int *pos;          /* [B]: tokens cached so far by each sequence (its next position) */
-    int *seqs;         /* [B] scratch: the identity list of zb_gen_step */
+    int *pos;          /* [B] host: tokens cached so far by each sequence (its next position) */
+    int *seqs;         /* [B] host scratch: the identity list of zb_gen_step */
+    int *pos_dev, *seqs_dev;   /* [B] device copies for the step's entries */
     zb_layer_kind *kinds;   /* [L] the layer kinds (cache layout of each layer) */
     size_t *cache_floats;
-    int *ids;          /* [B*chunk] */
+    int *ids;          /* [B*chunk] device: the chunk's token ids */
     float **cache;     /* [L]: attention K|V, MLA latent, or Mamba2 state, per layer kind */
     size_t cache_bytes_per_token, state_bytes_per_seq;
     float *x, *ln, *mo, *g, *u, *lnf;   /* [B*chunk, ...] */
     float *scratch;
-    float *logits;     /* [B, V] for the last new token of each sequence fed (full V under
-                        * TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
-    float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] */
+    float *logits;     /* [B, V] host, for the last new token of each sequence fed (full V
+                        * under TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
+    float *logits_dev; /* the head's output: == logits on a host_memory backend (no copy) */
+    float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] (device) */
     int chunk;         /* max tokens processed per step call */
     int profile;       /* 1: add each part's wall time of every step to prof[] (zebra bench) */
     double prof[ZB_PROF_N];

@@ -16,8 +16,9 @@ int zb_adamw_init(zb_adamw *o, const zb_model *m, const zb_optim_cfg *cfg) {
     o->cfg = *cfg;
     o->n_params = m->n_params;
     o->n_floats = m->n_floats;
-    ZB_ALLOC(o->m, m->n_floats, "optimizer first moments");
-    ZB_ALLOC(o->v, m->n_floats, "optimizer second moments");
+    o->be = m->be;
+    ZB_BE_ALLOC(o->be, o->m, m->n_floats, "optimizer first moments");
+    ZB_BE_ALLOC(o->be, o->v, m->n_floats, "optimizer second moments");
     ZB_ALLOC(o->lr_mult, m->n_params, "optimizer groups");
     ZB_ALLOC(o->wd, m->n_params, "optimizer groups");
     ZB_ALLOC(o->trainable, m->n_params, "optimizer groups");
@@ -30,7 +31,11 @@ int zb_adamw_init(zb_adamw *o, const zb_model *m, const zb_optim_cfg *cfg) {
 }
 
 void zb_adamw_free(zb_adamw *o) {
-    free(o->m); free(o->v); free(o->lr_mult); free(o->wd); free(o->trainable);
+    if (o->be) {
+        o->be->free(o->be, o->m);
+        o->be->free(o->be, o->v);
+    }
+    free(o->lr_mult); free(o->wd); free(o->trainable);
     memset(o, 0, sizeof *o);
 }
 
@@ -73,11 +78,8 @@ float zb_lr_at(const zb_optim_cfg *c, int64_t step) {
 
 double zb_grad_norm(const zb_adamw *o, const zb_model *m) {
     double s = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        if (!o->trainable[i]) continue;
-        const float *g = m->grad + m->params[i].offset;
-        for (size_t j = 0; j < m->params[i].numel; j++) s += (double)g[j] * g[j];
-    }
+    for (int i = 0; i < m->n_params; i++)
+        if (o->trainable[i]) s += m->be->sumsq(m->be, m->grad + m->params[i].offset, m->params[i].numel);
     return sqrt(s);
 }
 
@@ -88,7 +90,7 @@ float zb_clip_scale(const zb_optim_cfg *c, double norm) {
 
 void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi, const float *g,
                            float *mm, float *vv, float lr, float grad_scale) {
-    const float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
+    const float b1 = o->cfg.beta1, b2 = o->cfg.beta2;
     double t = (double)(o->step + 1);
     float bc1 = (float)(1.0 - pow(b1, t)), bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
     for (int i = 0; i < m->n_params; i++) {
@@ -96,16 +98,9 @@ void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi,
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         if (a >= b) continue;
-        float *w = m->data + a;
-        const float *gp = g + (a - lo);
-        float *mp = mm + (a - lo), *vp = vv + (a - lo);
-        float lri = lr * o->lr_mult[i], decay = 1.0f - lri * o->wd[i], step_size = lri / bc1;
-        for (size_t j = 0; j < b - a; j++) {
-            float gj = gp[j] * grad_scale;
-            mp[j] = b1 * mp[j] + (1.0f - b1) * gj;
-            vp[j] = b2 * vp[j] + (1.0f - b2) * gj * gj;
-            w[j] = w[j] * decay - step_size * mp[j] / (sqrtf(vp[j]) / bc2_sqrt + eps);
-        }
+        float lri = lr * o->lr_mult[i];
+        zb_adamw_hp hp = {b1, b2, o->cfg.eps, 1.0f - lri * o->wd[i], lri / bc1, bc2_sqrt, grad_scale};
+        m->be->adamw(m->be, m->data + a, g + (a - lo), mm + (a - lo), vv + (a - lo), b - a, &hp);
     }
 }
 

@@ -32,6 +32,7 @@ typedef struct {
     zb_optim_cfg cfg;
     int n_params;
     size_t n_floats;
+    const zb_backend *be;     /* the model's backend at init: m and v are its memory */
     float *m, *v;             /* [n_floats] first and second moments */
     float *lr_mult;           /* [n_params] */
     float *wd;                /* [n_params] weight decay per parameter */

@@ -182,7 +182,8 @@ static int read_groups(zb_run_cfg *r, const cJSON *v) {
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(g, "match");
         if (!mt) return zb_fail(ZB_EARG, "%s: groups[%d] needs a 'match' string", r->path, r->n_groups);
         zb_run_group *q = &r->groups[r->n_groups++];
-        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(g, "lr_mult"), *wd = cJSON_GetObjectItemCaseSensitive(g, "weight_decay");
+        const cJSON *lm = cJSON_GetObjectItemCaseSensitive(g, "lr_mult");
+        const cJSON *wd = cJSON_GetObjectItemCaseSensitive(g, "weight_decay");
         const cJSON *tr = cJSON_GetObjectItemCaseSensitive(g, "trainable");
         q->lr_mult = lm ? (float)lm->valuedouble : -1.0f;
         q->weight_decay = wd ? (float)wd->valuedouble : -1.0f;
@@ -193,7 +194,10 @@ static int read_groups(zb_run_cfg *r, const cJSON *v) {
 }
 
 static const cJSON *get(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
-static double num(const cJSON *o, const char *k, double d) { const cJSON *v = get(o, k); return v ? v->valuedouble : d; }
+static double num(const cJSON *o, const char *k, double d) {
+    const cJSON *v = get(o, k);
+    return v ? v->valuedouble : d;
+}
 static void str(const cJSON *o, const char *k, char *dst, const char *d) {
     const cJSON *v = get(o, k);
     snprintf(dst, ZB_RUN_PATH, "%s", v ? v->valuestring : d);

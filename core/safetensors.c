@@ -421,7 +421,9 @@ typedef struct {
     int ndim;
     int64_t shape[ZB_MAX_DIMS];
     size_t nbytes;
-    void *data;
+    void *data;          /* a copy, or NULL for a tensor filled at save time */
+    zb_st_fill fill;
+    void *fill_ctx;
 } zb_st_wentry;
 
 struct zb_st_writer {
@@ -438,8 +440,8 @@ void zb_st_writer_free(zb_st_writer *w) {
     free(w);
 }
 
-int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
-                     const void *data) {
+static int writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                      const void *data, zb_st_fill fill, void *fill_ctx) {
     if (ndim < 0 || ndim > ZB_MAX_DIMS || !zb_dtype_size(dtype) || !name[0] || !strcmp(name, "__metadata__"))
         return zb_fail(ZB_EARG, "safetensors writer: tensor '%s': bad dtype, name or ndim %d", name, ndim);
     for (int i = 0; i < w->n; i++)
@@ -463,11 +465,29 @@ int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim
     e->dtype = dtype;
     e->nbytes = numel * zb_dtype_size(dtype);
     e->name = zb_strdup(name);
-    e->data = zb_malloc(e->nbytes, name);
-    if (!e->name || !e->data) { free(e->name); free(e->data); return ZB_ENOMEM; }
-    if (e->nbytes) memcpy(e->data, data, e->nbytes);
+    e->fill = fill;
+    e->fill_ctx = fill_ctx;
+    if (!fill) e->data = zb_malloc(e->nbytes, name);
+    if (!e->name || (!fill && !e->data)) { free(e->name); free(e->data); return ZB_ENOMEM; }
+    if (!fill && e->nbytes) memcpy(e->data, data, e->nbytes);
     w->n++;
     return ZB_OK;
+}
+
+int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                     const void *data) {
+    return writer_add(w, name, dtype, ndim, shape, data, NULL, NULL);
+}
+
+int zb_st_writer_add_fill(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
+                          zb_st_fill fill, void *ctx) {
+    return writer_add(w, name, dtype, ndim, shape, NULL, fill, ctx);
+}
+
+size_t zb_st_writer_bytes(const zb_st_writer *w) {
+    size_t b = 0;
+    for (int i = 0; i < w->n; i++) b += w->e[i].nbytes;
+    return b;
 }
 
 typedef struct { char *p; size_t n, cap; int oom; } zb_buf;
@@ -529,12 +549,20 @@ int zb_st_writer_save(zb_st_writer *w, const char *path) {
     uint8_t len8[8];
     uint64_t hl = h.n;
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hl >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.p, 1, h.n, f) == h.n;
-    for (int i = 0; ok && i < w->n; i++)
-        if (w->e[i].nbytes) ok = fwrite(w->e[i].data, 1, w->e[i].nbytes, f) == w->e[i].nbytes;
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.p, 1, h.n, f) == h.n, rc = ZB_OK;
+    for (int i = 0; ok && !rc && i < w->n; i++) {
+        const zb_st_wentry *e = &w->e[i];
+        if (!e->nbytes) continue;
+        if (!e->fill) { ok = fwrite(e->data, 1, e->nbytes, f) == e->nbytes; continue; }
+        void *buf = zb_malloc(e->nbytes, e->name);   /* one filled tensor at a time */
+        if (!buf) rc = ZB_ENOMEM;
+        else if (!(rc = e->fill(e->fill_ctx, e->name, buf, e->nbytes))) ok = fwrite(buf, 1, e->nbytes, f) == e->nbytes;
+        free(buf);
+    }
     free(h.p);
     if (fflush(f) != 0) ok = 0;
     if (fclose(f) != 0) ok = 0;
+    if (rc) { unlink(tmp); return rc; }
     if (!ok) { unlink(tmp); return zb_fail(ZB_EIO, "%s: write failed (%s)", tmp, strerror(errno)); }
     if (rename(tmp, path) != 0) {
         int er = errno;

@@ -53,6 +53,13 @@ typedef struct zb_st_writer zb_st_writer;
 zb_st_writer *zb_st_writer_new(void);
 int zb_st_writer_add(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim,
                      const int64_t *shape, const void *data);
+/* A tensor whose bytes fill(ctx, name, dst, nbytes) writes at save time, one tensor at a time
+ * (a model exported without a second copy in memory). A non-zero return aborts the save. */
+typedef int (*zb_st_fill)(void *ctx, const char *name, void *dst, size_t nbytes);
+int zb_st_writer_add_fill(zb_st_writer *w, const char *name, zb_dtype dtype, int ndim,
+                          const int64_t *shape, zb_st_fill fill, void *ctx);
+/* Data bytes of the tensors added so far. */
+size_t zb_st_writer_bytes(const zb_st_writer *w);
 int zb_st_writer_save(zb_st_writer *w, const char *path);
 void zb_st_writer_free(zb_st_writer *w);
 

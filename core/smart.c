@@ -103,6 +103,8 @@ int zb_smart_init(zb_smart *s, const zb_model *teacher, const zb_model *mamba, c
     ZB_TRY(all_kind(teacher, ZB_LAYER_ATTN, "teacher"));
     ZB_TRY(all_kind(mamba, ZB_LAYER_MAMBA2, "all-Mamba2"));
     ZB_TRY(all_kind(mla, ZB_LAYER_MLA, "all-MLA"));
+    if (mamba->be != teacher->be || mla->be != teacher->be)
+        return zb_fail(ZB_EARG, "SMART: the three models must run on one backend");
     s->teacher = teacher;
     s->mamba = mamba;
     s->mla = mla;
@@ -110,11 +112,13 @@ int zb_smart_init(zb_smart *s, const zb_model *teacher, const zb_model *mamba, c
     s->T = T;
     s->L = teacher->cfg.n_layers;
     size_t N = (size_t)B * T, d = teacher->cfg.d_model, V = teacher->cfg.vocab;
-    ZB_ALLOC(s->tlog, N * V, "SMART logits");
-    ZB_ALLOC(s->logits, N * V, "SMART logits");
-    ZB_ALLOC(s->res, (size_t)(s->L + 1) * N * d, "SMART residuals");
-    ZB_ALLOC(s->x, N * d, "SMART buffers");
-    ZB_ALLOC(s->ln, N * d, "SMART buffers");
+    const zb_backend *be = s->be = teacher->be;
+    ZB_BE_ALLOC(be, s->tlog, N * V, "SMART logits");
+    ZB_BE_ALLOC(be, s->logits, N * V, "SMART logits");
+    ZB_BE_ALLOC(be, s->res, (size_t)(s->L + 1) * N * d, "SMART residuals");
+    ZB_BE_ALLOC(be, s->x, N * d, "SMART buffers");
+    ZB_BE_ALLOC(be, s->ln, N * d, "SMART buffers");
+    ZB_BE_ALLOC(be, s->ids, N, "SMART buffers");
     ZB_TRY(zb_block_ws_alloc(&s->wt, teacher, B, T));
     ZB_TRY(zb_block_ws_alloc(&s->wm, mamba, B, T));
     ZB_TRY(zb_block_ws_alloc(&s->wa, mla, B, T));
@@ -122,7 +126,11 @@ int zb_smart_init(zb_smart *s, const zb_model *teacher, const zb_model *mamba, c
 }
 
 void zb_smart_free(zb_smart *s) {
-    free(s->tlog); free(s->logits); free(s->res); free(s->x); free(s->ln);
+    if (s->be) {
+        float *f[] = {s->tlog, s->logits, s->res, s->x, s->ln};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) s->be->free(s->be, f[i]);
+        s->be->free(s->be, s->ids);
+    }
     zb_block_ws_free(&s->wt); zb_block_ws_free(&s->wm); zb_block_ws_free(&s->wa);
     memset(s, 0, sizeof *s);
 }
@@ -130,32 +138,34 @@ void zb_smart_free(zb_smart *s) {
 /* logits [N, V] = head(final_norm(x)) of m */
 static void head(const zb_model *m, const float *x, float *ln, float *logits, int N) {
     const zb_config *c = &m->cfg;
-    zb_rmsnorm_forward(ln, NULL, x, m->w.final_norm, N, c->d_model, c->rms_eps);
-    zb_matmul_forward(logits, ln, m->w.lm_head, NULL, N, c->d_model, c->vocab);
+    m->be->rmsnorm_forward(m->be, ln, NULL, x, m->w.final_norm, N, c->d_model, c->rms_eps);
+    m->be->matmul_forward(m->be, logits, ln, m->w.lm_head, NULL, N, c->d_model, c->vocab);
 }
 
 void zb_smart_batch(zb_smart *s, const int *ids, int rows, double *kl) {
     const zb_model *t = s->teacher, *M = s->mamba, *A = s->mla;
     int B = rows, N = B * s->T, L = s->L, d = t->cfg.d_model, V = t->cfg.vocab;
     size_t Nd = (size_t)N * d;
+    const zb_backend *be = s->be;
+    be->to_device(be, s->ids, ids, sizeof(int) * N);
     /* the teacher */
-    zb_embedding_forward(s->x, ids, t->w.embed, N, d);
+    be->embedding_forward(be, s->x, s->ids, t->w.embed_lin, N, d);
     for (int l = 0; l < L; l++) zb_block_apply(t, l, s->x, B, &s->wt);
     head(t, s->x, s->ln, s->tlog, N);
     /* M, keeping its residual at every layer */
-    zb_embedding_forward(s->res, ids, M->w.embed, N, d);
+    be->embedding_forward(be, s->res, s->ids, M->w.embed_lin, N, d);
     for (int l = 0; l < L; l++) {
-        memcpy(s->res + (l + 1) * Nd, s->res + l * Nd, sizeof(float) * Nd);
+        be->copy(be, s->res + (l + 1) * Nd, s->res + l * Nd, sizeof(float) * Nd);
         zb_block_apply(M, l, s->res + (l + 1) * Nd, B, &s->wm);
     }
     head(M, s->res + L * Nd, s->ln, s->logits, N);
-    kl[L] += zb_kl_div(NULL, s->logits, s->tlog, NULL, N, V, 1.0f, 0.0f);
+    kl[L] += be->kl_div(be, NULL, s->logits, s->tlog, NULL, N, V, 1.0f, 0.0f);
     /* M with block l from A: A's block on M's residual at l, then M's blocks l+1.. */
     for (int l = 0; l < L; l++) {
-        memcpy(s->x, s->res + l * Nd, sizeof(float) * Nd);
+        be->copy(be, s->x, s->res + l * Nd, sizeof(float) * Nd);
         zb_block_apply(A, l, s->x, B, &s->wa);
         for (int k = l + 1; k < L; k++) zb_block_apply(M, k, s->x, B, &s->wm);
         head(M, s->x, s->ln, s->logits, N);
-        kl[l] += zb_kl_div(NULL, s->logits, s->tlog, NULL, N, V, 1.0f, 0.0f);
+        kl[l] += be->kl_div(be, NULL, s->logits, s->tlog, NULL, N, V, 1.0f, 0.0f);
     }
 }

@@ -38,7 +38,9 @@ void zb_smart_even(int L, int K, int *chosen);
 
 typedef struct {
     const zb_model *teacher, *mamba, *mla;
+    const zb_backend *be;   /* the models' backend: the buffers below are its memory */
     int B, T, L;
+    int *ids;        /* [N] the batch's ids (device copy) */
     float *tlog;     /* [N, V] the teacher's logits of the batch */
     float *logits;   /* [N, V] */
     float *res;      /* [(L+1), N, d] M's residual stream */

@@ -1,5 +1,8 @@
-/* store.c — one interface over an HF directory (config.json + safetensors) and the native
- * HDF5 checkpoint. The config is parsed and validated on open. */
+/* store.c — one interface over an HF directory (config.json + safetensors), a release directory
+ * of the authors' Zebra-Llama (config.json + hybrid_config.json + safetensors, release.h) and the
+ * native HDF5 checkpoint. The config is parsed and validated on open. A release directory's
+ * tensors are asked for by zebra's names (the MLA's self_attn.* / o_proj) and found under the
+ * release's (mla.* / out_proj); its messages name the stored tensors. */
 #include "store.h"
 
 #include <errno.h>
@@ -8,7 +11,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "checkpoint.h"
+#include "ckpt_read.h"
+#include "release.h"
 #include "tensor_names.h"
 #include "zb_common.h"
 
@@ -17,7 +21,17 @@ struct zb_store {
     zb_config cfg;
     zb_safetensors *st;     /* HF directory */
     zb_ckpt_reader *ck;     /* native .h5 */
+    int release;            /* the authors' release layout (names mapped, release.h) */
+    char **ours;            /* release: zebra's name of each stored tensor */
 };
+
+/* The stored name of tensor `name` (release: mapped; else name itself). */
+static const char *stored(const zb_store *s, const char *name, char *buf, size_t cap) {
+    if (!s->release) return name;
+    zb_release_stored_name(&s->cfg, name, buf, cap);
+    return buf;
+}
+#define ZB_STORED(s, name) char name##_buf_[ZB_TNAME_MAX + 16]; name = stored(s, name, name##_buf_, sizeof name##_buf_)
 
 static int is_hdf5_file(const char *p) {
     static const uint8_t sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
@@ -31,10 +45,53 @@ static int is_hdf5_file(const char *p) {
 
 void zb_store_close(zb_store *s) {
     if (!s) return;
+    if (s->ours)
+        for (int i = 0; i < zb_st_count(s->st); i++) free(s->ours[i]);
+    free(s->ours);
     zb_st_close(s->st);
     zb_ckpt_reader_close(s->ck);
     free(s->path);
     free(s);
+}
+
+/* A release directory: zebra's name of every stored tensor; every tensor the hybrid config
+ * implies present with its shape and a float dtype (so that a hybrid_config.json whose dims
+ * disagree with the tensors fails here, in one line naming the stored tensor); a stored
+ * lm_head.weight of a tied model equal to the embedding (the config is honoured: tied). */
+static int release_open(zb_store *s) {
+    int n = zb_st_count(s->st), ns = 0, rc = ZB_OK;
+    char buf[ZB_TNAME_MAX + 16], hp[4096 + 32], a[160], b[160];
+    snprintf(hp, sizeof hp, "%s/hybrid_config.json", s->path);
+    if (!(s->ours = zb_calloc((size_t)(n ? n : 1), sizeof(char *), "tensor names"))) return ZB_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        zb_release_our_name(&s->cfg, zb_st_at(s->st, i)->name, buf, sizeof buf);
+        if (!(s->ours[i] = zb_malloc(strlen(buf) + 1, "tensor name"))) return ZB_ENOMEM;
+        strcpy(s->ours[i], buf);
+    }
+    zb_tensor_spec *spec = NULL;
+    ZB_TRY(zb_expected_tensors(&s->cfg, &spec, &ns));
+    for (int i = 0; i < ns && !rc; i++) {
+        const char *name = stored(s, spec[i].name, buf, sizeof buf);
+        const zb_st_tensor *t = zb_st_get(s->st, name);
+        int same = t && t->ndim == spec[i].ndim;
+        for (int k = 0; same && k < t->ndim; k++) same = t->shape[k] == spec[i].shape[k];
+        if (!t)
+            rc = zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing (%s implies it)", s->path, name, hp);
+        else if (!same)
+            rc = zb_fail(ZB_ESHAPE, "%s: tensor '%s' has shape %s, %s implies %s", zb_st_file_of(s->st, t), name,
+                         zb_shape_str(a, sizeof a, t->ndim, t->shape), hp,
+                         zb_shape_str(b, sizeof b, spec[i].ndim, spec[i].shape));
+        else if (t->dtype != ZB_DT_F32 && t->dtype != ZB_DT_BF16 && t->dtype != ZB_DT_F16)
+            rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': dtype %s is not a float type", zb_st_file_of(s->st, t), name,
+                         zb_dtype_name(t->dtype));
+    }
+    free(spec);
+    const zb_st_tensor *e = zb_st_get(s->st, "model.embed_tokens.weight"), *h = zb_st_get(s->st, "lm_head.weight");
+    if (!rc && s->cfg.tie_embeddings && h &&
+        (h->dtype != e->dtype || h->nbytes != e->nbytes || memcmp(h->data, e->data, e->nbytes)))
+        rc = zb_fail(ZB_EFORMAT, "%s: lm_head.weight differs from model.embed_tokens.weight but config.json ties them "
+                     "(tie_word_embeddings true); set it false there to keep both", zb_st_file_of(s->st, h));
+    return rc;
 }
 
 int zb_store_open(zb_store **out, const char *path) {
@@ -46,7 +103,12 @@ int zb_store_open(zb_store **out, const char *path) {
     int rc = ZB_OK;
     if (!(s->path = zb_malloc(strlen(path) + 1, "path"))) { rc = ZB_ENOMEM; goto done; }
     strcpy(s->path, path);
-    if (S_ISDIR(sb.st_mode)) {
+    if (S_ISDIR(sb.st_mode) && zb_release_is_dir(path)) {
+        s->release = 1;
+        if ((rc = zb_release_config(path, &s->cfg))) goto done;
+        if ((rc = zb_st_open(&s->st, path))) goto done;
+        rc = release_open(s);
+    } else if (S_ISDIR(sb.st_mode)) {
         char cp[4096 + 16];
         snprintf(cp, sizeof cp, "%s/config.json", path);
         if ((rc = zb_config_load(cp, &s->cfg))) goto done;
@@ -71,6 +133,7 @@ const char *zb_store_path(const zb_store *s) { return s->path; }
 int zb_store_count(const zb_store *s) { return s->st ? zb_st_count(s->st) : zb_ckpt_count(s->ck); }
 
 const char *zb_store_name_at(const zb_store *s, int i) {
+    if (s->ours) return i >= 0 && i < zb_st_count(s->st) ? s->ours[i] : NULL;
     if (s->st) { const zb_st_tensor *t = zb_st_at(s->st, i); return t ? t->name : NULL; }
     const zb_ckpt_entry *e = zb_ckpt_entry_at(s->ck, i);
     return e ? e->name : NULL;
@@ -94,6 +157,7 @@ int zb_store_info_at(const zb_store *s, int i, int *ndim, int64_t *shape, zb_dty
 }
 
 int zb_store_find(const zb_store *s, const char *name) {
+    ZB_STORED(s, name);
     if (s->st) {
         const zb_st_tensor *t = zb_st_get(s->st, name);
         return t ? (int)(t - zb_st_at(s->st, 0)) : -1;
@@ -104,6 +168,7 @@ int zb_store_find(const zb_store *s, const char *name) {
 int zb_store_has(const zb_store *s, const char *name) { return zb_store_find(s, name) >= 0; }
 
 const char *zb_store_file_of(const zb_store *s, const char *name) {
+    ZB_STORED(s, name);
     if (s->st) {
         const zb_st_tensor *t = zb_st_get(s->st, name);
         return t ? zb_st_file_of(s->st, t) : s->path;
@@ -113,6 +178,7 @@ const char *zb_store_file_of(const zb_store *s, const char *name) {
 
 /* Error unless tensor `name` is stored with exactly this shape; *nlead = its leading dim. */
 static int check_shape(const zb_store *s, const char *name, int ndim, const int64_t *shape, int64_t *nlead) {
+    ZB_STORED(s, name);
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
     int nd;
@@ -143,6 +209,7 @@ int zb_store_read_bf16(const zb_store *s, const char *name, uint16_t *dst, int n
 }
 
 int zb_store_read_rows_bf16(const zb_store *s, const char *name, uint16_t *dst, int64_t row0, int64_t nrows) {
+    ZB_STORED(s, name);
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
     int nd;
@@ -177,6 +244,7 @@ int zb_store_read_rows_bf16(const zb_store *s, const char *name, uint16_t *dst, 
 }
 
 int zb_store_read_rows(const zb_store *s, const char *name, float *dst, int64_t row0, int64_t nrows) {
+    ZB_STORED(s, name);
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
     if (s->ck) return zb_ckpt_read_f32(s->ck, i, row0, nrows, dst);
@@ -194,6 +262,7 @@ int zb_store_read_rows(const zb_store *s, const char *name, float *dst, int64_t 
 }
 
 int zb_store_read_raw(const zb_store *s, const char *name, void *dst) {
+    ZB_STORED(s, name);
     int i = zb_store_find(s, name);
     if (i < 0) return zb_fail(ZB_ENOTFOUND, "%s: tensor '%s' is missing", s->path, name);
     if (s->ck) {

@@ -217,11 +217,6 @@ void zb_tokenizer_free(zb_tokenizer *t) {
     free(t);
 }
 
-static const char *jstr(const cJSON *o, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static int jbool(const cJSON *o, const char *key) {
     return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, key));
 }
@@ -292,7 +287,7 @@ static char *spell_out_spaces(const char *pat) {
 static int load_pretok(zb_tokenizer *t, const cJSON *pt, const char *path) {
     const cJSON *steps[4];
     int n = 0;
-    const char *type = jstr(pt, "type");
+    const char *type = zb_json_str(pt, "type");
     if (type && !strcmp(type, "Sequence")) {
         const cJSON *s;
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers")) {
@@ -304,11 +299,11 @@ static int load_pretok(zb_tokenizer *t, const cJSON *pt, const char *path) {
     }
     int have_split = 0, have_bl = 0;
     for (int i = 0; i < n; i++) {
-        const char *ty = jstr(steps[i], "type");
+        const char *ty = zb_json_str(steps[i], "type");
         if (ty && !strcmp(ty, "Split") && !have_split && !have_bl) {
             const cJSON *p = cJSON_GetObjectItemCaseSensitive(steps[i], "pattern");
-            const char *rx = jstr(p, "Regex");
-            const char *beh = jstr(steps[i], "behavior");
+            const char *rx = zb_json_str(p, "Regex");
+            const char *beh = zb_json_str(steps[i], "behavior");
             if (!rx) return zb_fail(ZB_EFORMAT, "%s: pre_tokenizer Split: only a Regex pattern is supported", path);
             if (!beh || strcmp(beh, "Isolated") || jbool(steps[i], "invert"))
                 return zb_fail(ZB_EFORMAT, "%s: pre_tokenizer Split: only behavior Isolated, invert false is supported", path);
@@ -454,7 +449,7 @@ static void trie_insert(zb_tokenizer *t, const added_tok *a, int idx) {
  * an object {"content": ...}. */
 static int config_token(const cJSON *cfg, const char *key, const zb_tokenizer *t, const char *dflt) {
     const cJSON *v = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, key) : NULL;
-    const char *s = cJSON_IsString(v) ? v->valuestring : cJSON_IsObject(v) ? jstr(v, "content") : NULL;
+    const char *s = cJSON_IsString(v) ? v->valuestring : cJSON_IsObject(v) ? zb_json_str(v, "content") : NULL;
     if (cfg && cJSON_IsNull(v)) return -1;
     return zb_tokenizer_token_id(t, s ? s : dflt);
 }
@@ -496,7 +491,7 @@ static int load_json(zb_tokenizer *t, const cJSON *root, const char *path) {
     if (!cJSON_IsObject(root)) return zb_fail(ZB_EFORMAT, "%s: top level is not an object", path);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) return zb_fail(ZB_EFORMAT, "%s: no \"model\" object", path);
-    const char *mt = jstr(model, "type");
+    const char *mt = zb_json_str(model, "type");
     if (mt && strcmp(mt, "BPE")) return zb_fail(ZB_EFORMAT, "%s: model type '%s' is not BPE", path, mt);
     if (!jnone(model, "dropout") || !jnone(model, "continuing_subword_prefix") ||
         !jnone(model, "end_of_word_suffix") || !jnone(model, "byte_fallback"))
@@ -516,7 +511,7 @@ static int load_json(zb_tokenizer *t, const cJSON *root, const char *path) {
         if (cJSON_IsNumber(v) && v->valuedouble < MAX_IDS && v->valueint > maxid) maxid = v->valueint;
     cJSON_ArrayForEach(v, added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(v, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= MAX_IDS || !jstr(v, "content"))
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= MAX_IDS || !zb_json_str(v, "content"))
             return zb_fail(ZB_EFORMAT, "%s: added_tokens entry without a valid id/content", path);
         if (id->valueint > maxid) maxid = id->valueint;
         t->n_added++;
@@ -528,12 +523,12 @@ static int load_json(zb_tokenizer *t, const cJSON *root, const char *path) {
     ZB_ALLOC(t->special, t->n_slots, "tokenizer id table");
     ZB_TRY(load_vocab_merges(t, model, path));
     t->unk_id = -1;
-    if (jstr(model, "unk_token")) t->unk_id = smap_get(&t->by_str, jstr(model, "unk_token"), strlen(jstr(model, "unk_token")));
+    if (zb_json_str(model, "unk_token")) t->unk_id = smap_get(&t->by_str, zb_json_str(model, "unk_token"), strlen(zb_json_str(model, "unk_token")));
 
     /* Added tokens override the model's entry for their id and string. */
     ZB_ALLOC(t->added, t->n_added ? t->n_added : 1, "added tokens");
     size_t nbytes = 1;
-    cJSON_ArrayForEach(v, added) nbytes += strlen(jstr(v, "content"));
+    cJSON_ArrayForEach(v, added) nbytes += strlen(zb_json_str(v, "content"));
     ZB_ALLOC(t->trie, nbytes, "added-token trie");
     t->trie[0].child = t->trie[0].sibling = -1;
     t->trie[0].tok[0] = t->trie[0].tok[1] = -1;
@@ -541,7 +536,7 @@ static int load_json(zb_tokenizer *t, const cJSON *root, const char *path) {
     int k = 0;
     cJSON_ArrayForEach(v, added) {
         int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
-        const char *c = jstr(v, "content");
+        const char *c = zb_json_str(v, "content");
         size_t n = strlen(c);
         const char *s = arena_put(&t->arena, c, n);
         if (!s) return ZB_ENOMEM;

@@ -44,14 +44,19 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
             return zb_fail(ZB_EARG, "ILD with --pp: the teacher's stage holds other layers than the student's "
                            "(build both with one cut)");
     }
+    if (need_teacher && teacher->be != student->be && !(teacher->be->host_memory && student->be->host_memory))
+        return zb_fail(ZB_EARG, "the teacher runs on backend %s, the student on %s: one backend for both",
+                       teacher->be->name, student->be->name);
     ZB_TRY(zb_model_alloc_grad(student));
     ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
     if (need_teacher) ZB_TRY(zb_acts_alloc(&tr->ta, teacher, tr->rows, T));
+    const zb_backend *be = student->be;
     ZB_ALLOC(tr->mask, N, "trainer mask");
+    ZB_BE_ALLOC(be, tr->mask_dev, N, "trainer mask");
     ZB_ALLOC(tr->ild_layer, c->n_layers, "trainer layers");
-    if (stage == ZB_STAGE_KD && cfg->ce_weight != 0.0f) ZB_ALLOC(tr->tmp, N * c->vocab, "kd CE gradient");
+    if (stage == ZB_STAGE_KD && cfg->ce_weight != 0.0f) ZB_BE_ALLOC(be, tr->tmp, N * c->vocab, "kd CE gradient");
     if (stage == ZB_STAGE_ILD) {
-        ZB_ALLOC(tr->tmp, N * c->d_model, "ild mixer output");
+        ZB_BE_ALLOC(be, tr->tmp, N * c->d_model, "ild mixer output");
         for (int l = 0; l < c->n_layers; l++) {
             tr->ild_layer[l] = c->kinds[l] != teacher->cfg.kinds[l];
             tr->n_ild += tr->ild_layer[l];
@@ -68,7 +73,11 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
 void zb_trainer_free(zb_trainer *tr) {
     zb_acts_free(&tr->a);
     if (tr->ta.logits) zb_acts_free(&tr->ta);
-    free(tr->mask); free(tr->tmp); free(tr->lp); free(tr->ild_layer);
+    if (tr->student) {
+        tr->student->be->free(tr->student->be, tr->tmp);
+        tr->student->be->free(tr->student->be, tr->mask_dev);
+    }
+    free(tr->mask); free(tr->lp); free(tr->ild_layer);
     memset(tr, 0, sizeof *tr);
 }
 
@@ -94,14 +103,21 @@ void zb_trainer_default_trainable(const zb_trainer *tr, unsigned char *out) {
  * cross-entropy); token ids and targets stay global, so validity is checked against the FULL
  * vocabulary. Both functions are collective over the TP group when m is a shard. */
 static int full_vocab(const zb_model *m) { return zb_model_full_config(m)->vocab; }
+/* tg and mask: device copies (backend.h: every index array is the backend's memory). */
 static double ce_sum(const zb_model *m, float *d, const float *logits, const int *tg, int N, float scale) {
     if (m->tp) return zb_tp_cross_entropy(m->tp, d, logits, tg, N, m->cfg.vocab, scale);
-    return zb_cross_entropy(d, logits, tg, N, m->cfg.vocab, scale, NULL);
+    return m->be->cross_entropy(m->be, d, logits, tg, N, m->cfg.vocab, scale, NULL);
 }
 static double kl_sum(const zb_model *m, float *d, const float *s, const float *t, const int *mask, int N,
                      float tau, float scale) {
     if (m->tp) return zb_tp_kl_div(m->tp, d, s, t, mask, N, m->cfg.vocab, tau, scale);
-    return zb_kl_div(d, s, t, mask, N, m->cfg.vocab, tau, scale);
+    return m->be->kl_div(m->be, d, s, t, mask, N, m->cfg.vocab, tau, scale);
+}
+/* The micro-batch's targets [rows*T] (host) copied to a->targets_dev; returns that copy. */
+static const int *targets_dev(const zb_trainer *tr, zb_acts *a, const int *targets) {
+    const zb_backend *be = tr->student->be;
+    be->to_device(be, a->targets_dev, targets, sizeof(int) * (size_t)tr->rows * tr->T);
+    return a->targets_dev;
 }
 
 /* A stage's loss from the logits of the student's forward (a->logits) and, for kd / dpo, the
@@ -115,7 +131,8 @@ static void ce_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
     const zb_model *m = tr->student;
     int N = tr->rows * tr->T, nv = 0;
     for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < full_vocab(m);
-    double sum = ce_sum(m, want_grad ? a->logits : NULL, a->logits, targets, N, nv ? gs / nv : 0.0f);
+    double sum = ce_sum(m, want_grad ? a->logits : NULL, a->logits, targets_dev(tr, a, targets), N,
+                        nv ? gs / nv : 0.0f);
     o->ce = o->loss = nv ? sum / nv : 0.0;
     o->tokens = nv;
 }
@@ -132,27 +149,27 @@ static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int wan
 static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
     zb_model *m = tr->student;
     int N = tr->rows * tr->T, V = m->cfg.vocab, nm = 0, Vf = full_vocab(m);
+    const zb_backend *be = m->be;
     for (int i = 0; i < N; i++) { tr->mask[i] = targets[i] >= 0 && targets[i] < Vf; nm += tr->mask[i]; }
+    be->to_device(be, tr->mask_dev, tr->mask, sizeof(int) * N);
     const zb_loss_cfg *c = &tr->cfg;
     double ce = 0;
     if (tr->tmp) {   /* CE first: the KL gradient overwrites the student logits */
-        memcpy(tr->tmp, a->logits, sizeof(float) * (size_t)N * V);
-        ce = ce_sum(m, want_grad ? tr->tmp : NULL, tr->tmp, targets, N, nm ? gs * c->ce_weight / nm : 0.0f);
+        be->copy(be, tr->tmp, a->logits, sizeof(float) * (size_t)N * V);
+        ce = ce_sum(m, want_grad ? tr->tmp : NULL, tr->tmp, targets_dev(tr, a, targets), N,
+                    nm ? gs * c->ce_weight / nm : 0.0f);
         ce = nm ? ce / nm : 0.0;
     }
     /* batchmean (the release): the KL summed over the tokens / the rows; or per token */
     double kden = c->kl_token_mean ? nm : (nm ? tr->rows : 0);
-    double kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask,
+    double kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask_dev,
                        N, c->temperature, kden > 0 ? (float)(gs * c->kl_weight / kden) : 0.0f);
     kl = kden > 0 ? kl / kden : 0.0;
     o->kl = kl;
     o->ce = ce;
     o->loss = c->kl_weight * kl + c->ce_weight * ce;
     o->tokens = nm;
-    if (want_grad && tr->tmp) {
-        size_t n = (size_t)N * V;
-        for (size_t i = 0; i < n; i++) a->logits[i] += tr->tmp[i];
-    }
+    if (want_grad && tr->tmp) be->add(be, a->logits, a->logits, tr->tmp, (size_t)N * V);
 }
 
 /* ILD, mixer_mse mode: this model's distilled layers, from the teacher activations tr->ta
@@ -169,35 +186,16 @@ static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
         if (!tr->ild_layer[l]) continue;
         const float *x = tr->ta.ln1 + l * Nd;    /* the teacher's normed input of layer l */
         const float *res = tr->ta.res + l * Nd, *mid = tr->ta.mid + l * Nd;
-        for (size_t i = 0; i < Nd; i++) target[i] = mid[i] - res[i];   /* teacher mixer output */
+        m->be->sub(m->be, target, mid, res, Nd);   /* teacher mixer output */
         zb_mixer_forward(m, l, x, y, tr->a.mix_acts[l], B, T);
-        double mse = zb_mse(want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
+        double mse = m->be->mse(m->be, want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
         total += mse;
         if (want_grad) {
-            memset(tr->a.dln, 0, sizeof(float) * Nd);
+            m->be->zero(m->be, tr->a.dln, sizeof(float) * Nd);
             zb_mixer_backward(m, l, x, tr->a.dtmp, tr->a.dln, tr->a.mix_acts[l], tr->a.mix_scratch, B, T);
         }
     }
     return total / tr->n_ild;
-}
-
-/* mean over the N rows of ||s_n - t_n||_2 (rows of d); when g != NULL, g = scale * d/ds of it
- * (the unit error vector / N; 0 where s_n == t_n, the subgradient). The norm of each row is
- * summed in double. */
-static double mean_row_norm(float *g, const float *s, const float *t, int N, int d, float scale) {
-    double total = 0;
-    for (int n = 0; n < N; n++) {
-        const float *a = s + (size_t)n * d, *b = t + (size_t)n * d;
-        double q = 0;
-        for (int i = 0; i < d; i++) { double e = (double)a[i] - b[i]; q += e * e; }
-        double r = sqrt(q);
-        total += r;
-        if (g) {
-            double k = r > 0 ? scale / (r * N) : 0.0;
-            for (int i = 0; i < d; i++) g[(size_t)n * d + i] = (float)(k * ((double)a[i] - b[i]));
-        }
-    }
-    return total / N;
 }
 
 /* ILD as the release (SPEC §6): every distilled block l of this model is fed the teacher's
@@ -208,6 +206,7 @@ static double mean_row_norm(float *g, const float *s, const float *t, int N, int
  * would (its buckets start while the lower layers run). tr->parts: the two terms summed. */
 static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, double *mix) {
     zb_model *m = tr->student;
+    const zb_backend *be = m->be;
     zb_acts *a = &tr->a;
     const zb_config *c = &m->cfg;
     int N = tr->rows * tr->T, d = c->d_model;
@@ -217,14 +216,15 @@ static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         if (!tr->ild_layer[l]) continue;
         const float *tres = tr->ta.res + l * Nd, *tmid = tr->ta.mid + l * Nd, *tout = tr->ta.res + (l + 1) * Nd;
-        memcpy(a->res + l * Nd, tres, sizeof(float) * Nd);
+        be->copy(be, a->res + l * Nd, tres, sizeof(float) * Nd);
         zb_block_forward(m, a, l);
         /* mixer outputs: mid - input, of the student and of the teacher */
         const float *smid = a->mid + l * Nd;
         float *ms = a->mix_out, *mt = tr->tmp;
-        for (size_t i = 0; i < Nd; i++) { ms[i] = smid[i] - tres[i]; mt[i] = tmid[i] - tres[i]; }
-        double lm = mean_row_norm(want_grad ? a->dtmp : NULL, ms, mt, N, d, gs);
-        double lb = mean_row_norm(want_grad ? a->dres : NULL, a->res + (l + 1) * Nd, tout, N, d, gs);
+        be->sub(be, ms, smid, tres, Nd);
+        be->sub(be, mt, tmid, tres, Nd);
+        double lm = be->mean_row_dist(be, want_grad ? a->dtmp : NULL, ms, mt, N, d, gs);
+        double lb = be->mean_row_dist(be, want_grad ? a->dres : NULL, a->res + (l + 1) * Nd, tout, N, d, gs);
         *blk += lb;
         *mix += lm;
         total += lb + lm;
@@ -268,8 +268,9 @@ static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
     zb_model *m = tr->student;
     int B = tr->B, T = tr->T, V = m->cfg.vocab;
     double *lp = tr->lp, *lr = tr->lp + tr->rows, beta = tr->cfg.beta;
-    row_logprobs(tr->teacher, tr->ta.logits, targets, tr->rows, T, V, lr);
-    row_logprobs(m, a->logits, targets, tr->rows, T, V, lp);
+    const int *tg = targets_dev(tr, a, targets);
+    row_logprobs(tr->teacher, tr->ta.logits, tg, tr->rows, T, V, lr);
+    row_logprobs(m, a->logits, tg, tr->rows, T, V, lp);
     double loss = 0, acc = 0, margin = 0, ntok = 0;
     for (int i = 0; i < tr->rows * T; i++) ntok += targets[i] >= 0 && targets[i] < full_vocab(m);
     for (int b = 0; b < B; b++) {
@@ -283,8 +284,8 @@ static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
             /* dL/dlp_c = -beta sigmoid(-z); d lp / d logits = -(softmax - onehot) */
             double s = beta / (1.0 + exp(z)) / B * gs;
             float *lc = a->logits + (size_t)b * T * V, *lrj = a->logits + (size_t)(B + b) * T * V;
-            ce_sum(m, lc, lc, targets + (size_t)b * T, T, (float)s);
-            ce_sum(m, lrj, lrj, targets + (size_t)(B + b) * T, T, (float)-s);
+            ce_sum(m, lc, lc, tg + (size_t)b * T, T, (float)s);
+            ce_sum(m, lrj, lrj, tg + (size_t)(B + b) * T, T, (float)-s);
         }
     }
     o->loss = loss / B;

@@ -73,8 +73,9 @@ typedef struct {
     int B, T;                 /* micro-batch rows (dpo: pairs) and sequence length */
     int rows;                 /* rows of the activations: B, or 2B for dpo */
     zb_acts a, ta;            /* student and teacher activations */
-    int *mask;                /* [rows*T] */
-    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] */
+    int *mask;                /* [rows*T] host, and its device copy */
+    int *mask_dev;
+    float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] (the student's backend memory) */
     double *lp;               /* dpo: [2 * rows] policy and reference log-probabilities */
     unsigned char *ild_layer; /* [n_layers]: 1 if layer l is distilled by ILD */
     int n_ild;

@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <cjson/cJSON.h>
+
 /* The one piece of module state: the last error message of this process (each MPI rank
  * is its own process). */
 static char zb_msg[1024];
@@ -49,6 +51,11 @@ void *zb_calloc(size_t n, size_t size, const char *what) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) zb_fail(ZB_ENOMEM, "out of memory allocating %zu x %zu bytes for %s", n, size, what);
     return p;
+}
+
+const char *zb_json_str(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 int zb_ends_with(const char *s, const char *suf) {
@@ -100,6 +107,14 @@ uint16_t zb_f32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
     u += 0x7fffu + ((u >> 16) & 1u);   /* round to nearest even */
     return (uint16_t)(u >> 16);
+}
+
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_bf16_to_f32(src[i]);
+}
+
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = zb_f32_to_bf16(src[i]);
 }
 
 float zb_f16_to_f32(uint16_t h) {

@@ -54,6 +54,10 @@ int zb_ends_with(const char *s, const char *suffix);
 /* 1 if path is a regular file named *.json (a model config, where a model is expected). */
 int zb_is_config_json(const char *path);
 
+/* The string member `key` of a JSON object (cJSON), or NULL when absent or not a string. */
+struct cJSON;
+const char *zb_json_str(const struct cJSON *o, const char *key);
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 int zb_read_file(const char *path, char **out, size_t *len);
 
@@ -64,6 +68,9 @@ float zb_bf16_to_f32(uint16_t h);
 uint16_t zb_f32_to_bf16(float f);   /* round to nearest even, as torch */
 float zb_f16_to_f32(uint16_t h);
 uint16_t zb_f32_to_f16(float f);
+/* n values: bf16 to f32 (exact); f32 to bf16 (round to nearest even) */
+void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n);
+void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n);
 
 /* Deterministic RNG (xorshift64*), one state per user; no hidden globals. */
 typedef struct { uint64_t s; } zb_rng;

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "linear.h"
 #include "model.h"
 
 #define MAXL 16
@@ -171,9 +172,7 @@ int zb_cmd_bench(int argc, char **argv) {
     if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
-    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
-     * when OpenBLAS itself runs on OpenMP */
-    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
+    zb_backend be = zb_infer_backend(wt);   /* the run's decode switches */
     int ctx[MAXL], bat[MAXL];
     int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
@@ -205,6 +204,8 @@ int zb_cmd_bench(int argc, char **argv) {
         zb_model m;
         rc = load_any(&m, paths[k], wt);
         if (rc) break;
+        rc = zb_model_set_backend(&m, &be);
+        if (rc) { zb_model_free(&m); break; }
         have[k] = 1;
         size_t kvtok = 0;
         zb_cache_sizes(&m.cfg, &kvtok, NULL);

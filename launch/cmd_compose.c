@@ -28,7 +28,7 @@
 #include "store.h"
 
 /* Plan JSON {"mla_layers": [..]}: those layers MLA, every other Mamba2 (overrides layer_kinds). */
-static int read_plan(const char *path, zb_config *c) {
+int zb_plan_read(const char *path, zb_config *c) {
     char *text = NULL;
     size_t len = 0;
     ZB_TRY(zb_read_file(path, &text, &len));
@@ -213,7 +213,7 @@ static int assemble(const char *mpath, const char *apath, const char *plan, cons
     int rc = zb_store_open(&sa, apath);
     zb_config hc, pc = rc ? (zb_config){0} : *zb_store_config(sm);
     unsigned char is_mla[ZB_MAX_LAYERS] = {0};
-    if (!rc) rc = read_plan(plan, &pc);
+    if (!rc) rc = zb_plan_read(plan, &pc);
     for (int l = 0; !rc && l < pc.n_layers; l++) is_mla[l] = pc.kinds[l] == ZB_LAYER_MLA;
     if (!rc) rc = zb_assemble_config(zb_store_config(sm), zb_store_config(sa), is_mla, &hc, plan);
     zb_ckpt_writer *w = NULL;
@@ -282,7 +282,7 @@ int zb_cmd_compose(int argc, char **argv) {
     if (asm_mode) return assemble(mamba, mla, plan, out, dt);
     zb_config c;
     ZB_TRY(zb_config_load(cfg_path, &c));
-    if (plan) ZB_TRY(read_plan(plan, &c));
+    if (plan) ZB_TRY(zb_plan_read(plan, &c));
     ZB_TRY(zb_config_validate(&c, cfg_path));
     return compose(teacher, &c, out, dt, (uint64_t)zb_arg_int(argc, argv, "--seed", 1), init);
 }

@@ -175,11 +175,6 @@ static int do_text_file(sink *k, seq *s, const char *path, const char *buf, size
     return ZB_OK;
 }
 
-static const char *jstr(const cJSON *o, const char *key) {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(j) ? j->valuestring : NULL;
-}
-
 /* ids (and their mask) of the chat template appended to s */
 static int seq_chat(seq *s, const zb_chat_ids *c) {
     ZB_TRY(seq_reserve(s, c->n));
@@ -191,14 +186,17 @@ static int seq_chat(seq *s, const zb_chat_ids *c) {
  * (reply_header 0, masks on the assistant contents) or a prompt (reply_header 1); *why set
  * when malformed. */
 static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int reply_header, const char **why) {
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) { *why = "\"messages\" must be a non-empty array"; return ZB_OK; }
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
+        *why = "\"messages\" must be a non-empty array";
+        return ZB_OK;
+    }
     int n = cJSON_GetArraySize(msgs), i = 0;
     zb_chat_msg *m = zb_calloc((size_t)n, sizeof *m, "messages");
     if (!m) return ZB_ENOMEM;
     const cJSON *x;
     cJSON_ArrayForEach(x, msgs) {
-        m[i].role = jstr(x, "role");
-        m[i].content = jstr(x, "content");
+        m[i].role = zb_json_str(x, "role");
+        m[i].content = zb_json_str(x, "content");
         if (!m[i].role || !m[i].content) { *why = "each message needs \"role\" and \"content\" strings"; break; }
         i++;
     }
@@ -214,7 +212,7 @@ static int chat_msgs(sink *k, seq *s, const cJSON *msgs, int reply_header, const
 static const char *completion(const cJSON *j) {
     if (cJSON_IsString(j)) return j->valuestring;
     if (cJSON_IsArray(j) && cJSON_GetArraySize(j) > 0)
-        return jstr(cJSON_GetArrayItem(j, cJSON_GetArraySize(j) - 1), "content");
+        return zb_json_str(cJSON_GetArrayItem(j, cJSON_GetArraySize(j) - 1), "content");
     return NULL;
 }
 
@@ -226,7 +224,7 @@ static int json_line(sink *k, seq *s, const char *path, size_t lineno, const cha
     s->n = 0;
     if (!cJSON_IsObject(j)) why = "not a JSON object";
     else if (k->fmt == FMT_JSONL) {
-        const char *t = jstr(j, "text");
+        const char *t = zb_json_str(j, "text");
         if (!t) why = "no \"text\" string";
         else rc = text_doc(k, s, t, strlen(t));
     } else if (k->fmt == FMT_CHAT) {
@@ -522,6 +520,77 @@ static int special(const zb_tokenizer *t, const char *s, int32_t *id) {
     return *id >= 0 ? ZB_OK : zb_fail(ZB_EFORMAT, "the tokenizer has no %s token (needed by the Llama-3 chat template)", s);
 }
 
+/* manifest.json's object, with the "splits" and "files" members that write_split fills. */
+static cJSON *manifest_new(const data_args *a, const sink *k, const zb_tokenizer *tok, size_t n_files,
+                           cJSON **files_j, cJSON **splits_j) {
+    cJSON *man = cJSON_CreateObject();
+    if (!man) return NULL;
+    cJSON_AddStringToObject(man, "format", "zebra-shards");
+    cJSON_AddNumberToObject(man, "version", 1);
+    static const char *const kinds[] = {"text", "text", "text", "chat", "pref"};
+    cJSON_AddStringToObject(man, "kind", kinds[a->fmt]);
+    char *rp = realpath(a->tok_path, NULL);
+    cJSON_AddStringToObject(man, "tokenizer", rp ? rp : a->tok_path);
+    free(rp);
+    cJSON_AddNumberToObject(man, "vocab_size", zb_tokenizer_vocab_size(tok));
+    cJSON_AddNumberToObject(man, "bos_id", k->bos);
+    cJSON_AddNumberToObject(man, "eos_id", k->eos);
+    cJSON_AddNumberToObject(man, "val_fraction", a->val_frac);
+    cJSON_AddNumberToObject(man, "seed", (double)a->seed);
+    cJSON_AddBoolToObject(man, "shuffled", a->shuffle);
+    cJSON *in = cJSON_AddArrayToObject(man, "inputs");
+    for (size_t i = 0; i < a->inputs.n; i++) cJSON_AddItemToArray(in, cJSON_CreateString(a->inputs.v[i]));
+    cJSON_AddNumberToObject(man, "input_files", (double)n_files);
+    cJSON_AddNumberToObject(man, "input_bytes", (double)k->bytes_done);
+    *splits_j = cJSON_AddObjectToObject(man, "splits");
+    *files_j = cJSON_AddObjectToObject(man, "files");
+    return man;
+}
+
+/* A non-zero fraction gets at least one val document, and train is never empty, so tiny
+ * inputs still give both splits (picked by hash: deterministic). Returns the val count. */
+static size_t pick_val(sink *k, double val_frac) {
+    size_t nval = 0;
+    for (size_t i = 0; i < k->nd; i++) nval += k->d[i].val;
+    if (val_frac > 0 && nval == 0 && k->nd >= 2) {
+        size_t lo = 0;
+        for (size_t i = 1; i < k->nd; i++) if (k->d[i].h < k->d[lo].h) lo = i;
+        k->d[lo].val = 1; nval = 1;
+    }
+    if (nval == k->nd) {
+        size_t hi = 0;
+        for (size_t i = 1; i < k->nd; i++) if (k->d[i].h > k->d[hi].h) hi = i;
+        k->d[hi].val = 0; nval--;
+    }
+    return nval;
+}
+
+/* The sink's tokens: BOS, EOS (--eos, else <|end_of_text|> or the tokenizer's first), and for
+ * chat / pref the chat template's, checked before any input is read. */
+static int sink_tokens(sink *k, const data_args *a, const zb_tokenizer *tok) {
+    k->tok = tok; k->fmt = a->fmt; k->val_frac = a->val_frac; k->seed = a->seed;
+    k->bos = zb_tokenizer_bos_id(tok);
+    if (k->bos < 0) return zb_fail(ZB_EFORMAT, "%s: no BOS token", a->tok_path);
+    if (a->eos) {
+        char *end;
+        long v = strtol(a->eos, &end, 10);
+        k->eos = *end || !*a->eos ? zb_tokenizer_token_id(tok, a->eos) : (int32_t)v;
+        if (k->eos < 0 || k->eos >= zb_tokenizer_vocab_size(tok))
+            return zb_fail(ZB_EARG, "data: --eos '%s' is not a token of %s", a->eos, a->tok_path);
+    } else {
+        const int32_t *e = NULL;
+        k->eos = zb_tokenizer_token_id(tok, "<|end_of_text|>");
+        if (k->eos < 0 && zb_tokenizer_eos_ids(tok, &e) > 0) k->eos = e[0];
+        if (k->eos < 0) return zb_fail(ZB_EFORMAT, "%s: no EOS token (give --eos)", a->tok_path);
+    }
+    if (a->fmt == FMT_CHAT || a->fmt == FMT_PREF) {
+        static const char *const sp[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+        int32_t id;   /* the chat template's tokens, checked before any input is read */
+        for (int i = 0; i < 3; i++) ZB_TRY(special(tok, sp[i], &id));
+    }
+    return ZB_OK;
+}
+
 static int run(const data_args *a) {
     double t0 = zb_now();
     sink k = {0};
@@ -537,28 +606,7 @@ static int run(const data_args *a) {
 
     int rc = collect(&files, &a->inputs);
     if (!rc) rc = zb_tokenizer_load(&tok, a->tok_path);
-    if (!rc) {
-        k.tok = tok; k.fmt = a->fmt; k.val_frac = a->val_frac; k.seed = a->seed;
-        k.bos = zb_tokenizer_bos_id(tok);
-        if (k.bos < 0) rc = zb_fail(ZB_EFORMAT, "%s: no BOS token", a->tok_path);
-        if (a->eos) {
-            char *end;
-            long v = strtol(a->eos, &end, 10);
-            k.eos = *end || !*a->eos ? zb_tokenizer_token_id(tok, a->eos) : (int32_t)v;
-            if (!rc && (k.eos < 0 || k.eos >= zb_tokenizer_vocab_size(tok)))
-                rc = zb_fail(ZB_EARG, "data: --eos '%s' is not a token of %s", a->eos, a->tok_path);
-        } else {
-            const int32_t *e = NULL;
-            k.eos = zb_tokenizer_token_id(tok, "<|end_of_text|>");
-            if (k.eos < 0 && zb_tokenizer_eos_ids(tok, &e) > 0) k.eos = e[0];
-            if (!rc && k.eos < 0) rc = zb_fail(ZB_EFORMAT, "%s: no EOS token (give --eos)", a->tok_path);
-        }
-    }
-    if (!rc && (a->fmt == FMT_CHAT || a->fmt == FMT_PREF)) {
-        static const char *const sp[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
-        int32_t id;   /* the chat template's tokens, checked before any input is read */
-        for (int i = 0; i < 3 && !rc; i++) rc = special(tok, sp[i], &id);
-    }
+    if (!rc) rc = sink_tokens(&k, a, tok);
     /* temp dir next to -o so the final rename stays on one file system */
     if (!rc) {
         size_t L = strlen(a->out);
@@ -586,20 +634,7 @@ static int run(const data_args *a) {
     if (!rc && k.nd == 0) rc = zb_fail(ZB_EARG, "data: the inputs hold no documents");
     if (!rc && (fflush(k.raw) || fflush(k.rawm))) rc = zb_fail(ZB_EIO, "%s: write error (disk full?)", tmp);
 
-    /* A non-zero fraction gets at least one val document, and train is never empty, so
-     * tiny inputs still give both splits (picked by hash: deterministic). */
-    size_t nval = 0;
-    for (size_t i = 0; !rc && i < k.nd; i++) nval += k.d[i].val;
-    if (!rc && a->val_frac > 0 && nval == 0 && k.nd >= 2) {
-        size_t lo = 0;
-        for (size_t i = 1; i < k.nd; i++) if (k.d[i].h < k.d[lo].h) lo = i;
-        k.d[lo].val = 1; nval = 1;
-    }
-    if (!rc && nval == k.nd) {
-        size_t hi = 0;
-        for (size_t i = 1; i < k.nd; i++) if (k.d[i].h > k.d[hi].h) hi = i;
-        k.d[hi].val = 0; nval--;
-    }
+    size_t nval = rc ? 0 : pick_val(&k, a->val_frac);
     if (!rc) {
         snprintf(path, sizeof path, "%s/raw.tmp", tmp);
         rc = map_ro(path, &raw, &nraw);
@@ -608,28 +643,8 @@ static int run(const data_args *a) {
     }
     if (!rc && !(ord = malloc((k.nd + 1) * sizeof *ord))) rc = zb_fail(ZB_ENOMEM, "out of memory (order)");
     cJSON *files_j = NULL, *splits_j = NULL;
-    if (!rc) {
-        man = cJSON_CreateObject();
-        cJSON_AddStringToObject(man, "format", "zebra-shards");
-        cJSON_AddNumberToObject(man, "version", 1);
-        static const char *const kinds[] = {"text", "text", "text", "chat", "pref"};
-        cJSON_AddStringToObject(man, "kind", kinds[a->fmt]);
-        char *rp = realpath(a->tok_path, NULL);
-        cJSON_AddStringToObject(man, "tokenizer", rp ? rp : a->tok_path);
-        free(rp);
-        cJSON_AddNumberToObject(man, "vocab_size", zb_tokenizer_vocab_size(tok));
-        cJSON_AddNumberToObject(man, "bos_id", k.bos);
-        cJSON_AddNumberToObject(man, "eos_id", k.eos);
-        cJSON_AddNumberToObject(man, "val_fraction", a->val_frac);
-        cJSON_AddNumberToObject(man, "seed", (double)a->seed);
-        cJSON_AddBoolToObject(man, "shuffled", a->shuffle);
-        cJSON *in = cJSON_AddArrayToObject(man, "inputs");
-        for (size_t i = 0; i < a->inputs.n; i++) cJSON_AddItemToArray(in, cJSON_CreateString(a->inputs.v[i]));
-        cJSON_AddNumberToObject(man, "input_files", (double)files.n);
-        cJSON_AddNumberToObject(man, "input_bytes", (double)k.bytes_done);
-        splits_j = cJSON_AddObjectToObject(man, "splits");
-        files_j = cJSON_AddObjectToObject(man, "files");
-    }
+    if (!rc && !(man = manifest_new(a, &k, tok, files.n, &files_j, &splits_j)))
+        rc = zb_fail(ZB_ENOMEM, "out of memory (manifest)");
     for (int sp = 0; sp < 2 && !rc; sp++) {
         size_t n = 0;
         for (size_t i = 0; i < k.nd; i++) if (k.d[i].val == sp) ord[n++] = i;

@@ -40,7 +40,8 @@ static int eval_ppl(zb_model *m, const char *data, const char *split, int T, int
         if (rc) break;
         zb_model_forward(m, &a, ids);
         int nv = 0;
-        sum += zb_cross_entropy(NULL, a.logits, tg, B * T, m->cfg.vocab, 0.0f, &nv);
+        m->be->to_device(m->be, a.targets_dev, tg, sizeof(int) * B * T);
+        sum += m->be->cross_entropy(m->be, NULL, a.logits, a.targets_dev, B * T, m->cfg.vocab, 0.0f, &nv);
         n += nv;
     }
     if (!rc) { *ppl = n > 0 ? exp(sum / n) : 0; *tokens = n; }

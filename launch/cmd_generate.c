@@ -31,6 +31,7 @@
 
 #include "chat.h"
 #include "commands.h"
+#include "linear.h"
 #include "grid.h"
 #include "model.h"
 #include "store.h"
@@ -298,271 +299,345 @@ static int share_tokens(const zb_grid *grid, int tp, int pp, int *tok, int n) {
 }
 
 /* ---- the command --------------------------------------------------------------------------- */
-int zb_cmd_generate(int argc, char **argv) {
+
+typedef struct {
+    int argc;
+    char **argv;
+    const char *model_path, *tok_path;
+    int max_new, max_batch, ctx, quiet, print_ids, tp, pp;
+    zb_sampler sp;
+    uint64_t seed;
+    zb_wdtype wt;
+} gen_args;
+
+/* Everything one run holds (freed by gen_free). */
+typedef struct {
+    gen_args a;
+    int rank, world, grid_on;
+    zb_grid grid;
+    zb_tokenizer *tok;
+    zb_prompts pr;
+    zb_ivec stops;
+    int max_T;          /* the cache length: the longest prompt + max_new, within the context */
+    zb_backend be;      /* the run's backend and decode switches */
+    zb_model m;
+    zb_gen g;
+    int *slot_prompt, *n_out, *last, *act, *act_tok, *outbuf;
+    zb_rng *rngs;
+    /* statistics */
+    double t_prefill, t_decode;
+    long n_prefill, n_decode;
+    size_t peak;
+} gen_state;
+
+static int parse_args(int argc, char **argv, gen_args *a) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
                                        "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
-    const char *model_path = zb_arg_str(argc, argv, "--model", NULL);
-    const char *tok_path = zb_arg_str(argc, argv, "--tokenizer", NULL);
-    int max_new = zb_arg_int(argc, argv, "--max-new", 32);
-    int max_batch = zb_arg_int(argc, argv, "--batch", 8);
-    int ctx_arg = zb_arg_int(argc, argv, "--ctx", 0);
-    zb_sampler sp = {(float)zb_arg_double(argc, argv, "--temperature", 0.0),
-                     zb_arg_int(argc, argv, "--top-k", 0),
-                     (float)zb_arg_double(argc, argv, "--top-p", 1.0)};
-    uint64_t seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1234);
-    int quiet = zb_arg_flag(argc, argv, "--quiet"), print_ids = zb_arg_flag(argc, argv, "--print-ids");
-    zb_wdtype wt;
-    ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "generate: --weights"));
-    /* one thread pool per run (core/ops.c): the OpenMP kernels with bf16 weights, or always
-     * when OpenBLAS itself runs on OpenMP */
-    zb_attention_decode_use_omp(wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp());
+    memset(a, 0, sizeof *a);
+    a->argc = argc;
+    a->argv = argv;
+    a->model_path = zb_arg_str(argc, argv, "--model", NULL);
+    a->tok_path = zb_arg_str(argc, argv, "--tokenizer", NULL);
+    a->max_new = zb_arg_int(argc, argv, "--max-new", 32);
+    a->max_batch = zb_arg_int(argc, argv, "--batch", 8);
+    a->ctx = zb_arg_int(argc, argv, "--ctx", 0);
+    a->sp = (zb_sampler){(float)zb_arg_double(argc, argv, "--temperature", 0.0), zb_arg_int(argc, argv, "--top-k", 0),
+                         (float)zb_arg_double(argc, argv, "--top-p", 1.0)};
+    a->seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1234);
+    a->quiet = zb_arg_flag(argc, argv, "--quiet");
+    a->print_ids = zb_arg_flag(argc, argv, "--print-ids");
+    ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &a->wt, "generate: --weights"));
     int n_sources = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--prompt-ids") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompts")) n_sources++;
-    if (!model_path && !print_ids) return zb_fail(ZB_EARG, "generate: --model is required");
+    if (!a->model_path && !a->print_ids) return zb_fail(ZB_EARG, "generate: --model is required");
     if (!n_sources) return zb_fail(ZB_EARG, "generate: give a prompt: --prompt TEXT, --prompts FILE or --prompt-ids LIST");
-    if (max_new < 0) return zb_fail(ZB_EARG, "generate: --max-new must be >= 0");
-    if (max_batch < 1) return zb_fail(ZB_EARG, "generate: --batch must be >= 1");
-    if (ctx_arg < 0) return zb_fail(ZB_EARG, "generate: --ctx must be >= 1");
-    if (sp.temperature < 0 || sp.top_k < 0 || !(sp.top_p > 0.0f && sp.top_p <= 1.0f))
+    if (a->max_new < 0) return zb_fail(ZB_EARG, "generate: --max-new must be >= 0");
+    if (a->max_batch < 1) return zb_fail(ZB_EARG, "generate: --batch must be >= 1");
+    if (a->ctx < 0) return zb_fail(ZB_EARG, "generate: --ctx must be >= 1");
+    const zb_sampler *sp = &a->sp;
+    if (sp->temperature < 0 || sp->top_k < 0 || !(sp->top_p > 0.0f && sp->top_p <= 1.0f))
         return zb_fail(ZB_EARG, "generate: need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1");
     /* --tp N: the model is split over TP groups of N ranks (parallel/tp.h); TP rank 0 samples
      * from the gathered logits and broadcasts the tokens to its group */
-    int tp = zb_arg_int(argc, argv, "--tp", 1), pp = zb_arg_int(argc, argv, "--pp", 1), rank = 0, world = 1;
-    if (print_ids) tp = pp = 1;
-    if (tp < 1 || pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
-    int grid_on = tp > 1 || pp > 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    if (print_ids) world = 1;   /* no collectives: each rank would print; run it on one */
-    zb_grid grid;
-    memset(&grid, 0, sizeof grid);
-    if (grid_on) { ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, pp)); rank = grid.rank; }
-    else if (world > 1) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    a->tp = zb_arg_int(argc, argv, "--tp", 1);
+    a->pp = zb_arg_int(argc, argv, "--pp", 1);
+    if (a->print_ids) a->tp = a->pp = 1;
+    if (a->tp < 1 || a->pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
+    return ZB_OK;
+}
 
-    int rc = ZB_OK;
-    zb_tokenizer *tok = NULL;
-    zb_prompts pr;
-    memset(&pr, 0, sizeof pr);
-    zb_ivec stops = {0};
-    /* header broadcast from world rank 0: prompts, total ids, stops, cache length */
-    int hdr[4] = {0, 0, 0, 0};
-    zb_model m;
-    memset(&m, 0, sizeof m);
-    zb_gen g;
-    memset(&g, 0, sizeof g);
-    int *slot_prompt = NULL, *n_out = NULL, *last = NULL, *act = NULL, *act_tok = NULL, *outbuf = NULL;
-    zb_rng *rngs = NULL;
+/* The prompts of the command line, in its order. */
+static int read_prompts(gen_state *S) {
+    const gen_args *a = &S->a;
+    zb_prompt_opts po = {S->tok, zb_arg_flag(a->argc, a->argv, "--chat"), -1};
+    if (S->tok && !zb_arg_flag(a->argc, a->argv, "--no-bos")) po.bos = zb_tokenizer_token_id(S->tok, "<|begin_of_text|>");
+    ZB_TRY(iv_push(&S->pr.off, 0));
+    for (int i = 1; i + 1 < a->argc; i++) {
+        const char *f = a->argv[i], *v = a->argv[i + 1];
+        if (!strcmp(f, "--prompt-ids")) {
+            ZB_TRY(parse_ids(v, &S->pr.ids, "--prompt-ids"));
+            ZB_TRY(prompt_end(&S->pr));
+        } else if (!strcmp(f, "--prompt")) {
+            if (!*v) return zb_fail(ZB_EARG, "generate: --prompt: empty prompt");
+            ZB_TRY(add_text(&S->pr, &po, v, strlen(v), "--prompt"));
+        } else if (!strcmp(f, "--prompts")) {
+            ZB_TRY(add_file(&S->pr, &po, v));
+        } else continue;
+        i++;
+    }
+    for (int i = 0; i < n_prompts(&S->pr); i++)
+        if (prompt_len(&S->pr, i) == 0) return zb_fail(ZB_EARG, "generate: prompt %d is empty", i);
+    return ZB_OK;
+}
 
-    if (rank == 0) {
-        /* rank 0 alone reads the prompts (stdin reaches rank 0 only under mpirun) */
-        char tp_buf[4096 + 32];
-        if (!tok_path && model_path) {   /* the model folder's tokenizer, when it has one */
-            snprintf(tp_buf, sizeof tp_buf, "%s/tokenizer.json", model_path);
-            if (file_exists(tp_buf)) tok_path = tp_buf;
-        }
-        if (tok_path) rc = zb_tokenizer_load(&tok, tok_path);
-        zb_prompt_opts po = {tok, zb_arg_flag(argc, argv, "--chat"), -1};
-        if (tok && !zb_arg_flag(argc, argv, "--no-bos")) po.bos = zb_tokenizer_token_id(tok, "<|begin_of_text|>");
-        if (!rc) rc = iv_push(&pr.off, 0);
-        for (int i = 1; !rc && i + 1 < argc; i++) {
-            if (!strcmp(argv[i], "--prompt-ids")) {
-                rc = parse_ids(argv[i + 1], &pr.ids, "--prompt-ids");
-                if (!rc) rc = prompt_end(&pr);
-            } else if (!strcmp(argv[i], "--prompt")) {
-                if (!*argv[i + 1]) rc = zb_fail(ZB_EARG, "generate: --prompt: empty prompt");
-                else rc = add_text(&pr, &po, argv[i + 1], strlen(argv[i + 1]), "--prompt");
-            } else if (!strcmp(argv[i], "--prompts")) {
-                rc = add_file(&pr, &po, argv[i + 1]);
-            } else continue;
-            i++;
-        }
-        for (int i = 0; !rc && i < n_prompts(&pr); i++)
-            if (prompt_len(&pr, i) == 0) rc = zb_fail(ZB_EARG, "generate: prompt %d is empty", i);
-        if (!rc && print_ids) {   /* --print-ids: the token ids of each prompt, one line each */
-            for (int i = 0; i < n_prompts(&pr); i++) {
-                for (int k = 0; k < prompt_len(&pr, i); k++) printf(k ? " %d" : "%d", prompt_ids(&pr, i)[k]);
-                printf("\n");
-            }
-            zb_tokenizer_free(tok);
-            free(pr.ids.v); free(pr.off.v);
-            return ZB_OK;
-        }
-        /* the config (vocabulary, context, eos) without loading the weights */
-        zb_store *st = NULL;
-        if (!rc) rc = zb_store_open(&st, model_path);
-        if (!rc) {
-            const zb_config *c = zb_store_config(st);
-            int ctx = ctx_arg > 0 ? ctx_arg : c->max_pos > 0 ? c->max_pos : 0, longest = 0;
-            for (int i = 0; !rc && i < n_prompts(&pr); i++) {
-                int len = prompt_len(&pr, i);
-                const int *ids = prompt_ids(&pr, i);
-                for (int k = 0; !rc && k < len; k++)
-                    if (ids[k] < 0 || ids[k] >= c->vocab)
-                        rc = zb_fail(ZB_EARG, "generate: prompt %d: token %d is outside the vocabulary [0, %d)", i, ids[k], c->vocab);
-                if (!rc && ctx > 0 && len > ctx)
-                    rc = zb_fail(ZB_EARG, "generate: prompt %d has %d tokens, more than the context of %d%s", i, len, ctx,
-                                 ctx_arg > 0 ? " (--ctx)" : " (max_position_embeddings; --ctx to change)");
-                if (len > longest) longest = len;
-            }
-            /* the cache holds the prompt and every fed token: the last sampled one is not fed */
-            long need = (long)longest + (max_new > 0 ? max_new : 1);
-            if (ctx > 0 && need > ctx) need = ctx;
-            hdr[3] = (int)need;
-            /* stop tokens: the config's eos, the tokenizer's (<|eot_id|> ...), and --stop */
-            int ignore_eos = zb_arg_flag(argc, argv, "--ignore-eos");
-            for (int i = 0; !rc && !ignore_eos && i < c->n_eos; i++) rc = iv_push(&stops, c->eos_ids[i]);
-            if (!rc && !ignore_eos && tok) {
-                const int32_t *e;
-                int ne = zb_tokenizer_eos_ids(tok, &e);
-                for (int i = 0; !rc && i < ne; i++) rc = iv_push(&stops, e[i]);
-            }
-            for (int i = 1; !rc && i + 1 < argc; i++) {
-                if (strcmp(argv[i], "--stop")) continue;
-                const char *v = argv[++i];   /* ids ("2" or "2,3"), else a token's string */
-                int numeric = v[strspn(v, "0123456789, ")] == 0;
-                int id = !numeric && tok ? zb_tokenizer_token_id(tok, v) : -1;
-                if (id >= 0) rc = iv_push(&stops, id);
-                else rc = parse_ids(v, &stops, "--stop (a token id, a list of ids, or a token of the tokenizer)");
-            }
-        }
-        zb_store_close(st);
-        hdr[0] = n_prompts(&pr);
-        hdr[1] = (int)pr.ids.n;
-        hdr[2] = (int)stops.n;
+/* Against the model's config (read without the weights): every prompt id in the vocabulary and
+ * within the context; the cache length; the stop tokens (the config's eos, the tokenizer's
+ * <|eot_id|> ..., --stop). */
+static int plan_run(gen_state *S) {
+    const gen_args *a = &S->a;
+    zb_store *st = NULL;
+    ZB_TRY(zb_store_open(&st, a->model_path));
+    const zb_config *c = zb_store_config(st);
+    int ctx = a->ctx > 0 ? a->ctx : c->max_pos > 0 ? c->max_pos : 0, longest = 0, rc = ZB_OK;
+    for (int i = 0; !rc && i < n_prompts(&S->pr); i++) {
+        int len = prompt_len(&S->pr, i);
+        const int *ids = prompt_ids(&S->pr, i);
+        for (int k = 0; !rc && k < len; k++)
+            if (ids[k] < 0 || ids[k] >= c->vocab)
+                rc = zb_fail(ZB_EARG, "generate: prompt %d: token %d is outside the vocabulary [0, %d)", i, ids[k], c->vocab);
+        if (!rc && ctx > 0 && len > ctx)
+            rc = zb_fail(ZB_EARG, "generate: prompt %d has %d tokens, more than the context of %d%s", i, len, ctx,
+                         a->ctx > 0 ? " (--ctx)" : " (max_position_embeddings; --ctx to change)");
+        if (len > longest) longest = len;
     }
-    if (rc) goto done;   /* rank 0 only: the other ranks wait below and are stopped by MPI_Abort */
-    if (world > 1) {
-        if (MPI_Bcast(hdr, 4, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS) { rc = zb_fail(ZB_EMPI, "generate: MPI_Bcast failed"); goto done; }
-        if (rank != 0) {
-            pr.ids.v = zb_malloc(sizeof(int) * (size_t)(hdr[1] + 1), "prompts");
-            pr.off.v = zb_malloc(sizeof(int) * (size_t)(hdr[0] + 1), "prompts");
-            stops.v = zb_malloc(sizeof(int) * (size_t)(hdr[2] + 1), "stops");
-            if (!pr.ids.v || !pr.off.v || !stops.v) { rc = ZB_ENOMEM; goto done; }
-            pr.ids.n = (size_t)hdr[1]; pr.off.n = (size_t)hdr[0] + 1; stops.n = (size_t)hdr[2];
-        }
-        if (MPI_Bcast(pr.off.v, hdr[0] + 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS ||
-            MPI_Bcast(pr.ids.v, hdr[1], MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS ||
-            (hdr[2] && MPI_Bcast(stops.v, hdr[2], MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)) {
-            rc = zb_fail(ZB_EMPI, "generate: MPI_Bcast of the prompts failed");
-            goto done;
-        }
+    /* the cache holds the prompt and every fed token: the last sampled one is not fed */
+    long need = (long)longest + (a->max_new > 0 ? a->max_new : 1);
+    if (ctx > 0 && need > ctx) need = ctx;
+    S->max_T = (int)need;
+    int ignore_eos = zb_arg_flag(a->argc, a->argv, "--ignore-eos");
+    for (int i = 0; !rc && !ignore_eos && i < c->n_eos; i++) rc = iv_push(&S->stops, c->eos_ids[i]);
+    if (!rc && !ignore_eos && S->tok) {
+        const int32_t *e;
+        int ne = zb_tokenizer_eos_ids(S->tok, &e);
+        for (int i = 0; !rc && i < ne; i++) rc = iv_push(&S->stops, e[i]);
     }
-    int P = hdr[0], max_T = hdr[3], B = P < max_batch ? P : max_batch;
-    int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
-    rc = grid_on ? zb_model_load_tp_ex(&m, model_path, &grid, wt, NULL) : zb_model_load_ex(&m, model_path, wt);
-    if (rc) goto done;
-    const zb_config *c = zb_model_full_config(&m);   /* full vocabulary under TP */
-    rc = zb_gen_init(&g, &m, B, max_T);
-    int out_cap = max_new > 0 ? max_new : 1;
-    if (!rc) {
-        slot_prompt = zb_calloc((size_t)B, sizeof(int), "generation");
-        act = zb_calloc((size_t)B, sizeof(int), "generation");
-        act_tok = zb_calloc((size_t)B, sizeof(int), "generation");
-        n_out = zb_calloc((size_t)P, sizeof(int), "generation");
-        last = zb_calloc((size_t)P, sizeof(int), "generation");
-        rngs = zb_calloc((size_t)P, sizeof(zb_rng), "generation");
-        outbuf = zb_calloc((size_t)P * out_cap, sizeof(int), "generation output");
-        if (!slot_prompt || !act || !act_tok || !n_out || !last || !rngs || !outbuf) rc = ZB_ENOMEM;
+    for (int i = 1; !rc && i + 1 < a->argc; i++) {
+        if (strcmp(a->argv[i], "--stop")) continue;
+        const char *v = a->argv[++i];   /* ids ("2" or "2,3"), else a token's string */
+        int numeric = v[strspn(v, "0123456789, ")] == 0;
+        int id = !numeric && S->tok ? zb_tokenizer_token_id(S->tok, v) : -1;
+        if (id >= 0) rc = iv_push(&S->stops, id);
+        else rc = parse_ids(v, &S->stops, "--stop (a token id, a list of ids, or a token of the tokenizer)");
     }
-    if (rc) goto done;
-    for (int i = 0; i < P; i++) zb_rng_seed(&rngs[i], stream_seed(seed, i));
-    for (int b = 0; b < B; b++) slot_prompt[b] = -1;
+    zb_store_close(st);
+    return rc;
+}
 
-    zb_run run = {&pr, &g, tok, &stops, slot_prompt, n_out, last, outbuf, out_cap, max_new,
-                  P == 1, rank == 0, quiet};
-    if (run.single && run.out && !quiet && !tok) {   /* the 1-prompt layout of before: "ids | new ids" */
-        for (int k = 0; k < prompt_len(&pr, 0); k++) printf("%d ", prompt_ids(&pr, 0)[k]);
-        printf("| ");
+/* Rank 0 alone reads the prompts (stdin reaches rank 0 only under mpirun); *printed: the
+ * --print-ids run is over. */
+static int rank0_prompts(gen_state *S, int *printed) {
+    const gen_args *a = &S->a;
+    char tp_buf[4096 + 32];
+    const char *tok_path = a->tok_path;
+    if (!tok_path && a->model_path) {   /* the model folder's tokenizer, when it has one */
+        snprintf(tp_buf, sizeof tp_buf, "%s/tokenizer.json", a->model_path);
+        if (file_exists(tp_buf)) tok_path = tp_buf;
     }
-    int last_stage = pp == 1 || grid.pp_rank == pp - 1;
-    int sampler_rank = (tp == 1 || grid.tp_rank == 0) && last_stage;
-    double t_prefill = 0, t_decode = 0;
-    long n_prefill = 0, n_decode = 0;
-    size_t bpt = g.cache_bytes_per_token, bps = g.state_bytes_per_seq, peak = 0, alloc = 0;
-    for (int l = 0; l < g.n_layers; l++) alloc += g.cache_floats[l] * sizeof(float);
-    if (pp > 1) {   /* PP: each stage caches its own layers: the model's sizes are the sums */
-        unsigned long long sz[3] = {bpt, bps, alloc};
-        if (MPI_Allreduce(MPI_IN_PLACE, sz, 3, MPI_UNSIGNED_LONG_LONG, MPI_SUM, grid.pp) != MPI_SUCCESS)
-            rc = zb_fail(ZB_EMPI, "generate: MPI_Allreduce of the cache sizes failed");
-        bpt = (size_t)sz[0]; bps = (size_t)sz[1]; alloc = (size_t)sz[2];
+    if (tok_path) ZB_TRY(zb_tokenizer_load(&S->tok, tok_path));
+    ZB_TRY(read_prompts(S));
+    if (a->print_ids) {   /* the token ids of each prompt, one line each */
+        for (int i = 0; i < n_prompts(&S->pr); i++) {
+            for (int k = 0; k < prompt_len(&S->pr, i); k++) printf(k ? " %d" : "%d", prompt_ids(&S->pr, i)[k]);
+            printf("\n");
+        }
+        *printed = 1;
+        return ZB_OK;
     }
-    int next_prompt = 0;
-    while (!rc) {
+    return plan_run(S);
+}
+
+/* Rank 0's prompts, stops and cache length to every rank. */
+static int share_prompts(gen_state *S) {
+    int hdr[4] = {n_prompts(&S->pr), (int)S->pr.ids.n, (int)S->stops.n, S->max_T};
+    if (S->world == 1) return ZB_OK;
+    if (MPI_Bcast(hdr, 4, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS) return zb_fail(ZB_EMPI, "generate: MPI_Bcast failed");
+    if (S->rank != 0) {
+        S->pr.ids.v = zb_malloc(sizeof(int) * (size_t)(hdr[1] + 1), "prompts");
+        S->pr.off.v = zb_malloc(sizeof(int) * (size_t)(hdr[0] + 1), "prompts");
+        S->stops.v = zb_malloc(sizeof(int) * (size_t)(hdr[2] + 1), "stops");
+        if (!S->pr.ids.v || !S->pr.off.v || !S->stops.v) return ZB_ENOMEM;
+        S->pr.ids.n = (size_t)hdr[1]; S->pr.off.n = (size_t)hdr[0] + 1; S->stops.n = (size_t)hdr[2];
+        S->max_T = hdr[3];
+    }
+    if (MPI_Bcast(S->pr.off.v, hdr[0] + 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS ||
+        MPI_Bcast(S->pr.ids.v, hdr[1], MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS ||
+        (hdr[2] && MPI_Bcast(S->stops.v, hdr[2], MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS))
+        return zb_fail(ZB_EMPI, "generate: MPI_Bcast of the prompts failed");
+    return ZB_OK;
+}
+
+/* The model (this rank's shard / stage), its caches for B slots, the schedule's buffers. */
+static int setup_model(gen_state *S, int B) {
+    const gen_args *a = &S->a;
+    int P = n_prompts(&S->pr), out_cap = a->max_new > 0 ? a->max_new : 1;
+    ZB_TRY(S->grid_on ? zb_model_load_tp_ex(&S->m, a->model_path, &S->grid, a->wt, NULL)
+                      : zb_model_load_ex(&S->m, a->model_path, a->wt));
+    ZB_TRY(zb_model_set_backend(&S->m, &S->be));
+    ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
+    ZB_ALLOC(S->slot_prompt, B, "generation");
+    ZB_ALLOC(S->act, B, "generation");
+    ZB_ALLOC(S->act_tok, B, "generation");
+    ZB_ALLOC(S->n_out, P, "generation");
+    ZB_ALLOC(S->last, P, "generation");
+    ZB_ALLOC(S->rngs, P, "generation");
+    ZB_ALLOC(S->outbuf, (size_t)P * out_cap, "generation output");
+    for (int i = 0; i < P; i++) zb_rng_seed(&S->rngs[i], stream_seed(a->seed, i));
+    for (int b = 0; b < B; b++) S->slot_prompt[b] = -1;
+    return ZB_OK;
+}
+
+/* Prefill prompts into the free slots (each alone) and sample their first tokens, then decode
+ * the active sequences together, until every prompt is done. */
+static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
+    const gen_args *a = &S->a;
+    const zb_config *c = zb_model_full_config(&S->m);   /* full vocabulary under TP */
+    zb_gen *g = &S->g;
+    int P = n_prompts(&S->pr), next_prompt = 0, tp = a->tp, pp = a->pp;
+    int sampler_rank = (tp == 1 || S->grid.tp_rank == 0) && (pp == 1 || S->grid.pp_rank == pp - 1);
+    for (;;) {
         /* 1. fill the free slots: prefill each new prompt alone into its slot and sample its
          *    first token (a prompt that finishes at once frees the slot for the next) */
-        for (int b = 0; b < B && !rc; b++) {
-            while (!rc && slot_prompt[b] < 0 && next_prompt < P) {
+        for (int b = 0; b < B; b++) {
+            while (S->slot_prompt[b] < 0 && next_prompt < P) {
                 int i = next_prompt++, tkn = 0;
-                zb_gen_reset_seq(&g, b);
+                zb_gen_reset_seq(g, b);
                 double t0 = zb_now();
-                rc = zb_gen_step_seqs(&m, &g, &b, 1, prompt_ids(&pr, i), prompt_len(&pr, i));
-                if (rc) break;
-                n_prefill += prompt_len(&pr, i);
-                slot_prompt[b] = i;
-                if (max_new == 0) { finish(&run, b); t_prefill += zb_now() - t0; continue; }
-                if (sampler_rank) tkn = zb_sample(g.logits, c->vocab, &sp, &rngs[i], NULL);
-                rc = share_tokens(&grid, tp, pp, &tkn, 1);
-                t_prefill += zb_now() - t0;
-                if (!rc) on_token(&run, b, tkn);
+                ZB_TRY(zb_gen_step_seqs(&S->m, g, &b, 1, prompt_ids(&S->pr, i), prompt_len(&S->pr, i)));
+                S->n_prefill += prompt_len(&S->pr, i);
+                S->slot_prompt[b] = i;
+                if (a->max_new == 0) { finish(run, b); S->t_prefill += zb_now() - t0; continue; }
+                if (sampler_rank) tkn = zb_sample(g->logits, c->vocab, &a->sp, &S->rngs[i], NULL);
+                ZB_TRY(share_tokens(&S->grid, tp, pp, &tkn, 1));
+                S->t_prefill += zb_now() - t0;
+                on_token(run, b, tkn);
             }
         }
-        if (rc) break;
         int na = 0;
         for (int b = 0; b < B; b++)
-            if (slot_prompt[b] >= 0) { act[na] = b; act_tok[na] = last[slot_prompt[b]]; na++; }
-        if (!na) break;
+            if (S->slot_prompt[b] >= 0) { S->act[na] = b; S->act_tok[na] = S->last[S->slot_prompt[b]]; na++; }
+        if (!na) return ZB_OK;
         size_t use = 0;   /* cache in use: every active sequence's tokens and states */
-        for (int k = 0; k < na; k++) use += ((size_t)g.pos[act[k]] + 1) * bpt + bps;
-        if (use > peak) peak = use;
+        for (int k = 0; k < na; k++) use += ((size_t)g->pos[S->act[k]] + 1) * bpt + bps;
+        if (use > S->peak) S->peak = use;
         /* 2. one decode step for all the active sequences, each at its own position */
         double t0 = zb_now();
-        rc = zb_gen_step_seqs(&m, &g, act, na, act_tok, 1);
-        if (rc) break;
+        ZB_TRY(zb_gen_step_seqs(&S->m, g, S->act, na, S->act_tok, 1));
         if (sampler_rank)
             for (int k = 0; k < na; k++)
-                act_tok[k] = zb_sample(g.logits + (size_t)k * c->vocab, c->vocab, &sp, &rngs[slot_prompt[act[k]]], NULL);
-        if ((rc = share_tokens(&grid, tp, pp, act_tok, na))) break;
-        t_decode += zb_now() - t0;
-        n_decode += na;
-        for (int k = 0; k < na; k++) on_token(&run, act[k], act_tok[k]);
+                S->act_tok[k] = zb_sample(g->logits + (size_t)k * c->vocab, c->vocab, &a->sp,
+                                          &S->rngs[S->slot_prompt[S->act[k]]], NULL);
+        ZB_TRY(share_tokens(&S->grid, tp, pp, S->act_tok, na));
+        S->t_decode += zb_now() - t0;
+        S->n_decode += na;
+        for (int k = 0; k < na; k++) on_token(run, S->act[k], S->act_tok[k]);
     }
-    /* every rank's peak resident memory (the 8B-on-24GB check): gathered to rank 0 */
+}
+
+/* The closing line on stderr: speeds, cache sizes, weights, every rank's peak resident memory
+ * (the 8B-on-24GB check; gathered to rank 0: TP only the ranks of TP group 0, PP every rank). */
+static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps, size_t alloc) {
+    const gen_args *a = &S->a;
+    int tp = a->tp, pp = a->pp, P = n_prompts(&S->pr), threads = zb_linear_threads();
     long hwm = zb_vm_hwm_kb(), *hwms = NULL;
-    /* TP only: the ranks of TP group 0; PP: every rank of the grid (world rank order) */
-    MPI_Comm hcomm = pp > 1 ? grid.world : grid.tp;
-    int nr = pp > 1 ? grid.size : tp > 1 ? grid.tp_size : 1;
-    if (!rc && grid_on) {
-        hwms = rank == 0 ? zb_calloc((size_t)nr, sizeof(long), "stats") : NULL;
-        if (MPI_Gather(&hwm, 1, MPI_LONG, hwms, 1, MPI_LONG, 0, hcomm) != MPI_SUCCESS)
-            rc = zb_fail(ZB_EMPI, "generate: MPI_Gather of the memory stats failed");
+    MPI_Comm hcomm = pp > 1 ? S->grid.world : S->grid.tp;
+    int nr = pp > 1 ? S->grid.size : tp > 1 ? S->grid.tp_size : 1;
+    if (S->grid_on) {
+        hwms = S->rank == 0 ? zb_calloc((size_t)nr, sizeof(long), "stats") : NULL;
+        if (MPI_Gather(&hwm, 1, MPI_LONG, hwms, 1, MPI_LONG, 0, hcomm) != MPI_SUCCESS) {
+            free(hwms);
+            return zb_fail(ZB_EMPI, "generate: MPI_Gather of the memory stats failed");
+        }
     }
-    if (!rc && run.out) {
-        if (run.single) printf("\n");
+    if (run->out) {
+        if (run->single) printf("\n");
         fflush(stdout);
         char mem[512];
         int k = snprintf(mem, sizeof mem, " | weights %s (%s, %d thread%s), %.2f GiB/rank | peak RSS (VmHWM)",
-                         zb_wdtype_name(wt), wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "sgemm",
-                         threads, threads == 1 ? "" : "s", zb_model_param_bytes(&m) / 1073741824.0);
+                         zb_wdtype_name(a->wt), a->wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "sgemm",
+                         threads, threads == 1 ? "" : "s", zb_model_param_bytes(&S->m) / 1073741824.0);
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
                 "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
-                n_prefill, n_prefill / (t_prefill + 1e-12), n_decode, n_decode / (t_decode + 1e-12),
-                P, P == 1 ? "" : "s", B, bpt, bps, peak, alloc,
+                S->n_prefill, S->n_prefill / (S->t_prefill + 1e-12), S->n_decode, S->n_decode / (S->t_decode + 1e-12),
+                P, P == 1 ? "" : "s", B, bpt, bps, S->peak, alloc,
                 tp > 1 ? (pp > 1 ? " (per TP rank, summed over the stages)" : " (per rank)")
                        : pp > 1 ? " (summed over the stages)" : "", mem);
     }
     free(hwms);
-done:
-    zb_gen_free(&g);
-    zb_model_free(&m);
-    zb_tokenizer_free(tok);
-    free(pr.ids.v); free(pr.off.v); free(stops.v);
-    free(slot_prompt); free(n_out); free(last); free(act); free(act_tok); free(outbuf); free(rngs);
-    if (grid_on) zb_grid_free(&grid);
+    return ZB_OK;
+}
+
+/* Prompts shared, model loaded, the schedule run, the report. */
+static int gen_run(gen_state *S) {
+    const gen_args *a = &S->a;
+    int P = n_prompts(&S->pr), B = P < a->max_batch ? P : a->max_batch;
+    ZB_TRY(setup_model(S, B));
+    zb_gen *g = &S->g;
+    zb_run run = {&S->pr, g, S->tok, &S->stops, S->slot_prompt, S->n_out, S->last, S->outbuf,
+                  a->max_new > 0 ? a->max_new : 1, a->max_new, P == 1, S->rank == 0, a->quiet};
+    if (run.single && run.out && !a->quiet && !S->tok) {   /* the 1-prompt layout of before: "ids | new ids" */
+        for (int k = 0; k < prompt_len(&S->pr, 0); k++) printf("%d ", prompt_ids(&S->pr, 0)[k]);
+        printf("| ");
+    }
+    size_t bpt = g->cache_bytes_per_token, bps = g->state_bytes_per_seq, alloc = 0;
+    for (int l = 0; l < g->n_layers; l++) alloc += g->cache_floats[l] * sizeof(float);
+    if (a->pp > 1) {   /* PP: each stage caches its own layers: the model's sizes are the sums */
+        unsigned long long sz[3] = {bpt, bps, alloc};
+        if (MPI_Allreduce(MPI_IN_PLACE, sz, 3, MPI_UNSIGNED_LONG_LONG, MPI_SUM, S->grid.pp) != MPI_SUCCESS)
+            return zb_fail(ZB_EMPI, "generate: MPI_Allreduce of the cache sizes failed");
+        bpt = (size_t)sz[0]; bps = (size_t)sz[1]; alloc = (size_t)sz[2];
+    }
+    ZB_TRY(serve(S, &run, B, bpt, bps));
+    return report(S, &run, B, bpt, bps, alloc);
+}
+
+static void gen_free(gen_state *S) {
+    zb_gen_free(&S->g);
+    zb_model_free(&S->m);
+    zb_tokenizer_free(S->tok);
+    free(S->pr.ids.v); free(S->pr.off.v); free(S->stops.v);
+    free(S->slot_prompt); free(S->n_out); free(S->last); free(S->act); free(S->act_tok); free(S->outbuf);
+    free(S->rngs);
+    if (S->grid_on) zb_grid_free(&S->grid);
+}
+
+int zb_cmd_generate(int argc, char **argv) {
+    gen_state S;
+    memset(&S, 0, sizeof S);
+    ZB_TRY(parse_args(argc, argv, &S.a));
+    S.be = zb_infer_backend(S.a.wt);   /* the run's decode switches */
+    S.grid_on = S.a.tp > 1 || S.a.pp > 1;
+    S.world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &S.world);
+    if (S.a.print_ids) S.world = 1;   /* no collectives: each rank would print; run it on one */
+    int rc = ZB_OK, printed = 0;
+    if (S.grid_on) {
+        rc = zb_grid_init(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp);
+        S.rank = S.grid.rank;
+    } else if (S.world > 1) {
+        MPI_Comm_rank(MPI_COMM_WORLD, &S.rank);
+    }
+    /* rank 0 only may fail here: the other ranks wait in share_prompts and are stopped by the
+     * driver's MPI_Abort */
+    if (!rc && S.rank == 0) rc = rank0_prompts(&S, &printed);
+    if (!rc && !printed) rc = share_prompts(&S);
+    if (!rc && !printed) rc = gen_run(&S);
+    gen_free(&S);
     return rc;
 }

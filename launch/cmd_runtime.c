@@ -37,13 +37,22 @@ int zb_threads_auto(MPI_Comm comm) {
 
 void zb_blas_check_core(int rank) {
     /* OpenBLAS builds older than the CPU fall back to an SSE3 core (Debian 12's 0.3.21 picks
-     * "Prescott" on Sapphire Rapids): its sgemm then runs at a fifth of the AVX-512 one */
+     * "Prescott" on Sapphire Rapids): its sgemm then runs at a fifth of the AVX-512 one. No
+     * warning when the user chose the core (OPENBLAS_CORETYPE set): they know. */
     const char *core = openblas_get_corename();
+    const char *chosen = getenv("OPENBLAS_CORETYPE");
+    if (chosen && *chosen) return;
     if (rank == 0 && core && !strcasecmp(core, "Prescott") && __builtin_cpu_supports("avx2"))
         fprintf(stderr, "zebra: warning: OpenBLAS chose its generic core (%s) on a CPU with %s; set "
                         "OPENBLAS_CORETYPE=%s for its fast kernels\n", core,
                 __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2",
                 __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
+}
+
+zb_backend zb_infer_backend(zb_wdtype wt) {
+    zb_backend be = *zb_backend_cpu();
+    be.opts.decode_omp = wt == ZB_WEIGHTS_BF16 || zb_blas_uses_openmp();
+    return be;
 }
 
 long zb_vm_hwm_kb(void) {

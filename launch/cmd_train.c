@@ -465,7 +465,8 @@ static int report(train_run *S, interval *v, float lr) {
                  (long long)S->step, jnum(b[0], 40, "%.17g", L), jnum(b[1], 40, "%.17g", v->parts.ce / v->n),
                  jnum(b[2], 40, "%.17g", v->parts.kl / v->n), jnum(b[3], 40, "%.17g", v->parts.mse / v->n), lr,
                  jnum(b[4], 40, "%.9g", v->gnorm / v->n), S->tokens_seen, tps, v->t_run,
-                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n, jnum(b[6], 40, "%.17g", v->parts.ild_block / v->n),
+                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n,
+                 jnum(b[6], 40, "%.17g", v->parts.ild_block / v->n),
                  jnum(b[7], 40, "%.17g", v->parts.ild_mixer / v->n), (long long)S->skipped, busy);
         ZB_TRY(log_line(S->log_fd, line));
     }

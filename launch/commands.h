@@ -5,6 +5,7 @@
 #define ZB_COMMANDS_H
 
 int zb_cmd_import(int argc, char **argv);
+int zb_cmd_export(int argc, char **argv);
 int zb_cmd_tokenize(int argc, char **argv);
 int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);
@@ -18,15 +19,26 @@ int zb_cmd_data(int argc, char **argv);
 int zb_cmd_train(int argc, char **argv);
 int zb_cmd_plot(int argc, char **argv);
 
+/* The plan JSON of `zebra compose --plan` (written by `zebra smart`): its "mla_layers" become
+ * MLA in c->kinds, every other layer of c Mamba2 (cmd_compose.c; the fuzz harness calls it). */
+#include "config.h"
+int zb_plan_read(const char *path, zb_config *c);
+
 /* Runtime (cmd_runtime.c), called by main for every command: OpenMP threads (the bf16 kernels,
  * and OpenBLAS when it is its OpenMP build) = OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS with
  * OpenBLAS on OpenMP, else the node's cores / its MPI ranks (returns the count); the process's peak
  * resident memory (VmHWM of /proc/self/status) in kB, -1 if unknown. */
 #include <mpi.h>
+
+#include "model.h"
 int zb_threads_auto(MPI_Comm comm);
 /* Rank 0 warns (one line) when OpenBLAS runs its generic core on a CPU with AVX2/AVX-512. */
 void zb_blas_check_core(int rank);
 long zb_vm_hwm_kb(void);
+/* The backend an inference command runs its models on: the CPU table with this run's decode
+ * switch (backend.h zb_backend_opts.decode_omp): the OpenMP decode kernels with bf16 weights, or
+ * always when OpenBLAS itself runs on OpenMP (one thread pool per run, core/cpu/ops.c). */
+zb_backend zb_infer_backend(zb_wdtype wt);
 
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */

@@ -19,7 +19,8 @@ typedef struct {
 
 static const zb_command commands[] = {
     {"data", zb_cmd_data, "data --tokenizer F --input PATH... -o SHARDS [--val-fraction 0.01] [--format text|jsonl|chat|pref]"},
-    {"import", zb_cmd_import, "import DIR -o model.h5: HF checkpoint -> native HDF5"},
+    {"import", zb_cmd_import, "import DIR -o model.h5: HF or Zebra-Llama release checkpoint -> native HDF5"},
+    {"export", zb_cmd_export, "export MODEL -o DIR [--dtype bf16|f32]: Zebra-Llama release layout (hybrid) or HF Llama dir"},
     {"tokenize", zb_cmd_tokenize, "tokenize --tokenizer tokenizer.json [--text T | stdin]: print ids"},
     {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
     {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},

@@ -1,4 +1,4 @@
-/* checkpoint.c — the native HDF5 checkpoint (see checkpoint.h for the layout).
+/* checkpoint.c — writing the native HDF5 checkpoint (the layout and the reader: core/ckpt_read.h).
  *
  * HDF5's own error-stack printing is switched off; every failing call becomes one zb_fail
  * line naming the file (and tensor). Inside functions that hold handles, H5GO is ZB_H5 with a
@@ -6,48 +6,15 @@
 #include "checkpoint.h"
 
 #include <errno.h>
-#include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt_h5.h"
 #include "config.h"
 #include "zb_common.h"
-
-#define H5GO(call) do { if ((long long)(call) < 0) { \
-    rc = zb_fail(ZB_EHDF5, "HDF5 call failed: %s (%s:%d)", #call, __FILE__, __LINE__); goto done; } } while (0)
-
-static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
-
-/* File type (little endian, as safetensors) and native memory type of a dtype. */
-static hid_t file_type(zb_dtype d) {
-    switch (d) {
-    case ZB_DT_F32: return H5T_IEEE_F32LE;
-    case ZB_DT_F64: return H5T_IEEE_F64LE;
-    case ZB_DT_F16: case ZB_DT_BF16: return H5T_STD_U16LE;
-    case ZB_DT_I32: return H5T_STD_I32LE;
-    case ZB_DT_I64: return H5T_STD_I64LE;
-    case ZB_DT_U32: return H5T_STD_U32LE;
-    case ZB_DT_U8: return H5T_STD_U8LE;
-    case ZB_DT_I8: return H5T_STD_I8LE;
-    }
-    return -1;
-}
-static hid_t mem_type(zb_dtype d) {
-    switch (d) {
-    case ZB_DT_F32: return H5T_NATIVE_FLOAT;
-    case ZB_DT_F64: return H5T_NATIVE_DOUBLE;
-    case ZB_DT_F16: case ZB_DT_BF16: return H5T_NATIVE_UINT16;
-    case ZB_DT_I32: return H5T_NATIVE_INT32;
-    case ZB_DT_I64: return H5T_NATIVE_INT64;
-    case ZB_DT_U32: return H5T_NATIVE_UINT32;
-    case ZB_DT_U8: return H5T_NATIVE_UINT8;
-    case ZB_DT_I8: return H5T_NATIVE_INT8;
-    }
-    return -1;
-}
 
 /* Fixed-length string attribute. */
 static int write_str_attr(hid_t obj, const char *name, const char *val) {
@@ -78,35 +45,6 @@ done:
     return rc;
 }
 
-/* Read a string attribute into a malloc'd NUL-terminated buffer. */
-static int read_str_attr(hid_t obj, const char *name, char **out) {
-    int rc = ZB_OK;
-    hid_t a = -1, ft = -1, mt = -1;
-    char *buf = NULL;
-    *out = NULL;
-    H5GO(a = H5Aopen(obj, name, H5P_DEFAULT));
-    H5GO(ft = H5Aget_type(a));
-    if (H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) > 0) {
-        rc = zb_fail(ZB_EFORMAT, "attribute '%s' is not a fixed-length string", name);
-        goto done;
-    }
-    size_t n = H5Tget_size(ft);
-    if (n == 0 || n > (64u << 20)) { rc = zb_fail(ZB_EFORMAT, "attribute '%s' has a bad size", name); goto done; }
-    H5GO(mt = H5Tcopy(H5T_C_S1));
-    H5GO(H5Tset_size(mt, n + 1));
-    if (!(buf = zb_calloc(n + 2, 1, name))) { rc = ZB_ENOMEM; goto done; }
-    H5GO(H5Aread(a, mt, buf));
-    buf[n] = 0;
-    *out = buf;
-    buf = NULL;
-done:
-    free(buf);
-    if (mt >= 0) H5Tclose(mt);
-    if (ft >= 0) H5Tclose(ft);
-    if (a >= 0) H5Aclose(a);
-    return rc;
-}
-
 /* ---------------------------------------------------------------- writer */
 
 struct zb_ckpt_writer {
@@ -117,14 +55,14 @@ struct zb_ckpt_writer {
 };
 
 int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm) {
-    h5_quiet();
+    zb_h5_quiet();
     *out = NULL;
     zb_ckpt_writer *w = zb_calloc(1, sizeof *w, "checkpoint writer");
     if (!w) return ZB_ENOMEM;
     w->file = w->dxpl = -1;
     w->comm = comm;
     int rc = ZB_OK;
-    hid_t fapl = -1;
+    hid_t fapl = -1, fcpl = -1;
     MPI_Comm_rank(comm, &w->rank);
     long pid = (long)getpid();
     if (MPI_Bcast(&pid, 1, MPI_LONG, 0, comm) != MPI_SUCCESS) { rc = zb_fail(ZB_EMPI, "%s: MPI_Bcast failed", path); goto done; }
@@ -136,13 +74,22 @@ int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm) {
     snprintf(w->tmp, n, "%s.tmp.%ld", path, pid);
     H5GO(fapl = H5Pcreate(H5P_FILE_ACCESS));
     H5GO(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    /* The 1.8+ file format: superblock v2+, object headers, group and attribute storage all carry
+     * checksums that HDF5 verifies on read, so a damaged file fails cleanly instead of reaching
+     * libhdf5's metadata decoders (1.10.8 overflows the heap on some corrupt attribute
+     * messages: found by tests/fuzz, docs/RELIABILITY.md). The root group keeps its links in
+     * its (checksummed) object header: the dense form's fractal heap has no checksum. */
+    H5GO(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST));
+    H5GO(fcpl = H5Pcreate(H5P_FILE_CREATE));
+    H5GO(H5Pset_link_phase_change(fcpl, 65535, 65535));
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
     if (w->file < 0) { rc = zb_fail(ZB_EIO, "%s: cannot create the file (via %s): directory missing or not writable?", path, w->tmp); goto done; }
     H5GO(w->dxpl = H5Pcreate(H5P_DATASET_XFER));
     H5GO(H5Pset_dxpl_mpio(w->dxpl, H5FD_MPIO_COLLECTIVE));
     if ((rc = write_int_attr(w->file, "zebra_format", 1))) goto done;
 done:
     if (fapl >= 0) H5Pclose(fapl);
+    if (fcpl >= 0) H5Pclose(fcpl);
     if (rc) {
         if (rc == ZB_EHDF5) zb_fail_prefix(rc, path);
         zb_ckpt_abort(w);
@@ -197,7 +144,7 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
                        int64_t row0, int64_t nrows, const void *data) {
     if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
         return zb_fail(ZB_EARG, "%s: tensor '%s': names with '/' cannot be stored", w->path, name);
-    if (ndim < 0 || ndim > ZB_MAX_DIMS || file_type(dtype) < 0)
+    if (ndim < 0 || ndim > ZB_MAX_DIMS || zb_h5_file_type(dtype) < 0)
         return zb_fail(ZB_EARG, "%s: tensor '%s': bad ndim %d or dtype", w->path, name, ndim);
     int64_t nlead = ndim ? shape[0] : 1;
     if (row0 < 0 || nrows < 0 || row0 + nrows > nlead)
@@ -213,7 +160,7 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
     }
     if (ndim) H5GO(sp = H5Screate_simple(ndim, dims, NULL));
     else H5GO(sp = H5Screate(H5S_SCALAR));
-    H5GO(ds = H5Dcreate2(w->file, name, file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
     hsize_t nel = (hsize_t)nrows * rowel;
     if (nrows == 0 || nel == 0) {
@@ -231,7 +178,7 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
     }
     /* a rank with nothing to write still takes part in the collective write */
     static const char dummy[8];
-    H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, (nel && nrows) ? data : dummy));
+    H5GO(H5Dwrite(ds, zb_h5_mem_type(dtype), ms, sp, w->dxpl, (nel && nrows) ? data : dummy));
 done:
     return write_done(w, name, rc, ms, ds, sp);
 }
@@ -240,62 +187,6 @@ int zb_ckpt_write_tensor(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
                          const void *data) {
     int64_t nlead = ndim ? shape[0] : 1;
     return zb_ckpt_write_rows(w, name, dtype, ndim, shape, 0, w->rank == 0 ? nlead : 0, data);
-}
-
-/* Added for tensor parallelism (parallel/tp.c): a union of row-range x column-range
- * hyperslabs per rank; HDF5 maps the contiguous memory buffer onto the selection in file
- * (row-major) order, which is the order of the rank's local tensor. */
-int zb_ckpt_write_slab(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int ndim, const int64_t *shape,
-                       int nseg, const int64_t *row0, const int64_t *nrows, int64_t col0, int64_t ncols,
-                       const void *data) {
-    if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
-        return zb_fail(ZB_EARG, "%s: tensor '%s': names with '/' cannot be stored", w->path, name);
-    if (ndim < 1 || ndim > ZB_MAX_DIMS || file_type(dtype) < 0)
-        return zb_fail(ZB_EARG, "%s: tensor '%s': bad ndim %d or dtype", w->path, name, ndim);
-    hsize_t dims[ZB_MAX_DIMS], start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
-    hsize_t rowel = 1;
-    for (int i = 0; i < ndim; i++) {
-        dims[i] = count[i] = (hsize_t)shape[i];
-        if (i) rowel *= (hsize_t)shape[i];
-    }
-    if (nseg && (ndim == 2 ? (col0 < 0 || ncols < 0 || (hsize_t)(col0 + ncols) > dims[1])
-                           : (col0 != 0 || (hsize_t)ncols != rowel)))   /* nseg 0: writes nothing */
-        return zb_fail(ZB_EARG, "%s: tensor '%s': bad column range [%lld, %lld)", w->path, name,
-                       (long long)col0, (long long)(col0 + ncols));
-    hsize_t nel = 0;
-    for (int k = 0; k < nseg; k++) {
-        if (row0[k] < 0 || nrows[k] < 0 || (hsize_t)(row0[k] + nrows[k]) > dims[0] ||
-            (k && row0[k] < row0[k - 1] + nrows[k - 1]))
-            return zb_fail(ZB_EARG, "%s: tensor '%s': bad row segment [%lld, %lld)", w->path, name,
-                           (long long)row0[k], (long long)(row0[k] + nrows[k]));
-        nel += (hsize_t)nrows[k] * (hsize_t)ncols;
-    }
-    int rc = ZB_OK, first = 1;
-    hid_t sp = -1, ds = -1, ms = -1;
-    H5GO(sp = H5Screate_simple(ndim, dims, NULL));
-    H5GO(ds = H5Dcreate2(w->file, name, file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
-    H5GO(H5Sselect_none(sp));
-    if (nel) {
-        for (int k = 0; k < nseg; k++) {
-            if (!nrows[k]) continue;
-            start[0] = (hsize_t)row0[k];
-            count[0] = (hsize_t)nrows[k];
-            if (ndim == 2) { start[1] = (hsize_t)col0; count[1] = (hsize_t)ncols; }
-            H5GO(H5Sselect_hyperslab(sp, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count, NULL));
-            first = 0;
-        }
-        H5GO(ms = H5Screate_simple(1, &nel, NULL));
-    } else {
-        hsize_t one = 1;
-        H5GO(ms = H5Screate_simple(1, &one, NULL));
-        H5GO(H5Sselect_none(ms));
-    }
-    /* a rank with nothing to write still takes part in the collective write */
-    static const char dummy[8];
-    H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
-done:
-    return write_done(w, name, rc, ms, ds, sp);
 }
 
 /* OR into sp the boxes covering elements [a, b) of the trailing dims k.. of one index of the
@@ -333,7 +224,7 @@ int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
                          int nblk, const zb_ckpt_block *bl, const void *data) {
     if (strchr(name, '/') || !name[0] || !strcmp(name, "."))
         return zb_fail(ZB_EARG, "%s: tensor '%s': names with '/' cannot be stored", w->path, name);
-    if (ndim < 1 || ndim > ZB_MAX_DIMS || file_type(dtype) < 0)
+    if (ndim < 1 || ndim > ZB_MAX_DIMS || zb_h5_file_type(dtype) < 0)
         return zb_fail(ZB_EARG, "%s: tensor '%s': bad ndim %d or dtype", w->path, name, ndim);
     hsize_t dims[ZB_MAX_DIMS], start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
     hsize_t width = 1, nel = 0;
@@ -353,7 +244,7 @@ int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
     int rc = ZB_OK, first = 1;
     hid_t sp = -1, ds = -1, ms = -1;
     H5GO(sp = H5Screate_simple(ndim, dims, NULL));
-    H5GO(ds = H5Dcreate2(w->file, name, file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
     H5GO(H5Sselect_none(sp));
     for (int k = 0; k < nblk && nel; k++) {
@@ -384,7 +275,7 @@ int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
     }
     /* a rank with nothing to write still takes part in the collective write */
     static const char dummy[8];
-    H5GO(H5Dwrite(ds, mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
+    H5GO(H5Dwrite(ds, zb_h5_mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
 done:
     return write_done(w, name, rc, ms, ds, sp);
 }
@@ -426,210 +317,3 @@ void zb_ckpt_abort(zb_ckpt_writer *w) {
     writer_free(w);
 }
 
-/* ---------------------------------------------------------------- reader */
-
-struct zb_ckpt_reader {
-    char *path;
-    hid_t file;
-    char *config_json;
-    int n, cap;
-    zb_ckpt_entry *e;
-    hid_t *ds;   /* open dataset handles, one per entry */
-};
-
-void zb_ckpt_reader_close(zb_ckpt_reader *r) {
-    if (!r) return;
-    for (int i = 0; i < r->n; i++) {
-        free(r->e[i].name);
-        if (r->ds[i] >= 0) H5Dclose(r->ds[i]);
-    }
-    free(r->e);
-    free(r->ds);
-    free(r->config_json);
-    if (r->file >= 0) H5Fclose(r->file);
-    free(r->path);
-    free(r);
-}
-
-/* Root link names, collected by H5Literate. */
-typedef struct { char **names; int n, cap, oom; } zb_namelist;
-static herr_t collect_name(hid_t g, const char *name, const H5L_info_t *info, void *op) {
-    (void)g; (void)info;
-    zb_namelist *l = op;
-    if (l->n == l->cap) {
-        int nc = l->cap ? 2 * l->cap : 64;
-        char **nn = realloc(l->names, (size_t)nc * sizeof *nn);
-        if (!nn) { l->oom = 1; return -1; }
-        l->names = nn;
-        l->cap = nc;
-    }
-    size_t k = strlen(name) + 1;
-    if (!(l->names[l->n] = malloc(k))) { l->oom = 1; return -1; }
-    memcpy(l->names[l->n++], name, k);
-    return 0;
-}
-
-/* dtype from the `dtype` attribute, else from the HDF5 type. */
-static int entry_dtype(hid_t ds, const char *path, const char *name, zb_dtype *dt) {
-    if (H5Aexists(ds, "dtype") > 0) {
-        char *s = NULL;
-        int rc = read_str_attr(ds, "dtype", &s);
-        if (rc) return rc;
-        rc = zb_dtype_parse(s, dt);
-        free(s);
-        if (rc) return zb_fail(ZB_EFORMAT, "%s: tensor '%s': unknown dtype attribute", path, name);
-        return ZB_OK;
-    }
-    hid_t t = H5Dget_type(ds);
-    if (t < 0) return zb_fail(ZB_EHDF5, "%s: tensor '%s': cannot read its type", path, name);
-    H5T_class_t cl = H5Tget_class(t);
-    size_t sz = H5Tget_size(t);
-    H5T_sign_t sg = H5Tget_sign(t);
-    H5Tclose(t);
-    if (cl == H5T_FLOAT && sz == 4) *dt = ZB_DT_F32;
-    else if (cl == H5T_FLOAT && sz == 8) *dt = ZB_DT_F64;
-    else if (cl == H5T_INTEGER && sz == 4) *dt = sg == H5T_SGN_NONE ? ZB_DT_U32 : ZB_DT_I32;
-    else if (cl == H5T_INTEGER && sz == 8 && sg != H5T_SGN_NONE) *dt = ZB_DT_I64;
-    else if (cl == H5T_INTEGER && sz == 1) *dt = sg == H5T_SGN_NONE ? ZB_DT_U8 : ZB_DT_I8;
-    else return zb_fail(ZB_EFORMAT, "%s: tensor '%s': unsupported HDF5 type", path, name);
-    return ZB_OK;
-}
-
-int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
-    h5_quiet();
-    *out = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return zb_fail(ZB_EIO, "%s: not a regular file", path);
-    htri_t is = H5Fis_hdf5(path);
-    if (is <= 0) return zb_fail(ZB_EFORMAT, "%s: not an HDF5 file", path);
-    zb_ckpt_reader *r = zb_calloc(1, sizeof *r, "checkpoint reader");
-    if (!r) return ZB_ENOMEM;
-    r->file = -1;
-    int rc = ZB_OK;
-    zb_namelist l = {0};
-    if (!(r->path = zb_malloc(strlen(path) + 1, "path"))) { rc = ZB_ENOMEM; goto done; }
-    strcpy(r->path, path);
-    r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (r->file < 0) { rc = zb_fail(ZB_EFORMAT, "%s: cannot open as HDF5 (truncated or corrupt)", path); goto done; }
-    if (H5Aexists(r->file, "config_json") <= 0) {
-        rc = zb_fail(ZB_EFORMAT, "%s: not a zebra checkpoint (no 'config_json' attribute)", path);
-        goto done;
-    }
-    if ((rc = read_str_attr(r->file, "config_json", &r->config_json))) { zb_fail_prefix(rc, path); goto done; }
-    hsize_t idx = 0;
-    if (H5Literate(r->file, H5_INDEX_NAME, H5_ITER_INC, &idx, collect_name, &l) < 0) {
-        rc = l.oom ? zb_fail(ZB_ENOMEM, "%s: out of memory listing datasets", path)
-                   : zb_fail(ZB_EFORMAT, "%s: cannot list the datasets (truncated or corrupt)", path);
-        goto done;
-    }
-    r->e = zb_calloc((size_t)(l.n ? l.n : 1), sizeof *r->e, "checkpoint entries");
-    r->ds = zb_calloc((size_t)(l.n ? l.n : 1), sizeof *r->ds, "checkpoint entries");
-    if (!r->e || !r->ds) { rc = ZB_ENOMEM; goto done; }
-    for (int i = 0; i < l.n; i++) {
-        H5O_info_t oi;
-        if (H5Oget_info_by_name2(r->file, l.names[i], &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
-            rc = zb_fail(ZB_EFORMAT, "%s: object '%s' is unreadable (truncated or corrupt)", path, l.names[i]);
-            goto done;
-        }
-        if (oi.type != H5O_TYPE_DATASET) continue;
-        zb_ckpt_entry *e = &r->e[r->n];
-        hid_t ds = H5Dopen2(r->file, l.names[i], H5P_DEFAULT);
-        if (ds < 0) { rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': cannot open the dataset", path, l.names[i]); goto done; }
-        r->ds[r->n] = ds;
-        e->name = l.names[i];
-        l.names[i] = NULL;
-        r->n++;
-        if ((rc = entry_dtype(ds, path, e->name, &e->dtype))) goto done;
-        hid_t sp = H5Dget_space(ds);
-        int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
-        if (nd < 0 || nd > ZB_MAX_DIMS) {
-            if (sp >= 0) H5Sclose(sp);
-            rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': bad dataspace", path, e->name);
-            goto done;
-        }
-        hsize_t dims[ZB_MAX_DIMS];
-        H5Sget_simple_extent_dims(sp, dims, NULL);
-        H5Sclose(sp);
-        e->ndim = nd;
-        e->numel = 1;
-        for (int k = 0; k < nd; k++) { e->shape[k] = (int64_t)dims[k]; e->numel *= e->shape[k]; }
-    }
-done:
-    for (int i = 0; i < l.n; i++) free(l.names[i]);
-    free(l.names);
-    if (rc) { zb_ckpt_reader_close(r); return rc; }
-    *out = r;
-    return ZB_OK;
-}
-
-const char *zb_ckpt_path(const zb_ckpt_reader *r) { return r->path; }
-const char *zb_ckpt_config_json(const zb_ckpt_reader *r) { return r->config_json; }
-int zb_ckpt_count(const zb_ckpt_reader *r) { return r->n; }
-const zb_ckpt_entry *zb_ckpt_entry_at(const zb_ckpt_reader *r, int i) { return i >= 0 && i < r->n ? &r->e[i] : NULL; }
-
-int zb_ckpt_find(const zb_ckpt_reader *r, const char *name) {
-    int lo = 0, hi = r->n - 1;   /* H5Literate by name gives sorted order */
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2, c = strcmp(r->e[mid].name, name);
-        if (!c) return mid;
-        if (c < 0) lo = mid + 1; else hi = mid - 1;
-    }
-    for (int i = 0; i < r->n; i++)   /* in case the order differs from strcmp's */
-        if (!strcmp(r->e[i].name, name)) return i;
-    return -1;
-}
-
-int zb_ckpt_read_raw(const zb_ckpt_reader *r, int i, int64_t row0, int64_t nrows, void *dst) {
-    if (i < 0 || i >= r->n) return zb_fail(ZB_ENOTFOUND, "%s: no tensor #%d", r->path, i);
-    const zb_ckpt_entry *e = &r->e[i];
-    int64_t nlead = e->ndim ? e->shape[0] : 1;
-    if (row0 < 0 || nrows < 0 || row0 + nrows > nlead)
-        return zb_fail(ZB_ESHAPE, "%s: tensor '%s': rows [%lld, %lld) outside [0, %lld)", r->path, e->name,
-                       (long long)row0, (long long)(row0 + nrows), (long long)nlead);
-    if (nrows == 0 || e->numel == 0) return ZB_OK;
-    int rc = ZB_OK;
-    hid_t fs = -1, ms = -1;
-    hsize_t start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
-    hsize_t nel = (hsize_t)nrows;
-    for (int k = 0; k < e->ndim; k++) {
-        count[k] = (hsize_t)e->shape[k];
-        if (k) nel *= (hsize_t)e->shape[k];
-    }
-    H5GO(fs = H5Dget_space(r->ds[i]));
-    if (e->ndim) {
-        start[0] = (hsize_t)row0;
-        count[0] = (hsize_t)nrows;
-        H5GO(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
-        H5GO(ms = H5Screate_simple(1, &nel, NULL));
-    } else {
-        H5GO(ms = H5Screate(H5S_SCALAR));
-    }
-    H5GO(H5Dread(r->ds[i], mem_type(e->dtype), ms, fs, H5P_DEFAULT, dst));
-done:
-    if (ms >= 0) H5Sclose(ms);
-    if (fs >= 0) H5Sclose(fs);
-    if (rc) {
-        zb_fail(ZB_EFORMAT, "%s: tensor '%s': read failed (truncated or corrupt file)", r->path, e->name);
-        return ZB_EFORMAT;
-    }
-    return ZB_OK;
-}
-
-int zb_ckpt_read_f32(const zb_ckpt_reader *r, int i, int64_t row0, int64_t nrows, float *dst) {
-    if (i < 0 || i >= r->n) return zb_fail(ZB_ENOTFOUND, "%s: no tensor #%d", r->path, i);
-    const zb_ckpt_entry *e = &r->e[i];
-    zb_dtype dt = e->dtype;
-    if (dt == ZB_DT_F32) return zb_ckpt_read_raw(r, i, row0, nrows, dst);
-    if (dt != ZB_DT_BF16 && dt != ZB_DT_F16 && dt != ZB_DT_F64)
-        return zb_fail(ZB_EFORMAT, "%s: tensor '%s': dtype %s is not a float type", r->path, e->name, zb_dtype_name(dt));
-    int64_t rowel = 1;
-    for (int k = 1; k < e->ndim; k++) rowel *= e->shape[k];
-    int64_t n = nrows * rowel;
-    void *tmp = zb_malloc((size_t)(n ? n : 1) * zb_dtype_size(dt), e->name);
-    if (!tmp) return ZB_ENOMEM;
-    int rc = zb_ckpt_read_raw(r, i, row0, nrows, tmp);
-    if (!rc) rc = zb_dtype_convert_f32(dt, tmp, n, dst);
-    free(tmp);
-    return rc;
-}

@@ -34,14 +34,27 @@ static int count_of(size_t n, int *out) {
     return ZB_OK;
 }
 
-static int m_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
-    char *p = x;
+/* A blocking in-place call on x[n] in pieces of at most 2^30 elements: f(piece, count, arg). */
+typedef int (*piece_fn)(void *impl, zb_group g, char *x, int k, zb_ctype t, int arg);
+static int in_pieces(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int arg, piece_fn f) {
     size_t es = zb_ctype_size(t);
-    for (size_t o = 0; o < n; o += PIECE) {
-        int k = (int)(n - o < PIECE ? n - o : PIECE);
-        ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, p + o * es, k, dtype(t), op_of(op), grp(impl, g)));
-    }
+    for (size_t o = 0; o < n; o += PIECE)
+        ZB_TRY(f(impl, g, (char *)x + o * es, (int)(n - o < PIECE ? n - o : PIECE), t, arg));
     return ZB_OK;
+}
+
+static int allreduce_piece(void *impl, zb_group g, char *x, int k, zb_ctype t, int op) {
+    ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, x, k, dtype(t), op_of((zb_redop)op), grp(impl, g)));
+    return ZB_OK;
+}
+
+static int bcast_piece(void *impl, zb_group g, char *x, int k, zb_ctype t, int root) {
+    ZB_MPI(MPI_Bcast(x, k, dtype(t), root, grp(impl, g)));
+    return ZB_OK;
+}
+
+static int m_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
+    return in_pieces(impl, g, x, n, t, (int)op, allreduce_piece);
 }
 
 static MPI_Request *req_of(zb_comm_req *r) { return (MPI_Request *)(void *)r->h; }
@@ -55,13 +68,7 @@ static int m_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
 }
 
 static int m_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int root) {
-    char *p = x;
-    size_t es = zb_ctype_size(t);
-    for (size_t o = 0; o < n; o += PIECE) {
-        int k = (int)(n - o < PIECE ? n - o : PIECE);
-        ZB_MPI(MPI_Bcast(p + o * es, k, dtype(t), root, grp(impl, g)));
-    }
-    return ZB_OK;
+    return in_pieces(impl, g, x, n, t, root, bcast_piece);
 }
 
 static int m_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {

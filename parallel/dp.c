@@ -11,12 +11,12 @@
 #include "tensor_names.h"
 #include "zb_common.h"
 
-static int reduce_range(float *g, size_t n, float scale, zb_comm *c) {
+/* g: the model's backend memory (be) */
+static int reduce_range(const zb_backend *be, float *g, size_t n, float scale, zb_comm *c) {
     if (n == 0) return ZB_OK;
     ZB_TRY(zb_comm_sum_f32(c, ZB_GROUP_DP, g, n));
     float s = scale / (float)zb_comm_size(c, ZB_GROUP_DP);
-    if (s != 1.0f)
-        for (size_t i = 0; i < n; i++) g[i] *= s;
+    if (s != 1.0f) be->scale(be, g, s, n);
     return ZB_OK;
 }
 
@@ -26,11 +26,11 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
         const zb_param *p = &m->params[i];
         if (trainable && !trainable[i]) continue;
         if (len > 0 && start + len == p->offset) { len += p->numel; continue; }
-        ZB_TRY(reduce_range(m->grad + start, len, scale, c));
+        ZB_TRY(reduce_range(m->be, m->grad + start, len, scale, c));
         start = p->offset;
         len = p->numel;
     }
-    return reduce_range(m->grad + start, len, scale, c);
+    return reduce_range(m->be, m->grad + start, len, scale, c);
 }
 
 /* ---- buckets -------------------------------------------------------------------------------- */
@@ -104,7 +104,7 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
             if (k == d->rank) { d->lo = o; d->hi = o + c; }
             o += c;
         }
-        ZB_ALLOC(d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
+        ZB_BE_ALLOC(m->be, d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
     }
     m->grad_hook = dp_hook;
     m->grad_hook_ctx = d;
@@ -113,7 +113,8 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
 
 void zb_dp_free(zb_dp *d) {
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
-    free(d->b); free(d->counts); free(d->displs); free(d->gshard);
+    if (d->m) d->m->be->free(d->m->be, d->gshard);
+    free(d->b); free(d->counts); free(d->displs);
     memset(d, 0, sizeof *d);
 }
 
@@ -123,13 +124,13 @@ void zb_dp_arm(zb_dp *d) {
 }
 
 int zb_dp_finish(zb_dp *d) {
+    const zb_backend *be = d->m->be;
     d->armed = 0;
     float s = 1.0f / (float)d->size;
     if (d->zero) {
         /* ZeRO-1: each rank receives the summed gradient of its range only */
         ZB_TRY(zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32));
-        if (s != 1.0f)
-            for (size_t i = 0; i < d->hi - d->lo; i++) d->gshard[i] *= s;
+        if (s != 1.0f) be->scale(be, d->gshard, s, d->hi - d->lo);
         return ZB_OK;
     }
     if (d->size == 1) return ZB_OK;
@@ -137,8 +138,7 @@ int zb_dp_finish(zb_dp *d) {
         if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
     for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
     for (int k = 0; k < d->nb; k++) {
-        float *g = d->m->grad + d->b[k].off;
-        for (size_t i = 0; i < d->b[k].n; i++) g[i] *= s;
+        be->scale(be, d->m->grad + d->b[k].off, s, d->b[k].n);
         d->b[k].launched = 0;   /* the next step starts from nothing launched, armed or not */
     }
     return ZB_OK;
@@ -163,7 +163,7 @@ int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
-        for (size_t j = a; j < b; j++) s[k] += (double)g[j - lo] * g[j - lo];
+        if (a < b) s[k] += m->be->sumsq(m->be, g + (a - lo), b - a);
     }
     if (d->zero) ZB_TRY(zb_comm_sum_f64(d->comm, ZB_GROUP_DP, s, 2));
     if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_TP, s, 1));
@@ -186,8 +186,17 @@ int zb_dp_first_nonfinite(const zb_dp *d, const zb_adamw *o, char *name, size_t 
         if (!o->trainable[i]) continue;
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
-        for (size_t k = a; k < b; k++)
-            if (!isfinite(g[k - lo])) { first = j; break; }
+        if (a >= b) continue;
+        const float *h = g + (a - lo);
+        float *tmp = NULL;
+        if (!m->be->host_memory) {   /* an error path: the range read back to the host */
+            if (!(tmp = zb_malloc(sizeof(float) * (b - a), "gradient check"))) { free(spec); return ZB_ENOMEM; }
+            m->be->to_host(m->be, tmp, h, sizeof(float) * (b - a));
+            h = tmp;
+        }
+        for (size_t k = 0; k < b - a; k++)
+            if (!isfinite(h[k])) { first = j; break; }
+        free(tmp);
     }
     int rc = zb_comm_allreduce(d->comm, ZB_GROUP_WORLD, &first, 1, ZB_CT_I32, ZB_RED_MIN);
     snprintf(name, cap, "%s", !rc && first < ns ? spec[first].name : "");
@@ -197,12 +206,13 @@ int zb_dp_first_nonfinite(const zb_dp *d, const zb_adamw *o, char *name, size_t 
 
 int zb_dp_zero_attach(zb_dp *d, zb_adamw *o) {
     if (!d->zero) return ZB_OK;
-    free(o->m); free(o->v);
+    const zb_backend *be = o->be;
+    be->free(be, o->m);
+    be->free(be, o->v);
     o->m = o->v = NULL;
     size_t n = d->hi - d->lo + 1;
-    o->m = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
-    o->v = zb_calloc(n, sizeof(float), "ZeRO optimizer moments");
-    if (!o->m || !o->v) return ZB_ENOMEM;
+    ZB_BE_ALLOC(be, o->m, n, "ZeRO optimizer moments");
+    ZB_BE_ALLOC(be, o->v, n, "ZeRO optimizer moments");
     o->n_floats = d->hi - d->lo;
     return ZB_OK;
 }

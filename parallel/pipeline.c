@@ -50,8 +50,9 @@ int zb_pp_tied_grad_sum(zb_model *m) {
     if (!first && !last) return ZB_OK;
     const zb_param *p = zb_model_param(m, "model.embed_tokens.weight");
     if (!p) return zb_fail(ZB_EFORMAT, "pipeline parallel: stage %d holds no embedding", s);
+    const zb_backend *be = m->be;
     float *g = m->grad + p->offset;
-    float *buf = zb_malloc(sizeof(float) * p->numel, "tied embedding gradient");
+    float *buf = be->alloc(be, sizeof(float) * p->numel, "tied embedding gradient");
     if (!buf) return ZB_ENOMEM;
     zb_comm *c = zb_model_comm(m);
     int peer = first ? P - 1 : 0, rc = ZB_OK;
@@ -65,8 +66,8 @@ int zb_pp_tied_grad_sum(zb_model *m) {
         if (!rc) rc = r2;
     }
     if (rc) zb_fail_prefix(rc, "pipeline parallel: exchanging the tied embedding gradient");
-    if (!rc) for (size_t i = 0; i < p->numel; i++) g[i] += buf[i];
-    free(buf);
+    if (!rc) be->add(be, g, g, buf, p->numel);
+    be->free(be, buf);
     return rc;
 }
 

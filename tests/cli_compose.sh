@@ -12,6 +12,7 @@
 #    --teacher --plan of the same plan (untrained models); smart under mpirun -n 2 splits the
 #    rows and gives the same plan; a mismatched config fails with a one-line error and no file.
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1 fx=$2 src=$3 cmp=${4:-}
 bindir=$(dirname "$zebra")
 tc=$bindir/tests/test_compose; [ -x "$tc" ] || tc=$bindir/test_compose
@@ -74,7 +75,7 @@ ok $? "assembly with an MLA model as M refused: $(head -1 "$tmp/err")"
 
 if "$zebra" compose --teacher "$T" --config "$src/configs/tiny-zebra.json" -o "$tmp/x.h5" 2> "$tmp/err" > /dev/null; then r=1; else r=0; fi
 ok $r "mismatched config (4 layers vs 3) refused"
-[ "$(wc -l < "$tmp/err")" -le 2 ] && grep -q "layers" "$tmp/err"; ok $? "one-line error naming the problem: $(head -1 "$tmp/err")"
+[ "$(err_file_lines "$tmp/err")" = 1 ] && grep -q "layers" "$tmp/err"; ok $? "one-line error naming the problem: $(head -1 "$tmp/err")"
 [ ! -e "$tmp/x.h5" ]; ok $? "no output file on error"
 echo "$((n - fail)) passed, $fail failed"
 [ $fail = 0 ]

@@ -3,6 +3,7 @@
 # (malformed JSONL names file and line, missing file, bad flags), never a half-written set.
 # usage: cli_data.sh ZEBRA FIXTURES
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1
 tok=$2/llama3-tokenizer/tokenizer.json
 fail=0
@@ -14,7 +15,7 @@ expect_fail() {
   local name=$1 pat=$2; shift 2
   err=$("$zebra" data "$@" 2>&1 >/dev/null); rc=$?
   check "$name: non-zero exit" "$([ $rc -ne 0 ] && echo yes)" "yes"
-  check "$name: one line" "$(printf '%s\n' "$err" | wc -l)" "1"
+  check "$name: one line" "$(err_lines "$err")" "1"
   case "$err" in *"$pat"*) echo "PASS $name: $err";; *) echo "FAIL $name: '$err' lacks '$pat'"; fail=1;; esac
 }
 

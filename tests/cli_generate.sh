@@ -9,6 +9,7 @@
 #  - the Llama-3 chat template ids for a short text; prompt files (text, JSONL, stdin);
 #  - bad input: one-line error and a non-zero exit.
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1 fx=$2 mpiexec=$3 hybrid=$4
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 mpi() { local n=$1; shift; timeout 120 "$mpiexec" --allow-run-as-root --oversubscribe -n "$n" "$@"; }
@@ -103,7 +104,7 @@ same "--prompts - (stdin) at --tp 2 == arguments" "$got" "$ref"
 err1() {   # err1 WHAT PATTERN cmd...
   local what=$1 pat=$2; shift 2
   if "$@" > /dev/null 2> "$tmp/err"; then bad "$what: accepted"; return; fi
-  if [ "$(wc -l < "$tmp/err")" = 1 ] && grep -q -- "$pat" "$tmp/err"; then ok "$what: $(cat "$tmp/err")"
+  if [ "$(err_file_lines "$tmp/err")" = 1 ] && grep -q -- "$pat" "$tmp/err"; then ok "$what: $(cat "$tmp/err")"
   else bad "$what: $(head -3 "$tmp/err")"; fi
 }
 : > "$tmp/empty.txt"; printf '\n  \n' > "$tmp/blank.txt"

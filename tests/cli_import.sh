@@ -3,6 +3,7 @@
 # every tensor bit-exactly, checked by zb_store_compare), then broken inputs: each must exit
 # non-zero with one stderr line naming the file, and leave no output (nor temp file) behind.
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 Z=$1; FX=$(cd "$2" && pwd); CMP=$3
 T=$(mktemp -d /tmp/zb_cli_import.XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -24,7 +25,7 @@ expect_fail() {
   local name=$1 needle=$2; shift 2
   rm -f "$T"/out.h5*
   "$Z" import "$@" >/dev/null 2>"$T/err"; local rc=$?
-  local lines; lines=$(wc -l <"$T/err")
+  local lines; lines=$(err_file_lines "$T/err")
   if [ $rc -ne 0 ] && [ $rc -lt 128 ]; then ok "$name: exit $rc"; else bad "$name: exit $rc"; fi
   if [ "$lines" -eq 1 ]; then ok "$name: one line"; else bad "$name: $lines stderr lines: $(cat "$T/err")"; fi
   if grep -qF -- "$needle" "$T/err"; then ok "$name: names $needle"; else bad "$name: stderr lacks '$needle': $(cat "$T/err")"; fi

@@ -13,6 +13,7 @@ check() {  # config kv_numbers teacher_numbers percent
   kv=$(echo "$out" | sed -n 's/.*"kv_numbers_per_token": \([0-9]*\).*/\1/p')
   t=$(echo "$out" | sed -n 's/.*"teacher_kv_numbers_per_token": \([0-9]*\).*/\1/p')
   r=$(echo "$out" | sed -n 's/.*"kv_cache_ratio": \([0-9.]*\).*/\1/p')
+  # the paper prints the ratio in percent with 2 decimals: within half a unit of the last one
   if [ "$kv" != "$2" ] || [ "$t" != "$3" ] || ! awk -v r="$r" -v p="$4" 'BEGIN { d = 100 * r - p; exit !(d < 0.005 && d > -0.005) }'; then
     echo "FAIL: $1: kv $kv (want $2) teacher $t (want $3) ratio $r (want $4%)"; fail=$((fail + 1))
   else

@@ -2,6 +2,7 @@
 # zebra tokenize: reference ids for one case, --decode back, clean failure on bad input.
 # usage: cli_tokenize.sh ZEBRA FIXTURES
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1
 tok=$2/llama3-tokenizer/tokenizer.json
 fail=0
@@ -18,7 +19,7 @@ check "decode" "$out" "<|begin_of_text|>Hello world<|eot_id|>"
 
 err=$("$zebra" tokenize --tokenizer /nonexistent/tokenizer.json --text hi 2>&1 >/dev/null); rc=$?
 check "missing file fails" "$([ $rc -ne 0 ] && echo yes)" "yes"
-check "missing file: one line" "$(printf '%s\n' "$err" | wc -l)" "1"
+check "missing file: one line" "$(err_lines "$err")" "1"
 case "$err" in *"/nonexistent/tokenizer.json"*) echo "PASS error names the file: $err";;
   *) echo "FAIL error does not name the file: $err"; fail=1;; esac
 
@@ -27,7 +28,7 @@ echo '{"model": {' > "$bad"
 err=$("$zebra" tokenize --tokenizer "$bad" --text hi 2>&1 >/dev/null); rc=$?
 rm -f "$bad"
 check "malformed json fails" "$([ $rc -ne 0 ] && echo yes)" "yes"
-check "malformed json: one line" "$(printf '%s\n' "$err" | wc -l)" "1"
+check "malformed json: one line" "$(err_lines "$err")" "1"
 
 err=$("$zebra" tokenize --tokenizer "$tok" --decode --text "1 99999999" 2>&1 >/dev/null); rc=$?
 check "unknown id fails" "$([ $rc -ne 0 ] && echo yes)" "yes"

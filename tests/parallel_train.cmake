@@ -6,3 +6,4 @@ set_tests_properties(cli_train_parallel_np2 PROPERTIES PROCESSORS 2)
 set_tests_properties(cli_train_parallel_np4 PROPERTIES PROCESSORS 4)
 # Pipeline parallel: the layer cost model and the optimal contiguous partition (parallel/pp.h).
 zb_test(test_pp test_pp.c ${CMAKE_SOURCE_DIR}/configs ${CMAKE_CURRENT_SOURCE_DIR})
+zb_test_exe(zb_path zb_path.c)

@@ -138,6 +138,7 @@ int main(int argc, char **argv) {
                  c.mamba.dt_min == 0 && isinf(c.mamba.dt_max) && c.mamba.conv_bias && c.mamba.chunk == 16,
                  "zebra mamba2 dims, dt max inf");
         zb_check(c.teacher_layers == 4 && c.teacher_kv_heads == 2 && c.teacher_head_dim == 8, "teacher");
+        zb_check(!memcmp(&c.mla.rope, &c.rope, sizeof c.rope), "no mla rope keys: the MLA inherits the model's rope");
         zb_check(zb_config_validate(&c, "zebra.json") == 0, "validate zebra: %s", zb_errmsg());
         round_trip("zebra hybrid", &c);
         zb_config bad = c;
@@ -167,6 +168,32 @@ int main(int argc, char **argv) {
         zb_check(j && strstr(j, "\"zebra\""), "hybrid kinds force the zebra form");
         free(j);
     }
+    /* the MLA's own rope (SPEC §3): YaRN with DeepSeek's defaults, next to the model's llama3 */
+    const char *zy = "{\"model_type\": \"zebra\", " LLAMA_KEYS ", \"rope_theta\": 500000, \"rope_scaling\": {"
+                     "\"rope_type\": \"llama3\", \"factor\": 32, \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
+                     " \"original_max_position_embeddings\": 8192}, \"layer_kinds\": [\"mla\", \"attention\","
+                     " \"attention\", \"mla\"], \"mla\": {\"kv_lora_rank\": 16, \"qk_nope_head_dim\": 4,"
+                     " \"qk_rope_head_dim\": 4, \"v_head_dim\": 8, \"rope_scaling\": {\"rope_type\": \"yarn\","
+                     " \"factor\": 32, \"original_max_position_embeddings\": 8192}}}";
+    if (zb_check(zb_config_parse(zy, "zy.json", &c) == 0, "zebra with YaRN MLA: %s", zb_errmsg())) {
+        const zb_rope_cfg *r = &c.mla.rope;
+        zb_check(r->type == ZB_ROPE_YARN && r->theta == 500000.f && r->factor == 32.f && r->original_max_pos == 8192 &&
+                 r->beta_fast == 32.f && r->beta_slow == 1.f && r->mscale == 1.f && r->mscale_all_dim == 0.f,
+                 "mla yarn: theta from the model, DeepSeek defaults beta 32 / 1, mscale 1, mscale_all_dim 0");
+        zb_check(c.rope.type == ZB_ROPE_LLAMA3, "the attention layers keep llama3");
+        zb_check(zb_config_validate(&c, "zy.json") == 0, "validate: %s", zb_errmsg());
+        round_trip("zebra YaRN MLA", &c);
+        zb_config bad = c;
+        bad.mla.rope.factor = 0.5f;
+        expect_invalid("yarn factor < 1", &bad, "mla.yarn");
+        bad = c;
+        bad.mla.rope = (zb_rope_cfg){.type = ZB_ROPE_DEFAULT, .theta = 10000.f};   /* mla.rope_scaling null */
+        round_trip("zebra unscaled MLA rope", &bad);
+    }
+    expect_err("unknown mla rope type", "{\"model_type\": \"zebra\", " LLAMA_KEYS ", \"layer_kinds\": [\"mla\", \"mla\","
+               " \"mla\", \"mla\"], \"mla\": {\"kv_lora_rank\": 8, \"qk_nope_head_dim\": 4, \"qk_rope_head_dim\": 4,"
+               " \"v_head_dim\": 4, \"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2}}}", ZB_EFORMAT,
+               "'mla.rope_scaling.rope_type': rope type 'dynamic' is not supported");
     const char *zb_str_inf = "{\"model_type\": \"zebra\", " LLAMA_KEYS ", \"layer_kinds\": [\"mamba2\", \"mamba2\","
                              " \"mamba2\", \"attention\"], \"mamba2\": {\"nheads\": 8, \"headdim\": 8, \"d_state\": 16,"
                              " \"n_groups\": 2, \"time_step_limit\": [0.0, \"inf\"]}}";
@@ -189,8 +216,10 @@ int main(int argc, char **argv) {
     expect_err("fractional int", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"head_dim\": 8.5}", ZB_EFORMAT, "'head_dim'");
     expect_err("bad tie", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"tie_word_embeddings\": \"yes\"}", ZB_EFORMAT,
                "'tie_word_embeddings'");
-    expect_err("yarn rope", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"rope_scaling\": {\"rope_type\": \"yarn\"}}",
-               ZB_EFORMAT, "'yarn'");
+    expect_err("yarn without factor", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"rope_scaling\": {\"rope_type\": "
+               "\"yarn\"}}", ZB_EFORMAT, "'rope_scaling.factor'");
+    expect_err("unknown rope type", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"rope_scaling\": {\"rope_type\": "
+               "\"longrope\"}}", ZB_EFORMAT, "'longrope' is not supported");
     expect_err("llama3 missing factor", "{\"model_type\": \"llama\", " LLAMA_KEYS ", \"rope_scaling\": {\"rope_type\": "
                "\"llama3\", \"low_freq_factor\": 1, \"high_freq_factor\": 4, \"original_max_position_embeddings\": 8}}",
                ZB_EFORMAT, "'rope_scaling.factor'");

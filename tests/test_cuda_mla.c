@@ -134,7 +134,7 @@ static void test_combo(const combo *c, zb_rng *rng) {
                 zb_fill_uniform(xin, nin, 1.0f, rng);
                 for (int i = 0; i < nb; i++)
                     zb_mla_step_lin(m, d, 1e-6f, &w, &lin, &rope, xin + (size_t)i * n * d, o1 + (size_t)i * n * d,
-                                    cache + (size_t)sq[i] * maxT * W, maxT, &ps[i], n, 1, sc);
+                                    cache + (size_t)sq[i] * maxT * W, maxT, &ps[i], n, 1, sc, NULL);
                 float *dxin = zb_dev_f(xin, nin), *dout2 = zb_dev_f(NULL, nin);
                 zb_cuda_upload(dseq, sq, sizeof(int) * nb);
                 zb_cuda_upload(dpos, ps, sizeof(int) * nb);

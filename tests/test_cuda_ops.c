@@ -178,8 +178,11 @@ static void test_rmsnorm(zb_rng *rng, int N, int C) {
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------- */
-static void test_rope(zb_rng *rng, int interleave, int inverse, int llama3) {
-    zb_rope_cfg cfg = {llama3 ? ZB_ROPE_LLAMA3 : ZB_ROPE_DEFAULT, 500000.0f, 32.0f, 1.0f, 4.0f, 8192};
+/* scaling 0: default, 1: llama3, 2: YaRN (the release's MLA rope: cos / sin x mscale 1.3466) */
+static void test_rope(zb_rng *rng, int interleave, int inverse, int scaling) {
+    zb_rope_cfg cfg = {.type = scaling == 2 ? ZB_ROPE_YARN : scaling ? ZB_ROPE_LLAMA3 : ZB_ROPE_DEFAULT,
+                       .theta = 500000.0f, .factor = 32.0f, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+                       .original_max_pos = 8192, .beta_fast = 32.0f, .beta_slow = 1.0f, .mscale = 1.0f};
     zb_rope r;
     int D = 24, H = 3, head_stride = 40, offset = 8, row_stride = H * head_stride + 5, B = 2, T = 19, pos0 = 1000;
     zb_rope_init(&r, D, &cfg);
@@ -200,11 +203,11 @@ static void test_rope(zb_rng *rng, int interleave, int inverse, int llama3) {
             size_t o = (size_t)row * row_stride + (size_t)h * head_stride + offset;
             double mx = 0;
             for (int j = 0; j < D; j++) mx = fmax(mx, fabs(x[o + j]));
-            for (int j = 0; j < D; j++) mag[o + j] = mx;
+            for (int j = 0; j < D; j++) mag[o + j] = mx * r.mscale;
         }
     char what[96];
     snprintf(what, sizeof what, "rope_apply_seq interleave=%d inverse=%d %s", interleave, inverse,
-             llama3 ? "llama3" : "default");
+             scaling == 2 ? "yarn" : scaling ? "llama3" : "default");
     zb_check_mag(what, got, ref, mag, 20 * U, 0, n);
     /* rows at per-sequence positions (generation): 3 sequences of 4 rows */
     int nseq = 3, per = 4, pos[3] = {0, 5000, 31};
@@ -513,7 +516,7 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
             size_t r = (size_t)i * n + t;
             int Tc = pos[i] + t + 1;
             zb_attention_decode(out + r * H * dv, q + r * H * dqk, Kb, Vb, Tc, H, Hkv, dqk, dv, (int)row, (int)row,
-                                (size_t)grp, (size_t)grp, scale, sc);
+                                (size_t)grp, (size_t)grp, scale, sc, NULL);
             /* bound: scores off by eps, products P v (bf16 P and v: 2^-8) */
             for (int h = 0; h < H; h++) {
                 int g = h / (H / Hkv);
@@ -750,7 +753,10 @@ int main(int argc, char **argv) {
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
     for (int il = 0; il < 2; il++)
-        for (int inv = 0; inv < 2; inv++) test_rope(&rng, il, inv, il);
+        for (int inv = 0; inv < 2; inv++) {
+            test_rope(&rng, il, inv, il);
+            test_rope(&rng, il, inv, 2);
+        }
     test_swiglu(&rng, 1003);
     test_embedding(&rng);
     test_elementwise(&rng);

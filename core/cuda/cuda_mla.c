@@ -51,7 +51,7 @@ static zb_attn_shape attn_shape(const zb_mla_dims *m, int B, int T) {
     s.q_stride = m->n_heads * dqk;
     s.k_stride = m->kv_heads * dqk;
     s.v_stride = m->kv_heads * m->v_head_dim;
-    s.scale = 1.0f / sqrtf((float)dqk);
+    s.scale = zb_mla_softmax_scale(m);   /* as mla.c */
     return s;
 }
 
@@ -199,7 +199,7 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
                              (long long)(dn + dv) * r, 0.0f, qlat + j * W, H * W, (long long)rep * W, Hk);
     zb_cuda_copy_cols(qlat + r, W, q + dn, dqk, R * H, dr);
     /* attention over the latent cache: one shared kv head of width r + dr, values = c */
-    zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, 1.0f / sqrtf((float)dqk), cache_bf16};
+    zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, zb_mla_softmax_scale(m), cache_bf16};
     zb_cuda_attention_cached(chat, qlat, cache, cache, seq_dev, pos_dev, nb, n, max_len, &at);
     /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head g, [dv, r] */
     for (int j = 0; j < rep; j++)

@@ -84,7 +84,7 @@ static rope_arg rope_arg_of(const zb_rope *r) {
     rope_arg a;
     a.dim = r->dim;
     for (int i = 0; i < r->dim / 2; i++) a.inv_freq[i] = r->inv_freq[i];
-    a.mscale = 1.0f;
+    a.mscale = r->mscale;   /* YaRN (SPEC §3); 1 otherwise */
     return a;
 }
 

@@ -1,4 +1,5 @@
-/* mla.h — Multi-head Latent Attention (SPEC.md §3; DeepSeek-V2/V3 form, Zebra options).
+/* mla.h — Multi-head Latent Attention (SPEC.md §3; DeepSeek-V2/V3 form, Zebra options), the
+ * CPU backend's implementation (the weight structs are in backend.h).
  *
  * Training path: full-sequence forward (expanded K/V, causal softmax) with backward.
  * Generation path: the cache holds only the normalised latent c (kv_lora_rank) and the
@@ -12,24 +13,13 @@
 #include "linear.h"
 #include "ops.h"
 
-/* Pointers into the model's parameter buffer (HF DeepSeek names under self_attn.). NULL for
- * the ones the dims do not use (q_proj vs q_a/q_b; norms when off). */
-typedef struct {
-    float *q_proj;        /* [H*(nope+rope), d]               (q_lora_rank == 0) */
-    float *q_a_proj;      /* [q_lora_rank, d]                 (q_lora_rank > 0) */
-    float *q_a_norm;      /* [q_lora_rank]                    (q_norm) */
-    float *q_b_proj;      /* [H*(nope+rope), q_lora_rank] */
-    float *kv_a_proj;     /* [kv_lora_rank + rope, d]  (kv_a_proj_with_mqa) */
-    float *kv_a_norm;     /* [kv_lora_rank]                   (kv_norm) */
-    float *kv_b_proj;     /* [kv_heads*(nope+v), kv_lora_rank] */
-    float *o_proj;        /* [d, H*v] */
-} zb_mla_weights;
-
-/* The same matrices as tagged views (f32 or bf16 storage, linear.h): the generation path
- * reads these, so that a model held in bf16 (--weights bf16) needs no f32 copy. */
-typedef struct { zb_wt q_proj, q_a_proj, q_b_proj, kv_a_proj, kv_b_proj, o_proj; } zb_mla_lin;
 /* Views of w's f32 matrices. */
 zb_mla_lin zb_mla_lin_of(const zb_mla_weights *w);
+
+/* The softmax scale of the scores: 1/sqrt(nope + rope) (SPEC §3), times YaRN's
+ * get_mscale(factor, mscale_all_dim)^2 when the MLA's rope sets mscale_all_dim (DeepSeek; the
+ * Zebra release leaves it 0). */
+float zb_mla_softmax_scale(const zb_mla_dims *m);
 
 /* Floats of saved activations for a [B,T] forward (training) and of backward scratch. */
 size_t zb_mla_act_floats(const zb_mla_dims *m, int d, int B, int T);
@@ -37,13 +27,16 @@ size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T);
 /* out[B*T, d] = MLA(x[B*T, d]); positions 0..T-1. acts: zb_mla_act_floats floats. */
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                     const zb_rope *rope, const float *x, float *out, float *acts, int B, int T);
+/* View into acts after zb_mla_forward (tests): the attention output, the input of o_proj
+ * [B*T, H*v_head_dim]. */
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T);
 /* dx[B*T,d] += d/dx; g (same layout as w) += parameter gradients. acts from the forward. */
 void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout,
                      float *dx, float *acts, float *scratch, int B, int T);
 
-/* Latent cache of one layer: for each sequence b, rows [max_T, kv_lora_rank + qk_rope]. */
-size_t zb_mla_cache_floats(const zb_mla_dims *m, int B, int max_T);
+/* The latent cache of one layer: backend.h zb_mla_cache_floats. Scratch of the step functions
+ * (any number of tokens: rows are processed in blocks of a fixed size). */
 size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T);
 /* Process n new tokens x[B*n, d] of each sequence b, sequence b starting at its own position
  * pos[b] (prefill: n = prompt length, pos[b] = 0; decode: n = 1; sequences of a batch may sit
@@ -52,10 +45,12 @@ size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T);
 void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
                  const int *pos, int n, int B, float *scratch);
-/* The same with the matrices taken from lin (f32 or bf16); w gives the norms. */
+/* The same with the matrices taken from lin (f32 or bf16); w gives the norms. o: the decode
+ * options (backend.h; NULL = defaults). */
 void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
-                     float *cache, int max_T, const int *pos, int n, int B, float *scratch);
+                     float *cache, int max_T, const int *pos, int n, int B, float *scratch,
+                     const zb_backend_opts *o);
 /* Decode: one new token x[i] (row i of x[nb, d]) for each sequence seqs[i], at its position
  * pos[seqs[i]], against its rows cache + seqs[i] * seq_floats; writes out[nb, d]. Same result
  * as zb_mla_step_lin per sequence with n = 1, but the projections run on all nb rows at once
@@ -63,6 +58,6 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                         const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
                         float *cache, size_t seq_floats, int max_T, const int *seqs,
-                        const int *pos, int nb, float *scratch);
+                        const int *pos, int nb, float *scratch, const zb_backend_opts *o);
 
 #endif

@@ -19,15 +19,6 @@
 
 #include "ops.h"
 
-int zb_mamba2_in_proj_rows(const zb_mamba2_dims *m) {
-    return m->d_inner + m->x_groups * m->headdim + (m->b_groups + m->c_groups) * m->d_state +
-           m->nheads;
-}
-
-int zb_mamba2_conv_dim(const zb_mamba2_dims *m) {
-    return m->x_groups * m->headdim + (m->b_groups + m->c_groups) * m->d_state;
-}
-
 static int n_chunks(const zb_mamba2_dims *m, int T) { return (T + m->chunk - 1) / m->chunk; }
 static int norm_groups(const zb_mamba2_dims *m) {
     int G = m->norm_group > 0 ? m->norm_group : m->d_inner;
@@ -54,11 +45,6 @@ size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T) {
            cd = (size_t)zb_mamba2_conv_dim(m);
     /* dproj [N,P] | dxbc [N,cd] | dy [N,di] | ddt [N,nh] | chunk temps */
     return N * (P + cd + (size_t)m->d_inner + (size_t)m->nheads) + chunk_tmp_floats(m);
-}
-
-size_t zb_mamba2_state_floats(const zb_mamba2_dims *m) {
-    return (size_t)zb_mamba2_conv_dim(m) * (m->conv_k - 1) +
-           (size_t)m->nheads * m->headdim * m->d_state;
 }
 
 size_t zb_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n) {
@@ -213,6 +199,9 @@ float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T) {
 }
 float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T) {
     return acts_layout(m, acts, B, T).xbc;
+}
+float *zb_mamba2_acts_o(const zb_mamba2_dims *m, float *acts, int B, int T) {
+    return acts_layout(m, acts, B, T).o;
 }
 
 void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
@@ -500,7 +489,7 @@ void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamb
 
 void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                            const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                           const int *seqs, int nb, float *scratch) {
+                           const int *seqs, int nb, float *scratch, const zb_backend_opts *opt) {
     int P = zb_mamba2_in_proj_rows(m), di = m->d_inner, cd = zb_mamba2_conv_dim(m), nh = m->nheads;
     size_t sf = zb_mamba2_state_floats(m), conv = (size_t)cd * (m->conv_k - 1);
     /* proj [nb,P] | o [nb,di] | xbc [nb,cd] | dt [nb,nh] | y [nb,di] | rstd [nb,ng] */
@@ -510,8 +499,8 @@ void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_m
     for (int i = 0; i < nb; i++)
         step_pre(m, w, proj + (size_t)i * P, state + (size_t)seqs[i] * sf, xbc + (size_t)i * cd, dt + (size_t)i * nh, 1);
     /* the state updates of every (sequence, head) in one threaded loop (when the run decodes on
-     * OpenMP, ops.h zb_decode_omp_on): one fork per layer, not one per sequence */
-    int par = zb_decode_omp_on() && (size_t)nb * sf >= (1u << 15);
+     * OpenMP, opt->decode_omp): one fork per layer, not one per sequence */
+    int par = opt && opt->decode_omp && (size_t)nb * sf >= (1u << 15);
 #pragma omp parallel for schedule(static) if (par)
     for (int k = 0; k < nb * nh; k++) {
         int i = k / nh;

@@ -30,14 +30,6 @@ static inline uint32_t f32bits(float f) {
     return v.u;
 }
 
-void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = bf16f(src[i]);
-}
-
-void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = zb_f32_to_bf16(src[i]);
-}
-
 int zb_blas_uses_openmp(void) { return openblas_get_parallel() == 2; }
 
 int zb_linear_threads(void) {

@@ -5,30 +5,15 @@
  *   S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,  y_t = S_t C_t + D x_t
  * then gated RMSNorm of y * silu(z) per norm_group channels, weight, out_proj.
  * Training: chunked SSD (chunk from dims); generation: one-token recurrence with a conv
- * state and an SSM state per sequence. */
+ * state and an SSM state per sequence. The CPU backend's implementation (the weight structs
+ * and the state layout zb_mamba2_state_floats are in backend.h). */
 #ifndef ZB_MAMBA2_H
 #define ZB_MAMBA2_H
 
 #include <stddef.h>
 #include "config.h"
+#include "backend.h"
 #include "linear.h"
-
-typedef struct {
-    float *in_proj;    /* [d_inner + x_groups*headdim + (b_groups+c_groups)*d_state + nheads, d] */
-    float *conv_w;     /* [conv_dim, 1, K]  conv_dim = x_groups*headdim + (b_groups+c_groups)*d_state */
-    float *conv_b;     /* [conv_dim] (NULL if !conv_bias) */
-    float *dt_bias;    /* [nheads] */
-    float *A_log;      /* [nheads] */
-    float *D;          /* [nheads] */
-    float *norm_w;     /* [d_inner] */
-    float *out_proj;   /* [d, d_inner] */
-} zb_mamba2_weights;
-
-/* in_proj / out_proj as tagged views (f32 or bf16 storage, linear.h), for generation. */
-typedef struct { zb_wt in_proj, out_proj; } zb_mamba2_lin;
-
-int zb_mamba2_in_proj_rows(const zb_mamba2_dims *m);
-int zb_mamba2_conv_dim(const zb_mamba2_dims *m);
 
 size_t zb_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T);
 size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
@@ -37,17 +22,17 @@ size_t zb_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
 void zb_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                        const float *x, float *out, float *acts, int B, int T);
 /* Views into acts after zb_mamba2_forward (tests, debugging): the SSD output y (D x included,
- * before the gate and norm) [B*T, d_inner], and the conv+SiLU output [x|B|C] [B*T, conv_dim]. */
+ * before the gate and norm) [B*T, d_inner], the conv+SiLU output [x|B|C] [B*T, conv_dim], and
+ * the gated-norm output o (the input of out_proj) [B*T, d_inner]. */
 float *zb_mamba2_acts_y(const zb_mamba2_dims *m, float *acts, int B, int T);
 float *zb_mamba2_acts_xbc(const zb_mamba2_dims *m, float *acts, int B, int T);
+float *zb_mamba2_acts_o(const zb_mamba2_dims *m, float *acts, int B, int T);
 /* dx += ; g += parameter gradients. acts as left by the forward; scratch (scratch_floats)
  * is overwritten. */
 void zb_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                         zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
                         float *acts, float *scratch, int B, int T);
 
-/* Per-sequence generation state: conv state [conv_dim, K-1] + SSM state [nheads, headdim, d_state]. */
-size_t zb_mamba2_state_floats(const zb_mamba2_dims *m);
 size_t zb_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n);
 /* Process n new tokens x[B*n, d] for B sequences, continuing from state[B * state_floats]
  * (zeroed by the caller before the first call) and updating it. Prefill (n > 1) uses the
@@ -62,9 +47,10 @@ void zb_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamb
 /* Decode: one new token x[i] (row i of x[nb, d]) for each sequence seqs[i], whose state is
  * state + seqs[i] * state_floats; writes out[nb, d]. Same result as zb_mamba2_step_lin per
  * sequence with n = 1, but in_proj / out_proj run on all nb rows at once (every weight read
- * once per step). scratch: zb_mamba2_step_scratch_floats(m, d, nb) floats. */
+ * once per step). scratch: zb_mamba2_step_scratch_floats(m, d, nb) floats. opt: the decode
+ * options (backend.h; NULL = defaults: the per-head loop on one thread). */
 void zb_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                            const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                           const int *seqs, int nb, float *scratch);
+                           const int *seqs, int nb, float *scratch, const zb_backend_opts *opt);
 
 #endif

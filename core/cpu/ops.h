@@ -1,4 +1,5 @@
-/* ops.h — the layer kernels on one rank (float32, row-major, OpenBLAS).
+/* ops.h — the CPU backend's layer kernels (float32, row-major, OpenBLAS + OpenMP); the model
+ * reaches them through the backend table (backend.h, cpu/backend_cpu.c), tests call them directly.
  *
  * Conventions (as llm.c): activations are [N, C] with N = B*T rows; a linear layer's weight
  * is stored as HF does, [out, in], so out = inp @ W^T (+ bias). Every forward has its
@@ -8,7 +9,7 @@
 #define ZB_OPS_H
 
 #include <stddef.h>
-#include "config.h"
+#include "backend.h"
 
 /* ---- linear ------------------------------------------------------------------------- */
 /* out[N,OC] = inp[N,C] @ W[OC,C]^T + bias[OC] (bias may be NULL). Overwrites out. */
@@ -25,32 +26,20 @@ void zb_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
 void zb_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                          const float *w, const float *rstd, int N, int C);
 
-/* ---- RoPE (SPEC §2, rotate-half layout; llama3 frequency scaling) ----------------------- */
-#define ZB_ROPE_MAX_DIM 512
-typedef struct {
-    int dim;                                /* rotary dimension (even) */
-    float inv_freq[ZB_ROPE_MAX_DIM / 2];
-} zb_rope;
-void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg);
+/* ---- RoPE (SPEC §2, rotate-half layout; llama3 or YaRN frequency scaling, SPEC §3; zb_rope in backend.h) -- */
 /* Rotate in place the `r->dim` values at x + h*head_stride + offset for h < n_heads, for one
- * token at position pos. interleave: the values are stored as pairs (2i, 2i+1) and are first
+ * token at position pos (and scale them by r->mscale). interleave: the values are stored as pairs (2i, 2i+1) and are first
  * permuted to [evens | odds] (HF apply_rotary_pos_emb_interleave), then rotated.
- * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes). */
+ * inverse = 1 applies the transpose (the backward of the rotation; it also un-permutes; the
+ * mscale is its own transpose). */
 void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int offset,
                    int pos, int interleave, int inverse);
 /* Rows: x is [B*T, row_stride]; token (b, t) has position t + pos0. */
 void zb_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
                        int head_stride, int offset, int pos0, int interleave, int inverse);
 
-/* ---- causal (grouped-query) attention ---------------------------------------------------- */
-/* q: [B,T, H*dqk] rows of stride q_stride; k: [B,T, Hkv*dqk] rows of stride k_stride;
- * v: [B,T, Hkv*dv] rows of stride v_stride; out: [B,T,H*dv] (stride H*dv).
- * Query head h uses kv head h / (H / Hkv). probs [B,H,T,T] saved for backward. */
-typedef struct {
-    int B, T, H, Hkv, dqk, dv;
-    int q_stride, k_stride, v_stride;   /* row strides in floats */
-    float scale;                        /* usually 1/sqrt(dqk) */
-} zb_attn_shape;
+/* ---- causal (grouped-query) attention (zb_attn_shape in backend.h) ------------------------- */
+/* probs [B,H,T,T] saved for backward. */
 void zb_attention_forward(float *out, float *probs, const float *q, const float *k,
                           const float *v, const zb_attn_shape *s);
 /* dq, dk, dv have the same strides as q, k, v and are OVERWRITTEN (the head columns only). */
@@ -64,22 +53,14 @@ void zb_attention_backward(float *dq, float *dk, float *dv, const float *dout,
  * the hardware prefetchers follow); out [H*dv]; scratch >= zb_attention_decode_scratch(H, dv, Tc)
  * floats (about H*Tc). */
 size_t zb_attention_decode_scratch(int H, int dv, int Tc);
-/* 1: split-K over cache chunks threaded by OpenMP (use with bf16 weights); 0 (default): a GEMM
- * per KV group on OpenBLAS (f32 weights). Same result to rounding; see ops.c for why both. */
-void zb_attention_decode_use_omp(int on);
-/* 1 when the run uses OpenMP for its decode kernels (set by zb_attention_decode_use_omp): the
- * other per-sequence decode loops (Mamba2's recurrent step) thread under the same switch. */
-int zb_decode_omp_on(void);
-/* The split-K kernel's tasks: 2 (default) AVX-512 where the CPU has it and dqk is a multiple of
- * 16, else AVX2+FMA where dqk is a multiple of 8 (register blocks of 4 heads, vector exp; ops.c);
- * 1 AVX2 at most; 0 the portable loops (tests and cluster/bench_attn compare them). */
-void zb_attention_decode_simd(int level);
-/* Tests: the split-K chunk length (clamped to 64..256); 0 (default) chosen per call for the
- * thread count. */
-void zb_attention_decode_chunk(int cs);
+/* o: the backend options (backend.h zb_backend_opts: decode_omp picks split-K over cache chunks
+ * threaded by OpenMP, else a GEMM per KV group on OpenBLAS, same result to rounding, ops.c says
+ * why both; decode_simd the split-K tasks' instruction set; decode_chunk its chunk length,
+ * clamped to 64..256). NULL: the defaults (all zeros). */
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                         size_t k_group, size_t v_group, float scale, float *scratch);
+                         size_t k_group, size_t v_group, float scale, float *scratch,
+                         const zb_backend_opts *o);
 
 /* ---- SwiGLU MLP pieces ------------------------------------------------------------------- */
 /* h = silu(g) * u, elementwise over n. */
@@ -105,6 +86,10 @@ double zb_kl_div(float *dstudent, const float *student, const float *teacher, co
                  int N, int V, float tau, float scale);
 /* Mean squared error sum((a-b)^2)/n; da (may be NULL) OVERWRITTEN with scale*2(a-b)/n. */
 double zb_mse(float *da, const float *a, const float *b, size_t n, float scale);
+/* Mean over the N rows of ||s_n - t_n||_2 (rows of d, each norm summed in double); g (may be
+ * NULL) OVERWRITTEN with scale * d/ds: the unit error vector / N (0 where s_n == t_n, the
+ * subgradient). */
+double zb_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale);
 
 /* ---- small elementwise helpers --------------------------------------------------------- */
 static inline float zb_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }

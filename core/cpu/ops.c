@@ -74,36 +74,14 @@ void zb_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x
 
 /* ---- RoPE --------------------------------------------------------------------------- */
 
-void zb_rope_init(zb_rope *r, int dim, const zb_rope_cfg *cfg) {
-    r->dim = dim;
-    for (int i = 0; i < dim / 2; i++) {
-        /* inv_freq_i = theta^(-2i/dim), in float32 as HF computes it */
-        float f = (float)(1.0 / pow((double)cfg->theta, (double)(2 * i) / dim));
-        if (cfg->type == ZB_ROPE_LLAMA3) {
-            /* Llama-3 scaling (SPEC §2): long wavelengths divided by factor, short ones kept,
-             * a smooth blend in between. */
-            double orig = cfg->original_max_pos;
-            double low_wl = orig / cfg->low_freq_factor, high_wl = orig / cfg->high_freq_factor;
-            double wl = 2.0 * M_PI / f;
-            if (wl > low_wl) f = f / cfg->factor;
-            else if (wl >= high_wl) {
-                double smooth = (orig / wl - cfg->low_freq_factor) /
-                                (cfg->high_freq_factor - cfg->low_freq_factor);
-                f = (float)((1.0 - smooth) * f / cfg->factor + smooth * f);
-            }
-        }
-        r->inv_freq[i] = f;
-    }
-}
-
 void zb_rope_apply(const zb_rope *r, float *x, int n_heads, int head_stride, int offset,
                    int pos, int interleave, int inverse) {
     int D = r->dim, half = D / 2;
     float c[ZB_ROPE_MAX_DIM / 2], s[ZB_ROPE_MAX_DIM / 2], tmp[ZB_ROPE_MAX_DIM];
     for (int i = 0; i < half; i++) {
         float a = (float)pos * r->inv_freq[i];   /* float32 angle, as HF */
-        c[i] = cosf(a);
-        s[i] = inverse ? -sinf(a) : sinf(a);
+        c[i] = cosf(a) * r->mscale;   /* YaRN scales cos and sin alike (SPEC §3) */
+        s[i] = (inverse ? -sinf(a) : sinf(a)) * r->mscale;
     }
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * head_stride + offset;
@@ -426,26 +404,23 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) static inline void he
 TASK_SIMD(task_avx2, heads_avx2, __attribute__((target("avx2,fma"))))
 TASK_SIMD(task_avx512, heads_avx512, __attribute__((target("avx512f,avx2,fma"))))
 
-static int zb_decode_simd = 2;
-void zb_attention_decode_simd(int level) { zb_decode_simd = level; }
-static int zb_decode_cs;
-void zb_attention_decode_chunk(int cs) {
-    zb_decode_cs = cs <= 0 ? 0 : cs < ZB_DEC_MIN ? ZB_DEC_MIN : cs > ZB_DEC_CHUNK ? ZB_DEC_CHUNK : cs;
-}
-
 static void decode_split_k(float *out, const float *q, const float *kc, const float *vc, int Tc,
                            int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                           size_t k_group, size_t v_group, float scale, float *scratch) {
+                           size_t k_group, size_t v_group, float scale, float *scratch,
+                           const zb_backend_opts *o) {
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    int simd = !avx2 || dqk % 8 ? 0 : zb_decode_simd >= 2 && dqk % 16 == 0 && __builtin_cpu_supports("avx512f") ? 2
-                                                                                                   : zb_decode_simd > 0;
+    /* 2: AVX-512 tasks, 1: AVX2, 0: portable */
+    int simd = !avx2 || dqk % 8 || o->decode_simd == ZB_SIMD_PORTABLE ? 0
+               : o->decode_simd == ZB_SIMD_BEST && dqk % 16 == 0 && __builtin_cpu_supports("avx512f") ? 2
+                                                                                                       : 1;
     int par = (double)Tc * H * (dqk + dv) >= 1 << 17;               /* worth waking threads */
 #ifdef _OPENMP
     int cs = decode_chunk(Tc, Hkv, par ? omp_get_max_threads() : 1);
 #else
     int cs = ZB_DEC_CHUNK;
 #endif
-    if (zb_decode_cs) cs = zb_decode_cs;
+    if (o->decode_chunk > 0)   /* tests: a forced chunk length */
+        cs = o->decode_chunk < ZB_DEC_MIN ? ZB_DEC_MIN : o->decode_chunk > ZB_DEC_CHUNK ? ZB_DEC_CHUNK : o->decode_chunk;
     int rep = H / Hkv, nc = (Tc + cs - 1) / cs, ntask = Hkv * nc;
     float *S = scratch;                                            /* [task][rep][cs] */
     float *P = scratch + (size_t)ntask * rep * cs;                 /* [task][rep][dv + 2] */
@@ -490,10 +465,7 @@ static void decode_split_k(float *out, const float *q, const float *kc, const fl
  * OpenMP workers spinning after an attention region slowed them down (1k-context decode of the
  * 1B teacher fell from 17 to 7 tok/s); with bf16 weights every product is ours under OpenMP,
  * and with OpenBLAS's OpenMP build (linear.h zb_blas_uses_openmp) both share libgomp's pool,
- * so split-K is on. Set per run by the inference commands. */
-static int zb_decode_omp;
-void zb_attention_decode_use_omp(int on) { zb_decode_omp = on; }
-int zb_decode_omp_on(void) { return zb_decode_omp; }
+ * so split-K is on. Set per run by the inference commands (zb_backend_opts.decode_omp). */
 
 static void decode_blas(float *out, const float *q, const float *kc, const float *vc, int Tc, int H, int Hkv,
                         int dqk, int dv, int k_stride, int v_stride, size_t k_group, size_t v_group,
@@ -518,9 +490,12 @@ static void decode_blas(float *out, const float *q, const float *kc, const float
 
 void zb_attention_decode(float *out, const float *q, const float *kc, const float *vc, int Tc,
                          int H, int Hkv, int dqk, int dv, int k_stride, int v_stride,
-                         size_t k_group, size_t v_group, float scale, float *scratch) {
-    if (zb_decode_omp)
-        decode_split_k(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, k_group, v_group, scale, scratch);
+                         size_t k_group, size_t v_group, float scale, float *scratch,
+                         const zb_backend_opts *o) {
+    static const zb_backend_opts defaults;
+    if (!o) o = &defaults;
+    if (o->decode_omp)
+        decode_split_k(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, k_group, v_group, scale, scratch, o);
     else decode_blas(out, q, kc, vc, Tc, H, Hkv, dqk, dv, k_stride, v_stride, k_group, v_group, scale, scratch);
 }
 
@@ -621,4 +596,20 @@ double zb_mse(float *da, const float *a, const float *b, size_t n, float scale) 
         if (da) da[i] = (float)(scale * 2.0 * e / n);
     }
     return s / n;
+}
+
+double zb_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale) {
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const float *a = s + (size_t)n * d, *b = t + (size_t)n * d;
+        double q = 0;
+        for (int i = 0; i < d; i++) { double e = (double)a[i] - b[i]; q += e * e; }
+        double r = sqrt(q);
+        total += r;
+        if (g) {
+            double k = r > 0 ? scale / (r * N) : 0.0;
+            for (int i = 0; i < d; i++) g[(size_t)n * d + i] = (float)(k * ((double)a[i] - b[i]));
+        }
+    }
+    return total / N;
 }

@@ -1,6 +1,7 @@
-/* linear.h — linear layers whose weights are stored in float32 or bfloat16 (inference).
+/* linear.h — the CPU backend's linear layers whose weights are stored in float32 or bfloat16
+ * (inference).
  *
- * A weight matrix is passed as a tagged view zb_wt: exactly one of f32 / bf16 is set. The
+ * A weight matrix is passed as a tagged view zb_wt (backend.h): exactly one of f32 / bf16 is set. The
  * float32 path is zb_matmul_forward (OpenBLAS). The bf16 path halves the bytes read per
  * decode step (decode is bound by memory bandwidth: every weight is read once per token)
  * and accumulates in float32:
@@ -18,19 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct {
-    const float *f32;      /* float32 storage, or NULL */
-    const uint16_t *bf16;  /* raw bfloat16 bits, or NULL */
-} zb_wt;
-
-static inline zb_wt zb_wt_of_f32(const float *w) { zb_wt t = {w, 0}; return t; }
-static inline zb_wt zb_wt_of_bf16(const uint16_t *w) { zb_wt t = {0, w}; return t; }
-/* The view advanced by k elements (a row block or a head's rows of a matrix). */
-static inline zb_wt zb_wt_offset(zb_wt t, size_t k) {
-    if (t.f32) t.f32 += k;
-    if (t.bf16) t.bf16 += k;
-    return t;
-}
+#include "backend.h"   /* zb_wt */
+#include "zb_common.h"
 
 #define ZB_BF16_DIRECT_MAX_N 64
 
@@ -49,11 +39,6 @@ void zb_linear_bf16(float *out, const float *inp, const uint16_t *W, int N, int 
  * the same libgomp threads as our kernels (one pool), and inside our parallel regions on one
  * thread; 0 for the pthreads build (a second pool, which must not run beside OpenMP regions). */
 int zb_blas_uses_openmp(void);
-
-/* n bf16 values to f32 (exact). */
-void zb_bf16_to_f32_n(const uint16_t *src, float *dst, size_t n);
-/* n f32 values to bf16, round to nearest even (as torch). */
-void zb_f32_to_bf16_n(const float *src, uint16_t *dst, size_t n);
 
 /* OpenMP threads used by the bf16 kernels (1 without OpenMP). */
 int zb_linear_threads(void);

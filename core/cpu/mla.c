@@ -66,6 +66,16 @@ size_t zb_mla_scratch_floats(const zb_mla_dims *m, int d, int B, int T) {
                 + (size_t)Hk * (dn + dv) + 2 * (size_t)r + (r + dr) + 2 * (size_t)rq);
 }
 
+float zb_mla_softmax_scale(const zb_mla_dims *m) {
+    double s = 1.0 / sqrt((double)(m->qk_nope + m->qk_rope));
+    const zb_rope_cfg *r = &m->rope;
+    if (r->type == ZB_ROPE_YARN && r->mscale_all_dim != 0) {
+        double k = zb_yarn_get_mscale(r->factor, r->mscale_all_dim);
+        s *= k * k;
+    }
+    return (float)s;
+}
+
 static zb_attn_shape zb_mla_attn_shape(const zb_mla_dims *m, int B, int T) {
     zb_attn_shape s;
     int dqk = m->qk_nope + m->qk_rope;
@@ -73,7 +83,7 @@ static zb_attn_shape zb_mla_attn_shape(const zb_mla_dims *m, int B, int T) {
     s.q_stride = m->n_heads * dqk;
     s.k_stride = m->kv_heads * dqk;
     s.v_stride = m->kv_heads * m->v_head_dim;
-    s.scale = 1.0f / sqrtf((float)dqk);
+    s.scale = zb_mla_softmax_scale(m);
     return s;
 }
 
@@ -102,6 +112,12 @@ static void zb_mla_query(const zb_mla_dims *m, int d, float eps, const zb_mla_we
                          const float *x, float *q, float *qa, float *qan, float *rstd_q, int N) {
     zb_mla_lin lin = zb_mla_lin_of(w);
     zb_mla_query_lin(m, d, eps, w, &lin, x, q, qa, qan, rstd_q, N);
+}
+
+float *zb_mla_acts_att(const zb_mla_dims *m, float *acts, int B, int T) {
+    zb_mla_acts a;
+    zb_mla_layout(m, B, T, acts, &a);
+    return a.att;
 }
 
 void zb_mla_forward(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
@@ -207,9 +223,6 @@ void zb_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 }
 
 /* ---- generation: latent cache + absorbed weights ------------------------------------------ */
-size_t zb_mla_cache_floats(const zb_mla_dims *m, int B, int max_T) {
-    return (size_t)B * max_T * (m->kv_lora_rank + m->qk_rope);
-}
 
 size_t zb_mla_decode_scratch_floats(const zb_mla_dims *m, int d, int max_T) {
     (void)d;
@@ -225,7 +238,7 @@ void zb_mla_step(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w
                  const zb_rope *rope, const float *x, float *out, float *cache, int max_T,
                  const int *pos_b, int n, int B, float *scratch) {
     zb_mla_lin lin = zb_mla_lin_of(w);
-    zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch);
+    zb_mla_step_lin(m, d, eps, w, &lin, rope, x, out, cache, max_T, pos_b, n, B, scratch, NULL);
 }
 
 /* kv_b_proj [Hk, dn + dv, r] as f32: the weights themselves, or a bf16 matrix converted into buf */
@@ -241,12 +254,13 @@ static const float *kvb_f32(const zb_mla_lin *lin, size_t floats, float *buf) {
  * per row against its own cache. */
 static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *xr, float *orow,
-                     float *const *cbs, const int *ts, int nc, int max_T, float *scratch) {
+                     float *const *cbs, const int *ts, int nc, int max_T, float *scratch,
+                     const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     int H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
     int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
     int rep = H / Hk, il = m->rope_interleave;
-    float scale = 1.0f / sqrtf((float)dqk);   /* as the expanded score, SPEC §3 */
+    float scale = zb_mla_softmax_scale(m);   /* as the expanded score, SPEC §3 */
 
     float *q = scratch, *qa = q + (size_t)C * H * dqk, *qan = qa + (size_t)C * rq;
     float *kva = qan + (size_t)C * rq, *qlat = kva + (size_t)C * W;
@@ -269,9 +283,9 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 
     /* absorbed query: qlat_h = [W_UK_h^T q_nope_h | q_pe_h]  (W_UK_h: [dn, r], applied
      * untransposed), and after the attention v_h = W_UV_h ĉ_h (W_UV_h: [dv, r]): small products
-     * per head, threaded over the heads when the run decodes on OpenMP (ops.h) */
+     * per head, threaded over the heads when the run decodes on OpenMP (o->decode_omp) */
     const float *kvb = kvb_f32(lin, (size_t)Hk * (dn + dv) * r, kvb_head);
-    int par = zb_decode_omp_on();
+    int par = o && o->decode_omp;
 #pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
         const float *wuk = kvb + (size_t)(h / rep) * (dn + dv) * r;
@@ -290,7 +304,7 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     /* attention over the latent cache: one shared kv "head" of width r+dr, values c */
     for (int i = 0; i < nc; i++)
         zb_attention_decode(chat + (size_t)i * H * r, qlat + (size_t)i * H * W, cbs[i], cbs[i],
-                            ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc);
+                            ts[i] + 1, H, 1, W, r, W, W, 0, 0, scale, sc, o);
 #pragma omp parallel for schedule(static) if (par)
     for (int h = 0; h < H; h++) {
         const float *wuv = kvb + (size_t)(h / rep) * (dn + dv) * r + (size_t)dn * r;
@@ -310,7 +324,8 @@ static void mla_rows(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 
 void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                      const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
-                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch) {
+                     float *cache, int max_T, const int *pos_b, int n, int B, float *scratch,
+                     const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     int W = m->kv_lora_rank + m->qk_rope;
     float *cbs[ZB_MLA_STEP_CHUNK];
@@ -321,7 +336,7 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
             int nc = n - i0 < C ? n - i0 : C;
             for (int i = 0; i < nc; i++) { cbs[i] = cb; ts[i] = pos_b[b] + i0 + i; }
             mla_rows(m, d, eps, w, lin, rope, x + ((size_t)b * n + i0) * d, out + ((size_t)b * n + i0) * d,
-                     cbs, ts, nc, max_T, scratch);
+                     cbs, ts, nc, max_T, scratch, o);
         }
     }
 }
@@ -329,7 +344,7 @@ void zb_mla_step_lin(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
 void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
                         const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out,
                         float *cache, size_t seq_floats, int max_T, const int *seqs,
-                        const int *pos, int nb, float *scratch) {
+                        const int *pos, int nb, float *scratch, const zb_backend_opts *o) {
     const int C = ZB_MLA_STEP_CHUNK;
     float *cbs[ZB_MLA_STEP_CHUNK];
     int ts[ZB_MLA_STEP_CHUNK];
@@ -340,6 +355,6 @@ void zb_mla_decode_seqs(const zb_mla_dims *m, int d, float eps, const zb_mla_wei
             ts[i] = pos[seqs[i0 + i]];
         }
         mla_rows(m, d, eps, w, lin, rope, x + (size_t)i0 * d, out + (size_t)i0 * d, cbs, ts, nc, max_T,
-                 scratch);
+                 scratch, o);
     }
 }

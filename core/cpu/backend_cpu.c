@@ -1,0 +1,298 @@
+/* backend_cpu.c — the CPU backend's table (backend.h): host memory, the float32 kernels of
+ * ops.c / linear.c (OpenBLAS, OpenMP) and the MLA / Mamba2 mixers of mla.c / mamba2.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "linear.h"
+#include "mamba2.h"
+#include "mla.h"
+#include "ops.h"
+#include "zb_common.h"
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+
+static void *cpu_alloc(const zb_backend *be, size_t bytes, const char *what) {
+    (void)be;
+    return zb_calloc(bytes ? bytes : 1, 1, what);   /* calloc: large blocks come as untouched zero pages */
+}
+static void cpu_free(const zb_backend *be, void *p) { (void)be; free(p); }
+static void cpu_zero(const zb_backend *be, void *p, size_t bytes) { (void)be; memset(p, 0, bytes); }
+static void cpu_copy(const zb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memcpy(dst, src, bytes);
+}
+/* host and device are one memory: a copy onto itself is nothing */
+static void cpu_xfer(const zb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (dst != src) memcpy(dst, src, bytes);
+}
+static void cpu_copy_2d(const zb_backend *be, float *dst, size_t dst_ld, const float *src, size_t src_ld,
+                        size_t rows, size_t cols) {
+    (void)be;
+    for (size_t r = 0; r < rows; r++) memcpy(dst + r * dst_ld, src + r * src_ld, sizeof(float) * cols);
+}
+static void cpu_sync(const zb_backend *be) { (void)be; }
+
+/* ---- elementwise -------------------------------------------------------------------------------- */
+
+static void cpu_add(const zb_backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+static void cpu_sub(const zb_backend *be, float *out, const float *a, const float *b, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) out[i] = a[i] - b[i];
+}
+static void cpu_scale(const zb_backend *be, float *x, float s, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+/* ---- layer kernels (ops.h, linear.h) ---------------------------------------------------------------- */
+
+static void cpu_matmul_forward(const zb_backend *be, float *out, const float *inp, const float *W,
+                               const float *bias, int N, int C, int OC) {
+    (void)be;
+    zb_matmul_forward(out, inp, W, bias, N, C, OC);
+}
+static void cpu_matmul_backward(const zb_backend *be, float *dinp, float *dW, float *dbias, const float *dout,
+                                const float *inp, const float *W, int N, int C, int OC) {
+    (void)be;
+    zb_matmul_backward(dinp, dW, dbias, dout, inp, W, N, C, OC);
+}
+static void cpu_linear_forward(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC) {
+    (void)be;
+    zb_linear_forward(out, inp, W, N, C, OC);
+}
+static void cpu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
+                                int N, int C, float eps) {
+    (void)be;
+    zb_rmsnorm_forward(out, rstd, x, w, N, C, eps);
+}
+static void cpu_rmsnorm_backward(const zb_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                                 const float *w, const float *rstd, int N, int C) {
+    (void)be;
+    zb_rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+}
+static void cpu_rope(const zb_backend *be, const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
+                     int head_stride, int offset, int pos0, int interleave, int inverse) {
+    (void)be;
+    zb_rope_apply_seq(r, x, B, T, row_stride, n_heads, head_stride, offset, pos0, interleave, inverse);
+}
+
+/* the probabilities [B, H, T, T] */
+static size_t cpu_attention_saved_floats(const zb_backend *be, const zb_attn_shape *s) {
+    (void)be;
+    return (size_t)s->B * s->H * s->T * s->T;
+}
+static void cpu_attention_forward(const zb_backend *be, float *out, float *saved, const float *q, const float *k,
+                                  const float *v, const zb_attn_shape *s) {
+    (void)be;
+    zb_attention_forward(out, saved, q, k, v, s);
+}
+static void cpu_attention_backward(const zb_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                   const float *out, const float *saved, const float *q, const float *k,
+                                   const float *v, const zb_attn_shape *s) {
+    (void)be;
+    (void)out;
+    zb_attention_backward(dq, dk, dv, dout, saved, q, k, v, s);
+}
+
+static size_t cpu_attention_step_scratch(const zb_backend *be, int H, int Hkv, int hd, int max_T, int ntok) {
+    (void)be;
+    (void)Hkv;
+    (void)ntok;
+    return zb_attention_decode_scratch(H, hd, max_T);   /* one token at a time */
+}
+static void cpu_attention_step(const zb_backend *be, const zb_rope *r, float *att, float *q, float *k, const float *v,
+                               float *kc, float *vc, int max_T, const int *seqs, const int *pos, int nb, int n,
+                               int H, int Hkv, int hd, float *scratch) {
+    size_t qd = (size_t)H * hd, kd = (size_t)Hkv * hd, gs = (size_t)max_T * hd;
+    for (int i = 0; i < nb; i++) {
+        int b = seqs[i], p0 = pos[b];
+        /* head-major cache [Hkv, max_T, hd] per sequence: a KV head's rows are contiguous, so
+         * its decode reads one stream the prefetchers follow (not hd of every kd floats) */
+        float *Kb = kc + (size_t)b * Hkv * gs, *Vb = vc + (size_t)b * Hkv * gs;
+        zb_rope_apply_seq(r, q + (size_t)i * n * qd, 1, n, (int)qd, H, hd, 0, p0, 0, 0);
+        zb_rope_apply_seq(r, k + (size_t)i * n * kd, 1, n, (int)kd, Hkv, hd, 0, p0, 0, 0);
+        for (int t = 0; t < n; t++) {
+            size_t row = (size_t)i * n + t;
+            for (int g = 0; g < Hkv; g++) {
+                memcpy(Kb + g * gs + (size_t)(p0 + t) * hd, k + row * kd + (size_t)g * hd, sizeof(float) * hd);
+                memcpy(Vb + g * gs + (size_t)(p0 + t) * hd, v + row * kd + (size_t)g * hd, sizeof(float) * hd);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            size_t row = (size_t)i * n + t;
+            zb_attention_decode(att + row * qd, q + row * qd, Kb, Vb, p0 + t + 1, H, Hkv, hd, hd, hd, hd, gs, gs,
+                                1.0f / sqrtf((float)hd), scratch, &be->opts);
+        }
+    }
+}
+
+static void cpu_swiglu_forward(const zb_backend *be, float *h, const float *g, const float *u, size_t n) {
+    (void)be;
+    zb_swiglu_forward(h, g, u, n);
+}
+static void cpu_swiglu_backward(const zb_backend *be, float *dg, float *du, const float *dh, const float *g,
+                                const float *u, size_t n) {
+    (void)be;
+    zb_swiglu_backward(dg, du, dh, g, u, n);
+}
+static void cpu_embedding_forward(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C) {
+    (void)be;
+    if (table.bf16)   /* bf16 rows, converted as they are looked up */
+        for (int i = 0; i < N; i++)
+            zb_bf16_to_f32_n(table.bf16 + (size_t)ids[i] * C, out + (size_t)i * C, (size_t)C);
+    else zb_embedding_forward(out, ids, table.f32, N, C);
+}
+static void cpu_embedding_backward(const zb_backend *be, float *dtable, const float *dout, const int *ids,
+                                   int N, int C) {
+    (void)be;
+    zb_embedding_backward(dtable, dout, ids, N, C);
+}
+
+static double cpu_cross_entropy(const zb_backend *be, float *dlogits, const float *logits, const int *targets,
+                                int N, int V, float scale, int *n_valid) {
+    (void)be;
+    return zb_cross_entropy(dlogits, logits, targets, N, V, scale, n_valid);
+}
+static double cpu_kl_div(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
+                         const int *mask, int N, int V, float tau, float scale) {
+    (void)be;
+    return zb_kl_div(dstudent, student, teacher, mask, N, V, tau, scale);
+}
+static double cpu_mse(const zb_backend *be, float *da, const float *a, const float *b, size_t n, float scale) {
+    (void)be;
+    return zb_mse(da, a, b, n, scale);
+}
+
+static double cpu_mean_row_dist(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
+                                float scale) {
+    (void)be;
+    return zb_mean_row_dist(g, s, t, N, d, scale);
+}
+
+/* ---- mixers (mla.c, mamba2.c) --------------------------------------------------------------------- */
+
+static size_t cpu_mla_act_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_mla_act_floats(m, d, B, T);
+}
+static size_t cpu_mla_scratch_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_mla_scratch_floats(m, d, B, T);
+}
+static void cpu_mla_forward(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                            const zb_rope *rope, const float *x, float *out, float *acts, int B, int T) {
+    (void)be;
+    zb_mla_forward(m, d, eps, w, rope, x, out, acts, B, T);
+}
+static void cpu_mla_backward(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                             zb_mla_weights *g, const zb_rope *rope, const float *x, const float *dout, float *dx,
+                             float *acts, float *scratch, int B, int T) {
+    (void)be;
+    zb_mla_backward(m, d, eps, w, g, rope, x, dout, dx, acts, scratch, B, T);
+}
+static size_t cpu_mla_step_scratch(const zb_backend *be, const zb_mla_dims *m, int d, int max_T, int ntok) {
+    (void)be;
+    (void)ntok;   /* rows go through in blocks of a fixed size */
+    return zb_mla_decode_scratch_floats(m, d, max_T);
+}
+static void cpu_mla_step(const zb_backend *be, const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w,
+                         const zb_mla_lin *lin, const zb_rope *rope, const float *x, float *out, float *cache,
+                         int max_T, const int *pos, int n, int B, float *scratch) {
+    zb_mla_step_lin(m, d, eps, w, lin, rope, x, out, cache, max_T, pos, n, B, scratch, &be->opts);
+}
+static void cpu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d, float eps,
+                                const zb_mla_weights *w, const zb_mla_lin *lin, const zb_rope *rope, const float *x,
+                                float *out, float *cache, size_t seq_floats, int max_T, const int *seqs,
+                                const int *pos, int nb, float *scratch) {
+    zb_mla_decode_seqs(m, d, eps, w, lin, rope, x, out, cache, seq_floats, max_T, seqs, pos, nb, scratch, &be->opts);
+}
+
+static size_t cpu_mamba2_act_floats(const zb_backend *be, const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_mamba2_act_floats(m, d, B, T);
+}
+static size_t cpu_mamba2_scratch_floats(const zb_backend *be, const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)be;
+    return zb_mamba2_scratch_floats(m, d, B, T);
+}
+static void cpu_mamba2_forward(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                               const zb_mamba2_weights *w, const float *x, float *out, float *acts, int B, int T) {
+    (void)be;
+    zb_mamba2_forward(m, d, eps, w, x, out, acts, B, T);
+}
+static void cpu_mamba2_backward(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                                const zb_mamba2_weights *w, zb_mamba2_weights *g, const float *x, const float *dout,
+                                float *dx, float *acts, float *scratch, int B, int T) {
+    (void)be;
+    zb_mamba2_backward(m, d, eps, w, g, x, dout, dx, acts, scratch, B, T);
+}
+static size_t cpu_mamba2_step_scratch(const zb_backend *be, const zb_mamba2_dims *m, int d, int ntok) {
+    (void)be;
+    return zb_mamba2_step_scratch_floats(m, d, ntok);
+}
+static void cpu_mamba2_step(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                            const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
+                            float *state, int n, int B, float *scratch) {
+    (void)be;
+    zb_mamba2_step_lin(m, d, eps, w, lin, x, out, state, n, B, scratch);
+}
+static void cpu_mamba2_decode_seqs(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
+                                   const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
+                                   float *state, const int *seqs, int nb, float *scratch) {
+    zb_mamba2_decode_seqs(m, d, eps, w, lin, x, out, state, seqs, nb, scratch, &be->opts);
+}
+
+/* ---- optimizer ----------------------------------------------------------------------------------- */
+
+static void cpu_adamw(const zb_backend *be, float *w, const float *g, float *m, float *v, size_t n,
+                      const zb_adamw_hp *hp) {
+    (void)be;
+    const float b1 = hp->beta1, b2 = hp->beta2, eps = hp->eps, decay = hp->decay, step_size = hp->step_size,
+                bc2_sqrt = hp->bc2_sqrt, gs = hp->grad_scale;
+    for (size_t j = 0; j < n; j++) {
+        float gj = g[j] * gs;
+        m[j] = b1 * m[j] + (1.0f - b1) * gj;
+        v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
+        w[j] = w[j] * decay - step_size * m[j] / (sqrtf(v[j]) / bc2_sqrt + eps);
+    }
+}
+static double cpu_sumsq(const zb_backend *be, const float *x, size_t n) {
+    (void)be;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static const zb_backend cpu_backend = {
+    .name = "cpu",
+    .host_memory = 1,
+    .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero, .copy = cpu_copy,
+    .to_device = cpu_xfer, .to_host = cpu_xfer, .copy_2d = cpu_copy_2d, .sync = cpu_sync,
+    .add = cpu_add, .sub = cpu_sub, .scale = cpu_scale,
+    .matmul_forward = cpu_matmul_forward, .matmul_backward = cpu_matmul_backward,
+    .linear_forward = cpu_linear_forward,
+    .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope = cpu_rope,
+    .attention_saved_floats = cpu_attention_saved_floats, .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .attention_step_scratch = cpu_attention_step_scratch, .attention_step = cpu_attention_step,
+    .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
+    .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
+    .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
+    .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
+    .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
+    .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,
+    .mamba2_act_floats = cpu_mamba2_act_floats, .mamba2_scratch_floats = cpu_mamba2_scratch_floats,
+    .mamba2_forward = cpu_mamba2_forward, .mamba2_backward = cpu_mamba2_backward,
+    .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
+    .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
+    .adamw = cpu_adamw, .sumsq = cpu_sumsq,
+};
+
+const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

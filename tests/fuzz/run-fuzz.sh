@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# run-fuzz.sh HARNESS FORMAT SECONDS BUILD_DIR [extra libFuzzer flags]
+# Fuzz one harness for SECONDS, starting from the seeds made from the fixtures
+# (BUILD_DIR/fuzz-seeds/FORMAT), the hand-written ones (tests/fuzz/seeds/FORMAT) and the inputs
+# that once crashed (tests/fuzz/regress/FORMAT). New inputs go to BUILD_DIR/fuzz-corpus/FORMAT
+# (out of git); a crash is written to BUILD_DIR/fuzz-crashes/FORMAT/ and fails the run.
+set -u
+harness=$1 fmt=$2 secs=$3 build=$4
+shift 4
+src=$(cd "$(dirname "$0")" && pwd)
+corpus=$build/fuzz-corpus/$fmt crashes=$build/fuzz-crashes/$fmt
+mkdir -p "$corpus" "$crashes"
+dirs=("$corpus")
+for d in "$build/fuzz-seeds/$fmt" "$src/seeds/$fmt" "$src/regress/$fmt"; do
+  [ -d "$d" ] && dirs+=("$d")
+done
+dict=()
+[ -f "$src/$fmt.dict" ] && dict=(-dict="$src/$fmt.dict")
+# -timeout: one input taking 10 s is a hang; -rss_limit_mb: a parser must not try to take 2 GB
+# because a header says so; leaks are errors (a parser that fails must free what it took).
+LSAN_OPTIONS="suppressions=$src/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
+"$harness" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  -artifact_prefix="$crashes/" "${dict[@]}" "$@" "${dirs[@]}" 2>"$build/fuzz-$fmt.log"
+rc=$?
+tail -n 12 "$build/fuzz-$fmt.log"
+if [ $rc -ne 0 ]; then
+  echo "fuzz_$fmt: FAILED (exit $rc); full log: $build/fuzz-$fmt.log; input(s):"
+  ls -1 "$crashes"
+  echo "replay one with: $harness <file>; make it a regression test by adding it to tests/fuzz/regress/$fmt/"
+  exit 1
+fi
+echo "fuzz_$fmt: no crash in ${secs}s"

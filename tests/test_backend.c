@@ -1,0 +1,233 @@
+/* test_backend [NAME] — the backend seam (core/backend.h) for backend NAME (default cpu):
+ * zb_backend_get finds it (unknown names are refused with a line naming them), every table
+ * entry is set (and the check names a missing one), and the entries the model calls in plain
+ * loops (memory, elementwise, AdamW, the gradient norm, the losses) agree with a host
+ * computation: exactly where the arithmetic is the same operation on the same floats, else
+ * within bounds derived from the reduction lengths. A backend not built in is skipped with a
+ * line saying so. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "ops.h"
+#include "zb_test.h"
+
+static float *randv(zb_rng *r, size_t n, float s) {
+    float *x = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) x[i] = s * zb_rng_normal(r);
+    return x;
+}
+
+/* device copy of host x */
+static float *dev_of(const zb_backend *be, const float *x, size_t n) {
+    float *d = be->alloc(be, sizeof(float) * n, "test");
+    be->to_device(be, d, x, sizeof(float) * n);
+    return d;
+}
+static float *host_of(const zb_backend *be, const float *d, size_t n) {
+    float *h = malloc(sizeof(float) * n);
+    be->to_host(be, h, d, sizeof(float) * n);
+    return h;
+}
+
+static void check_table(const zb_backend *be) {
+    const char *miss = zb_backend_missing(be);
+    zb_check(!miss, "[%s] every entry of the table is set%s%s", be->name, miss ? ": missing " : "", miss ? miss : "");
+    /* the check can fail: each entry removed in turn is named, each by its own name */
+    typedef void (*fn)(void);
+    size_t n = (sizeof(zb_backend) - offsetof(zb_backend, alloc)) / sizeof(fn), named = 0;
+    const char *prev = NULL;
+    for (size_t i = 0; i < n; i++) {
+        zb_backend t = *be;
+        fn none = NULL;
+        memcpy((char *)&t + offsetof(zb_backend, alloc) + i * sizeof(fn), &none, sizeof none);
+        const char *w = zb_backend_missing(&t);
+        named += w && (!prev || strcmp(w, prev));
+        prev = w;
+    }
+    zb_check(named == n, "[%s] each of the %zu entries, removed, is named by zb_backend_missing (%zu)", be->name, n, named);
+}
+
+static void check_memory(const zb_backend *be, zb_rng *r) {
+    size_t n = 1000;
+    float *x = randv(r, n, 1), *d = be->alloc(be, sizeof(float) * n, "test");
+    float *h = host_of(be, d, n);
+    int zero = 1;
+    for (size_t i = 0; i < n; i++) zero &= h[i] == 0.0f;
+    zb_check(zero, "[%s] alloc returns zeroed memory", be->name);
+    free(h);
+    be->to_device(be, d, x, sizeof(float) * n);
+    float *d2 = be->alloc(be, sizeof(float) * n, "test");
+    be->copy(be, d2, d, sizeof(float) * n);
+    h = host_of(be, d2, n);
+    zb_check(!memcmp(h, x, sizeof(float) * n), "[%s] to_device, copy, to_host give the same bits", be->name);
+    free(h);
+    /* rows 3..9 of a [10, 100] matrix, columns 0..29, into a [7, 40] one */
+    float *d3 = be->alloc(be, sizeof(float) * 7 * 40, "test");
+    be->copy_2d(be, d3, 40, d + 3 * 100, 100, 7, 30);
+    h = host_of(be, d3, 7 * 40);
+    int ok = 1;
+    for (int i = 0; i < 7; i++)
+        for (int j = 0; j < 40; j++) ok &= h[i * 40 + j] == (j < 30 ? x[(3 + i) * 100 + j] : 0.0f);
+    zb_check(ok, "[%s] copy_2d copies the block and nothing else", be->name);
+    free(h);
+    be->zero(be, d2 + 10, sizeof(float) * 20);
+    h = host_of(be, d2, n);
+    ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= h[i] == (i >= 10 && i < 30 ? 0.0f : x[i]);
+    zb_check(ok, "[%s] zero clears exactly its range", be->name);
+    free(h);
+    be->free(be, d); be->free(be, d2); be->free(be, d3);
+    be->free(be, NULL);
+    free(x);
+}
+
+static void check_elementwise(const zb_backend *be, zb_rng *r) {
+    size_t n = 4099;
+    float *a = randv(r, n, 1), *b = randv(r, n, 3), *want = malloc(sizeof(float) * n);
+    float *da = dev_of(be, a, n), *db = dev_of(be, b, n), *dout = be->alloc(be, sizeof(float) * n, "test");
+    /* one IEEE operation per element: exact */
+    be->add(be, dout, da, db, n);
+    for (size_t i = 0; i < n; i++) want[i] = a[i] + b[i];
+    float *h = host_of(be, dout, n);
+    zb_check(!memcmp(h, want, sizeof(float) * n), "[%s] add == a + b", be->name);
+    free(h);
+    be->sub(be, dout, da, db, n);
+    for (size_t i = 0; i < n; i++) want[i] = a[i] - b[i];
+    h = host_of(be, dout, n);
+    zb_check(!memcmp(h, want, sizeof(float) * n), "[%s] sub == a - b", be->name);
+    free(h);
+    be->add(be, da, da, db, n);   /* in place, as the residual stream */
+    for (size_t i = 0; i < n; i++) want[i] = a[i] + b[i];
+    h = host_of(be, da, n);
+    zb_check(!memcmp(h, want, sizeof(float) * n), "[%s] add in place (out == a)", be->name);
+    free(h);
+    be->scale(be, db, 0.37f, n);
+    for (size_t i = 0; i < n; i++) want[i] = b[i] * 0.37f;
+    h = host_of(be, db, n);
+    zb_check(!memcmp(h, want, sizeof(float) * n), "[%s] scale == x * s", be->name);
+    free(h);
+    /* sum of squares: n terms in double, any order: relative error <= n * DBL_EPSILON */
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * a[i];
+    float *dx = dev_of(be, a, n);
+    double got = be->sumsq(be, dx, n);
+    zb_check(fabs(got - s) <= n * DBL_EPSILON * s, "[%s] sumsq %.17g vs %.17g", be->name, got, s);
+    be->free(be, da); be->free(be, db); be->free(be, dout); be->free(be, dx);
+    free(a); free(b); free(want);
+}
+
+static void check_adamw(const zb_backend *be, zb_rng *r) {
+    size_t n = 777;
+    float *w = randv(r, n, 0.5f), *g = randv(r, n, 0.1f), *m = randv(r, n, 0.01f), *v = randv(r, n, 0.01f);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+    zb_adamw_hp hp = {0.9f, 0.95f, 1e-8f, 1.0f - 1e-3f * 0.1f, 1e-3f / 0.19f, sqrtf(1.0f - 0.95f * 0.95f), 0.5f};
+    float *dw = dev_of(be, w, n), *dg = dev_of(be, g, n), *dm = dev_of(be, m, n), *dv = dev_of(be, v, n);
+    be->adamw(be, dw, dg, dm, dv, n, &hp);
+    float *hw = host_of(be, dw, n), *hm = host_of(be, dm, n), *hv = host_of(be, dv, n);
+    /* the float32 update of optim.h; a device may contract a*b+c into one FMA: a few roundings of
+     * each term, so |d| <= 8 eps (|w| + the step) */
+    double worst = 0;
+    for (size_t j = 0; j < n; j++) {
+        float gj = g[j] * hp.grad_scale;
+        float mj = hp.beta1 * m[j] + (1.0f - hp.beta1) * gj;
+        float vj = hp.beta2 * v[j] + (1.0f - hp.beta2) * gj * gj;
+        float step = hp.step_size * mj / (sqrtf(vj) / hp.bc2_sqrt + hp.eps);
+        float wj = w[j] * hp.decay - step;
+        double tol = 8 * FLT_EPSILON * (fabs(w[j]) + fabs(step));
+        double e = fmax(fabs(hw[j] - wj) / tol,
+                        fmax(fabs(hm[j] - mj) / (8 * FLT_EPSILON * (fabs(m[j]) + fabs(gj))),
+                             fabs(hv[j] - vj) / (8 * FLT_EPSILON * (fabs(v[j]) + gj * gj) + FLT_MIN)));
+        if (e > worst) worst = e;
+    }
+    zb_check(worst <= 1.0, "[%s] adamw == the float32 update of optim.h (worst error / bound %.3g)", be->name, worst);
+    free(hw); free(hm); free(hv);
+    be->free(be, dw); be->free(be, dg); be->free(be, dm); be->free(be, dv);
+    free(w); free(g); free(m); free(v);
+}
+
+/* the losses against the CPU kernels (ops.h); a row's sums run over V terms: the bound is V eps
+ * relative to the summed magnitudes */
+static void check_losses(const zb_backend *be, zb_rng *r) {
+    int N = 7, V = 301;
+    size_t n = (size_t)N * V;
+    float *s = randv(r, n, 2), *t = randv(r, n, 2);
+    int tg[7] = {3, -1, 300, 0, 301, 17, 150}, mask[7] = {1, 0, 1, 1, 1, 0, 1};
+    float *ds = dev_of(be, s, n), *dt = dev_of(be, t, n), *dd = be->alloc(be, sizeof(float) * n, "test");
+    int *dtg = be->alloc(be, sizeof tg, "test"), *dmask = be->alloc(be, sizeof mask, "test");
+    be->to_device(be, dtg, tg, sizeof tg);
+    be->to_device(be, dmask, mask, sizeof mask);
+    float *ref = malloc(sizeof(float) * n);
+    double tol = 4.0 * V * FLT_EPSILON;
+
+    int nv = -1, nv_ref = -1;
+    double ce = be->cross_entropy(be, dd, ds, dtg, N, V, 0.25f, &nv);
+    double ce_ref = zb_cross_entropy(ref, s, tg, N, V, 0.25f, &nv_ref);
+    float *h = host_of(be, dd, n);
+    zb_check(nv == nv_ref && nv == 5, "[%s] cross_entropy counts %d valid rows (targets outside [0, V) ignored)", be->name, nv);
+    zb_check(fabs(ce - ce_ref) <= tol * (fabs(ce_ref) + N * 8.0), "[%s] cross_entropy %.9g vs %.9g", be->name, ce, ce_ref);
+    zb_check(zb_max_abs_diff(h, ref, n) <= tol * 0.25, "[%s] cross_entropy gradient (max |d| %.3g)", be->name,
+             zb_max_abs_diff(h, ref, n));
+    free(h);
+    double kl = be->kl_div(be, dd, ds, dt, dmask, N, V, 1.5f, 0.5f);
+    double kl_ref = zb_kl_div(ref, s, t, mask, N, V, 1.5f, 0.5f);
+    h = host_of(be, dd, n);
+    zb_check(fabs(kl - kl_ref) <= tol * (fabs(kl_ref) + N * 8.0), "[%s] kl_div %.9g vs %.9g", be->name, kl, kl_ref);
+    zb_check(zb_max_abs_diff(h, ref, n) <= tol * 0.5 / 1.5, "[%s] kl_div gradient (max |d| %.3g)", be->name,
+             zb_max_abs_diff(h, ref, n));
+    free(h);
+    double mse = be->mse(be, dd, ds, dt, n, 2.0f);
+    double mse_ref = zb_mse(ref, s, t, n, 2.0f);
+    h = host_of(be, dd, n);
+    zb_check(fabs(mse - mse_ref) <= n * DBL_EPSILON * mse_ref, "[%s] mse %.12g vs %.12g", be->name, mse, mse_ref);
+    zb_check(zb_max_rel(h, ref, n) <= 4 * FLT_EPSILON, "[%s] mse gradient (max rel %.3g)", be->name, zb_max_rel(h, ref, n));
+    free(h);
+    /* mean row distance: per row d terms in double, then sqrt; the gradient one division and
+     * product per element in double, rounded once to float */
+    int d = 43, R = (int)(n / d);
+    double want = 0;
+    for (int r = 0; r < R; r++) {
+        double q = 0;
+        for (int i = 0; i < d; i++) { double e = (double)s[(size_t)r * d + i] - t[(size_t)r * d + i]; q += e * e; }
+        want += sqrt(q);
+        for (int i = 0; i < d; i++)
+            ref[(size_t)r * d + i] = (float)((double)0.3f / (sqrt(q) * R) * ((double)s[(size_t)r * d + i] - t[(size_t)r * d + i]));
+    }
+    want /= R;
+    double got = be->mean_row_dist(be, dd, ds, dt, R, d, 0.3f);
+    h = host_of(be, dd, (size_t)R * d);
+    zb_check(fabs(got - want) <= 4 * d * DBL_EPSILON * want, "[%s] mean_row_dist %.12g vs %.12g", be->name, got, want);
+    zb_check(zb_max_rel(h, ref, (size_t)R * d) <= 2 * FLT_EPSILON, "[%s] mean_row_dist gradient (max rel %.3g)",
+             be->name, zb_max_rel(h, ref, (size_t)R * d));
+    free(h);
+    be->free(be, ds); be->free(be, dt); be->free(be, dd); be->free(be, dtg); be->free(be, dmask);
+    free(s); free(t); free(ref);
+}
+
+int main(int argc, char **argv) {
+    zb_test_init(&argc, &argv);
+    const char *name = argc > 1 ? argv[1] : "cpu";
+    /* names that are not backends are refused with a line naming them */
+    zb_check(!zb_backend_get("tpu") && strstr(zb_errmsg(), "'tpu'"), "unknown backend refused: %s", zb_errmsg());
+    const zb_backend *cuda = zb_backend_get("cuda");
+    zb_check(cuda || strstr(zb_errmsg(), "cuda"), "cuda: built in, or refused with a line saying so (%s)",
+             cuda ? "built in" : zb_errmsg());
+    zb_check(zb_backend_get("cpu") == zb_backend_cpu() && !strcmp(zb_backend_cpu()->name, "cpu"),
+             "zb_backend_get(\"cpu\") is the CPU table");
+    const zb_backend *be = zb_backend_get(name);
+    if (!be) {
+        printf("SKIP backend %s: %s\n", name, zb_errmsg());
+        return zb_test_finish();
+    }
+    zb_rng r;
+    zb_rng_seed(&r, 11);
+    check_table(be);
+    check_memory(be, &r);
+    check_elementwise(be, &r);
+    check_adamw(be, &r);
+    check_losses(be, &r);
+    return zb_test_finish();
+}

@@ -38,13 +38,16 @@ if [ "${ZB_DEMO_FAST:-0}" = 1 ]; then PT=20; ILD=10; KD=10; SMART_TOKENS=4096; f
 t_start=$(date +%s)
 # each stage's wall time and CPU seconds (user + sys of everything it ran, all ranks and
 # threads): on a busy machine the CPU seconds still say what the stage costs
-cpu() { times | tail -1 | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%.0f", t }'; }
-stamp() { echo "== [$(( $(date +%s) - t_start ))s, cpu $(cpu)s] $*"; }
+# (`times` runs in this shell, not in a $(...) subshell, whose own children have used nothing)
+stamp() {
+  times > "$out/.times"
+  echo "== [$(( $(date +%s) - t_start ))s, cpu $(awk 'END { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%.0f", t }' "$out/.times")s] $*"
+}
 
 stamp "1. corpus and shards"
 if [ ! -f "$out/shards/manifest.json" ]; then
   corpus=$(bash cluster/corpus.sh)
-  $Z data --tokenizer $TOK --input "$corpus" -o "$out/shards" --val-fraction 0.01 --seed 1
+  $Z data --tokenizer $TOK --input "$corpus" -o "$out/shards" --val-fraction 0.015 --seed 1
 fi
 
 # run.json of a stage: run_json NAME STEPS LR [extra JSON members]

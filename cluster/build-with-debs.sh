@@ -24,5 +24,6 @@ for l in $(find "$lib" -maxdepth 3 -type l -name '*.so'); do
   t=$(readlink "$l"); case "$t" in /*) ln -sf "$root$t" "$l";; esac
 done
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
-cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "error|warning" >&2 || true
+# ZB_TARGETS: only these targets (e.g. "zebra test_nccl"), else everything
+cmake --build "$build" -j"$(nproc)" ${ZB_TARGETS:+--target $ZB_TARGETS} 2>&1 | grep -E "error|warning" >&2 || true
 echo "export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

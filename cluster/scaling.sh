@@ -1,96 +1,243 @@
 #!/usr/bin/env bash
-# scaling.sh — step time and communication share of each kind of parallelism (SPEC §9).
+# cluster/scaling.sh — strong and weak scaling of the training step over DP, TP, PP and their
+# mixes, on CPU ranks or GPU ranks; repeated runs, median and spread, efficiency against one
+# rank; JSON + markdown tables + SVG plots (docs/SCALING.md shows how they were made).
 #
-#   cluster/scaling.sh [ZEBRA] [RANKS...]      e.g. cluster/scaling.sh build/zebra 1 2 4 8 16
+#   cluster/scaling.sh                                   # the defaults below
+#   LAYOUTS="1 dp2 tp2 pp2 dp2-tp2 dp4 tp4" DEVICE=cpu REPEAT=3 OUT=scaling-cpu cluster/scaling.sh
+#   DEVICE=cuda CONFIG=configs/zebra-1b.json LAYERS=16 SEQ=2048 ROWS=8 OUT=scaling-gpu cluster/scaling.sh
 #
-# Model: configs/zebra-1b.json (d 2048, MLA + Mamba2, ffn 8192) shrunk to LAYERS (4) layers and a
-# VOCAB (32768)-token vocabulary (the byte-level data uses ids < 264; the 128k embedding would
-# only add memory), sequence SEQ (512). Strong scaling: every run does GLOBAL (16) rows per step
-#   dp  N ranks x GLOBAL/N rows          (bucketed overlapped all-reduce; ZERO=1 adds ZeRO-1)
-#   tp  --tp N, GLOBAL rows               (Megatron tensor parallel, all ranks one TP group)
-#   pp  --pp N, GLOBAL rows as PPM x N micro-batches (PPM 1; more micro-batches shrink the
-#       bubble (N-1)/(M+N-1)), cut by BALANCE ("model": the cost model, or "measured" layer
-#       times); also prints the stages' mean compute time per step (min / max: the balance)
-# STEPS (4) steps per run; the first is dropped (warm-up); reported: mean step time, mean time
-# inside MPI calls (zebra counts MPI_Wtime around every collective / wait it makes: the TP
-# all-reduces, the DP bucket waits and reductions, ZeRO's reduce-scatter / all-gather, the loss
-# sums; logged per step as "comm_s" in train.jsonl), their ratio, tokens/s and speed-up over 1 rank.
-# One rank = one core (OPENBLAS_NUM_THREADS=1); on a 16-core node run at most 16 ranks.
-# Memory: about 1.3 GB of parameters per full replica, x4 with gradients and AdamW moments, per
-# rank for dp (ZERO=1 shards the moments) — 16 dp ranks need ~80 GB; use LAYERS=2 or D=1024 on
-# smaller nodes. Prints a markdown table (paste it into docs/BENCHMARKS.md with this command line).
+# A layout is "1" (one rank) or factors joined by "-": dpN, tpN, ppN (ranks = their product;
+# TP fastest, then PP, then DP, as parallel/grid.h). Per MODE:
+#   strong  the global batch is ROWS rows of SEQ tokens per step, whatever the layout: more
+#           ranks share the same work;
+#   weak    ROWS rows per model replica (per DP rank), so the global batch grows with dp; TP and
+#           PP split one replica's work (for them weak = strong: the model does not grow).
+# PP runs grad_accum = pp x PPM micro-batches per step (1F1B; bubble (pp-1)/(pp x PPM + pp-1)).
+# Each (mode, layout) runs REPEAT times, STEPS steps each; the first step is a warm-up and is
+# dropped; a run's value is the mean of the others. Reported over the repeats: the median and
+# the spread (min .. max) of the step time, the median communication time inside the step
+# (comm_s of train.jsonl: zebra's time inside core/comm.h calls; on GPUs, unless ZB_NCCL_SYNC=1,
+# that is the time to queue them, not to run them), tokens/s, and the efficiency
+#   E = (tokens/s on N ranks) / (N x tokens/s on 1 rank)     (same mode, device and model)
+# which is T1/TN for weak DP and T1/(N TN) for strong scaling.
+# Model: CONFIG (configs/zebra-1b.json: MLA + Mamba2) cut to LAYERS layers, width D, vocabulary
+# VOCAB; random init (pretrain stage) on byte-level shards made from this repository's text.
+# One CPU rank = THREADS cores (default 1, OpenBLAS and OpenMP); GPU ranks: one per GPU,
+# --precision PRECISION (bf16).
+# Output in OUT: runs.jsonl (every run), scaling.json (the aggregates), scaling.md (tables),
+# scaling-<mode>.svg (efficiency against ranks), scaling-time.svg (step time split into
+# communication and the rest, per layout).
 set -euo pipefail
-Z=${1:-build/zebra}; shift || true
-RANKS=${*:-1 2 4 8 16}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-LAYERS=${LAYERS:-4}; VOCAB=${VOCAB:-32768}; SEQ=${SEQ:-512}; GLOBAL=${GLOBAL:-16}; STEPS=${STEPS:-4}
-D=${D:-2048}; ZERO=${ZERO:-0}; KINDS=${KINDS:-dp tp pp}; PPM=${PPM:-1}; BALANCE=${BALANCE:-model}
+Z=${ZEBRA:-$SRC/build/zebra}
+DEVICE=${DEVICE:-cpu}; PRECISION=${PRECISION:-bf16}
+MODES=${MODES:-strong weak}; LAYOUTS=${LAYOUTS:-1 dp2 tp2 pp2}
+REPEAT=${REPEAT:-3}; STEPS=${STEPS:-4}; PPM=${PPM:-2}
+CONFIG=${CONFIG:-$SRC/configs/zebra-1b.json}; LAYERS=${LAYERS:-4}; D=${D:-512}; VOCAB=${VOCAB:-4096}
+SEQ=${SEQ:-256}; ROWS=${ROWS:-8}; THREADS=${THREADS:-1}; ZERO=${ZERO:-0}
 MPIEXEC=${MPIEXEC:-mpiexec}
-W=${WORKDIR:-$(mktemp -d)}
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+OUT=${OUT:-scaling-$DEVICE}
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+W=${WORKDIR:-$OUT/work}; mkdir -p "$W"
+export OPENBLAS_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 cd "$W"
 
-python3 - "$SRC/configs/zebra-1b.json" "$LAYERS" "$VOCAB" "$D" > model.json <<'PY'
+python3 - "$CONFIG" "$LAYERS" "$VOCAB" "$D" > model.json <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1])); L, V, D = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-c["num_hidden_layers"] = L; c["layer_kinds"] = c["layer_kinds"][:L]; c["vocab_size"] = V
+c["num_hidden_layers"] = L; c["layer_kinds"] = (c["layer_kinds"] * L)[:L]; c["vocab_size"] = V
 c["bos_token_id"] = 256; c["eos_token_id"] = [257]
-if D != c["hidden_size"]:   # scale the widths with d (heads fixed, head dims halved etc.)
+if D != c["hidden_size"]:   # scale the widths with d (head counts fixed, head dims scaled)
     f = D / c["hidden_size"]; c["hidden_size"] = D; c["intermediate_size"] = int(c["intermediate_size"] * f)
-    c["head_dim"] = int(c["head_dim"] * f); m = c["mamba2"]; m["d_inner"] = int(m["d_inner"] * f)
-    m["headdim"] = int(m["headdim"] * f); m["norm_group_size"] = m["headdim"]
-    a = c["mla"]; a["v_head_dim"] = int(a["v_head_dim"] * f); a["q_lora_rank"] = int(a["q_lora_rank"] * f)
+    c["head_dim"] = max(8, int(c["head_dim"] * f))
+    if "mamba2" in c:
+        m = c["mamba2"]; m["headdim"] = max(8, int(m["headdim"] * f)); m["d_inner"] = m["nheads"] * m["headdim"]
+        m["norm_group_size"] = m["headdim"]
+    if "mla" in c:
+        a = c["mla"]; a["v_head_dim"] = max(8, int(a["v_head_dim"] * f)); a["q_lora_rank"] = max(8, int(a["q_lora_rank"] * f))
 c.pop("teacher", None)
 print(json.dumps(c, indent=1))
 PY
 [ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" --input "$SRC/parallel" \
-  --input "$SRC/launch" --input "$SRC/docs" -o shards --val-fraction 0.05 --seed 1 >/dev/null 2>&1 \
-  || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" -o shards --val-fraction 0.05 --seed 1 >/dev/null
+  --input "$SRC/launch" --input "$SRC/docs" -o shards --val-fraction 0.05 --seed 1 >/dev/null
 
-# one run: KIND N -> "step_s comm_s tok_s" or "refused: ..."
-measure() {
-  local kind=$1 n=$2 mb=$GLOBAL ga=1 args=() out="run-$1-$2"
-  case $kind in
-    dp) if [ $((GLOBAL % n)) != 0 ]; then echo "refused: $GLOBAL rows do not split over $n ranks"; return; fi
-        mb=$((GLOBAL / n));;
-    tp) args=(--tp "$n");;
-    pp) args=(--pp "$n"); ga=$((n * PPM)); mb=$((GLOBAL / ga))
-        if [ $((GLOBAL % ga)) != 0 ] || [ $mb -lt 1 ]; then echo "refused: $GLOBAL rows do not split into $ga micro-batches"; return; fi;;
-  esac
+machine() {
+  local cpu gpu
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  printf '{"host":"%s","cpu":"%s","cores":%s,"gpus":%d,"gpu":"%s","device":"%s","date":"%s","load1":"%s"}' \
+    "$(hostname)" "$cpu" "$(nproc --all)" "$(nvidia-smi -L 2>/dev/null | grep -c ^GPU || true)" "$gpu" "$DEVICE" \
+    "$(date -u +%FT%TZ)" "$(cut -d' ' -f1 /proc/loadavg)"
+}
+machine > machine.json
+
+# one run: MODE LAYOUT REP -> a JSON line on runs.jsonl (or one with "refused")
+run_one() {
+  local mode=$1 lay=$2 rep=$3 dp=1 tp=1 pp=1 f
+  if [ "$lay" != 1 ]; then
+    for f in ${lay//-/ }; do
+      case $f in dp*) dp=${f#dp};; tp*) tp=${f#tp};; pp*) pp=${f#pp};; *) echo "scaling.sh: bad layout '$lay'" >&2; exit 2;; esac
+    done
+  fi
+  local n=$((dp * tp * pp)) global=$ROWS ga=1
+  [ "$mode" = weak ] && global=$((ROWS * dp))
+  [ "$pp" -gt 1 ] && ga=$((pp * PPM))
+  local per=$((global / dp)) mb=$(( global / dp / ga ))
+  local tag="$mode-$lay-r$rep" out="run-$mode-$lay-r$rep" args=()
+  if [ $((global % dp)) != 0 ] || [ $((per % ga)) != 0 ] || [ "$mb" -lt 1 ]; then
+    printf '{"mode":"%s","layout":"%s","rep":%d,"ranks":%d,"refused":"%d rows do not split into %d x %d micro-batches"}\n' \
+      "$mode" "$lay" "$rep" "$n" "$global" "$dp" "$ga" >> "$OUT/runs.jsonl"; return
+  fi
+  [ "$tp" -gt 1 ] && args+=(--tp "$tp")
+  [ "$pp" -gt 1 ] && args+=(--pp "$pp")
+  [ "$DEVICE" = cuda ] && args+=(--device cuda --precision "$PRECISION")
   cat > "$out.json" <<J
 {"model": "model.json", "data": "shards", "seq_len": $SEQ, "micro_batch": $mb, "grad_accum": $ga,
  "steps": $STEPS, "lr": 1e-4, "warmup": 0, "log_every": 1, "eval_batches": 0, "save_every": 100000,
- "zero": $([ "$ZERO" = 1 ] && [ "$kind" = dp ] && echo true || echo false), "pp_balance": "$BALANCE", "out": "$out"}
+ "zero": $([ "$ZERO" = 1 ] && echo true || echo false), "out": "$out"}
 J
   rm -rf "$out"
-  if ! $MPIEXEC -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1; then
-    echo "refused: $(grep -m1 -i 'error\|not \|zebra:' "$out.log" | cut -c1-90)"; return
+  local t0=$SECONDS rc=0
+  $MPIEXEC --bind-to none -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1 || rc=$?
+  if [ $rc != 0 ] || [ ! -s "$out/train.jsonl" ]; then
+    printf '{"mode":"%s","layout":"%s","rep":%d,"ranks":%d,"refused":"%s"}\n' "$mode" "$lay" "$rep" "$n" \
+      "$(grep -m1 -iE 'error|not |zebra:' "$out.log" | cut -c1-120 | tr -d '"\\')" >> "$OUT/runs.jsonl"
+    echo "  $tag: failed (see $W/$out.log)" >&2; return
   fi
-  # mean over the steps after the first (warm-up)
-  awk -F'[:,}]' '/"step_s"/ { for (i = 1; i < NF; i++) { if ($i == "\"step\"") s = $(i+1); if ($i == "\"step_s\"") t = $(i+1);
-      if ($i == "\"comm_s\"") c = $(i+1) } if (s > 1) { T += t; C += c; k++ } }
-      END { if (k == 0) print "refused: no step logged"; else printf "%.4f %.4f %.1f ", T/k, C/k, '"$GLOBAL * $SEQ"'/(T/k) }' \
-    "$out/train.jsonl"
-  # PP: the stages' mean compute time per step (after the first step), min / max
-  { grep '"step_s"' "$out/train.jsonl" | tail -n +2 | grep -o '"stage_busy_s":\[[^]]*\]' || true; } | sed 's/.*\[//; s/\]//' |
-    awk -F, '{ for (i = 1; i <= NF; i++) s[i] += $i; n = NF; k++ }
-      END { if (k == 0) { print "—"; exit } mn = 1e30; mx = 0
-            for (i = 1; i <= n; i++) { v = s[i] / k; if (v < mn) mn = v; if (v > mx) mx = v }
-            printf "%.2f/%.2f\n", mn, mx }'
+  python3 - "$out/train.jsonl" "$mode" "$lay" "$rep" "$n" "$dp" "$tp" "$pp" "$global" "$SEQ" "$ga" $((SECONDS - t0)) \
+    >> "$OUT/runs.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if '"step_s"' in l]
+mode, lay, rep, n, dp, tp, pp, rows, seq, ga, wall = sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
+after = [r for r in recs if r["step"] > 1] or recs   # the first step is the warm-up
+k = len(after)
+out = {"mode": mode, "layout": lay, "rep": rep, "ranks": n, "dp": dp, "tp": tp, "pp": pp, "rows": rows,
+       "seq": seq, "grad_accum": ga, "tokens_per_step": rows * seq, "steps": k, "wall_s": wall,
+       "step_s": sum(r["step_s"] for r in after) / k, "comm_s": sum(r["comm_s"] for r in after) / k,
+       "loss_last": recs[-1]["loss"]}
+out["tokens_per_s"] = out["tokens_per_step"] / out["step_s"]
+busy = [r["stage_busy_s"] for r in after if "stage_busy_s" in r]
+if busy:
+    out["stage_busy_s"] = [sum(b[i] for b in busy) / len(busy) for i in range(len(busy[0]))]
+print(json.dumps(out))
+PY
+  echo "  $tag: $(tail -1 "$OUT/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.3f s/step, comm %.3f s" % (r["step_s"], r["comm_s"]))')" >&2
 }
 
-echo "| kind | ranks | step (s) | in MPI (s) | comm share | tokens/s | speed-up | stage compute min/max (s) |"
-echo "|---|---|---|---|---|---|---|---|"
-for kind in $KINDS; do
-  base=""
-  for n in $RANKS; do
-    r=$(measure "$kind" "$n")
-    case $r in refused*) echo "| $kind | $n | — | — | — | — | ${r} | |"; continue;; esac
-    set -- $r
-    [ -z "$base" ] && base=$1
-    awk -v k="$kind" -v n="$n" -v t="$1" -v c="$2" -v tps="$3" -v b="$base" -v st="${4:-—}" \
-      'BEGIN { printf "| %s | %d | %.3f | %.3f | %.1f%% | %.0f | %.2fx | %s |\n", k, n, t, c, 100*c/t, tps, b/t, st }'
+: > "$OUT/runs.jsonl"
+echo "scaling.sh: $DEVICE, modes '$MODES', layouts '$LAYOUTS', $REPEAT repeats x $STEPS steps; model $(basename "$CONFIG") L$LAYERS d$D V$VOCAB, seq $SEQ, $ROWS rows; out $OUT" >&2
+# repeats interleaved (rep 1 of every layout, then rep 2, ...): a slow spell of the machine
+# spreads over the layouts instead of landing on one
+for rep in $(seq 1 "$REPEAT"); do
+  for mode in $MODES; do
+    for lay in $LAYOUTS; do run_one "$mode" "$lay" "$rep"; done
   done
 done
-echo
-echo "model: zebra-1b shrunk to $LAYERS layers, d $D, vocab $VOCAB; seq $SEQ; $GLOBAL rows per step; $STEPS steps (first dropped); ZERO=$ZERO; pp: $PPM x N micro-batches, cut by $BALANCE; $(getconf _NPROCESSORS_ONLN) cores"
+
+python3 - "$OUT" "$W/machine.json" "$DEVICE" <<'PY'
+import json, os, statistics as st, sys
+out, machine, device = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+runs = [json.loads(l) for l in open(os.path.join(out, "runs.jsonl"))]
+agg = {}
+for r in runs:
+    agg.setdefault((r["mode"], r["layout"]), []).append(r)
+rows = []
+for (mode, lay), rs in agg.items():
+    ok = [r for r in rs if "refused" not in r]
+    if not ok:
+        rows.append({"mode": mode, "layout": lay, "ranks": rs[0]["ranks"], "refused": rs[0]["refused"]}); continue
+    t = [r["step_s"] for r in ok]; c = [r["comm_s"] for r in ok]
+    r0 = ok[0]
+    rows.append({"mode": mode, "layout": lay, "ranks": r0["ranks"], "dp": r0["dp"], "tp": r0["tp"], "pp": r0["pp"],
+                 "tokens_per_step": r0["tokens_per_step"], "runs": len(ok),
+                 "step_s_median": st.median(t), "step_s_min": min(t), "step_s_max": max(t),
+                 "comm_s_median": st.median(c), "tokens_per_s": r0["tokens_per_step"] / st.median(t),
+                 "stage_busy_s": r0.get("stage_busy_s")})
+for r in rows:
+    base = next((b for b in rows if b["mode"] == r["mode"] and b["layout"] == "1" and "refused" not in b), None)
+    if base and "refused" not in r:
+        r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
+        r["efficiency"] = r["speedup"] / r["ranks"]
+order = lambda r: (r["mode"], r["ranks"], r["layout"])
+rows.sort(key=order)
+json.dump({"machine": machine, "device": device, "results": rows}, open(os.path.join(out, "scaling.json"), "w"), indent=1)
+
+md = ["# scaling: %s on %s (%s cores%s), %s" % (device, machine["cpu"], machine["cores"],
+      (", %s x %s" % (machine["gpus"], machine["gpu"])) if machine.get("gpus") else "", machine["date"]), ""]
+for mode in sorted({r["mode"] for r in rows}):
+    md += ["## %s scaling" % mode, "",
+           "| layout | ranks | tokens/step | step s (median) | spread (min..max) | comm s | comm share | tokens/s | speed-up | efficiency |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["mode"] != mode: continue
+        if "refused" in r:
+            md.append("| %s | %d | — | refused: %s | | | | | | |" % (r["layout"], r["ranks"], r["refused"])); continue
+        md.append("| %s | %d | %d | %.4f | %.4f..%.4f | %.4f | %.0f%% | %.0f | %s | %s |" % (
+            r["layout"], r["ranks"], r["tokens_per_step"], r["step_s_median"], r["step_s_min"], r["step_s_max"],
+            r["comm_s_median"], 100 * r["comm_s_median"] / r["step_s_median"], r["tokens_per_s"],
+            "%.2fx" % r["speedup"] if "speedup" in r else "—", "%.0f%%" % (100 * r["efficiency"]) if "efficiency" in r else "—"))
+    md.append("")
+open(os.path.join(out, "scaling.md"), "w").write("\n".join(md) + "\n")
+
+# SVG: efficiency against ranks, one series per kind (dp / tp / pp / mix), per mode
+def kind(r):
+    ks = [k for k in ("dp", "tp", "pp") if r.get(k, 1) > 1]
+    return "+".join(ks) if ks else "1"
+colors = {"dp": "#1f77b4", "tp": "#d62728", "pp": "#2ca02c", "1": "#000"}
+def svg_eff(mode):
+    rs = [r for r in rows if r["mode"] == mode and "efficiency" in r]
+    if not rs: return
+    Wd, Ht, L, B = 520, 320, 60, 40
+    xmax = max(r["ranks"] for r in rs); ymax = max(1.1, max(r["efficiency"] for r in rs) * 1.1)
+    X = lambda n: L + (Wd - L - 20) * (n - 1) / max(1, xmax - 1)
+    Y = lambda e: Ht - B - (Ht - B - 20) * e / ymax
+    s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (Wd, Ht),
+         '<text x="%d" y="14">%s scaling, %s: efficiency = tokens/s / (ranks x 1-rank tokens/s)</text>' % (L, mode, device),
+         '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>' % (L, Y(0), Wd - 20, Y(0)),
+         '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>' % (L, Y(0), L, 20),
+         '<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#bbb" stroke-dasharray="4"/>' % (L, Y(1), Wd - 20, Y(1))]
+    for e in [0, 0.25, 0.5, 0.75, 1.0]:
+        s.append('<text x="%d" y="%.1f" text-anchor="end">%d%%</text>' % (L - 4, Y(e) + 4, 100 * e))
+    for n in sorted({r["ranks"] for r in rs}):
+        s.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (X(n), Ht - B + 14, n))
+    s.append('<text x="%d" y="%d" text-anchor="middle">ranks</text>' % ((Wd + L) // 2, Ht - 8))
+    series = {}
+    for r in rs: series.setdefault(kind(r), []).append(r)
+    for i, (k, pts) in enumerate(sorted(series.items())):
+        col = colors.get(k, "#9467bd")
+        pts.sort(key=lambda r: r["ranks"])
+        base = next((r for r in rs if r["layout"] == "1"), None)
+        line = ([base] if base and k != "1" else []) + pts
+        s.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (col, " ".join("%.1f,%.1f" % (X(r["ranks"]), Y(r["efficiency"])) for r in line)))
+        for r in pts:
+            s.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s: %.0f%%</title></circle>' % (X(r["ranks"]), Y(r["efficiency"]), col, r["layout"], 100 * r["efficiency"]))
+            s.append('<text x="%.1f" y="%.1f" fill="%s">%s %.0f%%</text>' % (X(r["ranks"]) + 5, Y(r["efficiency"]) - 5, col, r["layout"], 100 * r["efficiency"]))
+    s.append("</svg>")
+    open(os.path.join(out, "scaling-%s.svg" % mode), "w").write("\n".join(s) + "\n")
+for mode in {r["mode"] for r in rows}: svg_eff(mode)
+
+# SVG: step time per (mode, layout), communication (comm_s) and the rest, with the spread
+rs = [r for r in rows if "refused" not in r]
+if rs:
+    bw, gap, L, Ht, B = 26, 10, 60, 320, 90
+    Wd = L + len(rs) * (bw + gap) + 20
+    tmax = max(r["step_s_max"] for r in rs) * 1.1
+    Y = lambda t: Ht - B - (Ht - B - 24) * t / tmax
+    s = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (Wd, Ht),
+         '<text x="%d" y="14">step time (%s): communication (dark) and the rest; bar = median, line = min..max</text>' % (L, device)]
+    for i, r in enumerate(rs):
+        x = L + i * (bw + gap)
+        c, t = r["comm_s_median"], r["step_s_median"]
+        s.append('<rect x="%d" y="%.1f" width="%d" height="%.1f" fill="#9ecae1"/>' % (x, Y(t), bw, Y(c) - Y(t)))
+        s.append('<rect x="%d" y="%.1f" width="%d" height="%.1f" fill="#08519c"/>' % (x, Y(c), bw, Y(0) - Y(c)))
+        s.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#000"/>' % (x + bw / 2, Y(r["step_s_min"]), x + bw / 2, Y(r["step_s_max"])))
+        s.append('<text transform="translate(%.1f,%d) rotate(60)">%s %s</text>' % (x + 4, Ht - B + 6, r["mode"], r["layout"]))
+    for k in range(5):
+        t = tmax * k / 5
+        s.append('<text x="%d" y="%.1f" text-anchor="end">%.3g s</text>' % (L - 4, Y(t) + 4, t))
+    s.append("</svg>")
+    open(os.path.join(out, "scaling-time.svg"), "w").write("\n".join(s) + "\n")
+print(open(os.path.join(out, "scaling.md")).read())
+PY

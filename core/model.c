@@ -251,6 +251,7 @@ int zb_model_set_backend(zb_model *m, const zb_backend *be) {
     m->data16 = dst[1];
     m->grad = dst[2];
     m->be = be;
+    if (m->tp) m->tp->dev = be->host_memory ? NULL : be;   /* shard.c's staging of the losses */
     bind(m, m->slots, &m->w, m->data, m->data16);
     if (m->grad) bind(m, m->slots, &m->g, m->grad, NULL);
     return ZB_OK;

@@ -102,26 +102,38 @@ zb_comm *zb_model_comm(const zb_model *m) { return m->tp ? m->tp->comm : NULL; }
 
 int zb_tp_gather_vocab(const zb_tp *tp, const float *local, float *tmp, float *full, int N, int Vl) {
     size_t nl = (size_t)N * Vl, V = (size_t)Vl * tp->size;
-    if (tp->size == 1) { memcpy(full, local, sizeof(float) * nl); return ZB_OK; }
-    float *own = NULL;
-    if (!tmp && !(tmp = own = zb_malloc(sizeof(float) * nl * tp->size, "logits gather"))) tp_die(tp);
+    const zb_backend *be = tp->dev;   /* device backends: local and tmp on the device, full on the host */
+    if (tp->size == 1) {
+        if (be) be->to_host(be, full, local, sizeof(float) * nl);
+        else memcpy(full, local, sizeof(float) * nl);
+        return ZB_OK;
+    }
+    float *own = NULL, *h = NULL;
+    if (!tmp && !(tmp = own = be ? be->alloc(be, sizeof(float) * nl * tp->size, "logits gather")
+                                 : zb_malloc(sizeof(float) * nl * tp->size, "logits gather"))) tp_die(tp);
     if (zb_comm_allgather(tp->comm, ZB_GROUP_TP, local, nl, tmp, ZB_CT_F32)) {
         zb_fail_prefix(ZB_EMPI, "gathering the logits");
         tp_die(tp);
     }
+    const float *src = tmp;
+    if (be) {
+        if (!(h = zb_malloc(sizeof(float) * nl * tp->size, "logits gather"))) tp_die(tp);
+        be->to_host(be, h, tmp, sizeof(float) * nl * tp->size);
+        src = h;
+    }
     for (int r = 0; r < tp->size; r++)
         for (int n = 0; n < N; n++)
-            memcpy(full + (size_t)n * V + (size_t)r * Vl, tmp + (size_t)r * nl + (size_t)n * Vl, sizeof(float) * Vl);
-    free(own);
+            memcpy(full + (size_t)n * V + (size_t)r * Vl, src + (size_t)r * nl + (size_t)n * Vl, sizeof(float) * Vl);
+    free(h);
+    if (be) be->free(be, own);
+    else free(own);
     return ZB_OK;
 }
 
 int zb_tp_grad_sq_norm(const zb_model *m, double *out) {
     double split = 0, rep = 0;
     for (int i = 0; i < m->n_params; i++) {
-        const float *g = m->grad + m->params[i].offset;
-        double s = 0;
-        for (size_t j = 0; j < m->params[i].numel; j++) s += (double)g[j] * g[j];
+        double s = m->be->sumsq(m->be, m->grad + m->params[i].offset, m->params[i].numel);
         if (m->tp && !m->tp->slices[i].replicated) split += s;
         else rep += s;
     }
@@ -132,10 +144,51 @@ int zb_tp_grad_sq_norm(const zb_model *m, double *out) {
 
 /* ---- vocabulary-parallel embedding and losses --------------------------------------------- */
 
+/* Device backends: this rank's local row of each token (0 for other ranks' tokens, whose rows
+ * the caller zeroes) copied to the device; the host copy in *host (rows in range: >= 0). */
+static int *local_ids(const zb_model *m, const int *ids, int N, int **host) {
+    const zb_backend *be = m->be;
+    int64_t Vl = m->cfg.vocab;
+    int *h = zb_malloc(sizeof(int) * 2 * (size_t)(N ? N : 1), "vocabulary-parallel ids");
+    if (!h) tp_die(m->tp);
+    be->to_host(be, h, ids, sizeof(int) * (size_t)N);
+    for (int n = 0; n < N; n++) {
+        int64_t v = (int64_t)h[n] - m->tp->vocab0;
+        h[N + n] = v >= 0 && v < Vl ? (int)v : -1;
+        h[n] = v >= 0 && v < Vl ? (int)v : 0;
+    }
+    int *d = be->alloc(be, sizeof(int) * (size_t)(N ? N : 1), "vocabulary-parallel ids");
+    if (!d) { free(h); tp_die(m->tp); }
+    be->to_device(be, d, h, sizeof(int) * (size_t)N);
+    *host = h;
+    return d;
+}
+
+/* zero the rows n of x [N, d] whose token is another rank's (h[N + n] < 0), run by run */
+static void zero_other_rows(const zb_backend *be, float *x, const int *h, int N, int d) {
+    for (int n = 0; n < N;) {
+        if (h[N + n] >= 0) { n++; continue; }
+        int e = n;
+        while (e < N && h[N + e] < 0) e++;
+        be->zero(be, x + (size_t)n * d, sizeof(float) * (size_t)(e - n) * d);
+        n = e;
+    }
+}
+
 void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int N) {
     const zb_tp *tp = m->tp;
     int d = m->cfg.d_model;
     int64_t Vl = m->cfg.vocab;
+    if (tp->dev) {   /* the backend's lookup of the local rows, then other ranks' rows zeroed */
+        const zb_backend *be = m->be;
+        int *h, *dl = local_ids(m, ids, N, &h);
+        be->embedding_forward(be, out, dl, m->w.embed_lin, N, d);
+        zero_other_rows(be, out, h, N, d);
+        be->free(be, dl);
+        free(h);
+        zb_tp_allreduce(tp, out, (size_t)N * d);
+        return;
+    }
     for (int n = 0; n < N; n++) {
         int64_t v = (int64_t)ids[n] - tp->vocab0;
         if (v >= 0 && v < Vl && m->w.embed_lin.bf16)   /* bf16 embedding (--weights bf16) */
@@ -146,10 +199,19 @@ void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int 
     zb_tp_allreduce(tp, out, (size_t)N * d);   /* exactly one rank contributes each row */
 }
 
-void zb_tp_embedding_backward(zb_model *m, const float *dout, const int *ids, int N) {
+void zb_tp_embedding_backward(zb_model *m, float *dout, const int *ids, int N) {
     const zb_tp *tp = m->tp;
     int d = m->cfg.d_model;
     int64_t Vl = m->cfg.vocab;
+    if (tp->dev) {   /* other ranks' rows zeroed: they add 0 to local row 0 */
+        const zb_backend *be = m->be;
+        int *h, *dl = local_ids(m, ids, N, &h);
+        zero_other_rows(be, dout, h, N, d);
+        be->embedding_backward(be, m->g.embed, dout, dl, N, d);
+        be->free(be, dl);
+        free(h);
+        return;
+    }
     for (int n = 0; n < N; n++) {
         int64_t v = (int64_t)ids[n] - tp->vocab0;
         if (v < 0 || v >= Vl) continue;
@@ -159,8 +221,8 @@ void zb_tp_embedding_backward(zb_model *m, const float *dout, const int *ids, in
     }
 }
 
-double zb_tp_cross_entropy(const zb_tp *tp, float *dlogits, const float *logits, const int *targets, int N,
-                           int Vl, float scale) {
+static double ce_host(const zb_tp *tp, float *dlogits, const float *logits, const int *targets, int N, int Vl,
+                      float scale) {
     int64_t V = (int64_t)Vl * tp->size, v0 = tp->vocab0;
     float *mx = zb_malloc(sizeof(float) * (size_t)(N ? N : 1), "loss");
     double *st = zb_malloc(sizeof(double) * 2 * (size_t)(N ? N : 1), "loss");
@@ -204,8 +266,8 @@ double zb_tp_cross_entropy(const zb_tp *tp, float *dlogits, const float *logits,
     return total;
 }
 
-double zb_tp_kl_div(const zb_tp *tp, float *dstudent, const float *student, const float *teacher, const int *mask,
-                    int N, int Vl, float tau, float scale) {
+static double kl_host(const zb_tp *tp, float *dstudent, const float *student, const float *teacher, const int *mask,
+                      int N, int Vl, float tau, float scale) {
     size_t nn = N ? (size_t)N : 1;
     double *mx = zb_malloc(sizeof(double) * 2 * nn, "kl"), *z = zb_malloc(sizeof(double) * 2 * nn, "kl");
     double *kl = zb_malloc(sizeof(double) * nn, "kl");
@@ -254,6 +316,50 @@ double zb_tp_kl_div(const zb_tp *tp, float *dstudent, const float *student, cons
     return total;
 }
 
+/* Device backends: the rows come to the host, the host's loss runs, the gradient goes back.
+ * (The backend table has no per-row max / sum-exp entry; this costs N * Vl floats each way.) */
+static float *rows_to_host(const zb_tp *tp, const float *x, size_t n) {
+    float *h = zb_malloc(sizeof(float) * (n ? n : 1), "vocabulary-parallel loss");
+    if (!h) tp_die(tp);
+    tp->dev->to_host(tp->dev, h, x, sizeof(float) * n);
+    return h;
+}
+
+static int *ints_to_host(const zb_tp *tp, const int *x, size_t n) {
+    if (!x) return NULL;
+    int *h = zb_malloc(sizeof(int) * (n ? n : 1), "vocabulary-parallel loss");
+    if (!h) tp_die(tp);
+    tp->dev->to_host(tp->dev, h, x, sizeof(int) * n);
+    return h;
+}
+
+double zb_tp_cross_entropy(const zb_tp *tp, float *dlogits, const float *logits, const int *targets, int N,
+                           int Vl, float scale) {
+    if (!tp->dev) return ce_host(tp, dlogits, logits, targets, N, Vl, scale);
+    size_t n = (size_t)N * Vl;
+    float *h = rows_to_host(tp, logits, n);
+    int *t = ints_to_host(tp, targets, (size_t)N);
+    double s = ce_host(tp, dlogits ? h : NULL, h, t, N, Vl, scale);
+    if (dlogits) tp->dev->to_device(tp->dev, dlogits, h, sizeof(float) * n);
+    free(h);
+    free(t);
+    return s;
+}
+
+double zb_tp_kl_div(const zb_tp *tp, float *dstudent, const float *student, const float *teacher, const int *mask,
+                    int N, int Vl, float tau, float scale) {
+    if (!tp->dev) return kl_host(tp, dstudent, student, teacher, mask, N, Vl, tau, scale);
+    size_t n = (size_t)N * Vl;
+    float *hs = rows_to_host(tp, student, n), *ht = rows_to_host(tp, teacher, n);
+    int *hm = ints_to_host(tp, mask, (size_t)N);
+    double s = kl_host(tp, dstudent ? hs : NULL, hs, ht, hm, N, Vl, tau, scale);
+    if (dstudent) tp->dev->to_device(tp->dev, dstudent, hs, sizeof(float) * n);
+    free(hs);
+    free(ht);
+    free(hm);
+    return s;
+}
+
 /* ---- backward of a mixer: partial sums over local heads ------------------------------------ */
 
 /* The MLA latent projections (q_a_proj, q_a_layernorm, kv_a_proj_with_mqa, kv_a_layernorm) are
@@ -263,14 +369,14 @@ static void partial_grads(zb_model *m, int l, int zero) {
     for (int i = 0; i < m->n_params; i++) {
         if (m->params[i].layer != l || !tp->slices[i].partial_grad) continue;
         float *g = m->grad + m->params[i].offset;
-        if (zero) memset(g, 0, sizeof(float) * m->params[i].numel);
+        if (zero) m->be->zero(m->be, g, sizeof(float) * m->params[i].numel);
         else zb_tp_allreduce(tp, g, m->params[i].numel);
     }
 }
 
 void zb_tp_mixer_grad_begin(zb_model *m, int l, float *dx, size_t n) {
     if (m->tp->size == 1 || m->tp->rank == 0) return;
-    memset(dx, 0, sizeof(float) * n);   /* rank 0 keeps the previous value, the others add 0 */
+    m->be->zero(m->be, dx, sizeof(float) * n);   /* rank 0 keeps the previous value, the others add 0 */
     if (m->grad) partial_grads(m, l, 1);
 }
 

@@ -65,6 +65,10 @@ struct zb_tp {
     /* PP: this shard is stage pp_rank of pp_size and holds layers [pp_l0, pp_l1) of the full
      * model (m->pp_first etc.) */
     int pp_rank, pp_size, pp_l0, pp_l1;
+    /* The model's backend when its memory is not the host's (zb_model_set_backend sets it;
+     * NULL: host memory). The vocabulary-parallel functions below then stage through the host
+     * what the backend table has no entry for (loss rows, the gathered logits). */
+    const zb_backend *dev;
 };
 
 /* Check that a config can be split tp ways: a clear error (naming the dimension) otherwise.
@@ -85,8 +89,9 @@ void zb_tp_allreduce(const zb_tp *tp, float *x, size_t n);
 /* Vocabulary-parallel embedding: ids of this rank's rows are looked up, others give zeros;
  * then summed over the group. */
 void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int N);
-/* Gradient of this rank's rows only (dout is replicated). */
-void zb_tp_embedding_backward(zb_model *m, const float *dout, const int *ids, int N);
+/* Gradient of this rank's rows only (dout is replicated; on a device backend the rows of other
+ * ranks' tokens are zeroed in dout, which the backward does not read again). */
+void zb_tp_embedding_backward(zb_model *m, float *dout, const int *ids, int N);
 /* zb_cross_entropy over vocabulary-parallel logits [N, Vl]: the per-row max, sum of
  * exponentials and target logit are all-reduced; dlogits (local columns) as zb_cross_entropy.
  * Returns the SUM of the row losses (identical on every rank). */

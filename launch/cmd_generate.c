@@ -19,7 +19,10 @@
  * to its TP group, then from the last stage to every stage over the pipeline.
  * --weights bf16 holds the weight matrices in bf16 (half the memory and bytes per decode step,
  * f32 accumulation; model.h); the final line then also has every rank's peak resident
- * memory (VmHWM) and the bf16 kernel and threads used. */
+ * memory (VmHWM) and the bf16 kernel and threads used.
+ * --device cuda [--precision bf16|f32]: the model on this rank's GPU (one rank per GPU, the
+ * node-local rank picks it); under --tp / --pp the residual sums, the logits gather and the
+ * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h). */
 #include <ctype.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -305,6 +308,7 @@ typedef struct {
     char **argv;
     const char *model_path, *tok_path;
     int max_new, max_batch, ctx, quiet, print_ids, tp, pp;
+    int gpu, gpu_bf16;  /* --device cuda, --precision bf16 */
     zb_sampler sp;
     uint64_t seed;
     zb_wdtype wt;
@@ -333,7 +337,8 @@ typedef struct {
 static int parse_args(int argc, char **argv, gen_args *a) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
-                                       "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", NULL};
+                                       "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", "--device",
+                                       "--precision", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     memset(a, 0, sizeof *a);
@@ -367,6 +372,25 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     a->pp = zb_arg_int(argc, argv, "--pp", 1);
     if (a->print_ids) a->tp = a->pp = 1;
     if (a->tp < 1 || a->pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
+    /* --device cuda: one rank per GPU (the node-local rank picks it); under --tp / --pp the
+     * grid's collectives go through NCCL (parallel/comm_nccl.h) */
+    const char *dev = zb_arg_str(argc, argv, "--device", "cpu"), *prec = zb_arg_str(argc, argv, "--precision", NULL);
+    a->gpu = !strcmp(dev, "cuda");
+    if (!a->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "generate: --device must be cpu or cuda, not '%s'", dev);
+    if (prec && strcmp(prec, "f32") && strcmp(prec, "bf16"))
+        return zb_fail(ZB_EARG, "generate: --precision must be f32 or bf16, not '%s'", prec);
+    if (prec && !a->gpu && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "generate: --precision bf16 needs --device cuda");
+    a->gpu_bf16 = a->gpu && (!prec || !strcmp(prec, "bf16"));
+    return ZB_OK;
+}
+
+/* The run's backend: the CPU's decode switches, or the CUDA table. */
+static int gen_backend(const gen_args *a, zb_backend *be) {
+    if (!a->gpu) { *be = zb_infer_backend(a->wt); return ZB_OK; }
+    const zb_backend *b = zb_backend_get("cuda");
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate: --device cuda");
+    *be = *b;
+    be->opts.gpu_bf16 = a->gpu_bf16;
     return ZB_OK;
 }
 
@@ -621,14 +645,15 @@ int zb_cmd_generate(int argc, char **argv) {
     gen_state S;
     memset(&S, 0, sizeof S);
     ZB_TRY(parse_args(argc, argv, &S.a));
-    S.be = zb_infer_backend(S.a.wt);   /* the run's decode switches */
+    ZB_TRY(gen_backend(&S.a, &S.be));
     S.grid_on = S.a.tp > 1 || S.a.pp > 1;
     S.world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &S.world);
     if (S.a.print_ids) S.world = 1;   /* no collectives: each rank would print; run it on one */
     int rc = ZB_OK, printed = 0;
     if (S.grid_on) {
-        rc = zb_grid_init(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp);
+        rc = S.a.gpu ? zb_grid_init_gpu(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp)
+                     : zb_grid_init(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp);
         S.rank = S.grid.rank;
     } else if (S.world > 1) {
         MPI_Comm_rank(MPI_COMM_WORLD, &S.rank);

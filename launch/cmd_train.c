@@ -18,7 +18,11 @@
  * reference sharded the same way); losses vocabulary-parallel; AdamW on the local slices.
  * --pp M: each rank holds the layers of its stage; the teacher (reference) is cut at the
  * student's layers and runs forward in the same pipeline (parallel/pipeline.h). The 1F1B
- * bubble is (M - 1) / (grad_accum + M - 1) of a step: grad_accum >= M fills the pipeline. */
+ * bubble is (M - 1) / (grad_accum + M - 1) of a step: grad_accum >= M fills the pipeline.
+ * --device cuda: one rank per GPU (the node-local rank picks it), the models, activations and
+ * moments on the GPU, the grid's collectives through NCCL (parallel/comm_nccl.h); checkpoints
+ * are the same files (written from host copies). --precision f32|bf16 (default bf16): the
+ * GPU's matrix products (f32 for exactness checks against CPU or one GPU). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +57,8 @@ typedef struct {
     zb_run_cfg r;
     zb_grid g;
     int have_grid, have_t, pp;
+    int gpu;                    /* --device cuda */
+    zb_backend be;              /* the run's backend (the CUDA table with its options) */
     int cut[ZB_MAX_LAYERS + 1], cut_t;   /* --pp: the stages' first layers; cut_t: the teacher's too */
     zb_model m, t;
     zb_trainer tr;
@@ -142,6 +148,34 @@ static void fmt_time(char *buf, size_t cap, double s) {
     if (t >= 3600) snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
     else if (t >= 60) snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
     else snprintf(buf, cap, "%lds", t);
+}
+
+/* --device cuda: the writer reads host memory, so it is given a view of the model and the
+ * moments whose float buffers are host copies (the layout, shards and ranges are the same). */
+typedef struct { zb_model m; zb_adamw o; } host_view;
+
+static int host_view_make(const train_run *S, host_view *v, int moments) {
+    const zb_backend *be = S->m.be;
+    v->m = S->m;
+    v->o = S->o;
+    v->m.data = NULL;
+    v->o.m = v->o.v = NULL;
+    if (be->host_memory) { v->m.data = S->m.data; v->o.m = S->o.m; v->o.v = S->o.v; return ZB_OK; }
+    ZB_ALLOC(v->m.data, S->m.n_floats, "host copy of the weights");
+    be->to_host(be, v->m.data, S->m.data, sizeof(float) * S->m.n_floats);
+    if (!moments) return ZB_OK;
+    ZB_ALLOC(v->o.m, S->o.n_floats + 1, "host copy of the moments");
+    ZB_ALLOC(v->o.v, S->o.n_floats + 1, "host copy of the moments");
+    be->to_host(be, v->o.m, S->o.m, sizeof(float) * S->o.n_floats);
+    be->to_host(be, v->o.v, S->o.v, sizeof(float) * S->o.n_floats);
+    return ZB_OK;
+}
+
+static void host_view_free(const train_run *S, host_view *v) {
+    if (S->m.be->host_memory) return;
+    free(v->m.data);
+    free(v->o.m);
+    free(v->o.v);
 }
 
 /* ---- checkpoints kept (keep_last) ------------------------------------------------------------ */
@@ -330,7 +364,16 @@ static int setup_training(train_run *S) {
 /* --resume: moments (this rank's slices; ZeRO: its range), step, loader position, RNG. */
 static int resume_state(train_run *S, const char *resume) {
     int64_t st[ST_N] = {0};
-    ZB_TRY(zb_train_load(&S->m, resume, &S->o, S->dp.zero, S->dp.lo, S->dp.hi, st, ST_N));
+    host_view hv;
+    memset(&hv, 0, sizeof hv);
+    int rc = host_view_make(S, &hv, 1);   /* on a GPU the moments are read into host copies, then uploaded */
+    if (!rc) rc = zb_train_load(&hv.m, resume, &hv.o, S->dp.zero, S->dp.lo, S->dp.hi, st, ST_N);
+    if (!rc && !S->m.be->host_memory) {
+        S->m.be->to_device(S->m.be, S->o.m, hv.o.m, sizeof(float) * S->o.n_floats);
+        S->m.be->to_device(S->m.be, S->o.v, hv.o.v, sizeof(float) * S->o.n_floats);
+    }
+    host_view_free(S, &hv);
+    ZB_TRY(rc);
     if ((st[ST_STAGE] != S->stage || st[ST_DP] != S->g.dp_size) && S->g.rank == 0)
         fprintf(stderr, "train: note: checkpoint was stage %s on %lld DP ranks; now %s on %d (the data order "
                 "changes)\n", zb_stage_name((zb_stage)st[ST_STAGE]), (long long)st[ST_DP], zb_stage_name(S->stage),
@@ -508,8 +551,13 @@ static int save(train_run *S) {
     ckpt_path path;
     snprintf(path, sizeof path, "%s/ckpt-%06lld.h5", S->r.out, (long long)S->step);
     double ts = zb_now();
-    zb_train_ckpt c = {&S->o, S->dp.zero, S->dp.lo, S->dp.hi, st, ST_N, S->r.text};
-    ZB_TRY(zb_train_save(&S->m, path, &c, S->g.world));
+    host_view hv;
+    memset(&hv, 0, sizeof hv);
+    int rc = host_view_make(S, &hv, 1);
+    zb_train_ckpt c = {&hv.o, S->dp.zero, S->dp.lo, S->dp.hi, st, ST_N, S->r.text};
+    if (!rc) rc = zb_train_save(&hv.m, path, &c, S->g.world);
+    host_view_free(S, &hv);
+    ZB_TRY(rc);
     if (S->g.rank == 0) {
         fprintf(stderr, "save  %6lld | %s (%.2fs)\n", (long long)S->step, path, zb_now() - ts);
         ckpt_list_add(S, path);
@@ -522,11 +570,15 @@ static int save(train_run *S) {
 static int train_setup(train_run *S, const char *cfg_path, const char *resume, int tp, int pp) {
     const zb_run_cfg *r = &S->r;
     ZB_TRY(zb_run_cfg_load(&S->r, cfg_path));
-    ZB_TRY(zb_grid_init(&S->g, MPI_COMM_WORLD, tp, pp));
+    ZB_TRY(S->gpu ? zb_grid_init_gpu(&S->g, MPI_COMM_WORLD, tp, pp) : zb_grid_init(&S->g, MPI_COMM_WORLD, tp, pp));
     S->have_grid = 1;
     S->pp = S->g.pp_size > 1;
     S->log_fd = -1;
     ZB_TRY(setup_models(S, resume));
+    if (S->gpu) {   /* loaded on the host (each rank its slices), then moved to this rank's GPU */
+        ZB_TRY(zb_model_set_backend(&S->m, &S->be));
+        if (S->have_t) ZB_TRY(zb_model_set_backend(&S->t, &S->be));
+    }
     ZB_TRY(setup_training(S));
     zb_rng_seed(&S->rng, r->seed);
     if (resume) ZB_TRY(resume_state(S, resume));
@@ -581,7 +633,12 @@ static int train_loop(train_run *S, long stop_after) {
     if (S->step < r->steps) return ZB_OK;
     char path[ZB_RUN_PATH + 32];
     snprintf(path, sizeof path, "%s/model.h5", r->out);
-    ZB_TRY(zb_model_save(&S->m, path, ZB_DT_F32, S->g.world));
+    host_view hv;
+    memset(&hv, 0, sizeof hv);
+    int rc = host_view_make(S, &hv, 0);
+    if (!rc) rc = zb_model_save(&hv.m, path, ZB_DT_F32, S->g.world);
+    host_view_free(S, &hv);
+    ZB_TRY(rc);
     if (S->g.rank == 0)
         fprintf(stderr, "train: done, %lld steps (%lld skipped), %.0f tokens in %.1fs (%.0f tok/s); model %s\n",
                 (long long)S->step, (long long)S->skipped, S->tokens_seen, v.t_run,
@@ -605,20 +662,40 @@ static void train_free(train_run *S) {
     zb_run_cfg_free(&S->r);
 }
 
+/* --device / --precision: the CPU table, or the CUDA one (its GPU is picked by the grid). */
+static int train_backend(train_run *S, const char *dev, const char *prec) {
+    S->gpu = !strcmp(dev, "cuda");
+    if (!S->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "train: --device must be cpu or cuda, not '%s'", dev);
+    if (prec && strcmp(prec, "f32") && strcmp(prec, "bf16"))
+        return zb_fail(ZB_EARG, "train: --precision must be f32 or bf16, not '%s'", prec);
+    if (!S->gpu) {
+        if (prec && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "train: --precision bf16 needs --device cuda");
+        S->be = *zb_backend_cpu();
+        return ZB_OK;
+    }
+    const zb_backend *b = zb_backend_get("cuda");
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, "train: --device cuda");
+    S->be = *b;
+    S->be.opts.gpu_bf16 = !prec || !strcmp(prec, "bf16");
+    return ZB_OK;
+}
+
 int zb_cmd_train(int argc, char **argv) {
-    static const char *const vals[] = {"--stage", "--config", "--resume", "--tp", "--pp", "--stop-after", NULL};
+    static const char *const vals[] = {"--stage", "--config", "--resume", "--tp", "--pp", "--stop-after", "--device",
+                                       "--precision", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, NULL, 0));
     const char *st = zb_arg_str(argc, argv, "--stage", NULL);
     const char *cfg = zb_arg_str(argc, argv, "--config", NULL);
     if (!st || !cfg)
         return zb_fail(ZB_EARG, "train: needs --stage pretrain|ild|kd|sft|dpo --config run.json "
-                       "[--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP]");
+                       "[--resume CKPT.h5] [--tp N] [--pp M] [--stop-after STEP] [--device cpu|cuda [--precision bf16|f32]]");
     int stage = zb_stage_parse(st);
     if (stage < 0) return zb_fail(ZB_EARG, "train: unknown stage '%s' (pretrain, ild, kd, sft, dpo)", st);
     train_run S;
     memset(&S, 0, sizeof S);
     S.stage = (zb_stage)stage;
     S.log_fd = -1;
+    ZB_TRY(train_backend(&S, zb_arg_str(argc, argv, "--device", "cpu"), zb_arg_str(argc, argv, "--precision", NULL)));
     int rc = train_setup(&S, cfg, zb_arg_str(argc, argv, "--resume", NULL), zb_arg_int(argc, argv, "--tp", 1),
                          zb_arg_int(argc, argv, "--pp", 1));
     if (!rc) rc = train_loop(&S, zb_arg_int(argc, argv, "--stop-after", -1));

@@ -10,6 +10,7 @@ int zb_cmd_tokenize(int argc, char **argv);
 int zb_cmd_dump(int argc, char **argv);
 int zb_cmd_generate(int argc, char **argv);
 int zb_cmd_info(int argc, char **argv);
+int zb_cmd_plan(int argc, char **argv);
 int zb_cmd_init(int argc, char **argv);
 int zb_cmd_compose(int argc, char **argv);
 int zb_cmd_smart(int argc, char **argv);

@@ -25,6 +25,7 @@ static const zb_command commands[] = {
     {"dump", zb_cmd_dump, "dump --model M --input F.safetensors --out O.safetensors [--grads]"},
     {"generate", zb_cmd_generate, "generate --model M (--prompt-ids 1,2,3 | --prompt TEXT --tokenizer F) --max-new N"},
     {"info", zb_cmd_info, "info [--json] MODEL_OR_CONFIG: parameters, cache bytes"},
+    {"plan", zb_cmd_plan, "plan MODEL_OR_RUN.json --ranks N [--tp T] [--pp P] [--per-node K]: the grid, without running"},
     {"eval", zb_cmd_eval, "eval --model M (--data SHARDS | --tasks F.jsonl [--tokenizer F]) [--json out]"},
     {"bench", zb_cmd_bench, "bench --teacher T --hybrid H [--contexts 1024,4096] [--batches 1,4] [--svg F]"},
     {"init", zb_cmd_init, "init --random --config C.json -o model.h5 [--seed S] [--dtype bf16|f32]"},

@@ -1,0 +1,603 @@
+/* comm_nccl.c — core/comm.h over NCCL for device buffers, MPI for host buffers; see
+ * comm_nccl.h for the communicators and the streams. */
+#include "comm_nccl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_mpi.h"
+#include "zb_common.h"
+
+#ifndef ZB_HAVE_CUDA
+
+int zb_comm_nccl_available(const char **why) {
+    if (why) *why = "this build has no CUDA (configure with -DZB_CUDA=ON)";
+    return 0;
+}
+
+int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
+    (void)world; (void)tp; (void)pp; (void)dp;
+    *out = NULL;
+    zb_comm_mpi_free(mpi);
+    const char *why;
+    zb_comm_nccl_available(&why);
+    return zb_fail(ZB_EARG, "GPU communication: %s", why);
+}
+
+void zb_comm_nccl_free(zb_comm *c) { (void)c; }
+
+#else   /* ZB_HAVE_CUDA */
+
+#include <cuda_runtime.h>
+
+#include "cuda_common.h"
+#ifdef ZB_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+typedef struct {
+    zb_comm *mpi;                   /* host buffers, and the staging path */
+    MPI_Comm mg[ZB_NGROUPS];
+    int pp_size;
+#ifdef ZB_HAVE_NCCL
+    ncclComm_t nc[ZB_NGROUPS];      /* NULL: none (one rank, or WORLD) */
+    ncclComm_t *to, *from;          /* [pp_size]: to[p] carries this stage -> stage p, from[p] p -> this */
+#endif
+    cudaStream_t *to_s, *from_s;    /* a stream per point-to-point communicator */
+    cudaStream_t compute, comm, side;
+    cudaEvent_t ev_in, ev_out;
+    int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
+} nccl_impl;
+
+/* A pending request (zb_comm_req.h): an MPI request (with the host copy of a staged send to
+ * free after it), or the event that ends an operation queued on a stream. */
+enum { RQ_MPI = 1, RQ_EVENT = 2 };
+typedef struct {
+    int kind, pad;
+    union { MPI_Request mpi; cudaEvent_t ev; } u;
+    void *host;
+} nreq;
+_Static_assert(sizeof(nreq) <= sizeof(((zb_comm_req *)0)->h), "zb_comm_req cannot hold a NCCL request");
+
+static nreq *rq(zb_comm_req *r) { return (nreq *)(void *)r->h; }
+static nccl_impl *IM(void *impl) { return impl; }
+
+#define ZB_CU(call) do { cudaError_t zb_e_ = (call); if (zb_e_ != cudaSuccess) \
+    return zb_fail(ZB_EDEVICE, "CUDA error '%s' in %s (%s:%d)", cudaGetErrorString(zb_e_), #call, __FILE__, __LINE__); } while (0)
+#ifdef ZB_HAVE_NCCL
+#define ZB_NC(call) do { ncclResult_t zb_n_ = (call); if (zb_n_ != ncclSuccess) \
+    return zb_fail(ZB_EMPI, "NCCL error '%s' in %s (%s:%d)", ncclGetErrorString(zb_n_), #call, __FILE__, __LINE__); } while (0)
+#endif
+
+/* Does p point into device memory? (host malloc'd memory: no) */
+static int on_dev(const void *p) {
+    if (!p) return 0;
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();   /* older runtimes: an error for unregistered host memory */
+        return 0;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+/* the work queued so far on the compute stream comes first on s */
+static int enter(nccl_impl *im, cudaStream_t s) {
+    ZB_CU(cudaEventRecord(im->ev_in, im->compute));
+    ZB_CU(cudaStreamWaitEvent(s, im->ev_in, 0));
+    return ZB_OK;
+}
+
+/* the compute stream's next work comes after what s holds now */
+static int leave(nccl_impl *im, cudaStream_t s) {
+    ZB_CU(cudaEventRecord(im->ev_out, s));
+    ZB_CU(cudaStreamWaitEvent(im->compute, im->ev_out, 0));
+    if (im->sync) ZB_CU(cudaStreamSynchronize(s));
+    return ZB_OK;
+}
+
+/* ---- the staging path: device buffers with no NCCL communicator --------------------------- */
+
+static void *to_host(nccl_impl *im, const void *d, size_t bytes, int *rc) {
+    void *h = zb_malloc(bytes ? bytes : 1, "host staging buffer");
+    *rc = h ? ZB_OK : ZB_ENOMEM;
+    if (!h) return NULL;
+    if (cudaStreamSynchronize(im->compute) != cudaSuccess || cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        *rc = zb_fail(ZB_EDEVICE, "GPU communication: staging %zu bytes to the host failed", bytes);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+static int from_host(nccl_impl *im, void *d, const void *h, size_t bytes) {
+    ZB_CU(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, im->compute));
+    ZB_CU(cudaStreamSynchronize(im->compute));
+    return ZB_OK;
+}
+
+#define MPI_OPS(im) ((im)->mpi->ops)
+#define MPI_IMPL(im) ((im)->mpi->impl)
+
+#ifdef ZB_HAVE_NCCL
+static ncclDataType_t ndt(zb_ctype t) {
+    switch (t) {
+    case ZB_CT_F32: return ncclFloat32;
+    case ZB_CT_F64: return ncclFloat64;
+    case ZB_CT_I32: return ncclInt32;
+    case ZB_CT_I64: return ncclInt64;
+    default: return ncclUint64;
+    }
+}
+static ncclRedOp_t nop(zb_redop op) { return op == ZB_RED_MAX ? ncclMax : op == ZB_RED_MIN ? ncclMin : ncclSum; }
+static ncclComm_t gcomm(nccl_impl *im, zb_group g) { return im->nc[g]; }
+#else
+static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; }
+#endif
+
+/* ---- the table ------------------------------------------------------------------------------ */
+
+static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
+    nccl_impl *im = IM(impl);
+    if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {
+        ZB_TRY(enter(im, im->comm));
+        ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->comm));
+        return leave(im, im->comm);
+    }
+#endif
+    int rc;
+    size_t bytes = n * zb_ctype_size(t);
+    void *h = to_host(im, x, bytes, &rc);
+    if (!h) return rc;
+    rc = MPI_OPS(im)->allreduce(MPI_IMPL(im), g, h, n, t, op);
+    if (!rc) rc = from_host(im, x, h, bytes);
+    free(h);
+    return rc;
+}
+
+static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    memset(q, 0, sizeof *q);
+    if (!on_dev(x)) {
+        q->kind = RQ_MPI;
+        if (n > ((size_t)1 << 30)) return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n);
+        MPI_Datatype dt = t == ZB_CT_F32 ? MPI_FLOAT : t == ZB_CT_F64 ? MPI_DOUBLE : t == ZB_CT_I32 ? MPI_INT
+                        : t == ZB_CT_I64 ? MPI_LONG_LONG : MPI_UNSIGNED_LONG_LONG;
+        MPI_Op o = op == ZB_RED_MAX ? MPI_MAX : op == ZB_RED_MIN ? MPI_MIN : MPI_SUM;
+        ZB_MPI(MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, dt, o, im->mg[g], &q->u.mpi));
+        r->pending = 1;
+        return ZB_OK;
+    }
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {   /* the gradient buckets: the side stream, overlapping the backward */
+        ZB_TRY(enter(im, im->side));
+        ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->side));
+        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
+        ZB_CU(cudaEventRecord(q->u.ev, im->side));
+        q->kind = RQ_EVENT;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#endif
+    return n_allreduce(impl, g, x, n, t, op);   /* staged: done when it returns */
+}
+
+static int n_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int root) {
+    nccl_impl *im = IM(impl);
+    if (!on_dev(x)) return MPI_OPS(im)->bcast(MPI_IMPL(im), g, x, n, t, root);
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {
+        ZB_TRY(enter(im, im->comm));
+        ZB_NC(ncclBroadcast(x, x, n, ndt(t), root, im->nc[g], im->comm));
+        return leave(im, im->comm);
+    }
+#endif
+    int rc;
+    size_t bytes = n * zb_ctype_size(t);
+    void *h = to_host(im, x, bytes, &rc);
+    if (!h) return rc;
+    rc = MPI_OPS(im)->bcast(MPI_IMPL(im), g, h, n, t, root);
+    if (!rc) rc = from_host(im, x, h, bytes);
+    free(h);
+    return rc;
+}
+
+static int n_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {
+    nccl_impl *im = IM(impl);
+    int dx = on_dev(x), dout = on_dev(out);
+    if (!dx && !dout) return MPI_OPS(im)->allgather(MPI_IMPL(im), g, x, n, out, t);
+#ifdef ZB_HAVE_NCCL
+    if (dx && dout && gcomm(im, g)) {
+        ZB_TRY(enter(im, im->comm));
+        ZB_NC(ncclAllGather(x, out, n, ndt(t), im->nc[g], im->comm));
+        return leave(im, im->comm);
+    }
+#endif
+    int rc = ZB_OK, size = im->mpi->size[g];
+    size_t es = zb_ctype_size(t);
+    void *hx = dx ? to_host(im, x, n * es, &rc) : (void *)x;
+    if (!hx) return rc;
+    void *hout = dout ? zb_malloc(n * es * (size_t)size + 1, "host staging buffer") : out;
+    if (!hout) rc = ZB_ENOMEM;
+    if (!rc) rc = MPI_OPS(im)->allgather(MPI_IMPL(im), g, hx, n, hout, t);
+    if (!rc && dout) rc = from_host(im, out, hout, n * es * (size_t)size);
+    if (dx) free(hx);
+    if (dout) free(hout);
+    return rc;
+}
+
+static int n_allgatherv_inplace(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                zb_ctype t) {
+    nccl_impl *im = IM(impl);
+    if (!on_dev(x)) return MPI_OPS(im)->allgatherv_inplace(MPI_IMPL(im), g, x, counts, displs, t);
+    int size = im->mpi->size[g];
+    size_t es = zb_ctype_size(t), end = 0;
+    for (int r = 0; r < size; r++) if (displs[r] + counts[r] > end) end = displs[r] + counts[r];
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {   /* each rank's part broadcast from it, in one group */
+        ZB_TRY(enter(im, im->comm));
+        ZB_NC(ncclGroupStart());
+        for (int r = 0; r < size; r++) {
+            char *p = (char *)x + displs[r] * es;
+            if (counts[r]) ZB_NC(ncclBroadcast(p, p, counts[r], ndt(t), r, im->nc[g], im->comm));
+        }
+        ZB_NC(ncclGroupEnd());
+        return leave(im, im->comm);
+    }
+#endif
+    int rc;
+    void *h = to_host(im, x, end * es, &rc);
+    if (!h) return rc;
+    rc = MPI_OPS(im)->allgatherv_inplace(MPI_IMPL(im), g, h, counts, displs, t);
+    if (!rc) rc = from_host(im, x, h, end * es);
+    free(h);
+    return rc;
+}
+
+static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t) {
+    nccl_impl *im = IM(impl);
+    int dx = on_dev(x), dout = on_dev(out);
+    if (!dx && !dout) return MPI_OPS(im)->reduce_scatter(MPI_IMPL(im), g, x, out, counts, t);
+    int size = im->mpi->size[g], me = im->mpi->rank[g];
+    size_t es = zb_ctype_size(t), total = 0;
+    int equal = 1;
+    for (int r = 0; r < size; r++) { total += counts[r]; equal &= counts[r] == counts[0]; }
+#ifdef ZB_HAVE_NCCL
+    if (dx && dout && gcomm(im, g)) {
+        ZB_TRY(enter(im, im->comm));
+        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->comm));
+        else {   /* uneven parts (ZeRO's ranges): a reduce to each part's owner, in one group */
+            ZB_NC(ncclGroupStart());
+            size_t off = 0;
+            for (int r = 0; r < size; r++) {
+                const char *src = (const char *)x + off * es;
+                if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r,
+                                                im->nc[g], im->comm));
+                off += counts[r];
+            }
+            ZB_NC(ncclGroupEnd());
+        }
+        return leave(im, im->comm);
+    }
+#endif
+    int rc = ZB_OK;
+    void *hx = dx ? to_host(im, x, total * es, &rc) : (void *)x;
+    if (!hx) return rc;
+    void *hout = dout ? zb_malloc(counts[me] * es + 1, "host staging buffer") : out;
+    if (!hout) rc = ZB_ENOMEM;
+    if (!rc) rc = MPI_OPS(im)->reduce_scatter(MPI_IMPL(im), g, hx, hout, counts, t);
+    if (!rc && dout) rc = from_host(im, out, hout, counts[me] * es);
+    if (dx) free(hx);
+    if (dout) free(hout);
+    return rc;
+}
+
+static int n_gather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {
+    nccl_impl *im = IM(impl);
+    int me = im->mpi->rank[g], size = im->mpi->size[g];
+    int dx = on_dev(x), dout = me == root ? on_dev(out) : dx;
+    if (!dx && !dout) return MPI_OPS(im)->gather(MPI_IMPL(im), g, x, n, out, t, root);
+    size_t es = zb_ctype_size(t);
+#ifdef ZB_HAVE_NCCL
+    if (dx && dout && gcomm(im, g)) {
+        ZB_TRY(enter(im, im->comm));
+        ZB_NC(ncclGroupStart());
+        if (me == root) {
+            for (int r = 0; r < size; r++)
+                if (r != root) ZB_NC(ncclRecv((char *)out + (size_t)r * n * es, n, ndt(t), r, im->nc[g], im->comm));
+        } else ZB_NC(ncclSend(x, n, ndt(t), root, im->nc[g], im->comm));
+        ZB_NC(ncclGroupEnd());
+        if (me == root)
+            ZB_CU(cudaMemcpyAsync((char *)out + (size_t)root * n * es, x, n * es, cudaMemcpyDeviceToDevice, im->comm));
+        return leave(im, im->comm);
+    }
+#endif
+    int rc = ZB_OK;
+    void *hx = dx ? to_host(im, x, n * es, &rc) : (void *)x;
+    if (!hx) return rc;
+    void *hout = me == root && dout ? zb_malloc(n * es * (size_t)size + 1, "host staging buffer") : out;
+    if (!hout) rc = ZB_ENOMEM;
+    if (!rc) rc = MPI_OPS(im)->gather(MPI_IMPL(im), g, hx, n, hout, t, root);
+    if (!rc && me == root && dout) rc = from_host(im, out, hout, n * es * (size_t)size);
+    if (dx) free(hx);
+    if (me == root && dout) free(hout);
+    return rc;
+}
+
+
+/* The point-to-point communicator (and its stream) for a message between this stage and stage
+ * peer: in each, the sender is rank 0 and the receiver rank 1. NULL: none (stage them). */
+#ifdef ZB_HAVE_NCCL
+static ncclComm_t p2p(nccl_impl *im, zb_group g, int peer, int sending, cudaStream_t *s) {
+    if (g != ZB_GROUP_PP || !im->to || peer < 0 || peer >= im->pp_size) return NULL;
+    *s = sending ? im->to_s[peer] : im->from_s[peer];
+    return sending ? im->to[peer] : im->from[peer];
+}
+#endif
+
+static int n_send(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag) {
+    nccl_impl *im = IM(impl);
+    if (!on_dev(x)) return MPI_OPS(im)->send(MPI_IMPL(im), g, x, n, t, peer, tag);
+#ifdef ZB_HAVE_NCCL
+    cudaStream_t s;
+    ncclComm_t pc = p2p(im, g, peer, 1, &s);
+    if (pc) {
+        ZB_TRY(enter(im, s));
+        ZB_NC(ncclSend(x, n, ndt(t), 1, pc, s));
+        return leave(im, s);
+    }
+#endif
+    int rc;
+    void *h = to_host(im, x, n * zb_ctype_size(t), &rc);
+    if (!h) return rc;
+    rc = MPI_OPS(im)->send(MPI_IMPL(im), g, h, n, t, peer, tag);
+    free(h);
+    return rc;
+}
+
+static int n_recv(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag) {
+    nccl_impl *im = IM(impl);
+    if (!on_dev(x)) return MPI_OPS(im)->recv(MPI_IMPL(im), g, x, n, t, peer, tag);
+#ifdef ZB_HAVE_NCCL
+    cudaStream_t s;
+    ncclComm_t pc = p2p(im, g, peer, 0, &s);
+    if (pc) {
+        ZB_TRY(enter(im, s));
+        ZB_NC(ncclRecv(x, n, ndt(t), 0, pc, s));
+        return leave(im, s);
+    }
+#endif
+    size_t bytes = n * zb_ctype_size(t);
+    void *h = zb_malloc(bytes + 1, "host staging buffer");
+    if (!h) return ZB_ENOMEM;
+    int rc = MPI_OPS(im)->recv(MPI_IMPL(im), g, h, n, t, peer, tag);
+    if (!rc) rc = from_host(im, x, h, bytes);
+    free(h);
+    return rc;
+}
+
+static int n_isend(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag, zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    memset(q, 0, sizeof *q);
+    int dx = on_dev(x);
+#ifdef ZB_HAVE_NCCL
+    cudaStream_t s;
+    ncclComm_t pc = dx ? p2p(im, g, peer, 1, &s) : NULL;
+    if (pc) {   /* the compute stream waits for it at zb_comm_wait, before it reuses x */
+        ZB_TRY(enter(im, s));
+        ZB_NC(ncclSend(x, n, ndt(t), 1, pc, s));
+        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
+        ZB_CU(cudaEventRecord(q->u.ev, s));
+        q->kind = RQ_EVENT;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#endif
+    int rc = ZB_OK;
+    size_t es = zb_ctype_size(t);
+    if (dx && !(q->host = to_host(im, x, n * es, &rc))) return rc;   /* sent from a host copy */
+    if (n > ((size_t)1 << 30)) { free(q->host); return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n); }
+    MPI_Datatype dt = t == ZB_CT_F32 ? MPI_FLOAT : t == ZB_CT_F64 ? MPI_DOUBLE : t == ZB_CT_I32 ? MPI_INT
+                    : t == ZB_CT_I64 ? MPI_LONG_LONG : MPI_UNSIGNED_LONG_LONG;
+    if (MPI_Isend(dx ? q->host : x, (int)n, dt, peer, tag, im->mg[g], &q->u.mpi) != MPI_SUCCESS) {
+        free(q->host);
+        return zb_fail(ZB_EMPI, "MPI_Isend failed");
+    }
+    q->kind = RQ_MPI;
+    r->pending = 1;
+    return ZB_OK;
+}
+
+static int n_wait(void *impl, zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    r->pending = 0;
+    if (q->kind == RQ_EVENT) {
+        cudaError_t e = cudaStreamWaitEvent(im->compute, q->u.ev, 0);
+        cudaEventDestroy(q->u.ev);
+        if (e != cudaSuccess) return zb_fail(ZB_EDEVICE, "CUDA error '%s' waiting for a transfer", cudaGetErrorString(e));
+        if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
+        return ZB_OK;
+    }
+    int rc = MPI_Wait(&q->u.mpi, MPI_STATUS_IGNORE);
+    free(q->host);
+    q->host = NULL;
+    return rc == MPI_SUCCESS ? ZB_OK : zb_fail(ZB_EMPI, "MPI_Wait failed (error %d)", rc);
+}
+
+static int n_test(void *impl, zb_comm_req *r, int *done) {
+    (void)impl;
+    nreq *q = rq(r);
+    if (q->kind == RQ_EVENT) {
+        cudaError_t e = cudaEventQuery(q->u.ev);
+        *done = e == cudaSuccess;
+        if (e == cudaErrorNotReady) { (void)cudaGetLastError(); return ZB_OK; }
+        cudaEventDestroy(q->u.ev);
+        r->pending = 0;
+        return e == cudaSuccess ? ZB_OK : zb_fail(ZB_EDEVICE, "CUDA error '%s' in a transfer", cudaGetErrorString(e));
+    }
+    ZB_MPI(MPI_Test(&q->u.mpi, done, MPI_STATUS_IGNORE));
+    if (*done) {
+        free(q->host);
+        q->host = NULL;
+        r->pending = 0;
+    }
+    return ZB_OK;
+}
+
+static int n_barrier(void *impl, zb_group g) {
+    nccl_impl *im = IM(impl);
+    ZB_CU(cudaStreamSynchronize(im->compute));   /* a barrier also means: this GPU's work is done */
+    return MPI_OPS(im)->barrier(MPI_IMPL(im), g);
+}
+
+static void n_abort(void *impl, int code) {
+    nccl_impl *im = IM(impl);
+    MPI_OPS(im)->abort(MPI_IMPL(im), code);   /* MPI_Abort: the GPUs' processes go with it */
+}
+
+static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
+                                     n_reduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
+                                     n_barrier, n_abort};
+
+/* ---- setup ---------------------------------------------------------------------------------- */
+
+#ifdef ZB_HAVE_NCCL
+/* A communicator over MPI communicator mc: the unique id made on its rank 0, broadcast over MPI. */
+static int group_comm(ncclComm_t *out, MPI_Comm mc) {
+    int rank, size;
+    ZB_MPI(MPI_Comm_rank(mc, &rank));
+    ZB_MPI(MPI_Comm_size(mc, &size));
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (rank == 0) ZB_NC(ncclGetUniqueId(&id));
+    ZB_MPI(MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, mc));
+    ZB_NC(ncclCommInitRank(out, size, id, rank));
+    return ZB_OK;
+}
+
+/* The two directed communicators between stages a and b of this pipeline (this rank is one of
+ * them): src -> dst made on src, its id sent over the PP group's MPI communicator. */
+#define ZB_NCCL_ID_TAG 7411
+static int pair_comms(nccl_impl *im, int me, int a, int b) {
+    for (int k = 0; k < 2; k++) {
+        int src = k ? b : a, dst = k ? a : b;
+        ncclUniqueId id;
+        memset(&id, 0, sizeof id);
+        if (me == src) {
+            ZB_NC(ncclGetUniqueId(&id));
+            ZB_MPI(MPI_Send(&id, (int)sizeof id, MPI_BYTE, dst, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP]));
+            ZB_NC(ncclCommInitRank(&im->to[dst], 2, id, 0));
+            ZB_CU(cudaStreamCreateWithFlags(&im->to_s[dst], cudaStreamNonBlocking));
+        } else {
+            ZB_MPI(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, src, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP], MPI_STATUS_IGNORE));
+            ZB_NC(ncclCommInitRank(&im->from[src], 2, id, 1));
+            ZB_CU(cudaStreamCreateWithFlags(&im->from_s[src], cudaStreamNonBlocking));
+        }
+    }
+    return ZB_OK;
+}
+#endif
+
+static int setup(nccl_impl *im) {
+    if (!zb_cuda_ready()) return zb_fail(ZB_EDEVICE, "GPU communication: no GPU selected (zb_cuda_init first)");
+    im->compute = (cudaStream_t)zb_cuda_stream_handle();
+    const char *sync = getenv("ZB_NCCL_SYNC");
+    im->sync = sync && *sync == '1';
+    ZB_CU(cudaStreamCreateWithFlags(&im->comm, cudaStreamNonBlocking));
+    ZB_CU(cudaStreamCreateWithFlags(&im->side, cudaStreamNonBlocking));
+    ZB_CU(cudaEventCreateWithFlags(&im->ev_in, cudaEventDisableTiming));
+    ZB_CU(cudaEventCreateWithFlags(&im->ev_out, cudaEventDisableTiming));
+    int P = im->pp_size;
+    ZB_ALLOC(im->to_s, P, "GPU communication");
+    ZB_ALLOC(im->from_s, P, "GPU communication");
+#ifdef ZB_HAVE_NCCL
+    /* every rank makes the same communicators in the same order: TP, PP, DP, then the pairs */
+    for (int g = ZB_GROUP_TP; g < ZB_NGROUPS; g++)
+        if (im->mpi->size[g] > 1) ZB_TRY(group_comm(&im->nc[g], im->mg[g]));
+    if (P > 1) {
+        ZB_ALLOC(im->to, P, "GPU communication");
+        ZB_ALLOC(im->from, P, "GPU communication");
+        int me = im->mpi->rank[ZB_GROUP_PP];
+        for (int s = 0; s + 1 < P; s++)
+            if (me == s || me == s + 1) ZB_TRY(pair_comms(im, me, s, s + 1));
+        if (P > 2 && (me == 0 || me == P - 1)) ZB_TRY(pair_comms(im, me, 0, P - 1));   /* tied embeddings */
+    }
+#endif
+    return ZB_OK;
+}
+
+static void impl_free(nccl_impl *im) {
+    if (!im) return;
+    if (im->compute) cudaStreamSynchronize(im->compute);
+#ifdef ZB_HAVE_NCCL
+    for (int g = 0; g < ZB_NGROUPS; g++) if (im->nc[g]) ncclCommDestroy(im->nc[g]);
+    for (int p = 0; p < im->pp_size; p++) {
+        if (im->to && im->to[p]) ncclCommDestroy(im->to[p]);
+        if (im->from && im->from[p]) ncclCommDestroy(im->from[p]);
+    }
+    free(im->to);
+    free(im->from);
+#endif
+    for (int p = 0; p < im->pp_size; p++) {
+        if (im->to_s && im->to_s[p]) cudaStreamDestroy(im->to_s[p]);
+        if (im->from_s && im->from_s[p]) cudaStreamDestroy(im->from_s[p]);
+    }
+    free(im->to_s);
+    free(im->from_s);
+    if (im->comm) cudaStreamDestroy(im->comm);
+    if (im->side) cudaStreamDestroy(im->side);
+    if (im->ev_in) cudaEventDestroy(im->ev_in);
+    if (im->ev_out) cudaEventDestroy(im->ev_out);
+    zb_comm_mpi_free(im->mpi);
+    free(im);
+}
+
+int zb_comm_nccl_available(const char **why) {
+#ifdef ZB_HAVE_NCCL
+    if (why) *why = NULL;
+    return 1;
+#else
+    if (why) *why = "this CUDA build has no NCCL (nccl.h / libnccl not found at configure time): "
+                    "device buffers are staged through the host";
+    return 0;
+#endif
+}
+
+int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
+    *out = NULL;
+    zb_comm *c = zb_calloc(1, sizeof *c, "communication table");
+    nccl_impl *im = zb_calloc(1, sizeof *im, "communication table");
+    if (!c || !im) { free(c); free(im); zb_comm_mpi_free(mpi); return ZB_ENOMEM; }
+    im->mpi = mpi;
+    im->mg[ZB_GROUP_WORLD] = world;
+    im->mg[ZB_GROUP_TP] = tp;
+    im->mg[ZB_GROUP_PP] = pp;
+    im->mg[ZB_GROUP_DP] = dp;
+    im->pp_size = mpi->size[ZB_GROUP_PP];
+    /* one rank's failure before the NCCL handshakes stops every rank (no rank waits in one) */
+    int rc = zb_cuda_ready() ? ZB_OK : zb_fail(ZB_EDEVICE, "GPU communication: no GPU selected (zb_cuda_init first)");
+    int ok = rc == ZB_OK, all = 0;
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, world) != MPI_SUCCESS) all = 0;
+    if (!all && ok) rc = zb_fail(ZB_EDEVICE, "GPU communication: another rank has no usable GPU");
+    if (!rc) rc = setup(im);
+    if (rc) { impl_free(im); free(c); return rc; }
+    c->ops = &nccl_ops;
+    c->impl = im;
+    memcpy(c->rank, mpi->rank, sizeof c->rank);
+    memcpy(c->size, mpi->size, sizeof c->size);
+    *out = c;
+    return ZB_OK;
+}
+
+void zb_comm_nccl_free(zb_comm *c) {
+    if (!c) return;
+    impl_free(c->impl);
+    free(c);
+}
+
+#endif   /* ZB_HAVE_CUDA */

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# cluster/gpu2-check.sh [--build DIR] [--debs DIR] [OUT_DIR] — the 2-GPU checks and benchmarks,
+# cluster/gpu2-check.sh [--packed PACK.tar.xz | --build DIR | --debs DIR] [OUT_DIR] — the 2-GPU checks and benchmarks,
 # one command, on a node with 2 GPUs (nvcc, the CUDA libraries, NCCL, mpirun; about 8 minutes):
 #
-#  1. build: DIR when given and its zebra runs here (a -DZB_CUDA=ON tree, e.g. packed by
-#     cluster/gpu-pack.sh), else -DZB_CUDA=ON against the .deb files of cluster/debs.txt in the
-#     --debs DIR (cluster/build-with-debs.sh; default .debs), only the targets used below;
+#  1. build: --packed: binaries and libraries made by cluster/gpu2-pack.sh on a build machine
+#     (Open MPI relocated; cuBLAS and NCCL are the node's); --build DIR when its zebra runs here
+#     (a -DZB_CUDA=ON tree); else -DZB_CUDA=ON against the .deb files of cluster/debs.txt in the
+#     --debs DIR (cluster/build-with-debs.sh; default .debs; needs MPI on the node), only the
+#     targets used below;
 #  2. test_nccl on 2 ranks: every entry of the GPU communication table (parallel/comm_nccl.h)
 #     on device buffers for the TP, PP and DP groups, and the all-reduce's bus bandwidth;
 #  3. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
@@ -16,16 +18,18 @@
 #     tests/zb_path's ratio; the 1-GPU run also against the CPU's (same tolerance);
 #     `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU: the same greedy tokens,
 #     on the trained hybrid and on random models of the Zebra-1B and Llama-3.2-1B shapes;
-#  4. benchmarks: cluster/scaling.sh on the GPUs (the Zebra-1B hybrid cut to 8 layers, seq 2048:
-#     weak DP scaling, strong DP / TP / PP), and decode tokens/s at batch 1, 1 GPU vs --tp 2.
+#  4. benchmarks: cluster/scaling.sh on the GPUs (the Zebra-1B hybrid cut to 8 layers, seq 2048,
+#     4 rows per replica, bf16 products: weak DP scaling, 2 repeats; strong TP and PP), and
+#     decode tokens/s at batch 1, 1 GPU vs --tp 2 (the Zebra-1B shape, random weights, bf16).
 # Prints one summary (PASS / FAIL lines, the tables); logs in OUT_DIR (default gpu2-check-out).
 # NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off on shared machines).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
-build="" debs=.debs
+build="" debs=.debs packed=""
 while [ $# -gt 0 ]; do
   case $1 in
+    --packed) packed=$2; shift 2;;
     --build) build=$2; shift 2;;
     --debs) debs=$2; shift 2;;
     *) break;;
@@ -38,7 +42,7 @@ stamp() { echo "[$(( $(date +%s) - t_start ))s] $*"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
-MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH"
+MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
 MPI="$MPIX --bind-to none"
 fail=0
 summary=()
@@ -48,6 +52,20 @@ check() { if eval "$2"; then summary+=("PASS $1"); else summary+=("FAIL $1"); fa
   > "$out/log-machine.txt" 2>&1
 
 # ---- 1. build
+if [ -n "$packed" ]; then   # the packed binaries, their libraries and Open MPI (relocated)
+  mkdir -p "$out/pack" && tar -C "$out/pack" -xJf "$packed"
+  root=$out/pack/pack/root
+  build=$out/pack/pack/build
+  node_libs=$( (ldconfig -p | awk '/libcublasLt\.so\.13 |libnccl\.so\.2 /{print $NF}';
+                find /usr/local/cuda*/ /usr/lib /opt -name 'libcublasLt.so.13*' 2>/dev/null;
+                python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null) |
+              xargs -r -n1 dirname | awk '!seen[$0]++' | paste -sd:)
+  export OPAL_PREFIX=$root/usr PATH=$root/usr/bin:$PATH
+  export LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu/openmpi/lib:$node_libs:${LD_LIBRARY_PATH:-}
+  export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_mtl=^ofi,psm,psm2 OMPI_MCA_osc=^ucx
+  { echo "node libraries: $node_libs"; ldd "$build/zebra" "$build/tests/test_nccl"; } >> "$out/log-build.txt" 2>&1
+  debs=/nonexistent
+fi
 if [ -d "$debs" ]; then   # the libraries for the loader (and for building)
   d=$(cd "$debs" && pwd); mkdir -p "$d/root"
   for f in "$d"/*.deb; do dpkg -x "$f" "$d/root"; done
@@ -127,15 +145,23 @@ if [ $have_gpu_table = 1 ]; then
   GA=4 run 2 P 1 "" "${G[@]}" --pp 2
   same "PP=2 on 2 GPUs (1F1B, 4 micro-batches) == 1 GPU" A.txt P.txt "$FA"
   stamp "equivalence: generation (greedy tokens)"
-  "$Z" init --random --config "$SRC/configs/zebra-1b.json" -o z1b.h5 --seed 11 --dtype bf16 > /dev/null 2>&1
-  "$Z" init --random --config "$SRC/configs/llama-3.2-1b.json" -o l1b.h5 --seed 12 --dtype bf16 > /dev/null 2>&1
-  for spec in "A/model.h5:tp" "A/model.h5:pp" "z1b.h5:tp" "l1b.h5:tp"; do
+  specs=("A/model.h5:tp" "A/model.h5:pp")
+  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights)
+    "$Z" init --random --config "$SRC/configs/zebra-1b.json" -o z1b.h5 --seed 11 --dtype bf16 > /dev/null 2>&1
+    "$Z" init --random --config "$SRC/configs/llama-3.2-1b.json" -o l1b.h5 --seed 12 --dtype bf16 > /dev/null 2>&1
+    specs+=("z1b.h5:tp" "l1b.h5:tp")
+  fi
+  for spec in "${specs[@]}"; do
     m=${spec%%:*} k=${spec##*:}
     [ -f "$m" ] || { check "generate: $m exists" false; continue; }
     gen() { timeout 180 $MPI -n "$1" "$Z" generate --model "$m" --prompt-ids 1,2,3,4,5,6,7,8 --max-new 24 --ignore-eos \
             --quiet "${G[@]}" "${@:2}" 2>>gen.log; }
     one=$(gen 1); two=$(gen 2 --$k 2)
     check "generate --device cuda --$k 2 == 1 GPU, greedy, $(basename "$m"): '$two'" "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]"
+    [ "$m" = A/model.h5 ] || continue   # sampled: on the small hybrid only (time)
+    one=$(gen 1 --temperature 0.9 --top-k 20 --seed 5); two=$(gen 2 --$k 2 --temperature 0.9 --top-k 20 --seed 5)
+    check "generate --device cuda --$k 2 == 1 GPU, sampled (T 0.9, top-k 20), $(basename "$m"): '$two'" \
+      "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]"
   done
 else
   summary+=("NOT RUN equivalence and benchmarks: this build has no CUDA backend table ($probe)")
@@ -145,11 +171,11 @@ cd "$SRC"
 # ---- 4. benchmarks
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
   stamp "benchmarks: scaling.sh on the GPUs"
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG=configs/zebra-1b.json LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-    ROWS=${BROWS:-4} STEPS=${BSTEPS:-5} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
+  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+    ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
     MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG=configs/zebra-1b.json LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-    ROWS=${BROWS:-4} STEPS=${BSTEPS:-5} REPEAT=1 MODES=strong LAYOUTS="1 dp2 tp2 pp2" OUT="$out/scaling-strong" \
+  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+    ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
     MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
   stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2"
   if [ -f "$out/work/z1b.h5" ]; then

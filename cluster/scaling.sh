@@ -40,6 +40,8 @@ MPIEXEC=${MPIEXEC:-mpiexec}
 OUT=${OUT:-scaling-$DEVICE}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 W=${WORKDIR:-$OUT/work}; mkdir -p "$W"
+CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")   # the runs happen in $W
+case $Z in /*) ;; */*) Z=$(cd "$(dirname "$Z")" && pwd)/$(basename "$Z");; esac
 export OPENBLAS_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 cd "$W"
@@ -61,7 +63,7 @@ c.pop("teacher", None)
 print(json.dumps(c, indent=1))
 PY
 [ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" --input "$SRC/parallel" \
-  --input "$SRC/launch" --input "$SRC/docs" -o shards --val-fraction 0.05 --seed 1 >/dev/null
+  --input "$SRC/launch" -o shards --val-fraction 0.05 --seed 1 >/dev/null
 
 machine() {
   local cpu gpu

@@ -133,16 +133,19 @@ def predict(model_path, hw_name, tokens_per_gpu, seq):
     print("model %s: %.2fB FLOP parameters, %.2fB in all; %s; %d tokens per GPU per step (weak scaling)" % (
         model_path, P / 1e9, P_all / 1e9, hw_name, tokens_per_gpu))
     t1, _ = step_time(cfg, 1, 1, 1, tokens_per_gpu, hw, device="cuda")
-    print("| GPUs | layout | step s | compute | tp | pp | dp exposed | tokens/s | efficiency vs 1 GPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| GPUs | layout | step s | compute | tp | pp | dp exposed | tokens/s | efficiency vs 1 GPU | "
+          "efficiency, TP loss on the GPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for N, dp, tp, pp in [(1, 1, 1, 1), (2, 2, 1, 1), (8, 8, 1, 1), (8, 4, 2, 1), (8, 2, 2, 2), (64, 64, 1, 1),
                           (64, 32, 2, 1), (64, 16, 2, 2), (64, 8, 8, 1)]:
         n = tokens_per_gpu * tp * pp   # per replica: the replica's GPUs each see tokens_per_gpu worth
         M = 4 * pp if pp > 1 else 1
         t, p = step_time(cfg, dp, tp, pp, n, hw, M=M, device="cuda")
+        t2, _ = step_time(cfg, dp, tp, pp, n, hw, M=M, device="cuda-device-loss")
         tps = dp * n / t
-        print("| %d | dp%d tp%d pp%d | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f%% |" % (
-            N, dp, tp, pp, t, p["compute"], p["tp"], p["pp"], p["dp"], tps, 100 * tps / (N * tokens_per_gpu / t1)))
+        print("| %d | dp%d tp%d pp%d | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f%% | %.0f%% |" % (
+            N, dp, tp, pp, t, p["compute"], p["tp"], p["pp"], p["dp"], tps, 100 * tps / (N * tokens_per_gpu / t1),
+            100 * (dp * n / t2) / (N * tokens_per_gpu / t1)))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,20 @@
  * library; elsewhere a weak one, NULL. */
 #if defined(ZB_HAVE_CUDA) && __has_include("mamba2_cuda.h")
 const zb_backend *zb_backend_cuda(void);
+#define ZB_CUDA_BUILT 1
 #else
 const zb_backend *zb_backend_cuda(void) __attribute__((weak));
+#define ZB_CUDA_BUILT (zb_backend_cuda != NULL)
 #endif
 
 const zb_backend *zb_backend_get(const char *name) {
     if (!name || !strcmp(name, "cpu")) return zb_backend_cpu();
     if (!strcmp(name, "cuda")) {
-        if (zb_backend_cuda) return zb_backend_cuda();
+        if (ZB_CUDA_BUILT) return zb_backend_cuda();
         zb_fail(ZB_EARG, "device 'cuda': this build has no CUDA backend (configure with -DZB_CUDA=ON)");
         return NULL;
     }
-    zb_fail(ZB_EARG, "unknown device '%s' (cpu%s)", name, zb_backend_cuda ? " or cuda" : "");
+    zb_fail(ZB_EARG, "unknown device '%s' (cpu%s)", name, ZB_CUDA_BUILT ? " or cuda" : "");
     return NULL;
 }
 
@@ -40,7 +42,7 @@ static const char *const entry_names[] = {
     "mean_row_dist", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",
-    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq"};
+    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "fill_uniform"};
 _Static_assert(sizeof(zb_backend) - offsetof(zb_backend, alloc) ==
                    sizeof entry_names / sizeof *entry_names * sizeof(zb_any_fn),
                "zb_backend: entry_names lists every function pointer after alloc, nothing else follows");

@@ -144,6 +144,11 @@ typedef struct {
     /* CUDA: 1 = matrix products with bf16 operands and float32 accumulation (the weights stay
      * float32); 0 = float32 products. */
     int gpu_bf16;
+    /* Generation caches (zb_gen): 1 = the attention K/V and the MLA latents stored as bf16 (half
+     * the memory and the bytes read per decode step; the Mamba2 states stay float32), 0 =
+     * float32. A cache pointer then addresses bf16 elements (its float* type is only a handle).
+     * The CUDA backend only: the CPU's kernels read float32 caches. */
+    int cache_bf16;
 } zb_backend_opts;
 
 /* AdamW hyper-parameters of one parameter range for one update (optim.h has the formula). */
@@ -310,6 +315,9 @@ struct zb_backend {
                   const zb_adamw_hp *hp);
     /* sum of x[i]^2 in double (the gradient norm). */
     double (*sumsq)(const zb_backend *be, const float *x, size_t n);
+    /* n values a (2 zb_hash_uniform(seed, i) - 1) into x, as float32, or as bf16 when bf16 (the
+     * synthetic caches and weights of the benchmarks, made where the memory is). */
+    void (*fill_uniform)(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a);
 };
 
 /* The CPU backend (core/cpu/): OpenBLAS + OpenMP, host memory, default options. */

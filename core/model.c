@@ -713,7 +713,9 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     int any_attn = 0;
     ZB_ALLOC(s->cache, c->n_layers, "caches");
     ZB_ALLOC(s->cache_floats, c->n_layers, "caches");
+    ZB_ALLOC(s->cache_esize, c->n_layers, "caches");
     s->n_layers = c->n_layers;
+    int cache16 = be->opts.cache_bf16;   /* K/V and latents in bf16: half the bytes (backend.h) */
     for (int l = 0; l < c->n_layers; l++) {
         size_t floats, sc = 0;
         if (c->kinds[l] == ZB_LAYER_ATTN) {
@@ -727,12 +729,15 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
             sc = be->mamba2_step_scratch(be, &c->mamba, c->d_model, ntok);
         }
         if (sc > scratch) scratch = sc;
-        ZB_BE_ALLOC(be, s->cache[l], floats, "generation cache");
+        int es = cache16 && c->kinds[l] != ZB_LAYER_MAMBA2 ? 2 : 4;   /* Mamba2 states stay float32 */
+        s->cache[l] = be->alloc(be, floats * (size_t)es, "generation cache");
+        if (!s->cache[l]) return ZB_ENOMEM;
         s->cache_floats[l] = floats;
+        s->cache_esize[l] = es;
     }
     if (any_attn) scratch += be->attention_step_scratch(be, c->n_heads, c->n_kv_heads, c->head_dim, max_T, ntok);
     zb_cache_sizes(c, &s->cache_bytes_per_token, &s->state_bytes_per_seq);
-    s->cache_bytes_per_token *= sizeof(float);
+    s->cache_bytes_per_token *= cache16 ? 2 : sizeof(float);
     s->state_bytes_per_seq *= sizeof(float);
     ZB_BE_ALLOC(be, s->x, n * d, "generation buffers");
     ZB_BE_ALLOC(be, s->ln, n * d, "generation buffers");
@@ -767,13 +772,13 @@ void zb_gen_free(zb_gen *s) {
         be->free(be, s->pos_dev);
         be->free(be, s->seqs_dev);
     }
-    free(s->cache); free(s->cache_floats);
+    free(s->cache); free(s->cache_floats); free(s->cache_esize);
     free(s->logits); free(s->pos); free(s->seqs); free(s->kinds);
     memset(s, 0, sizeof *s);
 }
 
 void zb_gen_reset(zb_gen *s) {
-    for (int l = 0; l < s->n_layers; l++) s->be->zero(s->be, s->cache[l], sizeof(float) * s->cache_floats[l]);
+    for (int l = 0; l < s->n_layers; l++) s->be->zero(s->be, s->cache[l], (size_t)s->cache_esize[l] * s->cache_floats[l]);
     for (int b = 0; b < s->B; b++) s->pos[b] = 0;
 }
 
@@ -782,44 +787,39 @@ void zb_gen_reset_seq(zb_gen *s, int b) {
     const zb_backend *be = s->be;
     /* every layer's cache is [B, per-sequence floats] (K and V halves for attention) */
     for (int l = 0; l < s->n_layers; l++) {
-        size_t per = s->cache_floats[l] / (size_t)s->B;
+        size_t per = s->cache_floats[l] / (size_t)s->B, es = (size_t)s->cache_esize[l];
+        char *c0 = (char *)s->cache[l];
         if (s->kinds[l] == ZB_LAYER_ATTN) {
             size_t half = per / 2, Bh = (size_t)s->B * half;
-            be->zero(be, s->cache[l] + (size_t)b * half, sizeof(float) * half);
-            be->zero(be, s->cache[l] + Bh + (size_t)b * half, sizeof(float) * half);
+            be->zero(be, c0 + (size_t)b * half * es, es * half);
+            be->zero(be, c0 + (Bh + (size_t)b * half) * es, es * half);
         } else {
-            be->zero(be, s->cache[l] + (size_t)b * per, sizeof(float) * per);
+            be->zero(be, c0 + (size_t)b * per * es, es * per);
         }
     }
     s->pos[b] = 0;
 }
 
 void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
-    /* uniform with standard deviation 0.1, counter-based and threaded: a batch-16 8k cache of
-     * the 1B teacher is 2e9 floats, which a serial normal generator fills in about a minute.
-     * Filled on the host (a device backend: in blocks, staged). */
+    /* uniform with standard deviation 0.1, counter-based and threaded (a batch-16 8k cache of
+     * the 1B teacher is 2e9 values, which a serial normal generator fills in about a minute),
+     * made by the backend where the caches live */
     const zb_backend *be = s->be;
-    const long long blk = 1 << 22;
-    float *stage = be->host_memory ? NULL : zb_malloc(sizeof(float) * blk, "cache fill");
-    for (int l = 0; l < s->n_layers && (be->host_memory || stage); l++) {
-        long long n = (long long)s->cache_floats[l];
-        uint64_t sd = seed * 1000003u + (uint64_t)l;
-        for (long long i0 = 0; i0 < n; i0 += be->host_memory ? n : blk) {
-            long long k = be->host_memory ? n : (n - i0 < blk ? n - i0 : blk);
-            float *c = be->host_memory ? s->cache[l] : stage;
-#pragma omp parallel for schedule(static)
-            for (long long i = 0; i < k; i++) c[i] = synth(sd, i0 + i, 0.1732f);
-            if (!be->host_memory) be->to_device(be, s->cache[l] + i0, stage, sizeof(float) * k);
-        }
-    }
-    free(stage);
+    for (int l = 0; l < s->n_layers; l++)
+        be->fill_uniform(be, s->cache[l], s->cache_esize[l] == 2, s->cache_floats[l], seed * 1000003u + (uint64_t)l,
+                         0.1732f);
     for (int b = 0; b < s->B; b++) s->pos[b] = pos;
+}
+
+/* element e of layer l's cache as a pointer (the elements are float32 or bf16) */
+static float *cache_at(const zb_gen *s, int l, size_t e) {
+    return (float *)((char *)s->cache[l] + e * (size_t)s->cache_esize[l]);
 }
 
 /* n new tokens for each of the nb sequences seqs (rows i*n.. of x; s->seqs_dev / s->pos_dev
  * hold them on the device), sequence b at positions pos[b]..pos[b]+n-1, against its rows of
  * the K/V cache. */
-static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *cache, int nb,
+static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, int l, int nb,
                       const float *x, float *out, int n) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
@@ -830,7 +830,7 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, float *ca
     be->linear_forward(be, q, x, w->lin.wq, N, d, qd);
     be->linear_forward(be, k, x, w->lin.wk, N, d, kd);
     be->linear_forward(be, v, x, w->lin.wv, N, d, kd);
-    be->attention_step(be, &m->rope, att, q, k, v, cache, cache + (size_t)s->B * s->max_T * kd, s->max_T,
+    be->attention_step(be, &m->rope, att, q, k, v, s->cache[l], cache_at(s, l, (size_t)s->B * s->max_T * kd), s->max_T,
                        s->seqs_dev, s->pos_dev, nb, n, c->n_heads, c->n_kv_heads, hd, sc);
     be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
@@ -877,7 +877,7 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         const zb_block *w = &m->w.blocks[l];
         be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
-        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, s->cache[l], nb, s->ln, s->mo, n);
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, l, nb, s->ln, s->mo, n);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
             if (n == 1)   /* decode: the projections once for all sequences */
@@ -887,7 +887,7 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
                 for (int i = 0; i < nb; i++)
                     be->mla_step(be, &c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla,
                                  s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
-                                 s->cache[l] + (size_t)seqs[i] * per, s->max_T, s->pos_dev + seqs[i], n, 1,
+                                 cache_at(s, l, (size_t)seqs[i] * per), s->max_T, s->pos_dev + seqs[i], n, 1,
                                  s->scratch);
         } else {
             size_t per = zb_mamba2_state_floats(&c->mamba);

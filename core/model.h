@@ -220,7 +220,8 @@ typedef struct {
     int *seqs;         /* [B] host scratch: the identity list of zb_gen_step */
     int *pos_dev, *seqs_dev;   /* [B] device copies for the step's entries */
     zb_layer_kind *kinds;   /* [L] the layer kinds (cache layout of each layer) */
-    size_t *cache_floats;
+    size_t *cache_floats;   /* [L] elements of each layer's cache (bf16 or float32, cache_esize) */
+    int *cache_esize;       /* [L] bytes per element: 2 for bf16 K/V / latents (opts.cache_bf16), else 4 */
     int *ids;          /* [B*chunk] device: the chunk's token ids */
     float **cache;     /* [L]: attention K|V, MLA latent, or Mamba2 state, per layer kind */
     size_t cache_bytes_per_token, state_bytes_per_seq;

@@ -7,6 +7,10 @@
  *               [--decode-steps 16] [--prefill-len 256] [--md out.md] [--svg out.svg]
  *               [--weights f32|bf16]   (bf16: matrices held in bf16, model.h zb_wdtype)
  *               [--breakdown]          (a second table: decode ms per step by part)
+ *               [--device cuda [--precision bf16|f32] [--cache bf16|f32]]   (one GPU: its ceilings
+ *                                      are the bf16 matmul rate and the device copy bandwidth)
+ *               [--fit CONTEXT]        (the largest batch whose caches fit at CONTEXT tokens)
+ *   zebra bench --train MODEL [--kd TEACHER] ...   training-step throughput (cmd_bench_train.c)
  * T and H are checkpoints/HF directories, or configs (.json) initialised with random weights.
  * Decode at context c runs on caches filled with synthetic values (speed does not depend on
  * their contents), so long contexts need no prefill; one untimed decode step, then the timed ones. */
@@ -18,6 +22,67 @@
 #include "commands.h"
 #include "linear.h"
 #include "model.h"
+#ifdef ZB_HAVE_CUDA
+#include "cuda_ops.h"
+#endif
+
+int zb_bench_train(int argc, char **argv, const zb_backend *be);
+
+/* The GPU's ceilings: bf16 GEMM TFLOP/s (8192^3, cuBLAS, float32 out) and the device copy's
+ * GB/s (read + write of 2 GiB). 0 where not built. */
+static void gpu_ceilings(const zb_backend *be, double *tflops, double *gbs) {
+    *tflops = *gbs = 0;
+#ifdef ZB_HAVE_CUDA
+    int n = 8192;
+    size_t e = (size_t)n * n, cb = (size_t)2 << 30;
+    void *a = be->alloc(be, e * 2, "bench"), *b = be->alloc(be, e * 2, "bench"), *c = be->alloc(be, e * 4, "bench");
+    void *x = be->alloc(be, cb, "bench"), *y = be->alloc(be, cb, "bench");
+    if (a && b && c && x && y) {
+        be->fill_uniform(be, a, 1, e, 1, 1.0f);
+        be->fill_uniform(be, b, 1, e, 2, 1.0f);
+        double best = 1e30, bestc = 1e30;
+        for (int r = 0; r < 8; r++) {
+            be->sync(be);
+            double t = zb_now();
+            zb_cuda_gemm_bf16_native(n, n, n, a, b, c);
+            be->sync(be);
+            t = zb_now() - t;
+            if (r >= 2 && t < best) best = t;
+            t = zb_now();
+            be->copy(be, y, x, cb);
+            be->sync(be);
+            t = zb_now() - t;
+            if (r >= 2 && t < bestc) bestc = t;
+        }
+        *tflops = 2.0 * n * n * n / best / 1e12;
+        *gbs = 2.0 * cb / bestc / 1e9;
+    }
+    be->free(be, a); be->free(be, b); be->free(be, c); be->free(be, x); be->free(be, y);
+#else
+    (void)be;
+#endif
+}
+
+/* The largest batch whose generation state at ctx tokens allocates (binary search over real
+ * allocations, each freed). */
+static int fit_batch(const zb_model *m, int ctx, int *best) {
+    int lo = 0, hi = 1;
+    zb_gen g;
+    while (hi <= 65536) {   /* grow until an allocation fails */
+        if (zb_gen_init(&g, m, hi, ctx + 1)) { zb_gen_free(&g); break; }
+        zb_gen_free(&g);
+        lo = hi;
+        hi *= 2;
+    }
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        if (zb_gen_init(&g, m, mid, ctx + 1)) hi = mid;
+        else lo = mid;
+        zb_gen_free(&g);
+    }
+    *best = lo;
+    return ZB_OK;
+}
 
 #define MAXL 16
 
@@ -113,8 +178,8 @@ static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill
     rc = zb_gen_step(m, &g, ids, prefill_len);
     r->prefill_tps = (double)B * prefill_len / (zb_now() - t);
     zb_gen_fill_synthetic(&g, ctx, 3);
-    int tok[64];
-    for (int b = 0; b < B && b < 64; b++) tok[b] = b + 1;
+    int *tok = ids;   /* the decode steps' tokens: one per sequence */
+    for (int b = 0; b < B; b++) tok[b] = b + 1;
     rc = rc ? rc : zb_gen_step(m, &g, tok, 1);   /* one untimed step: first touches, threads awake */
     g.profile = breakdown;   /* the timed decode steps only */
     t = zb_now();
@@ -164,15 +229,23 @@ static void svg_plot(FILE *f, int batch, const int *ctx, int nc, double (*tps)[M
 
 int zb_cmd_bench(int argc, char **argv) {
     static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
-                                       "--decode-steps", "--prefill-len", "--md", "--svg", "--weights", NULL};
+                                       "--decode-steps", "--prefill-len", "--md", "--svg", "--weights",
+                                       "--fit", "--train", "--kd", "--batch", "--seq", "--steps", ZB_DEVICE_ARGS, NULL};
     static const char *const flags[] = {"--breakdown", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
+    if (zb_arg_str(argc, argv, "--train", NULL)) {
+        zb_backend tb;
+        ZB_TRY(zb_backend_from_args(argc, argv, ZB_WEIGHTS_F32, &tb));
+        return zb_bench_train(argc, argv, &tb);
+    }
     const char *paths[2] = {zb_arg_str(argc, argv, "--teacher", NULL), zb_arg_str(argc, argv, "--hybrid", NULL)};
     const char *names[2] = {"teacher", "hybrid"};
     if (!paths[0] && !paths[1]) return zb_fail(ZB_EARG, "bench: give --teacher and/or --hybrid");
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
-    zb_backend be = zb_infer_backend(wt);   /* the run's decode switches */
+    zb_backend be;
+    ZB_TRY(zb_backend_from_args(argc, argv, wt, &be));   /* the device, the run's decode switches */
+    int gpu = !be.host_memory, fit = zb_arg_int(argc, argv, "--fit", 0);
     int ctx[MAXL], bat[MAXL];
     int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
     int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
@@ -180,20 +253,37 @@ int zb_cmd_bench(int argc, char **argv) {
     int plen = zb_arg_int(argc, argv, "--prefill-len", 256);
     int breakdown = zb_arg_flag(argc, argv, "--breakdown");
     for (int i = 0; i < nc; i++) if (ctx[i] < 1) return zb_fail(ZB_EARG, "bench: contexts must be >= 1");
-    for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 64) return zb_fail(ZB_EARG, "bench: batches in [1, 64]");
+    for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 1024) return zb_fail(ZB_EARG, "bench: batches in [1, 1024]");
     if (steps < 1 || plen < 1) return zb_fail(ZB_EARG, "bench: --decode-steps and --prefill-len must be >= 1");
 
-    double bw1 = 0, gf = sgemm_gflops(2048), bw = read_bandwidth((size_t)1 << 30, &bw1);
+    double bw1 = 0, gf = 0, bw = 0;
+    if (gpu) {   /* GFLOP/s of the bf16 products, device bytes/s */
+        double tf;
+        gpu_ceilings(&be, &tf, &bw);
+        gf = tf * 1e3;
+    } else {
+        gf = sgemm_gflops(2048);
+        bw = read_bandwidth((size_t)1 << 30, &bw1);
+    }
     FILE *md = stdout, *mdf = NULL;
     const char *md_path = zb_arg_str(argc, argv, "--md", NULL);
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
     int threads = zb_linear_threads();   /* set in main (zb_threads_auto) */
-    fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
-            wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
-            zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
-    fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
-                "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
+    if (gpu) {
+#ifdef ZB_HAVE_CUDA
+        fprintf(md, "weights: %s on %s (products %s, caches %s)\n\n", zb_wdtype_name(wt), zb_cuda_device_name(),
+                be.opts.gpu_bf16 ? "bf16 operands" : "float32", be.opts.cache_bf16 ? "bf16" : "float32");
+#endif
+        fprintf(md, "machine: bf16 matmul %.1f TFLOP/s (cuBLAS 8192^3), device copy %.1f GB/s (read + write)\n\n",
+                gf / 1e3, bw);
+    } else {
+        fprintf(md, "weights: %s (%s, %d OpenMP threads; OpenBLAS %s build, core %s)\n\n", zb_wdtype_name(wt),
+                wt == ZB_WEIGHTS_BF16 ? zb_bf16_impl_name(ZB_BF16_AUTO) : "OpenBLAS", threads,
+                zb_blas_uses_openmp() ? "OpenMP" : "pthreads", openblas_get_corename());
+        fprintf(md, "machine: OpenBLAS sgemm %.1f GFLOP/s (2048^3), read bandwidth %.1f GB/s "
+                    "(1 GiB, all threads; one core %.1f GB/s)\n\n", gf, bw, bw1);
+    }
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|\n");
     double tps[2][MAXL][MAXL] = {{{0}}};   /* [model][batch][context] decode tok/s */
@@ -209,6 +299,13 @@ int zb_cmd_bench(int argc, char **argv) {
         have[k] = 1;
         size_t kvtok = 0;
         zb_cache_sizes(&m.cfg, &kvtok, NULL);
+        if (fit > 0) {   /* the largest batch at that context, then the next model */
+            int bmax = 0;
+            rc = fit_batch(&m, fit, &bmax);
+            fprintf(md, "| %s | largest batch at %d tokens of context: %d |\n", names[k], fit, bmax);
+            zb_model_free(&m);
+            continue;
+        }
         for (int bi = 0; bi < nb && !rc; bi++)
             for (int ci = 0; ci < nc && !rc; ci++) {
                 bench_row *r = &rows[k][bi][ci];
@@ -216,14 +313,15 @@ int zb_cmd_bench(int argc, char **argv) {
                 if (rc) break;
                 double pf = 2.0 * zb_model_num_params(&m) * r->prefill_tps / 1e9;   /* ~2 flops per weight per token */
                 fprintf(md, "| %s | %.3gM | %zu | %d | %d | %.1f | %.0f%% | %.2f | %.2f | %.0f%% |\n",
-                        names[k], zb_model_num_params(&m) / 1e6, kvtok * sizeof(float), bat[bi], ctx[ci],
+                        names[k], zb_model_num_params(&m) / 1e6, kvtok * (be.opts.cache_bf16 ? 2 : sizeof(float)),
+                        bat[bi], ctx[ci],
                         r->prefill_tps, 100 * pf / gf, r->decode_tps, r->decode_gbs, 100 * r->decode_gbs / bw);
                 fflush(md);
                 tps[k][bi][ci] = r->decode_tps;
             }
         zb_model_free(&m);
     }
-    if (!rc && have[0] && have[1])
+    if (!rc && have[0] && have[1] && fit <= 0)   /* --fit measured no speeds */
         for (int bi = 0; bi < nb; bi++) {
             fprintf(md, "\nhybrid / teacher decode speed-up (batch %d):", bat[bi]);
             for (int i = 0; i < nc; i++)

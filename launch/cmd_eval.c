@@ -9,7 +9,8 @@
  *       length in bytes. Without --tokenizer, ids are the UTF-8 bytes (byte-level models).
  *       Pre-tokenised tasks: {"context_ids": [...], "choices_ids": [[...], ...], "gold"}
  *       (acc_norm then divides by the choice's token count).
- *   [--json out.json] writes the report. */
+ *   [--json out.json] writes the report; [--device cuda [--precision bf16|f32]] runs the model on
+ *   the GPU (the CPU by default). */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -84,16 +85,25 @@ static int score(zb_model *m, toks *seq, const int *start, int nseq, int B, doub
     ZB_TRY(zb_acts_alloc(&a, m, B, T));
     int *ids = calloc((size_t)B * T, sizeof(int)), rc = ZB_OK, V = m->cfg.vocab;
     if (!ids) rc = zb_fail(ZB_ENOMEM, "out of memory (eval)");
+    /* a GPU's logits are read back to the host (all rows: the scored parts are most of them) */
+    float *host = NULL;
+    if (!rc && !m->be->host_memory && !(host = zb_malloc(sizeof(float) * (size_t)B * T * V, "eval logits")))
+        rc = ZB_ENOMEM;
     for (int i0 = 0; i0 < nseq && !rc; i0 += B) {
         int nb = nseq - i0 < B ? nseq - i0 : B;
         memset(ids, 0, sizeof(int) * B * T);
         for (int b = 0; b < nb; b++) memcpy(ids + (size_t)b * T, seq[i0 + b].ids, sizeof(int) * seq[i0 + b].n);
         zb_model_forward(m, &a, ids);   /* causal: padding after a sequence cannot change it */
+        const float *logits = a.logits;
+        if (host) {
+            m->be->to_host(m->be, host, a.logits, sizeof(float) * (size_t)B * T * V);
+            logits = host;
+        }
         for (int b = 0; b < nb; b++) {
             double s = 0;
             const toks *q = &seq[i0 + b];
             for (int t = start[i0 + b]; t < q->n; t++) {
-                const float *row = a.logits + ((size_t)b * T + t - 1) * V;
+                const float *row = logits + ((size_t)b * T + t - 1) * V;
                 float mx = row[0];
                 for (int v = 1; v < V; v++) if (row[v] > mx) mx = row[v];
                 double z = 0;
@@ -104,6 +114,7 @@ static int score(zb_model *m, toks *seq, const int *start, int nseq, int B, doub
         }
     }
     free(ids);
+    free(host);
     zb_acts_free(&a);
     return rc;
 }
@@ -236,7 +247,7 @@ static int eval_mc(zb_model *m, const char *path, const zb_tokenizer *tok, int B
 
 int zb_cmd_eval(int argc, char **argv) {
     static const char *const vals[] = {"--model", "--data", "--split", "--seq", "--batch",
-                                       "--max-batches", "--tasks", "--tokenizer", "--json", NULL};
+                                       "--max-batches", "--tasks", "--tokenizer", "--json", ZB_DEVICE_ARGS, NULL};
     static const char *const flags[] = {NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     const char *mp = zb_arg_str(argc, argv, "--model", NULL);
@@ -247,10 +258,13 @@ int zb_cmd_eval(int argc, char **argv) {
     int B = zb_arg_int(argc, argv, "--batch", 4), T = zb_arg_int(argc, argv, "--seq", 256);
     if (!mp || (!data && !tasks)) return zb_fail(ZB_EARG, "eval: needs --model M and --data SHARDS and/or --tasks F.jsonl");
     if (B < 1 || T < 2) return zb_fail(ZB_EARG, "eval: --batch >= 1 and --seq >= 2");
+    zb_backend be;   /* --device: the model's backend (the CPU's by default) */
+    ZB_TRY(zb_backend_from_args(argc, argv, ZB_WEIGHTS_F32, &be));
     zb_model m;
     ZB_TRY(zb_model_load(&m, mp));
     zb_tokenizer *tok = NULL;
-    int rc = tp ? zb_tokenizer_load(&tok, tp) : ZB_OK;
+    int rc = be.host_memory ? ZB_OK : zb_model_set_backend(&m, &be);
+    if (!rc && tp) rc = zb_tokenizer_load(&tok, tp);
     cJSON *rep = cJSON_CreateObject();
     cJSON_AddStringToObject(rep, "model", mp);
     if (!rc && data) {

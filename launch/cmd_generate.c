@@ -22,7 +22,8 @@
  * memory (VmHWM) and the bf16 kernel and threads used.
  * --device cuda [--precision bf16|f32]: the model on this rank's GPU (one rank per GPU, the
  * node-local rank picks it); under --tp / --pp the residual sums, the logits gather and the
- * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h). */
+ * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h); --cache bf16 holds the
+ * GPU's caches in bf16 (float32 by default). */
 #include <ctype.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -309,6 +310,7 @@ typedef struct {
     const char *model_path, *tok_path;
     int max_new, max_batch, ctx, quiet, print_ids, tp, pp;
     int gpu, gpu_bf16;  /* --device cuda, --precision bf16 */
+    int cache_bf16;     /* --cache bf16: the GPU's caches in bf16 (float32 by default) */
     zb_sampler sp;
     uint64_t seed;
     zb_wdtype wt;
@@ -338,7 +340,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     static const char *const vals[] = {"--model", "--prompt-ids", "--prompt", "--prompts", "--tokenizer",
                                        "--max-new", "--temperature", "--top-k", "--top-p",
                                        "--seed", "--stop", "--tp", "--pp", "--batch", "--ctx", "--weights", "--device",
-                                       "--precision", NULL};
+                                       "--precision", "--cache", NULL};
     static const char *const flags[] = {"--ignore-eos", "--quiet", "--chat", "--no-bos", "--print-ids", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     memset(a, 0, sizeof *a);
@@ -381,6 +383,11 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         return zb_fail(ZB_EARG, "generate: --precision must be f32 or bf16, not '%s'", prec);
     if (prec && !a->gpu && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "generate: --precision bf16 needs --device cuda");
     a->gpu_bf16 = a->gpu && (!prec || !strcmp(prec, "bf16"));
+    const char *cache = zb_arg_str(argc, argv, "--cache", "f32");
+    if (strcmp(cache, "f32") && strcmp(cache, "bf16"))
+        return zb_fail(ZB_EARG, "generate: --cache must be f32 or bf16, not '%s'", cache);
+    if (!a->gpu && strcmp(cache, "f32")) return zb_fail(ZB_EARG, "generate: --cache bf16 needs --device cuda");
+    a->cache_bf16 = !strcmp(cache, "bf16");
     return ZB_OK;
 }
 
@@ -388,9 +395,10 @@ static int parse_args(int argc, char **argv, gen_args *a) {
 static int gen_backend(const gen_args *a, zb_backend *be) {
     if (!a->gpu) { *be = zb_infer_backend(a->wt); return ZB_OK; }
     const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate: --device cuda");
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate");
     *be = *b;
     be->opts.gpu_bf16 = a->gpu_bf16;
+    be->opts.cache_bf16 = a->cache_bf16;
     return ZB_OK;
 }
 

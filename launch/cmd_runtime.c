@@ -55,6 +55,27 @@ zb_backend zb_infer_backend(zb_wdtype wt) {
     return be;
 }
 
+int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out) {
+    const char *dev = zb_arg_str(argc, argv, "--device", "cpu");
+    int gpu = !strcmp(dev, "cuda");
+    if (!gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "--device must be cpu or cuda, not '%s'", dev);
+    const char *prec = zb_arg_str(argc, argv, "--precision", gpu ? "bf16" : "f32");
+    const char *cache = zb_arg_str(argc, argv, "--cache", gpu ? "bf16" : "f32");
+    if (strcmp(prec, "f32") && strcmp(prec, "bf16"))
+        return zb_fail(ZB_EARG, "--precision must be f32 or bf16, not '%s'", prec);
+    if (strcmp(cache, "f32") && strcmp(cache, "bf16"))
+        return zb_fail(ZB_EARG, "--cache must be f32 or bf16, not '%s'", cache);
+    if (!gpu && (!strcmp(prec, "bf16") || !strcmp(cache, "bf16")))
+        return zb_fail(ZB_EARG, "--precision bf16 and --cache bf16 need --device cuda (the CPU computes in float32)");
+    if (!gpu) { *out = zb_infer_backend(wt); return ZB_OK; }
+    const zb_backend *b = zb_backend_get("cuda");   /* this process's GPU: its local rank picks it */
+    if (!b) return ZB_EDEVICE;   /* zb_backend_get said why */
+    *out = *b;
+    out->opts.gpu_bf16 = !strcmp(prec, "bf16");
+    out->opts.cache_bf16 = !strcmp(cache, "bf16");
+    return ZB_OK;
+}
+
 long zb_vm_hwm_kb(void) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return -1;

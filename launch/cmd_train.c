@@ -674,7 +674,7 @@ static int train_backend(train_run *S, const char *dev, const char *prec) {
         return ZB_OK;
     }
     const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "train: --device cuda");
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, "train");
     S->be = *b;
     S->be.opts.gpu_bf16 = !prec || !strcmp(prec, "bf16");
     return ZB_OK;

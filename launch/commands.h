@@ -40,6 +40,13 @@ long zb_vm_hwm_kb(void);
  * switch (backend.h zb_backend_opts.decode_omp): the OpenMP decode kernels with bf16 weights, or
  * always when OpenBLAS itself runs on OpenMP (one thread pool per run, core/cpu/ops.c). */
 zb_backend zb_infer_backend(zb_wdtype wt);
+/* The backend of a command from its flags: --device cpu|cuda (default cpu; one rank per GPU,
+ * the local rank picks it), --precision f32|bf16 (the GPU's matrix products: bf16 operands with
+ * float32 weights and sums, the default there; float32 for exactness) and --cache f32|bf16 (the
+ * GPU's generation caches; bf16 by default). The CPU takes f32 only (zb_infer_backend). */
+int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out);
+/* The flags above, for the lists given to zb_args_check. */
+#define ZB_DEVICE_ARGS "--device", "--precision", "--cache"
 
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */

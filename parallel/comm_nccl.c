@@ -116,6 +116,24 @@ static int from_host(nccl_impl *im, void *d, const void *h, size_t bytes) {
     return ZB_OK;
 }
 
+/* An in-place MPI call on a host copy of device buffer x (bytes long). */
+enum { ST_ALLREDUCE, ST_BCAST, ST_ALLGATHERV };
+typedef struct { int kind; size_t n; zb_ctype t; int arg; const size_t *counts, *displs; } staged_call;
+
+static int staged_inplace(nccl_impl *im, zb_group g, void *x, size_t bytes, staged_call sc) {
+    int rc;
+    void *h = to_host(im, x, bytes, &rc);
+    if (!h) return rc;
+    const zb_comm_ops *o = im->mpi->ops;
+    void *mi = im->mpi->impl;
+    rc = sc.kind == ST_ALLREDUCE ? o->allreduce(mi, g, h, sc.n, sc.t, (zb_redop)sc.arg)
+       : sc.kind == ST_BCAST     ? o->bcast(mi, g, h, sc.n, sc.t, sc.arg)
+                                 : o->allgatherv_inplace(mi, g, h, sc.counts, sc.displs, sc.t);
+    if (!rc) rc = from_host(im, x, h, bytes);
+    free(h);
+    return rc;
+}
+
 #define MPI_OPS(im) ((im)->mpi->ops)
 #define MPI_IMPL(im) ((im)->mpi->impl)
 
@@ -147,14 +165,7 @@ static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb
         return leave(im, im->comm);
     }
 #endif
-    int rc;
-    size_t bytes = n * zb_ctype_size(t);
-    void *h = to_host(im, x, bytes, &rc);
-    if (!h) return rc;
-    rc = MPI_OPS(im)->allreduce(MPI_IMPL(im), g, h, n, t, op);
-    if (!rc) rc = from_host(im, x, h, bytes);
-    free(h);
-    return rc;
+    return staged_inplace(im, g, x, n * zb_ctype_size(t), (staged_call){ST_ALLREDUCE, n, t, (int)op, NULL, NULL});
 }
 
 static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r) {
@@ -195,14 +206,7 @@ static int n_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int ro
         return leave(im, im->comm);
     }
 #endif
-    int rc;
-    size_t bytes = n * zb_ctype_size(t);
-    void *h = to_host(im, x, bytes, &rc);
-    if (!h) return rc;
-    rc = MPI_OPS(im)->bcast(MPI_IMPL(im), g, h, n, t, root);
-    if (!rc) rc = from_host(im, x, h, bytes);
-    free(h);
-    return rc;
+    return staged_inplace(im, g, x, n * zb_ctype_size(t), (staged_call){ST_BCAST, n, t, root, NULL, NULL});
 }
 
 static int n_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {
@@ -248,13 +252,7 @@ static int n_allgatherv_inplace(void *impl, zb_group g, void *x, const size_t *c
         return leave(im, im->comm);
     }
 #endif
-    int rc;
-    void *h = to_host(im, x, end * es, &rc);
-    if (!h) return rc;
-    rc = MPI_OPS(im)->allgatherv_inplace(MPI_IMPL(im), g, h, counts, displs, t);
-    if (!rc) rc = from_host(im, x, h, end * es);
-    free(h);
-    return rc;
+    return staged_inplace(im, g, x, end * es, (staged_call){ST_ALLGATHERV, 0, t, 0, counts, displs});
 }
 
 static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t) {
@@ -338,45 +336,38 @@ static ncclComm_t p2p(nccl_impl *im, zb_group g, int peer, int sending, cudaStre
 }
 #endif
 
-static int n_send(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag) {
+/* A blocking send (sending = 1, x read) or receive (x written) of n elements with stage peer. */
+static int n_p2p(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag, int sending) {
     nccl_impl *im = IM(impl);
-    if (!on_dev(x)) return MPI_OPS(im)->send(MPI_IMPL(im), g, x, n, t, peer, tag);
+    if (!on_dev(x)) return sending ? MPI_OPS(im)->send(MPI_IMPL(im), g, x, n, t, peer, tag)
+                                   : MPI_OPS(im)->recv(MPI_IMPL(im), g, x, n, t, peer, tag);
 #ifdef ZB_HAVE_NCCL
     cudaStream_t s;
-    ncclComm_t pc = p2p(im, g, peer, 1, &s);
+    ncclComm_t pc = p2p(im, g, peer, sending, &s);
     if (pc) {
         ZB_TRY(enter(im, s));
-        ZB_NC(ncclSend(x, n, ndt(t), 1, pc, s));
+        if (sending) ZB_NC(ncclSend(x, n, ndt(t), 1, pc, s));
+        else ZB_NC(ncclRecv(x, n, ndt(t), 0, pc, s));
         return leave(im, s);
     }
 #endif
-    int rc;
-    void *h = to_host(im, x, n * zb_ctype_size(t), &rc);
-    if (!h) return rc;
-    rc = MPI_OPS(im)->send(MPI_IMPL(im), g, h, n, t, peer, tag);
+    int rc = ZB_OK;
+    size_t bytes = n * zb_ctype_size(t);
+    void *h = sending ? to_host(im, x, bytes, &rc) : zb_malloc(bytes + 1, "host staging buffer");
+    if (!h) return rc ? rc : ZB_ENOMEM;
+    rc = sending ? MPI_OPS(im)->send(MPI_IMPL(im), g, h, n, t, peer, tag)
+                 : MPI_OPS(im)->recv(MPI_IMPL(im), g, h, n, t, peer, tag);
+    if (!rc && !sending) rc = from_host(im, x, h, bytes);
     free(h);
     return rc;
 }
 
+static int n_send(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag) {
+    return n_p2p(impl, g, (void *)x, n, t, peer, tag, 1);
+}
+
 static int n_recv(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag) {
-    nccl_impl *im = IM(impl);
-    if (!on_dev(x)) return MPI_OPS(im)->recv(MPI_IMPL(im), g, x, n, t, peer, tag);
-#ifdef ZB_HAVE_NCCL
-    cudaStream_t s;
-    ncclComm_t pc = p2p(im, g, peer, 0, &s);
-    if (pc) {
-        ZB_TRY(enter(im, s));
-        ZB_NC(ncclRecv(x, n, ndt(t), 0, pc, s));
-        return leave(im, s);
-    }
-#endif
-    size_t bytes = n * zb_ctype_size(t);
-    void *h = zb_malloc(bytes + 1, "host staging buffer");
-    if (!h) return ZB_ENOMEM;
-    int rc = MPI_OPS(im)->recv(MPI_IMPL(im), g, h, n, t, peer, tag);
-    if (!rc) rc = from_host(im, x, h, bytes);
-    free(h);
-    return rc;
+    return n_p2p(impl, g, x, n, t, peer, tag, 0);
 }
 
 static int n_isend(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag, zb_comm_req *r) {

@@ -16,4 +16,19 @@ if(ZB_CUDA)
   zb_cuda_test(test_cuda_ops test_cuda_ops.c ${ZB_FIXTURES})
   # the MLA mixer (training and latent-cache generation) against core/mla.c
   zb_cuda_test(test_cuda_mla test_cuda_mla.c)
+  # the backend seam's table on the GPU, and the whole teacher and all-MLA model against the HF
+  # fixtures through the CUDA table (float32 products: the CPU tests' bounds)
+  function(zb_cuda_model_test name exe)
+    add_test(NAME ${name} COMMAND ${exe} ${ARGN})
+    set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OPENBLAS_NUM_THREADS=1")
+  endfunction()
+  zb_cuda_model_test(test_backend_cuda test_backend cuda)
+  zb_cuda_model_test(test_hf_llama_cuda test_hf_llama_backend ${ZB_FIXTURES}/hf-llama-tiny --backend cuda)
+  zb_cuda_model_test(test_hf_mla_cuda test_hf_llama_backend ${ZB_FIXTURES}/hf-mla-tiny --backend cuda)
+  # the driver end to end on the GPU: train (CPU <-> GPU checkpoints), eval, generate
+  add_test(NAME cli_cuda COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_cuda.sh $<TARGET_FILE:zebra> ${ZB_FIXTURES}
+                                 ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cli_cuda PROPERTIES SKIP_RETURN_CODE 77 LABELS gpu
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OPENBLAS_NUM_THREADS=1")
 endif()

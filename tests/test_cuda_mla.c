@@ -49,9 +49,8 @@ static double tol_of(const zb_mla_dims *m, int d, int T) {
 static void test_combo(const combo *c, zb_rng *rng) {
     const zb_mla_dims *m = &c->m;
     int d = c->d, B = 2, T = 37, N = B * T;
-    zb_rope_cfg rc = {ZB_ROPE_DEFAULT, 10000.0f, 1, 1, 1, 0};
     zb_rope rope;
-    zb_rope_init(&rope, m->qk_rope, &rc);
+    zb_rope_init(&rope, m->qk_rope, &m->rope);
     zb_mla_weights w, g, dw, dg;
     size_t nw = layout(m, d, NULL, &w);
     float *wb = zb_falloc(nw), *gb = zb_falloc(nw);
@@ -169,9 +168,14 @@ int main(int argc, char **argv) {
     if (rc) return rc;
     zb_rng rng;
     zb_rng_seed(&rng, 77);
+    /* plain RoPE for the first; the Zebra release's YaRN (cos / sin and the softmax scale carry
+     * mscale) for the second */
+    zb_rope_cfg plain = {.type = ZB_ROPE_DEFAULT, .theta = 10000.0f, .factor = 1};
+    zb_rope_cfg yarn = {.type = ZB_ROPE_YARN, .theta = 10000.0f, .factor = 4, .original_max_pos = 16,
+                        .beta_fast = 32, .beta_slow = 1, .mscale = 1, .mscale_all_dim = 1};
     combo cs[2] = {
-        {"deepseek (q_proj, kv norm, rotate-half)", {4, 0, 0, 32, 1, 16, 8, 16, 4, 0}, 64},
-        {"zebra (q_a/q_b + q norm, 2 kv heads, interleaved)", {4, 24, 1, 32, 0, 16, 8, 16, 2, 1}, 64},
+        {"deepseek (q_proj, kv norm, rotate-half)", {4, 0, 0, 32, 1, 16, 8, 16, 4, 0, plain}, 64},
+        {"zebra (q_a/q_b + q norm, 2 kv heads, interleaved, YaRN)", {4, 24, 1, 32, 0, 16, 8, 16, 2, 1, yarn}, 64},
     };
     for (int p = 0; p < 2; p++) {
         zb_cuda_set_precision(p ? ZB_PREC_BF16 : ZB_PREC_F32);

@@ -444,12 +444,12 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
     const char *path = attn_path(&s, dq_, dk_, dv_);
     snprintf(what, sizeof what, "attention_forward %s %s B=%d T=%d H=%d Hkv=%d dqk=%d dv=%d block=%d", mode_name(), path,
              B, T, H, Hkv, dqk, dv, block);
-    zb_check_bound(what, got, out, bo, no);
+    zb_check_bounds(what, got, out, bo, no);
     float *lref = zb_falloc(nl);
     double *bl = zb_dalloc(nl);
     for (size_t i = 0; i < nl; i++) { lref[i] = (float)lse[i]; bl[i] = eps[i] + 8 * U * (fabs(lse[i]) + 1); }
     snprintf(what, sizeof what, "attention_forward lse %s (vs double)", mode_name());
-    zb_check_bound(what, glse, lref, bl, nl);
+    zb_check_bounds(what, glse, lref, bl, nl);
     /* backward: the GPU's dq / dk / dv buffers hold garbage outside the head columns; only the
      * head columns are compared */
     float *gq = zb_dev_f(NULL, nq), *gk = zb_dev_f(NULL, nk), *gv = zb_dev_f(NULL, nv);
@@ -472,11 +472,11 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
         for (int j = Hkv * dv; j < s.v_stride; j++) hv[(size_t)r * s.v_stride + j] = rv[(size_t)r * s.v_stride + j] = 0;
     }
     snprintf(what, sizeof what, "attention_backward dq %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
-    zb_check_bound(what, hq, rq, b1, nq);
+    zb_check_bounds(what, hq, rq, b1, nq);
     snprintf(what, sizeof what, "attention_backward dk %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
-    zb_check_bound(what, hk, rk, b2, nk);
+    zb_check_bounds(what, hk, rk, b2, nk);
     snprintf(what, sizeof what, "attention_backward dv %s %s T=%d dqk=%d block=%d", mode_name(), path, T, dqk, block);
-    zb_check_bound(what, hv, rv, b3, nv);
+    zb_check_bounds(what, hv, rv, b3, nv);
     zb_cuda_attention_block_rows(0);
     free(q); free(k); free(v); free(out); free(probs); free(dout); free(rq); free(rk); free(rv); free(P); free(lse);
     free(eps); free(mo); free(mq); free(mk); free(mv); free(got); free(glse); free(bo); free(lref); free(bl);
@@ -558,13 +558,13 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
     char what[128];
     snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s (%s)", mla ? "mla" : "gqa",
              bf16 ? "bf16" : "f32", n, mode_name(), n == 1 ? "flash-decoding" : "cuBLAS blocks");
-    zb_check_bound(what, got, out, bound, no);
+    zb_check_bounds(what, got, out, bound, no);
     if (n == 1) {   /* the decode kernel given only the cache length as its bound (as the backend does) */
         zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, maxT, &a);
         zb_host_f(got, dout, no);
         snprintf(what, sizeof what, "attention_cached %s cache=%s decode bounded by max_T", mla ? "mla" : "gqa",
                  bf16 ? "bf16" : "f32");
-        zb_check_bound(what, got, out, bound, no);
+        zb_check_bounds(what, got, out, bound, no);
     }
     /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
     if (!mla && !bf16) {
@@ -623,12 +623,12 @@ static void test_losses(zb_rng *rng, int N, int V) {
             bd[(size_t)r * V + v] = y[r] < 0 ? 0 : scale * (exp(row[v] - lse) * (4 * U * (fabs(lse) + fabs(row[v] - lse)) + 32 * U) + 2 * U);
     }
     zb_check(fabs(g - ref) <= bl, "cross_entropy sum: gpu %.12g cpu %.12g |d| %.3g bound %.3g", g, ref, fabs(g - ref), bl);
-    zb_check_bound("cross_entropy dlogits", got, d, bd, n);
+    zb_check_bounds("cross_entropy dlogits", got, d, bd, n);
     /* in place (dlogits == logits) */
     double g2 = zb_cuda_cross_entropy(dl, dl, dy, N, V, scale);
     zb_host_f(got, dl, n);
     zb_check(fabs(g2 - ref) <= bl, "cross_entropy in place sum: gpu %.12g cpu %.12g", g2, ref);
-    zb_check_bound("cross_entropy dlogits in place", got, d, bd, n);
+    zb_check_bounds("cross_entropy dlogits in place", got, d, bd, n);
     zb_cuda_upload(dl, lg, n * 4);
     /* target log-probabilities */
     double *dlp = (double *)zb_dev_bytes(NULL, sizeof(double) * N), *lp = zb_dalloc(N);
@@ -673,13 +673,35 @@ static void test_losses(zb_rng *rng, int N, int V) {
         bk += 16 * U * (acc + fabs(ms) + fabs(mt));
     }
     zb_check(fabs(kg - kref) <= bk, "kl_div sum: gpu %.12g cpu %.12g |d| %.3g bound %.3g", kg, kref, fabs(kg - kref), bk);
-    zb_check_bound("kl_div dstudent", got, d, bd, n);
+    zb_check_bounds("kl_div dstudent", got, d, bd, n);
     /* MSE */
     double mref = zb_mse(d, lg, tg, n, 0.5f);
     double mg = zb_cuda_mse(dd, dl, dt, n, 0.5f);
     zb_host_f(got, dd, n);
     zb_check(fabs(mg - mref) <= 1e-12 * mref, "mse: gpu %.15g cpu %.15g", mg, mref);
     zb_check_mag("mse grad", got, d, NULL, 2 * U, 0, n);
+    /* mean row distance (ILD as the release) against double sums: rows of V values */
+    {
+        double ref = 0;
+        float *gr = zb_falloc(n);
+        double *bg = zb_dalloc(n);
+        for (int r = 0; r < N; r++) {
+            double ss = 0;
+            for (int v = 0; v < V; v++) { double e = (double)lg[(size_t)r * V + v] - tg[(size_t)r * V + v]; ss += e * e; }
+            double nr = sqrt(ss);
+            ref += nr / N;
+            for (int v = 0; v < V; v++) {
+                double e = (double)lg[(size_t)r * V + v] - tg[(size_t)r * V + v];
+                gr[(size_t)r * V + v] = (float)(0.5 * e / (nr * N));
+                bg[(size_t)r * V + v] = 4 * U * fabs(0.5 * e / (nr * N)) + 1e-30;   /* one float rounding each side */
+            }
+        }
+        double gm = zb_cuda_mean_row_dist(dd, dl, dt, N, V, 0.5f);
+        zb_host_f(got, dd, n);
+        zb_check(fabs(gm - ref) <= 1e-12 * ref, "mean_row_dist: gpu %.15g double %.15g", gm, ref);
+        zb_check_bounds("mean_row_dist grad", got, gr, bg, n);
+        free(gr); free(bg);
+    }
     free(lg); free(tg); free(d); free(got); free(y); free(mask); free(bd); free(lp);
     zb_cuda_free(dl); zb_cuda_free(dd); zb_cuda_free(dt); zb_cuda_free(dy); zb_cuda_free(dm); zb_cuda_free(dlp);
 }
@@ -725,9 +747,9 @@ static void test_adamw(zb_rng *rng, const char *fixtures) {
         /* the update's quotient inherits m's and v's differences (bm, bv) */
         bw[i] = 8 * U * (fabs(w0[i]) + upd) + upd * (bm[i] / (fabs(o.m[i]) + 1e-30) + bv[i] / (o.v[i] + 1e-30));
     }
-    zb_check_bound("adamw weights", hw, m.data, bw, n);
-    zb_check_bound("adamw first moments", hm, o.m, bm, n);
-    zb_check_bound("adamw second moments", hv, o.v, bv, n);
+    zb_check_bounds("adamw weights", hw, m.data, bw, n);
+    zb_check_bounds("adamw first moments", hm, o.m, bm, n);
+    zb_check_bounds("adamw second moments", hv, o.v, bv, n);
     zb_cuda_segs_free(segs);
     free(w0); free(m0); free(v0); free(hw); free(hm); free(hv); free(bw); free(bm); free(bv);
     zb_cuda_free(dw); zb_cuda_free(dg); zb_cuda_free(dm); zb_cuda_free(dv);

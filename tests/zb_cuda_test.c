@@ -45,7 +45,7 @@ void zb_host_f(float *h, const float *d, size_t n) {
     if (zb_cuda_download(h, d, n * sizeof(float))) die("download");
 }
 
-int zb_check_bound(const char *what, const float *got, const float *ref, const double *bound, size_t n) {
+int zb_check_bounds(const char *what, const float *got, const float *ref, const double *bound, size_t n) {
     size_t bad = 0;
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -68,7 +68,7 @@ int zb_check_mag(const char *what, const float *got, const float *ref, const dou
                  double abs_tol, size_t n) {
     double *b = zb_dalloc(n);
     for (size_t i = 0; i < n; i++) b[i] = rel * (mag ? mag[i] : fabs((double)ref[i])) + abs_tol;
-    int r = zb_check_bound(what, got, ref, b, n);
+    int r = zb_check_bounds(what, got, ref, b, n);
     free(b);
     return r;
 }

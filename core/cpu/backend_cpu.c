@@ -269,6 +269,21 @@ static double cpu_sumsq(const zb_backend *be, const float *x, size_t n) {
     return s;
 }
 
+/* threaded, counter-based: any split of the loop gives the same values */
+static void cpu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a) {
+    (void)be;
+    long long k = (long long)n;
+    if (bf16) {
+        uint16_t *y = x;
+#pragma omp parallel for schedule(static)
+        for (long long i = 0; i < k; i++) y[i] = zb_f32_to_bf16(a * (2.0f * zb_hash_uniform(seed, (uint64_t)i) - 1.0f));
+    } else {
+        float *y = x;
+#pragma omp parallel for schedule(static)
+        for (long long i = 0; i < k; i++) y[i] = a * (2.0f * zb_hash_uniform(seed, (uint64_t)i) - 1.0f);
+    }
+}
+
 static const zb_backend cpu_backend = {
     .name = "cpu",
     .host_memory = 1,
@@ -292,7 +307,7 @@ static const zb_backend cpu_backend = {
     .mamba2_forward = cpu_mamba2_forward, .mamba2_backward = cpu_mamba2_backward,
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
-    .adamw = cpu_adamw, .sumsq = cpu_sumsq,
+    .adamw = cpu_adamw, .sumsq = cpu_sumsq, .fill_uniform = cpu_fill_uniform,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

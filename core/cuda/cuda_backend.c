@@ -165,9 +165,10 @@ static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att
     zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
     /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
     long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
-    zb_cuda_cache_store(kc, 0, k, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
-    zb_cuda_cache_store(vc, 0, v, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
-    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), 0};
+    int c16 = be->opts.cache_bf16;
+    zb_cuda_cache_store(kc, c16, k, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
+    zb_cuda_cache_store(vc, c16, v, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
     zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_len, &a);
 }
 
@@ -212,6 +213,14 @@ static double cu_mse(const zb_backend *be, float *da, const float *a, const floa
     return r;
 }
 
+static double cu_mean_row_dist(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
+                               float scale) {
+    (void)be;
+    double r = zb_cuda_mean_row_dist(g, s, t, N, d, scale);
+    stop_on_error();
+    return r;
+}
+
 /* ---- MLA ------------------------------------------------------------------------------------------ */
 
 static size_t cu_mla_act_floats(const zb_backend *be, const zb_mla_dims *m, int d, int B, int T) {
@@ -247,7 +256,8 @@ static void cu_mla_step(const zb_backend *be, const zb_mla_dims *m, int d, float
     int *slots = (int *)(scratch + (work + 63) / 64 * 64), *posi = slots + B;
     zb_cuda_iota(slots, B);   /* sequence b's rows at cache + b * max_T * (r + dr) */
     int max_len = step_positions(posi, pos, NULL, B, n, max_T);
-    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, 0, max_T, slots, posi, B, n, max_len, scratch);
+    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, slots, posi, B, n, max_len,
+                    scratch);
 }
 static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d, float eps,
                                const zb_mla_weights *w, const zb_mla_lin *lin, const zb_rope *rope, const float *x,
@@ -258,7 +268,8 @@ static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d
     size_t work = zb_cuda_mla_gen_scratch_floats(m, d, nb);
     int *posi = (int *)(scratch + (work + 63) / 64 * 64);
     int max_len = step_positions(posi, pos, seqs, nb, 1, max_T);
-    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, 0, max_T, seqs, posi, nb, 1, max_len, scratch);
+    zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, posi, nb, 1, max_len,
+                    scratch);
 }
 
 /* ---- Mamba2 (mamba2_cuda.h) ---------------------------------------------------------------------- */
@@ -322,6 +333,11 @@ static double cu_sumsq(const zb_backend *be, const float *x, size_t n) {
     return r;
 }
 
+static void cu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a) {
+    (void)be;
+    zb_cuda_fill_uniform(x, bf16, n, seed, a);
+}
+
 static zb_backend cuda_backend = {
     .name = "cuda",
     .host_memory = 0,
@@ -337,7 +353,7 @@ static zb_backend cuda_backend = {
     .attention_step_scratch = cu_attention_step_scratch, .attention_step = cu_attention_step,
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
-    .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse,
+    .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
     .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
     .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
     .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,
@@ -345,7 +361,7 @@ static zb_backend cuda_backend = {
     .mamba2_forward = cu_mamba2_forward, .mamba2_backward = cu_mamba2_backward,
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
-    .adamw = cu_adamw, .sumsq = cu_sumsq,
+    .adamw = cu_adamw, .sumsq = cu_sumsq, .fill_uniform = cu_fill_uniform,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

@@ -72,6 +72,11 @@ extern "C" int zb_cuda_init(int local_rank) {
     if (local_rank < 0) local_rank = zb_cuda_env_local_rank();
     g_dev.device = local_rank % n;
     ZB_CUDA(cudaSetDevice(g_dev.device));
+    /* bf16 products: CONVERT (bf16 copies of the weights, kept until they change) ran faster
+     * than FAST on the H200 for the 1B training shapes (cluster/bench_cuda); ZB_CUDA_BF16_GEMM=fast
+     * picks the other */
+    const char *gi = getenv("ZB_CUDA_BF16_GEMM");
+    g_dev.bf16_gemm = gi && !strcmp(gi, "fast") ? ZB_BF16_GEMM_FAST : ZB_BF16_GEMM_CONVERT;
     cudaDeviceProp p;
     ZB_CUDA(cudaGetDeviceProperties(&p, g_dev.device));
     snprintf(g_dev.name, sizeof g_dev.name, "%s", p.name);

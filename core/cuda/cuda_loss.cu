@@ -162,6 +162,37 @@ extern "C" double zb_cuda_kl_div(float *dstudent, const float *student, const fl
     return sum_to_host(kl, (size_t)N);
 }
 
+/* ---- mean row distance (ILD as the release) ------------------------------------------------- */
+
+__global__ void k_row_dist(double *dist, float *g, const float *s, const float *t, int d, float gscale) {
+    size_t r = blockIdx.x;
+    const float *sr = s + r * d, *tr = t + r * d;
+    double ss = 0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        double e = (double)sr[i] - tr[i];
+        ss += e * e;
+    }
+    ss = zb_block_sum_d(ss);
+    double n = sqrt(ss);
+    if (threadIdx.x == 0) dist[r] = n;
+    if (g) {
+        float *gr = g + r * d;
+        for (int i = threadIdx.x; i < d; i += blockDim.x)
+            gr[i] = n > 0 ? (float)(gscale * ((double)sr[i] - tr[i]) / n) : 0.0f;
+    }
+}
+
+/* mean over N rows of ||s_n - t_n|| (double); g (may be NULL) OVERWRITTEN with
+ * scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal */
+extern "C" double zb_cuda_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale) {
+    if (N <= 0) return 0;
+    double *dist = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
+    if (!dist) return NAN;
+    k_row_dist<<<N, vthreads(d), 0, zb_cuda_stream()>>>(dist, g, s, t, d, scale / N);
+    ZB_CUDA_LAUNCHED("mean_row_dist");
+    return sum_to_host(dist, (size_t)N) / N;
+}
+
 /* ---- MSE -------------------------------------------------------------------------------------- */
 
 __global__ void k_mse(double *acc, float *da, const float *a, const float *b, size_t n, float scale) {

@@ -210,6 +210,33 @@ extern "C" void zb_cuda_embedding_backward(float *dtable, const float *dout, con
     ZB_CUDA_LAUNCHED("embedding_backward");
 }
 
+/* ---- synthetic fills (benchmarks) --------------------------------------------------------------- */
+
+/* zb_hash_uniform's value i of stream seed (zb_common.c), the same bits as on the host */
+__device__ static inline float hash_uniform(unsigned long long seed, unsigned long long i) {
+    unsigned long long z = seed * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)((z >> 40) * (1.0 / 16777216.0));
+}
+
+__global__ void k_fill_uniform(float *x, __nv_bfloat16 *x16, size_t n, unsigned long long seed, float a) {
+    GRID_STRIDE(i, n) {
+        float v = a * (2.0f * hash_uniform(seed, i) - 1.0f);
+        if (x16) x16[i] = __float2bfloat16_rn(v);
+        else x[i] = v;
+    }
+}
+
+extern "C" void zb_cuda_fill_uniform(void *x, int bf16, size_t n, uint64_t seed, float a) {
+    if (!n) return;
+    zb_cuda_weights_changed();
+    k_fill_uniform<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(
+        bf16 ? NULL : (float *)x, bf16 ? (__nv_bfloat16 *)x : NULL, n, seed, a);
+    ZB_CUDA_LAUNCHED("fill_uniform");
+}
+
 /* ---- elementwise -------------------------------------------------------------------------- */
 
 __global__ void k_add(float *out, const float *a, const float *b, size_t n) { GRID_STRIDE(i, n) out[i] = a[i] + b[i]; }

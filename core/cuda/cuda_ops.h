@@ -62,6 +62,10 @@ void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, i
 void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C);
 void zb_cuda_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C);
 
+/* n values a (2 zb_hash_uniform(seed, i) - 1) into x (float32, or bf16 when bf16): the host's
+ * synthetic fills (benchmark weights and caches) made on the device. */
+void zb_cuda_fill_uniform(void *x, int bf16, size_t n, uint64_t seed, float a);
+
 /* ---- small elementwise helpers ---------------------------------------------------------- */
 void zb_cuda_add(float *out, const float *a, const float *b, size_t n);     /* out = a + b */
 void zb_cuda_sub(float *out, const float *a, const float *b, size_t n);     /* out = a - b */
@@ -139,6 +143,9 @@ double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *t
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
+/* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
+ * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */
+double zb_cuda_mean_row_dist(float *g, const float *s, const float *t, int N, int d, float scale);
 /* Per-row target log-probabilities logp[r] = logits[r, y_r] - logsumexp(row r) (0 where the
  * target is < 0), double, device output: DPO's sequence log-likelihoods. */
 void zb_cuda_target_logprobs(double *logp_dev, const float *logits, const int *targets, int N, int V);

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# cluster/gpu-bench.sh ZEBRA — issue 17's benchmarks through `zebra bench --device cuda` on one
+# GPU (cluster/gpu-check.sh runs it after the GPU tests; docs/BENCHMARKS.md records the figures):
+#   training step, bf16, seq 2048 x 8 rows: the Llama-3.2-1B teacher shape and Zebra-1B;
+#   KD step: Llama-3.1-8B-shaped teacher forward + Zebra-1B forward / backward;
+#   decode, bf16 weights and caches: Llama-3.1-8B vs Zebra-8B at batch 1 and 48, 8k context,
+#   and the largest batch each fits at 32k.
+# Models are the configs with synthetic weights (speed does not depend on the values).
+# ZB_BENCH_STEPS (default 3) timed training steps; each command under its own timeout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+z=${1:?usage: cluster/gpu-bench.sh ZEBRA}
+steps=${ZB_BENCH_STEPS:-3}
+run() {
+  local limit=$1; shift
+  echo "== zebra $*"
+  timeout "$limit" "$z" "$@" 2>&1
+  echo "rc=$?"
+}
+run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps"
+run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps"
+# KD at 2 rows: the teacher's forward keeps every layer's activations (4 and 8 rows do not fit with the
+# 8B teacher in float32)
+run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps"
+run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
+  --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
+run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
+if [ -n "${ZB_BENCH_BREAKDOWN:-}" ]; then   # decode ms per step by part (synchronised after each part)
+  run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
+    --batches 1,48 --contexts 8192 --decode-steps 4 --prefill-len 64 --breakdown
+fi

@@ -1,0 +1,579 @@
+/* mamba2.cu — the Mamba2 mixer on CUDA, float32: in_proj / out_proj on cuBLAS, the conv, dt,
+ * gated-norm kernels and their backward here, the SSD scan in mamba2_ssd.cu (SPEC.md §4, the
+ * semantics of core/mamba2.c; formulas and derivations are in its comments).
+ *
+ * Parallelisation:
+ *  k_dt_fwd / k_dt_bwd          one thread per (row, head).
+ *  k_conv_fwd                   one thread per (row, channel): K taps over the sequence's rows
+ *                               or, before t = 0, the conv state (prefill / decode).
+ *  k_conv_state_update          one thread per (sequence, channel), after k_conv_fwd has read it.
+ *  k_conv_bwd_pre / _in         one thread per (row, channel): dpre = dpost silu'(pre), then
+ *                               din[t] = sum_k w[k] dpre[t + K-1-k] inside the sequence (a gather,
+ *                               no atomics).
+ *  k_gnorm_fwd / _bwd           one warp per (row, norm group), a shuffle reduction of the group.
+ *  k_colsum_part / _fin         the parameter gradients that sum over rows (norm weight, dt bias,
+ *                               conv weight and bias): 32 columns x 8 row lanes per block over a
+ *                               slice of rows, then a fixed-order sum of the slices (deterministic).
+ *  k_linear_bf16                bf16 weight views (generation): the shared 64 x 64 tile product
+ *                               of mamba2_tile.cuh with the weights widened on load.
+ * The forward saves in acts what the CPU saves (proj, conv input and output, dt, SSD y, rstd,
+ * gated-norm output, chunk start states) plus the SSD coefficients of mamba2_ssd.cu; the backward
+ * recomputes g = y silu(z) and the L x L chunk products. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_common.h"
+#include "cuda_ops.h"
+#include "mamba2_cuda.h"
+#include "mamba2_tile.cuh"
+
+/* ---- handle, stream, checks -------------------------------------------------------------------- */
+
+static cublasHandle_t s_blas;
+static cudaStream_t s_stream;
+
+extern "C" void zb_cuda_mamba2_set_blas(void *cublas_handle, void *stream) {
+    s_blas = (cublasHandle_t)cublas_handle;
+    s_stream = (cudaStream_t)stream;
+}
+
+extern "C" cudaStream_t zb_cuda_m2_stream(void) { return s_stream; }
+
+void zb_cuda_m2_check_launch(const char *what) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        fprintf(stderr, "cuda mamba2: %s: %s\n", what, cudaGetErrorString(e));
+        exit(EXIT_FAILURE);
+    }
+}
+
+static void blas_check(cublasStatus_t st, const char *what) {
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cuda mamba2: %s: cuBLAS status %d\n", what, (int)st);
+        exit(EXIT_FAILURE);
+    }
+}
+
+static cublasHandle_t blas(void) {
+    if (!s_blas) {
+        blas_check(cublasCreate(&s_blas), "cublasCreate");
+        blas_check(cublasSetStream(s_blas, s_stream), "cublasSetStream");
+        /* plain f32 products (no TF32): the tests compare with the CPU in f32 */
+        blas_check(cublasSetMathMode(s_blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    }
+    return s_blas;
+}
+
+static int cdiv(int a, int b) { return (a + b - 1) / b; }
+static unsigned blocks_for(size_t n, int t) { return (unsigned)((n + t - 1) / t); }
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C (as cblas_sgemm RowMajor): the column-major
+ * product C^T = op(B)^T op(A)^T. */
+static void gemm_rm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    blas_check(cublasSgemm(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                           &alpha, B, ldb, A, lda, &beta, C, ldc),
+               "cublasSgemm");
+}
+
+/* ---- bf16 weight views ------------------------------------------------------------------------- */
+
+namespace {   /* kernels and functors: internal names */
+
+__global__ void __launch_bounds__(M2_NT)
+k_linear_bf16(float *out, const float *__restrict__ in, const uint16_t *__restrict__ W, int N, int C, int OC) {
+    __shared__ m2_tile_smem sm;
+    int r0 = blockIdx.x * M2_TB, o0 = blockIdx.y * M2_TB;
+    float acc[4][4];
+    m2_zero(acc);
+    auto la = [&](int m, int k) { return r0 + m < N ? in[(size_t)(r0 + m) * C + k] : 0.0f; };
+    auto lb = [&](int k, int n) {
+        return o0 + n < OC ? __uint_as_float((uint32_t)W[(size_t)(o0 + n) * C + k] << 16) : 0.0f;
+    };
+    m2_mma<true, true>(acc, la, lb, C, sm);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = r0 + m2_row(q), o = o0 + m2_col(r);
+            if (i < N && o < OC) out[(size_t)i * OC + o] = acc[q][r];
+        }
+}
+
+}   // namespace
+
+/* out[N,OC] = in[N,C] W[OC,C]^T for a tagged weight view. */
+static void linear(float *out, const float *in, zb_wt W, int N, int C, int OC) {
+    if (N <= 0) return;
+    if (W.f32) {
+        gemm_rm(false, true, N, OC, C, 1.0f, in, C, W.f32, C, 0.0f, out, OC);
+        return;
+    }
+    if (s_stream == zb_cuda_stream() && zb_cuda_gemv_ok(in, W.bf16, N, C)) {
+        /* decode (<= 8 rows): the backend's GEMV, a warp per output row reading the weights at
+         * the memory's rate (the tiled kernel below leaves most of the GPU idle at one row);
+         * the same arithmetic: float32 input, bf16 weights, float32 sums */
+        zb_cuda_gemv_bf16(out, in, W.bf16, N, C, OC);
+        return;
+    }
+    k_linear_bf16<<<dim3(cdiv(N, M2_TB), cdiv(OC, M2_TB)), M2_NT, 0, s_stream>>>(out, in, W.bf16, N, C, OC);
+    zb_cuda_m2_check_launch("k_linear_bf16");
+}
+
+/* ---- column sums (parameter gradients over rows) ------------------------------------------------ */
+
+#define CS_SPLIT_MAX 64
+
+namespace {
+
+template <class F>
+__global__ void k_colsum_part(F f, int R, int C, int rows_per, float *part) {
+    __shared__ float red[8][33];
+    int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    int c = blockIdx.x * 32 + tx, r0 = blockIdx.y * rows_per, r1 = min(R, r0 + rows_per);
+    float s = 0.0f;
+    if (c < C)
+        for (int r = r0 + ty; r < r1; r += 8) s += f(r, c);
+    red[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        for (int t = 1; t < 8; t++) s += red[t][tx];
+        part[(size_t)blockIdx.y * C + c] = s;
+    }
+}
+
+__global__ void k_colsum_fin(const float *__restrict__ part, int ns, int C, float *g) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int k = 0; k < ns; k++) s += part[(size_t)k * C + c];
+    g[c] += s;
+}
+
+}   // namespace
+
+/* g[c] += sum_r f(r, c) over R rows. work: zb_cuda_m2_colsum_floats(C). */
+template <class F>
+static void colsum(const F &f, int R, int C, float *work, float *g, const char *what) {
+    if (R <= 0 || C <= 0 || !g) return;
+    int ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX;
+    int rows_per = cdiv(R, ns);
+    ns = cdiv(R, rows_per);
+    k_colsum_part<F><<<dim3(cdiv(C, 32), ns), 256, 0, s_stream>>>(f, R, C, rows_per, work);
+    zb_cuda_m2_check_launch(what);
+    k_colsum_fin<<<cdiv(C, 256), 256, 0, s_stream>>>(work, ns, C, g);
+    zb_cuda_m2_check_launch(what);
+}
+
+extern "C" size_t zb_cuda_m2_colsum_floats(int C) { return (size_t)CS_SPLIT_MAX * (C > 0 ? C : 0); }
+
+/* ---- small elementwise pieces ------------------------------------------------------------------ */
+
+static __device__ __forceinline__ float softplus_dev(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+static __device__ __forceinline__ float sigmoid_dev(float x) { return 1.0f / (1.0f + expf(-x)); }
+static __device__ __forceinline__ float silu_dev(float x) { return x / (1.0f + expf(-x)); }
+
+static int norm_groups(const zb_mamba2_dims *m) {
+    int G = m->norm_group > 0 ? m->norm_group : m->d_inner;
+    return m->d_inner / G;
+}
+
+static __global__ void k_dt_fwd(int N, int nh, int P, const float *__restrict__ dt_bias,
+                         const float *__restrict__ proj, float *dt, float lo, float hi) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)N * nh) return;
+    size_t r = e / nh;
+    int h = (int)(e % nh);
+    float v = softplus_dev(proj[r * P + P - nh + h] + dt_bias[h]);
+    if (v < lo) v = lo;
+    if (v > hi) v = hi;
+    dt[e] = v;
+}
+
+extern "C" void zb_cuda_m2_dt_forward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
+                                      float *dt, int N) {
+    if (N <= 0) return;
+    int nh = m->nheads, P = zb_mamba2_in_proj_rows(m);
+    k_dt_fwd<<<blocks_for((size_t)N * nh, 256), 256, 0, s_stream>>>(N, nh, P, dt_bias, proj, dt,
+                                                                      m->dt_min, m->dt_max);
+    zb_cuda_m2_check_launch("k_dt_fwd");
+}
+
+/* pre[t,c] = b_c + sum_k w[c,k] in[t-K+1+k, c], rows before 0 from the conv state of the
+ * sequence (seqs[b] or b) or 0; post = silu(pre). */
+static __global__ void k_conv_fwd(int cd, int K, int P, int di, int T, size_t N, const float *__restrict__ w,
+                           const float *__restrict__ bias, const float *__restrict__ proj,
+                           const float *hist, size_t hist_stride, const int *__restrict__ seqs,
+                           float *pre, float *post) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= N * cd) return;
+    size_t r = e / cd;
+    int c = (int)(e % cd), b = (int)(r / T), t = (int)(r % T);
+    const float *hc = hist ? hist + (size_t)(seqs ? seqs[b] : b) * hist_stride + (size_t)c * (K - 1) : NULL;
+    float acc = bias ? bias[c] : 0.0f;
+    for (int k = 0; k < K; k++) {
+        int s = t - (K - 1) + k;
+        if (s >= 0) acc += w[(size_t)c * K + k] * proj[(r - (K - 1) + k) * P + di + c];
+        else if (hc) acc += w[(size_t)c * K + k] * hc[(K - 1) + s];
+    }
+    if (pre) pre[e] = acc;
+    post[e] = silu_dev(acc);
+}
+
+static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
+                     const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
+                     int B, int T) {
+    size_t N = (size_t)B * T;
+    int cd = zb_mamba2_conv_dim(m);
+    if (N == 0) return;
+    k_conv_fwd<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(cd, m->conv_k, zb_mamba2_in_proj_rows(m),
+                                                             m->d_inner, T, N, conv_w, conv_b, proj, hist,
+                                                             hist_stride, seqs, pre, post);
+    zb_cuda_m2_check_launch("k_conv_fwd");
+}
+
+extern "C" void zb_cuda_m2_conv_forward(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b,
+                                        const float *proj, const float *hist, size_t hist_stride, float *pre,
+                                        float *post, int B, int T) {
+    conv_fwd(m, conv_w, conv_b, proj, hist, hist_stride, NULL, pre, post, B, T);
+}
+
+/* the conv state moves on to the last K-1 inputs (core/mamba2.c step_pre) */
+static __global__ void k_conv_state_update(int cd, int K, int P, int di, int B, int n, const float *__restrict__ proj,
+                                    float *hist, size_t hist_stride, const int *__restrict__ seqs) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)B * cd) return;
+    int b = (int)(e / cd), c = (int)(e % cd);
+    float *hc = hist + (size_t)(seqs ? seqs[b] : b) * hist_stride + (size_t)c * (K - 1);
+    for (int k = 0; k < K - 1; k++) {
+        int s = n - (K - 1) + k;   /* index into the new rows; < 0: the old state */
+        hc[k] = s >= 0 ? proj[((size_t)b * n + s) * P + di + c] : hc[k + n];
+    }
+}
+
+static void conv_state_update(const zb_mamba2_dims *m, const float *proj, float *hist, size_t hist_stride,
+                              const int *seqs, int B, int n) {
+    int cd = zb_mamba2_conv_dim(m);
+    if (B <= 0 || m->conv_k <= 1) return;
+    k_conv_state_update<<<blocks_for((size_t)B * cd, 256), 256, 0, s_stream>>>(
+        cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, B, n, proj, hist, hist_stride, seqs);
+    zb_cuda_m2_check_launch("k_conv_state_update");
+}
+
+extern "C" void zb_cuda_m2_conv_state_update(const zb_mamba2_dims *m, const float *proj, float *hist,
+                                             size_t hist_stride, int B, int n) {
+    conv_state_update(m, proj, hist, hist_stride, NULL, B, n);
+}
+
+/* ---- gated RMSNorm ------------------------------------------------------------------------------ */
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* o = w g rs, g = y silu(z), rs = (mean_group g^2 + eps)^-1/2. One warp per (row, group). */
+static __global__ void k_gnorm_fwd(int N, int di, int G, int ng, const float *__restrict__ nw, float eps,
+                            const float *__restrict__ y, const float *__restrict__ z, int zs, float *o,
+                            float *rstd) {
+    size_t gw = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (gw >= (size_t)N * ng) return;
+    size_t r = gw / ng;
+    int c0 = (int)(gw % ng) * G;
+    const float *yr = y + r * di, *zr = z + r * zs;
+    float ss = 0.0f;
+    for (int c = c0 + lane; c < c0 + G; c += 32) {
+        float g = yr[c] * silu_dev(zr[c]);
+        ss += g * g;
+    }
+    ss = warp_sum(ss);
+    float rs = 1.0f / sqrtf(ss / G + eps);
+    if (rstd && lane == 0) rstd[gw] = rs;
+    for (int c = c0 + lane; c < c0 + G; c += 32) o[r * di + c] = yr[c] * silu_dev(zr[c]) * (rs * nw[c]);
+}
+
+extern "C" void zb_cuda_m2_gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps,
+                                              const float *y, const float *z, int z_stride, float *o,
+                                              float *rstd, int N) {
+    if (N <= 0) return;
+    int ng = norm_groups(m), di = m->d_inner;
+    k_gnorm_fwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, di / ng, ng, norm_w, eps,
+                                                                             y, z, z_stride, o, rstd);
+    zb_cuda_m2_check_launch("k_gnorm_fwd");
+}
+
+/* dg = rs w do - rs^3 g mean(w do g); dy = dg silu(z); dz = dg y silu'(z). dy holds do on entry. */
+static __global__ void k_gnorm_bwd(int N, int di, int G, int ng, const float *__restrict__ nw,
+                            const float *__restrict__ y, const float *__restrict__ z, int zs,
+                            const float *__restrict__ rstd, float *dy, float *dz, int dzs) {
+    size_t gw = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (gw >= (size_t)N * ng) return;
+    size_t r = gw / ng;
+    int c0 = (int)(gw % ng) * G;
+    const float *yr = y + r * di, *zr = z + r * zs;
+    float *dyr = dy + r * di, *dzr = dz + r * dzs;
+    float rs = rstd[gw], sum = 0.0f;
+    for (int c = c0 + lane; c < c0 + G; c += 32) sum += dyr[c] * nw[c] * (yr[c] * silu_dev(zr[c]));
+    sum = warp_sum(sum);   /* every read of the group's dy precedes the writes below */
+    float f = sum / G * rs * rs * rs;
+    for (int c = c0 + lane; c < c0 + G; c += 32) {
+        float sg = sigmoid_dev(zr[c]), sz = zr[c] * sg, gc = yr[c] * sz;
+        float dg = rs * nw[c] * dyr[c] - f * gc;
+        dzr[c] = dg * yr[c] * sg * (1.0f + zr[c] * (1.0f - sg));
+        dyr[c] = dg * sz;
+    }
+}
+
+struct f_norm_w {   /* do[r,c] g[r,c] rs[r, group] */
+    const float *dO, *y, *z, *rstd;
+    int di, zs, G, ng;
+    __device__ float operator()(int r, int c) const {
+        size_t rr = (size_t)r;
+        return dO[rr * di + c] * (y[rr * di + c] * silu_dev(z[rr * zs + c])) * rstd[rr * ng + c / G];
+    }
+};
+
+extern "C" void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y,
+                                               const float *z, int z_stride, const float *rstd, float *dy,
+                                               float *dz, float *g_norm_w, float *work, int N) {
+    if (N <= 0) return;
+    int ng = norm_groups(m), di = m->d_inner, G = di / ng;
+    /* the weight's gradient first: the kernel below overwrites do */
+    f_norm_w f = {dy, y, z, rstd, di, z_stride, G, ng};
+    colsum(f, N, di, work, g_norm_w, "norm weight gradient");
+    k_gnorm_bwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, G, ng, norm_w, y, z, z_stride,
+                                                                             rstd, dy, dz, z_stride);
+    zb_cuda_m2_check_launch("k_gnorm_bwd");
+}
+
+/* ---- dt backward --------------------------------------------------------------------------------- */
+
+static __global__ void k_dt_bwd(int N, int nh, int P, const float *__restrict__ dt_bias, const float *__restrict__ proj,
+                         const float *__restrict__ ddt, float *dproj, float lo, float hi) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)N * nh) return;
+    size_t r = e / nh;
+    int h = (int)(e % nh);
+    float v = proj[r * P + P - nh + h] + dt_bias[h], sp = softplus_dev(v);
+    dproj[r * P + P - nh + h] = (sp < lo || sp > hi) ? 0.0f : ddt[e] * sigmoid_dev(v);
+}
+
+struct f_cols {   /* a[r * stride + off + c] */
+    const float *a;
+    int stride, off;
+    __device__ float operator()(int r, int c) const { return a[(size_t)r * stride + off + c]; }
+};
+
+extern "C" void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
+                                       const float *ddt, float *dproj, float *g_dt_bias, float *work, int N) {
+    if (N <= 0) return;
+    int nh = m->nheads, P = zb_mamba2_in_proj_rows(m);
+    k_dt_bwd<<<blocks_for((size_t)N * nh, 256), 256, 0, s_stream>>>(N, nh, P, dt_bias, proj, ddt, dproj,
+                                                                      m->dt_min, m->dt_max);
+    zb_cuda_m2_check_launch("k_dt_bwd");
+    f_cols f = {dproj, P, P - nh};
+    colsum(f, N, nh, work, g_dt_bias, "dt bias gradient");
+}
+
+/* ---- conv backward -------------------------------------------------------------------------------- */
+
+static __global__ void k_conv_bwd_pre(size_t n, const float *__restrict__ pre, const float *__restrict__ dpost,
+                               float *dpre) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    float p = pre[e], sg = sigmoid_dev(p);
+    dpre[e] = dpost[e] * sg * (1.0f + p * (1.0f - sg));
+}
+
+/* din[t, c] = sum_k w[c,k] dpre[t + K-1-k, c] over t + K-1-k < T (the same sequence). */
+static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, size_t N, const float *__restrict__ w,
+                              const float *__restrict__ dpre, float *dproj) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= N * cd) return;
+    size_t r = e / cd;
+    int c = (int)(e % cd), t = (int)(r % T);
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++)
+        if (t + K - 1 - k < T) acc += w[(size_t)c * K + k] * dpre[(r + K - 1 - k) * cd + c];
+    dproj[r * P + di + c] = acc;
+}
+
+struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the sequence */
+    const float *dpre, *proj;
+    int cd, K, P, di, T;
+    __device__ float operator()(int r, int q) const {
+        int c = q / K, k = q % K, s = r % T - (K - 1) + k;
+        if (s < 0) return 0.0f;
+        return dpre[(size_t)r * cd + c] * proj[((size_t)r - (K - 1) + k) * P + di + c];
+    }
+};
+
+extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
+                                         const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
+                                         float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
+    size_t N = (size_t)B * T;
+    if (N == 0) return;
+    int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
+    k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
+    zb_cuda_m2_check_launch("k_conv_bwd_pre");
+    k_conv_bwd_in<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(cd, K, P, di, T, N, conv_w, dpre, dproj);
+    zb_cuda_m2_check_launch("k_conv_bwd_in");
+    f_conv_w fw = {dpre, proj, cd, K, P, di, T};
+    colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
+    f_cols fb = {dpre, cd, 0};
+    colsum(fb, (int)N, cd, work, g_conv_b, "conv bias gradient");
+}
+
+/* ---- sizes and layouts ------------------------------------------------------------------------- */
+
+typedef struct {
+    float *proj, *xbc_pre, *xbc, *dt, *y, *rstd, *o, *states, *coef;
+} m2_acts;
+
+static size_t n_chunks(const zb_mamba2_dims *m, int T) { return (size_t)((T + m->chunk - 1) / m->chunk); }
+static size_t state_block(const zb_mamba2_dims *m, int B, int T) {
+    return (size_t)B * n_chunks(m, T) * m->nheads * m->headdim * m->d_state;
+}
+
+/* the CPU's layout (core/mamba2.c acts_layout), then the SSD coefficients */
+static m2_acts acts_of(const zb_mamba2_dims *m, float *a, int B, int T) {
+    size_t N = (size_t)B * T, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m),
+           di = (size_t)m->d_inner;
+    m2_acts s;
+    s.proj = a; a += N * P;
+    s.xbc_pre = a; a += N * cd;
+    s.xbc = a; a += N * cd;
+    s.dt = a; a += N * m->nheads;
+    s.y = a; a += N * di;
+    s.rstd = a; a += N * norm_groups(m);
+    s.o = a; a += N * di;
+    s.states = a; a += state_block(m, B, T);
+    s.coef = a;
+    return s;
+}
+
+extern "C" size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)d;
+    size_t N = (size_t)B * T, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m),
+           di = (size_t)m->d_inner, nh = (size_t)m->nheads;
+    return N * (P + 2 * cd + nh + 2 * di + (size_t)norm_groups(m)) + state_block(m, B, T) + 4 * N * nh;
+}
+
+static size_t colsum_cols(const zb_mamba2_dims *m) {
+    size_t c = (size_t)m->d_inner, k = (size_t)zb_mamba2_conv_dim(m) * m->conv_k;
+    if (k > c) c = k;
+    if ((size_t)m->nheads > c) c = (size_t)m->nheads;
+    return c;
+}
+
+/* dproj [N,P] | dxbc [N,cd] | dy [N,di] | ddt [N,nh] (the CPU's prefix) | dpre [N,cd] |
+ * column-sum work | SSD backward work */
+extern "C" size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T) {
+    (void)d;
+    size_t N = (size_t)B * T, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m);
+    return N * (P + 2 * cd + (size_t)m->d_inner + (size_t)m->nheads) +
+           zb_cuda_m2_colsum_floats((int)colsum_cols(m)) + zb_cuda_m2_ssd_bwd_floats(m, B, T);
+}
+
+/* proj [R,P] | o [R,di] | xbc [R,cd] | dt [R,nh] | y [R,di] | rstd [R,ng] | coef [4 R nh] |
+ * chunk start states [B, nc, nh, hd, ds], R = B n */
+extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n, int B) {
+    (void)d;
+    size_t R = (size_t)B * n, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m),
+           di = (size_t)m->d_inner, nh = (size_t)m->nheads;
+    return R * (P + 2 * di + cd + 5 * nh + (size_t)norm_groups(m)) + state_block(m, B, n);
+}
+
+/* ---- the mixer ------------------------------------------------------------------------------------ */
+
+extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                       const float *x, float *out, float *acts, int B, int T) {
+    int N = B * T, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
+    if (N <= 0) return;
+    m2_acts a = acts_of(m, acts, B, T);
+    gemm_rm(false, true, N, P, d, 1.0f, x, d, w->in_proj, d, 0.0f, a.proj, P);
+    zb_cuda_m2_dt_forward(m, w->dt_bias, a.proj, a.dt, N);
+    conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, a.xbc_pre, a.xbc, B, T);
+    zb_cuda_m2_ssd_coef(m, w->A_log, a.dt, a.coef, B, T);
+    zb_cuda_m2_ssd_forward(m, w->D, a.xbc, a.coef, a.y, a.states, NULL, NULL, 0, B, T);
+    zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, a.y, a.proj, P, a.o, a.rstd, N);
+    gemm_rm(false, true, N, d, di, 1.0f, a.o, di, w->out_proj, di, 0.0f, out, d);
+}
+
+extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                        zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
+                                        float *acts, float *scratch, int B, int T) {
+    (void)eps;
+    int N = B * T, P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
+        nh = m->nheads;
+    if (N <= 0) return;
+    m2_acts a = acts_of(m, acts, B, T);
+    float *dproj = scratch, *dxbc = dproj + (size_t)N * P, *dy = dxbc + (size_t)N * cd,
+          *ddt = dy + (size_t)N * di, *dpre = ddt + (size_t)N * nh, *cwork = dpre + (size_t)N * cd,
+          *swork = cwork + zb_cuda_m2_colsum_floats((int)colsum_cols(m));
+    /* out = o out_proj^T */
+    gemm_rm(false, false, N, di, d, 1.0f, dout, d, w->out_proj, di, 0.0f, dy, di);
+    gemm_rm(true, false, d, di, N, 1.0f, dout, d, a.o, di, 1.0f, g->out_proj, di);
+    /* gated norm: dy <- dL/dy, dz into dproj's z columns */
+    zb_cuda_m2_gated_norm_backward(m, w->norm_w, a.y, a.proj, P, a.rstd, dy, dproj, g->norm_w, cwork, N);
+    zb_cuda_m2_ssd_backward(m, w->A_log, w->D, a.xbc, a.coef, a.states, dy, dxbc, ddt, g->A_log, g->D, swork,
+                            B, T);
+    zb_cuda_m2_dt_backward(m, w->dt_bias, a.proj, ddt, dproj, g->dt_bias, cwork, N);
+    zb_cuda_m2_conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, g->conv_w, g->conv_b, cwork,
+                             B, T);
+    /* proj = x in_proj^T */
+    gemm_rm(false, false, N, d, P, 1.0f, dproj, P, w->in_proj, d, 1.0f, dx, d);
+    gemm_rm(true, false, P, d, N, 1.0f, dproj, P, x, d, 1.0f, g->in_proj, d);
+}
+
+/* Everything between in_proj and out_proj for B sequences of n rows with their states:
+ * n == 1 the recurrent step (row i's state: seqs[i], or i), else the chunked form from the
+ * cached state (seqs must be NULL). */
+static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                      const zb_mamba2_lin *lin, const float *x, float *out, float *state, const int *seqs,
+                      int n, int B, float *scratch) {
+    int R = B * n, P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
+        nh = m->nheads;
+    if (R <= 0) return;
+    size_t sf = zb_mamba2_state_floats(m), conv = (size_t)cd * (m->conv_k - 1);
+    float *proj = scratch, *o = proj + (size_t)R * P, *xbc = o + (size_t)R * di, *dt = xbc + (size_t)R * cd,
+          *y = dt + (size_t)R * nh, *rstd = y + (size_t)R * di, *coef = rstd + (size_t)R * norm_groups(m),
+          *states = coef + 4 * (size_t)R * nh;
+    linear(proj, x, lin->in_proj, R, d, P);
+    zb_cuda_m2_dt_forward(m, w->dt_bias, proj, dt, R);
+    conv_fwd(m, w->conv_w, w->conv_b, proj, state, sf, seqs, NULL, xbc, B, n);
+    conv_state_update(m, proj, state, sf, seqs, B, n);
+    if (n == 1)
+        zb_cuda_m2_ssd_step(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B);
+    else {
+        zb_cuda_m2_ssd_coef(m, w->A_log, dt, coef, B, n);
+        zb_cuda_m2_ssd_forward(m, w->D, xbc, coef, y, states, state + conv, state + conv, sf, B, n);
+    }
+    zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, R);
+    linear(out, o, lin->out_proj, R, di, d);
+}
+
+extern "C" void zb_cuda_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                        const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                                        int n, int B, float *scratch) {
+    step_rows(m, d, eps, w, lin, x, out, state, NULL, n, B, scratch);
+}
+
+extern "C" void zb_cuda_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                    const float *x, float *out, float *state, int n, int B, float *scratch) {
+    zb_mamba2_lin lin = {zb_wt_of_f32(w->in_proj), zb_wt_of_f32(w->out_proj)};
+    step_rows(m, d, eps, w, &lin, x, out, state, NULL, n, B, scratch);
+}
+
+extern "C" void zb_cuda_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                           const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                                           const int *seqs, int nb, float *scratch) {
+    step_rows(m, d, eps, w, lin, x, out, state, seqs, 1, nb, scratch);
+}

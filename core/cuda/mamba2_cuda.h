@@ -1,0 +1,120 @@
+/* mamba2_cuda.h — the Mamba2 (SSD) mixer on CUDA, float32 (SPEC.md §4; semantics of core/mamba2.c).
+ *
+ * The whole-mixer entries have the signatures of core/mamba2.h with DEVICE pointers: every
+ * pointer argument is device memory except m and w / g / lin themselves (host structs whose
+ * fields are device pointers). Gradients accumulate (+=) as on the CPU.
+ *
+ * Buffers differ from the CPU sizes in three places (hence own size functions):
+ *  - acts: the CPU prefix proj | xbc_pre | xbc | dt | y | rstd | o | states (so
+ *    zb_mamba2_acts_y / _xbc give the same views) followed by the per-head coefficients
+ *    cs | exp(cs) | exp(cs_end - cs) dt | dt, each [B, nheads, T], instead of the CPU chunk temps;
+ *  - scratch (backward): the CPU prefix dproj | dxbc | dy | ddt, then the kernels' own buffers;
+ *  - step scratch: all B*n rows at once (the CPU runs sequences one after another), so it takes B.
+ * decode_seqs: seqs is a device array of nb ints.
+ *
+ * Matrix products go through one cuBLAS handle and stream (zb_cuda_mamba2_set_blas); bf16 views
+ * in zb_mamba2_lin run a tiled kernel here (f32 accumulate of the widened weights, as the CPU's
+ * bf16 path) until the backend's GEMM takes them. Kernel launch errors print one line naming
+ * the kernel and exit (no CUDA call here returns an error code to the caller). */
+#ifndef ZB_MAMBA2_CUDA_H
+#define ZB_MAMBA2_CUDA_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "mamba2.h"
+
+/* The cuBLAS handle (cublasHandle_t) and stream (cudaStream_t) every call runs on; NULL handle:
+ * one is created on first use, bound to `stream` (NULL: the default stream). */
+void zb_cuda_mamba2_set_blas(void *cublas_handle, void *stream);
+
+size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T);
+size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
+/* Scratch of zb_cuda_mamba2_step / _step_lin for B sequences of n tokens (decode_seqs: n = 1,
+ * B = nb). */
+size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n, int B);
+
+void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                            const float *x, float *out, float *acts, int B, int T);
+void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                             zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
+                             float *acts, float *scratch, int B, int T);
+/* state: B * zb_mamba2_state_floats(m) floats, [conv state | SSM state] per sequence as on the CPU. */
+void zb_cuda_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                         const float *x, float *out, float *state, int n, int B, float *scratch);
+void zb_cuda_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                             const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                             int n, int B, float *scratch);
+void zb_cuda_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+                                const zb_mamba2_lin *lin, const float *x, float *out, float *state,
+                                const int *seqs, int nb, float *scratch);
+
+/* ---- the stages the mixer is made of (device pointers; tests compare each with the CPU) ---- */
+
+/* dt[N, nh] = clamp(softplus(proj[:, P-nh+h] + dt_bias[h])) (proj rows of P floats). */
+void zb_cuda_m2_dt_forward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
+                           float *dt, int N);
+/* Causal depthwise conv + SiLU over B sequences of T rows: in = proj + d_inner (rows of P);
+ * pre (may be NULL) and post [B*T, cd]. hist (may be NULL): sequence b's conv state at
+ * hist + b * hist_stride, [cd, K-1] oldest first, standing in for the rows before t = 0. */
+void zb_cuda_m2_conv_forward(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b,
+                             const float *proj, const float *hist, size_t hist_stride, float *pre,
+                             float *post, int B, int T);
+/* Moves each sequence's conv state on past n new rows (in = proj + d_inner, rows of P). */
+void zb_cuda_m2_conv_state_update(const zb_mamba2_dims *m, const float *proj, float *hist,
+                                  size_t hist_stride, int B, int n);
+/* Per-head chunk coefficients of dt (rows [B*T, nh]) into coef = cs | ecs | wend | dtT, each
+ * [B, nh, T]: cs = cumsum of dt A restarted per chunk, ecs = exp(cs), wend = exp(cs_L - cs) dt. */
+void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log, const float *dt, float *coef,
+                         int B, int T);
+/* Chunked SSD forward after zb_cuda_m2_ssd_coef: y [B*T, di] (D x included) and states
+ * [B, nc, nh, hd, ds] (the state at the start of each chunk). S0 (may be NULL: zero) the initial
+ * state of sequence b at S0 + b * s_stride, [nh, hd, ds]; Sfin (may be NULL, may equal S0) gets
+ * the final state. */
+void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, const float *xbc,
+                            const float *coef, float *y, float *states, const float *S0,
+                            float *Sfin, size_t s_stride, int B, int T);
+/* Chunked SSD backward: dy [B*T, di] -> dxbc [B*T, cd] (OVERWRITTEN), ddt [B*T, nh]
+ * (OVERWRITTEN); gA_log[h], gD[h] accumulate. work: zb_cuda_m2_ssd_bwd_floats(m, B, T). */
+size_t zb_cuda_m2_ssd_bwd_floats(const zb_mamba2_dims *m, int B, int T);
+void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                             const float *xbc, const float *coef, const float *states,
+                             const float *dy, float *dxbc, float *ddt, float *gA_log, float *gD,
+                             float *work, int B, int T);
+/* One-token recurrence for nb rows: row i (xbc [nb, cd], dt [nb, nh]) updates the SSM state at
+ * S + seq_i * s_stride ([nh, hd, ds]; seq_i = seqs[i], or i when seqs is NULL) and writes
+ * y [nb, di]. */
+void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                         const float *xbc, const float *dt, float *S, size_t s_stride,
+                         const int *seqs, float *y, int nb);
+/* Gated RMSNorm forward over N rows: o = w * g / rms_group(g), g = y silu(z) (z rows of z_stride);
+ * rstd [N, ng] (may be NULL). */
+void zb_cuda_m2_gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps,
+                                   const float *y, const float *z, int z_stride, float *o,
+                                   float *rstd, int N);
+/* Its backward: dy [N, di] holds dL/do on entry and dL/dy on exit; dz (rows of z_stride)
+ * OVERWRITTEN; g_norm_w accumulates. work: N-independent, zb_cuda_m2_colsum_floats(di) floats. */
+void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y,
+                                    const float *z, int z_stride, const float *rstd, float *dy,
+                                    float *dz, float *g_norm_w, float *work, int N);
+/* dt backward: dproj[:, P-nh+h] OVERWRITTEN with ddt softplus'(v) (0 where the clamp is
+ * active); g_dt_bias accumulates. */
+void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
+                            const float *ddt, float *dproj, float *g_dt_bias, float *work, int N);
+/* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
+ * output; dpre [B*T, cd] OVERWRITTEN; dproj[:, di + c] OVERWRITTEN; g_conv_w, g_conv_b (may be
+ * NULL) accumulate. */
+void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
+                              const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
+                              float *g_conv_w, float *g_conv_b, float *work, int B, int T);
+/* Work floats for a column reduction of up to C columns (the gradient sums over rows). */
+size_t zb_cuda_m2_colsum_floats(int C);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,775 @@
+/* mamba2_ssd.cu — the chunked SSD scan of the Mamba2 mixer on CUDA, forward, backward and the
+ * one-token recurrence (SPEC.md §4; the same algebra as ssd_forward / ssd_backward in
+ * core/mamba2.c, whose header comment gives the formulas; chunk length m->chunk, ragged last
+ * chunk). Per head h, chunk of L rows, cs = cumsum(dt A) restarted per chunk, E_ij = e^{cs_i-cs_j}:
+ *   y_i   = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} S_prev C_i + D x_i
+ *   S_end = e^{cs_L} S_prev + sum_j e^{cs_L-cs_j} dt_j x_j B_j^T
+ * Rows of xbc are [x (x_groups*hd) | B (b_groups*ds) | C (c_groups*ds)]; head h reads x group
+ * h / (nh / x_groups), likewise B and C.
+ *
+ * Parallelisation (every launch on the stream of zb_cuda_mamba2_set_blas):
+ *  k_ssd_coef     one warp per (b, h, chunk): warp-scan of dt A -> cs, exp(cs), the end weight
+ *                 w_j = e^{cs_L-cs_j} dt_j and dt itself, each [B, nh, T] (head-contiguous).
+ *  k_ssd_outer    one block per (b, h, chunk, 64x64 tile of hd x ds): the chunk's own state
+ *                 sum_j w_j x_j B_j^T (forward) or sum_i e^{cs_i} dy_i C_i^T (backward, the state
+ *                 gradient the chunk sends back), a tile product with inner dimension L.
+ *  k_ssd_pass_*   one thread per (b, h, state element): the sequential pass over chunks, forward
+ *                 (start state of each chunk, from the initial state, final state out) and
+ *                 backward (gradient of each chunk's end state).
+ *  k_ssd_scan     one block per (b, h, chunk, 64-row tile, 64-column tile of hd): the output tile,
+ *                 e^{cs_i} C_i S_prev^T, then for each 64-column block j <= i of the causal
+ *                 L x L matrix: (C_i B_j^T) o E o dt_j into shared memory, times x_j.
+ *  k_ssd_bwd_dx / _dc / _db  same grid shape over the gradient of x (rows j), C (rows i), B
+ *                 (rows j): each recomputes the L x L tiles it needs (C B^T or dy x^T) instead of
+ *                 storing them; with x / B / C groups shared by several heads the per-head
+ *                 gradients go to per-head buffers summed in a fixed order by k_ssd_group_sum
+ *                 (deterministic, no atomics), else straight into dxbc.
+ *  k_ssd_bwd_scal one block per (b, h, chunk): the scalar gradients (dcs from every exponent, ddt,
+ *                 then da = reverse cumsum of dcs by a warp scan; dA, dD partials per chunk,
+ *                 summed per head by k_ssd_param_fin).
+ *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
+ *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
+ *                 state found through seqs.
+ * Saved by the forward for the backward (in the mixer's acts): xbc, dt, the coefficients above and
+ * the state at the start of every chunk [B, nc, nh, hd, ds]; the backward recomputes the L x L
+ * products. */
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "mamba2_cuda.h"
+#include "mamba2_tile.cuh"
+
+namespace {
+
+struct m2_geo {
+    int B, T, nc, Lc, nh, hd, ds, cd, di;
+    int xrep, brep, crep;   /* heads per x / B / C group */
+    int bo, co;             /* columns of B and C in an xbc row (x starts at 0) */
+    size_t hs;              /* hd * ds */
+};
+
+m2_geo geo_of(const zb_mamba2_dims *m, int B, int T) {
+    m2_geo g;
+    g.B = B; g.T = T; g.Lc = m->chunk; g.nc = (T + m->chunk - 1) / m->chunk;
+    g.nh = m->nheads; g.hd = m->headdim; g.ds = m->d_state; g.di = m->d_inner;
+    g.cd = zb_mamba2_conv_dim(m);
+    g.xrep = m->nheads / m->x_groups; g.brep = m->nheads / m->b_groups; g.crep = m->nheads / m->c_groups;
+    g.bo = m->x_groups * m->headdim; g.co = g.bo + m->b_groups * m->d_state;
+    g.hs = (size_t)m->headdim * m->d_state;
+    return g;
+}
+
+struct m2_chunk {
+    int b, h, c, t0, L;
+    size_t r0;               /* first row, b T + t0 */
+    size_t ci;               /* (b nh + h) T + t0: into the [B, nh, T] coefficient arrays */
+    size_t si;               /* ((b nc + c) nh + h) hs: into [B, nc, nh, hd, ds] */
+    int xcol, bcol, ccol;    /* this head's x, B, C columns in an xbc row */
+};
+
+__device__ m2_chunk chunk_of(const m2_geo &g, int bhc) {
+    m2_chunk k;
+    k.c = bhc % g.nc;
+    int bh = bhc / g.nc;
+    k.h = bh % g.nh;
+    k.b = bh / g.nh;
+    k.t0 = k.c * g.Lc;
+    k.L = min(g.Lc, g.T - k.t0);
+    k.r0 = (size_t)k.b * g.T + k.t0;
+    k.ci = ((size_t)k.b * g.nh + k.h) * g.T + k.t0;
+    k.si = (((size_t)k.b * g.nc + k.c) * g.nh + k.h) * g.hs;
+    k.xcol = (k.h / g.xrep) * g.hd;
+    k.bcol = g.bo + (k.h / g.brep) * g.ds;
+    k.ccol = g.co + (k.h / g.crep) * g.ds;
+    return k;
+}
+
+struct m2_coef {
+    const float *cs, *ecs, *wend, *dtT;
+};
+m2_coef coef_of(const float *coef, int B, int nh, int T) {
+    size_t n = (size_t)B * nh * T;
+    m2_coef c = {coef, coef + n, coef + 2 * n, coef + 3 * n};
+    return c;
+}
+
+int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+/* ---- coefficients ------------------------------------------------------------------------ */
+
+__global__ void k_ssd_coef(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ dt,
+                           float *cs, float *ecs, float *wend, float *dtT) {
+    int warp = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= g.B * g.nh * g.nc) return;   /* whole warps leave together */
+    m2_chunk k = chunk_of(g, warp);
+    float A = -expf(A_log[k.h]), carry = 0.0f;
+    for (int base = 0; base < k.L; base += 32) {
+        int i = base + lane;
+        float dti = i < k.L ? dt[(k.r0 + i) * g.nh + k.h] : 0.0f;
+        float v = dti * A;
+        for (int off = 1; off < 32; off <<= 1) {   /* inclusive prefix sum over the warp */
+            float t = __shfl_up_sync(0xffffffffu, v, off);
+            if (lane >= off) v += t;
+        }
+        v += carry;
+        if (i < k.L) {
+            cs[k.ci + i] = v;
+            ecs[k.ci + i] = expf(v);
+            dtT[k.ci + i] = dti;
+        }
+        carry = __shfl_sync(0xffffffffu, v, 31);
+    }
+    /* carry = cs at the chunk's last row (lanes past L added 0) */
+    for (int i = lane; i < k.L; i += 32) wend[k.ci + i] = expf(carry - cs[k.ci + i]) * dtT[k.ci + i];
+}
+
+/* ---- chunk states: out[p, s] = sum_j U[j, p] coef_j V[j, s] ----------------------------------- */
+
+/* Forward: U = x (xbc rows), V = B, coef = wend, out = states. Backward: U = dy (rows of di,
+ * head columns), V = C, coef = ecs, out = dstates. grid (nbhc, hd tiles, ds tiles). */
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
+            const float *__restrict__ xbc, int v_is_c, const float *__restrict__ coef, float *out) {
+    __shared__ m2_tile_smem sm;
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int p0 = blockIdx.y * M2_TB, s0 = blockIdx.z * M2_TB;
+    const float *Ub = U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * g.hd);
+    const float *Vb = xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol);
+    const float *cf = coef + k.ci;
+    int hd = g.hd, ds = g.ds, cd = g.cd;
+    float acc[4][4];
+    m2_zero(acc);
+    auto la = [&](int m, int j) { return p0 + m < hd ? Ub[(size_t)j * u_stride + p0 + m] : 0.0f; };
+    auto lb = [&](int j, int n) { return s0 + n < ds ? cf[j] * Vb[(size_t)j * cd + s0 + n] : 0.0f; };
+    m2_mma<false, false>(acc, la, lb, k.L, sm);
+    float *o = out + k.si;
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int p = p0 + m2_row(q), s = s0 + m2_col(r);
+            if (p < hd && s < ds) o[(size_t)p * ds + s] = acc[q][r];
+        }
+}
+
+/* ---- the passes over chunks ---------------------------------------------------------------- */
+
+/* states holds each chunk's own end state on entry, the state at its start on exit. */
+__global__ void k_ssd_pass_fwd(m2_geo g, const float *__restrict__ ecs, float *states,
+                               const float *S0, float *Sfin, size_t s_stride) {
+    size_t q = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
+    if (q >= g.hs) return;
+    int b = blockIdx.x / g.nh, h = blockIdx.x % g.nh;
+    size_t so = (size_t)b * s_stride + (size_t)h * g.hs + q;
+    float S = S0 ? S0[so] : 0.0f;
+    const float *e = ecs + ((size_t)b * g.nh + h) * g.T;
+    for (int c = 0; c < g.nc; c++) {
+        size_t idx = (((size_t)b * g.nc + c) * g.nh + h) * g.hs + q;
+        int tl = min(g.T, (c + 1) * g.Lc) - 1;
+        float loc = states[idx];
+        states[idx] = S;
+        S = e[tl] * S + loc;
+    }
+    if (Sfin) Sfin[so] = S;
+}
+
+/* dstates holds each chunk's sum_i e^{cs_i} dy_i C_i^T on entry, dL/d(end state) on exit. */
+__global__ void k_ssd_pass_bwd(m2_geo g, const float *__restrict__ ecs, float *dstates) {
+    size_t q = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
+    if (q >= g.hs) return;
+    int b = blockIdx.x / g.nh, h = blockIdx.x % g.nh;
+    const float *e = ecs + ((size_t)b * g.nh + h) * g.T;
+    float acc = 0.0f;
+    for (int c = g.nc - 1; c >= 0; c--) {
+        size_t idx = (((size_t)b * g.nc + c) * g.nh + h) * g.hs + q;
+        int tl = min(g.T, (c + 1) * g.Lc) - 1;
+        float loc = dstates[idx];
+        dstates[idx] = acc;
+        acc = e[tl] * acc + loc;
+    }
+}
+
+/* ---- forward output ------------------------------------------------------------------------ */
+
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
+           const float *__restrict__ Dp, float *y) {
+    __shared__ m2_tile_smem sm;
+    __shared__ float Ms[M2_TB][M2_TB + 1];
+    __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int i0 = blockIdx.y * M2_TB, p0 = blockIdx.z * M2_TB, L = k.L;
+    if (i0 >= L) return;   /* uniform over the block */
+    int hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x;
+    const float *X = xbc + k.r0 * cd + k.xcol, *Bm = xbc + k.r0 * cd + k.bcol,
+                *Cm = xbc + k.r0 * cd + k.ccol, *S = states + k.si;
+    if (tid < M2_TB) csi[tid] = i0 + tid < L ? cf.cs[k.ci + i0 + tid] : 0.0f;
+    __syncthreads();
+    float acc[4][4];
+    m2_zero(acc);
+    /* e^{cs_i} C_i S_prev^T */
+    auto lc = [&](int m, int s) { return i0 + m < L ? Cm[(size_t)(i0 + m) * cd + s] : 0.0f; };
+    auto ls = [&](int s, int n) { return p0 + n < hd ? S[(size_t)(p0 + n) * ds + s] : 0.0f; };
+    m2_mma<true, true>(acc, lc, ls, ds, sm);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        float e = expf(csi[m2_row(q)]);
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[q][r] *= e;
+    }
+    /* causal blocks j0 <= i0 of (C B^T o E o dt_j) x */
+    for (int j0 = 0; j0 <= i0; j0 += M2_TB) {
+        if (tid < M2_TB) {
+            bool v = j0 + tid < L;
+            csj[tid] = v ? cf.cs[k.ci + j0 + tid] : 0.0f;
+            dtj[tid] = v ? cf.dtT[k.ci + j0 + tid] : 0.0f;
+        }
+        __syncthreads();
+        float gt[4][4];
+        m2_zero(gt);
+        auto lbj = [&](int s, int n) { return j0 + n < L ? Bm[(size_t)(j0 + n) * cd + s] : 0.0f; };
+        m2_mma<true, true>(gt, lc, lbj, ds, sm);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int ii = m2_row(q), jj = m2_col(r), i = i0 + ii, j = j0 + jj;
+                Ms[ii][jj] = (i < L && j <= i) ? gt[q][r] * expf(csi[ii] - csj[jj]) * dtj[jj] : 0.0f;
+            }
+        __syncthreads();
+        auto lm = [&](int m, int jj) { return Ms[m][jj]; };
+        auto lx = [&](int jj, int n) { return p0 + n < hd ? X[(size_t)(j0 + jj) * cd + p0 + n] : 0.0f; };
+        m2_mma<true, false>(acc, lm, lx, min(M2_TB, L - j0), sm);
+    }
+    float Dh = Dp[k.h];
+    float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = i0 + m2_row(q), p = p0 + m2_col(r);
+            if (i < L && p < hd) Y[(size_t)i * g.di + p] = acc[q][r] + Dh * X[(size_t)i * cd + p];
+        }
+}
+
+/* ---- backward: gradients of x, C, B ------------------------------------------------------------ */
+
+/* dX_j = D dy_j + sum_{i>=j} W_ij dy_i + w_j B_j dS^T,  W_ij = (C_i.B_j) E_ij dt_j.
+ * grid (nbhc, row tiles j, hd tiles). dst row stride dst_stride; direct: columns of the x group in
+ * dxbc, else this head's columns h hd of a per-head buffer. */
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
+             const float *__restrict__ dy, const float *__restrict__ Dp, float *dst, int dst_stride,
+             int direct) {
+    __shared__ m2_tile_smem sm;
+    __shared__ float Ms[M2_TB][M2_TB + 1];
+    __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int j0 = blockIdx.y * M2_TB, p0 = blockIdx.z * M2_TB, L = k.L;
+    if (j0 >= L) return;
+    int hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x;
+    const float *Bm = xbc + k.r0 * cd + k.bcol, *Cm = xbc + k.r0 * cd + k.ccol,
+                *dS = dstates + k.si, *dY = dy + k.r0 * di + (size_t)k.h * hd;
+    if (tid < M2_TB) {
+        bool v = j0 + tid < L;
+        csj[tid] = v ? cf.cs[k.ci + j0 + tid] : 0.0f;
+        dtj[tid] = v ? cf.dtT[k.ci + j0 + tid] : 0.0f;
+    }
+    __syncthreads();
+    float acc[4][4];
+    m2_zero(acc);
+    auto lbr = [&](int m, int s) { return j0 + m < L ? Bm[(size_t)(j0 + m) * cd + s] : 0.0f; };
+    auto lds = [&](int s, int n) { return p0 + n < hd ? dS[(size_t)(p0 + n) * ds + s] : 0.0f; };
+    m2_mma<true, true>(acc, lbr, lds, ds, sm);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        int j = j0 + m2_row(q);
+        float w = j < L ? cf.wend[k.ci + j] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[q][r] *= w;
+    }
+    for (int i0 = j0; i0 < L; i0 += M2_TB) {
+        if (tid < M2_TB) csi[tid] = i0 + tid < L ? cf.cs[k.ci + i0 + tid] : 0.0f;
+        __syncthreads();
+        float gt[4][4];   /* gt[j][i] = B_j . C_i */
+        m2_zero(gt);
+        auto lci = [&](int s, int n) { return i0 + n < L ? Cm[(size_t)(i0 + n) * cd + s] : 0.0f; };
+        m2_mma<true, true>(gt, lbr, lci, ds, sm);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int jj = m2_row(q), ii = m2_col(r), j = j0 + jj, i = i0 + ii;
+                Ms[jj][ii] = (i < L && j <= i) ? gt[q][r] * expf(csi[ii] - csj[jj]) * dtj[jj] : 0.0f;
+            }
+        __syncthreads();
+        auto lm = [&](int m, int ii) { return Ms[m][ii]; };
+        auto ldy = [&](int ii, int n) { return p0 + n < hd ? dY[(size_t)(i0 + ii) * di + p0 + n] : 0.0f; };
+        m2_mma<true, false>(acc, lm, ldy, min(M2_TB, L - i0), sm);
+    }
+    float Dh = Dp[k.h];
+    float *o = dst + k.r0 * dst_stride + (direct ? k.xcol : k.h * hd);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int j = j0 + m2_row(q), p = p0 + m2_col(r);
+            if (j < L && p < hd) o[(size_t)j * dst_stride + p] = acc[q][r] + Dh * dY[(size_t)j * di + p];
+        }
+}
+
+/* dC_i = e^{cs_i} (dy_i S_prev) + sum_{j<=i} dG_ij B_j,  dG_ij = (dy_i.x_j) E_ij dt_j.
+ * grid (nbhc, row tiles i, ds tiles). */
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
+             const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
+    __shared__ m2_tile_smem sm;
+    __shared__ float Ms[M2_TB][M2_TB + 1];
+    __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int i0 = blockIdx.y * M2_TB, s0 = blockIdx.z * M2_TB, L = k.L;
+    if (i0 >= L) return;
+    int hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x;
+    const float *X = xbc + k.r0 * cd + k.xcol, *Bm = xbc + k.r0 * cd + k.bcol, *S = states + k.si,
+                *dY = dy + k.r0 * di + (size_t)k.h * hd;
+    if (tid < M2_TB) csi[tid] = i0 + tid < L ? cf.cs[k.ci + i0 + tid] : 0.0f;
+    __syncthreads();
+    float acc[4][4];
+    m2_zero(acc);
+    auto ldy = [&](int m, int p) { return i0 + m < L ? dY[(size_t)(i0 + m) * di + p] : 0.0f; };
+    auto lS = [&](int p, int n) { return s0 + n < ds ? S[(size_t)p * ds + s0 + n] : 0.0f; };
+    m2_mma<true, false>(acc, ldy, lS, hd, sm);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        float e = expf(csi[m2_row(q)]);
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[q][r] *= e;
+    }
+    for (int j0 = 0; j0 <= i0; j0 += M2_TB) {
+        if (tid < M2_TB) {
+            bool v = j0 + tid < L;
+            csj[tid] = v ? cf.cs[k.ci + j0 + tid] : 0.0f;
+            dtj[tid] = v ? cf.dtT[k.ci + j0 + tid] : 0.0f;
+        }
+        __syncthreads();
+        float gt[4][4];   /* gt[i][j] = dy_i . x_j */
+        m2_zero(gt);
+        auto lx = [&](int p, int n) { return j0 + n < L ? X[(size_t)(j0 + n) * cd + p] : 0.0f; };
+        m2_mma<true, true>(gt, ldy, lx, hd, sm);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int ii = m2_row(q), jj = m2_col(r), i = i0 + ii, j = j0 + jj;
+                Ms[ii][jj] = (i < L && j <= i) ? gt[q][r] * expf(csi[ii] - csj[jj]) * dtj[jj] : 0.0f;
+            }
+        __syncthreads();
+        auto lm = [&](int m, int jj) { return Ms[m][jj]; };
+        auto lb = [&](int jj, int n) { return s0 + n < ds ? Bm[(size_t)(j0 + jj) * cd + s0 + n] : 0.0f; };
+        m2_mma<true, false>(acc, lm, lb, min(M2_TB, L - j0), sm);
+    }
+    float *o = dst + k.r0 * dst_stride + (direct ? k.ccol : k.h * ds);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = i0 + m2_row(q), s = s0 + m2_col(r);
+            if (i < L && s < ds) o[(size_t)i * dst_stride + s] = acc[q][r];
+        }
+}
+
+/* dB_j = w_j (x_j dS) + sum_{i>=j} dG_ij C_i. grid (nbhc, row tiles j, ds tiles). */
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
+             const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
+    __shared__ m2_tile_smem sm;
+    __shared__ float Ms[M2_TB][M2_TB + 1];
+    __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int j0 = blockIdx.y * M2_TB, s0 = blockIdx.z * M2_TB, L = k.L;
+    if (j0 >= L) return;
+    int hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x;
+    const float *X = xbc + k.r0 * cd + k.xcol, *Cm = xbc + k.r0 * cd + k.ccol, *dS = dstates + k.si,
+                *dY = dy + k.r0 * di + (size_t)k.h * hd;
+    if (tid < M2_TB) {
+        bool v = j0 + tid < L;
+        csj[tid] = v ? cf.cs[k.ci + j0 + tid] : 0.0f;
+        dtj[tid] = v ? cf.dtT[k.ci + j0 + tid] : 0.0f;
+    }
+    __syncthreads();
+    float acc[4][4];
+    m2_zero(acc);
+    auto lx = [&](int m, int p) { return j0 + m < L ? X[(size_t)(j0 + m) * cd + p] : 0.0f; };
+    auto lds = [&](int p, int n) { return s0 + n < ds ? dS[(size_t)p * ds + s0 + n] : 0.0f; };
+    m2_mma<true, false>(acc, lx, lds, hd, sm);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        int j = j0 + m2_row(q);
+        float w = j < L ? cf.wend[k.ci + j] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[q][r] *= w;
+    }
+    for (int i0 = j0; i0 < L; i0 += M2_TB) {
+        if (tid < M2_TB) csi[tid] = i0 + tid < L ? cf.cs[k.ci + i0 + tid] : 0.0f;
+        __syncthreads();
+        float gt[4][4];   /* gt[j][i] = x_j . dy_i */
+        m2_zero(gt);
+        auto ldy = [&](int p, int n) { return i0 + n < L ? dY[(size_t)(i0 + n) * di + p] : 0.0f; };
+        m2_mma<true, true>(gt, lx, ldy, hd, sm);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int jj = m2_row(q), ii = m2_col(r), j = j0 + jj, i = i0 + ii;
+                Ms[jj][ii] = (i < L && j <= i) ? gt[q][r] * expf(csi[ii] - csj[jj]) * dtj[jj] : 0.0f;
+            }
+        __syncthreads();
+        auto lm = [&](int m, int ii) { return Ms[m][ii]; };
+        auto lc = [&](int ii, int n) { return s0 + n < ds ? Cm[(size_t)(i0 + ii) * cd + s0 + n] : 0.0f; };
+        m2_mma<true, false>(acc, lm, lc, min(M2_TB, L - i0), sm);
+    }
+    float *o = dst + k.r0 * dst_stride + (direct ? k.bcol : k.h * ds);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int j = j0 + m2_row(q), s = s0 + m2_col(r);
+            if (j < L && s < ds) o[(size_t)j * dst_stride + s] = acc[q][r];
+        }
+}
+
+/* ---- backward: scalar gradients -------------------------------------------------------------- */
+
+/* Sum of v over the block (256 threads); every thread gets the result. red: 256 floats. */
+__device__ float block_sum(float v, float *red) {
+    int tid = threadIdx.x;
+    __syncthreads();   /* red may still be read by an earlier call */
+    red[tid] = v;
+    __syncthreads();
+    for (int s = M2_NT / 2; s > 0; s >>= 1) {
+        if (tid < s) red[tid] += red[tid + s];
+        __syncthreads();
+    }
+    return red[0];
+}
+
+/* One block per (b, h, chunk). dcs, ddtl: [B, nh, T] work (this chunk's rows owned by the
+ * block); ddt [B*T, nh] OVERWRITTEN for this head's rows; part[bhc] = sum_k da_k dt_k,
+ * part[nbhc + bhc] = sum dy . x over the chunk. The terms (core/mamba2.c ssd_backward):
+ *   Q'_ij = (dy_i.x_j) E_ij (C_i.B_j), Q_ij = Q'_ij dt_j:  ddt_j += sum_i Q'_ij, dcs_i += sum_j Q_ij,
+ *   dcs_j -= sum_i Q_ij;  dcs_i += e^{cs_i} (dy_i S_prev).C_i;  dcs_{L-1} += e^{cs_L} <dS, S_prev>;
+ *   u_j = (x_j dS).B_j: ddt_j += u_j e^{cs_L-cs_j}, dcs_{L-1} += u_j w_j, dcs_j -= u_j w_j;
+ *   da_k = sum_{i>=k} dcs_i: ddt_k += da_k A, dA += da_k dt_k. */
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
+               const float *__restrict__ dstates, const float *__restrict__ dy,
+               const float *__restrict__ A_log, float *dcs, float *ddtl, float *ddt, float *part) {
+    __shared__ m2_tile_smem sm;
+    __shared__ float Q1[M2_TB][M2_TB + 1], Q2[M2_TB][M2_TB + 1];
+    __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB], red[M2_NT];
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int L = k.L, hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x;
+    const float *X = xbc + k.r0 * cd + k.xcol, *Bm = xbc + k.r0 * cd + k.bcol,
+                *Cm = xbc + k.r0 * cd + k.ccol, *S = states + k.si, *dS = dstates + k.si,
+                *dY = dy + k.r0 * di + (size_t)k.h * hd;
+    float *dc = dcs + k.ci, *dd = ddtl + k.ci;
+    for (int i = tid; i < L; i += M2_NT) { dc[i] = 0.0f; dd[i] = 0.0f; }
+    __syncthreads();
+    /* the causal L x L terms, tile pair by tile pair (i0 >= j0) */
+    for (int i0 = 0; i0 < L; i0 += M2_TB) {
+        auto lc = [&](int m, int s) { return i0 + m < L ? Cm[(size_t)(i0 + m) * cd + s] : 0.0f; };
+        auto ldy = [&](int m, int p) { return i0 + m < L ? dY[(size_t)(i0 + m) * di + p] : 0.0f; };
+        for (int j0 = 0; j0 <= i0; j0 += M2_TB) {
+            if (tid < M2_TB) {
+                csi[tid] = i0 + tid < L ? cf.cs[k.ci + i0 + tid] : 0.0f;
+                bool v = j0 + tid < L;
+                csj[tid] = v ? cf.cs[k.ci + j0 + tid] : 0.0f;
+                dtj[tid] = v ? cf.dtT[k.ci + j0 + tid] : 0.0f;
+            }
+            __syncthreads();
+            float G[4][4], W[4][4];
+            m2_zero(G);
+            m2_zero(W);
+            auto lb = [&](int s, int n) { return j0 + n < L ? Bm[(size_t)(j0 + n) * cd + s] : 0.0f; };
+            auto lx = [&](int p, int n) { return j0 + n < L ? X[(size_t)(j0 + n) * cd + p] : 0.0f; };
+            m2_mma<true, true>(G, lc, lb, ds, sm);
+            m2_mma<true, true>(W, ldy, lx, hd, sm);
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    int ii = m2_row(q), jj = m2_col(r), i = i0 + ii, j = j0 + jj;
+                    float qp = (i < L && j <= i) ? W[q][r] * expf(csi[ii] - csj[jj]) * G[q][r] : 0.0f;
+                    Q1[ii][jj] = qp;
+                    Q2[ii][jj] = qp * dtj[jj];
+                }
+            __syncthreads();
+            if (tid < M2_TB) {
+                float rs = 0.0f, cq = 0.0f, cqp = 0.0f;
+                for (int t = 0; t < M2_TB; t++) {
+                    rs += Q2[tid][t];
+                    cq += Q2[t][tid];
+                    cqp += Q1[t][tid];
+                }
+                /* rows i0+tid and columns j0+tid: the same thread, or disjoint when i0 > j0 */
+                if (i0 + tid < L) dc[i0 + tid] += rs;
+                if (j0 + tid < L) { dc[j0 + tid] -= cq; dd[j0 + tid] += cqp; }
+            }
+            __syncthreads();
+        }
+    }
+    /* inter-chunk output: dcs_i += e^{cs_i} sum_s (dy_i S_prev)_s C_is */
+    for (int i0 = 0; i0 < L; i0 += M2_TB)
+        for (int s0 = 0; s0 < ds; s0 += M2_TB) {
+            float T1[4][4];
+            m2_zero(T1);
+            auto ldy = [&](int m, int p) { return i0 + m < L ? dY[(size_t)(i0 + m) * di + p] : 0.0f; };
+            auto lS = [&](int p, int n) { return s0 + n < ds ? S[(size_t)p * ds + s0 + n] : 0.0f; };
+            m2_mma<true, false>(T1, ldy, lS, hd, sm);
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    int ii = m2_row(q), ss = m2_col(r), i = i0 + ii, s = s0 + ss;
+                    Q1[ii][ss] = (i < L && s < ds) ? T1[q][r] * Cm[(size_t)i * cd + s] : 0.0f;
+                }
+            __syncthreads();
+            if (tid < M2_TB && i0 + tid < L) {
+                float rs = 0.0f;
+                for (int t = 0; t < M2_TB; t++) rs += Q1[tid][t];
+                dc[i0 + tid] += cf.ecs[k.ci + i0 + tid] * rs;
+            }
+            __syncthreads();
+        }
+    /* state passing: u_j = sum_s (x_j dS)_s B_js */
+    float cl = cf.cs[k.ci + L - 1], el = cf.ecs[k.ci + L - 1];
+    for (int j0 = 0; j0 < L; j0 += M2_TB)
+        for (int s0 = 0; s0 < ds; s0 += M2_TB) {
+            float T2[4][4];
+            m2_zero(T2);
+            auto lx = [&](int m, int p) { return j0 + m < L ? X[(size_t)(j0 + m) * cd + p] : 0.0f; };
+            auto lds = [&](int p, int n) { return s0 + n < ds ? dS[(size_t)p * ds + s0 + n] : 0.0f; };
+            m2_mma<true, false>(T2, lx, lds, hd, sm);
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    int jj = m2_row(q), ss = m2_col(r), j = j0 + jj, s = s0 + ss;
+                    Q1[jj][ss] = (j < L && s < ds) ? T2[q][r] * Bm[(size_t)j * cd + s] : 0.0f;
+                }
+            __syncthreads();
+            float uw = 0.0f;
+            if (tid < M2_TB && j0 + tid < L) {
+                int j = j0 + tid;
+                float u = 0.0f;
+                for (int t = 0; t < M2_TB; t++) u += Q1[tid][t];
+                float e = expf(cl - cf.cs[k.ci + j]), w = cf.wend[k.ci + j];
+                dd[j] += u * e;
+                dc[j] -= u * w;
+                uw = u * w;
+            }
+            float tot = block_sum(uw, red);   /* its barriers order the dc[j] writes before this one */
+            if (tid == 0) dc[L - 1] += tot;
+            __syncthreads();
+        }
+    /* dcs_{L-1} += e^{cs_L} <dS, S_prev> */
+    float dot = 0.0f;
+    for (size_t q = tid; q < g.hs; q += M2_NT) dot += dS[q] * S[q];
+    dot = block_sum(dot, red);
+    if (tid == 0) dc[L - 1] += el * dot;
+    /* dD partial: sum dy . x */
+    float sd = 0.0f;
+    for (int e = tid; e < L * hd; e += M2_NT) {
+        int i = e / hd, p = e % hd;
+        sd += dY[(size_t)i * di + p] * X[(size_t)i * cd + p];
+    }
+    sd = block_sum(sd, red);   /* also orders the dc writes above before the scan */
+    /* da_k = sum_{i>=k} dcs_i, one warp, 32-row segments from the end */
+    if (tid < 32) {
+        int lane = tid;
+        float A = -expf(A_log[k.h]), carry = 0.0f, dA = 0.0f;
+        for (int base = ((L - 1) / 32) * 32; base >= 0; base -= 32) {
+            int kk = base + lane;
+            float v = kk < L ? dc[kk] : 0.0f;
+            for (int off = 1; off < 32; off <<= 1) {   /* inclusive suffix sum */
+                float t = __shfl_down_sync(0xffffffffu, v, off);
+                if (lane + off < 32) v += t;
+            }
+            float da = v + carry;
+            carry += __shfl_sync(0xffffffffu, v, 0);
+            if (kk < L) {
+                ddt[(k.r0 + kk) * g.nh + k.h] = dd[kk] + da * A;
+                dA += da * cf.dtT[k.ci + kk];
+            }
+        }
+        for (int off = 16; off > 0; off >>= 1) dA += __shfl_down_sync(0xffffffffu, dA, off);
+        if (lane == 0) {
+            int nbhc = g.B * g.nh * g.nc;
+            part[blockIdx.x] = dA;
+            part[nbhc + blockIdx.x] = sd;
+        }
+    }
+}
+
+/* gA_log[h] += A sum over (b, chunk) of the dA partials; gD[h] += the dD partials. */
+__global__ void k_ssd_param_fin(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ part,
+                                float *gA_log, float *gD) {
+    int h = blockIdx.x * blockDim.x + threadIdx.x;
+    if (h >= g.nh) return;
+    int nbhc = g.B * g.nh * g.nc;
+    float sa = 0.0f, sd = 0.0f;
+    for (int b = 0; b < g.B; b++)
+        for (int c = 0; c < g.nc; c++) {
+            size_t i = ((size_t)b * g.nh + h) * g.nc + c;
+            sa += part[i];
+            sd += part[nbhc + i];
+        }
+    gA_log[h] += sa * -expf(A_log[h]);
+    gD[h] += sd;
+}
+
+/* dxbc columns of groups shared by several heads: the sum of the heads' buffers, in head order. */
+__global__ void k_ssd_group_sum(m2_geo g, const float *__restrict__ dXh, const float *__restrict__ dBh,
+                                const float *__restrict__ dCh, float *dxbc, size_t N) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= N * g.cd) return;
+    size_t r = e / g.cd;
+    int c = (int)(e % g.cd), rep, w, h0, col;
+    const float *src;
+    if (c < g.bo) { rep = g.xrep; w = g.hd; col = c; src = dXh; }
+    else if (c < g.co) { rep = g.brep; w = g.ds; col = c - g.bo; src = dBh; }
+    else { rep = g.crep; w = g.ds; col = c - g.co; src = dCh; }
+    if (rep == 1) return;   /* written directly */
+    h0 = (col / w) * rep;
+    const float *p = src + r * (size_t)g.nh * w + (size_t)h0 * w + col % w;
+    float s = 0.0f;
+    for (int t = 0; t < rep; t++) s += p[(size_t)t * w];
+    dxbc[e] = s;
+}
+
+/* ---- decode: the one-token recurrence ------------------------------------------------------ */
+
+__global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ Dp,
+                           const float *__restrict__ xbc, const float *__restrict__ dt, float *Sst,
+                           size_t s_stride, const int *__restrict__ seqs, float *y) {
+    extern __shared__ float sh[];   /* B row | C row, ds each */
+    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    const float *row = xbc + (size_t)i * g.cd;
+    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
+                *Cv = row + g.co + (h / g.crep) * g.ds;
+    for (int s = tid; s < g.ds; s += blockDim.x) { sh[s] = Bv[s]; sh[g.ds + s] = Cv[s]; }
+    __syncthreads();
+    int seq = seqs ? seqs[i] : i;
+    float *S = Sst + (size_t)seq * s_stride + (size_t)h * g.hs;
+    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
+    for (int p = warp; p < g.hd; p += nw) {
+        float *Sr = S + (size_t)p * g.ds, xp = dth * X[p], acc = 0.0f;
+        for (int s = lane; s < g.ds; s += 32) {
+            float v = e * Sr[s] + xp * sh[s];
+            Sr[s] = v;
+            acc += v * sh[g.ds + s];
+        }
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
+    }
+}
+
+}   // namespace
+
+/* ---- host entries ---------------------------------------------------------------------------- */
+
+extern "C" cudaStream_t zb_cuda_m2_stream(void);
+
+extern "C" void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log, const float *dt,
+                                    float *coef, int B, int T) {
+    if (B <= 0 || T <= 0) return;
+    m2_geo g = geo_of(m, B, T);
+    size_t n = (size_t)B * g.nh * T;
+    int warps = B * g.nh * g.nc;
+    k_ssd_coef<<<cdiv(warps, 8), 256, 0, zb_cuda_m2_stream()>>>(g, A_log, dt, coef, coef + n,
+                                                                coef + 2 * n, coef + 3 * n);
+    zb_cuda_m2_check_launch("k_ssd_coef");
+}
+
+extern "C" void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, const float *xbc,
+                                       const float *coef, float *y, float *states, const float *S0,
+                                       float *Sfin, size_t s_stride, int B, int T) {
+    if (B <= 0 || T <= 0) return;
+    m2_geo g = geo_of(m, B, T);
+    m2_coef cf = coef_of(coef, B, g.nh, T);
+    cudaStream_t st = zb_cuda_m2_stream();
+    int nbhc = B * g.nh * g.nc, rt = cdiv(min(g.Lc, T), M2_TB);
+    k_ssd_outer<<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
+        g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    zb_cuda_m2_check_launch("k_ssd_outer (chunk states)");
+    k_ssd_pass_fwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, states, S0, Sfin,
+                                                                          s_stride);
+    zb_cuda_m2_check_launch("k_ssd_pass_fwd");
+    k_ssd_scan<<<dim3(nbhc, rt, cdiv(g.hd, M2_TB)), M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
+    zb_cuda_m2_check_launch("k_ssd_scan");
+}
+
+/* work: dstates [B nc nh hs] | dcs, ddtl [B nh T] | part [2 nbhc] | per-head dx / dB / dC
+ * buffers [B T, nh hd] / [B T, nh ds] where their groups are shared. */
+extern "C" size_t zb_cuda_m2_ssd_bwd_floats(const zb_mamba2_dims *m, int B, int T) {
+    size_t N = (size_t)B * T, nh = (size_t)m->nheads, nc = (size_t)((T + m->chunk - 1) / m->chunk);
+    size_t n = (size_t)B * nc * nh * m->headdim * m->d_state + 2 * N * nh + 2 * (size_t)B * nh * nc;
+    if (m->x_groups < m->nheads) n += N * nh * m->headdim;
+    if (m->b_groups < m->nheads) n += N * nh * m->d_state;
+    if (m->c_groups < m->nheads) n += N * nh * m->d_state;
+    return n;
+}
+
+extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                                        const float *xbc, const float *coef, const float *states,
+                                        const float *dy, float *dxbc, float *ddt, float *gA_log,
+                                        float *gD, float *work, int B, int T) {
+    if (B <= 0 || T <= 0) return;
+    m2_geo g = geo_of(m, B, T);
+    m2_coef cf = coef_of(coef, B, g.nh, T);
+    cudaStream_t st = zb_cuda_m2_stream();
+    size_t N = (size_t)B * T;
+    int nbhc = B * g.nh * g.nc, rt = cdiv(min(g.Lc, T), M2_TB);
+    float *dstates = work, *dcs = dstates + (size_t)nbhc * g.hs, *ddtl = dcs + N * g.nh,
+          *part = ddtl + N * g.nh, *next = part + 2 * (size_t)nbhc;
+    float *dXh = NULL, *dBh = NULL, *dCh = NULL;
+    if (g.xrep > 1) { dXh = next; next += N * g.nh * g.hd; }
+    if (g.brep > 1) { dBh = next; next += N * g.nh * g.ds; }
+    if (g.crep > 1) { dCh = next; next += N * g.nh * g.ds; }
+    /* gradient of each chunk's end state */
+    k_ssd_outer<<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
+        g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    zb_cuda_m2_check_launch("k_ssd_outer (state gradients)");
+    k_ssd_pass_bwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, dstates);
+    zb_cuda_m2_check_launch("k_ssd_pass_bwd");
+    k_ssd_bwd_dx<<<dim3(nbhc, rt, cdiv(g.hd, M2_TB)), M2_NT, 0, st>>>(
+        g, xbc, cf, dstates, dy, D, dXh ? dXh : dxbc, dXh ? g.nh * g.hd : g.cd, dXh == NULL);
+    zb_cuda_m2_check_launch("k_ssd_bwd_dx");
+    k_ssd_bwd_dc<<<dim3(nbhc, rt, cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
+        g, xbc, cf, states, dy, dCh ? dCh : dxbc, dCh ? g.nh * g.ds : g.cd, dCh == NULL);
+    zb_cuda_m2_check_launch("k_ssd_bwd_dc");
+    k_ssd_bwd_db<<<dim3(nbhc, rt, cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
+        g, xbc, cf, dstates, dy, dBh ? dBh : dxbc, dBh ? g.nh * g.ds : g.cd, dBh == NULL);
+    zb_cuda_m2_check_launch("k_ssd_bwd_db");
+    k_ssd_bwd_scal<<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
+    zb_cuda_m2_check_launch("k_ssd_bwd_scal");
+    if (dXh || dBh || dCh) {
+        size_t n = N * g.cd;
+        k_ssd_group_sum<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, dXh, dBh, dCh, dxbc, N);
+        zb_cuda_m2_check_launch("k_ssd_group_sum");
+    }
+    k_ssd_param_fin<<<cdiv(g.nh, 128), 128, 0, st>>>(g, A_log, part, gA_log, gD);
+    zb_cuda_m2_check_launch("k_ssd_param_fin");
+}
+
+extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                                    const float *xbc, const float *dt, float *S, size_t s_stride,
+                                    const int *seqs, float *y, int nb) {
+    if (nb <= 0) return;
+    m2_geo g = geo_of(m, nb, 1);
+    int threads = g.hd >= 8 ? 256 : 32 * g.hd;
+    k_ssd_step<<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), zb_cuda_m2_stream()>>>(
+        g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+    zb_cuda_m2_check_launch("k_ssd_step");
+}

@@ -1,0 +1,155 @@
+/* zebra bench --train — training-step throughput on one device (a benchmark, not a test):
+ * tokens/s of the whole step (forward, loss, backward, gradient norm, AdamW) for a model of a
+ * config (synthetic weights) or a checkpoint, at B rows x T tokens, and the model-flops
+ * utilisation against the matrix rate measured in the same run (bf16 GEMM 8192^3 on the GPU,
+ * OpenBLAS sgemm on the CPU). With --kd TEACHER, the online-distillation step of SPEC §6: the
+ * teacher's forward on the same ids, then the student's KL + CE forward / backward.
+ *
+ *   zebra bench --train MODEL [--kd TEACHER] [--batch 8] [--seq 2048] [--steps 5]
+ *               [--device cuda] [--precision bf16|f32] [--md FILE]
+ *
+ * Model flops per token (the usual count, e.g. PaLM's appendix): 6 x the parameters of every
+ * matrix product (the tied embedding once, as the head) + 6 L_attn T d_attn for causal attention
+ * (QK^T and PV, forward and backward, half of the T x T square); MLA layers count their heads'
+ * (qk + v) width, Mamba2 layers their matrices only. KD adds 2 x the teacher's parameters + its
+ * attention's forward third. */
+#if __has_include("backend.h")   /* the backend seam (issue 16) */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "model.h"
+#include "optim.h"
+#include "train.h"
+#ifdef ZB_HAVE_CUDA
+#include "cuda_ops.h"
+#endif
+
+/* flops per token of one forward + backward (x3 of the forward's 2 per weight) */
+static double model_flops_per_token(const zb_model *m, int T, int fwd_only) {
+    const zb_config *c = &m->cfg;
+    double params = (double)zb_model_num_params(m);
+    if (!c->tie_embeddings) params -= (double)c->vocab * c->d_model;   /* the lookup is no product */
+    double attn = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn += (double)T * c->n_heads * c->head_dim * 2;
+        else if (c->kinds[l] == ZB_LAYER_MLA)
+            attn += (double)T * c->mla.n_heads * (c->mla.qk_nope + c->mla.qk_rope + c->mla.v_head_dim);
+    }
+    /* forward: 2 per weight, causal attention 2 x (T/2) x width per product pair */
+    double fwd = 2 * params + attn;
+    return fwd_only ? fwd : 3 * fwd;
+}
+
+static int load_model(zb_model *m, const char *path) {
+    size_t len = strlen(path);
+    if (len > 5 && !strcmp(path + len - 5, ".json")) {
+        zb_config c;
+        ZB_TRY(zb_config_load(path, &c));
+        ZB_TRY(zb_model_init(m, &c));
+        zb_model_init_synthetic(m, 7, 0.02f);
+        return ZB_OK;
+    }
+    return zb_model_load(m, path);
+}
+
+/* The matrix rate of the device (TFLOP/s): cuBLAS bf16 8192^3 on a GPU, else 0 (not measured). */
+static double matmul_peak(const zb_backend *be) {
+#ifdef ZB_HAVE_CUDA
+    if (!be->host_memory) {
+        int n = 8192;
+        size_t e = (size_t)n * n;
+        void *a = be->alloc(be, e * 2, "bench"), *b = be->alloc(be, e * 2, "bench");
+        float *c = be->alloc(be, e * 4, "bench");
+        if (!a || !b || !c) { be->free(be, a); be->free(be, b); be->free(be, c); return 0; }
+        double best = 1e30;
+        for (int r = 0; r < 8; r++) {
+            be->sync(be);
+            double t = zb_now();
+            zb_cuda_gemm_bf16_native(n, n, n, a, b, c);
+            be->sync(be);
+            t = zb_now() - t;
+            if (r >= 2 && t < best) best = t;
+        }
+        be->free(be, a); be->free(be, b); be->free(be, c);
+        return 2.0 * n * n * n / best / 1e12;
+    }
+#endif
+    (void)be;
+    return 0;
+}
+
+int zb_bench_train(int argc, char **argv, const zb_backend *be) {
+    const char *path = zb_arg_str(argc, argv, "--train", NULL), *tpath = zb_arg_str(argc, argv, "--kd", NULL);
+    int B = zb_arg_int(argc, argv, "--batch", 8), T = zb_arg_int(argc, argv, "--seq", 2048);
+    int steps = zb_arg_int(argc, argv, "--steps", 5);
+    if (B < 1 || T < 2 || steps < 1) return zb_fail(ZB_EARG, "bench --train: --batch >= 1, --seq >= 2, --steps >= 1");
+    zb_model m, t;
+    int have_t = 0;
+    ZB_TRY(load_model(&m, path));
+    int rc = zb_model_set_backend(&m, be);
+    if (!rc && tpath) {
+        rc = load_model(&t, tpath);
+        if (!rc) { have_t = 1; rc = zb_model_set_backend(&t, be); }
+    }
+    zb_trainer tr;
+    zb_loss_cfg lc;   /* KD: KL only, tau 1 */
+    memset(&lc, 0, sizeof lc);
+    lc.kl_weight = 1.0f;
+    lc.temperature = 1.0f;
+    lc.beta = 0.1f;
+    int tr_ok = 0;
+    if (!rc) rc = zb_trainer_init(&tr, have_t ? ZB_STAGE_KD : ZB_STAGE_PRETRAIN, &lc, &m, have_t ? &t : NULL, B, T);
+    if (!rc) tr_ok = 1;
+    zb_adamw o;
+    int o_ok = 0;
+    zb_optim_cfg oc = zb_optim_defaults();
+    if (!rc) rc = zb_adamw_init(&o, &m, &oc);
+    if (!rc) o_ok = 1;
+    int *ids = malloc(sizeof(int) * (size_t)B * T * 2), *tg = ids ? ids + (size_t)B * T : NULL;
+    if (!rc && !ids) rc = zb_fail(ZB_ENOMEM, "bench --train: ids");
+    double dt = 0, loss = 0;
+    if (!rc) {
+        for (size_t i = 0; i < (size_t)B * T; i++) ids[i] = (int)((i * 2654435761u) % (unsigned)m.cfg.vocab);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < T; j++) tg[(size_t)b * T + j] = j + 1 < T ? ids[(size_t)b * T + j + 1] : -1;
+        for (int s = 0; s <= steps && !rc; s++) {   /* step 0: warm-up (first allocations, handles) */
+            be->sync(be);
+            double t0 = zb_now();
+            zb_model_zero_grad(&m);
+            zb_loss_parts p;
+            rc = zb_trainer_step(&tr, ids, tg, 1, 1.0f, &p);
+            if (rc) break;
+            double gn = zb_grad_norm(&o, &m);
+            zb_adamw_step(&o, &m, oc.lr, zb_clip_scale(&oc, gn));
+            be->sync(be);
+            if (s > 0) dt += zb_now() - t0;
+            loss = p.loss;
+        }
+    }
+    if (!rc) {
+        double tps = (double)B * T * steps / dt;
+        double fpt = model_flops_per_token(&m, T, 0) + (have_t ? model_flops_per_token(&t, T, 1) : 0);
+        int bf16 = be->opts.gpu_bf16;
+        double peak = matmul_peak(be);
+        const char *mdp = zb_arg_str(argc, argv, "--md", NULL);
+        FILE *md = mdp ? fopen(mdp, "w") : stdout;
+        if (!md) md = stdout;
+        fprintf(md, "| step | model | device | products | batch x seq | step ms | tokens/s | model TFLOP/s | "
+                    "bf16 matmul peak | MFU | loss |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        fprintf(md, "| %s | %s%s%s | %s | %s | %d x %d | %.1f | %.0f | %.1f | %.1f | %.1f%% | %.4f |\n",
+                have_t ? "kd" : "pretrain", path, have_t ? " <- " : "", have_t ? tpath : "", be->name,
+                bf16 ? "bf16 operands" : "float32", B, T, 1e3 * dt / steps, tps, tps * fpt / 1e12, peak,
+                peak > 0 ? 100.0 * tps * fpt / 1e12 / peak : 0.0, loss);
+        if (md != stdout) fclose(md);
+    }
+    free(ids);
+    if (o_ok) zb_adamw_free(&o);
+    if (tr_ok) zb_trainer_free(&tr);
+    if (have_t) zb_model_free(&t);
+    zb_model_free(&m);
+    return rc;
+}
+#endif

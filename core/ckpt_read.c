@@ -143,9 +143,7 @@ static int entry_dtype(hid_t ds, const char *path, const char *name, zb_dtype *d
 int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
     zb_h5_quiet();
     *out = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return zb_fail(ZB_EIO, "%s: not a regular file", path);
+    ZB_TRY(zb_path_is_file(path, 1));
     htri_t is = H5Fis_hdf5(path);
     if (is <= 0) return zb_fail(ZB_EFORMAT, "%s: not an HDF5 file", path);
     zb_ckpt_reader *r = zb_calloc(1, sizeof *r, "checkpoint reader");
@@ -279,7 +277,16 @@ done:
     if (ms >= 0) H5Sclose(ms);
     if (fs >= 0) H5Sclose(fs);
     if (rc) {
-        zb_fail(ZB_EFORMAT, "%s: tensor '%s': read failed (truncated or corrupt file)", r->path, e->name);
+        /* with the Fletcher32 filter (the writer's, parallel/checkpoint.c) a flipped byte fails
+         * the read: say so */
+        hid_t dcpl = H5Dget_create_plist(r->ds[i]);
+        unsigned flags = 0, conf = 0;
+        size_t nelm = 0;
+        int sum = dcpl >= 0 && H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, &nelm, NULL, 0, NULL, &conf) >= 0;
+        if (dcpl >= 0) H5Pclose(dcpl);
+        zb_fail(ZB_EFORMAT, "%s: tensor '%s': %s", r->path, e->name,
+                sum ? "read failed: its Fletcher32 checksum does not match (corrupt data) or the file is truncated"
+                    : "read failed (truncated or corrupt file)");
         return ZB_EFORMAT;
     }
     return ZB_OK;

@@ -533,6 +533,16 @@ char *zb_config_to_json(const zb_config *c) {
 
 #define ZB_CHECK(cond, ...) do { if (!(cond)) return zb_fail(ZB_EARG, __VA_ARGS__); } while (0)
 
+/* Sizes: the kernels hold widths in int and form products of two of them (rows x width,
+ * chunk x d_state, ...), so every dimension and every width derived from dimensions is capped:
+ * a single dimension (heads, head dims, d_state, ranks, chunk) at 2^16, a width (hidden,
+ * intermediate, vocabulary, heads x head_dim, in_proj rows, ...) at 2^24, so that a product of
+ * two stays below 2^40 in size_t and a width fits an int with room. Far above any real model;
+ * a config beyond them is refused with its key instead of overflowing. Computed in int64. */
+#define ZB_MAX_DIM (1 << 16)
+#define ZB_MAX_WIDTH (1 << 24)
+#define ZB_DIM(v, key) ZB_CHECK((v) > 0 && (v) <= ZB_MAX_DIM, "%s: %s %lld out of range 1..%d", src, key, (long long)(v), ZB_MAX_DIM)
+#define ZB_WIDTH(v, key) ZB_CHECK((v) > 0 && (v) <= ZB_MAX_WIDTH, "%s: %s %lld out of range 1..%d", src, key, (long long)(v), ZB_MAX_WIDTH)
 /* pre: "" for the model's rope, "mla." for the MLA's. */
 static int rope_validate(const zb_rope_cfg *r, const char *src, const char *pre) {
     ZB_CHECK(r->theta > 0, "%s: %srope_theta must be positive", src, pre);
@@ -552,13 +562,16 @@ static int rope_validate(const zb_rope_cfg *r, const char *src, const char *pre)
 int zb_config_validate(const zb_config *c, const char *src) {
     ZB_CHECK(c->n_layers > 0 && c->n_layers <= ZB_MAX_LAYERS, "%s: num_hidden_layers %d out of range 1..%d", src,
              c->n_layers, ZB_MAX_LAYERS);
-    ZB_CHECK(c->d_model > 0, "%s: hidden_size must be positive (got %d)", src, c->d_model);
-    ZB_CHECK(c->vocab > 0, "%s: vocab_size must be positive (got %d)", src, c->vocab);
-    ZB_CHECK(c->ffn > 0, "%s: intermediate_size must be positive (got %d)", src, c->ffn);
-    ZB_CHECK(c->n_heads > 0, "%s: num_attention_heads must be positive (got %d)", src, c->n_heads);
-    ZB_CHECK(c->n_kv_heads > 0 && c->n_heads % c->n_kv_heads == 0,
+    ZB_WIDTH(c->d_model, "hidden_size");
+    ZB_WIDTH(c->vocab, "vocab_size");
+    ZB_WIDTH(c->ffn, "intermediate_size");
+    ZB_DIM(c->n_heads, "num_attention_heads");
+    ZB_DIM(c->n_kv_heads, "num_key_value_heads");
+    ZB_CHECK(c->n_heads % c->n_kv_heads == 0,
              "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", src, c->n_heads, c->n_kv_heads);
-    ZB_CHECK(c->head_dim > 0, "%s: head_dim must be positive (got %d)", src, c->head_dim);
+    ZB_DIM(c->head_dim, "head_dim");
+    ZB_WIDTH((int64_t)c->n_heads * c->head_dim, "num_attention_heads x head_dim");
+    ZB_CHECK(c->max_pos <= (1 << 30), "%s: max_position_embeddings %d out of range 1..%d", src, c->max_pos, 1 << 30);
     ZB_CHECK(c->rms_eps > 0, "%s: rms_norm_eps must be positive", src);
     ZB_CHECK(c->max_pos > 0, "%s: max_position_embeddings must be positive", src);
     ZB_CHECK(c->n_eos >= 0 && c->n_eos <= ZB_MAX_EOS, "%s: too many eos ids", src);
@@ -580,9 +593,15 @@ int zb_config_validate(const zb_config *c, const char *src) {
                  "%s: head_dim %d must be even and at most %d for RoPE", src, c->head_dim, ZB_ROPE_MAX_DIM);
     if (any_mla) {
         const zb_mla_dims *m = &c->mla;
-        ZB_CHECK(m->n_heads > 0, "%s: mla.n_heads must be positive", src);
-        ZB_CHECK(m->kv_lora_rank > 0, "%s: mla.kv_lora_rank must be positive", src);
-        ZB_CHECK(m->q_lora_rank >= 0, "%s: mla.q_lora_rank must be >= 0", src);
+        ZB_DIM(m->n_heads, "mla.n_heads");
+        ZB_DIM(m->kv_lora_rank, "mla.kv_lora_rank");
+        ZB_CHECK(m->q_lora_rank >= 0 && m->q_lora_rank <= ZB_MAX_DIM, "%s: mla.q_lora_rank %d out of range 0..%d", src,
+                 m->q_lora_rank, ZB_MAX_DIM);
+        ZB_CHECK(m->qk_nope <= ZB_MAX_DIM && m->qk_rope <= ZB_MAX_DIM && m->v_head_dim <= ZB_MAX_DIM,
+                 "%s: mla head dims (qk_nope %d, qk_rope %d, v %d) above %d", src, m->qk_nope, m->qk_rope,
+                 m->v_head_dim, ZB_MAX_DIM);
+        ZB_WIDTH((int64_t)m->n_heads * (m->qk_nope + m->qk_rope), "mla.n_heads x (qk_nope + qk_rope)");
+        ZB_WIDTH((int64_t)m->n_heads * m->v_head_dim, "mla.n_heads x v_head_dim");
         ZB_CHECK(!m->q_norm || m->q_lora_rank > 0, "%s: mla.q_norm needs q_lora_rank > 0", src);
         ZB_CHECK(m->qk_rope > 0 && m->qk_rope % 2 == 0 && m->qk_rope <= ZB_ROPE_MAX_DIM,
                  "%s: mla.qk_rope_head_dim %d must be positive, even and at most %d", src, m->qk_rope,
@@ -591,14 +610,31 @@ int zb_config_validate(const zb_config *c, const char *src) {
         ZB_CHECK(m->v_head_dim > 0, "%s: mla.v_head_dim must be positive", src);
         ZB_CHECK(m->kv_heads > 0 && m->n_heads % m->kv_heads == 0,
                  "%s: mla.n_heads %d is not a multiple of mla.kv_heads %d", src, m->n_heads, m->kv_heads);
+        ZB_WIDTH((int64_t)m->kv_heads * (m->qk_nope + m->v_head_dim), "mla.kv_heads x (qk_nope + v_head_dim)");
         if (m->rope.theta != 0) ZB_TRY(rope_validate(&m->rope, src, "mla."));   /* 0: unset, the model's */
     }
     if (any_mamba) {
         const zb_mamba2_dims *s = &c->mamba;
-        ZB_CHECK(s->nheads > 0 && s->headdim > 0 && s->d_state > 0,
-                 "%s: mamba2.nheads, headdim and d_state must be positive", src);
-        ZB_CHECK(s->d_inner == s->nheads * s->headdim, "%s: mamba2.d_inner %d != nheads %d x headdim %d", src,
-                 s->d_inner, s->nheads, s->headdim);
+        ZB_DIM(s->nheads, "mamba2.nheads");
+        ZB_DIM(s->headdim, "mamba2.headdim");
+        ZB_DIM(s->d_state, "mamba2.d_state");
+        ZB_CHECK((int64_t)s->d_inner == (int64_t)s->nheads * s->headdim, "%s: mamba2.d_inner %d != nheads %d x headdim %d",
+                 src, s->d_inner, s->nheads, s->headdim);
+        ZB_WIDTH(s->d_inner, "mamba2.d_inner");
+        ZB_DIM(s->x_groups, "mamba2.x_groups");
+        ZB_DIM(s->b_groups, "mamba2.b_groups");
+        ZB_DIM(s->c_groups, "mamba2.c_groups");
+        /* in_proj rows [z | x | B | C | dt], the conv channels [x | B | C], one head's state */
+        int64_t xw = (int64_t)s->x_groups * s->headdim, bcw = ((int64_t)s->b_groups + s->c_groups) * s->d_state;
+        ZB_WIDTH(s->d_inner + xw + bcw + s->nheads, "mamba2 in_proj rows (d_inner + x_groups x headdim + "
+                 "(b_groups + c_groups) x d_state + nheads)");
+        ZB_WIDTH((int64_t)s->headdim * s->d_state, "mamba2.headdim x d_state");
+        ZB_WIDTH((int64_t)s->nheads * s->headdim * s->d_state, "mamba2 state (nheads x headdim x d_state)");
+        ZB_CHECK(s->conv_k <= 1024, "%s: mamba2.conv_kernel %d out of range 1..1024", src, s->conv_k);
+        ZB_CHECK(s->chunk <= ZB_MAX_DIM, "%s: mamba2.chunk_size %d out of range 1..%d", src, s->chunk, ZB_MAX_DIM);
+        /* the SSD's per-chunk products [chunk, d_state], [chunk, headdim] */
+        ZB_WIDTH((int64_t)s->chunk * (s->d_state > s->headdim ? s->d_state : s->headdim),
+                 "mamba2.chunk_size x max(d_state, headdim)");
         ZB_CHECK(s->x_groups > 0 && s->nheads % s->x_groups == 0, "%s: mamba2.x_groups %d does not divide nheads %d",
                  src, s->x_groups, s->nheads);
         ZB_CHECK(s->b_groups > 0 && s->nheads % s->b_groups == 0, "%s: mamba2.b_groups %d does not divide nheads %d",
@@ -614,5 +650,7 @@ int zb_config_validate(const zb_config *c, const char *src) {
     }
     ZB_CHECK(c->teacher_layers >= 0 && c->teacher_kv_heads >= 0 && c->teacher_head_dim >= 0,
              "%s: teacher dims must be >= 0", src);
+    ZB_CHECK(c->teacher_layers <= ZB_MAX_LAYERS && c->teacher_kv_heads <= ZB_MAX_DIM && c->teacher_head_dim <= ZB_MAX_DIM,
+             "%s: teacher dims out of range", src);
     return ZB_OK;
 }

@@ -4,6 +4,7 @@
  * node shares the page cache. The loader walks an infinite stream of global rows
  * (epoch * rows + row); rank r of R takes rows c + b*R + r of each batch, so ranks are
  * disjoint and their union, in order, is the one-rank stream. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +31,9 @@ typedef struct { void *p; size_t n; } zb_map;
 static int map_file(zb_map *m, const char *path) {
     m->p = NULL; m->n = 0;
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return zb_fail(ZB_EIO, "%s: cannot open", path);
+    if (fd < 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
+    int krc = zb_fd_is_file(fd, path, 1);
+    if (krc) { close(fd); return krc; }
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); return zb_fail(ZB_EIO, "%s: cannot stat", path); }
     m->n = (size_t)st.st_size;
@@ -91,6 +94,49 @@ static int map_checked(zb_map *m, const cJSON *man, const char *dir, const char 
     return ZB_OK;
 }
 
+/* The manifest's vocab_size (the tokenizer's id count): every id of the set must be below it.
+ * Absent (sets written before it was recorded): no limit from the manifest. */
+static int manifest_vocab(const cJSON *man, const char *dir, uint64_t *vocab) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(man, "vocab_size");
+    *vocab = UINT64_MAX;
+    if (!v) return ZB_OK;
+    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 4294967296.0 || v->valuedouble != (double)(uint64_t)v->valuedouble)
+        return zb_fail(ZB_EFORMAT, "%s/manifest.json: vocab_size must be a positive integer", dir);
+    *vocab = (uint64_t)v->valuedouble;
+    return ZB_OK;
+}
+
+/* The id limit of a set: the manifest's vocab_size, lowered by the model that reads it. */
+typedef struct {
+    uint64_t limit;
+    char what[64];         /* whose vocabulary the limit is, for the message */
+    char path[4200];       /* the token file, for the message */
+} zb_idlimit;
+
+static void idlimit_init(zb_idlimit *l, uint64_t manifest_vocab, const char *dir, const char *file) {
+    l->limit = manifest_vocab;
+    snprintf(l->what, sizeof l->what, "vocab_size %llu in manifest.json", (unsigned long long)manifest_vocab);
+    snprintf(l->path, sizeof l->path, "%s/%s", dir, file);
+}
+
+static void idlimit_lower(zb_idlimit *l, int vocab, const char *who) {
+    if (vocab > 0 && (uint64_t)vocab < l->limit) {
+        l->limit = (uint64_t)vocab;
+        snprintf(l->what, sizeof l->what, "%s, %d ids", who ? who : "the model's vocabulary", vocab);
+    }
+}
+
+/* ids [n] of the file at token offset pos: each below the limit (a uint32 of 2^31 or more is a
+ * negative id as int32: outside too) */
+static int idlimit_check(const zb_idlimit *l, const uint32_t *ids, size_t n, uint64_t pos) {
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= l->limit || ids[i] > INT32_MAX)
+            return zb_fail(ZB_EFORMAT, "%s: token id %lld at token %llu is outside the vocabulary (%s)", l->path,
+                           ids[i] > INT32_MAX ? (long long)(int32_t)ids[i] : (long long)ids[i],
+                           (unsigned long long)(pos + i), l->what);
+    return ZB_OK;
+}
+
 static int check_split(const char *split) {
     if (!split || (strcmp(split, "train") && strcmp(split, "val")))
         return zb_fail(ZB_EARG, "split must be \"train\" or \"val\", not \"%s\"", split ? split : "(null)");
@@ -111,6 +157,7 @@ static int check_offsets(const uint64_t *o, uint64_t n, uint64_t total, const ch
 struct zb_shard {
     zb_map bin, idx, mask;
     uint64_t ntok, ndocs;
+    zb_idlimit ids;
 };
 
 void zb_shard_close(zb_shard *s) {
@@ -131,7 +178,10 @@ int zb_shard_open(zb_shard **out, const char *dir, const char *split) {
     zb_shard *s = rc ? NULL : zb_calloc(1, sizeof *s, "shard");
     if (!rc && !s) rc = ZB_ENOMEM;
     char name[64];
+    uint64_t mv = 0;
+    if (!rc) rc = manifest_vocab(man, dir, &mv);
     if (!rc) { snprintf(name, sizeof name, "%s.bin", split); rc = map_checked(&s->bin, man, dir, name, 4); }
+    if (!rc) idlimit_init(&s->ids, mv, dir, name);
     if (!rc) { snprintf(name, sizeof name, "%s.idx", split); rc = map_checked(&s->idx, man, dir, name, 8); }
     if (!rc) {
         s->ntok = s->bin.n / 4;
@@ -154,6 +204,7 @@ const uint32_t *zb_shard_tokens(const zb_shard *s, uint64_t *n_tokens) {
     return s->bin.p;
 }
 const uint8_t *zb_shard_mask(const zb_shard *s) { return s->mask.p; }
+
 uint64_t zb_shard_docs(const zb_shard *s) { return s->ndocs; }
 
 int zb_shard_doc(const zb_shard *s, uint64_t i, uint64_t *start, uint64_t *end) {
@@ -220,6 +271,8 @@ void zb_loader_close(zb_loader *l) {
     free(l);
 }
 
+void zb_loader_limit_vocab(zb_loader *l, int vocab, const char *who) { idlimit_lower(&l->s->ids, vocab, who); }
+
 int zb_loader_next(zb_loader *l, int *ids, int *targets) {
     const uint32_t *tok = l->s->bin.p;
     const uint8_t *mask = l->s->mask.p;
@@ -227,6 +280,9 @@ int zb_loader_next(zb_loader *l, int *ids, int *targets) {
     for (int b = 0; b < l->B; b++) {
         uint64_t g = l->next + (uint64_t)b * (uint64_t)l->size + (uint64_t)l->rank;
         const uint64_t start = (g % l->rows) * (uint64_t)T;
+        /* every id of the row (inputs and targets) inside the vocabulary: never an unchecked
+         * index into the embedding, never a silently skipped target */
+        ZB_TRY(idlimit_check(&l->s->ids, tok + start, (size_t)T + 1, start));
         int *x = ids + (size_t)b * T, *y = targets + (size_t)b * T;
         for (int t = 0; t < T; t++) {
             x[t] = (int)tok[start + t];
@@ -258,6 +314,7 @@ uint64_t zb_loader_tokens(const zb_loader *l) { return l->s->ntok; }
 struct zb_prefs {
     zb_map bin, idx;
     uint64_t npairs;
+    zb_idlimit ids;
 };
 
 void zb_pref_close(zb_prefs *p) {
@@ -278,7 +335,10 @@ int zb_pref_open(zb_prefs **out, const char *dir, const char *split) {
     zb_prefs *p = rc ? NULL : zb_calloc(1, sizeof *p, "prefs");
     if (!rc && !p) rc = ZB_ENOMEM;
     char name[64];
+    uint64_t mv = 0;
+    if (!rc) rc = manifest_vocab(man, dir, &mv);
     if (!rc) { snprintf(name, sizeof name, "%s.prefs.bin", split); rc = map_checked(&p->bin, man, dir, name, 4); }
+    if (!rc) idlimit_init(&p->ids, mv, dir, name);
     if (!rc) { snprintf(name, sizeof name, "%s.prefs.idx", split); rc = map_checked(&p->idx, man, dir, name, 8); }
     if (!rc && (p->idx.n / 8) % 3 != 1) rc = zb_fail(ZB_EFORMAT, "%s/%s: not 3*pairs+1 offsets", dir, name);
     if (!rc) {
@@ -292,6 +352,7 @@ int zb_pref_open(zb_prefs **out, const char *dir, const char *split) {
 }
 
 uint64_t zb_pref_count(const zb_prefs *p) { return p->npairs; }
+void zb_pref_limit_vocab(zb_prefs *p, int vocab, const char *who) { idlimit_lower(&p->ids, vocab, who); }
 
 int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out) {
     if (i >= p->npairs) return zb_fail(ZB_EARG, "preference pair %llu of %llu", (unsigned long long)i, (unsigned long long)p->npairs);
@@ -300,7 +361,7 @@ int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out) {
     out->prompt = t + o[0]; out->n_prompt = (size_t)(o[1] - o[0]);
     out->chosen = t + o[1]; out->n_chosen = (size_t)(o[2] - o[1]);
     out->rejected = t + o[2]; out->n_rejected = (size_t)(o[3] - o[2]);
-    return ZB_OK;
+    return idlimit_check(&p->ids, t + o[0], (size_t)(o[3] - o[0]), o[0]);
 }
 
 /* ---- batches of a training stage ------------------------------------------------------------ */
@@ -339,6 +400,11 @@ int zb_batches_open(zb_batches **out, const char *dir, const char *split, int pa
     if (rc) { zb_batches_close(s); *out = NULL; return rc; }
     *out = s;
     return ZB_OK;
+}
+
+void zb_batches_limit_vocab(zb_batches *s, int vocab, const char *who) {
+    if (s->ld) zb_loader_limit_vocab(s->ld, vocab, who);
+    if (s->pf) zb_pref_limit_vocab(s->pf, vocab, who);
 }
 
 void zb_batches_close(zb_batches *s) {

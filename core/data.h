@@ -25,6 +25,11 @@ typedef struct {
 int zb_loader_open(zb_loader **out, const char *dir, const char *split, int B, int T,
                    int dp_rank, int dp_size);
 void zb_loader_close(zb_loader *l);
+/* Every id a loader, shard or pair reader hands out is checked against the set's vocabulary
+ * (manifest.json vocab_size) and, once the reader is told, the model's (*_limit_vocab: the
+ * lower one wins; `who` names it in the message, e.g. "the model's vocabulary"): an id outside
+ * is ZB_EFORMAT naming the file, the id and its position, never an index past the embedding. */
+void zb_loader_limit_vocab(zb_loader *l, int vocab, const char *who);
 /* Next batch: ids [B*T] inputs, targets [B*T] (-1 where the mask says no loss).
  * Wraps around at the end of the split (epoch += 1). */
 int zb_loader_next(zb_loader *l, int *ids, int *targets);
@@ -82,6 +87,8 @@ typedef struct {
 int zb_pref_open(zb_prefs **out, const char *dir, const char *split);
 void zb_pref_close(zb_prefs *p);
 uint64_t zb_pref_count(const zb_prefs *p);
+void zb_pref_limit_vocab(zb_prefs *p, int vocab, const char *who);
+/* Pair i; its ids checked as zb_loader_next's. */
 int zb_pref_get(const zb_prefs *p, uint64_t i, zb_pref_pair *out);
 /* One DPO row of T tokens: prompt ++ completion (the prompt is cut from the left, keeping at
  * least its last token, then the completion from the right, when too long; zeros after);
@@ -98,6 +105,8 @@ typedef struct zb_batches zb_batches;
 int zb_batches_open(zb_batches **out, const char *dir, const char *split, int pairs, int B, int T, int dp_rank,
                     int dp_size);
 void zb_batches_close(zb_batches *b);
+/* The models' vocabulary: every id handed out below it (zb_loader_limit_vocab). */
+void zb_batches_limit_vocab(zb_batches *b, int vocab, const char *who);
 /* ids, targets [rows * T] (rows = B, or 2B for pairs). */
 int zb_batches_next(zb_batches *b, int *ids, int *targets);
 zb_loader_pos zb_batches_tell(const zb_batches *b);

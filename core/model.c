@@ -267,6 +267,22 @@ size_t zb_model_num_params(const zb_model *m) { return m->n_floats + m->n_bf16; 
 
 size_t zb_model_param_bytes(const zb_model *m) { return m->n_floats * sizeof(float) + m->n_bf16 * sizeof(uint16_t); }
 
+int zb_model_check_finite(const zb_model *m, const char *src) {
+    for (int i = 0; i < m->n_params; i++) {
+        const zb_param *p = &m->params[i];
+        size_t bad = 0, first = 0;
+        for (size_t j = 0; j < p->numel; j++) {
+            /* exponent all ones: inf or NaN (bf16: the top 16 bits of an f32) */
+            int nf = p->bf16 ? (m->data16[p->offset + j] & 0x7f80u) == 0x7f80u : !isfinite(m->data[p->offset + j]);
+            if (nf && !bad++) first = j;
+        }
+        if (bad)
+            return zb_fail(ZB_EFORMAT, "%s: tensor '%s' holds %zu NaN / inf value%s (first at index %zu): a damaged or "
+                           "diverged checkpoint", src, p->name, bad, bad == 1 ? "" : "s", first);
+    }
+    return ZB_OK;
+}
+
 int zb_model_load(zb_model *m, const char *path) { return zb_model_load_ex(m, path, ZB_WEIGHTS_F32); }
 
 int zb_model_load_ex(zb_model *m, const char *path, zb_wdtype wt) {
@@ -281,6 +297,7 @@ int zb_model_load_ex(zb_model *m, const char *path, zb_wdtype wt) {
         if (rc == ZB_ENOTFOUND) rc = zb_fail(ZB_ENOTFOUND, "%s: missing tensor '%s'", path, p->name);
     }
     zb_store_close(st);
+    if (!rc) rc = zb_model_check_finite(m, path);
     if (rc) zb_model_free(m);
     return rc;
 }
@@ -390,6 +407,9 @@ int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     memset(a, 0, sizeof *a);
+    /* the kernels count the B*T rows in an int and form rows x width products */
+    if (B < 1 || T < 1 || (int64_t)B * T > (1 << 24))
+        return zb_fail(ZB_EARG, "activations: %d rows x %d tokens: need 1 <= rows x tokens <= %d", B, T, 1 << 24);
     a->be = be;
     a->B = B;
     a->T = T;
@@ -703,6 +723,8 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     const zb_backend *be = m->be;
     memset(s, 0, sizeof *s);
     s->be = be;
+    if (B < 1 || max_T < 1 || (int64_t)B * max_T > ((int64_t)1 << 31) / 2)
+        return zb_fail(ZB_EARG, "generation: %d sequences x %d positions: out of range", B, max_T);
     s->B = B;
     s->max_T = max_T;
     s->chunk = ZB_GEN_CHUNK;

@@ -123,8 +123,12 @@ int zb_model_set_backend(zb_model *m, const zb_backend *be);
 int zb_model_alloc_grad(zb_model *m);
 void zb_model_zero_grad(zb_model *m);
 const zb_param *zb_model_param(const zb_model *m, const char *name);
+/* Every parameter finite: ZB_EFORMAT "<src>: tensor '<name>' holds N NaN / inf values (first
+ * at index i)" otherwise. The loaders call it: a checkpoint with NaN weights (a blown-up run, a
+ * damaged file) is refused instead of producing garbage. */
+int zb_model_check_finite(const zb_model *m, const char *src);
 /* Load from an HF directory or a native .h5 checkpoint: every expected tensor must be present
- * with its exact shape. */
+ * with its exact shape, every value finite (zb_model_check_finite). */
 int zb_model_load(zb_model *m, const char *path);
 /* The same with the 2-D parameters held as wt: bf16 tensors of a bf16 checkpoint are read
  * raw, f32 ones are converted one tensor at a time (never an f32 copy of the model). */

@@ -180,7 +180,8 @@ static int open_one(zb_safetensors *st, const char *path) {
     if (fd < 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) { close(fd); return zb_fail(ZB_EIO, "%s: cannot stat (%s)", path, strerror(errno)); }
-    if (!S_ISREG(sb.st_mode)) { close(fd); return zb_fail(ZB_EIO, "%s: not a regular file", path); }
+    int krc = zb_fd_is_file(fd, path, 1);
+    if (krc) { close(fd); return krc; }
     size_t size = (size_t)sb.st_size;
     if (size < 8) { close(fd); return zb_fail(ZB_EFORMAT, "%s: truncated: %zu bytes, too short for a safetensors header", path, size); }
     void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -560,14 +561,17 @@ int zb_st_writer_save(zb_st_writer *w, const char *path) {
         free(buf);
     }
     free(h.p);
-    if (fflush(f) != 0) ok = 0;
-    if (fclose(f) != 0) ok = 0;
+    /* on disk before the name points at it (a crash leaves the old file or the whole new one) */
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) ok = 0;
+    int er = errno;
+    if (fclose(f) != 0 && ok) { ok = 0; er = errno; }
     if (rc) { unlink(tmp); return rc; }
-    if (!ok) { unlink(tmp); return zb_fail(ZB_EIO, "%s: write failed (%s)", tmp, strerror(errno)); }
+    if (!ok) { unlink(tmp); return zb_fail(ZB_EIO, "%s: write failed (%s)", tmp, strerror(er)); }
     if (rename(tmp, path) != 0) {
-        int er = errno;
+        er = errno;
         unlink(tmp);
         return zb_fail(ZB_EIO, "%s: cannot rename the temporary file into place (%s)", path, strerror(er));
     }
+    zb_fsync_dir(path);
     return ZB_OK;
 }

@@ -355,9 +355,11 @@ static int load_vocab_merges(zb_tokenizer *t, const cJSON *model, const char *pa
     size_t rawcap = 0;
     int rc = ZB_OK;
     cJSON_ArrayForEach(v, vocab) {
-        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= t->n_slots)
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= t->n_slots ||
+            v->valuedouble != (double)v->valueint)
             { free(raw); return zb_fail(ZB_EFORMAT, "%s: vocab entry '%s' has a bad id", path, v->string); }
         int id = v->valueint;
+        if (t->str[id]) { free(raw); return zb_fail(ZB_EFORMAT, "%s: vocab id %d is given to two tokens", path, id); }
         size_t n = strlen(v->string);
         const char *s = arena_put(&t->arena, v->string, n);
         if (!s) { free(raw); return ZB_ENOMEM; }
@@ -505,6 +507,9 @@ static int load_json(zb_tokenizer *t, const cJSON *root, const char *path) {
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
         return zb_fail(ZB_EFORMAT, "%s: added_tokens is not an array", path);
+    if (!cJSON_IsObject(vocab) || cJSON_GetArraySize(vocab) == 0)
+        return zb_fail(ZB_EFORMAT, "%s: model.vocab is %s: a tokenizer needs tokens", path,
+                       cJSON_IsObject(vocab) ? "empty" : "missing or not an object");
     int maxid = -1;
     const cJSON *v;
     cJSON_ArrayForEach(v, vocab)

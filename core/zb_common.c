@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -53,6 +55,50 @@ void *zb_calloc(size_t n, size_t size, const char *what) {
     return p;
 }
 
+static int kind_check(const struct stat *st, const char *path, int need_regular) {
+    if (S_ISDIR(st->st_mode)) return zb_fail(ZB_EIO, "%s: is a directory, expected a file", path);
+    if (need_regular && !S_ISREG(st->st_mode)) return zb_fail(ZB_EIO, "%s: not a regular file", path);
+    return ZB_OK;
+}
+
+int zb_path_is_file(const char *path, int need_regular) {
+    struct stat st;
+    if (stat(path, &st) != 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
+    return kind_check(&st, path, need_regular);
+}
+
+int zb_fd_is_file(int fd, const char *path, int need_regular) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return zb_fail(ZB_EIO, "%s: cannot stat (%s)", path, strerror(errno));
+    return kind_check(&st, path, need_regular);
+}
+
+void zb_fsync_dir(const char *path) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+int zb_write_all_fsync(int fd, const void *p, size_t n, const char *path) {
+    const char *b = p;
+    while (n > 0) {
+        ssize_t k = write(fd, b, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return zb_fail(ZB_EIO, "%s: write failed (%s)", path, k < 0 ? strerror(errno) : "no progress");
+        b += k;
+        n -= (size_t)k;
+    }
+    if (fsync(fd) != 0) return zb_fail(ZB_EIO, "%s: cannot flush to disk (%s)", path, strerror(errno));
+    return ZB_OK;
+}
+
 const char *zb_json_str(const cJSON *o, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(v) ? v->valuestring : NULL;
@@ -71,6 +117,9 @@ int zb_is_config_json(const char *path) {
 int zb_read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
+    /* a directory opens for reading on Linux and reports a size of LONG_MAX */
+    int krc = zb_fd_is_file(fileno(f), path, 1);
+    if (krc) { fclose(f); return krc; }
     if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return zb_fail(ZB_EIO, "%s: cannot seek", path); }
     long n = ftell(f);
     if (n < 0) { fclose(f); return zb_fail(ZB_EIO, "%s: cannot tell size", path); }

@@ -49,6 +49,16 @@ void *zb_calloc(size_t n, size_t size, const char *what);
 #define ZB_ALLOC(ptr, n, what) do { (ptr) = zb_calloc((size_t)(n), sizeof(*(ptr)), (what)); \
     if (!(ptr)) return ZB_ENOMEM; } while (0)
 
+/* A path the caller will read as a file: ZB_EIO "<path>: is a directory" (or "not a regular
+ * file" when need_regular: whole-file reads and mappings; streams may read a pipe), or the
+ * system's reason when it cannot be opened. zb_fd_is_file: the same for an open descriptor. */
+int zb_path_is_file(const char *path, int need_regular);
+int zb_fd_is_file(int fd, const char *path, int need_regular);
+/* Flush the directory that holds path (its new entry after a rename) to disk; best effort:
+ * file systems that cannot fsync a directory are not an error. */
+void zb_fsync_dir(const char *path);
+/* Write n bytes to fd and fsync it; ZB_EIO naming path and the system's reason (ENOSPC...). */
+int zb_write_all_fsync(int fd, const void *p, size_t n, const char *path);
 /* 1 if s ends with suffix. */
 int zb_ends_with(const char *s, const char *suffix);
 /* 1 if path is a regular file named *.json (a model config, where a model is expected). */

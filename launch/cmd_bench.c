@@ -86,14 +86,23 @@ static int fit_batch(const zb_model *m, int ctx, int *best) {
 
 #define MAXL 16
 
-static int parse_list(const char *s, int *v, int cap) {
-    int n = 0;
-    while (s && *s && n < cap) {
-        v[n++] = atoi(s);
-        s = strchr(s, ',');
-        if (s) s++;
+/* "1024,4096": up to cap integers in [lo, hi]; *n their count */
+static int parse_list(const char *s, const char *what, long lo, long hi, int *v, int cap, int *n) {
+    *n = 0;
+    char buf[64];
+    while (s) {
+        const char *c = strchr(s, ',');
+        size_t len = c ? (size_t)(c - s) : strlen(s);
+        if (*n == cap) return zb_fail(ZB_EARG, "%s: at most %d values", what, cap);
+        if (len >= sizeof buf) len = sizeof buf - 1;
+        memcpy(buf, s, len);
+        buf[len] = 0;
+        long x;
+        ZB_TRY(zb_parse_long(buf, what, lo, hi, &x));
+        v[(*n)++] = (int)x;
+        s = c ? c + 1 : NULL;
     }
-    return n;
+    return ZB_OK;
 }
 
 /* Best of a few runs of an n x n x n sgemm. */
@@ -245,12 +254,15 @@ int zb_cmd_bench(int argc, char **argv) {
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
     zb_backend be;
     ZB_TRY(zb_backend_from_args(argc, argv, wt, &be));   /* the device, the run's decode switches */
-    int gpu = !be.host_memory, fit = zb_arg_int(argc, argv, "--fit", 0);
+    int gpu = !be.host_memory, fit;
+    ZB_TRY(zb_arg_int(argc, argv, "--fit", 0, 0, 1 << 24, &fit));   /* a context length */
     int ctx[MAXL], bat[MAXL];
-    int nc = parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), ctx, MAXL);
-    int nb = parse_list(zb_arg_str(argc, argv, "--batches", "1"), bat, MAXL);
-    int steps = zb_arg_int(argc, argv, "--decode-steps", 16);
-    int plen = zb_arg_int(argc, argv, "--prefill-len", 256);
+    int nc, nb, steps, plen;
+    ZB_TRY(parse_list(zb_arg_str(argc, argv, "--contexts", "1024,4096,8192"), "bench: --contexts", 1, 1 << 24, ctx,
+                      MAXL, &nc));
+    ZB_TRY(parse_list(zb_arg_str(argc, argv, "--batches", "1"), "bench: --batches", 1, 64, bat, MAXL, &nb));
+    ZB_TRY(zb_arg_int(argc, argv, "--decode-steps", 16, 1, 1 << 20, &steps));
+    ZB_TRY(zb_arg_int(argc, argv, "--prefill-len", 256, 1, 1 << 24, &plen));
     int breakdown = zb_arg_flag(argc, argv, "--breakdown");
     for (int i = 0; i < nc; i++) if (ctx[i] < 1) return zb_fail(ZB_EARG, "bench: contexts must be >= 1");
     for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 1024) return zb_fail(ZB_EARG, "bench: batches in [1, 1024]");

@@ -83,8 +83,10 @@ static double matmul_peak(const zb_backend *be) {
 
 int zb_bench_train(int argc, char **argv, const zb_backend *be) {
     const char *path = zb_arg_str(argc, argv, "--train", NULL), *tpath = zb_arg_str(argc, argv, "--kd", NULL);
-    int B = zb_arg_int(argc, argv, "--batch", 8), T = zb_arg_int(argc, argv, "--seq", 2048);
-    int steps = zb_arg_int(argc, argv, "--steps", 5);
+    int B, T, steps;
+    ZB_TRY(zb_arg_int(argc, argv, "--batch", 8, 1, 1 << 16, &B));
+    ZB_TRY(zb_arg_int(argc, argv, "--seq", 2048, 2, 1 << 24, &T));
+    ZB_TRY(zb_arg_int(argc, argv, "--steps", 5, 1, 1 << 24, &steps));
     if (B < 1 || T < 2 || steps < 1) return zb_fail(ZB_EARG, "bench --train: --batch >= 1, --seq >= 2, --steps >= 1");
     zb_model m, t;
     int have_t = 0;

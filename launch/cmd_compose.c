@@ -41,11 +41,16 @@ int zb_plan_read(const char *path, zb_config *c) {
     for (int l = 0; l < c->n_layers && !rc; l++) c->kinds[l] = ZB_LAYER_MAMBA2;
     const cJSON *e;
     if (!rc) cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsNumber(e) || e->valueint < 0 || e->valueint >= c->n_layers) {
+        long l;
+        if (!zb_json_value_int(e, 0, c->n_layers - 1, &l)) {
             rc = zb_fail(ZB_EFORMAT, "%s: mla_layers entries must be layer indices in [0, %d)", path, c->n_layers);
             break;
         }
-        c->kinds[e->valueint] = ZB_LAYER_MLA;
+        if (c->kinds[l] == ZB_LAYER_MLA) {   /* a plan names each layer once */
+            rc = zb_fail(ZB_EFORMAT, "%s: mla_layers lists layer %ld twice", path, l);
+            break;
+        }
+        c->kinds[l] = ZB_LAYER_MLA;
     }
     cJSON_Delete(j);
     return rc;
@@ -276,6 +281,8 @@ int zb_cmd_compose(int argc, char **argv) {
     if (!strcmp(inits, "rope-pairs")) init = ZB_MLA_INIT_ROPE_PAIRS;
     else if (!strcmp(inits, "release")) init = ZB_MLA_INIT_RELEASE;
     else return zb_fail(ZB_EARG, "compose: --init must be rope-pairs or release, not '%s'", inits);
+    uint64_t seed;
+    ZB_TRY(zb_arg_u64(argc, argv, "--seed", 1, &seed));
     int size = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (size > 1) return zb_fail(ZB_EARG, "compose: run it on one rank (it streams one layer at a time)");
@@ -284,5 +291,5 @@ int zb_cmd_compose(int argc, char **argv) {
     ZB_TRY(zb_config_load(cfg_path, &c));
     if (plan) ZB_TRY(zb_plan_read(plan, &c));
     ZB_TRY(zb_config_validate(&c, cfg_path));
-    return compose(teacher, &c, out, dt, (uint64_t)zb_arg_int(argc, argv, "--seed", 1), init);
+    return compose(teacher, &c, out, dt, seed, init);
 }

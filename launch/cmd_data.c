@@ -110,6 +110,7 @@ typedef struct {
     double val_frac;
     uint64_t seed;
     FILE *raw, *rawm;
+    const char *tmpdir;   /* for the messages */
     uint64_t ntok;
     doc *d;
     size_t nd, cap;
@@ -133,7 +134,8 @@ static int sink_add(sink *k, const seq *s, uint64_t np, uint64_t nc, const void 
     d->h = zb_fnv64(key, keylen, zb_fnv64(&k->seed, sizeof k->seed, ZB_FNV64_INIT));
     d->val = (double)(d->h >> 11) * 0x1p-53 < k->val_frac;
     if (fwrite(s->id, 4, s->n, k->raw) != s->n || fwrite(s->m, 1, s->n, k->rawm) != s->n)
-        return zb_fail(ZB_EIO, "write error in the temporary shard directory (disk full?)");
+        return zb_fail(ZB_EIO, "%s: write error in the temporary shard directory (%s)", k->tmpdir ? k->tmpdir : "data",
+                       strerror(errno));
     k->ntok += s->n;
     return ZB_OK;
 }
@@ -310,6 +312,7 @@ static int collect(strvec *files, const strvec *inputs) {
         if (S_ISDIR(st.st_mode)) {
             size_t first = files->n;
             ZB_TRY(walk(files, inputs->v[i]));
+            if (files->n == first) return zb_fail(ZB_EARG, "data: %s: a directory with no files to read", inputs->v[i]);
             qsort(files->v + first, files->n - first, sizeof *files->v, cmp_str);   /* readdir order is not stable */
         } else ZB_TRY(strvec_push(files, inputs->v[i]));
     }
@@ -351,16 +354,18 @@ static int out_open(outf *o, const char *dir, const char *name) {
 }
 
 static int out_write(outf *o, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, o->f) != n) return zb_fail(ZB_EIO, "%s: write error (disk full?)", o->name);
+    if (n && fwrite(p, 1, n, o->f) != n) return zb_fail(ZB_EIO, "%s: write error (%s)", o->name, strerror(errno));
     o->h = zb_fnv64(p, n, o->h);
     o->bytes += n;
     return ZB_OK;
 }
 
 static int out_close(outf *o, cJSON *files) {
-    int bad = fclose(o->f) != 0;
+    /* on disk before the set is renamed into place */
+    int bad = fflush(o->f) != 0 || fsync(fileno(o->f)) != 0, er = errno;
+    if (fclose(o->f) != 0 && !bad) { bad = 1; er = errno; }
     o->f = NULL;
-    if (bad) return zb_fail(ZB_EIO, "%s: write error (disk full?)", o->name);
+    if (bad) return zb_fail(ZB_EIO, "%s: write error (%s)", o->name, strerror(er));
     char hex[17];
     snprintf(hex, sizeof hex, "%016llx", (unsigned long long)o->h);
     cJSON *e = cJSON_AddObjectToObject(files, o->name);
@@ -373,9 +378,10 @@ static int out_close(outf *o, cJSON *files) {
 static int map_ro(const char *path, void **p, size_t *n) {
     *p = NULL; *n = 0;
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return zb_fail(ZB_EIO, "%s: cannot open", path);
+    if (fd < 0) return zb_fail(ZB_EIO, "%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
-    int rc = fstat(fd, &st) == 0 ? ZB_OK : zb_fail(ZB_EIO, "%s: cannot stat", path);
+    int rc = zb_fd_is_file(fd, path, 1);
+    if (!rc) rc = fstat(fd, &st) == 0 ? ZB_OK : zb_fail(ZB_EIO, "%s: cannot stat", path);
     if (!rc && st.st_size > 0) {
         *n = (size_t)st.st_size;
         *p = mmap(NULL, *n, PROT_READ, MAP_SHARED, fd, 0);
@@ -441,6 +447,7 @@ static int install(const char *tmp, const char *out) {
     struct stat st;
     if (stat(out, &st) != 0) {
         if (rename(tmp, out) != 0) return zb_fail(ZB_EIO, "%s: cannot create: %s", out, strerror(errno));
+        zb_fsync_dir(out);
         return ZB_OK;
     }
     char man[PATH_MAX], old[PATH_MAX];
@@ -462,6 +469,7 @@ static int install(const char *tmp, const char *out) {
         rename(old, out);
         return zb_fail(ZB_EIO, "%s: cannot replace: %s", out, strerror(e));
     }
+    zb_fsync_dir(out);
     rm_tree_flat(old);
     return ZB_OK;
 }
@@ -494,14 +502,10 @@ static int parse_args(int argc, char **argv, data_args *a) {
         else if (!strcmp(f, "-o") || !strcmp(f, "--out")) a->out = argv[++i];
         else if (!strcmp(f, "--eos")) a->eos = argv[++i];
         else if (!strcmp(f, "--val-fraction")) {
-            char *end;
-            a->val_frac = strtod(argv[++i], &end);
-            if (*end || !(a->val_frac >= 0 && a->val_frac < 1))
-                return zb_fail(ZB_EARG, "data: --val-fraction must be in [0, 1), not '%s'", argv[i]);
+            ZB_TRY(zb_parse_double(argv[++i], "data: --val-fraction", 0, 1, &a->val_frac));
+            if (a->val_frac >= 1) return zb_fail(ZB_EARG, "data: --val-fraction must be in [0, 1), not '%s'", argv[i]);
         } else if (!strcmp(f, "--seed")) {
-            char *end;
-            a->seed = strtoull(argv[++i], &end, 10);
-            if (*end || !*argv[i]) return zb_fail(ZB_EARG, "data: --seed must be an integer, not '%s'", argv[i]);
+            ZB_TRY(zb_parse_u64(argv[++i], "data: --seed", &a->seed));
         } else if (!strcmp(f, "--format")) {
             const char *v = argv[++i];
             static const char *const names[] = {"auto", "text", "jsonl", "chat", "pref"};
@@ -572,9 +576,12 @@ static int sink_tokens(sink *k, const data_args *a, const zb_tokenizer *tok) {
     k->bos = zb_tokenizer_bos_id(tok);
     if (k->bos < 0) return zb_fail(ZB_EFORMAT, "%s: no BOS token", a->tok_path);
     if (a->eos) {
-        char *end;
-        long v = strtol(a->eos, &end, 10);
-        k->eos = *end || !*a->eos ? zb_tokenizer_token_id(tok, a->eos) : (int32_t)v;
+        /* a token id (digits) or a token's text */
+        long v = -1;
+        int digits = *a->eos != 0;
+        for (const char *c = a->eos; *c; c++) digits &= *c >= '0' && *c <= '9';
+        if (digits && zb_parse_long(a->eos, "data: --eos", 0, INT32_MAX, &v)) v = -1;
+        k->eos = digits ? (int32_t)v : zb_tokenizer_token_id(tok, a->eos);
         if (k->eos < 0 || k->eos >= zb_tokenizer_vocab_size(tok))
             return zb_fail(ZB_EARG, "data: --eos '%s' is not a token of %s", a->eos, a->tok_path);
     } else {
@@ -617,6 +624,7 @@ static int run(const data_args *a) {
     }
     if (!rc) {
         snprintf(path, sizeof path, "%s/raw.tmp", tmp);
+        k.tmpdir = tmp;
         k.raw = fopen(path, "w+b");
         snprintf(path, sizeof path, "%s/rawmask.tmp", tmp);
         k.rawm = fopen(path, "w+b");

@@ -108,7 +108,8 @@ int zb_cmd_dump(int argc, char **argv) {
     const char *out = zb_arg_str(argc, argv, "--out", NULL);
     if (!model || !in || !out)
         return zb_fail(ZB_EARG, "dump: needs --model M --input F.safetensors --out O.safetensors");
-    int tp = zb_arg_int(argc, argv, "--tp", 1);
+    int tp;
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 12, &tp));
     if (tp <= 1) return dump(model, in, out, zb_arg_flag(argc, argv, "--grads"), NULL);
     zb_grid grid;
     ZB_TRY(zb_grid_init(&grid, MPI_COMM_WORLD, tp, 1));

@@ -12,6 +12,7 @@
  *   [--json out.json] writes the report; [--device cuda [--precision bf16|f32]] runs the model on
  *   the GPU (the CPU by default). */
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ static int eval_ppl(zb_model *m, const char *data, const char *split, int T, int
                     double *ppl, double *tokens) {
     zb_loader *ld = NULL;
     ZB_TRY(zb_loader_open(&ld, data, split, B, T, 0, 1));
+    zb_loader_limit_vocab(ld, m->cfg.vocab, "the model's vocabulary");
     zb_acts a;
     int rc = zb_acts_alloc(&a, m, B, T);
     int *ids = malloc(sizeof(int) * B * T), *tg = malloc(sizeof(int) * B * T);
@@ -128,8 +130,10 @@ static int json_ids(const cJSON *a, toks *t, const char *path, int lineno) {
     t->n = n;
     for (int i = 0; i < n; i++) {
         const cJSON *v = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsNumber(v)) return zb_fail(ZB_EFORMAT, "%s:%d: token id %d is not a number", path, lineno, i);
-        t->ids[i] = v->valueint;
+        long x;
+        if (!zb_json_value_int(v, INT_MIN, INT_MAX, &x))
+            return zb_fail(ZB_EFORMAT, "%s:%d: token id %d is not an integer", path, lineno, i);
+        t->ids[i] = (int)x;
     }
     return ZB_OK;
 }
@@ -146,14 +150,14 @@ static int parse_example(const cJSON *j, const zb_tokenizer *tok, const char *pa
     int ids_form = cids != NULL;
     const cJSON *list = ids_form ? chids : ch;
     int nc = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
-    if ((ids_form ? !cJSON_IsArray(cids) : !cJSON_IsString(ctx)) || nc < 2 || !cJSON_IsNumber(g) ||
-        g->valueint < 0 || g->valueint >= nc)
+    long gi = -1;
+    if ((ids_form ? !cJSON_IsArray(cids) : !cJSON_IsString(ctx)) || nc < 2 || !zb_json_value_int(g, 0, nc - 1, &gi))
         return zb_fail(ZB_EFORMAT, "%s:%d: expected {\"context\": str, \"choices\": [>= 2 str], \"gold\": index} "
                        "or {\"context_ids\": [...], \"choices_ids\": [[...], ...], \"gold\": index}", path, lineno);
     toks *seq = calloc(nc, sizeof(toks)), c0 = {0};
     int *start = calloc(nc, sizeof(int));
     double *len = calloc(nc, sizeof(double));
-    *seq_out = seq; *start_out = start; *len_out = len; *nc_out = nc; *gold = g->valueint;
+    *seq_out = seq; *start_out = start; *len_out = len; *nc_out = nc; *gold = (int)gi;
     if (!seq || !start || !len) return zb_fail(ZB_ENOMEM, "out of memory (eval)");
     int rc = ids_form ? json_ids(cids, &c0, path, lineno) : encode(tok, ctx->valuestring, &c0);
     int bos = (!ids_form && tok) ? zb_tokenizer_bos_id(tok) : -1, off = bos >= 0;
@@ -202,6 +206,7 @@ static int parse_example(const cJSON *j, const zb_tokenizer *tok, const char *pa
 
 static int eval_mc(zb_model *m, const char *path, const zb_tokenizer *tok, int B, int *n_out,
                    double *acc, double *acc_norm, cJSON *lls) {
+    ZB_TRY(zb_path_is_file(path, 0));
     FILE *f = fopen(path, "r");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open", path);
     char *line = NULL;
@@ -255,7 +260,11 @@ int zb_cmd_eval(int argc, char **argv) {
     const char *tasks = zb_arg_str(argc, argv, "--tasks", NULL);
     const char *tp = zb_arg_str(argc, argv, "--tokenizer", NULL);
     const char *jp = zb_arg_str(argc, argv, "--json", NULL);
-    int B = zb_arg_int(argc, argv, "--batch", 4), T = zb_arg_int(argc, argv, "--seq", 256);
+    int B, T;
+    long max_batches;
+    ZB_TRY(zb_arg_int(argc, argv, "--batch", 4, 1, 1 << 16, &B));
+    ZB_TRY(zb_arg_int(argc, argv, "--seq", 256, 1, 1 << 24, &T));
+    ZB_TRY(zb_arg_long(argc, argv, "--max-batches", 0, 0, LONG_MAX, &max_batches));
     if (!mp || (!data && !tasks)) return zb_fail(ZB_EARG, "eval: needs --model M and --data SHARDS and/or --tasks F.jsonl");
     if (B < 1 || T < 2) return zb_fail(ZB_EARG, "eval: --batch >= 1 and --seq >= 2");
     zb_backend be;   /* --device: the model's backend (the CPU's by default) */
@@ -270,7 +279,7 @@ int zb_cmd_eval(int argc, char **argv) {
     if (!rc && data) {
         double ppl = 0, ntok = 0;
         rc = eval_ppl(&m, data, zb_arg_str(argc, argv, "--split", "val"), T, B,
-                      zb_arg_int(argc, argv, "--max-batches", 0), &ppl, &ntok);
+                      max_batches, &ppl, &ntok);
         if (!rc) {
             printf("perplexity %.4f over %.0f tokens (%s)\n", ppl, ntok, data);
             cJSON_AddNumberToObject(rep, "perplexity", ppl);

@@ -101,9 +101,9 @@ static int copy_side_files(const char *from, const char *to, int *copied) {
 /* "5GB", "200KB", "1000000" -> bytes (decimal units, as HF's max_shard_size). */
 static int parse_size(const char *s, size_t *out) {
     char *end;
-    double v = strtod(s, &end);
-    double mul = !*end ? 1 : !strcmp(end, "KB") ? 1e3 : !strcmp(end, "MB") ? 1e6 : !strcmp(end, "GB") ? 1e9 : -1;
-    if (end == s || mul < 0 || v <= 0)
+    double v = *s >= '0' && *s <= '9' ? strtod(s, &end) : 0;   /* digits first: no nan, inf, sign, space */
+    double mul = v <= 0 ? -1 : !*end ? 1 : !strcmp(end, "KB") ? 1e3 : !strcmp(end, "MB") ? 1e6 : !strcmp(end, "GB") ? 1e9 : -1;
+    if (mul < 0 || !(v * mul >= 1 && v * mul <= 0x1p62))
         return zb_fail(ZB_EARG, "export: --max-shard-size '%s' must be a positive size (bytes, or with KB, MB, GB)", s);
     *out = (size_t)(v * mul);
     return ZB_OK;

@@ -25,6 +25,8 @@
  * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h); --cache bf16 holds the
  * GPU's caches in bf16 (float32 by default). */
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,9 +74,12 @@ static int parse_ids(const char *s, zb_ivec *out, const char *what) {
         while (*s == ',' || isspace((unsigned char)*s)) s++;
         if (!*s) break;
         char *end;
+        errno = 0;
         long x = strtol(s, &end, 10);
         if (end == s || (*end && *end != ',' && !isspace((unsigned char)*end)))
             return zb_fail(ZB_EARG, "%s: '%s' is not a list of integers", what, s);
+        if (errno == ERANGE || x < INT_MIN || x > INT_MAX)   /* no wrap-around into a valid id */
+            return zb_fail(ZB_EARG, "%s: token id %.*s is outside the vocabulary", what, (int)(end - s), s);
         ZB_TRY(iv_push(out, (int)x));
         s = end;
     }
@@ -153,8 +158,9 @@ static int add_json(zb_prompts *p, const zb_prompt_opts *o, const char *line, co
         int n = cJSON_GetArraySize(ids);
         for (int i = 0; !rc && i < n; i++) {
             const cJSON *v = cJSON_GetArrayItem(ids, i);
-            if (!cJSON_IsNumber(v)) rc = zb_fail(ZB_EFORMAT, "%s: \"prompt_ids\" must hold integers", where);
-            else rc = iv_push(&p->ids, v->valueint);
+            long x;
+            if (!zb_json_value_int(v, INT_MIN, INT_MAX, &x)) rc = zb_fail(ZB_EFORMAT, "%s: \"prompt_ids\" must hold integers", where);
+            else rc = iv_push(&p->ids, (int)x);
         }
         if (!rc && n == 0) rc = zb_fail(ZB_EFORMAT, "%s: empty \"prompt_ids\"", where);
         if (!rc) rc = prompt_end(p);
@@ -192,6 +198,7 @@ static int add_file(zb_prompts *p, const zb_prompt_opts *o, const char *path) {
     char *buf = NULL;
     size_t len = 0;
     int is_stdin = !strcmp(path, "-");
+    if (!is_stdin) ZB_TRY(zb_path_is_file(path, 0));   /* a pipe streams; a directory is refused */
     FILE *f = is_stdin ? stdin : fopen(path, "rb");
     if (!f) return zb_fail(ZB_EIO, "%s: cannot open", path);
     int rc = read_all(f, is_stdin ? "stdin" : path, &buf, &len);
@@ -254,6 +261,7 @@ typedef struct {
     int *n_out, *last;  /* [P]: tokens produced, the last one */
     int *outbuf;        /* [P, out_cap] */
     int out_cap, max_new, single, out, quiet;
+    int n_full, first_full;   /* sequences cut by a full context before --max-new, the first one */
 } zb_run;
 
 static int is_stop(const zb_run *r, int id) {
@@ -288,7 +296,9 @@ static void on_token(zb_run *r, int b, int tkn) {
     r->outbuf[(size_t)i * r->out_cap + r->n_out[i]++] = tkn;
     r->last[i] = tkn;
     if (r->single && r->out) { put_token(r->tok, tkn, st); fflush(stdout); }
-    if (st || r->n_out[i] >= r->max_new || r->g->pos[b] >= r->g->max_T) finish(r, b);
+    int full = !st && r->n_out[i] < r->max_new && r->g->pos[b] >= r->g->max_T;
+    if (full && r->n_full++ == 0) r->first_full = i;   /* said at the end: never a silent cut */
+    if (st || r->n_out[i] >= r->max_new || full) finish(r, b);
 }
 
 /* The sampled tokens, from the sampler (TP rank 0 of the last stage) to every rank: over the
@@ -348,12 +358,16 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     a->argv = argv;
     a->model_path = zb_arg_str(argc, argv, "--model", NULL);
     a->tok_path = zb_arg_str(argc, argv, "--tokenizer", NULL);
-    a->max_new = zb_arg_int(argc, argv, "--max-new", 32);
-    a->max_batch = zb_arg_int(argc, argv, "--batch", 8);
-    a->ctx = zb_arg_int(argc, argv, "--ctx", 0);
-    a->sp = (zb_sampler){(float)zb_arg_double(argc, argv, "--temperature", 0.0), zb_arg_int(argc, argv, "--top-k", 0),
-                         (float)zb_arg_double(argc, argv, "--top-p", 1.0)};
-    a->seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1234);
+    double temp, top_p;
+    ZB_TRY(zb_arg_int(argc, argv, "--max-new", 32, 0, INT_MAX, &a->max_new));
+    ZB_TRY(zb_arg_int(argc, argv, "--batch", 8, 1, 1 << 16, &a->max_batch));
+    ZB_TRY(zb_arg_int(argc, argv, "--ctx", 0, 0, INT_MAX, &a->ctx));
+    ZB_TRY(zb_arg_double(argc, argv, "--temperature", 0.0, 0.0, 1e6, &temp));
+    ZB_TRY(zb_arg_int(argc, argv, "--top-k", 0, 0, INT_MAX, &a->sp.top_k));
+    ZB_TRY(zb_arg_double(argc, argv, "--top-p", 1.0, 0.0, 1.0, &top_p));
+    ZB_TRY(zb_arg_u64(argc, argv, "--seed", 1234, &a->seed));
+    a->sp.temperature = (float)temp;
+    a->sp.top_p = (float)top_p;
     a->quiet = zb_arg_flag(argc, argv, "--quiet");
     a->print_ids = zb_arg_flag(argc, argv, "--print-ids");
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &a->wt, "generate: --weights"));
@@ -370,8 +384,8 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         return zb_fail(ZB_EARG, "generate: need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1");
     /* --tp N: the model is split over TP groups of N ranks (parallel/tp.h); TP rank 0 samples
      * from the gathered logits and broadcasts the tokens to its group */
-    a->tp = zb_arg_int(argc, argv, "--tp", 1);
-    a->pp = zb_arg_int(argc, argv, "--pp", 1);
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 12, &a->tp));
+    ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 12, &a->pp));
     if (a->print_ids) a->tp = a->pp = 1;
     if (a->tp < 1 || a->pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
     /* --device cuda: one rank per GPU (the node-local rank picks it); under --tp / --pp the
@@ -604,6 +618,11 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
+        if (run->n_full)
+            fprintf(stderr, "generate: note: %d prompt%s stopped at the full context of %d tokens before --max-new %d "
+                    "(prompt %d first; --ctx sets the context, up to max_position_embeddings %d)\n", run->n_full,
+                    run->n_full == 1 ? "" : "s", S->g.max_T, a->max_new, run->first_full,
+                    zb_model_full_config(&S->m)->max_pos);
         fprintf(stderr, "prefill %ld tokens %.1f tok/s | decode %ld tokens %.1f tok/s | %d prompt%s, batch %d | "
                 "cache %zu bytes/token, state %zu bytes/seq | cache in use %zu bytes (peak), allocated %zu bytes%s%s\n",
                 S->n_prefill, S->n_prefill / (S->t_prefill + 1e-12), S->n_decode, S->n_decode / (S->t_decode + 1e-12),
@@ -622,7 +641,7 @@ static int gen_run(gen_state *S) {
     ZB_TRY(setup_model(S, B));
     zb_gen *g = &S->g;
     zb_run run = {&S->pr, g, S->tok, &S->stops, S->slot_prompt, S->n_out, S->last, S->outbuf,
-                  a->max_new > 0 ? a->max_new : 1, a->max_new, P == 1, S->rank == 0, a->quiet};
+                  a->max_new > 0 ? a->max_new : 1, a->max_new, P == 1, S->rank == 0, a->quiet, 0, -1};
     if (run.single && run.out && !a->quiet && !S->tok) {   /* the 1-prompt layout of before: "ids | new ids" */
         for (int k = 0; k < prompt_len(&S->pr, 0); k++) printf("%d ", prompt_ids(&S->pr, 0)[k]);
         printf("| ");

@@ -65,8 +65,11 @@ int zb_cmd_init(int argc, char **argv) {
     if (!strcmp(dt, "f32")) dtype = ZB_DT_F32;
     else if (!strcmp(dt, "bf16")) dtype = ZB_DT_BF16;
     else return zb_fail(ZB_EARG, "init: --dtype must be f32 or bf16, not '%s'", dt);
-    uint64_t seed = (uint64_t)zb_arg_int(argc, argv, "--seed", 1);
-    float std = (float)zb_arg_double(argc, argv, "--std", 0.02);
+    uint64_t seed;
+    double stdd;
+    ZB_TRY(zb_arg_u64(argc, argv, "--seed", 1, &seed));
+    ZB_TRY(zb_arg_double(argc, argv, "--std", 0.02, 0.0, 1e6, &stdd));
+    float std = (float)stdd;
     zb_config c;
     ZB_TRY(zb_config_load(cfg_path, &c));
     ZB_TRY(zb_config_validate(&c, cfg_path));

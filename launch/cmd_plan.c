@@ -75,9 +75,13 @@ int zb_cmd_plan(int argc, char **argv) {
     static const char *const flags[] = {"--json", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 1));
     const char *path = zb_arg_pos(argc, argv, vals, 0);
-    int W = zb_arg_int(argc, argv, "--ranks", 0), T = zb_arg_int(argc, argv, "--tp", 1), P = zb_arg_int(argc, argv, "--pp", 1);
-    int K = zb_arg_int(argc, argv, "--per-node", 0), rows = zb_arg_int(argc, argv, "--micro-batch", 1);
-    int seq = zb_arg_int(argc, argv, "--seq", 2048), json = zb_arg_flag(argc, argv, "--json");
+    int W, T, P, K, rows, seq, json = zb_arg_flag(argc, argv, "--json");
+    ZB_TRY(zb_arg_int(argc, argv, "--ranks", 0, 0, 1 << 24, &W));
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 12, &T));
+    ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 12, &P));
+    ZB_TRY(zb_arg_int(argc, argv, "--per-node", 0, 0, 1 << 24, &K));
+    ZB_TRY(zb_arg_int(argc, argv, "--micro-batch", 1, 1, 1 << 16, &rows));
+    ZB_TRY(zb_arg_int(argc, argv, "--seq", 2048, 1, 1 << 24, &seq));
     const char *tpath = zb_arg_str(argc, argv, "--teacher", NULL);
     if (!path || W < 1)
         return zb_fail(ZB_EARG, "plan: needs MODEL_OR_CONFIG_OR_RUN.json --ranks N [--tp T] [--pp P] [--per-node K]");

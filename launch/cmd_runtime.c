@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "zb_common.h"
 #include "linear.h"
 
 int zb_threads_auto(MPI_Comm comm) {
@@ -18,8 +19,10 @@ int zb_threads_auto(MPI_Comm comm) {
      * so that `mpirun -n 2` on 2 cores runs 1 thread per rank instead of 4 threads fighting. */
     if (!getenv("OMP_NUM_THREADS")) {
         const char *ob = getenv("OPENBLAS_NUM_THREADS");
-        if (ob && atoi(ob) > 0 && zb_blas_uses_openmp()) {
-            zb_linear_set_threads(atoi(ob));
+        long nt = 0;
+        /* a malformed value is ignored here (OpenBLAS ignores it too): the default pool */
+        if (ob && zb_blas_uses_openmp() && zb_parse_long(ob, "OPENBLAS_NUM_THREADS", 1, 1 << 16, &nt) == ZB_OK) {
+            zb_linear_set_threads((int)nt);
             return zb_linear_threads();
         }
         long cores = sysconf(_SC_NPROCESSORS_ONLN);

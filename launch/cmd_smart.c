@@ -201,9 +201,12 @@ static int smart(int argc, char **argv) {
     const char *apath = zb_arg_str(argc, argv, "--mla", NULL), *data = zb_arg_str(argc, argv, "--data", NULL);
     const char *out = zb_arg_str(argc, argv, "-o", NULL), *svg = zb_arg_str(argc, argv, "--svg", NULL);
     const char *split = zb_arg_str(argc, argv, "--split", "val");
-    int K = zb_arg_int(argc, argv, "--mla-layers", 0), seq = zb_arg_int(argc, argv, "--seq", 512);
-    int batch = zb_arg_int(argc, argv, "--batch", 4), to_last = zb_arg_flag(argc, argv, "--to-last");
-    double want = zb_arg_double(argc, argv, "--tokens", 65536);
+    int K, seq, batch, to_last = zb_arg_flag(argc, argv, "--to-last");
+    double want;
+    ZB_TRY(zb_arg_int(argc, argv, "--mla-layers", 0, 0, ZB_MAX_LAYERS, &K));
+    ZB_TRY(zb_arg_int(argc, argv, "--seq", 512, 1, 1 << 24, &seq));
+    ZB_TRY(zb_arg_int(argc, argv, "--batch", 4, 1, 1 << 16, &batch));
+    ZB_TRY(zb_arg_double(argc, argv, "--tokens", 65536, 1, 1e15, &want));
     if (!tpath || !mpath || !apath || !data || !out || K <= 0)
         return zb_fail(ZB_EARG, "smart: needs --teacher T --mamba M --mla A --data D --mla-layers K -o plan.json");
     if (seq <= 0 || batch <= 0 || !(want >= 1))

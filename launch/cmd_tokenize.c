@@ -38,13 +38,15 @@ static int parse_ids(const char *s, size_t len, int32_t **ids, size_t *n) {
         char c = s[i];
         if (c == ' ' || c == ',' || c == '\n' || c == '\r' || c == '\t') { i++; continue; }
         char num[32];
-        size_t j = 0;
-        while (i < len && j < sizeof num - 1 && !strchr(" ,\n\r\t", s[i])) num[j++] = s[i++];
+        size_t j = 0, i0 = i;
+        while (i < len && !strchr(" ,\n\r\t", s[i])) { if (j < sizeof num - 1) num[j++] = s[i]; i++; }
         num[j] = 0;
-        char *end;
-        errno = 0;
-        long x = strtol(num, &end, 10);
-        if (*end || errno || x < 0 || x > INT32_MAX) { free(v); return zb_fail(ZB_EARG, "tokenize: '%s' is not a token id", num); }
+        long x;
+        /* the whole word: a longer one than the buffer is not a token id either */
+        if (i - i0 >= sizeof num || zb_parse_long(num, "tokenize: a token id", 0, INT32_MAX, &x)) {
+            free(v);
+            return zb_fail(ZB_EARG, "tokenize: '%s%s' is not a token id", num, i - i0 >= sizeof num ? "..." : "");
+        }
         if (k == cap) {
             int32_t *p = realloc(v, 2 * cap * sizeof *v);
             if (!p) { free(v); return zb_fail(ZB_ENOMEM, "out of memory (ids)"); }

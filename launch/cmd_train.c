@@ -26,7 +26,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +216,27 @@ static int ckpt_list_init(train_run *S) {
     return rc;
 }
 
+/* Rank 0: the temporaries of saves that never finished (a run killed while writing: nothing
+ * ran to remove them; parallel/checkpoint.c names them NAME.h5.tmp.PID) are removed before this
+ * run writes into `out`. A name whose PID is a live process of this node is kept. */
+static void remove_stale_tmp(const char *out) {
+    DIR *d = opendir(out);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        long long st;
+        long pid;
+        int end = 0;
+        if ((sscanf(e->d_name, "ckpt-%lld.h5.tmp.%ld%n", &st, &pid, &end) != 2 &&
+             sscanf(e->d_name, "model.h5.tmp.%ld%n", &pid, &end) != 1) || e->d_name[end])
+            continue;
+        if (pid > 0 && pid <= INT_MAX && (kill((pid_t)pid, 0) == 0 || errno == EPERM)) continue;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", out, e->d_name);
+        if (unlink(path) == 0) fprintf(stderr, "train: removed %s, a save of an earlier run that never finished\n", path);
+    }
+    closedir(d);
+}
+
 /* Rank 0, after `path` was written: forget it if listed, append it, drop the oldest beyond keep_last. */
 static void ckpt_list_add(train_run *S, const char *path) {
     if (S->r.keep_last <= 0) return;
@@ -322,6 +345,14 @@ static int setup_models(train_run *S, const char *resume) {
 }
 
 /* Trainer, AdamW with the run's parameter groups, the DP reducer (or ZeRO-1), the pipeline. */
+/* The data's ids must index the models that read them: the student's (full) vocabulary and the
+ * teacher's / reference's (an id outside is one error naming the file and the id, data.h). */
+static void limit_vocab(const train_run *S, zb_batches *b) {
+    int v = zb_model_full_config(&S->m)->vocab;
+    if (S->have_t && zb_model_full_config(&S->t)->vocab < v) v = zb_model_full_config(&S->t)->vocab;
+    zb_batches_limit_vocab(b, v, S->have_t ? "the models' vocabulary" : "the model's vocabulary");
+}
+
 static int setup_training(train_run *S) {
     const zb_run_cfg *r = &S->r;
     ZB_TRY(zb_trainer_init(&S->tr, S->stage, &r->loss, &S->m, S->have_t ? &S->t : NULL, r->micro_batch,
@@ -352,6 +383,7 @@ static int setup_training(train_run *S) {
     ZB_ALLOC(S->tg, N, "batch targets");
     ZB_TRY(zb_batches_open(&S->bt, r->data, "train", S->stage == ZB_STAGE_DPO, S->tr.B, r->seq_len, S->g.dp_rank,
                            S->g.dp_size));
+    limit_vocab(S, S->bt);
     S->tok_per_step = (double)r->grad_accum * S->g.dp_size * S->tr.rows * r->seq_len;
     if (S->g.rank == 0) {
         char gd[160];
@@ -451,6 +483,7 @@ static int evaluate(train_run *S, zb_loss_parts *out) {
     zb_batches *b = NULL;
     ZB_TRY(zb_batches_open(&b, S->r.data, "val", S->stage == ZB_STAGE_DPO, S->tr.B, S->r.seq_len, S->g.dp_rank,
                            S->g.dp_size));
+    limit_vocab(S, b);
     zb_loss_parts acc;
     memset(&acc, 0, sizeof acc);
     int rc = ZB_OK;
@@ -587,6 +620,7 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
             return zb_fail(ZB_EIO, "%s: cannot create: %s", r->out, strerror(errno));
         ZB_TRY(log_open(S, resume != NULL));
         ZB_TRY(ckpt_list_init(S));
+        remove_stale_tmp(r->out);
         fprintf(stderr, "train: %d steps x %d accum x %d ranks x %d rows x %d tokens; lr %g -> %g, warmup %d; %s at "
                 "step %lld\n", r->steps, r->grad_accum, S->g.dp_size, S->tr.rows, r->seq_len, r->opt.lr, r->opt.min_lr,
                 r->opt.warmup, resume ? "resumed" : "starting", (long long)S->step);
@@ -695,10 +729,13 @@ int zb_cmd_train(int argc, char **argv) {
     memset(&S, 0, sizeof S);
     S.stage = (zb_stage)stage;
     S.log_fd = -1;
+    int tp, pp, stop_after;
+    ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 12, &tp));
+    ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 12, &pp));
+    ZB_TRY(zb_arg_int(argc, argv, "--stop-after", -1, -1, INT_MAX, &stop_after));
     ZB_TRY(train_backend(&S, zb_arg_str(argc, argv, "--device", "cpu"), zb_arg_str(argc, argv, "--precision", NULL)));
-    int rc = train_setup(&S, cfg, zb_arg_str(argc, argv, "--resume", NULL), zb_arg_int(argc, argv, "--tp", 1),
-                         zb_arg_int(argc, argv, "--pp", 1));
-    if (!rc) rc = train_loop(&S, zb_arg_int(argc, argv, "--stop-after", -1));
+    int rc = train_setup(&S, cfg, zb_arg_str(argc, argv, "--resume", NULL), tp, pp);
+    if (!rc) rc = train_loop(&S, stop_after);
     train_free(&S);
     return rc;
 }

@@ -4,6 +4,8 @@
 #ifndef ZB_COMMANDS_H
 #define ZB_COMMANDS_H
 
+#include <stdint.h>
+
 int zb_cmd_import(int argc, char **argv);
 int zb_cmd_export(int argc, char **argv);
 int zb_cmd_tokenize(int argc, char **argv);
@@ -51,8 +53,22 @@ int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out);
 /* Small helpers for argument parsing shared by the commands. */
 /* Returns the value after flag `name` (e.g. "--model"), or NULL. Marks nothing. */
 const char *zb_arg_str(int argc, char **argv, const char *name, const char *dflt);
-int zb_arg_int(int argc, char **argv, const char *name, int dflt);
-double zb_arg_double(int argc, char **argv, const char *name, double dflt);
+/* Numbers, strictly: the whole value parsed (no trailing text, no empty value), inside
+ * [lo, hi] (nan and inf refused unless a bound is infinite), no value wrapping around; else
+ * ZB_EARG "<cmd>: --max-new must be an integer in [1, 1000000], not 'abc'". Flag absent:
+ * *out = dflt. */
+int zb_arg_int(int argc, char **argv, const char *name, int dflt, long lo, long hi, int *out);
+int zb_arg_long(int argc, char **argv, const char *name, long dflt, long lo, long hi, long *out);
+int zb_arg_u64(int argc, char **argv, const char *name, uint64_t dflt, uint64_t *out);
+int zb_arg_double(int argc, char **argv, const char *name, double dflt, double lo, double hi, double *out);
+/* A JSON value that must be an integer in [lo, hi] (cJSON truncates 1.5 to 1 and saturates
+ * 1e12 in valueint): 1 and *out when it is, 0 otherwise (the caller names the file). */
+struct cJSON;
+int zb_json_value_int(const struct cJSON *v, long lo, long hi, long *out);
+/* The same for a value in hand; `what` names it ("data: --seed", "prompts.txt:3"). */
+int zb_parse_long(const char *s, const char *what, long lo, long hi, long *out);
+int zb_parse_u64(const char *s, const char *what, uint64_t *out);
+int zb_parse_double(const char *s, const char *what, double lo, double hi, double *out);
 int zb_arg_flag(int argc, char **argv, const char *name);
 /* Every argument must be a known flag (known: NULL-terminated list of "--name" or
  * "--name=" for flags that take a value) or a positional; else ZB_EARG naming it. */

@@ -3,6 +3,7 @@
  * A command returns a status; on failure the failing rank prints its one-line message and,
  * when more than one rank runs, calls MPI_Abort so that no other rank waits forever. */
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,6 +43,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* A file size limit (ulimit -f) kills a writer with SIGXFSZ: no message, a half-written
+     * temporary left behind. Ignored, the write fails with EFBIG like a full disk, and the
+     * error path says so, removes the temporary and stops every rank. */
+    signal(SIGXFSZ, SIG_IGN);
     MPI_Init(&argc, &argv);
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

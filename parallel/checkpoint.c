@@ -6,9 +6,11 @@
 #include "checkpoint.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,12 +49,86 @@ done:
 
 /* ---------------------------------------------------------------- writer */
 
+/* Every dataset of rank >= 1 is chunked with HDF5's Fletcher32 checksum filter: a flipped
+ * byte is found on read (H5Dread fails, one error naming file and tensor) instead of loading
+ * silently wrong weights. Chunks are whole rows of the leading dimension, about 4 MiB each
+ * (the filter and parallel writes work per chunk). A 0-d or empty tensor stays contiguous. */
+static hid_t checked_dcpl(int ndim, const hsize_t *dims, zb_dtype dtype) {
+    hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+    if (p < 0 || ndim < 1) return p;
+    hsize_t rowel = 1, chunk[ZB_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) {
+        if (dims[i] == 0) return p;
+        if (i) rowel *= dims[i];
+        chunk[i] = dims[i];
+    }
+    size_t esz = zb_dtype_size(dtype);
+    hsize_t rows = (hsize_t)(4u << 20) / (rowel * (esz ? esz : 1));
+    chunk[0] = rows < 1 ? 1 : rows > dims[0] ? dims[0] : rows;
+    /* a row of more than 4 GiB cannot be one chunk (HDF5's limit): then no checksum */
+    if (rowel * (esz ? esz : 1) >= ((hsize_t)1 << 32)) return p;
+    if (H5Pset_chunk(p, ndim, chunk) < 0 || H5Pset_fletcher32(p) < 0) { H5Pclose(p); return -1; }
+    return p;
+}
+
+/* Collective: every rank learns whether any failed (rc != 0 somewhere), so that all leave a
+ * collective sequence at the same point and none waits in the next HDF5 call for a rank that
+ * has gone. A rank without an error of its own gets "another rank failed". */
+static int agree(const zb_ckpt_writer *w, int rc, const char *what);
+
 struct zb_ckpt_writer {
     char *path, *tmp;
     MPI_Comm comm;
     int rank;
     hid_t file, dxpl;
+    int64_t reserved;   /* rank 0: bytes of the file allocated ahead of HDF5 (reserve) */
+    int64_t end;        /* rank 0: a bound on HDF5's end of file: the tensors so far + metadata */
 };
+
+/* Disk space first, HDF5 after. A write that fails inside HDF5 (disk full, file size limit)
+ * makes the close fail too, and HDF5 1.10 then crashes at exit (H5F__close_cb from
+ * MPI_Finalize) with the file still registered. So rank 0 allocates the file's blocks before
+ * each tensor is written, up to a bound on HDF5's end of file after it (every tensor so far
+ * and this one, each with 16 KiB of object header and 1/1024 of its size of chunk index and
+ * checksums, 1 MiB for the superblock and the root); when that fails every rank stops before HDF5 writes a byte beyond what is allocated,
+ * and the close (metadata below the end, the file cut back to it) succeeds. File systems
+ * without fallocate (EOPNOTSUPP) are written without the reservation. Collective (agree). */
+static int reserve(zb_ckpt_writer *w, const char *name, uint64_t bytes) {
+    int rc = ZB_OK;
+    if (w->rank == 0) {
+        if (!w->end) w->end = 1 << 20;
+        w->end += (int64_t)bytes + (int64_t)bytes / 1024 + (16 << 10);
+        int64_t want = w->end;
+        if (want > w->reserved) {
+            int fd = open(w->tmp, O_WRONLY);
+            int e = fd < 0 ? errno : 0;
+            if (!e && fallocate(fd, 0, 0, want) != 0) e = errno;
+            if (fd >= 0) close(fd);
+            if (e == EOPNOTSUPP || e == ENOSYS) w->reserved = INT64_MAX;   /* not supported here */
+            else if (e) rc = zb_fail(ZB_EIO, "%s: no room to write tensor '%s': the file would reach %lld bytes (%s)",
+                                     w->path, name, (long long)want, strerror(e));
+            else w->reserved = want;
+        }
+    }
+    char what[1100];
+    snprintf(what, sizeof what, "tensor '%s'", name);
+    return agree(w, rc, what);
+}
+
+static int agree(const zb_ckpt_writer *w, int rc, const char *what) {
+    /* the lowest failing rank's message goes to every rank: whichever stops the job first
+     * (MPI_Abort in the driver) prints the cause, not "another rank failed" */
+    int me = rc != ZB_OK ? w->rank : INT_MAX, first = INT_MAX;
+    if (MPI_Allreduce(&me, &first, 1, MPI_INT, MPI_MIN, w->comm) != MPI_SUCCESS)
+        return rc ? rc : zb_fail(ZB_EMPI, "%s: MPI_Allreduce failed", w->path);
+    if (first == INT_MAX) return rc;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", w->rank == first ? zb_errmsg() : "");
+    if (MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, w->comm) != MPI_SUCCESS || !msg[0])
+        snprintf(msg, sizeof msg, "%s: rank %d failed to write %s", w->path, first, what);
+    if (!rc) rc = zb_fail(ZB_EIO, "%s", msg);
+    return rc;
+}
 
 int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm) {
     zb_h5_quiet();
@@ -89,6 +165,7 @@ int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm) {
     if ((rc = write_int_attr(w->file, "zebra_format", 1))) goto done;
 done:
     if (fapl >= 0) H5Pclose(fapl);
+    if (w->path && w->tmp) rc = agree(w, rc, "the new file");
     if (fcpl >= 0) H5Pclose(fcpl);
     if (rc) {
         if (rc == ZB_EHDF5) zb_fail_prefix(rc, path);
@@ -107,8 +184,8 @@ int zb_ckpt_set_config(zb_ckpt_writer *w, const char *config_json) {
         (rc = write_str_attr(w->file, "model_type", c.model_type)) ||
         (rc = write_int_attr(w->file, "n_layers", c.n_layers)) ||
         (rc = write_int_attr(w->file, "d_model", c.d_model)))
-        return zb_fail_prefix(rc, w->path);
-    return ZB_OK;
+        zb_fail_prefix(rc, w->path);
+    return agree(w, rc, "the config attributes");
 }
 
 int zb_ckpt_open_model(zb_ckpt_writer **out, const char *path, const zb_config *cfg, zb_dtype dtype,
@@ -127,12 +204,17 @@ int zb_ckpt_open_model(zb_ckpt_writer **out, const char *path, const zb_config *
     return rc;
 }
 
-/* Close what a tensor write opened; on failure prefix the message with file and tensor. */
+/* Close what a tensor write opened; every rank learns whether any failed (agree); on failure
+ * prefix the message with file and tensor. */
 static int write_done(const zb_ckpt_writer *w, const char *name, int rc, hid_t ms, hid_t ds, hid_t sp) {
     if (ms >= 0) H5Sclose(ms);
     if (ds >= 0) H5Dclose(ds);
     if (sp >= 0) H5Sclose(sp);
-    if (rc) {
+    char what[1100];
+    snprintf(what, sizeof what, "tensor '%s'", name);
+    int own = rc;
+    rc = agree(w, rc, what);
+    if (rc && own) {
         char pre[1200];
         snprintf(pre, sizeof pre, "%s: tensor '%s'", w->path, name);
         zb_fail_prefix(rc, pre);
@@ -151,16 +233,18 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
         return zb_fail(ZB_EARG, "%s: tensor '%s': rows [%lld, %lld) outside [0, %lld)", w->path, name,
                        (long long)row0, (long long)(row0 + nrows), (long long)nlead);
     int rc = ZB_OK;
-    hid_t sp = -1, ds = -1, ms = -1;
+    hid_t sp = -1, ds = -1, ms = -1, dcpl = -1;
     hsize_t dims[ZB_MAX_DIMS], start[ZB_MAX_DIMS] = {0}, count[ZB_MAX_DIMS];
     hsize_t rowel = 1;
     for (int i = 0; i < ndim; i++) {
         dims[i] = count[i] = (hsize_t)shape[i];
         if (i) rowel *= (hsize_t)shape[i];
     }
+    if ((rc = reserve(w, name, (uint64_t)nlead * rowel * zb_dtype_size(dtype)))) return rc;
     if (ndim) H5GO(sp = H5Screate_simple(ndim, dims, NULL));
     else H5GO(sp = H5Screate(H5S_SCALAR));
-    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5GO(dcpl = checked_dcpl(ndim, dims, dtype));
+    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, dcpl, H5P_DEFAULT));
     if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
     hsize_t nel = (hsize_t)nrows * rowel;
     if (nrows == 0 || nel == 0) {
@@ -180,6 +264,7 @@ int zb_ckpt_write_rows(zb_ckpt_writer *w, const char *name, zb_dtype dtype, int 
     static const char dummy[8];
     H5GO(H5Dwrite(ds, zb_h5_mem_type(dtype), ms, sp, w->dxpl, (nel && nrows) ? data : dummy));
 done:
+    if (dcpl >= 0) H5Pclose(dcpl);
     return write_done(w, name, rc, ms, ds, sp);
 }
 
@@ -242,9 +327,11 @@ int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
         nel += (hsize_t)b->nrows * (hsize_t)b->ncols;
     }
     int rc = ZB_OK, first = 1;
-    hid_t sp = -1, ds = -1, ms = -1;
+    hid_t sp = -1, ds = -1, ms = -1, dcpl = -1;
+    if ((rc = reserve(w, name, (uint64_t)dims[0] * width * zb_dtype_size(dtype)))) return rc;
     H5GO(sp = H5Screate_simple(ndim, dims, NULL));
-    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5GO(dcpl = checked_dcpl(ndim, dims, dtype));
+    H5GO(ds = H5Dcreate2(w->file, name, zb_h5_file_type(dtype), sp, H5P_DEFAULT, dcpl, H5P_DEFAULT));
     if ((rc = write_str_attr(ds, "dtype", zb_dtype_name(dtype)))) goto done;
     H5GO(H5Sselect_none(sp));
     for (int k = 0; k < nblk && nel; k++) {
@@ -277,6 +364,7 @@ int zb_ckpt_write_blocks(zb_ckpt_writer *w, const char *name, zb_dtype dtype, in
     static const char dummy[8];
     H5GO(H5Dwrite(ds, zb_h5_mem_type(dtype), ms, sp, w->dxpl, nel ? data : dummy));
 done:
+    if (dcpl >= 0) H5Pclose(dcpl);
     return write_done(w, name, rc, ms, ds, sp);
 }
 
@@ -293,6 +381,15 @@ int zb_ckpt_close(zb_ckpt_writer *w) {
     herr_t e = H5Fclose(w->file);
     w->file = -1;
     if (e < 0) rc = zb_fail(ZB_EIO, "%s: closing the HDF5 file failed (disk full?)", w->tmp);
+    /* the data on disk before the name points at it: each rank flushes what its node wrote
+     * (fsync acts on the file, whichever descriptor wrote), then rank 0 renames and flushes the
+     * directory entry. A crash leaves the old checkpoint or the complete new one. */
+    if (!rc) {
+        int fd = open(w->tmp, O_RDONLY);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = zb_fail(ZB_EIO, "%s: cannot flush %s to disk (%s)", w->path, w->tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+    }
     /* every rank must have closed (flushed) before rank 0 renames */
     int ok = rc == ZB_OK, all = 0;
     MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, w->comm);
@@ -301,6 +398,7 @@ int zb_ckpt_close(zb_ckpt_writer *w) {
             rc = zb_fail(ZB_EIO, "%s: cannot rename %s into place (%s)", w->path, w->tmp, strerror(errno));
             all = 0;
         }
+        if (all) zb_fsync_dir(w->path);
         if (!all) unlink(w->tmp);
     }
     MPI_Bcast(&all, 1, MPI_INT, 0, w->comm);
@@ -312,8 +410,9 @@ int zb_ckpt_close(zb_ckpt_writer *w) {
 void zb_ckpt_abort(zb_ckpt_writer *w) {
     if (!w) return;
     if (w->dxpl >= 0) H5Pclose(w->dxpl);
-    if (w->file >= 0) H5Fclose(w->file);
+    /* the name first: the close is collective, so no rank can stop the job (MPI_Abort) before
+     * rank 0 has removed the temporary; the open file goes when closed */
     if (w->rank == 0 && w->tmp) unlink(w->tmp);
+    if (w->file >= 0) H5Fclose(w->file);
     writer_free(w);
 }
-

@@ -265,6 +265,7 @@ int zb_model_load_tp_ex(zb_model *m, const char *path, const zb_grid *g, zb_wdty
         rc = read_slice(st, path, &m->tp->full_params[i], &m->tp->slices[i], dst);
     }
     zb_store_close(st);
+    if (!rc) rc = zb_model_check_finite(m, path);   /* this rank's slices */
     if (rc) zb_model_free(m);
     return rc;
 }

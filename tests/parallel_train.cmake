@@ -7,3 +7,8 @@ set_tests_properties(cli_train_parallel_np4 PROPERTIES PROCESSORS 4)
 # Pipeline parallel: the layer cost model and the optimal contiguous partition (parallel/pp.h).
 zb_test(test_pp test_pp.c ${CMAKE_SOURCE_DIR}/configs ${CMAKE_CURRENT_SOURCE_DIR})
 zb_test_exe(zb_path zb_path.c)
+# Hostile inputs and faults (issue 13): out-of-vocabulary ids, disk full on 1 and 2 ranks,
+# corrupt and NaN checkpoints, strict numbers, bad tokenizers / plans / configs / paths, one
+# rank's error and a killed rank under mpiexec.
+zb_cli_test(cli_faults cli_faults.sh ${CMAKE_SOURCE_DIR} ${ZB_MPIEXEC})
+set_tests_properties(cli_faults PROPERTIES PROCESSORS 2)

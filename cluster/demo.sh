@@ -36,12 +36,18 @@ SMART_TOKENS=${ZB_DEMO_SMART_TOKENS:-65536}
 INIT=${ZB_DEMO_INIT:-rope-pairs}; ILD_LOSS=${ZB_DEMO_ILD_LOSS:-release}
 if [ "${ZB_DEMO_FAST:-0}" = 1 ]; then PT=20; ILD=10; KD=10; SMART_TOKENS=4096; fi
 t_start=$(date +%s)
-stamp() { echo "== [$(( $(date +%s) - t_start ))s] $*"; }
+# each stage's wall time and CPU seconds (user + sys of everything it ran, all ranks and
+# threads): on a busy machine the CPU seconds still say what the stage costs
+# (`times` runs in this shell, not in a $(...) subshell, whose own children have used nothing)
+stamp() {
+  times > "$out/.times"
+  echo "== [$(( $(date +%s) - t_start ))s, cpu $(awk 'END { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%.0f", t }' "$out/.times")s] $*"
+}
 
 stamp "1. corpus and shards"
 if [ ! -f "$out/shards/manifest.json" ]; then
   corpus=$(bash cluster/corpus.sh)
-  $Z data --tokenizer $TOK --input "$corpus" -o "$out/shards" --val-fraction 0.01 --seed 1
+  $Z data --tokenizer $TOK --input "$corpus" -o "$out/shards" --val-fraction 0.015 --seed 1
 fi
 
 # run.json of a stage: run_json NAME STEPS LR [extra JSON members]
@@ -78,7 +84,7 @@ for m in mla m2; do
 done
 
 stamp "5. SMART: which $K of 7 layers stay MLA"
-$Z smart --teacher "$out/teacher.h5" --mamba "$out/ild-m2/model.h5" --mla "$out/ild-mla/model.h5" \
+$MPI -n $NP $Z smart --teacher "$out/teacher.h5" --mamba "$out/ild-m2/model.h5" --mla "$out/ild-mla/model.h5" \
   --data "$out/shards" --split val --tokens $SMART_TOKENS --seq 128 --batch 8 --mla-layers $K \
   -o "$out/plan.json" --svg "$out/plan.svg" | grep -v "^smart: rank 0"
 # the control: the same K layers evenly spaced, no scores

@@ -2,6 +2,7 @@
 #include "runcfg.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +109,9 @@ static int check_value(const char *path, const char *where, const key_spec *k, c
     default: ok = cJSON_IsArray(v);
     }
     if (!ok) return zb_fail(ZB_EARG, "%s: key '%s'%s must be %s", path, k->name, where, type_name(k->type));
+    /* numbers are kept as float32: one beyond its range would become inf */
+    if (k->type == T_NUM && fabs(v->valuedouble) > FLT_MAX)
+        return zb_fail(ZB_EARG, "%s: key '%s'%s is %g, beyond float32's range", path, k->name, where, v->valuedouble);
     if (k->type == T_INT || k->type == T_NUM) {
         double x = v->valuedouble;
         if (x < k->lo || (k->lo_open && x == k->lo) || x > k->hi || (k->hi_open && x == k->hi)) {

@@ -56,7 +56,7 @@ static void read_split(const char *dir, const char *split) {
         uint64_t np = zb_pref_count(pr);
         for (uint64_t i = 0; i < np && i < 100000; i++) {
             zb_pref_pair pp;
-            FZ_ASSERT(!zb_pref_get(pr, i, &pp), "pair %llu: %s", (unsigned long long)i, zb_errmsg());
+            if ((rc = zb_pref_get(pr, i, &pp))) { fz_check_msg(rc, dir); break; }   /* e.g. an id outside the vocabulary */
             fz_touch(pp.prompt, pp.n_prompt * 4);
             fz_touch(pp.chosen, pp.n_chosen * 4);
             fz_touch(pp.rejected, pp.n_rejected * 4);

@@ -391,7 +391,7 @@ void zb_cache_sizes(const zb_config *c, size_t *kv_per_token, size_t *state_per_
 /* A device backend prefills the sequences of a step together, each mixer call taking every
  * sequence's chunk (batched products, the chunked Mamba2 scan), up to this many tokens a call
  * and ZB_GEN_CHUNK_DEV per sequence. */
-#define ZB_GEN_TOKENS_DEV 16384
+#define ZB_GEN_TOKENS_DEV 12288   /* 48 sequences x 256 */
 #define ZB_GEN_CHUNK_DEV 256
 
 /* the most tokens one mixer call of generation takes */

@@ -7,8 +7,8 @@
  *  - 80 short prompts prefilled together (the Mamba2 chunked scan then runs in groups of
  *    sequences whose chunk states fit its scratch), then one decode step.
  * Every step's logits within the float32 bound of two evaluations along the forward's path
- * (zb_test.h, as test_gen_batch: magnitudes |lnf| |W_head| from the CPU's run). Exits 77 where
- * no GPU is present. */
+ * (zb_test.h, as test_gen_batch: magnitudes |lnf| |W_head| from the CPU's run); then the same
+ * with bf16 weights, products and caches (bf16_tol). Exits 77 where no GPU is present. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,12 +27,26 @@ static double bound_ratio(const float *a, const float *b, const float *mag, size
     return w;
 }
 
+/* bf16 weights, products and caches on the GPU against the CPU's bf16 weights with float32
+ * inputs and caches: the same weights, the GPU rounds each product's activation operand (and
+ * MLA's latents, absorbed queries and probabilities) to bf16, 2^-9 relative, i.e. at most 2^-8
+ * norm-relative per rounded stage (as test_cuda_mla) summed over the stages on the path: per
+ * MLA layer 9 (q_a, q_b, kv_a, the cache, the absorbed query, scores, probabilities, W_UV,
+ * o_proj), per Mamba2 layer 2 (in_proj, out_proj), per layer 2 for the MLP (gate / up, down),
+ * 1 for the head. A sequence mixed up with another is off by O(1). */
+static double bf16_tol(const zb_config *c) {
+    int stages = 1;
+    for (int l = 0; l < c->n_layers; l++)
+        stages += 2 + (c->kinds[l] == ZB_LAYER_MLA ? 9 : c->kinds[l] == ZB_LAYER_MAMBA2 ? 2 : 6);
+    return stages * 0x1p-8;
+}
+
 typedef struct {
     zb_model *mc, *mg;
     zb_gen *gc, *gg;
     float *head, *mag;
     double sf, worst;
-    int calls;
+    int calls, bf16;   /* bf16: ||got - ref|| / ||ref|| per step instead of the float32 bound */
 } pair;
 
 /* the same step on both; the logits of its nb sequences compared */
@@ -40,8 +54,12 @@ static int step(pair *p, const int *seqs, int nb, const int *ids, int n) {
     ZB_TEST_OK(zb_gen_step_seqs(p->mc, p->gc, seqs, nb, ids, n));
     ZB_TEST_OK(zb_gen_step_seqs(p->mg, p->gg, seqs, nb, ids, n));
     int V = p->mc->cfg.vocab;
-    zb_mag_matmul(p->mag, p->gc->lnf, p->head, nb, V, p->mc->cfg.d_model);
-    double e = bound_ratio(p->gg->logits, p->gc->logits, p->mag, (size_t)nb * V, p->sf);
+    double e;
+    if (p->bf16) e = zb_norm_rel(p->gg->logits, p->gc->logits, (size_t)nb * V);
+    else {
+        zb_mag_matmul(p->mag, p->gc->lnf, p->head, nb, V, p->mc->cfg.d_model);
+        e = bound_ratio(p->gg->logits, p->gc->logits, p->mag, (size_t)nb * V, p->sf);
+    }
     if (e > p->worst) p->worst = e;
     p->calls++;
     return 0;
@@ -50,7 +68,7 @@ static int step(pair *p, const int *seqs, int nb, const int *ids, int n) {
 static int run(pair *p, int B, int max_T, const int *plan, int nplan, zb_rng *r, const char *what) {
     ZB_TEST_OK(zb_gen_init(p->gc, p->mc, B, max_T));
     ZB_TEST_OK(zb_gen_init(p->gg, p->mg, B, max_T));
-    p->sf = zb_bound_scale(zb_model_path_fwd(&p->mc->cfg, max_T));
+    p->sf = p->bf16 ? bf16_tol(&p->mc->cfg) : zb_bound_scale(zb_model_path_fwd(&p->mc->cfg, max_T));
     p->worst = 0;
     p->calls = 0;
     int V = p->mc->cfg.vocab;
@@ -64,8 +82,12 @@ static int run(pair *p, int B, int max_T, const int *plan, int nplan, zb_rng *r,
         for (int i = 0; i < nb * n; i++) ids[i] = (int)(zb_rng_u64(r) % (uint64_t)V);
         if (step(p, seqs, nb, ids, n)) break;
     }
-    zb_check(p->worst <= 1, "%s: CUDA logits == CPU's (%.2g of the float32 bound, %d steps)", what, p->worst,
-             p->calls);
+    if (p->bf16)
+        zb_check(p->worst <= p->sf, "%s, bf16: CUDA logits vs CPU's: ||d||/||ref|| = %.3g (tol %.3g, %d steps)", what,
+                 p->worst, p->sf, p->calls);
+    else
+        zb_check(p->worst <= 1, "%s: CUDA logits == CPU's (%.2g of the float32 bound, %d steps)", what, p->worst,
+                 p->calls);
     free(ids); free(seqs); free(p->mag);
     zb_gen_free(p->gc);
     zb_gen_free(p->gg);
@@ -83,27 +105,30 @@ int main(int argc, char **argv) {
     }
     zb_config c;
     ZB_TEST_OK(zb_config_load(argv[1], &c));
-    zb_model mc, mg;
-    ZB_TEST_OK(zb_model_init_ex(&mc, &c, ZB_WEIGHTS_F32));
-    zb_model_init_random(&mc, 11, 0.08f);
-    ZB_TEST_OK(zb_model_init_ex(&mg, &c, ZB_WEIGHTS_F32));
-    zb_model_init_random(&mg, 11, 0.08f);
-    zb_backend be = *cu;
-    be.opts.gpu_bf16 = 0;   /* float32 products and caches: the CPU's arithmetic, another order */
-    be.opts.cache_bf16 = 0;
-    ZB_TEST_OK(zb_model_set_backend(&mg, &be));
-    zb_gen gc, gg;
-    pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0};
-    zb_rng r;
-    zb_rng_seed(&r, 9);
     /* 3 sequences: all 300 tokens together, {2, 0} 13 more, {1, 2} 5 more, 3 decodes of all */
     int plan1[] = {0, 0, 1, 300, 2, 2, -2, 13, 2, 1, 1, 5, 0, 0, 1, 1, 0, 2, -1, 1, 0, 0, 1, 1};
-    run(&p, 3, 330, plan1, 6, &r, "3 sequences: batched prefill across a chunk seam, {2,0}, {1,2}, decodes");
     /* 80 sequences of 3 tokens together, then one decode of all */
     int plan2[] = {0, 0, 1, 3, 0, 0, 1, 1};
-    run(&p, 80, 8, plan2, 2, &r, "80 sequences: batched prefill (Mamba2 scan in groups), decode");
-    free(p.head);
-    zb_model_free(&mc);
-    zb_model_free(&mg);
+    for (int bf = 0; bf < 2; bf++) {
+        zb_wdtype wt = bf ? ZB_WEIGHTS_BF16 : ZB_WEIGHTS_F32;
+        zb_model mc, mg;
+        ZB_TEST_OK(zb_model_init_ex(&mc, &c, wt));
+        zb_model_init_random(&mc, 11, 0.08f);
+        ZB_TEST_OK(zb_model_init_ex(&mg, &c, wt));
+        zb_model_init_random(&mg, 11, 0.08f);
+        zb_backend be = *cu;
+        be.opts.gpu_bf16 = bf;   /* 0: float32 products and caches, the CPU's arithmetic in another order */
+        be.opts.cache_bf16 = bf;
+        ZB_TEST_OK(zb_model_set_backend(&mg, &be));
+        zb_gen gc, gg;
+        pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0, bf};
+        zb_rng r;
+        zb_rng_seed(&r, 9);
+        run(&p, 3, 330, plan1, 6, &r, "3 sequences: batched prefill across a chunk seam, {2,0}, {1,2}, decodes");
+        run(&p, 80, 8, plan2, 2, &r, "80 sequences: batched prefill (Mamba2 scan in groups), decode");
+        free(p.head);
+        zb_model_free(&mc);
+        zb_model_free(&mg);
+    }
     return zb_test_finish();
 }

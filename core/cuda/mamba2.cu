@@ -14,7 +14,7 @@
  *  k_colsum_part / _fin         the parameter gradients that sum over rows (norm weight, dt bias,
  *                               conv weight and bias): 32 columns x 8 row lanes per block over a
  *                               slice of rows, then a fixed-order sum of the slices (deterministic).
- *  k_linear_bf16                bf16 weight views (generation): the shared 64 x 64 tile product
+ *  k_linear_bf16                bf16 weight views off the backend's stream: the shared 64 x 64 tile product
  *                               of mamba2_tile.cuh with the weights widened on load.
  * The forward saves in acts what the CPU saves (proj, conv input and output, dt, SSD y, rstd,
  * gated-norm output, chunk start states) plus the SSD coefficients of mamba2_ssd.cu; the backward

@@ -13,8 +13,9 @@
  * decode_seqs: seqs is a device array of nb ints.
  *
  * Matrix products go through one cuBLAS handle and stream (zb_cuda_mamba2_set_blas); bf16 views
- * in zb_mamba2_lin run a tiled kernel here (f32 accumulate of the widened weights, as the CPU's
- * bf16 path) until the backend's GEMM takes them. Kernel launch errors print one line naming
+ * in zb_mamba2_lin: on the backend's stream (zb_cuda_init done) its GEMV at <= 8 rows and its
+ * cuBLAS bf16 product above (the input rounded to bf16); elsewhere a tiled kernel here (f32
+ * accumulate of the widened weights, as the CPU's bf16 path). Kernel launch errors print one line naming
  * the kernel and exit (no CUDA call here returns an error code to the caller). */
 #ifndef ZB_MAMBA2_CUDA_H
 #define ZB_MAMBA2_CUDA_H

@@ -275,6 +275,10 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
   else notrun "strong TP / PP scaling on the GPUs"; fi
 fi
 
+# what comes back stays small: no unpacked binaries, models or checkpoints
+[ -n "$packed" ] && rm -rf "$out/pack"
+find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
+
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"

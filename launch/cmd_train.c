@@ -660,10 +660,18 @@ static int train_loop(train_run *S, long stop_after) {
         if (S->step % r->log_every == 0 || last || S->step == stop_after) ZB_TRY(report(S, &v, lr));
         if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && S->step % r->eval_every == 0) || last))
             ZB_TRY(eval_and_log(S, &eval_ok));
-        if ((r->save_every > 0 && S->step % r->save_every == 0) || last || S->step == stop_after) ZB_TRY(save(S));
+        if (r->save && ((r->save_every > 0 && S->step % r->save_every == 0) || last || S->step == stop_after))
+            ZB_TRY(save(S));
         if (S->step == stop_after) break;
     }
     if (S->step < r->steps) return ZB_OK;
+    if (!r->save) {   /* a benchmark: nothing written */
+        if (S->g.rank == 0)
+            fprintf(stderr, "train: done, %lld steps (%lld skipped), %.0f tokens in %.1fs (%.0f tok/s); not saved (\"save\": false)\n",
+                    (long long)S->step, (long long)S->skipped, S->tokens_seen, v.t_run,
+                    v.t_run > 0 ? v.steps_run * S->tok_per_step / v.t_run : 0);
+        return ZB_OK;
+    }
     char path[ZB_RUN_PATH + 32];
     snprintf(path, sizeof path, "%s/model.h5", r->out);
     host_view hv;

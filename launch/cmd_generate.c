@@ -320,8 +320,7 @@ typedef struct {
     char **argv;
     const char *model_path, *tok_path;
     int max_new, max_batch, ctx, quiet, print_ids, tp, pp;
-    int gpu, gpu_bf16;  /* --device cuda, --precision bf16 */
-    int cache_bf16;     /* --cache bf16: the GPU's caches in bf16 (float32 by default) */
+    zb_device_args dev; /* --device, --precision, --cache (the GPU's caches float32 by default) */
     zb_sampler sp;
     uint64_t seed;
     zb_wdtype wt;
@@ -391,31 +390,12 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     if (a->tp < 1 || a->pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
     /* --device cuda: one rank per GPU (the node-local rank picks it); under --tp / --pp the
      * grid's collectives go through NCCL (parallel/comm_nccl.h) */
-    const char *dev = zb_arg_str(argc, argv, "--device", "cpu"), *prec = zb_arg_str(argc, argv, "--precision", NULL);
-    a->gpu = !strcmp(dev, "cuda");
-    if (!a->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "generate: --device must be cpu or cuda, not '%s'", dev);
-    if (prec && strcmp(prec, "f32") && strcmp(prec, "bf16"))
-        return zb_fail(ZB_EARG, "generate: --precision must be f32 or bf16, not '%s'", prec);
-    if (prec && !a->gpu && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "generate: --precision bf16 needs --device cuda");
-    a->gpu_bf16 = a->gpu && (!prec || !strcmp(prec, "bf16"));
-    const char *cache = zb_arg_str(argc, argv, "--cache", "f32");
-    if (strcmp(cache, "f32") && strcmp(cache, "bf16"))
-        return zb_fail(ZB_EARG, "generate: --cache must be f32 or bf16, not '%s'", cache);
-    if (!a->gpu && strcmp(cache, "f32")) return zb_fail(ZB_EARG, "generate: --cache bf16 needs --device cuda");
-    a->cache_bf16 = !strcmp(cache, "bf16");
+    ZB_TRY(zb_device_args_parse(argc, argv, "generate", 0, &a->dev));   /* caches float32 unless --cache bf16 */
     return ZB_OK;
 }
 
 /* The run's backend: the CPU's decode switches, or the CUDA table. */
-static int gen_backend(const gen_args *a, zb_backend *be) {
-    if (!a->gpu) { *be = zb_infer_backend(a->wt); return ZB_OK; }
-    const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate");
-    *be = *b;
-    be->opts.gpu_bf16 = a->gpu_bf16;
-    be->opts.cache_bf16 = a->cache_bf16;
-    return ZB_OK;
-}
+static int gen_backend(const gen_args *a, zb_backend *be) { return zb_device_backend(&a->dev, a->wt, "generate", be); }
 
 /* The prompts of the command line, in its order. */
 static int read_prompts(gen_state *S) {
@@ -696,7 +676,7 @@ int zb_cmd_generate(int argc, char **argv) {
     if (S.a.print_ids) S.world = 1;   /* no collectives: each rank would print; run it on one */
     int rc = ZB_OK, printed = 0;
     if (S.grid_on) {
-        rc = S.a.gpu ? zb_grid_init_gpu(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp)
+        rc = S.a.dev.gpu ? zb_grid_init_gpu(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp)
                      : zb_grid_init(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp);
         S.rank = S.grid.rank;
     } else if (S.world > 1) {

@@ -225,12 +225,12 @@ extern "C" void zb_cuda_attention_backward(float *dq, float *dk, float *dv, cons
 
 /* ---- generation: attention over caches ------------------------------------------------------ */
 
-/* Rows R of S [rows][ld]: sequence i = R / (H n), query t = R % n, keys 0..pos[i]+t. P written as
- * float32 in place or as bf16 into P16 (same layout). */
-__global__ void k_softmax_cached(float *S, __nv_bfloat16 *P16, const int *pos, int Hn, int n, int ld) {
+/* Rows R of S [rows][ld]: sequence i = R / (H n), query t = R % n, keys 0..pos[i]+t (at most len
+ * scored columns). P written as float32 in place or as bf16 into P16 (same layout), 0 past them. */
+__global__ void k_softmax_cached(float *S, __nv_bfloat16 *P16, const int *pos, int Hn, int n, int len, int ld) {
     size_t R = blockIdx.x;
     int i = (int)(R / Hn), t = (int)(R % n), L = pos[i] + t + 1;
-    if (L > ld) L = ld;
+    if (L > len) L = len;   /* the scored columns; ld - len more are padding */
     float *row = S + R * ld;
     float mx = -INFINITY;
     for (int u = threadIdx.x; u < L; u += blockDim.x) mx = fmaxf(mx, row[u]);
@@ -296,7 +296,9 @@ extern "C" void zb_cuda_attention_cached_gemm(float *out, const float *q, const 
                                               const zb_cuda_cache_attn *a) {
     if (nb <= 0 || n <= 0 || max_len <= 0) return;
     int H = a->H, rep = H / a->Hkv, gm = n == 1, per = gm ? a->Hkv : H, count = nb * per;
-    int M = gm ? rep : n, ld = max_len;   /* rows of each problem; S row length */
+    /* rows of each problem; S row length, a multiple of 8 (16-byte rows of bf16 probabilities for
+     * the tensor cores; the columns past max_len get probability 0) */
+    int M = gm ? rep : n, ld = (max_len + 7) / 8 * 8;
     size_t rows = (size_t)nb * H * n;
     cudaDataType_t dt = a->cache_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     int esz = a->cache_bf16 ? 2 : 4;
@@ -344,7 +346,7 @@ extern "C" void zb_cuda_attention_cached_gemm(float *out, const float *q, const 
     gemm_ptrs(0, 1, M, max_len, a->dqk, a->scale, p.pq, lq, p.pk, (int)a->row_stride, 0.0f, (void **)ps, ld, count,
               dt);
     k_softmax_cached<<<(unsigned)rows, len_threads(max_len), 0, zb_cuda_stream()>>>(
-        S, (__nv_bfloat16 *)P16, pos_dev, H * n, n, ld);
+        S, (__nv_bfloat16 *)P16, pos_dev, H * n, n, max_len, ld);
     ZB_CUDA_LAUNCHED("cache attention softmax");
     if (P16) {   /* the probabilities as bf16 rows of the same shape */
         f.n = 0;

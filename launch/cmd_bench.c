@@ -270,7 +270,7 @@ static void print_breakdown(FILE *md, bench_row rows[2][MAXL][MAXL], const char 
         for (int bi = 0; have[k] && bi < nb; bi++)
             for (int ci = 0; ci < nc; ci++) {
                 double tot = 0;
-                fprintf(md, "| %s | %d | %d |", names[k], bat[bi], ctx[ci]);
+                fprintf(md, "| %s%s | %d | %d |", names[k], pre ? " prefill" : "", bat[bi], ctx[ci]);
                 for (int p = 0; p < ZB_PROF_N; p++) {
                     double v = pre ? rows[k][bi][ci].pre_ms[p] : rows[k][bi][ci].prof_ms[p];
                     fprintf(md, " %.2f |", v);

@@ -34,5 +34,11 @@ for w in f32 bf16; do
                if (!(t > 0 && t <= 1.02 * step[k] + 0.01)) { bad = 1; print "part total", t, "step", step[k] } }
              END { print n; exit bad || n != 8 }' b-$w.md > parts-$w.txt 2>&1 && ok=1 || ok=0
   check "$w: breakdown: 8 rows, each total > 0 and <= the step's time ($(tr '\n' ' ' < parts-$w.txt))" '[ $ok = 1 ]'
+  # prefill rows: "teacher prefill" | batch | context | parts | total <= the prefill's ms (batch x 8 tokens)
+  awk -F'|' '/^\| (teacher|hybrid) \| [0-9.e+]*M \|/ { pre[$2 $5 $6] = 1000 * $5 * 8 / $7 }
+             /^\| (teacher|hybrid) prefill \| [0-9]+ \| [0-9]+ \|/ { n++; k = $2; sub(/ prefill /, " ", k); k = k $3 $4
+               t = $12 + 0; if (!(t > 0 && t <= 1.02 * pre[k] + 0.01)) { bad = 1; print "part total", t, "prefill", pre[k] } }
+             END { print n; exit bad || n != 8 }' b-$w.md > pre-$w.txt 2>&1 && ok=1 || ok=0
+  check "$w: prefill breakdown: 8 rows, each total > 0 and <= the prefill's time ($(tr '\n' ' ' < pre-$w.txt))" '[ $ok = 1 ]'
 done
 exit $fail

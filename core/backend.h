@@ -261,6 +261,22 @@ struct zb_backend {
      *   rows are equal (ILD as the release). */
     double (*mean_row_dist)(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
                             float scale);
+    /* -- the vocabulary-parallel cross-entropy (core/shard.c): rows [N, V] hold the slice
+     * [v0, v0 + V) of a vocabulary of Vfull ids. Three passes around the TP group's two
+     * all-reduces (max, then sums), so that a device's rows never leave it (Megatron-LM's
+     * vocab-parallel CE):
+     * vp_row_max: mx[n] = the largest value of row n;
+     * vp_row_sums: with the group's mx: st[2n] = sum_v exp(row[v] - mx[n]) (double),
+     *   st[2n + 1] = row[y_n - v0] when the slice holds target y_n, else 0;
+     * vp_ce_grad: with the group's mx and st: returns the sum over the rows whose target is in
+     *   [0, Vfull) of mx[n] + log st[2n] - st[2n + 1] (double); dlogits (may be NULL, may alias
+     *   logits) OVERWRITTEN with scale * (softmax - onehot) on the slice, zero rows ignored.
+     * mx, st and targets live where the backend's buffers do. */
+    void (*vp_row_max)(const zb_backend *be, float *mx, const float *logits, int N, int V);
+    void (*vp_row_sums)(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                        int N, int V, int64_t v0);
+    double (*vp_ce_grad)(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                         const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale);
 
     /* -- the MLA mixer (SPEC §3), whole, so that a backend fuses freely. Training: x, out
      * [B*T, d], positions 0..T-1; acts (mla_act_floats) saved by the forward for the backward;

@@ -169,6 +169,52 @@ static double cpu_mse(const zb_backend *be, float *da, const float *a, const flo
     return zb_mse(da, a, b, n, scale);
 }
 
+/* the vocabulary-parallel cross-entropy's passes (backend.h); sums and the gradient in double */
+static void cpu_vp_row_max(const zb_backend *be, float *mx, const float *logits, int N, int V) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        float m = -INFINITY;
+        for (int v = 0; v < V; v++) if (row[v] > m) m = row[v];
+        mx[n] = m;
+    }
+}
+static void cpu_vp_row_sums(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                            int N, int V, int64_t v0) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx[n]);
+        int64_t y = (int64_t)targets[n] - v0;
+        st[2 * n] = sum;
+        st[2 * n + 1] = (y >= 0 && y < V) ? row[y] : 0.0;   /* the target logit lives on one rank */
+    }
+}
+static double cpu_vp_ce_grad(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                             const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale) {
+    (void)be;
+    double total = 0;   /* rows in order (the sum's rounding as the host path had it) */
+    for (int n = 0; n < N; n++) {
+        float *d = dlogits ? dlogits + (size_t)n * V : NULL;
+        int64_t y = targets[n];
+        if (y < 0 || y >= Vfull) {
+            if (d) memset(d, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+        double lse = mx[n] + log(st[2 * n]);
+        total += lse - st[2 * n + 1];
+        if (d) {
+            const float *row = logits + (size_t)n * V;
+            for (int v = 0; v < V; v++) d[v] = (float)(scale * exp((double)row[v] - lse));
+            if (y - v0 >= 0 && y - v0 < V) d[y - v0] -= scale;
+        }
+    }
+    return total;
+}
+
 static double cpu_mean_row_dist(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
                                 float scale) {
     (void)be;
@@ -300,6 +346,7 @@ static const zb_backend cpu_backend = {
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
     .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
+    .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,

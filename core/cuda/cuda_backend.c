@@ -199,6 +199,24 @@ static double cu_cross_entropy(const zb_backend *be, float *dlogits, const float
     stop_on_error();
     return r;
 }
+static void cu_vp_row_max(const zb_backend *be, float *mx, const float *logits, int N, int V) {
+    (void)be;
+    zb_cuda_vp_row_max(mx, logits, N, V);
+    stop_on_error();
+}
+static void cu_vp_row_sums(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                           int N, int V, int64_t v0) {
+    (void)be;
+    zb_cuda_vp_row_sums(st, logits, mx, targets, N, V, (long long)v0);
+    stop_on_error();
+}
+static double cu_vp_ce_grad(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                            const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale) {
+    (void)be;
+    double r = zb_cuda_vp_ce_grad(dlogits, logits, mx, st, targets, N, V, (long long)v0, (long long)Vfull, scale);
+    stop_on_error();
+    return r;
+}
 static double cu_kl_div(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
                         const int *mask, int N, int V, float tau, float scale) {
     (void)be;
@@ -354,6 +372,7 @@ static zb_backend cuda_backend = {
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
     .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
+    .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,
     .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
     .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
     .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,

@@ -148,6 +148,11 @@ double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *t
                                int *n_valid);
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
+/* The vocabulary-parallel cross-entropy's passes (backend.h vp_row_max / vp_row_sums / vp_ce_grad). */
+void zb_cuda_vp_row_max(float *mx, const float *logits, int N, int V);
+void zb_cuda_vp_row_sums(double *st, const float *logits, const float *mx, const int *targets, int N, int V, long long v0);
+double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, const double *st, const int *targets,
+                          int N, int V, long long v0, long long Vfull, float scale);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

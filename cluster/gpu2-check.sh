@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
 # cluster/gpu2-check.sh [--packed PACK.tar.xz | --build DIR | --debs DIR] [OUT_DIR] — the 2-GPU checks and benchmarks,
-# one command, on a node with 2 GPUs (nvcc, the CUDA libraries, NCCL, mpirun; about 8 minutes):
+# one command, on a node with 2 GPUs (nvcc, the CUDA libraries, NCCL, mpirun). Everything runs
+# within ZB_DEADLINE seconds (default 350): every step has a hard `timeout`, the steps come in
+# the order of their importance, and a step that would not fit in what is left is reported as
+# NOT RUN (time) instead of started:
 #
 #  1. build: --packed: binaries and libraries made by cluster/gpu2-pack.sh on a build machine
-#     (Open MPI relocated; cuBLAS and NCCL are the node's); --build DIR when its zebra runs here
-#     (a -DZB_CUDA=ON tree); else -DZB_CUDA=ON against the .deb files of cluster/debs.txt in the
-#     --debs DIR (cluster/build-with-debs.sh; default .debs; needs MPI on the node), only the
-#     targets used below;
+#     (Open MPI and OpenBLAS relocated; cuBLAS and NCCL are the node's); --build DIR when its
+#     zebra runs here (a -DZB_CUDA=ON tree); else -DZB_CUDA=ON against the .deb files of
+#     cluster/debs.txt in the --debs DIR (cluster/build-with-debs.sh; default .debs);
 #  2. test_nccl on 2 ranks: every entry of the GPU communication table (parallel/comm_nccl.h)
-#     on device buffers for the TP, PP and DP groups, and the all-reduce's bus bandwidth;
-#  3. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
+#     on device buffers for the TP, PP and DP groups, and the all-reduce's bus bandwidth; it
+#     prints each step as it enters it and stops on a step that hangs (30 s), naming it;
+#  3. generation: `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU, the same
+#     greedy tokens (f32), on a small hybrid trained here (20 steps, 1 GPU) and on random models
+#     of the Zebra-1B and Llama-3.2-1B shapes cut to 4 layers (full width, heads and vocabulary);
+#  4. benchmarks, median and spread over repeats (interleaved): decode tokens/s at batch 1 of the
+#     Zebra-8B (then Llama-3.1-8B) shape with synthetic bf16 weights (`--model CONFIG.json`: drawn
+#     on each rank, no file), 1 GPU vs --tp 2; weak DP scaling of the Zebra-1B hybrid's training
+#     step (cut to 8 layers, vocabulary 32768, seq 2048, 4 rows per replica, bf16 products),
+#     cluster/scaling.sh;
+#  5. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
 #     (tests/cli_train_parallel.sh): 20 pretrain steps of the hybrid of tests/tp-hybrid.json on
-#     1 GPU (A: 4 rows) against TP=2, DP=2 (2 rows each, small gradient buckets: many overlapped
-#     NCCL all-reduces on the side stream), DP=2 with ZeRO-1 (reduce-scatter + all-gatherv) and
-#     PP=2 (1F1B over 4 micro-batches, activations GPU to GPU), each within the divergence of A
-#     from A2 (1 GPU, each batch as 2 accumulated halves: another summation order) scaled by
-#     tests/zb_path's ratio; the 1-GPU run also against the CPU's (same tolerance);
-#     `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU: the same greedy tokens,
-#     on the trained hybrid and on random models of the Zebra-1B and Llama-3.2-1B shapes;
-#  4. benchmarks: cluster/scaling.sh on the GPUs (the Zebra-1B hybrid cut to 8 layers, seq 2048,
-#     4 rows per replica, bf16 products: weak DP scaling, 2 repeats; strong TP and PP), and
-#     decode tokens/s at batch 1, 1 GPU vs --tp 2 (the Zebra-1B shape, random weights, bf16).
-# Prints one summary (PASS / FAIL lines, the tables); logs in OUT_DIR (default gpu2-check-out).
-# NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off on shared machines).
+#     1 GPU (A: 4 rows) against TP=2, DP=2 (small gradient buckets: many overlapped NCCL
+#     all-reduces on the side stream), DP=2 with ZeRO-1 and PP=2 (1F1B over 4 micro-batches),
+#     each within the divergence of A from A2 (1 GPU, each batch as 2 accumulated halves)
+#     scaled by tests/zb_path's ratio; the 1-GPU run also against the CPU's. Meanwhile, on the
+#     other half of the cores (taskset), CPU DP weak scaling to 16 ranks (cluster/scaling.sh,
+#     one core per rank, layouts 1 dp2 dp4 dp8 dp16; ZB_CPU16=0 skips it);
+#  6. if time is left: strong TP and PP scaling of the training step on the GPUs.
+# Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
+# gpu2-check-out). NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -39,6 +47,12 @@ out=${1:-gpu2-check-out}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 t_start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t_start ))s] $*"; }
+DEADLINE=${ZB_DEADLINE:-350}
+left() { echo $(( DEADLINE - ($(date +%s) - t_start) )); }
+# lim N: a step's time limit, N or what is left; fits N: is there N seconds left
+lim() { local l; l=$(left); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
+fits() { [ "$(left)" -ge "$1" ]; }
+notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
@@ -96,14 +110,14 @@ TN=$build/tests/test_nccl; [ -x "$TN" ] || TN=$build/test_nccl
 
 # ---- 2. the communication table
 stamp "test_nccl (2 ranks)"
-timeout 180 $MPI -n 2 "$TN" > "$out/log-nccl.txt" 2>&1
+ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 100)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl.txt" 2>&1
 rc=$?
 if [ $rc = 77 ]; then summary+=("NOT RUN test_nccl: $(grep -m1 SKIP "$out/log-nccl.txt")"); else
 check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE '^(ok|PASS)' "$out/log-nccl.txt" || true) checks; rc $rc)" \
   "[ $rc = 0 ]"
+[ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
 fi
 
-# ---- 3. equivalence
 . tests/cli_lib.sh
 W=$out/work; rm -rf "$W"; mkdir -p "$W"; cd "$W"
 losses() { grep '"loss"' "$1" | sed 's/.*"step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/'; }
@@ -117,7 +131,7 @@ run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args]; env GA
   local np=$1 o=$2 mb=$3 extra=$4; shift 4
   printf '%s\n' "$(sed -e "s/\"micro_batch\": 4/\"micro_batch\": $mb/" -e "s/\"grad_accum\": 1/\"grad_accum\": ${GA:-1}/" \
     base.json)$extra, \"out\": \"$o\"}" > "$o.json"
-  timeout 240 $MPI -n "$np" "$Z" train --stage pretrain --config "$o.json" "$@" >> "$o.log" 2>&1 || true
+  timeout -k 5 "$(lim 90)" $MPI -n "$np" "$Z" train --stage pretrain --config "$o.json" "$@" >> "$o.log" 2>&1 || true
   losses "$o/train.jsonl" > "$o.txt" 2>/dev/null || true
 }
 same() {
@@ -127,35 +141,33 @@ same() {
 G=(--device cuda --precision f32)
 # ZB_CHECK_DEVICE=cpu: the same checks on CPU ranks (to try this script on a machine without GPUs)
 [ "${ZB_CHECK_DEVICE:-cuda}" = cpu ] && { G=(); have_gpu_table=1; SKIP_BENCH=1; }
-stamp "equivalence: training (f32)"
+cut_model() {   # cut_model CONFIG LAYERS OUT.json: the config with its first LAYERS layers
+  python3 - "$1" "$2" > "$3" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); L = int(sys.argv[2]); c["num_hidden_layers"] = L
+if "layer_kinds" in c: c["layer_kinds"] = c["layer_kinds"][:L]
+c.pop("teacher", None)
+print(json.dumps(c, indent=1))
+PY
+}
+
+# ---- 3. generation: --tp 2 / --pp 2 == 1 GPU
 if [ $have_gpu_table = 1 ]; then
+  stamp "generation (greedy tokens): a small hybrid trained on 1 GPU, random 1B shapes"
   run 1 A 4 "" "${G[@]}"
-  GA=2 run 1 A2 2 "" "${G[@]}"
-  f=$(loss_maxrel A.txt A2.txt); s=$("$ZP" 32 128 hyb.json)
-  FA=$(awk -v f="$f" -v s="$s" 'BEGIN { printf "%.3g", f * s }')
-  check "1 GPU split run differs from 1 GPU by rounding ($f; x $s = $FA)" "awk 'BEGIN{exit !($f > 0 && $f < 1e-3 && $s > 0)}'"
-  run 1 C 4 ""
-  same "1 GPU == CPU (1 rank)" C.txt A.txt "$FA"
-  run 2 T 4 "" "${G[@]}" --tp 2
-  same "TP=2 on 2 GPUs == 1 GPU" A.txt T.txt "$FA"
-  run 2 D 2 ', "bucket_mb": 0.002' "${G[@]}"
-  same "DP=2 on 2 GPUs (0.002 MB buckets on the side stream) == 1 GPU" A.txt D.txt "$FA"
-  run 2 DZ 2 ', "zero": true' "${G[@]}"
-  same "DP=2 ZeRO-1 on 2 GPUs == 1 GPU" A.txt DZ.txt "$FA"
-  GA=4 run 2 P 1 "" "${G[@]}" --pp 2
-  same "PP=2 on 2 GPUs (1F1B, 4 micro-batches) == 1 GPU" A.txt P.txt "$FA"
-  stamp "equivalence: generation (greedy tokens)"
   specs=("A/model.h5:tp" "A/model.h5:pp")
-  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights)
-    "$Z" init --random --config "$SRC/configs/zebra-1b.json" -o z1b.h5 --seed 11 --dtype bf16 > /dev/null 2>&1
-    "$Z" init --random --config "$SRC/configs/llama-3.2-1b.json" -o l1b.h5 --seed 12 --dtype bf16 > /dev/null 2>&1
-    specs+=("z1b.h5:tp" "l1b.h5:tp")
+  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 4 layers
+    cut_model "$SRC/configs/zebra-1b.json" 4 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 4 l1b.json
+    timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
+    timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
+    specs+=("z1b.h5:tp" "z1b.h5:pp" "l1b.h5:tp")
   fi
   for spec in "${specs[@]}"; do
     m=${spec%%:*} k=${spec##*:}
     [ -f "$m" ] || { check "generate: $m exists" false; continue; }
-    gen() { timeout 180 $MPI -n "$1" "$Z" generate --model "$m" --prompt-ids 1,2,3,4,5,6,7,8 --max-new 24 --ignore-eos \
-            --quiet "${G[@]}" "${@:2}" 2>>gen.log; }
+    fits 20 || { notrun "generate --$k 2, $m"; continue; }
+    gen() { timeout -k 5 "$(lim 60)" $MPI -n "$1" "$Z" generate --model "$m" --prompt-ids 1,2,3,4,5,6,7,8 --max-new 24 \
+            --ignore-eos --quiet "${G[@]}" "${@:2}" 2>>gen.log; }
     one=$(gen 1); two=$(gen 2 --$k 2)
     check "generate --device cuda --$k 2 == 1 GPU, greedy, $(basename "$m"): '$two'" "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]"
     [ "$m" = A/model.h5 ] || continue   # sampled: on the small hybrid only (time)
@@ -168,31 +180,110 @@ else
 fi
 cd "$SRC"
 
-# ---- 4. benchmarks
+# ---- 4. benchmarks: decode at batch 1 (8B shapes, synthetic weights), weak DP scaling
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
-  stamp "benchmarks: scaling.sh on the GPUs"
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-    ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
-    MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
-  ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-    ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
-    MPIEXEC="$MPIX" timeout 240 bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
-  stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2"
-  if [ -f "$out/work/z1b.h5" ]; then
-    for np in 1 2; do
-      a=(); [ $np = 2 ] && a=(--tp 2)
-      timeout 120 $MPI -n $np "$Z" generate --model "$out/work/z1b.h5" --prompt-ids 1,2,3,4,5,6,7,8 --max-new 256 \
-        --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$out/log-decode-$np.txt"
-      echo "decode 1B hybrid, batch 1, $np GPU(s): $(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$out/log-decode-$np.txt" | tail -1)"
-    done | tee "$out/decode.txt"
-  fi
+  stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2 (8B shapes, synthetic bf16 weights)"
+  : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
+  dec() {   # dec CONFIG NP REP: one run -> decode.jsonl
+    local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
+    [ "$2" = 2 ] && a=(--tp 2)
+    OMP_NUM_THREADS=16 timeout -k 5 "$(lim 90)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
+      --max-new ${DEC_NEW:-128} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
+    local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
+    echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s" | tee -a "$out/log-decode.txt"
+    [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"rep":%d,"decode_tps":%s}\n' "$(basename "$1" .json)" "$2" "$3" "$tps" >> "$out/decode.jsonl"
+  }
+  for cfg in zebra-8b llama-3.1-8b; do
+    for rep in 1 2 3; do
+      for np in 1 2; do
+        if fits 45; then dec "$SRC/configs/$cfg.json" $np $rep; else notrun "decode $cfg $np GPU(s) r$rep"; fi
+      done
+      [ $rep -ge 2 ] && [ $cfg != zebra-8b ] && break   # Llama: 2 repeats at most
+    done
+  done
+  python3 - "$out/decode.jsonl" > "$out/decode.md" <<'PY'
+import json, statistics as st, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+print("| model (synthetic bf16 weights) | GPUs | runs | decode tok/s, batch 1 (median) | spread (min..max) | speed-up vs 1 GPU |")
+print("|---|---|---|---|---|---|")
+for m in dict.fromkeys(r["model"] for r in rs):
+    med = {}
+    for g in (1, 2):
+        v = [r["decode_tps"] for r in rs if r["model"] == m and r["gpus"] == g]
+        if not v: continue
+        med[g] = st.median(v)
+        print("| %s | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, g, len(v), med[g], min(v), max(v),
+              "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
+PY
+  cat "$out/decode.md"
+
+  stamp "benchmarks: weak DP scaling of the training step (cluster/scaling.sh)"
+  if fits 100; then
+    ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-3} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
+      MPIEXEC="$MPIX" timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
+  else notrun "weak DP scaling on the GPUs"; fi
 fi
+
+# ---- 5. equivalence (GPU, on cores 16..) and CPU DP weak scaling (cores 0..15) at the same time
+ncores=$(nproc --all)
+cpu_bg=""
+if [ "${ZB_CPU16:-1}" = 1 ] && [ "$ncores" -ge 32 ] && fits 90; then
+  stamp "CPU DP weak scaling to 16 ranks (cores 0-15, background)"
+  ( ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="1 dp2 dp4 dp8 dp16" MODES=weak REPEAT=${CREPEAT:-2} STEPS=${CSTEPS:-4} \
+      D=${CD:-512} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=256 ROWS=${CROWS:-2} OUT="$out/scaling-cpu16" MPIEXEC="$MPIX" \
+      taskset -c 0-15 timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling-cpu16.txt" 2>&1 ) &
+  cpu_bg=$!
+elif [ "${ZB_CPU16:-1}" = 1 ]; then notrun "CPU DP weak scaling to 16 ranks ($ncores cores)"; fi
+PIN=""; [ -n "$cpu_bg" ] && PIN="taskset -c 16-$((ncores - 1))"
+if [ $have_gpu_table = 1 ] && fits 60; then
+  stamp "equivalence: training (f32)"
+  cd "$W"
+  MPI="$PIN $MPI"
+  [ -f A.txt ] || run 1 A 4 "" "${G[@]}"
+  GA=2 run 1 A2 2 "" "${G[@]}"
+  f=$(loss_maxrel A.txt A2.txt); s=$("$ZP" 32 128 hyb.json)
+  FA=$(awk -v f="$f" -v s="$s" 'BEGIN { printf "%.3g", f * s }')
+  check "1 GPU split run differs from 1 GPU by rounding ($f; x $s = $FA)" "awk 'BEGIN{exit !($f > 0 && $f < 1e-3 && $s > 0)}'"
+  eq() {   # eq NAME NP OUT MB EXTRA [args]: a run against A, if it fits
+    local name=$1; shift
+    fits 20 || { notrun "$name"; return; }
+    run "$@"; same "$name" A.txt "$2.txt" "$FA"
+  }
+  GA=4 eq "PP=2 on 2 GPUs (1F1B, 4 micro-batches) == 1 GPU" 2 P 1 "" "${G[@]}" --pp 2
+  eq "TP=2 on 2 GPUs == 1 GPU" 2 T 4 "" "${G[@]}" --tp 2
+  eq "DP=2 on 2 GPUs (0.002 MB buckets on the side stream) == 1 GPU" 2 D 2 ', "bucket_mb": 0.002' "${G[@]}"
+  eq "DP=2 ZeRO-1 on 2 GPUs == 1 GPU" 2 DZ 2 ', "zero": true' "${G[@]}"
+  fits 20 && { run 1 C 4 ""; same "1 GPU == CPU (1 rank)" C.txt A.txt "$FA"; }
+  MPI=${MPI#"$PIN "}
+  cd "$SRC"
+elif [ $have_gpu_table = 1 ]; then notrun "equivalence of training"; fi
+if [ -n "$cpu_bg" ]; then
+  stamp "waiting for the CPU scaling runs"
+  wait "$cpu_bg"
+  if [ -s "$out/scaling-cpu16/scaling.md" ]; then summary+=("RAN CPU DP weak scaling to 16 ranks (table below)")
+  else summary+=("FAIL CPU DP weak scaling to 16 ranks: no table (log-scaling-cpu16.txt)"); fi
+fi
+
+# ---- 6. if time is left: strong TP and PP scaling on the GPUs
+if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
+  if fits 80; then
+    stamp "benchmarks: strong TP / PP scaling on the GPUs"
+    ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
+      MPIEXEC="$MPIX" timeout -k 5 "$(lim 120)" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
+  else notrun "strong TP / PP scaling on the GPUs"; fi
+fi
+
+# what comes back stays small: no unpacked binaries, models or checkpoints
+[ -n "$packed" ] && rm -rf "$out/pack"
+find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
 
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
 grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -6
-for f in "$out"/scaling-*/scaling.md; do [ -f "$f" ] && sed -n '3,$p' "$f"; done
-[ -f "$out/decode.txt" ] && cat "$out/decode.txt"
+[ -f "$out/decode.md" ] && cat "$out/decode.md"
+for f in "$out"/scaling-*/scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
 echo "total $(( $(date +%s) - t_start )) s; logs in $out"
 exit $fail

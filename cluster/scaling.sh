@@ -97,7 +97,7 @@ run_one() {
   [ "$DEVICE" = cuda ] && args+=(--device cuda --precision "$PRECISION")
   cat > "$out.json" <<J
 {"model": "model.json", "data": "shards", "seq_len": $SEQ, "micro_batch": $mb, "grad_accum": $ga,
- "steps": $STEPS, "lr": 1e-4, "warmup": 0, "log_every": 1, "eval_batches": 0, "save_every": 100000,
+ "steps": $STEPS, "lr": 1e-4, "warmup": 0, "log_every": 1, "eval_batches": 0, "save": false,
  "zero": $([ "$ZERO" = 1 ] && echo true || echo false), "out": "$out"}
 J
   rm -rf "$out"

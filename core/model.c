@@ -388,6 +388,17 @@ void zb_cache_sizes(const zb_config *c, size_t *kv_per_token, size_t *state_per_
 }
 
 #define ZB_GEN_CHUNK 64   /* prefill is processed this many tokens at a time */
+/* A device backend prefills the sequences of a step together, each mixer call taking every
+ * sequence's chunk (batched products, the chunked Mamba2 scan), up to this many tokens a call
+ * and ZB_GEN_CHUNK_DEV per sequence. */
+#define ZB_GEN_TOKENS_DEV 16384
+#define ZB_GEN_CHUNK_DEV 256
+
+/* the most tokens one mixer call of generation takes */
+static int gen_mixer_tokens(const zb_gen *s) {
+    int prefill = s->be->host_memory ? s->chunk : s->B * s->chunk;
+    return s->B > prefill ? s->B : prefill;
+}
 
 int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     const zb_config *c = &m->cfg;
@@ -399,8 +410,12 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     s->B = B;
     s->max_T = max_T;
     s->chunk = ZB_GEN_CHUNK;
+    if (!be->host_memory) {
+        int ch = ZB_GEN_TOKENS_DEV / B;
+        s->chunk = ch < 1 ? 1 : ch > ZB_GEN_CHUNK_DEV ? ZB_GEN_CHUNK_DEV : ch;
+    }
     size_t n = (size_t)B * s->chunk, d = c->d_model, F = c->ffn;
-    int ntok = B > s->chunk ? B : s->chunk;   /* the most tokens of one mixer call: a prefill chunk or a decode batch */
+    int ntok = gen_mixer_tokens(s);   /* a prefill chunk (of every sequence on a device) or a decode batch */
     size_t qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
     size_t scratch = n * (qd + 2 * kd + qd);   /* attention: q, k, v, att, then the backend's scratch */
     int any_attn = 0;
@@ -552,6 +567,16 @@ static inline void prof_mark(zb_gen *s, double *t, int k) {
     *t = now;
 }
 
+/* Prefill: how many sequences from seqs[i] on one mixer call takes. The step entries take B
+ * sequences whose caches follow one another, so a run of consecutive ids; a device backend
+ * takes the whole run, the CPU one sequence at a time (its scratch is sized for one). */
+static int prefill_run(const zb_backend *be, const int *seqs, int i, int nb) {
+    int k = 1;
+    if (!be->host_memory)
+        while (i + k < nb && seqs[i + k] == seqs[i] + k) k++;
+    return k;
+}
+
 /* The step's device work from the embedding to the head's logits (on the device): what a
  * decode step's recording (step_graph) holds. */
 static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *tp) {
@@ -575,21 +600,25 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
                 be->mla_decode_seqs(be, &c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla, s->ln, s->mo,
                                     s->cache[l], per, s->max_T, s->seqs_dev, s->pos_dev, nb, s->scratch);
             else
-                for (int i = 0; i < nb; i++)
+                for (int i = 0, k; i < nb; i += k) {   /* runs of consecutive sequences (k of them) */
+                    k = prefill_run(be, seqs, i, nb);
                     be->mla_step(be, &c->mla, d, c->rms_eps, &w->mla, &w->mla_lin, &m->rope_mla,
                                  s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
-                                 cache_at(s, l, (size_t)seqs[i] * per), s->max_T, s->pos_dev + seqs[i], n, 1,
+                                 cache_at(s, l, (size_t)seqs[i] * per), s->max_T, s->pos_dev + seqs[i], n, k,
                                  s->scratch);
+                }
         } else {
             size_t per = zb_mamba2_state_floats(&c->mamba);
             if (n == 1)   /* decode: in_proj / out_proj once for all sequences */
                 be->mamba2_decode_seqs(be, &c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin, s->ln, s->mo,
                                        s->cache[l], s->seqs_dev, nb, s->scratch);
             else
-                for (int i = 0; i < nb; i++)
+                for (int i = 0, k; i < nb; i += k) {
+                    k = prefill_run(be, seqs, i, nb);
                     be->mamba2_step(be, &c->mamba, d, c->rms_eps, &w->mamba, &w->mamba_lin,
                                     s->ln + (size_t)i * n * d, s->mo + (size_t)i * n * d,
-                                    s->cache[l] + (size_t)seqs[i] * per, n, 1, s->scratch);
+                                    s->cache[l] + (size_t)seqs[i] * per, n, k, s->scratch);
+                }
         }
         prof_mark(s, &t, c->kinds[l] == ZB_LAYER_ATTN ? ZB_PROF_ATTN : c->kinds[l] == ZB_LAYER_MLA ? ZB_PROF_MLA
                                                                                                  : ZB_PROF_MAMBA);

@@ -39,7 +39,8 @@ static const key_spec keys[] = {
     {"log_every", T_INT, 1, 2147483647, 0, 0, NULL}, {"eval_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"eval_batches", T_INT, 0, 2147483647, 0, 0, NULL}, {"save_every", T_INT, 0, 2147483647, 0, 0, NULL},
     {"keep_last", T_INT, 0, 2147483647, 0, 0, NULL}, {"nonfinite", T_CHOICE, 0, 0, 0, 0, "stop|skip"},
-    {"zero", T_BOOL, 0, 0, 0, 0, NULL},        {"bucket_mb", T_NUM, 0, BIG, 1, 0, NULL},
+    {"zero", T_BOOL, 0, 0, 0, 0, NULL},        {"save", T_BOOL, 0, 0, 0, 0, NULL},
+    {"bucket_mb", T_NUM, 0, BIG, 1, 0, NULL},
     {"pp_balance", T_CHOICE, 0, 0, 0, 0, "model|measured"},
     {"train", T_LIST, 0, 0, 0, 0, NULL},       {"freeze", T_LIST, 0, 0, 0, 0, NULL},
     {"groups", T_GROUPS, 0, 0, 0, 0, NULL},
@@ -244,6 +245,7 @@ static int parse_root(zb_run_cfg *r, const cJSON *o) {
     v = get(o, "nonfinite");
     r->skip_nonfinite = v && !strcmp(v->valuestring, "skip");
     r->zero = cJSON_IsTrue(get(o, "zero"));
+    r->save = !cJSON_IsFalse(get(o, "save"));
     zb_optim_cfg *c = &r->opt;
     *c = zb_optim_defaults();
     c->lr = (float)num(o, "lr", c->lr);

@@ -20,6 +20,8 @@
  *   comment      any text, not read (the configs/run-*.json examples say where they come from)
  *   log_every (10) >= 1, eval_every (0: only at the end), eval_batches (8), save_every (0:
  *   only at the end), keep_last (2; 0: keep all) — all >= 0
+ *   save (true)   false: no checkpoint and no final model.h5 at all (benchmarks: the step
+ *                time without writing the model; cluster/scaling.sh)
  *   nonfinite ("stop")  a step whose loss or gradient norm is inf / NaN is never applied nor
  *                saved: "stop" ends the run with an error naming the step and the first
  *                tensor whose gradient is not finite; "skip" drops the step's update and
@@ -56,6 +58,7 @@ typedef struct {
     int seq_len, micro_batch, grad_accum, steps, log_every, eval_every, eval_batches;
     int save_every, keep_last;
     int zero;          /* ZeRO-1 */
+    int save;          /* write checkpoints and the final model (false: benchmarks) */
     double bucket_mb;  /* gradient bucket size */
     int pp_measured;   /* pp_balance "measured": partition by timed layers, not the cost model */
     int skip_nonfinite;   /* nonfinite "skip" (else "stop") */

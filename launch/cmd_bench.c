@@ -321,7 +321,7 @@ int zb_cmd_bench(int argc, char **argv) {
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     if (zb_arg_str(argc, argv, "--train", NULL)) {
         zb_backend tb;
-        ZB_TRY(zb_backend_from_args(argc, argv, ZB_WEIGHTS_F32, &tb));
+        ZB_TRY(zb_backend_from_args(argc, argv, "bench", ZB_WEIGHTS_F32, &tb));
         return zb_bench_train(argc, argv, &tb);
     }
     const char *paths[2] = {zb_arg_str(argc, argv, "--teacher", NULL), zb_arg_str(argc, argv, "--hybrid", NULL)};
@@ -330,7 +330,7 @@ int zb_cmd_bench(int argc, char **argv) {
     zb_wdtype wt;
     ZB_TRY(zb_wdtype_parse(zb_arg_str(argc, argv, "--weights", "f32"), &wt, "bench: --weights"));
     zb_backend be;
-    ZB_TRY(zb_backend_from_args(argc, argv, wt, &be));   /* the device, the run's decode switches */
+    ZB_TRY(zb_backend_from_args(argc, argv, "bench", wt, &be));   /* the device, the run's decode switches */
     int gpu = !be.host_memory, fit;
     ZB_TRY(zb_arg_int(argc, argv, "--fit", 0, 0, 1 << 24, &fit));   /* a context length */
     int ctx[MAXL], bat[MAXL];

@@ -268,7 +268,7 @@ int zb_cmd_eval(int argc, char **argv) {
     if (!mp || (!data && !tasks)) return zb_fail(ZB_EARG, "eval: needs --model M and --data SHARDS and/or --tasks F.jsonl");
     if (B < 1 || T < 2) return zb_fail(ZB_EARG, "eval: --batch >= 1 and --seq >= 2");
     zb_backend be;   /* --device: the model's backend (the CPU's by default) */
-    ZB_TRY(zb_backend_from_args(argc, argv, ZB_WEIGHTS_F32, &be));
+    ZB_TRY(zb_backend_from_args(argc, argv, "eval", ZB_WEIGHTS_F32, &be));
     zb_model m;
     ZB_TRY(zb_model_load(&m, mp));
     zb_tokenizer *tok = NULL;

@@ -23,7 +23,9 @@
  * --device cuda [--precision bf16|f32]: the model on this rank's GPU (one rank per GPU, the
  * node-local rank picks it); under --tp / --pp the residual sums, the logits gather and the
  * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h); --cache bf16 holds the
- * GPU's caches in bf16 (float32 by default). */
+ * GPU's caches in bf16 (float32 by default).
+ * --model C.json (a config, no weights): synthetic weights drawn on each rank for its shard,
+ * for decode speed only (e.g. the 8B under --tp 2 where its weights are not at hand). */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -318,8 +320,7 @@ typedef struct {
     char **argv;
     const char *model_path, *tok_path;
     int max_new, max_batch, ctx, quiet, print_ids, tp, pp;
-    int gpu, gpu_bf16;  /* --device cuda, --precision bf16 */
-    int cache_bf16;     /* --cache bf16: the GPU's caches in bf16 (float32 by default) */
+    zb_device_args dev; /* --device, --precision, --cache (the GPU's caches float32 by default) */
     zb_sampler sp;
     uint64_t seed;
     zb_wdtype wt;
@@ -389,31 +390,12 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     if (a->tp < 1 || a->pp < 1) return zb_fail(ZB_EARG, "generate: --tp and --pp must be >= 1");
     /* --device cuda: one rank per GPU (the node-local rank picks it); under --tp / --pp the
      * grid's collectives go through NCCL (parallel/comm_nccl.h) */
-    const char *dev = zb_arg_str(argc, argv, "--device", "cpu"), *prec = zb_arg_str(argc, argv, "--precision", NULL);
-    a->gpu = !strcmp(dev, "cuda");
-    if (!a->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "generate: --device must be cpu or cuda, not '%s'", dev);
-    if (prec && strcmp(prec, "f32") && strcmp(prec, "bf16"))
-        return zb_fail(ZB_EARG, "generate: --precision must be f32 or bf16, not '%s'", prec);
-    if (prec && !a->gpu && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "generate: --precision bf16 needs --device cuda");
-    a->gpu_bf16 = a->gpu && (!prec || !strcmp(prec, "bf16"));
-    const char *cache = zb_arg_str(argc, argv, "--cache", "f32");
-    if (strcmp(cache, "f32") && strcmp(cache, "bf16"))
-        return zb_fail(ZB_EARG, "generate: --cache must be f32 or bf16, not '%s'", cache);
-    if (!a->gpu && strcmp(cache, "f32")) return zb_fail(ZB_EARG, "generate: --cache bf16 needs --device cuda");
-    a->cache_bf16 = !strcmp(cache, "bf16");
+    ZB_TRY(zb_device_args_parse(argc, argv, "generate", 0, &a->dev));   /* caches float32 unless --cache bf16 */
     return ZB_OK;
 }
 
 /* The run's backend: the CPU's decode switches, or the CUDA table. */
-static int gen_backend(const gen_args *a, zb_backend *be) {
-    if (!a->gpu) { *be = zb_infer_backend(a->wt); return ZB_OK; }
-    const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "generate");
-    *be = *b;
-    be->opts.gpu_bf16 = a->gpu_bf16;
-    be->opts.cache_bf16 = a->cache_bf16;
-    return ZB_OK;
-}
+static int gen_backend(const gen_args *a, zb_backend *be) { return zb_device_backend(&a->dev, a->wt, "generate", be); }
 
 /* The prompts of the command line, in its order. */
 static int read_prompts(gen_state *S) {
@@ -439,14 +421,24 @@ static int read_prompts(gen_state *S) {
     return ZB_OK;
 }
 
+/* --model C.json: a config, the weights synthetic (zb_model_init_synthetic: drawn on each rank
+ * for its own shard, no file): for decode speed on shapes whose weights are not at hand (the
+ * 8B on a machine they cannot be carried to); the tokens mean nothing. */
+static int is_config(const char *path) {
+    size_t len = strlen(path);
+    return len > 5 && !strcmp(path + len - 5, ".json");
+}
+
 /* Against the model's config (read without the weights): every prompt id in the vocabulary and
  * within the context; the cache length; the stop tokens (the config's eos, the tokenizer's
  * <|eot_id|> ..., --stop). */
 static int plan_run(gen_state *S) {
     const gen_args *a = &S->a;
     zb_store *st = NULL;
-    ZB_TRY(zb_store_open(&st, a->model_path));
-    const zb_config *c = zb_store_config(st);
+    zb_config cj;
+    if (is_config(a->model_path)) ZB_TRY(zb_config_load(a->model_path, &cj));
+    else ZB_TRY(zb_store_open(&st, a->model_path));
+    const zb_config *c = st ? zb_store_config(st) : &cj;
     int ctx = a->ctx > 0 ? a->ctx : c->max_pos > 0 ? c->max_pos : 0, longest = 0, rc = ZB_OK;
     for (int i = 0; !rc && i < n_prompts(&S->pr); i++) {
         int len = prompt_len(&S->pr, i);
@@ -529,8 +521,14 @@ static int share_prompts(gen_state *S) {
 static int setup_model(gen_state *S, int B) {
     const gen_args *a = &S->a;
     int P = n_prompts(&S->pr), out_cap = a->max_new > 0 ? a->max_new : 1;
-    ZB_TRY(S->grid_on ? zb_model_load_tp_ex(&S->m, a->model_path, &S->grid, a->wt, NULL)
-                      : zb_model_load_ex(&S->m, a->model_path, a->wt));
+    if (is_config(a->model_path)) {   /* synthetic weights (is_config) */
+        zb_config c;
+        ZB_TRY(zb_config_load(a->model_path, &c));
+        ZB_TRY(S->grid_on ? zb_model_init_tp_ex(&S->m, &c, &S->grid, a->wt, NULL) : zb_model_init_ex(&S->m, &c, a->wt));
+        zb_model_init_synthetic(&S->m, 7 + (uint64_t)S->rank, 0.02f);
+    } else
+        ZB_TRY(S->grid_on ? zb_model_load_tp_ex(&S->m, a->model_path, &S->grid, a->wt, NULL)
+                          : zb_model_load_ex(&S->m, a->model_path, a->wt));
     ZB_TRY(zb_model_set_backend(&S->m, &S->be));
     ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
     ZB_ALLOC(S->slot_prompt, B, "generation");
@@ -678,7 +676,7 @@ int zb_cmd_generate(int argc, char **argv) {
     if (S.a.print_ids) S.world = 1;   /* no collectives: each rank would print; run it on one */
     int rc = ZB_OK, printed = 0;
     if (S.grid_on) {
-        rc = S.a.gpu ? zb_grid_init_gpu(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp)
+        rc = S.a.dev.gpu ? zb_grid_init_gpu(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp)
                      : zb_grid_init(&S.grid, MPI_COMM_WORLD, S.a.tp, S.a.pp);
         S.rank = S.grid.rank;
     } else if (S.world > 1) {

@@ -57,25 +57,40 @@ zb_backend zb_infer_backend(zb_wdtype wt) {
     return be;
 }
 
-int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out) {
-    const char *dev = zb_arg_str(argc, argv, "--device", "cpu");
-    int gpu = !strcmp(dev, "cuda");
-    if (!gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "--device must be cpu or cuda, not '%s'", dev);
-    const char *prec = zb_arg_str(argc, argv, "--precision", gpu ? "bf16" : "f32");
-    const char *cache = zb_arg_str(argc, argv, "--cache", gpu ? "bf16" : "f32");
-    if (strcmp(prec, "f32") && strcmp(prec, "bf16"))
-        return zb_fail(ZB_EARG, "--precision must be f32 or bf16, not '%s'", prec);
-    if (strcmp(cache, "f32") && strcmp(cache, "bf16"))
-        return zb_fail(ZB_EARG, "--cache must be f32 or bf16, not '%s'", cache);
-    if (!gpu && (!strcmp(prec, "bf16") || !strcmp(cache, "bf16")))
-        return zb_fail(ZB_EARG, "--precision bf16 and --cache bf16 need --device cuda (the CPU computes in float32)");
-    if (!gpu) { *out = zb_infer_backend(wt); return ZB_OK; }
-    const zb_backend *b = zb_backend_get("cuda");   /* this process's GPU: its local rank picks it */
-    if (!b) return ZB_EDEVICE;   /* zb_backend_get said why */
-    *out = *b;
-    out->opts.gpu_bf16 = !strcmp(prec, "bf16");
-    out->opts.cache_bf16 = !strcmp(cache, "bf16");
+static int f32_or_bf16(const char *cmd, const char *flag, const char *v, int *bf16) {
+    if (strcmp(v, "f32") && strcmp(v, "bf16"))
+        return zb_fail(ZB_EARG, "%s: %s must be f32 or bf16, not '%s'", cmd, flag, v);
+    *bf16 = !strcmp(v, "bf16");
     return ZB_OK;
+}
+
+int zb_device_args_parse(int argc, char **argv, const char *cmd, int cache_bf16_default, zb_device_args *d) {
+    const char *dev = zb_arg_str(argc, argv, "--device", "cpu");
+    d->gpu = !strcmp(dev, "cuda");
+    if (!d->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "%s: --device must be cpu or cuda, not '%s'", cmd, dev);
+    ZB_TRY(f32_or_bf16(cmd, "--precision", zb_arg_str(argc, argv, "--precision", d->gpu ? "bf16" : "f32"), &d->bf16));
+    ZB_TRY(f32_or_bf16(cmd, "--cache", zb_arg_str(argc, argv, "--cache", d->gpu && cache_bf16_default ? "bf16" : "f32"),
+                       &d->cache_bf16));
+    if (!d->gpu && (d->bf16 || d->cache_bf16))
+        return zb_fail(ZB_EARG, "%s: --precision bf16 and --cache bf16 need --device cuda (the CPU computes in float32)",
+                       cmd);
+    return ZB_OK;
+}
+
+int zb_device_backend(const zb_device_args *d, zb_wdtype wt, const char *cmd, zb_backend *out) {
+    if (!d->gpu) { *out = zb_infer_backend(wt); return ZB_OK; }
+    const zb_backend *b = zb_backend_get("cuda");   /* this process's GPU: its local rank picks it */
+    if (!b) return zb_fail_prefix(ZB_EDEVICE, cmd);  /* zb_backend_get said why */
+    *out = *b;
+    out->opts.gpu_bf16 = d->bf16;
+    out->opts.cache_bf16 = d->cache_bf16;
+    return ZB_OK;
+}
+
+int zb_backend_from_args(int argc, char **argv, const char *cmd, zb_wdtype wt, zb_backend *out) {
+    zb_device_args d;
+    ZB_TRY(zb_device_args_parse(argc, argv, cmd, 1, &d));
+    return zb_device_backend(&d, wt, cmd, out);
 }
 
 long zb_vm_hwm_kb(void) {

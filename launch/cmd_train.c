@@ -660,10 +660,18 @@ static int train_loop(train_run *S, long stop_after) {
         if (S->step % r->log_every == 0 || last || S->step == stop_after) ZB_TRY(report(S, &v, lr));
         if (eval_ok && r->eval_batches > 0 && ((r->eval_every > 0 && S->step % r->eval_every == 0) || last))
             ZB_TRY(eval_and_log(S, &eval_ok));
-        if ((r->save_every > 0 && S->step % r->save_every == 0) || last || S->step == stop_after) ZB_TRY(save(S));
+        if (r->save && ((r->save_every > 0 && S->step % r->save_every == 0) || last || S->step == stop_after))
+            ZB_TRY(save(S));
         if (S->step == stop_after) break;
     }
     if (S->step < r->steps) return ZB_OK;
+    if (!r->save) {   /* a benchmark: nothing written */
+        if (S->g.rank == 0)
+            fprintf(stderr, "train: done, %lld steps (%lld skipped), %.0f tokens in %.1fs (%.0f tok/s); not saved (\"save\": false)\n",
+                    (long long)S->step, (long long)S->skipped, S->tokens_seen, v.t_run,
+                    v.t_run > 0 ? v.steps_run * S->tok_per_step / v.t_run : 0);
+        return ZB_OK;
+    }
     char path[ZB_RUN_PATH + 32];
     snprintf(path, sizeof path, "%s/model.h5", r->out);
     host_view hv;
@@ -696,21 +704,12 @@ static void train_free(train_run *S) {
 }
 
 /* --device / --precision: the CPU table, or the CUDA one (its GPU is picked by the grid). */
-static int train_backend(train_run *S, const char *dev, const char *prec) {
-    S->gpu = !strcmp(dev, "cuda");
-    if (!S->gpu && strcmp(dev, "cpu")) return zb_fail(ZB_EARG, "train: --device must be cpu or cuda, not '%s'", dev);
-    if (prec && strcmp(prec, "f32") && strcmp(prec, "bf16"))
-        return zb_fail(ZB_EARG, "train: --precision must be f32 or bf16, not '%s'", prec);
-    if (!S->gpu) {
-        if (prec && strcmp(prec, "f32")) return zb_fail(ZB_EARG, "train: --precision bf16 needs --device cuda");
-        S->be = *zb_backend_cpu();
-        return ZB_OK;
-    }
-    const zb_backend *b = zb_backend_get("cuda");
-    if (!b) return zb_fail_prefix(ZB_EDEVICE, "train");
-    S->be = *b;
-    S->be.opts.gpu_bf16 = !prec || !strcmp(prec, "bf16");
-    return ZB_OK;
+static int train_backend(train_run *S, int argc, char **argv) {
+    zb_device_args d;
+    ZB_TRY(zb_device_args_parse(argc, argv, "train", 0, &d));
+    S->gpu = d.gpu;
+    if (!d.gpu) { S->be = *zb_backend_cpu(); return ZB_OK; }   /* training: no decode switches */
+    return zb_device_backend(&d, ZB_WEIGHTS_F32, "train", &S->be);
 }
 
 int zb_cmd_train(int argc, char **argv) {
@@ -732,7 +731,7 @@ int zb_cmd_train(int argc, char **argv) {
     ZB_TRY(zb_arg_int(argc, argv, "--tp", 1, 1, 1 << 12, &tp));
     ZB_TRY(zb_arg_int(argc, argv, "--pp", 1, 1, 1 << 12, &pp));
     ZB_TRY(zb_arg_int(argc, argv, "--stop-after", -1, -1, INT_MAX, &stop_after));
-    ZB_TRY(train_backend(&S, zb_arg_str(argc, argv, "--device", "cpu"), zb_arg_str(argc, argv, "--precision", NULL)));
+    ZB_TRY(train_backend(&S, argc, argv));
     int rc = train_setup(&S, cfg, zb_arg_str(argc, argv, "--resume", NULL), tp, pp);
     if (!rc) rc = train_loop(&S, stop_after);
     train_free(&S);

@@ -42,12 +42,18 @@ long zb_vm_hwm_kb(void);
  * switch (backend.h zb_backend_opts.decode_omp): the OpenMP decode kernels with bf16 weights, or
  * always when OpenBLAS itself runs on OpenMP (one thread pool per run, core/cpu/ops.c). */
 zb_backend zb_infer_backend(zb_wdtype wt);
-/* The backend of a command from its flags: --device cpu|cuda (default cpu; one rank per GPU,
- * the local rank picks it), --precision f32|bf16 (the GPU's matrix products: bf16 operands with
- * float32 weights and sums, the default there; float32 for exactness) and --cache f32|bf16 (the
- * GPU's generation caches; bf16 by default). The CPU takes f32 only (zb_infer_backend). */
-int zb_backend_from_args(int argc, char **argv, zb_wdtype wt, zb_backend *out);
-/* The flags above, for the lists given to zb_args_check. */
+/* The device flags of every command (one parser): --device cpu|cuda (default cpu; one rank
+ * per GPU, the local rank picks it), --precision f32|bf16 (the GPU's matrix products: bf16
+ * operands with float32 weights and sums, the default there; float32 for exactness) and
+ * --cache f32|bf16 (the GPU's generation caches; cache_bf16_default says which there). The CPU
+ * takes f32 only. Errors name the command: "<cmd>: --device must be cpu or cuda, not 'x'". */
+typedef struct { int gpu, bf16, cache_bf16; } zb_device_args;
+int zb_device_args_parse(int argc, char **argv, const char *cmd, int cache_bf16_default, zb_device_args *d);
+/* The backend of those flags: the CPU table with the decode switches of weights wt
+ * (zb_infer_backend), or this rank's GPU with the precision and cache switches set. */
+int zb_device_backend(const zb_device_args *d, zb_wdtype wt, const char *cmd, zb_backend *out);
+/* Both at once, bf16 caches by default on the GPU (bench, eval). */
+int zb_backend_from_args(int argc, char **argv, const char *cmd, zb_wdtype wt, zb_backend *out);
 #define ZB_DEVICE_ARGS "--device", "--precision", "--cache"
 
 /* Small helpers for argument parsing shared by the commands. */

@@ -472,9 +472,22 @@ static int group_comm(ncclComm_t *out, MPI_Comm mc) {
 }
 
 /* The two directed communicators between stages a and b of this pipeline (this rank is one of
- * them): src -> dst made on src, its id sent over the PP group's MPI communicator. */
+ * them): src -> dst made on src, its id sent over the PP group's MPI communicator.
+ * Each is connected here, by one float sent src -> dst, in the same order on both ranks. NCCL
+ * connects a point-to-point peer lazily, at the first send / receive, and that handshake blocks
+ * the calling host thread until the peer makes its own first call on the same communicator:
+ * left to the first real message, two stages that both start with a send (isend then recv, the
+ * exchange of tied embeddings) each wait in the handshake of a different communicator and
+ * never reach the other's (the hang of test_nccl's PP section on 2 H200s). */
 #define ZB_NCCL_ID_TAG 7411
-static int pair_comms(nccl_impl *im, int me, int a, int b) {
+static int pair_connect(ncclComm_t c, cudaStream_t s, int sending, float *one) {
+    if (sending) ZB_NC(ncclSend(one, 1, ncclFloat32, 1, c, s));
+    else ZB_NC(ncclRecv(one, 1, ncclFloat32, 0, c, s));
+    ZB_CU(cudaStreamSynchronize(s));
+    return ZB_OK;
+}
+
+static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
     for (int k = 0; k < 2; k++) {
         int src = k ? b : a, dst = k ? a : b;
         ncclUniqueId id;
@@ -484,10 +497,12 @@ static int pair_comms(nccl_impl *im, int me, int a, int b) {
             ZB_MPI(MPI_Send(&id, (int)sizeof id, MPI_BYTE, dst, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP]));
             ZB_NC(ncclCommInitRank(&im->to[dst], 2, id, 0));
             ZB_CU(cudaStreamCreateWithFlags(&im->to_s[dst], cudaStreamNonBlocking));
+            ZB_TRY(pair_connect(im->to[dst], im->to_s[dst], 1, one));
         } else {
             ZB_MPI(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, src, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP], MPI_STATUS_IGNORE));
             ZB_NC(ncclCommInitRank(&im->from[src], 2, id, 1));
             ZB_CU(cudaStreamCreateWithFlags(&im->from_s[src], cudaStreamNonBlocking));
+            ZB_TRY(pair_connect(im->from[src], im->from_s[src], 0, one));
         }
     }
     return ZB_OK;
@@ -513,10 +528,15 @@ static int setup(nccl_impl *im) {
     if (P > 1) {
         ZB_ALLOC(im->to, P, "GPU communication");
         ZB_ALLOC(im->from, P, "GPU communication");
-        int me = im->mpi->rank[ZB_GROUP_PP];
-        for (int s = 0; s + 1 < P; s++)
-            if (me == s || me == s + 1) ZB_TRY(pair_comms(im, me, s, s + 1));
-        if (P > 2 && (me == 0 || me == P - 1)) ZB_TRY(pair_comms(im, me, 0, P - 1));   /* tied embeddings */
+        int me = im->mpi->rank[ZB_GROUP_PP], rc = ZB_OK;
+        float *one = NULL;   /* the connecting message */
+        ZB_CU(cudaMalloc((void **)&one, sizeof(float)));
+        ZB_CU(cudaMemset(one, 0, sizeof(float)));
+        for (int s = 0; s + 1 < P && !rc; s++)
+            if (me == s || me == s + 1) rc = pair_comms(im, me, s, s + 1, one);
+        if (!rc && P > 2 && (me == 0 || me == P - 1)) rc = pair_comms(im, me, 0, P - 1, one);   /* tied embeddings */
+        cudaFree(one);
+        ZB_TRY(rc);
     }
 #endif
     return ZB_OK;

@@ -100,6 +100,17 @@ ref=$(batch "$fx/hf-mla-tiny" 5 --max-new 6 --ignore-eos)
 got=$(printf '{"prompt_ids": [%s]}\n' "${P[@]}" | mpi 2 "$zebra" generate --tp 2 --model "$fx/hf-mla-tiny" --prompts - --quiet --max-new 6 --ignore-eos 2>/dev/null | blocks)
 same "--prompts - (stdin) at --tp 2 == arguments" "$got" "$ref"
 
+# --model CONFIG.json: synthetic weights (decode benchmarks without a file): 1 rank, --tp 2 and
+# --pp 2 each give --max-new tokens (the values differ: each rank draws its own)
+for lay in "1" "2 --tp 2" "2 --pp 2"; do
+  set -- $lay
+  n=$1; shift
+  got=$(mpi "$n" "$zebra" generate --model "$hybrid" --prompt-ids 1,2,3 --max-new 5 --ignore-eos --quiet "$@" 2>"$tmp/err")
+  cnt=$(echo "$got" | wc -w)
+  if [ "$cnt" = 5 ]; then ok "synthetic weights from a config, $n rank(s) $*: 5 tokens"; else bad "synthetic weights, $n rank(s) $*: '$got' $(head -2 "$tmp/err")"; fi
+done
+printf '{"hidden_size": 8}\n' > "$tmp/badcfg.json"
+
 # bad input: one line on stderr, non-zero exit
 err1() {   # err1 WHAT PATTERN cmd...
   local what=$1 pat=$2; shift 2
@@ -121,6 +132,7 @@ err1 "bad JSONL line" "bad.jsonl:2: expected" "$zebra" generate --model "$fx/hf-
 err1 "text without a tokenizer" "needs --tokenizer" "$zebra" generate --model "$fx/hf-llama-tiny" --prompt hi
 err1 "ids outside the vocabulary" "outside the vocabulary" "$zebra" generate --model "$fx/hf-llama-tiny" --tokenizer "$tok" --prompt hi
 err1 "bad --prompt-ids" "not a list of integers" "$zebra" generate --model "$fx/hf-llama-tiny" --prompt-ids 1,x
+err1 "incomplete config as --model" "badcfg.json" "$zebra" generate --model "$tmp/badcfg.json" --prompt-ids 1
 err1 "bad --batch" "batch must be" "$zebra" generate --model "$fx/hf-llama-tiny" --prompt-ids 1 --batch 0
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

@@ -16,6 +16,8 @@ if(ZB_CUDA)
   zb_cuda_test(test_cuda_ops test_cuda_ops.c ${ZB_FIXTURES})
   # the MLA mixer (training and latent-cache generation) against core/mla.c
   zb_cuda_test(test_cuda_mla test_cuda_mla.c)
+  # hybrid generation (batched prefill, non-consecutive sequences, decode) against the CPU backend
+  zb_cuda_test(test_gen_cuda test_gen_cuda.c ${CMAKE_SOURCE_DIR}/configs/tiny-zebra.json)
   # the backend seam's table on the GPU, and the whole teacher and all-MLA model against the HF
   # fixtures through the CUDA table (float32 products: the CPU tests' bounds)
   function(zb_cuda_model_test name exe)

@@ -5,12 +5,17 @@
  * at once (the 1F1B pattern and the tied-embedding exchange) with a message well beyond NCCL's
  * eager size; host buffers through the same table (they go to MPI). Then the all-reduce's bus
  * bandwidth over the TP group (informative, not checked).
- * Skipped (exit 77) with fewer GPUs on the node than ranks. */
+ * Skipped (exit 77) with fewer GPUs on the node than ranks.
+ * Every rank prints each step as it enters it ("rank R: SECTION: STEP"), and a step that takes
+ * longer than ZB_NCCL_TEST_TIMEOUT seconds (default 60) ends the test with a line naming it
+ * (exit 124): a hang shows where it is. */
 #include <math.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "comm_nccl.h"
 #include "grid.h"
@@ -38,6 +43,26 @@ static void zb_host_f(float *h, const float *d, size_t n) { OK(zb_cuda_download(
 
 static int R, W;   /* world rank and size */
 
+/* ---- where the test is, and a watchdog per step ------------------------------------------ */
+static char where_now[160] = "start";
+static unsigned step_limit = 60;
+
+static void on_alarm(int sig) {
+    (void)sig;
+    char msg[256];
+    int n = snprintf(msg, sizeof msg, "TIMEOUT rank %d: no progress for %u s in '%s'\n", R, step_limit, where_now);
+    if (n > 0) { ssize_t w = write(2, msg, (size_t)n); (void)w; }
+    _exit(124);
+}
+
+/* entering a step: say so (flushed, so a hang's last line names it) and rearm the watchdog */
+static void step(const char *section, const char *what) {
+    snprintf(where_now, sizeof where_now, "%s: %s", section, what);
+    printf("rank %d: %s\n", R, where_now);
+    fflush(stdout);
+    alarm(step_limit);
+}
+
 /* rank r's value at i: exact in float32 and in every sum below */
 static float val(int r, size_t i) { return (float)((r + 1) * (int)(i % 7 + 1)); }
 
@@ -61,6 +86,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     float *h = zb_falloc(n * S), *want = zb_falloc(n * S);
     char what[128];
     /* all-reduce sum and max, in place */
+    step(name, "all-reduce sum");
     for (size_t i = 0; i < n; i++) h[i] = val(r, i);
     float *d = zb_dev_f(h, n);
     OK(zb_comm_sum_f32(c, g, d, n));
@@ -70,6 +96,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     all_equal(what, got, want, n);
     free(got);
     OK(zb_cuda_upload(d, h, n * sizeof(float)));
+    step(name, "all-reduce max");
     OK(zb_comm_allreduce(c, g, d, n, ZB_CT_F32, ZB_RED_MAX));
     for (size_t i = 0; i < n; i++) want[i] = val(S - 1, i);
     got = host_of(d, n);
@@ -79,6 +106,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     /* non-blocking all-reduce (the gradient buckets' side stream), then the compute stream reads */
     OK(zb_cuda_upload(d, h, n * sizeof(float)));
     zb_comm_req q;
+    step(name, "non-blocking all-reduce");
     OK(zb_comm_iallreduce(c, g, d, n, ZB_CT_F32, ZB_RED_SUM, &q));
     OK(zb_comm_wait(c, &q));
     for (size_t i = 0; i < n; i++) { want[i] = 0; for (int p = 0; p < S; p++) want[i] += val(p, i); }
@@ -88,6 +116,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     free(got);
     /* broadcast from the last rank */
     OK(zb_cuda_upload(d, h, n * sizeof(float)));
+    step(name, "broadcast");
     OK(zb_comm_bcast(c, g, d, n, ZB_CT_F32, S - 1));
     for (size_t i = 0; i < n; i++) want[i] = val(S - 1, i);
     got = host_of(d, n);
@@ -96,6 +125,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     free(got);
     /* all-gather */
     float *out = zb_dev_f(NULL, n * S);
+    step(name, "all-gather");
     OK(zb_comm_allgather(c, g, d, n, out, ZB_CT_F32));   /* d holds val(S-1) everywhere now */
     OK(zb_cuda_upload(d, h, n * sizeof(float)));
     OK(zb_comm_allgather(c, g, d, n, out, ZB_CT_F32));
@@ -112,6 +142,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     for (int p = 0; p < S; p++)
         for (size_t i = 0; i < counts[p]; i++) want[displs[p] + i] = val(p, displs[p] + i);
     /* each rank's own part is val(r); the others' parts are overwritten by the call */
+    step(name, "all-gatherv in place");
     OK(zb_comm_allgatherv_inplace(c, g, x, counts, displs, ZB_CT_F32));
     got = host_of(x, tot);
     snprintf(what, sizeof what, "%s all-gatherv in place (uneven)", name);
@@ -119,6 +150,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     free(got);
     OK(zb_cuda_upload(x, h, tot * sizeof(float)));
     float *part = zb_dev_f(NULL, counts[0]);
+    step(name, "reduce-scatter (uneven)");
     OK(zb_comm_reduce_scatter(c, g, x, part, counts, ZB_CT_F32));
     for (size_t i = 0; i < counts[r]; i++) {
         want[i] = 0;
@@ -130,6 +162,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     free(got);
     size_t eq[8];
     for (int p = 0; p < S; p++) eq[p] = n / S;
+    step(name, "reduce-scatter (even)");
     OK(zb_comm_reduce_scatter(c, g, x, part, eq, ZB_CT_F32));
     for (size_t i = 0; i < eq[r]; i++) {
         want[i] = 0;
@@ -140,6 +173,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     all_equal(what, got, want, eq[r]);
     free(got);
     /* gather to rank 0 */
+    step(name, "gather");
     OK(zb_cuda_upload(d, h, n * sizeof(float)));
     OK(zb_comm_gather(c, g, d, n, out, ZB_CT_F32, 0));
     if (r == 0) {
@@ -151,6 +185,7 @@ static void collectives(zb_comm *c, zb_group g, const char *name) {
     }
     /* host buffers go through MPI on the same table */
     double hs[3] = {r + 1.0, 2.0 * (r + 1), 0.5};
+    step(name, "host all-reduce (MPI)");
     OK(zb_comm_sum_f64(c, g, hs, 3));
     zb_check(hs[0] == S * (S + 1) / 2.0 && hs[2] == 0.5 * S, "rank %d: %s host all-reduce (MPI)", R, name);
     zb_cuda_free(d); zb_cuda_free(out); zb_cuda_free(x); zb_cuda_free(part);
@@ -167,6 +202,7 @@ static void point_to_point(zb_comm *c) {
     float *mine = zb_dev_f(h, n), *in = zb_dev_f(NULL, n);
     for (int k = 0; k < 2; k++) {
         zb_comm_req q;
+        step("PP", k ? "exchange again" : "exchange: isend + recv both ways (32 MB)");
         OK(zb_comm_isend(c, ZB_GROUP_PP, mine, n, ZB_CT_F32, peer, 73, &q));
         OK(zb_comm_recv(c, ZB_GROUP_PP, in, n, ZB_CT_F32, peer, 73));
         OK(zb_comm_wait(c, &q));
@@ -178,6 +214,7 @@ static void point_to_point(zb_comm *c) {
      * recv a1, isend g1 */
     float *a2 = zb_dev_f(h, n), *g2 = zb_dev_f(NULL, n);
     zb_comm_req q1, q2;
+    step("PP", "1F1B order (32 MB messages)");
     if (s == 0) {
         OK(zb_comm_isend(c, ZB_GROUP_PP, mine, n, ZB_CT_F32, 1, 71, &q1));
         OK(zb_comm_isend(c, ZB_GROUP_PP, a2, n, ZB_CT_F32, 1, 71, &q2));
@@ -196,6 +233,7 @@ static void point_to_point(zb_comm *c) {
     all_equal("PP 1F1B order: second message", g2h, want, n);
     free(g1); free(g2h);
     /* blocking send, one way */
+    step("PP", "blocking send");
     if (s == 0) OK(zb_comm_send(c, ZB_GROUP_PP, mine, n, ZB_CT_F32, 1, 74));
     else {
         OK(zb_comm_recv(c, ZB_GROUP_PP, in, n, ZB_CT_F32, 0, 74));
@@ -215,6 +253,7 @@ static void bandwidth(zb_comm *c) {
     for (int k = 0; k < 4; k++) {
         size_t n = sizes[k];
         float *d = zb_dev_f(NULL, n);
+        step("TP", "bandwidth");
         for (int it = 0; it < 3; it++) zb_comm_sum_f32(c, ZB_GROUP_TP, d, n);
         zb_cuda_sync();
         MPI_Barrier(MPI_COMM_WORLD);
@@ -247,19 +286,24 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return 77;
     }
-    const char *no;
+    const char *no, *lim = getenv("ZB_NCCL_TEST_TIMEOUT");
+    if (lim && atoi(lim) > 0) step_limit = (unsigned)atoi(lim);
+    signal(SIGALRM, on_alarm);
     if (R == 0) printf("NCCL: %s\n", zb_comm_nccl_available(&no) ? "yes" : no);
     struct { int tp, pp; zb_group g; const char *name; } L[3] = {
         {2, 1, ZB_GROUP_TP, "TP"}, {1, 2, ZB_GROUP_PP, "PP"}, {1, 1, ZB_GROUP_DP, "DP"}};
     for (int k = 0; k < 3; k++) {
         zb_grid g;
+        step(L[k].name, "grid and communicators");
         OK(zb_grid_init_gpu(&g, MPI_COMM_WORLD, L[k].tp, L[k].pp));
         char buf[160];
         if (R == 0) printf("%s\n", zb_grid_describe(&g, buf, sizeof buf));
         collectives(g.comm, L[k].g, L[k].name);
         if (L[k].pp == 2) point_to_point(g.comm);
         if (L[k].tp == 2) bandwidth(g.comm);
+        step(L[k].name, "freeing the communicators");
         zb_grid_free(&g);
     }
+    alarm(0);
     return zb_test_finish();
 }

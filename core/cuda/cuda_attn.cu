@@ -288,6 +288,13 @@ extern "C" void zb_cuda_attention_cached(float *out, const float *q, const void 
         zb_cuda_decode_attn(out, q, kc, vc, seq_dev, pos_dev, nb, max_len, a);
         return;
     }
+    zb_cuda_attention_cached_gemm(out, q, kc, vc, seq_dev, pos_dev, nb, n, max_len, a);
+}
+
+extern "C" void zb_cuda_attention_cached_gemm(float *out, const float *q, const void *kc, const void *vc,
+                                              const int *seq_dev, const int *pos_dev, int nb, int n, int max_len,
+                                              const zb_cuda_cache_attn *a) {
+    if (nb <= 0 || n <= 0 || max_len <= 0) return;
     int H = a->H, rep = H / a->Hkv, gm = n == 1, per = gm ? a->Hkv : H, count = nb * per;
     int M = gm ? rep : n, ld = max_len;   /* rows of each problem; S row length */
     size_t rows = (size_t)nb * H * n;

@@ -152,6 +152,8 @@ void zb_cuda_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_w
 
 /* ---- generation: latent cache + absorbed products ------------------------------------------ */
 
+#define ATT_BYTES ((size_t)1 << 30)   /* float32 scores of one attention call (+ half that in bf16) */
+
 size_t zb_cuda_mla_gen_scratch_floats(const zb_mla_dims *m, int d, int rows) {
     (void)d;
     size_t R = (size_t)rows;
@@ -198,9 +200,20 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
         zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q + j * dqk, H * dqk, (long long)rep * dqk, kb, r,
                              (long long)(dn + dv) * r, 0.0f, qlat + j * W, H * W, (long long)rep * W, Hk);
     zb_cuda_copy_cols(qlat + r, W, q + dn, dqk, R * H, dr);
-    /* attention over the latent cache: one shared kv head of width r + dr, values = c */
+    /* attention over the latent cache: one shared kv head of width r + dr, values = c. The 32
+     * heads of a decode token share the latents, so per sequence the scores Q_abs [H, W] C^T and
+     * the output P C[:, :r] are GEMMs (tensor cores for bf16 caches; the flash-decoding kernel
+     * ran them on the CUDA cores, compute-bound); sequences in groups whose scores [g H n,
+     * max_len] fit ATT_BYTES of the device's scratch. */
     zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, zb_mla_softmax_scale(m), cache_bf16};
-    zb_cuda_attention_cached(chat, qlat, cache, cache, seq_dev, pos_dev, nb, n, max_len, &at);
+    size_t per_seq = (size_t)H * n * max_len * sizeof(float);
+    int grp = per_seq >= ATT_BYTES ? 1 : (int)(ATT_BYTES / per_seq);
+    for (int i0 = 0; i0 < nb; i0 += grp) {
+        int g = nb - i0 < grp ? nb - i0 : grp;
+        size_t row0 = (size_t)i0 * n * H;
+        zb_cuda_attention_cached_gemm(chat + row0 * r, qlat + row0 * W, cache, cache, seq_dev + i0, pos_dev + i0, g,
+                                      n, max_len, &at);
+    }
     /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head g, [dv, r] */
     for (int j = 0; j < rep; j++)
         zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat + j * r, H * r, (long long)rep * r, kb + (size_t)dn * r, r,

@@ -123,6 +123,12 @@ typedef struct {
 } zb_cuda_cache_attn;
 void zb_cuda_attention_cached(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
                               const int *pos_dev, int nb, int n, int max_len, const zb_cuda_cache_attn *a);
+/* The same on cuBLAS whatever n: per sequence (n > 1: and head) S = q K^T, the masked softmax,
+ * out = P V as batched GEMMs (tensor cores with bf16 caches); n == 1 takes the rep heads of a
+ * group as the rows of one product (MLA's latent cache: all 32 heads against one group). S
+ * takes nb * H * n * max_len floats of the device's scratch. */
+void zb_cuda_attention_cached_gemm(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
+                                   const int *pos_dev, int nb, int n, int max_len, const zb_cuda_cache_attn *a);
 /* One new token per sequence (n = 1) by flash-decoding (cuda_decode.cu): each sequence's length
  * is read on the device from pos (pos[i] + 1 keys), so no host round trip; max_T bounds the
  * positions. zb_cuda_decode_attn_ok: at most 64 heads per group, their queries in 96 KB.

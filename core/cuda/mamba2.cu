@@ -121,6 +121,13 @@ static void linear(float *out, const float *in, zb_wt W, int N, int C, int OC) {
         zb_cuda_gemv_bf16(out, in, W.bf16, N, C, OC);
         return;
     }
+    if (s_stream == zb_cuda_stream() && zb_cuda_ready()) {
+        /* more rows (batched decode, prefill): the backend's cuBLAS product on the tensor cores,
+         * the input rounded to bf16 as every other bf16 linear layer of the backend (the tiled
+         * kernel below took 1.5 ms per layer at 48 rows) */
+        zb_cuda_linear_forward(out, in, W, N, C, OC);
+        return;
+    }
     k_linear_bf16<<<dim3(cdiv(N, M2_TB), cdiv(OC, M2_TB)), M2_NT, 0, s_stream>>>(out, in, W.bf16, N, C, OC);
     zb_cuda_m2_check_launch("k_linear_bf16");
 }
@@ -482,13 +489,18 @@ extern "C" size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, 
            zb_cuda_m2_colsum_floats((int)colsum_cols(m)) + zb_cuda_m2_ssd_bwd_floats(m, B, T);
 }
 
+/* Chunk start states a step of R rows keeps: one sequence of R rows, and 64 more so that a
+ * prefill of many short sequences runs in few groups (step_rows); none for the recurrence. */
+static size_t step_state_chunks(const zb_mamba2_dims *m, size_t R) { return (R + m->chunk - 1) / m->chunk + 64; }
+
 /* proj [R,P] | o [R,di] | xbc [R,cd] | dt [R,nh] | y [R,di] | rstd [R,ng] | coef [4 R nh] |
- * chunk start states [B, nc, nh, hd, ds], R = B n */
+ * chunk start states [step_state_chunks, nh, hd, ds] (n > 1), R = B n */
 extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, int d, int n, int B) {
     (void)d;
     size_t R = (size_t)B * n, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m),
            di = (size_t)m->d_inner, nh = (size_t)m->nheads;
-    return R * (P + 2 * di + cd + 5 * nh + (size_t)norm_groups(m)) + state_block(m, B, n);
+    size_t st = n > 1 ? step_state_chunks(m, R) * nh * m->headdim * m->d_state : 0;
+    return R * (P + 2 * di + cd + 5 * nh + (size_t)norm_groups(m)) + st;
 }
 
 /* ---- the mixer ------------------------------------------------------------------------------------ */
@@ -552,9 +564,15 @@ static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2
     conv_state_update(m, proj, state, sf, seqs, B, n);
     if (n == 1)
         zb_cuda_m2_ssd_step(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B);
-    else {
-        zb_cuda_m2_ssd_coef(m, w->A_log, dt, coef, B, n);
-        zb_cuda_m2_ssd_forward(m, w->D, xbc, coef, y, states, state + conv, state + conv, sf, B, n);
+    else {   /* the chunked scan, in groups of sequences whose chunk states fit the scratch */
+        int per = (n + m->chunk - 1) / m->chunk, grp = (int)(step_state_chunks(m, (size_t)R) / per);
+        for (int i0 = 0; i0 < B; i0 += grp) {
+            int g = B - i0 < grp ? B - i0 : grp;
+            size_t r0 = (size_t)i0 * n;
+            zb_cuda_m2_ssd_coef(m, w->A_log, dt + r0 * nh, coef, g, n);
+            zb_cuda_m2_ssd_forward(m, w->D, xbc + r0 * cd, coef, y + r0 * di, states, state + (size_t)i0 * sf + conv,
+                                   state + (size_t)i0 * sf + conv, sf, g, n);
+        }
     }
     zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, R);
     linear(out, o, lin->out_proj, R, di, d);

@@ -66,6 +66,21 @@ static void cpu_linear_forward(const zb_backend *be, float *out, const float *in
     (void)be;
     zb_linear_forward(out, inp, W, N, C, OC);
 }
+/* the fusions of backend.h are the separate products here (the CPU gains nothing from one call) */
+static void cpu_linear_forward3(const zb_backend *be, float *out0, float *out1, float *out2, const float *inp,
+                                zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
+    (void)be;
+    zb_linear_forward(out0, inp, W0, N, C, OC0);
+    zb_linear_forward(out1, inp, W1, N, C, OC1);
+    zb_linear_forward(out2, inp, W2, N, C, OC2);
+}
+static void cpu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
+                                      int N, int C, int F) {
+    (void)be;
+    zb_linear_forward(h, inp, Wg, N, C, F);
+    zb_linear_forward(u, inp, Wu, N, C, F);
+    zb_swiglu_forward(h, h, u, (size_t)N * F);
+}
 static void cpu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                 int N, int C, float eps) {
     (void)be;
@@ -329,6 +344,11 @@ static void cpu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, 
         for (long long i = 0; i < k; i++) y[i] = a * (2.0f * zb_hash_uniform(seed, (uint64_t)i) - 1.0f);
     }
 }
+/* nothing to record: the host runs each call as it comes */
+static int cpu_step_graph(const zb_backend *be, void **g, int op, long long key) {
+    (void)be; (void)g; (void)op; (void)key;
+    return 0;
+}
 
 static const zb_backend cpu_backend = {
     .name = "cpu",
@@ -338,6 +358,7 @@ static const zb_backend cpu_backend = {
     .add = cpu_add, .sub = cpu_sub, .scale = cpu_scale,
     .matmul_forward = cpu_matmul_forward, .matmul_backward = cpu_matmul_backward,
     .linear_forward = cpu_linear_forward,
+    .linear_forward3 = cpu_linear_forward3, .swiglu_linear_forward = cpu_swiglu_linear_forward,
     .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope = cpu_rope,
     .attention_saved_floats = cpu_attention_saved_floats, .attention_forward = cpu_attention_forward,
@@ -355,6 +376,7 @@ static const zb_backend cpu_backend = {
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
     .adamw = cpu_adamw, .sumsq = cpu_sumsq, .fill_uniform = cpu_fill_uniform,
+    .step_graph = cpu_step_graph,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

@@ -94,21 +94,55 @@ static void run_attn(void *p) {
     if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->o, a->lse, a->q, a->k, a->v, &a->s);
 }
 
-typedef struct { float *y; const float *x; const void *W; int N, C, OC; } gemv_ctx;
-static void run_gemv(void *p) {
-    gemv_ctx *g = p;
-    zb_cuda_linear_forward(g->y, g->x, zb_wt_of_bf16((const uint16_t *)g->W), g->N, g->C, g->OC);
+
+/* one of the 8B's decode products on a rotating copy of its weights (see main) */
+typedef struct {
+    void *pool;
+    size_t pool_el, at;
+    float *x, *y;
+    int N, kind, OC, C, d, F, kd;
+    size_t bytes;
+} gemv8_ctx;
+static void gemv8_bytes(gemv8_ctx *g) {
+    size_t d = g->d, F = g->F, kd = g->kd;
+    size_t el = g->kind == 0 ? (size_t)g->OC * g->C : g->kind == 1 ? (d + 2 * kd) * d : g->kind == 2 ? 2 * F * d
+                                                                   : (d + 2 * kd) * d + d * d + 3 * F * d;
+    g->bytes = el * 2;
+}
+static void run_gemv8(void *p) {
+    gemv8_ctx *g = p;
+    size_t el = g->bytes / 2;
+    if (g->at + el > g->pool_el) g->at = 0;
+    const uint16_t *w = (const uint16_t *)g->pool + g->at;
+    g->at += (el + 127) / 128 * 128;
+    int d = g->d, F = g->F, kd = g->kd, N = g->N;
+    float *y = g->y;
+    if (g->kind == 0) { zb_cuda_linear_forward(y, g->x, zb_wt_of_bf16(w), N, g->C, g->OC); return; }
+    const uint16_t *wk = w + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
+    const uint16_t *wg = g->kind == 2 ? w : wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
+    if (g->kind == 1 || g->kind == 3)
+        zb_cuda_linear_forward3(y, y + (size_t)N * d, y + (size_t)N * (d + kd), g->x, zb_wt_of_bf16(w), zb_wt_of_bf16(wk),
+                                zb_wt_of_bf16(wv), N, d, d, kd, kd);
+    if (g->kind == 3) zb_cuda_linear_forward(y, g->x, zb_wt_of_bf16(wo), N, d, d);
+    if (g->kind == 2 || g->kind == 3)
+        zb_cuda_swiglu_linear_forward(y, y + (size_t)N * F, g->x, zb_wt_of_bf16(wg), zb_wt_of_bf16(wu), N, d, F);
+    if (g->kind == 3) zb_cuda_linear_forward(y, g->x, zb_wt_of_bf16(wd), N, F, d);
 }
 
+/* one layer's decode attention; nl copies of the cache (a rotating layer, so that batch 1's
+ * 34 MB per layer is not served from the L2 by the previous call) */
 typedef struct {
     float *out, *q;
     void *kc, *vc;
-    int *seq, *pos, nb, max_len;
+    int *seq, *pos, nb, max_len, nl, at;
+    size_t n;
     zb_cuda_cache_attn a;
 } dec_ctx;
 static void run_dec(void *p) {
     dec_ctx *d = p;
-    zb_cuda_attention_cached(d->out, d->q, d->kc, d->vc, d->seq, d->pos, d->nb, 1, d->max_len, &d->a);
+    size_t off = (size_t)(d->at++ % d->nl) * d->n * 2;
+    zb_cuda_attention_cached(d->out, d->q, (char *)d->kc + off, (char *)d->vc + off, d->seq, d->pos, d->nb, 1,
+                             d->max_len, &d->a);
 }
 
 int main(int argc, char **argv) {
@@ -227,24 +261,45 @@ int main(int argc, char **argv) {
         zb_cuda_free(a.dout); zb_cuda_free(a.dq); zb_cuda_free(a.dk); zb_cuda_free(a.dv);
     }
 
-    /* ---- decode GEMV on bf16 weights (the 8B's matrices, batch 1 and 8): GB/s of weights */
+    /* ---- decode GEMV on bf16 weights, the 8B's matrices at batch 1 and 8: GB/s of weights read.
+     * Each call reads another copy of the weights (a pool of 2 GiB), so that no call finds the
+     * previous one's in the L2 (50 MB), as in a decode step that streams 16 GB. */
     {
-        int shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};   /* (OC, C): q/o, gate/up, down */
-        size_t nmax = (size_t)14336 * 4096;
-        void *W = dev(nmax * 2);
-        float *tmp = dev(nmax * 4), *x = dev((size_t)8 * 14336 * 4), *y = dev((size_t)8 * 14336 * 4);
-        fill(tmp, nmax, 0.02f, 11);
-        zb_cuda_f32_to_bf16(W, tmp, nmax);
+        size_t pool = (size_t)2 << 30, nel = pool / 2;
+        void *Wp = dev(pool);
+        float *tmp = dev((size_t)1 << 30);
+        fill(tmp, (size_t)1 << 28, 0.02f, 11);
+        for (size_t o = 0; o < nel; o += (size_t)1 << 28) {   /* 2^28 values at a time, the same ones */
+            size_t k = nel - o < ((size_t)1 << 28) ? nel - o : ((size_t)1 << 28);
+            zb_cuda_f32_to_bf16((uint16_t *)Wp + o, tmp, k);
+        }
         zb_cuda_free(tmp);
+        float *x = dev((size_t)8 * 14336 * 4), *y = dev((size_t)8 * 3 * 128256 * 4);
         fill(x, (size_t)8 * 14336, 1.0f, 12);
+        int d = 4096, F = 14336, kd = 1024, V = 128256;
+        /* kind 0: one matrix; 1: q | k | v in one launch; 2: gate | up with SwiGLU; 3: a whole layer's
+         * four launches (q|k|v, o, gate|up, down) */
+        struct { const char *nm; int kind, OC, C; } sh[] = {
+            {"q|k|v fused 6144x4096", 1, 0, d},   {"o proj 4096x4096", 0, d, d},
+            {"gate|up+SwiGLU 2x14336x4096", 2, F, d}, {"down 4096x14336", 0, d, F},
+            {"k/v alone 1024x4096", 0, kd, d},  {"lm_head 128256x4096", 0, V, d},
+            {"layer: qkv, o, gate|up, down", 3, 0, 0},
+        };
+        int nsh = (int)(sizeof sh / sizeof sh[0]);
         for (int bi = 0; bi < 2; bi++)
-            for (int i = 0; i < 3; i++) {
-                gemv_ctx gc = {y, x, W, bi ? 8 : 1, shapes[i][1], shapes[i][0]};
-                double ms = timeit(run_gemv, &gc, 3, 20);
-                snprintf(what, sizeof what, "decode GEMV bf16 W %dx%d, batch %d", gc.OC, gc.C, gc.N);
-                row(what, ms, (double)gc.OC * gc.C * 2 / (ms * 1e-3) / 1e9, "GB/s");
-            }
-        zb_cuda_free(W); zb_cuda_free(x); zb_cuda_free(y);
+            for (int i = 0; i < nsh; i++)
+                for (int ks = 0; ks <= 8; ks = ks ? 2 * ks : 1) {
+                    if (ks && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
+                    gemv8_ctx g = {Wp, nel, 0, x, y, bi ? 8 : 1, sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
+                    gemv8_bytes(&g);
+                    zb_cuda_gemv_set_split(ks);
+                    double ms = timeit(run_gemv8, &g, 3, 30);
+                    zb_cuda_gemv_set_split(0);
+                    snprintf(what, sizeof what, "decode GEMV %s, batch %d, %s", sh[i].nm, g.N,
+                             ks ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8") : "auto");
+                    row(what, ms, (double)g.bytes / (ms * 1e-3) / 1e9, "GB/s");
+                }
+        zb_cuda_free(Wp); zb_cuda_free(x); zb_cuda_free(y);
     }
 
     /* ---- decode attention over a bf16 cache: the 8B teacher (32 heads, 8 kv heads, hd 128) and
@@ -255,12 +310,17 @@ int main(int argc, char **argv) {
             int nb = batches[bi], T = 8192, H = 32, Hkv = kind ? 1 : 8, hd = kind ? 576 : 128, dv = kind ? 512 : 128;
             size_t per = (size_t)Hkv * T * hd, n = per * nb;
             dec_ctx d;
-            d.kc = dev(n * 2);
-            d.vc = kind ? d.kc : dev(n * 2);
+            d.nl = nb == 1 ? 8 : 1;
+            d.at = 0;
+            d.n = n;
+            d.kc = dev(n * 2 * d.nl);
+            d.vc = kind ? d.kc : dev(n * 2 * d.nl);
             float *tmp = dev(n * 4);
             fill(tmp, n, 0.5f, 9);
-            zb_cuda_f32_to_bf16(d.kc, tmp, n);
-            if (!kind) zb_cuda_f32_to_bf16(d.vc, tmp, n);
+            for (int l = 0; l < d.nl; l++) {
+                zb_cuda_f32_to_bf16((uint16_t *)d.kc + (size_t)l * n, tmp, n);
+                if (!kind) zb_cuda_f32_to_bf16((uint16_t *)d.vc + (size_t)l * n, tmp, n);
+            }
             zb_cuda_free(tmp);
             d.q = dev((size_t)nb * H * hd * 4);
             fill(d.q, (size_t)nb * H * hd, 1.0f, 10);
@@ -276,11 +336,20 @@ int main(int argc, char **argv) {
             zb_cuda_cache_attn ca = {H, Hkv, hd, dv, (long long)per, (long long)T * hd, hd, 1.0f / sqrtf(192.0f), 1};
             if (kind) ca.group_stride = 0;
             d.a = ca;
-            double ms = timeit(run_dec, &d, 2, 10);
             double bytes = (double)n * 2 * (kind ? 1 : 2);
-            snprintf(what, sizeof what, "decode attention %s batch %d ctx 8k, one layer (bf16 cache)",
-                     kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb);
-            row(what, ms, bytes / (ms * 1e-3) / 1e9, "GB/s");
+            /* GQA: the chosen chunk length, then each forced one */
+            int chs[5] = {0, 64, 128, 256, 512};
+            for (int c = 0; c < (kind ? 1 : 5); c++) {
+                zb_cuda_decode_set_chunk(chs[c]);
+                double ms = timeit(run_dec, &d, 2, 16);
+                zb_cuda_decode_set_chunk(0);
+                char chn[32];
+                if (chs[c]) snprintf(chn, sizeof chn, ", %d per block", chs[c]);
+                else chn[0] = 0;
+                snprintf(what, sizeof what, "decode attention %s batch %d ctx 8k, one layer (bf16 cache)%s",
+                         kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb, chn);
+                row(what, ms, bytes / (ms * 1e-3) / 1e9, "GB/s");
+            }
             zb_cuda_free(d.kc); if (!kind) zb_cuda_free(d.vc); zb_cuda_free(d.q); zb_cuda_free(d.out);
             zb_cuda_free(d.seq); zb_cuda_free(d.pos);
             free(hs); free(hp);

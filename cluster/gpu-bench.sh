@@ -25,7 +25,7 @@ run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
 run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
-if [ -n "${ZB_BENCH_BREAKDOWN:-}" ]; then   # decode ms per step and the prefill's ms by part (synchronised after each part)
+if [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ]; then   # decode ms and GB/s per step, the prefill's ms, by part (synchronised after each part)
   run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
     --batches 1,48 --contexts 8192 --decode-steps 4 --prefill-len 512 --breakdown
 fi

@@ -35,14 +35,15 @@ const zb_backend *zb_backend_get(const char *name) {
 typedef void (*zb_any_fn)(void);
 static const char *const entry_names[] = {
     "alloc", "free", "zero", "copy", "to_device", "to_host", "copy_2d", "sync", "add", "sub",
-    "scale", "matmul_forward", "matmul_backward", "linear_forward", "rmsnorm_forward",
+    "scale", "matmul_forward", "matmul_backward", "linear_forward", "linear_forward3",
+    "swiglu_linear_forward", "rmsnorm_forward",
     "rmsnorm_backward", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
     "swiglu_backward", "embedding_forward", "embedding_backward", "cross_entropy", "kl_div", "mse",
-    "mean_row_dist", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
+    "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",
-    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "fill_uniform"};
+    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "fill_uniform", "step_graph"};
 _Static_assert(sizeof(zb_backend) - offsetof(zb_backend, alloc) ==
                    sizeof entry_names / sizeof *entry_names * sizeof(zb_any_fn),
                "zb_backend: entry_names lists every function pointer after alloc, nothing else follows");

@@ -196,6 +196,14 @@ struct zb_backend {
                             const float *inp, const float *W, int N, int C, int OC);
     /* out[N,OC] = inp[N,C] @ W^T with W f32 or bf16 (generation), float32 accumulation. */
     void (*linear_forward)(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC);
+    /* Generation's products fused where a backend gains by it (one launch on a GPU; the CPU
+     * makes the separate calls): q | k | v from one input (out_s[N, OC_s]), and h[N, F] =
+     * silu(inp Wg^T) * (inp Wu^T) (u: [N, F] floats it may use). Same results as the separate
+     * calls, up to summation order. */
+    void (*linear_forward3)(const zb_backend *be, float *out0, float *out1, float *out2, const float *inp,
+                            zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2);
+    void (*swiglu_linear_forward)(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
+                                  int N, int C, int F);
 
     /* -- RMSNorm (SPEC §2): out = w * x / sqrt(mean(x^2) + eps) per row of C; rstd[N] saved
      * (may be NULL when not training). out may alias x. Backward: dx += , dw += . */
@@ -261,6 +269,22 @@ struct zb_backend {
      *   rows are equal (ILD as the release). */
     double (*mean_row_dist)(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
                             float scale);
+    /* -- the vocabulary-parallel cross-entropy (core/shard.c): rows [N, V] hold the slice
+     * [v0, v0 + V) of a vocabulary of Vfull ids. Three passes around the TP group's two
+     * all-reduces (max, then sums), so that a device's rows never leave it (Megatron-LM's
+     * vocab-parallel CE):
+     * vp_row_max: mx[n] = the largest value of row n;
+     * vp_row_sums: with the group's mx: st[2n] = sum_v exp(row[v] - mx[n]) (double),
+     *   st[2n + 1] = row[y_n - v0] when the slice holds target y_n, else 0;
+     * vp_ce_grad: with the group's mx and st: returns the sum over the rows whose target is in
+     *   [0, Vfull) of mx[n] + log st[2n] - st[2n + 1] (double); dlogits (may be NULL, may alias
+     *   logits) OVERWRITTEN with scale * (softmax - onehot) on the slice, zero rows ignored.
+     * mx, st and targets live where the backend's buffers do. */
+    void (*vp_row_max)(const zb_backend *be, float *mx, const float *logits, int N, int V);
+    void (*vp_row_sums)(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                        int N, int V, int64_t v0);
+    double (*vp_ce_grad)(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                         const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale);
 
     /* -- the MLA mixer (SPEC §3), whole, so that a backend fuses freely. Training: x, out
      * [B*T, d], positions 0..T-1; acts (mla_act_floats) saved by the forward for the backward;
@@ -318,7 +342,16 @@ struct zb_backend {
     /* n values a (2 zb_hash_uniform(seed, i) - 1) into x, as float32, or as bf16 when bf16 (the
      * synthetic caches and weights of the benchmarks, made where the memory is). */
     void (*fill_uniform)(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a);
+    /* Recording a repeated decode step and replaying it as one launch (a device backend; the
+     * CPU records nothing and returns 0). *g: the caller's handle (NULL at first). op
+     * ZB_GRAPH_REPLAY: launch what was recorded under key, return 1; 0 when nothing is (or the
+     * memory it used may have moved). ZB_GRAPH_BEGIN: record the calls that follow instead of
+     * running them (1 if recording). ZB_GRAPH_END: stop, launch the recording, return 1; 0 when
+     * recording failed: nothing ran, the caller makes the calls again. ZB_GRAPH_FREE: release. */
+    int (*step_graph)(const zb_backend *be, void **g, int op, long long key);
 };
+
+enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE };   /* step_graph's op */
 
 /* The CPU backend (core/cpu/): OpenBLAS + OpenMP, host memory, default options. */
 const zb_backend *zb_backend_cpu(void);

@@ -475,6 +475,7 @@ void zb_gen_free(zb_gen *s) {
         for (int l = 0; s->cache && l < s->n_layers; l++) be->free(be, s->cache[l]);
         float *f[] = {s->x, s->ln, s->mo, s->g, s->u, s->lnf, s->scratch, s->tp_buf};
         for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) be->free(be, f[i]);
+        be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
         if (s->logits_dev != s->logits) be->free(be, s->logits_dev);
         be->free(be, s->ids);
         be->free(be, s->pos_dev);
@@ -535,9 +536,7 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, int l, in
     int qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
     float *q = s->scratch, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
     float *sc = s->scratch + (size_t)s->B * s->chunk * (2 * qd + 2 * kd);   /* after the largest q, k, v, att */
-    be->linear_forward(be, q, x, w->lin.wq, N, d, qd);
-    be->linear_forward(be, k, x, w->lin.wk, N, d, kd);
-    be->linear_forward(be, v, x, w->lin.wv, N, d, kd);
+    be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
     be->attention_step(be, &m->rope, att, q, k, v, s->cache[l], cache_at(s, l, (size_t)s->B * s->max_T * kd), s->max_T,
                        s->seqs_dev, s->pos_dev, nb, n, c->n_heads, c->n_kv_heads, hd, sc);
     be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
@@ -578,15 +577,14 @@ static int prefill_run(const zb_backend *be, const int *seqs, int i, int nb) {
     return k;
 }
 
-static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n) {
+/* The step's device work from the embedding to the head's logits (on the device): what a
+ * decode step's recording (step_graph) holds. */
+static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *tp) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
-    double t = s->profile ? zb_now() : 0;
-    /* the sequences and their positions, for the entries that index caches by them */
-    be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
-    be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
+    double t = *tp;
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
     else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);   /* f32 or bf16 rows */
@@ -628,34 +626,69 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         be->add(be, s->x, s->x, s->mo, Nd);
         be->rmsnorm_forward(be, s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
-        be->linear_forward(be, s->g, s->ln, w->lin.w_gate, N, d, F);
-        be->linear_forward(be, s->u, s->ln, w->lin.w_up, N, d, F);
-        be->swiglu_forward(be, s->g, s->g, s->u, (size_t)N * F);
+        be->swiglu_linear_forward(be, s->g, s->u, s->ln, w->lin.w_gate, w->lin.w_up, N, d, F);
         be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
         prof_mark(s, &t, ZB_PROF_MLP);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
         be->add(be, s->x, s->x, s->mo, Nd);
         prof_mark(s, &t, ZB_PROF_OTHER);
     }
+    if (!m->pp_no_head) {   /* the head, on the last new token of each sequence */
+        const float *last = s->x + (size_t)(n - 1) * d;
+        if (n > 1) {   /* gather row n-1 of each sequence */
+            be->copy_2d(be, s->lnf, (size_t)d, last, (size_t)n * d, (size_t)B, (size_t)d);
+            last = s->lnf;
+        }
+        be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
+        be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+    }
+    *tp = t;
+}
+
+/* A decode step may be recorded once and replayed (one launch on a GPU): one rank, one token per
+ * sequence, bf16 weights (the GEMV products, no converted copies), at most 8 sequences, attention
+ * layers only, not while profiling. */
+static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
+    const zb_config *c = &m->cfg;
+    if (s->graph_off || n != 1 || nb > 8 || m->tp || m->pp_no_embed || m->pp_no_head || s->profile ||
+        m->wdtype != ZB_WEIGHTS_BF16 || m->be->host_memory)
+        return 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->kinds[l] != ZB_LAYER_ATTN) return 0;
+    return 1;
+}
+
+static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n) {
+    const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
+    int B = nb, N = B * n, d = c->d_model;
+    size_t Nd = (size_t)N * d;
+    double t = s->profile ? zb_now() : 0;
+    /* the sequences and their positions, for the entries that index caches by them (before any
+     * recording: the recorded step reads them where they are) */
+    be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
+    be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
+    long long key = nb;
+    if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
+    else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
+    } else if (s->graph_warm == key && be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key)) {
+        /* the same step ran once without recording (scratch sizes settled): record it */
+        gen_layers(m, s, seqs, nb, n, &t);
+        if (!be->step_graph(be, &s->graph, ZB_GRAPH_END, key)) {
+            s->graph_off = 1;
+            gen_layers(m, s, seqs, nb, n, &t);
+        }
+    } else {
+        gen_layers(m, s, seqs, nb, n, &t);
+        s->graph_warm = key;
+    }
     if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
         pp_gen_xfer(m, s->x, Nd, 1);
         for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
         return;
     }
-    /* logits of the last new token of each sequence only */
-    const float *last = s->x + (size_t)(n - 1) * d;
-    if (n > 1) {   /* gather row n-1 of each sequence */
-        be->copy_2d(be, s->lnf, (size_t)d, last, (size_t)n * d, (size_t)B, (size_t)d);
-        last = s->lnf;
-    }
-    be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
-    if (m->tp) {   /* TP: local vocabulary columns, then gathered to [B, V] */
-        be->linear_forward(be, s->tp_buf, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
-        zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
-    } else {
-        be->linear_forward(be, s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
-        be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
-    }
+    if (m->tp) zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+    else be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }

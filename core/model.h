@@ -241,6 +241,9 @@ typedef struct {
     int chunk;         /* max tokens processed per step call */
     int profile;       /* 1: add each part's wall time of every step to prof[] (zebra bench) */
     double prof[ZB_PROF_N];
+    void *graph;       /* the backend's recording of a decode step (step_graph), NULL if none */
+    long long graph_warm;   /* the key of the last decode step run without one (0: none) */
+    int graph_off;     /* recording failed once: steps run call by call */
 } zb_gen;
 
 /* B sequences (slots) of up to max_T tokens each; every cache is allocated here. */

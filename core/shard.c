@@ -221,48 +221,25 @@ void zb_tp_embedding_backward(zb_model *m, float *dout, const int *ids, int N) {
     }
 }
 
-static double ce_host(const zb_tp *tp, float *dlogits, const float *logits, const int *targets, int N, int Vl,
-                      float scale) {
-    int64_t V = (int64_t)Vl * tp->size, v0 = tp->vocab0;
-    float *mx = zb_malloc(sizeof(float) * (size_t)(N ? N : 1), "loss");
-    double *st = zb_malloc(sizeof(double) * 2 * (size_t)(N ? N : 1), "loss");
+/* The vocabulary-parallel cross-entropy (Megatron-LM's): each rank's rows hold its slice of the
+ * vocabulary; the row maxima, then the sums of exponentials and the target logits, are combined
+ * over the TP group; the backend's three passes (backend.h vp_*) run where the rows are, so
+ * a device's logits stay on it. be: the backend holding logits / targets / dlogits. */
+static double ce_passes(const zb_tp *tp, const zb_backend *be, float *dlogits, const float *logits, const int *targets,
+                        int N, int Vl, float scale) {
+    size_t nn = N ? (size_t)N : 1;
+    float *mx = be->alloc(be, sizeof(float) * nn, "vocabulary-parallel loss");
+    double *st = be->alloc(be, sizeof(double) * 2 * nn, "vocabulary-parallel loss");
     if (!mx || !st) tp_die(tp);
-    for (int n = 0; n < N; n++) {
-        const float *row = logits + (size_t)n * Vl;
-        float m = -INFINITY;
-        for (int v = 0; v < Vl; v++) if (row[v] > m) m = row[v];
-        mx[n] = m;
-    }
+    be->vp_row_max(be, mx, logits, N, Vl);
     /* 1: the row max over the whole vocabulary */
     if (zb_comm_allreduce(tp->comm, ZB_GROUP_TP, mx, (size_t)N, ZB_CT_F32, ZB_RED_MAX)) tp_die(tp);
-    for (int n = 0; n < N; n++) {
-        const float *row = logits + (size_t)n * Vl;
-        double sum = 0;
-        for (int v = 0; v < Vl; v++) sum += exp((double)row[v] - mx[n]);
-        int64_t y = (int64_t)targets[n] - v0;
-        st[2 * n] = sum;
-        st[2 * n + 1] = (y >= 0 && y < Vl) ? row[y] : 0.0;   /* the target logit lives on one rank */
-    }
+    be->vp_row_sums(be, st, logits, mx, targets, N, Vl, tp->vocab0);
     /* 2: sum of exponentials and the target logit */
     if (zb_comm_sum_f64(tp->comm, ZB_GROUP_TP, st, 2 * (size_t)N)) tp_die(tp);
-    double total = 0;
-    for (int n = 0; n < N; n++) {
-        float *d = dlogits ? dlogits + (size_t)n * Vl : NULL;
-        int y = targets[n];
-        if (y < 0 || y >= V) {
-            if (d) memset(d, 0, sizeof(float) * Vl);
-            continue;
-        }
-        double lse = mx[n] + log(st[2 * n]);
-        total += lse - st[2 * n + 1];
-        if (d) {
-            const float *row = logits + (size_t)n * Vl;
-            for (int v = 0; v < Vl; v++) d[v] = (float)(scale * exp((double)row[v] - lse));
-            if (y - v0 >= 0 && y - v0 < Vl) d[y - v0] -= scale;
-        }
-    }
-    free(mx);
-    free(st);
+    double total = be->vp_ce_grad(be, dlogits, logits, mx, st, targets, N, Vl, tp->vocab0, (int64_t)Vl * tp->size, scale);
+    be->free(be, mx);
+    be->free(be, st);
     return total;
 }
 
@@ -316,8 +293,8 @@ static double kl_host(const zb_tp *tp, float *dstudent, const float *student, co
     return total;
 }
 
-/* Device backends: the rows come to the host, the host's loss runs, the gradient goes back.
- * (The backend table has no per-row max / sum-exp entry; this costs N * Vl floats each way.) */
+/* Device backends, for the KL (and the CE with ZB_TP_LOSS=host): the rows come to the host, the
+ * host's loss runs, the gradient goes back (N * Vl floats each way). */
 static float *rows_to_host(const zb_tp *tp, const float *x, size_t n) {
     float *h = zb_malloc(sizeof(float) * (n ? n : 1), "vocabulary-parallel loss");
     if (!h) tp_die(tp);
@@ -333,13 +310,21 @@ static int *ints_to_host(const zb_tp *tp, const int *x, size_t n) {
     return h;
 }
 
+/* ZB_TP_LOSS=host: a device's rows staged through the host as before the vp_* entries (to
+ * compare; N * Vl floats each way) */
+static int ce_staged(void) {
+    const char *e = getenv("ZB_TP_LOSS");
+    return e && !strcmp(e, "host");
+}
+
 double zb_tp_cross_entropy(const zb_tp *tp, float *dlogits, const float *logits, const int *targets, int N,
                            int Vl, float scale) {
-    if (!tp->dev) return ce_host(tp, dlogits, logits, targets, N, Vl, scale);
+    if (!tp->dev) return ce_passes(tp, zb_backend_cpu(), dlogits, logits, targets, N, Vl, scale);
+    if (!ce_staged()) return ce_passes(tp, tp->dev, dlogits, logits, targets, N, Vl, scale);
     size_t n = (size_t)N * Vl;
     float *h = rows_to_host(tp, logits, n);
     int *t = ints_to_host(tp, targets, (size_t)N);
-    double s = ce_host(tp, dlogits ? h : NULL, h, t, N, Vl, scale);
+    double s = ce_passes(tp, zb_backend_cpu(), dlogits ? h : NULL, h, t, N, Vl, scale);
     if (dlogits) tp->dev->to_device(tp->dev, dlogits, h, sizeof(float) * n);
     free(h);
     free(t);

@@ -113,6 +113,15 @@ s=(--max-new 10 --ignore-eos --temperature 0.9 --top-k 20 --top-p 0.95 --seed 7 
 ref=$(batch 1 "${s[@]}")
 same "hybrid sampled --device cuda (bf16) --batch 5 == --batch 1" "$(batch 5 "${s[@]}")" "$ref"
 check "hybrid sampled --device cuda: 5 completions of 10 tokens" '[ "$(echo "$ref" | awk "NF == 11" | wc -l)" = 5 ]'
+# the decode step recorded once as a CUDA graph and replayed (bf16 weights, attention layers only,
+# <= 8 sequences) gives the tokens of the step run call by call (ZB_CUDA_GRAPHS=0): same kernels
+$Z init --random --config "$SRC/configs/tiny-llama.json" -o teacher.h5 --seed 5 --std 0.08 > /dev/null 2>&1
+tb() { $Z generate --model teacher.h5 "${pargs[@]}" --quiet --batch "$1" --max-new 14 --ignore-eos --device cuda \
+         --weights bf16 2>gen.err | blocks; }
+gref=$(ZB_CUDA_GRAPHS=0 tb 5)
+same "teacher bf16 greedy --device cuda --batch 5: graph replay == call by call" "$(tb 5)" "$gref"
+same "teacher bf16 greedy --device cuda --batch 2: graph replay == call by call" "$(tb 2)" "$(ZB_CUDA_GRAPHS=0 tb 2)"
+check "teacher bf16 --device cuda: 5 completions of 14 tokens" '[ "$(echo "$gref" | awk "NF == 15" | wc -l)" = 5 ]'
 echo "$pass passed, $fail failed"
 if [ $fail != 0 ]; then for f in *.log gen.err; do [ -f "$f" ] && { echo "== $f"; tail -5 "$f"; }; done; fi
 [ $fail = 0 ]

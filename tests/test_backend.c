@@ -207,6 +207,61 @@ static void check_losses(const zb_backend *be, zb_rng *r) {
     free(s); free(t); free(ref);
 }
 
+/* the vocabulary-parallel cross-entropy's passes (vp_*): the vocabulary of 301 cut into two
+ * uneven slices, as two TP ranks hold it; the maxima and the sums combined here as the TP
+ * group's all-reduces do; loss and gradient == cross_entropy of the whole rows (same bounds) */
+static void check_vp(const zb_backend *be, zb_rng *r) {
+    enum { N = 7, V = 301, NS = 2 };
+    int cut[NS + 1] = {0, 150, V}, tg[N] = {3, -1, 300, 0, 301, 149, 150};
+    float *s = randv(r, (size_t)N * V, 2), *ref = malloc(sizeof(float) * N * V), *dsl[NS], *dmx[NS], mx[N], part[N];
+    double *dst[NS], st[2 * N], sp[2 * N];
+    int *dtg = be->alloc(be, sizeof tg, "test");
+    be->to_device(be, dtg, tg, sizeof tg);
+    double ce_ref = zb_cross_entropy(ref, s, tg, N, V, 0.25f, NULL), tol = 4.0 * V * FLT_EPSILON;
+    for (int k = 0; k < NS; k++) {   /* slice k: columns [cut[k], cut[k+1]) of every row */
+        int w = cut[k + 1] - cut[k];
+        float *h = malloc(sizeof(float) * N * w);
+        for (int n = 0; n < N; n++) memcpy(h + (size_t)n * w, s + (size_t)n * V + cut[k], sizeof(float) * w);
+        dsl[k] = dev_of(be, h, (size_t)N * w);
+        free(h);
+        dmx[k] = be->alloc(be, sizeof(float) * N, "test");
+        dst[k] = be->alloc(be, sizeof(double) * 2 * N, "test");
+    }
+    for (int n = 0; n < N; n++) mx[n] = -INFINITY;
+    for (int k = 0; k < NS; k++) {   /* 1: the max over the slices */
+        be->vp_row_max(be, dmx[k], dsl[k], N, cut[k + 1] - cut[k]);
+        be->to_host(be, part, dmx[k], sizeof part);
+        for (int n = 0; n < N; n++) mx[n] = fmaxf(mx[n], part[n]);
+    }
+    for (int n = 0; n < 2 * N; n++) st[n] = 0;
+    for (int k = 0; k < NS; k++) {   /* 2: the sums */
+        be->to_device(be, dmx[k], mx, sizeof mx);
+        be->vp_row_sums(be, dst[k], dsl[k], dmx[k], dtg, N, cut[k + 1] - cut[k], cut[k]);
+        be->to_host(be, sp, dst[k], sizeof sp);
+        for (int n = 0; n < 2 * N; n++) st[n] += sp[n];
+    }
+    double worst = 0;
+    for (int k = 0; k < NS; k++) {   /* 3: every slice's loss (the same) and its gradient */
+        int w = cut[k + 1] - cut[k];
+        be->to_device(be, dst[k], st, sizeof st);
+        double ce = be->vp_ce_grad(be, dsl[k], dsl[k], dmx[k], dst[k], dtg, N, w, cut[k], V, 0.25f);   /* in place */
+        zb_check(fabs(ce - ce_ref) <= tol * (fabs(ce_ref) + N * 8.0), "[%s] vp cross-entropy, slice %d: %.9g vs %.9g",
+                 be->name, k, ce, ce_ref);
+        float *h = host_of(be, dsl[k], (size_t)N * w);
+        for (int n = 0; n < N; n++)
+            for (int v = 0; v < w; v++) {
+                double e = fabs((double)h[(size_t)n * w + v] - ref[(size_t)n * V + cut[k] + v]);
+                if (e > worst) worst = e;
+            }
+        free(h);
+        be->free(be, dsl[k]); be->free(be, dmx[k]); be->free(be, dst[k]);
+    }
+    zb_check(worst <= tol * 0.25, "[%s] vp cross-entropy gradient over the slices == the whole rows' (max |d| %.3g)",
+             be->name, worst);
+    be->free(be, dtg);
+    free(s); free(ref);
+}
+
 int main(int argc, char **argv) {
     zb_test_init(&argc, &argv);
     const char *name = argc > 1 ? argv[1] : "cpu";
@@ -230,5 +285,6 @@ int main(int argc, char **argv) {
     check_elementwise(be, &r);
     check_adamw(be, &r);
     check_losses(be, &r);
+    check_vp(be, &r);
     return zb_test_finish();
 }

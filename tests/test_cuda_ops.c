@@ -126,6 +126,86 @@ static void test_linear_bf16(zb_rng *rng, int N, int C, int OC) {
     zb_cuda_free(dx); zb_cuda_free(dout); zb_cuda_free(dW16); zb_cuda_free(dback); zb_cuda_free(dWf);
 }
 
+/* the decode fusions (backend.h linear_forward3, swiglu_linear_forward) against the CPU's
+ * separate products: q | k | v in one launch, and silu(x Wg^T) * (x Wu^T); h's bound carries
+ * the products' bounds through silu (|silu'| <= 1.1) and the product with u */
+static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) {
+    int OC[3] = {OC0, OC1, OC1};
+    size_t nx = (size_t)N * C;
+    float *x = zb_falloc(nx), *dx = NULL;
+    zb_fill_uniform(x, nx, 1.0f, rng);
+    dx = zb_dev_f(x, nx);
+    float *ax = fabs_copy(x, nx);
+    double rel = ZB_U16 + 2 * (C + 2) * U;
+    char what[128];
+    /* three matrices, one launch */
+    uint16_t *W16[3], *dW16[3];
+    float *ref[3], *mag[3], *dout[3];
+    for (int s = 0; s < 3; s++) {
+        size_t nw = (size_t)OC[s] * C;
+        float *W = zb_falloc(nw), *Wr = zb_falloc(nw);
+        W16[s] = malloc(nw * 2);
+        zb_fill_uniform(W, nw, 0.5f, rng);
+        zb_f32_to_bf16_n(W, W16[s], nw);
+        zb_bf16_to_f32_n(W16[s], Wr, nw);
+        ref[s] = zb_falloc((size_t)N * OC[s]);
+        mag[s] = zb_falloc((size_t)N * OC[s]);
+        zb_linear_forward(ref[s], x, zb_wt_of_bf16(W16[s]), N, C, OC[s]);
+        float *aw = fabs_copy(Wr, nw);
+        zb_matmul_forward(mag[s], ax, aw, NULL, N, C, OC[s]);
+        dW16[s] = zb_dev_bytes(W16[s], nw * 2);
+        dout[s] = zb_dev_f(NULL, (size_t)N * OC[s]);
+        free(W); free(Wr); free(aw);
+    }
+    zb_cuda_linear_forward3(dout[0], dout[1], dout[2], dx, zb_wt_of_bf16(dW16[0]), zb_wt_of_bf16(dW16[1]),
+                            zb_wt_of_bf16(dW16[2]), N, C, OC[0], OC[1], OC[2]);
+    for (int s = 0; s < 3; s++) {
+        size_t no = (size_t)N * OC[s];
+        float *got = zb_falloc(no);
+        double *md = zb_dalloc(no);
+        for (size_t i = 0; i < no; i++) md[i] = mag[s][i];
+        zb_host_f(got, dout[s], no);
+        snprintf(what, sizeof what, "linear_forward3 matrix %d N=%d C=%d OC=%d (%s)", s, N, C, OC[s],
+                 zb_cuda_gemv_ok(dx, dW16[s], N, C) ? "one gemv" : "separate");
+        zb_check_mag(what, got, ref[s], md, rel, 1e-30, no);
+        free(got); free(md);
+    }
+    for (int s = 0; s < 3; s++) {
+        free(W16[s]); free(ref[s]); free(mag[s]);
+        zb_cuda_free(dW16[s]); zb_cuda_free(dout[s]);
+    }
+    /* gate and up, SwiGLU in the same launch */
+    size_t nw = (size_t)F * C, no = (size_t)N * F;
+    float *Wg = zb_falloc(nw), *Wu = zb_falloc(nw), *g = zb_falloc(no), *u = zb_falloc(no), *h = zb_falloc(no);
+    float *mg = zb_falloc(no), *mu = zb_falloc(no), *got = zb_falloc(no);
+    uint16_t *g16 = malloc(nw * 2), *u16 = malloc(nw * 2);
+    zb_fill_uniform(Wg, nw, 0.5f, rng);
+    zb_fill_uniform(Wu, nw, 0.5f, rng);
+    zb_f32_to_bf16_n(Wg, g16, nw); zb_bf16_to_f32_n(g16, Wg, nw);
+    zb_f32_to_bf16_n(Wu, u16, nw); zb_bf16_to_f32_n(u16, Wu, nw);
+    zb_linear_forward(g, x, zb_wt_of_bf16(g16), N, C, F);
+    zb_linear_forward(u, x, zb_wt_of_bf16(u16), N, C, F);
+    zb_swiglu_forward(h, g, u, no);
+    float *awg = fabs_copy(Wg, nw), *awu = fabs_copy(Wu, nw);
+    zb_matmul_forward(mg, ax, awg, NULL, N, C, F);
+    zb_matmul_forward(mu, ax, awu, NULL, N, C, F);
+    double *bd = zb_dalloc(no);
+    for (size_t i = 0; i < no; i++) {
+        double eg = rel * mg[i], eu = rel * mu[i], sg = g[i] / (1.0 + exp(-(double)g[i]));
+        bd[i] = 1.1 * eg * (fabs(u[i]) + eu) + fabs(sg) * eu + 8 * U * fabs(h[i]) + 1e-30;
+    }
+    uint16_t *dg16 = zb_dev_bytes(g16, nw * 2), *du16 = zb_dev_bytes(u16, nw * 2);
+    float *dh = zb_dev_f(NULL, no), *du = zb_dev_f(NULL, no);
+    zb_cuda_swiglu_linear_forward(dh, du, dx, zb_wt_of_bf16(dg16), zb_wt_of_bf16(du16), N, C, F);
+    zb_host_f(got, dh, no);
+    snprintf(what, sizeof what, "swiglu_linear_forward N=%d C=%d F=%d (%s)", N, C, F,
+             zb_cuda_gemv_ok(dx, dg16, N, C) ? "one gemv" : "separate");
+    zb_check_bounds(what, got, h, bd, no);
+    free(x); free(ax); free(Wg); free(Wu); free(g); free(u); free(h); free(mg); free(mu); free(got); free(g16);
+    free(u16); free(awg); free(awu); free(bd);
+    zb_cuda_free(dx); zb_cuda_free(dg16); zb_cuda_free(du16); zb_cuda_free(dh); zb_cuda_free(du);
+}
+
 /* ---- RMSNorm ---------------------------------------------------------------------------- */
 static void test_rmsnorm(zb_rng *rng, int N, int C) {
     size_t n = (size_t)N * C;
@@ -488,9 +568,9 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
 /* ---- attention over caches (generation) ------------------------------------------------------ */
 /* GQA head-major cache [slots][Hkv][maxT][hd] (K and V), or MLA's latent rows [slots][maxT][W]
  * with values = the first dv columns (mla = 1: Hkv = 1, K = V). n new rows per sequence. */
-static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
-    int slots = 4, maxT = 50, H = 4, Hkv = mla ? 1 : 2, dqk = mla ? 40 : 24, dv = mla ? 32 : 24;
-    int nb = 3, seqs[3] = {2, 0, 3}, pos[3] = {10, 37, 0};
+static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int Hkv_gqa, int dqk_gqa, int maxT) {
+    int slots = 4, Hkv = mla ? 1 : Hkv_gqa, dqk = mla ? 40 : dqk_gqa, dv = mla ? 32 : dqk_gqa;
+    int nb = 3, seqs[3] = {2, 0, 3}, pos[3] = {maxT / 5, maxT - 13, 0};
     for (int i = 0; i < nb; i++) if (pos[i] + n > maxT) pos[i] = maxT - n;
     long long row = mla ? dqk : dqk, grp = mla ? 0 : (long long)maxT * dqk, seqs_stride = (long long)Hkv * maxT * dqk;
     size_t nc = (size_t)slots * seqs_stride;
@@ -556,15 +636,29 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
     zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, max_len, &a);
     zb_host_f(got, dout, no);
     char what[128];
-    snprintf(what, sizeof what, "attention_cached %s cache=%s n=%d mode=%s (%s)", mla ? "mla" : "gqa",
-             bf16 ? "bf16" : "f32", n, mode_name(), n == 1 ? "flash-decoding" : "cuBLAS blocks");
+    snprintf(what, sizeof what, "attention_cached %s H=%d/%d d=%d T=%d cache=%s n=%d mode=%s (%s)",
+             mla ? "mla" : "gqa", H, Hkv, dqk, maxT, bf16 ? "bf16" : "f32", n, mode_name(),
+             n == 1 ? "flash-decoding" : "cuBLAS blocks");
     zb_check_bounds(what, got, out, bound, no);
     if (n == 1) {   /* the decode kernel given only the cache length as its bound (as the backend does) */
         zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, maxT, &a);
         zb_host_f(got, dout, no);
-        snprintf(what, sizeof what, "attention_cached %s cache=%s decode bounded by max_T", mla ? "mla" : "gqa",
-                 bf16 ? "bf16" : "f32");
+        snprintf(what, sizeof what, "attention_cached %s H=%d/%d d=%d cache=%s decode bounded by max_T",
+                 mla ? "mla" : "gqa", H, Hkv, dqk, bf16 ? "bf16" : "f32");
         zb_check_bounds(what, got, out, bound, no);
+        /* forced chunk lengths: many chunks per sequence, and several rows per slot of a block */
+        int chunks[2] = {32, 512};
+        for (int c = 0; c < 2; c++) {
+            zb_cuda_decode_set_chunk(chunks[c]);
+            for (size_t e = 0; e < no; e++) got[e] = NAN;   /* every output must be written */
+            zb_cuda_upload(dout, got, no * sizeof(float));
+            zb_cuda_attention_cached(dout, dq, dK, dV, dseq, dpos, nb, n, maxT, &a);
+            zb_cuda_decode_set_chunk(0);
+            zb_host_f(got, dout, no);
+            snprintf(what, sizeof what, "attention_cached %s H=%d/%d d=%d cache=%s decode, %d positions per block",
+                     mla ? "mla" : "gqa", H, Hkv, dqk, bf16 ? "bf16" : "f32", chunks[c]);
+            zb_check_bounds(what, got, out, bound, no);
+        }
     }
     /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
     if (!mla && !bf16) {
@@ -588,6 +682,8 @@ static void test_cached(zb_rng *rng, int mla, int bf16, int n) {
     zb_cuda_free(dK); if (!mla) zb_cuda_free(dV); zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dq);
     zb_cuda_free(dout);
 }
+
+static void test_cached(zb_rng *rng, int mla, int bf16, int n) { test_cached_shape(rng, mla, bf16, n, 4, 2, 24, 50); }
 
 /* ---- losses ------------------------------------------------------------------------------------ */
 static void test_losses(zb_rng *rng, int N, int V) {
@@ -772,6 +868,17 @@ int main(int argc, char **argv) {
     test_linear_bf16(&rng, 1, 1027, 515);
     test_linear_bf16(&rng, 3, 1032, 77);    /* the decode GEMV (N <= 8, C % 8 == 0), its ragged tail */
     test_linear_bf16(&rng, 8, 4096, 100);
+    for (int N = 1; N <= 8; N++) {   /* every row count of the GEMV; C not a multiple of the warp's sweep */
+        test_linear_bf16(&rng, N, 1032 + 8 * N, 70 + 3 * N);
+        test_gemv_fused(&rng, N, 520 + 24 * N, 64 + N, 17 + N, 45 + 2 * N);
+    }
+    test_gemv_fused(&rng, 2, 1036, 30, 10, 20);   /* C % 8 != 0: the separate products */
+    for (int ks = 1; ks <= 8; ks *= 2) {   /* each split of a row over the block's warps */
+        zb_cuda_gemv_set_split(ks);
+        test_linear_bf16(&rng, 3, 4104, 13);
+        test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
+    }
+    zb_cuda_gemv_set_split(0);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
     for (int il = 0; il < 2; il++)
@@ -791,6 +898,14 @@ int main(int argc, char **argv) {
         test_cached(&rng, 0, bf, 5);
         test_cached(&rng, 1, bf, 1);
         test_cached(&rng, 1, bf, 5);
+        /* the bf16 fast path's shapes (head dims 64, 128, 256; 1, 2, 4, 8 heads per group) and the
+         * same shapes on float32 caches */
+        test_cached_shape(&rng, 0, bf, 1, 8, 8, 64, 700);
+        test_cached_shape(&rng, 0, bf, 1, 8, 4, 128, 700);
+        test_cached_shape(&rng, 0, bf, 1, 8, 2, 128, 1100);
+        test_cached_shape(&rng, 0, bf, 1, 16, 2, 64, 300);
+        test_cached_shape(&rng, 0, bf, 1, 8, 2, 256, 200);
+        test_cached_shape(&rng, 0, bf, 1, 6, 2, 128, 90);   /* 3 per group: the general kernel */
     }
     test_losses(&rng, 37, 1003);
     test_adamw(&rng, fixtures);

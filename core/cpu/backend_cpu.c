@@ -66,6 +66,21 @@ static void cpu_linear_forward(const zb_backend *be, float *out, const float *in
     (void)be;
     zb_linear_forward(out, inp, W, N, C, OC);
 }
+/* the fusions of backend.h are the separate products here (the CPU gains nothing from one call) */
+static void cpu_linear_forward3(const zb_backend *be, float *out0, float *out1, float *out2, const float *inp,
+                                zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
+    (void)be;
+    zb_linear_forward(out0, inp, W0, N, C, OC0);
+    zb_linear_forward(out1, inp, W1, N, C, OC1);
+    zb_linear_forward(out2, inp, W2, N, C, OC2);
+}
+static void cpu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
+                                      int N, int C, int F) {
+    (void)be;
+    zb_linear_forward(h, inp, Wg, N, C, F);
+    zb_linear_forward(u, inp, Wu, N, C, F);
+    zb_swiglu_forward(h, h, u, (size_t)N * F);
+}
 static void cpu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                 int N, int C, float eps) {
     (void)be;
@@ -167,6 +182,52 @@ static double cpu_kl_div(const zb_backend *be, float *dstudent, const float *stu
 static double cpu_mse(const zb_backend *be, float *da, const float *a, const float *b, size_t n, float scale) {
     (void)be;
     return zb_mse(da, a, b, n, scale);
+}
+
+/* the vocabulary-parallel cross-entropy's passes (backend.h); sums and the gradient in double */
+static void cpu_vp_row_max(const zb_backend *be, float *mx, const float *logits, int N, int V) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        float m = -INFINITY;
+        for (int v = 0; v < V; v++) if (row[v] > m) m = row[v];
+        mx[n] = m;
+    }
+}
+static void cpu_vp_row_sums(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                            int N, int V, int64_t v0) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx[n]);
+        int64_t y = (int64_t)targets[n] - v0;
+        st[2 * n] = sum;
+        st[2 * n + 1] = (y >= 0 && y < V) ? row[y] : 0.0;   /* the target logit lives on one rank */
+    }
+}
+static double cpu_vp_ce_grad(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                             const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale) {
+    (void)be;
+    double total = 0;   /* rows in order (the sum's rounding as the host path had it) */
+    for (int n = 0; n < N; n++) {
+        float *d = dlogits ? dlogits + (size_t)n * V : NULL;
+        int64_t y = targets[n];
+        if (y < 0 || y >= Vfull) {
+            if (d) memset(d, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+        double lse = mx[n] + log(st[2 * n]);
+        total += lse - st[2 * n + 1];
+        if (d) {
+            const float *row = logits + (size_t)n * V;
+            for (int v = 0; v < V; v++) d[v] = (float)(scale * exp((double)row[v] - lse));
+            if (y - v0 >= 0 && y - v0 < V) d[y - v0] -= scale;
+        }
+    }
+    return total;
 }
 
 static double cpu_mean_row_dist(const zb_backend *be, float *g, const float *s, const float *t, int N, int d,
@@ -283,6 +344,11 @@ static void cpu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, 
         for (long long i = 0; i < k; i++) y[i] = a * (2.0f * zb_hash_uniform(seed, (uint64_t)i) - 1.0f);
     }
 }
+/* nothing to record: the host runs each call as it comes */
+static int cpu_step_graph(const zb_backend *be, void **g, int op, long long key) {
+    (void)be; (void)g; (void)op; (void)key;
+    return 0;
+}
 
 static const zb_backend cpu_backend = {
     .name = "cpu",
@@ -292,6 +358,7 @@ static const zb_backend cpu_backend = {
     .add = cpu_add, .sub = cpu_sub, .scale = cpu_scale,
     .matmul_forward = cpu_matmul_forward, .matmul_backward = cpu_matmul_backward,
     .linear_forward = cpu_linear_forward,
+    .linear_forward3 = cpu_linear_forward3, .swiglu_linear_forward = cpu_swiglu_linear_forward,
     .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope = cpu_rope,
     .attention_saved_floats = cpu_attention_saved_floats, .attention_forward = cpu_attention_forward,
@@ -300,6 +367,7 @@ static const zb_backend cpu_backend = {
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
     .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
+    .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,
@@ -308,6 +376,7 @@ static const zb_backend cpu_backend = {
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
     .adamw = cpu_adamw, .sumsq = cpu_sumsq, .fill_uniform = cpu_fill_uniform,
+    .step_graph = cpu_step_graph,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

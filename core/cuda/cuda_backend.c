@@ -97,6 +97,16 @@ static void cu_linear_forward(const zb_backend *be, float *out, const float *inp
     mode(be);
     zb_cuda_linear_forward(out, inp, W, N, C, OC);
 }
+static void cu_linear_forward3(const zb_backend *be, float *out0, float *out1, float *out2, const float *inp,
+                               zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
+    mode(be);
+    zb_cuda_linear_forward3(out0, out1, out2, inp, W0, W1, W2, N, C, OC0, OC1, OC2);
+}
+static void cu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
+                                     int N, int C, int F) {
+    mode(be);
+    zb_cuda_swiglu_linear_forward(h, u, inp, Wg, Wu, N, C, F);
+}
 static void cu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                int N, int C, float eps) {
     (void)be;
@@ -196,6 +206,24 @@ static double cu_cross_entropy(const zb_backend *be, float *dlogits, const float
                                int V, float scale, int *n_valid) {
     (void)be;
     double r = zb_cuda_cross_entropy_n(dlogits, logits, targets, N, V, scale, n_valid);
+    stop_on_error();
+    return r;
+}
+static void cu_vp_row_max(const zb_backend *be, float *mx, const float *logits, int N, int V) {
+    (void)be;
+    zb_cuda_vp_row_max(mx, logits, N, V);
+    stop_on_error();
+}
+static void cu_vp_row_sums(const zb_backend *be, double *st, const float *logits, const float *mx, const int *targets,
+                           int N, int V, int64_t v0) {
+    (void)be;
+    zb_cuda_vp_row_sums(st, logits, mx, targets, N, V, (long long)v0);
+    stop_on_error();
+}
+static double cu_vp_ce_grad(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
+                            const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale) {
+    (void)be;
+    double r = zb_cuda_vp_ce_grad(dlogits, logits, mx, st, targets, N, V, (long long)v0, (long long)Vfull, scale);
     stop_on_error();
     return r;
 }
@@ -338,6 +366,22 @@ static void cu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, u
     zb_cuda_fill_uniform(x, bf16, n, seed, a);
 }
 
+/* CUDA Graphs (cuda_common.cu); ZB_CUDA_GRAPHS=0 in the environment turns them off */
+static int cu_step_graph(const zb_backend *be, void **g, int op, long long key) {
+    (void)be;
+    static int off = -1;
+    if (off < 0) {
+        const char *e = getenv("ZB_CUDA_GRAPHS");
+        off = e && !strcmp(e, "0");
+    }
+    switch (op) {
+    case ZB_GRAPH_REPLAY: return !off && zb_cuda_graph_replay(*g, key);
+    case ZB_GRAPH_BEGIN: return !off && zb_cuda_graph_begin(g, key);
+    case ZB_GRAPH_END: return zb_cuda_graph_end(*g);
+    default: zb_cuda_graph_free(*g); *g = NULL; return 0;
+    }
+}
+
 static zb_backend cuda_backend = {
     .name = "cuda",
     .host_memory = 0,
@@ -346,6 +390,7 @@ static zb_backend cuda_backend = {
     .add = cu_add, .sub = cu_sub, .scale = cu_scale,
     .matmul_forward = cu_matmul_forward, .matmul_backward = cu_matmul_backward,
     .linear_forward = cu_linear_forward,
+    .linear_forward3 = cu_linear_forward3, .swiglu_linear_forward = cu_swiglu_linear_forward,
     .rmsnorm_forward = cu_rmsnorm_forward, .rmsnorm_backward = cu_rmsnorm_backward,
     .rope = cu_rope,
     .attention_saved_floats = cu_attention_saved_floats, .attention_forward = cu_attention_forward,
@@ -354,6 +399,7 @@ static zb_backend cuda_backend = {
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
     .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
+    .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,
     .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
     .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
     .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,
@@ -362,6 +408,7 @@ static zb_backend cuda_backend = {
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
     .adamw = cu_adamw, .sumsq = cu_sumsq, .fill_uniform = cu_fill_uniform,
+    .step_graph = cu_step_graph,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

@@ -27,6 +27,9 @@ typedef struct {
 /* The process's one device context (see the header: one GPU per process). */
 static zb_cuda_state g_dev = {0, 0, 0, 0, {0}, 0, 0, 0, 0, ZB_PREC_F32, ZB_BF16_GEMM_CONVERT, {0}, {0}, 0, {0}, 1};
 
+/* bumped when device memory is freed or a scratch slot moves: a recorded graph may point there */
+static unsigned long long g_mem_gen = 1;
+
 extern "C" void zb_cuda_weights_changed(void) { g_dev.wversion++; }
 extern "C" unsigned long long zb_cuda_weights_version(void) { return g_dev.wversion; }
 
@@ -139,6 +142,7 @@ extern "C" int zb_cuda_alloc(void **p, size_t bytes, const char *what) {
 extern "C" void zb_cuda_free(void *p) {
     if (!p) return;
     g_dev.wversion++;   /* the address may come back for other weights */
+    g_mem_gen++;
     cudaStreamSynchronize(g_dev.stream);
     cudaFree(p);
 }
@@ -204,6 +208,7 @@ extern "C" int zb_cuda_status(void) { return pending_error(); }
 extern "C" void *zb_cuda_scratch(int slot, size_t bytes) {
     if (slot < 0 || slot >= ZB_WS_N) return NULL;
     if (bytes <= g_dev.ws_bytes[slot] && g_dev.ws[slot]) return g_dev.ws[slot];
+    g_mem_gen++;
     cudaStreamSynchronize(g_dev.stream);   /* the old buffer may still be in use */
     cudaFree(g_dev.ws[slot]);
     g_dev.ws[slot] = NULL;
@@ -219,4 +224,63 @@ extern "C" void *zb_cuda_scratch(int slot, size_t bytes) {
     }
     g_dev.ws_bytes[slot] = want;
     return g_dev.ws[slot];
+}
+
+/* ---- CUDA Graphs of a repeated step ------------------------------------------------------------ */
+
+typedef struct {
+    cudaGraphExec_t exec;
+    long long key;
+    unsigned long long mem_gen;
+} zb_cuda_graph;
+
+extern "C" int zb_cuda_graph_replay(void *gp, long long key) {
+    zb_cuda_graph *g = (zb_cuda_graph *)gp;
+    if (!g || !g->exec || g->key != key || g->mem_gen != g_mem_gen || g_dev.err) return 0;
+    cudaError_t e = cudaGraphLaunch(g->exec, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaGraphLaunch", cudaGetErrorString(e), __FILE__, __LINE__);
+    return 1;
+}
+
+extern "C" int zb_cuda_graph_begin(void **gp, long long key) {
+    if (g_dev.err) return 0;   /* an error is pending: no capture on top of it */
+    if (!*gp) *gp = calloc(1, sizeof(zb_cuda_graph));
+    zb_cuda_graph *g = (zb_cuda_graph *)*gp;
+    if (!g) return 0;
+    if (g->exec) { cudaGraphExecDestroy(g->exec); g->exec = NULL; }
+    cudaGetLastError();
+    /* thread-local: a call that would synchronise this thread (an allocation, a download) fails
+     * the capture instead of running */
+    if (cudaStreamBeginCapture(g_dev.stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    g->key = key;
+    g->mem_gen = g_mem_gen;
+    return 1;
+}
+
+extern "C" int zb_cuda_graph_end(void *gp) {
+    zb_cuda_graph *g = (zb_cuda_graph *)gp;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(g_dev.stream, &graph);
+    int ok = e == cudaSuccess && graph && !g_dev.err && g && g->mem_gen == g_mem_gen;
+    if (ok && cudaGraphInstantiate(&g->exec, graph, 0) != cudaSuccess) { g->exec = NULL; ok = 0; }
+    if (graph) cudaGraphDestroy(graph);
+    if (!ok) {   /* what the capture recorded was its own failure (nothing ran): cleared */
+        cudaGetLastError();
+        g_dev.err = 0;
+        if (g) g->exec = NULL;
+        return 0;
+    }
+    e = cudaGraphLaunch(g->exec, g_dev.stream);
+    if (e != cudaSuccess) zb_cuda_note_error2("cudaGraphLaunch", cudaGetErrorString(e), __FILE__, __LINE__);
+    return 1;
+}
+
+extern "C" void zb_cuda_graph_free(void *gp) {
+    zb_cuda_graph *g = (zb_cuda_graph *)gp;
+    if (!g) return;
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    free(g);
 }

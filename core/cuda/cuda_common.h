@@ -94,6 +94,15 @@ void *zb_cuda_cublas_handle(void);
 void zb_cuda_weights_changed(void);
 unsigned long long zb_cuda_weights_version(void);
 
+/* CUDA Graphs of a repeated step on the stream (backend.h step_graph): replay returns 1 when it
+ * launched the graph recorded under key (and no device memory was freed or regrown since); begin
+ * starts capturing (*g created); end stops, instantiates and launches it (1), or returns 0 with
+ * the errors of the failed capture cleared, nothing run. */
+int zb_cuda_graph_replay(void *g, long long key);
+int zb_cuda_graph_begin(void **g, long long key);
+int zb_cuda_graph_end(void *g);
+void zb_cuda_graph_free(void *g);
+
 /* Record an error (kernel launch, library status); the first one is kept. */
 void zb_cuda_note_error(const char *what, const char *file, int line);
 

@@ -20,55 +20,181 @@ typedef __nv_bfloat16 bf16;
 /* ---- small-N GEMV on bf16 weights ------------------------------------------------------------- */
 
 #define GEMV_MAXN 8
+#define GEMV_THREADS 256   /* 8 warps */
+#define GEMV_UNROLL 4      /* 16-byte weight loads in flight per lane (per matrix) */
 
-__global__ void __launch_bounds__(256) k_gemv_bf16(float *__restrict__ out, const float *__restrict__ x,
-                                                   const bf16 *__restrict__ W, int N, int C, int OC) {
-    int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (row >= OC) return;
-    const bf16 *w = W + (size_t)row * C;
-    float acc[GEMV_MAXN];
+/* up to 3 matrices sharing the input x (q | k | v), their rows numbered one after the other;
+ * pair mode: rows r of W[0] (gate) and Wu (up) together, out[0] = silu(gate) * up */
+typedef struct {
+    const bf16 *W[3];
+    float *out[3];
+    int OC[3], start[4], nseg;
+    const bf16 *Wu;
+} gemv_args;
+
+/* streamed once: no L1 allocation (x stays there), L2 fetches 256 B at a time */
+__device__ static inline uint4 ld_stream(const bf16 *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+template <int NN>
+__device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__restrict__ x, int C, int c) {
+    const __nv_bfloat162 *p2 = (const __nv_bfloat162 *)&raw;
+    float2 f0 = __bfloat1622float2(p2[0]), f1 = __bfloat1622float2(p2[1]);
+    float2 f2 = __bfloat1622float2(p2[2]), f3 = __bfloat1622float2(p2[3]);
 #pragma unroll
-    for (int n = 0; n < GEMV_MAXN; n++) acc[n] = 0.0f;
-    int c8 = (C / 256) * 256;   /* whole warp sweeps of 8 values per lane */
-#pragma unroll 2
-    for (int c = lane * 8; c < c8; c += 256) {
-        uint4 raw = __ldg((const uint4 *)(w + c));
-        const __nv_bfloat162 *p2 = (const __nv_bfloat162 *)&raw;
-        float2 f0 = __bfloat1622float2(p2[0]), f1 = __bfloat1622float2(p2[1]);
-        float2 f2 = __bfloat1622float2(p2[2]), f3 = __bfloat1622float2(p2[3]);
+    for (int n = 0; n < NN; n++) {
+        const float4 *xr = (const float4 *)(x + (size_t)n * C + c);
+        float4 a = __ldg(xr), b = __ldg(xr + 1);
+        acc[n] += f0.x * a.x + f0.y * a.y + f1.x * a.z + f1.y * a.w + f2.x * b.x + f2.y * b.y + f3.x * b.z + f3.y * b.w;
+    }
+}
+
+/* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
+ * in flight per lane before the products), the block's 8 / KS rows are summed through shared
+ * memory. NN (1..8) rows of x, a compile-time count. */
+template <int NN, bool PAIR>
+__global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const float *__restrict__ x, int C, int KS, int total) {
+    constexpr int NA = PAIR ? 2 : 1;
+    __shared__ float red[GEMV_THREADS / 32][NA * NN];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, RB = (GEMV_THREADS / 32) / KS;
+    const int row = blockIdx.x * RB + warp / KS, kp = warp % KS;
+    float acc[NA * NN];
 #pragma unroll
-        for (int n = 0; n < GEMV_MAXN; n++) {
-            if (n < N) {
-                const float4 *xr = (const float4 *)(x + (size_t)n * C + c);
-                float4 a = __ldg(xr), b = __ldg(xr + 1);
-                acc[n] += f0.x * a.x + f0.y * a.y + f1.x * a.z + f1.y * a.w + f2.x * b.x + f2.y * b.y + f3.x * b.z +
-                          f3.y * b.w;
+    for (int n = 0; n < NA * NN; n++) acc[n] = 0.0f;
+    if (row < total) {
+        /* the segment by selects, not an index (an indexed parameter array goes to local memory) */
+        int sg = row >= a.start[1] ? (row >= a.start[2] ? 2 : 1) : 0;
+        int r = row - (sg == 0 ? 0 : sg == 1 ? a.start[1] : a.start[2]);
+        const bf16 *w = (sg == 0 ? a.W[0] : sg == 1 ? a.W[1] : a.W[2]) + (size_t)r * C;
+        const bf16 *wu = PAIR ? a.Wu + (size_t)r * C : NULL;
+        int per = ((C + 8 * KS - 1) / (8 * KS)) * 8, c0 = kp * per, c1 = min(C, c0 + per);
+        for (int c = c0 + lane * 8; c < c1; c += 256 * GEMV_UNROLL) {
+            uint4 rw[GEMV_UNROLL], ru[GEMV_UNROLL];
+#pragma unroll
+            for (int k = 0; k < GEMV_UNROLL; k++) {
+                int cc = c + k * 256;
+                if (cc < c1) {
+                    rw[k] = ld_stream(w + cc);
+                    if (PAIR) ru[k] = ld_stream(wu + cc);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < GEMV_UNROLL; k++) {
+                int cc = c + k * 256;
+                if (cc < c1) {
+                    gemv_fma<NN>(acc, rw[k], x, C, cc);
+                    if (PAIR) gemv_fma<NN>(acc + NN, ru[k], x, C, cc);
+                }
             }
         }
     }
-    for (int c = c8 + lane; c < C; c += 32) {   /* the ragged tail, one value per lane */
-        float wf = __bfloat162float(w[c]);
 #pragma unroll
-        for (int n = 0; n < GEMV_MAXN; n++)
-            if (n < N) acc[n] += wf * x[(size_t)n * C + c];
-    }
-#pragma unroll
-    for (int n = 0; n < GEMV_MAXN; n++) {
-        if (n >= N) break;
+    for (int n = 0; n < NA * NN; n++) {
         float v = acc[n];
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) out[(size_t)n * OC + row] = v;
+        acc[n] = v;
     }
+    if (KS > 1) {
+        if (lane == 0)
+#pragma unroll
+            for (int n = 0; n < NA * NN; n++) red[warp][n] = acc[n];
+        __syncthreads();
+        if (kp != 0 || row >= total) return;
+        for (int k = 1; k < KS; k++)
+#pragma unroll
+            for (int n = 0; n < NA * NN; n++) acc[n] += red[warp + k][n];
+    }
+    if (row >= total || lane >= NN) return;
+    int sg = row >= a.start[1] ? (row >= a.start[2] ? 2 : 1) : 0;
+    int r = row - (sg == 0 ? 0 : sg == 1 ? a.start[1] : a.start[2]), OC = sg == 0 ? a.OC[0] : sg == 1 ? a.OC[1] : a.OC[2];
+    float *o = sg == 0 ? a.out[0] : sg == 1 ? a.out[1] : a.out[2];
+    float v = acc[0];   /* lane n writes row n of x's output (a register array indexed at compile time) */
+#pragma unroll
+    for (int n = 1; n < NN; n++)
+        if (lane == n) v = acc[n];
+    if (PAIR) {
+        float u = acc[NN];
+#pragma unroll
+        for (int n = 1; n < NN; n++)
+            if (lane == n) u = acc[NN + n];
+        v = v / (1.0f + expf(-v)) * u;   /* silu(gate) * up, as k_swiglu_fwd */
+    }
+    o[(size_t)lane * OC + r] = v;
 }
+
+static int g_gemv_split = 0;   /* 0: chosen per shape; 1, 2, 4, 8: forced (the benchmark's sweep) */
+extern "C" void zb_cuda_gemv_set_split(int ks) { g_gemv_split = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
 
 extern "C" int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C) {
     return N >= 1 && N <= GEMV_MAXN && C % 8 == 0 && !(((uintptr_t)x | (uintptr_t)W) & 15);
 }
 
+/* split-K: enough warps to fill the GPU (about 64 per SM) when the matrices have few rows, while
+ * each warp keeps at least two sweeps of 256 columns */
+static int gemv_split(int rows, int C) {
+    if (g_gemv_split) return g_gemv_split;
+    int target = zb_cuda_sm_count() * 64, ks = 1;
+    while (ks < 8 && (long long)rows * ks < target && C / (ks * 2) >= 512) ks *= 2;
+    return ks;
+}
+
+template <bool PAIR>
+static void gemv_launch(const gemv_args &a, const float *x, int N, int C) {
+    int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
+    dim3 grid((rows + rb - 1) / rb);
+    cudaStream_t st = zb_cuda_stream();
+    switch (N) {
+    case 1: k_gemv<1, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 2: k_gemv<2, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 3: k_gemv<3, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 4: k_gemv<4, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 5: k_gemv<5, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 6: k_gemv<6, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 7: k_gemv<7, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    default: k_gemv<8, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    }
+    ZB_CUDA_LAUNCHED(PAIR ? "gemv_bf16 swiglu" : "gemv_bf16");
+}
+
 extern "C" void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int C, int OC) {
-    if (OC <= 0) return;
-    k_gemv_bf16<<<zb_cuda_blocks((size_t)OC * 32, 256), 256, 0, zb_cuda_stream()>>>(out, x, (const bf16 *)W, N, C, OC);
-    ZB_CUDA_LAUNCHED("gemv_bf16");
+    zb_gemv_seg s = {W, out, OC};
+    zb_cuda_gemv_bf16_multi(x, N, C, 1, &s);
+}
+
+extern "C" void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs) {
+    gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.nseg = 0;
+    for (int s = 0; s < nseg && s < 3; s++) {
+        if (segs[s].OC <= 0) continue;
+        a.W[a.nseg] = (const bf16 *)segs[s].W;
+        a.out[a.nseg] = segs[s].out;
+        a.OC[a.nseg] = segs[s].OC;
+        a.start[a.nseg + 1] = a.start[a.nseg] + segs[s].OC;
+        a.nseg++;
+    }
+    if (!a.nseg) return;
+    for (int s = a.nseg + 1; s < 4; s++) a.start[s] = a.start[a.nseg];
+    gemv_launch<false>(a, x, N, C);
+}
+
+extern "C" void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N,
+                                         int C, int F) {
+    if (F <= 0) return;
+    gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.W[0] = (const bf16 *)Wg;
+    a.Wu = (const bf16 *)Wu;
+    a.out[0] = h;
+    a.OC[0] = F;
+    a.nseg = 1;
+    a.start[1] = a.start[2] = a.start[3] = F;
+    gemv_launch<true>(a, x, N, C);
 }
 
 /* ---- flash-decoding -------------------------------------------------------------------------------- */
@@ -166,23 +292,138 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_part(
     }
 }
 
-/* merge the chunks of (sequence i, head h): one block per row, threads over the columns */
+
+/* The bf16 GQA fast path: D = dqk = dv (64, 128 or 256), R heads per group (1, 2, 4, 8). A row
+ * of D bf16 is D / 8 lanes of 16 bytes, so a warp reads 32 / (D / 8) consecutive rows per load
+ * (512 contiguous bytes); each group of D / 8 lanes ("slot") keeps its heads' running max, sum
+ * and weighted values (online softmax) over its rows, DEC_P rows of K and V in flight per lane;
+ * the block's slots are merged through shared memory into one part row per head (the format of
+ * k_decode_part). */
+#define DEC_P 4
+template <int D, int R>
+__global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ part, const float *__restrict__ q,
+                                                            const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
+                                                            const int *seq, const int *pos, int H, int Hkv,
+                                                            long long ss, long long gs, long long rs, float scale,
+                                                            int CH, int nsplit) {
+    constexpr int LPR = D / 8, RPW = 32 / LPR, SL = (DEC_THREADS / 32) * RPW;
+    __shared__ float s_acc[SL][R][D], s_m[SL][R], s_l[SL][R];
+    const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
+    const int L = pos[i] + 1, u0 = sp * CH, u1 = min(L, u0 + CH);
+    float *pr = part + ((((size_t)i * Hkv + g) * nsplit + sp) * R) * (D + 2);
+    if (u1 <= u0) {   /* past this sequence's length: an empty chunk */
+        if (tid < R) { pr[(size_t)tid * (D + 2) + D] = -INFINITY; pr[(size_t)tid * (D + 2) + D + 1] = 0.0f; }
+        return;
+    }
+    float qr[R][8], m[R], ls[R], acc[R][8];
+    const float *qi = q + (size_t)i * H * D + (size_t)g * R * D + l * 8;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        float4 a = *(const float4 *)(qi + j * D), b = *(const float4 *)(qi + j * D + 4);
+        qr[j][0] = a.x * scale; qr[j][1] = a.y * scale; qr[j][2] = a.z * scale; qr[j][3] = a.w * scale;
+        qr[j][4] = b.x * scale; qr[j][5] = b.y * scale; qr[j][6] = b.z * scale; qr[j][7] = b.w * scale;
+        m[j] = -INFINITY;
+        ls[j] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[j][e] = 0.0f;
+    }
+    const long long base = (long long)seq[i] * ss + (long long)g * gs + l * 8;
+    /* the warp's rows: warp-uniform loop (the shuffles need every lane), rows past u1 masked */
+    for (int ub = u0 + warp * RPW; ub < u1; ub += SL * DEC_P) {
+        uint4 kr[DEC_P], vr[DEC_P];
+#pragma unroll
+        for (int p = 0; p < DEC_P; p++) {
+            int u = min(ub + sub + p * SL, u1 - 1);
+            kr[p] = ld_stream(kc + base + (long long)u * rs);
+            vr[p] = ld_stream(vc + base + (long long)u * rs);
+        }
+        float s[DEC_P][R];
+#pragma unroll
+        for (int p = 0; p < DEC_P; p++) {
+            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kr[p];
+            float kf[8];
+#pragma unroll
+            for (int e = 0; e < 4; e++) { float2 f = __bfloat1622float2(k2[e]); kf[2 * e] = f.x; kf[2 * e + 1] = f.y; }
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                float v = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) v += qr[j][e] * kf[e];
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                s[p][j] = ub + sub + p * SL < u1 ? v : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float mx = m[j];
+#pragma unroll
+            for (int p = 0; p < DEC_P; p++) mx = fmaxf(mx, s[p][j]);
+            float ms = mx == -INFINITY ? 0.0f : mx;   /* no row yet: everything stays 0 */
+            float corr = expf(m[j] - ms);
+            ls[j] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[j][e] *= corr;
+#pragma unroll
+            for (int p = 0; p < DEC_P; p++) {
+                float w = expf(s[p][j] - ms);
+                ls[j] += w;
+                const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&vr[p];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float2 f = __bfloat1622float2(v2[e]);
+                    acc[j][2 * e] += w * f.x;
+                    acc[j][2 * e + 1] += w * f.y;
+                }
+            }
+            m[j] = mx;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) s_acc[slot][j][l * 8 + e] = acc[j][e];
+        if (l == 0) { s_m[slot][j] = m[j]; s_l[slot][j] = ls[j]; }
+    }
+    __syncthreads();
+    for (int e = tid; e < R * D; e += DEC_THREADS) {
+        int j = e / D, d = e % D;
+        float M = -INFINITY;
+        for (int t = 0; t < SL; t++) M = fmaxf(M, s_m[t][j]);
+        float num = 0.0f, den = 0.0f;
+        for (int t = 0; t < SL; t++) {
+            float w = expf(s_m[t][j] - M);   /* 0 for a slot without rows (m = -inf, acc = 0) */
+            num += w * s_acc[t][j][d];
+            den += w * s_l[t][j];
+        }
+        pr[(size_t)j * (D + 2) + d] = num;
+        if (d == 0) { pr[(size_t)j * (D + 2) + D] = M; pr[(size_t)j * (D + 2) + D + 1] = den; }
+    }
+}
+
+/* merge the chunks of (sequence i, head h): one block per row; the chunks' weights
+ * e^(m_c - M) in shared memory, then threads over the columns */
 __global__ void k_decode_merge(float *out, const float *part, int H, int Hkv, int dv, int nsplit) {
+    extern __shared__ float wsm[];
     int row = blockIdx.x, i = row / H, h = row % H, rep = H / Hkv, g = h / rep, j = h % rep;
     const float *p0 = part + (((size_t)i * Hkv + g) * nsplit * rep + j) * (dv + 2);
     size_t st = (size_t)rep * (dv + 2);   /* from one chunk to the next */
     float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, p0[s * st + dv]);
-    float den = 0;
-    for (int s = 0; s < nsplit; s++) {
-        float l = p0[s * st + dv + 1];
-        if (l > 0) den += expf(p0[s * st + dv] - M) * l;
+    for (int s = threadIdx.x; s < nsplit; s += blockDim.x) M = fmaxf(M, p0[s * st + dv]);
+    M = zb_block_max_f(M);
+    double den = 0;
+    for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
+        float l = p0[s * st + dv + 1], w = l > 0 ? expf(p0[s * st + dv] - M) : 0.0f;
+        wsm[s] = w;
+        den += (double)w * l;
     }
+    float dn = (float)zb_block_sum_d(den);   /* its barriers also publish wsm */
     for (int d = threadIdx.x; d < dv; d += blockDim.x) {
         float num = 0;
-        for (int s = 0; s < nsplit; s++)
-            if (p0[s * st + dv + 1] > 0) num += expf(p0[s * st + dv] - M) * p0[s * st + d];
-        out[(size_t)row * dv + d] = num / den;
+#pragma unroll 4
+        for (int s = 0; s < nsplit; s++) num += wsm[s] * p0[s * st + d];
+        out[(size_t)row * dv + d] = num / dn;
     }
 }
 
@@ -193,26 +434,76 @@ extern "C" int zb_cuda_decode_attn_ok(int H, int Hkv, int dqk) {
 
 /* out [nb, H*dv] for one new token per sequence (position pos[i], already in the cache); the
  * caches as in zb_cuda_cache_attn; max_T bounds the positions (the number of chunks). */
+static int g_dec_chunk = 0;   /* 0: chosen per call; else forced positions per block (the benchmark's sweep) */
+extern "C" void zb_cuda_decode_set_chunk(int ch) { g_dec_chunk = ch >= 32 ? ch : 0; }
+
+template <int D>
+static void gqa_launch(dim3 grid, float *part, const float *q, const void *kc, const void *vc, const int *seq,
+                       const int *pos, const zb_cuda_cache_attn *a, int CH, int nsplit) {
+    const bf16 *k = (const bf16 *)kc, *v = (const bf16 *)vc;
+    cudaStream_t st = zb_cuda_stream();
+#define ZB_GQA(R)                                                                                              \
+    k_decode_gqa<D, R><<<grid, DEC_THREADS, 0, st>>>(part, q, k, v, seq, pos, a->H, a->Hkv, a->seq_stride,      \
+                                                      a->group_stride, a->row_stride, a->scale, CH, nsplit)
+    switch (a->H / a->Hkv) {
+    case 1: ZB_GQA(1); break;
+    case 2: ZB_GQA(2); break;
+    case 4: ZB_GQA(4); break;
+    default: ZB_GQA(8); break;
+    }
+#undef ZB_GQA
+}
+
+/* the fast path's shapes: bf16 caches, K and V rows of the same width, 16-byte aligned rows */
+static int gqa_fast(const float *q, const void *kc, const void *vc, const zb_cuda_cache_attn *a) {
+    int rep = a->H / a->Hkv, D = a->dqk;
+    return a->cache_bf16 && D == a->dv && (D == 64 || D == 128 || D == 256) &&
+           (rep == 1 || rep == 2 || rep == 4 || rep == 8) && a->row_stride % 8 == 0 && a->seq_stride % 8 == 0 &&
+           a->group_stride % 8 == 0 && !(((uintptr_t)q | (uintptr_t)kc | (uintptr_t)vc) & 15);
+}
+
+/* out [nb, H*dv] for one new token per sequence (position pos[i], already in the cache); the
+ * caches as in zb_cuda_cache_attn; max_T bounds the positions (the number of chunks). */
 extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
                                     const int *pos_dev, int nb, int max_T, const zb_cuda_cache_attn *a) {
     if (nb <= 0 || max_T <= 0) return;
-    int rep = a->H / a->Hkv, dqk = a->dqk;
-    int CH = 256;   /* positions per block, fewer when the heads' scores and queries would not fit */
-    while (CH > 32 && (size_t)rep * (dqk + CH) * 4 > 96 * 1024) CH /= 2;
-    size_t smem = ((size_t)rep * (dqk + CH) + 2 * rep) * sizeof(float);
+    int rep = a->H / a->Hkv, dqk = a->dqk, fast = gqa_fast(q, kc, vc, a), CH;
+    size_t smem = 0;
+    if (fast) {   /* enough blocks for two per SM, at most 512 positions each */
+        CH = 512;
+        while (CH > 64 && (long long)nb * a->Hkv * ((max_T + CH - 1) / CH) < 2LL * zb_cuda_sm_count()) CH /= 2;
+        while ((max_T + CH - 1) / CH > 16384) CH *= 2;
+        if (g_dec_chunk) CH = g_dec_chunk;
+    } else {   /* positions per block, fewer when the heads' scores and queries would not fit */
+        CH = 256;
+        while (CH > 32 && (size_t)rep * (dqk + CH) * 4 > 96 * 1024) CH /= 2;
+        smem = ((size_t)rep * (dqk + CH) + 2 * rep) * sizeof(float);
+    }
     static int attr = 0;
     if (!attr) {
         cudaFuncSetAttribute(k_decode_part, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
+        cudaFuncSetAttribute(k_decode_merge, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
         attr = 1;
     }
     int nsplit = (max_T + CH - 1) / CH;
+    if ((size_t)nsplit * sizeof(float) > 96 * 1024) {
+        zb_cuda_note_error2("decode attention", "more chunks than the merge holds (max_T too long)", __FILE__, __LINE__);
+        return;
+    }
     float *part = (float *)zb_cuda_scratch(ZB_WS_ATTN2, (size_t)nb * a->H * nsplit * (a->dv + 2) * sizeof(float));
     if (!part) return;
     dim3 grid(nsplit, a->Hkv, nb);
-    k_decode_part<<<grid, DEC_THREADS, smem, zb_cuda_stream()>>>(part, q, kc, vc, seq_dev, pos_dev, a->H, a->Hkv, dqk,
-                                                                  a->dv, a->seq_stride, a->group_stride, a->row_stride,
-                                                                  a->scale, a->cache_bf16, CH, nsplit);
+    if (fast) {
+        if (dqk == 64) gqa_launch<64>(grid, part, q, kc, vc, seq_dev, pos_dev, a, CH, nsplit);
+        else if (dqk == 128) gqa_launch<128>(grid, part, q, kc, vc, seq_dev, pos_dev, a, CH, nsplit);
+        else gqa_launch<256>(grid, part, q, kc, vc, seq_dev, pos_dev, a, CH, nsplit);
+    } else {
+        k_decode_part<<<grid, DEC_THREADS, smem, zb_cuda_stream()>>>(part, q, kc, vc, seq_dev, pos_dev, a->H, a->Hkv, dqk,
+                                                                      a->dv, a->seq_stride, a->group_stride,
+                                                                      a->row_stride, a->scale, a->cache_bf16, CH, nsplit);
+    }
     ZB_CUDA_LAUNCHED("decode attention");
-    k_decode_merge<<<nb * a->H, a->dv < 128 ? 64 : 128, 0, zb_cuda_stream()>>>(out, part, a->H, a->Hkv, a->dv, nsplit);
+    k_decode_merge<<<nb * a->H, a->dv < 128 ? 64 : 128, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(
+        out, part, a->H, a->Hkv, a->dv, nsplit);
     ZB_CUDA_LAUNCHED("decode attention merge");
 }

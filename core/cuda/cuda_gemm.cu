@@ -203,3 +203,27 @@ extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, in
     gemm_ex(0, 1, N, OC, C, 1.0f, x16, CUDA_R_16BF, C, 0, W.bf16, CUDA_R_16BF, C, 0, 0.0f, out, OC, 0, 1,
             CUBLAS_COMPUTE_32F);
 }
+
+extern "C" void zb_cuda_linear_forward3(float *out0, float *out1, float *out2, const float *inp, zb_wt W0, zb_wt W1,
+                                        zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
+    if (W0.bf16 && W1.bf16 && W2.bf16 && zb_cuda_gemv_ok(inp, W0.bf16, N, C) && zb_cuda_gemv_ok(inp, W1.bf16, N, C) &&
+        zb_cuda_gemv_ok(inp, W2.bf16, N, C)) {
+        zb_gemv_seg s[3] = {{W0.bf16, out0, OC0}, {W1.bf16, out1, OC1}, {W2.bf16, out2, OC2}};
+        zb_cuda_gemv_bf16_multi(inp, N, C, 3, s);
+        return;
+    }
+    zb_cuda_linear_forward(out0, inp, W0, N, C, OC0);
+    zb_cuda_linear_forward(out1, inp, W1, N, C, OC1);
+    zb_cuda_linear_forward(out2, inp, W2, N, C, OC2);
+}
+
+extern "C" void zb_cuda_swiglu_linear_forward(float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu, int N, int C,
+                                              int F) {
+    if (Wg.bf16 && Wu.bf16 && zb_cuda_gemv_ok(inp, Wg.bf16, N, C) && zb_cuda_gemv_ok(inp, Wu.bf16, N, C)) {
+        zb_cuda_gemv_bf16_swiglu(h, inp, Wg.bf16, Wu.bf16, N, C, F);
+        return;
+    }
+    zb_cuda_linear_forward(h, inp, Wg, N, C, F);
+    zb_cuda_linear_forward(u, inp, Wu, N, C, F);
+    zb_cuda_swiglu_forward(h, h, u, (size_t)N * F);
+}

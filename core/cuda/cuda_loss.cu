@@ -116,6 +116,77 @@ extern "C" void zb_cuda_target_logprobs(double *logp_dev, const float *logits, c
     ZB_CUDA_LAUNCHED("target_logprobs");
 }
 
+/* ---- the vocabulary-parallel cross-entropy's passes (backend.h vp_*): one block per row ------- */
+
+__global__ void k_vp_max(float *mx, const float *logits, int V) {
+    size_t r = blockIdx.x;
+    const float *row = logits + r * V;
+    float m = -INFINITY;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, row[v]);
+    m = zb_block_max_f(m);
+    if (threadIdx.x == 0) mx[r] = m;
+}
+
+__global__ void k_vp_sums(double *st, const float *logits, const float *mx, const int *targets, int V, long long v0) {
+    size_t r = blockIdx.x;
+    const float *row = logits + r * V;
+    float m = mx[r];
+    double sum = 0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) sum += (double)expf(row[v] - m);
+    sum = zb_block_sum_d(sum);
+    if (threadIdx.x == 0) {
+        long long y = (long long)targets[r] - v0;
+        st[2 * r] = sum;
+        st[2 * r + 1] = (y >= 0 && y < V) ? (double)row[y] : 0.0;   /* the target logit lives on one rank */
+    }
+}
+
+__global__ void k_vp_grad(double *loss, float *d, const float *logits, const float *mx, const double *st,
+                          const int *targets, int V, long long v0, long long Vfull, float scale) {
+    size_t r = blockIdx.x;
+    const float *row = logits + r * V;
+    float *dr = d ? d + r * V : NULL;
+    long long y = targets[r];
+    if (y < 0 || y >= Vfull) {
+        if (dr) for (int v = threadIdx.x; v < V; v += blockDim.x) dr[v] = 0.0f;
+        if (threadIdx.x == 0) loss[r] = 0;
+        return;
+    }
+    double lse = (double)mx[r] + log(st[2 * r]);
+    if (threadIdx.x == 0) loss[r] = lse - st[2 * r + 1];
+    if (dr) {
+        float l = (float)lse;
+        long long yl = y - v0;   /* each thread reads and writes its own entries only: aliasing is safe */
+        for (int v = threadIdx.x; v < V; v += blockDim.x) {
+            float p = scale * expf(row[v] - l);
+            dr[v] = v == yl ? p - scale : p;
+        }
+    }
+}
+
+extern "C" void zb_cuda_vp_row_max(float *mx, const float *logits, int N, int V) {
+    if (N <= 0) return;
+    k_vp_max<<<N, vthreads(V), 0, zb_cuda_stream()>>>(mx, logits, V);
+    ZB_CUDA_LAUNCHED("vp_row_max");
+}
+
+extern "C" void zb_cuda_vp_row_sums(double *st, const float *logits, const float *mx, const int *targets, int N, int V,
+                                    long long v0) {
+    if (N <= 0) return;
+    k_vp_sums<<<N, vthreads(V), 0, zb_cuda_stream()>>>(st, logits, mx, targets, V, v0);
+    ZB_CUDA_LAUNCHED("vp_row_sums");
+}
+
+extern "C" double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, const double *st,
+                                     const int *targets, int N, int V, long long v0, long long Vfull, float scale) {
+    if (N <= 0) return 0;
+    double *loss = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
+    if (!loss) return NAN;
+    k_vp_grad<<<N, vthreads(V), 0, zb_cuda_stream()>>>(loss, dlogits, logits, mx, st, targets, V, v0, Vfull, scale);
+    ZB_CUDA_LAUNCHED("vp_ce_grad");
+    return sum_to_host(loss, (size_t)N);
+}
+
 /* ---- KL(teacher || student) at temperature tau ----------------------------------------------- */
 
 __global__ void k_kl(double *kl, float *d, const float *student, const float *teacher, const int *mask, int V,

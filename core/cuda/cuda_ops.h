@@ -38,6 +38,12 @@ void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *
 /* out[N,OC] = inp[N,C] @ W^T with W float32 (precision mode) or bf16 (bf16 operands, the input
  * rounded to bf16 on the fly, float32 accumulation): generation with bf16 weights. */
 void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);
+/* The fusions of generation (backend.h's linear_forward3, swiglu_linear_forward): one GEMV launch
+ * when the weights are bf16 and N, C fit it, else the separate products. */
+void zb_cuda_linear_forward3(float *out0, float *out1, float *out2, const float *inp, zb_wt W0, zb_wt W1, zb_wt W2,
+                             int N, int C, int OC0, int OC1, int OC2);
+void zb_cuda_swiglu_linear_forward(float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu, int N, int C,
+                                   int F);
 
 /* ---- conversions ---------------------------------------------------------------------- */
 void zb_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n);   /* round to nearest even */
@@ -131,9 +137,18 @@ int zb_cuda_decode_attn_ok(int H, int Hkv, int dqk);
 void zb_cuda_decode_attn(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
                          const int *pos_dev, int nb, int max_T, const zb_cuda_cache_attn *a);
 /* out[N, OC] = x[N, C] @ W^T for bf16 W and 1 <= N <= 8 (zb_cuda_gemv_ok: C % 8 == 0, 16-byte
- * aligned x and W): a warp per output row streaming W (decode with bf16 weights). */
+ * aligned x and W): warps stream W's rows (split over C when OC is small; decode with bf16
+ * weights). _multi: up to 3 matrices on the same x in one launch (q, k, v), out_s [N, OC_s];
+ * _swiglu: h[N, F] = silu(x Wg^T) * (x Wu^T) in one launch (gate, up). set_split forces the
+ * warps per row (1, 2, 4, 8; 0 = chosen per shape), for the benchmark. */
 int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C);
 void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int C, int OC);
+typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
+void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
+void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
+void zb_cuda_gemv_set_split(int ks);
+/* positions per block of the decode attention (0 = chosen per call), for the benchmark */
+void zb_cuda_decode_set_chunk(int ch);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n
  * tokens) at src + r * src_stride, its `groups` runs of `width` floats go to sequence seq[i]'s
  * group g at position pos[i] + t (strides in elements, as zb_cuda_cache_attn). */
@@ -148,6 +163,11 @@ double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *t
                                int *n_valid);
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
+/* The vocabulary-parallel cross-entropy's passes (backend.h vp_row_max / vp_row_sums / vp_ce_grad). */
+void zb_cuda_vp_row_max(float *mx, const float *logits, int N, int V);
+void zb_cuda_vp_row_sums(double *st, const float *logits, const float *mx, const int *targets, int N, int V, long long v0);
+double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, const double *st, const int *targets,
+                          int N, int V, long long v0, long long Vfull, float scale);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

@@ -7,7 +7,8 @@
  *    gated RMSNorm, and the backward of each (norm, SSD, dt, conv) with the parameter gradients.
  * 2. The SSD scan alone on random inputs with an initial state (prefill continuing from a cache)
  *    against the recurrence S_t = e^{dt A} S_{t-1} + dt x B^T, y = S C + D x in double, forward
- *    (y, chunk states, final state) and backward (dx, dB, dC, ddt, dA_log, dD by reverse-mode
+ *    (y, chunk states, final state; also in the bf16 mode, its tile products on the tensor
+ *    cores with TF32 operands) and backward (dx, dB, dC, ddt, dA_log, dD by reverse-mode
  *    through the recurrence); the one-token step for rows of sequences at other positions.
  * 3. The whole mixer: forward output, dx and every parameter gradient against the CPU; decode
  *    (n = 1 steps), prefill + decode, prefill continuing from a cache, batched decode_seqs with
@@ -41,6 +42,7 @@
 
 #include "linear.h"
 #include "mamba2.h"
+#include "cuda_common.h"
 #include "mamba2_cuda.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -667,6 +669,26 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
     cmp(what, gst, NULL, rf.st, rf.stm, nst, (int)hs, nf, 1, NULL);
     snprintf(what, sizeof what, "[%s] SSD final state (cache updated in place)", c->name);
     cmp(what, gfin, NULL, rf.fin, rf.finm, nS, (int)hs, nf, 1, NULL);
+    {   /* the bf16 precision mode's forward: the tile products on the tensor cores with TF32
+         * operands, each rounding 2^-11 = 2^13 u of its term; a term of y or of a state passes
+         * through at most 4 of them (x and w B into the chunk states, then the state and C, or
+         * C and B, then their product scaled and x) */
+        float *Sc2 = dup_(S0, nS), *dyo2 = dnew((size_t)N * di), *st2 = dnew(nst);
+        zb_cuda_set_precision(ZB_PREC_BF16);
+        zb_cuda_m2_ssd_forward(m, dD, dx, coef, dyo2, st2, Sc2, Sc2, nh * hs, B, T);
+        zb_cuda_set_precision(ZB_PREC_F32);
+        float *ty = dget(dyo2, (size_t)N * di, "SSD forward, tensor cores"),
+              *tst = dget(st2, nst, "SSD forward, tensor cores"), *tfin = dget(Sc2, nS, "SSD forward, tensor cores");
+        double nt = nf + 4 * 8192.0;
+        snprintf(what, sizeof what, "[%s] SSD y from an initial state, tensor cores (TF32)", c->name);
+        cmp(what, ty, NULL, rf.y, rf.ym, (size_t)N * di, di, nt, 1, NULL);
+        snprintf(what, sizeof what, "[%s] SSD chunk start states, tensor cores (TF32)", c->name);
+        cmp(what, tst, NULL, rf.st, rf.stm, nst, (int)hs, nt, 1, NULL);
+        snprintf(what, sizeof what, "[%s] SSD final state, tensor cores (TF32)", c->name);
+        cmp(what, tfin, NULL, rf.fin, rf.finm, nS, (int)hs, nt, 1, NULL);
+        free(ty); free(tst); free(tfin);
+        CU(cudaFree(Sc2)); CU(cudaFree(dyo2)); CU(cudaFree(st2));
+    }
     float *ddy = dup_(dy, (size_t)N * di), *gdx = dnew((size_t)N * cd), *gddt = dnew((size_t)N * nh), *gA = dnew(nh),
           *gD = dnew(nh), *work = dnew(zb_cuda_m2_ssd_bwd_floats(m, B, T));
     zb_cuda_m2_ssd_backward(m, dA, dD, dx, coef, st, ddy, gdx, gddt, gA, gD, work, B, T);

@@ -27,6 +27,9 @@
  *  k_ssd_bwd_scal one block per (b, h, chunk): the scalar gradients (dcs from every exponent, ddt,
  *                 then da = reverse cumsum of dcs by a warp scan; dA, dD partials per chunk,
  *                 summed per head by k_ssd_param_fin).
+ *  (k_ssd_outer and k_ssd_scan in the forward of the bf16 precision mode: the tile products on the
+ *  tensor cores, TF32 operands and float32 sums, m2_mma_tc of mamba2_tile.cuh; ZB_M2_TC=0 keeps
+ *  the float32 CUDA-core tiles. The backward stays float32.)
  *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
  *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
  *                 state found through seqs.
@@ -35,7 +38,10 @@
  * products. */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "cuda_common.h"
 #include "mamba2_cuda.h"
 #include "mamba2_tile.cuh"
 
@@ -127,10 +133,11 @@ __global__ void k_ssd_coef(m2_geo g, const float *__restrict__ A_log, const floa
 
 /* Forward: U = x (xbc rows), V = B, coef = wend, out = states. Backward: U = dy (rows of di,
  * head columns), V = C, coef = ecs, out = dstates. grid (nbhc, hd tiles, ds tiles). */
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
             const float *__restrict__ xbc, int v_is_c, const float *__restrict__ coef, float *out) {
-    __shared__ m2_tile_smem sm;
+    __shared__ m2_tile_any sm;
     m2_chunk k = chunk_of(g, blockIdx.x);
     int p0 = blockIdx.y * M2_TB, s0 = blockIdx.z * M2_TB;
     const float *Ub = U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * g.hd);
@@ -141,7 +148,7 @@ k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
     m2_zero(acc);
     auto la = [&](int m, int j) { return p0 + m < hd ? Ub[(size_t)j * u_stride + p0 + m] : 0.0f; };
     auto lb = [&](int j, int n) { return s0 + n < ds ? cf[j] * Vb[(size_t)j * cd + s0 + n] : 0.0f; };
-    m2_mma<false, false>(acc, la, lb, k.L, sm);
+    m2_mma_sel<TC, false, false>(acc, la, lb, k.L, sm);
     float *o = out + k.si;
 #pragma unroll
     for (int q = 0; q < 4; q++)
@@ -191,10 +198,11 @@ __global__ void k_ssd_pass_bwd(m2_geo g, const float *__restrict__ ecs, float *d
 
 /* ---- forward output ------------------------------------------------------------------------ */
 
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
            const float *__restrict__ Dp, float *y) {
-    __shared__ m2_tile_smem sm;
+    __shared__ m2_tile_any sm;
     __shared__ float Ms[M2_TB][M2_TB + 1];
     __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
     m2_chunk k = chunk_of(g, blockIdx.x);
@@ -210,7 +218,7 @@ k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__r
     /* e^{cs_i} C_i S_prev^T */
     auto lc = [&](int m, int s) { return i0 + m < L ? Cm[(size_t)(i0 + m) * cd + s] : 0.0f; };
     auto ls = [&](int s, int n) { return p0 + n < hd ? S[(size_t)(p0 + n) * ds + s] : 0.0f; };
-    m2_mma<true, true>(acc, lc, ls, ds, sm);
+    m2_mma_sel<TC, true, true>(acc, lc, ls, ds, sm);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         float e = expf(csi[m2_row(q)]);
@@ -228,7 +236,7 @@ k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__r
         float gt[4][4];
         m2_zero(gt);
         auto lbj = [&](int s, int n) { return j0 + n < L ? Bm[(size_t)(j0 + n) * cd + s] : 0.0f; };
-        m2_mma<true, true>(gt, lc, lbj, ds, sm);
+        m2_mma_sel<TC, true, true>(gt, lc, lbj, ds, sm);
 #pragma unroll
         for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -239,7 +247,7 @@ k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__r
         __syncthreads();
         auto lm = [&](int m, int jj) { return Ms[m][jj]; };
         auto lx = [&](int jj, int n) { return p0 + n < hd ? X[(size_t)(j0 + jj) * cd + p0 + n] : 0.0f; };
-        m2_mma<true, false>(acc, lm, lx, min(M2_TB, L - j0), sm);
+        m2_mma_sel<TC, true, false>(acc, lm, lx, min(M2_TB, L - j0), sm);
     }
     float Dh = Dp[k.h];
     float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
@@ -681,6 +689,15 @@ __global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const floa
 
 extern "C" cudaStream_t zb_cuda_m2_stream(void);
 
+static bool m2_tc_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("ZB_M2_TC");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
 extern "C" void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log, const float *dt,
                                     float *coef, int B, int T) {
     if (B <= 0 || T <= 0) return;
@@ -700,13 +717,17 @@ extern "C" void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, 
     m2_coef cf = coef_of(coef, B, g.nh, T);
     cudaStream_t st = zb_cuda_m2_stream();
     int nbhc = B * g.nh * g.nc, rt = cdiv(min(g.Lc, T), M2_TB);
-    k_ssd_outer<<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
-        g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    /* the bf16 precision mode: the tile products on the tensor cores (TF32), unless ZB_M2_TC=0 */
+    bool tc = zb_cuda_precision() == ZB_PREC_BF16 && m2_tc_on();
+    dim3 go(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), gs(nbhc, rt, cdiv(g.hd, M2_TB));
+    if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     zb_cuda_m2_check_launch("k_ssd_outer (chunk states)");
     k_ssd_pass_fwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, states, S0, Sfin,
                                                                           s_stride);
     zb_cuda_m2_check_launch("k_ssd_pass_fwd");
-    k_ssd_scan<<<dim3(nbhc, rt, cdiv(g.hd, M2_TB)), M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
+    if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
+    else k_ssd_scan<false><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     zb_cuda_m2_check_launch("k_ssd_scan");
 }
 
@@ -738,7 +759,7 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     if (g.brep > 1) { dBh = next; next += N * g.nh * g.ds; }
     if (g.crep > 1) { dCh = next; next += N * g.nh * g.ds; }
     /* gradient of each chunk's end state */
-    k_ssd_outer<<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
+    k_ssd_outer<false><<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
         g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
     zb_cuda_m2_check_launch("k_ssd_outer (state gradients)");
     k_ssd_pass_bwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, dstates);

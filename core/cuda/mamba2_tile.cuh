@@ -10,6 +10,8 @@
 #ifndef ZB_MAMBA2_TILE_CUH
 #define ZB_MAMBA2_TILE_CUH
 
+#include <mma.h>
+
 #define M2_TB 64
 #define M2_TK 16
 #define M2_NT 256
@@ -58,6 +60,81 @@ __device__ __forceinline__ void m2_mma(float (&acc)[4][4], const LA &la, const L
         }
         __syncthreads();
     }
+}
+
+/* ---- the same product on the tensor cores ---------------------------------------------------
+ * TF32 operands (10-bit mantissas, unit roundoff 2^-11), float32 sums: the SSD forward of the bf16
+ * precision mode. The same loads into padded tiles; each of the 8 warps owns 2 of the 16 16 x 16
+ * output fragments (rows 16 (warp / 2), columns 32 (warp % 2)) and multiplies them in steps of 8;
+ * at the end the fragments go through shared memory into the threads' acc layout (added). The
+ * tiles' row strides keep every fragment pointer 32-byte aligned (wmma's rule). */
+struct __align__(32) m2_tile_tc {
+    union {
+        struct {
+            float a[M2_TB][M2_TK + 4];   /* [m][k] */
+            float b[M2_TK][M2_TB + 4];   /* [k][n] */
+        } ab;
+        float c[M2_TB][M2_TB + 4];
+    } u;
+};
+/* shared memory for either form */
+union __align__(32) m2_tile_any {
+    m2_tile_smem f;
+    m2_tile_tc t;
+};
+
+template <bool A_KFAST, bool B_KFAST, class LA, class LB>
+__device__ __forceinline__ void m2_mma_tc(float (&acc)[4][4], const LA &la, const LB &lb, int K,
+                                          m2_tile_tc &sm) {
+    namespace wm = nvcuda::wmma;
+    const int tid = threadIdx.x, warp = tid >> 5, mi = warp >> 1, nj = (warp & 1) * 2;
+    wm::fragment<wm::accumulator, 16, 16, 8, float> c0, c1;
+    wm::fill_fragment(c0, 0.0f);
+    wm::fill_fragment(c1, 0.0f);
+    for (int k0 = 0; k0 < K; k0 += M2_TK) {
+        for (int e = tid; e < M2_TK * M2_TB; e += M2_NT) {
+            int kk = A_KFAST ? e % M2_TK : e / M2_TB, mm = A_KFAST ? e / M2_TK : e % M2_TB;
+            sm.u.ab.a[mm][kk] = k0 + kk < K ? la(mm, k0 + kk) : 0.0f;
+            kk = B_KFAST ? e % M2_TK : e / M2_TB;
+            int nn = B_KFAST ? e / M2_TK : e % M2_TB;
+            sm.u.ab.b[kk][nn] = k0 + kk < K ? lb(k0 + kk, nn) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < M2_TK; ks += 8) {
+            wm::fragment<wm::matrix_a, 16, 16, 8, wm::precision::tf32, wm::row_major> fa;
+            wm::fragment<wm::matrix_b, 16, 16, 8, wm::precision::tf32, wm::row_major> fb0, fb1;
+            wm::load_matrix_sync(fa, &sm.u.ab.a[mi * 16][ks], M2_TK + 4);
+            wm::load_matrix_sync(fb0, &sm.u.ab.b[ks][nj * 16], M2_TB + 4);
+            wm::load_matrix_sync(fb1, &sm.u.ab.b[ks][(nj + 1) * 16], M2_TB + 4);
+#pragma unroll
+            for (int t = 0; t < fa.num_elements; t++) fa.x[t] = wm::__float_to_tf32(fa.x[t]);
+#pragma unroll
+            for (int t = 0; t < fb0.num_elements; t++) {
+                fb0.x[t] = wm::__float_to_tf32(fb0.x[t]);
+                fb1.x[t] = wm::__float_to_tf32(fb1.x[t]);
+            }
+            wm::mma_sync(c0, fa, fb0, c0);
+            wm::mma_sync(c1, fa, fb1, c1);
+        }
+        __syncthreads();
+    }
+    wm::store_matrix_sync(&sm.u.c[mi * 16][nj * 16], c0, M2_TB + 4, wm::mem_row_major);
+    wm::store_matrix_sync(&sm.u.c[mi * 16][(nj + 1) * 16], c1, M2_TB + 4, wm::mem_row_major);
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[q][r] += sm.u.c[m2_row(q)][m2_col(r)];
+    __syncthreads();
+}
+
+/* m2_mma (TC false) or m2_mma_tc (TC true) */
+template <bool TC, bool A_KFAST, bool B_KFAST, class LA, class LB>
+__device__ __forceinline__ void m2_mma_sel(float (&acc)[4][4], const LA &la, const LB &lb, int K,
+                                           m2_tile_any &sm) {
+    if (TC) m2_mma_tc<A_KFAST, B_KFAST>(acc, la, lb, K, sm.t);
+    else m2_mma<A_KFAST, B_KFAST>(acc, la, lb, K, sm.f);
 }
 
 /* Kernel launch check: one line naming the kernel and the CUDA error, then exit. */

@@ -272,7 +272,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
     local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
     [ "$2" = 2 ] && a=(--tp 2)
     OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
-      --max-new ${DEC_NEW:-256} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
+      --max-new ${DEC_NEW:-512} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
     local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
     echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
     [ -n "$tps" ] || tail_of "$log"

@@ -327,15 +327,27 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
   else notrun "strong TP / PP scaling on the GPUs"; fi
 fi
 
-# what comes back stays small: no unpacked binaries, models or checkpoints
+# the step-time model (cluster/scaling_model.py) against each scaling run
+for d in "$out"/scaling-*/; do
+  d=${d%/}
+  [ -s "$d/scaling.json" ] && [ -s "$d/work/model.json" ] &&
+    python3 cluster/scaling_model.py check "$d" "$d/work/model.json" > "$d/model-check.md" 2>&1
+done
+
+# what comes back stays small and few (a lent machine returns a limited number of files): the
+# summary tables as files, everything else in one archive; no binaries, models or shards
 [ -n "$packed" ] && rm -rf "$out/pack"
 find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
+( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* decode.* scaling-* work 2>/dev/null;
+  for d in scaling-*/; do d=${d%/}; for f in scaling.md model-check.md; do [ -f "$d/$f" ] && cp "$d/$f" "$d-$f"; done; done
+  rm -rf work scaling-*/ log-decode-*-r*.txt )
 
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
 grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -6
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
-for f in "$out"/scaling-*/scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
+for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
+for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done
 echo "total $(( $(date +%s) - t_start )) s; logs in $out"
 exit $fail

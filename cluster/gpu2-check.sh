@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cluster/gpu2-check.sh [--packed PACK.tar.xz | --build DIR | --debs DIR] [OUT_DIR] — the 2-GPU checks and benchmarks,
 # one command, on a node with 2 GPUs (nvcc, the CUDA libraries, NCCL, mpirun). Everything runs
-# within ZB_DEADLINE seconds (default 350): every step has a hard `timeout`, the steps come in
+# within ZB_DEADLINE seconds (default 370): every step has a hard `timeout`, the steps come in
 # the order of their importance, and a step that would not fit in what is left is reported as
 # NOT RUN (time) instead of started:
 #
@@ -15,20 +15,21 @@
 #  3. generation: `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU, the same
 #     greedy tokens (f32), on a small hybrid trained here (20 steps, 1 GPU) and on random models
 #     of the Zebra-1B and Llama-3.2-1B shapes cut to 4 layers (full width, heads and vocabulary);
-#  4. benchmarks, median and spread over repeats (interleaved): decode tokens/s at batch 1 of the
-#     Zebra-8B (then Llama-3.1-8B) shape with synthetic bf16 weights (`--model CONFIG.json`: drawn
-#     on each rank, no file), 1 GPU vs --tp 2; weak DP scaling of the Zebra-1B hybrid's training
-#     step (cut to 8 layers, vocabulary 32768, seq 2048, 4 rows per replica, bf16 products),
-#     cluster/scaling.sh;
-#  5. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
+#  4. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
 #     (tests/cli_train_parallel.sh): 20 pretrain steps of the hybrid of tests/tp-hybrid.json on
-#     1 GPU (A: 4 rows) against TP=2, DP=2 (small gradient buckets: many overlapped NCCL
-#     all-reduces on the side stream), DP=2 with ZeRO-1 and PP=2 (1F1B over 4 micro-batches),
-#     each within the divergence of A from A2 (1 GPU, each batch as 2 accumulated halves)
-#     scaled by tests/zb_path's ratio; the 1-GPU run also against the CPU's. Meanwhile, on the
-#     other half of the cores (taskset), CPU DP weak scaling to 16 ranks (cluster/scaling.sh,
-#     one core per rank, layouts 1 dp2 dp4 dp8 dp16; ZB_CPU16=0 skips it);
-#  6. if time is left: strong TP and PP scaling of the training step on the GPUs.
+#     1 GPU (A: 4 rows) against TP=2 (the vocabulary-parallel loss on the GPUs) and PP=2 (1F1B
+#     over 4 micro-batches), each within the divergence of A from A2 (1 GPU, each batch as 2
+#     accumulated halves) scaled by tests/zb_path's ratio;
+#     meanwhile (3 and 4 pinned to the other cores): CPU DP weak scaling to 16 ranks
+#     (cluster/scaling.sh, one core each, layouts 1 dp2 dp4 dp8 dp16) on 16 physical cores, when
+#     there are >= 24 (else alone, after 5, one CPU per core; ZB_CPU16=0 skips it);
+#  5. benchmarks on the otherwise idle machine, median and spread over interleaved repeats:
+#     decode tokens/s at batch 1 of the Zebra-8B shape with synthetic bf16 weights
+#     (`--model CONFIG.json`: drawn on each rank, no file), 1 GPU vs --tp 2; weak DP scaling of
+#     the Zebra-1B hybrid's training step (cut to 8 layers, vocabulary 32768, seq 2048, 4 rows
+#     per replica, bf16 products), cluster/scaling.sh;
+#  6. if time is left: DP=2 (small buckets on the side stream), DP=2 ZeRO-1 and 1 GPU == CPU;
+#     Llama-3.1-8B decode 1 vs 2 GPUs; strong TP and PP scaling of the training step.
 # Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
 # gpu2-check-out). NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off).
 set -uo pipefail
@@ -47,7 +48,7 @@ out=${1:-gpu2-check-out}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 t_start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t_start ))s] $*"; }
-DEADLINE=${ZB_DEADLINE:-350}
+DEADLINE=${ZB_DEADLINE:-370}
 left() { echo $(( DEADLINE - ($(date +%s) - t_start) )); }
 # lim N: a step's time limit, N or what is left; fits N: is there N seconds left
 lim() { local l; l=$(left); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
@@ -60,10 +61,15 @@ MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x OPENB
 MPI="$MPIX --bind-to none"
 fail=0
 summary=()
-check() { if eval "$2"; then summary+=("PASS $1"); else summary+=("FAIL $1"); fail=1; fi; echo "${summary[-1]}"; }
+check() {   # check WHAT CONDITION: a PASS / FAIL line; the status of the condition
+  if eval "$2"; then summary+=("PASS $1"); echo "${summary[-1]}"; return 0; fi
+  summary+=("FAIL $1"); fail=1; echo "${summary[-1]}"; return 1
+}
 
-{ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; nvidia-smi topo -m; mpirun --version | head -1; } \
-  > "$out/log-machine.txt" 2>&1
+{ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; nvidia-smi topo -m; mpirun --version | head -1;
+  lscpu | grep -E '^(Model name|Socket|Core|Thread|CPU\(s\)|NUMA node)'; } > "$out/log-machine.txt" 2>&1
+# tail LOG: the end of a failing step's log, in the summary's stream (the logs may not come back)
+tail_of() { [ -f "$1" ] && { echo "  --- tail of $(basename "$1")"; grep -v '^\s*$' "$1" | tail -${2:-6} | cut -c1-240 | sed 's/^/  | /'; }; }
 
 # ---- 1. build
 if [ -n "$packed" ]; then   # the packed binaries, their libraries and Open MPI (relocated)
@@ -108,6 +114,29 @@ case $probe in *"no CUDA backend"*) have_gpu_table=0;; esac
 ZP=$build/tests/zb_path; [ -x "$ZP" ] || ZP=$build/zb_path
 TN=$build/tests/test_nccl; [ -x "$TN" ] || TN=$build/test_nccl
 
+# scaled OUT_DIR: its tables, also when the harness was stopped by its time limit
+scaled() {
+  [ -s "$1/scaling.md" ] || { [ -s "$1/runs.jsonl" ] && AGGREGATE_ONLY=1 OUT="$1" WORKDIR="$1/work" ZEBRA=/bin/true \
+    timeout 30 bash cluster/scaling.sh > /dev/null 2>&1; }
+  [ -s "$1/scaling.md" ]
+}
+decode_md() {   # decode.jsonl -> decode.md: median and spread per model and GPU count
+  python3 - "$out/decode.jsonl" > "$out/decode.md" <<'PY'
+import json, statistics as st, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+print("| model (synthetic bf16 weights) | GPUs | runs | decode tok/s, batch 1 (median) | spread (min..max) | speed-up vs 1 GPU |")
+print("|---|---|---|---|---|---|")
+for m in dict.fromkeys(r["model"] for r in rs):
+    med = {}
+    for g in (1, 2):
+        v = [r["decode_tps"] for r in rs if r["model"] == m and r["gpus"] == g]
+        if not v: continue
+        med[g] = st.median(v)
+        print("| %s | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, g, len(v), med[g], min(v), max(v),
+              "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
+PY
+}
+
 # ---- 2. the communication table
 stamp "test_nccl (2 ranks)"
 ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 100)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl.txt" 2>&1
@@ -117,6 +146,31 @@ check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE
   "[ $rc = 0 ]"
 [ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
 fi
+
+# ---- the cores: with >= 24 physical cores, the CPU scaling runs on 16 of them (one logical CPU
+# each) while the GPU correctness checks run on the others; else it runs alone, later
+ncores=$(nproc --all)
+mapfile -t firsts < <(lscpu -p=CPU,CORE,SOCKET 2>/dev/null | grep -v '^#' | awk -F, '!seen[$2","$3]++ {print $1}')
+CPU16="" PIN=""
+[ "${#firsts[@]}" -ge 16 ] && CPU16=$(printf '%s\n' "${firsts[@]:0:16}" | paste -sd,)   # one logical CPU per core
+if [ "${#firsts[@]}" -ge 24 ]; then
+  keep=$(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, -v c="$CPU16" 'BEGIN{n=split(c,a,",");for(i=1;i<=n;i++)x[a[i]]=1}
+         x[$1]{core[$2","$3]=1} {cpu[NR]=$1; key[NR]=$2","$3} END{for(i=1;i<=NR;i++) if(!core[key[i]]) printf "%s%s", (k++?",":""), cpu[i]}')
+  PIN="taskset -c $keep"
+fi
+cpu_scaling() {   # cluster/scaling.sh on CPU ranks, one core each, weak DP to 16 ranks
+  ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="1 dp2 dp4 dp8 dp16" MODES=weak REPEAT=${CREPEAT:-2} STEPS=${CSTEPS:-3} \
+    D=${CD:-512} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=256 ROWS=${CROWS:-2} OUT="$out/scaling-cpu16" MPIEXEC="$MPIX" \
+    $1 timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling-cpu16.txt" 2>&1
+}
+cpu_bg=""
+if [ "${ZB_CPU16:-1}" = 1 ] && [ -n "$PIN" ] && fits 200; then
+  stamp "CPU DP weak scaling to 16 ranks, in the background on CPUs $CPU16 (GPU checks on the other cores)"
+  cpu_scaling "taskset -c $CPU16" &
+  cpu_bg=$!
+fi
+MPI0=$MPI
+MPI="$PIN $MPI0"   # the correctness checks: off the CPU scaling's cores
 
 . tests/cli_lib.sh
 W=$out/work; rm -rf "$W"; mkdir -p "$W"; cd "$W"
@@ -131,8 +185,9 @@ run() {   # run NP OUT MICRO_BATCH EXTRA_JSON [zebra args]; env GA
   local np=$1 o=$2 mb=$3 extra=$4; shift 4
   printf '%s\n' "$(sed -e "s/\"micro_batch\": 4/\"micro_batch\": $mb/" -e "s/\"grad_accum\": 1/\"grad_accum\": ${GA:-1}/" \
     base.json)$extra, \"out\": \"$o\"}" > "$o.json"
-  timeout -k 5 "$(lim 90)" $MPI -n "$np" "$Z" train --stage pretrain --config "$o.json" "$@" >> "$o.log" 2>&1 || true
+  timeout -k 5 "$(lim 60)" $MPI -n "$np" "$Z" train --stage pretrain --config "$o.json" "$@" >> "$o.log" 2>&1 || true
   losses "$o/train.jsonl" > "$o.txt" 2>/dev/null || true
+  [ "$(wc -l < "$o.txt")" = 20 ] || tail_of "$o.log"
 }
 same() {
   local m; m=$(loss_maxrel "$2" "$3")
@@ -155,91 +210,31 @@ PY
 if [ $have_gpu_table = 1 ]; then
   stamp "generation (greedy tokens): a small hybrid trained on 1 GPU, random 1B shapes"
   run 1 A 4 "" "${G[@]}"
-  specs=("A/model.h5:tp" "A/model.h5:pp")
+  specs=("A/model.h5:tp:s" "A/model.h5:pp:s")
   if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 4 layers
     cut_model "$SRC/configs/zebra-1b.json" 4 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 4 l1b.json
-    timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
-    timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
-    specs+=("z1b.h5:tp" "z1b.h5:pp" "l1b.h5:tp")
+    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
+    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
+    specs+=("z1b.h5:tp:" "z1b.h5:pp:" "l1b.h5:tp:")
   fi
+  gi=0
   for spec in "${specs[@]}"; do
-    m=${spec%%:*} k=${spec##*:}
-    [ -f "$m" ] || { check "generate: $m exists" false; continue; }
+    IFS=: read -r m k sampled <<< "$spec"
+    [ -f "$m" ] || { check "generate: $m exists" false; tail_of init.log; continue; }
     fits 20 || { notrun "generate --$k 2, $m"; continue; }
-    gen() { timeout -k 5 "$(lim 60)" $MPI -n "$1" "$Z" generate --model "$m" --prompt-ids 1,2,3,4,5,6,7,8 --max-new 24 \
-            --ignore-eos --quiet "${G[@]}" "${@:2}" 2>>gen.log; }
+    gen() { gi=$((gi + 1)); timeout -k 5 "$(lim 45)" $MPI -n "$1" "$Z" generate --model "$m" --prompt-ids 1,2,3,4,5,6,7,8 \
+            --max-new 24 --ignore-eos --quiet "${G[@]}" "${@:2}" 2> "gen-$gi.log"; }
     one=$(gen 1); two=$(gen 2 --$k 2)
-    check "generate --device cuda --$k 2 == 1 GPU, greedy, $(basename "$m"): '$two'" "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]"
-    [ "$m" = A/model.h5 ] || continue   # sampled: on the small hybrid only (time)
+    check "generate --device cuda --$k 2 == 1 GPU, greedy, $(basename "$m"): '$two'" "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]" ||
+      { [ -n "$one" ] || tail_of "gen-$((gi - 1)).log"; [ -n "$two" ] || tail_of "gen-$gi.log"; }
+    [ -n "$sampled" ] || continue   # sampled: on the small hybrid only (time)
     one=$(gen 1 --temperature 0.9 --top-k 20 --seed 5); two=$(gen 2 --$k 2 --temperature 0.9 --top-k 20 --seed 5)
     check "generate --device cuda --$k 2 == 1 GPU, sampled (T 0.9, top-k 20), $(basename "$m"): '$two'" \
-      "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]"
+      "[ -n \"$one\" ] && [ \"$one\" = \"$two\" ]" || tail_of "gen-$gi.log"
   done
-else
-  summary+=("NOT RUN equivalence and benchmarks: this build has no CUDA backend table ($probe)")
-fi
-cd "$SRC"
 
-# ---- 4. benchmarks: decode at batch 1 (8B shapes, synthetic weights), weak DP scaling
-if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
-  stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2 (8B shapes, synthetic bf16 weights)"
-  : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
-  dec() {   # dec CONFIG NP REP: one run -> decode.jsonl
-    local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
-    [ "$2" = 2 ] && a=(--tp 2)
-    OMP_NUM_THREADS=16 timeout -k 5 "$(lim 90)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
-      --max-new ${DEC_NEW:-128} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
-    local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
-    echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s" | tee -a "$out/log-decode.txt"
-    [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"rep":%d,"decode_tps":%s}\n' "$(basename "$1" .json)" "$2" "$3" "$tps" >> "$out/decode.jsonl"
-  }
-  for cfg in zebra-8b llama-3.1-8b; do
-    for rep in 1 2 3; do
-      for np in 1 2; do
-        if fits 45; then dec "$SRC/configs/$cfg.json" $np $rep; else notrun "decode $cfg $np GPU(s) r$rep"; fi
-      done
-      [ $rep -ge 2 ] && [ $cfg != zebra-8b ] && break   # Llama: 2 repeats at most
-    done
-  done
-  python3 - "$out/decode.jsonl" > "$out/decode.md" <<'PY'
-import json, statistics as st, sys
-rs = [json.loads(l) for l in open(sys.argv[1])]
-print("| model (synthetic bf16 weights) | GPUs | runs | decode tok/s, batch 1 (median) | spread (min..max) | speed-up vs 1 GPU |")
-print("|---|---|---|---|---|---|")
-for m in dict.fromkeys(r["model"] for r in rs):
-    med = {}
-    for g in (1, 2):
-        v = [r["decode_tps"] for r in rs if r["model"] == m and r["gpus"] == g]
-        if not v: continue
-        med[g] = st.median(v)
-        print("| %s | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, g, len(v), med[g], min(v), max(v),
-              "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
-PY
-  cat "$out/decode.md"
-
-  stamp "benchmarks: weak DP scaling of the training step (cluster/scaling.sh)"
-  if fits 100; then
-    ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-3} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
-      MPIEXEC="$MPIX" timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
-  else notrun "weak DP scaling on the GPUs"; fi
-fi
-
-# ---- 5. equivalence (GPU, on cores 16..) and CPU DP weak scaling (cores 0..15) at the same time
-ncores=$(nproc --all)
-cpu_bg=""
-if [ "${ZB_CPU16:-1}" = 1 ] && [ "$ncores" -ge 32 ] && fits 90; then
-  stamp "CPU DP weak scaling to 16 ranks (cores 0-15, background)"
-  ( ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="1 dp2 dp4 dp8 dp16" MODES=weak REPEAT=${CREPEAT:-2} STEPS=${CSTEPS:-4} \
-      D=${CD:-512} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=256 ROWS=${CROWS:-2} OUT="$out/scaling-cpu16" MPIEXEC="$MPIX" \
-      taskset -c 0-15 timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling-cpu16.txt" 2>&1 ) &
-  cpu_bg=$!
-elif [ "${ZB_CPU16:-1}" = 1 ]; then notrun "CPU DP weak scaling to 16 ranks ($ncores cores)"; fi
-PIN=""; [ -n "$cpu_bg" ] && PIN="taskset -c 16-$((ncores - 1))"
-if [ $have_gpu_table = 1 ] && fits 60; then
+  # ---- 4. equivalence of training, float32: TP (the vocabulary-parallel loss on the GPUs) and PP first
   stamp "equivalence: training (f32)"
-  cd "$W"
-  MPI="$PIN $MPI"
   [ -f A.txt ] || run 1 A 4 "" "${G[@]}"
   GA=2 run 1 A2 2 "" "${G[@]}"
   f=$(loss_maxrel A.txt A2.txt); s=$("$ZP" 32 128 hyb.json)
@@ -250,28 +245,85 @@ if [ $have_gpu_table = 1 ] && fits 60; then
     fits 20 || { notrun "$name"; return; }
     run "$@"; same "$name" A.txt "$2.txt" "$FA"
   }
+  eq "TP=2 on 2 GPUs == 1 GPU (vocabulary-parallel loss on the GPUs)" 2 T 4 "" "${G[@]}" --tp 2
   GA=4 eq "PP=2 on 2 GPUs (1F1B, 4 micro-batches) == 1 GPU" 2 P 1 "" "${G[@]}" --pp 2
-  eq "TP=2 on 2 GPUs == 1 GPU" 2 T 4 "" "${G[@]}" --tp 2
-  eq "DP=2 on 2 GPUs (0.002 MB buckets on the side stream) == 1 GPU" 2 D 2 ', "bucket_mb": 0.002' "${G[@]}"
-  eq "DP=2 ZeRO-1 on 2 GPUs == 1 GPU" 2 DZ 2 ', "zero": true' "${G[@]}"
-  fits 20 && { run 1 C 4 ""; same "1 GPU == CPU (1 rank)" C.txt A.txt "$FA"; }
-  MPI=${MPI#"$PIN "}
   cd "$SRC"
-elif [ $have_gpu_table = 1 ]; then notrun "equivalence of training"; fi
+else
+  summary+=("NOT RUN equivalence and benchmarks: this build has no CUDA backend table ($probe)")
+fi
+
+# ---- the CPU scaling, when it ran beside: waited for
+cpu_done() {
+  if scaled "$out/scaling-cpu16"; then summary+=("RAN CPU DP weak scaling to 16 ranks (table below)")
+  else summary+=("FAIL CPU DP weak scaling to 16 ranks: no table"); tail_of "$out/log-scaling-cpu16.txt"; fi
+}
 if [ -n "$cpu_bg" ]; then
   stamp "waiting for the CPU scaling runs"
   wait "$cpu_bg"
-  if [ -s "$out/scaling-cpu16/scaling.md" ]; then summary+=("RAN CPU DP weak scaling to 16 ranks (table below)")
-  else summary+=("FAIL CPU DP weak scaling to 16 ranks: no table (log-scaling-cpu16.txt)"); fi
+  cpu_done
+fi
+MPI=$MPI0
+
+# ---- 5. benchmarks (the machine otherwise idle): decode at batch 1 (8B shapes), weak DP scaling
+if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
+  stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2 (8B shapes, synthetic bf16 weights)"
+  : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
+  dec() {   # dec CONFIG NP REP: one run -> decode.jsonl
+    local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
+    [ "$2" = 2 ] && a=(--tp 2)
+    OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
+      --max-new ${DEC_NEW:-256} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
+    local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
+    echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
+    [ -n "$tps" ] || tail_of "$log"
+    [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"rep":%d,"decode_tps":%s}\n' "$(basename "$1" .json)" "$2" "$3" "$tps" >> "$out/decode.jsonl"
+  }
+  for rep in 1 2 3; do
+    [ $rep = 3 ] && ! fits 230 && { notrun "decode zebra-8b, a third repeat"; break; }
+    for np in 1 2; do
+      if fits 80; then dec "$SRC/configs/zebra-8b.json" $np $rep; else notrun "decode zebra-8b $np GPU(s) r$rep"; fi
+    done
+  done
+  decode_md
+  cat "$out/decode.md"
+
+  stamp "benchmarks: weak DP scaling of the training step (cluster/scaling.sh)"
+  if fits 90; then
+    ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
+      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
+      MPIEXEC="$MPIX" timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
+    scaled "$out/scaling-weak" || tail_of "$out/log-scaling.txt"
+  else notrun "weak DP scaling on the GPUs"; fi
 fi
 
-# ---- 6. if time is left: strong TP and PP scaling on the GPUs
+# ---- the CPU scaling alone (fewer than 24 physical cores: not beside the GPU checks)
+if [ "${ZB_CPU16:-1}" = 1 ] && [ -z "$cpu_bg" ]; then
+  if [ -n "$CPU16" ] && [ -z "${SKIP_BENCH:-}" ] && fits 75; then
+    stamp "CPU DP weak scaling to 16 ranks (CPUs $CPU16, one per core)"
+    cpu_scaling "taskset -c $CPU16"
+    cpu_done
+  else notrun "CPU DP weak scaling to 16 ranks ($ncores CPUs, ${#firsts[@]} cores)"; fi
+fi
+
+# ---- 6. if time is left: the rest of the equivalence, Llama-3.1-8B decode, strong TP / PP
+if [ $have_gpu_table = 1 ]; then
+  cd "$W"
+  eq "DP=2 on 2 GPUs (0.002 MB buckets on the side stream) == 1 GPU" 2 D 2 ', "bucket_mb": 0.002' "${G[@]}"
+  eq "DP=2 ZeRO-1 on 2 GPUs == 1 GPU" 2 DZ 2 ', "zero": true' "${G[@]}"
+  if fits 20; then run 1 C 4 ""; same "1 GPU == CPU (1 rank)" C.txt A.txt "$FA"; else notrun "1 GPU == CPU"; fi
+  cd "$SRC"
+fi
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
+  for np in 1 2; do
+    if fits 100; then dec "$SRC/configs/llama-3.1-8b.json" $np 1; else notrun "decode llama-3.1-8b $np GPU(s)"; fi
+  done
+  decode_md
   if fits 80; then
     stamp "benchmarks: strong TP / PP scaling on the GPUs"
     ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
       ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
       MPIEXEC="$MPIX" timeout -k 5 "$(lim 120)" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
+    scaled "$out/scaling-strong" || true
   else notrun "strong TP / PP scaling on the GPUs"; fi
 fi
 

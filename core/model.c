@@ -649,15 +649,16 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
 }
 
 /* A decode step may be recorded once and replayed (one launch on a GPU): one rank, one token per
- * sequence, bf16 weights (the GEMV products, no converted copies), at most 8 sequences, attention
- * layers only, not while profiling. */
+ * sequence, bf16 weights (no converted weight copies), not while profiling; with attention layers
+ * at most 8 sequences (the GEMV products). The MLA / Mamba2 decode entries read positions and
+ * slots on the device and size their products by max_T, so a hybrid's step replays at any batch. */
 static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
     const zb_config *c = &m->cfg;
-    if (s->graph_off || n != 1 || nb > 8 || m->tp || m->pp_no_embed || m->pp_no_head || s->profile ||
+    if (s->graph_off || n != 1 || m->tp || m->pp_no_embed || m->pp_no_head || s->profile ||
         m->wdtype != ZB_WEIGHTS_BF16 || m->be->host_memory)
         return 0;
     for (int l = 0; l < c->n_layers; l++)
-        if (c->kinds[l] != ZB_LAYER_ATTN) return 0;
+        if (c->kinds[l] == ZB_LAYER_ATTN && nb > 8) return 0;
     return 1;
 }
 

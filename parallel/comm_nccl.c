@@ -542,14 +542,38 @@ static int setup(nccl_impl *im) {
     return ZB_OK;
 }
 
+#ifdef ZB_HAVE_NCCL
+/* The pair of stages a, b: its two communicators destroyed in the order pair_comms made them. */
+static void destroy_pair(nccl_impl *im, int me, int a, int b) {
+    for (int k = 0; k < 2; k++) {
+        int src = k ? b : a, dst = k ? a : b;
+        ncclComm_t *c = me == src ? &im->to[dst] : &im->from[src];
+        if (*c) ncclCommDestroy(*c);
+        *c = NULL;
+    }
+}
+#endif
+
+/* ncclCommDestroy waits for the communicator's other ranks (it finalizes collectively), so the
+ * communicators go in one order on every rank, that of their creation: the groups TP, PP, DP,
+ * then the stage pairs (each rank destroying its own to[] then from[] waited in a different
+ * communicator than its peer: test_nccl's PP section hung there on 2 H200s). */
 static void impl_free(nccl_impl *im) {
     if (!im) return;
     if (im->compute) cudaStreamSynchronize(im->compute);
+    if (im->comm) cudaStreamSynchronize(im->comm);
+    if (im->side) cudaStreamSynchronize(im->side);
+    for (int p = 0; p < im->pp_size; p++) {
+        if (im->to_s && im->to_s[p]) cudaStreamSynchronize(im->to_s[p]);
+        if (im->from_s && im->from_s[p]) cudaStreamSynchronize(im->from_s[p]);
+    }
 #ifdef ZB_HAVE_NCCL
     for (int g = 0; g < ZB_NGROUPS; g++) if (im->nc[g]) ncclCommDestroy(im->nc[g]);
-    for (int p = 0; p < im->pp_size; p++) {
-        if (im->to && im->to[p]) ncclCommDestroy(im->to[p]);
-        if (im->from && im->from[p]) ncclCommDestroy(im->from[p]);
+    if (im->to && im->from) {
+        int me = im->mpi->rank[ZB_GROUP_PP], P = im->pp_size;
+        for (int s = 0; s + 1 < P; s++)
+            if (me == s || me == s + 1) destroy_pair(im, me, s, s + 1);
+        if (P > 2 && (me == 0 || me == P - 1)) destroy_pair(im, me, 0, P - 1);
     }
     free(im->to);
     free(im->from);

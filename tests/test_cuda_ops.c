@@ -682,6 +682,17 @@ static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int 
                      mla ? "mla" : "gqa", H, Hkv, dqk, bf16 ? "bf16" : "f32", chunks[c]);
             zb_check_bounds(what, got, out, bound, no);
         }
+        /* the cuBLAS form (MLA's decode: a group's heads as the rows of each sequence's products;
+         * past 2048 positions P V in pieces summed in order), given the exact length and max_T */
+        for (int bnd = 0; bnd < 2; bnd++) {
+            for (size_t e = 0; e < no; e++) got[e] = NAN;
+            zb_cuda_upload(dout, got, no * sizeof(float));
+            zb_cuda_attention_cached_gemm(dout, dq, dK, dV, dseq, dpos, nb, n, bnd ? maxT : max_len, &a);
+            zb_host_f(got, dout, no);
+            snprintf(what, sizeof what, "attention_cached_gemm %s H=%d/%d d=%d T=%d cache=%s decode%s",
+                     mla ? "mla" : "gqa", H, Hkv, dqk, maxT, bf16 ? "bf16" : "f32", bnd ? " bounded by max_T" : "");
+            zb_check_bounds(what, got, out, bound, no);
+        }
     }
     /* cache_store: write the rows of a [nb*n, Hkv*dqk] source into the cache and read them back */
     if (!mla && !bf16) {
@@ -931,6 +942,7 @@ int main(int argc, char **argv) {
         test_cached_shape(&rng, 0, bf, 1, 16, 2, 64, 300);
         test_cached_shape(&rng, 0, bf, 1, 8, 2, 256, 200);
         test_cached_shape(&rng, 0, bf, 1, 6, 2, 128, 90);   /* 3 per group: the general kernel */
+        test_cached_shape(&rng, 1, bf, 1, 8, 0, 0, 2600);    /* MLA past 2048 positions: P V in pieces */
     }
     test_losses(&rng, 37, 1003);
     test_adamw(&rng, fixtures);

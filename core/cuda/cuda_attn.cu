@@ -280,6 +280,31 @@ __global__ void k_fill_cache_ptrs(cache_plan p, int count) {
     p.po[i] = p.o + ooff;
 }
 
+#define SPLIT_KC 1024   /* positions per piece of a split P V product */
+
+/* piece k of problem i (e = k count + i): P and V from position k SPLIT_KC on, its own output */
+__global__ void k_split_ptrs(const void **pp2, const void **pv2, void **po2, const void *const *pp,
+                             const void *const *pv, float *part, int count, int nsc, int esz, long long row_stride,
+                             int Mdv) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= nsc) return;
+    int k = e / count, i = e % count;
+    pp2[e] = (const char *)pp[i] + (size_t)k * SPLIT_KC * esz;
+    pv2[e] = (const char *)pv[i] + (size_t)k * SPLIT_KC * row_stride * esz;
+    po2[e] = part + (size_t)e * Mdv;
+}
+
+/* out of problem i (rows of ldo) = the sum of its ns pieces' partial outputs, pieces in order */
+__global__ void k_split_sum(void *const *po, const float *part, int count, int ns, int M, int dv, int ldo) {
+    size_t per = (size_t)M * dv, e = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (e >= (size_t)count * per) return;
+    int i = (int)(e / per);
+    size_t rc = e % per;
+    float acc = 0.0f;
+    for (int k = 0; k < ns; k++) acc += part[((size_t)k * count + i) * per + rc];
+    ((float *)po[i])[(rc / dv) * ldo + rc % dv] = acc;
+}
+
 extern "C" void zb_cuda_attention_cached(float *out, const float *q, const void *kc, const void *vc,
                                          const int *seq_dev, const int *pos_dev, int nb, int n, int max_len,
                                          const zb_cuda_cache_attn *a) {
@@ -302,8 +327,15 @@ extern "C" void zb_cuda_attention_cached_gemm(float *out, const float *q, const 
     size_t rows = (size_t)nb * H * n;
     cudaDataType_t dt = a->cache_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     int esz = a->cache_bf16 ? 2 : 4;
-    float *S = (float *)zb_cuda_scratch(ZB_WS_ATTN, rows * ld * sizeof(float));
-    const void **ptr = (const void **)zb_cuda_scratch(ZB_WS_PTRS, (size_t)5 * count * sizeof(void *));
+    /* decode's P V: few output rows and columns over max_len positions, so a few blocks per
+     * sequence would stream its whole cache: split the positions into ns pieces of SPLIT_KC, one
+     * problem each, their partial outputs summed in a fixed order (k_split_sum) */
+    int ns = gm && max_len > 2 * SPLIT_KC ? (max_len + SPLIT_KC - 1) / SPLIT_KC : 1;
+    size_t sbytes = (rows * ld * sizeof(float) + 255) / 256 * 256;
+    size_t pbytes_split = ns > 1 ? (size_t)ns * count * M * a->dv * sizeof(float) : 0;
+    float *S = (float *)zb_cuda_scratch(ZB_WS_ATTN, sbytes + pbytes_split);
+    const void **ptr = (const void **)zb_cuda_scratch(ZB_WS_PTRS, (size_t)(5 + 3 * (ns > 1 ? ns : 0)) * count *
+                                                                       sizeof(void *));
     if (!S || !ptr) return;
     const void *qop = q;
     void *P16 = NULL;
@@ -354,7 +386,24 @@ extern "C" void zb_cuda_attention_cached_gemm(float *out, const float *q, const 
         fill_ptrs(&f, count);
     }
     int lo = gm ? a->dv : H * a->dv;
-    gemm_ptrs(0, 0, M, a->dv, max_len, 1.0f, ps, ld, p.pv, (int)a->row_stride, 0.0f, p.po, lo, count, dt);
+    if (ns == 1) {
+        gemm_ptrs(0, 0, M, a->dv, max_len, 1.0f, ps, ld, p.pv, (int)a->row_stride, 0.0f, p.po, lo, count, dt);
+        return;
+    }
+    /* problems e = k * count + i (piece k of problem i): the full pieces in one call, the last in another */
+    const void **pp2 = ptr + 5 * count, **pv2 = pp2 + (size_t)ns * count;
+    void **po2 = (void **)(pv2 + (size_t)ns * count);
+    float *part = (float *)((char *)S + sbytes);
+    int nsc = ns * count, last = max_len - (ns - 1) * SPLIT_KC;
+    k_split_ptrs<<<zb_cuda_blocks(nsc, 128), 128, 0, zb_cuda_stream()>>>(pp2, pv2, po2, ps, p.pv, part, count, nsc,
+                                                                       esz, a->row_stride, M * a->dv);
+    ZB_CUDA_LAUNCHED("cache attention split pointers");
+    gemm_ptrs(0, 0, M, a->dv, SPLIT_KC, 1.0f, pp2, ld, pv2, (int)a->row_stride, 0.0f, po2, a->dv, (ns - 1) * count, dt);
+    size_t o = (size_t)(ns - 1) * count;
+    gemm_ptrs(0, 0, M, a->dv, last, 1.0f, pp2 + o, ld, pv2 + o, (int)a->row_stride, 0.0f, po2 + o, a->dv, count, dt);
+    size_t tot = (size_t)count * M * a->dv;
+    k_split_sum<<<zb_cuda_blocks(tot, 256), 256, 0, zb_cuda_stream()>>>(p.po, part, count, ns, M, a->dv, lo);
+    ZB_CUDA_LAUNCHED("cache attention split sum");
 }
 
 /* ---- cache writes ---------------------------------------------------------------------------- */

@@ -208,6 +208,10 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, zb_mla_softmax_scale(m), cache_bf16};
     size_t per_seq = (size_t)H * n * max_len * sizeof(float);
     int grp = per_seq >= ATT_BYTES ? 1 : (int)(ATT_BYTES / per_seq);
+    /* up to 8 decode rows: one sequence a call, so that a sequence's numbers do not depend on the
+     * batch it decodes in (cuBLAS picks its kernels by the batch count; the GEMV's rows are
+     * independent of the batch up to 8 likewise) */
+    if (n == 1 && nb <= 8) grp = 1;
     for (int i0 = 0; i0 < nb; i0 += grp) {
         int g = nb - i0 < grp ? nb - i0 : grp;
         size_t row0 = (size_t)i0 * n * H;

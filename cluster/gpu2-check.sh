@@ -14,7 +14,7 @@
 #     prints each step as it enters it and stops on a step that hangs (30 s), naming it;
 #  3. generation: `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU, the same
 #     greedy tokens (f32), on a small hybrid trained here (20 steps, 1 GPU) and on random models
-#     of the Zebra-1B and Llama-3.2-1B shapes cut to 4 layers (full width, heads and vocabulary);
+#     of the Zebra-1B and Llama-3.2-1B shapes cut to 2 layers (full width, heads and vocabulary);
 #  4. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
 #     (tests/cli_train_parallel.sh): 20 pretrain steps of the hybrid of tests/tp-hybrid.json on
 #     1 GPU (A: 4 rows) against TP=2 (the vocabulary-parallel loss on the GPUs) and PP=2 (1F1B
@@ -211,10 +211,10 @@ if [ $have_gpu_table = 1 ]; then
   stamp "generation (greedy tokens): a small hybrid trained on 1 GPU, random 1B shapes"
   run 1 A 4 "" "${G[@]}"
   specs=("A/model.h5:tp:s" "A/model.h5:pp:s")
-  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 4 layers
-    cut_model "$SRC/configs/zebra-1b.json" 4 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 4 l1b.json
-    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
-    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
+  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 2 layers (MLA + Mamba2)
+    cut_model "$SRC/configs/zebra-1b.json" 2 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 2 l1b.json
+    OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
+    OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
     specs+=("z1b.h5:tp:" "z1b.h5:pp:" "l1b.h5:tp:")
   fi
   gi=0
@@ -272,7 +272,7 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
     local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
     [ "$2" = 2 ] && a=(--tp 2)
     OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
-      --max-new ${DEC_NEW:-256} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
+      --max-new ${DEC_NEW:-512} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
     local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
     echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
     [ -n "$tps" ] || tail_of "$log"

@@ -47,26 +47,9 @@ static void fill(float *d, size_t n, float a, unsigned seed) {
 
 typedef void (*work_fn)(void *ctx);
 
-/* median of reps timings (ms), after warm-up calls */
-static double timeit(work_fn f, void *ctx, int warm, int reps) {
-    for (int i = 0; i < warm; i++) f(ctx);
-    zb_cuda_sync();
-    double t[64];
-    if (reps > 64) reps = 64;
-    for (int i = 0; i < reps; i++) {
-        double t0 = zb_now();
-        f(ctx);
-        zb_cuda_sync();
-        t[i] = (zb_now() - t0) * 1e3;
-    }
-    for (int i = 1; i < reps; i++)
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
-    return t[reps / 2];
-}
-
-/* the same with `inner` calls back to back per timing (ms per call): a decode step's kernels
- * follow one another without a host round trip in between (CUDA Graphs), so the small ones
- * are timed that way, not with a synchronisation's latency each */
+/* median of reps timings (ms per call), after warm-up calls; `inner` calls back to back per
+ * timing: a decode step's kernels follow one another without a host round trip in between
+ * (CUDA Graphs), so the small ones are timed that way, not with a synchronisation's latency each */
 static double timeit_n(work_fn f, void *ctx, int warm, int reps, int inner) {
     for (int i = 0; i < warm; i++) f(ctx);
     zb_cuda_sync();
@@ -82,6 +65,7 @@ static double timeit_n(work_fn f, void *ctx, int warm, int reps, int inner) {
         for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
     return t[reps / 2];
 }
+static double timeit(work_fn f, void *ctx, int warm, int reps) { return timeit_n(f, ctx, warm, reps, 1); }
 
 typedef struct { int M, N, K; float *A, *B, *C; const void *A16, *B16; int native; } gemm_ctx;
 

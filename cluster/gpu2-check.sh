@@ -331,7 +331,7 @@ fi
 for d in "$out"/scaling-*/; do
   d=${d%/}
   [ -s "$d/scaling.json" ] && [ -s "$d/work/model.json" ] &&
-    python3 cluster/scaling_model.py check "$d" "$d/work/model.json" > "$d/model-check.md" 2>&1
+    ZEBRA=$Z python3 cluster/scaling_model.py check "$d" "$d/work/model.json" > "$d/model-check.md" 2>&1
 done
 
 # what comes back stays small and few (a lent machine returns a limited number of files): the

@@ -14,7 +14,7 @@
 #     prints each step as it enters it and stops on a step that hangs (30 s), naming it;
 #  3. generation: `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU, the same
 #     greedy tokens (f32), on a small hybrid trained here (20 steps, 1 GPU) and on random models
-#     of the Zebra-1B and Llama-3.2-1B shapes cut to 4 layers (full width, heads and vocabulary);
+#     of the Zebra-1B and Llama-3.2-1B shapes cut to 2 layers (full width, heads and vocabulary);
 #  4. equivalence, float32 (--precision f32), the method and tolerances of today's mpiexec tests
 #     (tests/cli_train_parallel.sh): 20 pretrain steps of the hybrid of tests/tp-hybrid.json on
 #     1 GPU (A: 4 rows) against TP=2 (the vocabulary-parallel loss on the GPUs) and PP=2 (1F1B
@@ -22,7 +22,7 @@
 #     accumulated halves) scaled by tests/zb_path's ratio;
 #     meanwhile (3 and 4 pinned to the other cores): CPU DP weak scaling to 16 ranks
 #     (cluster/scaling.sh, one core each, layouts 1 dp2 dp4 dp8 dp16) on 16 physical cores, when
-#     there are >= 24 (else alone, after 4; ZB_CPU16=0 skips it);
+#     there are >= 24 (else alone, after 5, one CPU per core; ZB_CPU16=0 skips it);
 #  5. benchmarks on the otherwise idle machine, median and spread over interleaved repeats:
 #     decode tokens/s at batch 1 of the Zebra-8B shape with synthetic bf16 weights
 #     (`--model CONFIG.json`: drawn on each rank, no file), 1 GPU vs --tp 2; weak DP scaling of
@@ -114,6 +114,12 @@ case $probe in *"no CUDA backend"*) have_gpu_table=0;; esac
 ZP=$build/tests/zb_path; [ -x "$ZP" ] || ZP=$build/zb_path
 TN=$build/tests/test_nccl; [ -x "$TN" ] || TN=$build/test_nccl
 
+# scaled OUT_DIR: its tables, also when the harness was stopped by its time limit
+scaled() {
+  [ -s "$1/scaling.md" ] || { [ -s "$1/runs.jsonl" ] && AGGREGATE_ONLY=1 OUT="$1" WORKDIR="$1/work" ZEBRA=/bin/true \
+    timeout 30 bash cluster/scaling.sh > /dev/null 2>&1; }
+  [ -s "$1/scaling.md" ]
+}
 decode_md() {   # decode.jsonl -> decode.md: median and spread per model and GPU count
   python3 - "$out/decode.jsonl" > "$out/decode.md" <<'PY'
 import json, statistics as st, sys
@@ -146,19 +152,19 @@ fi
 ncores=$(nproc --all)
 mapfile -t firsts < <(lscpu -p=CPU,CORE,SOCKET 2>/dev/null | grep -v '^#' | awk -F, '!seen[$2","$3]++ {print $1}')
 CPU16="" PIN=""
+[ "${#firsts[@]}" -ge 16 ] && CPU16=$(printf '%s\n' "${firsts[@]:0:16}" | paste -sd,)   # one logical CPU per core
 if [ "${#firsts[@]}" -ge 24 ]; then
-  CPU16=$(printf '%s\n' "${firsts[@]:0:16}" | paste -sd,)
   keep=$(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, -v c="$CPU16" 'BEGIN{n=split(c,a,",");for(i=1;i<=n;i++)x[a[i]]=1}
          x[$1]{core[$2","$3]=1} {cpu[NR]=$1; key[NR]=$2","$3} END{for(i=1;i<=NR;i++) if(!core[key[i]]) printf "%s%s", (k++?",":""), cpu[i]}')
   PIN="taskset -c $keep"
 fi
 cpu_scaling() {   # cluster/scaling.sh on CPU ranks, one core each, weak DP to 16 ranks
-  ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="1 dp2 dp4 dp8 dp16" MODES=weak REPEAT=${CREPEAT:-2} STEPS=${CSTEPS:-4} \
+  ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="1 dp2 dp4 dp8 dp16" MODES=weak REPEAT=${CREPEAT:-2} STEPS=${CSTEPS:-3} \
     D=${CD:-512} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=256 ROWS=${CROWS:-2} OUT="$out/scaling-cpu16" MPIEXEC="$MPIX" \
     $1 timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling-cpu16.txt" 2>&1
 }
 cpu_bg=""
-if [ "${ZB_CPU16:-1}" = 1 ] && [ -n "$CPU16" ] && fits 200; then
+if [ "${ZB_CPU16:-1}" = 1 ] && [ -n "$PIN" ] && fits 200; then
   stamp "CPU DP weak scaling to 16 ranks, in the background on CPUs $CPU16 (GPU checks on the other cores)"
   cpu_scaling "taskset -c $CPU16" &
   cpu_bg=$!
@@ -205,10 +211,10 @@ if [ $have_gpu_table = 1 ]; then
   stamp "generation (greedy tokens): a small hybrid trained on 1 GPU, random 1B shapes"
   run 1 A 4 "" "${G[@]}"
   specs=("A/model.h5:tp:s" "A/model.h5:pp:s")
-  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 4 layers
-    cut_model "$SRC/configs/zebra-1b.json" 4 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 4 l1b.json
-    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
-    OMP_NUM_THREADS=8 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
+  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 2 layers (MLA + Mamba2)
+    cut_model "$SRC/configs/zebra-1b.json" 2 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 2 l1b.json
+    OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
+    OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1
     specs+=("z1b.h5:tp:" "z1b.h5:pp:" "l1b.h5:tp:")
   fi
   gi=0
@@ -246,17 +252,15 @@ else
   summary+=("NOT RUN equivalence and benchmarks: this build has no CUDA backend table ($probe)")
 fi
 
-# ---- the CPU scaling: waited for (or run now, alone)
+# ---- the CPU scaling, when it ran beside: waited for
+cpu_done() {
+  if scaled "$out/scaling-cpu16"; then summary+=("RAN CPU DP weak scaling to 16 ranks (table below)")
+  else summary+=("FAIL CPU DP weak scaling to 16 ranks: no table"); tail_of "$out/log-scaling-cpu16.txt"; fi
+}
 if [ -n "$cpu_bg" ]; then
   stamp "waiting for the CPU scaling runs"
   wait "$cpu_bg"
-elif [ "${ZB_CPU16:-1}" = 1 ] && [ "$ncores" -ge 16 ] && [ -z "${SKIP_BENCH:-}" ] && fits 200; then
-  stamp "CPU DP weak scaling to 16 ranks"
-  cpu_scaling ""
-elif [ "${ZB_CPU16:-1}" = 1 ]; then notrun "CPU DP weak scaling to 16 ranks ($ncores CPUs, ${#firsts[@]} cores)"; fi
-if [ "${ZB_CPU16:-1}" = 1 ] && [ -d "$out/scaling-cpu16" ]; then
-  if [ -s "$out/scaling-cpu16/scaling.md" ]; then summary+=("RAN CPU DP weak scaling to 16 ranks (table below)")
-  else summary+=("FAIL CPU DP weak scaling to 16 ranks: no table"); tail_of "$out/log-scaling-cpu16.txt"; fi
+  cpu_done
 fi
 MPI=$MPI0
 
@@ -268,13 +272,14 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
     local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
     [ "$2" = 2 ] && a=(--tp 2)
     OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
-      --max-new ${DEC_NEW:-256} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
+      --max-new ${DEC_NEW:-512} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
     local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
     echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
     [ -n "$tps" ] || tail_of "$log"
     [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"rep":%d,"decode_tps":%s}\n' "$(basename "$1" .json)" "$2" "$3" "$tps" >> "$out/decode.jsonl"
   }
   for rep in 1 2 3; do
+    [ $rep = 3 ] && ! fits 230 && { notrun "decode zebra-8b, a third repeat"; break; }
     for np in 1 2; do
       if fits 80; then dec "$SRC/configs/zebra-8b.json" $np $rep; else notrun "decode zebra-8b $np GPU(s) r$rep"; fi
     done
@@ -285,10 +290,19 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
   stamp "benchmarks: weak DP scaling of the training step (cluster/scaling.sh)"
   if fits 90; then
     ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
-      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-3} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
+      ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="1 dp2" OUT="$out/scaling-weak" \
       MPIEXEC="$MPIX" timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling.txt" 2>&1
-    [ -s "$out/scaling-weak/scaling.md" ] || tail_of "$out/log-scaling.txt"
+    scaled "$out/scaling-weak" || tail_of "$out/log-scaling.txt"
   else notrun "weak DP scaling on the GPUs"; fi
+fi
+
+# ---- the CPU scaling alone (fewer than 24 physical cores: not beside the GPU checks)
+if [ "${ZB_CPU16:-1}" = 1 ] && [ -z "$cpu_bg" ]; then
+  if [ -n "$CPU16" ] && [ -z "${SKIP_BENCH:-}" ] && fits 75; then
+    stamp "CPU DP weak scaling to 16 ranks (CPUs $CPU16, one per core)"
+    cpu_scaling "taskset -c $CPU16"
+    cpu_done
+  else notrun "CPU DP weak scaling to 16 ranks ($ncores CPUs, ${#firsts[@]} cores)"; fi
 fi
 
 # ---- 6. if time is left: the rest of the equivalence, Llama-3.1-8B decode, strong TP / PP
@@ -309,18 +323,31 @@ if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
     ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
       ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=1 MODES=strong LAYOUTS="1 tp2 pp2" OUT="$out/scaling-strong" \
       MPIEXEC="$MPIX" timeout -k 5 "$(lim 120)" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
+    scaled "$out/scaling-strong" || true
   else notrun "strong TP / PP scaling on the GPUs"; fi
 fi
 
-# what comes back stays small: no unpacked binaries, models or checkpoints
+# the step-time model (cluster/scaling_model.py) against each scaling run
+for d in "$out"/scaling-*/; do
+  d=${d%/}
+  [ -s "$d/scaling.json" ] && [ -s "$d/work/model.json" ] &&
+    python3 cluster/scaling_model.py check "$d" "$d/work/model.json" > "$d/model-check.md" 2>&1
+done
+
+# what comes back stays small and few (a lent machine returns a limited number of files): the
+# summary tables as files, everything else in one archive; no binaries, models or shards
 [ -n "$packed" ] && rm -rf "$out/pack"
 find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
+( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* decode.* scaling-* work 2>/dev/null;
+  for d in scaling-*/; do d=${d%/}; for f in scaling.md model-check.md; do [ -f "$d/$f" ] && cp "$d/$f" "$d-$f"; done; done
+  rm -rf work scaling-*/ log-decode-*-r*.txt )
 
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
 grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -6
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
-for f in "$out"/scaling-*/scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
+for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
+for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done
 echo "total $(( $(date +%s) - t_start )) s; logs in $out"
 exit $fail

@@ -128,6 +128,9 @@ PY
   echo "  $tag: $(tail -1 "$OUT/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.3f s/step, comm %.3f s" % (r["step_s"], r["comm_s"]))')" >&2
 }
 
+# AGGREGATE_ONLY=1: no runs, the tables and plots of OUT/runs.jsonl as it is (a harness stopped
+# by a time limit keeps the runs it finished)
+if [ -z "${AGGREGATE_ONLY:-}" ]; then
 : > "$OUT/runs.jsonl"
 echo "scaling.sh: $DEVICE, modes '$MODES', layouts '$LAYOUTS', $REPEAT repeats x $STEPS steps; model $(basename "$CONFIG") L$LAYERS d$D V$VOCAB, seq $SEQ, $ROWS rows; out $OUT" >&2
 # repeats interleaved (rep 1 of every layout, then rep 2, ...): a slow spell of the machine
@@ -137,6 +140,7 @@ for rep in $(seq 1 "$REPEAT"); do
     for lay in $LAYOUTS; do run_one "$mode" "$lay" "$rep"; done
   done
 done
+fi
 
 python3 - "$OUT" "$W/machine.json" "$DEVICE" <<'PY'
 import json, os, statistics as st, sys

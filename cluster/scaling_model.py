@@ -12,8 +12,9 @@ The step of one rank, for a replica that processes n tokens (n = global tokens /
   TP        (4 L' + 2) all-reduces of n d floats per step (2 per block forward: mixer out, MLP down;
             2 backward: the inputs of the column-parallel projections; +2 embedding / head), each
             a ring: 2 (tp-1)/tp * bytes / B + 2 (tp-1) a, not overlapped; L' = layers per stage;
-            on GPUs also the vocabulary-parallel loss staged through the host: 2 n V/tp floats
-            over PCIe (core/shard.c; B_host)
+            the vocabulary-parallel cross-entropy runs on the GPUs (core/shard.c, the backend's
+            vp_* passes; two all-reduces of n floats, neglected); KD's KL is still staged
+            through the host: 2 n V/tp floats over PCIe (B_host; device "cuda-host-loss")
   PP        1F1B over M micro-batches: (M + pp - 1) / M of a stage's compute (the bubble), plus
             2 (M + pp - 1) messages of n/M d floats between neighbours (forward, backward)
   DP        a ring all-reduce of the 4 P / (tp pp) gradient bytes: 2 (dp-1)/dp bytes / B + 2 (dp-1) a,
@@ -69,7 +70,7 @@ def step_time(cfg, dp, tp, pp, n_tokens, hw, M=1, device="cpu", bucket_mb=25, ze
 
     Lp = math.ceil(L / pp)
     T_tp = (4 * Lp + 2) * ring(4.0 * n_tokens * d, tp, tp > per_node)
-    if device == "cuda" and tp > 1:
+    if device == "cuda-host-loss" and tp > 1:
         T_tp += 2 * 4.0 * n_tokens * V / tp / hw["B_host"]
     bubble = (M + pp - 1) / M if pp > 1 else 1.0
     T_pp = 0.0
@@ -134,14 +135,14 @@ def predict(model_path, hw_name, tokens_per_gpu, seq):
         model_path, P / 1e9, P_all / 1e9, hw_name, tokens_per_gpu))
     t1, _ = step_time(cfg, 1, 1, 1, tokens_per_gpu, hw, device="cuda")
     print("| GPUs | layout | step s | compute | tp | pp | dp exposed | tokens/s | efficiency vs 1 GPU | "
-          "efficiency, TP loss on the GPU |")
+          "efficiency, loss staged through the host (KD's KL) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for N, dp, tp, pp in [(1, 1, 1, 1), (2, 2, 1, 1), (8, 8, 1, 1), (8, 4, 2, 1), (8, 2, 2, 2), (64, 64, 1, 1),
                           (64, 32, 2, 1), (64, 16, 2, 2), (64, 8, 8, 1)]:
         n = tokens_per_gpu * tp * pp   # per replica: the replica's GPUs each see tokens_per_gpu worth
         M = 4 * pp if pp > 1 else 1
         t, p = step_time(cfg, dp, tp, pp, n, hw, M=M, device="cuda")
-        t2, _ = step_time(cfg, dp, tp, pp, n, hw, M=M, device="cuda-device-loss")
+        t2, _ = step_time(cfg, dp, tp, pp, n, hw, M=M, device="cuda-host-loss")
         tps = dp * n / t
         print("| %d | dp%d tp%d pp%d | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f | %.0f%% | %.0f%% |" % (
             N, dp, tp, pp, t, p["compute"], p["tp"], p["pp"], p["dp"], tps, 100 * tps / (N * tokens_per_gpu / t1),

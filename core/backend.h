@@ -211,6 +211,10 @@ struct zb_backend {
                             int N, int C, float eps);
     void (*rmsnorm_backward)(const zb_backend *be, float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C);
+    /* The residual step of generation and the next norm together: x += a, then out = RMSNorm(x)
+     * (one pass on a GPU). */
+    void (*add_rmsnorm)(const zb_backend *be, float *x, const float *a, float *out, const float *w, int N, int C,
+                        float eps);
 
     /* -- RoPE in place on x [B*T rows of row_stride]: token (b, t) at position pos0 + t; the
      * r->dim values at row + h*head_stride + offset for h < n_heads. interleave: values stored

@@ -591,8 +591,10 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
     prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
-        be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
-        prof_mark(s, &t, ZB_PROF_OTHER);
+        if (l == 0) {   /* later layers' norm comes with the previous residual step */
+            be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
+            prof_mark(s, &t, ZB_PROF_OTHER);
+        }
         if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, l, nb, s->ln, s->mo, n);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
@@ -623,14 +625,15 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         prof_mark(s, &t, c->kinds[l] == ZB_LAYER_ATTN ? ZB_PROF_ATTN : c->kinds[l] == ZB_LAYER_MLA ? ZB_PROF_MLA
                                                                                                  : ZB_PROF_MAMBA);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
-        be->add(be, s->x, s->x, s->mo, Nd);
-        be->rmsnorm_forward(be, s->ln, NULL, s->x, w->mlp_norm, N, d, c->rms_eps);
+        be->add_rmsnorm(be, s->x, s->mo, s->ln, w->mlp_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
         be->swiglu_linear_forward(be, s->g, s->u, s->ln, w->lin.w_gate, w->lin.w_up, N, d, F);
         be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
         prof_mark(s, &t, ZB_PROF_MLP);
         if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
-        be->add(be, s->x, s->x, s->mo, Nd);
+        if (l + 1 < c->n_layers)   /* the residual, and the next layer's norm */
+            be->add_rmsnorm(be, s->x, s->mo, s->ln, m->w.blocks[l + 1].attn_norm, N, d, c->rms_eps);
+        else be->add(be, s->x, s->x, s->mo, Nd);
         prof_mark(s, &t, ZB_PROF_OTHER);
     }
     if (!m->pp_no_head) {   /* the head, on the last new token of each sequence */

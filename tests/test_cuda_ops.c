@@ -206,6 +206,29 @@ static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) 
     zb_cuda_free(dx); zb_cuda_free(dg16); zb_cuda_free(du16); zb_cuda_free(dh); zb_cuda_free(du);
 }
 
+/* generation's residual step fused with the next norm: x += a (exact), out = RMSNorm(x) */
+static void test_add_rmsnorm(zb_rng *rng, int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = zb_falloc(n), *a = zb_falloc(n), *w = zb_falloc(C), *out = zb_falloc(n), *got = zb_falloc(n);
+    float *gx = zb_falloc(n);
+    zb_fill_uniform(x, n, 2.0f, rng);
+    zb_fill_uniform(a, n, 1.0f, rng);
+    zb_fill_uniform(w, C, 1.5f, rng);
+    float *dx = zb_dev_f(x, n), *da = zb_dev_f(a, n), *dw = zb_dev_f(w, C), *dout = zb_dev_f(NULL, n);
+    for (size_t i = 0; i < n; i++) x[i] += a[i];
+    zb_rmsnorm_forward(out, NULL, x, w, N, C, 1e-5f);
+    zb_cuda_add_rmsnorm(dx, da, dout, dw, N, C, 1e-5f);
+    zb_host_f(gx, dx, n);
+    zb_host_f(got, dout, n);
+    char what[96];
+    snprintf(what, sizeof what, "add_rmsnorm residual N=%d C=%d (exact)", N, C);
+    zb_check_mag(what, gx, x, NULL, 0, 0, n);
+    snprintf(what, sizeof what, "add_rmsnorm norm N=%d C=%d", N, C);
+    zb_check_mag(what, got, out, NULL, 8 * U, 1e-38, n);   /* as rmsnorm_forward */
+    free(x); free(a); free(w); free(out); free(got); free(gx);
+    zb_cuda_free(dx); zb_cuda_free(da); zb_cuda_free(dw); zb_cuda_free(dout);
+}
+
 /* ---- RMSNorm ---------------------------------------------------------------------------- */
 static void test_rmsnorm(zb_rng *rng, int N, int C) {
     size_t n = (size_t)N * C;
@@ -892,6 +915,8 @@ int main(int argc, char **argv) {
     zb_cuda_gemv_set_split(0);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
+    test_add_rmsnorm(&rng, 1, 4096);
+    test_add_rmsnorm(&rng, 7, 2051);
     for (int il = 0; il < 2; il++)
         for (int inv = 0; inv < 2; inv++) {
             test_rope(&rng, il, inv, il);

@@ -81,6 +81,11 @@ static void cpu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, 
     zb_linear_forward(u, inp, Wu, N, C, F);
     zb_swiglu_forward(h, h, u, (size_t)N * F);
 }
+static void cpu_add_rmsnorm(const zb_backend *be, float *x, const float *a, float *out, const float *w, int N, int C,
+                            float eps) {
+    cpu_add(be, x, x, a, (size_t)N * C);
+    zb_rmsnorm_forward(out, NULL, x, w, N, C, eps);
+}
 static void cpu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                 int N, int C, float eps) {
     (void)be;
@@ -360,6 +365,7 @@ static const zb_backend cpu_backend = {
     .linear_forward = cpu_linear_forward,
     .linear_forward3 = cpu_linear_forward3, .swiglu_linear_forward = cpu_swiglu_linear_forward,
     .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
+    .add_rmsnorm = cpu_add_rmsnorm,
     .rope = cpu_rope,
     .attention_saved_floats = cpu_attention_saved_floats, .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,

@@ -112,6 +112,11 @@ static void cu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, co
     (void)be;
     zb_cuda_rmsnorm_forward(out, rstd, x, w, N, C, eps);
 }
+static void cu_add_rmsnorm(const zb_backend *be, float *x, const float *a, float *out, const float *w, int N, int C,
+                           float eps) {
+    (void)be;
+    zb_cuda_add_rmsnorm(x, a, out, w, N, C, eps);
+}
 static void cu_rmsnorm_backward(const zb_backend *be, float *dx, float *dw, const float *dout, const float *x,
                                 const float *w, const float *rstd, int N, int C) {
     (void)be;
@@ -171,8 +176,12 @@ static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att
     int *posi = (int *)scratch;
     int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
     int qd = H * hd, kd = Hkv * hd;
-    zb_cuda_rope_apply_rows(r, q, nb * n, n, posi, qd, H, hd, 0, 0, 0);
-    zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
+    if (nb * n == 1 && k == q + qd)   /* one row: q's and k's heads follow one another, one launch */
+        zb_cuda_rope_apply_rows(r, q, 1, 1, posi, qd + kd, H + Hkv, hd, 0, 0, 0);
+    else {
+        zb_cuda_rope_apply_rows(r, q, nb * n, n, posi, qd, H, hd, 0, 0, 0);
+        zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
+    }
     /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
     long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
     int c16 = be->opts.cache_bf16;
@@ -392,6 +401,7 @@ static zb_backend cuda_backend = {
     .linear_forward = cu_linear_forward,
     .linear_forward3 = cu_linear_forward3, .swiglu_linear_forward = cu_swiglu_linear_forward,
     .rmsnorm_forward = cu_rmsnorm_forward, .rmsnorm_backward = cu_rmsnorm_backward,
+    .add_rmsnorm = cu_add_rmsnorm,
     .rope = cu_rope,
     .attention_saved_floats = cu_attention_saved_floats, .attention_forward = cu_attention_forward,
     .attention_backward = cu_attention_backward,

@@ -402,13 +402,20 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ 
     }
 }
 
-/* merge the chunks of (sequence i, head h): one block per row; the chunks' weights
- * e^(m_c - M) in shared memory, then threads over the columns */
-__global__ void k_decode_merge(float *out, const float *part, int H, int Hkv, int dv, int nsplit) {
+/* merge the chunks of (sequence i, head h): one block of MERGE_THREADS per row; the chunks'
+ * weights e^(m_c - M) in shared memory; each warp sums every 8th chunk over the columns (a lane
+ * holds up to 4 columns, 32 apart: coalesced loads, a warp's chunks in flight together), the
+ * warps' sums added through shared memory. An empty chunk (l = 0: past the sequence) has weight
+ * 0 and is skipped: its values were never written. */
+#define MERGE_THREADS 256
+__global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, const float *part, int H, int Hkv, int dv,
+                                                                int nsplit) {
     extern __shared__ float wsm[];
-    int row = blockIdx.x, i = row / H, h = row % H, rep = H / Hkv, g = h / rep, j = h % rep;
+    __shared__ float red[MERGE_THREADS / 32][128];
+    const int row = blockIdx.x, i = row / H, h = row % H, rep = H / Hkv, g = h / rep, j = h % rep;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, NW = MERGE_THREADS / 32;
     const float *p0 = part + (((size_t)i * Hkv + g) * nsplit * rep + j) * (dv + 2);
-    size_t st = (size_t)rep * (dv + 2);   /* from one chunk to the next */
+    const size_t st = (size_t)rep * (dv + 2);   /* from one chunk to the next */
     float M = -INFINITY;
     for (int s = threadIdx.x; s < nsplit; s += blockDim.x) M = fmaxf(M, p0[s * st + dv]);
     M = zb_block_max_f(M);
@@ -418,12 +425,27 @@ __global__ void k_decode_merge(float *out, const float *part, int H, int Hkv, in
         wsm[s] = w;
         den += (double)w * l;
     }
-    float dn = (float)zb_block_sum_d(den);   /* its barriers also publish wsm */
-    for (int d = threadIdx.x; d < dv; d += blockDim.x) {
-        float num = 0;
-#pragma unroll 4
-        for (int s = 0; s < nsplit; s++) num += wsm[s] * p0[s * st + d];
-        out[(size_t)row * dv + d] = num / dn;
+    const float dn = (float)zb_block_sum_d(den);   /* its barriers also publish wsm */
+    for (int d0 = 0; d0 < dv; d0 += 128) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 2
+        for (int s = warp; s < nsplit; s += NW) {
+            float w = wsm[s];
+            if (w == 0.0f) continue;
+            const float *ps = p0 + s * st + d0 + lane;
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (d0 + lane + 32 * k < dv) acc[k] += w * ps[32 * k];
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) red[warp][lane + 32 * k] = acc[k];
+        __syncthreads();
+        if (threadIdx.x < 128 && d0 + threadIdx.x < dv) {
+            float num = 0.0f;
+            for (int w = 0; w < NW; w++) num += red[w][threadIdx.x];
+            out[(size_t)row * dv + d0 + threadIdx.x] = num / dn;
+        }
+        __syncthreads();
     }
 }
 
@@ -503,7 +525,7 @@ extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, 
                                                                       a->row_stride, a->scale, a->cache_bf16, CH, nsplit);
     }
     ZB_CUDA_LAUNCHED("decode attention");
-    k_decode_merge<<<nb * a->H, a->dv < 128 ? 64 : 128, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(
+    k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(
         out, part, a->H, a->Hkv, a->dv, nsplit);
     ZB_CUDA_LAUNCHED("decode attention merge");
 }

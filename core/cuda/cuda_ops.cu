@@ -35,6 +35,28 @@ extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x,
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
 }
 
+/* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
+__global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
+    size_t row = blockIdx.x;
+    float *xr = x + row * C, *o = out + row * C;
+    const float *ar = a + row * C;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float v = xr[i] + ar[i];
+        xr[i] = v;
+        ss += (double)v * v;
+    }
+    ss = zb_block_sum_d(ss);
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+}
+
+extern "C" void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps) {
+    if (N <= 0) return;
+    k_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(x, a, out, w, C, eps);
+    ZB_CUDA_LAUNCHED("add_rmsnorm");
+}
+
 /* dx_i += r w_i dy_i - (r^3 / C) x_i sum_j w_j dy_j x_j (ops.c) */
 __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, const float *w, const float *rstd,
                                  int C) {

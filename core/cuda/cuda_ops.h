@@ -58,6 +58,8 @@ void zb_cuda_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_st
                             int head_stride, int offset, int pos0, int interleave, int inverse);
 /* Rows i < nrows at positions pos[i / per_seq] + i % per_seq (pos: device ints, one per
  * sequence): generation, where each sequence of a batch sits at its own position. */
+/* x += a, then out = RMSNorm(x) with weight w, per row of C (backend.h add_rmsnorm) */
+void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps);
 void zb_cuda_rope_apply_rows(const zb_rope *r, float *x, int nrows, int per_seq, const int *pos_dev,
                              int row_stride, int n_heads, int head_stride, int offset, int interleave,
                              int inverse);

@@ -660,34 +660,26 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
           *dD = dup_(D, nh), *coef = dnew(4 * (size_t)N * nh), *dyo = dnew((size_t)N * di), *st = dnew(nst),
           *Sc = dup_(S0, nS);
     zb_cuda_m2_ssd_coef(m, dA, ddt, coef, B, T);
-    zb_cuda_m2_ssd_forward(m, dD, dx, coef, dyo, st, Sc, Sc, nh * hs, B, T);   /* in place, as the cache */
-    float *gy = dget(dyo, (size_t)N * di, "SSD forward from S0"), *gst = dget(st, nst, "SSD forward from S0"),
-          *gfin = dget(Sc, nS, "SSD forward from S0");
-    snprintf(what, sizeof what, "[%s] SSD y from an initial state", c->name);
-    cmp(what, gy, NULL, rf.y, rf.ym, (size_t)N * di, di, nf, 1, NULL);
-    snprintf(what, sizeof what, "[%s] SSD chunk start states from an initial state", c->name);
-    cmp(what, gst, NULL, rf.st, rf.stm, nst, (int)hs, nf, 1, NULL);
-    snprintf(what, sizeof what, "[%s] SSD final state (cache updated in place)", c->name);
-    cmp(what, gfin, NULL, rf.fin, rf.finm, nS, (int)hs, nf, 1, NULL);
-    {   /* the bf16 precision mode's forward: the tile products on the tensor cores with TF32
-         * operands, each rounding 2^-11 = 2^13 u of its term; a term of y or of a state passes
-         * through at most 4 of them (x and w B into the chunk states, then the state and C, or
-         * C and B, then their product scaled and x) */
-        float *Sc2 = dup_(S0, nS), *dyo2 = dnew((size_t)N * di), *st2 = dnew(nst);
-        zb_cuda_set_precision(ZB_PREC_BF16);
-        zb_cuda_m2_ssd_forward(m, dD, dx, coef, dyo2, st2, Sc2, Sc2, nh * hs, B, T);
+    /* the float32 forward, and the bf16 precision mode's: its tile products on the tensor cores
+     * with TF32 operands, each rounding 2^-11 = 2^13 u of its term; a term of y or of a state
+     * passes through at most 4 of them (x and w B into the chunk states, then the state and C, or
+     * C and B, then their product scaled and x). The float32 run last: its states feed the backward. */
+    for (int tc = 1; tc >= 0; tc--) {
+        dput(Sc, S0, nS);
+        zb_cuda_set_precision(tc ? ZB_PREC_BF16 : ZB_PREC_F32);
+        zb_cuda_m2_ssd_forward(m, dD, dx, coef, dyo, st, Sc, Sc, nh * hs, B, T);   /* in place, as the cache */
         zb_cuda_set_precision(ZB_PREC_F32);
-        float *ty = dget(dyo2, (size_t)N * di, "SSD forward, tensor cores"),
-              *tst = dget(st2, nst, "SSD forward, tensor cores"), *tfin = dget(Sc2, nS, "SSD forward, tensor cores");
-        double nt = nf + 4 * 8192.0;
-        snprintf(what, sizeof what, "[%s] SSD y from an initial state, tensor cores (TF32)", c->name);
-        cmp(what, ty, NULL, rf.y, rf.ym, (size_t)N * di, di, nt, 1, NULL);
-        snprintf(what, sizeof what, "[%s] SSD chunk start states, tensor cores (TF32)", c->name);
-        cmp(what, tst, NULL, rf.st, rf.stm, nst, (int)hs, nt, 1, NULL);
-        snprintf(what, sizeof what, "[%s] SSD final state, tensor cores (TF32)", c->name);
-        cmp(what, tfin, NULL, rf.fin, rf.finm, nS, (int)hs, nt, 1, NULL);
-        free(ty); free(tst); free(tfin);
-        CU(cudaFree(Sc2)); CU(cudaFree(dyo2)); CU(cudaFree(st2));
+        const char *how = tc ? ", tensor cores (TF32)" : "";
+        double n_eff = tc ? nf + 4 * 8192.0 : nf;
+        float *gy = dget(dyo, (size_t)N * di, "SSD forward from S0"), *gst = dget(st, nst, "SSD forward from S0"),
+              *gfin = dget(Sc, nS, "SSD forward from S0");
+        snprintf(what, sizeof what, "[%s] SSD y from an initial state%s", c->name, how);
+        cmp(what, gy, NULL, rf.y, rf.ym, (size_t)N * di, di, n_eff, 1, NULL);
+        snprintf(what, sizeof what, "[%s] SSD chunk start states from an initial state%s", c->name, how);
+        cmp(what, gst, NULL, rf.st, rf.stm, nst, (int)hs, n_eff, 1, NULL);
+        snprintf(what, sizeof what, "[%s] SSD final state (cache updated in place)%s", c->name, how);
+        cmp(what, gfin, NULL, rf.fin, rf.finm, nS, (int)hs, n_eff, 1, NULL);
+        free(gy); free(gst); free(gfin);
     }
     float *ddy = dup_(dy, (size_t)N * di), *gdx = dnew((size_t)N * cd), *gddt = dnew((size_t)N * nh), *gA = dnew(nh),
           *gD = dnew(nh), *work = dnew(zb_cuda_m2_ssd_bwd_floats(m, B, T));
@@ -702,7 +694,7 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
     cmp(what, hA, NULL, rf.gA, rf.gAm, nh, nh, nb + N, 1, NULL);
     snprintf(what, sizeof what, "[%s] SSD backward dD vs the recurrence", c->name);
     cmp(what, hD, NULL, rf.gD, rf.gDm, nh, nh, (double)N * m->headdim + 8, 1, NULL);
-    free(gy); free(gst); free(gfin); free(hdx); free(hddt); free(hA); free(hD);
+    free(hdx); free(hddt); free(hA); free(hD);
     CU(cudaFree(dx)); CU(cudaFree(ddt)); CU(cudaFree(dA)); CU(cudaFree(dD)); CU(cudaFree(coef));
     CU(cudaFree(dyo)); CU(cudaFree(st)); CU(cudaFree(Sc)); CU(cudaFree(ddy)); CU(cudaFree(gdx));
     CU(cudaFree(gddt)); CU(cudaFree(gA)); CU(cudaFree(gD)); CU(cudaFree(work));

@@ -32,16 +32,6 @@ static int load(zb_model *m, const char *path, zb_wdtype wt) {
     return ZB_OK;
 }
 
-/* max over v of |a_v - b_v| / (scale mag_v) */
-static double bound_ratio(const float *a, const float *b, const float *mag, int V, double scale) {
-    double w = 0;
-    for (int v = 0; v < V; v++) {
-        double d = fabs((double)a[v] - b[v]), r = d == 0 ? 0 : d / (scale * mag[v]);
-        if (!(r <= w)) w = r;
-    }
-    return w;
-}
-
 static int check_model(const char *path, zb_wdtype wt, const zb_backend *be) {
     zb_model m;
     int rc = load(&m, path, wt);
@@ -90,7 +80,7 @@ static int check_model(const char *path, zb_wdtype wt, const zb_backend *be) {
                 int i = next++;
                 zb_gen_reset_seq(&g, b);
                 ZB_TEST_OK(zb_gen_step_seqs(&m, &g, &b, 1, prompts[i], lens[i]));
-                double e = bound_ratio(g.logits, ref + (size_t)i * NEW * V, mag + (size_t)i * NEW * V, V, sf);
+                double e = zb_bound_ratio(g.logits, ref + (size_t)i * NEW * V, mag + (size_t)i * NEW * V, V, sf);
                 if (e > worst) worst = e;
                 tok[i][n_out[i]++] = zb_sample(g.logits, V, &greedy, NULL, NULL);
                 slot[b] = i;
@@ -113,7 +103,7 @@ static int check_model(const char *path, zb_wdtype wt, const zb_backend *be) {
         for (int k = 0; k < na; k++) {
             int i = slot[act[k]];
             size_t o = ((size_t)i * NEW + n_out[i]) * V;
-            double e = bound_ratio(g.logits + (size_t)k * V, ref + o, mag + o, V, sf);
+            double e = zb_bound_ratio(g.logits + (size_t)k * V, ref + o, mag + o, V, sf);
             if (e > worst) worst = e;
             tok[i][n_out[i]++] = zb_sample(g.logits + (size_t)k * V, V, &greedy, NULL, NULL);
         }

@@ -17,16 +17,6 @@
 #include "model.h"
 #include "zb_test.h"
 
-/* max over the rows and v of |a - b| / (scale mag) */
-static double bound_ratio(const float *a, const float *b, const float *mag, size_t n, double scale) {
-    double w = 0;
-    for (size_t v = 0; v < n; v++) {
-        double d = fabs((double)a[v] - b[v]), r = d == 0 ? 0 : d / (scale * mag[v]);
-        if (!(r <= w)) w = r;
-    }
-    return w;
-}
-
 /* bf16 weights, products and caches on the GPU against the CPU's bf16 weights with float32
  * inputs and caches: the same weights, the GPU rounds each product's activation operand (and
  * MLA's latents, absorbed queries and probabilities) to bf16, 2^-9 relative, i.e. at most 2^-8
@@ -59,7 +49,7 @@ static int step(pair *p, const int *seqs, int nb, const int *ids, int n) {
     if (p->bf16) e = zb_norm_rel(p->gg->logits, p->gc->logits, (size_t)nb * V);
     else {
         zb_mag_matmul(p->mag, p->gc->lnf, p->head, nb, V, p->mc->cfg.d_model);
-        e = bound_ratio(p->gg->logits, p->gc->logits, p->mag, (size_t)nb * V, p->sf);
+        e = zb_bound_ratio(p->gg->logits, p->gc->logits, p->mag, (size_t)nb * V, p->sf);
     }
     if (e > p->worst) p->worst = e;
     p->calls++;

@@ -64,6 +64,15 @@ double zb_norm_rel(const float *a, const float *b, size_t n) {
     return rr > 0 ? sqrt(dd / rr) : sqrt(dd);
 }
 
+double zb_bound_ratio(const float *a, const float *b, const float *mag, size_t n, double scale) {
+    double w = 0;
+    for (size_t v = 0; v < n; v++) {
+        double d = fabs((double)a[v] - b[v]), r = d == 0 ? 0 : d / (scale * mag[v]);
+        if (!(r <= w)) w = r;
+    }
+    return w;
+}
+
 double zb_max_abs_diff(const float *a, const float *b, size_t n) {
     double md = 0;
     for (size_t i = 0; i < n; i++) {

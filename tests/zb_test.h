@@ -20,6 +20,8 @@ double zb_max_rel(const float *a, const float *b, size_t n);
 /* ||a-b||_2 / ||b||_2 */
 double zb_norm_rel(const float *a, const float *b, size_t n);
 double zb_max_abs_diff(const float *a, const float *b, size_t n);
+/* max over i of |a_i - b_i| / (scale mag_i): <= 1 within a per-element bound scale * mag */
+double zb_bound_ratio(const float *a, const float *b, const float *mag, size_t n, double scale);
 /* Checks with a printed measurement: "what: metric=... (tol ...)". */
 int zb_check_max_rel(const char *what, const float *got, const float *ref, size_t n, double tol);
 int zb_check_norm_rel(const char *what, const float *got, const float *ref, size_t n, double tol);

@@ -163,6 +163,9 @@ cpu_scaling() {   # cluster/scaling.sh on CPU ranks, one core each, weak DP to 1
     D=${CD:-512} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=256 ROWS=${CROWS:-2} OUT="$out/scaling-cpu16" MPIEXEC="$MPIX" \
     $1 timeout -k 5 "$(lim 150)" bash cluster/scaling.sh > "$out/log-scaling-cpu16.txt" 2>&1
 }
+# ZB_G2_EQ_ONLY=1: only test_nccl and the float32 equivalence of training (no generation, no
+# benchmarks, no CPU scaling): a short re-check after a change to the communication layer
+[ -n "${ZB_G2_EQ_ONLY:-}" ] && { ZB_CPU16=0; SKIP_BENCH=1; }
 cpu_bg=""
 if [ "${ZB_CPU16:-1}" = 1 ] && [ -n "$PIN" ] && fits 200; then
   stamp "CPU DP weak scaling to 16 ranks, in the background on CPUs $CPU16 (GPU checks on the other cores)"
@@ -211,7 +214,8 @@ if [ $have_gpu_table = 1 ]; then
   stamp "generation (greedy tokens): a small hybrid trained on 1 GPU, random 1B shapes"
   run 1 A 4 "" "${G[@]}"
   specs=("A/model.h5:tp:s" "A/model.h5:pp:s")
-  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ]; then   # the 1B shapes (random weights), 2 layers (MLA + Mamba2)
+  [ -n "${ZB_G2_EQ_ONLY:-}" ] && specs=()
+  if [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ -z "${ZB_G2_EQ_ONLY:-}" ]; then   # the 1B shapes (random weights), 2 layers (MLA + Mamba2)
     cut_model "$SRC/configs/zebra-1b.json" 2 z1b.json && cut_model "$SRC/configs/llama-3.2-1b.json" 2 l1b.json
     OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config z1b.json -o z1b.h5 --seed 11 --dtype bf16 > init.log 2>&1
     OMP_NUM_THREADS=16 $PIN timeout -k 5 "$(lim 60)" "$Z" init --random --config l1b.json -o l1b.h5 --seed 12 --dtype bf16 >> init.log 2>&1

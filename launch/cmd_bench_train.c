@@ -23,9 +23,6 @@
 #include "model.h"
 #include "optim.h"
 #include "train.h"
-#ifdef ZB_HAVE_CUDA
-#include "cuda_ops.h"
-#endif
 
 /* flops per token of one forward + backward (x3 of the forward's 2 per weight) */
 static double model_flops_per_token(const zb_model *m, int T, int fwd_only) {
@@ -57,28 +54,9 @@ static int load_model(zb_model *m, const char *path) {
 
 /* The matrix rate of the device (TFLOP/s): cuBLAS bf16 8192^3 on a GPU, else 0 (not measured). */
 static double matmul_peak(const zb_backend *be) {
-#ifdef ZB_HAVE_CUDA
-    if (!be->host_memory) {
-        int n = 8192;
-        size_t e = (size_t)n * n;
-        void *a = be->alloc(be, e * 2, "bench"), *b = be->alloc(be, e * 2, "bench");
-        float *c = be->alloc(be, e * 4, "bench");
-        if (!a || !b || !c) { be->free(be, a); be->free(be, b); be->free(be, c); return 0; }
-        double best = 1e30;
-        for (int r = 0; r < 8; r++) {
-            be->sync(be);
-            double t = zb_now();
-            zb_cuda_gemm_bf16_native(n, n, n, a, b, c);
-            be->sync(be);
-            t = zb_now() - t;
-            if (r >= 2 && t < best) best = t;
-        }
-        be->free(be, a); be->free(be, b); be->free(be, c);
-        return 2.0 * n * n * n / best / 1e12;
-    }
-#endif
-    (void)be;
-    return 0;
+    double tflops = 0;
+    if (!be->host_memory) zb_bench_gpu_ceilings(be, &tflops, NULL);
+    return tflops;
 }
 
 int zb_bench_train(int argc, char **argv, const zb_backend *be) {

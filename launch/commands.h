@@ -54,6 +54,10 @@ int zb_device_args_parse(int argc, char **argv, const char *cmd, int cache_bf16_
 int zb_device_backend(const zb_device_args *d, zb_wdtype wt, const char *cmd, zb_backend *out);
 /* Both at once, bf16 caches by default on the GPU (bench, eval). */
 int zb_backend_from_args(int argc, char **argv, const char *cmd, zb_wdtype wt, zb_backend *out);
+/* The GPU's ceilings, measured where a bench runs: bf16 GEMM TFLOP/s (cuBLAS 8192^3, float32
+ * out, best of 6 after 2 warm-ups) and, when gbs is not NULL, the device copy's GB/s (read +
+ * write of 2 GiB). 0 where not built with CUDA (cmd_bench.c). */
+void zb_bench_gpu_ceilings(const zb_backend *be, double *tflops, double *gbs);
 #define ZB_DEVICE_ARGS "--device", "--precision", "--cache"
 
 /* Small helpers for argument parsing shared by the commands. */

@@ -149,14 +149,16 @@ PY
 # the efficiency and the communication share (exposed / overlapped).
 if [ -n "${ZB_G2_CPU_ONLY:-}" ]; then
   DEADLINE=${ZB_DEADLINE:-240}
-  stamp "CPU only: DP weak scaling to 16 ranks, one per core; load $(cut -d' ' -f1-3 /proc/loadavg); $(nproc --all) CPUs"
+  stamp "CPU only: DP weak scaling to 16 ranks, one per core; load $(cut -d' ' -f1-3 /proc/loadavg); $(nproc --all) CPUs;" \
+    "/dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " (" $4 " free)"}')"
   cpu_weak() {   # cpu_weak OUT LAYOUTS REPEAT LIMIT [VAR=VALUE...]: cluster/scaling.sh, pinned
     local o=$1 lays=$2 rep=$3 t=$4; shift 4
     ( [ $# -gt 0 ] && export "$@"   # the variables (CD / CSEQ / CROWS, ZB_DP_*) for this run only
       ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="$lays" MODES=weak REPEAT="$rep" STEPS=${CSTEPS:-3} \
       D=${CD:-256} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=${CSEQ:-1024} ROWS=${CROWS:-4} OUT="$out/$o" MPIEXEC="$MPIX" \
       BIND="${CBIND:---bind-to core --map-by core}" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh ) > "$out/log-$o.txt" 2>&1
-    if scaled "$out/$o"; then summary+=("RAN $o: $lays (${*:-node-shared buckets})")
+    local how; how=$(cat "$out/$o"/work/run-weak-dp16-r1.log 2>/dev/null | grep -m1 "DP gradients" | cut -c8-)
+    if scaled "$out/$o"; then summary+=("RAN $o: $lays (${*:-defaults}; dp16: ${how:-?})")
     else summary+=("FAIL $o: no table"); tail_of "$out/log-$o.txt"; fi
   }
   cpu_weak scaling-cpu-weak "1 dp2 dp4 dp8 dp16" "${CREPEAT:-2}" 170

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "zb_common.h"
 
@@ -173,6 +174,16 @@ static void abort_all(void *impl, int code) {
 /* An MPI-3 shared-memory window over the node's part of the group, when that is all of it. */
 typedef struct { MPI_Comm node; MPI_Win win; } shared_win;
 
+/* Open MPI backs shared windows by files in /dev/shm (osc_sm_backing_directory): a tmpfs that
+ * is too small (a container's 64 MB) would let the window be made and then SIGBUS on first
+ * touch. Room for `need` bytes with a quarter to spare, or no shared window. */
+static int shm_room(double need) {
+    const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+    struct statvfs st;
+    if (statvfs(dir && *dir ? dir : "/dev/shm", &st) != 0) return 1;   /* elsewhere: trust MPI */
+    return (double)st.f_bavail * (double)st.f_frsize >= 1.25 * need;
+}
+
 static int m_shared_alloc(void *impl, zb_group g, size_t bytes, void **base, void **win) {
     MPI_Comm c = grp(impl, g), node;
     int size, nsize, all;
@@ -181,7 +192,7 @@ static int m_shared_alloc(void *impl, zb_group g, size_t bytes, void **base, voi
     /* key 0 keeps the group's rank order: node rank == group rank when the sizes agree */
     ZB_MPI(MPI_Comm_split_type(c, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
     MPI_Comm_size(node, &nsize);
-    all = nsize == size;
+    all = nsize == size && shm_room((double)bytes * nsize);
     ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, c));   /* every rank decides alike */
     if (!all) { MPI_Comm_free(&node); return ZB_OK; }
     shared_win *w = zb_calloc(1, sizeof *w, "shared window");

@@ -460,6 +460,8 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     else ZB_BE_ALLOC(be, s->logits_dev, (size_t)B * c->vocab, "logits");
     if (m->tp) ZB_BE_ALLOC(be, s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
     ZB_BE_ALLOC(be, s->ids, n, "generation buffers");
+    ZB_BE_ALLOC(be, s->next_dev, B, "generation tokens");
+    ZB_ALLOC(s->next, B, "generation tokens");
     ZB_BE_ALLOC(be, s->pos_dev, B, "generation positions");
     ZB_BE_ALLOC(be, s->seqs_dev, B, "generation positions");
     ZB_ALLOC(s->pos, B, "generation positions");
@@ -478,11 +480,12 @@ void zb_gen_free(zb_gen *s) {
         be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
         if (s->logits_dev != s->logits) be->free(be, s->logits_dev);
         be->free(be, s->ids);
+        be->free(be, s->next_dev);
         be->free(be, s->pos_dev);
         be->free(be, s->seqs_dev);
     }
     free(s->cache); free(s->cache_floats); free(s->cache_esize);
-    free(s->logits); free(s->pos); free(s->seqs); free(s->kinds);
+    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->kinds);
     memset(s, 0, sizeof *s);
 }
 
@@ -644,6 +647,7 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         }
         be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
         be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+        if (s->greedy && !m->tp) be->argmax_rows(be, s->next_dev, s->logits_dev, B, c->vocab);   /* B ids, not B x V */
     }
     *tp = t;
 }
@@ -672,7 +676,7 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
      * recording: the recorded step reads them where they are) */
     be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
     be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
-    long long key = nb;
+    long long key = 2LL * nb + (s->greedy != 0);   /* the recording holds the argmax or not */
     if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
     } else if (s->graph_warm == key && be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key)) {
@@ -691,8 +695,15 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
         return;
     }
-    if (m->tp) zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
-    else be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
+    if (m->tp) {
+        zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+        if (s->greedy)   /* the gathered rows are on the host */
+            zb_backend_cpu()->argmax_rows(zb_backend_cpu(), s->next, s->logits, B, zb_model_full_config(m)->vocab);
+    } else if (s->greedy) {
+        be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
+    } else {
+        be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
+    }
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }
@@ -715,8 +726,11 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
     }
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        for (int i = 0; i < nb; i++)
-            s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+        if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
+            s->be->to_device(s->be, s->ids, ids, sizeof(int) * nb * n);
+        else
+            for (int i = 0; i < nb; i++)
+                s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
         gen_chunk(m, s, seqs, nb, nc);
     }
     return ZB_OK;

@@ -238,6 +238,11 @@ typedef struct {
                         * under TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
     float *logits_dev; /* the head's output: == logits on a host_memory backend (no copy) */
     float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] (device) */
+    int greedy;        /* 1: each step picks the argmax of each row into next[] (zb_sample's
+                        * greedy pick) where the logits are, and copies only those ids to the
+                        * host; s->logits is then NOT filled (a device backend, no TP) */
+    int *next;         /* [B] host: after a step with greedy set, row i's argmax */
+    int *next_dev;     /* [B] the backend's copy of next */
     int chunk;         /* max tokens processed per step call */
     int profile;       /* 1: add each part's wall time of every step to prof[] (zebra bench) */
     double prof[ZB_PROF_N];

@@ -59,6 +59,9 @@ typedef struct zb_comm {
     void *impl;
     int rank[ZB_NGROUPS], size[ZB_NGROUPS];
     double seconds;   /* time inside the calls below since the caller last reset it */
+    /* bit g set: group g's collectives on device buffers may be recorded into a device graph
+     * (NCCL on the recording stream: a TP decode step is replayed with its all-reduces) */
+    unsigned graph_groups;
 } zb_comm;
 
 size_t zb_ctype_size(zb_ctype t);

@@ -10,35 +10,6 @@
 
 #include "shard.h"   /* TP hooks (m->tp != NULL), SPEC §9 */
 
-/* ---- benchmark weights -------------------------------------------------------------------- */
-
-/* value i of a benchmark fill: uniform on [-a, a] from stream sd */
-static inline float synth(uint64_t sd, long long i, float a) { return a * (2.0f * zb_hash_uniform(sd, (uint64_t)i) - 1.0f); }
-
-void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
-    zb_rng rng;
-    zb_rng_seed(&rng, seed);
-    const float a = std * 1.7320508f;   /* uniform on [-a, a] has standard deviation std */
-    for (int i = 0; i < m->n_params; i++) {
-        const zb_param *p = &m->params[i];
-        if (p->ndim != 2) {   /* norms, Mamba2 A_log / D / dt_bias, conv, biases: their init rule */
-            if (!p->bf16) zb_param_fill_random(p, std, &rng, m->data + p->offset, p->numel);
-            continue;
-        }
-        long long n = (long long)p->numel;
-        uint64_t sd = seed * 7919u + (uint64_t)i;
-        if (p->bf16) {
-            uint16_t *w = m->data16 + p->offset;
-#pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = zb_f32_to_bf16(synth(sd, j, a));
-        } else {
-            float *w = m->data + p->offset;
-#pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = synth(sd, j, a);
-        }
-    }
-}
-
 /* ---- activations -------------------------------------------------------------------------- */
 
 static zb_attn_shape attn_shape(const zb_config *c, int B, int T) {
@@ -459,6 +430,10 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     if (be->host_memory) s->logits_dev = s->logits;   /* the head writes the host's logits directly */
     else ZB_BE_ALLOC(be, s->logits_dev, (size_t)B * c->vocab, "logits");
     if (m->tp) ZB_BE_ALLOC(be, s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
+    if (m->tp && !be->host_memory) {
+        ZB_ALLOC(s->ids_host, n, "generation buffers");
+        if (B > 1) ZB_ALLOC(s->logits_stage, (size_t)B * zb_model_full_config(m)->vocab, "logits");
+    }
     ZB_BE_ALLOC(be, s->ids, n, "generation buffers");
     ZB_BE_ALLOC(be, s->pos_dev, B, "generation positions");
     ZB_BE_ALLOC(be, s->seqs_dev, B, "generation positions");
@@ -482,7 +457,7 @@ void zb_gen_free(zb_gen *s) {
         be->free(be, s->seqs_dev);
     }
     free(s->cache); free(s->cache_floats); free(s->cache_esize);
-    free(s->logits); free(s->pos); free(s->seqs); free(s->kinds);
+    free(s->logits); free(s->pos); free(s->seqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
     memset(s, 0, sizeof *s);
 }
 
@@ -586,7 +561,10 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
     size_t Nd = (size_t)N * d;
     double t = *tp;
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
-    else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
+    else if (m->tp && s->ids_host) {   /* TP on a device: ids of this rank's rows (-1: zeros), summed */
+        be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);
+        zb_tp_allreduce(m->tp, s->x, Nd);
+    } else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);   /* f32 or bf16 rows */
     prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
@@ -644,17 +622,29 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         }
         be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
         be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
+        /* TP on a device: the vocabulary slices gathered GPU to GPU, [tp][B][V/tp], in the step
+         * (and its recording) */
+        if (m->tp && s->ids_host && m->tp->size > 1 &&
+            zb_comm_allgather(m->tp->comm, ZB_GROUP_TP, s->tp_buf, (size_t)B * c->vocab, s->tp_buf + (size_t)B * c->vocab,
+                              ZB_CT_F32)) {
+            zb_fail_prefix(ZB_EMPI, "gathering the logits");
+            zb_comm_die(m->tp->comm, "tensor parallel");
+        }
     }
     *tp = t;
 }
 
-/* A decode step may be recorded once and replayed (one launch on a GPU): one rank, one token per
- * sequence, bf16 weights (no converted weight copies), not while profiling; with attention layers
- * at most 8 sequences (the GEMV products). The MLA / Mamba2 decode entries read positions and
- * slots on the device and size their products by max_T, so a hybrid's step replays at any batch. */
+/* A decode step may be recorded once and replayed (one launch on a GPU): one token per sequence,
+ * bf16 weights (no converted weight copies), not while profiling; with attention layers at most
+ * 8 sequences (the GEMV products). The MLA / Mamba2 decode entries read positions and slots on
+ * the device and size their products by max_T, so a hybrid's step replays at any batch. Under TP
+ * (no PP) when the group's collectives can be recorded (NCCL: comm.h graph_groups): the step's
+ * all-reduces and the logits gather are recorded with it, and replayed by every rank. */
 static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
     const zb_config *c = &m->cfg;
-    if (s->graph_off || n != 1 || m->tp || m->pp_no_embed || m->pp_no_head || s->profile ||
+    int tp_ok = !m->tp || (m->tp->pp_size == 1 && s->ids_host &&
+                           (m->tp->size == 1 || (m->tp->comm && (m->tp->comm->graph_groups >> ZB_GROUP_TP & 1))));
+    if (s->graph_off || n != 1 || !tp_ok || m->pp_no_embed || m->pp_no_head || s->profile ||
         m->wdtype != ZB_WEIGHTS_BF16 || m->be->host_memory)
         return 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -675,6 +665,20 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
     long long key = nb;
     if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
+    } else if (s->graph_warm == key && m->tp && m->tp->size > 1) {
+        /* TP: a recording holds collectives: every rank of the group launches it, or none does
+         * (NCCL: being recorded is a collective property). Each rank records its step without
+         * running it, they agree, then all replay, or all drop theirs and run it call by call. */
+        int ok = be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key);
+        if (ok) {
+            gen_layers(m, s, seqs, nb, n, &t);
+            ok = be->step_graph(be, &s->graph, ZB_GRAPH_END_HOLD, key);
+        }
+        if (!zb_tp_all(m->tp, ok) || !be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
+            be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
+            s->graph_off = 1;
+            gen_layers(m, s, seqs, nb, n, &t);
+        }
     } else if (s->graph_warm == key && be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key)) {
         /* the same step ran once without recording (scratch sizes settled): record it */
         gen_layers(m, s, seqs, nb, n, &t);
@@ -691,7 +695,10 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
         return;
     }
-    if (m->tp) zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+    if (m->tp && s->ids_host)   /* TP on a device: gathered in the step */
+        zb_tp_logits_to_host(m->tp, be, m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * c->vocab, s->logits_stage,
+                             s->logits, B, c->vocab);
+    else if (m->tp) zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
     else be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
@@ -715,8 +722,16 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
     }
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        for (int i = 0; i < nb; i++)
-            s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+        for (int i = 0; i < nb; i++) {
+            const int *src = ids + (size_t)i * n + t0;
+            if (s->ids_host) {   /* TP on a device: this rank's vocabulary rows, -1 for the others' */
+                int64_t v0 = m->tp->vocab0, Vl = m->cfg.vocab;
+                int *h = s->ids_host + (size_t)i * nc;
+                for (int k = 0; k < nc; k++) h[k] = src[k] - v0 >= 0 && src[k] - v0 < Vl ? (int)(src[k] - v0) : -1;
+                src = h;
+            }
+            s->be->to_device(s->be, s->ids + (size_t)i * nc, src, sizeof(int) * nc);
+        }
         gen_chunk(m, s, seqs, nb, nc);
     }
     return ZB_OK;

@@ -81,6 +81,15 @@ static int on_dev(const void *p) {
     return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
 }
 
+/* Is the compute stream being recorded (a CUDA graph of a decode step, core/model.c)? Then a
+ * collective is recorded on it directly: its buffers are the device's (nothing else can be
+ * recorded), and no event or pointer query runs inside the recording. */
+static int capturing(nccl_impl *im) {
+    enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(im->compute, &st) != cudaSuccess) { (void)cudaGetLastError(); return 0; }
+    return st == cudaStreamCaptureStatusActive;
+}
+
 /* the work queued so far on the compute stream comes first on s */
 static int enter(nccl_impl *im, cudaStream_t s) {
     ZB_CU(cudaEventRecord(im->ev_in, im->compute));
@@ -157,6 +166,12 @@ static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; 
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
     nccl_impl *im = IM(impl);
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g) && capturing(im)) {
+        ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->compute));
+        return ZB_OK;
+    }
+#endif
     if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
 #ifdef ZB_HAVE_NCCL
     if (gcomm(im, g)) {
@@ -211,6 +226,12 @@ static int n_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int ro
 
 static int n_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {
     nccl_impl *im = IM(impl);
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g) && capturing(im)) {
+        ZB_NC(ncclAllGather(x, out, n, ndt(t), im->nc[g], im->compute));
+        return ZB_OK;
+    }
+#endif
     int dx = on_dev(x), dout = on_dev(out);
     if (!dx && !dout) return MPI_OPS(im)->allgather(MPI_IMPL(im), g, x, n, out, t);
 #ifdef ZB_HAVE_NCCL
@@ -623,6 +644,10 @@ int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, M
     if (rc) { impl_free(im); free(c); return rc; }
     c->ops = &nccl_ops;
     c->impl = im;
+#ifdef ZB_HAVE_NCCL
+    for (int g = 0; g < ZB_NGROUPS; g++)
+        if (im->nc[g]) c->graph_groups |= 1u << g;
+#endif
     memcpy(c->rank, mpi->rank, sizeof c->rank);
     memcpy(c->size, mpi->size, sizeof c->size);
     *out = c;

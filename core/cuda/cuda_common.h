@@ -100,7 +100,7 @@ unsigned long long zb_cuda_weights_version(void);
  * the errors of the failed capture cleared, nothing run. */
 int zb_cuda_graph_replay(void *g, long long key);
 int zb_cuda_graph_begin(void **g, long long key);
-int zb_cuda_graph_end(void *g);
+int zb_cuda_graph_end(void *g, int launch);   /* launch 0: instantiated, not launched */
 void zb_cuda_graph_free(void *g);
 
 /* Record an error (kernel launch, library status); the first one is kept. */

@@ -57,9 +57,10 @@ lim() { local l; l=$(left); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || ec
 fits() { [ "$(left)" -ge "$1" ]; }
 notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export ZB_TP_ALLREDUCE=${ZB_TP_ALLREDUCE:-nccl}   # p2p: the TP decode's small sums through peer memory
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
-MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
+MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
 MPI="$MPIX --bind-to none"
 fail=0
 summary=()
@@ -134,6 +135,9 @@ for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
         v = [r["decode_tps"] for r in rs if r["model"] == m and r.get("batch", 1) == b and r["gpus"] == g]
         if not v: continue
         med[g] = st.median(v)
+        if g == 2 and 1 not in med:   # a variant of a model ("zebra-8b+p2p"): against its 1 GPU
+            v1 = [r["decode_tps"] for r in rs if r["model"] == m.split("+")[0] and r.get("batch", 1) == b and r["gpus"] == 1]
+            if v1: med[1] = st.median(v1)
         print("| %s | %d | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, b, g, len(v), med[g], min(v), max(v),
               "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
 PY
@@ -147,6 +151,14 @@ if [ $rc = 77 ]; then summary+=("NOT RUN test_nccl: $(grep -m1 SKIP "$out/log-nc
 check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE '^(ok|PASS)' "$out/log-nccl.txt" || true) checks; rc $rc)" \
   "[ $rc = 0 ]"
 [ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
+# the same with the TP group's small all-reduces through peer memory (cuda_p2p.h)
+if [ -z "${ZB_G2_EQ_ONLY:-}" ] && fits 60; then
+  ZB_TP_ALLREDUCE=p2p ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 40)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl-p2p.txt" 2>&1
+  rc=$?
+  [ $rc = 77 ] && summary+=("NOT RUN test_nccl with ZB_TP_ALLREDUCE=p2p: $(grep -m1 SKIP "$out/log-nccl-p2p.txt")") ||
+  check "test_nccl with ZB_TP_ALLREDUCE=p2p ($(grep -cE '^(ok|PASS)' "$out/log-nccl-p2p.txt" || true) checks; rc $rc$(grep -q 'p2p not used' "$out/log-nccl-p2p.txt" && echo ', p2p NOT used'))" \
+    "[ $rc = 0 ]" || tail_of "$out/log-nccl-p2p.txt"
+fi
 fi
 
 # ---- 2b. the 8B shapes under --tp 2 (before anything else loads the machine): Zebra-8B and
@@ -155,23 +167,25 @@ fi
 # CUDA graph with its NCCL calls): the same greedy tokens, and decode tokens/s -> decode.jsonl.
 # ZB_G2_TP8B=0 skips it; DEC_NEW / DEC_NEW8 set the new tokens per sequence (128 / 32).
 : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
-dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out/tok-MODEL-bBATCH-NP.txt
-  local a=() log="$out/log-decode-$(basename "$1" .json)-$2-b$3-r$4.txt" p=() m; m=$(basename "$1" .json)
+dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out/tok-MODEL-bBATCH-NP.txt (env TAG: +TAG to the name)
+  local m; m=$(basename "$1" .json)${TAG:++$TAG}
+  local a=() log="$out/log-decode-$m-$2-b$3-r$4.txt" p=()
   [ "$2" = 2 ] && a=(--tp 2)
   for i in $(seq 1 "$3"); do p+=(--prompt-ids "$i,2,3,4,5,6,7,$((8 + i))"); done
   OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" "${p[@]}" --batch "$3" \
     --max-new "$([ "$3" = 1 ] && echo "${DEC_NEW:-128}" || echo "${DEC_NEW8:-32}")" --ignore-eos --quiet --device cuda \
     --weights bf16 "${a[@]}" > "$out/tok-$m-b$3-$2.txt" 2> "$log"
   local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
-  echo "  $m batch $3, $2 GPU(s) r$4: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
+  echo "  $m batch $3, $2 GPU(s) r$4: ${tps:-failed} tok/s$(grep -q 'replayed from a CUDA graph' "$log" && echo ', graph') ($(date +%s) s)" |
+    tee -a "$out/log-decode.txt"
   [ -n "$tps" ] || tail_of "$log"
   [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"batch":%d,"rep":%d,"decode_tps":%s}\n' "$m" "$2" "$3" "$4" "$tps" >> "$out/decode.jsonl"
 }
-same_tokens() {   # same_tokens MODEL BATCH: --tp 2 == 1 GPU, greedy
-  local f1="$out/tok-$1-b$2-1.txt" f2="$out/tok-$1-b$2-2.txt" n
+same_tokens() {   # same_tokens MODEL BATCH [VARIANT]: --tp 2 == 1 GPU, greedy
+  local f1="$out/tok-$1-b$2-1.txt" f2="$out/tok-$1${3:++$3}-b$2-2.txt" n
   [ -f "$f1" ] && [ -f "$f2" ] || return   # not run (time)
-  n=$(cat "$f1" | wc -w)
-  check "generate --device cuda --tp 2 == 1 GPU, greedy, $1 (synthetic bf16), batch $2: $n tokens ($(head -c 60 "$f2" | tr '\n' ' ')...)" \
+  n=$(tr ' ' '\n' < "$f1" | grep -cE '^[0-9]+$')
+  check "generate --device cuda --tp 2${3:+ ($3)} == 1 GPU, greedy, $1 (synthetic bf16), batch $2: $n tokens ($(head -c 60 "$f2" | tr '\n' ' ')...)" \
     "[ -s '$f1' ] && cmp -s '$f1' '$f2'" || { echo "  1 GPU: $(head -c 300 "$f1" | tr '\n' ' ')"; echo "  2 GPU: $(head -c 300 "$f2" | tr '\n' ' ')"; }
 }
 if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${ZB_G2_TP8B:-1}" = 1 ] && [ $have_gpu_table = 1 ]; then
@@ -184,6 +198,9 @@ if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${
       same_tokens $m $b
     done
   done
+  # the TP all-reduces through peer memory (ZB_TP_ALLREDUCE=p2p, cuda_p2p.h) instead of NCCL
+  if fits 40; then TAG=p2p ZB_TP_ALLREDUCE=p2p dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 p2p
+  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_ALLREDUCE=p2p"; fi
   decode_md
   cat "$out/decode.md"
 fi
@@ -371,7 +388,8 @@ find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
-grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -6
+grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -8
+grep -E "allreduce" "$out/log-nccl-p2p.txt" 2>/dev/null | head -3 | sed 's/^/  ZB_TP_ALLREDUCE=p2p:/'
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
 for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
 for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done

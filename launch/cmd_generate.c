@@ -619,6 +619,9 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
+        if (S->g.graph && !S->g.graph_off)   /* before the last line (the speeds) */
+            fprintf(stderr, "generate: decode steps replayed from a CUDA graph%s\n",
+                    tp > 1 ? " (with the TP all-reduces and the logits gather)" : "");
         if (run->n_full)
             fprintf(stderr, "generate: note: %d prompt%s stopped at the full context of %d tokens before --max-new %d "
                     "(prompt %d first; --ctx sets the context, up to max_position_embeddings %d)\n", run->n_full,

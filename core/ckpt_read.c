@@ -140,10 +140,43 @@ static int entry_dtype(hid_t ds, const char *path, const char *name, zb_dtype *d
     return ZB_OK;
 }
 
+/* libhdf5 sizes its read buffers from the file's own metadata: a damaged chunk record claiming
+ * 4 GiB makes H5Dread allocate 4 GiB before it notices the file is short (fuzzing). Refuse, at
+ * open, what zebra's writer never makes: stored bytes beyond the file's size, or a chunk larger
+ * than the tensor in any dimension (parallel/checkpoint.c: chunks are whole rows). */
+static int check_storage(hid_t ds, const char *path, const zb_ckpt_entry *e, uint64_t fsize) {
+    hsize_t stored = H5Dget_storage_size(ds);
+    if ((uint64_t)stored > fsize)
+        return zb_fail(ZB_EFORMAT, "%s: tensor '%s': %llu bytes stored in a file of %llu (truncated or corrupt)",
+                       path, e->name, (unsigned long long)stored, (unsigned long long)fsize);
+    hid_t dcpl = H5Dget_create_plist(ds);
+    if (dcpl < 0) return zb_fail(ZB_EFORMAT, "%s: tensor '%s': unreadable storage layout", path, e->name);
+    int rc = ZB_OK;
+    if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+        hsize_t cd[H5S_MAX_RANK];
+        int nc = H5Pget_chunk(dcpl, H5S_MAX_RANK, cd);
+        if (nc != e->ndim) {
+            rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': chunks of rank %d for a tensor of rank %d (corrupt)", path,
+                         e->name, nc, e->ndim);
+        } else {
+            for (int k = 0; k < nc && !rc; k++)
+                if (cd[k] == 0 || cd[k] > (hsize_t)(e->shape[k] ? e->shape[k] : 1))
+                    rc = zb_fail(ZB_EFORMAT, "%s: tensor '%s': chunk dimension %d of %llu exceeds the tensor's %lld "
+                                 "(corrupt or not a zebra checkpoint)", path, e->name, k,
+                                 (unsigned long long)cd[k], (long long)e->shape[k]);
+        }
+    }
+    H5Pclose(dcpl);
+    return rc;
+}
+
 int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
     zb_h5_quiet();
     *out = NULL;
     ZB_TRY(zb_path_is_file(path, 1));
+    struct stat st;
+    if (stat(path, &st)) return zb_fail(ZB_EIO, "%s: %s", path, strerror(errno));
+    uint64_t fsize = (uint64_t)st.st_size;
     htri_t is = H5Fis_hdf5(path);
     if (is <= 0) return zb_fail(ZB_EFORMAT, "%s: not an HDF5 file", path);
     zb_ckpt_reader *r = zb_calloc(1, sizeof *r, "checkpoint reader");
@@ -221,6 +254,7 @@ int zb_ckpt_reader_open(zb_ckpt_reader **out, const char *path) {
             e->shape[k] = (int64_t)dims[k];
             e->numel *= e->shape[k];
         }
+        if ((rc = check_storage(ds, path, e, fsize))) goto done;
     }
 done:
     for (int i = 0; i < l.n; i++) free(l.names[i]);

@@ -55,6 +55,8 @@ done:
  * (the filter and parallel writes work per chunk). A 0-d or empty tensor stays contiguous. */
 static hid_t checked_dcpl(int ndim, const hsize_t *dims, zb_dtype dtype) {
     hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+    /* no modification times in the object headers: the same weights give the same bytes */
+    if (p >= 0 && H5Pset_obj_track_times(p, 0) < 0) { H5Pclose(p); return -1; }
     if (p < 0 || ndim < 1) return p;
     hsize_t rowel = 1, chunk[ZB_MAX_DIMS];
     for (int i = 0; i < ndim; i++) {
@@ -158,6 +160,7 @@ int zb_ckpt_writer_open(zb_ckpt_writer **out, const char *path, MPI_Comm comm) {
     H5GO(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST));
     H5GO(fcpl = H5Pcreate(H5P_FILE_CREATE));
     H5GO(H5Pset_link_phase_change(fcpl, 65535, 65535));
+    H5GO(H5Pset_obj_track_times(fcpl, 0));   /* the root group's header, as checked_dcpl's */
     w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
     if (w->file < 0) { rc = zb_fail(ZB_EIO, "%s: cannot create the file (via %s): directory missing or not writable?", path, w->tmp); goto done; }
     H5GO(w->dxpl = H5Pcreate(H5P_DATASET_XFER));

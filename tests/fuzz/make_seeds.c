@@ -256,8 +256,11 @@ static void shard_seed(const char *tmp, const char *fmt, const char *input, cons
 }
 
 static void shards(void) {
-    char tmp[] = "/tmp/zb_seeds_XXXXXX";
-    if (!mkdtemp(tmp)) { perror("mkdtemp"); exit(1); }
+    /* a fixed work folder (not mkdtemp): the shards' headers name their inputs, and the seeds
+     * must be the same bytes on every run for CI's fixed-seed fuzzing to be reproducible */
+    char tmp[2048];
+    if (snprintf(tmp, sizeof tmp, "%s/.shards-work", out) >= (int)sizeof tmp) { fprintf(stderr, "make_seeds: path too long\n"); exit(1); }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) { perror("make_seeds"); exit(1); }
     cJSON *j = read_json("llama3-tokenizer/chat_ref.json"), *c;
     char p[3][4096];
     snprintf(p[0], sizeof p[0], "%s/text.jsonl", tmp);

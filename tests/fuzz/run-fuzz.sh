@@ -14,12 +14,16 @@ dirs=("$corpus")
 for d in "$build/fuzz-seeds/$fmt" "$src/seeds/$fmt" "$src/regress/$fmt"; do
   [ -d "$d" ] && dirs+=("$d")
 done
+. "$src/limits.sh"
 dict=()
 [ -f "$src/$fmt.dict" ] && dict=(-dict="$src/$fmt.dict")
-# -timeout: one input taking 10 s is a hang; -rss_limit_mb: a parser must not try to take 2 GB
-# because a header says so; leaks are errors (a parser that fails must free what it took).
+# -seed: CI fuzzes one fixed seed (ZB_FUZZ_SEED, default 1) from seeds that are the same bytes on
+# every run, so a red run replays on any machine and a green commit stays green; random seeds and
+# hours of fuzzing are tests/fuzz/run-long.sh's job (ZB_FUZZ_SEED=0: a random seed here too).
+# -timeout: one input taking 10 s is a hang; the memory limits: limits.sh; leaks are errors (a
+# parser that fails must free what it took).
 LSAN_OPTIONS="suppressions=$src/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
-"$harness" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+"$harness" -seed="${ZB_FUZZ_SEED:-1}" -max_total_time="$secs" -timeout=10 $(fz_limits "$fmt") -print_final_stats=1 \
   -artifact_prefix="$crashes/" "${dict[@]}" "$@" "${dirs[@]}" 2>"$build/fuzz-$fmt.log"
 rc=$?
 tail -n 12 "$build/fuzz-$fmt.log"

@@ -8,6 +8,7 @@ set -u
 build=$1 secs=${2:-600}
 shift $(( $# >= 2 ? 2 : 1 ))
 src=$(cd "$(dirname "$0")" && pwd)
+. "$src/limits.sh"
 formats=${*:-config tokenizer safetensors shards hdf5 plan encode runcfg}
 for f in $formats; do
   h=$build/tests/fuzz/fuzz_$f
@@ -19,7 +20,7 @@ for f in $formats; do
   [ -f "$src/$f.dict" ] && dict=(-dict="$src/$f.dict")
   start=$(date +%s)
   LSAN_OPTIONS="suppressions=$src/lsan.supp" nice -n 15 "$h" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
-    -ignore_ooms=1 -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$build/long-crashes/$f/" \
+    -ignore_ooms=1 -max_total_time="$secs" -timeout=10 $(fz_limits "$f") -artifact_prefix="$build/long-crashes/$f/" \
     "${dict[@]}" "${dirs[@]}" > "$build/long-$f.log" 2>&1
   echo "$f: rc=$? $(( $(date +%s) - start ))s inputs=$(grep -o '^#[0-9]*' "$build/long-$f.log" | tail -1) " \
        "found=$(ls "$build/long-crashes/$f" | wc -l)" >> "$build/long-summary.txt"

@@ -151,7 +151,7 @@ if [ $rc = 77 ]; then summary+=("NOT RUN test_nccl: $(grep -m1 SKIP "$out/log-nc
 check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE '^(ok|PASS)' "$out/log-nccl.txt" || true) checks; rc $rc)" \
   "[ $rc = 0 ]"
 [ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
-# the same with the TP group's small all-reduces through peer memory (cuda_p2p.h)
+# the same with the TP group's small all-reduces through peer memory (core/cuda/cuda_p2p.cu)
 if [ -z "${ZB_G2_EQ_ONLY:-}" ] && fits 60; then
   ZB_TP_ALLREDUCE=p2p ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 40)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl-p2p.txt" 2>&1
   rc=$?
@@ -198,7 +198,7 @@ if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${
       same_tokens $m $b
     done
   done
-  # the TP all-reduces through peer memory (ZB_TP_ALLREDUCE=p2p, cuda_p2p.h) instead of NCCL
+  # the TP all-reduces through peer memory (ZB_TP_ALLREDUCE=p2p, core/cuda/cuda_p2p.cu) instead of NCCL
   if fits 40; then TAG=p2p ZB_TP_ALLREDUCE=p2p dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 p2p
   else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_ALLREDUCE=p2p"; fi
   decode_md

@@ -32,7 +32,6 @@ void zb_comm_nccl_free(zb_comm *c) { (void)c; }
 #include <cuda_runtime.h>
 
 #include "cuda_common.h"
-#include "cuda_p2p.h"
 #ifdef ZB_HAVE_NCCL
 #include <nccl.h>
 #endif
@@ -169,7 +168,7 @@ static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
     nccl_impl *im = IM(impl);
     if (im->p2p && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
-        (capturing(im) || on_dev(x))) {   /* one kernel on the compute stream (cuda_p2p.h) */
+        (capturing(im) || on_dev(x))) {   /* one kernel on the compute stream (cuda_common.h) */
         zb_cuda_p2p_allreduce(im->p2p, x, n);
         if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
         return ZB_OK;
@@ -539,7 +538,7 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 #endif
 
 /* ZB_TP_ALLREDUCE=p2p: the TP group's all-reduces of up to 64 K floats through peer memory
- * (cuda_p2p.h) when every rank of the group is on this node and each can open the others'
+ * (cuda_common.h) when every rank of the group is on this node and each can open the others'
  * buffers; otherwise (said once on the group's rank 0) NCCL as before. Collective over TP. */
 #define ZB_P2P_FLOATS ((size_t)1 << 16)
 static int p2p_setup(nccl_impl *im) {

@@ -246,7 +246,7 @@ static void point_to_point(zb_comm *c) {
 }
 
 /* The small sums of a TP decode step (d_model floats per token; ZB_TP_ALLREDUCE=p2p sends
- * these through peer memory, cuda_p2p.h, alternating two slots): several sizes, each repeated
+ * these through peer memory, cuda_common.h, alternating two slots): several sizes, each repeated
  * with new values, exact against the host's sum; then the time of one 16 KB all-reduce. */
 static void small_sums(zb_comm *c) {
     int r = zb_comm_rank(c, ZB_GROUP_TP), S = zb_comm_size(c, ZB_GROUP_TP);

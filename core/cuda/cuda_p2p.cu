@@ -1,6 +1,4 @@
-/* cuda_p2p.cu — the one-shot peer-memory all-reduce; see cuda_p2p.h. */
-#include "cuda_p2p.h"
-
+/* cuda_p2p.cu — the one-shot peer-memory all-reduce; see cuda_common.h (the peer all-reduce). */
 #include <cuda_runtime.h>
 #include <stdlib.h>
 #include <string.h>

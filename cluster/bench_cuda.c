@@ -138,14 +138,21 @@ typedef struct {
     float *out, *q;
     void *kc, *vc;
     int *seq, *pos, nb, max_len, nl, at;
+    int path;   /* 0: zb_cuda_attention_cached; 1: its cuBLAS form (MLA's earlier decode); 2: the fused MLA kernel */
     size_t n;
     zb_cuda_cache_attn a;
 } dec_ctx;
 static void run_dec(void *p) {
     dec_ctx *d = p;
     size_t off = (size_t)(d->at++ % d->nl) * d->n * 2;
-    zb_cuda_attention_cached(d->out, d->q, (char *)d->kc + off, (char *)d->vc + off, d->seq, d->pos, d->nb, 1,
-                             d->max_len, &d->a);
+    if (d->path == 2)
+        zb_cuda_decode_mla(d->out, d->q, (char *)d->kc + off, d->seq, d->pos, d->nb, d->max_len, &d->a);
+    else if (d->path == 1)
+        zb_cuda_attention_cached_gemm(d->out, d->q, (char *)d->kc + off, (char *)d->vc + off, d->seq, d->pos, d->nb, 1,
+                                      d->max_len, &d->a);
+    else
+        zb_cuda_attention_cached(d->out, d->q, (char *)d->kc + off, (char *)d->vc + off, d->seq, d->pos, d->nb, 1,
+                                 d->max_len, &d->a);
 }
 
 int main(int argc, char **argv) {
@@ -307,15 +314,18 @@ int main(int argc, char **argv) {
     }
 
     /* ---- decode attention over a bf16 cache: the 8B teacher (32 heads, 8 kv heads, hd 128) and
-     * Zebra-8B's MLA (32 heads over one latent row of 512 + 64), one layer, 8k context */
-    for (int kind = 0; kind < 2; kind++) {
+     * DeepSeek's MLA (32 heads over one latent row of 512 + 64) and Zebra-8B's (160 + 64: the
+     * model's earlier cuBLAS form, then the fused kernel), one layer, 8k context */
+    for (int kind = 0; kind < 3; kind++) {
         int batches[2] = {1, 48};
         for (int bi = 0; bi < 2; bi++) {
-            int nb = batches[bi], T = 8192, H = 32, Hkv = kind ? 1 : 8, hd = kind ? 576 : 128, dv = kind ? 512 : 128;
+            int nb = batches[bi], T = 8192, H = 32, Hkv = kind ? 1 : 8;
+            int hd = kind == 2 ? 224 : kind ? 576 : 128, dv = kind == 2 ? 160 : kind ? 512 : 128;
             size_t per = (size_t)Hkv * T * hd, n = per * nb;
             dec_ctx d;
             d.nl = nb == 1 ? 8 : 1;
             d.at = 0;
+            d.path = 0;
             d.n = n;
             d.kc = dev(n * 2 * d.nl);
             d.vc = kind ? d.kc : dev(n * 2 * d.nl);
@@ -341,9 +351,11 @@ int main(int argc, char **argv) {
             if (kind) ca.group_stride = 0;
             d.a = ca;
             double bytes = (double)n * 2 * (kind ? 1 : 2);
-            /* GQA: the chosen chunk length, then each forced one */
-            int chs[5] = {0, 64, 128, 256, 512};
-            for (int c = 0; c < (kind ? 1 : 5); c++) {
+            /* GQA: the chosen chunk length, then each forced one; Zebra's MLA: the cuBLAS form, the
+             * fused kernel with its chunks, then 256 and 1024 positions per block */
+            int chs[5] = {0, 64, 128, 256, 512}, zch[4] = {0, 0, 256, 1024};
+            for (int c = 0; c < (kind == 2 ? 4 : kind ? 1 : 5); c++) {
+                if (kind == 2) { d.path = c ? 2 : 1; chs[c] = zch[c]; }
                 zb_cuda_decode_set_chunk(chs[c]);
                 double ms = timeit_n(run_dec, &d, 2, 9, 8);
                 zb_cuda_decode_set_chunk(0);
@@ -351,7 +363,8 @@ int main(int argc, char **argv) {
                 if (chs[c]) snprintf(chn, sizeof chn, ", %d per block", chs[c]);
                 else chn[0] = 0;
                 snprintf(what, sizeof what, "decode attention %s batch %d ctx 8k, one layer (bf16 cache)%s",
-                         kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb, chn);
+                         kind == 2 ? (d.path == 2 ? "MLA 32x(160+64) fused" : "MLA 32x(160+64) cuBLAS form")
+                                   : kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb, chn);
                 row(what, ms, bytes / (ms * 1e-3) / 1e9, "GB/s");
             }
             zb_cuda_free(d.kc); if (!kind) zb_cuda_free(d.vc); zb_cuda_free(d.q); zb_cuda_free(d.out);

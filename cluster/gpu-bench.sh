@@ -3,8 +3,9 @@
 # GPU (cluster/gpu-check.sh runs it after the GPU tests; docs/BENCHMARKS.md records the figures):
 #   training step, bf16, seq 2048 x 8 rows: the Llama-3.2-1B teacher shape and Zebra-1B;
 #   KD step: Llama-3.1-8B-shaped teacher forward + Zebra-1B forward / backward;
-#   decode, bf16 weights and caches: Llama-3.1-8B vs Zebra-8B at batch 1 and 48, 8k context,
-#   and the largest batch each fits at 32k.
+#   decode, bf16 weights and caches: Llama-3.1-8B vs Zebra-8B at batch 1 and 48, 8k context
+#   (greedy: the argmax on the device; batch 48 again with --logits, the sampling path's copy of
+#   the logits to the host), and the largest batch each fits at 32k.
 # Models are the configs with synthetic weights (speed does not depend on the values).
 # ZB_BENCH_STEPS (default 3) timed training steps; each command under its own timeout.
 set -uo pipefail
@@ -25,6 +26,10 @@ run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
 run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
+# the same batch-48 decode with every row's logits copied to the host each step (the sampling path;
+# the run above is greedy: the argmax on the device, B ids back)
+run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
+  --batches 48 --contexts 8192 --decode-steps 16 --prefill-len 512 --logits
 if [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ]; then   # decode ms and GB/s per step, the prefill's ms, by part (synchronised after each part)
   run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
     --batches 1,48 --contexts 8192 --decode-steps 4 --prefill-len 512 --breakdown

@@ -32,6 +32,8 @@
 #     per replica, bf16 products), cluster/scaling.sh;
 #  6. if time is left: DP=2 (small buckets on the side stream), DP=2 ZeRO-1 and 1 GPU == CPU;
 #     strong TP and PP scaling of the training step.
+# ZB_G2_CPU_ONLY=1: after 1, only the CPU DP weak scaling to 16 ranks, alone and one rank per
+# core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4.
 # Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
 # gpu2-check-out). NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off).
 set -uo pipefail
@@ -142,6 +144,64 @@ for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
               "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
 PY
 }
+
+# ---- ZB_G2_CPU_ONLY=1: only the CPU DP weak scaling (1, dp2, dp4, dp8, dp16), alone on the
+# node (the GPUs idle), one rank per core (mpirun --bind-to core --map-by core), within
+# ZB_DEADLINE (default 240 s here). Per-rank work as in distillation: CSEQ x CROWS tokens (1024 x
+# 4) of the Zebra-1B hybrid cut to CLAYERS layers of width CD (4 x 256, 7.2 M parameters): 8x the
+# tokens per gradient byte of the older 256 x 2 configuration, which runs after it for the
+# record (1 and dp16), as do dp16 with the buckets through MPI_Iallreduce (progressed by the
+# hooks' tests, then by a progress thread) instead of node-shared memory. Prints the tables,
+# the efficiency and the communication share (exposed / overlapped).
+if [ -n "${ZB_G2_CPU_ONLY:-}" ]; then
+  DEADLINE=${ZB_DEADLINE:-240}
+  stamp "CPU only: DP weak scaling to 16 ranks, one per core; load $(cut -d' ' -f1-3 /proc/loadavg); $(nproc --all) CPUs;" \
+    "/dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " (" $4 " free)"}')"
+  cpu_weak() {   # cpu_weak OUT LAYOUTS REPEAT LIMIT [VAR=VALUE...]: cluster/scaling.sh, pinned
+    local o=$1 lays=$2 rep=$3 t=$4; shift 4
+    ( [ $# -gt 0 ] && export "$@"   # the variables (CD / CSEQ / CROWS, ZB_DP_*) for this run only
+      ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="$lays" MODES=weak REPEAT="$rep" STEPS=${CSTEPS:-3} \
+      D=${CD:-256} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=${CSEQ:-1024} ROWS=${CROWS:-4} OUT="$out/$o" MPIEXEC="$MPIX" \
+      BIND="${CBIND:---bind-to core --map-by core}" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh ) > "$out/log-$o.txt" 2>&1
+    local how; how=$(cat "$out/$o"/work/run-weak-dp16-r1.log 2>/dev/null | grep -m1 "DP gradients" | cut -c8-)
+    if scaled "$out/$o"; then summary+=("RAN $o: $lays (${*:-defaults}; dp16: ${how:-?})")
+    else summary+=("FAIL $o: no table"); tail_of "$out/log-$o.txt"; fi
+  }
+  cpu_weak scaling-cpu-weak "1 dp2 dp4 dp8 dp16" "${CREPEAT:-2}" 170
+  if fits 25; then cpu_weak scaling-cpu-mpi "dp16" 1 25 ZB_DP_ALLREDUCE=mpi; else notrun "dp16, MPI_Iallreduce buckets"; fi
+  if fits 25; then cpu_weak scaling-cpu-thread "dp16" 1 25 ZB_DP_ALLREDUCE=mpi ZB_DP_PROGRESS=thread:50
+  else notrun "dp16, MPI_Iallreduce + progress thread"; fi
+  if fits 30; then cpu_weak scaling-cpu-old "1 dp16" 1 30 CD=512 CSEQ=256 CROWS=2; else notrun "the older 256 x 2 configuration"; fi
+  python3 - "$out" <<'PY' > "$out/cpu-summary.md"
+import json, os, sys
+o = sys.argv[1]
+def res(d):
+    p = os.path.join(o, d, "scaling.json")
+    return json.load(open(p))["results"] if os.path.exists(p) else []
+main = res("scaling-cpu-weak")
+base = next((r for r in main if r["layout"] == "1" and "refused" not in r), None)
+print("| run | layout | step s | comm s (share) | DP exposed s | DP overlapped s | compute s | efficiency vs 1 rank |")
+print("|---|---|---|---|---|---|---|---|")
+for d in ("scaling-cpu-weak", "scaling-cpu-mpi", "scaling-cpu-thread", "scaling-cpu-old"):
+    rs = res(d)
+    b = next((r for r in rs if r["layout"] == "1" and "refused" not in r), base if d != "scaling-cpu-old" else None)
+    for r in rs:
+        if "refused" in r: continue
+        e = b["step_s_median"] / r["step_s_median"] if b else float("nan")   # weak DP: T1 / TN
+        print("| %s | %s | %.3f | %.3f (%.0f%%) | %.3f | %.3f | %.3f | %.0f%% |" % (d[8:], r["layout"], r["step_s_median"],
+              r["comm_s_median"], 100 * r["comm_s_median"] / r["step_s_median"], r.get("dp_exposed_s_median", 0),
+              r.get("dp_overlap_s_median", 0), r.get("compute_s_median", 0), 100 * e))
+PY
+  echo; echo "== gpu2-check CPU only ($(grep -m1 'Model name' "$out/log-machine.txt" | sed 's/  */ /g'))"
+  printf '%s\n' "${summary[@]}"
+  for d in scaling-cpu-weak scaling-cpu-old; do [ -f "$out/$d/scaling.md" ] && { echo; echo "$d:"; sed -n '3,$p' "$out/$d/scaling.md"; }; done
+  echo; echo "all CPU runs (efficiency: the 1-rank median of the same configuration):"; cat "$out/cpu-summary.md"
+  ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* scaling-* 2>/dev/null
+    for d in scaling-*/; do d=${d%/}; [ -f "$d/scaling.md" ] && cp "$d/scaling.md" "$d-scaling.md"; done
+    rm -rf scaling-*/ pack )
+  echo "total $(( $(date +%s) - t_start )) s; logs in $out"
+  exit $fail
+fi
 
 # ---- 2. the communication table
 stamp "test_nccl (2 ranks)"

@@ -36,7 +36,7 @@ MODES=${MODES:-strong weak}; LAYOUTS=${LAYOUTS:-1 dp2 tp2 pp2}
 REPEAT=${REPEAT:-3}; STEPS=${STEPS:-4}; PPM=${PPM:-2}
 CONFIG=${CONFIG:-$SRC/configs/zebra-1b.json}; LAYERS=${LAYERS:-4}; D=${D:-512}; VOCAB=${VOCAB:-4096}
 SEQ=${SEQ:-256}; ROWS=${ROWS:-8}; THREADS=${THREADS:-1}; ZERO=${ZERO:-0}
-MPIEXEC=${MPIEXEC:-mpiexec}
+MPIEXEC=${MPIEXEC:-mpiexec}; BIND=${BIND:---bind-to none}   # BIND="--bind-to core --map-by core": a rank per core
 OUT=${OUT:-scaling-$DEVICE}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 W=${WORKDIR:-$OUT/work}; mkdir -p "$W"
@@ -62,6 +62,8 @@ if D != c["hidden_size"]:   # scale the widths with d (head counts fixed, head d
 c.pop("teacher", None)
 print(json.dumps(c, indent=1))
 PY
+# the parameter counts, for cluster/scaling_model.py check (which then needs no binary)
+"$Z" info --json model.json > info.json 2>/dev/null || rm -f info.json
 [ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" --input "$SRC/parallel" \
   --input "$SRC/launch" -o shards --val-fraction 0.05 --seed 1 >/dev/null
 
@@ -102,7 +104,7 @@ run_one() {
 J
   rm -rf "$out"
   local t0=$SECONDS rc=0
-  $MPIEXEC --bind-to none -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1 || rc=$?
+  $MPIEXEC $BIND -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1 || rc=$?
   if [ $rc != 0 ] || [ ! -s "$out/train.jsonl" ]; then
     printf '{"mode":"%s","layout":"%s","rep":%d,"ranks":%d,"refused":"%s"}\n' "$mode" "$lay" "$rep" "$n" \
       "$(grep -m1 -iE 'error|not |zebra:' "$out.log" | cut -c1-120 | tr -d '"\\')" >> "$OUT/runs.jsonl"
@@ -118,6 +120,8 @@ k = len(after)
 out = {"mode": mode, "layout": lay, "rep": rep, "ranks": n, "dp": dp, "tp": tp, "pp": pp, "rows": rows,
        "seq": seq, "grad_accum": ga, "tokens_per_step": rows * seq, "steps": k, "wall_s": wall,
        "step_s": sum(r["step_s"] for r in after) / k, "comm_s": sum(r["comm_s"] for r in after) / k,
+       "dp_exposed_s": sum(r.get("dp_exposed_s", 0) for r in after) / k,
+       "dp_overlap_s": sum(r.get("dp_overlap_s", 0) for r in after) / k,
        "loss_last": recs[-1]["loss"]}
 out["tokens_per_s"] = out["tokens_per_step"] / out["step_s"]
 busy = [r["stage_busy_s"] for r in after if "stage_busy_s" in r]
@@ -160,6 +164,9 @@ for (mode, lay), rs in agg.items():
                  "tokens_per_step": r0["tokens_per_step"], "runs": len(ok),
                  "step_s_median": st.median(t), "step_s_min": min(t), "step_s_max": max(t),
                  "comm_s_median": st.median(c), "tokens_per_s": r0["tokens_per_step"] / st.median(t),
+                 "dp_exposed_s_median": st.median([r.get("dp_exposed_s", 0) for r in ok]),
+                 "dp_overlap_s_median": st.median([r.get("dp_overlap_s", 0) for r in ok]),
+                 "compute_s_median": st.median([r["step_s"] - r["comm_s"] for r in ok]),
                  "stage_busy_s": r0.get("stage_busy_s")})
 for r in rows:
     base = next((b for b in rows if b["mode"] == r["mode"] and b["layout"] == "1" and "refused" not in b), None)
@@ -174,15 +181,17 @@ md = ["# scaling: %s on %s (%s cores%s), %s" % (device, machine["cpu"], machine[
       (", %s x %s" % (machine["gpus"], machine["gpu"])) if machine.get("gpus") else "", machine["date"]), ""]
 for mode in sorted({r["mode"] for r in rows}):
     md += ["## %s scaling" % mode, "",
-           "| layout | ranks | tokens/step | step s (median) | spread (min..max) | comm s | comm share | tokens/s | speed-up | efficiency |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| layout | ranks | tokens/step | step s (median) | spread (min..max) | comm s | comm share | DP exposed s | DP overlapped s | compute s | tokens/s | speed-up | efficiency |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] != mode: continue
         if "refused" in r:
-            md.append("| %s | %d | — | refused: %s | | | | | | |" % (r["layout"], r["ranks"], r["refused"])); continue
-        md.append("| %s | %d | %d | %.4f | %.4f..%.4f | %.4f | %.0f%% | %.0f | %s | %s |" % (
+            md.append("| %s | %d | — | refused: %s | | | | | | | | | |" % (r["layout"], r["ranks"], r["refused"])); continue
+        md.append("| %s | %d | %d | %.4f | %.4f..%.4f | %.4f | %.0f%% | %.4f | %.4f | %.4f | %.0f | %s | %s |" % (
             r["layout"], r["ranks"], r["tokens_per_step"], r["step_s_median"], r["step_s_min"], r["step_s_max"],
-            r["comm_s_median"], 100 * r["comm_s_median"] / r["step_s_median"], r["tokens_per_s"],
+            r["comm_s_median"], 100 * r["comm_s_median"] / r["step_s_median"], r.get("dp_exposed_s_median", 0),
+            r.get("dp_overlap_s_median", 0), r.get("compute_s_median", r["step_s_median"] - r["comm_s_median"]),
+            r["tokens_per_s"],
             "%.2fx" % r["speedup"] if "speedup" in r else "—", "%.0f%%" % (100 * r["efficiency"]) if "efficiency" in r else "—"))
     md.append("")
 open(os.path.join(out, "scaling.md"), "w").write("\n".join(md) + "\n")

@@ -46,9 +46,16 @@ def model_params(cfg, path=None):
     all parameters), from `zebra info --json` (ZEBRA, default build/zebra) on the config"""
     import os
     import subprocess
-    z = os.environ.get("ZEBRA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "zebra")
-    info = json.loads(subprocess.run([z, "info", "--json", path or cfg["_path"]], capture_output=True, text=True,
-                                     check=True).stdout)
+    path = path or cfg["_path"]
+    saved = os.path.join(os.path.dirname(os.path.abspath(path)), "info.json")   # scaling.sh wrote it
+    if os.path.exists(saved) and os.path.getsize(saved) > 0:
+        info = json.load(open(saved))
+    else:
+        z = os.environ.get("ZEBRA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "zebra")
+        if not os.path.exists(z):
+            sys.exit("scaling_model.py: no %s beside %s and no zebra at %s (set ZEBRA)" % (saved, path, z))
+        info = json.loads(subprocess.run([z, "info", "--json", path], capture_output=True, text=True,
+                                         check=True).stdout)
     P_all = info["params"]
     tied = cfg.get("tie_word_embeddings", False)
     return (P_all if tied else P_all - cfg["hidden_size"] * cfg["vocab_size"]), P_all

@@ -290,6 +290,10 @@ struct zb_backend {
                         int N, int V, int64_t v0);
     double (*vp_ce_grad)(const zb_backend *be, float *dlogits, const float *logits, const float *mx, const double *st,
                          const int *targets, int N, int V, int64_t v0, int64_t Vfull, float scale);
+    /* -- greedy decoding on the device: out[n] = the index of the largest value of row n of x
+     * [N, V], as zb_sample's scan (model.h): the lowest index on ties (-0 == +0), a NaN never
+     * chosen, 0 when x[n, 0] is NaN. out: N ints where the backend's buffers are. */
+    void (*argmax_rows)(const zb_backend *be, int *out, const float *x, int N, int V);
 
     /* -- the MLA mixer (SPEC §3), whole, so that a backend fuses freely. Training: x, out
      * [B*T, d], positions 0..T-1; acts (mla_act_floats) saved by the forward for the backward;

@@ -110,6 +110,16 @@ int zb_comm_barrier(zb_comm *c, zb_group g) {
     TIMED(c->ops->barrier(c->impl, g));
 }
 
+int zb_comm_shared_alloc(zb_comm *c, zb_group g, size_t bytes, void **base, void **win) {
+    *win = NULL;
+    if (alone(c, g) || !c->ops->shared_alloc) return ZB_OK;
+    TIMED(c->ops->shared_alloc(c->impl, g, bytes, base, win));
+}
+
+void zb_comm_shared_free(zb_comm *c, void *win) {
+    if (win && c && c->ops->shared_free) c->ops->shared_free(c->impl, win);
+}
+
 void zb_comm_die(zb_comm *c, const char *what) {
     fprintf(stderr, "zebra: %s: %s\n", what, zb_errmsg());
     fflush(stderr);

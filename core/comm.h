@@ -52,6 +52,11 @@ typedef struct {
     int (*barrier)(void *impl, zb_group g);
     /* bring every rank down now (never returns) */
     void (*abort)(void *impl, int code);
+    /* Optional (NULL: none). Memory every rank of group g maps, when they all run on one node:
+     * `bytes` per rank; base[r] (one per rank of the group) is rank r's part in this process's
+     * address space; *win the handle for shared_free, NULL when the group spans nodes. */
+    int (*shared_alloc)(void *impl, zb_group g, size_t bytes, void **base, void **win);
+    void (*shared_free)(void *impl, void *win);
 } zb_comm_ops;
 
 typedef struct zb_comm {
@@ -59,6 +64,7 @@ typedef struct zb_comm {
     void *impl;
     int rank[ZB_NGROUPS], size[ZB_NGROUPS];
     double seconds;   /* time inside the calls below since the caller last reset it */
+    int thread_multiple;   /* calls may come from several threads at once (MPI_THREAD_MULTIPLE) */
     /* bit g set: group g's collectives on device buffers may be recorded into a device graph
      * (NCCL on the recording stream: a TP decode step is replayed with its all-reduces) */
     unsigned graph_groups;
@@ -88,6 +94,11 @@ int zb_comm_isend(zb_comm *c, zb_group g, const void *x, size_t n, zb_ctype t, i
 int zb_comm_wait(zb_comm *c, zb_comm_req *r);
 int zb_comm_test(zb_comm *c, zb_comm_req *r, int *done);
 int zb_comm_barrier(zb_comm *c, zb_group g);
+/* Node-shared memory over group g (collective; see zb_comm_ops.shared_alloc): *win NULL (and
+ * ZB_OK) when the implementation has none or the group spans nodes. Freed (collectively) by
+ * zb_comm_shared_free. Loads and stores in it are the caller's protocol (C11 atomics). */
+int zb_comm_shared_alloc(zb_comm *c, zb_group g, size_t bytes, void **base, void **win);
+void zb_comm_shared_free(zb_comm *c, void *win);
 
 /* A failure where no status can be returned (inside forward / backward): print this rank's
  * message as "zebra: <what>: <message>" and bring every rank down. */

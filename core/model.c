@@ -435,6 +435,8 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
         if (B > 1) ZB_ALLOC(s->logits_stage, (size_t)B * zb_model_full_config(m)->vocab, "logits");
     }
     ZB_BE_ALLOC(be, s->ids, n, "generation buffers");
+    ZB_BE_ALLOC(be, s->next_dev, B, "generation tokens");
+    ZB_ALLOC(s->next, B, "generation tokens");
     ZB_BE_ALLOC(be, s->pos_dev, B, "generation positions");
     ZB_BE_ALLOC(be, s->seqs_dev, B, "generation positions");
     ZB_ALLOC(s->pos, B, "generation positions");
@@ -453,11 +455,12 @@ void zb_gen_free(zb_gen *s) {
         be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
         if (s->logits_dev != s->logits) be->free(be, s->logits_dev);
         be->free(be, s->ids);
+        be->free(be, s->next_dev);
         be->free(be, s->pos_dev);
         be->free(be, s->seqs_dev);
     }
     free(s->cache); free(s->cache_floats); free(s->cache_esize);
-    free(s->logits); free(s->pos); free(s->seqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
+    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
     memset(s, 0, sizeof *s);
 }
 
@@ -552,6 +555,15 @@ static int prefill_run(const zb_backend *be, const int *seqs, int i, int nb) {
     return k;
 }
 
+/* The full logits [B, V] where the head's backend has them (for the greedy pick there): the
+ * head's output, or under TP on a device the gathered [tp][B][V/tp] when that is [B][V] (one
+ * row or one rank); NULL otherwise (the rows are put in order on the host). */
+static const float *dev_logits(const zb_model *m, const zb_gen *s, int B) {
+    if (!m->tp) return s->logits_dev;
+    if (!s->ids_host || (m->tp->size > 1 && B > 1)) return NULL;
+    return m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * m->cfg.vocab;
+}
+
 /* The step's device work from the embedding to the head's logits (on the device): what a
  * decode step's recording (step_graph) holds. */
 static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *tp) {
@@ -630,6 +642,8 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
             zb_fail_prefix(ZB_EMPI, "gathering the logits");
             zb_comm_die(m->tp->comm, "tensor parallel");
         }
+        const float *lg = dev_logits(m, s, B);
+        if (s->greedy && lg) be->argmax_rows(be, s->next_dev, lg, B, zb_model_full_config(m)->vocab);   /* B ids, not B x V */
     }
     *tp = t;
 }
@@ -662,7 +676,7 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
      * recording: the recorded step reads them where they are) */
     be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
     be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
-    long long key = nb;
+    long long key = 2LL * nb + (s->greedy != 0);   /* the recording holds the argmax or not */
     if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
     } else if (s->graph_warm == key && m->tp && m->tp->size > 1) {
@@ -695,11 +709,18 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
         return;
     }
-    if (m->tp && s->ids_host)   /* TP on a device: gathered in the step */
-        zb_tp_logits_to_host(m->tp, be, m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * c->vocab, s->logits_stage,
-                             s->logits, B, c->vocab);
-    else if (m->tp) zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
-    else be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
+    if (s->greedy && dev_logits(m, s, B)) {
+        be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
+    } else if (m->tp) {
+        if (s->ids_host)   /* TP on a device: gathered in the step */
+            zb_tp_logits_to_host(m->tp, be, m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * c->vocab,
+                                 s->logits_stage, s->logits, B, c->vocab);
+        else zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+        if (s->greedy)   /* the gathered rows are on the host */
+            zb_backend_cpu()->argmax_rows(zb_backend_cpu(), s->next, s->logits, B, zb_model_full_config(m)->vocab);
+    } else {
+        be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
+    }
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }
@@ -722,16 +743,19 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
     }
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        for (int i = 0; i < nb; i++) {
-            const int *src = ids + (size_t)i * n + t0;
-            if (s->ids_host) {   /* TP on a device: this rank's vocabulary rows, -1 for the others' */
-                int64_t v0 = m->tp->vocab0, Vl = m->cfg.vocab;
-                int *h = s->ids_host + (size_t)i * nc;
-                for (int k = 0; k < nc; k++) h[k] = src[k] - v0 >= 0 && src[k] - v0 < Vl ? (int)(src[k] - v0) : -1;
-                src = h;
-            }
-            s->be->to_device(s->be, s->ids + (size_t)i * nc, src, sizeof(int) * nc);
-        }
+        if (s->ids_host) {   /* TP on a device: this rank's vocabulary rows, -1 for the others' (one copy) */
+            int64_t v0 = m->tp->vocab0, Vl = m->cfg.vocab;
+            for (int i = 0; i < nb; i++)
+                for (int k = 0; k < nc; k++) {
+                    int64_t v = (int64_t)ids[(size_t)i * n + t0 + k] - v0;
+                    s->ids_host[(size_t)i * nc + k] = v >= 0 && v < Vl ? (int)v : -1;
+                }
+            s->be->to_device(s->be, s->ids, s->ids_host, sizeof(int) * (size_t)nb * nc);
+        } else if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
+            s->be->to_device(s->be, s->ids, ids, sizeof(int) * nb * n);
+        else
+            for (int i = 0; i < nb; i++)
+                s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
         gen_chunk(m, s, seqs, nb, nc);
     }
     return ZB_OK;

@@ -242,6 +242,12 @@ typedef struct {
     int *ids_host;     /* TP on a device: [B*chunk] the chunk's ids as this rank's vocabulary rows
                         * (-1: another rank's token, an embedding row of zeros), made on the host */
     float *logits_stage;   /* TP on a device, B > 1: the gathered [tp][B][V/tp] on the host */
+    int greedy;        /* 1: each step picks the argmax of each row into next[] (zb_sample's
+                        * greedy pick) where the logits are, and copies only those ids to the
+                        * host; s->logits is then NOT filled (a device backend; under TP on a
+                        * device with one sequence or one rank) */
+    int *next;         /* [B] host: after a step with greedy set, row i's argmax */
+    int *next_dev;     /* [B] the backend's copy of next */
     int chunk;         /* max tokens processed per step call */
     int profile;       /* 1: add each part's wall time of every step to prof[] (zebra bench) */
     double prof[ZB_PROF_N];

@@ -7,6 +7,9 @@
  *               [--decode-steps 16] [--prefill-len 256] [--md out.md] [--svg out.svg]
  *               [--weights f32|bf16]   (bf16: matrices held in bf16, model.h zb_wdtype)
  *               [--breakdown]          (a second table: decode ms per step by part)
+ *               [--logits]             (decode copies every row's logits to the host, the path
+ *                                      of sampling; default: greedy, the argmax on the device
+ *                                      and its ids fed back as the next tokens)
  *               [--device cuda [--precision bf16|f32] [--cache bf16|f32]]   (one GPU: its ceilings
  *                                      are the bf16 matmul rate and the device copy bandwidth)
  *               [--fit CONTEXT]        (the largest batch whose caches fit at CONTEXT tokens)
@@ -189,12 +192,13 @@ static void part_bytes(const zb_model *m, const zb_gen *g, int B, int ctx, doubl
     pb[ZB_PROF_HEAD] = wb * d * c->vocab;
 }
 
-static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill_len, int breakdown,
+static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill_len, int breakdown, int greedy,
                        bench_row *r) {
     zb_gen g;
     int max_T = ctx + steps + 2;
     if (max_T < prefill_len + 1) max_T = prefill_len + 1;
     ZB_TRY(zb_gen_init(&g, m, B, max_T));
+    g.greedy = greedy;   /* the argmax where the logits are, B ids to the host (else B x V logits) */
     int *ids = malloc(sizeof(int) * (size_t)B * prefill_len);
     if (!ids) { zb_gen_free(&g); return zb_fail(ZB_ENOMEM, "out of memory (bench)"); }
     for (int i = 0; i < B * prefill_len; i++) ids[i] = (i * 31 + 7) % m->cfg.vocab;
@@ -214,7 +218,10 @@ static int bench_model(const zb_model *m, int B, int ctx, int steps, int prefill
     rc = rc ? rc : zb_gen_step(m, &g, tok, 1);
     g.profile = breakdown;   /* the timed decode steps only */
     t = zb_now();
-    for (int s = 0; s < steps && !rc; s++) rc = zb_gen_step(m, &g, tok, 1);
+    for (int s = 0; s < steps && !rc; s++) {
+        rc = zb_gen_step(m, &g, tok, 1);
+        if (greedy) memcpy(tok, g.next, sizeof(int) * B);   /* greedy decoding: the picks are the next tokens */
+    }
     double dt = zb_now() - t;
     for (int k = 0; k < ZB_PROF_N; k++) r->prof_ms[k] = 1e3 * g.prof[k] / steps;
     part_bytes(m, &g, B, ctx, r->part_bytes);
@@ -324,7 +331,7 @@ int zb_cmd_bench(int argc, char **argv) {
     static const char *const vals[] = {"--teacher", "--hybrid", "--contexts", "--batches",
                                        "--decode-steps", "--prefill-len", "--md", "--svg", "--weights",
                                        "--fit", "--train", "--kd", "--batch", "--seq", "--steps", ZB_DEVICE_ARGS, NULL};
-    static const char *const flags[] = {"--breakdown", NULL};
+    static const char *const flags[] = {"--breakdown", "--logits", NULL};
     ZB_TRY(zb_args_check(argc, argv, vals, flags, 0));
     if (zb_arg_str(argc, argv, "--train", NULL)) {
         zb_backend tb;
@@ -347,7 +354,7 @@ int zb_cmd_bench(int argc, char **argv) {
     ZB_TRY(parse_list(zb_arg_str(argc, argv, "--batches", "1"), "bench: --batches", 1, 64, bat, MAXL, &nb));
     ZB_TRY(zb_arg_int(argc, argv, "--decode-steps", 16, 1, 1 << 20, &steps));
     ZB_TRY(zb_arg_int(argc, argv, "--prefill-len", 256, 1, 1 << 24, &plen));
-    int breakdown = zb_arg_flag(argc, argv, "--breakdown");
+    int breakdown = zb_arg_flag(argc, argv, "--breakdown"), greedy = !zb_arg_flag(argc, argv, "--logits");
     for (int i = 0; i < nc; i++) if (ctx[i] < 1) return zb_fail(ZB_EARG, "bench: contexts must be >= 1");
     for (int i = 0; i < nb; i++) if (bat[i] < 1 || bat[i] > 1024) return zb_fail(ZB_EARG, "bench: batches in [1, 1024]");
     if (steps < 1 || plen < 1) return zb_fail(ZB_EARG, "bench: --decode-steps and --prefill-len must be >= 1");
@@ -366,6 +373,8 @@ int zb_cmd_bench(int argc, char **argv) {
     if (md_path && !(mdf = fopen(md_path, "w"))) return zb_fail(ZB_EIO, "%s: cannot write", md_path);
     if (mdf) md = mdf;
     print_machine(md, &be, wt, gf, bw, bw1);
+    fprintf(md, "decode: %s\n\n", greedy ? "greedy (each row's argmax where the logits are, B ids to the host, fed back as the next tokens)"
+                                        : "--logits (every row's logits to the host each step, the sampling path)");
     fprintf(md, "| model | params | cache B/token | batch | context | prefill tok/s | prefill %% sgemm | decode tok/s | decode GB/s | decode %% bandwidth |\n");
     fprintf(md, "|---|---|---|---|---|---|---|---|---|---|\n");
     double tps[2][MAXL][MAXL] = {{{0}}};   /* [model][batch][context] decode tok/s */
@@ -391,7 +400,7 @@ int zb_cmd_bench(int argc, char **argv) {
         for (int bi = 0; bi < nb && !rc; bi++)
             for (int ci = 0; ci < nc && !rc; ci++) {
                 bench_row *r = &rows[k][bi][ci];
-                rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, breakdown, r);
+                rc = bench_model(&m, bat[bi], ctx[ci], steps, plen, breakdown, greedy, r);
                 if (rc) break;
                 double pf = 2.0 * zb_model_num_params(&m) * r->prefill_tps / 1e9;   /* ~2 flops per weight per token */
                 fprintf(md, "| %s | %.3gM | %zu | %d | %d | %.1f | %.0f%% | %.2f | %.2f | %.0f%% |\n",

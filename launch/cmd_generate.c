@@ -535,6 +535,7 @@ static int setup_model(gen_state *S, int B) {
                           : zb_model_load_ex(&S->m, a->model_path, a->wt));
     ZB_TRY(zb_model_set_backend(&S->m, &S->be));
     ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
+    S->g.greedy = a->sp.temperature <= 0.0f;   /* the argmax where the logits are: B ids come back, not B x V */
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
     ZB_ALLOC(S->act_tok, B, "generation");
@@ -567,7 +568,8 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
                 S->n_prefill += prompt_len(&S->pr, i);
                 S->slot_prompt[b] = i;
                 if (a->max_new == 0) { finish(run, b); S->t_prefill += zb_now() - t0; continue; }
-                if (sampler_rank) tkn = zb_sample(g->logits, c->vocab, &a->sp, &S->rngs[i], NULL);
+                if (sampler_rank)
+                    tkn = g->greedy ? g->next[0] : zb_sample(g->logits, c->vocab, &a->sp, &S->rngs[i], NULL);
                 ZB_TRY(share_tokens(&S->grid, tp, pp, &tkn, 1));
                 S->t_prefill += zb_now() - t0;
                 on_token(run, b, tkn);
@@ -585,8 +587,9 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
         ZB_TRY(zb_gen_step_seqs(&S->m, g, S->act, na, S->act_tok, 1));
         if (sampler_rank)
             for (int k = 0; k < na; k++)
-                S->act_tok[k] = zb_sample(g->logits + (size_t)k * c->vocab, c->vocab, &a->sp,
-                                          &S->rngs[S->slot_prompt[S->act[k]]], NULL);
+                S->act_tok[k] = g->greedy ? g->next[k]
+                                          : zb_sample(g->logits + (size_t)k * c->vocab, c->vocab, &a->sp,
+                                                      &S->rngs[S->slot_prompt[S->act[k]]], NULL);
         ZB_TRY(share_tokens(&S->grid, tp, pp, S->act_tok, na));
         S->t_decode += zb_now() - t0;
         S->n_decode += na;

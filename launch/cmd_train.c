@@ -507,7 +507,7 @@ static int evaluate(train_run *S, zb_loss_parts *out) {
 /* What a log interval accumulates. */
 typedef struct {
     zb_loss_parts parts;   /* per-step means, summed */
-    double gnorm, t, comm, busy, t_run;
+    double gnorm, t, comm, busy, t_run, dp_overlap, dp_exposed;
     int n;
     int64_t steps_run;
 } interval;
@@ -536,12 +536,13 @@ static int report(train_run *S, interval *v, float lr) {
         fprintf(stderr, " | lr %.3e | gnorm %.3f | %.0f tok/s | eta %s\n", lr, v->gnorm / v->n, tps, es);
         snprintf(line, sizeof line, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%s,\"ce\":%s,\"kl\":%s,\"mse\":%s,"
                  "\"lr\":%.9g,\"grad_norm\":%s,\"tokens\":%.0f,\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,"
-                 "\"eta_s\":%s,\"step_s\":%.6f,\"comm_s\":%.6f,\"ild_block\":%s,\"ild_mixer\":%s,\"skipped\":%lld%s}\n",
+                 "\"eta_s\":%s,\"step_s\":%.6f,\"comm_s\":%.6f,\"dp_overlap_s\":%.6f,\"dp_exposed_s\":%.6f,"
+                 "\"ild_block\":%s,\"ild_mixer\":%s,\"skipped\":%lld%s}\n",
                  zb_stage_name(S->stage),
                  (long long)S->step, jnum(b[0], 40, "%.17g", L), jnum(b[1], 40, "%.17g", v->parts.ce / v->n),
                  jnum(b[2], 40, "%.17g", v->parts.kl / v->n), jnum(b[3], 40, "%.17g", v->parts.mse / v->n), lr,
                  jnum(b[4], 40, "%.9g", v->gnorm / v->n), S->tokens_seen, tps, v->t_run,
-                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n,
+                 jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n, v->dp_overlap / v->n, v->dp_exposed / v->n,
                  jnum(b[6], 40, "%.17g", v->parts.ild_block / v->n),
                  jnum(b[7], 40, "%.17g", v->parts.ild_mixer / v->n), (long long)S->skipped, busy);
         ZB_TRY(log_line(S->log_fd, line));
@@ -623,6 +624,11 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
         fprintf(stderr, "train: %d steps x %d accum x %d ranks x %d rows x %d tokens; lr %g -> %g, warmup %d; %s at "
                 "step %lld\n", r->steps, r->grad_accum, S->g.dp_size, S->tr.rows, r->seq_len, r->opt.lr, r->opt.min_lr,
                 r->opt.warmup, resume ? "resumed" : "starting", (long long)S->step);
+        if (S->g.dp_size > 1)
+            fprintf(stderr, "train: DP gradients: %s\n", S->dp.zero ? "ZeRO-1 reduce-scatter after the backward"
+                    : S->dp.path == ZB_DP_SHM ? "node-shared memory, buckets overlapped with the backward"
+                    : S->dp.progress_us ? "MPI_Iallreduce buckets, a progress thread"
+                    : "MPI_Iallreduce buckets, progressed between layers");
     }
     return zb_comm_barrier(S->g.comm, ZB_GROUP_WORLD);
 }
@@ -638,6 +644,7 @@ static int train_loop(train_run *S, long stop_after) {
         float lr;
         int applied;
         c->seconds = 0;
+        S->dp.overlap_s = S->dp.exposed_s = 0;
         zb_model_zero_grad(&S->m);
         zb_loss_parts sum;
         memset(&sum, 0, sizeof sum);
@@ -648,6 +655,8 @@ static int train_loop(train_run *S, long stop_after) {
         zb_loss_parts_div(&sum, (double)r->grad_accum * S->g.dp_size);
         zb_loss_parts_add(&v.parts, &sum);
         v.comm += c->seconds;
+        v.dp_overlap += S->dp.overlap_s;
+        v.dp_exposed += S->dp.exposed_s;
         S->tokens_seen += S->tok_per_step;
         v.gnorm += gnorm;
         v.n++;

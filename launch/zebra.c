@@ -5,6 +5,7 @@
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
@@ -47,7 +48,13 @@ int main(int argc, char **argv) {
      * temporary left behind. Ignored, the write fails with EFBIG like a full disk, and the
      * error path says so, removes the temporary and stops every rank. */
     signal(SIGXFSZ, SIG_IGN);
-    MPI_Init(&argc, &argv);
+    /* A progress thread for the data-parallel buckets (parallel/dp.h) calls MPI beside the
+     * main thread: asked for only then, the other runs keep MPI's single-thread paths. */
+    const char *prog = getenv("ZB_DP_PROGRESS");
+    if (prog && !strncmp(prog, "thread", 6)) {
+        int provided;
+        MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    } else MPI_Init(&argc, &argv);
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);

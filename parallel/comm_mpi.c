@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "zb_common.h"
 
@@ -170,9 +171,66 @@ static void abort_all(void *impl, int code) {
     exit(code);
 }
 
+/* An MPI-3 shared-memory window over the node's part of the group, when that is all of it. */
+typedef struct { MPI_Comm node; MPI_Win win; } shared_win;
+
+/* Open MPI backs shared windows by files in /dev/shm (osc_sm_backing_directory): a tmpfs that
+ * is too small (a container's 64 MB) would let the window be made and then SIGBUS on first
+ * touch. Room for `need` bytes with a quarter to spare, or no shared window. */
+static int shm_room(double need) {
+    const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+    struct statvfs st;
+    if (statvfs(dir && *dir ? dir : "/dev/shm", &st) != 0) return 1;   /* elsewhere: trust MPI */
+    return (double)st.f_bavail * (double)st.f_frsize >= 1.25 * need;
+}
+
+static int m_shared_alloc(void *impl, zb_group g, size_t bytes, void **base, void **win) {
+    MPI_Comm c = grp(impl, g), node;
+    int size, nsize, all;
+    *win = NULL;
+    ZB_MPI(MPI_Comm_size(c, &size));
+    /* key 0 keeps the group's rank order: node rank == group rank when the sizes agree */
+    ZB_MPI(MPI_Comm_split_type(c, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    MPI_Comm_size(node, &nsize);
+    all = nsize == size && shm_room((double)bytes * nsize);
+    ZB_MPI(MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, c));   /* every rank decides alike */
+    if (!all) { MPI_Comm_free(&node); return ZB_OK; }
+    shared_win *w = zb_calloc(1, sizeof *w, "shared window");
+    if (!w) { MPI_Comm_free(&node); return ZB_ENOMEM; }
+    w->node = node;
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");   /* each rank's part on its own pages */
+    void *mine;
+    int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, node, &mine, &w->win);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS) {
+        MPI_Comm_free(&node); free(w);
+        return zb_fail(ZB_EMPI, "MPI_Win_allocate_shared of %zu bytes per rank failed", bytes);
+    }
+    for (int r = 0; r < size; r++) {
+        MPI_Aint sz;
+        int disp;
+        if (MPI_Win_shared_query(w->win, r, &sz, &disp, &base[r]) != MPI_SUCCESS) {
+            MPI_Win_free(&w->win); MPI_Comm_free(&node); free(w);
+            return zb_fail(ZB_EMPI, "MPI_Win_shared_query failed");
+        }
+    }
+    *win = w;
+    return ZB_OK;
+}
+
+static void m_shared_free(void *impl, void *win) {
+    (void)impl;
+    shared_win *w = win;
+    MPI_Win_free(&w->win);
+    MPI_Comm_free(&w->node);
+    free(w);
+}
+
 static const zb_comm_ops mpi_ops = {m_allreduce, m_iallreduce, m_bcast, m_allgather, m_allgatherv_inplace,
                                     m_reduce_scatter, m_gather, m_send, m_recv, m_isend, m_wait, m_test,
-                                    m_barrier, abort_all};
+                                    m_barrier, abort_all, m_shared_alloc, m_shared_free};
 
 int zb_comm_mpi_new(zb_comm **out, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
     *out = NULL;
@@ -185,6 +243,9 @@ int zb_comm_mpi_new(zb_comm **out, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI
     im->g[ZB_GROUP_DP] = dp;
     c->ops = &mpi_ops;
     c->impl = im;
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    c->thread_multiple = level == MPI_THREAD_MULTIPLE;
     for (int g = 0; g < ZB_NGROUPS; g++) {
         int rc = MPI_Comm_rank(im->g[g], &c->rank[g]);
         if (rc == MPI_SUCCESS) rc = MPI_Comm_size(im->g[g], &c->size[g]);

@@ -481,7 +481,7 @@ static void n_abort(void *impl, int code) {
 
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
-                                     n_barrier, n_abort};
+                                     n_barrier, n_abort, NULL, NULL};   /* no node-shared memory: device buffers */
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 

@@ -1,11 +1,15 @@
-/* dp.c — see dp.h. Bucketed non-blocking gradient all-reduce and ZeRO-1. */
+/* dp.c — see dp.h. Bucketed non-blocking gradient all-reduce (MPI, or node-shared memory) and ZeRO-1. */
 #include "dp.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "shard.h"
 #include "tensor_names.h"
@@ -35,13 +39,151 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
 
 /* ---- buckets -------------------------------------------------------------------------------- */
 
+/* ---- the node-shared path (ZB_DP_SHM) --------------------------------------------------------
+ * Each rank's shared part: 3 x nb flags (one cache line each), then the buckets' floats.
+ *   READY[k] = e   this rank's gradient of bucket k for step e is in its part
+ *   DONE[k]  = e   this rank has summed its chunk of bucket k (in place in its part)
+ *   GOT[k]   = e   this rank has copied every summed chunk of bucket k back
+ * Rank i may overwrite bucket k of its part for step e+1 once every rank's GOT[k] = e (its chunk
+ * i was read); the owners of the other chunks read them before their DONE, which i waited for. */
+#define LINE 64
+#define TILE 2048   /* floats summed at a time: the tree's partial sums stay in L1 / L2 */
+enum { F_READY = 0, F_DONE, F_GOT };
+
+static _Atomic unsigned long long *flag(const zb_dp *d, int rank, int kind, int k) {
+    return (_Atomic unsigned long long *)(void *)(d->seg[rank] + ((size_t)kind * d->nb + (size_t)k) * LINE);
+}
+static float *sdata(const zb_dp *d, int rank, int k) { return (float *)(void *)(d->seg[rank] + d->hdr) + d->b[k].soff; }
+static unsigned long long get(const zb_dp *d, int rank, int kind, int k) {
+    return atomic_load_explicit(flag(d, rank, kind, k), memory_order_acquire);
+}
+static void put(const zb_dp *d, int kind, int k) {
+    atomic_store_explicit(flag(d, d->rank, kind, k), d->epoch, memory_order_release);
+}
+/* chunk j of n floats over p ranks: [*lo, *lo + return) */
+static size_t chunk(size_t n, int p, int j, size_t *lo) {
+    size_t q = n / (size_t)p, r = n % (size_t)p;
+    *lo = (size_t)j * q + ((size_t)j < r ? (size_t)j : r);
+    return q + ((size_t)j < r);
+}
+static void relax(int *spins) {
+    if (++*spins > 64) { sched_yield(); *spins = 0; }   /* oversubscribed ranks: let the others run */
+}
+
+/* out[i] = the sum over ranks v of in[v][i], added in the order of a binomial reduction to rank
+ * 0 (round r: v, a multiple of 2^r, adds v + 2^(r-1) when that exists), which is the order of
+ * Open MPI's in-place MPI_Iallreduce (libnbc allred_sched_diss): float addition is commutative,
+ * so the same pairs give the same bits. tmp: ((p + 1) / 2) x TILE. */
+static void tree_sum(float *out, float *const *in, size_t off, size_t n, int p, float *tmp) {
+    const float *ptr[ZB_DP_MAX_SHM];
+    for (size_t t = 0; t < n; t += TILE) {
+        size_t w = n - t < TILE ? n - t : TILE;
+        for (int v = 0; v < p; v++) ptr[v] = in[v] + off + t;
+        for (int h = 1; h < p; h <<= 1)
+            for (int v = 0; v + h < p; v += 2 * h) {
+                float *dst = tmp + (size_t)(v >> 1) * TILE;
+                const float *x = ptr[v], *y = ptr[v + h];
+                for (size_t i = 0; i < w; i++) dst[i] = x[i] + y[i];
+                ptr[v] = dst;
+            }
+        memcpy(out + t, ptr[0], sizeof(float) * w);
+    }
+}
+
+static void shm_publish(zb_dp *d, int k) {
+    zb_dp_bucket *b = &d->b[k];
+    int spins = 0;
+    for (int j = 0; j < d->size; j++)   /* last step's chunk of ours read by every rank */
+        while (get(d, j, F_GOT, k) + 1 < d->epoch) relax(&spins);
+    memcpy(sdata(d, d->rank, k), d->m->grad + b->off, sizeof(float) * b->n);
+    put(d, F_READY, k);
+    b->launched = 1;
+}
+
+/* sum our chunk of bucket k when every rank has published it; copy the sums back when every
+ * chunk is summed (scaled by 1/dp as the MPI path does after its wait). 1: the bucket is done. */
+static int shm_advance(zb_dp *d, int k) {
+    zb_dp_bucket *b = &d->b[k];
+    if (!b->reduced) {
+        for (int j = 0; j < d->size; j++)
+            if (get(d, j, F_READY, k) < d->epoch) return 0;
+        float *in[ZB_DP_MAX_SHM];
+        for (int j = 0; j < d->size; j++) in[j] = sdata(d, j, k);
+        size_t lo, n = chunk(b->n, d->size, d->rank, &lo);
+        tree_sum(in[d->rank] + lo, in, lo, n, d->size, d->tmp);
+        put(d, F_DONE, k);
+        b->reduced = 1;
+    }
+    if (!b->gathered) {
+        for (int j = 0; j < d->size; j++)
+            if (get(d, j, F_DONE, k) < d->epoch) return 0;
+        for (int j = 0; j < d->size; j++) {
+            size_t lo, n = chunk(b->n, d->size, j, &lo);
+            memcpy(d->m->grad + b->off + lo, sdata(d, j, k) + lo, sizeof(float) * n);
+        }
+        put(d, F_GOT, k);
+        d->m->be->scale(d->m->be, d->m->grad + b->off, 1.0f / (float)d->size, b->n);
+        b->gathered = 1;
+    }
+    return 1;
+}
+
+static int shm_init(zb_dp *d) {
+    if (d->size > ZB_DP_MAX_SHM) return ZB_OK;
+    size_t nf = 0;
+    for (int k = 0; k < d->nb; k++) {
+        d->b[k].soff = nf;
+        nf += (d->b[k].n + 15) & ~(size_t)15;   /* each bucket on its own 64-byte line */
+    }
+    d->hdr = (size_t)3 * d->nb * LINE;
+    ZB_ALLOC(d->seg, d->size, "shared gradient parts");
+    ZB_TRY(zb_comm_shared_alloc(d->comm, ZB_GROUP_DP, d->hdr + sizeof(float) * nf, (void **)d->seg, &d->win));
+    if (!d->win) return ZB_OK;   /* the group spans nodes: MPI */
+    ZB_ALLOC(d->tmp, (size_t)(d->size + 1) / 2 * TILE, "tree-sum scratch");
+    for (int k = 0; k < d->nb; k++)
+        for (int f = F_READY; f <= F_GOT; f++) atomic_store(flag(d, d->rank, f, k), 0);
+    d->epoch = 1;
+    d->path = ZB_DP_SHM;
+    return zb_comm_barrier(d->comm, ZB_GROUP_DP);   /* every rank's flags are zero */
+}
+
+/* ---- the MPI path --------------------------------------------------------------------------- */
+
+static void *progress_main(void *arg) {
+    zb_dp *d = arg;
+    struct timespec ts = {0, (long)d->progress_us * 1000};
+    while (atomic_load(&d->running)) {
+        int n = atomic_load_explicit(&d->n_launched, memory_order_acquire);
+        for (int i = 0; i < n; i++) {
+            zb_dp_bucket *b = &d->b[d->order[i]];
+            int flag_ = 0;
+            if (atomic_load(&b->done) || !b->req.pending) continue;
+            /* the table's call, not the timed wrapper: c->seconds belongs to the main thread */
+            if (d->comm->ops->test(d->comm->impl, &b->req, &flag_)) zb_comm_die(d->comm, "data parallel (progress thread)");
+            if (flag_) atomic_store(&b->done, 1);
+        }
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
 static int launch(zb_dp *d, zb_dp_bucket *b) {
+    if (d->path == ZB_DP_SHM) {
+        shm_publish(d, (int)(b - d->b));
+        return ZB_OK;
+    }
     ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32, ZB_RED_SUM, &b->req));
     b->launched = 1;
+    if (d->thread) {   /* the progress thread tests it from now on */
+        int n = atomic_load(&d->n_launched);
+        d->order[n] = (int)(b - d->b);
+        atomic_store_explicit(&d->n_launched, n + 1, memory_order_release);
+        return ZB_OK;
+    }
     /* poke the buckets in flight so that the library progresses them while we compute */
     for (int k = 0; k < d->nb; k++) {
-        int flag;
-        if (d->b[k].launched) ZB_TRY(zb_comm_test(d->comm, &d->b[k].req, &flag));
+        int flag_;
+        if (d->b[k].launched) ZB_TRY(zb_comm_test(d->comm, &d->b[k].req, &flag_));
     }
     return ZB_OK;
 }
@@ -50,8 +192,15 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
 static void dp_hook(void *ctx, int layer) {
     zb_dp *d = ctx;
     if (!d->armed || d->zero || d->size == 1) return;
+    double t0 = zb_now(), c0 = d->comm->seconds;
     for (int k = 0; k < d->nb; k++)
         if (!d->b[k].launched && d->b[k].ready >= layer && launch(d, &d->b[k])) zb_comm_die(d->comm, "data parallel");
+    if (d->path == ZB_DP_SHM)   /* what every rank has published: summed and copied back now */
+        for (int k = 0; k < d->nb; k++)
+            if (d->b[k].launched) shm_advance(d, k);
+    double dt = zb_now() - t0;
+    d->overlap_s += dt;
+    d->comm->seconds = c0 + dt;   /* communication time (the MPI calls' own time included once) */
 }
 
 int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *comm, double bucket_mb, int zero) {
@@ -106,6 +255,24 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         }
         ZB_BE_ALLOC(m->be, d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
     }
+    if (!zero && d->size > 1) {
+        const char *e = getenv("ZB_DP_ALLREDUCE");
+        if (e && *e && strcmp(e, "auto") && strcmp(e, "mpi") && strcmp(e, "shm"))
+            return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=%s: expected auto, mpi or shm", e);
+        int want_shm = !e || strcmp(e, "mpi");
+        if (want_shm && m->be->host_memory) ZB_TRY(shm_init(d));
+        if (e && !strcmp(e, "shm") && d->path != ZB_DP_SHM)
+            return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=shm: the DP group is not on one node in host memory "
+                           "(or has more than %d ranks)", ZB_DP_MAX_SHM);
+        const char *pe = getenv("ZB_DP_PROGRESS");
+        if (d->path == ZB_DP_MPI && pe && !strncmp(pe, "thread", 6)) {
+            if (!comm->thread_multiple)
+                return zb_fail(ZB_EARG, "ZB_DP_PROGRESS=%s: MPI was not initialised with MPI_THREAD_MULTIPLE", pe);
+            d->progress_us = pe[6] == ':' ? atoi(pe + 7) : 50;
+            if (d->progress_us < 1) d->progress_us = 1;
+            ZB_ALLOC(d->order, d->nb, "gradient buckets");
+        }
+    }
     m->grad_hook = dp_hook;
     m->grad_hook_ctx = d;
     return ZB_OK;
@@ -114,13 +281,54 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
 void zb_dp_free(zb_dp *d) {
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
     if (d->m) d->m->be->free(d->m->be, d->gshard);
-    free(d->b); free(d->counts); free(d->displs);
+    if (d->win) zb_comm_shared_free(d->comm, d->win);
+    free(d->b); free(d->counts); free(d->displs); free(d->seg); free(d->tmp); free(d->order);
     memset(d, 0, sizeof *d);
 }
 
 void zb_dp_arm(zb_dp *d) {
     d->armed = 1;
-    for (int k = 0; k < d->nb; k++) { d->b[k].launched = 0; d->b[k].req.pending = 0; }
+    for (int k = 0; k < d->nb; k++) {
+        zb_dp_bucket *b = &d->b[k];
+        b->launched = b->reduced = b->gathered = 0;
+        b->req.pending = 0;
+        atomic_store(&b->done, 0);
+    }
+    if (d->progress_us && !d->thread && !d->zero && d->size > 1) {
+        atomic_store(&d->n_launched, 0);
+        atomic_store(&d->running, 1);
+        pthread_t *t = zb_malloc(sizeof *t, "progress thread");
+        if (t && pthread_create(t, NULL, progress_main, d) == 0) d->thread = t;
+        else { free(t); atomic_store(&d->running, 0); }   /* no thread: the hooks' tests progress */
+    }
+}
+
+static void stop_thread(zb_dp *d) {
+    if (!d->thread) return;
+    atomic_store(&d->running, 0);
+    pthread_join(*(pthread_t *)d->thread, NULL);
+    free(d->thread);
+    d->thread = NULL;
+}
+
+static int finish_buckets(zb_dp *d) {
+    const zb_backend *be = d->m->be;
+    for (int k = 0; k < d->nb; k++)
+        if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
+    if (d->path == ZB_DP_SHM) {
+        int left = d->nb, spins = 0;
+        while (left) {
+            left = 0;
+            for (int k = 0; k < d->nb; k++) left += !shm_advance(d, k);
+            if (left) relax(&spins);
+        }
+        d->epoch++;
+        return ZB_OK;
+    }
+    stop_thread(d);
+    for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
+    for (int k = 0; k < d->nb; k++) be->scale(be, d->m->grad + d->b[k].off, 1.0f / (float)d->size, d->b[k].n);
+    return ZB_OK;
 }
 
 int zb_dp_finish(zb_dp *d) {
@@ -134,14 +342,13 @@ int zb_dp_finish(zb_dp *d) {
         return ZB_OK;
     }
     if (d->size == 1) return ZB_OK;
-    for (int k = 0; k < d->nb; k++)
-        if (!d->b[k].launched) ZB_TRY(launch(d, &d->b[k]));
-    for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
-    for (int k = 0; k < d->nb; k++) {
-        be->scale(be, d->m->grad + d->b[k].off, s, d->b[k].n);
-        d->b[k].launched = 0;   /* the next step starts from nothing launched, armed or not */
-    }
-    return ZB_OK;
+    double t0 = zb_now(), c0 = d->comm->seconds;
+    int rc = finish_buckets(d);
+    for (int k = 0; k < d->nb; k++) d->b[k].launched = 0;   /* the next step starts from nothing launched */
+    double dt = zb_now() - t0;
+    d->exposed_s += dt;
+    d->comm->seconds = c0 + dt;
+    return rc;
 }
 
 /* PP: the last stage's copy of a tied embedding (its gradient equals the first stage's after

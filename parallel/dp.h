@@ -39,7 +39,26 @@ typedef struct {
     int ready;            /* the lowest layer it holds (-1: embedding / final norm / head) */
     int launched;
     zb_comm_req req;
+    /* node-shared path: this bucket's place in each rank's shared data, and how far it got */
+    size_t soff;
+    int reduced, gathered;
+    _Atomic int done;     /* MPI path with the progress thread: its request completed */
 } zb_dp_bucket;
+
+/* How the buckets are all-reduced (env ZB_DP_ALLREDUCE: auto (default), mpi, shm).
+ *  ZB_DP_MPI  MPI_Iallreduce per bucket (in place: Open MPI's libnbc runs its binomial tree,
+ *             reduce to rank 0 and broadcast); progressed inside the hooks' MPI_Test calls, or
+ *             by a progress thread (env ZB_DP_PROGRESS=thread[:microseconds], which needs
+ *             MPI_THREAD_MULTIPLE, asked for by the driver when that variable is set).
+ *  ZB_DP_SHM  the DP group on one node, host memory: an MPI-3 shared window; each rank copies
+ *             a finished bucket into its part, and rank j sums chunk j of the bucket over the
+ *             ranks reading their parts directly (the same binomial tree of additions as
+ *             libnbc's, so the bits equal the MPI path's), then every rank copies the summed
+ *             chunks back: a reduce-scatter + all-gather at memory speed, no message rounds to
+ *             progress. Work is done in the hooks between layers as soon as every rank has
+ *             published a bucket; what is left at zb_dp_finish is the exposed part. */
+typedef enum { ZB_DP_MPI = 0, ZB_DP_SHM } zb_dp_path;
+#define ZB_DP_MAX_SHM 256   /* the shared path's most ranks (its tree's stack arrays) */
 
 typedef struct zb_dp {
     zb_model *m;
@@ -53,6 +72,21 @@ typedef struct zb_dp {
     size_t lo, hi;
     size_t *counts, *displs;
     float *gshard;        /* [hi - lo] the reduced gradient of the range */
+    zb_dp_path path;
+    /* time spent on the gradient all-reduce since the caller last reset them: inside the
+     * backward's hooks (overlapped with compute) and inside zb_dp_finish (exposed) */
+    double overlap_s, exposed_s;
+    /* ZB_DP_SHM */
+    void *win;
+    char **seg;           /* [size] each rank's shared part: flags, then the buckets' data */
+    size_t hdr;           /* bytes of flags before the data */
+    unsigned long long epoch;   /* the current step's number (flags hold the last one done) */
+    float *tmp;           /* tree-sum scratch */
+    /* ZB_DP_MPI progress thread */
+    int progress_us;      /* 0: none */
+    int *order;           /* [nb] buckets in launch order */
+    _Atomic int n_launched, running;
+    void *thread;         /* pthread_t * while running */
 } zb_dp;
 
 /* Buckets of ~bucket_mb MB over the trainable parameters (contiguous runs, cut at layer

@@ -5,7 +5,9 @@
 #   NP=2: TP=2 (within the split-run floor, below); TP=2 stop at 10 + --resume == straight TP=2;
 #         the TP=2-written checkpoint resumed on 1 rank (TP=1: model + sliced moments) == A;
 #         DP=2 with tiny gradient buckets (many overlapped MPI_Iallreduce) == A;
-#         DP=2 ZeRO-1 == DP=2; a ZeRO DP=2 checkpoint resumed at DP=1 == A.
+#         DP=2 ZeRO-1 == DP=2; a ZeRO DP=2 checkpoint resumed at DP=1 == A; the buckets through
+#         MPI_Iallreduce (with and without a progress thread) == through node-shared memory, bit
+#         for bit (also at DP=4 and DP=3 under NP=4).
 #   NP=4: TP=2 x DP=2 == A; TP=2 x DP=2 ZeRO == the same without;
 #         DP=4 ZeRO == DP=4; the ZeRO DP=4 checkpoint resumed at TP=2 x DP=2 == A;
 #         TP=4 == A; sizes that do not divide: one clear error, every rank stops.
@@ -108,6 +110,12 @@ if [ "$NP" = 2 ]; then
   same "TP=2 checkpoint (model + moments by slices) resumed at TP=1 == 1 rank" A.txt X.txt $FA
   run 2 D 2 ", \"bucket_mb\": 0.002"
   same "DP=2, 2 rows each, 0.002 MB buckets overlapped with the backward == 1 rank x 4 rows" A.txt D.txt $FA
+  # the buckets' paths (parallel/dp.h): node-shared memory (the default here), MPI_Iallreduce
+  # progressed by the hooks' tests or by a progress thread: the same additions, the same bits
+  ZB_DP_ALLREDUCE=mpi run 2 DM 2 ", \"bucket_mb\": 0.002"
+  exact "DP=2: MPI_Iallreduce buckets == the node-shared all-reduce" D.txt DM.txt
+  ZB_DP_ALLREDUCE=mpi ZB_DP_PROGRESS=thread:20 run 2 DT 2 ", \"bucket_mb\": 0.002"
+  exact "DP=2: MPI_Iallreduce with a progress thread == the node-shared all-reduce" D.txt DT.txt
   run 2 Zr 2 ", \"zero\": true"
   same "DP=2 ZeRO-1 == DP=2" D.txt Zr.txt $FA
   run 2 ZR 2 ", \"zero\": true" --stop-after 10
@@ -171,6 +179,12 @@ if [ "$NP" = 4 ]; then
   same "TP=2 x DP=2 ZeRO-1 == TP=2 x DP=2" P.txt PZ.txt $FA
   run 4 Q 1 ", \"bucket_mb\": 0.01"
   same "DP=4, 1 row each == 1 rank x 4 rows" A.txt Q.txt $FA
+  ZB_DP_ALLREDUCE=mpi run 4 QM 1 ", \"bucket_mb\": 0.01"
+  ZB_DP_ALLREDUCE=shm run 4 QS 1 ", \"bucket_mb\": 0.01"
+  exact "DP=4: MPI_Iallreduce buckets == the node-shared all-reduce" QM.txt QS.txt
+  ZB_DP_ALLREDUCE=mpi run 3 Q3M 1 ", \"bucket_mb\": 0.01"
+  run 3 Q3S 1 ", \"bucket_mb\": 0.01"
+  exact "DP=3 (not a power of two): MPI_Iallreduce buckets == the node-shared all-reduce" Q3M.txt Q3S.txt
   run 4 QZ 1 ", \"zero\": true"
   same "DP=4 ZeRO-1 == DP=4" Q.txt QZ.txt $FA
   run 4 QR 1 ", \"zero\": true" --stop-after 10

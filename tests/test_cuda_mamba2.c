@@ -700,10 +700,11 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
     CU(cudaFree(gddt)); CU(cudaFree(gA)); CU(cudaFree(gD)); CU(cudaFree(work));
 
     /* the one-token step: 3 rows into 4 state slots (seqs 2, 0, 3; slot 1 untouched), slots
-     * strided with a gap as in the cache */
-    {
+     * strided with a gap as in the cache: 7 floats (the scalar kernel), 8 (16-byte aligned slots:
+     * the float4 kernel where d_state is 128 or 256) */
+    for (int pad = 7; pad <= 8; pad++) {
         int nb = 3, slots = 4, seqs[3] = {2, 0, 3};
-        size_t ss = nh * hs + 7;
+        size_t ss = nh * hs + pad;
         float *S = malloc(slots * ss * sizeof(float));
         fill(rng, S, slots * ss, 0.5f);
         float *dS = dup_(S, slots * ss), *dxr = dup_(xbc, (size_t)nb * cd), *ddr = dup_(dt, (size_t)nb * nh),
@@ -739,9 +740,10 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
                 }
             }
         double nS1 = 3 * amax + 10;
-        snprintf(what, sizeof what, "[%s] SSD one-token step: states (slot 1 and the gaps unchanged)", c->name);
+        snprintf(what, sizeof what, "[%s] SSD one-token step, slot gap %d: states (slot 1 and the gaps unchanged)",
+                 c->name, pad);
         cmp(what, gS, NULL, wS, mS, slots * ss, (int)ss, nS1, 1, NULL);
-        snprintf(what, sizeof what, "[%s] SSD one-token step: y", c->name);
+        snprintf(what, sizeof what, "[%s] SSD one-token step, slot gap %d: y", c->name, pad);
         cmp(what, gyr, NULL, wy2, my2, (size_t)nb * di, di, nS1 + ds + 4, 1, NULL);
         free(S); free(gS); free(gyr); free(wS); free(mS); free(wy2); free(my2);
         CU(cudaFree(dS)); CU(cudaFree(dxr)); CU(cudaFree(ddr)); CU(cudaFree(dyr)); CU(cudaFree(dseq));
@@ -1099,6 +1101,8 @@ int main(int argc, char **argv) {
         /* chunk 256 = 4 row tiles (the full causal triangle of tiles), T = 256 + 44, one x group for
          * both heads, per-head norm */
         {"chunk 256, x shared", DIMS(2, 64, 64, 1, 1, 2, 256, 64, 0.0f, inf, 1), 32, 1, 300, 0.001f, 0.02f},
+        /* Zebra-8B's d_state 128 (the float4 decode step), x / B groups of 2 heads, C per head */
+        {"d_state 128, zebra groups", DIMS(4, 32, 128, 2, 2, 4, 64, 32, 0.0f, inf, 1), 64, 2, 70, 0.001f, 0.05f},
     };
     int nc = (int)(sizeof cfgs / sizeof cfgs[0]);
     for (int i = 0; i < nc; i++) run_config(&cfgs[i], 1234 + i);

@@ -173,13 +173,16 @@ int main(int argc, char **argv) {
     zb_rope_cfg plain = {.type = ZB_ROPE_DEFAULT, .theta = 10000.0f, .factor = 1};
     zb_rope_cfg yarn = {.type = ZB_ROPE_YARN, .theta = 10000.0f, .factor = 4, .original_max_pos = 16,
                         .beta_fast = 32, .beta_slow = 1, .mscale = 1, .mscale_all_dim = 1};
-    combo cs[2] = {
+    /* the third: latent rows of 32 + 16 (multiples of 16), whose bf16-cache decode takes the
+     * fused kernel (zb_cuda_decode_mla) */
+    combo cs[3] = {
         {"deepseek (q_proj, kv norm, rotate-half)", {4, 0, 0, 32, 1, 16, 8, 16, 4, 0, plain}, 64},
         {"zebra (q_a/q_b + q norm, 2 kv heads, interleaved, YaRN)", {4, 24, 1, 32, 0, 16, 8, 16, 2, 1, yarn}, 64},
+        {"zebra, latent 32 + rope 16 (fused decode on bf16 caches)", {4, 24, 0, 32, 0, 16, 16, 16, 2, 1, yarn}, 64},
     };
     for (int p = 0; p < 2; p++) {
         zb_cuda_set_precision(p ? ZB_PREC_BF16 : ZB_PREC_F32);
-        for (int i = 0; i < 2; i++) test_combo(&cs[i], &rng);
+        for (int i = 0; i < 3; i++) test_combo(&cs[i], &rng);
     }
     zb_cuda_set_precision(ZB_PREC_F32);
     int st = zb_cuda_sync();

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "cuda_train.h"
 #include "zb_cuda_test.h"
 
@@ -591,8 +592,10 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
 /* ---- attention over caches (generation) ------------------------------------------------------ */
 /* GQA head-major cache [slots][Hkv][maxT][hd] (K and V), or MLA's latent rows [slots][maxT][W]
  * with values = the first dv columns (mla = 1: Hkv = 1, K = V). n new rows per sequence. */
+static int g_mla_dqk = 40, g_mla_dv = 32;   /* the MLA latent rows' width and values' (test_cached_shape) */
+
 static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int Hkv_gqa, int dqk_gqa, int maxT) {
-    int slots = 4, Hkv = mla ? 1 : Hkv_gqa, dqk = mla ? 40 : dqk_gqa, dv = mla ? 32 : dqk_gqa;
+    int slots = 4, Hkv = mla ? 1 : Hkv_gqa, dqk = mla ? g_mla_dqk : dqk_gqa, dv = mla ? g_mla_dv : dqk_gqa;
     int nb = 3, seqs[3] = {2, 0, 3}, pos[3] = {maxT / 5, maxT - 13, 0};
     for (int i = 0; i < nb; i++) if (pos[i] + n > maxT) pos[i] = maxT - n;
     long long row = mla ? dqk : dqk, grp = mla ? 0 : (long long)maxT * dqk, seqs_stride = (long long)Hkv * maxT * dqk;
@@ -682,6 +685,24 @@ static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int 
                      mla ? "mla" : "gqa", H, Hkv, dqk, bf16 ? "bf16" : "f32", chunks[c]);
             zb_check_bounds(what, got, out, bound, no);
         }
+        /* MLA's fused decode kernel (bf16 latent cache, values = the first dv columns of the rows):
+         * the chosen chunks, then 64 positions per block (a chunk per tile), then 128 */
+        if (mla && zb_cuda_decode_mla_ok(dK, dK, &a)) {
+            int mch[3] = {0, 64, 128};
+            for (int c = 0; c < 3; c++) {
+                zb_cuda_decode_set_chunk(mch[c]);
+                for (size_t e = 0; e < no; e++) got[e] = NAN;
+                zb_cuda_upload(dout, got, no * sizeof(float));
+                zb_cuda_decode_mla(dout, dq, dK, dseq, dpos, nb, maxT, &a);
+                zb_cuda_decode_set_chunk(0);
+                zb_host_f(got, dout, no);
+                snprintf(what, sizeof what, "decode_mla (fused) H=%d d=%d/%d T=%d, %d positions per block%s", H, dqk,
+                         dv, maxT, mch[c] ? mch[c] : 512, mch[c] ? "" : " (its choice)");
+                zb_check_bounds(what, got, out, bound, no);
+            }
+        } else if (mla && bf16 && dqk % 16 == 0 && dv % 16 == 0) {
+            zb_check(0, "decode_mla takes H=%d d=%d/%d (a bf16 latent cache of its shapes)", H, dqk, dv);
+        }
         /* the cuBLAS form (MLA's decode: a group's heads as the rows of each sequence's products;
          * past 2048 positions P V in pieces summed in order), given the exact length and max_T */
         for (int bnd = 0; bnd < 2; bnd++) {
@@ -718,6 +739,49 @@ static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int 
 }
 
 static void test_cached(zb_rng *rng, int mla, int bf16, int n) { test_cached_shape(rng, mla, bf16, n, 4, 2, 24, 50); }
+
+/* ---- greedy picks ------------------------------------------------------------------------------ */
+
+/* argmax_rows against the CPU backend's (zb_sample's scan): random rows, and rows made to catch
+ * the order of the reduction: equal maxima (the lowest index), all equal, NaN at 0 (then 0), NaNs
+ * elsewhere (never picked), all -inf, -0 before +0 (equal: the first), all NaN. Exact. */
+static void test_argmax(zb_rng *rng, int V) {
+    int N = 9;
+    float *x = zb_falloc((size_t)N * V);
+    zb_fill_uniform(x, (size_t)N * V, 3.0f, rng);
+    float *r = x + (size_t)V;   /* row 1: the maximum twice */
+    r[V / 3] = 7.0f; r[V - 2] = 7.0f;
+    r = x + 2 * (size_t)V;      /* row 2: all equal */
+    for (int v = 0; v < V; v++) r[v] = 0.5f;
+    r = x + 3 * (size_t)V;      /* row 3: NaN first */
+    r[0] = NAN; r[V / 2] = 9.0f;
+    r = x + 4 * (size_t)V;      /* row 4: NaNs elsewhere, around the maximum */
+    for (int v = 1; v < V; v += 7) r[v] = NAN;
+    r[V - 3] = 8.0f; r[V - 4] = NAN; r[V - 2] = NAN;
+    r = x + 5 * (size_t)V;      /* row 5: all -inf */
+    for (int v = 0; v < V; v++) r[v] = -INFINITY;
+    r = x + 6 * (size_t)V;      /* row 6: -0 then +0 above negative values */
+    for (int v = 0; v < V; v++) r[v] = -1.0f - (float)v;
+    r[V / 4] = -0.0f; r[V / 2] = 0.0f;
+    r = x + 7 * (size_t)V;      /* row 7: all NaN */
+    for (int v = 0; v < V; v++) r[v] = NAN;
+    r = x + 8 * (size_t)V;      /* row 8: +inf last */
+    r[V - 1] = INFINITY;
+    int want[9], got[9];
+    zb_backend_cpu()->argmax_rows(zb_backend_cpu(), want, x, N, V);
+    float *dx = zb_dev_f(x, (size_t)N * V);
+    int *dout = zb_dev_i(NULL, N);
+    zb_cuda_argmax_rows(dout, dx, N, V);
+    if (zb_cuda_download(got, dout, sizeof(int) * N)) zb_check(0, "argmax_rows: download");
+    int bad = 0;
+    for (int n = 0; n < N; n++)
+        if (got[n] != want[n]) { bad++; printf("  row %d: GPU %d, CPU %d\n", n, got[n], want[n]); }
+    zb_check(!bad && want[1] == V / 3 && want[2] == 0 && want[3] == 0 && want[4] == V - 3 && want[5] == 0 &&
+                 want[6] == V / 4 && want[7] == 0 && want[8] == V - 1,
+             "argmax_rows V=%d: the CPU scan's picks (ties, NaN, -inf, -0/+0), %d rows", V, N);
+    free(x);
+    zb_cuda_free(dx); zb_cuda_free(dout);
+}
 
 /* ---- losses ------------------------------------------------------------------------------------ */
 static void test_losses(zb_rng *rng, int N, int V) {
@@ -943,8 +1007,18 @@ int main(int argc, char **argv) {
         test_cached_shape(&rng, 0, bf, 1, 8, 2, 256, 200);
         test_cached_shape(&rng, 0, bf, 1, 6, 2, 128, 90);   /* 3 per group: the general kernel */
         test_cached_shape(&rng, 1, bf, 1, 8, 0, 0, 2600);    /* MLA past 2048 positions: P V in pieces */
+        /* the fused MLA decode kernel's shapes (bf16 caches): Zebra-8B's latent rows (160 + 64, 32
+         * heads) over chunks of 512 with a ragged last tile, and 20 heads (padded to 32) of 96 / 32 */
+        g_mla_dqk = 224; g_mla_dv = 160;
+        test_cached_shape(&rng, 1, bf, 1, 32, 0, 0, 1100);
+        g_mla_dqk = 96; g_mla_dv = 32;
+        test_cached_shape(&rng, 1, bf, 1, 20, 0, 0, 300);
+        g_mla_dqk = 40; g_mla_dv = 32;
     }
     test_losses(&rng, 37, 1003);
+    test_argmax(&rng, 1003);
+    test_argmax(&rng, 37);
+    test_argmax(&rng, 128256);
     test_adamw(&rng, fixtures);
 
     /* the mixed mode: bf16 operands of the products, both ways of feeding them */

@@ -38,13 +38,26 @@ typedef struct {
     float *head, *mag;
     double sf, worst;
     int calls, bf16;   /* bf16: ||got - ref|| / ||ref|| per step instead of the float32 bound */
+    int greedy_rows, greedy_bad;   /* decode rows picked on the device; those unlike the host's scan */
 } pair;
 
-/* the same step on both; the logits of its nb sequences compared */
+/* the same step on both; the logits of its nb sequences compared. Decode steps (n == 1) run the
+ * GPU's greedy path (the argmax on the device, only the ids copied back): its picks must be the
+ * host scan's (zb_sample) of the device's logits, fetched afterwards for the comparison. */
 static int step(pair *p, const int *seqs, int nb, const int *ids, int n) {
     ZB_TEST_OK(zb_gen_step_seqs(p->mc, p->gc, seqs, nb, ids, n));
+    p->gg->greedy = n == 1;
     ZB_TEST_OK(zb_gen_step_seqs(p->mg, p->gg, seqs, nb, ids, n));
     int V = p->mc->cfg.vocab;
+    if (p->gg->greedy) {
+        const zb_backend *be = p->gg->be;
+        be->to_host(be, p->gg->logits, p->gg->logits_dev, sizeof(float) * (size_t)nb * V);
+        zb_sampler greedy = {0, 0, 1};
+        for (int i = 0; i < nb; i++)
+            if (p->gg->next[i] != zb_sample(p->gg->logits + (size_t)i * V, V, &greedy, NULL, NULL)) p->greedy_bad++;
+        p->greedy_rows += nb;
+        p->gg->greedy = 0;
+    }
     double e;
     if (p->bf16) e = zb_norm_rel(p->gg->logits, p->gc->logits, (size_t)nb * V);
     else {
@@ -62,6 +75,7 @@ static int run(pair *p, int B, int max_T, const int *plan, int nplan, zb_rng *r,
     p->sf = p->bf16 ? bf16_tol(&p->mc->cfg) : zb_bound_scale(zb_model_path_fwd(&p->mc->cfg, max_T));
     p->worst = 0;
     p->calls = 0;
+    p->greedy_rows = p->greedy_bad = 0;
     int V = p->mc->cfg.vocab;
     int *ids = malloc(sizeof(int) * (size_t)B * max_T), *seqs = malloc(sizeof(int) * B);
     p->mag = malloc(sizeof(float) * (size_t)B * V);
@@ -79,6 +93,8 @@ static int run(pair *p, int B, int max_T, const int *plan, int nplan, zb_rng *r,
     else
         zb_check(p->worst <= 1, "%s: CUDA logits == CPU's (%.2g of the float32 bound, %d steps)", what, p->worst,
                  p->calls);
+    zb_check(p->greedy_rows > 0 && p->greedy_bad == 0, "%s%s: greedy picks on the device == the host's scan of the same logits (%d of %d rows)",
+             what, p->bf16 ? ", bf16" : "", p->greedy_rows - p->greedy_bad, p->greedy_rows);
     free(ids); free(seqs); free(p->mag);
     zb_gen_free(p->gc);
     zb_gen_free(p->gg);
@@ -112,7 +128,7 @@ int main(int argc, char **argv) {
         be.opts.cache_bf16 = bf;
         ZB_TEST_OK(zb_model_set_backend(&mg, &be));
         zb_gen gc, gg;
-        pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0, bf};
+        pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0, bf, 0, 0};
         zb_rng r;
         zb_rng_seed(&r, 9);
         run(&p, 3, 330, plan1, 6, &r, "3 sequences: batched prefill across a chunk seam, {2,0}, {1,2}, decodes");

@@ -350,6 +350,16 @@ static void cpu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, 
         for (long long i = 0; i < k; i++) y[i] = a * (2.0f * zb_hash_uniform(seed, (uint64_t)i) - 1.0f);
     }
 }
+/* zb_sample's greedy scan per row (the same picks by construction) */
+static void cpu_argmax_rows(const zb_backend *be, int *out, const float *x, int N, int V) {
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        const float *r = x + (size_t)n * V;
+        int best = 0;
+        for (int v = 1; v < V; v++) if (r[v] > r[best]) best = v;
+        out[n] = best;
+    }
+}
 /* nothing to record: the host runs each call as it comes */
 static int cpu_step_graph(const zb_backend *be, void **g, int op, long long key) {
     (void)be; (void)g; (void)op; (void)key;
@@ -375,6 +385,7 @@ static const zb_backend cpu_backend = {
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
     .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
     .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
+    .argmax_rows = cpu_argmax_rows,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,

@@ -529,3 +529,199 @@ extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, 
         out, part, a->H, a->Hkv, a->dv, nsplit);
     ZB_CUDA_LAUNCHED("decode attention merge");
 }
+
+/* ---- MLA decode over the latent cache: one fused tensor-core pass -------------------------------
+ * MLA's absorbed decode attends with all H heads of a token to ONE latent row per position (kv
+ * group of width dqk = kv_lora_rank + rope), and its values are the first dv columns of the same
+ * row. Per (sequence, chunk of CH positions) one block keeps the H (padded to 16) bf16 queries in
+ * shared memory and walks the chunk in tiles of MLA_TN rows: the tile is read from the cache once
+ * (16-byte streamed loads; the next tile's loads are issued before the current one's products),
+ * S = Q K^T on the tensor cores (bf16 in, float32 sums), the online softmax per head (float32;
+ * the probabilities rounded to bf16 for the product, as the cuBLAS form), O = O corr + P V on the
+ * tensor cores over the same rows. The chunk's (O, max, sum) per head go to k_decode_merge's part
+ * format (Hkv = 1). Fragments pass through shared memory (load/store_matrix_sync), so no
+ * register layout of the fragments is assumed. */
+#include <mma.h>
+
+#define MLA_TN 64          /* cache rows per tile */
+#define MLA_THREADS 256    /* 8 warps */
+#define MLA_MAXD 256       /* dqk (the row width) at most */
+#define MLA_PRE ((MLA_TN * (MLA_MAXD / 8) + MLA_THREADS - 1) / MLA_THREADS)   /* 16-byte loads per thread per tile */
+
+typedef struct { int Hp, ldq, lds, ldp, ldo; size_t q, k, s, p, o, ml, bytes; } mla_smem;
+
+/* the shared-memory plan: every operand 128-byte aligned, leading dimensions as wmma needs them
+ * (multiples of 8 bf16 / 4 floats, tile starts 32-byte aligned) */
+static __host__ __device__ mla_smem mla_plan(int H, int dqk, int dv) {
+    mla_smem p;
+    p.Hp = (H + 15) / 16 * 16;
+    p.ldq = dqk + 8;            /* bf16 rows of Q and of the tile */
+    p.lds = MLA_TN + 4;         /* float32 scores */
+    p.ldp = MLA_TN + 8;         /* bf16 probabilities */
+    p.ldo = dv + 4;             /* float32 outputs */
+    size_t off = 0;
+#define MLA_TAKE(f, n) do { p.f = off; off += ((size_t)(n) + 127) / 128 * 128; } while (0)
+    MLA_TAKE(q, (size_t)p.Hp * p.ldq * 2);
+    MLA_TAKE(k, (size_t)MLA_TN * p.ldq * 2);
+    MLA_TAKE(s, (size_t)p.Hp * p.lds * 4);
+    MLA_TAKE(p, (size_t)p.Hp * p.ldp * 2);
+    MLA_TAKE(o, (size_t)p.Hp * p.ldo * 4);
+    MLA_TAKE(ml, (size_t)3 * p.Hp * 4);
+#undef MLA_TAKE
+    p.bytes = off;
+    return p;
+}
+
+/* the tile of rows [t0, t0 + MLA_TN) into registers: zeros past u1 (no stale value reaches a
+ * product: a probability 0 times a NaN would be NaN) */
+__device__ static inline void mla_fetch(uint4 *pre, const bf16 *cache, long long base, long long rs, int t0, int u1,
+                                        int nvec) {
+#pragma unroll
+    for (int k = 0; k < MLA_PRE; k++) {
+        int e = threadIdx.x + k * MLA_THREADS, r = e / nvec, c = e % nvec;
+        uint4 z = make_uint4(0u, 0u, 0u, 0u);
+        if (r < MLA_TN && t0 + r < u1) z = ld_stream(cache + base + (long long)(t0 + r) * rs + c * 8);
+        pre[k] = z;
+    }
+}
+
+__global__ void __launch_bounds__(MLA_THREADS) k_decode_mla(float *__restrict__ part, const float *__restrict__ q,
+                                                            const bf16 *__restrict__ cache, const int *seq,
+                                                            const int *pos, int H, int dqk, int dv, long long ss,
+                                                            long long rs, float scale, int CH, int nsplit) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char msm[];
+    const mla_smem P = mla_plan(H, dqk, dv);
+    bf16 *Qs = (bf16 *)(msm + P.q), *Ks = (bf16 *)(msm + P.k), *Ps = (bf16 *)(msm + P.p);
+    float *Ss = (float *)(msm + P.s), *Os = (float *)(msm + P.o), *Ms = (float *)(msm + P.ml);
+    float *Ls = Ms + P.Hp, *Cs = Ls + P.Hp;
+    const int sp = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int L = pos[i] + 1, u0 = sp * CH, u1 = min(L, u0 + CH), Hp = P.Hp, nvec = dqk / 8;
+    float *pr = part + ((size_t)i * nsplit + sp) * H * (dv + 2);
+    if (u1 <= u0) {   /* past this sequence's length: an empty chunk (weight 0 in the merge) */
+        for (int j = tid; j < H; j += MLA_THREADS) { pr[(size_t)j * (dv + 2) + dv] = -INFINITY; pr[(size_t)j * (dv + 2) + dv + 1] = 0.0f; }
+        return;
+    }
+    const long long base = (long long)seq[i] * ss;
+    uint4 pre[MLA_PRE];
+    mla_fetch(pre, cache, base, rs, u0, u1, nvec);
+    const float *qi = q + (size_t)i * H * dqk;
+    for (int e = tid; e < Hp * dqk; e += MLA_THREADS) {
+        int h = e / dqk, c = e % dqk;
+        Qs[(size_t)h * P.ldq + c] = __float2bfloat16_rn(h < H ? qi[(size_t)h * dqk + c] : 0.0f);
+    }
+    for (int e = tid; e < Hp * dv; e += MLA_THREADS) Os[(size_t)(e / dv) * P.ldo + e % dv] = 0.0f;
+    for (int h = tid; h < Hp; h += MLA_THREADS) { Ms[h] = -INFINITY; Ls[h] = 0.0f; }
+    const int mt = Hp / 16, st_tiles = mt * (MLA_TN / 16), ot_tiles = mt * (dv / 16);
+    for (int t0 = u0; t0 < u1; t0 += MLA_TN) {
+        __syncthreads();   /* the previous tile's products are done with Ks and Ps */
+#pragma unroll
+        for (int k = 0; k < MLA_PRE; k++) {
+            int e = tid + k * MLA_THREADS, r = e / nvec, c = e % nvec;
+            if (r < MLA_TN) *(uint4 *)(Ks + (size_t)r * P.ldq + c * 8) = pre[k];
+        }
+        __syncthreads();
+        if (t0 + MLA_TN < u1) mla_fetch(pre, cache, base, rs, t0 + MLA_TN, u1, nvec);   /* in flight meanwhile */
+        /* S = Q K^T: a 16 x 16 tile per warp at a time */
+        for (int t = warp; t < st_tiles; t += MLA_THREADS / 32) {
+            int mi = t / (MLA_TN / 16), nj = t % (MLA_TN / 16);
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            for (int k0 = 0; k0 < dqk; k0 += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb;
+                wmma::load_matrix_sync(fa, Qs + (size_t)mi * 16 * P.ldq + k0, P.ldq);
+                wmma::load_matrix_sync(fb, Ks + (size_t)nj * 16 * P.ldq + k0, P.ldq);   /* K^T: column n = row n of K */
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(Ss + (size_t)mi * 16 * P.lds + nj * 16, acc, P.lds, wmma::mem_row_major);
+        }
+        __syncthreads();
+        /* online softmax: a warp per head row, two columns per lane (MLA_TN == 64) */
+        for (int h = warp; h < Hp; h += MLA_THREADS / 32) {
+            const float *s = Ss + (size_t)h * P.lds;
+            float s0 = t0 + lane < u1 ? s[lane] * scale : -INFINITY;
+            float s1 = t0 + lane + 32 < u1 ? s[lane + 32] * scale : -INFINITY;
+            float mx = fmaxf(s0, s1);
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mold = Ms[h], mnew = fmaxf(mold, mx);   /* finite: row t0 < u1 is in the tile */
+            float p0 = expf(s0 - mnew), p1 = expf(s1 - mnew), sum = p0 + p1;
+            Ps[(size_t)h * P.ldp + lane] = __float2bfloat16_rn(p0);
+            Ps[(size_t)h * P.ldp + lane + 32] = __float2bfloat16_rn(p1);
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (lane == 0) {
+                float corr = expf(mold - mnew);   /* 0 on the first tile (mold = -inf) */
+                Ls[h] = Ls[h] * corr + sum;
+                Ms[h] = mnew;
+                Cs[h] = corr;
+            }
+        }
+        __syncthreads();
+        for (int e = tid; e < Hp * dv; e += MLA_THREADS) Os[(size_t)(e / dv) * P.ldo + e % dv] *= Cs[e / dv];
+        __syncthreads();
+        /* O += P V, V = the first dv columns of the same rows */
+        for (int t = warp; t < ot_tiles; t += MLA_THREADS / 32) {
+            int mi = t / (dv / 16), nj = t % (dv / 16);
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            float *op = Os + (size_t)mi * 16 * P.ldo + nj * 16;
+            wmma::load_matrix_sync(acc, op, P.ldo, wmma::mem_row_major);
+#pragma unroll
+            for (int k0 = 0; k0 < MLA_TN; k0 += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, Ps + (size_t)mi * 16 * P.ldp + k0, P.ldp);
+                wmma::load_matrix_sync(fb, Ks + (size_t)k0 * P.ldq + nj * 16, P.ldq);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(op, acc, P.ldo, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < H * dv; e += MLA_THREADS) {
+        int h = e / dv, c = e % dv;
+        pr[(size_t)h * (dv + 2) + c] = Os[(size_t)h * P.ldo + c];
+    }
+    for (int h = tid; h < H; h += MLA_THREADS) {
+        pr[(size_t)h * (dv + 2) + dv] = Ms[h];
+        pr[(size_t)h * (dv + 2) + dv + 1] = Ls[h];
+    }
+}
+
+extern "C" int zb_cuda_decode_mla_ok(const void *kc, const void *vc, const zb_cuda_cache_attn *a) {
+    return a->cache_bf16 && kc == vc && a->Hkv == 1 && a->H >= 1 && a->H <= 64 && a->dqk % 16 == 0 &&
+           a->dqk <= MLA_MAXD && a->dv % 16 == 0 && a->dv >= 16 && a->dv <= a->dqk && a->group_stride == 0 &&
+           a->row_stride % 8 == 0 && a->seq_stride % 8 == 0 && !((uintptr_t)kc & 15) &&
+           mla_plan(a->H, a->dqk, a->dv).bytes <= 200 * 1024;
+}
+
+extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
+                                   int nb, int max_T, const zb_cuda_cache_attn *a) {
+    if (nb <= 0 || max_T <= 0) return;
+    if (!zb_cuda_decode_mla_ok(cache, cache, a)) {
+        zb_cuda_note_error2("MLA decode attention", "shape outside the fused kernel's", __FILE__, __LINE__);
+        return;
+    }
+    /* positions per block: a multiple of the tile, by max_T alone (at most 16384 chunks), so that
+     * a sequence's numbers do not depend on the batch it decodes in */
+    int CH = 512;
+    while ((max_T + CH - 1) / CH > 16384) CH *= 2;
+    if (g_dec_chunk) CH = (g_dec_chunk + MLA_TN - 1) / MLA_TN * MLA_TN;
+    int nsplit = (max_T + CH - 1) / CH;
+    mla_smem P = mla_plan(a->H, a->dqk, a->dv);
+    static int attr = 0;
+    if (!attr) {
+        cudaFuncSetAttribute(k_decode_mla, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+        cudaFuncSetAttribute(k_decode_merge, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
+        attr = 1;
+    }
+    float *part = (float *)zb_cuda_scratch(ZB_WS_ATTN2, (size_t)nb * a->H * nsplit * (a->dv + 2) * sizeof(float));
+    if (!part) return;
+    dim3 grid(nsplit, nb);
+    k_decode_mla<<<grid, MLA_THREADS, P.bytes, zb_cuda_stream()>>>(part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H,
+                                                                   a->dqk, a->dv, a->seq_stride, a->row_stride,
+                                                                   a->scale, CH, nsplit);
+    ZB_CUDA_LAUNCHED("MLA decode attention");
+    k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(out, part, a->H, 1,
+                                                                                                  a->dv, nsplit);
+    ZB_CUDA_LAUNCHED("MLA decode attention merge");
+}

@@ -1,6 +1,8 @@
 /* cuda_loss.cu — cross-entropy, KL and MSE over device rows, AdamW and the gradient sum of
  * squares; see cuda_ops.h. One block per row for the vocabulary losses (maxima, then sums in
  * double, as ops.c); the per-row results are summed on the device and one double comes back. */
+#include <limits.h>
+
 #include "cuda_ops.h"
 #include "cuda_reduce.cuh"
 
@@ -185,6 +187,51 @@ extern "C" double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const 
     k_vp_grad<<<N, vthreads(V), 0, zb_cuda_stream()>>>(loss, dlogits, logits, mx, st, targets, V, v0, Vfull, scale);
     ZB_CUDA_LAUNCHED("vp_ce_grad");
     return sum_to_host(loss, (size_t)N);
+}
+
+/* ---- greedy decoding: the argmax of each row ------------------------------------------------- */
+
+/* (value, index) b beats a: larger, or equal at a lower index; a NaN is never a candidate
+ * (index INT_MAX = none), so the order of the combinations does not change the pick */
+__device__ static inline bool am_better(float bv, int bi, float av, int ai) {
+    return bi != INT_MAX && (ai == INT_MAX || bv > av || (bv == av && bi < ai));
+}
+
+/* one block per row: each thread scans its stride (increasing indices: the first of equal values
+ * stays), then the warps and the block combine; zb_sample's scan gives 0 when row[0] is NaN */
+__global__ void k_argmax_rows(int *out, const float *x, int V) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float *r = x + (size_t)blockIdx.x * V;
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float a = r[v];
+        if (!isnan(a) && (bi == INT_MAX || a > bv)) { bv = a; bi = v; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (am_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w != 0) return;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : INT_MAX;
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (am_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) out[blockIdx.x] = (isnan(r[0]) || bi == INT_MAX) ? 0 : bi;
+}
+
+extern "C" void zb_cuda_argmax_rows(int *out, const float *x, int N, int V) {
+    if (N <= 0 || V <= 0) return;
+    k_argmax_rows<<<N, V >= 1024 ? 1024 : 64, 0, zb_cuda_stream()>>>(out, x, V);
+    ZB_CUDA_LAUNCHED("argmax_rows");
 }
 
 /* ---- KL(teacher || student) at temperature tau ----------------------------------------------- */

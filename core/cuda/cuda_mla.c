@@ -152,6 +152,9 @@ void zb_cuda_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_w
 
 /* ---- generation: latent cache + absorbed products ------------------------------------------ */
 
+static int g_mla_fused = 1;   /* 0: decode through the cuBLAS form too (tests and benchmarks compare) */
+void zb_cuda_mla_use_fused(int on) { g_mla_fused = on != 0; }
+
 #define ATT_BYTES ((size_t)1 << 30)   /* float32 scores of one attention call (+ half that in bf16) */
 
 size_t zb_cuda_mla_gen_scratch_floats(const zb_mla_dims *m, int d, int rows) {
@@ -206,6 +209,11 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
      * ran them on the CUDA cores, compute-bound); sequences in groups whose scores [g H n,
      * max_len] fit ATT_BYTES of the device's scratch. */
     zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, zb_mla_softmax_scale(m), cache_bf16};
+    if (n == 1 && g_mla_fused && zb_cuda_decode_mla_ok(cache, cache, &at)) {
+        /* decode on a bf16 cache: the fused kernel reads each latent row once for the scores and
+         * the values (the products below read it twice and write the scores out) */
+        zb_cuda_decode_mla(chat, qlat, cache, seq_dev, pos_dev, nb, max_T, &at);
+    } else {
     size_t per_seq = (size_t)H * n * max_len * sizeof(float);
     int grp = per_seq >= ATT_BYTES ? 1 : (int)(ATT_BYTES / per_seq);
     /* up to 8 decode rows: one sequence a call, so that a sequence's numbers do not depend on the
@@ -217,6 +225,7 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
         size_t row0 = (size_t)i0 * n * H;
         zb_cuda_attention_cached_gemm(chat + row0 * r, qlat + row0 * W, cache, cache, seq_dev + i0, pos_dev + i0, g,
                                       n, max_len, &at);
+    }
     }
     /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head g, [dv, r] */
     for (int j = 0; j < rep; j++)

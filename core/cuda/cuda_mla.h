@@ -33,6 +33,10 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
                      const zb_rope *rope, const float *x, float *out, void *cache, int cache_bf16, int max_T,
                      const int *seq_dev, const int *pos_dev, int nb, int n, int max_len, float *scratch);
 
+/* Decode (n = 1) on a bf16 cache through the fused kernel zb_cuda_decode_mla (1, the default) or
+ * the cuBLAS form (0). */
+void zb_cuda_mla_use_fused(int on);
+
 #ifdef __cplusplus
 }
 #endif

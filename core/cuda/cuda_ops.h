@@ -138,6 +138,14 @@ void zb_cuda_attention_cached_gemm(float *out, const float *q, const void *kc, c
 int zb_cuda_decode_attn_ok(int H, int Hkv, int dqk);
 void zb_cuda_decode_attn(float *out, const float *q, const void *kc, const void *vc, const int *seq_dev,
                          const int *pos_dev, int nb, int max_T, const zb_cuda_cache_attn *a);
+/* MLA's decode attention (n = 1) in one fused pass over a bf16 latent cache (cuda_decode.cu):
+ * one group (Hkv 1) of H <= 64 heads, rows of dqk (a multiple of 16, <= 256) whose first dv
+ * columns (a multiple of 16) are the values (kc == vc); each cache row read once, S = Q K^T and
+ * P V on the tensor cores (q and the probabilities rounded to bf16, float32 sums), online softmax,
+ * chunks merged as zb_cuda_decode_attn's. _ok: the shapes it takes. */
+int zb_cuda_decode_mla_ok(const void *kc, const void *vc, const zb_cuda_cache_attn *a);
+void zb_cuda_decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
+                        int nb, int max_T, const zb_cuda_cache_attn *a);
 /* out[N, OC] = x[N, C] @ W^T for bf16 W and 1 <= N <= 8 (zb_cuda_gemv_ok: C % 8 == 0, 16-byte
  * aligned x and W): warps stream W's rows (split over C when OC is small; decode with bf16
  * weights). _multi: up to 3 matrices on the same x in one launch (q, k, v), out_s [N, OC_s];
@@ -170,6 +178,9 @@ void zb_cuda_vp_row_max(float *mx, const float *logits, int N, int V);
 void zb_cuda_vp_row_sums(double *st, const float *logits, const float *mx, const int *targets, int N, int V, long long v0);
 double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, const double *st, const int *targets,
                           int N, int V, long long v0, long long Vfull, float scale);
+/* out[n] = the argmax of row n of x [N, V] (backend.h argmax_rows: zb_sample's greedy pick);
+ * out: device ints. */
+void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

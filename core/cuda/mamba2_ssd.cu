@@ -683,6 +683,59 @@ __global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const floa
     }
 }
 
+/* The same recurrence with the state streamed at the memory's rate (d_state a multiple of 128,
+ * at most 256, 16-byte aligned states): a lane holds 4 consecutive columns (float4), so a warp
+ * covers 128 columns per load, and each warp loads M2_SROWS rows before it updates them (16 KB per
+ * block in flight instead of a float per lane). Each element's update is k_ssd_step's
+ * (e S + (dt x) B); y sums a row's products per lane, then over the warp. */
+#define M2_SROWS 4
+template <int NQ>   /* float4 columns per lane: d_state / 128 */
+__global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__restrict__ A_log,
+                                                      const float *__restrict__ Dp, const float *__restrict__ xbc,
+                                                      const float *__restrict__ dt, float *Sst, size_t s_stride,
+                                                      const int *__restrict__ seqs, float *y) {
+    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
+        nw = blockDim.x >> 5;
+    const float *row = xbc + (size_t)i * g.cd;
+    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
+                *Cv = row + g.co + (h / g.crep) * g.ds;
+    float4 b4[NQ], c4[NQ];
+#pragma unroll
+    for (int q = 0; q < NQ; q++) {
+        b4[q] = *(const float4 *)(Bv + 128 * q + 4 * lane);
+        c4[q] = *(const float4 *)(Cv + 128 * q + 4 * lane);
+    }
+    int seq = seqs ? seqs[i] : i;
+    float *S = Sst + (size_t)seq * s_stride + (size_t)h * g.hs;
+    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
+    for (int p0 = warp * M2_SROWS; p0 < g.hd; p0 += nw * M2_SROWS) {
+        float4 v[M2_SROWS][NQ];
+#pragma unroll
+        for (int r = 0; r < M2_SROWS; r++)
+#pragma unroll
+            for (int q = 0; q < NQ; q++)
+                if (p0 + r < g.hd) v[r][q] = *(const float4 *)(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
+#pragma unroll
+        for (int r = 0; r < M2_SROWS; r++) {
+            int p = p0 + r;
+            if (p >= g.hd) break;   /* warp-uniform */
+            float xp = dth * X[p], acc = 0.0f;
+#pragma unroll
+            for (int q = 0; q < NQ; q++) {
+                float4 a = v[r][q];
+                a.x = e * a.x + xp * b4[q].x;
+                a.y = e * a.y + xp * b4[q].y;
+                a.z = e * a.z + xp * b4[q].z;
+                a.w = e * a.w + xp * b4[q].w;
+                *(float4 *)(S + (size_t)p * g.ds + 128 * q + 4 * lane) = a;
+                acc += a.x * c4[q].x + a.y * c4[q].y + a.z * c4[q].z + a.w * c4[q].w;
+            }
+            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+            if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
+        }
+    }
+}
+
 }   // namespace
 
 /* ---- host entries ---------------------------------------------------------------------------- */
@@ -784,11 +837,25 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     zb_cuda_m2_check_launch("k_ssd_param_fin");
 }
 
+static int g_m2_step_vec = 1;   /* 0: the scalar step kernel (tests compare the two) */
+extern "C" void zb_cuda_m2_step_vec(int on) { g_m2_step_vec = on != 0; }
+
 extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
                                     const float *xbc, const float *dt, float *S, size_t s_stride,
                                     const int *seqs, float *y, int nb) {
     if (nb <= 0) return;
     m2_geo g = geo_of(m, nb, 1);
+    /* the vector form: B and C columns and the state rows as float4 (16-byte aligned) */
+    bool vec = (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
+               !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g_m2_step_vec;
+    if (vec) {
+        if (g.ds == 128)
+            k_ssd_step_vec<1><<<nb * g.nh, 256, 0, zb_cuda_m2_stream()>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        else
+            k_ssd_step_vec<2><<<nb * g.nh, 256, 0, zb_cuda_m2_stream()>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        zb_cuda_m2_check_launch("k_ssd_step_vec");
+        return;
+    }
     int threads = g.hd >= 8 ? 256 : 32 * g.hd;
     k_ssd_step<<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), zb_cuda_m2_stream()>>>(
         g, A_log, D, xbc, dt, S, s_stride, seqs, y);

@@ -18,11 +18,13 @@ run() {
   timeout "$limit" "$z" "$@" 2>&1
   echo "rc=$?"
 }
-run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps"
-run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps"
+# the training steps' ms by part (as many steps again, each part synchronised) unless ZB_BENCH_BREAKDOWN=0
+bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
+run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 # KD at 2 rows: the teacher's forward keeps every layer's activations (4 and 8 rows do not fit with the
 # 8B teacher in float32)
-run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps"
+run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps" "${bd[@]}"
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
 run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768

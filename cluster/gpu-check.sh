@@ -132,7 +132,7 @@ cat "$out/log-bench.txt" 2>/dev/null
 if [ -f "$out/log-zebra.txt" ]; then
   echo
   echo "== zebra bench --device cuda (cluster/gpu-bench.sh)"
-  head -c 6000 "$out/log-zebra.txt"
+  head -c 9000 "$out/log-zebra.txt"
 fi
 if [ -f "$out/log-torch.txt" ]; then
   echo

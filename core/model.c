@@ -186,6 +186,23 @@ void zb_mixer_backward(zb_model *m, int l, const float *x, const float *dout, fl
 
 /* ---- the stack ------------------------------------------------------------------------------ */
 
+const char *const zb_tprof_names[ZB_TPROF_N] = {"embed", "attention fwd", "mla fwd", "mamba2 fwd", "block fwd",
+                                                 "head fwd", "loss", "head bwd", "block bwd", "attention bwd",
+                                                 "mla bwd", "mamba2 bwd", "embed bwd"};
+
+/* training profile: the time since the last mark goes to part k (nothing unless a->profile) */
+static inline void tprof(const zb_model *m, zb_acts *a, int k) {
+    if (!a->profile) return;
+    m->be->sync(m->be);   /* a device backend runs asynchronously */
+    double now = zb_now();
+    if (k >= 0) a->prof[k] += now - a->prof_t;
+    a->prof_t = now;
+}
+static int mixer_part(zb_layer_kind k, int bwd) {
+    int f = k == ZB_LAYER_ATTN ? ZB_TPROF_ATTN_F : k == ZB_LAYER_MLA ? ZB_TPROF_MLA_F : ZB_TPROF_MAMBA_F;
+    return bwd ? f - ZB_TPROF_ATTN_F + ZB_TPROF_ATTN_B : f;
+}
+
 void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
@@ -196,7 +213,9 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
     float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
+    tprof(m, a, ZB_TPROF_BLOCK_F);
     zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
+    tprof(m, a, mixer_part(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
     be->rmsnorm_forward(be, ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
     be->matmul_forward(be, gt, ln2, w->w_gate, NULL, N, d, F);
@@ -205,6 +224,7 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     be->matmul_forward(be, a->mix_out, h, w->w_down, NULL, N, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, next, mid, a->mix_out, Nd);
+    tprof(m, a, ZB_TPROF_BLOCK_F);
 }
 
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
@@ -258,14 +278,17 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     const zb_backend *be = m->be;
     int N = a->B * a->T, d = c->d_model;
     size_t Nd = (size_t)N * d;
+    tprof(m, a, -1);   /* the step's clock starts here */
     if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
     else if (m->tp) zb_tp_embedding_forward(m, a->res, a->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, a->res, a->ids, m->w.embed_lin, N, d);
+    tprof(m, a, ZB_TPROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) zb_block_forward(m, a, l);
     if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
     be->rmsnorm_forward(be, a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
     be->matmul_forward(be, a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
+    tprof(m, a, ZB_TPROF_HEAD_F);
 }
 
 double zb_model_lm_loss(const zb_model *m, zb_acts *a, const int *ids, int want_grad) {
@@ -315,9 +338,12 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     if (dmix) be->add(be, a->dres, a->dres, dmix, Nd);   /* d/d mixer out = d/d mid + dmix */
     /* mixer: mid = x + mixer(ln1) */
     be->zero(be, a->dln, sizeof(float) * Nd);
+    tprof(m, a, ZB_TPROF_BLOCK_B);
     zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
+    tprof(m, a, mixer_part(c->kinds[l], 1));
     be->rmsnorm_backward(be, a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                          a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
+    tprof(m, a, ZB_TPROF_BLOCK_B);
 }
 
 void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
@@ -325,6 +351,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     const zb_backend *be = m->be;
     int N = a->B * a->T, d = c->d_model;
     size_t Nd = (size_t)N * d;
+    tprof(m, a, ZB_TPROF_LOSS);   /* since the forward's end: the loss (and its logits gradient) */
     if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
     /* head and final norm (PP: not the last stage: a->dres = d(res[L]) from the next stage) */
     if (!m->pp_no_head) {
@@ -335,6 +362,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     be->rmsnorm_backward(be, a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                          m->w.final_norm, a->rstdf, N, d);
     }
+    tprof(m, a, ZB_TPROF_HEAD_B);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         zb_block_backward(m, a, l, NULL);
         if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
@@ -343,6 +371,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     else if (m->tp) zb_tp_embedding_backward(m, a->dres, a->ids, N);   /* TP: this rank's rows only */
     else be->embedding_backward(be, m->g.embed, a->dres, a->ids, N, d);
     if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
+    tprof(m, a, ZB_TPROF_EMBED_B);
 }
 
 /* ---- generation ------------------------------------------------------------------------------ */

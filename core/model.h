@@ -173,7 +173,17 @@ typedef struct {
     int *ids;          /* [N] the token ids of the last forward (device copy) */
     int *targets_dev;  /* [N] the targets of the last loss (device copy of targets) */
     int *targets;      /* [N] host */
+    int profile;       /* 1: each part's wall time (synchronised) is added to prof[] (bench --breakdown) */
+    double prof[16], prof_t;   /* by ZB_TPROF_*; prof_t: the last mark */
 } zb_acts;
+
+/* Parts of a training step, timed when zb_acts.profile is set: where step time goes. "block"
+ * is each layer's norms, residual adds and SwiGLU MLP (and TP's all-reduces there); "loss" is
+ * whatever ran between the forward and the backward (CE, or KD's KL with the teacher's logits). */
+enum { ZB_TPROF_EMBED, ZB_TPROF_ATTN_F, ZB_TPROF_MLA_F, ZB_TPROF_MAMBA_F, ZB_TPROF_BLOCK_F, ZB_TPROF_HEAD_F,
+       ZB_TPROF_LOSS, ZB_TPROF_HEAD_B, ZB_TPROF_BLOCK_B, ZB_TPROF_ATTN_B, ZB_TPROF_MLA_B, ZB_TPROF_MAMBA_B,
+       ZB_TPROF_EMBED_B, ZB_TPROF_N };
+extern const char *const zb_tprof_names[ZB_TPROF_N];
 
 int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T);
 void zb_acts_free(zb_acts *a);

@@ -6,7 +6,11 @@
  * teacher's forward on the same ids, then the student's KL + CE forward / backward.
  *
  *   zebra bench --train MODEL [--kd TEACHER] [--batch 8] [--seq 2048] [--steps 5]
- *               [--device cuda] [--precision bf16|f32] [--md FILE]
+ *               [--device cuda] [--precision bf16|f32] [--md FILE] [--breakdown]
+ *
+ * --breakdown: a second table, ms per step by part (embedding, each mixer kind's forward and
+ * backward, the rest of the blocks, head, loss, the KD teacher's forward, optimizer), from as
+ * many further steps with every part synchronised.
  *
  * Model flops per token (the usual count, e.g. PaLM's appendix): 6 x the parameters of every
  * matrix product (the tied embedding once, as the head) + 6 L_attn T d_attn for causal attention
@@ -90,7 +94,8 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
     if (!rc) o_ok = 1;
     int *ids = malloc(sizeof(int) * (size_t)B * T * 2), *tg = ids ? ids + (size_t)B * T : NULL;
     if (!rc && !ids) rc = zb_fail(ZB_ENOMEM, "bench --train: ids");
-    double dt = 0, loss = 0;
+    double dt = 0, loss = 0, pdt = 0, popt = 0;
+    int breakdown = zb_arg_flag(argc, argv, "--breakdown");
     if (!rc) {
         for (size_t i = 0; i < (size_t)B * T; i++) ids[i] = (int)((i * 2654435761u) % (unsigned)m.cfg.vocab);
         for (int b = 0; b < B; b++)
@@ -108,6 +113,24 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
             if (s > 0) dt += zb_now() - t0;
             loss = p.loss;
         }
+        /* --breakdown: as many steps again, each part synchronised and timed (slower than the
+         * steps above, whose time is the table's) */
+        tr.a.profile = tr.ta.profile = breakdown;
+        for (int s = 0; s < steps && breakdown && !rc; s++) {
+            be->sync(be);
+            double t0 = zb_now();
+            zb_model_zero_grad(&m);
+            zb_loss_parts p;
+            rc = zb_trainer_step(&tr, ids, tg, 1, 1.0f, &p);
+            if (rc) break;
+            be->sync(be);
+            double t1 = zb_now();
+            double gn = zb_grad_norm(&o, &m);
+            zb_adamw_step(&o, &m, oc.lr, zb_clip_scale(&oc, gn));
+            be->sync(be);
+            popt += zb_now() - t1;
+            pdt += zb_now() - t0;
+        }
     }
     if (!rc) {
         double tps = (double)B * T * steps / dt;
@@ -123,6 +146,26 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
                 have_t ? "kd" : "pretrain", path, have_t ? " <- " : "", have_t ? tpath : "", be->name,
                 bf16 ? "bf16 operands" : "float32", B, T, 1e3 * dt / steps, tps, tps * fpt / 1e12, peak,
                 peak > 0 ? 100.0 * tps * fpt / 1e12 / peak : 0.0, loss);
+        if (breakdown && pdt > 0) {
+            double tf = 0;
+            for (int k = 0; k < ZB_TPROF_N; k++) tf += tr.ta.prof[k];
+            fprintf(md, "\n--breakdown (%d steps, each part synchronised): %.1f ms per step\n\n| part | ms/step | "
+                        "share |\n|---|---|---|\n", steps, 1e3 * pdt / steps);
+            double acc = 0;
+            if (have_t) {
+                fprintf(md, "| teacher forward | %.2f | %.1f%% |\n", 1e3 * tf / steps, 100 * tf / pdt);
+                acc += tf;
+            }
+            for (int k = 0; k < ZB_TPROF_N; k++) {
+                if (tr.a.prof[k] <= 0) continue;
+                fprintf(md, "| %s | %.2f | %.1f%% |\n", zb_tprof_names[k], 1e3 * tr.a.prof[k] / steps,
+                        100 * tr.a.prof[k] / pdt);
+                acc += tr.a.prof[k];
+            }
+            fprintf(md, "| grad norm + AdamW | %.2f | %.1f%% |\n", 1e3 * popt / steps, 100 * popt / pdt);
+            acc += popt;
+            fprintf(md, "| other | %.2f | %.1f%% |\n", 1e3 * (pdt - acc) / steps, 100 * (pdt - acc) / pdt);
+        }
         if (md != stdout) fclose(md);
     }
     free(ids);

@@ -140,6 +140,14 @@ void zb_tp_logits_to_host(const zb_tp *tp, const zb_backend *be, const float *ga
             memcpy(full + ((size_t)n * tp->size + r) * Vl, h + (size_t)r * part + (size_t)n * Vl, sizeof(float) * Vl);
 }
 
+void zb_tp_local_ids(const zb_tp *tp, int Vl, const int *ids, int ld, int nb, int nc, int *out) {
+    for (int i = 0; i < nb; i++)
+        for (int k = 0; k < nc; k++) {
+            int64_t v = (int64_t)ids[(size_t)i * ld + k] - tp->vocab0;
+            out[(size_t)i * nc + k] = v >= 0 && v < Vl ? (int)v : -1;
+        }
+}
+
 int zb_tp_all(const zb_tp *tp, int ok) {
     int v = ok;
     if (tp->size > 1 && zb_comm_allreduce(tp->comm, ZB_GROUP_TP, &v, 1, ZB_CT_I32, ZB_RED_MIN)) {

@@ -147,14 +147,14 @@ PY
 
 # ---- ZB_G2_CPU_ONLY=1: only the CPU DP weak scaling (1, dp2, dp4, dp8, dp16), alone on the
 # node (the GPUs idle), one rank per core (mpirun --bind-to core --map-by core), within
-# ZB_DEADLINE (default 240 s here). Per-rank work as in distillation: CSEQ x CROWS tokens (1024 x
+# ZB_DEADLINE (default 250 s here). Per-rank work as in distillation: CSEQ x CROWS tokens (1024 x
 # 4) of the Zebra-1B hybrid cut to CLAYERS layers of width CD (4 x 256, 7.2 M parameters): 8x the
 # tokens per gradient byte of the older 256 x 2 configuration, which runs after it for the
 # record (1 and dp16), as do dp16 with the buckets through MPI_Iallreduce (progressed by the
 # hooks' tests, then by a progress thread) instead of node-shared memory. Prints the tables,
 # the efficiency and the communication share (exposed / overlapped).
 if [ -n "${ZB_G2_CPU_ONLY:-}" ]; then
-  DEADLINE=${ZB_DEADLINE:-240}
+  DEADLINE=${ZB_DEADLINE:-250}
   stamp "CPU only: DP weak scaling to 16 ranks, one per core; load $(cut -d' ' -f1-3 /proc/loadavg); $(nproc --all) CPUs;" \
     "/dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " (" $4 " free)"}')"
   cpu_weak() {   # cpu_weak OUT LAYOUTS REPEAT LIMIT [VAR=VALUE...]: cluster/scaling.sh, pinned
@@ -169,6 +169,35 @@ if [ -n "${ZB_G2_CPU_ONLY:-}" ]; then
   }
   cpu_weak scaling-cpu-weak "1 dp2 dp4 dp8 dp16" "${CREPEAT:-2}" 170
   if fits 25; then cpu_weak scaling-cpu-mpi "dp16" 1 25 ZB_DP_ALLREDUCE=mpi; else notrun "dp16, MPI_Iallreduce buckets"; fi
+  # the node's share: 16 independent 1-rank runs at once, one per core, no communication; their
+  # step times against the 1-rank run's bound what DP can reach on this node
+  wk=$out/scaling-cpu-weak/work
+  if [ -s "$wk/run-weak-1-r1.json" ] && fits 30; then
+    stamp "16 independent 1-rank runs at once (cores 0-15)"
+    ( cd "$wk" && for i in $(seq 0 15); do
+        sed "s/\"out\": \"run-weak-1-r1\"/\"out\": \"alone-$i\"/" run-weak-1-r1.json > alone-$i.json; rm -rf alone-$i
+        taskset -c "$i" timeout -k 5 "$(lim 30)" $MPIX --bind-to none -n 1 "$Z" train --stage pretrain --config alone-$i.json \
+          > alone-$i.log 2>&1 &
+      done; wait )
+    python3 - "$wk" > "$out/cpu-alone16.md" <<'PY'
+import glob, json, os, statistics as st, sys
+w = sys.argv[1]
+def mean_step(f):
+    rs = [json.loads(l) for l in open(f) if '"step_s"' in l]
+    rs = [r for r in rs if r["step"] > 1] or rs
+    return sum(r["step_s"] for r in rs) / len(rs) if rs else None
+t = [x for x in (mean_step(f) for f in glob.glob(os.path.join(w, "alone-*", "train.jsonl"))) if x]
+one = [x for x in (mean_step(f) for f in glob.glob(os.path.join(w, "run-weak-1-r*", "train.jsonl"))) if x]
+if t and one:
+    t1 = st.median(one)
+    print("16 independent 1-rank runs at once (%d finished): step s median %.3f, min %.3f, max %.3f; the 1-rank run "
+          "alone %.3f: compute alone reaches %.0f%% (median) / %.0f%% (slowest) of the 1-rank speed" % (
+          len(t), st.median(t), min(t), max(t), t1, 100 * t1 / st.median(t), 100 * t1 / max(t)))
+else:
+    print("16 independent 1-rank runs: no result")
+PY
+    summary+=("RAN $(cat "$out/cpu-alone16.md")")
+  else notrun "16 independent 1-rank runs"; fi
   if fits 25; then cpu_weak scaling-cpu-thread "dp16" 1 25 ZB_DP_ALLREDUCE=mpi ZB_DP_PROGRESS=thread:50
   else notrun "dp16, MPI_Iallreduce + progress thread"; fi
   if fits 30; then cpu_weak scaling-cpu-old "1 dp16" 1 30 CD=512 CSEQ=256 CROWS=2; else notrun "the older 256 x 2 configuration"; fi

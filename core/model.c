@@ -361,6 +361,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     be->zero(be, a->dres, sizeof(float) * Nd);
     be->rmsnorm_backward(be, a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                          m->w.final_norm, a->rstdf, N, d);
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, c->n_layers);   /* DP: the head and final norm */
     }
     tprof(m, a, ZB_TPROF_HEAD_B);
     for (int l = c->n_layers - 1; l >= 0; l--) {

@@ -91,8 +91,9 @@ typedef struct {
      * shard: cfg holds the LOCAL dims (heads, groups, ffn, vocab divided by tp), params the
      * local shapes; tp has the full config, names/shapes and this rank's slices. */
     zb_tp *tp;
-    /* DP: optional hook called by zb_model_backward after block l's gradients are final
-     * (l = n_layers-1 .. 0), then once with l = -1 after the embedding / final norm / head:
+    /* DP: optional hook called by zb_model_backward with l = n_layers once the head's and the
+     * final norm's gradients are final, after block l's (l = n_layers-1 .. 0), then once with
+     * l = -1 after the embedding (everything final):
      * the data-parallel reducer (parallel/dp.h) starts the all-reduce of that layer's bucket
      * while the backward goes on (overlap, as PyTorch DDP / Megatron's grad buckets). */
     void (*grad_hook)(void *ctx, int layer);

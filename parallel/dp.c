@@ -188,7 +188,19 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
     return ZB_OK;
 }
 
-/* zb_model.grad_hook: block `layer` (or, with -1, everything) has its final gradient. */
+/* When a parameter's gradient is final, in the hook's terms: block l's after block l's backward;
+ * the head's (untied) and the final norm's after the head's backward (n_layers); the embedding's
+ * (and a tied head's) at the end (-1). Buckets do not mix these three classes. */
+static int level_of(const zb_model *m, const zb_param *p) {
+    if (p->layer >= 0) return p->layer;
+    const float *g = m->grad + p->offset;
+    if ((g == m->g.lm_head && m->g.lm_head != m->g.embed) || g == m->g.final_norm) return m->cfg.n_layers;
+    return -1;
+}
+static int level_class(const zb_model *m, int level) { return level < 0 ? 0 : level >= m->cfg.n_layers ? 2 : 1; }
+
+/* zb_model.grad_hook: block `layer` (n_layers: the head and final norm; -1: everything) has its
+ * final gradient. */
 static void dp_hook(void *ctx, int layer) {
     zb_dp *d = ctx;
     if (!d->armed || d->zero || d->size == 1) return;
@@ -223,20 +235,20 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         const zb_param *p = &m->params[i];
         if (trainable && !trainable[i]) { cur = NULL; continue; }
         size_t off = p->offset, n = p->numel;
+        int level = level_of(m, p);
         while (n > 0) {
             /* the run grows downwards: [off + n - take, off + n) joins cur if contiguous */
-            int group = p->layer < 0;
-            if (!cur || cur->off != off + n || cur->n >= cap || (cur->ready < 0) != group) {
+            if (!cur || cur->off != off + n || cur->n >= cap || level_class(m, cur->ready) != level_class(m, level)) {
                 cur = &d->b[d->nb++];
                 memset(cur, 0, sizeof *cur);
                 cur->off = off + n;
-                cur->ready = p->layer;
+                cur->ready = level;
             }
             size_t take = cap - cur->n < n ? cap - cur->n : n;
             cur->off -= take;
             cur->n += take;
             n -= take;
-            if (p->layer < cur->ready) cur->ready = p->layer;
+            if (level < cur->ready) cur->ready = level;
         }
     }
     if (zero) {

@@ -36,7 +36,7 @@ int zb_dp_reduce_grads(zb_model *m, const unsigned char *trainable, float scale,
 
 typedef struct {
     size_t off, n;        /* floats [off, off+n) of the flat gradient buffer */
-    int ready;            /* the lowest layer it holds (-1: embedding / final norm / head) */
+    int ready;            /* the lowest layer it holds (n_layers: head / final norm; -1: embedding) */
     int launched;
     zb_comm_req req;
     /* node-shared path: this bucket's place in each rank's shared data, and how far it got */

@@ -20,17 +20,19 @@ run() {
 }
 # the training steps' ms by part (as many steps again, each part synchronised) unless ZB_BENCH_BREAKDOWN=0
 bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
-run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
-run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# ZB_BENCH_QUICK=1: the batch 1 / 48 decode run only (a short lease)
+quick=${ZB_BENCH_QUICK:-0}
+[ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+[ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 # KD at 2 rows: the teacher's forward keeps every layer's activations (4 and 8 rows do not fit with the
 # 8B teacher in float32)
-run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps" "${bd[@]}"
+[ "$quick" = 1 ] || run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps" "${bd[@]}"
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
-run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
+[ "$quick" = 1 ] || run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
 # the same batch-48 decode with every row's logits copied to the host each step (the sampling path;
 # the run above is greedy: the argmax on the device, B ids back)
-run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
+[ "$quick" = 1 ] || run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 48 --contexts 8192 --decode-steps 16 --prefill-len 512 --logits
 if [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ]; then   # decode ms and GB/s per step, the prefill's ms, by part (synchronised after each part)
   run 120 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \

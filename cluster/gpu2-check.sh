@@ -12,6 +12,9 @@
 #  2. test_nccl on 2 ranks: every entry of the GPU communication table (parallel/comm_nccl.h)
 #     on device buffers for the TP, PP and DP groups, and the all-reduce's bus bandwidth; it
 #     prints each step as it enters it and stops on a step that hangs (30 s), naming it;
+#     then the 8B shapes (Zebra-8B, Llama-3.1-8B; synthetic bf16 weights, the same model on
+#     each layout): `generate --device cuda --tp 2` == 1 GPU, greedy tokens, at batch 1 (128
+#     new tokens) and batch 8 (32 each), and their decode tokens/s, 1 GPU vs --tp 2;
 #  3. generation: `zebra generate --device cuda --tp 2` (and --pp 2) against 1 GPU, the same
 #     greedy tokens (f32), on a small hybrid trained here (20 steps, 1 GPU) and on random models
 #     of the Zebra-1B and Llama-3.2-1B shapes cut to 2 layers (full width, heads and vocabulary);
@@ -24,12 +27,11 @@
 #     (cluster/scaling.sh, one core each, layouts 1 dp2 dp4 dp8 dp16) on 16 physical cores, when
 #     there are >= 24 (else alone, after 5, one CPU per core; ZB_CPU16=0 skips it);
 #  5. benchmarks on the otherwise idle machine, median and spread over interleaved repeats:
-#     decode tokens/s at batch 1 of the Zebra-8B shape with synthetic bf16 weights
-#     (`--model CONFIG.json`: drawn on each rank, no file), 1 GPU vs --tp 2; weak DP scaling of
+#     a second repeat of the Zebra-8B decode at batch 1, 1 GPU vs --tp 2; weak DP scaling of
 #     the Zebra-1B hybrid's training step (cut to 8 layers, vocabulary 32768, seq 2048, 4 rows
 #     per replica, bf16 products), cluster/scaling.sh;
 #  6. if time is left: DP=2 (small buckets on the side stream), DP=2 ZeRO-1 and 1 GPU == CPU;
-#     Llama-3.1-8B decode 1 vs 2 GPUs; strong TP and PP scaling of the training step.
+#     strong TP and PP scaling of the training step.
 # ZB_G2_CPU_ONLY=1: after 1, only the CPU DP weak scaling to 16 ranks, alone and one rank per
 # core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4.
 # Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
@@ -57,9 +59,10 @@ lim() { local l; l=$(left); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || ec
 fits() { [ "$(left)" -ge "$1" ]; }
 notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export ZB_TP_ALLREDUCE=${ZB_TP_ALLREDUCE:-nccl}   # p2p: the TP decode's small sums through peer memory
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
-MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
+MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
 MPI="$MPIX --bind-to none"
 fail=0
 summary=()
@@ -122,19 +125,22 @@ scaled() {
     timeout 30 bash cluster/scaling.sh > /dev/null 2>&1; }
   [ -s "$1/scaling.md" ]
 }
-decode_md() {   # decode.jsonl -> decode.md: median and spread per model and GPU count
+decode_md() {   # decode.jsonl -> decode.md: median and spread per model, batch and GPU count
   python3 - "$out/decode.jsonl" > "$out/decode.md" <<'PY'
 import json, statistics as st, sys
 rs = [json.loads(l) for l in open(sys.argv[1])]
-print("| model (synthetic bf16 weights) | GPUs | runs | decode tok/s, batch 1 (median) | spread (min..max) | speed-up vs 1 GPU |")
-print("|---|---|---|---|---|---|")
-for m in dict.fromkeys(r["model"] for r in rs):
+print("| model (synthetic bf16 weights) | batch | GPUs | runs | decode tok/s (median) | spread (min..max) | speed-up vs 1 GPU |")
+print("|---|---|---|---|---|---|---|")
+for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
     med = {}
     for g in (1, 2):
-        v = [r["decode_tps"] for r in rs if r["model"] == m and r["gpus"] == g]
+        v = [r["decode_tps"] for r in rs if r["model"] == m and r.get("batch", 1) == b and r["gpus"] == g]
         if not v: continue
         med[g] = st.median(v)
-        print("| %s | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, g, len(v), med[g], min(v), max(v),
+        if g == 2 and 1 not in med:   # a variant of a model ("zebra-8b+p2p"): against its 1 GPU
+            v1 = [r["decode_tps"] for r in rs if r["model"] == m.split("+")[0] and r.get("batch", 1) == b and r["gpus"] == 1]
+            if v1: med[1] = st.median(v1)
+        print("| %s | %d | %d | %d | %.1f | %.1f..%.1f | %s |" % (m, b, g, len(v), med[g], min(v), max(v),
               "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
 PY
 }
@@ -240,6 +246,58 @@ if [ $rc = 77 ]; then summary+=("NOT RUN test_nccl: $(grep -m1 SKIP "$out/log-nc
 check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE '^(ok|PASS)' "$out/log-nccl.txt" || true) checks; rc $rc)" \
   "[ $rc = 0 ]"
 [ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
+# the same with the TP group's small all-reduces through peer memory (core/cuda/cuda_p2p.cu)
+if [ -z "${ZB_G2_EQ_ONLY:-}" ] && fits 60; then
+  ZB_TP_ALLREDUCE=p2p ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 40)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl-p2p.txt" 2>&1
+  rc=$?
+  [ $rc = 77 ] && summary+=("NOT RUN test_nccl with ZB_TP_ALLREDUCE=p2p: $(grep -m1 SKIP "$out/log-nccl-p2p.txt")") ||
+  check "test_nccl with ZB_TP_ALLREDUCE=p2p ($(grep -cE '^(ok|PASS)' "$out/log-nccl-p2p.txt" || true) checks; rc $rc$(grep -q 'p2p not used' "$out/log-nccl-p2p.txt" && echo ', p2p NOT used'))" \
+    "[ $rc = 0 ]" || tail_of "$out/log-nccl-p2p.txt"
+fi
+fi
+
+# ---- 2b. the 8B shapes under --tp 2 (before anything else loads the machine): Zebra-8B and
+# Llama-3.1-8B with synthetic bf16 weights (`--model CONFIG.json`: each rank draws its slice of
+# one model), batch 1 and batch 8, 1 GPU against --tp 2 (the TP decode step replayed as one
+# CUDA graph with its NCCL calls): the same greedy tokens, and decode tokens/s -> decode.jsonl.
+# ZB_G2_TP8B=0 skips it; DEC_NEW / DEC_NEW8 set the new tokens per sequence (128 / 32).
+: > "$out/decode.jsonl"; : > "$out/log-decode.txt"
+dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out/tok-MODEL-bBATCH-NP.txt (env TAG: +TAG to the name)
+  local m; m=$(basename "$1" .json)${TAG:++$TAG}
+  local a=() log="$out/log-decode-$m-$2-b$3-r$4.txt" p=()
+  [ "$2" = 2 ] && a=(--tp 2)
+  for i in $(seq 1 "$3"); do p+=(--prompt-ids "$i,2,3,4,5,6,7,$((8 + i))"); done
+  OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" "${p[@]}" --batch "$3" \
+    --max-new "$([ "$3" = 1 ] && echo "${DEC_NEW:-128}" || echo "${DEC_NEW8:-32}")" --ignore-eos --quiet --device cuda \
+    --weights bf16 "${a[@]}" > "$out/tok-$m-b$3-$2.txt" 2> "$log"
+  local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
+  echo "  $m batch $3, $2 GPU(s) r$4: ${tps:-failed} tok/s$(grep -q 'replayed from a CUDA graph' "$log" && echo ', graph') ($(date +%s) s)" |
+    tee -a "$out/log-decode.txt"
+  [ -n "$tps" ] || tail_of "$log"
+  [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"batch":%d,"rep":%d,"decode_tps":%s}\n' "$m" "$2" "$3" "$4" "$tps" >> "$out/decode.jsonl"
+}
+same_tokens() {   # same_tokens MODEL BATCH [VARIANT]: --tp 2 == 1 GPU, greedy
+  local f1="$out/tok-$1-b$2-1.txt" f2="$out/tok-$1${3:++$3}-b$2-2.txt" n
+  [ -f "$f1" ] && [ -f "$f2" ] || return   # not run (time)
+  n=$(tr ' ' '\n' < "$f1" | grep -cE '^[0-9]+$')
+  check "generate --device cuda --tp 2${3:+ ($3)} == 1 GPU, greedy, $1 (synthetic bf16), batch $2: $n tokens ($(head -c 60 "$f2" | tr '\n' ' ')...)" \
+    "[ -s '$f1' ] && cmp -s '$f1' '$f2'" || { echo "  1 GPU: $(head -c 300 "$f1" | tr '\n' ' ')"; echo "  2 GPU: $(head -c 300 "$f2" | tr '\n' ' ')"; }
+}
+if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${ZB_G2_TP8B:-1}" = 1 ] && [ $have_gpu_table = 1 ]; then
+  stamp "the 8B shapes: --tp 2 == 1 GPU (greedy) and decode tokens/s, batch 1 and 8 (synthetic bf16 weights)"
+  for m in zebra-8b llama-3.1-8b; do
+    for b in 1 8; do
+      for np in 1 2; do
+        if fits 40; then dec "$SRC/configs/$m.json" $np $b 1; else notrun "decode $m batch $b, $np GPU(s)"; fi
+      done
+      same_tokens $m $b
+    done
+  done
+  # the TP all-reduces through peer memory (ZB_TP_ALLREDUCE=p2p, core/cuda/cuda_p2p.cu) instead of NCCL
+  if fits 40; then TAG=p2p ZB_TP_ALLREDUCE=p2p dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 p2p
+  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_ALLREDUCE=p2p"; fi
+  decode_md
+  cat "$out/decode.md"
 fi
 
 # ---- the cores: with >= 24 physical cores, the CPU scaling runs on 16 of them (one logical CPU
@@ -365,26 +423,11 @@ MPI=$MPI0
 
 # ---- 5. benchmarks (the machine otherwise idle): decode at batch 1 (8B shapes), weak DP scaling
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
-  stamp "benchmarks: decode at batch 1, 1 GPU vs --tp 2 (8B shapes, synthetic bf16 weights)"
-  : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
-  dec() {   # dec CONFIG NP REP: one run -> decode.jsonl
-    local a=() log="$out/log-decode-$(basename "$1" .json)-$2-r$3.txt"
-    [ "$2" = 2 ] && a=(--tp 2)
-    OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" --prompt-ids 1,2,3,4,5,6,7,8 \
-      --max-new ${DEC_NEW:-512} --ignore-eos --quiet --device cuda --weights bf16 "${a[@]}" > /dev/null 2> "$log"
-    local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
-    echo "  $(basename "$1") $2 GPU(s) r$3: ${tps:-failed} tok/s ($(date +%s) s)" | tee -a "$out/log-decode.txt"
-    [ -n "$tps" ] || tail_of "$log"
-    [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"rep":%d,"decode_tps":%s}\n' "$(basename "$1" .json)" "$2" "$3" "$tps" >> "$out/decode.jsonl"
-  }
-  for rep in 1 2 3; do
-    [ $rep = 3 ] && ! fits 230 && { notrun "decode zebra-8b, a third repeat"; break; }
-    for np in 1 2; do
-      if fits 80; then dec "$SRC/configs/zebra-8b.json" $np $rep; else notrun "decode zebra-8b $np GPU(s) r$rep"; fi
-    done
-  done
-  decode_md
-  cat "$out/decode.md"
+  if [ "${ZB_G2_TP8B:-1}" = 1 ] && fits 230; then   # a second repeat of Zebra-8B at batch 1 (interleaved)
+    stamp "benchmarks: decode zebra-8b at batch 1, a second repeat"
+    for np in 1 2; do dec "$SRC/configs/zebra-8b.json" $np 1 2; done
+    decode_md
+  fi
 
   stamp "benchmarks: weak DP scaling of the training step (cluster/scaling.sh)"
   if fits 90; then
@@ -413,10 +456,6 @@ if [ $have_gpu_table = 1 ]; then
   cd "$SRC"
 fi
 if [ -z "${SKIP_BENCH:-}" ] && [ $have_gpu_table = 1 ]; then
-  for np in 1 2; do
-    if fits 100; then dec "$SRC/configs/llama-3.1-8b.json" $np 1; else notrun "decode llama-3.1-8b $np GPU(s)"; fi
-  done
-  decode_md
   if fits 80; then
     stamp "benchmarks: strong TP / PP scaling on the GPUs"
     ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 VOCAB=32768 SEQ=2048 \
@@ -437,14 +476,15 @@ done
 # summary tables as files, everything else in one archive; no binaries, models or shards
 [ -n "$packed" ] && rm -rf "$out/pack"
 find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
-( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* decode.* scaling-* work 2>/dev/null;
+( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* tok-* decode.* scaling-* work 2>/dev/null;
   for d in scaling-*/; do d=${d%/}; for f in scaling.md model-check.md; do [ -f "$d/$f" ] && cp "$d/$f" "$d-$f"; done; done
-  rm -rf work scaling-*/ log-decode-*-r*.txt )
+  rm -rf work scaling-*/ log-decode-*-r*.txt tok-*.txt )
 
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
-grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -6
+grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -8
+grep -E "allreduce" "$out/log-nccl-p2p.txt" 2>/dev/null | head -3 | sed 's/^/  ZB_TP_ALLREDUCE=p2p:/'
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
 for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
 for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done

@@ -248,8 +248,9 @@ struct zb_backend {
     void (*swiglu_backward)(const zb_backend *be, float *dg, float *du, const float *dh, const float *g,
                             const float *u, size_t n);
 
-    /* -- embedding: out[N,C] = rows ids[n] of table [V,C] (f32 or bf16, widened exactly);
-     * backward dtable[ids[n]] += dout[n] (f32 table). */
+    /* -- embedding: out[N,C] = rows ids[n] of table [V,C] (f32 or bf16, widened exactly); an
+     * id < 0 gives a row of zeros (forward only: a vocabulary-parallel shard's view of another
+     * rank's token); backward dtable[ids[n]] += dout[n] (f32 table). */
     void (*embedding_forward)(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C);
     void (*embedding_backward)(const zb_backend *be, float *dtable, const float *dout, const int *ids,
                                int N, int C);
@@ -355,11 +356,14 @@ struct zb_backend {
      * ZB_GRAPH_REPLAY: launch what was recorded under key, return 1; 0 when nothing is (or the
      * memory it used may have moved). ZB_GRAPH_BEGIN: record the calls that follow instead of
      * running them (1 if recording). ZB_GRAPH_END: stop, launch the recording, return 1; 0 when
-     * recording failed: nothing ran, the caller makes the calls again. ZB_GRAPH_FREE: release. */
+     * recording failed: nothing ran, the caller makes the calls again. ZB_GRAPH_END_HOLD: as
+     * END but launch nothing (the ranks of a TP group first agree that each recorded its step:
+     * a recording with collectives is launched by all of them or by none; then REPLAY).
+     * ZB_GRAPH_FREE: release. */
     int (*step_graph)(const zb_backend *be, void **g, int op, long long key);
 };
 
-enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE };   /* step_graph's op */
+enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE, ZB_GRAPH_END_HOLD };   /* step_graph's op */
 
 /* The CPU backend (core/cpu/): OpenBLAS + OpenMP, host memory, default options. */
 const zb_backend *zb_backend_cpu(void);

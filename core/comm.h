@@ -65,6 +65,9 @@ typedef struct zb_comm {
     int rank[ZB_NGROUPS], size[ZB_NGROUPS];
     double seconds;   /* time inside the calls below since the caller last reset it */
     int thread_multiple;   /* calls may come from several threads at once (MPI_THREAD_MULTIPLE) */
+    /* bit g set: group g's collectives on device buffers may be recorded into a device graph
+     * (NCCL on the recording stream: a TP decode step is replayed with its all-reduces) */
+    unsigned graph_groups;
 } zb_comm;
 
 size_t zb_ctype_size(zb_ctype t);

@@ -10,35 +10,6 @@
 
 #include "shard.h"   /* TP hooks (m->tp != NULL), SPEC §9 */
 
-/* ---- benchmark weights -------------------------------------------------------------------- */
-
-/* value i of a benchmark fill: uniform on [-a, a] from stream sd */
-static inline float synth(uint64_t sd, long long i, float a) { return a * (2.0f * zb_hash_uniform(sd, (uint64_t)i) - 1.0f); }
-
-void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
-    zb_rng rng;
-    zb_rng_seed(&rng, seed);
-    const float a = std * 1.7320508f;   /* uniform on [-a, a] has standard deviation std */
-    for (int i = 0; i < m->n_params; i++) {
-        const zb_param *p = &m->params[i];
-        if (p->ndim != 2) {   /* norms, Mamba2 A_log / D / dt_bias, conv, biases: their init rule */
-            if (!p->bf16) zb_param_fill_random(p, std, &rng, m->data + p->offset, p->numel);
-            continue;
-        }
-        long long n = (long long)p->numel;
-        uint64_t sd = seed * 7919u + (uint64_t)i;
-        if (p->bf16) {
-            uint16_t *w = m->data16 + p->offset;
-#pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = zb_f32_to_bf16(synth(sd, j, a));
-        } else {
-            float *w = m->data + p->offset;
-#pragma omp parallel for schedule(static)
-            for (long long j = 0; j < n; j++) w[j] = synth(sd, j, a);
-        }
-    }
-}
-
 /* ---- activations -------------------------------------------------------------------------- */
 
 static zb_attn_shape attn_shape(const zb_config *c, int B, int T) {
@@ -489,6 +460,10 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     if (be->host_memory) s->logits_dev = s->logits;   /* the head writes the host's logits directly */
     else ZB_BE_ALLOC(be, s->logits_dev, (size_t)B * c->vocab, "logits");
     if (m->tp) ZB_BE_ALLOC(be, s->tp_buf, (size_t)B * (c->vocab + zb_model_full_config(m)->vocab), "logits");
+    if (m->tp && !be->host_memory) {
+        ZB_ALLOC(s->ids_host, n, "generation buffers");
+        if (B > 1) ZB_ALLOC(s->logits_stage, (size_t)B * zb_model_full_config(m)->vocab, "logits");
+    }
     ZB_BE_ALLOC(be, s->ids, n, "generation buffers");
     ZB_BE_ALLOC(be, s->next_dev, B, "generation tokens");
     ZB_ALLOC(s->next, B, "generation tokens");
@@ -515,7 +490,7 @@ void zb_gen_free(zb_gen *s) {
         be->free(be, s->seqs_dev);
     }
     free(s->cache); free(s->cache_floats); free(s->cache_esize);
-    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->kinds);
+    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
     memset(s, 0, sizeof *s);
 }
 
@@ -610,6 +585,15 @@ static int prefill_run(const zb_backend *be, const int *seqs, int i, int nb) {
     return k;
 }
 
+/* The full logits [B, V] where the head's backend has them (for the greedy pick there): the
+ * head's output, or under TP on a device the gathered [tp][B][V/tp] when that is [B][V] (one
+ * row or one rank); NULL otherwise (the rows are put in order on the host). */
+static const float *dev_logits(const zb_model *m, const zb_gen *s, int B) {
+    if (!m->tp) return s->logits_dev;
+    if (!s->ids_host || (m->tp->size > 1 && B > 1)) return NULL;
+    return m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * m->cfg.vocab;
+}
+
 /* The step's device work from the embedding to the head's logits (on the device): what a
  * decode step's recording (step_graph) holds. */
 static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *tp) {
@@ -619,7 +603,10 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
     size_t Nd = (size_t)N * d;
     double t = *tp;
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
-    else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
+    else if (m->tp && s->ids_host) {   /* TP on a device: ids of this rank's rows (-1: zeros), summed */
+        be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);
+        zb_tp_allreduce(m->tp, s->x, Nd);
+    } else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);   /* f32 or bf16 rows */
     prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
@@ -677,18 +664,31 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         }
         be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
         be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
-        if (s->greedy && !m->tp) be->argmax_rows(be, s->next_dev, s->logits_dev, B, c->vocab);   /* B ids, not B x V */
+        /* TP on a device: the vocabulary slices gathered GPU to GPU, [tp][B][V/tp], in the step
+         * (and its recording) */
+        if (m->tp && s->ids_host && m->tp->size > 1 &&
+            zb_comm_allgather(m->tp->comm, ZB_GROUP_TP, s->tp_buf, (size_t)B * c->vocab, s->tp_buf + (size_t)B * c->vocab,
+                              ZB_CT_F32)) {
+            zb_fail_prefix(ZB_EMPI, "gathering the logits");
+            zb_comm_die(m->tp->comm, "tensor parallel");
+        }
+        const float *lg = dev_logits(m, s, B);
+        if (s->greedy && lg) be->argmax_rows(be, s->next_dev, lg, B, zb_model_full_config(m)->vocab);   /* B ids, not B x V */
     }
     *tp = t;
 }
 
-/* A decode step may be recorded once and replayed (one launch on a GPU): one rank, one token per
- * sequence, bf16 weights (no converted weight copies), not while profiling; with attention layers
- * at most 8 sequences (the GEMV products). The MLA / Mamba2 decode entries read positions and
- * slots on the device and size their products by max_T, so a hybrid's step replays at any batch. */
+/* A decode step may be recorded once and replayed (one launch on a GPU): one token per sequence,
+ * bf16 weights (no converted weight copies), not while profiling; with attention layers at most
+ * 8 sequences (the GEMV products). The MLA / Mamba2 decode entries read positions and slots on
+ * the device and size their products by max_T, so a hybrid's step replays at any batch. Under TP
+ * (no PP) when the group's collectives can be recorded (NCCL: comm.h graph_groups): the step's
+ * all-reduces and the logits gather are recorded with it, and replayed by every rank. */
 static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
     const zb_config *c = &m->cfg;
-    if (s->graph_off || n != 1 || m->tp || m->pp_no_embed || m->pp_no_head || s->profile ||
+    int tp_ok = !m->tp || (m->tp->pp_size == 1 && s->ids_host &&
+                           (m->tp->size == 1 || (m->tp->comm && (m->tp->comm->graph_groups >> ZB_GROUP_TP & 1))));
+    if (s->graph_off || n != 1 || !tp_ok || m->pp_no_embed || m->pp_no_head || s->profile ||
         m->wdtype != ZB_WEIGHTS_BF16 || m->be->host_memory)
         return 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -709,6 +709,20 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
     long long key = 2LL * nb + (s->greedy != 0);   /* the recording holds the argmax or not */
     if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
+    } else if (s->graph_warm == key && m->tp && m->tp->size > 1) {
+        /* TP: a recording holds collectives: every rank of the group launches it, or none does
+         * (NCCL: being recorded is a collective property). Each rank records its step without
+         * running it, they agree, then all replay, or all drop theirs and run it call by call. */
+        int ok = be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key);
+        if (ok) {
+            gen_layers(m, s, seqs, nb, n, &t);
+            ok = be->step_graph(be, &s->graph, ZB_GRAPH_END_HOLD, key);
+        }
+        if (!zb_tp_all(m->tp, ok) || !be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
+            be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
+            s->graph_off = 1;
+            gen_layers(m, s, seqs, nb, n, &t);
+        }
     } else if (s->graph_warm == key && be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key)) {
         /* the same step ran once without recording (scratch sizes settled): record it */
         gen_layers(m, s, seqs, nb, n, &t);
@@ -725,12 +739,15 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
         for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
         return;
     }
-    if (m->tp) {
-        zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
+    if (s->greedy && dev_logits(m, s, B)) {
+        be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
+    } else if (m->tp) {
+        if (s->ids_host)   /* TP on a device: gathered in the step */
+            zb_tp_logits_to_host(m->tp, be, m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * c->vocab,
+                                 s->logits_stage, s->logits, B, c->vocab);
+        else zb_tp_gather_vocab(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, s->logits, B, c->vocab);
         if (s->greedy)   /* the gathered rows are on the host */
             zb_backend_cpu()->argmax_rows(zb_backend_cpu(), s->next, s->logits, B, zb_model_full_config(m)->vocab);
-    } else if (s->greedy) {
-        be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
     } else {
         be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
     }
@@ -756,7 +773,10 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
     }
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
+        if (s->ids_host) {   /* TP on a device: this rank's vocabulary rows, -1 for the others' (one copy) */
+            zb_tp_local_ids(m->tp, m->cfg.vocab, ids + t0, n, nb, nc, s->ids_host);
+            s->be->to_device(s->be, s->ids, s->ids_host, sizeof(int) * (size_t)nb * nc);
+        } else if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
             s->be->to_device(s->be, s->ids, ids, sizeof(int) * nb * n);
         else
             for (int i = 0; i < nb; i++)
@@ -768,46 +788,4 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
 
 int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n) {
     return zb_gen_step_seqs(m, s, NULL, s->B, ids, n);
-}
-
-/* ---- sampling --------------------------------------------------------------------------------- */
-
-typedef struct { float p; int i; } zb_pi;
-static int cmp_desc(const void *a, const void *b) {
-    const zb_pi *x = a, *y = b;
-    if (x->p != y->p) return x->p < y->p ? 1 : -1;
-    return x->i - y->i;
-}
-
-int zb_sample(const float *logits, int V, const zb_sampler *sp, zb_rng *rng, float *scratch) {
-    (void)scratch;
-    if (sp->temperature <= 0.0f) {
-        int best = 0;
-        for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
-        return best;
-    }
-    /* temperature, then top-k, then top-p (the order HF's generate applies them) */
-    zb_pi *a = malloc(sizeof(zb_pi) * V);
-    if (!a) return 0;
-    for (int v = 0; v < V; v++) { a[v].p = logits[v] / sp->temperature; a[v].i = v; }
-    qsort(a, V, sizeof *a, cmp_desc);
-    int keep = V;
-    if (sp->top_k > 0 && sp->top_k < keep) keep = sp->top_k;
-    double mx = a[0].p, sum = 0;
-    for (int j = 0; j < keep; j++) { a[j].p = (float)exp(a[j].p - mx); sum += a[j].p; }
-    for (int j = 0; j < keep; j++) a[j].p = (float)(a[j].p / sum);
-    if (sp->top_p > 0.0f && sp->top_p < 1.0f) {
-        double cum = 0;
-        int j = 0;
-        for (; j < keep; j++) { cum += a[j].p; if (cum >= sp->top_p) { j++; break; } }
-        keep = j < 1 ? 1 : j;
-        sum = 0;
-        for (j = 0; j < keep; j++) sum += a[j].p;
-        for (j = 0; j < keep; j++) a[j].p = (float)(a[j].p / sum);
-    }
-    double r = zb_rng_uniform(rng), cum = 0;
-    int pick = a[keep - 1].i;
-    for (int j = 0; j < keep; j++) { cum += a[j].p; if (r < cum) { pick = a[j].i; break; } }
-    free(a);
-    return pick;
 }

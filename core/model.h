@@ -142,7 +142,8 @@ void zb_model_init_random(zb_model *m, uint64_t seed, float std);
 /* Weights for benchmarks, where the values do not matter but the time to draw them does: the
  * 2-D matrices uniform with standard deviation std from a counter-based hash (threaded), the
  * other tensors by their init rule (norms ones, Mamba2 defaults). Not the draws of
- * zb_model_init_random. */
+ * zb_model_init_random. Each value depends on (seed, the tensor's full name, its index in the
+ * full tensor) only: a TP shard / PP stage holds its slice of the one-rank model's values. */
 void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std);
 /* The init rule of parameter p (by its name), n values drawn from rng into x: what
  * zb_model_init_random does per tensor; `zebra init` streams it row block by row block. */
@@ -249,9 +250,13 @@ typedef struct {
                         * under TP); after zb_gen_step_seqs, row i is sequence seqs[i] */
     float *logits_dev; /* the head's output: == logits on a host_memory backend (no copy) */
     float *tp_buf;     /* TP only: local logits [B, V/tp] + gather area [B, V] (device) */
+    int *ids_host;     /* TP on a device: [B*chunk] the chunk's ids as this rank's vocabulary rows
+                        * (-1: another rank's token, an embedding row of zeros), made on the host */
+    float *logits_stage;   /* TP on a device, B > 1: the gathered [tp][B][V/tp] on the host */
     int greedy;        /* 1: each step picks the argmax of each row into next[] (zb_sample's
                         * greedy pick) where the logits are, and copies only those ids to the
-                        * host; s->logits is then NOT filled (a device backend, no TP) */
+                        * host; s->logits is then NOT filled (a device backend; under TP on a
+                        * device with one sequence or one rank) */
     int *next;         /* [B] host: after a step with greedy set, row i's argmax */
     int *next_dev;     /* [B] the backend's copy of next */
     int chunk;         /* max tokens processed per step call */

@@ -130,6 +130,33 @@ int zb_tp_gather_vocab(const zb_tp *tp, const float *local, float *tmp, float *f
     return ZB_OK;
 }
 
+void zb_tp_logits_to_host(const zb_tp *tp, const zb_backend *be, const float *gathered, float *stage, float *full,
+                          int N, int Vl) {
+    size_t part = (size_t)N * Vl;
+    float *h = tp->size == 1 || N == 1 ? full : stage;   /* one row or one rank: already [N][V] */
+    be->to_host(be, h, gathered, sizeof(float) * part * (size_t)tp->size);
+    for (int r = 0; h != full && r < tp->size; r++)
+        for (int n = 0; n < N; n++)
+            memcpy(full + ((size_t)n * tp->size + r) * Vl, h + (size_t)r * part + (size_t)n * Vl, sizeof(float) * Vl);
+}
+
+void zb_tp_local_ids(const zb_tp *tp, int Vl, const int *ids, int ld, int nb, int nc, int *out) {
+    for (int i = 0; i < nb; i++)
+        for (int k = 0; k < nc; k++) {
+            int64_t v = (int64_t)ids[(size_t)i * ld + k] - tp->vocab0;
+            out[(size_t)i * nc + k] = v >= 0 && v < Vl ? (int)v : -1;
+        }
+}
+
+int zb_tp_all(const zb_tp *tp, int ok) {
+    int v = ok;
+    if (tp->size > 1 && zb_comm_allreduce(tp->comm, ZB_GROUP_TP, &v, 1, ZB_CT_I32, ZB_RED_MIN)) {
+        zb_fail_prefix(ZB_EMPI, "tensor parallel: agreeing over the group");
+        tp_die(tp);
+    }
+    return v;
+}
+
 int zb_tp_grad_sq_norm(const zb_model *m, double *out) {
     double split = 0, rep = 0;
     for (int i = 0; i < m->n_params; i++) {

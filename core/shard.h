@@ -110,6 +110,16 @@ void zb_tp_mixer_grad_end(zb_model *m, int l, float *dx, size_t n);
 /* Gather vocabulary-parallel rows: local [N, V/tp] -> full [N, V] on every rank; tmp holds
  * N * V floats (NULL: allocated here). Stops every rank on a failure. */
 int zb_tp_gather_vocab(const zb_tp *tp, const float *local, float *tmp, float *full, int N, int Vl);
+/* The same on a device backend be, from the gathered [tp][N][Vl] on the device (gathered) to
+ * full [N][V] on the host; stage (host, N * V floats) is used when N > 1 and tp > 1. */
+void zb_tp_logits_to_host(const zb_tp *tp, const zb_backend *be, const float *gathered, float *stage, float *full,
+                          int N, int Vl);
+/* Token ids (nb rows of nc at stride ld) as this rank's rows of the vocabulary (Vl of them):
+ * id - vocab0, or -1 for another rank's token (an embedding row of zeros, backend.h). */
+void zb_tp_local_ids(const zb_tp *tp, int Vl, const int *ids, int ld, int nb, int nc, int *out);
+/* 1 when ok is non-zero on every rank of the TP group (a host collective: e.g. every rank
+ * recorded its decode step, core/model.c); a failure stops every rank. */
+int zb_tp_all(const zb_tp *tp, int ok);
 /* The full model's sum of squared gradients (for global-norm clipping), identical on every TP
  * rank: split tensors summed over the group, replicated ones counted once. Works on a model
  * without TP too. Collective over the TP group. */

@@ -342,3 +342,66 @@ void zb_model_init_random(zb_model *m, uint64_t seed, float std) {
         }
     }
 }
+
+/* ---- benchmark weights -------------------------------------------------------------------- */
+
+/* value i of a benchmark fill: uniform on [-a, a] from stream sd */
+static inline float synth(uint64_t sd, long long i, float a) { return a * (2.0f * zb_hash_uniform(sd, (uint64_t)i) - 1.0f); }
+
+/* a tensor's stream: its full HF name hashed (FNV-1a) with the seed, so that a value does not
+ * depend on which tensors a rank holds (a PP stage) or in which order */
+static uint64_t synth_stream(uint64_t seed, const char *name) {
+    uint64_t h = 1469598103934665603ull ^ (seed * 0x9E3779B97F4A7C15ull);
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++) h = (h ^ *c) * 1099511628211ull;
+    return h;
+}
+
+/* Value j of every tensor is a function of the seed, the tensor's full name and j's index in
+ * the FULL tensor: a TP shard (m->tp: full names, shapes and this rank's slice) or a PP stage
+ * holds exactly its part of the one-rank model, so that `generate --model C.json --tp 2`
+ * decodes the tokens of one GPU (cluster/gpu2-check.sh compares them). */
+void zb_model_init_synthetic(zb_model *m, uint64_t seed, float std) {
+    const float a = std * 1.7320508f;   /* uniform on [-a, a] has standard deviation std */
+    for (int i = 0; i < m->n_params; i++) {
+        const zb_param *p = &m->params[i];
+        const zb_param *fp = m->tp ? &m->tp->full_params[i] : p;   /* the full tensor */
+        const zb_tp_slice *sl = m->tp ? &m->tp->slices[i] : NULL;
+        uint64_t sd = synth_stream(seed, fp->name);
+        if (p->ndim != 2) {   /* norms, Mamba2 A_log / D / dt_bias, conv, biases: their init rule (small) */
+            if (p->bf16) continue;
+            zb_rng rng;
+            zb_rng_seed(&rng, sd);
+            float *dst = m->data + p->offset, *full = dst;
+            if (sl && fp->numel != p->numel && !(full = zb_malloc(sizeof(float) * fp->numel, "synthetic weights")))
+                continue;   /* out of memory for a small tensor: left as it is (values do not matter for speed) */
+            zb_param_fill_random(fp, std, &rng, full, fp->numel);
+            if (full != dst) {   /* this rank's rows (segments) and columns of the full tensor */
+                float *o = dst;
+                for (int k = 0; k < sl->nseg; k++)
+                    for (int64_t r = sl->row0[k]; r < sl->row0[k] + sl->nrows[k]; r++, o += sl->ncols)
+                        memcpy(o, full + r * sl->width + sl->col0, sizeof(float) * (size_t)sl->ncols);
+                free(full);
+            }
+            continue;
+        }
+        int nseg = sl ? sl->nseg : 1;
+        int64_t width = sl ? sl->width : p->shape[1], col0 = sl ? sl->col0 : 0, nc = sl ? sl->ncols : p->shape[1];
+        long long lr = 0;   /* local rows so far */
+        for (int k = 0; k < nseg; k++) {
+            long long r0 = sl ? sl->row0[k] : 0, nr = sl ? sl->nrows[k] : p->shape[0];
+#pragma omp parallel for schedule(static)
+            for (long long r = 0; r < nr; r++) {
+                uint64_t j0 = (uint64_t)((r0 + r) * width + col0);
+                size_t o = (size_t)(lr + r) * (size_t)nc;
+                if (p->bf16) {
+                    uint16_t *w = m->data16 + p->offset + o;
+                    for (long long c = 0; c < nc; c++) w[c] = zb_f32_to_bf16(synth(sd, (long long)j0 + c, a));
+                } else {
+                    float *w = m->data + p->offset + o;
+                    for (long long c = 0; c < nc; c++) w[c] = synth(sd, (long long)j0 + c, a);
+                }
+            }
+            lr += nr;
+        }
+    }
+}

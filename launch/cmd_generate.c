@@ -24,8 +24,11 @@
  * node-local rank picks it); under --tp / --pp the residual sums, the logits gather and the
  * stage-to-stage residual go GPU to GPU through NCCL (parallel/comm_nccl.h); --cache bf16 holds the
  * GPU's caches in bf16 (float32 by default).
- * --model C.json (a config, no weights): synthetic weights drawn on each rank for its shard,
- * for decode speed only (e.g. the 8B under --tp 2 where its weights are not at hand). */
+ * --model C.json (a config, no weights): synthetic weights drawn on each rank for its shard
+ * (the slice of one model: the same tokens under any layout), for decode speed (e.g. the 8B
+ * under --tp 2 where its weights are not at hand).
+ * A decode step under --tp on GPUs (bf16 weights, no --pp) is recorded once with its NCCL
+ * all-reduces and the logits gather as one CUDA graph and replayed (core/model.c gen_chunk). */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -422,8 +425,9 @@ static int read_prompts(gen_state *S) {
 }
 
 /* --model C.json: a config, the weights synthetic (zb_model_init_synthetic: drawn on each rank
- * for its own shard, no file): for decode speed on shapes whose weights are not at hand (the
- * 8B on a machine they cannot be carried to); the tokens mean nothing. */
+ * for its own shard, no file, the same model under any --tp / --pp): for decode speed on shapes
+ * whose weights are not at hand (the 8B on a machine they cannot be carried to), and to compare
+ * layouts; the tokens mean nothing. */
 static int is_config(const char *path) {
     size_t len = strlen(path);
     return len > 5 && !strcmp(path + len - 5, ".json");
@@ -525,7 +529,7 @@ static int setup_model(gen_state *S, int B) {
         zb_config c;
         ZB_TRY(zb_config_load(a->model_path, &c));
         ZB_TRY(S->grid_on ? zb_model_init_tp_ex(&S->m, &c, &S->grid, a->wt, NULL) : zb_model_init_ex(&S->m, &c, a->wt));
-        zb_model_init_synthetic(&S->m, 7 + (uint64_t)S->rank, 0.02f);
+        zb_model_init_synthetic(&S->m, 7, 0.02f);   /* each rank its slice of one model */
     } else
         ZB_TRY(S->grid_on ? zb_model_load_tp_ex(&S->m, a->model_path, &S->grid, a->wt, NULL)
                           : zb_model_load_ex(&S->m, a->model_path, a->wt));
@@ -618,6 +622,9 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         for (int r = 0; r < nr && k > 0 && k < (int)sizeof mem - 32; r++)
             k += snprintf(mem + k, sizeof mem - (size_t)k, "%s %.2f GiB", r ? "," : "",
                           (hwms ? hwms[r] : hwm) / 1048576.0);
+        if (S->g.graph && !S->g.graph_off)   /* before the last line (the speeds) */
+            fprintf(stderr, "generate: decode steps replayed from a CUDA graph%s\n",
+                    tp > 1 ? " (with the TP all-reduces and the logits gather)" : "");
         if (run->n_full)
             fprintf(stderr, "generate: note: %d prompt%s stopped at the full context of %d tokens before --max-new %d "
                     "(prompt %d first; --ctx sets the context, up to max_position_embeddings %d)\n", run->n_full,

@@ -46,6 +46,7 @@ typedef struct {
 #endif
     cudaStream_t *to_s, *from_s;    /* a stream per point-to-point communicator */
     cudaStream_t compute, comm, side;
+    zb_cuda_p2p *p2p;               /* ZB_TP_ALLREDUCE=p2p: the TP group's small sums through peer memory */
     cudaEvent_t ev_in, ev_out;
     int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
 } nccl_impl;
@@ -79,6 +80,15 @@ static int on_dev(const void *p) {
         return 0;
     }
     return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+/* Is the compute stream being recorded (a CUDA graph of a decode step, core/model.c)? Then a
+ * collective is recorded on it directly: its buffers are the device's (nothing else can be
+ * recorded), and no event or pointer query runs inside the recording. */
+static int capturing(nccl_impl *im) {
+    enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(im->compute, &st) != cudaSuccess) { (void)cudaGetLastError(); return 0; }
+    return st == cudaStreamCaptureStatusActive;
 }
 
 /* the work queued so far on the compute stream comes first on s */
@@ -157,6 +167,18 @@ static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; 
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
     nccl_impl *im = IM(impl);
+    if (im->p2p && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
+        (capturing(im) || on_dev(x))) {   /* one kernel on the compute stream (cuda_common.h) */
+        zb_cuda_p2p_allreduce(im->p2p, x, n);
+        if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
+        return ZB_OK;
+    }
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g) && capturing(im)) {
+        ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->compute));
+        return ZB_OK;
+    }
+#endif
     if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
 #ifdef ZB_HAVE_NCCL
     if (gcomm(im, g)) {
@@ -211,6 +233,12 @@ static int n_bcast(void *impl, zb_group g, void *x, size_t n, zb_ctype t, int ro
 
 static int n_allgather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t) {
     nccl_impl *im = IM(impl);
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g) && capturing(im)) {
+        ZB_NC(ncclAllGather(x, out, n, ndt(t), im->nc[g], im->compute));
+        return ZB_OK;
+    }
+#endif
     int dx = on_dev(x), dout = on_dev(out);
     if (!dx && !dout) return MPI_OPS(im)->allgather(MPI_IMPL(im), g, x, n, out, t);
 #ifdef ZB_HAVE_NCCL
@@ -509,6 +537,44 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 }
 #endif
 
+/* ZB_TP_ALLREDUCE=p2p: the TP group's all-reduces of up to 64 K floats through peer memory
+ * (cuda_common.h) when every rank of the group is on this node and each can open the others'
+ * buffers; otherwise (said once on the group's rank 0) NCCL as before. Collective over TP. */
+#define ZB_P2P_FLOATS ((size_t)1 << 16)
+static int p2p_setup(nccl_impl *im) {
+    const char *e = getenv("ZB_TP_ALLREDUCE");
+    int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
+    MPI_Comm tp = im->mg[ZB_GROUP_TP];
+    if (size < 2) return ZB_OK;
+    ok = e && !strcmp(e, "p2p") && size <= ZB_P2P_MAX_RANKS;
+    ZB_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LOR, tp));
+    if (!all) return ZB_OK;   /* nobody asked */
+    MPI_Comm node;
+    int on_node = 0;
+    ZB_MPI(MPI_Comm_split_type(tp, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
+    ZB_MPI(MPI_Comm_size(node, &on_node));
+    MPI_Comm_free(&node);
+    size_t hb = zb_cuda_p2p_handle_bytes();
+    char *mine = zb_calloc(1, hb, "peer all-reduce"), *hs = zb_calloc((size_t)size, hb, "peer all-reduce");
+    if (!mine || !hs) { free(mine); free(hs); return ZB_ENOMEM; }
+    const char *why = "not every rank asked for it (ZB_TP_ALLREDUCE)";
+    if (ok && on_node != size) { ok = 0; why = "the TP group spans nodes"; }
+    if (ok && zb_cuda_p2p_new(&im->p2p, rank, size, ZB_P2P_FLOATS, mine)) { ok = 0; why = zb_errmsg(); }
+    int rc = MPI_Allgather(mine, (int)hb, MPI_BYTE, hs, (int)hb, MPI_BYTE, tp) == MPI_SUCCESS ? ZB_OK
+           : zb_fail(ZB_EMPI, "peer all-reduce: MPI_Allgather of the handles failed");
+    if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
+    if (!rc && all && zb_cuda_p2p_open(im->p2p, hs)) { ok = 0; why = zb_errmsg(); }
+    if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
+    free(mine);
+    free(hs);
+    if (rc || !all) {
+        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: ZB_TP_ALLREDUCE=p2p not used (%s): NCCL all-reduces\n", rank, why);
+        zb_cuda_p2p_free(im->p2p);
+        im->p2p = NULL;
+    }
+    return rc;
+}
+
 static int setup(nccl_impl *im) {
     if (!zb_cuda_ready()) return zb_fail(ZB_EDEVICE, "GPU communication: no GPU selected (zb_cuda_init first)");
     im->compute = (cudaStream_t)zb_cuda_stream_handle();
@@ -539,7 +605,7 @@ static int setup(nccl_impl *im) {
         ZB_TRY(rc);
     }
 #endif
-    return ZB_OK;
+    return p2p_setup(im);
 }
 
 #ifdef ZB_HAVE_NCCL
@@ -567,6 +633,7 @@ static void impl_free(nccl_impl *im) {
         if (im->to_s && im->to_s[p]) cudaStreamSynchronize(im->to_s[p]);
         if (im->from_s && im->from_s[p]) cudaStreamSynchronize(im->from_s[p]);
     }
+    zb_cuda_p2p_free(im->p2p);
 #ifdef ZB_HAVE_NCCL
     for (int g = 0; g < ZB_NGROUPS; g++) if (im->nc[g]) ncclCommDestroy(im->nc[g]);
     if (im->to && im->from) {
@@ -623,6 +690,11 @@ int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, M
     if (rc) { impl_free(im); free(c); return rc; }
     c->ops = &nccl_ops;
     c->impl = im;
+#ifdef ZB_HAVE_NCCL
+    for (int g = 0; g < ZB_NGROUPS; g++)
+        if (im->nc[g]) c->graph_groups |= 1u << g;
+#endif
+    if (im->p2p) c->graph_groups |= 1u << ZB_GROUP_TP;
     memcpy(c->rank, mpi->rank, sizeof c->rank);
     memcpy(c->size, mpi->size, sizeof c->size);
     *out = c;

@@ -11,6 +11,8 @@
 #    reused; one of 70 tokens: a prefill of 2 chunks), on the hybrid and on the HF llama (tied embeddings: copy on first and last
 #    stage); HF's greedy tokens through --pp 2 and --tp 2 --pp 2; the stats line (cache
 #    summed over the stages, one peak RSS per rank);
+#  - synthetic weights from a config (--model C.json) are one model under --tp 2 and --tp 2 --pp 2:
+#    the same tokens as one rank;
 #  - a split that does not divide stops every rank with one clear message (no hang).
 set -u
 zebra=$1 fx=$2 mpiexec=$3 hybrid=$4
@@ -61,6 +63,17 @@ for model in "$tmp/hybrid.h5" "$fx/hf-llama-tiny"; do
         else bad "$what: '$got' vs 1 rank '$ref'"; fi
       done
     done
+  done
+done
+# synthetic weights from a config (--model C.json): each rank draws its slice of one model, so
+# the layouts decode the tokens of one rank (f32 and bf16 weights)
+for wt in f32 bf16; do
+  ref=$(genp "$hybrid" 1 1 1 "${one[@]}" --weights $wt) || { bad "generate --model $hybrid 1 rank"; continue; }
+  for lay in "2 2 1" "4 2 2"; do
+    set -- $lay
+    got=$(genp "$hybrid" "$1" "$2" "$3" "${one[@]}" --weights $wt) || { bad "generate --model $hybrid --tp $2 --pp $3"; continue; }
+    if [ -n "$ref" ] && [ "$ref" = "$got" ]; then ok "synthetic $wt weights of $(basename "$hybrid") at --tp $2 --pp $3: $got"
+    else bad "synthetic $wt weights of $(basename "$hybrid") at --tp $2 --pp $3: '$got' vs 1 rank '$ref'"; fi
   done
 done
 # HF's greedy tokens (ref.safetensors greedy_prompt / greedy_tokens) through the stages

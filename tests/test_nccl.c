@@ -245,6 +245,44 @@ static void point_to_point(zb_comm *c) {
     free(h); free(want);
 }
 
+/* The small sums of a TP decode step (d_model floats per token; ZB_TP_ALLREDUCE=p2p sends
+ * these through peer memory, cuda_common.h, alternating two slots): several sizes, each repeated
+ * with new values, exact against the host's sum; then the time of one 16 KB all-reduce. */
+static void small_sums(zb_comm *c) {
+    int r = zb_comm_rank(c, ZB_GROUP_TP), S = zb_comm_size(c, ZB_GROUP_TP);
+    size_t sizes[] = {1, 4096, 32771, 65536};
+    for (int k = 0; k < 4; k++) {
+        size_t n = sizes[k];
+        float *h = zb_falloc(n), *want = zb_falloc(n);
+        for (int rep = 0; rep < 3; rep++) {
+            char what[128];
+            step("TP", "small all-reduce sum");
+            for (size_t i = 0; i < n; i++) h[i] = val(r, i + (size_t)rep) * (float)(rep + 1);
+            for (size_t i = 0; i < n; i++) { want[i] = 0; for (int q = 0; q < S; q++) want[i] += val(q, i + (size_t)rep) * (float)(rep + 1); }
+            float *d = zb_dev_f(h, n);
+            OK(zb_comm_sum_f32(c, ZB_GROUP_TP, d, n));
+            float *got = host_of(d, n);
+            snprintf(what, sizeof what, "TP small all-reduce sum, %zu floats, call %d", n, rep + 1);
+            all_equal(what, got, want, n);
+            free(got);
+            zb_cuda_free(d);
+        }
+        free(h); free(want);
+    }
+    float *d = zb_dev_f(NULL, 4096);
+    step("TP", "small all-reduce time");
+    for (int it = 0; it < 10; it++) zb_comm_sum_f32(c, ZB_GROUP_TP, d, 4096);
+    zb_cuda_sync();
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    for (int it = 0; it < 200; it++) zb_comm_sum_f32(c, ZB_GROUP_TP, d, 4096);
+    zb_cuda_sync();
+    double t = (MPI_Wtime() - t0) / 200;
+    if (R == 0) printf("  allreduce %10.0f B  %9.1f us (calls queued back to back, %s)\n", 16384.0, t * 1e6,
+                       getenv("ZB_TP_ALLREDUCE") ? getenv("ZB_TP_ALLREDUCE") : "nccl");
+    zb_cuda_free(d);
+}
+
 /* bus bandwidth of the TP all-reduce (nccl-tests' definition: algbw * 2 (n-1) / n) */
 static void bandwidth(zb_comm *c) {
     int S = zb_comm_size(c, ZB_GROUP_TP);
@@ -300,6 +338,7 @@ int main(int argc, char **argv) {
         if (R == 0) printf("%s\n", zb_grid_describe(&g, buf, sizeof buf));
         collectives(g.comm, L[k].g, L[k].name);
         if (L[k].pp == 2) point_to_point(g.comm);
+        if (L[k].tp == 2) small_sums(g.comm);
         if (L[k].tp == 2) bandwidth(g.comm);
         step(L[k].name, "freeing the communicators");
         zb_grid_free(&g);

@@ -163,10 +163,11 @@ static void cpu_swiglu_backward(const zb_backend *be, float *dg, float *du, cons
 }
 static void cpu_embedding_forward(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C) {
     (void)be;
-    if (table.bf16)   /* bf16 rows, converted as they are looked up */
-        for (int i = 0; i < N; i++)
+    for (int i = 0; i < N; i++)   /* an id < 0: a row of zeros (backend.h) */
+        if (ids[i] < 0) memset(out + (size_t)i * C, 0, sizeof(float) * (size_t)C);
+        else if (table.bf16)   /* bf16 rows, converted as they are looked up */
             zb_bf16_to_f32_n(table.bf16 + (size_t)ids[i] * C, out + (size_t)i * C, (size_t)C);
-    else zb_embedding_forward(out, ids, table.f32, N, C);
+        else memcpy(out + (size_t)i * C, table.f32 + (size_t)ids[i] * C, sizeof(float) * (size_t)C);
 }
 static void cpu_embedding_backward(const zb_backend *be, float *dtable, const float *dout, const int *ids,
                                    int N, int C) {

@@ -390,7 +390,8 @@ static int cu_step_graph(const zb_backend *be, void **g, int op, long long key) 
     switch (op) {
     case ZB_GRAPH_REPLAY: return !off && zb_cuda_graph_replay(*g, key);
     case ZB_GRAPH_BEGIN: return !off && zb_cuda_graph_begin(g, key);
-    case ZB_GRAPH_END: return zb_cuda_graph_end(*g);
+    case ZB_GRAPH_END: return zb_cuda_graph_end(*g, 1);
+    case ZB_GRAPH_END_HOLD: return zb_cuda_graph_end(*g, 0);
     default: zb_cuda_graph_free(*g); *g = NULL; return 0;
     }
 }

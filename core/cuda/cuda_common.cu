@@ -260,7 +260,7 @@ extern "C" int zb_cuda_graph_begin(void **gp, long long key) {
     return 1;
 }
 
-extern "C" int zb_cuda_graph_end(void *gp) {
+extern "C" int zb_cuda_graph_end(void *gp, int launch) {
     zb_cuda_graph *g = (zb_cuda_graph *)gp;
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(g_dev.stream, &graph);
@@ -273,6 +273,7 @@ extern "C" int zb_cuda_graph_end(void *gp) {
         if (g) g->exec = NULL;
         return 0;
     }
+    if (!launch) return 1;
     e = cudaGraphLaunch(g->exec, g_dev.stream);
     if (e != cudaSuccess) zb_cuda_note_error2("cudaGraphLaunch", cudaGetErrorString(e), __FILE__, __LINE__);
     return 1;

@@ -196,16 +196,19 @@ extern "C" void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, c
 
 /* ---- embedding ---------------------------------------------------------------------------- */
 
+/* an id < 0 gives a row of zeros (a vocabulary-parallel shard: another rank's token) */
 __global__ void k_embed_fwd(float *out, const int *ids, const float *table, int C) {
     size_t n = blockIdx.x;
-    const float *src = table + (size_t)ids[n] * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = src[i];
+    int id = ids[n];
+    const float *src = table + (size_t)(id < 0 ? 0 : id) * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = id < 0 ? 0.0f : src[i];
 }
 
 __global__ void k_embed_fwd_bf16(float *out, const int *ids, const __nv_bfloat16 *table, int C) {
     size_t n = blockIdx.x;
-    const __nv_bfloat16 *src = table + (size_t)ids[n] * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = __bfloat162float(src[i]);
+    int id = ids[n];
+    const __nv_bfloat16 *src = table + (size_t)(id < 0 ? 0 : id) * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = id < 0 ? 0.0f : __bfloat162float(src[i]);
 }
 
 __global__ void k_embed_bwd(float *dtable, const float *dout, const int *ids, int C) {

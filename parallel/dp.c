@@ -356,7 +356,8 @@ int zb_dp_finish(zb_dp *d) {
     if (d->size == 1) return ZB_OK;
     double t0 = zb_now(), c0 = d->comm->seconds;
     int rc = finish_buckets(d);
-    for (int k = 0; k < d->nb; k++) d->b[k].launched = 0;   /* the next step starts from nothing launched */
+    for (int k = 0; k < d->nb; k++)   /* the next step starts from nothing launched, armed or not */
+        d->b[k].launched = d->b[k].reduced = d->b[k].gathered = 0;
     double dt = zb_now() - t0;
     d->exposed_s += dt;
     d->comm->seconds = c0 + dt;

@@ -100,36 +100,25 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
         for (size_t i = 0; i < (size_t)B * T; i++) ids[i] = (int)((i * 2654435761u) % (unsigned)m.cfg.vocab);
         for (int b = 0; b < B; b++)
             for (int j = 0; j < T; j++) tg[(size_t)b * T + j] = j + 1 < T ? ids[(size_t)b * T + j + 1] : -1;
-        for (int s = 0; s <= steps && !rc; s++) {   /* step 0: warm-up (first allocations, handles) */
+        /* step 0: warm-up (first allocations, handles); then the timed steps; with --breakdown
+         * as many steps again, each part synchronised and timed (slower: not the table's time) */
+        for (int s = 0; s <= steps * (breakdown ? 2 : 1) && !rc; s++) {
+            int prof = s > steps;
+            tr.a.profile = tr.ta.profile = prof;
             be->sync(be);
             double t0 = zb_now();
             zb_model_zero_grad(&m);
             zb_loss_parts p;
             rc = zb_trainer_step(&tr, ids, tg, 1, 1.0f, &p);
             if (rc) break;
-            double gn = zb_grad_norm(&o, &m);
-            zb_adamw_step(&o, &m, oc.lr, zb_clip_scale(&oc, gn));
-            be->sync(be);
-            if (s > 0) dt += zb_now() - t0;
-            loss = p.loss;
-        }
-        /* --breakdown: as many steps again, each part synchronised and timed (slower than the
-         * steps above, whose time is the table's) */
-        tr.a.profile = tr.ta.profile = breakdown;
-        for (int s = 0; s < steps && breakdown && !rc; s++) {
-            be->sync(be);
-            double t0 = zb_now();
-            zb_model_zero_grad(&m);
-            zb_loss_parts p;
-            rc = zb_trainer_step(&tr, ids, tg, 1, 1.0f, &p);
-            if (rc) break;
-            be->sync(be);
+            if (prof) be->sync(be);
             double t1 = zb_now();
             double gn = zb_grad_norm(&o, &m);
             zb_adamw_step(&o, &m, oc.lr, zb_clip_scale(&oc, gn));
             be->sync(be);
-            popt += zb_now() - t1;
-            pdt += zb_now() - t0;
+            double t2 = zb_now();
+            if (prof) { popt += t2 - t1; pdt += t2 - t0; }
+            else if (s > 0) { dt += t2 - t0; loss = p.loss; }
         }
     }
     if (!rc) {

@@ -147,21 +147,23 @@ PY
 
 # ---- ZB_G2_CPU_ONLY=1: only the CPU DP weak scaling (1, dp2, dp4, dp8, dp16), alone on the
 # node (the GPUs idle), one rank per core (mpirun --bind-to core --map-by core), within
-# ZB_DEADLINE (default 250 s here). Per-rank work as in distillation: CSEQ x CROWS tokens (1024 x
-# 4) of the Zebra-1B hybrid cut to CLAYERS layers of width CD (4 x 256, 7.2 M parameters): 8x the
-# tokens per gradient byte of the older 256 x 2 configuration, which runs after it for the
-# record (1 and dp16), as do dp16 with the buckets through MPI_Iallreduce (progressed by the
-# hooks' tests, then by a progress thread) instead of node-shared memory. Prints the tables,
-# the efficiency and the communication share (exposed / overlapped).
+# ZB_DEADLINE (default 240 s here). Per-rank work as in distillation: CSEQ x CROWS tokens (1024 x
+# 2) of the Zebra-1B hybrid cut to CLAYERS layers of width CD (4 x 256, 7.2 M parameters): 4x the
+# tokens per gradient byte of the older 256 x 2 configuration (1024 x 4 took 8.1 s a step on one
+# core of the 32-core Xeon, too long for 10 runs in 4 minutes). Then, while time is left: dp16
+# with the buckets through MPI_Iallreduce, 16 independent 1-rank runs at once (the node's own
+# compute slowdown, no communication), dp16 with MPI plus a progress thread, the older 256 x 2
+# configuration (1 and dp16). Prints the tables, the efficiency, the communication share
+# (exposed / overlapped) and the step-time model's check.
 if [ -n "${ZB_G2_CPU_ONLY:-}" ]; then
-  DEADLINE=${ZB_DEADLINE:-250}
+  DEADLINE=${ZB_DEADLINE:-240}
   stamp "CPU only: DP weak scaling to 16 ranks, one per core; load $(cut -d' ' -f1-3 /proc/loadavg); $(nproc --all) CPUs;" \
     "/dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " (" $4 " free)"}')"
   cpu_weak() {   # cpu_weak OUT LAYOUTS REPEAT LIMIT [VAR=VALUE...]: cluster/scaling.sh, pinned
     local o=$1 lays=$2 rep=$3 t=$4; shift 4
     ( [ $# -gt 0 ] && export "$@"   # the variables (CD / CSEQ / CROWS, ZB_DP_*) for this run only
       ZEBRA=$Z DEVICE=cpu THREADS=1 LAYOUTS="$lays" MODES=weak REPEAT="$rep" STEPS=${CSTEPS:-3} \
-      D=${CD:-256} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=${CSEQ:-1024} ROWS=${CROWS:-4} OUT="$out/$o" MPIEXEC="$MPIX" \
+      D=${CD:-256} LAYERS=${CLAYERS:-4} VOCAB=4096 SEQ=${CSEQ:-1024} ROWS=${CROWS:-2} OUT="$out/$o" MPIEXEC="$MPIX" \
       BIND="${CBIND:---bind-to core --map-by core}" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh ) > "$out/log-$o.txt" 2>&1
     local how; how=$(cat "$out/$o"/work/run-weak-dp16-r1.log 2>/dev/null | grep -m1 "DP gradients" | cut -c8-)
     if scaled "$out/$o"; then summary+=("RAN $o: $lays (${*:-defaults}; dp16: ${how:-?})")
@@ -225,6 +227,10 @@ PY
   printf '%s\n' "${summary[@]}"
   for d in scaling-cpu-weak scaling-cpu-old; do [ -f "$out/$d/scaling.md" ] && { echo; echo "$d:"; sed -n '3,$p' "$out/$d/scaling.md"; }; done
   echo; echo "all CPU runs (efficiency: the 1-rank median of the same configuration):"; cat "$out/cpu-summary.md"
+  for d in scaling-cpu-weak scaling-cpu-old; do   # the step-time model against the runs (no binary needed)
+    [ -s "$out/$d/scaling.json" ] && python3 cluster/scaling_model.py check "$out/$d" "$out/$d/work/model.json" \
+      > "$out/$d-model-check.md" 2>&1 && { echo; echo "model check, $d:"; cat "$out/$d-model-check.md"; }
+  done
   ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* scaling-* 2>/dev/null
     for d in scaling-*/; do d=${d%/}; [ -f "$d/scaling.md" ] && cp "$d/scaling.md" "$d-scaling.md"; done
     rm -rf scaling-*/ pack )

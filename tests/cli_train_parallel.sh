@@ -116,6 +116,8 @@ if [ "$NP" = 2 ]; then
   exact "DP=2: MPI_Iallreduce buckets == the node-shared all-reduce" D.txt DM.txt
   ZB_DP_ALLREDUCE=mpi ZB_DP_PROGRESS=thread:20 run 2 DT 2 ", \"bucket_mb\": 0.002"
   exact "DP=2: MPI_Iallreduce with a progress thread == the node-shared all-reduce" D.txt DT.txt
+  ZB_DP_ALLREDUCE=tree run 2 DB 2 ""
+  check "ZB_DP_ALLREDUCE=tree: one clear error, no step" "grep -q 'ZB_DP_ALLREDUCE=tree: expected auto, mpi or shm' DB.log && [ ! -s DB.txt ]"
   run 2 Zr 2 ", \"zero\": true"
   same "DP=2 ZeRO-1 == DP=2" D.txt Zr.txt $FA
   run 2 ZR 2 ", \"zero\": true" --stop-after 10

@@ -113,14 +113,22 @@ static int check_value(const char *path, const char *where, const key_spec *k, c
     /* numbers are kept as float32: one beyond its range would become inf */
     if (k->type == T_NUM && fabs(v->valuedouble) > FLT_MAX)
         return zb_fail(ZB_EARG, "%s: key '%s'%s is %g, beyond float32's range", path, k->name, where, v->valuedouble);
+    /* ... and one below its smallest subnormal would become 0 (an eps of 1e-85: fuzzing) */
+    if (k->type == T_NUM && v->valuedouble != 0 && (float)v->valuedouble == 0.0f)
+        return zb_fail(ZB_EARG, "%s: key '%s'%s is %g, too small for float32 (it would be 0)", path, k->name, where,
+                       v->valuedouble);
     if (k->type == T_INT || k->type == T_NUM) {
-        double x = v->valuedouble;
+        /* the range holds for the value kept: a number's float32 rounding (0.999999999 is 1) */
+        double x = k->type == T_NUM ? (double)(float)v->valuedouble : v->valuedouble;
         if (x < k->lo || (k->lo_open && x == k->lo) || x > k->hi || (k->hi_open && x == k->hi)) {
             char lo[32] = "", hi[32] = "";
             if (k->hi < 1e9) snprintf(hi, sizeof hi, " and %s %g", k->hi_open ? "<" : "<=", k->hi);
             else if (x > k->hi) snprintf(hi, sizeof hi, " and <= %.0f", k->hi);
             snprintf(lo, sizeof lo, "%s %g", k->lo_open ? ">" : ">=", k->lo);
-            return zb_fail(ZB_EARG, "%s: key '%s'%s must be %s%s (got %g)", path, k->name, where, lo, hi, x);
+            char asf[48] = "";
+            if (x != v->valuedouble) snprintf(asf, sizeof asf, ", %.9g as float32", x);
+            return zb_fail(ZB_EARG, "%s: key '%s'%s must be %s%s (got %.10g%s)", path, k->name, where, lo, hi,
+                           v->valuedouble, asf);
         }
     }
     if (k->type == T_CHOICE) {

@@ -22,6 +22,8 @@ dict=()
 # hours of fuzzing are tests/fuzz/run-long.sh's job (ZB_FUZZ_SEED=0: a random seed here too).
 # -timeout: one input taking 10 s is a hang; the memory limits: limits.sh; leaks are errors (a
 # parser that fails must free what it took).
+asan=$(fz_asan "$fmt")
+ASAN_OPTIONS="${asan}${ASAN_OPTIONS:+${asan:+:}$ASAN_OPTIONS}" \
 LSAN_OPTIONS="suppressions=$src/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
 "$harness" -seed="${ZB_FUZZ_SEED:-1}" -max_total_time="$secs" -timeout=10 $(fz_limits "$fmt") -print_final_stats=1 \
   -artifact_prefix="$crashes/" "${dict[@]}" "$@" "${dirs[@]}" 2>"$build/fuzz-$fmt.log"

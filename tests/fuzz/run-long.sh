@@ -19,7 +19,7 @@ for f in $formats; do
   dict=()
   [ -f "$src/$f.dict" ] && dict=(-dict="$src/$f.dict")
   start=$(date +%s)
-  LSAN_OPTIONS="suppressions=$src/lsan.supp" nice -n 15 "$h" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
+  ASAN_OPTIONS="$(fz_asan "$f")" LSAN_OPTIONS="suppressions=$src/lsan.supp" nice -n 15 "$h" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 \
     -ignore_ooms=1 -max_total_time="$secs" -timeout=10 $(fz_limits "$f") -artifact_prefix="$build/long-crashes/$f/" \
     "${dict[@]}" "${dirs[@]}" > "$build/long-$f.log" 2>&1
   echo "$f: rc=$? $(( $(date +%s) - start ))s inputs=$(grep -o '^#[0-9]*' "$build/long-$f.log" | tail -1) " \

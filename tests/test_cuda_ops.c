@@ -1015,7 +1015,14 @@ int main(int argc, char **argv) {
         test_cached_shape(&rng, 1, bf, 1, 20, 0, 0, 300);
         g_mla_dqk = 40; g_mla_dv = 32;
     }
+    /* the fused kernels: rows one float at a time (V odd), 4 at a time (V % 4 == 0; the vocabulary of
+     * Llama 3), then the kernels of one pass per statistic (ZB_CUDA_LOSS=rows) */
     test_losses(&rng, 37, 1003);
+    test_losses(&rng, 37, 1004);
+    test_losses(&rng, 3, 128256);
+    zb_cuda_loss_use_rows(1);
+    test_losses(&rng, 37, 1003);
+    zb_cuda_loss_use_rows(0);
     test_argmax(&rng, 1003);
     test_argmax(&rng, 37);
     test_argmax(&rng, 128256);

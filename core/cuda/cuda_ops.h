@@ -167,6 +167,9 @@ void zb_cuda_cache_store(void *cache, int cache_bf16, const float *src, int src_
                          long long group_stride, long long row_stride);
 
 /* ---- losses (device logits, device targets / mask; sums returned to the host) ---------------- */
+/* Cross-entropy and KL: the fused two-pass kernels (0, the default; cuda_loss.cu) or the kernels of
+ * one pass per statistic (1; ZB_CUDA_LOSS=rows in the environment); tests compare both. */
+void zb_cuda_loss_use_rows(int on);
 double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V, float scale);
 /* The same, also counting the rows with a target in [0, V) (*n_valid, host; may be NULL). */
 double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *targets, int N, int V, float scale,
@@ -195,6 +198,11 @@ void zb_cuda_adamw_range(float *w, const float *g, float *m, float *v, size_t n,
                          float eps, float decay, float step_size, float bc2s, float grad_scale);
 /* sum of x^2 over n floats (double), returned to the host. */
 double zb_cuda_sumsq_range(const float *x, size_t n);
+
+/* backend.h adamw_ranges / sumsq_ranges: every range in one launch (r: HOST table). */
+void zb_cuda_adamw_ranges(float *w, const float *g, float *m, float *v, int n, const zb_range *r, float beta1,
+                          float beta2, float eps, float bc2s, float grad_scale);
+double zb_cuda_sumsq_ranges(const float *x, int n, const zb_range *r);
 
 /* ---- optimizer ------------------------------------------------------------------------------
  * A list of parameter segments [off, off + n) of the flat float32 buffers with their learning

@@ -24,9 +24,12 @@ bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
 quick=${ZB_BENCH_QUICK:-0}
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# the Mamba2 mixer's path before issue 17's speed work (float32 projections, the SSD backward on the
+# CUDA cores), side by side with the run above while the new one is proven (ZB_BENCH_SSD_OLD=0 skips)
+[ "$quick" = 1 ] || [ "${ZB_BENCH_SSD_OLD:-1}" = 0 ] || ZB_SSD=old run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps 2
 # KD at 8 rows: the teacher (bf16 weights, 16 GB) runs an inference forward (one layer's buffers) and
 # its logits are made 2k rows at a time inside the loss, so the student's activations set the memory
-# (~100 of 141 GB, printed by the run). ZB_KD_TEACHER=train: the old training forward (2 rows fit).
+# (printed by the run). ZB_KD_TEACHER=train: the old training forward (2 rows fit).
 # (if 8 rows do not fit on the GPU at hand, 4)
 if [ "$quick" != 1 ]; then
   for kb in 8 4; do

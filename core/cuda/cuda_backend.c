@@ -408,6 +408,12 @@ static int cu_step_graph(const zb_backend *be, void **g, int op, long long key) 
     }
 }
 
+/* the Mamba2 mixer's pieces (mamba2_cuda.h) */
+static void cu_mixer_profile(const zb_backend *be, double *parts) {
+    (void)be;
+    zb_cuda_mamba2_profile(parts);
+}
+
 static zb_backend cuda_backend = {
     .name = "cuda",
     .host_memory = 0,
@@ -435,8 +441,8 @@ static zb_backend cuda_backend = {
     .mamba2_forward = cu_mamba2_forward, .mamba2_backward = cu_mamba2_backward,
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
-    .adamw = cu_adamw, .sumsq = cu_sumsq, .adamw_ranges = cu_adamw_ranges, .sumsq_ranges = cu_sumsq_ranges, .fill_uniform = cu_fill_uniform,
-    .step_graph = cu_step_graph,
+    .adamw = cu_adamw, .sumsq = cu_sumsq, .adamw_ranges = cu_adamw_ranges, .sumsq_ranges = cu_sumsq_ranges,
+    .fill_uniform = cu_fill_uniform, .step_graph = cu_step_graph, .mixer_profile = cu_mixer_profile,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

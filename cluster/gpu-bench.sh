@@ -24,6 +24,12 @@ bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
 quick=${ZB_BENCH_QUICK:-0}
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# the teacher shape again on the other flash-attention kernels (ZB_FLASH: old = cuda_flash.cu,
+# new = cuda_flash2.cu; the default is ZB_FLASH_DEFAULT in core/cuda/cuda_flash.cu)
+if [ "$quick" != 1 ] && [ "${ZB_BENCH_FLASH_OTHER:-new}" != 0 ]; then
+  echo "== ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new}"
+  ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new} run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+fi
 # KD at 2 rows: the teacher's forward keeps every layer's activations (4 and 8 rows do not fit with the
 # 8B teacher in float32)
 [ "$quick" = 1 ] || run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps" "${bd[@]}"

@@ -390,17 +390,24 @@ int main(int argc, char **argv) {
             double bytes = (double)n * 2 * (kind ? 1 : 2);
             /* GQA: the chosen chunk length, then each forced one; Zebra's MLA: the cuBLAS form, the
              * fused kernel with its chunks, then 256 and 1024 positions per block */
-            int chs[5] = {0, 64, 128, 256, 512}, zch[4] = {0, 0, 256, 1024};
-            for (int c = 0; c < (kind == 2 ? 4 : kind ? 1 : 5); c++) {
-                if (kind == 2) { d.path = c ? 2 : 1; chs[c] = zch[c]; }
-                zb_cuda_decode_set_chunk(chs[c]);
+            /* Zebra's MLA: the cuBLAS form, the wmma kernel (its chunks), then the register
+             * (mma.sync) kernel with its chunks and forced ones */
+            int chs[5] = {0, 64, 128, 256, 512}, zch[7] = {0, 0, 0, 64, 128, 256, 1024};
+            for (int c = 0; c < (kind == 2 ? 7 : kind ? 1 : 5); c++) {
+                int ch = kind == 2 ? zch[c] : chs[c], wm = kind == 2 && c == 1;
+                if (kind == 2) d.path = c ? 2 : 1;
+                zb_cuda_decode_set_chunk(ch);
+                zb_cuda_decode_mla_set_kernel(wm ? 1 : 0);
                 double ms = timeit_n(run_dec, &d, 2, 9, 8);
+                zb_cuda_decode_mla_set_kernel(-1);
                 zb_cuda_decode_set_chunk(0);
                 char chn[32];
-                if (chs[c]) snprintf(chn, sizeof chn, ", %d per block", chs[c]);
+                if (ch) snprintf(chn, sizeof chn, ", %d per block", ch);
                 else chn[0] = 0;
                 snprintf(what, sizeof what, "decode attention %s batch %d ctx 8k, one layer (bf16 cache)%s",
-                         kind == 2 ? (d.path == 2 ? "MLA 32x(160+64) fused" : "MLA 32x(160+64) cuBLAS form")
+                         kind == 2 ? (d.path == 1 ? "MLA 32x(160+64) cuBLAS form"
+                                      : wm        ? "MLA 32x(160+64) fused wmma"
+                                                  : "MLA 32x(160+64) fused mma")
                                    : kind ? "MLA 32x(512+64)" : "GQA 32/8 x128", nb, chn);
                 row(what, ms, bytes / (ms * 1e-3) / 1e9, "GB/s");
             }

@@ -696,18 +696,24 @@ static void test_cached_shape(zb_rng *rng, int mla, int bf16, int n, int H, int 
         /* MLA's fused decode kernel (bf16 latent cache, values = the first dv columns of the rows):
          * the chosen chunks, then 64 positions per block (a chunk per tile), then 128 */
         if (mla && zb_cuda_decode_mla_ok(dK, dK, &a)) {
-            int mch[3] = {0, 64, 128};
-            for (int c = 0; c < 3; c++) {
-                zb_cuda_decode_set_chunk(mch[c]);
-                for (size_t e = 0; e < no; e++) got[e] = NAN;
-                zb_cuda_upload(dout, got, no * sizeof(float));
-                zb_cuda_decode_mla(dout, dq, dK, dseq, dpos, nb, maxT, &a);
-                zb_cuda_decode_set_chunk(0);
-                zb_host_f(got, dout, no);
-                snprintf(what, sizeof what, "decode_mla (fused) H=%d d=%d/%d T=%d, %d positions per block%s", H, dqk,
-                         dv, maxT, mch[c] ? mch[c] : 512, mch[c] ? "" : " (its choice)");
-                zb_check_bounds(what, got, out, bound, no);
-            }
+            /* both kernels (the register one, mma.sync; the wmma one); 64 = one tile per chunk,
+             * 512 = 8 tiles (the ring of 3 stages wraps), the last tile of a chunk partly past the
+             * sequence (pos 0: one row; maxT - 13) */
+            int mch[4] = {0, 64, 128, 512};
+            for (int kern = 0; kern < 2; kern++)
+                for (int c = 0; c < 4; c++) {
+                    zb_cuda_decode_mla_set_kernel(kern);
+                    zb_cuda_decode_set_chunk(mch[c]);
+                    for (size_t e = 0; e < no; e++) got[e] = NAN;
+                    zb_cuda_upload(dout, got, no * sizeof(float));
+                    zb_cuda_decode_mla(dout, dq, dK, dseq, dpos, nb, maxT, &a);
+                    zb_cuda_decode_set_chunk(0);
+                    zb_cuda_decode_mla_set_kernel(-1);
+                    zb_host_f(got, dout, no);
+                    snprintf(what, sizeof what, "decode_mla (fused, %s) H=%d d=%d/%d T=%d, %d positions per block%s",
+                             kern ? "wmma" : "mma.sync", H, dqk, dv, maxT, mch[c], mch[c] ? "" : " (its choice)");
+                    zb_check_bounds(what, got, out, bound, no);
+                }
         } else if (mla && bf16 && dqk % 16 == 0 && dv % 16 == 0) {
             zb_check(0, "decode_mla takes H=%d d=%d/%d (a bf16 latent cache of its shapes)", H, dqk, dv);
         }
@@ -1021,6 +1027,10 @@ int main(int argc, char **argv) {
         test_cached_shape(&rng, 1, bf, 1, 32, 0, 0, 1100);
         g_mla_dqk = 96; g_mla_dv = 32;
         test_cached_shape(&rng, 1, bf, 1, 20, 0, 0, 300);
+        g_mla_dqk = 128; g_mla_dv = 64;   /* 3 head tiles (the register kernel's small instance) */
+        test_cached_shape(&rng, 1, bf, 1, 48, 0, 0, 300);
+        g_mla_dqk = 224; g_mla_dv = 160;  /* 64 heads: 4 head tiles, 8 warps */
+        test_cached_shape(&rng, 1, bf, 1, 64, 0, 0, 700);
         g_mla_dqk = 40; g_mla_dv = 32;
     }
     test_losses(&rng, 37, 1003);

@@ -687,6 +687,259 @@ __global__ void __launch_bounds__(MLA_THREADS) k_decode_mla(float *__restrict__ 
     }
 }
 
+/* ---- MLA decode with the scores and the output in registers (mma.sync) --------------------------
+ * The wmma kernel above passes every product through shared memory (scores, probabilities, and
+ * the output rescaled there each tile) behind four barriers per 64-row tile: at batch 48 it ran
+ * at ~20 TFLOP/s, slower than the cache's read time by 5x. This one keeps each warp's scores,
+ * probabilities and output in registers in the fragment layouts that the PTX ISA documents for
+ * mma.sync.m16n8k16 (section "Matrix Fragments for mma.m16n8k16"): warp (ht, pg) of a block owns
+ * heads [16 ht, 16 ht + 16) and rows [32 pg, 32 pg + 32) of every 64-row tile; the tiles come
+ * through a ring of MM_ST stages filled by cp.async (one barrier per tile, the next tiles' loads in
+ * flight during the products); the score accumulators become the A operand of P V directly (the
+ * accumulator layout of two n8 tiles is the A layout of one k16 step, as in flash-attention 2);
+ * the two row groups of a head tile are merged through shared memory at the end. Same part
+ * format and merge as the other decode kernels. */
+#define MM_TN 64   /* cache rows per tile: two row groups of 32 */
+#define MM_ST 3    /* stages of the ring */
+
+typedef struct { int WH, ldk; size_t k, bytes; } mm_smem;
+
+/* Q [16 WH, ldk] bf16 at 0, the ring (reused by the final merge) after it; ldk = dqk + 8 makes a
+ * row an odd number of 16-byte units, so the 8 rows an ldmatrix reads fall on distinct banks */
+static __host__ __device__ mm_smem mm_plan(int H, int dqk, int dv) {
+    mm_smem p;
+    p.WH = (H + 15) / 16;
+    p.ldk = dqk + 8;
+    p.k = ((size_t)p.WH * 16 * p.ldk * 2 + 127) / 128 * 128;
+    size_t ring = (size_t)MM_ST * MM_TN * p.ldk * 2, mrg = (size_t)p.WH * (16 * ((size_t)dv + 4) + 32) * 4;
+    p.bytes = p.k + (ring > mrg ? ring : mrg);
+    return p;
+}
+
+__device__ static inline void cp_async16(void *smem, const void *gmem, int bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
+}
+__device__ static inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ static inline void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ static inline void ldsm_x4(unsigned *r, const bf16 *p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+__device__ static inline void ldsm_x4_t(unsigned *r, const bf16 *p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+/* c[16 x 8] += a[16 x 16] b[16 x 8], bf16 in, float32 sums */
+__device__ static inline void mma_bf16(float *c, const unsigned *a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ static inline unsigned bf2_bits(__nv_bfloat162 v) {
+    unsigned r;
+    memcpy(&r, &v, 4);
+    return r;
+}
+
+/* tile rows [t0, t0 + MM_TN) of the chunk into the ring: 16-byte pieces, zeros past u1 (a
+ * probability 0 times a stale NaN would be NaN) */
+__device__ static inline void mm_load(bf16 *dst, const bf16 *cache, long long base, long long rs, int t0, int u1,
+                                      int nvec, int ldk) {
+    for (int e = threadIdx.x; e < MM_TN * nvec; e += blockDim.x) {
+        int r = e / nvec, c = e - r * nvec, ok = t0 + r < u1;
+        cp_async16(dst + (size_t)r * ldk + c * 8, cache + base + (long long)(ok ? t0 + r : t0) * rs + c * 8, ok ? 16 : 0);
+    }
+}
+
+/* KTM: the most k16 steps of a row (dqk / 16), NTM: the most n8 tiles of the values (dv / 8, even);
+ * the loops over them are unrolled and guarded by the call's KT, NT, so the arrays stay in registers */
+template <int KTM, int NTM>
+__global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part, const float *__restrict__ q,
+                                                        const bf16 *__restrict__ cache, const int *seq, const int *pos,
+                                                        int H, int dqk, int dv, long long ss, long long rs, float scale,
+                                                        int CH, int nsplit) {
+    extern __shared__ __align__(128) unsigned char msm[];
+    const mm_smem P = mm_plan(H, dqk, dv);
+    bf16 *Qs = (bf16 *)msm, *Ks = (bf16 *)(msm + P.k);
+    const int sp = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, nthr = blockDim.x;
+    const int warp = tid >> 5, lane = tid & 31, ht = warp >> 1, pg = warp & 1, g = lane >> 2, t4 = lane & 3;
+    const int L = pos[i] + 1, u0 = sp * CH, u1 = min(L, u0 + CH), ldk = P.ldk, nvec = dqk / 8;
+    const int KT = dqk / 16, NT = dv / 8;
+    float *pr = part + ((size_t)i * nsplit + sp) * H * (dv + 2);
+    if (u1 <= u0) {   /* past this sequence's length: an empty chunk (weight 0 in the merge) */
+        for (int j = tid; j < H; j += nthr) { pr[(size_t)j * (dv + 2) + dv] = -INFINITY; pr[(size_t)j * (dv + 2) + dv + 1] = 0.0f; }
+        return;
+    }
+    const long long base = (long long)seq[i] * ss;
+    const int ntile = (u1 - u0 + MM_TN - 1) / MM_TN;
+#pragma unroll
+    for (int s = 0; s < MM_ST - 1; s++) {
+        if (s < ntile) mm_load(Ks + (size_t)s * MM_TN * ldk, cache, base, rs, u0 + s * MM_TN, u1, nvec, ldk);
+        cp_async_commit();   /* empty groups too: the waits below count groups */
+    }
+    const float *qi = q + (size_t)i * H * dqk;
+    for (int e = tid; e < P.WH * 16 * dqk; e += nthr) {
+        int h = e / dqk, c = e - h * dqk;
+        Qs[(size_t)h * ldk + c] = __float2bfloat16_rn(h < H ? qi[(size_t)h * dqk + c] : 0.0f);
+    }
+    float o[NTM][4];
+#pragma unroll
+    for (int n = 0; n < NTM; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;   /* rows g and g + 8 of the head tile */
+    /* ldmatrix addresses: A (Q) rows lane % 16, column half lane / 16; B = K^T (rows of the tile,
+     * non-transposed: n = row) rows (lane & 7) + 8 (lane >> 4), column half (lane >> 3) & 1; V
+     * (transposed: k = row) rows (lane & 7) + 8 ((lane >> 3) & 1), column half lane >> 4 */
+    const bf16 *qa = Qs + (size_t)(ht * 16 + (lane & 15)) * ldk + (lane >> 4) * 8;
+    const int kro = (lane & 7) + ((lane >> 4) << 3), kco = ((lane >> 3) & 1) * 8;
+    const int vro = (lane & 7) + (((lane >> 3) & 1) << 3), vco = (lane >> 4) * 8;
+    for (int t = 0; t < ntile; t++) {
+        cp_async_wait<MM_ST - 2>();   /* this thread's pieces of tile t have landed */
+        __syncthreads();              /* everyone's; and tile t - 1's stage is free again */
+        if (t + MM_ST - 1 < ntile)
+            mm_load(Ks + (size_t)((t + MM_ST - 1) % MM_ST) * MM_TN * ldk, cache, base, rs, u0 + (t + MM_ST - 1) * MM_TN,
+                    u1, nvec, ldk);
+        cp_async_commit();
+        const bf16 *Kt = Ks + ((size_t)(t % MM_ST) * MM_TN + pg * 32) * ldk;
+        const int r0 = u0 + t * MM_TN + pg * 32;   /* the position of the warp's first row */
+        if (r0 >= u1) continue;                    /* warp-uniform: all its rows past the chunk */
+        /* S = Q K^T over the warp's 32 rows: s[j] = rows 8j..8j+7 (c0 c1: head g, rows 2 t4 + 0/1;
+         * c2 c3: head g + 8) */
+        float s[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        const bf16 *kb = Kt + (size_t)kro * ldk + kco;
+#pragma unroll
+        for (int kt = 0; kt < KTM; kt++) {
+            if (kt < KT) {
+                unsigned a[4], b[4], c[4];
+                ldsm_x4(a, qa + kt * 16);
+                ldsm_x4(b, kb + kt * 16);
+                ldsm_x4(c, kb + (size_t)16 * ldk + kt * 16);
+                mma_bf16(s[0], a, b[0], b[1]);
+                mma_bf16(s[1], a, b[2], b[3]);
+                mma_bf16(s[2], a, c[0], c[1]);
+                mma_bf16(s[3], a, c[2], c[3]);
+            }
+        }
+        /* online softmax: a row's max over the quad of lanes holding it */
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                bool ok = r0 + 8 * j + 2 * t4 + e < u1;
+                s[j][e] = ok ? s[j][e] * scale : -INFINITY;
+                s[j][2 + e] = ok ? s[j][2 + e] * scale : -INFINITY;
+                mx0 = fmaxf(mx0, s[j][e]);
+                mx1 = fmaxf(mx1, s[j][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);   /* finite: row r0 < u1 is scored */
+        const float b0 = n0 == -INFINITY ? 0.0f : n0, b1 = n1 == -INFINITY ? 0.0f : n1;
+        const float c0 = expf(m0 - b0), c1 = expf(m1 - b1);     /* 0 on the warp's first tile */
+        m0 = n0;
+        m1 = n1;
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int n = 0; n < NTM; n++) {
+            o[n][0] *= c0; o[n][1] *= c0;
+            o[n][2] *= c1; o[n][3] *= c1;
+        }
+        /* probabilities rounded to bf16 (the product's operand; the sums l take the same rounded
+         * values): pa[kk] = the A fragment of rows 16 kk..16 kk + 15 = s tiles 2 kk, 2 kk + 1 */
+        unsigned pa[2][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            __nv_bfloat162 p01 = __floats2bfloat162_rn(expf(s[j][0] - b0), expf(s[j][1] - b0));
+            __nv_bfloat162 p23 = __floats2bfloat162_rn(expf(s[j][2] - b1), expf(s[j][3] - b1));
+            float2 f01 = __bfloat1622float2(p01), f23 = __bfloat1622float2(p23);
+            l0 += f01.x + f01.y;
+            l1 += f23.x + f23.y;
+            pa[j >> 1][(j & 1) * 2] = bf2_bits(p01);
+            pa[j >> 1][(j & 1) * 2 + 1] = bf2_bits(p23);
+        }
+        /* O += P V, V = the first dv columns of the same rows, two n8 tiles per ldmatrix */
+        const bf16 *vb = Kt + (size_t)vro * ldk + vco;
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+            for (int np = 0; np < NTM / 2; np++) {
+                if (2 * np < NT) {
+                    unsigned b[4];
+                    ldsm_x4_t(b, vb + (size_t)kk * 16 * ldk + np * 16);
+                    mma_bf16(o[2 * np], pa[kk], b[0], b[1]);
+                    mma_bf16(o[2 * np + 1], pa[kk], b[2], b[3]);
+                }
+            }
+    }
+    cp_async_wait<0>();
+    /* the quad's partial sums (the max is the quad's already) */
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    __syncthreads();   /* the ring is free: the merge's space */
+    const int ldo = dv + 4;
+    float *Mo = (float *)(msm + P.k) + (size_t)ht * (16 * ldo + 32), *Mm = Mo + 16 * ldo, *Ml = Mm + 16;
+    if (pg == 1) {
+#pragma unroll
+        for (int n = 0; n < NTM; n++)
+            if (n < NT) {
+                int c = n * 8 + 2 * t4;
+                Mo[g * ldo + c] = o[n][0]; Mo[g * ldo + c + 1] = o[n][1];
+                Mo[(g + 8) * ldo + c] = o[n][2]; Mo[(g + 8) * ldo + c + 1] = o[n][3];
+            }
+        if (t4 == 0) { Mm[g] = m0; Mm[g + 8] = m1; Ml[g] = l0; Ml[g + 8] = l1; }
+    }
+    __syncthreads();
+    if (pg == 0) {
+        const float p0 = Mm[g], p1 = Mm[g + 8];
+        const float M0 = fmaxf(m0, p0), M1 = fmaxf(m1, p1);   /* finite: the chunk's first row is group 0's */
+        const float wa0 = m0 == -INFINITY ? 0.0f : expf(m0 - M0), wb0 = p0 == -INFINITY ? 0.0f : expf(p0 - M0);
+        const float wa1 = m1 == -INFINITY ? 0.0f : expf(m1 - M1), wb1 = p1 == -INFINITY ? 0.0f : expf(p1 - M1);
+        const int h0 = ht * 16 + g, h1 = h0 + 8;
+#pragma unroll
+        for (int n = 0; n < NTM; n++)
+            if (n < NT) {
+                int c = n * 8 + 2 * t4;
+                if (h0 < H)
+                    *(float2 *)(pr + (size_t)h0 * (dv + 2) + c) =
+                        make_float2(o[n][0] * wa0 + Mo[g * ldo + c] * wb0, o[n][1] * wa0 + Mo[g * ldo + c + 1] * wb0);
+                if (h1 < H)
+                    *(float2 *)(pr + (size_t)h1 * (dv + 2) + c) = make_float2(
+                        o[n][2] * wa1 + Mo[(g + 8) * ldo + c] * wb1, o[n][3] * wa1 + Mo[(g + 8) * ldo + c + 1] * wb1);
+            }
+        if (t4 == 0) {
+            if (h0 < H) { pr[(size_t)h0 * (dv + 2) + dv] = M0; pr[(size_t)h0 * (dv + 2) + dv + 1] = l0 * wa0 + Ml[g] * wb0; }
+            if (h1 < H) { pr[(size_t)h1 * (dv + 2) + dv] = M1; pr[(size_t)h1 * (dv + 2) + dv + 1] = l1 * wa1 + Ml[g + 8] * wb1; }
+        }
+    }
+}
+
+/* which kernel: -1 not yet read from ZB_MLA_DECODE ("wmma": the shared-memory kernel above; else
+ * the register kernel where it takes the shape), 0 the register kernel, 1 the wmma kernel */
+static int g_mla_kernel = -1;
+extern "C" void zb_cuda_decode_mla_set_kernel(int k) { g_mla_kernel = k == 0 || k == 1 ? k : -1; }
+
+/* the register kernel's shapes: dqk <= 256, dv <= 160 (its output fragments), H <= 64 */
+static int mla_mma_ok(const zb_cuda_cache_attn *a) {
+    return a->dqk <= 256 && a->dv <= 160 && a->H <= 64 && mm_plan(a->H, a->dqk, a->dv).bytes <= 200 * 1024;
+}
+
 extern "C" int zb_cuda_decode_mla_ok(const void *kc, const void *vc, const zb_cuda_cache_attn *a) {
     return a->cache_bf16 && kc == vc && a->Hkv == 1 && a->H >= 1 && a->H <= 64 && a->dqk % 16 == 0 &&
            a->dqk <= MLA_MAXD && a->dv % 16 == 0 && a->dv >= 16 && a->dv <= a->dqk && a->group_stride == 0 &&
@@ -701,25 +954,52 @@ extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache
         zb_cuda_note_error2("MLA decode attention", "shape outside the fused kernel's", __FILE__, __LINE__);
         return;
     }
-    /* positions per block: a multiple of the tile, by max_T alone (at most 16384 chunks), so that
-     * a sequence's numbers do not depend on the batch it decodes in */
+    if (g_mla_kernel < 0) {
+        const char *e = getenv("ZB_MLA_DECODE");
+        g_mla_kernel = e && !strcmp(e, "wmma") ? 1 : 0;
+    }
+    const int mma = g_mla_kernel == 0 && mla_mma_ok(a);
     int CH = 512;
-    while ((max_T + CH - 1) / CH > 16384) CH *= 2;
-    if (g_dec_chunk) CH = (g_dec_chunk + MLA_TN - 1) / MLA_TN * MLA_TN;
+    if (mma) {
+        /* positions per block: 512 while the batch fills the GPU (batch 48 at 8k: 768 blocks, two
+         * per SM), fewer for small batches so that the chunks still spread over the SMs (batch 1
+         * at 8k: 64 blocks of 128); a multiple of the tile */
+        while (CH > 2 * MM_TN && (long long)nb * ((max_T + CH - 1) / CH) < zb_cuda_sm_count()) CH /= 2;
+        while ((max_T + CH - 1) / CH > 16384) CH *= 2;
+        if (g_dec_chunk) CH = (g_dec_chunk + MM_TN - 1) / MM_TN * MM_TN;
+    } else {
+        /* positions per block: a multiple of the tile, by max_T alone (at most 16384 chunks) */
+        while ((max_T + CH - 1) / CH > 16384) CH *= 2;
+        if (g_dec_chunk) CH = (g_dec_chunk + MLA_TN - 1) / MLA_TN * MLA_TN;
+    }
     int nsplit = (max_T + CH - 1) / CH;
-    mla_smem P = mla_plan(a->H, a->dqk, a->dv);
     static int attr = 0;
     if (!attr) {
         cudaFuncSetAttribute(k_decode_mla, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+        cudaFuncSetAttribute(k_decode_mla_mma<16, 20>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+        cudaFuncSetAttribute(k_decode_mla_mma<8, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
         cudaFuncSetAttribute(k_decode_merge, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
         attr = 1;
     }
     float *part = (float *)zb_cuda_scratch(ZB_WS_ATTN2, (size_t)nb * a->H * nsplit * (a->dv + 2) * sizeof(float));
     if (!part) return;
     dim3 grid(nsplit, nb);
-    k_decode_mla<<<grid, MLA_THREADS, P.bytes, zb_cuda_stream()>>>(part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H,
-                                                                   a->dqk, a->dv, a->seq_stride, a->row_stride,
-                                                                   a->scale, CH, nsplit);
+    if (mma) {
+        mm_smem P = mm_plan(a->H, a->dqk, a->dv);
+        if (a->dqk <= 128 && a->dv <= 64)
+            k_decode_mla_mma<8, 8><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
+                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
+                a->scale, CH, nsplit);
+        else
+            k_decode_mla_mma<16, 20><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
+                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
+                a->scale, CH, nsplit);
+    } else {
+        mla_smem P = mla_plan(a->H, a->dqk, a->dv);
+        k_decode_mla<<<grid, MLA_THREADS, P.bytes, zb_cuda_stream()>>>(part, q, (const bf16 *)cache, seq_dev, pos_dev,
+                                                                       a->H, a->dqk, a->dv, a->seq_stride,
+                                                                       a->row_stride, a->scale, CH, nsplit);
+    }
     ZB_CUDA_LAUNCHED("MLA decode attention");
     k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(out, part, a->H, 1,
                                                                                                   a->dv, nsplit);

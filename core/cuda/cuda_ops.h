@@ -162,6 +162,10 @@ void zb_cuda_decode_attn(float *out, const float *q, const void *kc, const void 
 int zb_cuda_decode_mla_ok(const void *kc, const void *vc, const zb_cuda_cache_attn *a);
 void zb_cuda_decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
                         int nb, int max_T, const zb_cuda_cache_attn *a);
+/* Which fused kernel: 0 the register one (mma.sync, scores and output in registers; dqk <= 256,
+ * dv <= 160, H <= 64; the wmma kernel for other shapes), 1 the older wmma one (scores, output
+ * through shared memory), -1 from the environment: ZB_MLA_DECODE=wmma picks the older one. */
+void zb_cuda_decode_mla_set_kernel(int k);
 /* out[N, OC] = x[N, C] @ W^T for bf16 W and 1 <= N <= 8 (zb_cuda_gemv_ok: C % 8 == 0, 16-byte
  * aligned x and W): warps stream W's rows (split over C when OC is small; decode with bf16
  * weights). _multi: up to 3 matrices on the same x in one launch (q, k, v), out_s [N, OC_s];

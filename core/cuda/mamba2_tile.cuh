@@ -33,9 +33,10 @@ __device__ __forceinline__ void m2_zero(float (&acc)[4][4]) {
 }
 
 /* One k-slab of an operand into registers, every load issued before the shared stores that
- * follow. Interleaved (load, store, load, ...) each store waited for its load, one memory latency
- * per element, 16 per slab: S4R1 measured ~10 us per 64^3 tile product per block, about that
- * many L2 latencies. Now two per slab (A's, then B's: 8 registers live, not 16). */
+ * follow (A's, then B's: 8 registers live). Meant to stop each store waiting on its own load (S4R1:
+ * ~10 us per 64^3 tile product per block); S4R2 measured the scan's kernels within +-12% of S4R1
+ * (forward output and dx faster, dC, dB and the chunk-state products slower, at one block per SM
+ * for the tensor-core forms): that latency was not what bounds them. */
 #define M2_NL (M2_TK * M2_TB / M2_NT)
 template <class LA>
 __device__ __forceinline__ void m2_load_a(float (&r)[M2_NL], const LA &la, int k0, int K, int tid, bool kfast) {

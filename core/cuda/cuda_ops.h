@@ -161,6 +161,14 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
+/* The decode step's bf16 products of 9..256 rows (linear_forward with bf16 weights): cuBLASLt's
+ * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
+ * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the
+ * environment. reset forgets the choices (shutdown). choice: 1 Lt, 0 cublasGemmEx, -1 not tuned;
+ * the times measured (ms, may be NULL). */
+void zb_cuda_gemm_tune(int on);
+void zb_cuda_gemm_tune_reset(void);
+int zb_cuda_gemm_tune_choice(int N, int C, int OC, float *ms_lt, float *ms_ex);
 /* positions per block of the decode attention (0 = chosen per call), for the benchmark */
 void zb_cuda_decode_set_chunk(int ch);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n

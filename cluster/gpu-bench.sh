@@ -24,6 +24,9 @@ bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
 quick=${ZB_BENCH_QUICK:-0}
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# the Mamba2 mixer's path before issue 17's speed work (float32 projections, the SSD backward on the
+# CUDA cores), side by side with the run above while the new one is proven (ZB_BENCH_SSD_OLD=0 skips)
+[ "$quick" = 1 ] || [ "${ZB_BENCH_SSD_OLD:-1}" = 0 ] || ZB_SSD=old run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps 2
 # KD at 2 rows: the teacher's forward keeps every layer's activations (4 and 8 rows do not fit with the
 # 8B teacher in float32)
 [ "$quick" = 1 ] || run 120 bench --device cuda --train configs/zebra-1b.json --kd configs/llama-3.1-8b.json --batch 2 --seq 2048 --steps "$steps" "${bd[@]}"

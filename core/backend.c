@@ -43,10 +43,16 @@ static const char *const entry_names[] = {
     "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",
-    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "fill_uniform", "step_graph"};
+    "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "fill_uniform", "step_graph", "mixer_profile"};
 _Static_assert(sizeof(zb_backend) - offsetof(zb_backend, alloc) ==
                    sizeof entry_names / sizeof *entry_names * sizeof(zb_any_fn),
                "zb_backend: entry_names lists every function pointer after alloc, nothing else follows");
+
+const char *const zb_mixp_names[ZB_MIXP_N] = {
+    "in_proj", "dt + conv", "scan coefficients", "scan chunk states", "scan state pass", "scan output",
+    "gated norm", "out_proj",
+    "out_proj bwd", "gated norm bwd", "scan state grads", "scan state pass bwd", "scan dx", "scan dC", "scan dB",
+    "scan ddt dA dD", "scan group sums", "dt bwd", "conv bwd", "in_proj bwd"};
 
 const char *zb_backend_missing(const zb_backend *be) {
     const char *base = (const char *)be + offsetof(zb_backend, alloc);

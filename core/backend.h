@@ -361,7 +361,21 @@ struct zb_backend {
      * a recording with collectives is launched by all of them or by none; then REPLAY).
      * ZB_GRAPH_FREE: release. */
     int (*step_graph)(const zb_backend *be, void **g, int op, long long key);
+    /* Timing the pieces of the mixers (zebra bench --train --breakdown): with parts non-NULL
+     * the mixer calls that follow synchronise after each piece and add its wall time to
+     * parts[ZB_MIXP_*]; NULL stops. A backend whose mixers have no timed pieces (the CPU) does
+     * nothing. */
+    void (*mixer_profile)(const zb_backend *be, double *parts);
 };
+
+/* The timed pieces of the Mamba2 mixer (mixer_profile), forward then backward. */
+enum { ZB_MIXP_M2_IN_PROJ, ZB_MIXP_M2_CONV, ZB_MIXP_M2_COEF, ZB_MIXP_M2_STATES, ZB_MIXP_M2_PASS, ZB_MIXP_M2_SCAN,
+       ZB_MIXP_M2_NORM, ZB_MIXP_M2_OUT_PROJ,
+       ZB_MIXP_M2_OUT_PROJ_B, ZB_MIXP_M2_NORM_B, ZB_MIXP_M2_DSTATES_B, ZB_MIXP_M2_PASS_B, ZB_MIXP_M2_DX_B,
+       ZB_MIXP_M2_DC_B, ZB_MIXP_M2_DB_B, ZB_MIXP_M2_SCAL_B, ZB_MIXP_M2_SUMS_B, ZB_MIXP_M2_DT_B, ZB_MIXP_M2_CONV_B,
+       ZB_MIXP_M2_IN_PROJ_B, ZB_MIXP_N };
+/* "in_proj", "dt + conv", ... (backend.c); ZB_MIXP_M2_OUT_PROJ_B is the first backward piece. */
+extern const char *const zb_mixp_names[ZB_MIXP_N];
 
 enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE, ZB_GRAPH_END_HOLD };   /* step_graph's op */
 

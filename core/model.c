@@ -191,6 +191,7 @@ const char *const zb_tprof_names[ZB_TPROF_N] = {"embed", "attention fwd", "mla f
                                                  "mla bwd", "mamba2 bwd", "embed bwd"};
 
 /* training profile: the time since the last mark goes to part k (nothing unless a->profile) */
+_Static_assert(ZB_MIXP_N <= (int)(sizeof ((zb_acts *)0)->prof_mix / sizeof(double)), "zb_acts.prof_mix holds ZB_MIXP_N");
 static inline void tprof(const zb_model *m, zb_acts *a, int k) {
     if (!a->profile) return;
     m->be->sync(m->be);   /* a device backend runs asynchronously */
@@ -214,7 +215,9 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
     tprof(m, a, ZB_TPROF_BLOCK_F);
+    if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
+    if (a->profile) be->mixer_profile(be, NULL);
     tprof(m, a, mixer_part(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
     be->rmsnorm_forward(be, ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
@@ -339,7 +342,9 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     /* mixer: mid = x + mixer(ln1) */
     be->zero(be, a->dln, sizeof(float) * Nd);
     tprof(m, a, ZB_TPROF_BLOCK_B);
+    if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
+    if (a->profile) be->mixer_profile(be, NULL);
     tprof(m, a, mixer_part(c->kinds[l], 1));
     be->rmsnorm_backward(be, a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                          a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */

@@ -176,6 +176,7 @@ typedef struct {
     int *targets;      /* [N] host */
     int profile;       /* 1: each part's wall time (synchronised) is added to prof[] (bench --breakdown) */
     double prof[16], prof_t;   /* by ZB_TPROF_*; prof_t: the last mark */
+    double prof_mix[32];       /* the mixers' pieces inside those parts, by ZB_MIXP_* (backend.h) */
 } zb_acts;
 
 /* Parts of a training step, timed when zb_acts.profile is set: where step time goes. "block"

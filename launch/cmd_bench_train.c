@@ -150,6 +150,15 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
                 fprintf(md, "| %s | %.2f | %.1f%% |\n", zb_tprof_names[k], 1e3 * tr.a.prof[k] / steps,
                         100 * tr.a.prof[k] / pdt);
                 acc += tr.a.prof[k];
+                /* the pieces inside the Mamba2 parts (a backend that times them: mixer_profile),
+                 * each synchronised; not added again to the total */
+                if (k != ZB_TPROF_MAMBA_F && k != ZB_TPROF_MAMBA_B) continue;
+                int p0 = k == ZB_TPROF_MAMBA_F ? 0 : ZB_MIXP_M2_OUT_PROJ_B,
+                    p1 = k == ZB_TPROF_MAMBA_F ? ZB_MIXP_M2_OUT_PROJ_B : ZB_MIXP_N;
+                for (int q = p0; q < p1; q++)
+                    if (tr.a.prof_mix[q] > 0)
+                        fprintf(md, "| &nbsp;&nbsp;%s: %s | %.2f | %.1f%% |\n", zb_tprof_names[k], zb_mixp_names[q],
+                                1e3 * tr.a.prof_mix[q] / steps, 100 * tr.a.prof_mix[q] / pdt);
             }
             fprintf(md, "| grad norm + AdamW | %.2f | %.1f%% |\n", 1e3 * popt / steps, 100 * popt / pdt);
             acc += popt;

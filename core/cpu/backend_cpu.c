@@ -365,6 +365,8 @@ static int cpu_step_graph(const zb_backend *be, void **g, int op, long long key)
     (void)be; (void)g; (void)op; (void)key;
     return 0;
 }
+/* the CPU mixers have no separately timed pieces */
+static void cpu_mixer_profile(const zb_backend *be, double *parts) { (void)be; (void)parts; }
 
 static const zb_backend cpu_backend = {
     .name = "cpu",
@@ -394,7 +396,7 @@ static const zb_backend cpu_backend = {
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
     .adamw = cpu_adamw, .sumsq = cpu_sumsq, .fill_uniform = cpu_fill_uniform,
-    .step_graph = cpu_step_graph,
+    .step_graph = cpu_step_graph, .mixer_profile = cpu_mixer_profile,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

@@ -406,6 +406,12 @@ static int cu_step_graph(const zb_backend *be, void **g, int op, long long key) 
     }
 }
 
+/* the Mamba2 mixer's pieces (mamba2_cuda.h) */
+static void cu_mixer_profile(const zb_backend *be, double *parts) {
+    (void)be;
+    zb_cuda_mamba2_profile(parts);
+}
+
 static zb_backend cuda_backend = {
     .name = "cuda",
     .host_memory = 0,
@@ -434,7 +440,7 @@ static zb_backend cuda_backend = {
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
     .adamw = cu_adamw, .sumsq = cu_sumsq, .fill_uniform = cu_fill_uniform,
-    .step_graph = cu_step_graph,
+    .step_graph = cu_step_graph, .mixer_profile = cu_mixer_profile,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
@@ -58,6 +59,34 @@ static void blas_check(cublasStatus_t st, const char *what) {
     }
 }
 
+/* ZB_SSD=old in the environment: the path before issue 17's speed work (float32 cuBLAS products
+ * whatever the precision mode, the SSD backward on the CUDA cores), kept selectable to compare. */
+bool zb_cuda_m2_new_path(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("ZB_SSD");
+        on = !(e && !strcmp(e, "old"));
+    }
+    return on;
+}
+
+/* ---- timing the pieces (zb_cuda_mamba2_profile) ------------------------------------------------- */
+
+static double *s_prof, s_prof_t;
+
+extern "C" void zb_cuda_mamba2_profile(double *parts) {
+    s_prof = parts;
+    zb_cuda_m2_prof(-1);
+}
+
+void zb_cuda_m2_prof(int part) {
+    if (!s_prof) return;
+    cudaStreamSynchronize(s_stream);   /* errors surface at the caller's next check */
+    double now = zb_now();
+    if (part >= 0) s_prof[part] += now - s_prof_t;
+    s_prof_t = now;
+}
+
 static cublasHandle_t blas(void) {
     if (!s_blas) {
         blas_check(cublasCreate(&s_blas), "cublasCreate");
@@ -79,6 +108,30 @@ static void gemm_rm(bool ta, bool tb, int M, int N, int K, float alpha, const fl
     blas_check(cublasSgemm(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
                            &alpha, B, ldb, A, lda, &beta, C, ldc),
                "cublasSgemm");
+}
+
+/* The mixer's projections out[N,OC] = in[N,C] W[OC,C]^T (forward) and dinp += dout W, dW += dout^T
+ * in (backward; dinp may be NULL): on the backend's handle and stream (zb_cuda_init done and
+ * zb_cuda_mamba2_set_blas given them, as the backend table does) its linear layers, which follow
+ * the precision mode (bf16 operands on the tensor cores with float32 sums in the bf16 mode, the
+ * weights' bf16 copies cached); elsewhere (kernels driven on their own handle, ZB_SSD=old) plain
+ * float32 cuBLAS. */
+static bool backend_products(void) {
+    return zb_cuda_m2_new_path() && zb_cuda_ready() && s_stream == zb_cuda_stream() &&
+           (void *)s_blas == zb_cuda_cublas_handle();
+}
+static void proj_forward(float *out, const float *in, const float *W, int N, int C, int OC) {
+    if (backend_products()) zb_cuda_matmul_forward(out, in, W, NULL, N, C, OC);
+    else gemm_rm(false, true, N, OC, C, 1.0f, in, C, W, C, 0.0f, out, OC);
+}
+static void proj_backward(float *dinp, float *dW, const float *dout, const float *in, const float *W, int N, int C,
+                          int OC) {
+    if (backend_products()) {
+        zb_cuda_matmul_backward(dinp, dW, NULL, dout, in, W, N, C, OC);
+        return;
+    }
+    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, W, C, 1.0f, dinp, C);
+    gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, in, C, 1.0f, dW, C);
 }
 
 /* ---- bf16 weight views ------------------------------------------------------------------------- */
@@ -422,6 +475,33 @@ struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the se
     }
 };
 
+/* The conv weight's gradient in one coalesced pass (the column sum above reads the K shifted
+ * inputs of 8 channels per warp from K rows: uncoalesced): a thread per channel c over a slice of
+ * rows, part[slice][c K + k] = sum_r dpre[r, c] in[r - K+1+k, c] inside the sequence; then
+ * k_colsum_fin sums the slices in order (deterministic, no atomics). */
+#define M2_KMAX 8
+static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, int R, int rows_per,
+                                         const float *__restrict__ dpre, const float *__restrict__ proj, float *part) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cd) return;
+    int r0 = blockIdx.y * rows_per, r1 = min(R, r0 + rows_per);
+    float acc[M2_KMAX];
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++) acc[k] = 0.0f;
+    const float *in = proj + di + c;
+    for (int r = r0; r < r1; r++) {
+        float gr = dpre[(size_t)r * cd + c];
+        int t = r % T;
+#pragma unroll
+        for (int k = 0; k < M2_KMAX; k++)
+            if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gr, in[((size_t)r - (K - 1) + k) * P], acc[k]);
+    }
+    float *o = part + (size_t)blockIdx.y * cd * K + (size_t)c * K;
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++)
+        if (k < K) o[k] = acc[k];
+}
+
 extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                                          const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                                          float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
@@ -432,8 +512,18 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
     zb_cuda_m2_check_launch("k_conv_bwd_pre");
     k_conv_bwd_in<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(cd, K, P, di, T, N, conv_w, dpre, dproj);
     zb_cuda_m2_check_launch("k_conv_bwd_in");
-    f_conv_w fw = {dpre, proj, cd, K, P, di, T};
-    colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
+    if (g_conv_w && zb_cuda_m2_new_path() && K <= M2_KMAX) {
+        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
+        ns = cdiv(R, rows_per);
+        k_conv_wgrad_part<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, dpre, proj,
+                                                                         work);
+        zb_cuda_m2_check_launch("k_conv_wgrad_part");
+        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
+        zb_cuda_m2_check_launch("conv weight gradient");
+    } else {
+        f_conv_w fw = {dpre, proj, cd, K, P, di, T};
+        colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
+    }
     f_cols fb = {dpre, cd, 0};
     colsum(fb, (int)N, cd, work, g_conv_b, "conv bias gradient");
 }
@@ -510,13 +600,19 @@ extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps
     int N = B * T, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     if (N <= 0) return;
     m2_acts a = acts_of(m, acts, B, T);
-    gemm_rm(false, true, N, P, d, 1.0f, x, d, w->in_proj, d, 0.0f, a.proj, P);
+    zb_cuda_m2_prof(-1);
+    proj_forward(a.proj, x, w->in_proj, N, d, P);
+    zb_cuda_m2_prof(ZB_MIXP_M2_IN_PROJ);
     zb_cuda_m2_dt_forward(m, w->dt_bias, a.proj, a.dt, N);
     conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, a.xbc_pre, a.xbc, B, T);
+    zb_cuda_m2_prof(ZB_MIXP_M2_CONV);
     zb_cuda_m2_ssd_coef(m, w->A_log, a.dt, a.coef, B, T);
-    zb_cuda_m2_ssd_forward(m, w->D, a.xbc, a.coef, a.y, a.states, NULL, NULL, 0, B, T);
+    zb_cuda_m2_prof(ZB_MIXP_M2_COEF);
+    zb_cuda_m2_ssd_forward(m, w->D, a.xbc, a.coef, a.y, a.states, NULL, NULL, 0, B, T);   /* marks its own */
     zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, a.y, a.proj, P, a.o, a.rstd, N);
-    gemm_rm(false, true, N, d, di, 1.0f, a.o, di, w->out_proj, di, 0.0f, out, d);
+    zb_cuda_m2_prof(ZB_MIXP_M2_NORM);
+    proj_forward(out, a.o, w->out_proj, N, di, d);
+    zb_cuda_m2_prof(ZB_MIXP_M2_OUT_PROJ);
 }
 
 extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
@@ -530,19 +626,24 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float ep
     float *dproj = scratch, *dxbc = dproj + (size_t)N * P, *dy = dxbc + (size_t)N * cd,
           *ddt = dy + (size_t)N * di, *dpre = ddt + (size_t)N * nh, *cwork = dpre + (size_t)N * cd,
           *swork = cwork + zb_cuda_m2_colsum_floats((int)colsum_cols(m));
-    /* out = o out_proj^T */
-    gemm_rm(false, false, N, di, d, 1.0f, dout, d, w->out_proj, di, 0.0f, dy, di);
-    gemm_rm(true, false, d, di, N, 1.0f, dout, d, a.o, di, 1.0f, g->out_proj, di);
+    zb_cuda_m2_prof(-1);
+    /* out = o out_proj^T (dy overwritten: zeroed, then the accumulating product) */
+    cudaMemsetAsync(dy, 0, (size_t)N * di * sizeof(float), s_stream);
+    proj_backward(dy, g->out_proj, dout, a.o, w->out_proj, N, di, d);
+    zb_cuda_m2_prof(ZB_MIXP_M2_OUT_PROJ_B);
     /* gated norm: dy <- dL/dy, dz into dproj's z columns */
     zb_cuda_m2_gated_norm_backward(m, w->norm_w, a.y, a.proj, P, a.rstd, dy, dproj, g->norm_w, cwork, N);
+    zb_cuda_m2_prof(ZB_MIXP_M2_NORM_B);
     zb_cuda_m2_ssd_backward(m, w->A_log, w->D, a.xbc, a.coef, a.states, dy, dxbc, ddt, g->A_log, g->D, swork,
-                            B, T);
+                            B, T);   /* marks its own pieces */
     zb_cuda_m2_dt_backward(m, w->dt_bias, a.proj, ddt, dproj, g->dt_bias, cwork, N);
+    zb_cuda_m2_prof(ZB_MIXP_M2_DT_B);
     zb_cuda_m2_conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, g->conv_w, g->conv_b, cwork,
                              B, T);
+    zb_cuda_m2_prof(ZB_MIXP_M2_CONV_B);
     /* proj = x in_proj^T */
-    gemm_rm(false, false, N, d, P, 1.0f, dproj, P, w->in_proj, d, 1.0f, dx, d);
-    gemm_rm(true, false, P, d, N, 1.0f, dproj, P, x, d, 1.0f, g->in_proj, d);
+    proj_backward(dx, g->in_proj, dproj, x, w->in_proj, N, d, P);
+    zb_cuda_m2_prof(ZB_MIXP_M2_IN_PROJ_B);
 }
 
 /* Everything between in_proj and out_proj for B sequences of n rows with their states:

@@ -32,6 +32,11 @@ extern "C" {
  * one is created on first use, bound to `stream` (NULL: the default stream). */
 void zb_cuda_mamba2_set_blas(void *cublas_handle, void *stream);
 
+/* Timing the pieces of the forward / backward (backend.h mixer_profile): parts non-NULL: each
+ * piece of the calls that follow synchronises the stream and adds its wall time to
+ * parts[ZB_MIXP_M2_*]; NULL: off (no synchronisation). */
+void zb_cuda_mamba2_profile(double *parts);
+
 size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T);
 size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T);
 /* Scratch of zb_cuda_mamba2_step / _step_lin for B sequences of n tokens (decode_seqs: n = 1,

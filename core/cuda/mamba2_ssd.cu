@@ -27,9 +27,9 @@
  *  k_ssd_bwd_scal one block per (b, h, chunk): the scalar gradients (dcs from every exponent, ddt,
  *                 then da = reverse cumsum of dcs by a warp scan; dA, dD partials per chunk,
  *                 summed per head by k_ssd_param_fin).
- *  (k_ssd_outer and k_ssd_scan in the forward of the bf16 precision mode: the tile products on the
- *  tensor cores, TF32 operands and float32 sums, m2_mma_tc of mamba2_tile.cuh; ZB_M2_TC=0 keeps
- *  the float32 CUDA-core tiles. The backward stays float32.)
+ *  (every tile product of the forward and the backward in the bf16 precision mode: on the tensor
+ *  cores, TF32 operands and float32 sums, m2_mma_tc of mamba2_tile.cuh; ZB_M2_TC=0 keeps the
+ *  float32 CUDA-core tiles, ZB_SSD=old keeps them in the backward.)
  *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
  *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
  *                 state found through seqs.
@@ -295,11 +295,12 @@ k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__r
 /* dX_j = D dy_j + sum_{i>=j} W_ij dy_i + w_j B_j dS^T,  W_ij = (C_i.B_j) E_ij dt_j.
  * grid (nbhc, row tiles j, hd tiles). dst row stride dst_stride; direct: columns of the x group in
  * dxbc, else this head's columns h hd of a per-head buffer. */
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
              const float *__restrict__ dy, const float *__restrict__ Dp, float *dst, int dst_stride,
              int direct) {
-    __shared__ m2_tile_smem sm;
+    __shared__ m2_tile_any sm;
     __shared__ float Ms[M2_TB][M2_TB + 1];
     __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
     m2_chunk k = chunk_of(g, blockIdx.x);
@@ -318,7 +319,7 @@ k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
     m2_zero(acc);
     auto lbr = [&](int m, int s) { return j0 + m < L ? Bm[(size_t)(j0 + m) * cd + s] : 0.0f; };
     auto lds = [&](int s, int n) { return p0 + n < hd ? dS[(size_t)(p0 + n) * ds + s] : 0.0f; };
-    m2_mma<true, true>(acc, lbr, lds, ds, sm);
+    m2_mma_sel<TC, true, true>(acc, lbr, lds, ds, sm);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         int j = j0 + m2_row(q);
@@ -332,7 +333,7 @@ k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         float gt[4][4];   /* gt[j][i] = B_j . C_i */
         m2_zero(gt);
         auto lci = [&](int s, int n) { return i0 + n < L ? Cm[(size_t)(i0 + n) * cd + s] : 0.0f; };
-        m2_mma<true, true>(gt, lbr, lci, ds, sm);
+        m2_mma_sel<TC, true, true>(gt, lbr, lci, ds, sm);
 #pragma unroll
         for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -343,7 +344,7 @@ k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         __syncthreads();
         auto lm = [&](int m, int ii) { return Ms[m][ii]; };
         auto ldy = [&](int ii, int n) { return p0 + n < hd ? dY[(size_t)(i0 + ii) * di + p0 + n] : 0.0f; };
-        m2_mma<true, false>(acc, lm, ldy, min(M2_TB, L - i0), sm);
+        m2_mma_sel<TC, true, false>(acc, lm, ldy, min(M2_TB, L - i0), sm);
     }
     float Dh = Dp[k.h];
     float *o = dst + k.r0 * dst_stride + (direct ? k.xcol : k.h * hd);
@@ -358,10 +359,11 @@ k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
 
 /* dC_i = e^{cs_i} (dy_i S_prev) + sum_{j<=i} dG_ij B_j,  dG_ij = (dy_i.x_j) E_ij dt_j.
  * grid (nbhc, row tiles i, ds tiles). */
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
              const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
-    __shared__ m2_tile_smem sm;
+    __shared__ m2_tile_any sm;
     __shared__ float Ms[M2_TB][M2_TB + 1];
     __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
     m2_chunk k = chunk_of(g, blockIdx.x);
@@ -376,7 +378,7 @@ k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
     m2_zero(acc);
     auto ldy = [&](int m, int p) { return i0 + m < L ? dY[(size_t)(i0 + m) * di + p] : 0.0f; };
     auto lS = [&](int p, int n) { return s0 + n < ds ? S[(size_t)p * ds + s0 + n] : 0.0f; };
-    m2_mma<true, false>(acc, ldy, lS, hd, sm);
+    m2_mma_sel<TC, true, false>(acc, ldy, lS, hd, sm);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         float e = expf(csi[m2_row(q)]);
@@ -393,7 +395,7 @@ k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         float gt[4][4];   /* gt[i][j] = dy_i . x_j */
         m2_zero(gt);
         auto lx = [&](int p, int n) { return j0 + n < L ? X[(size_t)(j0 + n) * cd + p] : 0.0f; };
-        m2_mma<true, true>(gt, ldy, lx, hd, sm);
+        m2_mma_sel<TC, true, true>(gt, ldy, lx, hd, sm);
 #pragma unroll
         for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -404,7 +406,7 @@ k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         __syncthreads();
         auto lm = [&](int m, int jj) { return Ms[m][jj]; };
         auto lb = [&](int jj, int n) { return s0 + n < ds ? Bm[(size_t)(j0 + jj) * cd + s0 + n] : 0.0f; };
-        m2_mma<true, false>(acc, lm, lb, min(M2_TB, L - j0), sm);
+        m2_mma_sel<TC, true, false>(acc, lm, lb, min(M2_TB, L - j0), sm);
     }
     float *o = dst + k.r0 * dst_stride + (direct ? k.ccol : k.h * ds);
 #pragma unroll
@@ -417,10 +419,11 @@ k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
 }
 
 /* dB_j = w_j (x_j dS) + sum_{i>=j} dG_ij C_i. grid (nbhc, row tiles j, ds tiles). */
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
              const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
-    __shared__ m2_tile_smem sm;
+    __shared__ m2_tile_any sm;
     __shared__ float Ms[M2_TB][M2_TB + 1];
     __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB];
     m2_chunk k = chunk_of(g, blockIdx.x);
@@ -439,7 +442,7 @@ k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
     m2_zero(acc);
     auto lx = [&](int m, int p) { return j0 + m < L ? X[(size_t)(j0 + m) * cd + p] : 0.0f; };
     auto lds = [&](int p, int n) { return s0 + n < ds ? dS[(size_t)p * ds + s0 + n] : 0.0f; };
-    m2_mma<true, false>(acc, lx, lds, hd, sm);
+    m2_mma_sel<TC, true, false>(acc, lx, lds, hd, sm);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         int j = j0 + m2_row(q);
@@ -453,7 +456,7 @@ k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         float gt[4][4];   /* gt[j][i] = x_j . dy_i */
         m2_zero(gt);
         auto ldy = [&](int p, int n) { return i0 + n < L ? dY[(size_t)(i0 + n) * di + p] : 0.0f; };
-        m2_mma<true, true>(gt, lx, ldy, hd, sm);
+        m2_mma_sel<TC, true, true>(gt, lx, ldy, hd, sm);
 #pragma unroll
         for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -464,7 +467,7 @@ k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
         __syncthreads();
         auto lm = [&](int m, int ii) { return Ms[m][ii]; };
         auto lc = [&](int ii, int n) { return s0 + n < ds ? Cm[(size_t)(i0 + ii) * cd + s0 + n] : 0.0f; };
-        m2_mma<true, false>(acc, lm, lc, min(M2_TB, L - i0), sm);
+        m2_mma_sel<TC, true, false>(acc, lm, lc, min(M2_TB, L - i0), sm);
     }
     float *o = dst + k.r0 * dst_stride + (direct ? k.bcol : k.h * ds);
 #pragma unroll
@@ -498,12 +501,13 @@ __device__ float block_sum(float v, float *red) {
  *   dcs_j -= sum_i Q_ij;  dcs_i += e^{cs_i} (dy_i S_prev).C_i;  dcs_{L-1} += e^{cs_L} <dS, S_prev>;
  *   u_j = (x_j dS).B_j: ddt_j += u_j e^{cs_L-cs_j}, dcs_{L-1} += u_j w_j, dcs_j -= u_j w_j;
  *   da_k = sum_{i>=k} dcs_i: ddt_k += da_k A, dA += da_k dt_k. */
+template <bool TC>
 __global__ void __launch_bounds__(M2_NT)
 k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
                const float *__restrict__ dstates, const float *__restrict__ dy,
                const float *__restrict__ A_log, float *dcs, float *ddtl, float *ddt, float *part) {
-    __shared__ m2_tile_smem sm;
-    __shared__ float Q1[M2_TB][M2_TB + 1], Q2[M2_TB][M2_TB + 1];
+    __shared__ m2_tile_any sm;
+    __shared__ float Q1[M2_TB][M2_TB + 1];   /* Q' (then the other terms' products); Q = Q' dt_j on the fly */
     __shared__ float csi[M2_TB], csj[M2_TB], dtj[M2_TB], red[M2_NT];
     m2_chunk k = chunk_of(g, blockIdx.x);
     int L = k.L, hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x;
@@ -530,8 +534,8 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
             m2_zero(W);
             auto lb = [&](int s, int n) { return j0 + n < L ? Bm[(size_t)(j0 + n) * cd + s] : 0.0f; };
             auto lx = [&](int p, int n) { return j0 + n < L ? X[(size_t)(j0 + n) * cd + p] : 0.0f; };
-            m2_mma<true, true>(G, lc, lb, ds, sm);
-            m2_mma<true, true>(W, ldy, lx, hd, sm);
+            m2_mma_sel<TC, true, true>(G, lc, lb, ds, sm);
+            m2_mma_sel<TC, true, true>(W, ldy, lx, hd, sm);
 #pragma unroll
             for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -539,14 +543,13 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
                     int ii = m2_row(q), jj = m2_col(r), i = i0 + ii, j = j0 + jj;
                     float qp = (i < L && j <= i) ? W[q][r] * expf(csi[ii] - csj[jj]) * G[q][r] : 0.0f;
                     Q1[ii][jj] = qp;
-                    Q2[ii][jj] = qp * dtj[jj];
                 }
             __syncthreads();
             if (tid < M2_TB) {
-                float rs = 0.0f, cq = 0.0f, cqp = 0.0f;
+                float rs = 0.0f, cq = 0.0f, cqp = 0.0f, dtt = dtj[tid];
                 for (int t = 0; t < M2_TB; t++) {
-                    rs += Q2[tid][t];
-                    cq += Q2[t][tid];
+                    rs += Q1[tid][t] * dtj[t];
+                    cq += Q1[t][tid] * dtt;
                     cqp += Q1[t][tid];
                 }
                 /* rows i0+tid and columns j0+tid: the same thread, or disjoint when i0 > j0 */
@@ -563,7 +566,7 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
             m2_zero(T1);
             auto ldy = [&](int m, int p) { return i0 + m < L ? dY[(size_t)(i0 + m) * di + p] : 0.0f; };
             auto lS = [&](int p, int n) { return s0 + n < ds ? S[(size_t)p * ds + s0 + n] : 0.0f; };
-            m2_mma<true, false>(T1, ldy, lS, hd, sm);
+            m2_mma_sel<TC, true, false>(T1, ldy, lS, hd, sm);
 #pragma unroll
             for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -587,7 +590,7 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
             m2_zero(T2);
             auto lx = [&](int m, int p) { return j0 + m < L ? X[(size_t)(j0 + m) * cd + p] : 0.0f; };
             auto lds = [&](int p, int n) { return s0 + n < ds ? dS[(size_t)p * ds + s0 + n] : 0.0f; };
-            m2_mma<true, false>(T2, lx, lds, hd, sm);
+            m2_mma_sel<TC, true, false>(T2, lx, lds, hd, sm);
 #pragma unroll
             for (int q = 0; q < 4; q++)
 #pragma unroll
@@ -814,6 +817,7 @@ extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *
     if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     zb_cuda_m2_check_launch("k_ssd_outer (chunk states)");
+    zb_cuda_m2_prof(ZB_MIXP_M2_STATES);
     dim3 gp(B * g.nh, cdiv((int)g.hs, 256));
     if (s_bf16)
         k_ssd_pass_fwd<__nv_bfloat16><<<gp, 256, 0, st>>>(g, cf.ecs, states, (const __nv_bfloat16 *)S0,
@@ -821,9 +825,11 @@ extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *
     else
         k_ssd_pass_fwd<float><<<gp, 256, 0, st>>>(g, cf.ecs, states, S0, Sfin, s_stride);
     zb_cuda_m2_check_launch("k_ssd_pass_fwd");
+    zb_cuda_m2_prof(ZB_MIXP_M2_PASS);
     if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     else k_ssd_scan<false><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     zb_cuda_m2_check_launch("k_ssd_scan");
+    zb_cuda_m2_prof(ZB_MIXP_M2_SCAN);
 }
 
 /* work: dstates [B nc nh hs] | dcs, ddtl [B nh T] | part [2 nbhc] | per-head dx / dB / dC
@@ -853,23 +859,36 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     if (g.xrep > 1) { dXh = next; next += N * g.nh * g.hd; }
     if (g.brep > 1) { dBh = next; next += N * g.nh * g.ds; }
     if (g.crep > 1) { dCh = next; next += N * g.nh * g.ds; }
+    /* the bf16 precision mode: the tile products on the tensor cores (TF32 operands, float32 sums)
+     * as in the forward, unless ZB_M2_TC=0 or ZB_SSD=old */
+    bool tc = zb_cuda_precision() == ZB_PREC_BF16 && m2_tc_on() && zb_cuda_m2_new_path();
+    dim3 go(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), gx(nbhc, rt, cdiv(g.hd, M2_TB)), gc(nbhc, rt, cdiv(g.ds, M2_TB));
+    float *ox = dXh ? dXh : dxbc, *oc = dCh ? dCh : dxbc, *ob = dBh ? dBh : dxbc;
+    int sx = dXh ? g.nh * g.hd : g.cd, sc = dCh ? g.nh * g.ds : g.cd, sb = dBh ? g.nh * g.ds : g.cd;
     /* gradient of each chunk's end state */
-    k_ssd_outer<false><<<dim3(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
-        g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
     zb_cuda_m2_check_launch("k_ssd_outer (state gradients)");
+    zb_cuda_m2_prof(ZB_MIXP_M2_DSTATES_B);
     k_ssd_pass_bwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, dstates);
     zb_cuda_m2_check_launch("k_ssd_pass_bwd");
-    k_ssd_bwd_dx<<<dim3(nbhc, rt, cdiv(g.hd, M2_TB)), M2_NT, 0, st>>>(
-        g, xbc, cf, dstates, dy, D, dXh ? dXh : dxbc, dXh ? g.nh * g.hd : g.cd, dXh == NULL);
+    zb_cuda_m2_prof(ZB_MIXP_M2_PASS_B);
+    if (tc) k_ssd_bwd_dx<true><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
+    else k_ssd_bwd_dx<false><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
     zb_cuda_m2_check_launch("k_ssd_bwd_dx");
-    k_ssd_bwd_dc<<<dim3(nbhc, rt, cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
-        g, xbc, cf, states, dy, dCh ? dCh : dxbc, dCh ? g.nh * g.ds : g.cd, dCh == NULL);
+    zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
+    if (tc) k_ssd_bwd_dc<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
+    else k_ssd_bwd_dc<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
     zb_cuda_m2_check_launch("k_ssd_bwd_dc");
-    k_ssd_bwd_db<<<dim3(nbhc, rt, cdiv(g.ds, M2_TB)), M2_NT, 0, st>>>(
-        g, xbc, cf, dstates, dy, dBh ? dBh : dxbc, dBh ? g.nh * g.ds : g.cd, dBh == NULL);
+    zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);
+    if (tc) k_ssd_bwd_db<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
+    else k_ssd_bwd_db<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
     zb_cuda_m2_check_launch("k_ssd_bwd_db");
-    k_ssd_bwd_scal<<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
+    zb_cuda_m2_prof(ZB_MIXP_M2_DB_B);
+    if (tc) k_ssd_bwd_scal<true><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
+    else k_ssd_bwd_scal<false><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
     zb_cuda_m2_check_launch("k_ssd_bwd_scal");
+    zb_cuda_m2_prof(ZB_MIXP_M2_SCAL_B);
     if (dXh || dBh || dCh) {
         size_t n = N * g.cd;
         k_ssd_group_sum<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, dXh, dBh, dCh, dxbc, N);
@@ -877,6 +896,7 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     }
     k_ssd_param_fin<<<cdiv(g.nh, 128), 128, 0, st>>>(g, A_log, part, gA_log, gD);
     zb_cuda_m2_check_launch("k_ssd_param_fin");
+    zb_cuda_m2_prof(ZB_MIXP_M2_SUMS_B);
 }
 
 static int g_m2_step_vec = 1;   /* 0: the scalar step kernel (tests compare the two) */

@@ -3,7 +3,8 @@
  * One block of M2_NT = 256 threads owns a 64 x 64 output tile; thread (tx, ty) = (tid % 16,
  * tid / 16) holds the 4 x 4 elements at rows ty + 16 q and columns tx + 16 r (strided, so that
  * the shared-memory reads of a warp hit distinct banks or broadcast). The inner dimension runs
- * in steps of 16 through two padded shared tiles. Operands come from loader functors
+ * in steps of M2_TK = 32 (fewer barriers than 16, a warp loads 128 contiguous bytes of a k-fast
+ * operand) through two padded shared tiles. Operands come from loader functors
  * la(m, k) and lb(k, n) (m, n in [0, 64) tile-local, k in [0, K) global) that return 0 outside
  * the operand, so any edge (ragged chunk, head dims not multiple of 64) is a zero-padded tile.
  * A_KFAST / B_KFAST say which index is contiguous in memory, to coalesce the loads. */
@@ -13,7 +14,7 @@
 #include <mma.h>
 
 #define M2_TB 64
-#define M2_TK 16
+#define M2_TK 32
 #define M2_NT 256
 
 struct m2_tile_smem {
@@ -139,5 +140,10 @@ __device__ __forceinline__ void m2_mma_sel(float (&acc)[4][4], const LA &la, con
 
 /* Kernel launch check: one line naming the kernel and the CUDA error, then exit. */
 void zb_cuda_m2_check_launch(const char *what);
+/* Profiling (zb_cuda_mamba2_profile on): synchronise, add the time since the last mark to piece
+ * `part` (ZB_MIXP_*; < 0: only restart the clock). Off: nothing. */
+void zb_cuda_m2_prof(int part);
+/* 0 when ZB_SSD=old asks for the path before issue 17's speed work. */
+bool zb_cuda_m2_new_path(void);
 
 #endif

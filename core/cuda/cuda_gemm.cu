@@ -30,6 +30,22 @@ extern "C" void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     ZB_CUDA_LAUNCHED("bf16_to_f32");
 }
 
+/* dst [groups * rep, per] float32: row h = src's row h / rep (float32, or bf16 widened) */
+__global__ void k_expand_groups(float *dst, const float *s32, const __nv_bfloat16 *s16, int rep, size_t per, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t h = i / per, si = (h / rep) * per + (i - h * per);
+        dst[i] = s16 ? __bfloat162float(s16[si]) : s32[si];
+    }
+}
+
+extern "C" void zb_cuda_expand_groups(float *dst, const void *src, int src_bf16, int groups, int rep, size_t per) {
+    size_t n = (size_t)groups * rep * per;
+    if (!n) return;
+    k_expand_groups<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(
+        dst, src_bf16 ? NULL : (const float *)src, src_bf16 ? (const __nv_bfloat16 *)src : NULL, rep, per, n);
+    ZB_CUDA_LAUNCHED("expand_groups");
+}
+
 /* ---- the one cuBLAS entry --------------------------------------------------------------- */
 
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C over `batch` problems. cuBLAS is column-major:

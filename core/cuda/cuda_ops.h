@@ -48,6 +48,9 @@ void zb_cuda_swiglu_linear_forward(float *h, float *u, const float *inp, zb_wt W
 /* ---- conversions ---------------------------------------------------------------------- */
 void zb_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n);   /* round to nearest even */
 void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+/* dst [groups * rep, per] = each of src's `groups` rows of per elements repeated rep times
+ * (src float32, or bf16 widened exactly): MLA's kv_b per query head, for one batched product. */
+void zb_cuda_expand_groups(float *dst, const void *src, int src_bf16, int groups, int rep, size_t per);
 
 /* ---- RMSNorm, RoPE, SwiGLU, embedding ------------------------------------------------ */
 void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps);

@@ -528,9 +528,8 @@ void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
      * made by the backend where the caches live */
     const zb_backend *be = s->be;
     for (int l = 0; l < s->n_layers; l++) {
-        /* with bf16 caches a Mamba2 state (float32 room) is filled as bf16 pairs: valid whether the
-         * backend reads it as float32 (the pair's upper half is the value's) or keeps its SSM
-         * state in bf16 (the CUDA backend) */
+        /* bf16 caches: Mamba2 states (float32 room) as bf16 pairs, valid read as float32 (the upper
+         * half is the value) or as the CUDA backend's bf16 SSM state */
         int pairs = be->opts.cache_bf16 && s->cache_esize[l] == 4;
         be->fill_uniform(be, s->cache[l], s->cache_esize[l] == 2 || pairs, s->cache_floats[l] * (pairs ? 2 : 1),
                          seed * 1000003u + (uint64_t)l, 0.1732f);

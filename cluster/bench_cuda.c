@@ -241,31 +241,68 @@ int main(int argc, char **argv) {
         a.dout = dev(nq * 4); a.dq = dev(nq * 4); a.dk = dev(nk * 4); a.dv = dev(nk * 4);
         fill(a.q, nq, 1.0f, 5); fill(a.k, nk, 1.0f, 6); fill(a.v, nk, 1.0f, 7); fill(a.dout, nq, 1.0f, 8);
         double causal = 0.5 * 8.0 * 32 * 2048.0 * 2048.0 * 64 * 2;   /* one causal product */
-        /* f32 (cuBLAS blocks), bf16 on the blocked path, bf16 flash (tensor-core kernels) */
-        const char *nm3[3] = {"f32 blocked", "bf16 blocked", "bf16 flash"};
-        for (int p = 0; p < 3; p++) {
-            zb_cuda_set_precision(p ? ZB_PREC_BF16 : ZB_PREC_F32);
-            zb_cuda_attention_use_flash(p == 2);
+        /* f32 (cuBLAS blocks), bf16 on the blocked path, bf16 flash: version 1 (cuda_flash.cu,
+         * ZB_FLASH=old) and version 2 (cuda_flash2.cu, the default) with each forward CTA shape
+         * (zb_cuda_flash2_tune: warps x query rows a warp) and both backward register budgets */
+        typedef struct { const char *name; int prec, flash, ver, fwd, bwd; } attn_cfg;
+        static const attn_cfg cf[] = {
+            {"f32 blocked", ZB_PREC_F32, 0, 2, 0, 0},
+            {"bf16 blocked", ZB_PREC_BF16, 0, 2, 0, 0},
+            {"bf16 flash1", ZB_PREC_BF16, 1, 1, 0, 0},
+            {"bf16 flash2 fwd 4x32 rows, bwd 3 CTAs/SM", ZB_PREC_BF16, 1, 2, 3, 3},
+            {"bf16 flash2 fwd 4x16 rows, bwd 2 CTAs/SM", ZB_PREC_BF16, 1, 2, 1, 2},
+            {"bf16 flash2 fwd 8x16 rows", ZB_PREC_BF16, 1, 2, 2, 3},
+        };
+        for (int p = 0; p < 6; p++) {
+            zb_cuda_set_precision(cf[p].prec);
+            zb_cuda_attention_use_flash(cf[p].flash);
+            zb_cuda_flash_set_version(cf[p].ver);
+            zb_cuda_flash2_tune(cf[p].fwd, cf[p].bwd);
             a.bwd = 0;
             double ms = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", nm3[p]);
+            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", cf[p].name);
             row(what, ms, 2 * causal / (ms * 1e-3) / 1e12, "TFLOP/s");
+            if (p == 5) continue;   /* the same backward as the row above */
             a.bwd = 1;
             double ms2 = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", nm3[p]);
+            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", cf[p].name);
             row(what, ms2, 7 * causal / (ms2 * 1e-3) / 1e12, "TFLOP/s");
+            if (p >= 2) {   /* the backward alone: fwd+bwd less the forward */
+                snprintf(what, sizeof what, "1B attention bwd alone (%s; fwd+bwd less fwd)", cf[p].name);
+                row(what, ms2 - ms, 5 * causal / ((ms2 - ms) * 1e-3) / 1e12, "TFLOP/s");
+            }
         }
-        /* the 8B shape (head dim 128) on the flash kernels: B=4 T=2048 H=32/8 */
+        /* the 8B shape (head dim 128; the KD teacher's and prefill's forward) on the flash kernels:
+         * B=4 T=2048 H=32/8; its backward has one form */
         {
             zb_attn_shape s8 = {4, 2048, 32, 8, 128, 128, 32 * 128, 8 * 128, 8 * 128, 0.08838834764f};
             a.s = s8;
-            a.bwd = 1;
             double c8 = 0.5 * 4.0 * 32 * 2048.0 * 2048.0 * 128 * 2;
-            double ms = timeit(run_attn, &a, 1, 3);
-            row("8B-shape attention fwd+bwd B=4 T=2048 H=32/8 hd=128 (bf16 flash)", ms, 7 * c8 / (ms * 1e-3) / 1e12,
-                "TFLOP/s");
+            static const attn_cfg c8f[] = {
+                {"bf16 flash1", ZB_PREC_BF16, 1, 1, 0, 0},
+                {"bf16 flash2 fwd 4x16 rows", ZB_PREC_BF16, 1, 2, 1, 0},
+                {"bf16 flash2 fwd 8x16 rows", ZB_PREC_BF16, 1, 2, 2, 0},
+                {"bf16 flash2 fwd 4x32 rows", ZB_PREC_BF16, 1, 2, 3, 0},
+            };
+            zb_cuda_set_precision(ZB_PREC_BF16);
+            zb_cuda_attention_use_flash(1);
+            for (int p = 0; p < 4; p++) {
+                zb_cuda_flash_set_version(c8f[p].ver);
+                zb_cuda_flash2_tune(c8f[p].fwd, 0);
+                a.bwd = 0;
+                double ms = timeit(run_attn, &a, 1, 3);
+                snprintf(what, sizeof what, "8B-shape attention forward B=4 T=2048 H=32/8 hd=128 (%s)", c8f[p].name);
+                row(what, ms, 2 * c8 / (ms * 1e-3) / 1e12, "TFLOP/s");
+                if (p >= 2) continue;   /* the same backward as the row above */
+                a.bwd = 1;
+                double ms2 = timeit(run_attn, &a, 1, 3);
+                snprintf(what, sizeof what, "8B-shape attention fwd+bwd B=4 T=2048 H=32/8 hd=128 (%s)", c8f[p].name);
+                row(what, ms2, 7 * c8 / (ms2 * 1e-3) / 1e12, "TFLOP/s");
+            }
             a.s = s;
         }
+        zb_cuda_flash_set_version(0);
+        zb_cuda_flash2_tune(0, 0);
         zb_cuda_set_precision(ZB_PREC_F32);
         zb_cuda_free(a.q); zb_cuda_free(a.k); zb_cuda_free(a.v); zb_cuda_free(a.o); zb_cuda_free(a.lse);
         zb_cuda_free(a.dout); zb_cuda_free(a.dq); zb_cuda_free(a.dk); zb_cuda_free(a.dv);

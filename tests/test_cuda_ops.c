@@ -28,8 +28,16 @@ static const char *mode_name(void) {
     return zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_FAST ? "bf16-fast" : "bf16-convert";
 }
 
+static int g_fa2_shape = 0;   /* the flash2 forward's CTA shape set for the test (0: default) */
+
 static const char *attn_path(const zb_attn_shape *s, const void *q, const void *k, const void *v) {
-    return zb_cuda_precision() == ZB_PREC_BF16 && zb_cuda_flash_supported(s, q, k, v) ? "flash" : "blocked";
+    static char buf[64];
+    static const char *const shapes[4] = {"default", "4 warps x 16 rows", "8 warps x 16 rows", "4 warps x 32 rows"};
+    if (zb_cuda_precision() != ZB_PREC_BF16 || !zb_cuda_flash_supported(s, q, k, v)) return "blocked";
+    if (zb_cuda_flash_version() == 1) return "flash1";
+    snprintf(buf, sizeof buf, "flash2 (forward %s, backward %s)", shapes[g_fa2_shape],
+             g_fa2_shape == 1 ? "2 CTAs/SM" : g_fa2_shape ? "3 CTAs/SM" : "default");
+    return buf;
 }
 
 /* ---- matmul forward / backward, linear with bf16 weights ------------------------------ */
@@ -1051,10 +1059,31 @@ int main(int argc, char **argv) {
     zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
     test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
-    /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows */
-    test_attention(&rng, 2, 100, 8, 2, 64, 64, 0, 0);
-    test_attention(&rng, 1, 130, 4, 4, 128, 128, 8, 0);
-    test_attention(&rng, 1, 64, 4, 1, 64, 64, 4, 0);
+    /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows; version 2
+     * (cuda_flash2.cu, the default) and version 1 (cuda_flash.cu, ZB_FLASH=old) */
+    for (int ver = 2; ver >= 1; ver--) {
+        zb_cuda_flash_set_version(ver);
+        test_attention(&rng, 2, 100, 8, 2, 64, 64, 0, 0);
+        test_attention(&rng, 1, 130, 4, 4, 128, 128, 8, 0);
+        test_attention(&rng, 1, 64, 4, 1, 64, 64, 4, 0);
+    }
+    /* version 2 with each forward CTA shape (4 x 16, 8 x 16, 4 x 32 query rows) and both
+     * register budgets of the head-dim-64 backward: the models' GQA 32/8 with T not a multiple
+     * of the tiles, several key tiles with one row in the last, fewer rows than a tile, one KV
+     * head for all */
+    zb_cuda_flash_set_version(2);
+    for (int sh = 1; sh <= 3; sh++) {
+        zb_cuda_flash2_tune(sh, sh == 1 ? 2 : 3);
+        g_fa2_shape = sh;
+        test_attention(&rng, 2, 150, 32, 8, 64, 64, 0, 0);
+        test_attention(&rng, 1, 200, 32, 8, 128, 128, 8, 0);
+        test_attention(&rng, 1, 257, 4, 2, 64, 64, 4, 0);
+        test_attention(&rng, 1, 300, 4, 1, 128, 128, 0, 0);
+        test_attention(&rng, 3, 5, 4, 4, 64, 64, 0, 0);
+    }
+    zb_cuda_flash2_tune(0, 0);
+    g_fa2_shape = 0;
+    zb_cuda_flash_set_version(0);
     zb_cuda_attention_use_flash(0);   /* the same shapes on the blocked path in bf16 */
     test_attention(&rng, 2, 100, 8, 2, 64, 64, 0, 0);
     zb_cuda_attention_use_flash(1);

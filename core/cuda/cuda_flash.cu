@@ -11,6 +11,9 @@
  * accumulator (rows g, g + 8, columns 2t, 2t + 1). Tiles sit in shared memory as bf16 with
  * rows padded by 8 elements, so that the fragment loads of a warp hit 32 different banks; a
  * tile read along its other dimension is stored transposed. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_ops.h"
 #include "cuda_reduce.cuh"
 
@@ -99,8 +102,26 @@ static void set_smem_limits(void) {
     done = 1;
 }
 
+/* The default kernels: 1 (this file) until the GPU tests have passed version 2 (cuda_flash2.cu). */
+#define ZB_FLASH_DEFAULT 1
+static int g_flash_version = 0;   /* 0: not chosen yet (ZB_FLASH at the first call) */
+
+extern "C" void zb_cuda_flash_set_version(int v) { g_flash_version = v == 1 || v == 2 ? v : 0; }
+
+extern "C" int zb_cuda_flash_version(void) {
+    if (!g_flash_version) {
+        const char *e = getenv("ZB_FLASH");
+        g_flash_version = !e                                   ? ZB_FLASH_DEFAULT
+                          : !strcmp(e, "old") || !strcmp(e, "1") ? 1
+                          : !strcmp(e, "new") || !strcmp(e, "2") ? 2
+                                                                 : ZB_FLASH_DEFAULT;
+    }
+    return g_flash_version;
+}
+
 extern "C" void zb_cuda_flash_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                       const zb_attn_shape *s) {
+    if (zb_cuda_flash_version() == 2) { zb_cuda_flash2_forward(out, lse, q, k, v, s); return; }
     set_smem_limits();
     dim3 grid((s->T + 63) / 64, s->B * s->H);
     float sl2 = s->scale * 1.4426950408889634f;
@@ -134,6 +155,7 @@ __global__ void k_flash_dot(float *D, const float *dout, const float *out, int T
 extern "C" void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
                                        const float *lse, const float *q, const float *k, const float *v,
                                        const zb_attn_shape *s) {
+    if (zb_cuda_flash_version() == 2) { zb_cuda_flash2_backward(dq, dk, dv, dout, out, lse, q, k, v, s); return; }
     set_smem_limits();
     int B = s->B, T = s->T, H = s->H, hd = s->dqk, rep = H / s->Hkv;
     size_t rows = (size_t)B * T * H;

@@ -112,6 +112,22 @@ void zb_cuda_flash_forward(float *out, float *lse, const float *q, const float *
                            const zb_attn_shape *s);
 void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                             const float *q, const float *k, const float *v, const zb_attn_shape *s);
+/* Which flash kernels zb_cuda_flash_forward / _backward run: 2 = cuda_flash2.cu (FlashAttention-2
+ * style: bf16 head-major copies, cp.async double buffering, ldmatrix), 1 = the first version of
+ * cuda_flash.cu. The default (ZB_FLASH_DEFAULT in cuda_flash.cu) can be overridden by ZB_FLASH
+ * (old or 1, new or 2), read at the first call; 0 restores it. zb_cuda_flash_version says which
+ * one runs. */
+void zb_cuda_flash_set_version(int v);
+int zb_cuda_flash_version(void);
+/* Version 2's launch shapes (benchmarks, tests): the forward CTA, 1 = 4 warps x 16 query rows,
+ * 2 = 8 warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default: 3 for head
+ * dim 64, 1 for 128), and the head-dim-64 backward's CTAs per SM the registers are budgeted for,
+ * 2 or 3 (0 = ZB_FLASH_BWD_CTAS or 3). */
+void zb_cuda_flash2_tune(int fwd_shape, int bwd_ctas);
+void zb_cuda_flash2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const zb_attn_shape *s);
+void zb_cuda_flash2_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                             const float *q, const float *k, const float *v, const zb_attn_shape *s);
 
 /* ---- attention over caches (generation) ---------------------------------------------------
  * nb sequences, n new query rows each (row t of sequence i at position pos[i] + t, already in

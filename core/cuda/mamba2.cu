@@ -556,8 +556,30 @@ static m2_acts acts_of(const zb_mamba2_dims *m, float *a, int B, int T) {
     return s;
 }
 
-extern "C" size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m, int d, int B, int T) {
+/* The SSD's chunk length in training (the mixer's forward / backward and their buffers). Any
+ * length computes the same recurrence (SPEC.md §4; the HF fixture test runs chunks 1, 5 and 64),
+ * so it is the kernels' choice: with the scan's 64-row tiles a 64-row chunk does the least work.
+ * Per 256 tokens, in 64^3 tile products: chunk 256 forward 28, backward 104 (the causal L x L
+ * part grows with L: 10 tile pairs per chunk, each recomputed by the dx, dC, dB and scalar
+ * kernels); chunk 64 forward 16, backward 56, the states 4x more (B T/64 nh hd ds floats, 134 MB
+ * per Zebra-1B layer at 8 x 2048). ZB_M2_CHUNK=n caps it at n instead (0: the config's);
+ * ZB_SSD=old keeps the config's. Generation (step_rows) keeps the config's chunk. */
+static zb_mamba2_dims run_dims(const zb_mamba2_dims *m) {
+    static int cap = -1;
+    if (cap < 0) {
+        const char *e = getenv("ZB_M2_CHUNK");
+        cap = e ? atoi(e) : M2_TB;
+        if (cap < 0) cap = 0;
+    }
+    zb_mamba2_dims r = *m;
+    if (zb_cuda_m2_new_path() && cap > 0 && r.chunk > cap) r.chunk = cap;
+    return r;
+}
+
+extern "C" size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m_cfg, int d, int B, int T) {
     (void)d;
+    zb_mamba2_dims md = run_dims(m_cfg);
+    const zb_mamba2_dims *m = &md;
     size_t N = (size_t)B * T, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m),
            di = (size_t)m->d_inner, nh = (size_t)m->nheads;
     return N * (P + 2 * cd + nh + 2 * di + (size_t)norm_groups(m)) + state_block(m, B, T) + 4 * N * nh;
@@ -572,8 +594,10 @@ static size_t colsum_cols(const zb_mamba2_dims *m) {
 
 /* dproj [N,P] | dxbc [N,cd] | dy [N,di] | ddt [N,nh] (the CPU's prefix) | dpre [N,cd] |
  * column-sum work | SSD backward work */
-extern "C" size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m, int d, int B, int T) {
+extern "C" size_t zb_cuda_mamba2_scratch_floats(const zb_mamba2_dims *m_cfg, int d, int B, int T) {
     (void)d;
+    zb_mamba2_dims md = run_dims(m_cfg);
+    const zb_mamba2_dims *m = &md;
     size_t N = (size_t)B * T, P = (size_t)zb_mamba2_in_proj_rows(m), cd = (size_t)zb_mamba2_conv_dim(m);
     return N * (P + 2 * cd + (size_t)m->d_inner + (size_t)m->nheads) +
            zb_cuda_m2_colsum_floats((int)colsum_cols(m)) + zb_cuda_m2_ssd_bwd_floats(m, B, T);
@@ -595,8 +619,10 @@ extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, in
 
 /* ---- the mixer ------------------------------------------------------------------------------------ */
 
-extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m_cfg, int d, float eps, const zb_mamba2_weights *w,
                                        const float *x, float *out, float *acts, int B, int T) {
+    zb_mamba2_dims md = run_dims(m_cfg);
+    const zb_mamba2_dims *m = &md;
     int N = B * T, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     if (N <= 0) return;
     m2_acts a = acts_of(m, acts, B, T);
@@ -615,9 +641,11 @@ extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps
     zb_cuda_m2_prof(ZB_MIXP_M2_OUT_PROJ);
 }
 
-extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
+extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, float eps, const zb_mamba2_weights *w,
                                         zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
                                         float *acts, float *scratch, int B, int T) {
+    zb_mamba2_dims md = run_dims(m_cfg);
+    const zb_mamba2_dims *m = &md;
     (void)eps;
     int N = B * T, P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
         nh = m->nheads;

@@ -160,6 +160,13 @@ typedef struct {
     float grad_scale;   /* the clipping factor: g is multiplied by it first */
 } zb_adamw_hp;
 
+/* One range of a multi-range optimizer call: n floats at offset off from the call's base
+ * pointers, and (AdamW) its decay = 1 - lr_i wd_i and step_size = lr_i / (1 - beta1^t). */
+typedef struct {
+    size_t off, n;
+    float decay, step_size;
+} zb_range;
+
 /* ---- the table ------------------------------------------------------------------------------- */
 typedef struct zb_backend zb_backend;
 struct zb_backend {
@@ -348,6 +355,14 @@ struct zb_backend {
                   const zb_adamw_hp *hp);
     /* sum of x[i]^2 in double (the gradient norm). */
     double (*sumsq)(const zb_backend *be, const float *x, size_t n);
+    /* The same over many ranges at once (every parameter of a model: one pass, one launch on a
+     * GPU instead of one per tensor): adamw over each range r[i] of w, g, m, v + r[i].off with
+     * r[i].decay and r[i].step_size (hp's own decay and step_size unused); sumsq_ranges returns
+     * the sum over the ranges of x + r[i].off (double; decay, step_size unused). Same results as
+     * the calls per range up to the order of the double additions. */
+    void (*adamw_ranges)(const zb_backend *be, float *w, const float *g, float *m, float *v, int n,
+                         const zb_range *r, const zb_adamw_hp *hp);
+    double (*sumsq_ranges)(const zb_backend *be, const float *x, int n, const zb_range *r);
     /* n values a (2 zb_hash_uniform(seed, i) - 1) into x, as float32, or as bf16 when bf16 (the
      * synthetic caches and weights of the benchmarks, made where the memory is). */
     void (*fill_uniform)(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a);

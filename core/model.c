@@ -115,14 +115,16 @@ static void attn_forward(const zb_model *m, const zb_block *w, const float *x, f
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
     float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
     float *saved = att + (size_t)N * qd;
-    be->matmul_forward(be, q, x, w->wq, NULL, N, d, qd);
-    be->matmul_forward(be, k, x, w->wk, NULL, N, d, kd);
-    be->matmul_forward(be, v, x, w->wv, NULL, N, d, kd);
+    /* the tagged views: a float32 matrix goes to matmul_forward (the same product), a bf16 one
+     * (a frozen KD teacher held in bf16, zb_model_forward_infer) to the bf16 kernels */
+    be->linear_forward(be, q, x, w->lin.wq, N, d, qd);
+    be->linear_forward(be, k, x, w->lin.wk, N, d, kd);
+    be->linear_forward(be, v, x, w->lin.wv, N, d, kd);
     be->rope(be, &m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
     be->rope(be, &m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     zb_attn_shape s = attn_shape(c, B, T);
     be->attention_forward(be, att, saved, q, k, v, &s);
-    be->matmul_forward(be, out, att, w->wo, NULL, N, qd, d);
+    be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
 
 static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, const float *x,
@@ -248,32 +250,6 @@ int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
     ZB_BE_ALLOC(be, w->u, N * c->ffn, "block buffers");
     ZB_BE_ALLOC(be, w->mix_acts, acts, "block buffers");
     return ZB_OK;
-}
-
-void zb_block_ws_free(zb_block_ws *w) {
-    if (w->be) {
-        float *f[] = {w->ln, w->mo, w->g, w->u, w->mix_acts};
-        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) w->be->free(w->be, f[i]);
-    }
-    memset(w, 0, sizeof *w);
-}
-
-void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
-    const zb_config *c = &m->cfg;
-    const zb_backend *be = m->be;
-    const zb_block *b = &m->w.blocks[l];
-    int N = B * w->T, d = c->d_model, F = c->ffn;
-    size_t Nd = (size_t)N * d;
-    be->rmsnorm_forward(be, w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
-    zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
-    be->add(be, x, x, w->mo, Nd);
-    be->rmsnorm_forward(be, w->ln, NULL, x, b->mlp_norm, N, d, c->rms_eps);
-    be->matmul_forward(be, w->g, w->ln, b->w_gate, NULL, N, d, F);
-    be->matmul_forward(be, w->u, w->ln, b->w_up, NULL, N, d, F);
-    be->swiglu_forward(be, w->g, w->g, w->u, (size_t)N * F);
-    be->matmul_forward(be, w->mo, w->g, b->w_down, NULL, N, F, d);
-    if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
-    be->add(be, x, x, w->mo, Nd);
 }
 
 void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {

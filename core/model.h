@@ -221,6 +221,30 @@ int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T);
 void zb_block_ws_free(zb_block_ws *w);
 void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w);
 
+/* Inference forward of a whole frozen model (the KD teacher, SPEC §6): no activations kept for a
+ * backward; every layer runs in place on one residual buffer with one layer's working buffers
+ * (zb_block_apply), so the memory is that of one layer whatever the depth. The 2-D weights may
+ * be float32 or bf16 (bf16 with attention layers only: the MLA / Mamba2 training kernels read
+ * float32 matrices). Leaves the final normed hidden state hidden[B*T, d] (the head's input, what
+ * zb_model_forward leaves in a->lnf, the same bits with float32 weights); the logits of any rows
+ * come from zb_model_head_rows, so a loss can make them a block of rows at a time. A whole model
+ * on one rank (no TP shard, no PP stage). profile: the forward's wall time (synchronised) is
+ * added to prof. */
+typedef struct {
+    const zb_backend *be;
+    zb_block_ws w;
+    float *x;        /* [N, d] the residual stream */
+    float *hidden;   /* [N, d] the final RMSNorm's output */
+    int *ids;        /* [N] device copy of the token ids */
+    int profile;
+    double prof;
+} zb_infer;
+int zb_infer_alloc(zb_infer *f, const zb_model *m, int B, int T);
+void zb_infer_free(zb_infer *f);
+void zb_model_forward_infer(const zb_model *m, zb_infer *f, const int *ids);
+/* logits[rows, V] = hidden[rows, d] @ lm_head^T (float32 or bf16 head). */
+void zb_model_head_rows(const zb_model *m, float *logits, const float *hidden, int rows);
+
 /* One block's mixer alone (used by intermediate-layer distillation): out[B*T,d] =
  * Mixer_l(x); acts = a->mix_acts[l] of acts allocated for this B x T. Backward accumulates
  * into dx and into m->grad. */

@@ -76,10 +76,25 @@ float zb_lr_at(const zb_optim_cfg *c, int64_t step) {
     return (float)(c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * p)));
 }
 
+int zb_optim_per_tensor(void) {
+    const char *e = getenv("ZB_OPTIM");
+    return e && !strcmp(e, "per_tensor");
+}
+
 double zb_grad_norm(const zb_adamw *o, const zb_model *m) {
     double s = 0;
-    for (int i = 0; i < m->n_params; i++)
-        if (o->trainable[i]) s += m->be->sumsq(m->be, m->grad + m->params[i].offset, m->params[i].numel);
+    zb_range *r = zb_optim_per_tensor() ? NULL : malloc(sizeof(zb_range) * (size_t)(m->n_params + 1));
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        if (!o->trainable[i]) continue;
+        if (!r) { s += m->be->sumsq(m->be, m->grad + m->params[i].offset, m->params[i].numel); continue; }
+        r[n].off = m->params[i].offset;
+        r[n].n = m->params[i].numel;
+        r[n].decay = r[n].step_size = 0;
+        n++;
+    }
+    if (r) s = m->be->sumsq_ranges(m->be, m->grad, n, r);
+    free(r);
     return sqrt(s);
 }
 
@@ -93,6 +108,9 @@ void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi,
     const float b1 = o->cfg.beta1, b2 = o->cfg.beta2;
     double t = (double)(o->step + 1);
     float bc1 = (float)(1.0 - pow(b1, t)), bc2_sqrt = (float)sqrt(1.0 - pow(b2, t));
+    /* one call for every range (ZB_OPTIM=per_tensor: a call per tensor, as before) */
+    zb_range *r = zb_optim_per_tensor() ? NULL : malloc(sizeof(zb_range) * (size_t)(m->n_params + 1));
+    int n = 0;
     for (int i = 0; i < m->n_params; i++) {
         if (!o->trainable[i]) continue;
         const zb_param *p = &m->params[i];
@@ -100,8 +118,21 @@ void zb_adamw_update_range(const zb_adamw *o, zb_model *m, size_t lo, size_t hi,
         if (a >= b) continue;
         float lri = lr * o->lr_mult[i];
         zb_adamw_hp hp = {b1, b2, o->cfg.eps, 1.0f - lri * o->wd[i], lri / bc1, bc2_sqrt, grad_scale};
-        m->be->adamw(m->be, m->data + a, g + (a - lo), mm + (a - lo), vv + (a - lo), b - a, &hp);
+        if (!r) {
+            m->be->adamw(m->be, m->data + a, g + (a - lo), mm + (a - lo), vv + (a - lo), b - a, &hp);
+            continue;
+        }
+        r[n].off = a - lo;
+        r[n].n = b - a;
+        r[n].decay = hp.decay;
+        r[n].step_size = hp.step_size;
+        n++;
     }
+    if (r && n) {
+        zb_adamw_hp hp = {b1, b2, o->cfg.eps, 1.0f, 0.0f, bc2_sqrt, grad_scale};
+        m->be->adamw_ranges(m->be, m->data + lo, g, mm, vv, n, r, &hp);
+    }
+    free(r);
 }
 
 void zb_adamw_step(zb_adamw *o, zb_model *m, float lr, float grad_scale) {

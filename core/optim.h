@@ -60,6 +60,9 @@ size_t zb_adamw_trainable_floats(const zb_adamw *o, const zb_model *m);
 /* Learning rate of update number `step` (0-based): warmup then cosine to min_lr. */
 float zb_lr_at(const zb_optim_cfg *c, int64_t step);
 
+/* 1 when ZB_OPTIM=per_tensor is set: the norm and the update call the backend once per tensor
+ * (sumsq, adamw) instead of once for all of them (sumsq_ranges, adamw_ranges). */
+int zb_optim_per_tensor(void);
 /* L2 norm of the gradients of the trainable parameters (double accumulation). Call after the
  * data-parallel reduction: every rank then holds the same gradient, so this is the global
  * norm. */

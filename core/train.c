@@ -49,8 +49,20 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
                        teacher->be->name, student->be->name);
     ZB_TRY(zb_model_alloc_grad(student));
     ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
-    if (need_teacher) ZB_TRY(zb_acts_alloc(&tr->ta, teacher, tr->rows, T));
     const zb_backend *be = student->be;
+    const char *kt = getenv("ZB_KD_TEACHER");
+    tr->kd_infer = stage == ZB_STAGE_KD && !teacher->tp && !student->tp && !(kt && !strcmp(kt, "train"));
+    if (need_teacher && !tr->kd_infer && teacher->wdtype != ZB_WEIGHTS_F32)
+        return zb_fail(ZB_EARG, "a teacher held in %s runs only the KD inference forward (one rank, "
+                       "ZB_KD_TEACHER not 'train')", zb_wdtype_name(teacher->wdtype));
+    if (tr->kd_infer) {
+        /* teacher logits by blocks of ~1 GiB of rows (enough rows for the head's product to run
+         * at the matrix rate) */
+        size_t rows = ((size_t)1 << 28) / (size_t)c->vocab;
+        tr->kd_rows = rows < 1 ? 1 : rows > N ? (int)N : (int)rows;
+        ZB_TRY(zb_infer_alloc(&tr->tf, teacher, tr->rows, T));
+        ZB_BE_ALLOC(be, tr->tlogits, (size_t)tr->kd_rows * c->vocab, "kd teacher logits");
+    } else if (need_teacher) ZB_TRY(zb_acts_alloc(&tr->ta, teacher, tr->rows, T));
     ZB_ALLOC(tr->mask, N, "trainer mask");
     ZB_BE_ALLOC(be, tr->mask_dev, N, "trainer mask");
     ZB_ALLOC(tr->ild_layer, c->n_layers, "trainer layers");
@@ -73,12 +85,22 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
 void zb_trainer_free(zb_trainer *tr) {
     zb_acts_free(&tr->a);
     if (tr->ta.logits) zb_acts_free(&tr->ta);
+    zb_infer_free(&tr->tf);
     if (tr->student) {
+        tr->student->be->free(tr->student->be, tr->tlogits);
         tr->student->be->free(tr->student->be, tr->tmp);
         tr->student->be->free(tr->student->be, tr->mask_dev);
     }
     free(tr->mask); free(tr->lp); free(tr->ild_layer);
     memset(tr, 0, sizeof *tr);
+}
+
+zb_wdtype zb_kd_teacher_wdtype(const zb_config *tc, const zb_backend *be, int tp_pp) {
+    const char *kt = getenv("ZB_KD_TEACHER");
+    if (be->host_memory || !be->opts.gpu_bf16 || tp_pp || (kt && !strcmp(kt, "train"))) return ZB_WEIGHTS_F32;
+    for (int l = 0; l < tc->n_layers; l++)
+        if (tc->kinds[l] != ZB_LAYER_ATTN) return ZB_WEIGHTS_F32;
+    return ZB_WEIGHTS_BF16;
 }
 
 /* "model.layers.<l>.self_attn." or "model.layers.<l>.mamba." */
@@ -162,8 +184,18 @@ static void kd_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gra
     }
     /* batchmean (the release): the KL summed over the tokens / the rows; or per token */
     double kden = c->kl_token_mean ? nm : (nm ? tr->rows : 0);
-    double kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask_dev,
-                       N, c->temperature, kden > 0 ? (float)(gs * c->kl_weight / kden) : 0.0f);
+    float ks = kden > 0 ? (float)(gs * c->kl_weight / kden) : 0.0f;
+    double kl = 0;
+    if (tr->kd_infer) {   /* the teacher's logits a block of rows at a time from its hidden state */
+        for (int r0 = 0; r0 < N; r0 += tr->kd_rows) {
+            int n = N - r0 < tr->kd_rows ? N - r0 : tr->kd_rows;
+            size_t o = (size_t)r0 * V;
+            zb_model_head_rows(tr->teacher, tr->tlogits, tr->tf.hidden + (size_t)r0 * tr->teacher->cfg.d_model, n);
+            kl += kl_sum(m, want_grad ? a->logits + o : NULL, a->logits + o, tr->tlogits, tr->mask_dev + r0, n,
+                         c->temperature, ks);
+        }
+    } else
+        kl = kl_sum(m, want_grad ? a->logits : NULL, a->logits, tr->ta.logits, tr->mask_dev, N, c->temperature, ks);
     kl = kden > 0 ? kl / kden : 0.0;
     o->kl = kl;
     o->ce = ce;
@@ -298,7 +330,8 @@ static void dpo_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_gr
  * the student backward. */
 static void stage_pair(zb_trainer *tr, const int *ids, const int *targets, int want_grad, float gs,
                        zb_loss_parts *o, stage_loss_fn loss) {
-    zb_model_forward(tr->teacher, &tr->ta, ids);
+    if (tr->kd_infer) zb_model_forward_infer(tr->teacher, &tr->tf, ids);
+    else zb_model_forward(tr->teacher, &tr->ta, ids);
     zb_model_forward(tr->student, &tr->a, ids);
     loss(tr, &tr->a, targets, want_grad, gs, o);
     if (want_grad) zb_model_backward(tr->student, &tr->a, ids);

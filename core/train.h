@@ -72,7 +72,16 @@ typedef struct {
     const zb_model *teacher;  /* kd/ild teacher, dpo reference; NULL otherwise */
     int B, T;                 /* micro-batch rows (dpo: pairs) and sequence length */
     int rows;                 /* rows of the activations: B, or 2B for dpo */
-    zb_acts a, ta;            /* student and teacher activations */
+    zb_acts a, ta;            /* student and teacher activations (ta: not for kd_infer) */
+    /* kd on one rank (no TP / PP), the default: the teacher runs zb_model_forward_infer (one
+     * layer's buffers, weights f32 or bf16) and the KL takes its logits kd_rows rows at a time
+     * from its final hidden state (zb_model_head_rows), so neither its activations nor its full
+     * [N, V] logits are held. ZB_KD_TEACHER=train in the environment: the training forward
+     * into ta (every activation, the full logits), as before. */
+    int kd_infer;
+    zb_infer tf;
+    float *tlogits;           /* kd_infer: [kd_rows, V] */
+    int kd_rows;              /* kd_infer: rows of teacher logits per block (set before the step) */
     int *mask;                /* [rows*T] host, and its device copy */
     int *mask_dev;
     float *tmp;               /* kd with CE: [rows*T*V]; ild: [rows*T*d] (the student's backend memory) */
@@ -86,6 +95,10 @@ typedef struct {
  * teacher's (the new mixers); error if there is none. */
 int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_model *student,
                     const zb_model *teacher, int B, int T);
+/* The storage a KD teacher can be held in on backend be: bf16 when the backend runs its products
+ * with bf16 operands (a device with gpu_bf16: the products round the weights to bf16 anyway),
+ * every layer is attention, no TP / PP (tp_pp) and ZB_KD_TEACHER is not "train"; else f32. */
+zb_wdtype zb_kd_teacher_wdtype(const zb_config *tc, const zb_backend *be, int tp_pp);
 void zb_trainer_free(zb_trainer *tr);
 
 /* The parameters that a stage trains by default: ILD every parameter of the distilled layers

@@ -30,6 +30,18 @@
 
 int zb_bench_train(int argc, char **argv, const zb_backend *be);
 
+int zb_bench_device_memory(size_t *used, size_t *total) {
+    *used = *total = 0;
+#ifdef ZB_HAVE_CUDA
+    size_t fr = 0;
+    if (zb_cuda_mem_info(&fr, total) != ZB_OK) return -1;
+    *used = *total - fr;
+    return 0;
+#else
+    return -1;
+#endif
+}
+
 void zb_bench_gpu_ceilings(const zb_backend *be, double *tflops, double *gbs) {
     *tflops = 0;
     if (gbs) *gbs = 0;

@@ -26,6 +26,7 @@
 #include "commands.h"
 #include "model.h"
 #include "optim.h"
+#include "store.h"
 #include "train.h"
 
 /* flops per token of one forward + backward (x3 of the forward's 2 per weight) */
@@ -44,16 +45,27 @@ static double model_flops_per_token(const zb_model *m, int T, int fwd_only) {
     return fwd_only ? fwd : 3 * fwd;
 }
 
-static int load_model(zb_model *m, const char *path) {
+/* A model of a config (synthetic weights) or a checkpoint; teacher: a KD teacher, held as
+ * zb_kd_teacher_wdtype says for be (bf16 on a GPU in the bf16 mode: half the memory, no bf16
+ * copies of the products' operands to make) */
+static int load_model(zb_model *m, const char *path, const zb_backend *be, int teacher) {
     size_t len = strlen(path);
-    if (len > 5 && !strcmp(path + len - 5, ".json")) {
-        zb_config c;
-        ZB_TRY(zb_config_load(path, &c));
-        ZB_TRY(zb_model_init(m, &c));
+    zb_config c;
+    int json = len > 5 && !strcmp(path + len - 5, ".json");
+    if (json) ZB_TRY(zb_config_load(path, &c));
+    else {
+        zb_store *st = NULL;
+        ZB_TRY(zb_store_open(&st, path));
+        c = *zb_store_config(st);
+        zb_store_close(st);
+    }
+    zb_wdtype wt = teacher ? zb_kd_teacher_wdtype(&c, be, 0) : ZB_WEIGHTS_F32;
+    if (json) {
+        ZB_TRY(zb_model_init_ex(m, &c, wt));
         zb_model_init_synthetic(m, 7, 0.02f);
         return ZB_OK;
     }
-    return zb_model_load(m, path);
+    return zb_model_load_ex(m, path, wt);
 }
 
 /* The matrix rate of the device (TFLOP/s): cuBLAS bf16 8192^3 on a GPU, else 0 (not measured). */
@@ -72,10 +84,10 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
     if (B < 1 || T < 2 || steps < 1) return zb_fail(ZB_EARG, "bench --train: --batch >= 1, --seq >= 2, --steps >= 1");
     zb_model m, t;
     int have_t = 0;
-    ZB_TRY(load_model(&m, path));
+    ZB_TRY(load_model(&m, path, be, 0));
     int rc = zb_model_set_backend(&m, be);
     if (!rc && tpath) {
-        rc = load_model(&t, tpath);
+        rc = load_model(&t, tpath, be, 1);
         if (!rc) { have_t = 1; rc = zb_model_set_backend(&t, be); }
     }
     zb_trainer tr;
@@ -104,7 +116,7 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
          * as many steps again, each part synchronised and timed (slower: not the table's time) */
         for (int s = 0; s <= steps * (breakdown ? 2 : 1) && !rc; s++) {
             int prof = s > steps;
-            tr.a.profile = tr.ta.profile = prof;
+            tr.a.profile = tr.ta.profile = tr.tf.profile = prof;
             be->sync(be);
             double t0 = zb_now();
             zb_model_zero_grad(&m);
@@ -125,6 +137,8 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
         double tps = (double)B * T * steps / dt;
         double fpt = model_flops_per_token(&m, T, 0) + (have_t ? model_flops_per_token(&t, T, 1) : 0);
         int bf16 = be->opts.gpu_bf16;
+        size_t used = 0, total = 0;   /* before the peak's measurement allocates its matrices */
+        int have_mem = !be->host_memory && zb_bench_device_memory(&used, &total) == 0;
         double peak = matmul_peak(be);
         const char *mdp = zb_arg_str(argc, argv, "--md", NULL);
         FILE *md = mdp ? fopen(mdp, "w") : stdout;
@@ -135,9 +149,16 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
                 have_t ? "kd" : "pretrain", path, have_t ? " <- " : "", have_t ? tpath : "", be->name,
                 bf16 ? "bf16 operands" : "float32", B, T, 1e3 * dt / steps, tps, tps * fpt / 1e12, peak,
                 peak > 0 ? 100.0 * tps * fpt / 1e12 / peak : 0.0, loss);
+        if (have_t)
+            fprintf(md, "\nteacher: %s weights, %s forward%s\n", zb_wdtype_name(t.wdtype),
+                    tr.kd_infer ? "inference" : "training", tr.kd_infer ? " (logits by blocks of rows in the loss)" : "");
+        if (have_mem)
+            fprintf(md, "\ndevice memory in use after the steps (the peak: buffers are allocated once): %.1f of %.1f GiB\n",
+                    used / 1073741824.0, total / 1073741824.0);
         if (breakdown && pdt > 0) {
             double tf = 0;
             for (int k = 0; k < ZB_TPROF_N; k++) tf += tr.ta.prof[k];
+            tf += tr.tf.prof;   /* the inference forward (its logits are made in the loss) */
             fprintf(md, "\n--breakdown (%d steps, each part synchronised): %.1f ms per step\n\n| part | ms/step | "
                         "share |\n|---|---|---|\n", steps, 1e3 * pdt / steps);
             double acc = 0;

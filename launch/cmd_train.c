@@ -337,7 +337,13 @@ static int setup_models(train_run *S, const char *resume) {
     } else {
         ZB_TRY(load_model(S, &S->m, r->model, cut));
     }
-    if (with_t) {
+    if (with_t && S->stage == ZB_STAGE_KD && S->g.tp_size == 1 && !S->pp) {
+        /* one rank's KD teacher: bf16 on a GPU in the bf16 mode (zb_kd_teacher_wdtype) */
+        zb_config tc;
+        ZB_TRY(path_config(t_path, &tc));
+        ZB_TRY(zb_model_load_ex(&S->t, t_path, zb_kd_teacher_wdtype(&tc, &S->be, 0)));
+        S->have_t = 1;
+    } else if (with_t) {
         ZB_TRY(load_model(S, &S->t, t_path, S->cut_t ? cut : NULL));
         S->have_t = 1;
     }

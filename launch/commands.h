@@ -58,6 +58,8 @@ int zb_backend_from_args(int argc, char **argv, const char *cmd, zb_wdtype wt, z
  * out, best of 6 after 2 warm-ups) and, when gbs is not NULL, the device copy's GB/s (read +
  * write of 2 GiB). 0 where not built with CUDA (cmd_bench.c). */
 void zb_bench_gpu_ceilings(const zb_backend *be, double *tflops, double *gbs);
+/* The GPU's memory in use (total - free, every process's) and its total, bytes; -1 without a GPU. */
+int zb_bench_device_memory(size_t *used, size_t *total);
 #define ZB_DEVICE_ARGS "--device", "--precision", "--cache"
 
 /* Small helpers for argument parsing shared by the commands. */

@@ -377,14 +377,24 @@ int zb_dp_grad_sq_norm(const zb_dp *d, const zb_adamw *o, double *out) {
     size_t lo = d->zero ? d->lo : 0, hi = d->zero ? d->hi : m->n_floats;
     const float *g = d->zero ? d->gshard : m->grad;
     double s[2] = {0, 0};   /* TP-split, replicated */
-    int skip = tied_copy(m);
+    int skip = tied_copy(m), nr[2] = {0, 0};
+    /* the ranges of each kind in one call (ZB_OPTIM=per_tensor: a call per tensor) */
+    zb_range *r = zb_optim_per_tensor() ? NULL : malloc(sizeof(zb_range) * 2 * (size_t)(m->n_params + 1));
     for (int i = 0; i < m->n_params; i++) {
         if (!o->trainable[i] || i == skip) continue;
         const zb_param *p = &m->params[i];
         size_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         int k = m->tp && !m->tp->slices[i].replicated ? 0 : 1;
-        if (a < b) s[k] += m->be->sumsq(m->be, g + (a - lo), b - a);
+        if (a >= b) continue;
+        if (!r) { s[k] += m->be->sumsq(m->be, g + (a - lo), b - a); continue; }
+        zb_range *q = r + (size_t)k * (m->n_params + 1) + nr[k]++;
+        q->off = a - lo;
+        q->n = b - a;
+        q->decay = q->step_size = 0;
     }
+    for (int k = 0; r && k < 2; k++)
+        if (nr[k]) s[k] = m->be->sumsq_ranges(m->be, g, nr[k], r + (size_t)k * (m->n_params + 1));
+    free(r);
     if (d->zero) ZB_TRY(zb_comm_sum_f64(d->comm, ZB_GROUP_DP, s, 2));
     if (m->tp) ZB_TRY(zb_comm_sum_f64(m->tp->comm, ZB_GROUP_TP, s, 1));
     *out = s[0] + s[1];

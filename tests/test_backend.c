@@ -262,6 +262,63 @@ static void check_vp(const zb_backend *be, zb_rng *r) {
     free(s); free(ref);
 }
 
+/* adamw_ranges / sumsq_ranges: ranges of odd offsets and lengths, one over several of a device's
+ * blocks, one empty, on base pointers aligned and one float off (a device's vector and scalar
+ * forms): the float32 update of optim.h per range (the bound of check_adamw), and the sum of
+ * squares within n DBL_EPSILON of the host's; the floats outside the ranges untouched. */
+static void check_ranges(const zb_backend *be, zb_rng *r) {
+    const size_t n = 56410;
+    zb_range rg[5] = {{0, 5, 0.99f, 1e-3f}, {7, 40001, 0.98f, 2e-3f}, {40010, 0, 1, 0}, {40010, 16384, 1.0f, 5e-4f},
+                      {56400, 3, 0.97f, 1e-3f}};
+    for (int shift = 0; shift < 2; shift++) {
+        float *w = randv(r, n, 0.5f), *g = randv(r, n, 0.1f), *m = randv(r, n, 0.01f), *v = randv(r, n, 0.01f);
+        for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+        zb_adamw_hp hp = {0.9f, 0.95f, 1e-8f, 1.0f, 0.0f, sqrtf(1.0f - 0.95f * 0.95f), 0.5f};
+        float *dw = dev_of(be, w, n), *dg = dev_of(be, g, n), *dm = dev_of(be, m, n), *dv = dev_of(be, v, n);
+        /* sum of squares first (g unchanged by the update) */
+        zb_range rs[5];
+        memcpy(rs, rg, sizeof rs);
+        if (shift) rs[4].n = 2;   /* the last range stops at the buffer's end */
+        double want = 0, ab = 0;
+        for (int k = 0; k < 5; k++)
+            for (size_t j = rs[k].off; j < rs[k].off + rs[k].n; j++) {
+                double x = (double)g[j + shift];
+                want += x * x;
+                ab += 1;
+            }
+        double got = be->sumsq_ranges(be, dg + shift, 5, rs);
+        zb_check(fabs(got - want) <= ab * DBL_EPSILON * want, "[%s] sumsq_ranges %.17g vs %.17g (base %s)", be->name,
+                 got, want, shift ? "one float off" : "aligned");
+        be->adamw_ranges(be, dw + shift, dg + shift, dm + shift, dv + shift, 5, rs, &hp);
+        float *hw = host_of(be, dw, n), *hm = host_of(be, dm, n), *hv = host_of(be, dv, n);
+        unsigned char *in = calloc(n, 1);
+        double worst = 0;
+        for (int k = 0; k < 5; k++)
+            for (size_t j0 = rs[k].off; j0 < rs[k].off + rs[k].n; j0++) {
+                size_t j = j0 + shift;
+                in[j] = 1;
+                float gj = g[j] * hp.grad_scale;
+                float mj = hp.beta1 * m[j] + (1.0f - hp.beta1) * gj;
+                float vj = hp.beta2 * v[j] + (1.0f - hp.beta2) * gj * gj;
+                float step = rs[k].step_size * mj / (sqrtf(vj) / hp.bc2_sqrt + hp.eps);
+                float wj = w[j] * rs[k].decay - step;
+                double tol = 8 * FLT_EPSILON * (fabs(w[j]) + fabs(step)) + FLT_MIN;
+                double e = fmax(fabs(hw[j] - wj) / tol,
+                                fmax(fabs(hm[j] - mj) / (8 * FLT_EPSILON * (fabs(m[j]) + fabs(gj)) + FLT_MIN),
+                                     fabs(hv[j] - vj) / (8 * FLT_EPSILON * (fabs(v[j]) + gj * gj) + FLT_MIN)));
+                if (e > worst) worst = e;
+            }
+        int outside = 0;
+        for (size_t j = 0; j < n; j++) outside += !in[j] && (hw[j] != w[j] || hm[j] != m[j] || hv[j] != v[j]);
+        zb_check(worst <= 1.0 && outside == 0, "[%s] adamw_ranges == the float32 update of each range (worst error / "
+                 "bound %.3g), %d floats outside the ranges changed (base %s)", be->name, worst, outside,
+                 shift ? "one float off" : "aligned");
+        free(in); free(hw); free(hm); free(hv);
+        be->free(be, dw); be->free(be, dg); be->free(be, dm); be->free(be, dv);
+        free(w); free(g); free(m); free(v);
+    }
+}
+
 int main(int argc, char **argv) {
     zb_test_init(&argc, &argv);
     const char *name = argc > 1 ? argv[1] : "cpu";
@@ -284,6 +341,7 @@ int main(int argc, char **argv) {
     check_memory(be, &r);
     check_elementwise(be, &r);
     check_adamw(be, &r);
+    check_ranges(be, &r);
     check_losses(be, &r);
     check_vp(be, &r);
     return zb_test_finish();

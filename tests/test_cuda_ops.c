@@ -31,12 +31,12 @@ static const char *mode_name(void) {
 static int g_fa2_shape = 0;   /* the flash2 forward's CTA shape set for the test (0: default) */
 
 static const char *attn_path(const zb_attn_shape *s, const void *q, const void *k, const void *v) {
-    static char buf[64];
+    static char buf[96];
     static const char *const shapes[4] = {"default", "4 warps x 16 rows", "8 warps x 16 rows", "4 warps x 32 rows"};
     if (zb_cuda_precision() != ZB_PREC_BF16 || !zb_cuda_flash_supported(s, q, k, v)) return "blocked";
     if (zb_cuda_flash_version() == 1) return "flash1";
-    snprintf(buf, sizeof buf, "flash2 (forward %s, backward %s)", shapes[g_fa2_shape],
-             g_fa2_shape == 1 ? "2 CTAs/SM" : g_fa2_shape ? "3 CTAs/SM" : "default");
+    static const char *const bshapes[4] = {"default", "4 warps, 2 CTAs/SM", "4 warps, 3 CTAs/SM (hd 64)", "8 warps"};
+    snprintf(buf, sizeof buf, "flash2 (forward %s, backward %s)", shapes[g_fa2_shape], bshapes[g_fa2_shape]);
     return buf;
 }
 
@@ -553,7 +553,7 @@ static void test_attention(zb_rng *rng, int B, int T, int H, int Hkv, int dqk, i
                     bo[i] = (4 * e + orel + 4 * (T + dv + 8) * U) * mo[i] + 1e-30;
                 }
             }
-    char what[160];
+    char what[256];
     const char *path = attn_path(&s, dq_, dk_, dv_);
     snprintf(what, sizeof what, "attention_forward %s %s B=%d T=%d H=%d Hkv=%d dqk=%d dv=%d block=%d", mode_name(), path,
              B, T, H, Hkv, dqk, dv, block);
@@ -1043,7 +1043,14 @@ int main(int argc, char **argv) {
         test_cached_shape(&rng, 1, bf, 1, 64, 0, 0, 700);
         g_mla_dqk = 40; g_mla_dv = 32;
     }
+    /* the fused kernels: rows one float at a time (V odd), 4 at a time (V % 4 == 0; the vocabulary of
+     * Llama 3), then the kernels of one pass per statistic (ZB_CUDA_LOSS=rows) */
     test_losses(&rng, 37, 1003);
+    test_losses(&rng, 37, 1004);
+    test_losses(&rng, 3, 128256);
+    zb_cuda_loss_use_rows(1);
+    test_losses(&rng, 37, 1003);
+    zb_cuda_loss_use_rows(0);
     test_argmax(&rng, 1003);
     test_argmax(&rng, 37);
     test_argmax(&rng, 128256);
@@ -1067,13 +1074,13 @@ int main(int argc, char **argv) {
         test_attention(&rng, 1, 130, 4, 4, 128, 128, 8, 0);
         test_attention(&rng, 1, 64, 4, 1, 64, 64, 4, 0);
     }
-    /* version 2 with each forward CTA shape (4 x 16, 8 x 16, 4 x 32 query rows) and both
-     * register budgets of the head-dim-64 backward: the models' GQA 32/8 with T not a multiple
-     * of the tiles, several key tiles with one row in the last, fewer rows than a tile, one KV
-     * head for all */
+    /* version 2 with each forward CTA shape (4 x 16, 8 x 16, 4 x 32 query rows) and each
+     * backward shape (4 warps for 2 or 3 CTAs per SM, 8 warps): the models' GQA 32/8 with T not
+     * a multiple of the tiles, several key tiles with one row in the last, fewer rows than a
+     * tile, one KV head for all */
     zb_cuda_flash_set_version(2);
     for (int sh = 1; sh <= 3; sh++) {
-        zb_cuda_flash2_tune(sh, sh == 1 ? 2 : 3);
+        zb_cuda_flash2_tune(sh, sh);
         g_fa2_shape = sh;
         test_attention(&rng, 2, 150, 32, 8, 64, 64, 0, 0);
         test_attention(&rng, 1, 200, 32, 8, 128, 128, 8, 0);

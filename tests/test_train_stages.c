@@ -260,6 +260,147 @@ int main(int argc, char **argv) {
         free(tm);
         zb_trainer_free(&tr);
     }
+    /* ---- the KD teacher's inference forward (zb_model_forward_infer, one layer's buffers): the
+     * training forward's final hidden state and logits bit for bit (the same float32 kernels on
+     * the same shapes); the KD step with the teacher's logits made 5 rows at a time (B*T = 24:
+     * a ragged last block) against the training forward's full logits (ZB_KD_TEACHER=train);
+     * a teacher held in bf16 against the float32 model of its rounded weights ---- */
+    {
+        const int N = B * T, d = ct.d_model;
+        const size_t nd = (size_t)N * d, nv = (size_t)N * V;
+        zb_acts a;
+        ZB_TEST_OK(zb_acts_alloc(&a, &t, B, T));
+        zb_model_forward(&t, &a, ids);
+        zb_infer f;
+        ZB_TEST_OK(zb_infer_alloc(&f, &t, B, T));
+        zb_model_forward_infer(&t, &f, ids);
+        float *lg = malloc(sizeof(float) * nv), *mag = malloc(sizeof(float) * V);
+        zb_model_head_rows(&t, lg, f.hidden, N);
+        zb_check(!memcmp(f.hidden, a.lnf, sizeof(float) * nd) && !memcmp(lg, a.logits, sizeof(float) * nv),
+                 "kd teacher: the inference forward's final hidden state and logits are the training forward's "
+                 "(bits; max |d| %.3g, %.3g)", zb_max_abs_diff(f.hidden, a.lnf, nd), zb_max_abs_diff(lg, a.logits, nv));
+        /* 5 rows per product: each logit is one dot product of d terms, any order (zb_test.h) */
+        for (int r0 = 0; r0 < N; r0 += 5)
+            zb_model_head_rows(&t, lg + (size_t)r0 * V, f.hidden + (size_t)r0 * d, N - r0 < 5 ? N - r0 : 5);
+        int bad = 0;
+        for (int n = 0; n < N; n++) {
+            zb_mag_matmul(mag, f.hidden + (size_t)n * d, t.w.lm_head, 1, V, d);
+            for (int v = 0; v < V; v++)
+                bad += fabs((double)lg[(size_t)n * V + v] - a.logits[(size_t)n * V + v]) > 2 * zb_gamma32(d) * mag[v];
+        }
+        zb_check(bad == 0, "kd teacher: logits 5 rows at a time within 2 gamma(d) sum|terms| of the full product "
+                 "(%d off)", bad);
+        zb_infer_free(&f);
+        zb_acts_free(&a);
+
+        /* KD with the teacher's logits by blocks of 5 rows vs the training forward's */
+        zb_loss_cfg k = {0.7f, 0.3f, 2.0f, 0, ZB_ILD_RELEASE, 0};
+        zb_trainer tn, to;
+        ZB_TEST_OK(zb_trainer_init(&tn, ZB_STAGE_KD, &k, &s, &t, B, T));
+        setenv("ZB_KD_TEACHER", "train", 1);
+        int rc = zb_trainer_init(&to, ZB_STAGE_KD, &k, &s, &t, B, T);
+        unsetenv("ZB_KD_TEACHER");
+        ZB_TEST_OK(rc);
+        zb_check(tn.kd_infer == 1 && to.kd_infer == 0 && !to.tlogits, "kd: the inference forward by default, "
+                 "ZB_KD_TEACHER=train the training forward");
+        tn.kd_rows = 5;
+        float *g0 = malloc(sizeof(float) * s.n_floats);
+        zb_loss_parts pn, po;
+        zb_model_zero_grad(&s);
+        ZB_TEST_OK(zb_trainer_step(&to, ids, tg, 1, 1.0f, &po));
+        memcpy(g0, s.grad, sizeof(float) * s.n_floats);
+        zb_model_zero_grad(&s);
+        ZB_TEST_OK(zb_trainer_step(&tn, ids, tg, 1, 1.0f, &pn));
+        /* the teacher's logits differ by the head's reordering at most (above): a KL term moves by
+         * (2 + max|log pt - log ps|) / tau times that; the gradients by the backward's path */
+        float *ls = logits_of(&s, ids, B), *lt = logits_of(&t, ids, B);
+        double *a1 = malloc(sizeof(double) * V), *a2 = malloc(sizeof(double) * V), kf[B * T], lb = 0;
+        for (int n = 0; n < N; n++) {
+            log_softmax(ls + (size_t)n * V, V, 2.0, a1);
+            log_softmax(lt + (size_t)n * V, V, 2.0, a2);
+            double mx = 0;
+            for (int v = 0; v < V; v++) mx = fmax(mx, fabs(a2[v] - a1[v]));
+            kf[n] = tg[n] < 0 ? 0 : 0.7 * (2 + mx) / 2.0 / B;   /* kl_weight, tau 2, batchmean */
+            zb_mag_matmul(mag, tn.tf.hidden + (size_t)n * d, t.w.lm_head, 1, V, d);
+            lb += kf[n] * 2 * zb_gamma32(d) * zb_max_abs(mag, V);
+        }
+        free(ls); free(lt); free(a1); free(a2);
+        zb_check(fabs(pn.loss - po.loss) <= lb && fabs(pn.kl - po.kl) <= lb,
+                 "kd: loss with teacher logits by blocks of rows %.10f vs the full logits %.10f (|d| %.2g, bound %.2g)",
+                 pn.loss, po.loss, fabs(pn.loss - po.loss), lb);
+        double gsc = zb_bound_scale(zb_model_path_bwd(&cs, T, N));
+        int gbad = 0;
+        for (int i = 0; i < s.n_params; i++) {
+            const zb_param *pp = &s.params[i];
+            double gmax = zb_max_abs(g0 + pp->offset, pp->numel);
+            if (zb_max_abs_diff(s.grad + pp->offset, g0 + pp->offset, pp->numel) > 2 * gsc * gmax) {
+                gbad++;
+                fprintf(stderr, "  kd blocks of rows: %s gradient off by %.3g (max %.3g)\n", pp->name,
+                        zb_max_abs_diff(s.grad + pp->offset, g0 + pp->offset, pp->numel), gmax);
+            }
+        }
+        zb_check(gbad == 0, "kd: gradients with teacher logits by blocks of rows within the backward's bound of the "
+                 "full logits' (%d tensors off)", gbad);
+        zb_trainer_free(&tn);
+        zb_trainer_free(&to);
+
+        /* a bf16 teacher: the float32 model of the same seed has the same weights before rounding */
+        zb_model tb, tr32;
+        ZB_TEST_OK(zb_model_init_ex(&tb, &ct, ZB_WEIGHTS_BF16));
+        ZB_TEST_OK(zb_model_init(&tr32, &ct));
+        zb_model_init_random(&tb, 11, 0.1f);
+        zb_model_init_random(&tr32, 11, 0.1f);
+        for (int i = 0; i < tr32.n_params; i++)
+            if (tb.params[i].bf16)
+                for (size_t j = 0; j < tr32.params[i].numel; j++) {
+                    float *x = tr32.data + tr32.params[i].offset + j;
+                    *x = zb_bf16_to_f32(zb_f32_to_bf16(*x));
+                }
+        int same = 1;
+        for (int i = 0; i < tr32.n_params; i++)
+            for (size_t j = 0; tb.params[i].bf16 && j < tb.params[i].numel; j++)
+                same &= zb_bf16_to_f32(tb.data16[tb.params[i].offset + j]) == tr32.data[tr32.params[i].offset + j];
+        zb_check(same, "kd: the bf16 teacher's matrices are the rounded float32 ones");
+        ZB_TEST_OK(zb_acts_alloc(&a, &tr32, B, T));
+        zb_model_forward(&tr32, &a, ids);
+        ZB_TEST_OK(zb_infer_alloc(&f, &tb, B, T));
+        zb_model_forward_infer(&tb, &f, ids);
+        zb_model_head_rows(&tb, lg, f.hidden, N);
+        double eb[B * T];
+        row_bounds(&tr32, ids, B, eb);
+        bad = 0;
+        double worst = 0;
+        for (int n = 0; n < N; n++)
+            for (int v = 0; v < V; v++) {
+                double e = fabs((double)lg[(size_t)n * V + v] - a.logits[(size_t)n * V + v]);
+                if (e / eb[n] > worst) worst = e / eb[n];
+                bad += e > eb[n];
+            }
+        zb_check(bad == 0, "kd: a bf16 teacher's inference logits within the float32 forward's bound of the rounded "
+                 "float32 model's (worst %.2g of the bound)", worst);
+        zb_infer_free(&f);
+        zb_acts_free(&a);
+        /* the trainer takes it (inference forward) and refuses it for the training forward */
+        ZB_TEST_OK(zb_trainer_init(&tn, ZB_STAGE_KD, &k, &s, &tb, B, T));
+        ZB_TEST_OK(zb_trainer_step(&tn, ids, tg, 0, 1.0f, &pn));
+        zb_trainer_free(&tn);
+        ZB_TEST_OK(zb_trainer_init(&to, ZB_STAGE_KD, &k, &s, &tr32, B, T));
+        ZB_TEST_OK(zb_trainer_step(&to, ids, tg, 0, 1.0f, &po));
+        zb_trainer_free(&to);
+        /* the same student; the teachers' logits within eb[n] of each other (above), the CE part equal */
+        double lbb = 0;
+        for (int n = 0; n < N; n++) lbb += kf[n] * eb[n];
+        zb_check(fabs(pn.loss - po.loss) <= lbb, "kd: loss with the bf16 teacher %.10f vs its rounded float32 model "
+                 "%.10f (|d| %.2g, bound %.2g)", pn.loss, po.loss, fabs(pn.loss - po.loss), lbb);
+        setenv("ZB_KD_TEACHER", "train", 1);
+        rc = zb_trainer_init(&to, ZB_STAGE_KD, &k, &s, &tb, B, T);
+        unsetenv("ZB_KD_TEACHER");
+        zb_check(rc != 0, "kd: a bf16 teacher with ZB_KD_TEACHER=train is refused: %s", rc ? zb_errmsg() : "accepted");
+        zb_trainer_free(&to);
+        zb_model_free(&tb);
+        zb_model_free(&tr32);
+        free(lg); free(mag); free(g0);
+    }
     /* ---- ild (release): every new block on the teacher's hidden state; per layer the mean over
      * tokens of ||block out - teacher's||_2 + ||mixer out - teacher's attention out||_2, summed ---- */
     {

@@ -336,6 +336,22 @@ static double cpu_sumsq(const zb_backend *be, const float *x, size_t n) {
     return s;
 }
 
+/* the ranges one after the other: the per-range calls' results, bit for bit */
+static void cpu_adamw_ranges(const zb_backend *be, float *w, const float *g, float *m, float *v, int n,
+                             const zb_range *r, const zb_adamw_hp *hp) {
+    for (int i = 0; i < n; i++) {
+        zb_adamw_hp h = *hp;
+        h.decay = r[i].decay;
+        h.step_size = r[i].step_size;
+        cpu_adamw(be, w + r[i].off, g + r[i].off, m + r[i].off, v + r[i].off, r[i].n, &h);
+    }
+}
+static double cpu_sumsq_ranges(const zb_backend *be, const float *x, int n, const zb_range *r) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += cpu_sumsq(be, x + r[i].off, r[i].n);
+    return s;
+}
+
 /* threaded, counter-based: any split of the loop gives the same values */
 static void cpu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a) {
     (void)be;
@@ -395,8 +411,8 @@ static const zb_backend cpu_backend = {
     .mamba2_forward = cpu_mamba2_forward, .mamba2_backward = cpu_mamba2_backward,
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
-    .adamw = cpu_adamw, .sumsq = cpu_sumsq, .fill_uniform = cpu_fill_uniform,
-    .step_graph = cpu_step_graph, .mixer_profile = cpu_mixer_profile,
+    .adamw = cpu_adamw, .sumsq = cpu_sumsq, .adamw_ranges = cpu_adamw_ranges, .sumsq_ranges = cpu_sumsq_ranges,
+    .fill_uniform = cpu_fill_uniform, .step_graph = cpu_step_graph, .mixer_profile = cpu_mixer_profile,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

@@ -384,6 +384,18 @@ static double cu_sumsq(const zb_backend *be, const float *x, size_t n) {
     return r;
 }
 
+static void cu_adamw_ranges(const zb_backend *be, float *w, const float *g, float *m, float *v, int n,
+                            const zb_range *r, const zb_adamw_hp *hp) {
+    (void)be;
+    zb_cuda_adamw_ranges(w, g, m, v, n, r, hp->beta1, hp->beta2, hp->eps, hp->bc2_sqrt, hp->grad_scale);
+}
+static double cu_sumsq_ranges(const zb_backend *be, const float *x, int n, const zb_range *r) {
+    (void)be;
+    double s = zb_cuda_sumsq_ranges(x, n, r);
+    stop_on_error();
+    return s;
+}
+
 static void cu_fill_uniform(const zb_backend *be, void *x, int bf16, size_t n, uint64_t seed, float a) {
     (void)be;
     zb_cuda_fill_uniform(x, bf16, n, seed, a);
@@ -439,8 +451,8 @@ static zb_backend cuda_backend = {
     .mamba2_forward = cu_mamba2_forward, .mamba2_backward = cu_mamba2_backward,
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
-    .adamw = cu_adamw, .sumsq = cu_sumsq, .fill_uniform = cu_fill_uniform,
-    .step_graph = cu_step_graph, .mixer_profile = cu_mixer_profile,
+    .adamw = cu_adamw, .sumsq = cu_sumsq, .adamw_ranges = cu_adamw_ranges, .sumsq_ranges = cu_sumsq_ranges,
+    .fill_uniform = cu_fill_uniform, .step_graph = cu_step_graph, .mixer_profile = cu_mixer_profile,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

@@ -116,6 +116,11 @@ extern "C" int zb_cuda_device(void) { return g_dev.device; }
 extern "C" const char *zb_cuda_device_name(void) { return g_dev.name; }
 extern "C" int zb_cuda_sm_count(void) { return g_dev.sm_count; }
 extern "C" size_t zb_cuda_mem_total(void) { return g_dev.mem_total; }
+extern "C" int zb_cuda_mem_info(size_t *fr, size_t *tot) {
+    *fr = *tot = 0;
+    ZB_CUDA(cudaMemGetInfo(fr, tot));
+    return ZB_OK;
+}
 extern "C" cudaStream_t zb_cuda_stream(void) { return g_dev.stream; }
 extern "C" cublasHandle_t zb_cuda_cublas(void) { return g_dev.cublas; }
 extern "C" cublasLtHandle_t zb_cuda_cublaslt(void) { return g_dev.cublaslt; }

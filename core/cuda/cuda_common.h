@@ -53,6 +53,8 @@ const char *zb_cuda_device_name(void);
 /* Multiprocessors and total memory of the device (after init). */
 int zb_cuda_sm_count(void);
 size_t zb_cuda_mem_total(void);
+/* cudaMemGetInfo: free and total bytes of the device now. */
+int zb_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 
 void zb_cuda_set_precision(zb_cuda_prec p);
 zb_cuda_prec zb_cuda_precision(void);
@@ -81,7 +83,7 @@ int zb_cuda_status(void);
  * for the device) and are reused; a slot's contents are valid until the next request of the
  * same slot. Distinct users take distinct slots so that nested calls never share one. */
 enum { ZB_WS_GEMM_A = 0, ZB_WS_GEMM_B, ZB_WS_ATTN, ZB_WS_ATTN2, ZB_WS_LOSS, ZB_WS_PTRS, ZB_WS_MLA,
-       ZB_WS_MISC, ZB_WS_SSM, ZB_WS_N };
+       ZB_WS_MISC, ZB_WS_SSM, ZB_WS_OPT, ZB_WS_N };
 void *zb_cuda_scratch(int slot, size_t bytes);
 
 /* The stream (cudaStream_t) and cuBLAS handle (cublasHandle_t) as plain pointers, for C code

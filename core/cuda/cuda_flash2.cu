@@ -70,6 +70,14 @@ __device__ static inline void mma_bf16(float *d, const uint32_t *a, uint32_t b0,
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* 2^x in one MUFU op (relative error ~2^-22, denormal results flushed: far below the bf16
+ * rounding of P that follows); 2^-inf = 0 */
+__device__ static inline float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ static inline uint32_t pk2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
@@ -257,7 +265,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
             for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                float corr = exp2f((mrow[m][r] - mx[r]) * sl2);   /* 0 on tile 0 (mrow = -inf) */
+                float corr = ex2((mrow[m][r] - mx[r]) * sl2);   /* 0 on tile 0 (mrow = -inf) */
                 mrow[m][r] = mx[r];
                 lrow[m][r] *= corr;
                 msc[r] = mx[r] * sl2;
@@ -271,7 +279,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    float p = exp2f(fmaf(s[m][nt][i], sl2, -msc[i >> 1]));
+                    float p = ex2(fmaf(s[m][nt][i], sl2, -msc[i >> 1]));
                     s[m][nt][i] = p;
                     lrow[m][i >> 1] += p;
                 }
@@ -315,26 +323,29 @@ __global__ void __launch_bounds__(NW * 32, MB)
 
 /* ---- backward -------------------------------------------------------------------------------- */
 
-/* ST: 2 = Q / dO / lse / D double-buffered, 1 = single (head dim 128: two CTAs per SM fit);
- * MB: CTAs per SM the registers are budgeted for (3 for head dim 64 spills a few bytes) */
-template <int HD, int ST, int MB>
-__global__ void __launch_bounds__(128, MB) k_fa2_bwd(const bf16 *__restrict__ Qh, const bf16 *__restrict__ Kh,
-                                                 const bf16 *__restrict__ Vh, const bf16 *__restrict__ dOh,
-                                                 const float *__restrict__ lse, const float *__restrict__ Dg,
-                                                 float *dq, float *__restrict__ dk, float *__restrict__ dv, int T,
-                                                 int H, int rep, int q_stride, int k_stride, int v_stride,
-                                                 float scale, float sl2) {
-    constexpr int BN = FA2_BN, BM = FA2_BMB, LD = HD + 8, LDS = BM + 8, CH = HD / 8;
+/* NW warps of 16 keys: BN = 16 NW keys a CTA (with NW = 8 each Q / dO tile serves twice the keys
+ * and dQ gets half the atomics per product). ST: 2 = Q / dO / lse / D double-buffered, 1 =
+ * single (head dim 128 at 4 warps: two CTAs per SM fit). MB: CTAs per SM the registers are
+ * budgeted for. */
+template <int HD, int NW, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
+    k_fa2_bwd(const bf16 *__restrict__ Qh, const bf16 *__restrict__ Kh, const bf16 *__restrict__ Vh,
+              const bf16 *__restrict__ dOh, const float *__restrict__ lse, const float *__restrict__ Dg, float *dq,
+              float *__restrict__ dk, float *__restrict__ dv, int T, int H, int rep, int q_stride, int k_stride,
+              int v_stride, float scale, float sl2) {
+    constexpr int BN = 16 * NW, BM = FA2_BMB, LD = HD + 8, LDS = BM + 8, CH = HD / 8, NT = NW * 32;
+    /* dQ = dS K: warp w takes query m-tile w % 4 and DW of the dims from (w / 4) DW, DC at a time */
+    constexpr int DW = HD * 4 / NW, DC = DW < 64 ? DW : 64;
     extern __shared__ __align__(16) unsigned char fa2_sm[];
     bf16 *Ks = (bf16 *)fa2_sm, *Vs = Ks + BN * LD, *Qs = Vs + BN * LD, *dOs = Qs + ST * BM * LD;
     bf16 *dSs = dOs + ST * BM * LD;   /* dS^T [key][query] */
     float *Ls = (float *)(dSs + BN * LDS), *Ds = Ls + ST * BM;
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int mi = lane >> 3, rr = lane & 7;
-    const int Hkv = H / rep, bg = blockIdx.x, b = bg / Hkv, kvh = bg % Hkv, kt = blockIdx.y, k0 = kt * BN;
+    const int Hkv = H / rep, bg = blockIdx.x, b = bg / Hkv, kvh = bg % Hkv, k0 = blockIdx.y * BN;
     const int nqt = (T + BM - 1) / BM, qt0 = k0 / BM, nper = nqt - qt0, nit = rep * nper;
     const bf16 *Kg = Kh + (size_t)bg * T * HD, *Vg = Vh + (size_t)bg * T * HD;
-    for (int i = tid; i < BN * CH; i += 128) {
+    for (int i = tid; i < BN * CH; i += NT) {
         int r = i / CH, c = i % CH, key = k0 + r;
         size_t src = (size_t)min(key, T - 1) * HD + c * 8;
         cp16(Ks + r * LD + c * 8, Kg + src, key < T);
@@ -345,7 +356,7 @@ __global__ void __launch_bounds__(128, MB) k_fa2_bwd(const bf16 *__restrict__ Qh
         const int h = kvh * rep + it / nper, q0 = (qt0 + it % nper) * BM;
         const size_t bh = (size_t)b * H + h;
         const bf16 *Qg = Qh + bh * T * HD, *dOg = dOh + bh * T * HD;
-        for (int i = tid; i < BM * CH; i += 128) {
+        for (int i = tid; i < BM * CH; i += NT) {
             int r = i / CH, c = i % CH, row = q0 + r;
             size_t src = (size_t)min(row, T - 1) * HD + c * 8;
             cp16(Qs + (sb * BM + r) * LD + c * 8, Qg + src, row < T);
@@ -365,7 +376,7 @@ __global__ void __launch_bounds__(128, MB) k_fa2_bwd(const bf16 *__restrict__ Qh
     for (int i = 0; i < HD / 8; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) dka[i][j] = dva[i][j] = 0.0f;
-    const int kl0 = 16 * w + g;   /* this thread's keys (in the tile): kl0, kl0 + 8 */
+    const int kl0 = 16 * w + g;   /* this thread's keys (in the CTA's block): kl0, kl0 + 8 */
 
     for (int it = 0; it < nit; it++) {
         if (ST == 1) {
@@ -383,92 +394,104 @@ __global__ void __launch_bounds__(128, MB) k_fa2_bwd(const bf16 *__restrict__ Qh
         const int h = kvh * rep + it / nper, q0 = (qt0 + it % nper) * BM;
         const bf16 *Qb = Qs + sb * BM * LD, *dOb = dOs + sb * BM * LD;
         const float *L = Ls + sb * BM, *Dq = Ds + sb * BM;
-        /* S^T = K_w Q^T, dP^T = V_w dO^T: 16 keys x 64 queries per warp */
-        float st[8][4], dp[8][4];
+        if (k0 + 16 * w > q0 + BM - 1) {
+            /* every key of this warp is past every query of the tile: P = dS = 0 (warp-uniform;
+             * only with 8 warps, on the first query tile) */
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) st[nt][i] = dp[nt][i] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t ka[4], va[4];
-            ldsm4(ka, Ks + (16 * w + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-            ldsm4(va, Vs + (16 * w + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int np = 0; np < 4; np++) {
-                uint32_t bb[4];   /* queries 16np.. (+8), dims 16kk.. (+8) */
-                const int off = (np * 16 + (mi >> 1) * 8 + rr) * LD + kk * 16 + (mi & 1) * 8;
-                ldsm4(bb, Qb + off);
-                mma_bf16(st[2 * np], ka, bb[0], bb[1]);
-                mma_bf16(st[2 * np + 1], ka, bb[2], bb[3]);
-                ldsm4(bb, dOb + off);
-                mma_bf16(dp[2 * np], va, bb[0], bb[1]);
-                mma_bf16(dp[2 * np + 1], va, bb[2], bb[3]);
+            for (int nt = 0; nt < 8; nt++) {
+                *(uint32_t *)(dSs + kl0 * LDS + nt * 8 + 2 * t4) = 0u;
+                *(uint32_t *)(dSs + (kl0 + 8) * LDS + nt * 8 + 2 * t4) = 0u;
             }
-        }
-        /* P^T = exp2(S^T scale log2e - lse log2e); on the diagonal tile (q0 == k0) keys past the
-         * query are out; dS^T = P^T (dP^T - D) */
-        const bool diag = q0 == k0;
+        } else {
+            /* S^T = K_w Q^T, dP^T = V_w dO^T: 16 keys x 64 queries per warp */
+            float st[8][4], dp[8][4];
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int qc = nt * 8 + 2 * t4 + (i & 1);
-                float p = exp2f(fmaf(st[nt][i], sl2, -L[qc]));
-                if (diag && kl0 + (i >> 1) * 8 > qc) p = 0.0f;
-                st[nt][i] = p;
-                dp[nt][i] = p * (dp[nt][i] - Dq[qc]);
+                for (int i = 0; i < 4; i++) st[nt][i] = dp[nt][i] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                uint32_t ka[4], va[4];
+                ldsm4(ka, Ks + (16 * w + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+                ldsm4(va, Vs + (16 * w + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    uint32_t bb[4];   /* queries 16np.. (+8), dims 16kk.. (+8) */
+                    const int off = (np * 16 + (mi >> 1) * 8 + rr) * LD + kk * 16 + (mi & 1) * 8;
+                    ldsm4(bb, Qb + off);
+                    mma_bf16(st[2 * np], ka, bb[0], bb[1]);
+                    mma_bf16(st[2 * np + 1], ka, bb[2], bb[3]);
+                    ldsm4(bb, dOb + off);
+                    mma_bf16(dp[2 * np], va, bb[0], bb[1]);
+                    mma_bf16(dp[2 * np + 1], va, bb[2], bb[3]);
+                }
             }
-        /* dV_w += P^T dO, dK_w += dS^T Q (the operands' k = the 64 queries) */
+            /* P^T = exp2(S^T scale log2e - lse log2e); where the tile meets the CTA's keys
+             * (q0 < k0 + BN) keys past the query are out; dS^T = P^T (dP^T - D) */
+            const bool diag = q0 < k0 + BN;
+            const int kq = k0 + kl0 - q0;   /* key - query = kq + (i >> 1) 8 - qc */
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            uint32_t pa[4], da[4];
-            acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-            acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int dd = 0; dd < HD / 16; dd++) {
-                uint32_t bb[4];   /* queries 16kk.. (+8), dims 16dd.. (+8), transposed */
-                const int off = (kk * 16 + (mi & 1) * 8 + rr) * LD + dd * 16 + (mi >> 1) * 8;
-                ldsm4t(bb, dOb + off);
-                mma_bf16(dva[2 * dd], pa, bb[0], bb[1]);
-                mma_bf16(dva[2 * dd + 1], pa, bb[2], bb[3]);
-                ldsm4t(bb, Qb + off);
-                mma_bf16(dka[2 * dd], da, bb[0], bb[1]);
-                mma_bf16(dka[2 * dd + 1], da, bb[2], bb[3]);
-            }
-        }
-        /* dS^T (bf16) to shared memory: row = key, column = query */
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            *(uint32_t *)(dSs + kl0 * LDS + nt * 8 + 2 * t4) = pk2(dp[nt][0], dp[nt][1]);
-            *(uint32_t *)(dSs + (kl0 + 8) * LDS + nt * 8 + 2 * t4) = pk2(dp[nt][2], dp[nt][3]);
-        }
-        __syncthreads();
-        /* dQ (queries 16w.. of the tile) += scale dS K over the 64 keys, 64 dims at a time */
-        const size_t qrow = (size_t)b * T + q0 + 16 * w + g;
-#pragma unroll
-        for (int dc = 0; dc < HD / 64; dc++) {
-            float acc[8][4];
-#pragma unroll
-            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+                for (int i = 0; i < 4; i++) {
+                    int qc = nt * 8 + 2 * t4 + (i & 1);
+                    float p = ex2(fmaf(st[nt][i], sl2, -L[qc]));
+                    if (diag && kq + (i >> 1) * 8 > qc) p = 0.0f;
+                    st[nt][i] = p;
+                    dp[nt][i] = p * (dp[nt][i] - Dq[qc]);
+                }
+            /* dV_w += P^T dO, dK_w += dS^T Q (the operands' k = the 64 queries) */
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
-                uint32_t a[4];   /* dS rows = queries 16w.. (+8), k = keys 16kk.. (+8), from dS^T */
-                ldsm4t(a, dSs + (kk * 16 + (mi >> 1) * 8 + rr) * LDS + 16 * w + (mi & 1) * 8);
+                uint32_t pa[4], da[4];
+                acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+                acc_to_a(da, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
-                for (int dd = 0; dd < 4; dd++) {
-                    uint32_t bb[4];   /* keys 16kk.. (+8), dims 64dc + 16dd.. (+8), transposed */
-                    ldsm4t(bb, Ks + (kk * 16 + (mi & 1) * 8 + rr) * LD + dc * 64 + dd * 16 + (mi >> 1) * 8);
+                for (int dd = 0; dd < HD / 16; dd++) {
+                    uint32_t bb[4];   /* queries 16kk.. (+8), dims 16dd.. (+8), transposed */
+                    const int off = (kk * 16 + (mi & 1) * 8 + rr) * LD + dd * 16 + (mi >> 1) * 8;
+                    ldsm4t(bb, dOb + off);
+                    mma_bf16(dva[2 * dd], pa, bb[0], bb[1]);
+                    mma_bf16(dva[2 * dd + 1], pa, bb[2], bb[3]);
+                    ldsm4t(bb, Qb + off);
+                    mma_bf16(dka[2 * dd], da, bb[0], bb[1]);
+                    mma_bf16(dka[2 * dd + 1], da, bb[2], bb[3]);
+                }
+            }
+            /* dS^T (bf16) to shared memory: row = key, column = query */
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                *(uint32_t *)(dSs + kl0 * LDS + nt * 8 + 2 * t4) = pk2(dp[nt][0], dp[nt][1]);
+                *(uint32_t *)(dSs + (kl0 + 8) * LDS + nt * 8 + 2 * t4) = pk2(dp[nt][2], dp[nt][3]);
+            }
+        }
+        __syncthreads();
+        /* dQ (queries 16 (w % 4).. of the tile, DW dims) += scale dS K over the BN keys */
+        const int qm = 16 * (w & 3), d0 = (w >> 2) * DW;
+        const size_t qrow = (size_t)b * T + q0 + qm + g;
+#pragma unroll
+        for (int dc = 0; dc < DW / DC; dc++) {
+            float acc[DC / 8][4];
+#pragma unroll
+            for (int i = 0; i < DC / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t a[4];   /* dS rows = queries qm.. (+8), k = keys 16kk.. (+8), from dS^T */
+                ldsm4t(a, dSs + (kk * 16 + (mi >> 1) * 8 + rr) * LDS + qm + (mi & 1) * 8);
+#pragma unroll
+                for (int dd = 0; dd < DC / 16; dd++) {
+                    uint32_t bb[4];   /* keys 16kk.. (+8), dims d0 + DC dc + 16dd.. (+8), transposed */
+                    ldsm4t(bb, Ks + (kk * 16 + (mi & 1) * 8 + rr) * LD + d0 + dc * DC + dd * 16 + (mi >> 1) * 8);
                     mma_bf16(acc[2 * dd], a, bb[0], bb[1]);
                     mma_bf16(acc[2 * dd + 1], a, bb[2], bb[3]);
                 }
             }
 #pragma unroll
             for (int r = 0; r < 2; r++) {
-                if (q0 + 16 * w + g + 8 * r >= T) continue;
-                float *dqr = dq + (qrow + 8 * r) * q_stride + (size_t)h * HD + dc * 64 + 2 * t4;
+                if (q0 + qm + g + 8 * r >= T) continue;
+                float *dqr = dq + (qrow + 8 * r) * q_stride + (size_t)h * HD + d0 + dc * DC + 2 * t4;
 #pragma unroll
-                for (int dt = 0; dt < 8; dt++)
+                for (int dt = 0; dt < DC / 8; dt++)
                     atomicAdd((float2 *)(dqr + dt * 8), make_float2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale));
             }
         }
@@ -493,11 +516,11 @@ __global__ void __launch_bounds__(128, MB) k_fa2_bwd(const bf16 *__restrict__ Qh
 /* The forward's CTA shapes (warps x m-tiles of 16 rows each): 1 = 4 x 1 (64 rows), 2 = 8 x 1
  * (128 rows), 3 = 4 x 2 (128 rows, 32 a warp). */
 static const int k_fwd_nw[4] = {0, 4, 8, 4}, k_fwd_mt[4] = {0, 1, 1, 2};
-static int g_fwd_shape = 0, g_bwd_ctas = 0;   /* 0: the environment's or the default */
+static int g_fwd_shape = 0, g_bwd_shape = 0;   /* 0: the environment's or the default */
 
-extern "C" void zb_cuda_flash2_tune(int fwd_shape, int bwd_ctas) {
+extern "C" void zb_cuda_flash2_tune(int fwd_shape, int bwd_shape) {
     g_fwd_shape = fwd_shape >= 1 && fwd_shape <= 3 ? fwd_shape : 0;
-    g_bwd_ctas = bwd_ctas == 2 || bwd_ctas == 3 ? bwd_ctas : 0;
+    g_bwd_shape = bwd_shape >= 1 && bwd_shape <= 3 ? bwd_shape : 0;
 }
 
 static int env_int(const char *name) {
@@ -513,21 +536,31 @@ static int fa2_fwd_shape(int hd) {
     return v >= 1 && v <= 3 ? v : hd == 64 ? 3 : 1;
 }
 
-/* backward CTAs per SM (head dim 64): 3 (168 registers, a few spilled) or 2 (190, none) */
-static int fa2_bwd_ctas(void) {
-    if (g_bwd_ctas) return g_bwd_ctas;
-    int v = env_int("ZB_FLASH_BWD_CTAS");
-    return v == 2 || v == 3 ? v : 3;
+/* The backward's CTA shapes: 1 = 4 warps (64 keys) with registers for 2 CTAs per SM, 2 = 4
+ * warps for 3 CTAs per SM (head dim 64 only: 168 registers, a few spilled; 128 takes 1), 3 = 8
+ * warps (128 keys, one CTA per SM). */
+static int fa2_bwd_shape(int hd) {
+    int v = g_bwd_shape ? g_bwd_shape : env_int("ZB_FLASH_BWD");
+    if (v < 1 || v > 3) v = hd == 64 ? 2 : 1;
+    return hd == 128 && v == 2 ? 1 : v;
 }
 
 static size_t fa2_fwd_smem(int hd, int shape) {
     return (size_t)(16 * k_fwd_nw[shape] * k_fwd_mt[shape] + 4 * FA2_BN) * (hd + 8) * sizeof(bf16);
 }
-static int fa2_bwd_stages(int hd) { return hd == 64 ? 2 : 1; }
-static size_t fa2_bwd_smem(int hd) {
-    int st = fa2_bwd_stages(hd);
-    return (size_t)(2 * FA2_BN + 2 * st * FA2_BMB) * (hd + 8) * sizeof(bf16) +
-           (size_t)FA2_BN * (FA2_BMB + 8) * sizeof(bf16) + (size_t)2 * st * FA2_BMB * sizeof(float);
+static int fa2_bwd_nw(int shape) { return shape == 3 ? 8 : 4; }
+static int fa2_bwd_stages(int hd, int shape) { return hd == 64 || shape == 3 ? 2 : 1; }
+static size_t fa2_bwd_smem(int hd, int shape) {
+    int st = fa2_bwd_stages(hd, shape), bn = 16 * fa2_bwd_nw(shape);
+    return (size_t)(2 * bn + 2 * st * FA2_BMB) * (hd + 8) * sizeof(bf16) + (size_t)bn * (FA2_BMB + 8) * sizeof(bf16) +
+           (size_t)2 * st * FA2_BMB * sizeof(float);
+}
+
+typedef void (*bwd_fn)(const bf16 *, const bf16 *, const bf16 *, const bf16 *, const float *, const float *, float *,
+                       float *, float *, int, int, int, int, int, int, float, float);
+static bwd_fn bwd_kernel(int hd, int shape) {
+    if (hd == 64) return shape == 1 ? k_fa2_bwd<64, 4, 2, 2> : shape == 2 ? k_fa2_bwd<64, 4, 2, 3> : k_fa2_bwd<64, 8, 2, 1>;
+    return shape == 3 ? k_fa2_bwd<128, 8, 2, 1> : k_fa2_bwd<128, 4, 1, 2>;
 }
 
 /* the forward kernels by head dim and shape; registers budgeted for the CTAs per SM that the
@@ -544,9 +577,9 @@ static void fa2_limits(void) {
     for (int hd = 64; hd <= 128; hd += 64)
         for (int sh = 1; sh <= 3; sh++)
             cudaFuncSetAttribute(fwd_kernel(hd, sh), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa2_fwd_smem(hd, sh));
-    cudaFuncSetAttribute(k_fa2_bwd<64, 2, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa2_bwd_smem(64));
-    cudaFuncSetAttribute(k_fa2_bwd<64, 2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa2_bwd_smem(64));
-    cudaFuncSetAttribute(k_fa2_bwd<128, 1, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa2_bwd_smem(128));
+    for (int hd = 64; hd <= 128; hd += 64)
+        for (int sh = 1; sh <= 3; sh++)
+            cudaFuncSetAttribute(bwd_kernel(hd, sh), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fa2_bwd_smem(hd, sh));
     done = 1;
 }
 
@@ -593,18 +626,10 @@ extern "C" void zb_cuda_flash2_backward(float *dq, float *dk, float *dv, const f
     ZB_CUDA_LAUNCHED("flash2 backward dO, D");
     /* dQ is summed by atomics over the key blocks: its head columns start at zero */
     zb_cuda_zero_2d(dq, (size_t)s->q_stride * 4, (size_t)H * hd * 4, (size_t)B * T);
-    dim3 grid(B * Hkv, (T + FA2_BN - 1) / FA2_BN);
-    float sl2 = s->scale * LOG2E;
-    cudaStream_t st = zb_cuda_stream();
-    if (hd == 64 && fa2_bwd_ctas() == 3)
-        k_fa2_bwd<64, 2, 3><<<grid, 128, fa2_bwd_smem(64), st>>>(Qh, Kh, Vh, dOh, lse, D, dq, dk, dv, T, H, rep,
-                                                                 s->q_stride, s->k_stride, s->v_stride, s->scale, sl2);
-    else if (hd == 64)
-        k_fa2_bwd<64, 2, 2><<<grid, 128, fa2_bwd_smem(64), st>>>(Qh, Kh, Vh, dOh, lse, D, dq, dk, dv, T, H, rep,
-                                                                 s->q_stride, s->k_stride, s->v_stride, s->scale, sl2);
-    else
-        k_fa2_bwd<128, 1, 2><<<grid, 128, fa2_bwd_smem(128), st>>>(Qh, Kh, Vh, dOh, lse, D, dq, dk, dv, T, H, rep,
-                                                                   s->q_stride, s->k_stride, s->v_stride, s->scale,
-                                                                   sl2);
+    int sh = fa2_bwd_shape(hd), bn = 16 * fa2_bwd_nw(sh);
+    dim3 grid(B * Hkv, (T + bn - 1) / bn);   /* the first key blocks (the most query tiles) first */
+    bwd_kernel(hd, sh)<<<grid, 2 * bn, fa2_bwd_smem(hd, sh), zb_cuda_stream()>>>(
+        Qh, Kh, Vh, dOh, lse, D, dq, dk, dv, T, H, rep, s->q_stride, s->k_stride, s->v_stride, s->scale,
+        s->scale * LOG2E);
     ZB_CUDA_LAUNCHED("flash2 attention backward");
 }

@@ -7,7 +7,9 @@
 #include "cuda_reduce.cuh"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static unsigned vthreads(int V) { return V >= 1024 ? 512 : (V >= 256 ? 256 : 64); }
 
@@ -28,6 +30,176 @@ static double sum_to_host(const double *x, size_t n) {
     double h = NAN;
     if (zb_cuda_download(&h, acc, sizeof h) != ZB_OK) return NAN;
     return h;
+}
+
+/* ---- the fused row losses (the default) --------------------------------------------------------
+ * Cross-entropy and KL read each row twice instead of three times: pass 1 keeps a running maximum
+ * and a sum of exponentials rescaled when the maximum grows (online softmax; Milakov & Gimelshein,
+ * "Online normalizer calculation for softmax", 2018), pass 2 writes the gradient (in place when d
+ * aliases the logits: each thread reads, then writes, its own elements) and, for KL, sums
+ * pt (log pt - log ps). Rows of a multiple of 4 floats on 16-byte boundaries go 4 at a time
+ * (float4 loads and stores). Arithmetic as the per-statistic kernels below: float exps of float
+ * differences, sums in double (each group of G exponentials added in float first: 3 more roundings
+ * of terms <= 1), the rescalings in double. ZB_CUDA_LOSS=rows in the environment: those kernels. */
+
+static int g_loss_rows = -1;   /* -1: from the environment at the first use */
+static int use_row_kernels(void) {
+    if (g_loss_rows < 0) {
+        const char *e = getenv("ZB_CUDA_LOSS");
+        g_loss_rows = e && !strcmp(e, "rows");
+    }
+    return g_loss_rows;
+}
+extern "C" void zb_cuda_loss_use_rows(int on) { g_loss_rows = on; }
+
+#define LOSS_THREADS 512
+
+template <int G> __device__ static inline void ld_g(const float *p, int g, float (&x)[4]) {
+    if (G == 4) {
+        float4 v = __ldg((const float4 *)p + g);
+        x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
+    } else x[0] = p[g];
+}
+/* the same without the read-only path: rows the kernel also writes (in place) */
+template <int G> __device__ static inline void ld_gw(const float *p, int g, float (&x)[4]) {
+    if (G == 4) {
+        float4 v = ((const float4 *)p)[g];
+        x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
+    } else x[0] = p[g];
+}
+template <int G> __device__ static inline void st_g(float *p, int g, const float (&x)[4]) {
+    if (G == 4) ((float4 *)p)[g] = make_float4(x[0], x[1], x[2], x[3]);
+    else p[g] = x[0];
+}
+template <int G> __device__ static inline void zero_row(float *p, int V) {
+    const float z[4] = {0, 0, 0, 0};
+    for (int g = threadIdx.x; g < V / G; g += blockDim.x) st_g<G>(p, g, z);
+}
+
+/* running (max m, sum z of exp(x - m)) of G values; m starts at -inf, z at 0 */
+template <int G> __device__ static inline void online_add(float &m, double &z, const float (&x)[4]) {
+    float mx = x[0];
+    for (int k = 1; k < G; k++) mx = fmaxf(mx, x[k]);
+    if (mx > m) {   /* rare after the first few: the rescaling in double */
+        z *= exp((double)m - (double)mx);
+        m = mx;
+    }
+    float e = 0;
+    for (int k = 0; k < G; k++) e += expf(x[k] - m);
+    z += (double)e;
+}
+
+__device__ static inline void online_merge(float &m, double &z, float m2, double z2) {
+    float mn = fmaxf(m, m2);
+    if (mn == -INFINITY) return;   /* both empty */
+    z = (m == mn ? z : z * exp((double)m - (double)mn)) + (m2 == mn ? z2 : z2 * exp((double)m2 - (double)mn));
+    m = mn;
+}
+
+/* (m, z) over the block: every thread gets it (calls __syncthreads: every thread must call it) */
+__device__ static inline void block_online(float &m, double &z) {
+    __shared__ float sm[32];
+    __shared__ double sz[32];
+    for (int o = 16; o > 0; o >>= 1)
+        online_merge(m, z, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, z, o));
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();   /* the slots may still be read by a previous call */
+    if (lane == 0) { sm[w] = m; sz[w] = z; }
+    __syncthreads();
+    m = lane < nw ? sm[lane] : -INFINITY;
+    z = lane < nw ? sz[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1)
+        online_merge(m, z, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, z, o));
+}
+
+/* cross-entropy, one block per row: see k_ce */
+template <int G>
+__global__ void __launch_bounds__(LOSS_THREADS, 2)
+k_ce_fused(double *loss, float *d, const float *logits, const int *targets, int V, float scale) {
+    size_t r = blockIdx.x;
+    const float *row = logits + r * V;
+    float *dr = d ? d + r * V : NULL;
+    int y = targets[r], ng = V / G;
+    if (y < 0 || y >= V) {
+        if (dr) zero_row<G>(dr, V);
+        if (threadIdx.x == 0) loss[r] = 0;
+        return;
+    }
+    float m = -INFINITY, x[4];
+    double z = 0;
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) {
+        ld_gw<G>(row, g, x);
+        online_add<G>(m, z, x);
+    }
+    block_online(m, z);
+    double lse = (double)m + log(z);
+    float ry = row[y];   /* read before the gradient may overwrite it */
+    if (threadIdx.x == 0) loss[r] = lse - ry;
+    if (!dr) return;
+    __syncthreads();   /* every thread has read row[y] */
+    float l = (float)lse;
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) {
+        ld_gw<G>(row, g, x);
+        for (int k = 0; k < G; k++) {
+            float p = scale * expf(x[k] - l);
+            x[k] = g * G + k == y ? p - scale : p;
+        }
+        st_g<G>(dr, g, x);
+    }
+}
+
+/* KL(teacher || student) at tau, one block per row: see k_kl. Pass 2 takes log p = x/tau - log Z
+ * in float with log Z split in two floats (hi + lo: the difference rounded once more at most). */
+template <int G>
+__global__ void __launch_bounds__(LOSS_THREADS, 2)
+k_kl_fused(double *kl, float *d, const float *student, const float *teacher, const int *mask, int V, float tau,
+           float gscale) {
+    size_t r = blockIdx.x;
+    const float *s = student + r * V, *t = teacher + r * V;
+    float *dr = d ? d + r * V : NULL;
+    int ng = V / G;
+    if (mask && !mask[r]) {
+        if (dr) zero_row<G>(dr, V);
+        if (threadIdx.x == 0) kl[r] = 0;
+        return;
+    }
+    const bool div = tau != 1.0f;   /* x / tau as the CPU (an IEEE division; none at tau 1) */
+    float ms = -INFINITY, mt = -INFINITY, xs[4], xt[4];
+    double zs = 0, zt = 0;
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) {
+        ld_gw<G>(s, g, xs);
+        ld_g<G>(t, g, xt);
+        if (div)
+            for (int k = 0; k < G; k++) { xs[k] = xs[k] / tau; xt[k] = xt[k] / tau; }
+        online_add<G>(ms, zs, xs);
+        online_add<G>(mt, zt, xt);
+    }
+    block_online(ms, zs);
+    block_online(mt, zt);
+    double lzs = (double)ms + log(zs), lzt = (double)mt + log(zt);
+    float shi = (float)lzs, slo = (float)(lzs - (double)shi), thi = (float)lzt, tlo = (float)(lzt - (double)thi);
+    double acc = 0;
+    for (int g = threadIdx.x; g < ng; g += blockDim.x) {
+        ld_gw<G>(s, g, xs);
+        ld_g<G>(t, g, xt);
+        float a = 0;
+        for (int k = 0; k < G; k++) {
+            float sv = div ? xs[k] / tau : xs[k], tv = div ? xt[k] / tau : xt[k];
+            float lps = (sv - shi) - slo, lpt = (tv - thi) - tlo;
+            float ps = expf(lps), pt = expf(lpt);
+            a += pt * (lpt - lps);
+            xs[k] = gscale * (ps - pt);
+        }
+        acc += (double)a;
+        if (dr) st_g<G>(dr, g, xs);
+    }
+    acc = zb_block_sum_d(acc);
+    if (threadIdx.x == 0) kl[r] = acc;
+}
+
+/* rows of V floats go 4 at a time when V % 4 == 0 and every row pointer is 16-byte aligned */
+static int vec4(int V, const void *a, const void *b, const void *c) {
+    return V % 4 == 0 && !((uintptr_t)a & 15) && !((uintptr_t)b & 15) && !((uintptr_t)c & 15);
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------------- */
@@ -76,7 +248,12 @@ extern "C" double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, c
     if (N <= 0) return 0;
     double *loss = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
     if (!loss) return NAN;
-    k_ce<<<N, vthreads(V), 0, zb_cuda_stream()>>>(loss, dlogits, logits, targets, V, scale);
+    if (use_row_kernels())
+        k_ce<<<N, vthreads(V), 0, zb_cuda_stream()>>>(loss, dlogits, logits, targets, V, scale);
+    else if (vec4(V, logits, dlogits, NULL))
+        k_ce_fused<4><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(loss, dlogits, logits, targets, V, scale);
+    else
+        k_ce_fused<1><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(loss, dlogits, logits, targets, V, scale);
     ZB_CUDA_LAUNCHED("cross_entropy");
     if (n_valid) {
         int *cnt = (int *)zb_cuda_scratch(ZB_WS_MISC, sizeof(double) + sizeof(int));
@@ -275,7 +452,14 @@ extern "C" double zb_cuda_kl_div(float *dstudent, const float *student, const fl
     if (N <= 0) return 0;
     double *kl = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
     if (!kl) return NAN;
-    k_kl<<<N, vthreads(V), 0, zb_cuda_stream()>>>(kl, dstudent, student, teacher, mask, V, tau, scale);
+    if (use_row_kernels())
+        k_kl<<<N, vthreads(V), 0, zb_cuda_stream()>>>(kl, dstudent, student, teacher, mask, V, tau, scale);
+    else if (vec4(V, student, teacher, dstudent))
+        k_kl_fused<4><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(kl, dstudent, student, teacher, mask, V, tau,
+                                                                  scale / tau);
+    else
+        k_kl_fused<1><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(kl, dstudent, student, teacher, mask, V, tau,
+                                                                  scale / tau);
     ZB_CUDA_LAUNCHED("kl_div");
     return sum_to_host(kl, (size_t)N);
 }
@@ -496,4 +680,155 @@ extern "C" void zb_cuda_adamw(const zb_cuda_segs *s, float *w, const float *g, f
                                                                     s->n, w, g, m, v, lr, beta1, beta2, eps,
                                                                     grad_scale, bc1, bc2s);
     ZB_CUDA_LAUNCHED("adamw");
+}
+
+/* ---- many ranges in one launch (backend.h adamw_ranges / sumsq_ranges) ----------------------------
+ * The ranges' table (offset, length, first block, decay, step) goes to the device with each call
+ * (a few KB); each block takes RANGE_CHUNK floats of one range (found by a binary search over the
+ * first blocks), 4 at a time where the base pointers are 16-byte aligned (the unaligned head and
+ * tail of a range one at a time). The sum of squares writes one double per block and one block adds
+ * them in a fixed order: the same bits every call. */
+
+#define RANGE_CHUNK 16384
+#define RANGE_THREADS 256
+
+struct zb_rseg {
+    long long off, n, first;
+    float decay, step;
+};
+
+__device__ static int rseg_of(const zb_rseg *t, int n, long long b) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (t[mid].first <= b) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* block b's floats [a, e) and the 4-aligned part [a4, e4) inside them */
+__device__ static inline void rseg_span(const zb_rseg *t, int n, long long b, int *si, long long *a, long long *e,
+                                        long long *a4, long long *e4) {
+    int i = rseg_of(t, n, b);
+    *si = i;
+    *a = t[i].off + (b - t[i].first) * RANGE_CHUNK;
+    *e = t[i].off + t[i].n;
+    if (*a + RANGE_CHUNK < *e) *e = *a + RANGE_CHUNK;
+    *a4 = (*a + 3) & ~3ll;
+    *e4 = *e & ~3ll;
+    if (*a4 > *e) *a4 = *e;
+    if (*e4 < *a4) *e4 = *a4;
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(RANGE_THREADS) k_sumsq_ranges(double *part, const zb_rseg *t, int n, const float *x) {
+    int si;
+    long long a, e, a4, e4;
+    rseg_span(t, n, blockIdx.x, &si, &a, &e, &a4, &e4);
+    if (!VEC) a4 = e4 = e;
+    double s = 0;
+    for (long long j = a + threadIdx.x; j < a4; j += blockDim.x) s += (double)x[j] * x[j];
+    for (long long j = e4 + threadIdx.x; j < e; j += blockDim.x) s += (double)x[j] * x[j];
+    for (long long q = a4 / 4 + threadIdx.x; q < e4 / 4; q += blockDim.x) {
+        float4 v = __ldg((const float4 *)x + q);
+        s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    s = zb_block_sum_d(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__device__ static inline void adamw_one(float &w, float g, float &m, float &v, float b1, float b2, float eps,
+                                        float decay, float step, float bc2s, float gs) {
+    float gj = g * gs;
+    float mj = b1 * m + (1.0f - b1) * gj;
+    float vj = b2 * v + (1.0f - b2) * gj * gj;
+    m = mj;
+    v = vj;
+    w = w * decay - step * mj / (sqrtf(vj) / bc2s + eps);
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(RANGE_THREADS) k_adamw_ranges(const zb_rseg *t, int n, float *w, const float *g,
+                                                                float *m, float *v, float b1, float b2, float eps,
+                                                                float bc2s, float gs) {
+    int si;
+    long long a, e, a4, e4;
+    rseg_span(t, n, blockIdx.x, &si, &a, &e, &a4, &e4);
+    if (!VEC) a4 = e4 = e;
+    const float decay = t[si].decay, step = t[si].step;
+    for (long long j = a + threadIdx.x; j < a4; j += blockDim.x)
+        adamw_one(w[j], g[j], m[j], v[j], b1, b2, eps, decay, step, bc2s, gs);
+    for (long long j = e4 + threadIdx.x; j < e; j += blockDim.x)
+        adamw_one(w[j], g[j], m[j], v[j], b1, b2, eps, decay, step, bc2s, gs);
+    for (long long q = a4 / 4 + threadIdx.x; q < e4 / 4; q += blockDim.x) {
+        float4 W = ((float4 *)w)[q], M = ((float4 *)m)[q], Vv = ((float4 *)v)[q];
+        float4 G = __ldg((const float4 *)g + q);
+        adamw_one(W.x, G.x, M.x, Vv.x, b1, b2, eps, decay, step, bc2s, gs);
+        adamw_one(W.y, G.y, M.y, Vv.y, b1, b2, eps, decay, step, bc2s, gs);
+        adamw_one(W.z, G.z, M.z, Vv.z, b1, b2, eps, decay, step, bc2s, gs);
+        adamw_one(W.w, G.w, M.w, Vv.w, b1, b2, eps, decay, step, bc2s, gs);
+        ((float4 *)w)[q] = W;
+        ((float4 *)m)[q] = M;
+        ((float4 *)v)[q] = Vv;
+    }
+}
+
+/* the ranges' table on the device (scratch ZB_WS_OPT); *blocks: RANGE_CHUNK blocks over them */
+static const zb_rseg *upload_ranges(int n, const zb_range *r, long long *blocks) {
+    *blocks = 0;
+    zb_rseg *h = (zb_rseg *)malloc(sizeof(zb_rseg) * (size_t)(n > 0 ? n : 1));
+    if (!h) { zb_cuda_note_error2("optimizer ranges", "out of host memory", __FILE__, __LINE__); return NULL; }
+    long long b = 0;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (!r[i].n) continue;
+        h[k].off = (long long)r[i].off;
+        h[k].n = (long long)r[i].n;
+        h[k].first = b;
+        h[k].decay = r[i].decay;
+        h[k].step = r[i].step_size;
+        b += (h[k].n + RANGE_CHUNK - 1) / RANGE_CHUNK;
+        k++;
+    }
+    zb_rseg *d = k ? (zb_rseg *)zb_cuda_scratch(ZB_WS_OPT, sizeof(zb_rseg) * (size_t)k) : NULL;
+    if (d && zb_cuda_upload(d, h, sizeof(zb_rseg) * (size_t)k) != ZB_OK) d = NULL;
+    free(h);
+    *blocks = d ? b : 0;
+    return d;
+}
+
+static int aligned16(const void *p) { return !((uintptr_t)p & 15); }
+
+extern "C" double zb_cuda_sumsq_ranges(const float *x, int n, const zb_range *r) {
+    long long blocks = 0;
+    int nn = 0;
+    for (int i = 0; i < n; i++) nn += r[i].n > 0;
+    if (!nn) return 0;
+    const zb_rseg *t = upload_ranges(n, r, &blocks);
+    if (!t || blocks <= 0 || blocks > INT_MAX) return NAN;
+    double *part = (double *)zb_cuda_scratch(ZB_WS_LOSS, sizeof(double) * (size_t)blocks);
+    if (!part) return NAN;
+    if (aligned16(x)) k_sumsq_ranges<true><<<(unsigned)blocks, RANGE_THREADS, 0, zb_cuda_stream()>>>(part, t, nn, x);
+    else k_sumsq_ranges<false><<<(unsigned)blocks, RANGE_THREADS, 0, zb_cuda_stream()>>>(part, t, nn, x);
+    ZB_CUDA_LAUNCHED("sumsq_ranges");
+    return sum_to_host(part, (size_t)blocks);
+}
+
+extern "C" void zb_cuda_adamw_ranges(float *w, const float *g, float *m, float *v, int n, const zb_range *r,
+                                     float beta1, float beta2, float eps, float bc2s, float grad_scale) {
+    int nn = 0;
+    for (int i = 0; i < n; i++) nn += r[i].n > 0;
+    if (!nn) return;
+    zb_cuda_weights_changed();
+    long long blocks = 0;
+    const zb_rseg *t = upload_ranges(n, r, &blocks);
+    if (!t || blocks <= 0) return;
+    if (blocks > INT_MAX) { zb_cuda_note_error2("adamw_ranges", "too many blocks", __FILE__, __LINE__); return; }
+    if (aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v))
+        k_adamw_ranges<true><<<(unsigned)blocks, RANGE_THREADS, 0, zb_cuda_stream()>>>(t, nn, w, g, m, v, beta1, beta2,
+                                                                                     eps, bc2s, grad_scale);
+    else
+        k_adamw_ranges<false><<<(unsigned)blocks, RANGE_THREADS, 0, zb_cuda_stream()>>>(t, nn, w, g, m, v, beta1, beta2,
+                                                                                      eps, bc2s, grad_scale);
+    ZB_CUDA_LAUNCHED("adamw_ranges");
 }

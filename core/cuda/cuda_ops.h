@@ -119,11 +119,12 @@ void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, 
  * one runs. */
 void zb_cuda_flash_set_version(int v);
 int zb_cuda_flash_version(void);
-/* Version 2's launch shapes (benchmarks, tests): the forward CTA, 1 = 4 warps x 16 query rows,
- * 2 = 8 warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default: 3 for head
- * dim 64, 1 for 128), and the head-dim-64 backward's CTAs per SM the registers are budgeted for,
- * 2 or 3 (0 = ZB_FLASH_BWD_CTAS or 3). */
-void zb_cuda_flash2_tune(int fwd_shape, int bwd_ctas);
+/* Version 2's launch shapes (benchmarks, tests). Forward CTA: 1 = 4 warps x 16 query rows, 2 = 8
+ * warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default: 3 for head dim 64, 1
+ * for 128). Backward CTA: 1 = 4 warps x 16 keys with registers for 2 CTAs per SM, 2 = the same
+ * for 3 CTAs per SM (head dim 64; 128 takes 1), 3 = 8 warps x 16 keys (0 = ZB_FLASH_BWD or the
+ * default: 2 for head dim 64, 1 for 128). */
+void zb_cuda_flash2_tune(int fwd_shape, int bwd_shape);
 void zb_cuda_flash2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                             const zb_attn_shape *s);
 void zb_cuda_flash2_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
@@ -198,6 +199,9 @@ void zb_cuda_cache_store(void *cache, int cache_bf16, const float *src, int src_
                          long long group_stride, long long row_stride);
 
 /* ---- losses (device logits, device targets / mask; sums returned to the host) ---------------- */
+/* Cross-entropy and KL: the fused two-pass kernels (0, the default; cuda_loss.cu) or the kernels of
+ * one pass per statistic (1; ZB_CUDA_LOSS=rows in the environment); tests compare both. */
+void zb_cuda_loss_use_rows(int on);
 double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V, float scale);
 /* The same, also counting the rows with a target in [0, V) (*n_valid, host; may be NULL). */
 double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *targets, int N, int V, float scale,
@@ -226,6 +230,11 @@ void zb_cuda_adamw_range(float *w, const float *g, float *m, float *v, size_t n,
                          float eps, float decay, float step_size, float bc2s, float grad_scale);
 /* sum of x^2 over n floats (double), returned to the host. */
 double zb_cuda_sumsq_range(const float *x, size_t n);
+
+/* backend.h adamw_ranges / sumsq_ranges: every range in one launch (r: HOST table). */
+void zb_cuda_adamw_ranges(float *w, const float *g, float *m, float *v, int n, const zb_range *r, float beta1,
+                          float beta2, float eps, float bc2s, float grad_scale);
+double zb_cuda_sumsq_ranges(const float *x, int n, const zb_range *r);
 
 /* ---- optimizer ------------------------------------------------------------------------------
  * A list of parameter segments [off, off + n) of the flat float32 buffers with their learning

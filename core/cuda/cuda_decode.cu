@@ -724,19 +724,15 @@ __device__ static inline void cp_async_commit() { asm volatile("cp.async.commit_
 template <int N> __device__ static inline void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-__device__ static inline void ldsm_x4(unsigned *r, const bf16 *p) {
+/* four 8x8 bf16 matrices from shared memory (TR: transposed), addresses from lanes 8i..8i+7 */
+template <bool TR> __device__ static inline void ldsm_x4(unsigned *r, const bf16 *p) {
     unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-__device__ static inline void ldsm_x4_t(unsigned *r, const bf16 *p) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
+    if (TR)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
 }
 /* c[16 x 8] += a[16 x 16] b[16 x 8], bf16 in, float32 sums */
 __device__ static inline void mma_bf16(float *c, const unsigned *a, unsigned b0, unsigned b1) {
@@ -822,9 +818,9 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
         for (int kt = 0; kt < KTM; kt++) {
             if (kt < KT) {
                 unsigned a[4], b[4], c[4];
-                ldsm_x4(a, qa + kt * 16);
-                ldsm_x4(b, kb + kt * 16);
-                ldsm_x4(c, kb + (size_t)16 * ldk + kt * 16);
+                ldsm_x4<false>(a, qa + kt * 16);
+                ldsm_x4<false>(b, kb + kt * 16);
+                ldsm_x4<false>(c, kb + (size_t)16 * ldk + kt * 16);
                 mma_bf16(s[0], a, b[0], b[1]);
                 mma_bf16(s[1], a, b[2], b[3]);
                 mma_bf16(s[2], a, c[0], c[1]);
@@ -880,7 +876,7 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
             for (int np = 0; np < NTM / 2; np++) {
                 if (2 * np < NT) {
                     unsigned b[4];
-                    ldsm_x4_t(b, vb + (size_t)kk * 16 * ldk + np * 16);
+                    ldsm_x4<true>(b, vb + (size_t)kk * 16 * ldk + np * 16);
                     mma_bf16(o[2 * np], pa[kk], b[0], b[1]);
                     mma_bf16(o[2 * np + 1], pa[kk], b[2], b[3]);
                 }

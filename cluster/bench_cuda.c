@@ -97,6 +97,32 @@ static void run_attn(void *p) {
     if (a->bwd) zb_cuda_attention_backward(a->dq, a->dk, a->dv, a->dout, a->o, a->lse, a->q, a->k, a->v, &a->s);
 }
 
+/* an attention path: precision, flash on/off, flash version, flash2 forward / backward shapes */
+typedef struct { const char *name; int prec, flash, ver, fwd, bwd; } attn_cfg;
+
+/* one path's forward, then (bwd) its forward + backward and (alone) the backward by difference;
+ * causal: the flops of one causal product of the shape */
+static void bench_attn_cfg(attn_ctx *a, const attn_cfg *c, const char *shape, double causal, int bwd, int alone) {
+    char what[200];
+    zb_cuda_set_precision(c->prec);
+    zb_cuda_attention_use_flash(c->flash);
+    zb_cuda_flash_set_version(c->ver);
+    zb_cuda_flash2_tune(c->fwd, c->bwd);
+    a->bwd = 0;
+    double ms = timeit(run_attn, a, 1, 3);
+    snprintf(what, sizeof what, "%s attention forward %s (%s)", shape, shape[0] == '1' ? "B=8 T=2048 H=32/8 hd=64"
+                                                                                     : "B=4 T=2048 H=32/8 hd=128", c->name);
+    row(what, ms, 2 * causal / (ms * 1e-3) / 1e12, "TFLOP/s");
+    if (!bwd) return;
+    a->bwd = 1;
+    double ms2 = timeit(run_attn, a, 1, 3);
+    snprintf(what, sizeof what, "%s attention fwd+bwd (%s)", shape, c->name);
+    row(what, ms2, 7 * causal / (ms2 * 1e-3) / 1e12, "TFLOP/s");
+    if (!alone) return;
+    snprintf(what, sizeof what, "%s attention bwd alone (%s; fwd+bwd less fwd)", shape, c->name);
+    row(what, ms2 - ms, 5 * causal / ((ms2 - ms) * 1e-3) / 1e12, "TFLOP/s");
+}
+
 
 /* one of the 8B's decode products on a rotating copy of its weights (see main) */
 typedef struct {
@@ -244,7 +270,6 @@ int main(int argc, char **argv) {
         /* f32 (cuBLAS blocks), bf16 on the blocked path, bf16 flash: version 1 (cuda_flash.cu,
          * ZB_FLASH=old) and version 2 (cuda_flash2.cu, the default) with each forward CTA shape
          * (zb_cuda_flash2_tune: warps x query rows a warp) and both backward register budgets */
-        typedef struct { const char *name; int prec, flash, ver, fwd, bwd; } attn_cfg;
         static const attn_cfg cf[] = {
             {"f32 blocked", ZB_PREC_F32, 0, 2, 0, 0},
             {"bf16 blocked", ZB_PREC_BF16, 0, 2, 0, 0},
@@ -253,24 +278,7 @@ int main(int argc, char **argv) {
             {"bf16 flash2 fwd 4x16 rows, bwd 4 warps 2 CTAs/SM", ZB_PREC_BF16, 1, 2, 1, 1},
             {"bf16 flash2 fwd 8x16 rows, bwd 8 warps", ZB_PREC_BF16, 1, 2, 2, 3},
         };
-        for (int p = 0; p < 6; p++) {
-            zb_cuda_set_precision(cf[p].prec);
-            zb_cuda_attention_use_flash(cf[p].flash);
-            zb_cuda_flash_set_version(cf[p].ver);
-            zb_cuda_flash2_tune(cf[p].fwd, cf[p].bwd);
-            a.bwd = 0;
-            double ms = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention forward B=8 T=2048 H=32/8 hd=64 (%s)", cf[p].name);
-            row(what, ms, 2 * causal / (ms * 1e-3) / 1e12, "TFLOP/s");
-            a.bwd = 1;
-            double ms2 = timeit(run_attn, &a, 1, 3);
-            snprintf(what, sizeof what, "1B attention fwd+bwd (%s)", cf[p].name);
-            row(what, ms2, 7 * causal / (ms2 * 1e-3) / 1e12, "TFLOP/s");
-            if (p >= 2) {   /* the backward alone: fwd+bwd less the forward */
-                snprintf(what, sizeof what, "1B attention bwd alone (%s; fwd+bwd less fwd)", cf[p].name);
-                row(what, ms2 - ms, 5 * causal / ((ms2 - ms) * 1e-3) / 1e12, "TFLOP/s");
-            }
-        }
+        for (int p = 0; p < 6; p++) bench_attn_cfg(&a, &cf[p], "1B", causal, 1, p >= 2);
         /* the 8B shape (head dim 128; the KD teacher's and prefill's forward) on the flash kernels:
          * B=4 T=2048 H=32/8 */
         {
@@ -281,23 +289,9 @@ int main(int argc, char **argv) {
                 {"bf16 flash1", ZB_PREC_BF16, 1, 1, 0, 0},
                 {"bf16 flash2 fwd 4x16 rows, bwd 4 warps", ZB_PREC_BF16, 1, 2, 1, 1},
                 {"bf16 flash2 fwd 8x16 rows, bwd 8 warps", ZB_PREC_BF16, 1, 2, 2, 3},
-                {"bf16 flash2 fwd 4x32 rows", ZB_PREC_BF16, 1, 2, 3, 1},
+                {"bf16 flash2 fwd 4x32 rows", ZB_PREC_BF16, 1, 2, 3, 1},   /* the same backward as 4x16 */
             };
-            zb_cuda_set_precision(ZB_PREC_BF16);
-            zb_cuda_attention_use_flash(1);
-            for (int p = 0; p < 4; p++) {
-                zb_cuda_flash_set_version(c8f[p].ver);
-                zb_cuda_flash2_tune(c8f[p].fwd, c8f[p].bwd);
-                a.bwd = 0;
-                double ms = timeit(run_attn, &a, 1, 3);
-                snprintf(what, sizeof what, "8B-shape attention forward B=4 T=2048 H=32/8 hd=128 (%s)", c8f[p].name);
-                row(what, ms, 2 * c8 / (ms * 1e-3) / 1e12, "TFLOP/s");
-                if (p == 3) continue;   /* the same backward as the 4x16 row */
-                a.bwd = 1;
-                double ms2 = timeit(run_attn, &a, 1, 3);
-                snprintf(what, sizeof what, "8B-shape attention fwd+bwd B=4 T=2048 H=32/8 hd=128 (%s)", c8f[p].name);
-                row(what, ms2, 7 * c8 / (ms2 * 1e-3) / 1e12, "TFLOP/s");
-            }
+            for (int p = 0; p < 4; p++) bench_attn_cfg(&a, &c8f[p], "8B-shape", c8, p < 3, 0);
             a.s = s;
         }
         zb_cuda_flash_set_version(0);

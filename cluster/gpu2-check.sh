@@ -276,12 +276,35 @@ dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out
   [ -n "$tps" ] || tail_of "$log"
   [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"batch":%d,"rep":%d,"decode_tps":%s}\n' "$m" "$2" "$3" "$4" "$tps" >> "$out/decode.jsonl"
 }
+first_diff() {   # where two token files part: per row ("[r]" opens a row), the first new token that differs
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+def rows(f):
+    t = open(f).read().split()
+    out, cur = [], []
+    for w in t:
+        if re.fullmatch(r"\[\d+\]", w):
+            if cur: out.append(cur)
+            cur = []
+        elif re.fullmatch(r"-?\d+", w): cur.append(int(w))
+    if cur: out.append(cur)
+    return out
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+for r in range(max(len(a), len(b))):
+    x, y = (a[r] if r < len(a) else []), (b[r] if r < len(b) else [])
+    k = next((i for i in range(min(len(x), len(y))) if x[i] != y[i]), None)
+    if k is None and len(x) == len(y): continue
+    print("  row %d parts at token %s of %d (1 GPU %s, 2 GPUs %s)" % (r, k if k is not None else min(len(x), len(y)), max(len(x), len(y)),
+          x[k] if k is not None else "-", y[k] if k is not None else "-"))
+PY
+}
 same_tokens() {   # same_tokens MODEL BATCH [VARIANT]: --tp 2 == 1 GPU, greedy
   local f1="$out/tok-$1-b$2-1.txt" f2="$out/tok-$1${3:++$3}-b$2-2.txt" n
   [ -f "$f1" ] && [ -f "$f2" ] || return   # not run (time)
   n=$(tr ' ' '\n' < "$f1" | grep -cE '^[0-9]+$')
   check "generate --device cuda --tp 2${3:+ ($3)} == 1 GPU, greedy, $1 (synthetic bf16), batch $2: $n tokens ($(head -c 60 "$f2" | tr '\n' ' ')...)" \
-    "[ -s '$f1' ] && cmp -s '$f1' '$f2'" || { echo "  1 GPU: $(head -c 300 "$f1" | tr '\n' ' ')"; echo "  2 GPU: $(head -c 300 "$f2" | tr '\n' ' ')"; }
+    "[ -s '$f1' ] && cmp -s '$f1' '$f2'" || { echo "  1 GPU: $(head -c 300 "$f1" | tr '\n' ' ')"; echo "  2 GPU: $(head -c 300 "$f2" | tr '\n' ' ')"
+      first_diff "$f1" "$f2"; }
 }
 if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${ZB_G2_TP8B:-1}" = 1 ] && [ $have_gpu_table = 1 ]; then
   stamp "the 8B shapes: --tp 2 == 1 GPU (greedy) and decode tokens/s, batch 1 and 8 (synthetic bf16 weights)"

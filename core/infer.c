@@ -23,11 +23,9 @@ void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
     size_t Nd = (size_t)N * d;
     be->rmsnorm_forward(be, w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
     zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
-    be->add(be, x, x, w->mo, Nd);
-    be->rmsnorm_forward(be, w->ln, NULL, x, b->mlp_norm, N, d, c->rms_eps);
-    be->linear_forward(be, w->g, w->ln, b->lin.w_gate, N, d, F);   /* f32 or bf16 (tagged views) */
-    be->linear_forward(be, w->u, w->ln, b->lin.w_up, N, d, F);
-    be->swiglu_forward(be, w->g, w->g, w->u, (size_t)N * F);
+    be->add_rmsnorm(be, x, w->mo, w->ln, b->mlp_norm, N, d, c->rms_eps);   /* x += mixer out; ln = RMSNorm(x) */
+    /* g = silu(ln Wg^T) * (ln Wu^T), f32 or bf16 matrices (tagged views) */
+    be->swiglu_linear_forward(be, w->g, w->u, w->ln, b->lin.w_gate, b->lin.w_up, N, d, F);
     be->linear_forward(be, w->mo, w->g, b->lin.w_down, N, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, x, x, w->mo, Nd);

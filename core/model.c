@@ -117,9 +117,7 @@ static void attn_forward(const zb_model *m, const zb_block *w, const float *x, f
     float *saved = att + (size_t)N * qd;
     /* the tagged views: a float32 matrix goes to matmul_forward (the same product), a bf16 one
      * (a frozen KD teacher held in bf16, zb_model_forward_infer) to the bf16 kernels */
-    be->linear_forward(be, q, x, w->lin.wq, N, d, qd);
-    be->linear_forward(be, k, x, w->lin.wk, N, d, kd);
-    be->linear_forward(be, v, x, w->lin.wv, N, d, kd);
+    be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
     be->rope(be, &m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
     be->rope(be, &m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     zb_attn_shape s = attn_shape(c, B, T);

@@ -966,6 +966,37 @@ static void test_adamw(zb_rng *rng, const char *fixtures) {
     zb_model_free(&m);
 }
 
+/* bf16 CONVERT: the backward's dout rounded once for both products == once per product (bits) */
+static void test_bwd_shared(zb_rng *rng, int N, int C, int OC) {
+    size_t nx = (size_t)N * C, nw = (size_t)OC * C, no = (size_t)N * OC;
+    float *x = zb_falloc(nx), *w = zb_falloc(nw), *go = zb_falloc(no);
+    zb_fill_uniform(x, nx, 1.0f, rng);
+    zb_fill_uniform(w, nw, 0.5f, rng);
+    zb_fill_uniform(go, no, 1.0f, rng);
+    float *dx = zb_dev_f(x, nx), *dw = zb_dev_f(w, nw), *dgo = zb_dev_f(go, no);
+    float *r[2][2], *h[2][2];
+    for (int k = 0; k < 2; k++) {
+        zb_cuda_matmul_bwd_shared(k == 0);
+        r[k][0] = zb_dev_f(NULL, nx);
+        r[k][1] = zb_dev_f(NULL, nw);
+        zb_cuda_matmul_backward(r[k][0], r[k][1], NULL, dgo, dx, dw, N, C, OC);
+        h[k][0] = zb_falloc(nx);
+        h[k][1] = zb_falloc(nw);
+        zb_host_f(h[k][0], r[k][0], nx);
+        zb_host_f(h[k][1], r[k][1], nw);
+    }
+    zb_cuda_matmul_bwd_shared(1);
+    zb_check(!memcmp(h[0][0], h[1][0], nx * 4) && !memcmp(h[0][1], h[1][1], nw * 4),
+             "matmul_backward bf16 CONVERT %dx%dx%d: dout rounded once == once per product (bits; max |d| %.3g, %.3g)",
+             N, C, OC, zb_max_abs_diff(h[0][0], h[1][0], nx), zb_max_abs_diff(h[0][1], h[1][1], nw));
+    for (int k = 0; k < 2; k++) {
+        zb_cuda_free(r[k][0]); zb_cuda_free(r[k][1]);
+        free(h[k][0]); free(h[k][1]);
+    }
+    zb_cuda_free(dx); zb_cuda_free(dw); zb_cuda_free(dgo);
+    free(x); free(w); free(go);
+}
+
 int main(int argc, char **argv) {
     int rc = zb_cuda_test_init(&argc, &argv);
     if (rc) return rc;
@@ -1063,7 +1094,9 @@ int main(int argc, char **argv) {
         test_matmul(&rng, 37, 67, 45, 1, 1);
         test_matmul(&rng, 300, 1027, 515, 0, 1);
     }
-    zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_FAST);
+    zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_CONVERT);
+    test_bwd_shared(&rng, 300, 1027, 515);
+    test_bwd_shared(&rng, 64, 256, 1000);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
     test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
     /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows; version 2

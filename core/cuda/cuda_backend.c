@@ -97,14 +97,39 @@ static void cu_linear_forward(const zb_backend *be, float *out, const float *inp
     mode(be);
     zb_cuda_linear_forward(out, inp, W, N, C, OC);
 }
+/* Products of one input with several bf16 matrices at many rows (>= 1024: a long prefill, the KD
+ * teacher's forward; decode batches keep their own kernels): the input rounded to bf16 once for
+ * all of them, then each product as zb_cuda_linear_forward makes it at that size (the same cuBLAS
+ * call: the same results as separate calls). 0 when it does not apply. */
+static int shared_bf16_input(const float *inp, int N, int C, int n, const zb_wt *W, float *const *out, const int *OC) {
+    for (int i = 0; i < n; i++) if (!W[i].bf16) return 0;
+    if (N < 1024 || C <= 0) return 0;
+    uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
+    if (!x16) return 1;   /* the error is recorded */
+    zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);
+    for (int i = 0; i < n; i++) zb_cuda_gemm_bf16_native(N, OC[i], C, x16, W[i].bf16, out[i]);
+    return 1;
+}
+
 static void cu_linear_forward3(const zb_backend *be, float *out0, float *out1, float *out2, const float *inp,
                                zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
     mode(be);
+    zb_wt W[3] = {W0, W1, W2};
+    float *out[3] = {out0, out1, out2};
+    int OC[3] = {OC0, OC1, OC2};
+    if (shared_bf16_input(inp, N, C, 3, W, out, OC)) return;
     zb_cuda_linear_forward3(out0, out1, out2, inp, W0, W1, W2, N, C, OC0, OC1, OC2);
 }
 static void cu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
                                      int N, int C, int F) {
     mode(be);
+    zb_wt W[2] = {Wg, Wu};
+    float *out[2] = {h, u};
+    int OC[2] = {F, F};
+    if (shared_bf16_input(inp, N, C, 2, W, out, OC)) {
+        zb_cuda_swiglu_forward(h, h, u, (size_t)N * F);
+        return;
+    }
     zb_cuda_swiglu_linear_forward(h, u, inp, Wg, Wu, N, C, F);
 }
 static void cu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,

@@ -78,6 +78,12 @@ __device__ static inline float ex2(float x) {
     return y;
 }
 
+/* the two 8-column tiles c0, c1 of one x4 B load (b[0..1]: columns 0-7, b[2..3]: 8-15) */
+__device__ static inline void mma_x2(float *c0, float *c1, const uint32_t *a, const uint32_t *b) {
+    mma_bf16(c0, a, b[0], b[1]);
+    mma_bf16(c1, a, b[2], b[3]);
+}
+
 __device__ static inline uint32_t pk2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
@@ -233,8 +239,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
                     const uint32_t *a = QREG ? qf[QREG ? m : 0][QREG ? kk : 0] : qa[m];
-                    mma_bf16(s[m][2 * np], a, bb[0], bb[1]);
-                    mma_bf16(s[m][2 * np + 1], a, bb[2], bb[3]);
+                    mma_x2(s[m][2 * np], s[m][2 * np + 1], a, bb);
                 }
             }
         }
@@ -296,8 +301,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
                 ldsm4t(bb, Vb + (kk * 16 + (mi & 1) * 8 + rr) * LD + dp * 16 + (mi >> 1) * 8);
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
-                    mma_bf16(o[m][2 * dp], a[m], bb[0], bb[1]);
-                    mma_bf16(o[m][2 * dp + 1], a[m], bb[2], bb[3]);
+                    mma_x2(o[m][2 * dp], o[m][2 * dp + 1], a[m], bb);
                 }
             }
         }
@@ -419,11 +423,9 @@ __global__ void __launch_bounds__(NW * 32, MB)
                     uint32_t bb[4];   /* queries 16np.. (+8), dims 16kk.. (+8) */
                     const int off = (np * 16 + (mi >> 1) * 8 + rr) * LD + kk * 16 + (mi & 1) * 8;
                     ldsm4(bb, Qb + off);
-                    mma_bf16(st[2 * np], ka, bb[0], bb[1]);
-                    mma_bf16(st[2 * np + 1], ka, bb[2], bb[3]);
+                    mma_x2(st[2 * np], st[2 * np + 1], ka, bb);
                     ldsm4(bb, dOb + off);
-                    mma_bf16(dp[2 * np], va, bb[0], bb[1]);
-                    mma_bf16(dp[2 * np + 1], va, bb[2], bb[3]);
+                    mma_x2(dp[2 * np], dp[2 * np + 1], va, bb);
                 }
             }
             /* P^T = exp2(S^T scale log2e - lse log2e); where the tile meets the CTA's keys
@@ -451,11 +453,9 @@ __global__ void __launch_bounds__(NW * 32, MB)
                     uint32_t bb[4];   /* queries 16kk.. (+8), dims 16dd.. (+8), transposed */
                     const int off = (kk * 16 + (mi & 1) * 8 + rr) * LD + dd * 16 + (mi >> 1) * 8;
                     ldsm4t(bb, dOb + off);
-                    mma_bf16(dva[2 * dd], pa, bb[0], bb[1]);
-                    mma_bf16(dva[2 * dd + 1], pa, bb[2], bb[3]);
+                    mma_x2(dva[2 * dd], dva[2 * dd + 1], pa, bb);
                     ldsm4t(bb, Qb + off);
-                    mma_bf16(dka[2 * dd], da, bb[0], bb[1]);
-                    mma_bf16(dka[2 * dd + 1], da, bb[2], bb[3]);
+                    mma_x2(dka[2 * dd], dka[2 * dd + 1], da, bb);
                 }
             }
             /* dS^T (bf16) to shared memory: row = key, column = query */
@@ -482,8 +482,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
                 for (int dd = 0; dd < DC / 16; dd++) {
                     uint32_t bb[4];   /* keys 16kk.. (+8), dims d0 + DC dc + 16dd.. (+8), transposed */
                     ldsm4t(bb, Ks + (kk * 16 + (mi & 1) * 8 + rr) * LD + d0 + dc * DC + dd * 16 + (mi >> 1) * 8);
-                    mma_bf16(acc[2 * dd], a, bb[0], bb[1]);
-                    mma_bf16(acc[2 * dd + 1], a, bb[2], bb[3]);
+                    mma_x2(acc[2 * dd], acc[2 * dd + 1], a, bb);
                 }
             }
 #pragma unroll

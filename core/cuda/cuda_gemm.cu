@@ -204,8 +204,41 @@ extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float
     }
 }
 
+/* CONVERT mode with both gradients: dout rounded to bf16 once for the two products (the separate
+ * paths below round it twice: for the head's [N, V] gradient 1.5 bytes per logit each time); the
+ * same cuBLAS calls on the same bf16 operands as those paths. 0: not taken (ZB_CUDA_BWD_SHARED=0,
+ * another mode, no room for the weight's bf16 copy). */
+static int g_bwd_shared_off = -1;   /* -1: from the environment at the first use */
+extern "C" void zb_cuda_matmul_bwd_shared(int on) { g_bwd_shared_off = !on; }
+static int matmul_backward_shared(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int N,
+                                  int C, int OC) {
+    if (g_bwd_shared_off < 0) {
+        const char *e = getenv("ZB_CUDA_BWD_SHARED");
+        g_bwd_shared_off = e && !strcmp(e, "0");
+    }
+    if (g_bwd_shared_off || !convert_mode() || !dinp || !dW || N <= 0 || C <= 0 || OC <= 0) return 0;
+    const uint16_t *w16 = weight_bf16(W, (size_t)OC * C);
+    if (!w16) return 0;
+    uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * OC * 2);
+    uint16_t *i16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, (size_t)N * C * 2);
+    if (!d16 || !i16) return 1;   /* the error is recorded */
+    zb_cuda_f32_to_bf16(d16, dout, (size_t)N * OC);
+    /* dinp += dout @ W (gemm_weight_bf16's call) */
+    gemm_ex(0, 0, N, C, OC, 1.0f, d16, CUDA_R_16BF, OC, 0, w16, CUDA_R_16BF, C, 0, 1.0f, dinp, C, 0, 1,
+            CUBLAS_COMPUTE_32F);
+    /* dW += dout^T @ inp (zb_cuda_gemm_strided's CONVERT call) */
+    zb_cuda_f32_to_bf16(i16, inp, (size_t)N * C);
+    gemm_ex(1, 0, OC, C, N, 1.0f, d16, CUDA_R_16BF, OC, 0, i16, CUDA_R_16BF, C, 0, 1.0f, dW, C, 0, 1,
+            CUBLAS_COMPUTE_32F);
+    return 1;
+}
+
 extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                                         const float *W, int N, int C, int OC) {
+    if (matmul_backward_shared(dinp, dW, dout, inp, W, N, C, OC)) {
+        if (dbias) colsum_add(dbias, dout, N, OC);
+        return;
+    }
     if (dinp) {   /* += dout @ W */
         if (convert_mode() && N > 0 && OC > 0 && C > 0) gemm_weight_bf16(0, N, C, OC, dout, W, (size_t)OC * C, 1.0f, dinp);
         else zb_cuda_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 1.0f, dinp, C);

@@ -35,6 +35,9 @@ void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, const void *B,
 void zb_cuda_matmul_forward(float *out, const float *inp, const float *W, const float *bias, int N, int C, int OC);
 void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                              const float *W, int N, int C, int OC);
+/* The bf16 CONVERT mode's backward with both gradients rounds dout to bf16 once for both products
+ * (1, the default) or once per product (0; ZB_CUDA_BWD_SHARED=0): the same bits. */
+void zb_cuda_matmul_bwd_shared(int on);
 /* out[N,OC] = inp[N,C] @ W^T with W float32 (precision mode) or bf16 (bf16 operands, the input
  * rounded to bf16 on the fly, float32 accumulation): generation with bf16 weights. */
 void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC);

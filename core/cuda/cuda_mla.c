@@ -3,6 +3,7 @@
 #include "cuda_mla.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- saved activations (training): mla.c's layout with lse [B, H, T] for the probabilities -- */
@@ -153,6 +154,7 @@ void zb_cuda_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_w
 /* ---- generation: latent cache + absorbed products ------------------------------------------ */
 
 static int g_mla_fused = 1;   /* 0: decode through the cuBLAS form too (tests and benchmarks compare) */
+static int g_mla_absorb = -1;  /* 1: the absorbed products batched over the heads; 0 per head of a group; -1 env */
 void zb_cuda_mla_use_fused(int on) { g_mla_fused = on != 0; }
 
 #define ATT_BYTES ((size_t)1 << 30)   /* float32 scores of one attention call (+ half that in bf16) */
@@ -195,12 +197,28 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
      * widened), once per call, so that each product below is one batched call over the H heads
      * (a call per head of a group over the groups before: 4x the launches of a decode step) */
     const float *kb = kvb;
-    if (lin->kv_b_proj.f32) zb_cuda_expand_groups(kvb, lin->kv_b_proj.f32, 0, Hk, rep, (size_t)(dn + dv) * r);
+    if (g_mla_absorb < 0) {   /* ZB_MLA_ABSORB=loop: the call per head of a group (kv_b per group) */
+        const char *e = getenv("ZB_MLA_ABSORB");
+        g_mla_absorb = !(e && !strcmp(e, "loop"));
+    }
+    const int batched = g_mla_absorb;
+    if (!batched) {
+        kb = lin->kv_b_proj.f32;
+        if (!kb) {
+            zb_cuda_bf16_to_f32(kvb, lin->kv_b_proj.bf16, (size_t)Hk * (dn + dv) * r);
+            kb = kvb;
+        }
+    } else if (lin->kv_b_proj.f32) zb_cuda_expand_groups(kvb, lin->kv_b_proj.f32, 0, Hk, rep, (size_t)(dn + dv) * r);
     else zb_cuda_expand_groups(kvb, lin->kv_b_proj.bf16, 1, Hk, rep, (size_t)(dn + dv) * r);
     /* absorbed query qlat_h = [W_UK_h^T q_nope_h | q_pe_h], W_UK_h = kv_b rows of head h's group,
      * [dn, r] */
-    zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q, H * dqk, dqk, kb, r, (long long)(dn + dv) * r, 0.0f, qlat, H * W, W,
-                         H);
+    if (batched)
+        zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q, H * dqk, dqk, kb, r, (long long)(dn + dv) * r, 0.0f, qlat, H * W,
+                             W, H);
+    else
+        for (int j = 0; j < rep; j++)
+            zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q + j * dqk, H * dqk, (long long)rep * dqk, kb, r,
+                                 (long long)(dn + dv) * r, 0.0f, qlat + j * W, H * W, (long long)rep * W, Hk);
     zb_cuda_copy_cols(qlat + r, W, q + dn, dqk, R * H, dr);
     /* attention over the latent cache: one shared kv head of width r + dr, values = c. The 32
      * heads of a decode token share the latents, so per sequence the scores Q_abs [H, W] C^T and
@@ -227,7 +245,12 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     }
     }
     /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head h's group, [dv, r] */
-    zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat, H * r, r, kb + (size_t)dn * r, r, (long long)(dn + dv) * r, 0.0f,
-                         vcat, H * dv, dv, H);
+    if (batched)
+        zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat, H * r, r, kb + (size_t)dn * r, r, (long long)(dn + dv) * r,
+                             0.0f, vcat, H * dv, dv, H);
+    else
+        for (int j = 0; j < rep; j++)
+            zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat + j * r, H * r, (long long)rep * r, kb + (size_t)dn * r, r,
+                                 (long long)(dn + dv) * r, 0.0f, vcat + j * dv, H * dv, (long long)rep * dv, Hk);
     zb_cuda_linear_forward(out, vcat, lin->o_proj, R, H * dv, d);
 }

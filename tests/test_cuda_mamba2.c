@@ -851,8 +851,10 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
     }
     /* the CUDA acts keep the CPU layout: the SSD output view */
     float *hy = dget(zb_mamba2_acts_y(m, gacts, B, T), (size_t)N * m->d_inner, "acts view");
-    snprintf(what, sizeof what, "[%s] zb_mamba2_acts_y view of the CUDA acts vs CPU", c->name);
-    zb_check_max_rel(what, hy, zb_mamba2_acts_y(m, acts, B, T), (size_t)N * m->d_inner, OUT_TOL);
+    snprintf(what, sizeof what, "[%s] zb_mamba2_acts_y view of the CUDA acts vs CPU (%s)", c->name, run_name[run]);
+    if (bf)   /* y after x and in_proj in bf16 and the TF32 scan: within the forward's bf16 bound */
+        zb_check_norm_rel(what, hy, zb_mamba2_acts_y(m, acts, B, T), (size_t)N * m->d_inner, BF16_OUT_TOL);
+    else zb_check_max_rel(what, hy, zb_mamba2_acts_y(m, acts, B, T), (size_t)N * m->d_inner, OUT_TOL);
     free(hy);
     free(acts); free(scr); free(out); free(dx); free(hout); free(hdx);
     CU(cudaFree(gx)); CU(cudaFree(gR)); CU(cudaFree(gout)); CU(cudaFree(gdx)); CU(cudaFree(gacts)); CU(cudaFree(gscr));

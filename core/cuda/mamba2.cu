@@ -266,14 +266,16 @@ extern "C" void zb_cuda_m2_dt_forward(const zb_mamba2_dims *m, const float *dt_b
 
 /* pre[t,c] = b_c + sum_k w[c,k] in[t-K+1+k, c], rows before 0 from the conv state of the
  * sequence (seqs[b] or b) or 0; post = silu(pre). */
-static __global__ void k_conv_fwd(int cd, int K, int P, int di, int T, size_t N, const float *__restrict__ w,
+static __global__ void k_conv_fwd(int cd, int K, int P, int di, int T, const float *__restrict__ w,
                            const float *__restrict__ bias, const float *__restrict__ proj,
                            const float *hist, size_t hist_stride, const int *__restrict__ seqs,
                            float *pre, float *post) {
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= N * cd) return;
-    size_t r = e / cd;
-    int c = (int)(e % cd), b = (int)(r / T), t = (int)(r % T);
+    /* grid (rows, column blocks): no 64-bit division per element (rows < 2^31) */
+    size_t r = blockIdx.x;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= cd) return;
+    size_t e = r * cd + c;
+    int b = (int)blockIdx.x / T, t = (int)blockIdx.x % T;
     const float *hc = hist ? hist + (size_t)(seqs ? seqs[b] : b) * hist_stride + (size_t)c * (K - 1) : NULL;
     float acc = bias ? bias[c] : 0.0f;
     for (int k = 0; k < K; k++) {
@@ -291,9 +293,9 @@ static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
-    k_conv_fwd<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(cd, m->conv_k, zb_mamba2_in_proj_rows(m),
-                                                             m->d_inner, T, N, conv_w, conv_b, proj, hist,
-                                                             hist_stride, seqs, pre, post);
+    k_conv_fwd<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, m->conv_k, zb_mamba2_in_proj_rows(m),
+                                                                      m->d_inner, T, conv_w, conv_b, proj, hist,
+                                                                      hist_stride, seqs, pre, post);
     zb_cuda_m2_check_launch("k_conv_fwd");
 }
 
@@ -453,12 +455,11 @@ static __global__ void k_conv_bwd_pre(size_t n, const float *__restrict__ pre, c
 }
 
 /* din[t, c] = sum_k w[c,k] dpre[t + K-1-k, c] over t + K-1-k < T (the same sequence). */
-static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, size_t N, const float *__restrict__ w,
+static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, const float *__restrict__ w,
                               const float *__restrict__ dpre, float *dproj) {
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= N * cd) return;
-    size_t r = e / cd;
-    int c = (int)(e % cd), t = (int)(r % T);
+    size_t r = blockIdx.x;   /* grid (rows, column blocks) as k_conv_fwd */
+    int c = blockIdx.y * blockDim.x + threadIdx.x, t = (int)blockIdx.x % T;
+    if (c >= cd) return;
     float acc = 0.0f;
     for (int k = 0; k < K; k++)
         if (t + K - 1 - k < T) acc += w[(size_t)c * K + k] * dpre[(r + K - 1 - k) * cd + c];
@@ -510,7 +511,7 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
     zb_cuda_m2_check_launch("k_conv_bwd_pre");
-    k_conv_bwd_in<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(cd, K, P, di, T, N, conv_w, dpre, dproj);
+    k_conv_bwd_in<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, dpre, dproj);
     zb_cuda_m2_check_launch("k_conv_bwd_in");
     if (g_conv_w && zb_cuda_m2_new_path() && K <= M2_KMAX) {
         int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);

@@ -161,6 +161,7 @@ k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
 
 /* ---- the passes over chunks ---------------------------------------------------------------- */
 
+#define M2_PASS 8
 /* states holds each chunk's own end state on entry, the state at its start on exit. */
 __global__ void k_ssd_pass_fwd(m2_geo g, const float *__restrict__ ecs, float *states,
                                const float *S0, float *Sfin, size_t s_stride) {
@@ -170,12 +171,23 @@ __global__ void k_ssd_pass_fwd(m2_geo g, const float *__restrict__ ecs, float *s
     size_t so = (size_t)b * s_stride + (size_t)h * g.hs + q;
     float S = S0 ? S0[so] : 0.0f;
     const float *e = ecs + ((size_t)b * g.nh + h) * g.T;
-    for (int c = 0; c < g.nc; c++) {
-        size_t idx = (((size_t)b * g.nc + c) * g.nh + h) * g.hs + q;
-        int tl = min(g.T, (c + 1) * g.Lc) - 1;
-        float loc = states[idx];
-        states[idx] = S;
-        S = e[tl] * S + loc;
+    /* chunk c's element at p + c nh hs; M2_PASS chunks' loads issued before their stores (each
+     * element is read, then written: the loads ahead touch only elements not yet written), so
+     * the dependent chain waits on one load latency per M2_PASS chunks, not per chunk */
+    float *p = states + ((size_t)b * g.nc * g.nh + h) * g.hs + q;
+    size_t cs = (size_t)g.nh * g.hs;
+    for (int c0 = 0; c0 < g.nc; c0 += M2_PASS) {
+        float loc[M2_PASS];
+#pragma unroll
+        for (int k = 0; k < M2_PASS; k++)
+            if (c0 + k < g.nc) loc[k] = p[(size_t)(c0 + k) * cs];
+#pragma unroll
+        for (int k = 0; k < M2_PASS; k++)
+            if (c0 + k < g.nc) {
+                int c = c0 + k, tl = min(g.T, (c + 1) * g.Lc) - 1;
+                p[(size_t)c * cs] = S;
+                S = e[tl] * S + loc[k];
+            }
     }
     if (Sfin) Sfin[so] = S;
 }
@@ -187,12 +199,20 @@ __global__ void k_ssd_pass_bwd(m2_geo g, const float *__restrict__ ecs, float *d
     int b = blockIdx.x / g.nh, h = blockIdx.x % g.nh;
     const float *e = ecs + ((size_t)b * g.nh + h) * g.T;
     float acc = 0.0f;
-    for (int c = g.nc - 1; c >= 0; c--) {
-        size_t idx = (((size_t)b * g.nc + c) * g.nh + h) * g.hs + q;
-        int tl = min(g.T, (c + 1) * g.Lc) - 1;
-        float loc = dstates[idx];
-        dstates[idx] = acc;
-        acc = e[tl] * acc + loc;
+    float *p = dstates + ((size_t)b * g.nc * g.nh + h) * g.hs + q;   /* as k_ssd_pass_fwd, from the end */
+    size_t cs = (size_t)g.nh * g.hs;
+    for (int c0 = g.nc - 1; c0 >= 0; c0 -= M2_PASS) {
+        float loc[M2_PASS];
+#pragma unroll
+        for (int k = 0; k < M2_PASS; k++)
+            if (c0 - k >= 0) loc[k] = p[(size_t)(c0 - k) * cs];
+#pragma unroll
+        for (int k = 0; k < M2_PASS; k++)
+            if (c0 - k >= 0) {
+                int c = c0 - k, tl = min(g.T, (c + 1) * g.Lc) - 1;
+                p[(size_t)c * cs] = acc;
+                acc = e[tl] * acc + loc[k];
+            }
     }
 }
 
@@ -641,11 +661,12 @@ __global__ void k_ssd_param_fin(m2_geo g, const float *__restrict__ A_log, const
 
 /* dxbc columns of groups shared by several heads: the sum of the heads' buffers, in head order. */
 __global__ void k_ssd_group_sum(m2_geo g, const float *__restrict__ dXh, const float *__restrict__ dBh,
-                                const float *__restrict__ dCh, float *dxbc, size_t N) {
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= N * g.cd) return;
-    size_t r = e / g.cd;
-    int c = (int)(e % g.cd), rep, w, h0, col;
+                                const float *__restrict__ dCh, float *dxbc) {
+    /* grid (rows, column blocks): no 64-bit division per element */
+    size_t r = blockIdx.x;
+    int c = blockIdx.y * blockDim.x + threadIdx.x, rep, w, h0, col;
+    if (c >= g.cd) return;
+    size_t e = r * g.cd + c;
     const float *src;
     if (c < g.bo) { rep = g.xrep; w = g.hd; col = c; src = dXh; }
     else if (c < g.co) { rep = g.brep; w = g.ds; col = c - g.bo; src = dBh; }
@@ -848,8 +869,7 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     zb_cuda_m2_check_launch("k_ssd_bwd_scal");
     zb_cuda_m2_prof(ZB_MIXP_M2_SCAL_B);
     if (dXh || dBh || dCh) {
-        size_t n = N * g.cd;
-        k_ssd_group_sum<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, dXh, dBh, dCh, dxbc, N);
+        k_ssd_group_sum<<<dim3((unsigned)N, cdiv(g.cd, 256)), 256, 0, st>>>(g, dXh, dBh, dCh, dxbc);
         zb_cuda_m2_check_launch("k_ssd_group_sum");
     }
     k_ssd_param_fin<<<cdiv(g.nh, 128), 128, 0, st>>>(g, A_log, part, gA_log, gD);

@@ -487,7 +487,8 @@ __device__ float block_sum(float v, float *red) {
     return red[0];
 }
 
-/* One block per (b, h, chunk). dcs, ddtl: [B, nh, T] work (this chunk's rows owned by the
+#define M2_SCAL_L 256
+/* One block per (b, h, chunk). dcs, ddtl: [B, nh, T] work (chunks longer than M2_SCAL_L) (this chunk's rows owned by the
  * block); ddt [B*T, nh] OVERWRITTEN for this head's rows; part[bhc] = sum_k da_k dt_k,
  * part[nbhc + bhc] = sum dy . x over the chunk. The terms (core/mamba2.c ssd_backward):
  *   Q'_ij = (dy_i.x_j) E_ij (C_i.B_j), Q_ij = Q'_ij dt_j:  ddt_j += sum_i Q'_ij, dcs_i += sum_j Q_ij,
@@ -507,7 +508,10 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
     const float *X = xbc + k.r0 * cd + k.xcol, *Bm = xbc + k.r0 * cd + k.bcol,
                 *Cm = xbc + k.r0 * cd + k.ccol, *S = states + k.si, *dS = dstates + k.si,
                 *dY = dy + k.r0 * di + (size_t)k.h * hd;
-    float *dc = dcs + k.ci, *dd = ddtl + k.ci;
+    /* the chunk's dcs / ddt sums in shared memory where the chunk fits (each is updated several
+     * times between barriers: global read-modify-writes waited a memory latency each) */
+    __shared__ float dc_s[M2_SCAL_L], dd_s[M2_SCAL_L];
+    float *dc = g.Lc <= M2_SCAL_L ? dc_s : dcs + k.ci, *dd = g.Lc <= M2_SCAL_L ? dd_s : ddtl + k.ci;
     for (int i = tid; i < L; i += M2_NT) { dc[i] = 0.0f; dd[i] = 0.0f; }
     __syncthreads();
     /* the causal L x L terms, tile pair by tile pair (i0 >= j0) */

@@ -24,11 +24,12 @@ bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
 quick=${ZB_BENCH_QUICK:-0}
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
-# the teacher shape again on the other flash-attention kernels (ZB_FLASH: old = cuda_flash.cu,
-# new = cuda_flash2.cu; the default is ZB_FLASH_DEFAULT in core/cuda/cuda_flash.cu)
-if [ "$quick" != 1 ] && [ "${ZB_BENCH_FLASH_OTHER:-new}" != 0 ]; then
-  echo "== ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new}"
-  ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new} run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# ZB_BENCH_FLASH_OTHER=old (or new): the teacher shape again on those flash-attention kernels
+# (ZB_FLASH: old = cuda_flash.cu, new = cuda_flash2.cu, the default: ZB_FLASH_DEFAULT in
+# core/cuda/cuda_flash.cu); not run unless asked
+if [ "$quick" != 1 ] && [ "${ZB_BENCH_FLASH_OTHER:-0}" != 0 ]; then
+  echo "== ZB_FLASH=$ZB_BENCH_FLASH_OTHER"
+  ZB_FLASH=$ZB_BENCH_FLASH_OTHER run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 fi
 # the Mamba2 mixer's path before issue 17's speed work (float32 projections, the SSD backward on the
 # CUDA cores), side by side with the run above while the new one is proven (ZB_BENCH_SSD_OLD=0 skips)

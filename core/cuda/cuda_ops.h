@@ -123,10 +123,10 @@ void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, 
 void zb_cuda_flash_set_version(int v);
 int zb_cuda_flash_version(void);
 /* Version 2's launch shapes (benchmarks, tests). Forward CTA: 1 = 4 warps x 16 query rows, 2 = 8
- * warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default: 3 for head dim 64, 1
- * for 128). Backward CTA: 1 = 4 warps x 16 keys with registers for 2 CTAs per SM, 2 = the same
- * for 3 CTAs per SM (head dim 64; 128 takes 1), 3 = 8 warps x 16 keys (0 = ZB_FLASH_BWD or the
- * default: 2 for head dim 64, 1 for 128). */
+ * warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default, 3). Backward CTA: 1 =
+ * 4 warps x 16 keys with registers for 2 CTAs per SM, 2 = the same for 3 CTAs per SM (head dim
+ * 64; 128 takes 1), 3 = 8 warps x 16 keys (0 = ZB_FLASH_BWD or the default: 2 for head dim 64,
+ * 1 for 128). */
 void zb_cuda_flash2_tune(int fwd_shape, int bwd_shape);
 void zb_cuda_flash2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                             const zb_attn_shape *s);

@@ -30,6 +30,9 @@
  *  (every tile product of the forward and the backward in the bf16 precision mode: on the tensor
  *  cores, TF32 operands and float32 sums, m2_mma_tc of mamba2_tile.cuh; ZB_M2_TC=0 keeps the
  *  float32 CUDA-core tiles, ZB_SSD=old keeps them in the backward.)
+ *  Launch bounds: the tensor-core forms keep every register they ask for (~230, one block of 256
+ *  threads per SM; capped at 128 for two blocks they spilled 150-450 bytes); the float32 forms fit
+ *  two blocks per SM in 128.
  *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
  *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
  *                 state found through seqs.
@@ -163,7 +166,7 @@ __global__ void k_ssd_coef(m2_geo g, const float *__restrict__ A_log, const floa
 /* Forward: U = x (xbc rows), V = B, coef = wend, out = states. Backward: U = dy (rows of di,
  * head columns), V = C, coef = ecs, out = dstates. grid (nbhc, hd tiles, ds tiles). */
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
             const float *__restrict__ xbc, int v_is_c, const float *__restrict__ coef, float *out) {
     __shared__ m2_tile_any sm;
@@ -249,7 +252,7 @@ __global__ void k_ssd_pass_bwd(m2_geo g, const float *__restrict__ ecs, float *d
 /* ---- forward output ------------------------------------------------------------------------ */
 
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
            const float *__restrict__ Dp, float *y) {
     __shared__ m2_tile_any sm;
@@ -316,7 +319,7 @@ k_ssd_scan(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__r
  * grid (nbhc, row tiles j, hd tiles). dst row stride dst_stride; direct: columns of the x group in
  * dxbc, else this head's columns h hd of a per-head buffer. */
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
              const float *__restrict__ dy, const float *__restrict__ Dp, float *dst, int dst_stride,
              int direct) {
@@ -380,7 +383,7 @@ k_ssd_bwd_dx(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
 /* dC_i = e^{cs_i} (dy_i S_prev) + sum_{j<=i} dG_ij B_j,  dG_ij = (dy_i.x_j) E_ij dt_j.
  * grid (nbhc, row tiles i, ds tiles). */
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
              const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
     __shared__ m2_tile_any sm;
@@ -440,7 +443,7 @@ k_ssd_bwd_dc(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *_
 
 /* dB_j = w_j (x_j dS) + sum_{i>=j} dG_ij C_i. grid (nbhc, row tiles j, ds tiles). */
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_bwd_db(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ dstates,
              const float *__restrict__ dy, float *dst, int dst_stride, int direct) {
     __shared__ m2_tile_any sm;
@@ -514,7 +517,8 @@ __device__ float block_sum(float v, float *red) {
     return red[0];
 }
 
-/* One block per (b, h, chunk). dcs, ddtl: [B, nh, T] work (this chunk's rows owned by the
+#define M2_SCAL_L 256
+/* One block per (b, h, chunk). dcs, ddtl: [B, nh, T] work (chunks longer than M2_SCAL_L) (this chunk's rows owned by the
  * block); ddt [B*T, nh] OVERWRITTEN for this head's rows; part[bhc] = sum_k da_k dt_k,
  * part[nbhc + bhc] = sum dy . x over the chunk. The terms (core/mamba2.c ssd_backward):
  *   Q'_ij = (dy_i.x_j) E_ij (C_i.B_j), Q_ij = Q'_ij dt_j:  ddt_j += sum_i Q'_ij, dcs_i += sum_j Q_ij,
@@ -522,7 +526,7 @@ __device__ float block_sum(float v, float *red) {
  *   u_j = (x_j dS).B_j: ddt_j += u_j e^{cs_L-cs_j}, dcs_{L-1} += u_j w_j, dcs_j -= u_j w_j;
  *   da_k = sum_{i>=k} dcs_i: ddt_k += da_k A, dA += da_k dt_k. */
 template <bool TC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, TC ? 1 : 2)
 k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
                const float *__restrict__ dstates, const float *__restrict__ dy,
                const float *__restrict__ A_log, float *dcs, float *ddtl, float *ddt, float *part) {
@@ -534,7 +538,10 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
     const float *X = xbc + k.r0 * cd + k.xcol, *Bm = xbc + k.r0 * cd + k.bcol,
                 *Cm = xbc + k.r0 * cd + k.ccol, *S = states + k.si, *dS = dstates + k.si,
                 *dY = dy + k.r0 * di + (size_t)k.h * hd;
-    float *dc = dcs + k.ci, *dd = ddtl + k.ci;
+    /* the chunk's dcs / ddt sums in shared memory where the chunk fits (each is updated several
+     * times between barriers: global read-modify-writes waited a memory latency each) */
+    __shared__ float dc_s[M2_SCAL_L], dd_s[M2_SCAL_L];
+    float *dc = g.Lc <= M2_SCAL_L ? dc_s : dcs + k.ci, *dd = g.Lc <= M2_SCAL_L ? dd_s : ddtl + k.ci;
     for (int i = tid; i < L; i += M2_NT) { dc[i] = 0.0f; dd[i] = 0.0f; }
     __syncthreads();
     /* the causal L x L terms, tile pair by tile pair (i0 >= j0) */

@@ -32,6 +32,28 @@ __device__ __forceinline__ void m2_zero(float (&acc)[4][4]) {
         for (int r = 0; r < 4; r++) acc[q][r] = 0.0f;
 }
 
+/* One k-slab of an operand into registers, every load issued before the shared stores that
+ * follow. Interleaved (load, store, load, ...) each store waited for its load, one memory latency
+ * per element, 16 per slab: S4R1 measured ~10 us per 64^3 tile product per block, about that
+ * many L2 latencies. Now two per slab (A's, then B's: 8 registers live, not 16). */
+#define M2_NL (M2_TK * M2_TB / M2_NT)
+template <class LA>
+__device__ __forceinline__ void m2_load_a(float (&r)[M2_NL], const LA &la, int k0, int K, int tid, bool kfast) {
+#pragma unroll
+    for (int i = 0; i < M2_NL; i++) {
+        int e = tid + i * M2_NT, kk = kfast ? e % M2_TK : e / M2_TB, mm = kfast ? e / M2_TK : e % M2_TB;
+        r[i] = k0 + kk < K ? la(mm, k0 + kk) : 0.0f;
+    }
+}
+template <class LB>
+__device__ __forceinline__ void m2_load_b(float (&r)[M2_NL], const LB &lb, int k0, int K, int tid, bool kfast) {
+#pragma unroll
+    for (int i = 0; i < M2_NL; i++) {
+        int e = tid + i * M2_NT, kk = kfast ? e % M2_TK : e / M2_TB, nn = kfast ? e / M2_TK : e % M2_TB;
+        r[i] = k0 + kk < K ? lb(k0 + kk, nn) : 0.0f;
+    }
+}
+
 /* acc[q][r] += sum_k la(m2_row(q), k) * lb(k, m2_col(r)). Every thread of the block must call
  * it (it synchronises); it ends with a barrier, so sm may be reused right after. */
 template <bool A_KFAST, bool B_KFAST, class LA, class LB>
@@ -39,12 +61,18 @@ __device__ __forceinline__ void m2_mma(float (&acc)[4][4], const LA &la, const L
                                        m2_tile_smem &sm) {
     const int tid = threadIdx.x;
     for (int k0 = 0; k0 < K; k0 += M2_TK) {
-        for (int e = tid; e < M2_TK * M2_TB; e += M2_NT) {
-            int kk = A_KFAST ? e % M2_TK : e / M2_TB, mm = A_KFAST ? e / M2_TK : e % M2_TB;
-            sm.a[kk][mm] = k0 + kk < K ? la(mm, k0 + kk) : 0.0f;
-            kk = B_KFAST ? e % M2_TK : e / M2_TB;
-            int nn = B_KFAST ? e / M2_TK : e % M2_TB;
-            sm.b[kk][nn] = k0 + kk < K ? lb(k0 + kk, nn) : 0.0f;
+        float r[M2_NL];
+        m2_load_a(r, la, k0, K, tid, A_KFAST);
+#pragma unroll
+        for (int i = 0; i < M2_NL; i++) {
+            int e = tid + i * M2_NT, kk = A_KFAST ? e % M2_TK : e / M2_TB, mm = A_KFAST ? e / M2_TK : e % M2_TB;
+            sm.a[kk][mm] = r[i];
+        }
+        m2_load_b(r, lb, k0, K, tid, B_KFAST);
+#pragma unroll
+        for (int i = 0; i < M2_NL; i++) {
+            int e = tid + i * M2_NT, kk = B_KFAST ? e % M2_TK : e / M2_TB, nn = B_KFAST ? e / M2_TK : e % M2_TB;
+            sm.b[kk][nn] = r[i];
         }
         __syncthreads();
 #pragma unroll
@@ -93,12 +121,18 @@ __device__ __forceinline__ void m2_mma_tc(float (&acc)[4][4], const LA &la, cons
     wm::fill_fragment(c0, 0.0f);
     wm::fill_fragment(c1, 0.0f);
     for (int k0 = 0; k0 < K; k0 += M2_TK) {
-        for (int e = tid; e < M2_TK * M2_TB; e += M2_NT) {
-            int kk = A_KFAST ? e % M2_TK : e / M2_TB, mm = A_KFAST ? e / M2_TK : e % M2_TB;
-            sm.u.ab.a[mm][kk] = k0 + kk < K ? la(mm, k0 + kk) : 0.0f;
-            kk = B_KFAST ? e % M2_TK : e / M2_TB;
-            int nn = B_KFAST ? e / M2_TK : e % M2_TB;
-            sm.u.ab.b[kk][nn] = k0 + kk < K ? lb(k0 + kk, nn) : 0.0f;
+        float r[M2_NL];
+        m2_load_a(r, la, k0, K, tid, A_KFAST);
+#pragma unroll
+        for (int i = 0; i < M2_NL; i++) {
+            int e = tid + i * M2_NT, kk = A_KFAST ? e % M2_TK : e / M2_TB, mm = A_KFAST ? e / M2_TK : e % M2_TB;
+            sm.u.ab.a[mm][kk] = r[i];
+        }
+        m2_load_b(r, lb, k0, K, tid, B_KFAST);
+#pragma unroll
+        for (int i = 0; i < M2_NL; i++) {
+            int e = tid + i * M2_NT, kk = B_KFAST ? e % M2_TK : e / M2_TB, nn = B_KFAST ? e / M2_TK : e % M2_TB;
+            sm.u.ab.b[kk][nn] = r[i];
         }
         __syncthreads();
 #pragma unroll

@@ -274,7 +274,7 @@ int main(int argc, char **argv) {
             {"f32 blocked", ZB_PREC_F32, 0, 2, 0, 0},
             {"bf16 blocked", ZB_PREC_BF16, 0, 2, 0, 0},
             {"bf16 flash1", ZB_PREC_BF16, 1, 1, 0, 0},
-            {"bf16 flash2 fwd 4x32 rows, bwd 4 warps 3 CTAs/SM", ZB_PREC_BF16, 1, 2, 3, 2},
+            {"bf16 flash2 fwd 4x32 rows, bwd 4 warps 3 CTAs/SM", ZB_PREC_BF16, 1, 2, 3, 2},   /* the default */
             {"bf16 flash2 fwd 4x16 rows, bwd 4 warps 2 CTAs/SM", ZB_PREC_BF16, 1, 2, 1, 1},
             {"bf16 flash2 fwd 8x16 rows, bwd 8 warps", ZB_PREC_BF16, 1, 2, 2, 3},
         };
@@ -287,9 +287,9 @@ int main(int argc, char **argv) {
             double c8 = 0.5 * 4.0 * 32 * 2048.0 * 2048.0 * 128 * 2;
             static const attn_cfg c8f[] = {
                 {"bf16 flash1", ZB_PREC_BF16, 1, 1, 0, 0},
-                {"bf16 flash2 fwd 4x16 rows, bwd 4 warps", ZB_PREC_BF16, 1, 2, 1, 1},
+                {"bf16 flash2 fwd 4x32 rows, bwd 4 warps", ZB_PREC_BF16, 1, 2, 3, 1},   /* the default */
                 {"bf16 flash2 fwd 8x16 rows, bwd 8 warps", ZB_PREC_BF16, 1, 2, 2, 3},
-                {"bf16 flash2 fwd 4x32 rows", ZB_PREC_BF16, 1, 2, 3, 1},   /* the same backward as 4x16 */
+                {"bf16 flash2 fwd 4x16 rows", ZB_PREC_BF16, 1, 2, 1, 1},   /* the same backward as 4x32 */
             };
             for (int p = 0; p < 4; p++) bench_attn_cfg(&a, &c8f[p], "8B-shape", c8, p < 3, 0);
             a.s = s;
@@ -315,8 +315,8 @@ int main(int argc, char **argv) {
             zb_cuda_f32_to_bf16((uint16_t *)Wp + o, tmp, k);
         }
         zb_cuda_free(tmp);
-        float *x = dev((size_t)8 * 14336 * 4), *y = dev((size_t)8 * 3 * 128256 * 4);
-        fill(x, (size_t)8 * 14336, 1.0f, 12);
+        float *x = dev((size_t)48 * 14336 * 4), *y = dev((size_t)48 * 3 * 128256 * 4);
+        fill(x, (size_t)48 * 14336, 1.0f, 12);
         int d = 4096, F = 14336, kd = 1024, V = 128256;
         /* kind 0: one matrix; 1: q | k | v in one launch; 2: gate | up with SwiGLU; 3: a whole layer's
          * four launches (q|k|v, o, gate|up, down) */
@@ -327,17 +327,25 @@ int main(int argc, char **argv) {
             {"layer: qkv, o, gate|up, down", 3, 0, 0},
         };
         int nsh = (int)(sizeof sh / sizeof sh[0]);
-        for (int bi = 0; bi < 2; bi++)
+        /* batch 1 and 8 (the GEMV), then batch 48 (cuBLAS: cublasGemmEx's own choice, then the
+         * algorithm timed per shape, zb_cuda_gemm_tune) */
+        int nbs[4] = {1, 8, 48, 48};
+        for (int bi = 0; bi < 4; bi++)
             for (int i = 0; i < nsh; i++)
                 for (int ks = 0; ks <= 8; ks = ks ? 2 * ks : 1) {
                     if (ks && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
-                    gemv8_ctx g = {Wp, nel, 0, x, y, bi ? 8 : 1, sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
+                    gemv8_ctx g = {Wp, nel, 0, x, y, nbs[bi], sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
                     gemv8_bytes(&g);
                     zb_cuda_gemv_set_split(ks);
+                    if (bi >= 2) zb_cuda_gemm_tune(bi == 3);
                     double ms = timeit_n(run_gemv8, &g, 3, 15, 8);
+                    zb_cuda_gemm_tune(-1);
                     zb_cuda_gemv_set_split(0);
-                    snprintf(what, sizeof what, "decode GEMV %s, batch %d, %s", sh[i].nm, g.N,
-                             ks ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8") : "auto");
+                    snprintf(what, sizeof what, "decode %s %s, batch %d, %s", bi >= 2 ? "GEMM" : "GEMV", sh[i].nm, g.N,
+                             bi == 2   ? "cublasGemmEx"
+                             : bi == 3 ? "timed per shape"
+                             : ks      ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8")
+                                       : "auto");
                     row(what, ms, (double)g.bytes / (ms * 1e-3) / 1e9, "GB/s");
                 }
         zb_cuda_free(Wp); zb_cuda_free(x); zb_cuda_free(y);

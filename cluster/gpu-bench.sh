@@ -24,11 +24,12 @@ bd=(); [ "${ZB_BENCH_BREAKDOWN:-1}" != 0 ] && bd=(--breakdown)
 quick=${ZB_BENCH_QUICK:-0}
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 [ "$quick" = 1 ] || run 90 bench --device cuda --train configs/zebra-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
-# the teacher shape again on the other flash-attention kernels (ZB_FLASH: old = cuda_flash.cu,
-# new = cuda_flash2.cu; the default is ZB_FLASH_DEFAULT in core/cuda/cuda_flash.cu)
-if [ "$quick" != 1 ] && [ "${ZB_BENCH_FLASH_OTHER:-new}" != 0 ]; then
-  echo "== ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new}"
-  ZB_FLASH=${ZB_BENCH_FLASH_OTHER:-new} run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
+# ZB_BENCH_FLASH_OTHER=old (or new): the teacher shape again on those flash-attention kernels
+# (ZB_FLASH: old = cuda_flash.cu, new = cuda_flash2.cu, the default: ZB_FLASH_DEFAULT in
+# core/cuda/cuda_flash.cu); not run unless asked
+if [ "$quick" != 1 ] && [ "${ZB_BENCH_FLASH_OTHER:-0}" != 0 ]; then
+  echo "== ZB_FLASH=$ZB_BENCH_FLASH_OTHER"
+  ZB_FLASH=$ZB_BENCH_FLASH_OTHER run 90 bench --device cuda --train configs/llama-3.2-1b.json --batch 8 --seq 2048 --steps "$steps" "${bd[@]}"
 fi
 # the Mamba2 mixer's path before issue 17's speed work (float32 projections, the SSD backward on the
 # CUDA cores), side by side with the run above while the new one is proven (ZB_BENCH_SSD_OLD=0 skips)
@@ -46,6 +47,12 @@ if [ "$quick" != 1 ]; then
 fi
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
+# the hybrid's batch-48 decode with the decode paths of 2026-11-30 switched back (the wmma MLA kernel,
+# a float32 SSM state, cublasGemmEx's own algorithms, MLA's absorbed products per head of a group):
+# what they gained, in the same run
+echo "== (ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop)"
+ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop run 90 bench --device cuda --weights bf16 --hybrid configs/zebra-8b.json \
+  --batches 48 --contexts 8192 --decode-steps 16 --prefill-len 512
 [ "$quick" = 1 ] || run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
 # the same batch-48 decode with every row's logits copied to the host each step (the sampling path;
 # the run above is greedy: the argmax on the device, B ids back)

@@ -21,14 +21,18 @@ void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
     const zb_block *b = &m->w.blocks[l];
     int N = B * w->T, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
+    double t0 = 0, t1 = 0;
     be->rmsnorm_forward(be, w->ln, NULL, x, b->attn_norm, N, d, c->rms_eps);
+    if (w->prof) { be->sync(be); t0 = zb_now(); }
     zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
+    if (w->prof) { be->sync(be); t1 = zb_now(); w->prof[0] += t1 - t0; }
     be->add_rmsnorm(be, x, w->mo, w->ln, b->mlp_norm, N, d, c->rms_eps);   /* x += mixer out; ln = RMSNorm(x) */
     /* g = silu(ln Wg^T) * (ln Wu^T), f32 or bf16 matrices (tagged views) */
     be->swiglu_linear_forward(be, w->g, w->u, w->ln, b->lin.w_gate, b->lin.w_up, N, d, F);
     be->linear_forward(be, w->mo, w->g, b->lin.w_down, N, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, x, x, w->mo, Nd);
+    if (w->prof) { be->sync(be); w->prof[1] += zb_now() - t1; }
 }
 
 int zb_infer_alloc(zb_infer *f, const zb_model *m, int B, int T) {
@@ -69,6 +73,7 @@ void zb_model_forward_infer(const zb_model *m, zb_infer *f, const int *ids) {
     int B = f->w.B, N = B * f->w.T, d = c->d_model;
     double t0 = 0;
     if (f->profile) { be->sync(be); t0 = zb_now(); }
+    f->w.prof = f->profile ? f->prof_part : NULL;
     be->to_device(be, f->ids, ids, sizeof(int) * N);
     be->embedding_forward(be, f->x, f->ids, m->w.embed_lin, N, d);
     for (int l = 0; l < c->n_layers; l++) zb_block_apply(m, l, f->x, B, &f->w);

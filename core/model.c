@@ -501,9 +501,13 @@ void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed) {
      * the 1B teacher is 2e9 values, which a serial normal generator fills in about a minute),
      * made by the backend where the caches live */
     const zb_backend *be = s->be;
-    for (int l = 0; l < s->n_layers; l++)
-        be->fill_uniform(be, s->cache[l], s->cache_esize[l] == 2, s->cache_floats[l], seed * 1000003u + (uint64_t)l,
-                         0.1732f);
+    for (int l = 0; l < s->n_layers; l++) {
+        /* bf16 caches: Mamba2 states (float32 room) as bf16 pairs, valid read as float32 (the upper
+         * half is the value) or as the CUDA backend's bf16 SSM state */
+        int pairs = be->opts.cache_bf16 && s->cache_esize[l] == 4;
+        be->fill_uniform(be, s->cache[l], s->cache_esize[l] == 2 || pairs, s->cache_floats[l] * (pairs ? 2 : 1),
+                         seed * 1000003u + (uint64_t)l, 0.1732f);
+    }
     for (int b = 0; b < s->B; b++) s->pos[b] = pos;
 }
 

@@ -216,6 +216,7 @@ typedef struct {
     const zb_backend *be;   /* m->be at zb_block_ws_alloc: the buffers are its memory */
     int B, T;
     float *ln, *mo, *g, *u, *mix_acts;
+    double *prof;   /* NULL, or [2]: each call adds the mixer's and the rest's wall time (synchronised) */
 } zb_block_ws;
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T);
 void zb_block_ws_free(zb_block_ws *w);
@@ -237,7 +238,8 @@ typedef struct {
     float *hidden;   /* [N, d] the final RMSNorm's output */
     int *ids;        /* [N] device copy of the token ids */
     int profile;
-    double prof;
+    double prof;           /* the whole forward */
+    double prof_part[2];   /* profile: its mixers, and its norms, MLPs and residual adds (synchronised) */
 } zb_infer;
 int zb_infer_alloc(zb_infer *f, const zb_model *m, int B, int T);
 void zb_infer_free(zb_infer *f);

@@ -75,6 +75,43 @@ static double matmul_peak(const zb_backend *be) {
     return tflops;
 }
 
+/* --breakdown's table: ms per step by part (pdt the profiled steps' time, popt their optimizer's) */
+static void print_breakdown(FILE *md, const zb_trainer *tr, int have_t, int steps, double pdt, double popt) {
+    double tf = 0;
+    for (int k = 0; k < ZB_TPROF_N; k++) tf += tr->ta.prof[k];
+    tf += tr->tf.prof;   /* the inference forward (its logits are made in the loss) */
+    fprintf(md, "\n--breakdown (%d steps, each part synchronised): %.1f ms per step\n\n| part | ms/step | "
+                "share |\n|---|---|---|\n", steps, 1e3 * pdt / steps);
+    double acc = 0;
+    if (have_t) {
+        fprintf(md, "| teacher forward | %.2f | %.1f%% |\n", 1e3 * tf / steps, 100 * tf / pdt);
+        acc += tf;
+        const char *tp[2] = {"mixers", "norms, MLPs, residual adds"};
+        for (int q = 0; q < 2; q++)   /* inside the inference forward; not added again */
+            if (tr->tf.prof_part[q] > 0)
+                fprintf(md, "| &nbsp;&nbsp;teacher forward: %s | %.2f | %.1f%% |\n", tp[q],
+                        1e3 * tr->tf.prof_part[q] / steps, 100 * tr->tf.prof_part[q] / pdt);
+    }
+    for (int k = 0; k < ZB_TPROF_N; k++) {
+        if (tr->a.prof[k] <= 0) continue;
+        fprintf(md, "| %s | %.2f | %.1f%% |\n", zb_tprof_names[k], 1e3 * tr->a.prof[k] / steps,
+                100 * tr->a.prof[k] / pdt);
+        acc += tr->a.prof[k];
+        /* the pieces inside the Mamba2 parts (a backend that times them: mixer_profile),
+         * each synchronised; not added again to the total */
+        if (k != ZB_TPROF_MAMBA_F && k != ZB_TPROF_MAMBA_B) continue;
+        int p0 = k == ZB_TPROF_MAMBA_F ? 0 : ZB_MIXP_M2_OUT_PROJ_B,
+            p1 = k == ZB_TPROF_MAMBA_F ? ZB_MIXP_M2_OUT_PROJ_B : ZB_MIXP_N;
+        for (int q = p0; q < p1; q++)
+            if (tr->a.prof_mix[q] > 0)
+                fprintf(md, "| &nbsp;&nbsp;%s: %s | %.2f | %.1f%% |\n", zb_tprof_names[k], zb_mixp_names[q],
+                        1e3 * tr->a.prof_mix[q] / steps, 100 * tr->a.prof_mix[q] / pdt);
+    }
+    fprintf(md, "| grad norm + AdamW | %.2f | %.1f%% |\n", 1e3 * popt / steps, 100 * popt / pdt);
+    acc += popt;
+    fprintf(md, "| other | %.2f | %.1f%% |\n", 1e3 * (pdt - acc) / steps, 100 * (pdt - acc) / pdt);
+}
+
 int zb_bench_train(int argc, char **argv, const zb_backend *be) {
     const char *path = zb_arg_str(argc, argv, "--train", NULL), *tpath = zb_arg_str(argc, argv, "--kd", NULL);
     int B, T, steps;
@@ -155,36 +192,7 @@ int zb_bench_train(int argc, char **argv, const zb_backend *be) {
         if (have_mem)
             fprintf(md, "\ndevice memory in use after the steps (the peak: buffers are allocated once): %.1f of %.1f GiB\n",
                     used / 1073741824.0, total / 1073741824.0);
-        if (breakdown && pdt > 0) {
-            double tf = 0;
-            for (int k = 0; k < ZB_TPROF_N; k++) tf += tr.ta.prof[k];
-            tf += tr.tf.prof;   /* the inference forward (its logits are made in the loss) */
-            fprintf(md, "\n--breakdown (%d steps, each part synchronised): %.1f ms per step\n\n| part | ms/step | "
-                        "share |\n|---|---|---|\n", steps, 1e3 * pdt / steps);
-            double acc = 0;
-            if (have_t) {
-                fprintf(md, "| teacher forward | %.2f | %.1f%% |\n", 1e3 * tf / steps, 100 * tf / pdt);
-                acc += tf;
-            }
-            for (int k = 0; k < ZB_TPROF_N; k++) {
-                if (tr.a.prof[k] <= 0) continue;
-                fprintf(md, "| %s | %.2f | %.1f%% |\n", zb_tprof_names[k], 1e3 * tr.a.prof[k] / steps,
-                        100 * tr.a.prof[k] / pdt);
-                acc += tr.a.prof[k];
-                /* the pieces inside the Mamba2 parts (a backend that times them: mixer_profile),
-                 * each synchronised; not added again to the total */
-                if (k != ZB_TPROF_MAMBA_F && k != ZB_TPROF_MAMBA_B) continue;
-                int p0 = k == ZB_TPROF_MAMBA_F ? 0 : ZB_MIXP_M2_OUT_PROJ_B,
-                    p1 = k == ZB_TPROF_MAMBA_F ? ZB_MIXP_M2_OUT_PROJ_B : ZB_MIXP_N;
-                for (int q = p0; q < p1; q++)
-                    if (tr.a.prof_mix[q] > 0)
-                        fprintf(md, "| &nbsp;&nbsp;%s: %s | %.2f | %.1f%% |\n", zb_tprof_names[k], zb_mixp_names[q],
-                                1e3 * tr.a.prof_mix[q] / steps, 100 * tr.a.prof_mix[q] / pdt);
-            }
-            fprintf(md, "| grad norm + AdamW | %.2f | %.1f%% |\n", 1e3 * popt / steps, 100 * popt / pdt);
-            acc += popt;
-            fprintf(md, "| other | %.2f | %.1f%% |\n", 1e3 * (pdt - acc) / steps, 100 * (pdt - acc) / pdt);
-        }
+        if (breakdown && pdt > 0) print_breakdown(md, &tr, have_t, steps, pdt, popt);
         if (md != stdout) fclose(md);
     }
     free(ids);

@@ -760,6 +760,72 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
         cmp(what, gS, NULL, wS, mS, slots * ss, (int)ss, nS1, 1, NULL);
         snprintf(what, sizeof what, "[%s] SSD one-token step, slot gap %d: y", c->name, pad);
         cmp(what, gyr, NULL, wy2, my2, (size_t)nb * di, di, nS1 + ds + 4, 1, NULL);
+        /* the same step on bf16 states (generation with bf16 weights): slot s's bf16 values in the
+         * first half of its float room, input states bf16 (the reference reads the same rounded
+         * values); y from the float32 update (the bound above), each stored state element its
+         * float32 value rounded once: |d| <= 2^-9 |v| + the float32 bound; everything else
+         * (slot 1, the rest of each slot's room) bit for bit unchanged */
+        {
+            size_t nS = (size_t)nh * hs, n16 = slots * ss * 2;
+            uint16_t *S16 = malloc(n16 * 2), *g16 = malloc(n16 * 2);
+            float *Sr = malloc(slots * ss * sizeof(float));
+            for (size_t q = 0; q < n16; q++) S16[q] = (uint16_t)(0x3c00u + (q * 2654435761u >> 20) % 1024);   /* 2^-7..2^-6: filler */
+            for (int sl = 0; sl < slots; sl++)
+                for (size_t q = 0; q < nS; q++) {
+                    uint16_t b;
+                    zb_f32_to_bf16_n(S + (size_t)sl * ss + q, &b, 1);
+                    S16[(size_t)sl * ss * 2 + q] = b;
+                    zb_bf16_to_f32_n(&b, Sr + (size_t)sl * ss + q, 1);
+                }
+            float *dS16 = NULL;
+            CU(cudaMalloc((void **)&dS16, n16 * 2));
+            CU(cudaMemcpy(dS16, S16, n16 * 2, cudaMemcpyHostToDevice));
+            zb_cuda_m2_ssd_step_st(m, dA2, dD2, dxr, ddr, dS16, ss, dseq, dyr, nb, 1);
+            CU(cudaMemcpy(g16, dS16, n16 * 2, cudaMemcpyDeviceToHost));
+            float *gy16 = dget(dyr, (size_t)nb * di, "SSD step (bf16 state)");
+            double *wv = calloc((size_t)nb * nS, 8), *mv = calloc((size_t)nb * nS, 8);
+            float *gv = malloc((size_t)nb * nS * sizeof(float));
+            unsigned char *mine = calloc(n16, 1);
+            for (int i = 0; i < nb; i++)
+                for (int h = 0; h < nh; h++) {
+                    int xg = h / (nh / m->x_groups), bg = h / (nh / m->b_groups), cg = h / (nh / m->c_groups);
+                    const float *X = xbc + (size_t)i * cd + xg * hd, *Bv = xbc + (size_t)i * cd + bo + bg * ds,
+                                *Cv = xbc + (size_t)i * cd + co + cg * ds;
+                    double A = -exp((double)A_log[h]), dtt = dt[(size_t)i * nh + h], e = exp(dtt * A);
+                    for (int p = 0; p < hd; p++) {
+                        double yv = (double)D[h] * X[p], ym = fabs((double)D[h] * X[p]);
+                        for (int s2 = 0; s2 < ds; s2++) {
+                            size_t q = (size_t)h * hs + (size_t)p * ds + s2, k16 = (size_t)seqs[i] * ss * 2 + q;
+                            double sv = Sr[(size_t)seqs[i] * ss + q];
+                            double v = e * sv + dtt * X[p] * Bv[s2], vm = e * fabs(sv) + dtt * fabs(X[p] * Bv[s2]);
+                            wv[(size_t)i * nS + q] = v;
+                            mv[(size_t)i * nS + q] = vm;
+                            zb_bf16_to_f32_n(&g16[k16], &gv[(size_t)i * nS + q], 1);
+                            mine[k16] = 1;
+                            yv += v * Cv[s2];
+                            ym += vm * fabs(Cv[s2]);
+                        }
+                        wy2[(size_t)i * di + h * hd + p] = yv;
+                        my2[(size_t)i * di + h * hd + p] = ym;
+                    }
+                }
+            snprintf(what, sizeof what, "[%s] SSD one-token step, bf16 states, slot gap %d: y", c->name, pad);
+            cmp(what, gy16, NULL, wy2, my2, (size_t)nb * di, di, nS1 + ds + 4, 1, NULL);
+            size_t bad = 0, other = 0;
+            double worst = 0;
+            for (size_t k = 0; k < (size_t)nb * nS; k++) {
+                double bound = 0x1p-9 * fabs(wv[k]) + (nS1 + 1) * U * mv[k] + 1e-37, dd = fabs(gv[k] - wv[k]);
+                if (!(dd <= bound)) bad++;
+                if (dd / bound > worst || isnan(dd)) worst = isnan(dd) ? INFINITY : dd / bound;
+            }
+            for (size_t q = 0; q < n16; q++) other += !mine[q] && g16[q] != S16[q];
+            zb_check(bad == 0, "[%s] SSD one-token step, bf16 states, slot gap %d: the stored states within 2^-9 |v| "
+                     "+ the float32 bound: max |d|/bound = %.3g, %zu mismatches", c->name, pad, worst, bad);
+            zb_check(other == 0, "[%s] SSD one-token step, bf16 states, slot gap %d: %zu other bf16 values changed "
+                     "(slot 1, the rest of each slot)", c->name, pad, other);
+            free(S16); free(g16); free(Sr); free(gy16); free(wv); free(mv); free(gv); free(mine);
+            CU(cudaFree(dS16));
+        }
         free(S); free(gS); free(gyr); free(wS); free(mS); free(wy2); free(my2);
         CU(cudaFree(dS)); CU(cudaFree(dxr)); CU(cudaFree(ddr)); CU(cudaFree(dyr)); CU(cudaFree(dseq));
         CU(cudaFree(dA2)); CU(cudaFree(dD2));
@@ -902,7 +968,7 @@ static void steps_vs_cpu(const cfg *c, layer *L, const float *x, const int *piec
 /* Batched decode: 4 cache slots prefilled to different lengths (slot 0 in two prefills, the second
  * continuing from the cache; slot 1 never used), then rounds of decode_seqs over seqs {2, 0, 3}, with
  * f32 and with bf16 weight views. */
-static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16) {
+static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16, int sbf) {
     const zb_mamba2_dims *m = &L->m;
     int d = L->d, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     enum { SLOTS = 4, NB = 3, ROUNDS = 4 };
@@ -935,12 +1001,20 @@ static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16) {
           *go = dnew((size_t)maxn * d);
     float *allg = malloc((size_t)(4 + ROUNDS) * maxn * d * sizeof(float)), *allc = malloc((size_t)(4 + ROUNDS) * maxn * d * sizeof(float));
     size_t no = 0;
+    /* sbf (bf16 SSM states on the GPU): the norm of the CPU's states after each call, the bound
+     * of the roundings (each call rounds every state it touches once, |d| <= 2^-9 |S| elementwise;
+     * the recurrence carries an earlier error times e^{dt A} <= 1, so they add up) */
+    size_t conv = (size_t)zb_mamba2_conv_dim(m) * (m->conv_k - 1);
+    double round_sum = 0;
     for (int k = 0; k < 4; k++) {
         int s = pre[k][0], n = pre[k][1];
         fill(rng, x, (size_t)n * d, 1.0f);
         zb_mamba2_step_lin(m, d, 1e-5f, &L->w, &lc, x, o, st + (size_t)s * sf, n, 1, scr);
+        double nn = 0;
+        for (size_t q = conv; q < sf; q++) nn += (double)st[(size_t)s * sf + q] * st[(size_t)s * sf + q];
+        round_sum += sqrt(nn);
         dput(gx, x, (size_t)n * d);
-        zb_cuda_mamba2_step_lin(m, d, 1e-5f, &L->dw, &lg, gx, go, gst + (size_t)s * sf, n, 1, gscr);
+        zb_cuda_mamba2_step_lin(m, d, 1e-5f, &L->dw, &lg, gx, go, gst + (size_t)s * sf, n, 1, gscr, sbf);
         float *h = dget(go, (size_t)n * d, "prefill");
         memcpy(allg + no, h, (size_t)n * d * sizeof(float));
         memcpy(allc + no, o, (size_t)n * d * sizeof(float));
@@ -953,22 +1027,52 @@ static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16) {
     for (int r = 0; r < ROUNDS; r++) {
         fill(rng, x, (size_t)NB * d, 1.0f);
         zb_mamba2_decode_seqs(m, d, 1e-5f, &L->w, &lc, x, o, st, seqs, NB, scr, NULL);
+        double nn = 0;
+        for (int i = 0; i < NB; i++)
+            for (size_t q = conv; q < sf; q++) nn += (double)st[(size_t)seqs[i] * sf + q] * st[(size_t)seqs[i] * sf + q];
+        round_sum += sqrt(nn);
         dput(gx, x, (size_t)NB * d);
-        zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, gst, dseq, NB, gscr);
+        zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, gst, dseq, NB, gscr, sbf);
         float *h = dget(go, (size_t)NB * d, "decode_seqs");
         memcpy(allg + no, h, (size_t)NB * d * sizeof(float));
         memcpy(allc + no, o, (size_t)NB * d * sizeof(float));
         no += (size_t)NB * d;
         free(h);
     }
-    snprintf(what, sizeof what, "[%s] %s prefills (one continuing from the cache) + decode_seqs {2,0,3}: outputs vs CPU",
-             c->name, bf16 ? "bf16 weights:" : "f32 weights:");
-    zb_check_max_rel(what, allg, allc, no, OUT_TOL);
     float *hs = dget(gst, SLOTS * sf, "decode_seqs");
-    snprintf(what, sizeof what, "[%s] %s decode_seqs: every slot's state vs CPU", c->name, bf16 ? "bf16" : "f32");
-    zb_check_max_rel(what, hs, st, SLOTS * sf, OUT_TOL);
     int zero = 1;
     for (size_t i = 0; i < sf; i++) zero &= hs[sf + i] == 0.0f;
+    if (!sbf) {
+        snprintf(what, sizeof what, "[%s] %s prefills (one continuing from the cache) + decode_seqs {2,0,3}: outputs vs CPU",
+                 c->name, bf16 ? "bf16 weights:" : "f32 weights:");
+        zb_check_max_rel(what, allg, allc, no, OUT_TOL);
+        snprintf(what, sizeof what, "[%s] %s decode_seqs: every slot's state vs CPU", c->name, bf16 ? "bf16" : "f32");
+        zb_check_max_rel(what, hs, st, SLOTS * sf, OUT_TOL);
+    } else {
+        /* the SSM states as bf16 in the first half of each slot's room: widened into the CPU's
+         * layout (the conv states stay float32) */
+        size_t nS = sf - conv;
+        for (int sl = 0; sl < SLOTS; sl++) {
+            uint16_t *b = malloc(nS * 2);
+            memcpy(b, hs + (size_t)sl * sf + conv, nS * 2);
+            zb_bf16_to_f32_n(b, hs + (size_t)sl * sf + conv, nS);
+            free(b);
+        }
+        double ns = 0, nd = 0;
+        for (size_t q = 0; q < SLOTS * sf; q++) {
+            ns += (double)st[q] * st[q];
+            nd += ((double)hs[q] - st[q]) * ((double)hs[q] - st[q]);
+        }
+        double tol = OUT_TOL + 0x1p-9 * round_sum / (sqrt(ns) + 1e-30);
+        snprintf(what, sizeof what, "[%s] bf16 weights, bf16 SSM states: every slot's state vs CPU (the roundings' "
+                 "bound %.3g)", c->name, tol);
+        zb_check(sqrt(nd) <= tol * sqrt(ns), "%s: ||d||/||ref|| = %.3g", what, sqrt(nd) / (sqrt(ns) + 1e-30));
+        /* outputs: each rounding of a state on the path, 2^-8 norm-relative at most (as
+         * test_gen_cuda's stages): slot 0 sees 5 before its last call (2 prefills, 4 decodes) */
+        snprintf(what, sizeof what, "[%s] bf16 weights, bf16 SSM states: prefills + decode_seqs {2,0,3}: outputs vs CPU",
+                 c->name);
+        zb_check_norm_rel(what, allg, allc, no, OUT_TOL + (1 + ROUNDS) * 0x1p-8);
+    }
     zb_check(zero, "[%s] decode_seqs: the unused slot 1 stays zero", c->name);
     free(hs);
     free(st); free(x); free(o); free(scr); free(allg); free(allc); free(hin); free(hout);
@@ -999,8 +1103,9 @@ static void run_config(const cfg *c, uint64_t seed) {
     steps_vs_cpu(c, &L, x, pf, 2, "prefill 7 + decode");
     steps_vs_cpu(c, &L, x, mixed, 10, "pieces 2,1,5,3,1,1,9,2,17,1..");
     steps_vs_cpu(c, &L, x, &big, 1, "prefill of the whole sequence");
-    decode_seqs_vs_cpu(c, &L, &r, 0);
-    decode_seqs_vs_cpu(c, &L, &r, 1);
+    decode_seqs_vs_cpu(c, &L, &r, 0, 0);
+    decode_seqs_vs_cpu(c, &L, &r, 1, 0);
+    decode_seqs_vs_cpu(c, &L, &r, 1, 1);   /* bf16 SSM states (generation with bf16 weights) */
     layer_free(&L);
     free(x); free(R);
 }

@@ -115,8 +115,9 @@ static void test_linear_bf16(zb_rng *rng, int N, int C, int OC) {
     zb_cuda_linear_forward(dout, dx, zb_wt_of_bf16(dW16), N, C, OC);
     zb_host_f(got, dout, no);
     char what[96];
+    int lt = zb_cuda_gemm_tune_choice(N, C, OC, NULL, NULL);
     snprintf(what, sizeof what, "linear_forward bf16 weights N=%d C=%d OC=%d (%s)", N, C, OC,
-             zb_cuda_gemv_ok(dx, dW16, N, C) ? "gemv" : "cuBLAS");
+             zb_cuda_gemv_ok(dx, dW16, N, C) ? "gemv" : lt == 1 ? "cuBLASLt, timed per shape" : "cublasGemmEx");
     zb_check_mag(what, got, out, md, ZB_U16 + 2 * (C + 2) * U, 1e-30, no);
     /* the conversions: bf16 -> f32 exact, f32 -> bf16 round to nearest even like the CPU */
     float *back = zb_falloc(nw), *dback = zb_dev_f(NULL, nw);
@@ -1022,6 +1023,15 @@ int main(int argc, char **argv) {
         test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
     }
     zb_cuda_gemv_set_split(0);
+    /* the decode step's products above 8 rows (batch 48): cublasGemmEx, then the algorithm timed
+     * per shape (whichever it keeps) */
+    for (int tune = 0; tune < 2; tune++) {
+        zb_cuda_gemm_tune(tune);
+        test_linear_bf16(&rng, 48, 1024, 1000);
+        test_linear_bf16(&rng, 24, 2056, 312);
+        test_linear_bf16(&rng, 48, 1024, 1000);   /* the choice made, used again */
+    }
+    zb_cuda_gemm_tune(-1);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
     test_add_rmsnorm(&rng, 1, 4096);

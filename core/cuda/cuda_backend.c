@@ -369,19 +369,29 @@ static size_t cu_mamba2_step_scratch(const zb_backend *be, const zb_mamba2_dims 
     size_t a = zb_cuda_mamba2_step_scratch_floats(m, d, ntok, 1), b = zb_cuda_mamba2_step_scratch_floats(m, d, 1, ntok);
     return a > b ? a : b;
 }
+/* the SSM state of generation in bf16 with bf16 caches (mamba_ssm's inference cache takes the
+ * in_proj weight's dtype), unless ZB_M2_STATE=f32 */
+static int m2_state_bf16(const zb_backend *be) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("ZB_M2_STATE");
+        env = !(e && !strcmp(e, "f32"));
+    }
+    return be->opts.cache_bf16 && env;
+}
 static void cu_mamba2_step(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
                            const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
                            float *state, int n, int B, float *scratch) {
     mode(be);
     mamba_blas();
-    zb_cuda_mamba2_step_lin(m, d, eps, w, lin, x, out, state, n, B, scratch);
+    zb_cuda_mamba2_step_lin(m, d, eps, w, lin, x, out, state, n, B, scratch, m2_state_bf16(be));
 }
 static void cu_mamba2_decode_seqs(const zb_backend *be, const zb_mamba2_dims *m, int d, float eps,
                                   const zb_mamba2_weights *w, const zb_mamba2_lin *lin, const float *x, float *out,
                                   float *state, const int *seqs, int nb, float *scratch) {
     mode(be);
     mamba_blas();
-    zb_cuda_mamba2_decode_seqs(m, d, eps, w, lin, x, out, state, seqs, nb, scratch);
+    zb_cuda_mamba2_decode_seqs(m, d, eps, w, lin, x, out, state, seqs, nb, scratch, m2_state_bf16(be));
 }
 
 /* ---- optimizer ----------------------------------------------------------------------------------- */

@@ -1,6 +1,8 @@
 /* cuda_common.cu — device selection, stream, handles, memory, scratch; see cuda_common.h. */
 #include "cuda_common.h"
 
+extern "C" void zb_cuda_gemm_tune_reset(void);   /* cuda_gemm.cu */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +102,7 @@ extern "C" int zb_cuda_init(int local_rank) {
 extern "C" void zb_cuda_shutdown(void) {
     if (!g_dev.ready) return;
     cudaStreamSynchronize(g_dev.stream);
+    zb_cuda_gemm_tune_reset();
     for (int i = 0; i < ZB_WS_N; i++) cudaFree(g_dev.ws[i]);
     cudaFree(g_dev.cublas_ws);
     cublasLtDestroy(g_dev.cublaslt);
@@ -121,6 +124,10 @@ extern "C" int zb_cuda_mem_info(size_t *fr, size_t *tot) {
 extern "C" cudaStream_t zb_cuda_stream(void) { return g_dev.stream; }
 extern "C" cublasHandle_t zb_cuda_cublas(void) { return g_dev.cublas; }
 extern "C" cublasLtHandle_t zb_cuda_cublaslt(void) { return g_dev.cublaslt; }
+extern "C" void *zb_cuda_cublas_workspace(size_t *bytes) {
+    if (bytes) *bytes = g_dev.cublas_ws ? ZB_CUBLAS_WS_BYTES : 0;
+    return g_dev.cublas_ws;
+}
 extern "C" void *zb_cuda_stream_handle(void) { return (void *)g_dev.stream; }
 extern "C" void *zb_cuda_cublas_handle(void) { return (void *)g_dev.cublas; }
 extern "C" void zb_cuda_set_precision(zb_cuda_prec p) { g_dev.prec = p; }

@@ -152,6 +152,8 @@ void zb_cuda_p2p_free(zb_cuda_p2p *p);
 extern "C" cudaStream_t zb_cuda_stream(void);
 extern "C" cublasHandle_t zb_cuda_cublas(void);
 extern "C" cublasLtHandle_t zb_cuda_cublaslt(void);
+/* the cuBLAS workspace (one buffer, set once; cuBLASLt calls on the stream share it) */
+extern "C" void *zb_cuda_cublas_workspace(size_t *bytes);
 
 /* In an int-returning function: a failed CUDA runtime call returns ZB_EDEVICE with its text. */
 #define ZB_CUDA(call) do { cudaError_t zb_e_ = (call); if (zb_e_ != cudaSuccess) \

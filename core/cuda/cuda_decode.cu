@@ -701,6 +701,7 @@ __global__ void __launch_bounds__(MLA_THREADS) k_decode_mla(float *__restrict__ 
  * format and merge as the other decode kernels. */
 #define MM_TN 64   /* cache rows per tile: two row groups of 32 */
 #define MM_ST 3    /* stages of the ring */
+#define MM_QV 8    /* float4 query loads in flight per thread */
 
 typedef struct { int WH, ldk; size_t k, bytes; } mm_smem;
 
@@ -724,19 +725,15 @@ __device__ static inline void cp_async_commit() { asm volatile("cp.async.commit_
 template <int N> __device__ static inline void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-__device__ static inline void ldsm_x4(unsigned *r, const bf16 *p) {
+/* four 8x8 bf16 matrices from shared memory (TR: transposed), addresses from lanes 8i..8i+7 */
+template <bool TR> __device__ static inline void ldsm_x4(unsigned *r, const bf16 *p) {
     unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-__device__ static inline void ldsm_x4_t(unsigned *r, const bf16 *p) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
+    if (TR)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
 }
 /* c[16 x 8] += a[16 x 16] b[16 x 8], bf16 in, float32 sums */
 __device__ static inline void mma_bf16(float *c, const unsigned *a, unsigned b0, unsigned b1) {
@@ -755,8 +752,12 @@ __device__ static inline unsigned bf2_bits(__nv_bfloat162 v) {
  * probability 0 times a stale NaN would be NaN) */
 __device__ static inline void mm_load(bf16 *dst, const bf16 *cache, long long base, long long rs, int t0, int u1,
                                       int nvec, int ldk) {
-    for (int e = threadIdx.x; e < MM_TN * nvec; e += blockDim.x) {
-        int r = e / nvec, c = e - r * nvec, ok = t0 + r < u1;
+    /* piece e = threadIdx.x + k blockDim.x is (row e / nvec, column e % nvec): stepped, no division */
+    const int dr = blockDim.x / nvec, dc = blockDim.x - dr * nvec;
+    int r = threadIdx.x / nvec, c = threadIdx.x - r * nvec;
+    for (; r < MM_TN; r += dr, c += dc) {
+        if (c >= nvec) { c -= nvec; r++; if (r >= MM_TN) break; }
+        int ok = t0 + r < u1;
         cp_async16(dst + (size_t)r * ldk + c * 8, cache + base + (long long)(ok ? t0 + r : t0) * rs + c * 8, ok ? 16 : 0);
     }
 }
@@ -787,10 +788,30 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
         if (s < ntile) mm_load(Ks + (size_t)s * MM_TN * ldk, cache, base, rs, u0 + s * MM_TN, u1, nvec, ldk);
         cp_async_commit();   /* empty groups too: the waits below count groups */
     }
-    const float *qi = q + (size_t)i * H * dqk;
-    for (int e = tid; e < P.WH * 16 * dqk; e += nthr) {
-        int h = e / dqk, c = e - h * dqk;
-        Qs[(size_t)h * ldk + c] = __float2bfloat16_rn(h < H ? qi[(size_t)h * dqk + c] : 0.0f);
+    /* the queries to bf16 in shared memory: float4 pieces, MM_QV loads in flight per thread before
+     * their stores (a load then a store per element waited a whole load latency each: ~17 us a
+     * block in S4R1) */
+    {
+        const float *qi = q + (size_t)i * H * dqk;
+        const int nq4 = dqk / 4, tot = P.WH * 16 * nq4;
+        for (int e0 = tid; e0 < tot; e0 += MM_QV * nthr) {
+            float4 v[MM_QV];
+#pragma unroll
+            for (int k = 0; k < MM_QV; k++) {
+                int e = e0 + k * nthr, h = e / nq4;
+                v[k] = e < tot && h < H ? *(const float4 *)(qi + (size_t)h * dqk + (e - h * nq4) * 4)
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int k = 0; k < MM_QV; k++) {
+                int e = e0 + k * nthr, h = e / nq4;
+                if (e < tot) {
+                    bf16 *d = Qs + (size_t)h * ldk + (e - h * nq4) * 4;
+                    *(__nv_bfloat162 *)d = __floats2bfloat162_rn(v[k].x, v[k].y);
+                    *(__nv_bfloat162 *)(d + 2) = __floats2bfloat162_rn(v[k].z, v[k].w);
+                }
+            }
+        }
     }
     float o[NTM][4];
 #pragma unroll
@@ -822,9 +843,9 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
         for (int kt = 0; kt < KTM; kt++) {
             if (kt < KT) {
                 unsigned a[4], b[4], c[4];
-                ldsm_x4(a, qa + kt * 16);
-                ldsm_x4(b, kb + kt * 16);
-                ldsm_x4(c, kb + (size_t)16 * ldk + kt * 16);
+                ldsm_x4<false>(a, qa + kt * 16);
+                ldsm_x4<false>(b, kb + kt * 16);
+                ldsm_x4<false>(c, kb + (size_t)16 * ldk + kt * 16);
                 mma_bf16(s[0], a, b[0], b[1]);
                 mma_bf16(s[1], a, b[2], b[3]);
                 mma_bf16(s[2], a, c[0], c[1]);
@@ -880,7 +901,7 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
             for (int np = 0; np < NTM / 2; np++) {
                 if (2 * np < NT) {
                     unsigned b[4];
-                    ldsm_x4_t(b, vb + (size_t)kk * 16 * ldk + np * 16);
+                    ldsm_x4<true>(b, vb + (size_t)kk * 16 * ldk + np * 16);
                     mma_bf16(o[2 * np], pa[kk], b[0], b[1]);
                     mma_bf16(o[2 * np + 1], pa[kk], b[2], b[3]);
                 }
@@ -958,7 +979,7 @@ extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache
         const char *e = getenv("ZB_MLA_DECODE");
         g_mla_kernel = e && !strcmp(e, "wmma") ? 1 : 0;
     }
-    const int mma = g_mla_kernel == 0 && mla_mma_ok(a);
+    const int mma = g_mla_kernel == 0 && mla_mma_ok(a) && !((uintptr_t)q & 15);   /* float4 query loads */
     int CH = 512;
     if (mma) {
         /* positions per block: 512 while the batch fills the GPU (batch 48 at 8k: 768 blocks, two

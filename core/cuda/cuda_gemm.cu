@@ -1,5 +1,9 @@
 /* cuda_gemm.cu — matrix products on cuBLAS (row-major wrappers), bf16 conversions, the linear
  * layers of ops.h / linear.h. See cuda_ops.h and, for the precision modes, cuda_common.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_ops.h"
 
 /* ---- conversions ------------------------------------------------------------------------ */
@@ -24,6 +28,22 @@ extern "C" void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     if (!n) return;
     k_bf16_to_f32<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(dst, (const __nv_bfloat16 *)src, n);
     ZB_CUDA_LAUNCHED("bf16_to_f32");
+}
+
+/* dst [groups * rep, per] float32: row h = src's row h / rep (float32, or bf16 widened) */
+__global__ void k_expand_groups(float *dst, const float *s32, const __nv_bfloat16 *s16, int rep, size_t per, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t h = i / per, si = (h / rep) * per + (i - h * per);
+        dst[i] = s16 ? __bfloat162float(s16[si]) : s32[si];
+    }
+}
+
+extern "C" void zb_cuda_expand_groups(float *dst, const void *src, int src_bf16, int groups, int rep, size_t per) {
+    size_t n = (size_t)groups * rep * per;
+    if (!n) return;
+    k_expand_groups<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(
+        dst, src_bf16 ? NULL : (const float *)src, src_bf16 ? (const __nv_bfloat16 *)src : NULL, rep, per, n);
+    ZB_CUDA_LAUNCHED("expand_groups");
 }
 
 /* ---- the one cuBLAS entry --------------------------------------------------------------- */
@@ -227,14 +247,173 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
     if (dbias) colsum_add(dbias, dout, N, OC);
 }
 
+/* ---- skinny bf16 products (decode of 9..LT_MAX_ROWS rows): the algorithm timed once per shape ----
+ * At batch 48 the decode step's products (out[N, OC] = x[N, C] W^T, bf16 W read once) are bound by
+ * the weights' bytes, and cuBLAS's first choice for N = 48 read them at ~2.6-3.0 TB/s of the
+ * H200's 4.2 (S4M1). At the first eager use of a shape (N, C, OC) cuBLASLt's heuristic candidates
+ * and the cublasGemmEx default are each timed (1 warm-up + LT_REPS runs on the stream); the
+ * fastest Lt algorithm is kept when it beats the default, else the default stays. During a CUDA
+ * Graph capture nothing is timed (an untuned shape takes the default). ZB_CUDA_GEMM_TUNE=0 (or
+ * zb_cuda_gemm_tune(0)) keeps cublasGemmEx. Another algorithm sums in another order: the result
+ * stays within the same bf16 / float32 bounds (test_cuda_ops). */
+#define LT_MAX_ROWS 256
+#define LT_SHAPES 128
+#define LT_CAND 12
+#define LT_REPS 5
+typedef struct {
+    int N, C, OC, use;   /* use: 1 the Lt algorithm, 0 cublasGemmEx */
+    unsigned align;      /* the pointers' alignment (bytes, <= 256) the algorithm was chosen for */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    size_t ws;
+    float ms_lt, ms_ex;
+} lt_shape;
+static lt_shape g_lt[LT_SHAPES];
+static int g_lt_n = 0, g_lt_on = -1;
+
+extern "C" void zb_cuda_gemm_tune(int on) { g_lt_on = on < 0 ? -1 : on != 0; }
+
+extern "C" void zb_cuda_gemm_tune_reset(void) {
+    for (int i = 0; i < g_lt_n; i++) {
+        cublasLtMatmulDescDestroy(g_lt[i].op);
+        cublasLtMatrixLayoutDestroy(g_lt[i].a);
+        cublasLtMatrixLayoutDestroy(g_lt[i].b);
+        cublasLtMatrixLayoutDestroy(g_lt[i].c);
+    }
+    g_lt_n = 0;
+}
+
+/* the choice made for (N, C, OC): 1 Lt, 0 the default, -1 not tuned (for the benchmark) */
+extern "C" int zb_cuda_gemm_tune_choice(int N, int C, int OC, float *ms_lt, float *ms_ex) {
+    for (int i = 0; i < g_lt_n; i++)
+        if (g_lt[i].N == N && g_lt[i].C == C && g_lt[i].OC == OC) {
+            if (ms_lt) *ms_lt = g_lt[i].ms_lt;
+            if (ms_ex) *ms_ex = g_lt[i].ms_ex;
+            return g_lt[i].use;
+        }
+    return -1;
+}
+
+static cublasStatus_t lt_run(const lt_shape *e, const cublasLtMatmulAlgo_t *algo, size_t ws, float *out,
+                             const uint16_t *x16, const uint16_t *W) {
+    const float one = 1.0f, zero = 0.0f;
+    size_t wsb = 0;
+    void *wsp = zb_cuda_cublas_workspace(&wsb);
+    if (ws > wsb) return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* column-major: D[OC, N] = W^T(op T of the stored [C, OC]) x16[C, N], i.e. row-major out = x W^T */
+    return cublasLtMatmul(zb_cuda_cublaslt(), e->op, &one, W, e->a, x16, e->b, &zero, out, e->c, out, e->c, algo, wsp, ws,
+                          zb_cuda_stream());
+}
+
+static void ex_run(float *out, const uint16_t *x16, const uint16_t *W, int N, int C, int OC) {
+    gemm_ex(0, 1, N, OC, C, 1.0f, x16, CUDA_R_16BF, C, 0, W, CUDA_R_16BF, C, 0, 0.0f, out, OC, 0, 1,
+            CUBLAS_COMPUTE_32F);
+}
+
+/* ms per run of f (the stream's events, after one warm-up) */
+template <typename F> static float lt_time(F f) {
+    cudaEvent_t e0, e1;
+    if (cudaEventCreate(&e0) != cudaSuccess) return INFINITY;
+    if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return INFINITY; }
+    float ms = INFINITY;
+    if (f()) {
+        cudaEventRecord(e0, zb_cuda_stream());
+        int ok = 1;
+        for (int r = 0; r < LT_REPS && ok; r++) ok = f();
+        cudaEventRecord(e1, zb_cuda_stream());
+        if (ok && cudaEventSynchronize(e1) == cudaSuccess) {
+            cudaEventElapsedTime(&ms, e0, e1);
+            ms /= LT_REPS;
+        }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms;
+}
+
+/* the largest power of two <= 256 dividing every pointer (cuBLASLt's algorithms state theirs) */
+static unsigned lt_align(const void *a, const void *b, const void *c) {
+    uintptr_t u = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | 256;
+    return (unsigned)(u & (~u + 1));
+}
+
+/* the tuned entry of (N, C, OC), made now if the stream is not being captured; NULL: none */
+static const lt_shape *lt_entry(float *out, const uint16_t *x16, const uint16_t *W, int N, int C, int OC) {
+    for (int i = 0; i < g_lt_n; i++)
+        if (g_lt[i].N == N && g_lt[i].C == C && g_lt[i].OC == OC) return &g_lt[i];
+    if (g_lt_n >= LT_SHAPES) return NULL;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(zb_cuda_stream(), &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (zb_cuda_status() != ZB_OK) return NULL;   /* an earlier error: no timing on a broken stream */
+    lt_shape e;
+    memset(&e, 0, sizeof e);
+    e.N = N; e.C = C; e.OC = OC;
+    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    if (cublasLtMatmulDescCreate(&e.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return NULL;
+    cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
+    cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
+    int ok = cublasLtMatrixLayoutCreate(&e.a, CUDA_R_16BF, C, OC, C) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e.b, CUDA_R_16BF, C, N, C) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e.c, CUDA_R_32F, OC, N, OC) == CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulHeuristicResult_t res[LT_CAND];
+    int nres = 0;
+    if (ok) {
+        size_t wsb = 0;
+        zb_cuda_cublas_workspace(&wsb);
+        cublasLtMatmulPreference_t pref;
+        ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
+        if (ok) {
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+            e.align = lt_align(out, x16, W);
+            uint32_t al = e.align;
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+            if (cublasLtMatmulAlgoGetHeuristic(zb_cuda_cublaslt(), e.op, e.a, e.b, e.c, e.c, pref, LT_CAND, res, &nres) !=
+                CUBLAS_STATUS_SUCCESS)
+                nres = 0;
+            cublasLtMatmulPreferenceDestroy(pref);
+        }
+    }
+    e.ms_ex = lt_time([&] { ex_run(out, x16, W, N, C, OC); return zb_cuda_status() == ZB_OK; });
+    e.ms_lt = INFINITY;
+    for (int k = 0; ok && k < nres; k++) {
+        if (res[k].state != CUBLAS_STATUS_SUCCESS) continue;
+        float ms = lt_time([&] { return lt_run(&e, &res[k].algo, res[k].workspaceSize, out, x16, W) == CUBLAS_STATUS_SUCCESS; });
+        if (ms < e.ms_lt) { e.ms_lt = ms; e.algo = res[k].algo; e.ws = res[k].workspaceSize; }
+    }
+    cudaGetLastError();
+    e.use = ok && e.ms_lt < e.ms_ex;
+    g_lt[g_lt_n++] = e;
+    return &g_lt[g_lt_n - 1];
+}
+
+/* out[N, OC] = x16 W^T, bf16 operands, float32 sums: the tuned algorithm where there is one */
+static void bf16_product(float *out, const uint16_t *x16, const uint16_t *W, int N, int C, int OC) {
+    if (g_lt_on < 0) {
+        const char *e = getenv("ZB_CUDA_GEMM_TUNE");
+        g_lt_on = !(e && !strcmp(e, "0"));
+    }
+    if (g_lt_on && N > 8 && N <= LT_MAX_ROWS) {
+        const lt_shape *e = lt_entry(out, x16, W, N, C, OC);
+        if (e && e->use && lt_align(out, x16, W) >= e->align && lt_run(e, &e->algo, e->ws, out, x16, W) == CUBLAS_STATUS_SUCCESS)
+            return;
+    }
+    ex_run(out, x16, W, N, C, OC);
+}
+
 extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, int N, int C, int OC) {
     if (W.f32) { zb_cuda_matmul_forward(out, inp, W.f32, NULL, N, C, OC); return; }
     if (zb_cuda_gemv_ok(inp, W.bf16, N, C)) { zb_cuda_gemv_bf16(out, inp, W.bf16, N, C, OC); return; }   /* decode */
     uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
     if (!x16) return;
     zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);
-    gemm_ex(0, 1, N, OC, C, 1.0f, x16, CUDA_R_16BF, C, 0, W.bf16, CUDA_R_16BF, C, 0, 0.0f, out, OC, 0, 1,
-            CUBLAS_COMPUTE_32F);
+    bf16_product(out, x16, W.bf16, N, C, OC);
 }
 
 extern "C" void zb_cuda_linear_forward3(float *out0, float *out1, float *out2, const float *inp, zb_wt W0, zb_wt W1,

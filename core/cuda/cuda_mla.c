@@ -3,6 +3,7 @@
 #include "cuda_mla.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- saved activations (training): mla.c's layout with lse [B, H, T] for the probabilities -- */
@@ -153,6 +154,7 @@ void zb_cuda_mla_backward(const zb_mla_dims *m, int d, float eps, const zb_mla_w
 /* ---- generation: latent cache + absorbed products ------------------------------------------ */
 
 static int g_mla_fused = 1;   /* 0: decode through the cuBLAS form too (tests and benchmarks compare) */
+static int g_mla_absorb = -1;  /* 1: the absorbed products batched over the heads; 0 per head of a group; -1 env */
 void zb_cuda_mla_use_fused(int on) { g_mla_fused = on != 0; }
 
 #define ATT_BYTES ((size_t)1 << 30)   /* float32 scores of one attention call (+ half that in bf16) */
@@ -164,7 +166,7 @@ size_t zb_cuda_mla_gen_scratch_floats(const zb_mla_dims *m, int d, int rows) {
     int rq = m->q_lora_rank;
     return R * ((size_t)H * dqk + 2 * (size_t)rq + W + 2 * (size_t)r + (size_t)H * W + (size_t)H * r +
                 (size_t)H * m->v_head_dim) +
-           (size_t)m->kv_heads * (m->qk_nope + m->v_head_dim) * r + 12 * 64;
+           (size_t)H * (m->qk_nope + m->v_head_dim) * r + 12 * 64;
 }
 
 void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w, const zb_mla_lin *lin,
@@ -178,7 +180,7 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     float *q, *qa, *qan, *kva, *ct, *cn, *qlat, *chat, *vcat, *kvb;
     NEXT(q, (size_t)R * H * dqk); NEXT(qa, (size_t)R * rq); NEXT(qan, (size_t)R * rq); NEXT(kva, (size_t)R * W);
     NEXT(ct, (size_t)R * r); NEXT(cn, (size_t)R * r); NEXT(qlat, (size_t)R * H * W); NEXT(chat, (size_t)R * H * r);
-    NEXT(vcat, (size_t)R * H * dv); NEXT(kvb, (size_t)Hk * (dn + dv) * r);
+    NEXT(vcat, (size_t)R * H * dv); NEXT(kvb, (size_t)H * (dn + dv) * r);
 #undef NEXT
     /* projections; latents [norm(c) | rope(k_pe)] appended to the cache */
     query(m, d, eps, w, lin, x, q, qa, qan, NULL, R);
@@ -191,17 +193,32 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
     zb_cuda_rope_apply_rows(rope, kva, R, n, pos_dev, W, 1, 0, r, il, 0);
     zb_cuda_rope_apply_rows(rope, q, R, n, pos_dev, H * dqk, H, dqk, dn, il, 0);
     zb_cuda_cache_store(cache, cache_bf16, kva, W, seq_dev, pos_dev, nb, n, 1, W, (long long)max_T * W, 0, W);
-    /* kv_b as float32 [Hk, dn + dv, r] (a bf16 matrix widened once per call) */
-    const float *kb = lin->kv_b_proj.f32;
-    if (!kb) {
-        zb_cuda_bf16_to_f32(kvb, lin->kv_b_proj.bf16, (size_t)Hk * (dn + dv) * r);
-        kb = kvb;
+    /* kv_b as float32 per query head [H, dn + dv, r] (its group's rows repeated; a bf16 matrix
+     * widened), once per call, so that each product below is one batched call over the H heads
+     * (a call per head of a group over the groups before: 4x the launches of a decode step) */
+    const float *kb = kvb;
+    if (g_mla_absorb < 0) {   /* ZB_MLA_ABSORB=loop: the call per head of a group (kv_b per group) */
+        const char *e = getenv("ZB_MLA_ABSORB");
+        g_mla_absorb = !(e && !strcmp(e, "loop"));
     }
-    /* absorbed query qlat_h = [W_UK_h^T q_nope_h | q_pe_h], W_UK_h = kv_b rows of head g, [dn, r]:
-     * for each head j of the groups, one batched product over the groups */
-    for (int j = 0; j < rep; j++)
-        zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q + j * dqk, H * dqk, (long long)rep * dqk, kb, r,
-                             (long long)(dn + dv) * r, 0.0f, qlat + j * W, H * W, (long long)rep * W, Hk);
+    const int batched = g_mla_absorb;
+    if (!batched) {
+        kb = lin->kv_b_proj.f32;
+        if (!kb) {
+            zb_cuda_bf16_to_f32(kvb, lin->kv_b_proj.bf16, (size_t)Hk * (dn + dv) * r);
+            kb = kvb;
+        }
+    } else if (lin->kv_b_proj.f32) zb_cuda_expand_groups(kvb, lin->kv_b_proj.f32, 0, Hk, rep, (size_t)(dn + dv) * r);
+    else zb_cuda_expand_groups(kvb, lin->kv_b_proj.bf16, 1, Hk, rep, (size_t)(dn + dv) * r);
+    /* absorbed query qlat_h = [W_UK_h^T q_nope_h | q_pe_h], W_UK_h = kv_b rows of head h's group,
+     * [dn, r] */
+    if (batched)
+        zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q, H * dqk, dqk, kb, r, (long long)(dn + dv) * r, 0.0f, qlat, H * W,
+                             W, H);
+    else
+        for (int j = 0; j < rep; j++)
+            zb_cuda_gemm_strided(0, 0, R, r, dn, 1.0f, q + j * dqk, H * dqk, (long long)rep * dqk, kb, r,
+                                 (long long)(dn + dv) * r, 0.0f, qlat + j * W, H * W, (long long)rep * W, Hk);
     zb_cuda_copy_cols(qlat + r, W, q + dn, dqk, R * H, dr);
     /* attention over the latent cache: one shared kv head of width r + dr, values = c. The 32
      * heads of a decode token share the latents, so per sequence the scores Q_abs [H, W] C^T and
@@ -227,9 +244,13 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
                                       n, max_len, &at);
     }
     }
-    /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head g, [dv, r] */
-    for (int j = 0; j < rep; j++)
-        zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat + j * r, H * r, (long long)rep * r, kb + (size_t)dn * r, r,
-                             (long long)(dn + dv) * r, 0.0f, vcat + j * dv, H * dv, (long long)rep * dv, Hk);
+    /* v_h = W_UV_h chat_h, W_UV_h = kv_b rows dn.. of head h's group, [dv, r] */
+    if (batched)
+        zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat, H * r, r, kb + (size_t)dn * r, r, (long long)(dn + dv) * r,
+                             0.0f, vcat, H * dv, dv, H);
+    else
+        for (int j = 0; j < rep; j++)
+            zb_cuda_gemm_strided(0, 1, R, dv, r, 1.0f, chat + j * r, H * r, (long long)rep * r, kb + (size_t)dn * r, r,
+                                 (long long)(dn + dv) * r, 0.0f, vcat + j * dv, H * dv, (long long)rep * dv, Hk);
     zb_cuda_linear_forward(out, vcat, lin->o_proj, R, H * dv, d);
 }

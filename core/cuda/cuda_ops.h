@@ -51,6 +51,9 @@ void zb_cuda_swiglu_linear_forward(float *h, float *u, const float *inp, zb_wt W
 /* ---- conversions ---------------------------------------------------------------------- */
 void zb_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n);   /* round to nearest even */
 void zb_cuda_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+/* dst [groups * rep, per] = each of src's `groups` rows of per elements repeated rep times
+ * (src float32, or bf16 widened exactly): MLA's kv_b per query head, for one batched product. */
+void zb_cuda_expand_groups(float *dst, const void *src, int src_bf16, int groups, int rep, size_t per);
 
 /* ---- RMSNorm, RoPE, SwiGLU, embedding ------------------------------------------------ */
 void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps);
@@ -120,10 +123,10 @@ void zb_cuda_flash_backward(float *dq, float *dk, float *dv, const float *dout, 
 void zb_cuda_flash_set_version(int v);
 int zb_cuda_flash_version(void);
 /* Version 2's launch shapes (benchmarks, tests). Forward CTA: 1 = 4 warps x 16 query rows, 2 = 8
- * warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default: 3 for head dim 64, 1
- * for 128). Backward CTA: 1 = 4 warps x 16 keys with registers for 2 CTAs per SM, 2 = the same
- * for 3 CTAs per SM (head dim 64; 128 takes 1), 3 = 8 warps x 16 keys (0 = ZB_FLASH_BWD or the
- * default: 2 for head dim 64, 1 for 128). */
+ * warps x 16 rows, 3 = 4 warps x 32 rows (0 = ZB_FLASH_FWD or the default, 3). Backward CTA: 1 =
+ * 4 warps x 16 keys with registers for 2 CTAs per SM, 2 = the same for 3 CTAs per SM (head dim
+ * 64; 128 takes 1), 3 = 8 warps x 16 keys (0 = ZB_FLASH_BWD or the default: 2 for head dim 64,
+ * 1 for 128). */
 void zb_cuda_flash2_tune(int fwd_shape, int bwd_shape);
 void zb_cuda_flash2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                             const zb_attn_shape *s);
@@ -181,6 +184,14 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
+/* The decode step's bf16 products of 9..256 rows (linear_forward with bf16 weights): cuBLASLt's
+ * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
+ * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the
+ * environment. reset forgets the choices (shutdown). choice: 1 Lt, 0 cublasGemmEx, -1 not tuned;
+ * the times measured (ms, may be NULL). */
+void zb_cuda_gemm_tune(int on);
+void zb_cuda_gemm_tune_reset(void);
+int zb_cuda_gemm_tune_choice(int N, int C, int OC, float *ms_lt, float *ms_ex);
 /* positions per block of the decode attention (0 = chosen per call), for the benchmark */
 void zb_cuda_decode_set_chunk(int ch);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n

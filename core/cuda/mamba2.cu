@@ -680,7 +680,7 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, floa
  * cached state (seqs must be NULL). */
 static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                       const zb_mamba2_lin *lin, const float *x, float *out, float *state, const int *seqs,
-                      int n, int B, float *scratch) {
+                      int n, int B, float *scratch, int sbf) {
     int R = B * n, P = zb_mamba2_in_proj_rows(m), cd = zb_mamba2_conv_dim(m), di = m->d_inner,
         nh = m->nheads;
     if (R <= 0) return;
@@ -693,15 +693,15 @@ static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2
     conv_fwd(m, w->conv_w, w->conv_b, proj, state, sf, seqs, NULL, xbc, B, n);
     conv_state_update(m, proj, state, sf, seqs, B, n);
     if (n == 1)
-        zb_cuda_m2_ssd_step(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B);
+        zb_cuda_m2_ssd_step_st(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B, sbf);
     else {   /* the chunked scan, in groups of sequences whose chunk states fit the scratch */
         int per = (n + m->chunk - 1) / m->chunk, grp = (int)(step_state_chunks(m, (size_t)R) / per);
         for (int i0 = 0; i0 < B; i0 += grp) {
             int g = B - i0 < grp ? B - i0 : grp;
             size_t r0 = (size_t)i0 * n;
             zb_cuda_m2_ssd_coef(m, w->A_log, dt + r0 * nh, coef, g, n);
-            zb_cuda_m2_ssd_forward(m, w->D, xbc + r0 * cd, coef, y + r0 * di, states, state + (size_t)i0 * sf + conv,
-                                   state + (size_t)i0 * sf + conv, sf, g, n);
+            zb_cuda_m2_ssd_forward_st(m, w->D, xbc + r0 * cd, coef, y + r0 * di, states,
+                                      state + (size_t)i0 * sf + conv, state + (size_t)i0 * sf + conv, sf, g, n, sbf);
         }
     }
     zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, R);
@@ -710,18 +710,18 @@ static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2
 
 extern "C" void zb_cuda_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                                         const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                                        int n, int B, float *scratch) {
-    step_rows(m, d, eps, w, lin, x, out, state, NULL, n, B, scratch);
+                                        int n, int B, float *scratch, int state_bf16) {
+    step_rows(m, d, eps, w, lin, x, out, state, NULL, n, B, scratch, state_bf16);
 }
 
 extern "C" void zb_cuda_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                                     const float *x, float *out, float *state, int n, int B, float *scratch) {
     zb_mamba2_lin lin = {zb_wt_of_f32(w->in_proj), zb_wt_of_f32(w->out_proj)};
-    step_rows(m, d, eps, w, &lin, x, out, state, NULL, n, B, scratch);
+    step_rows(m, d, eps, w, &lin, x, out, state, NULL, n, B, scratch, 0);
 }
 
 extern "C" void zb_cuda_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                                            const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                                           const int *seqs, int nb, float *scratch) {
-    step_rows(m, d, eps, w, lin, x, out, state, seqs, 1, nb, scratch);
+                                           const int *seqs, int nb, float *scratch, int state_bf16) {
+    step_rows(m, d, eps, w, lin, x, out, state, seqs, 1, nb, scratch, state_bf16);
 }

@@ -48,15 +48,20 @@ void zb_cuda_mamba2_forward(const zb_mamba2_dims *m, int d, float eps, const zb_
 void zb_cuda_mamba2_backward(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                              zb_mamba2_weights *g, const float *x, const float *dout, float *dx,
                              float *acts, float *scratch, int B, int T);
-/* state: B * zb_mamba2_state_floats(m) floats, [conv state | SSM state] per sequence as on the CPU. */
+/* state: B * zb_mamba2_state_floats(m) floats, [conv state | SSM state] per sequence as on the CPU.
+ * state_bf16 (_lin, decode_seqs): the SSM part is kept in bf16 in the first half of its float32
+ * room (the conv state stays float32): read, updated in float32, rounded once when stored; the
+ * step's output y takes the float32 value (as mamba_ssm's selective_state_update on a bf16 cache,
+ * whose dtype follows the in_proj weight's). The backend sets it with bf16 weights and caches
+ * (ZB_M2_STATE=f32 keeps float32). */
 void zb_cuda_mamba2_step(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                          const float *x, float *out, float *state, int n, int B, float *scratch);
 void zb_cuda_mamba2_step_lin(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                              const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                             int n, int B, float *scratch);
+                             int n, int B, float *scratch, int state_bf16);
 void zb_cuda_mamba2_decode_seqs(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2_weights *w,
                                 const zb_mamba2_lin *lin, const float *x, float *out, float *state,
-                                const int *seqs, int nb, float *scratch);
+                                const int *seqs, int nb, float *scratch, int state_bf16);
 
 /* ---- the stages the mixer is made of (device pointers; tests compare each with the CPU) ---- */
 
@@ -83,6 +88,11 @@ void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log, const floa
 void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, const float *xbc,
                             const float *coef, float *y, float *states, const float *S0,
                             float *Sfin, size_t s_stride, int B, int T);
+/* The same with S0 / Sfin as bf16 states (s_bf16; strides still in floats: the bf16 values in the
+ * first half of each slot). */
+void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *D, const float *xbc,
+                               const float *coef, float *y, float *states, const float *S0,
+                               float *Sfin, size_t s_stride, int B, int T, int s_bf16);
 /* Chunked SSD backward: dy [B*T, di] -> dxbc [B*T, cd] (OVERWRITTEN), ddt [B*T, nh]
  * (OVERWRITTEN); gA_log[h], gD[h] accumulate. work: zb_cuda_m2_ssd_bwd_floats(m, B, T). */
 size_t zb_cuda_m2_ssd_bwd_floats(const zb_mamba2_dims *m, int B, int T);
@@ -96,6 +106,11 @@ void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_log, const 
 void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
                          const float *xbc, const float *dt, float *S, size_t s_stride,
                          const int *seqs, float *y, int nb);
+/* The same on bf16 states (s_bf16, as zb_cuda_m2_ssd_forward_st): y from the float32 update, the
+ * state rounded when stored. */
+void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                            const float *xbc, const float *dt, float *S, size_t s_stride,
+                            const int *seqs, float *y, int nb, int s_bf16);
 /* Gated RMSNorm forward over N rows: o = w * g / rms_group(g), g = y silu(z) (z rows of z_stride);
  * rstd [N, ng] (may be NULL). */
 void zb_cuda_m2_gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps,

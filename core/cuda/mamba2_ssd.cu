@@ -39,6 +39,7 @@
  * Saved by the forward for the backward (in the mixer's acts): xbc, dt, the coefficients above and
  * the state at the start of every chunk [B, nc, nh, hd, ds]; the backward recomputes the L x L
  * products. */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
@@ -49,6 +50,34 @@
 #include "mamba2_tile.cuh"
 
 namespace {
+
+/* The recurrent state as kept between calls: float32, or bf16 (generation with bf16 weights, as
+ * mamba_ssm's inference cache takes the in_proj weight's dtype; the arithmetic stays float32, the
+ * value is rounded once when stored). Slots are strided in floats either way (a bf16 state uses
+ * the first half of its float32 slot), so the element stride is s_stride * 4 / sizeof(TS). */
+__device__ inline float st_ld(const float *p) { return *p; }
+__device__ inline float st_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ inline void st_st(float *p, float v) { *p = v; }
+__device__ inline void st_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+/* 4 consecutive elements (16-byte aligned float32, 8-byte aligned bf16) */
+__device__ inline float4 st_ld4(const float *p) { return *(const float4 *)p; }
+__device__ inline float4 st_ld4(const __nv_bfloat16 *p) {
+    uint2 r = *(const uint2 *)p;
+    __nv_bfloat162 a, b;
+    memcpy(&a, &r.x, 4);
+    memcpy(&b, &r.y, 4);
+    float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+    return make_float4(fa.x, fa.y, fb.x, fb.y);
+}
+__device__ inline void st_st4(float *p, float4 v) { *(float4 *)p = v; }
+__device__ inline void st_st4(__nv_bfloat16 *p, float4 v) {
+    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    uint2 r;
+    memcpy(&r.x, &a, 4);
+    memcpy(&r.y, &b, 4);
+    *(uint2 *)p = r;
+}
+template <typename TS> __host__ __device__ inline size_t st_stride(size_t s_stride) { return s_stride * (4 / sizeof(TS)); }
 
 struct m2_geo {
     int B, T, nc, Lc, nh, hd, ds, cd, di;
@@ -166,13 +195,14 @@ k_ssd_outer(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x,
 
 #define M2_PASS 8
 /* states holds each chunk's own end state on entry, the state at its start on exit. */
+template <typename TS>
 __global__ void k_ssd_pass_fwd(m2_geo g, const float *__restrict__ ecs, float *states,
-                               const float *S0, float *Sfin, size_t s_stride) {
+                               const TS *S0, TS *Sfin, size_t s_stride) {
     size_t q = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
     if (q >= g.hs) return;
     int b = blockIdx.x / g.nh, h = blockIdx.x % g.nh;
-    size_t so = (size_t)b * s_stride + (size_t)h * g.hs + q;
-    float S = S0 ? S0[so] : 0.0f;
+    size_t so = (size_t)b * st_stride<TS>(s_stride) + (size_t)h * g.hs + q;
+    float S = S0 ? st_ld(S0 + so) : 0.0f;
     const float *e = ecs + ((size_t)b * g.nh + h) * g.T;
     /* chunk c's element at p + c nh hs; M2_PASS chunks' loads issued before their stores (each
      * element is read, then written: the loads ahead touch only elements not yet written), so
@@ -192,7 +222,7 @@ __global__ void k_ssd_pass_fwd(m2_geo g, const float *__restrict__ ecs, float *s
                 S = e[tl] * S + loc[k];
             }
     }
-    if (Sfin) Sfin[so] = S;
+    if (Sfin) st_st(Sfin + so, S);
 }
 
 /* dstates holds each chunk's sum_i e^{cs_i} dy_i C_i^T on entry, dL/d(end state) on exit. */
@@ -688,8 +718,9 @@ __global__ void k_ssd_group_sum(m2_geo g, const float *__restrict__ dXh, const f
 
 /* ---- decode: the one-token recurrence ------------------------------------------------------ */
 
+template <typename TS>
 __global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ Dp,
-                           const float *__restrict__ xbc, const float *__restrict__ dt, float *Sst,
+                           const float *__restrict__ xbc, const float *__restrict__ dt, TS *Sst,
                            size_t s_stride, const int *__restrict__ seqs, float *y) {
     extern __shared__ float sh[];   /* B row | C row, ds each */
     int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, tid = threadIdx.x;
@@ -700,13 +731,14 @@ __global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const floa
     for (int s = tid; s < g.ds; s += blockDim.x) { sh[s] = Bv[s]; sh[g.ds + s] = Cv[s]; }
     __syncthreads();
     int seq = seqs ? seqs[i] : i;
-    float *S = Sst + (size_t)seq * s_stride + (size_t)h * g.hs;
+    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
     float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
     for (int p = warp; p < g.hd; p += nw) {
-        float *Sr = S + (size_t)p * g.ds, xp = dth * X[p], acc = 0.0f;
+        TS *Sr = S + (size_t)p * g.ds;
+        float xp = dth * X[p], acc = 0.0f;
         for (int s = lane; s < g.ds; s += 32) {
-            float v = e * Sr[s] + xp * sh[s];
-            Sr[s] = v;
+            float v = e * st_ld(Sr + s) + xp * sh[s];
+            st_st(Sr + s, v);   /* y takes the float32 value (a bf16 state: rounded only as kept) */
             acc += v * sh[g.ds + s];
         }
         for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
@@ -720,10 +752,10 @@ __global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const floa
  * block in flight instead of a float per lane). Each element's update is k_ssd_step's
  * (e S + (dt x) B); y sums a row's products per lane, then over the warp. */
 #define M2_SROWS 4
-template <int NQ>   /* float4 columns per lane: d_state / 128 */
+template <int NQ, typename TS>   /* float4 columns per lane: d_state / 128 */
 __global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__restrict__ A_log,
                                                       const float *__restrict__ Dp, const float *__restrict__ xbc,
-                                                      const float *__restrict__ dt, float *Sst, size_t s_stride,
+                                                      const float *__restrict__ dt, TS *Sst, size_t s_stride,
                                                       const int *__restrict__ seqs, float *y) {
     int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
         nw = blockDim.x >> 5;
@@ -737,7 +769,7 @@ __global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__r
         c4[q] = *(const float4 *)(Cv + 128 * q + 4 * lane);
     }
     int seq = seqs ? seqs[i] : i;
-    float *S = Sst + (size_t)seq * s_stride + (size_t)h * g.hs;
+    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
     float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
     for (int p0 = warp * M2_SROWS; p0 < g.hd; p0 += nw * M2_SROWS) {
         float4 v[M2_SROWS][NQ];
@@ -745,7 +777,7 @@ __global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__r
         for (int r = 0; r < M2_SROWS; r++)
 #pragma unroll
             for (int q = 0; q < NQ; q++)
-                if (p0 + r < g.hd) v[r][q] = *(const float4 *)(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
+                if (p0 + r < g.hd) v[r][q] = st_ld4(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
 #pragma unroll
         for (int r = 0; r < M2_SROWS; r++) {
             int p = p0 + r;
@@ -758,7 +790,7 @@ __global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__r
                 a.y = e * a.y + xp * b4[q].y;
                 a.z = e * a.z + xp * b4[q].z;
                 a.w = e * a.w + xp * b4[q].w;
-                *(float4 *)(S + (size_t)p * g.ds + 128 * q + 4 * lane) = a;
+                st_st4(S + (size_t)p * g.ds + 128 * q + 4 * lane, a);   /* y: the float32 a */
                 acc += a.x * c4[q].x + a.y * c4[q].y + a.z * c4[q].z + a.w * c4[q].w;
             }
             for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
@@ -796,6 +828,12 @@ extern "C" void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log,
 extern "C" void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, const float *xbc,
                                        const float *coef, float *y, float *states, const float *S0,
                                        float *Sfin, size_t s_stride, int B, int T) {
+    zb_cuda_m2_ssd_forward_st(m, D, xbc, coef, y, states, S0, Sfin, s_stride, B, T, 0);
+}
+
+extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *D, const float *xbc,
+                                          const float *coef, float *y, float *states, const float *S0,
+                                          float *Sfin, size_t s_stride, int B, int T, int s_bf16) {
     if (B <= 0 || T <= 0) return;
     m2_geo g = geo_of(m, B, T);
     m2_coef cf = coef_of(coef, B, g.nh, T);
@@ -808,8 +846,12 @@ extern "C" void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, 
     else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     zb_cuda_m2_check_launch("k_ssd_outer (chunk states)");
     zb_cuda_m2_prof(ZB_MIXP_M2_STATES);
-    k_ssd_pass_fwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, states, S0, Sfin,
-                                                                          s_stride);
+    dim3 gp(B * g.nh, cdiv((int)g.hs, 256));
+    if (s_bf16)
+        k_ssd_pass_fwd<__nv_bfloat16><<<gp, 256, 0, st>>>(g, cf.ecs, states, (const __nv_bfloat16 *)S0,
+                                                           (__nv_bfloat16 *)Sfin, s_stride);
+    else
+        k_ssd_pass_fwd<float><<<gp, 256, 0, st>>>(g, cf.ecs, states, S0, Sfin, s_stride);
     zb_cuda_m2_check_launch("k_ssd_pass_fwd");
     zb_cuda_m2_prof(ZB_MIXP_M2_PASS);
     if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
@@ -890,21 +932,34 @@ extern "C" void zb_cuda_m2_step_vec(int on) { g_m2_step_vec = on != 0; }
 extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
                                     const float *xbc, const float *dt, float *S, size_t s_stride,
                                     const int *seqs, float *y, int nb) {
-    if (nb <= 0) return;
-    m2_geo g = geo_of(m, nb, 1);
-    /* the vector form: B and C columns and the state rows as float4 (16-byte aligned) */
-    bool vec = (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
-               !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g_m2_step_vec;
+    zb_cuda_m2_ssd_step_st(m, A_log, D, xbc, dt, S, s_stride, seqs, y, nb, 0);
+}
+
+template <typename TS>
+static void ssd_step_launch(const m2_geo &g, bool vec, const float *A_log, const float *D, const float *xbc,
+                            const float *dt, TS *S, size_t s_stride, const int *seqs, float *y, int nb) {
+    cudaStream_t st = zb_cuda_m2_stream();
     if (vec) {
-        if (g.ds == 128)
-            k_ssd_step_vec<1><<<nb * g.nh, 256, 0, zb_cuda_m2_stream()>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
-        else
-            k_ssd_step_vec<2><<<nb * g.nh, 256, 0, zb_cuda_m2_stream()>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        if (g.ds == 128) k_ssd_step_vec<1, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        else k_ssd_step_vec<2, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
         zb_cuda_m2_check_launch("k_ssd_step_vec");
         return;
     }
     int threads = g.hd >= 8 ? 256 : 32 * g.hd;
-    k_ssd_step<<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), zb_cuda_m2_stream()>>>(
-        g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+    k_ssd_step<TS><<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), st>>>(g, A_log, D, xbc, dt, S, s_stride,
+                                                                                 seqs, y);
     zb_cuda_m2_check_launch("k_ssd_step");
+}
+
+extern "C" void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                                       const float *xbc, const float *dt, float *S, size_t s_stride,
+                                       const int *seqs, float *y, int nb, int s_bf16) {
+    if (nb <= 0) return;
+    m2_geo g = geo_of(m, nb, 1);
+    /* the vector form: B and C columns as float4, the state rows as 4-element pieces (16-byte
+     * aligned slots) */
+    bool vec = (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
+               !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g_m2_step_vec;
+    if (s_bf16) ssd_step_launch<__nv_bfloat16>(g, vec, A_log, D, xbc, dt, (__nv_bfloat16 *)S, s_stride, seqs, y, nb);
+    else ssd_step_launch<float>(g, vec, A_log, D, xbc, dt, S, s_stride, seqs, y, nb);
 }

@@ -256,7 +256,8 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
  * Graph capture nothing is timed (an untuned shape takes the default). ZB_CUDA_GEMM_TUNE=0 (or
  * zb_cuda_gemm_tune(0)) keeps cublasGemmEx. Another algorithm sums in another order: the result
  * stays within the same bf16 / float32 bounds (test_cuda_ops). */
-#define LT_MAX_ROWS 256
+#define LT_MAX_ROWS 64   /* decode batches; S4R2: tuning the 256-row prefill chunks inside a timed
+                            * batch-1 prefill cost it 60% (a one-time ~0.1 s) */
 #define LT_SHAPES 128
 #define LT_CAND 12
 #define LT_REPS 5

@@ -184,7 +184,7 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
-/* The decode step's bf16 products of 9..256 rows (linear_forward with bf16 weights): cuBLASLt's
+/* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
  * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the
  * environment. reset forgets the choices (shutdown). choice: 1 Lt, 0 cublasGemmEx, -1 not tuned;

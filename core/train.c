@@ -16,6 +16,12 @@ int zb_stage_parse(const char *s) {
 }
 const char *zb_stage_name(zb_stage s) { return (unsigned)s < 5 ? stage_names[s] : "?"; }
 
+/* ZB_KD_TEACHER=train: the KD teacher runs the training forward (float32 weights), as before */
+static int kd_teacher_train_forced(void) {
+    const char *kt = getenv("ZB_KD_TEACHER");
+    return kt && !strcmp(kt, "train");
+}
+
 int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_model *student,
                     const zb_model *teacher, int B, int T) {
     memset(tr, 0, sizeof *tr);
@@ -50,8 +56,7 @@ int zb_trainer_init(zb_trainer *tr, zb_stage stage, const zb_loss_cfg *cfg, zb_m
     ZB_TRY(zb_model_alloc_grad(student));
     ZB_TRY(zb_acts_alloc(&tr->a, student, tr->rows, T));
     const zb_backend *be = student->be;
-    const char *kt = getenv("ZB_KD_TEACHER");
-    tr->kd_infer = stage == ZB_STAGE_KD && !teacher->tp && !student->tp && !(kt && !strcmp(kt, "train"));
+    tr->kd_infer = stage == ZB_STAGE_KD && !teacher->tp && !student->tp && !kd_teacher_train_forced();
     if (need_teacher && !tr->kd_infer && teacher->wdtype != ZB_WEIGHTS_F32)
         return zb_fail(ZB_EARG, "a teacher held in %s runs only the KD inference forward (one rank, "
                        "ZB_KD_TEACHER not 'train')", zb_wdtype_name(teacher->wdtype));
@@ -96,8 +101,7 @@ void zb_trainer_free(zb_trainer *tr) {
 }
 
 zb_wdtype zb_kd_teacher_wdtype(const zb_config *tc, const zb_backend *be, int tp_pp) {
-    const char *kt = getenv("ZB_KD_TEACHER");
-    if (be->host_memory || !be->opts.gpu_bf16 || tp_pp || (kt && !strcmp(kt, "train"))) return ZB_WEIGHTS_F32;
+    if (be->host_memory || !be->opts.gpu_bf16 || tp_pp || kd_teacher_train_forced()) return ZB_WEIGHTS_F32;
     for (int l = 0; l < tc->n_layers; l++)
         if (tc->kinds[l] != ZB_LAYER_ATTN) return ZB_WEIGHTS_F32;
     return ZB_WEIGHTS_BF16;

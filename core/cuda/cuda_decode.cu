@@ -1026,3 +1026,85 @@ extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache
                                                                                                   a->dv, nsplit);
     ZB_CUDA_LAUNCHED("MLA decode attention merge");
 }
+
+/* ---- the decode step's small pieces, fused -------------------------------------------------------
+ * A batch-1 decode step is a chain of dependent kernels, most of them far too small to fill the
+ * GPU: each boundary costs a few microseconds of launch and drain (S4R2: ~2.5 ms of a 6 ms 8B
+ * step). These kernels do the pieces between the products in fewer launches, with the arithmetic
+ * of the kernels they replace (so the same values). ZB_DEC_FUSE=0 in the environment (or
+ * zb_cuda_dec_fuse_set(0)) keeps the separate kernels. */
+static int g_dec_fuse = -1;
+extern "C" void zb_cuda_dec_fuse_set(int on) { g_dec_fuse = on < 0 ? -1 : on != 0; }
+extern "C" int zb_cuda_dec_fuse(void) {
+    if (g_dec_fuse < 0) {
+        const char *e = getenv("ZB_DEC_FUSE");
+        g_dec_fuse = !(e && !strcmp(e, "0"));
+    }
+    return g_dec_fuse;
+}
+
+__device__ static inline void out_st(float *p, float v) { *p = v; }
+__device__ static inline void out_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+/* One head of hd values from v to out (in place, or a cache row), its first r.dim rotated at
+ * position p (a warp; buf: r.dim floats of shared memory): k_rope's arithmetic (cuda_ops.cu,
+ * inverse = 0: an interleaved input comes out in the rotate-half layout), so the same values. */
+template <typename TO>
+__device__ static inline void warp_rope_head(const zb_rope &r, bool rot, const float *v, TO *out, int hd, float *buf,
+                                             int p, int interleave, int lane) {
+    const int D = rot ? r.dim : 0, half = D / 2;
+    for (int j = lane; j < D; j += 32) buf[j] = v[j];
+    __syncwarp();
+    for (int i = lane; i < half; i += 32) {
+        float a = (float)p * r.inv_freq[i];
+        float c = cosf(a) * r.mscale, s = sinf(a) * r.mscale;
+        float x1, x2;
+        if (interleave) { x1 = buf[2 * i]; x2 = buf[2 * i + 1]; }
+        else { x1 = buf[i]; x2 = buf[i + half]; }
+        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        out_st(out + i, y1);
+        out_st(out + i + half, y2);
+    }
+    for (int j = D + lane; j < hd; j += 32) out_st(out + j, v[j]);   /* past the rotary part */
+    __syncwarp();
+}
+
+/* Attention decode (one token per sequence): per (sequence i, head item) a warp; items 0..H-1 the
+ * query heads roped in place, H..H+Hkv-1 the key heads roped into the cache, then the value heads
+ * copied into the cache (float32 or bf16, head-major as zb_cuda_cache_store), and posi[i] =
+ * pos[seq[i]] (the positions the attention reads). Replaces gather + rope + two cache stores. */
+#define PREP_WARPS 8
+__global__ void __launch_bounds__(PREP_WARPS * 32) k_decode_qkv_prep(
+    zb_rope r, float *q, const float *k, const float *v, void *kc, void *vc, int bf, const int *seq, const int *pos,
+    int *posi, int H, int Hkv, int hd, long long ss, long long gs) {
+    __shared__ float buf[PREP_WARPS][ZB_ROPE_MAX_DIM];
+    const int i = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int it = blockIdx.x * PREP_WARPS + warp, s = seq ? seq[i] : i, p = pos[s];
+    if (blockIdx.x == 0 && threadIdx.x == 0) posi[i] = p;
+    if (it >= H + 2 * Hkv) return;
+    if (it < H) {
+        float *qh = q + ((size_t)i * H + it) * hd;
+        warp_rope_head(r, true, qh, qh, hd, buf[warp], p, 0, lane);
+        return;
+    }
+    const int g = it < H + Hkv ? it - H : it - H - Hkv;
+    const float *src = (it < H + Hkv ? k : v) + ((size_t)i * Hkv + g) * hd;
+    void *cache = it < H + Hkv ? kc : vc;
+    const long long off = (long long)s * ss + (long long)g * gs + (long long)p * hd;
+    if (bf) warp_rope_head(r, it < H + Hkv, src, (bf16 *)cache + off, hd, buf[warp], p, 0, lane);
+    else warp_rope_head(r, it < H + Hkv, src, (float *)cache + off, hd, buf[warp], p, 0, lane);
+}
+
+extern "C" int zb_cuda_decode_qkv_prep_ok(const zb_rope *r, int hd) {
+    return zb_cuda_dec_fuse() && r->dim <= hd && r->dim <= ZB_ROPE_MAX_DIM && r->dim % 2 == 0;
+}
+
+extern "C" void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float *k, const float *v, void *kc, void *vc,
+                                        int cache_bf16, const int *seq_dev, const int *pos_dev, int *posi, int nb,
+                                        int H, int Hkv, int hd, long long seq_stride, long long group_stride) {
+    if (nb <= 0) return;
+    dim3 grid((H + 2 * Hkv + PREP_WARPS - 1) / PREP_WARPS, nb);
+    k_decode_qkv_prep<<<grid, PREP_WARPS * 32, 0, zb_cuda_stream()>>>(*r, q, k, v, kc, vc, cache_bf16, seq_dev, pos_dev,
+                                                                     posi, H, Hkv, hd, seq_stride, group_stride);
+    ZB_CUDA_LAUNCHED("decode q/k/v rope + cache store");
+}

@@ -192,6 +192,19 @@ void zb_cuda_gemv_set_split(int ks);
 void zb_cuda_gemm_tune(int on);
 void zb_cuda_gemm_tune_reset(void);
 int zb_cuda_gemm_tune_choice(int N, int C, int OC, float *ms_lt, float *ms_ex);
+/* The decode step's small pieces fused (cuda_decode.cu): on unless ZB_DEC_FUSE=0 in the environment;
+ * _set(1 / 0) forces it (tests and benchmarks compare), _set(-1) reads the environment again. */
+int zb_cuda_dec_fuse(void);
+void zb_cuda_dec_fuse_set(int on);
+/* Attention decode (one token per sequence i < nb, slot seq[i] at position pos[seq[i]]): the query
+ * heads of q [nb, H*hd] roped in place, the key heads of k [nb, Hkv*hd] roped and stored with v's
+ * into the head-major caches (strides as zb_cuda_cache_attn, row stride hd), posi[i] = pos[seq[i]];
+ * the same values as zb_cuda_gather_int + zb_cuda_rope_apply_rows + zb_cuda_cache_store.
+ * _ok: the fused path is on and takes the table (rotary dim <= hd). */
+int zb_cuda_decode_qkv_prep_ok(const zb_rope *r, int hd);
+void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float *k, const float *v, void *kc, void *vc,
+                             int cache_bf16, const int *seq_dev, const int *pos_dev, int *posi, int nb, int H, int Hkv,
+                             int hd, long long seq_stride, long long group_stride);
 /* positions per block of the decode attention (0 = chosen per call), for the benchmark */
 void zb_cuda_decode_set_chunk(int ch);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n

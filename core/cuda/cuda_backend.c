@@ -338,6 +338,10 @@ static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d
     (void)seq_floats;   /* == max_T * (r + dr): the layout of zb_mla_cache_floats */
     size_t work = zb_cuda_mla_gen_scratch_floats(m, d, nb);
     int *posi = (int *)(scratch + (work + 63) / 64 * 64);
+    /* the fused decode gathers the positions itself (posi[i] = pos[seqs[i]]) */
+    if (zb_cuda_mla_decode_fused(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, pos, seqs,
+                                 posi, nb, scratch))
+        return;
     int max_len = step_positions(posi, pos, seqs, nb, 1, max_T);
     zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, posi, nb, 1, max_len,
                     scratch);

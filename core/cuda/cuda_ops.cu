@@ -2,6 +2,7 @@
  * Row kernels accumulate their sums in double, as the CPU kernels do, so the two agree to a few
  * float32 roundings of the result. */
 #include "cuda_ops.h"
+#include "cuda_pdl.cuh"
 #include "cuda_reduce.cuh"
 
 #define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
@@ -17,6 +18,7 @@ static unsigned row_threads(int C) {
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
 __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
     float *o = out + row * C;
@@ -37,6 +39,7 @@ extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x,
 
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
 __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
+    pdl_launch();   /* as k_rmsnorm_fwd */
     size_t row = blockIdx.x;
     float *xr = x + row * C, *o = out + row * C;
     const float *ar = a + row * C;

@@ -20,6 +20,7 @@
 
 #include "cuda_common.h"
 #include "cuda_ops.h"
+#include "cuda_pdl.cuh"
 #include "mamba2_cuda.h"
 
 extern "C" cudaStream_t zb_cuda_m2_stream(void);
@@ -101,6 +102,7 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
                                                          int zs, TS *Sst, size_t s_stride, const int *__restrict__ seqs,
                                                          float *o) {
     __shared__ float ys[DEC_MAXHD];
+    pdl_launch();   /* out_proj's GEMV may start streaming its weights */
     int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
         nw_ = blockDim.x >> 5;
     const float *row = xbc + (size_t)i * g.cd;

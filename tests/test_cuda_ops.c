@@ -216,6 +216,51 @@ static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) 
     zb_cuda_free(dx); zb_cuda_free(dg16); zb_cuda_free(du16); zb_cuda_free(dh); zb_cuda_free(du);
 }
 
+/* The decode GEMVs and norms launched with programmatic dependent launch (cuda_pdl.cuh: each may start
+ * while the kernel before it ends, prefetches weights, then waits for its input) against the same
+ * chain launched plainly (ZB_DEC_PDL=0): a decode layer's dependent chain (norm, q|k|v, o, gate|up +
+ * SwiGLU, down, residual + norm) repeated over 12 layers. The same kernels with the same inputs, so
+ * the results must be equal bit for bit: a difference would be a read before the wait (a race). */
+static void test_pdl_chain(zb_rng *rng, int N) {
+    int d = 512, kd = 128, F = 1024, L = 12;
+    size_t nw = (size_t)(d + 2 * kd) * d + (size_t)d * d + 2 * (size_t)F * d + (size_t)d * F;
+    float *hw = zb_falloc(nw), *hx = zb_falloc((size_t)N * d), *nwt = zb_falloc(d);
+    uint16_t *w16 = malloc(nw * 2);
+    zb_fill_uniform(hw, nw, 0.05f, rng);
+    zb_fill_uniform(hx, (size_t)N * d, 1.0f, rng);
+    for (int i = 0; i < d; i++) nwt[i] = 1.0f + 0.1f * (2.0f * zb_rng_uniform(rng) - 1.0f);
+    zb_f32_to_bf16_n(hw, w16, nw);
+    uint16_t *dw = zb_dev_bytes(w16, nw * 2);
+    const uint16_t *wq = dw, *wk = wq + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
+    const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
+    float *dnw = zb_dev_f(nwt, d), *got[2];
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        zb_cuda_dec_pdl_set(pdl);
+        float *x = zb_dev_f(hx, (size_t)N * d), *ln = zb_dev_f(NULL, (size_t)N * d), *q = zb_dev_f(NULL, (size_t)N * d);
+        float *k = zb_dev_f(NULL, (size_t)N * kd), *v = zb_dev_f(NULL, (size_t)N * kd), *o = zb_dev_f(NULL, (size_t)N * d);
+        float *h = zb_dev_f(NULL, (size_t)N * F), *u = zb_dev_f(NULL, (size_t)N * F);
+        zb_cuda_rmsnorm_forward(ln, NULL, x, dnw, N, d, 1e-5f);
+        for (int l = 0; l < L; l++) {
+            zb_cuda_linear_forward3(q, k, v, ln, zb_wt_of_bf16(wq), zb_wt_of_bf16(wk), zb_wt_of_bf16(wv), N, d, d, kd, kd);
+            zb_cuda_linear_forward(o, q, zb_wt_of_bf16(wo), N, d, d);
+            zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
+            zb_cuda_swiglu_linear_forward(h, u, ln, zb_wt_of_bf16(wg), zb_wt_of_bf16(wu), N, d, F);
+            zb_cuda_linear_forward(o, h, zb_wt_of_bf16(wd), N, F, d);
+            zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
+        }
+        got[pdl] = zb_falloc((size_t)N * d);
+        zb_host_f(got[pdl], ln, (size_t)N * d);
+        zb_cuda_free(x); zb_cuda_free(ln); zb_cuda_free(q); zb_cuda_free(k); zb_cuda_free(v); zb_cuda_free(o);
+        zb_cuda_free(h); zb_cuda_free(u);
+    }
+    zb_cuda_dec_pdl_set(-1);
+    char what[128];
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
+    zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
+    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]);
+    zb_cuda_free(dw); zb_cuda_free(dnw);
+}
+
 /* generation's residual step fused with the next norm: x += a (exact), out = RMSNorm(x) */
 static void test_add_rmsnorm(zb_rng *rng, int N, int C) {
     size_t n = (size_t)N * C;
@@ -1225,6 +1270,8 @@ int main(int argc, char **argv) {
     zb_cuda_attention_use_flash(1);
     test_cached(&rng, 0, 0, 1);
     test_cached(&rng, 1, 0, 5);
+    test_pdl_chain(&rng, 1);
+    test_pdl_chain(&rng, 5);
     for (int bf = 0; bf < 2; bf++) {   /* the fused decode piece: the 8B's shape, a partial rotary dim */
         test_decode_qkv_prep(&rng, bf, 32, 8, 128, 128);
         test_decode_qkv_prep(&rng, bf, 6, 2, 40, 24);

@@ -179,17 +179,7 @@ extern "C" int zb_cuda_dec_pdl(void) {
 
 template <int NN, bool PAIR>
 static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks, int rows) {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1] = {};
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(GEMV_THREADS);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = zb_cuda_stream();
-    cfg.attrs = at;
-    cfg.numAttrs = zb_cuda_dec_pdl() ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, k_gemv<NN, PAIR>, a, x, C, ks, rows);
+    pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
 }
 
 template <bool PAIR>
@@ -356,6 +346,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ 
                                                             int CH, int nsplit) {
     constexpr int LPR = D / 8, RPW = 32 / LPR, SL = (DEC_THREADS / 32) * RPW;
     __shared__ float s_acc[SL][R][D], s_m[SL][R], s_l[SL][R];
+    pdl_launch();
+    pdl_wait();   /* the cache rows and q of the kernel before */
     const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
     const int L = pos[i] + 1, u0 = sp * CH, u1 = min(L, u0 + CH);
@@ -466,6 +458,7 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, cons
                                                                 int nsplit, merge_uv uv) {
     extern __shared__ float wsm[];   /* [nsplit] chunk weights, then (uv) the merged row [dv] */
     pdl_launch();   /* the output projection's GEMV may start streaming its weights */
+    pdl_wait();     /* the parts */
     __shared__ float red[MERGE_THREADS / 32][128];
     const int row = blockIdx.x, i = row / H, h = row % H, rep = H / Hkv, g = h / rep, j = h % rep;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, NW = MERGE_THREADS / 32;
@@ -532,8 +525,8 @@ static void gqa_launch(dim3 grid, float *part, const float *q, const void *kc, c
     const bf16 *k = (const bf16 *)kc, *v = (const bf16 *)vc;
     cudaStream_t st = zb_cuda_stream();
 #define ZB_GQA(R)                                                                                              \
-    k_decode_gqa<D, R><<<grid, DEC_THREADS, 0, st>>>(part, q, k, v, seq, pos, a->H, a->Hkv, a->seq_stride,      \
-                                                      a->group_stride, a->row_stride, a->scale, CH, nsplit)
+    pdl_go(k_decode_gqa<D, R>, grid, dim3(DEC_THREADS), 0, st, part, q, k, v, seq, pos, a->H, a->Hkv,          \
+           a->seq_stride, a->group_stride, a->row_stride, a->scale, CH, nsplit)
     switch (a->H / a->Hkv) {
     case 1: ZB_GQA(1); break;
     case 2: ZB_GQA(2); break;
@@ -593,8 +586,8 @@ extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, 
     }
     ZB_CUDA_LAUNCHED("decode attention");
     merge_uv none = {NULL, 0, 1, 0, 0};
-    k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(
-        out, part, a->H, a->Hkv, a->dv, nsplit, none);
+    pdl_go(k_decode_merge, dim3(nb * a->H), dim3(MERGE_THREADS), (size_t)nsplit * sizeof(float), zb_cuda_stream(), out,
+           (const float *)part, a->H, a->Hkv, a->dv, nsplit, none);
     ZB_CUDA_LAUNCHED("decode attention merge");
 }
 
@@ -839,6 +832,8 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
                                                         int CH, int nsplit) {
     extern __shared__ __align__(128) unsigned char msm[];
     const mm_smem P = mm_plan(H, dqk, dv);
+    pdl_launch();
+    pdl_wait();   /* the cache row and queries of the prep kernel */
     bf16 *Qs = (bf16 *)msm, *Ks = (bf16 *)(msm + P.k);
     const int sp = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, nthr = blockDim.x;
     const int warp = tid >> 5, lane = tid & 31, ht = warp >> 1, pg = warp & 1, g = lane >> 2, t4 = lane & 3;
@@ -1076,13 +1071,13 @@ static void decode_mla(float *out, const float *q, const void *cache, const int 
     if (mma) {
         mm_smem P = mm_plan(a->H, a->dqk, a->dv);
         if (a->dqk <= 128 && a->dv <= 64)
-            k_decode_mla_mma<8, 8><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
-                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
-                a->scale, CH, nsplit);
+            pdl_go(k_decode_mla_mma<8, 8>, grid, dim3(64 * P.WH), P.bytes, zb_cuda_stream(), part, q,
+                   (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride, a->scale,
+                   CH, nsplit);
         else
-            k_decode_mla_mma<16, 20><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
-                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
-                a->scale, CH, nsplit);
+            pdl_go(k_decode_mla_mma<16, 20>, grid, dim3(64 * P.WH), P.bytes, zb_cuda_stream(), part, q,
+                   (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride, a->scale,
+                   CH, nsplit);
     } else {
         mla_smem P = mla_plan(a->H, a->dqk, a->dv);
         k_decode_mla<<<grid, MLA_THREADS, P.bytes, zb_cuda_stream()>>>(part, q, (const bf16 *)cache, seq_dev, pos_dev,
@@ -1091,7 +1086,8 @@ static void decode_mla(float *out, const float *q, const void *cache, const int 
     }
     ZB_CUDA_LAUNCHED("MLA decode attention");
     size_t msm = ((size_t)nsplit + (uv.w ? a->dv : 0)) * sizeof(float);
-    k_decode_merge<<<nb * a->H, MERGE_THREADS, msm, zb_cuda_stream()>>>(out, part, a->H, 1, a->dv, nsplit, uv);
+    pdl_go(k_decode_merge, dim3(nb * a->H), dim3(MERGE_THREADS), msm, zb_cuda_stream(), out, (const float *)part, a->H,
+           1, a->dv, nsplit, uv);
     ZB_CUDA_LAUNCHED("MLA decode attention merge");
 }
 
@@ -1159,7 +1155,8 @@ __global__ void __launch_bounds__(PREP_WARPS * 32) k_decode_qkv_prep(
     zb_rope r, float *q, const float *k, const float *v, void *kc, void *vc, int bf, const int *seq, const int *pos,
     int *posi, int H, int Hkv, int hd, long long ss, long long gs) {
     __shared__ float buf[PREP_WARPS][ZB_ROPE_MAX_DIM];
-    pdl_launch();
+    pdl_launch();   /* the attention may start */
+    pdl_wait();     /* q, k, v from the GEMV before (cuda_pdl.cuh) */
     const int i = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int it = blockIdx.x * PREP_WARPS + warp, s = seq ? seq[i] : i, p = pos[s];
     if (blockIdx.x == 0 && threadIdx.x == 0) posi[i] = p;
@@ -1186,8 +1183,8 @@ extern "C" void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float 
                                         int H, int Hkv, int hd, long long seq_stride, long long group_stride) {
     if (nb <= 0) return;
     dim3 grid((H + 2 * Hkv + PREP_WARPS - 1) / PREP_WARPS, nb);
-    k_decode_qkv_prep<<<grid, PREP_WARPS * 32, 0, zb_cuda_stream()>>>(*r, q, k, v, kc, vc, cache_bf16, seq_dev, pos_dev,
-                                                                     posi, H, Hkv, hd, seq_stride, group_stride);
+    pdl_go(k_decode_qkv_prep, grid, dim3(PREP_WARPS * 32), 0, zb_cuda_stream(), *r, q, k, v, kc, vc, cache_bf16, seq_dev,
+           pos_dev, posi, H, Hkv, hd, seq_stride, group_stride);
     ZB_CUDA_LAUNCHED("decode q/k/v rope + cache store");
 }
 
@@ -1203,6 +1200,8 @@ __global__ void __launch_bounds__(128) k_mla_dec_prep(zb_rope r, const float *q,
                                                       const int *pos, const int *pidx, int *posi, int H, int rep,
                                                       int dn, int dvo, int dr, int R, int il, long long seq_stride) {
     __shared__ float qs[MLA_PREP_MAXDN], buf[ZB_ROPE_MAX_DIM];
+    pdl_launch();
+    pdl_wait();   /* q and kva from the GEMVs before */
     const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int W = R + dr, dqk = dn + dr, s = seq ? seq[i] : i, p = pos[pidx ? pidx[i] : i];
     if (h == H) {   /* the latent row */
@@ -1244,8 +1243,7 @@ extern "C" void zb_cuda_mla_dec_prep(const zb_rope *r, const float *q, const flo
                                      const int *pos_dev, const int *pidx, int *posi, int nb, int H, int rep, int dn,
                                      int dvo, int dr, int R, int interleave, long long seq_stride) {
     if (nb <= 0) return;
-    k_mla_dec_prep<<<dim3(H + 1, nb), 128, 0, zb_cuda_stream()>>>(*r, q, kva, kv_b, kv_b_bf16, qlat, cache, cache_bf16,
-                                                                 seq_dev, pos_dev, pidx, posi, H, rep, dn, dvo, dr, R,
-                                                                 interleave, seq_stride);
+    pdl_go(k_mla_dec_prep, dim3(H + 1, nb), dim3(128), 0, zb_cuda_stream(), *r, q, kva, kv_b, kv_b_bf16, qlat, cache,
+           cache_bf16, seq_dev, pos_dev, pidx, posi, H, rep, dn, dvo, dr, R, interleave, seq_stride);
     ZB_CUDA_LAUNCHED("MLA decode query absorb + RoPE + cache store");
 }

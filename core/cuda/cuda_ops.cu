@@ -19,6 +19,7 @@ static unsigned row_threads(int C) {
 
 __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
     pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
+    pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
     float *o = out + row * C;
@@ -33,13 +34,14 @@ __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const flo
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
 }
 
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
 __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
     pdl_launch();   /* as k_rmsnorm_fwd */
+    pdl_wait();
     size_t row = blockIdx.x;
     float *xr = x + row * C, *o = out + row * C;
     const float *ar = a + row * C;
@@ -56,7 +58,7 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
 
 extern "C" void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps) {
     if (N <= 0) return;
-    k_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(x, a, out, w, C, eps);
+    pdl_go(k_add_rmsnorm, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), x, a, out, w, C, eps);
     ZB_CUDA_LAUNCHED("add_rmsnorm");
 }
 

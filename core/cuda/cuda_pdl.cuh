@@ -18,4 +18,24 @@ __device__ static inline void pdl_launch(void) {
 #endif
 }
 
+/* launch kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute while zb_cuda_dec_pdl()
+ * (cuda_ops.h; ZB_DEC_PDL=0 turns it off), plainly otherwise. The kernel must call pdl_wait() before
+ * it touches what the kernel before it writes or reads. */
+#include <utility>
+template <typename... KArgs, typename... Args>
+static inline cudaError_t pdl_go(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                 Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cfg.attrs = at;
+    cfg.numAttrs = zb_cuda_dec_pdl() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
 #endif

@@ -51,6 +51,8 @@ dec_geo dec_geo_of(const zb_mamba2_dims *m) {
 __global__ void k_m2_dec_conv(dec_geo g, const float *__restrict__ w, const float *__restrict__ bias,
                               const float *__restrict__ dt_bias, const float *__restrict__ proj, float *state,
                               const int *__restrict__ seqs, float *xbc, float *dt, float lo, float hi) {
+    pdl_launch();
+    pdl_wait();   /* proj of in_proj's GEMV (cuda_pdl.cuh) */
     const int i = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     const float *pr = proj + (size_t)i * g.P;
     if (c >= g.cd) {
@@ -103,6 +105,7 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
                                                          float *o) {
     __shared__ float ys[DEC_MAXHD];
     pdl_launch();   /* out_proj's GEMV may start streaming its weights */
+    pdl_wait();     /* xbc and dt of the conv kernel */
     int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
         nw_ = blockDim.x >> 5;
     const float *row = xbc + (size_t)i * g.cd;
@@ -168,8 +171,8 @@ extern "C" void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_
     if (nb <= 0) return;
     dec_geo g = dec_geo_of(m);
     dim3 grid((g.cd + g.nh + 255) / 256, nb);
-    k_m2_dec_conv<<<grid, 256, 0, zb_cuda_m2_stream()>>>(g, conv_w, conv_b, dt_bias, proj, state, seqs, xbc, dt,
-                                                         m->dt_min, m->dt_max);
+    pdl_go(k_m2_dec_conv, grid, dim3(256), 0, zb_cuda_m2_stream(), g, conv_w, conv_b, dt_bias, proj, state, seqs, xbc,
+           dt, m->dt_min, m->dt_max);
     zb_cuda_m2_check_launch("k_m2_dec_conv");
 }
 
@@ -190,8 +193,8 @@ extern "C" void zb_cuda_m2_decode_ssd_norm(const zb_mamba2_dims *m, const float 
     cudaStream_t st = zb_cuda_m2_stream();
     __nv_bfloat16 *S16 = (__nv_bfloat16 *)S;
 #define ZB_M2D(NQ, TS, SP)                                                                                    \
-    k_m2_dec_ssd_norm<NQ, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, norm_w, eps, xbc, dt, z, z_stride, SP, \
-                                                         s_stride, seqs, o)
+    pdl_go(k_m2_dec_ssd_norm<NQ, TS>, dim3(nb * g.nh), dim3(256), 0, st, g, A_log, D, norm_w, eps, xbc, dt, z,     \
+           z_stride, SP, s_stride, seqs, o)
     if (g.ds == 128) {
         if (s_bf16) ZB_M2D(1, __nv_bfloat16, S16);
         else ZB_M2D(1, float, S);

@@ -19,8 +19,11 @@ __device__ static inline void pdl_launch(void) {
 }
 
 /* launch kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute while zb_cuda_dec_pdl()
- * (cuda_ops.h; ZB_DEC_PDL=0 turns it off), plainly otherwise. The kernel must call pdl_wait() before
- * it touches what the kernel before it writes or reads. */
+ * (cuda_ops.h; ZB_DEC_PDL=0 turns it off) on a created stream, plainly otherwise (the legacy and
+ * per-thread default streams, where the attribute is not meant). The kernel must call pdl_wait()
+ * before it touches what the kernel before it writes or reads. A launch the runtime refuses with
+ * the attribute is made again without it, and PDL is off from then on (one line on stderr). */
+#include <stdio.h>
 #include <utility>
 template <typename... KArgs, typename... Args>
 static inline cudaError_t pdl_go(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
@@ -34,8 +37,17 @@ static inline cudaError_t pdl_go(void (*kernel)(KArgs...), dim3 grid, dim3 block
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     cfg.attrs = at;
-    cfg.numAttrs = zb_cuda_dec_pdl() ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    cfg.numAttrs = st && st != cudaStreamLegacy && st != cudaStreamPerThread && zb_cuda_dec_pdl() ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+    if (e != cudaSuccess && cfg.numAttrs) {
+        (void)cudaGetLastError();
+        fprintf(stderr, "zebra: a launch with programmatic dependent launch failed (%s): PDL off (ZB_DEC_PDL=0)\n",
+                cudaGetErrorString(e));
+        zb_cuda_dec_pdl_set(0);
+        cfg.numAttrs = 0;
+        e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    }
+    return e;
 }
 
 #endif

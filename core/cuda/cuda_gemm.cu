@@ -247,6 +247,92 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
     if (dbias) colsum_add(dbias, dout, N, OC);
 }
 
+/* ---- the training MLP with bf16 activations (cuda_ops.h) -----------------------------------
+ * Each activation that only feeds products is written in bf16 by the kernel that makes it: per
+ * layer at N = 16384, F = 8192 this drops the float32 gate / up / h tensors (512 MB each) and
+ * their conversion passes. The residual stream, its gradient, the norm statistics and every
+ * weight gradient stay float32. */
+
+/* Row-major C[M,N] = op(A) op(B) + beta C, bf16 A and B, C float32 or bf16 (ct), float32 sums. */
+static void gemm16(int tA, int tB, int M, int N, int K, const void *A, int lda, const void *B, int ldb, float beta,
+                   void *C, cudaDataType_t ct, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    const float one = 1.0f;
+    ZB_CUBLAS(cublasGemmEx(zb_cuda_cublas(), tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                           &one, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT));
+}
+
+static int g_mlp_bf16 = -1;   /* -1: from the environment at the first use */
+extern "C" void zb_cuda_mlp_bf16(int on) { g_mlp_bf16 = on < 0 ? -1 : on != 0; }
+static int mlp_bf16_on(int N, int d, int F) {
+    if (g_mlp_bf16 < 0) {
+        const char *e = getenv("ZB_CUDA_MLP_BF16");
+        g_mlp_bf16 = !(e && !strcmp(e, "0"));
+    }
+    return g_mlp_bf16 && convert_mode() && N > 0 && d > 0 && F > 0;
+}
+
+/* The bf16 copies of the three matrices: the cached ones, or (no room for a copy) all three
+ * converted into scratch, so that a forward and its backward always take the same path (the
+ * saved activations' format follows mlp_bf16_on alone). 0: no memory (the error is recorded). */
+static int mlp_weights(const uint16_t **w, const float *Wg, const float *Wu, const float *Wd, size_t dF) {
+    const float *W[3] = {Wg, Wu, Wd};
+    int ok = 1;
+    for (int i = 0; i < 3; i++) ok &= (w[i] = weight_bf16(W[i], dF)) != NULL;
+    for (int i = 0; i < 3 && ok; i++) ok = w[i] == weight_bf16(W[i], dF);   /* none evicted another */
+    if (ok) return 1;
+    uint16_t *b = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, 3 * dF * 2);
+    if (!b) return 0;
+    for (int i = 0; i < 3; i++) {
+        zb_cuda_f32_to_bf16(b + i * dF, W[i], dF);
+        w[i] = b + i * dF;
+    }
+    return 1;
+}
+
+extern "C" int zb_cuda_mlp_forward_bf16(float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                                        const float *x, const float *norm_w, const float *Wg, const float *Wu,
+                                        const float *Wd, int N, int d, int F, float eps) {
+    if (!mlp_bf16_on(N, d, F)) return 0;
+    size_t dF = (size_t)d * F;
+    const uint16_t *w[3];
+    if (!mlp_weights(w, Wg, Wu, Wd, dF)) return 1;   /* the error is recorded */
+    const uint16_t *wg = w[0], *wu = w[1], *wd = w[2];
+    uint16_t *ln16 = (uint16_t *)ln, *g16 = (uint16_t *)g, *u16 = (uint16_t *)u, *h16 = (uint16_t *)h;
+    zb_cuda_rmsnorm_forward_bf16(ln16, rstd, x, norm_w, N, d, eps);
+    gemm16(0, 1, N, F, d, ln16, d, wg, d, 0.0f, g16, CUDA_R_16BF, F);   /* g = ln Wg^T */
+    gemm16(0, 1, N, F, d, ln16, d, wu, d, 0.0f, u16, CUDA_R_16BF, F);   /* u = ln Wu^T */
+    zb_cuda_swiglu_forward_bf16(h16, g16, u16, (size_t)N * F);
+    gemm16(0, 1, N, d, F, h16, F, wd, F, 0.0f, out, CUDA_R_32F, d);     /* out = h Wd^T */
+    return 1;
+}
+
+extern "C" int zb_cuda_mlp_backward_bf16(float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                                         const float *ln, const float *g, const float *u, const float *h,
+                                         const float *Wg, const float *Wu, const float *Wd, float *dh, float *dg,
+                                         float *du, int N, int d, int F) {
+    if (!mlp_bf16_on(N, d, F)) return 0;
+    size_t dF = (size_t)d * F;
+    const uint16_t *w[3];
+    if (!mlp_weights(w, Wg, Wu, Wd, dF)) return 1;   /* the error is recorded */
+    const uint16_t *wg = w[0], *wu = w[1], *wd = w[2];
+    const uint16_t *ln16 = (const uint16_t *)ln, *g16 = (const uint16_t *)g, *u16 = (const uint16_t *)u,
+                   *h16 = (const uint16_t *)h;
+    uint16_t *dh16 = (uint16_t *)dh, *dg16 = (uint16_t *)dg, *du16 = (uint16_t *)du;
+    uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * d * 2);
+    if (!d16) return 1;   /* the error is recorded */
+    zb_cuda_f32_to_bf16(d16, dout, (size_t)N * d);
+    gemm16(0, 0, N, F, d, d16, d, wd, F, 0.0f, dh16, CUDA_R_16BF, F);            /* dh = dout Wd */
+    if (dWd) gemm16(1, 0, d, F, N, d16, d, h16, F, 1.0f, dWd, CUDA_R_32F, F);   /* dWd += dout^T h */
+    zb_cuda_swiglu_backward_bf16(dg16, du16, dh16, g16, u16, (size_t)N * F);
+    gemm16(0, 0, N, d, F, dg16, F, wg, d, 0.0f, dln, CUDA_R_32F, d);             /* dln = dg Wg + du Wu */
+    gemm16(0, 0, N, d, F, du16, F, wu, d, 1.0f, dln, CUDA_R_32F, d);
+    if (dWg) gemm16(1, 0, F, d, N, dg16, F, ln16, d, 1.0f, dWg, CUDA_R_32F, d);  /* dWg += dg^T ln */
+    if (dWu) gemm16(1, 0, F, d, N, du16, F, ln16, d, 1.0f, dWu, CUDA_R_32F, d);  /* dWu += du^T ln */
+    return 1;
+}
+
 /* ---- skinny bf16 products (decode of 9..LT_MAX_ROWS rows): the algorithm timed once per shape ----
  * At batch 48 the decode step's products (out[N, OC] = x[N, C] W^T, bf16 W read once) are bound by
  * the weights' bytes, and cuBLAS's first choice for N = 48 read them at ~2.6-3.0 TB/s of the

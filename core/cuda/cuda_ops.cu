@@ -35,6 +35,26 @@ extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x,
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
 }
 
+/* The same norm writing its output rounded to bf16 (the operand of the next products only). */
+__global__ void k_rmsnorm_fwd_bf16(__nv_bfloat16 *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    size_t row = blockIdx.x;
+    const float *xr = x + row * C;
+    __nv_bfloat16 *o = out + row * C;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = zb_block_sum_d(ss);
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    if (rstd && threadIdx.x == 0) rstd[row] = r;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn(w[i] * (xr[i] * r));
+}
+
+extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C,
+                                             float eps) {
+    if (N <= 0) return;
+    k_rmsnorm_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
+    ZB_CUDA_LAUNCHED("rmsnorm_forward_bf16");
+}
+
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
 __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
     size_t row = blockIdx.x;
@@ -192,6 +212,72 @@ extern "C" void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, c
     if (!n) return;
     k_swiglu_bwd<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(dg, du, dh, g, u, n);
     ZB_CUDA_LAUNCHED("swiglu_backward");
+}
+
+/* bf16 storage, float32 arithmetic (the same formulas), 8 elements per thread where the
+ * pointers allow 16-byte accesses, else one. */
+__device__ static inline void swiglu_fwd1(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t i) {
+    float x = __bfloat162float(g[i]);
+    h[i] = __float2bfloat16_rn(x / (1.0f + expf(-x)) * __bfloat162float(u[i]));
+}
+__device__ static inline void swiglu_bwd1(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
+                                          const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t i) {
+    float x = __bfloat162float(g[i]), s = 1.0f / (1.0f + expf(-x)), d = __bfloat162float(dh[i]);
+    float uu = __bfloat162float(u[i]);
+    du[i] = __float2bfloat16_rn(d * x * s);
+    dg[i] = __float2bfloat16_rn(d * uu * s * (1.0f + x * (1.0f - s)));
+}
+
+__global__ void k_swiglu_fwd_bf16(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t n, int vec) {
+    if (!vec) { GRID_STRIDE(i, n) swiglu_fwd1(h, g, u, i); return; }
+    size_t n8 = n / 8;
+    GRID_STRIDE(j, n8) {
+        uint4 gv = ((const uint4 *)g)[j], uv = ((const uint4 *)u)[j], hv;
+        const __nv_bfloat16 *gp = (const __nv_bfloat16 *)&gv, *up = (const __nv_bfloat16 *)&uv;
+        __nv_bfloat16 *hp = (__nv_bfloat16 *)&hv;
+#pragma unroll
+        for (int k = 0; k < 8; k++) swiglu_fwd1(hp, gp, up, k);
+        ((uint4 *)h)[j] = hv;
+    }
+    GRID_STRIDE(i, n - n8 * 8) swiglu_fwd1(h, g, u, n8 * 8 + i);
+}
+
+__global__ void k_swiglu_bwd_bf16(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
+                                  const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t n, int vec) {
+    if (!vec) { GRID_STRIDE(i, n) swiglu_bwd1(dg, du, dh, g, u, i); return; }
+    size_t n8 = n / 8;
+    GRID_STRIDE(j, n8) {
+        uint4 gv = ((const uint4 *)g)[j], uv = ((const uint4 *)u)[j], dv = ((const uint4 *)dh)[j], gov, uov;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            swiglu_bwd1((__nv_bfloat16 *)&gov, (__nv_bfloat16 *)&uov, (const __nv_bfloat16 *)&dv,
+                        (const __nv_bfloat16 *)&gv, (const __nv_bfloat16 *)&uv, k);
+        ((uint4 *)dg)[j] = gov;
+        ((uint4 *)du)[j] = uov;
+    }
+    GRID_STRIDE(i, n - n8 * 8) swiglu_bwd1(dg, du, dh, g, u, n8 * 8 + i);
+}
+
+static int aligned16(const void *a, const void *b, const void *c, const void *d, const void *e) {
+    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e) & 15) == 0;
+}
+
+extern "C" void zb_cuda_swiglu_forward_bf16(uint16_t *h, const uint16_t *g, const uint16_t *u, size_t n) {
+    if (!n) return;
+    int vec = aligned16(h, g, u, h, h);
+    k_swiglu_fwd_bf16<<<zb_cuda_blocks(vec ? n / 8 + 1 : n, 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)h, (const __nv_bfloat16 *)g, (const __nv_bfloat16 *)u, n, vec);
+    ZB_CUDA_LAUNCHED("swiglu_forward_bf16");
+}
+
+extern "C" void zb_cuda_swiglu_backward_bf16(uint16_t *dg, uint16_t *du, const uint16_t *dh, const uint16_t *g,
+                                             const uint16_t *u, size_t n) {
+    if (!n) return;
+    int vec = aligned16(dg, du, dh, g, u);
+    k_swiglu_bwd_bf16<<<zb_cuda_blocks(vec ? n / 8 + 1 : n, 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)dg, (__nv_bfloat16 *)du, (const __nv_bfloat16 *)dh, (const __nv_bfloat16 *)g,
+        (const __nv_bfloat16 *)u, n, vec);
+    ZB_CUDA_LAUNCHED("swiglu_backward_bf16");
 }
 
 /* ---- embedding ---------------------------------------------------------------------------- */

@@ -11,7 +11,8 @@ backend (cluster/gpu-check.sh runs both): the reference figures of issue 17's ta
     (filled with random values, then timed decode steps through HF's DynamicCache).
 
 Tooling outside the runtime (no Python runs in zebra itself). Prints one line per figure and
-writes them as JSON with --json FILE. Usage: bench_torch.py [--json FILE] [--quick]
+writes them as JSON with --json FILE. Usage: bench_torch.py [--json FILE] [--quick] [--no-decode]
+(--no-decode: the ceilings and the training step only, for a short lease)
 """
 import json
 import sys
@@ -165,6 +166,8 @@ def main():
     peak = None
     for name, fn in (("ceilings", lambda: ceilings(quick)), ("train_1b", lambda: train_1b(peak, quick)),
                      ("decode_8b", lambda: decode_8b(quick))):
+        if name == "decode_8b" and "--no-decode" in sys.argv:
+            continue
         try:
             r = fn()
             if name == "ceilings":

@@ -214,69 +214,74 @@ extern "C" void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, c
     ZB_CUDA_LAUNCHED("swiglu_backward");
 }
 
-/* bf16 storage, float32 arithmetic (the same formulas), 8 elements per thread where the
- * pointers allow 16-byte accesses, else one. */
-__device__ static inline void swiglu_fwd1(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t i) {
+/* bf16 storage, float32 arithmetic (the same formulas). gu [N, 2F]: row r is [g_r | u_r] (one
+ * product makes both); h [N, F], dh [N, F], dgu [N, 2F] as gu. 8 elements per thread where F and
+ * the pointers allow 16-byte accesses, else one. */
+__device__ static inline void swiglu_fwd1(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int i) {
     float x = __bfloat162float(g[i]);
     h[i] = __float2bfloat16_rn(x / (1.0f + expf(-x)) * __bfloat162float(u[i]));
 }
 __device__ static inline void swiglu_bwd1(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
-                                          const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t i) {
+                                          const __nv_bfloat16 *g, const __nv_bfloat16 *u, int i) {
     float x = __bfloat162float(g[i]), s = 1.0f / (1.0f + expf(-x)), d = __bfloat162float(dh[i]);
     float uu = __bfloat162float(u[i]);
     du[i] = __float2bfloat16_rn(d * x * s);
     dg[i] = __float2bfloat16_rn(d * uu * s * (1.0f + x * (1.0f - s)));
 }
 
-__global__ void k_swiglu_fwd_bf16(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t n, int vec) {
-    if (!vec) { GRID_STRIDE(i, n) swiglu_fwd1(h, g, u, i); return; }
-    size_t n8 = n / 8;
-    GRID_STRIDE(j, n8) {
-        uint4 gv = ((const uint4 *)g)[j], uv = ((const uint4 *)u)[j], hv;
-        const __nv_bfloat16 *gp = (const __nv_bfloat16 *)&gv, *up = (const __nv_bfloat16 *)&uv;
-        __nv_bfloat16 *hp = (__nv_bfloat16 *)&hv;
+/* items of V elements: item e is row e / (F / V), columns V (e % (F / V)) .. + V */
+__global__ void k_swiglu_fwd_bf16(__nv_bfloat16 *h, const __nv_bfloat16 *gu, size_t N, int F, int vec) {
+    int per = vec ? F / 8 : F;
+    GRID_STRIDE(e, N * per) {
+        size_t r = e / per;
+        int c = (int)(e - r * per);
+        const __nv_bfloat16 *g = gu + r * 2 * F, *u = g + F;
+        __nv_bfloat16 *hr = h + r * F;
+        if (!vec) { swiglu_fwd1(hr, g, u, c); continue; }
+        uint4 gv = ((const uint4 *)g)[c], uv = ((const uint4 *)u)[c], hv;
 #pragma unroll
-        for (int k = 0; k < 8; k++) swiglu_fwd1(hp, gp, up, k);
-        ((uint4 *)h)[j] = hv;
+        for (int k = 0; k < 8; k++)
+            swiglu_fwd1((__nv_bfloat16 *)&hv, (const __nv_bfloat16 *)&gv, (const __nv_bfloat16 *)&uv, k);
+        ((uint4 *)hr)[c] = hv;
     }
-    GRID_STRIDE(i, n - n8 * 8) swiglu_fwd1(h, g, u, n8 * 8 + i);
 }
 
-__global__ void k_swiglu_bwd_bf16(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
-                                  const __nv_bfloat16 *g, const __nv_bfloat16 *u, size_t n, int vec) {
-    if (!vec) { GRID_STRIDE(i, n) swiglu_bwd1(dg, du, dh, g, u, i); return; }
-    size_t n8 = n / 8;
-    GRID_STRIDE(j, n8) {
-        uint4 gv = ((const uint4 *)g)[j], uv = ((const uint4 *)u)[j], dv = ((const uint4 *)dh)[j], gov, uov;
+__global__ void k_swiglu_bwd_bf16(__nv_bfloat16 *dgu, const __nv_bfloat16 *dh, const __nv_bfloat16 *gu, size_t N,
+                                  int F, int vec) {
+    int per = vec ? F / 8 : F;
+    GRID_STRIDE(e, N * per) {
+        size_t r = e / per;
+        int c = (int)(e - r * per);
+        const __nv_bfloat16 *g = gu + r * 2 * F, *u = g + F, *d = dh + r * F;
+        __nv_bfloat16 *dg = dgu + r * 2 * F, *du = dg + F;
+        if (!vec) { swiglu_bwd1(dg, du, d, g, u, c); continue; }
+        uint4 gv = ((const uint4 *)g)[c], uv = ((const uint4 *)u)[c], dv = ((const uint4 *)d)[c], gov, uov;
 #pragma unroll
         for (int k = 0; k < 8; k++)
             swiglu_bwd1((__nv_bfloat16 *)&gov, (__nv_bfloat16 *)&uov, (const __nv_bfloat16 *)&dv,
                         (const __nv_bfloat16 *)&gv, (const __nv_bfloat16 *)&uv, k);
-        ((uint4 *)dg)[j] = gov;
-        ((uint4 *)du)[j] = uov;
+        ((uint4 *)dg)[c] = gov;
+        ((uint4 *)du)[c] = uov;
     }
-    GRID_STRIDE(i, n - n8 * 8) swiglu_bwd1(dg, du, dh, g, u, n8 * 8 + i);
 }
 
-static int aligned16(const void *a, const void *b, const void *c, const void *d, const void *e) {
-    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e) & 15) == 0;
+static int vec8(const void *a, const void *b, const void *c, int F) {
+    return F % 8 == 0 && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
 }
 
-extern "C" void zb_cuda_swiglu_forward_bf16(uint16_t *h, const uint16_t *g, const uint16_t *u, size_t n) {
-    if (!n) return;
-    int vec = aligned16(h, g, u, h, h);
-    k_swiglu_fwd_bf16<<<zb_cuda_blocks(vec ? n / 8 + 1 : n, 256), 256, 0, zb_cuda_stream()>>>(
-        (__nv_bfloat16 *)h, (const __nv_bfloat16 *)g, (const __nv_bfloat16 *)u, n, vec);
+extern "C" void zb_cuda_swiglu_forward_bf16(uint16_t *h, const uint16_t *gu, int N, int F) {
+    if (N <= 0 || F <= 0) return;
+    int vec = vec8(h, gu, gu, F);
+    k_swiglu_fwd_bf16<<<zb_cuda_blocks((size_t)N * (vec ? F / 8 : F), 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)h, (const __nv_bfloat16 *)gu, (size_t)N, F, vec);
     ZB_CUDA_LAUNCHED("swiglu_forward_bf16");
 }
 
-extern "C" void zb_cuda_swiglu_backward_bf16(uint16_t *dg, uint16_t *du, const uint16_t *dh, const uint16_t *g,
-                                             const uint16_t *u, size_t n) {
-    if (!n) return;
-    int vec = aligned16(dg, du, dh, g, u);
-    k_swiglu_bwd_bf16<<<zb_cuda_blocks(vec ? n / 8 + 1 : n, 256), 256, 0, zb_cuda_stream()>>>(
-        (__nv_bfloat16 *)dg, (__nv_bfloat16 *)du, (const __nv_bfloat16 *)dh, (const __nv_bfloat16 *)g,
-        (const __nv_bfloat16 *)u, n, vec);
+extern "C" void zb_cuda_swiglu_backward_bf16(uint16_t *dgu, const uint16_t *dh, const uint16_t *gu, int N, int F) {
+    if (N <= 0 || F <= 0) return;
+    int vec = vec8(dgu, dh, gu, F);
+    k_swiglu_bwd_bf16<<<zb_cuda_blocks((size_t)N * (vec ? F / 8 : F), 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)dgu, (const __nv_bfloat16 *)dh, (const __nv_bfloat16 *)gu, (size_t)N, F, vec);
     ZB_CUDA_LAUNCHED("swiglu_backward_bf16");
 }
 

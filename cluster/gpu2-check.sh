@@ -474,7 +474,7 @@ fi
 if [ $have_gpu_table = 1 ]; then
   cd "$W"
   eq "DP=2 on 2 GPUs (0.002 MB buckets on the side stream) == 1 GPU" 2 D 2 ', "bucket_mb": 0.002' "${G[@]}"
-  eq "DP=2 ZeRO-1 on 2 GPUs == 1 GPU" 2 DZ 2 ', "zero": true' "${G[@]}"
+  eq "DP=2 ZeRO-1 on 2 GPUs (0.002 MB buckets reduce-scattered on the side stream) == 1 GPU" 2 DZ 2 ', "zero": true, "bucket_mb": 0.002' "${G[@]}"
   if fits 20; then run 1 C 4 ""; same "1 GPU == CPU (1 rank)" C.txt A.txt "$FA"; else notrun "1 GPU == CPU"; fi
   cd "$SRC"
 fi

@@ -2,6 +2,7 @@
  * comm_nccl.h for the communicators and the streams. */
 #include "comm_nccl.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,10 @@ typedef struct {
 } nreq;
 _Static_assert(sizeof(nreq) <= sizeof(((zb_comm_req *)0)->h), "zb_comm_req cannot hold a NCCL request");
 
+static MPI_Datatype mpi_dt(zb_ctype t) {
+    return t == ZB_CT_F32 ? MPI_FLOAT : t == ZB_CT_F64 ? MPI_DOUBLE : t == ZB_CT_I32 ? MPI_INT
+         : t == ZB_CT_I64 ? MPI_LONG_LONG : MPI_UNSIGNED_LONG_LONG;
+}
 static nreq *rq(zb_comm_req *r) { return (nreq *)(void *)r->h; }
 static nccl_impl *IM(void *impl) { return impl; }
 
@@ -197,8 +202,7 @@ static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
     if (!on_dev(x)) {
         q->kind = RQ_MPI;
         if (n > ((size_t)1 << 30)) return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n);
-        MPI_Datatype dt = t == ZB_CT_F32 ? MPI_FLOAT : t == ZB_CT_F64 ? MPI_DOUBLE : t == ZB_CT_I32 ? MPI_INT
-                        : t == ZB_CT_I64 ? MPI_LONG_LONG : MPI_UNSIGNED_LONG_LONG;
+        MPI_Datatype dt = mpi_dt(t);
         MPI_Op o = op == ZB_RED_MAX ? MPI_MAX : op == ZB_RED_MIN ? MPI_MIN : MPI_SUM;
         ZB_MPI(MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, dt, o, im->mg[g], &q->u.mpi));
         r->pending = 1;
@@ -321,6 +325,56 @@ static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
     return rc;
 }
 
+/* ZeRO-1's gradient buckets: on the side stream like n_iallreduce's, overlapping the backward. */
+static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
+                             zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    memset(q, 0, sizeof *q);
+    int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g], me = im->mpi->rank[g];
+    if (!dx && !dout) {   /* host buffers: MPI, the int counts kept until the request completes */
+        int *v = zb_malloc(sizeof(int) * (size_t)size, "MPI counts");
+        if (!v) return ZB_ENOMEM;
+        for (int k = 0; k < size; k++) {
+            if (counts[k] > INT_MAX) { free(v); return zb_fail(ZB_EARG, "MPI: a part of %zu elements is beyond int counts", counts[k]); }
+            v[k] = (int)counts[k];
+        }
+        if (MPI_Ireduce_scatter(x, out, v, mpi_dt(t), MPI_SUM, im->mg[g], &q->u.mpi) != MPI_SUCCESS) {
+            free(v);
+            return zb_fail(ZB_EMPI, "MPI_Ireduce_scatter failed");
+        }
+        q->kind = RQ_MPI;
+        q->host = v;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#ifdef ZB_HAVE_NCCL
+    if (dx && dout && gcomm(im, g)) {
+        size_t es = zb_ctype_size(t), off = 0;
+        int equal = 1;
+        for (int k = 0; k < size; k++) equal &= counts[k] == counts[0];
+        ZB_TRY(enter(im, im->side));
+        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->side));
+        else {   /* a bucket's pieces: a reduce to each piece's owner (most buckets have one) */
+            ZB_NC(ncclGroupStart());
+            for (int k = 0; k < size; k++) {
+                const char *src = (const char *)x + off * es;
+                if (counts[k]) ZB_NC(ncclReduce(src, k == me ? out : (void *)src, counts[k], ndt(t), ncclSum, k,
+                                                im->nc[g], im->side));
+                off += counts[k];
+            }
+            ZB_NC(ncclGroupEnd());
+        }
+        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
+        ZB_CU(cudaEventRecord(q->u.ev, im->side));
+        q->kind = RQ_EVENT;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#endif
+    return n_reduce_scatter(impl, g, x, out, counts, t);   /* staged: done when it returns */
+}
+
 static int n_gather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {
     nccl_impl *im = IM(impl);
     int me = im->mpi->rank[g], size = im->mpi->size[g];
@@ -420,8 +474,7 @@ static int n_isend(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, 
     size_t es = zb_ctype_size(t);
     if (dx && !(q->host = to_host(im, x, n * es, &rc))) return rc;   /* sent from a host copy */
     if (n > ((size_t)1 << 30)) { free(q->host); return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n); }
-    MPI_Datatype dt = t == ZB_CT_F32 ? MPI_FLOAT : t == ZB_CT_F64 ? MPI_DOUBLE : t == ZB_CT_I32 ? MPI_INT
-                    : t == ZB_CT_I64 ? MPI_LONG_LONG : MPI_UNSIGNED_LONG_LONG;
+    MPI_Datatype dt = mpi_dt(t);
     if (MPI_Isend(dx ? q->host : x, (int)n, dt, peer, tag, im->mg[g], &q->u.mpi) != MPI_SUCCESS) {
         free(q->host);
         return zb_fail(ZB_EMPI, "MPI_Isend failed");
@@ -480,7 +533,7 @@ static void n_abort(void *impl, int code) {
 }
 
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
-                                     n_reduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
+                                     n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
                                      n_barrier, n_abort, NULL, NULL};   /* no node-shared memory: device buffers */
 
 /* ---- setup ---------------------------------------------------------------------------------- */

@@ -15,6 +15,8 @@
  *    f32 and in the bf16 mode (bf16 bounds, see BF16_OUT_TOL); decode
  *    (n = 1 steps), prefill + decode, prefill continuing from a cache, batched decode_seqs with
  *    sequences at different positions, bf16 weight views; the HF fixture as test_mamba2 checks it.
+ * The SSD scan runs the fused per-chunk kernels where the chunk, head and state fit 64 (the
+ * training chunk) and the tile kernels elsewhere; test 2 runs both on the fused shapes.
  * Shapes: n_groups 1 and 2, x / B groups repeated to heads (Zebra), C per head, per-head and
  * whole-width norm, chunk > T, ragged last chunks, chunks of several 64-row tiles, head and state
  * widths that are not multiples of 64, a clamped dt, no conv bias.
@@ -598,7 +600,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
               *gw = dnew((size_t)cd * K), *gb = L->w.conv_b ? dnew(cd) : NULL,
-              *work = dnew(zb_cuda_m2_colsum_floats(cd * K));
+              *work = dnew(zb_cuda_m2_colsum_floats(cd * (K + 1)));
         zb_cuda_m2_conv_backward(m, L->dw.conv_w, dproj, dpre, ddx, gdpre, gdp, gw, gb, work, B, T);
         float *hdp = dget(gdp, (size_t)N * P, "conv backward"), *hw = dget(gw, (size_t)cd * K, "conv backward");
         float *gv = cols_f(hdp, N, P, di, cd), *cv = cols_f(c_dproj, N, P, di, cd);
@@ -1153,6 +1155,16 @@ static void run_config(const cfg *c, uint64_t seed) {
            c->m.conv_bias);
     stages_vs_cpu(c, &L, x, R);
     ssd_vs_double(c, &r);
+    if (c->m.chunk <= 64 && c->m.headdim <= 64 && c->m.d_state <= 64) {
+        /* the scan ran the fused per-chunk kernels: the tile kernels (ZB_SSD=tiles) on the same shape */
+        char nm[200];
+        snprintf(nm, sizeof nm, "%s, tile kernels", c->name);
+        cfg c2 = *c;
+        c2.name = nm;
+        zb_cuda_m2_ssd_fused(0);
+        ssd_vs_double(&c2, &r);
+        zb_cuda_m2_ssd_fused(-1);
+    }
     for (int run = RUN_OWN; run <= RUN_BACKEND_BF16; run++) mixer_vs_cpu(c, &L, x, R, run);
     int ones[1] = {1}, pf[2] = {7, 1}, mixed[10] = {2, 1, 5, 3, 1, 1, 9, 2, 17, 1};
     int big = c->T;
@@ -1333,6 +1345,9 @@ int main(int argc, char **argv) {
         /* chunk 256 = 4 row tiles (the full causal triangle of tiles), T = 256 + 44, one x group for
          * both heads, per-head norm */
         {"chunk 256, x shared", DIMS(2, 64, 64, 1, 1, 2, 256, 64, 0.0f, inf, 1), 32, 1, 300, 0.001f, 0.02f},
+        /* the Zebra-1B head shape (hd = d_state = 64, x / B groups of 2 heads, C per head) in 64-row
+         * chunks, the training chunk: the fused per-chunk kernels; ragged last chunk */
+        {"zebra-1b heads, fused", DIMS(4, 64, 64, 2, 2, 4, 64, 64, 0.0f, inf, 1), 64, 2, 150, 0.001f, 0.1f},
         /* Zebra-8B's d_state 128 (the float4 decode step), x / B groups of 2 heads, C per head */
         {"d_state 128, zebra groups", DIMS(4, 32, 128, 2, 2, 4, 64, 32, 0.0f, inf, 1), 64, 2, 70, 0.001f, 0.05f},
     };

@@ -1138,6 +1138,129 @@ static void test_bwd_shared(zb_rng *rng, int N, int C, int OC) {
     free(x); free(w); free(go);
 }
 
+/* ---- the MLP with bf16 activations (zb_cuda_mlp_*_bf16) against the CPU's float32 MLP ----
+ * Bounds from one bf16 rounding per stored operand (unit roundoff u16 = 2^-9: ln, g, u, h, the
+ * weights' copies; backward dout, dh, dg, du), propagated through each step with the magnitudes
+ * of the summed terms (computed on the host from absolute values), plus float32 sums on both
+ * sides (2 (K + 2) u32 per length-K product). silu' lies in [-0.1, 1.1], |silu''| <= 1/2. */
+static double *mat_abs(const float *A, const float *B, int M, int K, int Nn, int tB) {
+    /* |A|[M,K] |B|^T (tB: B [Nn,K]) or |A| |B| (B [K,Nn]), in double */
+    double *o = zb_dalloc((size_t)M * Nn);
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) {
+            double a = fabs(A[(size_t)i * K + k]);
+            if (a == 0) continue;
+            for (int j = 0; j < Nn; j++) o[(size_t)i * Nn + j] += a * fabs(tB ? B[(size_t)j * K + k] : B[(size_t)k * Nn + j]);
+        }
+    return o;
+}
+static double *dmat(const double *A, const double *B, int M, int K, int Nn, int tA, int tB) {
+    /* A' B' with A' = A [M,K] or A^T (A [K,M]), B' = B [K,Nn] or B^T (B [Nn,K]): nonnegative */
+    double *o = zb_dalloc((size_t)M * Nn);
+    for (int k = 0; k < K; k++)
+        for (int i = 0; i < M; i++) {
+            double a = tA ? A[(size_t)k * M + i] : A[(size_t)i * K + k];
+            if (a == 0) continue;
+            for (int j = 0; j < Nn; j++) o[(size_t)i * Nn + j] += a * (tB ? B[(size_t)j * K + k] : B[(size_t)k * Nn + j]);
+        }
+    return o;
+}
+static double *dabs(const float *x, size_t n) {
+    double *o = zb_dalloc(n);
+    for (size_t i = 0; i < n; i++) o[i] = fabs(x[i]);
+    return o;
+}
+
+static void test_mlp_bf16(zb_rng *rng, int N, int d, int F, int off) {
+    const zb_backend *cpu = zb_backend_cpu();
+    size_t Nd = (size_t)N * d, NF = (size_t)N * F, dF = (size_t)d * F;
+    float eps = 1e-5f;
+    float *x = zb_falloc(Nd), *nw = zb_falloc(d), *Wg = zb_falloc(dF), *Wu = zb_falloc(dF), *Wd = zb_falloc(dF);
+    float *dout = zb_falloc(Nd), *gw0 = zb_falloc(3 * dF);
+    zb_fill_uniform(x, Nd, 2.0f, rng);
+    for (int i = 0; i < d; i++) nw[i] = 0.5f + 0.5f * (float)zb_rng_uniform(rng);
+    zb_fill_uniform(Wg, dF, 0.1f, rng);
+    zb_fill_uniform(Wu, dF, 0.1f, rng);
+    zb_fill_uniform(Wd, dF, 0.05f, rng);
+    zb_fill_uniform(dout, Nd, 1.0f, rng);
+    zb_fill_uniform(gw0, 3 * dF, 0.1f, rng);
+    /* the reference: the CPU's separate calls, float32 */
+    float *out = zb_falloc(Nd), *ln = zb_falloc(Nd), *rstd = zb_falloc(N), *g = zb_falloc(NF), *u = zb_falloc(NF);
+    float *h = zb_falloc(NF), *dln = zb_falloc(Nd), *gw = zb_falloc(3 * dF), *s1 = zb_falloc(NF), *s2 = zb_falloc(NF);
+    float *s3 = zb_falloc(NF);
+    memcpy(gw, gw0, sizeof(float) * 3 * dF);
+    zb_mlp_forward_calls(cpu, out, ln, rstd, g, u, h, x, nw, Wg, Wu, Wd, N, d, F, eps);
+    zb_mlp_backward_calls(cpu, dln, gw, gw + dF, gw + 2 * dF, dout, ln, g, u, h, Wg, Wu, Wd, s1, s2, s3, N, d, F);
+    /* the GPU's bf16 path */
+    float *D_x = zb_dev_f(x, Nd), *D_nw = zb_dev_f(nw, d), *D_Wg = zb_dev_f(Wg, dF), *D_Wu = zb_dev_f(Wu, dF);
+    float *D_Wd = zb_dev_f(Wd, dF), *D_dout = zb_dev_f(dout, Nd), *D_gw = zb_dev_f(gw0, 3 * dF);
+    float *D_out = zb_dev_f(NULL, Nd), *D_ln = zb_dev_f(NULL, Nd), *D_rstd = zb_dev_f(NULL, N);
+    float *D_gb = zb_dev_f(NULL, NF + 1), *D_ub = zb_dev_f(NULL, NF + 1), *D_hb = zb_dev_f(NULL, NF + 1);
+    float *D_dln = zb_dev_f(NULL, Nd);
+    float *D_s1b = zb_dev_f(NULL, NF + 1), *D_s2b = zb_dev_f(NULL, NF + 1), *D_s3b = zb_dev_f(NULL, NF + 1);
+    /* off: the bf16 buffers start 4 bytes in (not 16-byte aligned: SwiGLU's scalar path) */
+    float *D_g = D_gb + off, *D_u = D_ub + off, *D_h = D_hb + off, *D_s1 = D_s1b + off, *D_s2 = D_s2b + off;
+    float *D_s3 = D_s3b + off;
+    zb_check(zb_cuda_mlp_forward_bf16(D_out, D_ln, D_rstd, D_g, D_u, D_h, D_x, D_nw, D_Wg, D_Wu, D_Wd, N, d, F, eps),
+             "mlp bf16 forward taken (bf16 CONVERT mode)");
+    zb_check(zb_cuda_mlp_backward_bf16(D_dln, D_gw, D_gw + dF, D_gw + 2 * dF, D_dout, D_ln, D_g, D_u, D_h, D_Wg, D_Wu,
+                                       D_Wd, D_s1, D_s2, D_s3, N, d, F),
+             "mlp bf16 backward taken");
+    float *got = zb_falloc(3 * dF > NF ? 3 * dF : NF);
+    const double u16 = ZB_U16, u32 = U;
+    /* magnitudes: ln, g, u, h; dh, dg, du */
+    double *Mln = dabs(ln, Nd), *Mg = mat_abs(ln, Wg, N, d, F, 1), *Mu = mat_abs(ln, Wu, N, d, F, 1);
+    double *Mh = zb_dalloc(NF), *Mdh = mat_abs(dout, Wd, N, d, F, 0);
+    double e1 = 3 * u16 + 2 * (d + 2) * u32;   /* g, u: ln and W rounded, the sum, the stored result */
+    double eh = 2.1 * e1 + e1 * e1 + u16 + 12 * u32, edh = 3 * u16 + 2 * (d + 2) * u32;
+    double *Bdg = zb_dalloc(NF), *Bdu = zb_dalloc(NF), *Mdg = zb_dalloc(NF), *Mdu = zb_dalloc(NF);
+    for (size_t i = 0; i < NF; i++) {
+        Mh[i] = Mg[i] * Mu[i];
+        double k = 1 + 4 * e1;   /* the second-order terms */
+        Bdu[i] = k * Mdh[i] * Mg[i] * (edh + 1.1 * e1 + u16 + 16 * u32);
+        Bdg[i] = k * Mdh[i] * Mu[i] * (1.1 * edh + 1.1 * e1 + 1.1 * u16 + 0.5 * e1 * Mg[i] + 36 * u32 * (2 + Mg[i]));
+        Mdg[i] = 1.1 * Mdh[i] * Mu[i] + Bdg[i];
+        Mdu[i] = Mdh[i] * Mg[i] + Bdu[i];
+    }
+    char what[160];
+    /* out = h Wd^T: h's error (eh Mh), Wd rounded, the sums */
+    double *aWd = dabs(Wd, dF), *Mo = dmat(Mh, aWd, N, F, d, 0, 1);
+    zb_host_f(got, D_out, Nd);
+    snprintf(what, sizeof what, "mlp bf16 out N=%d d=%d F=%d", N, d, F);
+    zb_check_mag(what, got, out, Mo, (1 + 2 * e1) * (eh + u16 + 2 * (F + 2) * u32), 1e-30, Nd);
+    zb_host_f(got, D_rstd, N);
+    zb_check_mag("mlp bf16 rstd", got, rstd, NULL, 8 * u32, 1e-30, N);
+    /* dln = dg Wg + du Wu */
+    double *aWg = dabs(Wg, dF), *aWu = dabs(Wu, dF);
+    double *b1 = dmat(Bdg, aWg, N, F, d, 0, 0), *b2 = dmat(Bdu, aWu, N, F, d, 0, 0);
+    double *m1 = dmat(Mdg, aWg, N, F, d, 0, 0), *m2 = dmat(Mdu, aWu, N, F, d, 0, 0);
+    double *bd = zb_dalloc(Nd);
+    for (size_t i = 0; i < Nd; i++) bd[i] = b1[i] + b2[i] + (u16 + 2 * (2 * F + 2) * u32) * (m1[i] + m2[i]) + 1e-30;
+    zb_host_f(got, D_dln, Nd);
+    snprintf(what, sizeof what, "mlp bf16 dln N=%d d=%d F=%d", N, d, F);
+    zb_check_bounds(what, got, dln, bd, Nd);
+    /* dWd += dout^T h; dWg += dg^T ln; dWu += du^T ln (from gw0) */
+    double *adout = dabs(dout, Nd), *ag0 = dabs(gw0, 3 * dF);
+    double *mwd = dmat(adout, Mh, d, N, F, 1, 0);
+    double *bwg = dmat(Bdg, Mln, F, N, d, 1, 0), *mwg = dmat(Mdg, Mln, F, N, d, 1, 0);
+    double *bwu = dmat(Bdu, Mln, F, N, d, 1, 0), *mwu = dmat(Mdu, Mln, F, N, d, 1, 0);
+    double *bw = zb_dalloc(3 * dF);
+    double en = 2 * (N + 3) * u32;
+    for (size_t i = 0; i < dF; i++) {
+        bw[i] = bwg[i] + (u16 + en) * mwg[i] + en * ag0[i] + 1e-30;
+        bw[dF + i] = bwu[i] + (u16 + en) * mwu[i] + en * ag0[dF + i] + 1e-30;
+        bw[2 * dF + i] = (u16 + eh + en) * mwd[i] + en * ag0[2 * dF + i] + 1e-30;
+    }
+    zb_host_f(got, D_gw, 3 * dF);
+    snprintf(what, sizeof what, "mlp bf16 dW gate|up|down N=%d d=%d F=%d", N, d, F);
+    zb_check_bounds(what, got, gw, bw, 3 * dF);
+    void *fr[] = {x, nw, Wg, Wu, Wd, dout, gw0, out, ln, rstd, g, u, h, dln, gw, s1, s2, s3, got, Mln, Mg, Mu, Mh, Mdh,
+                  Bdg, Bdu, Mdg, Mdu, Mo, aWd, aWg, aWu, b1, b2, m1, m2, bd, adout, ag0, mwd, bwg, mwg, bwu, mwu, bw};
+    for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++) free(fr[i]);
+    float *df[] = {D_x, D_nw, D_Wg, D_Wu, D_Wd, D_dout, D_gw, D_out, D_ln, D_rstd, D_gb, D_ub, D_hb, D_dln, D_s1b, D_s2b, D_s3b};
+    for (size_t i = 0; i < sizeof df / sizeof df[0]; i++) zb_cuda_free(df[i]);
+}
+
 int main(int argc, char **argv) {
     int rc = zb_cuda_test_init(&argc, &argv);
     if (rc) return rc;
@@ -1238,6 +1361,8 @@ int main(int argc, char **argv) {
     zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_CONVERT);
     test_bwd_shared(&rng, 300, 1027, 515);
     test_bwd_shared(&rng, 64, 256, 1000);
+    test_mlp_bf16(&rng, 300, 256, 688, 0);   /* 8 bf16 per 16 bytes: the vector path */
+    test_mlp_bf16(&rng, 37, 72, 101, 1);     /* unaligned buffers, N F odd: the scalar path */
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
     test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
     /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows; version 2

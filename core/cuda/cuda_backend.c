@@ -230,6 +230,21 @@ static void cu_swiglu_backward(const zb_backend *be, float *dg, float *du, const
     (void)be;
     zb_cuda_swiglu_backward(dg, du, dh, g, u, n);
 }
+/* the MLP with bf16 activations (cuda_ops.h) in the bf16 mode, else the separate calls */
+static void cu_mlp_forward(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                           const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
+                           int N, int d, int F, float eps) {
+    mode(be);
+    if (!zb_cuda_mlp_forward_bf16(out, ln, rstd, g, u, h, x, norm_w, Wg, Wu, Wd, N, d, F, eps))
+        zb_mlp_forward_calls(be, out, ln, rstd, g, u, h, x, norm_w, Wg, Wu, Wd, N, d, F, eps);
+}
+static void cu_mlp_backward(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                            const float *ln, const float *g, const float *u, const float *h, const float *Wg,
+                            const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F) {
+    mode(be);
+    if (!zb_cuda_mlp_backward_bf16(dln, dWg, dWu, dWd, dout, ln, g, u, h, Wg, Wu, Wd, dh, dg, du, N, d, F))
+        zb_mlp_backward_calls(be, dln, dWg, dWu, dWd, dout, ln, g, u, h, Wg, Wu, Wd, dh, dg, du, N, d, F);
+}
 static void cu_embedding_forward(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C) {
     (void)be;
     if (table.bf16) zb_cuda_embedding_forward_bf16(out, ids, table.bf16, N, C);
@@ -474,6 +489,7 @@ static zb_backend cuda_backend = {
     .attention_backward = cu_attention_backward,
     .attention_step_scratch = cu_attention_step_scratch, .attention_step = cu_attention_step,
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
+    .mlp_forward = cu_mlp_forward, .mlp_backward = cu_mlp_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
     .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
     .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,

@@ -71,6 +71,27 @@ void zb_cuda_rope_apply_rows(const zb_rope *r, float *x, int nrows, int per_seq,
                              int inverse);
 void zb_cuda_swiglu_forward(float *h, const float *g, const float *u, size_t n);
 void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
+/* bf16 activations (the bf16 MLP of zb_cuda_mlp_forward_bf16): the norm's output rounded to bf16
+ * (rstd float32); SwiGLU reading and writing bf16, float32 arithmetic, one rounding per output.
+ * gu [N, 2F]: row r is [g_r | u_r]; h, dh [N, F]; dgu [N, 2F] as gu (dg_r | du_r). */
+void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C, float eps);
+void zb_cuda_swiglu_forward_bf16(uint16_t *h, const uint16_t *gu, int N, int F);
+void zb_cuda_swiglu_backward_bf16(uint16_t *dgu, const uint16_t *dh, const uint16_t *gu, int N, int F);
+/* The MLP of a training block (backend.h mlp_forward / mlp_backward) with bf16 activations: the
+ * norm writes ln in bf16, one product with the stacked [Wg; Wu] writes [g | u] in bf16 (float32
+ * sums) into g's floats (u's are not used), SwiGLU bf16, down_proj reads bf16 and writes float32;
+ * backward: dout rounded to bf16 once, dh and [dg | du] (into dg's floats) in bf16, dln (one
+ * product over 2F) and the weight gradients float32. ln, g, h, dh, dg hold bf16. Taken
+ * in the bf16 CONVERT mode unless ZB_CUDA_MLP_BF16=0 (or zb_cuda_mlp_bf16(0)); returns 0 when not
+ * taken (the caller makes the separate float32-activation calls). A forward and its backward
+ * must run under the same mode and switch (the saved activations' format). */
+void zb_cuda_mlp_bf16(int on);   /* -1: from the environment */
+int zb_cuda_mlp_forward_bf16(float *out, float *ln, float *rstd, float *g, float *u, float *h, const float *x,
+                             const float *norm_w, const float *Wg, const float *Wu, const float *Wd, int N, int d, int F,
+                             float eps);
+int zb_cuda_mlp_backward_bf16(float *dln, float *dWg, float *dWu, float *dWd, const float *dout, const float *ln,
+                              const float *g, const float *u, const float *h, const float *Wg, const float *Wu,
+                              const float *Wd, float *dh, float *dg, float *du, int N, int d, int F);
 /* ids: device ints. The backward adds with atomics (the order of the additions varies). */
 void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int C);
 void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C);

@@ -93,6 +93,10 @@ void zb_cuda_m2_ssd_forward(const zb_mamba2_dims *m, const float *D, const float
 void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *D, const float *xbc,
                                const float *coef, float *y, float *states, const float *S0,
                                float *Sfin, size_t s_stride, int B, int T, int s_bf16);
+/* The fused per-chunk SSD kernels (chunk, headdim and d_state <= 64; forward and backward): 1 on,
+ * 0 the tile kernels, -1 back to the environment's choice (on unless ZB_SSD=old or ZB_SSD=tiles).
+ * For tests that compare the two. */
+void zb_cuda_m2_ssd_fused(int on);
 /* Chunked SSD backward: dy [B*T, di] -> dxbc [B*T, cd] (OVERWRITTEN), ddt [B*T, nh]
  * (OVERWRITTEN); gA_log[h], gD[h] accumulate. work: zb_cuda_m2_ssd_bwd_floats(m, B, T). */
 size_t zb_cuda_m2_ssd_bwd_floats(const zb_mamba2_dims *m, int B, int T);
@@ -140,7 +144,7 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
                             const float *ddt, float *dproj, float *g_dt_bias, float *work, int N);
 /* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
  * output; dpre [B*T, cd] OVERWRITTEN; dproj[:, di + c] OVERWRITTEN; g_conv_w, g_conv_b (may be
- * NULL) accumulate. */
+ * NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1)) floats. */
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

@@ -220,11 +220,9 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     if (a->profile) be->mixer_profile(be, NULL);
     tprof(m, a, mixer_part(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
-    be->rmsnorm_forward(be, ln2, a->rstd2 + (size_t)l * N, mid, w->mlp_norm, N, d, c->rms_eps);
-    be->matmul_forward(be, gt, ln2, w->w_gate, NULL, N, d, F);
-    be->matmul_forward(be, up, ln2, w->w_up, NULL, N, d, F);
-    be->swiglu_forward(be, h, gt, up, NF);
-    be->matmul_forward(be, a->mix_out, h, w->w_down, NULL, N, F, d);
+    /* the MLP whole: a device backend keeps ln2, gate, up, h in its own format (backend.h) */
+    be->mlp_forward(be, a->mix_out, ln2, a->rstd2 + (size_t)l * N, gt, up, h, mid, w->mlp_norm, w->w_gate, w->w_up,
+                    w->w_down, N, d, F, c->rms_eps);
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, next, mid, a->mix_out, Nd);
     tprof(m, a, ZB_TPROF_BLOCK_F);
@@ -303,12 +301,8 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
     float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
-    be->zero(be, a->dh, sizeof(float) * NF);
-    be->matmul_backward(be, a->dh, g->w_down, NULL, a->dres, h, w->w_down, N, F, d);
-    be->swiglu_backward(be, a->dgate, a->dup, a->dh, gt, up, NF);
-    be->zero(be, a->dln, sizeof(float) * Nd);
-    be->matmul_backward(be, a->dln, g->w_gate, NULL, a->dgate, ln2, w->w_gate, N, d, F);
-    be->matmul_backward(be, a->dln, g->w_up, NULL, a->dup, ln2, w->w_up, N, d, F);
+    be->mlp_backward(be, a->dln, g->w_gate, g->w_up, g->w_down, a->dres, ln2, gt, up, h, w->w_gate, w->w_up,
+                     w->w_down, a->dh, a->dgate, a->dup, N, d, F);
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
     be->rmsnorm_backward(be, a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
                          a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */

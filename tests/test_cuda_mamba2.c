@@ -15,6 +15,8 @@
  *    f32 and in the bf16 mode (bf16 bounds, see BF16_OUT_TOL); decode
  *    (n = 1 steps), prefill + decode, prefill continuing from a cache, batched decode_seqs with
  *    sequences at different positions, bf16 weight views; the HF fixture as test_mamba2 checks it.
+ * The SSD scan runs the fused per-chunk kernels where the chunk, head and state fit 64 (the
+ * training chunk) and the tile kernels elsewhere; test 2 runs both on the fused shapes.
  * Shapes: n_groups 1 and 2, x / B groups repeated to heads (Zebra), C per head, per-head and
  * whole-width norm, chunk > T, ragged last chunks, chunks of several 64-row tiles, head and state
  * widths that are not multiples of 64, a clamped dt, no conv bias.
@@ -45,6 +47,7 @@
 #include "linear.h"
 #include "mamba2.h"
 #include "cuda_common.h"
+#include "cuda_ops.h"
 #include "mamba2_cuda.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -597,7 +600,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
               *gw = dnew((size_t)cd * K), *gb = L->w.conv_b ? dnew(cd) : NULL,
-              *work = dnew(zb_cuda_m2_colsum_floats(cd * K));
+              *work = dnew(zb_cuda_m2_colsum_floats(cd * (K + 1)));
         zb_cuda_m2_conv_backward(m, L->dw.conv_w, dproj, dpre, ddx, gdpre, gdp, gw, gb, work, B, T);
         float *hdp = dget(gdp, (size_t)N * P, "conv backward"), *hw = dget(gw, (size_t)cd * K, "conv backward");
         float *gv = cols_f(hdp, N, P, di, cd), *cv = cols_f(c_dproj, N, P, di, cd);
@@ -1082,6 +1085,61 @@ static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16, in
     if (dout) CU(cudaFree(dout));
 }
 
+/* The fused decode step (mamba2_decode.cu: conv + dt + conv state in one kernel, the recurrence +
+ * gated norm in another) against the separate kernels (ZB_DEC_FUSE=0), both on the GPU from the same
+ * zero states, 4 rounds of decode_seqs over slots {2, 0, 3}: the same formulas in the same order, so
+ * the values agree up to nvcc's FMA contraction, which may differ between the kernels: one rounding
+ * per operation of a value's chain (conv taps, silu, the state update, y, the norm: K + 8 of them,
+ * 2^-24 relative each) carried through out_proj's di-term sums (each term's relative error, the sum's
+ * at most di times larger relative to the norm): (K + 8) 2^-24 di, norm-relative. With bf16 SSM
+ * states a state may round the other way: 2^-8 of the state per round, carried into y (ROUNDS
+ * roundings on the path). */
+static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf) {
+    const zb_mamba2_dims *m = &L->m;
+    int d = L->d, di = m->d_inner;
+    enum { SLOTS = 4, NB = 3, ROUNDS = 4 };
+    int seqs[NB] = {2, 0, 3};
+    size_t sf = zb_mamba2_state_floats(m), gs = zb_cuda_mamba2_step_scratch_floats(m, d, 1, NB);
+    zb_mamba2_lin lg = {zb_wt_of_f32(L->dw.in_proj), zb_wt_of_f32(L->dw.out_proj)};
+    float *x = malloc((size_t)NB * d * sizeof(float)), *st[2], *scr = dnew(gs), *gx = dnew((size_t)NB * d), *go = dnew((size_t)NB * d);
+    float *outs[2];
+    for (int p = 0; p < 2; p++) {
+        st[p] = dnew(SLOTS * sf);
+        CU(cudaMemset(st[p], 0, SLOTS * sf * sizeof(float)));
+        outs[p] = malloc((size_t)ROUNDS * NB * d * sizeof(float));
+    }
+    int *dseq = NULL;
+    CU(cudaMalloc((void **)&dseq, sizeof seqs));
+    CU(cudaMemcpy(dseq, seqs, sizeof seqs, cudaMemcpyHostToDevice));
+    for (int r = 0; r < ROUNDS; r++) {
+        fill(rng, x, (size_t)NB * d, 1.0f);
+        dput(gx, x, (size_t)NB * d);
+        for (int p = 0; p < 2; p++) {
+            zb_cuda_dec_fuse_set(p == 0);
+            zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, st[p], dseq, NB, scr, sbf);
+            float *h = dget(go, (size_t)NB * d, "decode_seqs (fused / separate)");
+            memcpy(outs[p] + (size_t)r * NB * d, h, (size_t)NB * d * sizeof(float));
+            free(h);
+        }
+    }
+    zb_cuda_dec_fuse_set(-1);
+    double tol = (m->conv_k + 8) * 0x1p-24 * di + (sbf ? ROUNDS * 0x1p-8 : 0);
+    char what[200];
+    snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels (%s SSM states): outputs", c->name,
+             sbf ? "bf16" : "f32");
+    zb_check_norm_rel(what, outs[0], outs[1], (size_t)ROUNDS * NB * d, tol);
+    if (!sbf) {   /* the states (float32 throughout) */
+        float *h0 = dget(st[0], SLOTS * sf, "states"), *h1 = dget(st[1], SLOTS * sf, "states");
+        snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels: every slot's conv and SSM state",
+                 c->name);
+        zb_check_norm_rel(what, h0, h1, SLOTS * sf, (m->conv_k + 8) * 0x1p-24 * ROUNDS);
+        free(h0); free(h1);
+    }
+    for (int p = 0; p < 2; p++) { CU(cudaFree(st[p])); free(outs[p]); }
+    free(x);
+    CU(cudaFree(scr)); CU(cudaFree(gx)); CU(cudaFree(go)); CU(cudaFree(dseq));
+}
+
 static void run_config(const cfg *c, uint64_t seed) {
     zb_rng r;
     zb_rng_seed(&r, seed);
@@ -1097,6 +1155,16 @@ static void run_config(const cfg *c, uint64_t seed) {
            c->m.conv_bias);
     stages_vs_cpu(c, &L, x, R);
     ssd_vs_double(c, &r);
+    if (c->m.chunk <= 64 && c->m.headdim <= 64 && c->m.d_state <= 64) {
+        /* the scan ran the fused per-chunk kernels: the tile kernels (ZB_SSD=tiles) on the same shape */
+        char nm[200];
+        snprintf(nm, sizeof nm, "%s, tile kernels", c->name);
+        cfg c2 = *c;
+        c2.name = nm;
+        zb_cuda_m2_ssd_fused(0);
+        ssd_vs_double(&c2, &r);
+        zb_cuda_m2_ssd_fused(-1);
+    }
     for (int run = RUN_OWN; run <= RUN_BACKEND_BF16; run++) mixer_vs_cpu(c, &L, x, R, run);
     int ones[1] = {1}, pf[2] = {7, 1}, mixed[10] = {2, 1, 5, 3, 1, 1, 9, 2, 17, 1};
     int big = c->T;
@@ -1107,6 +1175,8 @@ static void run_config(const cfg *c, uint64_t seed) {
     decode_seqs_vs_cpu(c, &L, &r, 0, 0);
     decode_seqs_vs_cpu(c, &L, &r, 1, 0);
     decode_seqs_vs_cpu(c, &L, &r, 1, 1);   /* bf16 SSM states (generation with bf16 weights) */
+    decode_fused_vs_unfused(c, &L, &r, 0);
+    decode_fused_vs_unfused(c, &L, &r, 1);
     layer_free(&L);
     free(x); free(R);
 }
@@ -1275,6 +1345,9 @@ int main(int argc, char **argv) {
         /* chunk 256 = 4 row tiles (the full causal triangle of tiles), T = 256 + 44, one x group for
          * both heads, per-head norm */
         {"chunk 256, x shared", DIMS(2, 64, 64, 1, 1, 2, 256, 64, 0.0f, inf, 1), 32, 1, 300, 0.001f, 0.02f},
+        /* the Zebra-1B head shape (hd = d_state = 64, x / B groups of 2 heads, C per head) in 64-row
+         * chunks, the training chunk: the fused per-chunk kernels; ragged last chunk */
+        {"zebra-1b heads, fused", DIMS(4, 64, 64, 2, 2, 4, 64, 64, 0.0f, inf, 1), 64, 2, 150, 0.001f, 0.1f},
         /* Zebra-8B's d_state 128 (the float4 decode step), x / B groups of 2 heads, C per head */
         {"d_state 128, zebra groups", DIMS(4, 32, 128, 2, 2, 4, 64, 32, 0.0f, inf, 1), 64, 2, 70, 0.001f, 0.05f},
     };

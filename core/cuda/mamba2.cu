@@ -70,6 +70,17 @@ bool zb_cuda_m2_new_path(void) {
     return on;
 }
 
+/* The fused kernels of the 2026-11-30 afternoon (the SSD per chunk in mamba2_ssd.cu, the conv
+ * backward here): off with ZB_SSD=old or ZB_SSD=tiles. */
+static bool m2_fused_path(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("ZB_SSD");
+        on = !(e && (!strcmp(e, "old") || !strcmp(e, "tiles")));
+    }
+    return on;
+}
+
 /* ---- timing the pieces (zb_cuda_mamba2_profile) ------------------------------------------------- */
 
 static double *s_prof, s_prof_t;
@@ -466,6 +477,26 @@ static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, const 
     dproj[r * P + di + c] = acc;
 }
 
+/* k_conv_bwd_pre and k_conv_bwd_in in one pass (the fused path): the thread of (r, c) writes dpre
+ * of its own row and recomputes the K-1 later rows' dpre it needs (neighbouring rows' loads hit the
+ * caches) instead of a pass writing dpre and another reading it back. */
+static __global__ void k_conv_bwd_fused(int cd, int K, int P, int di, int T, const float *__restrict__ w,
+                                        const float *__restrict__ pre, const float *__restrict__ dpost,
+                                        float *dpre, float *dproj) {
+    size_t r = blockIdx.x;
+    int c = blockIdx.y * blockDim.x + threadIdx.x, t = (int)blockIdx.x % T;
+    if (c >= cd) return;
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++)
+        if (t + K - 1 - k < T) {
+            size_t e = (r + K - 1 - k) * cd + c;
+            float p = pre[e], sg = sigmoid_dev(p), dp = dpost[e] * sg * (1.0f + p * (1.0f - sg));
+            if (k == K - 1) dpre[e] = dp;   /* row r itself */
+            acc += w[(size_t)c * K + k] * dp;
+        }
+    dproj[r * P + di + c] = acc;
+}
+
 struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the sequence */
     const float *dpre, *proj;
     int cd, K, P, di, T;
@@ -482,17 +513,19 @@ struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the se
  * k_colsum_fin sums the slices in order (deterministic, no atomics). */
 #define M2_KMAX 8
 static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, int R, int rows_per,
-                                         const float *__restrict__ dpre, const float *__restrict__ proj, float *part) {
+                                         const float *__restrict__ dpre, const float *__restrict__ proj, float *part,
+                                         float *bpart) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cd) return;
     int r0 = blockIdx.y * rows_per, r1 = min(R, r0 + rows_per);
-    float acc[M2_KMAX];
+    float acc[M2_KMAX], bs = 0.0f;
 #pragma unroll
     for (int k = 0; k < M2_KMAX; k++) acc[k] = 0.0f;
     const float *in = proj + di + c;
     for (int r = r0; r < r1; r++) {
         float gr = dpre[(size_t)r * cd + c];
         int t = r % T;
+        bs += gr;
 #pragma unroll
         for (int k = 0; k < M2_KMAX; k++)
             if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gr, in[((size_t)r - (K - 1) + k) * P], acc[k]);
@@ -501,6 +534,8 @@ static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, in
 #pragma unroll
     for (int k = 0; k < M2_KMAX; k++)
         if (k < K) o[k] = acc[k];
+    /* the bias's slice sums after all ns weight slices (bpart non-NULL: the fused path) */
+    if (bpart) bpart[(size_t)blockIdx.y * cd + c] = bs;
 }
 
 extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
@@ -509,24 +544,41 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
     size_t N = (size_t)B * T;
     if (N == 0) return;
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
-    k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
-    zb_cuda_m2_check_launch("k_conv_bwd_pre");
-    k_conv_bwd_in<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, dpre, dproj);
-    zb_cuda_m2_check_launch("k_conv_bwd_in");
+    bool fused = m2_fused_path();
+    if (fused) {
+        k_conv_bwd_fused<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, xbc_pre,
+                                                                                dxbc, dpre, dproj);
+        zb_cuda_m2_check_launch("k_conv_bwd_fused");
+    } else {
+        k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
+        zb_cuda_m2_check_launch("k_conv_bwd_pre");
+        k_conv_bwd_in<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, dpre, dproj);
+        zb_cuda_m2_check_launch("k_conv_bwd_in");
+    }
+    bool bias_done = false;
     if (g_conv_w && zb_cuda_m2_new_path() && K <= M2_KMAX) {
         int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
         ns = cdiv(R, rows_per);
+        /* the fused path: the bias's slices too, after the weight's in work (conv_work_cols) */
+        float *bpart = fused && g_conv_b ? work + (size_t)ns * cd * K : NULL;
         k_conv_wgrad_part<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, dpre, proj,
-                                                                         work);
+                                                                         work, bpart);
         zb_cuda_m2_check_launch("k_conv_wgrad_part");
         k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
         zb_cuda_m2_check_launch("conv weight gradient");
+        if (bpart) {
+            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
+            zb_cuda_m2_check_launch("conv bias gradient");
+            bias_done = true;
+        }
     } else {
         f_conv_w fw = {dpre, proj, cd, K, P, di, T};
         colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
     }
-    f_cols fb = {dpre, cd, 0};
-    colsum(fb, (int)N, cd, work, g_conv_b, "conv bias gradient");
+    if (!bias_done) {
+        f_cols fb = {dpre, cd, 0};
+        colsum(fb, (int)N, cd, work, g_conv_b, "conv bias gradient");
+    }
 }
 
 /* ---- sizes and layouts ------------------------------------------------------------------------- */
@@ -587,7 +639,8 @@ extern "C" size_t zb_cuda_mamba2_act_floats(const zb_mamba2_dims *m_cfg, int d, 
 }
 
 static size_t colsum_cols(const zb_mamba2_dims *m) {
-    size_t c = (size_t)m->d_inner, k = (size_t)zb_mamba2_conv_dim(m) * m->conv_k;
+    /* the conv weight's K columns per channel and the bias's one (k_conv_wgrad_part) */
+    size_t c = (size_t)m->d_inner, k = (size_t)zb_mamba2_conv_dim(m) * (m->conv_k + 1);
     if (k > c) c = k;
     if ((size_t)m->nheads > c) c = (size_t)m->nheads;
     return c;
@@ -689,6 +742,20 @@ static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2
           *y = dt + (size_t)R * nh, *rstd = y + (size_t)R * di, *coef = rstd + (size_t)R * norm_groups(m),
           *states = coef + 4 * (size_t)R * nh;
     linear(proj, x, lin->in_proj, R, d, P);
+    if (n == 1 && zb_cuda_dec_fuse()) {
+        /* decode: conv + dt + conv state in one kernel, the recurrence + gated norm in another
+         * where the shapes allow (mamba2_decode.cu; the same values as the path below) */
+        zb_cuda_m2_decode_conv(m, w->dt_bias, w->conv_w, w->conv_b, proj, state, seqs, xbc, dt, B);
+        if (zb_cuda_m2_decode_ssd_norm_ok(m, xbc, state + conv, sf))
+            zb_cuda_m2_decode_ssd_norm(m, w->A_log, w->D, w->norm_w, eps, xbc, dt, proj, P, state + conv, sf, seqs, o,
+                                       B, sbf);
+        else {
+            zb_cuda_m2_ssd_step_st(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B, sbf);
+            zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, R);
+        }
+        linear(out, o, lin->out_proj, R, di, d);
+        return;
+    }
     zb_cuda_m2_dt_forward(m, w->dt_bias, proj, dt, R);
     conv_fwd(m, w->conv_w, w->conv_b, proj, state, sf, seqs, NULL, xbc, B, n);
     conv_state_update(m, proj, state, sf, seqs, B, n);

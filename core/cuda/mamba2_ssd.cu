@@ -27,6 +27,10 @@
  *  k_ssd_bwd_scal one block per (b, h, chunk): the scalar gradients (dcs from every exponent, ddt,
  *                 then da = reverse cumsum of dcs by a warp scan; dA, dD partials per chunk,
  *                 summed per head by k_ssd_param_fin).
+ *  k_ssd_*_fused  where the chunk, hd and ds fit 64 (the training chunk; ZB_SSD=tiles: the tile kernels
+ *                 above): one block per (b, h, chunk) with the chunk's operands in shared memory,
+ *                 for the chunk states, the forward output, and the whole backward after the state
+ *                 gradients' pass (dx, dB, dC and the scalar terms in one pass).
  *  (every tile product of the forward and the backward in the bf16 precision mode: on the tensor
  *  cores, TF32 operands and float32 sums, m2_mma_tc of mamba2_tile.cuh; ZB_M2_TC=0 keeps the
  *  float32 CUDA-core tiles, ZB_SSD=old keeps them in the backward.)
@@ -44,6 +48,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 
 #include "cuda_common.h"
 #include "mamba2_cuda.h"
@@ -708,12 +714,427 @@ __global__ void k_ssd_group_sum(m2_geo g, const float *__restrict__ dXh, const f
     if (c < g.bo) { rep = g.xrep; w = g.hd; col = c; src = dXh; }
     else if (c < g.co) { rep = g.brep; w = g.ds; col = c - g.bo; src = dBh; }
     else { rep = g.crep; w = g.ds; col = c - g.co; src = dCh; }
-    if (rep == 1) return;   /* written directly */
+    if (rep == 1 || !src) return;   /* written directly (by the kernels, or the fused one's head groups) */
     h0 = (col / w) * rep;
     const float *p = src + r * (size_t)g.nh * w + (size_t)h0 * w + col % w;
     float s = 0.0f;
     for (int t = 0; t < rep; t++) s += p[(size_t)t * w];
     dxbc[e] = s;
+}
+
+/* ---- fused per-chunk kernels (chunk, hd, ds <= 64: the training chunk of zb_cuda_mamba2_*) --------
+ * One block per (b, h, chunk) loads the chunk's operands into shared memory once (x, B, C, dy rows,
+ * the start state and its gradient; padded with zeros to 64 x 64) and does every product of the
+ * chunk from there: the backward computes C B^T and dy x^T once and produces dx, dB, dC and the
+ * scalar terms (ddt, dA, dD partials) in one pass, where the tile kernels above ran four passes
+ * that each recomputed the L x L matrices from global memory (S4R2: 70 ms of the 1B step). The
+ * same algebra and sums as those kernels (terms in another order; the same roundings: every
+ * product operand rounded at most once to TF32 in the bf16 mode). Products on shared tiles of row
+ * stride F_LD: tensor cores (wmma TF32, float32 sums) or float32 CUDA cores (exact mode). */
+#define F_N 64
+#define F_LD 68               /* 32-byte aligned wmma pointers; rows 4 banks apart */
+#define F_MAT (F_N * F_LD)
+
+/* the accumulators of a 64 x 64 product: warp w owns the 16 x 16 fragments (w / 2, 2 (w % 2) + t) */
+struct f_acc_tc {
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c[2];
+};
+/* thread (tx, ty) owns rows ty + 16 q, columns tx + 16 r (m2_row / m2_col) */
+struct f_acc_f {
+    float a[4][4];
+};
+
+__device__ __forceinline__ void f_zero(f_acc_tc &a) {
+    nvcuda::wmma::fill_fragment(a.c[0], 0.0f);
+    nvcuda::wmma::fill_fragment(a.c[1], 0.0f);
+}
+__device__ __forceinline__ void f_zero(f_acc_f &a) { m2_zero(a.a); }
+
+/* acc += op(A) op(B) over k < K (a multiple of 8): A(m, k) = TA ? A[k F_LD + m] : A[m F_LD + k],
+ * B(k, n) = TB ? B[n F_LD + k] : B[k F_LD + n]. Reads only shared memory (no barrier inside). */
+template <bool TA, bool TB>
+__device__ __forceinline__ void f_mm(f_acc_tc &acc, const float *A, const float *B, int K) {
+    namespace wm = nvcuda::wmma;
+    typedef typename std::conditional<TA, wm::col_major, wm::row_major>::type la_t;
+    typedef typename std::conditional<TB, wm::col_major, wm::row_major>::type lb_t;
+    int warp = threadIdx.x >> 5, mi = warp >> 1, nj = (warp & 1) * 2;
+    for (int k = 0; k < K; k += 8) {
+        wm::fragment<wm::matrix_a, 16, 16, 8, wm::precision::tf32, la_t> fa;
+        wm::load_matrix_sync(fa, TA ? A + (size_t)k * F_LD + mi * 16 : A + (size_t)mi * 16 * F_LD + k, F_LD);
+#pragma unroll
+        for (int t = 0; t < fa.num_elements; t++) fa.x[t] = wm::__float_to_tf32(fa.x[t]);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int n0 = (nj + u) * 16;
+            wm::fragment<wm::matrix_b, 16, 16, 8, wm::precision::tf32, lb_t> fb;
+            wm::load_matrix_sync(fb, TB ? B + (size_t)n0 * F_LD + k : B + (size_t)k * F_LD + n0, F_LD);
+#pragma unroll
+            for (int t = 0; t < fb.num_elements; t++) fb.x[t] = wm::__float_to_tf32(fb.x[t]);
+            wm::mma_sync(acc.c[u], fa, fb, acc.c[u]);
+        }
+    }
+}
+template <bool TA, bool TB>
+__device__ __forceinline__ void f_mm(f_acc_f &acc, const float *A, const float *B, int K) {
+    for (int k = 0; k < K; k++) {
+        float av[4], bv[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) av[q] = TA ? A[(size_t)k * F_LD + m2_row(q)] : A[(size_t)m2_row(q) * F_LD + k];
+#pragma unroll
+        for (int r = 0; r < 4; r++) bv[r] = TB ? B[(size_t)m2_col(r) * F_LD + k] : B[(size_t)k * F_LD + m2_col(r)];
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc.a[q][r] = fmaf(av[q], bv[r], acc.a[q][r]);
+    }
+}
+
+/* O[64 x 64] (row stride F_LD) = acc */
+__device__ __forceinline__ void f_store(f_acc_tc &a, float *O) {
+    int warp = threadIdx.x >> 5, mi = warp >> 1, nj = (warp & 1) * 2;
+#pragma unroll
+    for (int u = 0; u < 2; u++)
+        nvcuda::wmma::store_matrix_sync(O + (size_t)mi * 16 * F_LD + (nj + u) * 16, a.c[u], F_LD,
+                                        nvcuda::wmma::mem_row_major);
+}
+__device__ __forceinline__ void f_store(f_acc_f &a, float *O) {
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) O[(size_t)m2_row(q) * F_LD + m2_col(r)] = a.a[q][r];
+}
+
+/* S[64 x 64] = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows, c < cols, else 0 */
+__device__ __forceinline__ void f_load(float *S, const float *__restrict__ src, size_t stride, int rows, int cols,
+                                       const float *sc = NULL) {
+    for (int e = threadIdx.x; e < F_N * F_N; e += M2_NT) {
+        int r = e >> 6, c = e & 63;
+        float v = r < rows && c < cols ? src[(size_t)r * stride + c] : 0.0f;
+        S[(size_t)r * F_LD + c] = sc ? sc[r] * v : v;
+    }
+}
+
+__device__ __forceinline__ float f_warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+/* the block's sum, every thread gets it; red: 8 floats, free on entry (a barrier inside) */
+__device__ __forceinline__ float f_block_sum(float v, float *red) {
+    v = f_warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < M2_NT / 32; w++) s += red[w];
+    __syncthreads();   /* red reusable */
+    return s;
+}
+/* out[r] = sum_c P[r][c] Q[r][c] (c < 64), one warp per row, r < 64 */
+__device__ __forceinline__ void f_row_dots(const float *P, const float *Q, float *out) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int r = warp; r < F_N; r += M2_NT / 32) {
+        const float *p = P + (size_t)r * F_LD, *q = Q + (size_t)r * F_LD;
+        float s = f_warp_sum(p[lane] * q[lane] + p[lane + 32] * q[lane + 32]);
+        if (lane == 0) out[r] = s;
+    }
+}
+
+__device__ __forceinline__ int f_r8(int n) { return (n + 7) & ~7; }
+
+/* shared floats of the kernels: matrices, then 8 vectors of 64 and 8 reduction slots */
+#define F_VEC (8 * F_N + 8)
+#define F_SCAN_MATS 6
+#define F_OUTER_MATS 2
+
+/* Chunk states (k_ssd_outer's job): out[p, s] = sum_j U[j, p] coef_j V[j, s]. */
+template <class ACC>
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_x, const float *__restrict__ xbc,
+                  int v_is_c, const float *__restrict__ coef, float *out) {
+    extern __shared__ __align__(32) float fsm[];
+    float *Us = fsm, *Vs = Us + F_MAT, *cv = Vs + F_MAT;
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int L = k.L, hd = g.hd, ds = g.ds, tid = threadIdx.x;
+    if (tid < F_N) cv[tid] = tid < L ? coef[k.ci + tid] : 0.0f;
+    __syncthreads();
+    f_load(Us, U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * hd), u_stride, L, hd);
+    f_load(Vs, xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol), g.cd, L, ds, cv);
+    __syncthreads();
+    ACC a;
+    f_zero(a);
+    f_mm<true, false>(a, Us, Vs, f_r8(L));
+    __syncthreads();
+    f_store(a, Us);   /* [p][s] */
+    __syncthreads();
+    float *o = out + k.si;
+    for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        int p = e >> 6, s = e & 63;
+        if (p < hd && s < ds) o[(size_t)p * ds + s] = Us[(size_t)p * F_LD + s];
+    }
+}
+
+/* Forward output: y_i = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} C_i S_prev^T + D x_i. */
+template <class ACC>
+__global__ void __launch_bounds__(M2_NT)
+k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
+                 const float *__restrict__ Dp, float *y) {
+    extern __shared__ __align__(32) float fsm[];
+    float *X = fsm, *Bm = X + F_MAT, *Cm = Bm + F_MAT, *S = Cm + F_MAT, *MG = S + F_MAT, *T2 = MG + F_MAT,
+          *vec = T2 + F_MAT, *csv = vec, *ecv = vec + F_N, *dtv = vec + 2 * F_N;
+    m2_chunk k = chunk_of(g, blockIdx.x);
+    int L = k.L, hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x;
+    const float *row = xbc + k.r0 * cd;
+    f_load(X, row + k.xcol, cd, L, hd);
+    f_load(Bm, row + k.bcol, cd, L, ds);
+    f_load(Cm, row + k.ccol, cd, L, ds);
+    f_load(S, states + k.si, ds, hd, ds);
+    if (tid < F_N) {
+        bool v = tid < L;
+        csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
+        ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
+        dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
+    }
+    __syncthreads();
+    int Ks = f_r8(ds);
+    ACC a;
+    f_zero(a);
+    f_mm<false, true>(a, Cm, Bm, Ks);   /* G = C B^T */
+    f_store(a, MG);
+    f_zero(a);
+    f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
+    f_store(a, T2);
+    __syncthreads();
+    for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        int i = e >> 6, j = e & 63;
+        float *p = MG + (size_t)i * F_LD + j;
+        *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
+    }
+    __syncthreads();
+    f_zero(a);
+    f_mm<false, false>(a, MG, X, f_r8(L));   /* M x */
+    f_store(a, Bm);                         /* B no longer read: G is done */
+    __syncthreads();
+    float Dh = Dp[k.h];
+    float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
+    for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        int i = e >> 6, p = e & 63;
+        if (i < L && p < hd) {
+            size_t o = (size_t)i * F_LD + p;
+            Y[(size_t)i * g.di + p] = Bm[o] + ecv[i] * T2[o] + Dh * X[o];
+        }
+    }
+}
+
+/* The whole chunk backward after the state gradients (k_ssd_outer + k_ssd_pass_bwd): with
+ * G = C B^T, W = dy x^T, E_ij = e^{cs_i - cs_j} (j <= i), M = G o E dt_j, dG = W o E dt_j:
+ *   dx = M^T dy + w_j B dS^T + D dy,   dC = dG B + e^{cs_i} dy S_prev,   dB = dG^T C + w_j x dS,
+ * and k_ssd_bwd_scal's scalar terms (its comment): Q' = W o E o G row / column sums, the
+ * inter-chunk dcs_i e^{cs_i} (dy S_prev).C_i, u_j = (x dS).B_j, e^{cs_L} <dS, S_prev>, the dD sum;
+ * then da = the reverse cumsum of dcs, ddt = dd + da A, the dA and dD partials per chunk.
+ * One block per (b, head group, chunk): a group is the `rep` heads that share one x group and one
+ * B group (x_groups == b_groups, Zebra's KV groups; else rep = 1), which the block runs one after
+ * another, summing their dx and dB in shared memory in head order (deterministic) and writing
+ * them once into dxbc (no per-head buffers, no group sum). dC: direct into dxbc where C is per
+ * head, else per-head buffers as k_ssd_bwd_dc. With rep = 1, dx and dB go as k_ssd_bwd_dx / _db. */
+struct f_bwd_out {
+    float *ox, *ob, *oc;
+    int sx, sb, sc, dx_direct, db_direct, dc_direct;
+    int rep;   /* heads per block (1: ox / ob as k_ssd_bwd_dx / _db) */
+};
+#define F_BWD_MATS 12
+template <class ACC>
+__global__ void __launch_bounds__(M2_NT, 1)
+k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
+                const float *__restrict__ dstates, const float *__restrict__ dy, const float *__restrict__ Dp,
+                const float *__restrict__ A_log, f_bwd_out fo, float *ddt, float *part) {
+    extern __shared__ __align__(32) float fsm[];
+    float *X = fsm, *Bm = X + F_MAT, *Cm = Bm + F_MAT, *dY = Cm + F_MAT, *S = dY + F_MAT, *dS = S + F_MAT,
+          *MG = dS + F_MAT, *MW = MG + F_MAT, *T = MW + F_MAT, *T2 = T + F_MAT, *dXa = T2 + F_MAT,
+          *dBa = dXa + F_MAT, *vec = dBa + F_MAT;
+    float *csv = vec, *ecv = vec + F_N, *dtv = vec + 2 * F_N, *wv = vec + 3 * F_N, *dc = vec + 4 * F_N,
+          *dd = vec + 5 * F_N, *rv = vec + 6 * F_N, *cv = vec + 7 * F_N, *red = vec + 8 * F_N;
+    int rep = fo.rep, ngr = g.nh / rep;
+    int c = blockIdx.x % g.nc, bg = blockIdx.x / g.nc, grp = bg % ngr, b = bg / ngr;
+    int hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x, lane = tid & 31;
+    int Kh = f_r8(hd), Ks = f_r8(ds);
+    m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
+    int L = k0.L, Kl = f_r8(L);
+    const float *row = xbc + k0.r0 * cd;
+    /* x and B: the group's, loaded once */
+    f_load(X, row + k0.xcol, cd, L, hd);
+    f_load(Bm, row + k0.bcol, cd, L, ds);
+    if (rep > 1)
+        for (int e = tid; e < F_N * F_LD; e += M2_NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
+    for (int hh = 0; hh < rep; hh++) {
+        int bhc = (b * g.nh + grp * rep + hh) * g.nc + c;
+        m2_chunk k = chunk_of(g, bhc);
+        f_load(Cm, row + k.ccol, cd, L, ds);
+        f_load(dY, dy + k.r0 * di + (size_t)k.h * hd, di, L, hd);
+        f_load(S, states + k.si, ds, hd, ds);
+        f_load(dS, dstates + k.si, ds, hd, ds);
+        if (tid < F_N) {
+            bool v = tid < L;
+            csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
+            ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
+            dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
+            wv[tid] = v ? cf.wend[k.ci + tid] : 0.0f;
+            dc[tid] = 0.0f;
+            dd[tid] = 0.0f;
+        }
+        __syncthreads();
+        ACC a;
+        f_zero(a);
+        f_mm<false, true>(a, Cm, Bm, Ks);   /* G[i][j] = C_i . B_j */
+        f_store(a, MG);
+        f_zero(a);
+        f_mm<false, true>(a, dY, X, Kh);    /* W[i][j] = dy_i . x_j */
+        f_store(a, MW);
+        __syncthreads();
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int i = e >> 6, j = e & 63;
+            size_t o = (size_t)i * F_LD + j;
+            float E = (i < L && j <= i) ? expf(csv[i] - csv[j]) : 0.0f, G = MG[o], W = MW[o];
+            T[o] = W * E * G;          /* Q' */
+            MG[o] = G * E * dtv[j];    /* M */
+            MW[o] = W * E * dtv[j];    /* dG */
+        }
+        __syncthreads();
+        /* Q' sums: rs_i = sum_j Q'_ij dt_j (warp per row), cqp_j = sum_i Q'_ij (4 quarters of rows) */
+        {
+            int warp = tid >> 5;
+            for (int r = warp; r < F_N; r += M2_NT / 32) {
+                const float *p = T + (size_t)r * F_LD;
+                float s = f_warp_sum(p[lane] * dtv[lane] + p[lane + 32] * dtv[lane + 32]);
+                if (lane == 0) rv[r] = s;
+            }
+            int j = tid & 63, q4 = tid >> 6;
+            float s = 0.0f;
+            for (int i = q4 * 16; i < q4 * 16 + 16; i++) s += T[(size_t)i * F_LD + j];
+            T2[(size_t)q4 * F_LD + j] = s;   /* T2 is free until the next products */
+        }
+        __syncthreads();
+        if (tid < F_N) {
+            float cqp = T2[tid] + T2[F_LD + tid] + T2[2 * F_LD + tid] + T2[3 * F_LD + tid];
+            dc[tid] += rv[tid] - dtv[tid] * cqp;
+            dd[tid] += cqp;
+        }
+        __syncthreads();   /* T and T2 free */
+        /* dx = M^T dy + w_j (B dS^T) + D dy */
+        f_zero(a);
+        f_mm<false, true>(a, Bm, dS, Ks);
+        f_store(a, T2);
+        f_zero(a);
+        f_mm<true, false>(a, MG, dY, Kl);
+        f_store(a, T);
+        __syncthreads();
+        {
+            float Dh = Dp[k.h];
+            float *o = fo.ox + k.r0 * fo.sx + (fo.dx_direct ? k.xcol : k.h * hd);
+            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+                int j = e >> 6, p = e & 63;
+                size_t s = (size_t)j * F_LD + p;
+                float v = T[s] + wv[j] * T2[s] + Dh * dY[s];
+                if (rep > 1) dXa[s] += v;   /* the same thread owns s for every head */
+                else if (j < L && p < hd) o[(size_t)j * fo.sx + p] = v;
+            }
+        }
+        __syncthreads();
+        /* dC = dG B + e^{cs_i} (dy S_prev); dcs_i += e^{cs_i} (dy S_prev)_i . C_i */
+        f_zero(a);
+        f_mm<false, false>(a, dY, S, Kh);
+        f_store(a, T2);
+        f_zero(a);
+        f_mm<false, false>(a, MW, Bm, Kl);
+        f_store(a, T);
+        __syncthreads();
+        {
+            float *o = fo.oc + k.r0 * fo.sc + (fo.dc_direct ? k.ccol : k.h * ds);
+            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+                int i = e >> 6, s = e & 63;
+                if (i < L && s < ds) {
+                    size_t q = (size_t)i * F_LD + s;
+                    o[(size_t)i * fo.sc + s] = T[q] + ecv[i] * T2[q];
+                }
+            }
+            f_row_dots(T2, Cm, rv);
+        }
+        __syncthreads();
+        if (tid < F_N) dc[tid] += ecv[tid] * rv[tid];
+        /* dB = dG^T C + w_j (x dS); u_j = (x dS)_j . B_j */
+        f_zero(a);
+        f_mm<false, false>(a, X, dS, Kh);
+        f_store(a, T2);
+        f_zero(a);
+        f_mm<true, false>(a, MW, Cm, Kl);
+        f_store(a, T);
+        __syncthreads();
+        {
+            float *o = fo.ob + k.r0 * fo.sb + (fo.db_direct ? k.bcol : k.h * ds);
+            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+                int j = e >> 6, s = e & 63;
+                size_t q = (size_t)j * F_LD + s;
+                float v = T[q] + wv[j] * T2[q];
+                if (rep > 1) dBa[q] += v;
+                else if (j < L && s < ds) o[(size_t)j * fo.sb + s] = v;
+            }
+            f_row_dots(T2, Bm, cv);
+        }
+        /* e^{cs_L} <dS, S_prev> and the dD sum dy . x (padding is zero) */
+        float dot = 0.0f, sd = 0.0f;
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            size_t q = (size_t)(e >> 6) * F_LD + (e & 63);
+            dot += dS[q] * S[q];
+            sd += dY[q] * X[q];
+        }
+        dot = f_block_sum(dot, red);   /* its barriers also order cv before the reads below */
+        sd = f_block_sum(sd, red);
+        if (tid < 32) {
+            /* u terms: ddt_j += u_j e^{cs_L - cs_j}, dcs_j -= u_j w_j, dcs_{L-1} += sum u_j w_j */
+            float cl = csv[L - 1], uws = 0.0f;
+            for (int j = lane; j < L; j += 32) {
+                float u = cv[j], uw = u * wv[j];
+                dd[j] += u * expf(cl - csv[j]);
+                dc[j] -= uw;
+                uws += uw;
+            }
+            uws = f_warp_sum(uws);
+            __syncwarp();
+            if (lane == 0) dc[L - 1] += uws + ecv[L - 1] * dot;
+            __syncwarp();
+            /* da_k = sum_{i>=k} dcs_i, 32-row segments from the end (as k_ssd_bwd_scal) */
+            float A = -expf(A_log[k.h]), carry = 0.0f, dA = 0.0f;
+            for (int base = ((L - 1) / 32) * 32; base >= 0; base -= 32) {
+                int kk = base + lane;
+                float v = kk < L ? dc[kk] : 0.0f;
+                for (int off = 1; off < 32; off <<= 1) {
+                    float t = __shfl_down_sync(0xffffffffu, v, off);
+                    if (lane + off < 32) v += t;
+                }
+                float da = v + carry;
+                carry += __shfl_sync(0xffffffffu, v, 0);
+                if (kk < L) {
+                    ddt[(k.r0 + kk) * g.nh + k.h] = dd[kk] + da * A;
+                    dA += da * dtv[kk];
+                }
+            }
+            dA = f_warp_sum(dA);
+            if (lane == 0) {
+                int nbhc = g.B * g.nh * g.nc;
+                part[bhc] = dA;
+                part[nbhc + bhc] = sd;
+            }
+        }
+        __syncthreads();   /* the next head overwrites C, dy, S, dS and the vectors */
+    }
+    if (rep > 1) {
+        float *ox = fo.ox + k0.r0 * fo.sx + k0.xcol, *ob = fo.ob + k0.r0 * fo.sb + k0.bcol;
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int j = e >> 6, p = e & 63;
+            size_t q = (size_t)j * F_LD + p;
+            if (j < L && p < hd) ox[(size_t)j * fo.sx + p] = dXa[q];
+            if (j < L && p < ds) ob[(size_t)j * fo.sb + p] = dBa[q];
+        }
+    }
 }
 
 /* ---- decode: the one-token recurrence ------------------------------------------------------ */
@@ -814,6 +1235,51 @@ static bool m2_tc_on(void) {
     return on;
 }
 
+/* The fused per-chunk kernels where the chunk fits one 64 x 64 tile (the training chunk): on unless
+ * ZB_SSD=old or ZB_SSD=tiles (the tile kernels of S4, k_ssd_outer / _scan / _bwd_*), or a test set
+ * it (zb_cuda_m2_ssd_fused). */
+static int g_m2_fused = -1;
+extern "C" void zb_cuda_m2_ssd_fused(int on) { g_m2_fused = on < 0 ? -1 : on != 0; }
+static bool m2_fused(const m2_geo &g) {
+    if (g_m2_fused < 0) {
+        const char *e = getenv("ZB_SSD");
+        g_m2_fused = !(e && (!strcmp(e, "old") || !strcmp(e, "tiles")));
+    }
+    return g_m2_fused && g.Lc <= F_N && g.hd <= F_N && g.ds <= F_N;
+}
+/* the fused kernels' dynamic shared memory (above the 48 KB default: opted in per launch, cheap,
+ * and right whichever device is current) */
+template <class KF> static void f_launch_smem(KF kern, size_t mats) {
+    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)((mats * F_MAT + F_VEC) * sizeof(float)));
+}
+static size_t f_bytes(size_t mats) { return (mats * F_MAT + F_VEC) * sizeof(float); }
+
+template <class ACC>
+static void f_outer(const m2_geo &g, cudaStream_t st, const float *U, int u_stride, int u_is_x, const float *xbc,
+                    int v_is_c, const float *coef, float *out) {
+    f_launch_smem(k_ssd_outer_fused<ACC>, F_OUTER_MATS);
+    k_ssd_outer_fused<ACC><<<g.B * g.nh * g.nc, M2_NT, f_bytes(F_OUTER_MATS), st>>>(g, U, u_stride, u_is_x, xbc,
+                                                                                  v_is_c, coef, out);
+    zb_cuda_m2_check_launch("k_ssd_outer_fused");
+}
+template <class ACC>
+static void f_scan(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf, const float *states,
+                   const float *D, float *y) {
+    f_launch_smem(k_ssd_scan_fused<ACC>, F_SCAN_MATS);
+    k_ssd_scan_fused<ACC><<<g.B * g.nh * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y);
+    zb_cuda_m2_check_launch("k_ssd_scan_fused");
+}
+template <class ACC>
+static void f_bwd(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf, const float *states,
+                  const float *dstates, const float *dy, const float *D, const float *A_log, f_bwd_out fo, float *ddt,
+                  float *part) {
+    f_launch_smem(k_ssd_bwd_fused<ACC>, F_BWD_MATS);
+    k_ssd_bwd_fused<ACC><<<g.B * (g.nh / fo.rep) * g.nc, M2_NT, f_bytes(F_BWD_MATS), st>>>(g, xbc, cf, states, dstates, dy, D,
+                                                                              A_log, fo, ddt, part);
+    zb_cuda_m2_check_launch("k_ssd_bwd_fused");
+}
+
 extern "C" void zb_cuda_m2_ssd_coef(const zb_mamba2_dims *m, const float *A_log, const float *dt,
                                     float *coef, int B, int T) {
     if (B <= 0 || T <= 0) return;
@@ -842,7 +1308,10 @@ extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *
     /* the bf16 precision mode: the tile products on the tensor cores (TF32), unless ZB_M2_TC=0 */
     bool tc = zb_cuda_precision() == ZB_PREC_BF16 && m2_tc_on();
     dim3 go(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), gs(nbhc, rt, cdiv(g.hd, M2_TB));
-    if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    bool fz = m2_fused(g);
+    if (fz && tc) f_outer<f_acc_tc>(g, st, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    else if (fz) f_outer<f_acc_f>(g, st, xbc, g.cd, 1, xbc, 0, cf.wend, states);
+    else if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, xbc, g.cd, 1, xbc, 0, cf.wend, states);
     zb_cuda_m2_check_launch("k_ssd_outer (chunk states)");
     zb_cuda_m2_prof(ZB_MIXP_M2_STATES);
@@ -854,7 +1323,9 @@ extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *
         k_ssd_pass_fwd<float><<<gp, 256, 0, st>>>(g, cf.ecs, states, S0, Sfin, s_stride);
     zb_cuda_m2_check_launch("k_ssd_pass_fwd");
     zb_cuda_m2_prof(ZB_MIXP_M2_PASS);
-    if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
+    if (fz && tc) f_scan<f_acc_tc>(g, st, xbc, cf, states, D, y);
+    else if (fz) f_scan<f_acc_f>(g, st, xbc, cf, states, D, y);
+    else if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     else k_ssd_scan<false><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     zb_cuda_m2_check_launch("k_ssd_scan");
     zb_cuda_m2_prof(ZB_MIXP_M2_SCAN);
@@ -893,30 +1364,52 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     dim3 go(nbhc, cdiv(g.hd, M2_TB), cdiv(g.ds, M2_TB)), gx(nbhc, rt, cdiv(g.hd, M2_TB)), gc(nbhc, rt, cdiv(g.ds, M2_TB));
     float *ox = dXh ? dXh : dxbc, *oc = dCh ? dCh : dxbc, *ob = dBh ? dBh : dxbc;
     int sx = dXh ? g.nh * g.hd : g.cd, sc = dCh ? g.nh * g.ds : g.cd, sb = dBh ? g.nh * g.ds : g.cd;
+    /* the fused per-chunk kernels (not with ZB_SSD=old: the path before issue 17's speed work) */
+    bool fz = m2_fused(g) && zb_cuda_m2_new_path();
     /* gradient of each chunk's end state */
-    if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    if (fz && tc) f_outer<f_acc_tc>(g, st, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    else if (fz) f_outer<f_acc_f>(g, st, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
+    else if (tc) k_ssd_outer<true><<<go, M2_NT, 0, st>>>(g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
     else k_ssd_outer<false><<<go, M2_NT, 0, st>>>(g, dy, g.di, 0, xbc, 1, cf.ecs, dstates);
     zb_cuda_m2_check_launch("k_ssd_outer (state gradients)");
     zb_cuda_m2_prof(ZB_MIXP_M2_DSTATES_B);
     k_ssd_pass_bwd<<<dim3(B * g.nh, cdiv((int)g.hs, 256)), 256, 0, st>>>(g, cf.ecs, dstates);
     zb_cuda_m2_check_launch("k_ssd_pass_bwd");
     zb_cuda_m2_prof(ZB_MIXP_M2_PASS_B);
-    if (tc) k_ssd_bwd_dx<true><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
-    else k_ssd_bwd_dx<false><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
-    zb_cuda_m2_check_launch("k_ssd_bwd_dx");
-    zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
-    if (tc) k_ssd_bwd_dc<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
-    else k_ssd_bwd_dc<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
-    zb_cuda_m2_check_launch("k_ssd_bwd_dc");
-    zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);
-    if (tc) k_ssd_bwd_db<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
-    else k_ssd_bwd_db<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
-    zb_cuda_m2_check_launch("k_ssd_bwd_db");
-    zb_cuda_m2_prof(ZB_MIXP_M2_DB_B);
-    if (tc) k_ssd_bwd_scal<true><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
-    else k_ssd_bwd_scal<false><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
-    zb_cuda_m2_check_launch("k_ssd_bwd_scal");
-    zb_cuda_m2_prof(ZB_MIXP_M2_SCAL_B);
+    if (fz) {
+        /* dx, dB, dC and the scalar terms in one pass; timed as the "scan dx" piece (dC, dB, ddt:
+         * 0 in the breakdown). Heads sharing x and B in one block: dx and dB straight into dxbc. */
+        f_bwd_out fo = {ox, ob, oc, sx, sb, sc, dXh == NULL, dBh == NULL, dCh == NULL, 1};
+        if (g.xrep == g.brep && g.xrep > 1) {
+            fo.rep = g.xrep;
+            fo.ox = fo.ob = dxbc;
+            fo.sx = fo.sb = g.cd;
+            dXh = dBh = NULL;   /* the group sum: C's columns only (if any) */
+        }
+        if (tc) f_bwd<f_acc_tc>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        else f_bwd<f_acc_f>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
+        zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);
+        zb_cuda_m2_prof(ZB_MIXP_M2_DB_B);
+        zb_cuda_m2_prof(ZB_MIXP_M2_SCAL_B);
+    } else {
+        if (tc) k_ssd_bwd_dx<true><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
+        else k_ssd_bwd_dx<false><<<gx, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, D, ox, sx, dXh == NULL);
+        zb_cuda_m2_check_launch("k_ssd_bwd_dx");
+        zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
+        if (tc) k_ssd_bwd_dc<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
+        else k_ssd_bwd_dc<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, states, dy, oc, sc, dCh == NULL);
+        zb_cuda_m2_check_launch("k_ssd_bwd_dc");
+        zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);
+        if (tc) k_ssd_bwd_db<true><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
+        else k_ssd_bwd_db<false><<<gc, M2_NT, 0, st>>>(g, xbc, cf, dstates, dy, ob, sb, dBh == NULL);
+        zb_cuda_m2_check_launch("k_ssd_bwd_db");
+        zb_cuda_m2_prof(ZB_MIXP_M2_DB_B);
+        if (tc) k_ssd_bwd_scal<true><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
+        else k_ssd_bwd_scal<false><<<nbhc, M2_NT, 0, st>>>(g, xbc, cf, states, dstates, dy, A_log, dcs, ddtl, ddt, part);
+        zb_cuda_m2_check_launch("k_ssd_bwd_scal");
+        zb_cuda_m2_prof(ZB_MIXP_M2_SCAL_B);
+    }
     if (dXh || dBh || dCh) {
         k_ssd_group_sum<<<dim3((unsigned)N, cdiv(g.cd, 256)), 256, 0, st>>>(g, dXh, dBh, dCh, dxbc);
         zb_cuda_m2_check_launch("k_ssd_group_sum");

@@ -581,6 +581,7 @@ struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the se
  * rows, part[slice][c K + k] = sum_r dpre[r, c] in[r - K+1+k, c] inside the sequence; then
  * k_colsum_fin sums the slices in order (deterministic, no atomics). */
 #define M2_KMAX 8
+#define M2_WROWS 8
 static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, int R, int rows_per,
                                          const float *__restrict__ dpre, const float *__restrict__ proj, float *part,
                                          float *bpart) {
@@ -591,13 +592,27 @@ static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, in
 #pragma unroll
     for (int k = 0; k < M2_KMAX; k++) acc[k] = 0.0f;
     const float *in = proj + di + c;
-    for (int r = r0; r < r1; r++) {
-        float gr = dpre[(size_t)r * cd + c];
-        int t = r % T;
-        bs += gr;
+    /* M2_WROWS rows at a time, their loads (dpre, and the inputs of rows r - K+1 .. r + M2_WROWS - 1,
+     * each once) issued before the sums: one memory latency per M2_WROWS rows, not per row (S5R1:
+     * the row-by-row loop left the conv backward at ~1 ms per layer) */
+    for (int r = r0; r < r1; r += M2_WROWS) {
+        float gv[M2_WROWS], iv[M2_WROWS + M2_KMAX - 1];
 #pragma unroll
-        for (int k = 0; k < M2_KMAX; k++)
-            if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gr, in[((size_t)r - (K - 1) + k) * P], acc[k]);
+        for (int u = 0; u < M2_WROWS; u++) gv[u] = r + u < r1 ? dpre[(size_t)(r + u) * cd + c] : 0.0f;
+#pragma unroll
+        for (int q = 0; q < M2_WROWS + M2_KMAX - 1; q++) {
+            long s = (long)r - (K - 1) + q;   /* input row */
+            iv[q] = q < M2_WROWS + K - 1 && s >= 0 && s < r1 ? in[(size_t)s * P] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < M2_WROWS; u++) {
+            if (r + u >= r1) break;
+            int t = (r + u) % T;
+            bs += gv[u];
+#pragma unroll
+            for (int k = 0; k < M2_KMAX; k++)
+                if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gv[u], iv[u + k], acc[k]);
+        }
     }
     float *o = part + (size_t)blockIdx.y * cd * K + (size_t)c * K;
 #pragma unroll

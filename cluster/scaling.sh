@@ -8,7 +8,8 @@
 #   DEVICE=cuda CONFIG=configs/zebra-1b.json LAYERS=16 SEQ=2048 ROWS=8 OUT=scaling-gpu cluster/scaling.sh
 #
 # A layout is "1" (one rank) or factors joined by "-": dpN, tpN, ppN (ranks = their product;
-# TP fastest, then PP, then DP, as parallel/grid.h). Per MODE:
+# TP fastest, then PP, then DP, as parallel/grid.h); dpNz: DP with ZeRO-1 (ZERO=1: every
+# layout with ZeRO-1), e.g. LAYOUTS="1 dp2 dp2z" sets DP=2 with and without it side by side. Per MODE:
 #   strong  the global batch is ROWS rows of SEQ tokens per step, whatever the layout: more
 #           ranks share the same work;
 #   weak    ROWS rows per model replica (per DP rank), so the global batch grows with dp; TP and
@@ -79,10 +80,10 @@ machine > machine.json
 
 # one run: MODE LAYOUT REP -> a JSON line on runs.jsonl (or one with "refused")
 run_one() {
-  local mode=$1 lay=$2 rep=$3 dp=1 tp=1 pp=1 f
+  local mode=$1 lay=$2 rep=$3 dp=1 tp=1 pp=1 f zero=$ZERO
   if [ "$lay" != 1 ]; then
     for f in ${lay//-/ }; do
-      case $f in dp*) dp=${f#dp};; tp*) tp=${f#tp};; pp*) pp=${f#pp};; *) echo "scaling.sh: bad layout '$lay'" >&2; exit 2;; esac
+      case $f in dp*z) dp=${f#dp}; dp=${dp%z}; zero=1;; dp*) dp=${f#dp};; tp*) tp=${f#tp};; pp*) pp=${f#pp};; *) echo "scaling.sh: bad layout '$lay'" >&2; exit 2;; esac
     done
   fi
   local n=$((dp * tp * pp)) global=$ROWS ga=1
@@ -100,7 +101,7 @@ run_one() {
   cat > "$out.json" <<J
 {"model": "model.json", "data": "shards", "seq_len": $SEQ, "micro_batch": $mb, "grad_accum": $ga,
  "steps": $STEPS, "lr": 1e-4, "warmup": 0, "log_every": 1, "eval_batches": 0, "save": false,
- "zero": $([ "$ZERO" = 1 ] && echo true || echo false), "out": "$out"}
+ "zero": $([ "$zero" = 1 ] && echo true || echo false), "out": "$out"}
 J
   rm -rf "$out"
   local t0=$SECONDS rc=0
@@ -110,14 +111,14 @@ J
       "$(grep -m1 -iE 'error|not |zebra:' "$out.log" | cut -c1-120 | tr -d '"\\')" >> "$OUT/runs.jsonl"
     echo "  $tag: failed (see $W/$out.log)" >&2; return
   fi
-  python3 - "$out/train.jsonl" "$mode" "$lay" "$rep" "$n" "$dp" "$tp" "$pp" "$global" "$SEQ" "$ga" $((SECONDS - t0)) \
+  python3 - "$out/train.jsonl" "$mode" "$lay" "$rep" "$n" "$dp" "$tp" "$pp" "$global" "$SEQ" "$ga" $((SECONDS - t0)) "$zero" \
     >> "$OUT/runs.jsonl" <<'PY'
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if '"step_s"' in l]
-mode, lay, rep, n, dp, tp, pp, rows, seq, ga, wall = sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
+mode, lay, rep, n, dp, tp, pp, rows, seq, ga, wall, zero = sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
 after = [r for r in recs if r["step"] > 1] or recs   # the first step is the warm-up
 k = len(after)
-out = {"mode": mode, "layout": lay, "rep": rep, "ranks": n, "dp": dp, "tp": tp, "pp": pp, "rows": rows,
+out = {"mode": mode, "layout": lay, "rep": rep, "ranks": n, "dp": dp, "tp": tp, "pp": pp, "zero": zero, "rows": rows,
        "seq": seq, "grad_accum": ga, "tokens_per_step": rows * seq, "steps": k, "wall_s": wall,
        "step_s": sum(r["step_s"] for r in after) / k, "comm_s": sum(r["comm_s"] for r in after) / k,
        "dp_exposed_s": sum(r.get("dp_exposed_s", 0) for r in after) / k,
@@ -161,6 +162,7 @@ for (mode, lay), rs in agg.items():
     t = [r["step_s"] for r in ok]; c = [r["comm_s"] for r in ok]
     r0 = ok[0]
     rows.append({"mode": mode, "layout": lay, "ranks": r0["ranks"], "dp": r0["dp"], "tp": r0["tp"], "pp": r0["pp"],
+                 "zero": r0.get("zero", 0),
                  "tokens_per_step": r0["tokens_per_step"], "runs": len(ok),
                  "step_s_median": st.median(t), "step_s_min": min(t), "step_s_max": max(t),
                  "comm_s_median": st.median(c), "tokens_per_s": r0["tokens_per_step"] / st.median(t),

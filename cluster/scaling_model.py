@@ -19,8 +19,9 @@ The step of one rank, for a replica that processes n tokens (n = global tokens /
             2 (M + pp - 1) messages of n/M d floats between neighbours (forward, backward)
   DP        a ring all-reduce of the 4 P / (tp pp) gradient bytes: 2 (dp-1)/dp bytes / B + 2 (dp-1) a,
             in buckets overlapped with the backward (2/3 of Tc): exposed max(0, t_ar - 2/3 Tc)
-            plus the last bucket (bucket bytes / B); ZeRO-1 the same volume as reduce-scatter +
-            all-gather, not overlapped
+            plus the last bucket (bucket bytes / B); ZeRO-1 the same volume as reduce-scatter
+            (half the ring, in the same buckets, overlapped the same way) + all-gather of the
+            parameters after the optimizer step (the other half, exposed)
   step      T = Tc * bubble + T_tp + T_pp + T_dp_exposed
 Efficiency against one rank: E = (tokens/s at N ranks) / (N tokens/s at 1 rank).
 Hardware: F (FLOP/s per rank), B (bytes/s per link class: within a node, across nodes, host),
@@ -88,8 +89,9 @@ def step_time(cfg, dp, tp, pp, n_tokens, hw, M=1, device="cpu", bucket_mb=25, ze
     G = 4.0 * P_all / (tp * pp)
     across = dp * tp * pp > per_node
     t_ar = ring(G, dp, across)
-    if zero:
-        T_dp = t_ar
+    if zero:   # reduce-scatter in buckets (overlapped) + the parameters' all-gather (exposed)
+        last = ring(min(G, bucket_mb * 1048576.0), dp, across) / 2
+        T_dp = max(0.0, t_ar / 2 - 2.0 / 3.0 * Tc) + last + t_ar / 2 if dp > 1 else 0.0
     else:
         last = ring(min(G, bucket_mb * 1048576.0), dp, across)
         T_dp = max(0.0, t_ar - 2.0 / 3.0 * Tc) + last if dp > 1 else 0.0
@@ -124,7 +126,8 @@ def check(dir_, model_path):
             n = r["tokens_per_step"] // r["dp"]
             M = r.get("grad_accum", 1) if r["pp"] > 1 else 1
             M = max(M, 2 * r["pp"]) if r["pp"] > 1 and M == 1 else M
-            t, parts = step_time(cfg, r["dp"], r["tp"], r["pp"], n, hw, M=M, device=device, f_rank=F)
+            t, parts = step_time(cfg, r["dp"], r["tp"], r["pp"], n, hw, M=M, device=device, zero=bool(r.get("zero")),
+                                 f_rank=F)
             out.append((mode, r["layout"], r["ranks"], r["step_s_median"], t, parts))
     print("| mode | layout | ranks | measured step s | model step s | model / measured | compute | tp | pp | dp |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -39,7 +39,7 @@ static const char *const entry_names[] = {
     "swiglu_linear_forward", "rmsnorm_forward",
     "rmsnorm_backward", "add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
-    "swiglu_backward", "embedding_forward", "embedding_backward", "cross_entropy", "kl_div", "mse",
+    "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "kl_div", "mse",
     "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",
@@ -63,6 +63,31 @@ const char *zb_backend_missing(const zb_backend *be) {
         if (!f) return entry_names[i];
     }
     return NULL;
+}
+
+/* ---- the MLP from the separate entries (backend.h) --------------------------------------- */
+
+void zb_mlp_forward_calls(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                          const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
+                          int N, int d, int F, float eps) {
+    size_t NF = (size_t)N * F;
+    be->rmsnorm_forward(be, ln, rstd, x, norm_w, N, d, eps);
+    be->matmul_forward(be, g, ln, Wg, NULL, N, d, F);
+    be->matmul_forward(be, u, ln, Wu, NULL, N, d, F);
+    be->swiglu_forward(be, h, g, u, NF);
+    be->matmul_forward(be, out, h, Wd, NULL, N, F, d);
+}
+
+void zb_mlp_backward_calls(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                           const float *ln, const float *g, const float *u, const float *h, const float *Wg,
+                           const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F) {
+    size_t NF = (size_t)N * F;
+    be->zero(be, dh, sizeof(float) * NF);
+    be->matmul_backward(be, dh, dWd, NULL, dout, h, Wd, N, F, d);
+    be->swiglu_backward(be, dg, du, dh, g, u, NF);
+    be->zero(be, dln, sizeof(float) * (size_t)N * d);
+    be->matmul_backward(be, dln, dWg, NULL, dg, ln, Wg, N, d, F);
+    be->matmul_backward(be, dln, dWu, NULL, du, ln, Wu, N, d, F);
 }
 
 /* ---- RoPE ----------------------------------------------------------------------------------- */

@@ -254,6 +254,21 @@ struct zb_backend {
     void (*swiglu_forward)(const zb_backend *be, float *h, const float *g, const float *u, size_t n);
     void (*swiglu_backward)(const zb_backend *be, float *dg, float *du, const float *dh, const float *g,
                             const float *u, size_t n);
+    /* -- the MLP half of a block (SPEC §2), whole, so that a backend keeps the activations that
+     * only feed products in its own format (the CUDA bf16 mode: bf16, each written by the kernel
+     * that makes it). Forward: ln = RMSNorm(x; norm_w, eps) with rstd[N] saved, then OVERWRITES
+     * out[N,d] = (silu(ln Wg^T) * (ln Wu^T)) Wd^T. ln [N,d] and g, u, h [N,F] are float buffers
+     * saved for the backward whose contents belong to the backend (float32 on the CPU: the
+     * separate calls' values). Backward from dout = d/d out: OVERWRITES dln [N,d] = d/d ln (the
+     * caller goes back through the norm, after a TP all-reduce), dWg, dWu, dWd += (NULL:
+     * skipped); dh, dg, du [N,F] scratch. Weights: float32 [F,d], [F,d], [d,F]. zb_mlp_*_calls
+     * (below) make it from the separate entries. */
+    void (*mlp_forward)(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                        const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
+                        int N, int d, int F, float eps);
+    void (*mlp_backward)(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                         const float *ln, const float *g, const float *u, const float *h, const float *Wg,
+                         const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F);
 
     /* -- embedding: out[N,C] = rows ids[n] of table [V,C] (f32 or bf16, widened exactly); an
      * id < 0 gives a row of zeros (forward only: a vocabulary-parallel shard's view of another
@@ -393,6 +408,15 @@ enum { ZB_MIXP_M2_IN_PROJ, ZB_MIXP_M2_CONV, ZB_MIXP_M2_COEF, ZB_MIXP_M2_STATES, 
 extern const char *const zb_mixp_names[ZB_MIXP_N];
 
 enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE, ZB_GRAPH_END_HOLD };   /* step_graph's op */
+
+/* mlp_forward / mlp_backward made of be's separate entries (rmsnorm, matmul, swiglu): the CPU's
+ * MLP, and a device backend's where it keeps float32 activations. */
+void zb_mlp_forward_calls(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                          const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
+                          int N, int d, int F, float eps);
+void zb_mlp_backward_calls(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                           const float *ln, const float *g, const float *u, const float *h, const float *Wg,
+                           const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F);
 
 /* The CPU backend (core/cpu/): OpenBLAS + OpenMP, host memory, default options. */
 const zb_backend *zb_backend_cpu(void);

@@ -69,6 +69,13 @@ int zb_comm_reduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, con
     TIMED(c->ops->reduce_scatter(c->impl, g, x, out, counts, t));
 }
 
+int zb_comm_ireduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
+                            zb_comm_req *r) {
+    r->pending = 0;
+    if (alone(c, g)) return zb_comm_reduce_scatter(c, g, x, out, counts, t);
+    TIMED(c->ops->ireduce_scatter(c->impl, g, x, out, counts, t, r));
+}
+
 int zb_comm_gather(zb_comm *c, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {
     if (alone(c, g)) {
         if (n && out != x) memmove(out, x, n * zb_ctype_size(t));
@@ -118,6 +125,13 @@ int zb_comm_shared_alloc(zb_comm *c, zb_group g, size_t bytes, void **base, void
 
 void zb_comm_shared_free(zb_comm *c, void *win) {
     if (win && c && c->ops->shared_free) c->ops->shared_free(c->impl, win);
+}
+
+int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                            int C, float eps, int residual, int *done) {
+    *done = 0;
+    if (alone(c, g) || !c->ops->sum_add_rmsnorm) return ZB_OK;
+    TIMED(c->ops->sum_add_rmsnorm(c->impl, g, part, x, out, w, N, C, eps, residual, done));
 }
 
 void zb_comm_die(zb_comm *c, const char *what) {

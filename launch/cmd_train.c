@@ -381,7 +381,7 @@ static int setup_training(train_run *S) {
     ZB_TRY(zb_dp_init(&S->dp, &S->m, S->o.trainable, S->g.comm, r->bucket_mb, r->zero));
     ZB_TRY(zb_dp_zero_attach(&S->dp, &S->o));
     if (S->pp) ZB_TRY(zb_pp_trainer_init(&S->pt, &S->tr, r->grad_accum));
-    if (S->pp && !r->zero) S->pt.dp = &S->dp;   /* buckets overlap each stage's last backward */
+    if (S->pp) S->pt.dp = &S->dp;   /* buckets overlap each stage's last backward (ZeRO too) */
     /* PP: the step's grad_accum micro-batches are read up front (every stage reads them, so that
      * the loader positions agree; the first stage uses the ids, the last the targets) */
     size_t N = (size_t)S->tr.rows * r->seq_len * (S->pp ? r->grad_accum : 1);
@@ -445,8 +445,9 @@ static int step_1f1b(train_run *S, zb_loss_parts *sum) {
     for (int k = 0; k < S->r.grad_accum; k++) ZB_TRY(zb_batches_next(S->bt, S->ids + k * Nm, S->tg + k * Nm));
     ZB_TRY(zb_pp_trainer_step(&S->pt, S->r.grad_accum, S->ids, S->tg, 1, 1.0f / (float)S->r.grad_accum, sum));
     if (S->dp.zero) {
-        /* ZeRO reduce-scatters m->grad in zb_dp_finish: the tied copies' gradients are summed
-         * first (the two stages' ZeRO ranges differ) */
+        /* ZeRO: the buckets were reduce-scattered during the last backward, but the tied
+         * embedding's (held by the hook: the two stages' ZeRO ranges differ) goes after the
+         * tied copies' gradients are summed, in zb_dp_finish */
         ZB_TRY(zb_pp_tied_grad_sum(&S->m));
         return zb_dp_finish(&S->dp);
     }
@@ -631,8 +632,12 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
                 "step %lld\n", r->steps, r->grad_accum, S->g.dp_size, S->tr.rows, r->seq_len, r->opt.lr, r->opt.min_lr,
                 r->opt.warmup, resume ? "resumed" : "starting", (long long)S->step);
         if (S->g.dp_size > 1)
-            fprintf(stderr, "train: DP gradients: %s\n", S->dp.zero ? "ZeRO-1 reduce-scatter after the backward"
+            fprintf(stderr, "train: DP gradients: %s%s\n", S->dp.zero ? "ZeRO-1, " : "",
+                    S->dp.zero_whole ? "one reduce-scatter after the backward (ZB_ZERO_REDUCE=after)"
                     : S->dp.path == ZB_DP_SHM ? "node-shared memory, buckets overlapped with the backward"
+                    : !S->m.be->host_memory ? "NCCL buckets on the side stream, overlapped with the backward"
+                    : S->dp.zero ? (S->dp.progress_us ? "MPI_Ireduce_scatter buckets, a progress thread"
+                                                      : "MPI_Ireduce_scatter buckets, progressed between layers")
                     : S->dp.progress_us ? "MPI_Iallreduce buckets, a progress thread"
                     : "MPI_Iallreduce buckets, progressed between layers");
     }

@@ -11,7 +11,10 @@
 
 typedef struct { MPI_Comm g[ZB_NGROUPS]; } mpi_impl;
 
-_Static_assert(sizeof(MPI_Request) <= sizeof(((zb_comm_req *)0)->h), "zb_comm_req cannot hold an MPI_Request");
+/* A request: the MPI one, and what MPI reads until it completes (the int counts of a
+ * non-blocking v-collective; freed then). */
+typedef struct { MPI_Request q; void *keep; } mreq;
+_Static_assert(sizeof(mreq) <= sizeof(((zb_comm_req *)0)->h), "zb_comm_req cannot hold an MPI request");
 
 #define PIECE ((size_t)1 << 30)
 
@@ -58,7 +61,8 @@ static int m_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb
     return in_pieces(impl, g, x, n, t, (int)op, allreduce_piece);
 }
 
-static MPI_Request *req_of(zb_comm_req *r) { return (MPI_Request *)(void *)r->h; }
+static mreq *mr(zb_comm_req *r) { return (mreq *)(void *)r->h; }
+static MPI_Request *req_of(zb_comm_req *r) { mr(r)->keep = NULL; return &mr(r)->q; }   /* a new request */
 
 static int m_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op, zb_comm_req *r) {
     int k = 0;
@@ -117,6 +121,19 @@ static int m_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
     return rc;
 }
 
+static int m_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
+                             zb_comm_req *r) {
+    int *v;
+    ZB_TRY(int_counts(impl, g, counts, NULL, &v));
+    if (MPI_Ireduce_scatter(x, out, v, dtype(t), MPI_SUM, grp(impl, g), req_of(r)) != MPI_SUCCESS) {
+        free(v);
+        return zb_fail(ZB_EMPI, "MPI_Ireduce_scatter failed");
+    }
+    mr(r)->keep = v;   /* MPI reads the counts until the request completes */
+    r->pending = 1;
+    return ZB_OK;
+}
+
 static int m_gather(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {
     int k = 0;
     ZB_TRY(count_of(n, &k));
@@ -149,14 +166,20 @@ static int m_isend(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, 
 static int m_wait(void *impl, zb_comm_req *r) {
     (void)impl;
     r->pending = 0;
-    ZB_MPI(MPI_Wait(req_of(r), MPI_STATUS_IGNORE));
-    return ZB_OK;
+    int rc = MPI_Wait(&mr(r)->q, MPI_STATUS_IGNORE);
+    free(mr(r)->keep);
+    mr(r)->keep = NULL;
+    return rc == MPI_SUCCESS ? ZB_OK : zb_fail(ZB_EMPI, "MPI_Wait failed (error %d)", rc);
 }
 
 static int m_test(void *impl, zb_comm_req *r, int *done) {
     (void)impl;
-    ZB_MPI(MPI_Test(req_of(r), done, MPI_STATUS_IGNORE));
-    if (*done) r->pending = 0;
+    ZB_MPI(MPI_Test(&mr(r)->q, done, MPI_STATUS_IGNORE));
+    if (*done) {
+        r->pending = 0;
+        free(mr(r)->keep);
+        mr(r)->keep = NULL;
+    }
     return ZB_OK;
 }
 
@@ -229,8 +252,9 @@ static void m_shared_free(void *impl, void *win) {
 }
 
 static const zb_comm_ops mpi_ops = {m_allreduce, m_iallreduce, m_bcast, m_allgather, m_allgatherv_inplace,
-                                    m_reduce_scatter, m_gather, m_send, m_recv, m_isend, m_wait, m_test,
-                                    m_barrier, abort_all, m_shared_alloc, m_shared_free};
+                                    m_reduce_scatter, m_ireduce_scatter, m_gather, m_send, m_recv, m_isend, m_wait, m_test,
+                                    m_barrier, abort_all, m_shared_alloc, m_shared_free,
+                                    NULL};   /* no fused decode sum on host ranks: all-reduce, then the norm */
 
 int zb_comm_mpi_new(zb_comm **out, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
     *out = NULL;

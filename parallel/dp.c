@@ -109,6 +109,15 @@ static int shm_advance(zb_dp *d, int k) {
             if (get(d, j, F_READY, k) < d->epoch) return 0;
         float *in[ZB_DP_MAX_SHM];
         for (int j = 0; j < d->size; j++) in[j] = sdata(d, j, k);
+        if (d->zero) {   /* ZeRO-1: our piece of the bucket summed into our range; nothing to copy back */
+            size_t lo = 0;
+            for (int j = 0; j < d->rank; j++) lo += b->zcounts[j];
+            if (b->zcounts[d->rank]) tree_sum(d->gshard + b->zout, in, lo, b->zcounts[d->rank], d->size, d->tmp);
+            put(d, F_DONE, k);
+            put(d, F_GOT, k);   /* every part's piece read */
+            b->reduced = b->gathered = 1;
+            return 1;
+        }
         size_t lo, n = chunk(b->n, d->size, d->rank, &lo);
         tree_sum(in[d->rank] + lo, in, lo, n, d->size, d->tmp);
         put(d, F_DONE, k);
@@ -172,7 +181,10 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
         shm_publish(d, (int)(b - d->b));
         return ZB_OK;
     }
-    ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32, ZB_RED_SUM, &b->req));
+    if (d->zero)   /* ZeRO-1: each rank receives the sum of its piece of the bucket */
+        ZB_TRY(zb_comm_ireduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad + b->off, d->gshard + b->zout, b->zcounts,
+                                       ZB_CT_F32, &b->req));
+    else ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32, ZB_RED_SUM, &b->req));
     b->launched = 1;
     if (d->thread) {   /* the progress thread tests it from now on */
         int n = atomic_load(&d->n_launched);
@@ -203,16 +215,36 @@ static int level_class(const zb_model *m, int level) { return level < 0 ? 0 : le
  * final gradient. */
 static void dp_hook(void *ctx, int layer) {
     zb_dp *d = ctx;
-    if (!d->armed || d->zero || d->size == 1) return;
+    if (!d->armed || d->size == 1 || d->zero_whole) return;
     double t0 = zb_now(), c0 = d->comm->seconds;
     for (int k = 0; k < d->nb; k++)
-        if (!d->b[k].launched && d->b[k].ready >= layer && launch(d, &d->b[k])) zb_comm_die(d->comm, "data parallel");
+        if (!d->b[k].launched && d->b[k].ready >= layer && !(d->hold_tied && d->b[k].ready < 0) &&
+            launch(d, &d->b[k]))
+            zb_comm_die(d->comm, "data parallel");
     if (d->path == ZB_DP_SHM)   /* what every rank has published: summed and copied back now */
         for (int k = 0; k < d->nb; k++)
             if (d->b[k].launched) shm_advance(d, k);
     double dt = zb_now() - t0;
     d->overlap_s += dt;
     d->comm->seconds = c0 + dt;   /* communication time (the MPI calls' own time included once) */
+}
+
+/* PP: this stage holds a copy of a tied embedding (first or last stage) */
+static int tied_stage(const zb_model *m) {
+    return m->tp && m->tp->pp_size > 1 && m->cfg.tie_embeddings &&
+           (m->tp->pp_rank == 0 || m->tp->pp_rank == m->tp->pp_size - 1);
+}
+
+/* ZeRO-1: bucket b's pieces in each rank's range; the ranges and the buckets both cut the
+ * flat buffer into contiguous runs, so the pieces are contiguous and in rank order. */
+static void zero_pieces(zb_dp *d, zb_dp_bucket *b, size_t *zc) {
+    for (int r = 0; r < d->size; r++) {
+        size_t a = b->off > d->displs[r] ? b->off : d->displs[r];
+        size_t e = b->off + b->n < d->displs[r] + d->counts[r] ? b->off + b->n : d->displs[r] + d->counts[r];
+        zc[r] = e > a ? e - a : 0;
+        if (r == d->rank) b->zout = zc[r] ? a - d->lo : 0;
+    }
+    b->zcounts = zc;
 }
 
 int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *comm, double bucket_mb, int zero) {
@@ -266,8 +298,16 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
             o += c;
         }
         ZB_BE_ALLOC(m->be, d->gshard, d->hi - d->lo + 1, "ZeRO gradient shard");
+        m->be->zero(m->be, d->gshard, sizeof(float) * (d->hi - d->lo + 1));   /* frozen floats: never summed */
+        ZB_ALLOC(d->zc, (size_t)d->nb * d->size, "ZeRO bucket pieces");
+        for (int k = 0; k < d->nb; k++) zero_pieces(d, &d->b[k], d->zc + (size_t)k * d->size);
+        d->hold_tied = tied_stage(m);
+        const char *e = getenv("ZB_ZERO_REDUCE");
+        if (e && *e && strcmp(e, "overlap") && strcmp(e, "after"))
+            return zb_fail(ZB_EARG, "ZB_ZERO_REDUCE=%s: expected overlap or after", e);
+        d->zero_whole = e && !strcmp(e, "after");
     }
-    if (!zero && d->size > 1) {
+    if (d->size > 1 && !d->zero_whole) {
         const char *e = getenv("ZB_DP_ALLREDUCE");
         if (e && *e && strcmp(e, "auto") && strcmp(e, "mpi") && strcmp(e, "shm"))
             return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=%s: expected auto, mpi or shm", e);
@@ -276,6 +316,8 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         if (e && !strcmp(e, "shm") && d->path != ZB_DP_SHM)
             return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=shm: the DP group is not on one node in host memory "
                            "(or has more than %d ranks)", ZB_DP_MAX_SHM);
+    }
+    if (d->size > 1) {
         const char *pe = getenv("ZB_DP_PROGRESS");
         if (d->path == ZB_DP_MPI && pe && !strncmp(pe, "thread", 6)) {
             if (!comm->thread_multiple)
@@ -294,7 +336,7 @@ void zb_dp_free(zb_dp *d) {
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
     if (d->m) d->m->be->free(d->m->be, d->gshard);
     if (d->win) zb_comm_shared_free(d->comm, d->win);
-    free(d->b); free(d->counts); free(d->displs); free(d->seg); free(d->tmp); free(d->order);
+    free(d->b); free(d->zc); free(d->counts); free(d->displs); free(d->seg); free(d->tmp); free(d->order);
     memset(d, 0, sizeof *d);
 }
 
@@ -306,7 +348,7 @@ void zb_dp_arm(zb_dp *d) {
         b->req.pending = 0;
         atomic_store(&b->done, 0);
     }
-    if (d->progress_us && !d->thread && !d->zero && d->size > 1) {
+    if (d->progress_us && !d->thread && d->size > 1) {
         atomic_store(&d->n_launched, 0);
         atomic_store(&d->running, 1);
         pthread_t *t = zb_malloc(sizeof *t, "progress thread");
@@ -335,10 +377,15 @@ static int finish_buckets(zb_dp *d) {
             if (left) relax(&spins);
         }
         d->epoch++;
+        if (d->zero) be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
         return ZB_OK;
     }
     stop_thread(d);
     for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
+    if (d->zero) {   /* the range's floats, trainable or not (frozen ones stay 0) */
+        be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
+        return ZB_OK;
+    }
     for (int k = 0; k < d->nb; k++) be->scale(be, d->m->grad + d->b[k].off, 1.0f / (float)d->size, d->b[k].n);
     return ZB_OK;
 }
@@ -346,16 +393,16 @@ static int finish_buckets(zb_dp *d) {
 int zb_dp_finish(zb_dp *d) {
     const zb_backend *be = d->m->be;
     d->armed = 0;
-    float s = 1.0f / (float)d->size;
-    if (d->zero) {
-        /* ZeRO-1: each rank receives the summed gradient of its range only */
-        ZB_TRY(zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32));
-        if (s != 1.0f) be->scale(be, d->gshard, s, d->hi - d->lo);
+    if (d->size == 1) {   /* ZeRO alone: the range is the whole buffer */
+        if (d->zero) be->copy(be, d->gshard, d->m->grad, sizeof(float) * (d->hi - d->lo));
         return ZB_OK;
     }
-    if (d->size == 1) return ZB_OK;
     double t0 = zb_now(), c0 = d->comm->seconds;
-    int rc = finish_buckets(d);
+    int rc;
+    if (d->zero_whole) {   /* ZB_ZERO_REDUCE=after: the earlier path, one reduce-scatter of the buffer */
+        rc = zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32);
+        if (!rc) be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
+    } else rc = finish_buckets(d);
     for (int k = 0; k < d->nb; k++)   /* the next step starts from nothing launched, armed or not */
         d->b[k].launched = d->b[k].reduced = d->b[k].gathered = 0;
     double dt = zb_now() - t0;

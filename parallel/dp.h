@@ -13,7 +13,8 @@
  *                       optimizations toward training trillion parameter models", 2020): the
  *                       flat buffer of the shard is cut into dp contiguous ranges; DP rank r
  *                       keeps AdamW's m and v of its range only, receives the reduced gradient
- *                       of its range (a reduce-scatter), updates those parameters, and the
+ *                       of its range (a reduce-scatter of each bucket's pieces, started by the
+ *                       hook like the all-reduces), updates those parameters, and the
  *                       parameters are all-gathered after the step. The
  *                       arithmetic of each float is that of zb_adamw_step: the loss curve is
  *                       the non-ZeRO one (up to the summation order of the reduction).
@@ -43,6 +44,10 @@ typedef struct {
     size_t soff;
     int reduced, gathered;
     _Atomic int done;     /* MPI path with the progress thread: its request completed */
+    /* ZeRO-1: the bucket's pieces in each rank's range ([size], rank order, summing to n) and
+     * where this rank's piece goes in gshard */
+    const size_t *zcounts;
+    size_t zout;
 } zb_dp_bucket;
 
 /* How the buckets are all-reduced (env ZB_DP_ALLREDUCE: auto (default), mpi, shm).
@@ -72,6 +77,11 @@ typedef struct zb_dp {
     size_t lo, hi;
     size_t *counts, *displs;
     float *gshard;        /* [hi - lo] the reduced gradient of the range */
+    size_t *zc;           /* [nb * size] the buckets' zcounts */
+    int zero_whole;       /* env ZB_ZERO_REDUCE=after: one reduce-scatter of the whole buffer in
+                           * zb_dp_finish, after the backward (the path before the buckets) */
+    int hold_tied;        /* ZeRO under PP, first / last stage of a tied embedding: its bucket waits
+                           * for zb_pp_tied_grad_sum (the stages' ranges differ), started by finish */
     zb_dp_path path;
     /* time spent on the gradient all-reduce since the caller last reset them: inside the
      * backward's hooks (overlapped with compute) and inside zb_dp_finish (exposed) */
@@ -99,8 +109,9 @@ void zb_dp_free(zb_dp *d);
  * the hook has not started, zb_dp_finish starts. */
 void zb_dp_arm(zb_dp *d);
 /* Start what the hook has not (stages whose backward does not go through zb_model_backward,
- * e.g. ILD), wait for every bucket, scale by 1/dp (the mean). ZeRO: reduce-scatter into
- * d->gshard instead (the full m->grad is then not meaningful). Collective over comm. */
+ * e.g. ILD), wait for every bucket, scale by 1/dp (the mean). ZeRO: the buckets are
+ * reduce-scattered into d->gshard instead (the full m->grad is then not meaningful).
+ * Collective over comm. */
 int zb_dp_finish(zb_dp *d);
 /* The squared global gradient norm of the trainable parameters after zb_dp_finish, identical
  * on every rank of the grid: TP-split tensors summed over the TP group, replicated ones once;

@@ -400,6 +400,7 @@ static const zb_backend cpu_backend = {
     .attention_backward = cpu_attention_backward,
     .attention_step_scratch = cpu_attention_step_scratch, .attention_step = cpu_attention_step,
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
+    .mlp_forward = zb_mlp_forward_calls, .mlp_backward = zb_mlp_backward_calls,
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
     .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
     .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,

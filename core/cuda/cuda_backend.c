@@ -199,20 +199,25 @@ static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att
                               int H, int Hkv, int hd, float *scratch) {
     mode(be);
     int *posi = (int *)scratch;
-    int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
     int qd = H * hd, kd = Hkv * hd;
+    /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
+    long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
+    int c16 = be->opts.cache_bf16;
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
+    if (n == 1 && zb_cuda_decode_qkv_prep_ok(r, hd)) {   /* decode: the positions, RoPE and both stores in one kernel */
+        zb_cuda_decode_qkv_prep(r, q, k, v, kc, vc, c16, seqs, pos, posi, nb, H, Hkv, hd, ss, gs);
+        zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_T, &a);
+        return;
+    }
+    int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
     if (nb * n == 1 && k == q + qd)   /* one row: q's and k's heads follow one another, one launch */
         zb_cuda_rope_apply_rows(r, q, 1, 1, posi, qd + kd, H + Hkv, hd, 0, 0, 0);
     else {
         zb_cuda_rope_apply_rows(r, q, nb * n, n, posi, qd, H, hd, 0, 0, 0);
         zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
     }
-    /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
-    long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
-    int c16 = be->opts.cache_bf16;
     zb_cuda_cache_store(kc, c16, k, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
     zb_cuda_cache_store(vc, c16, v, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
-    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
     zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_len, &a);
 }
 
@@ -224,6 +229,21 @@ static void cu_swiglu_backward(const zb_backend *be, float *dg, float *du, const
                                const float *u, size_t n) {
     (void)be;
     zb_cuda_swiglu_backward(dg, du, dh, g, u, n);
+}
+/* the MLP with bf16 activations (cuda_ops.h) in the bf16 mode, else the separate calls */
+static void cu_mlp_forward(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                           const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
+                           int N, int d, int F, float eps) {
+    mode(be);
+    if (!zb_cuda_mlp_forward_bf16(out, ln, rstd, g, u, h, x, norm_w, Wg, Wu, Wd, N, d, F, eps))
+        zb_mlp_forward_calls(be, out, ln, rstd, g, u, h, x, norm_w, Wg, Wu, Wd, N, d, F, eps);
+}
+static void cu_mlp_backward(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                            const float *ln, const float *g, const float *u, const float *h, const float *Wg,
+                            const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F) {
+    mode(be);
+    if (!zb_cuda_mlp_backward_bf16(dln, dWg, dWu, dWd, dout, ln, g, u, h, Wg, Wu, Wd, dh, dg, du, N, d, F))
+        zb_mlp_backward_calls(be, dln, dWg, dWu, dWd, dout, ln, g, u, h, Wg, Wu, Wd, dh, dg, du, N, d, F);
 }
 static void cu_embedding_forward(const zb_backend *be, float *out, const int *ids, zb_wt table, int N, int C) {
     (void)be;
@@ -333,6 +353,10 @@ static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d
     (void)seq_floats;   /* == max_T * (r + dr): the layout of zb_mla_cache_floats */
     size_t work = zb_cuda_mla_gen_scratch_floats(m, d, nb);
     int *posi = (int *)(scratch + (work + 63) / 64 * 64);
+    /* the fused decode gathers the positions itself (posi[i] = pos[seqs[i]]) */
+    if (zb_cuda_mla_decode_fused(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, pos, seqs,
+                                 posi, nb, scratch))
+        return;
     int max_len = step_positions(posi, pos, seqs, nb, 1, max_T);
     zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, posi, nb, 1, max_len,
                     scratch);
@@ -465,6 +489,7 @@ static zb_backend cuda_backend = {
     .attention_backward = cu_attention_backward,
     .attention_step_scratch = cu_attention_step_scratch, .attention_step = cu_attention_step,
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
+    .mlp_forward = cu_mlp_forward, .mlp_backward = cu_mlp_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
     .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
     .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,

@@ -111,18 +111,24 @@ extern "C" void zb_cuda_gemm_bf16_native(int M, int N, int K, const void *A, con
  * Keyed by the float32 address and length; converted again when zb_cuda_weights_version moved
  * (the optimizer changed the weights) or the slot is taken by another matrix. */
 #define ZB_SHADOWS 2048
-typedef struct { const float *w; size_t n; unsigned long long version; uint16_t *b; size_t cap; } shadow_t;
+typedef struct { const float *w, *w2; size_t n; unsigned long long version; uint16_t *b; size_t cap; } shadow_t;
 static shadow_t g_shadow[ZB_SHADOWS];
 
-static const uint16_t *weight_bf16(const float *W, size_t n) {
+/* n values of W, then (W2 != NULL) n values of W2: one stacked copy [W; W2] */
+static void shadow_fill(uint16_t *b, const float *W, const float *W2, size_t n) {
+    zb_cuda_f32_to_bf16(b, W, n);
+    if (W2) zb_cuda_f32_to_bf16(b + n, W2, n);
+}
+
+static const uint16_t *weight_bf16_2(const float *W, const float *W2, size_t n) {
     size_t hsh = ((uintptr_t)W >> 8) * 0x9E3779B97F4A7C15ull;
     unsigned long long ver = zb_cuda_weights_version();
     shadow_t *free_slot = NULL;
     for (int probe = 0; probe < 16; probe++) {
         shadow_t *s = &g_shadow[(hsh + probe) % ZB_SHADOWS];
-        if (s->w == W && s->n == n) {
+        if (s->w == W && s->w2 == W2 && s->n == n) {
             if (s->version != ver) {
-                zb_cuda_f32_to_bf16(s->b, W, n);
+                shadow_fill(s->b, W, W2, n);
                 s->version = ver;
             }
             return s->b;
@@ -130,23 +136,27 @@ static const uint16_t *weight_bf16(const float *W, size_t n) {
         if (!s->w && !free_slot) free_slot = s;
     }
     shadow_t *s = free_slot ? free_slot : &g_shadow[hsh % ZB_SHADOWS];   /* evict the home slot */
-    if (s->cap < n) {
+    size_t tot = W2 ? 2 * n : n;
+    if (s->cap < tot) {
         cudaFree(s->b);
         s->b = NULL;
         s->cap = 0;
-        if (cudaMalloc((void **)&s->b, n * 2) != cudaSuccess) {
+        if (cudaMalloc((void **)&s->b, tot * 2) != cudaSuccess) {
             cudaGetLastError();
             s->w = NULL;
             return NULL;   /* no room: the caller converts into scratch */
         }
-        s->cap = n;
+        s->cap = tot;
     }
     s->w = W;
+    s->w2 = W2;
     s->n = n;
     s->version = ver;
-    zb_cuda_f32_to_bf16(s->b, W, n);
+    shadow_fill(s->b, W, W2, n);
     return s->b;
 }
+
+static const uint16_t *weight_bf16(const float *W, size_t n) { return weight_bf16_2(W, NULL, n); }
 
 /* out[M, N] (+)= A[M, K] @ W^T (transW) or A @ W (W [K, N]) with W a weight matrix: the
  * activation rounded to bf16 in scratch, the weight's cached bf16 copy (CONVERT mode). */
@@ -245,6 +255,93 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
     }
     if (dW) zb_cuda_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dW, C);       /* += dout^T @ inp */
     if (dbias) colsum_add(dbias, dout, N, OC);
+}
+
+/* ---- the training MLP with bf16 activations (cuda_ops.h) -----------------------------------
+ * Each activation that only feeds products is written in bf16 by the kernel that makes it: per
+ * layer at N = 16384, F = 8192 this drops the float32 gate / up / h tensors (512 MB each) and
+ * their conversion passes. The residual stream, its gradient, the norm statistics and every
+ * weight gradient stay float32. */
+
+/* Row-major C[M,N] = op(A) op(B) + beta C, bf16 A and B, C float32 or bf16 (ct), float32 sums. */
+static void gemm16(int tA, int tB, int M, int N, int K, const void *A, int lda, const void *B, int ldb, float beta,
+                   void *C, cudaDataType_t ct, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    const float one = 1.0f;
+    ZB_CUBLAS(cublasGemmEx(zb_cuda_cublas(), tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                           &one, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT));
+}
+
+static int g_mlp_bf16 = -1;   /* -1: from the environment at the first use */
+extern "C" void zb_cuda_mlp_bf16(int on) { g_mlp_bf16 = on < 0 ? -1 : on != 0; }
+static int mlp_bf16_on(int N, int d, int F) {
+    if (g_mlp_bf16 < 0) {
+        const char *e = getenv("ZB_CUDA_MLP_BF16");
+        g_mlp_bf16 = !(e && !strcmp(e, "0"));
+    }
+    return g_mlp_bf16 && convert_mode() && N > 0 && d > 0 && F > 0;
+}
+
+/* The bf16 copies: gate and up stacked [Wg; Wu] = [2F, d] (one product for both), and down: the
+ * cached ones, or (no room for a copy) converted into scratch, so that a forward and its backward
+ * always take the same path (the saved activations' format follows mlp_bf16_on alone). 0: no
+ * memory (the error is recorded). */
+static int mlp_weights(const uint16_t **wgu, const uint16_t **wd, const float *Wg, const float *Wu, const float *Wd,
+                       size_t dF) {
+    *wgu = weight_bf16_2(Wg, Wu, dF);
+    *wd = weight_bf16(Wd, dF);
+    if (*wgu && *wd && *wgu == weight_bf16_2(Wg, Wu, dF)) return 1;   /* the second did not evict the first */
+    uint16_t *b = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, 3 * dF * 2);
+    if (!b) return 0;
+    shadow_fill(b, Wg, Wu, dF);
+    zb_cuda_f32_to_bf16(b + 2 * dF, Wd, dF);
+    *wgu = b;
+    *wd = b + 2 * dF;
+    return 1;
+}
+
+extern "C" int zb_cuda_mlp_forward_bf16(float *out, float *ln, float *rstd, float *g, float *u, float *h,
+                                        const float *x, const float *norm_w, const float *Wg, const float *Wu,
+                                        const float *Wd, int N, int d, int F, float eps) {
+    (void)u;   /* g holds [g | u] */
+    if (!mlp_bf16_on(N, d, F)) return 0;
+    size_t dF = (size_t)d * F;
+    const uint16_t *wgu, *wd;
+    if (!mlp_weights(&wgu, &wd, Wg, Wu, Wd, dF)) return 1;   /* the error is recorded */
+    uint16_t *ln16 = (uint16_t *)ln, *gu16 = (uint16_t *)g, *h16 = (uint16_t *)h;
+    zb_cuda_rmsnorm_forward_bf16(ln16, rstd, x, norm_w, N, d, eps);
+    gemm16(0, 1, N, 2 * F, d, ln16, d, wgu, d, 0.0f, gu16, CUDA_R_16BF, 2 * F);   /* [g | u] = ln [Wg; Wu]^T */
+    zb_cuda_swiglu_forward_bf16(h16, gu16, N, F);
+    gemm16(0, 1, N, d, F, h16, F, wd, F, 0.0f, out, CUDA_R_32F, d);                 /* out = h Wd^T */
+    return 1;
+}
+
+extern "C" int zb_cuda_mlp_backward_bf16(float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
+                                         const float *ln, const float *g, const float *u, const float *h,
+                                         const float *Wg, const float *Wu, const float *Wd, float *dh, float *dg,
+                                         float *du, int N, int d, int F) {
+    (void)u; (void)du;   /* g holds [g | u], dg [dg | du] */
+    if (!mlp_bf16_on(N, d, F)) return 0;
+    size_t dF = (size_t)d * F;
+    const uint16_t *wgu, *wd;
+    if (!mlp_weights(&wgu, &wd, Wg, Wu, Wd, dF)) return 1;
+    const uint16_t *ln16 = (const uint16_t *)ln, *gu16 = (const uint16_t *)g, *h16 = (const uint16_t *)h;
+    uint16_t *dh16 = (uint16_t *)dh, *dgu16 = (uint16_t *)dg;
+    uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * d * 2);
+    if (!d16) return 1;   /* the error is recorded */
+    zb_cuda_f32_to_bf16(d16, dout, (size_t)N * d);
+    gemm16(0, 0, N, F, d, d16, d, wd, F, 0.0f, dh16, CUDA_R_16BF, F);            /* dh = dout Wd */
+    if (dWd) gemm16(1, 0, d, F, N, d16, d, h16, F, 1.0f, dWd, CUDA_R_32F, F);   /* dWd += dout^T h */
+    zb_cuda_swiglu_backward_bf16(dgu16, dh16, gu16, N, F);
+    gemm16(0, 0, N, d, 2 * F, dgu16, 2 * F, wgu, d, 0.0f, dln, CUDA_R_32F, d);   /* dln = [dg | du] [Wg; Wu] */
+    if (dWg && dWu == dWg + dF)   /* [dWg; dWu] += [dg | du]^T ln, one product where they are stacked */
+        gemm16(1, 0, 2 * F, d, N, dgu16, 2 * F, ln16, d, 1.0f, dWg, CUDA_R_32F, d);
+    else {
+        if (dWg) gemm16(1, 0, F, d, N, dgu16, 2 * F, ln16, d, 1.0f, dWg, CUDA_R_32F, d);
+        if (dWu) gemm16(1, 0, F, d, N, dgu16 + F, 2 * F, ln16, d, 1.0f, dWu, CUDA_R_32F, d);
+    }
+    return 1;
 }
 
 /* ---- skinny bf16 products (decode of 9..LT_MAX_ROWS rows): the algorithm timed once per shape ----

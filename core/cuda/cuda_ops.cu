@@ -2,6 +2,7 @@
  * Row kernels accumulate their sums in double, as the CPU kernels do, so the two agree to a few
  * float32 roundings of the result. */
 #include "cuda_ops.h"
+#include "cuda_pdl.cuh"
 #include "cuda_reduce.cuh"
 
 #define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
@@ -17,6 +18,8 @@ static unsigned row_threads(int C) {
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
 __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
+    pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
     float *o = out + row * C;
@@ -31,12 +34,34 @@ __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const flo
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
+}
+
+/* The same norm writing its output rounded to bf16 (the operand of the next products only). */
+__global__ void k_rmsnorm_fwd_bf16(__nv_bfloat16 *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    size_t row = blockIdx.x;
+    const float *xr = x + row * C;
+    __nv_bfloat16 *o = out + row * C;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = zb_block_sum_d(ss);
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    if (rstd && threadIdx.x == 0) rstd[row] = r;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn(w[i] * (xr[i] * r));
+}
+
+extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C,
+                                             float eps) {
+    if (N <= 0) return;
+    k_rmsnorm_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
+    ZB_CUDA_LAUNCHED("rmsnorm_forward_bf16");
 }
 
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
 __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
+    pdl_launch();   /* as k_rmsnorm_fwd */
+    pdl_wait();
     size_t row = blockIdx.x;
     float *xr = x + row * C, *o = out + row * C;
     const float *ar = a + row * C;
@@ -53,7 +78,7 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
 
 extern "C" void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps) {
     if (N <= 0) return;
-    k_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(x, a, out, w, C, eps);
+    pdl_go(k_add_rmsnorm, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), x, a, out, w, C, eps);
     ZB_CUDA_LAUNCHED("add_rmsnorm");
 }
 
@@ -192,6 +217,77 @@ extern "C" void zb_cuda_swiglu_backward(float *dg, float *du, const float *dh, c
     if (!n) return;
     k_swiglu_bwd<<<zb_cuda_blocks(n, 256), 256, 0, zb_cuda_stream()>>>(dg, du, dh, g, u, n);
     ZB_CUDA_LAUNCHED("swiglu_backward");
+}
+
+/* bf16 storage, float32 arithmetic (the same formulas). gu [N, 2F]: row r is [g_r | u_r] (one
+ * product makes both); h [N, F], dh [N, F], dgu [N, 2F] as gu. 8 elements per thread where F and
+ * the pointers allow 16-byte accesses, else one. */
+__device__ static inline void swiglu_fwd1(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int i) {
+    float x = __bfloat162float(g[i]);
+    h[i] = __float2bfloat16_rn(x / (1.0f + expf(-x)) * __bfloat162float(u[i]));
+}
+__device__ static inline void swiglu_bwd1(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
+                                          const __nv_bfloat16 *g, const __nv_bfloat16 *u, int i) {
+    float x = __bfloat162float(g[i]), s = 1.0f / (1.0f + expf(-x)), d = __bfloat162float(dh[i]);
+    float uu = __bfloat162float(u[i]);
+    du[i] = __float2bfloat16_rn(d * x * s);
+    dg[i] = __float2bfloat16_rn(d * uu * s * (1.0f + x * (1.0f - s)));
+}
+
+/* items of V elements: item e is row e / (F / V), columns V (e % (F / V)) .. + V */
+__global__ void k_swiglu_fwd_bf16(__nv_bfloat16 *h, const __nv_bfloat16 *gu, size_t N, int F, int vec) {
+    int per = vec ? F / 8 : F;
+    GRID_STRIDE(e, N * per) {
+        size_t r = e / per;
+        int c = (int)(e - r * per);
+        const __nv_bfloat16 *g = gu + r * 2 * F, *u = g + F;
+        __nv_bfloat16 *hr = h + r * F;
+        if (!vec) { swiglu_fwd1(hr, g, u, c); continue; }
+        uint4 gv = ((const uint4 *)g)[c], uv = ((const uint4 *)u)[c], hv;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            swiglu_fwd1((__nv_bfloat16 *)&hv, (const __nv_bfloat16 *)&gv, (const __nv_bfloat16 *)&uv, k);
+        ((uint4 *)hr)[c] = hv;
+    }
+}
+
+__global__ void k_swiglu_bwd_bf16(__nv_bfloat16 *dgu, const __nv_bfloat16 *dh, const __nv_bfloat16 *gu, size_t N,
+                                  int F, int vec) {
+    int per = vec ? F / 8 : F;
+    GRID_STRIDE(e, N * per) {
+        size_t r = e / per;
+        int c = (int)(e - r * per);
+        const __nv_bfloat16 *g = gu + r * 2 * F, *u = g + F, *d = dh + r * F;
+        __nv_bfloat16 *dg = dgu + r * 2 * F, *du = dg + F;
+        if (!vec) { swiglu_bwd1(dg, du, d, g, u, c); continue; }
+        uint4 gv = ((const uint4 *)g)[c], uv = ((const uint4 *)u)[c], dv = ((const uint4 *)d)[c], gov, uov;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            swiglu_bwd1((__nv_bfloat16 *)&gov, (__nv_bfloat16 *)&uov, (const __nv_bfloat16 *)&dv,
+                        (const __nv_bfloat16 *)&gv, (const __nv_bfloat16 *)&uv, k);
+        ((uint4 *)dg)[c] = gov;
+        ((uint4 *)du)[c] = uov;
+    }
+}
+
+static int vec8(const void *a, const void *b, const void *c, int F) {
+    return F % 8 == 0 && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
+}
+
+extern "C" void zb_cuda_swiglu_forward_bf16(uint16_t *h, const uint16_t *gu, int N, int F) {
+    if (N <= 0 || F <= 0) return;
+    int vec = vec8(h, gu, gu, F);
+    k_swiglu_fwd_bf16<<<zb_cuda_blocks((size_t)N * (vec ? F / 8 : F), 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)h, (const __nv_bfloat16 *)gu, (size_t)N, F, vec);
+    ZB_CUDA_LAUNCHED("swiglu_forward_bf16");
+}
+
+extern "C" void zb_cuda_swiglu_backward_bf16(uint16_t *dgu, const uint16_t *dh, const uint16_t *gu, int N, int F) {
+    if (N <= 0 || F <= 0) return;
+    int vec = vec8(dgu, dh, gu, F);
+    k_swiglu_bwd_bf16<<<zb_cuda_blocks((size_t)N * (vec ? F / 8 : F), 256), 256, 0, zb_cuda_stream()>>>(
+        (__nv_bfloat16 *)dgu, (const __nv_bfloat16 *)dh, (const __nv_bfloat16 *)gu, (size_t)N, F, vec);
+    ZB_CUDA_LAUNCHED("swiglu_backward_bf16");
 }
 
 /* ---- embedding ---------------------------------------------------------------------------- */

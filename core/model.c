@@ -106,7 +106,16 @@ void zb_acts_free(zb_acts *a) {
 }
 
 /* ---- GQA attention mixer (SPEC §2) ---------------------------------------------------- */
-/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T] */
+/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T];
+ * fused (qkv_fused): [q | k | v] rows [N, H*hd + 2 Hkv*hd] | att | saved (the same floats) */
+
+/* q, k and v from one product (backend.h opts.qkv_fused): float32 weights stored one after the
+ * other (the gradients are bound at the same offsets, weights.c) */
+static int qkv_fused(const zb_model *m, const zb_block *w) {
+    const zb_config *c = &m->cfg;
+    size_t d = c->d_model, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    return m->be->opts.qkv_fused && w->wq && w->wk == w->wq + qd * d && w->wv == w->wk + kd * d;
+}
 
 static void attn_forward(const zb_model *m, const zb_block *w, const float *x, float *out,
                          float *acts, int B, int T) {
@@ -115,12 +124,20 @@ static void attn_forward(const zb_model *m, const zb_block *w, const float *x, f
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
     float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
     float *saved = att + (size_t)N * qd;
-    /* the tagged views: a float32 matrix goes to matmul_forward (the same product), a bf16 one
-     * (a frozen KD teacher held in bf16, zb_model_forward_infer) to the bf16 kernels */
-    be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
-    be->rope(be, &m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
-    be->rope(be, &m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     zb_attn_shape s = attn_shape(c, B, T);
+    if (qkv_fused(m, w)) {   /* rows [q | k | v]: one product */
+        int ld = qd + 2 * kd;
+        k = q + qd;
+        v = k + kd;
+        s.q_stride = s.k_stride = s.v_stride = ld;
+        be->matmul_forward(be, q, x, w->wq, NULL, N, d, ld);
+    } else {
+        /* the tagged views: a float32 matrix goes to matmul_forward (the same product), a bf16 one
+         * (a frozen KD teacher held in bf16, zb_model_forward_infer) to the bf16 kernels */
+        be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
+    }
+    be->rope(be, &m->rope, q, B, T, s.q_stride, c->n_heads, c->head_dim, 0, 0, 0, 0);
+    be->rope(be, &m->rope, k, B, T, s.k_stride, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     be->attention_forward(be, att, saved, q, k, v, &s);
     be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
@@ -134,13 +151,25 @@ static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, con
     const float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
     const float *saved = att + (size_t)N * qd;
     float *datt = scratch, *dq = datt + (size_t)N * qd, *dk = dq + (size_t)N * qd, *dv = dk + (size_t)N * kd;
+    zb_attn_shape s = attn_shape(c, B, T);
+    int fused = qkv_fused(m, w), ld = qd + 2 * kd;
+    if (fused) {   /* rows [q | k | v] (attn_forward), their gradients the same */
+        k = q + qd;
+        v = k + kd;
+        dk = dq + qd;
+        dv = dk + kd;
+        s.q_stride = s.k_stride = s.v_stride = ld;
+    }
     be->zero(be, datt, sizeof(float) * N * qd);
     be->matmul_backward(be, datt, g->wo, NULL, dout, att, w->wo, N, qd, d);
-    zb_attn_shape s = attn_shape(c, B, T);
     be->attention_backward(be, dq, dk, dv, datt, att, saved, q, k, v, &s);
     /* back through the rotation (its transpose) to the projections */
-    be->rope(be, &m->rope, dq, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 1);
-    be->rope(be, &m->rope, dk, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    be->rope(be, &m->rope, dq, B, T, s.q_stride, c->n_heads, c->head_dim, 0, 0, 0, 1);
+    be->rope(be, &m->rope, dk, B, T, s.k_stride, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    if (fused) {   /* the three gradients are stacked like the weights */
+        be->matmul_backward(be, dx, g->wq, NULL, dq, x, w->wq, N, d, ld);
+        return;
+    }
     be->matmul_backward(be, dx, g->wq, NULL, dq, x, w->wq, N, d, qd);
     be->matmul_backward(be, dx, g->wk, NULL, dk, x, w->wk, N, d, kd);
     be->matmul_backward(be, dx, g->wv, NULL, dv, x, w->wv, N, d, kd);

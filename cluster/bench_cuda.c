@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cuda_ops.h"
+#include "mamba2_cuda.h"
 
 static FILE *g_json;
 static int g_first = 1;
@@ -181,6 +182,106 @@ static void run_dec(void *p) {
                                  d->max_len, &d->a);
 }
 
+/* the decode step's pieces between the products, fused (ZB_DEC_FUSE) or as separate kernels:
+ * the 8B's attention q / k / v (positions, RoPE, both cache stores) and Zebra-8B's Mamba2 step
+ * between in_proj and out_proj (conv, dt, conv state, recurrence, gated norm) */
+typedef struct {
+    int fused, nb, H, Hkv, hd, max_T;
+    zb_rope r;
+    float *q, *k, *v;
+    void *kc, *vc;
+    int *seq, *pos, *posi;
+    /* Mamba2 */
+    zb_mamba2_dims m;
+    float *proj, *state, *xbc, *dt, *y, *o, *rstd, *cw, *cb, *dtb, *Al, *Dp, *nw;
+} piece_ctx;
+static void run_qkv_piece(void *p) {
+    piece_ctx *c = p;
+    int qd = c->H * c->hd, kd = c->Hkv * c->hd;
+    long long ss = (long long)c->Hkv * c->max_T * c->hd, gs = (long long)c->max_T * c->hd;
+    if (c->fused) {
+        zb_cuda_decode_qkv_prep(&c->r, c->q, c->k, c->v, c->kc, c->vc, 1, c->seq, c->pos, c->posi, c->nb, c->H, c->Hkv,
+                                c->hd, ss, gs);
+        return;
+    }
+    zb_cuda_gather_int(c->posi, c->pos, c->seq, c->nb);
+    zb_cuda_rope_apply_rows(&c->r, c->q, c->nb, 1, c->posi, qd, c->H, c->hd, 0, 0, 0);
+    zb_cuda_rope_apply_rows(&c->r, c->k, c->nb, 1, c->posi, kd, c->Hkv, c->hd, 0, 0, 0);
+    zb_cuda_cache_store(c->kc, 1, c->k, kd, c->seq, c->posi, c->nb, 1, c->Hkv, c->hd, ss, gs, c->hd);
+    zb_cuda_cache_store(c->vc, 1, c->v, kd, c->seq, c->posi, c->nb, 1, c->Hkv, c->hd, ss, gs, c->hd);
+}
+static void run_m2_piece(void *p) {
+    piece_ctx *c = p;
+    const zb_mamba2_dims *m = &c->m;
+    size_t sf = zb_mamba2_state_floats(m), conv = (size_t)zb_mamba2_conv_dim(m) * (m->conv_k - 1);
+    int P = zb_mamba2_in_proj_rows(m);
+    if (c->fused) {
+        zb_cuda_m2_decode_conv(m, c->dtb, c->cw, c->cb, c->proj, c->state, NULL, c->xbc, c->dt, c->nb);
+        zb_cuda_m2_decode_ssd_norm(m, c->Al, c->Dp, c->nw, 1e-5f, c->xbc, c->dt, c->proj, P, c->state + conv, sf, NULL,
+                                   c->o, c->nb, 1);
+        return;
+    }
+    zb_cuda_m2_dt_forward(m, c->dtb, c->proj, c->dt, c->nb);
+    zb_cuda_m2_conv_forward(m, c->cw, c->cb, c->proj, c->state, sf, NULL, c->xbc, c->nb, 1);
+    zb_cuda_m2_conv_state_update(m, c->proj, c->state, sf, c->nb, 1);
+    zb_cuda_m2_ssd_step_st(m, c->Al, c->Dp, c->xbc, c->dt, c->state + conv, sf, NULL, c->y, c->nb, 1);
+    zb_cuda_m2_gated_norm_forward(m, c->nw, 1e-5f, c->y, c->proj, P, c->o, c->rstd, c->nb);
+}
+static void bench_pieces(void) {
+    char what[160];
+    zb_cuda_mamba2_set_blas(zb_cuda_cublas_handle(), zb_cuda_stream_handle());
+    zb_rope_cfg rc = {.type = ZB_ROPE_LLAMA3, .theta = 500000.0f, .factor = 8.0f, .low_freq_factor = 1.0f,
+                      .high_freq_factor = 4.0f, .original_max_pos = 8192, .mscale = 1.0f};
+    int nbs[2] = {1, 8};
+    for (int bi = 0; bi < 2; bi++) {
+        piece_ctx c;
+        memset(&c, 0, sizeof c);
+        c.nb = nbs[bi]; c.H = 32; c.Hkv = 8; c.hd = 128; c.max_T = 8192;
+        zb_rope_init(&c.r, 128, &rc);
+        size_t nq = (size_t)c.nb * c.H * c.hd, nk = (size_t)c.nb * c.Hkv * c.hd;
+        size_t nc = (size_t)c.nb * c.Hkv * c.max_T * c.hd;
+        c.q = dev(nq * 4); c.k = dev(nk * 4); c.v = dev(nk * 4);
+        fill(c.q, nq, 1.0f, 21); fill(c.k, nk, 1.0f, 22); fill(c.v, nk, 1.0f, 23);
+        c.kc = dev(nc * 2); c.vc = dev(nc * 2);
+        int hs[8], hp[8];
+        for (int i = 0; i < 8; i++) { hs[i] = i; hp[i] = 4000 + i; }
+        c.seq = dev(sizeof hs); c.pos = dev(sizeof hp); c.posi = dev(sizeof hp);
+        zb_cuda_upload(c.seq, hs, sizeof hs);
+        zb_cuda_upload(c.pos, hp, sizeof hp);
+        for (int f = 1; f >= 0; f--) {
+            c.fused = f;
+            double ms = timeit_n(run_qkv_piece, &c, 3, 15, 8);
+            snprintf(what, sizeof what, "decode piece q/k/v RoPE + cache stores 32/8 x128, batch %d, %s", c.nb,
+                     f ? "fused (1 kernel)" : "separate (4 kernels)");
+            row(what, ms, ms * 1e3, "us");
+        }
+        zb_cuda_free(c.q); zb_cuda_free(c.k); zb_cuda_free(c.v); zb_cuda_free(c.kc); zb_cuda_free(c.vc);
+        /* Zebra-8B's Mamba2 (configs/zebra-8b.json), bf16 SSM states */
+        zb_mamba2_dims m = {4096, 32, 128, 128, 8, 8, 32, 4, 256, 128, 0.0f, INFINITY, 1};
+        c.m = m;
+        int P = zb_mamba2_in_proj_rows(&m), cd = zb_mamba2_conv_dim(&m);
+        size_t sf = zb_mamba2_state_floats(&m), nb = (size_t)c.nb;
+        c.proj = dev(nb * P * 4); c.state = dev(nb * sf * 4); c.xbc = dev(nb * cd * 4); c.dt = dev(nb * 32 * 4);
+        c.y = dev(nb * 4096 * 4); c.o = dev(nb * 4096 * 4); c.rstd = dev(nb * 32 * 4);
+        c.cw = dev((size_t)cd * 4 * 4); c.cb = dev((size_t)cd * 4); c.dtb = dev(32 * 4); c.Al = dev(32 * 4);
+        c.Dp = dev(32 * 4); c.nw = dev(4096 * 4);
+        fill(c.proj, nb * P, 1.0f, 24); fill(c.cw, (size_t)cd * 4, 0.5f, 25); fill(c.cb, cd, 0.1f, 26);
+        fill(c.dtb, 32, 0.5f, 27); fill(c.Al, 32, 0.5f, 28); fill(c.Dp, 32, 1.0f, 29); fill(c.nw, 4096, 1.0f, 30);
+        zb_cuda_zero(c.state, nb * sf * 4);
+        for (int f = 1; f >= 0; f--) {
+            c.fused = f;
+            double ms = timeit_n(run_m2_piece, &c, 3, 15, 8);
+            snprintf(what, sizeof what, "decode piece Mamba2 conv..gated norm Zebra-8B, batch %d, %s", c.nb,
+                     f ? "fused (2 kernels)" : "separate (5 kernels)");
+            row(what, ms, ms * 1e3, "us");
+        }
+        zb_cuda_free(c.proj); zb_cuda_free(c.state); zb_cuda_free(c.xbc); zb_cuda_free(c.dt); zb_cuda_free(c.y);
+        zb_cuda_free(c.o); zb_cuda_free(c.rstd); zb_cuda_free(c.cw); zb_cuda_free(c.cb); zb_cuda_free(c.dtb);
+        zb_cuda_free(c.Al); zb_cuda_free(c.Dp); zb_cuda_free(c.nw);
+        zb_cuda_free(c.seq); zb_cuda_free(c.pos); zb_cuda_free(c.posi);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *json = NULL;
     int quick = 0;
@@ -324,27 +425,35 @@ int main(int argc, char **argv) {
             {"q|k|v fused 6144x4096", 1, 0, d},   {"o proj 4096x4096", 0, d, d},
             {"gate|up+SwiGLU 2x14336x4096", 2, F, d}, {"down 4096x14336", 0, d, F},
             {"k/v alone 1024x4096", 0, kd, d},  {"lm_head 128256x4096", 0, V, d},
+            /* one rank's shapes under --tp 2: q|k|v, o and down halved */
+            {"TP/2 q|k|v 3072x4096", 0, 3072, d}, {"TP/2 o proj 4096x2048", 0, d, 2048},
+            {"TP/2 down 4096x7168", 0, d, 7168},
             {"layer: qkv, o, gate|up, down", 3, 0, 0},
         };
         int nsh = (int)(sizeof sh / sizeof sh[0]);
         /* batch 1 and 8 (the GEMV), then batch 48 (cuBLAS: cublasGemmEx's own choice, then the
          * algorithm timed per shape, zb_cuda_gemm_tune) */
+        /* batch 1 also without PDL (ZB_DEC_PDL=0: each GEMV waits for the one before to end before
+         * it starts fetching weights; ks = -1 below) */
         int nbs[4] = {1, 8, 48, 48};
         for (int bi = 0; bi < 4; bi++)
             for (int i = 0; i < nsh; i++)
-                for (int ks = 0; ks <= 8; ks = ks ? 2 * ks : 1) {
-                    if (ks && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
+                for (int ks = bi ? 0 : -1; ks <= 8; ks = ks > 0 ? 2 * ks : ks + 1) {
+                    if (ks > 0 && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
                     gemv8_ctx g = {Wp, nel, 0, x, y, nbs[bi], sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
                     gemv8_bytes(&g);
-                    zb_cuda_gemv_set_split(ks);
+                    zb_cuda_gemv_set_split(ks > 0 ? ks : 0);
+                    zb_cuda_dec_pdl_set(ks < 0 ? 0 : -1);
                     if (bi >= 2) zb_cuda_gemm_tune(bi == 3);
                     double ms = timeit_n(run_gemv8, &g, 3, 15, 8);
                     zb_cuda_gemm_tune(-1);
                     zb_cuda_gemv_set_split(0);
+                    zb_cuda_dec_pdl_set(-1);
                     snprintf(what, sizeof what, "decode %s %s, batch %d, %s", bi >= 2 ? "GEMM" : "GEMV", sh[i].nm, g.N,
                              bi == 2   ? "cublasGemmEx"
                              : bi == 3 ? "timed per shape"
-                             : ks      ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8")
+                             : ks > 0  ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8")
+                             : ks < 0  ? "auto, no PDL"
                                        : "auto");
                     row(what, ms, (double)g.bytes / (ms * 1e-3) / 1e9, "GB/s");
                 }
@@ -417,6 +526,7 @@ int main(int argc, char **argv) {
             free(hs); free(hp);
         }
     }
+    bench_pieces();
     if (g_json) { fprintf(g_json, "\n]}\n"); fclose(g_json); }
     int rc = zb_cuda_sync();
     if (rc) { fprintf(stderr, "bench_cuda: %s\n", zb_errmsg()); return 1; }

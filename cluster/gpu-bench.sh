@@ -47,12 +47,14 @@ if [ "$quick" != 1 ]; then
 fi
 run 150 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
-# the hybrid's batch-48 decode with the decode paths of 2026-11-30 switched back (the wmma MLA kernel,
-# a float32 SSM state, cublasGemmEx's own algorithms, MLA's absorbed products per head of a group):
-# what they gained, in the same run
-echo "== (ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop)"
-ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop run 90 bench --device cuda --weights bf16 --hybrid configs/zebra-8b.json \
-  --batches 48 --contexts 8192 --decode-steps 16 --prefill-len 512
+# the hybrid's batch-1 and 48 decode with the decode paths of 2026-11-30 switched back (the wmma MLA
+# kernel, a float32 SSM state, cublasGemmEx's own algorithms, MLA's absorbed products per head of a
+# group, the separate small kernels of the decode step, GEMVs without PDL): what they gained, in the
+# same run
+echo "== (ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop ZB_DEC_FUSE=0 ZB_DEC_PDL=0)"
+ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop ZB_DEC_FUSE=0 ZB_DEC_PDL=0 \
+  run 90 bench --device cuda --weights bf16 --hybrid configs/zebra-8b.json \
+  --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
 [ "$quick" = 1 ] || run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
 # the same batch-48 decode with every row's logits copied to the host each step (the sampling path;
 # the run above is greedy: the argmax on the device, B ids back)

@@ -47,7 +47,9 @@ typedef struct {
 #endif
     cudaStream_t *to_s, *from_s;    /* a stream per point-to-point communicator */
     cudaStream_t compute, comm, side;
-    zb_cuda_p2p *p2p;               /* ZB_TP_ALLREDUCE=p2p: the TP group's small sums through peer memory */
+    zb_cuda_p2p *p2p;               /* the TP group's peer memory (CUDA IPC), NULL: none */
+    int p2p_sum;                    /* ZB_TP_ALLREDUCE=p2p: the TP group's small all-reduces through it */
+    int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=0: not) */
     cudaEvent_t ev_in, ev_out;
     int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
 } nccl_impl;
@@ -172,7 +174,7 @@ static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; 
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
     nccl_impl *im = IM(impl);
-    if (im->p2p && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
+    if (im->p2p_sum && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
         (capturing(im) || on_dev(x))) {   /* one kernel on the compute stream (cuda_common.h) */
         zb_cuda_p2p_allreduce(im->p2p, x, n);
         if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
@@ -532,9 +534,22 @@ static void n_abort(void *impl, int code) {
     MPI_OPS(im)->abort(MPI_IMPL(im), code);   /* MPI_Abort: the GPUs' processes go with it */
 }
 
+/* The TP decode's sum + residual + norm in one kernel through peer memory (cuda_common.h),
+ * on the compute stream (recorded with the step when it is being recorded). */
+static int n_sum_add_rmsnorm(void *impl, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                             int C, float eps, int residual, int *done) {
+    nccl_impl *im = IM(impl);
+    *done = 0;
+    if (!im->p2p_fused || g != ZB_GROUP_TP || !(capturing(im) || on_dev(x))) return ZB_OK;
+    *done = zb_cuda_p2p_add_rmsnorm(im->p2p, part, x, out, w, N, C, eps, residual);
+    if (*done && im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
+    return ZB_OK;
+}
+
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
-                                     n_barrier, n_abort, NULL, NULL};   /* no node-shared memory: device buffers */
+                                     n_barrier, n_abort, NULL, NULL,   /* no node-shared memory: device buffers */
+                                     n_sum_add_rmsnorm};
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
@@ -590,42 +605,50 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 }
 #endif
 
-/* ZB_TP_ALLREDUCE=p2p: the TP group's all-reduces of up to 64 K floats through peer memory
- * (cuda_common.h) when every rank of the group is on this node and each can open the others'
- * buffers; otherwise (said once on the group's rank 0) NCCL as before. Collective over TP. */
+/* The TP group's peer memory (cuda_common.h), when every rank of the group is on this node and
+ * each can open the others' buffers, for
+ *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): on unless ZB_TP_FUSED=0;
+ *   - ZB_TP_ALLREDUCE=p2p: the group's all-reduces of up to 64 K floats (off unless asked).
+ * Otherwise (said once per rank that asked) NCCL all-reduces as before. Collective over TP: a use
+ * is on only where every rank of the group asked for it and every rank's buffer opened. */
 #define ZB_P2P_FLOATS ((size_t)1 << 16)
 static int p2p_setup(nccl_impl *im) {
-    const char *e = getenv("ZB_TP_ALLREDUCE");
+    const char *e = getenv("ZB_TP_ALLREDUCE"), *f = getenv("ZB_TP_FUSED");
     int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
     MPI_Comm tp = im->mg[ZB_GROUP_TP];
     if (size < 2) return ZB_OK;
-    ok = e && !strcmp(e, "p2p") && size <= ZB_P2P_MAX_RANKS;
-    ZB_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LOR, tp));
-    if (!all) return ZB_OK;   /* nobody asked */
+    int want[2] = {e && !strcmp(e, "p2p"), !(f && !strcmp(f, "0"))}, agreed[2] = {0, 0};
+    ZB_MPI(MPI_Allreduce(want, agreed, 2, MPI_INT, MPI_LAND, tp));
+    if (!agreed[0] && !agreed[1]) return ZB_OK;   /* nobody asked, or not every rank */
+    ok = size <= ZB_P2P_MAX_RANKS;
     MPI_Comm node;
     int on_node = 0;
     ZB_MPI(MPI_Comm_split_type(tp, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
     ZB_MPI(MPI_Comm_size(node, &on_node));
     MPI_Comm_free(&node);
     size_t hb = zb_cuda_p2p_handle_bytes();
-    char *mine = zb_calloc(1, hb, "peer all-reduce"), *hs = zb_calloc((size_t)size, hb, "peer all-reduce");
+    char *mine = zb_calloc(1, hb, "peer memory"), *hs = zb_calloc((size_t)size, hb, "peer memory");
     if (!mine || !hs) { free(mine); free(hs); return ZB_ENOMEM; }
-    const char *why = "not every rank asked for it (ZB_TP_ALLREDUCE)";
+    const char *why = ok ? "another TP rank could not set it up" : "more TP ranks than ZB_P2P_MAX_RANKS";
     if (ok && on_node != size) { ok = 0; why = "the TP group spans nodes"; }
     if (ok && zb_cuda_p2p_new(&im->p2p, rank, size, ZB_P2P_FLOATS, mine)) { ok = 0; why = zb_errmsg(); }
     int rc = MPI_Allgather(mine, (int)hb, MPI_BYTE, hs, (int)hb, MPI_BYTE, tp) == MPI_SUCCESS ? ZB_OK
-           : zb_fail(ZB_EMPI, "peer all-reduce: MPI_Allgather of the handles failed");
+           : zb_fail(ZB_EMPI, "peer memory: MPI_Allgather of the handles failed");
     if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
     if (!rc && all && zb_cuda_p2p_open(im->p2p, hs)) { ok = 0; why = zb_errmsg(); }
     if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
     free(mine);
     free(hs);
     if (rc || !all) {
-        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: ZB_TP_ALLREDUCE=p2p not used (%s): NCCL all-reduces\n", rank, why);
+        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: peer memory not used (%s): NCCL all-reduces%s\n", rank, why,
+                         agreed[0] ? " (ZB_TP_ALLREDUCE=p2p not used)" : "");
         zb_cuda_p2p_free(im->p2p);
         im->p2p = NULL;
+        return rc;
     }
-    return rc;
+    im->p2p_sum = agreed[0];
+    im->p2p_fused = agreed[1];
+    return ZB_OK;
 }
 
 static int setup(nccl_impl *im) {
@@ -747,7 +770,7 @@ int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, M
     for (int g = 0; g < ZB_NGROUPS; g++)
         if (im->nc[g]) c->graph_groups |= 1u << g;
 #endif
-    if (im->p2p) c->graph_groups |= 1u << ZB_GROUP_TP;
+    if (im->p2p_sum) c->graph_groups |= 1u << ZB_GROUP_TP;
     memcpy(c->rank, mpi->rank, sizeof c->rank);
     memcpy(c->size, mpi->size, sizeof c->size);
     *out = c;

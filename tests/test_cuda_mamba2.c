@@ -47,6 +47,7 @@
 #include "linear.h"
 #include "mamba2.h"
 #include "cuda_common.h"
+#include "cuda_ops.h"
 #include "mamba2_cuda.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -1084,6 +1085,61 @@ static void decode_seqs_vs_cpu(const cfg *c, layer *L, zb_rng *rng, int bf16, in
     if (dout) CU(cudaFree(dout));
 }
 
+/* The fused decode step (mamba2_decode.cu: conv + dt + conv state in one kernel, the recurrence +
+ * gated norm in another) against the separate kernels (ZB_DEC_FUSE=0), both on the GPU from the same
+ * zero states, 4 rounds of decode_seqs over slots {2, 0, 3}: the same formulas in the same order, so
+ * the values agree up to nvcc's FMA contraction, which may differ between the kernels: one rounding
+ * per operation of a value's chain (conv taps, silu, the state update, y, the norm: K + 8 of them,
+ * 2^-24 relative each) carried through out_proj's di-term sums (each term's relative error, the sum's
+ * at most di times larger relative to the norm): (K + 8) 2^-24 di, norm-relative. With bf16 SSM
+ * states a state may round the other way: 2^-8 of the state per round, carried into y (ROUNDS
+ * roundings on the path). */
+static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf) {
+    const zb_mamba2_dims *m = &L->m;
+    int d = L->d, di = m->d_inner;
+    enum { SLOTS = 4, NB = 3, ROUNDS = 4 };
+    int seqs[NB] = {2, 0, 3};
+    size_t sf = zb_mamba2_state_floats(m), gs = zb_cuda_mamba2_step_scratch_floats(m, d, 1, NB);
+    zb_mamba2_lin lg = {zb_wt_of_f32(L->dw.in_proj), zb_wt_of_f32(L->dw.out_proj)};
+    float *x = malloc((size_t)NB * d * sizeof(float)), *st[2], *scr = dnew(gs), *gx = dnew((size_t)NB * d), *go = dnew((size_t)NB * d);
+    float *outs[2];
+    for (int p = 0; p < 2; p++) {
+        st[p] = dnew(SLOTS * sf);
+        CU(cudaMemset(st[p], 0, SLOTS * sf * sizeof(float)));
+        outs[p] = malloc((size_t)ROUNDS * NB * d * sizeof(float));
+    }
+    int *dseq = NULL;
+    CU(cudaMalloc((void **)&dseq, sizeof seqs));
+    CU(cudaMemcpy(dseq, seqs, sizeof seqs, cudaMemcpyHostToDevice));
+    for (int r = 0; r < ROUNDS; r++) {
+        fill(rng, x, (size_t)NB * d, 1.0f);
+        dput(gx, x, (size_t)NB * d);
+        for (int p = 0; p < 2; p++) {
+            zb_cuda_dec_fuse_set(p == 0);
+            zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, st[p], dseq, NB, scr, sbf);
+            float *h = dget(go, (size_t)NB * d, "decode_seqs (fused / separate)");
+            memcpy(outs[p] + (size_t)r * NB * d, h, (size_t)NB * d * sizeof(float));
+            free(h);
+        }
+    }
+    zb_cuda_dec_fuse_set(-1);
+    double tol = (m->conv_k + 8) * 0x1p-24 * di + (sbf ? ROUNDS * 0x1p-8 : 0);
+    char what[200];
+    snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels (%s SSM states): outputs", c->name,
+             sbf ? "bf16" : "f32");
+    zb_check_norm_rel(what, outs[0], outs[1], (size_t)ROUNDS * NB * d, tol);
+    if (!sbf) {   /* the states (float32 throughout) */
+        float *h0 = dget(st[0], SLOTS * sf, "states"), *h1 = dget(st[1], SLOTS * sf, "states");
+        snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels: every slot's conv and SSM state",
+                 c->name);
+        zb_check_norm_rel(what, h0, h1, SLOTS * sf, (m->conv_k + 8) * 0x1p-24 * ROUNDS);
+        free(h0); free(h1);
+    }
+    for (int p = 0; p < 2; p++) { CU(cudaFree(st[p])); free(outs[p]); }
+    free(x);
+    CU(cudaFree(scr)); CU(cudaFree(gx)); CU(cudaFree(go)); CU(cudaFree(dseq));
+}
+
 static void run_config(const cfg *c, uint64_t seed) {
     zb_rng r;
     zb_rng_seed(&r, seed);
@@ -1119,6 +1175,8 @@ static void run_config(const cfg *c, uint64_t seed) {
     decode_seqs_vs_cpu(c, &L, &r, 0, 0);
     decode_seqs_vs_cpu(c, &L, &r, 1, 0);
     decode_seqs_vs_cpu(c, &L, &r, 1, 1);   /* bf16 SSM states (generation with bf16 weights) */
+    decode_fused_vs_unfused(c, &L, &r, 0);
+    decode_fused_vs_unfused(c, &L, &r, 1);
     layer_free(&L);
     free(x); free(R);
 }

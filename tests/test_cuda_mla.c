@@ -105,7 +105,11 @@ static void test_combo(const combo *c, zb_rng *rng) {
 
     /* generation: 2 sequences in slots {1, 0} of 3; prefill of 5 and 3 tokens, then 3 decodes */
     int slots = 3, maxT = 16, W = m->kv_lora_rank + m->qk_rope;
+    /* decode through the fused pieces (zb_cuda_mla_decode_fused: float32 absorbed products, where
+     * it applies: bf16 caches of the fused attention's shapes) and through the separate kernels */
+    for (int fz = 1; fz >= 0; fz--)
     for (int bf = 0; bf < 2; bf++) {
+        zb_cuda_dec_fuse_set(fz);
         size_t cfl = zb_mla_cache_floats(m, slots, maxT);
         float *cache = zb_falloc(cfl);
         void *dcache = zb_dev_bytes(NULL, cfl * (bf ? 2 : 4));
@@ -152,8 +156,9 @@ static void test_combo(const combo *c, zb_rng *rng) {
         }
         /* a bf16 cache rounds the latents and the query / probabilities of the products */
         double gtol = tol + (bf ? 4 * 2 * ZB_U16 : 0);
-        snprintf(what, sizeof what, "mla_gen %s cache=%s (%d calls, worst of prefill and decode)", c->name,
-                 bf ? "bf16" : "f32", steps);
+        snprintf(what, sizeof what, "mla_gen %s cache=%s%s (%d calls, worst of prefill and decode)", c->name,
+                 bf ? "bf16" : "f32", fz ? "" : ", ZB_DEC_FUSE=0", steps);
+        zb_cuda_dec_fuse_set(-1);
         zb_check(worst <= gtol, "%s: ||d||/||ref|| = %.3g (tol %.2g)", what, worst, gtol);
         free(cache); free(sc);
         zb_cuda_free(dcache); zb_cuda_free(gs); zb_cuda_free(dseq); zb_cuda_free(dpos);

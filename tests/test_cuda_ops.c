@@ -216,6 +216,51 @@ static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) 
     zb_cuda_free(dx); zb_cuda_free(dg16); zb_cuda_free(du16); zb_cuda_free(dh); zb_cuda_free(du);
 }
 
+/* The decode GEMVs and norms launched with programmatic dependent launch (cuda_pdl.cuh: each may start
+ * while the kernel before it ends, prefetches weights, then waits for its input) against the same
+ * chain launched plainly (ZB_DEC_PDL=0): a decode layer's dependent chain (norm, q|k|v, o, gate|up +
+ * SwiGLU, down, residual + norm) repeated over 12 layers. The same kernels with the same inputs, so
+ * the results must be equal bit for bit: a difference would be a read before the wait (a race). */
+static void test_pdl_chain(zb_rng *rng, int N) {
+    int d = 512, kd = 128, F = 1024, L = 12;
+    size_t nw = (size_t)(d + 2 * kd) * d + (size_t)d * d + 2 * (size_t)F * d + (size_t)d * F;
+    float *hw = zb_falloc(nw), *hx = zb_falloc((size_t)N * d), *nwt = zb_falloc(d);
+    uint16_t *w16 = malloc(nw * 2);
+    zb_fill_uniform(hw, nw, 0.05f, rng);
+    zb_fill_uniform(hx, (size_t)N * d, 1.0f, rng);
+    for (int i = 0; i < d; i++) nwt[i] = 1.0f + 0.1f * (2.0f * zb_rng_uniform(rng) - 1.0f);
+    zb_f32_to_bf16_n(hw, w16, nw);
+    uint16_t *dw = zb_dev_bytes(w16, nw * 2);
+    const uint16_t *wq = dw, *wk = wq + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
+    const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
+    float *dnw = zb_dev_f(nwt, d), *got[2];
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        zb_cuda_dec_pdl_set(pdl);
+        float *x = zb_dev_f(hx, (size_t)N * d), *ln = zb_dev_f(NULL, (size_t)N * d), *q = zb_dev_f(NULL, (size_t)N * d);
+        float *k = zb_dev_f(NULL, (size_t)N * kd), *v = zb_dev_f(NULL, (size_t)N * kd), *o = zb_dev_f(NULL, (size_t)N * d);
+        float *h = zb_dev_f(NULL, (size_t)N * F), *u = zb_dev_f(NULL, (size_t)N * F);
+        zb_cuda_rmsnorm_forward(ln, NULL, x, dnw, N, d, 1e-5f);
+        for (int l = 0; l < L; l++) {
+            zb_cuda_linear_forward3(q, k, v, ln, zb_wt_of_bf16(wq), zb_wt_of_bf16(wk), zb_wt_of_bf16(wv), N, d, d, kd, kd);
+            zb_cuda_linear_forward(o, q, zb_wt_of_bf16(wo), N, d, d);
+            zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
+            zb_cuda_swiglu_linear_forward(h, u, ln, zb_wt_of_bf16(wg), zb_wt_of_bf16(wu), N, d, F);
+            zb_cuda_linear_forward(o, h, zb_wt_of_bf16(wd), N, F, d);
+            zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
+        }
+        got[pdl] = zb_falloc((size_t)N * d);
+        zb_host_f(got[pdl], ln, (size_t)N * d);
+        zb_cuda_free(x); zb_cuda_free(ln); zb_cuda_free(q); zb_cuda_free(k); zb_cuda_free(v); zb_cuda_free(o);
+        zb_cuda_free(h); zb_cuda_free(u);
+    }
+    zb_cuda_dec_pdl_set(-1);
+    char what[128];
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
+    zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
+    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]);
+    zb_cuda_free(dw); zb_cuda_free(dnw);
+}
+
 /* generation's residual step fused with the next norm: x += a (exact), out = RMSNorm(x) */
 static void test_add_rmsnorm(zb_rng *rng, int N, int C) {
     size_t n = (size_t)N * C;
@@ -337,6 +382,102 @@ static void test_rope(zb_rng *rng, int interleave, int inverse, int scaling) {
     zb_check_mag(what, got, ref, mag, 20 * U, 0, nr);
     free(x); free(ref); free(got); free(mag);
     zb_cuda_free(dx); zb_cuda_free(dpos);
+}
+
+/* The decode step's fused q / k / v piece (zb_cuda_decode_qkv_prep: positions, RoPE of the query
+ * and key heads, both cache stores in one kernel) against the separate kernels it replaces
+ * (gather_int + rope_apply_rows + cache_store x 2), on caches of 3 slots where 2 sequences write.
+ * The formulas are the same; nvcc may contract x1 c - x2 s into an FMA differently in the two
+ * kernels, one rounding of the rotated values (<= 2u (|x1| + |x2|) mscale <= 4u max|x| mscale of
+ * the head), copies exact; a bf16 cache may then round the other way: + 2^-8 |value|. */
+static void test_decode_qkv_prep(zb_rng *rng, int bf, int H, int Hkv, int hd, int rot) {
+    zb_rope_cfg cfg = {.type = ZB_ROPE_LLAMA3, .theta = 500000.0f, .factor = 8.0f, .low_freq_factor = 1.0f,
+                       .high_freq_factor = 4.0f, .original_max_pos = 8192, .mscale = 1.0f};
+    zb_rope r;
+    zb_rope_init(&r, rot, &cfg);
+    enum { NB = 2, SLOTS = 3, MAXT = 40 };
+    int seqs[NB] = {2, 0}, pos[SLOTS] = {7, 0, 39};   /* pos by slot; slot 1 unused */
+    int qd = H * hd, kd = Hkv * hd;
+    size_t nq = (size_t)NB * qd, nk = (size_t)NB * kd, nc = (size_t)SLOTS * Hkv * MAXT * hd;
+    long long ss = (long long)Hkv * MAXT * hd, gs = (long long)MAXT * hd;
+    float *q = zb_falloc(nq), *k = zb_falloc(nk), *v = zb_falloc(nk), *c0 = zb_falloc(nc);
+    zb_fill_uniform(q, nq, 2.0f, rng);
+    zb_fill_uniform(k, nk, 2.0f, rng);
+    zb_fill_uniform(v, nk, 2.0f, rng);
+    zb_fill_uniform(c0, nc, 1.0f, rng);
+    size_t cb = nc * (bf ? 2 : 4);
+    void *hc0 = c0;
+    uint16_t *c16 = NULL;
+    if (bf) { c16 = malloc(nc * 2); zb_f32_to_bf16_n(c0, c16, nc); hc0 = c16; }
+    float *got[2][3];   /* [path][q, k cache, v cache] */
+    int gpos[2][NB];
+    int *dseq = zb_dev_i(seqs, NB), *dpos = zb_dev_i(pos, SLOTS), *dposi = zb_dev_i(pos, NB);
+    for (int path = 0; path < 2; path++) {
+        float *dq = zb_dev_f(q, nq), *dk = zb_dev_f(k, nk), *dv = zb_dev_f(v, nk);
+        void *dkc = zb_dev_bytes(hc0, cb), *dvc = zb_dev_bytes(hc0, cb);
+        if (path == 0) {
+            zb_cuda_dec_fuse_set(1);
+            zb_check(zb_cuda_decode_qkv_prep_ok(&r, hd), "decode_qkv_prep takes rotary dim %d of head %d", rot, hd);
+            zb_cuda_decode_qkv_prep(&r, dq, dk, dv, dkc, dvc, bf, dseq, dpos, dposi, NB, H, Hkv, hd, ss, gs);
+        } else {
+            zb_cuda_gather_int(dposi, dpos, dseq, NB);
+            zb_cuda_rope_apply_rows(&r, dq, NB, 1, dposi, qd, H, hd, 0, 0, 0);
+            zb_cuda_rope_apply_rows(&r, dk, NB, 1, dposi, kd, Hkv, hd, 0, 0, 0);
+            zb_cuda_cache_store(dkc, bf, dk, kd, dseq, dposi, NB, 1, Hkv, hd, ss, gs, hd);
+            zb_cuda_cache_store(dvc, bf, dv, kd, dseq, dposi, NB, 1, Hkv, hd, ss, gs, hd);
+        }
+        got[path][0] = zb_falloc(nq);
+        zb_host_f(got[path][0], dq, nq);
+        for (int w = 1; w < 3; w++) {
+            got[path][w] = zb_falloc(nc);
+            void *dc = w == 1 ? dkc : dvc;
+            if (bf) {
+                uint16_t *h = malloc(nc * 2);
+                zb_cuda_download(h, dc, nc * 2);
+                zb_bf16_to_f32_n(h, got[path][w], nc);
+                free(h);
+            } else zb_host_f(got[path][w], dc, nc);
+        }
+        zb_cuda_download(gpos[path], dposi, sizeof gpos[path]);
+        zb_cuda_free(dq); zb_cuda_free(dk); zb_cuda_free(dv); zb_cuda_free(dkc); zb_cuda_free(dvc);
+    }
+    zb_cuda_dec_fuse_set(-1);
+    /* the bounds: per head the largest input (q rows, and the k rows at their cache places) */
+    double *mq = zb_dalloc(nq), *mc = zb_dalloc(nc);
+    for (size_t e = 0; e < nq; e++) mq[e] = 0;
+    for (size_t e = 0; e < nc; e++) mc[e] = bf ? 0x1p-8 / (4 * U) * fabs(got[1][1][e]) : 0;
+    for (int i = 0; i < NB; i++)
+        for (int h = 0; h < H + Hkv; h++) {
+            const float *src = h < H ? q + (size_t)i * qd + (size_t)h * hd : k + (size_t)i * kd + (size_t)(h - H) * hd;
+            double mx = 0;
+            for (int j = 0; j < hd; j++) mx = fmax(mx, fabs(src[j]));
+            for (int j = 0; j < rot; j++) {
+                if (h < H) mq[(size_t)i * qd + (size_t)h * hd + j] = mx * r.mscale;
+                else {
+                    size_t o = (size_t)seqs[i] * ss + (size_t)(h - H) * gs + (size_t)pos[seqs[i]] * hd + j;
+                    mc[o] += mx * r.mscale;
+                }
+            }
+        }
+    double *mv = zb_dalloc(nc);
+    for (size_t e = 0; e < nc; e++) mv[e] = bf ? 0x1p-8 / (4 * U) * fabs(got[1][2][e]) : 0;
+    char what[128];
+    snprintf(what, sizeof what, "decode_qkv_prep H=%d/%d hd=%d rot=%d %s cache: q vs separate kernels", H, Hkv, hd,
+             rot, bf ? "bf16" : "f32");
+    zb_check_mag(what, got[0][0], got[1][0], mq, 4 * U, 0, nq);
+    snprintf(what, sizeof what, "decode_qkv_prep H=%d/%d hd=%d %s cache: key cache vs separate kernels", H, Hkv, hd,
+             bf ? "bf16" : "f32");
+    zb_check_mag(what, got[0][1], got[1][1], mc, 4 * U, 0, nc);
+    snprintf(what, sizeof what, "decode_qkv_prep H=%d/%d hd=%d %s cache: value cache vs separate kernels", H, Hkv, hd,
+             bf ? "bf16" : "f32");
+    zb_check_mag(what, got[0][2], got[1][2], mv, 4 * U, 0, nc);
+    zb_check(gpos[0][0] == pos[seqs[0]] && gpos[0][1] == pos[seqs[1]] && gpos[1][0] == gpos[0][0] &&
+                 gpos[1][1] == gpos[0][1],
+             "decode_qkv_prep: the gathered positions (%d %d, separate %d %d)", gpos[0][0], gpos[0][1], gpos[1][0],
+             gpos[1][1]);
+    for (int p = 0; p < 2; p++) for (int w = 0; w < 3; w++) free(got[p][w]);
+    free(q); free(k); free(v); free(c0); free(c16); free(mq); free(mc); free(mv);
+    zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dposi);
 }
 
 /* ---- SwiGLU, embedding, elementwise ------------------------------------------------------- */
@@ -1293,6 +1434,12 @@ int main(int argc, char **argv) {
     zb_cuda_attention_use_flash(1);
     test_cached(&rng, 0, 0, 1);
     test_cached(&rng, 1, 0, 5);
+    test_pdl_chain(&rng, 1);
+    test_pdl_chain(&rng, 5);
+    for (int bf = 0; bf < 2; bf++) {   /* the fused decode piece: the 8B's shape, a partial rotary dim */
+        test_decode_qkv_prep(&rng, bf, 32, 8, 128, 128);
+        test_decode_qkv_prep(&rng, bf, 6, 2, 40, 24);
+    }
     zb_cuda_set_precision(ZB_PREC_F32);
     int st = zb_cuda_sync();
     zb_check(st == ZB_OK, "no pending device error (%s)", st ? zb_errmsg() : "none");

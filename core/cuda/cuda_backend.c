@@ -205,20 +205,25 @@ static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att
                               int H, int Hkv, int hd, float *scratch) {
     mode(be);
     int *posi = (int *)scratch;
-    int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
     int qd = H * hd, kd = Hkv * hd;
+    /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
+    long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
+    int c16 = be->opts.cache_bf16;
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
+    if (n == 1 && zb_cuda_decode_qkv_prep_ok(r, hd)) {   /* decode: the positions, RoPE and both stores in one kernel */
+        zb_cuda_decode_qkv_prep(r, q, k, v, kc, vc, c16, seqs, pos, posi, nb, H, Hkv, hd, ss, gs);
+        zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_T, &a);
+        return;
+    }
+    int max_len = step_positions(posi, pos, seqs, nb, n, max_T);
     if (nb * n == 1 && k == q + qd)   /* one row: q's and k's heads follow one another, one launch */
         zb_cuda_rope_apply_rows(r, q, 1, 1, posi, qd + kd, H + Hkv, hd, 0, 0, 0);
     else {
         zb_cuda_rope_apply_rows(r, q, nb * n, n, posi, qd, H, hd, 0, 0, 0);
         zb_cuda_rope_apply_rows(r, k, nb * n, n, posi, kd, Hkv, hd, 0, 0, 0);
     }
-    /* head-major cache [B][Hkv][max_T][hd] (backend.h) */
-    long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
-    int c16 = be->opts.cache_bf16;
     zb_cuda_cache_store(kc, c16, k, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
     zb_cuda_cache_store(vc, c16, v, kd, seqs, posi, nb, n, Hkv, hd, ss, gs, hd);
-    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
     zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_len, &a);
 }
 
@@ -354,6 +359,10 @@ static void cu_mla_decode_seqs(const zb_backend *be, const zb_mla_dims *m, int d
     (void)seq_floats;   /* == max_T * (r + dr): the layout of zb_mla_cache_floats */
     size_t work = zb_cuda_mla_gen_scratch_floats(m, d, nb);
     int *posi = (int *)(scratch + (work + 63) / 64 * 64);
+    /* the fused decode gathers the positions itself (posi[i] = pos[seqs[i]]) */
+    if (zb_cuda_mla_decode_fused(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, pos, seqs,
+                                 posi, nb, scratch))
+        return;
     int max_len = step_positions(posi, pos, seqs, nb, 1, max_T);
     zb_cuda_mla_gen(m, d, eps, w, lin, rope, x, out, cache, be->opts.cache_bf16, max_T, seqs, posi, nb, 1, max_len,
                     scratch);

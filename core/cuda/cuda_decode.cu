@@ -13,6 +13,7 @@
  *                       or bf16 caches; the values may be the first dv columns of the key rows
  *                       (MLA's latent cache: one group of all the heads). */
 #include "cuda_ops.h"
+#include "cuda_pdl.cuh"
 #include "cuda_reduce.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -41,6 +42,8 @@ __device__ static inline uint4 ld_stream(const bf16 *p) {
     return r;
 }
 
+__device__ static inline void prefetch_l2(const bf16 *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 template <int NN>
 __device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__restrict__ x, int C, int c) {
     const __nv_bfloat162 *p2 = (const __nv_bfloat162 *)&raw;
@@ -66,30 +69,49 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
     float acc[NA * NN];
 #pragma unroll
     for (int n = 0; n < NA * NN; n++) acc[n] = 0.0f;
+    pdl_launch();   /* the next kernel (a GEMV) may start loading its weights */
+    const bf16 *w = NULL, *wu = NULL;
+    int c = 0, c1 = 0;
     if (row < total) {
         /* the segment by selects, not an index (an indexed parameter array goes to local memory) */
         int sg = row >= a.start[1] ? (row >= a.start[2] ? 2 : 1) : 0;
         int r = row - (sg == 0 ? 0 : sg == 1 ? a.start[1] : a.start[2]);
-        const bf16 *w = (sg == 0 ? a.W[0] : sg == 1 ? a.W[1] : a.W[2]) + (size_t)r * C;
-        const bf16 *wu = PAIR ? a.Wu + (size_t)r * C : NULL;
-        int per = ((C + 8 * KS - 1) / (8 * KS)) * 8, c0 = kp * per, c1 = min(C, c0 + per);
-        for (int c = c0 + lane * 8; c < c1; c += 256 * GEMV_UNROLL) {
-            uint4 rw[GEMV_UNROLL], ru[GEMV_UNROLL];
+        w = (sg == 0 ? a.W[0] : sg == 1 ? a.W[1] : a.W[2]) + (size_t)r * C;
+        wu = PAIR ? a.Wu + (size_t)r * C : NULL;
+        int per = ((C + 8 * KS - 1) / (8 * KS)) * 8, c0 = kp * per;
+        c1 = min(C, c0 + per);
+        c = c0 + lane * 8;
+    }
+    /* the first GEMV_UNROLL 16-byte pieces of each lane's weights fetched into the L2 before waiting
+     * on the kernel before (launched with PDL), so that the weight stream starts while that kernel
+     * ends: a prefetch delivers no data, so nothing is read before the wait (a kernel that wrote
+     * the weights, e.g. a conversion, is finished by then); then the loads as ever */
+    if (c < c1)
 #pragma unroll
-            for (int k = 0; k < GEMV_UNROLL; k++) {
-                int cc = c + k * 256;
-                if (cc < c1) {
-                    rw[k] = ld_stream(w + cc);
-                    if (PAIR) ru[k] = ld_stream(wu + cc);
-                }
+        for (int k = 0; k < GEMV_UNROLL; k++) {
+            int cc = c + k * 256;
+            if (cc < c1) {
+                prefetch_l2(w + cc);
+                if (PAIR) prefetch_l2(wu + cc);
             }
+        }
+    pdl_wait();
+    for (; c < c1; c += 256 * GEMV_UNROLL) {
+        uint4 rw[GEMV_UNROLL], ru[GEMV_UNROLL];
 #pragma unroll
-            for (int k = 0; k < GEMV_UNROLL; k++) {
-                int cc = c + k * 256;
-                if (cc < c1) {
-                    gemv_fma<NN>(acc, rw[k], x, C, cc);
-                    if (PAIR) gemv_fma<NN>(acc + NN, ru[k], x, C, cc);
-                }
+        for (int k = 0; k < GEMV_UNROLL; k++) {
+            int cc = c + k * 256;
+            if (cc < c1) {
+                rw[k] = ld_stream(w + cc);
+                if (PAIR) ru[k] = ld_stream(wu + cc);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < GEMV_UNROLL; k++) {
+            int cc = c + k * 256;
+            if (cc < c1) {
+                gemv_fma<NN>(acc, rw[k], x, C, cc);
+                if (PAIR) gemv_fma<NN>(acc + NN, ru[k], x, C, cc);
             }
         }
     }
@@ -143,20 +165,36 @@ static int gemv_split(int rows, int C) {
     return ks;
 }
 
+/* the GEMVs launched with PDL (cudaLaunchAttributeProgrammaticStreamSerialization; kept as
+ * programmatic edges in the decode step's graph): on unless ZB_DEC_PDL=0 */
+static int g_dec_pdl = -1;
+extern "C" void zb_cuda_dec_pdl_set(int on) { g_dec_pdl = on < 0 ? -1 : on != 0; }
+extern "C" int zb_cuda_dec_pdl(void) {
+    if (g_dec_pdl < 0) {
+        const char *e = getenv("ZB_DEC_PDL");
+        g_dec_pdl = !(e && !strcmp(e, "0"));
+    }
+    return g_dec_pdl;
+}
+
+template <int NN, bool PAIR>
+static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks, int rows) {
+    pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+}
+
 template <bool PAIR>
 static void gemv_launch(const gemv_args &a, const float *x, int N, int C) {
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
-    cudaStream_t st = zb_cuda_stream();
     switch (N) {
-    case 1: k_gemv<1, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 2: k_gemv<2, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 3: k_gemv<3, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 4: k_gemv<4, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 5: k_gemv<5, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 6: k_gemv<6, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    case 7: k_gemv<7, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
-    default: k_gemv<8, PAIR><<<grid, GEMV_THREADS, 0, st>>>(a, x, C, ks, rows); break;
+    case 1: gemv_go<1, PAIR>(grid, a, x, C, ks, rows); break;
+    case 2: gemv_go<2, PAIR>(grid, a, x, C, ks, rows); break;
+    case 3: gemv_go<3, PAIR>(grid, a, x, C, ks, rows); break;
+    case 4: gemv_go<4, PAIR>(grid, a, x, C, ks, rows); break;
+    case 5: gemv_go<5, PAIR>(grid, a, x, C, ks, rows); break;
+    case 6: gemv_go<6, PAIR>(grid, a, x, C, ks, rows); break;
+    case 7: gemv_go<7, PAIR>(grid, a, x, C, ks, rows); break;
+    default: gemv_go<8, PAIR>(grid, a, x, C, ks, rows); break;
     }
     ZB_CUDA_LAUNCHED(PAIR ? "gemv_bf16 swiglu" : "gemv_bf16");
 }
@@ -308,6 +346,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ 
                                                             int CH, int nsplit) {
     constexpr int LPR = D / 8, RPW = 32 / LPR, SL = (DEC_THREADS / 32) * RPW;
     __shared__ float s_acc[SL][R][D], s_m[SL][R], s_l[SL][R];
+    pdl_launch();
+    pdl_wait();   /* the cache rows and q of the kernel before */
     const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
     const int L = pos[i] + 1, u0 = sp * CH, u1 = min(L, u0 + CH);
@@ -408,9 +448,17 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ 
  * warps' sums added through shared memory. An empty chunk (l = 0: past the sequence) has weight
  * 0 and is skipped: its values were never written. */
 #define MERGE_THREADS 256
+/* MLA's value product after the merge (uv != NULL, the fused decode): the merged latent row c of
+ * head h (dv = kv_lora_rank values, in shared memory) times W_UV of its kv group, rows dn..dn+dvo-1
+ * of kv_b [groups][dn + dvo][dv] (bf16 or float32): out row (i, h) of dvo values, out[e] =
+ * sum_c W_UV[e][c] c[c] (a warp per e, lanes over c). */
+typedef struct { const void *w; int bf, rep, dn, dvo; } merge_uv;
+
 __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, const float *part, int H, int Hkv, int dv,
-                                                                int nsplit) {
-    extern __shared__ float wsm[];
+                                                                int nsplit, merge_uv uv) {
+    extern __shared__ float wsm[];   /* [nsplit] chunk weights, then (uv) the merged row [dv] */
+    pdl_launch();   /* the output projection's GEMV may start streaming its weights */
+    pdl_wait();     /* the parts */
     __shared__ float red[MERGE_THREADS / 32][128];
     const int row = blockIdx.x, i = row / H, h = row % H, rep = H / Hkv, g = h / rep, j = h % rep;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, NW = MERGE_THREADS / 32;
@@ -443,9 +491,21 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, cons
         if (threadIdx.x < 128 && d0 + threadIdx.x < dv) {
             float num = 0.0f;
             for (int w = 0; w < NW; w++) num += red[w][threadIdx.x];
-            out[(size_t)row * dv + d0 + threadIdx.x] = num / dn;
+            if (uv.w) wsm[nsplit + d0 + threadIdx.x] = num / dn;
+            else out[(size_t)row * dv + d0 + threadIdx.x] = num / dn;
         }
         __syncthreads();
+    }
+    if (!uv.w) return;
+    const float *cs = wsm + nsplit;
+    const size_t gbase = (size_t)(h / uv.rep) * (uv.dn + uv.dvo) * dv + (size_t)uv.dn * dv;
+    for (int e = warp; e < uv.dvo; e += NW) {
+        float acc = 0.0f;
+        const size_t wr = gbase + (size_t)e * dv;
+        for (int c = lane; c < dv; c += 32)
+            acc += (uv.bf ? __bfloat162float(((const bf16 *)uv.w)[wr + c]) : ((const float *)uv.w)[wr + c]) * cs[c];
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) out[(size_t)row * uv.dvo + e] = acc;
     }
 }
 
@@ -465,8 +525,8 @@ static void gqa_launch(dim3 grid, float *part, const float *q, const void *kc, c
     const bf16 *k = (const bf16 *)kc, *v = (const bf16 *)vc;
     cudaStream_t st = zb_cuda_stream();
 #define ZB_GQA(R)                                                                                              \
-    k_decode_gqa<D, R><<<grid, DEC_THREADS, 0, st>>>(part, q, k, v, seq, pos, a->H, a->Hkv, a->seq_stride,      \
-                                                      a->group_stride, a->row_stride, a->scale, CH, nsplit)
+    pdl_go(k_decode_gqa<D, R>, grid, dim3(DEC_THREADS), 0, st, part, q, k, v, seq, pos, a->H, a->Hkv,          \
+           a->seq_stride, a->group_stride, a->row_stride, a->scale, CH, nsplit)
     switch (a->H / a->Hkv) {
     case 1: ZB_GQA(1); break;
     case 2: ZB_GQA(2); break;
@@ -525,8 +585,9 @@ extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, 
                                                                       a->row_stride, a->scale, a->cache_bf16, CH, nsplit);
     }
     ZB_CUDA_LAUNCHED("decode attention");
-    k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(
-        out, part, a->H, a->Hkv, a->dv, nsplit);
+    merge_uv none = {NULL, 0, 1, 0, 0};
+    pdl_go(k_decode_merge, dim3(nb * a->H), dim3(MERGE_THREADS), (size_t)nsplit * sizeof(float), zb_cuda_stream(), out,
+           (const float *)part, a->H, a->Hkv, a->dv, nsplit, none);
     ZB_CUDA_LAUNCHED("decode attention merge");
 }
 
@@ -771,6 +832,8 @@ __global__ void __launch_bounds__(256) k_decode_mla_mma(float *__restrict__ part
                                                         int CH, int nsplit) {
     extern __shared__ __align__(128) unsigned char msm[];
     const mm_smem P = mm_plan(H, dqk, dv);
+    pdl_launch();
+    pdl_wait();   /* the cache row and queries of the prep kernel */
     bf16 *Qs = (bf16 *)msm, *Ks = (bf16 *)(msm + P.k);
     const int sp = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, nthr = blockDim.x;
     const int warp = tid >> 5, lane = tid & 31, ht = warp >> 1, pg = warp & 1, g = lane >> 2, t4 = lane & 3;
@@ -968,8 +1031,8 @@ extern "C" int zb_cuda_decode_mla_ok(const void *kc, const void *vc, const zb_cu
            mla_plan(a->H, a->dqk, a->dv).bytes <= 200 * 1024;
 }
 
-extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
-                                   int nb, int max_T, const zb_cuda_cache_attn *a) {
+static void decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev, int nb,
+                       int max_T, const zb_cuda_cache_attn *a, merge_uv uv) {
     if (nb <= 0 || max_T <= 0) return;
     if (!zb_cuda_decode_mla_ok(cache, cache, a)) {
         zb_cuda_note_error2("MLA decode attention", "shape outside the fused kernel's", __FILE__, __LINE__);
@@ -1008,13 +1071,13 @@ extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache
     if (mma) {
         mm_smem P = mm_plan(a->H, a->dqk, a->dv);
         if (a->dqk <= 128 && a->dv <= 64)
-            k_decode_mla_mma<8, 8><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
-                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
-                a->scale, CH, nsplit);
+            pdl_go(k_decode_mla_mma<8, 8>, grid, dim3(64 * P.WH), P.bytes, zb_cuda_stream(), part, q,
+                   (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride, a->scale,
+                   CH, nsplit);
         else
-            k_decode_mla_mma<16, 20><<<grid, 64 * P.WH, P.bytes, zb_cuda_stream()>>>(
-                part, q, (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride,
-                a->scale, CH, nsplit);
+            pdl_go(k_decode_mla_mma<16, 20>, grid, dim3(64 * P.WH), P.bytes, zb_cuda_stream(), part, q,
+                   (const bf16 *)cache, seq_dev, pos_dev, a->H, a->dqk, a->dv, a->seq_stride, a->row_stride, a->scale,
+                   CH, nsplit);
     } else {
         mla_smem P = mla_plan(a->H, a->dqk, a->dv);
         k_decode_mla<<<grid, MLA_THREADS, P.bytes, zb_cuda_stream()>>>(part, q, (const bf16 *)cache, seq_dev, pos_dev,
@@ -1022,7 +1085,165 @@ extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache
                                                                        a->row_stride, a->scale, CH, nsplit);
     }
     ZB_CUDA_LAUNCHED("MLA decode attention");
-    k_decode_merge<<<nb * a->H, MERGE_THREADS, (size_t)nsplit * sizeof(float), zb_cuda_stream()>>>(out, part, a->H, 1,
-                                                                                                  a->dv, nsplit);
+    size_t msm = ((size_t)nsplit + (uv.w ? a->dv : 0)) * sizeof(float);
+    pdl_go(k_decode_merge, dim3(nb * a->H), dim3(MERGE_THREADS), msm, zb_cuda_stream(), out, (const float *)part, a->H,
+           1, a->dv, nsplit, uv);
     ZB_CUDA_LAUNCHED("MLA decode attention merge");
+}
+
+extern "C" void zb_cuda_decode_mla(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
+                                   int nb, int max_T, const zb_cuda_cache_attn *a) {
+    merge_uv none = {NULL, 0, 1, 0, 0};
+    decode_mla(out, q, cache, seq_dev, pos_dev, nb, max_T, a, none);
+}
+
+extern "C" void zb_cuda_decode_mla_uv(float *out, const float *q, const void *cache, const int *seq_dev,
+                                      const int *pos_dev, int nb, int max_T, const zb_cuda_cache_attn *a,
+                                      const void *kv_b, int kv_b_bf16, int rep, int dn, int dvo) {
+    merge_uv uv = {kv_b, kv_b_bf16, rep, dn, dvo};
+    decode_mla(out, q, cache, seq_dev, pos_dev, nb, max_T, a, uv);
+}
+
+/* ---- the decode step's small pieces, fused -------------------------------------------------------
+ * A batch-1 decode step is a chain of dependent kernels, most of them far too small to fill the
+ * GPU: each boundary costs a few microseconds of launch and drain (S4R2: ~2.5 ms of a 6 ms 8B
+ * step). These kernels do the pieces between the products in fewer launches, with the arithmetic
+ * of the kernels they replace (so the same values). ZB_DEC_FUSE=0 in the environment (or
+ * zb_cuda_dec_fuse_set(0)) keeps the separate kernels. */
+static int g_dec_fuse = -1;
+extern "C" void zb_cuda_dec_fuse_set(int on) { g_dec_fuse = on < 0 ? -1 : on != 0; }
+extern "C" int zb_cuda_dec_fuse(void) {
+    if (g_dec_fuse < 0) {
+        const char *e = getenv("ZB_DEC_FUSE");
+        g_dec_fuse = !(e && !strcmp(e, "0"));
+    }
+    return g_dec_fuse;
+}
+
+__device__ static inline void out_st(float *p, float v) { *p = v; }
+__device__ static inline void out_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+/* One head of hd values from v to out (in place, or a cache row), its first r.dim rotated at
+ * position p (a warp; buf: r.dim floats of shared memory): k_rope's arithmetic (cuda_ops.cu,
+ * inverse = 0: an interleaved input comes out in the rotate-half layout), so the same values. */
+template <typename TO>
+__device__ static inline void warp_rope_head(const zb_rope &r, bool rot, const float *v, TO *out, int hd, float *buf,
+                                             int p, int interleave, int lane) {
+    const int D = rot ? r.dim : 0, half = D / 2;
+    for (int j = lane; j < D; j += 32) buf[j] = v[j];
+    __syncwarp();
+    for (int i = lane; i < half; i += 32) {
+        float a = (float)p * r.inv_freq[i];
+        float c = cosf(a) * r.mscale, s = sinf(a) * r.mscale;
+        float x1, x2;
+        if (interleave) { x1 = buf[2 * i]; x2 = buf[2 * i + 1]; }
+        else { x1 = buf[i]; x2 = buf[i + half]; }
+        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        out_st(out + i, y1);
+        out_st(out + i + half, y2);
+    }
+    for (int j = D + lane; j < hd; j += 32) out_st(out + j, v[j]);   /* past the rotary part */
+    __syncwarp();
+}
+
+/* Attention decode (one token per sequence): per (sequence i, head item) a warp; items 0..H-1 the
+ * query heads roped in place, H..H+Hkv-1 the key heads roped into the cache, then the value heads
+ * copied into the cache (float32 or bf16, head-major as zb_cuda_cache_store), and posi[i] =
+ * pos[seq[i]] (the positions the attention reads). Replaces gather + rope + two cache stores. */
+#define PREP_WARPS 8
+__global__ void __launch_bounds__(PREP_WARPS * 32) k_decode_qkv_prep(
+    zb_rope r, float *q, const float *k, const float *v, void *kc, void *vc, int bf, const int *seq, const int *pos,
+    int *posi, int H, int Hkv, int hd, long long ss, long long gs) {
+    __shared__ float buf[PREP_WARPS][ZB_ROPE_MAX_DIM];
+    pdl_launch();   /* the attention may start */
+    pdl_wait();     /* q, k, v from the GEMV before (cuda_pdl.cuh) */
+    const int i = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int it = blockIdx.x * PREP_WARPS + warp, s = seq ? seq[i] : i, p = pos[s];
+    if (blockIdx.x == 0 && threadIdx.x == 0) posi[i] = p;
+    if (it >= H + 2 * Hkv) return;
+    if (it < H) {
+        float *qh = q + ((size_t)i * H + it) * hd;
+        warp_rope_head(r, true, qh, qh, hd, buf[warp], p, 0, lane);
+        return;
+    }
+    const int g = it < H + Hkv ? it - H : it - H - Hkv;
+    const float *src = (it < H + Hkv ? k : v) + ((size_t)i * Hkv + g) * hd;
+    void *cache = it < H + Hkv ? kc : vc;
+    const long long off = (long long)s * ss + (long long)g * gs + (long long)p * hd;
+    if (bf) warp_rope_head(r, it < H + Hkv, src, (bf16 *)cache + off, hd, buf[warp], p, 0, lane);
+    else warp_rope_head(r, it < H + Hkv, src, (float *)cache + off, hd, buf[warp], p, 0, lane);
+}
+
+extern "C" int zb_cuda_decode_qkv_prep_ok(const zb_rope *r, int hd) {
+    return zb_cuda_dec_fuse() && r->dim <= hd && r->dim <= ZB_ROPE_MAX_DIM && r->dim % 2 == 0;
+}
+
+extern "C" void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float *k, const float *v, void *kc, void *vc,
+                                        int cache_bf16, const int *seq_dev, const int *pos_dev, int *posi, int nb,
+                                        int H, int Hkv, int hd, long long seq_stride, long long group_stride) {
+    if (nb <= 0) return;
+    dim3 grid((H + 2 * Hkv + PREP_WARPS - 1) / PREP_WARPS, nb);
+    pdl_go(k_decode_qkv_prep, grid, dim3(PREP_WARPS * 32), 0, zb_cuda_stream(), *r, q, k, v, kc, vc, cache_bf16, seq_dev,
+           pos_dev, posi, H, Hkv, hd, seq_stride, group_stride);
+    ZB_CUDA_LAUNCHED("decode q/k/v rope + cache store");
+}
+
+/* MLA decode (one token per sequence): per (head h, sequence i) a block writes the absorbed query
+ * qlat [nb, H, r + dr]: [W_UK_h^T q_nope_h | RoPE(q_pe_h)] (W_UK_h = rows 0..dn-1 of kv_b's group
+ * h / rep, [dn][r], bf16 or float32; float32 sums over dn), and block H the latent row
+ * [c | RoPE(k_pe)] of kva [nb, r + dr] into the cache (slot seq[i], position p, float32 or bf16)
+ * with posi[i] = p. p = pos[pidx[i]] (pidx NULL: pos[i]). Replaces two RoPEs, the cache store, the
+ * group expansion of kv_b, the absorbed product and the copy of q_pe (and the positions' gather). */
+#define MLA_PREP_MAXDN 512
+__global__ void __launch_bounds__(128) k_mla_dec_prep(zb_rope r, const float *q, const float *kva, const void *kvb,
+                                                      int kvb_bf, float *qlat, void *cache, int cbf, const int *seq,
+                                                      const int *pos, const int *pidx, int *posi, int H, int rep,
+                                                      int dn, int dvo, int dr, int R, int il, long long seq_stride) {
+    __shared__ float qs[MLA_PREP_MAXDN], buf[ZB_ROPE_MAX_DIM];
+    pdl_launch();
+    pdl_wait();   /* q and kva from the GEMVs before */
+    const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int W = R + dr, dqk = dn + dr, s = seq ? seq[i] : i, p = pos[pidx ? pidx[i] : i];
+    if (h == H) {   /* the latent row */
+        if (posi && tid == 0) posi[i] = p;
+        const float *kr = kva + (size_t)i * W;
+        const long long off = (long long)s * seq_stride + (long long)p * W;
+        if (warp == 0) {
+            if (cbf) warp_rope_head(r, true, kr + R, (bf16 *)cache + off + R, dr, buf, p, il, lane);
+            else warp_rope_head(r, true, kr + R, (float *)cache + off + R, dr, buf, p, il, lane);
+        }
+        for (int c = tid; c < R; c += blockDim.x) {
+            if (cbf) out_st((bf16 *)cache + off + c, kr[c]);
+            else out_st((float *)cache + off + c, kr[c]);
+        }
+        return;
+    }
+    const float *qh = q + ((size_t)i * H + h) * dqk;
+    float *ql = qlat + ((size_t)i * H + h) * W;
+    for (int j = tid; j < dn; j += blockDim.x) qs[j] = qh[j];
+    __syncthreads();
+    if (warp == 0) warp_rope_head(r, true, qh + dn, ql + R, dr, buf, p, il, lane);
+    const size_t gb = (size_t)(h / rep) * (dn + dvo) * R;
+    for (int c = tid; c < R; c += blockDim.x) {
+        float acc = 0.0f;
+        if (kvb_bf)
+            for (int j = 0; j < dn; j++) acc += qs[j] * __bfloat162float(((const bf16 *)kvb)[gb + (size_t)j * R + c]);
+        else
+            for (int j = 0; j < dn; j++) acc += qs[j] * ((const float *)kvb)[gb + (size_t)j * R + c];
+        ql[c] = acc;
+    }
+}
+
+extern "C" int zb_cuda_mla_dec_prep_ok(const zb_rope *r, int dn, int dr) {
+    return dn >= 1 && dn <= MLA_PREP_MAXDN && r->dim <= dr && r->dim <= ZB_ROPE_MAX_DIM && r->dim % 2 == 0;
+}
+
+extern "C" void zb_cuda_mla_dec_prep(const zb_rope *r, const float *q, const float *kva, const void *kv_b,
+                                     int kv_b_bf16, float *qlat, void *cache, int cache_bf16, const int *seq_dev,
+                                     const int *pos_dev, const int *pidx, int *posi, int nb, int H, int rep, int dn,
+                                     int dvo, int dr, int R, int interleave, long long seq_stride) {
+    if (nb <= 0) return;
+    pdl_go(k_mla_dec_prep, dim3(H + 1, nb), dim3(128), 0, zb_cuda_stream(), *r, q, kva, kv_b, kv_b_bf16, qlat, cache,
+           cache_bf16, seq_dev, pos_dev, pidx, posi, H, rep, dn, dvo, dr, R, interleave, seq_stride);
+    ZB_CUDA_LAUNCHED("MLA decode query absorb + RoPE + cache store");
 }

@@ -169,9 +169,49 @@ size_t zb_cuda_mla_gen_scratch_floats(const zb_mla_dims *m, int d, int rows) {
            (size_t)H * (m->qk_nope + m->v_head_dim) * r + 12 * 64;
 }
 
+int zb_cuda_mla_decode_fused(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w, const zb_mla_lin *lin,
+                             const zb_rope *rope, const float *x, float *out, void *cache, int cache_bf16, int max_T,
+                             const int *seq_dev, const int *pos_dev, const int *pidx, int *posi, int nb,
+                             float *scratch) {
+    int R = nb, H = m->n_heads, Hk = m->kv_heads, dn = m->qk_nope, dr = m->qk_rope, dv = m->v_head_dim;
+    int dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
+    const void *kvb = lin->kv_b_proj.bf16 ? (const void *)lin->kv_b_proj.bf16 : (const void *)lin->kv_b_proj.f32;
+    zb_cuda_cache_attn at = {H, 1, W, r, (long long)max_T * W, 0, W, zb_mla_softmax_scale(m), cache_bf16};
+    if (!zb_cuda_dec_fuse() || !g_mla_fused || m->kv_norm || !cache_bf16 || !kvb || nb <= 0 || Hk <= 0 ||
+        H % Hk || !zb_cuda_decode_mla_ok(cache, cache, &at) || !zb_cuda_mla_dec_prep_ok(rope, dn, dr))
+        return 0;
+    float *p = scratch;
+#define NEXT(v, k) do { (v) = p; p += ((size_t)(k) + 63) / 64 * 64; } while (0)
+    float *q, *qa, *qan, *kva, *ct, *cn, *qlat, *chat, *vcat;
+    NEXT(q, (size_t)R * H * dqk); NEXT(qa, (size_t)R * rq); NEXT(qan, (size_t)R * rq); NEXT(kva, (size_t)R * W);
+    NEXT(ct, (size_t)R * r); NEXT(cn, (size_t)R * r); NEXT(qlat, (size_t)R * H * W); NEXT(chat, (size_t)R * H * r);
+    NEXT(vcat, (size_t)R * H * dv);
+#undef NEXT
+    (void)ct; (void)cn; (void)chat;
+    /* the projections of x: q_a and kv_a in one GEMV where both are bf16 (the same sums as two) */
+    if (rq > 0 && !m->q_norm && lin->q_a_proj.bf16 && lin->kv_a_proj.bf16 &&
+        zb_cuda_gemv_ok(x, lin->q_a_proj.bf16, R, d) && zb_cuda_gemv_ok(x, lin->kv_a_proj.bf16, R, d)) {
+        zb_gemv_seg seg[2] = {{lin->q_a_proj.bf16, qa, rq}, {lin->kv_a_proj.bf16, kva, W}};
+        zb_cuda_gemv_bf16_multi(x, R, d, 2, seg);
+        zb_cuda_linear_forward(q, qa, lin->q_b_proj, R, rq, H * dqk);
+    } else {
+        query(m, d, eps, w, lin, x, q, qa, qan, NULL, R);
+        zb_cuda_linear_forward(kva, x, lin->kv_a_proj, R, d, W);
+    }
+    zb_cuda_mla_dec_prep(rope, q, kva, kvb, lin->kv_b_proj.bf16 != NULL, qlat, cache, cache_bf16, seq_dev, pos_dev,
+                         pidx, posi, nb, H, H / Hk, dn, dv, dr, r, m->rope_interleave, (long long)max_T * W);
+    zb_cuda_decode_mla_uv(vcat, qlat, cache, seq_dev, posi ? posi : pos_dev, nb, max_T, &at, kvb,
+                          lin->kv_b_proj.bf16 != NULL, H / Hk, dn, dv);
+    zb_cuda_linear_forward(out, vcat, lin->o_proj, R, H * dv, d);
+    return 1;
+}
+
 void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w, const zb_mla_lin *lin,
                      const zb_rope *rope, const float *x, float *out, void *cache, int cache_bf16, int max_T,
                      const int *seq_dev, const int *pos_dev, int nb, int n, int max_len, float *scratch) {
+    if (n == 1 && zb_cuda_mla_decode_fused(m, d, eps, w, lin, rope, x, out, cache, cache_bf16, max_T, seq_dev, pos_dev,
+                                           NULL, NULL, nb, scratch))
+        return;
     int R = nb * n, H = m->n_heads, Hk = m->kv_heads, rep = H / Hk, dn = m->qk_nope, dr = m->qk_rope;
     int dv = m->v_head_dim, dqk = dn + dr, r = m->kv_lora_rank, rq = m->q_lora_rank, W = r + dr;
     int il = m->rope_interleave;

@@ -33,6 +33,17 @@ void zb_cuda_mla_gen(const zb_mla_dims *m, int d, float eps, const zb_mla_weight
                      const zb_rope *rope, const float *x, float *out, void *cache, int cache_bf16, int max_T,
                      const int *seq_dev, const int *pos_dev, int nb, int n, int max_len, float *scratch);
 
+/* Decode (one token per sequence) in 6 launches instead of 14 while zb_cuda_dec_fuse(): q_a | kv_a
+ * in one GEMV, q_b, zb_cuda_mla_dec_prep (RoPE, cache store, absorbed queries), the fused attention
+ * with W_UV after its merge (zb_cuda_decode_mla_uv), o_proj. Positions p_i = pos[pidx[i]] (pidx
+ * NULL: pos[i]), written to posi[i] when posi is not NULL (the attention then reads posi). 0 (nothing
+ * done) where it does not apply: kv norm, a float32 cache, shapes of neither kernel, the fused
+ * attention off (zb_cuda_mla_use_fused(0) / ZB_MLA_DECODE). Scratch as zb_cuda_mla_gen (rows = nb). */
+int zb_cuda_mla_decode_fused(const zb_mla_dims *m, int d, float eps, const zb_mla_weights *w, const zb_mla_lin *lin,
+                             const zb_rope *rope, const float *x, float *out, void *cache, int cache_bf16, int max_T,
+                             const int *seq_dev, const int *pos_dev, const int *pidx, int *posi, int nb,
+                             float *scratch);
+
 /* Decode (n = 1) on a bf16 cache through the fused kernel zb_cuda_decode_mla (1, the default) or
  * the cuBLAS form (0). */
 void zb_cuda_mla_use_fused(int on);

@@ -2,6 +2,7 @@
  * Row kernels accumulate their sums in double, as the CPU kernels do, so the two agree to a few
  * float32 roundings of the result. */
 #include "cuda_ops.h"
+#include "cuda_pdl.cuh"
 #include "cuda_reduce.cuh"
 
 #define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
@@ -17,6 +18,8 @@ static unsigned row_threads(int C) {
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
 __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+    pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
+    pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
     float *o = out + row * C;
@@ -31,7 +34,7 @@ __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const flo
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
 }
 
@@ -57,6 +60,8 @@ extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const f
 
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
 __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
+    pdl_launch();   /* as k_rmsnorm_fwd */
+    pdl_wait();
     size_t row = blockIdx.x;
     float *xr = x + row * C, *o = out + row * C;
     const float *ar = a + row * C;
@@ -73,7 +78,7 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
 
 extern "C" void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps) {
     if (N <= 0) return;
-    k_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(x, a, out, w, C, eps);
+    pdl_go(k_add_rmsnorm, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), x, a, out, w, C, eps);
     ZB_CUDA_LAUNCHED("add_rmsnorm");
 }
 

@@ -219,6 +219,39 @@ void zb_cuda_gemv_set_split(int ks);
 void zb_cuda_gemm_tune(int on);
 void zb_cuda_gemm_tune_reset(void);
 int zb_cuda_gemm_tune_choice(int N, int C, int OC, float *ms_lt, float *ms_ex);
+/* The decode step's small pieces fused (cuda_decode.cu): on unless ZB_DEC_FUSE=0 in the environment;
+ * _set(1 / 0) forces it (tests and benchmarks compare), _set(-1) reads the environment again. */
+int zb_cuda_dec_fuse(void);
+void zb_cuda_dec_fuse_set(int on);
+/* The decode GEMVs launched with programmatic dependent launch (cuda_pdl.cuh: their first weight
+ * loads overlap the end of the kernel before): on unless ZB_DEC_PDL=0; _set as above. */
+int zb_cuda_dec_pdl(void);
+void zb_cuda_dec_pdl_set(int on);
+/* Attention decode (one token per sequence i < nb, slot seq[i] at position pos[seq[i]]): the query
+ * heads of q [nb, H*hd] roped in place, the key heads of k [nb, Hkv*hd] roped and stored with v's
+ * into the head-major caches (strides as zb_cuda_cache_attn, row stride hd), posi[i] = pos[seq[i]];
+ * the same values as zb_cuda_gather_int + zb_cuda_rope_apply_rows + zb_cuda_cache_store.
+ * _ok: the fused path is on and takes the table (rotary dim <= hd). */
+int zb_cuda_decode_qkv_prep_ok(const zb_rope *r, int hd);
+void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float *k, const float *v, void *kc, void *vc,
+                             int cache_bf16, const int *seq_dev, const int *pos_dev, int *posi, int nb, int H, int Hkv,
+                             int hd, long long seq_stride, long long group_stride);
+/* MLA decode (cuda_decode.cu), the fused path of zb_cuda_mla_decode_fused (cuda_mla.h):
+ * _dec_prep: per sequence i the absorbed queries qlat [nb, H, R + dr] = [W_UK_h^T q_nope_h |
+ * RoPE(q_pe_h)] from q [nb, H, dn + dr] and kv_b ([groups][dn + dvo][R], group h / rep; bf16 or
+ * float32), and the latent row [c | RoPE(k_pe)] of kva [nb, R + dr] stored into the cache (slot
+ * seq[i], row stride R + dr, slot stride seq_stride elements) at p = pos[pidx[i]] (pidx NULL:
+ * pos[i]); posi[i] = p (posi may be NULL). _ok: the shapes it takes.
+ * _decode_mla_uv: zb_cuda_decode_mla with W_UV after the merge: out [nb, H, dvo], the value rows
+ * dn.. of kv_b times each head's merged latent row. */
+int zb_cuda_mla_dec_prep_ok(const zb_rope *r, int dn, int dr);
+void zb_cuda_mla_dec_prep(const zb_rope *r, const float *q, const float *kva, const void *kv_b, int kv_b_bf16,
+                          float *qlat, void *cache, int cache_bf16, const int *seq_dev, const int *pos_dev,
+                          const int *pidx, int *posi, int nb, int H, int rep, int dn, int dvo, int dr, int R,
+                          int interleave, long long seq_stride);
+void zb_cuda_decode_mla_uv(float *out, const float *q, const void *cache, const int *seq_dev, const int *pos_dev,
+                           int nb, int max_T, const zb_cuda_cache_attn *a, const void *kv_b, int kv_b_bf16, int rep,
+                           int dn, int dvo);
 /* positions per block of the decode attention (0 = chosen per call), for the benchmark */
 void zb_cuda_decode_set_chunk(int ch);
 /* Write rows into a cache (float32 or bf16): source row r = (i, t) (i < nb sequences, t < n

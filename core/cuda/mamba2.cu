@@ -742,6 +742,20 @@ static void step_rows(const zb_mamba2_dims *m, int d, float eps, const zb_mamba2
           *y = dt + (size_t)R * nh, *rstd = y + (size_t)R * di, *coef = rstd + (size_t)R * norm_groups(m),
           *states = coef + 4 * (size_t)R * nh;
     linear(proj, x, lin->in_proj, R, d, P);
+    if (n == 1 && zb_cuda_dec_fuse()) {
+        /* decode: conv + dt + conv state in one kernel, the recurrence + gated norm in another
+         * where the shapes allow (mamba2_decode.cu; the same values as the path below) */
+        zb_cuda_m2_decode_conv(m, w->dt_bias, w->conv_w, w->conv_b, proj, state, seqs, xbc, dt, B);
+        if (zb_cuda_m2_decode_ssd_norm_ok(m, xbc, state + conv, sf))
+            zb_cuda_m2_decode_ssd_norm(m, w->A_log, w->D, w->norm_w, eps, xbc, dt, proj, P, state + conv, sf, seqs, o,
+                                       B, sbf);
+        else {
+            zb_cuda_m2_ssd_step_st(m, w->A_log, w->D, xbc, dt, state + conv, sf, seqs, y, B, sbf);
+            zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, y, proj, P, o, rstd, R);
+        }
+        linear(out, o, lin->out_proj, R, di, d);
+        return;
+    }
     zb_cuda_m2_dt_forward(m, w->dt_bias, proj, dt, R);
     conv_fwd(m, w->conv_w, w->conv_b, proj, state, sf, seqs, NULL, xbc, B, n);
     conv_state_update(m, proj, state, sf, seqs, B, n);

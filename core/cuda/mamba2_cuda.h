@@ -117,6 +117,19 @@ void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const f
                             const int *seqs, float *y, int nb, int s_bf16);
 /* Gated RMSNorm forward over N rows: o = w * g / rms_group(g), g = y silu(z) (z rows of z_stride);
  * rstd [N, ng] (may be NULL). */
+/* The one-token decode step's pieces fused (mamba2_decode.cu; used while zb_cuda_dec_fuse()):
+ * _conv: xbc = silu(conv(state, proj's xBC columns)), each slot's conv state moved on, dt from
+ * proj's dt columns (zb_cuda_m2_conv_forward + _conv_state_update + _dt_forward for n = 1, slots
+ * seqs[i] or i of `state`, slot stride zb_mamba2_state_floats); _ssd_norm: the recurrence on the
+ * SSM states S (slot stride s_stride floats, bf16 values when s_bf16) and o = the gated norm of y
+ * with z [nb, z_stride] (zb_cuda_m2_ssd_step_st + _gated_norm_forward). _ok: shapes it takes (d_state
+ * 128 or 256, norm groups inside a head, 16-byte aligned). */
+void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_bias, const float *conv_w, const float *conv_b,
+                            const float *proj, float *state, const int *seqs, float *xbc, float *dt, int nb);
+int zb_cuda_m2_decode_ssd_norm_ok(const zb_mamba2_dims *m, const float *xbc, const float *S, size_t s_stride);
+void zb_cuda_m2_decode_ssd_norm(const zb_mamba2_dims *m, const float *A_log, const float *D, const float *norm_w,
+                                float eps, const float *xbc, const float *dt, const float *z, int z_stride, float *S,
+                                size_t s_stride, const int *seqs, float *o, int nb, int s_bf16);
 void zb_cuda_m2_gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps,
                                    const float *y, const float *z, int z_stride, float *o,
                                    float *rstd, int N);

@@ -20,44 +20,36 @@ static unsigned row_threads(int C) {
 
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
-__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+/* the output as float32, or rounded to bf16 (the operand of the next products only) */
+__device__ static inline void store_out(float *o, float v) { *o = v; }
+__device__ static inline void store_out(__nv_bfloat16 *o, float v) { *o = __float2bfloat16_rn(v); }
+
+template <typename T>
+__global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *w, int C, float eps) {
     pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
     pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
-    float *o = out + row * C;
+    T *o = out + row * C;
     double ss = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
     ss = zb_block_sum_d(ss);
     float r = (float)(1.0 / sqrt(ss / C + eps));
     if (rstd && threadIdx.x == 0) rstd[row] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) store_out(o + i, w[i] * (xr[i] * r));
 }
 
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    pdl_go(k_rmsnorm_fwd, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd<float>, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
-}
-
-/* The same norm writing its output rounded to bf16 (the operand of the next products only). */
-__global__ void k_rmsnorm_fwd_bf16(__nv_bfloat16 *out, float *rstd, const float *x, const float *w, int C, float eps) {
-    size_t row = blockIdx.x;
-    const float *xr = x + row * C;
-    __nv_bfloat16 *o = out + row * C;
-    double ss = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
-    ss = zb_block_sum_d(ss);
-    float r = (float)(1.0 / sqrt(ss / C + eps));
-    if (rstd && threadIdx.x == 0) rstd[row] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn(w[i] * (xr[i] * r));
 }
 
 extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C,
                                              float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
+    k_rmsnorm_fwd<__nv_bfloat16><<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward_bf16");
 }
 

@@ -170,6 +170,39 @@ static ncclComm_t gcomm(nccl_impl *im, zb_group g) { return im->nc[g]; }
 static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; }
 #endif
 
+#ifdef ZB_HAVE_NCCL
+/* A sum of every rank's x [sum counts], part r to rank r's out, queued on stream s (after the
+ * compute stream's work): ncclReduceScatter when the parts are equal, otherwise (ZeRO's ranges,
+ * a bucket's pieces) a reduce of each non-empty part to its owner, in one group. */
+static int nccl_reduce_scatter(nccl_impl *im, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
+                               cudaStream_t s) {
+    int size = im->mpi->size[g], me = im->mpi->rank[g], equal = 1;
+    size_t es = zb_ctype_size(t), off = 0;
+    for (int r = 0; r < size; r++) equal &= counts[r] == counts[0];
+    ZB_TRY(enter(im, s));
+    if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], s));
+    else {
+        ZB_NC(ncclGroupStart());
+        for (int r = 0; r < size; r++) {
+            const char *src = (const char *)x + off * es;
+            if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r, im->nc[g], s));
+            off += counts[r];
+        }
+        ZB_NC(ncclGroupEnd());
+    }
+    return ZB_OK;
+}
+
+/* r: pending until the side stream has done what it holds now (n_wait / n_test) */
+static int side_request(nccl_impl *im, nreq *q, zb_comm_req *r) {
+    ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
+    ZB_CU(cudaEventRecord(q->u.ev, im->side));
+    q->kind = RQ_EVENT;
+    r->pending = 1;
+    return ZB_OK;
+}
+#endif
+
 /* ---- the table ------------------------------------------------------------------------------ */
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
@@ -214,11 +247,7 @@ static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
     if (gcomm(im, g)) {   /* the gradient buckets: the side stream, overlapping the backward */
         ZB_TRY(enter(im, im->side));
         ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->side));
-        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
-        ZB_CU(cudaEventRecord(q->u.ev, im->side));
-        q->kind = RQ_EVENT;
-        r->pending = 1;
-        return ZB_OK;
+        return side_request(im, q, r);
     }
 #endif
     return n_allreduce(impl, g, x, n, t, op);   /* staged: done when it returns */
@@ -295,23 +324,10 @@ static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
     if (!dx && !dout) return MPI_OPS(im)->reduce_scatter(MPI_IMPL(im), g, x, out, counts, t);
     int size = im->mpi->size[g], me = im->mpi->rank[g];
     size_t es = zb_ctype_size(t), total = 0;
-    int equal = 1;
-    for (int r = 0; r < size; r++) { total += counts[r]; equal &= counts[r] == counts[0]; }
+    for (int r = 0; r < size; r++) total += counts[r];
 #ifdef ZB_HAVE_NCCL
     if (dx && dout && gcomm(im, g)) {
-        ZB_TRY(enter(im, im->comm));
-        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->comm));
-        else {   /* uneven parts (ZeRO's ranges): a reduce to each part's owner, in one group */
-            ZB_NC(ncclGroupStart());
-            size_t off = 0;
-            for (int r = 0; r < size; r++) {
-                const char *src = (const char *)x + off * es;
-                if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r,
-                                                im->nc[g], im->comm));
-                off += counts[r];
-            }
-            ZB_NC(ncclGroupEnd());
-        }
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->comm));
         return leave(im, im->comm);
     }
 #endif
@@ -333,7 +349,7 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
     nccl_impl *im = IM(impl);
     nreq *q = rq(r);
     memset(q, 0, sizeof *q);
-    int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g], me = im->mpi->rank[g];
+    int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g];
     if (!dx && !dout) {   /* host buffers: MPI, the int counts kept until the request completes */
         int *v = zb_malloc(sizeof(int) * (size_t)size, "MPI counts");
         if (!v) return ZB_ENOMEM;
@@ -351,27 +367,9 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
         return ZB_OK;
     }
 #ifdef ZB_HAVE_NCCL
-    if (dx && dout && gcomm(im, g)) {
-        size_t es = zb_ctype_size(t), off = 0;
-        int equal = 1;
-        for (int k = 0; k < size; k++) equal &= counts[k] == counts[0];
-        ZB_TRY(enter(im, im->side));
-        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->side));
-        else {   /* a bucket's pieces: a reduce to each piece's owner (most buckets have one) */
-            ZB_NC(ncclGroupStart());
-            for (int k = 0; k < size; k++) {
-                const char *src = (const char *)x + off * es;
-                if (counts[k]) ZB_NC(ncclReduce(src, k == me ? out : (void *)src, counts[k], ndt(t), ncclSum, k,
-                                                im->nc[g], im->side));
-                off += counts[k];
-            }
-            ZB_NC(ncclGroupEnd());
-        }
-        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
-        ZB_CU(cudaEventRecord(q->u.ev, im->side));
-        q->kind = RQ_EVENT;
-        r->pending = 1;
-        return ZB_OK;
+    if (dx && dout && gcomm(im, g)) {   /* most buckets lie in one rank's range: one reduce */
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->side));
+        return side_request(im, q, r);
     }
 #endif
     return n_reduce_scatter(impl, g, x, out, counts, t);   /* staged: done when it returns */

@@ -33,7 +33,8 @@
 #  6. if time is left: DP=2 (small buckets on the side stream), DP=2 ZeRO-1 and 1 GPU == CPU;
 #     strong TP and PP scaling of the training step.
 # ZB_G2_CPU_ONLY=1: after 1, only the CPU DP weak scaling to 16 ranks, alone and one rank per
-# core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4.
+# core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4. ZB_G2_ZERO_ONLY=1: after 1, only the
+# weak DP scaling with and without ZeRO-1 (see its section).
 # Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
 # gpu2-check-out). NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off).
 set -uo pipefail
@@ -145,6 +146,32 @@ for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
               "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
 PY
 }
+
+# ---- ZB_G2_ZERO_ONLY=1: only the weak DP scaling of step 5 with ZeRO-1 beside it, on the
+# otherwise idle GPUs (ZB_DEADLINE, default 330 s): layouts 1, dp2 and dp2z (ZeRO-1, its
+# reduce-scatter in buckets on the side stream, overlapped with the backward), interleaved
+# repeats; then dp2z with ZB_ZERO_REDUCE=after (one reduce-scatter after the backward, the
+# path before). Prints the two tables.
+if [ -n "${ZB_G2_ZERO_ONLY:-}" ]; then
+  DEADLINE=${ZB_DEADLINE:-330}
+  zscale() {   # zscale OUT LAYOUTS LIMIT [VAR=VALUE...]
+    local o=$1 lays=$2 t=$3; shift 3
+    env "$@" ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 \
+      VOCAB=32768 SEQ=2048 ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="$lays" \
+      OUT="$out/$o" MPIEXEC="$MPIX" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
+    if scaled "$out/$o"; then echo; echo "$o:"; sed -n '3,$p' "$out/$o/scaling.md"
+    else echo "FAIL $o: no table"; tail_of "$out/log-scaling.txt" 12; fi
+  }
+  stamp "ZeRO-1: weak DP scaling, 1 / dp2 / dp2z (reduce-scatter overlapped), then dp2z with ZB_ZERO_REDUCE=after"
+  zscale scaling-zero "1 dp2 dp2z" 230
+  if fits 40; then zscale scaling-zero-after "dp2z" 90 ZB_ZERO_REDUCE=after; else notrun "dp2z with ZB_ZERO_REDUCE=after"; fi
+  grep -h "DP gradients" "$out"/scaling-zero*/work/run-weak-dp2*-r1.log 2>/dev/null | sort -u
+  ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' --exclude='*.h5' log-* scaling-* 2>/dev/null
+    for d in scaling-*/; do d=${d%/}; [ -f "$d/scaling.md" ] && cp "$d/scaling.md" "$d-scaling.md"; done
+    rm -rf scaling-*/ )
+  stamp "done"
+  exit 0
+fi
 
 # ---- ZB_G2_CPU_ONLY=1: only the CPU DP weak scaling (1, dp2, dp4, dp8, dp16), alone on the
 # node (the GPUs idle), one rank per core (mpirun --bind-to core --map-by core), within

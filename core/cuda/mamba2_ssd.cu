@@ -804,6 +804,20 @@ __device__ __forceinline__ void f_store(f_acc_f &a, float *O) {
         for (int r = 0; r < 4; r++) O[(size_t)m2_row(q) * F_LD + m2_col(r)] = a.a[q][r];
 }
 
+/* P2 = op(A2) op(B2), then P = op(A) op(B) (each over k < its K), then a barrier: the two
+ * products of one output of the fused backward (its chunk-state term and its causal term). */
+template <bool TA2, bool TB2, bool TA, bool TB, class ACC>
+__device__ __forceinline__ void f_mm_pair(ACC &a, const float *A2, const float *B2, int K2, float *P2, const float *A,
+                                          const float *B, int K, float *P) {
+    f_zero(a);
+    f_mm<TA2, TB2>(a, A2, B2, K2);
+    f_store(a, P2);
+    f_zero(a);
+    f_mm<TA, TB>(a, A, B, K);
+    f_store(a, P);
+    __syncthreads();
+}
+
 /* S[64 x 64] (row stride F_LD) = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows,
  * c < cols, else 0. */
 struct f_src {
@@ -1111,13 +1125,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();   /* T and T2 free */
         /* dx = M^T dy + w_j (B dS^T) + D dy */
-        f_zero(a);
-        f_mm<false, true>(a, Bm, dS, Ks);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<true, false>(a, MG, dY, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, true, true, false>(a, Bm, dS, Ks, T2, MG, dY, Kl, T);
         {
             float Dh = Dp[k.h];
             float *o = fo.ox + k.r0 * fo.sx + (fo.dx_direct ? k.xcol : k.h * hd);
@@ -1131,13 +1139,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();
         /* dC = dG B + e^{cs_i} (dy S_prev); dcs_i += e^{cs_i} (dy S_prev)_i . C_i */
-        f_zero(a);
-        f_mm<false, false>(a, dY, S, Kh);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<false, false>(a, MW, Bm, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, false, false, false>(a, dY, S, Kh, T2, MW, Bm, Kl, T);
         {
             float *o = fo.oc + k.r0 * fo.sc + (fo.dc_direct ? k.ccol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += M2_NT) {
@@ -1152,13 +1154,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         __syncthreads();
         if (tid < F_N) dc[tid] += ecv[tid] * rv[tid];
         /* dB = dG^T C + w_j (x dS); u_j = (x dS)_j . B_j */
-        f_zero(a);
-        f_mm<false, false>(a, X, dS, Kh);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<true, false>(a, MW, Cm, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, false, true, false>(a, X, dS, Kh, T2, MW, Cm, Kl, T);
         {
             float *o = fo.ob + k.r0 * fo.sb + (fo.db_direct ? k.bcol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += M2_NT) {

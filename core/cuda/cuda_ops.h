@@ -205,6 +205,8 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
+/* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8 (0: ZB_GEMV_UNROLL, default 4) */
+void zb_cuda_gemv_set_unroll(int u);
 /* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
  * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the

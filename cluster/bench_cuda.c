@@ -434,29 +434,33 @@ int main(int argc, char **argv) {
         /* batch 1 and 8 (the GEMV), then batch 48 (cuBLAS: cublasGemmEx's own choice, then the
          * algorithm timed per shape, zb_cuda_gemm_tune) */
         /* batch 1 also without PDL (ZB_DEC_PDL=0: each GEMV waits for the one before to end before
-         * it starts fetching weights; ks = -1 below) and with 8 loads in flight per lane (ks = -2) */
+         * it starts fetching weights; ks = -1 below), with 8 loads in flight per lane (ks = -2) and
+         * with only each lane's first round of loads fetched into the L2 before the wait (ks = -3) */
         int nbs[4] = {1, 8, 48, 48};
         for (int bi = 0; bi < 4; bi++)
             for (int i = 0; i < nsh; i++)
-                for (int ks = bi ? 0 : -2; ks <= 8; ks = ks > 0 ? 2 * ks : ks + 1) {
+                for (int ks = bi ? 0 : -3; ks <= 8; ks = ks > 0 ? 2 * ks : ks + 1) {
                     if (ks > 0 && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
                     gemv8_ctx g = {Wp, nel, 0, x, y, nbs[bi], sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
                     gemv8_bytes(&g);
                     zb_cuda_gemv_set_split(ks > 0 ? ks : 0);
                     zb_cuda_dec_pdl_set(ks == -1 ? 0 : -1);
                     zb_cuda_gemv_set_unroll(ks == -2 ? 8 : 0);
+                    zb_cuda_gemv_set_prefetch(ks == -3 ? 0 : -1);
                     if (bi >= 2) zb_cuda_gemm_tune(bi == 3);
                     double ms = timeit_n(run_gemv8, &g, 3, 15, 8);
                     zb_cuda_gemm_tune(-1);
                     zb_cuda_gemv_set_split(0);
                     zb_cuda_dec_pdl_set(-1);
                     zb_cuda_gemv_set_unroll(0);
+                    zb_cuda_gemv_set_prefetch(-1);
                     snprintf(what, sizeof what, "decode %s %s, batch %d, %s", bi >= 2 ? "GEMM" : "GEMV", sh[i].nm, g.N,
                              bi == 2   ? "cublasGemmEx"
                              : bi == 3 ? "timed per shape"
                              : ks > 0  ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8")
                              : ks == -1 ? "auto, no PDL"
                              : ks == -2 ? "auto, 8 loads in flight"
+                             : ks == -3 ? "auto, first loads prefetched only"
                                        : "auto");
                     row(what, ms, (double)g.bytes / (ms * 1e-3) / 1e9, "GB/s");
                 }

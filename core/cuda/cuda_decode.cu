@@ -31,6 +31,7 @@ typedef struct {
     float *out[3];
     int OC[3], start[4], nseg;
     const bf16 *Wu;
+    int pf;   /* columns of each warp's slice fetched into the L2 before the PDL wait */
 } gemv_args;
 
 /* streamed once: no L1 allocation (x stays there), L2 fetches 256 B at a time */
@@ -82,19 +83,14 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
         c1 = min(C, c0 + per);
         c = c0 + lane * 8;
     }
-    /* the first UNR 16-byte pieces of each lane's weights fetched into the L2 before waiting
-     * on the kernel before (launched with PDL), so that the weight stream starts while that kernel
-     * ends: a prefetch delivers no data, so nothing is read before the wait (a kernel that wrote
-     * the weights, e.g. a conversion, is finished by then); then the loads as ever */
-    if (c < c1)
-#pragma unroll
-        for (int k = 0; k < UNR; k++) {
-            int cc = c + k * 256;
-            if (cc < c1) {
-                prefetch_l2(w + cc);
-                if (PAIR) prefetch_l2(wu + cc);
-            }
-        }
+    /* the first a.pf columns of each warp's slice fetched into the L2 before waiting on the kernel
+     * before (launched with PDL), so that the weight stream starts while that kernel ends: a
+     * prefetch delivers no data, so nothing is read before the wait (a kernel that wrote the
+     * weights, e.g. a conversion, is finished by then); then the loads as ever */
+    for (int cc = c, ce = min(c1, c - lane * 8 + a.pf); cc < ce; cc += 256) {
+        prefetch_l2(w + cc);
+        if (PAIR) prefetch_l2(wu + cc);
+    }
     pdl_wait();
     for (; c < c1; c += 256 * UNR) {
         uint4 rw[UNR], ru[UNR];
@@ -197,10 +193,28 @@ static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks
     else pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
 }
 
+/* bytes of a GEMV's weights fetched into the L2 before its PDL wait (a share of every row): at
+ * least each lane's first round of loads; ZB_GEMV_PREFETCH_MB (default 16; the L2 holds 50 MB) */
+static long long g_gemv_pf = -1;
+extern "C" void zb_cuda_gemv_set_prefetch(long long bytes) { g_gemv_pf = bytes; }
+static long long gemv_pf_bytes(void) {
+    if (g_gemv_pf < 0) {
+        const char *e = getenv("ZB_GEMV_PREFETCH_MB");
+        g_gemv_pf = (long long)((e ? atof(e) : 16.0) * 1048576.0);
+        if (g_gemv_pf < 0) g_gemv_pf = 0;
+    }
+    return g_gemv_pf;
+}
+
 template <bool PAIR>
-static void gemv_launch(const gemv_args &a, const float *x, int N, int C) {
+static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
+    gemv_args a = a0;
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
+    long long cols = gemv_pf_bytes() / ((long long)rows * 2 * (PAIR ? 2 : 1));   /* of each row */
+    int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll() : GEMV_UNROLL);
+    a.pf = (int)(cols / ks > slice ? slice : cols / ks);
+    if (a.pf < first) a.pf = first;
     switch (N) {
     case 1: gemv_go<1, PAIR>(grid, a, x, C, ks, rows); break;
     case 2: gemv_go<2, PAIR>(grid, a, x, C, ks, rows); break;

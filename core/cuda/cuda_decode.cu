@@ -193,14 +193,16 @@ static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks
     else pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
 }
 
-/* bytes of a GEMV's weights fetched into the L2 before its PDL wait (a share of every row): at
- * least each lane's first round of loads; ZB_GEMV_PREFETCH_MB (default 16; the L2 holds 50 MB) */
+/* bytes of a GEMV's weights fetched into the L2 before its PDL wait (a share of every row, at least
+ * each lane's first round of loads): ZB_GEMV_PREFETCH_MB, default 0 = none (S5R1: the first round
+ * prefetched cost the kernel ~5% when it had nothing to overlap: 0.128 -> 0.135 ms per layer's
+ * four GEMVs without PDL, 0.130 with); -2 in the setter: the first round only */
 static long long g_gemv_pf = -1;
 extern "C" void zb_cuda_gemv_set_prefetch(long long bytes) { g_gemv_pf = bytes; }
 static long long gemv_pf_bytes(void) {
-    if (g_gemv_pf < 0) {
+    if (g_gemv_pf == -1) {
         const char *e = getenv("ZB_GEMV_PREFETCH_MB");
-        g_gemv_pf = (long long)((e ? atof(e) : 16.0) * 1048576.0);
+        g_gemv_pf = (long long)((e ? atof(e) : 0.0) * 1048576.0);
         if (g_gemv_pf < 0) g_gemv_pf = 0;
     }
     return g_gemv_pf;
@@ -211,10 +213,11 @@ static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
     gemv_args a = a0;
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
-    long long cols = gemv_pf_bytes() / ((long long)rows * 2 * (PAIR ? 2 : 1));   /* of each row */
+    long long pfb = gemv_pf_bytes(), cols = pfb > 0 ? pfb / ((long long)rows * 2 * (PAIR ? 2 : 1)) : 0;
     int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll() : GEMV_UNROLL);
     a.pf = (int)(cols / ks > slice ? slice : cols / ks);
-    if (a.pf < first) a.pf = first;
+    if ((pfb > 0 || pfb == -2) && a.pf < first) a.pf = first;
+    if (!zb_cuda_dec_pdl()) a.pf = 0;   /* nothing to overlap */
     switch (N) {
     case 1: gemv_go<1, PAIR>(grid, a, x, C, ks, rows); break;
     case 2: gemv_go<2, PAIR>(grid, a, x, C, ks, rows); break;

@@ -208,7 +208,7 @@ void zb_cuda_gemv_set_split(int ks);
 /* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8 (0: ZB_GEMV_UNROLL, default 4) */
 void zb_cuda_gemv_set_unroll(int u);
 /* bytes of a decode GEMV's weights fetched into the L2 before it waits on the kernel before (PDL):
- * -1 = ZB_GEMV_PREFETCH_MB (default 16), 0 = each lane's first round of loads only */
+ * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */
 void zb_cuda_gemv_set_prefetch(long long bytes);
 /* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept

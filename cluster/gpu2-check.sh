@@ -33,7 +33,8 @@
 #  6. if time is left: DP=2 (small buckets on the side stream), DP=2 ZeRO-1 and 1 GPU == CPU;
 #     strong TP and PP scaling of the training step.
 # ZB_G2_CPU_ONLY=1: after 1, only the CPU DP weak scaling to 16 ranks, alone and one rank per
-# core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4.
+# core (see its section). ZB_G2_EQ_ONLY=1: only 2 and 4. ZB_G2_ZERO_ONLY=1: after 1, only the
+# weak DP scaling with and without ZeRO-1 (see its section).
 # Prints one summary (PASS / FAIL / NOT RUN lines, the tables); logs in OUT_DIR (default
 # gpu2-check-out). NCCL_NVLS_ENABLE=0 throughout (NVLink multicast must stay off).
 set -uo pipefail
@@ -60,9 +61,10 @@ fits() { [ "$(left)" -ge "$1" ]; }
 notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export ZB_TP_ALLREDUCE=${ZB_TP_ALLREDUCE:-nccl}   # p2p: the TP decode's small sums through peer memory
+export ZB_TP_FUSED=${ZB_TP_FUSED:-1}   # 0: the TP decode's sums through NCCL, then add_rmsnorm (not fused through peer memory)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
-MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
+MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x ZB_TP_FUSED -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
 MPI="$MPIX --bind-to none"
 fail=0
 summary=()
@@ -144,6 +146,32 @@ for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
               "%.2fx" % (med[g] / med[1]) if g == 2 and 1 in med else "1.00x" if g == 1 else "—"))
 PY
 }
+
+# ---- ZB_G2_ZERO_ONLY=1: only the weak DP scaling of step 5 with ZeRO-1 beside it, on the
+# otherwise idle GPUs (ZB_DEADLINE, default 330 s): layouts 1, dp2 and dp2z (ZeRO-1, its
+# reduce-scatter in buckets on the side stream, overlapped with the backward), interleaved
+# repeats; then dp2z with ZB_ZERO_REDUCE=after (one reduce-scatter after the backward, the
+# path before). Prints the two tables.
+if [ -n "${ZB_G2_ZERO_ONLY:-}" ]; then
+  DEADLINE=${ZB_DEADLINE:-330}
+  zscale() {   # zscale OUT LAYOUTS LIMIT [VAR=VALUE...]
+    local o=$1 lays=$2 t=$3; shift 3
+    env "$@" ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 \
+      VOCAB=32768 SEQ=2048 ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="$lays" \
+      OUT="$out/$o" MPIEXEC="$MPIX" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
+    if scaled "$out/$o"; then echo; echo "$o:"; sed -n '3,$p' "$out/$o/scaling.md"
+    else echo "FAIL $o: no table"; tail_of "$out/log-scaling.txt" 12; fi
+  }
+  stamp "ZeRO-1: weak DP scaling, 1 / dp2 / dp2z (reduce-scatter overlapped), then dp2z with ZB_ZERO_REDUCE=after"
+  zscale scaling-zero "1 dp2 dp2z" 230
+  if fits 40; then zscale scaling-zero-after "dp2z" 90 ZB_ZERO_REDUCE=after; else notrun "dp2z with ZB_ZERO_REDUCE=after"; fi
+  grep -h "DP gradients" "$out"/scaling-zero*/work/run-weak-dp2*-r1.log 2>/dev/null | sort -u
+  ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' --exclude='*.h5' log-* scaling-* 2>/dev/null
+    for d in scaling-*/; do d=${d%/}; [ -f "$d/scaling.md" ] && cp "$d/scaling.md" "$d-scaling.md"; done
+    rm -rf scaling-*/ )
+  stamp "done"
+  exit 0
+fi
 
 # ---- ZB_G2_CPU_ONLY=1: only the CPU DP weak scaling (1, dp2, dp4, dp8, dp16), alone on the
 # node (the GPUs idle), one rank per core (mpirun --bind-to core --map-by core), within
@@ -264,10 +292,13 @@ fi
 : > "$out/decode.jsonl"; : > "$out/log-decode.txt"
 dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out/tok-MODEL-bBATCH-NP.txt (env TAG: +TAG to the name)
   local m; m=$(basename "$1" .json)${TAG:++$TAG}
-  local a=() log="$out/log-decode-$m-$2-b$3-r$4.txt" p=()
+  local a=() log="$out/log-decode-$m-$2-b$3-r$4.txt" p=() tx=()
   [ "$2" = 2 ] && a=(--tp 2)
+  # batch > 1, the first repeat: each new token's top-2 logits per row (ZB_GEN_TOP2; a copy of the
+  # logits per step, ~1 ms of a batch-8 step), for the tie check of rows that part (same_tokens)
+  [ "$3" != 1 ] && [ "$4" = 1 ] && tx=(-x "ZB_GEN_TOP2=$out/top2-$m-b$3-$2.txt")
   for i in $(seq 1 "$3"); do p+=(--prompt-ids "$i,2,3,4,5,6,7,$((8 + i))"); done
-  OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI -n "$2" "$Z" generate --model "$1" "${p[@]}" --batch "$3" \
+  OMP_NUM_THREADS=16 timeout -k 5 "$(lim 75)" $MPI "${tx[@]}" -n "$2" "$Z" generate --model "$1" "${p[@]}" --batch "$3" \
     --max-new "$([ "$3" = 1 ] && echo "${DEC_NEW:-128}" || echo "${DEC_NEW8:-32}")" --ignore-eos --quiet --device cuda \
     --weights bf16 "${a[@]}" > "$out/tok-$m-b$3-$2.txt" 2> "$log"
   local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
@@ -298,10 +329,69 @@ for r in range(max(len(a), len(b))):
           x[k] if k is not None else "-", y[k] if k is not None else "-"))
 PY
 }
-same_tokens() {   # same_tokens MODEL BATCH [VARIANT]: --tp 2 == 1 GPU, greedy
+# tie_check F1 F2 T1 T2: rows of the token files F1 (1 GPU) and F2 (--tp 2) that part, decided from
+# the top-2 logits (T1, T2: ZB_GEN_TOP2 lines "prompt token id1 logit1 id2 logit2 mdiff") at the
+# parting token: a tie up to rounding when the two runs swap the same two tokens and the 1-GPU
+# margin l_a - l_b is within B = lambda 2^-7 mdiff. The derivation: both runs compute the same
+# bf16 model, in other orders of their float32 sums (TP splits each row-parallel product's sum in
+# two; the kernels tile differently). The head reads lnf rounded to bf16 (8 significant bits):
+# an element whose float32 values differ between the runs rounds at worst to the neighbouring
+# bf16 value, one spacing = at most 2^-7 |lnf_k| away. l_a - l_b = sum_k lnf_k (W_ak - W_bk) then
+# moves by sum_k d_k (W_ak - W_bk), |d_k| <= 2^-7 |lnf_k|, the flips independent and of mean zero
+# (the rule of tests/zb_test.h, Higham & Mary): Hoeffding, |move| <= lambda 2^-7 mdiff with mdiff
+# = sqrt(sum_k (lnf_k (W_ak - W_bk))^2) (zb_gen_top2, 1 GPU), lambda = 5.5 (exceeded by chance
+# with probability 5e-7). It counts the head's input as the whole difference (the upstream
+# reordering reaching lnf as at most one bf16 flip per element); beyond it: FAIL.
+tie_check() {
+  python3 - "$@" <<'PY'
+import re, sys
+def rows(f):   # "[i] tokens...": prompt i's new tokens (printed in the order the rows finish)
+    out, cur = {}, None
+    for w in open(f).read().split():
+        if re.fullmatch(r"\[\d+\]", w):
+            cur = out.setdefault(int(w[1:-1]), [])
+        elif re.fullmatch(r"-?\d+", w) and cur is not None: cur.append(int(w))
+    return out
+def top2(f):
+    t = {}
+    try:
+        for l in open(f):
+            p = l.split()
+            if len(p) == 7: t[(int(p[0]), int(p[1]))] = (int(p[2]), float(p[3]), int(p[4]), float(p[5]), float(p[6]))
+    except OSError: pass
+    return t
+a, b, ta, tb = rows(sys.argv[1]), rows(sys.argv[2]), top2(sys.argv[3]), top2(sys.argv[4])
+lam, ok, said = 5.5, True, []
+for r in sorted(set(a) | set(b)):
+    x, y = a.get(r, []), b.get(r, [])
+    k = next((i for i in range(min(len(x), len(y))) if x[i] != y[i]), None)
+    if k is None:
+        if len(x) != len(y): ok = False; said.append("row %d: %d vs %d tokens" % (r, len(x), len(y)))
+        continue
+    p, q = ta.get((r, k)), tb.get((r, k))
+    if not p or not q:
+        ok = False; said.append("row %d parts at token %d: no top-2 logits" % (r, k)); continue
+    m1, bound, m2 = p[1] - p[3], lam * 2.0 ** -7 * p[4], q[1] - q[3]
+    swap = p[0] == x[k] and q[0] == y[k] and p[2] == q[0] and q[2] == p[0]
+    fine = swap and p[4] >= 0 and m1 <= bound
+    ok &= fine
+    said.append("row %d parts at token %d: 1 GPU %d over %d by %.3g, --tp 2 %d over %d by %.3g; bound %.3g "
+                "(5.5 x 2^-7 x |lnf o (W_a - W_b)|_2 = %.3g): %s" % (r, k, p[0], p[2], m1, q[0], q[2], m2, bound, p[4],
+                "a tie up to bf16 rounding" if fine else "the two tokens swap" if swap else "NOT the same two tokens"))
+print(("TIE " if ok else "DIFF ") + "; ".join(said))
+PY
+}
+same_tokens() {   # same_tokens MODEL BATCH [VARIANT]: --tp 2 == 1 GPU, greedy (batch > 1: or rows parting at ties)
   local f1="$out/tok-$1-b$2-1.txt" f2="$out/tok-$1${3:++$3}-b$2-2.txt" n
   [ -f "$f1" ] && [ -f "$f2" ] || return   # not run (time)
   n=$(tr ' ' '\n' < "$f1" | grep -cE '^[0-9]+$')
+  local t1="$out/top2-$1-b$2-1.txt" t2="$out/top2-$1${3:++$3}-b$2-2.txt"
+  if [ "$2" != 1 ] && [ -s "$f1" ] && ! cmp -s "$f1" "$f2" && [ -s "$t1" ] && [ -s "$t2" ]; then
+    local v; v=$(tie_check "$f1" "$f2" "$t1" "$t2")
+    check "generate --device cuda --tp 2${3:+ ($3)} == 1 GPU up to ties, greedy, $1 (synthetic bf16), batch $2: ${v#* }" \
+      "[ '${v%% *}' = TIE ]"
+    return
+  fi
   check "generate --device cuda --tp 2${3:+ ($3)} == 1 GPU, greedy, $1 (synthetic bf16), batch $2: $n tokens ($(head -c 60 "$f2" | tr '\n' ' ')...)" \
     "[ -s '$f1' ] && cmp -s '$f1' '$f2'" || { echo "  1 GPU: $(head -c 300 "$f1" | tr '\n' ' ')"; echo "  2 GPU: $(head -c 300 "$f2" | tr '\n' ' ')"
       first_diff "$f1" "$f2"; }
@@ -316,9 +406,10 @@ if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${
       same_tokens $m $b
     done
   done
-  # the TP all-reduces through peer memory (ZB_TP_ALLREDUCE=p2p, core/cuda/cuda_p2p.cu) instead of NCCL
-  if fits 40; then TAG=p2p ZB_TP_ALLREDUCE=p2p dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 p2p
-  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_ALLREDUCE=p2p"; fi
+  # the earlier path: the TP sums through NCCL, then add_rmsnorm (ZB_TP_FUSED=0), not the fused
+  # sum + residual + norm through peer memory (core/cuda/cuda_p2p.cu)
+  if fits 40; then TAG=nccl ZB_TP_FUSED=0 dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 nccl
+  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_FUSED=0"; fi
   decode_md
   cat "$out/decode.md"
 fi
@@ -499,14 +590,15 @@ done
 # summary tables as files, everything else in one archive; no binaries, models or shards
 [ -n "$packed" ] && rm -rf "$out/pack"
 find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
-( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* tok-* decode.* scaling-* work 2>/dev/null;
+( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' log-* tok-* top2-* decode.* scaling-* work 2>/dev/null;
   for d in scaling-*/; do d=${d%/}; for f in scaling.md model-check.md; do [ -f "$d/$f" ] && cp "$d/$f" "$d-$f"; done; done
-  rm -rf work scaling-*/ log-decode-*-r*.txt tok-*.txt )
+  rm -rf work scaling-*/ log-decode-*-r*.txt tok-*.txt top2-*.txt )
 
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
-grep -E "busbw|allreduce" "$out/log-nccl.txt" | head -8
+grep -E "busbw|allreduce|sum\+add_rmsnorm" "$out/log-nccl.txt" | head -10
+grep -E "fused .*(bits|max|worst)" "$out/log-nccl.txt" | head -4
 grep -E "allreduce" "$out/log-nccl-p2p.txt" 2>/dev/null | head -3 | sed 's/^/  ZB_TP_ALLREDUCE=p2p:/'
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
 for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done

@@ -127,6 +127,13 @@ void zb_comm_shared_free(zb_comm *c, void *win) {
     if (win && c && c->ops->shared_free) c->ops->shared_free(c->impl, win);
 }
 
+int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                            int C, float eps, int residual, int *done) {
+    *done = 0;
+    if (alone(c, g) || !c->ops->sum_add_rmsnorm) return ZB_OK;
+    TIMED(c->ops->sum_add_rmsnorm(c->impl, g, part, x, out, w, N, C, eps, residual, done));
+}
+
 void zb_comm_die(zb_comm *c, const char *what) {
     fprintf(stderr, "zebra: %s: %s\n", what, zb_errmsg());
     fflush(stderr);

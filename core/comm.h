@@ -61,6 +61,11 @@ typedef struct {
      * address space; *win the handle for shared_free, NULL when the group spans nodes. */
     int (*shared_alloc)(void *impl, zb_group g, size_t bytes, void **base, void **win);
     void (*shared_free)(void *impl, void *win);
+    /* Optional (NULL: none). A TP decode step's sum fused with the residual step and the next
+     * norm, on device buffers of N rows of C (zb_comm_sum_add_rmsnorm); *done 0: not taken (the
+     * call does not fit, or the group has no peer memory), nothing done. */
+    int (*sum_add_rmsnorm)(void *impl, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                           int C, float eps, int residual, int *done);
 } zb_comm_ops;
 
 typedef struct zb_comm {
@@ -106,6 +111,15 @@ int zb_comm_barrier(zb_comm *c, zb_group g);
  * zb_comm_shared_free. Loads and stores in it are the caller's protocol (C11 atomics). */
 int zb_comm_shared_alloc(zb_comm *c, zb_group g, size_t bytes, void **base, void **win);
 void zb_comm_shared_free(zb_comm *c, void *win);
+
+/* x = (residual ? x : 0) + the sum over group g of every rank's part, then out = RMSNorm(x) * w
+ * (the backend's add_rmsnorm / rmsnorm_forward arithmetic), for N rows of C on device buffers,
+ * part left as it was; x identical on every rank. One fused call when the implementation has one
+ * for this group and size (*done = 1: a GPU kernel reading the peers' parts from their memory,
+ * parallel/comm_nccl.c); *done = 0 otherwise, nothing done (the caller all-reduces and norms).
+ * Collective: every rank of the group makes the same call, and gets the same *done. */
+int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                            int C, float eps, int residual, int *done);
 
 /* A failure where no status can be returned (inside forward / backward): print this rank's
  * message as "zebra: <what>: <message>" and bring every rank down. */

@@ -579,16 +579,18 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
     int B = nb, N = B * n, d = c->d_model, F = c->ffn;
     size_t Nd = (size_t)N * d;
     double t = *tp;
+    int ln0 = 0, lnf = 0;   /* layer 0's norm / the final norm already made with a TP sum */
     if (m->pp_no_embed) pp_gen_xfer(m, s->x, Nd, 0);   /* PP: the previous stage's residual */
-    else if (m->tp && s->ids_host) {   /* TP on a device: ids of this rank's rows (-1: zeros), summed */
+    else if (m->tp && s->ids_host) {   /* TP on a device: ids of this rank's rows (-1: zeros), summed, and layer 0's norm */
         be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);
-        zb_tp_allreduce(m->tp, s->x, Nd);
+        zb_tp_sum_add_rmsnorm(m->tp, be, s->x, s->x, s->ln, m->w.blocks[0].attn_norm, N, d, c->rms_eps, 0);
+        ln0 = 1;
     } else if (m->tp) zb_tp_embedding_forward(m, s->x, s->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, s->x, s->ids, m->w.embed_lin, N, d);   /* f32 or bf16 rows */
     prof_mark(s, &t, ZB_PROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) {
         const zb_block *w = &m->w.blocks[l];
-        if (l == 0) {   /* later layers' norm comes with the previous residual step */
+        if (l == 0 && !ln0) {   /* later layers' norm comes with the previous residual step */
             be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
             prof_mark(s, &t, ZB_PROF_OTHER);
         }
@@ -621,14 +623,24 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         }
         prof_mark(s, &t, c->kinds[l] == ZB_LAYER_ATTN ? ZB_PROF_ATTN : c->kinds[l] == ZB_LAYER_MLA ? ZB_PROF_MLA
                                                                                                  : ZB_PROF_MAMBA);
-        if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: mixer out is row-parallel */
-        be->add_rmsnorm(be, s->x, s->mo, s->ln, w->mlp_norm, N, d, c->rms_eps);
+        /* the residual and the MLP's norm (TP: mixer out is row-parallel, summed first) */
+        if (m->tp) zb_tp_sum_add_rmsnorm(m->tp, be, s->mo, s->x, s->ln, w->mlp_norm, N, d, c->rms_eps, 1);
+        else be->add_rmsnorm(be, s->x, s->mo, s->ln, w->mlp_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
         be->swiglu_linear_forward(be, s->g, s->u, s->ln, w->lin.w_gate, w->lin.w_up, N, d, F);
         be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
         prof_mark(s, &t, ZB_PROF_MLP);
-        if (m->tp) zb_tp_allreduce(m->tp, s->mo, Nd);   /* TP: down_proj is row-parallel */
-        if (l + 1 < c->n_layers)   /* the residual, and the next layer's norm */
+        /* the residual, and the next layer's norm (TP: down_proj is row-parallel, summed first);
+         * TP decode: the last layer's with the final norm (the head's input is then x itself) */
+        if (m->tp && l + 1 < c->n_layers)
+            zb_tp_sum_add_rmsnorm(m->tp, be, s->mo, s->x, s->ln, m->w.blocks[l + 1].attn_norm, N, d, c->rms_eps, 1);
+        else if (m->tp && n == 1 && !m->pp_no_head &&
+                 zb_tp_fused_sum_add_rmsnorm(m->tp, s->mo, s->x, s->lnf, m->w.final_norm, N, d, c->rms_eps, 1))
+            lnf = 1;
+        else if (m->tp) {
+            zb_tp_allreduce(m->tp, s->mo, Nd);
+            be->add(be, s->x, s->x, s->mo, Nd);
+        } else if (l + 1 < c->n_layers)
             be->add_rmsnorm(be, s->x, s->mo, s->ln, m->w.blocks[l + 1].attn_norm, N, d, c->rms_eps);
         else be->add(be, s->x, s->x, s->mo, Nd);
         prof_mark(s, &t, ZB_PROF_OTHER);
@@ -639,7 +651,7 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
             be->copy_2d(be, s->lnf, (size_t)d, last, (size_t)n * d, (size_t)B, (size_t)d);
             last = s->lnf;
         }
-        be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
+        if (!lnf) be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
         be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
         /* TP on a device: the vocabulary slices gathered GPU to GPU, [tp][B][V/tp], in the step
          * (and its recording) */
@@ -730,6 +742,12 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
     }
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
+}
+
+void zb_gen_logits_host(const zb_model *m, zb_gen *s, int nb) {
+    const float *lg = dev_logits(m, s, nb);
+    if (s->greedy && lg && lg != s->logits)
+        m->be->to_host(m->be, s->logits, lg, sizeof(float) * (size_t)nb * zb_model_full_config(m)->vocab);
 }
 
 int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {

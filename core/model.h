@@ -316,6 +316,17 @@ int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
  * last stage has them); the caches hold the stage's layers only. */
 int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n);
 
+/* The last step's logits of its nb rows in s->logits also when the greedy pick left them on the
+ * device (a copy of nb x V floats). */
+void zb_gen_logits_host(const zb_model *m, zb_gen *s, int nb);
+/* The two largest logits of each of the last step's nb rows: id[2i], id[2i+1] and their values
+ * val[2i], val[2i+1] (the greedy pick first: the lower id on ties), and mdiff[i] =
+ * sqrt(sum_k (lnf_ik (W_ak - W_bk))^2) for those two ids a, b (W the LM head): the 2-norm of
+ * the terms by which the two logits differ (-1 under TP, where this rank holds part of the
+ * head). Fetches the logits when the greedy pick left them on the device. For checks (ZB_GEN_TOP2
+ * of zebra generate): a copy of the logits per call. Not collective (the sampler rank's logits). */
+int zb_gen_top2(const zb_model *m, zb_gen *s, int nb, int *id, float *val, float *mdiff);
+
 /* Benchmarks: pretend pos tokens are cached (caches and states filled with small random
  * values) so that decode speed at a long context can be measured without the prefill. */
 void zb_gen_fill_synthetic(zb_gen *s, int pos, uint64_t seed);

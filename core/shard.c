@@ -18,6 +18,22 @@ void zb_tp_allreduce(const zb_tp *tp, float *x, size_t n) {
     if (zb_comm_sum_f32(tp->comm, ZB_GROUP_TP, x, n)) tp_die(tp);
 }
 
+int zb_tp_fused_sum_add_rmsnorm(const zb_tp *tp, const float *part, float *x, float *out, const float *w, int N, int C,
+                                float eps, int residual) {
+    int done = 0;
+    if (tp->size > 1 && zb_comm_sum_add_rmsnorm(tp->comm, ZB_GROUP_TP, part, x, out, w, N, C, eps, residual, &done))
+        tp_die(tp);
+    return done;
+}
+
+void zb_tp_sum_add_rmsnorm(const zb_tp *tp, const zb_backend *be, float *part, float *x, float *out, const float *w,
+                           int N, int C, float eps, int residual) {
+    if (zb_tp_fused_sum_add_rmsnorm(tp, part, x, out, w, N, C, eps, residual)) return;
+    zb_tp_allreduce(tp, part, (size_t)N * C);
+    if (residual) be->add_rmsnorm(be, x, part, out, w, N, C, eps);
+    else be->rmsnorm_forward(be, out, NULL, x, w, N, C, eps);
+}
+
 /* ---- which dims split ------------------------------------------------------------------- */
 
 static void layer_kinds(const zb_config *c, int *attn, int *mla, int *mamba) {

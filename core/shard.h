@@ -86,6 +86,16 @@ void zb_tp_free(zb_tp *tp);
 /* ---- what forward / backward / the losses call (each stops every rank on a failure) ------- */
 /* x[n] = sum over the TP group (in place). */
 void zb_tp_allreduce(const zb_tp *tp, float *x, size_t n);
+/* The TP decode's sum with the residual step and the next norm after it, N rows of C:
+ * x += the sum over the group of part (residual 0: x = the sum, part must be x), then
+ * out = RMSNorm(x) * w. One fused call through the peers' memory where the communication table
+ * has one (comm.h zb_comm_sum_add_rmsnorm; part then keeps this rank's values), else the
+ * all-reduce of part in place and be's add_rmsnorm / rmsnorm_forward. */
+void zb_tp_sum_add_rmsnorm(const zb_tp *tp, const zb_backend *be, float *part, float *x, float *out, const float *w,
+                           int N, int C, float eps, int residual);
+/* The fused call alone: 1 when made, 0 when the table has none for this call (nothing done). */
+int zb_tp_fused_sum_add_rmsnorm(const zb_tp *tp, const float *part, float *x, float *out, const float *w, int N, int C,
+                                float eps, int residual);
 /* Vocabulary-parallel embedding: ids of this rank's rows are looked up, others give zeros;
  * then summed over the group. */
 void zb_tp_embedding_forward(const zb_model *m, float *out, const int *ids, int N);

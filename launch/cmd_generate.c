@@ -343,6 +343,7 @@ typedef struct {
     zb_gen g;
     int *slot_prompt, *n_out, *last, *act, *act_tok, *outbuf;
     zb_rng *rngs;
+    FILE *top2;         /* ZB_GEN_TOP2=FILE: each new token's two largest logits per row (the sampler rank) */
     /* statistics */
     double t_prefill, t_decode;
     long n_prefill, n_decode;
@@ -548,6 +549,23 @@ static int setup_model(gen_state *S, int B) {
     return ZB_OK;
 }
 
+/* ZB_GEN_TOP2=FILE (a check of greedy runs that part: cluster/gpu2-check.sh): one line per new
+ * token and row, "prompt token id1 logit1 id2 logit2 mdiff" (zb_gen_top2), the sampler rank only;
+ * rows[k] is the slot of row k of the last step. Costs a copy of the logits per step. */
+static int write_top2(gen_state *S, const zb_run *run, const int *rows, int nb) {
+    int *id = zb_malloc(sizeof(int) * 2 * (size_t)nb, "top-2 logits");
+    float *v = zb_malloc(sizeof(float) * 3 * (size_t)nb, "top-2 logits");
+    int rc = id && v ? zb_gen_top2(&S->m, &S->g, nb, id, v, v + 2 * nb) : ZB_ENOMEM;
+    for (int k = 0; !rc && k < nb; k++) {
+        int i = S->slot_prompt[rows[k]];
+        fprintf(S->top2, "%d %d %d %.9g %d %.9g %.9g\n", i, run->n_out[i], id[2 * k], v[2 * k], id[2 * k + 1],
+                v[2 * k + 1], v[2 * nb + k]);
+    }
+    free(id);
+    free(v);
+    return rc;
+}
+
 /* Prefill prompts into the free slots (each alone) and sample their first tokens, then decode
  * the active sequences together, until every prompt is done. */
 static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
@@ -556,6 +574,9 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
     zb_gen *g = &S->g;
     int P = n_prompts(&S->pr), next_prompt = 0, tp = a->tp, pp = a->pp;
     int sampler_rank = (tp == 1 || S->grid.tp_rank == 0) && (pp == 1 || S->grid.pp_rank == pp - 1);
+    const char *t2 = getenv("ZB_GEN_TOP2");   /* a failure here stops every rank (the driver's MPI_Abort) */
+    if (t2 && *t2 && sampler_rank && !S->top2 && !(S->top2 = fopen(t2, "w")))
+        return zb_fail(ZB_EIO, "generate: ZB_GEN_TOP2: cannot write %s", t2);
     for (;;) {
         /* 1. fill the free slots: prefill each new prompt alone into its slot and sample its
          *    first token (a prompt that finishes at once frees the slot for the next) */
@@ -568,6 +589,7 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
                 S->n_prefill += prompt_len(&S->pr, i);
                 S->slot_prompt[b] = i;
                 if (a->max_new == 0) { finish(run, b); S->t_prefill += zb_now() - t0; continue; }
+                if (sampler_rank && S->top2) ZB_TRY(write_top2(S, run, &b, 1));
                 if (sampler_rank)
                     tkn = g->greedy ? g->next[0] : zb_sample(g->logits, c->vocab, &a->sp, &S->rngs[i], NULL);
                 ZB_TRY(share_tokens(&S->grid, tp, pp, &tkn, 1));
@@ -585,6 +607,7 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
         /* 2. one decode step for all the active sequences, each at its own position */
         double t0 = zb_now();
         ZB_TRY(zb_gen_step_seqs(&S->m, g, S->act, na, S->act_tok, 1));
+        if (sampler_rank && S->top2) ZB_TRY(write_top2(S, run, S->act, na));
         if (sampler_rank)
             for (int k = 0; k < na; k++)
                 S->act_tok[k] = g->greedy ? g->next[k]
@@ -666,6 +689,7 @@ static int gen_run(gen_state *S) {
 }
 
 static void gen_free(gen_state *S) {
+    if (S->top2) fclose(S->top2);
     zb_gen_free(&S->g);
     zb_model_free(&S->m);
     zb_tokenizer_free(S->tok);

@@ -632,8 +632,12 @@ static int train_setup(train_run *S, const char *cfg_path, const char *resume, i
                 "step %lld\n", r->steps, r->grad_accum, S->g.dp_size, S->tr.rows, r->seq_len, r->opt.lr, r->opt.min_lr,
                 r->opt.warmup, resume ? "resumed" : "starting", (long long)S->step);
         if (S->g.dp_size > 1)
-            fprintf(stderr, "train: DP gradients: %s\n", S->dp.zero ? "ZeRO-1 reduce-scatter after the backward"
+            fprintf(stderr, "train: DP gradients: %s%s\n", S->dp.zero ? "ZeRO-1, " : "",
+                    S->dp.zero_whole ? "one reduce-scatter after the backward (ZB_ZERO_REDUCE=after)"
                     : S->dp.path == ZB_DP_SHM ? "node-shared memory, buckets overlapped with the backward"
+                    : !S->m.be->host_memory ? "NCCL buckets on the side stream, overlapped with the backward"
+                    : S->dp.zero ? (S->dp.progress_us ? "MPI_Ireduce_scatter buckets, a progress thread"
+                                                      : "MPI_Ireduce_scatter buckets, progressed between layers")
                     : S->dp.progress_us ? "MPI_Iallreduce buckets, a progress thread"
                     : "MPI_Iallreduce buckets, progressed between layers");
     }

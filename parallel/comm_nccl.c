@@ -47,7 +47,9 @@ typedef struct {
 #endif
     cudaStream_t *to_s, *from_s;    /* a stream per point-to-point communicator */
     cudaStream_t compute, comm, side;
-    zb_cuda_p2p *p2p;               /* ZB_TP_ALLREDUCE=p2p: the TP group's small sums through peer memory */
+    zb_cuda_p2p *p2p;               /* the TP group's peer memory (CUDA IPC), NULL: none */
+    int p2p_sum;                    /* ZB_TP_ALLREDUCE=p2p: the TP group's small all-reduces through it */
+    int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=0: not) */
     cudaEvent_t ev_in, ev_out;
     int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
 } nccl_impl;
@@ -168,11 +170,44 @@ static ncclComm_t gcomm(nccl_impl *im, zb_group g) { return im->nc[g]; }
 static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; }
 #endif
 
+#ifdef ZB_HAVE_NCCL
+/* A sum of every rank's x [sum counts], part r to rank r's out, queued on stream s (after the
+ * compute stream's work): ncclReduceScatter when the parts are equal, otherwise (ZeRO's ranges,
+ * a bucket's pieces) a reduce of each non-empty part to its owner, in one group. */
+static int nccl_reduce_scatter(nccl_impl *im, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
+                               cudaStream_t s) {
+    int size = im->mpi->size[g], me = im->mpi->rank[g], equal = 1;
+    size_t es = zb_ctype_size(t), off = 0;
+    for (int r = 0; r < size; r++) equal &= counts[r] == counts[0];
+    ZB_TRY(enter(im, s));
+    if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], s));
+    else {
+        ZB_NC(ncclGroupStart());
+        for (int r = 0; r < size; r++) {
+            const char *src = (const char *)x + off * es;
+            if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r, im->nc[g], s));
+            off += counts[r];
+        }
+        ZB_NC(ncclGroupEnd());
+    }
+    return ZB_OK;
+}
+
+/* r: pending until the side stream has done what it holds now (n_wait / n_test) */
+static int side_request(nccl_impl *im, nreq *q, zb_comm_req *r) {
+    ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
+    ZB_CU(cudaEventRecord(q->u.ev, im->side));
+    q->kind = RQ_EVENT;
+    r->pending = 1;
+    return ZB_OK;
+}
+#endif
+
 /* ---- the table ------------------------------------------------------------------------------ */
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
     nccl_impl *im = IM(impl);
-    if (im->p2p && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
+    if (im->p2p_sum && g == ZB_GROUP_TP && t == ZB_CT_F32 && op == ZB_RED_SUM && n <= zb_cuda_p2p_max(im->p2p) &&
         (capturing(im) || on_dev(x))) {   /* one kernel on the compute stream (cuda_common.h) */
         zb_cuda_p2p_allreduce(im->p2p, x, n);
         if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
@@ -212,11 +247,7 @@ static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
     if (gcomm(im, g)) {   /* the gradient buckets: the side stream, overlapping the backward */
         ZB_TRY(enter(im, im->side));
         ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->side));
-        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
-        ZB_CU(cudaEventRecord(q->u.ev, im->side));
-        q->kind = RQ_EVENT;
-        r->pending = 1;
-        return ZB_OK;
+        return side_request(im, q, r);
     }
 #endif
     return n_allreduce(impl, g, x, n, t, op);   /* staged: done when it returns */
@@ -293,23 +324,10 @@ static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
     if (!dx && !dout) return MPI_OPS(im)->reduce_scatter(MPI_IMPL(im), g, x, out, counts, t);
     int size = im->mpi->size[g], me = im->mpi->rank[g];
     size_t es = zb_ctype_size(t), total = 0;
-    int equal = 1;
-    for (int r = 0; r < size; r++) { total += counts[r]; equal &= counts[r] == counts[0]; }
+    for (int r = 0; r < size; r++) total += counts[r];
 #ifdef ZB_HAVE_NCCL
     if (dx && dout && gcomm(im, g)) {
-        ZB_TRY(enter(im, im->comm));
-        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->comm));
-        else {   /* uneven parts (ZeRO's ranges): a reduce to each part's owner, in one group */
-            ZB_NC(ncclGroupStart());
-            size_t off = 0;
-            for (int r = 0; r < size; r++) {
-                const char *src = (const char *)x + off * es;
-                if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r,
-                                                im->nc[g], im->comm));
-                off += counts[r];
-            }
-            ZB_NC(ncclGroupEnd());
-        }
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->comm));
         return leave(im, im->comm);
     }
 #endif
@@ -331,7 +349,7 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
     nccl_impl *im = IM(impl);
     nreq *q = rq(r);
     memset(q, 0, sizeof *q);
-    int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g], me = im->mpi->rank[g];
+    int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g];
     if (!dx && !dout) {   /* host buffers: MPI, the int counts kept until the request completes */
         int *v = zb_malloc(sizeof(int) * (size_t)size, "MPI counts");
         if (!v) return ZB_ENOMEM;
@@ -349,27 +367,9 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
         return ZB_OK;
     }
 #ifdef ZB_HAVE_NCCL
-    if (dx && dout && gcomm(im, g)) {
-        size_t es = zb_ctype_size(t), off = 0;
-        int equal = 1;
-        for (int k = 0; k < size; k++) equal &= counts[k] == counts[0];
-        ZB_TRY(enter(im, im->side));
-        if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], im->side));
-        else {   /* a bucket's pieces: a reduce to each piece's owner (most buckets have one) */
-            ZB_NC(ncclGroupStart());
-            for (int k = 0; k < size; k++) {
-                const char *src = (const char *)x + off * es;
-                if (counts[k]) ZB_NC(ncclReduce(src, k == me ? out : (void *)src, counts[k], ndt(t), ncclSum, k,
-                                                im->nc[g], im->side));
-                off += counts[k];
-            }
-            ZB_NC(ncclGroupEnd());
-        }
-        ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
-        ZB_CU(cudaEventRecord(q->u.ev, im->side));
-        q->kind = RQ_EVENT;
-        r->pending = 1;
-        return ZB_OK;
+    if (dx && dout && gcomm(im, g)) {   /* most buckets lie in one rank's range: one reduce */
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->side));
+        return side_request(im, q, r);
     }
 #endif
     return n_reduce_scatter(impl, g, x, out, counts, t);   /* staged: done when it returns */
@@ -532,9 +532,22 @@ static void n_abort(void *impl, int code) {
     MPI_OPS(im)->abort(MPI_IMPL(im), code);   /* MPI_Abort: the GPUs' processes go with it */
 }
 
+/* The TP decode's sum + residual + norm in one kernel through peer memory (cuda_common.h),
+ * on the compute stream (recorded with the step when it is being recorded). */
+static int n_sum_add_rmsnorm(void *impl, zb_group g, const float *part, float *x, float *out, const float *w, int N,
+                             int C, float eps, int residual, int *done) {
+    nccl_impl *im = IM(impl);
+    *done = 0;
+    if (!im->p2p_fused || g != ZB_GROUP_TP || !(capturing(im) || on_dev(x))) return ZB_OK;
+    *done = zb_cuda_p2p_add_rmsnorm(im->p2p, part, x, out, w, N, C, eps, residual);
+    if (*done && im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
+    return ZB_OK;
+}
+
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
-                                     n_barrier, n_abort, NULL, NULL};   /* no node-shared memory: device buffers */
+                                     n_barrier, n_abort, NULL, NULL,   /* no node-shared memory: device buffers */
+                                     n_sum_add_rmsnorm};
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
@@ -590,42 +603,50 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 }
 #endif
 
-/* ZB_TP_ALLREDUCE=p2p: the TP group's all-reduces of up to 64 K floats through peer memory
- * (cuda_common.h) when every rank of the group is on this node and each can open the others'
- * buffers; otherwise (said once on the group's rank 0) NCCL as before. Collective over TP. */
+/* The TP group's peer memory (cuda_common.h), when every rank of the group is on this node and
+ * each can open the others' buffers, for
+ *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): on unless ZB_TP_FUSED=0;
+ *   - ZB_TP_ALLREDUCE=p2p: the group's all-reduces of up to 64 K floats (off unless asked).
+ * Otherwise (said once per rank that asked) NCCL all-reduces as before. Collective over TP: a use
+ * is on only where every rank of the group asked for it and every rank's buffer opened. */
 #define ZB_P2P_FLOATS ((size_t)1 << 16)
 static int p2p_setup(nccl_impl *im) {
-    const char *e = getenv("ZB_TP_ALLREDUCE");
+    const char *e = getenv("ZB_TP_ALLREDUCE"), *f = getenv("ZB_TP_FUSED");
     int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
     MPI_Comm tp = im->mg[ZB_GROUP_TP];
     if (size < 2) return ZB_OK;
-    ok = e && !strcmp(e, "p2p") && size <= ZB_P2P_MAX_RANKS;
-    ZB_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LOR, tp));
-    if (!all) return ZB_OK;   /* nobody asked */
+    int want[2] = {e && !strcmp(e, "p2p"), !(f && !strcmp(f, "0"))}, agreed[2] = {0, 0};
+    ZB_MPI(MPI_Allreduce(want, agreed, 2, MPI_INT, MPI_LAND, tp));
+    if (!agreed[0] && !agreed[1]) return ZB_OK;   /* nobody asked, or not every rank */
+    ok = size <= ZB_P2P_MAX_RANKS;
     MPI_Comm node;
     int on_node = 0;
     ZB_MPI(MPI_Comm_split_type(tp, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
     ZB_MPI(MPI_Comm_size(node, &on_node));
     MPI_Comm_free(&node);
     size_t hb = zb_cuda_p2p_handle_bytes();
-    char *mine = zb_calloc(1, hb, "peer all-reduce"), *hs = zb_calloc((size_t)size, hb, "peer all-reduce");
+    char *mine = zb_calloc(1, hb, "peer memory"), *hs = zb_calloc((size_t)size, hb, "peer memory");
     if (!mine || !hs) { free(mine); free(hs); return ZB_ENOMEM; }
-    const char *why = "not every rank asked for it (ZB_TP_ALLREDUCE)";
+    const char *why = ok ? "another TP rank could not set it up" : "more TP ranks than ZB_P2P_MAX_RANKS";
     if (ok && on_node != size) { ok = 0; why = "the TP group spans nodes"; }
     if (ok && zb_cuda_p2p_new(&im->p2p, rank, size, ZB_P2P_FLOATS, mine)) { ok = 0; why = zb_errmsg(); }
     int rc = MPI_Allgather(mine, (int)hb, MPI_BYTE, hs, (int)hb, MPI_BYTE, tp) == MPI_SUCCESS ? ZB_OK
-           : zb_fail(ZB_EMPI, "peer all-reduce: MPI_Allgather of the handles failed");
+           : zb_fail(ZB_EMPI, "peer memory: MPI_Allgather of the handles failed");
     if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
     if (!rc && all && zb_cuda_p2p_open(im->p2p, hs)) { ok = 0; why = zb_errmsg(); }
     if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
     free(mine);
     free(hs);
     if (rc || !all) {
-        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: ZB_TP_ALLREDUCE=p2p not used (%s): NCCL all-reduces\n", rank, why);
+        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: peer memory not used (%s): NCCL all-reduces%s\n", rank, why,
+                         agreed[0] ? " (ZB_TP_ALLREDUCE=p2p not used)" : "");
         zb_cuda_p2p_free(im->p2p);
         im->p2p = NULL;
+        return rc;
     }
-    return rc;
+    im->p2p_sum = agreed[0];
+    im->p2p_fused = agreed[1];
+    return ZB_OK;
 }
 
 static int setup(nccl_impl *im) {
@@ -747,7 +768,7 @@ int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, M
     for (int g = 0; g < ZB_NGROUPS; g++)
         if (im->nc[g]) c->graph_groups |= 1u << g;
 #endif
-    if (im->p2p) c->graph_groups |= 1u << ZB_GROUP_TP;
+    if (im->p2p_sum) c->graph_groups |= 1u << ZB_GROUP_TP;
     memcpy(c->rank, mpi->rank, sizeof c->rank);
     memcpy(c->size, mpi->size, sizeof c->size);
     *out = c;

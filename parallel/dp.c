@@ -109,6 +109,15 @@ static int shm_advance(zb_dp *d, int k) {
             if (get(d, j, F_READY, k) < d->epoch) return 0;
         float *in[ZB_DP_MAX_SHM];
         for (int j = 0; j < d->size; j++) in[j] = sdata(d, j, k);
+        if (d->zero) {   /* ZeRO-1: our piece of the bucket summed into our range; nothing to copy back */
+            size_t lo = 0;
+            for (int j = 0; j < d->rank; j++) lo += b->zcounts[j];
+            if (b->zcounts[d->rank]) tree_sum(d->gshard + b->zout, in, lo, b->zcounts[d->rank], d->size, d->tmp);
+            put(d, F_DONE, k);
+            put(d, F_GOT, k);   /* every part's piece read */
+            b->reduced = b->gathered = 1;
+            return 1;
+        }
         size_t lo, n = chunk(b->n, d->size, d->rank, &lo);
         tree_sum(in[d->rank] + lo, in, lo, n, d->size, d->tmp);
         put(d, F_DONE, k);
@@ -298,7 +307,7 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
             return zb_fail(ZB_EARG, "ZB_ZERO_REDUCE=%s: expected overlap or after", e);
         d->zero_whole = e && !strcmp(e, "after");
     }
-    if (!zero && d->size > 1) {
+    if (d->size > 1 && !d->zero_whole) {
         const char *e = getenv("ZB_DP_ALLREDUCE");
         if (e && *e && strcmp(e, "auto") && strcmp(e, "mpi") && strcmp(e, "shm"))
             return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=%s: expected auto, mpi or shm", e);
@@ -368,6 +377,7 @@ static int finish_buckets(zb_dp *d) {
             if (left) relax(&spins);
         }
         d->epoch++;
+        if (d->zero) be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
         return ZB_OK;
     }
     stop_thread(d);

@@ -5,11 +5,12 @@
 #   NP=2: TP=2 (within the split-run floor, below); TP=2 stop at 10 + --resume == straight TP=2;
 #         the TP=2-written checkpoint resumed on 1 rank (TP=1: model + sliced moments) == A;
 #         DP=2 with tiny gradient buckets (many overlapped MPI_Iallreduce) == A;
-#         DP=2 ZeRO-1 (buckets reduce-scattered during the backward) == DP=2, == ZeRO-1 with one
-#         reduce-scatter after the backward bit for bit; a ZeRO DP=2 checkpoint resumed at DP=1 == A; the buckets through
+#         DP=2 ZeRO-1 (buckets reduce-scattered during the backward, node-shared memory) == DP=2,
+#         == ZeRO-1 with one reduce-scatter after the backward and == MPI_Ireduce_scatter buckets
+#         bit for bit; a ZeRO DP=2 checkpoint resumed at DP=1 == A; the buckets through
 #         MPI_Iallreduce (with and without a progress thread) == through node-shared memory, bit
 #         for bit (also at DP=4 and DP=3 under NP=4).
-#   NP=4: TP=2 x DP=2 == A; TP=2 x DP=2 ZeRO == the same without;
+#   NP=4: TP=2 x DP=2 == A; TP=2 x DP=2 ZeRO (MPI_Ireduce_scatter buckets) == the same without;
 #         DP=4 ZeRO == DP=4; the ZeRO DP=4 checkpoint resumed at TP=2 x DP=2 == A;
 #         TP=4 == A; sizes that do not divide: one clear error, every rank stops.
 #   NP=2 also: KD with the teacher TP-sharded (TP=2 == 1 rank).
@@ -124,6 +125,8 @@ if [ "$NP" = 2 ]; then
   # 2 ranks: each float is a + b whichever way it is reduce-scattered
   ZB_ZERO_REDUCE=after run 2 Zw 2 ", \"zero\": true"
   exact "DP=2 ZeRO-1: the buckets' reduce-scatters == one after the backward (ZB_ZERO_REDUCE=after)" Zr.txt Zw.txt
+  ZB_DP_ALLREDUCE=mpi run 2 Zm 2 ", \"zero\": true, \"bucket_mb\": 0.002"
+  exact "DP=2 ZeRO-1: MPI_Ireduce_scatter buckets == the node-shared reduce-scatter" Zr.txt Zm.txt
   run 2 ZR 2 ", \"zero\": true" --stop-after 10
   run 1 ZR 4 "" --resume ZR/ckpt-000010.h5
   same "ZeRO DP=2 checkpoint (full moments) resumed at DP=1 == 1 rank" A.txt ZR.txt $FA
@@ -181,7 +184,7 @@ fi
 if [ "$NP" = 4 ]; then
   run 4 P 2 "" --tp 2
   same "TP=2 x DP=2 == 1 rank" A.txt P.txt $FA
-  run 4 PZ 2 ", \"zero\": true" --tp 2
+  ZB_DP_ALLREDUCE=mpi run 4 PZ 2 ", \"zero\": true, \"bucket_mb\": 0.002" --tp 2
   same "TP=2 x DP=2 ZeRO-1 == TP=2 x DP=2" P.txt PZ.txt $FA
   run 4 Q 1 ", \"bucket_mb\": 0.01"
   same "DP=4, 1 row each == 1 rank x 4 rows" A.txt Q.txt $FA

@@ -3,8 +3,12 @@
  * values the ranks can compute alone (small integers times small integers: every sum is exact
  * in float32, so the checks are equalities); the pipeline's send / receive in both directions
  * at once (the 1F1B pattern and the tied-embedding exchange) with a message well beyond NCCL's
- * eager size; host buffers through the same table (they go to MPI). Then the all-reduce's bus
- * bandwidth over the TP group (informative, not checked).
+ * eager size; host buffers through the same table (they go to MPI). The TP decode's fused sum +
+ * residual + RMSNorm through peer memory (zb_comm_sum_add_rmsnorm) against the all-reduce then
+ * add_rmsnorm, within bounds derived from the two summation orders, bitwise the same on both
+ * ranks, call by call and replayed from a CUDA graph (ZB_TP_FUSED=0: checked not taken). Then
+ * the time per call of both in a graph and the all-reduce's bus bandwidth over the TP group
+ * (informative, not checked).
  * Skipped (exit 77) with fewer GPUs on the node than ranks.
  * Every rank prints each step as it enters it ("rank R: SECTION: STEP"), and a step that takes
  * longer than ZB_NCCL_TEST_TIMEOUT seconds (default 60) ends the test with a line naming it
@@ -12,6 +16,7 @@
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +25,7 @@
 #include "comm_nccl.h"
 #include "grid.h"
 #include "cuda_common.h"
+#include "cuda_ops.h"
 #include "zb_test.h"
 
 /* a failing call: its message, and the test stops (the other rank is stopped by mpiexec) */
@@ -283,6 +289,199 @@ static void small_sums(zb_comm *c) {
     zb_cuda_free(d);
 }
 
+/* ---- the fused TP decode sum + residual + norm (comm.h zb_comm_sum_add_rmsnorm) ---------- */
+
+/* a value in (-1, 1) from a counter: rounding errors show, unlike the exact integers above */
+static float noise(uint64_t k) {
+    k = (k + 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    k ^= k >> 31;
+    k *= 0x94D049BB133111EBull;
+    k ^= k >> 29;
+    return (float)((double)(k >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+typedef struct {
+    int N, C, residual, call;
+    float *part, *x, *out, *w;           /* device: the fused call's buffers */
+    float *rpart, *rx, *rout;            /* device: the reference's (all-reduce, then add_rmsnorm) */
+    float *hpart, *hx, *hw;              /* host: this call's inputs */
+} fcase;
+
+/* rank r's part at i of call `call`, |p| < S */
+static float fpart(int call, int r, int S, size_t i) { return noise(((uint64_t)call << 40) + ((uint64_t)r << 32) + i) * (float)S; }
+
+/* this call's inputs; without a residual x holds this rank's part (the call is in place) */
+static void fcase_fill(fcase *f, int r, int S, int call) {
+    size_t n = (size_t)f->N * f->C;
+    f->call = call;
+    for (size_t i = 0; i < n; i++) {
+        f->hpart[i] = fpart(call, r, S, i);
+        f->hx[i] = f->residual ? noise(((uint64_t)call << 40) + (0xFFull << 32) + i) : f->hpart[i];   /* the same on every rank */
+    }
+    for (int i = 0; i < f->C; i++) f->hw[i] = 0.5f + noise((0xFEull << 32) + (uint64_t)i);
+    OK(zb_cuda_upload(f->part, f->hpart, n * sizeof(float)));
+    OK(zb_cuda_upload(f->rpart, f->hpart, n * sizeof(float)));
+    OK(zb_cuda_upload(f->x, f->hx, n * sizeof(float)));
+    OK(zb_cuda_upload(f->rx, f->hx, n * sizeof(float)));
+    OK(zb_cuda_upload(f->w, f->hw, f->C * sizeof(float)));
+}
+
+/* the reference: the all-reduce of the table (NCCL), then the backend's add_rmsnorm / rmsnorm */
+static void fcase_ref(zb_comm *c, fcase *f) {
+    if (f->residual) {
+        OK(zb_comm_sum_f32(c, ZB_GROUP_TP, f->rpart, (size_t)f->N * f->C));
+        zb_cuda_add_rmsnorm(f->rx, f->rpart, f->rout, f->w, f->N, f->C, 1e-5f);
+    } else {
+        OK(zb_comm_sum_f32(c, ZB_GROUP_TP, f->rx, (size_t)f->N * f->C));
+        zb_cuda_rmsnorm_forward(f->rout, NULL, f->rx, f->w, f->N, f->C, 1e-5f);
+    }
+}
+
+/* The fused call's x and out against the reference, within bounds derived from the two
+ * computations' orders. x_i = x0_i + sum_r p_ri is S float32 additions in some order on each
+ * side, each within S u m_i of the exact value (m_i = |x0_i| + sum_r |p_ri|, u = 2^-24, first
+ * order), so |dx_i| <= 2 S u m_i. out_i = w_i x_i rho, rho = 1 / sqrt(mean x^2 + eps) (summed in
+ * double, rounded once), then two products: each side is within 3u of w_i x_i rho(x) of its own
+ * x, and rho moves by at most |dx|_2 / |x|_2 relatively (eps only damps it), so
+ * |dout_i| <= |w_i| rho (|dx_i| + |x_i| |dx|_2 / |x|_2) + 6u |w_i x_i| rho. Two ranks add
+ * a + b in either order to the same float: the bits should then agree (printed). */
+static void fcase_check(fcase *f, int S, const char *what) {
+    size_t n = (size_t)f->N * f->C;
+    float *x = host_of(f->x, n), *out = host_of(f->out, n), *rx = host_of(f->rx, n), *rout = host_of(f->rout, n);
+    float *bx = zb_falloc(n), *bout = zb_falloc(n);
+    const double u = 1.0 / 16777216.0;
+    int same = 1;
+    for (int row = 0; row < f->N; row++) {
+        double nx = 0, ndx = 0;
+        for (int i = 0; i < f->C; i++) {
+            size_t k = (size_t)row * f->C + i;
+            double m = f->residual ? fabs((double)f->hx[k]) : 0;
+            for (int q = 0; q < S; q++) m += fabs((double)fpart(f->call, q, S, k));
+            bx[k] = (float)(2.0 * S * u * m);
+            nx += (double)rx[k] * rx[k];
+            ndx += (double)bx[k] * bx[k];
+        }
+        double rho = 1.0 / sqrt(nx / f->C + 1e-5), rel = sqrt(ndx) / sqrt(nx);
+        for (int i = 0; i < f->C; i++) {
+            size_t k = (size_t)row * f->C + i;
+            double wx = fabs((double)f->hw[i] * rx[k]) * rho;
+            bout[k] = (float)(fabs((double)f->hw[i]) * rho * (bx[k] + fabs((double)rx[k]) * rel) + 6 * u * wx);
+            same &= x[k] == rx[k] && out[k] == rout[k];
+        }
+    }
+    char w1[200], w2[200];
+    snprintf(w1, sizeof w1, "rank %d: fused %s: x against all-reduce + add_rmsnorm", R, what);
+    snprintf(w2, sizeof w2, "rank %d: fused %s: normed out against all-reduce + add_rmsnorm", R, what);
+    zb_check_elem_bound(w1, x, rx, bx, n, 1.0);
+    zb_check_elem_bound(w2, out, rout, bout, n, 1.0);
+    printf("  rank %d: fused %s: %s the reference's bits\n", R, what, same ? "has" : "differs from");
+    /* the ranks' x and out are the same bits (the next layer runs on each rank's own copy) */
+    float *o = zb_falloc(2 * n * W), *mine = zb_falloc(2 * n);
+    memcpy(mine, x, n * sizeof(float));
+    memcpy(mine + n, out, n * sizeof(float));
+    MPI_Allgather(mine, (int)(2 * n), MPI_FLOAT, o, (int)(2 * n), MPI_FLOAT, MPI_COMM_WORLD);
+    size_t diff = 0;
+    for (int q = 1; q < W; q++)
+        for (size_t k = 0; k < 2 * n; k++) diff += memcmp(&o[k], &o[(size_t)q * 2 * n + k], sizeof(float)) != 0;
+    zb_check(diff == 0, "rank %d: fused %s: x and out bitwise identical on every rank (%zu differ)", R, what, diff);
+    free(o); free(mine); free(x); free(out); free(rx); free(rout); free(bx); free(bout);
+}
+
+static void fused_sums(zb_comm *c) {
+    int r = zb_comm_rank(c, ZB_GROUP_TP), S = zb_comm_size(c, ZB_GROUP_TP);
+    const char *off = getenv("ZB_TP_FUSED");
+    int want = !(off && !strcmp(off, "0"));
+    struct { int N, C, residual; } shapes[] = {{1, 4096, 1}, {8, 4096, 1}, {3, 1000, 1}, {1, 4096, 0}, {5, 77, 0}};
+    enum { NS = sizeof shapes / sizeof shapes[0] };
+    fcase F[NS];
+    for (int k = 0; k < NS; k++) {
+        fcase *f = &F[k];
+        f->N = shapes[k].N; f->C = shapes[k].C; f->residual = shapes[k].residual;
+        size_t n = (size_t)f->N * f->C;
+        f->part = zb_dev_f(NULL, n); f->x = zb_dev_f(NULL, n); f->out = zb_dev_f(NULL, n); f->w = zb_dev_f(NULL, f->C);
+        f->rpart = zb_dev_f(NULL, n); f->rx = zb_dev_f(NULL, n); f->rout = zb_dev_f(NULL, n);
+        f->hpart = zb_falloc(n); f->hx = zb_falloc(n); f->hw = zb_falloc(f->C);
+    }
+    char what[160];
+    /* call by call, each shape three times (the two slots alternate, the counters advance) */
+    for (int rep = 0; rep < 3; rep++)
+        for (int k = 0; k < NS; k++) {
+            fcase *f = &F[k];
+            step("TP", "fused sum + residual + norm");
+            fcase_fill(f, r, S, rep * NS + k);
+            fcase_ref(c, f);
+            int done = 0;
+            OK(zb_comm_sum_add_rmsnorm(c, ZB_GROUP_TP, f->residual ? f->part : f->x, f->x, f->out, f->w, f->N, f->C,
+                                       1e-5f, f->residual, &done));
+            if (k == 0 && rep == 0)
+                zb_check(done == want, "rank %d: the fused call %s (ZB_TP_FUSED %s)", R, want ? "taken" : "not taken",
+                         off ? off : "unset");
+            if (!done) continue;
+            snprintf(what, sizeof what, "%d x %d%s, call %d", f->N, f->C, f->residual ? "" : " (no residual)", rep + 1);
+            fcase_check(f, S, what);
+        }
+    /* recorded in a CUDA graph and replayed with new inputs: the device-side counters advance */
+    fcase *f = &F[1];
+    void *g = NULL;
+    step("TP", "fused call in a CUDA graph");
+    fcase_fill(f, r, S, 100);
+    int rec = zb_cuda_graph_begin(&g, 1);
+    int done = 0;
+    if (rec) {
+        OK(zb_comm_sum_add_rmsnorm(c, ZB_GROUP_TP, f->part, f->x, f->out, f->w, f->N, f->C, 1e-5f, 1, &done));
+        rec = zb_cuda_graph_end(g, 0);
+    }
+    int all = 0;
+    MPI_Allreduce(&rec, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+    if (want) zb_check(all && done, "rank %d: the fused call recorded in a CUDA graph", R);
+    if (all && done)
+        for (int rep = 0; rep < 3; rep++) {
+            step("TP", "fused call: graph replay");
+            fcase_fill(f, r, S, 101 + rep);
+            fcase_ref(c, f);
+            zb_check(zb_cuda_graph_replay(g, 1), "rank %d: graph replayed", R);
+            snprintf(what, sizeof what, "8 x 4096 replayed from a graph, replay %d", rep + 1);
+            fcase_check(f, S, what);
+        }
+    zb_cuda_graph_free(g);
+    /* time per call: 64 calls recorded in one graph (as a decode step holds them), replayed */
+    for (int fused = 0; fused < 2 && all; fused++) {
+        if (fused && !want) break;
+        f = &F[0];
+        g = NULL;
+        step("TP", fused ? "time: fused calls in a graph" : "time: all-reduce + add_rmsnorm in a graph");
+        rec = zb_cuda_graph_begin(&g, 2);
+        for (int it = 0; rec && it < 64; it++) {
+            if (fused) OK(zb_comm_sum_add_rmsnorm(c, ZB_GROUP_TP, f->part, f->x, f->out, f->w, 1, f->C, 1e-5f, 1, &done));
+            else {
+                OK(zb_comm_sum_f32(c, ZB_GROUP_TP, f->rpart, (size_t)f->C));
+                zb_cuda_add_rmsnorm(f->rx, f->rpart, f->rout, f->w, 1, f->C, 1e-5f);
+            }
+        }
+        if (rec) rec = zb_cuda_graph_end(g, 0);
+        MPI_Allreduce(&rec, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+        if (all) {
+            for (int it = 0; it < 3; it++) zb_cuda_graph_replay(g, 2);
+            zb_cuda_sync();
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = MPI_Wtime();
+            for (int it = 0; it < 20; it++) zb_cuda_graph_replay(g, 2);
+            zb_cuda_sync();
+            double t = (MPI_Wtime() - t0) / (20 * 64);
+            if (R == 0)
+                printf("  sum+add_rmsnorm %6.0f B  %9.1f us per call (64 calls in a CUDA graph, %s)\n", 16384.0, t * 1e6,
+                       fused ? "fused, peer memory" : "all-reduce + add_rmsnorm");
+        } else if (R == 0) printf("  (the timing graph could not be recorded)\n");
+        zb_cuda_graph_free(g);
+    }
+    for (int k = 0; k < NS; k++) {
+        fcase *q = &F[k];
+        zb_cuda_free(q->part); zb_cuda_free(q->x); zb_cuda_free(q->out); zb_cuda_free(q->w);
+        zb_cuda_free(q->rpart); zb_cuda_free(q->rx); zb_cuda_free(q->rout);
+        free(q->hpart); free(q->hx); free(q->hw);
+    }
+}
+
 /* bus bandwidth of the TP all-reduce (nccl-tests' definition: algbw * 2 (n-1) / n) */
 static void bandwidth(zb_comm *c) {
     int S = zb_comm_size(c, ZB_GROUP_TP);
@@ -339,6 +538,7 @@ int main(int argc, char **argv) {
         collectives(g.comm, L[k].g, L[k].name);
         if (L[k].pp == 2) point_to_point(g.comm);
         if (L[k].tp == 2) small_sums(g.comm);
+        if (L[k].tp == 2) fused_sums(g.comm);
         if (L[k].tp == 2) bandwidth(g.comm);
         step(L[k].name, "freeing the communicators");
         zb_grid_free(&g);

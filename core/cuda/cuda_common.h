@@ -124,6 +124,7 @@ void zb_cuda_note_error(const char *what, const char *file, int line);
  * new (this rank's buffer, zeroed, and its IPC handle), then open (the peers' buffers). Every
  * rank of the group must make the same calls in the same order (like a collective). */
 #define ZB_P2P_MAX_RANKS 8
+#define ZB_P2P_ROWS 256   /* rows of one fused call (zb_cuda_p2p_add_rmsnorm) */
 
 typedef struct zb_cuda_p2p zb_cuda_p2p;
 
@@ -136,6 +137,19 @@ int zb_cuda_p2p_open(zb_cuda_p2p *p, const void *handles);
 size_t zb_cuda_p2p_max(const zb_cuda_p2p *p);
 /* x[n] (device, n <= max) = the sum over the group, in place, on the stream */
 void zb_cuda_p2p_allreduce(zb_cuda_p2p *p, float *x, size_t n);
+/* The TP decode step's sum fused with the residual step and the next norm (the all-reduce then
+ * add_rmsnorm, cuda_ops.h, in one kernel): for each of the N rows of C,
+ *     x = (residual ? x : 0) + the sum over the group of every rank's part (in rank order),
+ *     out = RMSNorm(x) * w,
+ * part left as it was. One block per row: it pushes its row of part into each peer's slot of its
+ * rank (remote stores over NVLink), fences, raises its flag in the peer's header and waits for
+ * the peers' flags in its own, then reads only its own memory. The call counter is per row in
+ * device memory, so a recorded call (a CUDA graph replay) advances it itself; the slots alternate
+ * with it (two suffice, as above). Returns 1 when launched, 0 when the call does not fit (more
+ * than ZB_P2P_ROWS rows or max_floats values; nothing done: the caller sums another way). Every
+ * rank must make the same calls with the same N and C, like a collective. */
+int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N, int C,
+                            float eps, int residual);
 void zb_cuda_p2p_free(zb_cuda_p2p *p);
 
 #ifdef __cplusplus

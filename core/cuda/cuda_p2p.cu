@@ -1,12 +1,22 @@
-/* cuda_p2p.cu — the one-shot peer-memory all-reduce; see cuda_common.h (the peer all-reduce). */
+/* cuda_p2p.cu — the one-shot peer-memory all-reduce and the fused TP decode sum + residual +
+ * RMSNorm; see cuda_common.h (the peer all-reduce). */
 #include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda_common.h"
+#include "cuda_reduce.cuh"
 
-#define P2P_HDR 256                      /* bytes before the data slots */
+/* One rank's buffer: [P2P_HDR: the all-reduce's flags and counter]
+ *                    [the fused call's flags u32 [ZB_P2P_ROWS][ZB_P2P_MAX_RANKS], then its counters u32 [ZB_P2P_ROWS]]
+ *                    [the all-reduce's two slots of max floats]
+ *                    [the fused call's two x size slots of max floats: slot (parity, source rank)] */
+#define P2P_HDR 256                      /* bytes before the fused header */
 #define P2P_COUNTER (ZB_P2P_MAX_RANKS)   /* header word: this rank's last call */
+#define P2P_FHDR ((size_t)ZB_P2P_ROWS * (ZB_P2P_MAX_RANKS + 1) * 4)
+#define P2P_DATA (P2P_HDR + P2P_FHDR)    /* bytes before the data slots */
 
 struct zb_cuda_p2p {
     int rank, size;
@@ -24,7 +34,7 @@ __global__ void k_p2p_allreduce(float *x, int n, int rank, int size, p2p_ptrs p,
     __syncthreads();
     unsigned e = e_s;
     size_t off = (e & 1u) ? maxf : 0;
-    float *mine = (float *)(p.base[rank] + P2P_HDR) + off;
+    float *mine = (float *)(p.base[rank] + P2P_DATA) + off;
     for (int i = threadIdx.x; i < n; i += blockDim.x) mine[i] = x[i];
     __threadfence_system();   /* the slot before the flags (every writer fences, then the barrier) */
     __syncthreads();
@@ -38,13 +48,78 @@ __global__ void k_p2p_allreduce(float *x, int n, int rank, int size, p2p_ptrs p,
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float s = 0.0f;
         for (int r = 0; r < size; r++) {   /* rank order: the same sum on every rank */
-            float v = r == rank ? x[i] : ((volatile const float *)(p.base[r] + P2P_HDR))[off + i];
+            float v = r == rank ? x[i] : ((volatile const float *)(p.base[r] + P2P_DATA))[off + i];
             s = r == 0 ? v : s + v;
         }
         x[i] = s;
     }
     __syncthreads();
     if (threadIdx.x == 0) hdr[P2P_COUNTER] = e;
+}
+
+/* the GPU's nanosecond clock */
+__device__ static inline unsigned long long now_ns(void) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define P2P_WAIT_NS 20000000000ull   /* 20 s: far beyond any skew between the ranks' steps */
+
+/* The fused TP decode step, one block per row b (cuda_common.h, zb_cuda_p2p_add_rmsnorm). Block b's
+ * call counter e (this rank's counters[b], in device memory: a graph replay reads and advances it)
+ * picks the slot parity; the flags say "source s pushed its row b of call e". The arithmetic after
+ * the sum is k_add_rmsnorm's / k_rmsnorm_fwd's (cuda_ops.cu): the same threads, the same double
+ * sum of squares, so with 2 ranks (a + b is the all-reduce's sum whatever the order) the result
+ * has the bits of the all-reduce followed by add_rmsnorm. */
+__global__ void k_p2p_add_rmsnorm(const float *part, float *x, float *out, const float *w, int C, float eps,
+                                  int residual, int rank, int size, p2p_ptrs p, size_t maxf) {
+    __shared__ unsigned e_s;
+    const int b = blockIdx.x;
+    volatile unsigned *flags = (volatile unsigned *)(p.base[rank] + P2P_HDR);   /* [row][source] */
+    volatile unsigned *count = flags + ZB_P2P_ROWS * ZB_P2P_MAX_RANKS;
+    if (threadIdx.x == 0) e_s = count[b] + 1u;
+    __syncthreads();
+    const unsigned e = e_s;
+    const size_t par = e & 1u, row = (size_t)b * C;
+    const float *pr = part + row;
+    /* push this rank's row into every peer's slot (parity, rank): remote stores, posted */
+    for (int q = 0; q < size; q++) {
+        if (q == rank) continue;
+        float *dst = (float *)(p.base[q] + P2P_DATA) + 2 * maxf + (par * size + rank) * maxf + row;
+        for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = pr[i];
+    }
+    __threadfence_system();   /* each thread's stores reach the peers before the flags below */
+    __syncthreads();
+    int t = threadIdx.x;
+    if (t < size && t != rank) {
+        ((volatile unsigned *)(p.base[t] + P2P_HDR))[b * ZB_P2P_MAX_RANKS + rank] = e;   /* to peer t: row b of call e is there */
+        unsigned long long t0 = now_ns();
+        while ((int)(flags[b * ZB_P2P_MAX_RANKS + t] - e) < 0)                          /* from peer t: the same */
+            if (now_ns() - t0 > P2P_WAIT_NS) {   /* a peer that never comes (a bug): an error, not a hang */
+                printf("zebra: peer sum: rank %d waited %d s for rank %d (row %d, call %u): stopping\n", rank,
+                       (int)(P2P_WAIT_NS / 1000000000ull), t, b, e);
+                __trap();
+            }
+        __threadfence_system();
+    }
+    __syncthreads();
+    const volatile float *slots = (const volatile float *)(p.base[rank] + P2P_DATA) + 2 * maxf + par * size * maxf + row;
+    float *xr = x + row, *o = out + row;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float s = 0.0f;
+        for (int r = 0; r < size; r++) {   /* rank order: the same sum on every rank */
+            float v = r == rank ? pr[i] : slots[(size_t)r * maxf + i];
+            s = r == 0 ? v : s + v;
+        }
+        float v = residual ? xr[i] + s : s;
+        xr[i] = v;
+        ss += (double)v * v;
+    }
+    ss = zb_block_sum_d(ss);
+    float rs = (float)(1.0 / sqrt(ss / C + eps));
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = w[i] * (xr[i] * rs);
+    if (threadIdx.x == 0) count[b] = e;
 }
 
 extern "C" size_t zb_cuda_p2p_handle_bytes(void) { return sizeof(cudaIpcMemHandle_t); }
@@ -61,7 +136,7 @@ extern "C" int zb_cuda_p2p_new(zb_cuda_p2p **out, int rank, int size, size_t max
     p->rank = rank;
     p->size = size;
     p->max = max_floats;
-    size_t bytes = P2P_HDR + 2 * max_floats * sizeof(float);
+    size_t bytes = P2P_DATA + 2 * (1 + (size_t)size) * max_floats * sizeof(float);
     cudaError_t e = cudaMalloc((void **)&p->base[rank], bytes);
     if (e == cudaSuccess) e = cudaMemset(p->base[rank], 0, bytes);
     if (e == cudaSuccess) e = cudaDeviceSynchronize();   /* zeroed before any peer's flag can come */
@@ -94,6 +169,24 @@ extern "C" void zb_cuda_p2p_allreduce(zb_cuda_p2p *p, float *x, size_t n) {
     memcpy(ptrs.base, p->base, sizeof ptrs.base);
     k_p2p_allreduce<<<1, 1024, 0, zb_cuda_stream()>>>(x, (int)n, p->rank, p->size, ptrs, p->max);
     ZB_CUDA_LAUNCHED("peer all-reduce");
+}
+
+/* threads for a row of C: k_add_rmsnorm's count (cuda_ops.cu row_threads), at least 32 */
+static unsigned row_threads(int C) {
+    unsigned t = 32;
+    while (t < 256 && t < (unsigned)C) t *= 2;
+    return t;
+}
+
+extern "C" int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N,
+                                       int C, float eps, int residual) {
+    if (!p || N < 1 || C < 1 || N > ZB_P2P_ROWS || (size_t)N * C > p->max) return 0;
+    p2p_ptrs ptrs;
+    memcpy(ptrs.base, p->base, sizeof ptrs.base);
+    k_p2p_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(part, x, out, w, C, eps, residual, p->rank, p->size,
+                                                                   ptrs, p->max);
+    ZB_CUDA_LAUNCHED("peer sum + add_rmsnorm");
+    return 1;
 }
 
 extern "C" void zb_cuda_p2p_free(zb_cuda_p2p *p) {

@@ -127,6 +127,8 @@ if [ "$NP" = 2 ]; then
   exact "DP=2 ZeRO-1: the buckets' reduce-scatters == one after the backward (ZB_ZERO_REDUCE=after)" Zr.txt Zw.txt
   ZB_DP_ALLREDUCE=mpi run 2 Zm 2 ", \"zero\": true, \"bucket_mb\": 0.002"
   exact "DP=2 ZeRO-1: MPI_Ireduce_scatter buckets == the node-shared reduce-scatter" Zr.txt Zm.txt
+  ZB_ZERO_REDUCE=later run 2 ZB 2 ", \"zero\": true"
+  check "ZB_ZERO_REDUCE=later: one clear error, no step" "grep -q 'ZB_ZERO_REDUCE=later: expected overlap or after' ZB.log && [ ! -s ZB.txt ]"
   run 2 ZR 2 ", \"zero\": true" --stop-after 10
   run 1 ZR 4 "" --resume ZR/ckpt-000010.h5
   same "ZeRO DP=2 checkpoint (full moments) resumed at DP=1 == 1 rank" A.txt ZR.txt $FA

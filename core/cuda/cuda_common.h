@@ -142,10 +142,12 @@ void zb_cuda_p2p_allreduce(zb_cuda_p2p *p, float *x, size_t n);
  *     x = (residual ? x : 0) + the sum over the group of every rank's part (in rank order),
  *     out = RMSNorm(x) * w,
  * part left as it was. One block per row: it pushes its row of part into each peer's slot of its
- * rank (remote stores over NVLink), fences, raises its flag in the peer's header and waits for
- * the peers' flags in its own, then reads only its own memory. The call counter is per row in
- * device memory, so a recorded call (a CUDA graph replay) advances it itself; the slots alternate
- * with it (two suffice, as above). Returns 1 when launched, 0 when the call does not fit (more
+ * rank (remote stores over NVLink), each value with the call's number in one 8-byte word (NCCL's
+ * low-latency protocol: no fence, no flag), and polls its own slots until every word carries
+ * the call's number: it reads only its own memory. The call counter is per row in device
+ * memory, so a recorded call (a CUDA graph replay) advances it itself; the slots alternate with
+ * it (two suffice, as above). A peer that never comes stops the kernel after 20 s (a message and
+ * a device error), not a hang. Returns 1 when launched, 0 when the call does not fit (more
  * than ZB_P2P_ROWS rows or max_floats values; nothing done: the caller sums another way). Every
  * rank must make the same calls with the same N and C, like a collective. */
 int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N, int C,

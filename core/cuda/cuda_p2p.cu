@@ -10,13 +10,15 @@
 #include "cuda_reduce.cuh"
 
 /* One rank's buffer: [P2P_HDR: the all-reduce's flags and counter]
- *                    [the fused call's flags u32 [ZB_P2P_ROWS][ZB_P2P_MAX_RANKS], then its counters u32 [ZB_P2P_ROWS]]
- *                    [the all-reduce's two slots of max floats]
- *                    [the fused call's two x size slots of max floats: slot (parity, source rank)] */
+ *                    [the fused call's counters u32 [ZB_P2P_ROWS]]
+ *                    [the fused call's two x size slots of max 8-byte words: slot (parity, source rank)]
+ *                    [the all-reduce's two slots of max floats] */
 #define P2P_HDR 256                      /* bytes before the fused header */
 #define P2P_COUNTER (ZB_P2P_MAX_RANKS)   /* header word: this rank's last call */
-#define P2P_FHDR ((size_t)ZB_P2P_ROWS * (ZB_P2P_MAX_RANKS + 1) * 4)
-#define P2P_DATA (P2P_HDR + P2P_FHDR)    /* bytes before the data slots */
+#define P2P_FHDR ((size_t)ZB_P2P_ROWS * 4)
+#define P2P_DATA (P2P_HDR + P2P_FHDR)    /* bytes before the fused slots */
+/* bytes before the all-reduce's slots */
+__host__ __device__ static inline size_t ar_off(int size, size_t maxf) { return P2P_DATA + 2 * (size_t)size * maxf * 8; }
 
 struct zb_cuda_p2p {
     int rank, size;
@@ -34,7 +36,7 @@ __global__ void k_p2p_allreduce(float *x, int n, int rank, int size, p2p_ptrs p,
     __syncthreads();
     unsigned e = e_s;
     size_t off = (e & 1u) ? maxf : 0;
-    float *mine = (float *)(p.base[rank] + P2P_DATA) + off;
+    float *mine = (float *)(p.base[rank] + ar_off(size, maxf)) + off;
     for (int i = threadIdx.x; i < n; i += blockDim.x) mine[i] = x[i];
     __threadfence_system();   /* the slot before the flags (every writer fences, then the barrier) */
     __syncthreads();
@@ -48,7 +50,7 @@ __global__ void k_p2p_allreduce(float *x, int n, int rank, int size, p2p_ptrs p,
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float s = 0.0f;
         for (int r = 0; r < size; r++) {   /* rank order: the same sum on every rank */
-            float v = r == rank ? x[i] : ((volatile const float *)(p.base[r] + P2P_DATA))[off + i];
+            float v = r == rank ? x[i] : ((volatile const float *)(p.base[r] + ar_off(size, maxf)))[off + i];
             s = r == 0 ? v : s + v;
         }
         x[i] = s;
@@ -65,51 +67,69 @@ __device__ static inline unsigned long long now_ns(void) {
 }
 #define P2P_WAIT_NS 20000000000ull   /* 20 s: far beyond any skew between the ranks' steps */
 
-/* The fused TP decode step, one block per row b (cuda_common.h, zb_cuda_p2p_add_rmsnorm). Block b's
- * call counter e (this rank's counters[b], in device memory: a graph replay reads and advances it)
- * picks the slot parity; the flags say "source s pushed its row b of call e". The arithmetic after
- * the sum is k_add_rmsnorm's / k_rmsnorm_fwd's (cuda_ops.cu): the same threads, the same double
- * sum of squares, so with 2 ranks (a + b is the all-reduce's sum whatever the order) the result
- * has the bits of the all-reduce followed by add_rmsnorm. */
+__device__ static inline void st_word(unsigned long long *p, unsigned long long v) {
+    asm volatile("st.volatile.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ static inline unsigned long long ld_word(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* The fused TP decode step, one block per row b (cuda_common.h, zb_cuda_p2p_add_rmsnorm), in the
+ * way of NCCL's low-latency protocol: every value travels with the call's number in one 8-byte
+ * word (call << 32 | the float's bits), stored into the peer's slot in one store, which a reader
+ * sees whole or not at all; a reader polls each word of its own slot until it carries call e.
+ * No fence, no separate flag: the data is its own signal. Block b's call counter e (this rank's
+ * counters[b], device memory: a graph replay reads and advances it) picks the slot parity (two
+ * suffice: a peer writes slot e + 2 only after it read this rank's words of call e + 1, which
+ * this rank writes after it finished reading call e). The arithmetic after the sum is
+ * k_add_rmsnorm's / k_rmsnorm_fwd's (cuda_ops.cu): the same threads, the same double sum of
+ * squares, so with 2 ranks (a + b is the all-reduce's sum whatever the order) the result has the
+ * bits of the all-reduce followed by add_rmsnorm. */
 __global__ void k_p2p_add_rmsnorm(const float *part, float *x, float *out, const float *w, int C, float eps,
                                   int residual, int rank, int size, p2p_ptrs p, size_t maxf) {
     __shared__ unsigned e_s;
     const int b = blockIdx.x;
-    volatile unsigned *flags = (volatile unsigned *)(p.base[rank] + P2P_HDR);   /* [row][source] */
-    volatile unsigned *count = flags + ZB_P2P_ROWS * ZB_P2P_MAX_RANKS;
+    volatile unsigned *count = (volatile unsigned *)(p.base[rank] + P2P_HDR);   /* [row] */
     if (threadIdx.x == 0) e_s = count[b] + 1u;
     __syncthreads();
     const unsigned e = e_s;
     const size_t par = e & 1u, row = (size_t)b * C;
+    const unsigned long long tag = (unsigned long long)e << 32;
     const float *pr = part + row;
-    /* push this rank's row into every peer's slot (parity, rank): remote stores, posted */
+    /* this rank's row, tagged, into every peer's slot (parity, rank): remote stores, posted */
     for (int q = 0; q < size; q++) {
         if (q == rank) continue;
-        float *dst = (float *)(p.base[q] + P2P_DATA) + 2 * maxf + (par * size + rank) * maxf + row;
-        for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = pr[i];
+        unsigned long long *dst = (unsigned long long *)(p.base[q] + P2P_DATA) + (par * size + rank) * maxf + row;
+        for (int i = threadIdx.x; i < C; i += blockDim.x) st_word(dst + i, tag | __float_as_uint(pr[i]));
     }
-    __threadfence_system();   /* each thread's stores reach the peers before the flags below */
-    __syncthreads();
-    int t = threadIdx.x;
-    if (t < size && t != rank) {
-        ((volatile unsigned *)(p.base[t] + P2P_HDR))[b * ZB_P2P_MAX_RANKS + rank] = e;   /* to peer t: row b of call e is there */
-        unsigned long long t0 = now_ns();
-        while ((int)(flags[b * ZB_P2P_MAX_RANKS + t] - e) < 0)                          /* from peer t: the same */
-            if (now_ns() - t0 > P2P_WAIT_NS) {   /* a peer that never comes (a bug): an error, not a hang */
-                printf("zebra: peer sum: rank %d waited %d s for rank %d (row %d, call %u): stopping\n", rank,
-                       (int)(P2P_WAIT_NS / 1000000000ull), t, b, e);
-                __trap();
-            }
-        __threadfence_system();
-    }
-    __syncthreads();
-    const volatile float *slots = (const volatile float *)(p.base[rank] + P2P_DATA) + 2 * maxf + par * size * maxf + row;
+    const unsigned long long *slots = (const unsigned long long *)(p.base[rank] + P2P_DATA) + par * size * maxf + row;
     float *xr = x + row, *o = out + row;
     double ss = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         float s = 0.0f;
         for (int r = 0; r < size; r++) {   /* rank order: the same sum on every rank */
-            float v = r == rank ? pr[i] : slots[(size_t)r * maxf + i];
+            float v;
+            if (r == rank) v = pr[i];
+            else {
+                const unsigned long long *wp = slots + (size_t)r * maxf + i;
+                unsigned long long wv = ld_word(wp);
+                for (unsigned spin = 0; (unsigned)(wv >> 32) != e; spin++) {
+                    if ((spin & 1023u) == 1023u) {
+                        unsigned long long t0 = now_ns();   /* a peer that never comes (a bug): an error, not a hang */
+                        while ((unsigned)((wv = ld_word(wp)) >> 32) != e)
+                            if (now_ns() - t0 > P2P_WAIT_NS) {
+                                printf("zebra: peer sum: rank %d waited %d s for rank %d (row %d, call %u): stopping\n",
+                                       rank, (int)(P2P_WAIT_NS / 1000000000ull), r, b, e);
+                                __trap();
+                            }
+                        break;
+                    }
+                    wv = ld_word(wp);
+                }
+                v = __uint_as_float((unsigned)wv);
+            }
             s = r == 0 ? v : s + v;
         }
         float v = residual ? xr[i] + s : s;
@@ -136,7 +156,7 @@ extern "C" int zb_cuda_p2p_new(zb_cuda_p2p **out, int rank, int size, size_t max
     p->rank = rank;
     p->size = size;
     p->max = max_floats;
-    size_t bytes = P2P_DATA + 2 * (1 + (size_t)size) * max_floats * sizeof(float);
+    size_t bytes = ar_off(size, max_floats) + 2 * max_floats * sizeof(float);
     cudaError_t e = cudaMalloc((void **)&p->base[rank], bytes);
     if (e == cudaSuccess) e = cudaMemset(p->base[rank], 0, bytes);
     if (e == cudaSuccess) e = cudaDeviceSynchronize();   /* zeroed before any peer's flag can come */

@@ -784,14 +784,78 @@ __device__ __forceinline__ void f_store(f_acc_f &a, float *O) {
         for (int r = 0; r < 4; r++) O[(size_t)m2_row(q) * F_LD + m2_col(r)] = a.a[q][r];
 }
 
-/* S[64 x 64] = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows, c < cols, else 0 */
-__device__ __forceinline__ void f_load(float *S, const float *__restrict__ src, size_t stride, int rows, int cols,
-                                       const float *sc = NULL) {
-    for (int e = threadIdx.x; e < F_N * F_N; e += M2_NT) {
-        int r = e >> 6, c = e & 63;
-        float v = r < rows && c < cols ? src[(size_t)r * stride + c] : 0.0f;
-        S[(size_t)r * F_LD + c] = sc ? sc[r] * v : v;
+/* S[64 x 64] (row stride F_LD) = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows,
+ * c < cols, else 0. */
+struct f_src {
+    float *S;
+    const float *src;
+    size_t stride;
+    int rows, cols;
+    const float *sc;
+};
+/* Several matrices at once: every thread's global loads issued before its shared stores (a float4
+ * per load where every row start is 16-byte aligned, 4 per thread per matrix), so that the block
+ * waits about one memory latency per group instead of one per load. f_fetch4 / f_put4: the two
+ * halves of the float4 form, for loads kept in flight across other work (f_vec_ok first). */
+template <int NM>
+__device__ __forceinline__ bool f_vec_ok(const f_src (&m)[NM]) {
+    bool vec = true;
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+        vec = vec && !(((uintptr_t)m[i].src | (m[i].stride * sizeof(float))) & 15) && (m[i].cols & 3) == 0;
+    return vec;
+}
+template <int NM>
+__device__ __forceinline__ void f_fetch4(float4 (&v)[NM][4], const f_src (&m)[NM]) {
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+            v[i][q] = r < m[i].rows && c < m[i].cols ? __ldg((const float4 *)(m[i].src + (size_t)r * m[i].stride + c))
+                                                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+}
+template <int NM>
+__device__ __forceinline__ void f_put4(const float4 (&v)[NM][4], const f_src (&m)[NM]) {
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+            float4 w = v[i][q];
+            if (m[i].sc) {
+                float s = m[i].sc[r];
+                w.x *= s; w.y *= s; w.z *= s; w.w *= s;
+            }
+            *(float4 *)(m[i].S + (size_t)r * F_LD + c) = w;
+        }
+}
+template <int NM>
+__device__ __forceinline__ void f_load_n(const f_src (&m)[NM]) {
+    if (f_vec_ok(m)) {
+        float4 v[NM][4];
+        f_fetch4(v, m);
+        f_put4(v, m);
+        return;
     }
+    /* other shapes: 4 scalar loads in flight per thread (few registers: the kernels' budget goes
+     * to the float4 form) */
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+        for (int q0 = 0; q0 < 16; q0 += 4) {
+            float v[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                v[q] = r < m[i].rows && c < m[i].cols ? m[i].src[(size_t)r * m[i].stride + c] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                m[i].S[(size_t)r * F_LD + c] = m[i].sc ? m[i].sc[r] * v[q] : v[q];
+            }
+        }
 }
 
 __device__ __forceinline__ float f_warp_sum(float v) {
@@ -837,8 +901,9 @@ k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_
     int L = k.L, hd = g.hd, ds = g.ds, tid = threadIdx.x;
     if (tid < F_N) cv[tid] = tid < L ? coef[k.ci + tid] : 0.0f;
     __syncthreads();
-    f_load(Us, U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * hd), u_stride, L, hd);
-    f_load(Vs, xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol), g.cd, L, ds, cv);
+    f_src ld[2] = {{Us, U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * hd), (size_t)u_stride, L, hd, NULL},
+                   {Vs, xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol), (size_t)g.cd, L, ds, cv}};
+    f_load_n(ld);
     __syncthreads();
     ACC a;
     f_zero(a);
@@ -853,55 +918,62 @@ k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_
     }
 }
 
-/* Forward output: y_i = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} C_i S_prev^T + D x_i. */
+/* Forward output: y_i = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} C_i S_prev^T + D x_i.
+ * One block per (b, head group, chunk) as k_ssd_bwd_fused (rep heads sharing x and B: those loaded
+ * once; 2 blocks per SM overlap one's loads with the other's products). */
 template <class ACC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, 2)   /* 2 blocks of 6 matrices per SM */
 k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
-                 const float *__restrict__ Dp, float *y) {
+                 const float *__restrict__ Dp, float *y, int rep) {
     extern __shared__ __align__(32) float fsm[];
     float *X = fsm, *Bm = X + F_MAT, *Cm = Bm + F_MAT, *S = Cm + F_MAT, *MG = S + F_MAT, *T2 = MG + F_MAT,
           *vec = T2 + F_MAT, *csv = vec, *ecv = vec + F_N, *dtv = vec + 2 * F_N;
-    m2_chunk k = chunk_of(g, blockIdx.x);
-    int L = k.L, hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x;
-    const float *row = xbc + k.r0 * cd;
-    f_load(X, row + k.xcol, cd, L, hd);
-    f_load(Bm, row + k.bcol, cd, L, ds);
-    f_load(Cm, row + k.ccol, cd, L, ds);
-    f_load(S, states + k.si, ds, hd, ds);
-    if (tid < F_N) {
-        bool v = tid < L;
-        csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
-        ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
-        dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
-    }
-    __syncthreads();
-    int Ks = f_r8(ds);
-    ACC a;
-    f_zero(a);
-    f_mm<false, true>(a, Cm, Bm, Ks);   /* G = C B^T */
-    f_store(a, MG);
-    f_zero(a);
-    f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
-    f_store(a, T2);
-    __syncthreads();
-    for (int e = tid; e < F_N * F_N; e += M2_NT) {
-        int i = e >> 6, j = e & 63;
-        float *p = MG + (size_t)i * F_LD + j;
-        *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
-    }
-    __syncthreads();
-    f_zero(a);
-    f_mm<false, false>(a, MG, X, f_r8(L));   /* M x */
-    f_store(a, Bm);                         /* B no longer read: G is done */
-    __syncthreads();
-    float Dh = Dp[k.h];
-    float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
-    for (int e = tid; e < F_N * F_N; e += M2_NT) {
-        int i = e >> 6, p = e & 63;
-        if (i < L && p < hd) {
-            size_t o = (size_t)i * F_LD + p;
-            Y[(size_t)i * g.di + p] = Bm[o] + ecv[i] * T2[o] + Dh * X[o];
+    int ngr = g.nh / rep, c = blockIdx.x % g.nc, bg = blockIdx.x / g.nc, grp = bg % ngr, b = bg / ngr;
+    int hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x, Ks = f_r8(ds);
+    m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
+    int L = k0.L;
+    const float *row = xbc + k0.r0 * cd;
+    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
+    f_load_n(ldg);
+    for (int hh = 0; hh < rep; hh++) {
+        m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
+        f_src ld[2] = {{Cm, row + k.ccol, (size_t)cd, L, ds, NULL}, {S, states + k.si, (size_t)ds, hd, ds, NULL}};
+        f_load_n(ld);
+        if (tid < F_N) {
+            bool v = tid < L;
+            csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
+            ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
+            dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
         }
+        __syncthreads();
+        ACC a;
+        f_zero(a);
+        f_mm<false, true>(a, Cm, Bm, Ks);   /* G = C B^T */
+        f_store(a, MG);
+        f_zero(a);
+        f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
+        f_store(a, T2);
+        __syncthreads();
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int i = e >> 6, j = e & 63;
+            float *p = MG + (size_t)i * F_LD + j;
+            *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
+        }
+        __syncthreads();
+        f_zero(a);
+        f_mm<false, false>(a, MG, X, f_r8(L));   /* M x */
+        f_store(a, Cm);                         /* C no longer read by this head */
+        __syncthreads();
+        float Dh = Dp[k.h];
+        float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int i = e >> 6, p = e & 63;
+            if (i < L && p < hd) {
+                size_t o = (size_t)i * F_LD + p;
+                Y[(size_t)i * g.di + p] = Cm[o] + ecv[i] * T2[o] + Dh * X[o];
+            }
+        }
+        __syncthreads();   /* the next head overwrites C, S and the vectors */
     }
 }
 
@@ -941,17 +1013,27 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     int L = k0.L, Kl = f_r8(L);
     const float *row = xbc + k0.r0 * cd;
     /* x and B: the group's, loaded once */
-    f_load(X, row + k0.xcol, cd, L, hd);
-    f_load(Bm, row + k0.bcol, cd, L, ds);
+    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
+    f_load_n(ldg);
     if (rep > 1)
         for (int e = tid; e < F_N * F_LD; e += M2_NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
+    /* a head's own operands; the next head's are loaded into registers while this one computes */
+    auto head_src = [&](int hh, f_src (&ld)[4]) {
+        m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
+        ld[0] = {Cm, row + k.ccol, (size_t)cd, L, ds, NULL};
+        ld[1] = {dY, dy + k.r0 * di + (size_t)k.h * hd, (size_t)di, L, hd, NULL};
+        ld[2] = {S, states + k.si, (size_t)ds, hd, ds, NULL};
+        ld[3] = {dS, dstates + k.si, (size_t)ds, hd, ds, NULL};
+    };
+    float4 pv[4][4];
+    bool have = false;
     for (int hh = 0; hh < rep; hh++) {
         int bhc = (b * g.nh + grp * rep + hh) * g.nc + c;
         m2_chunk k = chunk_of(g, bhc);
-        f_load(Cm, row + k.ccol, cd, L, ds);
-        f_load(dY, dy + k.r0 * di + (size_t)k.h * hd, di, L, hd);
-        f_load(S, states + k.si, ds, hd, ds);
-        f_load(dS, dstates + k.si, ds, hd, ds);
+        f_src ld[4];
+        head_src(hh, ld);
+        if (have) f_put4(pv, ld);
+        else f_load_n(ld);
         if (tid < F_N) {
             bool v = tid < L;
             csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
@@ -962,6 +1044,15 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
             dd[tid] = 0.0f;
         }
         __syncthreads();
+        have = false;
+        if (hh + 1 < rep) {
+            f_src nx[4];
+            head_src(hh + 1, nx);
+            if (f_vec_ok(nx)) {
+                f_fetch4(pv, nx);   /* stored at the next head's start */
+                have = true;
+            }
+        }
         ACC a;
         f_zero(a);
         f_mm<false, true>(a, Cm, Bm, Ks);   /* G[i][j] = C_i . B_j */
@@ -1164,7 +1255,9 @@ template <class ACC>
 static void f_scan(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf, const float *states,
                    const float *D, float *y) {
     f_launch_smem(k_ssd_scan_fused<ACC>, F_SCAN_MATS);
-    k_ssd_scan_fused<ACC><<<g.B * g.nh * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y);
+    int rep = g.xrep == g.brep ? g.xrep : 1;
+    k_ssd_scan_fused<ACC><<<g.B * (g.nh / rep) * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y,
+                                                                                        rep);
     zb_cuda_m2_check_launch("k_ssd_scan_fused");
 }
 template <class ACC>

@@ -37,9 +37,7 @@
  *  Launch bounds: the tensor-core forms keep every register they ask for (~230, one block of 256
  *  threads per SM; capped at 128 for two blocks they spilled 150-450 bytes); the float32 forms fit
  *  two blocks per SM in 128.
- *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
- *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
- *                 state found through seqs.
+ *  (the one-token recurrence of decode, k_ssd_step / k_ssd_step_vec: mamba2_decode.cu)
  * Saved by the forward for the backward (in the mixer's acts): xbc, dt, the coefficients above and
  * the state at the start of every chunk [B, nc, nh, hd, ds]; the backward recomputes the L x L
  * products. */
@@ -65,24 +63,6 @@ __device__ inline float st_ld(const float *p) { return *p; }
 __device__ inline float st_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ inline void st_st(float *p, float v) { *p = v; }
 __device__ inline void st_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
-/* 4 consecutive elements (16-byte aligned float32, 8-byte aligned bf16) */
-__device__ inline float4 st_ld4(const float *p) { return *(const float4 *)p; }
-__device__ inline float4 st_ld4(const __nv_bfloat16 *p) {
-    uint2 r = *(const uint2 *)p;
-    __nv_bfloat162 a, b;
-    memcpy(&a, &r.x, 4);
-    memcpy(&b, &r.y, 4);
-    float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-    return make_float4(fa.x, fa.y, fb.x, fb.y);
-}
-__device__ inline void st_st4(float *p, float4 v) { *(float4 *)p = v; }
-__device__ inline void st_st4(__nv_bfloat16 *p, float4 v) {
-    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-    uint2 r;
-    memcpy(&r.x, &a, 4);
-    memcpy(&r.y, &b, 4);
-    *(uint2 *)p = r;
-}
 template <typename TS> __host__ __device__ inline size_t st_stride(size_t s_stride) { return s_stride * (4 / sizeof(TS)); }
 
 struct m2_geo {
@@ -1224,89 +1204,6 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     }
 }
 
-/* ---- decode: the one-token recurrence ------------------------------------------------------ */
-
-template <typename TS>
-__global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ Dp,
-                           const float *__restrict__ xbc, const float *__restrict__ dt, TS *Sst,
-                           size_t s_stride, const int *__restrict__ seqs, float *y) {
-    extern __shared__ float sh[];   /* B row | C row, ds each */
-    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, tid = threadIdx.x;
-    int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-    const float *row = xbc + (size_t)i * g.cd;
-    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
-                *Cv = row + g.co + (h / g.crep) * g.ds;
-    for (int s = tid; s < g.ds; s += blockDim.x) { sh[s] = Bv[s]; sh[g.ds + s] = Cv[s]; }
-    __syncthreads();
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
-    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p = warp; p < g.hd; p += nw) {
-        TS *Sr = S + (size_t)p * g.ds;
-        float xp = dth * X[p], acc = 0.0f;
-        for (int s = lane; s < g.ds; s += 32) {
-            float v = e * st_ld(Sr + s) + xp * sh[s];
-            st_st(Sr + s, v);   /* y takes the float32 value (a bf16 state: rounded only as kept) */
-            acc += v * sh[g.ds + s];
-        }
-        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-        if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
-    }
-}
-
-/* The same recurrence with the state streamed at the memory's rate (d_state a multiple of 128,
- * at most 256, 16-byte aligned states): a lane holds 4 consecutive columns (float4), so a warp
- * covers 128 columns per load, and each warp loads M2_SROWS rows before it updates them (16 KB per
- * block in flight instead of a float per lane). Each element's update is k_ssd_step's
- * (e S + (dt x) B); y sums a row's products per lane, then over the warp. */
-#define M2_SROWS 4
-template <int NQ, typename TS>   /* float4 columns per lane: d_state / 128 */
-__global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__restrict__ A_log,
-                                                      const float *__restrict__ Dp, const float *__restrict__ xbc,
-                                                      const float *__restrict__ dt, TS *Sst, size_t s_stride,
-                                                      const int *__restrict__ seqs, float *y) {
-    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
-        nw = blockDim.x >> 5;
-    const float *row = xbc + (size_t)i * g.cd;
-    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
-                *Cv = row + g.co + (h / g.crep) * g.ds;
-    float4 b4[NQ], c4[NQ];
-#pragma unroll
-    for (int q = 0; q < NQ; q++) {
-        b4[q] = *(const float4 *)(Bv + 128 * q + 4 * lane);
-        c4[q] = *(const float4 *)(Cv + 128 * q + 4 * lane);
-    }
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
-    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p0 = warp * M2_SROWS; p0 < g.hd; p0 += nw * M2_SROWS) {
-        float4 v[M2_SROWS][NQ];
-#pragma unroll
-        for (int r = 0; r < M2_SROWS; r++)
-#pragma unroll
-            for (int q = 0; q < NQ; q++)
-                if (p0 + r < g.hd) v[r][q] = st_ld4(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
-#pragma unroll
-        for (int r = 0; r < M2_SROWS; r++) {
-            int p = p0 + r;
-            if (p >= g.hd) break;   /* warp-uniform */
-            float xp = dth * X[p], acc = 0.0f;
-#pragma unroll
-            for (int q = 0; q < NQ; q++) {
-                float4 a = v[r][q];
-                a.x = e * a.x + xp * b4[q].x;
-                a.y = e * a.y + xp * b4[q].y;
-                a.z = e * a.z + xp * b4[q].z;
-                a.w = e * a.w + xp * b4[q].w;
-                st_st4(S + (size_t)p * g.ds + 128 * q + 4 * lane, a);   /* y: the float32 a */
-                acc += a.x * c4[q].x + a.y * c4[q].y + a.z * c4[q].z + a.w * c4[q].w;
-            }
-            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-            if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
-        }
-    }
-}
-
 }   // namespace
 
 /* ---- host entries ---------------------------------------------------------------------------- */
@@ -1506,42 +1403,4 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     k_ssd_param_fin<<<cdiv(g.nh, 128), 128, 0, st>>>(g, A_log, part, gA_log, gD);
     zb_cuda_m2_check_launch("k_ssd_param_fin");
     zb_cuda_m2_prof(ZB_MIXP_M2_SUMS_B);
-}
-
-static int g_m2_step_vec = 1;   /* 0: the scalar step kernel (tests compare the two) */
-extern "C" void zb_cuda_m2_step_vec(int on) { g_m2_step_vec = on != 0; }
-
-extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
-                                    const float *xbc, const float *dt, float *S, size_t s_stride,
-                                    const int *seqs, float *y, int nb) {
-    zb_cuda_m2_ssd_step_st(m, A_log, D, xbc, dt, S, s_stride, seqs, y, nb, 0);
-}
-
-template <typename TS>
-static void ssd_step_launch(const m2_geo &g, bool vec, const float *A_log, const float *D, const float *xbc,
-                            const float *dt, TS *S, size_t s_stride, const int *seqs, float *y, int nb) {
-    cudaStream_t st = zb_cuda_m2_stream();
-    if (vec) {
-        if (g.ds == 128) k_ssd_step_vec<1, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
-        else k_ssd_step_vec<2, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
-        zb_cuda_m2_check_launch("k_ssd_step_vec");
-        return;
-    }
-    int threads = g.hd >= 8 ? 256 : 32 * g.hd;
-    k_ssd_step<TS><<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), st>>>(g, A_log, D, xbc, dt, S, s_stride,
-                                                                                 seqs, y);
-    zb_cuda_m2_check_launch("k_ssd_step");
-}
-
-extern "C" void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const float *D,
-                                       const float *xbc, const float *dt, float *S, size_t s_stride,
-                                       const int *seqs, float *y, int nb, int s_bf16) {
-    if (nb <= 0) return;
-    m2_geo g = geo_of(m, nb, 1);
-    /* the vector form: B and C columns as float4, the state rows as 4-element pieces (16-byte
-     * aligned slots) */
-    bool vec = (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
-               !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g_m2_step_vec;
-    if (s_bf16) ssd_step_launch<__nv_bfloat16>(g, vec, A_log, D, xbc, dt, (__nv_bfloat16 *)S, s_stride, seqs, y, nb);
-    else ssd_step_launch<float>(g, vec, A_log, D, xbc, dt, S, s_stride, seqs, y, nb);
 }

@@ -36,7 +36,7 @@ typedef void (*zb_any_fn)(void);
 static const char *const entry_names[] = {
     "alloc", "free", "zero", "copy", "to_device", "to_host", "copy_2d", "sync", "add", "sub",
     "scale", "matmul_forward", "matmul_backward", "linear_forward", "linear_forward3",
-    "swiglu_linear_forward", "rmsnorm_forward",
+    "swiglu_linear_forward", "mlp_linear_forward", "rmsnorm_forward",
     "rmsnorm_backward", "add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
     "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "kl_div", "mse",
@@ -76,6 +76,12 @@ void zb_mlp_forward_calls(const zb_backend *be, float *out, float *ln, float *rs
     be->matmul_forward(be, u, ln, Wu, NULL, N, d, F);
     be->swiglu_forward(be, h, g, u, NF);
     be->matmul_forward(be, out, h, Wd, NULL, N, F, d);
+}
+
+void zb_mlp_linear_forward_calls(const zb_backend *be, float *out, float *g, float *u, const float *inp, zb_wt Wg,
+                                 zb_wt Wu, zb_wt Wd, int N, int C, int F, int OC) {
+    be->swiglu_linear_forward(be, g, u, inp, Wg, Wu, N, C, F);
+    be->linear_forward(be, out, g, Wd, N, F, OC);
 }
 
 void zb_mlp_backward_calls(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,

@@ -149,6 +149,11 @@ typedef struct {
      * float32. A cache pointer then addresses bf16 elements (its float* type is only a handle).
      * The CUDA backend only: the CPU's kernels read float32 caches. */
     int cache_bf16;
+    /* Training attention: 1 = q | k | v as one product into rows [q | k | v] (one rounding of the
+     * input, one weight-gradient product) where wq, wk, wv lie one after the other (float32
+     * weights, as zb_model lays them out), 0 = three products. Same values up to summation order
+     * in the input gradient. The CUDA table sets 1 (ZB_QKV_FUSED=0: 0); the CPU keeps 0. */
+    int qkv_fused;
 } zb_backend_opts;
 
 /* AdamW hyper-parameters of one parameter range for one update (optim.h has the formula). */
@@ -211,6 +216,13 @@ struct zb_backend {
                             zb_wt W0, zb_wt W1, zb_wt W2, int N, int C, int OC0, int OC1, int OC2);
     void (*swiglu_linear_forward)(const zb_backend *be, float *h, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
                                   int N, int C, int F);
+    /* The whole MLP of an inference forward (infer.c: the KD teacher) from its normed input:
+     * out[N, OC] = (silu(inp Wg^T) * (inp Wu^T)) Wd^T, Wg, Wu [F, C], Wd [OC, F]; g, u: [N, F]
+     * floats it may use. The CPU makes swiglu_linear_forward then linear_forward; a GPU keeps g,
+     * u, h in bf16 for bf16 matrices at many rows, one rounding per stored value. (Generation
+     * keeps the separate calls: its results must not depend on how many rows a step has.) */
+    void (*mlp_linear_forward)(const zb_backend *be, float *out, float *g, float *u, const float *inp, zb_wt Wg,
+                               zb_wt Wu, zb_wt Wd, int N, int C, int F, int OC);
 
     /* -- RMSNorm (SPEC §2): out = w * x / sqrt(mean(x^2) + eps) per row of C; rstd[N] saved
      * (may be NULL when not training). out may alias x. Backward: dx += , dw += . */
@@ -414,6 +426,8 @@ enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE, ZB_GRAP
 void zb_mlp_forward_calls(const zb_backend *be, float *out, float *ln, float *rstd, float *g, float *u, float *h,
                           const float *x, const float *norm_w, const float *Wg, const float *Wu, const float *Wd,
                           int N, int d, int F, float eps);
+void zb_mlp_linear_forward_calls(const zb_backend *be, float *out, float *g, float *u, const float *inp, zb_wt Wg,
+                                 zb_wt Wu, zb_wt Wd, int N, int C, int F, int OC);
 void zb_mlp_backward_calls(const zb_backend *be, float *dln, float *dWg, float *dWu, float *dWd, const float *dout,
                            const float *ln, const float *g, const float *u, const float *h, const float *Wg,
                            const float *Wu, const float *Wd, float *dh, float *dg, float *du, int N, int d, int F);

@@ -27,9 +27,8 @@ void zb_block_apply(const zb_model *m, int l, float *x, int B, zb_block_ws *w) {
     zb_mixer_forward(m, l, w->ln, w->mo, w->mix_acts, B, w->T);
     if (w->prof) { be->sync(be); t1 = zb_now(); w->prof[0] += t1 - t0; }
     be->add_rmsnorm(be, x, w->mo, w->ln, b->mlp_norm, N, d, c->rms_eps);   /* x += mixer out; ln = RMSNorm(x) */
-    /* g = silu(ln Wg^T) * (ln Wu^T), f32 or bf16 matrices (tagged views) */
-    be->swiglu_linear_forward(be, w->g, w->u, w->ln, b->lin.w_gate, b->lin.w_up, N, d, F);
-    be->linear_forward(be, w->mo, w->g, b->lin.w_down, N, F, d);
+    /* mo = (silu(ln Wg^T) * (ln Wu^T)) Wd^T, f32 or bf16 matrices (tagged views) */
+    be->mlp_linear_forward(be, w->mo, w->g, w->u, w->ln, b->lin.w_gate, b->lin.w_up, b->lin.w_down, N, d, F, d);
     if (m->tp) zb_tp_allreduce(m->tp, w->mo, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, x, x, w->mo, Nd);
     if (w->prof) { be->sync(be); w->prof[1] += zb_now() - t1; }

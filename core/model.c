@@ -106,21 +106,33 @@ void zb_acts_free(zb_acts *a) {
 }
 
 /* ---- GQA attention mixer (SPEC §2) ---------------------------------------------------- */
-/* acts: q [N,H*hd] (roped) | k [N,Hkv*hd] (roped) | v [N,Hkv*hd] | att [N,H*hd] | probs [B,H,T,T] */
+/* acts: q (roped) | k (roped) | v | att | what the backend saves: [N,H*hd] [N,Hkv*hd] x2 [N,H*hd], or
+ * rows [q | k | v] from one product (opts.qkv_fused; float32 weights one after the other, their
+ * gradients bound alike: weights.c). k, v (and dk, dv) at q + *ko, q + *vo; strides in *s. */
+static int attn_layout(const zb_model *m, const zb_block *w, int B, int T, zb_attn_shape *s, size_t *ko, size_t *vo) {
+    const zb_config *c = &m->cfg;
+    size_t N = (size_t)B * T, d = c->d_model, qd = (size_t)c->n_heads * c->head_dim, kd = (size_t)c->n_kv_heads * c->head_dim;
+    int fused = m->be->opts.qkv_fused && w->wq && w->wk == w->wq + qd * d && w->wv == w->wk + kd * d;
+    *s = attn_shape(c, B, T);
+    if (fused) s->q_stride = s->k_stride = s->v_stride = (int)(qd + 2 * kd);
+    *ko = fused ? qd : N * qd, *vo = *ko + (fused ? kd : N * kd);
+    return fused;
+}
 
 static void attn_forward(const zb_model *m, const zb_block *w, const float *x, float *out,
                          float *acts, int B, int T) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
-    float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
-    float *saved = att + (size_t)N * qd;
+    zb_attn_shape s; size_t ko, vo;
+    int fused = attn_layout(m, w, B, T, &s, &ko, &vo);
+    float *q = acts, *k = q + ko, *v = q + vo, *att = acts + (size_t)N * (qd + 2 * kd), *saved = att + (size_t)N * qd;
+    if (fused) be->matmul_forward(be, q, x, w->wq, NULL, N, d, s.q_stride);   /* rows [q | k | v] */
     /* the tagged views: a float32 matrix goes to matmul_forward (the same product), a bf16 one
      * (a frozen KD teacher held in bf16, zb_model_forward_infer) to the bf16 kernels */
-    be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
-    be->rope(be, &m->rope, q, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 0);
-    be->rope(be, &m->rope, k, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
-    zb_attn_shape s = attn_shape(c, B, T);
+    else be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
+    be->rope(be, &m->rope, q, B, T, s.q_stride, c->n_heads, c->head_dim, 0, 0, 0, 0);
+    be->rope(be, &m->rope, k, B, T, s.k_stride, c->n_kv_heads, c->head_dim, 0, 0, 0, 0);
     be->attention_forward(be, att, saved, q, k, v, &s);
     be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
@@ -131,16 +143,20 @@ static void attn_backward(const zb_model *m, const zb_block *w, zb_block *g, con
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     int N = B * T, d = c->d_model, qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
-    const float *q = acts, *k = q + (size_t)N * qd, *v = k + (size_t)N * kd, *att = v + (size_t)N * kd;
-    const float *saved = att + (size_t)N * qd;
-    float *datt = scratch, *dq = datt + (size_t)N * qd, *dk = dq + (size_t)N * qd, *dv = dk + (size_t)N * kd;
+    zb_attn_shape s; size_t ko, vo;
+    int fused = attn_layout(m, w, B, T, &s, &ko, &vo);
+    const float *q = acts, *k = q + ko, *v = q + vo, *att = acts + (size_t)N * (qd + 2 * kd), *saved = att + (size_t)N * qd;
+    float *datt = scratch, *dq = datt + (size_t)N * qd, *dk = dq + ko, *dv = dq + vo;
     be->zero(be, datt, sizeof(float) * N * qd);
     be->matmul_backward(be, datt, g->wo, NULL, dout, att, w->wo, N, qd, d);
-    zb_attn_shape s = attn_shape(c, B, T);
     be->attention_backward(be, dq, dk, dv, datt, att, saved, q, k, v, &s);
     /* back through the rotation (its transpose) to the projections */
-    be->rope(be, &m->rope, dq, B, T, qd, c->n_heads, c->head_dim, 0, 0, 0, 1);
-    be->rope(be, &m->rope, dk, B, T, kd, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    be->rope(be, &m->rope, dq, B, T, s.q_stride, c->n_heads, c->head_dim, 0, 0, 0, 1);
+    be->rope(be, &m->rope, dk, B, T, s.k_stride, c->n_kv_heads, c->head_dim, 0, 0, 0, 1);
+    if (fused) {   /* the three gradients stacked like the weights: one product */
+        be->matmul_backward(be, dx, g->wq, NULL, dq, x, w->wq, N, d, s.q_stride);
+        return;
+    }
     be->matmul_backward(be, dx, g->wq, NULL, dq, x, w->wq, N, d, qd);
     be->matmul_backward(be, dx, g->wk, NULL, dk, x, w->wk, N, d, kd);
     be->matmul_backward(be, dx, g->wv, NULL, dv, x, w->wv, N, d, kd);
@@ -212,7 +228,6 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
     float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
-    float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
     tprof(m, a, ZB_TPROF_BLOCK_F);
     if (a->profile) be->mixer_profile(be, a->prof_mix);
@@ -221,8 +236,8 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     tprof(m, a, mixer_part(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
     /* the MLP whole: a device backend keeps ln2, gate, up, h in its own format (backend.h) */
-    be->mlp_forward(be, a->mix_out, ln2, a->rstd2 + (size_t)l * N, gt, up, h, mid, w->mlp_norm, w->w_gate, w->w_up,
-                    w->w_down, N, d, F, c->rms_eps);
+    be->mlp_forward(be, a->mix_out, ln2, a->rstd2 + (size_t)l * N, a->gate + l * NF, a->up + l * NF, a->hmlp + l * NF,
+                    mid, w->mlp_norm, w->w_gate, w->w_up, w->w_down, N, d, F, c->rms_eps);
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, next, mid, a->mix_out, Nd);
     tprof(m, a, ZB_TPROF_BLOCK_F);
@@ -299,10 +314,9 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
     float *x = a->res + l * Nd, *mid = a->mid + l * Nd;
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
-    float *gt = a->gate + l * NF, *up = a->up + l * NF, *h = a->hmlp + l * NF;
     /* MLP: res[l+1] = mid + down(silu(gate ln2) * up ln2); dres is d/d res[l+1] */
-    be->mlp_backward(be, a->dln, g->w_gate, g->w_up, g->w_down, a->dres, ln2, gt, up, h, w->w_gate, w->w_up,
-                     w->w_down, a->dh, a->dgate, a->dup, N, d, F);
+    be->mlp_backward(be, a->dln, g->w_gate, g->w_up, g->w_down, a->dres, ln2, a->gate + l * NF, a->up + l * NF,
+                     a->hmlp + l * NF, w->w_gate, w->w_up, w->w_down, a->dh, a->dgate, a->dup, N, d, F);
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
     be->rmsnorm_backward(be, a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
                          a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */

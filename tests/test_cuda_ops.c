@@ -233,9 +233,10 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     uint16_t *dw = zb_dev_bytes(w16, nw * 2);
     const uint16_t *wq = dw, *wk = wq + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
     const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
-    float *dnw = zb_dev_f(nwt, d), *got[2];
-    for (int pdl = 1; pdl >= 0; pdl--) {
-        zb_cuda_dec_pdl_set(pdl);
+    float *dnw = zb_dev_f(nwt, d), *got[3];
+    for (int pdl = 2; pdl >= 0; pdl--) {   /* 2: PDL with 8 loads in flight per lane at one row */
+        zb_cuda_dec_pdl_set(pdl != 0);
+        zb_cuda_gemv_set_unroll(pdl == 2 ? 8 : 0);
         float *x = zb_dev_f(hx, (size_t)N * d), *ln = zb_dev_f(NULL, (size_t)N * d), *q = zb_dev_f(NULL, (size_t)N * d);
         float *k = zb_dev_f(NULL, (size_t)N * kd), *v = zb_dev_f(NULL, (size_t)N * kd), *o = zb_dev_f(NULL, (size_t)N * d);
         float *h = zb_dev_f(NULL, (size_t)N * F), *u = zb_dev_f(NULL, (size_t)N * F);
@@ -254,10 +255,14 @@ static void test_pdl_chain(zb_rng *rng, int N) {
         zb_cuda_free(h); zb_cuda_free(u);
     }
     zb_cuda_dec_pdl_set(-1);
+    zb_cuda_gemv_set_unroll(0);
     char what[128];
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
     zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
-    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]);
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL, 8 loads in flight vs plain (bit for bit: the "
+             "same order of the sums)", L, N);
+    zb_check_mag(what, got[2], got[0], NULL, 0, 0, (size_t)N * d);
+    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]);
     zb_cuda_free(dw); zb_cuda_free(dnw);
 }
 
@@ -1261,6 +1266,43 @@ static void test_mlp_bf16(zb_rng *rng, int N, int d, int F, int off) {
     for (size_t i = 0; i < sizeof df / sizeof df[0]; i++) zb_cuda_free(df[i]);
 }
 
+/* mlp_linear_forward with bf16 matrices (the KD teacher's inference MLP) against the CPU's
+ * float32 calls on the same (widened) matrices: the input, g, u and h each rounded to bf16 once,
+ * the bounds of test_mlp_bf16's forward (their weight term is then an upper bound). stacked:
+ * Wu right after Wg (one product) or apart (two). */
+static void test_mlp_linear_bf16(zb_rng *rng, int N, int C, int F, int OC, int stacked) {
+    const zb_backend *cpu = zb_backend_cpu();
+    size_t NC = (size_t)N * C, NF = (size_t)N * F, CF = (size_t)C * F, FO = (size_t)F * OC, no = (size_t)N * OC;
+    float *x = zb_falloc(NC), *W = zb_falloc(2 * CF + FO + 8);
+    zb_fill_uniform(x, NC, 1.0f, rng);
+    zb_fill_uniform(W, 2 * CF + FO + 8, 0.1f, rng);
+    for (size_t i = 0; i < 2 * CF + FO + 8; i++) W[i] = zb_bf16_to_f32(zb_f32_to_bf16(W[i]));   /* bf16 values */
+    float *Wg = W, *Wu = W + CF + (stacked ? 0 : 8), *Wd = Wu + CF;
+    float *out = zb_falloc(no), *g = zb_falloc(NF), *u = zb_falloc(NF);
+    zb_mlp_linear_forward_calls(cpu, out, g, u, x, zb_wt_of_f32(Wg), zb_wt_of_f32(Wu), zb_wt_of_f32(Wd), N, C, F, OC);
+    float *D_W = zb_dev_f(W, 2 * CF + FO + 8), *D_x = zb_dev_f(x, NC), *D_out = zb_dev_f(NULL, no);
+    float *D_g = zb_dev_f(NULL, NF), *D_u = zb_dev_f(NULL, NF);
+    uint16_t *W16 = (uint16_t *)zb_dev_f(NULL, CF + FO / 2 + 8);
+    zb_cuda_f32_to_bf16(W16, D_W, 2 * CF + FO + 8);   /* exact: the values are bf16 */
+    const uint16_t *g16 = W16, *u16 = W16 + (Wu - W), *d16 = W16 + (Wd - W);
+    zb_check(zb_cuda_mlp_linear_forward_bf16(D_out, D_g, D_u, D_x, zb_wt_of_bf16(g16), zb_wt_of_bf16(u16),
+                                             zb_wt_of_bf16(d16), N, C, F, OC),
+             "mlp_linear_forward bf16 taken (N = %d)", N);
+    float *got = zb_falloc(no);
+    zb_host_f(got, D_out, no);
+    double u16v = ZB_U16, u32 = U, e1 = 3 * u16v + 2 * (C + 2) * u32;
+    double eh = 2.1 * e1 + e1 * e1 + u16v + 12 * u32;
+    double *Mg = mat_abs(x, Wg, N, C, F, 1), *Mu = mat_abs(x, Wu, N, C, F, 1), *Mh = zb_dalloc(NF);
+    for (size_t i = 0; i < NF; i++) Mh[i] = Mg[i] * Mu[i];
+    double *aWd = dabs(Wd, FO), *Mo = dmat(Mh, aWd, N, F, OC, 0, 1);
+    char what[160];
+    snprintf(what, sizeof what, "mlp_linear_forward bf16 N=%d C=%d F=%d OC=%d %s", N, C, F, OC,
+             stacked ? "stacked" : "apart");
+    zb_check_mag(what, got, out, Mo, (1 + 2 * e1) * (eh + u16v + 2 * (F + 2) * u32), 1e-30, no);
+    free(x); free(W); free(out); free(g); free(u); free(got); free(Mg); free(Mu); free(Mh); free(aWd); free(Mo);
+    zb_cuda_free(D_W); zb_cuda_free(D_x); zb_cuda_free(D_out); zb_cuda_free(D_g); zb_cuda_free(D_u); zb_cuda_free(W16);
+}
+
 int main(int argc, char **argv) {
     int rc = zb_cuda_test_init(&argc, &argv);
     if (rc) return rc;
@@ -1285,6 +1327,10 @@ int main(int argc, char **argv) {
         zb_cuda_gemv_set_split(ks);
         test_linear_bf16(&rng, 3, 4104, 13);
         test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
+        zb_cuda_gemv_set_unroll(8);   /* one row with 8 loads in flight per lane */
+        test_linear_bf16(&rng, 1, 4104, 13);
+        test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
+        zb_cuda_gemv_set_unroll(0);
     }
     zb_cuda_gemv_set_split(0);
     /* the decode step's products above 8 rows (batch 48): cublasGemmEx, then the algorithm timed
@@ -1298,6 +1344,8 @@ int main(int argc, char **argv) {
     zb_cuda_gemm_tune(-1);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
+    test_rmsnorm(&rng, 301, 2048);   /* the fused backward: blocks of 16 rows, a ragged last one */
+    test_rmsnorm(&rng, 40, 4100);    /* C > 16 x 256: the two kernels */
     test_add_rmsnorm(&rng, 1, 4096);
     test_add_rmsnorm(&rng, 7, 2051);
     for (int il = 0; il < 2; il++)
@@ -1363,6 +1411,8 @@ int main(int argc, char **argv) {
     test_bwd_shared(&rng, 64, 256, 1000);
     test_mlp_bf16(&rng, 300, 256, 688, 0);   /* 8 bf16 per 16 bytes: the vector path */
     test_mlp_bf16(&rng, 37, 72, 101, 1);     /* unaligned buffers, N F odd: the scalar path */
+    test_mlp_linear_bf16(&rng, 1100, 64, 96, 72, 1);   /* >= 1024 rows: the bf16 path */
+    test_mlp_linear_bf16(&rng, 1030, 40, 52, 33, 0);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
     test_attention(&rng, 1, 70, 4, 4, 40, 24, 0, 0);
     /* the tensor-core flash kernels (head dims 64 / 128): ragged T, GQA, padded rows; version 2

@@ -393,6 +393,7 @@ static const zb_backend cpu_backend = {
     .matmul_forward = cpu_matmul_forward, .matmul_backward = cpu_matmul_backward,
     .linear_forward = cpu_linear_forward,
     .linear_forward3 = cpu_linear_forward3, .swiglu_linear_forward = cpu_swiglu_linear_forward,
+    .mlp_linear_forward = zb_mlp_linear_forward_calls,
     .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
     .add_rmsnorm = cpu_add_rmsnorm,
     .rope = cpu_rope,

@@ -132,6 +132,12 @@ static void cu_swiglu_linear_forward(const zb_backend *be, float *h, float *u, c
     }
     zb_cuda_swiglu_linear_forward(h, u, inp, Wg, Wu, N, C, F);
 }
+static void cu_mlp_linear_forward(const zb_backend *be, float *out, float *g, float *u, const float *inp, zb_wt Wg,
+                                  zb_wt Wu, zb_wt Wd, int N, int C, int F, int OC) {
+    mode(be);
+    if (!zb_cuda_mlp_linear_forward_bf16(out, g, u, inp, Wg, Wu, Wd, N, C, F, OC))
+        zb_mlp_linear_forward_calls(be, out, g, u, inp, Wg, Wu, Wd, N, C, F, OC);
+}
 static void cu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                int N, int C, float eps) {
     (void)be;
@@ -476,12 +482,14 @@ static void cu_mixer_profile(const zb_backend *be, double *parts) {
 static zb_backend cuda_backend = {
     .name = "cuda",
     .host_memory = 0,
+    .opts = {.qkv_fused = 1},
     .alloc = cu_alloc, .free = cu_free, .zero = cu_zero, .copy = cu_copy,
     .to_device = cu_to_device, .to_host = cu_to_host, .copy_2d = cu_copy_2d, .sync = cu_sync,
     .add = cu_add, .sub = cu_sub, .scale = cu_scale,
     .matmul_forward = cu_matmul_forward, .matmul_backward = cu_matmul_backward,
     .linear_forward = cu_linear_forward,
     .linear_forward3 = cu_linear_forward3, .swiglu_linear_forward = cu_swiglu_linear_forward,
+    .mlp_linear_forward = cu_mlp_linear_forward,
     .rmsnorm_forward = cu_rmsnorm_forward, .rmsnorm_backward = cu_rmsnorm_backward,
     .add_rmsnorm = cu_add_rmsnorm,
     .rope = cu_rope,
@@ -509,6 +517,8 @@ static zb_backend cuda_backend = {
  * no GPU can be used. */
 const zb_backend *zb_backend_cuda(void) {
     if (zb_cuda_init(-1) != ZB_OK) return NULL;
+    const char *e = getenv("ZB_QKV_FUSED");
+    if (e && !strcmp(e, "0")) cuda_backend.opts.qkv_fused = 0;   /* the three products (TROUBLESHOOTING) */
     return &cuda_backend;
 }
 #endif

@@ -344,6 +344,25 @@ extern "C" int zb_cuda_mlp_backward_bf16(float *dln, float *dWg, float *dWu, flo
     return 1;
 }
 
+extern "C" int zb_cuda_mlp_linear_forward_bf16(float *out, float *g, float *u, const float *inp, zb_wt Wg, zb_wt Wu,
+                                               zb_wt Wd, int N, int C, int F, int OC) {
+    if (g_mlp_bf16 < 0) mlp_bf16_on(1, 1, 1);   /* reads the environment */
+    if (!g_mlp_bf16 || !Wg.bf16 || !Wu.bf16 || !Wd.bf16 || N < 1024 || C <= 0 || F <= 0 || OC <= 0) return 0;
+    uint16_t *x16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * C * 2);
+    if (!x16) return 1;   /* the error is recorded */
+    uint16_t *gu16 = (uint16_t *)g, *h16 = (uint16_t *)u;
+    zb_cuda_f32_to_bf16(x16, inp, (size_t)N * C);
+    if (Wu.bf16 == Wg.bf16 + (size_t)F * C)   /* stacked [Wg; Wu] (zb_model's layout): one product */
+        gemm16(0, 1, N, 2 * F, C, x16, C, Wg.bf16, C, 0.0f, gu16, CUDA_R_16BF, 2 * F);
+    else {
+        gemm16(0, 1, N, F, C, x16, C, Wg.bf16, C, 0.0f, gu16, CUDA_R_16BF, 2 * F);
+        gemm16(0, 1, N, F, C, x16, C, Wu.bf16, C, 0.0f, gu16 + F, CUDA_R_16BF, 2 * F);
+    }
+    zb_cuda_swiglu_forward_bf16(h16, gu16, N, F);
+    gemm16(0, 1, N, OC, F, h16, F, Wd.bf16, F, 0.0f, out, CUDA_R_32F, OC);
+    return 1;
+}
+
 /* ---- skinny bf16 products (decode of 9..LT_MAX_ROWS rows): the algorithm timed once per shape ----
  * At batch 48 the decode step's products (out[N, OC] = x[N, C] W^T, bf16 W read once) are bound by
  * the weights' bytes, and cuBLAS's first choice for N = 48 read them at ~2.6-3.0 TB/s of the

@@ -1,6 +1,9 @@
 /* cuda_ops.cu — RMSNorm, RoPE, SwiGLU, embedding and small elementwise kernels; see cuda_ops.h.
  * Row kernels accumulate their sums in double, as the CPU kernels do, so the two agree to a few
  * float32 roundings of the result. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_ops.h"
 #include "cuda_pdl.cuh"
 #include "cuda_reduce.cuh"
@@ -17,44 +20,36 @@ static unsigned row_threads(int C) {
 
 /* ---- RMSNorm --------------------------------------------------------------------------- */
 
-__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int C, float eps) {
+/* the output as float32, or rounded to bf16 (the operand of the next products only) */
+__device__ static inline void store_out(float *o, float v) { *o = v; }
+__device__ static inline void store_out(__nv_bfloat16 *o, float v) { *o = __float2bfloat16_rn(v); }
+
+template <typename T>
+__global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *w, int C, float eps) {
     pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
     pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
-    float *o = out + row * C;
+    T *o = out + row * C;
     double ss = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
     ss = zb_block_sum_d(ss);
     float r = (float)(1.0 / sqrt(ss / C + eps));
     if (rstd && threadIdx.x == 0) rstd[row] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) store_out(o + i, w[i] * (xr[i] * r));
 }
 
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    pdl_go(k_rmsnorm_fwd, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd<float>, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
-}
-
-/* The same norm writing its output rounded to bf16 (the operand of the next products only). */
-__global__ void k_rmsnorm_fwd_bf16(__nv_bfloat16 *out, float *rstd, const float *x, const float *w, int C, float eps) {
-    size_t row = blockIdx.x;
-    const float *xr = x + row * C;
-    __nv_bfloat16 *o = out + row * C;
-    double ss = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
-    ss = zb_block_sum_d(ss);
-    float r = (float)(1.0 / sqrt(ss / C + eps));
-    if (rstd && threadIdx.x == 0) rstd[row] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn(w[i] * (xr[i] * r));
 }
 
 extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C,
                                              float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
+    k_rmsnorm_fwd<__nv_bfloat16><<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
     ZB_CUDA_LAUNCHED("rmsnorm_forward_bf16");
 }
 
@@ -107,9 +102,56 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, c
     atomicAdd(&dw[i], s);
 }
 
+/* Both at once (one read of dout and x instead of two): a block takes RB rows one after the
+ * other (dx as k_rmsnorm_bwd_dx), each thread keeping its columns' dw sums (at most BWD_COLS per
+ * thread) over them, then one atomic add per column and block. */
+#define BWD_COLS 16
+#define BWD_ROWS 16
+__global__ void k_rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                                    const float *rstd, int N, int C) {
+    float acc[BWD_COLS];
+#pragma unroll
+    for (int k = 0; k < BWD_COLS; k++) acc[k] = 0.0f;
+    int r0 = blockIdx.x * BWD_ROWS, r1 = min(N, r0 + BWD_ROWS);
+    for (int row = r0; row < r1; row++) {
+        const float *xr = x + (size_t)row * C, *dy = dout + (size_t)row * C;
+        float r = rstd[row];
+        double dot = 0;
+        for (int i = threadIdx.x; i < C; i += blockDim.x) dot += (double)w[i] * dy[i] * xr[i];
+        dot = zb_block_sum_d(dot);
+        float kk = (float)(dot * r * r * r / C);
+        float *d = dx + (size_t)row * C;
+#pragma unroll
+        for (int k = 0; k < BWD_COLS; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            if (i < C) {
+                d[i] += r * w[i] * dy[i] - kk * xr[i];
+                acc[k] += dy[i] * xr[i] * r;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < BWD_COLS; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        if (i < C) atomicAdd(&dw[i], acc[k]);
+    }
+}
+
+static int g_norm_fused = -1;   /* ZB_CUDA_NORM_BWD=separate: the two kernels */
+
 extern "C" void zb_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                                          const float *rstd, int N, int C) {
     if (N <= 0) return;
+    if (g_norm_fused < 0) {
+        const char *e = getenv("ZB_CUDA_NORM_BWD");
+        g_norm_fused = !(e && !strcmp(e, "separate"));
+    }
+    unsigned th = row_threads(C);
+    if (g_norm_fused && dx && dw && (size_t)C <= (size_t)BWD_COLS * th) {
+        k_rmsnorm_bwd_fused<<<(N + BWD_ROWS - 1) / BWD_ROWS, th, 0, zb_cuda_stream()>>>(dx, dw, dout, x, w, rstd, N, C);
+        ZB_CUDA_LAUNCHED("rmsnorm_backward");
+        return;
+    }
     if (dx) {
         k_rmsnorm_bwd_dx<<<N, row_threads(C), 0, zb_cuda_stream()>>>(dx, dout, x, w, rstd, C);
         ZB_CUDA_LAUNCHED("rmsnorm_backward dx");

@@ -92,6 +92,12 @@ int zb_cuda_mlp_forward_bf16(float *out, float *ln, float *rstd, float *g, float
 int zb_cuda_mlp_backward_bf16(float *dln, float *dWg, float *dWu, float *dWd, const float *dout, const float *ln,
                               const float *g, const float *u, const float *h, const float *Wg, const float *Wu,
                               const float *Wd, float *dh, float *dg, float *du, int N, int d, int F);
+/* backend.h mlp_linear_forward with bf16 matrices at N >= 1024 rows (the KD teacher's forward):
+ * the input rounded to bf16 once, [g | u] in bf16 (one product where Wg, Wu are stacked) in g's
+ * floats, h in bf16 in u's, the down product into float32 out. 0: not taken (float32 matrices,
+ * fewer rows, ZB_CUDA_MLP_BF16=0): the caller makes the separate calls. */
+int zb_cuda_mlp_linear_forward_bf16(float *out, float *g, float *u, const float *inp, zb_wt Wg, zb_wt Wu, zb_wt Wd,
+                                    int N, int C, int F, int OC);
 /* ids: device ints. The backward adds with atomics (the order of the additions varies). */
 void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int C);
 void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C);
@@ -205,6 +211,11 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
+/* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8 (0: ZB_GEMV_UNROLL, default 4) */
+void zb_cuda_gemv_set_unroll(int u);
+/* bytes of a decode GEMV's weights fetched into the L2 before it waits on the kernel before (PDL):
+ * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */
+void zb_cuda_gemv_set_prefetch(long long bytes);
 /* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
  * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the

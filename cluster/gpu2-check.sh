@@ -61,7 +61,7 @@ fits() { [ "$(left)" -ge "$1" ]; }
 notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export ZB_TP_ALLREDUCE=${ZB_TP_ALLREDUCE:-nccl}   # p2p: the TP decode's small sums through peer memory
-export ZB_TP_FUSED=${ZB_TP_FUSED:-1}   # 0: the TP decode's sums through NCCL, then add_rmsnorm (not fused through peer memory)
+export ZB_TP_FUSED=${ZB_TP_FUSED:-0}   # 1: the TP decode's sums fused with add_rmsnorm through peer memory (default: NCCL, then add_rmsnorm)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
 MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x ZB_TP_FUSED -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
@@ -276,7 +276,7 @@ check "test_nccl: every entry on device buffers, TP / PP / DP groups ($(grep -cE
 [ $rc = 0 ] || { echo "  last steps:"; grep -E '^rank|TIMEOUT|FAIL' "$out/log-nccl.txt" | tail -4; }
 # the same with the TP group's small all-reduces through peer memory (core/cuda/cuda_p2p.cu)
 if [ -z "${ZB_G2_EQ_ONLY:-}" ] && fits 60; then
-  ZB_TP_ALLREDUCE=p2p ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 40)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl-p2p.txt" 2>&1
+  ZB_TP_ALLREDUCE=p2p ZB_TP_FUSED=1 ZB_NCCL_TEST_TIMEOUT=30 timeout -k 5 "$(lim 40)" $MPI -x ZB_NCCL_TEST_TIMEOUT -n 2 "$TN" > "$out/log-nccl-p2p.txt" 2>&1
   rc=$?
   [ $rc = 77 ] && summary+=("NOT RUN test_nccl with ZB_TP_ALLREDUCE=p2p: $(grep -m1 SKIP "$out/log-nccl-p2p.txt")") ||
   check "test_nccl with ZB_TP_ALLREDUCE=p2p ($(grep -cE '^(ok|PASS)' "$out/log-nccl-p2p.txt" || true) checks; rc $rc$(grep -q 'p2p not used' "$out/log-nccl-p2p.txt" && echo ', p2p NOT used'))" \
@@ -406,10 +406,10 @@ if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${
       same_tokens $m $b
     done
   done
-  # the earlier path: the TP sums through NCCL, then add_rmsnorm (ZB_TP_FUSED=0), not the fused
-  # sum + residual + norm through peer memory (core/cuda/cuda_p2p.cu)
-  if fits 40; then TAG=nccl ZB_TP_FUSED=0 dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 nccl
-  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_FUSED=0"; fi
+  # the TP sums fused with the residual add and the next norm through peer memory (ZB_TP_FUSED=1,
+  # core/cuda/cuda_p2p.cu) instead of NCCL, then add_rmsnorm
+  if fits 40; then TAG=fused ZB_TP_FUSED=1 dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 fused
+  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_FUSED=1"; fi
   decode_md
   cat "$out/decode.md"
 fi
@@ -598,8 +598,8 @@ echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
 grep -E "busbw|allreduce|sum\+add_rmsnorm" "$out/log-nccl.txt" | head -10
-grep -E "fused .*(bits|max|worst)" "$out/log-nccl.txt" | head -4
-grep -E "allreduce" "$out/log-nccl-p2p.txt" 2>/dev/null | head -3 | sed 's/^/  ZB_TP_ALLREDUCE=p2p:/'
+grep -E "fused .*(bits|worst)" "$out/log-nccl-p2p.txt" 2>/dev/null | head -4
+grep -E "allreduce|sum\+add_rmsnorm" "$out/log-nccl-p2p.txt" 2>/dev/null | head -4 | sed 's/^/  ZB_TP_ALLREDUCE=p2p ZB_TP_FUSED=1:/'
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
 for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
 for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done

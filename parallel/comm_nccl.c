@@ -49,7 +49,7 @@ typedef struct {
     cudaStream_t compute, comm, side;
     zb_cuda_p2p *p2p;               /* the TP group's peer memory (CUDA IPC), NULL: none */
     int p2p_sum;                    /* ZB_TP_ALLREDUCE=p2p: the TP group's small all-reduces through it */
-    int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=0: not) */
+    int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=1) */
     cudaEvent_t ev_in, ev_out;
     int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
 } nccl_impl;
@@ -605,7 +605,8 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 
 /* The TP group's peer memory (cuda_common.h), when every rank of the group is on this node and
  * each can open the others' buffers, for
- *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): on unless ZB_TP_FUSED=0;
+ *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): ZB_TP_FUSED=1 (off by
+ *     default: slower than NCCL + add_rmsnorm on 2 H200s, docs/SCALING.md);
  *   - ZB_TP_ALLREDUCE=p2p: the group's all-reduces of up to 64 K floats (off unless asked).
  * Otherwise (said once per rank that asked) NCCL all-reduces as before. Collective over TP: a use
  * is on only where every rank of the group asked for it and every rank's buffer opened. */
@@ -615,7 +616,7 @@ static int p2p_setup(nccl_impl *im) {
     int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
     MPI_Comm tp = im->mg[ZB_GROUP_TP];
     if (size < 2) return ZB_OK;
-    int want[2] = {e && !strcmp(e, "p2p"), !(f && !strcmp(f, "0"))}, agreed[2] = {0, 0};
+    int want[2] = {e && !strcmp(e, "p2p"), f && !strcmp(f, "1")}, agreed[2] = {0, 0};
     ZB_MPI(MPI_Allreduce(want, agreed, 2, MPI_INT, MPI_LAND, tp));
     if (!agreed[0] && !agreed[1]) return ZB_OK;   /* nobody asked, or not every rank */
     ok = size <= ZB_P2P_MAX_RANKS;

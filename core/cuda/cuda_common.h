@@ -148,7 +148,8 @@ void zb_cuda_p2p_allreduce(zb_cuda_p2p *p, float *x, size_t n);
  * memory, so a recorded call (a CUDA graph replay) advances it itself; the slots alternate with
  * it (two suffice, as above). A peer that never comes stops the kernel after 20 s (a message and
  * a device error), not a hang. Returns 1 when launched, 0 when the call does not fit (more
- * than ZB_P2P_ROWS rows or max_floats values; nothing done: the caller sums another way). Every
+ * than ZB_P2P_ROWS rows or max_floats values, or another C than the first call's: rows of one
+ * length never overlap in the slots; nothing done: the caller sums another way). Every
  * rank must make the same calls with the same N and C, like a collective. */
 int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N, int C,
                             float eps, int residual);

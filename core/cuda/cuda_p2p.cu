@@ -25,6 +25,8 @@ struct zb_cuda_p2p {
     size_t max;
     char *base[ZB_P2P_MAX_RANKS];   /* every rank's buffer (this rank's own, the peers' opened) */
     int opened[ZB_P2P_MAX_RANKS];
+    int fused_c;   /* the row length of the fused calls (the first call's): block b's words are always
+                    * [b C, (b + 1) C) of a slot, so no two blocks' words (and call counters) overlap */
 };
 
 typedef struct { char *base[ZB_P2P_MAX_RANKS]; } p2p_ptrs;
@@ -200,7 +202,8 @@ static unsigned row_threads(int C) {
 
 extern "C" int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N,
                                        int C, float eps, int residual) {
-    if (!p || N < 1 || C < 1 || N > ZB_P2P_ROWS || (size_t)N * C > p->max) return 0;
+    if (!p || N < 1 || C < 1 || N > ZB_P2P_ROWS || (size_t)N * C > p->max || (p->fused_c && C != p->fused_c)) return 0;
+    p->fused_c = C;
     p2p_ptrs ptrs;
     memcpy(ptrs.base, p->base, sizeof ptrs.base);
     k_p2p_add_rmsnorm<<<N, row_threads(C), 0, zb_cuda_stream()>>>(part, x, out, w, C, eps, residual, p->rank, p->size,

@@ -282,6 +282,123 @@ static void bench_pieces(void) {
     }
 }
 
+/* One decode step's 32 layers of Llama-3.1-8B at batch 1 (4 copies of a layer's weights in turn, so
+ * that no layer finds the one before's in the L2; 8k caches, position 600), recorded as a CUDA graph
+ * once and replayed, as `zebra generate` runs its steps: the chain of dependent kernels with each
+ * of the decode step's switches (ZB_DEC_FUSE, ZB_DEC_PDL, ZB_GEMV_UNROLL, ZB_GEMV_PREFETCH_MB). */
+#define CH_COPIES 4
+typedef struct {
+    int fused;
+    zb_rope r;
+    const uint16_t *wq[CH_COPIES], *wk[CH_COPIES], *wv[CH_COPIES], *wo[CH_COPIES], *wg[CH_COPIES], *wu[CH_COPIES],
+        *wd[CH_COPIES];
+    void *kc[CH_COPIES], *vc[CH_COPIES];
+    float *x, *ln, *q, *k, *v, *att, *o, *h, *u, *nw;
+    int *seq, *pos, *posi;
+    void *graph;
+    int eager;   /* steps run without the graph (a replay refused) */
+} chain_ctx;
+static void chain_layers(chain_ctx *c) {
+    const int d = 4096, kd = 1024, F = 14336, H = 32, Hkv = 8, hd = 128, T = 8192;
+    const long long ss = (long long)Hkv * T * hd, gs = (long long)T * hd;
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf(128.0f), 1};
+    for (int l = 0; l < 32; l++) {
+        int w = l % CH_COPIES;
+        zb_cuda_linear_forward3(c->q, c->k, c->v, c->ln, zb_wt_of_bf16(c->wq[w]), zb_wt_of_bf16(c->wk[w]),
+                                zb_wt_of_bf16(c->wv[w]), 1, d, d, kd, kd);
+        if (c->fused)
+            zb_cuda_decode_qkv_prep(&c->r, c->q, c->k, c->v, c->kc[w], c->vc[w], 1, c->seq, c->pos, c->posi, 1, H, Hkv,
+                                    hd, ss, gs);
+        else {
+            zb_cuda_gather_int(c->posi, c->pos, c->seq, 1);
+            zb_cuda_rope_apply_rows(&c->r, c->q, 1, 1, c->posi, d + kd, H + Hkv, hd, 0, 0, 0);
+            zb_cuda_cache_store(c->kc[w], 1, c->k, kd, c->seq, c->posi, 1, 1, Hkv, hd, ss, gs, hd);
+            zb_cuda_cache_store(c->vc[w], 1, c->v, kd, c->seq, c->posi, 1, 1, Hkv, hd, ss, gs, hd);
+        }
+        zb_cuda_attention_cached(c->att, c->q, c->kc[w], c->vc[w], c->seq, c->posi, 1, 1, T, &a);
+        zb_cuda_linear_forward(c->o, c->att, zb_wt_of_bf16(c->wo[w]), 1, d, d);
+        zb_cuda_add_rmsnorm(c->x, c->o, c->ln, c->nw, 1, d, 1e-5f);
+        zb_cuda_swiglu_linear_forward(c->h, c->u, c->ln, zb_wt_of_bf16(c->wg[w]), zb_wt_of_bf16(c->wu[w]), 1, d, F);
+        zb_cuda_linear_forward(c->o, c->h, zb_wt_of_bf16(c->wd[w]), 1, F, d);
+        zb_cuda_add_rmsnorm(c->x, c->o, c->ln, c->nw, 1, d, 1e-5f);
+    }
+}
+static void run_chain(void *p) {
+    chain_ctx *c = p;
+    if (!zb_cuda_graph_replay(c->graph, 1)) {
+        chain_layers(c);
+        c->eager++;
+    }
+}
+static void bench_chain(void) {
+    const int d = 4096, kd = 1024, F = 14336, T = 8192;
+    chain_ctx c;
+    memset(&c, 0, sizeof c);
+    zb_rope_cfg rc = {.type = ZB_ROPE_LLAMA3, .theta = 500000.0f, .factor = 8.0f, .low_freq_factor = 1.0f,
+                      .high_freq_factor = 4.0f, .original_max_pos = 8192, .mscale = 1.0f};
+    zb_rope_init(&c.r, 128, &rc);
+    size_t per = (size_t)(d + 2 * kd) * d + (size_t)d * d + 3 * (size_t)F * d, nc = (size_t)8 * T * 128;
+    float *tmp = dev(per * 4);
+    fill(tmp, per, 0.02f, 41);
+    for (int w = 0; w < CH_COPIES; w++) {
+        uint16_t *W = dev(per * 2);
+        zb_cuda_f32_to_bf16(W, tmp, per);
+        c.wq[w] = W; c.wk[w] = W + (size_t)d * d; c.wv[w] = c.wk[w] + (size_t)kd * d; c.wo[w] = c.wv[w] + (size_t)kd * d;
+        c.wg[w] = c.wo[w] + (size_t)d * d; c.wu[w] = c.wg[w] + (size_t)F * d; c.wd[w] = c.wu[w] + (size_t)F * d;
+        c.kc[w] = dev(nc * 2); c.vc[w] = dev(nc * 2);
+        zb_cuda_f32_to_bf16(c.kc[w], tmp, nc);
+        zb_cuda_f32_to_bf16(c.vc[w], tmp, nc);
+    }
+    zb_cuda_free(tmp);
+    c.x = dev(d * 4); c.ln = dev(d * 4); c.q = dev((d + 2 * kd) * 4); c.k = c.q + d; c.v = c.k + kd;
+    c.att = dev(d * 4); c.o = dev(d * 4); c.h = dev(F * 4); c.u = dev(F * 4); c.nw = dev(d * 4);
+    fill(c.x, d, 1.0f, 42); fill(c.ln, d, 1.0f, 43); fill(c.nw, d, 1.0f, 44);
+    int zero = 0, p600 = 600;
+    c.seq = dev(4); c.pos = dev(4); c.posi = dev(4);
+    zb_cuda_upload(c.seq, &zero, 4);
+    zb_cuda_upload(c.pos, &p600, 4);
+    /* fused, PDL, unroll, prefetch (MB; -2 the first loads) */
+    static const struct { const char *nm; int fused, pdl, unroll; long long pf; } v[] = {
+        {"fused pieces, PDL (the default)", 1, 1, 4, 0},
+        {"fused pieces, no PDL", 1, 0, 4, 0},
+        {"separate kernels, no PDL (before 2026-11-30 12:00)", 0, 0, 4, 0},
+        {"separate kernels, PDL", 0, 1, 4, 0},
+        {"fused, PDL, 8 loads in flight", 1, 1, 8, 0},
+        {"fused, PDL, first loads prefetched", 1, 1, 4, -2},
+        {"fused, PDL, 16 MB prefetched", 1, 1, 4, 16 << 20},
+    };
+    char what[160];
+    for (int i = 0; i < (int)(sizeof v / sizeof v[0]); i++) {
+        c.fused = v[i].fused;
+        zb_cuda_dec_pdl_set(v[i].pdl);
+        zb_cuda_gemv_set_unroll(v[i].unroll);
+        zb_cuda_gemv_set_prefetch(v[i].pf);
+        chain_layers(&c);   /* eager once: the scratch sizes settle */
+        zb_cuda_sync();
+        int rec = zb_cuda_graph_begin(&c.graph, 1);
+        if (rec) {
+            chain_layers(&c);
+            rec = zb_cuda_graph_end(c.graph, 0);
+        }
+        c.eager = 0;
+        double ms = timeit_n(run_chain, &c, 2, 9, 4);
+        snprintf(what, sizeof what, "decode chain 8B 32 layers batch 1, %s%s", v[i].nm,
+                 rec && !c.eager ? "" : " (NOT a graph)");
+        row(what, ms, 436.2e6 * 32 / (ms * 1e-3) / 1e9, "GB/s");
+        zb_cuda_graph_free(c.graph);
+        c.graph = NULL;
+    }
+    zb_cuda_dec_pdl_set(-1);
+    zb_cuda_gemv_set_unroll(0);
+    zb_cuda_gemv_set_prefetch(-1);
+    for (int w = 0; w < CH_COPIES; w++) {
+        zb_cuda_free((void *)c.wq[w]); zb_cuda_free(c.kc[w]); zb_cuda_free(c.vc[w]);
+    }
+    zb_cuda_free(c.x); zb_cuda_free(c.ln); zb_cuda_free(c.q); zb_cuda_free(c.att); zb_cuda_free(c.o);
+    zb_cuda_free(c.h); zb_cuda_free(c.u); zb_cuda_free(c.nw); zb_cuda_free(c.seq); zb_cuda_free(c.pos);
+    zb_cuda_free(c.posi);
+}
+
 int main(int argc, char **argv) {
     const char *json = NULL;
     int quick = 0;
@@ -434,26 +551,35 @@ int main(int argc, char **argv) {
         /* batch 1 and 8 (the GEMV), then batch 48 (cuBLAS: cublasGemmEx's own choice, then the
          * algorithm timed per shape, zb_cuda_gemm_tune) */
         /* batch 1 also without PDL (ZB_DEC_PDL=0: each GEMV waits for the one before to end before
-         * it starts fetching weights; ks = -1 below) */
+         * it starts fetching weights; ks = -1 below), with 8 loads in flight per lane (ks = -2) and
+         * with each lane's first round of loads (ks = -3) or 16 MB of the weights (ks = -4) fetched
+         * into the L2 before the PDL wait */
         int nbs[4] = {1, 8, 48, 48};
         for (int bi = 0; bi < 4; bi++)
             for (int i = 0; i < nsh; i++)
-                for (int ks = bi ? 0 : -1; ks <= 8; ks = ks > 0 ? 2 * ks : ks + 1) {
+                for (int ks = bi ? 0 : -4; ks <= 8; ks = ks > 0 ? 2 * ks : ks + 1) {
                     if (ks > 0 && (bi || sh[i].kind == 3)) break;   /* the split sweep at batch 1 only */
                     gemv8_ctx g = {Wp, nel, 0, x, y, nbs[bi], sh[i].kind, sh[i].OC, sh[i].C, d, F, kd, 0};
                     gemv8_bytes(&g);
                     zb_cuda_gemv_set_split(ks > 0 ? ks : 0);
-                    zb_cuda_dec_pdl_set(ks < 0 ? 0 : -1);
+                    zb_cuda_dec_pdl_set(ks == -1 ? 0 : -1);
+                    zb_cuda_gemv_set_unroll(ks == -2 ? 8 : 0);
+                    zb_cuda_gemv_set_prefetch(ks == -3 ? -2 : ks == -4 ? 16 << 20 : -1);
                     if (bi >= 2) zb_cuda_gemm_tune(bi == 3);
                     double ms = timeit_n(run_gemv8, &g, 3, 15, 8);
                     zb_cuda_gemm_tune(-1);
                     zb_cuda_gemv_set_split(0);
                     zb_cuda_dec_pdl_set(-1);
+                    zb_cuda_gemv_set_unroll(0);
+                    zb_cuda_gemv_set_prefetch(-1);
                     snprintf(what, sizeof what, "decode %s %s, batch %d, %s", bi >= 2 ? "GEMM" : "GEMV", sh[i].nm, g.N,
                              bi == 2   ? "cublasGemmEx"
                              : bi == 3 ? "timed per shape"
                              : ks > 0  ? (ks == 1 ? "split 1" : ks == 2 ? "split 2" : ks == 4 ? "split 4" : "split 8")
-                             : ks < 0  ? "auto, no PDL"
+                             : ks == -1 ? "auto, no PDL"
+                             : ks == -2 ? "auto, 8 loads in flight"
+                             : ks == -3 ? "auto, PDL + first loads prefetched"
+                             : ks == -4 ? "auto, PDL + 16 MB prefetched"
                                        : "auto");
                     row(what, ms, (double)g.bytes / (ms * 1e-3) / 1e9, "GB/s");
                 }
@@ -527,6 +653,7 @@ int main(int argc, char **argv) {
         }
     }
     bench_pieces();
+    bench_chain();
     if (g_json) { fprintf(g_json, "\n]}\n"); fclose(g_json); }
     int rc = zb_cuda_sync();
     if (rc) { fprintf(stderr, "bench_cuda: %s\n", zb_errmsg()); return 1; }

@@ -55,6 +55,11 @@ echo "== (ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=l
 ZB_MLA_DECODE=wmma ZB_M2_STATE=f32 ZB_CUDA_GEMM_TUNE=0 ZB_MLA_ABSORB=loop ZB_DEC_FUSE=0 ZB_DEC_PDL=0 \
   run 90 bench --device cuda --weights bf16 --hybrid configs/zebra-8b.json \
   --batches 1,48 --contexts 8192 --decode-steps 16 --prefill-len 512
+# the teacher's batch-1 decode with the decode kernels launched plainly (no programmatic dependent
+# launch), beside the default run above
+echo "== (ZB_DEC_PDL=0)"
+ZB_DEC_PDL=0 run 60 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json \
+  --batches 1 --contexts 8192 --decode-steps 16 --prefill-len 512
 [ "$quick" = 1 ] || run 90 bench --device cuda --weights bf16 --teacher configs/llama-3.1-8b.json --hybrid configs/zebra-8b.json --fit 32768
 # the same batch-48 decode with every row's logits copied to the host each step (the sampling path;
 # the run above is greedy: the argmax on the device, B ids back)

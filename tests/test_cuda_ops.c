@@ -233,9 +233,10 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     uint16_t *dw = zb_dev_bytes(w16, nw * 2);
     const uint16_t *wq = dw, *wk = wq + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
     const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
-    float *dnw = zb_dev_f(nwt, d), *got[2];
-    for (int pdl = 1; pdl >= 0; pdl--) {
-        zb_cuda_dec_pdl_set(pdl);
+    float *dnw = zb_dev_f(nwt, d), *got[3];
+    for (int pdl = 2; pdl >= 0; pdl--) {   /* 2: PDL with 8 loads in flight per lane at one row */
+        zb_cuda_dec_pdl_set(pdl != 0);
+        zb_cuda_gemv_set_unroll(pdl == 2 ? 8 : 0);
         float *x = zb_dev_f(hx, (size_t)N * d), *ln = zb_dev_f(NULL, (size_t)N * d), *q = zb_dev_f(NULL, (size_t)N * d);
         float *k = zb_dev_f(NULL, (size_t)N * kd), *v = zb_dev_f(NULL, (size_t)N * kd), *o = zb_dev_f(NULL, (size_t)N * d);
         float *h = zb_dev_f(NULL, (size_t)N * F), *u = zb_dev_f(NULL, (size_t)N * F);
@@ -254,10 +255,14 @@ static void test_pdl_chain(zb_rng *rng, int N) {
         zb_cuda_free(h); zb_cuda_free(u);
     }
     zb_cuda_dec_pdl_set(-1);
+    zb_cuda_gemv_set_unroll(0);
     char what[128];
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
     zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
-    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]);
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL, 8 loads in flight vs plain (bit for bit: the "
+             "same order of the sums)", L, N);
+    zb_check_mag(what, got[2], got[0], NULL, 0, 0, (size_t)N * d);
+    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]);
     zb_cuda_free(dw); zb_cuda_free(dnw);
 }
 
@@ -1322,6 +1327,10 @@ int main(int argc, char **argv) {
         zb_cuda_gemv_set_split(ks);
         test_linear_bf16(&rng, 3, 4104, 13);
         test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
+        zb_cuda_gemv_set_unroll(8);   /* one row with 8 loads in flight per lane */
+        test_linear_bf16(&rng, 1, 4104, 13);
+        test_gemv_fused(&rng, 1, 2056, 11, 5, 9);
+        zb_cuda_gemv_set_unroll(0);
     }
     zb_cuda_gemv_set_split(0);
     /* the decode step's products above 8 rows (batch 48): cublasGemmEx, then the algorithm timed

@@ -22,7 +22,7 @@ typedef __nv_bfloat16 bf16;
 
 #define GEMV_MAXN 8
 #define GEMV_THREADS 256   /* 8 warps */
-#define GEMV_UNROLL 4      /* 16-byte weight loads in flight per lane (per matrix) */
+#define GEMV_UNROLL 4      /* 16-byte weight loads in flight per lane (per matrix); 8 for one row (UNR) */
 
 /* up to 3 matrices sharing the input x (q | k | v), their rows numbered one after the other;
  * pair mode: rows r of W[0] (gate) and Wu (up) together, out[0] = silu(gate) * up */
@@ -31,6 +31,7 @@ typedef struct {
     float *out[3];
     int OC[3], start[4], nseg;
     const bf16 *Wu;
+    int pf;   /* columns of each warp's slice fetched into the L2 before the PDL wait */
 } gemv_args;
 
 /* streamed once: no L1 allocation (x stays there), L2 fetches 256 B at a time */
@@ -60,7 +61,7 @@ __device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__res
 /* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
  * in flight per lane before the products), the block's 8 / KS rows are summed through shared
  * memory. NN (1..8) rows of x, a compile-time count. */
-template <int NN, bool PAIR>
+template <int NN, bool PAIR, int UNR = GEMV_UNROLL>
 __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const float *__restrict__ x, int C, int KS, int total) {
     constexpr int NA = PAIR ? 2 : 1;
     __shared__ float red[GEMV_THREADS / 32][NA * NN];
@@ -82,24 +83,19 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
         c1 = min(C, c0 + per);
         c = c0 + lane * 8;
     }
-    /* the first GEMV_UNROLL 16-byte pieces of each lane's weights fetched into the L2 before waiting
-     * on the kernel before (launched with PDL), so that the weight stream starts while that kernel
-     * ends: a prefetch delivers no data, so nothing is read before the wait (a kernel that wrote
-     * the weights, e.g. a conversion, is finished by then); then the loads as ever */
-    if (c < c1)
-#pragma unroll
-        for (int k = 0; k < GEMV_UNROLL; k++) {
-            int cc = c + k * 256;
-            if (cc < c1) {
-                prefetch_l2(w + cc);
-                if (PAIR) prefetch_l2(wu + cc);
-            }
-        }
+    /* the first a.pf columns of each warp's slice fetched into the L2 before waiting on the kernel
+     * before (launched with PDL), so that the weight stream starts while that kernel ends: a
+     * prefetch delivers no data, so nothing is read before the wait (a kernel that wrote the
+     * weights, e.g. a conversion, is finished by then); then the loads as ever */
+    for (int cc = c, ce = min(c1, c - lane * 8 + a.pf); cc < ce; cc += 256) {
+        prefetch_l2(w + cc);
+        if (PAIR) prefetch_l2(wu + cc);
+    }
     pdl_wait();
-    for (; c < c1; c += 256 * GEMV_UNROLL) {
-        uint4 rw[GEMV_UNROLL], ru[GEMV_UNROLL];
+    for (; c < c1; c += 256 * UNR) {
+        uint4 rw[UNR], ru[UNR];
 #pragma unroll
-        for (int k = 0; k < GEMV_UNROLL; k++) {
+        for (int k = 0; k < UNR; k++) {
             int cc = c + k * 256;
             if (cc < c1) {
                 rw[k] = ld_stream(w + cc);
@@ -107,7 +103,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
             }
         }
 #pragma unroll
-        for (int k = 0; k < GEMV_UNROLL; k++) {
+        for (int k = 0; k < UNR; k++) {
             int cc = c + k * 256;
             if (cc < c1) {
                 gemv_fma<NN>(acc, rw[k], x, C, cc);
@@ -177,15 +173,51 @@ extern "C" int zb_cuda_dec_pdl(void) {
     return g_dec_pdl;
 }
 
+/* loads in flight per lane at one row (batch 1: a small matrix's warps run in one wave, each a
+ * chain of C / (256 UNR) load rounds, so the rounds' latency rather than the bandwidth bounds it):
+ * 4 or 8; 0 = ZB_GEMV_UNROLL from the environment (default 4) */
+static int g_gemv_unroll = 0;
+extern "C" void zb_cuda_gemv_set_unroll(int u) { g_gemv_unroll = u == 4 || u == 8 ? u : 0; }
+static int gemv_unroll(void) {
+    if (!g_gemv_unroll) {
+        const char *e = getenv("ZB_GEMV_UNROLL");
+        g_gemv_unroll = e && atoi(e) == 8 ? 8 : 4;
+    }
+    return g_gemv_unroll;
+}
+
 template <int NN, bool PAIR>
 static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks, int rows) {
-    pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+    if (NN == 1 && gemv_unroll() == 8)
+        pdl_go(k_gemv<1, PAIR, 8>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+    else pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+}
+
+/* bytes of a GEMV's weights fetched into the L2 before its PDL wait (a share of every row, at least
+ * each lane's first round of loads): ZB_GEMV_PREFETCH_MB, default 0 = none (S5R1: the first round
+ * prefetched cost the kernel ~5% when it had nothing to overlap: 0.128 -> 0.135 ms per layer's
+ * four GEMVs without PDL, 0.130 with); -2 in the setter: the first round only */
+static long long g_gemv_pf = -1;
+extern "C" void zb_cuda_gemv_set_prefetch(long long bytes) { g_gemv_pf = bytes; }
+static long long gemv_pf_bytes(void) {
+    if (g_gemv_pf == -1) {
+        const char *e = getenv("ZB_GEMV_PREFETCH_MB");
+        g_gemv_pf = (long long)((e ? atof(e) : 0.0) * 1048576.0);
+        if (g_gemv_pf < 0) g_gemv_pf = 0;
+    }
+    return g_gemv_pf;
 }
 
 template <bool PAIR>
-static void gemv_launch(const gemv_args &a, const float *x, int N, int C) {
+static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
+    gemv_args a = a0;
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
+    long long pfb = gemv_pf_bytes(), cols = pfb > 0 ? pfb / ((long long)rows * 2 * (PAIR ? 2 : 1)) : 0;
+    int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll() : GEMV_UNROLL);
+    a.pf = (int)(cols / ks > slice ? slice : cols / ks);
+    if ((pfb > 0 || pfb == -2) && a.pf < first) a.pf = first;
+    if (!zb_cuda_dec_pdl()) a.pf = 0;   /* nothing to overlap */
     switch (N) {
     case 1: gemv_go<1, PAIR>(grid, a, x, C, ks, rows); break;
     case 2: gemv_go<2, PAIR>(grid, a, x, C, ks, rows); break;

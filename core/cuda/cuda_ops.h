@@ -214,6 +214,11 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
+/* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8 (0: ZB_GEMV_UNROLL, default 4) */
+void zb_cuda_gemv_set_unroll(int u);
+/* bytes of a decode GEMV's weights fetched into the L2 before it waits on the kernel before (PDL):
+ * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */
+void zb_cuda_gemv_set_prefetch(long long bytes);
 /* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
  * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the

@@ -413,11 +413,80 @@ struct f_norm_w {   /* do[r,c] g[r,c] rs[r, group] */
     }
 };
 
+/* k_gnorm_bwd and the norm weight's column sum in one pass (the fused path, groups of 32 NPL
+ * channels, NPL <= 4): block (group, slice of rows), a warp per row as k_gnorm_bwd with lane l on
+ * channels c0 + l + 32 q; each lane keeps its channels' sums of do g rs over the warp's rows, the
+ * 8 warps' sums are added in order into part[slice][c] for k_colsum_fin (deterministic). */
+template <int NPL>
+static __global__ void __launch_bounds__(256)
+k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const float *__restrict__ y,
+                  const float *__restrict__ z, int zs, const float *__restrict__ rstd, float *dy, float *dz,
+                  int rows_per, float *part) {
+    const int G = 32 * NPL;
+    __shared__ float red[8][32 * NPL];
+    int grp = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c0 = grp * G;
+    int r0 = blockIdx.y * rows_per, r1 = min(N, r0 + rows_per);
+    float wacc[NPL], wv[NPL];
+#pragma unroll
+    for (int q = 0; q < NPL; q++) { wacc[q] = 0.0f; wv[q] = nw[c0 + lane + 32 * q]; }
+    for (int r = r0 + warp; r < r1; r += 8) {
+        const float *yr = y + (size_t)r * di + c0, *zr = z + (size_t)r * zs + c0;
+        float *dyr = dy + (size_t)r * di + c0, *dzr = dz + (size_t)r * zs + c0;
+        float rs = rstd[(size_t)r * ng + grp], yv[NPL], zv[NPL], dov[NPL], sg[NPL], sum = 0.0f;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            int c = lane + 32 * q;
+            yv[q] = yr[c];
+            zv[q] = zr[c];
+            dov[q] = dyr[c];
+        }
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            sg[q] = sigmoid_dev(zv[q]);
+            float gc = yv[q] * silu_dev(zv[q]);
+            sum += dov[q] * wv[q] * gc;
+            wacc[q] += dov[q] * gc * rs;
+        }
+        sum = warp_sum(sum);
+        float f = sum / G * rs * rs * rs;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            int c = lane + 32 * q;
+            float sz = zv[q] * sg[q], gc = yv[q] * sz, dg = rs * wv[q] * dov[q] - f * gc;
+            dzr[c] = dg * yv[q] * sg[q] * (1.0f + zv[q] * (1.0f - sg[q]));
+            dyr[c] = dg * sz;
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < NPL; q++) red[warp][lane + 32 * q] = wacc[q];
+    __syncthreads();
+    for (int c = threadIdx.x; c < G; c += blockDim.x) {
+        float s = 0.0f;
+        for (int w = 0; w < 8; w++) s += red[w][c];
+        part[(size_t)blockIdx.y * di + c0 + c] = s;
+    }
+}
+
 extern "C" void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y,
                                                const float *z, int z_stride, const float *rstd, float *dy,
                                                float *dz, float *g_norm_w, float *work, int N) {
     if (N <= 0) return;
     int ng = norm_groups(m), di = m->d_inner, G = di / ng;
+    if (m2_fused_path() && G % 32 == 0 && G <= 128) {
+        int ns = cdiv(N, 64) < CS_SPLIT_MAX ? cdiv(N, 64) : CS_SPLIT_MAX, rows_per = cdiv(N, ns);
+        ns = cdiv(N, rows_per);
+        dim3 grid(ng, ns);
+        if (G == 32) k_gnorm_bwd_fused<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
+        else if (G == 64) k_gnorm_bwd_fused<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
+        else if (G == 96) k_gnorm_bwd_fused<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
+        else k_gnorm_bwd_fused<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
+        zb_cuda_m2_check_launch("k_gnorm_bwd_fused");
+        if (g_norm_w) {
+            k_colsum_fin<<<cdiv(di, 256), 256, 0, s_stream>>>(work, ns, di, g_norm_w);
+            zb_cuda_m2_check_launch("norm weight gradient");
+        }
+        return;
+    }
     /* the weight's gradient first: the kernel below overwrites do */
     f_norm_w f = {dy, y, z, rstd, di, z_stride, G, ng};
     colsum(f, N, di, work, g_norm_w, "norm weight gradient");
@@ -512,6 +581,7 @@ struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the se
  * rows, part[slice][c K + k] = sum_r dpre[r, c] in[r - K+1+k, c] inside the sequence; then
  * k_colsum_fin sums the slices in order (deterministic, no atomics). */
 #define M2_KMAX 8
+#define M2_WROWS 8
 static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, int R, int rows_per,
                                          const float *__restrict__ dpre, const float *__restrict__ proj, float *part,
                                          float *bpart) {
@@ -522,13 +592,27 @@ static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, in
 #pragma unroll
     for (int k = 0; k < M2_KMAX; k++) acc[k] = 0.0f;
     const float *in = proj + di + c;
-    for (int r = r0; r < r1; r++) {
-        float gr = dpre[(size_t)r * cd + c];
-        int t = r % T;
-        bs += gr;
+    /* M2_WROWS rows at a time, their loads (dpre, and the inputs of rows r - K+1 .. r + M2_WROWS - 1,
+     * each once) issued before the sums: one memory latency per M2_WROWS rows, not per row (S5R1:
+     * the row-by-row loop left the conv backward at ~1 ms per layer) */
+    for (int r = r0; r < r1; r += M2_WROWS) {
+        float gv[M2_WROWS], iv[M2_WROWS + M2_KMAX - 1];
 #pragma unroll
-        for (int k = 0; k < M2_KMAX; k++)
-            if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gr, in[((size_t)r - (K - 1) + k) * P], acc[k]);
+        for (int u = 0; u < M2_WROWS; u++) gv[u] = r + u < r1 ? dpre[(size_t)(r + u) * cd + c] : 0.0f;
+#pragma unroll
+        for (int q = 0; q < M2_WROWS + M2_KMAX - 1; q++) {
+            long s = (long)r - (K - 1) + q;   /* input row */
+            iv[q] = q < M2_WROWS + K - 1 && s >= 0 && s < r1 ? in[(size_t)s * P] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < M2_WROWS; u++) {
+            if (r + u >= r1) break;
+            int t = (r + u) % T;
+            bs += gv[u];
+#pragma unroll
+            for (int k = 0; k < M2_KMAX; k++)
+                if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gv[u], iv[u + k], acc[k]);
+        }
     }
     float *o = part + (size_t)blockIdx.y * cd * K + (size_t)c * K;
 #pragma unroll

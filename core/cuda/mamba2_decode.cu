@@ -11,7 +11,10 @@
  *                     group, o = y silu(z) w / rms) as k_gnorm_fwd: k_ssd_step_vec + k_gnorm_fwd.
  *
  * The arithmetic of each value is the replaced kernels' (same operations in the same order), so
- * the outputs and states are the same; tests/test_cuda_mamba2.c compares the two paths. */
+ * the outputs and states are the same; tests/test_cuda_mamba2.c compares the two paths.
+ * The unfused recurrence is here too (zb_cuda_m2_ssd_step_st): k_ssd_step, one block per (row,
+ * head), a warp per state row p, lanes over d_state; k_ssd_step_vec, the same with float4 pieces
+ * of the state (the body k_m2_dec_ssd_norm shares). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -75,7 +78,15 @@ __global__ void k_m2_dec_conv(dec_geo g, const float *__restrict__ w, const floa
     if (K > 1) hc[K - 2] = xin;
 }
 
-/* the state as kept: float32, or bf16 in the first half of each float32 slot (mamba2_ssd.cu) */
+/* The recurrent state as kept between calls: float32, or bf16 (generation with bf16 weights, as
+ * mamba_ssm's inference cache takes the in_proj weight's dtype; the arithmetic stays float32, the
+ * value is rounded once when stored). Slots are strided in floats either way (a bf16 state uses
+ * the first half of its float32 slot), so the element stride is s_stride * 4 / sizeof(TS). */
+__device__ inline float dec_ld(const float *p) { return *p; }
+__device__ inline float dec_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ inline void dec_st(float *p, float v) { *p = v; }
+__device__ inline void dec_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+/* 4 consecutive elements (16-byte aligned float32, 8-byte aligned bf16) */
 __device__ inline float4 dec_ld4(const float *p) { return *(const float4 *)p; }
 __device__ inline float4 dec_ld4(const __nv_bfloat16 *p) {
     uint2 r = *(const uint2 *)p;
@@ -94,20 +105,47 @@ __device__ inline void dec_st4(__nv_bfloat16 *p, float4 v) {
     *(uint2 *)p = r;
 }
 
-#define DEC_SROWS 4      /* state rows in flight per warp (k_ssd_step_vec's M2_SROWS) */
-#define DEC_MAXHD 256    /* the head's y in shared memory */
+/* The scalar form: a warp per state row p, lanes over d_state (B and C rows in shared memory). */
+template <typename TS>
+__global__ void k_ssd_step(dec_geo g, const float *__restrict__ A_log, const float *__restrict__ Dp,
+                           const float *__restrict__ xbc, const float *__restrict__ dt, TS *Sst, size_t s_stride,
+                           const int *__restrict__ seqs, float *y) {
+    extern __shared__ float sh[];   /* B row | C row, ds each */
+    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    const float *row = xbc + (size_t)i * g.cd;
+    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
+                *Cv = row + g.co + (h / g.crep) * g.ds;
+    for (int s = tid; s < g.ds; s += blockDim.x) { sh[s] = Bv[s]; sh[g.ds + s] = Cv[s]; }
+    __syncthreads();
+    int seq = seqs ? seqs[i] : i;
+    TS *S = Sst + (size_t)seq * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
+    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
+    for (int p = warp; p < g.hd; p += nw) {
+        TS *Sr = S + (size_t)p * g.ds;
+        float xp = dth * X[p], acc = 0.0f;
+        for (int s = lane; s < g.ds; s += 32) {
+            float v = e * dec_ld(Sr + s) + xp * sh[s];
+            dec_st(Sr + s, v);   /* y takes the float32 value (a bf16 state: rounded only as kept) */
+            acc += v * sh[g.ds + s];
+        }
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
+    }
+}
+
+/* The same recurrence with the state streamed at the memory's rate (d_state 128 or 256, 16-byte
+ * aligned states): a lane holds 4 consecutive columns (float4), so a warp covers 128 columns per
+ * load, and each warp loads DEC_SROWS rows before it updates them (16 KB per block in flight
+ * instead of a float per lane). Each element's update is k_ssd_step's (e S + (dt x) B); y sums a
+ * row's products per lane, then over the warp: yh[p] (the head's y) for the block (i, h). */
+#define DEC_SROWS 4
 template <int NQ, typename TS>   /* float4 columns per lane: d_state / 128 */
-__global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float *__restrict__ A_log,
-                                                         const float *__restrict__ Dp, const float *__restrict__ nw,
-                                                         float eps, const float *__restrict__ xbc,
-                                                         const float *__restrict__ dt, const float *__restrict__ z,
-                                                         int zs, TS *Sst, size_t s_stride, const int *__restrict__ seqs,
-                                                         float *o) {
-    __shared__ float ys[DEC_MAXHD];
-    pdl_launch();   /* out_proj's GEMV may start streaming its weights */
-    pdl_wait();     /* xbc and dt of the conv kernel */
-    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
-        nw_ = blockDim.x >> 5;
+__device__ inline void step_head_vec(const dec_geo &g, int i, int h, const float *__restrict__ A_log,
+                                     const float *__restrict__ Dp, const float *__restrict__ xbc,
+                                     const float *__restrict__ dt, TS *Sst, size_t s_stride,
+                                     const int *__restrict__ seqs, float *yh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const float *row = xbc + (size_t)i * g.cd;
     const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
                 *Cv = row + g.co + (h / g.crep) * g.ds;
@@ -120,7 +158,7 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
     int seq = seqs ? seqs[i] : i;
     TS *S = Sst + (size_t)seq * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
     float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p0 = warp * DEC_SROWS; p0 < g.hd; p0 += nw_ * DEC_SROWS) {
+    for (int p0 = warp * DEC_SROWS; p0 < g.hd; p0 += nw * DEC_SROWS) {
         float4 v[DEC_SROWS][NQ];
 #pragma unroll
         for (int r = 0; r < DEC_SROWS; r++)
@@ -143,9 +181,34 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
                 acc += a.x * c4[q].x + a.y * c4[q].y + a.z * c4[q].z + a.w * c4[q].w;
             }
             for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-            if (lane == 0) ys[p] = acc + Dh * X[p];
+            if (lane == 0) yh[p] = acc + Dh * X[p];
         }
     }
+}
+
+template <int NQ, typename TS>
+__global__ void __launch_bounds__(256) k_ssd_step_vec(dec_geo g, const float *__restrict__ A_log,
+                                                      const float *__restrict__ Dp, const float *__restrict__ xbc,
+                                                      const float *__restrict__ dt, TS *Sst, size_t s_stride,
+                                                      const int *__restrict__ seqs, float *y) {
+    const int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh;
+    step_head_vec<NQ, TS>(g, i, h, A_log, Dp, xbc, dt, Sst, s_stride, seqs, y + (size_t)i * g.di + (size_t)h * g.hd);
+}
+
+#define DEC_MAXHD 256    /* the head's y in shared memory */
+template <int NQ, typename TS>
+__global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float *__restrict__ A_log,
+                                                         const float *__restrict__ Dp, const float *__restrict__ nw,
+                                                         float eps, const float *__restrict__ xbc,
+                                                         const float *__restrict__ dt, const float *__restrict__ z,
+                                                         int zs, TS *Sst, size_t s_stride, const int *__restrict__ seqs,
+                                                         float *o) {
+    __shared__ float ys[DEC_MAXHD];
+    pdl_launch();   /* out_proj's GEMV may start streaming its weights */
+    pdl_wait();     /* xbc and dt of the conv kernel */
+    const int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
+              nw_ = blockDim.x >> 5;
+    step_head_vec<NQ, TS>(g, i, h, A_log, Dp, xbc, dt, Sst, s_stride, seqs, ys);
     __syncthreads();
     /* the gated norm of the head's groups (G divides hd): a warp per group */
     const float *zr = z + (size_t)i * zs + (size_t)h * g.hd;
@@ -161,6 +224,13 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
         for (int c = c0 + lane; c < c0 + g.G; c += 32)
             orow[c] = ys[c] * dec_silu(zr[c]) * (rs * nw[h * g.hd + c]);
     }
+}
+
+/* the vector form where it applies: B and C columns as float4, the state rows as 4-element pieces
+ * (16-byte aligned slots) */
+bool vec_ok(const dec_geo &g, const float *xbc, const float *S, size_t s_stride) {
+    return (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
+           !(((uintptr_t)S | (uintptr_t)xbc) & 15);
 }
 
 }   // namespace
@@ -179,9 +249,7 @@ extern "C" void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_
 extern "C" int zb_cuda_m2_decode_ssd_norm_ok(const zb_mamba2_dims *m, const float *xbc, const float *S,
                                              size_t s_stride) {
     dec_geo g = dec_geo_of(m);
-    return (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
-           !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g.hd <= DEC_MAXHD && g.G > 0 && g.hd % g.G == 0 &&
-           g.di % g.G == 0;
+    return vec_ok(g, xbc, S, s_stride) && g.hd <= DEC_MAXHD && g.G > 0 && g.hd % g.G == 0 && g.di % g.G == 0;
 }
 
 extern "C" void zb_cuda_m2_decode_ssd_norm(const zb_mamba2_dims *m, const float *A_log, const float *D,
@@ -204,4 +272,41 @@ extern "C" void zb_cuda_m2_decode_ssd_norm(const zb_mamba2_dims *m, const float 
     }
 #undef ZB_M2D
     zb_cuda_m2_check_launch("k_m2_dec_ssd_norm");
+}
+
+/* ---- the unfused recurrence (zb_cuda_m2_ssd_step_st) ------------------------------------------- */
+
+static int g_m2_step_vec = 1;   /* 0: the scalar step kernel (tests compare the two) */
+extern "C" void zb_cuda_m2_step_vec(int on) { g_m2_step_vec = on != 0; }
+
+extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                                    const float *xbc, const float *dt, float *S, size_t s_stride,
+                                    const int *seqs, float *y, int nb) {
+    zb_cuda_m2_ssd_step_st(m, A_log, D, xbc, dt, S, s_stride, seqs, y, nb, 0);
+}
+
+template <typename TS>
+static void ssd_step_launch(const dec_geo &g, bool vec, const float *A_log, const float *D, const float *xbc,
+                            const float *dt, TS *S, size_t s_stride, const int *seqs, float *y, int nb) {
+    cudaStream_t st = zb_cuda_m2_stream();
+    if (vec) {
+        if (g.ds == 128) k_ssd_step_vec<1, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        else k_ssd_step_vec<2, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
+        zb_cuda_m2_check_launch("k_ssd_step_vec");
+        return;
+    }
+    int threads = g.hd >= 8 ? 256 : 32 * g.hd;
+    k_ssd_step<TS><<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), st>>>(g, A_log, D, xbc, dt, S, s_stride,
+                                                                                 seqs, y);
+    zb_cuda_m2_check_launch("k_ssd_step");
+}
+
+extern "C" void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const float *D,
+                                       const float *xbc, const float *dt, float *S, size_t s_stride,
+                                       const int *seqs, float *y, int nb, int s_bf16) {
+    if (nb <= 0) return;
+    dec_geo g = dec_geo_of(m);
+    bool vec = vec_ok(g, xbc, S, s_stride) && g_m2_step_vec;
+    if (s_bf16) ssd_step_launch<__nv_bfloat16>(g, vec, A_log, D, xbc, dt, (__nv_bfloat16 *)S, s_stride, seqs, y, nb);
+    else ssd_step_launch<float>(g, vec, A_log, D, xbc, dt, S, s_stride, seqs, y, nb);
 }

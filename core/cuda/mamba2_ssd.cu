@@ -37,9 +37,7 @@
  *  Launch bounds: the tensor-core forms keep every register they ask for (~230, one block of 256
  *  threads per SM; capped at 128 for two blocks they spilled 150-450 bytes); the float32 forms fit
  *  two blocks per SM in 128.
- *  k_ssd_step     one block per (row, head), a warp per state row p, lanes over d_state: the
- *                 recurrence S = e^{dt A} S + dt x B^T, y = S C + D x for decode, each sequence's
- *                 state found through seqs.
+ *  (the one-token recurrence of decode, k_ssd_step / k_ssd_step_vec: mamba2_decode.cu)
  * Saved by the forward for the backward (in the mixer's acts): xbc, dt, the coefficients above and
  * the state at the start of every chunk [B, nc, nh, hd, ds]; the backward recomputes the L x L
  * products. */
@@ -65,24 +63,6 @@ __device__ inline float st_ld(const float *p) { return *p; }
 __device__ inline float st_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ inline void st_st(float *p, float v) { *p = v; }
 __device__ inline void st_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
-/* 4 consecutive elements (16-byte aligned float32, 8-byte aligned bf16) */
-__device__ inline float4 st_ld4(const float *p) { return *(const float4 *)p; }
-__device__ inline float4 st_ld4(const __nv_bfloat16 *p) {
-    uint2 r = *(const uint2 *)p;
-    __nv_bfloat162 a, b;
-    memcpy(&a, &r.x, 4);
-    memcpy(&b, &r.y, 4);
-    float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-    return make_float4(fa.x, fa.y, fb.x, fb.y);
-}
-__device__ inline void st_st4(float *p, float4 v) { *(float4 *)p = v; }
-__device__ inline void st_st4(__nv_bfloat16 *p, float4 v) {
-    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-    uint2 r;
-    memcpy(&r.x, &a, 4);
-    memcpy(&r.y, &b, 4);
-    *(uint2 *)p = r;
-}
 template <typename TS> __host__ __device__ inline size_t st_stride(size_t s_stride) { return s_stride * (4 / sizeof(TS)); }
 
 struct m2_geo {
@@ -804,14 +784,92 @@ __device__ __forceinline__ void f_store(f_acc_f &a, float *O) {
         for (int r = 0; r < 4; r++) O[(size_t)m2_row(q) * F_LD + m2_col(r)] = a.a[q][r];
 }
 
-/* S[64 x 64] = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows, c < cols, else 0 */
-__device__ __forceinline__ void f_load(float *S, const float *__restrict__ src, size_t stride, int rows, int cols,
-                                       const float *sc = NULL) {
-    for (int e = threadIdx.x; e < F_N * F_N; e += M2_NT) {
-        int r = e >> 6, c = e & 63;
-        float v = r < rows && c < cols ? src[(size_t)r * stride + c] : 0.0f;
-        S[(size_t)r * F_LD + c] = sc ? sc[r] * v : v;
+/* P2 = op(A2) op(B2), then P = op(A) op(B) (each over k < its K), then a barrier: the two
+ * products of one output of the fused backward (its chunk-state term and its causal term). */
+template <bool TA2, bool TB2, bool TA, bool TB, class ACC>
+__device__ __forceinline__ void f_mm_pair(ACC &a, const float *A2, const float *B2, int K2, float *P2, const float *A,
+                                          const float *B, int K, float *P) {
+    f_zero(a);
+    f_mm<TA2, TB2>(a, A2, B2, K2);
+    f_store(a, P2);
+    f_zero(a);
+    f_mm<TA, TB>(a, A, B, K);
+    f_store(a, P);
+    __syncthreads();
+}
+
+/* S[64 x 64] (row stride F_LD) = src[r stride + c] (times sc[r] where sc is not NULL) for r < rows,
+ * c < cols, else 0. */
+struct f_src {
+    float *S;
+    const float *src;
+    size_t stride;
+    int rows, cols;
+    const float *sc;
+};
+/* Several matrices at once: every thread's global loads issued before its shared stores (a float4
+ * per load where every row start is 16-byte aligned, 4 per thread per matrix), so that the block
+ * waits about one memory latency per group instead of one per load. f_fetch4 / f_put4: the two
+ * halves of the float4 form, for loads kept in flight across other work (f_vec_ok first). */
+template <int NM>
+__device__ __forceinline__ bool f_vec_ok(const f_src (&m)[NM]) {
+    bool vec = true;
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+        vec = vec && !(((uintptr_t)m[i].src | (m[i].stride * sizeof(float))) & 15) && (m[i].cols & 3) == 0;
+    return vec;
+}
+template <int NM>
+__device__ __forceinline__ void f_fetch4(float4 (&v)[NM][4], const f_src (&m)[NM]) {
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+            v[i][q] = r < m[i].rows && c < m[i].cols ? __ldg((const float4 *)(m[i].src + (size_t)r * m[i].stride + c))
+                                                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+}
+template <int NM>
+__device__ __forceinline__ void f_put4(const float4 (&v)[NM][4], const f_src (&m)[NM]) {
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+            float4 w = v[i][q];
+            if (m[i].sc) {
+                float s = m[i].sc[r];
+                w.x *= s; w.y *= s; w.z *= s; w.w *= s;
+            }
+            *(float4 *)(m[i].S + (size_t)r * F_LD + c) = w;
+        }
+}
+template <int NM>
+__device__ __forceinline__ void f_load_n(const f_src (&m)[NM]) {
+    if (f_vec_ok(m)) {
+        float4 v[NM][4];
+        f_fetch4(v, m);
+        f_put4(v, m);
+        return;
     }
+    /* other shapes: 4 scalar loads in flight per thread (few registers: the kernels' budget goes
+     * to the float4 form) */
+#pragma unroll
+    for (int i = 0; i < NM; i++)
+        for (int q0 = 0; q0 < 16; q0 += 4) {
+            float v[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                v[q] = r < m[i].rows && c < m[i].cols ? m[i].src[(size_t)r * m[i].stride + c] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                m[i].S[(size_t)r * F_LD + c] = m[i].sc ? m[i].sc[r] * v[q] : v[q];
+            }
+        }
 }
 
 __device__ __forceinline__ float f_warp_sum(float v) {
@@ -857,8 +915,9 @@ k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_
     int L = k.L, hd = g.hd, ds = g.ds, tid = threadIdx.x;
     if (tid < F_N) cv[tid] = tid < L ? coef[k.ci + tid] : 0.0f;
     __syncthreads();
-    f_load(Us, U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * hd), u_stride, L, hd);
-    f_load(Vs, xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol), g.cd, L, ds, cv);
+    f_src ld[2] = {{Us, U + k.r0 * u_stride + (u_is_x ? k.xcol : k.h * hd), (size_t)u_stride, L, hd, NULL},
+                   {Vs, xbc + k.r0 * g.cd + (v_is_c ? k.ccol : k.bcol), (size_t)g.cd, L, ds, cv}};
+    f_load_n(ld);
     __syncthreads();
     ACC a;
     f_zero(a);
@@ -873,55 +932,62 @@ k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_
     }
 }
 
-/* Forward output: y_i = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} C_i S_prev^T + D x_i. */
+/* Forward output: y_i = sum_{j<=i} (C_i.B_j) E_ij dt_j x_j + e^{cs_i} C_i S_prev^T + D x_i.
+ * One block per (b, head group, chunk) as k_ssd_bwd_fused (rep heads sharing x and B: those loaded
+ * once; 2 blocks per SM overlap one's loads with the other's products). */
 template <class ACC>
-__global__ void __launch_bounds__(M2_NT)
+__global__ void __launch_bounds__(M2_NT, 2)   /* 2 blocks of 6 matrices per SM */
 k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
-                 const float *__restrict__ Dp, float *y) {
+                 const float *__restrict__ Dp, float *y, int rep) {
     extern __shared__ __align__(32) float fsm[];
     float *X = fsm, *Bm = X + F_MAT, *Cm = Bm + F_MAT, *S = Cm + F_MAT, *MG = S + F_MAT, *T2 = MG + F_MAT,
           *vec = T2 + F_MAT, *csv = vec, *ecv = vec + F_N, *dtv = vec + 2 * F_N;
-    m2_chunk k = chunk_of(g, blockIdx.x);
-    int L = k.L, hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x;
-    const float *row = xbc + k.r0 * cd;
-    f_load(X, row + k.xcol, cd, L, hd);
-    f_load(Bm, row + k.bcol, cd, L, ds);
-    f_load(Cm, row + k.ccol, cd, L, ds);
-    f_load(S, states + k.si, ds, hd, ds);
-    if (tid < F_N) {
-        bool v = tid < L;
-        csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
-        ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
-        dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
-    }
-    __syncthreads();
-    int Ks = f_r8(ds);
-    ACC a;
-    f_zero(a);
-    f_mm<false, true>(a, Cm, Bm, Ks);   /* G = C B^T */
-    f_store(a, MG);
-    f_zero(a);
-    f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
-    f_store(a, T2);
-    __syncthreads();
-    for (int e = tid; e < F_N * F_N; e += M2_NT) {
-        int i = e >> 6, j = e & 63;
-        float *p = MG + (size_t)i * F_LD + j;
-        *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
-    }
-    __syncthreads();
-    f_zero(a);
-    f_mm<false, false>(a, MG, X, f_r8(L));   /* M x */
-    f_store(a, Bm);                         /* B no longer read: G is done */
-    __syncthreads();
-    float Dh = Dp[k.h];
-    float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
-    for (int e = tid; e < F_N * F_N; e += M2_NT) {
-        int i = e >> 6, p = e & 63;
-        if (i < L && p < hd) {
-            size_t o = (size_t)i * F_LD + p;
-            Y[(size_t)i * g.di + p] = Bm[o] + ecv[i] * T2[o] + Dh * X[o];
+    int ngr = g.nh / rep, c = blockIdx.x % g.nc, bg = blockIdx.x / g.nc, grp = bg % ngr, b = bg / ngr;
+    int hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x, Ks = f_r8(ds);
+    m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
+    int L = k0.L;
+    const float *row = xbc + k0.r0 * cd;
+    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
+    f_load_n(ldg);
+    for (int hh = 0; hh < rep; hh++) {
+        m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
+        f_src ld[2] = {{Cm, row + k.ccol, (size_t)cd, L, ds, NULL}, {S, states + k.si, (size_t)ds, hd, ds, NULL}};
+        f_load_n(ld);
+        if (tid < F_N) {
+            bool v = tid < L;
+            csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
+            ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
+            dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
         }
+        __syncthreads();
+        ACC a;
+        f_zero(a);
+        f_mm<false, true>(a, Cm, Bm, Ks);   /* G = C B^T */
+        f_store(a, MG);
+        f_zero(a);
+        f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
+        f_store(a, T2);
+        __syncthreads();
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int i = e >> 6, j = e & 63;
+            float *p = MG + (size_t)i * F_LD + j;
+            *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
+        }
+        __syncthreads();
+        f_zero(a);
+        f_mm<false, false>(a, MG, X, f_r8(L));   /* M x */
+        f_store(a, Cm);                         /* C no longer read by this head */
+        __syncthreads();
+        float Dh = Dp[k.h];
+        float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
+        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            int i = e >> 6, p = e & 63;
+            if (i < L && p < hd) {
+                size_t o = (size_t)i * F_LD + p;
+                Y[(size_t)i * g.di + p] = Cm[o] + ecv[i] * T2[o] + Dh * X[o];
+            }
+        }
+        __syncthreads();   /* the next head overwrites C, S and the vectors */
     }
 }
 
@@ -961,17 +1027,27 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     int L = k0.L, Kl = f_r8(L);
     const float *row = xbc + k0.r0 * cd;
     /* x and B: the group's, loaded once */
-    f_load(X, row + k0.xcol, cd, L, hd);
-    f_load(Bm, row + k0.bcol, cd, L, ds);
+    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
+    f_load_n(ldg);
     if (rep > 1)
         for (int e = tid; e < F_N * F_LD; e += M2_NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
+    /* a head's own operands; the next head's are loaded into registers while this one computes */
+    auto head_src = [&](int hh, f_src (&ld)[4]) {
+        m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
+        ld[0] = {Cm, row + k.ccol, (size_t)cd, L, ds, NULL};
+        ld[1] = {dY, dy + k.r0 * di + (size_t)k.h * hd, (size_t)di, L, hd, NULL};
+        ld[2] = {S, states + k.si, (size_t)ds, hd, ds, NULL};
+        ld[3] = {dS, dstates + k.si, (size_t)ds, hd, ds, NULL};
+    };
+    float4 pv[4][4];
+    bool have = false;
     for (int hh = 0; hh < rep; hh++) {
         int bhc = (b * g.nh + grp * rep + hh) * g.nc + c;
         m2_chunk k = chunk_of(g, bhc);
-        f_load(Cm, row + k.ccol, cd, L, ds);
-        f_load(dY, dy + k.r0 * di + (size_t)k.h * hd, di, L, hd);
-        f_load(S, states + k.si, ds, hd, ds);
-        f_load(dS, dstates + k.si, ds, hd, ds);
+        f_src ld[4];
+        head_src(hh, ld);
+        if (have) f_put4(pv, ld);
+        else f_load_n(ld);
         if (tid < F_N) {
             bool v = tid < L;
             csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
@@ -982,6 +1058,15 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
             dd[tid] = 0.0f;
         }
         __syncthreads();
+        have = false;
+        if (hh + 1 < rep) {
+            f_src nx[4];
+            head_src(hh + 1, nx);
+            if (f_vec_ok(nx)) {
+                f_fetch4(pv, nx);   /* stored at the next head's start */
+                have = true;
+            }
+        }
         ACC a;
         f_zero(a);
         f_mm<false, true>(a, Cm, Bm, Ks);   /* G[i][j] = C_i . B_j */
@@ -1020,13 +1105,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();   /* T and T2 free */
         /* dx = M^T dy + w_j (B dS^T) + D dy */
-        f_zero(a);
-        f_mm<false, true>(a, Bm, dS, Ks);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<true, false>(a, MG, dY, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, true, true, false>(a, Bm, dS, Ks, T2, MG, dY, Kl, T);
         {
             float Dh = Dp[k.h];
             float *o = fo.ox + k.r0 * fo.sx + (fo.dx_direct ? k.xcol : k.h * hd);
@@ -1040,13 +1119,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();
         /* dC = dG B + e^{cs_i} (dy S_prev); dcs_i += e^{cs_i} (dy S_prev)_i . C_i */
-        f_zero(a);
-        f_mm<false, false>(a, dY, S, Kh);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<false, false>(a, MW, Bm, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, false, false, false>(a, dY, S, Kh, T2, MW, Bm, Kl, T);
         {
             float *o = fo.oc + k.r0 * fo.sc + (fo.dc_direct ? k.ccol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += M2_NT) {
@@ -1061,13 +1134,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         __syncthreads();
         if (tid < F_N) dc[tid] += ecv[tid] * rv[tid];
         /* dB = dG^T C + w_j (x dS); u_j = (x dS)_j . B_j */
-        f_zero(a);
-        f_mm<false, false>(a, X, dS, Kh);
-        f_store(a, T2);
-        f_zero(a);
-        f_mm<true, false>(a, MW, Cm, Kl);
-        f_store(a, T);
-        __syncthreads();
+        f_mm_pair<false, false, true, false>(a, X, dS, Kh, T2, MW, Cm, Kl, T);
         {
             float *o = fo.ob + k.r0 * fo.sb + (fo.db_direct ? k.bcol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += M2_NT) {
@@ -1137,89 +1204,6 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     }
 }
 
-/* ---- decode: the one-token recurrence ------------------------------------------------------ */
-
-template <typename TS>
-__global__ void k_ssd_step(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ Dp,
-                           const float *__restrict__ xbc, const float *__restrict__ dt, TS *Sst,
-                           size_t s_stride, const int *__restrict__ seqs, float *y) {
-    extern __shared__ float sh[];   /* B row | C row, ds each */
-    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, tid = threadIdx.x;
-    int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-    const float *row = xbc + (size_t)i * g.cd;
-    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
-                *Cv = row + g.co + (h / g.crep) * g.ds;
-    for (int s = tid; s < g.ds; s += blockDim.x) { sh[s] = Bv[s]; sh[g.ds + s] = Cv[s]; }
-    __syncthreads();
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
-    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p = warp; p < g.hd; p += nw) {
-        TS *Sr = S + (size_t)p * g.ds;
-        float xp = dth * X[p], acc = 0.0f;
-        for (int s = lane; s < g.ds; s += 32) {
-            float v = e * st_ld(Sr + s) + xp * sh[s];
-            st_st(Sr + s, v);   /* y takes the float32 value (a bf16 state: rounded only as kept) */
-            acc += v * sh[g.ds + s];
-        }
-        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-        if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
-    }
-}
-
-/* The same recurrence with the state streamed at the memory's rate (d_state a multiple of 128,
- * at most 256, 16-byte aligned states): a lane holds 4 consecutive columns (float4), so a warp
- * covers 128 columns per load, and each warp loads M2_SROWS rows before it updates them (16 KB per
- * block in flight instead of a float per lane). Each element's update is k_ssd_step's
- * (e S + (dt x) B); y sums a row's products per lane, then over the warp. */
-#define M2_SROWS 4
-template <int NQ, typename TS>   /* float4 columns per lane: d_state / 128 */
-__global__ void __launch_bounds__(256) k_ssd_step_vec(m2_geo g, const float *__restrict__ A_log,
-                                                      const float *__restrict__ Dp, const float *__restrict__ xbc,
-                                                      const float *__restrict__ dt, TS *Sst, size_t s_stride,
-                                                      const int *__restrict__ seqs, float *y) {
-    int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
-        nw = blockDim.x >> 5;
-    const float *row = xbc + (size_t)i * g.cd;
-    const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
-                *Cv = row + g.co + (h / g.crep) * g.ds;
-    float4 b4[NQ], c4[NQ];
-#pragma unroll
-    for (int q = 0; q < NQ; q++) {
-        b4[q] = *(const float4 *)(Bv + 128 * q + 4 * lane);
-        c4[q] = *(const float4 *)(Cv + 128 * q + 4 * lane);
-    }
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * st_stride<TS>(s_stride) + (size_t)h * g.hs;
-    float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p0 = warp * M2_SROWS; p0 < g.hd; p0 += nw * M2_SROWS) {
-        float4 v[M2_SROWS][NQ];
-#pragma unroll
-        for (int r = 0; r < M2_SROWS; r++)
-#pragma unroll
-            for (int q = 0; q < NQ; q++)
-                if (p0 + r < g.hd) v[r][q] = st_ld4(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
-#pragma unroll
-        for (int r = 0; r < M2_SROWS; r++) {
-            int p = p0 + r;
-            if (p >= g.hd) break;   /* warp-uniform */
-            float xp = dth * X[p], acc = 0.0f;
-#pragma unroll
-            for (int q = 0; q < NQ; q++) {
-                float4 a = v[r][q];
-                a.x = e * a.x + xp * b4[q].x;
-                a.y = e * a.y + xp * b4[q].y;
-                a.z = e * a.z + xp * b4[q].z;
-                a.w = e * a.w + xp * b4[q].w;
-                st_st4(S + (size_t)p * g.ds + 128 * q + 4 * lane, a);   /* y: the float32 a */
-                acc += a.x * c4[q].x + a.y * c4[q].y + a.z * c4[q].z + a.w * c4[q].w;
-            }
-            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-            if (lane == 0) y[(size_t)i * g.di + (size_t)h * g.hd + p] = acc + Dh * X[p];
-        }
-    }
-}
-
 }   // namespace
 
 /* ---- host entries ---------------------------------------------------------------------------- */
@@ -1267,7 +1251,9 @@ template <class ACC>
 static void f_scan(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf, const float *states,
                    const float *D, float *y) {
     f_launch_smem(k_ssd_scan_fused<ACC>, F_SCAN_MATS);
-    k_ssd_scan_fused<ACC><<<g.B * g.nh * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y);
+    int rep = g.xrep == g.brep ? g.xrep : 1;
+    k_ssd_scan_fused<ACC><<<g.B * (g.nh / rep) * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y,
+                                                                                        rep);
     zb_cuda_m2_check_launch("k_ssd_scan_fused");
 }
 template <class ACC>
@@ -1417,42 +1403,4 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     k_ssd_param_fin<<<cdiv(g.nh, 128), 128, 0, st>>>(g, A_log, part, gA_log, gD);
     zb_cuda_m2_check_launch("k_ssd_param_fin");
     zb_cuda_m2_prof(ZB_MIXP_M2_SUMS_B);
-}
-
-static int g_m2_step_vec = 1;   /* 0: the scalar step kernel (tests compare the two) */
-extern "C" void zb_cuda_m2_step_vec(int on) { g_m2_step_vec = on != 0; }
-
-extern "C" void zb_cuda_m2_ssd_step(const zb_mamba2_dims *m, const float *A_log, const float *D,
-                                    const float *xbc, const float *dt, float *S, size_t s_stride,
-                                    const int *seqs, float *y, int nb) {
-    zb_cuda_m2_ssd_step_st(m, A_log, D, xbc, dt, S, s_stride, seqs, y, nb, 0);
-}
-
-template <typename TS>
-static void ssd_step_launch(const m2_geo &g, bool vec, const float *A_log, const float *D, const float *xbc,
-                            const float *dt, TS *S, size_t s_stride, const int *seqs, float *y, int nb) {
-    cudaStream_t st = zb_cuda_m2_stream();
-    if (vec) {
-        if (g.ds == 128) k_ssd_step_vec<1, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
-        else k_ssd_step_vec<2, TS><<<nb * g.nh, 256, 0, st>>>(g, A_log, D, xbc, dt, S, s_stride, seqs, y);
-        zb_cuda_m2_check_launch("k_ssd_step_vec");
-        return;
-    }
-    int threads = g.hd >= 8 ? 256 : 32 * g.hd;
-    k_ssd_step<TS><<<nb * g.nh, threads, 2 * (size_t)g.ds * sizeof(float), st>>>(g, A_log, D, xbc, dt, S, s_stride,
-                                                                                 seqs, y);
-    zb_cuda_m2_check_launch("k_ssd_step");
-}
-
-extern "C" void zb_cuda_m2_ssd_step_st(const zb_mamba2_dims *m, const float *A_log, const float *D,
-                                       const float *xbc, const float *dt, float *S, size_t s_stride,
-                                       const int *seqs, float *y, int nb, int s_bf16) {
-    if (nb <= 0) return;
-    m2_geo g = geo_of(m, nb, 1);
-    /* the vector form: B and C columns as float4, the state rows as 4-element pieces (16-byte
-     * aligned slots) */
-    bool vec = (g.ds == 128 || g.ds == 256) && g.bo % 4 == 0 && g.co % 4 == 0 && g.cd % 4 == 0 && s_stride % 4 == 0 &&
-               !(((uintptr_t)S | (uintptr_t)xbc) & 15) && g_m2_step_vec;
-    if (s_bf16) ssd_step_launch<__nv_bfloat16>(g, vec, A_log, D, xbc, dt, (__nv_bfloat16 *)S, s_stride, seqs, y, nb);
-    else ssd_step_launch<float>(g, vec, A_log, D, xbc, dt, S, s_stride, seqs, y, nb);
 }

@@ -1344,8 +1344,11 @@ int main(int argc, char **argv) {
     zb_cuda_gemm_tune(-1);
     test_rmsnorm(&rng, 37, 200);
     test_rmsnorm(&rng, 5, 2051);
+    test_rmsnorm(&rng, 301, 2048);
+    zb_cuda_rmsnorm_bwd_fused(1);
     test_rmsnorm(&rng, 301, 2048);   /* the fused backward: blocks of 16 rows, a ragged last one */
     test_rmsnorm(&rng, 40, 4100);    /* C > 16 x 256: the two kernels */
+    zb_cuda_rmsnorm_bwd_fused(-1);
     test_add_rmsnorm(&rng, 1, 4096);
     test_add_rmsnorm(&rng, 7, 2051);
     for (int il = 0; il < 2; il++)

@@ -137,14 +137,18 @@ __global__ void k_rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, con
     }
 }
 
-static int g_norm_fused = -1;   /* ZB_CUDA_NORM_BWD=separate: the two kernels */
+/* ZB_CUDA_NORM_BWD=fused takes it; the default stays the two kernels: in the 1B step (S5R2) the
+ * fused one was slower (block backward 90.3 -> 99.1 ms: 16 rows one after the other per block
+ * keep too few loads in flight) */
+static int g_norm_fused = -1;
+extern "C" void zb_cuda_rmsnorm_bwd_fused(int on) { g_norm_fused = on < 0 ? -1 : on != 0; }
 
 extern "C" void zb_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                                          const float *rstd, int N, int C) {
     if (N <= 0) return;
     if (g_norm_fused < 0) {
         const char *e = getenv("ZB_CUDA_NORM_BWD");
-        g_norm_fused = !(e && !strcmp(e, "separate"));
+        g_norm_fused = e && !strcmp(e, "fused");
     }
     unsigned th = row_threads(C);
     if (g_norm_fused && dx && dw && (size_t)C <= (size_t)BWD_COLS * th) {

@@ -59,6 +59,9 @@ void zb_cuda_expand_groups(float *dst, const void *src, int src_bf16, int groups
 void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps);
 void zb_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                               const float *rstd, int N, int C);
+/* 1: the backward in one pass (ZB_CUDA_NORM_BWD=fused), 0: two kernels (the default), -1: from the
+ * environment */
+void zb_cuda_rmsnorm_bwd_fused(int on);
 /* r is the HOST table (zb_rope_init); it travels as a kernel argument. */
 void zb_cuda_rope_apply_seq(const zb_rope *r, float *x, int B, int T, int row_stride, int n_heads,
                             int head_stride, int offset, int pos0, int interleave, int inverse);

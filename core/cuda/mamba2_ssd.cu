@@ -119,6 +119,29 @@ m2_coef coef_of(const float *coef, int B, int nh, int T) {
 
 int cdiv(int a, int b) { return (a + b - 1) / b; }
 
+/* The scan backward's dA terms, one warp: da_k = sum_{i>=k} dc_i (inclusive suffix sums over 32-row
+ * segments from the end), ddt_k = dd_k + A da_k (row stride `stride`), returns this lane's part of
+ * sum_k da_k dt_k. Shared by the tile and the fused backward kernels. */
+__device__ __forceinline__ float ssd_da_scan(const float *dc, const float *dd, const float *dt, int L, float A,
+                                             float *ddt, int stride, int lane) {
+    float carry = 0.0f, dA = 0.0f;
+    for (int base = ((L - 1) / 32) * 32; base >= 0; base -= 32) {
+        int kk = base + lane;
+        float v = kk < L ? dc[kk] : 0.0f;
+        for (int off = 1; off < 32; off <<= 1) {
+            float t = __shfl_down_sync(0xffffffffu, v, off);
+            if (lane + off < 32) v += t;
+        }
+        float da = v + carry;
+        carry += __shfl_sync(0xffffffffu, v, 0);
+        if (kk < L) {
+            ddt[(size_t)kk * stride] = dd[kk] + da * A;
+            dA += da * dt[kk];
+        }
+    }
+    return dA;
+}
+
 /* ---- coefficients ------------------------------------------------------------------------ */
 
 __global__ void k_ssd_coef(m2_geo g, const float *__restrict__ A_log, const float *__restrict__ dt,
@@ -641,21 +664,8 @@ k_ssd_bwd_scal(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float 
     /* da_k = sum_{i>=k} dcs_i, one warp, 32-row segments from the end */
     if (tid < 32) {
         int lane = tid;
-        float A = -expf(A_log[k.h]), carry = 0.0f, dA = 0.0f;
-        for (int base = ((L - 1) / 32) * 32; base >= 0; base -= 32) {
-            int kk = base + lane;
-            float v = kk < L ? dc[kk] : 0.0f;
-            for (int off = 1; off < 32; off <<= 1) {   /* inclusive suffix sum */
-                float t = __shfl_down_sync(0xffffffffu, v, off);
-                if (lane + off < 32) v += t;
-            }
-            float da = v + carry;
-            carry += __shfl_sync(0xffffffffu, v, 0);
-            if (kk < L) {
-                ddt[(k.r0 + kk) * g.nh + k.h] = dd[kk] + da * A;
-                dA += da * cf.dtT[k.ci + kk];
-            }
-        }
+        float A = -expf(A_log[k.h]);
+        float dA = ssd_da_scan(dc, dd, cf.dtT + k.ci, L, A, ddt + (size_t)k.r0 * g.nh + k.h, g.nh, lane);
         for (int off = 16; off > 0; off >>= 1) dA += __shfl_down_sync(0xffffffffu, dA, off);
         if (lane == 0) {
             int nbhc = g.B * g.nh * g.nc;
@@ -1169,21 +1179,8 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
             if (lane == 0) dc[L - 1] += uws + ecv[L - 1] * dot;
             __syncwarp();
             /* da_k = sum_{i>=k} dcs_i, 32-row segments from the end (as k_ssd_bwd_scal) */
-            float A = -expf(A_log[k.h]), carry = 0.0f, dA = 0.0f;
-            for (int base = ((L - 1) / 32) * 32; base >= 0; base -= 32) {
-                int kk = base + lane;
-                float v = kk < L ? dc[kk] : 0.0f;
-                for (int off = 1; off < 32; off <<= 1) {
-                    float t = __shfl_down_sync(0xffffffffu, v, off);
-                    if (lane + off < 32) v += t;
-                }
-                float da = v + carry;
-                carry += __shfl_sync(0xffffffffu, v, 0);
-                if (kk < L) {
-                    ddt[(k.r0 + kk) * g.nh + k.h] = dd[kk] + da * A;
-                    dA += da * dtv[kk];
-                }
-            }
+            float A = -expf(A_log[k.h]);
+            float dA = ssd_da_scan(dc, dd, dtv, L, A, ddt + (size_t)k.r0 * g.nh + k.h, g.nh, lane);
             dA = f_warp_sum(dA);
             if (lane == 0) {
                 int nbhc = g.B * g.nh * g.nc;

@@ -320,6 +320,7 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
     be->rmsnorm_backward(be, a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
                          a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_MLP(l));   /* DP: the MLP's grads are final */
     if (dmix) be->add(be, a->dres, a->dres, dmix, Nd);   /* d/d mixer out = d/d mid + dmix */
     /* mixer: mid = x + mixer(ln1) */
     be->zero(be, a->dln, sizeof(float) * Nd);
@@ -348,17 +349,18 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     be->zero(be, a->dres, sizeof(float) * Nd);
     be->rmsnorm_backward(be, a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                          m->w.final_norm, a->rstdf, N, d);
-    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, c->n_layers);   /* DP: the head and final norm */
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_HEAD(c->n_layers));   /* DP: the head and final norm */
     }
     tprof(m, a, ZB_TPROF_HEAD_B);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         zb_block_backward(m, a, l, NULL);
-        if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
+        if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_BLOCK(l));   /* DP: block l's grads are final */
     }
     if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }
     else if (m->tp) zb_tp_embedding_backward(m, a->dres, a->ids, N);   /* TP: this rank's rows only */
+    else if (m->emb_rows) be->embedding_backward(be, m->emb_rows, a->dres, m->emb_slot, N, d);   /* DP: its rows */
     else be->embedding_backward(be, m->g.embed, a->dres, a->ids, N, d);
-    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);   /* DP: embedding, final norm, head */
     tprof(m, a, ZB_TPROF_EMBED_B);
 }
 

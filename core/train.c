@@ -266,10 +266,10 @@ static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, 
         total += lb + lm;
         if (want_grad) {
             zb_block_backward(m, a, l, a->dtmp);
-            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);
+            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_BLOCK(l));
         }
     }
-    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);
+    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);
     return total;
 }
 

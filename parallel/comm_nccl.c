@@ -52,6 +52,12 @@ typedef struct {
     int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=1) */
     cudaEvent_t ev_in, ev_out;
     int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
+    /* device-true timing (comm.h mark / elapsed / side_busy; ZB_DP_TIMING=0: none) */
+    int timing;
+    cudaEvent_t marks[ZB_COMM_MARKS];
+    unsigned marked;                /* bit k: mark k recorded since the reset */
+    cudaEvent_t *tside;             /* [cap_side]: start, end of each side-stream call since the reset */
+    int nside, cap_side;
 } nccl_impl;
 
 /* A pending request (zb_comm_req.h): an MPI request (with the host copy of a staged send to
@@ -98,10 +104,26 @@ static int capturing(nccl_impl *im) {
     return st == cudaStreamCaptureStatusActive;
 }
 
+/* a timing event on the side stream: the start or the end of a call (pairs) */
+static int side_time(nccl_impl *im) {
+    if (!im->timing) return ZB_OK;
+    if (im->nside == im->cap_side) {
+        int cap = im->cap_side ? 2 * im->cap_side : 256;
+        cudaEvent_t *e = realloc(im->tside, sizeof *e * (size_t)cap);
+        if (!e) return zb_fail(ZB_ENOMEM, "GPU communication: out of memory for timing events");
+        im->tside = e;
+        for (int i = im->cap_side; i < cap; i++) ZB_CU(cudaEventCreate(&im->tside[i]));
+        im->cap_side = cap;
+    }
+    ZB_CU(cudaEventRecord(im->tside[im->nside++], im->side));
+    return ZB_OK;
+}
+
 /* the work queued so far on the compute stream comes first on s */
 static int enter(nccl_impl *im, cudaStream_t s) {
     ZB_CU(cudaEventRecord(im->ev_in, im->compute));
     ZB_CU(cudaStreamWaitEvent(s, im->ev_in, 0));
+    if (s == im->side) ZB_TRY(side_time(im));   /* the call starts when the side stream gets here */
     return ZB_OK;
 }
 
@@ -164,7 +186,9 @@ static ncclDataType_t ndt(zb_ctype t) {
     default: return ncclUint64;
     }
 }
-static ncclRedOp_t nop(zb_redop op) { return op == ZB_RED_MAX ? ncclMax : op == ZB_RED_MIN ? ncclMin : ncclSum; }
+static ncclRedOp_t nop(zb_redop op) {
+    return op == ZB_RED_MAX ? ncclMax : op == ZB_RED_MIN ? ncclMin : op == ZB_RED_MEAN ? ncclAvg : ncclSum;
+}
 static ncclComm_t gcomm(nccl_impl *im, zb_group g) { return im->nc[g]; }
 #else
 static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; }
@@ -195,6 +219,7 @@ static int nccl_reduce_scatter(nccl_impl *im, zb_group g, const void *x, void *o
 
 /* r: pending until the side stream has done what it holds now (n_wait / n_test) */
 static int side_request(nccl_impl *im, nreq *q, zb_comm_req *r) {
+    ZB_TRY(side_time(im));
     ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
     ZB_CU(cudaEventRecord(q->u.ev, im->side));
     q->kind = RQ_EVENT;
@@ -219,14 +244,15 @@ static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb
         return ZB_OK;
     }
 #endif
-    if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
 #ifdef ZB_HAVE_NCCL
-    if (gcomm(im, g)) {
+    if (gcomm(im, g) && on_dev(x)) {
         ZB_TRY(enter(im, im->comm));
         ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->comm));
         return leave(im, im->comm);
     }
 #endif
+    if (op == ZB_RED_MEAN) return zb_fail(ZB_EARG, "GPU communication: a mean all-reduce needs NCCL and device buffers");
+    if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
     return staged_inplace(im, g, x, n * zb_ctype_size(t), (staged_call){ST_ALLREDUCE, n, t, (int)op, NULL, NULL});
 }
 
@@ -235,6 +261,7 @@ static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
     nreq *q = rq(r);
     memset(q, 0, sizeof *q);
     if (!on_dev(x)) {
+        if (op == ZB_RED_MEAN) return zb_fail(ZB_EARG, "GPU communication: a mean all-reduce of host buffers");
         q->kind = RQ_MPI;
         if (n > ((size_t)1 << 30)) return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n);
         MPI_Datatype dt = mpi_dt(t);
@@ -544,10 +571,47 @@ static int n_sum_add_rmsnorm(void *impl, zb_group g, const float *part, float *x
     return ZB_OK;
 }
 
+static int n_mark(void *impl, int k) {
+    nccl_impl *im = IM(impl);
+    if (!im->timing) return ZB_OK;
+    if (k < 0) { im->marked = 0; im->nside = 0; return ZB_OK; }
+    if (k >= ZB_COMM_MARKS) return zb_fail(ZB_EARG, "GPU communication: timing mark %d out of range", k);
+    ZB_CU(cudaEventRecord(im->marks[k], im->compute));
+    im->marked |= 1u << k;
+    return ZB_OK;
+}
+
+static int n_elapsed(void *impl, int a, int b, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
+    if (!im->timing || a < 0 || b < 0 || a >= ZB_COMM_MARKS || b >= ZB_COMM_MARKS) return ZB_OK;
+    if (!(im->marked >> a & 1) || !(im->marked >> b & 1)) return ZB_OK;
+    float ms = 0;
+    ZB_CU(cudaEventSynchronize(im->marks[b]));
+    ZB_CU(cudaEventElapsedTime(&ms, im->marks[a], im->marks[b]));
+    *s = ms * 1e-3;
+    return ZB_OK;
+}
+
+static int n_side_busy(void *impl, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
+    if (!im->timing) return ZB_OK;
+    double t = 0;
+    for (int i = 0; i + 1 < im->nside; i += 2) {
+        float ms = 0;
+        ZB_CU(cudaEventSynchronize(im->tside[i + 1]));
+        ZB_CU(cudaEventElapsedTime(&ms, im->tside[i], im->tside[i + 1]));
+        t += ms * 1e-3;
+    }
+    *s = t;
+    return ZB_OK;
+}
+
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
                                      n_barrier, n_abort, NULL, NULL,   /* no node-shared memory: device buffers */
-                                     n_sum_add_rmsnorm};
+                                     n_sum_add_rmsnorm, n_mark, n_elapsed, n_side_busy};
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
@@ -659,6 +723,9 @@ static int setup(nccl_impl *im) {
     ZB_CU(cudaStreamCreateWithFlags(&im->side, cudaStreamNonBlocking));
     ZB_CU(cudaEventCreateWithFlags(&im->ev_in, cudaEventDisableTiming));
     ZB_CU(cudaEventCreateWithFlags(&im->ev_out, cudaEventDisableTiming));
+    const char *tm = getenv("ZB_DP_TIMING");
+    im->timing = !(tm && !strcmp(tm, "0"));
+    for (int k = 0; k < ZB_COMM_MARKS && im->timing; k++) ZB_CU(cudaEventCreate(&im->marks[k]));
     int P = im->pp_size;
     ZB_ALLOC(im->to_s, P, "GPU communication");
     ZB_ALLOC(im->from_s, P, "GPU communication");
@@ -730,6 +797,10 @@ static void impl_free(nccl_impl *im) {
     if (im->side) cudaStreamDestroy(im->side);
     if (im->ev_in) cudaEventDestroy(im->ev_in);
     if (im->ev_out) cudaEventDestroy(im->ev_out);
+    for (int k = 0; k < ZB_COMM_MARKS; k++)
+        if (im->marks[k]) cudaEventDestroy(im->marks[k]);
+    for (int i = 0; i < im->cap_side; i++) cudaEventDestroy(im->tside[i]);
+    free(im->tside);
     zb_comm_mpi_free(im->mpi);
     free(im);
 }
@@ -770,6 +841,9 @@ int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, M
         if (im->nc[g]) c->graph_groups |= 1u << g;
 #endif
     if (im->p2p_sum) c->graph_groups |= 1u << ZB_GROUP_TP;
+#if defined(ZB_HAVE_NCCL) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 10, 0)
+    c->dev_mean = 1;   /* ncclAvg */
+#endif
     memcpy(c->rank, mpi->rank, sizeof c->rank);
     memcpy(c->size, mpi->size, sizeof c->size);
     *out = c;

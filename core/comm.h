@@ -76,6 +76,15 @@ typedef struct {
     int (*mark)(void *impl, int k);
     int (*elapsed)(void *impl, int a, int b, double *s);
     int (*side_busy)(void *impl, double *s);
+    /* Optional (NULL: the blocking allgatherv_inplace). allgatherv_inplace, non-blocking (ZeRO-1's
+     * parameters bucket by bucket; GPUs: on the side stream after the compute stream's work
+     * queued so far); counts / displs may be freed on return. */
+    int (*iallgatherv_inplace)(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                               zb_ctype t, zb_comm_req *r);
+    /* Optional (NULL: none). The seconds the compute stream stood waiting in wait() for the
+     * side stream's requests since the last call (timing events around each wait; the events
+     * of the waits made so far must be done, or the call waits for them). */
+    int (*stalled)(void *impl, double *s);
 } zb_comm_ops;
 #define ZB_COMM_MARKS 8
 
@@ -140,6 +149,11 @@ int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x,
 int zb_comm_mark(zb_comm *c, int k);
 int zb_comm_elapsed(zb_comm *c, int a, int b, double *s);
 int zb_comm_side_busy(zb_comm *c, double *s);
+int zb_comm_stalled(zb_comm *c, double *s);
+/* Non-blocking allgatherv_inplace (completed by zb_comm_wait / zb_comm_test); alone: nothing to do.
+ * Without the implementation's non-blocking call: the blocking one, done on return. */
+int zb_comm_iallgatherv_inplace(zb_comm *c, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                zb_ctype t, zb_comm_req *r);
 
 /* A failure where no status can be returned (inside forward / backward): print this rank's
  * message as "zebra: <what>: <message>" and bring every rank down. */

@@ -228,6 +228,7 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
     float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+    zb_model_params_needed(m, ZB_GRAD_BLOCK(l));
     be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
     tprof(m, a, ZB_TPROF_BLOCK_F);
     if (a->profile) be->mixer_profile(be, a->prof_mix);
@@ -241,6 +242,10 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, next, mid, a->mix_out, Nd);
     tprof(m, a, ZB_TPROF_BLOCK_F);
+}
+
+void zb_model_params_needed(const zb_model *m, int at) {
+    if (m->param_hook) m->param_hook(m->param_hook_ctx, at);
 }
 
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
@@ -270,12 +275,14 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     size_t Nd = (size_t)N * d;
     tprof(m, a, -1);   /* the step's clock starts here */
     if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
+    if (!m->pp_no_embed) zb_model_params_needed(m, ZB_GRAD_ALL);
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
     else if (m->tp) zb_tp_embedding_forward(m, a->res, a->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, a->res, a->ids, m->w.embed_lin, N, d);
     tprof(m, a, ZB_TPROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) zb_block_forward(m, a, l);
     if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
+    zb_model_params_needed(m, ZB_GRAD_HEAD(c->n_layers));
     be->rmsnorm_forward(be, a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
     be->matmul_forward(be, a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
     tprof(m, a, ZB_TPROF_HEAD_F);

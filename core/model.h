@@ -99,6 +99,12 @@ typedef struct {
      * (overlap, as PyTorch DDP / Megatron's grad buckets). */
     void (*grad_hook)(void *ctx, int at);
     void *grad_hook_ctx;
+    /* ZeRO-1 (optional, parallel/dp.c): called by the forward before it reads the parameters
+     * of `at` (ZB_GRAD_ALL: the embedding, ZB_GRAD_BLOCK(l): block l, ZB_GRAD_HEAD: the final
+     * norm and head), so that the parameters' all-gather after the last optimizer step, bucket
+     * by bucket, overlaps the forward of the layers below. */
+    void (*param_hook)(void *ctx, int at);
+    void *param_hook_ctx;
     /* DP (optional, parallel/dp.c): when set, the embedding's backward adds token t's gradient
      * to row emb_slot[t] of emb_rows (backend memory, zeroed by the setter) instead of to its
      * row of g.embed; the setter reduces those rows over the ranks and adds them to g.embed. */
@@ -121,6 +127,9 @@ typedef struct {
 #define ZB_GRAD_MLP(l) (2 * (l) + 1)
 #define ZB_GRAD_BLOCK(l) (2 * (l))
 #define ZB_GRAD_ALL (-1)
+
+/* Before reading the parameters of `at` (m->param_hook, when set). */
+void zb_model_params_needed(const zb_model *m, int at);
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
  * (zeros). Used by loading, random init, import checks and compose. */

@@ -223,6 +223,7 @@ static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
         const float *x = tr->ta.ln1 + l * Nd;    /* the teacher's normed input of layer l */
         const float *res = tr->ta.res + l * Nd, *mid = tr->ta.mid + l * Nd;
         m->be->sub(m->be, target, mid, res, Nd);   /* teacher mixer output */
+        zb_model_params_needed(m, ZB_GRAD_BLOCK(l));
         zb_mixer_forward(m, l, x, y, tr->a.mix_acts[l], B, T);
         double mse = m->be->mse(m->be, want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
         total += mse;

@@ -156,8 +156,9 @@ static void fmt_time(char *buf, size_t cap, double s) {
  * moments whose float buffers are host copies (the layout, shards and ranges are the same). */
 typedef struct { zb_model m; zb_adamw o; } host_view;
 
-static int host_view_make(const train_run *S, host_view *v, int moments) {
+static int host_view_make(train_run *S, host_view *v, int moments) {
     const zb_backend *be = S->m.be;
+    ZB_TRY(zb_dp_params_ready(&S->dp));   /* ZeRO-1: the parameters' all-gather in flight */
     v->m = S->m;
     v->o = S->o;
     v->m.data = NULL;

@@ -58,6 +58,8 @@ typedef struct {
     unsigned marked;                /* bit k: mark k recorded since the reset */
     cudaEvent_t *tside;             /* [cap_side]: start, end of each side-stream call since the reset */
     int nside, cap_side;
+    cudaEvent_t *twait;             /* [cap_wait]: before, after each compute-stream wait for the side stream */
+    int nwait, cap_wait;
 } nccl_impl;
 
 /* A pending request (zb_comm_req.h): an MPI request (with the host copy of a staged send to
@@ -104,18 +106,35 @@ static int capturing(nccl_impl *im) {
     return st == cudaStreamCaptureStatusActive;
 }
 
+/* a timing event from the pool *ev [*n of *cap used] recorded on stream s */
+static int time_event(cudaEvent_t **ev, int *n, int *cap, cudaStream_t s) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 256;
+        cudaEvent_t *e = realloc(*ev, sizeof *e * (size_t)c);
+        if (!e) return zb_fail(ZB_ENOMEM, "GPU communication: out of memory for timing events");
+        *ev = e;
+        for (int i = *cap; i < c; i++) ZB_CU(cudaEventCreate(&e[i]));
+        *cap = c;
+    }
+    ZB_CU(cudaEventRecord((*ev)[(*n)++], s));
+    return ZB_OK;
+}
+
 /* a timing event on the side stream: the start or the end of a call (pairs) */
 static int side_time(nccl_impl *im) {
-    if (!im->timing) return ZB_OK;
-    if (im->nside == im->cap_side) {
-        int cap = im->cap_side ? 2 * im->cap_side : 256;
-        cudaEvent_t *e = realloc(im->tside, sizeof *e * (size_t)cap);
-        if (!e) return zb_fail(ZB_ENOMEM, "GPU communication: out of memory for timing events");
-        im->tside = e;
-        for (int i = im->cap_side; i < cap; i++) ZB_CU(cudaEventCreate(&im->tside[i]));
-        im->cap_side = cap;
+    return im->timing ? time_event(&im->tside, &im->nside, &im->cap_side, im->side) : ZB_OK;
+}
+
+/* the sum of the pairs' times of the pool [n], waiting for each pair's end */
+static int pairs_time(const cudaEvent_t *ev, int n, double *s) {
+    double t = 0;
+    for (int i = 0; i + 1 < n; i += 2) {
+        float ms = 0;
+        ZB_CU(cudaEventSynchronize(ev[i + 1]));
+        ZB_CU(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
+        t += ms * 1e-3;
     }
-    ZB_CU(cudaEventRecord(im->tside[im->nside++], im->side));
+    *s = t;
     return ZB_OK;
 }
 
@@ -515,8 +534,11 @@ static int n_wait(void *impl, zb_comm_req *r) {
     nccl_impl *im = IM(impl);
     nreq *q = rq(r);
     r->pending = 0;
-    if (q->kind == RQ_EVENT) {
+    if (q->kind == RQ_EVENT) {   /* timed: how long the compute stream stands here */
+        if (im->timing && im->nwait >= 4096) im->nwait = 0;   /* nobody reads them (pipeline sends): start over */
+        if (im->timing) ZB_TRY(time_event(&im->twait, &im->nwait, &im->cap_wait, im->compute));
         cudaError_t e = cudaStreamWaitEvent(im->compute, q->u.ev, 0);
+        if (im->timing && e == cudaSuccess) ZB_TRY(time_event(&im->twait, &im->nwait, &im->cap_wait, im->compute));
         cudaEventDestroy(q->u.ev);
         if (e != cudaSuccess) return zb_fail(ZB_EDEVICE, "CUDA error '%s' waiting for a transfer", cudaGetErrorString(e));
         if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
@@ -596,22 +618,65 @@ static int n_elapsed(void *impl, int a, int b, double *s) {
 static int n_side_busy(void *impl, double *s) {
     nccl_impl *im = IM(impl);
     *s = -1;
+    return im->timing ? pairs_time(im->tside, im->nside, s) : ZB_OK;
+}
+
+static int n_stalled(void *impl, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
     if (!im->timing) return ZB_OK;
-    double t = 0;
-    for (int i = 0; i + 1 < im->nside; i += 2) {
-        float ms = 0;
-        ZB_CU(cudaEventSynchronize(im->tside[i + 1]));
-        ZB_CU(cudaEventElapsedTime(&ms, im->tside[i], im->tside[i + 1]));
-        t += ms * 1e-3;
-    }
-    *s = t;
+    ZB_TRY(pairs_time(im->twait, im->nwait, s));
+    im->nwait = 0;
     return ZB_OK;
+}
+
+/* ZeRO-1's parameters bucket by bucket: on the side stream (the compute stream's work queued
+ * so far first), each rank's part broadcast from it in one group, as n_allgatherv_inplace */
+static int n_iallgatherv_inplace(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                 zb_ctype t, zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    memset(q, 0, sizeof *q);
+    int size = im->mpi->size[g];
+    size_t es = zb_ctype_size(t);
+    if (!on_dev(x)) {   /* host buffers: MPI, the int counts kept until the request completes */
+        int *v = zb_malloc(sizeof(int) * 2 * (size_t)size, "MPI counts");
+        if (!v) return ZB_ENOMEM;
+        for (int k = 0; k < size; k++) {
+            if (counts[k] > INT_MAX || displs[k] > INT_MAX) { free(v); return zb_fail(ZB_EARG, "MPI: a part beyond int counts"); }
+            v[k] = (int)counts[k];
+            v[size + k] = (int)displs[k];
+        }
+        if (MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, mpi_dt(t), im->mg[g], &q->u.mpi) !=
+            MPI_SUCCESS) {
+            free(v);
+            return zb_fail(ZB_EMPI, "MPI_Iallgatherv failed");
+        }
+        q->kind = RQ_MPI;
+        q->host = v;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {
+        ZB_TRY(enter(im, im->side));
+        ZB_NC(ncclGroupStart());
+        for (int k = 0; k < size; k++) {
+            char *p = (char *)x + displs[k] * es;
+            if (counts[k]) ZB_NC(ncclBroadcast(p, p, counts[k], ndt(t), k, im->nc[g], im->side));
+        }
+        ZB_NC(ncclGroupEnd());
+        return side_request(im, q, r);
+    }
+#endif
+    return n_allgatherv_inplace(impl, g, x, counts, displs, t);   /* staged: done when it returns */
 }
 
 static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
                                      n_barrier, n_abort, NULL, NULL,   /* no node-shared memory: device buffers */
-                                     n_sum_add_rmsnorm, n_mark, n_elapsed, n_side_busy};
+                                     n_sum_add_rmsnorm, n_mark, n_elapsed, n_side_busy, n_iallgatherv_inplace,
+                                     n_stalled};
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
@@ -800,7 +865,9 @@ static void impl_free(nccl_impl *im) {
     for (int k = 0; k < ZB_COMM_MARKS; k++)
         if (im->marks[k]) cudaEventDestroy(im->marks[k]);
     for (int i = 0; i < im->cap_side; i++) cudaEventDestroy(im->tside[i]);
+    for (int i = 0; i < im->cap_wait; i++) cudaEventDestroy(im->twait[i]);
     free(im->tside);
+    free(im->twait);
     zb_comm_mpi_free(im->mpi);
     free(im);
 }

@@ -224,11 +224,46 @@ static int env_off(const char *name) {   /* NAME=0: the path before */
 
 static int sparse_launch(zb_dp *d);
 
+/* ZeRO-1: the parameters' all-gather after the optimizer, bucket by bucket in the forward's
+ * order; zb_model.param_hook waits for the buckets that hold the parameters the forward reads
+ * next (block l: its levels up to ZB_GRAD_MLP(l); the head: all), so the gather of the upper
+ * layers overlaps the forward of the lower ones. */
+static int gather_wait(zb_dp *d, int upto) {
+    int left = 0;
+    for (int k = 0; k < d->nb; k++) {
+        zb_dp_bucket *b = &d->b[k];
+        if (!b->greq.pending) continue;
+        if (b->ready <= upto) ZB_TRY(zb_comm_wait(d->comm, &b->greq));
+        else left++;
+    }
+    d->gathering = left > 0;
+    return ZB_OK;
+}
+
+static void dp_param_hook(void *ctx, int at) {
+    zb_dp *d = ctx;
+    if (!d->gathering) return;
+    int upto = at < 0 ? ZB_GRAD_ALL : at >= ZB_GRAD_HEAD(d->m->cfg.n_layers) ? INT_MAX : at + 1;
+    double t0 = zb_now();
+    if (gather_wait(d, upto)) zb_comm_die(d->comm, "ZeRO-1 (the parameters' all-gather)");
+    d->comm->seconds += zb_now() - t0;
+}
+
+int zb_dp_params_ready(zb_dp *d) {
+    return d->gathering ? gather_wait(d, INT_MAX) : ZB_OK;
+}
+
 /* zb_model.grad_hook: the gradients of `at` (model.h ZB_GRAD_*) and above are final. With the
  * embedding's rows reduced apart (d->sp_on), its dense buckets (the tied head's gradient, or
  * what earlier micro-batches added) are final once the head's backward is done. */
 static void dp_hook(void *ctx, int at) {
     zb_dp *d = ctx;
+    if (d->stall_due) {   /* the forward is done (the loss was read): its waits for the gather */
+        double st;
+        if (zb_comm_stalled(d->comm, &st)) zb_comm_die(d->comm, "data parallel");
+        d->ag_stall += st > 0 ? st : 0;
+        d->stall_due = 0;
+    }
     if (!d->armed || d->size == 1 || d->zero_whole) return;
     double t0 = zb_now(), c0 = d->comm->seconds;
     int head_done = d->sp_on && at <= ZB_GRAD_HEAD(d->m->cfg.n_layers);
@@ -324,6 +359,22 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         if (e && *e && strcmp(e, "overlap") && strcmp(e, "after"))
             return zb_fail(ZB_EARG, "ZB_ZERO_REDUCE=%s: expected overlap or after", e);
         d->zero_whole = e && !strcmp(e, "after");
+        const char *ge = getenv("ZB_ZERO_GATHER");
+        if (ge && *ge && strcmp(ge, "overlap") && strcmp(ge, "after"))
+            return zb_fail(ZB_EARG, "ZB_ZERO_GATHER=%s: expected overlap or after", ge);
+        d->gather = d->size > 1 && !(ge && !strcmp(ge, "after"));
+        if (d->gather) {   /* each bucket's pieces as displacements from its start */
+            ZB_ALLOC(d->zd, (size_t)d->nb * d->size, "ZeRO bucket pieces");
+            for (int k = 0; k < d->nb; k++) {
+                size_t o = 0;
+                for (int r = 0; r < d->size; r++) {
+                    d->zd[(size_t)k * d->size + r] = o;
+                    o += d->b[k].zcounts[r];
+                }
+            }
+            m->param_hook = dp_param_hook;
+            m->param_hook_ctx = d;
+        }
     }
     if (d->size > 1 && !d->zero_whole) {
         const char *e = getenv("ZB_DP_ALLREDUCE");
@@ -358,7 +409,9 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
 }
 
 void zb_dp_free(zb_dp *d) {
+    if (d->gathering && gather_wait(d, INT_MAX)) fprintf(stderr, "zebra: %s\n", zb_errmsg());
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
+    if (d->m && d->m->param_hook_ctx == d) { d->m->param_hook = NULL; d->m->param_hook_ctx = NULL; }
     if (d->m) d->m->be->free(d->m->be, d->gshard);
     if (d->win) zb_comm_shared_free(d->comm, d->win);
     if (d->m) {
@@ -366,7 +419,7 @@ void zb_dp_free(zb_dp *d) {
         be->free(be, d->sp_buf); be->free(be, d->sp_slot_d); be->free(be, d->sp_rows_d);
         if (d->m->emb_rows == d->sp_buf) { d->m->emb_rows = NULL; d->m->emb_slot = NULL; }
     }
-    free(d->sp_mark); free(d->sp_all); free(d->sp_slot); free(d->sp_rows);
+    free(d->zd); free(d->sp_mark); free(d->sp_all); free(d->sp_slot); free(d->sp_rows);
     free(d->b); free(d->zc); free(d->counts); free(d->displs); free(d->seg); free(d->tmp); free(d->order);
     memset(d, 0, sizeof *d);
 }
@@ -629,6 +682,17 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
     if (!d->zero) { zb_adamw_step(o, d->m, lr, grad_scale); return ZB_OK; }
     zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
     o->step++;
+    if (d->gather) {   /* bucket by bucket in the forward's order, waited for by the forward */
+        ZB_TRY(zb_dp_params_ready(d));
+        for (int k = d->nb - 1; k >= 0; k--) {
+            zb_dp_bucket *b = &d->b[k];
+            ZB_TRY(zb_comm_iallgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data + b->off, b->zcounts,
+                                               d->zd + (size_t)k * d->size, ZB_CT_F32, &b->greq));
+            d->gathering |= b->greq.pending;
+        }
+        d->stall_due = d->gathering;
+        return ZB_OK;
+    }
     if (d->size > 1) ZB_TRY(zb_comm_mark(d->comm, ZB_DP_MARK_AG0));
     ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data, d->counts, d->displs, ZB_CT_F32));
     if (d->size > 1) ZB_TRY(zb_comm_mark(d->comm, ZB_DP_MARK_AG1));
@@ -642,7 +706,11 @@ int zb_dp_device_times(zb_dp *d) {
     ZB_TRY(zb_comm_elapsed(d->comm, ZB_DP_MARK_BWD, ZB_DP_MARK_DONE, &ex));
     ZB_TRY(zb_comm_side_busy(d->comm, &busy));
     if (ex < 0 || busy < 0) return ZB_OK;   /* host ranks, or no armed backward: the host's times */
-    d->exposed_s = ex + d->ag_last;   /* ZeRO: the previous step's all-gather (the same each step) */
+    double st;
+    ZB_TRY(zb_comm_stalled(d->comm, &st));   /* (the waits of finish: inside ex) */
+    d->exposed_s = ex + d->ag_last + d->ag_stall;   /* ZeRO: the previous step's all-gather: after the
+                                                     * optimizer, or what the forward waited for it */
+    d->ag_stall = 0;
     d->overlap_s = busy > ex ? busy - ex : 0;
     d->side_s = busy;
     d->device_times = 1;

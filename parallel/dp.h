@@ -48,6 +48,7 @@ typedef struct {
      * where this rank's piece goes in gshard */
     const size_t *zcounts;
     size_t zout;
+    zb_comm_req greq;     /* ZeRO-1: the parameters' all-gather of the bucket after the optimizer */
 } zb_dp_bucket;
 
 /* How the buckets are all-reduced (env ZB_DP_ALLREDUCE: auto (default), mpi, shm).
@@ -91,7 +92,12 @@ typedef struct zb_dp {
      * compute stream (+ ZeRO's parameter all-gather after the optimizer, the previous step's:
      * ag_last), side_s = the side stream's time in the
      * buckets' collectives, overlap = side_s - exposed (at least 0) */
-    double side_s, ag_last;
+    double side_s, ag_last, ag_stall;
+    /* ZeRO-1's parameters gathered bucket by bucket after the optimizer (ZB_ZERO_GATHER=after:
+     * one all-gather after it, the path before): each bucket's greq, waited for by the forward
+     * (zb_model.param_hook); zd [nb * size] the pieces' displacements in each bucket */
+    int gather, gathering, stall_due;
+    size_t *zd;
     int device_times;
     int mean;             /* buckets all-reduced with ZB_RED_MEAN (NCCL's average), no scaling
                            * after (env ZB_DP_MEAN=0: sum, then scale) */
@@ -153,6 +159,9 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale);
  * (NCCL), overlap_s / exposed_s / side_s become the device's (waits for the step's DP work);
  * otherwise they stay the host's. */
 int zb_dp_device_times(zb_dp *d);
+/* ZeRO-1: wait for the parameters' all-gather still in flight (before the parameters are read
+ * other than by the forward, e.g. a checkpoint). Not collective. */
+int zb_dp_params_ready(zb_dp *d);
 /* zb_comm marks of the DP exchange (zb_comm_mark) */
 enum { ZB_DP_MARK_BWD = 0, ZB_DP_MARK_DONE, ZB_DP_MARK_AG0, ZB_DP_MARK_AG1 };
 #endif

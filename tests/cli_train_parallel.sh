@@ -7,7 +7,9 @@
 #         DP=2 with tiny gradient buckets (many overlapped MPI_Iallreduce) == A;
 #         DP=2 ZeRO-1 (buckets reduce-scattered during the backward, node-shared memory) == DP=2,
 #         == ZeRO-1 with one reduce-scatter after the backward and == MPI_Ireduce_scatter buckets
-#         bit for bit; a ZeRO DP=2 checkpoint resumed at DP=1 == A; the buckets through
+#         bit for bit, and == its parameters' all-gather after the optimizer in one call instead
+#         of bucket by bucket waited for by the forward (bit for bit); a ZeRO DP=2 checkpoint
+#         resumed at DP=1 == A; the buckets through
 #         MPI_Iallreduce (with and without a progress thread) == through node-shared memory, bit
 #         for bit (also at DP=4 and DP=3 under NP=4).
 #         The embedding's token rows reduced apart and the MLP buckets early (the defaults) ==
@@ -146,6 +148,10 @@ if [ "$NP" = 2 ]; then
   # 2 ranks: each float is a + b whichever way it is reduce-scattered
   ZB_ZERO_REDUCE=after run 2 Zw 2 ", \"zero\": true"
   exact "DP=2 ZeRO-1: the buckets' reduce-scatters == one after the backward (ZB_ZERO_REDUCE=after)" Zr.txt Zw.txt
+  ZB_ZERO_GATHER=after run 2 Zg 2 ", \"zero\": true, \"bucket_mb\": 0.002"
+  exact "DP=2 ZeRO-1: the parameters gathered bucket by bucket, waited for by the next forward == one all-gather after the optimizer (ZB_ZERO_GATHER=after)" Zr.txt Zg.txt
+  ZB_ZERO_GATHER=later run 2 ZG 2 ", \"zero\": true"
+  check "ZB_ZERO_GATHER=later: one clear error, no step" "grep -q 'ZB_ZERO_GATHER=later: expected overlap or after' ZG.log && [ ! -s ZG.txt ]"
   ZB_DP_ALLREDUCE=mpi run 2 Zm 2 ", \"zero\": true, \"bucket_mb\": 0.002"
   exact "DP=2 ZeRO-1: MPI_Ireduce_scatter buckets == the node-shared reduce-scatter" Zr.txt Zm.txt
   ZB_ZERO_REDUCE=later run 2 ZB 2 ", \"zero\": true"

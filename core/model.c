@@ -215,10 +215,6 @@ static inline void tprof(const zb_model *m, zb_acts *a, int k) {
     if (k >= 0) a->prof[k] += now - a->prof_t;
     a->prof_t = now;
 }
-static int mixer_part(zb_layer_kind k, int bwd) {
-    int f = k == ZB_LAYER_ATTN ? ZB_TPROF_ATTN_F : k == ZB_LAYER_MLA ? ZB_TPROF_MLA_F : ZB_TPROF_MAMBA_F;
-    return bwd ? f - ZB_TPROF_ATTN_F + ZB_TPROF_ATTN_B : f;
-}
 
 void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     const zb_config *c = &m->cfg;
@@ -234,7 +230,7 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
     if (a->profile) be->mixer_profile(be, NULL);
-    tprof(m, a, mixer_part(c->kinds[l], 0));
+    tprof(m, a, zb_tprof_mixer(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
     /* the MLP whole: a device backend keeps ln2, gate, up, h in its own format (backend.h) */
     be->mlp_forward(be, a->mix_out, ln2, a->rstd2 + (size_t)l * N, a->gate + l * NF, a->up + l * NF, a->hmlp + l * NF,
@@ -242,10 +238,6 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     if (m->tp) zb_tp_allreduce(m->tp, a->mix_out, Nd);   /* TP: down_proj is row-parallel */
     be->add(be, next, mid, a->mix_out, Nd);
     tprof(m, a, ZB_TPROF_BLOCK_F);
-}
-
-void zb_model_params_needed(const zb_model *m, int at) {
-    if (m->param_hook) m->param_hook(m->param_hook_ctx, at);
 }
 
 int zb_block_ws_alloc(zb_block_ws *w, const zb_model *m, int B, int T) {
@@ -275,14 +267,13 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     size_t Nd = (size_t)N * d;
     tprof(m, a, -1);   /* the step's clock starts here */
     if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
-    if (!m->pp_no_embed) zb_model_params_needed(m, ZB_GRAD_ALL);
+    zb_model_params_needed(m, ZB_GRAD_ALL);   /* ZeRO: the embedding's parameters gathered */
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
     else if (m->tp) zb_tp_embedding_forward(m, a->res, a->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, a->res, a->ids, m->w.embed_lin, N, d);
     tprof(m, a, ZB_TPROF_EMBED);
     for (int l = 0; l < c->n_layers; l++) zb_block_forward(m, a, l);
     if (m->pp_no_head) return;   /* PP: a->res[L] goes to the next stage */
-    zb_model_params_needed(m, ZB_GRAD_HEAD(c->n_layers));
     be->rmsnorm_forward(be, a->lnf, a->rstdf, a->res + c->n_layers * Nd, m->w.final_norm, N, d, c->rms_eps);
     be->matmul_forward(be, a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab);
     tprof(m, a, ZB_TPROF_HEAD_F);
@@ -335,7 +326,7 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
     if (a->profile) be->mixer_profile(be, NULL);
-    tprof(m, a, mixer_part(c->kinds[l], 1));
+    tprof(m, a, zb_tprof_mixer(c->kinds[l], 1));
     be->rmsnorm_backward(be, a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                          a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
     tprof(m, a, ZB_TPROF_BLOCK_B);
@@ -365,8 +356,7 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     }
     if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }
     else if (m->tp) zb_tp_embedding_backward(m, a->dres, a->ids, N);   /* TP: this rank's rows only */
-    else if (m->emb_rows) be->embedding_backward(be, m->emb_rows, a->dres, m->emb_slot, N, d);   /* DP: its rows */
-    else be->embedding_backward(be, m->g.embed, a->dres, a->ids, N, d);
+    else be->embedding_backward(be, m->emb_rows ? m->emb_rows : m->g.embed, a->dres, m->emb_rows ? m->emb_slot : a->ids, N, d);
     if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);   /* DP: embedding, final norm, head */
     tprof(m, a, ZB_TPROF_EMBED_B);
 }

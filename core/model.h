@@ -100,8 +100,8 @@ typedef struct {
     void (*grad_hook)(void *ctx, int at);
     void *grad_hook_ctx;
     /* ZeRO-1 (optional, parallel/dp.c): called by the forward before it reads the parameters
-     * of `at` (ZB_GRAD_ALL: the embedding, ZB_GRAD_BLOCK(l): block l, ZB_GRAD_HEAD: the final
-     * norm and head), so that the parameters' all-gather after the last optimizer step, bucket
+     * of `at` (ZB_GRAD_ALL: the embedding, ZB_GRAD_BLOCK(l): block l; the last block's call
+     * also covers the final norm and head), so that the parameters' all-gather after the last optimizer step, bucket
      * by bucket, overlaps the forward of the layers below. */
     void (*param_hook)(void *ctx, int at);
     void *param_hook_ctx;
@@ -129,7 +129,9 @@ typedef struct {
 #define ZB_GRAD_ALL (-1)
 
 /* Before reading the parameters of `at` (m->param_hook, when set). */
-void zb_model_params_needed(const zb_model *m, int at);
+static inline void zb_model_params_needed(const zb_model *m, int at) {
+    if (m->param_hook) m->param_hook(m->param_hook_ctx, at);
+}
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
  * (zeros). Used by loading, random init, import checks and compose. */
@@ -207,6 +209,11 @@ enum { ZB_TPROF_EMBED, ZB_TPROF_ATTN_F, ZB_TPROF_MLA_F, ZB_TPROF_MAMBA_F, ZB_TPR
        ZB_TPROF_LOSS, ZB_TPROF_HEAD_B, ZB_TPROF_BLOCK_B, ZB_TPROF_ATTN_B, ZB_TPROF_MLA_B, ZB_TPROF_MAMBA_B,
        ZB_TPROF_EMBED_B, ZB_TPROF_N };
 extern const char *const zb_tprof_names[ZB_TPROF_N];
+/* the profile part of a mixer's forward (bwd 0) or backward (bwd 1) */
+static inline int zb_tprof_mixer(zb_layer_kind k, int bwd) {
+    int f = k == ZB_LAYER_ATTN ? ZB_TPROF_ATTN_F : k == ZB_LAYER_MLA ? ZB_TPROF_MLA_F : ZB_TPROF_MAMBA_F;
+    return bwd ? f - ZB_TPROF_ATTN_F + ZB_TPROF_ATTN_B : f;
+}
 
 int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T);
 void zb_acts_free(zb_acts *a);

@@ -243,7 +243,8 @@ static int gather_wait(zb_dp *d, int upto) {
 static void dp_param_hook(void *ctx, int at) {
     zb_dp *d = ctx;
     if (!d->gathering) return;
-    int upto = at < 0 ? ZB_GRAD_ALL : at >= ZB_GRAD_HEAD(d->m->cfg.n_layers) ? INT_MAX : at + 1;
+    /* the last block's call also covers the final norm and the head: all that is left */
+    int upto = at < 0 ? ZB_GRAD_ALL : at + 2 >= ZB_GRAD_HEAD(d->m->cfg.n_layers) ? INT_MAX : at + 1;
     double t0 = zb_now();
     if (gather_wait(d, upto)) zb_comm_die(d->comm, "ZeRO-1 (the parameters' all-gather)");
     d->comm->seconds += zb_now() - t0;

@@ -40,6 +40,8 @@ struct zb_cuda_p2p {
     int opened[ZB_P2P_MAX_RANKS];
 };
 
+/* every rank's buffer, a kernel parameter read in place (__grid_constant__: indexed by rank
+ * without a copy to local memory) */
 typedef struct { char *base[ZB_P2P_MAX_RANKS]; } p2p_ptrs;
 
 /* the GPU's nanosecond clock */
@@ -64,21 +66,19 @@ __device__ static inline uint4 ld_line(const uint4 *p) {
 /* the tag of call e: never 0 (the zeroed buffer), and consecutive calls differ */
 __device__ static inline unsigned call_tag(unsigned long long e) { return (unsigned)(e % 0xFFFFFFFFull) + 1u; }
 
-/* The call's number, after pdl_wait (the call before, on this stream, has finished: its count
- * is visible). Every block of the call reads the same value: it only moves in p2p_done. */
+/* The call's number, read by every thread after pdl_wait (the call before, on this stream, has
+ * finished: its count is visible); the same for every thread of the call: it only moves in
+ * p2p_done, after every thread has read it (no barrier here: the loads that follow overlap). */
 __device__ static inline unsigned long long p2p_call(const char *mine) {
-    __shared__ unsigned long long e_s;
-    if (threadIdx.x == 0) e_s = ((volatile const p2p_hdr *)mine)->calls + 1ull;
-    __syncthreads();
-    return e_s;
+    return ((volatile const p2p_hdr *)mine)->calls + 1ull;
 }
 
-/* the last block of the call to finish advances this rank's count (every block has read it) */
+/* the last block of the call to finish advances this rank's count (every thread has read it) */
 __device__ static inline void p2p_done(char *mine, unsigned long long e) {
     __syncthreads();
     if (threadIdx.x == 0) {
         p2p_hdr *h = (p2p_hdr *)mine;
-        if (atomicAdd(&h->arrived, 1u) == gridDim.x - 1) {
+        if (gridDim.x == 1 || atomicAdd(&h->arrived, 1u) == gridDim.x - 1) {   /* one block: no atomic */
             h->arrived = 0;
             ((volatile p2p_hdr *)h)->calls = e;
         }
@@ -134,7 +134,8 @@ __device__ static inline float2 sum_line(const p2p_ptrs &p, int rank, int size, 
 }
 
 /* x[n] = the sum over the group, in place: line j holds x[2j], x[2j + 1]; a grid-stride loop */
-__global__ void __launch_bounds__(256) k_p2p_allreduce(float *x, size_t n, int rank, int size, p2p_ptrs p, size_t lines) {
+__global__ void __launch_bounds__(256) k_p2p_allreduce(float *x, size_t n, int rank, int size,
+                                                       const __grid_constant__ p2p_ptrs p, size_t lines) {
     pdl_launch();
     pdl_wait();
     char *mine = p.base[rank];
@@ -147,7 +148,8 @@ __global__ void __launch_bounds__(256) k_p2p_allreduce(float *x, size_t n, int r
     }
     for (size_t j = j0; j < L; j += step) {
         size_t i = 2 * j;
-        float2 s = sum_line(p, rank, size, lines, e, j, x[i], i + 1 < n ? x[i + 1] : 0.0f);
+        float a0 = x[i], a1 = i + 1 < n ? x[i + 1] : 0.0f;   /* loaded before the poll waits */
+        float2 s = sum_line(p, rank, size, lines, e, j, a0, a1);
         x[i] = s.x;
         if (i + 1 < n) x[i + 1] = s.y;
     }
@@ -160,8 +162,8 @@ __global__ void __launch_bounds__(256) k_p2p_allreduce(float *x, size_t n, int r
  * w * (x * rs). part may be x (no residual): each thread reads its part values before it writes
  * the same places of x. */
 __global__ void __launch_bounds__(1024) k_p2p_add_rmsnorm(const float *part, float *x, float *out, const float *w, int C,
-                                                          float eps, int residual, int rank, int size, p2p_ptrs p,
-                                                          size_t lines) {
+                                                          float eps, int residual, int rank, int size,
+                                                          const __grid_constant__ p2p_ptrs p, size_t lines) {
     pdl_launch();
     pdl_wait();
     char *mine = p.base[rank];
@@ -177,12 +179,15 @@ __global__ void __launch_bounds__(1024) k_p2p_add_rmsnorm(const float *part, flo
     double ss = 0;
     for (int j = threadIdx.x; j < LR; j += blockDim.x) {
         int i = 2 * j;
-        float2 s = sum_line(p, rank, size, lines, e, l0 + j, pr[i], i + 1 < C ? pr[i + 1] : 0.0f);
-        float v0 = residual ? xr[i] + s.x : s.x;
+        const bool two = i + 1 < C;
+        float a0 = pr[i], a1 = two ? pr[i + 1] : 0.0f;   /* loaded before the poll waits */
+        float r0 = residual ? xr[i] : 0.0f, r1 = residual && two ? xr[i + 1] : 0.0f;
+        float2 s = sum_line(p, rank, size, lines, e, l0 + j, a0, a1);
+        float v0 = residual ? r0 + s.x : s.x;
         xr[i] = v0;
         ss += (double)v0 * v0;
-        if (i + 1 < C) {
-            float v1 = residual ? xr[i + 1] + s.y : s.y;
+        if (two) {
+            float v1 = residual ? r1 + s.y : s.y;
             xr[i + 1] = v1;
             ss += (double)v1 * v1;
         }

@@ -70,10 +70,10 @@ int zb_comm_reduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, con
 }
 
 int zb_comm_ireduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                            zb_comm_req *r) {
+                            zb_redop op, zb_comm_req *r) {
     r->pending = 0;
-    if (alone(c, g)) return zb_comm_reduce_scatter(c, g, x, out, counts, t);
-    TIMED(c->ops->ireduce_scatter(c->impl, g, x, out, counts, t, r));
+    if (alone(c, g)) return zb_comm_reduce_scatter(c, g, x, out, counts, t);   /* the sum or mean of one */
+    TIMED(c->ops->ireduce_scatter(c->impl, g, x, out, counts, t, op, r));
 }
 
 int zb_comm_gather(zb_comm *c, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root) {

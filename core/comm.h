@@ -44,9 +44,10 @@ typedef struct {
     /* out [counts[rank]]: this rank's part of the sum of every rank's x [sum counts] */
     int (*reduce_scatter)(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t);
     /* the same, non-blocking (ZeRO-1's gradient buckets); x and out are not touched until
-     * the request completes, counts may be freed on return */
+     * the request completes, counts may be freed on return; op ZB_RED_SUM, or ZB_RED_MEAN where
+     * zb_comm.dev_mean allows it */
     int (*ireduce_scatter)(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                           zb_comm_req *r);
+                           zb_redop op, zb_comm_req *r);
     /* out [size * n] on root only */
     int (*gather)(void *impl, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root);
     int (*send)(void *impl, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag);
@@ -119,7 +120,7 @@ int zb_comm_allgatherv_inplace(zb_comm *c, zb_group g, void *x, const size_t *co
 int zb_comm_reduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t);
 /* Non-blocking reduce_scatter (completed by zb_comm_wait / zb_comm_test); alone: a copy, done. */
 int zb_comm_ireduce_scatter(zb_comm *c, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                            zb_comm_req *r);
+                            zb_redop op, zb_comm_req *r);
 int zb_comm_gather(zb_comm *c, zb_group g, const void *x, size_t n, void *out, zb_ctype t, int root);
 int zb_comm_send(zb_comm *c, zb_group g, const void *x, size_t n, zb_ctype t, int peer, int tag);
 int zb_comm_recv(zb_comm *c, zb_group g, void *x, size_t n, zb_ctype t, int peer, int tag);

@@ -137,8 +137,9 @@ static int m_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
 }
 
 static int m_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                             zb_comm_req *r) {
+                             zb_redop op, zb_comm_req *r) {
     int *v;
+    if (op != ZB_RED_SUM) return zb_fail(ZB_EARG, "MPI: a reduce-scatter sums (no other operation)");
     ZB_TRY(int_counts(impl, g, counts, NULL, &v));
     if (MPI_Ireduce_scatter(x, out, v, dtype(t), MPI_SUM, grp(impl, g), req_of(r)) != MPI_SUCCESS) {
         free(v);

@@ -165,17 +165,17 @@ static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; 
  * compute stream's work): ncclReduceScatter when the parts are equal, otherwise (ZeRO's ranges,
  * a bucket's pieces) a reduce of each non-empty part to its owner, in one group. */
 static int nccl_reduce_scatter(nccl_impl *im, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                               cudaStream_t s) {
+                               zb_redop op, cudaStream_t s) {
     int size = im->mpi->size[g], me = im->mpi->rank[g], equal = 1;
     size_t es = zb_ctype_size(t), off = 0;
     for (int r = 0; r < size; r++) equal &= counts[r] == counts[0];
     ZB_TRY(enter(im, s));
-    if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), ncclSum, im->nc[g], s));
+    if (equal) ZB_NC(ncclReduceScatter(x, out, counts[0], ndt(t), nop(op), im->nc[g], s));
     else {
         ZB_NC(ncclGroupStart());
         for (int r = 0; r < size; r++) {
             const char *src = (const char *)x + off * es;
-            if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), ncclSum, r, im->nc[g], s));
+            if (counts[r]) ZB_NC(ncclReduce(src, r == me ? out : (void *)src, counts[r], ndt(t), nop(op), r, im->nc[g], s));
             off += counts[r];
         }
         ZB_NC(ncclGroupEnd());
@@ -320,7 +320,7 @@ static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
     for (int r = 0; r < size; r++) total += counts[r];
 #ifdef ZB_HAVE_NCCL
     if (dx && dout && gcomm(im, g)) {
-        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->comm));
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, ZB_RED_SUM, im->comm));
         return leave(im, im->comm);
     }
 #endif
@@ -338,11 +338,13 @@ static int n_reduce_scatter(void *impl, zb_group g, const void *x, void *out, co
 
 /* ZeRO-1's gradient buckets: on the side stream like n_iallreduce's, overlapping the backward. */
 static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t,
-                             zb_comm_req *r) {
+                             zb_redop op, zb_comm_req *r) {
     nccl_impl *im = IM(impl);
     nreq *q = rq(r);
     memset(q, 0, sizeof *q);
     int dx = on_dev(x), dout = on_dev(out), size = im->mpi->size[g];
+    if (op != ZB_RED_SUM && !(dx && dout && gcomm(im, g)))
+        return zb_fail(ZB_EARG, "GPU communication: a mean reduce-scatter needs NCCL and device buffers");
     if (!dx && !dout) {   /* host buffers: MPI, the int counts kept until the request completes */
         int *v = zb_malloc(sizeof(int) * (size_t)size, "MPI counts");
         if (!v) return ZB_ENOMEM;
@@ -361,7 +363,7 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
     }
 #ifdef ZB_HAVE_NCCL
     if (dx && dout && gcomm(im, g)) {   /* most buckets lie in one rank's range: one reduce */
-        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, im->side));
+        ZB_TRY(nccl_reduce_scatter(im, g, x, out, counts, t, op, im->side));
         return side_request(im, q, r);
     }
 #endif

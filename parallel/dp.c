@@ -183,7 +183,7 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
     }
     if (d->zero)   /* ZeRO-1: each rank receives the sum of its piece of the bucket */
         ZB_TRY(zb_comm_ireduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad + b->off, d->gshard + b->zout, b->zcounts,
-                                       ZB_CT_F32, &b->req));
+                                       ZB_CT_F32, d->mean ? ZB_RED_MEAN : ZB_RED_SUM, &b->req));
     else ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32,
                                    d->mean ? ZB_RED_MEAN : ZB_RED_SUM, &b->req));
     b->launched = 1;
@@ -388,7 +388,7 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
                            "(or has more than %d ranks)", ZB_DP_MAX_SHM);
     }
     /* NCCL's average (each part times 1/dp, then summed) instead of a scaling pass after */
-    d->mean = d->size > 1 && !zero && !m->be->host_memory && comm->dev_mean && !env_off("ZB_DP_MEAN");
+    d->mean = d->size > 1 && !d->zero_whole && !m->be->host_memory && comm->dev_mean && !env_off("ZB_DP_MEAN");
     /* the embedding's rows reduced apart (one replica per rank, no TP / PP, not ZeRO; trainable) */
     const zb_param *emb = zb_model_param(m, "model.embed_tokens.weight");
     d->sparse = d->size > 1 && !zero && !m->tp && emb && (!trainable || trainable[emb - m->params]) &&
@@ -565,7 +565,7 @@ static int finish_buckets(zb_dp *d) {
     stop_thread(d);
     for (int k = 0; k < d->nb; k++) ZB_TRY(zb_comm_wait(d->comm, &d->b[k].req));
     if (d->zero) {   /* the range's floats, trainable or not (frozen ones stay 0) */
-        be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
+        if (!d->mean) be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
         return ZB_OK;
     }
     if (!d->mean)

@@ -537,6 +537,11 @@ static int setup_model(gen_state *S, int B) {
     ZB_TRY(zb_model_set_backend(&S->m, &S->be));
     ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
     S->g.greedy = a->sp.temperature <= 0.0f;   /* the argmax where the logits are: B ids come back, not B x V */
+    /* greedy without ZB_GEN_TOP2: the picks only (TP on GPUs gathers a (value, index) pair per
+     * rank and row, not the logits; ZB_TP_ARGMAX=0: the logits, as before); the TP group agrees */
+    const char *t2 = getenv("ZB_GEN_TOP2"), *am = getenv("ZB_TP_ARGMAX");
+    int picks = S->g.greedy && !(t2 && *t2) && !(am && !strcmp(am, "0"));
+    S->g.picks_only = S->m.tp ? zb_tp_all(S->m.tp, picks) : picks;
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
     ZB_ALLOC(S->act_tok, B, "generation");

@@ -296,6 +296,9 @@ double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, 
 /* out[n] = the argmax of row n of x [N, V] (backend.h argmax_rows: zb_sample's greedy pick);
  * out: device ints. */
 void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
+/* the same in a vocabulary slice and over the slices (backend.h argmax_pairs / argmax_pick) */
+void zb_cuda_argmax_pairs(int *pairs, const float *x, int N, int V, long long v0);
+void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

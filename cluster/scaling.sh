@@ -67,8 +67,9 @@ print(json.dumps(c, indent=1))
 PY
 # the parameter counts, for cluster/scaling_model.py check (which then needs no binary)
 "$Z" info --json model.json > info.json 2>/dev/null || rm -f info.json
-[ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" --input "$SRC/parallel" \
-  --input "$SRC/launch" -o shards --val-fraction 0.05 --seed 1 >/dev/null
+corpus=(); for d in core parallel launch; do [ -d "$SRC/$d" ] && corpus+=(--input "$SRC/$d"); done   # (a packed tree: core/ only)
+[ -d shards ] || "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" "${corpus[@]}" -o shards --val-fraction 0.05 \
+  --seed 1 >/dev/null
 
 machine() {
   local cpu gpu

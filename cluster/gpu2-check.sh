@@ -147,8 +147,9 @@ for m, b in dict.fromkeys((r["model"], r.get("batch", 1)) for r in rs):
 PY
 }
 
-# ---- ZB_G2_ZERO_ONLY=1: only the weak DP scaling of step 5 with ZeRO-1 beside it, on the
-# otherwise idle GPUs (ZB_DEADLINE, default 230 s): layouts ZB_G2_ZERO_LAYOUTS (default 1, dp2,
+# ---- ZB_G2_ZERO_ONLY=1: the DP paths' float32 equivalence on the GPUs (the tied hybrid: DP=2,
+# DP=2 on the paths before, ZeRO-1, its gather either way; ~45 s), then the weak DP scaling of
+# step 5 with ZeRO-1 beside it, on the otherwise idle GPUs (ZB_DEADLINE, default 230 s): layouts ZB_G2_ZERO_LAYOUTS (default 1, dp2,
 # dp2:old = dp2 on the DP paths before S6 (ZB_DP_MEAN=0 ZB_DP_SPARSE_EMBED=0 ZB_DP_MLP_EARLY=0),
 # dp2z = ZeRO-1), 3 interleaved repeats of 6 steps (ZB_G2_ZERO_REPEAT), the DP split as the
 # device ran it; then, if time is left, dp2z with ZB_ZERO_REDUCE=after. Prints the tables.
@@ -163,9 +164,45 @@ if [ -n "${ZB_G2_ZERO_ONLY:-}" ]; then
     if scaled "$out/$o"; then echo; echo "$o:"; sed -n '3,$p' "$out/$o/scaling.md"
     else echo "FAIL $o: no table"; tail_of "$out/log-scaling.txt" 12; fi
   }
+  # first (~45 s) the DP paths' float32 equivalence on the GPUs: the tied hybrid of
+  # tests/tp-hybrid.json, 20 steps of 4 x 32 tokens, each DP layout against 1 GPU within the
+  # floor of tests/cli_train_parallel.sh (1 GPU against its split run x tests/zb_path's ratio)
+  . tests/cli_lib.sh
+  ( W=$out/work-dp-eq; rm -rf "$W"; mkdir -p "$W"; cd "$W" || exit 1
+    dev=(--device cuda --precision f32); [ "${ZB_CHECK_DEVICE:-cuda}" = cpu ] && dev=()
+    "$Z" data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input "$SRC/core" -o shards --val-fraction 0.2 --seed 1 >/dev/null 2>&1
+    sed -e 's/"vocab_size": 256/"vocab_size": 264/' -e 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' \
+      "$SRC/tests/tp-hybrid.json" > tied.json
+    printf '%s\n' '{"model": "tied.json", "data": "shards", "seq_len": 32, "micro_batch": 4, "grad_accum": 1,' \
+      ' "steps": 20, "lr": 3e-3, "min_lr": 3e-4, "warmup": 2, "log_every": 1, "eval_batches": 0, "seed": 3' > base.json
+    dq() {   # dq NP OUT MICRO_BATCH EXTRA_JSON [VAR=VALUE...]: 20 steps, the env also to every rank
+      local np=$1 o=$2 mb=$3 extra=$4 mx=() v; shift 4
+      for v in "$@"; do mx+=(-x "${v%%=*}"); done
+      printf '%s\n' "$(sed -e "s/\"micro_batch\": 4/\"micro_batch\": $mb/" -e "s/\"grad_accum\": 1/\"grad_accum\": ${GA:-1}/" \
+        base.json)$extra, \"out\": \"$o\"}" > "$o.json"
+      env "$@" timeout -k 5 "$(lim 40)" $MPIX "${mx[@]}" --bind-to none -n "$np" "$Z" train --stage pretrain --config "$o.json" \
+        "${dev[@]}" > "$o.log" 2>&1
+      grep '"loss"' "$o/train.jsonl" 2>/dev/null | sed 's/.*"step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/' > "$o.txt"
+      [ "$(wc -l < "$o.txt")" = 20 ] || tail_of "$o.log"
+    }
+    sq() { local m; m=$(loss_maxrel "$2" "$3"); check "$1: max rel diff $m (<= $4)" "[ \"\$(wc -l < $3)\" = 20 ] && loss_within $2 $3 $4 1"; }
+    dq 1 A 4 ""; GA=2 dq 1 A2 2 ""
+    f=$(loss_maxrel A.txt A2.txt); sc=$("$ZP" 32 128 tied.json); FA=$(awk -v f="$f" -v s="$sc" 'BEGIN { printf "%.3g", f * s }')
+    check "tied hybrid, 1 GPU split run differs from 1 GPU by rounding ($f; x $sc = $FA)" "awk 'BEGIN{exit !($f > 0 && $f < 1e-3 && $sc > 0)}'"
+    dq 2 D 2 ', "bucket_mb": 0.002'
+    sq "DP=2 (the embedding's token rows apart, the tied head during the blocks, MLP buckets early, ncclAvg) == 1 GPU" A.txt D.txt "$FA"
+    dq 2 DO 2 ', "bucket_mb": 0.002' ZB_DP_SPARSE_EMBED=0 ZB_DP_MEAN=0 ZB_DP_MLP_EARLY=0
+    sq "DP=2 on the paths before S6 == 1 GPU" A.txt DO.txt "$FA"
+    dq 2 DZ 2 ', "zero": true, "bucket_mb": 0.002'
+    sq "DP=2 ZeRO-1 (ncclAvg reduces, the parameters gathered during the next forward) == 1 GPU" A.txt DZ.txt "$FA"
+    dq 2 DZA 2 ', "zero": true, "bucket_mb": 0.002' ZB_ZERO_GATHER=after
+    check "DP=2 ZeRO-1: the bucketed gather == one all-gather after the optimizer (ZB_ZERO_GATHER=after), bit for bit" \
+      "[ \"\$(wc -l < DZ.txt)\" = 20 ] && cmp -s DZ.txt DZA.txt"
+    exit $fail ) || fail=1
+  stamp "DP float32 equivalence done"
   zl=${ZB_G2_ZERO_LAYOUTS:-1 dp2 dp2:old dp2z}
   stamp "weak DP scaling: $zl (dp2:old = the DP paths before S6), then dp2z with ZB_ZERO_REDUCE=after"
-  zscale scaling-zero "$zl" $(( DEADLINE - 30 ))
+  zscale scaling-zero "$zl" $(( $(left) - 25 ))
   if fits 40; then zscale scaling-zero-after "dp2z" 90 ZB_ZERO_REDUCE=after REPEAT=1; else notrun "dp2z with ZB_ZERO_REDUCE=after"; fi
   grep -h "DP gradients" "$out"/scaling-zero*/work/run-weak-dp2*-r1.log 2>/dev/null | sort -u
   ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' --exclude='*.h5' log-* scaling-* 2>/dev/null

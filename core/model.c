@@ -458,6 +458,10 @@ int zb_gen_init(zb_gen *s, const zb_model *m, int B, int max_T) {
     ZB_BE_ALLOC(be, s->seqs_dev, B, "generation positions");
     ZB_ALLOC(s->pos, B, "generation positions");
     ZB_ALLOC(s->seqs, B, "generation positions");
+    ZB_ALLOC(s->aseqs, B, "generation positions");
+    if (m->tp && !be->host_memory && m->tp->size > 1 && B > 1 &&
+        (int64_t)zb_model_full_config(m)->vocab == (int64_t)m->tp->size * c->vocab)
+        ZB_BE_ALLOC(be, s->logits_rows, (size_t)B * zb_model_full_config(m)->vocab, "logits");
     ZB_ALLOC(s->kinds, c->n_layers, "caches");
     for (int l = 0; l < c->n_layers; l++) s->kinds[l] = c->kinds[l];
     return ZB_OK;
@@ -470,6 +474,8 @@ void zb_gen_free(zb_gen *s) {
         float *f[] = {s->x, s->ln, s->mo, s->g, s->u, s->lnf, s->scratch, s->tp_buf};
         for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) be->free(be, f[i]);
         be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
+        if (s->stepq) be->step_queue(be, &s->stepq, ZB_STEPQ_FREE, NULL, NULL, 0);
+        be->free(be, s->logits_rows);
         if (s->logits_dev != s->logits) be->free(be, s->logits_dev);
         be->free(be, s->ids);
         be->free(be, s->next_dev);
@@ -477,7 +483,7 @@ void zb_gen_free(zb_gen *s) {
         be->free(be, s->seqs_dev);
     }
     free(s->cache); free(s->cache_floats); free(s->cache_esize);
-    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
+    free(s->logits); free(s->next); free(s->pos); free(s->seqs); free(s->aseqs); free(s->kinds); free(s->ids_host); free(s->logits_stage);
     memset(s, 0, sizeof *s);
 }
 
@@ -585,6 +591,20 @@ static const float *dev_logits(const zb_model *m, const zb_gen *s, int B) {
     return m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * m->cfg.vocab;
 }
 
+/* Whether a pipelined step of nb sequences makes its picks where the logits are (gen_layers):
+ * the head's output, or under TP on a device the gathered rows (as rows [B, V] when B > 1). */
+static int async_dev_picks(const zb_model *m, const zb_gen *s, int nb) {
+    return dev_logits(m, s, nb) || (m->tp && s->ids_host && s->logits_rows && nb > 1);
+}
+
+/* The next pipelined step's inputs from this one's picks (backend decode_advance): the ids as the
+ * embedding reads them (TP on a device: this rank's vocabulary rows) and the positions. */
+static void async_advance(const zb_model *m, const zb_gen *s, int nb) {
+    int64_t v0 = s->ids_host ? m->tp->vocab0 : 0;
+    int V = s->ids_host ? m->cfg.vocab : zb_model_full_config(m)->vocab;
+    m->be->decode_advance(m->be, s->ids, s->pos_dev, s->next_dev, s->seqs_dev, nb, v0, V);
+}
+
 /* The step's device work from the embedding to the head's logits (on the device): what a
  * decode step's recording (step_graph) holds. */
 static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *tp) {
@@ -676,7 +696,16 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
             zb_comm_die(m->tp->comm, "tensor parallel");
         }
         const float *lg = dev_logits(m, s, B);
-        if (s->greedy && lg) be->argmax_rows(be, s->next_dev, lg, B, zb_model_full_config(m)->vocab);   /* B ids, not B x V */
+        int V = zb_model_full_config(m)->vocab;
+        if (!lg && s->async_step && s->logits_rows && B > 1) {
+            /* a pipelined step under TP: the gathered [tp][B][V/tp] as rows [B][V], on the device */
+            for (int r = 0; r < m->tp->size; r++)
+                be->copy_2d(be, s->logits_rows + (size_t)r * c->vocab, (size_t)V,
+                            s->tp_buf + (size_t)B * c->vocab * (1 + r), (size_t)c->vocab, (size_t)B, (size_t)c->vocab);
+            lg = s->logits_rows;
+        }
+        if (s->greedy && lg) be->argmax_rows(be, s->next_dev, lg, B, V);   /* B ids, not B x V */
+        if (s->async_step && lg) async_advance(m, s, B);
     }
     *tp = t;
 }
@@ -699,18 +728,12 @@ static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
     return 1;
 }
 
-static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n) {
-    const zb_config *c = &m->cfg;
+/* The step's layers (gen_layers) replayed from its recording, recorded, or run call by call. */
+static void run_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *t) {
     const zb_backend *be = m->be;
-    int B = nb, N = B * n, d = c->d_model;
-    size_t Nd = (size_t)N * d;
-    double t = s->profile ? zb_now() : 0;
-    /* the sequences and their positions, for the entries that index caches by them (before any
-     * recording: the recorded step reads them where they are) */
-    be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
-    be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
-    long long key = 2LL * nb + (s->greedy != 0);   /* the recording holds the argmax or not */
-    if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, &t);
+    /* the recording holds the argmax or not, the pipelined step's tail or not */
+    long long key = 4LL * nb + 2 * (s->async_step != 0) + (s->greedy != 0);
+    if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
     } else if (s->graph_warm == key && m->tp && m->tp->size > 1) {
         /* TP: a recording holds collectives: every rank of the group launches it, or none does
@@ -718,30 +741,31 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
          * running it, they agree, then all replay, or all drop theirs and run it call by call. */
         int ok = be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key);
         if (ok) {
-            gen_layers(m, s, seqs, nb, n, &t);
+            gen_layers(m, s, seqs, nb, n, t);
             ok = be->step_graph(be, &s->graph, ZB_GRAPH_END_HOLD, key);
         }
         if (!zb_tp_all(m->tp, ok) || !be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
             be->step_graph(be, &s->graph, ZB_GRAPH_FREE, 0);
             s->graph_off = 1;
-            gen_layers(m, s, seqs, nb, n, &t);
+            gen_layers(m, s, seqs, nb, n, t);
         }
     } else if (s->graph_warm == key && be->step_graph(be, &s->graph, ZB_GRAPH_BEGIN, key)) {
         /* the same step ran once without recording (scratch sizes settled): record it */
-        gen_layers(m, s, seqs, nb, n, &t);
+        gen_layers(m, s, seqs, nb, n, t);
         if (!be->step_graph(be, &s->graph, ZB_GRAPH_END, key)) {
             s->graph_off = 1;
-            gen_layers(m, s, seqs, nb, n, &t);
+            gen_layers(m, s, seqs, nb, n, t);
         }
     } else {
-        gen_layers(m, s, seqs, nb, n, &t);
+        gen_layers(m, s, seqs, nb, n, t);
         s->graph_warm = key;
     }
-    if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
-        pp_gen_xfer(m, s->x, Nd, 1);
-        for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
-        return;
-    }
+}
+
+/* The step's results on the host: the greedy picks in s->next, else the logits in s->logits. */
+static void step_results(const zb_model *m, zb_gen *s, int B) {
+    const zb_config *c = &m->cfg;
+    const zb_backend *be = m->be;
     if (s->greedy && dev_logits(m, s, B)) {
         be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
     } else if (m->tp) {
@@ -754,6 +778,29 @@ static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int
     } else {
         be->to_host(be, s->logits, s->logits_dev, sizeof(float) * B * c->vocab);
     }
+}
+
+static void stepq_op(zb_gen *s, int op) {
+    if (s->be->step_queue(s->be, &s->stepq, op, NULL, NULL, 0) < 0) s->time_steps = 0;   /* no memory: untimed */
+}
+
+static void gen_chunk(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n) {
+    const zb_backend *be = m->be;
+    int N = nb * n;
+    double t = s->profile ? zb_now() : 0;
+    /* the sequences and their positions, for the entries that index caches by them (before any
+     * recording: the recorded step reads them where they are) */
+    be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
+    be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
+    if (s->time_steps) stepq_op(s, ZB_STEPQ_START);
+    run_layers(m, s, seqs, nb, n, &t);
+    if (s->time_steps) stepq_op(s, ZB_STEPQ_STOP);
+    if (m->pp_no_head) {   /* PP: not the last stage: the residual goes on, no logits */
+        pp_gen_xfer(m, s->x, (size_t)N * m->cfg.d_model, 1);
+        for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
+        return;
+    }
+    step_results(m, s, nb);
     prof_mark(s, &t, ZB_PROF_HEAD);
     for (int i = 0; i < nb; i++) s->pos[seqs[i]] += n;
 }
@@ -764,13 +811,10 @@ void zb_gen_logits_host(const zb_model *m, zb_gen *s, int nb) {
         m->be->to_host(m->be, s->logits, lg, sizeof(float) * (size_t)nb * zb_model_full_config(m)->vocab);
 }
 
-int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
+/* nb distinct sequences in [0, B), each with room for n more tokens */
+static int check_seqs(const zb_gen *s, const int *seqs, int nb, int n) {
     if (n <= 0) return zb_fail(ZB_EARG, "generation step with %d tokens", n);
     if (nb <= 0 || nb > s->B) return zb_fail(ZB_EARG, "generation step for %d of %d sequences", nb, s->B);
-    if (!seqs) {
-        for (int i = 0; i < nb; i++) s->seqs[i] = i;
-        seqs = s->seqs;
-    }
     for (int i = 0; i < nb; i++) {
         int b = seqs[i];
         if (b < 0 || b >= s->B) return zb_fail(ZB_EARG, "generation step: sequence %d outside [0, %d)", b, s->B);
@@ -780,19 +824,91 @@ int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, cons
             return zb_fail(ZB_EARG, "context full: sequence %d has %d + %d tokens, more than the cache of %d",
                            b, s->pos[b], n, s->max_T);
     }
+    return ZB_OK;
+}
+
+/* tokens t0.. t0+nc of each of the nb sequences' ids [nb, n] to s->ids (TP on a device: this
+ * rank's vocabulary rows, -1 for the others', one copy) */
+static void upload_ids(const zb_model *m, zb_gen *s, const int *ids, int nb, int n, int t0, int nc) {
+    if (s->ids_host) {
+        zb_tp_local_ids(m->tp, m->cfg.vocab, ids + t0, n, nb, nc, s->ids_host);
+        s->be->to_device(s->be, s->ids, s->ids_host, sizeof(int) * (size_t)nb * nc);
+    } else if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
+        s->be->to_device(s->be, s->ids, ids, sizeof(int) * nb * n);
+    else
+        for (int i = 0; i < nb; i++)
+            s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+}
+
+int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n) {
+    if (nb > 0 && nb <= s->B && !seqs) {
+        for (int i = 0; i < nb; i++) s->seqs[i] = i;
+        seqs = s->seqs;
+    }
+    ZB_TRY(check_seqs(s, seqs, nb, n));
+    if (s->pending) return zb_fail(ZB_EARG, "generation step while %d pipelined steps are pending", s->pending);
     for (int t0 = 0; t0 < n; t0 += s->chunk) {
         int nc = n - t0 < s->chunk ? n - t0 : s->chunk;
-        if (s->ids_host) {   /* TP on a device: this rank's vocabulary rows, -1 for the others' (one copy) */
-            zb_tp_local_ids(m->tp, m->cfg.vocab, ids + t0, n, nb, nc, s->ids_host);
-            s->be->to_device(s->be, s->ids, s->ids_host, sizeof(int) * (size_t)nb * nc);
-        } else if (nc == n)   /* the whole call in one chunk (decode): the ids are one block, one copy */
-            s->be->to_device(s->be, s->ids, ids, sizeof(int) * nb * n);
-        else
-            for (int i = 0; i < nb; i++)
-                s->be->to_device(s->be, s->ids + (size_t)i * nc, ids + (size_t)i * n + t0, sizeof(int) * nc);
+        upload_ids(m, s, ids, nb, n, t0, nc);
         gen_chunk(m, s, seqs, nb, nc);
     }
     return ZB_OK;
+}
+
+/* ---- pipelined greedy decode ------------------------------------------------------------- */
+
+int zb_gen_async_ok(const zb_model *m, const zb_gen *s) {
+    if (!s->greedy || s->profile || m->pp_no_embed || m->pp_no_head || (m->tp && m->tp->pp_size > 1)) return 0;
+    /* the picks where the logits are for every batch up to B (one row: the head's or the
+     * gathered logits directly), or on the host for a host-memory backend */
+    return m->be->host_memory || (async_dev_picks(m, s, 1) && (s->B == 1 || async_dev_picks(m, s, 2)));
+}
+
+int zb_gen_decode_launch(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids) {
+    const zb_backend *be = m->be;
+    if (!s->greedy) return zb_fail(ZB_EARG, "pipelined decode: greedy picks only");
+    if (s->pending >= 2) return zb_fail(ZB_EARG, "pipelined decode: %d steps pending already", s->pending);
+    if (ids) {   /* new sequences: their tokens, positions and slots from the host */
+        if (s->pending) return zb_fail(ZB_EARG, "pipelined decode: new sequences while %d steps are pending", s->pending);
+        ZB_TRY(check_seqs(s, seqs, nb, 1));
+        memcpy(s->aseqs, seqs, sizeof(int) * nb);
+        s->anb = nb;
+        upload_ids(m, s, ids, nb, 1, 0, 1);
+        be->to_device(be, s->seqs_dev, seqs, sizeof(int) * nb);
+        be->to_device(be, s->pos_dev, s->pos, sizeof(int) * s->B);
+    } else {   /* the same sequences, fed the picks of the step before on the backend */
+        if (!s->anb) return zb_fail(ZB_EARG, "pipelined decode: no step to continue");
+        ZB_TRY(check_seqs(s, s->aseqs, s->anb, 1));
+    }
+    nb = s->anb;
+    double t = 0;
+    if (s->time_steps) stepq_op(s, ZB_STEPQ_START);
+    s->async_step = 1;
+    run_layers(m, s, s->aseqs, nb, 1, &t);   /* ends with decode_advance where the picks are made */
+    s->async_step = 0;
+    if (!async_dev_picks(m, s, nb)) {   /* a host-memory backend under TP: the picks on the host */
+        step_results(m, s, nb);
+        be->to_device(be, s->next_dev, s->next, sizeof(int) * nb);
+        async_advance(m, s, nb);
+    }
+    if (s->time_steps) stepq_op(s, ZB_STEPQ_STOP);
+    if (be->step_queue(be, &s->stepq, ZB_STEPQ_FETCH, NULL, s->next_dev, sizeof(int) * nb) < 0) return ZB_ENOMEM;
+    s->pending++;
+    for (int i = 0; i < nb; i++) s->pos[s->aseqs[i]] += 1;
+    return ZB_OK;
+}
+
+int zb_gen_decode_wait(const zb_model *m, zb_gen *s, int *next) {
+    if (!s->pending) return zb_fail(ZB_EARG, "pipelined decode: no step pending");
+    if (m->be->step_queue(m->be, &s->stepq, ZB_STEPQ_WAIT, next, NULL, 0) < 0) return ZB_EARG;
+    s->pending--;
+    return ZB_OK;
+}
+
+double zb_gen_device_time(zb_gen *s) {
+    if (!s->stepq) return 0;
+    double t = s->be->step_queue(s->be, &s->stepq, ZB_STEPQ_TIME, NULL, NULL, 0);
+    return t > 0 ? t : 0;
 }
 
 int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n) {

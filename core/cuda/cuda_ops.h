@@ -287,6 +287,9 @@ double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, 
 /* out[n] = the argmax of row n of x [N, V] (backend.h argmax_rows: zb_sample's greedy pick);
  * out: device ints. */
 void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
+/* for i < nb: pos[seqs[i]] += 1, ids[i] = next[i] - v0 if in [0, V) else -1 (backend.h
+ * decode_advance); device ints, one kernel. */
+void zb_cuda_decode_advance(int *ids, int *pos, const int *next, const int *seqs, int nb, long long v0, int V);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

@@ -28,10 +28,8 @@
  * (the slice of one model: the same tokens under any layout), for decode speed (e.g. the 8B
  * under --tp 2 where its weights are not at hand).
  * A decode step under --tp on GPUs (bf16 weights, no --pp) is recorded once with its NCCL
- * all-reduces and the logits gather as one CUDA graph and replayed (core/model.c gen_chunk).
- * Greedy decode on a GPU is pipelined (decode_async; ZB_GEN_ASYNC=0: step by step): the next
- * step is queued before the host reads this step's tokens. The stderr line before the last gives
- * the decode's wall and device time per step (ZB_GEN_TIMING=1: on the CPU too). */
+ * all-reduces and the logits gather as one CUDA graph and replayed (core/gen.c gen_chunk).
+ * Greedy decode on a GPU is pipelined (decode_async; ZB_GEN_ASYNC=0: step by step). */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -715,8 +713,7 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         if (S->g.graph && !S->g.graph_off)   /* before the last line (the speeds) */
             fprintf(stderr, "generate: decode steps replayed from a CUDA graph%s\n",
                     tp > 1 ? " (with the TP all-reduces and the logits gather)" : "");
-        /* where a decode step's time goes: on the device (marks around each step on its stream)
-         * and the rest, the host's (copies, launches, the token's handling) while the device idles */
+        /* a decode step's time on the device (marks around it on its stream) and the host's rest */
         const char *gt = getenv("ZB_GEN_TIMING");
         if (S->n_steps && (!S->be.host_memory || (gt && *gt && strcmp(gt, "0")))) {
             double wall = S->t_decode / S->n_steps * 1e3, dev = t_dev / S->n_steps * 1e3;

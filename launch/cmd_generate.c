@@ -546,6 +546,8 @@ static int setup_model(gen_state *S, int B) {
     const char *ea = getenv("ZB_GEN_ASYNC"), *t2 = getenv("ZB_GEN_TOP2");
     int want = ea && *ea ? strcmp(ea, "0") != 0 : a->dev.gpu;
     S->async = want && !(t2 && *t2) && a->pp == 1 && zb_gen_async_ok(&S->m, &S->g);
+    if (S->grid_on && MPI_Allreduce(MPI_IN_PLACE, &S->async, 1, MPI_INT, MPI_MIN, S->grid.world) != MPI_SUCCESS)
+        return zb_fail(ZB_EMPI, "generate: MPI_Allreduce of the decode loop's choice failed");   /* one loop for all */
     S->g.time_steps = 0;
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
@@ -576,14 +578,12 @@ static int write_top2(gen_state *S, const zb_run *run, const int *rows, int nb) 
     return rc;
 }
 
-/* The pipelined greedy decode of the na active sequences S->act (their last tokens in
- * S->act_tok) until one of them ends: step k+1 is queued before the host reads step k's tokens
- * (the backend feeds it step k's picks and advances the positions), so the host's work on a
- * token (stop tokens, printing) overlaps the next step. Step k+1 is queued only when no sequence
- * can end at step k for its length (--max-new, a full context): only a stop token ends one
- * unforeseen, and then step k+1 has run for it too: its token is dropped (the cache row it
- * wrote lies past the sequence; a refill of the slot resets it), the others' are kept. Under TP
- * every rank gets the same picks from the same gathered logits: no broadcast. */
+/* The pipelined greedy decode of the na active sequences S->act (last tokens in S->act_tok)
+ * until one ends: step k+1 is queued (fed step k's picks on the backend) before the host reads
+ * and handles step k's tokens, unless a sequence ends at step k by its length (--max-new, a full
+ * context). A stop token ends one unforeseen: step k+1 ran for it too, its token is dropped (the
+ * cache row it wrote lies past the sequence; a refill resets the slot). Under TP every rank
+ * gets the same picks from the same gathered logits: no broadcast. */
 static int decode_async(gen_state *S, zb_run *run, int na) {
     zb_gen *g = &S->g;
     double t0 = zb_now();

@@ -597,9 +597,9 @@ find "$out" -type f \( -name '*.h5' -o -size +8M \) -delete 2>/dev/null
 echo
 echo "== gpu2-check summary ($(head -2 "$out/log-machine.txt" | tail -1))"
 printf '%s\n' "${summary[@]}"
-grep -E "busbw|allreduce|sum\+add_rmsnorm" "$out/log-nccl.txt" | head -10
+grep -E "busbw|allreduce|latency|per call" "$out/log-nccl.txt" | head -16
 grep -E "fused .*(bits|worst)" "$out/log-nccl-p2p.txt" 2>/dev/null | head -4
-grep -E "allreduce|sum\+add_rmsnorm" "$out/log-nccl-p2p.txt" 2>/dev/null | head -4 | sed 's/^/  ZB_TP_ALLREDUCE=p2p ZB_TP_FUSED=1:/'
+grep -E "allreduce|per call" "$out/log-nccl-p2p.txt" 2>/dev/null | head -6 | sed 's/^/  ZB_TP_ALLREDUCE=p2p ZB_TP_FUSED=1:/'
 [ -f "$out/decode.md" ] && cat "$out/decode.md"
 for f in "$out"/scaling-*-scaling.md; do [ -f "$f" ] && { echo; sed -n '1p;3,$p' "$f"; }; done
 for f in "$out"/scaling-*-model-check.md; do [ -f "$f" ] && { echo; echo "model check, $(basename "$f" -model-check.md):"; cat "$f"; }; done

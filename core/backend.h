@@ -328,6 +328,15 @@ struct zb_backend {
      * [N, V], as zb_sample's scan (model.h): the lowest index on ties (-0 == +0), a NaN never
      * chosen, 0 when x[n, 0] is NaN. out: N ints where the backend's buffers are. */
     void (*argmax_rows)(const zb_backend *be, int *out, const float *x, int N, int V);
+    /* -- the same pick over a vocabulary split in slices (TP's head: x [N, V] holds columns
+     * v0 .. v0 + V of the full rows), in two steps around an all-gather of 2 N ints per slice:
+     * argmax_pairs: pairs[2n] = the bits of the slice's largest value of row n (the first of
+     *   equal ones; NaN never chosen), pairs[2n + 1] = its full index v0 + i, INT_MAX when the
+     *   row's slice is all NaN, -1 when v0 == 0 and x[n, 0] is NaN (argmax_rows' pick 0);
+     * argmax_pick: out[n] = the pick over the P slices' pairs [P][N][2] (slices in increasing
+     *   v0): what argmax_rows gives on the full rows. pairs and out where the backend's buffers are. */
+    void (*argmax_pairs)(const zb_backend *be, int *pairs, const float *x, int N, int V, int64_t v0);
+    void (*argmax_pick)(const zb_backend *be, int *out, const int *pairs, int N, int P);
     /* -- pipelined greedy decode (zebra generate): the next decode step's inputs made from this
      * step's picks where they are, so that the next step can be queued before the host has read
      * them: for i < nb, pos[seqs[i]] += 1 and ids[i] = next[i] - v0 when v0 <= next[i] < v0 + V,

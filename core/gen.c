@@ -227,19 +227,22 @@ static int prefill_run(const zb_backend *be, const int *seqs, int i, int nb) {
     return k;
 }
 
+/* TP on a device, greedy picks only (zb_gen.picks_only): zb_tp_greedy_picks, not the logits */
+static int tp_pairs(const zb_model *m, const zb_gen *s) { return s->greedy && s->picks_only && s->ids_host && m->tp->size > 1; }
+
 /* The full logits [B, V] where the head's backend has them (for the greedy pick there): the
  * head's output, or under TP on a device the gathered [tp][B][V/tp] when that is [B][V] (one
  * row or one rank); NULL otherwise (the rows are put in order on the host). */
 static const float *dev_logits(const zb_model *m, const zb_gen *s, int B) {
     if (!m->tp) return s->logits_dev;
-    if (!s->ids_host || (m->tp->size > 1 && B > 1)) return NULL;
+    if (!s->ids_host || tp_pairs(m, s) || (m->tp->size > 1 && B > 1)) return NULL;
     return m->tp->size == 1 ? s->tp_buf : s->tp_buf + (size_t)B * m->cfg.vocab;
 }
 
 /* Whether a pipelined step of nb sequences makes its picks where the logits are (gen_layers):
  * the head's output, or under TP on a device the gathered rows (as rows [B, V] when B > 1). */
 static int async_dev_picks(const zb_model *m, const zb_gen *s, int nb) {
-    return dev_logits(m, s, nb) || (m->tp && s->ids_host && s->logits_rows && nb > 1);
+    return dev_logits(m, s, nb) || tp_pairs(m, s) || (m->tp && s->ids_host && s->logits_rows && nb > 1);
 }
 
 /* The next pipelined step's inputs from this one's picks (backend decode_advance): the ids as the
@@ -332,25 +335,24 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         }
         if (!lnf) be->rmsnorm_forward(be, s->lnf, NULL, last, m->w.final_norm, B, d, c->rms_eps);
         be->linear_forward(be, m->tp ? s->tp_buf : s->logits_dev, s->lnf, m->w.lm_head_lin, B, d, c->vocab);
-        /* TP on a device: the vocabulary slices gathered GPU to GPU, [tp][B][V/tp], in the step
-         * (and its recording) */
-        if (m->tp && s->ids_host && m->tp->size > 1 &&
-            zb_comm_allgather(m->tp->comm, ZB_GROUP_TP, s->tp_buf, (size_t)B * c->vocab, s->tp_buf + (size_t)B * c->vocab,
-                              ZB_CT_F32)) {
-            zb_fail_prefix(ZB_EMPI, "gathering the logits");
-            zb_comm_die(m->tp->comm, "tensor parallel");
-        }
+        /* TP on a device, in the step (and its recording): the picks' pairs, or the slices [tp][B][V/tp] */
+        if (tp_pairs(m, s))
+            zb_tp_greedy_picks(m->tp, be, s->next_dev, s->tp_buf, (int *)(s->tp_buf + (size_t)B * c->vocab), B, c->vocab);
+        else if (m->tp && s->ids_host && m->tp->size > 1)
+            zb_tp_gather_slices(m->tp, s->tp_buf, s->tp_buf + (size_t)B * c->vocab, (size_t)B * c->vocab);
         const float *lg = dev_logits(m, s, B);
         int V = zb_model_full_config(m)->vocab;
-        if (!lg && s->async_step && s->logits_rows && B > 1) {
-            /* a pipelined step under TP: the gathered [tp][B][V/tp] as rows [B][V], on the device */
+        int pairs = tp_pairs(m, s);   /* the picks are in next_dev already */
+        if (!lg && !pairs && s->async_step && s->logits_rows && B > 1) {
+            /* a pipelined step under TP (ZB_TP_ARGMAX=0): the gathered [tp][B][V/tp] as rows
+             * [B][V], on the device */
             for (int r = 0; r < m->tp->size; r++)
                 be->copy_2d(be, s->logits_rows + (size_t)r * c->vocab, (size_t)V,
                             s->tp_buf + (size_t)B * c->vocab * (1 + r), (size_t)c->vocab, (size_t)B, (size_t)c->vocab);
             lg = s->logits_rows;
         }
         if (s->greedy && lg) be->argmax_rows(be, s->next_dev, lg, B, V);   /* B ids, not B x V */
-        if (s->async_step && lg) async_advance(m, s, B);
+        if (s->async_step && (lg || pairs)) async_advance(m, s, B);
     }
     *tp = t;
 }
@@ -376,8 +378,9 @@ static int gen_graph_ok(const zb_model *m, const zb_gen *s, int nb, int n) {
 /* The step's layers (gen_layers) replayed from its recording, recorded, or run call by call. */
 static void run_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, int n, double *t) {
     const zb_backend *be = m->be;
-    /* the recording holds the argmax or not, the pipelined step's tail or not */
-    long long key = 4LL * nb + 2 * (s->async_step != 0) + (s->greedy != 0);
+    /* the recording holds the argmax or not, the TP picks' pairs or the logits, the pipelined
+     * step's tail or not */
+    long long key = 8LL * nb + 4 * (s->async_step != 0) + 2 * tp_pairs(m, s) + (s->greedy != 0);
     if (!gen_graph_ok(m, s, nb, n)) gen_layers(m, s, seqs, nb, n, t);
     else if (be->step_graph(be, &s->graph, ZB_GRAPH_REPLAY, key)) {
     } else if (s->graph_warm == key && m->tp && m->tp->size > 1) {
@@ -411,7 +414,7 @@ static void run_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
 static void step_results(const zb_model *m, zb_gen *s, int B) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
-    if (s->greedy && dev_logits(m, s, B)) {
+    if (s->greedy && (dev_logits(m, s, B) || tp_pairs(m, s))) {
         be->to_host(be, s->next, s->next_dev, sizeof(int) * B);   /* the picks only */
     } else if (m->tp) {
         if (s->ids_host)   /* TP on a device: gathered in the step */

@@ -284,6 +284,11 @@ typedef struct {
                         * greedy pick) where the logits are, and copies only those ids to the
                         * host; s->logits is then NOT filled (a device backend; under TP on a
                         * device with one sequence or one rank) */
+    int picks_only;    /* with greedy: only the picks are wanted, never the logits (no
+                        * zb_gen_logits_host / zb_gen_top2): under TP on a device each rank
+                        * picks in its vocabulary slice and only (value, index) pairs are
+                        * gathered, not B x V logits (the same ids). Every rank of the TP group
+                        * must set the same value. */
     int *next;         /* [B] host: after a step with greedy set, row i's argmax */
     int *next_dev;     /* [B] the backend's copy of next */
     int chunk;         /* max tokens processed per step call */
@@ -343,13 +348,14 @@ int zb_gen_decode_wait(const zb_model *m, zb_gen *s, int *next);
 double zb_gen_device_time(zb_gen *s);
 
 /* The last step's logits of its nb rows in s->logits also when the greedy pick left them on the
- * device (a copy of nb x V floats). */
+ * device (a copy of nb x V floats); not with picks_only. */
 void zb_gen_logits_host(const zb_model *m, zb_gen *s, int nb);
 /* The two largest logits of each of the last step's nb rows: id[2i], id[2i+1] and their values
  * val[2i], val[2i+1] (the greedy pick first: the lower id on ties), and mdiff[i] =
  * sqrt(sum_k (lnf_ik (W_ak - W_bk))^2) for those two ids a, b (W the LM head): the 2-norm of
  * the terms by which the two logits differ (-1 under TP, where this rank holds part of the
- * head). Fetches the logits when the greedy pick left them on the device. For checks (ZB_GEN_TOP2
+ * head). Fetches the logits when the greedy pick left them on the device (an error with
+ * picks_only: there are none). For checks (ZB_GEN_TOP2
  * of zebra generate): a copy of the logits per call. Not collective (the sampler rank's logits). */
 int zb_gen_top2(const zb_model *m, zb_gen *s, int nb, int *id, float *val, float *mdiff);
 

@@ -51,6 +51,7 @@ int zb_sample(const float *logits, int V, const zb_sampler *sp, zb_rng *rng, flo
 int zb_gen_top2(const zb_model *m, zb_gen *s, int nb, int *id, float *val, float *mdiff) {
     const zb_backend *be = m->be;
     int V = zb_model_full_config(m)->vocab, d = m->cfg.d_model;
+    if (s->greedy && s->picks_only) return zb_fail(ZB_EARG, "top-2 logits: this generation keeps only the greedy picks");
     zb_gen_logits_host(m, s, nb);
     for (int i = 0; i < nb; i++) {
         const float *r = s->logits + (size_t)i * V;

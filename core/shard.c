@@ -34,6 +34,24 @@ void zb_tp_sum_add_rmsnorm(const zb_tp *tp, const zb_backend *be, float *part, f
     else be->rmsnorm_forward(be, out, NULL, x, w, N, C, eps);
 }
 
+void zb_tp_gather_slices(const zb_tp *tp, const float *mine, float *all, size_t n) {
+    if (tp->size > 1 && zb_comm_allgather(tp->comm, ZB_GROUP_TP, mine, n, all, ZB_CT_F32)) {
+        zb_fail_prefix(ZB_EMPI, "gathering the logits");
+        tp_die(tp);
+    }
+}
+
+void zb_tp_greedy_picks(const zb_tp *tp, const zb_backend *be, int *next, const float *logits, int *pairs, int B,
+                        int Vl) {
+    int *all = pairs + 2 * B;
+    be->argmax_pairs(be, pairs, logits, B, Vl, tp->vocab0);
+    if (zb_comm_allgather(tp->comm, ZB_GROUP_TP, pairs, (size_t)2 * B, all, ZB_CT_I32)) {
+        zb_fail_prefix(ZB_EMPI, "tensor parallel: gathering the greedy picks");
+        tp_die(tp);
+    }
+    be->argmax_pick(be, next, all, B, tp->size);
+}
+
 /* ---- which dims split ------------------------------------------------------------------- */
 
 static void layer_kinds(const zb_config *c, int *attn, int *mla, int *mamba) {

@@ -86,6 +86,14 @@ void zb_tp_free(zb_tp *tp);
 /* ---- what forward / backward / the losses call (each stops every rank on a failure) ------- */
 /* x[n] = sum over the TP group (in place). */
 void zb_tp_allreduce(const zb_tp *tp, float *x, size_t n);
+/* out [size * n] = every rank's mine [n] in rank order (the head's vocabulary slices). */
+void zb_tp_gather_slices(const zb_tp *tp, const float *mine, float *all, size_t n);
+/* Greedy picks over the vocabulary slices (each rank's logits [B, Vl], its rows from vocab0):
+ * next[B] = the argmax of the full rows, as backend.h argmax_rows, from this rank's (value,
+ * index) pairs gathered over the group into pairs [2 B (1 + size)] (backend.h argmax_pairs /
+ * argmax_pick): 8 bytes per rank and row instead of 4 Vl. */
+void zb_tp_greedy_picks(const zb_tp *tp, const zb_backend *be, int *next, const float *logits, int *pairs, int B,
+                        int Vl);
 /* The TP decode's sum with the residual step and the next norm after it, N rows of C:
  * x += the sum over the group of part (residual 0: x = the sum, part must be x), then
  * out = RMSNorm(x) * w. One fused call through the peers' memory where the communication table

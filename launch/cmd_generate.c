@@ -540,15 +540,16 @@ static int setup_model(gen_state *S, int B) {
     ZB_TRY(zb_model_set_backend(&S->m, &S->be));
     ZB_TRY(zb_gen_init(&S->g, &S->m, B, S->max_T));
     S->g.greedy = a->sp.temperature <= 0.0f;   /* the argmax where the logits are: B ids come back, not B x V */
+    /* greedy without ZB_GEN_TOP2: the picks only (TP on GPUs gathers a (value, index) pair per
+     * rank and row, not the logits; ZB_TP_ARGMAX=0: the logits, as before); the TP group agrees */
+    const char *t2 = getenv("ZB_GEN_TOP2"), *am = getenv("ZB_TP_ARGMAX"), *ea = getenv("ZB_GEN_ASYNC");
+    int picks = S->g.greedy && !(t2 && *t2) && !(am && !strcmp(am, "0"));
+    S->g.picks_only = S->m.tp ? zb_tp_all(S->m.tp, picks) : picks;
     /* the pipelined greedy decode: on a GPU unless ZB_GEN_ASYNC=0, on the CPU with ZB_GEN_ASYNC=1
-     * (the same tokens; tests); not with ZB_GEN_TOP2 (it reads each step's logits). The same
-     * choice on every rank (the environment and the model's layout). */
-    const char *ea = getenv("ZB_GEN_ASYNC"), *t2 = getenv("ZB_GEN_TOP2");
-    int want = ea && *ea ? strcmp(ea, "0") != 0 : a->dev.gpu;
-    S->async = want && !(t2 && *t2) && a->pp == 1 && zb_gen_async_ok(&S->m, &S->g);
-    if (S->grid_on && MPI_Allreduce(MPI_IN_PLACE, &S->async, 1, MPI_INT, MPI_MIN, S->grid.world) != MPI_SUCCESS)
-        return zb_fail(ZB_EMPI, "generate: MPI_Allreduce of the decode loop's choice failed");   /* one loop for all */
-    S->g.time_steps = 0;
+     * (tests); not with ZB_GEN_TOP2 (it reads each step's logits); the TP group agrees */
+    int async = (ea && *ea ? strcmp(ea, "0") != 0 : a->dev.gpu) && !(t2 && *t2) && a->pp == 1 &&
+                zb_gen_async_ok(&S->m, &S->g);
+    S->async = S->m.tp ? zb_tp_all(S->m.tp, async) : async;
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
     ZB_ALLOC(S->act_tok, B, "generation");

@@ -207,6 +207,46 @@ static void check_losses(const zb_backend *be, zb_rng *r) {
     free(s); free(t); free(ref);
 }
 
+/* greedy picks over a vocabulary in slices (argmax_pairs, then argmax_pick over the slices'
+ * pairs put one after the other, as TP's all-gather does) == argmax_rows of the whole rows, for
+ * 1..4 uneven slices of 301: rows with the maximum in two slices, -0 before +0 in different
+ * slices, NaN first (pick 0), NaN at every slice's start, all NaN, all -inf, random. Exact. */
+static void check_argmax_slices(const zb_backend *be, zb_rng *r) {
+    enum { N = 7, V = 301 };
+    float *x = randv(r, (size_t)N * V, 2);
+    x[1 * V + 40] = 9.0f; x[1 * V + 290] = 9.0f;
+    for (int v = 0; v < V; v++) x[2 * V + v] = -2.0f;
+    x[2 * V + 100] = -0.0f; x[2 * V + 200] = 0.0f;
+    x[3 * V + 0] = NAN; x[3 * V + 150] = 5.0f;
+    for (int v = 0; v < V; v++) x[5 * V + v] = NAN;
+    for (int v = 0; v < V; v++) x[6 * V + v] = -INFINITY;
+    int want[N], got[N], bad = 0;
+    int *dp = be->alloc(be, sizeof(int) * 2 * N * 4, "test"), *dout = be->alloc(be, sizeof(int) * N, "test");
+    for (int P = 1; P <= 4; P++) {
+        int cut[5];
+        for (int p = 0; p <= P; p++) cut[p] = p == P ? V : p * V / P + p;   /* uneven slices */
+        for (int p = 1; p < P; p++) x[4 * V + cut[p]] = NAN;                   /* row 4: NaN at their starts */
+        zb_backend_cpu()->argmax_rows(zb_backend_cpu(), want, x, N, V);
+        for (int p = 0; p < P; p++) {
+            int Vs = cut[p + 1] - cut[p];
+            float *s = malloc(sizeof(float) * N * Vs);
+            for (int n = 0; n < N; n++) memcpy(s + (size_t)n * Vs, x + (size_t)n * V + cut[p], sizeof(float) * Vs);
+            float *ds = dev_of(be, s, (size_t)N * Vs);
+            be->argmax_pairs(be, dp + 2 * N * p, ds, N, Vs, cut[p]);
+            be->free(be, ds);
+            free(s);
+        }
+        be->argmax_pick(be, dout, dp, N, P);
+        be->to_host(be, got, dout, sizeof(int) * N);
+        for (int n = 0; n < N; n++) bad += got[n] != want[n];
+    }
+    zb_check(!bad && want[1] == 40 && want[2] == 100 && want[3] == 0 && want[5] == 0 && want[6] == 0,
+             "[%s] argmax_pairs + argmax_pick over 1..4 slices == argmax_rows of the whole rows (%d picks differ)",
+             be->name, bad);
+    free(x);
+    be->free(be, dp); be->free(be, dout);
+}
+
 /* the vocabulary-parallel cross-entropy's passes (vp_*): the vocabulary of 301 cut into two
  * uneven slices, as two TP ranks hold it; the maxima and the sums combined here as the TP
  * group's all-reduces do; loss and gradient == cross_entropy of the whole rows (same bounds) */
@@ -344,5 +384,6 @@ int main(int argc, char **argv) {
     check_ranges(be, &r);
     check_losses(be, &r);
     check_vp(be, &r);
+    check_argmax_slices(be, &r);
     return zb_test_finish();
 }

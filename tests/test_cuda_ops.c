@@ -916,8 +916,9 @@ static void test_argmax(zb_rng *rng, int V) {
     for (int v = 0; v < V; v++) r[v] = 0.5f;
     r = x + 3 * (size_t)V;      /* row 3: NaN first */
     r[0] = NAN; r[V / 2] = 9.0f;
-    r = x + 4 * (size_t)V;      /* row 4: NaNs elsewhere, around the maximum */
+    r = x + 4 * (size_t)V;      /* row 4: NaNs elsewhere, around the maximum, at the slices' starts */
     for (int v = 1; v < V; v += 7) r[v] = NAN;
+    r[V / 3] = NAN; r[V / 2] = NAN; r[2 * V / 3] = NAN;
     r[V - 3] = 8.0f; r[V - 4] = NAN; r[V - 2] = NAN;
     r = x + 5 * (size_t)V;      /* row 5: all -inf */
     for (int v = 0; v < V; v++) r[v] = -INFINITY;
@@ -940,6 +941,32 @@ static void test_argmax(zb_rng *rng, int V) {
     zb_check(!bad && want[1] == V / 3 && want[2] == 0 && want[3] == 0 && want[4] == V - 3 && want[5] == 0 &&
                  want[6] == V / 4 && want[7] == 0 && want[8] == V - 1,
              "argmax_rows V=%d: the CPU scan's picks (ties, NaN, -inf, -0/+0), %d rows", V, N);
+    /* the same rows split in P slices (TP's vocabulary slices: ties and -0/+0 across them, NaN
+     * at a slice's start): GPU pairs bitwise the CPU's, and the picks over them argmax_rows' */
+    for (int P = 2; P <= 3; P++) {
+        int *pairs = malloc(sizeof(int) * 2 * (size_t)N * P), *gpairs = malloc(sizeof(int) * 2 * (size_t)N * P);
+        int *dpairs = zb_dev_i(NULL, 2 * N * P), pick[9];
+        for (int p = 0; p < P; p++) {
+            int v0 = p * V / P, Vs = (p + 1) * V / P - v0;
+            float *s = zb_falloc((size_t)N * Vs);
+            for (int n = 0; n < N; n++) memcpy(s + (size_t)n * Vs, x + (size_t)n * V + v0, sizeof(float) * Vs);
+            zb_backend_cpu()->argmax_pairs(zb_backend_cpu(), pairs + 2 * (size_t)N * p, s, N, Vs, v0);
+            float *ds = zb_dev_f(s, (size_t)N * Vs);
+            zb_cuda_argmax_pairs(dpairs + 2 * N * p, ds, N, Vs, v0);
+            zb_cuda_free(ds);
+            free(s);
+        }
+        zb_cuda_argmax_pick(dout, dpairs, N, P);
+        if (zb_cuda_download(gpairs, dpairs, sizeof(int) * 2 * N * P) || zb_cuda_download(got, dout, sizeof(int) * N))
+            zb_check(0, "argmax_pairs: download");
+        zb_check(!memcmp(pairs, gpairs, sizeof(int) * 2 * N * P), "argmax_pairs V=%d, %d slices: GPU pairs bitwise the CPU's", V, P);
+        zb_backend_cpu()->argmax_pick(zb_backend_cpu(), pick, pairs, N, P);
+        bad = 0;
+        for (int n = 0; n < N; n++) bad += got[n] != want[n] || pick[n] != want[n];
+        zb_check(!bad, "argmax_pick V=%d, %d slices: argmax_rows' picks on GPU and CPU (%d rows differ)", V, P, bad);
+        free(pairs); free(gpairs);
+        zb_cuda_free(dpairs);
+    }
     free(x);
     zb_cuda_free(dx); zb_cuda_free(dout);
 }

@@ -1,5 +1,6 @@
 /* backend_cpu.c — the CPU backend's table (backend.h): host memory, the float32 kernels of
  * ops.c / linear.c (OpenBLAS, OpenMP) and the MLA / Mamba2 mixers of mla.c / mamba2.c. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,6 +377,36 @@ static void cpu_argmax_rows(const zb_backend *be, int *out, const float *x, int 
         out[n] = best;
     }
 }
+/* the scan from the row's first non-NaN value (a slice's first column is no candidate if NaN) */
+static void cpu_argmax_pairs(const zb_backend *be, int *pairs, const float *x, int N, int V, int64_t v0) {
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        const float *r = x + (size_t)n * V;
+        int best = 0;
+        while (best < V && isnan(r[best])) best++;
+        for (int v = best + 1; v < V; v++) if (r[v] > r[best]) best = v;
+        float bv = best < V ? r[best] : -INFINITY;
+        memcpy(&pairs[2 * n], &bv, sizeof bv);
+        pairs[2 * n + 1] = v0 == 0 && V > 0 && isnan(r[0]) ? -1 : best < V ? (int)(v0 + best) : INT_MAX;
+    }
+}
+/* (value, index) b beats a: larger, or equal at a lower index; INT_MAX: no candidate */
+static int am_better(float bv, int bi, float av, int ai) {
+    return bi != INT_MAX && (ai == INT_MAX || bv > av || (bv == av && bi < ai));
+}
+static void cpu_argmax_pick(const zb_backend *be, int *out, const int *pairs, int N, int P) {
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        float bv = -INFINITY;
+        int bi = INT_MAX, nan0 = 0;
+        for (int p = 0; p < P; p++) {
+            const int *q = pairs + ((size_t)p * N + n) * 2;
+            float v;
+            memcpy(&v, q, sizeof v);
+            nan0 |= q[1] == -1;
+            if (q[1] != -1 && am_better(v, q[1], bv, bi)) { bv = v; bi = q[1]; }
+        }
+        out[n] = nan0 || bi == INT_MAX ? 0 : bi;
 static void cpu_decode_advance(const zb_backend *be, int *ids, int *pos, const int *next, const int *seqs, int nb,
                                int64_t v0, int V) {
     (void)be;
@@ -458,7 +489,9 @@ static const zb_backend cpu_backend = {
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
     .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
     .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
-    .argmax_rows = cpu_argmax_rows, .decode_advance = cpu_decode_advance,
+    .argmax_rows = cpu_argmax_rows,
+    .argmax_pairs = cpu_argmax_pairs,
+    .argmax_pick = cpu_argmax_pick, .decode_advance = cpu_decode_advance,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,

@@ -291,6 +291,14 @@ static void cu_argmax_rows(const zb_backend *be, int *out, const float *x, int N
     (void)be;
     zb_cuda_argmax_rows(out, x, N, V);
 }
+static void cu_argmax_pairs(const zb_backend *be, int *pairs, const float *x, int N, int V, int64_t v0) {
+    (void)be;
+    zb_cuda_argmax_pairs(pairs, x, N, V, (long long)v0);
+}
+static void cu_argmax_pick(const zb_backend *be, int *out, const int *pairs, int N, int P) {
+    (void)be;
+    zb_cuda_argmax_pick(out, pairs, N, P);
+}
 static double cu_kl_div(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
                         const int *mask, int N, int V, float tau, float scale) {
     (void)be;
@@ -528,7 +536,9 @@ static zb_backend cuda_backend = {
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
     .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
     .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,
-    .argmax_rows = cu_argmax_rows, .decode_advance = cu_decode_advance,
+    .argmax_rows = cu_argmax_rows,
+    .argmax_pairs = cu_argmax_pairs,
+    .argmax_pick = cu_argmax_pick, .decode_advance = cu_decode_advance,
     .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
     .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
     .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,

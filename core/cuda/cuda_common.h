@@ -123,13 +123,15 @@ void zb_cuda_note_error(const char *what, const char *file, int line);
  * node, through CUDA IPC peer memory (NVLink): for the latency-bound all-reduces of a TP decode
  * step (2 per layer of d_model floats per token), where a NCCL call costs more than the bytes.
  *
- * Each rank owns one device buffer: a header (a flag per peer: the last call that peer entered,
- * and this rank's own call counter) and two data slots of max_floats, used by alternate calls.
- * A call is one kernel of one block on the stream (so it can be recorded in a CUDA graph): copy
- * x into this rank's slot, fence, tell every peer "call e entered" in its header, wait for every
- * peer's "call e", then sum every rank's slot in rank order (the same bits on every rank) into x.
- * Two slots suffice: a rank entering call e + 2 has seen every peer enter call e + 1, so every
- * peer has finished reading its slot of call e.
+ * Each rank owns one device buffer: a header (this rank's count of finished calls) and two sets
+ * of slots (one per source rank), used by alternate calls. A call is one kernel on the stream
+ * (so it can be recorded in a CUDA graph), launched with programmatic dependent launch: every
+ * rank pushes its values into each peer's slot of its rank in NCCL's low-latency lines (16
+ * bytes: two floats, each beside the call's tag in one 8-byte half, stored at once; no fence, no
+ * flag), polls its own slots until every line carries the call's tag, and sums every rank's
+ * values in rank order (the same bits on every rank). The count lives in device memory, so a
+ * graph replay advances it itself. Two sets suffice: a rank entering call e + 2 has received
+ * every peer's lines of call e + 1, which a peer pushes only after it finished reading call e.
  *
  * Setup in two steps, the handles exchanged by the caller (parallel/comm_nccl.c over MPI):
  * new (this rank's buffer, zeroed, and its IPC handle), then open (the peers' buffers). Every
@@ -152,16 +154,12 @@ void zb_cuda_p2p_allreduce(zb_cuda_p2p *p, float *x, size_t n);
  * add_rmsnorm, cuda_ops.h, in one kernel): for each of the N rows of C,
  *     x = (residual ? x : 0) + the sum over the group of every rank's part (in rank order),
  *     out = RMSNorm(x) * w,
- * part left as it was. One block per row: it pushes its row of part into each peer's slot of its
- * rank (remote stores over NVLink), each value with the call's number in one 8-byte word (NCCL's
- * low-latency protocol: no fence, no flag), and polls its own slots until every word carries
- * the call's number: it reads only its own memory. The call counter is per row in device
- * memory, so a recorded call (a CUDA graph replay) advances it itself; the slots alternate with
- * it (two suffice, as above). A peer that never comes stops the kernel after 20 s (a message and
- * a device error), not a hang. Returns 1 when launched, 0 when the call does not fit (more
- * than ZB_P2P_ROWS rows or max_floats values, or another C than the first call's: rows of one
- * length never overlap in the slots; nothing done: the caller sums another way). Every
- * rank must make the same calls with the same N and C, like a collective. */
+ * part left as it was (part may be x when residual is 0). One block per row (a line per thread,
+ * up to 1024 threads), the exchange as the all-reduce's above. A peer that never comes stops the
+ * kernel after 20 s (a message and a device error), not a hang. Returns 1 when launched, 0 when
+ * the call does not fit (more than ZB_P2P_ROWS rows, or N ceil(C / 2) lines beyond max_floats / 2
+ * + ZB_P2P_ROWS; nothing done: the caller sums another way). Every rank must make the same calls
+ * with the same N and C, like a collective; calls of any shape may follow each other. */
 int zb_cuda_p2p_add_rmsnorm(zb_cuda_p2p *p, const float *part, float *x, float *out, const float *w, int N, int C,
                             float eps, int residual);
 void zb_cuda_p2p_free(zb_cuda_p2p *p);

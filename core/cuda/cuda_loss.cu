@@ -376,7 +376,8 @@ __device__ static inline bool am_better(float bv, int bi, float av, int ai) {
 
 /* one block per row: each thread scans its stride (increasing indices: the first of equal values
  * stays), then the warps and the block combine; zb_sample's scan gives 0 when row[0] is NaN */
-__global__ void k_argmax_rows(int *out, const float *x, int V) {
+/* pairs (v0 >= 0): argmax_pairs' (value bits, v0 + index) of a vocabulary slice instead of the pick */
+__global__ void k_argmax_rows(int *out, const float *x, int V, long long v0) {
     __shared__ float sv[32];
     __shared__ int si[32];
     const float *r = x + (size_t)blockIdx.x * V;
@@ -402,13 +403,45 @@ __global__ void k_argmax_rows(int *out, const float *x, int V) {
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
         if (am_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
     }
-    if (lane == 0) out[blockIdx.x] = (isnan(r[0]) || bi == INT_MAX) ? 0 : bi;
+    if (lane != 0) return;
+    if (v0 < 0) out[blockIdx.x] = (isnan(r[0]) || bi == INT_MAX) ? 0 : bi;
+    else {
+        out[2 * blockIdx.x] = __float_as_int(bv);
+        out[2 * blockIdx.x + 1] = v0 == 0 && isnan(r[0]) ? -1 : bi == INT_MAX ? INT_MAX : (int)(v0 + bi);
+    }
 }
 
 extern "C" void zb_cuda_argmax_rows(int *out, const float *x, int N, int V) {
     if (N <= 0 || V <= 0) return;
-    k_argmax_rows<<<N, V >= 1024 ? 1024 : 64, 0, zb_cuda_stream()>>>(out, x, V);
+    k_argmax_rows<<<N, V >= 1024 ? 1024 : 64, 0, zb_cuda_stream()>>>(out, x, V, -1);
     ZB_CUDA_LAUNCHED("argmax_rows");
+}
+
+extern "C" void zb_cuda_argmax_pairs(int *pairs, const float *x, int N, int V, long long v0) {
+    if (N <= 0 || V <= 0) return;
+    k_argmax_rows<<<N, V >= 1024 ? 1024 : 64, 0, zb_cuda_stream()>>>(pairs, x, V, v0 < 0 ? 0 : v0);
+    ZB_CUDA_LAUNCHED("argmax_pairs");
+}
+
+/* a thread per row: the slices' pairs in slice order, combined as the block's candidates above */
+__global__ void k_argmax_pick(int *out, const int *pairs, int N, int P) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float bv = -INFINITY;
+    int bi = INT_MAX, nan0 = 0;
+    for (int p = 0; p < P; p++) {
+        const int *q = pairs + ((size_t)p * N + n) * 2;
+        float v = __int_as_float(q[0]);
+        nan0 |= q[1] == -1;
+        if (q[1] != -1 && am_better(v, q[1], bv, bi)) { bv = v; bi = q[1]; }
+    }
+    out[n] = nan0 || bi == INT_MAX ? 0 : bi;
+}
+
+extern "C" void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P) {
+    if (N <= 0 || P <= 0) return;
+    k_argmax_pick<<<(N + 127) / 128, 128, 0, zb_cuda_stream()>>>(out, pairs, N, P);
+    ZB_CUDA_LAUNCHED("argmax_pick");
 }
 
 /* the next decode step's inputs from this one's picks (backend.h decode_advance): one thread per

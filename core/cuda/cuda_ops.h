@@ -287,6 +287,9 @@ double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, 
 /* out[n] = the argmax of row n of x [N, V] (backend.h argmax_rows: zb_sample's greedy pick);
  * out: device ints. */
 void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
+/* the same in a vocabulary slice and over the slices (backend.h argmax_pairs / argmax_pick) */
+void zb_cuda_argmax_pairs(int *pairs, const float *x, int N, int V, long long v0);
+void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P);
 /* for i < nb: pos[seqs[i]] += 1, ids[i] = next[i] - v0 if in [0, V) else -1 (backend.h
  * decode_advance); device ints, one kernel. */
 void zb_cuda_decode_advance(int *ids, int *pos, const int *next, const int *seqs, int nb, long long v0, int V);

@@ -13,15 +13,9 @@
 # ZB_GEN_ASYNC=0, bf16 weights (the decode step replayed from a CUDA graph) and float32, and at
 # --batch 10 (attention steps call by call); --tp 2 where two GPUs are visible.
 set -u
+. "$(dirname "$0")/cli_lib.sh"
 zebra=$1 fx=$2 mpiexec=$3 src=$4 mode=$5
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mpi() { local n=$1; shift; timeout 120 "$mpiexec" --allow-run-as-root --oversubscribe -n "$n" "$@"; }
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "PASS $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-same() {   # same WHAT GOT REF
-  if [ -n "$3" ] && [ "$2" = "$3" ]; then ok "$1"; else bad "$1"; echo "  got: $2" | head -5; echo "  ref: $3" | head -5; fi
-}
 blocks() { sed -n 's/^\[\([0-9]*\)\] /\1 /p' | sort -n -k1,1 -s; }   # "[i] ids" in prompt order
 if [ "$mode" = cuda ]; then
   dev=(--device cuda)

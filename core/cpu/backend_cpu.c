@@ -407,6 +407,8 @@ static void cpu_argmax_pick(const zb_backend *be, int *out, const int *pairs, in
             if (q[1] != -1 && am_better(v, q[1], bv, bi)) { bv = v; bi = q[1]; }
         }
         out[n] = nan0 || bi == INT_MAX ? 0 : bi;
+    }
+}
 static void cpu_decode_advance(const zb_backend *be, int *ids, int *pos, const int *next, const int *seqs, int nb,
                                int64_t v0, int V) {
     (void)be;

@@ -39,7 +39,7 @@ static const char *const entry_names[] = {
     "swiglu_linear_forward", "mlp_linear_forward", "rmsnorm_forward",
     "rmsnorm_backward", "add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
-    "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "kl_div", "mse",
+    "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "cross_entropy_head", "kl_div", "mse",
     "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "argmax_pairs", "argmax_pick", "decode_advance", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",

@@ -300,6 +300,12 @@ struct zb_backend {
      * Every loss returns only when its value is known (the host reads it). */
     double (*cross_entropy)(const zb_backend *be, float *dlogits, const float *logits, const int *targets,
                             int N, int V, float scale, int *n_valid);
+    /* cross_entropy_head: cross_entropy with the gradient in place (logits OVERWRITTEN) for the
+     *   training step, where the next use of it is matmul_backward(dout = logits) of the head:
+     *   until that call the float32 contents of logits are undefined (the CUDA backend's bf16 mode
+     *   hands the gradient over in bf16 only; the CPU's is cross_entropy). */
+    double (*cross_entropy_head)(const zb_backend *be, float *logits, const int *targets, int N, int V,
+                                 float scale);
     double (*kl_div)(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
                      const int *mask, int N, int V, float tau, float scale);
     double (*mse)(const zb_backend *be, float *da, const float *a, const float *b, size_t n, float scale);

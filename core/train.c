@@ -134,6 +134,12 @@ static double ce_sum(const zb_model *m, float *d, const float *logits, const int
     if (m->tp) return zb_tp_cross_entropy(m->tp, d, logits, tg, N, m->cfg.vocab, scale);
     return m->be->cross_entropy(m->be, d, logits, tg, N, m->cfg.vocab, scale, NULL);
 }
+/* ce_sum with the gradient in place where the head's backward is its only reader (backend.h
+ * cross_entropy_head: the CUDA backend's bf16 mode keeps it in bf16 only) */
+static double ce_sum_head(const zb_model *m, float *logits, const int *tg, int N, float scale) {
+    if (m->tp) return zb_tp_cross_entropy(m->tp, logits, logits, tg, N, m->cfg.vocab, scale);
+    return m->be->cross_entropy_head(m->be, logits, tg, N, m->cfg.vocab, scale);
+}
 static double kl_sum(const zb_model *m, float *d, const float *s, const float *t, const int *mask, int N,
                      float tau, float scale) {
     if (m->tp) return zb_tp_kl_div(m->tp, d, s, t, mask, N, m->cfg.vocab, tau, scale);
@@ -153,20 +159,28 @@ typedef void (*stage_loss_fn)(zb_trainer *tr, zb_acts *a, const int *targets, in
 
 /* pretrain / sft loss of one micro-batch from the student's logits a->logits: the mean CE over
  * the valid targets; when want_grad, a->logits becomes d(loss)/d(logits). */
-static void ce_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
+static void ce_loss_x(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o,
+                      int head_next) {
     const zb_model *m = tr->student;
     int N = tr->rows * tr->T, nv = 0;
     for (int i = 0; i < N; i++) nv += targets[i] >= 0 && targets[i] < full_vocab(m);
-    double sum = ce_sum(m, want_grad ? a->logits : NULL, a->logits, targets_dev(tr, a, targets), N,
-                        nv ? gs / nv : 0.0f);
+    /* head_next: a->logits is next read by zb_model_backward's head product (stage_ce; not under
+     * PP, where other micro-batches' forwards come between) */
+    const int *tg = targets_dev(tr, a, targets);
+    float sc = nv ? gs / nv : 0.0f;
+    double sum = want_grad && head_next ? ce_sum_head(m, a->logits, tg, N, sc)
+                                        : ce_sum(m, want_grad ? a->logits : NULL, a->logits, tg, N, sc);
     o->ce = o->loss = nv ? sum / nv : 0.0;
     o->tokens = nv;
+}
+static void ce_loss(zb_trainer *tr, zb_acts *a, const int *targets, int want_grad, float gs, zb_loss_parts *o) {
+    ce_loss_x(tr, a, targets, want_grad, gs, o, 0);
 }
 
 static void stage_ce(zb_trainer *tr, const int *ids, const int *targets, int want_grad,
                      float gs, zb_loss_parts *o) {
     zb_model_forward(tr->student, &tr->a, ids);
-    ce_loss(tr, &tr->a, targets, want_grad, gs, o);
+    ce_loss_x(tr, &tr->a, targets, want_grad, gs, o, 1);
     if (want_grad) zb_model_backward(tr->student, &tr->a, ids);
 }
 
@@ -223,6 +237,7 @@ static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
         const float *x = tr->ta.ln1 + l * Nd;    /* the teacher's normed input of layer l */
         const float *res = tr->ta.res + l * Nd, *mid = tr->ta.mid + l * Nd;
         m->be->sub(m->be, target, mid, res, Nd);   /* teacher mixer output */
+        zb_model_params_needed(m, ZB_GRAD_BLOCK(l));
         zb_mixer_forward(m, l, x, y, tr->a.mix_acts[l], B, T);
         double mse = m->be->mse(m->be, want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
         total += mse;
@@ -266,10 +281,10 @@ static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, 
         total += lb + lm;
         if (want_grad) {
             zb_block_backward(m, a, l, a->dtmp);
-            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);
+            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_BLOCK(l));
         }
     }
-    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);
+    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);
     return total;
 }
 

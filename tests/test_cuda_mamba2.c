@@ -458,8 +458,10 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(got); free(mag);
         CU(cudaFree(dproj)); CU(cudaFree(ddt));
     }
-    /* conv + SiLU */
-    {
+    /* conv + SiLU: the kernel over groups of rows, then the one of a block per row (ZB_CONV=old) */
+    for (int one = 1; one >= 0; one--) {
+        const char *how = one ? "" : " (a block per row)";
+        zb_cuda_m2_conv_bwd_one(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dnew((size_t)N * cd), *dpost = dnew((size_t)N * cd);
         zb_cuda_m2_conv_forward(m, L->dw.conv_w, L->dw.conv_b, dproj, NULL, 0, dpre, dpost, B, T);
         float *gpre = dget(dpre, (size_t)N * cd, "conv forward"), *gpost = dget(dpost, (size_t)N * cd, "conv forward");
@@ -476,13 +478,14 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
                     mpre[r * cd + ch] = s;
                     mpost[r * cd + ch] = 1.1 * s + fabs(a.xbc[r * cd + ch]);   /* |silu'| <= 1.1 */
                 }
-        snprintf(what, sizeof what, "[%s] conv1d pre-activation", c->name);
+        snprintf(what, sizeof what, "[%s] conv1d pre-activation%s", c->name, how);
         cmp(what, gpre, a.xbc_pre, NULL, mpre, (size_t)N * cd, cd, K + 2, 2, NULL);
-        snprintf(what, sizeof what, "[%s] conv1d + SiLU", c->name);
+        snprintf(what, sizeof what, "[%s] conv1d + SiLU%s", c->name, how);
         cmp(what, gpost, a.xbc, NULL, mpost, (size_t)N * cd, cd, K + 8, 2, NULL);
         free(gpre); free(gpost); free(mpre); free(mpost);
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(dpost));
     }
+    zb_cuda_m2_conv_bwd_one(-1);
     /* SSD forward and backward */
     {
         ssd_ref rf;
@@ -595,8 +598,10 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(hdp); free(hb); free(gv); free(cv); free(mv); free(mb); free(edge);
         CU(cudaFree(dproj)); CU(cudaFree(dd)); CU(cudaFree(gdp)); CU(cudaFree(gb)); CU(cudaFree(work));
     }
-    /* conv backward */
-    {
+    /* conv backward: the one-pass kernel, then the two kernels before it (ZB_CONV=old) */
+    for (int one = 1; one >= 0; one--) {
+        const char *how = one ? "" : " (two kernels)";
+        zb_cuda_m2_conv_bwd_one(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
               *gw = dnew((size_t)cd * K), *gb = L->w.conv_b ? dnew(cd) : NULL,
@@ -623,13 +628,13 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
                         mv[ru * cd + ch] += fabs(L->w.conv_w[(size_t)ch * K + k]) * mp[r * cd + ch];
                     }
                 }
-        snprintf(what, sizeof what, "[%s] conv backward d(conv input)", c->name);
+        snprintf(what, sizeof what, "[%s] conv backward d(conv input)%s", c->name, how);
         cmp(what, gv, cv, NULL, mv, (size_t)N * cd, cd, K + 10, 2, NULL);
-        snprintf(what, sizeof what, "[%s] conv backward d conv_w", c->name);
+        snprintf(what, sizeof what, "[%s] conv backward d conv_w%s", c->name, how);
         cmp(what, hw, L->g.conv_w, NULL, mw, (size_t)cd * K, K, N + 10, 2, NULL);
         if (gb) {
             float *hb = dget(gb, cd, "conv backward");
-            snprintf(what, sizeof what, "[%s] conv backward d conv_b", c->name);
+            snprintf(what, sizeof what, "[%s] conv backward d conv_b%s", c->name, how);
             cmp(what, hb, L->g.conv_b, NULL, mb, cd, cd, N + 10, 2, NULL);
             free(hb);
             CU(cudaFree(gb));
@@ -638,6 +643,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(ddx)); CU(cudaFree(gdpre)); CU(cudaFree(gdp));
         CU(cudaFree(gw)); CU(cudaFree(work));
     }
+    zb_cuda_m2_conv_bwd_one(-1);
     free(acts); free(scr); free(out); free(dx); free(dO);
 }
 
@@ -1164,6 +1170,13 @@ static void run_config(const cfg *c, uint64_t seed) {
         zb_cuda_m2_ssd_fused(0);
         ssd_vs_double(&c2, &r);
         zb_cuda_m2_ssd_fused(-1);
+        /* the fused backward's 8-warp block (ZB_SSD_BWD_WARPS=8; the default has 16) */
+        snprintf(nm, sizeof nm, "%s, 8-warp fused backward, 16-warp fused forward", c->name);
+        zb_cuda_m2_ssd_bwd_warps(8);
+        zb_cuda_m2_ssd_fwd_warps(16);
+        ssd_vs_double(&c2, &r);
+        zb_cuda_m2_ssd_bwd_warps(-1);
+        zb_cuda_m2_ssd_fwd_warps(-1);
     }
     for (int run = RUN_OWN; run <= RUN_BACKEND_BF16; run++) mixer_vs_cpu(c, &L, x, R, run);
     int ones[1] = {1}, pf[2] = {7, 1}, mixed[10] = {2, 1, 5, 3, 1, 1, 9, 2, 17, 1};

@@ -1170,6 +1170,43 @@ static void test_bwd_shared(zb_rng *rng, int N, int C, int OC) {
     free(x); free(w); free(go);
 }
 
+/* bf16 CONVERT: the head's loss + backward with the logits gradient handed over in bf16 by the loss
+ * kernel (zb_cuda_cross_entropy_head) == the float32 gradient in place, then rounded by the shared
+ * backward (ZB_CUDA_DLOGITS16=0): the same float32 values rounded once each, so the same bits (loss,
+ * dinp, dW); some rows ignored (target -1). */
+static void test_head_grad16(zb_rng *rng, int N, int C, int V) {
+    size_t nx = (size_t)N * C, nw = (size_t)V * C, nl = (size_t)N * V;
+    float *x = zb_falloc(nx), *w = zb_falloc(nw), *lg = zb_falloc(nl);
+    int *y = (int *)malloc(sizeof(int) * N);
+    zb_fill_uniform(x, nx, 1.0f, rng);
+    zb_fill_uniform(w, nw, 0.5f, rng);
+    zb_fill_uniform(lg, nl, 4.0f, rng);
+    for (int i = 0; i < N; i++) y[i] = i % 7 == 3 ? -1 : (int)(zb_rng_u64(rng) % V);
+    float *dx = zb_dev_f(x, nx), *dw = zb_dev_f(w, nw);
+    int *dy = zb_dev_i(y, N);
+    float *h[2][2];
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+        zb_cuda_dlogits16(k);
+        float *dl = zb_dev_f(lg, nl), *gi = zb_dev_f(NULL, nx), *gw = zb_dev_f(NULL, nw);
+        loss[k] = zb_cuda_cross_entropy_head(dl, dy, N, V, 1.0f / N);
+        zb_cuda_matmul_backward(gi, gw, NULL, dl, dx, dw, N, C, V);
+        h[k][0] = zb_falloc(nx);
+        h[k][1] = zb_falloc(nw);
+        zb_host_f(h[k][0], gi, nx);
+        zb_host_f(h[k][1], gw, nw);
+        zb_cuda_free(dl); zb_cuda_free(gi); zb_cuda_free(gw);
+    }
+    zb_cuda_dlogits16(-1);
+    zb_check(loss[0] == loss[1] && !memcmp(h[0][0], h[1][0], nx * 4) && !memcmp(h[0][1], h[1][1], nw * 4),
+             "head backward bf16 CONVERT %dx%dx%d: bf16 logits gradient from the loss == float32 then rounded "
+             "(bits; loss %.17g vs %.17g, max |d| %.3g, %.3g)",
+             N, C, V, loss[1], loss[0], zb_max_abs_diff(h[0][0], h[1][0], nx), zb_max_abs_diff(h[0][1], h[1][1], nw));
+    for (int k = 0; k < 2; k++) { free(h[k][0]); free(h[k][1]); }
+    zb_cuda_free(dx); zb_cuda_free(dw); zb_cuda_free(dy);
+    free(x); free(w); free(lg); free(y);
+}
+
 /* ---- the MLP with bf16 activations (zb_cuda_mlp_*_bf16) against the CPU's float32 MLP ----
  * Bounds from one bf16 rounding per stored operand (unit roundoff u16 = 2^-9: ln, g, u, h, the
  * weights' copies; backward dout, dh, dg, du), propagated through each step with the magnitudes
@@ -1439,6 +1476,8 @@ int main(int argc, char **argv) {
     zb_cuda_set_bf16_gemm(ZB_BF16_GEMM_CONVERT);
     test_bwd_shared(&rng, 300, 1027, 515);
     test_bwd_shared(&rng, 64, 256, 1000);
+    test_head_grad16(&rng, 64, 256, 1004);   /* float4 rows */
+    test_head_grad16(&rng, 37, 72, 1003);    /* scalar rows */
     test_mlp_bf16(&rng, 300, 256, 688, 0);   /* 8 bf16 per 16 bytes: the vector path */
     test_mlp_bf16(&rng, 37, 72, 101, 1);     /* unaligned buffers, N F odd: the scalar path */
     test_mlp_linear_bf16(&rng, 1100, 64, 96, 72, 1);   /* >= 1024 rows: the bf16 path */

@@ -181,6 +181,11 @@ static double cpu_cross_entropy(const zb_backend *be, float *dlogits, const floa
     (void)be;
     return zb_cross_entropy(dlogits, logits, targets, N, V, scale, n_valid);
 }
+static double cpu_cross_entropy_head(const zb_backend *be, float *logits, const int *targets, int N, int V,
+                                     float scale) {
+    (void)be;
+    return zb_cross_entropy(logits, logits, targets, N, V, scale, NULL);
+}
 static double cpu_kl_div(const zb_backend *be, float *dstudent, const float *student, const float *teacher,
                          const int *mask, int N, int V, float tau, float scale) {
     (void)be;
@@ -489,7 +494,7 @@ static const zb_backend cpu_backend = {
     .swiglu_forward = cpu_swiglu_forward, .swiglu_backward = cpu_swiglu_backward,
     .mlp_forward = zb_mlp_forward_calls, .mlp_backward = zb_mlp_backward_calls,
     .embedding_forward = cpu_embedding_forward, .embedding_backward = cpu_embedding_backward,
-    .cross_entropy = cpu_cross_entropy, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
+    .cross_entropy = cpu_cross_entropy, .cross_entropy_head = cpu_cross_entropy_head, .kl_div = cpu_kl_div, .mse = cpu_mse, .mean_row_dist = cpu_mean_row_dist,
     .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
     .argmax_rows = cpu_argmax_rows,
     .argmax_pairs = cpu_argmax_pairs,

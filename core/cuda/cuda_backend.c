@@ -269,6 +269,13 @@ static double cu_cross_entropy(const zb_backend *be, float *dlogits, const float
     stop_on_error();
     return r;
 }
+static double cu_cross_entropy_head(const zb_backend *be, float *logits, const int *targets, int N, int V,
+                                    float scale) {
+    (void)be;
+    double r = zb_cuda_cross_entropy_head(logits, targets, N, V, scale);
+    stop_on_error();
+    return r;
+}
 static void cu_vp_row_max(const zb_backend *be, float *mx, const float *logits, int N, int V) {
     (void)be;
     zb_cuda_vp_row_max(mx, logits, N, V);
@@ -534,7 +541,7 @@ static zb_backend cuda_backend = {
     .swiglu_forward = cu_swiglu_forward, .swiglu_backward = cu_swiglu_backward,
     .mlp_forward = cu_mlp_forward, .mlp_backward = cu_mlp_backward,
     .embedding_forward = cu_embedding_forward, .embedding_backward = cu_embedding_backward,
-    .cross_entropy = cu_cross_entropy, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
+    .cross_entropy = cu_cross_entropy, .cross_entropy_head = cu_cross_entropy_head, .kl_div = cu_kl_div, .mse = cu_mse, .mean_row_dist = cu_mean_row_dist,
     .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,
     .argmax_rows = cu_argmax_rows,
     .argmax_pairs = cu_argmax_pairs,

@@ -221,7 +221,7 @@ extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float
 static int g_bwd_shared_off = -1;   /* -1: from the environment at the first use */
 extern "C" void zb_cuda_matmul_bwd_shared(int on) { g_bwd_shared_off = !on; }
 static int matmul_backward_shared(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int N,
-                                  int C, int OC) {
+                                  int C, int OC, const uint16_t *dout16) {
     if (g_bwd_shared_off < 0) {
         const char *e = getenv("ZB_CUDA_BWD_SHARED");
         g_bwd_shared_off = e && !strcmp(e, "0");
@@ -229,10 +229,16 @@ static int matmul_backward_shared(float *dinp, float *dW, const float *dout, con
     if (g_bwd_shared_off || !convert_mode() || !dinp || !dW || N <= 0 || C <= 0 || OC <= 0) return 0;
     const uint16_t *w16 = weight_bf16(W, (size_t)OC * C);
     if (!w16) return 0;
+    /* dout16: dout already rounded, in this scratch (zb_cuda_head_grad16) */
     uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * OC * 2);
     uint16_t *i16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, (size_t)N * C * 2);
     if (!d16 || !i16) return 1;   /* the error is recorded */
-    zb_cuda_f32_to_bf16(d16, dout, (size_t)N * OC);
+    if (dout16 && dout16 != d16) {   /* the scratch moved since the loss wrote it: the gradient is lost */
+        zb_cuda_note_error2("head backward", "the loss's bf16 logits gradient was overwritten (scratch regrown)",
+                            __FILE__, __LINE__);
+        return 1;
+    }
+    if (!dout16) zb_cuda_f32_to_bf16(d16, dout, (size_t)N * OC);
     /* dinp += dout @ W (gemm_weight_bf16's call) */
     gemm_ex(0, 0, N, C, OC, 1.0f, d16, CUDA_R_16BF, OC, 0, w16, CUDA_R_16BF, C, 0, 1.0f, dinp, C, 0, 1,
             CUBLAS_COMPUTE_32F);
@@ -243,9 +249,58 @@ static int matmul_backward_shared(float *dinp, float *dW, const float *dout, con
     return 1;
 }
 
+/* The head's output gradient handed over in bf16 by the loss (zb_cuda_cross_entropy_head): dout's
+ * address and size, and the GEMM_A scratch it lies in (the address the shared path rounds dout
+ * into). Taken by the next zb_cuda_matmul_backward of that dout; the float32 dout is not written. */
+static struct {
+    const float *dout;
+    size_t n;
+    const uint16_t *d16;
+} g_head16;
+
+static int g_dlogits16 = -1;   /* -1: from the environment at the first use */
+extern "C" void zb_cuda_dlogits16(int on) { g_dlogits16 = on < 0 ? -1 : on != 0; }
+
+extern "C" uint16_t *zb_cuda_head_grad16(const float *dout, int N, int OC) {
+    g_head16.dout = NULL;
+    if (g_dlogits16 < 0) {
+        const char *e = getenv("ZB_CUDA_DLOGITS16");
+        g_dlogits16 = !(e && !strcmp(e, "0"));
+    }
+    if (g_bwd_shared_off < 0) {
+        const char *e = getenv("ZB_CUDA_BWD_SHARED");
+        g_bwd_shared_off = e && !strcmp(e, "0");
+    }
+    if (!g_dlogits16 || g_bwd_shared_off || !convert_mode() || N <= 0 || OC <= 0) return NULL;
+    size_t n = (size_t)N * OC;
+    uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, n * 2);
+    if (!d16) return NULL;
+    g_head16.dout = dout;
+    g_head16.n = n;
+    g_head16.d16 = d16;
+    return d16;
+}
+
+/* the bf16 dout of zb_cuda_head_grad16 if it is this one (then forgotten), else NULL */
+static const uint16_t *take_head16(const float *dout, size_t n) {
+    if (!g_head16.dout || g_head16.dout != dout || g_head16.n != n) {
+        g_head16.dout = NULL;
+        return NULL;
+    }
+    g_head16.dout = NULL;
+    return g_head16.d16;
+}
+
 extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout, const float *inp,
                                         const float *W, int N, int C, int OC) {
-    if (matmul_backward_shared(dinp, dW, dout, inp, W, N, C, OC)) {
+    const uint16_t *h16 = take_head16(dout, (size_t)N * OC);
+    if (h16) {
+        /* the loss wrote dout only in bf16, where the shared path rounds it: that path without the
+         * rounding, or (a bias, no room for the weight's copy) dout widened back for the paths below */
+        if (!dbias && matmul_backward_shared(dinp, dW, dout, inp, W, N, C, OC, h16)) return;
+        zb_cuda_bf16_to_f32((float *)dout, h16, (size_t)N * OC);
+    }
+    if (matmul_backward_shared(dinp, dW, dout, inp, W, N, C, OC, NULL)) {
         if (dbias) colsum_add(dbias, dout, N, OC);
         return;
     }

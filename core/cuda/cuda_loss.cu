@@ -112,16 +112,34 @@ __device__ static inline void block_online(float &m, double &z) {
         online_merge(m, z, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, z, o));
 }
 
-/* cross-entropy, one block per row: see k_ce */
+/* G values rounded to bf16 (round to nearest even, as k_f32_to_bf16) at group g of a bf16 row */
+template <int G> __device__ static inline void st_g16(__nv_bfloat16 *p, int g, const float (&x)[4]) {
+    if (G == 4) {
+        __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
+        uint2 u;
+        u.x = *(const unsigned *)&a;
+        u.y = *(const unsigned *)&b;
+        ((uint2 *)p)[g] = u;
+    } else p[g] = __float2bfloat16_rn(x[0]);
+}
+
+/* cross-entropy, one block per row: see k_ce. d16 (not NULL: then d is NULL): the gradient written
+ * only in bf16, each value the float32 one rounded once (zb_cuda_cross_entropy_head). */
 template <int G>
 __global__ void __launch_bounds__(LOSS_THREADS, 2)
-k_ce_fused(double *loss, float *d, const float *logits, const int *targets, int V, float scale) {
+k_ce_fused(double *loss, float *d, const float *logits, const int *targets, int V, float scale,
+           __nv_bfloat16 *d16 = NULL) {
     size_t r = blockIdx.x;
     const float *row = logits + r * V;
     float *dr = d ? d + r * V : NULL;
+    __nv_bfloat16 *dr16 = d16 ? d16 + r * V : NULL;
     int y = targets[r], ng = V / G;
     if (y < 0 || y >= V) {
         if (dr) zero_row<G>(dr, V);
+        if (dr16) {
+            const float z[4] = {0, 0, 0, 0};
+            for (int g = threadIdx.x; g < ng; g += blockDim.x) st_g16<G>(dr16, g, z);
+        }
         if (threadIdx.x == 0) loss[r] = 0;
         return;
     }
@@ -135,7 +153,7 @@ k_ce_fused(double *loss, float *d, const float *logits, const int *targets, int 
     double lse = (double)m + log(z);
     float ry = row[y];   /* read before the gradient may overwrite it */
     if (threadIdx.x == 0) loss[r] = lse - ry;
-    if (!dr) return;
+    if (!dr && !dr16) return;
     __syncthreads();   /* every thread has read row[y] */
     float l = (float)lse;
     for (int g = threadIdx.x; g < ng; g += blockDim.x) {
@@ -144,7 +162,8 @@ k_ce_fused(double *loss, float *d, const float *logits, const int *targets, int 
             float p = scale * expf(x[k] - l);
             x[k] = g * G + k == y ? p - scale : p;
         }
-        st_g<G>(dr, g, x);
+        if (dr16) st_g16<G>(dr16, g, x);
+        else st_g<G>(dr, g, x);
     }
 }
 
@@ -270,6 +289,29 @@ extern "C" double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, c
 extern "C" double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *targets, int N, int V,
                                         float scale) {
     return zb_cuda_cross_entropy_n(dlogits, logits, targets, N, V, scale, NULL);
+}
+
+/* The training step's cross-entropy whose gradient only feeds the head's backward (cuda_ops.h): in
+ * the bf16 CONVERT mode the fused kernel writes the gradient in bf16 straight into the buffer that
+ * zb_cuda_matmul_backward's shared path rounds dout into (zb_cuda_head_grad16), so that the [N, V]
+ * float32 gradient is neither written nor read back and converted (Zebra-1B at 8 x 2048: 4.2 GB
+ * written instead of 8.4, and a 12.6 GB conversion pass gone). The same float32 values rounded once
+ * each, as that conversion did: the products get the same bits. Else (another mode, ZB_CUDA_LOSS=rows,
+ * ZB_CUDA_DLOGITS16=0, no bf16 backward to hand it to) zb_cuda_cross_entropy in place. */
+extern "C" double zb_cuda_cross_entropy_head(float *logits, const int *targets, int N, int V, float scale) {
+    if (N <= 0) return 0;
+    uint16_t *d16 = use_row_kernels() ? NULL : zb_cuda_head_grad16(logits, N, V);
+    if (!d16) return zb_cuda_cross_entropy_n(logits, logits, targets, N, V, scale, NULL);
+    double *loss = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
+    if (!loss) return NAN;
+    if (vec4(V, logits, d16, NULL))
+        k_ce_fused<4><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(loss, NULL, logits, targets, V, scale,
+                                                                (__nv_bfloat16 *)d16);
+    else
+        k_ce_fused<1><<<N, LOSS_THREADS, 0, zb_cuda_stream()>>>(loss, NULL, logits, targets, V, scale,
+                                                                (__nv_bfloat16 *)d16);
+    ZB_CUDA_LAUNCHED("cross_entropy (bf16 gradient)");
+    return sum_to_host(loss, (size_t)N);
 }
 
 __global__ void k_target_logp(double *logp, const float *logits, const int *targets, int V) {

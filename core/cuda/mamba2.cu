@@ -298,12 +298,64 @@ static __global__ void k_conv_fwd(int cd, int K, int P, int di, int T, const flo
     post[e] = silu_dev(acc);
 }
 
+/* k_conv_fwd for training (no conv state: rows before a sequence's start are 0), a thread per channel
+ * over M2_WROWS rows with the loads of their K + M2_WROWS - 1 input rows issued together (k_conv_fwd:
+ * a block per row, its K loads one after another); the same sums in the same order. */
+#define M2_KMAX 8
+#define M2_WROWS 8
+static __global__ void k_conv_fwd_rows(int cd, int K, int P, int di, int T, int R, const float *__restrict__ w,
+                                       const float *__restrict__ bias, const float *__restrict__ proj, float *pre,
+                                       float *post) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, r = blockIdx.y * M2_WROWS;
+    if (c >= cd) return;
+    float iv[M2_WROWS + M2_KMAX - 1], wk[M2_KMAX];
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++) wk[k] = k < K ? w[(size_t)c * K + k] : 0.0f;
+    const float *in = proj + di + c;
+#pragma unroll
+    for (int q = 0; q < M2_WROWS + M2_KMAX - 1; q++) {
+        long s = (long)r - (K - 1) + q;
+        iv[q] = q < M2_WROWS + K - 1 && s >= 0 && s < R ? in[(size_t)s * P] : 0.0f;
+    }
+    float b0 = bias ? bias[c] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < M2_WROWS; u++) {
+        if (r + u >= R) break;
+        int t = (r + u) % T;
+        float acc = b0;
+#pragma unroll
+        for (int k = 0; k < M2_KMAX; k++)
+            if (k < K && t - (K - 1) + k >= 0) acc += wk[k] * iv[u + k];
+        size_t e = (size_t)(r + u) * cd + c;
+        if (pre) pre[e] = acc;
+        post[e] = silu_dev(acc);
+    }
+}
+
+/* 1: the one-pass conv kernels (k_conv_fwd_rows in training, k_conv_bwd_one), the default; 0: the
+ * kernels before them (ZB_CONV=old); -1: from the environment */
+static int g_conv_one = -1;
+extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_one = on < 0 ? -1 : on != 0; }
+static bool conv_one(void) {
+    if (g_conv_one < 0) {
+        const char *e = getenv("ZB_CONV");
+        g_conv_one = !(e && !strcmp(e, "old"));
+    }
+    return g_conv_one;
+}
+
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
                      const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
                      int B, int T) {
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
+    if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_one() && cdiv((int)N, M2_WROWS) <= 65535) {
+        k_conv_fwd_rows<<<dim3(cdiv(cd, 128), (unsigned)cdiv((int)N, M2_WROWS)), 128, 0, s_stream>>>(
+            cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, T, (int)N, conv_w, conv_b, proj, pre, post);
+        zb_cuda_m2_check_launch("k_conv_fwd_rows");
+        return;
+    }
     k_conv_fwd<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, m->conv_k, zb_mamba2_in_proj_rows(m),
                                                                       m->d_inner, T, conv_w, conv_b, proj, hist,
                                                                       hist_stride, seqs, pre, post);
@@ -580,8 +632,25 @@ struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the se
  * inputs of 8 channels per warp from K rows: uncoalesced): a thread per channel c over a slice of
  * rows, part[slice][c K + k] = sum_r dpre[r, c] in[r - K+1+k, c] inside the sequence; then
  * k_colsum_fin sums the slices in order (deterministic, no atomics). */
-#define M2_KMAX 8
-#define M2_WROWS 8
+/* one row's terms of the conv weight / bias sums: acc[k] += g in[t - K+1+k] inside the sequence (iv[k]
+ * the input K-1-k rows before), bs += g */
+static __device__ __forceinline__ void conv_wsum_row(float (&acc)[M2_KMAX], float &bs, float g, const float *iv, int t,
+                                                     int K) {
+    bs += g;
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++)
+        if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(g, iv[k], acc[k]);
+}
+/* a slice's sums: part[slice][c K + k], bpart[slice][c] (bpart may be NULL) */
+static __device__ __forceinline__ void conv_wsum_store(const float (&acc)[M2_KMAX], float bs, float *part, float *bpart,
+                                                       int cd, int K, int c) {
+    float *o = part + (size_t)blockIdx.y * cd * K + (size_t)c * K;
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++)
+        if (k < K) o[k] = acc[k];
+    if (bpart) bpart[(size_t)blockIdx.y * cd + c] = bs;
+}
+
 static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, int R, int rows_per,
                                          const float *__restrict__ dpre, const float *__restrict__ proj, float *part,
                                          float *bpart) {
@@ -607,19 +676,66 @@ static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, in
 #pragma unroll
         for (int u = 0; u < M2_WROWS; u++) {
             if (r + u >= r1) break;
-            int t = (r + u) % T;
-            bs += gv[u];
-#pragma unroll
-            for (int k = 0; k < M2_KMAX; k++)
-                if (k < K && t - (K - 1) + k >= 0) acc[k] = fmaf(gv[u], iv[u + k], acc[k]);
+            conv_wsum_row(acc, bs, gv[u], iv + u, (r + u) % T, K);
         }
     }
-    float *o = part + (size_t)blockIdx.y * cd * K + (size_t)c * K;
-#pragma unroll
-    for (int k = 0; k < M2_KMAX; k++)
-        if (k < K) o[k] = acc[k];
     /* the bias's slice sums after all ns weight slices (bpart non-NULL: the fused path) */
-    if (bpart) bpart[(size_t)blockIdx.y * cd + c] = bs;
+    conv_wsum_store(acc, bs, part, bpart, cd, K, c);
+}
+
+/* The whole conv backward in one pass (the default; ZB_CONV=old: k_conv_bwd_fused, then
+ * k_conv_wgrad_part): a thread per channel c over a slice of rows, M2_WROWS rows at a time with the
+ * loads of the group issued together (pre and dpost of its rows and the K-1 after them, the inputs
+ * of the K-1 before): dpre = dpost silu'(pre) in registers (not stored), din[r] = sum_k w[c,k]
+ * dpre[r + K-1-k] inside the sequence into dproj, and the slice's weight and bias sums as
+ * k_conv_wgrad_part (the same terms in the same order). Per Zebra-1B layer at 8 x 2048 this reads
+ * pre, dpost and the input once each (~200 MB each) and writes dproj's columns, where the two
+ * kernels also wrote and re-read dpre, and read each dpost / pre row K times from the caches in
+ * blocks of one row (S5R2: conv bwd 11.2 ms per step, ~0.9 ms a layer). */
+static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R, int rows_per,
+                                      const float *__restrict__ w, const float *__restrict__ pre,
+                                      const float *__restrict__ dpost, const float *__restrict__ proj,
+                                      float *dproj, float *part, float *bpart) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cd) return;
+    int r0 = blockIdx.y * rows_per, r1 = min(R, r0 + rows_per);
+    float wk[M2_KMAX], acc[M2_KMAX], bs = 0.0f;
+#pragma unroll
+    for (int k = 0; k < M2_KMAX; k++) {
+        wk[k] = k < K ? w[(size_t)c * K + k] : 0.0f;
+        acc[k] = 0.0f;
+    }
+    const float *in = proj + di + c;
+    for (int r = r0; r < r1; r += M2_WROWS) {
+        float pv[M2_WROWS + M2_KMAX - 1], gv[M2_WROWS + M2_KMAX - 1], iv[M2_WROWS + M2_KMAX - 1];
+#pragma unroll
+        for (int q = 0; q < M2_WROWS + M2_KMAX - 1; q++) {
+            long s = (long)r + q;   /* rows r .. r + M2_WROWS + K - 2 (past the sequence's end: unused) */
+            bool ok = q < M2_WROWS + K - 1 && s < R;
+            pv[q] = ok ? pre[(size_t)s * cd + c] : 0.0f;
+            gv[q] = ok ? dpost[(size_t)s * cd + c] : 0.0f;
+            long si = (long)r - (K - 1) + q;   /* input rows, as k_conv_wgrad_part */
+            iv[q] = q < M2_WROWS + K - 1 && si >= 0 && si < r1 ? in[(size_t)si * P] : 0.0f;
+        }
+        float dp[M2_WROWS + M2_KMAX - 1];
+#pragma unroll
+        for (int q = 0; q < M2_WROWS + M2_KMAX - 1; q++) {
+            float p = pv[q], sg = sigmoid_dev(p);
+            dp[q] = gv[q] * sg * (1.0f + p * (1.0f - sg));   /* k_conv_bwd_pre's */
+        }
+#pragma unroll
+        for (int u = 0; u < M2_WROWS; u++) {
+            if (r + u >= r1) break;
+            int t = (r + u) % T;
+            float a = 0.0f;
+#pragma unroll
+            for (int k = 0; k < M2_KMAX; k++)
+                if (k < K && t + K - 1 - k < T) a += wk[k] * dp[u + K - 1 - k];
+            dproj[(size_t)(r + u) * P + di + c] = a;
+            conv_wsum_row(acc, bs, dp[u], iv + u, t, K);
+        }
+    }
+    conv_wsum_store(acc, bs, part, bpart, cd, K, c);
 }
 
 extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
@@ -629,6 +745,21 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
     if (N == 0) return;
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     bool fused = m2_fused_path();
+    if (fused && conv_one() && g_conv_w && K <= M2_KMAX) {
+        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
+        ns = cdiv(R, rows_per);
+        float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
+        k_conv_bwd_one<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, conv_w, xbc_pre,
+                                                                      dxbc, proj, dproj, work, bpart);
+        zb_cuda_m2_check_launch("k_conv_bwd_one");
+        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
+        zb_cuda_m2_check_launch("conv weight gradient");
+        if (bpart) {
+            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
+            zb_cuda_m2_check_launch("conv bias gradient");
+        }
+        return;
+    }
     if (fused) {
         k_conv_bwd_fused<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, xbc_pre,
                                                                                 dxbc, dpre, dproj);

@@ -97,6 +97,12 @@ void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *D, const fl
  * 0 the tile kernels, -1 back to the environment's choice (on unless ZB_SSD=old or ZB_SSD=tiles).
  * For tests that compare the two. */
 void zb_cuda_m2_ssd_fused(int on);
+/* The fused backward's block in the bf16 mode: 16 warps (16, the default) or 8 (8; ZB_SSD_BWD_WARPS=8),
+ * -1 back to the environment's choice. For tests that compare the two. */
+void zb_cuda_m2_ssd_bwd_warps(int w);
+/* The fused forward output's block in the bf16 mode: 8 warps (8, the default) or 16 (16;
+ * ZB_SSD_FWD_WARPS=16), -1 back to the environment's choice. */
+void zb_cuda_m2_ssd_fwd_warps(int w);
 /* Chunked SSD backward: dy [B*T, di] -> dxbc [B*T, cd] (OVERWRITTEN), ddt [B*T, nh]
  * (OVERWRITTEN); gA_log[h], gD[h] accumulate. work: zb_cuda_m2_ssd_bwd_floats(m, B, T). */
 size_t zb_cuda_m2_ssd_bwd_floats(const zb_mamba2_dims *m, int B, int T);
@@ -143,8 +149,12 @@ void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w
 void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
                             const float *ddt, float *dproj, float *g_dt_bias, float *work, int N);
 /* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
- * output; dpre [B*T, cd] OVERWRITTEN; dproj[:, di + c] OVERWRITTEN; g_conv_w, g_conv_b (may be
- * NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1)) floats. */
+ * output; dpre [B*T, cd] work (OVERWRITTEN, or not used by the one-pass kernel); dproj[:, di + c]
+ * OVERWRITTEN; g_conv_w, g_conv_b (may be NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1))
+ * floats. zb_cuda_m2_conv_bwd_one: the one-pass kernels of the conv backward and the training conv
+ * forward (1, the default), the kernels before them (0; ZB_CONV=old), -1 the environment's choice
+ * (for tests). */
+void zb_cuda_m2_conv_bwd_one(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

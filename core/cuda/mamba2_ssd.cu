@@ -725,36 +725,45 @@ __global__ void k_ssd_group_sum(m2_geo g, const float *__restrict__ dXh, const f
 #define F_LD 68               /* 32-byte aligned wmma pointers; rows 4 banks apart */
 #define F_MAT (F_N * F_LD)
 
-/* the accumulators of a 64 x 64 product: warp w owns the 16 x 16 fragments (w / 2, 2 (w % 2) + t) */
-struct f_acc_tc {
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c[2];
+/* the accumulators of a 64 x 64 product on the tensor cores: its 16 fragments of 16 x 16 (4 x 4),
+ * NF per warp, warp w owning fragments f = w NF + t (rows 16 (f / 4), columns 16 (f % 4)); NT threads
+ * in the block (8 warps with NF = 2, 16 with NF = 1) */
+template <int NF>
+struct f_acc_tcn {
+    static constexpr int NT = 32 * 16 / NF;
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c[NF];
 };
+typedef f_acc_tcn<2> f_acc_tc;     /* 8 warps */
+typedef f_acc_tcn<1> f_acc_tc16;   /* 16 warps */
 /* thread (tx, ty) owns rows ty + 16 q, columns tx + 16 r (m2_row / m2_col) */
 struct f_acc_f {
+    static constexpr int NT = M2_NT;
     float a[4][4];
 };
 
-__device__ __forceinline__ void f_zero(f_acc_tc &a) {
-    nvcuda::wmma::fill_fragment(a.c[0], 0.0f);
-    nvcuda::wmma::fill_fragment(a.c[1], 0.0f);
+template <int NF>
+__device__ __forceinline__ void f_zero(f_acc_tcn<NF> &a) {
+#pragma unroll
+    for (int u = 0; u < NF; u++) nvcuda::wmma::fill_fragment(a.c[u], 0.0f);
 }
 __device__ __forceinline__ void f_zero(f_acc_f &a) { m2_zero(a.a); }
 
 /* acc += op(A) op(B) over k < K (a multiple of 8): A(m, k) = TA ? A[k F_LD + m] : A[m F_LD + k],
  * B(k, n) = TB ? B[n F_LD + k] : B[k F_LD + n]. Reads only shared memory (no barrier inside). */
-template <bool TA, bool TB>
-__device__ __forceinline__ void f_mm(f_acc_tc &acc, const float *A, const float *B, int K) {
+template <bool TA, bool TB, int NF>
+__device__ __forceinline__ void f_mm(f_acc_tcn<NF> &acc, const float *A, const float *B, int K) {
     namespace wm = nvcuda::wmma;
     typedef typename std::conditional<TA, wm::col_major, wm::row_major>::type la_t;
     typedef typename std::conditional<TB, wm::col_major, wm::row_major>::type lb_t;
-    int warp = threadIdx.x >> 5, mi = warp >> 1, nj = (warp & 1) * 2;
+    /* the warp's NF fragments share their row block (NF <= 4) */
+    int f0 = (threadIdx.x >> 5) * NF, mi = f0 >> 2, nj = f0 & 3;
     for (int k = 0; k < K; k += 8) {
         wm::fragment<wm::matrix_a, 16, 16, 8, wm::precision::tf32, la_t> fa;
         wm::load_matrix_sync(fa, TA ? A + (size_t)k * F_LD + mi * 16 : A + (size_t)mi * 16 * F_LD + k, F_LD);
 #pragma unroll
         for (int t = 0; t < fa.num_elements; t++) fa.x[t] = wm::__float_to_tf32(fa.x[t]);
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < NF; u++) {
             int n0 = (nj + u) * 16;
             wm::fragment<wm::matrix_b, 16, 16, 8, wm::precision::tf32, lb_t> fb;
             wm::load_matrix_sync(fb, TB ? B + (size_t)n0 * F_LD + k : B + (size_t)k * F_LD + n0, F_LD);
@@ -780,10 +789,11 @@ __device__ __forceinline__ void f_mm(f_acc_f &acc, const float *A, const float *
 }
 
 /* O[64 x 64] (row stride F_LD) = acc */
-__device__ __forceinline__ void f_store(f_acc_tc &a, float *O) {
-    int warp = threadIdx.x >> 5, mi = warp >> 1, nj = (warp & 1) * 2;
+template <int NF>
+__device__ __forceinline__ void f_store(f_acc_tcn<NF> &a, float *O) {
+    int f0 = (threadIdx.x >> 5) * NF, mi = f0 >> 2, nj = f0 & 3;
 #pragma unroll
-    for (int u = 0; u < 2; u++)
+    for (int u = 0; u < NF; u++)
         nvcuda::wmma::store_matrix_sync(O + (size_t)mi * 16 * F_LD + (nj + u) * 16, a.c[u], F_LD,
                                         nvcuda::wmma::mem_row_major);
 }
@@ -829,24 +839,25 @@ __device__ __forceinline__ bool f_vec_ok(const f_src (&m)[NM]) {
         vec = vec && !(((uintptr_t)m[i].src | (m[i].stride * sizeof(float))) & 15) && (m[i].cols & 3) == 0;
     return vec;
 }
-template <int NM>
-__device__ __forceinline__ void f_fetch4(float4 (&v)[NM][4], const f_src (&m)[NM]) {
+#define F_Q(NT) (F_N * F_N / 4 / (NT))   /* float4 per thread per matrix, NT threads */
+template <int NM, int NT = M2_NT>
+__device__ __forceinline__ void f_fetch4(float4 (&v)[NM][F_Q(NT)], const f_src (&m)[NM]) {
 #pragma unroll
     for (int i = 0; i < NM; i++)
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+        for (int q = 0; q < F_Q(NT); q++) {
+            int e = threadIdx.x + q * NT, r = e >> 4, c = (e & 15) * 4;
             v[i][q] = r < m[i].rows && c < m[i].cols ? __ldg((const float4 *)(m[i].src + (size_t)r * m[i].stride + c))
                                                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 }
-template <int NM>
-__device__ __forceinline__ void f_put4(const float4 (&v)[NM][4], const f_src (&m)[NM]) {
+template <int NM, int NT = M2_NT>
+__device__ __forceinline__ void f_put4(const float4 (&v)[NM][F_Q(NT)], const f_src (&m)[NM]) {
 #pragma unroll
     for (int i = 0; i < NM; i++)
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            int e = threadIdx.x + q * M2_NT, r = e >> 4, c = (e & 15) * 4;
+        for (int q = 0; q < F_Q(NT); q++) {
+            int e = threadIdx.x + q * NT, r = e >> 4, c = (e & 15) * 4;
             float4 w = v[i][q];
             if (m[i].sc) {
                 float s = m[i].sc[r];
@@ -855,28 +866,28 @@ __device__ __forceinline__ void f_put4(const float4 (&v)[NM][4], const f_src (&m
             *(float4 *)(m[i].S + (size_t)r * F_LD + c) = w;
         }
 }
-template <int NM>
+template <int NM, int NT = M2_NT>
 __device__ __forceinline__ void f_load_n(const f_src (&m)[NM]) {
     if (f_vec_ok(m)) {
-        float4 v[NM][4];
-        f_fetch4(v, m);
-        f_put4(v, m);
+        float4 v[NM][F_Q(NT)];
+        f_fetch4<NM, NT>(v, m);
+        f_put4<NM, NT>(v, m);
         return;
     }
     /* other shapes: 4 scalar loads in flight per thread (few registers: the kernels' budget goes
      * to the float4 form) */
 #pragma unroll
     for (int i = 0; i < NM; i++)
-        for (int q0 = 0; q0 < 16; q0 += 4) {
+        for (int q0 = 0; q0 < F_N * F_N / NT; q0 += 4) {
             float v[4];
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                int e = threadIdx.x + (q0 + q) * NT, r = e >> 6, c = e & 63;
                 v[q] = r < m[i].rows && c < m[i].cols ? m[i].src[(size_t)r * m[i].stride + c] : 0.0f;
             }
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                int e = threadIdx.x + (q0 + q) * M2_NT, r = e >> 6, c = e & 63;
+                int e = threadIdx.x + (q0 + q) * NT, r = e >> 6, c = e & 63;
                 m[i].S[(size_t)r * F_LD + c] = m[i].sc ? m[i].sc[r] * v[q] : v[q];
             }
         }
@@ -886,21 +897,24 @@ __device__ __forceinline__ float f_warp_sum(float v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;
 }
-/* the block's sum, every thread gets it; red: 8 floats, free on entry (a barrier inside) */
+/* the block's sum (NT threads), every thread gets it; red: NT / 32 floats, free on entry (a barrier
+ * inside) */
+template <int NT = M2_NT>
 __device__ __forceinline__ float f_block_sum(float v, float *red) {
     v = f_warp_sum(v);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
     float s = 0.0f;
 #pragma unroll
-    for (int w = 0; w < M2_NT / 32; w++) s += red[w];
+    for (int w = 0; w < NT / 32; w++) s += red[w];
     __syncthreads();   /* red reusable */
     return s;
 }
-/* out[r] = sum_c P[r][c] Q[r][c] (c < 64), one warp per row, r < 64 */
+/* out[r] = sum_c P[r][c] Q[r][c] (c < 64), one warp per row, r < 64 (NT threads) */
+template <int NT = M2_NT>
 __device__ __forceinline__ void f_row_dots(const float *P, const float *Q, float *out) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int r = warp; r < F_N; r += M2_NT / 32) {
+    for (int r = warp; r < F_N; r += NT / 32) {
         const float *p = P + (size_t)r * F_LD, *q = Q + (size_t)r * F_LD;
         float s = f_warp_sum(p[lane] * q[lane] + p[lane + 32] * q[lane + 32]);
         if (lane == 0) out[r] = s;
@@ -909,8 +923,8 @@ __device__ __forceinline__ void f_row_dots(const float *P, const float *Q, float
 
 __device__ __forceinline__ int f_r8(int n) { return (n + 7) & ~7; }
 
-/* shared floats of the kernels: matrices, then 8 vectors of 64 and 8 reduction slots */
-#define F_VEC (8 * F_N + 8)
+/* shared floats of the kernels: matrices, then 8 vectors of 64 and 16 reduction slots (one per warp) */
+#define F_VEC (8 * F_N + 16)
 #define F_SCAN_MATS 6
 #define F_OUTER_MATS 2
 
@@ -946,7 +960,7 @@ k_ssd_outer_fused(m2_geo g, const float *__restrict__ U, int u_stride, int u_is_
  * One block per (b, head group, chunk) as k_ssd_bwd_fused (rep heads sharing x and B: those loaded
  * once; 2 blocks per SM overlap one's loads with the other's products). */
 template <class ACC>
-__global__ void __launch_bounds__(M2_NT, 2)   /* 2 blocks of 6 matrices per SM */
+__global__ void __launch_bounds__(ACC::NT, ACC::NT == M2_NT ? 2 : 1)   /* 2 blocks of 6 matrices per SM (8 warps) */
 k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
                  const float *__restrict__ Dp, float *y, int rep) {
     extern __shared__ __align__(32) float fsm[];
@@ -954,15 +968,16 @@ k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const floa
           *vec = T2 + F_MAT, *csv = vec, *ecv = vec + F_N, *dtv = vec + 2 * F_N;
     int ngr = g.nh / rep, c = blockIdx.x % g.nc, bg = blockIdx.x / g.nc, grp = bg % ngr, b = bg / ngr;
     int hd = g.hd, ds = g.ds, cd = g.cd, tid = threadIdx.x, Ks = f_r8(ds);
+    constexpr int NT = ACC::NT;
     m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
     int L = k0.L;
     const float *row = xbc + k0.r0 * cd;
     f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
-    f_load_n(ldg);
+    f_load_n<2, NT>(ldg);
     for (int hh = 0; hh < rep; hh++) {
         m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
         f_src ld[2] = {{Cm, row + k.ccol, (size_t)cd, L, ds, NULL}, {S, states + k.si, (size_t)ds, hd, ds, NULL}};
-        f_load_n(ld);
+        f_load_n<2, NT>(ld);
         if (tid < F_N) {
             bool v = tid < L;
             csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
@@ -978,7 +993,7 @@ k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const floa
         f_mm<false, true>(a, Cm, S, Ks);    /* C S^T [i][p] */
         f_store(a, T2);
         __syncthreads();
-        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        for (int e = tid; e < F_N * F_N; e += NT) {
             int i = e >> 6, j = e & 63;
             float *p = MG + (size_t)i * F_LD + j;
             *p = (i < L && j <= i) ? *p * expf(csv[i] - csv[j]) * dtv[j] : 0.0f;
@@ -990,7 +1005,7 @@ k_ssd_scan_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const floa
         __syncthreads();
         float Dh = Dp[k.h];
         float *Y = y + k.r0 * g.di + (size_t)k.h * hd;
-        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        for (int e = tid; e < F_N * F_N; e += NT) {
             int i = e >> 6, p = e & 63;
             if (i < L && p < hd) {
                 size_t o = (size_t)i * F_LD + p;
@@ -1019,7 +1034,7 @@ struct f_bwd_out {
 };
 #define F_BWD_MATS 12
 template <class ACC>
-__global__ void __launch_bounds__(M2_NT, 1)
+__global__ void __launch_bounds__(ACC::NT, 1)
 k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
                 const float *__restrict__ dstates, const float *__restrict__ dy, const float *__restrict__ Dp,
                 const float *__restrict__ A_log, f_bwd_out fo, float *ddt, float *part) {
@@ -1033,14 +1048,15 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     int c = blockIdx.x % g.nc, bg = blockIdx.x / g.nc, grp = bg % ngr, b = bg / ngr;
     int hd = g.hd, ds = g.ds, cd = g.cd, di = g.di, tid = threadIdx.x, lane = tid & 31;
     int Kh = f_r8(hd), Ks = f_r8(ds);
+    constexpr int NT = ACC::NT, NW = NT / 32, NQ = NT / F_N, RQ = F_N / NQ;   /* NQ groups of RQ rows */
     m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
     int L = k0.L, Kl = f_r8(L);
     const float *row = xbc + k0.r0 * cd;
     /* x and B: the group's, loaded once */
     f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
-    f_load_n(ldg);
+    f_load_n<2, NT>(ldg);
     if (rep > 1)
-        for (int e = tid; e < F_N * F_LD; e += M2_NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
+        for (int e = tid; e < F_N * F_LD; e += NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
     /* a head's own operands; the next head's are loaded into registers while this one computes */
     auto head_src = [&](int hh, f_src (&ld)[4]) {
         m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
@@ -1049,15 +1065,15 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         ld[2] = {S, states + k.si, (size_t)ds, hd, ds, NULL};
         ld[3] = {dS, dstates + k.si, (size_t)ds, hd, ds, NULL};
     };
-    float4 pv[4][4];
+    float4 pv[4][F_Q(NT)];
     bool have = false;
     for (int hh = 0; hh < rep; hh++) {
         int bhc = (b * g.nh + grp * rep + hh) * g.nc + c;
         m2_chunk k = chunk_of(g, bhc);
         f_src ld[4];
         head_src(hh, ld);
-        if (have) f_put4(pv, ld);
-        else f_load_n(ld);
+        if (have) f_put4<4, NT>(pv, ld);
+        else f_load_n<4, NT>(ld);
         if (tid < F_N) {
             bool v = tid < L;
             csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
@@ -1073,7 +1089,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
             f_src nx[4];
             head_src(hh + 1, nx);
             if (f_vec_ok(nx)) {
-                f_fetch4(pv, nx);   /* stored at the next head's start */
+                f_fetch4<4, NT>(pv, nx);   /* stored at the next head's start */
                 have = true;
             }
         }
@@ -1085,7 +1101,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         f_mm<false, true>(a, dY, X, Kh);    /* W[i][j] = dy_i . x_j */
         f_store(a, MW);
         __syncthreads();
-        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        for (int e = tid; e < F_N * F_N; e += NT) {
             int i = e >> 6, j = e & 63;
             size_t o = (size_t)i * F_LD + j;
             float E = (i < L && j <= i) ? expf(csv[i] - csv[j]) : 0.0f, G = MG[o], W = MW[o];
@@ -1094,22 +1110,24 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
             MW[o] = W * E * dtv[j];    /* dG */
         }
         __syncthreads();
-        /* Q' sums: rs_i = sum_j Q'_ij dt_j (warp per row), cqp_j = sum_i Q'_ij (4 quarters of rows) */
+        /* Q' sums: rs_i = sum_j Q'_ij dt_j (warp per row), cqp_j = sum_i Q'_ij (NQ groups of rows) */
         {
             int warp = tid >> 5;
-            for (int r = warp; r < F_N; r += M2_NT / 32) {
+            for (int r = warp; r < F_N; r += NW) {
                 const float *p = T + (size_t)r * F_LD;
                 float s = f_warp_sum(p[lane] * dtv[lane] + p[lane + 32] * dtv[lane + 32]);
                 if (lane == 0) rv[r] = s;
             }
             int j = tid & 63, q4 = tid >> 6;
             float s = 0.0f;
-            for (int i = q4 * 16; i < q4 * 16 + 16; i++) s += T[(size_t)i * F_LD + j];
+            for (int i = q4 * RQ; i < q4 * RQ + RQ; i++) s += T[(size_t)i * F_LD + j];
             T2[(size_t)q4 * F_LD + j] = s;   /* T2 is free until the next products */
         }
         __syncthreads();
         if (tid < F_N) {
-            float cqp = T2[tid] + T2[F_LD + tid] + T2[2 * F_LD + tid] + T2[3 * F_LD + tid];
+            float cqp = 0.0f;
+#pragma unroll
+            for (int q = 0; q < NQ; q++) cqp += T2[(size_t)q * F_LD + tid];
             dc[tid] += rv[tid] - dtv[tid] * cqp;
             dd[tid] += cqp;
         }
@@ -1119,7 +1137,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         {
             float Dh = Dp[k.h];
             float *o = fo.ox + k.r0 * fo.sx + (fo.dx_direct ? k.xcol : k.h * hd);
-            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            for (int e = tid; e < F_N * F_N; e += NT) {
                 int j = e >> 6, p = e & 63;
                 size_t s = (size_t)j * F_LD + p;
                 float v = T[s] + wv[j] * T2[s] + Dh * dY[s];
@@ -1132,14 +1150,14 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         f_mm_pair<false, false, false, false>(a, dY, S, Kh, T2, MW, Bm, Kl, T);
         {
             float *o = fo.oc + k.r0 * fo.sc + (fo.dc_direct ? k.ccol : k.h * ds);
-            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            for (int e = tid; e < F_N * F_N; e += NT) {
                 int i = e >> 6, s = e & 63;
                 if (i < L && s < ds) {
                     size_t q = (size_t)i * F_LD + s;
                     o[(size_t)i * fo.sc + s] = T[q] + ecv[i] * T2[q];
                 }
             }
-            f_row_dots(T2, Cm, rv);
+            f_row_dots<NT>(T2, Cm, rv);
         }
         __syncthreads();
         if (tid < F_N) dc[tid] += ecv[tid] * rv[tid];
@@ -1147,24 +1165,24 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         f_mm_pair<false, false, true, false>(a, X, dS, Kh, T2, MW, Cm, Kl, T);
         {
             float *o = fo.ob + k.r0 * fo.sb + (fo.db_direct ? k.bcol : k.h * ds);
-            for (int e = tid; e < F_N * F_N; e += M2_NT) {
+            for (int e = tid; e < F_N * F_N; e += NT) {
                 int j = e >> 6, s = e & 63;
                 size_t q = (size_t)j * F_LD + s;
                 float v = T[q] + wv[j] * T2[q];
                 if (rep > 1) dBa[q] += v;
                 else if (j < L && s < ds) o[(size_t)j * fo.sb + s] = v;
             }
-            f_row_dots(T2, Bm, cv);
+            f_row_dots<NT>(T2, Bm, cv);
         }
         /* e^{cs_L} <dS, S_prev> and the dD sum dy . x (padding is zero) */
         float dot = 0.0f, sd = 0.0f;
-        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        for (int e = tid; e < F_N * F_N; e += NT) {
             size_t q = (size_t)(e >> 6) * F_LD + (e & 63);
             dot += dS[q] * S[q];
             sd += dY[q] * X[q];
         }
-        dot = f_block_sum(dot, red);   /* its barriers also order cv before the reads below */
-        sd = f_block_sum(sd, red);
+        dot = f_block_sum<NT>(dot, red);   /* its barriers also order cv before the reads below */
+        sd = f_block_sum<NT>(sd, red);
         if (tid < 32) {
             /* u terms: ddt_j += u_j e^{cs_L - cs_j}, dcs_j -= u_j w_j, dcs_{L-1} += sum u_j w_j */
             float cl = csv[L - 1], uws = 0.0f;
@@ -1192,7 +1210,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     }
     if (rep > 1) {
         float *ox = fo.ox + k0.r0 * fo.sx + k0.xcol, *ob = fo.ob + k0.r0 * fo.sb + k0.bcol;
-        for (int e = tid; e < F_N * F_N; e += M2_NT) {
+        for (int e = tid; e < F_N * F_N; e += NT) {
             int j = e >> 6, p = e & 63;
             size_t q = (size_t)j * F_LD + p;
             if (j < L && p < hd) ox[(size_t)j * fo.sx + p] = dXa[q];
@@ -1228,6 +1246,30 @@ static bool m2_fused(const m2_geo &g) {
     }
     return g_m2_fused && g.Lc <= F_N && g.hd <= F_N && g.ds <= F_N;
 }
+/* The fused backward's block in the bf16 mode (tensor cores): 16 warps (one 16 x 16 fragment of each
+ * 64 x 64 product per warp), or 8 (two each; ZB_SSD_BWD_WARPS=8, the kernel of S5R2). One block per SM
+ * either way (its 12 matrices take ~210 KB of shared memory): twice the warps to hide the latency
+ * of its barrier-separated phases. zb_cuda_m2_ssd_bwd_warps: the tests' switch (-1: the environment). */
+/* *w (8 or 16; -1: not yet read) from the environment variable `name` (8 or 16), else dflt */
+static int env_warps(int *w, const char *name, int dflt) {
+    if (*w < 0) {
+        const char *e = getenv(name);
+        *w = e && (atoi(e) == 8 || atoi(e) == 16) ? atoi(e) : dflt;
+    }
+    return *w;
+}
+static int g_m2_bwd_warps = -1;
+extern "C" void zb_cuda_m2_ssd_bwd_warps(int w) { g_m2_bwd_warps = w == 8 || w == 16 ? w : -1; }
+static int m2_bwd_warps(void) { return env_warps(&g_m2_bwd_warps, "ZB_SSD_BWD_WARPS", 16); }
+
+/* The fused forward output's block in the bf16 mode: 8 warps, two blocks per SM (the default; their
+ * 128 registers spill ~350 bytes), or 16 warps, one block (ZB_SSD_FWD_WARPS=16: 128 registers for
+ * half the loads per thread, no spill). zb_cuda_m2_ssd_fwd_warps: the tests' switch (-1: the
+ * environment). */
+static int g_m2_fwd_warps = -1;
+extern "C" void zb_cuda_m2_ssd_fwd_warps(int w) { g_m2_fwd_warps = w == 8 || w == 16 ? w : -1; }
+static int m2_fwd_warps(void) { return env_warps(&g_m2_fwd_warps, "ZB_SSD_FWD_WARPS", 8); }
+
 /* the fused kernels' dynamic shared memory (above the 48 KB default: opted in per launch, cheap,
  * and right whichever device is current) */
 template <class KF> static void f_launch_smem(KF kern, size_t mats) {
@@ -1249,7 +1291,7 @@ static void f_scan(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef c
                    const float *D, float *y) {
     f_launch_smem(k_ssd_scan_fused<ACC>, F_SCAN_MATS);
     int rep = g.xrep == g.brep ? g.xrep : 1;
-    k_ssd_scan_fused<ACC><<<g.B * (g.nh / rep) * g.nc, M2_NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y,
+    k_ssd_scan_fused<ACC><<<g.B * (g.nh / rep) * g.nc, ACC::NT, f_bytes(F_SCAN_MATS), st>>>(g, xbc, cf, states, D, y,
                                                                                         rep);
     zb_cuda_m2_check_launch("k_ssd_scan_fused");
 }
@@ -1258,7 +1300,7 @@ static void f_bwd(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf
                   const float *dstates, const float *dy, const float *D, const float *A_log, f_bwd_out fo, float *ddt,
                   float *part) {
     f_launch_smem(k_ssd_bwd_fused<ACC>, F_BWD_MATS);
-    k_ssd_bwd_fused<ACC><<<g.B * (g.nh / fo.rep) * g.nc, M2_NT, f_bytes(F_BWD_MATS), st>>>(g, xbc, cf, states, dstates, dy, D,
+    k_ssd_bwd_fused<ACC><<<g.B * (g.nh / fo.rep) * g.nc, ACC::NT, f_bytes(F_BWD_MATS), st>>>(g, xbc, cf, states, dstates, dy, D,
                                                                               A_log, fo, ddt, part);
     zb_cuda_m2_check_launch("k_ssd_bwd_fused");
 }
@@ -1306,7 +1348,8 @@ extern "C" void zb_cuda_m2_ssd_forward_st(const zb_mamba2_dims *m, const float *
         k_ssd_pass_fwd<float><<<gp, 256, 0, st>>>(g, cf.ecs, states, S0, Sfin, s_stride);
     zb_cuda_m2_check_launch("k_ssd_pass_fwd");
     zb_cuda_m2_prof(ZB_MIXP_M2_PASS);
-    if (fz && tc) f_scan<f_acc_tc>(g, st, xbc, cf, states, D, y);
+    if (fz && tc && m2_fwd_warps() == 16) f_scan<f_acc_tc16>(g, st, xbc, cf, states, D, y);
+    else if (fz && tc) f_scan<f_acc_tc>(g, st, xbc, cf, states, D, y);
     else if (fz) f_scan<f_acc_f>(g, st, xbc, cf, states, D, y);
     else if (tc) k_ssd_scan<true><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
     else k_ssd_scan<false><<<gs, M2_NT, 0, st>>>(g, xbc, cf, states, D, y);
@@ -1369,7 +1412,8 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
             fo.sx = fo.sb = g.cd;
             dXh = dBh = NULL;   /* the group sum: C's columns only (if any) */
         }
-        if (tc) f_bwd<f_acc_tc>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        if (tc && m2_bwd_warps() == 16) f_bwd<f_acc_tc16>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        else if (tc) f_bwd<f_acc_tc>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
         else f_bwd<f_acc_f>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
         zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
         zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);

@@ -20,6 +20,7 @@ blocks() { sed -n 's/^\[\([0-9]*\)\] /\1 /p' | sort -n -k1,1 -s; }   # "[i] ids"
 if [ "$mode" = cuda ]; then
   dev=(--device cuda)
   on=(env -u ZB_GEN_ASYNC) off=(env ZB_GEN_ASYNC=0)
+  export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}   # the lent 2-GPU machines need it
   if ! probe=$("$zebra" generate --model "$src/configs/tiny-llama.json" --prompt-ids 1,2 --max-new 2 "${dev[@]}" 2>&1); then
     if echo "$probe" | grep -q "no usable CUDA device\|no CUDA device\|has no CUDA backend"; then
       echo "SKIP: $(echo "$probe" | tail -1)"; exit 77
@@ -67,6 +68,7 @@ for model in teacher hybrid; do
   done
 done
 if [ "$mode" = cuda ]; then   # more than 8 sequences: attention steps call by call (no graph), still pipelined
+  export ZB_CUDA_GEMM_TUNE=0   # cuBLAS's default algorithm in both runs (no per-run timing choice)
   P10=(); for i in $(seq 1 10); do P10+=(--prompt-ids "$i,$((i * 7)),$((i + 40))"); done
   args=(--model "$tmp/teacher.h5" --quiet "${dev[@]}" --weights bf16 --batch 10 --max-new 12 --ignore-eos)
   same "teacher bf16 --batch 10: pipelined == step by step" "$("${on[@]}" "$zebra" generate "${args[@]}" "${P10[@]}" 2>/dev/null | blocks)" \

@@ -3,7 +3,7 @@
  * rate on bf16 inputs, the ceiling that MFU is measured against), the device copy bandwidth,
  * the Llama-3.2-1B training shapes (linear layers, attention forward + backward) and the decode
  * attention of the 8B teacher over a bf16 cache. Prints one table; --json FILE writes it too.
- * Usage: bench_cuda [--json FILE] [--quick] */
+ * Usage: bench_cuda [--json FILE] [--quick] [--chain: the copy ceiling and the decode chain rows only] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -412,6 +412,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--chain")) quick = 2;
     }
     if (zb_cuda_init(-1)) { fprintf(stderr, "bench_cuda: %s\n", zb_errmsg()); return 1; }
     if (json) { g_json = fopen(json, "w"); if (g_json) fprintf(g_json, "{\"device\": \"%s\", \"rows\": [\n", zb_cuda_device_name()); }
@@ -426,6 +427,11 @@ int main(int argc, char **argv) {
         row("device copy 4 GiB (read + write)", ms, 2.0 * bytes / (ms * 1e-3) / 1e9, "GB/s");
         zb_cuda_free(c.dst);
         zb_cuda_free((void *)c.src);
+    }
+    if (quick == 2) {   /* --chain */
+        bench_chain();
+        if (g_json) { fprintf(g_json, "\n]}\n"); fclose(g_json); }
+        return zb_cuda_sync() ? 1 : 0;
     }
     int S = quick ? 4096 : 8192;
     {

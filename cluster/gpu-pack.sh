@@ -21,7 +21,7 @@ fix_cfg=$(grep -E "^ZB_FIXTURES:" "$bld/CMakeCache.txt" | cut -d= -f2-)
 rm -rf "$dest/build" "$dest/fixtures" "$dest/root" "$dest/src"
 mkdir -p "$dest/build/tests" "$dest/fixtures" "$dest/src"
 cp -r "$src/cluster" "$src/configs" "$src/core" "$dest/src/"
-mkdir -p "$dest/src/tests" && cp "$src"/tests/cli_*.sh "$dest/src/tests/"
+mkdir -p "$dest/src/tests" && cp "$src"/tests/cli_*.sh "$src"/tests/*.json "$dest/src/tests/"   # (+ the test models)
 cp "$bld/zebra" "$bld/bench_cuda" "$dest/build/"
 # the GPU tests: their add_test / set_tests_properties lines and the executables they name
 tests=$(grep -oE "^add_test\(([a-z0-9_]+)" "$bld/tests/CTestTestfile.cmake" | sed 's/add_test(//')

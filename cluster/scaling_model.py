@@ -21,7 +21,9 @@ The step of one rank, for a replica that processes n tokens (n = global tokens /
             in buckets overlapped with the backward (2/3 of Tc): exposed max(0, t_ar - 2/3 Tc)
             plus the last bucket (bucket bytes / B); ZeRO-1 the same volume as reduce-scatter
             (half the ring, in the same buckets, overlapped the same way) + all-gather of the
-            parameters after the optimizer step (the other half, exposed)
+            parameters after the optimizer step (the other half), bucket by bucket under the next
+            forward (1/3 of Tc): exposed max(0, t_ar/2 - 1/3 Tc) + the first bucket (S6; with
+            ZB_ZERO_GATHER=after all of t_ar/2 was exposed)
   step      T = Tc * bubble + T_tp + T_pp + T_dp_exposed
 Efficiency against one rank: E = (tokens/s at N ranks) / (N tokens/s at 1 rank).
 Hardware: F (FLOP/s per rank), B (bytes/s per link class: within a node, across nodes, host),
@@ -89,9 +91,9 @@ def step_time(cfg, dp, tp, pp, n_tokens, hw, M=1, device="cpu", bucket_mb=25, ze
     G = 4.0 * P_all / (tp * pp)
     across = dp * tp * pp > per_node
     t_ar = ring(G, dp, across)
-    if zero:   # reduce-scatter in buckets (overlapped) + the parameters' all-gather (exposed)
+    if zero:   # reduce-scatter in buckets under the backward + the all-gather in buckets under the forward
         last = ring(min(G, bucket_mb * 1048576.0), dp, across) / 2
-        T_dp = max(0.0, t_ar / 2 - 2.0 / 3.0 * Tc) + last + t_ar / 2 if dp > 1 else 0.0
+        T_dp = max(0.0, t_ar / 2 - 2.0 / 3.0 * Tc) + last + max(0.0, t_ar / 2 - Tc / 3.0) + last if dp > 1 else 0.0
     else:
         last = ring(min(G, bucket_mb * 1048576.0), dp, across)
         T_dp = max(0.0, t_ar - 2.0 / 3.0 * Tc) + last if dp > 1 else 0.0

@@ -194,6 +194,34 @@ static int side_request(nccl_impl *im, nreq *q, zb_comm_req *r) {
 }
 #endif
 
+/* counts (and displs, NULL: zeros) as MPI's ints: *out [2 size], freed by the caller */
+static int int_counts(const size_t *counts, const size_t *displs, int size, int **out) {
+    int *v = zb_malloc(sizeof(int) * 2 * (size_t)size, "MPI counts");
+    if (!v) return ZB_ENOMEM;
+    for (int k = 0; k < size; k++) {
+        if (counts[k] > INT_MAX || (displs && displs[k] > INT_MAX)) {
+            free(v);
+            return zb_fail(ZB_EARG, "MPI: a part of %zu elements is beyond int counts", counts[k]);
+        }
+        v[k] = (int)counts[k];
+        v[size + k] = displs ? (int)displs[k] : 0;
+    }
+    *out = v;
+    return ZB_OK;
+}
+
+/* a non-blocking MPI call on host buffers started (status rc): r pending, v freed at its end */
+static int mpi_started(nreq *q, zb_comm_req *r, int *v, int rc, const char *what) {
+    if (rc != MPI_SUCCESS) {
+        free(v);
+        return zb_fail(ZB_EMPI, "%s failed", what);
+    }
+    q->kind = RQ_MPI;
+    q->host = v;
+    r->pending = 1;
+    return ZB_OK;
+}
+
 /* ---- the table ------------------------------------------------------------------------------ */
 
 static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb_redop op) {
@@ -346,20 +374,10 @@ static int n_ireduce_scatter(void *impl, zb_group g, const void *x, void *out, c
     if (op != ZB_RED_SUM && !(dx && dout && gcomm(im, g)))
         return zb_fail(ZB_EARG, "GPU communication: a mean reduce-scatter needs NCCL and device buffers");
     if (!dx && !dout) {   /* host buffers: MPI, the int counts kept until the request completes */
-        int *v = zb_malloc(sizeof(int) * (size_t)size, "MPI counts");
-        if (!v) return ZB_ENOMEM;
-        for (int k = 0; k < size; k++) {
-            if (counts[k] > INT_MAX) { free(v); return zb_fail(ZB_EARG, "MPI: a part of %zu elements is beyond int counts", counts[k]); }
-            v[k] = (int)counts[k];
-        }
-        if (MPI_Ireduce_scatter(x, out, v, mpi_dt(t), MPI_SUM, im->mg[g], &q->u.mpi) != MPI_SUCCESS) {
-            free(v);
-            return zb_fail(ZB_EMPI, "MPI_Ireduce_scatter failed");
-        }
-        q->kind = RQ_MPI;
-        q->host = v;
-        r->pending = 1;
-        return ZB_OK;
+        int *v;
+        ZB_TRY(int_counts(counts, NULL, size, &v));
+        return mpi_started(q, r, v, MPI_Ireduce_scatter(x, out, v, mpi_dt(t), MPI_SUM, im->mg[g], &q->u.mpi),
+                           "MPI_Ireduce_scatter");
     }
 #ifdef ZB_HAVE_NCCL
     if (dx && dout && gcomm(im, g)) {   /* most buckets lie in one rank's range: one reduce */
@@ -590,22 +608,10 @@ static int n_iallgatherv_inplace(void *impl, zb_group g, void *x, const size_t *
     int size = im->mpi->size[g];
     size_t es = zb_ctype_size(t);
     if (!on_dev(x)) {   /* host buffers: MPI, the int counts kept until the request completes */
-        int *v = zb_malloc(sizeof(int) * 2 * (size_t)size, "MPI counts");
-        if (!v) return ZB_ENOMEM;
-        for (int k = 0; k < size; k++) {
-            if (counts[k] > INT_MAX || displs[k] > INT_MAX) { free(v); return zb_fail(ZB_EARG, "MPI: a part beyond int counts"); }
-            v[k] = (int)counts[k];
-            v[size + k] = (int)displs[k];
-        }
-        if (MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, mpi_dt(t), im->mg[g], &q->u.mpi) !=
-            MPI_SUCCESS) {
-            free(v);
-            return zb_fail(ZB_EMPI, "MPI_Iallgatherv failed");
-        }
-        q->kind = RQ_MPI;
-        q->host = v;
-        r->pending = 1;
-        return ZB_OK;
+        int *v;
+        ZB_TRY(int_counts(counts, displs, size, &v));
+        return mpi_started(q, r, v, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, mpi_dt(t),
+                                                    im->mg[g], &q->u.mpi), "MPI_Iallgatherv");
     }
 #ifdef ZB_HAVE_NCCL
     if (gcomm(im, g)) {

@@ -155,6 +155,12 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
  * forward (1, the default), the kernels before them (0; ZB_CONV=old), -1 the environment's choice
  * (for tests). */
 void zb_cuda_m2_conv_bwd_one(int on);
+/* The mixer backward's in_proj output gradient written in bf16 by its producers (1, the default in
+ * the bf16 mode), float32 then converted (0; ZB_M2_DPROJ16=0), -1 the environment's (for tests). */
+void zb_cuda_m2_dproj16(int on);
+/* The training mixer's gated-norm output kept in bf16 for out_proj (1, the default in the bf16 CONVERT
+ * mode), float32 (0; ZB_M2_O16=0), -1 the environment's (for tests). */
+void zb_cuda_m2_o16(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

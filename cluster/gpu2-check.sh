@@ -148,23 +148,25 @@ PY
 }
 
 # ---- ZB_G2_ZERO_ONLY=1: only the weak DP scaling of step 5 with ZeRO-1 beside it, on the
-# otherwise idle GPUs (ZB_DEADLINE, default 330 s): layouts 1, dp2 and dp2z (ZeRO-1, its
-# reduce-scatter in buckets on the side stream, overlapped with the backward), interleaved
-# repeats; then dp2z with ZB_ZERO_REDUCE=after (one reduce-scatter after the backward, the
-# path before). Prints the two tables.
+# otherwise idle GPUs (ZB_DEADLINE, default 230 s): layouts ZB_G2_ZERO_LAYOUTS (default 1, dp2,
+# dp2:old = dp2 on the DP paths before S6 (ZB_DP_MEAN=0 ZB_DP_SPARSE_EMBED=0 ZB_DP_MLP_EARLY=0),
+# dp2z = ZeRO-1), 3 interleaved repeats of 6 steps (ZB_G2_ZERO_REPEAT), the DP split as the
+# device ran it; then, if time is left, dp2z with ZB_ZERO_REDUCE=after. Prints the tables.
 if [ -n "${ZB_G2_ZERO_ONLY:-}" ]; then
-  DEADLINE=${ZB_DEADLINE:-330}
+  DEADLINE=${ZB_DEADLINE:-230}
   zscale() {   # zscale OUT LAYOUTS LIMIT [VAR=VALUE...]
     local o=$1 lays=$2 t=$3; shift 3
-    env "$@" ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 \
-      VOCAB=32768 SEQ=2048 ROWS=${BROWS:-4} STEPS=${BSTEPS:-4} REPEAT=${BREPEAT:-2} MODES=weak LAYOUTS="$lays" \
+    env ZEBRA=$Z DEVICE=cuda PRECISION=bf16 CONFIG="$SRC/configs/zebra-1b.json" LAYERS=${BLAYERS:-8} D=2048 \
+      VOCAB=32768 SEQ=2048 ROWS=${BROWS:-4} STEPS=${BSTEPS:-6} REPEAT=${ZB_G2_ZERO_REPEAT:-3} MODES=weak LAYOUTS="$lays" \
+      ENV_old="ZB_DP_MEAN=0 ZB_DP_SPARSE_EMBED=0 ZB_DP_MLP_EARLY=0" "$@" \
       OUT="$out/$o" MPIEXEC="$MPIX" timeout -k 5 "$(lim "$t")" bash cluster/scaling.sh >> "$out/log-scaling.txt" 2>&1
     if scaled "$out/$o"; then echo; echo "$o:"; sed -n '3,$p' "$out/$o/scaling.md"
     else echo "FAIL $o: no table"; tail_of "$out/log-scaling.txt" 12; fi
   }
-  stamp "ZeRO-1: weak DP scaling, 1 / dp2 / dp2z (reduce-scatter overlapped), then dp2z with ZB_ZERO_REDUCE=after"
-  zscale scaling-zero "1 dp2 dp2z" 230
-  if fits 40; then zscale scaling-zero-after "dp2z" 90 ZB_ZERO_REDUCE=after; else notrun "dp2z with ZB_ZERO_REDUCE=after"; fi
+  zl=${ZB_G2_ZERO_LAYOUTS:-1 dp2 dp2:old dp2z}
+  stamp "weak DP scaling: $zl (dp2:old = the DP paths before S6), then dp2z with ZB_ZERO_REDUCE=after"
+  zscale scaling-zero "$zl" $(( DEADLINE - 30 ))
+  if fits 40; then zscale scaling-zero-after "dp2z" 90 ZB_ZERO_REDUCE=after REPEAT=1; else notrun "dp2z with ZB_ZERO_REDUCE=after"; fi
   grep -h "DP gradients" "$out"/scaling-zero*/work/run-weak-dp2*-r1.log 2>/dev/null | sort -u
   ( cd "$out" && tar czf results.tgz --exclude=shards --exclude='*.bin' --exclude='*.idx' --exclude='*.h5' log-* scaling-* 2>/dev/null
     for d in scaling-*/; do d=${d%/}; [ -f "$d/scaling.md" ] && cp "$d/scaling.md" "$d-scaling.md"; done

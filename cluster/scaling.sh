@@ -9,7 +9,9 @@
 #
 # A layout is "1" (one rank) or factors joined by "-": dpN, tpN, ppN (ranks = their product;
 # TP fastest, then PP, then DP, as parallel/grid.h); dpNz: DP with ZeRO-1 (ZERO=1: every
-# layout with ZeRO-1), e.g. LAYOUTS="1 dp2 dp2z" sets DP=2 with and without it side by side. Per MODE:
+# layout with ZeRO-1), e.g. LAYOUTS="1 dp2 dp2z" sets DP=2 with and without it side by side.
+# A layout may end in ":NAME", a variant run with the environment in ENV_NAME (words VAR=VALUE),
+# e.g. LAYOUTS="1 dp2 dp2:old" ENV_old="ZB_DP_SPARSE_EMBED=0 ZB_DP_MEAN=0": old and new side by side. Per MODE:
 #   strong  the global batch is ROWS rows of SEQ tokens per step, whatever the layout: more
 #           ranks share the same work;
 #   weak    ROWS rows per model replica (per DP rank), so the global batch grows with dp; TP and
@@ -80,9 +82,12 @@ machine > machine.json
 
 # one run: MODE LAYOUT REP -> a JSON line on runs.jsonl (or one with "refused")
 run_one() {
-  local mode=$1 lay=$2 rep=$3 dp=1 tp=1 pp=1 f zero=$ZERO
-  if [ "$lay" != 1 ]; then
-    for f in ${lay//-/ }; do
+  local mode=$1 lay=$2 rep=$3 dp=1 tp=1 pp=1 f zero=$ZERO base=${2%%:*} venv=()
+  if [ "$base" != "$lay" ]; then   # a variant: its environment
+    local vn="ENV_${lay#*:}"; read -r -a venv <<< "${!vn:-}"
+  fi
+  if [ "$base" != 1 ]; then
+    for f in ${base//-/ }; do
       case $f in dp*z) dp=${f#dp}; dp=${dp%z}; zero=1;; dp*) dp=${f#dp};; tp*) tp=${f#tp};; pp*) pp=${f#pp};; *) echo "scaling.sh: bad layout '$lay'" >&2; exit 2;; esac
     done
   fi
@@ -90,7 +95,7 @@ run_one() {
   [ "$mode" = weak ] && global=$((ROWS * dp))
   [ "$pp" -gt 1 ] && ga=$((pp * PPM))
   local per=$((global / dp)) mb=$(( global / dp / ga ))
-  local tag="$mode-$lay-r$rep" out="run-$mode-$lay-r$rep" args=()
+  local tag="$mode-$lay-r$rep" out="run-$mode-${lay/:/+}-r$rep" args=()
   if [ $((global % dp)) != 0 ] || [ $((per % ga)) != 0 ] || [ "$mb" -lt 1 ]; then
     printf '{"mode":"%s","layout":"%s","rep":%d,"ranks":%d,"refused":"%d rows do not split into %d x %d micro-batches"}\n' \
       "$mode" "$lay" "$rep" "$n" "$global" "$dp" "$ga" >> "$OUT/runs.jsonl"; return
@@ -105,7 +110,8 @@ run_one() {
 J
   rm -rf "$out"
   local t0=$SECONDS rc=0
-  $MPIEXEC $BIND -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1 || rc=$?
+  local mpx=() v; for v in "${venv[@]}"; do mpx+=(-x "${v%%=*}"); done   # Open MPI: to every rank
+  env "${venv[@]}" $MPIEXEC "${mpx[@]}" $BIND -n "$n" "$Z" train --stage pretrain --config "$out.json" "${args[@]}" > "$out.log" 2>&1 || rc=$?
   if [ $rc != 0 ] || [ ! -s "$out/train.jsonl" ]; then
     printf '{"mode":"%s","layout":"%s","rep":%d,"ranks":%d,"refused":"%s"}\n' "$mode" "$lay" "$rep" "$n" \
       "$(grep -m1 -iE 'error|not |zebra:' "$out.log" | cut -c1-120 | tr -d '"\\')" >> "$OUT/runs.jsonl"
@@ -123,6 +129,7 @@ out = {"mode": mode, "layout": lay, "rep": rep, "ranks": n, "dp": dp, "tp": tp, 
        "step_s": sum(r["step_s"] for r in after) / k, "comm_s": sum(r["comm_s"] for r in after) / k,
        "dp_exposed_s": sum(r.get("dp_exposed_s", 0) for r in after) / k,
        "dp_overlap_s": sum(r.get("dp_overlap_s", 0) for r in after) / k,
+       "dp_side_s": sum(r.get("dp_side_s", 0) for r in after) / k, "dp_times": after[-1].get("dp_times", "host"),
        "loss_last": recs[-1]["loss"]}
 out["tokens_per_s"] = out["tokens_per_step"] / out["step_s"]
 busy = [r["stage_busy_s"] for r in after if "stage_busy_s" in r]
@@ -168,10 +175,12 @@ for (mode, lay), rs in agg.items():
                  "comm_s_median": st.median(c), "tokens_per_s": r0["tokens_per_step"] / st.median(t),
                  "dp_exposed_s_median": st.median([r.get("dp_exposed_s", 0) for r in ok]),
                  "dp_overlap_s_median": st.median([r.get("dp_overlap_s", 0) for r in ok]),
+                 "dp_side_s_median": st.median([r.get("dp_side_s", 0) for r in ok]),
+                 "dp_times": ok[0].get("dp_times", "host"),
                  "compute_s_median": st.median([r["step_s"] - r["comm_s"] for r in ok]),
                  "stage_busy_s": r0.get("stage_busy_s")})
 for r in rows:
-    base = next((b for b in rows if b["mode"] == r["mode"] and b["layout"] == "1" and "refused" not in b), None)
+    base = next((b for b in rows if b["mode"] == r["mode"] and b["layout"].split(":")[0] == "1" and "refused" not in b), None)
     if base and "refused" not in r:
         r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
         r["efficiency"] = r["speedup"] / r["ranks"]
@@ -183,16 +192,19 @@ md = ["# scaling: %s on %s (%s cores%s), %s" % (device, machine["cpu"], machine[
       (", %s x %s" % (machine["gpus"], machine["gpu"])) if machine.get("gpus") else "", machine["date"]), ""]
 for mode in sorted({r["mode"] for r in rows}):
     md += ["## %s scaling" % mode, "",
-           "| layout | ranks | tokens/step | step s (median) | spread (min..max) | comm s | comm share | DP exposed s | DP overlapped s | compute s | tokens/s | speed-up | efficiency |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| layout | ranks | tokens/step | step s (median) | spread (min..max) | comm s | comm share | DP exposed s | DP overlapped s | DP side-stream s | compute s | tokens/s | speed-up | efficiency |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mode"] != mode: continue
         if "refused" in r:
-            md.append("| %s | %d | — | refused: %s | | | | | | | | | |" % (r["layout"], r["ranks"], r["refused"])); continue
-        md.append("| %s | %d | %d | %.4f | %.4f..%.4f | %.4f | %.0f%% | %.4f | %.4f | %.4f | %.0f | %s | %s |" % (
+            md.append("| %s | %d | — | refused: %s | | | | | | | | | | |" % (r["layout"], r["ranks"], r["refused"])); continue
+        dev = r.get("dp_times") == "device"
+        md.append("| %s | %d | %d | %.4f | %.4f..%.4f | %.4f | %.0f%% | %.4f%s | %.4f%s | %s | %.4f | %.0f | %s | %s |" % (
             r["layout"], r["ranks"], r["tokens_per_step"], r["step_s_median"], r["step_s_min"], r["step_s_max"],
             r["comm_s_median"], 100 * r["comm_s_median"] / r["step_s_median"], r.get("dp_exposed_s_median", 0),
-            r.get("dp_overlap_s_median", 0), r.get("compute_s_median", r["step_s_median"] - r["comm_s_median"]),
+            " (dev)" if dev else "", r.get("dp_overlap_s_median", 0), " (dev)" if dev else "",
+            "%.4f" % r["dp_side_s_median"] if dev else "—",
+            r.get("compute_s_median", r["step_s_median"] - r["comm_s_median"]),
             r["tokens_per_s"],
             "%.2fx" % r["speedup"] if "speedup" in r else "—", "%.0f%%" % (100 * r["efficiency"]) if "efficiency" in r else "—"))
     md.append("")

@@ -134,6 +134,33 @@ int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x,
     TIMED(c->ops->sum_add_rmsnorm(c->impl, g, part, x, out, w, N, C, eps, residual, done));
 }
 
+int zb_comm_mark(zb_comm *c, int k) {
+    return c && c->ops->mark ? c->ops->mark(c->impl, k) : ZB_OK;
+}
+
+int zb_comm_elapsed(zb_comm *c, int a, int b, double *s) {
+    *s = -1;
+    return c && c->ops->elapsed ? c->ops->elapsed(c->impl, a, b, s) : ZB_OK;
+}
+
+int zb_comm_side_busy(zb_comm *c, double *s) {
+    *s = -1;
+    return c && c->ops->side_busy ? c->ops->side_busy(c->impl, s) : ZB_OK;
+}
+
+int zb_comm_stalled(zb_comm *c, double *s) {
+    *s = -1;
+    return c && c->ops->stalled ? c->ops->stalled(c->impl, s) : ZB_OK;
+}
+
+int zb_comm_iallgatherv_inplace(zb_comm *c, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                zb_ctype t, zb_comm_req *r) {
+    r->pending = 0;
+    if (alone(c, g)) return ZB_OK;
+    if (!c->ops->iallgatherv_inplace) TIMED(c->ops->allgatherv_inplace(c->impl, g, x, counts, displs, t));
+    TIMED(c->ops->iallgatherv_inplace(c->impl, g, x, counts, displs, t, r));
+}
+
 void zb_comm_die(zb_comm *c, const char *what) {
     fprintf(stderr, "zebra: %s: %s\n", what, zb_errmsg());
     fflush(stderr);

@@ -21,7 +21,8 @@
 
 typedef enum { ZB_GROUP_WORLD = 0, ZB_GROUP_TP, ZB_GROUP_PP, ZB_GROUP_DP, ZB_NGROUPS } zb_group;
 typedef enum { ZB_CT_F32 = 0, ZB_CT_F64, ZB_CT_I32, ZB_CT_I64, ZB_CT_U64 } zb_ctype;
-typedef enum { ZB_RED_SUM = 0, ZB_RED_MAX, ZB_RED_MIN } zb_redop;
+/* ZB_RED_MEAN: the sum times 1/size, only where zb_comm.dev_mean says so (device floats) */
+typedef enum { ZB_RED_SUM = 0, ZB_RED_MAX, ZB_RED_MIN, ZB_RED_MEAN } zb_redop;
 
 /* A pending non-blocking operation (isend, iallreduce); pending 0: nothing to wait for. The
  * implementation keeps its handle in h. */
@@ -66,7 +67,26 @@ typedef struct {
      * call does not fit, or the group has no peer memory), nothing done. */
     int (*sum_add_rmsnorm)(void *impl, zb_group g, const float *part, float *x, float *out, const float *w, int N,
                            int C, float eps, int residual, int *done);
+    /* Optional (NULL: none). Device-true timing where the calls are queued on device streams
+     * (NCCL): mark(k) records mark k (0 .. ZB_COMM_MARKS-1) on the compute stream, after what is
+     * queued there now; mark(-1) forgets every mark and the side stream's timed calls (a new
+     * step). elapsed(a, b) waits for mark b and gives the seconds from mark a to b (-1: one of
+     * them not recorded since the reset); side_busy gives the seconds the side stream spent in
+     * the non-blocking collectives (iallreduce, ireduce_scatter) since the reset (waits for them). */
+    int (*mark)(void *impl, int k);
+    int (*elapsed)(void *impl, int a, int b, double *s);
+    int (*side_busy)(void *impl, double *s);
+    /* Optional (NULL: the blocking allgatherv_inplace). allgatherv_inplace, non-blocking (ZeRO-1's
+     * parameters bucket by bucket; GPUs: on the side stream after the compute stream's work
+     * queued so far); counts / displs may be freed on return. */
+    int (*iallgatherv_inplace)(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                               zb_ctype t, zb_comm_req *r);
+    /* Optional (NULL: none). The seconds the compute stream stood waiting in wait() for the
+     * side stream's requests since the last call (timing events around each wait; the events
+     * of the waits made so far must be done, or the call waits for them). */
+    int (*stalled)(void *impl, double *s);
 } zb_comm_ops;
+#define ZB_COMM_MARKS 8
 
 typedef struct zb_comm {
     const zb_comm_ops *ops;
@@ -77,6 +97,9 @@ typedef struct zb_comm {
     /* bit g set: group g's collectives on device buffers may be recorded into a device graph
      * (NCCL on the recording stream: a TP decode step is replayed with its all-reduces) */
     unsigned graph_groups;
+    /* iallreduce of device floats takes ZB_RED_MEAN (NCCL's ncclAvg: each rank's part times
+     * 1/size, then summed; for a power-of-two size the bits of the sum scaled after) */
+    int dev_mean;
 } zb_comm;
 
 size_t zb_ctype_size(zb_ctype t);
@@ -120,6 +143,17 @@ void zb_comm_shared_free(zb_comm *c, void *win);
  * Collective: every rank of the group makes the same call, and gets the same *done. */
 int zb_comm_sum_add_rmsnorm(zb_comm *c, zb_group g, const float *part, float *x, float *out, const float *w, int N,
                             int C, float eps, int residual, int *done);
+
+/* Device-true timing (zb_comm_ops.mark / elapsed / side_busy): no-ops giving -1 seconds where
+ * the implementation has none (host ranks: the calls' own time is the true time). */
+int zb_comm_mark(zb_comm *c, int k);
+int zb_comm_elapsed(zb_comm *c, int a, int b, double *s);
+int zb_comm_side_busy(zb_comm *c, double *s);
+int zb_comm_stalled(zb_comm *c, double *s);
+/* Non-blocking allgatherv_inplace (completed by zb_comm_wait / zb_comm_test); alone: nothing to do.
+ * Without the implementation's non-blocking call: the blocking one, done on return. */
+int zb_comm_iallgatherv_inplace(zb_comm *c, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                zb_ctype t, zb_comm_req *r);
 
 /* A failure where no status can be returned (inside forward / backward): print this rank's
  * message as "zebra: <what>: <message>" and bring every rank down. */

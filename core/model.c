@@ -215,10 +215,6 @@ static inline void tprof(const zb_model *m, zb_acts *a, int k) {
     if (k >= 0) a->prof[k] += now - a->prof_t;
     a->prof_t = now;
 }
-static int mixer_part(zb_layer_kind k, int bwd) {
-    int f = k == ZB_LAYER_ATTN ? ZB_TPROF_ATTN_F : k == ZB_LAYER_MLA ? ZB_TPROF_MLA_F : ZB_TPROF_MAMBA_F;
-    return bwd ? f - ZB_TPROF_ATTN_F + ZB_TPROF_ATTN_B : f;
-}
 
 void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     const zb_config *c = &m->cfg;
@@ -228,12 +224,13 @@ void zb_block_forward(const zb_model *m, zb_acts *a, int l) {
     size_t Nd = (size_t)N * d, NF = (size_t)N * F;
     float *x = a->res + l * Nd, *mid = a->mid + l * Nd, *next = a->res + (l + 1) * Nd;
     float *ln1 = a->ln1 + l * Nd, *ln2 = a->ln2 + l * Nd;
+    zb_model_params_needed(m, ZB_GRAD_BLOCK(l));
     be->rmsnorm_forward(be, ln1, a->rstd1 + (size_t)l * N, x, w->attn_norm, N, d, c->rms_eps);
     tprof(m, a, ZB_TPROF_BLOCK_F);
     if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_forward(m, l, ln1, a->mix_out, a->mix_acts[l], B, T);
     if (a->profile) be->mixer_profile(be, NULL);
-    tprof(m, a, mixer_part(c->kinds[l], 0));
+    tprof(m, a, zb_tprof_mixer(c->kinds[l], 0));
     be->add(be, mid, x, a->mix_out, Nd);
     /* the MLP whole: a device backend keeps ln2, gate, up, h in its own format (backend.h) */
     be->mlp_forward(be, a->mix_out, ln2, a->rstd2 + (size_t)l * N, a->gate + l * NF, a->up + l * NF, a->hmlp + l * NF,
@@ -270,6 +267,7 @@ void zb_model_forward(const zb_model *m, zb_acts *a, const int *ids) {
     size_t Nd = (size_t)N * d;
     tprof(m, a, -1);   /* the step's clock starts here */
     if (ids) be->to_device(be, a->ids, ids, sizeof(int) * N);
+    zb_model_params_needed(m, ZB_GRAD_ALL);   /* ZeRO: the embedding's parameters gathered */
     if (m->pp_no_embed) { /* PP: a->res[0] holds the residual received from the previous stage */ }
     else if (m->tp) zb_tp_embedding_forward(m, a->res, a->ids, N);   /* TP: vocab-parallel + all-reduce */
     else be->embedding_forward(be, a->res, a->ids, m->w.embed_lin, N, d);
@@ -320,6 +318,7 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     if (m->tp) zb_tp_allreduce(m->tp, a->dln, Nd);   /* TP: gate/up are column-parallel */
     be->rmsnorm_backward(be, a->dres, g->mlp_norm, a->dln, mid, w->mlp_norm,
                          a->rstd2 + (size_t)l * N, N, d);   /* dres is now d/d mid */
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_MLP(l));   /* DP: the MLP's grads are final */
     if (dmix) be->add(be, a->dres, a->dres, dmix, Nd);   /* d/d mixer out = d/d mid + dmix */
     /* mixer: mid = x + mixer(ln1) */
     be->zero(be, a->dln, sizeof(float) * Nd);
@@ -327,7 +326,7 @@ void zb_block_backward(zb_model *m, zb_acts *a, int l, const float *dmix) {
     if (a->profile) be->mixer_profile(be, a->prof_mix);
     zb_mixer_backward(m, l, ln1, a->dres, a->dln, a->mix_acts[l], a->mix_scratch, B, T);
     if (a->profile) be->mixer_profile(be, NULL);
-    tprof(m, a, mixer_part(c->kinds[l], 1));
+    tprof(m, a, zb_tprof_mixer(c->kinds[l], 1));
     be->rmsnorm_backward(be, a->dres, g->attn_norm, a->dln, x, w->attn_norm,
                          a->rstd1 + (size_t)l * N, N, d);   /* dres is now d/d res[l] */
     tprof(m, a, ZB_TPROF_BLOCK_B);
@@ -348,17 +347,17 @@ void zb_model_backward(zb_model *m, zb_acts *a, const int *ids) {
     be->zero(be, a->dres, sizeof(float) * Nd);
     be->rmsnorm_backward(be, a->dres, m->g.final_norm, a->dln, a->res + c->n_layers * Nd,
                          m->w.final_norm, a->rstdf, N, d);
-    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, c->n_layers);   /* DP: the head and final norm */
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_HEAD(c->n_layers));   /* DP: the head and final norm */
     }
     tprof(m, a, ZB_TPROF_HEAD_B);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         zb_block_backward(m, a, l, NULL);
-        if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);   /* DP: block l's grads are final */
+        if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_BLOCK(l));   /* DP: block l's grads are final */
     }
     if (m->pp_no_embed) { /* PP: a->dres = d(res[0]) goes to the previous stage */ }
     else if (m->tp) zb_tp_embedding_backward(m, a->dres, a->ids, N);   /* TP: this rank's rows only */
-    else be->embedding_backward(be, m->g.embed, a->dres, a->ids, N, d);
-    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);   /* DP: embedding, final norm, head */
+    else be->embedding_backward(be, m->emb_rows ? m->emb_rows : m->g.embed, a->dres, m->emb_rows ? m->emb_slot : a->ids, N, d);
+    if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);   /* DP: embedding, final norm, head */
     tprof(m, a, ZB_TPROF_EMBED_B);
 }
 

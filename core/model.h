@@ -91,13 +91,25 @@ typedef struct {
      * shard: cfg holds the LOCAL dims (heads, groups, ffn, vocab divided by tp), params the
      * local shapes; tp has the full config, names/shapes and this rank's slices. */
     zb_tp *tp;
-    /* DP: optional hook called by zb_model_backward with l = n_layers once the head's and the
-     * final norm's gradients are final, after block l's (l = n_layers-1 .. 0), then once with
-     * l = -1 after the embedding (everything final):
-     * the data-parallel reducer (parallel/dp.h) starts the all-reduce of that layer's bucket
-     * while the backward goes on (overlap, as PyTorch DDP / Megatron's grad buckets). */
-    void (*grad_hook)(void *ctx, int layer);
+    /* DP: optional hook called by the backward each time more gradients are final, from the
+     * top, with `at` (decreasing): ZB_GRAD_HEAD(n_layers) the head's and the final norm's,
+     * ZB_GRAD_MLP(l) block l's MLP and its norm (its mixer still to come), ZB_GRAD_BLOCK(l) all
+     * of block l's, then ZB_GRAD_ALL after the embedding (everything final): the data-parallel
+     * reducer (parallel/dp.h) starts the all-reduce of those buckets while the backward goes on
+     * (overlap, as PyTorch DDP / Megatron's grad buckets). */
+    void (*grad_hook)(void *ctx, int at);
     void *grad_hook_ctx;
+    /* ZeRO-1 (optional, parallel/dp.c): called by the forward before it reads the parameters
+     * of `at` (ZB_GRAD_ALL: the embedding, ZB_GRAD_BLOCK(l): block l; the last block's call
+     * also covers the final norm and head), so that the parameters' all-gather after the last optimizer step, bucket
+     * by bucket, overlaps the forward of the layers below. */
+    void (*param_hook)(void *ctx, int at);
+    void *param_hook_ctx;
+    /* DP (optional, parallel/dp.c): when set, the embedding's backward adds token t's gradient
+     * to row emb_slot[t] of emb_rows (backend memory, zeroed by the setter) instead of to its
+     * row of g.embed; the setter reduces those rows over the ranks and adds them to g.embed. */
+    float *emb_rows;
+    const int *emb_slot;
     /* PP: a pipeline stage (parallel/pp.h) holds layers [pp_first, pp_first + cfg.n_layers) of
      * the full model: cfg.n_layers / kinds are the stage's, tensor names keep the GLOBAL layer
      * index (params[i].layer is local). pp_no_embed (not the first stage): no embedding lookup;
@@ -109,6 +121,17 @@ typedef struct {
      * a whole model. Set by zb_model_init_stage. */
     int pp_first, pp_no_embed, pp_no_head;
 } zb_model;
+
+/* zb_model.grad_hook's `at`, in the order the backward calls it (decreasing) */
+#define ZB_GRAD_HEAD(n_layers) (2 * (n_layers))
+#define ZB_GRAD_MLP(l) (2 * (l) + 1)
+#define ZB_GRAD_BLOCK(l) (2 * (l))
+#define ZB_GRAD_ALL (-1)
+
+/* Before reading the parameters of `at` (m->param_hook, when set). */
+static inline void zb_model_params_needed(const zb_model *m, int at) {
+    if (m->param_hook) m->param_hook(m->param_hook_ctx, at);
+}
 
 /* Build the parameter list of a config (HF names and shapes) and allocate the buffer
  * (zeros). Used by loading, random init, import checks and compose. */
@@ -186,6 +209,11 @@ enum { ZB_TPROF_EMBED, ZB_TPROF_ATTN_F, ZB_TPROF_MLA_F, ZB_TPROF_MAMBA_F, ZB_TPR
        ZB_TPROF_LOSS, ZB_TPROF_HEAD_B, ZB_TPROF_BLOCK_B, ZB_TPROF_ATTN_B, ZB_TPROF_MLA_B, ZB_TPROF_MAMBA_B,
        ZB_TPROF_EMBED_B, ZB_TPROF_N };
 extern const char *const zb_tprof_names[ZB_TPROF_N];
+/* the profile part of a mixer's forward (bwd 0) or backward (bwd 1) */
+static inline int zb_tprof_mixer(zb_layer_kind k, int bwd) {
+    int f = k == ZB_LAYER_ATTN ? ZB_TPROF_ATTN_F : k == ZB_LAYER_MLA ? ZB_TPROF_MLA_F : ZB_TPROF_MAMBA_F;
+    return bwd ? f - ZB_TPROF_ATTN_F + ZB_TPROF_ATTN_B : f;
+}
 
 int zb_acts_alloc(zb_acts *a, const zb_model *m, int B, int T);
 void zb_acts_free(zb_acts *a);

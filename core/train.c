@@ -237,6 +237,7 @@ static double ild_mixer_mse(zb_trainer *tr, int want_grad, float gs) {
         const float *x = tr->ta.ln1 + l * Nd;    /* the teacher's normed input of layer l */
         const float *res = tr->ta.res + l * Nd, *mid = tr->ta.mid + l * Nd;
         m->be->sub(m->be, target, mid, res, Nd);   /* teacher mixer output */
+        zb_model_params_needed(m, ZB_GRAD_BLOCK(l));
         zb_mixer_forward(m, l, x, y, tr->a.mix_acts[l], B, T);
         double mse = m->be->mse(m->be, want_grad ? tr->a.dtmp : NULL, y, target, Nd, gs / tr->n_ild);
         total += mse;
@@ -280,10 +281,10 @@ static double ild_release(zb_trainer *tr, int want_grad, float gs, double *blk, 
         total += lb + lm;
         if (want_grad) {
             zb_block_backward(m, a, l, a->dtmp);
-            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, l);
+            if (m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_BLOCK(l));
         }
     }
-    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, -1);
+    if (want_grad && m->grad_hook) m->grad_hook(m->grad_hook_ctx, ZB_GRAD_ALL);
     return total;
 }
 

@@ -156,8 +156,9 @@ static void fmt_time(char *buf, size_t cap, double s) {
  * moments whose float buffers are host copies (the layout, shards and ranges are the same). */
 typedef struct { zb_model m; zb_adamw o; } host_view;
 
-static int host_view_make(const train_run *S, host_view *v, int moments) {
+static int host_view_make(train_run *S, host_view *v, int moments) {
     const zb_backend *be = S->m.be;
+    ZB_TRY(zb_dp_params_ready(&S->dp));   /* ZeRO-1: the parameters' all-gather in flight */
     v->m = S->m;
     v->o = S->o;
     v->m.data = NULL;
@@ -431,7 +432,8 @@ static int step_flat(train_run *S, zb_loss_parts *sum) {
     for (int k = 0; k < S->r.grad_accum; k++) {
         zb_loss_parts p;
         ZB_TRY(zb_batches_next(S->bt, S->ids, S->tg));
-        if (k == S->r.grad_accum - 1) zb_dp_arm(&S->dp);   /* last backward: buckets overlap it */
+        if (k == S->r.grad_accum - 1)   /* last backward: buckets overlap it */
+            ZB_TRY(zb_dp_arm(&S->dp, S->ids, S->tr.rows * S->r.seq_len));
         ZB_TRY(zb_trainer_step(&S->tr, S->ids, S->tg, 1, gs, &p));
         zb_loss_parts_add(sum, &p);
     }
@@ -514,8 +516,8 @@ static int evaluate(train_run *S, zb_loss_parts *out) {
 /* What a log interval accumulates. */
 typedef struct {
     zb_loss_parts parts;   /* per-step means, summed */
-    double gnorm, t, comm, busy, t_run, dp_overlap, dp_exposed;
-    int n;
+    double gnorm, t, comm, busy, t_run, dp_overlap, dp_exposed, dp_side;
+    int n, dp_device;   /* dp_device: the DP split as the device ran it (zb_dp_device_times) */
     int64_t steps_run;
 } interval;
 
@@ -544,12 +546,13 @@ static int report(train_run *S, interval *v, float lr) {
         snprintf(line, sizeof line, "{\"stage\":\"%s\",\"step\":%lld,\"loss\":%s,\"ce\":%s,\"kl\":%s,\"mse\":%s,"
                  "\"lr\":%.9g,\"grad_norm\":%s,\"tokens\":%.0f,\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,"
                  "\"eta_s\":%s,\"step_s\":%.6f,\"comm_s\":%.6f,\"dp_overlap_s\":%.6f,\"dp_exposed_s\":%.6f,"
-                 "\"ild_block\":%s,\"ild_mixer\":%s,\"skipped\":%lld%s}\n",
+                 "\"dp_side_s\":%.6f,\"dp_times\":\"%s\",\"ild_block\":%s,\"ild_mixer\":%s,\"skipped\":%lld%s}\n",
                  zb_stage_name(S->stage),
                  (long long)S->step, jnum(b[0], 40, "%.17g", L), jnum(b[1], 40, "%.17g", v->parts.ce / v->n),
                  jnum(b[2], 40, "%.17g", v->parts.kl / v->n), jnum(b[3], 40, "%.17g", v->parts.mse / v->n), lr,
                  jnum(b[4], 40, "%.9g", v->gnorm / v->n), S->tokens_seen, tps, v->t_run,
                  jnum(b[5], 40, "%.1f", eta), v->t / v->n, v->comm / v->n, v->dp_overlap / v->n, v->dp_exposed / v->n,
+                 v->dp_side / v->n, v->dp_device ? "device" : "host",
                  jnum(b[6], 40, "%.17g", v->parts.ild_block / v->n),
                  jnum(b[7], 40, "%.17g", v->parts.ild_mixer / v->n), (long long)S->skipped, busy);
         ZB_TRY(log_line(S->log_fd, line));
@@ -661,6 +664,7 @@ static int train_loop(train_run *S, long stop_after) {
         memset(&sum, 0, sizeof sum);
         ZB_TRY(S->pp ? step_1f1b(S, &sum) : step_flat(S, &sum));
         ZB_TRY(update(S, &sum, &gnorm, &lr, &applied));
+        ZB_TRY(zb_dp_device_times(&S->dp));   /* on GPUs: the split of the DP time as the device ran it */
         S->step++;
         ZB_TRY(zb_loss_parts_sum(c, ZB_GROUP_DP, &sum));   /* sums over ranks of the per-rank sums */
         zb_loss_parts_div(&sum, (double)r->grad_accum * S->g.dp_size);
@@ -668,6 +672,8 @@ static int train_loop(train_run *S, long stop_after) {
         v.comm += c->seconds;
         v.dp_overlap += S->dp.overlap_s;
         v.dp_exposed += S->dp.exposed_s;
+        v.dp_side += S->dp.device_times ? S->dp.side_s : 0;
+        v.dp_device = S->dp.device_times;
         S->tokens_seen += S->tok_per_step;
         v.gnorm += gnorm;
         v.n++;

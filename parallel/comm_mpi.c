@@ -112,6 +112,21 @@ static int m_allgatherv_inplace(void *impl, zb_group g, void *x, const size_t *c
     return rc;
 }
 
+static int m_iallgatherv_inplace(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                 zb_ctype t, zb_comm_req *r) {
+    int *v, size;
+    ZB_MPI(MPI_Comm_size(grp(impl, g), &size));
+    ZB_TRY(int_counts(impl, g, counts, displs, &v));
+    if (MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, dtype(t), grp(impl, g), req_of(r)) !=
+        MPI_SUCCESS) {
+        free(v);
+        return zb_fail(ZB_EMPI, "MPI_Iallgatherv failed");
+    }
+    mr(r)->keep = v;   /* MPI reads the counts until the request completes */
+    r->pending = 1;
+    return ZB_OK;
+}
+
 static int m_reduce_scatter(void *impl, zb_group g, const void *x, void *out, const size_t *counts, zb_ctype t) {
     int *v, rc = ZB_OK;
     ZB_TRY(int_counts(impl, g, counts, NULL, &v));
@@ -254,7 +269,9 @@ static void m_shared_free(void *impl, void *win) {
 static const zb_comm_ops mpi_ops = {m_allreduce, m_iallreduce, m_bcast, m_allgather, m_allgatherv_inplace,
                                     m_reduce_scatter, m_ireduce_scatter, m_gather, m_send, m_recv, m_isend, m_wait, m_test,
                                     m_barrier, abort_all, m_shared_alloc, m_shared_free,
-                                    NULL};   /* no fused decode sum on host ranks: all-reduce, then the norm */
+                                    NULL,    /* no fused decode sum on host ranks: all-reduce, then the norm */
+                                    NULL, NULL, NULL,    /* no device timing: the calls' own time is true */
+                                    m_iallgatherv_inplace, NULL};
 
 int zb_comm_mpi_new(zb_comm **out, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
     *out = NULL;

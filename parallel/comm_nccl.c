@@ -1,5 +1,5 @@
-/* comm_nccl.c — core/comm.h over NCCL for device buffers, MPI for host buffers; see
- * comm_nccl.h for the communicators and the streams. */
+/* comm_nccl.c — core/comm.h over NCCL for device buffers, MPI for host buffers: the table (its
+ * setup: comm_nccl_setup.c); see comm_nccl.h for the communicators and the streams. */
 #include "comm_nccl.h"
 
 #include <limits.h>
@@ -10,49 +10,10 @@
 #include "comm_mpi.h"
 #include "zb_common.h"
 
-#ifndef ZB_HAVE_CUDA
+#ifdef ZB_HAVE_CUDA
 
-int zb_comm_nccl_available(const char **why) {
-    if (why) *why = "this build has no CUDA (configure with -DZB_CUDA=ON)";
-    return 0;
-}
+#include "comm_nccl_impl.h"
 
-int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
-    (void)world; (void)tp; (void)pp; (void)dp;
-    *out = NULL;
-    zb_comm_mpi_free(mpi);
-    const char *why;
-    zb_comm_nccl_available(&why);
-    return zb_fail(ZB_EARG, "GPU communication: %s", why);
-}
-
-void zb_comm_nccl_free(zb_comm *c) { (void)c; }
-
-#else   /* ZB_HAVE_CUDA */
-
-#include <cuda_runtime.h>
-
-#include "cuda_common.h"
-#ifdef ZB_HAVE_NCCL
-#include <nccl.h>
-#endif
-
-typedef struct {
-    zb_comm *mpi;                   /* host buffers, and the staging path */
-    MPI_Comm mg[ZB_NGROUPS];
-    int pp_size;
-#ifdef ZB_HAVE_NCCL
-    ncclComm_t nc[ZB_NGROUPS];      /* NULL: none (one rank, or WORLD) */
-    ncclComm_t *to, *from;          /* [pp_size]: to[p] carries this stage -> stage p, from[p] p -> this */
-#endif
-    cudaStream_t *to_s, *from_s;    /* a stream per point-to-point communicator */
-    cudaStream_t compute, comm, side;
-    zb_cuda_p2p *p2p;               /* the TP group's peer memory (CUDA IPC), NULL: none */
-    int p2p_sum;                    /* ZB_TP_ALLREDUCE=p2p: the TP group's small all-reduces through it */
-    int p2p_fused;                  /* the fused decode sum + residual + norm through it (ZB_TP_FUSED=1) */
-    cudaEvent_t ev_in, ev_out;
-    int sync;                       /* ZB_NCCL_SYNC=1: the host waits after every call */
-} nccl_impl;
 
 /* A pending request (zb_comm_req.h): an MPI request (with the host copy of a staged send to
  * free after it), or the event that ends an operation queued on a stream. */
@@ -71,12 +32,6 @@ static MPI_Datatype mpi_dt(zb_ctype t) {
 static nreq *rq(zb_comm_req *r) { return (nreq *)(void *)r->h; }
 static nccl_impl *IM(void *impl) { return impl; }
 
-#define ZB_CU(call) do { cudaError_t zb_e_ = (call); if (zb_e_ != cudaSuccess) \
-    return zb_fail(ZB_EDEVICE, "CUDA error '%s' in %s (%s:%d)", cudaGetErrorString(zb_e_), #call, __FILE__, __LINE__); } while (0)
-#ifdef ZB_HAVE_NCCL
-#define ZB_NC(call) do { ncclResult_t zb_n_ = (call); if (zb_n_ != ncclSuccess) \
-    return zb_fail(ZB_EMPI, "NCCL error '%s' in %s (%s:%d)", ncclGetErrorString(zb_n_), #call, __FILE__, __LINE__); } while (0)
-#endif
 
 /* Does p point into device memory? (host malloc'd memory: no) */
 static int on_dev(const void *p) {
@@ -98,10 +53,43 @@ static int capturing(nccl_impl *im) {
     return st == cudaStreamCaptureStatusActive;
 }
 
+/* a timing event from the pool *ev [*n of *cap used] recorded on stream s */
+static int time_event(cudaEvent_t **ev, int *n, int *cap, cudaStream_t s) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 256;
+        cudaEvent_t *e = realloc(*ev, sizeof *e * (size_t)c);
+        if (!e) return zb_fail(ZB_ENOMEM, "GPU communication: out of memory for timing events");
+        *ev = e;
+        for (int i = *cap; i < c; i++) ZB_CU(cudaEventCreate(&e[i]));
+        *cap = c;
+    }
+    ZB_CU(cudaEventRecord((*ev)[(*n)++], s));
+    return ZB_OK;
+}
+
+/* a timing event on the side stream: the start or the end of a call (pairs) */
+static int side_time(nccl_impl *im) {
+    return im->timing ? time_event(&im->tside, &im->nside, &im->cap_side, im->side) : ZB_OK;
+}
+
+/* the sum of the pairs' times of the pool [n], waiting for each pair's end */
+static int pairs_time(const cudaEvent_t *ev, int n, double *s) {
+    double t = 0;
+    for (int i = 0; i + 1 < n; i += 2) {
+        float ms = 0;
+        ZB_CU(cudaEventSynchronize(ev[i + 1]));
+        ZB_CU(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
+        t += ms * 1e-3;
+    }
+    *s = t;
+    return ZB_OK;
+}
+
 /* the work queued so far on the compute stream comes first on s */
 static int enter(nccl_impl *im, cudaStream_t s) {
     ZB_CU(cudaEventRecord(im->ev_in, im->compute));
     ZB_CU(cudaStreamWaitEvent(s, im->ev_in, 0));
+    if (s == im->side) ZB_TRY(side_time(im));   /* the call starts when the side stream gets here */
     return ZB_OK;
 }
 
@@ -164,7 +152,9 @@ static ncclDataType_t ndt(zb_ctype t) {
     default: return ncclUint64;
     }
 }
-static ncclRedOp_t nop(zb_redop op) { return op == ZB_RED_MAX ? ncclMax : op == ZB_RED_MIN ? ncclMin : ncclSum; }
+static ncclRedOp_t nop(zb_redop op) {
+    return op == ZB_RED_MAX ? ncclMax : op == ZB_RED_MIN ? ncclMin : op == ZB_RED_MEAN ? ncclAvg : ncclSum;
+}
 static ncclComm_t gcomm(nccl_impl *im, zb_group g) { return im->nc[g]; }
 #else
 static void *gcomm(nccl_impl *im, zb_group g) { (void)im; (void)g; return NULL; }
@@ -195,6 +185,7 @@ static int nccl_reduce_scatter(nccl_impl *im, zb_group g, const void *x, void *o
 
 /* r: pending until the side stream has done what it holds now (n_wait / n_test) */
 static int side_request(nccl_impl *im, nreq *q, zb_comm_req *r) {
+    ZB_TRY(side_time(im));
     ZB_CU(cudaEventCreateWithFlags(&q->u.ev, cudaEventDisableTiming));
     ZB_CU(cudaEventRecord(q->u.ev, im->side));
     q->kind = RQ_EVENT;
@@ -219,14 +210,15 @@ static int n_allreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, zb
         return ZB_OK;
     }
 #endif
-    if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
 #ifdef ZB_HAVE_NCCL
-    if (gcomm(im, g)) {
+    if (gcomm(im, g) && on_dev(x)) {
         ZB_TRY(enter(im, im->comm));
         ZB_NC(ncclAllReduce(x, x, n, ndt(t), nop(op), im->nc[g], im->comm));
         return leave(im, im->comm);
     }
 #endif
+    if (op == ZB_RED_MEAN) return zb_fail(ZB_EARG, "GPU communication: a mean all-reduce needs NCCL and device buffers");
+    if (!on_dev(x)) return MPI_OPS(im)->allreduce(MPI_IMPL(im), g, x, n, t, op);
     return staged_inplace(im, g, x, n * zb_ctype_size(t), (staged_call){ST_ALLREDUCE, n, t, (int)op, NULL, NULL});
 }
 
@@ -235,6 +227,7 @@ static int n_iallreduce(void *impl, zb_group g, void *x, size_t n, zb_ctype t, z
     nreq *q = rq(r);
     memset(q, 0, sizeof *q);
     if (!on_dev(x)) {
+        if (op == ZB_RED_MEAN) return zb_fail(ZB_EARG, "GPU communication: a mean all-reduce of host buffers");
         q->kind = RQ_MPI;
         if (n > ((size_t)1 << 30)) return zb_fail(ZB_EARG, "MPI: a message of %zu elements is too large", n);
         MPI_Datatype dt = mpi_dt(t);
@@ -488,8 +481,12 @@ static int n_wait(void *impl, zb_comm_req *r) {
     nccl_impl *im = IM(impl);
     nreq *q = rq(r);
     r->pending = 0;
-    if (q->kind == RQ_EVENT) {
+    if (q->kind == RQ_EVENT) {   /* timed: how long the compute stream stands here */
+        int tm = im->timing && !capturing(im);
+        if (tm && im->nwait >= 4096) im->nwait = 0;   /* nobody reads them (pipeline sends): start over */
+        if (tm) ZB_TRY(time_event(&im->twait, &im->nwait, &im->cap_wait, im->compute));
         cudaError_t e = cudaStreamWaitEvent(im->compute, q->u.ev, 0);
+        if (tm && e == cudaSuccess) ZB_TRY(time_event(&im->twait, &im->nwait, &im->cap_wait, im->compute));
         cudaEventDestroy(q->u.ev);
         if (e != cudaSuccess) return zb_fail(ZB_EDEVICE, "CUDA error '%s' waiting for a transfer", cudaGetErrorString(e));
         if (im->sync) ZB_CU(cudaStreamSynchronize(im->compute));
@@ -544,242 +541,89 @@ static int n_sum_add_rmsnorm(void *impl, zb_group g, const float *part, float *x
     return ZB_OK;
 }
 
-static const zb_comm_ops nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
+static int n_mark(void *impl, int k) {
+    nccl_impl *im = IM(impl);
+    if (!im->timing) return ZB_OK;
+    if (k < 0) { im->marked = 0; im->nside = 0; return ZB_OK; }
+    if (k >= ZB_COMM_MARKS) return zb_fail(ZB_EARG, "GPU communication: timing mark %d out of range", k);
+    ZB_CU(cudaEventRecord(im->marks[k], im->compute));
+    im->marked |= 1u << k;
+    return ZB_OK;
+}
+
+static int n_elapsed(void *impl, int a, int b, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
+    if (!im->timing || a < 0 || b < 0 || a >= ZB_COMM_MARKS || b >= ZB_COMM_MARKS) return ZB_OK;
+    if (!(im->marked >> a & 1) || !(im->marked >> b & 1)) return ZB_OK;
+    float ms = 0;
+    ZB_CU(cudaEventSynchronize(im->marks[b]));
+    ZB_CU(cudaEventElapsedTime(&ms, im->marks[a], im->marks[b]));
+    *s = ms * 1e-3;
+    return ZB_OK;
+}
+
+static int n_side_busy(void *impl, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
+    return im->timing ? pairs_time(im->tside, im->nside, s) : ZB_OK;
+}
+
+static int n_stalled(void *impl, double *s) {
+    nccl_impl *im = IM(impl);
+    *s = -1;
+    if (!im->timing) return ZB_OK;
+    ZB_TRY(pairs_time(im->twait, im->nwait, s));
+    im->nwait = 0;
+    return ZB_OK;
+}
+
+/* ZeRO-1's parameters bucket by bucket: on the side stream (the compute stream's work queued
+ * so far first), each rank's part broadcast from it in one group, as n_allgatherv_inplace */
+static int n_iallgatherv_inplace(void *impl, zb_group g, void *x, const size_t *counts, const size_t *displs,
+                                 zb_ctype t, zb_comm_req *r) {
+    nccl_impl *im = IM(impl);
+    nreq *q = rq(r);
+    memset(q, 0, sizeof *q);
+    int size = im->mpi->size[g];
+    size_t es = zb_ctype_size(t);
+    if (!on_dev(x)) {   /* host buffers: MPI, the int counts kept until the request completes */
+        int *v = zb_malloc(sizeof(int) * 2 * (size_t)size, "MPI counts");
+        if (!v) return ZB_ENOMEM;
+        for (int k = 0; k < size; k++) {
+            if (counts[k] > INT_MAX || displs[k] > INT_MAX) { free(v); return zb_fail(ZB_EARG, "MPI: a part beyond int counts"); }
+            v[k] = (int)counts[k];
+            v[size + k] = (int)displs[k];
+        }
+        if (MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, v, v + size, mpi_dt(t), im->mg[g], &q->u.mpi) !=
+            MPI_SUCCESS) {
+            free(v);
+            return zb_fail(ZB_EMPI, "MPI_Iallgatherv failed");
+        }
+        q->kind = RQ_MPI;
+        q->host = v;
+        r->pending = 1;
+        return ZB_OK;
+    }
+#ifdef ZB_HAVE_NCCL
+    if (gcomm(im, g)) {
+        ZB_TRY(enter(im, im->side));
+        ZB_NC(ncclGroupStart());
+        for (int k = 0; k < size; k++) {
+            char *p = (char *)x + displs[k] * es;
+            if (counts[k]) ZB_NC(ncclBroadcast(p, p, counts[k], ndt(t), k, im->nc[g], im->side));
+        }
+        ZB_NC(ncclGroupEnd());
+        return side_request(im, q, r);
+    }
+#endif
+    return n_allgatherv_inplace(impl, g, x, counts, displs, t);   /* staged: done when it returns */
+}
+
+const zb_comm_ops zb_nccl_ops = {n_allreduce, n_iallreduce, n_bcast, n_allgather, n_allgatherv_inplace,
                                      n_reduce_scatter, n_ireduce_scatter, n_gather, n_send, n_recv, n_isend, n_wait, n_test,
                                      n_barrier, n_abort, NULL, NULL,   /* no node-shared memory: device buffers */
-                                     n_sum_add_rmsnorm};
-
-/* ---- setup ---------------------------------------------------------------------------------- */
-
-#ifdef ZB_HAVE_NCCL
-/* A communicator over MPI communicator mc: the unique id made on its rank 0, broadcast over MPI. */
-static int group_comm(ncclComm_t *out, MPI_Comm mc) {
-    int rank, size;
-    ZB_MPI(MPI_Comm_rank(mc, &rank));
-    ZB_MPI(MPI_Comm_size(mc, &size));
-    ncclUniqueId id;
-    memset(&id, 0, sizeof id);
-    if (rank == 0) ZB_NC(ncclGetUniqueId(&id));
-    ZB_MPI(MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, mc));
-    ZB_NC(ncclCommInitRank(out, size, id, rank));
-    return ZB_OK;
-}
-
-/* The two directed communicators between stages a and b of this pipeline (this rank is one of
- * them): src -> dst made on src, its id sent over the PP group's MPI communicator.
- * Each is connected here, by one float sent src -> dst, in the same order on both ranks. NCCL
- * connects a point-to-point peer lazily, at the first send / receive, and that handshake blocks
- * the calling host thread until the peer makes its own first call on the same communicator:
- * left to the first real message, two stages that both start with a send (isend then recv, the
- * exchange of tied embeddings) each wait in the handshake of a different communicator and
- * never reach the other's (the hang of test_nccl's PP section on 2 H200s). */
-#define ZB_NCCL_ID_TAG 7411
-static int pair_connect(ncclComm_t c, cudaStream_t s, int sending, float *one) {
-    if (sending) ZB_NC(ncclSend(one, 1, ncclFloat32, 1, c, s));
-    else ZB_NC(ncclRecv(one, 1, ncclFloat32, 0, c, s));
-    ZB_CU(cudaStreamSynchronize(s));
-    return ZB_OK;
-}
-
-static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
-    for (int k = 0; k < 2; k++) {
-        int src = k ? b : a, dst = k ? a : b;
-        ncclUniqueId id;
-        memset(&id, 0, sizeof id);
-        if (me == src) {
-            ZB_NC(ncclGetUniqueId(&id));
-            ZB_MPI(MPI_Send(&id, (int)sizeof id, MPI_BYTE, dst, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP]));
-            ZB_NC(ncclCommInitRank(&im->to[dst], 2, id, 0));
-            ZB_CU(cudaStreamCreateWithFlags(&im->to_s[dst], cudaStreamNonBlocking));
-            ZB_TRY(pair_connect(im->to[dst], im->to_s[dst], 1, one));
-        } else {
-            ZB_MPI(MPI_Recv(&id, (int)sizeof id, MPI_BYTE, src, ZB_NCCL_ID_TAG, im->mg[ZB_GROUP_PP], MPI_STATUS_IGNORE));
-            ZB_NC(ncclCommInitRank(&im->from[src], 2, id, 1));
-            ZB_CU(cudaStreamCreateWithFlags(&im->from_s[src], cudaStreamNonBlocking));
-            ZB_TRY(pair_connect(im->from[src], im->from_s[src], 0, one));
-        }
-    }
-    return ZB_OK;
-}
-#endif
-
-/* The TP group's peer memory (cuda_common.h), when every rank of the group is on this node and
- * each can open the others' buffers, for
- *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): ZB_TP_FUSED=1 (off by
- *     default: slower than NCCL + add_rmsnorm on 2 H200s, docs/SCALING.md);
- *   - ZB_TP_ALLREDUCE=p2p: the group's all-reduces of up to 64 K floats (off unless asked).
- * Otherwise (said once per rank that asked) NCCL all-reduces as before. Collective over TP: a use
- * is on only where every rank of the group asked for it and every rank's buffer opened. */
-#define ZB_P2P_FLOATS ((size_t)1 << 16)
-static int p2p_setup(nccl_impl *im) {
-    const char *e = getenv("ZB_TP_ALLREDUCE"), *f = getenv("ZB_TP_FUSED");
-    int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
-    MPI_Comm tp = im->mg[ZB_GROUP_TP];
-    if (size < 2) return ZB_OK;
-    int want[2] = {e && !strcmp(e, "p2p"), f && !strcmp(f, "1")}, agreed[2] = {0, 0};
-    ZB_MPI(MPI_Allreduce(want, agreed, 2, MPI_INT, MPI_LAND, tp));
-    if (!agreed[0] && !agreed[1]) return ZB_OK;   /* nobody asked, or not every rank */
-    ok = size <= ZB_P2P_MAX_RANKS;
-    MPI_Comm node;
-    int on_node = 0;
-    ZB_MPI(MPI_Comm_split_type(tp, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
-    ZB_MPI(MPI_Comm_size(node, &on_node));
-    MPI_Comm_free(&node);
-    size_t hb = zb_cuda_p2p_handle_bytes();
-    char *mine = zb_calloc(1, hb, "peer memory"), *hs = zb_calloc((size_t)size, hb, "peer memory");
-    if (!mine || !hs) { free(mine); free(hs); return ZB_ENOMEM; }
-    const char *why = ok ? "another TP rank could not set it up" : "more TP ranks than ZB_P2P_MAX_RANKS";
-    if (ok && on_node != size) { ok = 0; why = "the TP group spans nodes"; }
-    if (ok && zb_cuda_p2p_new(&im->p2p, rank, size, ZB_P2P_FLOATS, mine)) { ok = 0; why = zb_errmsg(); }
-    int rc = MPI_Allgather(mine, (int)hb, MPI_BYTE, hs, (int)hb, MPI_BYTE, tp) == MPI_SUCCESS ? ZB_OK
-           : zb_fail(ZB_EMPI, "peer memory: MPI_Allgather of the handles failed");
-    if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
-    if (!rc && all && zb_cuda_p2p_open(im->p2p, hs)) { ok = 0; why = zb_errmsg(); }
-    if (!rc) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, tp) == MPI_SUCCESS ? ZB_OK : ZB_EMPI;
-    free(mine);
-    free(hs);
-    if (rc || !all) {
-        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: peer memory not used (%s): NCCL all-reduces%s\n", rank, why,
-                         agreed[0] ? " (ZB_TP_ALLREDUCE=p2p not used)" : "");
-        zb_cuda_p2p_free(im->p2p);
-        im->p2p = NULL;
-        return rc;
-    }
-    im->p2p_sum = agreed[0];
-    im->p2p_fused = agreed[1];
-    return ZB_OK;
-}
-
-static int setup(nccl_impl *im) {
-    if (!zb_cuda_ready()) return zb_fail(ZB_EDEVICE, "GPU communication: no GPU selected (zb_cuda_init first)");
-    im->compute = (cudaStream_t)zb_cuda_stream_handle();
-    const char *sync = getenv("ZB_NCCL_SYNC");
-    im->sync = sync && *sync == '1';
-    ZB_CU(cudaStreamCreateWithFlags(&im->comm, cudaStreamNonBlocking));
-    ZB_CU(cudaStreamCreateWithFlags(&im->side, cudaStreamNonBlocking));
-    ZB_CU(cudaEventCreateWithFlags(&im->ev_in, cudaEventDisableTiming));
-    ZB_CU(cudaEventCreateWithFlags(&im->ev_out, cudaEventDisableTiming));
-    int P = im->pp_size;
-    ZB_ALLOC(im->to_s, P, "GPU communication");
-    ZB_ALLOC(im->from_s, P, "GPU communication");
-#ifdef ZB_HAVE_NCCL
-    /* every rank makes the same communicators in the same order: TP, PP, DP, then the pairs */
-    for (int g = ZB_GROUP_TP; g < ZB_NGROUPS; g++)
-        if (im->mpi->size[g] > 1) ZB_TRY(group_comm(&im->nc[g], im->mg[g]));
-    if (P > 1) {
-        ZB_ALLOC(im->to, P, "GPU communication");
-        ZB_ALLOC(im->from, P, "GPU communication");
-        int me = im->mpi->rank[ZB_GROUP_PP], rc = ZB_OK;
-        float *one = NULL;   /* the connecting message */
-        ZB_CU(cudaMalloc((void **)&one, sizeof(float)));
-        ZB_CU(cudaMemset(one, 0, sizeof(float)));
-        for (int s = 0; s + 1 < P && !rc; s++)
-            if (me == s || me == s + 1) rc = pair_comms(im, me, s, s + 1, one);
-        if (!rc && P > 2 && (me == 0 || me == P - 1)) rc = pair_comms(im, me, 0, P - 1, one);   /* tied embeddings */
-        cudaFree(one);
-        ZB_TRY(rc);
-    }
-#endif
-    return p2p_setup(im);
-}
-
-#ifdef ZB_HAVE_NCCL
-/* The pair of stages a, b: its two communicators destroyed in the order pair_comms made them. */
-static void destroy_pair(nccl_impl *im, int me, int a, int b) {
-    for (int k = 0; k < 2; k++) {
-        int src = k ? b : a, dst = k ? a : b;
-        ncclComm_t *c = me == src ? &im->to[dst] : &im->from[src];
-        if (*c) ncclCommDestroy(*c);
-        *c = NULL;
-    }
-}
-#endif
-
-/* ncclCommDestroy waits for the communicator's other ranks (it finalizes collectively), so the
- * communicators go in one order on every rank, that of their creation: the groups TP, PP, DP,
- * then the stage pairs (each rank destroying its own to[] then from[] waited in a different
- * communicator than its peer: test_nccl's PP section hung there on 2 H200s). */
-static void impl_free(nccl_impl *im) {
-    if (!im) return;
-    if (im->compute) cudaStreamSynchronize(im->compute);
-    if (im->comm) cudaStreamSynchronize(im->comm);
-    if (im->side) cudaStreamSynchronize(im->side);
-    for (int p = 0; p < im->pp_size; p++) {
-        if (im->to_s && im->to_s[p]) cudaStreamSynchronize(im->to_s[p]);
-        if (im->from_s && im->from_s[p]) cudaStreamSynchronize(im->from_s[p]);
-    }
-    zb_cuda_p2p_free(im->p2p);
-#ifdef ZB_HAVE_NCCL
-    for (int g = 0; g < ZB_NGROUPS; g++) if (im->nc[g]) ncclCommDestroy(im->nc[g]);
-    if (im->to && im->from) {
-        int me = im->mpi->rank[ZB_GROUP_PP], P = im->pp_size;
-        for (int s = 0; s + 1 < P; s++)
-            if (me == s || me == s + 1) destroy_pair(im, me, s, s + 1);
-        if (P > 2 && (me == 0 || me == P - 1)) destroy_pair(im, me, 0, P - 1);
-    }
-    free(im->to);
-    free(im->from);
-#endif
-    for (int p = 0; p < im->pp_size; p++) {
-        if (im->to_s && im->to_s[p]) cudaStreamDestroy(im->to_s[p]);
-        if (im->from_s && im->from_s[p]) cudaStreamDestroy(im->from_s[p]);
-    }
-    free(im->to_s);
-    free(im->from_s);
-    if (im->comm) cudaStreamDestroy(im->comm);
-    if (im->side) cudaStreamDestroy(im->side);
-    if (im->ev_in) cudaEventDestroy(im->ev_in);
-    if (im->ev_out) cudaEventDestroy(im->ev_out);
-    zb_comm_mpi_free(im->mpi);
-    free(im);
-}
-
-int zb_comm_nccl_available(const char **why) {
-#ifdef ZB_HAVE_NCCL
-    if (why) *why = NULL;
-    return 1;
-#else
-    if (why) *why = "this CUDA build has no NCCL (nccl.h / libnccl not found at configure time): "
-                    "device buffers are staged through the host";
-    return 0;
-#endif
-}
-
-int zb_comm_nccl_new(zb_comm **out, zb_comm *mpi, MPI_Comm world, MPI_Comm tp, MPI_Comm pp, MPI_Comm dp) {
-    *out = NULL;
-    zb_comm *c = zb_calloc(1, sizeof *c, "communication table");
-    nccl_impl *im = zb_calloc(1, sizeof *im, "communication table");
-    if (!c || !im) { free(c); free(im); zb_comm_mpi_free(mpi); return ZB_ENOMEM; }
-    im->mpi = mpi;
-    im->mg[ZB_GROUP_WORLD] = world;
-    im->mg[ZB_GROUP_TP] = tp;
-    im->mg[ZB_GROUP_PP] = pp;
-    im->mg[ZB_GROUP_DP] = dp;
-    im->pp_size = mpi->size[ZB_GROUP_PP];
-    /* one rank's failure before the NCCL handshakes stops every rank (no rank waits in one) */
-    int rc = zb_cuda_ready() ? ZB_OK : zb_fail(ZB_EDEVICE, "GPU communication: no GPU selected (zb_cuda_init first)");
-    int ok = rc == ZB_OK, all = 0;
-    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, world) != MPI_SUCCESS) all = 0;
-    if (!all && ok) rc = zb_fail(ZB_EDEVICE, "GPU communication: another rank has no usable GPU");
-    if (!rc) rc = setup(im);
-    if (rc) { impl_free(im); free(c); return rc; }
-    c->ops = &nccl_ops;
-    c->impl = im;
-#ifdef ZB_HAVE_NCCL
-    for (int g = 0; g < ZB_NGROUPS; g++)
-        if (im->nc[g]) c->graph_groups |= 1u << g;
-#endif
-    if (im->p2p_sum) c->graph_groups |= 1u << ZB_GROUP_TP;
-    memcpy(c->rank, mpi->rank, sizeof c->rank);
-    memcpy(c->size, mpi->size, sizeof c->size);
-    *out = c;
-    return ZB_OK;
-}
-
-void zb_comm_nccl_free(zb_comm *c) {
-    if (!c) return;
-    impl_free(c->impl);
-    free(c);
-}
+                                     n_sum_add_rmsnorm, n_mark, n_elapsed, n_side_busy, n_iallgatherv_inplace,
+                                     n_stalled};
 
 #endif   /* ZB_HAVE_CUDA */

@@ -184,7 +184,8 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
     if (d->zero)   /* ZeRO-1: each rank receives the sum of its piece of the bucket */
         ZB_TRY(zb_comm_ireduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad + b->off, d->gshard + b->zout, b->zcounts,
                                        ZB_CT_F32, &b->req));
-    else ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32, ZB_RED_SUM, &b->req));
+    else ZB_TRY(zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->m->grad + b->off, b->n, ZB_CT_F32,
+                                   d->mean ? ZB_RED_MEAN : ZB_RED_SUM, &b->req));
     b->launched = 1;
     if (d->thread) {   /* the progress thread tests it from now on */
         int n = atomic_load(&d->n_launched);
@@ -200,27 +201,80 @@ static int launch(zb_dp *d, zb_dp_bucket *b) {
     return ZB_OK;
 }
 
-/* When a parameter's gradient is final, in the hook's terms: block l's after block l's backward;
- * the head's (untied) and the final norm's after the head's backward (n_layers); the embedding's
- * (and a tied head's) at the end (-1). Buckets do not mix these three classes. */
-static int level_of(const zb_model *m, const zb_param *p) {
-    if (p->layer >= 0) return p->layer;
+/* When a parameter's gradient is final, in the hook's terms (model.h ZB_GRAD_*): block l's MLP
+ * and its norm after the MLP's backward, the rest of block l after the block's; the head's
+ * (untied) and the final norm's after the head's backward; the embedding's (and a tied head's)
+ * at the end (-1). Buckets do not mix these three classes. ZB_DP_MLP_EARLY=0: a block's MLP
+ * waits for its whole block (the path before). */
+static int is_mlp(const zb_param *p) { return strstr(p->name, ".mlp.") || strstr(p->name, "post_attention_layernorm"); }
+static int level_of(const zb_model *m, const zb_param *p, int mlp_early) {
+    if (p->layer >= 0) return mlp_early && is_mlp(p) ? ZB_GRAD_MLP(p->layer) : ZB_GRAD_BLOCK(p->layer);
     const float *g = m->grad + p->offset;
-    if ((g == m->g.lm_head && m->g.lm_head != m->g.embed) || g == m->g.final_norm) return m->cfg.n_layers;
-    return -1;
+    if ((g == m->g.lm_head && m->g.lm_head != m->g.embed) || g == m->g.final_norm) return ZB_GRAD_HEAD(m->cfg.n_layers);
+    return ZB_GRAD_ALL;
 }
-static int level_class(const zb_model *m, int level) { return level < 0 ? 0 : level >= m->cfg.n_layers ? 2 : 1; }
+static int level_class(const zb_model *m, int level) {
+    return level < 0 ? 0 : level >= ZB_GRAD_HEAD(m->cfg.n_layers) ? 2 : 1;
+}
 
-/* zb_model.grad_hook: block `layer` (n_layers: the head and final norm; -1: everything) has its
- * final gradient. */
-static void dp_hook(void *ctx, int layer) {
+static int env_off(const char *name) {   /* NAME=0: the path before */
+    const char *e = getenv(name);
+    return e && !strcmp(e, "0");
+}
+
+static int sparse_launch(zb_dp *d);
+
+/* ZeRO-1: the parameters' all-gather after the optimizer, bucket by bucket in the forward's
+ * order; zb_model.param_hook waits for the buckets that hold the parameters the forward reads
+ * next (block l: its levels up to ZB_GRAD_MLP(l); the head: all), so the gather of the upper
+ * layers overlaps the forward of the lower ones. */
+static int gather_wait(zb_dp *d, int upto) {
+    int left = 0;
+    for (int k = 0; k < d->nb; k++) {
+        zb_dp_bucket *b = &d->b[k];
+        if (!b->greq.pending) continue;
+        if (b->ready <= upto) ZB_TRY(zb_comm_wait(d->comm, &b->greq));
+        else left++;
+    }
+    d->gathering = left > 0;
+    return ZB_OK;
+}
+
+static void dp_param_hook(void *ctx, int at) {
     zb_dp *d = ctx;
+    if (!d->gathering) return;
+    /* the last block's call also covers the final norm and the head: all that is left */
+    int upto = at < 0 ? ZB_GRAD_ALL : at + 2 >= ZB_GRAD_HEAD(d->m->cfg.n_layers) ? INT_MAX : at + 1;
+    double t0 = zb_now();
+    if (gather_wait(d, upto)) zb_comm_die(d->comm, "ZeRO-1 (the parameters' all-gather)");
+    d->comm->seconds += zb_now() - t0;
+}
+
+int zb_dp_params_ready(zb_dp *d) {
+    return d->gathering ? gather_wait(d, INT_MAX) : ZB_OK;
+}
+
+/* zb_model.grad_hook: the gradients of `at` (model.h ZB_GRAD_*) and above are final. With the
+ * embedding's rows reduced apart (d->sp_on), its dense buckets (the tied head's gradient, or
+ * what earlier micro-batches added) are final once the head's backward is done. */
+static void dp_hook(void *ctx, int at) {
+    zb_dp *d = ctx;
+    if (d->stall_due) {   /* the forward is done (the loss was read): its waits for the gather */
+        double st;
+        if (zb_comm_stalled(d->comm, &st)) zb_comm_die(d->comm, "data parallel");
+        d->ag_stall += st > 0 ? st : 0;
+        d->stall_due = 0;
+    }
     if (!d->armed || d->size == 1 || d->zero_whole) return;
     double t0 = zb_now(), c0 = d->comm->seconds;
-    for (int k = 0; k < d->nb; k++)
-        if (!d->b[k].launched && d->b[k].ready >= layer && !(d->hold_tied && d->b[k].ready < 0) &&
-            launch(d, &d->b[k]))
-            zb_comm_die(d->comm, "data parallel");
+    int head_done = d->sp_on && at <= ZB_GRAD_HEAD(d->m->cfg.n_layers);
+    if (at == ZB_GRAD_ALL && zb_comm_mark(d->comm, ZB_DP_MARK_BWD)) zb_comm_die(d->comm, "data parallel");
+    for (int k = 0; k < d->nb; k++) {
+        const zb_dp_bucket *b = &d->b[k];
+        if (b->launched || (d->hold_tied && b->ready < 0)) continue;
+        if ((b->ready >= at || (head_done && b->ready < 0)) && launch(d, &d->b[k])) zb_comm_die(d->comm, "data parallel");
+    }
+    if (at == ZB_GRAD_ALL && d->sp_on && !d->sp_launched && sparse_launch(d)) zb_comm_die(d->comm, "data parallel");
     if (d->path == ZB_DP_SHM)   /* what every rank has published: summed and copied back now */
         for (int k = 0; k < d->nb; k++)
             if (d->b[k].launched) shm_advance(d, k);
@@ -267,7 +321,7 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         const zb_param *p = &m->params[i];
         if (trainable && !trainable[i]) { cur = NULL; continue; }
         size_t off = p->offset, n = p->numel;
-        int level = level_of(m, p);
+        int level = level_of(m, p, !env_off("ZB_DP_MLP_EARLY"));
         while (n > 0) {
             /* the run grows downwards: [off + n - take, off + n) joins cur if contiguous */
             if (!cur || cur->off != off + n || cur->n >= cap || level_class(m, cur->ready) != level_class(m, level)) {
@@ -306,6 +360,22 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
         if (e && *e && strcmp(e, "overlap") && strcmp(e, "after"))
             return zb_fail(ZB_EARG, "ZB_ZERO_REDUCE=%s: expected overlap or after", e);
         d->zero_whole = e && !strcmp(e, "after");
+        const char *ge = getenv("ZB_ZERO_GATHER");
+        if (ge && *ge && strcmp(ge, "overlap") && strcmp(ge, "after"))
+            return zb_fail(ZB_EARG, "ZB_ZERO_GATHER=%s: expected overlap or after", ge);
+        d->gather = d->size > 1 && !(ge && !strcmp(ge, "after"));
+        if (d->gather) {   /* each bucket's pieces as displacements from its start */
+            ZB_ALLOC(d->zd, (size_t)d->nb * d->size, "ZeRO bucket pieces");
+            for (int k = 0; k < d->nb; k++) {
+                size_t o = 0;
+                for (int r = 0; r < d->size; r++) {
+                    d->zd[(size_t)k * d->size + r] = o;
+                    o += d->b[k].zcounts[r];
+                }
+            }
+            m->param_hook = dp_param_hook;
+            m->param_hook_ctx = d;
+        }
     }
     if (d->size > 1 && !d->zero_whole) {
         const char *e = getenv("ZB_DP_ALLREDUCE");
@@ -317,6 +387,13 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
             return zb_fail(ZB_EARG, "ZB_DP_ALLREDUCE=shm: the DP group is not on one node in host memory "
                            "(or has more than %d ranks)", ZB_DP_MAX_SHM);
     }
+    /* NCCL's average (each part times 1/dp, then summed) instead of a scaling pass after */
+    d->mean = d->size > 1 && !zero && !m->be->host_memory && comm->dev_mean && !env_off("ZB_DP_MEAN");
+    /* the embedding's rows reduced apart (one replica per rank, no TP / PP, not ZeRO; trainable) */
+    const zb_param *emb = zb_model_param(m, "model.embed_tokens.weight");
+    d->sparse = d->size > 1 && !zero && !m->tp && emb && (!trainable || trainable[emb - m->params]) &&
+                !env_off("ZB_DP_SPARSE_EMBED");
+    d->emb = emb;
     if (d->size > 1) {
         const char *pe = getenv("ZB_DP_PROGRESS");
         if (d->path == ZB_DP_MPI && pe && !strncmp(pe, "thread", 6)) {
@@ -333,15 +410,120 @@ int zb_dp_init(zb_dp *d, zb_model *m, const unsigned char *trainable, zb_comm *c
 }
 
 void zb_dp_free(zb_dp *d) {
+    if (d->gathering && gather_wait(d, INT_MAX)) fprintf(stderr, "zebra: %s\n", zb_errmsg());
     if (d->m && d->m->grad_hook_ctx == d) { d->m->grad_hook = NULL; d->m->grad_hook_ctx = NULL; }
+    if (d->m && d->m->param_hook_ctx == d) { d->m->param_hook = NULL; d->m->param_hook_ctx = NULL; }
     if (d->m) d->m->be->free(d->m->be, d->gshard);
     if (d->win) zb_comm_shared_free(d->comm, d->win);
+    if (d->m) {
+        const zb_backend *be = d->m->be;
+        be->free(be, d->sp_buf); be->free(be, d->sp_slot_d); be->free(be, d->sp_rows_d);
+        if (d->m->emb_rows == d->sp_buf) { d->m->emb_rows = NULL; d->m->emb_slot = NULL; }
+    }
+    free(d->zd); free(d->sp_mark); free(d->sp_all); free(d->sp_slot); free(d->sp_rows);
     free(d->b); free(d->zc); free(d->counts); free(d->displs); free(d->seg); free(d->tmp); free(d->order);
     memset(d, 0, sizeof *d);
 }
 
-void zb_dp_arm(zb_dp *d) {
+/* ---- the embedding's rows, reduced apart ----------------------------------------------------
+ * The embedding's gradient from this micro-batch's tokens lives in the rows of its tokens only.
+ * Every rank learns the union U of the DP group's token ids (sorted), its backward adds token
+ * t's gradient to row slot(id_t) of a compact [|U|, d] buffer instead of the full table
+ * (model.h emb_rows), the compact rows are all-reduced (mean) after the backward, and added to
+ * their rows of g.embed. The rest of g.embed (a tied head's gradient, earlier micro-batches')
+ * is final once the head's backward ends: its buckets go then, overlapping the blocks. A row
+ * outside U is zero on every rank in the compact sum. Same sum, other grouping:
+ * (h0 + h1) + (e0 + e1) instead of (h0 + e0) + (h1 + e1), within the f32 bounds. */
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* n: the tokens of the armed micro-batch, the same on every rank of the group (collective) */
+static int sparse_setup(zb_dp *d, const int *ids, int n) {
+    zb_model *m = d->m;
+    const zb_backend *be = m->be;
+    int V = m->cfg.vocab, D = m->cfg.d_model;
+    if (n != d->sp_n) {   /* (re)size: the union has at most min(V, size x n) rows */
+        be->free(be, d->sp_buf); be->free(be, d->sp_slot_d); be->free(be, d->sp_rows_d);
+        free(d->sp_all); free(d->sp_slot); free(d->sp_rows);
+        d->sp_buf = NULL; d->sp_slot_d = d->sp_rows_d = NULL; d->sp_all = d->sp_slot = d->sp_rows = NULL;
+        d->sp_n = 0;
+        size_t cap = (size_t)d->size * n < (size_t)V ? (size_t)d->size * n : (size_t)V;
+        if (!d->sp_mark) {
+            ZB_ALLOC(d->sp_mark, V, "sparse embedding rows");
+            for (int v = 0; v < V; v++) d->sp_mark[v] = -1;
+        }
+        ZB_ALLOC(d->sp_all, (size_t)d->size * n, "sparse embedding rows");
+        ZB_ALLOC(d->sp_slot, n, "sparse embedding rows");
+        ZB_ALLOC(d->sp_rows, cap, "sparse embedding rows");
+        ZB_BE_ALLOC(be, d->sp_buf, cap * D, "sparse embedding rows");
+        ZB_BE_ALLOC(be, d->sp_slot_d, n, "sparse embedding rows");
+        ZB_BE_ALLOC(be, d->sp_rows_d, cap, "sparse embedding rows");
+        d->sp_n = n;
+    }
+    int bad = 0;
+    for (int t = 0; t < n; t++) bad |= ids[t] < 0 || ids[t] >= V;
+    ZB_TRY(zb_comm_allgather(d->comm, ZB_GROUP_DP, ids, (size_t)n, d->sp_all, ZB_CT_I32));
+    int nu = 0;
+    for (size_t i = 0; i < (size_t)d->size * n; i++) {
+        int v = d->sp_all[i];
+        if (v < 0 || v >= V) { bad = 1; continue; }
+        if (d->sp_mark[v] < 0) { d->sp_mark[v] = 0; d->sp_rows[nu++] = v; }
+    }
+    qsort(d->sp_rows, (size_t)nu, sizeof(int), cmp_int);
+    for (int i = 0; i < nu; i++) d->sp_mark[d->sp_rows[i]] = i;
+    for (int t = 0; t < n && !bad; t++) d->sp_slot[t] = d->sp_mark[ids[t]];
+    for (int i = 0; i < nu; i++) d->sp_mark[d->sp_rows[i]] = -1;
+    if (bad) return ZB_OK;   /* an id out of the table on some rank (every rank saw it): the dense path */
+    be->to_device(be, d->sp_slot_d, d->sp_slot, sizeof(int) * (size_t)n);
+    be->to_device(be, d->sp_rows_d, d->sp_rows, sizeof(int) * (size_t)nu);
+    be->zero(be, d->sp_buf, sizeof(float) * (size_t)nu * D);
+    d->sp_nu = nu;
+    d->sp_on = 1;
+    d->sp_launched = 0;
+    m->emb_rows = d->sp_buf;
+    m->emb_slot = d->sp_slot_d;
+    return ZB_OK;
+}
+
+static int sparse_launch(zb_dp *d) {
+    d->sp_launched = 1;
+    size_t n = (size_t)d->sp_nu * d->m->cfg.d_model;
+    return zb_comm_iallreduce(d->comm, ZB_GROUP_DP, d->sp_buf, n, ZB_CT_F32, d->mean ? ZB_RED_MEAN : ZB_RED_SUM,
+                              &d->sp_req);
+}
+
+/* after the buckets: the compact rows' mean added to their rows of g.embed */
+static int sparse_finish(zb_dp *d) {
+    zb_model *m = d->m;
+    const zb_backend *be = m->be;
+    int D = m->cfg.d_model;
+    if (!d->sp_launched) ZB_TRY(sparse_launch(d));
+    ZB_TRY(zb_comm_wait(d->comm, &d->sp_req));
+    if (!d->mean) be->scale(be, d->sp_buf, 1.0f / (float)d->size, (size_t)d->sp_nu * D);
+    be->embedding_backward(be, m->grad + d->emb->offset, d->sp_buf, d->sp_rows_d, d->sp_nu, D);
+    d->sp_on = 0;
+    m->emb_rows = NULL;
+    m->emb_slot = NULL;
+    return ZB_OK;
+}
+
+int zb_dp_arm(zb_dp *d, const int *ids, int n) {
+    zb_dp_arm_buckets(d);
+    if (d->sparse && ids && n > 0) return sparse_setup(d, ids, n);
+    return ZB_OK;
+}
+
+void zb_dp_arm_buckets(zb_dp *d) {
     d->armed = 1;
+    if (d->size > 1) {   /* the last step's ZeRO all-gather read here, not at its end: the host
+                          * reads the next batch meanwhile */
+        double ag;
+        if (zb_comm_elapsed(d->comm, ZB_DP_MARK_AG0, ZB_DP_MARK_AG1, &ag) || zb_comm_mark(d->comm, -1))
+            zb_comm_die(d->comm, "data parallel");
+        d->ag_last = ag > 0 ? ag : 0;
+    }
     for (int k = 0; k < d->nb; k++) {
         zb_dp_bucket *b = &d->b[k];
         b->launched = b->reduced = b->gathered = 0;
@@ -386,7 +568,8 @@ static int finish_buckets(zb_dp *d) {
         be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
         return ZB_OK;
     }
-    for (int k = 0; k < d->nb; k++) be->scale(be, d->m->grad + d->b[k].off, 1.0f / (float)d->size, d->b[k].n);
+    if (!d->mean)
+        for (int k = 0; k < d->nb; k++) be->scale(be, d->m->grad + d->b[k].off, 1.0f / (float)d->size, d->b[k].n);
     return ZB_OK;
 }
 
@@ -403,6 +586,8 @@ int zb_dp_finish(zb_dp *d) {
         rc = zb_comm_reduce_scatter(d->comm, ZB_GROUP_DP, d->m->grad, d->gshard, d->counts, ZB_CT_F32);
         if (!rc) be->scale(be, d->gshard, 1.0f / (float)d->size, d->hi - d->lo);
     } else rc = finish_buckets(d);
+    if (!rc && d->sp_on) rc = sparse_finish(d);
+    if (!rc) rc = zb_comm_mark(d->comm, ZB_DP_MARK_DONE);
     for (int k = 0; k < d->nb; k++)   /* the next step starts from nothing launched, armed or not */
         d->b[k].launched = d->b[k].reduced = d->b[k].gathered = 0;
     double dt = zb_now() - t0;
@@ -498,6 +683,37 @@ int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale) {
     if (!d->zero) { zb_adamw_step(o, d->m, lr, grad_scale); return ZB_OK; }
     zb_adamw_update_range(o, d->m, d->lo, d->hi, d->gshard, o->m, o->v, lr, grad_scale);
     o->step++;
+    if (d->gather) {   /* bucket by bucket in the forward's order, waited for by the forward */
+        ZB_TRY(zb_dp_params_ready(d));
+        for (int k = d->nb - 1; k >= 0; k--) {
+            zb_dp_bucket *b = &d->b[k];
+            ZB_TRY(zb_comm_iallgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data + b->off, b->zcounts,
+                                               d->zd + (size_t)k * d->size, ZB_CT_F32, &b->greq));
+            d->gathering |= b->greq.pending;
+        }
+        d->stall_due = d->gathering;
+        return ZB_OK;
+    }
+    if (d->size > 1) ZB_TRY(zb_comm_mark(d->comm, ZB_DP_MARK_AG0));
     ZB_TRY(zb_comm_allgatherv_inplace(d->comm, ZB_GROUP_DP, d->m->data, d->counts, d->displs, ZB_CT_F32));
+    if (d->size > 1) ZB_TRY(zb_comm_mark(d->comm, ZB_DP_MARK_AG1));
+    return ZB_OK;
+}
+
+int zb_dp_device_times(zb_dp *d) {
+    d->device_times = 0;
+    if (d->size == 1 || d->zero_whole) return ZB_OK;
+    double ex, busy;
+    ZB_TRY(zb_comm_elapsed(d->comm, ZB_DP_MARK_BWD, ZB_DP_MARK_DONE, &ex));
+    ZB_TRY(zb_comm_side_busy(d->comm, &busy));
+    if (ex < 0 || busy < 0) return ZB_OK;   /* host ranks, or no armed backward: the host's times */
+    double st;
+    ZB_TRY(zb_comm_stalled(d->comm, &st));   /* (the waits of finish: inside ex) */
+    d->exposed_s = ex + d->ag_last + d->ag_stall;   /* ZeRO: the previous step's all-gather: after the
+                                                     * optimizer, or what the forward waited for it */
+    d->ag_stall = 0;
+    d->overlap_s = busy > ex ? busy - ex : 0;
+    d->side_s = busy;
+    d->device_times = 1;
     return ZB_OK;
 }

@@ -48,6 +48,7 @@ typedef struct {
      * where this rank's piece goes in gshard */
     const size_t *zcounts;
     size_t zout;
+    zb_comm_req greq;     /* ZeRO-1: the parameters' all-gather of the bucket after the optimizer */
 } zb_dp_bucket;
 
 /* How the buckets are all-reduced (env ZB_DP_ALLREDUCE: auto (default), mpi, shm).
@@ -86,6 +87,30 @@ typedef struct zb_dp {
     /* time spent on the gradient all-reduce since the caller last reset them: inside the
      * backward's hooks (overlapped with compute) and inside zb_dp_finish (exposed) */
     double overlap_s, exposed_s;
+    /* after zb_dp_device_times on a device with stream timing (NCCL): overlap_s and exposed_s
+     * are the device's: exposed = from the backward's end to the reduced gradients on the
+     * compute stream (+ ZeRO's parameter all-gather after the optimizer, the previous step's:
+     * ag_last), side_s = the side stream's time in the
+     * buckets' collectives, overlap = side_s - exposed (at least 0) */
+    double side_s, ag_last, ag_stall;
+    /* ZeRO-1's parameters gathered bucket by bucket after the optimizer (ZB_ZERO_GATHER=after:
+     * one all-gather after it, the path before): each bucket's greq, waited for by the forward
+     * (zb_model.param_hook); zd [nb * size] the pieces' displacements in each bucket */
+    int gather, gathering, stall_due;
+    size_t *zd;
+    int device_times;
+    int mean;             /* buckets all-reduced with ZB_RED_MEAN (NCCL's average), no scaling
+                           * after (env ZB_DP_MEAN=0: sum, then scale) */
+    /* the embedding's rows reduced apart (dp.c; env ZB_DP_SPARSE_EMBED=0: its dense buckets
+     * after the embedding's backward, the path before) */
+    int sparse, sp_on, sp_launched, sp_n, sp_nu;
+    const zb_param *emb;
+    int *sp_mark;         /* [vocab] host: -1, or a row's slot while the union is built */
+    int *sp_all, *sp_slot, *sp_rows;   /* host: every rank's ids [size * sp_n], this rank's slots
+                                        * [sp_n], the union's ids [sp_nu] (sorted) */
+    int *sp_slot_d, *sp_rows_d;        /* backend copies of sp_slot and sp_rows */
+    float *sp_buf;        /* backend [sp_nu, d]: the compact rows */
+    zb_comm_req sp_req;
     /* ZB_DP_SHM */
     void *win;
     char **seg;           /* [size] each rank's shared part: flags, then the buckets' data */
@@ -107,7 +132,11 @@ void zb_dp_free(zb_dp *d);
 /* Arm before the backward of the LAST micro-batch of a step (earlier micro-batches only
  * accumulate): the hook then starts each bucket when its layers are done. Optional: what
  * the hook has not started, zb_dp_finish starts. */
-void zb_dp_arm(zb_dp *d);
+int zb_dp_arm(zb_dp *d, const int *ids, int n);
+/* ids [n] (host): the armed micro-batch's token ids (NULL: unknown, the embedding's gradient
+ * goes dense), the same n on every rank of the group; collective over DP when the embedding's
+ * rows are reduced apart (d->sparse). zb_dp_arm_buckets: the arming alone (no ids). */
+void zb_dp_arm_buckets(zb_dp *d);
 /* Start what the hook has not (stages whose backward does not go through zb_model_backward,
  * e.g. ILD), wait for every bucket, scale by 1/dp (the mean). ZeRO: the buckets are
  * reduce-scattered into d->gshard instead (the full m->grad is then not meaningful).
@@ -126,4 +155,13 @@ int zb_dp_zero_attach(zb_dp *d, zb_adamw *o);
 /* One AdamW update: plain zb_adamw_step, or under ZeRO the update of this rank's range then
  * an all-gather of the parameters. Increments o->step. Collective under ZeRO. */
 int zb_dp_optim_step(zb_dp *d, zb_adamw *o, float lr, float grad_scale);
+/* After the step's optimizer: where the communication implementation times its device streams
+ * (NCCL), overlap_s / exposed_s / side_s become the device's (waits for the step's DP work);
+ * otherwise they stay the host's. */
+int zb_dp_device_times(zb_dp *d);
+/* ZeRO-1: wait for the parameters' all-gather still in flight (before the parameters are read
+ * other than by the forward, e.g. a checkpoint). Not collective. */
+int zb_dp_params_ready(zb_dp *d);
+/* zb_comm marks of the DP exchange (zb_comm_mark) */
+enum { ZB_DP_MARK_BWD = 0, ZB_DP_MARK_DONE, ZB_DP_MARK_AG0, ZB_DP_MARK_AG1 };
 #endif

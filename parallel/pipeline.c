@@ -175,7 +175,7 @@ static int pp_loss(void *ctx, zb_acts *a, int k) {
 /* Before the backward of micro-batch k: the DP buckets armed for the step's last one. */
 static int pp_arm_dp(void *ctx, int k) {
     zb_pp_trainer *p = ctx;
-    if (k == p->m_now - 1) zb_dp_arm(p->dp);
+    if (k == p->m_now - 1) zb_dp_arm_buckets(p->dp);
     return ZB_OK;
 }
 

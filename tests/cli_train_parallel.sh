@@ -7,9 +7,14 @@
 #         DP=2 with tiny gradient buckets (many overlapped MPI_Iallreduce) == A;
 #         DP=2 ZeRO-1 (buckets reduce-scattered during the backward, node-shared memory) == DP=2,
 #         == ZeRO-1 with one reduce-scatter after the backward and == MPI_Ireduce_scatter buckets
-#         bit for bit; a ZeRO DP=2 checkpoint resumed at DP=1 == A; the buckets through
+#         bit for bit, and == its parameters' all-gather after the optimizer in one call instead
+#         of bucket by bucket waited for by the forward (bit for bit); a ZeRO DP=2 checkpoint
+#         resumed at DP=1 == A; the buckets through
 #         MPI_Iallreduce (with and without a progress thread) == through node-shared memory, bit
 #         for bit (also at DP=4 and DP=3 under NP=4).
+#         The embedding's token rows reduced apart and the MLP buckets early (the defaults) ==
+#         the dense paths before bit for bit (untied); tied embeddings at DP=2 (and x 2
+#         accumulated micro-batches, and with ZB_DP_SPARSE_EMBED=0) == 1 rank.
 #   NP=4: TP=2 x DP=2 == A; TP=2 x DP=2 ZeRO (MPI_Ireduce_scatter buckets) == the same without;
 #         DP=4 ZeRO == DP=4; the ZeRO DP=4 checkpoint resumed at TP=2 x DP=2 == A;
 #         TP=4 == A; sizes that do not divide: one clear error, every rank stops.
@@ -97,6 +102,10 @@ for i in $(seq 1 40); do
   echo "{\"messages\": [{\"role\": \"user\", \"content\": \"say $i\"}, {\"role\": \"assistant\", \"content\": \"number $i is $((i*i))\"}]}"
 done > chat.jsonl
 $Z data --tokenizer "$SRC/configs/bytes-tokenizer.json" --input chat.jsonl --format chat -o chat --val-fraction 0.2 >/dev/null 2>&1
+sed 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' hyb.json > tied.json
+MODEL=tied.json run 1 TA 4 ""
+MODEL=tied.json GA=2 run 1 TA2 2 ""
+floor FTA TA.txt TA2.txt 4 tied.json
 # (sft: each micro-batch's loss is the mean over ITS unmasked tokens, so the reference is
 # 1 rank with the same 4 micro-batches of 1 row)
 MODEL='A\/model.h5' STAGE=sft DATA=chat GA=4 run 1 SA 1 ""
@@ -112,6 +121,20 @@ if [ "$NP" = 2 ]; then
   same "TP=2 checkpoint (model + moments by slices) resumed at TP=1 == 1 rank" A.txt X.txt $FA
   run 2 D 2 ", \"bucket_mb\": 0.002"
   same "DP=2, 2 rows each, 0.002 MB buckets overlapped with the backward == 1 rank x 4 rows" A.txt D.txt $FA
+  # the embedding's gradient rows of the step's tokens reduced apart (their union over the ranks)
+  # and the MLP's buckets started before its block's mixer backward (parallel/dp.c, the
+  # defaults) against the paths before: bit for bit untied (a row outside the tokens is 0 + 0
+  # either way, the same sums), within A's floor tied ((h0 + h1) + (e0 + e1), another grouping)
+  ZB_DP_SPARSE_EMBED=0 ZB_DP_MLP_EARLY=0 run 2 DE 2 ", \"bucket_mb\": 0.002"
+  exact "DP=2: the embedding's token rows reduced apart, MLP buckets early == the dense paths before" D.txt DE.txt
+  GA=2 run 2 DG 1 ", \"bucket_mb\": 0.002"
+  same "DP=2 x 2 accumulated micro-batches (earlier embedding rows in its dense buckets) == 1 rank" A.txt DG.txt $FA
+  MODEL=tied.json run 2 TS 2 ", \"bucket_mb\": 0.002"
+  same "tied: DP=2, the head's gradient reduced during the blocks, the token rows apart == 1 rank" TA.txt TS.txt $FTA
+  MODEL=tied.json GA=2 run 2 TG 1 ""
+  same "tied: DP=2 x 2 accumulated micro-batches, 25 MB buckets == 1 rank" TA.txt TG.txt $FTA
+  MODEL=tied.json ZB_DP_SPARSE_EMBED=0 run 2 TE 2 ", \"bucket_mb\": 0.002"
+  same "tied: DP=2 with the dense embedding buckets (ZB_DP_SPARSE_EMBED=0) == 1 rank" TA.txt TE.txt $FTA
   # the buckets' paths (parallel/dp.h): node-shared memory (the default here), MPI_Iallreduce
   # progressed by the hooks' tests or by a progress thread: the same additions, the same bits
   ZB_DP_ALLREDUCE=mpi run 2 DM 2 ", \"bucket_mb\": 0.002"
@@ -125,6 +148,10 @@ if [ "$NP" = 2 ]; then
   # 2 ranks: each float is a + b whichever way it is reduce-scattered
   ZB_ZERO_REDUCE=after run 2 Zw 2 ", \"zero\": true"
   exact "DP=2 ZeRO-1: the buckets' reduce-scatters == one after the backward (ZB_ZERO_REDUCE=after)" Zr.txt Zw.txt
+  ZB_ZERO_GATHER=after run 2 Zg 2 ", \"zero\": true, \"bucket_mb\": 0.002"
+  exact "DP=2 ZeRO-1: the parameters gathered bucket by bucket, waited for by the next forward == one all-gather after the optimizer (ZB_ZERO_GATHER=after)" Zr.txt Zg.txt
+  ZB_ZERO_GATHER=later run 2 ZG 2 ", \"zero\": true"
+  check "ZB_ZERO_GATHER=later: one clear error, no step" "grep -q 'ZB_ZERO_GATHER=later: expected overlap or after' ZG.log && [ ! -s ZG.txt ]"
   ZB_DP_ALLREDUCE=mpi run 2 Zm 2 ", \"zero\": true, \"bucket_mb\": 0.002"
   exact "DP=2 ZeRO-1: MPI_Ireduce_scatter buckets == the node-shared reduce-scatter" Zr.txt Zm.txt
   ZB_ZERO_REDUCE=later run 2 ZB 2 ", \"zero\": true"
@@ -206,10 +233,6 @@ if [ "$NP" = 4 ]; then
   same "TP=2 x PP=2 == 1 rank" A.txt PT.txt $FA
   GA=2 run 4 PD 1 ", \"bucket_mb\": 0.002" --pp 2
   same "PP=2 x DP=2 == 1 rank" A.txt PD.txt $FA
-  sed 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' hyb.json > tied.json
-  MODEL=tied.json run 1 TA 4 ""
-  MODEL=tied.json GA=2 run 1 TA2 2 ""
-  floor FTA TA.txt TA2.txt 4 tied.json
   MODEL=tied.json GA=4 run 4 TQ 1 "" --pp 4
   same "tied embeddings: PP=4 == 1 rank" TA.txt TQ.txt $FTA
   MODEL=tied.json GA=2 run 4 TD 1 ", \"bucket_mb\": 0.002" --pp 2

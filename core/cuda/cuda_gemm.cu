@@ -262,13 +262,7 @@ static struct {
 
 static int g_dlogits16 = -1;   /* -1: from the environment at the first use */
 extern "C" void zb_cuda_dlogits16(int on) { g_dlogits16 = on < 0 ? -1 : on != 0; }
-extern "C" int zb_cuda_dlogits16_on(void) {
-    if (g_dlogits16 < 0) {
-        const char *e = getenv("ZB_CUDA_DLOGITS16");
-        g_dlogits16 = !(e && !strcmp(e, "0"));
-    }
-    return g_dlogits16;
-}
+extern "C" int zb_cuda_dlogits16_on(void) { return zb_cuda_env_switch(&g_dlogits16, "ZB_CUDA_DLOGITS16", "0"); }
 
 extern "C" uint16_t *zb_cuda_dout16(const float *dout, int N, int OC) {
     g_head16.dout = NULL;

@@ -337,13 +337,7 @@ static __global__ void k_conv_fwd_rows(int cd, int K, int P, int di, int T, int 
  * kernels before them (ZB_CONV=old); -1: from the environment */
 static int g_conv_one = -1;
 extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_one = on < 0 ? -1 : on != 0; }
-static bool conv_one(void) {
-    if (g_conv_one < 0) {
-        const char *e = getenv("ZB_CONV");
-        g_conv_one = !(e && !strcmp(e, "old"));
-    }
-    return g_conv_one;
-}
+static bool conv_one(void) { return zb_cuda_env_switch(&g_conv_one, "ZB_CONV", "old"); }
 
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
                      const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
@@ -773,6 +767,22 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
     conv_wsum_store(acc, bs, part, bpart, cd, K, c);
 }
 
+/* the conv weight sums' slices of rows: their count, *rows_per rows each (at most CS_SPLIT_MAX) */
+static int conv_slices(int R, int *rows_per) {
+    int ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX;
+    *rows_per = cdiv(R, ns);
+    return cdiv(R, *rows_per);
+}
+/* the slices' sums in order into the weight's (and, bpart not NULL, the bias's) gradient */
+static void conv_wsum_fin(const float *part, const float *bpart, int ns, int cd, int K, float *g_conv_w, float *g_conv_b) {
+    k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(part, ns, cd * K, g_conv_w);
+    zb_cuda_m2_check_launch("conv weight gradient");
+    if (bpart) {
+        k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
+        zb_cuda_m2_check_launch("conv bias gradient");
+    }
+}
+
 /* the one-pass conv backward (k_conv_bwd_one) runs for this shape */
 static bool conv_bwd_one_ok(const zb_mamba2_dims *m, const float *g_conv_w) {
     return m2_fused_path() && conv_one() && g_conv_w && m->conv_k <= M2_KMAX;
@@ -787,18 +797,12 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     bool fused = m2_fused_path();
     if (conv_bwd_one_ok(m, g_conv_w)) {
-        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
-        ns = cdiv(R, rows_per);
+        int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
         k_conv_bwd_one<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, conv_w, xbc_pre,
                                                                       dxbc, proj, dproj, dproj16, work, bpart);
         zb_cuda_m2_check_launch("k_conv_bwd_one");
-        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
-        zb_cuda_m2_check_launch("conv weight gradient");
-        if (bpart) {
-            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
-            zb_cuda_m2_check_launch("conv bias gradient");
-        }
+        conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
         return;
     }
     if (fused) {
@@ -813,20 +817,14 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
     }
     bool bias_done = false;
     if (g_conv_w && zb_cuda_m2_new_path() && K <= M2_KMAX) {
-        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
-        ns = cdiv(R, rows_per);
+        int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         /* the fused path: the bias's slices too, after the weight's in work (conv_work_cols) */
         float *bpart = fused && g_conv_b ? work + (size_t)ns * cd * K : NULL;
         k_conv_wgrad_part<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, dpre, proj,
                                                                          work, bpart);
         zb_cuda_m2_check_launch("k_conv_wgrad_part");
-        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
-        zb_cuda_m2_check_launch("conv weight gradient");
-        if (bpart) {
-            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
-            zb_cuda_m2_check_launch("conv bias gradient");
-            bias_done = true;
-        }
+        conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
+        bias_done = bpart != NULL;
     } else {
         f_conv_w fw = {dpre, proj, cd, K, P, di, T};
         colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
@@ -936,13 +934,7 @@ extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, in
 /* 1: the mixer backward's dproj in bf16 (the default), 0: float32 (ZB_M2_DPROJ16=0), -1: the environment */
 static int g_dproj16 = -1;
 extern "C" void zb_cuda_m2_dproj16(int on) { g_dproj16 = on < 0 ? -1 : on != 0; }
-static bool dproj16_on(void) {
-    if (g_dproj16 < 0) {
-        const char *e = getenv("ZB_M2_DPROJ16");
-        g_dproj16 = !(e && !strcmp(e, "0"));
-    }
-    return g_dproj16;
-}
+static bool dproj16_on(void) { return zb_cuda_env_switch(&g_dproj16, "ZB_M2_DPROJ16", "0"); }
 
 /* The training mixer's gated-norm output o (acts) stored in bf16 (the first half of its float32
  * region), the only form out_proj's products take in the bf16 CONVERT mode (each value the float32
@@ -951,11 +943,7 @@ static bool dproj16_on(void) {
 static int g_o16 = -1;
 extern "C" void zb_cuda_m2_o16(int on) { g_o16 = on < 0 ? -1 : on != 0; }
 static bool o_bf16(void) {
-    if (g_o16 < 0) {
-        const char *e = getenv("ZB_M2_O16");
-        g_o16 = !(e && !strcmp(e, "0"));
-    }
-    return g_o16 && backend_products() && zb_cuda_precision() == ZB_PREC_BF16 &&
+    return zb_cuda_env_switch(&g_o16, "ZB_M2_O16", "0") && backend_products() && zb_cuda_precision() == ZB_PREC_BF16 &&
            zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_CONVERT;
 }
 

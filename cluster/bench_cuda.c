@@ -366,6 +366,8 @@ static void bench_chain(void) {
         {"fused, PDL, 8 loads in flight", 1, 1, 8, 0},
         {"fused, PDL, first loads prefetched", 1, 1, 4, -2},
         {"fused, PDL, 16 MB prefetched", 1, 1, 4, 16 << 20},
+        {"fused, PDL, every GEMV split 1", 1, 1, 4, 0},
+        {"fused, PDL, every GEMV split 2", 1, 1, 4, 0},
     };
     char what[160];
     for (int i = 0; i < (int)(sizeof v / sizeof v[0]); i++) {
@@ -373,6 +375,8 @@ static void bench_chain(void) {
         zb_cuda_dec_pdl_set(v[i].pdl);
         zb_cuda_gemv_set_unroll(v[i].unroll);
         zb_cuda_gemv_set_prefetch(v[i].pf);
+        const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
+        zb_cuda_gemv_set_split(sp ? atoi(sp + 6) : 0);
         chain_layers(&c);   /* eager once: the scratch sizes settle */
         zb_cuda_sync();
         int rec = zb_cuda_graph_begin(&c.graph, 1);
@@ -391,6 +395,7 @@ static void bench_chain(void) {
     zb_cuda_dec_pdl_set(-1);
     zb_cuda_gemv_set_unroll(0);
     zb_cuda_gemv_set_prefetch(-1);
+    zb_cuda_gemv_set_split(0);
     for (int w = 0; w < CH_COPIES; w++) {
         zb_cuda_free((void *)c.wq[w]); zb_cuda_free(c.kc[w]); zb_cuda_free(c.vc[w]);
     }

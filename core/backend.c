@@ -40,11 +40,11 @@ static const char *const entry_names[] = {
     "rmsnorm_backward", "add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
     "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "cross_entropy_head", "kl_div", "mse",
-    "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "argmax_pairs", "argmax_pick", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
+    "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "argmax_pairs", "argmax_pick", "decode_advance", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",
     "mla_step_scratch", "mla_step", "mla_decode_seqs", "mamba2_act_floats",
     "mamba2_scratch_floats", "mamba2_forward", "mamba2_backward", "mamba2_step_scratch",
     "mamba2_step", "mamba2_decode_seqs", "adamw", "sumsq", "adamw_ranges", "sumsq_ranges", "fill_uniform",
-    "step_graph", "mixer_profile"};
+    "step_graph", "step_queue", "mixer_profile"};
 _Static_assert(sizeof(zb_backend) - offsetof(zb_backend, alloc) ==
                    sizeof entry_names / sizeof *entry_names * sizeof(zb_any_fn),
                "zb_backend: entry_names lists every function pointer after alloc, nothing else follows");

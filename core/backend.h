@@ -343,6 +343,13 @@ struct zb_backend {
      *   v0): what argmax_rows gives on the full rows. pairs and out where the backend's buffers are. */
     void (*argmax_pairs)(const zb_backend *be, int *pairs, const float *x, int N, int V, int64_t v0);
     void (*argmax_pick)(const zb_backend *be, int *out, const int *pairs, int N, int P);
+    /* -- pipelined greedy decode (zebra generate): the next decode step's inputs made from this
+     * step's picks where they are, so that the next step can be queued before the host has read
+     * them: for i < nb, pos[seqs[i]] += 1 and ids[i] = next[i] - v0 when v0 <= next[i] < v0 + V,
+     * else -1 (a vocabulary-parallel shard's view of another rank's token; v0 = 0 and V the
+     * vocabulary otherwise). ids, pos, next, seqs where the backend's buffers are. */
+    void (*decode_advance)(const zb_backend *be, int *ids, int *pos, const int *next, const int *seqs, int nb,
+                           int64_t v0, int V);
 
     /* -- the MLA mixer (SPEC §3), whole, so that a backend fuses freely. Training: x, out
      * [B*T, d], positions 0..T-1; acts (mla_act_floats) saved by the forward for the backward;
@@ -418,6 +425,17 @@ struct zb_backend {
      * a recording with collectives is launched by all of them or by none; then REPLAY).
      * ZB_GRAPH_FREE: release. */
     int (*step_graph)(const zb_backend *be, void **g, int op, long long key);
+    /* Reading the results of queued work while later work runs, and the device time of steps
+     * (zebra generate's decode). *q: the caller's handle (NULL at first). op:
+     * ZB_STEPQ_START / ZB_STEPQ_STOP: marks before / after a step's work (not while recording);
+     *   the time between each pair on the device (not the host's) adds to the sum that
+     *   ZB_STEPQ_TIME returns in seconds (it waits for the marks queued);
+     * ZB_STEPQ_FETCH: queue a copy of bytes from src (device memory) to the host after the work
+     *   queued so far, without waiting (at most ZB_STEPQ_DEPTH fetches not yet waited for);
+     * ZB_STEPQ_WAIT: wait for the oldest fetch not yet waited for, its bytes into dst (host);
+     * ZB_STEPQ_FREE: release. Returns 0 (TIME: the seconds), -1 after zb_fail (a full queue,
+     * no memory). A synchronous backend (the CPU) copies at FETCH and times with its clock. */
+    double (*step_queue)(const zb_backend *be, void **q, int op, void *dst, const void *src, size_t bytes);
     /* Timing the pieces of the mixers (zebra bench --train --breakdown): with parts non-NULL
      * the mixer calls that follow synchronise after each piece and add its wall time to
      * parts[ZB_MIXP_*]; NULL stops. A backend whose mixers have no timed pieces (the CPU) does
@@ -435,6 +453,8 @@ enum { ZB_MIXP_M2_IN_PROJ, ZB_MIXP_M2_CONV, ZB_MIXP_M2_COEF, ZB_MIXP_M2_STATES, 
 extern const char *const zb_mixp_names[ZB_MIXP_N];
 
 enum { ZB_GRAPH_REPLAY = 0, ZB_GRAPH_BEGIN, ZB_GRAPH_END, ZB_GRAPH_FREE, ZB_GRAPH_END_HOLD };   /* step_graph's op */
+enum { ZB_STEPQ_START = 0, ZB_STEPQ_STOP, ZB_STEPQ_TIME, ZB_STEPQ_FETCH, ZB_STEPQ_WAIT, ZB_STEPQ_FREE };   /* step_queue's op */
+#define ZB_STEPQ_DEPTH 4
 
 /* mlp_forward / mlp_backward made of be's separate entries (rmsnorm, matmul, swiglu): the CPU's
  * MLP, and a device backend's where it keeps float32 activations. */

@@ -325,6 +325,15 @@ typedef struct {
     void *graph;       /* the backend's recording of a decode step (step_graph), NULL if none */
     long long graph_warm;   /* the key of the last decode step run without one (0: none) */
     int graph_off;     /* recording failed once: steps run call by call */
+    /* pipelined greedy decode (zb_gen_decode_launch / _wait) */
+    int *aseqs, anb;   /* [B] host: the sequences of the steps launched, how many */
+    int pending;       /* steps launched whose picks were not waited for */
+    int async_step;    /* set while a pipelined step is queued: it ends by making the next step's
+                        * inputs (backend decode_advance), and is recorded under its own key */
+    float *logits_rows;   /* TP on a device, B > 1: the gathered logits as rows [B, V] (device), for
+                           * the pipelined step's picks */
+    int time_steps;    /* 1: the steps made now are timed on the device (step_queue marks) */
+    void *stepq;       /* the backend's step queue (marks, fetches), NULL if none yet */
 } zb_gen;
 
 /* B sequences (slots) of up to max_T tokens each; every cache is allocated here. */
@@ -348,6 +357,23 @@ int zb_gen_step(const zb_model *m, zb_gen *s, const int *ids, int n);
  * stage, a stage without head sends its output to the next and leaves no logits (only the
  * last stage has them); the caches hold the stage's layers only. */
 int zb_gen_step_seqs(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids, int n);
+
+/* Pipelined greedy decode (zebra generate): a decode step is queued on the backend and its picks
+ * read later, so that the next step is queued before the host has read this one's.
+ * zb_gen_decode_launch with ids (one per sequence): a decode step of the nb sequences seqs (as
+ * zb_gen_step_seqs with n = 1; no step may be pending); with ids NULL: the next step of the same
+ * sequences, each fed its pick of the step before, read where it was made (the positions advance
+ * on the backend too). At most 2 steps pending. zb_gen_decode_wait: the picks of the oldest
+ * pending step into next[nb] (host), in the order of seqs. pos[] advances at the launch. Needs
+ * s->greedy; zb_gen_async_ok says whether this model and generation can (no PP stage, not
+ * profiling, the picks made where the logits are: a device backend, under TP its gathered rows;
+ * a host-memory backend makes them on the host). Under TP every rank of the group makes the same
+ * calls and gets the same picks (the same gathered logits). */
+int zb_gen_async_ok(const zb_model *m, const zb_gen *s);
+int zb_gen_decode_launch(const zb_model *m, zb_gen *s, const int *seqs, int nb, const int *ids);
+int zb_gen_decode_wait(const zb_model *m, zb_gen *s, int *next);
+/* The device time of the steps made with s->time_steps set (seconds; waits for them). */
+double zb_gen_device_time(zb_gen *s);
 
 /* The last step's logits of its nb rows in s->logits also when the greedy pick left them on the
  * device (a copy of nb x V floats); not with picks_only. */

@@ -28,7 +28,8 @@
  * (the slice of one model: the same tokens under any layout), for decode speed (e.g. the 8B
  * under --tp 2 where its weights are not at hand).
  * A decode step under --tp on GPUs (bf16 weights, no --pp) is recorded once with its NCCL
- * all-reduces and the logits gather as one CUDA graph and replayed (core/model.c gen_chunk). */
+ * all-reduces and the logits gather as one CUDA graph and replayed (core/gen.c gen_chunk).
+ * Greedy decode on a GPU is pipelined (decode_async; ZB_GEN_ASYNC=0: step by step). */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -266,6 +267,7 @@ typedef struct {
     int *outbuf;        /* [P, out_cap] */
     int out_cap, max_new, single, out, quiet;
     int n_full, first_full;   /* sequences cut by a full context before --max-new, the first one */
+    int ahead;          /* the pipelined decode: the tokens handled now are one step behind pos[] */
 } zb_run;
 
 static int is_stop(const zb_run *r, int id) {
@@ -300,7 +302,7 @@ static void on_token(zb_run *r, int b, int tkn) {
     r->outbuf[(size_t)i * r->out_cap + r->n_out[i]++] = tkn;
     r->last[i] = tkn;
     if (r->single && r->out) { put_token(r->tok, tkn, st); fflush(stdout); }
-    int full = !st && r->n_out[i] < r->max_new && r->g->pos[b] >= r->g->max_T;
+    int full = !st && r->n_out[i] < r->max_new && r->g->pos[b] - r->ahead >= r->g->max_T;
     if (full && r->n_full++ == 0) r->first_full = i;   /* said at the end: never a silent cut */
     if (st || r->n_out[i] >= r->max_new || full) finish(r, b);
 }
@@ -344,9 +346,10 @@ typedef struct {
     int *slot_prompt, *n_out, *last, *act, *act_tok, *outbuf;
     zb_rng *rngs;
     FILE *top2;         /* ZB_GEN_TOP2=FILE: each new token's two largest logits per row (the sampler rank) */
+    int async;          /* the pipelined greedy decode (decode_async) */
     /* statistics */
     double t_prefill, t_decode;
-    long n_prefill, n_decode;
+    long n_prefill, n_decode, n_steps;
     size_t peak;
 } gen_state;
 
@@ -539,9 +542,14 @@ static int setup_model(gen_state *S, int B) {
     S->g.greedy = a->sp.temperature <= 0.0f;   /* the argmax where the logits are: B ids come back, not B x V */
     /* greedy without ZB_GEN_TOP2: the picks only (TP on GPUs gathers a (value, index) pair per
      * rank and row, not the logits; ZB_TP_ARGMAX=0: the logits, as before); the TP group agrees */
-    const char *t2 = getenv("ZB_GEN_TOP2"), *am = getenv("ZB_TP_ARGMAX");
+    const char *t2 = getenv("ZB_GEN_TOP2"), *am = getenv("ZB_TP_ARGMAX"), *ea = getenv("ZB_GEN_ASYNC");
     int picks = S->g.greedy && !(t2 && *t2) && !(am && !strcmp(am, "0"));
     S->g.picks_only = S->m.tp ? zb_tp_all(S->m.tp, picks) : picks;
+    /* the pipelined greedy decode: on a GPU unless ZB_GEN_ASYNC=0, on the CPU with ZB_GEN_ASYNC=1
+     * (tests); not with ZB_GEN_TOP2 (it reads each step's logits); the TP group agrees */
+    int async = (ea && *ea ? strcmp(ea, "0") != 0 : a->dev.gpu) && !(t2 && *t2) && a->pp == 1 &&
+                zb_gen_async_ok(&S->m, &S->g);
+    S->async = S->m.tp ? zb_tp_all(S->m.tp, async) : async;
     ZB_ALLOC(S->slot_prompt, B, "generation");
     ZB_ALLOC(S->act, B, "generation");
     ZB_ALLOC(S->act_tok, B, "generation");
@@ -568,6 +576,49 @@ static int write_top2(gen_state *S, const zb_run *run, const int *rows, int nb) 
     }
     free(id);
     free(v);
+    return rc;
+}
+
+/* The pipelined greedy decode of the na active sequences S->act (last tokens in S->act_tok)
+ * until one ends: step k+1 is queued (fed step k's picks on the backend) before the host reads
+ * and handles step k's tokens, unless a sequence ends at step k by its length (--max-new, a full
+ * context). A stop token ends one unforeseen: step k+1 ran for it too, its token is dropped (the
+ * cache row it wrote lies past the sequence; a refill resets the slot). Under TP every rank
+ * gets the same picks from the same gathered logits: no broadcast. */
+static int decode_async(gen_state *S, zb_run *run, int na) {
+    zb_gen *g = &S->g;
+    double t0 = zb_now();
+    g->time_steps = 1;
+    int rc = zb_gen_decode_launch(&S->m, g, S->act, na, S->act_tok);
+    for (int ended = 0; !rc;) {
+        int ahead = 1;   /* the next step may be queued: no sequence ends by length at this token */
+        for (int k = 0; k < na; k++) {
+            int b = S->act[k];
+            if (run->n_out[S->slot_prompt[b]] + 1 >= S->a.max_new || g->pos[b] >= g->max_T) ahead = 0;
+        }
+        if (ahead && (rc = zb_gen_decode_launch(&S->m, g, NULL, 0, NULL))) break;
+        if ((rc = zb_gen_decode_wait(&S->m, g, S->act_tok))) break;
+        S->n_steps++;
+        run->ahead = ahead;
+        for (int k = 0; k < na; k++) {
+            int b = S->act[k];
+            if (S->slot_prompt[b] < 0) continue;   /* ended at the step before: a dropped token */
+            on_token(run, b, S->act_tok[k]);
+            S->n_decode++;
+            if (S->slot_prompt[b] < 0) ended = 1;
+        }
+        run->ahead = 0;
+        if (!ahead) break;
+        if (ended) {   /* the step in flight: its tokens of the sequences still going */
+            if ((rc = zb_gen_decode_wait(&S->m, g, S->act_tok))) break;
+            S->n_steps++;
+            for (int k = 0; k < na; k++)
+                if (S->slot_prompt[S->act[k]] >= 0) { on_token(run, S->act[k], S->act_tok[k]); S->n_decode++; }
+            break;
+        }
+    }
+    g->time_steps = 0;
+    S->t_decode += zb_now() - t0;
     return rc;
 }
 
@@ -609,9 +660,18 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
         size_t use = 0;   /* cache in use: every active sequence's tokens and states */
         for (int k = 0; k < na; k++) use += ((size_t)g->pos[S->act[k]] + 1) * bpt + bps;
         if (use > S->peak) S->peak = use;
-        /* 2. one decode step for all the active sequences, each at its own position */
+        /* 2. one decode step for all the active sequences, each at its own position (pipelined:
+         *    steps until one of them ends) */
+        if (S->async) {
+            ZB_TRY(decode_async(S, run, na));
+            continue;
+        }
         double t0 = zb_now();
-        ZB_TRY(zb_gen_step_seqs(&S->m, g, S->act, na, S->act_tok, 1));
+        g->time_steps = 1;
+        int rc = zb_gen_step_seqs(&S->m, g, S->act, na, S->act_tok, 1);
+        g->time_steps = 0;
+        ZB_TRY(rc);
+        S->n_steps++;
         if (sampler_rank && S->top2) ZB_TRY(write_top2(S, run, S->act, na));
         if (sampler_rank)
             for (int k = 0; k < na; k++)
@@ -629,6 +689,7 @@ static int serve(gen_state *S, zb_run *run, int B, size_t bpt, size_t bps) {
  * (the 8B-on-24GB check; gathered to rank 0: TP only the ranks of TP group 0, PP every rank). */
 static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps, size_t alloc) {
     const gen_args *a = &S->a;
+    double t_dev = zb_gen_device_time(&S->g);   /* every rank: it may wait for its device */
     int tp = a->tp, pp = a->pp, P = n_prompts(&S->pr), threads = zb_linear_threads();
     long hwm = zb_vm_hwm_kb(), *hwms = NULL;
     MPI_Comm hcomm = pp > 1 ? S->grid.world : S->grid.tp;
@@ -653,6 +714,14 @@ static int report(gen_state *S, const zb_run *run, int B, size_t bpt, size_t bps
         if (S->g.graph && !S->g.graph_off)   /* before the last line (the speeds) */
             fprintf(stderr, "generate: decode steps replayed from a CUDA graph%s\n",
                     tp > 1 ? " (with the TP all-reduces and the logits gather)" : "");
+        /* a decode step's time on the device (marks around it on its stream) and the host's rest */
+        const char *gt = getenv("ZB_GEN_TIMING");
+        if (S->n_steps && (!S->be.host_memory || (gt && *gt && strcmp(gt, "0")))) {
+            double wall = S->t_decode / S->n_steps * 1e3, dev = t_dev / S->n_steps * 1e3;
+            fprintf(stderr, "generate: decode %ld steps: %.3f ms/step wall, %.3f ms/step on the device, host gap %.3f ms/step "
+                    "(%.1f%%; %s)\n", S->n_steps, wall, dev, wall - dev, wall > 0 ? 100 * (wall - dev) / wall : 0.0,
+                    S->async ? "pipelined: the next step queued before the tokens are read" : "step by step");
+        }
         if (run->n_full)
             fprintf(stderr, "generate: note: %d prompt%s stopped at the full context of %d tokens before --max-new %d "
                     "(prompt %d first; --ctx sets the context, up to max_position_embeddings %d)\n", run->n_full,
@@ -676,7 +745,7 @@ static int gen_run(gen_state *S) {
     ZB_TRY(setup_model(S, B));
     zb_gen *g = &S->g;
     zb_run run = {&S->pr, g, S->tok, &S->stops, S->slot_prompt, S->n_out, S->last, S->outbuf,
-                  a->max_new > 0 ? a->max_new : 1, a->max_new, P == 1, S->rank == 0, a->quiet, 0, -1};
+                  a->max_new > 0 ? a->max_new : 1, a->max_new, P == 1, S->rank == 0, a->quiet, 0, -1, 0};
     if (run.single && run.out && !a->quiet && !S->tok) {   /* the 1-prompt layout of before: "ids | new ids" */
         for (int k = 0; k < prompt_len(&S->pr, 0); k++) printf("%d ", prompt_ids(&S->pr, 0)[k]);
         printf("| ");

@@ -12,13 +12,6 @@ set -u
 . "$(dirname "$0")/cli_lib.sh"
 zebra=$1 fx=$2 mpiexec=$3 hybrid=$4
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mpi() { local n=$1; shift; timeout 120 "$mpiexec" --allow-run-as-root --oversubscribe -n "$n" "$@"; }
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "PASS $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-same() {   # same WHAT GOT REF
-  if [ -n "$3" ] && [ "$2" = "$3" ]; then ok "$1"; else bad "$1"; echo "  got: $2" | head -5; echo "  ref: $3" | head -5; fi
-}
 tok=$fx/llama3-tokenizer/tokenizer.json
 
 "$zebra" init --random --config "$hybrid" -o "$tmp/hybrid.h5" --seed 3 --std 0.08 > /dev/null || bad "init hybrid"

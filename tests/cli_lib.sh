@@ -27,3 +27,14 @@ loss_within() {
   local m; m=$(loss_maxrel "$1" "$2")
   awk -v m="$m" -v f="$3" -v s="$4" 'BEGIN { exit !(f > 0 && m <= s * f) }'
 }
+
+# The PASS / FAIL tally of a test script: ok WHAT and bad WHAT count and print a line; same WHAT
+# GOT REF passes when GOT is not empty and equals REF (else both are shown); mpi N CMD... runs CMD
+# on N ranks through $mpiexec, 120 s at most. The script ends with "$pass passed, $fail failed".
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "PASS $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+same() {   # same WHAT GOT REF
+  if [ -n "$3" ] && [ "$2" = "$3" ]; then ok "$1"; else bad "$1"; echo "  got: $2" | head -5; echo "  ref: $3" | head -5; fi
+}
+mpi() { local n=$1; shift; timeout 120 "$mpiexec" --allow-run-as-root --oversubscribe -n "$n" "$@"; }

@@ -414,6 +414,59 @@ static void cpu_argmax_pick(const zb_backend *be, int *out, const int *pairs, in
         out[n] = nan0 || bi == INT_MAX ? 0 : bi;
     }
 }
+static void cpu_decode_advance(const zb_backend *be, int *ids, int *pos, const int *next, const int *seqs, int nb,
+                               int64_t v0, int V) {
+    (void)be;
+    for (int i = 0; i < nb; i++) {
+        int64_t v = (int64_t)next[i] - v0;
+        pos[seqs[i]] += 1;
+        ids[i] = v >= 0 && v < V ? (int)v : -1;
+    }
+}
+/* The CPU's calls have finished when they return: a fetch copies at once (into the queue, the
+ * source is overwritten by the next step), the marks read the host's clock. */
+typedef struct {
+    double t0, total;
+    void *buf[ZB_STEPQ_DEPTH];
+    size_t cap[ZB_STEPQ_DEPTH], len[ZB_STEPQ_DEPTH];
+    int head, n;
+} cpu_stepq;
+static double cpu_step_queue(const zb_backend *be, void **qp, int op, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    cpu_stepq *q = *qp;
+    if (op == ZB_STEPQ_FREE) {
+        for (int i = 0; q && i < ZB_STEPQ_DEPTH; i++) free(q->buf[i]);
+        free(q);
+        *qp = NULL;
+        return 0;
+    }
+    if (!q && !(q = *qp = zb_calloc(1, sizeof *q, "step queue"))) return -1;
+    switch (op) {
+    case ZB_STEPQ_START: q->t0 = zb_now(); return 0;
+    case ZB_STEPQ_STOP: q->total += zb_now() - q->t0; return 0;
+    case ZB_STEPQ_TIME: return q->total;
+    case ZB_STEPQ_FETCH: {
+        if (q->n == ZB_STEPQ_DEPTH) return zb_fail(ZB_EARG, "step queue: %d fetches pending", q->n), -1;
+        int k = (q->head + q->n) % ZB_STEPQ_DEPTH;
+        if (bytes > q->cap[k]) {
+            free(q->buf[k]);
+            if (!(q->buf[k] = zb_malloc(bytes, "step queue"))) { q->cap[k] = 0; return -1; }
+            q->cap[k] = bytes;
+        }
+        if (bytes) memcpy(q->buf[k], src, bytes);
+        q->len[k] = bytes;
+        q->n++;
+        return 0;
+    }
+    case ZB_STEPQ_WAIT:
+        if (!q->n) return zb_fail(ZB_EARG, "step queue: nothing fetched"), -1;
+        if (q->len[q->head]) memcpy(dst, q->buf[q->head], q->len[q->head]);
+        q->head = (q->head + 1) % ZB_STEPQ_DEPTH;
+        q->n--;
+        return 0;
+    default: return zb_fail(ZB_EARG, "step queue: unknown op %d", op), -1;
+    }
+}
 /* nothing to record: the host runs each call as it comes */
 static int cpu_step_graph(const zb_backend *be, void **g, int op, long long key) {
     (void)be; (void)g; (void)op; (void)key;
@@ -445,7 +498,7 @@ static const zb_backend cpu_backend = {
     .vp_row_max = cpu_vp_row_max, .vp_row_sums = cpu_vp_row_sums, .vp_ce_grad = cpu_vp_ce_grad,
     .argmax_rows = cpu_argmax_rows,
     .argmax_pairs = cpu_argmax_pairs,
-    .argmax_pick = cpu_argmax_pick,
+    .argmax_pick = cpu_argmax_pick, .decode_advance = cpu_decode_advance,
     .mla_act_floats = cpu_mla_act_floats, .mla_scratch_floats = cpu_mla_scratch_floats,
     .mla_forward = cpu_mla_forward, .mla_backward = cpu_mla_backward,
     .mla_step_scratch = cpu_mla_step_scratch, .mla_step = cpu_mla_step, .mla_decode_seqs = cpu_mla_decode_seqs,
@@ -454,7 +507,8 @@ static const zb_backend cpu_backend = {
     .mamba2_step_scratch = cpu_mamba2_step_scratch, .mamba2_step = cpu_mamba2_step,
     .mamba2_decode_seqs = cpu_mamba2_decode_seqs,
     .adamw = cpu_adamw, .sumsq = cpu_sumsq, .adamw_ranges = cpu_adamw_ranges, .sumsq_ranges = cpu_sumsq_ranges,
-    .fill_uniform = cpu_fill_uniform, .step_graph = cpu_step_graph, .mixer_profile = cpu_mixer_profile,
+    .fill_uniform = cpu_fill_uniform, .step_graph = cpu_step_graph, .step_queue = cpu_step_queue,
+    .mixer_profile = cpu_mixer_profile,
 };
 
 const zb_backend *zb_backend_cpu(void) { return &cpu_backend; }

@@ -488,6 +488,33 @@ static int cu_step_graph(const zb_backend *be, void **g, int op, long long key) 
     }
 }
 
+static void cu_decode_advance(const zb_backend *be, int *ids, int *pos, const int *next, const int *seqs, int nb,
+                              int64_t v0, int V) {
+    (void)be;
+    zb_cuda_decode_advance(ids, pos, next, seqs, nb, (long long)v0, V);
+}
+
+/* events on the stream and pinned buffers (cuda_common.cu); a failure stops the process like a
+ * failed download (a device fault leaves nothing to recover) */
+static double cu_step_queue(const zb_backend *be, void **q, int op, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    double sec = 0;
+    int rc = ZB_OK;
+    switch (op) {
+    case ZB_STEPQ_START: case ZB_STEPQ_STOP: rc = zb_cuda_stepq_mark(q, op == ZB_STEPQ_STOP); break;
+    case ZB_STEPQ_TIME: rc = zb_cuda_stepq_time(q, &sec); break;
+    case ZB_STEPQ_FETCH: rc = zb_cuda_stepq_fetch(q, src, bytes); break;
+    case ZB_STEPQ_WAIT: rc = zb_cuda_stepq_wait(q, dst); break;
+    case ZB_STEPQ_FREE: zb_cuda_stepq_free(*q); *q = NULL; return 0;
+    default: rc = zb_fail(ZB_EARG, "step queue: unknown op %d", op);
+    }
+    if (rc != ZB_OK) {
+        fprintf(stderr, "zebra: %s\n", zb_errmsg());
+        exit(1);
+    }
+    return sec;
+}
+
 /* the Mamba2 mixer's pieces (mamba2_cuda.h) */
 static void cu_mixer_profile(const zb_backend *be, double *parts) {
     (void)be;
@@ -518,7 +545,7 @@ static zb_backend cuda_backend = {
     .vp_row_max = cu_vp_row_max, .vp_row_sums = cu_vp_row_sums, .vp_ce_grad = cu_vp_ce_grad,
     .argmax_rows = cu_argmax_rows,
     .argmax_pairs = cu_argmax_pairs,
-    .argmax_pick = cu_argmax_pick,
+    .argmax_pick = cu_argmax_pick, .decode_advance = cu_decode_advance,
     .mla_act_floats = cu_mla_act_floats, .mla_scratch_floats = cu_mla_scratch_floats,
     .mla_forward = cu_mla_forward, .mla_backward = cu_mla_backward,
     .mla_step_scratch = cu_mla_step_scratch, .mla_step = cu_mla_step, .mla_decode_seqs = cu_mla_decode_seqs,
@@ -527,7 +554,8 @@ static zb_backend cuda_backend = {
     .mamba2_step_scratch = cu_mamba2_step_scratch, .mamba2_step = cu_mamba2_step,
     .mamba2_decode_seqs = cu_mamba2_decode_seqs,
     .adamw = cu_adamw, .sumsq = cu_sumsq, .adamw_ranges = cu_adamw_ranges, .sumsq_ranges = cu_sumsq_ranges,
-    .fill_uniform = cu_fill_uniform, .step_graph = cu_step_graph, .mixer_profile = cu_mixer_profile,
+    .fill_uniform = cu_fill_uniform, .step_graph = cu_step_graph, .step_queue = cu_step_queue,
+    .mixer_profile = cu_mixer_profile,
 };
 
 /* The table, after the device is set up (the local rank picks the GPU); NULL after zb_fail when

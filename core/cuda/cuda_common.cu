@@ -305,3 +305,112 @@ extern "C" void zb_cuda_graph_free(void *gp) {
     if (g->exec) cudaGraphExecDestroy(g->exec);
     free(g);
 }
+
+/* ---- the host reading queued results while later work runs; step times (backend.h step_queue) -- */
+
+#define ZB_SQ_MARKS 8   /* step mark pairs in flight (a pair is read when its slot comes round again) */
+#define ZB_SQ_DEPTH 4   /* fetches not yet waited for */
+
+typedef struct {
+    cudaEvent_t t0[ZB_SQ_MARKS], t1[ZB_SQ_MARKS];
+    int tpend[ZB_SQ_MARKS], tn;
+    double total;   /* seconds between the marks read so far */
+    cudaEvent_t done[ZB_SQ_DEPTH];
+    void *pin[ZB_SQ_DEPTH];   /* pinned host buffers: the copies run without the host */
+    size_t cap[ZB_SQ_DEPTH], len[ZB_SQ_DEPTH];
+    int head, n;
+} zb_cuda_sq;
+
+static int sq_get(void **qp, zb_cuda_sq **out) {
+    zb_cuda_sq *q = (zb_cuda_sq *)*qp;
+    if (!q) {
+        if (!(q = (zb_cuda_sq *)calloc(1, sizeof *q))) return zb_fail(ZB_ENOMEM, "out of memory (step queue)");
+        *qp = q;
+        for (int i = 0; i < ZB_SQ_MARKS; i++) {
+            ZB_CUDA(cudaEventCreate(&q->t0[i]));
+            ZB_CUDA(cudaEventCreate(&q->t1[i]));
+        }
+        for (int i = 0; i < ZB_SQ_DEPTH; i++) ZB_CUDA(cudaEventCreateWithFlags(&q->done[i], cudaEventDisableTiming));
+    }
+    *out = q;
+    return ZB_OK;
+}
+
+static int sq_read_mark(zb_cuda_sq *q, int k) {
+    if (!q->tpend[k]) return ZB_OK;
+    float ms = 0;
+    ZB_CUDA(cudaEventSynchronize(q->t1[k]));
+    ZB_CUDA(cudaEventElapsedTime(&ms, q->t0[k], q->t1[k]));
+    q->total += ms * 1e-3;
+    q->tpend[k] = 0;
+    return ZB_OK;
+}
+
+extern "C" int zb_cuda_stepq_mark(void **qp, int stop) {
+    zb_cuda_sq *q = NULL;
+    ZB_TRY(sq_get(qp, &q));
+    int k = q->tn % ZB_SQ_MARKS;
+    if (!stop) {
+        ZB_TRY(sq_read_mark(q, k));   /* eight steps ago: long done in a pipelined loop */
+        ZB_CUDA(cudaEventRecord(q->t0[k], g_dev.stream));
+    } else {
+        ZB_CUDA(cudaEventRecord(q->t1[k], g_dev.stream));
+        q->tpend[k] = 1;
+        q->tn++;
+    }
+    return ZB_OK;
+}
+
+extern "C" int zb_cuda_stepq_time(void **qp, double *sec) {
+    zb_cuda_sq *q = NULL;
+    ZB_TRY(sq_get(qp, &q));
+    for (int k = 0; k < ZB_SQ_MARKS; k++) ZB_TRY(sq_read_mark(q, k));
+    *sec = q->total;
+    return ZB_OK;
+}
+
+extern "C" int zb_cuda_stepq_fetch(void **qp, const void *src, size_t bytes) {
+    zb_cuda_sq *q = NULL;
+    ZB_TRY(sq_get(qp, &q));
+    if (q->n == ZB_SQ_DEPTH) return zb_fail(ZB_EARG, "step queue: %d fetches pending", q->n);
+    int k = (q->head + q->n) % ZB_SQ_DEPTH;
+    if (bytes > q->cap[k]) {   /* grows once (pinned allocations are slow) */
+        if (q->pin[k]) ZB_CUDA(cudaFreeHost(q->pin[k]));
+        q->pin[k] = NULL;
+        q->cap[k] = 0;
+        ZB_CUDA(cudaMallocHost(&q->pin[k], bytes < 4096 ? 4096 : bytes));
+        q->cap[k] = bytes < 4096 ? 4096 : bytes;
+    }
+    if (bytes) ZB_CUDA(cudaMemcpyAsync(q->pin[k], src, bytes, cudaMemcpyDeviceToHost, g_dev.stream));
+    ZB_CUDA(cudaEventRecord(q->done[k], g_dev.stream));
+    q->len[k] = bytes;
+    q->n++;
+    return ZB_OK;
+}
+
+extern "C" int zb_cuda_stepq_wait(void **qp, void *dst) {
+    zb_cuda_sq *q = NULL;
+    ZB_TRY(sq_get(qp, &q));
+    if (!q->n) return zb_fail(ZB_EARG, "step queue: nothing fetched");
+    int k = q->head;
+    ZB_CUDA(cudaEventSynchronize(q->done[k]));
+    if (q->len[k]) memcpy(dst, q->pin[k], q->len[k]);
+    q->head = (k + 1) % ZB_SQ_DEPTH;
+    q->n--;
+    return pending_error();
+}
+
+extern "C" void zb_cuda_stepq_free(void *qp) {
+    zb_cuda_sq *q = (zb_cuda_sq *)qp;
+    if (!q) return;
+    cudaStreamSynchronize(g_dev.stream);   /* no copy into a buffer being freed */
+    for (int i = 0; i < ZB_SQ_MARKS; i++) {
+        if (q->t0[i]) cudaEventDestroy(q->t0[i]);
+        if (q->t1[i]) cudaEventDestroy(q->t1[i]);
+    }
+    for (int i = 0; i < ZB_SQ_DEPTH; i++) {
+        if (q->done[i]) cudaEventDestroy(q->done[i]);
+        if (q->pin[i]) cudaFreeHost(q->pin[i]);
+    }
+    free(q);
+}

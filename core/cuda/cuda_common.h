@@ -109,6 +109,17 @@ int zb_cuda_graph_begin(void **g, long long key);
 int zb_cuda_graph_end(void *g, int launch);   /* launch 0: instantiated, not launched */
 void zb_cuda_graph_free(void *g);
 
+/* The host reading queued results while later work runs, and step times (backend.h step_queue;
+ * *q created at the first call): mark (stop 0 / 1) records an event before / after a step; time
+ * waits for the marks and gives the summed seconds between each pair; fetch queues a copy of bytes
+ * from src (device) into a pinned buffer and an event (at most 4 pending); wait waits for the
+ * oldest fetch's event and copies its bytes to dst. */
+int zb_cuda_stepq_mark(void **q, int stop);
+int zb_cuda_stepq_time(void **q, double *sec);
+int zb_cuda_stepq_fetch(void **q, const void *src, size_t bytes);
+int zb_cuda_stepq_wait(void **q, void *dst);
+void zb_cuda_stepq_free(void *q);
+
 /* Record an error (kernel launch, library status); the first one is kept. */
 void zb_cuda_note_error(const char *what, const char *file, int line);
 

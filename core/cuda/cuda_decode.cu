@@ -145,7 +145,9 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
     o[(size_t)lane * OC + r] = v;
 }
 
-static int g_gemv_split = 0;   /* 0: chosen per shape; 1, 2, 4, 8: forced (the benchmark's sweep) */
+/* 0: chosen per shape; 1, 2, 4, 8: forced (the benchmark's sweep; ZB_GEMV_SPLIT=N in the
+ * environment); -1: not read yet */
+static int g_gemv_split = -1;
 extern "C" void zb_cuda_gemv_set_split(int ks) { g_gemv_split = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
 
 extern "C" int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C) {
@@ -155,6 +157,10 @@ extern "C" int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C) {
 /* split-K: enough warps to fill the GPU (about 64 per SM) when the matrices have few rows, while
  * each warp keeps at least two sweeps of 256 columns */
 static int gemv_split(int rows, int C) {
+    if (g_gemv_split < 0) {
+        const char *e = getenv("ZB_GEMV_SPLIT");
+        zb_cuda_gemv_set_split(e ? atoi(e) : 0);
+    }
     if (g_gemv_split) return g_gemv_split;
     int target = zb_cuda_sm_count() * 64, ks = 1;
     while (ks < 8 && (long long)rows * ks < target && C / (ks * 2) >= 512) ks *= 2;

@@ -486,6 +486,23 @@ extern "C" void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P) {
     ZB_CUDA_LAUNCHED("argmax_pick");
 }
 
+/* the next decode step's inputs from this one's picks (backend.h decode_advance): one thread per
+ * sequence (the sequences are distinct: no two threads touch one position) */
+__global__ void k_decode_advance(int *ids, int *pos, const int *next, const int *seqs, int nb, long long v0, int V) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nb) return;
+    long long v = (long long)next[i] - v0;
+    pos[seqs[i]] += 1;
+    ids[i] = v >= 0 && v < V ? (int)v : -1;
+}
+
+extern "C" void zb_cuda_decode_advance(int *ids, int *pos, const int *next, const int *seqs, int nb, long long v0,
+                                       int V) {
+    if (nb <= 0) return;
+    k_decode_advance<<<zb_cuda_blocks((size_t)nb, 128), 128, 0, zb_cuda_stream()>>>(ids, pos, next, seqs, nb, v0, V);
+    ZB_CUDA_LAUNCHED("decode_advance");
+}
+
 /* ---- KL(teacher || student) at temperature tau ----------------------------------------------- */
 
 __global__ void k_kl(double *kl, float *d, const float *student, const float *teacher, const int *mask, int V,

@@ -306,6 +306,9 @@ void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
 /* the same in a vocabulary slice and over the slices (backend.h argmax_pairs / argmax_pick) */
 void zb_cuda_argmax_pairs(int *pairs, const float *x, int N, int V, long long v0);
 void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P);
+/* for i < nb: pos[seqs[i]] += 1, ids[i] = next[i] - v0 if in [0, V) else -1 (backend.h
+ * decode_advance); device ints, one kernel. */
+void zb_cuda_decode_advance(int *ids, int *pos, const int *next, const int *seqs, int nb, long long v0, int V);
 double zb_cuda_mse(float *da, const float *a, const float *b, size_t n, float scale);
 /* The mean over N rows of ||s_n - t_n||_2 (rows of d; each norm in double); g (may be NULL)
  * OVERWRITTEN with scale (s_n - t_n) / (||s_n - t_n|| N), 0 where the rows are equal. */

@@ -461,7 +461,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
     /* conv + SiLU: the kernel over groups of rows, then the one of a block per row (ZB_CONV=old) */
     for (int one = 1; one >= 0; one--) {
         const char *how = one ? "" : " (a block per row)";
-        zb_cuda_m2_conv_bwd_one(one);
+        zb_cuda_m2_conv_rows(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dnew((size_t)N * cd), *dpost = dnew((size_t)N * cd);
         zb_cuda_m2_conv_forward(m, L->dw.conv_w, L->dw.conv_b, dproj, NULL, 0, dpre, dpost, B, T);
         float *gpre = dget(dpre, (size_t)N * cd, "conv forward"), *gpost = dget(dpost, (size_t)N * cd, "conv forward");
@@ -485,7 +485,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(gpre); free(gpost); free(mpre); free(mpost);
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(dpost));
     }
-    zb_cuda_m2_conv_bwd_one(-1);
+    zb_cuda_m2_conv_rows(-1);
     /* SSD forward and backward */
     {
         ssd_ref rf;
@@ -598,9 +598,9 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(hdp); free(hb); free(gv); free(cv); free(mv); free(mb); free(edge);
         CU(cudaFree(dproj)); CU(cudaFree(dd)); CU(cudaFree(gdp)); CU(cudaFree(gb)); CU(cudaFree(work));
     }
-    /* conv backward: the one-pass kernel, then the two kernels before it (ZB_CONV=old) */
+    /* conv backward: the one-pass kernel (ZB_CONV_BWD=one), then the two kernels (the default) */
     for (int one = 1; one >= 0; one--) {
-        const char *how = one ? "" : " (two kernels)";
+        const char *how = one ? " (one pass)" : "";
         zb_cuda_m2_conv_bwd_one(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),

@@ -333,11 +333,23 @@ static __global__ void k_conv_fwd_rows(int cd, int K, int P, int di, int T, int 
     }
 }
 
-/* 1: the one-pass conv kernels (k_conv_fwd_rows in training, k_conv_bwd_one), the default; 0: the
- * kernels before them (ZB_CONV=old); -1: from the environment */
-static int g_conv_one = -1;
-extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_one = on < 0 ? -1 : on != 0; }
-static bool conv_one(void) { return zb_cuda_env_switch(&g_conv_one, "ZB_CONV", "old"); }
+/* 1: the training conv forward over groups of rows (k_conv_fwd_rows), the default; 0: a block per
+ * row (ZB_CONV=old); -1: from the environment */
+static int g_conv_rows = -1;
+extern "C" void zb_cuda_m2_conv_rows(int on) { g_conv_rows = on < 0 ? -1 : on != 0; }
+static bool conv_rows(void) { return zb_cuda_env_switch(&g_conv_rows, "ZB_CONV", "old"); }
+/* 1: the conv backward in one pass (k_conv_bwd_one; ZB_CONV_BWD=one: S6R1 measured it 1.1 ms slower
+ * per Zebra-1B step than the two kernels, 12.80 vs 11.74 ms); 0: k_conv_bwd_fused + the weight sums,
+ * the default; -1: from the environment */
+static int g_conv_bwd_one = -1;
+extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_bwd_one = on < 0 ? -1 : on != 0; }
+static bool conv_bwd_one(void) {
+    if (g_conv_bwd_one < 0) {
+        const char *e = getenv("ZB_CONV_BWD");
+        g_conv_bwd_one = e && !strcmp(e, "one");
+    }
+    return g_conv_bwd_one;
+}
 
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
                      const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
@@ -345,7 +357,7 @@ static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
-    if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_one() && cdiv((int)N, M2_WROWS) <= 65535) {
+    if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_rows() && cdiv((int)N, M2_WROWS) <= 65535) {
         k_conv_fwd_rows<<<dim3(cdiv(cd, 128), (unsigned)cdiv((int)N, M2_WROWS)), 128, 0, s_stream>>>(
             cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, T, (int)N, conv_w, conv_b, proj, pre, post);
         zb_cuda_m2_check_launch("k_conv_fwd_rows");
@@ -631,7 +643,7 @@ static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, const 
  * caches) instead of a pass writing dpre and another reading it back. */
 static __global__ void k_conv_bwd_fused(int cd, int K, int P, int di, int T, const float *__restrict__ w,
                                         const float *__restrict__ pre, const float *__restrict__ dpost,
-                                        float *dpre, float *dproj) {
+                                        float *dpre, float *dproj, __nv_bfloat16 *dproj16) {
     size_t r = blockIdx.x;
     int c = blockIdx.y * blockDim.x + threadIdx.x, t = (int)blockIdx.x % T;
     if (c >= cd) return;
@@ -643,7 +655,8 @@ static __global__ void k_conv_bwd_fused(int cd, int K, int P, int di, int T, con
             if (k == K - 1) dpre[e] = dp;   /* row r itself */
             acc += w[(size_t)c * K + k] * dp;
         }
-    dproj[r * P + di + c] = acc;
+    if (dproj16) dproj16[r * P + di + c] = __float2bfloat16_rn(acc);   /* din's only reader: in_proj */
+    else dproj[r * P + di + c] = acc;
 }
 
 struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the sequence */
@@ -785,10 +798,11 @@ static void conv_wsum_fin(const float *part, const float *bpart, int ns, int cd,
 
 /* the one-pass conv backward (k_conv_bwd_one) runs for this shape */
 static bool conv_bwd_one_ok(const zb_mamba2_dims *m, const float *g_conv_w) {
-    return m2_fused_path() && conv_one() && g_conv_w && m->conv_k <= M2_KMAX;
+    return m2_fused_path() && conv_bwd_one() && g_conv_w && m->conv_k <= M2_KMAX;
 }
 
-/* dproj16 (not NULL: needs conv_bwd_one_ok): din written there in bf16 instead of into dproj */
+/* dproj16 (not NULL: needs m2_fused_path, the one-pass or the fused din kernel): din written there in
+ * bf16 instead of into dproj */
 static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj, const float *xbc_pre,
                           const float *dxbc, float *dpre, float *dproj, __nv_bfloat16 *dproj16, float *g_conv_w,
                           float *g_conv_b, float *work, int B, int T) {
@@ -807,7 +821,7 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
     }
     if (fused) {
         k_conv_bwd_fused<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, xbc_pre,
-                                                                                dxbc, dpre, dproj);
+                                                                                dxbc, dpre, dproj, dproj16);
         zb_cuda_m2_check_launch("k_conv_bwd_fused");
     } else {
         k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
@@ -996,7 +1010,7 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, floa
      * backward) write it in bf16 straight into that product's operand (zb_cuda_dout16; each value
      * the float32 one rounded once, as the product's conversion did: the same bits), where the
      * one-pass kernels run; ZB_M2_DPROJ16=0 float32 and the conversion. */
-    __nv_bfloat16 *dp16 = dproj16_on() && backend_products() && gnorm_bwd_fused_ok(m) && conv_bwd_one_ok(m, g->conv_w)
+    __nv_bfloat16 *dp16 = dproj16_on() && backend_products() && gnorm_bwd_fused_ok(m) && m2_fused_path()
                               ? (__nv_bfloat16 *)zb_cuda_dout16(dproj, N, P)
                               : NULL;
     /* gated norm: dy <- dL/dy, dz into dproj's z columns */

@@ -82,6 +82,12 @@ static bool m2_fused_path(void) {
     return on;
 }
 
+/* A fast path's switch: var (1 on, 0 off, -1 not yet read from the environment) and its setter for
+ * tests (-1: back to the environment's choice). */
+#define M2_SWITCH(var, setter)                                                   \
+    static int var = -1;                                                         \
+    extern "C" void setter(int on) { var = on < 0 ? -1 : on != 0; }
+
 /* ---- timing the pieces (zb_cuda_mamba2_profile) ------------------------------------------------- */
 
 static double *s_prof, s_prof_t;
@@ -335,14 +341,12 @@ static __global__ void k_conv_fwd_rows(int cd, int K, int P, int di, int T, int 
 
 /* 1: the training conv forward over groups of rows (k_conv_fwd_rows), the default; 0: a block per
  * row (ZB_CONV=old); -1: from the environment */
-static int g_conv_rows = -1;
-extern "C" void zb_cuda_m2_conv_rows(int on) { g_conv_rows = on < 0 ? -1 : on != 0; }
+M2_SWITCH(g_conv_rows, zb_cuda_m2_conv_rows)
 static bool conv_rows(void) { return zb_cuda_env_switch(&g_conv_rows, "ZB_CONV", "old"); }
 /* 1: the conv backward in one pass (k_conv_bwd_one; ZB_CONV_BWD=one: S6R1 measured it 1.1 ms slower
  * per Zebra-1B step than the two kernels, 12.80 vs 11.74 ms); 0: k_conv_bwd_fused + the weight sums,
  * the default; -1: from the environment */
-static int g_conv_bwd_one = -1;
-extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_bwd_one = on < 0 ? -1 : on != 0; }
+M2_SWITCH(g_conv_bwd_one, zb_cuda_m2_conv_bwd_one)
 static bool conv_bwd_one(void) {
     if (g_conv_bwd_one < 0) {
         const char *e = getenv("ZB_CONV_BWD");
@@ -946,16 +950,14 @@ extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, in
 }
 
 /* 1: the mixer backward's dproj in bf16 (the default), 0: float32 (ZB_M2_DPROJ16=0), -1: the environment */
-static int g_dproj16 = -1;
-extern "C" void zb_cuda_m2_dproj16(int on) { g_dproj16 = on < 0 ? -1 : on != 0; }
+M2_SWITCH(g_dproj16, zb_cuda_m2_dproj16)
 static bool dproj16_on(void) { return zb_cuda_env_switch(&g_dproj16, "ZB_M2_DPROJ16", "0"); }
 
 /* The training mixer's gated-norm output o (acts) stored in bf16 (the first half of its float32
  * region), the only form out_proj's products take in the bf16 CONVERT mode (each value the float32
  * one rounded once, as their conversion did: the same bits); ZB_M2_O16=0 float32. The forward and
  * its backward decide alike (the mode, the environment). zb_cuda_m2_o16: the tests' switch. */
-static int g_o16 = -1;
-extern "C" void zb_cuda_m2_o16(int on) { g_o16 = on < 0 ? -1 : on != 0; }
+M2_SWITCH(g_o16, zb_cuda_m2_o16)
 static bool o_bf16(void) {
     return zb_cuda_env_switch(&g_o16, "ZB_M2_O16", "0") && backend_products() && zb_cuda_precision() == ZB_PREC_BF16 &&
            zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_CONVERT;

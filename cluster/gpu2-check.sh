@@ -304,7 +304,9 @@ dec() {   # dec CONFIG NP BATCH REP: one run -> decode.jsonl; its tokens in $out
     --max-new "$([ "$3" = 1 ] && echo "${DEC_NEW:-128}" || echo "${DEC_NEW8:-32}")" --ignore-eos --quiet --device cuda \
     --weights bf16 "${a[@]}" > "$out/tok-$m-b$3-$2.txt" 2> "$log"
   local tps; tps=$(grep -o 'decode [0-9]* tokens [0-9.]* tok/s' "$log" | tail -1 | awk '{print $4}')
-  echo "  $m batch $3, $2 GPU(s) r$4: ${tps:-failed} tok/s$(grep -q 'replayed from a CUDA graph' "$log" && echo ', graph') ($(date +%s) s)" |
+  local gap; gap=$(grep -o '[0-9.]* ms/step on the device, host gap [0-9.-]* ms/step' "$log" | tail -1 |
+                   awk '{print "device " $1 " ms/step, host gap " $8 " ms/step"}')   # zebra generate's timing line
+  echo "  $m batch $3, $2 GPU(s) r$4: ${tps:-failed} tok/s${gap:+ ($gap)}$(grep -q 'replayed from a CUDA graph' "$log" && echo ', graph') ($(date +%s) s)" |
     tee -a "$out/log-decode.txt"
   [ -n "$tps" ] || tail_of "$log"
   [ -n "$tps" ] && printf '{"model":"%s","gpus":%d,"batch":%d,"rep":%d,"decode_tps":%s}\n' "$m" "$2" "$3" "$4" "$tps" >> "$out/decode.jsonl"

@@ -3,6 +3,7 @@
 
 extern "C" void zb_cuda_gemm_tune_reset(void);   /* cuda_gemm.cu */
 
+#include <cuda_profiler_api.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,11 +255,34 @@ typedef struct {
     unsigned long long mem_gen;
 } zb_cuda_graph;
 
+/* ZB_CUDA_PROFILE_STEP=N: the N-th replay (from 0) alone between cudaProfilerStart and Stop, the
+ * stream drained before and after: one decode step for a profiler started with its capture off
+ * (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi) */
+static void profile_mark(int stop) {
+    static long long want = -2, n = 0;
+    static int on = 0;
+    if (want == -2) {
+        const char *e = getenv("ZB_CUDA_PROFILE_STEP");
+        want = e && *e ? atoll(e) : -1;
+    }
+    if (!stop && want >= 0 && n++ == want) {
+        cudaStreamSynchronize(g_dev.stream);
+        cudaProfilerStart();
+        on = 1;
+    } else if (stop && on) {
+        cudaStreamSynchronize(g_dev.stream);
+        cudaProfilerStop();
+        on = 0;
+    }
+}
+
 extern "C" int zb_cuda_graph_replay(void *gp, long long key) {
     zb_cuda_graph *g = (zb_cuda_graph *)gp;
     if (!g || !g->exec || g->key != key || g->mem_gen != g_mem_gen || g_dev.err) return 0;
+    profile_mark(0);
     cudaError_t e = cudaGraphLaunch(g->exec, g_dev.stream);
     if (e != cudaSuccess) zb_cuda_note_error2("cudaGraphLaunch", cudaGetErrorString(e), __FILE__, __LINE__);
+    profile_mark(1);
     return 1;
 }
 

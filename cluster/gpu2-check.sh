@@ -61,7 +61,7 @@ fits() { [ "$(left)" -ge "$1" ]; }
 notrun() { summary+=("NOT RUN $1 (time: $(left) s left)"); echo "${summary[-1]}"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export ZB_TP_ALLREDUCE=${ZB_TP_ALLREDUCE:-nccl}   # p2p: the TP decode's small sums through peer memory
-export ZB_TP_FUSED=${ZB_TP_FUSED:-0}   # 1: the TP decode's sums fused with add_rmsnorm through peer memory (default: NCCL, then add_rmsnorm)
+export ZB_TP_FUSED=${ZB_TP_FUSED:-1}   # 0: the TP decode's sums by NCCL, then add_rmsnorm (default: fused, through peer memory)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX} OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=1
 MPIX="mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x ZB_TP_ALLREDUCE -x ZB_TP_FUSED -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PATH"
@@ -449,10 +449,10 @@ if [ -z "${ZB_G2_EQ_ONLY:-}" ] && [ "${ZB_CHECK_DEVICE:-cuda}" != cpu ] && [ "${
       same_tokens $m $b
     done
   done
-  # the TP sums fused with the residual add and the next norm through peer memory (ZB_TP_FUSED=1,
-  # core/cuda/cuda_p2p.cu) instead of NCCL, then add_rmsnorm
-  if fits 40; then TAG=fused ZB_TP_FUSED=1 dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 fused
-  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_FUSED=1"; fi
+  # the TP sums by NCCL, then add_rmsnorm (ZB_TP_FUSED=0), instead of fused with the residual add
+  # and the next norm through peer memory (core/cuda/cuda_p2p.cu, the default)
+  if fits 40; then TAG=nccl ZB_TP_FUSED=0 dec "$SRC/configs/zebra-8b.json" 2 1 1; same_tokens zebra-8b 1 nccl
+  else notrun "decode zebra-8b batch 1, 2 GPUs, ZB_TP_FUSED=0"; fi
   decode_md
   cat "$out/decode.md"
 fi

@@ -88,8 +88,8 @@ static int pair_comms(nccl_impl *im, int me, int a, int b, float *one) {
 
 /* The TP group's peer memory (cuda_common.h), when every rank of the group is on this node and
  * each can open the others' buffers, for
- *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): ZB_TP_FUSED=1 (off by
- *     default: slower than NCCL + add_rmsnorm on 2 H200s, docs/SCALING.md);
+ *   - the fused decode sum + residual + norm (zb_comm_sum_add_rmsnorm): on unless ZB_TP_FUSED=0
+ *     (faster than NCCL + add_rmsnorm on 2 H200s since S6R1, docs/SCALING.md);
  *   - ZB_TP_ALLREDUCE=p2p: the group's all-reduces of up to 64 K floats (off unless asked).
  * Otherwise (said once per rank that asked) NCCL all-reduces as before. Collective over TP: a use
  * is on only where every rank of the group asked for it and every rank's buffer opened. */
@@ -99,7 +99,8 @@ static int p2p_setup(nccl_impl *im) {
     int size = im->mpi->size[ZB_GROUP_TP], rank = im->mpi->rank[ZB_GROUP_TP], ok, all = 0;
     MPI_Comm tp = im->mg[ZB_GROUP_TP];
     if (size < 2) return ZB_OK;
-    int want[2] = {e && !strcmp(e, "p2p"), f && !strcmp(f, "1")}, agreed[2] = {0, 0};
+    int want[2] = {e && !strcmp(e, "p2p"), !(f && !strcmp(f, "0"))}, agreed[2] = {0, 0};
+    int asked = want[0] || (f && !strcmp(f, "1"));   /* the default falls back to NCCL silently */
     ZB_MPI(MPI_Allreduce(want, agreed, 2, MPI_INT, MPI_LAND, tp));
     if (!agreed[0] && !agreed[1]) return ZB_OK;   /* nobody asked, or not every rank */
     ok = size <= ZB_P2P_MAX_RANKS;
@@ -122,7 +123,7 @@ static int p2p_setup(nccl_impl *im) {
     free(mine);
     free(hs);
     if (rc || !all) {
-        if (!ok) fprintf(stderr, "zebra: note: TP rank %d: peer memory not used (%s): NCCL all-reduces%s\n", rank, why,
+        if (!ok && asked) fprintf(stderr, "zebra: note: TP rank %d: peer memory not used (%s): NCCL all-reduces%s\n", rank, why,
                          agreed[0] ? " (ZB_TP_ALLREDUCE=p2p not used)" : "");
         zb_cuda_p2p_free(im->p2p);
         im->p2p = NULL;

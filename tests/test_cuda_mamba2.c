@@ -461,7 +461,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
     /* conv + SiLU: the kernel over groups of rows, then the one of a block per row (ZB_CONV=old) */
     for (int one = 1; one >= 0; one--) {
         const char *how = one ? "" : " (a block per row)";
-        zb_cuda_m2_conv_bwd_one(one);
+        zb_cuda_m2_conv_rows(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dnew((size_t)N * cd), *dpost = dnew((size_t)N * cd);
         zb_cuda_m2_conv_forward(m, L->dw.conv_w, L->dw.conv_b, dproj, NULL, 0, dpre, dpost, B, T);
         float *gpre = dget(dpre, (size_t)N * cd, "conv forward"), *gpost = dget(dpost, (size_t)N * cd, "conv forward");
@@ -485,7 +485,7 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(gpre); free(gpost); free(mpre); free(mpost);
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(dpost));
     }
-    zb_cuda_m2_conv_bwd_one(-1);
+    zb_cuda_m2_conv_rows(-1);
     /* SSD forward and backward */
     {
         ssd_ref rf;
@@ -598,9 +598,9 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(hdp); free(hb); free(gv); free(cv); free(mv); free(mb); free(edge);
         CU(cudaFree(dproj)); CU(cudaFree(dd)); CU(cudaFree(gdp)); CU(cudaFree(gb)); CU(cudaFree(work));
     }
-    /* conv backward: the one-pass kernel, then the two kernels before it (ZB_CONV=old) */
+    /* conv backward: the one-pass kernel (ZB_CONV_BWD=one), then the two kernels (the default) */
     for (int one = 1; one >= 0; one--) {
-        const char *how = one ? "" : " (two kernels)";
+        const char *how = one ? " (one pass)" : "";
         zb_cuda_m2_conv_bwd_one(one);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
@@ -890,6 +890,28 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
         zb_cuda_weights_changed();   /* this layer's weights may sit where an earlier layer's did */
         zb_cuda_set_precision(run == RUN_BACKEND_BF16 ? ZB_PREC_BF16 : ZB_PREC_F32);
     }
+    float *oout = NULL, *odx = NULL, *og[NP] = {0};
+    if (run == RUN_BACKEND_BF16) {
+        /* first with o and dproj in float32, converted by out_proj's and in_proj's products
+         * (ZB_M2_O16=0, ZB_M2_DPROJ16=0): kept for the bitwise comparison below, then the gradients
+         * zeroed */
+        zb_cuda_m2_o16(0);
+        zb_cuda_m2_dproj16(0);
+        zb_cuda_mamba2_forward(m, d, 1e-5f, &L->dw, gx, gout, gacts, B, T);
+        zb_cuda_mamba2_backward(m, d, 1e-5f, &L->dw, &L->dg, gx, gR, gdx, gacts, gscr, B, T);
+        zb_cuda_m2_o16(-1);
+        zb_cuda_m2_dproj16(-1);
+        zb_check(zb_cuda_sync() == ZB_OK, "[%s] mixer, float32 o and dproj: no device error", c->name);
+        oout = dget(gout, nx, "mixer forward, float32 o");
+        odx = dget(gdx, nx, "mixer backward, float32 dproj");
+        CU(cudaMemset(gdx, 0, nx * sizeof(float)));
+        for (int i = 0; i < NP; i++)
+            if (*wslot(&L->dg, i)) {
+                og[i] = dget(*wslot(&L->dg, i), L->n[i], "mixer backward, float32 dproj");
+                CU(cudaMemset(*wslot(&L->dg, i), 0, L->n[i] * sizeof(float)));
+            }
+        dsync("mixer: zeroed gradients");
+    }
     zb_cuda_mamba2_forward(m, d, 1e-5f, &L->dw, gx, gout, gacts, B, T);
     zb_cuda_mamba2_backward(m, d, 1e-5f, &L->dw, &L->dg, gx, gR, gdx, gacts, gscr, B, T);
     dsync("mixer forward/backward");
@@ -901,6 +923,28 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
     }
     int bf = run == RUN_BACKEND_BF16;
     float *hout = dget(gout, nx, "mixer forward/backward"), *hdx = dget(gdx, nx, "mixer backward");
+    if (odx) {   /* o and dproj written in bf16 by their producers == float32 then rounded by the products:
+                  * the same bits, where cuBLAS sees operands of the same alignment (o's products read it
+                  * in the acts instead of the 256-byte aligned scratch: compared where o is so aligned;
+                  * dx and the other gradients do not depend on o) */
+        int ngr = m->d_inner / (m->norm_group > 0 ? m->norm_group : m->d_inner);
+        const float *o_dev = zb_mamba2_acts_y(m, gacts, B, T) + (size_t)N * m->d_inner + (size_t)N * ngr;   /* o follows y and rstd */
+        int o_cmp = ((uintptr_t)o_dev & 255) == 0;
+        int same = !memcmp(odx, hdx, nx * sizeof(float)) && (!o_cmp || !memcmp(oout, hout, nx * sizeof(float)));
+        for (int i = 0; i < NP; i++)
+            if (og[i]) {
+                float *hg = dget(*wslot(&L->dg, i), L->n[i], "mixer backward");
+                if (o_cmp || i != 7) same = same && !memcmp(og[i], hg, L->n[i] * sizeof(float));   /* 7: out_proj */
+                free(hg);
+                free(og[i]);
+            }
+        zb_check(same, "[%s] mixer (%s): o and dproj in bf16 from their producers == float32 then converted "
+                 "(dx and the gradients%s, bits; max |d| out %.3g, dx %.3g)", c->name, run_name[run],
+                 o_cmp ? ", the output and out_proj's gradient" : " but out_proj's",
+                 zb_max_abs_diff(oout, hout, nx), zb_max_abs_diff(odx, hdx, nx));
+        free(oout);
+        free(odx);
+    }
     snprintf(what, sizeof what, "[%s] mixer forward output vs CPU (%s)", c->name, run_name[run]);
     if (bf) zb_check_norm_rel(what, hout, out, nx, BF16_OUT_TOL);
     else zb_check_max_rel(what, hout, out, nx, OUT_TOL);

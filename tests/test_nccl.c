@@ -6,7 +6,7 @@
  * eager size; host buffers through the same table (they go to MPI). The TP decode's fused sum +
  * residual + RMSNorm through peer memory (zb_comm_sum_add_rmsnorm) against the all-reduce then
  * add_rmsnorm, within bounds derived from the two summation orders, bitwise the same on both
- * ranks, call by call and replayed from a CUDA graph, when ZB_TP_FUSED=1 (else checked not
+ * ranks, call by call and replayed from a CUDA graph, unless ZB_TP_FUSED=0 (then checked not
  * taken), at shapes of every kind one after the other. Then (informative, not checked) the
  * latency per call of NCCL's all-reduce (with and without add_rmsnorm) and of the peer-memory
  * kernels, 1000 calls recorded in one CUDA graph and replayed, at the decode's sizes, and the
@@ -392,7 +392,7 @@ static void fcase_check(fcase *f, int S, const char *what) {
 static void fused_sums(zb_comm *c) {
     int r = zb_comm_rank(c, ZB_GROUP_TP), S = zb_comm_size(c, ZB_GROUP_TP);
     const char *off = getenv("ZB_TP_FUSED");
-    int want = off && !strcmp(off, "1");
+    int want = !(off && !strcmp(off, "0"));   /* on unless ZB_TP_FUSED=0 */
     /* every shape after every other (the kernels share one call count; odd rows pad their last line) */
     struct { int N, C, residual; } shapes[] = {{1, 4096, 1}, {8, 4096, 1}, {3, 4096, 1}, {1, 4096, 0}, {5, 4096, 0},
                                                {2, 1000, 1}, {3, 1000, 1}, {5, 77, 0}, {1, 4097, 1}, {7, 2048, 1}};
@@ -458,7 +458,7 @@ static void fused_sums(zb_comm *c) {
 
 /* The number that decides the TP decode's sum (docs/SCALING.md): the latency per call of
  *   nccl            the table's all-reduce (NCCL; the peer kernel under ZB_TP_ALLREDUCE=p2p)
- *   nccl+addnorm    the same, then add_rmsnorm (the TP decode's pair without ZB_TP_FUSED)
+ *   nccl+addnorm    the same, then add_rmsnorm (the TP decode's pair with ZB_TP_FUSED=0)
  *   p2p             the peer-memory all-reduce (cuda_common.h), on a buffer of this test's own
  *   p2p fused       the peer-memory sum + residual + RMSNorm in one kernel
  * for N rows of 4096 floats (a decode step's d_model at batch 1 and 8), CALLS calls recorded in

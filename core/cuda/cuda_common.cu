@@ -60,6 +60,14 @@ extern "C" int zb_cuda_device_count(char *why, size_t why_len) {
     return n;
 }
 
+extern "C" int zb_cuda_env_switch(int *cache, const char *name, const char *off) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = !(e && !strcmp(e, off));
+    }
+    return *cache;
+}
+
 extern "C" int zb_cuda_env_local_rank(void) {
     static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
                                  "SLURM_LOCALID", "LOCAL_RANK"};

@@ -43,6 +43,10 @@ int zb_cuda_device_count(char *why, size_t why_len);
  * (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, MV2_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
  * LOCAL_RANK), 0 when none is set. */
 int zb_cuda_env_local_rank(void);
+/* An on/off switch of a fast path: *cache (-1: not yet decided) set from the environment at the first
+ * call, on unless variable `name` equals `off`; a test sets *cache itself (-1: back to the
+ * environment). Returns *cache. */
+int zb_cuda_env_switch(int *cache, const char *name, const char *off);
 /* Select device (local_rank % devices; local_rank < 0: from the environment), create the
  * stream and the handles. Idempotent. ZB_EDEVICE when there is no usable GPU. */
 int zb_cuda_init(int local_rank);

@@ -221,7 +221,7 @@ extern "C" void zb_cuda_matmul_forward(float *out, const float *inp, const float
 static int g_bwd_shared_off = -1;   /* -1: from the environment at the first use */
 extern "C" void zb_cuda_matmul_bwd_shared(int on) { g_bwd_shared_off = !on; }
 static int matmul_backward_shared(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int N,
-                                  int C, int OC, const uint16_t *dout16) {
+                                  int C, int OC, const uint16_t *dout16, const uint16_t *inp16 = NULL) {
     if (g_bwd_shared_off < 0) {
         const char *e = getenv("ZB_CUDA_BWD_SHARED");
         g_bwd_shared_off = e && !strcmp(e, "0");
@@ -229,9 +229,10 @@ static int matmul_backward_shared(float *dinp, float *dW, const float *dout, con
     if (g_bwd_shared_off || !convert_mode() || !dinp || !dW || N <= 0 || C <= 0 || OC <= 0) return 0;
     const uint16_t *w16 = weight_bf16(W, (size_t)OC * C);
     if (!w16) return 0;
-    /* dout16: dout already rounded, in this scratch (zb_cuda_head_grad16) */
+    /* dout16: dout already rounded, in this scratch (zb_cuda_dout16) */
     uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, (size_t)N * OC * 2);
-    uint16_t *i16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, (size_t)N * C * 2);
+    /* inp16: inp already rounded (zb_cuda_matmul_backward_in16) */
+    uint16_t *i16 = inp16 ? (uint16_t *)inp16 : (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, (size_t)N * C * 2);
     if (!d16 || !i16) return 1;   /* the error is recorded */
     if (dout16 && dout16 != d16) {   /* the scratch moved since the loss wrote it: the gradient is lost */
         zb_cuda_note_error2("head backward", "the loss's bf16 logits gradient was overwritten (scratch regrown)",
@@ -243,15 +244,16 @@ static int matmul_backward_shared(float *dinp, float *dW, const float *dout, con
     gemm_ex(0, 0, N, C, OC, 1.0f, d16, CUDA_R_16BF, OC, 0, w16, CUDA_R_16BF, C, 0, 1.0f, dinp, C, 0, 1,
             CUBLAS_COMPUTE_32F);
     /* dW += dout^T @ inp (zb_cuda_gemm_strided's CONVERT call) */
-    zb_cuda_f32_to_bf16(i16, inp, (size_t)N * C);
+    if (!inp16) zb_cuda_f32_to_bf16(i16, inp, (size_t)N * C);
     gemm_ex(1, 0, OC, C, N, 1.0f, d16, CUDA_R_16BF, OC, 0, i16, CUDA_R_16BF, C, 0, 1.0f, dW, C, 0, 1,
             CUBLAS_COMPUTE_32F);
     return 1;
 }
 
-/* The head's output gradient handed over in bf16 by the loss (zb_cuda_cross_entropy_head): dout's
- * address and size, and the GEMM_A scratch it lies in (the address the shared path rounds dout
- * into). Taken by the next zb_cuda_matmul_backward of that dout; the float32 dout is not written. */
+/* An output gradient handed over in bf16 by the kernels that make it (the head's by the loss, the
+ * Mamba2 in_proj's by the mixer's backward): dout's address and size, and the GEMM_A scratch it lies
+ * in (the address the shared path rounds dout into). Taken by the next zb_cuda_matmul_backward of
+ * that dout; the float32 dout is not written. */
 static struct {
     const float *dout;
     size_t n;
@@ -260,18 +262,15 @@ static struct {
 
 static int g_dlogits16 = -1;   /* -1: from the environment at the first use */
 extern "C" void zb_cuda_dlogits16(int on) { g_dlogits16 = on < 0 ? -1 : on != 0; }
+extern "C" int zb_cuda_dlogits16_on(void) { return zb_cuda_env_switch(&g_dlogits16, "ZB_CUDA_DLOGITS16", "0"); }
 
-extern "C" uint16_t *zb_cuda_head_grad16(const float *dout, int N, int OC) {
+extern "C" uint16_t *zb_cuda_dout16(const float *dout, int N, int OC) {
     g_head16.dout = NULL;
-    if (g_dlogits16 < 0) {
-        const char *e = getenv("ZB_CUDA_DLOGITS16");
-        g_dlogits16 = !(e && !strcmp(e, "0"));
-    }
     if (g_bwd_shared_off < 0) {
         const char *e = getenv("ZB_CUDA_BWD_SHARED");
         g_bwd_shared_off = e && !strcmp(e, "0");
     }
-    if (!g_dlogits16 || g_bwd_shared_off || !convert_mode() || N <= 0 || OC <= 0) return NULL;
+    if (g_bwd_shared_off || !convert_mode() || N <= 0 || OC <= 0) return NULL;
     size_t n = (size_t)N * OC;
     uint16_t *d16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_A, n * 2);
     if (!d16) return NULL;
@@ -281,7 +280,7 @@ extern "C" uint16_t *zb_cuda_head_grad16(const float *dout, int N, int OC) {
     return d16;
 }
 
-/* the bf16 dout of zb_cuda_head_grad16 if it is this one (then forgotten), else NULL */
+/* the bf16 dout of zb_cuda_dout16 if it is this one (then forgotten), else NULL */
 static const uint16_t *take_head16(const float *dout, size_t n) {
     if (!g_head16.dout || g_head16.dout != dout || g_head16.n != n) {
         g_head16.dout = NULL;
@@ -310,6 +309,38 @@ extern "C" void zb_cuda_matmul_backward(float *dinp, float *dW, float *dbias, co
     }
     if (dW) zb_cuda_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dW, C);       /* += dout^T @ inp */
     if (dbias) colsum_add(dbias, dout, N, OC);
+}
+
+/* The CONVERT mode's products with the input activation already in bf16 (written so by the kernel
+ * that made it): the calls of zb_cuda_matmul_forward / _backward on the same bf16 operands, without
+ * the activation's conversion (the same bits). 0: not the CONVERT mode (nothing done). */
+extern "C" int zb_cuda_matmul_forward_in16(float *out, const uint16_t *in16, const float *W, int N, int C, int OC) {
+    if (!convert_mode()) return 0;
+    if (N <= 0 || C <= 0 || OC <= 0) return 1;
+    const uint16_t *w16 = weight_bf16(W, (size_t)OC * C);
+    if (!w16) {   /* no memory for a copy: converted into scratch (as gemm_weight_bf16) */
+        uint16_t *b16 = (uint16_t *)zb_cuda_scratch(ZB_WS_GEMM_B, (size_t)OC * C * 2);
+        if (!b16) return 1;
+        zb_cuda_f32_to_bf16(b16, W, (size_t)OC * C);
+        w16 = b16;
+    }
+    gemm_ex(0, 1, N, OC, C, 1.0f, in16, CUDA_R_16BF, C, 0, w16, CUDA_R_16BF, C, 0, 0.0f, out, OC, 0, 1,
+            CUBLAS_COMPUTE_32F);
+    return 1;
+}
+
+extern "C" int zb_cuda_matmul_backward_in16(float *dinp, float *dW, const float *dout, const uint16_t *in16,
+                                            const float *W, int N, int C, int OC) {
+    if (!convert_mode()) return 0;
+    if (N <= 0 || C <= 0 || OC <= 0) return 1;
+    if (matmul_backward_shared(dinp, dW, dout, NULL, W, N, C, OC, take_head16(dout, (size_t)N * OC), in16)) return 1;
+    /* the shared path not taken (ZB_CUDA_BWD_SHARED=0, no dinp, no room for the weight's copy): the
+     * input widened back to float32 for zb_cuda_matmul_backward */
+    float *in32 = (float *)zb_cuda_scratch(ZB_WS_MISC, (size_t)N * C * sizeof(float));
+    if (!in32) return 1;
+    zb_cuda_bf16_to_f32(in32, in16, (size_t)N * C);
+    zb_cuda_matmul_backward(dinp, dW, NULL, dout, in32, W, N, C, OC);
+    return 1;
 }
 
 /* ---- the training MLP with bf16 activations (cuda_ops.h) -----------------------------------

@@ -293,14 +293,14 @@ extern "C" double zb_cuda_cross_entropy(float *dlogits, const float *logits, con
 
 /* The training step's cross-entropy whose gradient only feeds the head's backward (cuda_ops.h): in
  * the bf16 CONVERT mode the fused kernel writes the gradient in bf16 straight into the buffer that
- * zb_cuda_matmul_backward's shared path rounds dout into (zb_cuda_head_grad16), so that the [N, V]
+ * zb_cuda_matmul_backward's shared path rounds dout into (zb_cuda_dout16), so that the [N, V]
  * float32 gradient is neither written nor read back and converted (Zebra-1B at 8 x 2048: 4.2 GB
  * written instead of 8.4, and a 12.6 GB conversion pass gone). The same float32 values rounded once
  * each, as that conversion did: the products get the same bits. Else (another mode, ZB_CUDA_LOSS=rows,
  * ZB_CUDA_DLOGITS16=0, no bf16 backward to hand it to) zb_cuda_cross_entropy in place. */
 extern "C" double zb_cuda_cross_entropy_head(float *logits, const int *targets, int N, int V, float scale) {
     if (N <= 0) return 0;
-    uint16_t *d16 = use_row_kernels() ? NULL : zb_cuda_head_grad16(logits, N, V);
+    uint16_t *d16 = use_row_kernels() || !zb_cuda_dlogits16_on() ? NULL : zb_cuda_dout16(logits, N, V);
     if (!d16) return zb_cuda_cross_entropy_n(logits, logits, targets, N, V, scale, NULL);
     double *loss = (double *)zb_cuda_scratch(ZB_WS_LOSS, (size_t)N * sizeof(double));
     if (!loss) return NAN;

@@ -278,14 +278,21 @@ double zb_cuda_cross_entropy(float *dlogits, const float *logits, const int *tar
 double zb_cuda_cross_entropy_n(float *dlogits, const float *logits, const int *targets, int N, int V, float scale,
                                int *n_valid);
 /* backend.h cross_entropy_head: in the bf16 CONVERT mode the gradient goes in bf16 only to the next
- * zb_cuda_matmul_backward with dout = logits (zb_cuda_head_grad16), else zb_cuda_cross_entropy in
- * place. ZB_CUDA_DLOGITS16=0 (or zb_cuda_dlogits16(0)): always the latter. */
+ * zb_cuda_matmul_backward with dout = logits (zb_cuda_dout16), else zb_cuda_cross_entropy in
+ * place. ZB_CUDA_DLOGITS16=0 (or zb_cuda_dlogits16(0); -1: the environment): always the latter. */
 double zb_cuda_cross_entropy_head(float *logits, const int *targets, int N, int V, float scale);
 void zb_cuda_dlogits16(int on);
+int zb_cuda_dlogits16_on(void);
 /* The bf16 buffer [N, OC] the next zb_cuda_matmul_backward with this dout takes as dout already
  * rounded (its float32 contents not read), or NULL where that backward would not (then nothing is
- * recorded). For zb_cuda_cross_entropy_head. */
-uint16_t *zb_cuda_head_grad16(const float *dout, int N, int OC);
+ * recorded). Nothing else may use the GEMM_A scratch in between. */
+uint16_t *zb_cuda_dout16(const float *dout, int N, int OC);
+/* zb_cuda_matmul_forward (no bias) / zb_cuda_matmul_backward (no bias) with the input activation
+ * given in bf16 (in16 [N, C]): the bf16 CONVERT mode's products without its conversion (the same
+ * bits). 0: another mode (nothing done). */
+int zb_cuda_matmul_forward_in16(float *out, const uint16_t *in16, const float *W, int N, int C, int OC);
+int zb_cuda_matmul_backward_in16(float *dinp, float *dW, const float *dout, const uint16_t *in16, const float *W,
+                                 int N, int C, int OC);
 double zb_cuda_kl_div(float *dstudent, const float *student, const float *teacher, const int *mask, int N, int V,
                       float tau, float scale);
 /* The vocabulary-parallel cross-entropy's passes (backend.h vp_row_max / vp_row_sums / vp_ce_grad). */

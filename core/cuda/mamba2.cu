@@ -20,6 +20,7 @@
  * gated-norm output, chunk start states) plus the SSD coefficients of mamba2_ssd.cu; the backward
  * recomputes g = y silu(z) and the L x L chunk products. */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -80,6 +81,12 @@ static bool m2_fused_path(void) {
     }
     return on;
 }
+
+/* A fast path's switch: var (1 on, 0 off, -1 not yet read from the environment) and its setter for
+ * tests (-1: back to the environment's choice). */
+#define M2_SWITCH(var, setter)                                                   \
+    static int var = -1;                                                         \
+    extern "C" void setter(int on) { var = on < 0 ? -1 : on != 0; }
 
 /* ---- timing the pieces (zb_cuda_mamba2_profile) ------------------------------------------------- */
 
@@ -332,16 +339,20 @@ static __global__ void k_conv_fwd_rows(int cd, int K, int P, int di, int T, int 
     }
 }
 
-/* 1: the one-pass conv kernels (k_conv_fwd_rows in training, k_conv_bwd_one), the default; 0: the
- * kernels before them (ZB_CONV=old); -1: from the environment */
-static int g_conv_one = -1;
-extern "C" void zb_cuda_m2_conv_bwd_one(int on) { g_conv_one = on < 0 ? -1 : on != 0; }
-static bool conv_one(void) {
-    if (g_conv_one < 0) {
-        const char *e = getenv("ZB_CONV");
-        g_conv_one = !(e && !strcmp(e, "old"));
+/* 1: the training conv forward over groups of rows (k_conv_fwd_rows), the default; 0: a block per
+ * row (ZB_CONV=old); -1: from the environment */
+M2_SWITCH(g_conv_rows, zb_cuda_m2_conv_rows)
+static bool conv_rows(void) { return zb_cuda_env_switch(&g_conv_rows, "ZB_CONV", "old"); }
+/* 1: the conv backward in one pass (k_conv_bwd_one; ZB_CONV_BWD=one: S6R1 measured it 1.1 ms slower
+ * per Zebra-1B step than the two kernels, 12.80 vs 11.74 ms); 0: k_conv_bwd_fused + the weight sums,
+ * the default; -1: from the environment */
+M2_SWITCH(g_conv_bwd_one, zb_cuda_m2_conv_bwd_one)
+static bool conv_bwd_one(void) {
+    if (g_conv_bwd_one < 0) {
+        const char *e = getenv("ZB_CONV_BWD");
+        g_conv_bwd_one = e && !strcmp(e, "one");
     }
-    return g_conv_one;
+    return g_conv_bwd_one;
 }
 
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
@@ -350,7 +361,7 @@ static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
-    if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_one() && cdiv((int)N, M2_WROWS) <= 65535) {
+    if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_rows() && cdiv((int)N, M2_WROWS) <= 65535) {
         k_conv_fwd_rows<<<dim3(cdiv(cd, 128), (unsigned)cdiv((int)N, M2_WROWS)), 128, 0, s_stream>>>(
             cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, T, (int)N, conv_w, conv_b, proj, pre, post);
         zb_cuda_m2_check_launch("k_conv_fwd_rows");
@@ -405,7 +416,7 @@ static __device__ __forceinline__ float warp_sum(float v) {
 /* o = w g rs, g = y silu(z), rs = (mean_group g^2 + eps)^-1/2. One warp per (row, group). */
 static __global__ void k_gnorm_fwd(int N, int di, int G, int ng, const float *__restrict__ nw, float eps,
                             const float *__restrict__ y, const float *__restrict__ z, int zs, float *o,
-                            float *rstd) {
+                            __nv_bfloat16 *o16, float *rstd) {
     size_t gw = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (gw >= (size_t)N * ng) return;
@@ -420,17 +431,27 @@ static __global__ void k_gnorm_fwd(int N, int di, int G, int ng, const float *__
     ss = warp_sum(ss);
     float rs = 1.0f / sqrtf(ss / G + eps);
     if (rstd && lane == 0) rstd[gw] = rs;
-    for (int c = c0 + lane; c < c0 + G; c += 32) o[r * di + c] = yr[c] * silu_dev(zr[c]) * (rs * nw[c]);
+    for (int c = c0 + lane; c < c0 + G; c += 32) {
+        float v = yr[c] * silu_dev(zr[c]) * (rs * nw[c]);
+        if (o16) o16[r * di + c] = __float2bfloat16_rn(v);   /* o's only reader: out_proj (o_bf16) */
+        else o[r * di + c] = v;
+    }
+}
+
+/* o16 (may be NULL): o written there in bf16 instead of into o */
+static void gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps, const float *y, const float *z,
+                               int z_stride, float *o, __nv_bfloat16 *o16, float *rstd, int N) {
+    if (N <= 0) return;
+    int ng = norm_groups(m), di = m->d_inner;
+    k_gnorm_fwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, di / ng, ng, norm_w, eps,
+                                                                             y, z, z_stride, o, o16, rstd);
+    zb_cuda_m2_check_launch("k_gnorm_fwd");
 }
 
 extern "C" void zb_cuda_m2_gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps,
                                               const float *y, const float *z, int z_stride, float *o,
                                               float *rstd, int N) {
-    if (N <= 0) return;
-    int ng = norm_groups(m), di = m->d_inner;
-    k_gnorm_fwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, di / ng, ng, norm_w, eps,
-                                                                             y, z, z_stride, o, rstd);
-    zb_cuda_m2_check_launch("k_gnorm_fwd");
+    gated_norm_forward(m, norm_w, eps, y, z, z_stride, o, NULL, rstd, N);
 }
 
 /* dg = rs w do - rs^3 g mean(w do g); dy = dg silu(z); dz = dg y silu'(z). dy holds do on entry. */
@@ -473,7 +494,7 @@ template <int NPL>
 static __global__ void __launch_bounds__(256)
 k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const float *__restrict__ y,
                   const float *__restrict__ z, int zs, const float *__restrict__ rstd, float *dy, float *dz,
-                  int rows_per, float *part) {
+                  __nv_bfloat16 *dz16, int rows_per, float *part) {
     const int G = 32 * NPL;
     __shared__ float red[8][32 * NPL];
     int grp = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c0 = grp * G;
@@ -505,7 +526,9 @@ k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const flo
         for (int q = 0; q < NPL; q++) {
             int c = lane + 32 * q;
             float sz = zv[q] * sg[q], gc = yv[q] * sz, dg = rs * wv[q] * dov[q] - f * gc;
-            dzr[c] = dg * yv[q] * sg[q] * (1.0f + zv[q] * (1.0f - sg[q]));
+            float dzv = dg * yv[q] * sg[q] * (1.0f + zv[q] * (1.0f - sg[q]));
+            if (dz16) dz16[(size_t)r * zs + c0 + c] = __float2bfloat16_rn(dzv);   /* dz's only reader: in_proj */
+            else dzr[c] = dzv;
             dyr[c] = dg * sz;
         }
     }
@@ -519,19 +542,26 @@ k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const flo
     }
 }
 
-extern "C" void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y,
-                                               const float *z, int z_stride, const float *rstd, float *dy,
-                                               float *dz, float *g_norm_w, float *work, int N) {
+/* the one-pass norm backward (k_gnorm_bwd_fused) runs for this shape */
+static bool gnorm_bwd_fused_ok(const zb_mamba2_dims *m) {
+    int G = m->d_inner / norm_groups(m);
+    return m2_fused_path() && G % 32 == 0 && G <= 128;
+}
+
+/* dz16 (not NULL: needs gnorm_bwd_fused_ok): dz written there in bf16 instead of into dz */
+static void gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y, const float *z,
+                                int z_stride, const float *rstd, float *dy, float *dz, __nv_bfloat16 *dz16,
+                                float *g_norm_w, float *work, int N) {
     if (N <= 0) return;
     int ng = norm_groups(m), di = m->d_inner, G = di / ng;
-    if (m2_fused_path() && G % 32 == 0 && G <= 128) {
+    if (gnorm_bwd_fused_ok(m)) {
         int ns = cdiv(N, 64) < CS_SPLIT_MAX ? cdiv(N, 64) : CS_SPLIT_MAX, rows_per = cdiv(N, ns);
         ns = cdiv(N, rows_per);
         dim3 grid(ng, ns);
-        if (G == 32) k_gnorm_bwd_fused<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
-        else if (G == 64) k_gnorm_bwd_fused<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
-        else if (G == 96) k_gnorm_bwd_fused<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
-        else k_gnorm_bwd_fused<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, rows_per, work);
+        if (G == 32) k_gnorm_bwd_fused<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
+        else if (G == 64) k_gnorm_bwd_fused<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
+        else if (G == 96) k_gnorm_bwd_fused<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
+        else k_gnorm_bwd_fused<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
         zb_cuda_m2_check_launch("k_gnorm_bwd_fused");
         if (g_norm_w) {
             k_colsum_fin<<<cdiv(di, 256), 256, 0, s_stream>>>(work, ns, di, g_norm_w);
@@ -547,16 +577,25 @@ extern "C" void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const fl
     zb_cuda_m2_check_launch("k_gnorm_bwd");
 }
 
+extern "C" void zb_cuda_m2_gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, const float *y,
+                                               const float *z, int z_stride, const float *rstd, float *dy,
+                                               float *dz, float *g_norm_w, float *work, int N) {
+    gated_norm_backward(m, norm_w, y, z, z_stride, rstd, dy, dz, NULL, g_norm_w, work, N);
+}
+
 /* ---- dt backward --------------------------------------------------------------------------------- */
 
+/* dproj16 (may be NULL): the same value in bf16 too (the float32 one feeds the dt bias's sum) */
 static __global__ void k_dt_bwd(int N, int nh, int P, const float *__restrict__ dt_bias, const float *__restrict__ proj,
-                         const float *__restrict__ ddt, float *dproj, float lo, float hi) {
+                         const float *__restrict__ ddt, float *dproj, __nv_bfloat16 *dproj16, float lo, float hi) {
     size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= (size_t)N * nh) return;
     size_t r = e / nh;
     int h = (int)(e % nh);
     float v = proj[r * P + P - nh + h] + dt_bias[h], sp = softplus_dev(v);
-    dproj[r * P + P - nh + h] = (sp < lo || sp > hi) ? 0.0f : ddt[e] * sigmoid_dev(v);
+    float g = (sp < lo || sp > hi) ? 0.0f : ddt[e] * sigmoid_dev(v);
+    dproj[r * P + P - nh + h] = g;
+    if (dproj16) dproj16[r * P + P - nh + h] = __float2bfloat16_rn(g);
 }
 
 struct f_cols {   /* a[r * stride + off + c] */
@@ -565,15 +604,20 @@ struct f_cols {   /* a[r * stride + off + c] */
     __device__ float operator()(int r, int c) const { return a[(size_t)r * stride + off + c]; }
 };
 
-extern "C" void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
-                                       const float *ddt, float *dproj, float *g_dt_bias, float *work, int N) {
+static void dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj, const float *ddt, float *dproj,
+                        __nv_bfloat16 *dproj16, float *g_dt_bias, float *work, int N) {
     if (N <= 0) return;
     int nh = m->nheads, P = zb_mamba2_in_proj_rows(m);
-    k_dt_bwd<<<blocks_for((size_t)N * nh, 256), 256, 0, s_stream>>>(N, nh, P, dt_bias, proj, ddt, dproj,
+    k_dt_bwd<<<blocks_for((size_t)N * nh, 256), 256, 0, s_stream>>>(N, nh, P, dt_bias, proj, ddt, dproj, dproj16,
                                                                       m->dt_min, m->dt_max);
     zb_cuda_m2_check_launch("k_dt_bwd");
     f_cols f = {dproj, P, P - nh};
     colsum(f, N, nh, work, g_dt_bias, "dt bias gradient");
+}
+
+extern "C" void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const float *proj,
+                                       const float *ddt, float *dproj, float *g_dt_bias, float *work, int N) {
+    dt_backward(m, dt_bias, proj, ddt, dproj, NULL, g_dt_bias, work, N);
 }
 
 /* ---- conv backward -------------------------------------------------------------------------------- */
@@ -603,7 +647,7 @@ static __global__ void k_conv_bwd_in(int cd, int K, int P, int di, int T, const 
  * caches) instead of a pass writing dpre and another reading it back. */
 static __global__ void k_conv_bwd_fused(int cd, int K, int P, int di, int T, const float *__restrict__ w,
                                         const float *__restrict__ pre, const float *__restrict__ dpost,
-                                        float *dpre, float *dproj) {
+                                        float *dpre, float *dproj, __nv_bfloat16 *dproj16) {
     size_t r = blockIdx.x;
     int c = blockIdx.y * blockDim.x + threadIdx.x, t = (int)blockIdx.x % T;
     if (c >= cd) return;
@@ -615,7 +659,8 @@ static __global__ void k_conv_bwd_fused(int cd, int K, int P, int di, int T, con
             if (k == K - 1) dpre[e] = dp;   /* row r itself */
             acc += w[(size_t)c * K + k] * dp;
         }
-    dproj[r * P + di + c] = acc;
+    if (dproj16) dproj16[r * P + di + c] = __float2bfloat16_rn(acc);   /* din's only reader: in_proj */
+    else dproj[r * P + di + c] = acc;
 }
 
 struct f_conv_w {   /* column c K + k: dpre[r, c] in[r - K+1+k, c] inside the sequence */
@@ -695,7 +740,7 @@ static __global__ void k_conv_wgrad_part(int cd, int K, int P, int di, int T, in
 static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R, int rows_per,
                                       const float *__restrict__ w, const float *__restrict__ pre,
                                       const float *__restrict__ dpost, const float *__restrict__ proj,
-                                      float *dproj, float *part, float *bpart) {
+                                      float *dproj, __nv_bfloat16 *dproj16, float *part, float *bpart) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cd) return;
     int r0 = blockIdx.y * rows_per, r1 = min(R, r0 + rows_per);
@@ -731,38 +776,56 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
 #pragma unroll
             for (int k = 0; k < M2_KMAX; k++)
                 if (k < K && t + K - 1 - k < T) a += wk[k] * dp[u + K - 1 - k];
-            dproj[(size_t)(r + u) * P + di + c] = a;
+            if (dproj16) dproj16[(size_t)(r + u) * P + di + c] = __float2bfloat16_rn(a);   /* din's only reader */
+            else dproj[(size_t)(r + u) * P + di + c] = a;
             conv_wsum_row(acc, bs, dp[u], iv + u, t, K);
         }
     }
     conv_wsum_store(acc, bs, part, bpart, cd, K, c);
 }
 
-extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
-                                         const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
-                                         float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
+/* the conv weight sums' slices of rows: their count, *rows_per rows each (at most CS_SPLIT_MAX) */
+static int conv_slices(int R, int *rows_per) {
+    int ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX;
+    *rows_per = cdiv(R, ns);
+    return cdiv(R, *rows_per);
+}
+/* the slices' sums in order into the weight's (and, bpart not NULL, the bias's) gradient */
+static void conv_wsum_fin(const float *part, const float *bpart, int ns, int cd, int K, float *g_conv_w, float *g_conv_b) {
+    k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(part, ns, cd * K, g_conv_w);
+    zb_cuda_m2_check_launch("conv weight gradient");
+    if (bpart) {
+        k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
+        zb_cuda_m2_check_launch("conv bias gradient");
+    }
+}
+
+/* the one-pass conv backward (k_conv_bwd_one) runs for this shape */
+static bool conv_bwd_one_ok(const zb_mamba2_dims *m, const float *g_conv_w) {
+    return m2_fused_path() && conv_bwd_one() && g_conv_w && m->conv_k <= M2_KMAX;
+}
+
+/* dproj16 (not NULL: needs m2_fused_path, the one-pass or the fused din kernel): din written there in
+ * bf16 instead of into dproj */
+static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj, const float *xbc_pre,
+                          const float *dxbc, float *dpre, float *dproj, __nv_bfloat16 *dproj16, float *g_conv_w,
+                          float *g_conv_b, float *work, int B, int T) {
     size_t N = (size_t)B * T;
     if (N == 0) return;
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     bool fused = m2_fused_path();
-    if (fused && conv_one() && g_conv_w && K <= M2_KMAX) {
-        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
-        ns = cdiv(R, rows_per);
+    if (conv_bwd_one_ok(m, g_conv_w)) {
+        int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
         k_conv_bwd_one<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, conv_w, xbc_pre,
-                                                                      dxbc, proj, dproj, work, bpart);
+                                                                      dxbc, proj, dproj, dproj16, work, bpart);
         zb_cuda_m2_check_launch("k_conv_bwd_one");
-        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
-        zb_cuda_m2_check_launch("conv weight gradient");
-        if (bpart) {
-            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
-            zb_cuda_m2_check_launch("conv bias gradient");
-        }
+        conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
         return;
     }
     if (fused) {
         k_conv_bwd_fused<<<dim3((unsigned)N, cdiv(cd, 256)), 256, 0, s_stream>>>(cd, K, P, di, T, conv_w, xbc_pre,
-                                                                                dxbc, dpre, dproj);
+                                                                                dxbc, dpre, dproj, dproj16);
         zb_cuda_m2_check_launch("k_conv_bwd_fused");
     } else {
         k_conv_bwd_pre<<<blocks_for(N * cd, 256), 256, 0, s_stream>>>(N * cd, xbc_pre, dxbc, dpre);
@@ -772,20 +835,14 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
     }
     bool bias_done = false;
     if (g_conv_w && zb_cuda_m2_new_path() && K <= M2_KMAX) {
-        int R = (int)N, ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX, rows_per = cdiv(R, ns);
-        ns = cdiv(R, rows_per);
+        int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         /* the fused path: the bias's slices too, after the weight's in work (conv_work_cols) */
         float *bpart = fused && g_conv_b ? work + (size_t)ns * cd * K : NULL;
         k_conv_wgrad_part<<<dim3(cdiv(cd, 128), ns), 128, 0, s_stream>>>(cd, K, P, di, T, R, rows_per, dpre, proj,
                                                                          work, bpart);
         zb_cuda_m2_check_launch("k_conv_wgrad_part");
-        k_colsum_fin<<<cdiv(cd * K, 256), 256, 0, s_stream>>>(work, ns, cd * K, g_conv_w);
-        zb_cuda_m2_check_launch("conv weight gradient");
-        if (bpart) {
-            k_colsum_fin<<<cdiv(cd, 256), 256, 0, s_stream>>>(bpart, ns, cd, g_conv_b);
-            zb_cuda_m2_check_launch("conv bias gradient");
-            bias_done = true;
-        }
+        conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
+        bias_done = bpart != NULL;
     } else {
         f_conv_w fw = {dpre, proj, cd, K, P, di, T};
         colsum(fw, (int)N, cd * K, work, g_conv_w, "conv weight gradient");
@@ -794,6 +851,12 @@ extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *c
         f_cols fb = {dpre, cd, 0};
         colsum(fb, (int)N, cd, work, g_conv_b, "conv bias gradient");
     }
+}
+
+extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
+                                         const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
+                                         float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
+    conv_backward(m, conv_w, proj, xbc_pre, dxbc, dpre, dproj, NULL, g_conv_w, g_conv_b, work, B, T);
 }
 
 /* ---- sizes and layouts ------------------------------------------------------------------------- */
@@ -886,6 +949,20 @@ extern "C" size_t zb_cuda_mamba2_step_scratch_floats(const zb_mamba2_dims *m, in
     return R * (P + 2 * di + cd + 5 * nh + (size_t)norm_groups(m)) + st;
 }
 
+/* 1: the mixer backward's dproj in bf16 (the default), 0: float32 (ZB_M2_DPROJ16=0), -1: the environment */
+M2_SWITCH(g_dproj16, zb_cuda_m2_dproj16)
+static bool dproj16_on(void) { return zb_cuda_env_switch(&g_dproj16, "ZB_M2_DPROJ16", "0"); }
+
+/* The training mixer's gated-norm output o (acts) stored in bf16 (the first half of its float32
+ * region), the only form out_proj's products take in the bf16 CONVERT mode (each value the float32
+ * one rounded once, as their conversion did: the same bits); ZB_M2_O16=0 float32. The forward and
+ * its backward decide alike (the mode, the environment). zb_cuda_m2_o16: the tests' switch. */
+M2_SWITCH(g_o16, zb_cuda_m2_o16)
+static bool o_bf16(void) {
+    return zb_cuda_env_switch(&g_o16, "ZB_M2_O16", "0") && backend_products() && zb_cuda_precision() == ZB_PREC_BF16 &&
+           zb_cuda_bf16_gemm_impl() == ZB_BF16_GEMM_CONVERT;
+}
+
 /* ---- the mixer ------------------------------------------------------------------------------------ */
 
 extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m_cfg, int d, float eps, const zb_mamba2_weights *w,
@@ -904,9 +981,11 @@ extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m_cfg, int d, float
     zb_cuda_m2_ssd_coef(m, w->A_log, a.dt, a.coef, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_COEF);
     zb_cuda_m2_ssd_forward(m, w->D, a.xbc, a.coef, a.y, a.states, NULL, NULL, 0, B, T);   /* marks its own */
-    zb_cuda_m2_gated_norm_forward(m, w->norm_w, eps, a.y, a.proj, P, a.o, a.rstd, N);
+    bool o16 = o_bf16();
+    gated_norm_forward(m, w->norm_w, eps, a.y, a.proj, P, a.o, o16 ? (__nv_bfloat16 *)a.o : NULL, a.rstd, N);
     zb_cuda_m2_prof(ZB_MIXP_M2_NORM);
-    proj_forward(out, a.o, w->out_proj, N, di, d);
+    if (o16) zb_cuda_matmul_forward_in16(out, (const uint16_t *)a.o, w->out_proj, N, di, d);
+    else proj_forward(out, a.o, w->out_proj, N, di, d);
     zb_cuda_m2_prof(ZB_MIXP_M2_OUT_PROJ);
 }
 
@@ -926,17 +1005,24 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, floa
     zb_cuda_m2_prof(-1);
     /* out = o out_proj^T (dy overwritten: zeroed, then the accumulating product) */
     cudaMemsetAsync(dy, 0, (size_t)N * di * sizeof(float), s_stream);
-    proj_backward(dy, g->out_proj, dout, a.o, w->out_proj, N, di, d);
+    if (o_bf16()) zb_cuda_matmul_backward_in16(dy, g->out_proj, dout, (const uint16_t *)a.o, w->out_proj, N, di, d);
+    else proj_backward(dy, g->out_proj, dout, a.o, w->out_proj, N, di, d);
     zb_cuda_m2_prof(ZB_MIXP_M2_OUT_PROJ_B);
+    /* dproj's only reader is in_proj's backward: in the bf16 mode its producers (the norm, dt and conv
+     * backward) write it in bf16 straight into that product's operand (zb_cuda_dout16; each value
+     * the float32 one rounded once, as the product's conversion did: the same bits), where the
+     * one-pass kernels run; ZB_M2_DPROJ16=0 float32 and the conversion. */
+    __nv_bfloat16 *dp16 = dproj16_on() && backend_products() && gnorm_bwd_fused_ok(m) && m2_fused_path()
+                              ? (__nv_bfloat16 *)zb_cuda_dout16(dproj, N, P)
+                              : NULL;
     /* gated norm: dy <- dL/dy, dz into dproj's z columns */
-    zb_cuda_m2_gated_norm_backward(m, w->norm_w, a.y, a.proj, P, a.rstd, dy, dproj, g->norm_w, cwork, N);
+    gated_norm_backward(m, w->norm_w, a.y, a.proj, P, a.rstd, dy, dproj, dp16, g->norm_w, cwork, N);
     zb_cuda_m2_prof(ZB_MIXP_M2_NORM_B);
     zb_cuda_m2_ssd_backward(m, w->A_log, w->D, a.xbc, a.coef, a.states, dy, dxbc, ddt, g->A_log, g->D, swork,
                             B, T);   /* marks its own pieces */
-    zb_cuda_m2_dt_backward(m, w->dt_bias, a.proj, ddt, dproj, g->dt_bias, cwork, N);
+    dt_backward(m, w->dt_bias, a.proj, ddt, dproj, dp16, g->dt_bias, cwork, N);
     zb_cuda_m2_prof(ZB_MIXP_M2_DT_B);
-    zb_cuda_m2_conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, g->conv_w, g->conv_b, cwork,
-                             B, T);
+    conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, dp16, g->conv_w, g->conv_b, cwork, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_CONV_B);
     /* proj = x in_proj^T */
     proj_backward(dx, g->in_proj, dproj, x, w->in_proj, N, d, P);

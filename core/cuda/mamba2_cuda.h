@@ -151,10 +151,17 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
 /* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
  * output; dpre [B*T, cd] work (OVERWRITTEN, or not used by the one-pass kernel); dproj[:, di + c]
  * OVERWRITTEN; g_conv_w, g_conv_b (may be NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1))
- * floats. zb_cuda_m2_conv_bwd_one: the one-pass kernels of the conv backward and the training conv
- * forward (1, the default), the kernels before them (0; ZB_CONV=old), -1 the environment's choice
- * (for tests). */
+ * floats. zb_cuda_m2_conv_bwd_one: the conv backward in one pass (1; ZB_CONV_BWD=one) or two kernels
+ * (0, the default); zb_cuda_m2_conv_rows: the training conv forward over groups of rows (1, the
+ * default) or a block per row (0; ZB_CONV=old); -1 the environment's choice (for tests). */
 void zb_cuda_m2_conv_bwd_one(int on);
+void zb_cuda_m2_conv_rows(int on);
+/* The mixer backward's in_proj output gradient written in bf16 by its producers (1, the default in
+ * the bf16 mode), float32 then converted (0; ZB_M2_DPROJ16=0), -1 the environment's (for tests). */
+void zb_cuda_m2_dproj16(int on);
+/* The training mixer's gated-norm output kept in bf16 for out_proj (1, the default in the bf16 CONVERT
+ * mode), float32 (0; ZB_M2_O16=0), -1 the environment's (for tests). */
+void zb_cuda_m2_o16(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

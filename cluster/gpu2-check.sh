@@ -197,8 +197,9 @@ if [ -n "${ZB_G2_ZERO_ONLY:-}" ]; then
     dq 2 DZ 2 ', "zero": true, "bucket_mb": 0.002'
     sq "DP=2 ZeRO-1 (ncclAvg reduces, the parameters gathered during the next forward) == 1 GPU" A.txt DZ.txt "$FA"
     dq 2 DZA 2 ', "zero": true, "bucket_mb": 0.002' ZB_ZERO_GATHER=after
-    check "DP=2 ZeRO-1: the bucketed gather == one all-gather after the optimizer (ZB_ZERO_GATHER=after), bit for bit" \
-      "[ \"\$(wc -l < DZ.txt)\" = 20 ] && cmp -s DZ.txt DZA.txt"
+    # (a copy either way, but two GPU runs differ in their last bits: the embedding backward's
+    # atomicAdd order; bit for bit on CPU ranks, tests/cli_train_parallel.sh)
+    sq "DP=2 ZeRO-1: the bucketed gather (DZ) == one all-gather after the optimizer (ZB_ZERO_GATHER=after)" DZ.txt DZA.txt "$FA"
     exit $fail ) || fail=1
   fi
   stamp "DP float32 equivalence done"

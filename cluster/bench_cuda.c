@@ -370,6 +370,10 @@ static void bench_chain(void) {
         {"fused, PDL, 16 MB prefetched", 1, 1, 4, 16 << 20},
         {"fused, PDL, every GEMV split 1", 1, 1, 4, 0},
         {"fused, PDL, every GEMV split 2", 1, 1, 4, 0},
+        {"fused, PDL, every GEMV split 2, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
+        {"fused, PDL, every GEMV split 4", 1, 1, 4, 0},
+        {"fused, PDL, 8 loads in flight for single matrices (ZB_GEMV_UNROLL=8s)", 1, 1, 9, 0},
+        {"fused, PDL, every GEMV split 2, 8 loads in flight for single matrices", 1, 1, 9, 0},
         {"fused, PDL, 32 distinct layers (14 GB of weights, as the model)", 1, 1, 4, 0},
     };
     char what[160];

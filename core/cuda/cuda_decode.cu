@@ -206,20 +206,22 @@ extern "C" int zb_cuda_dec_pdl(void) {
 
 /* loads in flight per lane at one row (batch 1: a small matrix's warps run in one wave, each a
  * chain of C / (256 UNR) load rounds, so the rounds' latency rather than the bandwidth bounds it):
- * 4 or 8; 0 = ZB_GEMV_UNROLL from the environment (default 4) */
+ * 4 or 8; 9 = 8 for the single matrices (q|k|v, o, down, the head) and 4 for the gate|up pair (at 8
+ * the pair's kernel takes 114 registers: S6R2's chain row "8 loads in flight" lost 6.6%); 0 =
+ * ZB_GEMV_UNROLL from the environment (4 the default, 8, or 8s for 9) */
 static int g_gemv_unroll = 0;
-extern "C" void zb_cuda_gemv_set_unroll(int u) { g_gemv_unroll = u == 4 || u == 8 ? u : 0; }
-static int gemv_unroll(void) {
+extern "C" void zb_cuda_gemv_set_unroll(int u) { g_gemv_unroll = u == 4 || u == 8 || u == 9 ? u : 0; }
+static int gemv_unroll(bool pair) {
     if (!g_gemv_unroll) {
         const char *e = getenv("ZB_GEMV_UNROLL");
-        g_gemv_unroll = e && atoi(e) == 8 ? 8 : 4;
+        g_gemv_unroll = e && !strcmp(e, "8s") ? 9 : e && atoi(e) == 8 ? 8 : 4;
     }
-    return g_gemv_unroll;
+    return g_gemv_unroll == 8 || (g_gemv_unroll == 9 && !pair) ? 8 : 4;
 }
 
 template <int NN, bool PAIR>
 static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks, int rows) {
-    if (NN == 1 && gemv_unroll() == 8)
+    if (NN == 1 && gemv_unroll(PAIR) == 8)
         pdl_go(k_gemv<1, PAIR, 8>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
     else pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
 }
@@ -261,7 +263,7 @@ static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
     long long pfb = gemv_pf_bytes(), cols = pfb > 0 ? pfb / ((long long)rows * 2 * (PAIR ? 2 : 1)) : 0;
-    int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll() : GEMV_UNROLL);
+    int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll(PAIR) : GEMV_UNROLL);
     a.pf = (int)(cols / ks > slice ? slice : cols / ks);
     if ((pfb > 0 || pfb == -2) && a.pf < first) a.pf = first;
     if (!zb_cuda_dec_pdl()) a.pf = 0;   /* nothing to overlap */

@@ -214,7 +214,8 @@ typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
 void zb_cuda_gemv_set_split(int ks);
-/* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8 (0: ZB_GEMV_UNROLL, default 4) */
+/* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8; 9: 8 for the single matrices,
+ * 4 for the gate|up pair (0: ZB_GEMV_UNROLL: 4 the default, 8, or 8s for 9) */
 void zb_cuda_gemv_set_unroll(int u);
 /* bytes of a decode GEMV's weights fetched into the L2 before it waits on the kernel before (PDL):
  * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */

@@ -286,7 +286,7 @@ static void bench_pieces(void) {
  * that no layer finds the one before's in the L2; 8k caches, position 600), recorded as a CUDA graph
  * once and replayed, as `zebra generate` runs its steps: the chain of dependent kernels with each
  * of the decode step's switches (ZB_DEC_FUSE, ZB_DEC_PDL, ZB_GEMV_UNROLL, ZB_GEMV_PREFETCH_MB,
- * ZB_GEMV_PRELOAD). */
+ * ZB_GEMV_PRELOAD, ZB_GEMV_NORM). */
 #define CH_COPIES 32   /* the rows use 4 (copies), one row all 32: a real model's 14 GB of layer weights */
 typedef struct {
     int fused, copies;
@@ -317,11 +317,10 @@ static void chain_layers(chain_ctx *c) {
             zb_cuda_cache_store(c->vc[w], 1, c->v, kd, c->seq, c->posi, 1, 1, Hkv, hd, ss, gs, hd);
         }
         zb_cuda_attention_cached(c->att, c->q, c->kc[w], c->vc[w], c->seq, c->posi, 1, 1, T, &a);
-        zb_cuda_linear_forward(c->o, c->att, zb_wt_of_bf16(c->wo[w]), 1, d, d);
-        zb_cuda_add_rmsnorm(c->x, c->o, c->ln, c->nw, 1, d, 1e-5f);
+        /* o and down with the residual step and the norm (one launch each unless ZB_GEMV_NORM=0) */
+        zb_cuda_linear_add_rmsnorm(c->o, c->att, zb_wt_of_bf16(c->wo[w]), 1, d, d, c->x, c->ln, c->nw, 1e-5f);
         zb_cuda_swiglu_linear_forward(c->h, c->u, c->ln, zb_wt_of_bf16(c->wg[w]), zb_wt_of_bf16(c->wu[w]), 1, d, F);
-        zb_cuda_linear_forward(c->o, c->h, zb_wt_of_bf16(c->wd[w]), 1, F, d);
-        zb_cuda_add_rmsnorm(c->x, c->o, c->ln, c->nw, 1, d, 1e-5f);
+        zb_cuda_linear_add_rmsnorm(c->o, c->h, zb_wt_of_bf16(c->wd[w]), 1, F, d, c->x, c->ln, c->nw, 1e-5f);
     }
 }
 static void run_chain(void *p) {
@@ -362,6 +361,8 @@ static void bench_chain(void) {
     static const struct { const char *nm; int fused, pdl, unroll; long long pf; } v[] = {
         {"fused pieces, PDL (the default)", 1, 1, 4, 0},
         {"fused, PDL, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
+        {"fused, PDL, norms separate (ZB_GEMV_NORM=0)", 1, 1, 4, 0},
+        {"fused, PDL, norms separate, weights loaded after the wait (S6R4's path)", 1, 1, 4, 0},
         {"fused pieces, no PDL", 1, 0, 4, 0},
         {"separate kernels, no PDL (before 2026-11-30 12:00)", 0, 0, 4, 0},
         {"separate kernels, PDL", 0, 1, 4, 0},
@@ -382,7 +383,8 @@ static void bench_chain(void) {
         zb_cuda_dec_pdl_set(v[i].pdl);
         zb_cuda_gemv_set_unroll(v[i].unroll);
         zb_cuda_gemv_set_prefetch(v[i].pf);
-        zb_cuda_gemv_set_preload(!strstr(v[i].nm, "PRELOAD=0"));
+        zb_cuda_gemv_set_preload(!strstr(v[i].nm, "PRELOAD=0") && !strstr(v[i].nm, "S6R4"));
+        zb_cuda_gemv_norm_set(v[i].fused && !strstr(v[i].nm, "NORM=0") && !strstr(v[i].nm, "S6R4"));
         const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
         zb_cuda_gemv_set_split(sp ? atoi(sp + 6) : 0);
         c.copies = strstr(v[i].nm, "32 distinct") ? CH_COPIES : 4;
@@ -405,6 +407,7 @@ static void bench_chain(void) {
     zb_cuda_gemv_set_unroll(0);
     zb_cuda_gemv_set_prefetch(-1);
     zb_cuda_gemv_set_preload(-1);
+    zb_cuda_gemv_norm_set(-1);
     zb_cuda_gemv_set_split(0);
     for (int w = 0; w < CH_COPIES; w++) {
         zb_cuda_free((void *)c.wq[w]); zb_cuda_free(c.kc[w]); zb_cuda_free(c.vc[w]);

@@ -37,7 +37,7 @@ static const char *const entry_names[] = {
     "alloc", "free", "zero", "copy", "to_device", "to_host", "copy_2d", "sync", "add", "sub",
     "scale", "matmul_forward", "matmul_backward", "linear_forward", "linear_forward3",
     "swiglu_linear_forward", "mlp_linear_forward", "rmsnorm_forward",
-    "rmsnorm_backward", "add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
+    "rmsnorm_backward", "add_rmsnorm", "linear_add_rmsnorm", "rope", "attention_saved_floats", "attention_forward",
     "attention_backward", "attention_step_scratch", "attention_step", "swiglu_forward",
     "swiglu_backward", "mlp_forward", "mlp_backward", "embedding_forward", "embedding_backward", "cross_entropy", "cross_entropy_head", "kl_div", "mse",
     "mean_row_dist", "vp_row_max", "vp_row_sums", "vp_ce_grad", "argmax_rows", "argmax_pairs", "argmax_pick", "decode_advance", "mla_act_floats", "mla_scratch_floats", "mla_forward", "mla_backward",

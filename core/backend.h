@@ -234,6 +234,11 @@ struct zb_backend {
      * (one pass on a GPU). */
     void (*add_rmsnorm)(const zb_backend *be, float *x, const float *a, float *out, const float *w, int N, int C,
                         float eps);
+    /* A projection then the residual step and the next norm: out[N, OC] = inp W^T, x += out,
+     * ln = RMSNorm(x) (linear_forward then add_rmsnorm, the same bits; one launch on a GPU at
+     * decode: the GEMV's last block makes the norm). */
+    void (*linear_add_rmsnorm)(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC,
+                               float *x, float *ln, const float *w, float eps);
 
     /* -- RoPE in place on x [B*T rows of row_stride]: token (b, t) at position pos0 + t; the
      * r->dim values at row + h*head_stride + offset for h < n_heads. interleave: values stored

@@ -178,8 +178,10 @@ static float *cache_at(const zb_gen *s, int l, size_t e) {
 /* n new tokens for each of the nb sequences seqs (rows i*n.. of x; s->seqs_dev / s->pos_dev
  * hold them on the device), sequence b at positions pos[b]..pos[b]+n-1, against its rows of
  * the K/V cache. */
+/* nw: the o projection with the residual step and the MLP's norm (linear_add_rmsnorm: x += out,
+ * s->ln = RMSNorm(x) nw); NULL: the projection only */
 static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, int l, int nb,
-                      const float *x, float *out, int n) {
+                      const float *x, float *out, int n, const float *nw) {
     const zb_config *c = &m->cfg;
     const zb_backend *be = m->be;
     int N = nb * n, d = c->d_model, hd = c->head_dim;
@@ -189,7 +191,8 @@ static void attn_step(const zb_model *m, const zb_block *w, zb_gen *s, int l, in
     be->linear_forward3(be, q, k, v, x, w->lin.wq, w->lin.wk, w->lin.wv, N, d, qd, kd, kd);
     be->attention_step(be, &m->rope, att, q, k, v, s->cache[l], cache_at(s, l, (size_t)s->B * s->max_T * kd), s->max_T,
                        s->seqs_dev, s->pos_dev, nb, n, c->n_heads, c->n_kv_heads, hd, sc);
-    be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
+    if (nw) be->linear_add_rmsnorm(be, out, att, w->lin.wo, N, qd, d, s->x, s->ln, nw, c->rms_eps);
+    else be->linear_forward(be, out, att, w->lin.wo, N, qd, d);
 }
 
 /* PP generation: the residual [N, d] of the chunk goes point-to-point from stage s to s+1
@@ -276,7 +279,10 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
             be->rmsnorm_forward(be, s->ln, NULL, s->x, w->attn_norm, N, d, c->rms_eps);
             prof_mark(s, &t, ZB_PROF_OTHER);
         }
-        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, l, nb, s->ln, s->mo, n);
+        /* one GPU: the projections that end the mixer and the MLP make the residual step and the
+         * next norm too (backend linear_add_rmsnorm; the same bits as the separate calls) */
+        int normed = !m->tp && c->kinds[l] == ZB_LAYER_ATTN;
+        if (c->kinds[l] == ZB_LAYER_ATTN) attn_step(m, w, s, l, nb, s->ln, s->mo, n, normed ? w->mlp_norm : NULL);
         else if (c->kinds[l] == ZB_LAYER_MLA) {
             size_t per = zb_mla_cache_floats(&c->mla, 1, s->max_T);   /* one sequence's rows */
             if (n == 1)   /* decode: the projections once for all sequences */
@@ -307,10 +313,14 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
                                                                                                  : ZB_PROF_MAMBA);
         /* the residual and the MLP's norm (TP: mixer out is row-parallel, summed first) */
         if (m->tp) zb_tp_sum_add_rmsnorm(m->tp, be, s->mo, s->x, s->ln, w->mlp_norm, N, d, c->rms_eps, 1);
-        else be->add_rmsnorm(be, s->x, s->mo, s->ln, w->mlp_norm, N, d, c->rms_eps);
+        else if (!normed) be->add_rmsnorm(be, s->x, s->mo, s->ln, w->mlp_norm, N, d, c->rms_eps);
         prof_mark(s, &t, ZB_PROF_OTHER);
         be->swiglu_linear_forward(be, s->g, s->u, s->ln, w->lin.w_gate, w->lin.w_up, N, d, F);
-        be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
+        normed = !m->tp && l + 1 < c->n_layers;
+        if (normed)
+            be->linear_add_rmsnorm(be, s->mo, s->g, w->lin.w_down, N, F, d, s->x, s->ln, m->w.blocks[l + 1].attn_norm,
+                                   c->rms_eps);
+        else be->linear_forward(be, s->mo, s->g, w->lin.w_down, N, F, d);
         prof_mark(s, &t, ZB_PROF_MLP);
         /* the residual, and the next layer's norm (TP: down_proj is row-parallel, summed first);
          * TP decode: the last layer's with the final norm (the head's input is then x itself) */
@@ -322,9 +332,7 @@ static void gen_layers(const zb_model *m, zb_gen *s, const int *seqs, int nb, in
         else if (m->tp) {
             zb_tp_allreduce(m->tp, s->mo, Nd);
             be->add(be, s->x, s->x, s->mo, Nd);
-        } else if (l + 1 < c->n_layers)
-            be->add_rmsnorm(be, s->x, s->mo, s->ln, m->w.blocks[l + 1].attn_norm, N, d, c->rms_eps);
-        else be->add(be, s->x, s->x, s->mo, Nd);
+        } else if (!normed) be->add(be, s->x, s->x, s->mo, Nd);   /* the last layer: the head makes the final norm */
         prof_mark(s, &t, ZB_PROF_OTHER);
     }
     if (!m->pp_no_head) {   /* the head, on the last new token of each sequence */

@@ -236,7 +236,8 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
     float *dnw = zb_dev_f(nwt, d), *got[4];
     /* 3: PDL, the chain recorded as a graph (a decode step's recording: the GEMVs' first weight
-     * loads and the norms' weights before the PDL wait, zb_cuda_gemv_preload), launched, then
+     * loads and the norms' weights before the PDL wait, zb_cuda_gemv_preload; o and down with the
+     * residual step and the norm by their last block, zb_cuda_linear_add_rmsnorm), launched, then
      * replayed from the same inputs */
     for (int pdl = 3; pdl >= 0; pdl--) {   /* 2: PDL with 8 loads in flight per lane at one row */
         zb_cuda_dec_pdl_set(pdl != 0);
@@ -255,6 +256,12 @@ static void test_pdl_chain(zb_rng *rng, int N) {
         zb_cuda_rmsnorm_forward(ln, NULL, x, dnw, N, d, 1e-5f);
         for (int l = 0; l < L; l++) {
             zb_cuda_linear_forward3(q, k, v, ln, zb_wt_of_bf16(wq), zb_wt_of_bf16(wk), zb_wt_of_bf16(wv), N, d, d, kd, kd);
+            if (rec) {   /* the projections with the residual step and the norm (zb_cuda_linear_add_rmsnorm) */
+                zb_cuda_linear_add_rmsnorm(o, q, zb_wt_of_bf16(wo), N, d, d, x, ln, dnw, 1e-5f);
+                zb_cuda_swiglu_linear_forward(h, u, ln, zb_wt_of_bf16(wg), zb_wt_of_bf16(wu), N, d, F);
+                zb_cuda_linear_add_rmsnorm(o, h, zb_wt_of_bf16(wd), N, F, d, x, ln, dnw, 1e-5f);
+                continue;
+            }
             zb_cuda_linear_forward(o, q, zb_wt_of_bf16(wo), N, d, d);
             zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
             zb_cuda_swiglu_linear_forward(h, u, ln, zb_wt_of_bf16(wg), zb_wt_of_bf16(wu), N, d, F);
@@ -288,11 +295,71 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL, 8 loads in flight vs plain (bit for bit: the "
              "same order of the sums)", L, N);
     zb_check_mag(what, got[2], got[0], NULL, 0, 0, (size_t)N * d);
-    snprintf(what, sizeof what, "decode chain of %d layers N=%d: recorded (weights loaded before the PDL wait) vs "
-             "plain (bit for bit)", L, N);
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: recorded (weights loaded before the PDL wait, o / "
+             "down + residual + norm in one launch) vs plain (bit for bit)", L, N);
     zb_check_mag(what, got[3], got[0], NULL, 0, 0, (size_t)N * d);
     free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]); free(got[3]);
     zb_cuda_free(dw); zb_cuda_free(dnw);
+}
+
+/* The GEMV with the residual step and the next norm made by its last block
+ * (zb_cuda_gemv_bf16_add_rmsnorm) against the GEMV then add_rmsnorm: the same kernels' arithmetic,
+ * so out, x and ln the same bits; called `reps` times in a row (the block ticket reset by each
+ * call), with and without PDL, and as a recorded graph replayed twice. */
+static void test_gemv_norm(zb_rng *rng, int N, int C, int OC) {
+    float *hw = zb_falloc((size_t)OC * C), *hx = zb_falloc((size_t)N * C), *hr = zb_falloc((size_t)N * OC);
+    float *nwt = zb_falloc(OC);
+    uint16_t *w16 = malloc((size_t)OC * C * 2);
+    zb_fill_uniform(hw, (size_t)OC * C, 0.05f, rng);
+    zb_fill_uniform(hx, (size_t)N * C, 1.0f, rng);
+    zb_fill_uniform(hr, (size_t)N * OC, 1.0f, rng);
+    for (int i = 0; i < OC; i++) nwt[i] = 1.0f + 0.1f * (2.0f * zb_rng_uniform(rng) - 1.0f);
+    zb_f32_to_bf16_n(hw, w16, (size_t)OC * C);
+    uint16_t *dW = zb_dev_bytes(w16, (size_t)OC * C * 2);
+    float *dx = zb_dev_f(hx, (size_t)N * C), *dnw = zb_dev_f(nwt, OC);
+    size_t no = (size_t)N * OC;
+    float *want[3], *got[3];
+    for (int k = 0; k < 3; k++) { want[k] = zb_falloc(no); got[k] = zb_falloc(no); }
+    const int reps = 3;
+    /* the reference: reps rounds of the GEMV then add_rmsnorm on the residual */
+    float *r = zb_dev_f(hr, no), *o = zb_dev_f(NULL, no), *ln = zb_dev_f(NULL, no);
+    for (int i = 0; i < reps; i++) {
+        zb_cuda_gemv_bf16(o, dx, dW, N, C, OC);
+        zb_cuda_add_rmsnorm(r, o, ln, dnw, N, OC, 1e-5f);
+    }
+    zb_host_f(want[0], o, no); zb_host_f(want[1], r, no); zb_host_f(want[2], ln, no);
+    char what[160];
+    for (int v = 0; v < 3; v++) {   /* 0: PDL, 1: no PDL, 2: recorded with PDL, replayed twice */
+        zb_cuda_dec_pdl_set(v != 1);
+        zb_cuda_upload(r, hr, no * sizeof(float));
+        void *graph = NULL;
+        int rec = v == 2 && zb_cuda_graph_begin(&graph, 7);
+        int ok = 1;
+        for (int i = 0; i < (rec ? 1 : reps); i++)
+            ok &= zb_cuda_gemv_bf16_add_rmsnorm(o, dx, dW, N, C, OC, r, ln, dnw, 1e-5f);
+        if (rec) {
+            ok &= zb_cuda_graph_end(graph, 1);
+            for (int i = 1; i < reps; i++) ok &= zb_cuda_graph_replay(graph, 7);
+        }
+        zb_cuda_graph_free(graph);
+        zb_host_f(got[0], o, no); zb_host_f(got[1], r, no); zb_host_f(got[2], ln, no);
+        const char *vn = v == 0 ? "PDL" : v == 1 ? "no PDL" : "recorded, replayed";
+        zb_check(ok, "gemv + add_rmsnorm N=%d C=%d OC=%d (%s): one launch each%s", N, C, OC, vn,
+                 v == 2 && !rec ? " (the graph not recorded)" : "");
+        snprintf(what, sizeof what, "gemv + add_rmsnorm N=%d C=%d OC=%d (%s) x%d: out vs gemv (bit for bit)", N, C, OC,
+                 vn, reps);
+        zb_check_mag(what, got[0], want[0], NULL, 0, 0, no);
+        snprintf(what, sizeof what, "gemv + add_rmsnorm N=%d C=%d OC=%d (%s) x%d: residual vs add_rmsnorm (bit for bit)",
+                 N, C, OC, vn, reps);
+        zb_check_mag(what, got[1], want[1], NULL, 0, 0, no);
+        snprintf(what, sizeof what, "gemv + add_rmsnorm N=%d C=%d OC=%d (%s) x%d: norm vs add_rmsnorm (bit for bit)", N,
+                 C, OC, vn, reps);
+        zb_check_mag(what, got[2], want[2], NULL, 0, 0, no);
+    }
+    zb_cuda_dec_pdl_set(-1);
+    for (int k = 0; k < 3; k++) { free(want[k]); free(got[k]); }
+    free(hw); free(hx); free(hr); free(nwt); free(w16);
+    zb_cuda_free(dW); zb_cuda_free(dx); zb_cuda_free(dnw); zb_cuda_free(r); zb_cuda_free(o); zb_cuda_free(ln);
 }
 
 /* generation's residual step fused with the next norm: x += a (exact), out = RMSNorm(x) */
@@ -1444,6 +1511,21 @@ int main(int argc, char **argv) {
     zb_cuda_rmsnorm_bwd_fused(-1);
     test_add_rmsnorm(&rng, 1, 4096);
     test_add_rmsnorm(&rng, 7, 2051);
+    /* the GEMV + residual + norm: every row count, each split of a row, rows wider than 16 x 256
+     * (add_rmsnorm's loop), an odd width above 128 */
+    for (int N = 1; N <= 8; N++) test_gemv_norm(&rng, N, 512 + 8 * N, 300 + 7 * N);
+    test_gemv_norm(&rng, 1, 4096, 4096);
+    test_gemv_norm(&rng, 2, 1024, 4200);
+    test_gemv_norm(&rng, 3, 1032, 129);
+    for (int ks = 1; ks <= 8; ks *= 2) {
+        zb_cuda_gemv_set_split(ks);
+        test_gemv_norm(&rng, 1, 2056, 513);
+        test_gemv_norm(&rng, 5, 2056, 257);
+    }
+    zb_cuda_gemv_set_split(0);
+    zb_cuda_gemv_set_unroll(8);
+    test_gemv_norm(&rng, 1, 4104, 1001);
+    zb_cuda_gemv_set_unroll(0);
     for (int il = 0; il < 2; il++)
         for (int inv = 0; inv < 2; inv++) {
             test_rope(&rng, il, inv, il);

@@ -87,6 +87,11 @@ static void cpu_add_rmsnorm(const zb_backend *be, float *x, const float *a, floa
     cpu_add(be, x, x, a, (size_t)N * C);
     zb_rmsnorm_forward(out, NULL, x, w, N, C, eps);
 }
+static void cpu_linear_add_rmsnorm(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC,
+                                   float *x, float *ln, const float *w, float eps) {
+    cpu_linear_forward(be, out, inp, W, N, C, OC);
+    cpu_add_rmsnorm(be, x, out, ln, w, N, OC, eps);
+}
 static void cpu_rmsnorm_forward(const zb_backend *be, float *out, float *rstd, const float *x, const float *w,
                                 int N, int C, float eps) {
     (void)be;
@@ -487,6 +492,7 @@ static const zb_backend cpu_backend = {
     .mlp_linear_forward = zb_mlp_linear_forward_calls,
     .rmsnorm_forward = cpu_rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
     .add_rmsnorm = cpu_add_rmsnorm,
+    .linear_add_rmsnorm = cpu_linear_add_rmsnorm,
     .rope = cpu_rope,
     .attention_saved_floats = cpu_attention_saved_floats, .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,

@@ -148,6 +148,11 @@ static void cu_add_rmsnorm(const zb_backend *be, float *x, const float *a, float
     (void)be;
     zb_cuda_add_rmsnorm(x, a, out, w, N, C, eps);
 }
+static void cu_linear_add_rmsnorm(const zb_backend *be, float *out, const float *inp, zb_wt W, int N, int C, int OC,
+                                  float *x, float *ln, const float *w, float eps) {
+    mode(be);
+    zb_cuda_linear_add_rmsnorm(out, inp, W, N, C, OC, x, ln, w, eps);
+}
 static void cu_rmsnorm_backward(const zb_backend *be, float *dx, float *dw, const float *dout, const float *x,
                                 const float *w, const float *rstd, int N, int C) {
     (void)be;
@@ -534,6 +539,7 @@ static zb_backend cuda_backend = {
     .mlp_linear_forward = cu_mlp_linear_forward,
     .rmsnorm_forward = cu_rmsnorm_forward, .rmsnorm_backward = cu_rmsnorm_backward,
     .add_rmsnorm = cu_add_rmsnorm,
+    .linear_add_rmsnorm = cu_linear_add_rmsnorm,
     .rope = cu_rope,
     .attention_saved_floats = cu_attention_saved_floats, .attention_forward = cu_attention_forward,
     .attention_backward = cu_attention_backward,

@@ -33,6 +33,11 @@ typedef struct {
     const bf16 *Wu;
     int pf;    /* columns of each warp's slice fetched into the L2 before the PDL wait */
     int pre;   /* the first round of weight loads before the PDL wait (gemv_preload) */
+    /* NORM (zb_cuda_gemv_bf16_add_rmsnorm): then nx += out[0], nout = RMSNorm(nx) nw by the last
+     * block (g_gemv_ticket) */
+    float *nx, *nout;
+    const float *nw;
+    float eps;
 } gemv_args;
 
 /* streamed once: no L1 allocation (x stays there), L2 fetches 256 B at a time */
@@ -84,7 +89,31 @@ __device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__res
 /* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
  * in flight per lane before the products), the block's 8 / KS rows are summed through shared
  * memory. NN (1..8) rows of x, a compile-time count. */
-template <int NN, bool PAIR, int UNR = GEMV_UNROLL>
+/* blocks of the fused GEMV + residual + norm done (k_gemv NORM): the last one resets it to 0 for
+ * the next call (graph replays). One counter: such GEMVs run one after the other on the stream (a
+ * GEMV counts only after its PDL wait, so after the kernel before, and each one before, ended). */
+__device__ unsigned g_gemv_ticket;
+
+/* x += a, out = RMSNorm(x) w for one row of C by the block of GEMV_THREADS (= k_add_rmsnorm's
+ * row_threads(C) for C > 128): k_add_rmsnorm's arithmetic, the sum of squares in the same order
+ * (thread t: columns t, t + 256, ... in double, then zb_block_sum_d), so the same bits. a, written
+ * by the other blocks of the grid, is read from the L2. */
+__device__ static void gemv_add_rmsnorm_row(float *x, const float *a, float *out, const float *w, int C, float eps) {
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += GEMV_THREADS) {
+        float v = x[i] + __ldcg(a + i);
+        ss += (double)v * v;
+    }
+    ss = zb_block_sum_d(ss);
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+    for (int i = threadIdx.x; i < C; i += GEMV_THREADS) {
+        float v = x[i] + __ldcg(a + i);
+        x[i] = v;
+        out[i] = w[i] * (v * r);
+    }
+}
+
+template <int NN, bool PAIR, int UNR = GEMV_UNROLL, bool NORM = false>
 __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const float *__restrict__ x, int C, int KS, int total) {
     constexpr int NA = PAIR ? 2 : 1;
     __shared__ float red[GEMV_THREADS / 32][NA * NN];
@@ -147,27 +176,42 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
 #pragma unroll
             for (int n = 0; n < NA * NN; n++) red[warp][n] = acc[n];
         __syncthreads();
-        if (kp != 0 || row >= total) return;
-        for (int k = 1; k < KS; k++)
+        if (!NORM && (kp != 0 || row >= total)) return;
+        if (kp == 0 && row < total)
+            for (int k = 1; k < KS; k++)
 #pragma unroll
-            for (int n = 0; n < NA * NN; n++) acc[n] += red[warp + k][n];
+                for (int n = 0; n < NA * NN; n++) acc[n] += red[warp + k][n];
     }
-    if (row >= total || lane >= NN) return;
-    int sg = row >= a.start[1] ? (row >= a.start[2] ? 2 : 1) : 0;
-    int r = row - (sg == 0 ? 0 : sg == 1 ? a.start[1] : a.start[2]), OC = sg == 0 ? a.OC[0] : sg == 1 ? a.OC[1] : a.OC[2];
-    float *o = sg == 0 ? a.out[0] : sg == 1 ? a.out[1] : a.out[2];
-    float v = acc[0];   /* lane n writes row n of x's output (a register array indexed at compile time) */
-#pragma unroll
-    for (int n = 1; n < NN; n++)
-        if (lane == n) v = acc[n];
-    if (PAIR) {
-        float u = acc[NN];
+    if (row < total && lane < NN && (KS == 1 || kp == 0)) {
+        int sg = row >= a.start[1] ? (row >= a.start[2] ? 2 : 1) : 0;
+        int r = row - (sg == 0 ? 0 : sg == 1 ? a.start[1] : a.start[2]);
+        int OC = sg == 0 ? a.OC[0] : sg == 1 ? a.OC[1] : a.OC[2];
+        float *o = sg == 0 ? a.out[0] : sg == 1 ? a.out[1] : a.out[2];
+        float v = acc[0];   /* lane n writes row n of x's output (a register array indexed at compile time) */
 #pragma unroll
         for (int n = 1; n < NN; n++)
-            if (lane == n) u = acc[NN + n];
-        v = v / (1.0f + expf(-v)) * u;   /* silu(gate) * up, as k_swiglu_fwd */
+            if (lane == n) v = acc[n];
+        if (PAIR) {
+            float u = acc[NN];
+#pragma unroll
+            for (int n = 1; n < NN; n++)
+                if (lane == n) u = acc[NN + n];
+            v = v / (1.0f + expf(-v)) * u;   /* silu(gate) * up, as k_swiglu_fwd */
+        }
+        o[(size_t)lane * OC + r] = v;
+        if (NORM) __threadfence();   /* the output seen by the last block before this block's ticket */
     }
-    o[(size_t)lane * OC + r] = v;
+    if (!NORM) return;
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&g_gemv_ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int C1 = a.OC[0];
+    for (int n = 0; n < NN; n++)
+        gemv_add_rmsnorm_row(a.nx + (size_t)n * C1, a.out[0] + (size_t)n * C1, a.nout + (size_t)n * C1, a.nw, C1, a.eps);
+    if (threadIdx.x == 0) g_gemv_ticket = 0;
 }
 
 /* 0: chosen per shape; 1, 2, 4, 8: forced (the benchmark's sweep; ZB_GEMV_SPLIT=N in the
@@ -219,11 +263,11 @@ static int gemv_unroll(bool pair) {
     return g_gemv_unroll == 8 || (g_gemv_unroll == 9 && !pair) ? 8 : 4;
 }
 
-template <int NN, bool PAIR>
+template <int NN, bool PAIR, bool NORM>
 static void gemv_go(dim3 grid, const gemv_args &a, const float *x, int C, int ks, int rows) {
     if (NN == 1 && gemv_unroll(PAIR) == 8)
-        pdl_go(k_gemv<1, PAIR, 8>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
-    else pdl_go(k_gemv<NN, PAIR>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+        pdl_go(k_gemv<1, PAIR, 8, NORM>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
+    else pdl_go(k_gemv<NN, PAIR, GEMV_UNROLL, NORM>, grid, dim3(GEMV_THREADS), 0, zb_cuda_stream(), a, x, C, ks, rows);
 }
 
 /* bytes of a GEMV's weights fetched into the L2 before its PDL wait (a share of every row, at least
@@ -257,7 +301,7 @@ extern "C" int zb_cuda_gemv_preload(void) {
     return g_gemv_pre && zb_cuda_recording() && zb_cuda_dec_pdl();
 }
 
-template <bool PAIR>
+template <bool PAIR, bool NORM = false>
 static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
     gemv_args a = a0;
     int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
@@ -269,16 +313,16 @@ static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
     if (!zb_cuda_dec_pdl()) a.pf = 0;   /* nothing to overlap */
     a.pre = zb_cuda_gemv_preload();
     switch (N) {
-    case 1: gemv_go<1, PAIR>(grid, a, x, C, ks, rows); break;
-    case 2: gemv_go<2, PAIR>(grid, a, x, C, ks, rows); break;
-    case 3: gemv_go<3, PAIR>(grid, a, x, C, ks, rows); break;
-    case 4: gemv_go<4, PAIR>(grid, a, x, C, ks, rows); break;
-    case 5: gemv_go<5, PAIR>(grid, a, x, C, ks, rows); break;
-    case 6: gemv_go<6, PAIR>(grid, a, x, C, ks, rows); break;
-    case 7: gemv_go<7, PAIR>(grid, a, x, C, ks, rows); break;
-    default: gemv_go<8, PAIR>(grid, a, x, C, ks, rows); break;
+    case 1: gemv_go<1, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 2: gemv_go<2, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 3: gemv_go<3, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 4: gemv_go<4, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 5: gemv_go<5, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 6: gemv_go<6, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    case 7: gemv_go<7, PAIR, NORM>(grid, a, x, C, ks, rows); break;
+    default: gemv_go<8, PAIR, NORM>(grid, a, x, C, ks, rows); break;
     }
-    ZB_CUDA_LAUNCHED(PAIR ? "gemv_bf16 swiglu" : "gemv_bf16");
+    ZB_CUDA_LAUNCHED(NORM ? "gemv_bf16 add_rmsnorm" : PAIR ? "gemv_bf16 swiglu" : "gemv_bf16");
 }
 
 extern "C" void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int C, int OC) {
@@ -301,6 +345,35 @@ extern "C" void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, 
     if (!a.nseg) return;
     for (int s = a.nseg + 1; s < 4; s++) a.start[s] = a.start[a.nseg];
     gemv_launch<false>(a, x, N, C);
+}
+
+/* the residual step and the next norm done by the GEMV's last block: on unless ZB_GEMV_NORM=0 */
+static int g_gemv_norm = -1;
+extern "C" void zb_cuda_gemv_norm_set(int on) { g_gemv_norm = on < 0 ? -1 : on != 0; }
+extern "C" int zb_cuda_gemv_norm_on(void) {
+    if (g_gemv_norm < 0) {
+        const char *e = getenv("ZB_GEMV_NORM");
+        g_gemv_norm = !(e && !strcmp(e, "0"));
+    }
+    return g_gemv_norm;
+}
+
+extern "C" int zb_cuda_gemv_bf16_add_rmsnorm(float *out, const float *x, const uint16_t *W, int N, int C, int OC,
+                                             float *nx, float *ln, const float *nw, float eps) {
+    if (!zb_cuda_gemv_norm_on() || !zb_cuda_gemv_ok(x, W, N, C) || OC <= 128) return 0;
+    gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.W[0] = (const bf16 *)W;
+    a.out[0] = out;
+    a.OC[0] = OC;
+    a.nseg = 1;
+    a.start[1] = a.start[2] = a.start[3] = OC;
+    a.nx = nx;
+    a.nout = ln;
+    a.nw = nw;
+    a.eps = eps;
+    gemv_launch<false, true>(a, x, N, C);
+    return 1;
 }
 
 extern "C" void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N,

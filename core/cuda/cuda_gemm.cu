@@ -619,6 +619,13 @@ extern "C" void zb_cuda_linear_forward(float *out, const float *inp, zb_wt W, in
     bf16_product(out, x16, W.bf16, N, C, OC);
 }
 
+extern "C" void zb_cuda_linear_add_rmsnorm(float *out, const float *inp, zb_wt W, int N, int C, int OC, float *x,
+                                           float *ln, const float *w, float eps) {
+    if (!W.f32 && zb_cuda_gemv_bf16_add_rmsnorm(out, inp, W.bf16, N, C, OC, x, ln, w, eps)) return;
+    zb_cuda_linear_forward(out, inp, W, N, C, OC);
+    zb_cuda_add_rmsnorm(x, out, ln, w, N, OC, eps);
+}
+
 extern "C" void zb_cuda_linear_forward3(float *out0, float *out1, float *out2, const float *inp, zb_wt W0, zb_wt W1,
                                         zb_wt W2, int N, int C, int OC0, int OC1, int OC2) {
     if (W0.bf16 && W1.bf16 && W2.bf16 && zb_cuda_gemv_ok(inp, W0.bf16, N, C) && zb_cuda_gemv_ok(inp, W1.bf16, N, C) &&

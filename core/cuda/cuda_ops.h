@@ -213,6 +213,17 @@ void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int
 typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
 void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, const zb_gemv_seg *segs);
 void zb_cuda_gemv_bf16_swiglu(float *h, const float *x, const uint16_t *Wg, const uint16_t *Wu, int N, int C, int F);
+/* out = x W^T (as zb_cuda_gemv_bf16), then nx += out and ln = RMSNorm(nx) nw by the grid's last
+ * block, in the same launch (generation's residual step after a projection; the same bits as
+ * zb_cuda_add_rmsnorm after the GEMV). 0 (nothing launched) when it does not apply: ZB_GEMV_NORM=0,
+ * not a GEMV (zb_cuda_gemv_ok), OC <= 128. _norm_set(1 / 0) forces, (-1) reads the environment. */
+int zb_cuda_gemv_bf16_add_rmsnorm(float *out, const float *x, const uint16_t *W, int N, int C, int OC, float *nx,
+                                  float *ln, const float *nw, float eps);
+int zb_cuda_gemv_norm_on(void);
+void zb_cuda_gemv_norm_set(int on);
+/* linear_forward then add_rmsnorm (backend.h linear_add_rmsnorm): one launch where the GEMV applies */
+void zb_cuda_linear_add_rmsnorm(float *out, const float *inp, zb_wt W, int N, int C, int OC, float *x, float *ln,
+                                const float *w, float eps);
 void zb_cuda_gemv_set_split(int ks);
 /* 16-byte weight loads in flight per lane of the one-row GEMV: 4 or 8; 9: 8 for the single matrices,
  * 4 for the gate|up pair (0: ZB_GEMV_UNROLL: 4 the default, 8, or 8s for 9) */

@@ -616,6 +616,8 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, cons
  *   in device memory, atomicAdd after __threadfence; that block sets it back to 0, so a replayed
  *   CUDA graph finds it at 0), with k_decode_merge's arithmetic; a sequence of one chunk (p < CH)
  *   writes its output directly (what the merge makes of one chunk).
+ * - before its PDL wait, each block fetches its chunk's K and V rows into the L2 (prefetch: safe on
+ *   any contents), so that its loads after the wait meet the L2 (ZB_DEC_ATTN_PF=0: not);
  * The query buffer is left unroped (nothing reads it after the attention); posi[i] = p as
  * k_decode_qkv_prep. Same values as the three kernels where they compute in the same order: bf16
  * caches at the same chunking (the merge's double sum of the chunks' weights aside, float32
@@ -646,14 +648,25 @@ template <int D, int R, typename T>
 __global__ void __launch_bounds__(DEC_THREADS) k_decode_fused(
     zb_rope r, float *__restrict__ out, float *__restrict__ part, int *ticket, const float *__restrict__ q,
     const float *__restrict__ k, const float *__restrict__ v, T *kc, T *vc, const int *seq, const int *pos, int *posi,
-    int H, int Hkv, long long ss, long long gs, long long rs, float scale, int CH, int nsplit) {
+    int H, int Hkv, long long ss, long long gs, long long rs, float scale, int CH, int nsplit, int max_T, int pf) {
     constexpr int LPR = D / 8, RPW = 32 / LPR, NW = DEC_THREADS / 32;
     __shared__ gqa_sm<D, R> sm;
     __shared__ float s_new[2][D], s_den[R];
     __shared__ int s_last;
     pdl_launch();   /* the output projection's GEMV may start streaming its weights */
-    pdl_wait();     /* q, k, v of the GEMV before */
     const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (pf) {   /* the chunk's K and V rows fetched into the L2 while the GEMV before ends: harmless whatever
+                 * they hold (the L2 is where the writes of every SM meet), so before the wait */
+        constexpr int LN = D * (int)sizeof(T) / 128;   /* 128-byte lines per row */
+        const long long b0 = (long long)(seq ? seq[i] : i) * ss + (long long)g * gs;
+        const int n = (min(max_T, sp * CH + CH) - sp * CH) * LN;
+        for (int e = tid; e < n; e += DEC_THREADS) {
+            const long long o = b0 + (long long)(sp * CH + e / LN) * rs + (e % LN) * (128 / (int)sizeof(T));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + o));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + o));
+        }
+    }
+    pdl_wait();     /* q, k, v of the GEMV before */
     const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
     const int s = seq ? seq[i] : i, pn = pos[s], L = pn + 1, nz = (L + CH - 1) / CH;
     if (posi && sp == 0 && g == 0 && tid == 0) posi[i] = pn;
@@ -800,10 +813,15 @@ extern "C" int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const flo
     if (!part || !ticket) return 1;   /* the error is recorded */
     dim3 grid(nsplit, a->Hkv, nb);
     cudaStream_t st = zb_cuda_stream();
+    static int pf = -1;   /* ZB_DEC_ATTN_PF=0: no L2 prefetch of the chunks before the PDL wait */
+    if (pf < 0) {
+        const char *e = getenv("ZB_DEC_ATTN_PF");
+        pf = !(e && !strcmp(e, "0"));
+    }
 #define ZB_FUSED(DD, RR, TT)                                                                                       \
     pdl_go(k_decode_fused<DD, RR, TT>, grid, dim3(DEC_THREADS), 0, st, *r, out, part, ticket, q, k, v, (TT *)kc,    \
            (TT *)vc, seq_dev, pos_dev, posi, a->H, a->Hkv, a->seq_stride, a->group_stride, a->row_stride, a->scale, \
-           CH, nsplit)
+           CH, nsplit, max_T, pf)
 #define ZB_FUSED_R(DD, TT)                                                                                         \
     switch (rep) {                                                                                                 \
     case 1: ZB_FUSED(DD, 1, TT); break;                                                                            \

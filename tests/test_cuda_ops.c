@@ -418,6 +418,18 @@ static void test_rope(zb_rng *rng, int interleave, int inverse, int scaling) {
     zb_cuda_free(dx); zb_cuda_free(dpos);
 }
 
+/* a device cache of n values (bf16 or float32) as a new host float32 array */
+static float *host_cache(const void *dc, int bf, size_t n) {
+    float *h = zb_falloc(n);
+    if (bf) {
+        uint16_t *t = malloc(n * 2);
+        zb_cuda_download(t, dc, n * 2);
+        zb_bf16_to_f32_n(t, h, n);
+        free(t);
+    } else zb_host_f(h, dc, n);
+    return h;
+}
+
 /* The decode step's fused q / k / v piece (zb_cuda_decode_qkv_prep: positions, RoPE of the query
  * and key heads, both cache stores in one kernel) against the separate kernels it replaces
  * (gather_int + rope_apply_rows + cache_store x 2), on caches of 3 slots where 2 sequences write.
@@ -462,16 +474,7 @@ static void test_decode_qkv_prep(zb_rng *rng, int bf, int H, int Hkv, int hd, in
         }
         got[path][0] = zb_falloc(nq);
         zb_host_f(got[path][0], dq, nq);
-        for (int w = 1; w < 3; w++) {
-            got[path][w] = zb_falloc(nc);
-            void *dc = w == 1 ? dkc : dvc;
-            if (bf) {
-                uint16_t *h = malloc(nc * 2);
-                zb_cuda_download(h, dc, nc * 2);
-                zb_bf16_to_f32_n(h, got[path][w], nc);
-                free(h);
-            } else zb_host_f(got[path][w], dc, nc);
-        }
+        for (int w = 1; w < 3; w++) got[path][w] = host_cache(w == 1 ? dkc : dvc, bf, nc);
         zb_cuda_download(gpos[path], dposi, sizeof gpos[path]);
         zb_cuda_free(dq); zb_cuda_free(dk); zb_cuda_free(dv); zb_cuda_free(dkc); zb_cuda_free(dvc);
     }
@@ -593,16 +596,7 @@ static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int r
             zb_cuda_download(posi, dposi, sizeof(int) * nb);
         }
         if (path == 0) { outs[0] = zb_falloc(no); zb_host_f(outs[0], dout, no); }
-        for (int w = 0; w < 2; w++) {
-            caches[path][w] = zb_falloc(nc);
-            void *dc = w ? dvc : dkc;
-            if (bf) {
-                uint16_t *h = malloc(nc * 2);
-                zb_cuda_download(h, dc, nc * 2);
-                zb_bf16_to_f32_n(h, caches[path][w], nc);
-                free(h);
-            } else zb_host_f(caches[path][w], dc, nc);
-        }
+        for (int w = 0; w < 2; w++) caches[path][w] = host_cache(w ? dvc : dkc, bf, nc);
         zb_cuda_free(dq); zb_cuda_free(dk); zb_cuda_free(dv); zb_cuda_free(dout); zb_cuda_free(dkc); zb_cuda_free(dvc);
     }
     zb_cuda_decode_set_chunk(0);

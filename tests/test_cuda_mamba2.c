@@ -598,10 +598,16 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(hdp); free(hb); free(gv); free(cv); free(mv); free(mb); free(edge);
         CU(cudaFree(dproj)); CU(cudaFree(dd)); CU(cudaFree(gdp)); CU(cudaFree(gb)); CU(cudaFree(work));
     }
-    /* conv backward: the one-pass kernel (ZB_CONV_BWD=one), then the two kernels (the default) */
-    for (int one = 1; one >= 0; one--) {
-        const char *how = one ? " (one pass)" : "";
-        zb_cuda_m2_conv_bwd_one(one);
+    /* conv backward: the two kernels (ZB_CONV_BWD=old), the one pass over 8-row groups (ZB_CONV_BWD=one),
+     * the one pass over channel quads (ZB_CONV_BWD=quad) and pairs (the default where the shape allows);
+     * d(conv input) of the vector kernels bitwise as the two kernels' (the same terms in the same order) */
+    float *din_two = NULL;
+    for (int mode = 0; mode < 4; mode++) {
+        static const char *hows[] = {" (two kernels)", " (one pass, 8-row groups)", " (channel quads)",
+                                     " (channel pairs)"};
+        const char *how = hows[mode];
+        zb_cuda_m2_conv_bwd_vec(mode == 2 ? 4 : mode == 3 ? 2 : 0);
+        zb_cuda_m2_conv_bwd_one(mode == 1);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
               *gw = dnew((size_t)cd * K), *gb = L->w.conv_b ? dnew(cd) : NULL,
@@ -630,6 +636,12 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
                 }
         snprintf(what, sizeof what, "[%s] conv backward d(conv input)%s", c->name, how);
         cmp(what, gv, cv, NULL, mv, (size_t)N * cd, cd, K + 10, 2, NULL);
+        if (mode == 0) {
+            din_two = malloc((size_t)N * cd * sizeof(float));
+            memcpy(din_two, gv, (size_t)N * cd * sizeof(float));
+        } else if (mode >= 2)
+            zb_check(!memcmp(gv, din_two, (size_t)N * cd * sizeof(float)),
+                     "[%s] conv backward d(conv input)%s: the same bits as the two kernels'", c->name, how);
         snprintf(what, sizeof what, "[%s] conv backward d conv_w%s", c->name, how);
         cmp(what, hw, L->g.conv_w, NULL, mw, (size_t)cd * K, K, N + 10, 2, NULL);
         if (gb) {
@@ -644,6 +656,8 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         CU(cudaFree(gw)); CU(cudaFree(work));
     }
     zb_cuda_m2_conv_bwd_one(-1);
+    zb_cuda_m2_conv_bwd_vec(-1);
+    free(din_two);
     free(acts); free(scr); free(out); free(dx); free(dO);
 }
 

@@ -733,6 +733,34 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
         cmp(what, hD, NULL, rf.gD, rf.gDm, nh, nh, (double)N * m->headdim + 8, 1, NULL);
         free(hdx); free(hddt); free(hA); free(hD);
     }
+    /* the fused backward with each head's coefficients fetched at its start (ZB_SSD_BWD_PREFETCH=0):
+     * the same values loaded earlier, so the same bits as the default's */
+    for (int tc = 1; tc >= 0; tc--) {
+        float *h[2][4];
+        for (int pf = 1; pf >= 0; pf--) {
+            CU(cudaMemset(gA, 0, nh * sizeof(float)));
+            CU(cudaMemset(gD, 0, nh * sizeof(float)));
+            dsync("SSD backward: zeroed gradients");
+            zb_cuda_set_precision(tc ? ZB_PREC_BF16 : ZB_PREC_F32);
+            zb_cuda_m2_ssd_bwd_prefetch(pf);
+            zb_cuda_m2_ssd_backward(m, dA, dD, dx, coef, st, ddy, gdx, gddt, gA, gD, work, B, T);
+            zb_cuda_m2_ssd_bwd_prefetch(-1);
+            zb_cuda_set_precision(ZB_PREC_F32);
+            h[pf][0] = dget(gdx, (size_t)N * cd, "SSD backward");
+            h[pf][1] = dget(gddt, (size_t)N * nh, "SSD backward");
+            h[pf][2] = dget(gA, nh, "SSD backward");
+            h[pf][3] = dget(gD, nh, "SSD backward");
+        }
+        size_t n4[4] = {(size_t)N * cd, (size_t)N * nh, (size_t)nh, (size_t)nh};
+        int same = 1;
+        for (int q = 0; q < 4; q++) {
+            same &= !memcmp(h[0][q], h[1][q], n4[q] * sizeof(float));
+            free(h[0][q]);
+            free(h[1][q]);
+        }
+        zb_check(same, "[%s] SSD backward%s, coefficients fetched at each head's start (ZB_SSD_BWD_PREFETCH=0): "
+                 "d[x|B|C], ddt, dA_log, dD the same bits as the default's", c->name, tc ? ", tensor cores" : "");
+    }
     CU(cudaFree(dx)); CU(cudaFree(ddt)); CU(cudaFree(dA)); CU(cudaFree(dD)); CU(cudaFree(coef));
     CU(cudaFree(dyo)); CU(cudaFree(st)); CU(cudaFree(Sc)); CU(cudaFree(ddy)); CU(cudaFree(gdx));
     CU(cudaFree(gddt)); CU(cudaFree(gA)); CU(cudaFree(gD)); CU(cudaFree(work));

@@ -100,6 +100,9 @@ void zb_cuda_m2_ssd_fused(int on);
 /* The fused backward's block in the bf16 mode: 16 warps (16, the default) or 8 (8; ZB_SSD_BWD_WARPS=8),
  * -1 back to the environment's choice. For tests that compare the two. */
 void zb_cuda_m2_ssd_bwd_warps(int w);
+/* The fused backward fetching each head's coefficients with its operands (1, the default) or at the
+ * head's start (0; ZB_SSD_BWD_PREFETCH=0), -1 back to the environment's choice. The same values. */
+void zb_cuda_m2_ssd_bwd_prefetch(int on);
 /* The fused forward output's block in the bf16 mode: 8 warps (8, the default) or 16 (16;
  * ZB_SSD_FWD_WARPS=16), -1 back to the environment's choice. */
 void zb_cuda_m2_ssd_fwd_warps(int w);

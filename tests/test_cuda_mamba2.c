@@ -935,14 +935,17 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
     float *oout = NULL, *odx = NULL, *og[NP] = {0};
     if (run == RUN_BACKEND_BF16) {
         /* first with o and dproj in float32, converted by out_proj's and in_proj's products
-         * (ZB_M2_O16=0, ZB_M2_DPROJ16=0): kept for the bitwise comparison below, then the gradients
-         * zeroed */
+         * (ZB_M2_O16=0, ZB_M2_DPROJ16=0), and the conv's pre-activation stored by the forward
+         * (ZB_CONV_PRE=keep; the default recomputes it in the backward): kept for the bitwise comparison
+         * below, then the gradients zeroed */
         zb_cuda_m2_o16(0);
         zb_cuda_m2_dproj16(0);
+        zb_cuda_m2_conv_pre_recompute(0);
         zb_cuda_mamba2_forward(m, d, 1e-5f, &L->dw, gx, gout, gacts, B, T);
         zb_cuda_mamba2_backward(m, d, 1e-5f, &L->dw, &L->dg, gx, gR, gdx, gacts, gscr, B, T);
         zb_cuda_m2_o16(-1);
         zb_cuda_m2_dproj16(-1);
+        zb_cuda_m2_conv_pre_recompute(-1);
         zb_check(zb_cuda_sync() == ZB_OK, "[%s] mixer, float32 o and dproj: no device error", c->name);
         oout = dget(gout, nx, "mixer forward, float32 o");
         odx = dget(gdx, nx, "mixer backward, float32 dproj");
@@ -980,8 +983,8 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
                 free(hg);
                 free(og[i]);
             }
-        zb_check(same, "[%s] mixer (%s): o and dproj in bf16 from their producers == float32 then converted "
-                 "(dx and the gradients%s, bits; max |d| out %.3g, dx %.3g)", c->name, run_name[run],
+        zb_check(same, "[%s] mixer (%s): o and dproj in bf16 from their producers, the conv's pre-activation "
+                 "recomputed == float32 then converted, pre stored (dx and the gradients%s, bits; max |d| out %.3g, dx %.3g)", c->name, run_name[run],
                  o_cmp ? ", the output and out_proj's gradient" : " but out_proj's",
                  zb_max_abs_diff(oout, hout, nx), zb_max_abs_diff(odx, hdx, nx));
         free(oout);

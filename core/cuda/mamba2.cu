@@ -358,6 +358,16 @@ static int conv_bwd_vec(void) {
     }
     return g_conv_bwd_vec;
 }
+/* 1: the training forward does not store the conv's pre-activation and the backward recomputes it from
+ * the inputs it reads anyway (k_conv_bwd_vec; one float32 [N, cd] write and read less per layer, the
+ * same bits), the default where that kernel runs; 0 (ZB_CONV_PRE=keep): stored and read back. The
+ * forward and its backward decide alike (the switches, the shape); -1 the environment's. */
+M2_SWITCH(g_conv_pre_rc, zb_cuda_m2_conv_pre_recompute)
+static bool conv_pre_recompute(const zb_mamba2_dims *m, const float *proj) {
+    int cd = zb_mamba2_conv_dim(m), P = zb_mamba2_in_proj_rows(m);
+    return zb_cuda_env_switch(&g_conv_pre_rc, "ZB_CONV_PRE", "keep") && m2_fused_path() && conv_bwd_vec() &&
+           m->conv_k == 4 && cd % 4 == 0 && m->d_inner % 4 == 0 && P % 4 == 0 && (uintptr_t)proj % 16 == 0;
+}
 static bool conv_bwd_one(void) {
     if (g_conv_bwd_one < 0) {
         const char *e = getenv("ZB_CONV_BWD");
@@ -822,7 +832,8 @@ static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool o
 }
 template <int K, int V, int G>
 static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, int P, int di, int T, int R, int rows_per,
-                                                            const float *__restrict__ w, const float *__restrict__ pre,
+                                                            const float *__restrict__ w, const float *__restrict__ bias,
+                                                            const float *__restrict__ pre,
                                                             const float *__restrict__ dpost,
                                                             const float *__restrict__ proj, float *dproj,
                                                             __nv_bfloat16 *dproj16, float *part, float *bpart) {
@@ -833,11 +844,13 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
     bool on = c < cd;
     int s0 = blockIdx.y * rows_per, s1 = min(R, s0 + rows_per), sub = (rows_per + CB_W - 1) / CB_W;
     int r0 = min(s1, s0 + wp * sub), r1 = min(s1, r0 + sub);
-    float wk[V][K], acc[V][K], bs[V];
+    float wk[V][K], acc[V][K], bs[V], b0[V];
     float dpw[K - 1][V], inw[K - 1][V];   /* dp and inputs of rows r-K+1 .. r-1 */
+    bool rc = pre == NULL;   /* pre recomputed from the inputs (conv_pre_recompute) */
 #pragma unroll
     for (int j = 0; j < V; j++) {
         bs[j] = 0.0f;
+        b0[j] = on && bias ? bias[c + j] : 0.0f;
 #pragma unroll
         for (int k = 0; k < K; k++) {
             wk[j][k] = on ? w[(size_t)(c + j) * K + k] : 0.0f;
@@ -859,22 +872,32 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
 #pragma unroll
         for (int u = 0; u < G; u++) {
             int r = rb + u;
-            ldv<V>(pv[u], pre + (size_t)(r < rl ? r : 0) * cd + c, r < rl);
+            if (!rc) ldv<V>(pv[u], pre + (size_t)(r < rl ? r : 0) * cd + c, r < rl);
             ldv<V>(gv[u], dpost + (size_t)(r < rl ? r : 0) * cd + c, r < rl);
-            ldv<V>(iv[u], in + (size_t)(r < r1 ? r : 0) * P, r < r1);
+            ldv<V>(iv[u], in + (size_t)(r < rl ? r : 0) * P, r < rl);   /* rows from r1: pre's taps only */
         }
 #pragma unroll
         for (int u = 0; u < G; u++) {
             int r = rb + u;
             if (r >= re) break;
             float dp[V];
+            int tr = r % T;
 #pragma unroll
             for (int j = 0; j < V; j++) {
-                float p = pv[u][j], sg = sigmoid_dev(p);
+                float p;
+                if (rc) {   /* k_conv_fwd_rows's sum: its terms in its order, the same bits */
+                    float a = b0[j];
+#pragma unroll
+                    for (int k = 0; k < K; k++)
+                        if (tr - (K - 1) + k >= 0) a += wk[j][k] * (k < K - 1 ? inw[k < K - 1 ? k : 0][j] : iv[u][j]);
+                    p = a;
+                } else
+                    p = pv[u][j];
+                float sg = sigmoid_dev(p);
                 dp[j] = gv[u][j] * sg * (1.0f + p * (1.0f - sg));   /* k_conv_bwd_fused's dp */
             }
             if (r < r1) {   /* the weight and bias sums: acc[k] += dp[r] in[r - K+1+k] inside the sequence */
-                int t = r % T;
+                int t = tr;
 #pragma unroll
                 for (int j = 0; j < V; j++) {
                     bs[j] += dp[j];
@@ -979,10 +1002,11 @@ static bool conv_bwd_one_ok(const zb_mamba2_dims *m, const float *g_conv_w) {
 }
 
 /* dproj16 (not NULL: needs m2_fused_path, the one-pass or the fused din kernel): din written there in
- * bf16 instead of into dproj */
-static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj, const float *xbc_pre,
-                          const float *dxbc, float *dpre, float *dproj, __nv_bfloat16 *dproj16, float *g_conv_w,
-                          float *g_conv_b, float *work, int B, int T) {
+ * bf16 instead of into dproj. pre_stored false: the forward left xbc_pre unwritten (conv_pre_recompute):
+ * k_conv_bwd_vec recomputes it, or (where that kernel does not run) the conv forward writes it first. */
+static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
+                          float *xbc_pre, bool pre_stored, const float *dxbc, float *dpre, float *dproj,
+                          __nv_bfloat16 *dproj16, float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
     size_t N = (size_t)B * T;
     if (N == 0) return;
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
@@ -992,14 +1016,18 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
         float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
         if (V == 4)
             k_conv_bwd_vec<4, 4, 2><<<dim3(cdiv(cd, 128), ns), CB_W * 32, 0, s_stream>>>(
-                cd, P, di, T, R, rows_per, conv_w, xbc_pre, dxbc, proj, dproj, dproj16, work, bpart);
+                cd, P, di, T, R, rows_per, conv_w, conv_b, pre_stored ? xbc_pre : NULL, dxbc, proj, dproj, dproj16,
+                work, bpart);
         else
             k_conv_bwd_vec<4, 2, 4><<<dim3(cdiv(cd, 64), ns), CB_W * 32, 0, s_stream>>>(
-                cd, P, di, T, R, rows_per, conv_w, xbc_pre, dxbc, proj, dproj, dproj16, work, bpart);
+                cd, P, di, T, R, rows_per, conv_w, conv_b, pre_stored ? xbc_pre : NULL, dxbc, proj, dproj, dproj16,
+                work, bpart);
         zb_cuda_m2_check_launch("k_conv_bwd_vec");
         conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
         return;
     }
+    if (!pre_stored)   /* the kernels below read pre (post into dpre: overwritten or unused below) */
+        conv_fwd(m, conv_w, conv_b, proj, NULL, 0, NULL, xbc_pre, dpre, B, T);
     if (conv_bwd_one_ok(m, g_conv_w)) {
         int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
@@ -1042,7 +1070,8 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
 extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                                          const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                                          float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
-    conv_backward(m, conv_w, proj, xbc_pre, dxbc, dpre, dproj, NULL, g_conv_w, g_conv_b, work, B, T);
+    conv_backward(m, conv_w, NULL, proj, (float *)xbc_pre, true, dxbc, dpre, dproj, NULL, g_conv_w, g_conv_b, work, B,
+                  T);
 }
 
 /* ---- sizes and layouts ------------------------------------------------------------------------- */
@@ -1162,7 +1191,8 @@ extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m_cfg, int d, float
     proj_forward(a.proj, x, w->in_proj, N, d, P);
     zb_cuda_m2_prof(ZB_MIXP_M2_IN_PROJ);
     zb_cuda_m2_dt_forward(m, w->dt_bias, a.proj, a.dt, N);
-    conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, a.xbc_pre, a.xbc, B, T);
+    conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, conv_pre_recompute(m, a.proj) ? NULL : a.xbc_pre, a.xbc,
+             B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_CONV);
     zb_cuda_m2_ssd_coef(m, w->A_log, a.dt, a.coef, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_COEF);
@@ -1208,7 +1238,8 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, floa
                             B, T);   /* marks its own pieces */
     dt_backward(m, w->dt_bias, a.proj, ddt, dproj, dp16, g->dt_bias, cwork, N);
     zb_cuda_m2_prof(ZB_MIXP_M2_DT_B);
-    conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, dp16, g->conv_w, g->conv_b, cwork, B, T);
+    conv_backward(m, w->conv_w, w->conv_b, a.proj, a.xbc_pre, !conv_pre_recompute(m, a.proj), dxbc, dpre, dproj, dp16,
+                  g->conv_w, g->conv_b, cwork, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_CONV_B);
     /* proj = x in_proj^T */
     proj_backward(dx, g->in_proj, dproj, x, w->in_proj, N, d, P);

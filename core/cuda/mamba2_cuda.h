@@ -168,6 +168,10 @@ void zb_cuda_m2_dproj16(int on);
 /* The training mixer's gated-norm output kept in bf16 for out_proj (1, the default in the bf16 CONVERT
  * mode), float32 (0; ZB_M2_O16=0), -1 the environment's (for tests). */
 void zb_cuda_m2_o16(int on);
+/* The training forward leaving the conv's pre-activation unstored, the backward recomputing it (1, the
+ * default where the conv backward's vector kernel runs), stored and read back (0; ZB_CONV_PRE=keep),
+ * -1 the environment's (for tests). */
+void zb_cuda_m2_conv_pre_recompute(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

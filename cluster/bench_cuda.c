@@ -285,7 +285,8 @@ static void bench_pieces(void) {
 /* One decode step's 32 layers of Llama-3.1-8B at batch 1 (4 copies of a layer's weights in turn, so
  * that no layer finds the one before's in the L2; 8k caches, position 600), recorded as a CUDA graph
  * once and replayed, as `zebra generate` runs its steps: the chain of dependent kernels with each
- * of the decode step's switches (ZB_DEC_FUSE, ZB_DEC_PDL, ZB_GEMV_UNROLL, ZB_GEMV_PREFETCH_MB). */
+ * of the decode step's switches (ZB_DEC_FUSE, ZB_DEC_PDL, ZB_GEMV_UNROLL, ZB_GEMV_PREFETCH_MB,
+ * ZB_GEMV_PRELOAD). */
 #define CH_COPIES 32   /* the rows use 4 (copies), one row all 32: a real model's 14 GB of layer weights */
 typedef struct {
     int fused, copies;
@@ -360,6 +361,7 @@ static void bench_chain(void) {
     /* fused, PDL, unroll, prefetch (MB; -2 the first loads) */
     static const struct { const char *nm; int fused, pdl, unroll; long long pf; } v[] = {
         {"fused pieces, PDL (the default)", 1, 1, 4, 0},
+        {"fused, PDL, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
         {"fused pieces, no PDL", 1, 0, 4, 0},
         {"separate kernels, no PDL (before 2026-11-30 12:00)", 0, 0, 4, 0},
         {"separate kernels, PDL", 0, 1, 4, 0},
@@ -376,6 +378,7 @@ static void bench_chain(void) {
         zb_cuda_dec_pdl_set(v[i].pdl);
         zb_cuda_gemv_set_unroll(v[i].unroll);
         zb_cuda_gemv_set_prefetch(v[i].pf);
+        zb_cuda_gemv_set_preload(!strstr(v[i].nm, "PRELOAD=0"));
         const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
         zb_cuda_gemv_set_split(sp ? atoi(sp + 6) : 0);
         c.copies = strstr(v[i].nm, "32 distinct") ? CH_COPIES : 4;
@@ -397,6 +400,7 @@ static void bench_chain(void) {
     zb_cuda_dec_pdl_set(-1);
     zb_cuda_gemv_set_unroll(0);
     zb_cuda_gemv_set_prefetch(-1);
+    zb_cuda_gemv_set_preload(-1);
     zb_cuda_gemv_set_split(0);
     for (int w = 0; w < CH_COPIES; w++) {
         zb_cuda_free((void *)c.wq[w]); zb_cuda_free(c.kc[w]); zb_cuda_free(c.vc[w]);

@@ -223,6 +223,7 @@ static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) 
  * the results must be equal bit for bit: a difference would be a read before the wait (a race). */
 static void test_pdl_chain(zb_rng *rng, int N) {
     int d = 512, kd = 128, F = 1024, L = 12;
+    char what[160];
     size_t nw = (size_t)(d + 2 * kd) * d + (size_t)d * d + 2 * (size_t)F * d + (size_t)d * F;
     float *hw = zb_falloc(nw), *hx = zb_falloc((size_t)N * d), *nwt = zb_falloc(d);
     uint16_t *w16 = malloc(nw * 2);
@@ -233,13 +234,24 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     uint16_t *dw = zb_dev_bytes(w16, nw * 2);
     const uint16_t *wq = dw, *wk = wq + (size_t)d * d, *wv = wk + (size_t)kd * d, *wo = wv + (size_t)kd * d;
     const uint16_t *wg = wo + (size_t)d * d, *wu = wg + (size_t)F * d, *wd = wu + (size_t)F * d;
-    float *dnw = zb_dev_f(nwt, d), *got[3];
-    for (int pdl = 2; pdl >= 0; pdl--) {   /* 2: PDL with 8 loads in flight per lane at one row */
+    float *dnw = zb_dev_f(nwt, d), *got[4];
+    /* 3: PDL, the chain recorded as a graph (a decode step's recording: the GEMVs' first weight
+     * loads and the norms' weights before the PDL wait, zb_cuda_gemv_preload), launched, then
+     * replayed from the same inputs */
+    for (int pdl = 3; pdl >= 0; pdl--) {   /* 2: PDL with 8 loads in flight per lane at one row */
         zb_cuda_dec_pdl_set(pdl != 0);
         zb_cuda_gemv_set_unroll(pdl == 2 ? 8 : 0);
         float *x = zb_dev_f(hx, (size_t)N * d), *ln = zb_dev_f(NULL, (size_t)N * d), *q = zb_dev_f(NULL, (size_t)N * d);
         float *k = zb_dev_f(NULL, (size_t)N * kd), *v = zb_dev_f(NULL, (size_t)N * kd), *o = zb_dev_f(NULL, (size_t)N * d);
         float *h = zb_dev_f(NULL, (size_t)N * F), *u = zb_dev_f(NULL, (size_t)N * F);
+        void *graph = NULL;
+        int rec = 0;
+        if (pdl == 3) {
+            rec = zb_cuda_graph_begin(&graph, 1);
+            zb_check(rec, "decode chain N=%d: recording begins", N);
+            zb_check(!rec || zb_cuda_gemv_preload(), "decode chain N=%d: weights loaded before the PDL wait while "
+                     "recording", N);
+        }
         zb_cuda_rmsnorm_forward(ln, NULL, x, dnw, N, d, 1e-5f);
         for (int l = 0; l < L; l++) {
             zb_cuda_linear_forward3(q, k, v, ln, zb_wt_of_bf16(wq), zb_wt_of_bf16(wk), zb_wt_of_bf16(wv), N, d, d, kd, kd);
@@ -249,20 +261,37 @@ static void test_pdl_chain(zb_rng *rng, int N) {
             zb_cuda_linear_forward(o, h, zb_wt_of_bf16(wd), N, F, d);
             zb_cuda_add_rmsnorm(x, o, ln, dnw, N, d, 1e-5f);
         }
+        if (rec) {
+            zb_check(zb_cuda_graph_end(graph, 1), "decode chain N=%d: recorded and launched", N);
+            zb_check(!zb_cuda_gemv_preload(), "decode chain N=%d: no early weight loads after the recording", N);
+        }
         got[pdl] = zb_falloc((size_t)N * d);
         zb_host_f(got[pdl], ln, (size_t)N * d);
+        if (rec) {   /* replayed from the same inputs: the same bits */
+            float *again = zb_falloc((size_t)N * d);
+            zb_cuda_upload(x, hx, sizeof(float) * N * d);
+            zb_check(zb_cuda_graph_replay(graph, 1), "decode chain N=%d: replayed", N);
+            zb_host_f(again, ln, (size_t)N * d);
+            snprintf(what, sizeof what, "decode chain of %d layers N=%d: recorded, its replay vs its first launch (bit "
+                     "for bit)", L, N);
+            zb_check_mag(what, again, got[pdl], NULL, 0, 0, (size_t)N * d);
+            free(again);
+        }
+        zb_cuda_graph_free(graph);
         zb_cuda_free(x); zb_cuda_free(ln); zb_cuda_free(q); zb_cuda_free(k); zb_cuda_free(v); zb_cuda_free(o);
         zb_cuda_free(h); zb_cuda_free(u);
     }
     zb_cuda_dec_pdl_set(-1);
     zb_cuda_gemv_set_unroll(0);
-    char what[128];
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
     zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL, 8 loads in flight vs plain (bit for bit: the "
              "same order of the sums)", L, N);
     zb_check_mag(what, got[2], got[0], NULL, 0, 0, (size_t)N * d);
-    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]);
+    snprintf(what, sizeof what, "decode chain of %d layers N=%d: recorded (weights loaded before the PDL wait) vs "
+             "plain (bit for bit)", L, N);
+    zb_check_mag(what, got[3], got[0], NULL, 0, 0, (size_t)N * d);
+    free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]); free(got[3]);
     zb_cuda_free(dw); zb_cuda_free(dnw);
 }
 
@@ -517,8 +546,8 @@ static void test_swiglu(zb_rng *rng, size_t n) {
     zb_cuda_free(dg); zb_cuda_free(du); zb_cuda_free(dhh); zb_cuda_free(ddh); zb_cuda_free(d_rg); zb_cuda_free(d_ru);
 }
 
-static void test_embedding(zb_rng *rng) {
-    int V = 50, C = 70, N = 37;
+static void test_embedding(zb_rng *rng, int C) {
+    int V = 50, N = 37;
     int ids[37];
     for (int i = 0; i < N; i++) ids[i] = (int)(zb_rng_u64(rng) % 7) * 7;   /* repeated rows */
     size_t nt = (size_t)V * C, no = (size_t)N * C;
@@ -1421,7 +1450,8 @@ int main(int argc, char **argv) {
             test_rope(&rng, il, inv, 2);
         }
     test_swiglu(&rng, 1003);
-    test_embedding(&rng);
+    test_embedding(&rng, 70);
+    test_embedding(&rng, 2100);   /* 3 blocks a row, the last ragged */
     test_elementwise(&rng);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 0);
     test_attention(&rng, 2, 37, 4, 2, 24, 16, 8, 16);
@@ -1463,7 +1493,12 @@ int main(int argc, char **argv) {
     zb_cuda_loss_use_rows(0);
     test_argmax(&rng, 1003);
     test_argmax(&rng, 37);
+    test_argmax(&rng, 128256);   /* 32 blocks a row (k_argmax_split) */
+    test_argmax(&rng, 128256);   /* again: the tickets reset by the last call */
+    test_argmax(&rng, 8193);     /* 3 blocks, the last of one column */
+    zb_cuda_argmax_set_split(0);   /* ZB_ARGMAX_SPLIT=0: one block a row */
     test_argmax(&rng, 128256);
+    zb_cuda_argmax_set_split(-1);
     test_adamw(&rng, fixtures);
 
     /* the mixed mode: bf16 operands of the products, both ways of feeding them */

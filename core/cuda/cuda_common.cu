@@ -286,6 +286,10 @@ extern "C" int zb_cuda_graph_replay(void *gp, long long key) {
     return 1;
 }
 
+/* a step being recorded (zb_cuda_recording): the recorded steps are generation's decode steps */
+static int g_recording;
+extern "C" int zb_cuda_recording(void) { return g_recording; }
+
 extern "C" int zb_cuda_graph_begin(void **gp, long long key) {
     if (g_dev.err) return 0;   /* an error is pending: no capture on top of it */
     if (!*gp) *gp = calloc(1, sizeof(zb_cuda_graph));
@@ -301,6 +305,7 @@ extern "C" int zb_cuda_graph_begin(void **gp, long long key) {
     }
     g->key = key;
     g->mem_gen = g_mem_gen;
+    g_recording = 1;
     return 1;
 }
 
@@ -308,6 +313,7 @@ extern "C" int zb_cuda_graph_end(void *gp, int launch) {
     zb_cuda_graph *g = (zb_cuda_graph *)gp;
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(g_dev.stream, &graph);
+    g_recording = 0;
     int ok = e == cudaSuccess && graph && !g_dev.err && g && g->mem_gen == g_mem_gen;
     if (ok && cudaGraphInstantiate(&g->exec, graph, 0) != cudaSuccess) { g->exec = NULL; ok = 0; }
     if (graph) cudaGraphDestroy(graph);

@@ -108,6 +108,10 @@ int zb_cuda_graph_replay(void *g, long long key);
 int zb_cuda_graph_begin(void **g, long long key);
 int zb_cuda_graph_end(void *g, int launch);   /* launch 0: instantiated, not launched */
 void zb_cuda_graph_free(void *g);
+/* 1 between a graph_begin that started capturing and its graph_end: the kernels launched now are
+ * a recorded decode step's (generation, the benchmark's chain), during which the weights do not
+ * change (cuda_decode.cu: the GEMVs may then load their first weights before the PDL wait) */
+int zb_cuda_recording(void);
 
 /* The host reading queued results while later work runs, and step times (backend.h step_queue;
  * *q created at the first call): mark (stop 0 / 1) records an event before / after a step; time

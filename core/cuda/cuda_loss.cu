@@ -453,8 +453,92 @@ __global__ void k_argmax_rows(int *out, const float *x, int V, long long v0) {
     }
 }
 
+/* A row over many blocks (one block of 1024 over Llama's 128256 logits took 29.7 us of a decode
+ * step, S6R2's ncu): block p of row n scans columns [p S, p S + S) (AM_HELD values per thread,
+ * all loaded before the scan; the scan in increasing indices), writes its (value, index) pair and
+ * takes a ticket; the row's last block combines the P pairs (am_better: the same pick in any
+ * order: the largest value, the lowest index among equal ones, NaN never) and resets the ticket
+ * for the next call (graph replays). The tickets and pairs are this file's: one such call at a
+ * time on the device (the one stream). */
+#define AM_THREADS 256
+#define AM_HELD 16
+#define AM_S (AM_THREADS * AM_HELD)
+#define AM_ROWS 64
+#define AM_P 64
+__device__ unsigned g_am_ticket[AM_ROWS];
+__device__ int g_am_pairs[AM_ROWS * AM_P * 2];
+
+__device__ static inline void am_warp(float &bv, int &bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (am_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+}
+
+__global__ void __launch_bounds__(AM_THREADS) k_argmax_split(int *out, const float *__restrict__ x, int V) {
+    __shared__ float sv[AM_THREADS / 32];
+    __shared__ int si[AM_THREADS / 32];
+    __shared__ bool last;
+    const int P = gridDim.x, p = blockIdx.x, n = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const float *r = x + (size_t)n * V;
+    float a[AM_HELD];
+#pragma unroll
+    for (int k = 0; k < AM_HELD; k++) {
+        int v = p * AM_S + k * AM_THREADS + threadIdx.x;
+        a[k] = v < V ? r[v] : NAN;
+    }
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+#pragma unroll
+    for (int k = 0; k < AM_HELD; k++)
+        if (!isnan(a[k]) && (bi == INT_MAX || a[k] > bv)) { bv = a[k]; bi = p * AM_S + k * AM_THREADS + threadIdx.x; }
+    am_warp(bv, bi);
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    int *pr = g_am_pairs + ((size_t)n * AM_P) * 2;
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < AM_THREADS / 32; k++)
+            if (am_better(sv[k], si[k], bv, bi)) { bv = sv[k]; bi = si[k]; }
+        pr[2 * p] = __float_as_int(bv);
+        pr[2 * p + 1] = bi;
+        __threadfence();   /* the pair visible before the ticket */
+        last = atomicAdd(&g_am_ticket[n], 1u) == (unsigned)P - 1;
+    }
+    __syncthreads();
+    if (!last || w != 0) return;
+    __threadfence();
+    bv = -INFINITY;
+    bi = INT_MAX;
+    for (int q = lane; q < P; q += 32) {
+        float qv = __int_as_float(__ldcg(pr + 2 * q));
+        int qi = __ldcg(pr + 2 * q + 1);
+        if (am_better(qv, qi, bv, bi)) { bv = qv; bi = qi; }
+    }
+    am_warp(bv, bi);
+    if (lane == 0) {
+        out[n] = (isnan(r[0]) || bi == INT_MAX) ? 0 : bi;
+        g_am_ticket[n] = 0;
+    }
+}
+
+/* the split kernel unless ZB_ARGMAX_SPLIT=0 (one block per row, k_argmax_rows, as before);
+ * _set(1 / 0) forces, (-1) reads the environment again */
+static int g_am_split = -1;
+extern "C" void zb_cuda_argmax_set_split(int on) { g_am_split = on < 0 ? -1 : on != 0; }
+
 extern "C" void zb_cuda_argmax_rows(int *out, const float *x, int N, int V) {
     if (N <= 0 || V <= 0) return;
+    if (g_am_split < 0) {
+        const char *e = getenv("ZB_ARGMAX_SPLIT");
+        g_am_split = !(e && !strcmp(e, "0"));
+    }
+    int P = (V + AM_S - 1) / AM_S;
+    if (g_am_split && N <= AM_ROWS && P >= 2 && P <= AM_P) {
+        k_argmax_split<<<dim3(P, N), AM_THREADS, 0, zb_cuda_stream()>>>(out, x, V);
+        ZB_CUDA_LAUNCHED("argmax_rows split");
+        return;
+    }
     k_argmax_rows<<<N, V >= 1024 ? 1024 : 64, 0, zb_cuda_stream()>>>(out, x, V, -1);
     ZB_CUDA_LAUNCHED("argmax_rows");
 }

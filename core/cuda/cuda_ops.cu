@@ -24,14 +24,49 @@ static unsigned row_threads(int C) {
 __device__ static inline void store_out(float *o, float v) { *o = v; }
 __device__ static inline void store_out(__nv_bfloat16 *o, float v) { *o = __float2bfloat16_rn(v); }
 
+/* rows up to ROW_HELD x 256 wide are held in registers by the row kernels below: every load issued
+ * before the first use (a loop that loads, sums and stores waits for memory at each step: S6R2's
+ * ncu had k_add_rmsnorm at 10 us and k_rmsnorm_fwd at 9.3 us per 4096-wide decode row). The same
+ * sums in the same order as the loops: the same bits. pre (a recorded decode step, where the norm
+ * weights do not change: zb_cuda_gemv_preload): w loaded before the PDL wait. */
+#define ROW_HELD 16
+
 template <typename T>
-__global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *w, int C, float eps) {
+__global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *w, int C, float eps, int pre) {
     pdl_launch();   /* a decode GEMV after the norm may start streaming its weights (cuda_pdl.cuh) */
-    pdl_wait();     /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
     size_t row = blockIdx.x;
     const float *xr = x + row * C;
     T *o = out + row * C;
     double ss = 0;
+    if (C <= ROW_HELD * (int)blockDim.x) {
+        float v[ROW_HELD], wv[ROW_HELD];
+        if (pre)
+#pragma unroll
+            for (int k = 0; k < ROW_HELD; k++) {
+                int i = threadIdx.x + k * blockDim.x;
+                wv[k] = i < C ? w[i] : 0.f;
+            }
+        pdl_wait();   /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
+#pragma unroll
+        for (int k = 0; k < ROW_HELD; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            v[k] = i < C ? xr[i] : 0.f;
+            if (!pre) wv[k] = i < C ? w[i] : 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < ROW_HELD; k++)
+            if (threadIdx.x + k * blockDim.x < C) ss += (double)v[k] * v[k];
+        ss = zb_block_sum_d(ss);
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        if (rstd && threadIdx.x == 0) rstd[row] = r;
+#pragma unroll
+        for (int k = 0; k < ROW_HELD; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            if (i < C) store_out(o + i, wv[k] * (v[k] * r));
+        }
+        return;
+    }
+    pdl_wait();
     for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
     ss = zb_block_sum_d(ss);
     float r = (float)(1.0 / sqrt(ss / C + eps));
@@ -42,38 +77,43 @@ __global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *
 extern "C" void zb_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                                         float eps) {
     if (N <= 0) return;
-    pdl_go(k_rmsnorm_fwd<float>, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps);
+    pdl_go(k_rmsnorm_fwd<float>, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), out, rstd, x, w, C, eps,
+           zb_cuda_gemv_preload());
     ZB_CUDA_LAUNCHED("rmsnorm_forward");
 }
 
 extern "C" void zb_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int N, int C,
                                              float eps) {
     if (N <= 0) return;
-    k_rmsnorm_fwd<__nv_bfloat16><<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps);
+    k_rmsnorm_fwd<__nv_bfloat16><<<N, row_threads(C), 0, zb_cuda_stream()>>>((__nv_bfloat16 *)out, rstd, x, w, C, eps,
+                                                                            0);
     ZB_CUDA_LAUNCHED("rmsnorm_forward_bf16");
 }
 
 /* x += a, then out = rmsnorm(x) (generation's residual step and the next norm in one pass) */
-#define ADD_NORM_HELD 16   /* values per thread held in registers: rows up to 16 x 256 = 4096 wide */
-__global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps) {
+__global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float *w, int C, float eps, int pre) {
     pdl_launch();   /* as k_rmsnorm_fwd */
-    pdl_wait();
     size_t row = blockIdx.x;
     float *xr = x + row * C, *o = out + row * C;
     const float *ar = a + row * C;
     double ss = 0;
-    if (C <= ADD_NORM_HELD * (int)blockDim.x) {
-        /* the row held in registers: every load issued before the first store (the loop below
-         * stores x[i] between loads, so each of its iterations waited for memory: 10 us a
-         * 4096-wide decode row, S6R2's ncu). Same sums in the same order: the same bits. */
-        float v[ADD_NORM_HELD];
+    if (C <= ROW_HELD * (int)blockDim.x) {   /* held in registers, as k_rmsnorm_fwd */
+        float v[ROW_HELD], wv[ROW_HELD];
+        if (pre)
 #pragma unroll
-        for (int k = 0; k < ADD_NORM_HELD; k++) {
+            for (int k = 0; k < ROW_HELD; k++) {
+                int i = threadIdx.x + k * blockDim.x;
+                wv[k] = i < C ? w[i] : 0.f;
+            }
+        pdl_wait();
+#pragma unroll
+        for (int k = 0; k < ROW_HELD; k++) {
             int i = threadIdx.x + k * blockDim.x;
             v[k] = i < C ? xr[i] + ar[i] : 0.f;
+            if (!pre) wv[k] = i < C ? w[i] : 0.f;
         }
 #pragma unroll
-        for (int k = 0; k < ADD_NORM_HELD; k++) {
+        for (int k = 0; k < ROW_HELD; k++) {
             int i = threadIdx.x + k * blockDim.x;
             if (i < C) {
                 xr[i] = v[k];
@@ -83,12 +123,13 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
         ss = zb_block_sum_d(ss);
         float r = (float)(1.0 / sqrt(ss / C + eps));
 #pragma unroll
-        for (int k = 0; k < ADD_NORM_HELD; k++) {
+        for (int k = 0; k < ROW_HELD; k++) {
             int i = threadIdx.x + k * blockDim.x;
-            if (i < C) o[i] = w[i] * (v[k] * r);
+            if (i < C) o[i] = wv[k] * (v[k] * r);
         }
         return;
     }
+    pdl_wait();
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         float v = xr[i] + ar[i];
         xr[i] = v;
@@ -101,7 +142,8 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
 
 extern "C" void zb_cuda_add_rmsnorm(float *x, const float *a, float *out, const float *w, int N, int C, float eps) {
     if (N <= 0) return;
-    pdl_go(k_add_rmsnorm, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), x, a, out, w, C, eps);
+    pdl_go(k_add_rmsnorm, dim3(N), dim3(row_threads(C)), 0, zb_cuda_stream(), x, a, out, w, C, eps,
+           zb_cuda_gemv_preload());
     ZB_CUDA_LAUNCHED("add_rmsnorm");
 }
 
@@ -367,18 +409,36 @@ extern "C" void zb_cuda_swiglu_backward_bf16(uint16_t *dgu, const uint16_t *dh, 
 /* ---- embedding ---------------------------------------------------------------------------- */
 
 /* an id < 0 gives a row of zeros (a vocabulary-parallel shard: another rank's token) */
-__global__ void k_embed_fwd(float *out, const int *ids, const float *table, int C) {
-    size_t n = blockIdx.x;
+/* a block per EMB_COLS columns of a row (a decode step's one 4096-wide row was one block of 16
+ * loads, each after the store before: 8.8 us in S6R2's ncu): each thread's loads all issued
+ * before its stores */
+#define EMB_COLS 1024
+__device__ static inline float emb_val(const float *t, size_t i) { return t[i]; }
+__device__ static inline float emb_val(const __nv_bfloat16 *t, size_t i) { return __bfloat162float(t[i]); }
+template <typename T>
+__global__ void __launch_bounds__(256) k_embed_fwd(float *__restrict__ out, const int *ids, const T *__restrict__ table,
+                                                   int C, int chunks) {
+    size_t n = blockIdx.x / chunks;
+    int c0 = (blockIdx.x % chunks) * EMB_COLS;
     int id = ids[n];
-    const float *src = table + (size_t)(id < 0 ? 0 : id) * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = id < 0 ? 0.0f : src[i];
+    const T *src = table + (size_t)(id < 0 ? 0 : id) * C;
+    float v[EMB_COLS / 256];
+#pragma unroll
+    for (int k = 0; k < EMB_COLS / 256; k++) {
+        int i = c0 + threadIdx.x + k * 256;
+        v[k] = i < C && id >= 0 ? emb_val(src, i) : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < EMB_COLS / 256; k++) {
+        int i = c0 + threadIdx.x + k * 256;
+        if (i < C) out[n * C + i] = v[k];
+    }
 }
 
-__global__ void k_embed_fwd_bf16(float *out, const int *ids, const __nv_bfloat16 *table, int C) {
-    size_t n = blockIdx.x;
-    int id = ids[n];
-    const __nv_bfloat16 *src = table + (size_t)(id < 0 ? 0 : id) * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) out[n * C + i] = id < 0 ? 0.0f : __bfloat162float(src[i]);
+template <typename T>
+static void embed_go(float *out, const int *ids, const T *table, int N, int C) {
+    int chunks = (C + EMB_COLS - 1) / EMB_COLS;
+    k_embed_fwd<T><<<(unsigned)((size_t)N * chunks), 256, 0, zb_cuda_stream()>>>(out, ids, table, C, chunks);
 }
 
 __global__ void k_embed_bwd(float *dtable, const float *dout, const int *ids, int C) {
@@ -389,13 +449,13 @@ __global__ void k_embed_bwd(float *dtable, const float *dout, const int *ids, in
 
 extern "C" void zb_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int C) {
     if (N <= 0) return;
-    k_embed_fwd<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, ids, table, C);
+    embed_go(out, ids, table, N, C);
     ZB_CUDA_LAUNCHED("embedding_forward");
 }
 
 extern "C" void zb_cuda_embedding_forward_bf16(float *out, const int *ids, const uint16_t *table, int N, int C) {
     if (N <= 0) return;
-    k_embed_fwd_bf16<<<N, row_threads(C), 0, zb_cuda_stream()>>>(out, ids, (const __nv_bfloat16 *)table, C);
+    embed_go(out, ids, (const __nv_bfloat16 *)table, N, C);
     ZB_CUDA_LAUNCHED("embedding_forward_bf16");
 }
 

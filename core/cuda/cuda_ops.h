@@ -219,6 +219,11 @@ void zb_cuda_gemv_set_unroll(int u);
 /* bytes of a decode GEMV's weights fetched into the L2 before it waits on the kernel before (PDL):
  * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */
 void zb_cuda_gemv_set_prefetch(long long bytes);
+/* the first round of a decode GEMV's weight loads issued into registers before its PDL wait, while
+ * a decode step is recorded (zb_cuda_recording; the weights constant): on unless ZB_GEMV_PRELOAD=0;
+ * _set(1 / 0) forces it, _set(-1) reads the environment again. The same products, the same bits. */
+int zb_cuda_gemv_preload(void);
+void zb_cuda_gemv_set_preload(int on);
 /* The decode step's bf16 products of 9..64 rows (linear_forward with bf16 weights): cuBLASLt's
  * candidates and cublasGemmEx timed once per shape at its first eager use, the fastest kept
  * (cuda_gemm.cu). tune: 1 on (the default; ZB_CUDA_GEMM_TUNE=0 turns it off), 0 off, -1 from the
@@ -303,6 +308,9 @@ double zb_cuda_vp_ce_grad(float *dlogits, const float *logits, const float *mx, 
 /* out[n] = the argmax of row n of x [N, V] (backend.h argmax_rows: zb_sample's greedy pick);
  * out: device ints. */
 void zb_cuda_argmax_rows(int *out, const float *x, int N, int V);
+/* argmax_rows over many blocks a row (N <= 64, V in 4097..262144; one launch, the last block of a
+ * row picks): on unless ZB_ARGMAX_SPLIT=0; _set(1 / 0) forces, (-1) reads the environment again */
+void zb_cuda_argmax_set_split(int on);
 /* the same in a vocabulary slice and over the slices (backend.h argmax_pairs / argmax_pick) */
 void zb_cuda_argmax_pairs(int *pairs, const float *x, int N, int V, long long v0);
 void zb_cuda_argmax_pick(int *out, const int *pairs, int N, int P);

@@ -598,10 +598,16 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(hdp); free(hb); free(gv); free(cv); free(mv); free(mb); free(edge);
         CU(cudaFree(dproj)); CU(cudaFree(dd)); CU(cudaFree(gdp)); CU(cudaFree(gb)); CU(cudaFree(work));
     }
-    /* conv backward: the one-pass kernel (ZB_CONV_BWD=one), then the two kernels (the default) */
-    for (int one = 1; one >= 0; one--) {
-        const char *how = one ? " (one pass)" : "";
-        zb_cuda_m2_conv_bwd_one(one);
+    /* conv backward: the two kernels (ZB_CONV_BWD=old), the one pass over 8-row groups (ZB_CONV_BWD=one),
+     * the one pass over channel quads (ZB_CONV_BWD=quad) and pairs (the default where the shape allows);
+     * d(conv input) of the vector kernels bitwise as the two kernels' (the same terms in the same order) */
+    float *din_two = NULL;
+    for (int mode = 0; mode < 4; mode++) {
+        static const char *hows[] = {" (two kernels)", " (one pass, 8-row groups)", " (channel quads)",
+                                     " (channel pairs)"};
+        const char *how = hows[mode];
+        zb_cuda_m2_conv_bwd_vec(mode == 2 ? 4 : mode == 3 ? 2 : 0);
+        zb_cuda_m2_conv_bwd_one(mode == 1);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dup_(a.xbc_pre, (size_t)N * cd),
               *ddx = dup_(c_dxbc, (size_t)N * cd), *gdpre = dnew((size_t)N * cd), *gdp = dnew((size_t)N * P),
               *gw = dnew((size_t)cd * K), *gb = L->w.conv_b ? dnew(cd) : NULL,
@@ -630,6 +636,12 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
                 }
         snprintf(what, sizeof what, "[%s] conv backward d(conv input)%s", c->name, how);
         cmp(what, gv, cv, NULL, mv, (size_t)N * cd, cd, K + 10, 2, NULL);
+        if (mode == 0) {
+            din_two = malloc((size_t)N * cd * sizeof(float));
+            memcpy(din_two, gv, (size_t)N * cd * sizeof(float));
+        } else if (mode >= 2)
+            zb_check(!memcmp(gv, din_two, (size_t)N * cd * sizeof(float)),
+                     "[%s] conv backward d(conv input)%s: the same bits as the two kernels'", c->name, how);
         snprintf(what, sizeof what, "[%s] conv backward d conv_w%s", c->name, how);
         cmp(what, hw, L->g.conv_w, NULL, mw, (size_t)cd * K, K, N + 10, 2, NULL);
         if (gb) {
@@ -644,6 +656,8 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         CU(cudaFree(gw)); CU(cudaFree(work));
     }
     zb_cuda_m2_conv_bwd_one(-1);
+    zb_cuda_m2_conv_bwd_vec(-1);
+    free(din_two);
     free(acts); free(scr); free(out); free(dx); free(dO);
 }
 
@@ -718,6 +732,34 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
         snprintf(what, sizeof what, "[%s] SSD backward dD vs the recurrence%s", c->name, how);
         cmp(what, hD, NULL, rf.gD, rf.gDm, nh, nh, (double)N * m->headdim + 8, 1, NULL);
         free(hdx); free(hddt); free(hA); free(hD);
+    }
+    /* the fused backward with each head's coefficients fetched at its start (ZB_SSD_BWD_PREFETCH=0):
+     * the same values loaded earlier, so the same bits as the default's */
+    for (int tc = 1; tc >= 0; tc--) {
+        float *h[2][4];
+        for (int pf = 1; pf >= 0; pf--) {
+            CU(cudaMemset(gA, 0, nh * sizeof(float)));
+            CU(cudaMemset(gD, 0, nh * sizeof(float)));
+            dsync("SSD backward: zeroed gradients");
+            zb_cuda_set_precision(tc ? ZB_PREC_BF16 : ZB_PREC_F32);
+            zb_cuda_m2_ssd_bwd_prefetch(pf);
+            zb_cuda_m2_ssd_backward(m, dA, dD, dx, coef, st, ddy, gdx, gddt, gA, gD, work, B, T);
+            zb_cuda_m2_ssd_bwd_prefetch(-1);
+            zb_cuda_set_precision(ZB_PREC_F32);
+            h[pf][0] = dget(gdx, (size_t)N * cd, "SSD backward");
+            h[pf][1] = dget(gddt, (size_t)N * nh, "SSD backward");
+            h[pf][2] = dget(gA, nh, "SSD backward");
+            h[pf][3] = dget(gD, nh, "SSD backward");
+        }
+        size_t n4[4] = {(size_t)N * cd, (size_t)N * nh, (size_t)nh, (size_t)nh};
+        int same = 1;
+        for (int q = 0; q < 4; q++) {
+            same &= !memcmp(h[0][q], h[1][q], n4[q] * sizeof(float));
+            free(h[0][q]);
+            free(h[1][q]);
+        }
+        zb_check(same, "[%s] SSD backward%s, coefficients fetched at each head's start (ZB_SSD_BWD_PREFETCH=0): "
+                 "d[x|B|C], ddt, dA_log, dD the same bits as the default's", c->name, tc ? ", tensor cores" : "");
     }
     CU(cudaFree(dx)); CU(cudaFree(ddt)); CU(cudaFree(dA)); CU(cudaFree(dD)); CU(cudaFree(coef));
     CU(cudaFree(dyo)); CU(cudaFree(st)); CU(cudaFree(Sc)); CU(cudaFree(ddy)); CU(cudaFree(gdx));
@@ -893,14 +935,17 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
     float *oout = NULL, *odx = NULL, *og[NP] = {0};
     if (run == RUN_BACKEND_BF16) {
         /* first with o and dproj in float32, converted by out_proj's and in_proj's products
-         * (ZB_M2_O16=0, ZB_M2_DPROJ16=0): kept for the bitwise comparison below, then the gradients
-         * zeroed */
+         * (ZB_M2_O16=0, ZB_M2_DPROJ16=0), and the conv's pre-activation stored by the forward
+         * (ZB_CONV_PRE=keep; the default recomputes it in the backward): kept for the bitwise comparison
+         * below, then the gradients zeroed */
         zb_cuda_m2_o16(0);
         zb_cuda_m2_dproj16(0);
+        zb_cuda_m2_conv_pre_recompute(0);
         zb_cuda_mamba2_forward(m, d, 1e-5f, &L->dw, gx, gout, gacts, B, T);
         zb_cuda_mamba2_backward(m, d, 1e-5f, &L->dw, &L->dg, gx, gR, gdx, gacts, gscr, B, T);
         zb_cuda_m2_o16(-1);
         zb_cuda_m2_dproj16(-1);
+        zb_cuda_m2_conv_pre_recompute(-1);
         zb_check(zb_cuda_sync() == ZB_OK, "[%s] mixer, float32 o and dproj: no device error", c->name);
         oout = dget(gout, nx, "mixer forward, float32 o");
         odx = dget(gdx, nx, "mixer backward, float32 dproj");
@@ -938,8 +983,8 @@ static void mixer_vs_cpu(const cfg *c, layer *L, const float *x, const float *R,
                 free(hg);
                 free(og[i]);
             }
-        zb_check(same, "[%s] mixer (%s): o and dproj in bf16 from their producers == float32 then converted "
-                 "(dx and the gradients%s, bits; max |d| out %.3g, dx %.3g)", c->name, run_name[run],
+        zb_check(same, "[%s] mixer (%s): o and dproj in bf16 from their producers, the conv's pre-activation "
+                 "recomputed == float32 then converted, pre stored (dx and the gradients%s, bits; max |d| out %.3g, dx %.3g)", c->name, run_name[run],
                  o_cmp ? ", the output and out_proj's gradient" : " but out_proj's",
                  zb_max_abs_diff(oout, hout, nx), zb_max_abs_diff(odx, hdx, nx));
         free(oout);

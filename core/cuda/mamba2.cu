@@ -347,6 +347,27 @@ static bool conv_rows(void) { return zb_cuda_env_switch(&g_conv_rows, "ZB_CONV",
  * per Zebra-1B step than the two kernels, 12.80 vs 11.74 ms); 0: k_conv_bwd_fused + the weight sums,
  * the default; -1: from the environment */
 M2_SWITCH(g_conv_bwd_one, zb_cuda_m2_conv_bwd_one)
+/* The conv backward over V-channel vectors (k_conv_bwd_vec): V = 2 the default since S7, 4 with
+ * ZB_CONV_BWD=quad, 0 (ZB_CONV_BWD=old or =one) the two kernels or k_conv_bwd_one; -1 the environment's */
+static int g_conv_bwd_vec = -1;
+extern "C" void zb_cuda_m2_conv_bwd_vec(int v) { g_conv_bwd_vec = v < 0 ? -1 : v == 4 ? 4 : v ? 2 : 0; }
+static int conv_bwd_vec(void) {
+    if (g_conv_bwd_vec < 0) {
+        const char *e = getenv("ZB_CONV_BWD");
+        g_conv_bwd_vec = e && (!strcmp(e, "old") || !strcmp(e, "one")) ? 0 : e && !strcmp(e, "quad") ? 4 : 2;
+    }
+    return g_conv_bwd_vec;
+}
+/* 1: the training forward does not store the conv's pre-activation and the backward recomputes it from
+ * the inputs it reads anyway (k_conv_bwd_vec; one float32 [N, cd] write and read less per layer, the
+ * same bits), the default where that kernel runs; 0 (ZB_CONV_PRE=keep): stored and read back. The
+ * forward and its backward decide alike (the switches, the shape); -1 the environment's. */
+M2_SWITCH(g_conv_pre_rc, zb_cuda_m2_conv_pre_recompute)
+static bool conv_pre_recompute(const zb_mamba2_dims *m, const float *proj) {
+    int cd = zb_mamba2_conv_dim(m), P = zb_mamba2_in_proj_rows(m);
+    return zb_cuda_env_switch(&g_conv_pre_rc, "ZB_CONV_PRE", "keep") && m2_fused_path() && conv_bwd_vec() &&
+           m->conv_k == 4 && cd % 4 == 0 && m->d_inner % 4 == 0 && P % 4 == 0 && (uintptr_t)proj % 16 == 0;
+}
 static bool conv_bwd_one(void) {
     if (g_conv_bwd_one < 0) {
         const char *e = getenv("ZB_CONV_BWD");
@@ -784,6 +805,170 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
     conv_wsum_store(acc, bs, part, bpart, cd, K, c);
 }
 
+/* The conv backward in one pass over channel pairs / quads (the default since S7; ZB_CONV_BWD=old the
+ * two kernels above, ZB_CONV_BWD=one k_conv_bwd_one). S6R2's conv bwd took 11.9 ms per Zebra-1B step
+ * (~1 ms a layer) where one pass must move ~0.7 GB a layer (pre, dpost and the input read once in
+ * float32, din written in bf16: ~0.18 ms at 4 TB/s): the two kernels write and re-read dpre,
+ * k_conv_bwd_fused runs a block per row (196k short blocks, each thread's taps a loop on a run-time K)
+ * and k_conv_bwd_one indexes its registers by the run-time K (a 64-byte stack frame: local memory).
+ * Here K is a template argument (every index a constant), a thread owns V channels (one V-wide load
+ * a row: a warp reads 32 V contiguous floats), a warp walks its run of rows once with the last K-1
+ * rows' dp and inputs in registers (every row loaded once, G rows' loads issued together), and the
+ * block's CB_W warps split a slice of rows, their weight / bias sums added in shared memory in warp
+ * order, then the slices' sums in order by k_colsum_fin (deterministic). din[r] = sum_k w[c,k]
+ * dp[r + K-1-k] with k_conv_bwd_fused's terms in its order (the same bits); the weight sums in
+ * another order. V = 2, G = 4 the default; V = 4, G = 2 with ZB_CONV_BWD=quad (both fit 128
+ * registers, 4 blocks an SM). */
+#define CB_W 4   /* warps per block: a slice's rows in CB_W runs */
+template <int V>
+static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool ok) {
+    if (V == 4) {
+        float4 v = ok ? *(const float4 *)p : make_float4(0, 0, 0, 0);
+        o[0] = v.x; o[1] = v.y; o[V > 2 ? 2 : 0] = v.z; o[V > 3 ? 3 : 0] = v.w;
+    } else {
+        float2 v = ok ? *(const float2 *)p : make_float2(0, 0);
+        o[0] = v.x; o[V > 1 ? 1 : 0] = v.y;
+    }
+}
+template <int K, int V, int G>
+static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, int P, int di, int T, int R, int rows_per,
+                                                            const float *__restrict__ w, const float *__restrict__ bias,
+                                                            const float *__restrict__ pre,
+                                                            const float *__restrict__ dpost,
+                                                            const float *__restrict__ proj, float *dproj,
+                                                            __nv_bfloat16 *dproj16, float *part, float *bpart) {
+    constexpr int BC = 32 * V;   /* the block's channels */
+    __shared__ float wred[CB_W][BC * K], bred[CB_W][BC];
+    int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int c = (blockIdx.x * 32 + lane) * V;   /* the thread's first channel (cd % V == 0) */
+    bool on = c < cd;
+    int s0 = blockIdx.y * rows_per, s1 = min(R, s0 + rows_per), sub = (rows_per + CB_W - 1) / CB_W;
+    int r0 = min(s1, s0 + wp * sub), r1 = min(s1, r0 + sub);
+    float wk[V][K], acc[V][K], bs[V], b0[V];
+    float dpw[K - 1][V], inw[K - 1][V];   /* dp and inputs of rows r-K+1 .. r-1 */
+    bool rc = pre == NULL;   /* pre recomputed from the inputs (conv_pre_recompute) */
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        bs[j] = 0.0f;
+        b0[j] = on && bias ? bias[c + j] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            wk[j][k] = on ? w[(size_t)(c + j) * K + k] : 0.0f;
+            acc[j][k] = 0.0f;
+        }
+    }
+    const float *in = proj + di + c;
+#pragma unroll
+    for (int q = 0; q < K - 1; q++) {
+        long s = (long)r0 - (K - 1) + q;
+        ldv<V>(inw[q], in + (s >= 0 ? (size_t)s * P : 0), on && r0 < r1 && s >= 0);
+#pragma unroll
+        for (int j = 0; j < V; j++) dpw[q][j] = 0.0f;
+    }
+    /* dp rows r0 .. r1 + K-2 (the last K-1 only for din of the run's last rows); inputs to r1 - 1 */
+    int re = on && r0 < r1 ? r1 + K - 1 : r0, rl = min(R, re);   /* rows past R: dp 0, never used */
+    for (int rb = r0; rb < re; rb += G) {
+        float pv[G][V], gv[G][V], iv[G][V];
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+            int r = rb + u;
+            if (!rc) ldv<V>(pv[u], pre + (size_t)(r < rl ? r : 0) * cd + c, r < rl);
+            ldv<V>(gv[u], dpost + (size_t)(r < rl ? r : 0) * cd + c, r < rl);
+            ldv<V>(iv[u], in + (size_t)(r < rl ? r : 0) * P, r < rl);   /* rows from r1: pre's taps only */
+        }
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+            int r = rb + u;
+            if (r >= re) break;
+            float dp[V];
+            int tr = r % T;
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float p;
+                if (rc) {   /* k_conv_fwd_rows's sum: its terms in its order, the same bits */
+                    float a = b0[j];
+#pragma unroll
+                    for (int k = 0; k < K; k++)
+                        if (tr - (K - 1) + k >= 0) a += wk[j][k] * (k < K - 1 ? inw[k < K - 1 ? k : 0][j] : iv[u][j]);
+                    p = a;
+                } else
+                    p = pv[u][j];
+                float sg = sigmoid_dev(p);
+                dp[j] = gv[u][j] * sg * (1.0f + p * (1.0f - sg));   /* k_conv_bwd_fused's dp */
+            }
+            if (r < r1) {   /* the weight and bias sums: acc[k] += dp[r] in[r - K+1+k] inside the sequence */
+                int t = tr;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    bs[j] += dp[j];
+#pragma unroll
+                    for (int k = 0; k < K; k++)
+                        if (t - (K - 1) + k >= 0)
+                            acc[j][k] = fmaf(dp[j], k < K - 1 ? inw[k < K - 1 ? k : 0][j] : iv[u][j], acc[j][k]);
+                }
+            }
+            int d = r - (K - 1);   /* din of row d: its last tap's dp (row r) has arrived */
+            if (d >= r0) {
+                int t = d % T;
+                float o[V];
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    float a = 0.0f;
+#pragma unroll
+                    for (int k = 0; k < K; k++)   /* dp[d + K-1-k] = dp of row r - k */
+                        if (t + K - 1 - k < T) a += wk[j][k] * (k == 0 ? dp[j] : dpw[k == 0 ? 0 : K - 1 - k][j]);
+                    o[j] = a;
+                }
+                size_t e = (size_t)d * P + di + c;
+                if (dproj16) {   /* din's only reader: in_proj */
+                    __nv_bfloat162 pk[V / 2];
+#pragma unroll
+                    for (int j = 0; j < V / 2; j++) pk[j] = __floats2bfloat162_rn(o[2 * j], o[2 * j + 1]);
+                    if (V == 4) *(uint2 *)(dproj16 + e) = *(const uint2 *)pk;
+                    else *(__nv_bfloat162 *)(dproj16 + e) = pk[0];
+                } else if (V == 4)
+                    *(float4 *)(dproj + e) = make_float4(o[0], o[1], o[V > 2 ? 2 : 0], o[V > 3 ? 3 : 0]);
+                else
+                    *(float2 *)(dproj + e) = make_float2(o[0], o[V > 1 ? 1 : 0]);
+            }
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+#pragma unroll
+                for (int q = 0; q + 1 < K - 1; q++) {
+                    dpw[q][j] = dpw[q + 1][j];
+                    inw[q][j] = inw[q + 1][j];
+                }
+                dpw[K - 2][j] = dp[j];
+                inw[K - 2][j] = iv[u][j];
+            }
+        }
+    }
+    /* the runs' sums in warp order, then the block's slice sums: part[slice][c K + k], bpart[slice][c] */
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        bred[wp][lane * V + j] = bs[j];
+#pragma unroll
+        for (int k = 0; k < K; k++) wred[wp][(lane * V + j) * K + k] = acc[j][k];
+    }
+    __syncthreads();
+    int cb = blockIdx.x * BC;   /* the block's first channel */
+    for (int e = threadIdx.x; e < BC * K; e += CB_W * 32) {
+        if (cb * K + e >= cd * K) break;
+        float s = wred[0][e];
+#pragma unroll
+        for (int q = 1; q < CB_W; q++) s += wred[q][e];
+        part[(size_t)blockIdx.y * cd * K + (size_t)cb * K + e] = s;
+    }
+    if (bpart)
+        for (int e = threadIdx.x; e < BC; e += CB_W * 32) {
+            if (cb + e >= cd) break;
+            float s = bred[0][e];
+#pragma unroll
+            for (int q = 1; q < CB_W; q++) s += bred[q][e];
+            bpart[(size_t)blockIdx.y * cd + cb + e] = s;
+        }
+}
+
 /* the conv weight sums' slices of rows: their count, *rows_per rows each (at most CS_SPLIT_MAX) */
 static int conv_slices(int R, int *rows_per) {
     int ns = cdiv(R, 64) < CS_SPLIT_MAX ? cdiv(R, 64) : CS_SPLIT_MAX;
@@ -800,20 +985,49 @@ static void conv_wsum_fin(const float *part, const float *bpart, int ns, int cd,
     }
 }
 
+/* the conv backward over channel vectors (k_conv_bwd_vec): its V for this shape, 0 where it does not run
+ * (K = 4 only, the template's; cd, di, P multiples of 4 and the buffers 16-byte aligned) */
+static int conv_bwd_vec_for(const zb_mamba2_dims *m, const float *g_conv_w, const float *proj, const float *xbc_pre,
+                            const float *dxbc, const float *dproj, const __nv_bfloat16 *dproj16) {
+    int cd = zb_mamba2_conv_dim(m), P = zb_mamba2_in_proj_rows(m);
+    bool al = ((uintptr_t)proj | (uintptr_t)xbc_pre | (uintptr_t)dxbc) % 16 == 0 &&
+              (dproj16 ? (uintptr_t)dproj16 % 8 == 0 : (uintptr_t)dproj % 16 == 0);
+    bool ok = m2_fused_path() && g_conv_w && m->conv_k == 4 && cd % 4 == 0 && m->d_inner % 4 == 0 && P % 4 == 0 && al;
+    return ok ? conv_bwd_vec() : 0;
+}
+
 /* the one-pass conv backward (k_conv_bwd_one) runs for this shape */
 static bool conv_bwd_one_ok(const zb_mamba2_dims *m, const float *g_conv_w) {
     return m2_fused_path() && conv_bwd_one() && g_conv_w && m->conv_k <= M2_KMAX;
 }
 
 /* dproj16 (not NULL: needs m2_fused_path, the one-pass or the fused din kernel): din written there in
- * bf16 instead of into dproj */
-static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj, const float *xbc_pre,
-                          const float *dxbc, float *dpre, float *dproj, __nv_bfloat16 *dproj16, float *g_conv_w,
-                          float *g_conv_b, float *work, int B, int T) {
+ * bf16 instead of into dproj. pre_stored false: the forward left xbc_pre unwritten (conv_pre_recompute):
+ * k_conv_bwd_vec recomputes it, or (where that kernel does not run) the conv forward writes it first. */
+static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
+                          float *xbc_pre, bool pre_stored, const float *dxbc, float *dpre, float *dproj,
+                          __nv_bfloat16 *dproj16, float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
     size_t N = (size_t)B * T;
     if (N == 0) return;
     int cd = zb_mamba2_conv_dim(m), K = m->conv_k, P = zb_mamba2_in_proj_rows(m), di = m->d_inner;
     bool fused = m2_fused_path();
+    if (int V = conv_bwd_vec_for(m, g_conv_w, proj, xbc_pre, dxbc, dproj, dproj16)) {
+        int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
+        float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
+        if (V == 4)
+            k_conv_bwd_vec<4, 4, 2><<<dim3(cdiv(cd, 128), ns), CB_W * 32, 0, s_stream>>>(
+                cd, P, di, T, R, rows_per, conv_w, conv_b, pre_stored ? xbc_pre : NULL, dxbc, proj, dproj, dproj16,
+                work, bpart);
+        else
+            k_conv_bwd_vec<4, 2, 4><<<dim3(cdiv(cd, 64), ns), CB_W * 32, 0, s_stream>>>(
+                cd, P, di, T, R, rows_per, conv_w, conv_b, pre_stored ? xbc_pre : NULL, dxbc, proj, dproj, dproj16,
+                work, bpart);
+        zb_cuda_m2_check_launch("k_conv_bwd_vec");
+        conv_wsum_fin(work, bpart, ns, cd, K, g_conv_w, g_conv_b);
+        return;
+    }
+    if (!pre_stored)   /* the kernels below read pre (post into dpre: overwritten or unused below) */
+        conv_fwd(m, conv_w, conv_b, proj, NULL, 0, NULL, xbc_pre, dpre, B, T);
     if (conv_bwd_one_ok(m, g_conv_w)) {
         int R = (int)N, rows_per, ns = conv_slices(R, &rows_per);
         float *bpart = g_conv_b ? work + (size_t)ns * cd * K : NULL;   /* as the fused path below */
@@ -856,7 +1070,8 @@ static void conv_backward(const zb_mamba2_dims *m, const float *conv_w, const fl
 extern "C" void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                                          const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                                          float *g_conv_w, float *g_conv_b, float *work, int B, int T) {
-    conv_backward(m, conv_w, proj, xbc_pre, dxbc, dpre, dproj, NULL, g_conv_w, g_conv_b, work, B, T);
+    conv_backward(m, conv_w, NULL, proj, (float *)xbc_pre, true, dxbc, dpre, dproj, NULL, g_conv_w, g_conv_b, work, B,
+                  T);
 }
 
 /* ---- sizes and layouts ------------------------------------------------------------------------- */
@@ -976,7 +1191,8 @@ extern "C" void zb_cuda_mamba2_forward(const zb_mamba2_dims *m_cfg, int d, float
     proj_forward(a.proj, x, w->in_proj, N, d, P);
     zb_cuda_m2_prof(ZB_MIXP_M2_IN_PROJ);
     zb_cuda_m2_dt_forward(m, w->dt_bias, a.proj, a.dt, N);
-    conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, a.xbc_pre, a.xbc, B, T);
+    conv_fwd(m, w->conv_w, w->conv_b, a.proj, NULL, 0, NULL, conv_pre_recompute(m, a.proj) ? NULL : a.xbc_pre, a.xbc,
+             B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_CONV);
     zb_cuda_m2_ssd_coef(m, w->A_log, a.dt, a.coef, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_COEF);
@@ -1022,7 +1238,8 @@ extern "C" void zb_cuda_mamba2_backward(const zb_mamba2_dims *m_cfg, int d, floa
                             B, T);   /* marks its own pieces */
     dt_backward(m, w->dt_bias, a.proj, ddt, dproj, dp16, g->dt_bias, cwork, N);
     zb_cuda_m2_prof(ZB_MIXP_M2_DT_B);
-    conv_backward(m, w->conv_w, a.proj, a.xbc_pre, dxbc, dpre, dproj, dp16, g->conv_w, g->conv_b, cwork, B, T);
+    conv_backward(m, w->conv_w, w->conv_b, a.proj, a.xbc_pre, !conv_pre_recompute(m, a.proj), dxbc, dpre, dproj, dp16,
+                  g->conv_w, g->conv_b, cwork, B, T);
     zb_cuda_m2_prof(ZB_MIXP_M2_CONV_B);
     /* proj = x in_proj^T */
     proj_backward(dx, g->in_proj, dproj, x, w->in_proj, N, d, P);

@@ -100,6 +100,9 @@ void zb_cuda_m2_ssd_fused(int on);
 /* The fused backward's block in the bf16 mode: 16 warps (16, the default) or 8 (8; ZB_SSD_BWD_WARPS=8),
  * -1 back to the environment's choice. For tests that compare the two. */
 void zb_cuda_m2_ssd_bwd_warps(int w);
+/* The fused backward fetching each head's coefficients with its operands (1, the default) or at the
+ * head's start (0; ZB_SSD_BWD_PREFETCH=0), -1 back to the environment's choice. The same values. */
+void zb_cuda_m2_ssd_bwd_prefetch(int on);
 /* The fused forward output's block in the bf16 mode: 8 warps (8, the default) or 16 (16;
  * ZB_SSD_FWD_WARPS=16), -1 back to the environment's choice. */
 void zb_cuda_m2_ssd_fwd_warps(int w);
@@ -151,9 +154,12 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
 /* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
  * output; dpre [B*T, cd] work (OVERWRITTEN, or not used by the one-pass kernel); dproj[:, di + c]
  * OVERWRITTEN; g_conv_w, g_conv_b (may be NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1))
- * floats. zb_cuda_m2_conv_bwd_one: the conv backward in one pass (1; ZB_CONV_BWD=one) or two kernels
- * (0, the default); zb_cuda_m2_conv_rows: the training conv forward over groups of rows (1, the
+ * floats. zb_cuda_m2_conv_bwd_vec: the conv backward in one pass over channel pairs (2, the default
+ * where the shape allows: K = 4, widths multiples of 4) or quads (4; ZB_CONV_BWD=quad), or
+ * (0; ZB_CONV_BWD=old / one) as zb_cuda_m2_conv_bwd_one says: in one pass over 8-row groups (1; ZB_CONV_BWD=one) or two kernels
+ * (0); zb_cuda_m2_conv_rows: the training conv forward over groups of rows (1, the
  * default) or a block per row (0; ZB_CONV=old); -1 the environment's choice (for tests). */
+void zb_cuda_m2_conv_bwd_vec(int v);
 void zb_cuda_m2_conv_bwd_one(int on);
 void zb_cuda_m2_conv_rows(int on);
 /* The mixer backward's in_proj output gradient written in bf16 by its producers (1, the default in
@@ -162,6 +168,10 @@ void zb_cuda_m2_dproj16(int on);
 /* The training mixer's gated-norm output kept in bf16 for out_proj (1, the default in the bf16 CONVERT
  * mode), float32 (0; ZB_M2_O16=0), -1 the environment's (for tests). */
 void zb_cuda_m2_o16(int on);
+/* The training forward leaving the conv's pre-activation unstored, the backward recomputing it (1, the
+ * default where the conv backward's vector kernel runs), stored and read back (0; ZB_CONV_PRE=keep),
+ * -1 the environment's (for tests). */
+void zb_cuda_m2_conv_pre_recompute(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

@@ -1031,6 +1031,7 @@ struct f_bwd_out {
     float *ox, *ob, *oc;
     int sx, sb, sc, dx_direct, db_direct, dc_direct;
     int rep;   /* heads per block (1: ox / ob as k_ssd_bwd_dx / _db) */
+    int prefetch;   /* f_bwd_prefetch() */
 };
 #define F_BWD_MATS 12
 template <class ACC>
@@ -1052,11 +1053,6 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
     m2_chunk k0 = chunk_of(g, (b * g.nh + grp * rep) * g.nc + c);
     int L = k0.L, Kl = f_r8(L);
     const float *row = xbc + k0.r0 * cd;
-    /* x and B: the group's, loaded once */
-    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
-    f_load_n<2, NT>(ldg);
-    if (rep > 1)
-        for (int e = tid; e < F_N * F_LD; e += NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
     /* a head's own operands; the next head's are loaded into registers while this one computes */
     auto head_src = [&](int hh, f_src (&ld)[4]) {
         m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
@@ -1065,8 +1061,38 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         ld[2] = {S, states + k.si, (size_t)ds, hd, ds, NULL};
         ld[3] = {dS, dstates + k.si, (size_t)ds, hd, ds, NULL};
     };
+    /* a head's coefficients (cs, e^cs, dt, w_end; threads < F_N), fetched with its operands where
+     * f_bwd_prefetch (ZB_SSD_BWD_PREFETCH=0: loaded at the head's start, one memory latency a head) */
+    float cq[4];
+    auto coef_fetch = [&](int hh) {
+        m2_chunk k = chunk_of(g, (b * g.nh + grp * rep + hh) * g.nc + c);
+        bool v = tid < L;
+        cq[0] = v ? cf.cs[k.ci + tid] : 0.0f;
+        cq[1] = v ? cf.ecs[k.ci + tid] : 0.0f;
+        cq[2] = v ? cf.dtT[k.ci + tid] : 0.0f;
+        cq[3] = v ? cf.wend[k.ci + tid] : 0.0f;
+    };
     float4 pv[4][F_Q(NT)];
-    bool have = false;
+    bool have = false, pre = fo.prefetch;
+    /* x and B: the group's, loaded once (f_bwd_prefetch: with the first head's operands and coefficients,
+     * one memory latency at the block's start instead of three) */
+    f_src ldg[2] = {{X, row + k0.xcol, (size_t)cd, L, hd, NULL}, {Bm, row + k0.bcol, (size_t)cd, L, ds, NULL}};
+    if (pre) {
+        f_src l0[4];
+        head_src(0, l0);
+        if (tid < F_N) coef_fetch(0);
+        if (f_vec_ok(ldg) && f_vec_ok(l0)) {
+            float4 v2[2][F_Q(NT)];
+            f_fetch4<2, NT>(v2, ldg);
+            f_fetch4<4, NT>(pv, l0);
+            f_put4<2, NT>(v2, ldg);
+            have = true;
+        } else
+            f_load_n<2, NT>(ldg);
+    } else
+        f_load_n<2, NT>(ldg);
+    if (rep > 1)
+        for (int e = tid; e < F_N * F_LD; e += NT) { dXa[e] = 0.0f; dBa[e] = 0.0f; }
     for (int hh = 0; hh < rep; hh++) {
         int bhc = (b * g.nh + grp * rep + hh) * g.nc + c;
         m2_chunk k = chunk_of(g, bhc);
@@ -1075,11 +1101,11 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         if (have) f_put4<4, NT>(pv, ld);
         else f_load_n<4, NT>(ld);
         if (tid < F_N) {
-            bool v = tid < L;
-            csv[tid] = v ? cf.cs[k.ci + tid] : 0.0f;
-            ecv[tid] = v ? cf.ecs[k.ci + tid] : 0.0f;
-            dtv[tid] = v ? cf.dtT[k.ci + tid] : 0.0f;
-            wv[tid] = v ? cf.wend[k.ci + tid] : 0.0f;
+            if (!pre) coef_fetch(hh);
+            csv[tid] = cq[0];
+            ecv[tid] = cq[1];
+            dtv[tid] = cq[2];
+            wv[tid] = cq[3];
             dc[tid] = 0.0f;
             dd[tid] = 0.0f;
         }
@@ -1088,6 +1114,7 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         if (hh + 1 < rep) {
             f_src nx[4];
             head_src(hh + 1, nx);
+            if (pre && tid < F_N) coef_fetch(hh + 1);   /* stored at the next head's start */
             if (f_vec_ok(nx)) {
                 f_fetch4<4, NT>(pv, nx);   /* stored at the next head's start */
                 have = true;
@@ -1262,6 +1289,15 @@ static int g_m2_bwd_warps = -1;
 extern "C" void zb_cuda_m2_ssd_bwd_warps(int w) { g_m2_bwd_warps = w == 8 || w == 16 ? w : -1; }
 static int m2_bwd_warps(void) { return env_warps(&g_m2_bwd_warps, "ZB_SSD_BWD_WARPS", 16); }
 
+/* The fused backward's block fetches each head's coefficients with its operands (the next head's while
+ * this one computes) and the first head's with the group's x and B: 1, the default since S7 (the
+ * same values; S6's block waited one memory latency at each head's start for its coefficients and
+ * three at its own start), 0 (ZB_SSD_BWD_PREFETCH=0) as S6. zb_cuda_m2_ssd_bwd_prefetch: the tests'
+ * switch (-1: the environment). */
+static int g_m2_bwd_prefetch = -1;
+extern "C" void zb_cuda_m2_ssd_bwd_prefetch(int on) { g_m2_bwd_prefetch = on < 0 ? -1 : on != 0; }
+static bool m2_bwd_prefetch(void) { return zb_cuda_env_switch(&g_m2_bwd_prefetch, "ZB_SSD_BWD_PREFETCH", "0"); }
+
 /* The fused forward output's block in the bf16 mode: 8 warps, two blocks per SM (the default; their
  * 128 registers spill ~350 bytes), or 16 warps, one block (ZB_SSD_FWD_WARPS=16: 128 registers for
  * half the loads per thread, no spill). zb_cuda_m2_ssd_fwd_warps: the tests' switch (-1: the
@@ -1405,7 +1441,8 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
     if (fz) {
         /* dx, dB, dC and the scalar terms in one pass; timed as the "scan dx" piece (dC, dB, ddt:
          * 0 in the breakdown). Heads sharing x and B in one block: dx and dB straight into dxbc. */
-        f_bwd_out fo = {ox, ob, oc, sx, sb, sc, dXh == NULL, dBh == NULL, dCh == NULL, 1};
+        f_bwd_out fo = {ox, ob, oc, sx, sb, sc, dXh == NULL, dBh == NULL, dCh == NULL, 1,
+                        m2_bwd_prefetch()};
         if (g.xrep == g.brep && g.xrep > 1) {
             fo.rep = g.xrep;
             fo.ox = fo.ob = dxbc;

@@ -459,11 +459,74 @@ static __global__ void k_gnorm_fwd(int N, int di, int G, int ng, const float *__
     }
 }
 
+/* k_gnorm_fwd for groups of 32 NPL channels over GN_U rows per warp, every load of the U rows issued before
+ * the first sum (k_gnorm_fwd: a warp per (row, group), its loads, sum and stores one after another,
+ * 524k warps per Zebra-1B layer at 8 x 2048: S6R2's gated norm forward 3.5 ms per step, ~3.5x its
+ * ~0.08 ms a layer of traffic). Block (group, 8 GN_U rows), lane l on channels c0 + l + 32 q as
+ * k_gnorm_fwd: the same sums in the same order, the same bits. */
+#define GN_U 4
+template <int NPL>
+static __global__ void __launch_bounds__(256) k_gnorm_fwd_rows(int N, int di, int ng, const float *__restrict__ nw,
+                                                               float eps, const float *__restrict__ y,
+                                                               const float *__restrict__ z, int zs, float *o,
+                                                               __nv_bfloat16 *o16, float *rstd) {
+    constexpr int G = 32 * NPL;
+    int grp = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c0 = grp * G + lane;
+    int rb = (blockIdx.y * 8 + warp) * GN_U;
+    float yv[GN_U][NPL], zv[GN_U][NPL], wv[NPL];
+#pragma unroll
+    for (int q = 0; q < NPL; q++) wv[q] = nw[c0 + 32 * q];
+#pragma unroll
+    for (int u = 0; u < GN_U; u++) {
+        size_t r = (size_t)(rb + u < N ? rb + u : 0);
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            yv[u][q] = rb + u < N ? y[r * di + c0 + 32 * q] : 0.0f;
+            zv[u][q] = rb + u < N ? z[r * zs + c0 + 32 * q] : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < GN_U; u++) {
+        if (rb + u >= N) break;
+        size_t r = (size_t)(rb + u);
+        float ss = 0.0f;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            float g = yv[u][q] * silu_dev(zv[u][q]);
+            ss += g * g;
+        }
+        ss = warp_sum(ss);
+        float rs = 1.0f / sqrtf(ss / G + eps);
+        if (rstd && lane == 0) rstd[r * ng + grp] = rs;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            float v = yv[u][q] * silu_dev(zv[u][q]) * (rs * wv[q]);
+            if (o16) o16[r * di + c0 + 32 * q] = __float2bfloat16_rn(v);   /* o's only reader: out_proj */
+            else o[r * di + c0 + 32 * q] = v;
+        }
+    }
+}
+
+/* 1: the gated norm's forward over GN_U rows per warp (k_gnorm_fwd_rows) and its backward's rows in
+ * groups of GN_U with their loads together (the same bits), the default since S7 where the groups
+ * are 32-128 channels; 0 (ZB_GNORM=old): a warp per (row, group) and the backward row by row. */
+M2_SWITCH(g_gnorm_rows, zb_cuda_m2_gnorm_rows)
+static bool gnorm_rows(void) { return zb_cuda_env_switch(&g_gnorm_rows, "ZB_GNORM", "old"); }
+
 /* o16 (may be NULL): o written there in bf16 instead of into o */
 static void gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps, const float *y, const float *z,
                                int z_stride, float *o, __nv_bfloat16 *o16, float *rstd, int N) {
     if (N <= 0) return;
-    int ng = norm_groups(m), di = m->d_inner;
+    int ng = norm_groups(m), di = m->d_inner, G = di / ng;
+    if (m2_fused_path() && gnorm_rows() && G % 32 == 0 && G <= 128 && cdiv(N, 8 * GN_U) <= 65535) {
+        dim3 grid(ng, cdiv(N, 8 * GN_U));
+        if (G == 32) k_gnorm_fwd_rows<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else if (G == 64) k_gnorm_fwd_rows<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else if (G == 96) k_gnorm_fwd_rows<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else k_gnorm_fwd_rows<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        zb_cuda_m2_check_launch("k_gnorm_fwd_rows");
+        return;
+    }
     k_gnorm_fwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, di / ng, ng, norm_w, eps,
                                                                              y, z, z_stride, o, o16, rstd);
     zb_cuda_m2_check_launch("k_gnorm_fwd");
@@ -511,7 +574,7 @@ struct f_norm_w {   /* do[r,c] g[r,c] rs[r, group] */
  * channels, NPL <= 4): block (group, slice of rows), a warp per row as k_gnorm_bwd with lane l on
  * channels c0 + l + 32 q; each lane keeps its channels' sums of do g rs over the warp's rows, the
  * 8 warps' sums are added in order into part[slice][c] for k_colsum_fin (deterministic). */
-template <int NPL>
+template <int NPL, int U>
 static __global__ void __launch_bounds__(256)
 k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const float *__restrict__ y,
                   const float *__restrict__ z, int zs, const float *__restrict__ rstd, float *dy, float *dz,
@@ -523,34 +586,49 @@ k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const flo
     float wacc[NPL], wv[NPL];
 #pragma unroll
     for (int q = 0; q < NPL; q++) { wacc[q] = 0.0f; wv[q] = nw[c0 + lane + 32 * q]; }
-    for (int r = r0 + warp; r < r1; r += 8) {
-        const float *yr = y + (size_t)r * di + c0, *zr = z + (size_t)r * zs + c0;
-        float *dyr = dy + (size_t)r * di + c0, *dzr = dz + (size_t)r * zs + c0;
-        float rs = rstd[(size_t)r * ng + grp], yv[NPL], zv[NPL], dov[NPL], sg[NPL], sum = 0.0f;
+    /* the warp's rows r0 + warp + 8 i in order, U at a time with their loads issued together (U = GN_U
+     * where gnorm_rows: one memory latency per U rows; U = 1 the S6 kernel) */
+    for (int rb = r0 + warp; rb < r1; rb += 8 * U) {
+        float yv[U][NPL], zv[U][NPL], dov[U][NPL], rsv[U];
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            int c = lane + 32 * q;
-            yv[q] = yr[c];
-            zv[q] = zr[c];
-            dov[q] = dyr[c];
+        for (int u = 0; u < U; u++) {
+            int r = rb + 8 * u;
+            bool ok = r < r1;
+            size_t rr = (size_t)(ok ? r : r0);
+            const float *yr = y + rr * di + c0, *zr = z + rr * zs + c0, *dyr = dy + rr * di + c0;
+            rsv[u] = ok ? rstd[rr * ng + grp] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < NPL; q++) {
+                int c = lane + 32 * q;
+                yv[u][q] = ok ? yr[c] : 0.0f;
+                zv[u][q] = ok ? zr[c] : 0.0f;
+                dov[u][q] = ok ? dyr[c] : 0.0f;
+            }
         }
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            sg[q] = sigmoid_dev(zv[q]);
-            float gc = yv[q] * silu_dev(zv[q]);
-            sum += dov[q] * wv[q] * gc;
-            wacc[q] += dov[q] * gc * rs;
-        }
-        sum = warp_sum(sum);
-        float f = sum / G * rs * rs * rs;
+        for (int u = 0; u < U; u++) {
+            int r = rb + 8 * u;
+            if (r >= r1) break;
+            float *dyr = dy + (size_t)r * di + c0, *dzr = dz + (size_t)r * zs + c0;
+            float rs = rsv[u], sg[NPL], sum = 0.0f;
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            int c = lane + 32 * q;
-            float sz = zv[q] * sg[q], gc = yv[q] * sz, dg = rs * wv[q] * dov[q] - f * gc;
-            float dzv = dg * yv[q] * sg[q] * (1.0f + zv[q] * (1.0f - sg[q]));
-            if (dz16) dz16[(size_t)r * zs + c0 + c] = __float2bfloat16_rn(dzv);   /* dz's only reader: in_proj */
-            else dzr[c] = dzv;
-            dyr[c] = dg * sz;
+            for (int q = 0; q < NPL; q++) {
+                sg[q] = sigmoid_dev(zv[u][q]);
+                float gc = yv[u][q] * silu_dev(zv[u][q]);
+                sum += dov[u][q] * wv[q] * gc;
+                wacc[q] += dov[u][q] * gc * rs;
+            }
+            sum = warp_sum(sum);
+            float f = sum / G * rs * rs * rs;
+#pragma unroll
+            for (int q = 0; q < NPL; q++) {
+                int c = lane + 32 * q;
+                float sz = zv[u][q] * sg[q], gc = yv[u][q] * sz, dg = rs * wv[q] * dov[u][q] - f * gc;
+                float dzv = dg * yv[u][q] * sg[q] * (1.0f + zv[u][q] * (1.0f - sg[q]));
+                if (dz16) dz16[(size_t)r * zs + c0 + c] = __float2bfloat16_rn(dzv);   /* dz's only reader: in_proj */
+                else dzr[c] = dzv;
+                dyr[c] = dg * sz;
+            }
         }
     }
 #pragma unroll
@@ -579,10 +657,13 @@ static void gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, co
         int ns = cdiv(N, 64) < CS_SPLIT_MAX ? cdiv(N, 64) : CS_SPLIT_MAX, rows_per = cdiv(N, ns);
         ns = cdiv(N, rows_per);
         dim3 grid(ng, ns);
-        if (G == 32) k_gnorm_bwd_fused<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else if (G == 64) k_gnorm_bwd_fused<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else if (G == 96) k_gnorm_bwd_fused<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else k_gnorm_bwd_fused<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
+#define GN_BWD(NPL, U) k_gnorm_bwd_fused<NPL, U><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work)
+        bool rows = gnorm_rows();
+        if (G == 32) rows ? GN_BWD(1, GN_U) : GN_BWD(1, 1);
+        else if (G == 64) rows ? GN_BWD(2, GN_U) : GN_BWD(2, 1);
+        else if (G == 96) rows ? GN_BWD(3, GN_U) : GN_BWD(3, 1);
+        else rows ? GN_BWD(4, GN_U) : GN_BWD(4, 1);
+#undef GN_BWD
         zb_cuda_m2_check_launch("k_gnorm_bwd_fused");
         if (g_norm_w) {
             k_colsum_fin<<<cdiv(di, 256), 256, 0, s_stream>>>(work, ns, di, g_norm_w);

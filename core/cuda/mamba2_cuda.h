@@ -172,6 +172,10 @@ void zb_cuda_m2_o16(int on);
  * default where the conv backward's vector kernel runs), stored and read back (0; ZB_CONV_PRE=keep),
  * -1 the environment's (for tests). */
 void zb_cuda_m2_conv_pre_recompute(int on);
+/* The gated norm's forward over groups of rows and its backward's rows in groups with their loads
+ * together (1, the default where the norm groups are 32-128 wide; the same bits), the S6 kernels (0;
+ * ZB_GNORM=old), -1 the environment's (for tests). */
+void zb_cuda_m2_gnorm_rows(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

@@ -458,10 +458,15 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(got); free(mag);
         CU(cudaFree(dproj)); CU(cudaFree(ddt));
     }
-    /* conv + SiLU: the kernel over groups of rows, then the one of a block per row (ZB_CONV=old) */
-    for (int one = 1; one >= 0; one--) {
-        const char *how = one ? "" : " (a block per row)";
-        zb_cuda_m2_conv_rows(one);
+    /* conv + SiLU: the kernel over channel pairs (the default where the shape allows), over groups of
+     * 8 rows (ZB_CONV=rows), a block per row (ZB_CONV=old); pre and post the same bits in all three (the
+     * same sums in the same order) */
+    float *cf_keep[2] = {0};
+    for (int kind = 2; kind >= 0; kind--) {
+        static const char *hows[] = {" (a block per row)", " (groups of 8 rows)", ""};
+        const char *how = hows[kind];
+        zb_cuda_m2_conv_rows(kind > 0);
+        zb_cuda_m2_conv_fwd_kind(kind);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dnew((size_t)N * cd), *dpost = dnew((size_t)N * cd);
         zb_cuda_m2_conv_forward(m, L->dw.conv_w, L->dw.conv_b, dproj, NULL, 0, dpre, dpost, B, T);
         float *gpre = dget(dpre, (size_t)N * cd, "conv forward"), *gpost = dget(dpost, (size_t)N * cd, "conv forward");
@@ -482,10 +487,23 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         cmp(what, gpre, a.xbc_pre, NULL, mpre, (size_t)N * cd, cd, K + 2, 2, NULL);
         snprintf(what, sizeof what, "[%s] conv1d + SiLU%s", c->name, how);
         cmp(what, gpost, a.xbc, NULL, mpost, (size_t)N * cd, cd, K + 8, 2, NULL);
-        free(gpre); free(gpost); free(mpre); free(mpost);
+        if (kind == 2) {
+            cf_keep[0] = gpre;
+            cf_keep[1] = gpost;
+        } else {
+            zb_check(!memcmp(gpre, cf_keep[0], (size_t)N * cd * sizeof(float)) &&
+                         !memcmp(gpost, cf_keep[1], (size_t)N * cd * sizeof(float)),
+                     "[%s] conv1d + SiLU%s: pre and post the same bits as the default kernel's", c->name, how);
+            free(gpre);
+            free(gpost);
+        }
+        free(mpre); free(mpost);
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(dpost));
     }
     zb_cuda_m2_conv_rows(-1);
+    zb_cuda_m2_conv_fwd_kind(-1);
+    free(cf_keep[0]);
+    free(cf_keep[1]);
     /* SSD forward and backward */
     {
         ssd_ref rf;

@@ -376,12 +376,114 @@ static bool conv_bwd_one(void) {
     return g_conv_bwd_one;
 }
 
+/* V floats from p (V = 2 or 4; zeros where !ok) / to p */
+template <int V>
+static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool ok) {
+    if (V == 4) {
+        float4 v = ok ? *(const float4 *)p : make_float4(0, 0, 0, 0);
+        o[0] = v.x; o[1] = v.y; o[V > 2 ? 2 : 0] = v.z; o[V > 3 ? 3 : 0] = v.w;
+    } else {
+        float2 v = ok ? *(const float2 *)p : make_float2(0, 0);
+        o[0] = v.x; o[V > 1 ? 1 : 0] = v.y;
+    }
+}
+template <int V>
+static __device__ __forceinline__ void stv(float *p, const float (&v)[V]) {
+    if (V == 4) *(float4 *)p = make_float4(v[0], v[1], v[V > 2 ? 2 : 0], v[V > 3 ? 3 : 0]);
+    else *(float2 *)p = make_float2(v[0], v[V > 1 ? 1 : 0]);
+}
+
+/* The training conv forward over channel pairs (the default since S7; ZB_CONV=rows k_conv_fwd_rows,
+ * ZB_CONV=old k_conv_fwd): as k_conv_bwd_vec, K a template argument, a thread owns V channels (V-wide
+ * loads and stores), a warp walks CF_ROWS rows with the last K-1 inputs in registers (each input row
+ * loaded once, where k_conv_fwd_rows loads 8 + K-1 rows for 8), CF_G rows' loads issued together.
+ * pre[t,c] = b_c + sum_k w[c,k] in[t-K+1+k, c] with k_conv_fwd_rows's terms in its order (the same bits). */
+#define CF_W 4      /* warps per block */
+#define CF_ROWS 32  /* rows per warp */
+#define CF_G 4      /* rows per load group */
+template <int K, int V>
+static __global__ void __launch_bounds__(CF_W * 32) k_conv_fwd_vec(int cd, int P, int di, int T, int R,
+                                                                   const float *__restrict__ w,
+                                                                   const float *__restrict__ bias,
+                                                                   const float *__restrict__ proj, float *pre,
+                                                                   float *post) {
+    int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int c = (blockIdx.x * 32 + lane) * V;
+    if (c >= cd) return;
+    int r0 = (blockIdx.y * CF_W + wp) * CF_ROWS, r1 = min(R, r0 + CF_ROWS);
+    if (r0 >= r1) return;
+    float wk[V][K], b0[V], inw[K - 1][V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        b0[j] = bias ? bias[c + j] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++) wk[j][k] = w[(size_t)(c + j) * K + k];
+    }
+    const float *in = proj + di + c;
+#pragma unroll
+    for (int q = 0; q < K - 1; q++) {
+        long s = (long)r0 - (K - 1) + q;
+        ldv<V>(inw[q], in + (s >= 0 ? (size_t)s * P : 0), s >= 0);
+    }
+    for (int rb = r0; rb < r1; rb += CF_G) {
+        float iv[CF_G][V];
+#pragma unroll
+        for (int u = 0; u < CF_G; u++) ldv<V>(iv[u], in + (size_t)(rb + u < r1 ? rb + u : r0) * P, rb + u < r1);
+#pragma unroll
+        for (int u = 0; u < CF_G; u++) {
+            int r = rb + u;
+            if (r >= r1) break;
+            int t = r % T;
+            float a[V], s[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float acc = b0[j];
+#pragma unroll
+                for (int k = 0; k < K; k++)
+                    if (t - (K - 1) + k >= 0) acc += wk[j][k] * (k < K - 1 ? inw[k < K - 1 ? k : 0][j] : iv[u][j]);
+                a[j] = acc;
+                s[j] = silu_dev(acc);
+            }
+            if (pre) stv<V>(pre + (size_t)r * cd + c, a);
+            stv<V>(post + (size_t)r * cd + c, s);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+#pragma unroll
+                for (int q = 0; q + 1 < K - 1; q++) inw[q][j] = inw[q + 1][j];
+                inw[K - 2][j] = iv[u][j];
+            }
+        }
+    }
+}
+
+/* 2: the training conv forward over channel pairs (k_conv_fwd_vec, the default where K = 4, the widths
+ * are multiples of 4 and the buffers 16-byte aligned), 1: over groups of 8 rows (k_conv_fwd_rows;
+ * ZB_CONV=rows), 0: a block per row (ZB_CONV=old); -1 the environment's */
+static int g_conv_fwd_kind = -1;
+extern "C" void zb_cuda_m2_conv_fwd_kind(int k) { g_conv_fwd_kind = k < 0 ? -1 : k > 2 ? 2 : k; }
+static int conv_fwd_kind(void) {
+    if (g_conv_fwd_kind < 0) {
+        const char *e = getenv("ZB_CONV");
+        g_conv_fwd_kind = e && !strcmp(e, "old") ? 0 : e && !strcmp(e, "rows") ? 1 : 2;
+    }
+    return g_conv_fwd_kind;
+}
+
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
                      const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
                      int B, int T) {
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
+    int P = zb_mamba2_in_proj_rows(m), cr = cdiv((int)N, CF_W * CF_ROWS);
+    if (!hist && m->conv_k == 4 && m2_fused_path() && conv_rows() && conv_fwd_kind() == 2 && cd % 4 == 0 &&
+        m->d_inner % 4 == 0 && P % 4 == 0 && ((uintptr_t)proj | (uintptr_t)pre | (uintptr_t)post) % 16 == 0 &&
+        cr <= 65535) {
+        k_conv_fwd_vec<4, 2><<<dim3(cdiv(cd, 64), cr), CF_W * 32, 0, s_stream>>>(cd, P, m->d_inner, T, (int)N, conv_w,
+                                                                              conv_b, proj, pre, post);
+        zb_cuda_m2_check_launch("k_conv_fwd_vec");
+        return;
+    }
     if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_rows() && cdiv((int)N, M2_WROWS) <= 65535) {
         k_conv_fwd_rows<<<dim3(cdiv(cd, 128), (unsigned)cdiv((int)N, M2_WROWS)), 128, 0, s_stream>>>(
             cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, T, (int)N, conv_w, conv_b, proj, pre, post);
@@ -901,16 +1003,6 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
  * another order. V = 2, G = 4 the default; V = 4, G = 2 with ZB_CONV_BWD=quad (both fit 128
  * registers, 4 blocks an SM). */
 #define CB_W 4   /* warps per block: a slice's rows in CB_W runs */
-template <int V>
-static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool ok) {
-    if (V == 4) {
-        float4 v = ok ? *(const float4 *)p : make_float4(0, 0, 0, 0);
-        o[0] = v.x; o[1] = v.y; o[V > 2 ? 2 : 0] = v.z; o[V > 3 ? 3 : 0] = v.w;
-    } else {
-        float2 v = ok ? *(const float2 *)p : make_float2(0, 0);
-        o[0] = v.x; o[V > 1 ? 1 : 0] = v.y;
-    }
-}
 template <int K, int V, int G>
 static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, int P, int di, int T, int R, int rows_per,
                                                             const float *__restrict__ w, const float *__restrict__ bias,

@@ -188,7 +188,7 @@ static void run_dec(void *p) {
 typedef struct {
     int fused, nb, H, Hkv, hd, max_T;
     zb_rope r;
-    float *q, *k, *v;
+    float *q, *k, *v, *att;
     void *kc, *vc;
     int *seq, *pos, *posi;
     /* Mamba2 */
@@ -199,6 +199,18 @@ static void run_qkv_piece(void *p) {
     piece_ctx *c = p;
     int qd = c->H * c->hd, kd = c->Hkv * c->hd;
     long long ss = (long long)c->Hkv * c->max_T * c->hd, gs = (long long)c->max_T * c->hd;
+    zb_cuda_cache_attn a = {c->H, c->Hkv, c->hd, c->hd, ss, gs, c->hd, 1.0f / sqrtf((float)c->hd), 1};
+    if (c->fused == 3) {   /* the whole attention in one kernel (ZB_DEC_ATTN) */
+        zb_cuda_decode_attn_fused(&c->r, c->att, c->q, c->k, c->v, c->kc, c->vc, c->seq, c->pos, c->posi, c->nb,
+                                  c->max_T, &a);
+        return;
+    }
+    if (c->fused == 2) {   /* ZB_DEC_ATTN=old: q/k/v piece, the chunks, their merge */
+        zb_cuda_decode_qkv_prep(&c->r, c->q, c->k, c->v, c->kc, c->vc, 1, c->seq, c->pos, c->posi, c->nb, c->H, c->Hkv,
+                                c->hd, ss, gs);
+        zb_cuda_decode_attn(c->att, c->q, c->kc, c->vc, c->seq, c->posi, c->nb, c->max_T, &a);
+        return;
+    }
     if (c->fused) {
         zb_cuda_decode_qkv_prep(&c->r, c->q, c->k, c->v, c->kc, c->vc, 1, c->seq, c->pos, c->posi, c->nb, c->H, c->Hkv,
                                 c->hd, ss, gs);
@@ -255,6 +267,15 @@ static void bench_pieces(void) {
                      f ? "fused (1 kernel)" : "separate (4 kernels)");
             row(what, ms, ms * 1e3, "us");
         }
+        c.att = dev(nq * 4);
+        for (int f = 3; f >= 2; f--) {   /* the attention at 4000 positions: one kernel, or three */
+            c.fused = f;
+            double ms = timeit_n(run_qkv_piece, &c, 3, 15, 8);
+            snprintf(what, sizeof what, "decode attention 32/8 x128 at 4000 (RoPE, stores, attention), batch %d, %s",
+                     c.nb, f == 3 ? "one kernel (the default)" : "ZB_DEC_ATTN=old (3 kernels)");
+            row(what, ms, ms * 1e3, "us");
+        }
+        zb_cuda_free(c.att);
         zb_cuda_free(c.q); zb_cuda_free(c.k); zb_cuda_free(c.v); zb_cuda_free(c.kc); zb_cuda_free(c.vc);
         /* Zebra-8B's Mamba2 (configs/zebra-8b.json), bf16 SSM states */
         zb_mamba2_dims m = {4096, 32, 128, 128, 8, 8, 32, 4, 256, 128, 0.0f, INFINITY, 1};
@@ -289,7 +310,7 @@ static void bench_pieces(void) {
  * ZB_GEMV_PRELOAD). */
 #define CH_COPIES 32   /* the rows use 4 (copies), one row all 32: a real model's 14 GB of layer weights */
 typedef struct {
-    int fused, copies;
+    int fused, copies, attn_old;
     zb_rope r;
     const uint16_t *wq[CH_COPIES], *wk[CH_COPIES], *wv[CH_COPIES], *wo[CH_COPIES], *wg[CH_COPIES], *wu[CH_COPIES],
         *wd[CH_COPIES];
@@ -307,7 +328,12 @@ static void chain_layers(chain_ctx *c) {
         int w = l % c->copies;
         zb_cuda_linear_forward3(c->q, c->k, c->v, c->ln, zb_wt_of_bf16(c->wq[w]), zb_wt_of_bf16(c->wk[w]),
                                 zb_wt_of_bf16(c->wv[w]), 1, d, d, kd, kd);
-        if (c->fused)
+        /* RoPE, the stores and the attention in one kernel, unless the row asks for the older pieces */
+        int one = c->fused && !c->attn_old &&
+                  zb_cuda_decode_attn_fused(&c->r, c->att, c->q, c->k, c->v, c->kc[w], c->vc[w], c->seq, c->pos,
+                                            c->posi, 1, T, &a);
+        if (one) {
+        } else if (c->fused)
             zb_cuda_decode_qkv_prep(&c->r, c->q, c->k, c->v, c->kc[w], c->vc[w], 1, c->seq, c->pos, c->posi, 1, H, Hkv,
                                     hd, ss, gs);
         else {
@@ -316,7 +342,7 @@ static void chain_layers(chain_ctx *c) {
             zb_cuda_cache_store(c->kc[w], 1, c->k, kd, c->seq, c->posi, 1, 1, Hkv, hd, ss, gs, hd);
             zb_cuda_cache_store(c->vc[w], 1, c->v, kd, c->seq, c->posi, 1, 1, Hkv, hd, ss, gs, hd);
         }
-        zb_cuda_attention_cached(c->att, c->q, c->kc[w], c->vc[w], c->seq, c->posi, 1, 1, T, &a);
+        if (!one) zb_cuda_attention_cached(c->att, c->q, c->kc[w], c->vc[w], c->seq, c->posi, 1, 1, T, &a);
         zb_cuda_linear_forward(c->o, c->att, zb_wt_of_bf16(c->wo[w]), 1, d, d);
         zb_cuda_add_rmsnorm(c->x, c->o, c->ln, c->nw, 1, d, 1e-5f);
         zb_cuda_swiglu_linear_forward(c->h, c->u, c->ln, zb_wt_of_bf16(c->wg[w]), zb_wt_of_bf16(c->wu[w]), 1, d, F);
@@ -360,7 +386,8 @@ static void bench_chain(void) {
     zb_cuda_upload(c.pos, &p600, 4);
     /* fused, PDL, unroll, prefetch (MB; -2 the first loads) */
     static const struct { const char *nm; int fused, pdl, unroll; long long pf; } v[] = {
-        {"fused pieces, PDL (the default)", 1, 1, 4, 0},
+        {"fused pieces, PDL (the default: the attention one kernel)", 1, 1, 4, 0},
+        {"fused pieces, PDL, ZB_DEC_ATTN=old (attention 3 kernels)", 1, 1, 4, 0},
         {"fused, PDL, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
         {"fused pieces, no PDL", 1, 0, 4, 0},
         {"separate kernels, no PDL (before 2026-11-30 12:00)", 0, 0, 4, 0},
@@ -382,6 +409,7 @@ static void bench_chain(void) {
         const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
         zb_cuda_gemv_set_split(sp ? atoi(sp + 6) : 0);
         c.copies = strstr(v[i].nm, "32 distinct") ? CH_COPIES : 4;
+        c.attn_old = strstr(v[i].nm, "ZB_DEC_ATTN=old") != NULL;
         chain_layers(&c);   /* eager once: the scratch sizes settle */
         zb_cuda_sync();
         int rec = zb_cuda_graph_begin(&c.graph, 1);

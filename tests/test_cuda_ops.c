@@ -418,6 +418,18 @@ static void test_rope(zb_rng *rng, int interleave, int inverse, int scaling) {
     zb_cuda_free(dx); zb_cuda_free(dpos);
 }
 
+/* a device cache of n values (bf16 or float32) as a new host float32 array */
+static float *host_cache(const void *dc, int bf, size_t n) {
+    float *h = zb_falloc(n);
+    if (bf) {
+        uint16_t *t = malloc(n * 2);
+        zb_cuda_download(t, dc, n * 2);
+        zb_bf16_to_f32_n(t, h, n);
+        free(t);
+    } else zb_host_f(h, dc, n);
+    return h;
+}
+
 /* The decode step's fused q / k / v piece (zb_cuda_decode_qkv_prep: positions, RoPE of the query
  * and key heads, both cache stores in one kernel) against the separate kernels it replaces
  * (gather_int + rope_apply_rows + cache_store x 2), on caches of 3 slots where 2 sequences write.
@@ -462,16 +474,7 @@ static void test_decode_qkv_prep(zb_rng *rng, int bf, int H, int Hkv, int hd, in
         }
         got[path][0] = zb_falloc(nq);
         zb_host_f(got[path][0], dq, nq);
-        for (int w = 1; w < 3; w++) {
-            got[path][w] = zb_falloc(nc);
-            void *dc = w == 1 ? dkc : dvc;
-            if (bf) {
-                uint16_t *h = malloc(nc * 2);
-                zb_cuda_download(h, dc, nc * 2);
-                zb_bf16_to_f32_n(h, got[path][w], nc);
-                free(h);
-            } else zb_host_f(got[path][w], dc, nc);
-        }
+        for (int w = 1; w < 3; w++) got[path][w] = host_cache(w == 1 ? dkc : dvc, bf, nc);
         zb_cuda_download(gpos[path], dposi, sizeof gpos[path]);
         zb_cuda_free(dq); zb_cuda_free(dk); zb_cuda_free(dv); zb_cuda_free(dkc); zb_cuda_free(dvc);
     }
@@ -511,6 +514,165 @@ static void test_decode_qkv_prep(zb_rng *rng, int bf, int H, int Hkv, int hd, in
              gpos[1][1]);
     for (int p = 0; p < 2; p++) for (int w = 0; w < 3; w++) free(got[p][w]);
     free(q); free(k); free(v); free(c0); free(c16); free(mq); free(mc); free(mv);
+    zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dposi);
+}
+
+/* The decode step's attention in one kernel (zb_cuda_decode_attn_fused: RoPE of q and k, both
+ * cache stores, flash-decoding, the chunks' merge by the last block) against
+ * - the CPU attention (zb_attention_decode, float32) over the queries and caches
+ *   that the separate kernels (zb_cuda_decode_qkv_prep + zb_cuda_decode_attn) made, within the
+ *   bound of test_cached_shape plus the RoPE's: the fused kernel may round the rotated values of
+ *   q and of key row p differently (nvcc's FMA contraction: <= 4u max|x| mscale of the head, and a
+ *   bf16 cache may then round key or value row p the other way, 2^-8 of it);
+ * - the separate kernels' caches (the rows written, within the same RoPE bound; all others equal)
+ *   and their output (bits compared and reported: the same arithmetic for bf16 caches);
+ * - itself: called again, and recorded as a CUDA graph and replayed twice (the merge's counters go
+ *   back to 0), the same bits each time.
+ * Sequence i writes slot seqs[i] = nb - i at position ps[i]; chunk > 0 forces the positions per
+ * block (many chunks, several merges). */
+static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int rot, int maxT, int nb, const int *ps,
+                              int chunk) {
+    zb_rope_cfg cfg = {.type = ZB_ROPE_LLAMA3, .theta = 500000.0f, .factor = 8.0f, .low_freq_factor = 1.0f,
+                       .high_freq_factor = 4.0f, .original_max_pos = 8192, .mscale = 1.0f};
+    zb_rope r;
+    zb_rope_init(&r, rot, &cfg);
+    const int slots = nb + 1, R = H / Hkv, qd = H * hd, kd = Hkv * hd;
+    int seqs[8], pos[9];
+    for (int s = 0; s < slots; s++) pos[s] = 0;
+    for (int i = 0; i < nb; i++) { seqs[i] = nb - i; pos[seqs[i]] = ps[i]; }
+    size_t nq = (size_t)nb * qd, nk = (size_t)nb * kd, nc = (size_t)slots * Hkv * maxT * hd, no = nq;
+    long long ss = (long long)Hkv * maxT * hd, gs = (long long)maxT * hd;
+    float *q = zb_falloc(nq), *k = zb_falloc(nk), *v = zb_falloc(nk), *c0 = zb_falloc(2 * nc);
+    zb_fill_uniform(q, nq, 2.0f, rng);
+    zb_fill_uniform(k, nk, 2.0f, rng);
+    zb_fill_uniform(v, nk, 1.0f, rng);
+    zb_fill_uniform(c0, 2 * nc, 1.0f, rng);
+    size_t cb = nc * (bf ? 2 : 4);
+    void *hc0 = c0;
+    uint16_t *c16 = NULL;
+    if (bf) { c16 = malloc(2 * nc * 2); zb_f32_to_bf16_n(c0, c16, 2 * nc); hc0 = c16; }
+    float *outs[5], *caches[2][2], *qr = zb_falloc(nq);   /* outs: old, new, again, graph x 2 */
+    int posi[8] = {0};
+    int *dseq = zb_dev_i(seqs, nb), *dpos = zb_dev_i(pos, slots), *dposi = zb_dev_i(posi, nb);
+    zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), bf};
+    zb_cuda_decode_set_chunk(chunk);
+    for (int path = 0; path < 2; path++) {
+        float *dq = zb_dev_f(q, nq), *dk = zb_dev_f(k, nk), *dv = zb_dev_f(v, nk), *dout = zb_dev_f(NULL, no);
+        void *dkc = zb_dev_bytes(hc0, cb), *dvc = zb_dev_bytes((char *)hc0 + cb, cb);
+        zb_cuda_dec_fuse_set(1);
+        zb_cuda_decode_attn_fused_set(path);
+        if (path == 0) {
+            zb_check(!zb_cuda_decode_attn_fused(&r, dout, dq, dk, dv, dkc, dvc, dseq, dpos, dposi, nb, maxT, &a),
+                     "decode_attn_fused: off when set off");
+            zb_cuda_decode_qkv_prep(&r, dq, dk, dv, dkc, dvc, bf, dseq, dpos, dposi, nb, H, Hkv, hd, ss, gs);
+            zb_cuda_decode_attn(dout, dq, dkc, dvc, dseq, dposi, nb, maxT, &a);
+            zb_host_f(qr, dq, nq);
+        } else {
+            for (int rep = 0; rep < 2; rep++) {
+                for (size_t e = 0; e < no; e++) qr[e] = NAN;   /* every output must be written */
+                zb_cuda_upload(dout, qr, no * sizeof(float));
+                zb_check(zb_cuda_decode_attn_fused(&r, dout, dq, dk, dv, dkc, dvc, dseq, dpos, dposi, nb, maxT, &a),
+                         "decode_attn_fused takes H=%d/%d hd=%d rot=%d", H, Hkv, hd, rot);
+                outs[1 + rep] = zb_falloc(no);
+                zb_host_f(outs[1 + rep], dout, no);
+            }
+            void *g = NULL;
+            if (zb_cuda_graph_begin(&g, 1)) {
+                zb_cuda_decode_attn_fused(&r, dout, dq, dk, dv, dkc, dvc, dseq, dpos, dposi, nb, maxT, &a);
+                zb_check(zb_cuda_graph_end(g, 0), "decode_attn_fused recorded as a graph");
+                for (int rep = 0; rep < 2; rep++) {
+                    for (size_t e = 0; e < no; e++) qr[e] = NAN;
+                    zb_cuda_upload(dout, qr, no * sizeof(float));
+                    zb_check(zb_cuda_graph_replay(g, 1), "decode_attn_fused graph replayed");
+                    outs[3 + rep] = zb_falloc(no);
+                    zb_host_f(outs[3 + rep], dout, no);
+                }
+                zb_cuda_graph_free(g);
+            } else {
+                zb_check(0, "decode_attn_fused: graph capture began");
+                outs[3] = zb_falloc(no); outs[4] = zb_falloc(no);
+                memcpy(outs[3], outs[1], no * 4); memcpy(outs[4], outs[1], no * 4);
+            }
+            zb_cuda_download(posi, dposi, sizeof(int) * nb);
+        }
+        if (path == 0) { outs[0] = zb_falloc(no); zb_host_f(outs[0], dout, no); }
+        for (int w = 0; w < 2; w++) caches[path][w] = host_cache(w ? dvc : dkc, bf, nc);
+        zb_cuda_free(dq); zb_cuda_free(dk); zb_cuda_free(dv); zb_cuda_free(dout); zb_cuda_free(dkc); zb_cuda_free(dvc);
+    }
+    zb_cuda_decode_set_chunk(0);
+    zb_cuda_decode_attn_fused_set(-1);
+    zb_cuda_dec_fuse_set(-1);
+    char what[200];
+    snprintf(what, sizeof what, "H=%d/%d hd=%d rot=%d T=%d nb=%d p0=%d %s cache, chunk %d", H, Hkv, hd, rot, maxT, nb,
+             ps[0], bf ? "bf16" : "f32", chunk);
+    /* the CPU over the separate kernels' queries and caches; the bound per (sequence, head) */
+    const float scale = a.scale;
+    const double orel = bf ? 2 * ZB_U16 : 0, dr = 4 * U * r.mscale;
+    float *ref = zb_falloc(no), *sc = zb_falloc(zb_attention_decode_scratch(H, hd, maxT));
+    double *bound = zb_dalloc(no), *mk = zb_dalloc(nc), *mv = zb_dalloc(nc);
+    for (size_t e = 0; e < nc; e++) {
+        mk[e] = bf ? 0x1p-8 / dr * fabs(caches[0][0][e]) : 0;
+        mv[e] = bf ? 0x1p-8 / dr * fabs(caches[0][1][e]) : 0;
+    }
+    for (int i = 0; i < nb; i++) {
+        const int Tc = ps[i] + 1;
+        const float *Kb = caches[0][0] + (size_t)seqs[i] * ss, *Vb = caches[0][1] + (size_t)seqs[i] * ss;
+        zb_attention_decode(ref + (size_t)i * qd, qr + (size_t)i * qd, Kb, Vb, Tc, H, Hkv, hd, hd, hd, hd, (size_t)gs,
+                            (size_t)gs, scale, sc, NULL);
+        for (int h = 0; h < H; h++) {
+            const int g = h / R;
+            const float *qh = qr + (size_t)i * qd + (size_t)h * hd, *q0 = q + (size_t)i * qd + (size_t)h * hd;
+            const float *k0 = k + (size_t)i * kd + (size_t)g * hd;
+            double mq = 0, mk0 = 0, sq = 0;
+            for (int j = 0; j < hd; j++) { mq = fmax(mq, fabs(q0[j])); mk0 = fmax(mk0, fabs(k0[j])); sq += fabs(qh[j]); }
+            for (int j = 0; j < rot; j++) mk[(size_t)seqs[i] * ss + (size_t)g * gs + (size_t)ps[i] * hd + j] += mk0;
+            double emax = 0, extra = 0, mx = -INFINITY, sum = 0;
+            double *sv = zb_dalloc(Tc);
+            for (int u = 0; u < Tc; u++) {
+                const float *ku = Kb + (size_t)g * gs + (size_t)u * hd;
+                double s = 0, am = 0, sk = 0, dk = 0;
+                for (int j = 0; j < hd; j++) {
+                    s += (double)qh[j] * ku[j];
+                    am += fabs((double)qh[j] * ku[j]);
+                    sk += fabs(ku[j]);
+                    if (u == ps[i]) dk = fmax(dk, dr * mk0 + (bf ? 0x1p-8 * fabs(ku[j]) : 0));
+                }
+                sv[u] = s * scale;
+                emax = fmax(emax, am * scale);
+                extra = fmax(extra, (dr * mq * sk + dk * sq) * scale);
+                mx = fmax(mx, sv[u]);
+            }
+            for (int u = 0; u < Tc; u++) sum += exp(sv[u] - mx);
+            const double e = (2 * (hd + 2) * U + orel) * emax + extra;
+            for (int c = 0; c < hd; c++) {
+                double m = 0;
+                for (int u = 0; u < Tc; u++) m += exp(sv[u] - mx) / sum * fabs(Vb[(size_t)g * gs + (size_t)u * hd + c]);
+                bound[(size_t)i * qd + (size_t)h * hd + c] = (4 * e + 2 * orel + 4 * (Tc + hd + 8) * U) * m + 1e-30;
+            }
+            free(sv);
+        }
+    }
+    char w2[300];
+    snprintf(w2, sizeof w2, "decode_attn_fused vs CPU attention, %s", what);
+    zb_check_bounds(w2, outs[1], ref, bound, no);
+    snprintf(w2, sizeof w2, "decode_attn old kernels vs CPU attention, %s", what);
+    zb_check_bounds(w2, outs[0], ref, bound, no);
+    snprintf(w2, sizeof w2, "decode_attn_fused key cache vs the old kernels', %s", what);
+    zb_check_mag(w2, caches[1][0], caches[0][0], mk, dr, 0, nc);
+    snprintf(w2, sizeof w2, "decode_attn_fused value cache vs the old kernels', %s", what);
+    zb_check_mag(w2, caches[1][1], caches[0][1], mv, dr, 0, nc);
+    int same = 1;
+    for (int t = 2; t < 5; t++) same &= !memcmp(outs[t], outs[1], no * sizeof(float));
+    zb_check(same, "decode_attn_fused called again and replayed from a graph: the same bits, %s", what);
+    int pok = 1;
+    for (int i = 0; i < nb; i++) pok &= posi[i] == ps[i];
+    zb_check(pok, "decode_attn_fused: the gathered positions, %s", what);
+    size_t diff = 0;
+    for (size_t e = 0; e < no; e++) diff += memcmp(&outs[0][e], &outs[1][e], sizeof(float)) != 0;
+    printf("note: decode_attn_fused vs the old kernels: %zu of %zu outputs differ in bits (%s)\n", diff, no, what);
+    for (int t = 0; t < 5; t++) free(outs[t]);
+    for (int p = 0; p < 2; p++) for (int w = 0; w < 2; w++) free(caches[p][w]);
+    free(q); free(k); free(v); free(c0); free(c16); free(qr); free(ref); free(sc); free(bound); free(mk); free(mv);
     zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dposi);
 }
 
@@ -1554,6 +1716,17 @@ int main(int argc, char **argv) {
     for (int bf = 0; bf < 2; bf++) {   /* the fused decode piece: the 8B's shape, a partial rotary dim */
         test_decode_qkv_prep(&rng, bf, 32, 8, 128, 128);
         test_decode_qkv_prep(&rng, bf, 6, 2, 40, 24);
+    }
+    for (int bf = 0; bf < 2; bf++) {   /* the decode attention in one kernel */
+        const int p1[1] = {0}, p2[1] = {17}, p3[3] = {63, 64, 255}, p4[2] = {8191, 5000}, p5[2] = {130, 0};
+        test_decode_fused(&rng, bf, 32, 8, 128, 128, 40, 1, p1, 0);     /* the 8B's shape: one position */
+        test_decode_fused(&rng, bf, 32, 8, 128, 128, 136, 1, p2, 0);    /* short: one chunk, no merge */
+        test_decode_fused(&rng, bf, 32, 8, 128, 128, 300, 3, p3, 0);    /* across chunk boundaries, batch 3 */
+        test_decode_fused(&rng, bf, 32, 8, 128, 128, 300, 3, p3, 32);   /* many chunks */
+        test_decode_fused(&rng, bf, 8, 2, 128, 128, 8192, 2, p4, 0);    /* 8k */
+        test_decode_fused(&rng, bf, 4, 2, 64, 32, 200, 2, p5, 0);       /* partial rotary dim, 2 heads a group */
+        test_decode_fused(&rng, bf, 8, 1, 256, 64, 200, 2, p5, 64);     /* 8 heads a group, 256 wide */
+        test_decode_fused(&rng, bf, 2, 2, 64, 64, 200, 2, p5, 512);     /* a head a group, one chunk of 512 */
     }
     zb_cuda_set_precision(ZB_PREC_F32);
     int st = zb_cuda_sync();

@@ -210,6 +210,8 @@ static void cu_attention_step(const zb_backend *be, const zb_rope *r, float *att
     long long ss = (long long)Hkv * max_T * hd, gs = (long long)max_T * hd;
     int c16 = be->opts.cache_bf16;
     zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), c16};
+    /* decode: RoPE, both stores, the attention and its merge in one kernel where it takes the shapes */
+    if (n == 1 && zb_cuda_decode_attn_fused(r, att, q, k, v, kc, vc, seqs, pos, posi, nb, max_T, &a)) return;
     if (n == 1 && zb_cuda_decode_qkv_prep_ok(r, hd)) {   /* decode: the positions, RoPE and both stores in one kernel */
         zb_cuda_decode_qkv_prep(r, q, k, v, kc, vc, c16, seqs, pos, posi, nb, H, Hkv, hd, ss, gs);
         zb_cuda_attention_cached(att, q, kc, vc, seqs, posi, nb, n, max_T, &a);

@@ -247,6 +247,16 @@ extern "C" void *zb_cuda_scratch(int slot, size_t bytes) {
     return g_dev.ws[slot];
 }
 
+extern "C" void *zb_cuda_scratch_zeroed(int slot, size_t bytes) {
+    void *old = slot >= 0 && slot < ZB_WS_N && bytes <= g_dev.ws_bytes[slot] ? g_dev.ws[slot] : NULL;
+    void *p = zb_cuda_scratch(slot, bytes);
+    if (p && p != old && cudaMemsetAsync(p, 0, g_dev.ws_bytes[slot], g_dev.stream) != cudaSuccess) {
+        zb_cuda_note_error2("scratch allocation", "cudaMemset failed", __FILE__, __LINE__);
+        return NULL;
+    }
+    return p;
+}
+
 /* ---- CUDA Graphs of a repeated step ------------------------------------------------------------ */
 
 typedef struct {

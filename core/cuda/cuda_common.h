@@ -87,8 +87,10 @@ int zb_cuda_status(void);
  * for the device) and are reused; a slot's contents are valid until the next request of the
  * same slot. Distinct users take distinct slots so that nested calls never share one. */
 enum { ZB_WS_GEMM_A = 0, ZB_WS_GEMM_B, ZB_WS_ATTN, ZB_WS_ATTN2, ZB_WS_LOSS, ZB_WS_PTRS, ZB_WS_MLA,
-       ZB_WS_MISC, ZB_WS_SSM, ZB_WS_OPT, ZB_WS_N };
+       ZB_WS_MISC, ZB_WS_SSM, ZB_WS_OPT, ZB_WS_TICKET, ZB_WS_N };
 void *zb_cuda_scratch(int slot, size_t bytes);
+/* the same, a new buffer set to zero (counters that the kernels using them leave at zero) */
+void *zb_cuda_scratch_zeroed(int slot, size_t bytes);
 
 /* The stream (cudaStream_t) and cuBLAS handle (cublasHandle_t) as plain pointers, for C code
  * that hands them to another module. */

@@ -411,21 +411,145 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_part(
 }
 
 
-/* The bf16 GQA fast path: D = dqk = dv (64, 128 or 256), R heads per group (1, 2, 4, 8). A row
- * of D bf16 is D / 8 lanes of 16 bytes, so a warp reads 32 / (D / 8) consecutive rows per load
- * (512 contiguous bytes); each group of D / 8 lanes ("slot") keeps its heads' running max, sum
+/* The GQA fast path: D = dqk = dv (64, 128 or 256), R heads per group (1, 2, 4, 8). A row of D
+ * values is D / 8 lanes of 8 (16 bytes of bf16, 32 of float32), so a warp reads 32 / (D / 8)
+ * consecutive rows per load; each group of D / 8 lanes ("slot") keeps its heads' running max, sum
  * and weighted values (online softmax) over its rows, DEC_P rows of K and V in flight per lane;
  * the block's slots are merged through shared memory into one part row per head (the format of
- * k_decode_part). */
+ * k_decode_part). k_decode_gqa reads a bf16 cache that the kernels before wrote; k_decode_fused
+ * (after k_decode_merge) does their work and the merge too. */
 #define DEC_P 4
+
+/* 8 values of a cache row: one 16-byte load of bf16, two of float32 */
+template <typename T> struct row8;
+template <> struct row8<bf16> { uint4 a; };
+template <> struct row8<float> { uint4 a, b; };
+__device__ static inline void ld_row(row8<bf16> &r, const bf16 *p) { r.a = ld_stream(p); }
+__device__ static inline void ld_row(row8<float> &r, const float *p) {
+    r.a = ld_stream((const bf16 *)p);
+    r.b = ld_stream((const bf16 *)(p + 4));
+}
+__device__ static inline void row_f(const row8<bf16> &r, float *f) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&r.a;
+#pragma unroll
+    for (int e = 0; e < 4; e++) { float2 x = __bfloat1622float2(h[e]); f[2 * e] = x.x; f[2 * e + 1] = x.y; }
+}
+__device__ static inline void row_f(const row8<float> &r, float *f) {
+    f[0] = __uint_as_float(r.a.x); f[1] = __uint_as_float(r.a.y); f[2] = __uint_as_float(r.a.z); f[3] = __uint_as_float(r.a.w);
+    f[4] = __uint_as_float(r.b.x); f[5] = __uint_as_float(r.b.y); f[6] = __uint_as_float(r.b.z); f[7] = __uint_as_float(r.b.w);
+}
+
+template <int D, int R> struct gqa_sm {
+    static constexpr int SL = (DEC_THREADS / 32) * (32 / (D / 8));   /* slots per block */
+    float acc[SL][R][D], m[SL][R], l[SL][R];
+};
+
+/* One slot's rows of [u0, u1) (lane l of the slot's D / 8, the warp's rows from u0 + warp * RPW
+ * on): the running (m, ls, acc) of the R heads. Row pn (the new token's; -1: none) is taken from
+ * kn / vn (D values each, as the cache holds them) instead of the cache, which the fused kernel
+ * writes while it runs. */
+template <int D, int R, typename T>
+__device__ static inline void gqa_rows(const float (&qr)[R][8], const T *kc, const T *vc, long long base, long long rs,
+                                       int u0, int u1, int warp, int sub, int l, int pn, const float *kn,
+                                       const float *vn, float (&m)[R], float (&ls)[R], float (&acc)[R][8]) {
+    constexpr int LPR = D / 8, RPW = 32 / LPR, SL = (DEC_THREADS / 32) * RPW;
+    /* the warp's rows: warp-uniform loop (the shuffles need every lane), rows past u1 masked */
+    for (int ub = u0 + warp * RPW; ub < u1; ub += SL * DEC_P) {
+        row8<T> kr[DEC_P], vr[DEC_P];
+#pragma unroll
+        for (int p = 0; p < DEC_P; p++) {
+            int u = min(ub + sub + p * SL, u1 - 1);
+            ld_row(kr[p], kc + base + (long long)u * rs);
+            ld_row(vr[p], vc + base + (long long)u * rs);
+        }
+        float s[DEC_P][R];
+#pragma unroll
+        for (int p = 0; p < DEC_P; p++) {
+            float kf[8];
+            row_f(kr[p], kf);
+            if (min(ub + sub + p * SL, u1 - 1) == pn)
+#pragma unroll
+                for (int e = 0; e < 8; e++) kf[e] = kn[l * 8 + e];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                float v = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) v += qr[j][e] * kf[e];
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                s[p][j] = ub + sub + p * SL < u1 ? v : -INFINITY;
+            }
+        }
+        float vf[DEC_P][8];
+#pragma unroll
+        for (int p = 0; p < DEC_P; p++) {
+            row_f(vr[p], vf[p]);
+            if (min(ub + sub + p * SL, u1 - 1) == pn)
+#pragma unroll
+                for (int e = 0; e < 8; e++) vf[p][e] = vn[l * 8 + e];
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float mx = m[j];
+#pragma unroll
+            for (int p = 0; p < DEC_P; p++) mx = fmaxf(mx, s[p][j]);
+            float ms = mx == -INFINITY ? 0.0f : mx;   /* no row yet: everything stays 0 */
+            float corr = expf(m[j] - ms);
+            ls[j] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[j][e] *= corr;
+#pragma unroll
+            for (int p = 0; p < DEC_P; p++) {
+                float w = expf(s[p][j] - ms);
+                ls[j] += w;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[j][e] += w * vf[p][e];
+            }
+            m[j] = mx;
+        }
+    }
+}
+
+/* The slots' (m, ls, acc) merged into the chunk's part rows (pr, one of D + 2 per head), or (out
+ * != NULL: the chunk is the sequence's only one) into the output rows out[j * D + d] = num / den:
+ * what k_decode_merge makes of a single chunk (its weight e^0 = 1), so the same values. */
+template <int D, int R>
+__device__ static inline void gqa_slots(gqa_sm<D, R> &sm, int slot, int l, const float (&m)[R], const float (&ls)[R],
+                                        const float (&acc)[R][8], float *pr, float *out) {
+    constexpr int SL = gqa_sm<D, R>::SL;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) sm.acc[slot][j][l * 8 + e] = acc[j][e];
+        if (l == 0) { sm.m[slot][j] = m[j]; sm.l[slot][j] = ls[j]; }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < R * D; e += DEC_THREADS) {
+        int j = e / D, d = e % D;
+        float M = -INFINITY;
+        for (int t = 0; t < SL; t++) M = fmaxf(M, sm.m[t][j]);
+        float num = 0.0f, den = 0.0f;
+        for (int t = 0; t < SL; t++) {
+            float w = expf(sm.m[t][j] - M);   /* 0 for a slot without rows (m = -inf, acc = 0) */
+            num += w * sm.acc[t][j][d];
+            den += w * sm.l[t][j];
+        }
+        if (out) out[(size_t)j * D + d] = num / den;
+        else {
+            pr[(size_t)j * (D + 2) + d] = num;
+            if (d == 0) { pr[(size_t)j * (D + 2) + D] = M; pr[(size_t)j * (D + 2) + D + 1] = den; }
+        }
+    }
+}
+
 template <int D, int R>
 __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ part, const float *__restrict__ q,
                                                             const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
                                                             const int *seq, const int *pos, int H, int Hkv,
                                                             long long ss, long long gs, long long rs, float scale,
                                                             int CH, int nsplit) {
-    constexpr int LPR = D / 8, RPW = 32 / LPR, SL = (DEC_THREADS / 32) * RPW;
-    __shared__ float s_acc[SL][R][D], s_m[SL][R], s_l[SL][R];
+    constexpr int LPR = D / 8, RPW = 32 / LPR;
+    __shared__ gqa_sm<D, R> sm;
     pdl_launch();
     pdl_wait();   /* the cache rows and q of the kernel before */
     const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -449,77 +573,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_gqa(float *__restrict__ 
         for (int e = 0; e < 8; e++) acc[j][e] = 0.0f;
     }
     const long long base = (long long)seq[i] * ss + (long long)g * gs + l * 8;
-    /* the warp's rows: warp-uniform loop (the shuffles need every lane), rows past u1 masked */
-    for (int ub = u0 + warp * RPW; ub < u1; ub += SL * DEC_P) {
-        uint4 kr[DEC_P], vr[DEC_P];
-#pragma unroll
-        for (int p = 0; p < DEC_P; p++) {
-            int u = min(ub + sub + p * SL, u1 - 1);
-            kr[p] = ld_stream(kc + base + (long long)u * rs);
-            vr[p] = ld_stream(vc + base + (long long)u * rs);
-        }
-        float s[DEC_P][R];
-#pragma unroll
-        for (int p = 0; p < DEC_P; p++) {
-            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kr[p];
-            float kf[8];
-#pragma unroll
-            for (int e = 0; e < 4; e++) { float2 f = __bfloat1622float2(k2[e]); kf[2 * e] = f.x; kf[2 * e + 1] = f.y; }
-#pragma unroll
-            for (int j = 0; j < R; j++) {
-                float v = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; e++) v += qr[j][e] * kf[e];
-#pragma unroll
-                for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-                s[p][j] = ub + sub + p * SL < u1 ? v : -INFINITY;
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            float mx = m[j];
-#pragma unroll
-            for (int p = 0; p < DEC_P; p++) mx = fmaxf(mx, s[p][j]);
-            float ms = mx == -INFINITY ? 0.0f : mx;   /* no row yet: everything stays 0 */
-            float corr = expf(m[j] - ms);
-            ls[j] *= corr;
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[j][e] *= corr;
-#pragma unroll
-            for (int p = 0; p < DEC_P; p++) {
-                float w = expf(s[p][j] - ms);
-                ls[j] += w;
-                const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&vr[p];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float2 f = __bfloat1622float2(v2[e]);
-                    acc[j][2 * e] += w * f.x;
-                    acc[j][2 * e + 1] += w * f.y;
-                }
-            }
-            m[j] = mx;
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < R; j++) {
-#pragma unroll
-        for (int e = 0; e < 8; e++) s_acc[slot][j][l * 8 + e] = acc[j][e];
-        if (l == 0) { s_m[slot][j] = m[j]; s_l[slot][j] = ls[j]; }
-    }
-    __syncthreads();
-    for (int e = tid; e < R * D; e += DEC_THREADS) {
-        int j = e / D, d = e % D;
-        float M = -INFINITY;
-        for (int t = 0; t < SL; t++) M = fmaxf(M, s_m[t][j]);
-        float num = 0.0f, den = 0.0f;
-        for (int t = 0; t < SL; t++) {
-            float w = expf(s_m[t][j] - M);   /* 0 for a slot without rows (m = -inf, acc = 0) */
-            num += w * s_acc[t][j][d];
-            den += w * s_l[t][j];
-        }
-        pr[(size_t)j * (D + 2) + d] = num;
-        if (d == 0) { pr[(size_t)j * (D + 2) + D] = M; pr[(size_t)j * (D + 2) + D + 1] = den; }
-    }
+    gqa_rows<D, R, bf16>(qr, kc, vc, base, rs, u0, u1, warp, sub, l, -1, NULL, NULL, m, ls, acc);
+    gqa_slots<D, R>(sm, slot, l, m, ls, acc, pr, NULL);
 }
 
 /* merge the chunks of (sequence i, head h): one block of MERGE_THREADS per row; the chunks'
@@ -589,15 +644,251 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, cons
     }
 }
 
+/* ---- the attention of a decode step in one kernel ------------------------------------------------
+ * k_decode_fused: per (chunk sp of CH positions, KV group g, sequence i) one block of the GQA fast
+ * path (D = dqk = dv, R heads per group) that also does what k_decode_qkv_prep and k_decode_merge
+ * did around it, so one launch per layer instead of three (S6R2's ncu: 17 us of kernels a layer at
+ * 136 positions, a few hundred KB of cache):
+ * - each block ropes its R query heads in registers (lane l's 8 columns and, by a shuffle, their
+ *   rotate-half partners; k_rope's arithmetic) and reads the slot s = seq[i] at p = pos[s];
+ * - the block whose chunk holds p (the last one) ropes the new key row, rounds it and the value
+ *   row to the cache's type, stores both into the cache (slot s, row p) and uses those values for
+ *   row p (the cache rows it reads through the non-coherent path are the earlier steps');
+ * - the chunks of (i, g) are merged by the last of their blocks to finish (a counter per (i, g)
+ *   in device memory, atomicAdd after __threadfence; that block sets it back to 0, so a replayed
+ *   CUDA graph finds it at 0), with k_decode_merge's arithmetic; a sequence of one chunk (p < CH)
+ *   writes its output directly (what the merge makes of one chunk).
+ * - before its PDL wait, each block fetches its chunk's K and V rows into the L2 (prefetch: safe on
+ *   any contents), so that its loads after the wait meet the L2 (ZB_DEC_ATTN_PF=0: not);
+ * The query buffer is left unroped (nothing reads it after the attention); posi[i] = p as
+ * k_decode_qkv_prep. Same values as the three kernels where they compute in the same order: bf16
+ * caches at the same chunking (the merge's double sum of the chunks' weights aside, float32
+ * anyway); float32 caches took the general kernel k_decode_part before (another order). */
+__device__ static inline float rope_lo(float x1, float x2, float c, float s) { return x1 * c - x2 * s; }
+__device__ static inline float rope_hi(float x1, float x2, float c, float s) { return x2 * c + x1 * s; }
+__device__ static inline void out_st(float *p, float v) { *p = v; }
+__device__ static inline void out_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ static inline float as_cached(float x, const float *) { return x; }
+__device__ static inline float as_cached(float x, const bf16 *) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+/* lane l's 8 columns of a float32 head h roped: column c < half pairs with c + half (lane
+ * src = l + half / 8 of the same row's lanes, or l - half / 8), at the angles' cos / sin cs, sn;
+ * columns past the rotary dim copied. Every lane of the warp calls it (shuffles). */
+__device__ static inline void rope8(float *y, const float *h, int l, int src, int half, int dim, const float *cs,
+                                    const float *sn) {
+    float4 a = *(const float4 *)(h + l * 8), b = *(const float4 *)(h + l * 8 + 4);
+    const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float xp = __shfl_sync(0xffffffffu, x[e], src);
+        int c = l * 8 + e;
+        y[e] = c < half ? rope_lo(x[e], xp, cs[e], sn[e]) : c < dim ? rope_hi(xp, x[e], cs[e], sn[e]) : x[e];
+    }
+}
+
+template <int D, int R, typename T>
+__global__ void __launch_bounds__(DEC_THREADS) k_decode_fused(
+    zb_rope r, float *__restrict__ out, float *__restrict__ part, int *ticket, const float *__restrict__ q,
+    const float *__restrict__ k, const float *__restrict__ v, T *kc, T *vc, const int *seq, const int *pos, int *posi,
+    int H, int Hkv, long long ss, long long gs, long long rs, float scale, int CH, int nsplit, int max_T, int pf) {
+    constexpr int LPR = D / 8, RPW = 32 / LPR, NW = DEC_THREADS / 32;
+    __shared__ gqa_sm<D, R> sm;
+    __shared__ float s_new[2][D], s_den[R];
+    __shared__ int s_last;
+    pdl_launch();   /* the output projection's GEMV may start streaming its weights */
+    const int sp = blockIdx.x, g = blockIdx.y, i = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (pf) {   /* the chunk's K and V rows fetched into the L2 while the GEMV before ends: harmless whatever
+                 * they hold (the L2 is where the writes of every SM meet), so before the wait */
+        constexpr int LN = D * (int)sizeof(T) / 128;   /* 128-byte lines per row */
+        const long long b0 = (long long)(seq ? seq[i] : i) * ss + (long long)g * gs;
+        const int n = (min(max_T, sp * CH + CH) - sp * CH) * LN;
+        for (int e = tid; e < n; e += DEC_THREADS) {
+            const long long o = b0 + (long long)(sp * CH + e / LN) * rs + (e % LN) * (128 / (int)sizeof(T));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + o));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + o));
+        }
+    }
+    pdl_wait();     /* q, k, v of the GEMV before */
+    const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
+    const int s = seq ? seq[i] : i, pn = pos[s], L = pn + 1, nz = (L + CH - 1) / CH;
+    if (posi && sp == 0 && g == 0 && tid == 0) posi[i] = pn;
+    if (sp >= nz) return;   /* past this sequence's length (the merge counts nz blocks) */
+    const int u0 = sp * CH, u1 = min(L, u0 + CH);
+    /* this lane's angles at position pn: k_rope's arithmetic */
+    const int half = r.dim / 2, h8 = half / 8, src = lane + (l < h8 ? h8 : l < 2 * h8 ? -h8 : 0);
+    float cs[8], sn[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        int c = l * 8 + e, f = c < half ? c : c - half;
+        float a = (float)pn * r.inv_freq[f < half ? f : 0];
+        cs[e] = cosf(a) * r.mscale;
+        sn[e] = sinf(a) * r.mscale;
+    }
+    float qr[R][8], m[R], ls[R], acc[R][8];
+    const float *qi = q + (size_t)i * H * D + (size_t)g * R * D;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        float y[8];
+        rope8(y, qi + j * D, l, src, half, r.dim, cs, sn);
+#pragma unroll
+        for (int e = 0; e < 8; e++) { qr[j][e] = y[e] * scale; acc[j][e] = 0.0f; }
+        m[j] = -INFINITY;
+        ls[j] = 0.0f;
+    }
+    const long long base = (long long)s * ss + (long long)g * gs + l * 8;
+    const bool own = sp == nz - 1;
+    if (own && warp == 0) {   /* the new row: k roped, both rounded as the cache holds them */
+        float y[8];
+        rope8(y, k + ((size_t)i * Hkv + g) * D, l, src, half, r.dim, cs, sn);
+        const float *vi = v + ((size_t)i * Hkv + g) * D + l * 8;
+        float4 a = *(const float4 *)vi, b = *(const float4 *)(vi + 4);
+        const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        if (sub == 0) {
+            T *kd = kc + base + (long long)pn * rs, *vd = vc + base + (long long)pn * rs;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                out_st(kd + e, y[e]);
+                out_st(vd + e, x[e]);
+                s_new[0][l * 8 + e] = as_cached(y[e], kc);
+                s_new[1][l * 8 + e] = as_cached(x[e], vc);
+            }
+        }
+    }
+    __syncthreads();
+    gqa_rows<D, R, T>(qr, kc, vc, base, rs, u0, u1, warp, sub, l, own ? pn : -1, s_new[0], s_new[1], m, ls, acc);
+    float *og = out + ((size_t)i * H + (size_t)g * R) * D;
+    if (nz == 1) {
+        gqa_slots<D, R>(sm, slot, l, m, ls, acc, NULL, og);
+        return;
+    }
+    const float *p0 = part + ((size_t)i * Hkv + g) * nsplit * R * (D + 2);
+    const size_t st = (size_t)R * (D + 2);   /* from one chunk to the next */
+    gqa_slots<D, R>(sm, slot, l, m, ls, acc, (float *)p0 + sp * st, NULL);
+    /* the last block of (i, g) to get here merges (threadFenceReduction, CUDA samples) */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int *t = ticket + (size_t)i * Hkv + g;
+        s_last = atomicAdd(t, 1) == nz - 1;
+        if (s_last) *t = 0;   /* every block of (i, g) has counted: ready for the next call */
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    /* k_decode_merge's arithmetic per head j: chunk weights e^(m_c - M) (0 for l = 0), the sum of
+     * the weighted l in double, the columns summed over the chunks c = w, w + 8, ... per w < 8,
+     * those 8 sums added in order. The other blocks' part rows read from the L2 (__ldcg). */
+    float *wsm = &sm.acc[0][0][0];   /* [R][nz]: the slots' values are no longer needed */
+    for (int j = warp; j < R; j += NW) {
+        const float *pj = p0 + (size_t)j * (D + 2);
+        float M = -INFINITY;
+        for (int c = lane; c < nz; c += 32) M = fmaxf(M, __ldcg(pj + c * st + D));
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        double den = 0;
+        for (int c = lane; c < nz; c += 32) {
+            float lc = __ldcg(pj + c * st + D + 1), w = lc > 0 ? expf(__ldcg(pj + c * st + D) - M) : 0.0f;
+            wsm[j * nz + c] = w;
+            den += (double)w * lc;
+        }
+        for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+        if (lane == 0) s_den[j] = (float)den;
+    }
+    __syncthreads();
+    for (int e = tid; e < R * D; e += DEC_THREADS) {
+        const int j = e / D, d = e % D;
+        const float *pj = p0 + (size_t)j * (D + 2) + d, *wj = wsm + j * nz;
+        float num = 0.0f;
+        for (int w = 0; w < MERGE_THREADS / 32; w++) {
+            float a = 0.0f;
+            for (int c = w; c < nz; c += MERGE_THREADS / 32) {
+                float wc = wj[c];
+                if (wc != 0.0f) a += wc * __ldcg(pj + c * st);
+            }
+            num += a;
+        }
+        og[(size_t)j * D + d] = num / s_den[j];
+    }
+}
+
+/* ZB_DEC_ATTN=old in the environment: the three kernels (qkv_prep, the chunks, the merge) */
+static int g_dec_attn = -1;
+extern "C" void zb_cuda_decode_attn_fused_set(int on) { g_dec_attn = on < 0 ? -1 : on != 0; }
+static int dec_attn_fused_on(void) {
+    if (g_dec_attn < 0) {
+        const char *e = getenv("ZB_DEC_ATTN");
+        g_dec_attn = !(e && !strcmp(e, "old"));
+    }
+    return g_dec_attn && zb_cuda_dec_fuse();
+}
+
+static int g_dec_chunk = 0;   /* 0: chosen per call; else forced positions per block (the benchmark's sweep) */
+extern "C" void zb_cuda_decode_set_chunk(int ch) { g_dec_chunk = ch >= 32 ? ch : 0; }
+
+/* positions per block of the fast path: enough blocks for two per SM, at most 512 positions each
+ * (ZB_DEC_CHUNK=n in the environment forces n >= 32, for measurements) */
+static int gqa_chunk(int nb, int Hkv, int max_T) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("ZB_DEC_CHUNK");
+        env = e && atoi(e) >= 32 ? atoi(e) : 0;
+    }
+    if (env && !g_dec_chunk) return env;
+    int CH = 512;
+    while (CH > 64 && (long long)nb * Hkv * ((max_T + CH - 1) / CH) < 2LL * zb_cuda_sm_count()) CH /= 2;
+    while ((max_T + CH - 1) / CH > 16384) CH *= 2;
+    return g_dec_chunk ? g_dec_chunk : CH;
+}
+
+extern "C" int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const float *q, const float *k, const float *v,
+                                         void *kc, void *vc, const int *seq_dev, const int *pos_dev, int *posi,
+                                         int nb, int max_T, const zb_cuda_cache_attn *a) {
+    const int D = a->dqk, rep = a->H / a->Hkv;
+    if (!dec_attn_fused_on() || nb <= 0 || max_T <= 0 || a->Hkv <= 0 || a->H % a->Hkv || D != a->dv ||
+        (D != 64 && D != 128 && D != 256) || (rep != 1 && rep != 2 && rep != 4 && rep != 8) || r->dim % 16 ||
+        r->dim > D || a->row_stride % 8 || a->seq_stride % 8 || a->group_stride % 8 ||
+        (((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)kc | (uintptr_t)vc) & 15))
+        return 0;
+    const int CH = gqa_chunk(nb, a->Hkv, max_T), nsplit = (max_T + CH - 1) / CH;
+    if (nsplit > 1024) return 0;   /* the merge's chunk weights in the block's 32 KB */
+    float *part = (float *)zb_cuda_scratch(ZB_WS_ATTN2, (size_t)nb * a->H * nsplit * (D + 2) * sizeof(float));
+    int *ticket = (int *)zb_cuda_scratch_zeroed(ZB_WS_TICKET, (size_t)nb * a->Hkv * sizeof(int));
+    if (!part || !ticket) return 1;   /* the error is recorded */
+    dim3 grid(nsplit, a->Hkv, nb);
+    cudaStream_t st = zb_cuda_stream();
+    static int pf = -1;   /* ZB_DEC_ATTN_PF=0: no L2 prefetch of the chunks before the PDL wait */
+    if (pf < 0) {
+        const char *e = getenv("ZB_DEC_ATTN_PF");
+        pf = !(e && !strcmp(e, "0"));
+    }
+#define ZB_FUSED(DD, RR, TT)                                                                                       \
+    pdl_go(k_decode_fused<DD, RR, TT>, grid, dim3(DEC_THREADS), 0, st, *r, out, part, ticket, q, k, v, (TT *)kc,    \
+           (TT *)vc, seq_dev, pos_dev, posi, a->H, a->Hkv, a->seq_stride, a->group_stride, a->row_stride, a->scale, \
+           CH, nsplit, max_T, pf)
+#define ZB_FUSED_R(DD, TT)                                                                                         \
+    switch (rep) {                                                                                                 \
+    case 1: ZB_FUSED(DD, 1, TT); break;                                                                            \
+    case 2: ZB_FUSED(DD, 2, TT); break;                                                                            \
+    case 4: ZB_FUSED(DD, 4, TT); break;                                                                            \
+    default: ZB_FUSED(DD, 8, TT); break;                                                                           \
+    }
+#define ZB_FUSED_D(TT)                                                                                             \
+    if (D == 64) { ZB_FUSED_R(64, TT) }                                                                            \
+    else if (D == 128) { ZB_FUSED_R(128, TT) }                                                                     \
+    else { ZB_FUSED_R(256, TT) }
+    if (a->cache_bf16) { ZB_FUSED_D(bf16) }
+    else { ZB_FUSED_D(float) }
+#undef ZB_FUSED_D
+#undef ZB_FUSED_R
+#undef ZB_FUSED
+    ZB_CUDA_LAUNCHED("decode attention (fused)");
+    return 1;
+}
+
 /* the kernel's limits: heads per group, and the queries and 32 scores per head in 96 KB */
 extern "C" int zb_cuda_decode_attn_ok(int H, int Hkv, int dqk) {
     return Hkv > 0 && H % Hkv == 0 && H / Hkv <= DEC_MAXREP && (size_t)(H / Hkv) * (dqk + 32 + 2) * 4 <= 96 * 1024;
 }
 
-/* out [nb, H*dv] for one new token per sequence (position pos[i], already in the cache); the
- * caches as in zb_cuda_cache_attn; max_T bounds the positions (the number of chunks). */
-static int g_dec_chunk = 0;   /* 0: chosen per call; else forced positions per block (the benchmark's sweep) */
-extern "C" void zb_cuda_decode_set_chunk(int ch) { g_dec_chunk = ch >= 32 ? ch : 0; }
 
 template <int D>
 static void gqa_launch(dim3 grid, float *part, const float *q, const void *kc, const void *vc, const int *seq,
@@ -631,12 +922,8 @@ extern "C" void zb_cuda_decode_attn(float *out, const float *q, const void *kc, 
     if (nb <= 0 || max_T <= 0) return;
     int rep = a->H / a->Hkv, dqk = a->dqk, fast = gqa_fast(q, kc, vc, a), CH;
     size_t smem = 0;
-    if (fast) {   /* enough blocks for two per SM, at most 512 positions each */
-        CH = 512;
-        while (CH > 64 && (long long)nb * a->Hkv * ((max_T + CH - 1) / CH) < 2LL * zb_cuda_sm_count()) CH /= 2;
-        while ((max_T + CH - 1) / CH > 16384) CH *= 2;
-        if (g_dec_chunk) CH = g_dec_chunk;
-    } else {   /* positions per block, fewer when the heads' scores and queries would not fit */
+    if (fast) CH = gqa_chunk(nb, a->Hkv, max_T);
+    else {   /* positions per block, fewer when the heads' scores and queries would not fit */
         CH = 256;
         while (CH > 32 && (size_t)rep * (dqk + CH) * 4 > 96 * 1024) CH /= 2;
         smem = ((size_t)rep * (dqk + CH) + 2 * rep) * sizeof(float);
@@ -1200,9 +1487,6 @@ extern "C" int zb_cuda_dec_fuse(void) {
     return g_dec_fuse;
 }
 
-__device__ static inline void out_st(float *p, float v) { *p = v; }
-__device__ static inline void out_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
-
 /* One head of hd values from v to out (in place, or a cache row), its first r.dim rotated at
  * position p (a warp; buf: r.dim floats of shared memory): k_rope's arithmetic (cuda_ops.cu,
  * inverse = 0: an interleaved input comes out in the rotate-half layout), so the same values. */
@@ -1218,7 +1502,7 @@ __device__ static inline void warp_rope_head(const zb_rope &r, bool rot, const f
         float x1, x2;
         if (interleave) { x1 = buf[2 * i]; x2 = buf[2 * i + 1]; }
         else { x1 = buf[i]; x2 = buf[i + half]; }
-        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        float y1 = rope_lo(x1, x2, c, s), y2 = rope_hi(x1, x2, c, s);
         out_st(out + i, y1);
         out_st(out + i + half, y2);
     }

@@ -249,6 +249,17 @@ int zb_cuda_decode_qkv_prep_ok(const zb_rope *r, int hd);
 void zb_cuda_decode_qkv_prep(const zb_rope *r, float *q, const float *k, const float *v, void *kc, void *vc,
                              int cache_bf16, const int *seq_dev, const int *pos_dev, int *posi, int nb, int H, int Hkv,
                              int hd, long long seq_stride, long long group_stride);
+/* The attention of a decode step in one kernel (cuda_decode.cu): zb_cuda_decode_qkv_prep's work
+ * (RoPE of q and k, k and v stored into the caches at p = pos[seq[i]], posi[i] = p; q itself is
+ * left unroped), flash-decoding over the caches and the chunks' merge (by the last block of each
+ * (sequence, group)), out [nb, H*dv] as zb_cuda_decode_attn's. Returns 0 without doing anything
+ * where it does not take the shapes (D = dqk = dv of 64, 128 or 256; 1, 2, 4 or 8 heads per group;
+ * rotary dim a multiple of 16; 16-byte aligned rows) or ZB_DEC_ATTN=old / ZB_DEC_FUSE=0 is set:
+ * then the separate kernels do it. _set(1 / 0) forces it on / off, -1 reads the environment. */
+int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const float *q, const float *k, const float *v, void *kc,
+                              void *vc, const int *seq_dev, const int *pos_dev, int *posi, int nb, int max_T,
+                              const zb_cuda_cache_attn *a);
+void zb_cuda_decode_attn_fused_set(int on);
 /* MLA decode (cuda_decode.cu), the fused path of zb_cuda_mla_decode_fused (cuda_mla.h):
  * _dec_prep: per sequence i the absorbed queries qlat [nb, H, R + dr] = [W_UK_h^T q_nope_h |
  * RoPE(q_pe_h)] from q [nb, H, dn + dr] and kv_b ([groups][dn + dvo][R], group h / rep; bf16 or

@@ -18,6 +18,9 @@ if(ZB_CUDA)
   zb_cuda_test(test_cuda_mla test_cuda_mla.c)
   # hybrid generation (batched prefill, non-consecutive sequences, decode) against the CPU backend
   zb_cuda_test(test_gen_cuda test_gen_cuda.c ${CMAKE_SOURCE_DIR}/configs/tiny-zebra.json)
+  # the same for a Llama whose decode attention takes the one-kernel path (head dim 64, 4 heads a
+  # group), which runs against the three kernels of before too
+  zb_cuda_test(test_gen_cuda_gqa test_gen_cuda.c ${CMAKE_CURRENT_SOURCE_DIR}/gqa64-gen.json)
   # the backend seam's table on the GPU, and the whole teacher and all-MLA model against the HF
   # fixtures through the CUDA table (float32 products: the CPU tests' bounds)
   function(zb_cuda_model_test name exe)

@@ -458,10 +458,15 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         free(got); free(mag);
         CU(cudaFree(dproj)); CU(cudaFree(ddt));
     }
-    /* conv + SiLU: the kernel over groups of rows, then the one of a block per row (ZB_CONV=old) */
-    for (int one = 1; one >= 0; one--) {
-        const char *how = one ? "" : " (a block per row)";
-        zb_cuda_m2_conv_rows(one);
+    /* conv + SiLU: the kernel over channel pairs (the default where the shape allows), over groups of
+     * 8 rows (ZB_CONV=rows), a block per row (ZB_CONV=old); pre and post the same bits in all three (the
+     * same sums in the same order) */
+    float *cf_keep[2] = {0};
+    for (int kind = 2; kind >= 0; kind--) {
+        static const char *hows[] = {" (a block per row)", " (groups of 8 rows)", ""};
+        const char *how = hows[kind];
+        zb_cuda_m2_conv_rows(kind > 0);
+        zb_cuda_m2_conv_fwd_kind(kind);
         float *dproj = dup_(a.proj, (size_t)N * P), *dpre = dnew((size_t)N * cd), *dpost = dnew((size_t)N * cd);
         zb_cuda_m2_conv_forward(m, L->dw.conv_w, L->dw.conv_b, dproj, NULL, 0, dpre, dpost, B, T);
         float *gpre = dget(dpre, (size_t)N * cd, "conv forward"), *gpost = dget(dpost, (size_t)N * cd, "conv forward");
@@ -482,10 +487,23 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         cmp(what, gpre, a.xbc_pre, NULL, mpre, (size_t)N * cd, cd, K + 2, 2, NULL);
         snprintf(what, sizeof what, "[%s] conv1d + SiLU%s", c->name, how);
         cmp(what, gpost, a.xbc, NULL, mpost, (size_t)N * cd, cd, K + 8, 2, NULL);
-        free(gpre); free(gpost); free(mpre); free(mpost);
+        if (kind == 2) {
+            cf_keep[0] = gpre;
+            cf_keep[1] = gpost;
+        } else {
+            zb_check(!memcmp(gpre, cf_keep[0], (size_t)N * cd * sizeof(float)) &&
+                         !memcmp(gpost, cf_keep[1], (size_t)N * cd * sizeof(float)),
+                     "[%s] conv1d + SiLU%s: pre and post the same bits as the default kernel's", c->name, how);
+            free(gpre);
+            free(gpost);
+        }
+        free(mpre); free(mpost);
         CU(cudaFree(dproj)); CU(cudaFree(dpre)); CU(cudaFree(dpost));
     }
     zb_cuda_m2_conv_rows(-1);
+    zb_cuda_m2_conv_fwd_kind(-1);
+    free(cf_keep[0]);
+    free(cf_keep[1]);
     /* SSD forward and backward */
     {
         ssd_ref rf;
@@ -521,8 +539,13 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         CU(cudaFree(gD)); CU(cudaFree(work));
         ssd_ref_free(&rf);
     }
-    /* gated RMSNorm forward and backward */
-    {
+    /* gated RMSNorm forward and backward: the S6 kernels (ZB_GNORM=old), then the default (over groups of
+     * rows where the norm groups are 32-128 wide), each against the CPU and bit for bit with each other
+     * (the same sums in the same order) */
+    float *gn_keep[5] = {0};
+    for (int rows = 0; rows < 2; rows++) {
+        zb_cuda_m2_gnorm_rows(rows);
+        const char *how = rows ? "" : " (ZB_GNORM=old)";
         float *dyv = dup_(a.y, (size_t)N * di), *dproj = dup_(a.proj, (size_t)N * P), *dov = dnew((size_t)N * di),
               *drs = dnew((size_t)N * ng);
         zb_cuda_m2_gated_norm_forward(m, L->dw.norm_w, 1e-5f, dyv, dproj, P, dov, drs, N);
@@ -530,9 +553,9 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
         double *mo = malloc((size_t)N * di * 8), *mrs = malloc((size_t)N * ng * 8);
         for (size_t i = 0; i < (size_t)N * di; i++) mo[i] = fabs(a.o[i]);
         for (size_t i = 0; i < (size_t)N * ng; i++) mrs[i] = fabs(a.rstd[i]);
-        snprintf(what, sizeof what, "[%s] gated RMSNorm output", c->name);
+        snprintf(what, sizeof what, "[%s] gated RMSNorm output%s", c->name, how);
         cmp(what, go, a.o, NULL, mo, (size_t)N * di, di, G + 16, 2, NULL);
-        snprintf(what, sizeof what, "[%s] gated RMSNorm rstd", c->name);
+        snprintf(what, sizeof what, "[%s] gated RMSNorm rstd%s", c->name, how);
         cmp(what, grs, a.rstd, NULL, mrs, (size_t)N * ng, ng, G + 8, 2, NULL);
         /* backward from the CPU's dL/do, on the CPU's rstd */
         dput(drs, a.rstd, (size_t)N * ng);
@@ -560,17 +583,35 @@ static void stages_vs_cpu(const cfg *c, layer *L, const float *x, const float *R
                 }
             }
         float *gdz = cols_f(hdz, N, P, 0, di), *cdz = cols_f(c_dproj, N, P, 0, di);
-        snprintf(what, sizeof what, "[%s] gated RMSNorm backward dy", c->name);
+        snprintf(what, sizeof what, "[%s] gated RMSNorm backward dy%s", c->name, how);
         cmp(what, hdy, c_dy, NULL, mdy, (size_t)N * di, di, G + 16, 2, NULL);
-        snprintf(what, sizeof what, "[%s] gated RMSNorm backward dz", c->name);
+        snprintf(what, sizeof what, "[%s] gated RMSNorm backward dz%s", c->name, how);
         cmp(what, gdz, cdz, NULL, mdz, (size_t)N * di, di, G + 16, 2, NULL);
-        snprintf(what, sizeof what, "[%s] gated RMSNorm backward d norm_w", c->name);
+        snprintf(what, sizeof what, "[%s] gated RMSNorm backward d norm_w%s", c->name, how);
         cmp(what, hgw, L->g.norm_w, NULL, mgw, di, di, N + 8, 2, NULL);
+        {
+            float *cur[5] = {go, grs, hdy, gdz, hgw};
+            size_t n5[5] = {(size_t)N * di, (size_t)N * ng, (size_t)N * di, (size_t)N * di, (size_t)di};
+            int same = 1;
+            for (int q = 0; q < 5; q++) {
+                if (!rows) {
+                    gn_keep[q] = malloc(n5[q] * sizeof(float));
+                    memcpy(gn_keep[q], cur[q], n5[q] * sizeof(float));
+                } else {
+                    same &= !memcmp(gn_keep[q], cur[q], n5[q] * sizeof(float));
+                    free(gn_keep[q]);
+                }
+            }
+            if (rows)
+                zb_check(same, "[%s] gated RMSNorm over groups of rows: output, rstd, dy, dz, d norm_w the same bits "
+                         "as the S6 kernels'", c->name);
+        }
         free(go); free(grs); free(mo); free(mrs); free(hdy); free(hdz); free(hgw); free(mdy); free(mdz); free(mgw);
         free(gdz); free(cdz);
         CU(cudaFree(dyv)); CU(cudaFree(dproj)); CU(cudaFree(dov)); CU(cudaFree(drs)); CU(cudaFree(ddo));
         CU(cudaFree(dz)); CU(cudaFree(gw)); CU(cudaFree(work));
     }
+    zb_cuda_m2_gnorm_rows(-1);
     /* dt backward */
     {
         float *dproj = dup_(a.proj, (size_t)N * P), *dd = dup_(c_ddt, (size_t)N * nh), *gdp = dnew((size_t)N * P),

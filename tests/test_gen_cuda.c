@@ -8,12 +8,17 @@
  *    sequences whose chunk states fit its scratch), then one decode step.
  * Every step's logits within the float32 bound of two evaluations along the forward's path
  * (zb_test.h, as test_gen_batch: magnitudes |lnf| |W_head| from the CPU's run); then the same
- * with bf16 weights, products and caches (bf16_tol). Exits 77 where no GPU is present. */
+ * with bf16 weights, products and caches (bf16_tol). A model with GQA attention runs everything
+ * twice more on the GPU: its decode attention in one kernel (the default) and as the three kernels
+ * of before (ZB_DEC_ATTN=old); the greedy picks of the two must be the same with bf16 caches (the
+ * same arithmetic), and are counted with float32 ones (another order of the sums: each within the
+ * bound against the CPU). Exits 77 where no GPU is present. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_ops.h"
 #include "model.h"
 #include "zb_test.h"
 
@@ -42,6 +47,7 @@ typedef struct {
     double sf, worst;
     int calls, bf16;   /* bf16: ||got - ref|| / ||ref|| per step instead of the float32 bound */
     int greedy_rows, greedy_bad;   /* decode rows picked on the device; those unlike the host's scan */
+    int *picks, npicks;            /* every greedy pick of the GPU, in order (the two attention paths compared) */
 } pair;
 
 /* the same step on both; the logits of its nb sequences compared. Decode steps (n == 1) run the
@@ -56,8 +62,10 @@ static int step(pair *p, const int *seqs, int nb, const int *ids, int n) {
         const zb_backend *be = p->gg->be;
         be->to_host(be, p->gg->logits, p->gg->logits_dev, sizeof(float) * (size_t)nb * V);
         zb_sampler greedy = {0, 0, 1};
-        for (int i = 0; i < nb; i++)
+        for (int i = 0; i < nb; i++) {
             if (p->gg->next[i] != zb_sample(p->gg->logits + (size_t)i * V, V, &greedy, NULL, NULL)) p->greedy_bad++;
+            if (p->picks && p->npicks < 4096) p->picks[p->npicks++] = p->gg->next[i];
+        }
         p->greedy_rows += nb;
         p->gg->greedy = 0;
     }
@@ -119,7 +127,12 @@ int main(int argc, char **argv) {
     int plan1[] = {0, 0, 1, 300, 2, 2, -2, 13, 2, 1, 1, 5, 0, 0, 1, 1, 0, 2, -1, 1, 0, 0, 1, 1};
     /* 80 sequences of 3 tokens together, then one decode of all */
     int plan2[] = {0, 0, 1, 3, 0, 0, 1, 1};
-    for (int bf = 0; bf < 2; bf++) {
+    int gqa = 0;
+    for (int l = 0; l < c.n_layers; l++) gqa |= c.kinds[l] == ZB_LAYER_ATTN;
+    int *picks[2] = {malloc(sizeof(int) * 4096), malloc(sizeof(int) * 4096)}, npicks[2] = {0, 0};
+    for (int pass = 0; pass < (gqa ? 4 : 2); pass++) {
+        const int bf = gqa ? pass / 2 : pass, old = gqa && pass % 2;   /* old: the attention's three kernels */
+        zb_cuda_decode_attn_fused_set(!old);
         zb_wdtype wt = bf ? ZB_WEIGHTS_BF16 : ZB_WEIGHTS_F32;
         zb_model mc, mg;
         ZB_TEST_OK(zb_model_init_ex(&mc, &c, wt));
@@ -131,7 +144,7 @@ int main(int argc, char **argv) {
         be.opts.cache_bf16 = bf;
         ZB_TEST_OK(zb_model_set_backend(&mg, &be));
         zb_gen gc, gg;
-        pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0, bf, 0, 0};
+        pair p = {&mc, &mg, &gc, &gg, zb_test_head_f32(&mc), NULL, 0, 0, 0, bf, 0, 0, picks[old], 0};
         zb_rng r;
         zb_rng_seed(&r, 9);
         run(&p, 3, 330, plan1, 6, &r, "3 sequences: batched prefill across a chunk seam, {2,0}, {1,2}, decodes");
@@ -139,6 +152,19 @@ int main(int argc, char **argv) {
         free(p.head);
         zb_model_free(&mc);
         zb_model_free(&mg);
+        npicks[old] = p.npicks;
+        if (old) {   /* the same steps with both attention paths: the picks compared */
+            int diff = npicks[0] != npicks[1];
+            for (int i = 0; i < npicks[0] && i < npicks[1]; i++) diff += picks[0][i] != picks[1][i];
+            if (bf)
+                zb_check(diff == 0 && npicks[0] > 0, "bf16: greedy picks with the decode attention in one kernel == with the three kernels (%d picks, %d differ)",
+                         npicks[0], diff);
+            else
+                printf("note: float32: greedy picks, one kernel vs three: %d of %d differ (each path within the float32 bound of the CPU)\n",
+                       diff, npicks[0]);
+        }
     }
+    zb_cuda_decode_attn_fused_set(-1);
+    free(picks[0]); free(picks[1]);
     return zb_test_finish();
 }

@@ -869,19 +869,45 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_fused(
         if (lane == 0) s_den[j] = (float)den;
     }
     __syncthreads();
-    for (int e = tid; e < R * D; e += DEC_THREADS) {
-        const int j = e / D, d = e % D;
-        const float *pj = p0 + (size_t)j * (D + 2) + d, *wj = wsm + j * nz;
-        float num = 0.0f;
-        for (int w = 0; w < MERGE_THREADS / 32; w++) {
-            float a = 0.0f;
-            for (int c = w; c < nz; c += MERGE_THREADS / 32) {
-                float wc = wj[c];
-                if (wc != 0.0f) a += wc * __ldcg(pj + c * st);
+    static_assert(MERGE_THREADS / 32 == 8, "k_decode_merge sums its chunks in 8 classes");
+    /* the columns: 4 outputs (j, d) a thread, the chunks 8 at a time (c0 + t: chunk t of k_decode_merge's
+     * warp t's sequence), the 32 loads of a round issued before their sums, each class summed in
+     * increasing c: the merge's order */
+    for (int e0 = tid; e0 < R * D; e0 += 4 * DEC_THREADS) {
+        float a[4][8], v[4][8];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+#pragma unroll
+            for (int t = 0; t < 8; t++) a[k][t] = 0.0f;
+        for (int c0 = 0; c0 < nz; c0 += 8) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int e = e0 + k * DEC_THREADS;
+                const float *pe = p0 + (size_t)(e / D) * (D + 2) + e % D;
+#pragma unroll
+                for (int t = 0; t < 8; t++) v[k][t] = e < R * D && c0 + t < nz ? __ldcg(pe + (c0 + t) * st) : 0.0f;
             }
-            num += a;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int e = e0 + k * DEC_THREADS;
+                const float *wj = wsm + (e / D) * nz;
+#pragma unroll
+                for (int t = 0; t < 8; t++)
+                    if (e < R * D && c0 + t < nz) {
+                        const float wc = wj[c0 + t];
+                        if (wc != 0.0f) a[k][t] += wc * v[k][t];
+                    }
+            }
         }
-        og[(size_t)j * D + d] = num / s_den[j];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int e = e0 + k * DEC_THREADS;
+            if (e >= R * D) continue;
+            float num = 0.0f;
+#pragma unroll
+            for (int t = 0; t < 8; t++) num += a[k][t];
+            og[(size_t)(e / D) * D + e % D] = num / s_den[e / D];
+        }
     }
 }
 

@@ -376,12 +376,114 @@ static bool conv_bwd_one(void) {
     return g_conv_bwd_one;
 }
 
+/* V floats from p (V = 2 or 4; zeros where !ok) / to p */
+template <int V>
+static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool ok) {
+    if (V == 4) {
+        float4 v = ok ? *(const float4 *)p : make_float4(0, 0, 0, 0);
+        o[0] = v.x; o[1] = v.y; o[V > 2 ? 2 : 0] = v.z; o[V > 3 ? 3 : 0] = v.w;
+    } else {
+        float2 v = ok ? *(const float2 *)p : make_float2(0, 0);
+        o[0] = v.x; o[V > 1 ? 1 : 0] = v.y;
+    }
+}
+template <int V>
+static __device__ __forceinline__ void stv(float *p, const float (&v)[V]) {
+    if (V == 4) *(float4 *)p = make_float4(v[0], v[1], v[V > 2 ? 2 : 0], v[V > 3 ? 3 : 0]);
+    else *(float2 *)p = make_float2(v[0], v[V > 1 ? 1 : 0]);
+}
+
+/* The training conv forward over channel pairs (the default since S7; ZB_CONV=rows k_conv_fwd_rows,
+ * ZB_CONV=old k_conv_fwd): as k_conv_bwd_vec, K a template argument, a thread owns V channels (V-wide
+ * loads and stores), a warp walks CF_ROWS rows with the last K-1 inputs in registers (each input row
+ * loaded once, where k_conv_fwd_rows loads 8 + K-1 rows for 8), CF_G rows' loads issued together.
+ * pre[t,c] = b_c + sum_k w[c,k] in[t-K+1+k, c] with k_conv_fwd_rows's terms in its order (the same bits). */
+#define CF_W 4      /* warps per block */
+#define CF_ROWS 32  /* rows per warp */
+#define CF_G 4      /* rows per load group */
+template <int K, int V>
+static __global__ void __launch_bounds__(CF_W * 32) k_conv_fwd_vec(int cd, int P, int di, int T, int R,
+                                                                   const float *__restrict__ w,
+                                                                   const float *__restrict__ bias,
+                                                                   const float *__restrict__ proj, float *pre,
+                                                                   float *post) {
+    int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int c = (blockIdx.x * 32 + lane) * V;
+    if (c >= cd) return;
+    int r0 = (blockIdx.y * CF_W + wp) * CF_ROWS, r1 = min(R, r0 + CF_ROWS);
+    if (r0 >= r1) return;
+    float wk[V][K], b0[V], inw[K - 1][V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        b0[j] = bias ? bias[c + j] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++) wk[j][k] = w[(size_t)(c + j) * K + k];
+    }
+    const float *in = proj + di + c;
+#pragma unroll
+    for (int q = 0; q < K - 1; q++) {
+        long s = (long)r0 - (K - 1) + q;
+        ldv<V>(inw[q], in + (s >= 0 ? (size_t)s * P : 0), s >= 0);
+    }
+    for (int rb = r0; rb < r1; rb += CF_G) {
+        float iv[CF_G][V];
+#pragma unroll
+        for (int u = 0; u < CF_G; u++) ldv<V>(iv[u], in + (size_t)(rb + u < r1 ? rb + u : r0) * P, rb + u < r1);
+#pragma unroll
+        for (int u = 0; u < CF_G; u++) {
+            int r = rb + u;
+            if (r >= r1) break;
+            int t = r % T;
+            float a[V], s[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float acc = b0[j];
+#pragma unroll
+                for (int k = 0; k < K; k++)
+                    if (t - (K - 1) + k >= 0) acc += wk[j][k] * (k < K - 1 ? inw[k < K - 1 ? k : 0][j] : iv[u][j]);
+                a[j] = acc;
+                s[j] = silu_dev(acc);
+            }
+            if (pre) stv<V>(pre + (size_t)r * cd + c, a);
+            stv<V>(post + (size_t)r * cd + c, s);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+#pragma unroll
+                for (int q = 0; q + 1 < K - 1; q++) inw[q][j] = inw[q + 1][j];
+                inw[K - 2][j] = iv[u][j];
+            }
+        }
+    }
+}
+
+/* 2: the training conv forward over channel pairs (k_conv_fwd_vec, the default where K = 4, the widths
+ * are multiples of 4 and the buffers 16-byte aligned), 1: over groups of 8 rows (k_conv_fwd_rows;
+ * ZB_CONV=rows), 0: a block per row (ZB_CONV=old); -1 the environment's */
+static int g_conv_fwd_kind = -1;
+extern "C" void zb_cuda_m2_conv_fwd_kind(int k) { g_conv_fwd_kind = k < 0 ? -1 : k > 2 ? 2 : k; }
+static int conv_fwd_kind(void) {
+    if (g_conv_fwd_kind < 0) {
+        const char *e = getenv("ZB_CONV");
+        g_conv_fwd_kind = e && !strcmp(e, "old") ? 0 : e && !strcmp(e, "rows") ? 1 : 2;
+    }
+    return g_conv_fwd_kind;
+}
+
 static void conv_fwd(const zb_mamba2_dims *m, const float *conv_w, const float *conv_b, const float *proj,
                      const float *hist, size_t hist_stride, const int *seqs, float *pre, float *post,
                      int B, int T) {
     size_t N = (size_t)B * T;
     int cd = zb_mamba2_conv_dim(m);
     if (N == 0) return;
+    int P = zb_mamba2_in_proj_rows(m), cr = cdiv((int)N, CF_W * CF_ROWS);
+    if (!hist && m->conv_k == 4 && m2_fused_path() && conv_rows() && conv_fwd_kind() == 2 && cd % 4 == 0 &&
+        m->d_inner % 4 == 0 && P % 4 == 0 && ((uintptr_t)proj | (uintptr_t)pre | (uintptr_t)post) % 16 == 0 &&
+        cr <= 65535) {
+        k_conv_fwd_vec<4, 2><<<dim3(cdiv(cd, 64), cr), CF_W * 32, 0, s_stream>>>(cd, P, m->d_inner, T, (int)N, conv_w,
+                                                                              conv_b, proj, pre, post);
+        zb_cuda_m2_check_launch("k_conv_fwd_vec");
+        return;
+    }
     if (!hist && m->conv_k <= M2_KMAX && m2_fused_path() && conv_rows() && cdiv((int)N, M2_WROWS) <= 65535) {
         k_conv_fwd_rows<<<dim3(cdiv(cd, 128), (unsigned)cdiv((int)N, M2_WROWS)), 128, 0, s_stream>>>(
             cd, m->conv_k, zb_mamba2_in_proj_rows(m), m->d_inner, T, (int)N, conv_w, conv_b, proj, pre, post);
@@ -459,11 +561,74 @@ static __global__ void k_gnorm_fwd(int N, int di, int G, int ng, const float *__
     }
 }
 
+/* k_gnorm_fwd for groups of 32 NPL channels over GN_U rows per warp, every load of the U rows issued before
+ * the first sum (k_gnorm_fwd: a warp per (row, group), its loads, sum and stores one after another,
+ * 524k warps per Zebra-1B layer at 8 x 2048: S6R2's gated norm forward 3.5 ms per step, ~3.5x its
+ * ~0.08 ms a layer of traffic). Block (group, 8 GN_U rows), lane l on channels c0 + l + 32 q as
+ * k_gnorm_fwd: the same sums in the same order, the same bits. */
+#define GN_U 4
+template <int NPL>
+static __global__ void __launch_bounds__(256) k_gnorm_fwd_rows(int N, int di, int ng, const float *__restrict__ nw,
+                                                               float eps, const float *__restrict__ y,
+                                                               const float *__restrict__ z, int zs, float *o,
+                                                               __nv_bfloat16 *o16, float *rstd) {
+    constexpr int G = 32 * NPL;
+    int grp = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c0 = grp * G + lane;
+    int rb = (blockIdx.y * 8 + warp) * GN_U;
+    float yv[GN_U][NPL], zv[GN_U][NPL], wv[NPL];
+#pragma unroll
+    for (int q = 0; q < NPL; q++) wv[q] = nw[c0 + 32 * q];
+#pragma unroll
+    for (int u = 0; u < GN_U; u++) {
+        size_t r = (size_t)(rb + u < N ? rb + u : 0);
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            yv[u][q] = rb + u < N ? y[r * di + c0 + 32 * q] : 0.0f;
+            zv[u][q] = rb + u < N ? z[r * zs + c0 + 32 * q] : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < GN_U; u++) {
+        if (rb + u >= N) break;
+        size_t r = (size_t)(rb + u);
+        float ss = 0.0f;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            float g = yv[u][q] * silu_dev(zv[u][q]);
+            ss += g * g;
+        }
+        ss = warp_sum(ss);
+        float rs = 1.0f / sqrtf(ss / G + eps);
+        if (rstd && lane == 0) rstd[r * ng + grp] = rs;
+#pragma unroll
+        for (int q = 0; q < NPL; q++) {
+            float v = yv[u][q] * silu_dev(zv[u][q]) * (rs * wv[q]);
+            if (o16) o16[r * di + c0 + 32 * q] = __float2bfloat16_rn(v);   /* o's only reader: out_proj */
+            else o[r * di + c0 + 32 * q] = v;
+        }
+    }
+}
+
+/* 1: the gated norm's forward over GN_U rows per warp (k_gnorm_fwd_rows) and its backward's rows in
+ * groups of GN_U with their loads together (the same bits), the default since S7 where the groups
+ * are 32-128 channels; 0 (ZB_GNORM=old): a warp per (row, group) and the backward row by row. */
+M2_SWITCH(g_gnorm_rows, zb_cuda_m2_gnorm_rows)
+static bool gnorm_rows(void) { return zb_cuda_env_switch(&g_gnorm_rows, "ZB_GNORM", "old"); }
+
 /* o16 (may be NULL): o written there in bf16 instead of into o */
 static void gated_norm_forward(const zb_mamba2_dims *m, const float *norm_w, float eps, const float *y, const float *z,
                                int z_stride, float *o, __nv_bfloat16 *o16, float *rstd, int N) {
     if (N <= 0) return;
-    int ng = norm_groups(m), di = m->d_inner;
+    int ng = norm_groups(m), di = m->d_inner, G = di / ng;
+    if (m2_fused_path() && gnorm_rows() && G % 32 == 0 && G <= 128 && cdiv(N, 8 * GN_U) <= 65535) {
+        dim3 grid(ng, cdiv(N, 8 * GN_U));
+        if (G == 32) k_gnorm_fwd_rows<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else if (G == 64) k_gnorm_fwd_rows<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else if (G == 96) k_gnorm_fwd_rows<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        else k_gnorm_fwd_rows<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, eps, y, z, z_stride, o, o16, rstd);
+        zb_cuda_m2_check_launch("k_gnorm_fwd_rows");
+        return;
+    }
     k_gnorm_fwd<<<blocks_for((size_t)N * ng * 32, 256), 256, 0, s_stream>>>(N, di, di / ng, ng, norm_w, eps,
                                                                              y, z, z_stride, o, o16, rstd);
     zb_cuda_m2_check_launch("k_gnorm_fwd");
@@ -511,7 +676,7 @@ struct f_norm_w {   /* do[r,c] g[r,c] rs[r, group] */
  * channels, NPL <= 4): block (group, slice of rows), a warp per row as k_gnorm_bwd with lane l on
  * channels c0 + l + 32 q; each lane keeps its channels' sums of do g rs over the warp's rows, the
  * 8 warps' sums are added in order into part[slice][c] for k_colsum_fin (deterministic). */
-template <int NPL>
+template <int NPL, int U>
 static __global__ void __launch_bounds__(256)
 k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const float *__restrict__ y,
                   const float *__restrict__ z, int zs, const float *__restrict__ rstd, float *dy, float *dz,
@@ -523,34 +688,49 @@ k_gnorm_bwd_fused(int N, int di, int ng, const float *__restrict__ nw, const flo
     float wacc[NPL], wv[NPL];
 #pragma unroll
     for (int q = 0; q < NPL; q++) { wacc[q] = 0.0f; wv[q] = nw[c0 + lane + 32 * q]; }
-    for (int r = r0 + warp; r < r1; r += 8) {
-        const float *yr = y + (size_t)r * di + c0, *zr = z + (size_t)r * zs + c0;
-        float *dyr = dy + (size_t)r * di + c0, *dzr = dz + (size_t)r * zs + c0;
-        float rs = rstd[(size_t)r * ng + grp], yv[NPL], zv[NPL], dov[NPL], sg[NPL], sum = 0.0f;
+    /* the warp's rows r0 + warp + 8 i in order, U at a time with their loads issued together (U = GN_U
+     * where gnorm_rows: one memory latency per U rows; U = 1 the S6 kernel) */
+    for (int rb = r0 + warp; rb < r1; rb += 8 * U) {
+        float yv[U][NPL], zv[U][NPL], dov[U][NPL], rsv[U];
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            int c = lane + 32 * q;
-            yv[q] = yr[c];
-            zv[q] = zr[c];
-            dov[q] = dyr[c];
+        for (int u = 0; u < U; u++) {
+            int r = rb + 8 * u;
+            bool ok = r < r1;
+            size_t rr = (size_t)(ok ? r : r0);
+            const float *yr = y + rr * di + c0, *zr = z + rr * zs + c0, *dyr = dy + rr * di + c0;
+            rsv[u] = ok ? rstd[rr * ng + grp] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < NPL; q++) {
+                int c = lane + 32 * q;
+                yv[u][q] = ok ? yr[c] : 0.0f;
+                zv[u][q] = ok ? zr[c] : 0.0f;
+                dov[u][q] = ok ? dyr[c] : 0.0f;
+            }
         }
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            sg[q] = sigmoid_dev(zv[q]);
-            float gc = yv[q] * silu_dev(zv[q]);
-            sum += dov[q] * wv[q] * gc;
-            wacc[q] += dov[q] * gc * rs;
-        }
-        sum = warp_sum(sum);
-        float f = sum / G * rs * rs * rs;
+        for (int u = 0; u < U; u++) {
+            int r = rb + 8 * u;
+            if (r >= r1) break;
+            float *dyr = dy + (size_t)r * di + c0, *dzr = dz + (size_t)r * zs + c0;
+            float rs = rsv[u], sg[NPL], sum = 0.0f;
 #pragma unroll
-        for (int q = 0; q < NPL; q++) {
-            int c = lane + 32 * q;
-            float sz = zv[q] * sg[q], gc = yv[q] * sz, dg = rs * wv[q] * dov[q] - f * gc;
-            float dzv = dg * yv[q] * sg[q] * (1.0f + zv[q] * (1.0f - sg[q]));
-            if (dz16) dz16[(size_t)r * zs + c0 + c] = __float2bfloat16_rn(dzv);   /* dz's only reader: in_proj */
-            else dzr[c] = dzv;
-            dyr[c] = dg * sz;
+            for (int q = 0; q < NPL; q++) {
+                sg[q] = sigmoid_dev(zv[u][q]);
+                float gc = yv[u][q] * silu_dev(zv[u][q]);
+                sum += dov[u][q] * wv[q] * gc;
+                wacc[q] += dov[u][q] * gc * rs;
+            }
+            sum = warp_sum(sum);
+            float f = sum / G * rs * rs * rs;
+#pragma unroll
+            for (int q = 0; q < NPL; q++) {
+                int c = lane + 32 * q;
+                float sz = zv[u][q] * sg[q], gc = yv[u][q] * sz, dg = rs * wv[q] * dov[u][q] - f * gc;
+                float dzv = dg * yv[u][q] * sg[q] * (1.0f + zv[u][q] * (1.0f - sg[q]));
+                if (dz16) dz16[(size_t)r * zs + c0 + c] = __float2bfloat16_rn(dzv);   /* dz's only reader: in_proj */
+                else dzr[c] = dzv;
+                dyr[c] = dg * sz;
+            }
         }
     }
 #pragma unroll
@@ -579,10 +759,13 @@ static void gated_norm_backward(const zb_mamba2_dims *m, const float *norm_w, co
         int ns = cdiv(N, 64) < CS_SPLIT_MAX ? cdiv(N, 64) : CS_SPLIT_MAX, rows_per = cdiv(N, ns);
         ns = cdiv(N, rows_per);
         dim3 grid(ng, ns);
-        if (G == 32) k_gnorm_bwd_fused<1><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else if (G == 64) k_gnorm_bwd_fused<2><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else if (G == 96) k_gnorm_bwd_fused<3><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
-        else k_gnorm_bwd_fused<4><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work);
+#define GN_BWD(NPL, U) k_gnorm_bwd_fused<NPL, U><<<grid, 256, 0, s_stream>>>(N, di, ng, norm_w, y, z, z_stride, rstd, dy, dz, dz16, rows_per, work)
+        bool rows = gnorm_rows();
+        if (G == 32) rows ? GN_BWD(1, GN_U) : GN_BWD(1, 1);
+        else if (G == 64) rows ? GN_BWD(2, GN_U) : GN_BWD(2, 1);
+        else if (G == 96) rows ? GN_BWD(3, GN_U) : GN_BWD(3, 1);
+        else rows ? GN_BWD(4, GN_U) : GN_BWD(4, 1);
+#undef GN_BWD
         zb_cuda_m2_check_launch("k_gnorm_bwd_fused");
         if (g_norm_w) {
             k_colsum_fin<<<cdiv(di, 256), 256, 0, s_stream>>>(work, ns, di, g_norm_w);
@@ -820,16 +1003,6 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
  * another order. V = 2, G = 4 the default; V = 4, G = 2 with ZB_CONV_BWD=quad (both fit 128
  * registers, 4 blocks an SM). */
 #define CB_W 4   /* warps per block: a slice's rows in CB_W runs */
-template <int V>
-static __device__ __forceinline__ void ldv(float (&o)[V], const float *p, bool ok) {
-    if (V == 4) {
-        float4 v = ok ? *(const float4 *)p : make_float4(0, 0, 0, 0);
-        o[0] = v.x; o[1] = v.y; o[V > 2 ? 2 : 0] = v.z; o[V > 3 ? 3 : 0] = v.w;
-    } else {
-        float2 v = ok ? *(const float2 *)p : make_float2(0, 0);
-        o[0] = v.x; o[V > 1 ? 1 : 0] = v.y;
-    }
-}
 template <int K, int V, int G>
 static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, int P, int di, int T, int R, int rows_per,
                                                             const float *__restrict__ w, const float *__restrict__ bias,

@@ -162,6 +162,10 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
 void zb_cuda_m2_conv_bwd_vec(int v);
 void zb_cuda_m2_conv_bwd_one(int on);
 void zb_cuda_m2_conv_rows(int on);
+/* The training conv forward's kernel where zb_cuda_m2_conv_rows is on: over channel pairs (2, the default
+ * where K = 4 and the widths are multiples of 4) or over groups of 8 rows (1; ZB_CONV=rows); -1 the
+ * environment's (for tests). */
+void zb_cuda_m2_conv_fwd_kind(int k);
 /* The mixer backward's in_proj output gradient written in bf16 by its producers (1, the default in
  * the bf16 mode), float32 then converted (0; ZB_M2_DPROJ16=0), -1 the environment's (for tests). */
 void zb_cuda_m2_dproj16(int on);
@@ -172,6 +176,10 @@ void zb_cuda_m2_o16(int on);
  * default where the conv backward's vector kernel runs), stored and read back (0; ZB_CONV_PRE=keep),
  * -1 the environment's (for tests). */
 void zb_cuda_m2_conv_pre_recompute(int on);
+/* The gated norm's forward over groups of rows and its backward's rows in groups with their loads
+ * together (1, the default where the norm groups are 32-128 wide; the same bits), the S6 kernels (0;
+ * ZB_GNORM=old), -1 the environment's (for tests). */
+void zb_cuda_m2_gnorm_rows(int on);
 void zb_cuda_m2_conv_backward(const zb_mamba2_dims *m, const float *conv_w, const float *proj,
                               const float *xbc_pre, const float *dxbc, float *dpre, float *dproj,
                               float *g_conv_w, float *g_conv_b, float *work, int B, int T);

@@ -347,14 +347,14 @@ static bool conv_rows(void) { return zb_cuda_env_switch(&g_conv_rows, "ZB_CONV",
  * per Zebra-1B step than the two kernels, 12.80 vs 11.74 ms); 0: k_conv_bwd_fused + the weight sums,
  * the default; -1: from the environment */
 M2_SWITCH(g_conv_bwd_one, zb_cuda_m2_conv_bwd_one)
-/* The conv backward over V-channel vectors (k_conv_bwd_vec): V = 2 the default since S7, 4 with
- * ZB_CONV_BWD=quad, 0 (ZB_CONV_BWD=old or =one) the two kernels or k_conv_bwd_one; -1 the environment's */
+/* The conv backward over V-channel vectors (k_conv_bwd_vec): V = 4 the default (S7R1: 3.54 ms per
+ * Zebra-1B step, pairs 3.82, the S6 kernels 11.58), 2 with ZB_CONV_BWD=pair, 0 (ZB_CONV_BWD=old or =one) the two kernels or k_conv_bwd_one; -1 the environment's */
 static int g_conv_bwd_vec = -1;
-extern "C" void zb_cuda_m2_conv_bwd_vec(int v) { g_conv_bwd_vec = v < 0 ? -1 : v == 4 ? 4 : v ? 2 : 0; }
+extern "C" void zb_cuda_m2_conv_bwd_vec(int v) { g_conv_bwd_vec = v < 0 ? -1 : v == 2 ? 2 : v ? 4 : 0; }
 static int conv_bwd_vec(void) {
     if (g_conv_bwd_vec < 0) {
         const char *e = getenv("ZB_CONV_BWD");
-        g_conv_bwd_vec = e && (!strcmp(e, "old") || !strcmp(e, "one")) ? 0 : e && !strcmp(e, "quad") ? 4 : 2;
+        g_conv_bwd_vec = e && (!strcmp(e, "old") || !strcmp(e, "one")) ? 0 : e && !strcmp(e, "pair") ? 2 : 4;
     }
     return g_conv_bwd_vec;
 }
@@ -425,6 +425,7 @@ static __global__ void __launch_bounds__(CF_W * 32) k_conv_fwd_vec(int cd, int P
         long s = (long)r0 - (K - 1) + q;
         ldv<V>(inw[q], in + (s >= 0 ? (size_t)s * P : 0), s >= 0);
     }
+    int t = r0 % T;   /* row r's position in its sequence, stepped with r (no division per row) */
     for (int rb = r0; rb < r1; rb += CF_G) {
         float iv[CF_G][V];
 #pragma unroll
@@ -433,7 +434,6 @@ static __global__ void __launch_bounds__(CF_W * 32) k_conv_fwd_vec(int cd, int P
         for (int u = 0; u < CF_G; u++) {
             int r = rb + u;
             if (r >= r1) break;
-            int t = r % T;
             float a[V], s[V];
 #pragma unroll
             for (int j = 0; j < V; j++) {
@@ -452,6 +452,7 @@ static __global__ void __launch_bounds__(CF_W * 32) k_conv_fwd_vec(int cd, int P
                 for (int q = 0; q + 1 < K - 1; q++) inw[q][j] = inw[q + 1][j];
                 inw[K - 2][j] = iv[u][j];
             }
+            t = t + 1 == T ? 0 : t + 1;
         }
     }
 }
@@ -988,7 +989,7 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
     conv_wsum_store(acc, bs, part, bpart, cd, K, c);
 }
 
-/* The conv backward in one pass over channel pairs / quads (the default since S7; ZB_CONV_BWD=old the
+/* The conv backward in one pass over channel quads / pairs (the default since S7; ZB_CONV_BWD=old the
  * two kernels above, ZB_CONV_BWD=one k_conv_bwd_one). S6R2's conv bwd took 11.9 ms per Zebra-1B step
  * (~1 ms a layer) where one pass must move ~0.7 GB a layer (pre, dpost and the input read once in
  * float32, din written in bf16: ~0.18 ms at 4 TB/s): the two kernels write and re-read dpre,
@@ -1000,7 +1001,7 @@ static __global__ void k_conv_bwd_one(int cd, int K, int P, int di, int T, int R
  * block's CB_W warps split a slice of rows, their weight / bias sums added in shared memory in warp
  * order, then the slices' sums in order by k_colsum_fin (deterministic). din[r] = sum_k w[c,k]
  * dp[r + K-1-k] with k_conv_bwd_fused's terms in its order (the same bits); the weight sums in
- * another order. V = 2, G = 4 the default; V = 4, G = 2 with ZB_CONV_BWD=quad (both fit 128
+ * another order. V = 4, G = 2 the default; V = 2, G = 4 with ZB_CONV_BWD=pair (both fit 128
  * registers, 4 blocks an SM). */
 #define CB_W 4   /* warps per block: a slice's rows in CB_W runs */
 template <int K, int V, int G>
@@ -1040,6 +1041,9 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
     }
     /* dp rows r0 .. r1 + K-2 (the last K-1 only for din of the run's last rows); inputs to r1 - 1 */
     int re = on && r0 < r1 ? r1 + K - 1 : r0, rl = min(R, re);   /* rows past R: dp 0, never used */
+    /* the positions in their sequences of row r and of din's row d = r - (K-1) (its first: r0), stepped
+     * with the rows (S7R1's ncu: the kernel issue-bound, two divisions per row for r % T) */
+    int tr = r0 % T, td = tr;
     for (int rb = r0; rb < re; rb += G) {
         float pv[G][V], gv[G][V], iv[G][V];
 #pragma unroll
@@ -1054,7 +1058,6 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
             int r = rb + u;
             if (r >= re) break;
             float dp[V];
-            int tr = r % T;
 #pragma unroll
             for (int j = 0; j < V; j++) {
                 float p;
@@ -1082,7 +1085,8 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
             }
             int d = r - (K - 1);   /* din of row d: its last tap's dp (row r) has arrived */
             if (d >= r0) {
-                int t = d % T;
+                int t = td;
+                td = td + 1 == T ? 0 : td + 1;
                 float o[V];
 #pragma unroll
                 for (int j = 0; j < V; j++) {
@@ -1114,6 +1118,7 @@ static __global__ void __launch_bounds__(CB_W * 32, 4) k_conv_bwd_vec(int cd, in
                 dpw[K - 2][j] = dp[j];
                 inw[K - 2][j] = iv[u][j];
             }
+            tr = tr + 1 == T ? 0 : tr + 1;
         }
     }
     /* the runs' sums in warp order, then the block's slice sums: part[slice][c K + k], bpart[slice][c] */

@@ -154,8 +154,8 @@ void zb_cuda_m2_dt_backward(const zb_mamba2_dims *m, const float *dt_bias, const
 /* Conv + SiLU backward for B sequences of T rows: dxbc [B*T, cd] the gradient of the SiLU
  * output; dpre [B*T, cd] work (OVERWRITTEN, or not used by the one-pass kernel); dproj[:, di + c]
  * OVERWRITTEN; g_conv_w, g_conv_b (may be NULL) accumulate. work: zb_cuda_m2_colsum_floats(cd (K + 1))
- * floats. zb_cuda_m2_conv_bwd_vec: the conv backward in one pass over channel pairs (2, the default
- * where the shape allows: K = 4, widths multiples of 4) or quads (4; ZB_CONV_BWD=quad), or
+ * floats. zb_cuda_m2_conv_bwd_vec: the conv backward in one pass over channel quads (4, the default
+ * where the shape allows: K = 4, widths multiples of 4) or pairs (2; ZB_CONV_BWD=pair), or
  * (0; ZB_CONV_BWD=old / one) as zb_cuda_m2_conv_bwd_one says: in one pass over 8-row groups (1; ZB_CONV_BWD=one) or two kernels
  * (0); zb_cuda_m2_conv_rows: the training conv forward over groups of rows (1, the
  * default) or a block per row (0; ZB_CONV=old); -1 the environment's choice (for tests). */

@@ -774,8 +774,9 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
         cmp(what, hD, NULL, rf.gD, rf.gDm, nh, nh, (double)N * m->headdim + 8, 1, NULL);
         free(hdx); free(hddt); free(hA); free(hD);
     }
-    /* the fused backward with each head's coefficients fetched at its start (ZB_SSD_BWD_PREFETCH=0):
-     * the same values loaded earlier, so the same bits as the default's */
+    /* the fused backward with each head's coefficients fetched at its start and its products one after
+     * another (ZB_SSD_BWD_PREFETCH=0 ZB_SSD_BWD_ILP=0): the same values loaded earlier, the same sums
+     * interleaved, so the same bits as the default's */
     for (int tc = 1; tc >= 0; tc--) {
         float *h[2][4];
         for (int pf = 1; pf >= 0; pf--) {
@@ -784,8 +785,10 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
             dsync("SSD backward: zeroed gradients");
             zb_cuda_set_precision(tc ? ZB_PREC_BF16 : ZB_PREC_F32);
             zb_cuda_m2_ssd_bwd_prefetch(pf);
+            zb_cuda_m2_ssd_bwd_ilp(pf);
             zb_cuda_m2_ssd_backward(m, dA, dD, dx, coef, st, ddy, gdx, gddt, gA, gD, work, B, T);
             zb_cuda_m2_ssd_bwd_prefetch(-1);
+            zb_cuda_m2_ssd_bwd_ilp(-1);
             zb_cuda_set_precision(ZB_PREC_F32);
             h[pf][0] = dget(gdx, (size_t)N * cd, "SSD backward");
             h[pf][1] = dget(gddt, (size_t)N * nh, "SSD backward");
@@ -799,8 +802,8 @@ static void ssd_vs_double(const cfg *c, zb_rng *rng) {
             free(h[0][q]);
             free(h[1][q]);
         }
-        zb_check(same, "[%s] SSD backward%s, coefficients fetched at each head's start (ZB_SSD_BWD_PREFETCH=0): "
-                 "d[x|B|C], ddt, dA_log, dD the same bits as the default's", c->name, tc ? ", tensor cores" : "");
+        zb_check(same, "[%s] SSD backward%s, coefficients fetched at each head's start, products one after another "
+                 "(ZB_SSD_BWD_PREFETCH=0 ZB_SSD_BWD_ILP=0): d[x|B|C], ddt, dA_log, dD the same bits as the default's", c->name, tc ? ", tensor cores" : "");
     }
     CU(cudaFree(dx)); CU(cudaFree(ddt)); CU(cudaFree(dA)); CU(cudaFree(dD)); CU(cudaFree(coef));
     CU(cudaFree(dyo)); CU(cudaFree(st)); CU(cudaFree(Sc)); CU(cudaFree(ddy)); CU(cudaFree(gdx));

@@ -103,6 +103,9 @@ void zb_cuda_m2_ssd_bwd_warps(int w);
 /* The fused backward fetching each head's coefficients with its operands (1, the default) or at the
  * head's start (0; ZB_SSD_BWD_PREFETCH=0), -1 back to the environment's choice. The same values. */
 void zb_cuda_m2_ssd_bwd_prefetch(int on);
+/* The fused backward's tensor-core products two at a time, their k steps interleaved (1, the default) or
+ * one after the other (0; ZB_SSD_BWD_ILP=0), -1 back to the environment's choice. The same sums. */
+void zb_cuda_m2_ssd_bwd_ilp(int on);
 /* The fused forward output's block in the bf16 mode: 8 warps (8, the default) or 16 (16;
  * ZB_SSD_FWD_WARPS=16), -1 back to the environment's choice. */
 void zb_cuda_m2_ssd_fwd_warps(int w);

@@ -750,14 +750,15 @@ __device__ __forceinline__ void f_zero(f_acc_f &a) { m2_zero(a.a); }
 
 /* acc += op(A) op(B) over k < K (a multiple of 8): A(m, k) = TA ? A[k F_LD + m] : A[m F_LD + k],
  * B(k, n) = TB ? B[n F_LD + k] : B[k F_LD + n]. Reads only shared memory (no barrier inside). */
+/* one k step of 8 of f_mm */
 template <bool TA, bool TB, int NF>
-__device__ __forceinline__ void f_mm(f_acc_tcn<NF> &acc, const float *A, const float *B, int K) {
+__device__ __forceinline__ void f_mm_step(f_acc_tcn<NF> &acc, const float *A, const float *B, int k) {
     namespace wm = nvcuda::wmma;
     typedef typename std::conditional<TA, wm::col_major, wm::row_major>::type la_t;
     typedef typename std::conditional<TB, wm::col_major, wm::row_major>::type lb_t;
     /* the warp's NF fragments share their row block (NF <= 4) */
     int f0 = (threadIdx.x >> 5) * NF, mi = f0 >> 2, nj = f0 & 3;
-    for (int k = 0; k < K; k += 8) {
+    {
         wm::fragment<wm::matrix_a, 16, 16, 8, wm::precision::tf32, la_t> fa;
         wm::load_matrix_sync(fa, TA ? A + (size_t)k * F_LD + mi * 16 : A + (size_t)mi * 16 * F_LD + k, F_LD);
 #pragma unroll
@@ -772,6 +773,32 @@ __device__ __forceinline__ void f_mm(f_acc_tcn<NF> &acc, const float *A, const f
             wm::mma_sync(acc.c[u], fa, fb, acc.c[u]);
         }
     }
+}
+template <bool TA, bool TB, int NF>
+__device__ __forceinline__ void f_mm(f_acc_tcn<NF> &acc, const float *A, const float *B, int K) {
+    for (int k = 0; k < K; k += 8) f_mm_step<TA, TB>(acc, A, B, k);
+}
+/* a2 += op(A2) op(B2) over k < K2 and a += op(A) op(B) over k < K, their k steps interleaved: two
+ * independent chains of loads and products per warp instead of one after the other (each product's
+ * steps in f_mm's order: the same sums) */
+template <bool TA2, bool TB2, bool TA, bool TB, int NF>
+__device__ __forceinline__ void f_mm2(f_acc_tcn<NF> &a2, const float *A2, const float *B2, int K2, f_acc_tcn<NF> &a,
+                                      const float *A, const float *B, int K) {
+    int Kc = min(K, K2), k = 0;
+    for (; k < Kc; k += 8) {
+        f_mm_step<TA2, TB2>(a2, A2, B2, k);
+        f_mm_step<TA, TB>(a, A, B, k);
+    }
+    for (int k2 = k; k2 < K2; k2 += 8) f_mm_step<TA2, TB2>(a2, A2, B2, k2);
+    for (; k < K; k += 8) f_mm_step<TA, TB>(a, A, B, k);
+}
+template <bool TA, bool TB>
+__device__ __forceinline__ void f_mm(f_acc_f &acc, const float *A, const float *B, int K);
+template <bool TA2, bool TB2, bool TA, bool TB>
+__device__ __forceinline__ void f_mm2(f_acc_f &a2, const float *A2, const float *B2, int K2, f_acc_f &a, const float *A,
+                                      const float *B, int K) {
+    f_mm<TA2, TB2>(a2, A2, B2, K2);
+    f_mm<TA, TB>(a, A, B, K);
 }
 template <bool TA, bool TB>
 __device__ __forceinline__ void f_mm(f_acc_f &acc, const float *A, const float *B, int K) {
@@ -814,6 +841,17 @@ __device__ __forceinline__ void f_mm_pair(ACC &a, const float *A2, const float *
     f_store(a, P2);
     f_zero(a);
     f_mm<TA, TB>(a, A, B, K);
+    f_store(a, P);
+    __syncthreads();
+}
+/* f_mm_pair with the two products' steps interleaved (f_mm2; b: a second accumulator) */
+template <bool TA2, bool TB2, bool TA, bool TB, class ACC>
+__device__ __forceinline__ void f_mm_pair2(ACC &a, ACC &b, const float *A2, const float *B2, int K2, float *P2,
+                                           const float *A, const float *B, int K, float *P) {
+    f_zero(b);
+    f_zero(a);
+    f_mm2<TA2, TB2, TA, TB>(b, A2, B2, K2, a, A, B, K);
+    f_store(b, P2);
     f_store(a, P);
     __syncthreads();
 }
@@ -1034,7 +1072,7 @@ struct f_bwd_out {
     int prefetch;   /* f_bwd_prefetch() */
 };
 #define F_BWD_MATS 12
-template <class ACC>
+template <class ACC, bool ILP>
 __global__ void __launch_bounds__(ACC::NT, 1)
 k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float *__restrict__ states,
                 const float *__restrict__ dstates, const float *__restrict__ dy, const float *__restrict__ Dp,
@@ -1120,13 +1158,21 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
                 have = true;
             }
         }
-        ACC a;
-        f_zero(a);
-        f_mm<false, true>(a, Cm, Bm, Ks);   /* G[i][j] = C_i . B_j */
-        f_store(a, MG);
-        f_zero(a);
-        f_mm<false, true>(a, dY, X, Kh);    /* W[i][j] = dy_i . x_j */
-        f_store(a, MW);
+        ACC a, a2;   /* a2: the second chain of the interleaved products (ILP, f_mm2) */
+        if (ILP) {
+            f_zero(a2);
+            f_zero(a);
+            f_mm2<false, true, false, true>(a2, Cm, Bm, Ks, a, dY, X, Kh);   /* G = C B^T, W = dy x^T */
+            f_store(a2, MG);
+            f_store(a, MW);
+        } else {
+            f_zero(a);
+            f_mm<false, true>(a, Cm, Bm, Ks);   /* G[i][j] = C_i . B_j */
+            f_store(a, MG);
+            f_zero(a);
+            f_mm<false, true>(a, dY, X, Kh);    /* W[i][j] = dy_i . x_j */
+            f_store(a, MW);
+        }
         __syncthreads();
         for (int e = tid; e < F_N * F_N; e += NT) {
             int i = e >> 6, j = e & 63;
@@ -1160,7 +1206,8 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();   /* T and T2 free */
         /* dx = M^T dy + w_j (B dS^T) + D dy */
-        f_mm_pair<false, true, true, false>(a, Bm, dS, Ks, T2, MG, dY, Kl, T);
+        if (ILP) f_mm_pair2<false, true, true, false>(a, a2, Bm, dS, Ks, T2, MG, dY, Kl, T);
+        else f_mm_pair<false, true, true, false>(a, Bm, dS, Ks, T2, MG, dY, Kl, T);
         {
             float Dh = Dp[k.h];
             float *o = fo.ox + k.r0 * fo.sx + (fo.dx_direct ? k.xcol : k.h * hd);
@@ -1174,7 +1221,8 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         }
         __syncthreads();
         /* dC = dG B + e^{cs_i} (dy S_prev); dcs_i += e^{cs_i} (dy S_prev)_i . C_i */
-        f_mm_pair<false, false, false, false>(a, dY, S, Kh, T2, MW, Bm, Kl, T);
+        if (ILP) f_mm_pair2<false, false, false, false>(a, a2, dY, S, Kh, T2, MW, Bm, Kl, T);
+        else f_mm_pair<false, false, false, false>(a, dY, S, Kh, T2, MW, Bm, Kl, T);
         {
             float *o = fo.oc + k.r0 * fo.sc + (fo.dc_direct ? k.ccol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += NT) {
@@ -1189,7 +1237,8 @@ k_ssd_bwd_fused(m2_geo g, const float *__restrict__ xbc, m2_coef cf, const float
         __syncthreads();
         if (tid < F_N) dc[tid] += ecv[tid] * rv[tid];
         /* dB = dG^T C + w_j (x dS); u_j = (x dS)_j . B_j */
-        f_mm_pair<false, false, true, false>(a, X, dS, Kh, T2, MW, Cm, Kl, T);
+        if (ILP) f_mm_pair2<false, false, true, false>(a, a2, X, dS, Kh, T2, MW, Cm, Kl, T);
+        else f_mm_pair<false, false, true, false>(a, X, dS, Kh, T2, MW, Cm, Kl, T);
         {
             float *o = fo.ob + k.r0 * fo.sb + (fo.db_direct ? k.bcol : k.h * ds);
             for (int e = tid; e < F_N * F_N; e += NT) {
@@ -1298,6 +1347,15 @@ static int g_m2_bwd_prefetch = -1;
 extern "C" void zb_cuda_m2_ssd_bwd_prefetch(int on) { g_m2_bwd_prefetch = on < 0 ? -1 : on != 0; }
 static bool m2_bwd_prefetch(void) { return zb_cuda_env_switch(&g_m2_bwd_prefetch, "ZB_SSD_BWD_PREFETCH", "0"); }
 
+/* The fused backward's tensor-core products two at a time with their k steps interleaved (f_mm2: two
+ * independent chains of loads and products per warp; S7R1's ncu: the kernel latency-bound, 4 warps per
+ * scheduler issuing every 8 cycles): 1, the default since S7 (each product's sums in the same order,
+ * the same bits), 0 (ZB_SSD_BWD_ILP=0) one after the other. zb_cuda_m2_ssd_bwd_ilp: the tests'
+ * switch (-1: the environment). */
+static int g_m2_bwd_ilp = -1;
+extern "C" void zb_cuda_m2_ssd_bwd_ilp(int on) { g_m2_bwd_ilp = on < 0 ? -1 : on != 0; }
+static bool m2_bwd_ilp(void) { return zb_cuda_env_switch(&g_m2_bwd_ilp, "ZB_SSD_BWD_ILP", "0"); }
+
 /* The fused forward output's block in the bf16 mode: 8 warps, two blocks per SM (the default; their
  * 128 registers spill ~350 bytes), or 16 warps, one block (ZB_SSD_FWD_WARPS=16: 128 registers for
  * half the loads per thread, no spill). zb_cuda_m2_ssd_fwd_warps: the tests' switch (-1: the
@@ -1331,12 +1389,12 @@ static void f_scan(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef c
                                                                                         rep);
     zb_cuda_m2_check_launch("k_ssd_scan_fused");
 }
-template <class ACC>
+template <class ACC, bool ILP>
 static void f_bwd(const m2_geo &g, cudaStream_t st, const float *xbc, m2_coef cf, const float *states,
                   const float *dstates, const float *dy, const float *D, const float *A_log, f_bwd_out fo, float *ddt,
                   float *part) {
-    f_launch_smem(k_ssd_bwd_fused<ACC>, F_BWD_MATS);
-    k_ssd_bwd_fused<ACC><<<g.B * (g.nh / fo.rep) * g.nc, ACC::NT, f_bytes(F_BWD_MATS), st>>>(g, xbc, cf, states, dstates, dy, D,
+    f_launch_smem(k_ssd_bwd_fused<ACC, ILP>, F_BWD_MATS);
+    k_ssd_bwd_fused<ACC, ILP><<<g.B * (g.nh / fo.rep) * g.nc, ACC::NT, f_bytes(F_BWD_MATS), st>>>(g, xbc, cf, states, dstates, dy, D,
                                                                               A_log, fo, ddt, part);
     zb_cuda_m2_check_launch("k_ssd_bwd_fused");
 }
@@ -1449,9 +1507,15 @@ extern "C" void zb_cuda_m2_ssd_backward(const zb_mamba2_dims *m, const float *A_
             fo.sx = fo.sb = g.cd;
             dXh = dBh = NULL;   /* the group sum: C's columns only (if any) */
         }
-        if (tc && m2_bwd_warps() == 16) f_bwd<f_acc_tc16>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
-        else if (tc) f_bwd<f_acc_tc>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
-        else f_bwd<f_acc_f>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        bool ilp = m2_bwd_ilp();
+        if (tc && m2_bwd_warps() == 16) {
+            if (ilp) f_bwd<f_acc_tc16, true>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+            else f_bwd<f_acc_tc16, false>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        } else if (tc) {
+            if (ilp) f_bwd<f_acc_tc, true>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+            else f_bwd<f_acc_tc, false>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
+        } else
+            f_bwd<f_acc_f, false>(g, st, xbc, cf, states, dstates, dy, D, A_log, fo, ddt, part);
         zb_cuda_m2_prof(ZB_MIXP_M2_DX_B);
         zb_cuda_m2_prof(ZB_MIXP_M2_DC_B);
         zb_cuda_m2_prof(ZB_MIXP_M2_DB_B);

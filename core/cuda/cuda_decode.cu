@@ -86,9 +86,6 @@ __device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__res
     }
 }
 
-/* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
- * in flight per lane before the products), the block's 8 / KS rows are summed through shared
- * memory. NN (1..8) rows of x, a compile-time count. */
 /* blocks of the fused GEMV + residual + norm done (k_gemv NORM): the last one resets it to 0 for
  * the next call (graph replays). One counter: such GEMVs run one after the other on the stream (a
  * GEMV counts only after its PDL wait, so after the kernel before, and each one before, ended). */
@@ -113,6 +110,10 @@ __device__ static void gemv_add_rmsnorm_row(float *x, const float *a, float *out
     }
 }
 
+/* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
+ * in flight per lane before the products), the block's 8 / KS rows are summed through shared
+ * memory. NN (1..8) rows of x, a compile-time count. NORM: then the residual step and the next norm by the
+ * grid's last block (zb_cuda_gemv_bf16_add_rmsnorm). */
 template <int NN, bool PAIR, int UNR = GEMV_UNROLL, bool NORM = false>
 __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const float *__restrict__ x, int C, int KS, int total) {
     constexpr int NA = PAIR ? 2 : 1;

@@ -263,11 +263,7 @@ extern "C" void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_
  * PDL, unless ZB_M2_PRELOAD=0 */
 static int m2_preload(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("ZB_M2_PRELOAD");
-        env = !(e && !strcmp(e, "0"));
-    }
-    return env && zb_cuda_recording() && zb_cuda_dec_pdl();
+    return zb_cuda_env_switch(&env, "ZB_M2_PRELOAD", "0") && zb_cuda_recording() && zb_cuda_dec_pdl();
 }
 
 extern "C" int zb_cuda_m2_decode_ssd_norm_ok(const zb_mamba2_dims *m, const float *xbc, const float *S,

@@ -387,21 +387,19 @@ static void bench_chain(void) {
     static const struct { const char *nm; int fused, pdl, unroll; long long pf; } v[] = {
         {"fused pieces, PDL (the default: the attention one kernel)", 1, 1, 4, 0},
         {"fused pieces, PDL, ZB_DEC_ATTN=old (attention 3 kernels)", 1, 1, 4, 0},
-        {"fused, PDL, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
+        {"fused, PDL, first weight loads before the wait (ZB_GEMV_PRELOAD=1)", 1, 1, 4, 0},
         {"fused, PDL, norms separate (ZB_GEMV_NORM=0)", 1, 1, 4, 0},
-        {"fused, PDL, norms separate, weights loaded after the wait (S6R4's path)", 1, 1, 4, 0},
+        {"fused, PDL, the S6 split rule (ZB_GEMV_SPLIT=auto)", 1, 1, 4, 0},
+        {"fused, PDL, S6R4's GEMVs (norms separate, the S6 split rule)", 1, 1, 4, 0},
         {"fused pieces, no PDL", 1, 0, 4, 0},
         {"separate kernels, no PDL (before 2026-11-30 12:00)", 0, 0, 4, 0},
         {"separate kernels, PDL", 0, 1, 4, 0},
         {"fused, PDL, 8 loads in flight", 1, 1, 8, 0},
+        {"fused, PDL, 8 loads in flight for single matrices (ZB_GEMV_UNROLL=8s)", 1, 1, 9, 0},
         {"fused, PDL, first loads prefetched", 1, 1, 4, -2},
         {"fused, PDL, 16 MB prefetched", 1, 1, 4, 16 << 20},
         {"fused, PDL, every GEMV split 1", 1, 1, 4, 0},
-        {"fused, PDL, every GEMV split 2", 1, 1, 4, 0},
-        {"fused, PDL, every GEMV split 2, weights loaded after the wait (ZB_GEMV_PRELOAD=0)", 1, 1, 4, 0},
         {"fused, PDL, every GEMV split 4", 1, 1, 4, 0},
-        {"fused, PDL, 8 loads in flight for single matrices (ZB_GEMV_UNROLL=8s)", 1, 1, 9, 0},
-        {"fused, PDL, every GEMV split 2, 8 loads in flight for single matrices", 1, 1, 9, 0},
         {"fused, PDL, 32 distinct layers (14 GB of weights, as the model)", 1, 1, 4, 0},
     };
     char what[160];
@@ -410,10 +408,10 @@ static void bench_chain(void) {
         zb_cuda_dec_pdl_set(v[i].pdl);
         zb_cuda_gemv_set_unroll(v[i].unroll);
         zb_cuda_gemv_set_prefetch(v[i].pf);
-        zb_cuda_gemv_set_preload(!strstr(v[i].nm, "PRELOAD=0") && !strstr(v[i].nm, "S6R4"));
+        zb_cuda_gemv_set_preload(strstr(v[i].nm, "PRELOAD=1") != NULL);
         zb_cuda_gemv_norm_set(v[i].fused && !strstr(v[i].nm, "NORM=0") && !strstr(v[i].nm, "S6R4"));
         const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
-        zb_cuda_gemv_set_split(sp ? atoi(sp + 6) : 0);
+        zb_cuda_gemv_set_split(strstr(v[i].nm, "SPLIT=auto") || strstr(v[i].nm, "S6R4") ? 16 : sp ? atoi(sp + 6) : 0);
         c.copies = strstr(v[i].nm, "32 distinct") ? CH_COPIES : 4;
         c.attn_old = strstr(v[i].nm, "ZB_DEC_ATTN=old") != NULL;
         chain_layers(&c);   /* eager once: the scratch sizes settle */

@@ -1237,9 +1237,10 @@ static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf
     int seqs[NB] = {2, 0, 3};
     size_t sf = zb_mamba2_state_floats(m), gs = zb_cuda_mamba2_step_scratch_floats(m, d, 1, NB);
     zb_mamba2_lin lg = {zb_wt_of_f32(L->dw.in_proj), zb_wt_of_f32(L->dw.out_proj)};
-    float *x = malloc((size_t)NB * d * sizeof(float)), *st[2], *scr = dnew(gs), *gx = dnew((size_t)NB * d), *go = dnew((size_t)NB * d);
-    float *outs[2];
-    for (int p = 0; p < 2; p++) {
+    float *x = malloc((size_t)NB * d * sizeof(float)), *st[3], *scr = dnew(gs), *gx = dnew((size_t)NB * d), *go = dnew((size_t)NB * d);
+    float *outs[3];   /* 2: fused, each round recorded as a graph (the state's loads before the PDL wait) */
+    st[2] = NULL;
+    for (int p = 0; p < 3; p++) {
         st[p] = dnew(SLOTS * sf);
         CU(cudaMemset(st[p], 0, SLOTS * sf * sizeof(float)));
         outs[p] = malloc((size_t)ROUNDS * NB * d * sizeof(float));
@@ -1250,9 +1251,14 @@ static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf
     for (int r = 0; r < ROUNDS; r++) {
         fill(rng, x, (size_t)NB * d, 1.0f);
         dput(gx, x, (size_t)NB * d);
-        for (int p = 0; p < 2; p++) {
-            zb_cuda_dec_fuse_set(p == 0);
+        for (int p = 0; p < 3; p++) {
+            zb_cuda_dec_fuse_set(p != 1);
+            void *graph = NULL;
+            int rec = p == 2 && zb_cuda_graph_begin(&graph, 11);
             zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, st[p], dseq, NB, scr, sbf);
+            if (rec && !zb_cuda_graph_end(graph, 1))   /* not recorded: run as is */
+                zb_cuda_mamba2_decode_seqs(m, d, 1e-5f, &L->dw, &lg, gx, go, st[p], dseq, NB, scr, sbf);
+            zb_cuda_graph_free(graph);
             float *h = dget(go, (size_t)NB * d, "decode_seqs (fused / separate)");
             memcpy(outs[p] + (size_t)r * NB * d, h, (size_t)NB * d * sizeof(float));
             free(h);
@@ -1264,6 +1270,14 @@ static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf
     snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels (%s SSM states): outputs", c->name,
              sbf ? "bf16" : "f32");
     zb_check_norm_rel(what, outs[0], outs[1], (size_t)ROUNDS * NB * d, tol);
+    {   /* recorded vs eager: the same kernels, so the same bits (outputs and states) */
+        float *h0 = dget(st[0], SLOTS * sf, "states"), *h2 = dget(st[2], SLOTS * sf, "states");
+        zb_check(!memcmp(outs[0], outs[2], (size_t)ROUNDS * NB * d * sizeof(float)) &&
+                     !memcmp(h0, h2, SLOTS * sf * sizeof(float)),
+                 "[%s] decode_seqs fused, recorded as graphs (%s SSM states): outputs and states bit for bit as run "
+                 "directly", c->name, sbf ? "bf16" : "f32");
+        free(h0); free(h2);
+    }
     if (!sbf) {   /* the states (float32 throughout) */
         float *h0 = dget(st[0], SLOTS * sf, "states"), *h1 = dget(st[1], SLOTS * sf, "states");
         snprintf(what, sizeof what, "[%s] decode_seqs fused vs separate kernels: every slot's conv and SSM state",
@@ -1271,7 +1285,7 @@ static void decode_fused_vs_unfused(const cfg *c, layer *L, zb_rng *rng, int sbf
         zb_check_norm_rel(what, h0, h1, SLOTS * sf, (m->conv_k + 8) * 0x1p-24 * ROUNDS);
         free(h0); free(h1);
     }
-    for (int p = 0; p < 2; p++) { CU(cudaFree(st[p])); free(outs[p]); }
+    for (int p = 0; p < 3; p++) { CU(cudaFree(st[p])); free(outs[p]); }
     free(x);
     CU(cudaFree(scr)); CU(cudaFree(gx)); CU(cudaFree(go)); CU(cudaFree(dseq));
 }

@@ -248,6 +248,7 @@ static void test_pdl_chain(zb_rng *rng, int N) {
         void *graph = NULL;
         int rec = 0;
         if (pdl == 3) {
+            zb_cuda_gemv_set_preload(1);   /* ZB_GEMV_PRELOAD=1 */
             rec = zb_cuda_graph_begin(&graph, 1);
             zb_check(rec, "decode chain N=%d: recording begins", N);
             zb_check(!rec || zb_cuda_gemv_preload(), "decode chain N=%d: weights loaded before the PDL wait while "
@@ -290,6 +291,7 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     }
     zb_cuda_dec_pdl_set(-1);
     zb_cuda_gemv_set_unroll(0);
+    zb_cuda_gemv_set_preload(-1);
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL launches vs plain (bit for bit)", L, N);
     zb_check_mag(what, got[1], got[0], NULL, 0, 0, (size_t)N * d);
     snprintf(what, sizeof what, "decode chain of %d layers N=%d: PDL, 8 loads in flight vs plain (bit for bit: the "

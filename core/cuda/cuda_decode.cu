@@ -214,23 +214,29 @@ __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const 
     if (threadIdx.x == 0) g_gemv_ticket = 0;
 }
 
-/* 0: chosen per shape; 1, 2, 4, 8: forced (the benchmark's sweep; ZB_GEMV_SPLIT=N in the
- * environment); -1: not read yet */
+/* 0: chosen per shape (gemv_split); 1, 2, 4, 8: forced (the benchmark's sweep; ZB_GEMV_SPLIT=N in
+ * the environment); 16: the S6 rule at every row count (ZB_GEMV_SPLIT=auto); -1: not read yet */
 static int g_gemv_split = -1;
-extern "C" void zb_cuda_gemv_set_split(int ks) { g_gemv_split = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
+extern "C" void zb_cuda_gemv_set_split(int ks) {
+    g_gemv_split = ks == 1 || ks == 2 || ks == 4 || ks == 8 || ks == 16 ? ks : 0;
+}
 
 extern "C" int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C) {
     return N >= 1 && N <= GEMV_MAXN && C % 8 == 0 && !(((uintptr_t)x | (uintptr_t)W) & 15);
 }
 
-/* split-K: enough warps to fill the GPU (about 64 per SM) when the matrices have few rows, while
- * each warp keeps at least two sweeps of 256 columns */
-static int gemv_split(int rows, int C) {
+/* split-K. One row (batch-1 decode) over at least 1024 columns: 2 warps a row (S7R1: Llama-3.1-8B's
+ * step 4.985 -> 4.789 ms with every GEMV at 2 against the rule below, which gave q|k|v 2, o 4,
+ * gate|up 1, down 4; Zebra-8B 5.405 -> 5.197; S6R2's chain: 4.953 -> 4.839). Otherwise the S6 rule:
+ * enough warps to fill the GPU (about 64 per SM) when the matrices have few rows, while each warp
+ * keeps at least two sweeps of 256 columns. */
+static int gemv_split(int rows, int C, int N) {
     if (g_gemv_split < 0) {
         const char *e = getenv("ZB_GEMV_SPLIT");
-        zb_cuda_gemv_set_split(e ? atoi(e) : 0);
+        zb_cuda_gemv_set_split(e && !strcmp(e, "auto") ? 16 : e ? atoi(e) : 0);
     }
-    if (g_gemv_split) return g_gemv_split;
+    if (g_gemv_split && g_gemv_split != 16) return g_gemv_split;
+    if (N == 1 && C >= 1024 && g_gemv_split != 16) return 2;
     int target = zb_cuda_sm_count() * 64, ks = 1;
     while (ks < 8 && (long long)rows * ks < target && C / (ks * 2) >= 512) ks *= 2;
     return ks;
@@ -288,15 +294,16 @@ static long long gemv_pf_bytes(void) {
 /* The first round of weight loads issued before the PDL wait (k_gemv's a.pre): only while a decode
  * step is recorded (zb_cuda_recording: generation's steps, the benchmark's chain), where every
  * kernel before a GEMV reads the weights and none writes them (a load before the wait would not
- * see the writes of the kernel before, e.g. a conversion of the weights). On unless
- * ZB_GEMV_PRELOAD=0; zb_cuda_gemv_set_preload(1 / 0) forces it on (while recording) / off,
- * (-1) reads the environment again. */
+ * see the writes of the kernel before, e.g. a conversion of the weights). Off unless
+ * ZB_GEMV_PRELOAD=1 (S7R1: Llama-3.1-8B's step 4.915 ms without, 4.985 with; the chain 5.056 /
+ * 5.100); zb_cuda_gemv_set_preload(1 / 0) forces it on (while recording) / off, (-1) reads the
+ * environment again. */
 static int g_gemv_pre = -1;
 extern "C" void zb_cuda_gemv_set_preload(int on) { g_gemv_pre = on < 0 ? -1 : on != 0; }
 extern "C" int zb_cuda_gemv_preload(void) {
     if (g_gemv_pre < 0) {
         const char *e = getenv("ZB_GEMV_PRELOAD");
-        g_gemv_pre = !(e && !strcmp(e, "0"));
+        g_gemv_pre = e && !strcmp(e, "1");
     }
     return g_gemv_pre && zb_cuda_recording() && zb_cuda_dec_pdl();
 }
@@ -304,7 +311,7 @@ extern "C" int zb_cuda_gemv_preload(void) {
 template <bool PAIR, bool NORM = false>
 static void gemv_launch(const gemv_args &a0, const float *x, int N, int C) {
     gemv_args a = a0;
-    int rows = a.start[a.nseg], ks = gemv_split(rows, C), rb = (GEMV_THREADS / 32) / ks;
+    int rows = a.start[a.nseg], ks = gemv_split(rows, C, N), rb = (GEMV_THREADS / 32) / ks;
     dim3 grid((rows + rb - 1) / rb);
     long long pfb = gemv_pf_bytes(), cols = pfb > 0 ? pfb / ((long long)rows * 2 * (PAIR ? 2 : 1)) : 0;
     int slice = (C + ks - 1) / ks, first = 256 * (N == 1 ? gemv_unroll(PAIR) : GEMV_UNROLL);

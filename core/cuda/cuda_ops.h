@@ -207,7 +207,8 @@ void zb_cuda_decode_mla_set_kernel(int k);
  * aligned x and W): warps stream W's rows (split over C when OC is small; decode with bf16
  * weights). _multi: up to 3 matrices on the same x in one launch (q, k, v), out_s [N, OC_s];
  * _swiglu: h[N, F] = silu(x Wg^T) * (x Wu^T) in one launch (gate, up). set_split forces the
- * warps per row (1, 2, 4, 8; 0 = chosen per shape), for the benchmark. */
+ * warps per row (1, 2, 4, 8; 0 = chosen per shape: 2 at one row over >= 1024 columns, else the
+ * S6 rule; 16 = the S6 rule everywhere, ZB_GEMV_SPLIT=auto), for the benchmark. */
 int zb_cuda_gemv_ok(const void *x, const void *W, int N, int C);
 void zb_cuda_gemv_bf16(float *out, const float *x, const uint16_t *W, int N, int C, int OC);
 typedef struct { const uint16_t *W; float *out; int OC; } zb_gemv_seg;
@@ -232,7 +233,7 @@ void zb_cuda_gemv_set_unroll(int u);
  * -1 = ZB_GEMV_PREFETCH_MB (default 0: none), -2 = each lane's first round of loads only */
 void zb_cuda_gemv_set_prefetch(long long bytes);
 /* the first round of a decode GEMV's weight loads issued into registers before its PDL wait, while
- * a decode step is recorded (zb_cuda_recording; the weights constant): on unless ZB_GEMV_PRELOAD=0;
+ * a decode step is recorded (zb_cuda_recording; the weights constant): off unless ZB_GEMV_PRELOAD=1;
  * _set(1 / 0) forces it, _set(-1) reads the environment again. The same products, the same bits. */
 int zb_cuda_gemv_preload(void);
 void zb_cuda_gemv_set_preload(int on);

@@ -136,16 +136,36 @@ __global__ void k_ssd_step(dec_geo g, const float *__restrict__ A_log, const flo
 
 /* The same recurrence with the state streamed at the memory's rate (d_state 128 or 256, 16-byte
  * aligned states): a lane holds 4 consecutive columns (float4), so a warp covers 128 columns per
- * load, and each warp loads DEC_SROWS rows before it updates them (16 KB per block in flight
- * instead of a float per lane). Each element's update is k_ssd_step's (e S + (dt x) B); y sums a
- * row's products per lane, then over the warp: yh[p] (the head's y) for the block (i, h). */
-#define DEC_SROWS 4
+ * load, and each warp loads SR rows before it updates them (SR = 16 at d_state 128: a head of 128
+ * rows in one round of loads per warp; S6/S7R1 loaded 4 rows a round, 4 dependent rounds: 10.3 us
+ * per Zebra-8B layer). Each element's update is k_ssd_step's (e S + (dt x) B); y sums a row's
+ * products per lane, then over the warp: yh[p] (the head's y) for the block (i, h). The PDL wait
+ * (cuda_pdl.cuh; a no-op without PDL) is here: pre (a recorded decode step: this kernel alone
+ * reads and writes the state in a step) issues the first round of state loads before it. */
+#define DEC_SROWS(NQ) ((NQ) == 1 ? 16 : 8)
+template <int NQ, typename TS>
+__device__ inline void ssd_load_rows(float4 (*v)[NQ], const TS *S, const dec_geo &g, int p0, int lane) {
+    constexpr int SR = DEC_SROWS(NQ);
+#pragma unroll
+    for (int r = 0; r < SR; r++)
+#pragma unroll
+        for (int q = 0; q < NQ; q++)
+            if (p0 + r < g.hd) v[r][q] = dec_ld4(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
+}
+
 template <int NQ, typename TS>   /* float4 columns per lane: d_state / 128 */
 __device__ inline void step_head_vec(const dec_geo &g, int i, int h, const float *__restrict__ A_log,
                                      const float *__restrict__ Dp, const float *__restrict__ xbc,
                                      const float *__restrict__ dt, TS *Sst, size_t s_stride,
-                                     const int *__restrict__ seqs, float *yh) {
+                                     const int *__restrict__ seqs, float *yh, bool pre = false) {
+    constexpr int SR = DEC_SROWS(NQ);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int seq = seqs ? seqs[i] : i;
+    TS *S = Sst + (size_t)seq * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
+    float4 v[SR][NQ];
+    int p0 = warp * SR;
+    if (pre && p0 < g.hd) ssd_load_rows<NQ, TS>(v, S, g, p0, lane);
+    pdl_wait();   /* xbc and dt of the conv kernel */
     const float *row = xbc + (size_t)i * g.cd;
     const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
                 *Cv = row + g.co + (h / g.crep) * g.ds;
@@ -155,18 +175,11 @@ __device__ inline void step_head_vec(const dec_geo &g, int i, int h, const float
         b4[q] = *(const float4 *)(Bv + 128 * q + 4 * lane);
         c4[q] = *(const float4 *)(Cv + 128 * q + 4 * lane);
     }
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
     float dth = dt[(size_t)i * g.nh + h], e = expf(dth * -expf(A_log[h])), Dh = Dp[h];
-    for (int p0 = warp * DEC_SROWS; p0 < g.hd; p0 += nw * DEC_SROWS) {
-        float4 v[DEC_SROWS][NQ];
+    for (bool held = pre; p0 < g.hd; p0 += nw * SR, held = false) {
+        if (!held) ssd_load_rows<NQ, TS>(v, S, g, p0, lane);
 #pragma unroll
-        for (int r = 0; r < DEC_SROWS; r++)
-#pragma unroll
-            for (int q = 0; q < NQ; q++)
-                if (p0 + r < g.hd) v[r][q] = dec_ld4(S + (size_t)(p0 + r) * g.ds + 128 * q + 4 * lane);
-#pragma unroll
-        for (int r = 0; r < DEC_SROWS; r++) {
+        for (int r = 0; r < SR; r++) {
             int p = p0 + r;
             if (p >= g.hd) break;   /* warp-uniform */
             float xp = dth * X[p], acc = 0.0f;
@@ -202,13 +215,12 @@ __global__ void __launch_bounds__(256) k_m2_dec_ssd_norm(dec_geo g, const float 
                                                          float eps, const float *__restrict__ xbc,
                                                          const float *__restrict__ dt, const float *__restrict__ z,
                                                          int zs, TS *Sst, size_t s_stride, const int *__restrict__ seqs,
-                                                         float *o) {
+                                                         float *o, int pre) {
     __shared__ float ys[DEC_MAXHD];
     pdl_launch();   /* out_proj's GEMV may start streaming its weights */
-    pdl_wait();     /* xbc and dt of the conv kernel */
     const int i = blockIdx.x / g.nh, h = blockIdx.x % g.nh, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
               nw_ = blockDim.x >> 5;
-    step_head_vec<NQ, TS>(g, i, h, A_log, Dp, xbc, dt, Sst, s_stride, seqs, ys);
+    step_head_vec<NQ, TS>(g, i, h, A_log, Dp, xbc, dt, Sst, s_stride, seqs, ys, pre != 0);   /* waits (PDL) */
     __syncthreads();
     /* the gated norm of the head's groups (G divides hd): a warp per group */
     const float *zr = z + (size_t)i * zs + (size_t)h * g.hd;
@@ -246,6 +258,18 @@ extern "C" void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_
     zb_cuda_m2_check_launch("k_m2_dec_conv");
 }
 
+/* the state's first loads before the PDL wait (k_m2_dec_ssd_norm's pre): while a decode step is
+ * recorded (zb_cuda_recording; in a step only this kernel reads and writes a layer's state) with
+ * PDL, unless ZB_M2_PRELOAD=0 */
+static int m2_preload(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("ZB_M2_PRELOAD");
+        env = !(e && !strcmp(e, "0"));
+    }
+    return env && zb_cuda_recording() && zb_cuda_dec_pdl();
+}
+
 extern "C" int zb_cuda_m2_decode_ssd_norm_ok(const zb_mamba2_dims *m, const float *xbc, const float *S,
                                              size_t s_stride) {
     dec_geo g = dec_geo_of(m);
@@ -260,9 +284,10 @@ extern "C" void zb_cuda_m2_decode_ssd_norm(const zb_mamba2_dims *m, const float 
     dec_geo g = dec_geo_of(m);
     cudaStream_t st = zb_cuda_m2_stream();
     __nv_bfloat16 *S16 = (__nv_bfloat16 *)S;
+    int pre = m2_preload();
 #define ZB_M2D(NQ, TS, SP)                                                                                    \
     pdl_go(k_m2_dec_ssd_norm<NQ, TS>, dim3(nb * g.nh), dim3(256), 0, st, g, A_log, D, norm_w, eps, xbc, dt, z,     \
-           z_stride, SP, s_stride, seqs, o)
+           z_stride, SP, s_stride, seqs, o, pre)
     if (g.ds == 128) {
         if (s_bf16) ZB_M2D(1, __nv_bfloat16, S16);
         else ZB_M2D(1, float, S);

@@ -620,7 +620,8 @@ static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int r
     void *hc0 = c0;
     uint16_t *c16 = NULL;
     if (bf) { c16 = malloc(2 * nc * 2); zb_f32_to_bf16_n(c0, c16, 2 * nc); hc0 = c16; }
-    float *outs[5], *caches[2][2], *qr = zb_falloc(nq);   /* outs: old, new, again, graph x 2 */
+    float *outs[5], *caches[2][2], *qr = zb_falloc(nq), *nans = zb_falloc(no);   /* outs: old, new, again, graph x 2 */
+    for (size_t e = 0; e < no; e++) nans[e] = NAN;   /* every output must be written */
     int posi[8] = {0};
     int *dseq = zb_dev_i(seqs, nb), *dpos = zb_dev_i(pos, slots), *dposi = zb_dev_i(posi, nb);
     zb_cuda_cache_attn a = {H, Hkv, hd, hd, ss, gs, hd, 1.0f / sqrtf((float)hd), bf};
@@ -638,8 +639,7 @@ static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int r
             zb_host_f(qr, dq, nq);
         } else {
             for (int rep = 0; rep < 2; rep++) {
-                for (size_t e = 0; e < no; e++) qr[e] = NAN;   /* every output must be written */
-                zb_cuda_upload(dout, qr, no * sizeof(float));
+                zb_cuda_upload(dout, nans, no * sizeof(float));
                 zb_check(zb_cuda_decode_attn_fused(&r, dout, dq, dk, dv, dkc, dvc, dseq, dpos, dposi, nb, maxT, &a),
                          "decode_attn_fused takes H=%d/%d hd=%d rot=%d", H, Hkv, hd, rot);
                 outs[1 + rep] = zb_falloc(no);
@@ -650,8 +650,7 @@ static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int r
                 zb_cuda_decode_attn_fused(&r, dout, dq, dk, dv, dkc, dvc, dseq, dpos, dposi, nb, maxT, &a);
                 zb_check(zb_cuda_graph_end(g, 0), "decode_attn_fused recorded as a graph");
                 for (int rep = 0; rep < 2; rep++) {
-                    for (size_t e = 0; e < no; e++) qr[e] = NAN;
-                    zb_cuda_upload(dout, qr, no * sizeof(float));
+                    zb_cuda_upload(dout, nans, no * sizeof(float));
                     zb_check(zb_cuda_graph_replay(g, 1), "decode_attn_fused graph replayed");
                     outs[3 + rep] = zb_falloc(no);
                     zb_host_f(outs[3 + rep], dout, no);
@@ -741,7 +740,7 @@ static void test_decode_fused(zb_rng *rng, int bf, int H, int Hkv, int hd, int r
     printf("note: decode_attn_fused vs the old kernels: %zu of %zu outputs differ in bits (%s)\n", diff, no, what);
     for (int t = 0; t < 5; t++) free(outs[t]);
     for (int p = 0; p < 2; p++) for (int w = 0; w < 2; w++) free(caches[p][w]);
-    free(q); free(k); free(v); free(c0); free(c16); free(qr); free(ref); free(sc); free(bound); free(mk); free(mv);
+    free(q); free(k); free(v); free(c0); free(c16); free(qr); free(nans); free(ref); free(sc); free(bound); free(mk); free(mv);
     zb_cuda_free(dseq); zb_cuda_free(dpos); zb_cuda_free(dposi);
 }
 
@@ -1807,7 +1806,13 @@ int main(int argc, char **argv) {
         test_decode_fused(&rng, bf, 32, 8, 128, 128, 136, 1, p2, 0);    /* short: one chunk, no merge */
         test_decode_fused(&rng, bf, 32, 8, 128, 128, 300, 3, p3, 0);    /* across chunk boundaries, batch 3 */
         test_decode_fused(&rng, bf, 32, 8, 128, 128, 300, 3, p3, 32);   /* many chunks */
-        test_decode_fused(&rng, bf, 8, 2, 128, 128, 8192, 2, p4, 0);    /* 8k */
+        test_decode_fused(&rng, bf, 8, 2, 128, 128, 8192, 2, p4, 0);    /* 8k: 128 chunks, k_decode_merge after */
+        zb_cuda_decode_attn_set_merge_max(1024);                           /* the same merged by the last block */
+        test_decode_fused(&rng, bf, 8, 2, 128, 128, 8192, 2, p4, 0);
+        zb_cuda_decode_attn_set_merge_max(0);                              /* every merge by k_decode_merge */
+        test_decode_fused(&rng, bf, 32, 8, 128, 128, 300, 3, p3, 32);
+        test_decode_fused(&rng, bf, 4, 2, 64, 32, 200, 2, p5, 0);
+        zb_cuda_decode_attn_set_merge_max(-1);
         test_decode_fused(&rng, bf, 4, 2, 64, 32, 200, 2, p5, 0);       /* partial rotary dim, 2 heads a group */
         test_decode_fused(&rng, bf, 8, 1, 256, 64, 200, 2, p5, 64);     /* 8 heads a group, 256 wide */
         test_decode_fused(&rng, bf, 2, 2, 64, 64, 200, 2, p5, 512);     /* a head a group, one chunk of 512 */

@@ -86,9 +86,6 @@ __device__ static inline void gemv_fma(float *acc, uint4 raw, const float *__res
     }
 }
 
-/* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
- * in flight per lane before the products), the block's 8 / KS rows are summed through shared
- * memory. NN (1..8) rows of x, a compile-time count. */
 /* blocks of the fused GEMV + residual + norm done (k_gemv NORM): the last one resets it to 0 for
  * the next call (graph replays). One counter: such GEMVs run one after the other on the stream (a
  * GEMV counts only after its PDL wait, so after the kernel before, and each one before, ended). */
@@ -113,6 +110,10 @@ __device__ static void gemv_add_rmsnorm_row(float *x, const float *a, float *out
     }
 }
 
+/* KS warps share one output row (split-K: each sums C / KS columns, GEMV_UNROLL loads of 16 bytes
+ * in flight per lane before the products), the block's 8 / KS rows are summed through shared
+ * memory. NN (1..8) rows of x, a compile-time count. NORM: then the residual step and the next norm by the
+ * grid's last block (zb_cuda_gemv_bf16_add_rmsnorm). */
 template <int NN, bool PAIR, int UNR = GEMV_UNROLL, bool NORM = false>
 __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const gemv_args a, const float *__restrict__ x, int C, int KS, int total) {
     constexpr int NA = PAIR ? 2 : 1;
@@ -357,13 +358,7 @@ extern "C" void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, 
 /* the residual step and the next norm done by the GEMV's last block: on unless ZB_GEMV_NORM=0 */
 static int g_gemv_norm = -1;
 extern "C" void zb_cuda_gemv_norm_set(int on) { g_gemv_norm = on < 0 ? -1 : on != 0; }
-extern "C" int zb_cuda_gemv_norm_on(void) {
-    if (g_gemv_norm < 0) {
-        const char *e = getenv("ZB_GEMV_NORM");
-        g_gemv_norm = !(e && !strcmp(e, "0"));
-    }
-    return g_gemv_norm;
-}
+extern "C" int zb_cuda_gemv_norm_on(void) { return zb_cuda_env_switch(&g_gemv_norm, "ZB_GEMV_NORM", "0"); }
 
 extern "C" int zb_cuda_gemv_bf16_add_rmsnorm(float *out, const float *x, const uint16_t *W, int N, int C, int OC,
                                              float *nx, float *ln, const float *nw, float eps) {
@@ -739,15 +734,19 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_decode_merge(float *out, cons
  * - the chunks of (i, g) are merged by the last of their blocks to finish (a counter per (i, g)
  *   in device memory, atomicAdd after __threadfence; that block sets it back to 0, so a replayed
  *   CUDA graph finds it at 0), with k_decode_merge's arithmetic; a sequence of one chunk (p < CH)
- *   writes its output directly (what the merge makes of one chunk).
+ *   writes its output directly (what the merge makes of one chunk). Past ZB_DEC_ATTN_MERGE_MAX
+ *   chunks (16) k_decode_merge runs after the kernel instead (ticket NULL): two kernels a layer.
  * - before its PDL wait, each block fetches its chunk's K and V rows into the L2 (prefetch: safe on
  *   any contents), so that its loads after the wait meet the L2 (ZB_DEC_ATTN_PF=0: not);
  * The query buffer is left unroped (nothing reads it after the attention); posi[i] = p as
  * k_decode_qkv_prep. Same values as the three kernels where they compute in the same order: bf16
  * caches at the same chunking (the merge's double sum of the chunks' weights aside, float32
  * anyway); float32 caches took the general kernel k_decode_part before (another order). */
-__device__ static inline float rope_lo(float x1, float x2, float c, float s) { return x1 * c - x2 * s; }
-__device__ static inline float rope_hi(float x1, float x2, float c, float s) { return x2 * c + x1 * s; }
+/* the rotation of a pair with its roundings spelled out (one product rounded, then an FMA), so that
+ * every kernel that ropes (k_decode_qkv_prep, k_mla_dec_prep, k_decode_fused) gets the same bits:
+ * nvcc's contraction of x1 c - x2 s differs from one kernel to the next */
+__device__ static inline float rope_lo(float x1, float x2, float c, float s) { return fmaf(x1, c, __fmul_rn(-x2, s)); }
+__device__ static inline float rope_hi(float x1, float x2, float c, float s) { return fmaf(x2, c, __fmul_rn(x1, s)); }
 __device__ static inline void out_st(float *p, float v) { *p = v; }
 __device__ static inline void out_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ static inline float as_cached(float x, const float *) { return x; }
@@ -794,7 +793,14 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_fused(
     const int sub = lane / LPR, l = lane % LPR, slot = warp * RPW + sub;
     const int s = seq ? seq[i] : i, pn = pos[s], L = pn + 1, nz = (L + CH - 1) / CH;
     if (posi && sp == 0 && g == 0 && tid == 0) posi[i] = pn;
-    if (sp >= nz) return;   /* past this sequence's length (the merge counts nz blocks) */
+    if (sp >= nz) {   /* past this sequence's length (the last block's merge counts nz blocks) */
+        if (!ticket && tid < R) {   /* k_decode_merge after this kernel: an empty chunk */
+            float *pr = part + ((((size_t)i * Hkv + g) * nsplit + sp) * R + tid) * (D + 2);
+            pr[D] = -INFINITY;
+            pr[D + 1] = 0.0f;
+        }
+        return;
+    }
     const int u0 = sp * CH, u1 = min(L, u0 + CH);
     /* this lane's angles at position pn: k_rope's arithmetic */
     const int half = r.dim / 2, h8 = half / 8, src = lane + (l < h8 ? h8 : l < 2 * h8 ? -h8 : 0);
@@ -839,13 +845,14 @@ __global__ void __launch_bounds__(DEC_THREADS) k_decode_fused(
     __syncthreads();
     gqa_rows<D, R, T>(qr, kc, vc, base, rs, u0, u1, warp, sub, l, own ? pn : -1, s_new[0], s_new[1], m, ls, acc);
     float *og = out + ((size_t)i * H + (size_t)g * R) * D;
-    if (nz == 1) {
+    if (nz == 1 && ticket) {
         gqa_slots<D, R>(sm, slot, l, m, ls, acc, NULL, og);
         return;
     }
     const float *p0 = part + ((size_t)i * Hkv + g) * nsplit * R * (D + 2);
     const size_t st = (size_t)R * (D + 2);   /* from one chunk to the next */
     gqa_slots<D, R>(sm, slot, l, m, ls, acc, (float *)p0 + sp * st, NULL);
+    if (!ticket) return;   /* k_decode_merge merges */
     /* the last block of (i, g) to get here merges (threadFenceReduction, CUDA samples) */
     __threadfence();
     __syncthreads();
@@ -947,6 +954,9 @@ static int gqa_chunk(int nb, int Hkv, int max_T) {
     return g_dec_chunk ? g_dec_chunk : CH;
 }
 
+static int g_merge_max = -1;
+extern "C" void zb_cuda_decode_attn_set_merge_max(int n) { g_merge_max = n; }
+
 extern "C" int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const float *q, const float *k, const float *v,
                                          void *kc, void *vc, const int *seq_dev, const int *pos_dev, int *posi,
                                          int nb, int max_T, const zb_cuda_cache_attn *a) {
@@ -958,9 +968,18 @@ extern "C" int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const flo
         return 0;
     const int CH = gqa_chunk(nb, a->Hkv, max_T), nsplit = (max_T + CH - 1) / CH;
     if (nsplit > 1024) return 0;   /* the merge's chunk weights in the block's 32 KB */
+    /* the chunks merged by the last block of each (sequence, group) up to ZB_DEC_ATTN_MERGE_MAX
+     * chunks (default 16), by k_decode_merge after the kernel past it (its 256 threads a head keep
+     * more of a long cache's part rows in flight) */
+    if (g_merge_max < 0) {
+        const char *e = getenv("ZB_DEC_ATTN_MERGE_MAX");
+        g_merge_max = e && *e ? atoi(e) : 16;
+        if (g_merge_max < 0) g_merge_max = 0;
+    }
+    const int inblock = nsplit <= g_merge_max;
     float *part = (float *)zb_cuda_scratch(ZB_WS_ATTN2, (size_t)nb * a->H * nsplit * (D + 2) * sizeof(float));
-    int *ticket = (int *)zb_cuda_scratch_zeroed(ZB_WS_TICKET, (size_t)nb * a->Hkv * sizeof(int));
-    if (!part || !ticket) return 1;   /* the error is recorded */
+    int *ticket = inblock ? (int *)zb_cuda_scratch_zeroed(ZB_WS_TICKET, (size_t)nb * a->Hkv * sizeof(int)) : NULL;
+    if (!part || (inblock && !ticket)) return 1;   /* the error is recorded */
     dim3 grid(nsplit, a->Hkv, nb);
     cudaStream_t st = zb_cuda_stream();
     static int pf = -1;   /* ZB_DEC_ATTN_PF=0: no L2 prefetch of the chunks before the PDL wait */
@@ -989,6 +1008,12 @@ extern "C" int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const flo
 #undef ZB_FUSED_R
 #undef ZB_FUSED
     ZB_CUDA_LAUNCHED("decode attention (fused)");
+    if (!inblock) {
+        merge_uv none = {NULL, 0, 1, 0, 0};
+        pdl_go(k_decode_merge, dim3(nb * a->H), dim3(MERGE_THREADS), (size_t)nsplit * sizeof(float), st, out,
+               (const float *)part, a->H, a->Hkv, D, nsplit, none);
+        ZB_CUDA_LAUNCHED("decode attention merge");
+    }
     return 1;
 }
 

@@ -529,10 +529,7 @@ extern "C" void zb_cuda_argmax_set_split(int on) { g_am_split = on < 0 ? -1 : on
 
 extern "C" void zb_cuda_argmax_rows(int *out, const float *x, int N, int V) {
     if (N <= 0 || V <= 0) return;
-    if (g_am_split < 0) {
-        const char *e = getenv("ZB_ARGMAX_SPLIT");
-        g_am_split = !(e && !strcmp(e, "0"));
-    }
+    zb_cuda_env_switch(&g_am_split, "ZB_ARGMAX_SPLIT", "0");
     int P = (V + AM_S - 1) / AM_S;
     if (g_am_split && N <= AM_ROWS && P >= 2 && P <= AM_P) {
         k_argmax_split<<<dim3(P, N), AM_THREADS, 0, zb_cuda_stream()>>>(out, x, V);

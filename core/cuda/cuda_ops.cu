@@ -30,6 +30,13 @@ __device__ static inline void store_out(__nv_bfloat16 *o, float v) { *o = __floa
  * sums in the same order as the loops: the same bits. pre (a recorded decode step, where the norm
  * weights do not change: zb_cuda_gemv_preload): w loaded before the PDL wait. */
 #define ROW_HELD 16
+__device__ static inline void row_held(float (&v)[ROW_HELD], const float *p, int C) {
+#pragma unroll
+    for (int k = 0; k < ROW_HELD; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        v[k] = i < C ? p[i] : 0.f;
+    }
+}
 
 template <typename T>
 __global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *w, int C, float eps, int pre) {
@@ -40,19 +47,10 @@ __global__ void k_rmsnorm_fwd(T *out, float *rstd, const float *x, const float *
     double ss = 0;
     if (C <= ROW_HELD * (int)blockDim.x) {
         float v[ROW_HELD], wv[ROW_HELD];
-        if (pre)
-#pragma unroll
-            for (int k = 0; k < ROW_HELD; k++) {
-                int i = threadIdx.x + k * blockDim.x;
-                wv[k] = i < C ? w[i] : 0.f;
-            }
+        if (pre) row_held(wv, w, C);
         pdl_wait();   /* launched with PDL (zb_cuda_rmsnorm_forward): x of the kernel before */
-#pragma unroll
-        for (int k = 0; k < ROW_HELD; k++) {
-            int i = threadIdx.x + k * blockDim.x;
-            v[k] = i < C ? xr[i] : 0.f;
-            if (!pre) wv[k] = i < C ? w[i] : 0.f;
-        }
+        row_held(v, xr, C);
+        if (!pre) row_held(wv, w, C);
 #pragma unroll
         for (int k = 0; k < ROW_HELD; k++)
             if (threadIdx.x + k * blockDim.x < C) ss += (double)v[k] * v[k];
@@ -99,19 +97,14 @@ __global__ void k_add_rmsnorm(float *x, const float *a, float *out, const float 
     double ss = 0;
     if (C <= ROW_HELD * (int)blockDim.x) {   /* held in registers, as k_rmsnorm_fwd */
         float v[ROW_HELD], wv[ROW_HELD];
-        if (pre)
-#pragma unroll
-            for (int k = 0; k < ROW_HELD; k++) {
-                int i = threadIdx.x + k * blockDim.x;
-                wv[k] = i < C ? w[i] : 0.f;
-            }
+        if (pre) row_held(wv, w, C);
         pdl_wait();
 #pragma unroll
         for (int k = 0; k < ROW_HELD; k++) {
             int i = threadIdx.x + k * blockDim.x;
             v[k] = i < C ? xr[i] + ar[i] : 0.f;
-            if (!pre) wv[k] = i < C ? w[i] : 0.f;
         }
+        if (!pre) row_held(wv, w, C);
 #pragma unroll
         for (int k = 0; k < ROW_HELD; k++) {
             int i = threadIdx.x + k * blockDim.x;

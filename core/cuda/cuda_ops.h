@@ -273,6 +273,10 @@ int zb_cuda_decode_attn_fused(const zb_rope *r, float *out, const float *q, cons
                               void *vc, const int *seq_dev, const int *pos_dev, int *posi, int nb, int max_T,
                               const zb_cuda_cache_attn *a);
 void zb_cuda_decode_attn_fused_set(int on);
+/* the most chunks a sequence's attention is split into for its merge to be done inside the kernel
+ * (by the last block of each group); more: k_decode_merge after it. -1: ZB_DEC_ATTN_MERGE_MAX
+ * from the environment, default 16. */
+void zb_cuda_decode_attn_set_merge_max(int n);
 /* MLA decode (cuda_decode.cu), the fused path of zb_cuda_mla_decode_fused (cuda_mla.h):
  * _dec_prep: per sequence i the absorbed queries qlat [nb, H, R + dr] = [W_UK_h^T q_nope_h |
  * RoPE(q_pe_h)] from q [nb, H, dn + dr] and kv_b ([groups][dn + dvo][R], group h / rep; bf16 or

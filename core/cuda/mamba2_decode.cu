@@ -160,12 +160,15 @@ __device__ inline void step_head_vec(const dec_geo &g, int i, int h, const float
                                      const int *__restrict__ seqs, float *yh, bool pre = false) {
     constexpr int SR = DEC_SROWS(NQ);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    int seq = seqs ? seqs[i] : i;
-    TS *S = Sst + (size_t)seq * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
     float4 v[SR][NQ];
     int p0 = warp * SR;
-    if (pre && p0 < g.hd) ssd_load_rows<NQ, TS>(v, S, g, p0, lane);
+    TS *S = NULL;
+    if (pre) {   /* the slots and the state: no kernel of the step writes them */
+        S = Sst + (size_t)(seqs ? seqs[i] : i) * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
+        if (p0 < g.hd) ssd_load_rows<NQ, TS>(v, S, g, p0, lane);
+    }
     pdl_wait();   /* xbc and dt of the conv kernel */
+    if (!pre) S = Sst + (size_t)(seqs ? seqs[i] : i) * (s_stride * (4 / sizeof(TS))) + (size_t)h * g.hs;
     const float *row = xbc + (size_t)i * g.cd;
     const float *X = row + (h / g.xrep) * g.hd, *Bv = row + g.bo + (h / g.brep) * g.ds,
                 *Cv = row + g.co + (h / g.crep) * g.ds;
@@ -263,11 +266,7 @@ extern "C" void zb_cuda_m2_decode_conv(const zb_mamba2_dims *m, const float *dt_
  * PDL, unless ZB_M2_PRELOAD=0 */
 static int m2_preload(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("ZB_M2_PRELOAD");
-        env = !(e && !strcmp(e, "0"));
-    }
-    return env && zb_cuda_recording() && zb_cuda_dec_pdl();
+    return zb_cuda_env_switch(&env, "ZB_M2_PRELOAD", "0") && zb_cuda_recording() && zb_cuda_dec_pdl();
 }
 
 extern "C" int zb_cuda_m2_decode_ssd_norm_ok(const zb_mamba2_dims *m, const float *xbc, const float *S,

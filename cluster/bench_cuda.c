@@ -388,7 +388,7 @@ static void bench_chain(void) {
         {"fused pieces, PDL (the default: the attention one kernel)", 1, 1, 4, 0},
         {"fused pieces, PDL, ZB_DEC_ATTN=old (attention 3 kernels)", 1, 1, 4, 0},
         {"fused, PDL, first weight loads before the wait (ZB_GEMV_PRELOAD=1)", 1, 1, 4, 0},
-        {"fused, PDL, norms separate (ZB_GEMV_NORM=0)", 1, 1, 4, 0},
+        {"fused, PDL, the norm in the GEMV's last block (ZB_GEMV_NORM=1)", 1, 1, 4, 0},
         {"fused, PDL, the S6 split rule (ZB_GEMV_SPLIT=auto)", 1, 1, 4, 0},
         {"fused, PDL, S6R4's GEMVs (norms separate, the S6 split rule)", 1, 1, 4, 0},
         {"fused pieces, no PDL", 1, 0, 4, 0},
@@ -409,7 +409,7 @@ static void bench_chain(void) {
         zb_cuda_gemv_set_unroll(v[i].unroll);
         zb_cuda_gemv_set_prefetch(v[i].pf);
         zb_cuda_gemv_set_preload(strstr(v[i].nm, "PRELOAD=1") != NULL);
-        zb_cuda_gemv_norm_set(v[i].fused && !strstr(v[i].nm, "NORM=0") && !strstr(v[i].nm, "S6R4"));
+        zb_cuda_gemv_norm_set(strstr(v[i].nm, "NORM=1") != NULL);
         const char *sp = strstr(v[i].nm, "split ");   /* the split-K of every GEMV forced (ZB_GEMV_SPLIT) */
         zb_cuda_gemv_set_split(strstr(v[i].nm, "SPLIT=auto") || strstr(v[i].nm, "S6R4") ? 16 : sp ? atoi(sp + 6) : 0);
         c.copies = strstr(v[i].nm, "32 distinct") ? CH_COPIES : 4;

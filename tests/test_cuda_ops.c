@@ -223,6 +223,7 @@ static void test_gemv_fused(zb_rng *rng, int N, int C, int OC0, int OC1, int F) 
  * the results must be equal bit for bit: a difference would be a read before the wait (a race). */
 static void test_pdl_chain(zb_rng *rng, int N) {
     int d = 512, kd = 128, F = 1024, L = 12;
+    zb_cuda_gemv_norm_set(1);   /* the recorded chain's o / down GEMVs with the norm (off by default since S7R2) */
     char what[160];
     size_t nw = (size_t)(d + 2 * kd) * d + (size_t)d * d + 2 * (size_t)F * d + (size_t)d * F;
     float *hw = zb_falloc(nw), *hx = zb_falloc((size_t)N * d), *nwt = zb_falloc(d);
@@ -302,6 +303,7 @@ static void test_pdl_chain(zb_rng *rng, int N) {
     zb_check_mag(what, got[3], got[0], NULL, 0, 0, (size_t)N * d);
     free(hw); free(hx); free(nwt); free(w16); free(got[0]); free(got[1]); free(got[2]); free(got[3]);
     zb_cuda_free(dw); zb_cuda_free(dnw);
+    zb_cuda_gemv_norm_set(-1);
 }
 
 /* The GEMV with the residual step and the next norm made by its last block
@@ -309,6 +311,7 @@ static void test_pdl_chain(zb_rng *rng, int N) {
  * so out, x and ln the same bits; called `reps` times in a row (the block ticket reset by each
  * call), with and without PDL, and as a recorded graph replayed twice. */
 static void test_gemv_norm(zb_rng *rng, int N, int C, int OC) {
+    zb_cuda_gemv_norm_set(1);   /* the fused path (off by default since S7R2) */
     float *hw = zb_falloc((size_t)OC * C), *hx = zb_falloc((size_t)N * C), *hr = zb_falloc((size_t)N * OC);
     float *nwt = zb_falloc(OC);
     uint16_t *w16 = malloc((size_t)OC * C * 2);
@@ -359,6 +362,7 @@ static void test_gemv_norm(zb_rng *rng, int N, int C, int OC) {
         zb_check_mag(what, got[2], want[2], NULL, 0, 0, no);
     }
     zb_cuda_dec_pdl_set(-1);
+    zb_cuda_gemv_norm_set(-1);
     for (int k = 0; k < 3; k++) { free(want[k]); free(got[k]); }
     free(hw); free(hx); free(hr); free(nwt); free(w16);
     zb_cuda_free(dW); zb_cuda_free(dx); zb_cuda_free(dnw); zb_cuda_free(r); zb_cuda_free(o); zb_cuda_free(ln);

@@ -68,6 +68,14 @@ extern "C" int zb_cuda_env_switch(int *cache, const char *name, const char *off)
     return *cache;
 }
 
+extern "C" int zb_cuda_env_opt_in(int *cache, const char *name) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = e && !strcmp(e, "1");
+    }
+    return *cache;
+}
+
 extern "C" int zb_cuda_env_local_rank(void) {
     static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
                                  "SLURM_LOCALID", "LOCAL_RANK"};

@@ -47,6 +47,8 @@ int zb_cuda_env_local_rank(void);
  * call, on unless variable `name` equals `off`; a test sets *cache itself (-1: back to the
  * environment). Returns *cache. */
 int zb_cuda_env_switch(int *cache, const char *name, const char *off);
+/* the opposite default: on only where NAME is "1" (a switch that is off unless asked for) */
+int zb_cuda_env_opt_in(int *cache, const char *name);
 /* Select device (local_rank % devices; local_rank < 0: from the environment), create the
  * stream and the handles. Idempotent. ZB_EDEVICE when there is no usable GPU. */
 int zb_cuda_init(int local_rank);

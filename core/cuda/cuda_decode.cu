@@ -302,11 +302,7 @@ static long long gemv_pf_bytes(void) {
 static int g_gemv_pre = -1;
 extern "C" void zb_cuda_gemv_set_preload(int on) { g_gemv_pre = on < 0 ? -1 : on != 0; }
 extern "C" int zb_cuda_gemv_preload(void) {
-    if (g_gemv_pre < 0) {
-        const char *e = getenv("ZB_GEMV_PRELOAD");
-        g_gemv_pre = e && !strcmp(e, "1");
-    }
-    return g_gemv_pre && zb_cuda_recording() && zb_cuda_dec_pdl();
+    return zb_cuda_env_opt_in(&g_gemv_pre, "ZB_GEMV_PRELOAD") && zb_cuda_recording() && zb_cuda_dec_pdl();
 }
 
 template <bool PAIR, bool NORM = false>
@@ -360,13 +356,7 @@ extern "C" void zb_cuda_gemv_bf16_multi(const float *x, int N, int C, int nseg, 
  * last block's serial norm costs more than the separate launch it saves) */
 static int g_gemv_norm = -1;
 extern "C" void zb_cuda_gemv_norm_set(int on) { g_gemv_norm = on < 0 ? -1 : on != 0; }
-extern "C" int zb_cuda_gemv_norm_on(void) {
-    if (g_gemv_norm < 0) {
-        const char *e = getenv("ZB_GEMV_NORM");
-        g_gemv_norm = e && !strcmp(e, "1");
-    }
-    return g_gemv_norm;
-}
+extern "C" int zb_cuda_gemv_norm_on(void) { return zb_cuda_env_opt_in(&g_gemv_norm, "ZB_GEMV_NORM"); }
 
 extern "C" int zb_cuda_gemv_bf16_add_rmsnorm(float *out, const float *x, const uint16_t *W, int N, int C, int OC,
                                              float *nx, float *ln, const float *nw, float eps) {
